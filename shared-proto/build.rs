@@ -1,0 +1,12 @@
+//! Generates Rust types and tonic services from `proto/`.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/clovisor/capture/v1/capture.proto",
+        "proto/clovisor/session/v1/session.proto",
+    ];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
+    Ok(())
+}
