@@ -1,0 +1,382 @@
+//! At-least-once delivery of record batches over a bidirectional gRPC stream.
+//!
+//! Both hops of the pipeline (probe -> collector, collector -> correlator) speak the same
+//! protocol: the sender numbers its batches, the receiver acknowledges the highest number it has
+//! processed, and the sender keeps every unacknowledged batch in a bounded replay buffer that is
+//! re-sent, in order, after a reconnect. The receiver drops numbers it has already processed, so a
+//! restart of either side inside the replay window loses and duplicates nothing.
+//!
+//! Flow control: at most [`DeliveryConfig::window`] batches are in flight on a stream. When the
+//! replay buffer is full the sender stops taking items from its input channel, so pressure reaches
+//! the producer, which decides whether to wait (collector) or to count a drop (probe).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// How one hop frames items into batches and reads acknowledgements.
+pub trait BatchContract: Send + 'static {
+    /// What producers hand to the sender.
+    type Item: Send + 'static;
+    /// What travels from sender to receiver.
+    type Outbound: Clone + Send + Sync + 'static;
+    /// What travels back.
+    type Inbound: Send + 'static;
+
+    /// The message opening every stream, if the hop has one.
+    fn hello(&self) -> Option<Self::Outbound>;
+    /// Frames `items` as batch number `seq`.
+    fn batch(&self, seq: u64, items: Vec<Self::Item>) -> Self::Outbound;
+    /// Encoded size of an outbound message, used to bound the replay buffer.
+    fn size(msg: &Self::Outbound) -> usize;
+    /// The sequence number an inbound message acknowledges, if it is an acknowledgement.
+    fn ack(msg: &Self::Inbound) -> Option<u64>;
+}
+
+/// The stream a [`Connector`] opens.
+pub type Inbound<C> = Pin<
+    Box<dyn futures::Stream<Item = Result<<C as BatchContract>::Inbound, tonic::Status>> + Send>,
+>;
+
+/// Opens one stream to the receiver, sending everything `outbound` yields.
+pub trait Connector<C: BatchContract>: Send + 'static {
+    /// Opens the stream; the returned stream yields the receiver's messages.
+    fn open(
+        &mut self,
+        outbound: ReceiverStream<C::Outbound>,
+    ) -> Pin<Box<dyn Future<Output = Result<Inbound<C>, tonic::Status>> + Send + '_>>;
+}
+
+/// Tuning of a [`Sender`].
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Items per batch at most.
+    pub max_batch_items: usize,
+    /// A partial batch is sent after this long.
+    pub flush_interval: Duration,
+    /// Unacknowledged batches on the wire at most.
+    pub window: usize,
+    /// Bytes of unacknowledged batches kept for replay at most.
+    pub replay_bytes: usize,
+    /// First reconnect delay; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+    /// How long opening a stream may take.
+    pub connect_timeout: Duration,
+    /// How long shutdown waits for the receiver to acknowledge what is buffered.
+    pub drain_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_items: 256,
+            flush_interval: Duration::from_millis(50),
+            window: 32,
+            replay_bytes: 32 << 20,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters of one sender, cumulative. Items are counted once each, however often re-sent.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Items taken from the input channel.
+    pub items_received: AtomicU64,
+    /// Items whose batch the receiver acknowledged.
+    pub items_acked: AtomicU64,
+    /// Items given up at shutdown because the receiver did not acknowledge them in time.
+    pub items_dropped_shutdown: AtomicU64,
+    /// Batches sent, including re-sends.
+    pub batches_sent: AtomicU64,
+    /// Batches re-sent after a reconnect.
+    pub batches_resent: AtomicU64,
+    /// Streams opened successfully.
+    pub connects: AtomicU64,
+    /// Failed attempts to open a stream, and streams that broke.
+    pub disconnects: AtomicU64,
+    /// Bytes currently held for replay.
+    pub replay_bytes: AtomicU64,
+}
+
+impl DeliveryStats {
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+struct Entry<O> {
+    seq: u64,
+    msg: O,
+    bytes: usize,
+    items: u64,
+}
+
+struct Stream<C: BatchContract> {
+    tx: mpsc::Sender<C::Outbound>,
+    inbound: Inbound<C>,
+    /// Highest seq written to this stream.
+    sent_upto: u64,
+}
+
+/// Sends batches of `C::Item` reliably; see the module documentation.
+pub struct Sender<C: BatchContract, K: Connector<C>> {
+    contract: C,
+    connector: K,
+    config: DeliveryConfig,
+    stats: Arc<DeliveryStats>,
+}
+
+impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
+    /// A sender framing with `contract` and connecting with `connector`.
+    pub fn new(contract: C, connector: K, config: DeliveryConfig) -> Self {
+        Self {
+            contract,
+            connector,
+            config,
+            stats: Arc::new(DeliveryStats::default()),
+        }
+    }
+
+    /// Shared counters, readable while [`Sender::run`] runs.
+    pub fn stats(&self) -> Arc<DeliveryStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs until `input` is closed or `shutdown` resolves, then drains what is buffered for at
+    /// most [`DeliveryConfig::drain_timeout`].
+    pub async fn run(
+        mut self,
+        mut input: mpsc::Receiver<C::Item>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        let cfg = self.config.clone();
+        let mut buffer: VecDeque<Entry<C::Outbound>> = VecDeque::new();
+        let mut buffered_bytes = 0usize;
+        let mut pending: Vec<C::Item> = Vec::with_capacity(cfg.max_batch_items);
+        let mut next_seq = 1u64;
+        let mut acked = 0u64;
+        let mut stream: Option<Stream<C>> = None;
+        let mut backoff = cfg.min_backoff;
+        let mut reconnect_at = Instant::now();
+        let mut flush_at = Instant::now() + cfg.flush_interval;
+        let mut closing_since: Option<Instant> = None;
+        let mut input_open = true;
+        tokio::pin!(shutdown);
+
+        loop {
+            // Seal a full or due batch.
+            let due = !pending.is_empty()
+                && (pending.len() >= cfg.max_batch_items
+                    || Instant::now() >= flush_at
+                    || closing_since.is_some());
+            if due {
+                let items = std::mem::take(&mut pending);
+                let count = items.len() as u64;
+                let msg = self.contract.batch(next_seq, items);
+                let bytes = C::size(&msg);
+                buffered_bytes += bytes;
+                buffer.push_back(Entry {
+                    seq: next_seq,
+                    msg,
+                    bytes,
+                    items: count,
+                });
+                next_seq += 1;
+                self.stats
+                    .replay_bytes
+                    .store(buffered_bytes as u64, Ordering::Relaxed);
+            }
+            if pending.is_empty() {
+                flush_at = Instant::now() + cfg.flush_interval;
+            }
+
+            if let Some(since) = closing_since {
+                if buffer.is_empty() && pending.is_empty() {
+                    break;
+                }
+                if since.elapsed() >= cfg.drain_timeout {
+                    let lost: u64 = buffer.iter().map(|e| e.items).sum::<u64>()
+                        + pending.len() as u64;
+                    self.stats
+                        .items_dropped_shutdown
+                        .fetch_add(lost, Ordering::Relaxed);
+                    tracing::warn!(
+                        items = lost,
+                        "receiver did not acknowledge everything before shutdown; items dropped"
+                    );
+                    break;
+                }
+            }
+
+            // Open a stream when due.
+            if stream.is_none() && Instant::now() >= reconnect_at {
+                match self.open().await {
+                    Ok(s) => {
+                        backoff = cfg.min_backoff;
+                        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                        let resend = buffer.iter().filter(|e| e.seq > acked).count() as u64;
+                        self.stats
+                            .batches_resent
+                            .fetch_add(resend, Ordering::Relaxed);
+                        stream = Some(s);
+                    }
+                    Err(status) => {
+                        self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %status, ?backoff, "could not open stream; retrying");
+                        reconnect_at = Instant::now() + jitter(backoff);
+                        backoff = (backoff * 2).min(cfg.max_backoff);
+                    }
+                }
+            }
+
+            // Write what the window allows.
+            if let Some(s) = stream.as_mut() {
+                let mut broken = false;
+                let from = s.sent_upto;
+                for entry in buffer.iter().filter(|e| e.seq > from) {
+                    if entry.seq.saturating_sub(acked) > cfg.window as u64 {
+                        break;
+                    }
+                    if s.tx.try_send(entry.msg.clone()).is_err() {
+                        broken = s.tx.is_closed();
+                        break;
+                    }
+                    s.sent_upto = entry.seq;
+                    self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                if broken {
+                    stream = None;
+                    self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                    reconnect_at = Instant::now() + jitter(backoff);
+                }
+            }
+
+            let room = buffered_bytes < cfg.replay_bytes;
+            let wait_flush = !pending.is_empty();
+            let wake_reconnect = stream.is_none();
+            let drain_deadline = closing_since.map(|s| s + cfg.drain_timeout);
+            tokio::select! {
+                item = input.recv(), if input_open && room && closing_since.is_none() => {
+                    match item {
+                        Some(item) => {
+                            self.stats.items_received.fetch_add(1, Ordering::Relaxed);
+                            pending.push(item);
+                        }
+                        None => {
+                            input_open = false;
+                            closing_since = Some(Instant::now());
+                        }
+                    }
+                }
+                msg = next_inbound(&mut stream) => {
+                    match msg {
+                        Some(Ok(msg)) => {
+                            if let Some(seq) = C::ack(&msg) {
+                                acked = acked.max(seq);
+                                while buffer.front().is_some_and(|e| e.seq <= acked) {
+                                    if let Some(e) = buffer.pop_front() {
+                                        buffered_bytes -= e.bytes;
+                                        self.stats.items_acked.fetch_add(e.items, Ordering::Relaxed);
+                                    }
+                                }
+                                self.stats.replay_bytes.store(buffered_bytes as u64, Ordering::Relaxed);
+                            }
+                        }
+                        Some(Err(status)) => {
+                            tracing::info!(error = %status, "stream broke; reconnecting");
+                            stream = None;
+                            self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                            reconnect_at = Instant::now() + jitter(backoff);
+                        }
+                        None => {
+                            tracing::info!("receiver closed the stream; reconnecting");
+                            stream = None;
+                            self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                            reconnect_at = Instant::now() + jitter(backoff);
+                        }
+                    }
+                }
+                _ = sleep_until(flush_at), if wait_flush => {}
+                _ = sleep_until(reconnect_at), if wake_reconnect => {}
+                _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {}
+                _ = &mut shutdown, if closing_since.is_none() => {
+                    closing_since = Some(Instant::now());
+                    // Take what producers already queued: it was accepted, so it is owed.
+                    while let Ok(item) = input.try_recv() {
+                        self.stats.items_received.fetch_add(1, Ordering::Relaxed);
+                        pending.push(item);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open(&mut self) -> Result<Stream<C>, tonic::Status> {
+        let (tx, rx) = mpsc::channel(self.config.window + 2);
+        if let Some(hello) = self.contract.hello() {
+            tx.try_send(hello)
+                .map_err(|_| tonic::Status::internal("hello did not fit the stream"))?;
+        }
+        let inbound = tokio::time::timeout(
+            self.config.connect_timeout,
+            self.connector.open(ReceiverStream::new(rx)),
+        )
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("opening the stream timed out"))??;
+        Ok(Stream {
+            tx,
+            inbound,
+            sent_upto: 0,
+        })
+    }
+}
+
+async fn next_inbound<C: BatchContract>(
+    stream: &mut Option<Stream<C>>,
+) -> Option<Result<C::Inbound, tonic::Status>> {
+    match stream {
+        Some(s) => s.inbound.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Spreads reconnects of many senders over time.
+fn jitter(d: Duration) -> Duration {
+    let nanos = d.as_nanos() as u64;
+    let spread = nanos / 4;
+    if spread == 0 {
+        return d;
+    }
+    let offset = rand_u64() % spread;
+    Duration::from_nanos(nanos - spread / 2 + offset)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+use super::*;
+use std::sync::Mutex;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Out {
+    Hello,
+    Batch(u64, Vec<u32>),
+}
+
+struct Contract;
+
+impl BatchContract for Contract {
+    type Item = u32;
+    type Outbound = Out;
+    type Inbound = u64;
+    fn hello(&self) -> Option<Out> {
+        Some(Out::Hello)
+    }
+    fn batch(&self, seq: u64, items: Vec<u32>) -> Out {
+        Out::Batch(seq, items)
+    }
+    fn size(msg: &Out) -> usize {
+        match msg {
+            Out::Hello => 1,
+            Out::Batch(_, items) => 8 + 4 * items.len(),
+        }
+    }
+    fn ack(msg: &u64) -> Option<u64> {
+        Some(*msg)
+    }
+}
+
+/// A receiver with the real protocol's semantics: process seq > last, ack every batch.
+#[derive(Default)]
+struct Receiver {
+    last: u64,
+    items: Vec<u32>,
+    hellos: usize,
+    streams: usize,
+    /// When set, the next stream breaks after reading this many batches, without acking them.
+    break_after: Option<usize>,
+    /// While false, opening a stream fails (receiver down).
+    up: bool,
+}
+
+#[derive(Clone)]
+struct FakeConnector(Arc<Mutex<Receiver>>);
+
+impl Connector<Contract> for FakeConnector {
+    fn open(
+        &mut self,
+        mut outbound: ReceiverStream<Out>,
+    ) -> Pin<Box<dyn Future<Output = Result<Inbound<Contract>, tonic::Status>> + Send + '_>> {
+        let shared = Arc::clone(&self.0);
+        Box::pin(async move {
+            let break_after = {
+                let mut r = shared.lock().map_err(|_| tonic::Status::internal("poisoned"))?;
+                if !r.up {
+                    return Err(tonic::Status::unavailable("receiver down"));
+                }
+                r.streams += 1;
+                r.break_after.take()
+            };
+            let (ack_tx, ack_rx) = mpsc::channel::<Result<u64, tonic::Status>>(64);
+            tokio::spawn(async move {
+                let mut seen = 0usize;
+                while let Some(msg) = outbound.next().await {
+                    let ack = {
+                        let Ok(mut r) = shared.lock() else { return };
+                        match msg {
+                            Out::Hello => {
+                                r.hellos += 1;
+                                continue;
+                            }
+                            Out::Batch(seq, items) => {
+                                seen += 1;
+                                if break_after.is_some_and(|n| seen > n) {
+                                    return; // connection lost: nothing acked
+                                }
+                                if seq > r.last {
+                                    r.last = seq;
+                                    r.items.extend(items);
+                                }
+                                seq
+                            }
+                        }
+                    };
+                    if ack_tx.send(Ok(ack)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let inbound: Inbound<Contract> = Box::pin(ReceiverStream::new(ack_rx));
+            Ok(inbound)
+        })
+    }
+}
+
+fn config() -> DeliveryConfig {
+    DeliveryConfig {
+        max_batch_items: 10,
+        flush_interval: Duration::from_millis(5),
+        window: 4,
+        replay_bytes: 1 << 20,
+        min_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        connect_timeout: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(2),
+    }
+}
+
+#[tokio::test]
+async fn delivers_everything_in_order_and_acks_it() {
+    let rx = Arc::new(Mutex::new(Receiver {
+        up: true,
+        ..Default::default()
+    }));
+    let sender = Sender::new(Contract, FakeConnector(Arc::clone(&rx)), config());
+    let stats = sender.stats();
+    let (tx, input) = mpsc::channel(1000);
+    for i in 0..1000u32 {
+        tx.send(i).await.expect("input open");
+    }
+    drop(tx);
+    sender.run(input, std::future::pending()).await;
+    let r = rx.lock().expect("lock");
+    assert_eq!(r.items, (0..1000).collect::<Vec<_>>(), "items in order, once each");
+    assert_eq!(DeliveryStats::get(&stats.items_acked), 1000);
+    assert_eq!(DeliveryStats::get(&stats.items_dropped_shutdown), 0);
+    assert_eq!(r.hellos, 1, "one stream, one hello");
+}
+
+#[tokio::test]
+async fn a_broken_stream_is_replayed_without_loss_or_duplicates() {
+    let rx = Arc::new(Mutex::new(Receiver {
+        up: true,
+        break_after: Some(3),
+        ..Default::default()
+    }));
+    let sender = Sender::new(Contract, FakeConnector(Arc::clone(&rx)), config());
+    let stats = sender.stats();
+    let (tx, input) = mpsc::channel(1000);
+    for i in 0..500u32 {
+        tx.send(i).await.expect("input open");
+    }
+    drop(tx);
+    sender.run(input, std::future::pending()).await;
+    let r = rx.lock().expect("lock");
+    assert_eq!(r.items, (0..500).collect::<Vec<_>>(), "no item lost or duplicated");
+    assert!(r.streams >= 2, "expected a reconnect, saw {} streams", r.streams);
+    assert!(DeliveryStats::get(&stats.batches_resent) >= 1, "unacked batches re-sent");
+}
+
+#[tokio::test]
+async fn an_absent_receiver_fills_the_replay_bound_then_pushes_back() {
+    let rx = Arc::new(Mutex::new(Receiver::default())); // down
+    let mut cfg = config();
+    cfg.replay_bytes = 8 + 4 * 10; // exactly one full batch
+    cfg.drain_timeout = Duration::from_millis(50);
+    let sender = Sender::new(Contract, FakeConnector(Arc::clone(&rx)), cfg);
+    let stats = sender.stats();
+    let (tx, input) = mpsc::channel(5);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(sender.run(input, async move {
+        let _ = stop_rx.await;
+    }));
+    let mut refused = 0;
+    for i in 0..100u32 {
+        if tx.try_send(i).is_err() {
+            refused += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        refused > 0,
+        "a full replay buffer must push back on the producer"
+    );
+    let _ = stop_tx.send(());
+    run.await.expect("sender task");
+    let received = DeliveryStats::get(&stats.items_received);
+    let dropped = DeliveryStats::get(&stats.items_dropped_shutdown);
+    assert_eq!(
+        received, dropped,
+        "with no receiver every accepted item is counted as dropped at shutdown"
+    );
+    assert_eq!(received + refused, 100, "every item either accepted or refused");
+}
+
+#[tokio::test]
+async fn a_receiver_that_comes_back_gets_the_buffered_batches() {
+    let rx = Arc::new(Mutex::new(Receiver::default())); // down at first
+    let sender = Sender::new(Contract, FakeConnector(Arc::clone(&rx)), config());
+    let (tx, input) = mpsc::channel(100);
+    let run = tokio::spawn(sender.run(input, std::future::pending()));
+    for i in 0..50u32 {
+        tx.send(i).await.expect("input open");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    rx.lock().expect("lock").up = true;
+    drop(tx);
+    run.await.expect("sender task");
+    assert_eq!(rx.lock().expect("lock").items, (0..50).collect::<Vec<_>>());
+}
