@@ -119,3 +119,25 @@ impl Connector<SessionHop> for SessionConnector {
         })
     }
 }
+
+/// A lazily connecting channel to `url` (`http://host:port`): connection errors surface per
+/// stream and the delivery protocol retries them.
+pub fn lazy_channel(url: &str) -> Result<Channel, InvalidUrl> {
+    Ok(Channel::from_shared(url.to_owned())
+        .map_err(|_| InvalidUrl(url.to_owned()))?
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+        .connect_lazy())
+}
+
+/// A peer address that is not a valid `http://host:port` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidUrl(pub String);
+
+impl std::fmt::Display for InvalidUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "not a valid http://host:port URL: {:?}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidUrl {}
