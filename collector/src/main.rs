@@ -1,1 +1,99 @@
-fn main() {}
+//! `clovisor-collector`: receives raw session records from probes, decodes them into sessions and
+//! forwards those to a correlator.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use clovisor_collector::forward::Forwarder;
+use clovisor_collector::server::CaptureService;
+use clovisor_collector::CollectorMetrics;
+use clovisor_proto::delivery::DeliveryConfig;
+use clovisor_runtime::{serve_http, shutdown_signal, LogArgs, StopFlag};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Parser)]
+#[command(name = "clovisor-collector", version, about)]
+struct Args {
+    #[command(flatten)]
+    log: LogArgs,
+    /// gRPC address probes stream records to.
+    #[arg(long, env = "CLOVISOR_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
+    grpc_listen: SocketAddr,
+    /// Correlator gRPC URL.
+    #[arg(
+        long,
+        env = "CLOVISOR_CORRELATOR",
+        default_value = "http://clovisor-correlator.clovisor.svc:50052"
+    )]
+    correlator: String,
+    /// Prometheus metrics address.
+    #[arg(long, env = "CLOVISOR_METRICS_LISTEN", default_value = "0.0.0.0:9801")]
+    metrics_listen: SocketAddr,
+    /// Decoded sessions queued for the correlator; when full, probes' streams are slowed down.
+    #[arg(long, env = "CLOVISOR_SESSION_QUEUE", default_value_t = 4096)]
+    session_queue: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    clovisor_runtime::init_logging(&args.log);
+    let shutdown = shutdown_signal()?;
+
+    let metrics = Arc::new(CollectorMetrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+
+    let (sessions_tx, sessions_rx) = tokio::sync::mpsc::channel(args.session_queue);
+    let channel = clovisor_proto::hops::lazy_channel(&args.correlator)?;
+    let forwarder = Forwarder::new(
+        format!("collector-{:016x}", rand::random::<u64>()),
+        channel,
+        DeliveryConfig::default(),
+    );
+    let forwarder = tokio::spawn(forwarder.run(sessions_rx, std::future::pending()));
+
+    let stop_grpc = StopFlag::default();
+    let stop_http = StopFlag::default();
+    let metrics_server = tokio::spawn(
+        serve_http(
+            args.metrics_listen,
+            clovisor_runtime::metrics_router(registry),
+            stop_http.wait(),
+        )
+        .await?,
+    );
+    let listener = tokio::net::TcpListener::bind(args.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.grpc_listen))?;
+    tracing::info!(addr = %args.grpc_listen, correlator = %args.correlator, "gRPC listening");
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CaptureService::new(sessions_tx, Arc::clone(&metrics)).into_server())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop_grpc.wait(),
+            ),
+    );
+
+    shutdown.await;
+    stop_grpc.raise();
+    // Probes hold their streams open; what they have not had acknowledged they will re-send to
+    // the next collector, so waiting long gains nothing.
+    let grpc_abort = grpc.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), grpc).await.is_err() {
+        tracing::warn!("probe streams still open after 5 s; closing them");
+        // Dropping the service closes the session channel, which lets the forwarder drain.
+        grpc_abort.abort();
+    }
+    if tokio::time::timeout(Duration::from_secs(10), forwarder).await.is_err() {
+        tracing::warn!("correlator did not acknowledge everything in 10 s");
+    }
+    stop_http.raise();
+    metrics_server.await.context("metrics task")??;
+    Ok(())
+}

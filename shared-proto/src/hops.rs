@@ -46,10 +46,10 @@ impl BatchContract for CaptureHop {
     }
 
     fn ack(msg: &Self::Inbound) -> Option<u64> {
-        match &msg.kind {
-            Some(capture::collector_message::Kind::Ack(ack)) => Some(ack.seq),
-            None => None,
-        }
+        let Some(capture::collector_message::Kind::Ack(ack)) = &msg.kind else {
+            return None;
+        };
+        Some(ack.seq)
     }
 }
 

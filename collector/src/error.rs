@@ -1,0 +1,50 @@
+//! The collector library's error type.
+
+use std::path::PathBuf;
+
+use crate::decode::DecodeError;
+
+/// Everything that can go wrong in the collector library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A message could not be decoded.
+    #[error("decoding failed")]
+    Decode {
+        /// Why.
+        #[source]
+        source: DecodeError,
+    },
+    /// A capture file could not be read.
+    #[error("reading capture {path}")]
+    CaptureIo {
+        /// The file.
+        path: PathBuf,
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A capture file is not valid pcap/pcapng.
+    #[error("capture is not valid pcap/pcapng: {detail}")]
+    CaptureFormat {
+        /// What the parser reported.
+        detail: String,
+    },
+    /// A capture uses a link layer the replay does not understand.
+    #[error("unsupported pcap link type {linktype}")]
+    UnsupportedLinktype {
+        /// The pcap LINKTYPE value.
+        linktype: i32,
+    },
+    /// The session channel closed: nobody consumes decoded sessions any more.
+    #[error("session output channel closed")]
+    OutputClosed,
+}
+
+/// Result with the collector's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<DecodeError> for Error {
+    fn from(source: DecodeError) -> Self {
+        Self::Decode { source }
+    }
+}

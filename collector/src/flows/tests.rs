@@ -1,0 +1,432 @@
+use super::*;
+use clovisor_proto::capture::v1::{
+    EndpointUpdate, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint, PointKind, Record,
+};
+
+const CLIENT: [u8; 4] = [10, 0, 0, 1];
+const SERVER: [u8; 4] = [10, 0, 0, 2];
+
+fn key() -> FlowKey {
+    FlowKey {
+        client_ip: CLIENT.to_vec(),
+        server_ip: SERVER.to_vec(),
+        client_port: 40000,
+        server_port: 80,
+        transport: capture::Transport::Tcp as i32,
+    }
+}
+
+fn point() -> ObservationPoint {
+    ObservationPoint {
+        kind: PointKind::Pod as i32,
+        ifindex: 7,
+        interface: "veth-server".into(),
+        node: "node-a".into(),
+    }
+}
+
+fn msg(flow_id: u64, index: u32, dir: Direction, payload: &[u8]) -> Record {
+    let t = 1_000_000 * u64::from(index + 1);
+    Record {
+        kind: Some(record::Kind::Message(Message {
+            flow: Some(key()),
+            point: Some(point()),
+            flow_id,
+            index,
+            direction: dir as i32,
+            to_pod: dir == Direction::ClientToServer,
+            start_unix_nanos: t,
+            end_unix_nanos: t + 500,
+            tcp_seq: 1000 + index,
+            bytes: payload.len() as u64 + 1000,
+            packets: 3,
+            retransmits: 0,
+            payload: payload.to_vec(),
+            protocol: ProtocolHint::Http as i32,
+            partial: false,
+        })),
+    }
+}
+
+fn end(flow_id: u64) -> Record {
+    Record {
+        kind: Some(record::Kind::FlowEnd(FlowEnd {
+            flow: Some(key()),
+            point: Some(point()),
+            flow_id,
+            reason: FlowEndReason::Fin as i32,
+            unix_nanos: 99,
+            messages: 0,
+        })),
+    }
+}
+
+const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n";
+const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+fn table() -> (FlowTable, Arc<CollectorMetrics>) {
+    let m = Arc::new(CollectorMetrics::new());
+    (
+        FlowTable::new(FlowTableConfig::default(), Arc::clone(&m)),
+        m,
+    )
+}
+
+fn feed(t: &mut FlowTable, recs: Vec<Record>) -> Vec<Session> {
+    let mut out = Vec::new();
+    for r in recs {
+        t.ingest("probe-1", r, Instant::now(), &mut out);
+    }
+    out
+}
+
+#[test]
+fn pairs_keep_alive_exchanges_and_fills_session() {
+    let (mut t, m) = table();
+    let out = feed(
+        &mut t,
+        vec![
+            Record {
+                kind: Some(record::Kind::Endpoint(EndpointUpdate {
+                    ip: SERVER.to_vec(),
+                    pod: "web-0".into(),
+                    namespace: "default".into(),
+                    node: "node-a".into(),
+                    workload: "web".into(),
+                    ifindex: 7,
+                    interface: "veth-server".into(),
+                    removed: false,
+                })),
+            },
+            msg(1, 0, Direction::ClientToServer, REQ),
+            msg(1, 1, Direction::ServerToClient, RESP),
+            msg(
+                1,
+                2,
+                Direction::ClientToServer,
+                b"POST /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            ),
+            msg(
+                1,
+                3,
+                Direction::ServerToClient,
+                b"HTTP/1.1 201 Created\r\n\r\n",
+            ),
+        ],
+    );
+    assert_eq!(
+        out.len(),
+        2,
+        "two exchanges on one connection, got {out:#?}"
+    );
+    let s = &out[0];
+    let http = s.http.as_ref().expect("http fields");
+    assert_eq!(
+        (http.method.as_str(), http.target.as_str(), http.status_code),
+        ("GET", "/a", 200)
+    );
+    assert_eq!(http.host, "svc");
+    assert_eq!(s.id, "probe-1/1/0");
+    assert_eq!(out[1].id, "probe-1/1/2", "ids differ per exchange");
+    assert!(!s.incomplete);
+    let server = s.server.as_ref().expect("server endpoint");
+    assert_eq!(
+        (server.pod.as_str(), server.namespace.as_str(), server.port),
+        ("web-0", "default", 80)
+    );
+    let obs = &s.observations[0];
+    assert_eq!(obs.side, "server", "the veth belongs to the server pod");
+    assert_eq!(obs.probe_id, "probe-1");
+    assert_eq!(obs.node, "node-a");
+    assert_eq!(obs.request_start_unix_nanos, 1_000_000);
+    assert_eq!(obs.response_end_unix_nanos, 2_000_500);
+    assert_eq!(s.start_unix_nanos, 1_000_000);
+    assert_eq!(s.end_unix_nanos, 2_000_500);
+    assert_eq!(
+        s.bytes.as_ref().map(|b| (b.request, b.response)),
+        Some((REQ.len() as u64 + 1000, RESP.len() as u64 + 1000))
+    );
+    assert_eq!(
+        s.packets.as_ref().map(|p| (p.request, p.response)),
+        Some((3, 3))
+    );
+    assert_eq!(out[1].http.as_ref().map(|h| h.status_code), Some(201));
+    assert_eq!(m.sessions_emitted_for("complete"), 2);
+    assert_eq!(t.len(), 1, "the connection stays open");
+}
+
+#[test]
+fn out_of_order_indexes_are_reordered() {
+    let (mut t, m) = table();
+    let out = feed(
+        &mut t,
+        vec![
+            msg(1, 1, Direction::ServerToClient, RESP),
+            msg(
+                1,
+                3,
+                Direction::ServerToClient,
+                b"HTTP/1.1 404 Not Found\r\n\r\n",
+            ),
+            msg(1, 0, Direction::ClientToServer, REQ),
+            msg(
+                1,
+                2,
+                Direction::ClientToServer,
+                b"GET /missing HTTP/1.1\r\n\r\n",
+            ),
+        ],
+    );
+    let got: Vec<(String, u32)> = out
+        .iter()
+        .filter_map(|s| s.http.as_ref().map(|h| (h.target.clone(), h.status_code)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("/a".to_owned(), 200), ("/missing".to_owned(), 404)]
+    );
+    assert_eq!(m.messages_dropped_for("gap"), 0);
+    // A re-sent old message is a duplicate.
+    let out = feed(&mut t, vec![msg(1, 1, Direction::ServerToClient, RESP)]);
+    assert!(out.is_empty());
+    assert_eq!(m.messages_dropped_for("duplicate"), 1);
+}
+
+#[test]
+fn gap_is_skipped_after_timeout() {
+    let (mut t, m) = table();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    // Index 0 (a request) never arrives.
+    t.ingest(
+        "probe-1",
+        msg(1, 2, Direction::ClientToServer, REQ),
+        t0,
+        &mut out,
+    );
+    t.ingest(
+        "probe-1",
+        msg(1, 3, Direction::ServerToClient, RESP),
+        t0,
+        &mut out,
+    );
+    assert!(out.is_empty(), "waits for the gap");
+    t.flush(t0 + Duration::from_secs(3), &mut out);
+    assert_eq!(m.messages_dropped_for("gap"), 1);
+    assert_eq!(
+        out.len(),
+        1,
+        "after the timeout the buffered exchange is emitted: {out:#?}"
+    );
+}
+
+#[test]
+fn flow_end_emits_open_request_incomplete() {
+    let (mut t, m) = table();
+    let out = feed(
+        &mut t,
+        vec![
+            msg(5, 0, Direction::ClientToServer, REQ),
+            msg(5, 1, Direction::ServerToClient, RESP),
+            msg(
+                5,
+                2,
+                Direction::ClientToServer,
+                b"GET /slow HTTP/1.1\r\n\r\n",
+            ),
+            end(5),
+        ],
+    );
+    assert_eq!(out.len(), 2);
+    let last = &out[1];
+    assert!(
+        last.incomplete,
+        "request without response must be incomplete: {last:#?}"
+    );
+    assert_eq!(last.http.as_ref().map(|h| h.target.as_str()), Some("/slow"));
+    assert_eq!(
+        last.end_unix_nanos,
+        last.observations[0].request_end_unix_nanos
+    );
+    assert_eq!(m.sessions_emitted_for("incomplete"), 1);
+    assert!(t.is_empty(), "flow removed at its end");
+}
+
+#[test]
+fn capacity_and_idle_eviction_are_bounded_and_counted() {
+    let m = Arc::new(CollectorMetrics::new());
+    let cfg = FlowTableConfig {
+        max_flows: 3,
+        idle_timeout: Duration::from_secs(10),
+        ..FlowTableConfig::default()
+    };
+    let mut t = FlowTable::new(cfg, Arc::clone(&m));
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    for f in 0..5u64 {
+        t.ingest("p", msg(f, 0, Direction::ClientToServer, REQ), t0, &mut out);
+    }
+    assert_eq!(t.len(), 3, "never more than max_flows");
+    assert_eq!(m.flows_evicted_for("capacity"), 2);
+    assert_eq!(out.len(), 2, "evicted open requests are emitted incomplete");
+    assert!(out.iter().all(|s| s.incomplete));
+    t.flush(t0 + Duration::from_secs(11), &mut out);
+    assert!(t.is_empty(), "idle flows dropped");
+    assert_eq!(m.flows_evicted_for("idle"), 3);
+    assert_eq!(out.len(), 5);
+}
+
+#[test]
+fn sniffing_overrides_tcp_hint_and_non_http_is_skipped() {
+    let (mut t, m) = table();
+    let mut r = msg(1, 0, Direction::ClientToServer, REQ);
+    if let Some(record::Kind::Message(mm)) = r.kind.as_mut() {
+        mm.protocol = ProtocolHint::Tcp as i32;
+    }
+    let out = feed(&mut t, vec![r, msg(1, 1, Direction::ServerToClient, RESP)]);
+    assert_eq!(out.len(), 1, "HTTP on a port marked TCP is still decoded");
+
+    let mut r = msg(2, 0, Direction::ClientToServer, b"*1\r\n$4\r\nPING\r\n");
+    if let Some(record::Kind::Message(mm)) = r.kind.as_mut() {
+        mm.protocol = ProtocolHint::Redis as i32;
+    }
+    let out = feed(
+        &mut t,
+        vec![r, msg(2, 1, Direction::ServerToClient, b"+PONG\r\n")],
+    );
+    assert!(out.is_empty());
+    assert_eq!(m.flows_unsupported.get(), 1);
+    assert_eq!(
+        m.messages_dropped_for("response_without_request"),
+        0,
+        "unsupported flows are not errors"
+    );
+}
+
+#[test]
+fn pipelined_requests_pair_with_pipelined_responses() {
+    let (mut t, _) = table();
+    let out = feed(
+        &mut t,
+        vec![
+            msg(1, 0, Direction::ClientToServer, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"),
+            msg(1, 1, Direction::ServerToClient, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"),
+        ],
+    );
+    let got: Vec<(String, u32, String)> = out
+        .iter()
+        .map(|s| {
+            let h = s.http.clone().unwrap_or_default();
+            (h.target, h.status_code, s.id.clone())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/1".to_owned(), 200, "probe-1/1/0".to_owned()),
+            ("/2".to_owned(), 500, "probe-1/1/0.1".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn expect_continue_waits_for_final_response() {
+    let (mut t, _) = table();
+    let head: &[u8] = b"PUT /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+    let out = feed(
+        &mut t,
+        vec![
+            msg(1, 0, Direction::ClientToServer, head),
+            msg(
+                1,
+                1,
+                Direction::ServerToClient,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+            ),
+            msg(1, 2, Direction::ClientToServer, b"data"),
+            msg(
+                1,
+                3,
+                Direction::ServerToClient,
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+            ),
+        ],
+    );
+    assert_eq!(out.len(), 1, "one exchange: {out:#?}");
+    assert_eq!(out[0].http.as_ref().map(|h| h.status_code), Some(204));
+    assert_eq!(
+        out[0].bytes.as_ref().map(|b| b.request),
+        Some(head.len() as u64 + 1000 + 4 + 1000),
+        "request counts headers and body"
+    );
+}
+
+#[test]
+fn partial_response_is_updated_or_emitted_after_grace() {
+    let (mut t, _) = table();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let mut partial = msg(1, 1, Direction::ServerToClient, RESP);
+    if let Some(record::Kind::Message(mm)) = partial.kind.as_mut() {
+        mm.partial = true;
+        mm.bytes = 10;
+    }
+    t.ingest("p", msg(1, 0, Direction::ClientToServer, REQ), t0, &mut out);
+    t.ingest("p", partial.clone(), t0, &mut out);
+    assert!(out.is_empty(), "a partial response may still grow");
+    t.ingest(
+        "p",
+        msg(1, 1, Direction::ServerToClient, RESP),
+        t0,
+        &mut out,
+    );
+    assert_eq!(out.len(), 1, "the final version completes the exchange");
+    assert_eq!(
+        out[0].bytes.as_ref().map(|b| b.response),
+        Some(RESP.len() as u64 + 1000),
+        "final counters win"
+    );
+
+    let mut out = Vec::new();
+    let mut p3 = partial;
+    if let Some(record::Kind::Message(mm)) = p3.kind.as_mut() {
+        mm.index = 3;
+    }
+    t.ingest("p", msg(1, 2, Direction::ClientToServer, REQ), t0, &mut out);
+    t.ingest("p", p3, t0, &mut out);
+    t.flush(t0 + Duration::from_secs(1), &mut out);
+    assert!(out.is_empty());
+    t.flush(t0 + Duration::from_secs(3), &mut out);
+    assert_eq!(
+        out.len(),
+        1,
+        "emitted with the partial counters after the grace period"
+    );
+    assert_eq!(out[0].bytes.as_ref().map(|b| b.response), Some(10));
+}
+
+#[test]
+fn undecodable_request_counts_error_and_emits_nothing() {
+    let (mut t, m) = table();
+    let out = feed(
+        &mut t,
+        vec![
+            msg(1, 0, Direction::ClientToServer, REQ),
+            msg(1, 1, Direction::ServerToClient, RESP),
+            msg(1, 2, Direction::ClientToServer, b"GET /x HTTP/7.0\r\n\r\n"),
+            msg(1, 3, Direction::ServerToClient, RESP),
+        ],
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(m.decode_errors_for("malformed"), 1);
+}
+
+#[test]
+fn forget_probe_drops_its_flows() {
+    let (mut t, m) = table();
+    feed(&mut t, vec![msg(1, 0, Direction::ClientToServer, REQ)]);
+    assert_eq!(t.len(), 1);
+    t.forget_probe("probe-1");
+    assert!(t.is_empty());
+    assert_eq!(m.flows_evicted_for("probe_restart"), 1);
+}

@@ -1,0 +1,41 @@
+//! Forwarding of decoded sessions to the correlator, delivered at least once through the shared
+//! delivery protocol (numbered batches, acks, bounded replay, reconnect with backoff).
+
+use std::sync::Arc;
+
+use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
+use clovisor_proto::hops::{SessionConnector, SessionHop};
+use clovisor_proto::session::v1::Session;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+/// Delivers sessions from a channel to the correlator behind a tonic channel.
+pub struct Forwarder {
+    sender: Sender<SessionHop, SessionConnector>,
+}
+
+impl Forwarder {
+    /// A forwarder identifying itself as `sender_id` (unique per collector process).
+    pub fn new(sender_id: impl Into<String>, channel: Channel, config: DeliveryConfig) -> Self {
+        let hop = SessionHop {
+            sender: sender_id.into(),
+        };
+        Self {
+            sender: Sender::new(hop, SessionConnector(channel), config),
+        }
+    }
+
+    /// Delivery counters, readable while the forwarder runs.
+    pub fn stats(&self) -> Arc<DeliveryStats> {
+        self.sender.stats()
+    }
+
+    /// Runs until `sessions` closes (then drains what is buffered) or `shutdown` resolves.
+    pub async fn run(
+        self,
+        sessions: mpsc::Receiver<Session>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
+        self.sender.run(sessions, shutdown).await;
+    }
+}

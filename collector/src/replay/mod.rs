@@ -1,0 +1,3 @@
+//! Replaying capture files as probe records.
+
+pub mod pcap;

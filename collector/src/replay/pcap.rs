@@ -1,0 +1,568 @@
+//! Turns a pcap/pcapng capture into the records a probe would have sent for it.
+//!
+//! Same semantics as the probe: the server is the side whose port is traced; a message is every
+//! payload byte one side sent before the other side sent any; its first `snaplen` bytes are kept;
+//! bytes/packets/retransmits are counted per message; FIN or RST ends the flow. Flows still open
+//! at the end of the file end as idle. Timestamps come from the capture.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+
+use clovisor_proto::capture::v1::{
+    record, Direction, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint, PointKind,
+    ProtocolHint, Record, Transport,
+};
+use pcap_parser::traits::PcapNGPacketBlock;
+use pcap_parser::{Block, Linktype, PcapBlockOwned, PcapError};
+
+use crate::error::{Error, Result};
+
+/// How to interpret a capture.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    /// A TCP port in this set marks its side as the server.
+    pub traced_ports: BTreeSet<u16>,
+    /// Payload bytes kept per message at most.
+    pub snaplen: u32,
+    /// Observation point stamped on every record.
+    pub point: ObservationPoint,
+    /// Protocol hint stamped on every message (what the traced port is configured for).
+    pub hint: ProtocolHint,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            traced_ports: [80, 8080].into_iter().collect(),
+            snaplen: 512,
+            point: ObservationPoint {
+                kind: PointKind::Node as i32,
+                ifindex: 0,
+                interface: "pcap".to_owned(),
+                node: "replay".to_owned(),
+            },
+            hint: ProtocolHint::Http,
+        }
+    }
+}
+
+/// What the replay saw and skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Packets read.
+    pub packets: u64,
+    /// TCP segments on a traced port.
+    pub tcp_segments: u64,
+    /// Packets that are not IPv4/IPv6 TCP, or too short to be.
+    pub skipped_not_tcp: u64,
+    /// IP fragments (the probe does not reassemble them either).
+    pub skipped_fragments: u64,
+    /// TCP segments on no traced port.
+    pub skipped_untraced: u64,
+    /// Segments carrying only bytes already seen.
+    pub retransmits: u64,
+    /// Flows (connections with payload) seen.
+    pub flows: u64,
+    /// The file ended inside a block.
+    pub truncated_file: bool,
+}
+
+/// The records of one capture.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    /// Records in the order a probe would have emitted them.
+    pub records: Vec<Record>,
+    /// Counters.
+    pub stats: ReplayStats,
+}
+
+/// Reads a capture file.
+pub fn replay_file(path: &Path, config: &ReplayConfig) -> Result<Replay> {
+    let data = std::fs::read(path).map_err(|source| Error::CaptureIo {
+        path: path.to_owned(),
+        source,
+    })?;
+    replay_bytes(&data, config)
+}
+
+struct Interface {
+    linktype: Linktype,
+    resolution: u64,
+    offset: i64,
+}
+
+/// Reads a capture held in memory.
+pub fn replay_bytes(data: &[u8], config: &ReplayConfig) -> Result<Replay> {
+    let mut reader =
+        pcap_parser::create_reader(1 << 20, data).map_err(|e| Error::CaptureFormat {
+            detail: format!("{e:?}"),
+        })?;
+    let mut state = Tracker::new(config);
+    let mut interfaces: Vec<Interface> = Vec::new();
+    let mut legacy: Option<(Linktype, bool)> = None;
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                match block {
+                    PcapBlockOwned::LegacyHeader(h) => {
+                        legacy = Some((h.network, h.is_nanosecond_precision()));
+                    }
+                    PcapBlockOwned::Legacy(b) => {
+                        let (lt, nanos) = legacy.unwrap_or((Linktype::ETHERNET, false));
+                        let frac = if nanos {
+                            u64::from(b.ts_usec)
+                        } else {
+                            u64::from(b.ts_usec) * 1_000
+                        };
+                        let ts = u64::from(b.ts_sec) * 1_000_000_000 + frac;
+                        state.packet(lt, ts, b.data)?;
+                    }
+                    PcapBlockOwned::NG(Block::SectionHeader(_)) => interfaces.clear(),
+                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                        interfaces.push(Interface {
+                            linktype: idb.linktype,
+                            resolution: idb.ts_resolution().unwrap_or(1_000_000).max(1),
+                            offset: idb.ts_offset(),
+                        });
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+                        let Some(ifc) = usize::try_from(epb.if_id)
+                            .ok()
+                            .and_then(|i| interfaces.get(i))
+                        else {
+                            state.stats.skipped_not_tcp += 1;
+                            reader.consume(offset);
+                            continue;
+                        };
+                        let (secs, frac) = epb.decode_ts(ifc.offset.max(0) as u64, ifc.resolution);
+                        let nanos = u128::from(frac) * 1_000_000_000 / u128::from(ifc.resolution);
+                        let ts = u64::from(secs) * 1_000_000_000 + nanos as u64;
+                        state.packet(ifc.linktype, ts, epb.packet_data())?;
+                    }
+                    PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
+                        let lt = interfaces
+                            .first()
+                            .map(|i| i.linktype)
+                            .unwrap_or(Linktype::ETHERNET);
+                        state.packet(lt, 0, spb.packet_data())?;
+                    }
+                    PcapBlockOwned::NG(_) => {}
+                }
+                reader.consume(offset);
+            }
+            Err(PcapError::Eof) => break,
+            Err(PcapError::Incomplete(_)) => {
+                if reader.reader_exhausted() {
+                    state.stats.truncated_file = true;
+                    break;
+                }
+                reader.refill().map_err(|e| Error::CaptureFormat {
+                    detail: format!("{e:?}"),
+                })?;
+            }
+            Err(e) => {
+                return Err(Error::CaptureFormat {
+                    detail: format!("{e:?}"),
+                })
+            }
+        }
+    }
+    Ok(state.finish())
+}
+
+/// A TCP segment's addressing and flags.
+struct Segment<'a> {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    fin: bool,
+    syn: bool,
+    rst: bool,
+    payload: &'a [u8],
+}
+
+enum Parsed<'a> {
+    Tcp(Segment<'a>),
+    Fragment,
+    Other,
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+        *b.get(at + 2)?,
+        *b.get(at + 3)?,
+    ]))
+}
+
+/// Strips the link layer; returns the IP packet.
+fn link(lt: Linktype, data: &[u8]) -> Option<&[u8]> {
+    match lt {
+        Linktype::ETHERNET => {
+            let mut off = 12;
+            let mut ethertype = be16(data, off)?;
+            while ethertype == 0x8100 || ethertype == 0x88a8 {
+                off += 4;
+                ethertype = be16(data, off)?;
+            }
+            matches!(ethertype, 0x0800 | 0x86dd).then(|| data.get(off + 2..))?
+        }
+        Linktype::LINUX_SLL => data.get(16..),
+        Linktype::LINUX_SLL2 => data.get(20..),
+        Linktype::NULL | Linktype::LOOP => data.get(4..),
+        Linktype::RAW | Linktype::IPV4 | Linktype::IPV6 => Some(data),
+        _ => None,
+    }
+}
+
+fn parse(lt: Linktype, data: &[u8]) -> Parsed<'_> {
+    let Some(ip) = link(lt, data) else {
+        return Parsed::Other;
+    };
+    let Some(&first) = ip.first() else {
+        return Parsed::Other;
+    };
+    let (src, dst, l4) = match first >> 4 {
+        4 => {
+            let ihl = usize::from(first & 0x0f) * 4;
+            let (Some(total), Some(frag)) = (be16(ip, 2), be16(ip, 6)) else {
+                return Parsed::Other;
+            };
+            if ihl < 20 || ip.get(9) != Some(&6) {
+                return Parsed::Other;
+            }
+            if frag & 0x3fff != 0 {
+                return Parsed::Fragment;
+            }
+            // Ethernet pads short frames: trust the IP length, not the frame length.
+            let end = usize::from(total).min(ip.len());
+            let (Some(src), Some(dst), Some(l4)) =
+                (ip.get(12..16), ip.get(16..20), ip.get(ihl..end))
+            else {
+                return Parsed::Other;
+            };
+            (src.to_vec(), dst.to_vec(), l4)
+        }
+        6 => {
+            let (Some(plen), Some(src), Some(dst)) = (be16(ip, 4), ip.get(8..24), ip.get(24..40))
+            else {
+                return Parsed::Other;
+            };
+            let end = (40 + usize::from(plen)).min(ip.len());
+            let Some(mut next) = ip.get(6).copied() else {
+                return Parsed::Other;
+            };
+            let mut off = 40;
+            loop {
+                match next {
+                    6 => break,
+                    0 | 43 | 60 => {
+                        let (Some(&nh), Some(&len)) = (ip.get(off), ip.get(off + 1)) else {
+                            return Parsed::Other;
+                        };
+                        next = nh;
+                        off += (usize::from(len) + 1) * 8;
+                    }
+                    51 => {
+                        let (Some(&nh), Some(&len)) = (ip.get(off), ip.get(off + 1)) else {
+                            return Parsed::Other;
+                        };
+                        next = nh;
+                        off += (usize::from(len) + 2) * 4;
+                    }
+                    44 => return Parsed::Fragment,
+                    _ => return Parsed::Other,
+                }
+            }
+            let Some(l4) = ip.get(off..end) else {
+                return Parsed::Other;
+            };
+            (src.to_vec(), dst.to_vec(), l4)
+        }
+        _ => return Parsed::Other,
+    };
+    let (Some(sport), Some(dport), Some(seq), Some(&doff), Some(&flags)) = (
+        be16(l4, 0),
+        be16(l4, 2),
+        be32(l4, 4),
+        l4.get(12),
+        l4.get(13),
+    ) else {
+        return Parsed::Other;
+    };
+    let hlen = usize::from(doff >> 4) * 4;
+    let Some(payload) = l4.get(hlen.max(20)..) else {
+        return Parsed::Other;
+    };
+    Parsed::Tcp(Segment {
+        src,
+        dst,
+        sport,
+        dport,
+        seq,
+        fin: flags & 0x01 != 0,
+        syn: flags & 0x02 != 0,
+        rst: flags & 0x04 != 0,
+        payload,
+    })
+}
+
+type ConnKey = (Vec<u8>, u16, Vec<u8>, u16);
+
+struct Pending {
+    direction: Direction,
+    start: u64,
+    end: u64,
+    tcp_seq: u32,
+    bytes: u64,
+    packets: u32,
+    retransmits: u32,
+    payload: Vec<u8>,
+    /// A segment went missing inside this message: later bytes cannot extend the snippet.
+    hole: bool,
+}
+
+struct Conn {
+    flow_id: u64,
+    index: u32,
+    current: Option<Pending>,
+    /// Next expected sequence number per direction (client->server, server->client).
+    next_seq: [Option<u32>; 2],
+}
+
+struct Tracker<'c> {
+    config: &'c ReplayConfig,
+    conns: HashMap<ConnKey, Conn>,
+    closed: HashSet<ConnKey>,
+    next_flow_id: u64,
+    records: Vec<Record>,
+    stats: ReplayStats,
+}
+
+/// `a` is before `b` in sequence space.
+fn seq_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+impl<'c> Tracker<'c> {
+    fn new(config: &'c ReplayConfig) -> Self {
+        Self {
+            config,
+            conns: HashMap::new(),
+            closed: HashSet::new(),
+            next_flow_id: 1,
+            records: Vec::new(),
+            stats: ReplayStats::default(),
+        }
+    }
+
+    fn packet(&mut self, lt: Linktype, ts: u64, data: &[u8]) -> Result<()> {
+        self.stats.packets += 1;
+        let seg = match parse(lt, data) {
+            Parsed::Tcp(s) => s,
+            Parsed::Fragment => {
+                self.stats.skipped_fragments += 1;
+                return Ok(());
+            }
+            Parsed::Other => {
+                self.stats.skipped_not_tcp += 1;
+                return Ok(());
+            }
+        };
+        let (key, direction) = if self.config.traced_ports.contains(&seg.dport) {
+            (
+                (seg.src.clone(), seg.sport, seg.dst.clone(), seg.dport),
+                Direction::ClientToServer,
+            )
+        } else if self.config.traced_ports.contains(&seg.sport) {
+            (
+                (seg.dst.clone(), seg.dport, seg.src.clone(), seg.sport),
+                Direction::ServerToClient,
+            )
+        } else {
+            self.stats.skipped_untraced += 1;
+            return Ok(());
+        };
+        self.stats.tcp_segments += 1;
+        if seg.syn {
+            // A new connection may reuse the 4-tuple of a closed one.
+            self.closed.remove(&key);
+        } else if self.closed.contains(&key) {
+            return Ok(());
+        }
+        if !seg.payload.is_empty() {
+            self.data(&key, direction, ts, &seg);
+        }
+        if seg.fin || seg.rst {
+            let reason = if seg.rst {
+                FlowEndReason::Rst
+            } else {
+                FlowEndReason::Fin
+            };
+            self.end(&key, reason, ts);
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, key: &ConnKey, direction: Direction, ts: u64, seg: &Segment<'_>) {
+        let snaplen = self.config.snaplen as usize;
+        if !self.conns.contains_key(key) {
+            self.stats.flows += 1;
+            self.conns.insert(
+                key.clone(),
+                Conn {
+                    flow_id: self.next_flow_id,
+                    index: 0,
+                    current: None,
+                    next_seq: [None, None],
+                },
+            );
+            self.next_flow_id += 1;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let d = usize::from(direction == Direction::ServerToClient);
+        let len = seg.payload.len() as u32;
+        let mut payload = seg.payload;
+        let mut seq = seg.seq;
+        let mut hole = false;
+        if let Some(exp) = conn.next_seq[d] {
+            let seg_end = seg.seq.wrapping_add(len);
+            if !seq_before(exp, seg_end) {
+                // Everything in this segment was seen already.
+                self.stats.retransmits += 1;
+                if let Some(cur) = conn.current.as_mut().filter(|c| c.direction == direction) {
+                    cur.retransmits += 1;
+                }
+                return;
+            }
+            if seq_before(seg.seq, exp) {
+                let overlap = exp.wrapping_sub(seg.seq) as usize;
+                payload = payload.get(overlap..).unwrap_or_default();
+                seq = exp;
+            } else if seg.seq != exp {
+                hole = true;
+            }
+        }
+        conn.next_seq[d] = Some(seq.wrapping_add(payload.len() as u32));
+        let switch = conn
+            .current
+            .as_ref()
+            .is_none_or(|c| c.direction != direction);
+        if switch {
+            if let Some(done) = conn.current.take() {
+                self.records
+                    .push(message(self.config, key, conn.flow_id, conn.index, done));
+                conn.index += 1;
+            }
+            conn.current = Some(Pending {
+                direction,
+                start: ts,
+                end: ts,
+                tcp_seq: seq,
+                bytes: 0,
+                packets: 0,
+                retransmits: 0,
+                payload: Vec::new(),
+                hole: false,
+            });
+        }
+        let Some(cur) = conn.current.as_mut() else {
+            return;
+        };
+        cur.end = ts;
+        cur.bytes += payload.len() as u64;
+        cur.packets += 1;
+        cur.hole |= hole && !switch;
+        if !cur.hole && cur.payload.len() < snaplen {
+            let room = snaplen - cur.payload.len();
+            cur.payload
+                .extend_from_slice(&payload[..payload.len().min(room)]);
+        }
+    }
+
+    fn end(&mut self, key: &ConnKey, reason: FlowEndReason, ts: u64) {
+        let Some(mut conn) = self.conns.remove(key) else {
+            return;
+        };
+        if let Some(done) = conn.current.take() {
+            self.records
+                .push(message(self.config, key, conn.flow_id, conn.index, done));
+            conn.index += 1;
+        }
+        self.records.push(Record {
+            kind: Some(record::Kind::FlowEnd(FlowEnd {
+                flow: Some(flow_key(key)),
+                point: Some(self.config.point.clone()),
+                flow_id: conn.flow_id,
+                reason: reason as i32,
+                unix_nanos: ts,
+                messages: conn.index,
+            })),
+        });
+        self.closed.insert(key.clone());
+    }
+
+    fn finish(mut self) -> Replay {
+        let mut open: Vec<(ConnKey, u64, u64)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| {
+                let end = c.current.as_ref().map(|p| p.end).unwrap_or_default();
+                (k.clone(), c.flow_id, end)
+            })
+            .collect();
+        open.sort_by_key(|(_, id, _)| *id);
+        for (key, _, ts) in open {
+            self.end(&key, FlowEndReason::Idle, ts);
+        }
+        Replay {
+            records: self.records,
+            stats: self.stats,
+        }
+    }
+}
+
+fn flow_key(key: &ConnKey) -> FlowKey {
+    FlowKey {
+        client_ip: key.0.clone(),
+        server_ip: key.2.clone(),
+        client_port: u32::from(key.1),
+        server_port: u32::from(key.3),
+        transport: Transport::Tcp as i32,
+    }
+}
+
+fn message(config: &ReplayConfig, key: &ConnKey, flow_id: u64, index: u32, p: Pending) -> Record {
+    Record {
+        kind: Some(record::Kind::Message(Message {
+            flow: Some(flow_key(key)),
+            point: Some(config.point.clone()),
+            flow_id,
+            index,
+            direction: p.direction as i32,
+            // As if observed at the server pod's veth: requests travel towards the pod.
+            to_pod: p.direction == Direction::ClientToServer,
+            start_unix_nanos: p.start,
+            end_unix_nanos: p.end,
+            tcp_seq: p.tcp_seq,
+            bytes: p.bytes,
+            packets: p.packets,
+            retransmits: p.retransmits,
+            payload: p.payload,
+            protocol: config.hint as i32,
+            partial: false,
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,271 @@
+//! The gRPC ingest service probes stream their records to.
+//!
+//! Per stream: a `Hello` first, then numbered batches. The highest processed batch number is
+//! remembered per probe id across streams, so batches a reconnecting probe re-sends are
+//! acknowledged without being processed twice. Sessions are handed to the output channel with
+//! `send().await` *before* the batch is acknowledged, so a slow consumer slows the probe's stream
+//! instead of growing memory here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use clovisor_proto::capture::v1::capture_server::{Capture, CaptureServer};
+use clovisor_proto::capture::v1::{
+    collector_message, probe_message, Ack, CollectorMessage, Hello, ProbeMessage, RecordBatch,
+};
+use clovisor_proto::session::v1::Session;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::flows::{FlowTable, FlowTableConfig};
+use crate::metrics::CollectorMetrics;
+
+/// Tuning of a [`CaptureService`].
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Limits of the flow table.
+    pub flows: FlowTableConfig,
+    /// How often idle flows, reordering gaps and early-flushed responses are looked at.
+    pub flush_interval: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            flows: FlowTableConfig::default(),
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+struct State {
+    table: FlowTable,
+    /// Highest processed batch number per probe id.
+    last_seq: HashMap<String, u64>,
+    /// Current probe id per node, to notice restarts.
+    node_probe: HashMap<String, String>,
+}
+
+/// Aborts the flusher when the service goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    out: mpsc::Sender<Session>,
+    metrics: Arc<CollectorMetrics>,
+    flush_interval: Duration,
+    flusher: OnceLock<AbortOnDrop>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the table worse than a lost batch.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the periodic flush once a runtime is available.
+    fn ensure_flusher(self: &Arc<Self>) {
+        if self.flusher.get().is_some() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let period = self.flush_interval;
+        let _ = self
+            .flusher
+            .set(AbortOnDrop(handle.spawn(flush_loop(weak, period))));
+    }
+
+    fn hello(&self, hello: &Hello) {
+        let mut st = self.lock();
+        if !hello.node.is_empty() {
+            if let Some(old) = st
+                .node_probe
+                .insert(hello.node.clone(), hello.probe_id.clone())
+            {
+                if old != hello.probe_id {
+                    tracing::info!(node = %hello.node, old = %old, new = %hello.probe_id,
+                        "probe restarted; forgetting its previous flows");
+                    self.metrics.probe_restarts.inc();
+                    st.table.forget_probe(&old);
+                    st.last_seq.remove(&old);
+                }
+            }
+        }
+        st.table.register_probe(&hello.probe_id, &hello.node);
+    }
+
+    /// Processes a batch unless already processed; returns the sessions it completed.
+    fn batch(&self, probe_id: &str, batch: RecordBatch) -> Option<Vec<Session>> {
+        let mut st = self.lock();
+        let last = st.last_seq.get(probe_id).copied().unwrap_or(0);
+        if batch.seq <= last {
+            self.metrics.batches_duplicate.inc();
+            return None;
+        }
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for record in batch.records {
+            st.table.ingest(probe_id, record, now, &mut out);
+        }
+        st.last_seq.insert(probe_id.to_owned(), batch.seq);
+        self.metrics.batches_processed.inc();
+        Some(out)
+    }
+}
+
+async fn flush_loop(weak: Weak<Inner>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let mut out = Vec::new();
+        inner.lock().table.flush(Instant::now(), &mut out);
+        for s in out {
+            if inner.out.send(s).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The `clovisor.capture.v1.Capture` service.
+#[derive(Clone)]
+pub struct CaptureService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CaptureService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureService").finish_non_exhaustive()
+    }
+}
+
+impl CaptureService {
+    /// A service sending decoded sessions to `out`, with default limits.
+    pub fn new(out: mpsc::Sender<Session>, metrics: Arc<CollectorMetrics>) -> Self {
+        Self::with_config(out, metrics, ServiceConfig::default())
+    }
+
+    /// A service with explicit limits.
+    pub fn with_config(
+        out: mpsc::Sender<Session>,
+        metrics: Arc<CollectorMetrics>,
+        config: ServiceConfig,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                table: FlowTable::new(config.flows, Arc::clone(&metrics)),
+                last_seq: HashMap::new(),
+                node_probe: HashMap::new(),
+            }),
+            out,
+            metrics,
+            flush_interval: config.flush_interval,
+            flusher: OnceLock::new(),
+        });
+        inner.ensure_flusher();
+        Self { inner }
+    }
+
+    /// Wraps the service for a tonic server.
+    pub fn into_server(self) -> CaptureServer<Self> {
+        CaptureServer::new(self)
+    }
+}
+
+fn ack(seq: u64) -> CollectorMessage {
+    CollectorMessage {
+        kind: Some(collector_message::Kind::Ack(Ack { seq })),
+    }
+}
+
+async fn run_stream(
+    inner: Arc<Inner>,
+    probe_id: String,
+    mut inbound: Streaming<ProbeMessage>,
+    tx: mpsc::Sender<Result<CollectorMessage, Status>>,
+) {
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return,
+            Err(status) => {
+                tracing::debug!(probe = %probe_id, error = %status, "probe stream ended");
+                return;
+            }
+        };
+        match msg.kind {
+            Some(probe_message::Kind::Batch(batch)) => {
+                let seq = batch.seq;
+                for s in inner.batch(&probe_id, batch).into_iter().flatten() {
+                    if inner.out.send(s).await.is_err() {
+                        let _ = tx
+                            .send(Err(Status::unavailable("collector is shutting down")))
+                            .await;
+                        return;
+                    }
+                }
+                if tx.send(Ok(ack(seq))).await.is_err() {
+                    return;
+                }
+            }
+            Some(probe_message::Kind::Hello(_)) => {
+                let _ = tx
+                    .send(Err(Status::invalid_argument(
+                        "Hello is only valid as the first message",
+                    )))
+                    .await;
+                return;
+            }
+            None => {}
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Capture for CaptureService {
+    type StreamStream = ReceiverStream<Result<CollectorMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<ProbeMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        self.inner.ensure_flusher();
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(ProbeMessage {
+                kind: Some(probe_message::Kind::Hello(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        if hello.probe_id.is_empty() {
+            return Err(Status::invalid_argument("Hello.probe_id must not be empty"));
+        }
+        self.inner.hello(&hello);
+        let (tx, rx) = mpsc::channel(32);
+        tokio::spawn(run_stream(
+            Arc::clone(&self.inner),
+            hello.probe_id,
+            inbound,
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

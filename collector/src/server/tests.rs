@@ -1,0 +1,245 @@
+//! The service over an in-process HTTP/2 transport (`tokio::io::duplex`), as in tonic's
+//! `examples/src/mock`.
+
+use super::*;
+use clovisor_proto::capture::v1::capture_client::CaptureClient;
+use clovisor_proto::capture::v1::{
+    record, Direction, FlowKey, Message, ObservationPoint, ProtocolHint, Record,
+};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Server};
+
+/// Starts the service; every connect opens a fresh in-memory connection to it.
+async fn start(
+    config: ServiceConfig,
+) -> anyhow::Result<(Channel, mpsc::Receiver<Session>, Arc<CollectorMetrics>)> {
+    let metrics = Arc::new(CollectorMetrics::new());
+    let (out_tx, out_rx) = mpsc::channel(64);
+    let svc = CaptureService::with_config(out_tx, Arc::clone(&metrics), config).into_server();
+    let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<tokio::io::DuplexStream>>(4);
+    tokio::spawn(async move {
+        let _ = Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(ReceiverStream::new(conn_rx))
+            .await;
+    });
+    let channel = Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let conn_tx = conn_tx.clone();
+            async move {
+                let (client, server) = tokio::io::duplex(1 << 16);
+                conn_tx
+                    .send(Ok(server))
+                    .await
+                    .map_err(|_| std::io::Error::other("server gone"))?;
+                Ok::<_, std::io::Error>(TokioIo::new(client))
+            }
+        }))
+        .await?;
+    Ok((channel, out_rx, metrics))
+}
+
+fn hello(probe: &str, node: &str) -> ProbeMessage {
+    ProbeMessage {
+        kind: Some(probe_message::Kind::Hello(Hello {
+            probe_id: probe.into(),
+            node: node.into(),
+            snaplen: 256,
+        })),
+    }
+}
+
+fn message(index: u32, dir: Direction, payload: &[u8]) -> Record {
+    Record {
+        kind: Some(record::Kind::Message(Message {
+            flow: Some(FlowKey {
+                client_ip: vec![10, 0, 0, 1],
+                server_ip: vec![10, 0, 0, 2],
+                client_port: 5555,
+                server_port: 80,
+                transport: 1,
+            }),
+            point: Some(ObservationPoint::default()),
+            flow_id: 9,
+            index,
+            direction: dir as i32,
+            payload: payload.to_vec(),
+            protocol: ProtocolHint::Http as i32,
+            ..Message::default()
+        })),
+    }
+}
+
+fn batch(seq: u64, records: Vec<Record>) -> ProbeMessage {
+    ProbeMessage {
+        kind: Some(probe_message::Kind::Batch(RecordBatch { seq, records })),
+    }
+}
+
+/// Sends `msgs` on a new stream and collects `acks` acknowledgements.
+async fn exchange(
+    channel: &Channel,
+    msgs: Vec<ProbeMessage>,
+    acks: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let (tx, rx) = mpsc::channel(16);
+    for m in msgs {
+        tx.send(m).await?;
+    }
+    let mut inbound = CaptureClient::new(channel.clone())
+        .stream(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut got = Vec::new();
+    while got.len() < acks {
+        let msg = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("no ack within 5s; got {got:?}"))??;
+        match msg.and_then(|m| m.kind) {
+            Some(collector_message::Kind::Ack(a)) => got.push(a.seq),
+            None => anyhow::bail!("stream ended after acks {got:?}"),
+        }
+    }
+    drop(tx);
+    Ok(got)
+}
+
+const REQ: &[u8] = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n";
+const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+#[tokio::test]
+async fn first_message_must_be_hello() -> anyhow::Result<()> {
+    let (channel, _out, _m) = start(ServiceConfig::default()).await?;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(batch(1, vec![])).await?;
+    let res = CaptureClient::new(channel)
+        .stream(ReceiverStream::new(rx))
+        .await;
+    match res {
+        Err(status) => assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "want InvalidArgument, got {status:?}"
+        ),
+        Ok(_) => panic!("a stream without Hello must be refused, it was accepted"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn acks_every_batch_and_processes_resent_ones_once() -> anyhow::Result<()> {
+    let (channel, mut out, metrics) = start(ServiceConfig::default()).await?;
+    let acks = exchange(
+        &channel,
+        vec![
+            hello("p1", "node-a"),
+            batch(1, vec![message(0, Direction::ClientToServer, REQ)]),
+            batch(2, vec![message(1, Direction::ServerToClient, RESP)]),
+        ],
+        2,
+    )
+    .await?;
+    assert_eq!(acks, vec![1, 2]);
+    let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("output closed"))?;
+    assert_eq!(s.http.as_ref().map(|h| h.status_code), Some(200));
+
+    // Reconnect: batch 2 is re-sent (unacked from the probe's view), then new batches.
+    let acks = exchange(
+        &channel,
+        vec![
+            hello("p1", "node-a"),
+            batch(2, vec![message(1, Direction::ServerToClient, RESP)]),
+            batch(3, vec![message(2, Direction::ClientToServer, REQ)]),
+            batch(4, vec![message(3, Direction::ServerToClient, RESP)]),
+        ],
+        3,
+    )
+    .await?;
+    assert_eq!(
+        acks,
+        vec![2, 3, 4],
+        "every batch is acknowledged, duplicates too"
+    );
+    assert_eq!(
+        metrics.batches_duplicate.get(),
+        1,
+        "batch 2 was a duplicate"
+    );
+    let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("output closed"))?;
+    assert_eq!(
+        s.id, "p1/9/2",
+        "the next session is the new exchange, not a replay"
+    );
+    assert!(out.try_recv().is_err(), "no duplicate session");
+    assert_eq!(
+        metrics.messages_dropped_for("duplicate"),
+        0,
+        "dedupe happened at batch level"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn new_probe_id_on_same_node_forgets_old_flows() -> anyhow::Result<()> {
+    let (channel, _out, metrics) = start(ServiceConfig::default()).await?;
+    exchange(
+        &channel,
+        vec![
+            hello("old", "node-a"),
+            batch(1, vec![message(0, Direction::ClientToServer, REQ)]),
+        ],
+        1,
+    )
+    .await?;
+    let acks = exchange(
+        &channel,
+        vec![
+            hello("new", "node-a"),
+            batch(1, vec![message(0, Direction::ClientToServer, REQ)]),
+        ],
+        1,
+    )
+    .await?;
+    assert_eq!(
+        acks,
+        vec![1],
+        "the new incarnation starts its numbering afresh"
+    );
+    assert_eq!(metrics.probe_restarts.get(), 1);
+    assert_eq!(metrics.flows_evicted_for("probe_restart"), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn periodic_flush_emits_idle_flows() -> anyhow::Result<()> {
+    let config = ServiceConfig {
+        flows: FlowTableConfig {
+            idle_timeout: Duration::from_millis(50),
+            ..FlowTableConfig::default()
+        },
+        flush_interval: Duration::from_millis(20),
+    };
+    let (channel, mut out, metrics) = start(config).await?;
+    exchange(
+        &channel,
+        vec![
+            hello("p", "n"),
+            batch(1, vec![message(0, Direction::ClientToServer, REQ)]),
+        ],
+        1,
+    )
+    .await?;
+    let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("output closed"))?;
+    assert!(
+        s.incomplete,
+        "an idle open request is emitted incomplete: {s:?}"
+    );
+    assert_eq!(metrics.flows_evicted_for("idle"), 1);
+    Ok(())
+}

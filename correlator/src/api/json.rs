@@ -1,0 +1,233 @@
+//! The JSON shape of a session in the REST API.
+
+use clovisor_proto::session::v1::{Endpoint, Observation, Protocol, TraceFormat};
+use serde::Serialize;
+use time::format_description::FormatItem;
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+use crate::export::span::{endpoint_ip, http_version, point_name, redact_query, split_target};
+use crate::record::CorrelatedSession;
+
+/// RFC 3339 in UTC with all nine fractional digits, so ordering by string is ordering by time.
+const RFC3339_NANOS: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
+
+/// Formats Unix nanoseconds as RFC 3339; `None` for 0 (not observed).
+pub fn rfc3339(nanos: u64) -> Option<String> {
+    if nanos == 0 {
+        return None;
+    }
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
+        .ok()?
+        .format(RFC3339_NANOS)
+        .ok()
+}
+
+/// One end of the exchange.
+#[derive(Debug, Serialize)]
+pub struct EndpointJson {
+    /// IPv4 or IPv6 address.
+    pub ip: Option<String>,
+    /// TCP port.
+    pub port: u32,
+    /// Pod name, when known.
+    pub pod: Option<String>,
+    /// Namespace, when known.
+    pub namespace: Option<String>,
+    /// Node, when known.
+    pub node: Option<String>,
+}
+
+/// What one observation point saw.
+#[derive(Debug, Serialize)]
+pub struct ObservationJson {
+    /// `pod`, `node` or `socket`.
+    pub point: &'static str,
+    /// Interface the point is attached to.
+    pub interface: Option<String>,
+    /// Node of the point.
+    pub node: Option<String>,
+    /// `client` or `server` end, when known.
+    pub side: Option<String>,
+    /// First request byte seen.
+    pub request_start: Option<String>,
+    /// Last request byte seen.
+    pub request_end: Option<String>,
+    /// First response byte seen.
+    pub response_start: Option<String>,
+    /// Last response byte seen.
+    pub response_end: Option<String>,
+}
+
+/// Decoded HTTP fields.
+#[derive(Debug, Serialize)]
+pub struct HttpJson {
+    /// Request method.
+    pub method: String,
+    /// Path of the request target.
+    pub path: String,
+    /// Query of the request target, when present.
+    pub query: Option<String>,
+    /// `Host` header.
+    pub host: Option<String>,
+    /// `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// Response status code; `None` when no response was seen.
+    pub status_code: Option<u32>,
+    /// HTTP version, e.g. `1.1`.
+    pub version: Option<String>,
+    /// `x-request-id` header.
+    pub request_id: Option<String>,
+    /// Envoy decorator (`x-envoy-decorator-operation`).
+    pub envoy_decorator: Option<String>,
+}
+
+/// A request/response pair of counters.
+#[derive(Debug, Serialize)]
+pub struct CountersJson {
+    /// Client to server.
+    pub request: u64,
+    /// Server to client.
+    pub response: u64,
+}
+
+/// Where the session sits in a trace.
+#[derive(Debug, Serialize)]
+pub struct TraceJson {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// Our span's id, 16 lowercase hex digits.
+    pub span_id: String,
+    /// The caller's span id seen on the wire.
+    pub parent_span_id: Option<String>,
+    /// `x-request-id`, when present.
+    pub request_id: Option<String>,
+    /// `w3c`, `b3`, `b3-single`, or `None` when the trace was started here.
+    pub format: Option<&'static str>,
+}
+
+/// A session as the REST API returns it.
+#[derive(Debug, Serialize)]
+pub struct SessionJson {
+    /// Session id.
+    pub id: String,
+    /// `http/1.1`, …
+    pub protocol: String,
+    /// Request start.
+    pub start_time: Option<String>,
+    /// Response end (or last activity when incomplete).
+    pub end_time: Option<String>,
+    /// `end - start` in nanoseconds.
+    pub duration_ns: u64,
+    /// Client end.
+    pub client: Option<EndpointJson>,
+    /// Server end.
+    pub server: Option<EndpointJson>,
+    /// Every point that saw the exchange.
+    pub observations: Vec<ObservationJson>,
+    /// HTTP fields, when decoded.
+    pub http: Option<HttpJson>,
+    /// Byte counts.
+    pub bytes: CountersJson,
+    /// Packet counts.
+    pub packets: CountersJson,
+    /// Trace placement.
+    pub trace: TraceJson,
+    /// No response was seen.
+    pub incomplete: bool,
+}
+
+fn opt(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn endpoint(e: &Endpoint) -> EndpointJson {
+    EndpointJson {
+        ip: endpoint_ip(e).map(|ip| ip.to_string()),
+        port: e.port,
+        pod: opt(&e.pod),
+        namespace: opt(&e.namespace),
+        node: opt(&e.node),
+    }
+}
+
+fn observation(o: &Observation) -> ObservationJson {
+    ObservationJson {
+        point: point_name(o.kind),
+        interface: opt(&o.interface),
+        node: opt(&o.node),
+        side: opt(&o.side),
+        request_start: rfc3339(o.request_start_unix_nanos),
+        request_end: rfc3339(o.request_end_unix_nanos),
+        response_start: rfc3339(o.response_start_unix_nanos),
+        response_end: rfc3339(o.response_end_unix_nanos),
+    }
+}
+
+impl From<&CorrelatedSession> for SessionJson {
+    fn from(rec: &CorrelatedSession) -> Self {
+        let s = &rec.session;
+        let protocol = match Protocol::try_from(s.protocol) {
+            Ok(Protocol::Http1) => {
+                let v = s.http.as_ref().map_or("", |h| h.version.as_str());
+                format!("http/{}", http_version(v))
+            }
+            _ => "unknown".to_owned(),
+        };
+        let http = s.http.as_ref().map(|h| {
+            let (path, query) = split_target(&h.target);
+            HttpJson {
+                method: h.method.clone(),
+                path: path.to_owned(),
+                // Same redaction as spans: the API must not be a way around it.
+                query: query.map(redact_query),
+                host: opt(&h.host),
+                user_agent: opt(&h.user_agent),
+                status_code: (h.status_code != 0).then_some(h.status_code),
+                version: opt(&h.version).map(|v| http_version(&v).to_owned()),
+                request_id: opt(&h.request_id),
+                envoy_decorator: opt(&h.envoy_decorator),
+            }
+        });
+        let format = s
+            .trace
+            .as_ref()
+            .filter(|_| rec.trace_from_wire)
+            .and_then(|t| match TraceFormat::try_from(t.format) {
+                Ok(TraceFormat::W3c) => Some("w3c"),
+                Ok(TraceFormat::B3Multi) => Some("b3"),
+                Ok(TraceFormat::B3Single) => Some("b3-single"),
+                _ => None,
+            });
+        let bytes = s.bytes.unwrap_or_default();
+        let packets = s.packets.unwrap_or_default();
+        Self {
+            id: rec.id.clone(),
+            protocol,
+            start_time: rfc3339(s.start_unix_nanos),
+            end_time: rfc3339(s.end_unix_nanos),
+            duration_ns: s.end_unix_nanos.saturating_sub(s.start_unix_nanos),
+            client: s.client.as_ref().map(endpoint),
+            server: s.server.as_ref().map(endpoint),
+            observations: s.observations.iter().map(observation).collect(),
+            http,
+            bytes: CountersJson {
+                request: bytes.request,
+                response: bytes.response,
+            },
+            packets: CountersJson {
+                request: packets.request,
+                response: packets.response,
+            },
+            trace: TraceJson {
+                trace_id: rec.trace_id.to_string(),
+                span_id: rec.span_id.to_string(),
+                parent_span_id: rec.parent_span_id.map(|p| p.to_string()),
+                request_id: s.http.as_ref().and_then(|h| opt(&h.request_id)),
+                format,
+            },
+            incomplete: s.incomplete,
+        }
+    }
+}

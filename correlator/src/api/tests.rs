@@ -1,0 +1,197 @@
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::*;
+use crate::ingest::IngestService;
+use crate::metrics::Metrics;
+use crate::testing::SessionBuilder;
+
+fn state_with(sessions: Vec<SessionBuilder>) -> ApiState {
+    let store = Arc::new(Store::new(100));
+    let ingest = IngestService::new(Arc::clone(&store), Arc::new(Metrics::new()), None);
+    for s in sessions {
+        ingest.accept(s.build());
+    }
+    ApiState::new(store)
+}
+
+async fn get_json(app: Router, uri: &str) -> (StatusCode, Value) {
+    let response = app
+        .oneshot(
+            Request::get(uri)
+                .body(Body::empty())
+                .expect("static request is valid"),
+        )
+        .await
+        .expect("router is infallible");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body fits 1 MiB");
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "{uri}: body is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, json)
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected a sessions array, saw {v}"))
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn lists_newest_first_with_filters() {
+    let app = app(state_with(vec![
+        SessionBuilder::new("a").status(200),
+        SessionBuilder::new("b").status(502).pods("c", "api-0"),
+        SessionBuilder::new("c").status(404),
+    ]));
+    let (status, body) = get_json(app.clone(), "/api/v1/sessions").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&body), ["c", "b", "a"], "newest first");
+    let (_, body) = get_json(app.clone(), "/api/v1/sessions?status=5xx").await;
+    assert_eq!(ids(&body), ["b"]);
+    let (_, body) = get_json(app.clone(), "/api/v1/sessions?pod=api-0&limit=5").await;
+    assert_eq!(ids(&body), ["b"]);
+    let (_, body) = get_json(app, "/api/v1/sessions?limit=2").await;
+    assert_eq!(ids(&body), ["c", "b"]);
+}
+
+#[tokio::test]
+async fn bad_filter_is_a_json_400() {
+    let app = app(state_with(vec![]));
+    for uri in [
+        "/api/v1/sessions?status=7xx",
+        "/api/v1/sessions?limit=5000",
+        "/api/v1/sessions?trace_id=nothex",
+        "/api/v1/sessions?colour=red",
+    ] {
+        let (status, body) = get_json(app.clone(), uri).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{uri} should be refused, body {body}"
+        );
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("bad filter")),
+            "{uri}: error body should explain, saw {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn session_json_shape() {
+    let state = state_with(vec![SessionBuilder::new("s-1")
+        .trace([0xAB; 16], [0xCD; 8])
+        .request_id("rid-1")
+        .target("/cart?token=secret&item=3")]);
+    let (status, s) = get_json(app(state), "/api/v1/sessions/s-1").await;
+    assert_eq!(status, StatusCode::OK, "body {s}");
+    assert_eq!(s["id"], "s-1");
+    assert_eq!(s["protocol"], "http/1.1");
+    assert_eq!(
+        s["start_time"], "2023-11-14T22:13:20.123456789Z",
+        "RFC 3339 with nanoseconds"
+    );
+    assert_eq!(s["end_time"], "2023-11-14T22:13:20.126456789Z");
+    assert_eq!(s["duration_ns"], 3_000_000);
+    assert_eq!(s["client"]["ip"], "10.0.0.1");
+    assert_eq!(s["client"]["port"], 40000);
+    assert_eq!(s["server"]["pod"], "web-0");
+    assert_eq!(s["server"]["namespace"], "default");
+    assert_eq!(s["server"]["node"], "node-b");
+    let obs = &s["observations"][0];
+    assert_eq!(obs["point"], "pod");
+    assert_eq!(obs["interface"], "veth-web0");
+    assert_eq!(obs["side"], "server");
+    assert_eq!(obs["request_start"], "2023-11-14T22:13:20.123456789Z");
+    assert_eq!(s["http"]["method"], "GET");
+    assert_eq!(s["http"]["path"], "/cart");
+    assert_eq!(s["http"]["query"], "token=REDACTED&item=3");
+    assert_eq!(s["http"]["host"], "web:8080");
+    assert_eq!(
+        s["http"]["version"], "1.1",
+        "bare version, as the decoder's HTTP/1.1"
+    );
+    assert_eq!(s["http"]["status_code"], 200);
+    assert_eq!(s["http"]["request_id"], "rid-1");
+    assert_eq!(s["bytes"]["request"], 120);
+    assert_eq!(s["packets"]["response"], 2);
+    assert_eq!(
+        s["trace"]["trace_id"], "abababababababababababababababab",
+        "lowercase hex"
+    );
+    assert_eq!(s["trace"]["parent_span_id"], "cdcdcdcdcdcdcdcd");
+    assert_eq!(s["trace"]["format"], "w3c");
+    assert_eq!(s["trace"]["span_id"].as_str().map(str::len), Some(16));
+    assert_eq!(s["incomplete"], false);
+}
+
+#[tokio::test]
+async fn missing_session_is_404_and_health_answers() {
+    let state = state_with(vec![]);
+    let (status, body) = get_json(app(state.clone()), "/api/v1/sessions/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "body {body}");
+    for (uri, want) in [("/healthz", StatusCode::OK), ("/readyz", StatusCode::OK)] {
+        let r = app(state.clone())
+            .oneshot(Request::get(uri).body(Body::empty()).expect("valid"))
+            .await
+            .expect("infallible");
+        assert_eq!(r.status(), want, "{uri}");
+    }
+    state.ready.store(false, Ordering::Relaxed);
+    let r = app(state)
+        .oneshot(Request::get("/readyz").body(Body::empty()).expect("valid"))
+        .await
+        .expect("infallible");
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while shutting down"
+    );
+}
+
+#[tokio::test]
+async fn metrics_endpoint_serves_openmetrics() {
+    let metrics = Metrics::new();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let r = metrics_app(Arc::new(registry))
+        .oneshot(Request::get("/metrics").body(Body::empty()).expect("valid"))
+        .await
+        .expect("infallible");
+    assert_eq!(r.status(), StatusCode::OK);
+    let ctype = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        ctype.starts_with("application/openmetrics-text"),
+        "content type {ctype}"
+    );
+    let body = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("# TYPE clovisor_correlator_sessions_received counter"),
+        "{text}"
+    );
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF: {text}"
+    );
+}

@@ -1,0 +1,297 @@
+//! Typed configuration, read from the environment through a seam tests can fill.
+//!
+//! The OpenTelemetry variables keep their standard names and meanings
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, the batch span processor's `OTEL_BSP_*`),
+//! so an operator's existing knowledge and manifests carry over.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// OTLP endpoint for all signals (gRPC), e.g. `http://otel-collector:4317`.
+pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// OTLP endpoint for traces only; wins over [`ENV_OTLP_ENDPOINT`] as the OTel spec says.
+pub const ENV_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// Per-request export timeout in milliseconds.
+pub const ENV_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+/// `service.name` of the exported resource.
+pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// `otlp` (default) or `none` to switch span export off.
+pub const ENV_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
+/// Spans per export request at most.
+pub const ENV_BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
+/// Milliseconds a partial batch waits before it is sent.
+pub const ENV_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
+/// Spans waiting for export at most; beyond it new spans are dropped and counted.
+pub const ENV_BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
+/// Sessions kept in memory for the REST API.
+pub const ENV_STORE_CAPACITY: &str = "CLOVISOR_STORE_CAPACITY";
+/// Milliseconds one batch is retried at most before it is dropped and counted.
+pub const ENV_EXPORT_RETRY_MAX_ELAPSED: &str = "CLOVISOR_EXPORT_RETRY_MAX_ELAPSED_MS";
+/// Node the correlator runs on (Downward API), exported as the resource's `k8s.node.name`.
+pub const ENV_NODE_NAME: &str = "CLOVISOR_NODE_NAME";
+
+/// Default OTLP/gRPC endpoint, as in the OTel spec.
+pub const DEFAULT_OTLP_ENDPOINT: &str = "http://localhost:4317";
+/// Default `service.name`.
+pub const DEFAULT_SERVICE_NAME: &str = "clovisor";
+
+/// Hard ceiling on the store, so a typo cannot ask for unbounded memory.
+const MAX_STORE_CAPACITY: usize = 10_000_000;
+
+/// How spans leave the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// OTLP/gRPC endpoint (`http://host:port`).
+    pub endpoint: String,
+    /// Spans per request at most.
+    pub batch_size: usize,
+    /// A partial batch is sent after this long.
+    pub batch_timeout: Duration,
+    /// Spans waiting for export at most.
+    pub queue_capacity: usize,
+    /// Timeout of one export request.
+    pub request_timeout: Duration,
+    /// First retry delay; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// How long one batch is retried before it is dropped.
+    pub retry_max_elapsed: Duration,
+    /// How long [`crate::Correlator::shutdown`] waits for queued spans to be delivered.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: DEFAULT_OTLP_ENDPOINT.to_owned(),
+            batch_size: 512,
+            batch_timeout: Duration::from_millis(1000),
+            queue_capacity: 4096,
+            request_timeout: Duration::from_secs(10),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            retry_max_elapsed: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything the correlator library needs to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Sessions kept for the REST API; the oldest is evicted beyond it.
+    pub store_capacity: usize,
+    /// `service.name` of exported spans.
+    pub service_name: String,
+    /// The correlator's own node, when known.
+    pub node_name: Option<String>,
+    /// Span export; `None` when switched off with `OTEL_TRACES_EXPORTER=none`.
+    pub export: Option<ExportConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            store_capacity: 10_000,
+            service_name: DEFAULT_SERVICE_NAME.to_owned(),
+            node_name: None,
+            export: Some(ExportConfig::default()),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_env_map(&std::env::vars().collect())
+    }
+
+    /// Reads `env` as if it were the environment; empty values count as unset.
+    pub fn from_env_map(env: &HashMap<String, String>) -> Result<Self> {
+        let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let defaults = Config::default();
+        let store_capacity = match get(ENV_STORE_CAPACITY) {
+            Some(v) => positive(ENV_STORE_CAPACITY, v)?,
+            None => defaults.store_capacity,
+        };
+        if store_capacity > MAX_STORE_CAPACITY {
+            return Err(Error::EnvValue {
+                name: ENV_STORE_CAPACITY,
+                value: store_capacity.to_string(),
+                reason: "must be at most 10000000",
+            });
+        }
+        let export = match get(ENV_TRACES_EXPORTER) {
+            None | Some("otlp") => Some(export_from(&get)?),
+            Some("none") => None,
+            Some(other) => {
+                return Err(Error::EnvValue {
+                    name: ENV_TRACES_EXPORTER,
+                    value: other.to_owned(),
+                    reason: "expected `otlp` or `none`",
+                })
+            }
+        };
+        Ok(Self {
+            store_capacity,
+            service_name: get(ENV_SERVICE_NAME)
+                .unwrap_or(DEFAULT_SERVICE_NAME)
+                .to_owned(),
+            node_name: get(ENV_NODE_NAME).map(str::to_owned),
+            export,
+        })
+    }
+}
+
+fn export_from<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ExportConfig> {
+    let mut cfg = ExportConfig::default();
+    if let Some(endpoint) = get(ENV_OTLP_TRACES_ENDPOINT).or_else(|| get(ENV_OTLP_ENDPOINT)) {
+        // Refuse what tonic could never connect to now, not at the first export.
+        endpoint
+            .parse::<http::Uri>()
+            .map_err(|source| Error::Endpoint {
+                endpoint: endpoint.to_owned(),
+                source,
+            })?;
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(Error::EnvValue {
+                name: ENV_OTLP_ENDPOINT,
+                value: endpoint.to_owned(),
+                reason: "expected an http:// or https:// URL",
+            });
+        }
+        cfg.endpoint = endpoint.to_owned();
+    }
+    if let Some(v) = get(ENV_BSP_MAX_EXPORT_BATCH_SIZE) {
+        cfg.batch_size = positive(ENV_BSP_MAX_EXPORT_BATCH_SIZE, v)?;
+    }
+    if let Some(v) = get(ENV_BSP_MAX_QUEUE_SIZE) {
+        cfg.queue_capacity = positive(ENV_BSP_MAX_QUEUE_SIZE, v)?;
+    }
+    if let Some(v) = get(ENV_BSP_SCHEDULE_DELAY) {
+        cfg.batch_timeout = Duration::from_millis(positive(ENV_BSP_SCHEDULE_DELAY, v)? as u64);
+    }
+    if let Some(v) = get(ENV_OTLP_TIMEOUT) {
+        cfg.request_timeout = Duration::from_millis(positive(ENV_OTLP_TIMEOUT, v)? as u64);
+    }
+    if let Some(v) = get(ENV_EXPORT_RETRY_MAX_ELAPSED) {
+        cfg.retry_max_elapsed =
+            Duration::from_millis(number(ENV_EXPORT_RETRY_MAX_ELAPSED, v)? as u64);
+    }
+    // The spec says a batch larger than the queue is clamped to it.
+    cfg.batch_size = cfg.batch_size.min(cfg.queue_capacity);
+    Ok(cfg)
+}
+
+fn number(name: &'static str, value: &str) -> Result<usize> {
+    value.parse::<usize>().map_err(|source| Error::EnvNumber {
+        name,
+        value: value.to_owned(),
+        source,
+    })
+}
+
+fn positive(name: &'static str, value: &str) -> Result<usize> {
+    match number(name, value)? {
+        0 => Err(Error::EnvValue {
+            name,
+            value: value.to_owned(),
+            reason: "must be greater than zero",
+        }),
+        n => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_otel_spec() {
+        let cfg = Config::from_env_map(&HashMap::new()).expect("empty env must be valid");
+        let export = cfg.export.expect("export is on by default");
+        assert_eq!(export.endpoint, "http://localhost:4317", "default endpoint");
+        assert_eq!(cfg.service_name, "clovisor", "default service name");
+        assert_eq!(cfg.store_capacity, 10_000, "default store capacity");
+    }
+
+    #[test]
+    fn reads_standard_variables() {
+        let cfg = Config::from_env_map(&env(&[
+            (ENV_OTLP_ENDPOINT, "http://jaeger:4317"),
+            (ENV_SERVICE_NAME, "tracer"),
+            (ENV_BSP_MAX_EXPORT_BATCH_SIZE, "64"),
+            (ENV_BSP_SCHEDULE_DELAY, "250"),
+            (ENV_BSP_MAX_QUEUE_SIZE, "128"),
+            (ENV_STORE_CAPACITY, "42"),
+            (ENV_NODE_NAME, "node-a"),
+        ]))
+        .expect("valid env");
+        let export = cfg.export.expect("export on");
+        assert_eq!(export.endpoint, "http://jaeger:4317");
+        assert_eq!(export.batch_size, 64);
+        assert_eq!(export.batch_timeout, Duration::from_millis(250));
+        assert_eq!(export.queue_capacity, 128);
+        assert_eq!(cfg.service_name, "tracer");
+        assert_eq!(cfg.store_capacity, 42);
+        assert_eq!(cfg.node_name.as_deref(), Some("node-a"));
+    }
+
+    #[test]
+    fn traces_endpoint_wins_and_none_disables() {
+        let cfg = Config::from_env_map(&env(&[
+            (ENV_OTLP_ENDPOINT, "http://a:4317"),
+            (ENV_OTLP_TRACES_ENDPOINT, "http://b:4317"),
+        ]))
+        .expect("valid env");
+        assert_eq!(
+            cfg.export.map(|e| e.endpoint).as_deref(),
+            Some("http://b:4317"),
+            "the traces-specific endpoint must win"
+        );
+        let off = Config::from_env_map(&env(&[(ENV_TRACES_EXPORTER, "none")])).expect("valid");
+        assert!(
+            off.export.is_none(),
+            "OTEL_TRACES_EXPORTER=none must disable export"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_variable_name() {
+        for (name, value) in [
+            (ENV_STORE_CAPACITY, "lots"),
+            (ENV_STORE_CAPACITY, "0"),
+            (ENV_BSP_MAX_QUEUE_SIZE, "-1"),
+            (ENV_OTLP_ENDPOINT, "localhost:4317"),
+            (ENV_TRACES_EXPORTER, "jaeger"),
+        ] {
+            let err = Config::from_env_map(&env(&[(name, value)]))
+                .expect_err("a bad value must be refused");
+            let text = err.to_string();
+            assert!(
+                text.contains(value) && (text.contains(name) || text.contains("endpoint")),
+                "error for {name}={value} should name both, got: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn batch_is_clamped_to_queue() {
+        let cfg = Config::from_env_map(&env(&[
+            (ENV_BSP_MAX_EXPORT_BATCH_SIZE, "1000"),
+            (ENV_BSP_MAX_QUEUE_SIZE, "10"),
+        ]))
+        .expect("valid env");
+        assert_eq!(cfg.export.map(|e| e.batch_size), Some(10));
+    }
+}

@@ -1,0 +1,5 @@
+//! Span export: how a session becomes an OpenTelemetry span ([`span`]) and how spans reach an
+//! OTLP/gRPC endpoint ([`otlp`]).
+
+pub mod otlp;
+pub mod span;

@@ -1,0 +1,358 @@
+//! The OTLP/gRPC trace exporter: a bounded queue, a worker that batches by size or time, retries
+//! transient failures with exponential backoff, and `flush`/`shutdown` that deliver what is
+//! queued.
+//!
+//! Memory is bounded by the queue plus one batch in the worker: when the endpoint is slow or
+//! gone, the queue fills and new spans are dropped and counted (`clovisor_dropped_total{stage=
+//! "export",reason="queue_full"}`) instead of piling up; a batch that cannot be delivered within
+//! the retry budget is dropped and counted too (`retries_exhausted`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::ExportConfig;
+use crate::error::{Error, Result};
+use crate::export::span;
+use crate::metrics::{DropReason, Metrics};
+
+/// Semantic conventions version our attribute names follow.
+pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.26.0";
+
+enum Control {
+    /// Export everything queued now; reply when done.
+    Flush {
+        deadline: Instant,
+        done: oneshot::Sender<()>,
+    },
+    /// Export everything queued, then stop.
+    Shutdown {
+        deadline: Instant,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Enqueues spans for export; cheap to clone, never blocks.
+#[derive(Clone, Debug)]
+pub struct ExportHandle {
+    tx: mpsc::Sender<Span>,
+    metrics: Arc<Metrics>,
+}
+
+impl ExportHandle {
+    /// Queues `span`; when the queue is full the span is dropped, counted, and `false` returned.
+    pub fn enqueue(&self, span: Span) -> bool {
+        let queued = match self.tx.try_send(span) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.dropped_spans(DropReason::QueueFull, 1);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.metrics.dropped_spans(DropReason::Shutdown, 1);
+                false
+            }
+        };
+        self.metrics.export_queue(self.queued());
+        queued
+    }
+
+    /// Spans waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// The exporter: owns the worker task. Create inside a Tokio runtime.
+#[derive(Debug)]
+pub struct OtlpExporter {
+    handle: ExportHandle,
+    control: mpsc::Sender<Control>,
+    task: tokio::task::JoinHandle<()>,
+    /// Spans the worker has taken from the queue and not yet delivered or dropped.
+    in_worker: Arc<AtomicU64>,
+    shutdown_timeout: Duration,
+}
+
+impl OtlpExporter {
+    /// Starts the worker; connects lazily, so a dead endpoint is not an error here.
+    pub fn start(config: &ExportConfig, resource: Resource, metrics: Arc<Metrics>) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(config.endpoint.clone()).map_err(|source| {
+            Error::ExportEndpoint {
+                endpoint: config.endpoint.clone(),
+                source,
+            }
+        })?;
+        let channel = endpoint
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+            .timeout(config.request_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (control, control_rx) = mpsc::channel(4);
+        let in_worker = Arc::new(AtomicU64::new(0));
+        let worker = Worker {
+            client: TraceServiceClient::new(channel),
+            rx,
+            control: control_rx,
+            resource,
+            config: config.clone(),
+            metrics: Arc::clone(&metrics),
+            in_worker: Arc::clone(&in_worker),
+        };
+        let task = tokio::spawn(worker.run());
+        Ok(Self {
+            handle: ExportHandle { tx, metrics },
+            control,
+            task,
+            in_worker,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// A handle producers queue spans through.
+    pub fn handle(&self) -> ExportHandle {
+        self.handle.clone()
+    }
+
+    /// Delivers everything queued before the call (bounded by the shutdown timeout).
+    pub async fn flush(&self) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.control
+            .send(Control::Flush { deadline, done })
+            .await
+            .map_err(|_| Error::ExporterStopped)?;
+        // The worker gives up at `deadline`; the grace covers one request in flight.
+        match tokio::time::timeout_at(deadline + Duration::from_secs(1), wait).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::ExporterStopped),
+            Err(_) => Err(Error::ExporterTimeout {
+                timeout: self.shutdown_timeout,
+            }),
+        }
+    }
+
+    /// Delivers everything queued, then stops the worker. Spans still undelivered when the
+    /// shutdown timeout passes are dropped and counted.
+    pub async fn shutdown(self) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        let deadline = Instant::now() + self.shutdown_timeout;
+        let sent = self
+            .control
+            .send(Control::Shutdown { deadline, done })
+            .await
+            .is_ok();
+        let finished = sent
+            && tokio::time::timeout_at(deadline + Duration::from_secs(1), wait)
+                .await
+                .is_ok_and(|r| r.is_ok());
+        if !finished {
+            self.task.abort();
+            let lost = self.handle.queued() as u64 + self.in_worker.load(Ordering::Relaxed);
+            self.handle
+                .metrics
+                .dropped_spans(DropReason::Shutdown, lost);
+            tracing::warn!(
+                spans = lost,
+                "span exporter did not drain in time; spans dropped"
+            );
+            return Err(Error::ExporterTimeout {
+                timeout: self.shutdown_timeout,
+            });
+        }
+        match self.task.await {
+            Ok(()) => Ok(()),
+            Err(source) => Err(Error::ExporterJoin { source }),
+        }
+    }
+}
+
+struct Worker {
+    client: TraceServiceClient<Channel>,
+    rx: mpsc::Receiver<Span>,
+    control: mpsc::Receiver<Control>,
+    resource: Resource,
+    config: ExportConfig,
+    metrics: Arc<Metrics>,
+    in_worker: Arc<AtomicU64>,
+}
+
+/// What the OTLP spec calls retryable, plus `Unknown`, which tonic reports when it could not
+/// reach the endpoint at all ("Service was not ready").
+fn retryable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Cancelled
+            | DeadlineExceeded
+            | ResourceExhausted
+            | Aborted
+            | OutOfRange
+            | Unavailable
+            | DataLoss
+            | Unknown
+    )
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut batch: Vec<Span> = Vec::with_capacity(self.config.batch_size);
+        let mut batch_due = Instant::now();
+        loop {
+            let waiting = !batch.is_empty();
+            tokio::select! {
+                biased;
+                ctl = self.control.recv() => {
+                    let (deadline, done, stop) = match ctl {
+                        Some(Control::Flush { deadline, done }) => (deadline, Some(done), false),
+                        Some(Control::Shutdown { deadline, done }) => (deadline, Some(done), true),
+                        // The exporter was dropped without shutdown: deliver what we can.
+                        None => (Instant::now() + self.config.shutdown_timeout, None, true),
+                    };
+                    self.drain(std::mem::take(&mut batch), deadline).await;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    if stop {
+                        return;
+                    }
+                }
+                span = self.rx.recv() => match span {
+                    Some(span) => {
+                        if batch.is_empty() {
+                            batch_due = Instant::now() + self.config.batch_timeout;
+                        }
+                        batch.push(span);
+                        self.in_worker.fetch_add(1, Ordering::Relaxed);
+                        if batch.len() >= self.config.batch_size {
+                            self.export(std::mem::take(&mut batch), None).await;
+                        }
+                    }
+                    None => {
+                        let deadline = Instant::now() + self.config.shutdown_timeout;
+                        self.drain(std::mem::take(&mut batch), deadline).await;
+                        return;
+                    }
+                },
+                _ = tokio::time::sleep_until(batch_due), if waiting => {
+                    self.export(std::mem::take(&mut batch), None).await;
+                }
+            }
+            self.metrics.export_queue(self.rx.len());
+        }
+    }
+
+    /// Exports `batch` and everything queued now, giving up at `deadline`.
+    async fn drain(&mut self, mut batch: Vec<Span>, deadline: Instant) {
+        loop {
+            while batch.len() < self.config.batch_size {
+                match self.rx.try_recv() {
+                    Ok(span) => {
+                        batch.push(span);
+                        self.in_worker.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            self.export(std::mem::take(&mut batch), Some(deadline))
+                .await;
+        }
+        self.metrics.export_queue(self.rx.len());
+    }
+
+    fn request(&self, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(span::scope()),
+                    spans,
+                    schema_url: SCHEMA_URL.to_owned(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+
+    /// Sends one batch, retrying transient failures until the retry budget or `deadline` runs
+    /// out; counts what was delivered and what was dropped.
+    async fn export(&mut self, spans: Vec<Span>, deadline: Option<Instant>) {
+        let n = spans.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let request = self.request(spans);
+        let budget_end = Instant::now() + self.config.retry_max_elapsed;
+        let give_up_at = deadline.map_or(budget_end, |d| d.min(budget_end));
+        let mut backoff = self.config.min_backoff;
+        loop {
+            let mut req = tonic::Request::new(request.clone());
+            req.set_timeout(self.config.request_timeout);
+            let attempt =
+                tokio::time::timeout(self.config.request_timeout, self.client.export(req)).await;
+            let status = match attempt {
+                Ok(Ok(response)) => {
+                    let rejected = response
+                        .into_inner()
+                        .partial_success
+                        .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0))
+                        .min(n);
+                    if rejected > 0 {
+                        tracing::warn!(rejected, "OTLP endpoint rejected part of a batch");
+                        self.metrics.dropped_spans(DropReason::Rejected, rejected);
+                    }
+                    self.metrics.spans_exported(n - rejected);
+                    break;
+                }
+                Ok(Err(status)) => status,
+                Err(_) => tonic::Status::deadline_exceeded("export request timed out"),
+            };
+            self.metrics.export_failure();
+            if !retryable(status.code()) {
+                tracing::warn!(error = %status, spans = n, "OTLP endpoint refused a batch; dropped");
+                self.metrics.dropped_spans(DropReason::Rejected, n);
+                break;
+            }
+            let wait = jitter(backoff);
+            if Instant::now() + wait >= give_up_at {
+                let reason = if deadline.is_some_and(|d| d < budget_end) {
+                    DropReason::Shutdown
+                } else {
+                    DropReason::RetriesExhausted
+                };
+                tracing::warn!(error = %status, spans = n, ?reason, "OTLP export kept failing; batch dropped");
+                self.metrics.dropped_spans(reason, n);
+                break;
+            }
+            tracing::debug!(error = %status, ?wait, "OTLP export failed; retrying");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+        self.in_worker.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Up to +-25% so many correlators do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let spread = d.as_nanos() as u64 / 2;
+    if spread == 0 {
+        return d;
+    }
+    let offset = rand::random::<u64>() % spread;
+    Duration::from_nanos(d.as_nanos() as u64 - spread / 2 + offset)
+}
+
+#[cfg(test)]
+mod tests;

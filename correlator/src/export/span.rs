@@ -1,0 +1,628 @@
+//! One OpenTelemetry span per session, named and attributed per the HTTP semantic conventions.
+//!
+//! Only the header values the conventions and Clovisor's historical tags name are copied:
+//! `Host` (as `server.address`/`server.port`), `User-Agent`, `x-request-id` and the Envoy
+//! decorator. Query values under well-known credential keys are replaced by `REDACTED`, and
+//! free-form analyzer attributes never reach a span, because either may carry secrets.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use clovisor_proto::session::v1::{Endpoint, Observation, PointKind, Session};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::{Span, SpanFlags, Status};
+
+use crate::record::CorrelatedSession;
+
+/// Name of the instrumentation scope and of `telemetry.sdk.name`.
+pub const SCOPE_NAME: &str = "clovisor";
+
+/// Query keys whose values are never exported (compared case-insensitively). The first four are
+/// the OTel semconv defaults; the rest are common credential carriers.
+const SENSITIVE_QUERY_KEYS: [&str; 14] = [
+    "awsaccesskeyid",
+    "signature",
+    "sig",
+    "x-goog-signature",
+    "access_token",
+    "token",
+    "id_token",
+    "refresh_token",
+    "api_key",
+    "apikey",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+];
+
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn s(key: &str, value: impl Into<String>) -> KeyValue {
+    kv(key, Value::StringValue(value.into()))
+}
+
+fn i(key: &str, value: i64) -> KeyValue {
+    kv(key, Value::IntValue(value))
+}
+
+/// The resource every span is reported under.
+pub fn resource(service_name: &str, node_name: Option<&str>) -> Resource {
+    let mut attributes = vec![
+        s("service.name", service_name),
+        s("telemetry.sdk.name", SCOPE_NAME),
+        s("telemetry.sdk.language", "rust"),
+        s("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+    ];
+    if let Some(node) = node_name {
+        attributes.push(s("k8s.node.name", node));
+    }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// The instrumentation scope of our spans.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: SCOPE_NAME.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Decodes an endpoint's address (4 or 16 bytes).
+pub fn endpoint_ip(e: &Endpoint) -> Option<IpAddr> {
+    match e.ip.len() {
+        4 => <[u8; 4]>::try_from(e.ip.as_slice())
+            .ok()
+            .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+        16 => <[u8; 16]>::try_from(e.ip.as_slice()).ok().map(|b| {
+            let v6 = Ipv6Addr::from(b);
+            // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; show them as IPv4.
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }),
+        _ => None,
+    }
+}
+
+/// The name of an observation point as the API and spans show it.
+pub fn point_name(kind: i32) -> &'static str {
+    match PointKind::try_from(kind) {
+        Ok(PointKind::Pod) => "pod",
+        Ok(PointKind::Node) => "node",
+        Ok(PointKind::Socket) => "socket",
+        _ => "unspecified",
+    }
+}
+
+/// Whether the exchange was observed at the server's end, which makes the span a SERVER span.
+pub fn observed_at_server(session: &Session) -> bool {
+    session.observations.iter().any(|o| o.side == "server")
+}
+
+/// Splits a request target into path and query, dropping any scheme, authority (with its
+/// userinfo) and fragment of an absolute-form target.
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
+    let mut rest = target;
+    if let Some(pos) = rest.find("://") {
+        if rest[..pos].bytes().all(|b| b.is_ascii_alphabetic()) {
+            let after = &rest[pos + 3..];
+            rest = after.find('/').map_or("/", |p| &after[p..]);
+            // An authority with no path but a query: `http://h?x` -> "?x"
+            if let Some(q) = after
+                .find('?')
+                .filter(|q| after.find('/').is_none_or(|p| *q < p))
+            {
+                rest = &after[q..];
+            }
+        }
+    }
+    let rest = rest.split('#').next().unwrap_or(rest);
+    match rest.split_once('?') {
+        Some((path, query)) => (if path.is_empty() { "/" } else { path }, Some(query)),
+        None => (rest, None),
+    }
+}
+
+/// Replaces the values of credential-carrying query keys by `REDACTED`.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _))
+                if SENSITIVE_QUERY_KEYS
+                    .iter()
+                    .any(|s| k.eq_ignore_ascii_case(s)) =>
+            {
+                format!("{k}=REDACTED")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The bare HTTP version (`1.1`) from what the decoder reported (`HTTP/1.1` or `1.1`); `1.1`
+/// when unknown, since only HTTP/1.x is decoded today.
+pub fn http_version(reported: &str) -> &str {
+    let bare = match reported.get(..5) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("HTTP/") => &reported[5..],
+        _ => reported,
+    };
+    if bare.is_empty() {
+        "1.1"
+    } else {
+        bare
+    }
+}
+
+/// Splits a `Host` header value into host and explicit port (IPv6 literals in brackets).
+pub fn split_host(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((addr, tail)) = rest.split_once(']') {
+            return (addr, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (host, None),
+        },
+        _ => (host, None),
+    }
+}
+
+fn event(name: &str, at: u64, o: &Observation) -> Event {
+    let mut attributes = vec![s("clovisor.observation.point", point_name(o.kind))];
+    if !o.interface.is_empty() {
+        attributes.push(s("clovisor.observation.interface", o.interface.clone()));
+    }
+    if !o.node.is_empty() {
+        attributes.push(s("k8s.node.name", o.node.clone()));
+    }
+    if !o.side.is_empty() {
+        attributes.push(s("clovisor.observation.side", o.side.clone()));
+    }
+    Event {
+        time_unix_nano: at,
+        name: name.to_owned(),
+        attributes,
+        dropped_attributes_count: 0,
+    }
+}
+
+fn endpoint_attrs(attrs: &mut Vec<KeyValue>, prefix: &str, e: &Endpoint) {
+    if let Some(ip) = endpoint_ip(e) {
+        attrs.push(s(&format!("{prefix}.address"), ip.to_string()));
+    }
+    if e.port != 0 {
+        attrs.push(i(&format!("{prefix}.port"), i64::from(e.port)));
+    }
+}
+
+/// Builds the span for `rec`.
+pub fn build_span(rec: &CorrelatedSession) -> Span {
+    let session = &rec.session;
+    let server_side = observed_at_server(session);
+    let kind = if server_side {
+        SpanKind::Server
+    } else {
+        SpanKind::Client
+    };
+    let http = session.http.clone().unwrap_or_default();
+    let known_method = KNOWN_METHODS.contains(&http.method.as_str());
+    let name = if known_method {
+        http.method.clone()
+    } else {
+        "HTTP".to_owned()
+    };
+
+    let mut attrs = Vec::with_capacity(40);
+    if known_method {
+        attrs.push(s("http.request.method", http.method.clone()));
+    } else {
+        attrs.push(s("http.request.method", "_OTHER"));
+        if !http.method.is_empty() {
+            attrs.push(s("http.request.method_original", http.method.clone()));
+        }
+    }
+    if !http.target.is_empty() {
+        let (path, query) = split_target(&http.target);
+        attrs.push(s("url.path", path));
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            attrs.push(s("url.query", redact_query(q)));
+        }
+    }
+    if (100..600).contains(&http.status_code) && !session.incomplete {
+        attrs.push(i("http.response.status_code", i64::from(http.status_code)));
+    }
+
+    let client = session.client.clone().unwrap_or_default();
+    let server = session.server.clone().unwrap_or_default();
+    // server.address is the logical name the client asked for (Host), as semconv prefers; the
+    // server's IP is still there as network.peer.address on client spans.
+    let (host, host_port) = split_host(&http.host);
+    if !host.is_empty() {
+        attrs.push(s("server.address", host));
+    } else if let Some(ip) = endpoint_ip(&server) {
+        attrs.push(s("server.address", ip.to_string()));
+    }
+    match host_port {
+        Some(p) => attrs.push(i("server.port", i64::from(p))),
+        None if server.port != 0 => attrs.push(i("server.port", i64::from(server.port))),
+        None => {}
+    }
+    endpoint_attrs(&mut attrs, "client", &client);
+    let peer = if server_side { &client } else { &server };
+    endpoint_attrs(&mut attrs, "network.peer", peer);
+    attrs.push(s("network.protocol.name", "http"));
+    attrs.push(s("network.protocol.version", http_version(&http.version)));
+    attrs.push(s("network.transport", "tcp"));
+    match endpoint_ip(&server).or_else(|| endpoint_ip(&client)) {
+        Some(IpAddr::V4(_)) => attrs.push(s("network.type", "ipv4")),
+        Some(IpAddr::V6(_)) => attrs.push(s("network.type", "ipv6")),
+        None => {}
+    }
+    if !http.user_agent.is_empty() {
+        attrs.push(s("user_agent.original", http.user_agent.clone()));
+    }
+    // The k8s.* attributes describe the end this span represents.
+    let this_end = if server_side { &server } else { &client };
+    if !this_end.pod.is_empty() {
+        attrs.push(s("k8s.pod.name", this_end.pod.clone()));
+    }
+    if !this_end.namespace.is_empty() {
+        attrs.push(s("k8s.namespace.name", this_end.namespace.clone()));
+    }
+    if !this_end.node.is_empty() {
+        attrs.push(s("k8s.node.name", this_end.node.clone()));
+    }
+    let bytes = session.bytes.unwrap_or_default();
+    let packets = session.packets.unwrap_or_default();
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    attrs.push(i("clovisor.request.bytes", clamp(bytes.request)));
+    attrs.push(i("clovisor.response.bytes", clamp(bytes.response)));
+    attrs.push(i("clovisor.request.packets", clamp(packets.request)));
+    attrs.push(i("clovisor.response.packets", clamp(packets.response)));
+    if !http.request_id.is_empty() {
+        attrs.push(s("clovisor.request_id", http.request_id.clone()));
+    }
+    if !http.envoy_decorator.is_empty() {
+        attrs.push(s("clovisor.envoy.decorator", http.envoy_decorator.clone()));
+    }
+    let mut points: Vec<&str> = session
+        .observations
+        .iter()
+        .map(|o| point_name(o.kind))
+        .collect();
+    points.dedup();
+    attrs.push(kv(
+        "clovisor.observation_points",
+        Value::ArrayValue(ArrayValue {
+            values: points
+                .into_iter()
+                .map(|p| AnyValue {
+                    value: Some(Value::StringValue(p.to_owned())),
+                })
+                .collect(),
+        }),
+    ));
+    attrs.push(s("clovisor.session.id", rec.id.clone()));
+    if session.incomplete {
+        attrs.push(kv("clovisor.incomplete", Value::BoolValue(true)));
+    }
+    // Peer pods: the other end's identity is useful and bounded to our own metadata.
+    let other_end = if server_side { &client } else { &server };
+    if !other_end.pod.is_empty() {
+        attrs.push(s("clovisor.peer.pod", other_end.pod.clone()));
+    }
+    if !other_end.namespace.is_empty() {
+        attrs.push(s("clovisor.peer.namespace", other_end.namespace.clone()));
+    }
+
+    let error = match kind {
+        SpanKind::Server => http.status_code >= 500,
+        _ => http.status_code >= 400,
+    } && (100..600).contains(&http.status_code);
+    if error {
+        attrs.push(s("error.type", http.status_code.to_string()));
+    }
+    let status = Status {
+        code: if error {
+            StatusCode::Error as i32
+        } else {
+            StatusCode::Unset as i32
+        },
+        message: String::new(),
+    };
+
+    let mut events = Vec::new();
+    for o in &session.observations {
+        for (name, at) in [
+            ("request.start", o.request_start_unix_nanos),
+            ("request.end", o.request_end_unix_nanos),
+            ("response.start", o.response_start_unix_nanos),
+            ("response.end", o.response_end_unix_nanos),
+        ] {
+            if at != 0 {
+                events.push(event(name, at, o));
+            }
+        }
+    }
+    events.sort_by_key(|e| e.time_unix_nano);
+
+    let start = session.start_unix_nanos;
+    let end = session.end_unix_nanos.max(start);
+    let trace = session.trace.as_ref().filter(|_| rec.trace_from_wire);
+    let mut flags = SpanFlags::ContextHasIsRemoteMask as u32;
+    if rec.parent_span_id.is_some() {
+        flags |= SpanFlags::ContextIsRemoteMask as u32;
+    }
+    if trace.is_none_or(|t| t.sampled) {
+        flags |= SpanFlags::TraceFlagsMask as u32 & 0x01;
+    }
+
+    Span {
+        trace_id: rec.trace_id.0.to_vec(),
+        span_id: rec.span_id.0.to_vec(),
+        trace_state: trace.map(|t| t.tracestate.clone()).unwrap_or_default(),
+        parent_span_id: rec.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
+        flags,
+        name,
+        kind: kind as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        attributes: attrs,
+        dropped_attributes_count: 0,
+        events,
+        dropped_events_count: 0,
+        links: Vec::new(),
+        dropped_links_count: 0,
+        status: Some(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{SpanId, TraceId};
+    use crate::testing::{SessionBuilder, FIXTURE_DURATION_NANOS, FIXTURE_START_NANOS};
+
+    fn span_of(b: SessionBuilder) -> (CorrelatedSession, Span) {
+        let rec = CorrelatedSession::new(b.build()).0;
+        let span = build_span(&rec);
+        (rec, span)
+    }
+
+    fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    fn str_attr<'a>(span: &'a Span, key: &str) -> &'a str {
+        match attr(span, key) {
+            Some(Value::StringValue(v)) => v,
+            other => panic!("attribute {key} should be a string, saw {other:?}"),
+        }
+    }
+
+    fn int_attr(span: &Span, key: &str) -> i64 {
+        match attr(span, key) {
+            Some(Value::IntValue(v)) => *v,
+            other => panic!("attribute {key} should be an int, saw {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_and_parent_come_from_the_wire() {
+        let (rec, span) = span_of(SessionBuilder::new("s").trace([0xab; 16], [0xcd; 8]));
+        assert_eq!(span.trace_id, vec![0xab; 16], "trace id from the wire");
+        assert_eq!(
+            span.parent_span_id,
+            vec![0xcd; 8],
+            "parent is the caller's span id"
+        );
+        assert_eq!(span.span_id, rec.span_id.0.to_vec(), "span id is ours");
+        assert_ne!(span.span_id, vec![0xcd; 8]);
+        assert_eq!(span.flags & 0x1, 1, "sampled flag carried over");
+        assert_eq!(span.flags & 0x300, 0x300, "parent is marked remote");
+    }
+
+    #[test]
+    fn without_context_a_root_span_in_a_new_trace() {
+        let (rec, span) = span_of(SessionBuilder::new("s"));
+        assert!(span.parent_span_id.is_empty(), "no parent expected");
+        assert_eq!(span.trace_id.len(), 16);
+        assert_eq!(TraceId::from_bytes(&span.trace_id), Some(rec.trace_id));
+        assert_eq!(SpanId::from_bytes(&span.span_id), Some(rec.span_id));
+    }
+
+    #[test]
+    fn server_span_has_semconv_attributes_and_real_times() {
+        let (_, span) = span_of(SessionBuilder::new("sess-1").request_id("rid-9").with(|s| {
+            if let Some(h) = s.http.as_mut() {
+                h.envoy_decorator = "web.default.svc:8080/*".into();
+                h.version = "HTTP/1.0".into();
+            }
+        }));
+        assert_eq!(span.name, "GET");
+        assert_eq!(
+            span.kind,
+            SpanKind::Server as i32,
+            "observed at the server side"
+        );
+        assert_eq!(span.start_time_unix_nano, FIXTURE_START_NANOS);
+        assert_eq!(
+            span.end_time_unix_nano - span.start_time_unix_nano,
+            FIXTURE_DURATION_NANOS,
+            "span must have the real duration"
+        );
+        assert_eq!(str_attr(&span, "http.request.method"), "GET");
+        assert_eq!(str_attr(&span, "url.path"), "/index.html");
+        assert_eq!(str_attr(&span, "url.query"), "q=1");
+        assert_eq!(int_attr(&span, "http.response.status_code"), 200);
+        assert_eq!(str_attr(&span, "server.address"), "web");
+        assert_eq!(int_attr(&span, "server.port"), 8080);
+        assert_eq!(str_attr(&span, "client.address"), "10.0.0.1");
+        assert_eq!(int_attr(&span, "client.port"), 40000);
+        assert_eq!(
+            str_attr(&span, "network.peer.address"),
+            "10.0.0.1",
+            "peer of a server is the client"
+        );
+        assert_eq!(str_attr(&span, "network.protocol.name"), "http");
+        assert_eq!(
+            str_attr(&span, "network.protocol.version"),
+            "1.0",
+            "decoder's HTTP/1.0 becomes the bare version"
+        );
+        assert_eq!(str_attr(&span, "network.transport"), "tcp");
+        assert_eq!(str_attr(&span, "network.type"), "ipv4");
+        assert_eq!(str_attr(&span, "user_agent.original"), "curl/8.5.0");
+        assert_eq!(str_attr(&span, "k8s.pod.name"), "web-0");
+        assert_eq!(str_attr(&span, "k8s.namespace.name"), "default");
+        assert_eq!(str_attr(&span, "k8s.node.name"), "node-b");
+        assert_eq!(int_attr(&span, "clovisor.request.bytes"), 120);
+        assert_eq!(int_attr(&span, "clovisor.response.bytes"), 612);
+        assert_eq!(int_attr(&span, "clovisor.request.packets"), 1);
+        assert_eq!(int_attr(&span, "clovisor.response.packets"), 2);
+        assert_eq!(str_attr(&span, "clovisor.request_id"), "rid-9");
+        assert_eq!(
+            str_attr(&span, "clovisor.envoy.decorator"),
+            "web.default.svc:8080/*"
+        );
+        assert_eq!(str_attr(&span, "clovisor.session.id"), "sess-1");
+        match attr(&span, "clovisor.observation_points") {
+            Some(Value::ArrayValue(a)) => assert_eq!(a.values.len(), 1, "one point: {a:?}"),
+            other => panic!("observation points should be an array, saw {other:?}"),
+        }
+        let names: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "request.start",
+                "request.end",
+                "response.start",
+                "response.end"
+            ]
+        );
+        assert_eq!(
+            span.status.as_ref().map(|s| s.code),
+            Some(StatusCode::Unset as i32),
+            "200 is not an error"
+        );
+    }
+
+    #[test]
+    fn status_error_depends_on_kind() {
+        let (_, server_404) = span_of(SessionBuilder::new("a").status(404));
+        let (_, server_503) = span_of(SessionBuilder::new("b").status(503));
+        let (_, client_404) = span_of(SessionBuilder::new("c").status(404).side("client"));
+        let code = |s: &Span| s.status.as_ref().map(|st| st.code);
+        assert_eq!(
+            code(&server_404),
+            Some(StatusCode::Unset as i32),
+            "4xx is the client's fault"
+        );
+        assert_eq!(
+            code(&server_503),
+            Some(StatusCode::Error as i32),
+            "5xx on a server span"
+        );
+        assert_eq!(client_404.kind, SpanKind::Client as i32);
+        assert_eq!(
+            code(&client_404),
+            Some(StatusCode::Error as i32),
+            "4xx on a client span"
+        );
+        assert_eq!(
+            str_attr(&client_404, "network.peer.address"),
+            "10.0.0.2",
+            "peer of a client is the server"
+        );
+        assert_eq!(str_attr(&client_404, "k8s.pod.name"), "client-0");
+    }
+
+    #[test]
+    fn unknown_method_and_ipv6() {
+        let (_, span) = span_of(SessionBuilder::new("a").method("BREW").ipv6());
+        assert_eq!(span.name, "HTTP");
+        assert_eq!(str_attr(&span, "http.request.method"), "_OTHER");
+        assert_eq!(str_attr(&span, "http.request.method_original"), "BREW");
+        assert_eq!(str_attr(&span, "network.type"), "ipv6");
+        assert_eq!(str_attr(&span, "client.address"), "fd00::1");
+    }
+
+    #[test]
+    fn no_credentials_reach_the_span() {
+        let (_, span) = span_of(
+            SessionBuilder::new("a")
+                .target("http://user:hunter2@web/login?user=bob&password=hunter2&Token=abc#frag")
+                .with(|s| {
+                    s.attributes
+                        .insert("authorization".into(), "Bearer hunter2".into());
+                    s.attributes
+                        .insert("cookie".into(), "session=hunter2".into());
+                }),
+        );
+        assert_eq!(str_attr(&span, "url.path"), "/login");
+        assert_eq!(
+            str_attr(&span, "url.query"),
+            "user=bob&password=REDACTED&Token=REDACTED"
+        );
+        let dump = format!("{span:?}");
+        for secret in ["hunter2", "abc", "Bearer", "frag"] {
+            assert!(!dump.contains(secret), "span leaks {secret:?}: {dump}");
+        }
+    }
+
+    #[test]
+    fn target_and_host_parsing() {
+        assert_eq!(split_target("/a/b?x=1"), ("/a/b", Some("x=1")));
+        assert_eq!(split_target("/a"), ("/a", None));
+        assert_eq!(split_target("*"), ("*", None));
+        assert_eq!(split_target("http://h:80"), ("/", None));
+        assert_eq!(split_target("http://h?x=1"), ("/", Some("x=1")));
+        assert_eq!(split_host("web:8080"), ("web", Some(8080)));
+        assert_eq!(split_host("web"), ("web", None));
+        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
+        assert_eq!(split_host("::1"), ("::1", None));
+        assert_eq!(http_version("HTTP/1.0"), "1.0");
+        assert_eq!(http_version("1.1"), "1.1");
+        assert_eq!(http_version(""), "1.1");
+    }
+
+    #[test]
+    fn incomplete_span_has_no_status_code() {
+        let (_, span) = span_of(SessionBuilder::new("a").incomplete());
+        assert!(
+            attr(&span, "http.response.status_code").is_none(),
+            "no response, no code"
+        );
+        assert!(matches!(
+            attr(&span, "clovisor.incomplete"),
+            Some(Value::BoolValue(true))
+        ));
+        assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    }
+}

@@ -1,0 +1,275 @@
+//! `SessionIngest`: receives session batches from collectors, stores each session, counts it,
+//! and queues its span — then acknowledges the batch.
+//!
+//! Delivery is at-least-once (see `clovisor_proto::delivery`): a re-sent batch keeps its number,
+//! so a batch numbered at or below the last one processed for its sender is acknowledged again
+//! but not processed twice.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use clovisor_proto::session::v1::session_ingest_server::{SessionIngest, SessionIngestServer};
+use clovisor_proto::session::v1::{Session, SessionAck, SessionBatch};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::export::otlp::ExportHandle;
+use crate::export::span::build_span;
+use crate::metrics::Metrics;
+use crate::record::{ContextIssue, CorrelatedSession};
+use crate::store::Store;
+
+/// Senders remembered for deduplication at most; each collector process is one sender, so this
+/// only matters across very many collector restarts. The least recently seen is forgotten.
+const MAX_SENDERS: usize = 4096;
+
+#[derive(Debug)]
+struct SenderState {
+    last_seq: u64,
+    seen: Instant,
+}
+
+/// The ingest service and the in-process entry point [`IngestService::accept`].
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    export: Option<ExportHandle>,
+    senders: Arc<Mutex<HashMap<String, Arc<Mutex<SenderState>>>>>,
+}
+
+impl IngestService {
+    /// A service storing into `store`, counting into `metrics` and exporting through `export`
+    /// (none when span export is off).
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, export: Option<ExportHandle>) -> Self {
+        Self {
+            store,
+            metrics,
+            export,
+            senders: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Wraps the service for a tonic server.
+    pub fn into_server(self) -> SessionIngestServer<Self> {
+        SessionIngestServer::new(self)
+    }
+
+    /// Takes one session: identifies it in its trace, stores it, counts it, queues its span.
+    /// Returns the stored record.
+    pub fn accept(&self, session: Session) -> Arc<CorrelatedSession> {
+        let (rec, issues) = CorrelatedSession::new(session);
+        for issue in issues {
+            self.metrics.invalid_context(match issue {
+                ContextIssue::InvalidTraceId => "trace_id",
+                ContextIssue::InvalidParentSpanId => "parent_span_id",
+            });
+        }
+        let rec = Arc::new(rec);
+        self.metrics.observe_session(&rec);
+        let evicted = self.store.insert(Arc::clone(&rec));
+        self.metrics.stored(evicted, self.store.len());
+        if let Some(export) = &self.export {
+            export.enqueue(build_span(&rec));
+        }
+        rec
+    }
+
+    /// Processes `batch` unless its number was already processed for its sender; returns whether
+    /// it was processed. Either way the batch may be acknowledged afterwards.
+    pub fn accept_batch(&self, batch: SessionBatch) -> bool {
+        let state = self.sender(&batch.sender);
+        // Held while storing so that a second stream of the same sender (a reconnect racing the
+        // old one) cannot acknowledge this number before it is stored.
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        state.seen = Instant::now();
+        if batch.seq <= state.last_seq {
+            self.metrics.batch(true);
+            return false;
+        }
+        for session in batch.sessions {
+            self.accept(session);
+        }
+        state.last_seq = batch.seq;
+        self.metrics.batch(false);
+        true
+    }
+
+    fn sender(&self, sender: &str) -> Arc<Mutex<SenderState>> {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = senders.get(sender) {
+            return Arc::clone(s);
+        }
+        if senders.len() >= MAX_SENDERS {
+            let oldest = senders
+                .iter()
+                .min_by_key(|(_, s)| {
+                    s.lock()
+                        .map(|s| s.seen)
+                        .unwrap_or_else(|p| p.into_inner().seen)
+                })
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                senders.remove(&k);
+            }
+        }
+        let state = Arc::new(Mutex::new(SenderState {
+            last_seq: 0,
+            seen: Instant::now(),
+        }));
+        senders.insert(sender.to_owned(), Arc::clone(&state));
+        state
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<SessionAck, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SessionIngest for IngestService {
+    type PushStream = AckStream;
+
+    async fn push(
+        &self,
+        request: tonic::Request<tonic::Streaming<SessionBatch>>,
+    ) -> Result<tonic::Response<Self::PushStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        // Acks are tiny; the bound only matters if the collector stops reading them, and then
+        // waiting here is the right back-pressure.
+        let (tx, rx) = mpsc::channel(64);
+        let service = self.clone();
+        tokio::spawn(async move {
+            while let Some(next) = inbound.next().await {
+                let batch = match next {
+                    Ok(batch) => batch,
+                    Err(status) => {
+                        tracing::debug!(error = %status, "session stream ended with an error");
+                        break;
+                    }
+                };
+                let seq = batch.seq;
+                let processed = service.accept_batch(batch);
+                tracing::trace!(seq, processed, "session batch");
+                if tx.send(Ok(SessionAck { seq })).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx).boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::SessionBuilder;
+    use clovisor_proto::session::v1::session_ingest_client::SessionIngestClient;
+    use std::time::Duration;
+    use tonic::transport::{Endpoint, Server, Uri};
+
+    fn service() -> IngestService {
+        IngestService::new(Arc::new(Store::new(100)), Arc::new(Metrics::new()), None)
+    }
+
+    /// Connects a client to `svc` over an in-process duplex pipe.
+    async fn client(
+        svc: IngestService,
+    ) -> anyhow::Result<SessionIngestClient<tonic::transport::Channel>> {
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let _ = Server::builder()
+                .add_service(svc.into_server())
+                .serve_with_incoming(tokio_stream::once(Ok::<_, std::io::Error>(server_io)))
+                .await;
+        });
+        let mut client_io = Some(client_io);
+        let channel = Endpoint::try_from("http://in-process.invalid")?
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let io = client_io.take();
+                async move {
+                    io.map(hyper_util::rt::TokioIo::new)
+                        .ok_or_else(|| std::io::Error::other("the duplex pipe connects once"))
+                }
+            }))
+            .await?;
+        Ok(SessionIngestClient::new(channel))
+    }
+
+    fn batch(sender: &str, seq: u64, ids: &[&str]) -> SessionBatch {
+        SessionBatch {
+            seq,
+            sender: sender.to_owned(),
+            sessions: ids
+                .iter()
+                .map(|id| SessionBuilder::new(id).build())
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_acked_but_stored_once() -> anyhow::Result<()> {
+        let svc = service();
+        let store = Arc::clone(&svc.store);
+        let mut client = client(svc).await?;
+        let batches = vec![
+            batch("collector-a", 1, &["s1", "s2"]),
+            batch("collector-a", 2, &["s3"]),
+            batch("collector-a", 1, &["s1", "s2"]), // re-sent after a reconnect
+            batch("collector-b", 1, &["t1"]),       // another sender has its own numbers
+            batch("collector-a", 2, &["s3"]),
+            batch("collector-a", 3, &["s4"]),
+        ];
+        let mut acks = client.push(tokio_stream::iter(batches)).await?.into_inner();
+        let mut seen = Vec::new();
+        while let Some(ack) = tokio::time::timeout(Duration::from_secs(5), acks.next()).await? {
+            seen.push(ack?.seq);
+        }
+        assert_eq!(
+            seen,
+            [1, 2, 1, 1, 2, 3],
+            "every batch must be acknowledged, in order"
+        );
+        let mut ids: Vec<String> = store
+            .query(&Default::default())
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["s1", "s2", "s3", "s4", "t1"],
+            "each session stored exactly once"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn accept_assigns_ids_and_counts() {
+        let svc = service();
+        let rec = svc.accept(SessionBuilder::new("x").trace([3; 16], [4; 8]).build());
+        assert_eq!(rec.trace_id.0, [3; 16]);
+        assert_eq!(rec.parent_span_id.map(|p| p.0), Some([4; 8]));
+        assert!(
+            svc.store.get("x").is_some(),
+            "accepted session must be stored"
+        );
+        assert!(
+            svc.accept_batch(batch("c", 5, &["y"])),
+            "first batch 5 is processed"
+        );
+        assert!(
+            !svc.accept_batch(batch("c", 5, &["y"])),
+            "second batch 5 is not"
+        );
+        assert!(
+            !svc.accept_batch(batch("c", 4, &["z"])),
+            "older numbers are not"
+        );
+        assert!(
+            svc.store.get("z").is_none(),
+            "a duplicate's sessions are not stored"
+        );
+    }
+}

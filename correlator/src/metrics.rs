@@ -1,0 +1,463 @@
+//! Every metric the correlator exposes, named in one place.
+//!
+//! Label cardinality is bounded by construction:
+//! - `method`: the nine standard HTTP methods, else `OTHER`;
+//! - `status_code`: `100`-`599`, else `invalid` (incomplete exchanges have none and are
+//!   labelled `invalid` too);
+//! - `namespace`: the server's namespace — bounded by the cluster's namespaces;
+//! - `workload`: the server's workload (Deployment, StatefulSet, …), else its pod name. Pod names
+//!   churn with every rollout, so the fallback can grow; both `namespace` and `workload` are
+//!   therefore capped at [`MAX_LABEL_VALUES`] distinct values each for the life of the process,
+//!   after which new values are reported as `other`.
+//!
+//! Series of `clovisor_http_*` are at most 10 methods x 501 codes x 1000 namespaces x 1000
+//! workloads in theory; in practice a workload answers with a handful of codes and methods.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::record::CorrelatedSession;
+
+/// Distinct values a free-form label (`namespace`, `workload`) may take.
+pub const MAX_LABEL_VALUES: usize = 1000;
+
+/// Bucket bounds of `clovisor_http_request_duration_seconds`, 0.5 ms to 10 s.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Labels of the RED metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Standard method or `OTHER`.
+    pub method: String,
+    /// `100`-`599` or `invalid`.
+    pub status_code: String,
+    /// Server namespace, `unknown` or `other`.
+    pub namespace: String,
+    /// Server workload or pod, `unknown` or `other`.
+    pub workload: String,
+}
+
+/// Labels of `clovisor_dropped_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// Pipeline stage that dropped (`export`).
+    pub stage: &'static str,
+    /// Why (`queue_full`, `retries_exhausted`, `rejected`, `shutdown`).
+    pub reason: &'static str,
+}
+
+/// Labels of `clovisor_correlator_ingest_batches_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    /// `processed` or `duplicate`.
+    pub result: &'static str,
+}
+
+/// Labels of `clovisor_correlator_invalid_trace_context_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContextLabels {
+    /// `trace_id` or `parent_span_id`.
+    pub field: &'static str,
+}
+
+/// Why a span was dropped before reaching the OTLP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The export queue was full.
+    QueueFull,
+    /// The endpoint kept failing with transient errors for longer than allowed.
+    RetriesExhausted,
+    /// The endpoint refused the batch with a permanent error.
+    Rejected,
+    /// Shutdown's deadline passed with the span still queued.
+    Shutdown,
+}
+
+impl DropReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::RetriesExhausted => "retries_exhausted",
+            Self::Rejected => "rejected",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Caps the distinct values of one label.
+#[derive(Debug, Default)]
+struct LabelCap {
+    seen: Mutex<HashSet<String>>,
+}
+
+impl LabelCap {
+    fn admit(&self, value: &str) -> String {
+        if value.is_empty() {
+            return "unknown".to_owned();
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < MAX_LABEL_VALUES {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
+/// The correlator's metrics; cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<HttpLabels, Histogram>,
+    sessions_received: Counter,
+    sessions_stored: Counter,
+    sessions_evicted: Counter,
+    store_sessions: Gauge,
+    batches: Family<BatchLabels, Counter>,
+    invalid_context: Family<ContextLabels, Counter>,
+    spans_exported: Counter,
+    export_failures: Counter,
+    export_queue: Gauge,
+    dropped: Family<DropLabels, Counter>,
+    namespaces: LabelCap,
+    workloads: LabelCap,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+impl Metrics {
+    /// Fresh, unregistered metrics.
+    pub fn new() -> Self {
+        Self {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(duration_histogram),
+            sessions_received: Counter::default(),
+            sessions_stored: Counter::default(),
+            sessions_evicted: Counter::default(),
+            store_sessions: Gauge::default(),
+            batches: Family::default(),
+            invalid_context: Family::default(),
+            spans_exported: Counter::default(),
+            export_failures: Counter::default(),
+            export_queue: Gauge::default(),
+            dropped: Family::default(),
+            namespaces: LabelCap::default(),
+            workloads: LabelCap::default(),
+        }
+    }
+
+    /// Adds every metric to `registry` (counters get their `_total` suffix there).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "clovisor_http_requests",
+            "HTTP exchanges observed, by server",
+            self.http_requests.clone(),
+        );
+        registry.register(
+            "clovisor_http_request_duration_seconds",
+            "HTTP exchange duration from request start to response end",
+            self.http_duration.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_sessions_received",
+            "Sessions received from collectors",
+            self.sessions_received.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_sessions_stored",
+            "Sessions stored for the REST API",
+            self.sessions_stored.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_sessions_evicted",
+            "Sessions evicted from the full store",
+            self.sessions_evicted.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_store_sessions",
+            "Sessions held in the store now",
+            self.store_sessions.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_ingest_batches",
+            "Session batches received, processed or acknowledged as duplicates",
+            self.batches.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_invalid_trace_context",
+            "Sessions whose wire trace context had a malformed id, which was ignored",
+            self.invalid_context.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_spans_exported",
+            "Spans accepted by the OTLP endpoint",
+            self.spans_exported.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_export_failures",
+            "Failed OTLP export attempts, retried or not",
+            self.export_failures.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_export_queue_spans",
+            "Spans waiting for export",
+            self.export_queue.clone(),
+        );
+        registry.register(
+            "clovisor_dropped",
+            "Items dropped, by pipeline stage and reason",
+            self.dropped.clone(),
+        );
+    }
+
+    /// Counts one received session and its RED metrics.
+    pub fn observe_session(&self, rec: &CorrelatedSession) {
+        self.sessions_received.inc();
+        let s = &rec.session;
+        let http = s.http.as_ref();
+        let server = s.server.as_ref();
+        let workload = server
+            .map(|e| {
+                if e.workload.is_empty() {
+                    &e.pod
+                } else {
+                    &e.workload
+                }
+            })
+            .map_or("", String::as_str);
+        let labels = HttpLabels {
+            method: method_label(http.map_or("", |h| h.method.as_str())).to_owned(),
+            status_code: status_label(if s.incomplete {
+                0
+            } else {
+                http.map_or(0, |h| h.status_code)
+            }),
+            namespace: self
+                .namespaces
+                .admit(server.map_or("", |e| e.namespace.as_str())),
+            workload: self.workloads.admit(workload),
+        };
+        self.http_requests.get_or_create(&labels).inc();
+        if !s.incomplete && s.end_unix_nanos >= s.start_unix_nanos && s.start_unix_nanos > 0 {
+            let secs = (s.end_unix_nanos - s.start_unix_nanos) as f64 / 1e9;
+            self.http_duration.get_or_create(&labels).observe(secs);
+        }
+    }
+
+    /// Counts a stored session and the evictions it caused; `len` is the store's size now.
+    pub fn stored(&self, evicted: usize, len: usize) {
+        self.sessions_stored.inc();
+        self.sessions_evicted.inc_by(evicted as u64);
+        self.store_sessions
+            .set(i64::try_from(len).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a received batch, `duplicate` when it had been processed before.
+    pub fn batch(&self, duplicate: bool) {
+        let result = if duplicate { "duplicate" } else { "processed" };
+        self.batches.get_or_create(&BatchLabels { result }).inc();
+    }
+
+    /// Counts a malformed wire trace context field.
+    pub fn invalid_context(&self, field: &'static str) {
+        self.invalid_context
+            .get_or_create(&ContextLabels { field })
+            .inc();
+    }
+
+    /// Counts spans the endpoint accepted.
+    pub fn spans_exported(&self, n: u64) {
+        self.spans_exported.inc_by(n);
+    }
+
+    /// Counts a failed export attempt.
+    pub fn export_failure(&self) {
+        self.export_failures.inc();
+    }
+
+    /// Records the export queue's length.
+    pub fn export_queue(&self, len: usize) {
+        self.export_queue
+            .set(i64::try_from(len).unwrap_or(i64::MAX));
+    }
+
+    /// Counts spans dropped by the exporter.
+    pub fn dropped_spans(&self, reason: DropReason, n: u64) {
+        self.dropped
+            .get_or_create(&DropLabels {
+                stage: "export",
+                reason: reason.label(),
+            })
+            .inc_by(n);
+    }
+
+    /// Spans dropped so far for `reason` (for tests and logs).
+    pub fn dropped_count(&self, reason: DropReason) -> u64 {
+        self.dropped
+            .get_or_create(&DropLabels {
+                stage: "export",
+                reason: reason.label(),
+            })
+            .get()
+    }
+
+    /// Spans exported so far.
+    pub fn exported_count(&self) -> u64 {
+        self.spans_exported.get()
+    }
+
+    /// Failed export attempts so far.
+    pub fn export_failure_count(&self) -> u64 {
+        self.export_failures.get()
+    }
+}
+
+/// The `method` label: a standard method, else `OTHER`.
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("OTHER")
+}
+
+/// The `status_code` label: `100`-`599`, else `invalid`.
+pub fn status_label(code: u32) -> String {
+    if (100..600).contains(&code) {
+        code.to_string()
+    } else {
+        "invalid".to_owned()
+    }
+}
+
+/// Renders `registry` as OpenMetrics text.
+pub fn encode(registry: &Registry) -> String {
+    clovisor_runtime::encode_metrics(registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::SessionBuilder;
+
+    fn observe(m: &Metrics, b: SessionBuilder) {
+        m.observe_session(&CorrelatedSession::new(b.build()).0);
+    }
+
+    #[test]
+    fn exposes_red_series_with_bounded_labels() {
+        let m = Metrics::new();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        observe(
+            &m,
+            SessionBuilder::new("a")
+                .method("GET")
+                .status(200)
+                .server_workload("shop", "web"),
+        );
+        observe(
+            &m,
+            SessionBuilder::new("b")
+                .method("BREW")
+                .status(999)
+                .server_workload("shop", "web"),
+        );
+        m.dropped_spans(DropReason::QueueFull, 3);
+        let text = encode(&reg);
+        for want in [
+            r#"clovisor_http_requests_total{method="GET",status_code="200",namespace="shop",workload="web"} 1"#,
+            r#"clovisor_http_requests_total{method="OTHER",status_code="invalid",namespace="shop",workload="web"} 1"#,
+            r#"clovisor_http_request_duration_seconds_bucket{le="0.0005",method="GET",status_code="200",namespace="shop",workload="web"}"#,
+            "clovisor_correlator_sessions_received_total 2",
+            r#"clovisor_dropped_total{stage="export",reason="queue_full"} 3"#,
+            "# EOF",
+        ] {
+            assert!(
+                text.contains(want),
+                "metrics text lacks {want:?}; got:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("BREW"),
+            "raw unknown method must not become a label:\n{text}"
+        );
+    }
+
+    #[test]
+    fn duration_lands_in_the_right_bucket() {
+        let m = Metrics::new();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        // Builder sessions last 3 ms.
+        observe(
+            &m,
+            SessionBuilder::new("a")
+                .method("GET")
+                .status(200)
+                .server_workload("ns", "w"),
+        );
+        let text = encode(&reg);
+        let bucket = |le: &str| {
+            format!(
+                r#"clovisor_http_request_duration_seconds_bucket{{le="{le}",method="GET",status_code="200",namespace="ns",workload="w"}} "#
+            )
+        };
+        assert!(
+            text.contains(&(bucket("0.0025") + "0")),
+            "3 ms is above 2.5 ms:\n{text}"
+        );
+        assert!(
+            text.contains(&(bucket("0.005") + "1")),
+            "3 ms is below 5 ms:\n{text}"
+        );
+    }
+
+    #[test]
+    fn free_form_labels_are_capped() {
+        let cap = LabelCap::default();
+        for i in 0..MAX_LABEL_VALUES {
+            assert_eq!(cap.admit(&format!("w{i}")), format!("w{i}"));
+        }
+        assert_eq!(
+            cap.admit("one-too-many"),
+            "other",
+            "beyond the cap values fold to other"
+        );
+        assert_eq!(cap.admit("w5"), "w5", "known values stay");
+        assert_eq!(cap.admit(""), "unknown");
+    }
+
+    #[test]
+    fn label_helpers() {
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("get"), "OTHER", "methods are case-sensitive");
+        assert_eq!(status_label(599), "599");
+        assert_eq!(status_label(600), "invalid");
+        assert_eq!(status_label(0), "invalid");
+    }
+}

@@ -1,0 +1,140 @@
+//! A session as the correlator keeps it: the collector's record plus the span identity we gave it.
+
+use clovisor_proto::session::v1::Session;
+
+use crate::ids::{SpanId, TraceId};
+
+/// One stored exchange and its place in a trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorrelatedSession {
+    /// The key the REST API finds it by: the collector's session id, or our span id when the
+    /// collector sent none.
+    pub id: String,
+    /// What the collector decoded.
+    pub session: Session,
+    /// The trace this exchange belongs to: the one seen on the wire, else a fresh one.
+    pub trace_id: TraceId,
+    /// Our span's id.
+    pub span_id: SpanId,
+    /// The caller's span id seen on the wire (e.g. Envoy's), when there was one.
+    pub parent_span_id: Option<SpanId>,
+    /// Whether `trace_id` came from the wire rather than being made up here.
+    pub trace_from_wire: bool,
+}
+
+/// Why a session's wire trace context was not used as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextIssue {
+    /// The trace id was present but not 16 non-zero bytes.
+    InvalidTraceId,
+    /// The parent span id was present but not 8 non-zero bytes.
+    InvalidParentSpanId,
+}
+
+impl CorrelatedSession {
+    /// Gives `session` a fresh span id and places it in the wire trace when it carries one.
+    /// Returns the issues found in the wire context, which the caller counts.
+    pub fn new(session: Session) -> (Self, Vec<ContextIssue>) {
+        let mut issues = Vec::new();
+        let span_id = SpanId::random();
+        let (wire_trace, parent) = match &session.trace {
+            Some(ctx) => {
+                let trace = TraceId::from_bytes(&ctx.trace_id);
+                if trace.is_none() && !ctx.trace_id.is_empty() {
+                    issues.push(ContextIssue::InvalidTraceId);
+                }
+                let parent = SpanId::from_bytes(&ctx.parent_span_id);
+                if parent.is_none() && !ctx.parent_span_id.is_empty() {
+                    issues.push(ContextIssue::InvalidParentSpanId);
+                }
+                (trace, parent)
+            }
+            None => (None, None),
+        };
+        // A parent only means something inside its own trace.
+        let parent_span_id = wire_trace.and(parent);
+        let id = if session.id.is_empty() {
+            span_id.to_string()
+        } else {
+            session.id.clone()
+        };
+        (
+            Self {
+                id,
+                trace_id: wire_trace.unwrap_or_else(TraceId::random),
+                span_id,
+                parent_span_id,
+                trace_from_wire: wire_trace.is_some(),
+                session,
+            },
+            issues,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clovisor_proto::session::v1::TraceContext;
+
+    #[test]
+    fn wire_context_is_adopted() {
+        let session = Session {
+            id: "s1".into(),
+            trace: Some(TraceContext {
+                trace_id: vec![7; 16],
+                parent_span_id: vec![9; 8],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (rec, issues) = CorrelatedSession::new(session);
+        assert!(issues.is_empty(), "no issues expected, saw {issues:?}");
+        assert_eq!(
+            rec.trace_id,
+            TraceId([7; 16]),
+            "trace id must come from the wire"
+        );
+        assert_eq!(
+            rec.parent_span_id,
+            Some(SpanId([9; 8])),
+            "parent must be the wire span id"
+        );
+        assert_ne!(rec.span_id, SpanId([9; 8]), "our span id must be new");
+        assert!(rec.trace_from_wire);
+        assert_eq!(rec.id, "s1");
+    }
+
+    #[test]
+    fn missing_or_bad_context_starts_a_new_trace() {
+        let (rec, issues) = CorrelatedSession::new(Session::default());
+        assert!(issues.is_empty());
+        assert!(!rec.trace_from_wire);
+        assert_eq!(rec.parent_span_id, None);
+        assert_eq!(
+            rec.id,
+            rec.span_id.to_string(),
+            "empty id falls back to the span id"
+        );
+
+        let bad = Session {
+            trace: Some(TraceContext {
+                trace_id: vec![0; 16],
+                parent_span_id: vec![1; 3],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (rec, issues) = CorrelatedSession::new(bad);
+        assert_eq!(
+            issues,
+            vec![
+                ContextIssue::InvalidTraceId,
+                ContextIssue::InvalidParentSpanId
+            ],
+            "both ids are malformed"
+        );
+        assert!(!rec.trace_from_wire);
+        assert_eq!(rec.parent_span_id, None, "no parent without a wire trace");
+    }
+}

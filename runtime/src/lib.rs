@@ -1,0 +1,155 @@
+//! Process plumbing every Clovisor-rs binary shares: structured logging, shutdown signals and
+//! serving an axum router with graceful shutdown.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("HTTP server on {addr} failed")]
+    Serve {
+        /// Where it listened.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging flags every binary accepts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "CLOVISOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Installs the global `tracing` subscriber; the level comes from `RUST_LOG` (default `info`).
+pub fn init_logging(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+    })
+}
+
+/// Binds `addr` now (so a port clash fails at start) and returns a future serving `router`
+/// until `shutdown` resolves.
+pub async fn serve_http(
+    addr: SocketAddr,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<impl Future<Output = Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "HTTP listening");
+    Ok(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|source| Error::Serve { addr: bound, source })
+    })
+}
+
+/// A one-shot stop flag that several tasks can wait on; used to stop pipeline stages in order.
+#[derive(Debug, Clone)]
+pub struct StopFlag(tokio::sync::watch::Sender<bool>);
+
+impl Default for StopFlag {
+    fn default() -> Self {
+        Self(tokio::sync::watch::channel(false).0)
+    }
+}
+
+impl StopFlag {
+    /// Raises the flag; every waiter resolves.
+    pub fn raise(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// A future resolving once the flag is raised (at once if it already is).
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|raised| *raised).await;
+        }
+    }
+}
+
+/// Renders `registry` as OpenMetrics text.
+pub fn encode_metrics(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail; an error here would be a bug in prometheus-client, and
+    // an empty scrape is the honest answer to it.
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        tracing::error!("encoding metrics failed");
+        out.clear();
+    }
+    out
+}
+
+/// A router serving `registry` at `/metrics` (OpenMetrics text), for a port of its own.
+pub fn metrics_router(registry: std::sync::Arc<prometheus_client::registry::Registry>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = std::sync::Arc::clone(&registry);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    encode_metrics(&registry),
+                )
+            }
+        }),
+    )
+}
