@@ -1,1 +1,35 @@
-fn main() {}
+//! `clovisor`: the all-in-one tracer for one Linux host, and queries against a running
+//! correlator.
+
+mod all_in_one;
+mod inproc;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "clovisor", version, about = "Clovisor-rs network tracer")]
+struct Cli {
+    #[command(flatten)]
+    log: clovisor_runtime::LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Probe, collector and correlator in one process, tracing network namespaces as pods.
+    AllInOne(all_in_one::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    clovisor_runtime::init_logging(&cli.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::AllInOne(args) => all_in_one::run(args).await,
+        }
+    })
+}

@@ -85,12 +85,18 @@ async fn main() -> anyhow::Result<()> {
     // Probes hold their streams open; what they have not had acknowledged they will re-send to
     // the next collector, so waiting long gains nothing.
     let grpc_abort = grpc.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(5), grpc).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), grpc)
+        .await
+        .is_err()
+    {
         tracing::warn!("probe streams still open after 5 s; closing them");
         // Dropping the service closes the session channel, which lets the forwarder drain.
         grpc_abort.abort();
     }
-    if tokio::time::timeout(Duration::from_secs(10), forwarder).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), forwarder)
+        .await
+        .is_err()
+    {
         tracing::warn!("correlator did not acknowledge everything in 10 s");
     }
     stop_http.raise();

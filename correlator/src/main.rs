@@ -33,9 +33,15 @@ async fn main() -> anyhow::Result<()> {
 
     let stop_grpc = StopFlag::default();
     let stop_http = StopFlag::default();
-    let api = tokio::spawn(serve_http(args.api_listen, correlator.api_router(), stop_http.wait()).await?);
+    let api =
+        tokio::spawn(serve_http(args.api_listen, correlator.api_router(), stop_http.wait()).await?);
     let metrics = tokio::spawn(
-        serve_http(args.metrics_listen, correlator.metrics_router(), stop_http.wait()).await?,
+        serve_http(
+            args.metrics_listen,
+            correlator.metrics_router(),
+            stop_http.wait(),
+        )
+        .await?,
     );
     let grpc_listener = tokio::net::TcpListener::bind(args.grpc_listen)
         .await

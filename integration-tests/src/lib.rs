@@ -1,1 +1,342 @@
-//! Integration tests live in `tests/`.
+//! Fixtures for the privileged end-to-end tests in `tests/`: "pods" are network namespaces wired
+//! to a host bridge through veth pairs, as a bridge CNI would do it; servers and clients are real
+//! Debian programs (nginx, curl). Everything a fixture creates is removed when it is dropped, also
+//! when the test fails; names are unique per process and fixture so tests can run in parallel.
+//! Traffic only ever goes to addresses inside namespaces a fixture created.
+
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// Runs `args` inside network namespace `netns`.
+pub fn run_in(netns: &str, args: &[&str]) -> Result<Output> {
+    let mut full = vec!["netns", "exec", netns];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
+/// A pod: a network namespace whose `eth0` is one end of a veth pair on the lab bridge.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Network namespace name (also the pod's name in all-in-one mode).
+    pub netns: String,
+    /// Host-side end of the pod's veth.
+    pub host_veth: String,
+    /// The pod's IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// The pod's IPv6 address.
+    pub ipv6: Ipv6Addr,
+}
+
+/// A bridge with pods on it. Dropping it deletes the namespaces, veths and bridge.
+#[derive(Debug)]
+pub struct Lab {
+    tag: String,
+    bridge: String,
+    subnet: u8,
+    pods: Vec<Pod>,
+}
+
+impl Lab {
+    /// A new, empty lab; `Lab::pod` adds pods.
+    pub fn new() -> Result<Self> {
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        // Interface names are limited to 15 bytes.
+        let tag = format!("{}{}", std::process::id() % 100_000, n);
+        let bridge = format!("clb{tag}");
+        // A subnet per lab so parallel labs never see each other's addresses.
+        let subnet = 100
+            + ((std::process::id() as u8)
+                .wrapping_mul(7)
+                .wrapping_add(n as u8)
+                % 100);
+        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        let lab = Self {
+            tag,
+            bridge,
+            subnet,
+            pods: Vec::new(),
+        };
+        run("ip", &["link", "set", &lab.bridge, "up"])?;
+        Ok(lab)
+    }
+
+    /// Adds a pod named `<role>-<unique tag>` on the bridge, with IPv4 and IPv6 addresses.
+    pub fn pod(&mut self, role: &str) -> Result<Pod> {
+        let i = self.pods.len() + 2;
+        let pod = Pod {
+            netns: format!("clv-{role}-{}", self.tag),
+            host_veth: format!("clv{}p{i}", self.tag),
+            ipv4: Ipv4Addr::new(10, 251, self.subnet, i as u8),
+            ipv6: format!("fd00:251:{}::{i}", self.subnet)
+                .parse()
+                .context("pod IPv6 address")?,
+        };
+        run("ip", &["netns", "add", &pod.netns])?;
+        self.pods.push(pod.clone());
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &pod.host_veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &pod.netns,
+            ],
+        )?;
+        run(
+            "ip",
+            &["link", "set", &pod.host_veth, "master", &self.bridge, "up"],
+        )?;
+        let v4 = format!("{}/24", pod.ipv4);
+        let v6 = format!("{}/64", pod.ipv6);
+        let ns = pod.netns.as_str();
+        run("ip", &["-n", ns, "addr", "add", &v4, "dev", "eth0"])?;
+        run(
+            "ip",
+            &["-n", ns, "addr", "add", &v6, "dev", "eth0", "nodad"],
+        )?;
+        run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        Ok(pod)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for pod in &self.pods {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &pod.netns])
+                .output();
+            let _ = Command::new("ip")
+                .args(["link", "del", &pod.host_veth])
+                .stderr(Stdio::null())
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+/// nginx serving inside a pod on port 80 (IPv4 and IPv6):
+/// `/` and `/index.html` (small page), `/big.bin` (1 MiB), `/api/orders` (201, any method),
+/// `/boom` (503); anything else 404. Stopped on drop.
+pub struct Nginx {
+    netns: String,
+    dir: tempfile::TempDir,
+}
+
+/// Size of `/big.bin`.
+pub const BIG_BYTES: usize = 1 << 20;
+
+impl Nginx {
+    /// Starts nginx in `pod` and waits until it answers.
+    pub fn start(pod: &Pod) -> Result<Self> {
+        let dir = tempfile::tempdir().context("nginx work dir")?;
+        let d = dir.path().display();
+        std::fs::create_dir_all(dir.path().join("www"))?;
+        std::fs::write(dir.path().join("www/index.html"), "hello from the pod\n")?;
+        let big: Vec<u8> = (0..BIG_BYTES).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("www/big.bin"), big)?;
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 128; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d};\n keepalive_requests 1000;\n\
+             server {{\n  listen 80;\n  listen [::]:80;\n  root {d}/www;\n\
+               location = /api/orders {{ return 201 \"created\\n\"; }}\n\
+               location = /boom {{ return 503 \"unavailable\\n\"; }}\n }}\n}}\n"
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let conf_arg = conf_path.display().to_string();
+        run_in(&pod.netns, &["nginx", "-c", &conf_arg])?;
+        let nginx = Self {
+            netns: pod.netns.clone(),
+            dir,
+        };
+        let url = format!("http://{}/", pod.ipv4);
+        wait_for("nginx to answer", Duration::from_secs(5), || {
+            Ok(run_in(&pod.netns, &["curl", "-fsS", "-o", "/dev/null", &url]).is_ok())
+        })?;
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let conf = self.dir.path().join("nginx.conf").display().to_string();
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "nginx",
+                "-c",
+                &conf,
+                "-s",
+                "stop",
+            ])
+            .output();
+        // Give nginx a moment to release the pid file before the directory goes.
+        let pid = self.dir.path().join("nginx.pid");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while pid.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    while Instant::now() < deadline {
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match last_err {
+        Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+        None => bail!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The workspace's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// Path of the `clovisor` binary, built first so a test never runs a stale one (a no-op when
+/// `cargo test --workspace` already built it).
+pub fn clovisor_bin() -> Result<PathBuf> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "clovisor"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .status()
+        .context("cargo build -p clovisor")?;
+    if !status.success() {
+        bail!("cargo build -p clovisor failed");
+    }
+    Ok(target_dir().join("debug/clovisor"))
+}
+
+/// A child process that is killed (SIGKILL) on drop unless it was stopped first.
+pub struct Proc {
+    child: Option<Child>,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Result<Self> {
+        let file = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("spawn")?;
+        Ok(Self {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the exit status.
+    pub fn stop(&mut self, signal: i32, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("process already stopped");
+        };
+        let pid = child.id().to_string();
+        run("kill", &[&format!("-{signal}"), &pid])?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("process {pid} did not exit within {timeout:?} after signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// BPF programs of ours attached to `ifname` by any means (TCX links or tc filters), as the
+/// kernel reports them — not bpftool, whose older versions cannot see TCX links.
+pub fn our_programs_on(ifname: &str) -> Result<Vec<String>> {
+    clovisor_probe::hooks::pod_veth::programs_on(ifname)
+        .with_context(|| format!("listing programs on {ifname}"))
+}

@@ -94,7 +94,10 @@ pub async fn serve_http(
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(|source| Error::Serve { addr: bound, source })
+            .map_err(|source| Error::Serve {
+                addr: bound,
+                source,
+            })
     })
 }
 
@@ -136,7 +139,9 @@ pub fn encode_metrics(registry: &prometheus_client::registry::Registry) -> Strin
 }
 
 /// A router serving `registry` at `/metrics` (OpenMetrics text), for a port of its own.
-pub fn metrics_router(registry: std::sync::Arc<prometheus_client::registry::Registry>) -> axum::Router {
+pub fn metrics_router(
+    registry: std::sync::Arc<prometheus_client::registry::Registry>,
+) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

@@ -210,8 +210,8 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                     break;
                 }
                 if since.elapsed() >= cfg.drain_timeout {
-                    let lost: u64 = buffer.iter().map(|e| e.items).sum::<u64>()
-                        + pending.len() as u64;
+                    let lost: u64 =
+                        buffer.iter().map(|e| e.items).sum::<u64>() + pending.len() as u64;
                     self.stats
                         .items_dropped_shutdown
                         .fetch_add(lost, Ordering::Relaxed);

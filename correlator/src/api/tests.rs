@@ -174,7 +174,7 @@ async fn metrics_endpoint_serves_openmetrics() {
     assert_eq!(r.status(), StatusCode::OK);
     let ctype = r
         .headers()
-        .get(header::CONTENT_TYPE)
+        .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();

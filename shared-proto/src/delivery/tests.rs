@@ -54,7 +54,9 @@ impl Connector<Contract> for FakeConnector {
         let shared = Arc::clone(&self.0);
         Box::pin(async move {
             let break_after = {
-                let mut r = shared.lock().map_err(|_| tonic::Status::internal("poisoned"))?;
+                let mut r = shared
+                    .lock()
+                    .map_err(|_| tonic::Status::internal("poisoned"))?;
                 if !r.up {
                     return Err(tonic::Status::unavailable("receiver down"));
                 }
@@ -124,7 +126,11 @@ async fn delivers_everything_in_order_and_acks_it() {
     drop(tx);
     sender.run(input, std::future::pending()).await;
     let r = rx.lock().expect("lock");
-    assert_eq!(r.items, (0..1000).collect::<Vec<_>>(), "items in order, once each");
+    assert_eq!(
+        r.items,
+        (0..1000).collect::<Vec<_>>(),
+        "items in order, once each"
+    );
     assert_eq!(DeliveryStats::get(&stats.items_acked), 1000);
     assert_eq!(DeliveryStats::get(&stats.items_dropped_shutdown), 0);
     assert_eq!(r.hellos, 1, "one stream, one hello");
@@ -146,9 +152,20 @@ async fn a_broken_stream_is_replayed_without_loss_or_duplicates() {
     drop(tx);
     sender.run(input, std::future::pending()).await;
     let r = rx.lock().expect("lock");
-    assert_eq!(r.items, (0..500).collect::<Vec<_>>(), "no item lost or duplicated");
-    assert!(r.streams >= 2, "expected a reconnect, saw {} streams", r.streams);
-    assert!(DeliveryStats::get(&stats.batches_resent) >= 1, "unacked batches re-sent");
+    assert_eq!(
+        r.items,
+        (0..500).collect::<Vec<_>>(),
+        "no item lost or duplicated"
+    );
+    assert!(
+        r.streams >= 2,
+        "expected a reconnect, saw {} streams",
+        r.streams
+    );
+    assert!(
+        DeliveryStats::get(&stats.batches_resent) >= 1,
+        "unacked batches re-sent"
+    );
 }
 
 #[tokio::test]
@@ -183,7 +200,11 @@ async fn an_absent_receiver_fills_the_replay_bound_then_pushes_back() {
         received, dropped,
         "with no receiver every accepted item is counted as dropped at shutdown"
     );
-    assert_eq!(received + refused, 100, "every item either accepted or refused");
+    assert_eq!(
+        received + refused,
+        100,
+        "every item either accepted or refused"
+    );
 }
 
 #[tokio::test]

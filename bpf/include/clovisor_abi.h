@@ -1,0 +1,181 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * ABI shared by the BPF programs in bpf/ and the probe's user space.
+ *
+ * This header is #included by the BPF C and fed to bindgen by probe/build.rs,
+ * so Rust never mirrors these structs by hand. Rules that keep both sides in
+ * step:
+ *   - fixed-width types only, every padding byte explicit (the Rust side
+ *     derives zerocopy's IntoBytes, which refuses implicit padding);
+ *   - all integers in host byte order (the BPF program converts network order
+ *     once, while parsing);
+ *   - IP addresses are 16 bytes in network order, IPv4 stored v4-mapped
+ *     (::ffff:a.b.c.d) so one key layout serves both families.
+ */
+#ifndef CLOVISOR_ABI_H
+#define CLOVISOR_ABI_H
+
+#include <linux/types.h>
+
+/* Hard upper bound of the runtime snaplen. A power of two so the BPF side can
+ * bound copy lengths with a mask the verifier understands. */
+#define CLOVISOR_MAX_SNAPLEN 2048
+/* Snaplen used when user space has not configured one. */
+#define CLOVISOR_DEFAULT_SNAPLEN 512
+/* IPv6 extension headers skipped before giving up on a packet. */
+#define CLOVISOR_MAX_IPV6_EXT_HDRS 6
+
+/* First field of every ring buffer record. */
+enum clovisor_event_kind {
+	CLOVISOR_EVENT_MSG_START = 1,
+	CLOVISOR_EVENT_FLOW_END = 2,
+};
+
+/* Direction of a message relative to the roles set by traced_ports. */
+enum clovisor_direction {
+	CLOVISOR_DIR_NONE = 0,
+	CLOVISOR_DIR_CLIENT_TO_SERVER = 1,
+	CLOVISOR_DIR_SERVER_TO_CLIENT = 2,
+};
+
+/* Value of the traced_ports map; same numbering as ProtocolHint in
+ * shared-proto/proto/clovisor/capture/v1/capture.proto. */
+enum clovisor_protocol_hint {
+	CLOVISOR_PROTO_UNSPECIFIED = 0,
+	CLOVISOR_PROTO_HTTP = 1,
+	CLOVISOR_PROTO_HTTP2 = 2,
+	CLOVISOR_PROTO_GRPC = 3,
+	CLOVISOR_PROTO_TCP = 4,
+	CLOVISOR_PROTO_REDIS = 5,
+};
+
+/* Why a flow ended; same numbering as FlowEndReason in capture.proto. */
+enum clovisor_flow_end_reason {
+	CLOVISOR_END_FIN = 1,
+	CLOVISOR_END_RST = 2,
+};
+
+/* Address family of a session key. */
+enum clovisor_family {
+	CLOVISOR_FAMILY_IPV4 = 4,
+	CLOVISOR_FAMILY_IPV6 = 6,
+};
+
+/* Indexes of the per-CPU `stats` array map. */
+enum clovisor_stat {
+	/* Every packet the programs ran on. */
+	CLOVISOR_STAT_PACKETS_SEEN = 0,
+	/* Packets of a traced port (either side). */
+	CLOVISOR_STAT_PACKETS_TRACED = 1,
+	/* Records written to the ring buffer. */
+	CLOVISOR_STAT_EVENTS_EMITTED = 2,
+	/* Records lost because the ring buffer was full. */
+	CLOVISOR_STAT_RINGBUF_FULL = 3,
+	/* Session map inserts that failed. */
+	CLOVISOR_STAT_SESSION_UPDATE_FAILED = 4,
+	/* IP/TCP headers that could not be read or made no sense. */
+	CLOVISOR_STAT_PARSE_FAILED = 5,
+	/* Sessions created (first payload of a connection). */
+	CLOVISOR_STAT_SESSIONS_CREATED = 6,
+	/* Sessions ended by FIN or RST. */
+	CLOVISOR_STAT_SESSIONS_ENDED = 7,
+	/* Packets carrying only bytes already seen (TCP retransmissions). */
+	CLOVISOR_STAT_RETRANSMIT_PACKETS = 8,
+	/* Snippet copies (bpf_skb_load_bytes) that failed; the event is still
+	 * sent, with fewer captured bytes. */
+	CLOVISOR_STAT_SNAP_LOAD_FAILED = 9,
+	/* IPv6 packets whose extension header chain was too long, or IP
+	 * fragments after the first: not traced. */
+	CLOVISOR_STAT_UNPARSED_IP = 10,
+	CLOVISOR_STAT_COUNT = 11,
+};
+
+/* Indexes of the `config` array map (values are __u32). */
+enum clovisor_config_index {
+	/* Bytes of each message to copy, <= CLOVISOR_MAX_SNAPLEN. */
+	CLOVISOR_CONFIG_SNAPLEN = 0,
+	CLOVISOR_CONFIG_COUNT = 1,
+};
+
+/* Key of the `sessions` LRU map: one TCP connection seen at one interface,
+ * oriented by role (client/server), not by packet direction. */
+struct clovisor_session_key {
+	__u8 client_ip[16];
+	__u8 server_ip[16];
+	__u32 ifindex;
+	__u16 client_port;
+	__u16 server_port;
+	__u8 family; /* enum clovisor_family */
+	__u8 pad[7];
+};
+
+/* Counters of one message: all payload bytes one side sent before the other
+ * side sent any. */
+struct clovisor_msg {
+	/* bpf_ktime_get_boot_ns() of the first and the latest packet. */
+	__u64 start_ns;
+	__u64 last_ns;
+	/* Payload bytes, retransmitted bytes not counted. */
+	__u64 bytes;
+	/* Packets, GSO segments counted one by one. */
+	__u32 packets;
+	/* Retransmissions: segments of packets that carried only bytes already
+	 * seen, plus one per packet that carried some. */
+	__u32 retransmits;
+	/* TCP sequence number of the first payload byte. */
+	__u32 tcp_seq;
+	/* 0-based position of the message in its session. */
+	__u32 index;
+	__u8 direction; /* enum clovisor_direction */
+	__u8 to_pod;	/* 1 when the bytes travelled towards the pod */
+	__u8 pad[6];
+};
+
+/* Value of the `sessions` LRU map. */
+struct clovisor_session {
+	/* Unique for the life of the loaded programs. */
+	__u64 flow_id;
+	/* The message in progress. */
+	struct clovisor_msg cur;
+	/* Next expected TCP sequence number, by direction - 1. */
+	__u32 next_seq[2];
+	/* Whether next_seq[i] is valid. */
+	__u8 seq_valid[2];
+	__u8 protocol; /* enum clovisor_protocol_hint */
+	__u8 pad[5];
+};
+
+/* MSG_START: the first packet of a message, with the first bytes of its
+ * payload and the final counters of the session's previous message. Only the
+ * first header_size + snap_len bytes are sent through the ring buffer. */
+struct clovisor_msg_start {
+	__u32 kind; /* CLOVISOR_EVENT_MSG_START */
+	/* Valid bytes in payload[]. */
+	__u32 snap_len;
+	struct clovisor_session_key key;
+	__u64 flow_id;
+	/* The new message, counters as of its first packet. */
+	struct clovisor_msg msg;
+	/* The previous message of the session, final; valid if has_prev. */
+	struct clovisor_msg prev;
+	__u8 protocol; /* enum clovisor_protocol_hint */
+	__u8 has_prev;
+	__u8 pad[6];
+	__u8 payload[CLOVISOR_MAX_SNAPLEN];
+};
+
+/* FLOW_END: FIN or RST seen; the session was deleted. */
+struct clovisor_flow_end {
+	__u32 kind;  /* CLOVISOR_EVENT_FLOW_END */
+	__u8 reason; /* enum clovisor_flow_end_reason */
+	__u8 has_last;
+	__u8 pad[2];
+	struct clovisor_session_key key;
+	__u64 flow_id;
+	/* bpf_ktime_get_boot_ns() of the FIN/RST. */
+	__u64 ts_ns;
+	/* The last message, final; valid if has_last. */
+	struct clovisor_msg last;
+};
+
+#endif /* CLOVISOR_ABI_H */

@@ -1,0 +1,482 @@
+// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+/*
+ * tc classifiers for a pod's host-side veth: detect message boundaries of
+ * traced TCP connections and send the first bytes of each message, plus the
+ * final counters of the previous one, through a ring buffer.
+ *
+ * Never drops or alters traffic: every path returns TC_ACT_UNSPEC.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "clovisor_abi.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Port (host order) -> enum clovisor_protocol_hint. Replaced by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u16);
+	__type(value, __u8);
+} traced_ports SEC(".maps");
+
+/* Bounded by user space (max_sessions); LRU so a flood of connections evicts
+ * old sessions instead of failing inserts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct clovisor_session_key);
+	__type(value, struct clovisor_session);
+} sessions SEC(".maps");
+
+/* Size set by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CLOVISOR_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CLOVISOR_CONFIG_COUNT);
+	__type(key, __u32);
+	__type(value, __u32);
+} config SEC(".maps");
+
+/* MSG_START is too large for the 512-byte BPF stack: built here, then copied
+ * to the ring buffer with only as many payload bytes as were captured. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clovisor_msg_start);
+} scratch SEC(".maps");
+
+/* Per-CPU counter behind flow ids: unique without atomics or randomness. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} flow_seq SEC(".maps");
+
+#define ETH_P_8021Q_  0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define IP_MF_	      0x2000
+#define IP_OFFMASK_   0x1fff
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+/* Where the parser found things. */
+struct pkt {
+	__u8 src_ip[16];
+	__u8 dst_ip[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 seq;
+	__u32 payload_off;
+	__u32 payload_len;
+	__u8 family;
+	__u8 flags; /* TCP flags byte (FIN=0x01, SYN=0x02, RST=0x04) */
+};
+
+#define TCPF_FIN_ 0x01
+#define TCPF_RST_ 0x04
+
+static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &addr, 4);
+}
+
+/* Returns 0 when p holds a TCP packet, 1 when the packet is not for us
+ * (not IP/TCP, later fragment), -1 on a parse failure. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 off = ETH_HLEN;
+	__u16 proto = bpf_ntohs(skb->protocol);
+	__u32 ip_end; /* end of the IP datagram per its header */
+	__u8 l4;
+
+	/* A VLAN tag the NIC did not strip (tc runs before untagging on
+	 * veths): one level is enough for pod veths. */
+	if (proto == ETH_P_8021Q_ || proto == ETH_P_8021AD_) {
+		__be16 inner;
+
+		if (bpf_skb_load_bytes(skb, off + 2, &inner, sizeof(inner)))
+			return -1;
+		proto = bpf_ntohs(inner);
+		off += 4;
+	}
+
+	if (proto == ETH_P_IP) {
+		struct iphdr ip;
+		__u32 ihl;
+
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+			return -1;
+		ihl = (__u32)ip.ihl * 4;
+		if (ihl < sizeof(ip))
+			return -1;
+		if (ip.protocol != IPPROTO_TCP)
+			return 1;
+		/* Only the first fragment has the TCP header. */
+		if (bpf_ntohs(ip.frag_off) & IP_OFFMASK_) {
+			count(CLOVISOR_STAT_UNPARSED_IP);
+			return 1;
+		}
+		v4_mapped(p->src_ip, ip.saddr);
+		v4_mapped(p->dst_ip, ip.daddr);
+		p->family = CLOVISOR_FAMILY_IPV4;
+		/* tot_len is 0 for BIG TCP super packets: then skb->len rules. */
+		ip_end = bpf_ntohs(ip.tot_len) ? off + bpf_ntohs(ip.tot_len) : skb->len;
+		off += ihl;
+		l4 = ip.protocol;
+	} else if (proto == ETH_P_IPV6) {
+		struct ipv6hdr ip6;
+		__u8 next;
+		int i;
+
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+			return -1;
+		__builtin_memcpy(p->src_ip, &ip6.saddr, 16);
+		__builtin_memcpy(p->dst_ip, &ip6.daddr, 16);
+		p->family = CLOVISOR_FAMILY_IPV6;
+		ip_end = bpf_ntohs(ip6.payload_len) ? off + sizeof(ip6) + bpf_ntohs(ip6.payload_len)
+						    : skb->len;
+		next = ip6.nexthdr;
+		off += sizeof(ip6);
+#pragma unroll
+		for (i = 0; i < CLOVISOR_MAX_IPV6_EXT_HDRS; i++) {
+			__u8 ext[2];
+
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+			    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT &&
+			    next != IPPROTO_AH)
+				break;
+			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+				return -1;
+			if (next == IPPROTO_FRAGMENT) {
+				__be16 frag;
+
+				if (bpf_skb_load_bytes(skb, off + 2, &frag, sizeof(frag)))
+					return -1;
+				/* Offset bits: not the first fragment. */
+				if (bpf_ntohs(frag) & 0xfff8) {
+					count(CLOVISOR_STAT_UNPARSED_IP);
+					return 1;
+				}
+				off += 8;
+			} else if (next == IPPROTO_AH) {
+				off += ((__u32)ext[1] + 2) * 4;
+			} else {
+				off += ((__u32)ext[1] + 1) * 8;
+			}
+			next = ext[0];
+		}
+		if (next != IPPROTO_TCP) {
+			if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
+			    next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT ||
+			    next == IPPROTO_AH)
+				count(CLOVISOR_STAT_UNPARSED_IP);
+			return 1;
+		}
+		l4 = next;
+	} else {
+		return 1;
+	}
+	if (l4 != IPPROTO_TCP)
+		return 1;
+
+	{
+		struct tcphdr tcp;
+		__u32 doff;
+
+		if (bpf_skb_load_bytes(skb, off, &tcp, sizeof(tcp)))
+			return -1;
+		doff = (__u32)tcp.doff * 4;
+		if (doff < sizeof(tcp))
+			return -1;
+		p->sport = bpf_ntohs(tcp.source);
+		p->dport = bpf_ntohs(tcp.dest);
+		p->seq = bpf_ntohl(tcp.seq);
+		/* Byte 13 of the TCP header holds the flags. */
+		p->flags = ((__u8 *)&tcp)[13];
+		off += doff;
+	}
+	if (ip_end > skb->len)
+		ip_end = skb->len;
+	p->payload_off = off;
+	p->payload_len = ip_end > off ? ip_end - off : 0;
+	return 0;
+}
+
+static __always_inline __u64 new_flow_id(void)
+{
+	__u32 zero = 0;
+	__u64 *seq = bpf_map_lookup_elem(&flow_seq, &zero);
+	__u64 n = 0;
+
+	if (seq) {
+		*seq += 1;
+		n = *seq;
+	}
+	/* Top byte: CPU + 1, so ids from different CPUs never collide and
+	 * never are 0. */
+	return ((__u64)(bpf_get_smp_processor_id() + 1) << 56) | (n & ((1ULL << 56) - 1));
+}
+
+/* Sequence-space comparison (RFC 1982 style). */
+static __always_inline int seq_before(__u32 a, __u32 b)
+{
+	return (__s32)(a - b) < 0;
+}
+
+static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct pkt *p,
+					   const struct clovisor_session_key *key,
+					   const struct clovisor_session *s,
+					   const struct clovisor_msg *prev, __u8 has_prev)
+{
+	__u32 zero = 0;
+	struct clovisor_msg_start *ev = bpf_map_lookup_elem(&scratch, &zero);
+	__u32 *cfg = bpf_map_lookup_elem(&config, &zero);
+	__u32 snaplen = cfg ? *cfg : CLOVISOR_DEFAULT_SNAPLEN;
+	__u32 n = p->payload_len;
+	__u64 size;
+
+	if (!ev)
+		return;
+	if (snaplen > CLOVISOR_MAX_SNAPLEN)
+		snaplen = CLOVISOR_MAX_SNAPLEN;
+	if (n > snaplen)
+		n = snaplen;
+	ev->kind = CLOVISOR_EVENT_MSG_START;
+	__builtin_memcpy(&ev->key, key, sizeof(*key));
+	ev->flow_id = s->flow_id;
+	__builtin_memcpy(&ev->msg, &s->cur, sizeof(s->cur));
+	if (has_prev)
+		__builtin_memcpy(&ev->prev, prev, sizeof(*prev));
+	else
+		__builtin_memset(&ev->prev, 0, sizeof(ev->prev));
+	ev->protocol = s->protocol;
+	ev->has_prev = has_prev;
+	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+
+	/* The mask proves n <= CLOVISOR_MAX_SNAPLEN - 1 to the verifier; the
+	 * explicit comparison covers n == CLOVISOR_MAX_SNAPLEN. */
+	if (n >= CLOVISOR_MAX_SNAPLEN)
+		n = CLOVISOR_MAX_SNAPLEN;
+	else
+		n &= CLOVISOR_MAX_SNAPLEN - 1;
+	if (n > 0 && n <= CLOVISOR_MAX_SNAPLEN) {
+		if (bpf_skb_load_bytes(skb, p->payload_off, ev->payload, n)) {
+			count(CLOVISOR_STAT_SNAP_LOAD_FAILED);
+			n = 0;
+		}
+	} else {
+		n = 0;
+	}
+	ev->snap_len = n;
+	size = offsetof(struct clovisor_msg_start, payload) + (__u64)n;
+	if (size > sizeof(*ev))
+		return;
+	if (bpf_ringbuf_output(&events, ev, size, 0))
+		count(CLOVISOR_STAT_RINGBUF_FULL);
+	else
+		count(CLOVISOR_STAT_EVENTS_EMITTED);
+}
+
+static __always_inline void emit_flow_end(const struct clovisor_session_key *key,
+					  const struct clovisor_session *s, __u8 reason, __u64 now)
+{
+	struct clovisor_flow_end *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+
+	if (!ev) {
+		count(CLOVISOR_STAT_RINGBUF_FULL);
+		return;
+	}
+	ev->kind = CLOVISOR_EVENT_FLOW_END;
+	ev->reason = reason;
+	ev->has_last = s->cur.direction != CLOVISOR_DIR_NONE;
+	ev->pad[0] = 0;
+	ev->pad[1] = 0;
+	__builtin_memcpy(&ev->key, key, sizeof(*key));
+	ev->flow_id = s->flow_id;
+	ev->ts_ns = now;
+	__builtin_memcpy(&ev->last, &s->cur, sizeof(s->cur));
+	bpf_ringbuf_submit(ev, 0);
+	count(CLOVISOR_STAT_EVENTS_EMITTED);
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod)
+{
+	struct clovisor_session_key key;
+	struct clovisor_session *s;
+	struct clovisor_msg prev;
+	struct pkt p;
+	__u8 *hint;
+	__u8 dir, protocol;
+	__u8 has_prev = 0;
+	__u32 segs, new_bytes, end;
+	__u64 now;
+	int rc;
+
+	count(CLOVISOR_STAT_PACKETS_SEEN);
+	__builtin_memset(&p, 0, sizeof(p));
+	rc = parse(skb, &p);
+	if (rc < 0) {
+		count(CLOVISOR_STAT_PARSE_FAILED);
+		return TC_ACT_UNSPEC;
+	}
+	if (rc > 0)
+		return TC_ACT_UNSPEC;
+
+	/* Cheap path: neither port traced. The side whose port is traced is
+	 * the server; the destination wins when both are. */
+	hint = bpf_map_lookup_elem(&traced_ports, &p.dport);
+	if (hint) {
+		dir = CLOVISOR_DIR_CLIENT_TO_SERVER;
+	} else {
+		hint = bpf_map_lookup_elem(&traced_ports, &p.sport);
+		if (!hint)
+			return TC_ACT_UNSPEC;
+		dir = CLOVISOR_DIR_SERVER_TO_CLIENT;
+	}
+	protocol = *hint;
+	count(CLOVISOR_STAT_PACKETS_TRACED);
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.ifindex = skb->ifindex;
+	key.family = p.family;
+	if (dir == CLOVISOR_DIR_CLIENT_TO_SERVER) {
+		__builtin_memcpy(key.client_ip, p.src_ip, 16);
+		__builtin_memcpy(key.server_ip, p.dst_ip, 16);
+		key.client_port = p.sport;
+		key.server_port = p.dport;
+	} else {
+		__builtin_memcpy(key.client_ip, p.dst_ip, 16);
+		__builtin_memcpy(key.server_ip, p.src_ip, 16);
+		key.client_port = p.dport;
+		key.server_port = p.sport;
+	}
+
+	now = bpf_ktime_get_boot_ns();
+	s = bpf_map_lookup_elem(&sessions, &key);
+
+	if (p.payload_len > 0) {
+		segs = skb->gso_segs;
+		if (segs == 0)
+			segs = 1;
+		if (!s) {
+			struct clovisor_session fresh;
+
+			__builtin_memset(&fresh, 0, sizeof(fresh));
+			fresh.flow_id = new_flow_id();
+			fresh.protocol = protocol;
+			/* BPF_NOEXIST: if the other direction created it on
+			 * another CPU meanwhile, use that one. */
+			if (bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST) == 0)
+				count(CLOVISOR_STAT_SESSIONS_CREATED);
+			s = bpf_map_lookup_elem(&sessions, &key);
+			if (!s) {
+				count(CLOVISOR_STAT_SESSION_UPDATE_FAILED);
+				return TC_ACT_UNSPEC;
+			}
+		}
+
+		end = p.seq + p.payload_len;
+		new_bytes = p.payload_len;
+		if (s->seq_valid[dir - 1]) {
+			__u32 next = s->next_seq[dir - 1];
+
+			if (!seq_before(next, end)) {
+				/* Nothing new: a retransmission. It never starts
+				 * a message, even after a direction switch. */
+				count(CLOVISOR_STAT_RETRANSMIT_PACKETS);
+				if (s->cur.direction == dir) {
+					s->cur.retransmits += segs;
+					s->cur.last_ns = now;
+				}
+				goto out;
+			}
+			if (seq_before(p.seq, next)) {
+				/* Partly new: count only the new bytes. */
+				new_bytes = end - next;
+				count(CLOVISOR_STAT_RETRANSMIT_PACKETS);
+				if (s->cur.direction == dir)
+					s->cur.retransmits += 1;
+			}
+		}
+		s->next_seq[dir - 1] = end;
+		s->seq_valid[dir - 1] = 1;
+
+		if (s->cur.direction != dir) {
+			/* First payload of the session, or a direction
+			 * switch: a new message starts here. */
+			if (s->cur.direction != CLOVISOR_DIR_NONE) {
+				__builtin_memcpy(&prev, &s->cur, sizeof(prev));
+				has_prev = 1;
+			}
+			s->cur.index = has_prev ? prev.index + 1 : 0;
+			s->cur.start_ns = now;
+			s->cur.last_ns = now;
+			s->cur.bytes = new_bytes;
+			s->cur.packets = segs;
+			s->cur.retransmits = 0;
+			s->cur.tcp_seq = p.seq;
+			s->cur.direction = dir;
+			s->cur.to_pod = to_pod;
+			emit_msg_start(skb, &p, &key, s, &prev, has_prev);
+		} else {
+			s->cur.last_ns = now;
+			s->cur.bytes += new_bytes;
+			s->cur.packets += segs;
+		}
+	}
+
+out:
+	if (s && (p.flags & (TCPF_FIN_ | TCPF_RST_))) {
+		emit_flow_end(&key, s, (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN,
+			      now);
+		bpf_map_delete_elem(&sessions, &key);
+		count(CLOVISOR_STAT_SESSIONS_ENDED);
+	}
+	return TC_ACT_UNSPEC;
+}
+
+/* Host veth ingress: packets the pod sent. (aya 0.14 parses "classifier", not
+ * libbpf's "tc", as a SchedClassifier section.) */
+SEC("classifier")
+int clovisor_from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, 0);
+}
+
+/* Host veth egress: packets towards the pod. */
+SEC("classifier")
+int clovisor_to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, 1);
+}

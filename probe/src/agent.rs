@@ -1,0 +1,83 @@
+//! The probe as a whole: cleans up after a crashed predecessor, loads the capture, follows what
+//! to trace, and streams records to a collector until told to stop — then stops in order so
+//! nothing already captured is lost: detach, drain the ring buffer, drain the uplink.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats};
+use clovisor_runtime::StopFlag;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::capture::{Capture, CaptureConfig};
+use crate::error::Result;
+use crate::targets::netns::{follow, NetnsTargets};
+use crate::uplink::{Identity, Uplink};
+
+/// Everything the probe needs to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Kernel-side capture settings.
+    pub capture: CaptureConfig,
+    /// What to trace.
+    pub targets: NetnsTargets,
+    /// Uplink delivery tuning.
+    pub delivery: DeliveryConfig,
+    /// Records queued between the ring buffer reader and the uplink; beyond it records are
+    /// dropped and counted rather than stalling the reader.
+    pub record_queue: usize,
+}
+
+/// Runs the probe against the collector behind `collector` until `shutdown` resolves.
+/// `on_started` receives the uplink's delivery counters once the capture is loaded.
+pub async fn run(
+    config: AgentConfig,
+    collector: Channel,
+    shutdown: impl Future<Output = ()>,
+    on_started: impl FnOnce(Arc<DeliveryStats>),
+) -> Result<()> {
+    let removed = crate::cleanup_leftovers()?;
+    if removed > 0 {
+        tracing::warn!(
+            removed,
+            "removed tc filters left by a previous run that crashed"
+        );
+    }
+    let mut capture = Capture::load(&config.capture)?;
+    let events = capture.take_event_loop()?;
+    let identity = Identity::new(config.targets.node.clone(), config.capture.snaplen);
+    tracing::info!(probe_id = %identity.probe_id, node = %identity.node, "probe started");
+
+    let (records_tx, records_rx) = mpsc::channel(config.record_queue);
+    let uplink = Uplink::new(&identity, collector, config.delivery.clone());
+    on_started(uplink.stats());
+    // The uplink ends once every record sender is gone and what it holds is delivered.
+    let uplink = tokio::spawn(uplink.run(records_rx, std::future::pending()));
+
+    let stop = StopFlag::default();
+    let follower = tokio::spawn(follow(
+        config.targets.clone(),
+        capture,
+        records_tx.clone(),
+        stop.wait(),
+    ));
+    let events = tokio::spawn(events.run(records_tx, stop.wait()));
+
+    shutdown.await;
+    stop.raise();
+    match follower.await {
+        Ok(capture) => drop(capture),
+        Err(e) => tracing::error!(error = %e, "target follower failed"),
+    }
+    match events.await {
+        Ok(Ok(stats)) => tracing::info!(?stats, "ring buffer drained"),
+        Ok(Err(e)) => tracing::error!(error = %e, "event loop failed"),
+        Err(e) => tracing::error!(error = %e, "event loop task failed"),
+    }
+    if let Err(e) = uplink.await {
+        tracing::error!(error = %e, "uplink task failed");
+    }
+    tracing::info!("probe stopped");
+    Ok(())
+}

@@ -1,0 +1,629 @@
+//! The one place where ring buffer bytes and map values become typed values.
+//!
+//! Every record is size-checked and read through zerocopy (no `unsafe`, no hand-mirrored
+//! layout); enum values the kernel sent are checked, never trusted.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use clovisor_proto::capture::v1::{
+    Direction, FlowEndReason, FlowKey, ObservationPoint, PointKind, ProtocolHint, Transport,
+};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use super::abi;
+use crate::error::{Error, Result};
+
+/// Size of a session map key, as the kernel lays it out.
+pub const SESSION_KEY_LEN: usize = std::mem::size_of::<abi::clovisor_session_key>();
+/// Size of a session map value.
+pub const SESSION_LEN: usize = std::mem::size_of::<abi::clovisor_session>();
+/// Raw session map key, the unit aya reads and writes.
+pub type RawSessionKey = [u8; SESSION_KEY_LEN];
+/// Raw session map value.
+pub type RawSession = [u8; SESSION_LEN];
+
+fn bad(reason: impl Into<String>) -> Error {
+    Error::RawEvent {
+        reason: reason.into(),
+    }
+}
+
+/// One TCP connection at one interface, oriented by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// The side whose port is not traced.
+    pub client: SocketAddr,
+    /// The side whose port is traced.
+    pub server: SocketAddr,
+    /// Interface the packets were seen on.
+    pub ifindex: u32,
+}
+
+impl SessionKey {
+    /// The flow key of the wire contract.
+    pub fn to_flow_key(&self) -> FlowKey {
+        FlowKey {
+            client_ip: ip_bytes(self.client.ip()),
+            server_ip: ip_bytes(self.server.ip()),
+            client_port: u32::from(self.client.port()),
+            server_port: u32::from(self.server.port()),
+            transport: Transport::Tcp as i32,
+        }
+    }
+
+    /// The kernel's key bytes, for looking the session up in the LRU map.
+    pub fn to_raw(&self) -> RawSessionKey {
+        let mut raw = abi::clovisor_session_key::new_zeroed();
+        raw.client_ip = mapped(self.client.ip());
+        raw.server_ip = mapped(self.server.ip());
+        raw.ifindex = self.ifindex;
+        raw.client_port = self.client.port();
+        raw.server_port = self.server.port();
+        raw.family = match self.client.ip() {
+            IpAddr::V4(_) => abi::CLOVISOR_FAMILY_IPV4 as u8,
+            IpAddr::V6(_) => abi::CLOVISOR_FAMILY_IPV6 as u8,
+        };
+        let mut out = [0u8; SESSION_KEY_LEN];
+        out.copy_from_slice(raw.as_bytes());
+        out
+    }
+}
+
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+impl TryFrom<&abi::clovisor_session_key> for SessionKey {
+    type Error = Error;
+
+    fn try_from(raw: &abi::clovisor_session_key) -> Result<Self> {
+        let ip = |b: [u8; 16]| -> Result<IpAddr> {
+            match u32::from(raw.family) {
+                abi::CLOVISOR_FAMILY_IPV4 => {
+                    let v6 = Ipv6Addr::from(b);
+                    v6.to_ipv4_mapped()
+                        .map(IpAddr::V4)
+                        .ok_or_else(|| bad(format!("IPv4 session with non-v4-mapped address {v6}")))
+                }
+                abi::CLOVISOR_FAMILY_IPV6 => Ok(IpAddr::V6(Ipv6Addr::from(b))),
+                other => Err(bad(format!("unknown address family {other}"))),
+            }
+        };
+        Ok(Self {
+            client: SocketAddr::new(ip(raw.client_ip)?, raw.client_port),
+            server: SocketAddr::new(ip(raw.server_ip)?, raw.server_port),
+            ifindex: raw.ifindex,
+        })
+    }
+}
+
+/// Counters of one message, as the kernel kept them (boot-time ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsgCounters {
+    /// First packet, boot-time ns.
+    pub start_ns: u64,
+    /// Latest packet, boot-time ns.
+    pub last_ns: u64,
+    /// Payload bytes, retransmissions not counted.
+    pub bytes: u64,
+    /// Packets (GSO segments counted one by one).
+    pub packets: u32,
+    /// Retransmitted packets.
+    pub retransmits: u32,
+    /// TCP sequence number of the first byte.
+    pub tcp_seq: u32,
+    /// 0-based position in the flow.
+    pub index: u32,
+    /// Client->server or server->client.
+    pub direction: Direction,
+    /// The bytes travelled towards the pod.
+    pub to_pod: bool,
+}
+
+impl TryFrom<&abi::clovisor_msg> for MsgCounters {
+    type Error = Error;
+
+    fn try_from(raw: &abi::clovisor_msg) -> Result<Self> {
+        let direction = match u32::from(raw.direction) {
+            abi::CLOVISOR_DIR_CLIENT_TO_SERVER => Direction::ClientToServer,
+            abi::CLOVISOR_DIR_SERVER_TO_CLIENT => Direction::ServerToClient,
+            other => return Err(bad(format!("unknown message direction {other}"))),
+        };
+        Ok(Self {
+            start_ns: raw.start_ns,
+            last_ns: raw.last_ns,
+            bytes: raw.bytes,
+            packets: raw.packets,
+            retransmits: raw.retransmits,
+            tcp_seq: raw.tcp_seq,
+            index: raw.index,
+            direction,
+            to_pod: raw.to_pod != 0,
+        })
+    }
+}
+
+/// The first packet of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsgStart {
+    /// The connection.
+    pub key: SessionKey,
+    /// Connection instance id.
+    pub flow_id: u64,
+    /// The new message, counters as of its first packet.
+    pub msg: MsgCounters,
+    /// The previous message of the flow, final.
+    pub prev: Option<MsgCounters>,
+    /// Configured protocol of the server port.
+    pub protocol: ProtocolHint,
+    /// The first bytes of the message.
+    pub payload: Vec<u8>,
+}
+
+/// A flow ended (FIN or RST).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowEnd {
+    /// The connection.
+    pub key: SessionKey,
+    /// Connection instance id.
+    pub flow_id: u64,
+    /// FIN or RST.
+    pub reason: FlowEndReason,
+    /// When, boot-time ns.
+    pub ts_ns: u64,
+    /// The last message, final.
+    pub last: Option<MsgCounters>,
+}
+
+/// A ring buffer record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// See [`MsgStart`].
+    MsgStart(MsgStart),
+    /// See [`FlowEnd`].
+    FlowEnd(FlowEnd),
+}
+
+/// Bytes of a MSG_START before its payload.
+const MSG_START_HEADER: usize = std::mem::offset_of!(abi::clovisor_msg_start, payload);
+
+fn protocol_hint(raw: u8) -> ProtocolHint {
+    // Unknown values (a newer BPF object) degrade to "unspecified" rather than failing
+    // the record: the collector sniffs the protocol anyway.
+    ProtocolHint::try_from(i32::from(raw)).unwrap_or(ProtocolHint::Unspecified)
+}
+
+impl TryFrom<&[u8]> for Event {
+    type Error = Error;
+
+    fn try_from(bytes: &[u8]) -> Result<Self> {
+        let (kind, _) = u32::read_from_prefix(bytes)
+            .map_err(|_| bad(format!("{} bytes: too short for a kind", bytes.len())))?;
+        match kind {
+            abi::CLOVISOR_EVENT_MSG_START => {
+                if bytes.len() < MSG_START_HEADER {
+                    return Err(bad(format!(
+                        "MSG_START of {} bytes, header alone is {MSG_START_HEADER}",
+                        bytes.len()
+                    )));
+                }
+                // The kernel sends only the captured part of payload[]: pad the rest so
+                // the fixed-size struct can be read.
+                let mut full = abi::clovisor_msg_start::new_zeroed();
+                let n = bytes
+                    .len()
+                    .min(std::mem::size_of::<abi::clovisor_msg_start>());
+                full.as_mut_bytes()[..n].copy_from_slice(&bytes[..n]);
+                let snap = usize::try_from(full.snap_len).unwrap_or(usize::MAX);
+                if snap > full.payload.len() || MSG_START_HEADER + snap > bytes.len() {
+                    return Err(bad(format!(
+                        "MSG_START claims {snap} payload bytes, record has {}",
+                        bytes.len().saturating_sub(MSG_START_HEADER)
+                    )));
+                }
+                Ok(Event::MsgStart(MsgStart {
+                    key: SessionKey::try_from(&full.key)?,
+                    flow_id: full.flow_id,
+                    msg: MsgCounters::try_from(&full.msg)?,
+                    prev: if full.has_prev != 0 {
+                        Some(MsgCounters::try_from(&full.prev)?)
+                    } else {
+                        None
+                    },
+                    protocol: protocol_hint(full.protocol),
+                    payload: full.payload[..snap].to_vec(),
+                }))
+            }
+            abi::CLOVISOR_EVENT_FLOW_END => {
+                let (raw, _) = abi::clovisor_flow_end::read_from_prefix(bytes).map_err(|_| {
+                    bad(format!(
+                        "FLOW_END of {} bytes, expected {}",
+                        bytes.len(),
+                        std::mem::size_of::<abi::clovisor_flow_end>()
+                    ))
+                })?;
+                let reason = match u32::from(raw.reason) {
+                    abi::CLOVISOR_END_FIN => FlowEndReason::Fin,
+                    abi::CLOVISOR_END_RST => FlowEndReason::Rst,
+                    other => return Err(bad(format!("unknown flow end reason {other}"))),
+                };
+                Ok(Event::FlowEnd(FlowEnd {
+                    key: SessionKey::try_from(&raw.key)?,
+                    flow_id: raw.flow_id,
+                    reason,
+                    ts_ns: raw.ts_ns,
+                    last: if raw.has_last != 0 {
+                        Some(MsgCounters::try_from(&raw.last)?)
+                    } else {
+                        None
+                    },
+                }))
+            }
+            other => Err(bad(format!("unknown event kind {other}"))),
+        }
+    }
+}
+
+/// A session as currently held in the kernel's LRU map (for idle flushes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionState {
+    /// Connection instance id.
+    pub flow_id: u64,
+    /// The message in progress; `None` before the first payload.
+    pub cur: Option<MsgCounters>,
+}
+
+impl TryFrom<&[u8]> for SessionState {
+    type Error = Error;
+
+    fn try_from(bytes: &[u8]) -> Result<Self> {
+        let (raw, _) = abi::clovisor_session::read_from_prefix(bytes).map_err(|_| {
+            bad(format!(
+                "session value of {} bytes, expected {SESSION_LEN}",
+                bytes.len()
+            ))
+        })?;
+        Ok(Self {
+            flow_id: raw.flow_id,
+            cur: if u32::from(raw.cur.direction) == abi::CLOVISOR_DIR_NONE {
+                None
+            } else {
+                Some(MsgCounters::try_from(&raw.cur)?)
+            },
+        })
+    }
+}
+
+/// A pod observation point.
+pub fn pod_point(ifindex: u32, interface: &str, node: &str) -> ObservationPoint {
+    ObservationPoint {
+        kind: PointKind::Pod as i32,
+        ifindex,
+        interface: interface.to_owned(),
+        node: node.to_owned(),
+    }
+}
+
+/// Turns ProtocolHint into the traced_ports map value.
+pub fn hint_value(hint: ProtocolHint) -> u8 {
+    // ProtocolHint values are 0..=5 by contract; anything larger cannot be represented
+    // by the kernel side and is sent as unspecified.
+    u8::try_from(hint as i32).unwrap_or(0)
+}
+
+/// Test helpers that build kernel-shaped records.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn raw_key(key: &SessionKey) -> abi::clovisor_session_key {
+        let bytes = key.to_raw();
+        match abi::clovisor_session_key::read_from_bytes(&bytes[..]) {
+            Ok(k) => k,
+            Err(_) => panic!("key of {} bytes must read back", bytes.len()),
+        }
+    }
+
+    pub fn raw_msg(m: &MsgCounters) -> abi::clovisor_msg {
+        let mut r = abi::clovisor_msg::new_zeroed();
+        r.start_ns = m.start_ns;
+        r.last_ns = m.last_ns;
+        r.bytes = m.bytes;
+        r.packets = m.packets;
+        r.retransmits = m.retransmits;
+        r.tcp_seq = m.tcp_seq;
+        r.index = m.index;
+        r.direction = match m.direction {
+            Direction::ClientToServer => abi::CLOVISOR_DIR_CLIENT_TO_SERVER as u8,
+            Direction::ServerToClient => abi::CLOVISOR_DIR_SERVER_TO_CLIENT as u8,
+            Direction::Unspecified => 0,
+        };
+        r.to_pod = u8::from(m.to_pod);
+        r
+    }
+
+    /// MSG_START bytes as the kernel sends them (header + captured payload only).
+    pub fn msg_start_bytes(ev: &MsgStart) -> Vec<u8> {
+        let mut r = abi::clovisor_msg_start::new_zeroed();
+        r.kind = abi::CLOVISOR_EVENT_MSG_START;
+        r.snap_len = u32::try_from(ev.payload.len()).unwrap_or(u32::MAX);
+        r.key = raw_key(&ev.key);
+        r.flow_id = ev.flow_id;
+        r.msg = raw_msg(&ev.msg);
+        if let Some(p) = &ev.prev {
+            r.prev = raw_msg(p);
+            r.has_prev = 1;
+        }
+        r.protocol = hint_value(ev.protocol);
+        r.payload[..ev.payload.len()].copy_from_slice(&ev.payload);
+        r.as_bytes()[..MSG_START_HEADER + ev.payload.len()].to_vec()
+    }
+
+    pub fn flow_end_bytes(ev: &FlowEnd) -> Vec<u8> {
+        let mut r = abi::clovisor_flow_end::new_zeroed();
+        r.kind = abi::CLOVISOR_EVENT_FLOW_END;
+        r.reason = match ev.reason {
+            FlowEndReason::Rst => abi::CLOVISOR_END_RST as u8,
+            _ => abi::CLOVISOR_END_FIN as u8,
+        };
+        r.key = raw_key(&ev.key);
+        r.flow_id = ev.flow_id;
+        r.ts_ns = ev.ts_ns;
+        if let Some(l) = &ev.last {
+            r.last = raw_msg(l);
+            r.has_last = 1;
+        }
+        r.as_bytes().to_vec()
+    }
+
+    pub fn session_bytes(flow_id: u64, cur: Option<&MsgCounters>) -> RawSession {
+        let mut r = abi::clovisor_session::new_zeroed();
+        r.flow_id = flow_id;
+        if let Some(c) = cur {
+            r.cur = raw_msg(c);
+        }
+        let mut out = [0u8; SESSION_LEN];
+        out.copy_from_slice(r.as_bytes());
+        out
+    }
+
+    pub fn v4_key() -> SessionKey {
+        SessionKey {
+            client: "10.0.0.2:40000".parse().unwrap_or_else(|e| panic!("{e}")),
+            server: "10.0.0.1:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+            ifindex: 7,
+        }
+    }
+
+    pub fn counters(index: u32, direction: Direction, bytes: u64) -> MsgCounters {
+        MsgCounters {
+            start_ns: 1_000 + u64::from(index) * 100,
+            last_ns: 1_050 + u64::from(index) * 100,
+            bytes,
+            packets: 1,
+            retransmits: 0,
+            tcp_seq: 42,
+            index,
+            direction,
+            to_pod: direction == Direction::ClientToServer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    fn start_event(payload: &[u8], prev: Option<MsgCounters>) -> MsgStart {
+        MsgStart {
+            key: v4_key(),
+            flow_id: 0x0100_0000_0000_0001,
+            msg: counters(1, Direction::ServerToClient, 17),
+            prev,
+            protocol: ProtocolHint::Http,
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn msg_start_round_trips_with_prev_and_payload() {
+        let ev = start_event(
+            b"HTTP/1.1 200 OK\r\n",
+            Some(counters(0, Direction::ClientToServer, 80)),
+        );
+        let bytes = msg_start_bytes(&ev);
+        assert_eq!(
+            bytes.len(),
+            MSG_START_HEADER + 17,
+            "kernel sends header + snap only"
+        );
+        let parsed =
+            Event::try_from(&bytes[..]).unwrap_or_else(|e| panic!("valid MSG_START rejected: {e}"));
+        assert_eq!(
+            parsed,
+            Event::MsgStart(ev),
+            "MSG_START must parse back to what was encoded"
+        );
+    }
+
+    #[test]
+    fn ipv6_keys_round_trip_and_v4_keys_are_mapped() {
+        let v6 = SessionKey {
+            client: "[fd00::2]:50000".parse().unwrap_or_else(|e| panic!("{e}")),
+            server: "[fd00::1]:80".parse().unwrap_or_else(|e| panic!("{e}")),
+            ifindex: 3,
+        };
+        let back = SessionKey::try_from(&raw_key(&v6)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, v6, "IPv6 key must round-trip");
+        let raw4 = v4_key().to_raw();
+        assert_eq!(
+            &raw4[..12],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+            "IPv4 client stored v4-mapped, got {:?}",
+            &raw4[..16]
+        );
+        assert_eq!(&raw4[12..16], &[10, 0, 0, 2], "v4 client address bytes");
+        let fk = v6.to_flow_key();
+        assert_eq!(fk.client_ip.len(), 16, "IPv6 flow key carries 16 bytes");
+        assert_eq!(
+            v4_key().to_flow_key().server_ip,
+            vec![10, 0, 0, 1],
+            "IPv4 flow key carries 4 bytes"
+        );
+    }
+
+    #[test]
+    fn v4_family_with_unmapped_address_is_rejected() {
+        let mut raw = raw_key(&v4_key());
+        raw.client_ip = [0xfd; 16];
+        let err = SessionKey::try_from(&raw);
+        assert!(
+            err.is_err(),
+            "IPv4 key with a non-mapped address must be rejected, got {err:?}"
+        );
+    }
+
+    #[test]
+    fn short_and_garbage_buffers_are_errors_not_panics() {
+        let full = msg_start_bytes(&start_event(b"GET / HTTP/1.1\r\n", None));
+        for len in [0, 1, 3, 4, 8, MSG_START_HEADER - 1] {
+            assert!(
+                Event::try_from(&full[..len]).is_err(),
+                "{len}-byte prefix of a MSG_START must be rejected"
+            );
+        }
+        // Header fine, but the payload claimed is longer than what arrived.
+        let cut = &full[..full.len() - 1];
+        assert!(
+            Event::try_from(cut).is_err(),
+            "truncated payload must be rejected"
+        );
+        let fe = flow_end_bytes(&FlowEnd {
+            key: v4_key(),
+            flow_id: 9,
+            reason: FlowEndReason::Fin,
+            ts_ns: 5,
+            last: None,
+        });
+        assert!(
+            Event::try_from(&fe[..fe.len() - 1]).is_err(),
+            "short FLOW_END must be rejected"
+        );
+        let mut unknown = fe.clone();
+        unknown[0] = 99;
+        assert!(
+            Event::try_from(&unknown[..]).is_err(),
+            "unknown kind 99 must be rejected"
+        );
+        // Pseudo-random garbage of every length up to 300 bytes: never a panic.
+        let mut x: u32 = 0x1234_5678;
+        for len in 0..300 {
+            let buf: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x.to_le_bytes()[0]
+                })
+                .collect();
+            let _ = Event::try_from(&buf[..]);
+        }
+    }
+
+    #[test]
+    fn bad_direction_and_snap_len_are_rejected() {
+        let ev = start_event(b"abc", None);
+        let mut bytes = msg_start_bytes(&ev);
+        let dir_off = std::mem::offset_of!(abi::clovisor_msg_start, msg)
+            + std::mem::offset_of!(abi::clovisor_msg, direction);
+        bytes[dir_off] = 7;
+        assert!(
+            Event::try_from(&bytes[..]).is_err(),
+            "direction 7 must be rejected"
+        );
+        let mut bytes = msg_start_bytes(&ev);
+        bytes[4..8].copy_from_slice(&5000u32.to_ne_bytes());
+        assert!(
+            Event::try_from(&bytes[..]).is_err(),
+            "snap_len 5000 > MAX_SNAPLEN must be rejected"
+        );
+    }
+
+    #[test]
+    fn flow_end_round_trips() {
+        let ev = FlowEnd {
+            key: v4_key(),
+            flow_id: 77,
+            reason: FlowEndReason::Rst,
+            ts_ns: 123,
+            last: Some(counters(3, Direction::ServerToClient, 1_000_000)),
+        };
+        let parsed = Event::try_from(&flow_end_bytes(&ev)[..]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed, Event::FlowEnd(ev), "FLOW_END must parse back");
+    }
+
+    #[test]
+    fn session_state_reads_current_message() {
+        let c = counters(2, Direction::ClientToServer, 99);
+        let s = SessionState::try_from(&session_bytes(5, Some(&c))[..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s,
+            SessionState {
+                flow_id: 5,
+                cur: Some(c)
+            },
+            "session value must parse"
+        );
+        let empty =
+            SessionState::try_from(&session_bytes(6, None)[..]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            empty.cur, None,
+            "a session before any payload has no current message"
+        );
+        assert!(
+            SessionState::try_from(&[0u8; 3][..]).is_err(),
+            "3-byte session value must be rejected"
+        );
+    }
+
+    #[test]
+    fn protocol_hint_numbering_matches_the_proto() {
+        for (c, p) in [
+            (abi::CLOVISOR_PROTO_UNSPECIFIED, ProtocolHint::Unspecified),
+            (abi::CLOVISOR_PROTO_HTTP, ProtocolHint::Http),
+            (abi::CLOVISOR_PROTO_HTTP2, ProtocolHint::Http2),
+            (abi::CLOVISOR_PROTO_GRPC, ProtocolHint::Grpc),
+            (abi::CLOVISOR_PROTO_TCP, ProtocolHint::Tcp),
+            (abi::CLOVISOR_PROTO_REDIS, ProtocolHint::Redis),
+        ] {
+            assert_eq!(c, p as u32, "C value {c} must equal ProtocolHint::{p:?}");
+            assert_eq!(
+                protocol_hint(hint_value(p)),
+                p,
+                "{p:?} must survive the map value"
+            );
+        }
+        assert_eq!(
+            abi::CLOVISOR_END_FIN,
+            FlowEndReason::Fin as u32,
+            "FIN numbering"
+        );
+        assert_eq!(
+            abi::CLOVISOR_END_RST,
+            FlowEndReason::Rst as u32,
+            "RST numbering"
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! Where the BPF programs attach.
+
+pub mod pod_veth;

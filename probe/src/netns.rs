@@ -1,0 +1,326 @@
+//! Named network namespaces (`/run/netns/*`, as `ip netns` creates them): their
+//! listening TCP ports and their host-side veth, found without exec and without
+//! assuming any CNI — by entering the namespace on a short-lived thread.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+
+use crate::error::{Error, Result};
+use crate::netlink;
+
+/// Where `ip netns` keeps its namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// The host side of a namespace's veth.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostVeth {
+    /// Host-side interface index.
+    pub ifindex: u32,
+    /// Host-side interface name.
+    pub name: String,
+    /// Global addresses on the namespace side of the veth (the "pod IPs").
+    pub pod_ips: Vec<IpAddr>,
+}
+
+/// Names of the namespaces in [`NETNS_DIR`], sorted; none if the directory is missing.
+pub fn named() -> Result<Vec<String>> {
+    let dir = Path::new(NETNS_DIR);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::Read {
+                path: dir.to_owned(),
+                source,
+            })
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn ns_path(name: &str) -> Result<PathBuf> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(Error::Netns {
+            name: name.to_owned(),
+            what: "invalid name",
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        });
+    }
+    Ok(Path::new(NETNS_DIR).join(name))
+}
+
+/// Runs `f` on a new thread inside namespace `name`; the thread ends with `f`, so the
+/// caller's threads never change namespace.
+fn in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let path = ns_path(name)?;
+    let owned = name.to_owned();
+    let file = File::open(&path).map_err(|source| Error::Netns {
+        name: owned.clone(),
+        what: "open",
+        source,
+    })?;
+    let handle = std::thread::Builder::new()
+        .name("clovisor-netns".into())
+        .spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Netns {
+                name: owned,
+                what: "setns",
+                source: std::io::Error::from(e),
+            })?;
+            f()
+        })
+        .map_err(|source| Error::Netns {
+            name: name.to_owned(),
+            what: "spawn thread",
+            source,
+        })?;
+    handle.join().unwrap_or_else(|_| {
+        Err(Error::Netns {
+            name: name.to_owned(),
+            what: "namespace thread panicked",
+            source: std::io::Error::other("panic"),
+        })
+    })
+}
+
+/// TCP ports listening in namespace `name` on a non-loopback address (IPv4 and IPv6).
+pub fn listening_tcp_ports(name: &str) -> Result<BTreeSet<u16>> {
+    in_netns(name, || {
+        let mut ports = BTreeSet::new();
+        // thread-self: /proc/self/net follows the main thread's namespace, not ours.
+        for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+            let path = Path::new(file);
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                // No IPv6 in this kernel: nothing listens there.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(Error::Read {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            };
+            for l in parse_proc_net_tcp(path, &text)? {
+                if l.listening && !l.local.is_loopback() {
+                    ports.insert(l.port);
+                }
+            }
+        }
+        Ok(ports)
+    })
+}
+
+/// The host side of namespace `name`'s veth: the namespace's veth (`eth0` preferred)
+/// whose peer (IFLA_LINK) is a veth in the caller's namespace.
+pub fn host_veth(name: &str) -> Result<HostVeth> {
+    let (inside, addrs) = in_netns(name, || {
+        let mut s = netlink::Socket::open()?;
+        Ok((s.links()?, s.addrs()?))
+    })?;
+    let host_links = netlink::Socket::open()?.links()?;
+    let mut candidates: Vec<&netlink::Link> = inside
+        .iter()
+        .filter(|l| l.kind.as_deref() == Some("veth") && l.link.is_some())
+        .collect();
+    // eth0 first: what CNIs name the pod side.
+    candidates.sort_by_key(|l| (l.name != "eth0", l.index));
+    for pod_side in candidates {
+        let Some(peer) = pod_side.link else { continue };
+        let Some(host) = host_links.iter().find(|h| {
+            h.index == peer && h.kind.as_deref() == Some("veth") && h.link == Some(pod_side.index)
+        }) else {
+            continue;
+        };
+        let pod_ips = addrs
+            .iter()
+            .filter(|a| a.index == pod_side.index && a.scope == 0)
+            .map(|a| a.ip)
+            .collect();
+        return Ok(HostVeth {
+            ifindex: host.index,
+            name: host.name.clone(),
+            pod_ips,
+        });
+    }
+    Err(Error::NoHostVeth {
+        name: name.to_owned(),
+    })
+}
+
+/// One row of `/proc/net/tcp{,6}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcTcpRow {
+    /// Local address.
+    pub local: IpAddr,
+    /// Local port.
+    pub port: u16,
+    /// State is TCP_LISTEN (0x0A).
+    pub listening: bool,
+}
+
+/// Parses a `/proc/net/tcp` or `/proc/net/tcp6` table. Addresses there are the kernel's
+/// in-memory words printed in hex: each 32-bit word is in host byte order.
+pub fn parse_proc_net_tcp(path: &Path, text: &str) -> Result<Vec<ProcTcpRow>> {
+    let bad = |line: &str| Error::ProcNetParse {
+        path: path.to_owned(),
+        line: line.to_owned(),
+    };
+    let mut rows = Vec::new();
+    for line in text.lines().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let _slot = fields.next();
+        let local = fields.next().ok_or_else(|| bad(line))?;
+        let _remote = fields.next().ok_or_else(|| bad(line))?;
+        let state = fields.next().ok_or_else(|| bad(line))?;
+        let (addr_hex, port_hex) = local.split_once(':').ok_or_else(|| bad(line))?;
+        let port = u16::from_str_radix(port_hex, 16).map_err(|_| bad(line))?;
+        let local = parse_hex_addr(addr_hex).ok_or_else(|| bad(line))?;
+        let state = u8::from_str_radix(state, 16).map_err(|_| bad(line))?;
+        rows.push(ProcTcpRow {
+            local,
+            port,
+            listening: state == 0x0A,
+        });
+    }
+    Ok(rows)
+}
+
+fn parse_hex_addr(hex: &str) -> Option<IpAddr> {
+    if !hex.is_ascii() {
+        return None;
+    }
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        Some(w.to_ne_bytes())
+    };
+    match hex.len() {
+        8 => {
+            let b = word(0)?;
+            Some(IpAddr::V4(Ipv4Addr::from(b)))
+        }
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            let v6 = Ipv6Addr::from(b);
+            // A v4-mapped listener (dual-stack socket bound to a v4 address).
+            Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Real rows (x86_64, little endian) captured from /proc/net/tcp{,6}.
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12346 1 0000000000000000 100 0 0 10 0
+   2: 0200000A:1F90 0100000A:A1B2 01 00000000:00000000 00:00000000 00000000     0        0 12347 1 0000000000000000 100 0 0 10 0
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 00000000000000000000000001000000:1A0B 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 100 0 0 10 0
+   2: 000000FD000000000000000001000000:0050 000000FD000000000000000002000000:C350 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 100 0 0 10 0
+";
+
+    #[test]
+    fn ipv4_rows_parse_with_host_order_words() {
+        let rows = parse_proc_net_tcp(Path::new("tcp"), TCP).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), 3, "three rows expected, got {rows:?}");
+        assert_eq!(
+            rows[0],
+            ProcTcpRow {
+                local: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                port: 8080,
+                listening: true
+            },
+            "0.0.0.0:8080 LISTEN"
+        );
+        assert_eq!(
+            rows[1].local,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            "0100007F is 127.0.0.1 on little endian"
+        );
+        assert_eq!(
+            rows[2].local,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            "0200000A is 10.0.0.2"
+        );
+        assert!(
+            !rows[2].listening,
+            "state 01 (ESTABLISHED) is not listening"
+        );
+    }
+
+    #[test]
+    fn ipv6_rows_parse() {
+        let rows = parse_proc_net_tcp(Path::new("tcp6"), TCP6).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            rows[0].local,
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            ":: listener"
+        );
+        assert_eq!(rows[0].port, 80, "port 0x50");
+        assert_eq!(
+            rows[1].local,
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            "::1 listener"
+        );
+        assert_eq!(
+            rows[2].local,
+            "fd00::1"
+                .parse::<IpAddr>()
+                .unwrap_or_else(|e| panic!("{e}")),
+            "fd00::1"
+        );
+    }
+
+    #[test]
+    fn garbage_lines_are_errors() {
+        for text in [
+            "hdr\n 0: zz:1F90 0:0 0A",
+            "hdr\n 0: 00000000",
+            "hdr\n 0: 0000000:1F90 00:00 0A",
+            "hdr\n 0: 00000000:FFFFF 0:0 0A",
+        ] {
+            assert!(
+                parse_proc_net_tcp(Path::new("t"), text).is_err(),
+                "{text:?} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn names_with_slashes_are_refused() {
+        for bad in ["", ".", "..", "a/b", "../etc"] {
+            assert!(ns_path(bad).is_err(), "netns name {bad:?} must be refused");
+        }
+        assert!(ns_path("pod-a").is_ok(), "plain name accepted");
+    }
+}

@@ -1,0 +1,2 @@
+//! Sources of what to trace: named network namespaces now, Kubernetes pods later.
+pub mod netns;

@@ -1,0 +1,67 @@
+//! gRPC uplink to the collector: records are framed into numbered batches and delivered at least
+//! once through the shared delivery protocol (bounded replay buffer, acks, reconnect with backoff).
+
+use std::sync::Arc;
+
+use clovisor_proto::capture::v1::{Hello, Record};
+use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
+use clovisor_proto::hops::{CaptureConnector, CaptureHop};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+/// Who this probe is, told to the collector at the start of every stream.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Unique for this process's life.
+    pub probe_id: String,
+    /// Kubernetes node (or host) name.
+    pub node: String,
+    /// Bytes of each message the kernel copies.
+    pub snaplen: u32,
+}
+
+impl Identity {
+    /// An identity with a fresh random probe id.
+    pub fn new(node: impl Into<String>, snaplen: u32) -> Self {
+        Self {
+            probe_id: format!("{:016x}", rand::random::<u64>()),
+            node: node.into(),
+            snaplen,
+        }
+    }
+}
+
+/// The uplink: takes records from a channel and delivers them to the collector behind `channel`.
+pub struct Uplink {
+    sender: Sender<CaptureHop, CaptureConnector>,
+}
+
+impl Uplink {
+    /// An uplink for `identity` over `channel`.
+    pub fn new(identity: &Identity, channel: Channel, config: DeliveryConfig) -> Self {
+        let hop = CaptureHop {
+            hello: Hello {
+                probe_id: identity.probe_id.clone(),
+                node: identity.node.clone(),
+                snaplen: identity.snaplen,
+            },
+        };
+        Self {
+            sender: Sender::new(hop, CaptureConnector(channel), config),
+        }
+    }
+
+    /// Delivery counters, readable while the uplink runs.
+    pub fn stats(&self) -> Arc<DeliveryStats> {
+        self.sender.stats()
+    }
+
+    /// Runs until `records` closes (then drains what is buffered) or `shutdown` resolves.
+    pub async fn run(
+        self,
+        records: mpsc::Receiver<Record>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
+        self.sender.run(records, shutdown).await;
+    }
+}
