@@ -6,17 +6,18 @@
 //! uplink delivers what it holds, the collector finishes, the forwarder delivers, and the
 //! correlator flushes its spans — then the HTTP servers stop.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clovisor_collector::server::CaptureService;
 use clovisor_correlator::{Config as CorrelatorConfig, Correlator};
-use clovisor_probe::agent::{self, AgentConfig};
-use clovisor_probe::capture::CaptureConfig;
-use clovisor_probe::targets::netns::NetnsTargets;
+use clovisor_probe::agent;
+use clovisor_probe::cli::ProbeArgs;
+use clovisor_probe::metrics::ProbeMetrics;
 use clovisor_proto::delivery::DeliveryConfig;
+use clovisor_runtime::drops::Drops;
 use clovisor_runtime::{serve_http, shutdown_signal, StopFlag};
 use tokio::sync::mpsc;
 
@@ -28,14 +29,8 @@ const STAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Flags of `clovisor all-in-one`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Trace this named network namespace (`/run/netns/NAME`) as a pod, through the host end of
-    /// its veth; repeatable. Without it, every named network namespace is traced.
-    #[arg(long = "netns", value_name = "NAME")]
-    netns: Vec<String>,
-    /// Also trace this TCP port (the ports listening inside traced namespaces are found and
-    /// followed automatically); repeatable.
-    #[arg(long = "port", value_name = "PORT")]
-    ports: Vec<u16>,
+    #[command(flatten)]
+    probe: ProbeArgs,
     /// REST API address.
     #[arg(long, env = "CLOVISOR_API_LISTEN", default_value = "127.0.0.1:9800")]
     api_listen: SocketAddr,
@@ -46,34 +41,12 @@ pub struct Args {
         default_value = "127.0.0.1:9801"
     )]
     metrics_listen: SocketAddr,
-    /// Bytes of each message copied from the kernel (the start of the request or response).
-    #[arg(long, env = "CLOVISOR_SNAPLEN", default_value_t = CaptureConfig::default().snaplen)]
-    snaplen: u32,
-    /// Node name reported in sessions and spans (default: the host name).
-    #[arg(long, env = "NODE_NAME")]
-    node: Option<String>,
-    /// How often namespaces and their listening ports are re-read.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    scan_interval: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("not a duration (use ms or s): {s:?}")),
-    }
 }
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
-    let node = args.node.clone().unwrap_or_else(hostname);
+    let node = args.probe.node_name();
 
     // Correlator: sessions in, spans and metrics out.
     let mut correlator_config = CorrelatorConfig::from_env().context("correlator configuration")?;
@@ -82,9 +55,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .get_or_insert_with(|| node.clone());
     // One registry serves every component's metrics on the one metrics port.
     let mut registry = prometheus_client::registry::Registry::default();
-    let collector_metrics = std::sync::Arc::new(clovisor_collector::CollectorMetrics::default());
+    let drops = Drops::default();
+    let probe_metrics = Arc::new(ProbeMetrics::new(drops.clone()));
+    probe_metrics.register(&mut registry);
+    let collector_metrics = Arc::new(clovisor_collector::CollectorMetrics::default());
     collector_metrics.register(&mut registry);
-    let correlator = Correlator::with_registry(correlator_config, registry)
+    let correlator = Correlator::with_registry(correlator_config, registry, drops)
         .context("starting the correlator")?;
 
     // Collector: raw records in, sessions out.
@@ -128,22 +104,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = tokio::spawn(metrics);
 
     // Probe: runs until the signal, then drains into the collector.
-    let probe_config = AgentConfig {
-        capture: CaptureConfig {
-            snaplen: args.snaplen,
-            node: node.clone(),
-            ..CaptureConfig::default()
-        },
-        targets: NetnsTargets {
-            names: args.netns.clone(),
-            extra_ports: args.ports.iter().copied().collect::<BTreeSet<u16>>(),
-            interval: args.scan_interval,
-            node: node.clone(),
-        },
-        delivery: DeliveryConfig::default(),
-        record_queue: 16 * 1024,
-    };
-    let probe_result = agent::run(probe_config, collector_channel, shutdown, |_| {}).await;
+    let probe_config = args.probe.agent_config();
+    let probe_result = agent::run(probe_config, collector_channel, shutdown, probe_metrics).await;
 
     // The pipeline runs dry stage by stage.
     stop_collector.raise();
@@ -167,27 +129,5 @@ async fn await_stage<T: std::fmt::Debug>(name: &str, task: tokio::task::JoinHand
         Ok(Ok(result)) => tracing::debug!(stage = name, ?result, "stage finished"),
         Ok(Err(e)) => tracing::error!(stage = name, error = %e, "stage task failed"),
         Err(_) => tracing::error!(stage = name, "stage did not finish in time"),
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("1h").is_err());
     }
 }

@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clovisor_proto::session::v1::session_ingest_server::SessionIngestServer;
+use clovisor_runtime::drops::Drops;
 use prometheus_client::registry::Registry;
 
 pub use config::Config;
@@ -49,14 +50,15 @@ impl Correlator {
     /// Builds everything from `config` and starts the span exporter (unless export is off).
     /// Must be called inside a Tokio runtime; connects to the OTLP endpoint lazily.
     pub fn new(config: Config) -> Result<Self> {
-        Self::with_registry(config, Registry::default())
+        Self::with_registry(config, Registry::default(), Drops::default())
     }
 
     /// Like [`Correlator::new`], serving `registry` — which may already hold other components'
-    /// metrics (all-in-one mode) — with the correlator's metrics added.
-    pub fn with_registry(config: Config, mut registry: Registry) -> Result<Self> {
+    /// metrics (all-in-one mode) — with the correlator's metrics added, and counting losses in
+    /// `drops`, which it registers.
+    pub fn with_registry(config: Config, mut registry: Registry, drops: Drops) -> Result<Self> {
         let store = Arc::new(Store::new(config.store_capacity));
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_drops(drops));
         metrics.register(&mut registry);
         let exporter = match &config.export {
             Some(export) => Some(OtlpExporter::start(

@@ -23,6 +23,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use clovisor_runtime::drops::Drops;
+
 use crate::record::CorrelatedSession;
 
 /// Distinct values a free-form label (`namespace`, `workload`) may take.
@@ -48,15 +50,6 @@ pub struct HttpLabels {
     pub namespace: String,
     /// Server workload or pod, `unknown` or `other`.
     pub workload: String,
-}
-
-/// Labels of `clovisor_dropped_total`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DropLabels {
-    /// Pipeline stage that dropped (`export`).
-    pub stage: &'static str,
-    /// Why (`queue_full`, `retries_exhausted`, `rejected`, `shutdown`).
-    pub reason: &'static str,
 }
 
 /// Labels of `clovisor_correlator_ingest_batches_total`.
@@ -134,7 +127,7 @@ pub struct Metrics {
     spans_exported: Counter,
     export_failures: Counter,
     export_queue: Gauge,
-    dropped: Family<DropLabels, Counter>,
+    dropped: Drops,
     namespaces: LabelCap,
     workloads: LabelCap,
 }
@@ -152,6 +145,11 @@ fn duration_histogram() -> Histogram {
 impl Metrics {
     /// Fresh, unregistered metrics.
     pub fn new() -> Self {
+        Self::with_drops(Drops::default())
+    }
+
+    /// Fresh, unregistered metrics counting losses into `drops`, shared with other stages.
+    pub fn with_drops(drops: Drops) -> Self {
         Self {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(duration_histogram),
@@ -164,7 +162,7 @@ impl Metrics {
             spans_exported: Counter::default(),
             export_failures: Counter::default(),
             export_queue: Gauge::default(),
-            dropped: Family::default(),
+            dropped: drops,
             namespaces: LabelCap::default(),
             workloads: LabelCap::default(),
         }
@@ -227,11 +225,7 @@ impl Metrics {
             "Spans waiting for export",
             self.export_queue.clone(),
         );
-        registry.register(
-            "clovisor_dropped",
-            "Items dropped, by pipeline stage and reason",
-            self.dropped.clone(),
-        );
+        self.dropped.register(registry);
     }
 
     /// Counts one received session and its RED metrics.
@@ -307,22 +301,17 @@ impl Metrics {
 
     /// Counts spans dropped by the exporter.
     pub fn dropped_spans(&self, reason: DropReason, n: u64) {
-        self.dropped
-            .get_or_create(&DropLabels {
-                stage: "export",
-                reason: reason.label(),
-            })
-            .inc_by(n);
+        self.dropped.count("export", reason.label(), n);
     }
 
     /// Spans dropped so far for `reason` (for tests and logs).
     pub fn dropped_count(&self, reason: DropReason) -> u64 {
-        self.dropped
-            .get_or_create(&DropLabels {
-                stage: "export",
-                reason: reason.label(),
-            })
-            .get()
+        self.dropped.get("export", reason.label())
+    }
+
+    /// The shared `clovisor_dropped_total` family, for other stages in the same process.
+    pub fn drops(&self) -> Drops {
+        self.dropped.clone()
     }
 
     /// Spans exported so far.

@@ -327,6 +327,18 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         metrics.contains("clovisor_http_request_duration_seconds_bucket"),
         "duration histogram exported:\n{metrics}"
     );
+    // The kernel's own counters are visible too (refreshed every second).
+    wait_for(
+        "kernel counters in /metrics",
+        Duration::from_secs(5),
+        || {
+            let m = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+            Ok(m.lines().any(|l| {
+                l.starts_with(r#"clovisor_probe_kernel_total{counter="events_emitted"}"#)
+                    && !l.ends_with(" 0")
+            }))
+        },
+    )?;
 
     // SIGTERM: clean exit, spans flushed, nothing of ours left on the veth.
     let status = clovisor.proc.stop(15, Duration::from_secs(15))?;

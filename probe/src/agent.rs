@@ -4,14 +4,16 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats};
+use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_runtime::StopFlag;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::capture::{Capture, CaptureConfig};
 use crate::error::Result;
+use crate::metrics::ProbeMetrics;
 use crate::targets::netns::{follow, NetnsTargets};
 use crate::uplink::{Identity, Uplink};
 
@@ -29,13 +31,16 @@ pub struct AgentConfig {
     pub record_queue: usize,
 }
 
-/// Runs the probe against the collector behind `collector` until `shutdown` resolves.
-/// `on_started` receives the uplink's delivery counters once the capture is loaded.
+/// How often the metrics catch up with the kernel's and the pipeline's counters.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the probe against the collector behind `collector` until `shutdown` resolves, keeping
+/// `metrics` up to date.
 pub async fn run(
     config: AgentConfig,
     collector: Channel,
     shutdown: impl Future<Output = ()>,
-    on_started: impl FnOnce(Arc<DeliveryStats>),
+    metrics: Arc<ProbeMetrics>,
 ) -> Result<()> {
     let removed = crate::cleanup_leftovers()?;
     if removed > 0 {
@@ -51,18 +56,49 @@ pub async fn run(
 
     let (records_tx, records_rx) = mpsc::channel(config.record_queue);
     let uplink = Uplink::new(&identity, collector, config.delivery.clone());
-    on_started(uplink.stats());
+    let uplink_stats = uplink.stats();
     // The uplink ends once every record sender is gone and what it holds is delivered.
     let uplink = tokio::spawn(uplink.run(records_rx, std::future::pending()));
 
     let stop = StopFlag::default();
+    let kernel_stats = capture.kernel_stats_handle();
+    let event_stats = events.stats_handle();
+    let update_metrics = {
+        let metrics = Arc::clone(&metrics);
+        move || {
+            let kernel = kernel_stats
+                .read()
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot read kernel counters"))
+                .ok();
+            let events = event_stats
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_else(|p| p.into_inner().clone());
+            metrics.update(kernel.as_ref(), &events, &uplink_stats);
+        }
+    };
     let follower = tokio::spawn(follow(
         config.targets.clone(),
         capture,
         records_tx.clone(),
+        Arc::clone(&metrics),
         stop.wait(),
     ));
     let events = tokio::spawn(events.run(records_tx, stop.wait()));
+    let metrics_task = {
+        let update = update_metrics.clone();
+        let stopped = stop.wait();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_INTERVAL);
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => update(),
+                }
+            }
+        })
+    };
 
     shutdown.await;
     stop.raise();
@@ -78,6 +114,9 @@ pub async fn run(
     if let Err(e) = uplink.await {
         tracing::error!(error = %e, "uplink task failed");
     }
+    let _ = metrics_task.await;
+    // Final numbers, including what the shutdown itself dropped.
+    update_metrics();
     tracing::info!("probe stopped");
     Ok(())
 }

@@ -10,9 +10,11 @@
 
 pub mod agent;
 pub mod capture;
+pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod hooks;
+pub mod metrics;
 mod netlink;
 pub mod netns;
 pub mod targets;

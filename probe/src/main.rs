@@ -1,1 +1,62 @@
-fn main() {}
+//! `clovisor-probe`: loads the capture programs on this node, follows what to trace and streams
+//! raw session records to a collector.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use clovisor_probe::cli::ProbeArgs;
+use clovisor_probe::metrics::ProbeMetrics;
+use clovisor_runtime::drops::Drops;
+use clovisor_runtime::{serve_http, shutdown_signal, LogArgs, StopFlag};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Parser)]
+#[command(name = "clovisor-probe", version, about)]
+struct Args {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    /// Collector gRPC URL.
+    #[arg(
+        long,
+        env = "CLOVISOR_COLLECTOR",
+        default_value = "http://clovisor-collector.clovisor.svc:50051"
+    )]
+    collector: String,
+    /// Prometheus metrics address.
+    #[arg(long, env = "CLOVISOR_METRICS_LISTEN", default_value = "0.0.0.0:9801")]
+    metrics_listen: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    clovisor_runtime::init_logging(&args.log);
+    let shutdown = shutdown_signal()?;
+
+    let drops = Drops::default();
+    let metrics = Arc::new(ProbeMetrics::new(drops.clone()));
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    drops.register(&mut registry);
+    let stop_http = StopFlag::default();
+    let metrics_server = tokio::spawn(
+        serve_http(
+            args.metrics_listen,
+            clovisor_runtime::metrics_router(Arc::new(registry)),
+            stop_http.wait(),
+        )
+        .await?,
+    );
+
+    let channel = clovisor_proto::hops::lazy_channel(&args.collector)?;
+    let result = clovisor_probe::agent::run(args.probe.agent_config(), channel, shutdown, metrics)
+        .await
+        .context("probe");
+    stop_http.raise();
+    metrics_server.await.context("metrics task")??;
+    result
+}

@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+pub mod drops;
+
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -157,4 +159,45 @@ pub fn metrics_router(
             }
         }),
     )
+}
+
+/// Parses a duration flag such as `250ms`, `2s` or `3` (seconds).
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        _ => Err(format!("not a duration (use ms or s): {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("1h").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stop_flag_releases_every_waiter() {
+        let flag = StopFlag::default();
+        let a = tokio::spawn(flag.wait());
+        let b = tokio::spawn(flag.wait());
+        flag.raise();
+        a.await.expect("first waiter");
+        b.await.expect("second waiter");
+        // Raised already: resolves at once.
+        flag.wait().await;
+    }
 }

@@ -120,6 +120,7 @@ impl CaptureConfig {
 /// The loaded capture: programs, maps and the interfaces they are attached to.
 pub struct Capture {
     ebpf: Ebpf,
+    stats: Arc<KernelStats>,
     cfg: CaptureConfig,
     hooks: BTreeMap<String, PodVethHook>,
     interfaces: InterfaceNames,
@@ -142,13 +143,19 @@ impl Capture {
     /// Loads and verifies the programs and sizes the maps; attaches nothing yet.
     pub fn load(cfg: &CaptureConfig) -> Result<Self> {
         cfg.validate()?;
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, cfg.ring_buffer_bytes)
             .map_max_entries(MAP_SESSIONS, cfg.max_sessions)
             .load(OBJECT)
             .map_err(|source| Error::Load { source })?;
+        let stats = PerCpuArray::try_from(
+            ebpf.take_map(MAP_STATS)
+                .ok_or(Error::MissingMap { map: MAP_STATS })?,
+        )
+        .map_err(map_err(MAP_STATS, "open"))?;
         let mut capture = Self {
             ebpf,
+            stats: Arc::new(KernelStats(stats)),
             cfg: cfg.clone(),
             hooks: BTreeMap::new(),
             interfaces: Arc::new(RwLock::new(BTreeMap::new())),
@@ -287,21 +294,12 @@ impl Capture {
 
     /// Kernel counters summed over CPUs, by name.
     pub fn kernel_stats(&self) -> Result<BTreeMap<String, u64>> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(MAP_STATS)
-                .ok_or(Error::MissingMap { map: MAP_STATS })?,
-        )
-        .map_err(map_err(MAP_STATS, "open"))?;
-        let mut out = BTreeMap::new();
-        for (idx, name) in STAT_NAMES {
-            let values = map.get(&idx, 0).map_err(map_err(MAP_STATS, "read"))?;
-            out.insert(
-                name.to_owned(),
-                values.iter().copied().fold(0u64, u64::wrapping_add),
-            );
-        }
-        Ok(out)
+        self.stats.read()
+    }
+
+    /// A reader of the kernel counters that outlives moves of the capture (for metrics).
+    pub fn kernel_stats_handle(&self) -> Arc<KernelStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Takes the ring buffer and the session map into an [`EventLoop`]; once only.
@@ -367,6 +365,30 @@ impl SessionSource for KernelSessions {
     fn lookup(&self, key: &SessionKey) -> Option<SessionState> {
         let raw = self.0.get(&key.to_raw(), 0).ok()?;
         SessionState::try_from(&raw[..]).ok()
+    }
+}
+
+/// The kernel's per-CPU `stats` counters.
+pub struct KernelStats(PerCpuArray<MapData, u64>);
+
+impl std::fmt::Debug for KernelStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelStats").finish_non_exhaustive()
+    }
+}
+
+impl KernelStats {
+    /// Every counter summed over CPUs, by name.
+    pub fn read(&self) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for (idx, name) in STAT_NAMES {
+            let values = self.0.get(&idx, 0).map_err(map_err(MAP_STATS, "read"))?;
+            out.insert(
+                name.to_owned(),
+                values.iter().copied().fold(0u64, u64::wrapping_add),
+            );
+        }
+        Ok(out)
     }
 }
 

@@ -36,7 +36,7 @@ pub enum AttachMode {
 }
 
 /// Which attach method to use.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachPolicy {
     /// TCX links; legacy clsact filters when the kernel refuses TCX.
     #[default]

@@ -5,12 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
 use tokio::sync::mpsc;
 
 use crate::capture::Capture;
+use crate::metrics::ProbeMetrics;
 use crate::netns::{self, HostVeth};
 
 /// What to follow.
@@ -45,6 +47,7 @@ pub async fn follow(
     targets: NetnsTargets,
     mut capture: Capture,
     out: mpsc::Sender<Record>,
+    metrics: Arc<ProbeMetrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Capture {
     tokio::pin!(shutdown);
@@ -88,6 +91,7 @@ pub async fn follow(
     if let Err(e) = capture.detach_all() {
         tracing::error!(error = %e, "detaching on shutdown failed");
     }
+    metrics.set_attached(capture.attached().len());
     capture
 }
 

@@ -1,0 +1,265 @@
+//! Every metric the probe exposes, named in one place. Kernel counters and the event loop's and
+//! uplink's counters are cumulative sources read periodically; [`ProbeMetrics::update`] turns
+//! their growth into Prometheus counter increments. Losses go to the shared
+//! `clovisor_dropped_total{stage,reason}` family.
+//!
+//! Labels are bounded: `counter` takes the fixed kernel counter names.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use clovisor_proto::delivery::DeliveryStats;
+use clovisor_runtime::drops::Drops;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::capture::EventLoopStats;
+
+/// Labels of `clovisor_probe_kernel_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KernelLabels {
+    /// One of the kernel's fixed counter names (`packets_seen`, `ringbuf_full_drops`, …).
+    pub counter: String,
+}
+
+/// Labels of `clovisor_probe_uplink_batches_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    /// `sent` or `resent`.
+    pub kind: &'static str,
+}
+
+/// Where each cumulative source stood at the last update.
+#[derive(Debug, Default)]
+struct Last {
+    values: BTreeMap<&'static str, u64>,
+    kernel: BTreeMap<String, u64>,
+}
+
+/// The probe's metrics; share behind an `Arc`.
+#[derive(Debug)]
+pub struct ProbeMetrics {
+    kernel: Family<KernelLabels, Counter>,
+    ring_events: Counter,
+    records_sent: Counter,
+    messages_partial: Counter,
+    uplink_records_acked: Counter,
+    uplink_batches: Family<BatchLabels, Counter>,
+    uplink_connects: Counter,
+    uplink_disconnects: Counter,
+    uplink_replay_bytes: Gauge,
+    attached_interfaces: Gauge,
+    drops: Drops,
+    last: Mutex<Last>,
+}
+
+impl ProbeMetrics {
+    /// Metrics counting losses into `drops` (shared with other stages of the process).
+    pub fn new(drops: Drops) -> Self {
+        Self {
+            kernel: Family::default(),
+            ring_events: Counter::default(),
+            records_sent: Counter::default(),
+            messages_partial: Counter::default(),
+            uplink_records_acked: Counter::default(),
+            uplink_batches: Family::default(),
+            uplink_connects: Counter::default(),
+            uplink_disconnects: Counter::default(),
+            uplink_replay_bytes: Gauge::default(),
+            attached_interfaces: Gauge::default(),
+            drops,
+            last: Mutex::new(Last::default()),
+        }
+    }
+
+    /// Adds the probe's metrics to `registry` (not `clovisor_dropped_total`, which whoever owns
+    /// the [`Drops`] registers once).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "clovisor_probe_kernel",
+            "Counters of the BPF programs, summed over CPUs",
+            self.kernel.clone(),
+        );
+        registry.register(
+            "clovisor_probe_ring_events",
+            "Events read from the BPF ring buffer",
+            self.ring_events.clone(),
+        );
+        registry.register(
+            "clovisor_probe_records",
+            "Records handed to the uplink",
+            self.records_sent.clone(),
+        );
+        registry.register(
+            "clovisor_probe_messages_partial",
+            "Messages sent before they were over (idle flush)",
+            self.messages_partial.clone(),
+        );
+        registry.register(
+            "clovisor_probe_uplink_records_acked",
+            "Records the collector acknowledged",
+            self.uplink_records_acked.clone(),
+        );
+        registry.register(
+            "clovisor_probe_uplink_batches",
+            "Batches written to the collector stream, by first send or re-send",
+            self.uplink_batches.clone(),
+        );
+        registry.register(
+            "clovisor_probe_uplink_connects",
+            "Streams to the collector opened",
+            self.uplink_connects.clone(),
+        );
+        registry.register(
+            "clovisor_probe_uplink_disconnects",
+            "Failed attempts to open a collector stream, and streams that broke",
+            self.uplink_disconnects.clone(),
+        );
+        registry.register(
+            "clovisor_probe_uplink_replay_bytes",
+            "Bytes of unacknowledged batches held for replay",
+            self.uplink_replay_bytes.clone(),
+        );
+        registry.register(
+            "clovisor_probe_attached_interfaces",
+            "Interfaces the capture programs are attached to",
+            self.attached_interfaces.clone(),
+        );
+    }
+
+    /// Sets the number of attached interfaces.
+    pub fn set_attached(&self, n: usize) {
+        self.attached_interfaces.set(n as i64);
+    }
+
+    /// Brings the counters up to the cumulative sources' current values.
+    pub fn update(
+        &self,
+        kernel: Option<&BTreeMap<String, u64>>,
+        events: &EventLoopStats,
+        uplink: &DeliveryStats,
+    ) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kernel) = kernel {
+            for (name, value) in kernel {
+                let before = last.kernel.insert(name.clone(), *value).unwrap_or(0);
+                let grown = value.saturating_sub(before);
+                if grown == 0 {
+                    continue;
+                }
+                self.kernel
+                    .get_or_create(&KernelLabels {
+                        counter: name.clone(),
+                    })
+                    .inc_by(grown);
+                match name.as_str() {
+                    "ringbuf_full_drops" => self.drops.count("ring_buffer", "full", grown),
+                    "session_update_failed" => {
+                        self.drops.count("session_map", "update_failed", grown)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut delta = |key: &'static str, value: u64| {
+            let before = last.values.insert(key, value).unwrap_or(0);
+            value.saturating_sub(before)
+        };
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        self.ring_events.inc_by(delta("events", events.events));
+        self.records_sent
+            .inc_by(delta("records_sent", events.records_sent));
+        self.messages_partial
+            .inc_by(delta("partial", events.assembler.partial_flushes));
+        self.drops.count(
+            "probe_decode",
+            "bad_event",
+            delta("bad_events", events.bad_events),
+        );
+        self.drops.count(
+            "probe_queue",
+            "full",
+            delta("dropped_full", events.records_dropped_full),
+        );
+        self.drops.count(
+            "probe_assembler",
+            "lost_message",
+            delta("lost_messages", events.assembler.lost_messages),
+        );
+        self.drops.count(
+            "probe_assembler",
+            "expired",
+            delta("pending_expired", events.assembler.pending_expired),
+        );
+        self.uplink_records_acked
+            .inc_by(delta("acked", load(&uplink.items_acked)));
+        self.uplink_batches
+            .get_or_create(&BatchLabels { kind: "sent" })
+            .inc_by(delta("batches_sent", load(&uplink.batches_sent)));
+        self.uplink_batches
+            .get_or_create(&BatchLabels { kind: "resent" })
+            .inc_by(delta("batches_resent", load(&uplink.batches_resent)));
+        self.uplink_connects
+            .inc_by(delta("connects", load(&uplink.connects)));
+        self.uplink_disconnects
+            .inc_by(delta("disconnects", load(&uplink.disconnects)));
+        self.drops.count(
+            "uplink",
+            "shutdown",
+            delta("dropped_shutdown", load(&uplink.items_dropped_shutdown)),
+        );
+        self.uplink_replay_bytes
+            .set(load(&uplink.replay_bytes).min(i64::MAX as u64) as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(m: &ProbeMetrics, drops: &Drops) -> String {
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        drops.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        out
+    }
+
+    #[test]
+    fn cumulative_sources_become_counter_increments_and_drops() {
+        let drops = Drops::default();
+        let m = ProbeMetrics::new(drops.clone());
+        let uplink = DeliveryStats::default();
+        let mut events = EventLoopStats {
+            events: 10,
+            records_dropped_full: 2,
+            ..EventLoopStats::default()
+        };
+        let mut kernel = BTreeMap::from([
+            ("packets_seen".to_owned(), 100),
+            ("ringbuf_full_drops".to_owned(), 3),
+        ]);
+        m.update(Some(&kernel), &events, &uplink);
+        events.events = 15;
+        kernel.insert("ringbuf_full_drops".to_owned(), 4);
+        m.update(Some(&kernel), &events, &uplink);
+        // A read that failed (None) changes nothing kernel-side.
+        m.update(None, &events, &uplink);
+
+        let text = encode(&m, &drops);
+        for line in [
+            "clovisor_probe_ring_events_total 15",
+            r#"clovisor_probe_kernel_total{counter="packets_seen"} 100"#,
+            r#"clovisor_probe_kernel_total{counter="ringbuf_full_drops"} 4"#,
+            r#"clovisor_dropped_total{stage="ring_buffer",reason="full"} 4"#,
+            r#"clovisor_dropped_total{stage="probe_queue",reason="full"} 2"#,
+        ] {
+            assert!(text.contains(line), "expected {line:?} in:\n{text}");
+        }
+    }
+}
