@@ -72,8 +72,8 @@ pub async fn run(
                 .ok();
             let events = event_stats
                 .lock()
-                .map(|s| s.clone())
-                .unwrap_or_else(|p| p.into_inner().clone());
+                .map(|s| *s)
+                .unwrap_or_else(|p| *p.into_inner());
             metrics.update(kernel.as_ref(), &events, &uplink_stats);
         }
     };
