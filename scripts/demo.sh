@@ -72,8 +72,17 @@ echo "hello from the server pod" > "$WORK/www/index.html"
 head -c 1048576 /dev/urandom > "$WORK/www/big.bin"
 ip netns exec "$SERVER" nginx -c "$WORK/nginx.conf"
 
-echo "== starting clovisor all-in-one (api $API, metrics $METRICS)"
-RUST_LOG=${RUST_LOG:-info} "$BIN" all-in-one --netns "$SERVER" --netns "$CLIENT" \
+# Spans go to an OTLP endpoint (Jaeger, an OpenTelemetry Collector) when you name one; without one
+# the demo switches span export off rather than retrying a port nobody listens on.
+if [ -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
+  export OTEL_TRACES_EXPORTER=none
+  echo "== no OTEL_EXPORTER_OTLP_ENDPOINT set: span export off (set it to send spans to Jaeger)"
+fi
+
+# The server pod is traced at its veth; tracing the client pod too would observe every exchange a
+# second time, at the client's veth (joining such observations into one session is the next step).
+echo "== starting clovisor all-in-one --netns $SERVER (api $API, metrics $METRICS)"
+RUST_LOG=${RUST_LOG:-info} "$BIN" all-in-one --netns "$SERVER" \
   --api-listen "$API" --metrics-listen "$METRICS" >"$WORK/clovisor.log" 2>&1 &
 CLOVISOR_PID=$!
 for _ in $(seq 1 100); do
@@ -112,12 +121,11 @@ echo "== one session in full"
 curl -fsS "http://$API/api/v1/sessions?trace_id=4bf92f3577b34da6a3ce929d0e0e4736" | jq '.sessions[0]'
 
 echo "== metrics (http://$METRICS/metrics)"
-curl -fsS "http://$METRICS/metrics" | grep -E '^clovisor_http_requests_total' | head -20
+curl -fsS "http://$METRICS/metrics" | grep -E '^clovisor_http_requests_total|^clovisor_dropped_total|events_emitted|^clovisor_probe_ring_events_total' | head -20
 
 echo "== stopping clovisor (SIGTERM)"
 kill -TERM "$CLOVISOR_PID"; wait "$CLOVISOR_PID" || true; CLOVISOR_PID=""
-left=$( (bpftool -j link show 2>/dev/null | jq -r '.[] | select(.prog_name? // "" | startswith("clovisor")) | .id'; \
-         for i in 2 3; do tc filter show dev "v$ID-$i" ingress; tc filter show dev "v$ID-$i" egress; done) 2>/dev/null | wc -l)
-echo "  tc filters / BPF links of ours left behind: $left"
+"$BIN" inspect | sed 's/^/  /'
+
 echo "== log: $(grep -c . "$WORK/clovisor.log") lines; last ones:"
 tail -n 5 "$WORK/clovisor.log"

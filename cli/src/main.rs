@@ -3,6 +3,7 @@
 
 mod all_in_one;
 mod inproc;
+mod inspect;
 
 use clap::{Parser, Subcommand};
 
@@ -19,17 +20,23 @@ struct Cli {
 enum Command {
     /// Probe, collector and correlator in one process, tracing network namespaces as pods.
     AllInOne(all_in_one::Args),
+    /// List the BPF programs of ours attached on this host; optionally clean up after a crash.
+    Inspect(inspect::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     clovisor_runtime::init_logging(&cli.log);
+    if let Command::Inspect(args) = &cli.command {
+        return inspect::run(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         match cli.command {
             Command::AllInOne(args) => all_in_one::run(args).await,
+            Command::Inspect(args) => inspect::run(&args),
         }
     })
 }
