@@ -141,25 +141,28 @@ pub fn encode_metrics(registry: &prometheus_client::registry::Registry) -> Strin
     out
 }
 
-/// A router serving `registry` at `/metrics` (OpenMetrics text), for a port of its own.
+/// A router serving `registry` at `/metrics` (OpenMetrics text), for a port of its own, with
+/// `/healthz` beside it for liveness probes.
 pub fn metrics_router(
     registry: std::sync::Arc<prometheus_client::registry::Registry>,
 ) -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = std::sync::Arc::clone(&registry);
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    encode_metrics(&registry),
-                )
-            }
-        }),
-    )
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = std::sync::Arc::clone(&registry);
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        encode_metrics(&registry),
+                    )
+                }
+            }),
+        )
 }
 
 /// Parses a duration flag such as `250ms`, `2s` or `3` (seconds).
