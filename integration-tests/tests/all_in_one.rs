@@ -170,11 +170,33 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
             &format!("{base}/missing?ka=3"),
         ],
     )?;
-    const REQUESTS: usize = 9;
+    // A keep-alive client that stays connected and quiet after its response: no FIN ends the
+    // message, so the probe's idle flush and the collector's check that the response is whole
+    // must bring the session out while the connection is still open.
+    let idle_client = format!(
+        "import http.client, time\n\
+         c = http.client.HTTPConnection('{}', 80, timeout=5)\n\
+         c.request('GET', '/?case=idle')\n\
+         c.getresponse().read()\n\
+         time.sleep(6)\n",
+        server.ipv4
+    );
+    let mut idle = Command::new("ip");
+    idle.args([
+        "netns",
+        "exec",
+        &client.netns,
+        "python3",
+        "-c",
+        &idle_client,
+    ]);
+    let idle_log = std::env::temp_dir().join(format!("idle-client-{}.log", std::process::id()));
+    let mut idle = Proc::spawn(idle, idle_log)?;
+    const REQUESTS: usize = 10;
 
     let mut seen = Vec::new();
     let all_seen = wait_for(
-        "all 9 sessions in the REST API",
+        "all 10 sessions in the REST API",
         Duration::from_secs(15),
         || {
             seen = sessions(&clovisor.api)?;
@@ -188,6 +210,10 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
             clovisor.proc.log_text()
         );
     }
+    assert!(
+        idle.running(),
+        "the idle session must be reported while its connection is still open"
+    );
     assert_eq!(
         seen.len(),
         REQUESTS,
@@ -204,6 +230,7 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         ("GET", "/index.html?ka=1", 200),
         ("GET", "/index.html?ka=2", 200),
         ("GET", "/missing?ka=3", 404),
+        ("GET", "/?case=idle", 200),
     ];
     for (method, path, status) in expect {
         let s = find(&seen, method, path)

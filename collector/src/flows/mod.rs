@@ -532,7 +532,7 @@ impl Flow {
             }
             return;
         };
-        if m.partial {
+        if m.partial && !response_is_whole(&m, &ex.requests) {
             ex.provisional = Some((m, now));
             return;
         }
@@ -630,3 +630,29 @@ impl Flow {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a response the probe flushed early (`partial`) already holds all its bytes: a single
+/// response whose head says how long its body is, and whose byte count says all of it arrived.
+/// Such a response needs no grace period; chunked or unsized ones wait for the final counters.
+fn response_is_whole(m: &capture::Message, requests: &[RequestHead]) -> bool {
+    let [request] = requests else {
+        return false;
+    };
+    let Ok(head) = decode::http1::decode_response(&m.payload) else {
+        return false;
+    };
+    if head.truncated || head.is_interim() {
+        return false;
+    }
+    let body = if request.method == "HEAD" || matches!(head.status, 204 | 304) {
+        0
+    } else if head.chunked {
+        return false;
+    } else {
+        match head.content_length {
+            Some(n) => n,
+            None => return false,
+        }
+    };
+    m.bytes == head.head_len as u64 + body
+}

@@ -406,6 +406,38 @@ fn partial_response_is_updated_or_emitted_after_grace() {
 }
 
 #[test]
+fn a_partial_response_already_whole_is_emitted_at_once() {
+    let (mut t, _) = table();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let mut whole = msg(1, 1, Direction::ServerToClient, RESP);
+    let mut short = msg(2, 1, Direction::ServerToClient, RESP);
+    for (r, bytes) in [
+        (&mut whole, RESP.len() as u64),
+        (&mut short, RESP.len() as u64 - 1),
+    ] {
+        if let Some(record::Kind::Message(mm)) = r.kind.as_mut() {
+            mm.partial = true;
+            mm.bytes = bytes;
+        }
+    }
+    t.ingest("p", msg(1, 0, Direction::ClientToServer, REQ), t0, &mut out);
+    t.ingest("p", whole, t0, &mut out);
+    assert_eq!(
+        out.len(),
+        1,
+        "head + Content-Length == bytes seen: nothing more can come, no grace period"
+    );
+    t.ingest("p", msg(2, 0, Direction::ClientToServer, REQ), t0, &mut out);
+    t.ingest("p", short, t0, &mut out);
+    assert_eq!(
+        out.len(),
+        1,
+        "one byte missing: still waiting for the final counters"
+    );
+}
+
+#[test]
 fn undecodable_request_counts_error_and_emits_nothing() {
     let (mut t, m) = table();
     let out = feed(
