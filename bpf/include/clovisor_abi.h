@@ -21,7 +21,7 @@
  * bound copy lengths with a mask the verifier understands. */
 #define CLOVISOR_MAX_SNAPLEN 2048
 /* Snaplen used when user space has not configured one. */
-#define CLOVISOR_DEFAULT_SNAPLEN 512
+#define CLOVISOR_DEFAULT_SNAPLEN 1024
 /* IPv6 extension headers skipped before giving up on a packet. */
 #define CLOVISOR_MAX_IPV6_EXT_HDRS 6
 
