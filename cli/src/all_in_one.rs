@@ -58,7 +58,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let drops = Drops::default();
     let probe_metrics = Arc::new(ProbeMetrics::new(drops.clone()));
     probe_metrics.register(&mut registry);
-    let collector_metrics = Arc::new(clovisor_collector::CollectorMetrics::default());
+    let collector_metrics = Arc::new(clovisor_collector::CollectorMetrics::with_drops(
+        drops.clone(),
+    ));
     collector_metrics.register(&mut registry);
     let correlator = Correlator::with_registry(correlator_config, registry, drops)
         .context("starting the correlator")?;
@@ -89,6 +91,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         correlator_channel,
         DeliveryConfig::default(),
     );
+    let forwarder_accounting = collector_metrics.track_forwarder(forwarder.stats());
     let forwarder = tokio::spawn(forwarder.run(sessions_rx, std::future::pending()));
 
     // HTTP: REST API and metrics, each on its own port; bound before the probe starts so a port
@@ -116,6 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Err(e) = correlator.shutdown().await {
         tracing::error!(error = %e, "span export did not finish cleanly");
     }
+    forwarder_accounting.abort();
     stop_http.raise();
     await_stage("REST API", api).await;
     await_stage("metrics", metrics).await;

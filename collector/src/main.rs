@@ -11,6 +11,7 @@ use clovisor_collector::forward::Forwarder;
 use clovisor_collector::server::CaptureService;
 use clovisor_collector::CollectorMetrics;
 use clovisor_proto::delivery::DeliveryConfig;
+use clovisor_runtime::drops::Drops;
 use clovisor_runtime::{serve_http, shutdown_signal, LogArgs, StopFlag};
 use prometheus_client::registry::Registry;
 
@@ -43,9 +44,11 @@ async fn main() -> anyhow::Result<()> {
     clovisor_runtime::init_logging(&args.log);
     let shutdown = shutdown_signal()?;
 
-    let metrics = Arc::new(CollectorMetrics::default());
+    let drops = Drops::default();
+    let metrics = Arc::new(CollectorMetrics::with_drops(drops.clone()));
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    drops.register(&mut registry);
     let registry = Arc::new(registry);
 
     let (sessions_tx, sessions_rx) = tokio::sync::mpsc::channel(args.session_queue);
@@ -55,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
         channel,
         DeliveryConfig::default(),
     );
+    let forwarder_stats = forwarder.stats();
+    let forwarder_accounting = metrics.track_forwarder(Arc::clone(&forwarder_stats));
     let forwarder = tokio::spawn(forwarder.run(sessions_rx, std::future::pending()));
 
     let stop_grpc = StopFlag::default();
@@ -73,7 +78,12 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %args.grpc_listen, correlator = %args.correlator, "gRPC listening");
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(CaptureService::new(sessions_tx, Arc::clone(&metrics)).into_server())
+            .add_service(
+                CaptureService::new(sessions_tx, Arc::clone(&metrics))
+                    // A killed collector loses no session its forwarder still held.
+                    .ack_after_downstream(forwarder_stats)
+                    .into_server(),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 stop_grpc.wait(),
@@ -99,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
     {
         tracing::warn!("correlator did not acknowledge everything in 10 s");
     }
+    forwarder_accounting.abort();
     stop_http.raise();
     metrics_server.await.context("metrics task")??;
     Ok(())

@@ -1,6 +1,11 @@
 //! Every metric the collector exports, in one place. Labels are bounded enums of `&'static str`,
 //! never addresses, probe ids or URLs.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use clovisor_proto::delivery::DeliveryStats;
+use clovisor_runtime::drops::Drops;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -52,12 +57,65 @@ pub struct CollectorMetrics {
     pub probe_restarts: Counter,
     /// Endpoint updates ignored because the per-probe table was full.
     pub endpoints_dropped: Counter,
+    /// Shared loss accounting (stages `collector` and `forwarder`).
+    pub drops: Drops,
 }
+
+/// Loss-accounting stage of the collector's door: records of new batches = records taken into
+/// the flow table + records rejected there (`duplicate`, `no_direction`, `no_flow_key`).
+pub const STAGE_COLLECTOR: &str = "collector";
+/// Loss-accounting stage of the forwarder: sessions in = acknowledged by the correlator +
+/// dropped at shutdown + buffered.
+pub const STAGE_FORWARDER: &str = "forwarder";
+
+/// Message drop reasons that reject a record as it arrives (so they belong to the
+/// `collector` stage's balance); the others (`gap`, `response_without_request`) concern
+/// messages missing upstream or already taken in.
+const DOOR_REASONS: [&str; 3] = ["duplicate", "no_direction", "no_flow_key"];
+
+/// How often the forwarder's counters are copied into the loss accounting.
+pub const FORWARDER_ACCOUNTING_INTERVAL: Duration = Duration::from_millis(500);
 
 impl CollectorMetrics {
     /// Fresh, zeroed metrics.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Fresh metrics counting losses into `drops`, shared with other stages of the process.
+    pub fn with_drops(drops: Drops) -> Self {
+        Self {
+            drops,
+            ..Self::default()
+        }
+    }
+
+    /// Counts a record of a new batch arriving, by kind.
+    pub fn record_received(&self, kind: &'static str) {
+        self.records_received
+            .get_or_create(&KindLabel { kind })
+            .inc();
+        self.drops.received(STAGE_COLLECTOR, 1);
+    }
+
+    /// Counts a record taken into the flow table (not rejected at the door).
+    pub fn record_accepted(&self) {
+        self.drops.emitted(STAGE_COLLECTOR, 1);
+    }
+
+    /// Copies the forwarder's cumulative counters into the `forwarder` stage's accounting,
+    /// every [`FORWARDER_ACCOUNTING_INTERVAL`] until the returned task is aborted or the
+    /// runtime stops.
+    pub fn track_forwarder(&self, stats: Arc<DeliveryStats>) -> tokio::task::JoinHandle<()> {
+        let drops = self.drops.clone();
+        tokio::spawn(async move {
+            let mut last = ForwarderSeen::default();
+            let mut tick = tokio::time::interval(FORWARDER_ACCOUNTING_INTERVAL);
+            loop {
+                tick.tick().await;
+                last.update(&drops, &stats);
+            }
+        })
     }
 
     /// Registers every metric under the `clovisor_collector_` prefix.
@@ -122,11 +180,15 @@ impl CollectorMetrics {
             .inc();
     }
 
-    /// Counts a dropped message.
+    /// Counts a dropped message; reasons that reject an arriving record also count in
+    /// `clovisor_dropped_total{stage="collector"}`.
     pub fn message_dropped(&self, reason: &'static str) {
         self.messages_dropped
             .get_or_create(&ReasonLabel { reason })
             .inc();
+        if let Some(door) = DOOR_REASONS.iter().find(|r| **r == reason) {
+            self.drops.count(STAGE_COLLECTOR, door, 1);
+        }
     }
 
     /// Counts an evicted flow.
@@ -172,6 +234,35 @@ impl CollectorMetrics {
     }
 }
 
+/// Where the forwarder's cumulative counters stood at the last copy.
+#[derive(Debug, Default)]
+struct ForwarderSeen {
+    received: u64,
+    acked: u64,
+    dropped: u64,
+}
+
+impl ForwarderSeen {
+    fn update(&mut self, drops: &Drops, stats: &DeliveryStats) {
+        let received = DeliveryStats::get(&stats.items_received);
+        let acked = DeliveryStats::get(&stats.items_acked);
+        let dropped = DeliveryStats::get(&stats.items_dropped_shutdown);
+        drops.received(STAGE_FORWARDER, received.saturating_sub(self.received));
+        drops.emitted(STAGE_FORWARDER, acked.saturating_sub(self.acked));
+        drops.count(
+            STAGE_FORWARDER,
+            "shutdown",
+            dropped.saturating_sub(self.dropped),
+        );
+        drops.set_buffered(STAGE_FORWARDER, DeliveryStats::get(&stats.items_buffered));
+        *self = Self {
+            received,
+            acked,
+            dropped,
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +283,58 @@ mod tests {
         assert!(
             text.contains("clovisor_collector_batches_duplicate_total 1"),
             "duplicate counter missing from:\n{text}"
+        );
+    }
+
+    #[test]
+    fn door_drops_balance_the_collector_stage() {
+        let m = CollectorMetrics::new();
+        for _ in 0..3 {
+            m.record_received("message");
+        }
+        m.record_accepted();
+        m.message_dropped("duplicate");
+        m.message_dropped("no_flow_key");
+        // Not a rejection at the door: stays out of the stage's balance.
+        m.message_dropped("gap");
+        let d = &m.drops;
+        let dropped = d.get(STAGE_COLLECTOR, "duplicate")
+            + d.get(STAGE_COLLECTOR, "no_flow_key")
+            + d.get(STAGE_COLLECTOR, "gap");
+        assert_eq!(
+            (
+                d.received_count(STAGE_COLLECTOR),
+                d.emitted_count(STAGE_COLLECTOR),
+                dropped
+            ),
+            (3, 1, 2),
+            "(received, emitted, dropped) of the collector stage"
+        );
+    }
+
+    #[test]
+    fn forwarder_counters_are_copied_as_increments() {
+        use std::sync::atomic::Ordering;
+        let drops = Drops::default();
+        let stats = DeliveryStats::default();
+        let mut seen = ForwarderSeen::default();
+        stats.items_received.store(5, Ordering::Relaxed);
+        stats.items_acked.store(3, Ordering::Relaxed);
+        stats.items_buffered.store(2, Ordering::Relaxed);
+        seen.update(&drops, &stats);
+        stats.items_received.store(7, Ordering::Relaxed);
+        stats.items_acked.store(6, Ordering::Relaxed);
+        stats.items_dropped_shutdown.store(1, Ordering::Relaxed);
+        stats.items_buffered.store(0, Ordering::Relaxed);
+        seen.update(&drops, &stats);
+        assert_eq!(
+            (
+                drops.received_count(STAGE_FORWARDER),
+                drops.emitted_count(STAGE_FORWARDER),
+                drops.get(STAGE_FORWARDER, "shutdown")
+            ),
+            (7, 6, 1),
+            "(received, acked, dropped) of the forwarder stage"
         );
     }
 }

@@ -5,8 +5,14 @@
 //! acknowledged without being processed twice. Sessions are handed to the output channel with
 //! `send().await` *before* the batch is acknowledged, so a slow consumer slows the probe's stream
 //! instead of growing memory here.
+//!
+//! With [`CaptureService::ack_after_downstream`], a batch is acknowledged only once every session
+//! handed to the output before it was acknowledged by the correlator: a collector killed with
+//! sessions still in its forwarder then loses none of them, because the probe re-sends the batches
+//! they came from (the correlator drops the re-made sessions by id).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -14,6 +20,7 @@ use clovisor_proto::capture::v1::capture_server::{Capture, CaptureServer};
 use clovisor_proto::capture::v1::{
     collector_message, probe_message, Ack, CollectorMessage, Hello, ProbeMessage, RecordBatch,
 };
+use clovisor_proto::delivery::DeliveryStats;
 use clovisor_proto::session::v1::Session;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -63,7 +70,14 @@ struct Inner {
     metrics: Arc<CollectorMetrics>,
     flush_interval: Duration,
     flusher: OnceLock<AbortOnDrop>,
+    /// Sessions handed to `out` so far.
+    sent: AtomicU64,
+    /// The forwarder's counters, when acks wait for the correlator's.
+    downstream: OnceLock<Arc<DeliveryStats>>,
 }
+
+/// How often a held-back acknowledgement looks at the forwarder's progress.
+const DOWNSTREAM_POLL: Duration = Duration::from_millis(5);
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -138,6 +152,7 @@ async fn flush_loop(weak: Weak<Inner>, period: Duration) {
             if inner.out.send(s).await.is_err() {
                 return;
             }
+            inner.sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -176,9 +191,19 @@ impl CaptureService {
             metrics,
             flush_interval: config.flush_interval,
             flusher: OnceLock::new(),
+            sent: AtomicU64::new(0),
+            downstream: OnceLock::new(),
         });
         inner.ensure_flusher();
         Self { inner }
+    }
+
+    /// Acknowledges each batch only once the forwarder whose counters are `forwarder` has had
+    /// every session handed to it so far acknowledged (see the module documentation). Call
+    /// before serving; a second call is ignored.
+    pub fn ack_after_downstream(self, forwarder: Arc<DeliveryStats>) -> Self {
+        let _ = self.inner.downstream.set(forwarder);
+        self
     }
 
     /// Wraps the service for a tonic server.
@@ -199,6 +224,12 @@ async fn run_stream(
     mut inbound: Streaming<ProbeMessage>,
     tx: mpsc::Sender<Result<CollectorMessage, Status>>,
 ) {
+    // Batch number and how many sessions must be acknowledged downstream before it may be.
+    let acks = inner.downstream.get().map(|forwarder| {
+        let (marks, rx) = mpsc::channel::<(u64, u64)>(1024);
+        tokio::spawn(ack_when_delivered(Arc::clone(forwarder), rx, tx.clone()));
+        marks
+    });
     loop {
         let msg = match inbound.message().await {
             Ok(Some(msg)) => msg,
@@ -218,8 +249,18 @@ async fn run_stream(
                             .await;
                         return;
                     }
+                    inner.sent.fetch_add(1, Ordering::Relaxed);
                 }
-                if tx.send(Ok(ack(seq))).await.is_err() {
+                let sent = match &acks {
+                    // Everything counted is in the channel already, which the forwarder
+                    // delivers in order: once it has acknowledged `mark` items, ours are in.
+                    Some(marks) => marks
+                        .send((seq, inner.sent.load(Ordering::Relaxed)))
+                        .await
+                        .is_ok(),
+                    None => tx.send(Ok(ack(seq))).await.is_ok(),
+                };
+                if !sent {
                     return;
                 }
             }
@@ -232,6 +273,25 @@ async fn run_stream(
                 return;
             }
             None => {}
+        }
+    }
+}
+
+/// Sends each batch's acknowledgement once the forwarder has acknowledged its mark.
+async fn ack_when_delivered(
+    forwarder: Arc<DeliveryStats>,
+    mut marks: mpsc::Receiver<(u64, u64)>,
+    tx: mpsc::Sender<Result<CollectorMessage, Status>>,
+) {
+    while let Some((seq, mark)) = marks.recv().await {
+        while DeliveryStats::get(&forwarder.items_acked) < mark {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(DOWNSTREAM_POLL) => {}
+            }
+        }
+        if tx.send(Ok(ack(seq))).await.is_err() {
+            return;
         }
     }
 }

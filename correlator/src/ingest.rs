@@ -60,7 +60,18 @@ impl IngestService {
 
     /// Takes one session: identifies it in its trace, stores it, counts it, queues its span.
     /// Returns the stored record.
+    ///
+    /// A session whose id the store already holds is the same exchange made again (a collector
+    /// restarted and re-decoded records its predecessor had already turned into sessions): it is
+    /// counted as `clovisor_dropped_total{stage="correlator",reason="duplicate"}` and the stored
+    /// record returned.
     pub fn accept(&self, session: Session) -> Arc<CorrelatedSession> {
+        if !session.id.is_empty() {
+            if let Some(known) = self.store.get(&session.id) {
+                self.metrics.duplicate_session();
+                return known;
+            }
+        }
         let (rec, issues) = CorrelatedSession::new(session);
         for issue in issues {
             self.metrics.invalid_context(match issue {
@@ -270,6 +281,35 @@ mod tests {
         assert!(
             svc.store.get("z").is_none(),
             "a duplicate's sessions are not stored"
+        );
+    }
+
+    #[test]
+    fn a_session_made_again_by_a_restarted_collector_is_dropped_by_id() {
+        let svc = service();
+        let first = svc.accept(SessionBuilder::new("p/9/0").build());
+        // Same exchange, new batch from a new sender (a restarted collector).
+        assert!(svc.accept_batch(batch("collector-2", 1, &["p/9/0", "p/9/2"])));
+        assert_eq!(
+            svc.store.len(),
+            2,
+            "expected p/9/0 once and p/9/2, saw {} sessions",
+            svc.store.len()
+        );
+        let again = svc.accept(SessionBuilder::new("p/9/0").build());
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the stored record is returned for a duplicate"
+        );
+        let drops = svc.metrics.drops();
+        assert_eq!(
+            (
+                drops.received_count("correlator"),
+                drops.emitted_count("correlator"),
+                drops.get("correlator", "duplicate")
+            ),
+            (4, 2, 2),
+            "(received, stored, duplicates) of the correlator stage"
         );
     }
 }

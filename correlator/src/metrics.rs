@@ -27,6 +27,11 @@ use clovisor_runtime::drops::Drops;
 
 use crate::record::CorrelatedSession;
 
+/// Loss-accounting stage of session ingest: sessions received = stored + duplicates dropped.
+pub const STAGE_CORRELATOR: &str = "correlator";
+/// Loss-accounting stage of span export: spans offered = exported + dropped + queued.
+pub const STAGE_EXPORT: &str = "export";
+
 /// Distinct values a free-form label (`namespace`, `workload`) may take.
 pub const MAX_LABEL_VALUES: usize = 1000;
 
@@ -231,6 +236,7 @@ impl Metrics {
     /// Counts one received session and its RED metrics.
     pub fn observe_session(&self, rec: &CorrelatedSession) {
         self.sessions_received.inc();
+        self.dropped.received(STAGE_CORRELATOR, 1);
         let s = &rec.session;
         let http = s.http.as_ref();
         let server = s.server.as_ref();
@@ -262,9 +268,18 @@ impl Metrics {
         }
     }
 
+    /// Counts a session received again (same id as a stored one) and dropped.
+    pub fn duplicate_session(&self) {
+        self.dropped.received(STAGE_CORRELATOR, 1);
+        self.dropped.count(STAGE_CORRELATOR, "duplicate", 1);
+    }
+
     /// Counts a stored session and the evictions it caused; `len` is the store's size now.
     pub fn stored(&self, evicted: usize, len: usize) {
         self.sessions_stored.inc();
+        // Every session received is stored (evictions make room; they are not losses of
+        // the pipeline, which has delivered the session by then).
+        self.dropped.emitted(STAGE_CORRELATOR, 1);
         self.sessions_evicted.inc_by(evicted as u64);
         self.store_sessions
             .set(i64::try_from(len).unwrap_or(i64::MAX));
@@ -286,6 +301,7 @@ impl Metrics {
     /// Counts spans the endpoint accepted.
     pub fn spans_exported(&self, n: u64) {
         self.spans_exported.inc_by(n);
+        self.dropped.emitted(STAGE_EXPORT, n);
     }
 
     /// Counts a failed export attempt.
@@ -297,6 +313,13 @@ impl Metrics {
     pub fn export_queue(&self, len: usize) {
         self.export_queue
             .set(i64::try_from(len).unwrap_or(i64::MAX));
+        self.dropped
+            .set_buffered(STAGE_EXPORT, u64::try_from(len).unwrap_or(u64::MAX));
+    }
+
+    /// Counts a span handed to the exporter (queued or dropped at once).
+    pub fn span_offered(&self) {
+        self.dropped.received(STAGE_EXPORT, 1);
     }
 
     /// Counts spans dropped by the exporter.

@@ -31,6 +31,25 @@ pub struct ProbeArgs {
     /// How often namespaces and their listening ports are re-read.
     #[arg(long, env = "CLOVISOR_SCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub scan_interval: Duration,
+    /// Size of the kernel → user ring buffer in bytes: a power of two, at least one page (so
+    /// a multiple of the page size). Smaller loses events under bursts (counted in
+    /// `clovisor_dropped_total{stage="ring_buffer"}`).
+    #[arg(
+        long,
+        env = "CLOVISOR_RING_BUFFER_BYTES",
+        default_value_t = CaptureConfig::default().ring_buffer_bytes,
+        value_parser = parse_ring_buffer_bytes
+    )]
+    pub ring_buffer_bytes: u32,
+    /// Records queued between the ring buffer reader and the uplink; beyond it records are
+    /// dropped and counted (`clovisor_dropped_total{stage="probe_queue"}`), never waited for.
+    #[arg(
+        long,
+        env = "CLOVISOR_RECORD_QUEUE",
+        default_value_t = DEFAULT_RECORD_QUEUE,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub record_queue: u32,
     /// How programs are attached to interfaces.
     #[arg(long, env = "CLOVISOR_ATTACH", value_enum, default_value_t = AttachPolicy::Auto)]
     pub attach: AttachPolicy,
@@ -48,6 +67,7 @@ impl ProbeArgs {
         AgentConfig {
             capture: CaptureConfig {
                 snaplen: self.snaplen,
+                ring_buffer_bytes: self.ring_buffer_bytes,
                 node: node.clone(),
                 attach: self.attach,
                 ..CaptureConfig::default()
@@ -59,9 +79,41 @@ impl ProbeArgs {
                 node,
             },
             delivery: DeliveryConfig::default(),
-            record_queue: 16 * 1024,
+            record_queue: usize::try_from(self.record_queue).unwrap_or(usize::MAX),
         }
     }
+}
+
+/// Default of `--record-queue`.
+pub const DEFAULT_RECORD_QUEUE: u32 = 16 * 1024;
+
+/// The page size the kernel sizes ring buffers in.
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(4096)
+}
+
+/// Parses `--ring-buffer-bytes`: the kernel takes only a power of two that is a multiple of
+/// the page size.
+fn parse_ring_buffer_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a byte count: {e}"))?;
+    check_ring_buffer_bytes(n, page_size())
+}
+
+fn check_ring_buffer_bytes(n: u32, page: u64) -> Result<u32, String> {
+    if !n.is_power_of_two() || u64::from(n) < page || u64::from(n) % page != 0 {
+        return Err(format!(
+            "{n} must be a power of two and a multiple of the page size ({page} bytes)"
+        ));
+    }
+    Ok(n)
 }
 
 /// This host's name, from the kernel.
@@ -71,4 +123,54 @@ pub fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        probe: ProbeArgs,
+    }
+
+    #[test]
+    fn ring_buffer_size_must_be_a_page_multiple_power_of_two() {
+        assert_eq!(check_ring_buffer_bytes(4096, 4096), Ok(4096));
+        assert_eq!(check_ring_buffer_bytes(1 << 22, 4096), Ok(1 << 22));
+        for (n, page) in [(0, 4096), (1024, 4096), (3 * 4096, 4096), (4096, 16384)] {
+            assert!(
+                check_ring_buffer_bytes(n, page).is_err(),
+                "{n} bytes with {page}-byte pages must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn ring_buffer_and_queue_flags_reach_the_agent_config() {
+        let cli = Cli::try_parse_from([
+            "probe",
+            "--ring-buffer-bytes",
+            "8192",
+            "--record-queue",
+            "8",
+        ])
+        .expect("valid flags");
+        let cfg = cli.probe.agent_config();
+        assert_eq!(
+            (cfg.capture.ring_buffer_bytes, cfg.record_queue),
+            (8192, 8),
+            "(ring buffer bytes, record queue)"
+        );
+        for bad in [["--ring-buffer-bytes", "5000"], ["--record-queue", "0"]] {
+            let mut argv = vec!["probe"];
+            argv.extend(bad);
+            assert!(
+                Cli::try_parse_from(&argv).is_err(),
+                "{bad:?} must be rejected"
+            );
+        }
+    }
 }

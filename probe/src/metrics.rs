@@ -19,6 +19,18 @@ use prometheus_client::registry::Registry;
 
 use crate::capture::EventLoopStats;
 
+/// Stage of the kernel programs writing events into the ring buffer.
+pub const STAGE_RING_BUFFER: &str = "ring_buffer";
+/// Stage of the event loop decoding ring buffer records.
+pub const STAGE_DECODE: &str = "probe_decode";
+/// Stage of the queue between the event loop and the uplink.
+pub const STAGE_QUEUE: &str = "probe_queue";
+/// Stage of pod metadata (endpoint update records) handed to the uplink, beside the event
+/// loop's records: the uplink takes in `probe_queue` + `probe_endpoints` emitted.
+pub const STAGE_ENDPOINTS: &str = "probe_endpoints";
+/// Stage of the uplink delivering records to the collector.
+pub const STAGE_UPLINK: &str = "uplink";
+
 /// Labels of `clovisor_probe_kernel_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KernelLabels {
@@ -131,6 +143,12 @@ impl ProbeMetrics {
         );
     }
 
+    /// Counts an endpoint update handed to the uplink (they wait for room, never dropped).
+    pub fn endpoint_record_sent(&self) {
+        self.drops.received(STAGE_ENDPOINTS, 1);
+        self.drops.emitted(STAGE_ENDPOINTS, 1);
+    }
+
     /// Sets the number of attached interfaces.
     pub fn set_attached(&self, n: usize) {
         self.attached_interfaces.set(n as i64);
@@ -157,7 +175,16 @@ impl ProbeMetrics {
                     })
                     .inc_by(grown);
                 match name.as_str() {
-                    "ringbuf_full_drops" => self.drops.count("ring_buffer", "full", grown),
+                    // Every event the programs tried to write is either in the ring buffer
+                    // or counted full: received = emitted + dropped.
+                    "events_emitted" => {
+                        self.drops.received(STAGE_RING_BUFFER, grown);
+                        self.drops.emitted(STAGE_RING_BUFFER, grown);
+                    }
+                    "ringbuf_full_drops" => {
+                        self.drops.received(STAGE_RING_BUFFER, grown);
+                        self.drops.count(STAGE_RING_BUFFER, "full", grown)
+                    }
                     "session_update_failed" => {
                         self.drops.count("session_map", "update_failed", grown)
                     }
@@ -170,21 +197,22 @@ impl ProbeMetrics {
             value.saturating_sub(before)
         };
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        self.ring_events.inc_by(delta("events", events.events));
-        self.records_sent
-            .inc_by(delta("records_sent", events.records_sent));
+        let read = delta("events", events.events);
+        self.ring_events.inc_by(read);
+        // Decode: events read = decoded + bad.
+        let bad = delta("bad_events", events.bad_events);
+        self.drops.received(STAGE_DECODE, read);
+        self.drops.emitted(STAGE_DECODE, read.saturating_sub(bad));
+        self.drops.count(STAGE_DECODE, "bad_event", bad);
+        // Queue: records the assembler made = handed to the uplink + dropped full.
+        let sent = delta("records_sent", events.records_sent);
+        let full = delta("dropped_full", events.records_dropped_full);
+        self.records_sent.inc_by(sent);
+        self.drops.received(STAGE_QUEUE, sent + full);
+        self.drops.emitted(STAGE_QUEUE, sent);
+        self.drops.count(STAGE_QUEUE, "full", full);
         self.messages_partial
             .inc_by(delta("partial", events.assembler.partial_flushes));
-        self.drops.count(
-            "probe_decode",
-            "bad_event",
-            delta("bad_events", events.bad_events),
-        );
-        self.drops.count(
-            "probe_queue",
-            "full",
-            delta("dropped_full", events.records_dropped_full),
-        );
         self.drops.count(
             "probe_assembler",
             "lost_message",
@@ -195,8 +223,14 @@ impl ProbeMetrics {
             "expired",
             delta("pending_expired", events.assembler.pending_expired),
         );
-        self.uplink_records_acked
-            .inc_by(delta("acked", load(&uplink.items_acked)));
+        let acked = delta("acked", load(&uplink.items_acked));
+        self.uplink_records_acked.inc_by(acked);
+        // Uplink: records in = acknowledged + dropped at shutdown + buffered.
+        self.drops.received(
+            STAGE_UPLINK,
+            delta("uplink_in", load(&uplink.items_received)),
+        );
+        self.drops.emitted(STAGE_UPLINK, acked);
         self.uplink_batches
             .get_or_create(&BatchLabels { kind: "sent" })
             .inc_by(delta("batches_sent", load(&uplink.batches_sent)));
@@ -208,10 +242,12 @@ impl ProbeMetrics {
         self.uplink_disconnects
             .inc_by(delta("disconnects", load(&uplink.disconnects)));
         self.drops.count(
-            "uplink",
+            STAGE_UPLINK,
             "shutdown",
             delta("dropped_shutdown", load(&uplink.items_dropped_shutdown)),
         );
+        self.drops
+            .set_buffered(STAGE_UPLINK, load(&uplink.items_buffered));
         self.uplink_replay_bytes
             .set(load(&uplink.replay_bytes).min(i64::MAX as u64) as i64);
     }
@@ -258,6 +294,11 @@ mod tests {
             r#"clovisor_probe_kernel_total{counter="ringbuf_full_drops"} 4"#,
             r#"clovisor_dropped_total{stage="ring_buffer",reason="full"} 4"#,
             r#"clovisor_dropped_total{stage="probe_queue",reason="full"} 2"#,
+            r#"clovisor_received_total{stage="ring_buffer"} 4"#,
+            r#"clovisor_received_total{stage="probe_decode"} 15"#,
+            r#"clovisor_emitted_total{stage="probe_decode"} 15"#,
+            r#"clovisor_received_total{stage="probe_queue"} 2"#,
+            r#"clovisor_emitted_total{stage="probe_queue"} 0"#,
         ] {
             assert!(text.contains(line), "expected {line:?} in:\n{text}");
         }

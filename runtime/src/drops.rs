@@ -1,9 +1,19 @@
-//! `clovisor_dropped_total{stage,reason}`: the one family every stage counts its losses in, so a
-//! user finds every drop in one place. Register it once per registry; clones share the counts.
+//! Loss accounting shared by every stage of the pipeline.
+//!
+//! - `clovisor_dropped_total{stage,reason}`: the one family every stage counts its losses in,
+//!   so a user finds every drop in one place;
+//! - `clovisor_received_total{stage}` / `clovisor_emitted_total{stage}`: what a stage took in and
+//!   passed on;
+//! - `clovisor_buffered{stage}`: what a stage holds right now (unacknowledged items).
+//!
+//! For every stage that counts `received`, once traffic has settled:
+//! `received = emitted + sum(dropped{stage}) + buffered` exactly (see `docs/metrics.md`, Loss).
+//! Register once per registry; clones share the counts.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Labels of `clovisor_dropped_total`; both values come from fixed sets in the code.
@@ -15,31 +25,120 @@ pub struct DropLabels {
     pub reason: &'static str,
 }
 
-/// Handle on the shared drop counters.
+/// Labels of `clovisor_received_total`, `clovisor_emitted_total` and `clovisor_buffered`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// Pipeline stage; a fixed name from the code.
+    pub stage: &'static str,
+}
+
+/// Handle on the shared loss accounting.
 #[derive(Debug, Clone, Default)]
-pub struct Drops(Family<DropLabels, Counter>);
+pub struct Drops {
+    dropped: Family<DropLabels, Counter>,
+    received: Family<StageLabels, Counter>,
+    emitted: Family<StageLabels, Counter>,
+    buffered: Family<StageLabels, Gauge>,
+}
 
 impl Drops {
     /// Adds `n` drops of `stage` for `reason`.
     pub fn count(&self, stage: &'static str, reason: &'static str, n: u64) {
         if n > 0 {
-            self.0
+            self.dropped
                 .get_or_create(&DropLabels { stage, reason })
                 .inc_by(n);
         }
     }
 
-    /// Drops counted so far for `stage` and `reason`.
-    pub fn get(&self, stage: &'static str, reason: &'static str) -> u64 {
-        self.0.get_or_create(&DropLabels { stage, reason }).get()
+    /// Adds `n` items taken in by `stage`.
+    pub fn received(&self, stage: &'static str, n: u64) {
+        self.received
+            .get_or_create(&StageLabels { stage })
+            .inc_by(n);
     }
 
-    /// Registers `clovisor_dropped_total` in `registry`; do it once per registry.
+    /// Adds `n` items passed on by `stage`.
+    pub fn emitted(&self, stage: &'static str, n: u64) {
+        self.emitted.get_or_create(&StageLabels { stage }).inc_by(n);
+    }
+
+    /// Sets the items `stage` holds now (neither passed on nor dropped yet).
+    pub fn set_buffered(&self, stage: &'static str, n: u64) {
+        self.buffered
+            .get_or_create(&StageLabels { stage })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Drops counted so far for `stage` and `reason`.
+    pub fn get(&self, stage: &'static str, reason: &'static str) -> u64 {
+        self.dropped
+            .get_or_create(&DropLabels { stage, reason })
+            .get()
+    }
+
+    /// Items `stage` received so far.
+    pub fn received_count(&self, stage: &'static str) -> u64 {
+        self.received.get_or_create(&StageLabels { stage }).get()
+    }
+
+    /// Items `stage` emitted so far.
+    pub fn emitted_count(&self, stage: &'static str) -> u64 {
+        self.emitted.get_or_create(&StageLabels { stage }).get()
+    }
+
+    /// Registers the four families in `registry`; do it once per registry.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "clovisor_dropped",
             "Data dropped, by pipeline stage and reason",
-            self.0.clone(),
+            self.dropped.clone(),
+        );
+        registry.register(
+            "clovisor_received",
+            "Items taken in, by pipeline stage",
+            self.received.clone(),
+        );
+        registry.register(
+            "clovisor_emitted",
+            "Items passed on, by pipeline stage",
+            self.emitted.clone(),
+        );
+        registry.register(
+            "clovisor_buffered",
+            "Items a pipeline stage holds now, neither passed on nor dropped",
+            self.buffered.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_four_families_are_registered_with_their_stage() {
+        let d = Drops::default();
+        d.received("uplink", 5);
+        d.emitted("uplink", 3);
+        d.count("uplink", "shutdown", 1);
+        d.set_buffered("uplink", 1);
+        let mut registry = Registry::default();
+        d.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            r#"clovisor_received_total{stage="uplink"} 5"#,
+            r#"clovisor_emitted_total{stage="uplink"} 3"#,
+            r#"clovisor_dropped_total{stage="uplink",reason="shutdown"} 1"#,
+            r#"clovisor_buffered{stage="uplink"} 1"#,
+        ] {
+            assert!(text.contains(line), "expected {line:?} in:\n{text}");
+        }
+        assert_eq!(
+            (d.received_count("uplink"), d.emitted_count("uplink")),
+            (5, 3),
+            "received/emitted getters"
         );
     }
 }

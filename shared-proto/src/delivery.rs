@@ -110,6 +110,9 @@ pub struct DeliveryStats {
     pub disconnects: AtomicU64,
     /// Bytes currently held for replay.
     pub replay_bytes: AtomicU64,
+    /// Items taken in and neither acknowledged nor dropped yet (batched or still pending), so
+    /// `items_received = items_acked + items_dropped_shutdown + items_buffered` at all times.
+    pub items_buffered: AtomicU64,
 }
 
 impl DeliveryStats {
@@ -215,6 +218,7 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                     self.stats
                         .items_dropped_shutdown
                         .fetch_add(lost, Ordering::Relaxed);
+                    self.stats.items_buffered.fetch_sub(lost, Ordering::Relaxed);
                     tracing::warn!(
                         items = lost,
                         "receiver did not acknowledge everything before shutdown; items dropped"
@@ -274,6 +278,7 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                 item = input.recv(), if input_open && room && closing_since.is_none() => {
                     match item {
                         Some(item) => {
+                            self.stats.items_buffered.fetch_add(1, Ordering::Relaxed);
                             self.stats.items_received.fetch_add(1, Ordering::Relaxed);
                             pending.push(item);
                         }
@@ -291,6 +296,7 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                                 while buffer.front().is_some_and(|e| e.seq <= acked) {
                                     if let Some(e) = buffer.pop_front() {
                                         buffered_bytes -= e.bytes;
+                                        self.stats.items_buffered.fetch_sub(e.items, Ordering::Relaxed);
                                         self.stats.items_acked.fetch_add(e.items, Ordering::Relaxed);
                                     }
                                 }
@@ -318,6 +324,7 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                     closing_since = Some(Instant::now());
                     // Take what producers already queued: it was accepted, so it is owed.
                     while let Ok(item) = input.try_recv() {
+                        self.stats.items_buffered.fetch_add(1, Ordering::Relaxed);
                         self.stats.items_received.fetch_add(1, Ordering::Relaxed);
                         pending.push(item);
                     }

@@ -203,16 +203,22 @@ impl FlowTable {
             Some(record::Kind::Stats(_)) => "stats",
             None => "empty",
         };
-        self.metrics
-            .records_received
-            .get_or_create(&crate::metrics::KindLabel { kind })
-            .inc();
-        match record.kind {
+        self.metrics.record_received(kind);
+        let accepted = match record.kind {
             Some(record::Kind::Message(m)) => self.on_message(probe_id, m, now, out),
-            Some(record::Kind::FlowEnd(e)) => self.on_flow_end(probe_id, &e, out),
-            Some(record::Kind::Endpoint(u)) => self.on_endpoint(probe_id, u),
+            Some(record::Kind::FlowEnd(e)) => {
+                self.on_flow_end(probe_id, &e, out);
+                true
+            }
+            Some(record::Kind::Endpoint(u)) => {
+                self.on_endpoint(probe_id, u);
+                true
+            }
             // Kernel counters are exported by the probe itself.
-            Some(record::Kind::Stats(_)) | None => {}
+            Some(record::Kind::Stats(_)) | None => true,
+        };
+        if accepted {
+            self.metrics.record_accepted();
         }
     }
 
@@ -257,17 +263,17 @@ impl FlowTable {
         m: capture::Message,
         now: Instant,
         out: &mut Vec<Session>,
-    ) {
+    ) -> bool {
         let Some(key) = m.flow.clone() else {
             self.metrics.message_dropped("no_flow_key");
-            return;
+            return false;
         };
         if !matches!(
             Direction::try_from(m.direction),
             Ok(Direction::ClientToServer | Direction::ServerToClient)
         ) {
             self.metrics.message_dropped("no_direction");
-            return;
+            return false;
         }
         let flow_id = m.flow_id;
         let exists = self
@@ -300,7 +306,7 @@ impl FlowTable {
         let cfg = self.config.clone();
         let metrics = Arc::clone(&self.metrics);
         let Some(state) = self.probes.get_mut(&probe) else {
-            return;
+            return true;
         };
         let flow = state.flows.entry(flow_id).or_insert_with(|| Flow {
             tick,
@@ -331,22 +337,23 @@ impl FlowTable {
             .is_some_and(|(p, _)| p.index == m.index);
         if is_update {
             flow.process(m, now, &mut ctx);
-            return;
+            return true;
         }
         if m.index < flow.next_index {
             metrics.message_dropped("duplicate");
-            return;
+            return false;
         }
         if m.index > flow.next_index {
             flow.pending.insert(m.index, (m, now));
             if flow.pending.len() > cfg.reorder_window {
                 flow.skip_gap(&mut ctx, now);
             }
-            return;
+            return true;
         }
         flow.process(m, now, &mut ctx);
         flow.next_index = flow.next_index.saturating_add(1);
         flow.drain_pending(&mut ctx, now);
+        true
     }
 
     fn on_flow_end(&mut self, probe_id: &str, e: &capture::FlowEnd, out: &mut Vec<Session>) {

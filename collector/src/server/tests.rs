@@ -13,9 +13,21 @@ use tonic::transport::{Channel, Endpoint, Server};
 async fn start(
     config: ServiceConfig,
 ) -> anyhow::Result<(Channel, mpsc::Receiver<Session>, Arc<CollectorMetrics>)> {
+    start_with(config, None).await
+}
+
+/// Like [`start`], acknowledging after `downstream` (a stand-in forwarder's counters) if given.
+async fn start_with(
+    config: ServiceConfig,
+    downstream: Option<Arc<DeliveryStats>>,
+) -> anyhow::Result<(Channel, mpsc::Receiver<Session>, Arc<CollectorMetrics>)> {
     let metrics = Arc::new(CollectorMetrics::new());
     let (out_tx, out_rx) = mpsc::channel(64);
-    let svc = CaptureService::with_config(out_tx, Arc::clone(&metrics), config).into_server();
+    let mut svc = CaptureService::with_config(out_tx, Arc::clone(&metrics), config);
+    if let Some(stats) = downstream {
+        svc = svc.ack_after_downstream(stats);
+    }
+    let svc = svc.into_server();
     let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<tokio::io::DuplexStream>>(4);
     tokio::spawn(async move {
         let _ = Server::builder()
@@ -241,5 +253,51 @@ async fn periodic_flush_emits_idle_flows() -> anyhow::Result<()> {
         "an idle open request is emitted incomplete: {s:?}"
     );
     assert_eq!(metrics.flows_evicted_for("idle"), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_downstream_acks_a_batch_waits_for_its_sessions_to_be_delivered() -> anyhow::Result<()>
+{
+    let forwarder = Arc::new(DeliveryStats::default());
+    let (channel, mut out, _m) =
+        start_with(ServiceConfig::default(), Some(Arc::clone(&forwarder))).await?;
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(hello("p1", "node-a")).await?;
+    tx.send(batch(
+        1,
+        vec![
+            message(0, Direction::ClientToServer, REQ),
+            message(1, Direction::ServerToClient, RESP),
+        ],
+    ))
+    .await?;
+    let mut inbound = CaptureClient::new(channel)
+        .stream(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let session = tokio::time::timeout(Duration::from_secs(5), out.recv()).await?;
+    assert!(
+        session.is_some(),
+        "expected the batch's session on the output"
+    );
+    let early = tokio::time::timeout(Duration::from_millis(300), inbound.message()).await;
+    assert!(
+        early.is_err(),
+        "expected no ack while the session is not delivered, got {early:?}"
+    );
+    forwarder
+        .items_acked
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let msg = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .map_err(|_| anyhow::anyhow!("no ack after the session was delivered"))??;
+    match msg.and_then(|m| m.kind) {
+        Some(collector_message::Kind::Ack(a)) => {
+            assert_eq!(a.seq, 1, "expected batch 1 acknowledged, got {}", a.seq)
+        }
+        other => anyhow::bail!("expected an ack, got {other:?}"),
+    }
+    drop(tx);
     Ok(())
 }

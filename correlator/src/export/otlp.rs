@@ -50,6 +50,7 @@ pub struct ExportHandle {
 impl ExportHandle {
     /// Queues `span`; when the queue is full the span is dropped, counted, and `false` returned.
     pub fn enqueue(&self, span: Span) -> bool {
+        self.metrics.span_offered();
         let queued = match self.tx.try_send(span) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {

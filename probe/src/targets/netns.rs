@@ -73,6 +73,7 @@ pub async fn follow(
             &targets,
             &mut capture,
             &out,
+            &metrics,
             &mut current,
             &mut traced_ports,
             scan,
@@ -83,7 +84,12 @@ pub async fn follow(
             last_refresh = tokio::time::Instant::now();
             for (name, f) in &current {
                 for ip in &f.veth.pod_ips {
-                    send_endpoint(&out, endpoint(&targets, name, &f.veth, *ip, false)).await;
+                    send_endpoint(
+                        &out,
+                        &metrics,
+                        endpoint(&targets, name, &f.veth, *ip, false),
+                    )
+                    .await;
                 }
             }
         }
@@ -134,6 +140,7 @@ async fn apply(
     targets: &NetnsTargets,
     capture: &mut Capture,
     out: &mpsc::Sender<Record>,
+    metrics: &ProbeMetrics,
     current: &mut Scan,
     traced_ports: &mut BTreeMap<u16, ProtocolHint>,
     scan: Scan,
@@ -152,7 +159,7 @@ async fn apply(
                 tracing::info!(netns = %name, interface = %f.veth.name, "namespace gone; detached");
             }
             for ip in &f.veth.pod_ips {
-                send_endpoint(out, endpoint(targets, &name, &f.veth, *ip, true)).await;
+                send_endpoint(out, metrics, endpoint(targets, &name, &f.veth, *ip, true)).await;
             }
         }
     }
@@ -164,7 +171,12 @@ async fn apply(
             Ok(mode) => {
                 tracing::info!(netns = %name, interface = %found.veth.name, ?mode, ips = ?found.veth.pod_ips, "tracing namespace");
                 for ip in &found.veth.pod_ips {
-                    send_endpoint(out, endpoint(targets, name, &found.veth, *ip, false)).await;
+                    send_endpoint(
+                        out,
+                        metrics,
+                        endpoint(targets, name, &found.veth, *ip, false),
+                    )
+                    .await;
                 }
                 current.insert(name.clone(), found.clone());
             }
@@ -226,13 +238,14 @@ fn endpoint(
     }
 }
 
-async fn send_endpoint(out: &mpsc::Sender<Record>, update: EndpointUpdate) {
+async fn send_endpoint(out: &mpsc::Sender<Record>, metrics: &ProbeMetrics, update: EndpointUpdate) {
     // Metadata is rare and small: wait for room rather than lose it.
     let record = Record {
         kind: Some(record::Kind::Endpoint(update)),
     };
-    if out.send(record).await.is_err() {
-        tracing::debug!("record channel closed; endpoint update not sent");
+    match out.send(record).await {
+        Ok(()) => metrics.endpoint_record_sent(),
+        Err(_) => tracing::debug!("record channel closed; endpoint update not sent"),
     }
 }
 

@@ -133,6 +133,11 @@ async fn delivers_everything_in_order_and_acks_it() {
     );
     assert_eq!(DeliveryStats::get(&stats.items_acked), 1000);
     assert_eq!(DeliveryStats::get(&stats.items_dropped_shutdown), 0);
+    assert_eq!(
+        DeliveryStats::get(&stats.items_buffered),
+        0,
+        "nothing left buffered once everything is acknowledged"
+    );
     assert_eq!(r.hellos, 1, "one stream, one hello");
 }
 
@@ -199,6 +204,11 @@ async fn an_absent_receiver_fills_the_replay_bound_then_pushes_back() {
     assert_eq!(
         received, dropped,
         "with no receiver every accepted item is counted as dropped at shutdown"
+    );
+    assert_eq!(
+        DeliveryStats::get(&stats.items_buffered),
+        0,
+        "dropped items are no longer buffered"
     );
     assert_eq!(
         received + refused,
