@@ -9,6 +9,8 @@ PACKAGES=(
   iproute2 bpftool                                    # namespaces, veths, tc; inspecting BPF objects
   nginx-light curl python3 jq                         # demo and test pods: real servers and clients
   tshark                                              # decoder oracle in tests
+  python3-venv                                        # offline manifest validation tools (scripts/validate-manifests.sh)
+  redis-server                                        # live configuration tests
 )
 
 missing=()
@@ -34,3 +36,5 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo (stable Rust) is required: https://rustup.rs" >&2; exit 1; }
 # nginx from Debian starts a default site on install; the demo and tests run their own instances.
 systemctl disable --now nginx >/dev/null 2>&1 || true
+# redis-server likewise: the tests start their own.
+systemctl disable --now redis-server >/dev/null 2>&1 || true

@@ -119,8 +119,14 @@ fn scan(names: &[String]) -> Scan {
     for name in names {
         let veth = match netns::host_veth(&name) {
             Ok(v) => v,
-            Err(e) => {
+            // A namespace without a veth to the host is not a pod: quietly skipped. Anything
+            // else (no right to enter it, netlink failing) is worth an operator's attention.
+            Err(e @ crate::error::Error::NoHostVeth { .. }) => {
                 tracing::debug!(netns = %name, error = %e, "no host veth for namespace");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(netns = %name, error = %e, "cannot inspect namespace; not traced");
                 continue;
             }
         };
