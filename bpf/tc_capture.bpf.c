@@ -168,7 +168,6 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 						    : skb->len;
 		next = ip6.nexthdr;
 		off += sizeof(ip6);
-#pragma unroll
 		for (i = 0; i < CLOVISOR_MAX_IPV6_EXT_HDRS; i++) {
 			__u8 ext[2];
 
@@ -252,6 +251,32 @@ static __always_inline __u64 new_flow_id(void)
 static __always_inline int seq_before(__u32 a, __u32 b)
 {
 	return (__s32)(a - b) < 0;
+}
+
+/* Moves *next (the highest sequence number seen in one direction) up to end,
+ * atomically: packets of one flow reach this hook on several CPUs at once.
+ * Returns how far it moved (0 when end is not beyond it) and the value it
+ * moved from in *prev. */
+static __always_inline __u32 advance_seq(__u32 *next, __u32 end, __u32 *prev)
+{
+	__u32 cur = *(volatile __u32 *)next;
+
+	for (int i = 0; i < 4; i++) {
+		__u32 seen;
+
+		*prev = cur;
+		if (!seq_before(cur, end))
+			return 0;
+		seen = __sync_val_compare_and_swap(next, cur, end);
+		if (seen == cur)
+			return end - cur;
+		cur = seen;
+	}
+	/* Other CPUs moved it four times while this one tried: not seen with
+	 * the few CPUs one flow's packets can reach at once. Counting without
+	 * moving it could count bytes twice, so this packet adds nothing. */
+	*prev = cur;
+	return 0;
 }
 
 static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct pkt *p,
@@ -409,28 +434,34 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod)
 		end = p.seq + p.payload_len;
 		new_bytes = p.payload_len;
 		if (s->seq_valid[dir - 1]) {
-			__u32 next = s->next_seq[dir - 1];
+			__u32 next = 0;
 
-			if (!seq_before(next, end)) {
-				/* Nothing new: a retransmission. It never starts
-				 * a message, even after a direction switch. */
+			/* Bytes are counted by how far a packet moves the
+			 * highest sequence number seen, so a segment that
+			 * another CPU's packet overtook is covered by the
+			 * packet that overtook it. */
+			new_bytes = advance_seq(&s->next_seq[dir - 1], end, &next);
+			if (new_bytes == 0) {
+				/* Nothing beyond what was seen: a retransmission
+				 * or an overtaken segment. It never starts a
+				 * message, even after a direction switch. */
 				count(CLOVISOR_STAT_RETRANSMIT_PACKETS);
 				if (s->cur.direction == dir) {
-					s->cur.retransmits += segs;
+					__sync_fetch_and_add(&s->cur.retransmits, segs);
 					s->cur.last_ns = now;
 				}
 				goto out;
 			}
 			if (seq_before(p.seq, next)) {
-				/* Partly new: count only the new bytes. */
-				new_bytes = end - next;
+				/* Partly seen before: only the new bytes count. */
 				count(CLOVISOR_STAT_RETRANSMIT_PACKETS);
 				if (s->cur.direction == dir)
-					s->cur.retransmits += 1;
+					__sync_fetch_and_add(&s->cur.retransmits, 1);
 			}
+		} else {
+			s->next_seq[dir - 1] = end;
+			s->seq_valid[dir - 1] = 1;
 		}
-		s->next_seq[dir - 1] = end;
-		s->seq_valid[dir - 1] = 1;
 
 		if (s->cur.direction != dir) {
 			/* First payload of the session, or a direction
@@ -451,8 +482,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod)
 			emit_msg_start(skb, &p, &key, s, &prev, has_prev);
 		} else {
 			s->cur.last_ns = now;
-			s->cur.bytes += new_bytes;
-			s->cur.packets += segs;
+			__sync_fetch_and_add(&s->cur.bytes, new_bytes);
+			__sync_fetch_and_add(&s->cur.packets, segs);
 		}
 	}
 

@@ -108,9 +108,12 @@ fn compile_bpf(src: &Path, include: &Path, multiarch: Option<&Path>, out_dir: &P
         .context("BPF source name")?;
     let obj = out_dir.join(format!("{name}.bpf.o"));
     let mut cmd = Command::new("clang");
-    cmd.args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
-        .arg(format!("-I{}", include.display()))
-        .arg("-I/usr/include");
+    // -mcpu=v3: atomic compare-and-exchange (kernel 5.12+; ring buffers already need 5.8).
+    cmd.args([
+        "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+    ])
+    .arg(format!("-I{}", include.display()))
+    .arg("-I/usr/include");
     if let Some(dir) = multiarch {
         cmd.arg(format!("-I{}", dir.display()));
     }

@@ -775,3 +775,123 @@ fn retransmitted_bytes_are_counted_once() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs `integration-tests/scripts/inject_tcp.py` (in `netns` when given): hand-made segments
+/// put on an interface in the order given.
+fn inject(netns: Option<&str>, args: &[String]) -> Result<()> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/inject_tcp.py");
+    let mut full = vec!["python3".to_owned(), script.display().to_string()];
+    full.extend_from_slice(args);
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    match netns {
+        Some(ns) => run_in(ns, &full),
+        None => run(full[0], &full[1..]),
+    }
+    .map(|_| ())
+}
+
+/// Segments of one message can reach the hook out of order (a flow's packets are processed on
+/// several CPUs at once): a segment overtaken by a later one is not a retransmission, and the
+/// message's bytes are all its bytes. Hand-made segments on the server pod's veth: a request,
+/// then a 400-byte response whose third segment arrives before its second, then the next
+/// request, which closes the response.
+#[test]
+fn overtaken_segments_are_counted_in_their_message() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new()?;
+    let server = lab.pod("preo")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut capture = Capture::load(&CaptureConfig {
+        ring_buffer_bytes: 1 << 16,
+        max_sessions: 1024,
+        node: NODE.into(),
+        ..CaptureConfig::default()
+    })?;
+    // No server listens on the port: the pod's kernel never answers the hand-made segments.
+    capture.set_traced_ports(&BTreeMap::from([(8181, ProtocolHint::Http)]))?;
+    let veth = netns::host_veth(&server.netns)?;
+    capture.attach_pod_veth(&veth.name)?;
+    let event_loop = capture.take_event_loop()?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(event_loop.run(tx, async {
+        let _ = stop_rx.await;
+    }));
+
+    let client = "192.0.2.10:40000".to_owned();
+    let srv = format!("{}:8181", server.ipv4);
+    let request = r"GET /reorder HTTP/1.1\r\nHost: t\r\n\r\n";
+    let request_len = request.replace(r"\r\n", "\r\n").len();
+    // Towards the pod: sent on the host veth, seen by our egress program.
+    inject(
+        None,
+        &[
+            veth.name.clone(),
+            client.clone(),
+            srv.clone(),
+            format!("1000:{request}"),
+        ],
+    )?;
+    // From the pod: response segments 1, 3, 2, 4 of 100 bytes each.
+    let head = format!(
+        "HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\n\\r\\n",
+        400 - 38
+    );
+    let head = format!(
+        "{head}{}",
+        "y".repeat(100 - head.replace(r"\r\n", "\r\n").len())
+    );
+    inject(
+        Some(&server.netns),
+        &[
+            "eth0".to_owned(),
+            srv.clone(),
+            client.clone(),
+            format!("5000:{head}"),
+            "5200:@100".to_owned(),
+            "5100:@100".to_owned(),
+            "5300:@100".to_owned(),
+        ],
+    )?;
+    inject(
+        None,
+        &[
+            veth.name.clone(),
+            client,
+            srv,
+            format!("{}:{request}", 1000 + request_len),
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = stop_tx.send(());
+    rt.block_on(task).context("event loop task")??;
+    let mut records = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        records.push(r);
+    }
+    let flows = flows_of(&records, &[192, 0, 2, 10]);
+    let Some(flow) = flows.values().next() else {
+        bail!("no flow captured: {records:?}")
+    };
+    let Some(resp) = flow.messages.get(&1) else {
+        bail!("no response message: {flow:?}")
+    };
+    assert!(
+        resp.payload.starts_with(b"HTTP/1.1 200 OK"),
+        "the response starts with its first segment: {resp:?}"
+    );
+    assert_eq!(
+        (resp.bytes, resp.packets, resp.retransmits, resp.partial),
+        (400, 3, 1, false),
+        "(bytes, packets that advanced, overtaken, partial) of the response: {resp:?}"
+    );
+    assert_eq!(
+        flow.messages.len(),
+        3,
+        "an overtaken segment never starts a message: {flow:?}"
+    );
+    Ok(())
+}
