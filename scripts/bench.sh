@@ -57,6 +57,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   done
 fi
 
+export RUST_BACKTRACE=0 # errors of the components, not stack traces, in the logs
 echo "== building release binaries"
 cargo build --release --locked -p clovisor-probe -p clovisor-collector -p clovisor-correlator \
   --bins --example decode_bench
@@ -78,6 +79,7 @@ STATS_OLD=""
 EMPTY_PREF=49152 # tc filter priority of the empty program (ours are TCX links or other prefs)
 EMPTY_QDISC_ADDED=""
 NGINX_PID=""
+WRK_PID=""
 
 # Six free loopback ports: correlator gRPC, API, metrics; collector gRPC, metrics; probe metrics.
 read -r P_CORR_GRPC P_CORR_API P_CORR_METRICS P_COLL_GRPC P_COLL_METRICS P_PROBE_METRICS < <(
@@ -131,6 +133,7 @@ cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
+  [ -n "$WRK_PID" ] && stop_pid "$WRK_PID"
   stop_pipeline
   [ -n "$STATS_OLD" ] && sysctl -qw kernel.bpf_stats_enabled="$STATS_OLD"
   detach_empty
@@ -145,17 +148,18 @@ cleanup() {
     sleep 0.1
   done
   [ "$left" -eq 0 ] || echo "WARNING: $left namespaces or links of this run are left behind" >&2
-  if [ "$rc" -ne 0 ]; then
-    echo "benchmark failed (exit $rc); logs:" >&2
-    for f in "$LOGS"/*.log; do
-      [ -s "$f" ] && { echo "--- $f (last lines)" >&2; tail -n 15 "$f" >&2; }
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ]; then
+    mkdir -p "$OUT" && rm -rf "$OUT/logs" && cp -r "$LOGS" "$OUT/logs"
+    echo "benchmark failed (exit $rc); logs in $OUT/logs/, their last lines:" >&2
+    for f in "$OUT"/logs/*.log; do
+      [ -s "$f" ] && { echo "--- $f" >&2; tail -n 12 "$f" >&2; }
     done
   fi
   rm -rf "$WORK"
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
+trap 'echo "interrupted" >&2; exit 130' INT
 trap 'exit 143' TERM
 
 # --- pods ----------------------------------------------------------------------------------------
@@ -200,7 +204,7 @@ NGINX
 mkdir -p "$WORK/www"
 # A small exchange: a ~40-byte request, a ~240-byte response (head and a 100-byte body).
 head -c 100 /dev/zero | tr '\0' 'x' >"$WORK/www/index.html"
-ip netns exec "$SERVER" nginx -c "$WORK/nginx.conf" 2>>"$LOGS/nginx.log" &
+setsid ip netns exec "$SERVER" nginx -c "$WORK/nginx.conf" 2>>"$LOGS/nginx.log" &
 NGINX_PID=$!
 for _ in $(seq 1 50); do
   ip netns exec "$CLIENT" curl -fsS -o /dev/null --max-time 1 "$URL" 2>/dev/null && break
@@ -215,8 +219,13 @@ ip netns exec "$CLIENT" curl -fsS -o /dev/null --max-time 2 "$URL"
 run_wrk() { # connections seconds out.json
   local c=$1 s=$2 t=1
   [ "$c" -ge 2 ] && t=2
-  ip netns exec "$CLIENT" wrk -t"$t" -c"$c" -d"${s}s" --timeout 5s -s "$ROOT/bench/wrk_report.lua" "$URL" \
-    >"$LOGS/wrk.out" 2>&1 || { cat "$LOGS/wrk.out" >&2; return 1; }
+  # In the background and waited for: wrk stops early on SIGINT and exits 0, which would make bash
+  # ignore a Ctrl-C; `wait` returns at once on a trapped signal instead.
+  setsid ip netns exec "$CLIENT" wrk -t"$t" -c"$c" -d"${s}s" --timeout 5s -s "$ROOT/bench/wrk_report.lua" "$URL" \
+    >"$LOGS/wrk.out" 2>&1 &
+  WRK_PID=$!
+  wait "$WRK_PID" || { cat "$LOGS/wrk.out" >&2; return 1; }
+  WRK_PID=""
   sed -n 's/^WRKJSON //p' "$LOGS/wrk.out" >"$3"
   [ -s "$3" ] || { cat "$LOGS/wrk.out" >&2; return 1; }
 }
@@ -296,18 +305,20 @@ wait_http() { # url name
   exit 1
 }
 
+# The pipeline and nginx run in their own sessions (setsid), so a Ctrl-C reaches only this script,
+# which then stops them in order (upstream first, each draining into the next).
 start_pipeline() {
-  OTEL_TRACES_EXPORTER=none RUST_LOG=${RUST_LOG:-warn} "$BINDIR/clovisor-correlator" \
+  OTEL_TRACES_EXPORTER=none RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-correlator" \
     --grpc-listen "127.0.0.1:$P_CORR_GRPC" --api-listen "127.0.0.1:$P_CORR_API" \
     --metrics-listen "127.0.0.1:$P_CORR_METRICS" >>"$LOGS/correlator.log" 2>&1 &
   PID[correlator]=$!
   wait_http "http://127.0.0.1:$P_CORR_API/readyz" correlator
-  RUST_LOG=${RUST_LOG:-warn} "$BINDIR/clovisor-collector" --grpc-listen "127.0.0.1:$P_COLL_GRPC" \
+  RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-collector" --grpc-listen "127.0.0.1:$P_COLL_GRPC" \
     --correlator "http://127.0.0.1:$P_CORR_GRPC" --metrics-listen "127.0.0.1:$P_COLL_METRICS" \
     >>"$LOGS/collector.log" 2>&1 &
   PID[collector]=$!
   wait_http "http://127.0.0.1:$P_COLL_METRICS/healthz" collector
-  RUST_LOG=${RUST_LOG:-warn} "$BINDIR/clovisor-probe" --netns "$SERVER" --node bench \
+  RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-probe" --netns "$SERVER" --node bench \
     --collector "http://127.0.0.1:$P_COLL_GRPC" --metrics-listen "127.0.0.1:$P_PROBE_METRICS" \
     >>"$LOGS/probe.log" 2>&1 &
   PID[probe]=$!
