@@ -430,6 +430,8 @@ def main():
     for f in rep.figures:
         if isinstance(f["value"], float) and not math.isfinite(f["value"]):
             f["value"], f["met"] = None, None
+        f["status"] = ("not measured" if f["value"] is None else "reported" if f["met"] is None
+                       else "met" if f["met"] else "not met")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(
         {"machine": machine, "figures": rep.figures, "details": details}, indent=2) + "\n")

@@ -388,7 +388,8 @@ prog_stats() { # json-ids
 
 note_load a
 echo "== a. eBPF cost: kernel.bpf_stats_enabled, our tc programs and an empty tc program on $HVETH_SERVER"
-clang -O2 -g -target bpf -c bpf/testing/empty.bpf.c -o "$WORK/empty.bpf.o"
+clang -O2 -g -target bpf -Wall -Werror -I"/usr/include/$(gcc -print-multiarch)" \
+  -c bpf/testing/empty.bpf.c -o "$WORK/empty.bpf.o"
 start_pipeline
 OUR_TC=$(probe_prog_ids '["sched_cls"]')
 [ "$(jq length <<<"$OUR_TC")" -ge 2 ] || { echo "the probe's tc programs not found (pid ${PID[probe]}): $OUR_TC" >&2; exit 1; }
