@@ -1,0 +1,442 @@
+#!/usr/bin/env python3
+"""Turns the raw measurements of scripts/bench.sh into report.md and report.json.
+
+Usage: report.py RAW_DIR OUT_DIR
+
+Every figure is computed here from what the script recorded (wrk JSON, metric scrapes before and
+after each load, bpftool program statistics, /proc CPU ticks and memory, nginx's request counter,
+the decode benchmark's and tshark's counts and CPU times); nothing is typed in. A figure that was
+not measured says so and why instead of carrying a number. Targets are what issue 5 asks to report
+against; they are never a gate (this script exits 0 whether they are met or not).
+"""
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+# Loss counters that are not a lost request: a re-sent session the correlator already stored.
+NOT_LOSSES = {("correlator", "duplicate")}
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def parse_prom(path):
+    """{(name, ((label, value), ...)): value} of every sample in a Prometheus text file."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        if not m:
+            continue
+        labels = tuple(sorted(LABEL.findall(m.group(3) or "")))
+        try:
+            value = float(m.group(4))
+        except ValueError:
+            continue
+        out[(m.group(1), labels)] = out.get((m.group(1), labels), 0.0) + value
+    return out
+
+
+def delta(before, after, name, keep=lambda labels: True):
+    """Sum over the samples of `name` whose labels pass `keep`, after minus before."""
+    def total(p):
+        return sum(v for (n, l), v in p.items() if n == name and keep(dict(l)))
+    return total(after) - total(before)
+
+
+def by_labels(before, after, name, keys):
+    """{label values: after - before} of a counter family, non-zero entries only."""
+    out = {}
+    for p, sign in ((after, 1), (before, -1)):
+        for (n, l), v in p.items():
+            if n != name:
+                continue
+            d = dict(l)
+            k = tuple(d.get(x, "") for x in keys)
+            out[k] = out.get(k, 0.0) + sign * v
+    return {k: v for k, v in out.items() if v}
+
+
+class Report:
+    def __init__(self):
+        self.figures = []
+
+    def figure(self, section, key, name, value, unit, target=None, op=None, note=""):
+        """Adds a figure; `op` is ">=" or "<=" against `target`; value None = not measured."""
+        met = None
+        if value is not None and target is not None:
+            met = value >= target if op == ">=" else value <= target
+        self.figures.append({
+            "section": section, "key": key, "name": name, "value": value, "unit": unit,
+            "target": None if target is None else f"{op} {fmt(target, unit)}",
+            "met": met, "note": note,
+        })
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if unit == "×":
+        return f"{v:.2f}×"
+    if unit == "%":
+        return f"{v:.1f} %"
+    a = abs(v)
+    if a >= 100 or float(v).is_integer():
+        s = f"{v:,.0f}"
+    elif a >= 10:
+        s = f"{v:.1f}"
+    elif a >= 1:
+        s = f"{v:.2f}"
+    else:
+        s = f"{v:.3g}"  # three significant digits: 0.0306, not 0.03
+    return f"{s} {unit}".strip()
+
+
+def served(raw):
+    """Requests nginx served between two status reads (the second read counts itself)."""
+    return raw["after"] - raw["before"] - 1
+
+
+def rate(wrks):
+    return sum(w["requests"] for w in wrks) / (sum(w["duration_us"] for w in wrks) / 1e6)
+
+
+# --- b. request overhead ---------------------------------------------------------------------------
+
+def section_b(raw, machine, rep):
+    pairs = machine["knobs"]["pairs"]
+    runs = {"untraced": [], "traced": []}
+    rows = []
+    traced_sessions = traced_served = 0
+    for p in range(1, pairs + 1):
+        row = {"pair": p}
+        for mode in ("untraced", "traced"):
+            w = load(raw / "b" / f"pair-{p}-{mode}.wrk.json")
+            runs[mode].append(w)
+            row[mode] = {"requests": w["requests"], "per_s": rate([w]),
+                         "p50_us": w["latency_us"]["p50"], "p99_us": w["latency_us"]["p99"],
+                         "errors": sum(w["errors"].values())}
+        before = parse_prom(raw / "b" / f"pair-{p}-traced.before.prom")
+        after = parse_prom(raw / "b" / f"pair-{p}-traced.after.prom")
+        row["traced_sessions"] = delta(before, after, "clovisor_http_requests_total")
+        row["served"] = served(load(raw / "b" / f"pair-{p}-traced.nginx.json"))
+        traced_sessions += row["traced_sessions"]
+        traced_served += row["served"]
+        row["ratio"] = row["traced"]["per_s"] / row["untraced"]["per_s"]
+        rows.append(row)
+    u, t = rate(runs["untraced"]), rate(runs["traced"])
+    ratio = t / u
+    med = lambda mode, q: statistics.median(w["latency_us"][q] for w in runs[mode])
+    # Mean latency by Little's law: wrk keeps `connections` requests in flight, so the mean time per
+    # request is connections / throughput. (wrk's own mean is not used: it disagrees with its own
+    # request count on a loaded machine, several times higher than connections / throughput.)
+    conns = machine["knobs"]["connections"]
+    added = conns * 1e6 / t - conns * 1e6 / u
+    spread = [r["ratio"] for r in rows]
+    rep.figure("b", "throughput_ratio", "throughput traced / untraced", ratio, "×", 0.9, ">=",
+               f"{fmt(t)} vs {fmt(u)} requests/s over {pairs} interleaved pairs; "
+               f"per pair {min(spread):.2f}–{max(spread):.2f}")
+    for q in ("p50", "p99"):
+        rep.figure("b", f"{q}_us", f"{q} latency: traced − untraced (median of runs)",
+                   med("traced", q) - med("untraced", q), "µs", note=
+                   f"{fmt(med('traced', q))} µs vs {fmt(med('untraced', q))} µs")
+    rep.figure("b", "added_us_per_request", "added latency per request (mean, traced − untraced)",
+               added, "µs", note=f"connections / throughput: {fmt(conns * 1e6 / t)} µs vs "
+               f"{fmt(conns * 1e6 / u)} µs with wrk -c{conns}, a closed loop, so this includes the CPU "
+               "the tracer takes from nginx and wrk on this machine")
+    rep.figure("b", "traced_fraction", "requests traced during the traced runs",
+               100.0 * traced_sessions / traced_served if traced_served else None, "%",
+               note=f"{fmt(traced_sessions)} sessions / {fmt(traced_served)} requests served")
+    return {"pairs": rows, "untraced_per_s": u, "traced_per_s": t, "ratio": ratio,
+            "added_mean_us": added, "wrk_mean_latency_us": {m: [w["latency_us"]["mean"] for w in runs[m]] for m in runs},
+            "latency_us": {m: {q: med(m, q) for q in ("p50", "p90", "p99")} for m in runs}}
+
+
+# --- a. eBPF cost ------------------------------------------------------------------------------------
+
+def section_a(raw, rep):
+    progs = load(raw / "a" / "programs.json")
+    before = {p["id"]: p for p in load(raw / "a" / "stats-before.json")}
+    after = {p["id"]: p for p in load(raw / "a" / "stats-after.json")}
+
+    def cost(ids):
+        ns = sum(after[i]["run_time_ns"] - before[i]["run_time_ns"] for i in ids if i in after and i in before)
+        cnt = sum(after[i]["run_cnt"] - before[i]["run_cnt"] for i in ids if i in after and i in before)
+        return ns, cnt
+
+    exchanges = served(load(raw / "a" / "nginx.json"))
+    ours_ns, ours_cnt = cost(progs["tc"])
+    empty_ns, empty_cnt = cost(progs["empty_tc"])
+    per_pkt = ours_ns / ours_cnt if ours_cnt else None
+    empty_pkt = empty_ns / empty_cnt if empty_cnt else None
+    note_pkts = (f"{fmt(ours_cnt)} packets through ours, {fmt(empty_cnt)} through the empty "
+                 f"program, {fmt(exchanges)} exchanges")
+    rep.figure("a", "tc_ns_per_packet", "tc programs: ns per packet", per_pkt, "ns",
+               note=f"empty program {fmt(empty_pkt, 'ns')}; " + note_pkts)
+    rep.figure("a", "tc_ratio_vs_empty", "tc programs: cost / empty program's cost",
+               per_pkt / empty_pkt if per_pkt and empty_pkt else None, "×", 1.3, "<=")
+    per_ex = ours_ns / exchanges if exchanges > 0 else None
+    rep.figure("a", "tc_us_per_exchange", "tc programs: eBPF time per HTTP exchange",
+               per_ex / 1000 if per_ex is not None else None, "µs", 0.5, "<=",
+               f"empty program {fmt(empty_ns / exchanges / 1000 if exchanges > 0 else None, 'µs')}, "
+               f"{fmt(ours_cnt / exchanges if exchanges > 0 else None)} packets per exchange")
+    if progs["socket"]:
+        s_ns, s_cnt = cost(progs["socket"])
+        rep.figure("a", "socket_us_per_exchange", "socket hooks: eBPF time per HTTP exchange",
+                   s_ns / exchanges / 1000 if exchanges > 0 else None, "µs", 0.5, "<=",
+                   f"{fmt(s_cnt)} runs of {len(progs['socket'])} programs")
+        rep.figure("a", "socket_ratio_vs_empty", "socket hooks: cost / empty program's cost", None, "×",
+                   1.3, "<=", "not measured: no empty socket-hook program to compare with yet")
+    else:
+        for key, name, unit in (("socket_us_per_exchange", "socket hooks: eBPF time per HTTP exchange", "µs"),
+                                ("socket_ratio_vs_empty", "socket hooks: cost / empty program's cost", "×")):
+            rep.figure("a", key, name, None, unit, 1.3 if unit == "×" else 0.5, "<=",
+                       "not measured: socket hooks not built yet")
+    w = load(raw / "a" / "wrk.json")
+    return {"exchanges": exchanges, "wrk_per_s": rate([w]),
+            "programs": {str(i): {"name": after[i]["name"],
+                                  "run_time_ns": after[i]["run_time_ns"] - before[i]["run_time_ns"],
+                                  "run_cnt": after[i]["run_cnt"] - before[i]["run_cnt"]}
+                         for i in after if i in before},
+            "ours": {"run_time_ns": ours_ns, "run_cnt": ours_cnt},
+            "empty": {"run_time_ns": empty_ns, "run_cnt": empty_cnt},
+            "socket_programs": progs["socket"]}
+
+
+# --- d. end to end -------------------------------------------------------------------------------------
+
+COMPONENTS = ("probe", "collector", "correlator")
+
+
+def section_d(raw, machine, rep):
+    clk = machine["clk_tck"]
+    steps = []
+    ring_events = traced_all = 0
+    for c in machine["knobs"]["ramp"]:
+        f = raw / "d" / f"step-{c}"
+        w = load(f"{f}.wrk.json")
+        before, after = parse_prom(f"{f}.before.prom"), parse_prom(f"{f}.after.prom")
+        n = served(load(f"{f}.nginx.json"))
+        complete = delta(before, after, "clovisor_http_requests_total",
+                         lambda l: l.get("status_code") != "invalid")
+        incomplete = delta(before, after, "clovisor_http_requests_total",
+                           lambda l: l.get("status_code") == "invalid")
+        losses = {f"clovisor_dropped_total{{stage={s},reason={r}}}": v
+                  for (s, r), v in by_labels(before, after, "clovisor_dropped_total", ("stage", "reason")).items()
+                  if (s, r) not in NOT_LOSSES}
+        for (r,), v in by_labels(before, after, "clovisor_collector_messages_dropped_total", ("reason",)).items():
+            losses[f"clovisor_collector_messages_dropped_total{{reason={r}}}"] = v
+        for (r,), v in by_labels(before, after, "clovisor_collector_decode_errors_total", ("reason",)).items():
+            losses[f"clovisor_collector_decode_errors_total{{reason={r}}}"] = v
+        lost = sum(losses.values())
+        traced = complete + incomplete
+        events = delta(before, after, "clovisor_probe_ring_events_total")
+        ring_events += events
+        traced_all += traced
+        if traced > n and lost == 0:
+            status = f"all traced, {traced - n:.0f} sessions more than requests served"
+        elif traced >= n and lost == 0:
+            status = "all traced"
+        elif traced + lost >= n:
+            status = "shortfall counted in drops"
+        else:
+            status = f"NOT accounted: {n - traced - lost:.0f} requests neither traced nor counted as dropped"
+        cpu = load(f"{f}.cpu.json")
+        cpu_per_1k = {k: ((cpu["after"][k] - cpu["before"][k]) / clk) / n * 1000 if n > 0 else None
+                      for k in cpu["after"]}
+        steps.append({
+            "connections": c, "wrk_requests": w["requests"], "wrk_errors": sum(w["errors"].values()),
+            "served": n, "per_s": n / (w["duration_us"] / 1e6),
+            "p50_us": w["latency_us"]["p50"], "p99_us": w["latency_us"]["p99"],
+            "traced_complete": complete, "traced_incomplete": incomplete, "losses": losses,
+            "lost": lost, "status": status, "accounted": not status.startswith("NOT"),
+            "ring_events": events, "events_per_exchange": events / traced if traced else None,
+            "cpu_s_per_1k": cpu_per_1k,
+        })
+    ok = [s for s in steps if s["accounted"] and s["wrk_errors"] == 0]
+    best = max(ok, key=lambda s: s["per_s"]) if ok else None
+    if best:
+        how = ("every request traced" if best["status"].startswith("all traced")
+               else "shortfall counted in clovisor_dropped_total")
+        note = (f"at {best['connections']} connections: {fmt(best['served'])} requests served, "
+                f"{fmt(best['traced_complete'])} traced complete + {fmt(best['traced_incomplete'])} incomplete, "
+                f"{fmt(best['lost'])} counted as dropped — {how}")
+    else:
+        note = "no step of the ramp had every request accounted for"
+    unaccounted = [s["connections"] for s in steps if not s["accounted"]]
+    if unaccounted:
+        note += f"; NOT accounted at {unaccounted} connections"
+    rep.figure("d", "accounted", "every request accounted for (traced + counted drops ≥ served), every step",
+               f"{len(steps) - len(unaccounted)} of {len(steps)} steps", "", note=
+               "; ".join(f"{s['connections']} conn.: {s['status']}" for s in steps))
+    rep.figures[-1]["met"] = not unaccounted
+    rep.figures[-1]["target"] = "all steps"
+    served_all = sum(s["served"] for s in steps)
+    traced_ok = sum(min(s["traced_complete"], s["served"]) for s in steps)
+    rep.figure("d", "traced_percent", "requests traced complete, whole ramp",
+               100.0 * traced_ok / served_all if served_all else None, "%", 99.0, ">=",
+               f"{fmt(traced_ok)} of {fmt(served_all)} requests served; a shortfall must show in the counted drops (table below)")
+    rep.figure("d", "max_accounted_rps", "highest request rate with every request accounted for",
+               best["per_s"] if best else None, "requests/s", note=note)
+    for comp in COMPONENTS + ("nginx",):
+        v = best["cpu_s_per_1k"].get(comp) if best else None
+        at = f"at {best['connections']} connections" if best else ""
+        rep.figure("d", f"cpu_s_per_1k_{comp}", f"CPU seconds per 1k requests: {comp}", v, "s",
+                   note=f"nginx itself, for comparison, {at}" if comp == "nginx" else at)
+    if best and best["cpu_s_per_1k"].get("nginx"):
+        tracing = sum(best["cpu_s_per_1k"][c] for c in COMPONENTS)
+        rep.figure("d", "tracing_cpu_vs_nginx", "CPU of probe + collector + correlator / nginx's CPU",
+                   tracing / best["cpu_s_per_1k"]["nginx"], "×")
+    rss = load(raw / "d" / "rss.json")
+    idle = load(raw / "d" / "rss-idle.json")
+    for comp in COMPONENTS:
+        rep.figure("d", f"peak_rss_{comp}", f"peak RSS: {comp}", rss[comp]["VmHWM_kb"] / 1024, "MiB",
+                   50.0 if comp == "probe" else None, "<=",
+                   f"VmHWM over the whole ramp; {fmt(idle[comp]['VmRSS_kb'] / 1024, 'MiB')} when idle")
+    maps = load(raw / "d" / "probe-maps.json")
+    rep.figure("d", "probe_bpf_maps_mib", "probe's BPF maps (kernel memory, not in its RSS)",
+               sum(m.get("bytes_memlock", 0) for m in maps) / 2**20, "MiB",
+               note=", ".join(f"{m['name']} {fmt(m.get('bytes_memlock', 0) / 2**20, 'MiB')}"
+                              for m in sorted(maps, key=lambda m: -m.get("bytes_memlock", 0))
+                              if m.get("bytes_memlock", 0) >= 2**16) + ", the rest under 64 KiB each")
+    rep.figure("d", "events_per_exchange", "kernel → user events per HTTP exchange",
+               ring_events / traced_all if traced_all else None, "", 3.0, "<=",
+               f"{fmt(ring_events)} ring buffer events for {fmt(traced_all)} traced exchanges, all steps")
+    return {"steps": steps, "rss_kb": rss, "rss_idle_kb": idle, "probe_maps": maps}
+
+
+# --- c. decode throughput ----------------------------------------------------------------------------------
+
+def section_c(raw, rep):
+    d = load(raw / "c" / "decode.json")
+    t = load(raw / "c" / "tshark.json")
+    ours = d["records"]["complete_exchanges_per_cpu_s"]
+    ours_pcap = d["pcap"]["complete_exchanges_per_cpu_s"]
+    one, many = t["one_copy"], t["many_copies"]
+    # tshark's start-up (loading every dissector) is paid once per run: its rate is the marginal
+    # one, the extra responses of the many-copy file over the extra CPU time.
+    if t["copies"] > 1 and many["cpu_s"] > one["cpu_s"]:
+        ts = (many["responses"] - one["responses"]) / (many["cpu_s"] - one["cpu_s"])
+        ts_note = (f"marginal: ({fmt(many['responses'])} − {fmt(one['responses'])}) responses / "
+                   f"({many['cpu_s']:.2f} − {one['cpu_s']:.2f}) CPU s, {t['copies']} copies vs 1")
+    else:
+        ts = many["responses"] / many["cpu_s"] if many["cpu_s"] > 0 else None
+        ts_note = "whole run including start-up (too few copies for a marginal rate)"
+    rep.figure("c", "decode_per_cpu_s", "collector: HTTP exchanges decoded per CPU second (per core)",
+               ours, "exchanges/s", 1e6, ">=",
+               f"raw records → FlowTable → sessions; {d['records']['rounds']} rounds of "
+               f"{d['complete_exchanges_per_round']} exchanges in {d['records']['cpu_s']:.2f} CPU s")
+    if many["responses"] != t["copies"] * one["responses"]:
+        ts_note += (f"; WARNING: {many['responses']} responses in {t['copies']} copies of a file with "
+                    f"{one['responses']}: the copies were not all dissected as new conversations")
+    rep.figure("c", "tshark_per_cpu_s", "tshark: HTTP responses dissected per CPU second", ts,
+               "exchanges/s", note=ts_note)
+    rep.figure("c", "decode_vs_tshark", "collector / tshark", ours / ts if ts else None, "×", 50.0, ">=")
+    rep.figure("c", "pcap_decode_vs_tshark", "collector from the capture bytes / tshark (same input)",
+               ours_pcap / ts if ts else None, "×",
+               note=f"{fmt(ours_pcap)} exchanges per CPU second including pcap parsing and TCP tracking")
+    rep.figure("c", "same_work", "exchanges per copy: collector vs tshark",
+               f"{d['complete_exchanges_per_round']} vs {one['responses']}", "",
+               note="the two must see (about) the same exchanges for the ratio to mean anything")
+    return {"decode": d, "tshark": t, "tshark_per_cpu_s": ts}
+
+
+# --- output ----------------------------------------------------------------------------------------------------
+
+TITLES = {
+    "a": "a. eBPF cost (kernel BPF run statistics, same veth, same load)",
+    "b": "b. Request overhead (wrk → nginx pod, untraced vs traced, interleaved)",
+    "c": "c. Collector decode throughput vs tshark (same captures)",
+    "d": "d. End to end (separate probe, collector, correlator processes)",
+}
+
+
+def met_text(f):
+    if f["value"] is None:
+        return "not measured"
+    if f["met"] is None:
+        return ""
+    return "met" if f["met"] else "**not met**"
+
+
+def markdown(machine, rep, details):
+    m = machine
+    loads = ", ".join(f"{x['section']}: {x['loadavg']}" for x in m.get("loadavg_by_section", []))
+    lines = [
+        "# Clovisor-rs benchmark report", "",
+        "Every figure below was measured side by side in this one run (`sudo bash scripts/bench.sh`).",
+        "Targets are what issue 5 reports against, never a gate. See docs/benchmarks.md.", "",
+        "| machine | |", "| --- | --- |",
+        f"| date | {m['date']} |", f"| commit | {m['commit']} |", f"| CPU | {m['cpu']} × {m['nproc']} |",
+        f"| kernel | {m['kernel']} |",
+        f"| load average (1, 5, 15 min) at the start of each section | {loads} |",
+        f"| wrk | {m['wrk']} |",
+        f"| knobs | {json.dumps(m['knobs'])} |", "",
+    ]
+    for sec in ("a", "b", "c", "d"):
+        lines += [f"## {TITLES[sec]}", "", "| figure | value | target | | notes |", "| --- | --- | --- | --- | --- |"]
+        for f in rep.figures:
+            if f["section"] != sec:
+                continue
+            value = fmt(f["value"], f["unit"]) if f["value"] is not None else "—"
+            lines.append(f"| {f['name']} | {value} | {f['target'] or ''} | {met_text(f)} | {f['note']} |")
+        lines.append("")
+        if sec == "b":
+            lines += ["| pair | untraced req/s | traced req/s | ratio | p50 µs (u / t) | p99 µs (u / t) | wrk errors (u / t) |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            for r in details["b"]["pairs"]:
+                u, t = r["untraced"], r["traced"]
+                lines.append(f"| {r['pair']} | {fmt(u['per_s'])} | {fmt(t['per_s'])} | {r['ratio']:.2f} | "
+                             f"{u['p50_us']} / {t['p50_us']} | {u['p99_us']} / {t['p99_us']} | "
+                             f"{u['errors']} / {t['errors']} |")
+            lines.append("")
+        if sec == "d":
+            lines += ["| connections | served req/s | served | traced (complete + incomplete) | counted drops | "
+                      "accounting | events/exchange | CPU ms per 1k: probe / collector / correlator / nginx | p50 / p99 µs |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for s in details["d"]["steps"]:
+                cpu = " / ".join(fmt(s["cpu_s_per_1k"].get(k, 0) * 1000) if s["cpu_s_per_1k"].get(k) is not None
+                                 else "—" for k in COMPONENTS + ("nginx",))
+                drops = fmt(s["lost"]) + (" (" + ", ".join(f"{k} {fmt(v)}" for k, v in s["losses"].items()) + ")"
+                                          if s["losses"] else "")
+                lines.append(f"| {s['connections']} | {fmt(s['per_s'])} | {fmt(s['served'])} | "
+                             f"{fmt(s['traced_complete'])} + {fmt(s['traced_incomplete'])} | {drops} | {s['status']} | "
+                             f"{fmt(s['events_per_exchange'])} | {cpu} | {s['p50_us']} / {s['p99_us']} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__)
+    raw, out = Path(sys.argv[1]), Path(sys.argv[2])
+    machine = load(raw / "machine.json")
+    rep = Report()
+    details = {}
+    for sec, fn in (("a", lambda: section_a(raw, rep)), ("b", lambda: section_b(raw, machine, rep)),
+                    ("c", lambda: section_c(raw, rep)), ("d", lambda: section_d(raw, machine, rep))):
+        details[sec] = fn()
+    for f in rep.figures:
+        if isinstance(f["value"], float) and not math.isfinite(f["value"]):
+            f["value"], f["met"] = None, None
+        f["status"] = ("not measured" if f["value"] is None else "reported" if f["met"] is None
+                       else "met" if f["met"] else "not met")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(
+        {"machine": machine, "figures": rep.figures, "details": details}, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(machine, rep, details) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,506 @@
+#!/usr/bin/env bash
+# The benchmark command (not part of the test command, never a CI gate): what tracing costs and how
+# much it carries, every figure a ratio or a comparison measured side by side in this one run.
+# Writes bench-report/report.md and bench-report/report.json (and the raw measurements in
+# bench-report/raw/) and prints the report. See docs/benchmarks.md.
+#
+#   sudo bash scripts/bench.sh
+#
+# Needs root (BPF, namespaces, sysctl). Bounded: every load has a fixed duration, about 4 minutes
+# after a warm build on a 2-core machine. Creates two namespace pods on a bridge (server: nginx,
+# client: wrk) and runs clovisor-probe, clovisor-collector and clovisor-correlator as separate
+# processes (span export off); removes all of it, the tc filters it adds and the sysctl it changes
+# on exit, on failure and on Ctrl-C.
+#
+# Sections (the report's letters): (b) request overhead, untraced vs traced wrk runs interleaved;
+# (a) eBPF cost from the kernel's BPF run statistics, our programs vs an empty program on the same
+# veth under the same load; (d) end to end, a connection ramp with every request accounted for and
+# the CPU and memory of each component; (c) collector decode throughput vs tshark.
+#
+# Knobs (environment): BENCH_SECONDS (per wrk run of (a) and (b), default 10), BENCH_PAIRS
+# (untraced/traced pairs, default 4), BENCH_CONNS (wrk connections of (a) and (b), default 4),
+# BENCH_RAMP (connection counts of (d), default "1 2 4 8 16 32"), BENCH_RAMP_SECONDS (default 5),
+# BENCH_DECODE_SECONDS (per decode phase, default 5), BENCH_TSHARK_COPIES (1-255, default 100),
+# BENCH_OUT (default bench-report).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+PAIRS=${BENCH_PAIRS:-4}
+CONNS=${BENCH_CONNS:-4}
+RAMP=${BENCH_RAMP:-"1 2 4 8 16 32"}
+RAMP_SECONDS=${BENCH_RAMP_SECONDS:-5}
+DECODE_SECONDS=${BENCH_DECODE_SECONDS:-5}
+TSHARK_COPIES=${BENCH_TSHARK_COPIES:-100}
+OUT=${BENCH_OUT:-bench-report}
+TESTDATA=${CLOVISOR_TESTDATA:-$ROOT/../shared/testdata}
+PCAPS=(http_espn http_google http_post http_ip4and6)
+
+[ "$(id -u)" -eq 0 ] || { echo "run as root: the benchmark loads BPF programs and creates namespaces" >&2; exit 1; }
+for f in "${PCAPS[@]}"; do
+  [ -f "$TESTDATA/pcap/$f.pcapng" ] || { echo "missing $TESTDATA/pcap/$f.pcapng (set CLOVISOR_TESTDATA)" >&2; exit 1; }
+done
+bash scripts/install-deps.sh
+# What the benchmark needs beyond the build/test dependencies (install-deps.sh has the rest).
+for p in wrk time; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    echo "installing $p"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$p" >/dev/null
+  fi
+done
+if ! command -v cargo >/dev/null 2>&1; then
+  for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do
+    [ -x "$d/cargo" ] && export PATH="$d:$PATH"
+  done
+fi
+
+export RUST_BACKTRACE=0 # errors of the components, not stack traces, in the logs
+echo "== building release binaries"
+cargo build --release --locked -p clovisor-probe -p clovisor-collector -p clovisor-correlator \
+  --bins --example decode_bench
+BINDIR=$ROOT/target/release
+
+ID=$$
+CLIENT=clv-bench-c-$ID
+SERVER=clv-bench-s-$ID
+BR=clvbb$ID
+HVETH_SERVER=vb$ID-s
+HVETH_CLIENT=vb$ID-c
+WORK=$(mktemp -d /tmp/clovisor-bench.XXXXXX)
+RAW=$WORK/raw
+LOGS=$WORK/logs
+mkdir -p "$RAW"/{a,b,c,d} "$LOGS"
+COMPONENTS=(probe collector correlator)
+declare -A PID=()
+STATS_OLD=""
+EMPTY_PREF=49152 # tc filter priority of the empty program (ours are TCX links or other prefs)
+EMPTY_QDISC_ADDED=""
+NGINX_PID=""
+WRK_PID=""
+
+# Six free loopback ports: correlator gRPC, API, metrics; collector gRPC, metrics; probe metrics.
+read -r P_CORR_GRPC P_CORR_API P_CORR_METRICS P_COLL_GRPC P_COLL_METRICS P_PROBE_METRICS < <(
+  python3 -c '
+import socket
+ss = [socket.socket() for _ in range(6)]
+for s in ss:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))')
+declare -A METRICS_URL=(
+  [probe]=http://127.0.0.1:$P_PROBE_METRICS/metrics
+  [collector]=http://127.0.0.1:$P_COLL_METRICS/metrics
+  [correlator]=http://127.0.0.1:$P_CORR_METRICS/metrics
+)
+
+# Removes the empty program's filters (and the clsact qdisc if this script added it).
+detach_empty() {
+  tc filter del dev "$HVETH_SERVER" ingress pref "$EMPTY_PREF" 2>/dev/null
+  tc filter del dev "$HVETH_SERVER" egress pref "$EMPTY_PREF" 2>/dev/null
+  if [ -n "$EMPTY_QDISC_ADDED" ]; then
+    tc qdisc del dev "$HVETH_SERVER" clsact 2>/dev/null
+    EMPTY_QDISC_ADDED=""
+  fi
+  return 0
+}
+
+# Stops one of our processes: SIGTERM, up to 20 s to drain, then SIGKILL.
+stop_pid() { # pid
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 200); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# Stops the pipeline upstream first, so each stage drains into the next.
+stop_pipeline() {
+  local c
+  for c in "${COMPONENTS[@]}"; do
+    if [ -n "${PID[$c]:-}" ]; then
+      stop_pid "${PID[$c]}"
+      PID[$c]=""
+    fi
+  done
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  [ -n "$WRK_PID" ] && stop_pid "$WRK_PID"
+  stop_pipeline
+  [ -n "$STATS_OLD" ] && sysctl -qw kernel.bpf_stats_enabled="$STATS_OLD"
+  detach_empty
+  [ -n "$NGINX_PID" ] && stop_pid "$NGINX_PID"
+  ip netns del "$CLIENT" 2>/dev/null
+  ip netns del "$SERVER" 2>/dev/null
+  ip link del "$BR" 2>/dev/null
+  local left
+  for _ in $(seq 1 30); do # a namespace's veths go away asynchronously
+    left=$( (ip netns list; ip -o link show) 2>/dev/null | grep -cE "$CLIENT|$SERVER|$BR|vb$ID-")
+    [ "$left" -eq 0 ] && break
+    sleep 0.1
+  done
+  [ "$left" -eq 0 ] || echo "WARNING: $left namespaces or links of this run are left behind" >&2
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ]; then
+    mkdir -p "$OUT" && rm -rf "$OUT/logs" && cp -r "$LOGS" "$OUT/logs"
+    echo "benchmark failed (exit $rc); logs in $OUT/logs/, their last lines:" >&2
+    for f in "$OUT"/logs/*.log; do
+      [ -s "$f" ] && { echo "--- $f" >&2; tail -n 12 "$f" >&2; }
+    done
+  fi
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT
+trap 'exit 143' TERM
+
+# --- pods ----------------------------------------------------------------------------------------
+
+echo "== creating pods $CLIENT and $SERVER on bridge $BR"
+ip link add "$BR" type bridge
+ip link set "$BR" up
+for ns in "$CLIENT" "$SERVER"; do
+  if [ "$ns" = "$SERVER" ]; then hv=$HVETH_SERVER ip=10.251.0.3; else hv=$HVETH_CLIENT ip=10.251.0.2; fi
+  ip netns add "$ns"
+  ip link add "$hv" type veth peer name eth0 netns "$ns"
+  ip link set "$hv" master "$BR" up
+  ip -n "$ns" addr add "$ip/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+done
+URL=http://10.251.0.3/
+
+cat >"$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $LOGS/nginx.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK;
+  keepalive_requests 100000000;
+  keepalive_timeout 60s;
+  server {
+    listen 80;
+    root $WORK/www;
+  }
+  # Requests nginx served: what crossed the veth, for the accounting of (d). Loopback inside the
+  # pod, so never seen by the tc programs on its veth.
+  server {
+    listen 127.0.0.1:8081;
+    location / { stub_status; }
+  }
+}
+NGINX
+mkdir -p "$WORK/www"
+# A small exchange: a ~40-byte request, a ~240-byte response (head and a 100-byte body).
+head -c 100 /dev/zero | tr '\0' 'x' >"$WORK/www/index.html"
+setsid ip netns exec "$SERVER" nginx -c "$WORK/nginx.conf" 2>>"$LOGS/nginx.log" &
+NGINX_PID=$!
+for _ in $(seq 1 50); do
+  ip netns exec "$CLIENT" curl -fsS -o /dev/null --max-time 1 "$URL" 2>/dev/null && break
+  kill -0 "$NGINX_PID" 2>/dev/null || { echo "nginx did not start" >&2; exit 1; }
+  sleep 0.1
+done
+ip netns exec "$CLIENT" curl -fsS -o /dev/null --max-time 2 "$URL"
+
+# --- helpers -------------------------------------------------------------------------------------
+
+# wrk from the client pod; writes the JSON of bench/wrk_report.lua to $3.
+run_wrk() { # connections seconds out.json
+  local c=$1 s=$2 t=1
+  [ "$c" -ge 2 ] && t=2
+  # In the background and waited for: wrk stops early on SIGINT and exits 0, which would make bash
+  # ignore a Ctrl-C; `wait` returns at once on a trapped signal instead.
+  setsid ip netns exec "$CLIENT" wrk -t"$t" -c"$c" -d"${s}s" --timeout 5s -s "$ROOT/bench/wrk_report.lua" "$URL" \
+    >"$LOGS/wrk.out" 2>&1 &
+  WRK_PID=$!
+  wait "$WRK_PID" || { cat "$LOGS/wrk.out" >&2; return 1; }
+  WRK_PID=""
+  sed -n 's/^WRKJSON //p' "$LOGS/wrk.out" >"$3"
+  [ -s "$3" ] || { cat "$LOGS/wrk.out" >&2; return 1; }
+}
+
+# Requests nginx has served so far, this status request included.
+nginx_requests() { ip netns exec "$SERVER" curl -fsS --max-time 2 http://127.0.0.1:8081/ | awk 'NR == 3 { print $3 }'; }
+
+wrk_line() { jq -r '"\(.requests) requests, \(.requests / .duration_us * 1e6 | floor)/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs"' "$1"; }
+
+# Every component's /metrics, concatenated.
+scrape() { # out.prom
+  local c
+  : >"$1"
+  for c in "${COMPONENTS[@]}"; do curl -fsS --max-time 5 "${METRICS_URL[$c]}" >>"$1"; done
+}
+
+# Sum of a metric family's samples (filtered by a label regex if given).
+metric_sum() { # file name [label-regex]
+  awk -v n="$2" -v f="${3:-}" '
+    $0 ~ "^" n "[{ ]" && (f == "" || $0 ~ f) { s += $NF } END { printf "%.0f\n", s + 0 }' "$1"
+}
+
+# Waits until the pipeline is idle: two scrapes 1.5 s apart with the same counters and nothing
+# buffered (the probe copies its counters every second, the collector every half second).
+settle() {
+  local a="$WORK/settle-a.prom" b="$WORK/settle-b.prom" i
+  scrape "$a"
+  for i in $(seq 1 14); do
+    sleep 1.5
+    scrape "$b"
+    if [ "$(metric_sum "$b" clovisor_buffered)" -eq 0 ] &&
+      diff -q <(grep -E '^clovisor_(received|emitted|dropped|http_requests)_total' "$a") \
+        <(grep -E '^clovisor_(received|emitted|dropped|http_requests)_total' "$b") >/dev/null; then
+      return 0
+    fi
+    mv "$b" "$a"
+  done
+  echo "   (pipeline still busy after 21 s; counting what has arrived)" >&2
+}
+
+# utime + stime of a process in clock ticks (all its threads).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+
+nginx_pids() { echo "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID"); }
+
+# CPU ticks of each component and of nginx, as JSON.
+cpu_snapshot() {
+  local c n=0 p
+  for p in $(nginx_pids); do n=$((n + $(cpu_ticks "$p"))); done
+  {
+    for c in "${COMPONENTS[@]}"; do echo "\"$c\": $(cpu_ticks "${PID[$c]}")"; done
+    echo "\"nginx\": $n"
+  } | paste -sd, | sed 's/^/{/; s/$/}/'
+}
+
+# Resident memory of each component now (VmRSS) and at its peak (VmHWM), kB, as JSON.
+rss_snapshot() {
+  local c
+  for c in "${COMPONENTS[@]}"; do
+    awk -v c="$c" '/^VmHWM:/ { h = $2 } /^VmRSS:/ { r = $2 }
+      END { printf "\"%s\": {\"VmHWM_kb\": %d, \"VmRSS_kb\": %d}\n", c, h, r }' "/proc/${PID[$c]}/status"
+  done | paste -sd, | sed 's/^/{/; s/$/}/'
+}
+
+# The load average now, recorded with what the script is about to do.
+note_load() { # section
+  jq -n -c --arg s "$1" --arg l "$(cut -d' ' -f1-3 /proc/loadavg)" '{section: $s, loadavg: $l}' >>"$RAW/loadavg.jsonl"
+}
+
+wait_http() { # url name
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+    kill -0 "${PID[$2]}" 2>/dev/null || { echo "$2 exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "$2 not answering at $1" >&2
+  exit 1
+}
+
+# The pipeline and nginx run in their own sessions (setsid), so a Ctrl-C reaches only this script,
+# which then stops them in order (upstream first, each draining into the next).
+start_pipeline() {
+  OTEL_TRACES_EXPORTER=none RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-correlator" \
+    --grpc-listen "127.0.0.1:$P_CORR_GRPC" --api-listen "127.0.0.1:$P_CORR_API" \
+    --metrics-listen "127.0.0.1:$P_CORR_METRICS" >>"$LOGS/correlator.log" 2>&1 &
+  PID[correlator]=$!
+  wait_http "http://127.0.0.1:$P_CORR_API/readyz" correlator
+  RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-collector" --grpc-listen "127.0.0.1:$P_COLL_GRPC" \
+    --correlator "http://127.0.0.1:$P_CORR_GRPC" --metrics-listen "127.0.0.1:$P_COLL_METRICS" \
+    >>"$LOGS/collector.log" 2>&1 &
+  PID[collector]=$!
+  wait_http "http://127.0.0.1:$P_COLL_METRICS/healthz" collector
+  RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-probe" --netns "$SERVER" --node bench \
+    --collector "http://127.0.0.1:$P_COLL_GRPC" --metrics-listen "127.0.0.1:$P_PROBE_METRICS" \
+    >>"$LOGS/probe.log" 2>&1 &
+  PID[probe]=$!
+  wait_http "http://127.0.0.1:$P_PROBE_METRICS/healthz" probe
+  # Ready once an exchange with the server pod reaches the correlator (attached, port found,
+  # every hop connected).
+  local n
+  for _ in $(seq 1 60); do
+    ip netns exec "$CLIENT" curl -fsS -o /dev/null --max-time 2 "$URL"
+    n=$(curl -fsS --max-time 5 "${METRICS_URL[correlator]}" | grep -c '^clovisor_http_requests_total' || true)
+    [ "$n" -gt 0 ] && { settle; return 0; }
+    sleep 0.5
+  done
+  echo "the pipeline never traced an exchange with $SERVER" >&2
+  exit 1
+}
+
+# --- b. request overhead: untraced vs traced, interleaved ----------------------------------------
+
+note_load b
+echo "== b. request overhead: $PAIRS pairs of untraced and traced wrk runs (-c$CONNS, ${SECONDS_PER_RUN}s), ABBA order"
+run_wrk "$CONNS" 2 "$WORK/warmup.json"
+for p in $(seq 1 "$PAIRS"); do
+  # Alternate which run of a pair goes first, so a drift in the machine's load cancels out.
+  if [ $((p % 2)) -eq 1 ]; then order="untraced traced"; else order="traced untraced"; fi
+  for mode in $order; do
+    f=$RAW/b/pair-$p-$mode
+    if [ "$mode" = traced ]; then
+      start_pipeline
+      scrape "$f.before.prom"
+      n0=$(nginx_requests)
+    fi
+    run_wrk "$CONNS" "$SECONDS_PER_RUN" "$f.wrk.json"
+    if [ "$mode" = traced ]; then
+      n1=$(nginx_requests)
+      settle
+      scrape "$f.after.prom"
+      stop_pipeline
+      echo "{\"before\": $n0, \"after\": $n1}" >"$f.nginx.json"
+    fi
+    printf '   pair %d %-8s %s\n' "$p" "$mode" "$(wrk_line "$f.wrk.json")"
+  done
+done
+
+# --- a. eBPF cost: our programs vs an empty one on the same veth, the same packets ---------------
+
+# Ids of the BPF objects the probe holds open ("prog" or "map"), from its fdinfo, as a JSON array.
+probe_bpf_ids() { # prog|map
+  local fd
+  for fd in /proc/"${PID[probe]}"/fd/*; do
+    [ "$(readlink "$fd" 2>/dev/null)" = "anon_inode:bpf-$1" ] || continue
+    awk -v k="$1_id:" '$1 == k { print $2 }' "/proc/${PID[probe]}/fdinfo/${fd##*/}"
+  done | sort -un | jq -s -c .
+}
+
+# Ids of the probe's programs of the given bpftool types, as a JSON array.
+probe_prog_ids() { # jq-array-of-types
+  bpftool -j prog show | jq -c --argjson ids "$(probe_bpf_ids prog)" --argjson types "$1" \
+    '[.[] | select((.id as $i | $ids | index($i)) and (.type as $t | $types | index($t))) | .id]'
+}
+
+# run_time_ns and run_cnt of the given program ids.
+prog_stats() { # json-ids
+  bpftool -j prog show | jq -c --argjson ids "$1" \
+    '[.[] | select(.id as $i | $ids | index($i)) | {id, name, type, run_time_ns: (.run_time_ns // 0), run_cnt: (.run_cnt // 0)}]'
+}
+
+note_load a
+echo "== a. eBPF cost: kernel.bpf_stats_enabled, our tc programs and an empty tc program on $HVETH_SERVER"
+clang -O2 -g -target bpf -Wall -Werror -I"/usr/include/$(gcc -print-multiarch)" \
+  -c bpf/testing/empty.bpf.c -o "$WORK/empty.bpf.o"
+start_pipeline
+OUR_TC=$(probe_prog_ids '["sched_cls"]')
+[ "$(jq length <<<"$OUR_TC")" -ge 2 ] || { echo "the probe's tc programs not found (pid ${PID[probe]}): $OUR_TC" >&2; exit 1; }
+# Socket hooks (tp_btf/fentry/kprobe programs of the probe): measured once they exist; their empty
+# baseline is to be added next to the tc one below.
+OUR_SOCKET=$(probe_prog_ids '["tracing", "kprobe", "raw_tracepoint"]')
+if ! tc qdisc show dev "$HVETH_SERVER" | grep -q clsact; then
+  tc qdisc add dev "$HVETH_SERVER" clsact
+  EMPTY_QDISC_ADDED=1
+fi
+for dir in ingress egress; do
+  tc filter add dev "$HVETH_SERVER" "$dir" pref "$EMPTY_PREF" bpf da obj "$WORK/empty.bpf.o" sec classifier
+done
+EMPTY_TC=$(for dir in ingress egress; do tc -j filter show dev "$HVETH_SERVER" "$dir" pref "$EMPTY_PREF"; done |
+  jq -s -c '[.[][] | .options.prog.id // empty]')
+[ "$(jq length <<<"$EMPTY_TC")" -eq 2 ] || { echo "the empty program's ids not found: $EMPTY_TC" >&2; exit 1; }
+STATS_OLD=$(sysctl -n kernel.bpf_stats_enabled)
+sysctl -qw kernel.bpf_stats_enabled=1
+ALL_IDS=$(jq -c -n --argjson a "$OUR_TC" --argjson b "$EMPTY_TC" --argjson c "$OUR_SOCKET" '$a + $b + $c')
+jq -n -c --argjson tc "$OUR_TC" --argjson empty "$EMPTY_TC" --argjson socket "$OUR_SOCKET" \
+  '{tc: $tc, empty_tc: $empty, socket: $socket}' >"$RAW/a/programs.json"
+scrape "$RAW/a/before.prom"
+n0=$(nginx_requests)
+prog_stats "$ALL_IDS" >"$RAW/a/stats-before.json"
+run_wrk "$CONNS" "$SECONDS_PER_RUN" "$RAW/a/wrk.json"
+prog_stats "$ALL_IDS" >"$RAW/a/stats-after.json"
+n1=$(nginx_requests)
+echo "{\"before\": $n0, \"after\": $n1}" >"$RAW/a/nginx.json"
+sysctl -qw kernel.bpf_stats_enabled="$STATS_OLD"
+STATS_OLD=""
+detach_empty
+settle
+scrape "$RAW/a/after.prom"
+stop_pipeline
+echo "   $(wrk_line "$RAW/a/wrk.json")"
+
+# --- d. end to end: a connection ramp, every request accounted for --------------------------------
+
+note_load d
+echo "== d. end to end: wrk ramp over $RAMP connections, ${RAMP_SECONDS}s each"
+start_pipeline
+rss_snapshot >"$RAW/d/rss-idle.json"
+for c in $RAMP; do
+  f=$RAW/d/step-$c
+  scrape "$f.before.prom"
+  n0=$(nginx_requests)
+  cpu0=$(cpu_snapshot)
+  run_wrk "$c" "$RAMP_SECONDS" "$f.wrk.json"
+  n1=$(nginx_requests)
+  settle
+  cpu1=$(cpu_snapshot)
+  scrape "$f.after.prom"
+  jq -n -c --argjson a "$cpu0" --argjson b "$cpu1" '{before: $a, after: $b}' >"$f.cpu.json"
+  echo "{\"before\": $n0, \"after\": $n1}" >"$f.nginx.json"
+  printf '   -c%-3s %s\n' "$c" "$(wrk_line "$f.wrk.json")"
+done
+rss_snapshot >"$RAW/d/rss.json"
+# Kernel memory of the probe's maps (ring buffer, LRU session map, ...): not in its RSS.
+bpftool -j map show | jq -c --argjson ids "$(probe_bpf_ids map)" \
+  '[.[] | select(.id as $i | $ids | index($i)) | {id, name, type, bytes_memlock}]' >"$RAW/d/probe-maps.json"
+stop_pipeline
+
+# --- c. collector decode throughput vs tshark, the same captures ---------------------------------
+
+note_load c
+echo "== c. decode throughput: records through the collector's flow table vs tshark"
+files=()
+for f in "${PCAPS[@]}"; do files+=("$TESTDATA/pcap/$f.pcapng"); done
+"$BINDIR/examples/decode_bench" --seconds "$DECODE_SECONDS" "${files[@]}" >"$RAW/c/decode.json"
+classic=()
+for f in "${PCAPS[@]}"; do
+  editcap -F pcap "$TESTDATA/pcap/$f.pcapng" "$WORK/$f.pcap"
+  classic+=("$WORK/$f.pcap")
+done
+python3 bench/replicate_pcap.py "$WORK/one.pcap" 1 "${classic[@]}"
+python3 bench/replicate_pcap.py "$WORK/many.pcap" "$TSHARK_COPIES" "${classic[@]}"
+# tshark's HTTP responses in a file, with its wall and CPU time (user + system).
+tshark_run() { # file
+  /usr/bin/time -o "$WORK/tshark.time" -f '%e %U %S' \
+    tshark -n -r "$1" -Y http.response -T fields -e frame.number >"$WORK/tshark.out" 2>>"$LOGS/tshark.log"
+  jq -n -c --argjson n "$(wc -l <"$WORK/tshark.out")" --arg t "$(tail -n 1 "$WORK/tshark.time")" \
+    --argjson packets "$(capinfos -c -M "$1" | awk '/Number of packets/ { print $NF }')" \
+    '($t | split(" ") | map(tonumber)) as $v | {responses: $n, packets: $packets, wall_s: $v[0], cpu_s: ($v[1] + $v[2])}'
+}
+jq -n -c --argjson one "$(tshark_run "$WORK/one.pcap")" --argjson many "$(tshark_run "$WORK/many.pcap")" \
+  --argjson copies "$TSHARK_COPIES" --arg version "$(tshark -v 2>/dev/null | head -n 1)" \
+  '{version: $version, copies: $copies, one_copy: $one, many_copies: $many}' >"$RAW/c/tshark.json"
+jq -r '"   collector: \(.records.complete_exchanges_per_cpu_s | floor) exchanges per CPU second"' "$RAW/c/decode.json"
+
+note_load end
+# --- report --------------------------------------------------------------------------------------
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit (modified)"
+jq -n --arg nproc "$(nproc)" --arg kernel "$(uname -r)" \
+  --arg cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
+  --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg commit "$commit" \
+  --arg wrk "$(wrk -v 2>&1 | head -n 1)" --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" \
+  --slurpfile loads "$RAW/loadavg.jsonl" --argjson clk "$(getconf CLK_TCK)" \
+  --argjson seconds "$SECONDS_PER_RUN" --argjson pairs "$PAIRS" --argjson conns "$CONNS" \
+  --arg ramp "$RAMP" --argjson ramp_seconds "$RAMP_SECONDS" \
+  '{nproc: ($nproc | tonumber), kernel: $kernel, cpu: $cpu, date: $date, commit: $commit, wrk: $wrk,
+    loadavg_end: $loadavg, loadavg_by_section: $loads, clk_tck: $clk,
+    knobs: {wrk_seconds: $seconds, pairs: $pairs, connections: $conns,
+            ramp: ($ramp | split(" ") | map(select(. != "") | tonumber)), ramp_seconds: $ramp_seconds}}' \
+  >"$RAW/machine.json"
+mkdir -p "$OUT"
+rm -rf "$OUT/raw" "$OUT/logs"
+cp -r "$RAW" "$OUT/raw"
+cp -r "$LOGS" "$OUT/logs"
+python3 bench/report.py "$OUT/raw" "$OUT"
+echo "== report: $OUT/report.md, $OUT/report.json"
+echo
+cat "$OUT/report.md"
