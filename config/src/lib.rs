@@ -9,6 +9,8 @@ pub mod metrics;
 pub mod model;
 pub mod parse;
 pub mod source;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 use std::future::Future;
 

@@ -2,79 +2,18 @@
 //! free port in a temporary directory and killed at the end.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use clovisor_config::testing::RedisServer;
 use clovisor_config::{keys, ConfigMetrics, EgressTarget, LiveConfig, RedisSource};
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
-/// A `redis-server` of the test's own; killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = tempfile::tempdir()?;
-        Self::start_at(port, dir)
-    }
-
-    fn start_at(port: u16, dir: tempfile::TempDir) -> anyhow::Result<Self> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("redis-server (apt-get install redis-server; scripts/install-deps.sh)")?;
-        let server = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("redis-server did not listen on {port} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn conn(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        Ok(redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
-            .await?)
-    }
-
-    /// Kills the server (SIGKILL) and hands back its port and directory for a restart.
-    fn kill(mut self) -> (u16, tempfile::TempDir) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = std::mem::replace(&mut self.dir, tempfile::TempDir::new().expect("tempdir"));
-        (self.port, dir)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+async fn connect(server: &RedisServer) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(server.url())?
+        .get_multiplexed_async_connection()
+        .await?)
 }
 
 /// Waits until the published configuration satisfies `pred`; returns how long it took.
@@ -119,7 +58,7 @@ fn has_rule(c: &LiveConfig, ip: [u8; 4], port: u16) -> bool {
 
 #[tokio::test]
 async fn writes_apply_within_two_seconds_without_any_other_action() -> anyhow::Result<()> {
-    let server = Server::start()?;
+    let server = RedisServer::start()?;
     let metrics = ConfigMetrics::default();
     let (mut rx, _task) =
         RedisSource::new(&server.url(), metrics.clone())?.spawn(std::future::pending());
@@ -130,7 +69,7 @@ async fn writes_apply_within_two_seconds_without_any_other_action() -> anyhow::R
         "empty Redis = defaults"
     );
 
-    let mut conn = server.conn().await?;
+    let mut conn = connect(&server).await?;
     let _: () = conn.lpush(keys::EGRESS_MATCH, "10.0.0.7:80").await?;
     let took = wait_for(&mut rx, Duration::from_secs(2), "egress rule", |c| {
         has_rule(c, [10, 0, 0, 7], 80)
@@ -183,12 +122,12 @@ async fn writes_apply_within_two_seconds_without_any_other_action() -> anyhow::R
 
 #[tokio::test]
 async fn bad_entries_are_rejected_once_and_counted_while_good_ones_apply() -> anyhow::Result<()> {
-    let server = Server::start()?;
+    let server = RedisServer::start()?;
     let metrics = ConfigMetrics::default();
     let (mut rx, _task) = RedisSource::new(&server.url(), metrics.clone())?
         .with_poll_interval(Duration::from_millis(200))
         .spawn(std::future::pending());
-    let mut conn = server.conn().await?;
+    let mut conn = connect(&server).await?;
     let _: () = conn
         .rpush(
             keys::EGRESS_MATCH,
@@ -240,18 +179,18 @@ async fn bad_entries_are_rejected_once_and_counted_while_good_ones_apply() -> an
 
 #[tokio::test]
 async fn redis_lost_keeps_the_last_good_config_and_a_restart_reconnects() -> anyhow::Result<()> {
-    let server = Server::start()?;
+    let server = RedisServer::start()?;
     let metrics = ConfigMetrics::default();
     let (mut rx, task) =
         RedisSource::new(&server.url(), metrics.clone())?.spawn(std::future::pending());
-    let mut conn = server.conn().await?;
+    let mut conn = connect(&server).await?;
     let _: () = conn.lpush(keys::EGRESS_MATCH, "10.0.0.7:80").await?;
     wait_for(&mut rx, Duration::from_secs(2), "rule", |c| {
         has_rule(c, [10, 0, 0, 7], 80)
     })
     .await?;
 
-    let (port, dir) = server.kill();
+    let (port, dir) = server.kill()?;
     wait_until(Duration::from_secs(5), "redis down noticed", || {
         !metrics.is_up()
     })
@@ -269,9 +208,9 @@ async fn redis_lost_keeps_the_last_good_config_and_a_restart_reconnects() -> any
 
     // A new, empty Redis on the same address: the source reconnects, the (empty) store is the
     // truth again, and new writes apply within 2 s.
-    let server = Server::start_at(port, dir)?;
+    let server = RedisServer::start_at(port, dir)?;
     wait_until(Duration::from_secs(10), "reconnected", || metrics.is_up()).await?;
-    let mut conn = server.conn().await?;
+    let mut conn = connect(&server).await?;
     let _: () = conn.lpush(keys::EGRESS_MATCH, "10.0.0.9:443").await?;
     wait_for(
         &mut rx,
@@ -294,8 +233,8 @@ async fn unreachable_at_start_runs_on_defaults_then_connects() -> anyhow::Result
     assert_eq!(*rx.borrow(), LiveConfig::default());
     assert!(!task.is_finished());
 
-    let server = Server::start_at(port, tempfile::tempdir()?)?;
-    let mut conn = server.conn().await?;
+    let server = RedisServer::start_at(port, tempfile::tempdir()?)?;
+    let mut conn = connect(&server).await?;
     let _: () = conn.set(keys::SNAPLEN, "128").await?;
     // Backoff is at most 5 s (+25 % jitter), then one poll.
     wait_for(&mut rx, Duration::from_secs(8), "snaplen", |c| {
