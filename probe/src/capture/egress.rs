@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use aya::maps::HashMap as BpfHashMap;
 use clovisor_proto::capture::v1::ProtocolHint;
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::{FromBytes, FromZeros};
 
 use super::{abi, map_err, raw, Capture};
 use crate::error::{Error, Result};
@@ -46,11 +46,12 @@ fn plan(entries: &BTreeMap<EgressEntry, ProtocolHint>) -> Plan {
         let mut pk = abi::clovisor_egress_port_key::new_zeroed();
         pk.ifindex = e.ifindex;
         pk.port = e.port;
-        let pk: PortKey = pk.as_bytes().try_into().unwrap_or([0; _]);
+        let pk: PortKey = zerocopy::transmute!(pk);
         let value = plan.ports.entry(pk).or_insert_with(|| {
             let mut v = abi::clovisor_egress_port::new_zeroed();
             v.protocol = raw::hint_value(*hint);
-            v.as_bytes().try_into().unwrap_or([0; _])
+            let v: PortValue = zerocopy::transmute!(v);
+            v
         });
         match e.ip {
             None => {
@@ -64,10 +65,8 @@ fn plan(entries: &BTreeMap<EgressEntry, ProtocolHint>) -> Plan {
                 hk.ip = raw::mapped(ip);
                 hk.ifindex = e.ifindex;
                 hk.port = e.port;
-                plan.hosts.insert(
-                    hk.as_bytes().try_into().unwrap_or([0; _]),
-                    raw::hint_value(*hint),
-                );
+                let hk: HostKey = zerocopy::transmute!(hk);
+                plan.hosts.insert(hk, raw::hint_value(*hint));
             }
         }
     }
@@ -77,7 +76,7 @@ fn plan(entries: &BTreeMap<EgressEntry, ProtocolHint>) -> Plan {
             let mut pk = abi::clovisor_egress_port_key::new_zeroed();
             pk.ifindex = hk.ifindex;
             pk.port = hk.port;
-            let pk: PortKey = pk.as_bytes().try_into().unwrap_or([0; _]);
+            let pk: PortKey = zerocopy::transmute!(pk);
             plan.ports
                 .get(&pk)
                 .and_then(|v| abi::clovisor_egress_port::ref_from_bytes(v).ok())
@@ -171,7 +170,7 @@ mod tests {
         let mut pk = abi::clovisor_egress_port_key::new_zeroed();
         pk.ifindex = ifindex;
         pk.port = port;
-        let pk: PortKey = pk.as_bytes().try_into().ok()?;
+        let pk: PortKey = zerocopy::transmute!(pk);
         let v = abi::clovisor_egress_port::ref_from_bytes(plan.ports.get(&pk)?).ok()?;
         Some((v.any_ip, v.protocol))
     }
