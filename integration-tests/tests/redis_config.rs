@@ -10,21 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clovisor_config::testing::RedisServer;
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, our_programs_on, run, run_in, wait_for, Lab, Nginx, Pod, Proc,
+    clovisor_bin, free_port, http_get, our_programs_on, run, run_in, wait_for, Lab, Nginx, Pod,
+    Proc,
 };
 use serde_json::Value;
 
 const SIGTERM: i32 = 15;
-
-fn http_get(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()?;
-    if !out.status.success() {
-        bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 /// Paths of the sessions the REST API holds.
 fn paths(api: &str) -> Result<Vec<String>> {

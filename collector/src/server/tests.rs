@@ -313,44 +313,40 @@ async fn the_live_redaction_list_applies_to_sessions_leaving_the_collector() -> 
     let (channel, mut out, _) = start_with(ServiceConfig::default(), None, Some(live_rx)).await?;
     const REQ_UA: &[u8] =
         b"GET /x HTTP/1.1\r\nHost: shop.internal\r\nUser-Agent: secret-client/1\r\n\r\n";
-    exchange(
-        &channel,
-        vec![
-            hello("p1", "node-a"),
-            batch(1, vec![message(0, Direction::ClientToServer, REQ_UA)]),
-            batch(2, vec![message(1, Direction::ServerToClient, RESP)]),
-        ],
-        2,
-    )
-    .await?;
-    let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("output closed"))?;
-    let http = s.http.unwrap_or_default();
+    // One request/response exchange as messages `index` and `index + 1`; its (host, user agent).
+    let mut round = async |index: u32| -> anyhow::Result<(String, String)> {
+        let seq = u64::from(index) + 1;
+        exchange(
+            &channel,
+            vec![
+                hello("p1", "node-a"),
+                batch(seq, vec![message(index, Direction::ClientToServer, REQ_UA)]),
+                batch(
+                    seq + 1,
+                    vec![message(index + 1, Direction::ServerToClient, RESP)],
+                ),
+            ],
+            2,
+        )
+        .await?;
+        let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("output closed"))?;
+        let http = s.http.unwrap_or_default();
+        Ok((http.host, http.user_agent))
+    };
     assert_eq!(
-        (http.host.as_str(), http.user_agent.as_str()),
-        ("shop.internal", "secret-client/1"),
+        round(0).await?,
+        ("shop.internal".into(), "secret-client/1".into()),
         "not listed: kept"
     );
-
     live_tx.send_modify(|c| c.redacted_headers.push("user-agent".into()));
-    exchange(
-        &channel,
-        vec![
-            hello("p1", "node-a"),
-            batch(3, vec![message(2, Direction::ClientToServer, REQ_UA)]),
-            batch(4, vec![message(3, Direction::ServerToClient, RESP)]),
-        ],
-        2,
-    )
-    .await?;
-    let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("output closed"))?;
-    let http = s.http.unwrap_or_default();
     assert_eq!(
-        (http.host.as_str(), http.user_agent.as_str()),
-        ("shop.internal", crate::decode::redact::REDACTED),
+        round(2).await?,
+        (
+            "shop.internal".into(),
+            crate::decode::redact::REDACTED.into()
+        ),
         "listed from now on: redacted"
     );
     Ok(())
