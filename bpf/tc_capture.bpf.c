@@ -28,6 +28,21 @@ struct {
 	__type(value, __u8);
 } traced_ports SEC(".maps");
 
+/* Egress rules, see clovisor_abi.h; maintained by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct clovisor_egress_port_key);
+	__type(value, struct clovisor_egress_port);
+} egress_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct clovisor_egress_host_key);
+	__type(value, __u8);
+} egress_hosts SEC(".maps");
+
 /* Bounded by user space (max_sessions); LRU so a flood of connections evicts
  * old sessions instead of failing inserts. */
 struct {
@@ -232,6 +247,46 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
+/* ---- Egress rules (clovisor_egress_match) -------------------------------
+ * Whether the packet belongs to an outbound call of the pod behind ifindex
+ * that an egress rule selects. The pod is the client: packets from the pod
+ * (to_pod == 0) go to the server, packets towards it come from the server.
+ * On a match sets *dir and *protocol and returns 1. */
+static __always_inline int egress_match(const struct pkt *p, __u32 ifindex, __u8 to_pod, __u8 *dir,
+					__u8 *protocol)
+{
+	__u32 idx = CLOVISOR_CONFIG_EGRESS_PORTS;
+	__u32 *rules = bpf_map_lookup_elem(&config, &idx);
+	struct clovisor_egress_port_key pk;
+	struct clovisor_egress_host_key hk;
+	struct clovisor_egress_port *port;
+	__u8 *hint;
+
+	if (!rules || *rules == 0)
+		return 0;
+	__builtin_memset(&pk, 0, sizeof(pk));
+	pk.ifindex = ifindex;
+	pk.port = to_pod ? p->sport : p->dport;
+	port = bpf_map_lookup_elem(&egress_ports, &pk);
+	if (!port)
+		return 0;
+	if (port->any_ip) {
+		*protocol = port->protocol;
+	} else {
+		__builtin_memset(&hk, 0, sizeof(hk));
+		__builtin_memcpy(hk.ip, to_pod ? p->src_ip : p->dst_ip, 16);
+		hk.ifindex = ifindex;
+		hk.port = pk.port;
+		hint = bpf_map_lookup_elem(&egress_hosts, &hk);
+		if (!hint)
+			return 0;
+		*protocol = *hint;
+	}
+	*dir = to_pod ? CLOVISOR_DIR_SERVER_TO_CLIENT : CLOVISOR_DIR_CLIENT_TO_SERVER;
+	return 1;
+}
+/* ---- end of egress rules ------------------------------------------------ */
+
 static __always_inline __u64 new_flow_id(void)
 {
 	__u32 zero = 0;
@@ -378,18 +433,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod)
 	if (rc > 0)
 		return TC_ACT_UNSPEC;
 
-	/* Cheap path: neither port traced. The side whose port is traced is
-	 * the server; the destination wins when both are. */
+	/* Cheap path: neither port traced and no egress rule. The side whose
+	 * port is traced is the server; the destination wins when both are. */
 	hint = bpf_map_lookup_elem(&traced_ports, &p.dport);
 	if (hint) {
 		dir = CLOVISOR_DIR_CLIENT_TO_SERVER;
-	} else {
-		hint = bpf_map_lookup_elem(&traced_ports, &p.sport);
-		if (!hint)
-			return TC_ACT_UNSPEC;
+		protocol = *hint;
+	} else if ((hint = bpf_map_lookup_elem(&traced_ports, &p.sport))) {
 		dir = CLOVISOR_DIR_SERVER_TO_CLIENT;
+		protocol = *hint;
+	} else if (!egress_match(&p, skb->ifindex, to_pod, &dir, &protocol)) {
+		return TC_ACT_UNSPEC;
 	}
-	protocol = *hint;
 	count(CLOVISOR_STAT_PACKETS_TRACED);
 
 	__builtin_memset(&key, 0, sizeof(key));

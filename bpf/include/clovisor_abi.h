@@ -94,7 +94,35 @@ enum clovisor_stat {
 enum clovisor_config_index {
 	/* Bytes of each message to copy, <= CLOVISOR_MAX_SNAPLEN. */
 	CLOVISOR_CONFIG_SNAPLEN = 0,
-	CLOVISOR_CONFIG_COUNT = 1,
+	/* Entries in `egress_ports`; 0 lets untraced packets skip the egress
+	 * lookup (one array read instead of a hash lookup). */
+	CLOVISOR_CONFIG_EGRESS_PORTS = 1,
+	CLOVISOR_CONFIG_COUNT = 2,
+};
+
+/* Egress rules (Redis `clovisor_egress_match`): a traced pod's outbound calls
+ * to ip:port are traced at its veth, the pod being the client. Two maps so a
+ * packet of a port without rules costs one lookup:
+ *   egress_ports  (ifindex, port)     -> any_ip + protocol
+ *   egress_hosts  (ifindex, ip, port) -> protocol, for rules naming an address
+ * User space keeps both in step with the rules and the traced pods. */
+struct clovisor_egress_port_key {
+	__u32 ifindex; /* the pod's host-side veth */
+	__u16 port;    /* destination (server) port */
+	__u8 pad[2];
+};
+
+struct clovisor_egress_port {
+	__u8 any_ip;   /* 1: every destination address on this port matches */
+	__u8 protocol; /* enum clovisor_protocol_hint */
+	__u8 pad[2];
+};
+
+struct clovisor_egress_host_key {
+	__u8 ip[16];   /* destination, network order, IPv4 v4-mapped */
+	__u32 ifindex; /* the pod's host-side veth */
+	__u16 port;    /* destination (server) port */
+	__u8 pad[2];
 };
 
 /* Key of the `sessions` LRU map: one TCP connection seen at one interface,

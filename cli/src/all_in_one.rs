@@ -41,6 +41,10 @@ pub struct Args {
         default_value = "127.0.0.1:9801"
     )]
     metrics_listen: SocketAddr,
+    /// Redis holding the live configuration (egress rules select namespaces by name prefix;
+    /// snaplen, OTLP endpoint, header redaction). Without it: flags and defaults.
+    #[arg(long, env = clovisor_config::ENV_REDIS, value_name = "URL")]
+    redis: Option<String>,
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -62,13 +66,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         drops.clone(),
     ));
     collector_metrics.register(&mut registry);
+    let config_metrics = clovisor_config::ConfigMetrics::default();
+    config_metrics.register(&mut registry);
+    let stop_config = StopFlag::default();
+    let live = clovisor_config::follow(args.redis.as_deref(), config_metrics, stop_config.wait())
+        .context("live configuration")?;
     let correlator = Correlator::with_registry(correlator_config, registry, drops)
         .context("starting the correlator")?;
+    let endpoint_follower = correlator.follow_live_config(live.clone());
 
     // Collector: raw records in, sessions out.
     let (sessions_tx, sessions_rx) = mpsc::channel(4096);
     let capture_service =
-        CaptureService::new(sessions_tx, std::sync::Arc::clone(&collector_metrics));
+        CaptureService::new(sessions_tx, std::sync::Arc::clone(&collector_metrics))
+            .with_live_config(live.clone());
 
     let stop_collector = StopFlag::default();
     let stop_correlator = StopFlag::default();
@@ -108,7 +119,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Probe: runs until the signal, then drains into the collector.
     let probe_config = args.probe.agent_config();
-    let probe_result = agent::run(probe_config, collector_channel, shutdown, probe_metrics).await;
+    let probe_result = agent::run(
+        probe_config,
+        live,
+        collector_channel,
+        shutdown,
+        probe_metrics,
+    )
+    .await;
+    stop_config.raise();
 
     // The pipeline runs dry stage by stage.
     stop_collector.raise();
@@ -120,6 +139,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::error!(error = %e, "span export did not finish cleanly");
     }
     forwarder_accounting.abort();
+    if let Some(follower) = endpoint_follower {
+        follower.abort();
+    }
     stop_http.raise();
     await_stage("REST API", api).await;
     await_stage("metrics", metrics).await;

@@ -36,6 +36,9 @@ struct Args {
     /// Decoded sessions queued for the correlator; when full, probes' streams are slowed down.
     #[arg(long, env = "CLOVISOR_SESSION_QUEUE", default_value_t = 4096)]
     session_queue: usize,
+    /// Redis holding the live configuration (empty: none, run on defaults).
+    #[arg(long, env = clovisor_config::ENV_REDIS, default_value = clovisor_config::DEFAULT_CLUSTER_REDIS)]
+    redis: String,
 }
 
 #[tokio::main]
@@ -49,7 +52,11 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     drops.register(&mut registry);
+    let config_metrics = clovisor_config::ConfigMetrics::default();
+    config_metrics.register(&mut registry);
     let registry = Arc::new(registry);
+    let stop_config = StopFlag::default();
+    let live = clovisor_config::follow(Some(&args.redis), config_metrics, stop_config.wait())?;
 
     let (sessions_tx, sessions_rx) = tokio::sync::mpsc::channel(args.session_queue);
     let channel = clovisor_proto::hops::lazy_channel(&args.correlator)?;
@@ -82,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
                 CaptureService::new(sessions_tx, Arc::clone(&metrics))
                     // A killed collector loses no session its forwarder still held.
                     .ack_after_downstream(forwarder_stats)
+                    .with_live_config(live)
                     .into_server(),
             )
             .serve_with_incoming_shutdown(
@@ -110,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("correlator did not acknowledge everything in 10 s");
     }
     forwarder_accounting.abort();
+    stop_config.raise();
     stop_http.raise();
     metrics_server.await.context("metrics task")??;
     Ok(())

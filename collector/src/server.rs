@@ -16,16 +16,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use clovisor_config::LiveConfig;
 use clovisor_proto::capture::v1::capture_server::{Capture, CaptureServer};
 use clovisor_proto::capture::v1::{
     collector_message, probe_message, Ack, CollectorMessage, Hello, ProbeMessage, RecordBatch,
 };
 use clovisor_proto::delivery::DeliveryStats;
 use clovisor_proto::session::v1::Session;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::decode::redact;
 use crate::flows::{FlowTable, FlowTableConfig};
 use crate::metrics::CollectorMetrics;
 
@@ -74,12 +76,26 @@ struct Inner {
     sent: AtomicU64,
     /// The forwarder's counters, when acks wait for the correlator's.
     downstream: OnceLock<Arc<DeliveryStats>>,
+    /// The live configuration (header redaction list); the defaults until one is given.
+    live: OnceLock<watch::Receiver<LiveConfig>>,
 }
 
 /// How often a held-back acknowledgement looks at the forwarder's progress.
 const DOWNSTREAM_POLL: Duration = Duration::from_millis(5);
 
 impl Inner {
+    /// Applies the header redaction list to a session about to leave the collector.
+    fn redact(&self, session: &mut Session) {
+        match self.live.get() {
+            Some(live) => {
+                redact::redact(session, &live.borrow().redacted_headers);
+            }
+            None => {
+                redact::redact(session, &LiveConfig::default().redacted_headers);
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the table worse than a lost batch.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -148,7 +164,8 @@ async fn flush_loop(weak: Weak<Inner>, period: Duration) {
         };
         let mut out = Vec::new();
         inner.lock().table.flush(Instant::now(), &mut out);
-        for s in out {
+        for mut s in out {
+            inner.redact(&mut s);
             if inner.out.send(s).await.is_err() {
                 return;
             }
@@ -193,6 +210,7 @@ impl CaptureService {
             flusher: OnceLock::new(),
             sent: AtomicU64::new(0),
             downstream: OnceLock::new(),
+            live: OnceLock::new(),
         });
         inner.ensure_flusher();
         Self { inner }
@@ -203,6 +221,13 @@ impl CaptureService {
     /// before serving; a second call is ignored.
     pub fn ack_after_downstream(self, forwarder: Arc<DeliveryStats>) -> Self {
         let _ = self.inner.downstream.set(forwarder);
+        self
+    }
+
+    /// Follows the live configuration `live` (the header redaction list) instead of the
+    /// defaults. Call before serving; a second call is ignored.
+    pub fn with_live_config(self, live: watch::Receiver<LiveConfig>) -> Self {
+        let _ = self.inner.live.set(live);
         self
     }
 
@@ -242,7 +267,8 @@ async fn run_stream(
         match msg.kind {
             Some(probe_message::Kind::Batch(batch)) => {
                 let seq = batch.seq;
-                for s in inner.batch(&probe_id, batch).into_iter().flatten() {
+                for mut s in inner.batch(&probe_id, batch).into_iter().flatten() {
+                    inner.redact(&mut s);
                     if inner.out.send(s).await.is_err() {
                         let _ = tx
                             .send(Err(Status::unavailable("collector is shutting down")))

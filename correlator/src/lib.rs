@@ -118,6 +118,42 @@ impl Correlator {
         &self.registry
     }
 
+    /// Follows the live configuration's OTLP endpoint (`clovisor_otlp_endpoint`, or a legacy
+    /// Jaeger key mapped onto it); when it has none, the endpoint from the environment applies.
+    /// Nothing to follow when span export is off. The task ends with the configuration source.
+    pub fn follow_live_config(
+        &self,
+        mut live: tokio::sync::watch::Receiver<clovisor_config::LiveConfig>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let exporter = self.exporter.as_ref()?;
+        let switch = exporter.endpoint_switch();
+        let base = exporter.endpoint().to_owned();
+        Some(tokio::spawn(async move {
+            let mut current = base.clone();
+            loop {
+                let wanted = live
+                    .borrow_and_update()
+                    .otlp_endpoint
+                    .clone()
+                    .unwrap_or_else(|| base.clone());
+                if wanted != current {
+                    match switch.set(&wanted) {
+                        Ok(()) => {
+                            tracing::info!(endpoint = %wanted, previous = %current, "span export re-pointed");
+                            current = wanted;
+                        }
+                        Err(e) => {
+                            tracing::error!(endpoint = %wanted, error = %e, "cannot re-point span export; keeping the current endpoint")
+                        }
+                    }
+                }
+                if live.changed().await.is_err() {
+                    return;
+                }
+            }
+        }))
+    }
+
     /// Delivers every span queued so far.
     pub async fn flush(&self) -> Result<()> {
         match &self.exporter {

@@ -22,6 +22,9 @@ struct Args {
     /// Prometheus metrics address.
     #[arg(long, env = "CLOVISOR_METRICS_LISTEN", default_value = "0.0.0.0:9801")]
     metrics_listen: SocketAddr,
+    /// Redis holding the live configuration (empty: none, run on the environment's settings).
+    #[arg(long, env = clovisor_config::ENV_REDIS, default_value = clovisor_config::DEFAULT_CLUSTER_REDIS)]
+    redis: String,
 }
 
 #[tokio::main]
@@ -29,7 +32,17 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     clovisor_runtime::init_logging(&args.log);
     let shutdown = shutdown_signal()?;
-    let correlator = Correlator::new(Config::from_env().context("configuration")?)?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let config_metrics = clovisor_config::ConfigMetrics::default();
+    config_metrics.register(&mut registry);
+    let correlator = Correlator::with_registry(
+        Config::from_env().context("configuration")?,
+        registry,
+        clovisor_runtime::drops::Drops::default(),
+    )?;
+    let stop_config = StopFlag::default();
+    let live = clovisor_config::follow(Some(&args.redis), config_metrics, stop_config.wait())?;
+    let _endpoint_follower = correlator.follow_live_config(live);
 
     let stop_grpc = StopFlag::default();
     let stop_http = StopFlag::default();
@@ -63,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         Ok(joined) => joined.context("gRPC task")?.context("gRPC server")?,
         Err(_) => tracing::warn!("collector streams still open after 5 s; closing them"),
     }
+    stop_config.raise();
     correlator.shutdown().await.context("flushing spans")?;
     stop_http.raise();
     api.await.context("API task")??;

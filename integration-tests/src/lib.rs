@@ -236,6 +236,17 @@ pub fn wait_for(
     }
 }
 
+/// `GET url` with curl (5 s at most); the body, or an error naming the URL.
+pub fn http_get(url: &str) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "5", url])
+        .output()?;
+    if !out.status.success() {
+        bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clovisor_correlator::testing::OtlpReceiver;
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, our_programs_on, run_in, wait_for, Lab, Nginx, Pod, Proc, BIG_BYTES,
+    clovisor_bin, free_port, http_get, our_programs_on, run_in, wait_for, Lab, Nginx, Pod, Proc,
+    BIG_BYTES,
 };
 use serde_json::Value;
 
@@ -62,16 +63,6 @@ fn start_clovisor(server: &Pod, otlp: &str, log_name: &str) -> Result<Running> {
         bail!("{e:#}\nlog:\n{}", proc.log_text());
     }
     Ok(Running { proc, api, metrics })
-}
-
-fn http_get(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()?;
-    if !out.status.success() {
-        bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 fn curl(client: &Pod, args: &[&str]) -> Result<()> {

@@ -6,9 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clovisor_config::LiveConfig;
 use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_runtime::StopFlag;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
 use crate::capture::{Capture, CaptureConfig};
@@ -35,9 +36,10 @@ pub struct AgentConfig {
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the probe against the collector behind `collector` until `shutdown` resolves, keeping
-/// `metrics` up to date.
+/// `metrics` up to date and following the live configuration `live` (snaplen, egress rules).
 pub async fn run(
     config: AgentConfig,
+    live: watch::Receiver<LiveConfig>,
     collector: Channel,
     shutdown: impl Future<Output = ()>,
     metrics: Arc<ProbeMetrics>,
@@ -82,6 +84,7 @@ pub async fn run(
         capture,
         records_tx.clone(),
         Arc::clone(&metrics),
+        live,
         stop.wait(),
     ));
     let events = tokio::spawn(events.run(records_tx, stop.wait()));

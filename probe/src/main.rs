@@ -29,6 +29,9 @@ struct Args {
     /// Prometheus metrics address.
     #[arg(long, env = "CLOVISOR_METRICS_LISTEN", default_value = "0.0.0.0:9801")]
     metrics_listen: SocketAddr,
+    /// Redis holding the live configuration (empty: none, run on flags and defaults).
+    #[arg(long, env = clovisor_config::ENV_REDIS, default_value = clovisor_config::DEFAULT_CLUSTER_REDIS)]
+    redis: String,
 }
 
 #[tokio::main]
@@ -42,6 +45,8 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     drops.register(&mut registry);
+    let config_metrics = clovisor_config::ConfigMetrics::default();
+    config_metrics.register(&mut registry);
     let stop_http = StopFlag::default();
     let metrics_server = tokio::spawn(
         serve_http(
@@ -52,10 +57,14 @@ async fn main() -> anyhow::Result<()> {
         .await?,
     );
 
+    let stop_config = StopFlag::default();
+    let live = clovisor_config::follow(Some(&args.redis), config_metrics, stop_config.wait())?;
     let channel = clovisor_proto::hops::lazy_channel(&args.collector)?;
-    let result = clovisor_probe::agent::run(args.probe.agent_config(), channel, shutdown, metrics)
-        .await
-        .context("probe");
+    let result =
+        clovisor_probe::agent::run(args.probe.agent_config(), live, channel, shutdown, metrics)
+            .await
+            .context("probe");
+    stop_config.raise();
     stop_http.raise();
     metrics_server.await.context("metrics task")??;
     result

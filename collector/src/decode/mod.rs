@@ -4,6 +4,7 @@
 //! input cut anywhere, and must never panic on what the network sent.
 
 pub mod http1;
+pub mod redact;
 pub mod trace_context;
 
 pub use http1::{decode_requests, decode_responses, RequestHead, ResponseHead};

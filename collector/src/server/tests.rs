@@ -13,19 +13,24 @@ use tonic::transport::{Channel, Endpoint, Server};
 async fn start(
     config: ServiceConfig,
 ) -> anyhow::Result<(Channel, mpsc::Receiver<Session>, Arc<CollectorMetrics>)> {
-    start_with(config, None).await
+    start_with(config, None, None).await
 }
 
-/// Like [`start`], acknowledging after `downstream` (a stand-in forwarder's counters) if given.
+/// Like [`start`], acknowledging after `downstream` (a stand-in forwarder's counters) and
+/// following `live` if given.
 async fn start_with(
     config: ServiceConfig,
     downstream: Option<Arc<DeliveryStats>>,
+    live: Option<watch::Receiver<LiveConfig>>,
 ) -> anyhow::Result<(Channel, mpsc::Receiver<Session>, Arc<CollectorMetrics>)> {
     let metrics = Arc::new(CollectorMetrics::new());
     let (out_tx, out_rx) = mpsc::channel(64);
     let mut svc = CaptureService::with_config(out_tx, Arc::clone(&metrics), config);
     if let Some(stats) = downstream {
         svc = svc.ack_after_downstream(stats);
+    }
+    if let Some(live) = live {
+        svc = svc.with_live_config(live);
     }
     let svc = svc.into_server();
     let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<tokio::io::DuplexStream>>(4);
@@ -261,7 +266,7 @@ async fn with_downstream_acks_a_batch_waits_for_its_sessions_to_be_delivered() -
 {
     let forwarder = Arc::new(DeliveryStats::default());
     let (channel, mut out, _m) =
-        start_with(ServiceConfig::default(), Some(Arc::clone(&forwarder))).await?;
+        start_with(ServiceConfig::default(), Some(Arc::clone(&forwarder)), None).await?;
     let (tx, rx) = mpsc::channel(16);
     tx.send(hello("p1", "node-a")).await?;
     tx.send(batch(
@@ -299,5 +304,50 @@ async fn with_downstream_acks_a_batch_waits_for_its_sessions_to_be_delivered() -
         other => anyhow::bail!("expected an ack, got {other:?}"),
     }
     drop(tx);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_live_redaction_list_applies_to_sessions_leaving_the_collector() -> anyhow::Result<()> {
+    let (live_tx, live_rx) = watch::channel(LiveConfig::default());
+    let (channel, mut out, _) = start_with(ServiceConfig::default(), None, Some(live_rx)).await?;
+    const REQ_UA: &[u8] =
+        b"GET /x HTTP/1.1\r\nHost: shop.internal\r\nUser-Agent: secret-client/1\r\n\r\n";
+    // One request/response exchange as messages `index` and `index + 1`; its (host, user agent).
+    let mut round = async |index: u32| -> anyhow::Result<(String, String)> {
+        let seq = u64::from(index) + 1;
+        exchange(
+            &channel,
+            vec![
+                hello("p1", "node-a"),
+                batch(seq, vec![message(index, Direction::ClientToServer, REQ_UA)]),
+                batch(
+                    seq + 1,
+                    vec![message(index + 1, Direction::ServerToClient, RESP)],
+                ),
+            ],
+            2,
+        )
+        .await?;
+        let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("output closed"))?;
+        let http = s.http.unwrap_or_default();
+        Ok((http.host, http.user_agent))
+    };
+    assert_eq!(
+        round(0).await?,
+        ("shop.internal".into(), "secret-client/1".into()),
+        "not listed: kept"
+    );
+    live_tx.send_modify(|c| c.redacted_headers.push("user-agent".into()));
+    assert_eq!(
+        round(2).await?,
+        (
+            "shop.internal".into(),
+            crate::decode::redact::REDACTED.into()
+        ),
+        "listed from now on: redacted"
+    );
     Ok(())
 }

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
@@ -81,27 +81,53 @@ pub struct OtlpExporter {
     /// Spans the worker has taken from the queue and not yet delivered or dropped.
     in_worker: Arc<AtomicU64>,
     shutdown_timeout: Duration,
+    switch: EndpointSwitch,
+    endpoint: String,
+}
+
+/// A lazily connecting channel to `endpoint` (`http(s)://host:port`).
+fn lazy_channel(endpoint: &str, request_timeout: Duration) -> Result<Channel> {
+    let parsed =
+        Endpoint::from_shared(endpoint.to_owned()).map_err(|source| Error::ExportEndpoint {
+            endpoint: endpoint.to_owned(),
+            source,
+        })?;
+    Ok(parsed
+        .connect_timeout(request_timeout.min(Duration::from_secs(5)))
+        .timeout(request_timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Re-points a running exporter (live configuration): queued spans and a batch being retried
+/// go to the new endpoint from the next attempt on; nothing in flight is dropped for it.
+#[derive(Clone, Debug)]
+pub struct EndpointSwitch {
+    tx: Arc<watch::Sender<Channel>>,
+    request_timeout: Duration,
+}
+
+impl EndpointSwitch {
+    /// Sends spans to `endpoint` from now on; an unusable endpoint is an error and changes
+    /// nothing.
+    pub fn set(&self, endpoint: &str) -> Result<()> {
+        let channel = lazy_channel(endpoint, self.request_timeout)?;
+        self.tx.send_replace(channel);
+        Ok(())
+    }
 }
 
 impl OtlpExporter {
     /// Starts the worker; connects lazily, so a dead endpoint is not an error here.
     pub fn start(config: &ExportConfig, resource: Resource, metrics: Arc<Metrics>) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(config.endpoint.clone()).map_err(|source| {
-            Error::ExportEndpoint {
-                endpoint: config.endpoint.clone(),
-                source,
-            }
-        })?;
-        let channel = endpoint
-            .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
-            .timeout(config.request_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = lazy_channel(&config.endpoint, config.request_timeout)?;
+        let (endpoint_tx, endpoint_rx) = watch::channel(channel.clone());
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (control, control_rx) = mpsc::channel(4);
         let in_worker = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             client: TraceServiceClient::new(channel),
+            endpoint: endpoint_rx,
             rx,
             control: control_rx,
             resource,
@@ -116,7 +142,22 @@ impl OtlpExporter {
             task,
             in_worker,
             shutdown_timeout: config.shutdown_timeout,
+            switch: EndpointSwitch {
+                tx: Arc::new(endpoint_tx),
+                request_timeout: config.request_timeout,
+            },
+            endpoint: config.endpoint.clone(),
         })
+    }
+
+    /// The endpoint it was started with.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// A handle that re-points the exporter at another endpoint while it runs.
+    pub fn endpoint_switch(&self) -> EndpointSwitch {
+        self.switch.clone()
     }
 
     /// A handle producers queue spans through.
@@ -179,6 +220,8 @@ impl OtlpExporter {
 
 struct Worker {
     client: TraceServiceClient<Channel>,
+    /// Where to export; changes when the live configuration re-points the exporter.
+    endpoint: watch::Receiver<Channel>,
     rx: mpsc::Receiver<Span>,
     control: mpsc::Receiver<Control>,
     resource: Resource,
@@ -205,6 +248,15 @@ fn retryable(code: tonic::Code) -> bool {
 }
 
 impl Worker {
+    /// Takes a new endpoint if one was set since the last look.
+    fn follow_endpoint(&mut self) {
+        if self.endpoint.has_changed().unwrap_or(false) {
+            let channel = self.endpoint.borrow_and_update().clone();
+            self.client = TraceServiceClient::new(channel);
+            tracing::debug!("span exporter re-pointed");
+        }
+    }
+
     async fn run(mut self) {
         let mut batch: Vec<Span> = Vec::with_capacity(self.config.batch_size);
         let mut batch_due = Instant::now();
@@ -299,6 +351,8 @@ impl Worker {
         let give_up_at = deadline.map_or(budget_end, |d| d.min(budget_end));
         let mut backoff = self.config.min_backoff;
         loop {
+            // A batch retried against a dead endpoint moves to a new one at once.
+            self.follow_endpoint();
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(self.config.request_timeout);
             let attempt =

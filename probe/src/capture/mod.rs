@@ -3,6 +3,7 @@
 
 pub mod abi;
 pub mod assembler;
+pub mod egress;
 pub mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -193,6 +194,13 @@ impl Capture {
             ..self.cfg.clone()
         }
         .validate()?;
+        self.set_config_value(abi::CLOVISOR_CONFIG_SNAPLEN, snaplen)?;
+        self.cfg.snaplen = snaplen;
+        Ok(())
+    }
+
+    /// Writes one slot of the kernel's `config` array.
+    fn set_config_value(&mut self, index: abi::clovisor_config_index, value: u32) -> Result<()> {
         let mut config: Array<_, u32> = Array::try_from(
             self.ebpf
                 .map_mut(MAP_CONFIG)
@@ -200,10 +208,8 @@ impl Capture {
         )
         .map_err(map_err(MAP_CONFIG, "open"))?;
         config
-            .set(abi::CLOVISOR_CONFIG_SNAPLEN, snaplen, 0)
-            .map_err(map_err(MAP_CONFIG, "set snaplen"))?;
-        self.cfg.snaplen = snaplen;
-        Ok(())
+            .set(index, value, 0)
+            .map_err(map_err(MAP_CONFIG, "set"))
     }
 
     /// The configuration it was loaded with.

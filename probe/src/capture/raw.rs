@@ -69,7 +69,7 @@ impl SessionKey {
     }
 }
 
-fn mapped(ip: IpAddr) -> [u8; 16] {
+pub(crate) fn mapped(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),

@@ -8,9 +8,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clovisor_config::LiveConfig;
 use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use crate::capture::egress::EgressEntry;
 use crate::capture::Capture;
 use crate::metrics::ProbeMetrics;
 use crate::netns::{self, HostVeth};
@@ -41,18 +43,24 @@ struct Followed {
 /// What one scan found: namespace -> its veth and listening ports.
 type Scan = BTreeMap<String, Followed>;
 
-/// Keeps `capture` in step with the namespaces until `shutdown` resolves, then detaches
-/// everything it attached.
+/// Keeps `capture` in step with the namespaces and the live configuration `live` (snaplen,
+/// egress rules; the namespace name plays the pod name) until `shutdown` resolves, then
+/// detaches everything it attached.
 pub async fn follow(
     targets: NetnsTargets,
     mut capture: Capture,
     out: mpsc::Sender<Record>,
     metrics: Arc<ProbeMetrics>,
+    mut live: watch::Receiver<LiveConfig>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Capture {
     tokio::pin!(shutdown);
     let mut current: Scan = BTreeMap::new();
     let mut traced_ports: BTreeMap<u16, ProtocolHint> = BTreeMap::new();
+    let mut egress: BTreeMap<EgressEntry, ProtocolHint> = BTreeMap::new();
+    let base_snaplen = capture.config().snaplen;
+    // Without a configuration source the sender is gone: stop listening for changes.
+    let mut live_open = true;
     let mut last_refresh = tokio::time::Instant::now();
     let mut interval = tokio::time::interval(targets.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -60,6 +68,7 @@ pub async fn follow(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = interval.tick() => {}
+            changed = live.changed(), if live_open => live_open = changed.is_ok(),
         }
         let names = targets.names.clone();
         let scan = match tokio::task::spawn_blocking(move || scan(&names)).await {
@@ -79,6 +88,8 @@ pub async fn follow(
             scan,
         )
         .await;
+        let config = live.borrow_and_update().clone();
+        apply_live(&mut capture, &current, &config, base_snaplen, &mut egress);
         // A restarted collector has forgotten pod metadata: repeat it now and then.
         if last_refresh.elapsed() >= ENDPOINT_REFRESH {
             last_refresh = tokio::time::Instant::now();
@@ -213,9 +224,45 @@ async fn apply(
     }
 }
 
+/// Applies the live configuration's snaplen and egress rules to the namespaces followed now
+/// (so the entries of a namespace that went away are removed with it).
+fn apply_live(
+    capture: &mut Capture,
+    current: &Scan,
+    config: &LiveConfig,
+    base_snaplen: u32,
+    applied: &mut BTreeMap<EgressEntry, ProtocolHint>,
+) {
+    let snaplen = config.snaplen.unwrap_or(base_snaplen);
+    if snaplen != capture.config().snaplen {
+        match capture.set_snaplen(snaplen) {
+            Ok(()) => tracing::info!(snaplen, "snaplen changed"),
+            Err(e) => tracing::error!(snaplen, error = %e, "cannot change snaplen"),
+        }
+    }
+    let wanted = super::egress::entries(
+        current
+            .iter()
+            .map(|(name, f)| (name.as_str(), f.veth.ifindex)),
+        &config.egress,
+    );
+    if &wanted != applied {
+        match capture.set_egress(&wanted) {
+            Ok(()) => {
+                tracing::info!(
+                    entries = wanted.len(),
+                    "egress rules applied to traced namespaces"
+                );
+                *applied = wanted;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot update egress rules"),
+        }
+    }
+}
+
 /// Without Kubernetes there is no service-port name to say what a port speaks; the collector
 /// sniffs the protocol, so discovered ports are plain TCP unless they are well-known HTTP ports.
-fn hint_for_port(port: u16) -> ProtocolHint {
+pub(crate) fn hint_for_port(port: u16) -> ProtocolHint {
     match port {
         80 | 8000 | 8080 | 8888 => ProtocolHint::Http,
         _ => ProtocolHint::Tcp,

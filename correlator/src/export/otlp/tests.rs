@@ -261,3 +261,97 @@ async fn shutdown_against_dead_endpoint_is_bounded_and_counted() -> anyhow::Resu
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn re_pointing_moves_queued_and_retried_spans_to_the_new_endpoint() -> anyhow::Result<()> {
+    let dead = dead_addr().await?;
+    let mut cfg = config(format!("http://{dead}"));
+    // Long enough that the batch is still being retried when the endpoint changes.
+    cfg.retry_max_elapsed = Duration::from_secs(20);
+    let (exporter, metrics) = start(&cfg)?;
+    let handle = exporter.handle();
+    for s in spans(5) {
+        assert!(handle.enqueue(s));
+    }
+    wait_until(
+        "failed attempts on the dead endpoint",
+        Duration::from_secs(5),
+        || metrics.export_failure_count() >= 2,
+    )
+    .await;
+
+    let receiver = OtlpReceiver::start().await?;
+    exporter.endpoint_switch().set(&receiver.endpoint())?;
+    let got = receiver.wait_for_spans(5, Duration::from_secs(5)).await;
+    assert_eq!(
+        got.len(),
+        5,
+        "every span, including the batch in retry, reaches the new endpoint"
+    );
+    for reason in [
+        DropReason::RetriesExhausted,
+        DropReason::QueueFull,
+        DropReason::Rejected,
+    ] {
+        assert_eq!(metrics.dropped_count(reason), 0, "{reason:?} drops");
+    }
+    assert!(
+        exporter.endpoint_switch().set("not a url").is_err(),
+        "an unusable endpoint is refused"
+    );
+    for s in spans(2) {
+        handle.enqueue(s);
+    }
+    assert_eq!(
+        receiver
+            .wait_for_spans(7, Duration::from_secs(5))
+            .await
+            .len(),
+        7,
+        "a refused endpoint changes nothing"
+    );
+    exporter.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_live_endpoint_wins_and_its_removal_restores_the_configured_one() -> anyhow::Result<()>
+{
+    let configured = OtlpReceiver::start().await?;
+    let live_receiver = OtlpReceiver::start().await?;
+    let correlator = crate::Correlator::new(crate::Config {
+        export: Some(config(configured.endpoint())),
+        ..crate::Config::default()
+    })?;
+    let (tx, rx) = tokio::sync::watch::channel(clovisor_config::LiveConfig::default());
+    let follower = correlator.follow_live_config(rx);
+    assert!(follower.is_some(), "export is on");
+    let handle = correlator
+        .exporter
+        .as_ref()
+        .map(OtlpExporter::handle)
+        .ok_or_else(|| anyhow::anyhow!("no exporter"))?;
+
+    tx.send_modify(|c| c.otlp_endpoint = Some(live_receiver.endpoint()));
+    // The follower applies the change asynchronously: send until the live endpoint gets one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while live_receiver.spans().is_empty() {
+        assert!(Instant::now() < deadline, "live endpoint never used");
+        handle.enqueue(spans(1).remove(0));
+        correlator.flush().await?;
+    }
+    let before = configured.spans().len();
+    tx.send_modify(|c| c.otlp_endpoint = None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while configured.spans().len() == before {
+        assert!(
+            Instant::now() < deadline,
+            "configured endpoint never restored"
+        );
+        handle.enqueue(spans(1).remove(0));
+        correlator.flush().await?;
+    }
+    drop(tx);
+    correlator.shutdown().await?;
+    Ok(())
+}

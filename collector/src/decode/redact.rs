@@ -1,0 +1,146 @@
+//! Header redaction: the values of listed headers never leave the collector.
+//!
+//! The HTTP decoder already reads only an allow-list of headers (credentials are never
+//! copied out of the capture buffer); this is the operator's list on top of that
+//! (`clovisor_redact_headers` in Redis, plus defaults that cannot be removed, see
+//! `clovisor_config::model::DEFAULT_REDACTED_HEADERS`). A listed header that fills a session
+//! field has the field replaced by [`REDACTED`] (trace context is dropped, as it cannot be
+//! partly kept), and free-form attributes named after a listed header
+//! (`<name>` or `http.request.header.<name>` / `http.response.header.<name>`) are removed.
+
+use clovisor_proto::session::v1::{Session, TraceFormat};
+
+/// What a redacted value is replaced by.
+pub const REDACTED: &str = "REDACTED";
+
+const B3_MULTI: [&str; 5] = [
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+/// Redacts `session` for the lower-case header names in `headers`; returns how many values
+/// were removed.
+pub fn redact(session: &mut Session, headers: &[String]) -> usize {
+    let listed = |name: &str| headers.iter().any(|h| h == name);
+    let mut n = 0;
+    if let Some(http) = session.http.as_mut() {
+        for (name, field) in [
+            ("host", &mut http.host),
+            ("user-agent", &mut http.user_agent),
+            ("x-request-id", &mut http.request_id),
+            ("x-envoy-decorator-operation", &mut http.envoy_decorator),
+        ] {
+            if listed(name) && !field.is_empty() {
+                REDACTED.clone_into(field);
+                n += 1;
+            }
+        }
+    }
+    if let Some(trace) = session.trace.as_mut() {
+        let from_listed_header = match TraceFormat::try_from(trace.format) {
+            Ok(TraceFormat::W3c) => listed("traceparent"),
+            Ok(TraceFormat::B3Single) => listed("b3"),
+            Ok(TraceFormat::B3Multi) => B3_MULTI.iter().any(|h| listed(h)),
+            _ => false,
+        };
+        if from_listed_header {
+            session.trace = None;
+            n += 1;
+        } else if listed("tracestate") && !trace.tracestate.is_empty() {
+            trace.tracestate.clear();
+            n += 1;
+        }
+    }
+    let before = session.attributes.len();
+    session.attributes.retain(|key, _| {
+        let key = key.to_ascii_lowercase();
+        let name = key
+            .strip_prefix("http.request.header.")
+            .or_else(|| key.strip_prefix("http.response.header."))
+            .unwrap_or(&key);
+        !listed(name)
+    });
+    n + (before - session.attributes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clovisor_proto::session::v1::{Http, TraceContext};
+
+    fn session() -> Session {
+        Session {
+            http: Some(Http {
+                host: "shop.internal".into(),
+                user_agent: "curl/8".into(),
+                request_id: "req-1".into(),
+                ..Http::default()
+            }),
+            trace: Some(TraceContext {
+                format: TraceFormat::W3c as i32,
+                trace_id: vec![1; 16],
+                parent_span_id: vec![2; 8],
+                sampled: true,
+                tracestate: "vendor=secret".into(),
+            }),
+            attributes: [
+                ("authorization".to_owned(), "Bearer hunter2".to_owned()),
+                ("http.request.header.x-api-key".to_owned(), "k".to_owned()),
+                ("db.system".to_owned(), "redis".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            ..Session::default()
+        }
+    }
+
+    fn defaults() -> Vec<String> {
+        clovisor_config::LiveConfig::default().redacted_headers
+    }
+
+    #[test]
+    fn defaults_remove_credential_attributes_and_keep_the_rest() {
+        let mut s = session();
+        assert_eq!(redact(&mut s, &defaults()), 2);
+        let dump = format!("{s:?}");
+        assert!(
+            !dump.contains("hunter2") && !dump.contains("x-api-key"),
+            "{dump}"
+        );
+        assert_eq!(s.attributes.len(), 1, "db.system kept");
+        assert_eq!(
+            s.http.as_ref().map(|h| h.host.as_str()),
+            Some("shop.internal")
+        );
+        assert!(s.trace.is_some());
+    }
+
+    #[test]
+    fn listed_fields_are_replaced_and_trace_context_dropped() {
+        let mut s = session();
+        let mut list = defaults();
+        list.extend(["host", "x-request-id", "tracestate"].map(String::from));
+        assert_eq!(redact(&mut s, &list), 5);
+        let http = s.http.as_ref().expect("http kept");
+        assert_eq!(
+            (http.host.as_str(), http.request_id.as_str()),
+            (REDACTED, REDACTED)
+        );
+        assert_eq!(http.user_agent, "curl/8");
+        assert_eq!(s.trace.as_ref().map(|t| t.tracestate.as_str()), Some(""));
+        list.push("traceparent".into());
+        let mut s = session();
+        redact(&mut s, &list);
+        assert!(s.trace.is_none(), "W3C context came from a redacted header");
+        // A B3 context is not affected by redacting traceparent.
+        let mut s = session();
+        if let Some(t) = s.trace.as_mut() {
+            t.format = TraceFormat::B3Single as i32;
+        }
+        redact(&mut s, &list);
+        assert!(s.trace.is_some());
+    }
+}

@@ -1,0 +1,81 @@
+//! Metrics of the live configuration, named in one place. The `key` label only ever takes one
+//! of the fixed key names in [`crate::keys::ALL`].
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of `clovisor_config_rejected_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// The Redis key the rejected entry came from.
+    pub key: &'static str,
+}
+
+/// The configuration source's metrics; clone freely (they share their values).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigMetrics {
+    rejected: Family<KeyLabels, Counter>,
+    reloads: Counter,
+    redis_up: Gauge,
+    connects: Counter,
+}
+
+impl ConfigMetrics {
+    /// Adds the metrics to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "clovisor_config_rejected",
+            "Configuration entries rejected (counted once per appearance, not per poll)",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "clovisor_config_reloads",
+            "Changed configurations applied",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "clovisor_config_redis_up",
+            "1 while the configuration store answers, else 0",
+            self.redis_up.clone(),
+        );
+        registry.register(
+            "clovisor_config_redis_connects",
+            "Connections to the configuration store opened",
+            self.connects.clone(),
+        );
+    }
+
+    pub(crate) fn rejected(&self, key: &'static str) {
+        self.rejected.get_or_create(&KeyLabels { key }).inc();
+    }
+
+    pub(crate) fn reloaded(&self) {
+        self.reloads.inc();
+    }
+
+    pub(crate) fn set_up(&self, up: bool) {
+        self.redis_up.set(i64::from(up));
+    }
+
+    pub(crate) fn connected(&self) {
+        self.connects.inc();
+    }
+
+    /// Rejections counted for `key` so far.
+    pub fn rejected_count(&self, key: &'static str) -> u64 {
+        self.rejected.get_or_create(&KeyLabels { key }).get()
+    }
+
+    /// Reloads applied so far.
+    pub fn reload_count(&self) -> u64 {
+        self.reloads.get()
+    }
+
+    /// Whether Redis answered the last poll.
+    pub fn is_up(&self) -> bool {
+        self.redis_up.get() == 1
+    }
+}

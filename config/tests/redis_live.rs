@@ -1,0 +1,253 @@
+//! The Redis source against a real `redis-server` (Debian package), started by each test on a
+//! free port in a temporary directory and killed at the end.
+
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clovisor_config::testing::RedisServer;
+use clovisor_config::{keys, ConfigMetrics, EgressTarget, LiveConfig, RedisSource};
+use redis::AsyncCommands;
+use tokio::sync::watch;
+
+async fn connect(server: &RedisServer) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(server.url())?
+        .get_multiplexed_async_connection()
+        .await?)
+}
+
+/// Waits until the published configuration satisfies `pred`; returns how long it took.
+async fn wait_for(
+    rx: &mut watch::Receiver<LiveConfig>,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&LiveConfig) -> bool,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let outcome = tokio::time::timeout(within, rx.wait_for(|c| pred(c)))
+        .await
+        .map(|r| r.map(|_| ()));
+    match outcome {
+        Ok(Ok(())) => Ok(start.elapsed()),
+        Ok(Err(_)) => bail!("source ended while waiting for {what}"),
+        Err(_) => bail!(
+            "{what} not applied within {within:?}; config is {:?}",
+            *rx.borrow()
+        ),
+    }
+}
+
+async fn wait_until(within: Duration, what: &str, pred: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while !pred() {
+        if Instant::now() > deadline {
+            bail!("{what} not true within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn has_rule(c: &LiveConfig, ip: [u8; 4], port: u16) -> bool {
+    let want = EgressTarget {
+        ip: Some(IpAddr::V4(Ipv4Addr::from(ip))),
+        port,
+    };
+    c.egress.iter().any(|r| r.target == want)
+}
+
+#[tokio::test]
+async fn writes_apply_within_two_seconds_without_any_other_action() -> anyhow::Result<()> {
+    let server = RedisServer::start()?;
+    let metrics = ConfigMetrics::default();
+    let (mut rx, _task) =
+        RedisSource::new(&server.url(), metrics.clone())?.spawn(std::future::pending());
+    wait_until(Duration::from_secs(5), "redis up", || metrics.is_up()).await?;
+    assert_eq!(
+        *rx.borrow(),
+        LiveConfig::default(),
+        "empty Redis = defaults"
+    );
+
+    let mut conn = connect(&server).await?;
+    let _: () = conn.lpush(keys::EGRESS_MATCH, "10.0.0.7:80").await?;
+    let took = wait_for(&mut rx, Duration::from_secs(2), "egress rule", |c| {
+        has_rule(c, [10, 0, 0, 7], 80)
+    })
+    .await?;
+    eprintln!("egress rule applied {took:?} after the write");
+
+    let _: () = conn.set(keys::SNAPLEN, "256").await?;
+    let _: () = conn.lpush(keys::LABELS, "shop:app:web").await?;
+    let _: () = conn.set(keys::JAEGER_AGENT, "jaeger-agent:6831").await?;
+    let _: () = conn
+        .hset(keys::PROTO_CFG, "redis", "redis-analyzer")
+        .await?;
+    let _: () = conn.lpush(keys::REDACT_HEADERS, "X-Internal-Token").await?;
+    // The misspelled key is read too, its rules added to the others.
+    let _: () = conn
+        .lpush(keys::EGRESS_MATCH_MISSPELLED, "10.0.0.8:8080")
+        .await?;
+    wait_for(&mut rx, Duration::from_secs(2), "every key", |c| {
+        c.snaplen == Some(256)
+            && c.labels.len() == 1
+            && c.labels[0].namespace == "shop"
+            && c.otlp_endpoint.as_deref() == Some("http://jaeger-agent:4317")
+            && c.proto_cfg.get("redis").map(String::as_str) == Some("redis-analyzer")
+            && c.is_redacted("x-internal-token")
+            && has_rule(c, [10, 0, 0, 7], 80)
+            && has_rule(c, [10, 0, 0, 8], 8080)
+    })
+    .await?;
+    // A plugin reload request is accepted (logged; analyzers come later) without disturbing
+    // anything.
+    let _: () = conn.publish(keys::PROTO_PLUGIN_CHANNEL, "redis").await?;
+
+    // Removing entries applies too.
+    let _: () = conn
+        .del(&[keys::EGRESS_MATCH, keys::EGRESS_MATCH_MISSPELLED])
+        .await?;
+    wait_for(&mut rx, Duration::from_secs(2), "rules removed", |c| {
+        c.egress.is_empty()
+    })
+    .await?;
+    assert!(
+        metrics.reload_count() >= 3,
+        "reloads {}",
+        metrics.reload_count()
+    );
+    assert_eq!(metrics.rejected_count(keys::EGRESS_MATCH), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_entries_are_rejected_once_and_counted_while_good_ones_apply() -> anyhow::Result<()> {
+    let server = RedisServer::start()?;
+    let metrics = ConfigMetrics::default();
+    let (mut rx, _task) = RedisSource::new(&server.url(), metrics.clone())?
+        .with_poll_interval(Duration::from_millis(200))
+        .spawn(std::future::pending());
+    let mut conn = connect(&server).await?;
+    let _: () = conn
+        .rpush(
+            keys::EGRESS_MATCH,
+            &["10.0.0.7:80", "not-a-rule", "2001:db8::1:80"],
+        )
+        .await?;
+    let _: () = conn.rpush(keys::LABELS, &["Bad Namespace", "shop"]).await?;
+    let _: () = conn.set(keys::SNAPLEN, "99999").await?;
+    wait_for(&mut rx, Duration::from_secs(2), "good entries", |c| {
+        has_rule(c, [10, 0, 0, 7], 80) && c.labels.len() == 1 && c.labels[0].namespace == "shop"
+    })
+    .await?;
+    assert_eq!(rx.borrow().egress.len(), 1, "only the good rule");
+    assert_eq!(rx.borrow().snaplen, None, "bad snaplen ignored");
+    // Many polls later each bad entry is still counted once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = |m: &ConfigMetrics| {
+        (
+            m.rejected_count(keys::EGRESS_MATCH),
+            m.rejected_count(keys::LABELS),
+            m.rejected_count(keys::SNAPLEN),
+        )
+    };
+    assert_eq!(
+        counts(&metrics),
+        (2, 1, 1),
+        "(egress, labels, snaplen) rejections"
+    );
+
+    // A key of the wrong type is rejected as such.
+    let _: () = conn.del(keys::SNAPLEN).await?;
+    let _: () = conn.rpush(keys::SNAPLEN, "512").await?;
+    wait_until(Duration::from_secs(2), "wrong type counted", || {
+        metrics.rejected_count(keys::SNAPLEN) == 2
+    })
+    .await?;
+
+    // Fixing the entry clears it; writing it again is a new change, counted again.
+    let _: () = conn.lrem(keys::EGRESS_MATCH, 0, "not-a-rule").await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let _: () = conn.rpush(keys::EGRESS_MATCH, "not-a-rule").await?;
+    wait_until(Duration::from_secs(2), "re-added entry counted", || {
+        metrics.rejected_count(keys::EGRESS_MATCH) == 3
+    })
+    .await?;
+    assert!(has_rule(&rx.borrow(), [10, 0, 0, 7], 80), "good rule kept");
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_lost_keeps_the_last_good_config_and_a_restart_reconnects() -> anyhow::Result<()> {
+    let server = RedisServer::start()?;
+    let metrics = ConfigMetrics::default();
+    let (mut rx, task) =
+        RedisSource::new(&server.url(), metrics.clone())?.spawn(std::future::pending());
+    let mut conn = connect(&server).await?;
+    let _: () = conn.lpush(keys::EGRESS_MATCH, "10.0.0.7:80").await?;
+    wait_for(&mut rx, Duration::from_secs(2), "rule", |c| {
+        has_rule(c, [10, 0, 0, 7], 80)
+    })
+    .await?;
+
+    let (port, dir) = server.kill()?;
+    wait_until(Duration::from_secs(5), "redis down noticed", || {
+        !metrics.is_up()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        has_rule(&rx.borrow(), [10, 0, 0, 7], 80),
+        "last good config kept: {:?}",
+        *rx.borrow()
+    );
+    assert!(
+        !task.is_finished(),
+        "the source must survive Redis going away"
+    );
+
+    // A new, empty Redis on the same address: the source reconnects, the (empty) store is the
+    // truth again, and new writes apply within 2 s.
+    let server = RedisServer::start_at(port, dir)?;
+    wait_until(Duration::from_secs(10), "reconnected", || metrics.is_up()).await?;
+    let mut conn = connect(&server).await?;
+    let _: () = conn.lpush(keys::EGRESS_MATCH, "10.0.0.9:443").await?;
+    wait_for(
+        &mut rx,
+        Duration::from_secs(2),
+        "write after restart",
+        |c| has_rule(c, [10, 0, 0, 9], 443) && !has_rule(c, [10, 0, 0, 7], 80),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreachable_at_start_runs_on_defaults_then_connects() -> anyhow::Result<()> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let metrics = ConfigMetrics::default();
+    let (mut rx, task) = RedisSource::new(&format!("redis://127.0.0.1:{port}"), metrics.clone())?
+        .spawn(std::future::pending());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!metrics.is_up());
+    assert_eq!(*rx.borrow(), LiveConfig::default());
+    assert!(!task.is_finished());
+
+    let server = RedisServer::start_at(port, tempfile::tempdir()?)?;
+    let mut conn = connect(&server).await?;
+    let _: () = conn.set(keys::SNAPLEN, "128").await?;
+    // Backoff is at most 5 s (+25 % jitter), then one poll.
+    wait_for(&mut rx, Duration::from_secs(8), "snaplen", |c| {
+        c.snaplen == Some(128)
+    })
+    .await?;
+    assert!(metrics.is_up());
+    Ok(())
+}
+
+#[test]
+fn a_bad_url_is_an_error_that_hides_the_password() {
+    let err =
+        RedisSource::new("nope://:hunter2@x", ConfigMetrics::default()).expect_err("bad scheme");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
