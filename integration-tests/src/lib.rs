@@ -4,6 +4,8 @@
 //! when the test fails; names are unique per process and fixture so tests can run in parallel.
 //! Traffic only ever goes to addresses inside namespaces a fixture created.
 
+pub mod fake_kube;
+
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
