@@ -32,6 +32,16 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
+/// Fails unless the tests run as root: they load BPF programs and create network namespaces
+/// (a privileged test that skips silently would be no test).
+pub fn require_root() -> Result<()> {
+    let out = run("id", &["-u"])?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!("this test loads BPF programs and creates network namespaces: run it as root");
+    }
+    Ok(())
+}
+
 /// Runs `args` inside network namespace `netns`.
 pub fn run_in(netns: &str, args: &[&str]) -> Result<Output> {
     let mut full = vec!["netns", "exec", netns];

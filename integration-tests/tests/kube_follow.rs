@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::fake_kube::FakeKube;
-use clovisor_integration_tests::{our_programs_on, run, Lab, Pod as LabPod};
+use clovisor_integration_tests::{our_programs_on, require_root, Lab, Pod as LabPod};
 use clovisor_probe::metrics::ProbeMetrics;
 use clovisor_probe::targets::kube::{follow, KubeTargets, PodSelection, PodSelector};
 use clovisor_probe::targets::reconcile::{Reconciler, TargetsStatus};
@@ -28,14 +28,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 const WAIT: Duration = Duration::from_secs(15);
-
-fn require_root() -> Result<()> {
-    let out = run("id", &["-u"])?;
-    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
-        bail!("this test loads BPF programs and creates network namespaces: run it as root");
-    }
-    Ok(())
-}
 
 /// A pod object of `node` for lab pod `lab` (its addresses), Running or Pending.
 fn pod(ns: &str, name: &str, node: &str, lab: Option<&LabPod>, labels: &[(&str, &str)]) -> Pod {

@@ -6,17 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use clovisor_integration_tests::{run, wait_for, Lab, Proc};
+use anyhow::{Context, Result};
+use clovisor_integration_tests::{require_root, run, wait_for, Lab, Proc};
 use clovisor_probe::netns::{host_veth_of_ips, VethMethod};
-
-fn require_root() -> Result<()> {
-    let out = run("id", &["-u"])?;
-    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
-        bail!("this test creates network namespaces and veths: run it as root");
-    }
-    Ok(())
-}
 
 /// Deletes a host interface on drop.
 struct Link(String);
