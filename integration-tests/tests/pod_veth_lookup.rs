@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clovisor_integration_tests::{require_root, run, wait_for, Lab, Proc};
-use clovisor_probe::netns::{host_veth_of_ips, VethMethod};
+use clovisor_probe::netns::{host_veth_of_ips, host_veths_of_pods, VethMethod};
 
 /// Deletes a host interface on drop.
 struct Link(String);
@@ -40,6 +40,27 @@ fn a_pod_in_a_named_netns_is_found_by_its_ip() -> Result<()> {
         );
         assert!(veth.pod_ips.contains(&ip), "{ip} in {:?}", veth.pod_ips);
     }
+
+    // Several pods in one pass, answered in order; an unknown address is an error in its slot.
+    let other = lab.pod("lko")?;
+    let found = host_veths_of_pods(&[
+        vec![IpAddr::V4(other.ipv4)],
+        vec![IpAddr::V4(unique_ip(13))],
+        vec![IpAddr::V6(pod.ipv6), IpAddr::V4(pod.ipv4)],
+    ]);
+    let names: Vec<Option<String>> = found
+        .iter()
+        .map(|r| r.as_ref().ok().map(|(v, _)| v.name.clone()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            Some(other.host_veth.clone()),
+            None,
+            Some(pod.host_veth.clone())
+        ],
+        "one result per pod, in order"
+    );
     Ok(())
 }
 

@@ -209,57 +209,111 @@ impl std::fmt::Display for VethMethod {
 /// namespaces, then those of the processes this probe can see), whose `eth0` peer is the
 /// host veth; failing that, the interface of the host route to the pod IP when it is a veth.
 pub fn host_veth_of_ips(ips: &[IpAddr]) -> Result<(HostVeth, VethMethod)> {
-    let label = ips
-        .first()
-        .map_or_else(|| "(no pod IP)".to_owned(), IpAddr::to_string);
-    let own = ns_id(Path::new("/proc/self/ns/net"));
-    let mut seen: BTreeSet<(u64, u64)> = own.into_iter().collect();
-    let mut candidates: Vec<(PathBuf, VethMethod)> = named()
-        .unwrap_or_default()
+    host_veths_of_pods(&[ips.to_vec()])
+        .pop()
+        .unwrap_or_else(|| {
+            Err(Error::NoHostVeth {
+                name: "(no pod)".to_owned(),
+            })
+        })
+}
+
+/// [`host_veth_of_ips`] for several pods (each a list of its IPs) at once: every namespace is
+/// entered once whatever the number of pods, and the scan stops when all are found. Results
+/// are in the order of `pods`.
+pub fn host_veths_of_pods(pods: &[Vec<IpAddr>]) -> Vec<Result<(HostVeth, VethMethod)>> {
+    let mut found: Vec<Option<Result<(HostVeth, VethMethod)>>> =
+        std::iter::repeat_with(|| None).take(pods.len()).collect();
+    if let Err(e) = scan_namespaces(pods, &mut found) {
+        tracing::warn!(error = %e, "cannot scan network namespaces for pod IPs");
+    }
+    let route = |ips: &[IpAddr]| -> Result<(HostVeth, VethMethod)> {
+        let mut s = netlink::Socket::open()?;
+        let links = s.links()?;
+        for ip in ips {
+            let Some(oif) = s.route_output(*ip)? else {
+                continue;
+            };
+            if let Some(l) = links
+                .iter()
+                .find(|l| l.index == oif && l.kind.as_deref() == Some("veth"))
+            {
+                let veth = HostVeth {
+                    ifindex: l.index,
+                    name: l.name.clone(),
+                    pod_ips: ips.to_vec(),
+                };
+                return Ok((veth, VethMethod::HostRoute));
+            }
+        }
+        Err(Error::NoHostVeth {
+            name: ips
+                .first()
+                .map_or_else(|| "(no pod IP)".to_owned(), IpAddr::to_string),
+        })
+    };
+    pods.iter()
+        .zip(found)
+        .map(|(ips, f)| match f {
+            Some(Ok(v)) => Ok(v),
+            // Not in any namespace we can see, or its namespace has no veth to the host
+            // (another kind of interface): the host route may still know it.
+            Some(Err(_)) | None => route(ips),
+        })
+        .collect()
+}
+
+/// Enters each distinct namespace once — the named ones, then (only if some pod is still
+/// missing) those of the processes — and records, for every pod not found yet, the host peer
+/// of the namespace holding one of its IPs.
+fn scan_namespaces(
+    pods: &[Vec<IpAddr>],
+    found: &mut [Option<Result<(HostVeth, VethMethod)>>],
+) -> Result<()> {
+    // Ours never: the host has no pod IP to find.
+    let mut seen: BTreeSet<(u64, u64)> =
+        ns_id(Path::new("/proc/self/ns/net")).into_iter().collect();
+    let named: Vec<(PathBuf, VethMethod)> = named()?
         .into_iter()
         .map(|n| (Path::new(NETNS_DIR).join(&n), VethMethod::NamedNetns(n)))
         .collect();
-    candidates.extend(process_netns());
+    scan_some(named, &mut seen, pods, found);
+    if found.iter().any(Option::is_none) {
+        scan_some(process_netns(), &mut seen, pods, found);
+    }
+    Ok(())
+}
+
+fn scan_some(
+    candidates: Vec<(PathBuf, VethMethod)>,
+    seen: &mut BTreeSet<(u64, u64)>,
+    pods: &[Vec<IpAddr>],
+    found: &mut [Option<Result<(HostVeth, VethMethod)>>],
+) {
     for (path, method) in candidates {
-        // Each namespace once, ours never (the host has no pod IP to find).
+        if found.iter().all(Option::is_some) {
+            return;
+        }
+        // Each namespace once.
         let Some(id) = ns_id(&path) else { continue };
         if !seen.insert(id) {
             continue;
         }
-        let wanted = ips.to_vec();
-        let found = in_netns_at(&path, &method.to_string(), move || {
-            let (links, addrs) = dump_links_and_addrs()?;
-            let holds = addrs.iter().any(|a| wanted.contains(&a.ip));
-            Ok(holds.then_some((links, addrs)))
-        });
-        match found {
-            Ok(Some((links, addrs))) => {
-                return host_peer(&method.to_string(), &links, &addrs).map(|v| (v, method))
+        let label = method.to_string();
+        let (links, addrs) = match in_netns_at(&path, &label, dump_links_and_addrs) {
+            Ok(d) => d,
+            // A process that exited meanwhile, a namespace we may not enter: not a pod here.
+            Err(e) => {
+                tracing::trace!(error = %e, "namespace skipped");
+                continue;
             }
-            Ok(None) => {}
-            // A process that exited meanwhile, a namespace we may not enter: not this pod.
-            Err(e) => tracing::trace!(error = %e, "namespace skipped"),
-        }
-    }
-    let mut s = netlink::Socket::open()?;
-    let links = s.links()?;
-    for ip in ips {
-        let Some(oif) = s.route_output(*ip)? else {
-            continue;
         };
-        if let Some(l) = links
-            .iter()
-            .find(|l| l.index == oif && l.kind.as_deref() == Some("veth"))
-        {
-            let veth = HostVeth {
-                ifindex: l.index,
-                name: l.name.clone(),
-                pod_ips: ips.to_vec(),
-            };
-            return Ok((veth, VethMethod::HostRoute));
+        for (ips, slot) in pods.iter().zip(found.iter_mut()) {
+            if slot.is_none() && addrs.iter().any(|a| ips.contains(&a.ip)) {
+                *slot = Some(host_peer(&label, &links, &addrs).map(|v| (v, method.clone())));
+            }
         }
     }
-    Err(Error::NoHostVeth { name: label })
 }
 
 /// Device and inode of a namespace file: equal for two handles on the same namespace.

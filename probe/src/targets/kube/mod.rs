@@ -4,13 +4,14 @@
 //! `appProtocol` say what a port speaks). Each change recomputes the whole desired set from
 //! the watch caches and hands it to the [`Reconciler`], so a reconnect or relist can neither
 //! lose nor duplicate an attachment. A selected pod is traced once it is Running with an IP
-//! and its host veth is found ([`crate::netns::host_veth_of_ips`]).
+//! and its host veth is found ([`crate::netns::host_veths_of_pods`]).
 
 pub mod desired;
 pub mod protocol;
 pub mod selection;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ pub use self::selection::{PodSelection, PodSelector};
 use super::reconcile::{Desired, Reconciler, Target};
 use crate::capture::Capture;
 use crate::metrics::ProbeMetrics;
-use crate::netns::{host_veth_of_ips, HostVeth, VethMethod};
+use crate::netns::{host_veths_of_pods, HostVeth, VethMethod};
 
 /// What to follow.
 #[derive(Debug, Clone)]
@@ -205,10 +206,12 @@ impl Follower {
             }
         }
         if !lookups.is_empty() {
+            // One pass over the node's namespaces for all of them.
             let found = tokio::task::spawn_blocking(move || {
-                lookups
+                let ips: Vec<Vec<IpAddr>> = lookups.iter().map(|w| w.ips.clone()).collect();
+                host_veths_of_pods(&ips)
                     .into_iter()
-                    .map(|w| (host_veth_of_ips(&w.ips), w))
+                    .zip(lookups)
                     .collect::<Vec<_>>()
             })
             .await;
