@@ -98,6 +98,26 @@ async fn all_in_one_traces_the_pods_the_api_server_describes() -> Result<()> {
         }),
     })?;
 
+    // A host-network pod of the node: never attached, and the log says why.
+    kube.apply(&Pod {
+        metadata: ObjectMeta {
+            namespace: Some("default".into()),
+            name: Some("node-agent".into()),
+            uid: Some("uid-agent".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.clone()),
+            host_network: Some(true),
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(client.ipv4.to_string()),
+            ..PodStatus::default()
+        }),
+    })?;
+
     let api = format!("127.0.0.1:{}", free_port()?);
     let metrics = format!("127.0.0.1:{}", free_port()?);
     let mut cmd = Command::new(clovisor_bin()?);
@@ -130,6 +150,16 @@ async fn all_in_one_traces_the_pods_the_api_server_describes() -> Result<()> {
     assert!(
         log_text.contains("found the pod's host veth") && log_text.contains("named netns"),
         "the log names how the veth was found:\n{log_text}"
+    );
+    assert!(
+        log_text.lines().any(|l| l.contains("pod not traced")
+            && l.contains("default/node-agent")
+            && l.contains("host network")),
+        "the host-network pod is logged as not traced:\n{log_text}"
+    );
+    assert!(
+        our_programs_on(&client.host_veth)?.is_empty(),
+        "nothing attached for the host-network pod"
     );
 
     let url = format!("http://{}/index.html?kube=1", server.ipv4);
