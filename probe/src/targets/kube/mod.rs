@@ -61,6 +61,28 @@ impl Resource {
     }
 }
 
+/// A watch of `api` kept in `cache`, with backoff on errors; yields for each event whether it
+/// completed a (re)list, or the error.
+fn cached_watch<K>(
+    resource: Resource,
+    api: Api<K>,
+    config: watcher::Config,
+    cache: reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = (Resource, Result<bool, watcher::Error>)>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflector::reflector(cache, watcher(api, config))
+        .default_backoff()
+        .map(move |e| (resource, e.map(|e| matches!(e, watcher::Event::InitDone))))
+}
+
 /// Keeps `reconciler` in step with the pods of `targets.node` until `shutdown` resolves, then
 /// detaches everything and gives the capture back.
 pub async fn follow(
@@ -74,28 +96,18 @@ pub async fn follow(
     let (pods, pods_writer) = reflector::store::<Pod>();
     let (services, services_writer) = reflector::store::<Service>();
     let on_node = watcher::Config::default().fields(&format!("spec.nodeName={}", targets.node));
-    let pod_events = reflector::reflector(
+    let pod_events = cached_watch(
+        Resource::Pods,
+        Api::<Pod>::all(client.clone()),
+        on_node,
         pods_writer,
-        watcher(Api::<Pod>::all(client.clone()), on_node),
-    )
-    .default_backoff()
-    .map(|e| {
-        (
-            Resource::Pods,
-            e.map(|e| matches!(e, watcher::Event::InitDone)),
-        )
-    });
-    let service_events = reflector::reflector(
+    );
+    let service_events = cached_watch(
+        Resource::Services,
+        Api::<Service>::all(client),
+        watcher::Config::default(),
         services_writer,
-        watcher(Api::<Service>::all(client), watcher::Config::default()),
-    )
-    .default_backoff()
-    .map(|e| {
-        (
-            Resource::Services,
-            e.map(|e| matches!(e, watcher::Event::InitDone)),
-        )
-    });
+    );
     let mut events = std::pin::pin!(futures::stream::select(pod_events, service_events));
 
     let mut follower = Follower::default();
