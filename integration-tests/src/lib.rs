@@ -4,6 +4,8 @@
 //! when the test fails; names are unique per process and fixture so tests can run in parallel.
 //! Traffic only ever goes to addresses inside namespaces a fixture created.
 
+pub mod fake_kube;
+
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -28,6 +30,16 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output> {
         );
     }
     Ok(out)
+}
+
+/// Fails unless the tests run as root: they load BPF programs and create network namespaces
+/// (a privileged test that skips silently would be no test).
+pub fn require_root() -> Result<()> {
+    let out = run("id", &["-u"])?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!("this test loads BPF programs and creates network namespaces: run it as root");
+    }
+    Ok(())
 }
 
 /// Runs `args` inside network namespace `netns`.

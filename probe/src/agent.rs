@@ -15,7 +15,9 @@ use tonic::transport::Channel;
 use crate::capture::{Capture, CaptureConfig};
 use crate::error::Result;
 use crate::metrics::ProbeMetrics;
-use crate::targets::netns::{follow, NetnsTargets};
+use crate::targets::kube::KubeTargets;
+use crate::targets::netns::{self, NetnsTargets};
+use crate::targets::reconcile::Reconciler;
 use crate::uplink::{Identity, Uplink};
 
 /// Everything the probe needs to run.
@@ -24,7 +26,11 @@ pub struct AgentConfig {
     /// Kernel-side capture settings.
     pub capture: CaptureConfig,
     /// What to trace.
-    pub targets: NetnsTargets,
+    pub targets: TargetSource,
+    /// Reported as the node of every record and endpoint.
+    pub node: String,
+    /// Ports traced whatever the pods expose.
+    pub extra_ports: std::collections::BTreeSet<u16>,
     /// Uplink delivery tuning.
     pub delivery: DeliveryConfig,
     /// Records queued between the ring buffer reader and the uplink; beyond it records are
@@ -32,11 +38,27 @@ pub struct AgentConfig {
     pub record_queue: usize,
 }
 
+/// Where the pods to trace come from.
+#[derive(Debug, Clone)]
+pub enum TargetSource {
+    /// Named network namespaces on this host.
+    Netns(NetnsTargets),
+    /// The pods of this node, watched through the Kubernetes API.
+    Kubernetes(KubeTargets),
+}
+
+/// A target source ready to run.
+enum Source {
+    Netns(NetnsTargets),
+    Kubernetes(KubeTargets, kube::Client),
+}
+
 /// How often the metrics catch up with the kernel's and the pipeline's counters.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the probe against the collector behind `collector` until `shutdown` resolves, keeping
-/// `metrics` up to date and following the live configuration `live` (snaplen, egress rules).
+/// `metrics` up to date and following the live configuration `live` (snaplen, egress rules
+/// and, in Kubernetes, the `clovisor_labels` pod selection).
 pub async fn run(
     config: AgentConfig,
     live: watch::Receiver<LiveConfig>,
@@ -51,9 +73,22 @@ pub async fn run(
             "removed tc filters left by a previous run that crashed"
         );
     }
+    // The client first: a probe that cannot configure it says so before touching the kernel.
+    let source = match config.targets.clone() {
+        TargetSource::Netns(t) => Source::Netns(t),
+        TargetSource::Kubernetes(mut t) => Source::Kubernetes(
+            {
+                t.selection = crate::targets::kube::selection::follow_labels(live.clone());
+                t
+            },
+            kube::Client::try_default()
+                .await
+                .map_err(|source| crate::Error::KubeConfig { source })?,
+        ),
+    };
     let mut capture = Capture::load(&config.capture)?;
     let events = capture.take_event_loop()?;
-    let identity = Identity::new(config.targets.node.clone(), config.capture.snaplen);
+    let identity = Identity::new(config.node.clone(), config.capture.snaplen);
     tracing::info!(probe_id = %identity.probe_id, node = %identity.node, "probe started");
 
     let (records_tx, records_rx) = mpsc::channel(config.record_queue);
@@ -79,14 +114,28 @@ pub async fn run(
             metrics.update(kernel.as_ref(), &events, &uplink_stats);
         }
     };
-    let follower = tokio::spawn(follow(
-        config.targets.clone(),
+    let reconciler = Reconciler::new(
         capture,
         records_tx.clone(),
         Arc::clone(&metrics),
+        config.node.clone(),
+        config
+            .extra_ports
+            .iter()
+            .map(|p| (*p, netns::hint_for_port(*p)))
+            .collect(),
         live,
-        stop.wait(),
-    ));
+    );
+    let follower = match source {
+        Source::Kubernetes(targets, client) => tokio::spawn(crate::targets::kube::follow(
+            targets,
+            client,
+            reconciler,
+            Arc::clone(&metrics),
+            stop.wait(),
+        )),
+        Source::Netns(targets) => tokio::spawn(netns::follow(targets, reconciler, stop.wait())),
+    };
     let events = tokio::spawn(events.run(records_tx, stop.wait()));
     let metrics_task = {
         let update = update_metrics.clone();

@@ -6,9 +6,23 @@ use std::time::Duration;
 use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_runtime::parse_duration;
 
-use crate::agent::AgentConfig;
+use crate::agent::{AgentConfig, TargetSource};
 use crate::capture::{AttachPolicy, CaptureConfig};
+use crate::targets::kube::{KubeTargets, PodSelection};
 use crate::targets::netns::NetnsTargets;
+
+/// Where the pods to trace come from (`--targets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetKind {
+    /// The pods of this node, watched through the Kubernetes API (in-cluster service account
+    /// or `KUBECONFIG`).
+    Kubernetes,
+    /// Named network namespaces (`/run/netns/*`) of this host.
+    Netns,
+}
+
+/// Set by the kubelet in every container: the probe runs in a cluster.
+pub const ENV_KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
 
 /// What the probe traces and how.
 #[derive(Debug, Clone, clap::Args)]
@@ -17,6 +31,14 @@ pub struct ProbeArgs {
     /// its veth; repeatable. Without it, every named network namespace is traced.
     #[arg(long = "netns", value_name = "NAME")]
     pub netns: Vec<String>,
+    /// Where the pods to trace come from. Default: `kubernetes` inside a cluster
+    /// (`KUBERNETES_SERVICE_HOST` set) unless `--netns` is given, else `netns`.
+    #[arg(long, env = "CLOVISOR_TARGETS", value_enum)]
+    pub targets: Option<TargetKind>,
+    /// With `--targets kubernetes`: how often pods whose host veth was not found (or whose
+    /// attach failed) are tried again, and the desired state recomputed without a change.
+    #[arg(long, env = "CLOVISOR_KUBE_RETRY", default_value = "5s", value_parser = parse_duration)]
+    pub kube_retry: Duration,
     /// Also trace this TCP port (the ports listening inside traced namespaces are found and
     /// followed automatically); repeatable.
     #[arg(long = "port", value_name = "PORT")]
@@ -61,9 +83,33 @@ impl ProbeArgs {
         self.node.clone().unwrap_or_else(hostname)
     }
 
-    /// The agent configuration these flags describe.
+    /// The target source: the flag, else by where the probe runs.
+    pub fn target_kind(&self) -> TargetKind {
+        default_target_kind(
+            self.targets,
+            !self.netns.is_empty(),
+            std::env::var_os(ENV_KUBERNETES_SERVICE_HOST).is_some_and(|h| !h.is_empty()),
+        )
+    }
+
+    /// The agent configuration these flags describe. The Kubernetes pod selection starts as
+    /// the default (namespace `default`); a live config source replaces the receiver.
     pub fn agent_config(&self) -> AgentConfig {
         let node = self.node_name();
+        let extra_ports = self.ports.iter().copied().collect::<BTreeSet<u16>>();
+        let targets = match self.target_kind() {
+            TargetKind::Netns => TargetSource::Netns(NetnsTargets {
+                names: self.netns.clone(),
+                extra_ports: extra_ports.clone(),
+                interval: self.scan_interval,
+                node: node.clone(),
+            }),
+            TargetKind::Kubernetes => TargetSource::Kubernetes(KubeTargets {
+                node: node.clone(),
+                selection: tokio::sync::watch::channel(PodSelection::default()).1,
+                resync: self.kube_retry,
+            }),
+        };
         AgentConfig {
             capture: CaptureConfig {
                 snaplen: self.snaplen,
@@ -72,15 +118,24 @@ impl ProbeArgs {
                 attach: self.attach,
                 ..CaptureConfig::default()
             },
-            targets: NetnsTargets {
-                names: self.netns.clone(),
-                extra_ports: self.ports.iter().copied().collect::<BTreeSet<u16>>(),
-                interval: self.scan_interval,
-                node,
-            },
+            targets,
+            node,
+            extra_ports,
             delivery: DeliveryConfig::default(),
             record_queue: usize::try_from(self.record_queue).unwrap_or(usize::MAX),
         }
+    }
+}
+
+fn default_target_kind(
+    flag: Option<TargetKind>,
+    netns_named: bool,
+    in_cluster: bool,
+) -> TargetKind {
+    match flag {
+        Some(kind) => kind,
+        None if in_cluster && !netns_named => TargetKind::Kubernetes,
+        None => TargetKind::Netns,
     }
 }
 
@@ -134,6 +189,43 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         probe: ProbeArgs,
+    }
+
+    #[test]
+    fn kubernetes_is_the_default_in_a_cluster_unless_namespaces_are_named() {
+        use TargetKind::*;
+        assert_eq!(
+            default_target_kind(None, false, true),
+            Kubernetes,
+            "in a cluster"
+        );
+        assert_eq!(
+            default_target_kind(None, true, true),
+            Netns,
+            "--netns given"
+        );
+        assert_eq!(
+            default_target_kind(None, false, false),
+            Netns,
+            "on a plain host"
+        );
+        assert_eq!(
+            default_target_kind(Some(Kubernetes), false, false),
+            Kubernetes,
+            "flag wins"
+        );
+        assert_eq!(
+            default_target_kind(Some(Netns), false, true),
+            Netns,
+            "flag wins"
+        );
+        let cli = Cli::try_parse_from(["probe", "--targets", "kubernetes", "--kube-retry", "2s"])
+            .expect("valid flags");
+        assert_eq!(cli.probe.target_kind(), Kubernetes, "--targets kubernetes");
+        assert!(
+            Cli::try_parse_from(["probe", "--targets", "k8s"]).is_err(),
+            "unknown source rejected"
+        );
     }
 
     #[test]

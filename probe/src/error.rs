@@ -124,6 +124,13 @@ pub enum Error {
     /// The event loop was already taken.
     #[error("the event loop was already taken")]
     EventLoopTaken,
+    /// No Kubernetes client could be configured (neither in-cluster nor from a kubeconfig).
+    #[error("Kubernetes client configuration")]
+    KubeConfig {
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
     /// The interface is not known to the kernel.
     #[error("no interface named {interface}")]
     NoSuchInterface {

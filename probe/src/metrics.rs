@@ -45,6 +45,13 @@ pub struct BatchLabels {
     pub kind: &'static str,
 }
 
+/// Labels of `clovisor_probe_kube_watch_errors_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// `pods` or `services`.
+    pub resource: &'static str,
+}
+
 /// Where each cumulative source stood at the last update.
 #[derive(Debug, Default)]
 struct Last {
@@ -65,6 +72,7 @@ pub struct ProbeMetrics {
     uplink_disconnects: Counter,
     uplink_replay_bytes: Gauge,
     attached_interfaces: Gauge,
+    kube_watch_errors: Family<WatchLabels, Counter>,
     drops: Drops,
     last: Mutex<Last>,
 }
@@ -83,6 +91,7 @@ impl ProbeMetrics {
             uplink_disconnects: Counter::default(),
             uplink_replay_bytes: Gauge::default(),
             attached_interfaces: Gauge::default(),
+            kube_watch_errors: Family::default(),
             drops,
             last: Mutex::new(Last::default()),
         }
@@ -141,6 +150,18 @@ impl ProbeMetrics {
             "Interfaces the capture programs are attached to",
             self.attached_interfaces.clone(),
         );
+        registry.register(
+            "clovisor_probe_kube_watch_errors",
+            "Kubernetes list/watch requests that failed (each is retried; a 410 Gone relists)",
+            self.kube_watch_errors.clone(),
+        );
+    }
+
+    /// Counts a failed list or watch of `resource`.
+    pub fn kube_watch_error(&self, resource: &'static str) {
+        self.kube_watch_errors
+            .get_or_create(&WatchLabels { resource })
+            .inc();
     }
 
     /// Counts an endpoint update handed to the uplink (they wait for room, never dropped).

@@ -26,6 +26,8 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
 const RTM_DELQDISC: u16 = 37;
 const RTM_NEWTFILTER: u16 = 44;
 const RTM_GETTFILTER: u16 = 46;
@@ -35,6 +37,8 @@ const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const TCA_OPTIONS: u16 = 2;
 const TCA_BPF_NAME: u16 = 7;
@@ -253,6 +257,44 @@ impl Socket {
             }
         }
         Ok(out)
+    }
+
+    /// The interface the kernel would send a packet to `ip` through (`ip route get`), if
+    /// it has a route.
+    pub fn route_output(&mut self, ip: IpAddr) -> Result<Option<u32>> {
+        const WHAT: &str = "route get";
+        let (family, dst, bits): (u8, Vec<u8>, u8) = match ip {
+            IpAddr::V4(v4) => (libc::AF_INET as u8, v4.octets().to_vec(), 32),
+            IpAddr::V6(v6) => (libc::AF_INET6 as u8, v6.octets().to_vec(), 128),
+        };
+        // struct rtmsg (12 bytes) then RTA_DST.
+        let mut body = vec![0u8; 12];
+        body[0] = family;
+        body[1] = bits;
+        let attr_len = u16::try_from(4 + dst.len()).map_err(|_| malformed(WHAT, "address"))?;
+        body.extend_from_slice(&attr_len.to_ne_bytes());
+        body.extend_from_slice(&RTA_DST.to_ne_bytes());
+        body.extend_from_slice(&dst);
+        let answers = match self.request(WHAT, RTM_GETROUTE, NLM_F_ACK, &body, RTM_NEWROUTE) {
+            Ok(a) => a,
+            // No route at all (ENETUNREACH / EHOSTUNREACH): no answer, not a failure.
+            Err(Error::Netlink { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENETUNREACH | libc::EHOSTUNREACH)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        for p in answers {
+            let attrs_buf = p.get(12..).ok_or_else(|| malformed(WHAT, "short rtmsg"))?;
+            if let Some((_, v)) = attrs(attrs_buf).find(|(t, v)| *t == RTA_OIF && v.len() >= 4) {
+                return Ok(Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])));
+            }
+        }
+        Ok(None)
     }
 
     /// Names of the BPF programs of the tc filters under `parent` on `ifindex` (empty

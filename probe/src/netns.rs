@@ -70,9 +70,18 @@ fn in_netns<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let path = ns_path(name)?;
-    let owned = name.to_owned();
-    let file = File::open(&path).map_err(|source| Error::Netns {
+    in_netns_at(&ns_path(name)?, name, f)
+}
+
+/// [`in_netns`] for the namespace file at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`);
+/// `label` names it in errors.
+fn in_netns_at<T: Send + 'static>(
+    path: &Path,
+    label: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let owned = label.to_owned();
+    let file = File::open(path).map_err(|source| Error::Netns {
         name: owned.clone(),
         what: "open",
         source,
@@ -88,13 +97,13 @@ fn in_netns<T: Send + 'static>(
             f()
         })
         .map_err(|source| Error::Netns {
-            name: name.to_owned(),
+            name: label.to_owned(),
             what: "spawn thread",
             source,
         })?;
     handle.join().unwrap_or_else(|_| {
         Err(Error::Netns {
-            name: name.to_owned(),
+            name: label.to_owned(),
             what: "namespace thread panicked",
             source: std::io::Error::other("panic"),
         })
@@ -132,10 +141,17 @@ pub fn listening_tcp_ports(name: &str) -> Result<BTreeSet<u16>> {
 /// The host side of namespace `name`'s veth: the namespace's veth (`eth0` preferred)
 /// whose peer (IFLA_LINK) is a veth in the caller's namespace.
 pub fn host_veth(name: &str) -> Result<HostVeth> {
-    let (inside, addrs) = in_netns(name, || {
-        let mut s = netlink::Socket::open()?;
-        Ok((s.links()?, s.addrs()?))
-    })?;
+    let (inside, addrs) = in_netns(name, dump_links_and_addrs)?;
+    host_peer(name, &inside, &addrs)
+}
+
+fn dump_links_and_addrs() -> Result<(Vec<netlink::Link>, Vec<netlink::Addr>)> {
+    let mut s = netlink::Socket::open()?;
+    Ok((s.links()?, s.addrs()?))
+}
+
+/// The host peer of the best pod-side veth among `inside` (links of namespace `label`).
+fn host_peer(label: &str, inside: &[netlink::Link], addrs: &[netlink::Addr]) -> Result<HostVeth> {
     let host_links = netlink::Socket::open()?.links()?;
     let mut candidates: Vec<&netlink::Link> = inside
         .iter()
@@ -162,8 +178,170 @@ pub fn host_veth(name: &str) -> Result<HostVeth> {
         });
     }
     Err(Error::NoHostVeth {
-        name: name.to_owned(),
+        name: label.to_owned(),
     })
+}
+
+/// How [`host_veth_of_ips`] found a pod's veth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VethMethod {
+    /// The pod's namespace is a named one (`/run/netns/NAME`, containerd and CRI-O sandboxes).
+    NamedNetns(String),
+    /// The pod's namespace is that of a process (`/proc/PID/ns/net`).
+    ProcessNetns(u32),
+    /// The host route to the pod IP goes out through a veth (Calico, Cilium and other
+    /// routed CNIs).
+    HostRoute,
+}
+
+impl std::fmt::Display for VethMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NamedNetns(n) => write!(f, "named netns {n}"),
+            Self::ProcessNetns(pid) => write!(f, "netns of pid {pid}"),
+            Self::HostRoute => f.write_str("host route"),
+        }
+    }
+}
+
+/// The host-side veth of the pod carrying one of `ips`, found without exec rights and
+/// whatever the CNI: first the network namespace holding one of the addresses (named
+/// namespaces, then those of the processes this probe can see), whose `eth0` peer is the
+/// host veth; failing that, the interface of the host route to the pod IP when it is a veth.
+pub fn host_veth_of_ips(ips: &[IpAddr]) -> Result<(HostVeth, VethMethod)> {
+    host_veths_of_pods(&[ips.to_vec()])
+        .pop()
+        .unwrap_or_else(|| {
+            Err(Error::NoHostVeth {
+                name: "(no pod)".to_owned(),
+            })
+        })
+}
+
+/// [`host_veth_of_ips`] for several pods (each a list of its IPs) at once: every namespace is
+/// entered once whatever the number of pods, and the scan stops when all are found. Results
+/// are in the order of `pods`.
+pub fn host_veths_of_pods(pods: &[Vec<IpAddr>]) -> Vec<Result<(HostVeth, VethMethod)>> {
+    let mut found: Vec<Option<Result<(HostVeth, VethMethod)>>> =
+        std::iter::repeat_with(|| None).take(pods.len()).collect();
+    if let Err(e) = scan_namespaces(pods, &mut found) {
+        tracing::warn!(error = %e, "cannot scan network namespaces for pod IPs");
+    }
+    let route = |ips: &[IpAddr]| -> Result<(HostVeth, VethMethod)> {
+        let mut s = netlink::Socket::open()?;
+        let links = s.links()?;
+        for ip in ips {
+            let Some(oif) = s.route_output(*ip)? else {
+                continue;
+            };
+            if let Some(l) = links
+                .iter()
+                .find(|l| l.index == oif && l.kind.as_deref() == Some("veth"))
+            {
+                let veth = HostVeth {
+                    ifindex: l.index,
+                    name: l.name.clone(),
+                    pod_ips: ips.to_vec(),
+                };
+                return Ok((veth, VethMethod::HostRoute));
+            }
+        }
+        Err(Error::NoHostVeth {
+            name: ips
+                .first()
+                .map_or_else(|| "(no pod IP)".to_owned(), IpAddr::to_string),
+        })
+    };
+    pods.iter()
+        .zip(found)
+        .map(|(ips, f)| match f {
+            Some(Ok(v)) => Ok(v),
+            // Not in any namespace we can see, or its namespace has no veth to the host
+            // (another kind of interface): the host route may still know it.
+            Some(Err(_)) | None => route(ips),
+        })
+        .collect()
+}
+
+/// Enters each distinct namespace once — the named ones, then (only if some pod is still
+/// missing) those of the processes — and records, for every pod not found yet, the host peer
+/// of the namespace holding one of its IPs.
+fn scan_namespaces(
+    pods: &[Vec<IpAddr>],
+    found: &mut [Option<Result<(HostVeth, VethMethod)>>],
+) -> Result<()> {
+    // Ours never: the host has no pod IP to find.
+    let mut seen: BTreeSet<(u64, u64)> =
+        ns_id(Path::new("/proc/self/ns/net")).into_iter().collect();
+    let named: Vec<(PathBuf, VethMethod)> = named()?
+        .into_iter()
+        .map(|n| (Path::new(NETNS_DIR).join(&n), VethMethod::NamedNetns(n)))
+        .collect();
+    scan_some(named, &mut seen, pods, found);
+    if found.iter().any(Option::is_none) {
+        scan_some(process_netns(), &mut seen, pods, found);
+    }
+    Ok(())
+}
+
+fn scan_some(
+    candidates: Vec<(PathBuf, VethMethod)>,
+    seen: &mut BTreeSet<(u64, u64)>,
+    pods: &[Vec<IpAddr>],
+    found: &mut [Option<Result<(HostVeth, VethMethod)>>],
+) {
+    for (path, method) in candidates {
+        if found.iter().all(Option::is_some) {
+            return;
+        }
+        // Each namespace once.
+        let Some(id) = ns_id(&path) else { continue };
+        if !seen.insert(id) {
+            continue;
+        }
+        let label = method.to_string();
+        let (links, addrs) = match in_netns_at(&path, &label, dump_links_and_addrs) {
+            Ok(d) => d,
+            // A process that exited meanwhile, a namespace we may not enter: not a pod here.
+            Err(e) => {
+                tracing::trace!(error = %e, "namespace skipped");
+                continue;
+            }
+        };
+        for (ips, slot) in pods.iter().zip(found.iter_mut()) {
+            if slot.is_none() && addrs.iter().any(|a| ips.contains(&a.ip)) {
+                *slot = Some(host_peer(&label, &links, &addrs).map(|v| (v, method.clone())));
+            }
+        }
+    }
+}
+
+/// Device and inode of a namespace file: equal for two handles on the same namespace.
+fn ns_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// `/proc/PID/ns/net` of every process in `/proc` (as many as this process can see).
+fn process_netns() -> Vec<(PathBuf, VethMethod)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PathBuf, VethMethod)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .map(|pid| {
+            (
+                PathBuf::from(format!("/proc/{pid}/ns/net")),
+                VethMethod::ProcessNetns(pid),
+            )
+        })
+        .collect();
+    out.sort_by_key(|(_, m)| match m {
+        VethMethod::ProcessNetns(pid) => *pid,
+        _ => 0,
+    });
+    out
 }
 
 /// One row of `/proc/net/tcp{,6}`.

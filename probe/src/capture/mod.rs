@@ -245,6 +245,22 @@ impl Capture {
         Ok(())
     }
 
+    /// The traced ports as the kernel map holds them now.
+    pub fn traced_ports(&self) -> Result<BTreeMap<u16, ProtocolHint>> {
+        let map: BpfHashMap<_, u16, u8> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_TRACED_PORTS).ok_or(Error::MissingMap {
+                map: MAP_TRACED_PORTS,
+            })?)
+            .map_err(map_err(MAP_TRACED_PORTS, "open"))?;
+        map.iter()
+            .map(|entry| {
+                entry
+                    .map(|(port, hint)| (port, raw::protocol_hint(hint)))
+                    .map_err(map_err(MAP_TRACED_PORTS, "read"))
+            })
+            .collect()
+    }
+
     /// Attaches both programs to the host-side veth `ifname`. Idempotent: attaching an
     /// interface already attached (same ifindex) does nothing.
     pub fn attach_pod_veth(&mut self, ifname: &str) -> Result<AttachMode> {

@@ -197,7 +197,8 @@ pub enum Event {
 /// Bytes of a MSG_START before its payload.
 const MSG_START_HEADER: usize = std::mem::offset_of!(abi::clovisor_msg_start, payload);
 
-fn protocol_hint(raw: u8) -> ProtocolHint {
+/// The traced_ports map value back into a ProtocolHint.
+pub fn protocol_hint(raw: u8) -> ProtocolHint {
     // Unknown values (a newer BPF object) degrade to "unspecified" rather than failing
     // the record: the collector sniffs the protocol anyway.
     ProtocolHint::try_from(i32::from(raw)).unwrap_or(ProtocolHint::Unspecified)

@@ -4,17 +4,11 @@
 //! Namespaces that appear, disappear or change their listening ports are followed live.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use clovisor_config::LiveConfig;
-use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
-use tokio::sync::{mpsc, watch};
+use clovisor_proto::capture::v1::ProtocolHint;
 
-use crate::capture::egress::EgressEntry;
-use crate::capture::Capture;
-use crate::metrics::ProbeMetrics;
+use super::reconcile::{Desired, PodMeta, Reconciler, Target};
 use crate::netns::{self, HostVeth};
 
 /// What to follow.
@@ -31,7 +25,7 @@ pub struct NetnsTargets {
 }
 
 /// How often the metadata of every followed namespace is sent again.
-const ENDPOINT_REFRESH: Duration = Duration::from_secs(10);
+pub const ENDPOINT_REFRESH: Duration = Duration::from_secs(10);
 
 /// One followed namespace.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,24 +37,14 @@ struct Followed {
 /// What one scan found: namespace -> its veth and listening ports.
 type Scan = BTreeMap<String, Followed>;
 
-/// Keeps `capture` in step with the namespaces and the live configuration `live` (snaplen,
-/// egress rules; the namespace name plays the pod name) until `shutdown` resolves, then
-/// detaches everything it attached.
+/// Keeps `reconciler` in step with the namespaces until `shutdown` resolves, then detaches
+/// everything it attached and gives the capture back.
 pub async fn follow(
     targets: NetnsTargets,
-    mut capture: Capture,
-    out: mpsc::Sender<Record>,
-    metrics: Arc<ProbeMetrics>,
-    mut live: watch::Receiver<LiveConfig>,
+    mut reconciler: Reconciler,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Capture {
+) -> crate::capture::Capture {
     tokio::pin!(shutdown);
-    let mut current: Scan = BTreeMap::new();
-    let mut traced_ports: BTreeMap<u16, ProtocolHint> = BTreeMap::new();
-    let mut egress: BTreeMap<EgressEntry, ProtocolHint> = BTreeMap::new();
-    let base_snaplen = capture.config().snaplen;
-    // Without a configuration source the sender is gone: stop listening for changes.
-    let mut live_open = true;
     let mut last_refresh = tokio::time::Instant::now();
     let mut interval = tokio::time::interval(targets.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -68,7 +52,7 @@ pub async fn follow(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = interval.tick() => {}
-            changed = live.changed(), if live_open => live_open = changed.is_ok(),
+            _ = reconciler.live_changed() => {}
         }
         let names = targets.names.clone();
         let scan = match tokio::task::spawn_blocking(move || scan(&names)).await {
@@ -78,38 +62,34 @@ pub async fn follow(
                 continue;
             }
         };
-        apply(
-            &targets,
-            &mut capture,
-            &out,
-            &metrics,
-            &mut current,
-            &mut traced_ports,
-            scan,
-        )
-        .await;
-        let config = live.borrow_and_update().clone();
-        apply_live(&mut capture, &current, &config, base_snaplen, &mut egress);
+        reconciler.apply(desired(scan), BTreeMap::new()).await;
         // A restarted collector has forgotten pod metadata: repeat it now and then.
         if last_refresh.elapsed() >= ENDPOINT_REFRESH {
             last_refresh = tokio::time::Instant::now();
-            for (name, f) in &current {
-                for ip in &f.veth.pod_ips {
-                    send_endpoint(
-                        &out,
-                        &metrics,
-                        endpoint(&targets, name, &f.veth, *ip, false),
-                    )
-                    .await;
-                }
-            }
+            reconciler.refresh_endpoints().await;
         }
     }
-    if let Err(e) = capture.detach_all() {
-        tracing::error!(error = %e, "detaching on shutdown failed");
-    }
-    metrics.set_attached(capture.attached().len());
-    capture
+    reconciler.finish()
+}
+
+/// Namespaces as pods: the namespace name is the pod, its workload and its identity.
+fn desired(scan: Scan) -> Desired {
+    scan.into_iter()
+        .map(|(name, f)| {
+            let target = Target {
+                instance: name.clone(),
+                meta: PodMeta {
+                    pod: name.clone(),
+                    namespace: String::new(),
+                    workload: name.clone(),
+                },
+                ips: f.veth.pod_ips.clone(),
+                veth: f.veth,
+                ports: f.ports.iter().map(|p| (*p, hint_for_port(*p))).collect(),
+            };
+            (name, target)
+        })
+        .collect()
 }
 
 /// Reads every wanted namespace; namespaces that cannot be read are logged and left out, so
@@ -153,152 +133,12 @@ fn scan(names: &[String]) -> Scan {
     scan
 }
 
-async fn apply(
-    targets: &NetnsTargets,
-    capture: &mut Capture,
-    out: &mpsc::Sender<Record>,
-    metrics: &ProbeMetrics,
-    current: &mut Scan,
-    traced_ports: &mut BTreeMap<u16, ProtocolHint>,
-    scan: Scan,
-) {
-    // Gone or changed veth: detach and retract the endpoints.
-    let gone: Vec<String> = current
-        .iter()
-        .filter(|(name, f)| scan.get(*name).map(|n| &n.veth) != Some(&f.veth))
-        .map(|(name, _)| name.clone())
-        .collect();
-    for name in gone {
-        if let Some(f) = current.remove(&name) {
-            if let Err(e) = capture.detach(&f.veth.name) {
-                tracing::warn!(netns = %name, interface = %f.veth.name, error = %e, "detach failed");
-            } else {
-                tracing::info!(netns = %name, interface = %f.veth.name, "namespace gone; detached");
-            }
-            for ip in &f.veth.pod_ips {
-                send_endpoint(out, metrics, endpoint(targets, &name, &f.veth, *ip, true)).await;
-            }
-        }
-    }
-    for (name, found) in &scan {
-        if current.get(name).map(|f| &f.veth) == Some(&found.veth) {
-            continue;
-        }
-        match capture.attach_pod_veth(&found.veth.name) {
-            Ok(mode) => {
-                tracing::info!(netns = %name, interface = %found.veth.name, ?mode, ips = ?found.veth.pod_ips, "tracing namespace");
-                for ip in &found.veth.pod_ips {
-                    send_endpoint(
-                        out,
-                        metrics,
-                        endpoint(targets, name, &found.veth, *ip, false),
-                    )
-                    .await;
-                }
-                current.insert(name.clone(), found.clone());
-            }
-            Err(e) => {
-                tracing::warn!(netns = %name, interface = %found.veth.name, error = %e, "attach failed; retrying next scan");
-            }
-        }
-    }
-    for (name, found) in &scan {
-        if let Some(f) = current.get_mut(name) {
-            f.ports.clone_from(&found.ports);
-        }
-    }
-    let wanted: BTreeMap<u16, ProtocolHint> = current
-        .values()
-        .flat_map(|f| f.ports.iter().copied())
-        .chain(targets.extra_ports.iter().copied())
-        .map(|p| (p, hint_for_port(p)))
-        .collect();
-    if &wanted != traced_ports {
-        match capture.set_traced_ports(&wanted) {
-            Ok(()) => {
-                tracing::info!(ports = ?wanted.keys().collect::<Vec<_>>(), "traced ports");
-                *traced_ports = wanted;
-            }
-            Err(e) => tracing::error!(error = %e, "cannot update traced ports"),
-        }
-    }
-}
-
-/// Applies the live configuration's snaplen and egress rules to the namespaces followed now
-/// (so the entries of a namespace that went away are removed with it).
-fn apply_live(
-    capture: &mut Capture,
-    current: &Scan,
-    config: &LiveConfig,
-    base_snaplen: u32,
-    applied: &mut BTreeMap<EgressEntry, ProtocolHint>,
-) {
-    let snaplen = config.snaplen.unwrap_or(base_snaplen);
-    if snaplen != capture.config().snaplen {
-        match capture.set_snaplen(snaplen) {
-            Ok(()) => tracing::info!(snaplen, "snaplen changed"),
-            Err(e) => tracing::error!(snaplen, error = %e, "cannot change snaplen"),
-        }
-    }
-    let wanted = super::egress::entries(
-        current
-            .iter()
-            .map(|(name, f)| (name.as_str(), f.veth.ifindex)),
-        &config.egress,
-    );
-    if &wanted != applied {
-        match capture.set_egress(&wanted) {
-            Ok(()) => {
-                tracing::info!(
-                    entries = wanted.len(),
-                    "egress rules applied to traced namespaces"
-                );
-                *applied = wanted;
-            }
-            Err(e) => tracing::error!(error = %e, "cannot update egress rules"),
-        }
-    }
-}
-
 /// Without Kubernetes there is no service-port name to say what a port speaks; the collector
 /// sniffs the protocol, so discovered ports are plain TCP unless they are well-known HTTP ports.
-pub(crate) fn hint_for_port(port: u16) -> ProtocolHint {
+pub fn hint_for_port(port: u16) -> ProtocolHint {
     match port {
         80 | 8000 | 8080 | 8888 => ProtocolHint::Http,
         _ => ProtocolHint::Tcp,
-    }
-}
-
-fn endpoint(
-    targets: &NetnsTargets,
-    name: &str,
-    veth: &HostVeth,
-    ip: IpAddr,
-    removed: bool,
-) -> EndpointUpdate {
-    EndpointUpdate {
-        ip: match ip {
-            IpAddr::V4(v4) => v4.octets().to_vec(),
-            IpAddr::V6(v6) => v6.octets().to_vec(),
-        },
-        pod: name.to_owned(),
-        namespace: String::new(),
-        node: targets.node.clone(),
-        workload: name.to_owned(),
-        ifindex: veth.ifindex,
-        interface: veth.name.clone(),
-        removed,
-    }
-}
-
-async fn send_endpoint(out: &mpsc::Sender<Record>, metrics: &ProbeMetrics, update: EndpointUpdate) {
-    // Metadata is rare and small: wait for room rather than lose it.
-    let record = Record {
-        kind: Some(record::Kind::Endpoint(update)),
-    };
-    match out.send(record).await {
-        Ok(()) => metrics.endpoint_record_sent(),
-        Err(_) => tracing::debug!("record channel closed; endpoint update not sent"),
     }
 }
 

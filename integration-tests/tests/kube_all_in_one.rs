@@ -1,0 +1,216 @@
+//! `clovisor all-in-one --targets kubernetes`, as a user runs it, with `KUBECONFIG` pointing at
+//! the fake API server: the pod the API describes is traced by its host veth (found from its IP),
+//! its sessions carry the pod name and namespace the API gave and the probe's node, the protocol comes from
+//! the Service, and deleting the pod detaches it; SIGTERM leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clovisor_integration_tests::fake_kube::FakeKube;
+use clovisor_integration_tests::{
+    clovisor_bin, free_port, our_programs_on, require_root, run_in, wait_for, Lab, Nginx, Proc,
+};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+
+fn http_get(url: &str) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "5", url])
+        .output()?;
+    if !out.status.success() {
+        bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_in_one_traces_the_pods_the_api_server_describes() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new()?;
+    let client = lab.pod("kcli")?;
+    let server = lab.pod("ksrv")?;
+    let _nginx = Nginx::start(&server)?;
+    let node = format!("node-e2e-{}", std::process::id());
+
+    let kube = FakeKube::start().await?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = kube.write_kubeconfig(dir.path())?;
+    kube.apply(&Service {
+        metadata: ObjectMeta {
+            namespace: Some("default".into()),
+            name: Some("db".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([("app".into(), "db".into())])),
+            ports: Some(vec![ServicePort {
+                name: Some("http-web".into()),
+                port: 80,
+                target_port: Some(IntOrString::Int(80)),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })?;
+    kube.apply(&Pod {
+        metadata: ObjectMeta {
+            namespace: Some("default".into()),
+            name: Some("db-0".into()),
+            uid: Some("uid-db-0".into()),
+            labels: Some(BTreeMap::from([("app".into(), "db".into())])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: <StatefulSet as k8s_openapi::Resource>::KIND.into(),
+                name: "db".into(),
+                uid: "sts-uid".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.clone()),
+            containers: vec![Container {
+                name: "nginx".into(),
+                ports: Some(vec![ContainerPort {
+                    container_port: 80,
+                    ..ContainerPort::default()
+                }]),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(server.ipv4.to_string()),
+            pod_ips: Some(vec![PodIP {
+                ip: server.ipv4.to_string(),
+            }]),
+            ..PodStatus::default()
+        }),
+    })?;
+
+    // A host-network pod of the node: never attached, and the log says why.
+    kube.apply(&Pod {
+        metadata: ObjectMeta {
+            namespace: Some("default".into()),
+            name: Some("node-agent".into()),
+            uid: Some("uid-agent".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.clone()),
+            host_network: Some(true),
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(client.ipv4.to_string()),
+            ..PodStatus::default()
+        }),
+    })?;
+
+    let api = format!("127.0.0.1:{}", free_port()?);
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut cmd = Command::new(clovisor_bin()?);
+    cmd.args([
+        "all-in-one",
+        "--targets",
+        "kubernetes",
+        "--node",
+        &node,
+        "--api-listen",
+        &api,
+        "--metrics-listen",
+        &metrics,
+    ])
+    .env("KUBECONFIG", &kubeconfig)
+    .env("OTEL_TRACES_EXPORTER", "none")
+    .env("RUST_LOG", "info");
+    let log = std::env::temp_dir().join(format!("clovisor-kube-e2e-{}.log", std::process::id()));
+    let mut proc = Proc::spawn(cmd, log)?;
+    let attached = wait_for("the pod's veth attached", Duration::from_secs(30), || {
+        if !proc.running() {
+            bail!("clovisor exited early:\n{}", proc.log_text());
+        }
+        Ok(our_programs_on(&server.host_veth)?.len() == 2)
+    });
+    if let Err(e) = attached {
+        bail!("{e:#}\nlog:\n{}", proc.log_text());
+    }
+    let log_text = proc.log_text();
+    assert!(
+        log_text.contains("found the pod's host veth") && log_text.contains("named netns"),
+        "the log names how the veth was found:\n{log_text}"
+    );
+    assert!(
+        log_text.lines().any(|l| l.contains("pod not traced")
+            && l.contains("default/node-agent")
+            && l.contains("host network")),
+        "the host-network pod is logged as not traced:\n{log_text}"
+    );
+    assert!(
+        our_programs_on(&client.host_veth)?.is_empty(),
+        "nothing attached for the host-network pod"
+    );
+
+    let url = format!("http://{}/index.html?kube=1", server.ipv4);
+    let sessions = format!("http://{api}/api/v1/sessions?limit=100");
+    let mut seen = Value::Null;
+    let found = wait_for("the session of the pod", Duration::from_secs(20), || {
+        run_in(
+            &client.netns,
+            &["curl", "-sS", "-o", "/dev/null", "--max-time", "5", &url],
+        )?;
+        let body: Value = serde_json::from_str(&http_get(&sessions)?).context("sessions")?;
+        let hit = body["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["http"]["query"] == "kube=1")
+            .cloned();
+        Ok(hit.map(|s| seen = s).is_some())
+    });
+    if let Err(e) = found {
+        bail!("{e:#}\nlog:\n{}", proc.log_text());
+    }
+    assert_eq!(
+        (
+            &seen["server"]["pod"],
+            &seen["server"]["namespace"],
+            &seen["server"]["node"]
+        ),
+        (
+            &Value::from("db-0"),
+            &Value::from("default"),
+            &Value::from(node.as_str())
+        ),
+        "server metadata from the API: {seen:#}"
+    );
+    assert_eq!(seen["protocol"], "http/1.1", "decoded as HTTP: {seen:#}");
+
+    // Deleted in the API: detached while the process keeps running.
+    kube.delete::<Pod>("default", "db-0");
+    let detached = wait_for("the pod detached", Duration::from_secs(10), || {
+        Ok(our_programs_on(&server.host_veth)?.is_empty())
+    });
+    if let Err(e) = detached {
+        bail!("{e:#}\nlog:\n{}", proc.log_text());
+    }
+    assert!(proc.running(), "still running after the pod went away");
+    let status = proc.stop(15, Duration::from_secs(15))?;
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM, saw {status:?}\n{}",
+        proc.log_text()
+    );
+    Ok(())
+}

@@ -1,0 +1,527 @@
+//! The probe following Kubernetes (`--targets kubernetes`) against a fake API server that
+//! speaks real list/watch JSON, with namespace "pods" on veths and the real BPF programs:
+//! pods added, made Running, deleted; a service port renamed; the selection changed; watch
+//! streams cut and a 410 Gone forcing a relist — checked in the kernel (programs on the
+//! veths, the traced-ports map) and in the endpoint records sent to the collector.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clovisor_integration_tests::fake_kube::FakeKube;
+use clovisor_integration_tests::{our_programs_on, require_root, Lab, Pod as LabPod};
+use clovisor_probe::metrics::ProbeMetrics;
+use clovisor_probe::targets::kube::{follow, KubeTargets, PodSelection, PodSelector};
+use clovisor_probe::targets::reconcile::{Reconciler, TargetsStatus};
+use clovisor_probe::{Capture, CaptureConfig};
+use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot, watch};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A pod object of `node` for lab pod `lab` (its addresses), Running or Pending.
+fn pod(ns: &str, name: &str, node: &str, lab: Option<&LabPod>, labels: &[(&str, &str)]) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            uid: Some(format!(
+                "uid-{name}-{}",
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            )),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.into()),
+            containers: vec![Container {
+                name: "main".into(),
+                ports: Some(vec![ContainerPort {
+                    container_port: 8080,
+                    name: Some("web".into()),
+                    ..ContainerPort::default()
+                }]),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: Some(match lab {
+            Some(lab) => PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some(lab.ipv4.to_string()),
+                pod_ips: Some(vec![
+                    PodIP {
+                        ip: lab.ipv4.to_string(),
+                    },
+                    PodIP {
+                        ip: lab.ipv6.to_string(),
+                    },
+                ]),
+                ..PodStatus::default()
+            },
+            None => PodStatus {
+                phase: Some("Pending".into()),
+                ..PodStatus::default()
+            },
+        }),
+    }
+}
+
+/// A service selecting `app=<app>` whose port 80 (named `port_name`) targets the pods' 8080.
+fn service(ns: &str, app: &str, port_name: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(app.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([("app".into(), app.into())])),
+            ports: Some(vec![ServicePort {
+                name: Some(port_name.into()),
+                port: 80,
+                target_port: Some(IntOrString::String("web".into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The follower running against the fake server, as the agent runs it.
+struct Probe {
+    status: watch::Receiver<TargetsStatus>,
+    records: mpsc::Receiver<Record>,
+    endpoints: Vec<EndpointUpdate>,
+    selection: watch::Sender<PodSelection>,
+    registry: Registry,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Capture>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Probe {
+    async fn start(kube: &FakeKube, node: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        // Through a kubeconfig file, as `KUBECONFIG` gives it to the probe.
+        let path = kube.write_kubeconfig(dir.path())?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(&path)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let capture = Capture::load(&CaptureConfig {
+            node: node.into(),
+            ..CaptureConfig::default()
+        })?;
+        let (tx, records) = mpsc::channel(1024);
+        let drops = clovisor_runtime::drops::Drops::default();
+        let metrics = Arc::new(ProbeMetrics::new(drops));
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let reconciler = Reconciler::new(
+            capture,
+            tx,
+            Arc::clone(&metrics),
+            node.into(),
+            BTreeMap::new(),
+            // No live configuration source: flags and defaults only.
+            watch::channel(clovisor_config::LiveConfig::default()).1,
+        );
+        let status = reconciler.subscribe();
+        let (selection, selection_rx) = watch::channel(PodSelection::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let targets = KubeTargets {
+            node: node.into(),
+            selection: selection_rx,
+            resync: Duration::from_secs(1),
+        };
+        let task = tokio::spawn(follow(targets, client, reconciler, metrics, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            status,
+            records,
+            endpoints: Vec::new(),
+            selection,
+            registry,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        })
+    }
+
+    /// Waits until the status satisfies `check`; fails with the last status seen.
+    async fn wait_status(
+        &mut self,
+        what: &str,
+        check: impl Fn(&TargetsStatus) -> bool,
+    ) -> Result<TargetsStatus> {
+        let waited = tokio::time::timeout(WAIT, self.status.wait_for(|s| check(s)))
+            .await
+            .map(|r| r.map(|s| s.clone()));
+        match waited {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(_)) => bail!("{what}: the follower stopped"),
+            Err(_) => bail!(
+                "timed out after {WAIT:?} waiting for {what}; last status: {:?}",
+                *self.status.borrow()
+            ),
+        }
+    }
+
+    /// Endpoint updates received so far.
+    fn drain_endpoints(&mut self) -> &[EndpointUpdate] {
+        while let Ok(r) = self.records.try_recv() {
+            if let Some(record::Kind::Endpoint(e)) = r.kind {
+                self.endpoints.push(e);
+            }
+        }
+        &self.endpoints
+    }
+
+    fn metrics_text(&self) -> Result<String> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// Stops the follower; every attachment must be gone afterwards.
+    async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().context("stopped twice")?;
+        let capture = tokio::time::timeout(WAIT, task).await??;
+        if !capture.attached().is_empty() {
+            bail!("still attached after stop: {:?}", capture.attached());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn programs(veth: &str) -> Result<Vec<String>> {
+    our_programs_on(veth)
+}
+
+fn assert_attached_once(veth: &str) -> Result<()> {
+    let progs = programs(veth)?;
+    assert_eq!(
+        progs.len(),
+        2,
+        "exactly our two programs (from_pod, to_pod) on {veth}, got {progs:?}"
+    );
+    Ok(())
+}
+
+fn node_name() -> String {
+    format!(
+        "node-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_followed_through_the_api_and_service_names_set_the_protocol() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new()?;
+    let web_ns = lab.pod("kweb")?;
+    let sys_ns = lab.pod("ksys")?;
+    let node = node_name();
+    let kube = FakeKube::start().await?;
+    kube.apply(&service("default", "web", "tcp"))?;
+    // Not traced: on another node (never even listed), host network, not selected.
+    kube.apply(&pod(
+        "default",
+        "elsewhere",
+        "other-node",
+        Some(&web_ns),
+        &[],
+    ))?;
+    let mut hostnet = pod("default", "hostnet", &node, Some(&sys_ns), &[]);
+    if let Some(spec) = hostnet.spec.as_mut() {
+        spec.host_network = Some(true);
+    }
+    kube.apply(&hostnet)?;
+    kube.apply(&pod(
+        "kube-system",
+        "sys",
+        &node,
+        Some(&sys_ns),
+        &[("app", "sys")],
+    ))?;
+    // The web pod is created Pending, without an IP.
+    let mut web = pod("default", "web-5d9f8-abcde", &node, None, &[("app", "web")]);
+    web.metadata.labels = Some(BTreeMap::from([
+        ("app".into(), "web".into()),
+        ("pod-template-hash".into(), "5d9f8".into()),
+    ]));
+    web.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        name: "web-5d9f8".into(),
+        uid: "rs-uid".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    kube.apply(&web)?;
+
+    let mut probe = Probe::start(&kube, &node).await?;
+    let s = probe
+        .wait_status("the pending pod seen", |s| {
+            s.skipped.contains_key("default/web-5d9f8-abcde")
+        })
+        .await?;
+    assert_eq!(
+        s.skipped,
+        BTreeMap::from([
+            (
+                "default/web-5d9f8-abcde".to_owned(),
+                "not running".to_owned()
+            ),
+            (
+                "default/hostnet".to_owned(),
+                "host network: no veth of its own".to_owned()
+            ),
+            (
+                "kube-system/sys".to_owned(),
+                "not selected by clovisor_labels".to_owned()
+            ),
+        ]),
+        "skipped pods and why (the other node's pod is not listed at all)"
+    );
+    assert!(s.attached.is_empty(), "nothing attached yet: {s:?}");
+    assert!(
+        programs(&web_ns.host_veth)?.is_empty() && programs(&sys_ns.host_veth)?.is_empty(),
+        "no program on either veth before a pod runs"
+    );
+
+    // Running with its IPs: found by IP, attached, its port traced as the service says.
+    let web = Pod {
+        status: pod("default", "x", &node, Some(&web_ns), &[]).status,
+        ..web
+    };
+    kube.apply(&web)?;
+    let s = probe
+        .wait_status("the web pod attached", |s| {
+            s.attached.contains_key("default/web-5d9f8-abcde")
+        })
+        .await?;
+    assert_eq!(
+        s.attached.get("default/web-5d9f8-abcde"),
+        Some(&web_ns.host_veth),
+        "attached to the web pod's host veth"
+    );
+    assert_eq!(s.attached.len(), 1, "only the web pod: {s:?}");
+    assert_eq!(
+        s.traced_ports,
+        BTreeMap::from([(8080, ProtocolHint::Tcp)]),
+        "service port `tcp` → 8080 traced as TCP"
+    );
+    assert_attached_once(&web_ns.host_veth)?;
+    let added: Vec<EndpointUpdate> = probe
+        .drain_endpoints()
+        .iter()
+        .filter(|e| e.pod == "web-5d9f8-abcde" && !e.removed)
+        .cloned()
+        .collect();
+    let ips: BTreeSet<IpAddr> = added
+        .iter()
+        .filter_map(|e| match e.ip.len() {
+            4 => <[u8; 4]>::try_from(e.ip.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(e.ip.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ips,
+        BTreeSet::from([IpAddr::V4(web_ns.ipv4), IpAddr::V6(web_ns.ipv6)]),
+        "endpoint updates for both pod IPs: {added:?}"
+    );
+    for e in &added {
+        assert_eq!(
+            (e.namespace.as_str(), e.workload.as_str(), e.node.as_str()),
+            ("default", "web", node.as_str()),
+            "namespace, deployment and node of {e:?}"
+        );
+        assert_eq!(e.interface, web_ns.host_veth, "interface of {e:?}");
+    }
+
+    // The service port renamed from tcp to http: the kernel map follows.
+    kube.apply(&service("default", "web", "http"))?;
+    probe
+        .wait_status("port 8080 traced as HTTP", |s| {
+            s.traced_ports.get(&8080) == Some(&ProtocolHint::Http)
+        })
+        .await?;
+    // appProtocol wins over the name.
+    let mut grpc = service("default", "web", "http");
+    if let Some(p) = grpc
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .and_then(|p| p.first_mut())
+    {
+        p.app_protocol = Some("grpc".into());
+    }
+    kube.apply(&grpc)?;
+    probe
+        .wait_status("appProtocol grpc wins", |s| {
+            s.traced_ports.get(&8080) == Some(&ProtocolHint::Grpc)
+        })
+        .await?;
+    assert_attached_once(&web_ns.host_veth)?;
+
+    // The selection moves to kube-system: web detached, sys attached, live.
+    probe.selection.send_replace(PodSelection {
+        selectors: vec![PodSelector::labelled("kube-system", "app", "sys")],
+    });
+    let s = probe
+        .wait_status("selection moved to kube-system", |s| {
+            s.attached.keys().eq(["kube-system/sys"])
+        })
+        .await?;
+    assert_eq!(s.attached.get("kube-system/sys"), Some(&sys_ns.host_veth));
+    assert!(
+        programs(&web_ns.host_veth)?.is_empty(),
+        "web detached when it stopped matching, found {:?}",
+        programs(&web_ns.host_veth)?
+    );
+    assert_attached_once(&sys_ns.host_veth)?;
+    probe.selection.send_replace(PodSelection::default());
+    probe
+        .wait_status("back to the default namespace", |s| {
+            s.attached.keys().eq(["default/web-5d9f8-abcde"])
+        })
+        .await?;
+    assert_attached_once(&web_ns.host_veth)?;
+    assert!(programs(&sys_ns.host_veth)?.is_empty(), "sys detached");
+
+    // Deleted: detached, port out of the map, addresses retracted.
+    let seen = probe.drain_endpoints().len();
+    kube.delete::<Pod>("default", "web-5d9f8-abcde");
+    let s = probe
+        .wait_status("web pod gone", |s| s.attached.is_empty())
+        .await?;
+    assert!(
+        s.traced_ports.is_empty(),
+        "its port left the map: {:?}",
+        s.traced_ports
+    );
+    assert!(
+        programs(&web_ns.host_veth)?.is_empty(),
+        "programs removed from {}",
+        web_ns.host_veth
+    );
+    let removed = probe.drain_endpoints()[seen..]
+        .iter()
+        .filter(|e| e.pod == "web-5d9f8-abcde" && e.removed)
+        .count();
+    assert_eq!(removed, 2, "both addresses retracted once");
+    probe.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_watch_and_a_410_resync_without_losing_or_duplicating() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new()?;
+    let (a_ns, b_ns, c_ns) = (lab.pod("ka")?, lab.pod("kb")?, lab.pod("kc")?);
+    let node = node_name();
+    let kube = FakeKube::start().await?;
+    kube.apply(&service("default", "web", "http"))?;
+    kube.apply(&pod("default", "a", &node, Some(&a_ns), &[("app", "web")]))?;
+    let mut probe = Probe::start(&kube, &node).await?;
+    probe
+        .wait_status("a attached", |s| s.attached.contains_key("default/a"))
+        .await?;
+    let lists = kube.requests("pods", "list");
+    let watches = kube.requests("pods", "watch");
+
+    // Streams cut: the watch resumes from its resource version, no relist; what changed
+    // meanwhile arrives.
+    kube.cut_watches();
+    kube.apply(&pod("default", "b", &node, Some(&b_ns), &[("app", "web")]))?;
+    let s = probe
+        .wait_status("b attached after the cut", |s| {
+            s.attached.keys().eq(["default/a", "default/b"])
+        })
+        .await?;
+    assert_eq!(
+        kube.requests("pods", "list"),
+        lists,
+        "a cut watch resumes without relisting"
+    );
+    assert!(
+        kube.requests("pods", "watch") > watches,
+        "the watch was reopened"
+    );
+    assert_eq!(s.traced_ports, BTreeMap::from([(8080, ProtocolHint::Http)]));
+
+    // History expired (410 Gone on resume) while a is deleted and c added: a relist.
+    kube.expire_history();
+    kube.delete::<Pod>("default", "a");
+    kube.apply(&pod("default", "c", &node, Some(&c_ns), &[("app", "web")]))?;
+    let s = probe
+        .wait_status("relisted: b and c", |s| {
+            s.attached.keys().eq(["default/b", "default/c"])
+        })
+        .await?;
+    assert!(
+        kube.requests("pods", "list") > lists,
+        "the 410 forced a relist"
+    );
+    assert_eq!(s.attached.get("default/c"), Some(&c_ns.host_veth));
+    assert!(
+        programs(&a_ns.host_veth)?.is_empty(),
+        "a (deleted during the outage) detached, found {:?}",
+        programs(&a_ns.host_veth)?
+    );
+    assert_attached_once(&b_ns.host_veth)?;
+    assert_attached_once(&c_ns.host_veth)?;
+    let metrics = probe.metrics_text()?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("clovisor_probe_kube_watch_errors_total{resource=\"pods\"}")),
+        "the 410 is counted:\n{metrics}"
+    );
+    // b was attached once and stays once: no duplicate endpoint retraction either.
+    let b_removed = probe
+        .drain_endpoints()
+        .iter()
+        .filter(|e| e.pod == "b" && e.removed)
+        .count();
+    assert_eq!(b_removed, 0, "b never retracted across the resyncs");
+    probe.stop().await?;
+    for veth in [&a_ns.host_veth, &b_ns.host_veth, &c_ns.host_veth] {
+        assert!(
+            programs(veth)?.is_empty(),
+            "nothing left on {veth} after stop"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! What every target source shares: keeping the capture's attachments, its traced-ports map
+//! and the collector's pod metadata in step with a *desired set* of pods. A source computes
+//! the whole set it wants each time (from a namespace scan, from the Kubernetes stores) and
+//! hands it to [`Reconciler::apply`], which is idempotent: applying the same set twice
+//! changes nothing, so a relist or a rescan can never duplicate or lose an attachment.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use clovisor_config::LiveConfig;
+use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
+use tokio::sync::{mpsc, watch};
+
+use crate::capture::egress::EgressEntry;
+use crate::capture::Capture;
+use crate::metrics::ProbeMetrics;
+use crate::netns::HostVeth;
+
+/// Who a traced pod is, as the collector is told.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodMeta {
+    /// Pod name.
+    pub pod: String,
+    /// Kubernetes namespace (empty outside Kubernetes).
+    pub namespace: String,
+    /// Owning workload (Deployment, StatefulSet, …; the pod itself when it has no owner).
+    pub workload: String,
+}
+
+/// One pod to trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Identity of this pod instance (Kubernetes UID, netns name): a new instance under the
+    /// same key is detached and attached again.
+    pub instance: String,
+    /// Metadata sent with its addresses.
+    pub meta: PodMeta,
+    /// Its host-side veth.
+    pub veth: HostVeth,
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
+    /// Server ports it exposes and what they speak.
+    pub ports: BTreeMap<u16, ProtocolHint>,
+}
+
+/// The pods to trace, by a key unique per pod (`namespace/name`, netns name).
+pub type Desired = BTreeMap<String, Target>;
+
+/// What is traced right now, for tests and diagnostics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TargetsStatus {
+    /// Traced pods: key → host veth name.
+    pub attached: BTreeMap<String, String>,
+    /// The traced-ports map as read back from the kernel.
+    pub traced_ports: BTreeMap<u16, ProtocolHint>,
+    /// Pods seen but not traced: key → why.
+    pub skipped: BTreeMap<String, String>,
+    /// Number of completed reconciliations.
+    pub generation: u64,
+}
+
+/// Keeps the capture in step with the desired set; see the module docs.
+#[derive(Debug)]
+pub struct Reconciler {
+    capture: Capture,
+    out: mpsc::Sender<Record>,
+    metrics: Arc<ProbeMetrics>,
+    node: String,
+    extra_ports: BTreeMap<u16, ProtocolHint>,
+    current: Desired,
+    traced: BTreeMap<u16, ProtocolHint>,
+    status: watch::Sender<TargetsStatus>,
+    /// The live configuration (snaplen, egress rules).
+    live: watch::Receiver<LiveConfig>,
+    /// False once the configuration source is gone (its last configuration stays applied).
+    live_open: bool,
+    /// Snaplen from flags, used while the live configuration sets none.
+    base_snaplen: u32,
+    /// Egress entries in the kernel now.
+    egress: BTreeMap<EgressEntry, ProtocolHint>,
+}
+
+impl Reconciler {
+    /// Takes over `capture`; endpoint updates go to `out`, reported with `node`.
+    /// `extra_ports` are traced whatever the pods expose; `live` supplies snaplen and egress
+    /// rules, applied with every reconciliation and by [`Self::apply_live`].
+    pub fn new(
+        capture: Capture,
+        out: mpsc::Sender<Record>,
+        metrics: Arc<ProbeMetrics>,
+        node: String,
+        extra_ports: BTreeMap<u16, ProtocolHint>,
+        live: watch::Receiver<LiveConfig>,
+    ) -> Self {
+        Self {
+            base_snaplen: capture.config().snaplen,
+            live,
+            live_open: true,
+            egress: BTreeMap::new(),
+            capture,
+            out,
+            metrics,
+            node,
+            extra_ports,
+            current: Desired::new(),
+            traced: BTreeMap::new(),
+            status: watch::Sender::new(TargetsStatus::default()),
+        }
+    }
+
+    /// Follows what is traced after each reconciliation.
+    pub fn subscribe(&self) -> watch::Receiver<TargetsStatus> {
+        self.status.subscribe()
+    }
+
+    /// The pods traced now.
+    pub fn current(&self) -> &Desired {
+        &self.current
+    }
+
+    /// Brings attachments, traced ports and the collector's metadata to `desired`; `skipped`
+    /// (pods deliberately not traced, with why) is only reported. A pod whose attach fails is
+    /// left out and tried again by the next call.
+    pub async fn apply(&mut self, desired: Desired, skipped: BTreeMap<String, String>) {
+        // Gone, or a new instance or veth under the same key: detach, retract its addresses.
+        let gone: Vec<String> = self
+            .current
+            .iter()
+            .filter(|(key, t)| {
+                desired
+                    .get(*key)
+                    .is_none_or(|d| d.veth != t.veth || d.instance != t.instance)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            if let Some(t) = self.current.remove(&key) {
+                match self.capture.detach(&t.veth.name) {
+                    Ok(()) => {
+                        tracing::info!(pod = %key, interface = %t.veth.name, "pod gone; detached")
+                    }
+                    // The veth usually went with the pod; the hook is forgotten either way.
+                    Err(e) => {
+                        tracing::info!(pod = %key, interface = %t.veth.name, error = %e, "pod gone; detach found nothing to remove")
+                    }
+                }
+                for ip in &t.ips {
+                    self.send_endpoint(&t, *ip, true).await;
+                }
+            }
+        }
+        for (key, want) in desired {
+            if let Some(have) = self.current.get(&key) {
+                if have.ips != want.ips || have.meta != want.meta {
+                    for ip in have.ips.iter().filter(|ip| !want.ips.contains(ip)) {
+                        self.send_endpoint(have, *ip, true).await;
+                    }
+                    for ip in &want.ips {
+                        self.send_endpoint(&want, *ip, false).await;
+                    }
+                }
+                self.current.insert(key, want);
+                continue;
+            }
+            match self.capture.attach_pod_veth(&want.veth.name) {
+                Ok(mode) => {
+                    tracing::info!(pod = %key, interface = %want.veth.name, ?mode, ips = ?want.ips, "tracing pod");
+                    for ip in &want.ips {
+                        self.send_endpoint(&want, *ip, false).await;
+                    }
+                    self.current.insert(key, want);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %key, interface = %want.veth.name, error = %e, "attach failed; retrying")
+                }
+            }
+        }
+        self.update_traced_ports();
+        self.apply_live();
+        self.metrics.set_attached(self.capture.attached().len());
+        let traced_ports = self.capture.traced_ports().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read back the traced ports");
+            BTreeMap::new()
+        });
+        let attached = self
+            .current
+            .iter()
+            .map(|(k, t)| (k.clone(), t.veth.name.clone()))
+            .collect();
+        self.status.send_modify(|s| {
+            s.attached = attached;
+            s.traced_ports = traced_ports;
+            s.skipped = skipped;
+            s.generation += 1;
+        });
+    }
+
+    /// The union of every traced pod's ports and the extra ports; a port two pods declare
+    /// differently gets the more specific protocol.
+    fn update_traced_ports(&mut self) {
+        let mut wanted = self.extra_ports.clone();
+        for t in self.current.values() {
+            for (port, hint) in &t.ports {
+                let e = wanted.entry(*port).or_insert(*hint);
+                *e = more_specific(*e, *hint);
+            }
+        }
+        if wanted == self.traced {
+            return;
+        }
+        match self.capture.set_traced_ports(&wanted) {
+            Ok(()) => {
+                tracing::info!(ports = ?wanted, "traced ports");
+                self.traced = wanted;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot update traced ports"),
+        }
+    }
+
+    /// Resolves when the live configuration changes; never once its source is gone.
+    /// Cancel-safe, for `select!`.
+    pub async fn live_changed(&mut self) {
+        if self.live_open && self.live.changed().await.is_ok() {
+            return;
+        }
+        self.live_open = false;
+        std::future::pending::<()>().await;
+    }
+
+    /// Applies the live configuration's snaplen, and its egress rules to the pods traced now
+    /// (a rule's name prefix selects pods by name; the entries of a pod that went away go
+    /// with it).
+    pub fn apply_live(&mut self) {
+        let config = self.live.borrow_and_update().clone();
+        let snaplen = config.snaplen.unwrap_or(self.base_snaplen);
+        if snaplen != self.capture.config().snaplen {
+            match self.capture.set_snaplen(snaplen) {
+                Ok(()) => tracing::info!(snaplen, "snaplen changed"),
+                Err(e) => tracing::error!(snaplen, error = %e, "cannot change snaplen"),
+            }
+        }
+        let wanted = super::egress::entries(
+            self.current
+                .values()
+                .map(|t| (t.meta.pod.as_str(), t.veth.ifindex)),
+            &config.egress,
+        );
+        if wanted != self.egress {
+            match self.capture.set_egress(&wanted) {
+                Ok(()) => {
+                    tracing::info!(
+                        entries = wanted.len(),
+                        "egress rules applied to traced pods"
+                    );
+                    self.egress = wanted;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot update egress rules"),
+            }
+        }
+    }
+
+    /// Sends the metadata of every traced pod again (a restarted collector forgot it).
+    pub async fn refresh_endpoints(&self) {
+        for t in self.current.values() {
+            for ip in &t.ips {
+                self.send_endpoint(t, *ip, false).await;
+            }
+        }
+    }
+
+    /// Detaches everything and gives the capture back.
+    pub fn finish(mut self) -> Capture {
+        if let Err(e) = self.capture.detach_all() {
+            tracing::error!(error = %e, "detaching on shutdown failed");
+        }
+        self.metrics.set_attached(self.capture.attached().len());
+        self.capture
+    }
+
+    async fn send_endpoint(&self, t: &Target, ip: IpAddr, removed: bool) {
+        let update = EndpointUpdate {
+            ip: match ip {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            },
+            pod: t.meta.pod.clone(),
+            namespace: t.meta.namespace.clone(),
+            node: self.node.clone(),
+            workload: t.meta.workload.clone(),
+            ifindex: t.veth.ifindex,
+            interface: t.veth.name.clone(),
+            removed,
+        };
+        // Metadata is rare and small: wait for room rather than lose it.
+        let record = Record {
+            kind: Some(record::Kind::Endpoint(update)),
+        };
+        match self.out.send(record).await {
+            Ok(()) => self.metrics.endpoint_record_sent(),
+            Err(_) => tracing::debug!("record channel closed; endpoint update not sent"),
+        }
+    }
+}
+
+/// Of two protocols declared for one port, the one that says more (HTTP over plain TCP over
+/// unspecified); ties go to the lower enum value so the choice is stable.
+fn more_specific(a: ProtocolHint, b: ProtocolHint) -> ProtocolHint {
+    let rank = |h: ProtocolHint| match h {
+        ProtocolHint::Unspecified => 0,
+        ProtocolHint::Tcp => 1,
+        _ => 2,
+    };
+    match rank(a).cmp(&rank(b)) {
+        std::cmp::Ordering::Greater => a,
+        std::cmp::Ordering::Less => b,
+        std::cmp::Ordering::Equal => std::cmp::min_by_key(a, b, |h| *h as i32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_protocol_wins_over_tcp_and_unspecified() {
+        use ProtocolHint::*;
+        assert_eq!(more_specific(Tcp, Http), Http, "http over tcp");
+        assert_eq!(
+            more_specific(Grpc, Unspecified),
+            Grpc,
+            "grpc over unspecified"
+        );
+        assert_eq!(more_specific(Unspecified, Tcp), Tcp, "tcp over unspecified");
+        assert_eq!(
+            more_specific(Grpc, Http),
+            more_specific(Http, Grpc),
+            "a tie is decided the same way in either order"
+        );
+    }
+}
