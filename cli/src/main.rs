@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Probe, collector and correlator in one process, tracing network namespaces as pods.
-    AllInOne(all_in_one::Args),
+    AllInOne(Box<all_in_one::Args>),
     /// List the BPF programs of ours attached on this host; optionally clean up after a crash.
     Inspect(inspect::Args),
 }
@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::AllInOne(args) => all_in_one::run(args).await,
+            Command::AllInOne(args) => all_in_one::run(*args).await,
             Command::Inspect(args) => inspect::run(&args),
         }
     })
