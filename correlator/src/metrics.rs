@@ -64,6 +64,27 @@ pub struct BatchLabels {
     pub result: &'static str,
 }
 
+/// Labels of `clovisor_correlator_join_observations_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JoinLabels {
+    /// `opened`, `joined`, `late`, `conflict`, `ambiguous` or `duplicate`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `clovisor_correlator_join_evictions_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// `open_early` or `retained_early`.
+    pub reason: &'static str,
+}
+
+/// Labels of `clovisor_correlator_exchange_points_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PointsLabels {
+    /// Observations the exported exchange had: `1` to `5`, or `more`.
+    pub points: &'static str,
+}
+
 /// Labels of `clovisor_correlator_invalid_trace_context_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ContextLabels {
@@ -129,6 +150,11 @@ pub struct Metrics {
     store_sessions: Gauge,
     batches: Family<BatchLabels, Counter>,
     invalid_context: Family<ContextLabels, Counter>,
+    join_observations: Family<JoinLabels, Counter>,
+    join_evictions: Family<EvictionLabels, Counter>,
+    join_open: Gauge,
+    join_held: Gauge,
+    exchange_points: Family<PointsLabels, Counter>,
     spans_exported: Counter,
     export_failures: Counter,
     export_queue: Gauge,
@@ -164,6 +190,11 @@ impl Metrics {
             store_sessions: Gauge::default(),
             batches: Family::default(),
             invalid_context: Family::default(),
+            join_observations: Family::default(),
+            join_evictions: Family::default(),
+            join_open: Gauge::default(),
+            join_held: Gauge::default(),
+            exchange_points: Family::default(),
             spans_exported: Counter::default(),
             export_failures: Counter::default(),
             export_queue: Gauge::default(),
@@ -216,6 +247,31 @@ impl Metrics {
             self.invalid_context.clone(),
         );
         registry.register(
+            "clovisor_correlator_join_observations",
+            "Sessions (one point's view of an exchange) offered to the join, by outcome",
+            self.join_observations.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_join_evictions",
+            "Exchanges that left the join state early because it was full",
+            self.join_evictions.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_join_open",
+            "Exchanges waiting for their join window to close",
+            self.join_open.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_join_held",
+            "Exchanges held by the join (open, or retained for late observations)",
+            self.join_held.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_exchange_points",
+            "Exchanges made ready, by the number of observations merged into each",
+            self.exchange_points.clone(),
+        );
+        registry.register(
             "clovisor_correlator_spans_exported",
             "Spans accepted by the OTLP endpoint",
             self.spans_exported.clone(),
@@ -233,10 +289,58 @@ impl Metrics {
         self.dropped.register(registry);
     }
 
-    /// Counts one received session and its RED metrics.
-    pub fn observe_session(&self, rec: &CorrelatedSession) {
+    /// Counts one session received from a collector.
+    pub fn received_session(&self) {
         self.sessions_received.inc();
         self.dropped.received(STAGE_CORRELATOR, 1);
+    }
+
+    /// Counts what the join did with one session.
+    pub fn join_outcome(&self, outcome: crate::join::Outcome) {
+        self.join_observations
+            .get_or_create(&JoinLabels {
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Counts an early eviction from the join state.
+    pub fn join_eviction(&self, eviction: crate::join::Eviction) {
+        self.join_evictions
+            .get_or_create(&EvictionLabels {
+                reason: eviction.label(),
+            })
+            .inc();
+    }
+
+    /// Records the join state's size.
+    pub fn join_state(&self, open: usize, held: usize) {
+        self.join_open.set(i64::try_from(open).unwrap_or(i64::MAX));
+        self.join_held.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// Joins counted so far with `outcome` (for tests and logs).
+    pub fn join_count(&self, outcome: crate::join::Outcome) -> u64 {
+        self.join_observations
+            .get_or_create(&JoinLabels {
+                outcome: outcome.label(),
+            })
+            .get()
+    }
+
+    /// Counts the RED metrics of one exchange, once, when its join window has closed.
+    pub fn observe_session(&self, rec: &CorrelatedSession) {
+        let points = match rec.session.observations.len() {
+            0 | 1 => "1",
+            2 => "2",
+            3 => "3",
+            4 => "4",
+            5 => "5",
+            _ => "more",
+        };
+        self.exchange_points
+            .get_or_create(&PointsLabels { points })
+            .inc();
         let s = &rec.session;
         let http = s.http.as_ref();
         let server = s.server.as_ref();
@@ -270,11 +374,11 @@ impl Metrics {
 
     /// Counts a session received again (same id as a stored one) and dropped.
     pub fn duplicate_session(&self) {
-        self.dropped.received(STAGE_CORRELATOR, 1);
         self.dropped.count(STAGE_CORRELATOR, "duplicate", 1);
     }
 
-    /// Counts a stored session and the evictions it caused; `len` is the store's size now.
+    /// Counts a session stored — on its own or merged into the exchange it belongs to — and the
+    /// evictions it caused; `len` is the store's size now.
     pub fn stored(&self, evicted: usize, len: usize) {
         self.sessions_stored.inc();
         // Every session received is stored (evictions make room; they are not losses of
@@ -377,6 +481,7 @@ mod tests {
     use crate::testing::SessionBuilder;
 
     fn observe(m: &Metrics, b: SessionBuilder) {
+        m.received_session();
         m.observe_session(&CorrelatedSession::new(b.build()).0);
     }
 

@@ -62,6 +62,7 @@ struct Span {
     tcp_seq: u32,
     bytes: u64,
     packets: u32,
+    retransmits: u32,
 }
 
 impl Span {
@@ -73,6 +74,7 @@ impl Span {
             tcp_seq: m.tcp_seq,
             bytes: m.bytes,
             packets: m.packets,
+            retransmits: m.retransmits,
         }
     }
 
@@ -81,6 +83,7 @@ impl Span {
         self.end = self.end.max(m.end_unix_nanos);
         self.bytes = self.bytes.saturating_add(m.bytes);
         self.packets = self.packets.saturating_add(m.packets);
+        self.retransmits = self.retransmits.saturating_add(m.retransmits);
     }
 }
 
