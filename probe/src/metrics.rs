@@ -65,6 +65,8 @@ pub struct ProbeMetrics {
     uplink_disconnects: Counter,
     uplink_replay_bytes: Gauge,
     attached_interfaces: Gauge,
+    node_interfaces: Gauge,
+    monitored_ips: Gauge,
     drops: Drops,
     last: Mutex<Last>,
 }
@@ -83,6 +85,8 @@ impl ProbeMetrics {
             uplink_disconnects: Counter::default(),
             uplink_replay_bytes: Gauge::default(),
             attached_interfaces: Gauge::default(),
+            node_interfaces: Gauge::default(),
+            monitored_ips: Gauge::default(),
             drops,
             last: Mutex::new(Last::default()),
         }
@@ -141,6 +145,16 @@ impl ProbeMetrics {
             "Interfaces the capture programs are attached to",
             self.attached_interfaces.clone(),
         );
+        registry.register(
+            "clovisor_probe_node_interfaces",
+            "Node interfaces (uplinks) the node-interface programs are attached to",
+            self.node_interfaces.clone(),
+        );
+        registry.register(
+            "clovisor_probe_monitored_ips",
+            "Monitored pod addresses the node-interface programs restrict themselves to",
+            self.monitored_ips.clone(),
+        );
     }
 
     /// Counts an endpoint update handed to the uplink (they wait for room, never dropped).
@@ -152,6 +166,12 @@ impl ProbeMetrics {
     /// Sets the number of attached interfaces.
     pub fn set_attached(&self, n: usize) {
         self.attached_interfaces.set(n as i64);
+    }
+
+    /// Sets the number of attached node interfaces and of monitored pod addresses.
+    pub fn set_node_point(&self, interfaces: usize, ips: usize) {
+        self.node_interfaces.set(interfaces as i64);
+        self.monitored_ips.set(ips as i64);
     }
 
     /// Brings the counters up to the cumulative sources' current values.

@@ -12,6 +12,7 @@ use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
 use tokio::sync::mpsc;
 
 use crate::capture::Capture;
+use crate::hooks::node_iface::{self, NodeInterfaces};
 use crate::metrics::ProbeMetrics;
 use crate::netns::{self, HostVeth};
 
@@ -26,6 +27,8 @@ pub struct NetnsTargets {
     pub interval: Duration,
     /// Reported as the node of every endpoint.
     pub node: String,
+    /// Node interfaces (uplinks) to trace monitored pods' traffic on.
+    pub node_interfaces: NodeInterfaces,
 }
 
 /// How often the metadata of every followed namespace is sent again.
@@ -38,8 +41,22 @@ struct Followed {
     ports: BTreeSet<u16>,
 }
 
-/// What one scan found: namespace -> its veth and listening ports.
-type Scan = BTreeMap<String, Followed>;
+/// What one scan found: namespace -> its veth and listening ports, and the node interfaces.
+#[derive(Debug, Default)]
+struct Scan {
+    pods: BTreeMap<String, Followed>,
+    node_interfaces: Vec<String>,
+}
+
+/// What the follower has applied so far.
+#[derive(Debug, Default)]
+struct State {
+    pods: BTreeMap<String, Followed>,
+    traced_ports: BTreeMap<u16, ProtocolHint>,
+    monitored_ips: BTreeSet<IpAddr>,
+    /// Node interfaces an attach failed on, warned about once.
+    node_failures: BTreeSet<String>,
+}
 
 /// Keeps `capture` in step with the namespaces until `shutdown` resolves, then detaches
 /// everything it attached.
@@ -51,8 +68,7 @@ pub async fn follow(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Capture {
     tokio::pin!(shutdown);
-    let mut current: Scan = BTreeMap::new();
-    let mut traced_ports: BTreeMap<u16, ProtocolHint> = BTreeMap::new();
+    let mut state = State::default();
     let mut last_refresh = tokio::time::Instant::now();
     let mut interval = tokio::time::interval(targets.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -62,27 +78,19 @@ pub async fn follow(
             _ = interval.tick() => {}
         }
         let names = targets.names.clone();
-        let scan = match tokio::task::spawn_blocking(move || scan(&names)).await {
+        let wanted_nodes = targets.node_interfaces.clone();
+        let scan = match tokio::task::spawn_blocking(move || scan(&names, &wanted_nodes)).await {
             Ok(scan) => scan,
             Err(e) => {
                 tracing::error!(error = %e, "namespace scan task failed");
                 continue;
             }
         };
-        apply(
-            &targets,
-            &mut capture,
-            &out,
-            &metrics,
-            &mut current,
-            &mut traced_ports,
-            scan,
-        )
-        .await;
+        apply(&targets, &mut capture, &out, &metrics, &mut state, scan).await;
         // A restarted collector has forgotten pod metadata: repeat it now and then.
         if last_refresh.elapsed() >= ENDPOINT_REFRESH {
             last_refresh = tokio::time::Instant::now();
-            for (name, f) in &current {
+            for (name, f) in &state.pods {
                 for ip in &f.veth.pod_ips {
                     send_endpoint(
                         &out,
@@ -98,12 +106,13 @@ pub async fn follow(
         tracing::error!(error = %e, "detaching on shutdown failed");
     }
     metrics.set_attached(capture.attached().len());
+    metrics.set_node_point(0, state.monitored_ips.len());
     capture
 }
 
 /// Reads every wanted namespace; namespaces that cannot be read are logged and left out, so
 /// they are detached like namespaces that went away.
-fn scan(names: &[String]) -> Scan {
+fn scan(names: &[String], node_interfaces: &NodeInterfaces) -> Scan {
     let names = if names.is_empty() {
         match netns::named() {
             Ok(all) => all,
@@ -115,7 +124,7 @@ fn scan(names: &[String]) -> Scan {
     } else {
         names.to_vec()
     };
-    let mut scan = Scan::new();
+    let mut scan = Scan::default();
     for name in names {
         let veth = match netns::host_veth(&name) {
             Ok(v) => v,
@@ -137,8 +146,19 @@ fn scan(names: &[String]) -> Scan {
                 BTreeSet::new()
             }
         };
-        scan.insert(name, Followed { veth, ports });
+        scan.pods.insert(name, Followed { veth, ports });
     }
+    let pod_veths: BTreeSet<String> = scan.pods.values().map(|f| f.veth.name.clone()).collect();
+    scan.node_interfaces = match node_iface::resolve(node_interfaces, &pod_veths) {
+        Ok(found) => found
+            .into_iter()
+            .filter(|n| !pod_veths.contains(n))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find the node's uplink interfaces");
+            Vec::new()
+        }
+    };
     scan
 }
 
@@ -147,14 +167,14 @@ async fn apply(
     capture: &mut Capture,
     out: &mpsc::Sender<Record>,
     metrics: &ProbeMetrics,
-    current: &mut Scan,
-    traced_ports: &mut BTreeMap<u16, ProtocolHint>,
+    state: &mut State,
     scan: Scan,
 ) {
+    let current = &mut state.pods;
     // Gone or changed veth: detach and retract the endpoints.
     let gone: Vec<String> = current
         .iter()
-        .filter(|(name, f)| scan.get(*name).map(|n| &n.veth) != Some(&f.veth))
+        .filter(|(name, f)| scan.pods.get(*name).map(|n| &n.veth) != Some(&f.veth))
         .map(|(name, _)| name.clone())
         .collect();
     for name in gone {
@@ -169,7 +189,7 @@ async fn apply(
             }
         }
     }
-    for (name, found) in &scan {
+    for (name, found) in &scan.pods {
         if current.get(name).map(|f| &f.veth) == Some(&found.veth) {
             continue;
         }
@@ -191,7 +211,7 @@ async fn apply(
             }
         }
     }
-    for (name, found) in &scan {
+    for (name, found) in &scan.pods {
         if let Some(f) = current.get_mut(name) {
             f.ports.clone_from(&found.ports);
         }
@@ -202,15 +222,64 @@ async fn apply(
         .chain(targets.extra_ports.iter().copied())
         .map(|p| (p, hint_for_port(p)))
         .collect();
-    if &wanted != traced_ports {
+    if wanted != state.traced_ports {
         match capture.set_traced_ports(&wanted) {
             Ok(()) => {
                 tracing::info!(ports = ?wanted.keys().collect::<Vec<_>>(), "traced ports");
-                *traced_ports = wanted;
+                state.traced_ports = wanted;
             }
             Err(e) => tracing::error!(error = %e, "cannot update traced ports"),
         }
     }
+    apply_node_point(capture, metrics, state, &scan.node_interfaces);
+}
+
+/// Keeps the node-interface point in step: the monitored pod addresses its programs filter on,
+/// and the uplinks they are attached to.
+fn apply_node_point(
+    capture: &mut Capture,
+    metrics: &ProbeMetrics,
+    state: &mut State,
+    wanted: &[String],
+) {
+    let ips: BTreeSet<IpAddr> = state
+        .pods
+        .values()
+        .flat_map(|f| f.veth.pod_ips.iter().copied())
+        .collect();
+    if ips != state.monitored_ips {
+        match capture.set_monitored_ips(&ips) {
+            Ok(()) => state.monitored_ips = ips,
+            Err(e) => tracing::error!(error = %e, "cannot update the monitored pod addresses"),
+        }
+    }
+    let attached = capture.node_interfaces();
+    for name in attached.iter().filter(|a| !wanted.contains(a)) {
+        match capture.detach(name) {
+            Ok(()) => {
+                tracing::info!(interface = %name, "node interface no longer wanted; detached")
+            }
+            Err(e) => tracing::warn!(interface = %name, error = %e, "detach failed"),
+        }
+    }
+    for name in wanted {
+        match capture.attach_node_interface(name) {
+            Ok(mode) => {
+                if !attached.contains(name) {
+                    tracing::info!(interface = %name, ?mode, "tracing node interface");
+                }
+                state.node_failures.remove(name);
+            }
+            Err(e) if state.node_failures.insert(name.clone()) => {
+                tracing::warn!(interface = %name, error = %e, "cannot attach to node interface; retrying every scan");
+            }
+            Err(e) => {
+                tracing::debug!(interface = %name, error = %e, "node interface attach failed again")
+            }
+        }
+    }
+    metrics.set_attached(capture.attached().len());
+    metrics.set_node_point(capture.node_interfaces().len(), state.monitored_ips.len());
 }
 
 /// Without Kubernetes there is no service-port name to say what a port speaks; the collector
