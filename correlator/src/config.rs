@@ -298,6 +298,37 @@ mod tests {
     }
 
     #[test]
+    fn join_settings_are_read_and_bounded() {
+        let cfg = Config::from_env_map(&env(&[
+            (ENV_JOIN_WINDOW, "250"),
+            (ENV_JOIN_RETENTION, "5"),
+            (ENV_JOIN_MAX_ENTRIES, "100"),
+        ]))
+        .expect("valid env");
+        assert_eq!(
+            cfg.join,
+            JoinConfig {
+                window: Duration::from_millis(250),
+                retention: Duration::from_secs(5),
+                max_entries: 100,
+            }
+        );
+        assert_eq!(Config::default().join, JoinConfig::default());
+        for (name, value) in [
+            (ENV_JOIN_WINDOW, "60001"),
+            (ENV_JOIN_WINDOW, "soon"),
+            (ENV_JOIN_RETENTION, "3601"),
+            (ENV_JOIN_MAX_ENTRIES, "0"),
+        ] {
+            let err = Config::from_env_map(&env(&[(name, value)]));
+            assert!(
+                err.as_ref().is_err_and(|e| e.to_string().contains(name)),
+                "{name}={value} must be refused naming the variable, got {err:?}"
+            );
+        }
+    }
+
+    #[test]
     fn traces_endpoint_wins_and_none_disables() {
         let cfg = Config::from_env_map(&env(&[
             (ENV_OTLP_ENDPOINT, "http://a:4317"),
