@@ -153,36 +153,31 @@ impl Config {
         let mut join = defaults.join;
         if let Some(v) = get(ENV_JOIN_WINDOW) {
             let ms = number(ENV_JOIN_WINDOW, v)?;
-            if ms > MAX_JOIN_WINDOW_MS {
-                return Err(Error::EnvValue {
-                    name: ENV_JOIN_WINDOW,
-                    value: v.to_owned(),
-                    reason: "must be at most 60000",
-                });
-            }
+            let ms = at_most(
+                ENV_JOIN_WINDOW,
+                ms,
+                MAX_JOIN_WINDOW_MS,
+                "must be at most 60000",
+            )?;
             join.window = Duration::from_millis(ms as u64);
         }
         if let Some(v) = get(ENV_JOIN_RETENTION) {
             let secs = number(ENV_JOIN_RETENTION, v)?;
-            if secs > MAX_JOIN_RETENTION_S {
-                return Err(Error::EnvValue {
-                    name: ENV_JOIN_RETENTION,
-                    value: v.to_owned(),
-                    reason: "must be at most 3600",
-                });
-            }
-            join.retention = Duration::from_secs(secs as u64);
+            join.retention = Duration::from_secs(at_most(
+                ENV_JOIN_RETENTION,
+                secs,
+                MAX_JOIN_RETENTION_S,
+                "must be at most 3600",
+            )? as u64);
         }
         if let Some(v) = get(ENV_JOIN_MAX_ENTRIES) {
             let n = positive(ENV_JOIN_MAX_ENTRIES, v)?;
-            if n > MAX_JOIN_ENTRIES {
-                return Err(Error::EnvValue {
-                    name: ENV_JOIN_MAX_ENTRIES,
-                    value: v.to_owned(),
-                    reason: "must be at most 10000000",
-                });
-            }
-            join.max_entries = n;
+            join.max_entries = at_most(
+                ENV_JOIN_MAX_ENTRIES,
+                n,
+                MAX_JOIN_ENTRIES,
+                "must be at most 10000000",
+            )?;
         }
         Ok(Self {
             join,
@@ -234,6 +229,18 @@ fn export_from<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ExportConfi
     // The spec says a batch larger than the queue is clamped to it.
     cfg.batch_size = cfg.batch_size.min(cfg.queue_capacity);
     Ok(cfg)
+}
+
+/// `value` of `name` when it is at most `max`; else the error saying so (`reason`).
+fn at_most(name: &'static str, value: usize, max: usize, reason: &'static str) -> Result<usize> {
+    if value > max {
+        return Err(Error::EnvValue {
+            name,
+            value: value.to_string(),
+            reason,
+        });
+    }
+    Ok(value)
 }
 
 fn number(name: &'static str, value: &str) -> Result<usize> {

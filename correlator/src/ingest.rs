@@ -78,20 +78,20 @@ impl IngestService {
 
     /// Exports and counts the exchanges whose join window has closed.
     pub fn tick(&self) {
-        let ready = {
-            let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
-            let ready = joiner.expire(Instant::now());
-            self.metrics.join_state(joiner.open_len(), joiner.len());
-            ready
-        };
-        self.finish(ready);
+        self.release(|joiner, now| joiner.expire(now));
     }
 
     /// Exports and counts every exchange still open, without waiting for its window (shutdown).
     pub fn drain(&self) {
+        self.release(|joiner, now| joiner.drain(now));
+    }
+
+    /// Takes the exchanges `pick` makes ready out of the join, then exports and counts them
+    /// (outside the lock).
+    fn release(&self, pick: impl FnOnce(&mut Joiner, Instant) -> Vec<Arc<CorrelatedSession>>) {
         let ready = {
             let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
-            let ready = joiner.drain(Instant::now());
+            let ready = pick(&mut joiner, Instant::now());
             self.metrics.join_state(joiner.open_len(), joiner.len());
             ready
         };

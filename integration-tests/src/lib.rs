@@ -60,6 +60,17 @@ pub struct OutsideHost {
     pub uplink: String,
 }
 
+/// Creates the veth pair `host_end` (in this namespace) / `eth0` (in `netns`).
+fn veth_into(host_end: &str, netns: &str) -> Result<()> {
+    run(
+        "ip",
+        &[
+            "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", netns,
+        ],
+    )
+    .map(|_| ())
+}
+
 /// A bridge with pods on it. Dropping it deletes the namespaces, veths and bridge.
 #[derive(Debug)]
 pub struct Lab {
@@ -108,21 +119,7 @@ impl Lab {
         };
         run("ip", &["netns", "add", &pod.netns])?;
         self.pods.push(pod.clone());
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &pod.host_veth,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &pod.netns,
-            ],
-        )?;
+        veth_into(&pod.host_veth, &pod.netns)?;
         run(
             "ip",
             &["link", "set", &pod.host_veth, "master", &self.bridge, "up"],
@@ -166,21 +163,7 @@ impl Lab {
             host: host.clone(),
             uplink: uplink.clone(),
         });
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &uplink,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &host.netns,
-            ],
-        )?;
+        veth_into(&uplink, &host.netns)?;
         let gw = format!("10.251.{}.1", self.subnet);
         let up = format!("10.252.{}.1", self.subnet);
         run(
@@ -510,4 +493,15 @@ impl AllInOne {
         let json: serde_json::Value = serde_json::from_str(&body).context("sessions JSON")?;
         Ok(json["sessions"].as_array().cloned().unwrap_or_default())
     }
+}
+
+/// GETs every URL of `urls` from inside `pod` with one curl, which keeps one keep-alive
+/// connection for them when they share a host.
+pub fn curl_keep_alive(pod: &Pod, urls: &[String]) -> Result<()> {
+    let mut args = vec!["curl", "-sS", "-g", "--max-time", "10"];
+    for _ in urls {
+        args.extend(["-o", "/dev/null"]);
+    }
+    args.extend(urls.iter().map(String::as_str));
+    run_in(&pod.netns, &args).map(|_| ())
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clovisor_correlator::testing::OtlpReceiver;
-use clovisor_integration_tests::{http_get, run_in, wait_for, AllInOne, Lab, Nginx, Pod, Proc};
+use clovisor_integration_tests::{
+    curl_keep_alive, http_get, wait_for, AllInOne, Lab, Nginx, Pod, Proc,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as OtelValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::Value;
@@ -114,20 +116,7 @@ async fn one_span_each(otlp: &OtlpReceiver, tags: &[String]) -> Result<Vec<Span>
 }
 
 fn curl(client: &Pod, url: &str) -> Result<()> {
-    run_in(
-        &client.netns,
-        &[
-            "curl",
-            "-sS",
-            "-g",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "10",
-            url,
-        ],
-    )
-    .map(|_| ())
+    curl_keep_alive(client, &[url.to_owned()])
 }
 
 fn pod_points(client: &Pod, server: &Pod) -> Vec<(String, String, String)> {
@@ -162,20 +151,12 @@ async fn a_call_between_two_traced_pods_is_one_session_seen_at_both_veths() -> R
     curl(&client, &format!("{v4}/?t=single"))?;
     curl(&client, &format!("http://[{}]/?t=ipv6", server.ipv6))?;
     // Three requests on one keep-alive connection: one client port, three sequence numbers.
-    run_in(
-        &client.netns,
+    curl_keep_alive(
+        &client,
         &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-o",
-            "/dev/null",
-            "-o",
-            "/dev/null",
-            &format!("{v4}/index.html?t=ka1"),
-            &format!("{v4}/index.html?t=ka2"),
-            &format!("{v4}/missing?t=ka3"),
+            format!("{v4}/index.html?t=ka1"),
+            format!("{v4}/index.html?t=ka2"),
+            format!("{v4}/missing?t=ka3"),
         ],
     )?;
     let tags: Vec<String> = ["single", "ipv6", "ka1", "ka2", "ka3"]
@@ -307,6 +288,15 @@ async fn a_call_to_a_host_outside_the_node_is_seen_at_the_veth_and_the_uplink() 
     assert!(
         metrics.contains("clovisor_probe_node_interfaces 1"),
         "one node interface attached:\n{metrics}"
+    );
+    // All-in-one pods have no Kubernetes namespace; the outside host is no monitored pod.
+    let flow = format!(
+        r#"clovisor_flow_exchanges_total{{client_namespace="unknown",client_workload="{}",server_namespace="outside",server_workload="outside"}} 2"#,
+        client.netns
+    );
+    assert!(
+        metrics.contains(&flow),
+        "two exchanges from the pod to the outside:\n{metrics}"
     );
     drop(clovisor);
     // SIGKILL above: TCX links die with the process, nothing of ours stays on the uplink.

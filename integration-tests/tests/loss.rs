@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, our_programs_on, run_in, wait_for, Lab, Nginx, Proc,
+    clovisor_bin, free_port, http_get, our_programs_on, run_in, wait_for, Lab, Nginx, Proc,
 };
 
 /// Requests in the burst.
@@ -132,16 +132,6 @@ impl Loss {
         }
         out
     }
-}
-
-fn http_get(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()?;
-    if !out.status.success() {
-        bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Scrapes until two scrapes 1.5 s apart are identical and nothing is buffered: the probe

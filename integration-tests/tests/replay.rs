@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::{
-    free_port, our_programs_on, run_in, target_dir, wait_for, Lab, Nginx, Proc,
+    free_port, http_get, our_programs_on, run_in, target_dir, wait_for, Lab, Nginx, Proc,
 };
 use serde_json::Value;
 
@@ -53,16 +53,6 @@ fn bins() -> Result<PathBuf> {
         bail!("cargo build of clovisor-probe, -collector, -correlator failed");
     }
     Ok(target_dir().join("debug"))
-}
-
-fn http_get(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()?;
-    if !out.status.success() {
-        bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 fn log_path(name: &str) -> PathBuf {

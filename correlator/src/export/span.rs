@@ -53,6 +53,18 @@ fn kv(key: &str, value: Value) -> KeyValue {
     }
 }
 
+/// An array of strings as an attribute value.
+fn strings(values: &[&str]) -> Value {
+    Value::ArrayValue(ArrayValue {
+        values: values
+            .iter()
+            .map(|v| AnyValue {
+                value: Some(Value::StringValue((*v).to_owned())),
+            })
+            .collect(),
+    })
+}
+
 fn s(key: &str, value: impl Into<String>) -> KeyValue {
     kv(key, Value::StringValue(value.into()))
 }
@@ -332,17 +344,7 @@ pub fn build_span(rec: &CorrelatedSession) -> Span {
             points.push(p);
         }
     }
-    attrs.push(kv(
-        "clovisor.observation_points",
-        Value::ArrayValue(ArrayValue {
-            values: points
-                .into_iter()
-                .map(|p| AnyValue {
-                    value: Some(Value::StringValue(p.to_owned())),
-                })
-                .collect(),
-        }),
-    ));
+    attrs.push(kv("clovisor.observation_points", strings(&points)));
     let mut node_interfaces: Vec<&str> = session
         .observations
         .iter()
@@ -352,17 +354,7 @@ pub fn build_span(rec: &CorrelatedSession) -> Span {
     node_interfaces.sort_unstable();
     node_interfaces.dedup();
     if !node_interfaces.is_empty() {
-        attrs.push(kv(
-            "clovisor.node.interfaces",
-            Value::ArrayValue(ArrayValue {
-                values: node_interfaces
-                    .into_iter()
-                    .map(|p| AnyValue {
-                        value: Some(Value::StringValue(p.to_owned())),
-                    })
-                    .collect(),
-            }),
-        ));
+        attrs.push(kv("clovisor.node.interfaces", strings(&node_interfaces)));
     }
     attrs.push(s("clovisor.session.id", rec.id.clone()));
     if session.incomplete {
