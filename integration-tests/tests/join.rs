@@ -227,6 +227,8 @@ async fn a_call_to_a_host_outside_the_node_is_seen_at_the_veth_and_the_uplink() 
     let otlp = OtlpReceiver::start().await?;
     let mut lab = Lab::new()?;
     let client = lab.pod("jout")?;
+    // Not traced: its traffic crosses the same uplink and must be ignored there.
+    let untraced = lab.pod("jnot")?;
     let outside = lab.outside_host()?;
     let _nginx = Nginx::start(&outside.host)?;
     let clovisor = AllInOne::start(
@@ -256,10 +258,15 @@ async fn a_call_to_a_host_outside_the_node_is_seen_at_the_veth_and_the_uplink() 
 
     let base = format!("http://{}", outside.host.ipv4);
     curl(&client, &format!("{base}/?t=out1"))?;
+    curl(&untraced, &format!("{base}/?t=untraced"))?;
     curl(&client, &format!("{base}/missing?t=out2"))?;
     let tags: Vec<String> = ["out1", "out2"].map(str::to_owned).to_vec();
     let seen = wait_joined(&clovisor, &tags, 2)?;
-    assert_eq!(seen.len(), 2, "one session per request: {seen:#?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "one session per request of the traced pod, none of the untraced one: {seen:#?}"
+    );
     for (t, s) in &seen {
         assert_eq!(
             points(s),
