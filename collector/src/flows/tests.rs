@@ -150,6 +150,23 @@ fn pairs_keep_alive_exchanges_and_fills_session() {
         s.packets.as_ref().map(|p| (p.request, p.response)),
         Some((3, 3))
     );
+    assert_eq!(
+        (
+            obs.request_bytes,
+            obs.response_bytes,
+            obs.request_packets,
+            obs.response_packets,
+            obs.request_tcp_seq,
+        ),
+        (
+            REQ.len() as u64 + 1000,
+            RESP.len() as u64 + 1000,
+            3,
+            3,
+            1000
+        ),
+        "the observation carries its own point's counters and the request's sequence number"
+    );
     assert_eq!(out[1].http.as_ref().map(|h| h.status_code), Some(201));
     assert_eq!(m.sessions_emitted_for("complete"), 2);
     assert_eq!(t.len(), 1, "the connection stays open");
