@@ -360,6 +360,23 @@ impl FlowTable {
     }
 
     fn on_flow_end(&mut self, probe_id: &str, e: &capture::FlowEnd, out: &mut Vec<Session>) {
+        let point = match e
+            .point
+            .as_ref()
+            .map(|p| capture::PointKind::try_from(p.kind))
+        {
+            Some(Ok(capture::PointKind::Pod)) => "pod",
+            Some(Ok(capture::PointKind::Node)) => "node",
+            Some(Ok(capture::PointKind::Socket)) => "socket",
+            _ => "unspecified",
+        };
+        let reason = match capture::FlowEndReason::try_from(e.reason) {
+            Ok(capture::FlowEndReason::Fin) => "fin",
+            Ok(capture::FlowEndReason::Rst) => "rst",
+            Ok(capture::FlowEndReason::Idle) => "idle",
+            _ => "unspecified",
+        };
+        self.metrics.connection_ended(point, reason);
         let tick = self
             .probes
             .get(probe_id)

@@ -238,6 +238,32 @@ fn gap_is_skipped_after_timeout() {
 }
 
 #[test]
+fn connection_ends_are_counted_by_point_and_reason() {
+    let (mut t, m) = table();
+    let mut reset = end(8);
+    if let Some(record::Kind::FlowEnd(e)) = reset.kind.as_mut() {
+        e.reason = FlowEndReason::Rst as i32;
+    }
+    feed(
+        &mut t,
+        vec![
+            msg(7, 0, Direction::ClientToServer, REQ),
+            end(7),
+            msg(8, 0, Direction::ClientToServer, REQ),
+            reset,
+        ],
+    );
+    assert_eq!(
+        (
+            m.connections_ended_for("pod", "fin"),
+            m.connections_ended_for("pod", "rst")
+        ),
+        (1, 1),
+        "one FIN and one RST at the pod veth"
+    );
+}
+
+#[test]
 fn flow_end_emits_open_request_incomplete() {
     let (mut t, m) = table();
     let out = feed(
