@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
 /*
- * tc classifiers for a pod's host-side veth: detect message boundaries of
- * traced TCP connections and send the first bytes of each message, plus the
- * final counters of the previous one, through a ring buffer.
+ * tc classifiers for a pod's host-side veth and for the node's uplink
+ * interfaces: detect message boundaries of traced TCP connections and send the
+ * first bytes of each message, plus the final counters of the previous one,
+ * through a ring buffer. On node interfaces only packets to or from a
+ * monitored pod's address are considered (map `monitored_ips`).
  *
  * Never drops or alters traffic: every path returns TC_ACT_UNSPEC.
  */
@@ -42,6 +44,14 @@ struct {
 	__type(key, struct clovisor_egress_host_key);
 	__type(value, __u8);
 } egress_hosts SEC(".maps");
+/* Node-interface point: addresses of monitored pods (16 bytes, IPv4
+ * v4-mapped, network order) -> 1. Filled by user space as pods come and go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CLOVISOR_MAX_MONITORED_IPS);
+	__type(key, struct clovisor_ip);
+	__type(value, __u8);
+} monitored_ips SEC(".maps");
 
 /* Bounded by user space (max_sessions); LRU so a flood of connections evicts
  * old sessions instead of failing inserts. */
@@ -410,7 +420,22 @@ static __always_inline void emit_flow_end(const struct clovisor_session_key *key
 	count(CLOVISOR_STAT_EVENTS_EMITTED);
 }
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod)
+/* ---- node interfaces ---------------------------------------------------- */
+
+/* Whether a packet seen on a node interface belongs to a monitored pod: its
+ * source or destination address is one. Two hash lookups on the node's whole
+ * traffic, after the parse every packet pays anyway. */
+static __always_inline int node_packet_monitored(const struct pkt *p)
+{
+	return bpf_map_lookup_elem(&monitored_ips, p->src_ip) != NULL ||
+	       bpf_map_lookup_elem(&monitored_ips, p->dst_ip) != NULL;
+}
+
+/* ------------------------------------------------------------------------- */
+
+/* at_node: the packet is on a node interface (only monitored pods' traffic
+ * counts); otherwise on a pod veth. */
+static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_node)
 {
 	struct clovisor_session_key key;
 	struct clovisor_session *s;
@@ -431,6 +456,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod)
 		return TC_ACT_UNSPEC;
 	}
 	if (rc > 0)
+		return TC_ACT_UNSPEC;
+	if (at_node && !node_packet_monitored(&p))
 		return TC_ACT_UNSPEC;
 
 	/* Cheap path: neither port traced and no egress rule. The side whose
@@ -557,12 +584,26 @@ out:
 SEC("classifier")
 int clovisor_from_pod(struct __sk_buff *skb)
 {
-	return handle(skb, 0);
+	return handle(skb, 0, 0);
 }
 
 /* Host veth egress: packets towards the pod. */
 SEC("classifier")
 int clovisor_to_pod(struct __sk_buff *skb)
 {
-	return handle(skb, 1);
+	return handle(skb, 1, 0);
+}
+
+/* Node interface ingress: packets arriving at the node, towards its pods. */
+SEC("classifier")
+int clovisor_node_in(struct __sk_buff *skb)
+{
+	return handle(skb, 1, 1);
+}
+
+/* Node interface egress: packets leaving the node, from its pods. */
+SEC("classifier")
+int clovisor_node_out(struct __sk_buff *skb)
+{
+	return handle(skb, 0, 1);
 }

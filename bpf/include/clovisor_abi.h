@@ -25,6 +25,14 @@
 /* IPv6 extension headers skipped before giving up on a packet. */
 #define CLOVISOR_MAX_IPV6_EXT_HDRS 6
 
+/* Entries of the node-interface point's `monitored_ips` map. */
+#define CLOVISOR_MAX_MONITORED_IPS 16384
+
+/* Key of `monitored_ips`: an address in network order, IPv4 v4-mapped. */
+struct clovisor_ip {
+	__u8 addr[16];
+};
+
 /* First field of every ring buffer record. */
 enum clovisor_event_kind {
 	CLOVISOR_EVENT_MSG_START = 1,

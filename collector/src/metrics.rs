@@ -25,6 +25,15 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Labels of `clovisor_collector_connections_ended_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionEndLabels {
+    /// Observation point that saw the end: `pod`, `node`, `socket` or `unspecified`.
+    pub point: &'static str,
+    /// `fin`, `rst`, `idle` or `unspecified`.
+    pub reason: &'static str,
+}
+
 /// A label set for emitted sessions.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -44,6 +53,8 @@ pub struct CollectorMetrics {
     /// Flows dropped from the table before they ended, by reason (`capacity`, `idle`,
     /// `probe_restart`).
     pub flows_evicted: Family<ReasonLabel, Counter>,
+    /// Connection ends the probes reported, by point and reason (resets are TCP health).
+    pub connections_ended: Family<ConnectionEndLabels, Counter>,
     /// Batches received again after a reconnect and acknowledged without processing.
     pub batches_duplicate: Counter,
     /// Batches processed.
@@ -142,6 +153,11 @@ impl CollectorMetrics {
             self.flows_evicted.clone(),
         );
         r.register(
+            "connections_ended",
+            "Traced connections that ended (FIN, RST), as each observation point saw them",
+            self.connections_ended.clone(),
+        );
+        r.register(
             "batches_duplicate",
             "Re-sent batches acknowledged without processing",
             self.batches_duplicate.clone(),
@@ -196,6 +212,20 @@ impl CollectorMetrics {
         self.flows_evicted
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Counts a connection end seen at `point` for `reason`.
+    pub fn connection_ended(&self, point: &'static str, reason: &'static str) {
+        self.connections_ended
+            .get_or_create(&ConnectionEndLabels { point, reason })
+            .inc();
+    }
+
+    /// Current value of `connections_ended{point, reason}`.
+    pub fn connections_ended_for(&self, point: &'static str, reason: &'static str) -> u64 {
+        self.connections_ended
+            .get_or_create(&ConnectionEndLabels { point, reason })
+            .get()
     }
 
     /// Current value of `decode_errors{reason}`.

@@ -8,6 +8,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::join::JoinConfig;
+
+/// Ceilings of the join settings, so a typo cannot hold spans for hours or unbounded memory.
+const MAX_JOIN_WINDOW_MS: usize = 60_000;
+const MAX_JOIN_RETENTION_S: usize = 3600;
+const MAX_JOIN_ENTRIES: usize = 10_000_000;
 
 /// OTLP endpoint for all signals (gRPC), e.g. `http://otel-collector:4317`.
 pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -29,6 +35,12 @@ pub const ENV_BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
 pub const ENV_STORE_CAPACITY: &str = "CLOVISOR_STORE_CAPACITY";
 /// Milliseconds one batch is retried at most before it is dropped and counted.
 pub const ENV_EXPORT_RETRY_MAX_ELAPSED: &str = "CLOVISOR_EXPORT_RETRY_MAX_ELAPSED_MS";
+/// Milliseconds an exchange waits for other points' observations before its span is exported.
+pub const ENV_JOIN_WINDOW: &str = "CLOVISOR_JOIN_WINDOW_MS";
+/// Seconds after export during which late observations are still appended to the stored session.
+pub const ENV_JOIN_RETENTION: &str = "CLOVISOR_JOIN_RETENTION_S";
+/// Exchanges the join holds at most (open and retained).
+pub const ENV_JOIN_MAX_ENTRIES: &str = "CLOVISOR_JOIN_MAX_ENTRIES";
 /// Node the correlator runs on (Downward API), exported as the resource's `k8s.node.name`.
 pub const ENV_NODE_NAME: &str = "CLOVISOR_NODE_NAME";
 
@@ -90,6 +102,8 @@ pub struct Config {
     pub node_name: Option<String>,
     /// Span export; `None` when switched off with `OTEL_TRACES_EXPORTER=none`.
     pub export: Option<ExportConfig>,
+    /// The multi-point join.
+    pub join: JoinConfig,
 }
 
 impl Default for Config {
@@ -99,6 +113,7 @@ impl Default for Config {
             service_name: DEFAULT_SERVICE_NAME.to_owned(),
             node_name: None,
             export: Some(ExportConfig::default()),
+            join: JoinConfig::default(),
         }
     }
 }
@@ -135,7 +150,37 @@ impl Config {
                 })
             }
         };
+        let mut join = defaults.join;
+        if let Some(v) = get(ENV_JOIN_WINDOW) {
+            let ms = number(ENV_JOIN_WINDOW, v)?;
+            let ms = at_most(
+                ENV_JOIN_WINDOW,
+                ms,
+                MAX_JOIN_WINDOW_MS,
+                "must be at most 60000",
+            )?;
+            join.window = Duration::from_millis(ms as u64);
+        }
+        if let Some(v) = get(ENV_JOIN_RETENTION) {
+            let secs = number(ENV_JOIN_RETENTION, v)?;
+            join.retention = Duration::from_secs(at_most(
+                ENV_JOIN_RETENTION,
+                secs,
+                MAX_JOIN_RETENTION_S,
+                "must be at most 3600",
+            )? as u64);
+        }
+        if let Some(v) = get(ENV_JOIN_MAX_ENTRIES) {
+            let n = positive(ENV_JOIN_MAX_ENTRIES, v)?;
+            join.max_entries = at_most(
+                ENV_JOIN_MAX_ENTRIES,
+                n,
+                MAX_JOIN_ENTRIES,
+                "must be at most 10000000",
+            )?;
+        }
         Ok(Self {
+            join,
             store_capacity,
             service_name: get(ENV_SERVICE_NAME)
                 .unwrap_or(DEFAULT_SERVICE_NAME)
@@ -184,6 +229,18 @@ fn export_from<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ExportConfi
     // The spec says a batch larger than the queue is clamped to it.
     cfg.batch_size = cfg.batch_size.min(cfg.queue_capacity);
     Ok(cfg)
+}
+
+/// `value` of `name` when it is at most `max`; else the error saying so (`reason`).
+fn at_most(name: &'static str, value: usize, max: usize, reason: &'static str) -> Result<usize> {
+    if value > max {
+        return Err(Error::EnvValue {
+            name,
+            value: value.to_string(),
+            reason,
+        });
+    }
+    Ok(value)
 }
 
 fn number(name: &'static str, value: &str) -> Result<usize> {
@@ -245,6 +302,37 @@ mod tests {
         assert_eq!(cfg.service_name, "tracer");
         assert_eq!(cfg.store_capacity, 42);
         assert_eq!(cfg.node_name.as_deref(), Some("node-a"));
+    }
+
+    #[test]
+    fn join_settings_are_read_and_bounded() {
+        let cfg = Config::from_env_map(&env(&[
+            (ENV_JOIN_WINDOW, "250"),
+            (ENV_JOIN_RETENTION, "5"),
+            (ENV_JOIN_MAX_ENTRIES, "100"),
+        ]))
+        .expect("valid env");
+        assert_eq!(
+            cfg.join,
+            JoinConfig {
+                window: Duration::from_millis(250),
+                retention: Duration::from_secs(5),
+                max_entries: 100,
+            }
+        );
+        assert_eq!(Config::default().join, JoinConfig::default());
+        for (name, value) in [
+            (ENV_JOIN_WINDOW, "60001"),
+            (ENV_JOIN_WINDOW, "soon"),
+            (ENV_JOIN_RETENTION, "3601"),
+            (ENV_JOIN_MAX_ENTRIES, "0"),
+        ] {
+            let err = Config::from_env_map(&env(&[(name, value)]));
+            assert!(
+                err.as_ref().is_err_and(|e| e.to_string().contains(name)),
+                "{name}={value} must be refused naming the variable, got {err:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! `SessionIngest`: receives session batches from collectors, stores each session, counts it,
-//! and queues its span — then acknowledges the batch.
+//! `SessionIngest`: receives session batches from collectors, joins each session with the other
+//! points' views of the same exchange ([`crate::join`]), stores the merged exchange — then
+//! acknowledges the batch. Spans and RED metrics follow when an exchange's join window closes
+//! ([`IngestService::tick`]).
 //!
 //! Delivery is at-least-once (see `clovisor_proto::delivery`): a re-sent batch keeps its number,
 //! so a batch numbered at or below the last one processed for its sender is acknowledged again
@@ -8,7 +10,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clovisor_proto::session::v1::session_ingest_server::{SessionIngest, SessionIngestServer};
 use clovisor_proto::session::v1::{Session, SessionAck, SessionBatch};
@@ -18,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::export::otlp::ExportHandle;
 use crate::export::span::build_span;
+use crate::join::{JoinConfig, Joiner, Outcome};
 use crate::metrics::Metrics;
 use crate::record::{ContextIssue, CorrelatedSession};
 use crate::store::Store;
@@ -39,17 +42,68 @@ pub struct IngestService {
     metrics: Arc<Metrics>,
     export: Option<ExportHandle>,
     senders: Arc<Mutex<HashMap<String, Arc<Mutex<SenderState>>>>>,
+    joiner: Arc<Mutex<Joiner>>,
+    window: Duration,
 }
 
 impl IngestService {
     /// A service storing into `store`, counting into `metrics` and exporting through `export`
     /// (none when span export is off).
     pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, export: Option<ExportHandle>) -> Self {
+        Self::with_join(store, metrics, export, JoinConfig::default())
+    }
+
+    /// Like [`IngestService::new`] with the join configured by `join`.
+    pub fn with_join(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        export: Option<ExportHandle>,
+        join: JoinConfig,
+    ) -> Self {
         Self {
             store,
             metrics,
             export,
             senders: Arc::new(Mutex::new(HashMap::new())),
+            joiner: Arc::new(Mutex::new(Joiner::new(join))),
+            window: join.window,
+        }
+    }
+
+    /// How often [`IngestService::tick`] should run: often enough that a span leaves soon after
+    /// its window closes, rarely enough to cost nothing.
+    pub fn tick_interval(&self) -> Duration {
+        (self.window / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+    }
+
+    /// Exports and counts the exchanges whose join window has closed.
+    pub fn tick(&self) {
+        self.release(|joiner, now| joiner.expire(now));
+    }
+
+    /// Exports and counts every exchange still open, without waiting for its window (shutdown).
+    pub fn drain(&self) {
+        self.release(|joiner, now| joiner.drain(now));
+    }
+
+    /// Takes the exchanges `pick` makes ready out of the join, then exports and counts them
+    /// (outside the lock).
+    fn release(&self, pick: impl FnOnce(&mut Joiner, Instant) -> Vec<Arc<CorrelatedSession>>) {
+        let ready = {
+            let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
+            let ready = pick(&mut joiner, Instant::now());
+            self.metrics.join_state(joiner.open_len(), joiner.len());
+            ready
+        };
+        self.finish(ready);
+    }
+
+    fn finish(&self, ready: Vec<Arc<CorrelatedSession>>) {
+        for rec in ready {
+            self.metrics.observe_session(&rec);
+            if let Some(export) = &self.export {
+                export.enqueue(build_span(&rec));
+            }
         }
     }
 
@@ -58,35 +112,50 @@ impl IngestService {
         SessionIngestServer::new(self)
     }
 
-    /// Takes one session: identifies it in its trace, stores it, counts it, queues its span.
-    /// Returns the stored record.
+    /// Takes one point's view of one exchange: joins it with what other points saw of the same
+    /// exchange, stores the merged exchange (replacing its previous version) and counts it.
+    /// Returns the exchange as stored.
     ///
-    /// A session whose id the store already holds is the same exchange made again (a collector
-    /// restarted and re-decoded records its predecessor had already turned into sessions): it is
-    /// counted as `clovisor_dropped_total{stage="correlator",reason="duplicate"}` and the stored
-    /// record returned.
+    /// A session whose id was seen before is the same view made again (a collector restarted and
+    /// re-decoded records its predecessor had already turned into sessions): it is counted as
+    /// `clovisor_dropped_total{stage="correlator",reason="duplicate"}` and the stored exchange
+    /// returned.
     pub fn accept(&self, session: Session) -> Arc<CorrelatedSession> {
+        self.metrics.received_session();
         if !session.id.is_empty() {
             if let Some(known) = self.store.get(&session.id) {
                 self.metrics.duplicate_session();
+                self.metrics.join_outcome(Outcome::Duplicate);
                 return known;
             }
         }
-        let (rec, issues) = CorrelatedSession::new(session);
-        for issue in issues {
+        let offered = {
+            let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
+            let offered = joiner.offer(session, Instant::now());
+            // Stored while the join is locked, so two views of one exchange arriving at once
+            // cannot store their versions in the wrong order.
+            if offered.outcome != Outcome::Duplicate {
+                let evicted = self.store.upsert(Arc::clone(&offered.record));
+                self.metrics.stored(evicted, self.store.len());
+            }
+            self.metrics.join_state(joiner.open_len(), joiner.len());
+            offered
+        };
+        for issue in &offered.issues {
             self.metrics.invalid_context(match issue {
                 ContextIssue::InvalidTraceId => "trace_id",
                 ContextIssue::InvalidParentSpanId => "parent_span_id",
             });
         }
-        let rec = Arc::new(rec);
-        self.metrics.observe_session(&rec);
-        let evicted = self.store.insert(Arc::clone(&rec));
-        self.metrics.stored(evicted, self.store.len());
-        if let Some(export) = &self.export {
-            export.enqueue(build_span(&rec));
+        self.metrics.join_outcome(offered.outcome);
+        if offered.outcome == Outcome::Duplicate {
+            self.metrics.duplicate_session();
         }
-        rec
+        for e in &offered.evictions {
+            self.metrics.join_eviction(*e);
+        }
+        self.finish(offered.ready);
+        offered.record
     }
 
     /// Processes `batch` unless its number was already processed for its sender; returns whether
@@ -310,6 +379,74 @@ mod tests {
             ),
             (4, 2, 2),
             "(received, stored, duplicates) of the correlator stage"
+        );
+    }
+
+    /// Two points' views of one exchange are stored once, found by either id, counted once
+    /// when the window closes.
+    #[test]
+    fn views_of_one_exchange_are_stored_and_counted_once() {
+        use clovisor_proto::session::v1::PointKind;
+        let svc = IngestService::with_join(
+            Arc::new(Store::new(100)),
+            Arc::new(Metrics::new()),
+            None,
+            JoinConfig {
+                window: Duration::from_millis(30),
+                ..JoinConfig::default()
+            },
+        );
+        let client = SessionBuilder::new("p/1/0")
+            .side("client")
+            .with(|s| s.observations[0].interface = "veth-client".into())
+            .build();
+        let uplink = SessionBuilder::new("p/2/0")
+            .side("")
+            .with(|s| {
+                s.observations[0].kind = PointKind::Node as i32;
+                s.observations[0].interface = "uplink0".into();
+            })
+            .build();
+        let server = SessionBuilder::new("p/3/0").side("server").build();
+        svc.accept(client);
+        svc.accept(uplink);
+        let merged = svc.accept(server);
+        assert_eq!(svc.store.len(), 1, "one exchange, stored once");
+        assert_eq!(merged.session.observations.len(), 3);
+        for id in ["p/1/0", "p/2/0", "p/3/0"] {
+            assert_eq!(
+                svc.store.get(id).map(|r| r.id.clone()).as_deref(),
+                Some("p/1/0"),
+                "{id} must find the merged exchange"
+            );
+        }
+        let span = build_span(&merged);
+        let starts = span
+            .events
+            .iter()
+            .filter(|e| e.name == "request.start")
+            .count();
+        assert_eq!(starts, 3, "one request.start event per point");
+        assert!(
+            format!("{:?}", span.attributes).contains("uplink0"),
+            "the node interface is on the span: {:?}",
+            span.attributes
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        svc.tick();
+        let m = &svc.metrics;
+        assert_eq!(
+            (m.join_count(Outcome::Opened), m.join_count(Outcome::Joined)),
+            (1, 2)
+        );
+        let drops = m.drops();
+        assert_eq!(
+            (
+                drops.received_count("correlator"),
+                drops.emitted_count("correlator")
+            ),
+            (3, 3),
+            "every view is received and passed on (merged), none lost"
         );
     }
 }

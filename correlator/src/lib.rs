@@ -13,6 +13,7 @@ pub mod error;
 pub mod export;
 pub mod ids;
 pub mod ingest;
+pub mod join;
 pub mod metrics;
 pub mod record;
 pub mod store;
@@ -44,6 +45,7 @@ pub struct Correlator {
     exporter: Option<OtlpExporter>,
     ingest: IngestService,
     api: ApiState,
+    ticker: tokio::task::JoinHandle<()>,
 }
 
 impl Correlator {
@@ -68,12 +70,26 @@ impl Correlator {
             )?),
             None => None,
         };
-        let ingest = IngestService::new(
+        let ingest = IngestService::with_join(
             Arc::clone(&store),
             Arc::clone(&metrics),
             exporter.as_ref().map(OtlpExporter::handle),
+            config.join,
         );
+        // Closes join windows: exports each exchange once no more observations are expected.
+        let ticker = {
+            let ingest = ingest.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(ingest.tick_interval());
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    ingest.tick();
+                }
+            })
+        };
         Ok(Self {
+            ticker,
             api: ApiState::new(Arc::clone(&store)),
             store,
             metrics,
@@ -154,7 +170,8 @@ impl Correlator {
         }))
     }
 
-    /// Delivers every span queued so far.
+    /// Delivers every span queued so far (exchanges still in their join window are not spans
+    /// yet; see [`Correlator::shutdown`]).
     pub async fn flush(&self) -> Result<()> {
         match &self.exporter {
             Some(e) => e.flush().await,
@@ -166,6 +183,11 @@ impl Correlator {
     /// timeout). Stop the gRPC server first so no new sessions arrive meanwhile.
     pub async fn shutdown(self) -> Result<()> {
         self.api.ready.store(false, Ordering::Relaxed);
+        self.ticker.abort();
+        // The aborted task's only outcome is its cancellation; awaiting it drops its handle.
+        let _ = self.ticker.await;
+        // Exchanges still in their join window become spans now rather than never.
+        self.ingest.drain();
         // The ingest service holds an export handle; drop ours so only the exporter's own
         // bookkeeping keeps the queue alive.
         drop(self.ingest);

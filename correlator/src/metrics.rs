@@ -32,6 +32,9 @@ pub const STAGE_CORRELATOR: &str = "correlator";
 /// Loss-accounting stage of span export: spans offered = exported + dropped + queued.
 pub const STAGE_EXPORT: &str = "export";
 
+/// Label value of a flow's end that is not a monitored pod.
+pub const OUTSIDE: &str = "outside";
+
 /// Distinct values a free-form label (`namespace`, `workload`) may take.
 pub const MAX_LABEL_VALUES: usize = 1000;
 
@@ -62,6 +65,50 @@ pub struct HttpLabels {
 pub struct BatchLabels {
     /// `processed` or `duplicate`.
     pub result: &'static str,
+}
+
+/// Labels of the workload-to-workload flow metrics (`clovisor_flow_*`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    /// Client namespace, `outside` when the client is not a monitored pod.
+    pub client_namespace: String,
+    /// Client workload (else pod), `outside` when not a monitored pod.
+    pub client_workload: String,
+    /// Server namespace, `outside` when the server is not a monitored pod.
+    pub server_namespace: String,
+    /// Server workload (else pod), `outside` when not a monitored pod.
+    pub server_workload: String,
+}
+
+/// Labels of `clovisor_flow_bytes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowBytesLabels {
+    /// The workloads.
+    #[prometheus(flatten)]
+    pub flow: FlowLabels,
+    /// `request` (client to server) or `response`.
+    pub direction: &'static str,
+}
+
+/// Labels of `clovisor_correlator_join_observations_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JoinLabels {
+    /// `opened`, `joined`, `late`, `conflict`, `ambiguous` or `duplicate`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `clovisor_correlator_join_evictions_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// `open_early` or `retained_early`.
+    pub reason: &'static str,
+}
+
+/// Labels of `clovisor_correlator_exchange_points_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PointsLabels {
+    /// Observations the exported exchange had: `1` to `5`, or `more`.
+    pub points: &'static str,
 }
 
 /// Labels of `clovisor_correlator_invalid_trace_context_total`.
@@ -129,6 +176,14 @@ pub struct Metrics {
     store_sessions: Gauge,
     batches: Family<BatchLabels, Counter>,
     invalid_context: Family<ContextLabels, Counter>,
+    join_observations: Family<JoinLabels, Counter>,
+    join_evictions: Family<EvictionLabels, Counter>,
+    join_open: Gauge,
+    join_held: Gauge,
+    exchange_points: Family<PointsLabels, Counter>,
+    flow_exchanges: Family<FlowLabels, Counter>,
+    flow_bytes: Family<FlowBytesLabels, Counter>,
+    flow_retransmits: Family<FlowLabels, Counter>,
     spans_exported: Counter,
     export_failures: Counter,
     export_queue: Gauge,
@@ -164,6 +219,14 @@ impl Metrics {
             store_sessions: Gauge::default(),
             batches: Family::default(),
             invalid_context: Family::default(),
+            join_observations: Family::default(),
+            join_evictions: Family::default(),
+            join_open: Gauge::default(),
+            join_held: Gauge::default(),
+            exchange_points: Family::default(),
+            flow_exchanges: Family::default(),
+            flow_bytes: Family::default(),
+            flow_retransmits: Family::default(),
             spans_exported: Counter::default(),
             export_failures: Counter::default(),
             export_queue: Gauge::default(),
@@ -216,6 +279,46 @@ impl Metrics {
             self.invalid_context.clone(),
         );
         registry.register(
+            "clovisor_correlator_join_observations",
+            "Sessions (one point's view of an exchange) offered to the join, by outcome",
+            self.join_observations.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_join_evictions",
+            "Exchanges that left the join state early because it was full",
+            self.join_evictions.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_join_open",
+            "Exchanges waiting for their join window to close",
+            self.join_open.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_join_held",
+            "Exchanges held by the join (open, or retained for late observations)",
+            self.join_held.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_exchange_points",
+            "Exchanges made ready, by the number of observations merged into each",
+            self.exchange_points.clone(),
+        );
+        registry.register(
+            "clovisor_flow_exchanges",
+            "Request/response exchanges between workloads",
+            self.flow_exchanges.clone(),
+        );
+        registry.register(
+            "clovisor_flow_bytes",
+            "Payload bytes of exchanges between workloads, by direction",
+            self.flow_bytes.clone(),
+        );
+        registry.register(
+            "clovisor_flow_retransmits",
+            "TCP retransmissions seen in exchanges between workloads (the most any one point saw)",
+            self.flow_retransmits.clone(),
+        );
+        registry.register(
             "clovisor_correlator_spans_exported",
             "Spans accepted by the OTLP endpoint",
             self.spans_exported.clone(),
@@ -233,10 +336,58 @@ impl Metrics {
         self.dropped.register(registry);
     }
 
-    /// Counts one received session and its RED metrics.
-    pub fn observe_session(&self, rec: &CorrelatedSession) {
+    /// Counts one session received from a collector.
+    pub fn received_session(&self) {
         self.sessions_received.inc();
         self.dropped.received(STAGE_CORRELATOR, 1);
+    }
+
+    /// Counts what the join did with one session.
+    pub fn join_outcome(&self, outcome: crate::join::Outcome) {
+        self.join_observations
+            .get_or_create(&JoinLabels {
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Counts an early eviction from the join state.
+    pub fn join_eviction(&self, eviction: crate::join::Eviction) {
+        self.join_evictions
+            .get_or_create(&EvictionLabels {
+                reason: eviction.label(),
+            })
+            .inc();
+    }
+
+    /// Records the join state's size.
+    pub fn join_state(&self, open: usize, held: usize) {
+        self.join_open.set(i64::try_from(open).unwrap_or(i64::MAX));
+        self.join_held.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// Joins counted so far with `outcome` (for tests and logs).
+    pub fn join_count(&self, outcome: crate::join::Outcome) -> u64 {
+        self.join_observations
+            .get_or_create(&JoinLabels {
+                outcome: outcome.label(),
+            })
+            .get()
+    }
+
+    /// Counts the RED metrics of one exchange, once, when its join window has closed.
+    pub fn observe_session(&self, rec: &CorrelatedSession) {
+        let points = match rec.session.observations.len() {
+            0 | 1 => "1",
+            2 => "2",
+            3 => "3",
+            4 => "4",
+            5 => "5",
+            _ => "more",
+        };
+        self.exchange_points
+            .get_or_create(&PointsLabels { points })
+            .inc();
         let s = &rec.session;
         let http = s.http.as_ref();
         let server = s.server.as_ref();
@@ -266,15 +417,66 @@ impl Metrics {
             let secs = (s.end_unix_nanos - s.start_unix_nanos) as f64 / 1e9;
             self.http_duration.get_or_create(&labels).observe(secs);
         }
+        self.observe_flow(s);
+    }
+
+    /// The workload-to-workload metrics of one exchange.
+    fn observe_flow(&self, s: &clovisor_proto::session::v1::Session) {
+        let end = |e: Option<&clovisor_proto::session::v1::Endpoint>| match e {
+            Some(e) if !e.pod.is_empty() => {
+                let workload = if e.workload.is_empty() {
+                    &e.pod
+                } else {
+                    &e.workload
+                };
+                (
+                    self.namespaces.admit(&e.namespace),
+                    self.workloads.admit(workload),
+                )
+            }
+            _ => (OUTSIDE.to_owned(), OUTSIDE.to_owned()),
+        };
+        let (client_namespace, client_workload) = end(s.client.as_ref());
+        let (server_namespace, server_workload) = end(s.server.as_ref());
+        let flow = FlowLabels {
+            client_namespace,
+            client_workload,
+            server_namespace,
+            server_workload,
+        };
+        self.flow_exchanges.get_or_create(&flow).inc();
+        let bytes = s.bytes.unwrap_or_default();
+        for (direction, n) in [("request", bytes.request), ("response", bytes.response)] {
+            if n > 0 {
+                self.flow_bytes
+                    .get_or_create(&FlowBytesLabels {
+                        flow: flow.clone(),
+                        direction,
+                    })
+                    .inc_by(n);
+            }
+        }
+        // Every point on the path sees a retransmitted segment: the most any one saw, not the sum.
+        let retransmits = s
+            .observations
+            .iter()
+            .map(|o| o.retransmits)
+            .max()
+            .unwrap_or(0);
+        if retransmits > 0 {
+            self.flow_retransmits
+                .get_or_create(&flow)
+                .inc_by(u64::from(retransmits));
+        }
     }
 
     /// Counts a session received again (same id as a stored one) and dropped.
     pub fn duplicate_session(&self) {
-        self.dropped.received(STAGE_CORRELATOR, 1);
         self.dropped.count(STAGE_CORRELATOR, "duplicate", 1);
     }
 
-    /// Counts a stored session and the evictions it caused; `len` is the store's size now.
+    /// Counts a session stored — on its own or merged into the exchange it belongs to — and the
+    /// evictions it caused; `len` is the store's size now.
     pub fn stored(&self, evicted: usize, len: usize) {
         self.sessions_stored.inc();
         // Every session received is stored (evictions make room; they are not losses of
@@ -377,6 +579,7 @@ mod tests {
     use crate::testing::SessionBuilder;
 
     fn observe(m: &Metrics, b: SessionBuilder) {
+        m.received_session();
         m.observe_session(&CorrelatedSession::new(b.build()).0);
     }
 
@@ -418,6 +621,50 @@ mod tests {
             !text.contains("BREW"),
             "raw unknown method must not become a label:\n{text}"
         );
+    }
+
+    #[test]
+    fn flows_between_workloads_and_to_the_outside() {
+        let m = Metrics::new();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        observe(
+            &m,
+            SessionBuilder::new("a")
+                .namespaces("shop", "shop")
+                .server_workload("shop", "web")
+                .with(|s| {
+                    if let Some(c) = s.client.as_mut() {
+                        c.workload = "cart".into();
+                    }
+                    s.observations[0].retransmits = 2;
+                    let mut second = s.observations[0].clone();
+                    second.retransmits = 3;
+                    s.observations.push(second);
+                }),
+        );
+        observe(
+            &m,
+            SessionBuilder::new("b").with(|s| {
+                if let Some(srv) = s.server.as_mut() {
+                    srv.pod.clear();
+                    srv.namespace.clear();
+                }
+            }),
+        );
+        let text = encode(&reg);
+        for want in [
+            r#"clovisor_flow_exchanges_total{client_namespace="shop",client_workload="cart",server_namespace="shop",server_workload="web"} 1"#,
+            r#"clovisor_flow_bytes_total{client_namespace="shop",client_workload="cart",server_namespace="shop",server_workload="web",direction="request"} 120"#,
+            r#"clovisor_flow_bytes_total{client_namespace="shop",client_workload="cart",server_namespace="shop",server_workload="web",direction="response"} 612"#,
+            r#"clovisor_flow_retransmits_total{client_namespace="shop",client_workload="cart",server_namespace="shop",server_workload="web"} 3"#,
+            r#"clovisor_flow_exchanges_total{client_namespace="default",client_workload="client",server_namespace="outside",server_workload="outside"} 1"#,
+        ] {
+            assert!(
+                text.contains(want),
+                "metrics text lacks {want:?}; got:\n{text}"
+            );
+        }
     }
 
     #[test]

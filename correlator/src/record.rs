@@ -20,6 +20,9 @@ pub struct CorrelatedSession {
     pub parent_span_id: Option<SpanId>,
     /// Whether `trace_id` came from the wire rather than being made up here.
     pub trace_from_wire: bool,
+    /// Ids of the collector sessions (one per observation point) merged into this one; the
+    /// first is `id` when the collector gave one.
+    pub constituents: Vec<String>,
 }
 
 /// Why a session's wire trace context was not used as is.
@@ -35,24 +38,8 @@ impl CorrelatedSession {
     /// Gives `session` a fresh span id and places it in the wire trace when it carries one.
     /// Returns the issues found in the wire context, which the caller counts.
     pub fn new(session: Session) -> (Self, Vec<ContextIssue>) {
-        let mut issues = Vec::new();
         let span_id = SpanId::random();
-        let (wire_trace, parent) = match &session.trace {
-            Some(ctx) => {
-                let trace = TraceId::from_bytes(&ctx.trace_id);
-                if trace.is_none() && !ctx.trace_id.is_empty() {
-                    issues.push(ContextIssue::InvalidTraceId);
-                }
-                let parent = SpanId::from_bytes(&ctx.parent_span_id);
-                if parent.is_none() && !ctx.parent_span_id.is_empty() {
-                    issues.push(ContextIssue::InvalidParentSpanId);
-                }
-                (trace, parent)
-            }
-            None => (None, None),
-        };
-        // A parent only means something inside its own trace.
-        let parent_span_id = wire_trace.and(parent);
+        let (wire_trace, parent_span_id, issues) = wire_context(&session);
         let id = if session.id.is_empty() {
             span_id.to_string()
         } else {
@@ -65,11 +52,49 @@ impl CorrelatedSession {
                 span_id,
                 parent_span_id,
                 trace_from_wire: wire_trace.is_some(),
+                constituents: Vec::new(),
                 session,
             },
             issues,
         )
     }
+
+    /// Places the span in the session's wire trace when it was not yet in one — after a merge
+    /// brought a context (e.g. a socket's plaintext view of a request encrypted on the wire).
+    /// Keeps the span id, so the record stays the same span.
+    pub fn adopt_wire_context(&mut self) {
+        if self.trace_from_wire {
+            return;
+        }
+        let (wire_trace, parent, _) = wire_context(&self.session);
+        if let Some(trace) = wire_trace {
+            self.trace_id = trace;
+            self.parent_span_id = parent;
+            self.trace_from_wire = true;
+        }
+    }
+}
+
+/// The valid trace id and (within it) parent span id of `session`'s wire context, and what was
+/// wrong with it.
+fn wire_context(session: &Session) -> (Option<TraceId>, Option<SpanId>, Vec<ContextIssue>) {
+    let mut issues = Vec::new();
+    let (wire_trace, parent) = match &session.trace {
+        Some(ctx) => {
+            let trace = TraceId::from_bytes(&ctx.trace_id);
+            if trace.is_none() && !ctx.trace_id.is_empty() {
+                issues.push(ContextIssue::InvalidTraceId);
+            }
+            let parent = SpanId::from_bytes(&ctx.parent_span_id);
+            if parent.is_none() && !ctx.parent_span_id.is_empty() {
+                issues.push(ContextIssue::InvalidParentSpanId);
+            }
+            (trace, parent)
+        }
+        None => (None, None),
+    };
+    // A parent only means something inside its own trace.
+    (wire_trace, wire_trace.and(parent), issues)
 }
 
 #[cfg(test)]

@@ -152,6 +152,29 @@ struct Inner {
     next: u64,
 }
 
+/// The session's own id and those of the sessions merged into it.
+fn ids_of(rec: &CorrelatedSession) -> impl Iterator<Item = &str> {
+    std::iter::once(rec.id.as_str()).chain(
+        rec.constituents
+            .iter()
+            .map(String::as_str)
+            .filter(move |c| *c != rec.id),
+    )
+}
+
+/// Where the session known by `id` sits in the deque.
+fn position(inner: &Inner, id: &str) -> Option<usize> {
+    let n = *inner.by_id.get(id)?;
+    let front = inner.sessions.front()?.0;
+    // Arrival numbers are consecutive, so the position is an offset from the front.
+    let idx = usize::try_from(n.checked_sub(front)?).ok()?;
+    inner
+        .sessions
+        .get(idx)
+        .filter(|(m, _)| *m == n)
+        .map(|_| idx)
+}
+
 /// The store; share it behind an `Arc`.
 pub struct Store {
     capacity: usize,
@@ -183,7 +206,8 @@ impl Store {
         }
     }
 
-    /// Stores `rec`; returns how many sessions were evicted to make room (0 or 1).
+    /// Stores `rec`; returns how many sessions were evicted to make room (0 or 1). It is found
+    /// by its id and by the ids of the sessions merged into it.
     pub fn insert(&self, rec: Arc<CorrelatedSession>) -> usize {
         // A poisoned lock only means another thread panicked mid-update of plain data; the
         // structure is still consistent enough to keep serving.
@@ -191,32 +215,47 @@ impl Store {
         let mut evicted = 0;
         while inner.sessions.len() >= self.capacity {
             if let Some((n, old)) = inner.sessions.pop_front() {
-                if inner.by_id.get(&old.id) == Some(&n) {
-                    inner.by_id.remove(&old.id);
+                for id in ids_of(&old) {
+                    if inner.by_id.get(id) == Some(&n) {
+                        inner.by_id.remove(id);
+                    }
                 }
                 evicted += 1;
             }
         }
         let n = inner.next;
         inner.next += 1;
-        inner.by_id.insert(rec.id.clone(), n);
+        for id in ids_of(&rec) {
+            inner.by_id.insert(id.to_owned(), n);
+        }
         inner.sessions.push_back((n, rec));
         self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
         evicted
     }
 
+    /// Replaces the stored session with `rec`'s id in place (an exchange that gained an
+    /// observation), keeping its position; stores `rec` as new when it is not held (any more).
+    /// Returns how many sessions were evicted to make room.
+    pub fn upsert(&self, rec: Arc<CorrelatedSession>) -> usize {
+        {
+            let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(idx) = position(&inner, &rec.id) {
+                let n = inner.sessions[idx].0;
+                for id in ids_of(&rec) {
+                    inner.by_id.insert(id.to_owned(), n);
+                }
+                inner.sessions[idx].1 = rec;
+                return 0;
+            }
+        }
+        self.insert(rec)
+    }
+
     /// The newest session with this id.
     pub fn get(&self, id: &str) -> Option<Arc<CorrelatedSession>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let n = *inner.by_id.get(id)?;
-        let front = inner.sessions.front()?.0;
-        // Arrival numbers are consecutive, so the position is an offset from the front.
-        let idx = usize::try_from(n.checked_sub(front)?).ok()?;
-        inner
-            .sessions
-            .get(idx)
-            .filter(|(m, _)| *m == n)
-            .map(|(_, s)| Arc::clone(s))
+        let idx = position(&inner, id)?;
+        inner.sessions.get(idx).map(|(_, s)| Arc::clone(s))
     }
 
     /// Sessions passing `filter`, newest first, at most `filter.limit`.

@@ -62,6 +62,27 @@ pub struct Pod {
     pub ipv6: Ipv6Addr,
 }
 
+/// A host outside the node: a namespace behind the node's "uplink" veth, reached through the
+/// host's routing table (pods route to it through the lab bridge as their gateway).
+#[derive(Debug, Clone)]
+pub struct OutsideHost {
+    /// The host as a pod-like handle (namespace, address) for servers such as [`Nginx`].
+    pub host: Pod,
+    /// The node-side end of the uplink veth: pass it as the probe's node interface.
+    pub uplink: String,
+}
+
+/// Creates the veth pair `host_end` (in this namespace) / `eth0` (in `netns`).
+fn veth_into(host_end: &str, netns: &str) -> Result<()> {
+    run(
+        "ip",
+        &[
+            "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", netns,
+        ],
+    )
+    .map(|_| ())
+}
+
 /// A bridge with pods on it. Dropping it deletes the namespaces, veths and bridge.
 #[derive(Debug)]
 pub struct Lab {
@@ -69,6 +90,7 @@ pub struct Lab {
     bridge: String,
     subnet: u8,
     pods: Vec<Pod>,
+    outside: Option<OutsideHost>,
 }
 
 impl Lab {
@@ -90,6 +112,7 @@ impl Lab {
             bridge,
             subnet,
             pods: Vec::new(),
+            outside: None,
         };
         run("ip", &["link", "set", &lab.bridge, "up"])?;
         Ok(lab)
@@ -108,21 +131,7 @@ impl Lab {
         };
         run("ip", &["netns", "add", &pod.netns])?;
         self.pods.push(pod.clone());
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &pod.host_veth,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &pod.netns,
-            ],
-        )?;
+        veth_into(&pod.host_veth, &pod.netns)?;
         run(
             "ip",
             &["link", "set", &pod.host_veth, "master", &self.bridge, "up"],
@@ -141,8 +150,84 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Adds a host outside the node (once per lab): namespace `clv-ext-<tag>` at
+    /// `10.252.<subnet>.2`, whose `eth0` is the peer of the node-side veth `clv<tag>u` at
+    /// `10.252.<subnet>.1`. The bridge becomes the pods' gateway (`10.251.<subnet>.1`), and
+    /// forwarding is switched on for the bridge and the uplink only — per interface, never the
+    /// host-wide `ip_forward` — so nothing outside the lab is routed. Call it after the pods
+    /// that need to reach the host were added.
+    pub fn outside_host(&mut self) -> Result<OutsideHost> {
+        if let Some(o) = &self.outside {
+            return Ok(o.clone());
+        }
+        let uplink = format!("clv{}u", self.tag);
+        let host = Pod {
+            netns: format!("clv-ext-{}", self.tag),
+            host_veth: uplink.clone(),
+            ipv4: Ipv4Addr::new(10, 252, self.subnet, 2),
+            ipv6: format!("fd00:252:{}::2", self.subnet)
+                .parse()
+                .context("outside IPv6 address")?,
+        };
+        run("ip", &["netns", "add", &host.netns])?;
+        self.outside = Some(OutsideHost {
+            host: host.clone(),
+            uplink: uplink.clone(),
+        });
+        veth_into(&uplink, &host.netns)?;
+        let gw = format!("10.251.{}.1", self.subnet);
+        let up = format!("10.252.{}.1", self.subnet);
+        run(
+            "ip",
+            &["addr", "add", &format!("{gw}/24"), "dev", &self.bridge],
+        )?;
+        run("ip", &["addr", "add", &format!("{up}/24"), "dev", &uplink])?;
+        run("ip", &["link", "set", &uplink, "up"])?;
+        for dev in [&self.bridge, &uplink] {
+            run(
+                "sysctl",
+                &["-qw", &format!("net.ipv4.conf.{dev}.forwarding=1")],
+            )?;
+        }
+        let ns = host.netns.as_str();
+        run(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", host.ipv4),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        let pods_net = format!("10.251.{}.0/24", self.subnet);
+        run("ip", &["-n", ns, "route", "add", &pods_net, "via", &up])?;
+        for pod in &self.pods {
+            run(
+                "ip",
+                &["-n", &pod.netns, "route", "add", "default", "via", &gw],
+            )?;
+        }
+        Ok(OutsideHost { host, uplink })
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Some(o) = &self.outside {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &o.host.netns])
+                .output();
+            let _ = Command::new("ip")
+                .args(["link", "del", &o.uplink])
+                .stderr(Stdio::null())
+                .output();
+        }
         for pod in &self.pods {
             let _ = Command::new("ip")
                 .args(["netns", "del", &pod.netns])
@@ -362,4 +447,73 @@ impl Drop for Proc {
 pub fn our_programs_on(ifname: &str) -> Result<Vec<String>> {
     clovisor_probe::hooks::pod_veth::programs_on(ifname)
         .with_context(|| format!("listing programs on {ifname}"))
+}
+
+/// A running `clovisor all-in-one`, killed on drop unless stopped.
+pub struct AllInOne {
+    /// The process.
+    pub proc: Proc,
+    /// REST API address (`127.0.0.1:port`).
+    pub api: String,
+    /// Metrics address (`127.0.0.1:port`).
+    pub metrics: String,
+}
+
+impl AllInOne {
+    /// Starts `clovisor all-in-one` with `args` (plus free API and metrics ports), exporting
+    /// spans to `otlp`, and waits until it is ready and our programs are on every interface of
+    /// `attached`.
+    pub fn start(args: &[&str], otlp: &str, attached: &[&str], log_name: &str) -> Result<Self> {
+        let api = format!("127.0.0.1:{}", free_port()?);
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let mut cmd = Command::new(clovisor_bin()?);
+        cmd.arg("all-in-one")
+            .args(args)
+            .args(["--api-listen", &api, "--metrics-listen", &metrics])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+            .env("RUST_LOG", "info");
+        let log = std::env::temp_dir().join(format!("{log_name}-{}.log", std::process::id()));
+        let mut proc = Proc::spawn(cmd, log)?;
+        let ready = format!("http://{api}/readyz");
+        let up = wait_for(
+            "clovisor to be ready and attached",
+            Duration::from_secs(20),
+            || {
+                if !proc.running() {
+                    bail!("clovisor exited early:\n{}", proc.log_text());
+                }
+                if http_get(&ready).is_err() {
+                    return Ok(false);
+                }
+                for ifname in attached {
+                    if our_programs_on(ifname)?.is_empty() {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            },
+        );
+        if let Err(e) = up {
+            bail!("{e:#}\nlog:\n{}", proc.log_text());
+        }
+        Ok(Self { proc, api, metrics })
+    }
+
+    /// Every session the REST API holds (up to 1000), newest first.
+    pub fn sessions(&self) -> Result<Vec<serde_json::Value>> {
+        let body = http_get(&format!("http://{}/api/v1/sessions?limit=1000", self.api))?;
+        let json: serde_json::Value = serde_json::from_str(&body).context("sessions JSON")?;
+        Ok(json["sessions"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// GETs every URL of `urls` from inside `pod` with one curl, which keeps one keep-alive
+/// connection for them when they share a host.
+pub fn curl_keep_alive(pod: &Pod, urls: &[String]) -> Result<()> {
+    let mut args = vec!["curl", "-sS", "-g", "--max-time", "10"];
+    for _ in urls {
+        args.extend(["-o", "/dev/null"]);
+    }
+    args.extend(urls.iter().map(String::as_str));
+    run_in(&pod.netns, &args).map(|_| ())
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clovisor_correlator::testing::OtlpReceiver;
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, http_get, our_programs_on, run_in, wait_for, Lab, Nginx, Pod, Proc,
+    curl_keep_alive, http_get, our_programs_on, run_in, wait_for, AllInOne, Lab, Nginx, Pod, Proc,
     BIG_BYTES,
 };
 use serde_json::Value;
@@ -22,47 +22,13 @@ const B3_TRACE: &str = "463ac35c9f6413ad48485a3953bb6124";
 const B3_PARENT: &str = "a2fb4a1d1a96d312";
 const REQUEST_ID: &str = "9f1c2a7e-e2e-request";
 
-struct Running {
-    proc: Proc,
-    api: String,
-    metrics: String,
-}
-
-fn start_clovisor(server: &Pod, otlp: &str, log_name: &str) -> Result<Running> {
-    let api_port = free_port()?;
-    let metrics_port = free_port()?;
-    let api = format!("127.0.0.1:{api_port}");
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let mut cmd = Command::new(clovisor_bin()?);
-    cmd.args([
-        "all-in-one",
-        "--netns",
-        &server.netns,
-        "--api-listen",
-        &api,
-        "--metrics-listen",
-        &metrics,
-    ])
-    .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
-    .env("RUST_LOG", "info");
-    let log = std::env::temp_dir().join(format!("{log_name}-{}.log", std::process::id()));
-    let mut proc = Proc::spawn(cmd, log)?;
-    let ready = format!("http://{api}/readyz");
-    let attached = wait_for(
-        "clovisor to be ready and attached",
-        Duration::from_secs(20),
-        || {
-            if !proc.running() {
-                bail!("clovisor exited early:\n{}", proc.log_text());
-            }
-            let ok = http_get(&ready).is_ok() && !our_programs_on(&server.host_veth)?.is_empty();
-            Ok(ok)
-        },
-    );
-    if let Err(e) = attached {
-        bail!("{e:#}\nlog:\n{}", proc.log_text());
-    }
-    Ok(Running { proc, api, metrics })
+fn start_clovisor(server: &Pod, otlp: &str, log_name: &str) -> Result<AllInOne> {
+    AllInOne::start(
+        &["--netns", &server.netns],
+        otlp,
+        &[&server.host_veth],
+        log_name,
+    )
 }
 
 fn curl(client: &Pod, args: &[&str]) -> Result<()> {
@@ -145,20 +111,12 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         &["-g", &format!("http://[{}]/?case=ipv6", server.ipv6)],
     )?;
     // Three requests on one keep-alive connection.
-    run_in(
-        &client.netns,
+    curl_keep_alive(
+        &client,
         &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-o",
-            "/dev/null",
-            "-o",
-            "/dev/null",
-            &format!("{base}/index.html?ka=1"),
-            &format!("{base}/index.html?ka=2"),
-            &format!("{base}/missing?ka=3"),
+            format!("{base}/index.html?ka=1"),
+            format!("{base}/index.html?ka=2"),
+            format!("{base}/missing?ka=3"),
         ],
     )?;
     // A keep-alive client that stays connected and quiet after its response: no FIN ends the
@@ -330,13 +288,20 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         "{errors:#}"
     );
 
-    // Metrics: every request counted once.
-    let metrics = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
-    let counted: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("clovisor_http_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    // Metrics: every request counted once, when its join window has closed.
+    let counted_in = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("clovisor_http_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut metrics = String::new();
+    let _ = wait_for("every request counted", Duration::from_secs(5), || {
+        metrics = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+        Ok(counted_in(&metrics) as usize >= REQUESTS)
+    });
+    let counted = counted_in(&metrics);
     assert_eq!(
         counted as usize, REQUESTS,
         "clovisor_http_requests_total:\n{metrics}"

@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub node: String,
     /// Ports traced whatever the pods expose.
     pub extra_ports: std::collections::BTreeSet<u16>,
+    /// Node interfaces (uplinks) on which the traced pods' traffic is traced too.
+    pub node_interfaces: crate::hooks::node_iface::NodeInterfaces,
     /// Uplink delivery tuning.
     pub delivery: DeliveryConfig,
     /// Records queued between the ring buffer reader and the uplink; beyond it records are
@@ -125,7 +127,8 @@ pub async fn run(
             .map(|p| (*p, netns::hint_for_port(*p)))
             .collect(),
         live,
-    );
+    )
+    .with_node_interfaces(config.node_interfaces.clone());
     let follower = match source {
         Source::Kubernetes(targets, client) => tokio::spawn(crate::targets::kube::follow(
             targets,

@@ -8,6 +8,7 @@ use clovisor_runtime::parse_duration;
 
 use crate::agent::{AgentConfig, TargetSource};
 use crate::capture::{AttachPolicy, CaptureConfig};
+use crate::hooks::node_iface::NodeInterfaces;
 use crate::targets::kube::{KubeTargets, PodSelection};
 use crate::targets::netns::NetnsTargets;
 
@@ -75,12 +76,47 @@ pub struct ProbeArgs {
     /// How programs are attached to interfaces.
     #[arg(long, env = "CLOVISOR_ATTACH", value_enum, default_value_t = AttachPolicy::Auto)]
     pub attach: AttachPolicy,
+    /// Trace monitored pods' traffic on this node interface (an uplink); repeatable. Overrides
+    /// `--node-interfaces`.
+    #[arg(long = "node-interface", value_name = "IF")]
+    pub node_interface: Vec<String>,
+    /// Node interfaces to trace when no `--node-interface` is given: `auto` (those carrying
+    /// routes off the node: default routes and routes through a gateway, pod veths excluded)
+    /// or `none`.
+    #[arg(
+        long = "node-interfaces",
+        env = "CLOVISOR_NODE_INTERFACES",
+        value_enum,
+        default_value_t = NodeInterfacesMode::Auto
+    )]
+    pub node_interfaces: NodeInterfacesMode,
+}
+
+/// Values of `--node-interfaces`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeInterfacesMode {
+    /// The interfaces carrying routes off the node.
+    #[default]
+    Auto,
+    /// No node interfaces.
+    None,
 }
 
 impl ProbeArgs {
     /// The node name: the flag, else the host name.
     pub fn node_name(&self) -> String {
         self.node.clone().unwrap_or_else(hostname)
+    }
+
+    /// The node interfaces these flags ask for.
+    pub fn node_interfaces(&self) -> NodeInterfaces {
+        if !self.node_interface.is_empty() {
+            return NodeInterfaces::Named(self.node_interface.clone());
+        }
+        match self.node_interfaces {
+            NodeInterfacesMode::Auto => NodeInterfaces::Auto,
+            NodeInterfacesMode::None => NodeInterfaces::None,
+        }
     }
 
     /// The target source: the flag, else by where the probe runs.
@@ -121,6 +157,7 @@ impl ProbeArgs {
             targets,
             node,
             extra_ports,
+            node_interfaces: self.node_interfaces(),
             delivery: DeliveryConfig::default(),
             record_queue: usize::try_from(self.record_queue).unwrap_or(usize::MAX),
         }
@@ -226,6 +263,28 @@ mod tests {
             Cli::try_parse_from(["probe", "--targets", "k8s"]).is_err(),
             "unknown source rejected"
         );
+    }
+
+    #[test]
+    fn node_interface_flags() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["probe"];
+            argv.extend(args);
+            Cli::try_parse_from(&argv)
+                .map(|c| c.probe.node_interfaces())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(&[]), Ok(NodeInterfaces::Auto), "auto by default");
+        assert_eq!(
+            parse(&["--node-interfaces", "none"]),
+            Ok(NodeInterfaces::None)
+        );
+        assert_eq!(
+            parse(&["--node-interface", "eth0", "--node-interface", "eth1"]),
+            Ok(NodeInterfaces::Named(vec!["eth0".into(), "eth1".into()])),
+            "named interfaces win"
+        );
+        assert!(parse(&["--node-interfaces", "some"]).is_err());
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct ProbeMetrics {
     uplink_replay_bytes: Gauge,
     attached_interfaces: Gauge,
     kube_watch_errors: Family<WatchLabels, Counter>,
+    node_interfaces: Gauge,
+    monitored_ips: Gauge,
     drops: Drops,
     last: Mutex<Last>,
 }
@@ -92,6 +94,8 @@ impl ProbeMetrics {
             uplink_replay_bytes: Gauge::default(),
             attached_interfaces: Gauge::default(),
             kube_watch_errors: Family::default(),
+            node_interfaces: Gauge::default(),
+            monitored_ips: Gauge::default(),
             drops,
             last: Mutex::new(Last::default()),
         }
@@ -155,6 +159,16 @@ impl ProbeMetrics {
             "Kubernetes list/watch requests that failed (each is retried; a 410 Gone relists)",
             self.kube_watch_errors.clone(),
         );
+        registry.register(
+            "clovisor_probe_node_interfaces",
+            "Node interfaces (uplinks) the node-interface programs are attached to",
+            self.node_interfaces.clone(),
+        );
+        registry.register(
+            "clovisor_probe_monitored_ips",
+            "Monitored pod addresses the node-interface programs restrict themselves to",
+            self.monitored_ips.clone(),
+        );
     }
 
     /// Counts a failed list or watch of `resource`.
@@ -173,6 +187,12 @@ impl ProbeMetrics {
     /// Sets the number of attached interfaces.
     pub fn set_attached(&self, n: usize) {
         self.attached_interfaces.set(n as i64);
+    }
+
+    /// Sets the number of attached node interfaces and of monitored pod addresses.
+    pub fn set_node_point(&self, interfaces: usize, ips: usize) {
+        self.node_interfaces.set(interfaces as i64);
+        self.monitored_ips.set(ips as i64);
     }
 
     /// Brings the counters up to the cumulative sources' current values.

@@ -39,6 +39,12 @@ const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_MULTIPATH: u16 = 9;
+const RTA_TABLE: u16 = 15;
+const RTA_VIA: u16 = 18;
+const RT_TABLE_MAIN: u32 = 254;
+const RTN_UNICAST: u8 = 1;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const TCA_OPTIONS: u16 = 2;
 const TCA_BPF_NAME: u16 = 7;
@@ -71,6 +77,17 @@ pub struct Addr {
     pub ip: IpAddr,
     /// `RT_SCOPE_*` (0 = universe/global).
     pub scope: u8,
+}
+
+/// A unicast route of the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Prefix length of the destination (0 for a default route).
+    pub dst_len: u8,
+    /// Whether it goes through a gateway (off this host's links).
+    pub gateway: bool,
+    /// Output interfaces (several for a multipath route).
+    pub oifs: Vec<u32>,
 }
 
 /// One rtnetlink socket in the calling thread's network namespace.
@@ -297,6 +314,44 @@ impl Socket {
         Ok(None)
     }
 
+    /// The unicast routes of the main table, IPv4 and IPv6.
+    pub fn routes(&mut self) -> Result<Vec<Route>> {
+        const WHAT: &str = "route dump";
+        let mut out = Vec::new();
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+            let mut body = [0u8; 12];
+            body[0] = u8::try_from(family).map_err(|_| malformed(WHAT, "family"))?;
+            for p in self.request(WHAT, RTM_GETROUTE, NLM_F_DUMP, &body, RTM_NEWROUTE)? {
+                let hdr = p.get(..12).ok_or_else(|| malformed(WHAT, "short rtmsg"))?;
+                let mut table = u32::from(hdr[4]);
+                let kind = hdr[7];
+                let mut route = Route {
+                    dst_len: hdr[1],
+                    gateway: false,
+                    oifs: Vec::new(),
+                };
+                for (ty, val) in attrs(&p[12..]) {
+                    match ty {
+                        RTA_TABLE if val.len() >= 4 => {
+                            table = u32::from_ne_bytes([val[0], val[1], val[2], val[3]]);
+                        }
+                        RTA_OIF if val.len() >= 4 => route
+                            .oifs
+                            .push(u32::from_ne_bytes([val[0], val[1], val[2], val[3]])),
+                        RTA_GATEWAY | RTA_VIA => route.gateway = true,
+                        RTA_MULTIPATH => route.oifs.extend(next_hops(val)),
+                        _ => {}
+                    }
+                }
+                if table == RT_TABLE_MAIN && kind == RTN_UNICAST {
+                    out.push(route);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Names of the BPF programs of the tc filters under `parent` on `ifindex` (empty
     /// for filters that are not BPF or carry no name).
     pub fn filters(&mut self, ifindex: u32, parent: u32) -> Result<Vec<String>> {
@@ -333,6 +388,22 @@ fn tcmsg(ifindex: u32, handle: u32, parent: u32) -> [u8; 20] {
     b[8..12].copy_from_slice(&handle.to_ne_bytes());
     b[12..16].copy_from_slice(&parent.to_ne_bytes());
     b
+}
+
+/// Output interfaces of an `RTA_MULTIPATH` list of `struct rtnexthop` (len u16, flags u8,
+/// hops u8, ifindex i32, then attributes).
+fn next_hops(mut buf: &[u8]) -> Vec<u32> {
+    let mut out = Vec::new();
+    while buf.len() >= 8 {
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        if len < 8 {
+            break;
+        }
+        out.push(u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]));
+        let aligned = (len + 3) & !3;
+        buf = buf.get(aligned..).unwrap_or(&[]);
+    }
+    out
 }
 
 fn c_string(v: &[u8]) -> String {

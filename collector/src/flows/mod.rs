@@ -62,6 +62,7 @@ struct Span {
     tcp_seq: u32,
     bytes: u64,
     packets: u32,
+    retransmits: u32,
 }
 
 impl Span {
@@ -73,6 +74,7 @@ impl Span {
             tcp_seq: m.tcp_seq,
             bytes: m.bytes,
             packets: m.packets,
+            retransmits: m.retransmits,
         }
     }
 
@@ -81,6 +83,7 @@ impl Span {
         self.end = self.end.max(m.end_unix_nanos);
         self.bytes = self.bytes.saturating_add(m.bytes);
         self.packets = self.packets.saturating_add(m.packets);
+        self.retransmits = self.retransmits.saturating_add(m.retransmits);
     }
 }
 
@@ -357,6 +360,23 @@ impl FlowTable {
     }
 
     fn on_flow_end(&mut self, probe_id: &str, e: &capture::FlowEnd, out: &mut Vec<Session>) {
+        let point = match e
+            .point
+            .as_ref()
+            .map(|p| capture::PointKind::try_from(p.kind))
+        {
+            Some(Ok(capture::PointKind::Pod)) => "pod",
+            Some(Ok(capture::PointKind::Node)) => "node",
+            Some(Ok(capture::PointKind::Socket)) => "socket",
+            _ => "unspecified",
+        };
+        let reason = match capture::FlowEndReason::try_from(e.reason) {
+            Ok(capture::FlowEndReason::Fin) => "fin",
+            Ok(capture::FlowEndReason::Rst) => "rst",
+            Ok(capture::FlowEndReason::Idle) => "idle",
+            _ => "unspecified",
+        };
+        self.metrics.connection_ended(point, reason);
         let tick = self
             .probes
             .get(probe_id)

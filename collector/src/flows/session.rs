@@ -146,6 +146,15 @@ pub(super) fn emit(ctx: &mut Ctx<'_>, flow: &Flow, p: Parts<'_>) {
             response_end_unix_nanos: resp.end,
             request_tcp_seq: p.request.tcp_seq,
             response_tcp_seq: resp.tcp_seq,
+            request_bytes: req_bytes,
+            response_bytes: resp_bytes,
+            request_packets: u64::from(req_packets),
+            response_packets: u64::from(resp_packets),
+            retransmits: if p.position == 0 {
+                p.request.retransmits.saturating_add(resp.retransmits)
+            } else {
+                0
+            },
         }],
         start_unix_nanos: p.request.start,
         end_unix_nanos: if p.response.is_some() {

@@ -150,6 +150,23 @@ fn pairs_keep_alive_exchanges_and_fills_session() {
         s.packets.as_ref().map(|p| (p.request, p.response)),
         Some((3, 3))
     );
+    assert_eq!(
+        (
+            obs.request_bytes,
+            obs.response_bytes,
+            obs.request_packets,
+            obs.response_packets,
+            obs.request_tcp_seq,
+        ),
+        (
+            REQ.len() as u64 + 1000,
+            RESP.len() as u64 + 1000,
+            3,
+            3,
+            1000
+        ),
+        "the observation carries its own point's counters and the request's sequence number"
+    );
     assert_eq!(out[1].http.as_ref().map(|h| h.status_code), Some(201));
     assert_eq!(m.sessions_emitted_for("complete"), 2);
     assert_eq!(t.len(), 1, "the connection stays open");
@@ -217,6 +234,32 @@ fn gap_is_skipped_after_timeout() {
         out.len(),
         1,
         "after the timeout the buffered exchange is emitted: {out:#?}"
+    );
+}
+
+#[test]
+fn connection_ends_are_counted_by_point_and_reason() {
+    let (mut t, m) = table();
+    let mut reset = end(8);
+    if let Some(record::Kind::FlowEnd(e)) = reset.kind.as_mut() {
+        e.reason = FlowEndReason::Rst as i32;
+    }
+    feed(
+        &mut t,
+        vec![
+            msg(7, 0, Direction::ClientToServer, REQ),
+            end(7),
+            msg(8, 0, Direction::ClientToServer, REQ),
+            reset,
+        ],
+    );
+    assert_eq!(
+        (
+            m.connections_ended_for("pod", "fin"),
+            m.connections_ended_for("pod", "rst")
+        ),
+        (1, 1),
+        "one FIN and one RST at the pod veth"
     );
 }
 

@@ -58,6 +58,16 @@ pub struct ObservationJson {
     pub response_start: Option<String>,
     /// Last response byte seen.
     pub response_end: Option<String>,
+    /// Request payload bytes this point counted.
+    pub request_bytes: u64,
+    /// Response payload bytes this point counted.
+    pub response_bytes: u64,
+    /// Request packets this point counted (0 at a socket).
+    pub request_packets: u64,
+    /// Response packets this point counted (0 at a socket).
+    pub response_packets: u64,
+    /// Retransmitted segments this point saw.
+    pub retransmits: u32,
 }
 
 /// Decoded HTTP fields.
@@ -162,6 +172,11 @@ fn observation(o: &Observation) -> ObservationJson {
         request_end: rfc3339(o.request_end_unix_nanos),
         response_start: rfc3339(o.response_start_unix_nanos),
         response_end: rfc3339(o.response_end_unix_nanos),
+        request_bytes: o.request_bytes,
+        response_bytes: o.response_bytes,
+        request_packets: o.request_packets,
+        response_packets: o.response_packets,
+        retransmits: o.retransmits,
     }
 }
 

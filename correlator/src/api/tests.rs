@@ -195,3 +195,42 @@ async fn metrics_endpoint_serves_openmetrics() {
         "OpenMetrics ends with # EOF: {text}"
     );
 }
+
+/// Two points' views of one exchange: listed once, found by either view's id, with both
+/// observations and their own counters.
+#[tokio::test]
+async fn a_merged_exchange_is_listed_once_with_every_observation() {
+    let app = app(state_with(vec![
+        SessionBuilder::new("p/1/0")
+            .side("client")
+            .with(|s| s.observations[0].interface = "veth-client".into()),
+        SessionBuilder::new("p/2/0").side("server"),
+    ]));
+    let (status, body) = get_json(app.clone(), "/api/v1/sessions").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&body), ["p/1/0"], "one exchange, shown once");
+    let (status, one) = get_json(app, "/api/v1/sessions/p%2F2%2F0").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the second view's id finds it: {one}"
+    );
+    assert_eq!(one["id"], "p/1/0");
+    let obs = one["observations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("observations array expected: {one}"));
+    let seen: Vec<(&str, &str, u64)> = obs
+        .iter()
+        .map(|o| {
+            (
+                o["interface"].as_str().unwrap_or_default(),
+                o["side"].as_str().unwrap_or_default(),
+                o["response_bytes"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("veth-client", "client", 612), ("veth-web0", "server", 612)]
+    );
+}

@@ -53,6 +53,18 @@ fn kv(key: &str, value: Value) -> KeyValue {
     }
 }
 
+/// An array of strings as an attribute value.
+fn strings(values: &[&str]) -> Value {
+    Value::ArrayValue(ArrayValue {
+        values: values
+            .iter()
+            .map(|v| AnyValue {
+                value: Some(Value::StringValue((*v).to_owned())),
+            })
+            .collect(),
+    })
+}
+
 fn s(key: &str, value: impl Into<String>) -> KeyValue {
     kv(key, Value::StringValue(value.into()))
 }
@@ -200,6 +212,25 @@ fn event(name: &str, at: u64, o: &Observation) -> Event {
     if !o.side.is_empty() {
         attributes.push(s("clovisor.observation.side", o.side.clone()));
     }
+    // What the point counted, on the event closing each direction.
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    match name {
+        "request.end" => {
+            attributes.push(i("clovisor.observation.bytes", clamp(o.request_bytes)));
+            attributes.push(i("clovisor.observation.packets", clamp(o.request_packets)));
+        }
+        "response.end" => {
+            attributes.push(i("clovisor.observation.bytes", clamp(o.response_bytes)));
+            attributes.push(i("clovisor.observation.packets", clamp(o.response_packets)));
+            if o.retransmits > 0 {
+                attributes.push(i(
+                    "clovisor.observation.retransmits",
+                    i64::from(o.retransmits),
+                ));
+            }
+        }
+        _ => {}
+    }
     Event {
         time_unix_nano: at,
         name: name.to_owned(),
@@ -307,23 +338,24 @@ pub fn build_span(rec: &CorrelatedSession) -> Span {
     if !http.envoy_decorator.is_empty() {
         attrs.push(s("clovisor.envoy.decorator", http.envoy_decorator.clone()));
     }
-    let mut points: Vec<&str> = session
+    let mut points: Vec<&str> = Vec::new();
+    for p in session.observations.iter().map(|o| point_name(o.kind)) {
+        if !points.contains(&p) {
+            points.push(p);
+        }
+    }
+    attrs.push(kv("clovisor.observation_points", strings(&points)));
+    let mut node_interfaces: Vec<&str> = session
         .observations
         .iter()
-        .map(|o| point_name(o.kind))
+        .filter(|o| o.kind == PointKind::Node as i32 && !o.interface.is_empty())
+        .map(|o| o.interface.as_str())
         .collect();
-    points.dedup();
-    attrs.push(kv(
-        "clovisor.observation_points",
-        Value::ArrayValue(ArrayValue {
-            values: points
-                .into_iter()
-                .map(|p| AnyValue {
-                    value: Some(Value::StringValue(p.to_owned())),
-                })
-                .collect(),
-        }),
-    ));
+    node_interfaces.sort_unstable();
+    node_interfaces.dedup();
+    if !node_interfaces.is_empty() {
+        attrs.push(kv("clovisor.node.interfaces", strings(&node_interfaces)));
+    }
     attrs.push(s("clovisor.session.id", rec.id.clone()));
     if session.incomplete {
         attrs.push(kv("clovisor.incomplete", Value::BoolValue(true)));

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use clovisor_proto::capture::v1::{record, FlowEnd as FlowEndRecord, Message, Record};
 
-use super::raw::{pod_point, Event, FlowEnd, MsgCounters, MsgStart, SessionKey, SessionState};
+use clovisor_proto::capture::v1::PointKind;
+
+use super::raw::{point, Event, FlowEnd, MsgCounters, MsgStart, SessionKey, SessionState};
 use crate::clock::BootClock;
 
 /// How long a flushed message whose flow went quiet is kept before checking that the
@@ -27,8 +29,17 @@ pub trait SessionSource {
     fn lookup(&self, key: &SessionKey) -> Option<SessionState>;
 }
 
-/// Interface names by ifindex, shared with the attach side.
-pub type InterfaceNames = Arc<RwLock<BTreeMap<u32, String>>>;
+/// An interface the capture is attached to: its name and which observation point it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedInterface {
+    /// Interface name.
+    pub name: String,
+    /// `Pod` for a pod's host veth, `Node` for a node interface.
+    pub kind: PointKind,
+}
+
+/// Attached interfaces by ifindex, shared with the attach side.
+pub type InterfaceNames = Arc<RwLock<BTreeMap<u32, AttachedInterface>>>;
 
 /// Counters of the assembler, cumulative.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -280,13 +291,14 @@ impl Assembler {
     }
 
     fn point(&self, ifindex: u32) -> clovisor_proto::capture::v1::ObservationPoint {
-        let name = self
+        let (name, kind) = self
             .interfaces
             .read()
             .ok()
-            .and_then(|m| m.get(&ifindex).cloned())
-            .unwrap_or_default();
-        pod_point(ifindex, &name, &self.node)
+            .and_then(|m| m.get(&ifindex).map(|i| (i.name.clone(), i.kind)))
+            // Detached meanwhile (its last events still arrive): pods are the common case.
+            .unwrap_or((String::new(), PointKind::Pod));
+        point(kind, ifindex, &name, &self.node)
     }
 
     fn message(&mut self, start: &MsgStart, fin: &MsgCounters, partial: bool) -> Record {
@@ -334,7 +346,13 @@ mod tests {
 
     fn names() -> InterfaceNames {
         let mut m = BTreeMap::new();
-        m.insert(7, "veth-test".to_owned());
+        m.insert(
+            7,
+            AttachedInterface {
+                name: "veth-test".to_owned(),
+                kind: PointKind::Pod,
+            },
+        );
         Arc::new(RwLock::new(m))
     }
 

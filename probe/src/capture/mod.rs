@@ -13,15 +13,18 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
-use clovisor_proto::capture::v1::{ProtocolHint, Record};
+use clovisor_proto::capture::v1::{PointKind, ProtocolHint, Record};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use self::assembler::{Assembler, AssemblerStats, InterfaceNames, SessionSource};
+use self::assembler::{
+    Assembler, AssemblerStats, AttachedInterface, InterfaceNames, SessionSource,
+};
 use self::raw::{Event, RawSession, RawSessionKey, SessionKey, SessionState};
 use crate::clock::BootClock;
 use crate::error::{Error, Result};
+use crate::hooks::node_iface;
 use crate::hooks::pod_veth::{self, PodVethHook, PROGRAMS};
 
 pub use crate::hooks::pod_veth::{AttachMode, AttachPolicy};
@@ -34,6 +37,7 @@ const MAP_SESSIONS: &str = "sessions";
 const MAP_TRACED_PORTS: &str = "traced_ports";
 const MAP_STATS: &str = "stats";
 const MAP_CONFIG: &str = "config";
+const MAP_MONITORED_IPS: &str = "monitored_ips";
 /// `max_entries` of `traced_ports` in the object.
 const MAX_TRACED_PORTS: usize = 1024;
 /// Events handled before yielding to send records and check shutdown.
@@ -161,7 +165,7 @@ impl Capture {
             hooks: BTreeMap::new(),
             interfaces: Arc::new(RwLock::new(BTreeMap::new())),
         };
-        for (name, _) in PROGRAMS {
+        for (name, _) in PROGRAMS.into_iter().chain(node_iface::PROGRAMS) {
             let prog: &mut aya::programs::SchedClassifier = capture
                 .ebpf
                 .program_mut(name)
@@ -261,12 +265,54 @@ impl Capture {
             .collect()
     }
 
+    /// Replaces the addresses of monitored pods, which the node-interface programs restrict
+    /// themselves to.
+    pub fn set_monitored_ips(&mut self, ips: &BTreeSet<std::net::IpAddr>) -> Result<()> {
+        let max = abi::CLOVISOR_MAX_MONITORED_IPS as usize;
+        if ips.len() > max {
+            return Err(Error::Config {
+                reason: format!("{} monitored pod addresses, at most {max}", ips.len()),
+            });
+        }
+        // Keyed by the 16 address bytes of `struct clovisor_ip`.
+        let mut map: BpfHashMap<_, [u8; 16], u8> =
+            BpfHashMap::try_from(self.ebpf.map_mut(MAP_MONITORED_IPS).ok_or(
+                Error::MissingMap {
+                    map: MAP_MONITORED_IPS,
+                },
+            )?)
+            .map_err(map_err(MAP_MONITORED_IPS, "open"))?;
+        let wanted: BTreeSet<[u8; 16]> = ips.iter().map(|ip| raw::ip16(*ip)).collect();
+        let present: BTreeSet<[u8; 16]> = map.keys().filter_map(|k| k.ok()).collect();
+        // Insert before removing so an address kept across the update is never dropped.
+        for addr in wanted.difference(&present) {
+            map.insert(addr, 1, 0)
+                .map_err(map_err(MAP_MONITORED_IPS, "insert"))?;
+        }
+        for addr in present.difference(&wanted) {
+            map.remove(addr)
+                .map_err(map_err(MAP_MONITORED_IPS, "remove"))?;
+        }
+        Ok(())
+    }
+
     /// Attaches both programs to the host-side veth `ifname`. Idempotent: attaching an
     /// interface already attached (same ifindex) does nothing.
     pub fn attach_pod_veth(&mut self, ifname: &str) -> Result<AttachMode> {
+        self.attach_point(ifname, PointKind::Pod)
+    }
+
+    /// Attaches the node-interface programs to `ifname` (an uplink): both directions, only
+    /// monitored pods' traffic ([`Capture::set_monitored_ips`]). Idempotent like
+    /// [`Capture::attach_pod_veth`].
+    pub fn attach_node_interface(&mut self, ifname: &str) -> Result<AttachMode> {
+        self.attach_point(ifname, PointKind::Node)
+    }
+
+    fn attach_point(&mut self, ifname: &str, kind: PointKind) -> Result<AttachMode> {
         let current = pod_veth::ifindex(ifname)?;
         if let Some(h) = self.hooks.get(ifname) {
-            if h.ifindex == current {
+            if h.ifindex == current && self.kind_of(h.ifindex) == Some(kind) {
                 return Ok(h.mode);
             }
         }
@@ -276,13 +322,38 @@ impl Capture {
                 tracing::debug!(interface = ifname, error = %e, "stale hook cleanup");
             }
         }
-        let hook = pod_veth::attach(&mut self.ebpf, ifname, self.cfg.attach)?;
+        let hook = match kind {
+            PointKind::Node => node_iface::attach(&mut self.ebpf, ifname, self.cfg.attach)?,
+            _ => pod_veth::attach(&mut self.ebpf, ifname, self.cfg.attach)?,
+        };
         let mode = hook.mode;
         if let Ok(mut names) = self.interfaces.write() {
-            names.insert(hook.ifindex, ifname.to_owned());
+            names.insert(
+                hook.ifindex,
+                AttachedInterface {
+                    name: ifname.to_owned(),
+                    kind,
+                },
+            );
         }
         self.hooks.insert(ifname.to_owned(), hook);
         Ok(mode)
+    }
+
+    fn kind_of(&self, ifindex: u32) -> Option<PointKind> {
+        self.interfaces
+            .read()
+            .ok()
+            .and_then(|m| m.get(&ifindex).map(|i| i.kind))
+    }
+
+    /// Node interfaces currently attached.
+    pub fn node_interfaces(&self) -> Vec<String> {
+        self.hooks
+            .values()
+            .filter(|h| self.kind_of(h.ifindex) == Some(PointKind::Node))
+            .map(|h| h.interface.clone())
+            .collect()
     }
 
     /// Interfaces currently attached, with their index and mode.

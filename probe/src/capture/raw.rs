@@ -69,6 +69,11 @@ impl SessionKey {
     }
 }
 
+/// An address as the kernel keys it: 16 bytes in network order, IPv4 v4-mapped.
+pub fn ip16(ip: IpAddr) -> [u8; 16] {
+    mapped(ip)
+}
+
 pub(crate) fn mapped(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
@@ -305,10 +310,10 @@ impl TryFrom<&[u8]> for SessionState {
     }
 }
 
-/// A pod observation point.
-pub fn pod_point(ifindex: u32, interface: &str, node: &str) -> ObservationPoint {
+/// A tc observation point (pod veth or node interface).
+pub fn point(kind: PointKind, ifindex: u32, interface: &str, node: &str) -> ObservationPoint {
     ObservationPoint {
-        kind: PointKind::Pod as i32,
+        kind: kind as i32,
         ifindex,
         interface: interface.to_owned(),
         node: node.to_owned(),

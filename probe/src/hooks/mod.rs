@@ -1,3 +1,4 @@
 //! Where the BPF programs attach.
 
+pub mod node_iface;
 pub mod pod_veth;

@@ -46,7 +46,7 @@ pub enum AttachPolicy {
     Netlink,
 }
 
-/// What one attach created on one interface.
+/// What one attach created on one interface (a pod veth or a node interface).
 #[derive(Debug)]
 pub struct PodVethHook {
     /// Interface name.
@@ -81,10 +81,21 @@ pub fn ifindex(name: &str) -> Result<u32> {
 /// Attaches both programs to `interface`: TCX first, legacy netlink when refused (or
 /// when `policy` asks for it).
 pub fn attach(ebpf: &mut Ebpf, interface: &str, policy: AttachPolicy) -> Result<PodVethHook> {
+    attach_pair(ebpf, interface, policy, PROGRAMS)
+}
+
+/// Attaches a pair of classifiers (`programs`: name and hook) to `interface` the way
+/// [`attach`] does; shared with the node-interface point.
+pub(crate) fn attach_pair(
+    ebpf: &mut Ebpf,
+    interface: &str,
+    policy: AttachPolicy,
+    programs: [(&'static str, TcAttachType); 2],
+) -> Result<PodVethHook> {
     let ifindex = ifindex(interface)?;
     let mut links = Vec::new();
     let mut tcx_error = None;
-    for (name, hook) in PROGRAMS {
+    for (name, hook) in programs {
         if policy == AttachPolicy::Netlink {
             break;
         }
@@ -124,7 +135,7 @@ pub fn attach(ebpf: &mut Ebpf, interface: &str, policy: AttachPolicy) -> Result<
         mode: AttachMode::Netlink { added_clsact },
         links,
     };
-    for (name, attach_type) in PROGRAMS {
+    for (name, attach_type) in programs {
         let opts = TcAttachOptions::Netlink(NlOptions::default());
         match classifier(ebpf, name)?.attach_with_options(interface, attach_type, opts) {
             Ok(id) => hook.links.push((name, id)),
@@ -215,7 +226,7 @@ pub fn programs_on(interface: &str) -> Result<Vec<String>> {
 pub fn cleanup_leftovers() -> Result<usize> {
     let mut removed = 0;
     for link in netlink::Socket::open()?.links()? {
-        for (name, attach_type) in PROGRAMS {
+        for (name, attach_type) in PROGRAMS.into_iter().chain(super::node_iface::PROGRAMS) {
             match tc::qdisc_detach_program(&link.name, attach_type, name) {
                 Ok(()) => {
                     tracing::info!(interface = %link.name, program = name, "removed leftover filter");

@@ -4,7 +4,7 @@
 //! hands it to [`Reconciler::apply`], which is idempotent: applying the same set twice
 //! changes nothing, so a relist or a rescan can never duplicate or lose an attachment.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::capture::egress::EgressEntry;
 use crate::capture::Capture;
+use crate::hooks::node_iface::{self, NodeInterfaces};
 use crate::metrics::ProbeMetrics;
 use crate::netns::HostVeth;
 
@@ -79,6 +80,12 @@ pub struct Reconciler {
     base_snaplen: u32,
     /// Egress entries in the kernel now.
     egress: BTreeMap<EgressEntry, ProtocolHint>,
+    /// Node interfaces (uplinks) to trace the traced pods' traffic on.
+    node_interfaces: NodeInterfaces,
+    /// Pod addresses the node-interface programs filter on now.
+    monitored_ips: BTreeSet<IpAddr>,
+    /// Node interfaces an attach failed on, warned about once.
+    node_failures: BTreeSet<String>,
 }
 
 impl Reconciler {
@@ -98,6 +105,9 @@ impl Reconciler {
             live,
             live_open: true,
             egress: BTreeMap::new(),
+            node_interfaces: NodeInterfaces::None,
+            monitored_ips: BTreeSet::new(),
+            node_failures: BTreeSet::new(),
             capture,
             out,
             metrics,
@@ -107,6 +117,12 @@ impl Reconciler {
             traced: BTreeMap::new(),
             status: watch::Sender::new(TargetsStatus::default()),
         }
+    }
+
+    /// Also traces the traced pods' traffic on these node interfaces (default: none).
+    pub fn with_node_interfaces(mut self, node_interfaces: NodeInterfaces) -> Self {
+        self.node_interfaces = node_interfaces;
+        self
     }
 
     /// Follows what is traced after each reconciliation.
@@ -178,6 +194,7 @@ impl Reconciler {
         }
         self.update_traced_ports();
         self.apply_live();
+        self.apply_node_point();
         self.metrics.set_attached(self.capture.attached().len());
         let traced_ports = self.capture.traced_ports().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read back the traced ports");
@@ -216,6 +233,63 @@ impl Reconciler {
             }
             Err(e) => tracing::error!(error = %e, "cannot update traced ports"),
         }
+    }
+
+    /// Keeps the node-interface point in step: the traced pods' addresses its programs filter
+    /// on, and the uplinks they are attached to.
+    fn apply_node_point(&mut self) {
+        let ips: BTreeSet<IpAddr> = self
+            .current
+            .values()
+            .flat_map(|t| t.ips.iter().copied())
+            .collect();
+        if ips != self.monitored_ips {
+            match self.capture.set_monitored_ips(&ips) {
+                Ok(()) => self.monitored_ips = ips,
+                Err(e) => tracing::error!(error = %e, "cannot update the monitored pod addresses"),
+            }
+        }
+        let pod_veths: BTreeSet<String> =
+            self.current.values().map(|t| t.veth.name.clone()).collect();
+        let wanted: Vec<String> = match node_iface::resolve(&self.node_interfaces, &pod_veths) {
+            Ok(found) => found
+                .into_iter()
+                .filter(|n| !pod_veths.contains(n))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find the node's uplink interfaces");
+                return;
+            }
+        };
+        let attached = self.capture.node_interfaces();
+        for name in attached.iter().filter(|a| !wanted.contains(a)) {
+            match self.capture.detach(name) {
+                Ok(()) => {
+                    tracing::info!(interface = %name, "node interface no longer wanted; detached")
+                }
+                Err(e) => tracing::warn!(interface = %name, error = %e, "detach failed"),
+            }
+        }
+        for name in &wanted {
+            match self.capture.attach_node_interface(name) {
+                Ok(mode) => {
+                    if !attached.contains(name) {
+                        tracing::info!(interface = %name, ?mode, "tracing node interface");
+                    }
+                    self.node_failures.remove(name);
+                }
+                Err(e) if self.node_failures.insert(name.clone()) => {
+                    tracing::warn!(interface = %name, error = %e, "cannot attach to node interface; retrying every reconciliation");
+                }
+                Err(e) => {
+                    tracing::debug!(interface = %name, error = %e, "node interface attach failed again")
+                }
+            }
+        }
+        self.metrics.set_node_point(
+            self.capture.node_interfaces().len(),
+            self.monitored_ips.len(),
+        );
     }
 
     /// Resolves when the live configuration changes; never once its source is gone.
@@ -275,6 +349,7 @@ impl Reconciler {
             tracing::error!(error = %e, "detaching on shutdown failed");
         }
         self.metrics.set_attached(self.capture.attached().len());
+        self.metrics.set_node_point(0, 0);
         self.capture
     }
 

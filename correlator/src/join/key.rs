@@ -1,0 +1,100 @@
+//! What identifies one exchange across observation points.
+//!
+//! - [`WireKey`]: client address and port, the TCP sequence number of the request's first byte,
+//!   and the position of the request among those pipelined in that message. Every point that
+//!   sees TCP segments (pod veths, node interfaces) reports the same sequence number for the same
+//!   request, and service DNAT rewrites only the server side, so the key survives the path. Two
+//!   different exchanges share it only if a client reuses its port and its new random initial
+//!   sequence number lands on the old request's byte within the join window.
+//! - [`ClientAddr`] alone, for points without sequence numbers (sockets): such an observation
+//!   joins only when exactly one exchange of that client overlaps it in time and agrees on every
+//!   decoded field (see [`super::merge::compatible`]).
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use clovisor_proto::session::v1::{Observation, PointKind, Session};
+
+/// Attribute the collector sets on the second and later requests pipelined in one message.
+pub const PIPELINE_POSITION_ATTRIBUTE: &str = "clovisor.http.pipeline_position";
+
+/// The client end of a connection, IPv4 normalised (a v4-mapped IPv6 address is IPv4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr {
+    /// Client IP.
+    pub ip: IpAddr,
+    /// Client port.
+    pub port: u16,
+}
+
+impl ClientAddr {
+    /// The client of `session`; `None` when the session has no usable client address.
+    pub fn of(session: &Session) -> Option<Self> {
+        let client = session.client.as_ref()?;
+        let ip = match client.ip.len() {
+            4 => IpAddr::from(<[u8; 4]>::try_from(client.ip.as_slice()).ok()?),
+            16 => {
+                let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(client.ip.as_slice()).ok()?);
+                match v6.to_ipv4_mapped() {
+                    Some(v4) => IpAddr::V4(v4),
+                    None => IpAddr::V6(v6),
+                }
+            }
+            _ => return None,
+        };
+        let port = u16::try_from(client.port).ok().filter(|p| *p != 0)?;
+        Some(Self { ip, port })
+    }
+}
+
+/// Identity of one request on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WireKey {
+    /// Who sent the request.
+    pub client: ClientAddr,
+    /// TCP sequence number of the request message's first byte.
+    pub request_seq: u32,
+    /// 0 for the first request of the message, n for the n-th pipelined after it.
+    pub position: u32,
+}
+
+/// Whether this point reports TCP sequence numbers: tc points see segments, sockets do not.
+pub fn has_tcp_seq(o: &Observation) -> bool {
+    matches!(
+        PointKind::try_from(o.kind),
+        Ok(PointKind::Pod) | Ok(PointKind::Node)
+    )
+}
+
+/// The wire key of a single-observation session from a point that sees TCP segments.
+pub fn wire_key(session: &Session, client: ClientAddr) -> Option<WireKey> {
+    let [o] = session.observations.as_slice() else {
+        return None;
+    };
+    if !has_tcp_seq(o) {
+        return None;
+    }
+    let position = match session.attributes.get(PIPELINE_POSITION_ATTRIBUTE) {
+        Some(p) => p.parse().ok()?,
+        None => 0,
+    };
+    Some(WireKey {
+        client,
+        request_seq: o.request_tcp_seq,
+        position,
+    })
+}
+
+/// The time an observation covers: first request byte to last byte seen.
+pub fn interval(o: &Observation) -> (u64, u64) {
+    let start = o.request_start_unix_nanos;
+    let end = o
+        .response_end_unix_nanos
+        .max(o.request_end_unix_nanos)
+        .max(start);
+    (start, end)
+}
+
+/// Whether two closed intervals share a point.
+pub fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
+}

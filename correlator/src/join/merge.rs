@@ -1,0 +1,217 @@
+//! Merging what several points saw of one exchange into one session.
+
+use clovisor_proto::session::v1::{Endpoint, Http, Observation, PointKind, Session};
+
+/// Whether `a` and `b` can be the same exchange: every field both decoded agrees. Used as a
+/// guard on key matches too, so a key collision never merges two different requests.
+pub fn compatible(a: &Session, b: &Session) -> bool {
+    if a.protocol != b.protocol {
+        return false;
+    }
+    let same = |x: &str, y: &str| x.is_empty() || y.is_empty() || x == y;
+    if let (Some(x), Some(y)) = (&a.http, &b.http) {
+        if !(same(&x.method, &y.method)
+            && same(&x.target, &y.target)
+            && same(&x.request_id, &y.request_id)
+            && (x.status_code == 0 || y.status_code == 0 || x.status_code == y.status_code))
+        {
+            return false;
+        }
+    }
+    if let (Some(x), Some(y)) = (&a.trace, &b.trace) {
+        if !x.trace_id.is_empty() && !y.trace_id.is_empty() && x.trace_id != y.trace_id {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `session` already holds an observation from the point that made `o`: the same point
+/// cannot see one exchange twice, so a second one means a different exchange.
+pub fn has_point(session: &Session, o: &Observation) -> bool {
+    session.observations.iter().any(|p| {
+        p.kind == o.kind
+            && p.interface == o.interface
+            && p.node == o.node
+            && p.probe_id == o.probe_id
+            && p.side == o.side
+    })
+}
+
+/// Rank of an observation as the source of the session's counters and endpoints: the client's
+/// own veth first (what the caller experienced on the wire), then the server's, node interfaces,
+/// sockets.
+fn rank(o: &Observation) -> u8 {
+    match (PointKind::try_from(o.kind), o.side.as_str()) {
+        (Ok(PointKind::Pod), "client") => 0,
+        (Ok(PointKind::Pod), "server") => 1,
+        (Ok(PointKind::Pod), _) => 2,
+        (Ok(PointKind::Node), _) => 3,
+        (Ok(PointKind::Socket), _) => 4,
+        _ => 5,
+    }
+}
+
+fn best_rank(s: &Session) -> u8 {
+    s.observations.iter().map(rank).min().unwrap_or(u8::MAX)
+}
+
+fn fill(into: &mut String, from: &str) {
+    if into.is_empty() && !from.is_empty() {
+        *into = from.to_owned();
+    }
+}
+
+fn fill_endpoint(into: &mut Endpoint, from: &Endpoint) {
+    fill(&mut into.pod, &from.pod);
+    fill(&mut into.namespace, &from.namespace);
+    fill(&mut into.node, &from.node);
+    fill(&mut into.workload, &from.workload);
+}
+
+fn fill_http(into: &mut Http, from: &Http) {
+    fill(&mut into.method, &from.method);
+    fill(&mut into.target, &from.target);
+    fill(&mut into.host, &from.host);
+    fill(&mut into.user_agent, &from.user_agent);
+    fill(&mut into.version, &from.version);
+    fill(&mut into.request_id, &from.request_id);
+    fill(&mut into.envoy_decorator, &from.envoy_decorator);
+    fill(&mut into.reason, &from.reason);
+    if into.status_code == 0 {
+        into.status_code = from.status_code;
+    }
+    if into.request_content_length == 0 {
+        into.request_content_length = from.request_content_length;
+    }
+    if into.response_content_length == 0 {
+        into.response_content_length = from.response_content_length;
+    }
+    into.response_chunked |= from.response_chunked;
+}
+
+/// Adds what `add` saw to `into`. The caller has checked [`compatible`].
+pub fn merge(into: &mut Session, add: Session) {
+    let add_better = best_rank(&add) < best_rank(into);
+    let add_at_server = add.observations.iter().any(|o| o.side == "server");
+    let into_at_server = into.observations.iter().any(|o| o.side == "server");
+
+    // The server as the server's own veth saw it is the real pod (after any service DNAT);
+    // elsewhere it may be a service address.
+    match (into.server.as_mut(), add.server) {
+        (Some(s), Some(a)) if add_at_server && !into_at_server => {
+            let mut a = a;
+            fill_endpoint(&mut a, s);
+            *s = a;
+        }
+        (Some(s), Some(a)) => fill_endpoint(s, &a),
+        (None, a) => into.server = a,
+        (Some(_), None) => {}
+    }
+    match (into.client.as_mut(), add.client) {
+        (Some(c), Some(a)) => fill_endpoint(c, &a),
+        (None, a) => into.client = a,
+        (Some(_), None) => {}
+    }
+
+    if add_better {
+        into.bytes = add.bytes;
+        into.packets = add.packets;
+    }
+    // A response seen anywhere completes the exchange.
+    if into.incomplete && !add.incomplete {
+        into.incomplete = false;
+        if let (Some(h), Some(a)) = (into.http.as_mut(), add.http.as_ref()) {
+            h.status_code = a.status_code;
+            h.reason = a.reason.clone();
+        }
+    }
+    match (into.http.as_mut(), add.http) {
+        (Some(h), Some(a)) => fill_http(h, &a),
+        (None, a) => into.http = a,
+        (Some(_), None) => {}
+    }
+    if into.trace.is_none() {
+        into.trace = add.trace;
+    }
+    for (k, v) in add.attributes {
+        into.attributes.entry(k).or_insert(v);
+    }
+    if add.start_unix_nanos != 0
+        && (into.start_unix_nanos == 0 || add.start_unix_nanos < into.start_unix_nanos)
+    {
+        into.start_unix_nanos = add.start_unix_nanos;
+    }
+    into.end_unix_nanos = into.end_unix_nanos.max(add.end_unix_nanos);
+    into.observations.extend(add.observations);
+    // Path order: where the request was seen first comes first.
+    into.observations
+        .sort_by_key(|o| (o.request_start_unix_nanos, rank(o)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::SessionBuilder;
+
+    #[test]
+    fn server_veth_endpoint_wins_and_counters_come_from_the_client_veth() {
+        let mut client_side = SessionBuilder::new("c")
+            .side("client")
+            .with(|s| {
+                if let Some(srv) = s.server.as_mut() {
+                    // A service address, as seen before DNAT.
+                    srv.ip = vec![10, 96, 0, 10];
+                    srv.port = 80;
+                    srv.pod.clear();
+                }
+                s.bytes.get_or_insert_with(Default::default).request = 7;
+            })
+            .build();
+        let server_side = SessionBuilder::new("s").side("server").build();
+        merge(&mut client_side, server_side);
+        let srv = client_side.server.clone().unwrap_or_default();
+        assert_eq!(
+            (srv.ip, srv.port, srv.pod.as_str()),
+            (vec![10, 0, 0, 2], 8080, "web-0"),
+            "the server endpoint must be the pod the server veth saw"
+        );
+        assert_eq!(
+            client_side.bytes.map(|b| b.request),
+            Some(7),
+            "counters stay those of the client veth"
+        );
+        assert_eq!(client_side.observations.len(), 2);
+    }
+
+    #[test]
+    fn a_response_seen_elsewhere_completes_the_exchange() {
+        let mut a = SessionBuilder::new("a").incomplete().build();
+        let b = SessionBuilder::new("b").status(503).build();
+        merge(&mut a, b);
+        assert!(!a.incomplete);
+        assert_eq!(a.http.map(|h| h.status_code), Some(503));
+    }
+
+    #[test]
+    fn conflicting_fields_are_incompatible() {
+        let base = SessionBuilder::new("a");
+        let a = base.clone().request_id("r1").trace([9; 16], [2; 8]).build();
+        assert!(
+            compatible(&a, &base.clone().build()),
+            "fields one side lacks never conflict"
+        );
+        for (what, other) in [
+            ("method", base.clone().method("POST")),
+            ("target", base.clone().target("/other")),
+            ("request id", base.clone().request_id("r2")),
+            ("status", base.clone().status(500)),
+            ("trace id", base.clone().trace([1; 16], [2; 8])),
+        ] {
+            assert!(
+                !compatible(&a, &other.build()),
+                "a different {what} must never be merged"
+            );
+        }
+    }
+}

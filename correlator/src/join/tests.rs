@@ -1,0 +1,430 @@
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use clovisor_proto::session::v1::{PointKind, Session};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::testing::{SessionBuilder, FIXTURE_START_NANOS};
+
+/// One point's view: `kind` at `interface` on `side`, of the request from client port `port`
+/// with first sequence number `seq`, request at `start` ns after the fixture start, 1 ms long.
+#[derive(Clone)]
+struct View {
+    id: String,
+    kind: PointKind,
+    interface: &'static str,
+    side: &'static str,
+    port: u32,
+    seq: u32,
+    start: u64,
+    target: String,
+}
+
+impl View {
+    fn new(id: &str, kind: PointKind, interface: &'static str, side: &'static str) -> Self {
+        Self {
+            id: id.to_owned(),
+            kind,
+            interface,
+            side,
+            port: 40000,
+            seq: 1000,
+            start: 0,
+            target: "/".to_owned(),
+        }
+    }
+
+    fn port(mut self, port: u32) -> Self {
+        self.port = port;
+        self
+    }
+
+    fn seq(mut self, seq: u32) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    fn at(mut self, start: u64) -> Self {
+        self.start = start;
+        self
+    }
+
+    fn target(mut self, target: &str) -> Self {
+        self.target = target.to_owned();
+        self
+    }
+
+    fn build(&self) -> Session {
+        let v = self.clone();
+        SessionBuilder::new(&v.id)
+            .target(&v.target)
+            .with(move |s| {
+                let start = FIXTURE_START_NANOS + v.start;
+                let end = start + 1_000_000;
+                if let Some(c) = s.client.as_mut() {
+                    c.port = v.port;
+                }
+                s.start_unix_nanos = start;
+                s.end_unix_nanos = end;
+                for o in &mut s.observations {
+                    o.kind = v.kind as i32;
+                    o.interface = v.interface.to_owned();
+                    o.side = v.side.to_owned();
+                    o.request_tcp_seq = if v.kind == PointKind::Socket {
+                        0
+                    } else {
+                        v.seq
+                    };
+                    o.request_start_unix_nanos = start;
+                    o.request_end_unix_nanos = start + 100_000;
+                    o.response_start_unix_nanos = end - 100_000;
+                    o.response_end_unix_nanos = end;
+                }
+            })
+            .build()
+    }
+}
+
+fn client_veth(id: &str) -> View {
+    View::new(id, PointKind::Pod, "veth-client", "client")
+}
+
+fn server_veth(id: &str) -> View {
+    View::new(id, PointKind::Pod, "veth-server", "server")
+}
+
+fn uplink(id: &str) -> View {
+    View::new(id, PointKind::Node, "uplink0", "")
+}
+
+fn socket(id: &str, side: &'static str) -> View {
+    View::new(id, PointKind::Socket, "", side)
+}
+
+fn joiner(window_ms: u64) -> Joiner {
+    Joiner::new(JoinConfig {
+        window: Duration::from_millis(window_ms),
+        retention: Duration::from_secs(30),
+        max_entries: 1000,
+    })
+}
+
+fn points(rec: &CorrelatedSession) -> Vec<(&str, &str)> {
+    rec.session
+        .observations
+        .iter()
+        .map(|o| (crate::export::span::point_name(o.kind), o.side.as_str()))
+        .collect()
+}
+
+#[test]
+fn both_veths_and_the_uplink_become_one_exchange() {
+    let mut j = joiner(1000);
+    let now = Instant::now();
+    let a = j.offer(client_veth("c").build(), now);
+    let b = j.offer(uplink("n").at(20_000).build(), now);
+    let c = j.offer(server_veth("s").at(50_000).build(), now);
+    assert_eq!(
+        [a.outcome, b.outcome, c.outcome],
+        [Outcome::Opened, Outcome::Joined, Outcome::Joined]
+    );
+    assert_eq!(c.record.id, "c", "the exchange keeps its first id");
+    assert_eq!(c.record.constituents, ["c", "n", "s"]);
+    assert_eq!(
+        points(&c.record),
+        [("pod", "client"), ("node", ""), ("pod", "server")],
+        "observations in path order"
+    );
+    assert_eq!(
+        c.record.span_id, a.record.span_id,
+        "one exchange, one span id"
+    );
+    assert!(
+        j.expire(now).is_empty(),
+        "nothing is ready inside the window"
+    );
+    let ready = j.expire(now + Duration::from_millis(1001));
+    assert_eq!(ready.len(), 1, "exactly one exchange becomes ready");
+    assert_eq!(ready[0].session.observations.len(), 3);
+}
+
+#[test]
+fn keep_alive_and_interleaved_clients_never_cross_merge() {
+    let mut j = joiner(1000);
+    let now = Instant::now();
+    // Two clients, three requests each on one keep-alive connection, all with the same path;
+    // the server veth's views arrive interleaved and in reverse.
+    let mut views = Vec::new();
+    for client in [40000u32, 40001] {
+        for n in 0..3u32 {
+            let seq = 1000 + n * 100; // both clients happen to use the same sequence numbers
+            let at = u64::from(n) * 5_000_000;
+            views.push(
+                client_veth(&format!("c{client}-{n}"))
+                    .port(client)
+                    .seq(seq)
+                    .at(at),
+            );
+            views.push(
+                server_veth(&format!("s{client}-{n}"))
+                    .port(client)
+                    .seq(seq)
+                    .at(at + 30_000),
+            );
+        }
+    }
+    let (clients, servers): (Vec<_>, Vec<_>) = views.into_iter().partition(|v| v.side == "client");
+    for v in clients.iter().chain(servers.iter().rev()) {
+        j.offer(v.build(), now);
+    }
+    let ready = j.drain(now);
+    assert_eq!(ready.len(), 6, "six exchanges, each once");
+    for rec in ready {
+        let [c, s] = rec.constituents.as_slice() else {
+            panic!(
+                "expected client and server views, saw {:?}",
+                rec.constituents
+            );
+        };
+        assert_eq!(
+            c.replacen('c', "s", 1),
+            *s,
+            "a client view joined with another exchange's server view"
+        );
+    }
+}
+
+#[test]
+fn ipv4_mapped_and_plain_ipv4_are_one_client_and_ipv6_joins() {
+    let mut j = joiner(1000);
+    let now = Instant::now();
+    let mapped = client_veth("c").build();
+    let mut mapped = mapped;
+    if let Some(c) = mapped.client.as_mut() {
+        let mut ip = vec![0u8; 10];
+        ip.extend([0xff, 0xff, 10, 0, 0, 1]);
+        c.ip = ip;
+    }
+    j.offer(mapped, now);
+    assert_eq!(
+        j.offer(server_veth("s").build(), now).outcome,
+        Outcome::Joined
+    );
+
+    let v6 = |v: View| {
+        let mut s = v.build();
+        let b = SessionBuilder::new("x").ipv6().build();
+        s.client = b.client;
+        s.server = b.server;
+        s
+    };
+    assert_eq!(
+        j.offer(v6(client_veth("c6").seq(7)), now).outcome,
+        Outcome::Opened
+    );
+    let r = j.offer(v6(server_veth("s6").seq(7)), now);
+    assert_eq!(r.outcome, Outcome::Joined, "IPv6 views join too");
+    assert_eq!(r.record.constituents, ["c6", "s6"]);
+}
+
+#[test]
+fn conflicts_and_repeated_points_stay_apart() {
+    let mut j = joiner(1000);
+    let now = Instant::now();
+    j.offer(client_veth("a").target("/a").build(), now);
+    let r = j.offer(server_veth("b").target("/b").build(), now);
+    assert_eq!(
+        r.outcome,
+        Outcome::Conflict,
+        "same key, different request: never merged"
+    );
+    // The same point twice with one key: a reused port whose new sequence number collided.
+    let r = j.offer(client_veth("a2").target("/a").build(), now);
+    assert_eq!(r.outcome, Outcome::Conflict);
+    assert_eq!(j.drain(now).len(), 3);
+}
+
+#[test]
+fn socket_views_join_only_when_unambiguous() {
+    let mut j = joiner(1000);
+    let now = Instant::now();
+    // Socket first (it sees the request before the veth does), then the veth.
+    assert_eq!(
+        j.offer(socket("sock-c", "client").build(), now).outcome,
+        Outcome::Opened
+    );
+    let r = j.offer(client_veth("veth-c").at(10_000).build(), now);
+    assert_eq!(
+        r.outcome,
+        Outcome::Joined,
+        "veth joins the socket-only exchange"
+    );
+    let r = j.offer(server_veth("veth-s").at(30_000).build(), now);
+    assert_eq!(r.outcome, Outcome::Joined);
+    let r = j.offer(socket("sock-s", "server").at(40_000).build(), now);
+    assert_eq!(
+        r.outcome,
+        Outcome::Joined,
+        "server socket joins by client and time"
+    );
+    assert_eq!(
+        points(&r.record),
+        [
+            ("socket", "client"),
+            ("pod", "client"),
+            ("pod", "server"),
+            ("socket", "server")
+        ]
+    );
+
+    // A later exchange of the same client, not overlapping: a socket view joins only it.
+    j.offer(client_veth("veth-c2").seq(2000).at(5_000_000).build(), now);
+    let r = j.offer(socket("sock-c2", "client").at(4_990_000).build(), now);
+    assert_eq!(r.outcome, Outcome::Joined);
+    assert_eq!(r.record.constituents, ["veth-c2", "sock-c2"]);
+
+    // Two exchanges of one client overlapping in time (two connections from one port cannot
+    // exist, but a socket view without a port match must still not guess).
+    let mut j = joiner(1000);
+    j.offer(client_veth("x").seq(1).build(), now);
+    j.offer(client_veth("y").seq(2).at(500_000).build(), now);
+    let r = j.offer(socket("sock", "client").at(600_000).build(), now);
+    assert_eq!(r.outcome, Outcome::Ambiguous, "two candidates: no guess");
+    assert_eq!(r.record.constituents, ["sock"]);
+}
+
+#[test]
+fn late_views_are_appended_without_a_second_span() {
+    let mut j = joiner(100);
+    let t0 = Instant::now();
+    j.offer(client_veth("c").build(), t0);
+    let ready = j.expire(t0 + Duration::from_millis(150));
+    assert_eq!(ready.len(), 1);
+    let r = j.offer(server_veth("s").build(), t0 + Duration::from_millis(200));
+    assert_eq!(r.outcome, Outcome::Late);
+    assert_eq!(
+        r.record.session.observations.len(),
+        2,
+        "stored version gains the view"
+    );
+    assert!(r.ready.is_empty(), "no second export");
+    assert!(j.drain(t0 + Duration::from_millis(300)).is_empty());
+    // After retention the exchange is forgotten: a very late view opens its own.
+    let r = j.offer(uplink("n").build(), t0 + Duration::from_secs(31));
+    assert_eq!(r.outcome, Outcome::Opened);
+}
+
+#[test]
+fn bounded_state_evicts_oldest_and_says_so() {
+    let mut j = Joiner::new(JoinConfig {
+        window: Duration::from_secs(10),
+        retention: Duration::from_secs(30),
+        max_entries: 2,
+    });
+    let now = Instant::now();
+    j.offer(client_veth("a").seq(1).build(), now);
+    j.offer(client_veth("b").seq(2).build(), now);
+    let r = j.offer(client_veth("c").seq(3).build(), now);
+    assert_eq!(r.evictions, [Eviction::OpenEarly]);
+    assert_eq!(
+        r.ready.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["a"],
+        "the oldest open exchange is exported early, not lost"
+    );
+    assert_eq!(j.len(), 2);
+    // b's window closes; it is retained. The next newcomer pushes it out, not the open c.
+    let later = now + Duration::from_secs(10);
+    let ready = j.expire(later);
+    assert_eq!(ready.len(), 2, "b and c become ready");
+    let r = j.offer(client_veth("d").seq(4).build(), later);
+    assert_eq!(
+        r.evictions,
+        [Eviction::RetainedEarly],
+        "a retained exchange goes before an open one"
+    );
+    assert!(r.ready.is_empty());
+    assert_eq!(j.len(), 2);
+}
+
+#[test]
+fn duplicates_and_zero_window() {
+    let mut j = joiner(0);
+    let now = Instant::now();
+    let r = j.offer(client_veth("c").build(), now);
+    assert_eq!(r.ready.len(), 1, "a zero window exports at once");
+    assert_eq!(
+        j.offer(client_veth("c").build(), now).outcome,
+        Outcome::Duplicate
+    );
+    assert_eq!(
+        j.offer(server_veth("s").build(), now).outcome,
+        Outcome::Late,
+        "with no window every further view is late"
+    );
+}
+
+/// Property: over random traffic with colliding ports and sequence numbers, views arriving in
+/// random order, every exchange the join makes holds views of one wire key only, and every
+/// view is in exactly one exchange.
+#[test]
+fn never_merges_views_with_different_keys() {
+    for seed in 0..200u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut j = joiner(1000);
+        let now = Instant::now();
+        let mut truth: HashMap<String, (u32, u32)> = HashMap::new();
+        let mut views = Vec::new();
+        for n in 0..rng.random_range(1..30) {
+            let port = 40000 + rng.random_range(0..3u32);
+            let seq = rng.random_range(0..4u32);
+            let target = format!("/{}", rng.random_range(0..2u32));
+            let at = rng.random_range(0..3u64) * 1_000_000;
+            let mk = [client_veth as fn(&str) -> View, server_veth, uplink];
+            for (p, make) in mk.iter().enumerate() {
+                if rng.random_bool(0.7) {
+                    let id = format!("x{n}-{p}");
+                    truth.insert(id.clone(), (port, seq));
+                    views.push(make(&id).port(port).seq(seq).target(&target).at(at));
+                }
+            }
+        }
+        for i in (1..views.len()).rev() {
+            views.swap(i, rng.random_range(0..=i));
+        }
+        for v in &views {
+            j.offer(v.build(), now);
+        }
+        let ready = j.drain(now);
+        let mut seen = 0;
+        for rec in &ready {
+            let keys: Vec<_> = rec.constituents.iter().map(|id| truth[id]).collect();
+            assert!(
+                keys.windows(2).all(|w| w[0] == w[1]),
+                "seed {seed}: one exchange holds views of different keys: {:?} {keys:?}",
+                rec.constituents
+            );
+            let targets: Vec<_> = rec
+                .session
+                .observations
+                .iter()
+                .map(|o| o.side.clone())
+                .collect();
+            let mut dedup = targets.clone();
+            dedup.sort();
+            dedup.dedup();
+            assert_eq!(
+                dedup.len(),
+                targets.len(),
+                "seed {seed}: a point appears twice in one exchange"
+            );
+            seen += rec.constituents.len();
+        }
+        assert_eq!(
+            seen,
+            views.len(),
+            "seed {seed}: every view lands exactly once"
+        );
+    }
+}

@@ -1,0 +1,399 @@
+//! One session per exchange, for real: namespace pods on a bridge, both ends traced by
+//! `clovisor all-in-one` with real BPF programs, and a host outside the node behind an uplink
+//! veth traced as a node interface. Each request must come out of the REST API once, with one
+//! observation per point it crossed, and as exactly one span.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clovisor_correlator::testing::OtlpReceiver;
+use clovisor_integration_tests::{
+    curl_keep_alive, http_get, wait_for, AllInOne, Lab, Nginx, Pod, Proc,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as OtelValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use serde_json::Value;
+
+/// The `t` query parameter every request of these tests carries, which tells them apart.
+fn tag(s: &Value) -> Option<String> {
+    let query = s["http"]["query"].as_str()?;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("t="))
+        .map(str::to_owned)
+}
+
+fn span_tag(span: &Span) -> Option<String> {
+    span.attributes.iter().find_map(|kv| {
+        if kv.key != "url.query" {
+            return None;
+        }
+        match kv.value.as_ref()?.value.as_ref()? {
+            OtelValue::StringValue(q) => q
+                .split('&')
+                .find_map(|p| p.strip_prefix("t="))
+                .map(str::to_owned),
+            _ => None,
+        }
+    })
+}
+
+/// `(point, interface, side)` of each observation of a REST session.
+fn points(s: &Value) -> Vec<(String, String, String)> {
+    s["observations"]
+        .as_array()
+        .map(|obs| {
+            obs.iter()
+                .map(|o| {
+                    let f = |k: &str| o[k].as_str().unwrap_or_default().to_owned();
+                    (f("point"), f("interface"), f("side"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the REST API holds a session for every tag in `tags` with `observations`
+/// points each; returns the sessions by tag (failing on a tag seen twice).
+fn wait_joined(
+    clovisor: &AllInOne,
+    tags: &[String],
+    observations: usize,
+) -> Result<BTreeMap<String, Value>> {
+    let mut last = Vec::new();
+    let done = wait_for("every exchange joined", Duration::from_secs(20), || {
+        last = clovisor.sessions()?;
+        Ok(tags.iter().all(|t| {
+            last.iter()
+                .any(|s| tag(s).as_deref() == Some(t) && points(s).len() >= observations)
+        }))
+    });
+    if let Err(e) = done {
+        bail!(
+            "{e:#}\nsessions: {}\nlog:\n{}",
+            serde_json::to_string_pretty(&last)?,
+            clovisor.proc.log_text()
+        );
+    }
+    let mut by_tag = BTreeMap::new();
+    for s in last {
+        let t = tag(&s).with_context(|| format!("a session without a tag: {s:#}"))?;
+        if let Some(prev) = by_tag.insert(t.clone(), s.clone()) {
+            bail!("exchange {t} shown twice:\n{prev:#}\n{s:#}");
+        }
+    }
+    Ok(by_tag)
+}
+
+/// Waits for a span per tag, then a little longer, and checks each tag has exactly one.
+async fn one_span_each(otlp: &OtlpReceiver, tags: &[String]) -> Result<Vec<Span>> {
+    let spans = otlp
+        .wait_for_spans(tags.len(), Duration::from_secs(20))
+        .await;
+    // A second span for an exchange would come within the join window (1 s) of the first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = if spans.len() >= tags.len() {
+        otlp.spans()
+    } else {
+        spans
+    };
+    for t in tags {
+        let n = spans
+            .iter()
+            .filter(|s| span_tag(s).as_deref() == Some(t))
+            .count();
+        assert_eq!(n, 1, "exchange {t} must be exactly one span, saw {n}");
+    }
+    assert_eq!(
+        spans.len(),
+        tags.len(),
+        "no span beyond one per exchange: {:?}",
+        spans.iter().map(span_tag).collect::<Vec<_>>()
+    );
+    Ok(spans)
+}
+
+fn curl(client: &Pod, url: &str) -> Result<()> {
+    curl_keep_alive(client, &[url.to_owned()])
+}
+
+fn pod_points(client: &Pod, server: &Pod) -> Vec<(String, String, String)> {
+    vec![
+        ("pod".into(), client.host_veth.clone(), "client".into()),
+        ("pod".into(), server.host_veth.clone(), "server".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_between_two_traced_pods_is_one_session_seen_at_both_veths() -> Result<()> {
+    let otlp = OtlpReceiver::start().await?;
+    let mut lab = Lab::new()?;
+    let client = lab.pod("jcli")?;
+    let server = lab.pod("jsrv")?;
+    let _nginx = Nginx::start(&server)?;
+    let clovisor = AllInOne::start(
+        &[
+            "--netns",
+            &client.netns,
+            "--netns",
+            &server.netns,
+            "--node-interfaces",
+            "none",
+        ],
+        &otlp.endpoint(),
+        &[&client.host_veth, &server.host_veth],
+        "clovisor-join-pods",
+    )?;
+
+    let v4 = format!("http://{}", server.ipv4);
+    curl(&client, &format!("{v4}/?t=single"))?;
+    curl(&client, &format!("http://[{}]/?t=ipv6", server.ipv6))?;
+    // Three requests on one keep-alive connection: one client port, three sequence numbers.
+    curl_keep_alive(
+        &client,
+        &[
+            format!("{v4}/index.html?t=ka1"),
+            format!("{v4}/index.html?t=ka2"),
+            format!("{v4}/missing?t=ka3"),
+        ],
+    )?;
+    let tags: Vec<String> = ["single", "ipv6", "ka1", "ka2", "ka3"]
+        .map(str::to_owned)
+        .to_vec();
+    let seen = wait_joined(&clovisor, &tags, 2)?;
+    assert_eq!(seen.len(), tags.len(), "one session per request: {seen:#?}");
+    for (t, s) in &seen {
+        assert_eq!(
+            points(s),
+            pod_points(&client, &server),
+            "{t}: seen at the client's veth, then the server's: {s:#}"
+        );
+        assert_eq!(s["client"]["pod"], client.netns.as_str(), "{t}: {s:#}");
+        assert_eq!(s["server"]["pod"], server.netns.as_str(), "{t}: {s:#}");
+        let obs = s["observations"].as_array().cloned().unwrap_or_default();
+        for o in &obs {
+            assert!(
+                o["request_bytes"].as_u64().unwrap_or(0) > 0
+                    && o["response_bytes"].as_u64().unwrap_or(0) > 0,
+                "{t}: every point counts its bytes: {o:#}"
+            );
+        }
+        // The request leaves the client's veth before it reaches the server's.
+        assert!(
+            obs[0]["request_start"].as_str() <= obs[1]["request_start"].as_str(),
+            "{t}: path order: {s:#}"
+        );
+    }
+    assert_eq!(
+        seen["ka1"]["client"]["port"], seen["ka3"]["client"]["port"],
+        "keep-alive requests share a connection"
+    );
+
+    let spans = one_span_each(&otlp, &tags).await?;
+    for span in &spans {
+        let interfaces: Vec<String> = span
+            .events
+            .iter()
+            .filter(|e| e.name == "request.start")
+            .flat_map(|e| e.attributes.iter())
+            .filter(|kv| kv.key == "clovisor.observation.interface")
+            .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                OtelValue::StringValue(v) => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            interfaces,
+            [client.host_veth.clone(), server.host_veth.clone()],
+            "per-point timings as span events: {span:?}"
+        );
+    }
+    let metrics = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+    assert!(
+        metrics.contains(r#"clovisor_correlator_join_observations_total{outcome="joined"} 5"#),
+        "five views joined:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"clovisor_correlator_exchange_points_total{points="2"} 5"#),
+        "five exchanges of two points each:\n{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_host_outside_the_node_is_seen_at_the_veth_and_the_uplink() -> Result<()> {
+    let otlp = OtlpReceiver::start().await?;
+    let mut lab = Lab::new()?;
+    let client = lab.pod("jout")?;
+    // Not traced: its traffic crosses the same uplink and must be ignored there.
+    let untraced = lab.pod("jnot")?;
+    let outside = lab.outside_host()?;
+    let _nginx = Nginx::start(&outside.host)?;
+    let clovisor = AllInOne::start(
+        &[
+            "--netns",
+            &client.netns,
+            "--node-interface",
+            &outside.uplink,
+            // Nothing listens on 80 inside the traced pod: trace the outside server's port.
+            "--port",
+            "80",
+        ],
+        &otlp.endpoint(),
+        &[&client.host_veth, &outside.uplink],
+        "clovisor-join-uplink",
+    )?;
+    let inspect = Command::new(clovisor_integration_tests::clovisor_bin()?)
+        .arg("inspect")
+        .output()?;
+    let listing = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with(&outside.uplink) && l.contains("ingress:clovisor_node_i")),
+        "clovisor inspect shows the node interface (the kernel keeps 15 characters of a name):\n{listing}"
+    );
+
+    let base = format!("http://{}", outside.host.ipv4);
+    curl(&client, &format!("{base}/?t=out1"))?;
+    curl(&untraced, &format!("{base}/?t=untraced"))?;
+    curl(&client, &format!("{base}/missing?t=out2"))?;
+    let tags: Vec<String> = ["out1", "out2"].map(str::to_owned).to_vec();
+    let seen = wait_joined(&clovisor, &tags, 2)?;
+    assert_eq!(
+        seen.len(),
+        2,
+        "one session per request of the traced pod, none of the untraced one: {seen:#?}"
+    );
+    for (t, s) in &seen {
+        assert_eq!(
+            points(s),
+            vec![
+                ("pod".into(), client.host_veth.clone(), "client".into()),
+                ("node".into(), outside.uplink.clone(), String::new()),
+            ],
+            "{t}: seen at the client's veth, then the uplink: {s:#}"
+        );
+        assert_eq!(s["client"]["pod"], client.netns.as_str(), "{t}: {s:#}");
+        assert_eq!(
+            s["server"]["ip"],
+            outside.host.ipv4.to_string(),
+            "{t}: {s:#}"
+        );
+    }
+    assert_eq!(seen["out2"]["http"]["status_code"], 404);
+    let spans = one_span_each(&otlp, &tags).await?;
+    for span in &spans {
+        assert!(
+            format!("{:?}", span.attributes).contains(&outside.uplink),
+            "the span names the node interface: {span:?}"
+        );
+    }
+    let metrics = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+    assert!(
+        metrics.contains("clovisor_probe_node_interfaces 1"),
+        "one node interface attached:\n{metrics}"
+    );
+    // All-in-one pods have no Kubernetes namespace; the outside host is no monitored pod.
+    let flow = format!(
+        r#"clovisor_flow_exchanges_total{{client_namespace="unknown",client_workload="{}",server_namespace="outside",server_workload="outside"}} 2"#,
+        client.netns
+    );
+    assert!(
+        metrics.contains(&flow),
+        "two exchanges from the pod to the outside:\n{metrics}"
+    );
+    drop(clovisor);
+    // SIGKILL above: TCX links die with the process, nothing of ours stays on the uplink.
+    wait_for(
+        "the uplink to be clean after the probe died",
+        Duration::from_secs(5),
+        || Ok(clovisor_integration_tests::our_programs_on(&outside.uplink)?.is_empty()),
+    )?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_keep_alive_clients_never_cross_merge() -> Result<()> {
+    let otlp = OtlpReceiver::start().await?;
+    let mut lab = Lab::new()?;
+    let a = lab.pod("jka")?;
+    let b = lab.pod("jkb")?;
+    let server = lab.pod("jks")?;
+    let _nginx = Nginx::start(&server)?;
+    let clovisor = AllInOne::start(
+        &[
+            "--netns",
+            &a.netns,
+            "--netns",
+            &b.netns,
+            "--netns",
+            &server.netns,
+            "--node-interfaces",
+            "none",
+        ],
+        &otlp.endpoint(),
+        &[&a.host_veth, &b.host_veth, &server.host_veth],
+        "clovisor-join-interleaved",
+    )?;
+    const REQUESTS: usize = 6;
+    // Each client keeps one connection and sends its requests with pauses, so the two
+    // clients' exchanges interleave in time on the server's veth.
+    let script = |name: &str, delay: f64| {
+        format!(
+            "import http.client, time\n\
+             time.sleep({delay})\n\
+             c = http.client.HTTPConnection('{}', 80, timeout=5)\n\
+             for n in range({REQUESTS}):\n    \
+                 c.request('GET', '/index.html?t={name}-%d' % n)\n    \
+                 c.getresponse().read()\n    \
+                 time.sleep(0.05)\n\
+             c.close()\n",
+            server.ipv4
+        )
+    };
+    let mut clients = Vec::new();
+    for (pod, name, delay) in [(&a, "a", 0.0), (&b, "b", 0.025)] {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &pod.netns, "python3", "-c"])
+            .arg(script(name, delay));
+        let log = std::env::temp_dir().join(format!("join-ka-{name}-{}.log", std::process::id()));
+        clients.push(Proc::spawn(cmd, log)?);
+    }
+    for c in &mut clients {
+        let c_done = wait_for("client to finish", Duration::from_secs(15), || {
+            Ok(!c.running())
+        });
+        if let Err(e) = c_done {
+            bail!("{e:#}\n{}", c.log_text());
+        }
+    }
+    let tags: Vec<String> = ["a", "b"]
+        .iter()
+        .flat_map(|c| (0..REQUESTS).map(move |n| format!("{c}-{n}")))
+        .collect();
+    let seen = wait_joined(&clovisor, &tags, 2)?;
+    assert_eq!(seen.len(), 2 * REQUESTS, "one session per request");
+    for (t, s) in &seen {
+        let client = if t.starts_with('a') { &a } else { &b };
+        assert_eq!(
+            points(s),
+            pod_points(client, &server),
+            "{t}: exactly its own client's veth and the server's: {s:#}"
+        );
+        assert_eq!(s["client"]["pod"], client.netns.as_str(), "{t}: {s:#}");
+    }
+    let ports: Vec<&Value> = tags
+        .iter()
+        .filter(|t| t.starts_with('a'))
+        .map(|t| &seen[t]["client"]["port"])
+        .collect();
+    assert!(
+        ports.windows(2).all(|w| w[0] == w[1]),
+        "client a kept one connection: {ports:?}"
+    );
+    one_span_each(&otlp, &tags).await?;
+    Ok(())
+}
