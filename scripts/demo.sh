@@ -79,10 +79,10 @@ if [ -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
   echo "== no OTEL_EXPORTER_OTLP_ENDPOINT set: span export off (set it to send spans to Jaeger)"
 fi
 
-# The server pod is traced at its veth; tracing the client pod too would observe every exchange a
-# second time, at the client's veth (joining such observations into one session is the next step).
-echo "== starting clovisor all-in-one --netns $SERVER (api $API, metrics $METRICS)"
-RUST_LOG=${RUST_LOG:-info} "$BIN" all-in-one --netns "$SERVER" \
+# Both pods are traced: every exchange is seen at the client's veth and at the server's, and the
+# correlator joins the two views into one session (its "observations" list both, with their times).
+echo "== starting clovisor all-in-one --netns $CLIENT --netns $SERVER (api $API, metrics $METRICS)"
+RUST_LOG=${RUST_LOG:-info} "$BIN" all-in-one --netns "$CLIENT" --netns "$SERVER" \
   --api-listen "$API" --metrics-listen "$METRICS" >"$WORK/clovisor.log" 2>&1 &
 CLOVISOR_PID=$!
 for _ in $(seq 1 100); do
@@ -107,14 +107,16 @@ echo "  three requests on one keep-alive connection:"
 ip netns exec "$CLIENT" curl -s -o /dev/null -o /dev/null -o /dev/null \
   -w "  %{http_code} %{url_effective} (connections opened: %{num_connects})\n" \
   "http://$SERVER_IP/" "http://$SERVER_IP/index.html" "http://$SERVER_IP/missing"
-sleep 1.5
+# Exchanges are exported (spans, request metrics) once their join window (1 s) has closed.
+sleep 2.5
 
 echo "== traced sessions (GET http://$API/api/v1/sessions)"
 curl -fsS "http://$API/api/v1/sessions?limit=50" | jq -r '
-  ["METHOD","PATH","STATUS","DURATION","RESP BYTES","CLIENT","SERVER","TRACE ID","PARENT"],
+  ["METHOD","PATH","STATUS","DURATION","RESP BYTES","CLIENT","SERVER","SEEN AT","TRACE ID","PARENT"],
   (.sessions | reverse[] | [.http.method, .http.path, (.http.status_code|tostring),
      ((.duration_ns/1000|floor|tostring)+"us"), (.bytes.response|tostring),
      (.client.ip+":"+(.client.port|tostring)), (.server.pod // .server.ip),
+     ([.observations[] | .point + ":" + (.side // "-")] | join(",")),
      (.trace.trace_id // "-"), (.trace.parent_span_id // "-")]) | @tsv' | column -t -s $'\t'
 
 echo "== one session in full"

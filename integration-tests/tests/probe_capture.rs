@@ -884,9 +884,11 @@ fn overtaken_segments_are_counted_in_their_message() -> Result<()> {
         "the response starts with its first segment: {resp:?}"
     );
     assert_eq!(
-        (resp.bytes, resp.packets, resp.retransmits, resp.partial),
-        (400, 3, 1, false),
-        "(bytes, packets that advanced, overtaken, partial) of the response: {resp:?}"
+        (resp.bytes, resp.packets, resp.retransmits),
+        (400, 3, 1),
+        // On a loaded machine the idle flush may send the counters first (`partial`); they
+        // are final all the same, so no later record follows.
+        "(bytes, packets that advanced, overtaken) of the response: {resp:?}"
     );
     assert_eq!(
         flow.messages.len(),
