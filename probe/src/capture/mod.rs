@@ -534,13 +534,19 @@ impl EventLoop {
             .map_err(|source| Error::RingWait { source })?;
         let mut tick = tokio::time::interval((idle_flush / 2).max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The kernel wakes this loop only when the ring is an eighth full (a wakeup costs
+        // more than the programs themselves); below that, it is drained on this timer.
+        let mut poll = tokio::time::interval(RING_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_resync = Instant::now();
         let mut stats = EventLoopStats::default();
         let mut records = Vec::new();
         tokio::pin!(shutdown);
         loop {
+            let mut polled = false;
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = poll.tick() => polled = true,
                 guard = fd.readable_mut() => {
                     let mut guard = guard.map_err(|source| Error::RingWait { source })?;
                     let n = drain(guard.get_inner_mut(), &mut assembler, &mut stats, &mut records);
@@ -556,6 +562,10 @@ impl EventLoop {
                         assembler.resync_clock();
                         last_resync = Instant::now();
                     }
+                }
+            }
+            if polled {
+                while drain(fd.get_mut(), &mut assembler, &mut stats, &mut records) == DRAIN_BATCH {
                 }
             }
             let open = send_now(&out, &mut records, &mut stats);
@@ -585,6 +595,10 @@ impl EventLoop {
         Ok(stats)
     }
 }
+
+/// How often the ring buffer is drained without a wakeup from the kernel: the most a record
+/// waits in the ring while the ring is less than an eighth full.
+pub const RING_POLL: Duration = Duration::from_millis(10);
 
 /// How long the shutdown waits for room in the output channel.
 pub const SHUTDOWN_SEND_BUDGET: Duration = Duration::from_secs(2);
