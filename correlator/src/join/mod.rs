@@ -19,7 +19,7 @@ pub mod merge;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,13 +131,28 @@ pub struct Joiner {
     entries: HashMap<u64, Entry>,
     next: u64,
     wire: HashMap<WireKey, u64>,
-    clients: HashMap<ClientAddr, Vec<u64>>,
+    /// Every held exchange by client address (for sequence-less views).
+    clients: HashMap<ClientAddr, BTreeSet<u64>>,
+    /// Held exchanges no sequence-carrying point has seen yet, by client address: the only
+    /// ones a keyed view with an unknown key can join. Kept apart so that such a view — the
+    /// first view of nearly every exchange — does not scan a busy keep-alive client's history.
+    unkeyed: HashMap<ClientAddr, BTreeSet<u64>>,
     ids: HashMap<String, u64>,
     /// Open exchanges by the end of their window; the window is fixed, so arrival order is
     /// deadline order.
     open: VecDeque<(Instant, u64)>,
     /// Ready exchanges by the end of their retention.
     retained: VecDeque<(Instant, u64)>,
+}
+
+/// Takes `slot` out of `client`'s set in `index`, dropping the set once empty.
+fn remove_slot(index: &mut HashMap<ClientAddr, BTreeSet<u64>>, client: ClientAddr, slot: u64) {
+    if let Some(v) = index.get_mut(&client) {
+        v.remove(&slot);
+        if v.is_empty() {
+            index.remove(&client);
+        }
+    }
 }
 
 enum Found {
@@ -158,6 +173,7 @@ impl Joiner {
             next: 0,
             wire: HashMap::new(),
             clients: HashMap::new(),
+            unkeyed: HashMap::new(),
             ids: HashMap::new(),
             open: VecDeque::new(),
             retained: VecDeque::new(),
@@ -262,7 +278,10 @@ impl Joiner {
             }
         }
         if let Some(c) = client {
-            self.clients.entry(c).or_default().push(slot);
+            self.clients.entry(c).or_default().insert(slot);
+            if !entry.rec.session.observations.iter().any(key::has_tcp_seq) {
+                self.unkeyed.entry(c).or_default().insert(slot);
+            }
         }
         let record = Arc::new(entry.rec.clone());
         self.entries.insert(slot, entry);
@@ -286,7 +305,12 @@ impl Joiner {
         session: &Session,
         unkeyed_only: bool,
     ) -> Found {
-        let Some(slots) = client.and_then(|c| self.clients.get(&c)) else {
+        let index = if unkeyed_only {
+            &self.unkeyed
+        } else {
+            &self.clients
+        };
+        let Some(slots) = client.and_then(|c| index.get(&c)) else {
             return Found::None;
         };
         let Some(span) = session.observations.first().map(interval) else {
@@ -343,7 +367,13 @@ impl Joiner {
             return Err(rec);
         }
         let id = rec.session.id.clone();
+        let gains_seq = rec.session.observations.iter().any(key::has_tcp_seq);
         merge::merge(&mut e.rec.session, rec.session);
+        if gains_seq {
+            if let Some(c) = e.client {
+                remove_slot(&mut self.unkeyed, c, slot);
+            }
+        }
         if !e.ready {
             // A context first seen by this point (e.g. a socket's plaintext) places the span.
             e.rec.adopt_wire_context();
@@ -413,12 +443,8 @@ impl Joiner {
             }
         }
         if let Some(c) = e.client {
-            if let Some(v) = self.clients.get_mut(&c) {
-                v.retain(|s| *s != slot);
-                if v.is_empty() {
-                    self.clients.remove(&c);
-                }
-            }
+            remove_slot(&mut self.clients, c, slot);
+            remove_slot(&mut self.unkeyed, c, slot);
         }
     }
 
