@@ -66,10 +66,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         drops.clone(),
     ));
     collector_metrics.register(&mut registry);
-    let config_metrics = clovisor_config::ConfigMetrics::default();
-    config_metrics.register(&mut registry);
     let stop_config = StopFlag::default();
-    let live = clovisor_config::follow(args.redis.as_deref(), config_metrics, stop_config.wait())
+    let live = clovisor_config::follow(args.redis.as_deref(), &mut registry, stop_config.wait())
         .context("live configuration")?;
     let correlator = Correlator::with_registry(correlator_config, registry, drops)
         .context("starting the correlator")?;

@@ -52,11 +52,9 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     drops.register(&mut registry);
-    let config_metrics = clovisor_config::ConfigMetrics::default();
-    config_metrics.register(&mut registry);
-    let registry = Arc::new(registry);
     let stop_config = StopFlag::default();
-    let live = clovisor_config::follow(Some(&args.redis), config_metrics, stop_config.wait())?;
+    let live = clovisor_config::follow(Some(&args.redis), &mut registry, stop_config.wait())?;
+    let registry = Arc::new(registry);
 
     let (sessions_tx, sessions_rx) = tokio::sync::mpsc::channel(args.session_queue);
     let channel = clovisor_proto::hops::lazy_channel(&args.correlator)?;

@@ -42,14 +42,16 @@ pub enum Error {
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Follows Redis at `url` when there is one (an empty URL counts as none); without one the
-/// receiver holds the defaults and its sender is dropped (`changed()` then fails: nothing will
-/// ever change).
+/// Follows Redis at `url` when there is one (an empty URL counts as none), with its metrics
+/// registered in `registry`; without one the receiver holds the defaults and its sender is
+/// dropped (`changed()` then fails: nothing will ever change).
 pub fn follow(
     url: Option<&str>,
-    metrics: ConfigMetrics,
+    registry: &mut prometheus_client::registry::Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<watch::Receiver<LiveConfig>> {
+    let metrics = ConfigMetrics::default();
+    metrics.register(registry);
     match url.map(str::trim).filter(|u| !u.is_empty()) {
         Some(url) => {
             let (rx, _task) = RedisSource::new(url, metrics)?.spawn(shutdown);

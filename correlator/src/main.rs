@@ -33,15 +33,13 @@ async fn main() -> anyhow::Result<()> {
     clovisor_runtime::init_logging(&args.log);
     let shutdown = shutdown_signal()?;
     let mut registry = prometheus_client::registry::Registry::default();
-    let config_metrics = clovisor_config::ConfigMetrics::default();
-    config_metrics.register(&mut registry);
+    let stop_config = StopFlag::default();
+    let live = clovisor_config::follow(Some(&args.redis), &mut registry, stop_config.wait())?;
     let correlator = Correlator::with_registry(
         Config::from_env().context("configuration")?,
         registry,
         clovisor_runtime::drops::Drops::default(),
     )?;
-    let stop_config = StopFlag::default();
-    let live = clovisor_config::follow(Some(&args.redis), config_metrics, stop_config.wait())?;
     let _endpoint_follower = correlator.follow_live_config(live);
 
     let stop_grpc = StopFlag::default();

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::{our_programs_on, run, run_in, Lab, Nginx, Pod, BIG_BYTES};
-use clovisor_probe::capture::{AttachMode, AttachPolicy, Capture, CaptureConfig};
+use clovisor_probe::capture::{AttachMode, AttachPolicy, Capture, CaptureConfig, EventLoopStats};
 use clovisor_probe::hooks::pod_veth::programs_on;
 use clovisor_probe::netns;
 use clovisor_proto::capture::v1::{
@@ -28,6 +28,52 @@ fn require_root() -> Result<()> {
         bail!("this test loads BPF programs and creates network namespaces: run it as root");
     }
     Ok(())
+}
+
+/// A capture's event loop running on its own runtime until [`Recorder::stop`].
+struct Recorder {
+    rt: tokio::runtime::Runtime,
+    rx: tokio::sync::mpsc::Receiver<Record>,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<clovisor_probe::Result<EventLoopStats>>,
+    /// The event loop's counters as it runs.
+    live: std::sync::Arc<std::sync::Mutex<EventLoopStats>>,
+}
+
+impl Recorder {
+    /// Starts `capture`'s event loop with room for `queue` records.
+    fn start(capture: &mut Capture, queue: usize) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let event_loop = capture.take_event_loop()?;
+        let live = event_loop.stats_handle();
+        let (tx, rx) = tokio::sync::mpsc::channel(queue);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(event_loop.run(tx, async {
+            let _ = stop_rx.await;
+        }));
+        Ok(Self {
+            rt,
+            rx,
+            stop_tx,
+            task,
+            live,
+        })
+    }
+
+    /// Stops the event loop (it drains the ring first) and returns its counters and every
+    /// record it produced.
+    fn stop(mut self) -> Result<(EventLoopStats, Vec<Record>)> {
+        let _ = self.stop_tx.send(());
+        let stats = self.rt.block_on(self.task).context("event loop task")??;
+        let mut records = Vec::new();
+        while let Ok(r) = self.rx.try_recv() {
+            records.push(r);
+        }
+        Ok((stats, records))
+    }
 }
 
 /// Messages of one flow by index (a later record for an index supersedes an earlier one),
@@ -233,10 +279,6 @@ fn captures_keep_alive_http_over_ipv4_and_ipv6_on_a_pod_veth() -> Result<()> {
         );
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let mut capture = Capture::load(&CaptureConfig {
         snaplen: 256,
         ring_buffer_bytes: 1 << 20,
@@ -265,13 +307,8 @@ fn captures_keep_alive_http_over_ipv4_and_ipv6_on_a_pod_veth() -> Result<()> {
     );
     eprintln!("attached to {} as {mode:?}: {attached:?}", veth.name);
 
-    let event_loop = capture.take_event_loop()?;
-    let live = event_loop.stats_handle();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(10_000);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = rt.spawn(event_loop.run(tx, async {
-        let _ = stop_rx.await;
-    }));
+    let recorder = Recorder::start(&mut capture, 10_000)?;
+    let live = recorder.live.clone();
     let before = capture.kernel_stats()?;
     let cost_before = program_cost();
 
@@ -285,13 +322,8 @@ fn captures_keep_alive_http_over_ipv4_and_ipv6_on_a_pod_veth() -> Result<()> {
 
     // Let FIN events arrive and idle flushes run.
     std::thread::sleep(Duration::from_millis(800));
-    let _ = stop_tx.send(());
-    let loop_stats = rt.block_on(task).context("event loop task")??;
+    let (loop_stats, records) = recorder.stop()?;
     let after = capture.kernel_stats()?;
-    let mut records = Vec::new();
-    while let Ok(r) = rx.try_recv() {
-        records.push(r);
-    }
     let delta = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     let events = delta("events_emitted");
     eprintln!("kernel counters after: {after:?}");
@@ -560,10 +592,6 @@ fn quiet_keep_alive_response_is_flushed_with_kernel_counters() -> Result<()> {
     let client = lab.pod("pidc")?;
     let _nginx = Nginx::start(&server)?;
     let veth = netns::host_veth(&server.netns)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let mut capture = Capture::load(&CaptureConfig {
         ring_buffer_bytes: 1 << 16,
         max_sessions: 1024,
@@ -573,12 +601,7 @@ fn quiet_keep_alive_response_is_flushed_with_kernel_counters() -> Result<()> {
     })?;
     capture.set_traced_ports(&BTreeMap::from([(80, ProtocolHint::Http)]))?;
     capture.attach_pod_veth(&veth.name)?;
-    let event_loop = capture.take_event_loop()?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = rt.spawn(event_loop.run(tx, async {
-        let _ = stop_rx.await;
-    }));
+    let recorder = Recorder::start(&mut capture, 1000)?;
 
     // Read the whole response, stay connected for 800 ms (4 idle periods), then close.
     let script = format!(
@@ -600,10 +623,9 @@ fn quiet_keep_alive_response_is_flushed_with_kernel_counters() -> Result<()> {
     );
     run_in(&client.netns, &["python3", "-c", &script])?;
     std::thread::sleep(Duration::from_millis(400));
-    let _ = stop_tx.send(());
-    let stats = rt.block_on(task).context("event loop task")??;
+    let (stats, records) = recorder.stop()?;
     let mut responses = Vec::new();
-    while let Ok(r) = rx.try_recv() {
+    for r in records {
         if let Some(record::Kind::Message(m)) = r.kind {
             if m.index == 1 {
                 responses.push(m);
@@ -681,10 +703,6 @@ fn retransmitted_bytes_are_counted_once() -> Result<()> {
     let client = lab.pod("prtc")?;
     let _nginx = Nginx::start(&server)?;
     let veth = netns::host_veth(&server.netns)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let mut capture = Capture::load(&CaptureConfig {
         ring_buffer_bytes: 1 << 16,
         max_sessions: 1024,
@@ -697,12 +715,7 @@ fn retransmitted_bytes_are_counted_once() -> Result<()> {
     // server's veth sees every original segment and every retransmission.
     let tmp = tempfile::tempdir()?;
     let dropper = attach_dropper(&client.host_veth, tmp.path())?;
-    let event_loop = capture.take_event_loop()?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = rt.spawn(event_loop.run(tx, async {
-        let _ = stop_rx.await;
-    }));
+    let recorder = Recorder::start(&mut capture, 1000)?;
 
     let url = format!("http://{}/big.bin", server.ipv4);
     let headers = run_in(
@@ -725,14 +738,9 @@ fn retransmitted_bytes_are_counted_once() -> Result<()> {
         aya::maps::Array::try_from(dropper.map("seen").context("seen map")?)?;
     let dropped = dropped.get(&1, 0)?;
     std::thread::sleep(Duration::from_millis(500));
-    let _ = stop_tx.send(());
-    let stats = rt.block_on(task).context("event loop task")??;
+    let (stats, records) = recorder.stop()?;
     let kernel = capture.kernel_stats()?;
     drop(dropper);
-    let mut records = Vec::new();
-    while let Ok(r) = rx.try_recv() {
-        records.push(r);
-    }
     let flows = flows_of(&records, &client.ipv4.octets());
     let Some(flow) = flows.values().next() else {
         bail!("no flow captured: {records:?}")
@@ -800,10 +808,6 @@ fn overtaken_segments_are_counted_in_their_message() -> Result<()> {
     require_root()?;
     let mut lab = Lab::new()?;
     let server = lab.pod("preo")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let mut capture = Capture::load(&CaptureConfig {
         ring_buffer_bytes: 1 << 16,
         max_sessions: 1024,
@@ -814,12 +818,7 @@ fn overtaken_segments_are_counted_in_their_message() -> Result<()> {
     capture.set_traced_ports(&BTreeMap::from([(8181, ProtocolHint::Http)]))?;
     let veth = netns::host_veth(&server.netns)?;
     capture.attach_pod_veth(&veth.name)?;
-    let event_loop = capture.take_event_loop()?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = rt.spawn(event_loop.run(tx, async {
-        let _ = stop_rx.await;
-    }));
+    let recorder = Recorder::start(&mut capture, 1000)?;
 
     let client = "192.0.2.10:40000".to_owned();
     let srv = format!("{}:8181", server.ipv4);
@@ -866,12 +865,7 @@ fn overtaken_segments_are_counted_in_their_message() -> Result<()> {
         ],
     )?;
     std::thread::sleep(Duration::from_millis(500));
-    let _ = stop_tx.send(());
-    rt.block_on(task).context("event loop task")??;
-    let mut records = Vec::new();
-    while let Ok(r) = rx.try_recv() {
-        records.push(r);
-    }
+    let (_, records) = recorder.stop()?;
     let flows = flows_of(&records, &[192, 0, 2, 10]);
     let Some(flow) = flows.values().next() else {
         bail!("no flow captured: {records:?}")

@@ -45,8 +45,8 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     drops.register(&mut registry);
-    let config_metrics = clovisor_config::ConfigMetrics::default();
-    config_metrics.register(&mut registry);
+    let stop_config = StopFlag::default();
+    let live = clovisor_config::follow(Some(&args.redis), &mut registry, stop_config.wait())?;
     let stop_http = StopFlag::default();
     let metrics_server = tokio::spawn(
         serve_http(
@@ -57,8 +57,6 @@ async fn main() -> anyhow::Result<()> {
         .await?,
     );
 
-    let stop_config = StopFlag::default();
-    let live = clovisor_config::follow(Some(&args.redis), config_metrics, stop_config.wait())?;
     let channel = clovisor_proto::hops::lazy_channel(&args.collector)?;
     let result =
         clovisor_probe::agent::run(args.probe.agent_config(), live, channel, shutdown, metrics)
