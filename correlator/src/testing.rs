@@ -233,6 +233,7 @@ impl SessionBuilder {
                     response_end_unix_nanos: end,
                     request_tcp_seq: 1000,
                     response_tcp_seq: 2000,
+                    ..Observation::default()
                 }],
                 start_unix_nanos: start,
                 end_unix_nanos: end,

@@ -8,6 +8,7 @@ use clovisor_runtime::parse_duration;
 
 use crate::agent::AgentConfig;
 use crate::capture::{AttachPolicy, CaptureConfig};
+use crate::hooks::socket::SocketHookPolicy;
 use crate::targets::netns::NetnsTargets;
 
 /// What the probe traces and how.
@@ -50,6 +51,11 @@ pub struct ProbeArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub record_queue: u32,
+    /// The socket observation point: `auto` attaches the best hook set the kernel offers
+    /// (fentry, kprobes, then BTF tracepoints) and runs on without it if none loads; `off`
+    /// disables it.
+    #[arg(long, env = "CLOVISOR_SOCKET_HOOKS", value_enum, default_value_t = SocketHookPolicy::Auto)]
+    pub socket_hooks: SocketHookPolicy,
     /// How programs are attached to interfaces.
     #[arg(long, env = "CLOVISOR_ATTACH", value_enum, default_value_t = AttachPolicy::Auto)]
     pub attach: AttachPolicy,
@@ -78,6 +84,7 @@ impl ProbeArgs {
                 interval: self.scan_interval,
                 node,
             },
+            socket_hooks: self.socket_hooks,
             delivery: DeliveryConfig::default(),
             record_queue: usize::try_from(self.record_queue).unwrap_or(usize::MAX),
         }

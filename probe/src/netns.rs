@@ -101,6 +101,23 @@ fn in_netns<T: Send + 'static>(
     })
 }
 
+/// The inode of the named namespace: what the kernel reports as a task's network namespace
+/// (`/proc/PID/ns/net`), so the socket program can tell its processes apart.
+pub fn inode(name: &str) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let path = Path::new(NETNS_DIR).join(name);
+    let meta = std::fs::metadata(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    // Namespace inodes are allocated from the kernel's 32-bit proc inode numbers.
+    u32::try_from(meta.ino()).map_err(|_| Error::Netns {
+        name: name.to_owned(),
+        what: "inode beyond 32 bits",
+        source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+    })
+}
+
 /// TCP ports listening in namespace `name` on a non-loopback address (IPv4 and IPv6).
 pub fn listening_tcp_ports(name: &str) -> Result<BTreeSet<u16>> {
     in_netns(name, || {

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use clovisor_proto::capture::v1::{record, FlowEnd as FlowEndRecord, Message, Record};
 
-use super::raw::{pod_point, Event, FlowEnd, MsgCounters, MsgStart, SessionKey, SessionState};
+use super::raw::{
+    pod_point, socket_point, Event, FlowEnd, MsgCounters, MsgStart, SessionState, SocketOwner,
+};
 use crate::clock::BootClock;
 
 /// How long a flushed message whose flow went quiet is kept before checking that the
@@ -23,8 +25,8 @@ const STALE_FACTOR: u32 = 50;
 
 /// Reads a session's current state from the kernel (the LRU map), or a fake in tests.
 pub trait SessionSource {
-    /// The session under `key`, `None` if the kernel has none (ended or evicted).
-    fn lookup(&self, key: &SessionKey) -> Option<SessionState>;
+    /// The session `start` belongs to, `None` if the kernel has none (ended or evicted).
+    fn lookup(&self, start: &MsgStart) -> Option<SessionState>;
 }
 
 /// Interface names by ifindex, shared with the attach side.
@@ -51,6 +53,20 @@ pub struct AssemblerStats {
     /// Flushed messages dropped because their flow vanished from the kernel without a
     /// FLOW_END (LRU eviction or a lost event).
     pub pending_expired: u64,
+}
+
+impl AssemblerStats {
+    /// Adds another assembler's counters to these.
+    pub fn add(&mut self, o: &Self) {
+        self.messages += o.messages;
+        self.partial_flushes += o.partial_flushes;
+        self.finals_after_flush += o.finals_after_flush;
+        self.flow_ends += o.flow_ends;
+        self.orphans += o.orphans;
+        self.lost_messages += o.lost_messages;
+        self.pending_evicted += o.pending_evicted;
+        self.pending_expired += o.pending_expired;
+    }
 }
 
 #[derive(Debug)]
@@ -148,7 +164,7 @@ impl Assembler {
             (None, Some(_)) => self.stats.orphans += 1,
             (None, None) => {}
         }
-        let point = self.point(end.key.ifindex);
+        let point = self.point(end.key.ifindex, end.socket.as_ref());
         out.push(Record {
             kind: Some(record::Kind::FlowEnd(FlowEndRecord {
                 flow: Some(end.key.to_flow_key()),
@@ -203,7 +219,12 @@ impl Assembler {
 
     /// Emits pending messages idle for `idle_flush` as partial records, with counters read
     /// through `source`; forgets flushed messages whose flow vanished.
-    pub fn flush_idle(&mut self, now: Instant, source: &impl SessionSource, out: &mut Vec<Record>) {
+    pub fn flush_idle(
+        &mut self,
+        now: Instant,
+        source: &(impl SessionSource + ?Sized),
+        out: &mut Vec<Record>,
+    ) {
         let stale_after = self.idle_flush * STALE_FACTOR;
         let due: Vec<u64> = self
             .pending
@@ -220,7 +241,7 @@ impl Assembler {
                 continue;
             };
             let state = source
-                .lookup(&p.start.key)
+                .lookup(&p.start)
                 .filter(|s| s.flow_id == p.start.flow_id);
             if p.flushed.is_some() {
                 if state.is_some() {
@@ -261,7 +282,7 @@ impl Assembler {
     /// Emits every pending message that has not been flushed yet, with the kernel's
     /// current counters when it still has them (`partial`), and forgets them all: the
     /// event loop is stopping.
-    pub fn flush_all(&mut self, source: &impl SessionSource, out: &mut Vec<Record>) {
+    pub fn flush_all(&mut self, source: &(impl SessionSource + ?Sized), out: &mut Vec<Record>) {
         let mut all: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
         all.sort_by_key(|p| p.last_event);
         for p in all {
@@ -269,7 +290,7 @@ impl Assembler {
                 continue;
             }
             let cur = source
-                .lookup(&p.start.key)
+                .lookup(&p.start)
                 .filter(|s| s.flow_id == p.start.flow_id)
                 .and_then(|s| s.cur)
                 .filter(|c| c.index == p.start.msg.index)
@@ -279,7 +300,14 @@ impl Assembler {
         }
     }
 
-    fn point(&self, ifindex: u32) -> clovisor_proto::capture::v1::ObservationPoint {
+    fn point(
+        &self,
+        ifindex: u32,
+        socket: Option<&SocketOwner>,
+    ) -> clovisor_proto::capture::v1::ObservationPoint {
+        if let Some(owner) = socket {
+            return socket_point(owner, &self.node);
+        }
         let name = self
             .interfaces
             .read()
@@ -294,7 +322,7 @@ impl Assembler {
         Record {
             kind: Some(record::Kind::Message(Message {
                 flow: Some(start.key.to_flow_key()),
-                point: Some(self.point(start.key.ifindex)),
+                point: Some(self.point(start.key.ifindex, start.socket.as_ref())),
                 flow_id: start.flow_id,
                 index: start.msg.index,
                 direction: start.msg.direction as i32,
@@ -320,6 +348,7 @@ mod tests {
     use clovisor_proto::capture::v1::{Direction, FlowEndReason, ProtocolHint};
 
     use super::super::raw::testing::{counters, v4_key};
+    use super::super::raw::SessionKey;
     use super::*;
 
     /// Fake kernel session map.
@@ -327,8 +356,8 @@ mod tests {
     struct FakeSessions(RefCell<HashMap<SessionKey, SessionState>>);
 
     impl SessionSource for FakeSessions {
-        fn lookup(&self, key: &SessionKey) -> Option<SessionState> {
-            self.0.borrow().get(key).copied()
+        fn lookup(&self, start: &MsgStart) -> Option<SessionState> {
+            self.0.borrow().get(&start.key).copied()
         }
     }
 
@@ -356,6 +385,7 @@ mod tests {
             prev,
             protocol: ProtocolHint::Http,
             payload: payload.to_vec(),
+            socket: None,
         })
     }
 
@@ -401,6 +431,7 @@ mod tests {
                 reason: FlowEndReason::Fin,
                 ts_ns: 9_999,
                 last: Some(resp_final),
+                socket: None,
             }),
             t,
             &mut out,

@@ -168,6 +168,8 @@ pub struct MsgStart {
     pub protocol: ProtocolHint,
     /// The first bytes of the message.
     pub payload: Vec<u8>,
+    /// Seen at a socket: who sent or received the message; `None` at an interface.
+    pub socket: Option<SocketOwner>,
 }
 
 /// A flow ended (FIN or RST).
@@ -183,6 +185,8 @@ pub struct FlowEnd {
     pub ts_ns: u64,
     /// The last message, final.
     pub last: Option<MsgCounters>,
+    /// Seen at a socket: the owner of the socket; `None` at an interface.
+    pub socket: Option<SocketOwner>,
 }
 
 /// A ring buffer record.
@@ -242,6 +246,7 @@ impl TryFrom<&[u8]> for Event {
                     },
                     protocol: protocol_hint(full.protocol),
                     payload: full.payload[..snap].to_vec(),
+                    socket: None,
                 }))
             }
             abi::CLOVISOR_EVENT_FLOW_END => {
@@ -267,11 +272,110 @@ impl TryFrom<&[u8]> for Event {
                     } else {
                         None
                     },
+                    socket: None,
                 }))
+            }
+            abi::CLOVISOR_EVENT_SOCK_MSG_START => {
+                socket_event(bytes, SOCK_MSG_START_INNER, abi::CLOVISOR_EVENT_MSG_START)
+            }
+            abi::CLOVISOR_EVENT_SOCK_FLOW_END => {
+                socket_event(bytes, SOCK_FLOW_END_INNER, abi::CLOVISOR_EVENT_FLOW_END)
             }
             other => Err(bad(format!("unknown event kind {other}"))),
         }
     }
+}
+
+/// Offset of the tc-shaped event inside a SOCK_MSG_START.
+const SOCK_MSG_START_INNER: usize = std::mem::offset_of!(abi::clovisor_sock_msg_start, start);
+/// Offset of the tc-shaped event inside a SOCK_FLOW_END.
+const SOCK_FLOW_END_INNER: usize = std::mem::offset_of!(abi::clovisor_sock_flow_end, end);
+const SOCK_OWNER_OFFSET: usize = std::mem::offset_of!(abi::clovisor_sock_msg_start, owner);
+
+/// Which end of the connection a traced socket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketSide {
+    /// The remote port is traced: this socket made the call.
+    Client,
+    /// The local port is traced: this socket answers.
+    Server,
+}
+
+impl SocketSide {
+    /// `client` or `server`, as the wire contracts spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketSide::Client => "client",
+            SocketSide::Server => "server",
+        }
+    }
+}
+
+/// The process behind a socket observation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SocketOwner {
+    /// Key of the kernel's socket session map (the `struct sock` address); stays in the probe.
+    pub sock_id: u64,
+    /// Thread group id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Command name (at most 15 bytes, lossy UTF-8).
+    pub comm: String,
+    /// Client or server end.
+    pub side: SocketSide,
+}
+
+impl TryFrom<&abi::clovisor_sock_owner> for SocketOwner {
+    type Error = Error;
+
+    fn try_from(raw: &abi::clovisor_sock_owner) -> Result<Self> {
+        let side = match u32::from(raw.side) {
+            abi::CLOVISOR_SIDE_CLIENT => SocketSide::Client,
+            abi::CLOVISOR_SIDE_SERVER => SocketSide::Server,
+            other => return Err(bad(format!("unknown socket side {other}"))),
+        };
+        let len = raw
+            .comm
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(raw.comm.len());
+        Ok(Self {
+            sock_id: raw.sock_id,
+            pid: raw.pid,
+            tid: raw.tid,
+            netns: raw.netns,
+            comm: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+            side,
+        })
+    }
+}
+
+/// Parses a socket event: the owner, then the tc-shaped event at `inner` (which must be of
+/// kind `inner_kind`), tagged with the owner.
+fn socket_event(bytes: &[u8], inner: usize, inner_kind: u32) -> Result<Event> {
+    let owner_bytes = bytes.get(SOCK_OWNER_OFFSET..).unwrap_or_default();
+    let (owner, _) = abi::clovisor_sock_owner::read_from_prefix(owner_bytes)
+        .map_err(|_| bad(format!("socket event of {} bytes: no owner", bytes.len())))?;
+    let owner = SocketOwner::try_from(&owner)?;
+    let rest = bytes
+        .get(inner..)
+        .ok_or_else(|| bad(format!("socket event of {} bytes: no body", bytes.len())))?;
+    let (kind, _) = u32::read_from_prefix(rest)
+        .map_err(|_| bad(format!("socket event of {} bytes: no body", bytes.len())))?;
+    if kind != inner_kind {
+        return Err(bad(format!(
+            "socket event wraps kind {kind}, expected {inner_kind}"
+        )));
+    }
+    let mut event = Event::try_from(rest)?;
+    match &mut event {
+        Event::MsgStart(m) => m.socket = Some(owner),
+        Event::FlowEnd(f) => f.socket = Some(owner),
+    }
+    Ok(event)
 }
 
 /// A session as currently held in the kernel's LRU map (for idle flushes).
@@ -304,6 +408,44 @@ impl TryFrom<&[u8]> for SessionState {
     }
 }
 
+impl SessionState {
+    /// Reads a value of the socket program's `sock_sessions` map.
+    pub fn from_sock_session(bytes: &[u8]) -> Result<Self> {
+        let (raw, _) = abi::clovisor_sock_session::read_from_prefix(bytes).map_err(|_| {
+            bad(format!(
+                "socket session value of {} bytes, expected {SOCK_SESSION_LEN}",
+                bytes.len()
+            ))
+        })?;
+        Ok(Self {
+            flow_id: raw.flow_id,
+            cur: if u32::from(raw.cur.direction) == abi::CLOVISOR_DIR_NONE {
+                None
+            } else {
+                Some(MsgCounters::try_from(&raw.cur)?)
+            },
+        })
+    }
+}
+
+/// Size of a socket session map value.
+pub const SOCK_SESSION_LEN: usize = std::mem::size_of::<abi::clovisor_sock_session>();
+/// Raw socket session map value.
+pub type RawSockSession = [u8; SOCK_SESSION_LEN];
+
+/// A socket observation point.
+pub fn socket_point(owner: &SocketOwner, node: &str) -> ObservationPoint {
+    ObservationPoint {
+        kind: PointKind::Socket as i32,
+        node: node.to_owned(),
+        pid: owner.pid,
+        comm: owner.comm.clone(),
+        netns_inode: u64::from(owner.netns),
+        side: owner.side.as_str().to_owned(),
+        ..ObservationPoint::default()
+    }
+}
+
 /// A pod observation point.
 pub fn pod_point(ifindex: u32, interface: &str, node: &str) -> ObservationPoint {
     ObservationPoint {
@@ -311,6 +453,7 @@ pub fn pod_point(ifindex: u32, interface: &str, node: &str) -> ObservationPoint 
         ifindex,
         interface: interface.to_owned(),
         node: node.to_owned(),
+        ..ObservationPoint::default()
     }
 }
 
@@ -433,6 +576,7 @@ mod tests {
             prev,
             protocol: ProtocolHint::Http,
             payload: payload.to_vec(),
+            socket: None,
         }
     }
 
@@ -515,6 +659,7 @@ mod tests {
             reason: FlowEndReason::Fin,
             ts_ns: 5,
             last: None,
+            socket: None,
         });
         assert!(
             Event::try_from(&fe[..fe.len() - 1]).is_err(),
@@ -568,6 +713,7 @@ mod tests {
             reason: FlowEndReason::Rst,
             ts_ns: 123,
             last: Some(counters(3, Direction::ServerToClient, 1_000_000)),
+            socket: None,
         };
         let parsed = Event::try_from(&flow_end_bytes(&ev)[..]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(parsed, Event::FlowEnd(ev), "FLOW_END must parse back");

@@ -1,3 +1,4 @@
 //! Where the BPF programs attach.
 
 pub mod pod_veth;
+pub mod socket;

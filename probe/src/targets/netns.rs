@@ -11,6 +11,7 @@ use std::time::Duration;
 use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
 use tokio::sync::mpsc;
 
+use crate::capture::socket::SocketCapture;
 use crate::capture::Capture;
 use crate::metrics::ProbeMetrics;
 use crate::netns::{self, HostVeth};
@@ -36,20 +37,31 @@ const ENDPOINT_REFRESH: Duration = Duration::from_secs(10);
 struct Followed {
     veth: HostVeth,
     ports: BTreeSet<u16>,
+    /// Network namespace inode, for the socket point; `None` if it could not be read.
+    inode: Option<u32>,
 }
 
 /// What one scan found: namespace -> its veth and listening ports.
 type Scan = BTreeMap<String, Followed>;
 
-/// Keeps `capture` in step with the namespaces until `shutdown` resolves, then detaches
+/// What the follower keeps in step: the veth capture and, when it runs, the socket point.
+#[derive(Debug)]
+pub struct Points {
+    /// tc on pod veths.
+    pub veth: Capture,
+    /// The application sockets of the followed namespaces' processes.
+    pub socket: Option<SocketCapture>,
+}
+
+/// Keeps `points` in step with the namespaces until `shutdown` resolves, then detaches
 /// everything it attached.
 pub async fn follow(
     targets: NetnsTargets,
-    mut capture: Capture,
+    mut points: Points,
     out: mpsc::Sender<Record>,
     metrics: Arc<ProbeMetrics>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Capture {
+) -> Points {
     tokio::pin!(shutdown);
     let mut current: Scan = BTreeMap::new();
     let mut traced_ports: BTreeMap<u16, ProtocolHint> = BTreeMap::new();
@@ -71,7 +83,7 @@ pub async fn follow(
         };
         apply(
             &targets,
-            &mut capture,
+            &mut points,
             &out,
             &metrics,
             &mut current,
@@ -94,11 +106,16 @@ pub async fn follow(
             }
         }
     }
-    if let Err(e) = capture.detach_all() {
+    if let Err(e) = points.veth.detach_all() {
         tracing::error!(error = %e, "detaching on shutdown failed");
     }
-    metrics.set_attached(capture.attached().len());
-    capture
+    if let Some(socket) = points.socket.as_mut() {
+        if let Err(e) = socket.detach() {
+            tracing::error!(error = %e, "detaching the socket hooks on shutdown failed");
+        }
+    }
+    metrics.set_attached(points.veth.attached().len());
+    points
 }
 
 /// Reads every wanted namespace; namespaces that cannot be read are logged and left out, so
@@ -137,20 +154,28 @@ fn scan(names: &[String]) -> Scan {
                 BTreeSet::new()
             }
         };
-        scan.insert(name, Followed { veth, ports });
+        let inode = match netns::inode(&name) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!(netns = %name, error = %e, "cannot read namespace inode; its sockets are not traced");
+                None
+            }
+        };
+        scan.insert(name, Followed { veth, ports, inode });
     }
     scan
 }
 
 async fn apply(
     targets: &NetnsTargets,
-    capture: &mut Capture,
+    points: &mut Points,
     out: &mpsc::Sender<Record>,
     metrics: &ProbeMetrics,
     current: &mut Scan,
     traced_ports: &mut BTreeMap<u16, ProtocolHint>,
     scan: Scan,
 ) {
+    let capture = &mut points.veth;
     // Gone or changed veth: detach and retract the endpoints.
     let gone: Vec<String> = current
         .iter()
@@ -194,6 +219,7 @@ async fn apply(
     for (name, found) in &scan {
         if let Some(f) = current.get_mut(name) {
             f.ports.clone_from(&found.ports);
+            f.inode = found.inode;
         }
     }
     let wanted: BTreeMap<u16, ProtocolHint> = current
@@ -202,8 +228,18 @@ async fn apply(
         .chain(targets.extra_ports.iter().copied())
         .map(|p| (p, hint_for_port(p)))
         .collect();
+    if let Some(socket) = points.socket.as_mut() {
+        // Idempotent: the socket capture skips updates that change nothing.
+        let inodes: BTreeSet<u32> = current.values().filter_map(|f| f.inode).collect();
+        if let Err(e) = socket.set_monitored_netns(&inodes) {
+            tracing::error!(error = %e, "cannot update the socket point's namespaces");
+        }
+        if let Err(e) = socket.set_traced_ports(&wanted) {
+            tracing::error!(error = %e, "cannot update the socket point's traced ports");
+        }
+    }
     if &wanted != traced_ports {
-        match capture.set_traced_ports(&wanted) {
+        match points.veth.set_traced_ports(&wanted) {
             Ok(()) => {
                 tracing::info!(ports = ?wanted.keys().collect::<Vec<_>>(), "traced ports");
                 *traced_ports = wanted;
