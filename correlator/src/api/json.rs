@@ -58,6 +58,12 @@ pub struct ObservationJson {
     pub response_start: Option<String>,
     /// Last response byte seen.
     pub response_end: Option<String>,
+    /// Socket point: the process id of the application.
+    pub pid: Option<u32>,
+    /// Socket point: the application's command name.
+    pub comm: Option<String>,
+    /// Socket point: inode of the application's network namespace.
+    pub netns_inode: Option<u64>,
 }
 
 /// Decoded HTTP fields.
@@ -162,6 +168,9 @@ fn observation(o: &Observation) -> ObservationJson {
         request_end: rfc3339(o.request_end_unix_nanos),
         response_start: rfc3339(o.response_start_unix_nanos),
         response_end: rfc3339(o.response_end_unix_nanos),
+        pid: (o.pid != 0).then_some(o.pid),
+        comm: opt(&o.comm),
+        netns_inode: (o.netns_inode != 0).then_some(o.netns_inode),
     }
 }
 
