@@ -685,4 +685,77 @@ mod tests {
             msgs[0]
         );
     }
+
+    #[test]
+    fn socket_events_become_socket_points_with_their_process() {
+        use super::super::raw::testing::owner;
+        use super::super::raw::SocketSide;
+        use clovisor_proto::capture::v1::PointKind;
+
+        let mut a = assembler(16);
+        let t = Instant::now();
+        let mut out = Vec::new();
+        let req = counters(0, Direction::ClientToServer, 78);
+        let resp = counters(1, Direction::ServerToClient, 100);
+        let sock = |e: Event| match e {
+            Event::MsgStart(mut m) => {
+                m.socket = Some(owner(SocketSide::Server));
+                Event::MsgStart(m)
+            }
+            other => other,
+        };
+        a.on_event(
+            sock(start(5, req, None, b"GET / HTTP/1.1\r\n")),
+            t,
+            &mut out,
+        );
+        a.on_event(
+            sock(start(5, resp, Some(req), b"HTTP/1.1 200 OK\r\n")),
+            t,
+            &mut out,
+        );
+        a.on_event(
+            Event::FlowEnd(FlowEnd {
+                key: v4_key(),
+                flow_id: 5,
+                reason: FlowEndReason::Fin,
+                ts_ns: 9_999,
+                last: Some(resp),
+                socket: Some(owner(SocketSide::Server)),
+            }),
+            t,
+            &mut out,
+        );
+        let msgs = messages(&out);
+        assert_eq!(msgs.len(), 2, "request and response expected, got {msgs:?}");
+        for m in &msgs {
+            let p = m
+                .point
+                .as_ref()
+                .unwrap_or_else(|| panic!("no point in {m:?}"));
+            assert_eq!(
+                (
+                    p.kind,
+                    p.pid,
+                    p.comm.as_str(),
+                    p.side.as_str(),
+                    p.interface.as_str()
+                ),
+                (PointKind::Socket as i32, 4242, "nginx", "server", ""),
+                "socket point, not the veth of ifindex 7: {p:?}"
+            );
+        }
+        let end = out
+            .iter()
+            .find_map(|r| match &r.kind {
+                Some(record::Kind::FlowEnd(fe)) => Some(fe),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no flow end in {out:?}"));
+        assert_eq!(
+            end.point.as_ref().map(|p| p.kind),
+            Some(PointKind::Socket as i32),
+            "flow end at the socket point"
+        );
+    }
 }

@@ -529,6 +529,60 @@ pub(crate) mod testing {
         r.as_bytes().to_vec()
     }
 
+    pub fn raw_owner(o: &SocketOwner) -> abi::clovisor_sock_owner {
+        let mut r = abi::clovisor_sock_owner::new_zeroed();
+        r.sock_id = o.sock_id;
+        r.pid = o.pid;
+        r.tid = o.tid;
+        r.netns = o.netns;
+        r.side = match o.side {
+            SocketSide::Client => abi::CLOVISOR_SIDE_CLIENT as u8,
+            SocketSide::Server => abi::CLOVISOR_SIDE_SERVER as u8,
+        };
+        let n = o.comm.len().min(r.comm.len() - 1);
+        r.comm[..n].copy_from_slice(&o.comm.as_bytes()[..n]);
+        r
+    }
+
+    /// SOCK_MSG_START bytes as the kernel sends them: the owner, then a MSG_START.
+    pub fn sock_msg_start_bytes(ev: &MsgStart) -> Vec<u8> {
+        let owner = ev
+            .socket
+            .as_ref()
+            .unwrap_or_else(|| panic!("a socket event needs an owner"));
+        let mut head = abi::clovisor_sock_msg_start::new_zeroed();
+        head.kind = abi::CLOVISOR_EVENT_SOCK_MSG_START;
+        head.owner = raw_owner(owner);
+        let mut out = head.as_bytes()[..SOCK_MSG_START_INNER].to_vec();
+        out.extend(msg_start_bytes(ev));
+        out
+    }
+
+    /// SOCK_FLOW_END bytes as the kernel sends them.
+    pub fn sock_flow_end_bytes(ev: &FlowEnd) -> Vec<u8> {
+        let owner = ev
+            .socket
+            .as_ref()
+            .unwrap_or_else(|| panic!("a socket event needs an owner"));
+        let mut head = abi::clovisor_sock_flow_end::new_zeroed();
+        head.kind = abi::CLOVISOR_EVENT_SOCK_FLOW_END;
+        head.owner = raw_owner(owner);
+        let mut out = head.as_bytes()[..SOCK_FLOW_END_INNER].to_vec();
+        out.extend(flow_end_bytes(ev));
+        out
+    }
+
+    pub fn owner(side: SocketSide) -> SocketOwner {
+        SocketOwner {
+            sock_id: 0xffff_8880_1234_5678,
+            pid: 4242,
+            tid: 4243,
+            netns: 4_026_532_001,
+            comm: "nginx".into(),
+            side,
+        }
+    }
+
     pub fn session_bytes(flow_id: u64, cur: Option<&MsgCounters>) -> RawSession {
         let mut r = abi::clovisor_session::new_zeroed();
         r.flow_id = flow_id;
@@ -742,6 +796,149 @@ mod tests {
             SessionState::try_from(&[0u8; 3][..]).is_err(),
             "3-byte session value must be rejected"
         );
+    }
+
+    fn socket_start(payload: &[u8], side: SocketSide) -> MsgStart {
+        MsgStart {
+            key: SessionKey {
+                ifindex: 0,
+                ..v4_key()
+            },
+            flow_id: abi::CLOVISOR_SOCK_FLOW_ID_BIT as u64 | 0x0100_0000_0000_0007,
+            socket: Some(owner(side)),
+            ..start_event(payload, Some(counters(0, Direction::ClientToServer, 80)))
+        }
+    }
+
+    #[test]
+    fn socket_msg_start_round_trips_with_its_owner() {
+        let ev = socket_start(b"HTTP/1.1 200 OK\r\n", SocketSide::Server);
+        let bytes = sock_msg_start_bytes(&ev);
+        assert_eq!(
+            bytes.len(),
+            SOCK_MSG_START_INNER + MSG_START_HEADER + 17,
+            "kernel sends owner + header + snap only"
+        );
+        let parsed = Event::try_from(&bytes[..])
+            .unwrap_or_else(|e| panic!("valid SOCK_MSG_START rejected: {e}"));
+        assert_eq!(
+            parsed,
+            Event::MsgStart(ev),
+            "must parse back with its owner"
+        );
+    }
+
+    #[test]
+    fn socket_flow_end_round_trips_with_its_owner() {
+        let ev = FlowEnd {
+            key: v4_key(),
+            flow_id: abi::CLOVISOR_SOCK_FLOW_ID_BIT as u64 | 3,
+            reason: FlowEndReason::Fin,
+            ts_ns: 77,
+            last: Some(counters(1, Direction::ServerToClient, 500)),
+            socket: Some(owner(SocketSide::Client)),
+        };
+        let parsed = Event::try_from(&sock_flow_end_bytes(&ev)[..])
+            .unwrap_or_else(|e| panic!("valid SOCK_FLOW_END rejected: {e}"));
+        assert_eq!(parsed, Event::FlowEnd(ev), "must parse back with its owner");
+    }
+
+    #[test]
+    fn bad_socket_events_are_errors_not_panics() {
+        let good = sock_msg_start_bytes(&socket_start(b"GET / HTTP/1.1\r\n", SocketSide::Client));
+        for len in [
+            4,
+            8,
+            SOCK_OWNER_OFFSET + 10,
+            SOCK_MSG_START_INNER,
+            SOCK_MSG_START_INNER + 3,
+        ] {
+            assert!(
+                Event::try_from(&good[..len]).is_err(),
+                "{len}-byte prefix of a SOCK_MSG_START must be rejected"
+            );
+        }
+        let side_off = SOCK_OWNER_OFFSET + std::mem::offset_of!(abi::clovisor_sock_owner, side);
+        let mut bad_side = good.clone();
+        bad_side[side_off] = 9;
+        assert!(
+            Event::try_from(&bad_side[..]).is_err(),
+            "socket side 9 must be rejected"
+        );
+        // A socket wrapper around a FLOW_END where a MSG_START belongs.
+        let mut wrong_inner = good.clone();
+        wrong_inner[SOCK_MSG_START_INNER..SOCK_MSG_START_INNER + 4]
+            .copy_from_slice(&abi::CLOVISOR_EVENT_FLOW_END.to_ne_bytes());
+        assert!(
+            Event::try_from(&wrong_inner[..]).is_err(),
+            "a SOCK_MSG_START must wrap a MSG_START"
+        );
+        // A wrapper around another wrapper: never recursion on kernel input.
+        let mut nested = good.clone();
+        nested[SOCK_MSG_START_INNER..SOCK_MSG_START_INNER + 4]
+            .copy_from_slice(&abi::CLOVISOR_EVENT_SOCK_MSG_START.to_ne_bytes());
+        assert!(
+            Event::try_from(&nested[..]).is_err(),
+            "nested socket events must be rejected"
+        );
+    }
+
+    #[test]
+    fn comm_is_cut_at_its_nul_and_non_utf8_survives() {
+        let mut raw = raw_owner(&owner(SocketSide::Server));
+        raw.comm = *b"curl\0garbage\0\0\0\0";
+        let o = SocketOwner::try_from(&raw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.comm, "curl", "comm ends at the first NUL");
+        raw.comm = [0xff; 16];
+        let o = SocketOwner::try_from(&raw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            o.comm.chars().count(),
+            16,
+            "16 bytes without NUL, lossy: {:?}",
+            o.comm
+        );
+    }
+
+    #[test]
+    fn socket_session_state_and_point() {
+        let c = counters(4, Direction::ServerToClient, 1234);
+        let mut raw = abi::clovisor_sock_session::new_zeroed();
+        raw.flow_id = 99;
+        raw.cur = raw_msg(&c);
+        let s = SessionState::from_sock_session(raw.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s,
+            SessionState {
+                flow_id: 99,
+                cur: Some(c)
+            },
+            "socket session value"
+        );
+        assert!(
+            SessionState::from_sock_session(&raw.as_bytes()[..10]).is_err(),
+            "short socket session value must be rejected"
+        );
+        let p = socket_point(&owner(SocketSide::Server), "node-a");
+        assert_eq!(
+            (
+                p.kind,
+                p.pid,
+                p.comm.as_str(),
+                p.netns_inode,
+                p.side.as_str(),
+                p.node.as_str()
+            ),
+            (
+                PointKind::Socket as i32,
+                4242,
+                "nginx",
+                4_026_532_001,
+                "server",
+                "node-a"
+            ),
+            "socket point fields: {p:?}"
+        );
+        assert_eq!(p.ifindex, 0, "a socket point has no interface");
     }
 
     #[test]
