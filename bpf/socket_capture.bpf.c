@@ -146,18 +146,18 @@ struct user_msghdr {
 	__u64 msg_iovlen;
 } __attribute__((preserve_access_index));
 
-#define S_IFMT_	      00170000
-#define S_IFSOCK_     0140000
-#define AF_INET_      2
-#define AF_INET6_     10
-#define SOCK_STREAM_  1
-#define IPPROTO_TCP_  6
-#define TCP_CLOSE_    7
+#define S_IFMT_	       00170000
+#define S_IFSOCK_      0140000
+#define AF_INET_       2
+#define AF_INET6_      10
+#define SOCK_STREAM_   1
+#define IPPROTO_TCP_   6
+#define TCP_CLOSE_     7
 #define TCP_FIN_WAIT1_ 4
 #define TCP_FIN_WAIT2_ 5
 #define TCP_TIME_WAIT_ 6
-#define TCP_LAST_ACK_ 9
-#define TCP_CLOSING_  11
+#define TCP_LAST_ACK_  9
+#define TCP_CLOSING_   11
 
 /* ---- Maps ----------------------------------------------------------------- */
 
@@ -185,7 +185,7 @@ struct call {
 	__u64 buf;
 	__u64 buf_len; /* bytes readable at buf (first iovec for vectored calls) */
 	__u64 enter_ns;
-	__u32 seq;     /* write_seq (send) or copied_seq (recv) at entry */
+	__u32 seq; /* write_seq (send) or copied_seq (recv) at entry */
 	__u8 send;
 	__u8 pad[3];
 };
@@ -262,10 +262,10 @@ static __always_inline __u64 new_flow_id(void)
 		*seq += 1;
 		n = *seq;
 	}
-	/* Bits 56..62: CPU + 1; bit 63: socket point. */
+	/* Bit 63: socket point; bits 55..62: CPU + 1 (unique up to 255
+	 * CPUs, never 0); bits 0..54: the per-CPU counter. */
 	return CLOVISOR_SOCK_FLOW_ID_BIT |
-	       (((__u64)(bpf_get_smp_processor_id() + 1) & 0x7f) << 56) |
-	       (n & ((1ULL << 56) - 1));
+	       (((__u64)(bpf_get_smp_processor_id() + 1) & 0xff) << 55) | (n & ((1ULL << 55) - 1));
 }
 
 static __always_inline int is_data_syscall(long nr, __u8 *send)
@@ -644,8 +644,8 @@ int clovisor_sock_state(__u64 *ctx)
 		ev->end.reason = (oldstate == TCP_FIN_WAIT1_ || oldstate == TCP_FIN_WAIT2_ ||
 				  oldstate == TCP_TIME_WAIT_ || oldstate == TCP_LAST_ACK_ ||
 				  oldstate == TCP_CLOSING_)
-					 ? CLOVISOR_END_FIN
-					 : CLOVISOR_END_RST;
+				     ? CLOVISOR_END_FIN
+				     : CLOVISOR_END_RST;
 		ev->end.has_last = s->cur.direction != CLOVISOR_DIR_NONE;
 		ev->end.pad[0] = 0;
 		ev->end.pad[1] = 0;
