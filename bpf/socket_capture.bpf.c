@@ -369,8 +369,10 @@ static __always_inline int socket_key(struct sock *sk, struct clovisor_session_k
 		v4_mapped(remote_ip, BPF_CORE_READ(sk, __sk_common.skc_daddr));
 		key->family = CLOVISOR_FAMILY_IPV4;
 	} else {
-		BPF_CORE_READ_INTO(local_ip, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(remote_ip, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		/* Whole 16 bytes: BPF_CORE_READ_INTO would size the read by
+		 * the array's element. */
+		bpf_core_read(local_ip, sizeof(local_ip), &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(remote_ip, sizeof(remote_ip), &sk->__sk_common.skc_v6_daddr);
 		/* A dual-stack socket talking IPv4 is IPv4 on the wire: so it
 		 * joins with the veth's view. */
 		key->family = is_v4_mapped(remote_ip) ? CLOVISOR_FAMILY_IPV4 : CLOVISOR_FAMILY_IPV6;

@@ -265,6 +265,59 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
         "the veth session of {path} is missing: {all:#?}"
     );
 
+    // Keep-alive over IPv6: two requests on one connection are two exchanges at each socket,
+    // told apart by the direction switches alone.
+    let v6 = |p: &str| format!("http://[{}]{p}", server.ipv6);
+    run_in(
+        &client.netns,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            &v6("/socket/v6-first"),
+            &v6("/socket/v6-second"),
+        ],
+    )?;
+    let found = wait_for(
+        "IPv6 keep-alive sessions at both sockets",
+        Duration::from_secs(15),
+        || {
+            all = sessions(&clovisor.api)?;
+            Ok(["/socket/v6-first", "/socket/v6-second"].iter().all(|p| {
+                at_socket(&all, p, "server", "nginx").is_some()
+                    && at_socket(&all, p, "client", "curl").is_some()
+            }))
+        },
+    );
+    if let Err(e) = found {
+        bail!(
+            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
+            clovisor.proc.log_text()
+        );
+    }
+    for side_comm in [("server", "nginx"), ("client", "curl")] {
+        let (side, comm) = side_comm;
+        let first = at_socket(&all, "/socket/v6-first", side, comm)
+            .unwrap_or_else(|| panic!("first v6 {side} session vanished"));
+        let second = at_socket(&all, "/socket/v6-second", side, comm)
+            .unwrap_or_else(|| panic!("second v6 {side} session vanished"));
+        assert_eq!(
+            first["client"]["ip"],
+            client.ipv6.to_string(),
+            "IPv6 client address at the {side} socket: {first:#}"
+        );
+        assert_eq!(
+            first["client"]["port"], second["client"]["port"],
+            "both requests on one connection at the {side} socket"
+        );
+        assert_eq!(second["http"]["status_code"], 404, "{second:#}");
+    }
+
     // Untraced pods talk to port 80 too, which is traced: only the namespace filter keeps
     // their syscalls out. (`socket_syscalls_monitored` would not do here: it also counts the
     // probe's own reads of /proc/net/tcp inside the traced namespaces on every scan.)
