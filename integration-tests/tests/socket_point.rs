@@ -258,12 +258,24 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
         at_socket(&all, path, "client", "curl").map(client_port),
         "both sockets must report the same client port"
     );
-    // The veth saw the same exchange: the socket point is beside it, not instead of it.
-    assert!(
-        all.iter()
-            .any(|s| s["http"]["path"] == path && obs(s)["point"] == "pod"),
-        "the veth session of {path} is missing: {all:#?}"
-    );
+    // The veth saw the same exchange: the socket point is beside it, not instead of it, and
+    // every point names the same TCP sequence numbers (what the join keys on).
+    let veth = all
+        .iter()
+        .find(|s| s["http"]["path"] == path && obs(s)["point"] == "pod")
+        .unwrap_or_else(|| panic!("the veth session of {path} is missing: {all:#?}"));
+    for (side, comm) in [("server", "nginx"), ("client", "curl")] {
+        let s = at_socket(&all, path, side, comm)
+            .unwrap_or_else(|| panic!("{side} socket session vanished"));
+        for field in ["request_tcp_seq", "response_tcp_seq"] {
+            assert!(obs(veth)[field].is_u64(), "{field} missing: {veth:#}");
+            assert_eq!(
+                obs(s)[field],
+                obs(veth)[field],
+                "{field} at the {side} socket and at the veth: {s:#} vs {veth:#}"
+            );
+        }
+    }
 
     // Keep-alive over IPv6: two requests on one connection are two exchanges at each socket,
     // told apart by the direction switches alone.

@@ -58,6 +58,10 @@ pub struct ObservationJson {
     pub response_start: Option<String>,
     /// Last response byte seen.
     pub response_end: Option<String>,
+    /// TCP sequence number of the first request byte (the same at every point of one exchange).
+    pub request_tcp_seq: u32,
+    /// TCP sequence number of the first response byte.
+    pub response_tcp_seq: u32,
     /// Socket point: the process id of the application.
     pub pid: Option<u32>,
     /// Socket point: the application's command name.
@@ -168,6 +172,8 @@ fn observation(o: &Observation) -> ObservationJson {
         request_end: rfc3339(o.request_end_unix_nanos),
         response_start: rfc3339(o.response_start_unix_nanos),
         response_end: rfc3339(o.response_end_unix_nanos),
+        request_tcp_seq: o.request_tcp_seq,
+        response_tcp_seq: o.response_tcp_seq,
         pid: (o.pid != 0).then_some(o.pid),
         comm: opt(&o.comm),
         netns_inode: (o.netns_inode != 0).then_some(o.netns_inode),
