@@ -548,11 +548,10 @@ int clovisor_sys_enter(__u64 *ctx)
 	netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
 	if (!bpf_map_lookup_elem(&monitored_netns, &netns))
 		return 0;
-	count(CLOVISOR_SOCK_STAT_SYSCALLS_MONITORED);
-
 	sk = tcp_sock_of_fd(task, (__u32)SYSCALL_ARG0(regs));
 	if (!sk)
 		return 0;
+	count(CLOVISOR_SOCK_STAT_TCP_SYSCALLS);
 
 	buf = SYSCALL_ARG1(regs);
 	len = SYSCALL_ARG2(regs);

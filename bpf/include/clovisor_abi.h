@@ -197,9 +197,9 @@ enum clovisor_side {
 
 /* Indexes of the socket program's per-CPU `sock_stats` array map. */
 enum clovisor_sock_stat {
-	/* Data syscalls (read, write, send*, recv*, readv, writev) made by a
-	 * process of a monitored network namespace. */
-	CLOVISOR_SOCK_STAT_SYSCALLS_MONITORED = 0,
+	/* Data syscalls (read, write, send*, recv*, readv, writev) on a TCP
+	 * socket, made by a process of a monitored network namespace. */
+	CLOVISOR_SOCK_STAT_TCP_SYSCALLS = 0,
 	/* Of those, on a TCP socket with a traced port, with data moved. */
 	CLOVISOR_SOCK_STAT_SYSCALLS_TRACED = 1,
 	/* Records written to the ring buffer. */

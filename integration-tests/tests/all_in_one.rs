@@ -41,6 +41,11 @@ fn start_clovisor(server: &Pod, otlp: &str, log_name: &str) -> Result<Running> {
         &api,
         "--metrics-listen",
         &metrics,
+        // The veth point alone: this test counts one session and one span per request, and
+        // until the correlator joins observation points (issue 4) the socket point adds its
+        // own sessions (tested in socket_point.rs). Remove with the join.
+        "--socket-hooks",
+        "off",
     ])
     .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
     .env("RUST_LOG", "info");

@@ -167,6 +167,11 @@ fn a_collector_killed_mid_traffic_stores_every_request_once_but_split_exchanges(
         &format!("http://{collector_grpc}"),
         "--metrics-listen",
         &probe_metrics,
+        // The veth point alone: this test counts each request once, and until the correlator
+        // joins observation points (issue 4) the socket point adds its own sessions. Remove
+        // with the join.
+        "--socket-hooks",
+        "off",
     ]);
     let mut probe = start("probe", cmd, &probe_metrics)?;
     if let Err(e) = wait_for("probe attached", Duration::from_secs(20), || {

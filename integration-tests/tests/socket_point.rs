@@ -331,8 +331,8 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
     }
 
     // Untraced pods talk to port 80 too, which is traced: only the namespace filter keeps
-    // their syscalls out. (`socket_syscalls_monitored` would not do here: it also counts the
-    // probe's own reads of /proc/net/tcp inside the traced namespaces on every scan.)
+    // their syscalls out of both counters.
+    let tcp = r#"clovisor_probe_kernel_total{counter="socket_tcp_syscalls"}"#;
     let monitored = r#"clovisor_probe_kernel_total{counter="socket_syscalls_traced"}"#;
     // The traced pods' syscalls were counted (metrics catch up every second)...
     wait_for(
@@ -343,6 +343,11 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
     // ... and have settled once the exchange is over.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = metric(&clovisor.metrics, monitored)?;
+    let tcp_before = metric(&clovisor.metrics, tcp)?;
+    assert!(
+        tcp_before.is_some_and(|n| n > 0.0),
+        "the traced pods' TCP syscalls must have been counted: {tcp_before:?}"
+    );
     for i in 0..5 {
         curl(
             &other_client,
@@ -355,6 +360,11 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
     assert_eq!(
         before, after,
         "syscalls of untraced namespaces must not be counted"
+    );
+    assert_eq!(
+        tcp_before,
+        metric(&clovisor.metrics, tcp)?,
+        "TCP syscalls of untraced namespaces must not be counted"
     );
     let all = sessions(&clovisor.api)?;
     assert!(

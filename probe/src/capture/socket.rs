@@ -37,10 +37,7 @@ const MAX_NETNS: usize = 4096;
 /// Names of the socket program's kernel counters, by `sock_stats` index; `socket_` keeps them
 /// apart from the tc programs' in `clovisor_probe_kernel_total{counter}`.
 const STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT as usize] = [
-    (
-        abi::CLOVISOR_SOCK_STAT_SYSCALLS_MONITORED,
-        "socket_syscalls_monitored",
-    ),
+    (abi::CLOVISOR_SOCK_STAT_TCP_SYSCALLS, "socket_tcp_syscalls"),
     (
         abi::CLOVISOR_SOCK_STAT_SYSCALLS_TRACED,
         "socket_syscalls_traced",
