@@ -180,4 +180,24 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn socket_hooks_flag_reaches_the_agent_config() {
+        let default = Cli::try_parse_from(["probe"]).expect("no flags");
+        assert_eq!(
+            default.probe.agent_config().socket_hooks,
+            SocketHookPolicy::Auto,
+            "the socket point is on by default"
+        );
+        let off = Cli::try_parse_from(["probe", "--socket-hooks", "off"]).expect("valid flag");
+        assert_eq!(
+            off.probe.agent_config().socket_hooks,
+            SocketHookPolicy::Off,
+            "--socket-hooks off"
+        );
+        assert!(
+            Cli::try_parse_from(["probe", "--socket-hooks", "fentry"]).is_err(),
+            "only auto and off are accepted"
+        );
+    }
 }
