@@ -226,25 +226,11 @@ impl Capture {
                 reason: format!("{} traced ports, at most {MAX_TRACED_PORTS}", ports.len()),
             });
         }
-        let mut map: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(MAP_TRACED_PORTS)
-                .ok_or(Error::MissingMap {
-                    map: MAP_TRACED_PORTS,
-                })?,
-        )
-        .map_err(map_err(MAP_TRACED_PORTS, "open"))?;
-        let present: BTreeSet<u16> = map.keys().filter_map(|k| k.ok()).collect();
-        // Insert before removing so a port kept across the update is never untraced.
-        for (port, hint) in ports {
-            map.insert(port, raw::hint_value(*hint), 0)
-                .map_err(map_err(MAP_TRACED_PORTS, "insert"))?;
-        }
-        for port in present.iter().filter(|p| !ports.contains_key(p)) {
-            map.remove(port)
-                .map_err(map_err(MAP_TRACED_PORTS, "remove"))?;
-        }
-        Ok(())
+        let wanted: BTreeMap<u16, u8> = ports
+            .iter()
+            .map(|(p, h)| (*p, raw::hint_value(*h)))
+            .collect();
+        replace_map(&mut self.ebpf, MAP_TRACED_PORTS, &wanted)
     }
 
     /// Attaches both programs to the host-side veth `ifname`. Idempotent: attaching an
@@ -344,6 +330,30 @@ impl Drop for Capture {
             tracing::warn!(error = %e, "detaching on drop failed");
         }
     }
+}
+
+/// Makes the hash map `name` hold exactly `wanted`: inserts first, so an entry kept across the
+/// update is never missing, then removes the rest.
+pub(crate) fn replace_map<K, V>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    wanted: &BTreeMap<K, V>,
+) -> Result<()>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    let mut map: BpfHashMap<_, K, V> =
+        BpfHashMap::try_from(ebpf.map_mut(name).ok_or(Error::MissingMap { map: name })?)
+            .map_err(map_err(name, "open"))?;
+    let present: BTreeSet<K> = map.keys().filter_map(|k| k.ok()).collect();
+    for (k, v) in wanted {
+        map.insert(k, v, 0).map_err(map_err(name, "insert"))?;
+    }
+    for k in present.iter().filter(|k| !wanted.contains_key(k)) {
+        map.remove(k).map_err(map_err(name, "remove"))?;
+    }
+    Ok(())
 }
 
 /// Removes legacy tc filters of ours left by a crashed run; see [`pod_veth::cleanup_leftovers`].

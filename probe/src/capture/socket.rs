@@ -16,7 +16,7 @@ use clovisor_proto::capture::v1::ProtocolHint;
 
 use super::assembler::{Assembler, SessionSource};
 use super::raw::{self, MsgStart, RawSockSession, SessionState};
-use super::{abi, map_err, CaptureConfig, EventLoop, KernelStats, MAX_TRACED_PORTS};
+use super::{abi, map_err, replace_map, CaptureConfig, EventLoop, KernelStats, MAX_TRACED_PORTS};
 use crate::clock::BootClock;
 use crate::error::{Error, Result};
 use crate::hooks::socket::{self as hooks, HookAttempt, SocketHookKind, SocketHooks};
@@ -238,26 +238,6 @@ impl Drop for SocketCapture {
             tracing::warn!(error = %e, "detaching the socket hooks on drop failed");
         }
     }
-}
-
-/// Makes the hash map `name` hold exactly `wanted`: inserts first, so an entry kept across the
-/// update is never missing, then removes the rest.
-fn replace_map<K, V>(ebpf: &mut Ebpf, name: &'static str, wanted: &BTreeMap<K, V>) -> Result<()>
-where
-    K: aya::Pod + Ord,
-    V: aya::Pod,
-{
-    let mut map: BpfHashMap<_, K, V> =
-        BpfHashMap::try_from(ebpf.map_mut(name).ok_or(Error::MissingMap { map: name })?)
-            .map_err(map_err(name, "open"))?;
-    let present: BTreeSet<K> = map.keys().filter_map(|k| k.ok()).collect();
-    for (k, v) in wanted {
-        map.insert(k, v, 0).map_err(map_err(name, "insert"))?;
-    }
-    for k in present.iter().filter(|k| !wanted.contains_key(k)) {
-        map.remove(k).map_err(map_err(name, "remove"))?;
-    }
-    Ok(())
 }
 
 struct KernelSockSessions(BpfHashMap<MapData, u64, RawSockSession>);
