@@ -37,6 +37,7 @@ fn main() -> Result<()> {
     let include_dir = bpf_dir.join("include");
     let out_dir = PathBuf::from(env::var("OUT_DIR").context("OUT_DIR")?);
     let multiarch = multiarch_include();
+    let arch = bpf_target_arch()?;
 
     let mut headers = Vec::new();
     for entry in std::fs::read_dir(&include_dir)
@@ -66,7 +67,7 @@ fn main() -> Result<()> {
     sources.sort();
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
-        compile_bpf(src, &include_dir, multiarch.as_deref(), &out_dir)?;
+        compile_bpf(src, &include_dir, multiarch.as_deref(), arch, &out_dir)?;
     }
 
     let abi = include_dir.join("clovisor_abi.h");
@@ -100,7 +101,35 @@ fn multiarch_include() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
-fn compile_bpf(src: &Path, include: &Path, multiarch: Option<&Path>, out_dir: &Path) -> Result<()> {
+/// The `__TARGET_ARCH_*` define the socket program needs to read syscall arguments from
+/// `struct pt_regs` (the layout is per architecture).
+fn bpf_target_arch() -> Result<&'static str> {
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH")?;
+    match arch.as_str() {
+        "x86_64" => Ok("x86"),
+        "aarch64" => Ok("arm64"),
+        other => bail!("no BPF syscall-argument layout for target architecture {other}"),
+    }
+}
+
+/// The BPF instruction set a program is compiled for. The tc program needs v3 for its atomic
+/// compare-and-exchange (kernel 5.12+; ring buffers already need 5.8). The socket program stays
+/// on v1: with v3 clang 14 spills some registers in 32 bits, which the verifier refuses
+/// ("invalid size of register spill").
+fn bpf_cpu(program: &str) -> &'static str {
+    match program {
+        "tc_capture" => "v3",
+        _ => "v1",
+    }
+}
+
+fn compile_bpf(
+    src: &Path,
+    include: &Path,
+    multiarch: Option<&Path>,
+    arch: &str,
+    out_dir: &Path,
+) -> Result<()> {
     let name = src
         .file_name()
         .and_then(|n| n.to_str())
@@ -108,12 +137,11 @@ fn compile_bpf(src: &Path, include: &Path, multiarch: Option<&Path>, out_dir: &P
         .context("BPF source name")?;
     let obj = out_dir.join(format!("{name}.bpf.o"));
     let mut cmd = Command::new("clang");
-    // -mcpu=v3: atomic compare-and-exchange (kernel 5.12+; ring buffers already need 5.8).
-    cmd.args([
-        "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
-    ])
-    .arg(format!("-I{}", include.display()))
-    .arg("-I/usr/include");
+    cmd.args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        .arg(format!("-mcpu={}", bpf_cpu(name)))
+        .arg(format!("-I{}", include.display()))
+        .arg(format!("-D__TARGET_ARCH_{arch}"))
+        .arg("-I/usr/include");
     if let Some(dir) = multiarch {
         cmd.arg(format!("-I{}", dir.display()));
     }

@@ -8,6 +8,7 @@ PACKAGES=(
   protobuf-compiler                                   # tonic/prost code generation
   iproute2 bpftool                                    # namespaces, veths, tc; inspecting BPF objects
   nginx-light curl python3 jq                         # demo and test pods: real servers and clients
+  stunnel4 openssl                                    # TLS tunnel between test pods (socket point tests)
   tshark                                              # decoder oracle in tests
   python3-venv                                        # offline manifest validation tools (scripts/validate-manifests.sh)
   redis-server                                        # live configuration tests
@@ -36,5 +37,6 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo (stable Rust) is required: https://rustup.rs" >&2; exit 1; }
 # nginx from Debian starts a default site on install; the demo and tests run their own instances.
 systemctl disable --now nginx >/dev/null 2>&1 || true
-# redis-server likewise: the tests start their own.
+# redis-server and stunnel4 likewise: the tests start their own.
+systemctl disable --now stunnel4 >/dev/null 2>&1 || true
 systemctl disable --now redis-server >/dev/null 2>&1 || true

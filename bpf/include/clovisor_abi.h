@@ -37,6 +37,10 @@ struct clovisor_ip {
 enum clovisor_event_kind {
 	CLOVISOR_EVENT_MSG_START = 1,
 	CLOVISOR_EVENT_FLOW_END = 2,
+	/* From bpf/socket_capture.bpf.c: struct clovisor_sock_msg_start. */
+	CLOVISOR_EVENT_SOCK_MSG_START = 3,
+	/* From bpf/socket_capture.bpf.c: struct clovisor_sock_flow_end. */
+	CLOVISOR_EVENT_SOCK_FLOW_END = 4,
 };
 
 /* Direction of a message relative to the roles set by traced_ports. */
@@ -212,6 +216,90 @@ struct clovisor_flow_end {
 	__u64 ts_ns;
 	/* The last message, final; valid if has_last. */
 	struct clovisor_msg last;
+};
+
+/* ---- Socket observation point (bpf/socket_capture.bpf.c) ---------------- */
+
+/* Flow ids of socket sessions have this bit set, so they never collide with
+ * the tc programs' ids of the same probe. */
+#define CLOVISOR_SOCK_FLOW_ID_BIT (1ULL << 63)
+#define CLOVISOR_COMM_LEN	  16
+
+/* Which end of the connection a traced socket is. */
+enum clovisor_side {
+	CLOVISOR_SIDE_CLIENT = 1, /* the remote port is traced */
+	CLOVISOR_SIDE_SERVER = 2, /* the local port is traced */
+};
+
+/* Indexes of the socket program's per-CPU `sock_stats` array map. */
+enum clovisor_sock_stat {
+	/* Data syscalls (read, write, send*, recv*, readv, writev) on a TCP
+	 * socket, made by a process of a monitored network namespace. */
+	CLOVISOR_SOCK_STAT_TCP_SYSCALLS = 0,
+	/* Of those, on a TCP socket with a traced port, with data moved. */
+	CLOVISOR_SOCK_STAT_SYSCALLS_TRACED = 1,
+	/* Records written to the ring buffer. */
+	CLOVISOR_SOCK_STAT_EVENTS_EMITTED = 2,
+	/* Records lost because the ring buffer was full. */
+	CLOVISOR_SOCK_STAT_RINGBUF_FULL = 3,
+	/* Socket session map inserts that failed. */
+	CLOVISOR_SOCK_STAT_SESSION_UPDATE_FAILED = 4,
+	/* In-flight syscall map inserts that failed (the call is not traced). */
+	CLOVISOR_SOCK_STAT_CALL_UPDATE_FAILED = 5,
+	/* Socket sessions created / ended (socket reached TCP_CLOSE). */
+	CLOVISOR_SOCK_STAT_SESSIONS_CREATED = 6,
+	CLOVISOR_SOCK_STAT_SESSIONS_ENDED = 7,
+	/* Snippet copies from the user buffer that failed; the event is still
+	 * sent, without payload. */
+	CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED = 8,
+	CLOVISOR_SOCK_STAT_COUNT = 9,
+};
+
+/* Who moved the bytes through a socket. */
+struct clovisor_sock_owner {
+	/* Kernel address of the struct sock: the key of the socket session
+	 * map, used by the probe for idle-flush lookups; never sent on. */
+	__u64 sock_id;
+	/* Thread group id (the process id users see) and thread id. */
+	__u32 pid;
+	__u32 tid;
+	/* Inode of the network namespace of the process. */
+	__u32 netns;
+	__u8 side; /* enum clovisor_side */
+	__u8 pad[3];
+	__u8 comm[CLOVISOR_COMM_LEN];
+};
+
+/* Value of the socket program's `sock_sessions` LRU map (key: sock_id). */
+struct clovisor_sock_session {
+	/* The connection oriented by role; ifindex is 0. */
+	struct clovisor_session_key key;
+	/* Owner of the socket when the session was created. */
+	struct clovisor_sock_owner owner;
+	/* Same layout and meaning as the tc session's counters. */
+	__u64 flow_id;
+	struct clovisor_msg cur;
+	__u8 protocol; /* enum clovisor_protocol_hint */
+	__u8 pad[7];
+};
+
+/* SOCK_MSG_START: a message started at a socket. `start` is laid out as the tc
+ * MSG_START (key.ifindex 0, msg.packets counts syscalls, msg.to_pod is 1 when
+ * the process received the bytes); only the header and snap_len payload
+ * bytes are sent. */
+struct clovisor_sock_msg_start {
+	__u32 kind; /* CLOVISOR_EVENT_SOCK_MSG_START */
+	__u32 pad;
+	struct clovisor_sock_owner owner;
+	struct clovisor_msg_start start;
+};
+
+/* SOCK_FLOW_END: the socket reached TCP_CLOSE; the session was deleted. */
+struct clovisor_sock_flow_end {
+	__u32 kind; /* CLOVISOR_EVENT_SOCK_FLOW_END */
+	__u32 pad;
+	struct clovisor_sock_owner owner;
+	struct clovisor_flow_end end;
 };
 
 #endif /* CLOVISOR_ABI_H */

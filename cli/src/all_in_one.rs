@@ -105,7 +105,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // HTTP: REST API and metrics, each on its own port; bound before the probe starts so a port
     // clash fails fast, before anything is attached.
-    let api = serve_http(args.api_listen, correlator.api_router(), stop_http.wait()).await?;
+    // The probe's own status (`GET /api/v1/probe`: the socket point's hooks) sits beside the
+    // correlator's REST API.
+    let api_router = correlator
+        .api_router()
+        .merge(clovisor_probe::api::router(Arc::clone(&probe_metrics)));
+    let api = serve_http(args.api_listen, api_router, stop_http.wait()).await?;
     let metrics = serve_http(
         args.metrics_listen,
         correlator.metrics_router(),

@@ -238,6 +238,7 @@ impl SessionBuilder {
                     request_packets: 1,
                     response_packets: 2,
                     retransmits: 0,
+                    ..Observation::default()
                 }],
                 start_unix_nanos: start,
                 end_unix_nanos: end,

@@ -1,7 +1,9 @@
 //! One session per exchange, for real: namespace pods on a bridge, both ends traced by
-//! `clovisor all-in-one` with real BPF programs, and a host outside the node behind an uplink
-//! veth traced as a node interface. Each request must come out of the REST API once, with one
-//! observation per point it crossed, and as exactly one span.
+//! `clovisor all-in-one` with real BPF programs — the socket point's syscall hooks and the tc
+//! programs on the pods' veths — and a host outside the node behind an uplink veth traced as a
+//! node interface. Each request must come out of the REST API once, with one observation per
+//! point it crossed (client socket, client veth, node interface, server veth, server socket),
+//! and as exactly one span.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -40,7 +42,8 @@ fn span_tag(span: &Span) -> Option<String> {
     })
 }
 
-/// `(point, interface, side)` of each observation of a REST session.
+/// `(point, where, side)` of each observation of a REST session: `where` is the interface of a
+/// veth or node interface and the command of a socket's process.
 fn points(s: &Value) -> Vec<(String, String, String)> {
     s["observations"]
         .as_array()
@@ -48,11 +51,20 @@ fn points(s: &Value) -> Vec<(String, String, String)> {
             obs.iter()
                 .map(|o| {
                     let f = |k: &str| o[k].as_str().unwrap_or_default().to_owned();
-                    (f("point"), f("interface"), f("side"))
+                    let at = if f("point") == "socket" {
+                        f("comm")
+                    } else {
+                        f("interface")
+                    };
+                    (f("point"), at, f("side"))
                 })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+fn point(kind: &str, at: &str, side: &str) -> (String, String, String) {
+    (kind.to_owned(), at.to_owned(), side.to_owned())
 }
 
 /// Waits until the REST API holds a session for every tag in `tags` with `observations`
@@ -119,15 +131,18 @@ fn curl(client: &Pod, url: &str) -> Result<()> {
     curl_keep_alive(client, &[url.to_owned()])
 }
 
-fn pod_points(client: &Pod, server: &Pod) -> Vec<(String, String, String)> {
+/// The four points of a call from `client_comm` in `client` to nginx in `server`, in path order.
+fn four_points(client: &Pod, client_comm: &str, server: &Pod) -> Vec<(String, String, String)> {
     vec![
-        ("pod".into(), client.host_veth.clone(), "client".into()),
-        ("pod".into(), server.host_veth.clone(), "server".into()),
+        point("socket", client_comm, "client"),
+        point("pod", &client.host_veth, "client"),
+        point("pod", &server.host_veth, "server"),
+        point("socket", "nginx", "server"),
     ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_between_two_traced_pods_is_one_session_seen_at_both_veths() -> Result<()> {
+async fn a_call_between_two_traced_pods_is_one_session_seen_at_four_points() -> Result<()> {
     let otlp = OtlpReceiver::start().await?;
     let mut lab = Lab::new()?;
     let client = lab.pod("jcli")?;
@@ -162,13 +177,13 @@ async fn a_call_between_two_traced_pods_is_one_session_seen_at_both_veths() -> R
     let tags: Vec<String> = ["single", "ipv6", "ka1", "ka2", "ka3"]
         .map(str::to_owned)
         .to_vec();
-    let seen = wait_joined(&clovisor, &tags, 2)?;
+    let seen = wait_joined(&clovisor, &tags, 4)?;
     assert_eq!(seen.len(), tags.len(), "one session per request: {seen:#?}");
     for (t, s) in &seen {
         assert_eq!(
             points(s),
-            pod_points(&client, &server),
-            "{t}: seen at the client's veth, then the server's: {s:#}"
+            four_points(&client, "curl", &server),
+            "{t}: seen at curl's socket, the client's veth, the server's, nginx's socket: {s:#}"
         );
         assert_eq!(s["client"]["pod"], client.netns.as_str(), "{t}: {s:#}");
         assert_eq!(s["server"]["pod"], server.netns.as_str(), "{t}: {s:#}");
@@ -180,11 +195,30 @@ async fn a_call_between_two_traced_pods_is_one_session_seen_at_both_veths() -> R
                 "{t}: every point counts its bytes: {o:#}"
             );
         }
-        // The request leaves the client's veth before it reaches the server's.
+        // Each point has its own timings, in path order: curl sends before the request
+        // crosses the veths, nginx reads it after. (RFC 3339 with fixed nanoseconds sorts as
+        // text.)
+        let starts: Vec<&str> = obs
+            .iter()
+            .filter_map(|o| o["request_start"].as_str())
+            .collect();
         assert!(
-            obs[0]["request_start"].as_str() <= obs[1]["request_start"].as_str(),
-            "{t}: path order: {s:#}"
+            starts.len() == 4 && starts.windows(2).all(|w| w[0] <= w[1]),
+            "{t}: path order: {starts:?}"
         );
+        // One TCP sequence space: every point names the request's first byte alike.
+        let seqs: Vec<&Value> = obs.iter().map(|o| &o["request_tcp_seq"]).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] == w[1]),
+            "{t}: one sequence number at every point: {seqs:?}"
+        );
+        for o in obs.iter().filter(|o| o["point"] == "socket") {
+            assert!(
+                o["pid"].as_u64().is_some_and(|p| p > 1)
+                    && o["netns_inode"].as_u64().is_some_and(|n| n > 0),
+                "{t}: a socket names its process and namespace: {o:#}"
+            );
+        }
     }
     assert_eq!(
         seen["ka1"]["client"]["port"], seen["ka3"]["client"]["port"],
@@ -209,21 +243,37 @@ async fn a_call_between_two_traced_pods_is_one_session_seen_at_both_veths() -> R
             [client.host_veth.clone(), server.host_veth.clone()],
             "per-point timings as span events: {span:?}"
         );
+        let commands: Vec<String> = span
+            .events
+            .iter()
+            .filter(|e| e.name == "request.start")
+            .flat_map(|e| e.attributes.iter())
+            .filter(|kv| kv.key == "process.command")
+            .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                OtelValue::StringValue(v) => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            commands,
+            ["curl", "nginx"],
+            "the sockets' timings as span events, with their process: {span:?}"
+        );
     }
     let metrics = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
     assert!(
-        metrics.contains(r#"clovisor_correlator_join_observations_total{outcome="joined"} 5"#),
-        "five views joined:\n{metrics}"
+        metrics.contains(r#"clovisor_correlator_join_observations_total{outcome="joined"} 15"#),
+        "three views joined to the first of each of five exchanges:\n{metrics}"
     );
     assert!(
-        metrics.contains(r#"clovisor_correlator_exchange_points_total{points="2"} 5"#),
-        "five exchanges of two points each:\n{metrics}"
+        metrics.contains(r#"clovisor_correlator_exchange_points_total{points="4"} 5"#),
+        "five exchanges of four points each:\n{metrics}"
     );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_to_a_host_outside_the_node_is_seen_at_the_veth_and_the_uplink() -> Result<()> {
+async fn a_call_to_a_host_outside_the_node_is_seen_at_the_socket_veth_and_uplink() -> Result<()> {
     let otlp = OtlpReceiver::start().await?;
     let mut lab = Lab::new()?;
     let client = lab.pod("jout")?;
@@ -261,7 +311,7 @@ async fn a_call_to_a_host_outside_the_node_is_seen_at_the_veth_and_the_uplink() 
     curl(&untraced, &format!("{base}/?t=untraced"))?;
     curl(&client, &format!("{base}/missing?t=out2"))?;
     let tags: Vec<String> = ["out1", "out2"].map(str::to_owned).to_vec();
-    let seen = wait_joined(&clovisor, &tags, 2)?;
+    let seen = wait_joined(&clovisor, &tags, 3)?;
     assert_eq!(
         seen.len(),
         2,
@@ -271,10 +321,11 @@ async fn a_call_to_a_host_outside_the_node_is_seen_at_the_veth_and_the_uplink() 
         assert_eq!(
             points(s),
             vec![
-                ("pod".into(), client.host_veth.clone(), "client".into()),
-                ("node".into(), outside.uplink.clone(), String::new()),
+                point("socket", "curl", "client"),
+                point("pod", &client.host_veth, "client"),
+                point("node", &outside.uplink, ""),
             ],
-            "{t}: seen at the client's veth, then the uplink: {s:#}"
+            "{t}: seen at curl's socket, the client's veth, then the uplink: {s:#}"
         );
         assert_eq!(s["client"]["pod"], client.netns.as_str(), "{t}: {s:#}");
         assert_eq!(
@@ -374,14 +425,14 @@ async fn interleaved_keep_alive_clients_never_cross_merge() -> Result<()> {
         .iter()
         .flat_map(|c| (0..REQUESTS).map(move |n| format!("{c}-{n}")))
         .collect();
-    let seen = wait_joined(&clovisor, &tags, 2)?;
+    let seen = wait_joined(&clovisor, &tags, 4)?;
     assert_eq!(seen.len(), 2 * REQUESTS, "one session per request");
     for (t, s) in &seen {
         let client = if t.starts_with('a') { &a } else { &b };
         assert_eq!(
             points(s),
-            pod_points(client, &server),
-            "{t}: exactly its own client's veth and the server's: {s:#}"
+            four_points(client, "python3", &server),
+            "{t}: exactly its own client's socket and veth, and the server's: {s:#}"
         );
         assert_eq!(s["client"]["pod"], client.netns.as_str(), "{t}: {s:#}");
     }

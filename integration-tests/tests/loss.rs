@@ -264,7 +264,11 @@ fn every_stage_accounts_for_every_item_under_overload() -> Result<()> {
         );
     }
     // What each stage passes on, the next one takes in.
-    let kernel = |name: &str| loss.kernel.get(name).copied().unwrap_or(0);
+    // Both BPF programs write events: the veth's and the socket point's (`socket_` counters).
+    let kernel = |name: &str| {
+        let get = |n: &str| loss.kernel.get(n).copied().unwrap_or(0);
+        get(name) + get(&format!("socket_{name}"))
+    };
     for (what, upstream, downstream) in [
         (
             "kernel events written = events read by the probe",

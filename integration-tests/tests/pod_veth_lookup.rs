@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clovisor_integration_tests::{require_root, run, wait_for, Lab, Proc};
-use clovisor_probe::netns::{host_veth_of_ips, host_veths_of_pods, VethMethod};
+use clovisor_probe::netns::{self, host_veth_of_ips, host_veths_of_pods, VethMethod};
 
 /// Deletes a host interface on drop.
 struct Link(String);
@@ -31,14 +31,23 @@ fn a_pod_in_a_named_netns_is_found_by_its_ip() -> Result<()> {
     let mut lab = Lab::new()?;
     let pod = lab.pod("lkn")?;
     for ip in [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)] {
-        let (veth, method) = host_veth_of_ips(&[ip])?;
-        assert_eq!(veth.name, pod.host_veth, "host veth of {ip}");
+        let found = host_veth_of_ips(&[ip])?;
+        assert_eq!(found.veth.name, pod.host_veth, "host veth of {ip}");
         assert_eq!(
-            method,
+            found.method,
             VethMethod::NamedNetns(pod.netns.clone()),
             "found through the named netns"
         );
-        assert!(veth.pod_ips.contains(&ip), "{ip} in {:?}", veth.pod_ips);
+        assert!(
+            found.veth.pod_ips.contains(&ip),
+            "{ip} in {:?}",
+            found.veth.pod_ips
+        );
+        assert_eq!(
+            found.netns_inode,
+            Some(netns::inode(&pod.netns)?),
+            "the namespace's inode, for the socket point"
+        );
     }
 
     // Several pods in one pass, answered in order; an unknown address is an error in its slot.
@@ -50,7 +59,7 @@ fn a_pod_in_a_named_netns_is_found_by_its_ip() -> Result<()> {
     ]);
     let names: Vec<Option<String>> = found
         .iter()
-        .map(|r| r.as_ref().ok().map(|(v, _)| v.name.clone()))
+        .map(|r| r.as_ref().ok().map(|f| f.veth.name.clone()))
         .collect();
     assert_eq!(
         names,
@@ -102,9 +111,10 @@ fn a_pod_in_an_unnamed_process_netns_is_found_by_its_ip() -> Result<()> {
 
     let found = host_veth_of_ips(&[IpAddr::V4(ip)]);
     sandbox.stop(9, Duration::from_secs(5))?;
-    let (veth, method) = found.context("lookup in a process namespace")?;
-    assert_eq!(veth.name, host, "host veth of the sandbox");
-    match method {
+    let found = found.context("lookup in a process namespace")?;
+    assert_eq!(found.veth.name, host, "host veth of the sandbox");
+    assert!(found.netns_inode.is_some(), "the sandbox namespace's inode");
+    match found.method {
         VethMethod::ProcessNetns(_) => {}
         other => panic!("expected the process-namespace method, got {other}"),
     }
@@ -131,10 +141,14 @@ fn the_host_route_through_a_veth_is_the_fallback() -> Result<()> {
     let ip = unique_ip(9);
     let cidr = format!("{ip}/32");
     run("ip", &["route", "add", &cidr, "dev", &host])?;
-    let (veth, method) = host_veth_of_ips(&[IpAddr::V4(ip)])?;
-    assert_eq!(veth.name, host, "the route's output veth");
+    let found = host_veth_of_ips(&[IpAddr::V4(ip)])?;
+    assert_eq!(found.veth.name, host, "the route's output veth");
     assert_eq!(
-        method,
+        found.netns_inode, None,
+        "a route does not tell the namespace"
+    );
+    assert_eq!(
+        found.method,
         VethMethod::HostRoute,
         "found through the host route"
     );

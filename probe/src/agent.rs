@@ -12,8 +12,10 @@ use clovisor_runtime::StopFlag;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use crate::capture::{Capture, CaptureConfig};
+use crate::capture::socket::SocketCapture;
+use crate::capture::{Capture, CaptureConfig, EventLoop};
 use crate::error::Result;
+use crate::hooks::socket::SocketHookPolicy;
 use crate::metrics::ProbeMetrics;
 use crate::targets::kube::KubeTargets;
 use crate::targets::netns::{self, NetnsTargets};
@@ -33,6 +35,8 @@ pub struct AgentConfig {
     pub extra_ports: std::collections::BTreeSet<u16>,
     /// Node interfaces (uplinks) on which the traced pods' traffic is traced too.
     pub node_interfaces: crate::hooks::node_iface::NodeInterfaces,
+    /// Whether to run the socket observation point.
+    pub socket_hooks: SocketHookPolicy,
     /// Uplink delivery tuning.
     pub delivery: DeliveryConfig,
     /// Records queued between the ring buffer reader and the uplink; beyond it records are
@@ -90,6 +94,7 @@ pub async fn run(
     };
     let mut capture = Capture::load(&config.capture)?;
     let events = capture.take_event_loop()?;
+    let (socket, socket_events) = load_socket_point(&config, &metrics);
     let identity = Identity::new(config.node.clone(), config.capture.snaplen);
     tracing::info!(probe_id = %identity.probe_id, node = %identity.node, "probe started");
 
@@ -100,20 +105,27 @@ pub async fn run(
     let uplink = tokio::spawn(uplink.run(records_rx, std::future::pending()));
 
     let stop = StopFlag::default();
-    let kernel_stats = capture.kernel_stats_handle();
-    let event_stats = events.stats_handle();
+    let mut kernel_stats = vec![capture.kernel_stats_handle()];
+    kernel_stats.extend(socket.as_ref().map(SocketCapture::kernel_stats_handle));
+    let mut event_stats = vec![events.stats_handle()];
+    event_stats.extend(socket_events.as_ref().map(EventLoop::stats_handle));
     let update_metrics = {
         let metrics = Arc::clone(&metrics);
         move || {
-            let kernel = kernel_stats
-                .read()
-                .inspect_err(|e| tracing::warn!(error = %e, "cannot read kernel counters"))
-                .ok();
-            let events = event_stats
-                .lock()
-                .map(|s| *s)
-                .unwrap_or_else(|p| *p.into_inner());
-            metrics.update(kernel.as_ref(), &events, &uplink_stats);
+            let mut kernel = std::collections::BTreeMap::new();
+            for stats in &kernel_stats {
+                match stats.read() {
+                    Ok(values) => kernel.extend(values),
+                    Err(e) => tracing::warn!(error = %e, "cannot read kernel counters"),
+                }
+            }
+            // Both event loops feed the same queue: their counters add up.
+            let mut events = crate::capture::EventLoopStats::default();
+            for stats in &event_stats {
+                let s = stats.lock().map(|s| *s).unwrap_or_else(|p| *p.into_inner());
+                events.add(&s);
+            }
+            metrics.update(Some(&kernel), &events, &uplink_stats);
         }
     };
     let reconciler = Reconciler::new(
@@ -128,7 +140,8 @@ pub async fn run(
             .collect(),
         live,
     )
-    .with_node_interfaces(config.node_interfaces.clone());
+    .with_node_interfaces(config.node_interfaces.clone())
+    .with_socket_point(socket);
     let follower = match source {
         Source::Kubernetes(targets, client) => tokio::spawn(crate::targets::kube::follow(
             targets,
@@ -139,6 +152,8 @@ pub async fn run(
         )),
         Source::Netns(targets) => tokio::spawn(netns::follow(targets, reconciler, stop.wait())),
     };
+    let socket_events =
+        socket_events.map(|ev| tokio::spawn(ev.run(records_tx.clone(), stop.wait())));
     let events = tokio::spawn(events.run(records_tx, stop.wait()));
     let metrics_task = {
         let update = update_metrics.clone();
@@ -166,6 +181,13 @@ pub async fn run(
         Ok(Err(e)) => tracing::error!(error = %e, "event loop failed"),
         Err(e) => tracing::error!(error = %e, "event loop task failed"),
     }
+    if let Some(socket_events) = socket_events {
+        match socket_events.await {
+            Ok(Ok(stats)) => tracing::info!(?stats, "socket ring buffer drained"),
+            Ok(Err(e)) => tracing::error!(error = %e, "socket event loop failed"),
+            Err(e) => tracing::error!(error = %e, "socket event loop task failed"),
+        }
+    }
     if let Err(e) = uplink.await {
         tracing::error!(error = %e, "uplink task failed");
     }
@@ -174,4 +196,40 @@ pub async fn run(
     update_metrics();
     tracing::info!("probe stopped");
     Ok(())
+}
+
+/// Loads the socket point as `config.socket_hooks` says. In `auto` mode a kernel that offers no
+/// usable hook set costs the socket point only: logged, `hook="none"` in the metric and the API.
+fn load_socket_point(
+    config: &AgentConfig,
+    metrics: &ProbeMetrics,
+) -> (Option<SocketCapture>, Option<EventLoop>) {
+    if config.socket_hooks == SocketHookPolicy::Off {
+        tracing::info!("socket observation point off (--socket-hooks off)");
+        metrics.set_socket_hooks(None, Vec::new(), None);
+        return (None, None);
+    }
+    let loaded = SocketCapture::load(&config.capture).and_then(|mut s| {
+        let events = s.take_event_loop()?;
+        Ok((s, events))
+    });
+    match loaded {
+        Ok((socket, events)) => {
+            let hook = socket.hook();
+            let attempts = socket.hook_attempts();
+            tracing::info!(
+                hook = hook.map_or("none", |h| h.as_str()),
+                ?attempts,
+                "socket observation point: hooks chosen"
+            );
+            metrics.set_socket_hooks(hook, attempts, None);
+            (Some(socket), Some(events))
+        }
+        Err(e) => {
+            let error = crate::hooks::socket::error_chain(&e);
+            tracing::warn!(error = %error, "socket observation point unavailable; running without it");
+            metrics.set_socket_hooks(None, Vec::new(), Some(error));
+            (None, None)
+        }
+    }
 }

@@ -9,6 +9,7 @@ use clovisor_runtime::parse_duration;
 use crate::agent::{AgentConfig, TargetSource};
 use crate::capture::{AttachPolicy, CaptureConfig};
 use crate::hooks::node_iface::NodeInterfaces;
+use crate::hooks::socket::SocketHookPolicy;
 use crate::targets::kube::{KubeTargets, PodSelection};
 use crate::targets::netns::NetnsTargets;
 
@@ -73,6 +74,11 @@ pub struct ProbeArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub record_queue: u32,
+    /// The socket observation point: `auto` attaches the best hook set the kernel offers
+    /// (fentry, kprobes, then BTF tracepoints) and runs on without it if none loads; `off`
+    /// disables it.
+    #[arg(long, env = "CLOVISOR_SOCKET_HOOKS", value_enum, default_value_t = SocketHookPolicy::Auto)]
+    pub socket_hooks: SocketHookPolicy,
     /// How programs are attached to interfaces.
     #[arg(long, env = "CLOVISOR_ATTACH", value_enum, default_value_t = AttachPolicy::Auto)]
     pub attach: AttachPolicy,
@@ -158,6 +164,7 @@ impl ProbeArgs {
             node,
             extra_ports,
             node_interfaces: self.node_interfaces(),
+            socket_hooks: self.socket_hooks,
             delivery: DeliveryConfig::default(),
             record_queue: usize::try_from(self.record_queue).unwrap_or(usize::MAX),
         }
@@ -323,5 +330,25 @@ mod tests {
                 "{bad:?} must be rejected"
             );
         }
+    }
+
+    #[test]
+    fn socket_hooks_flag_reaches_the_agent_config() {
+        let default = Cli::try_parse_from(["probe"]).expect("no flags");
+        assert_eq!(
+            default.probe.agent_config().socket_hooks,
+            SocketHookPolicy::Auto,
+            "the socket point is on by default"
+        );
+        let off = Cli::try_parse_from(["probe", "--socket-hooks", "off"]).expect("valid flag");
+        assert_eq!(
+            off.probe.agent_config().socket_hooks,
+            SocketHookPolicy::Off,
+            "--socket-hooks off"
+        );
+        assert!(
+            Cli::try_parse_from(["probe", "--socket-hooks", "fentry"]).is_err(),
+            "only auto and off are accepted"
+        );
     }
 }

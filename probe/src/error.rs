@@ -122,6 +122,19 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The event loop was already taken.
+    /// Every socket hook set failed to load or attach.
+    #[error("no socket hook set could be attached: {attempts}")]
+    NoSocketHooks {
+        /// Each hook set tried and why it failed.
+        attempts: String,
+    },
+    /// The kernel's BTF (`/sys/kernel/btf/vmlinux`) cannot be read.
+    #[error("reading the kernel's BTF")]
+    Btf {
+        /// Why.
+        #[source]
+        source: aya::BtfError,
+    },
     #[error("the event loop was already taken")]
     EventLoopTaken,
     /// No Kubernetes client could be configured (neither in-cluster nor from a kubeconfig).

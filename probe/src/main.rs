@@ -51,7 +51,8 @@ async fn main() -> anyhow::Result<()> {
     let metrics_server = tokio::spawn(
         serve_http(
             args.metrics_listen,
-            clovisor_runtime::metrics_router(Arc::new(registry)),
+            clovisor_runtime::metrics_router(Arc::new(registry))
+                .merge(clovisor_probe::api::router(Arc::clone(&metrics))),
             stop_http.wait(),
         )
         .await?,

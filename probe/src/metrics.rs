@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::capture::EventLoopStats;
+use crate::hooks::socket::{HookAttempt, SocketHookKind};
 
 /// Stage of the kernel programs writing events into the ring buffer.
 pub const STAGE_RING_BUFFER: &str = "ring_buffer";
@@ -52,6 +53,24 @@ pub struct WatchLabels {
     pub resource: &'static str,
 }
 
+/// Labels of `clovisor_probe_socket_hook_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    /// `fentry`, `kprobe`, `tp_btf`, or `none` when the socket point does not run.
+    pub hook: &'static str,
+}
+
+/// What the socket point runs on, for `GET /api/v1/probe`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SocketPointStatus {
+    /// The hook set in use, `None` when the socket point does not run.
+    pub hook: Option<SocketHookKind>,
+    /// Every hook set tried at start, with why it was passed over.
+    pub attempts: Vec<HookAttempt>,
+    /// Why the socket point does not run, when it was wanted.
+    pub error: Option<String>,
+}
+
 /// Where each cumulative source stood at the last update.
 #[derive(Debug, Default)]
 struct Last {
@@ -75,6 +94,8 @@ pub struct ProbeMetrics {
     kube_watch_errors: Family<WatchLabels, Counter>,
     node_interfaces: Gauge,
     monitored_ips: Gauge,
+    socket_hook: Family<HookLabels, Gauge>,
+    socket_status: Mutex<SocketPointStatus>,
     drops: Drops,
     last: Mutex<Last>,
 }
@@ -96,6 +117,8 @@ impl ProbeMetrics {
             kube_watch_errors: Family::default(),
             node_interfaces: Gauge::default(),
             monitored_ips: Gauge::default(),
+            socket_hook: Family::default(),
+            socket_status: Mutex::new(SocketPointStatus::default()),
             drops,
             last: Mutex::new(Last::default()),
         }
@@ -169,6 +192,11 @@ impl ProbeMetrics {
             "Monitored pod addresses the node-interface programs restrict themselves to",
             self.monitored_ips.clone(),
         );
+        registry.register(
+            "clovisor_probe_socket_hook_info",
+            "The hook set feeding the socket observation point (1 for the one in use; \"none\" when it does not run)",
+            self.socket_hook.clone(),
+        );
     }
 
     /// Counts a failed list or watch of `resource`.
@@ -176,6 +204,34 @@ impl ProbeMetrics {
         self.kube_watch_errors
             .get_or_create(&WatchLabels { resource })
             .inc();
+    }
+
+    /// Records the socket point's hook choice: the info metric and [`Self::socket_status`].
+    pub fn set_socket_hooks(
+        &self,
+        hook: Option<SocketHookKind>,
+        attempts: Vec<HookAttempt>,
+        error: Option<String>,
+    ) {
+        let label = hook.map_or("none", SocketHookKind::as_str);
+        self.socket_hook.clear();
+        self.socket_hook
+            .get_or_create(&HookLabels { hook: label })
+            .set(1);
+        let mut status = self.socket_status.lock().unwrap_or_else(|p| p.into_inner());
+        *status = SocketPointStatus {
+            hook,
+            attempts,
+            error,
+        };
+    }
+
+    /// The socket point's hook choice, as last recorded.
+    pub fn socket_status(&self) -> SocketPointStatus {
+        self.socket_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Counts an endpoint update handed to the uplink (they wait for room, never dropped).
@@ -218,16 +274,24 @@ impl ProbeMetrics {
                 match name.as_str() {
                     // Every event the programs tried to write is either in the ring buffer
                     // or counted full: received = emitted + dropped.
-                    "events_emitted" => {
+                    "events_emitted" | "socket_events_emitted" => {
                         self.drops.received(STAGE_RING_BUFFER, grown);
                         self.drops.emitted(STAGE_RING_BUFFER, grown);
                     }
-                    "ringbuf_full_drops" => {
+                    "ringbuf_full_drops" | "socket_ringbuf_full_drops" => {
                         self.drops.received(STAGE_RING_BUFFER, grown);
                         self.drops.count(STAGE_RING_BUFFER, "full", grown)
                     }
                     "session_update_failed" => {
                         self.drops.count("session_map", "update_failed", grown)
+                    }
+                    "socket_session_update_failed" => {
+                        self.drops
+                            .count("socket_session_map", "update_failed", grown)
+                    }
+                    // A syscall whose entry could not be remembered is not traced.
+                    "socket_call_update_failed" => {
+                        self.drops.count("socket_call_map", "update_failed", grown)
                     }
                     _ => {}
                 }

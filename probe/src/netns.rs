@@ -110,6 +110,23 @@ fn in_netns_at<T: Send + 'static>(
     })
 }
 
+/// The inode of the named namespace: what the kernel reports as a task's network namespace
+/// (`/proc/PID/ns/net`), so the socket program can tell its processes apart.
+pub fn inode(name: &str) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let path = Path::new(NETNS_DIR).join(name);
+    let meta = std::fs::metadata(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    // Namespace inodes are allocated from the kernel's 32-bit proc inode numbers.
+    u32::try_from(meta.ino()).map_err(|_| Error::Netns {
+        name: name.to_owned(),
+        what: "inode beyond 32 bits",
+        source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+    })
+}
+
 /// TCP ports listening in namespace `name` on a non-loopback address (IPv4 and IPv6).
 pub fn listening_tcp_ports(name: &str) -> Result<BTreeSet<u16>> {
     in_netns(name, || {
@@ -204,11 +221,23 @@ impl std::fmt::Display for VethMethod {
     }
 }
 
+/// A pod's network namespace as found from its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundPod {
+    /// Its host-side veth.
+    pub veth: HostVeth,
+    /// How it was found.
+    pub method: VethMethod,
+    /// The namespace's inode (what the socket point filters processes on); `None` when found
+    /// through the host route, which does not tell the namespace.
+    pub netns_inode: Option<u32>,
+}
+
 /// The host-side veth of the pod carrying one of `ips`, found without exec rights and
 /// whatever the CNI: first the network namespace holding one of the addresses (named
 /// namespaces, then those of the processes this probe can see), whose `eth0` peer is the
 /// host veth; failing that, the interface of the host route to the pod IP when it is a veth.
-pub fn host_veth_of_ips(ips: &[IpAddr]) -> Result<(HostVeth, VethMethod)> {
+pub fn host_veth_of_ips(ips: &[IpAddr]) -> Result<FoundPod> {
     host_veths_of_pods(&[ips.to_vec()])
         .pop()
         .unwrap_or_else(|| {
@@ -221,13 +250,13 @@ pub fn host_veth_of_ips(ips: &[IpAddr]) -> Result<(HostVeth, VethMethod)> {
 /// [`host_veth_of_ips`] for several pods (each a list of its IPs) at once: every namespace is
 /// entered once whatever the number of pods, and the scan stops when all are found. Results
 /// are in the order of `pods`.
-pub fn host_veths_of_pods(pods: &[Vec<IpAddr>]) -> Vec<Result<(HostVeth, VethMethod)>> {
-    let mut found: Vec<Option<Result<(HostVeth, VethMethod)>>> =
+pub fn host_veths_of_pods(pods: &[Vec<IpAddr>]) -> Vec<Result<FoundPod>> {
+    let mut found: Vec<Option<Result<FoundPod>>> =
         std::iter::repeat_with(|| None).take(pods.len()).collect();
     if let Err(e) = scan_namespaces(pods, &mut found) {
         tracing::warn!(error = %e, "cannot scan network namespaces for pod IPs");
     }
-    let route = |ips: &[IpAddr]| -> Result<(HostVeth, VethMethod)> {
+    let route = |ips: &[IpAddr]| -> Result<FoundPod> {
         let mut s = netlink::Socket::open()?;
         let links = s.links()?;
         for ip in ips {
@@ -243,7 +272,11 @@ pub fn host_veths_of_pods(pods: &[Vec<IpAddr>]) -> Vec<Result<(HostVeth, VethMet
                     name: l.name.clone(),
                     pod_ips: ips.to_vec(),
                 };
-                return Ok((veth, VethMethod::HostRoute));
+                return Ok(FoundPod {
+                    veth,
+                    method: VethMethod::HostRoute,
+                    netns_inode: None,
+                });
             }
         }
         Err(Error::NoHostVeth {
@@ -266,10 +299,7 @@ pub fn host_veths_of_pods(pods: &[Vec<IpAddr>]) -> Vec<Result<(HostVeth, VethMet
 /// Enters each distinct namespace once — the named ones, then (only if some pod is still
 /// missing) those of the processes — and records, for every pod not found yet, the host peer
 /// of the namespace holding one of its IPs.
-fn scan_namespaces(
-    pods: &[Vec<IpAddr>],
-    found: &mut [Option<Result<(HostVeth, VethMethod)>>],
-) -> Result<()> {
+fn scan_namespaces(pods: &[Vec<IpAddr>], found: &mut [Option<Result<FoundPod>>]) -> Result<()> {
     // Ours never: the host has no pod IP to find.
     let mut seen: BTreeSet<(u64, u64)> =
         ns_id(Path::new("/proc/self/ns/net")).into_iter().collect();
@@ -288,7 +318,7 @@ fn scan_some(
     candidates: Vec<(PathBuf, VethMethod)>,
     seen: &mut BTreeSet<(u64, u64)>,
     pods: &[Vec<IpAddr>],
-    found: &mut [Option<Result<(HostVeth, VethMethod)>>],
+    found: &mut [Option<Result<FoundPod>>],
 ) {
     for (path, method) in candidates {
         if found.iter().all(Option::is_some) {
@@ -310,7 +340,12 @@ fn scan_some(
         };
         for (ips, slot) in pods.iter().zip(found.iter_mut()) {
             if slot.is_none() && addrs.iter().any(|a| ips.contains(&a.ip)) {
-                *slot = Some(host_peer(&label, &links, &addrs).map(|v| (v, method.clone())));
+                *slot = Some(host_peer(&label, &links, &addrs).map(|veth| FoundPod {
+                    veth,
+                    method: method.clone(),
+                    // Namespace inodes are the kernel's 32-bit proc inode numbers.
+                    netns_inode: u32::try_from(id.1).ok(),
+                }));
             }
         }
     }

@@ -75,7 +75,15 @@ pub(super) fn emit(ctx: &mut Ctx<'_>, flow: &Flow, p: Parts<'_>) {
     let key = &flow.key;
     let client_meta = ctx.endpoints.get(&key.client_ip);
     let server_meta = ctx.endpoints.get(&key.server_ip);
-    let side = if side(&flow.point, server_meta) {
+    let is_socket = flow.point.kind == capture::PointKind::Socket as i32;
+    // A socket knows which end it is (the probe reports it); a veth is the end of its pod.
+    let side = if is_socket {
+        match flow.point.side.as_str() {
+            "client" => "client",
+            "server" => "server",
+            _ => "",
+        }
+    } else if side(&flow.point, server_meta) {
         "server"
     } else if side(&flow.point, client_meta) {
         "client"
@@ -155,6 +163,9 @@ pub(super) fn emit(ctx: &mut Ctx<'_>, flow: &Flow, p: Parts<'_>) {
             } else {
                 0
             },
+            pid: flow.point.pid,
+            comm: flow.point.comm.clone(),
+            netns_inode: flow.point.netns_inode,
         }],
         start_unix_nanos: p.request.start,
         end_unix_nanos: if p.response.is_some() {

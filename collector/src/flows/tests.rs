@@ -22,6 +22,7 @@ fn point() -> ObservationPoint {
         ifindex: 7,
         interface: "veth-server".into(),
         node: "node-a".into(),
+        ..ObservationPoint::default()
     }
 }
 
@@ -504,4 +505,69 @@ fn forget_probe_drops_its_flows() {
     t.forget_probe("probe-1");
     assert!(t.is_empty());
     assert_eq!(m.flows_evicted_for("probe_restart"), 1);
+}
+
+/// The same exchange seen at a veth and at the client's socket (flow ids apart, as the probe
+/// makes them) yields two sessions; the socket one names its side, process and namespace.
+#[test]
+fn socket_observations_decode_beside_veth_ones_with_their_process() {
+    let (mut t, _m) = table();
+    let socket_point = ObservationPoint {
+        kind: PointKind::Socket as i32,
+        node: "node-a".into(),
+        pid: 4242,
+        comm: "curl".into(),
+        netns_inode: 4026532001,
+        side: "client".into(),
+        ..ObservationPoint::default()
+    };
+    let at_socket = |r: Record| match r.kind {
+        Some(record::Kind::Message(mut m)) => {
+            m.point = Some(socket_point.clone());
+            m.flow_id |= 1 << 63;
+            Record {
+                kind: Some(record::Kind::Message(m)),
+            }
+        }
+        other => panic!("expected a message, got {other:?}"),
+    };
+    let out = feed(
+        &mut t,
+        vec![
+            msg(1, 0, Direction::ClientToServer, REQ),
+            at_socket(msg(1, 0, Direction::ClientToServer, REQ)),
+            msg(1, 1, Direction::ServerToClient, RESP),
+            at_socket(msg(1, 1, Direction::ServerToClient, RESP)),
+        ],
+    );
+    assert_eq!(out.len(), 2, "one session per point, got {out:#?}");
+    let socket = out
+        .iter()
+        .find(|s| s.observations[0].kind == PointKind::Socket as i32)
+        .unwrap_or_else(|| panic!("no socket session in {out:#?}"));
+    let obs = &socket.observations[0];
+    assert_eq!(
+        (
+            obs.side.as_str(),
+            obs.pid,
+            obs.comm.as_str(),
+            obs.netns_inode
+        ),
+        ("client", 4242, "curl", 4026532001),
+        "socket observation must carry side, pid, comm and netns: {obs:?}"
+    );
+    let http = socket
+        .http
+        .as_ref()
+        .unwrap_or_else(|| panic!("no http in {socket:?}"));
+    assert_eq!(
+        (http.method.as_str(), http.target.as_str(), http.status_code),
+        ("GET", "/a", 200),
+        "decoded from the socket's payload"
+    );
+    let veth = out
+        .iter()
+        .find(|s| s.observations[0].kind == PointKind::Pod as i32)
+        .unwrap_or_else(|| panic!("no veth session in {out:#?}"));
+    assert_eq!(veth.observations[0].pid, 0, "a veth has no process");
 }

@@ -40,6 +40,7 @@ impl Default for ReplayConfig {
                 ifindex: 0,
                 interface: "pcap".to_owned(),
                 node: "replay".to_owned(),
+                ..ObservationPoint::default()
             },
             hint: ProtocolHint::Http,
         }

@@ -68,6 +68,16 @@ pub struct ObservationJson {
     pub response_packets: u64,
     /// Retransmitted segments this point saw.
     pub retransmits: u32,
+    /// TCP sequence number of the first request byte (the same at every point of one exchange).
+    pub request_tcp_seq: u32,
+    /// TCP sequence number of the first response byte.
+    pub response_tcp_seq: u32,
+    /// Socket point: the process id of the application.
+    pub pid: Option<u32>,
+    /// Socket point: the application's command name.
+    pub comm: Option<String>,
+    /// Socket point: inode of the application's network namespace.
+    pub netns_inode: Option<u64>,
 }
 
 /// Decoded HTTP fields.
@@ -177,6 +187,11 @@ fn observation(o: &Observation) -> ObservationJson {
         request_packets: o.request_packets,
         response_packets: o.response_packets,
         retransmits: o.retransmits,
+        request_tcp_seq: o.request_tcp_seq,
+        response_tcp_seq: o.response_tcp_seq,
+        pid: (o.pid != 0).then_some(o.pid),
+        comm: opt(&o.comm),
+        netns_inode: (o.netns_inode != 0).then_some(o.netns_inode),
     }
 }
 

@@ -212,6 +212,13 @@ fn event(name: &str, at: u64, o: &Observation) -> Event {
     if !o.side.is_empty() {
         attributes.push(s("clovisor.observation.side", o.side.clone()));
     }
+    // Socket point: the application's process (OTel process semantic conventions).
+    if o.pid != 0 {
+        attributes.push(i("process.pid", i64::from(o.pid)));
+    }
+    if !o.comm.is_empty() {
+        attributes.push(s("process.command", o.comm.clone()));
+    }
     // What the point counted, on the event closing each direction.
     let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     match name {
@@ -563,6 +570,56 @@ mod tests {
             Some(StatusCode::Unset as i32),
             "200 is not an error"
         );
+    }
+
+    #[test]
+    fn socket_events_name_the_process() {
+        let (_, span) = span_of(SessionBuilder::new("s").with(|s| {
+            let mut socket = s.observations[0].clone();
+            socket.kind = PointKind::Socket as i32;
+            socket.interface.clear();
+            socket.pid = 4242;
+            socket.comm = "nginx".into();
+            socket.request_start_unix_nanos += 1_000;
+            s.observations.push(socket);
+        }));
+        let process = |e: &Event| {
+            let get = |k: &str| {
+                e.attributes
+                    .iter()
+                    .find(|kv| kv.key == k)
+                    .and_then(|kv| kv.value.as_ref())
+                    .and_then(|v| v.value.clone())
+            };
+            (
+                get("clovisor.observation.point"),
+                get("process.pid"),
+                get("process.command"),
+            )
+        };
+        let at_socket: Vec<_> = span
+            .events
+            .iter()
+            .map(process)
+            .filter(|(p, _, _)| *p == Some(Value::StringValue("socket".into())))
+            .collect();
+        assert_eq!(
+            at_socket.len(),
+            4,
+            "four events at the socket: {:?}",
+            span.events
+        );
+        for (_, pid, comm) in at_socket {
+            assert_eq!(pid, Some(Value::IntValue(4242)));
+            assert_eq!(comm, Some(Value::StringValue("nginx".into())));
+        }
+        let veth_with_process = span
+            .events
+            .iter()
+            .map(process)
+            .filter(|(p, pid, _)| *p == Some(Value::StringValue("pod".into())) && pid.is_some())
+            .count();
+        assert_eq!(veth_with_process, 0, "a veth names no process");
     }
 
     #[test]

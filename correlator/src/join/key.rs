@@ -1,15 +1,22 @@
 //! What identifies one exchange across observation points.
 //!
 //! - [`WireKey`]: client address and port, the TCP sequence number of the request's first byte,
-//!   and the position of the request among those pipelined in that message. Every point that
-//!   sees TCP segments (pod veths, node interfaces) reports the same sequence number for the same
-//!   request, and service DNAT rewrites only the server side, so the key survives the path. Two
+//!   and the position of the request among those pipelined in that message. Every point reports
+//!   the same sequence number for the same request: pod veths and node interfaces read it from
+//!   the segments, sockets from the socket (`write_seq` when sending, `copied_seq` when
+//!   receiving). Service DNAT rewrites only the server side, so the key survives the path. Two
 //!   different exchanges share it only if a client reuses its port and its new random initial
 //!   sequence number lands on the old request's byte within the join window.
-//! - [`ClientAddr`] alone, for points without sequence numbers (sockets): such an observation
-//!   joins only when exactly one exchange of that client overlaps it in time and agrees on every
-//!   decoded field (see [`super::merge::compatible`]).
+//! - [`ClientAddr`] alone, for views without a sequence number (a socket view whose sequence
+//!   number could not be read reports 0): such a view joins only when exactly one exchange of
+//!   that client overlaps it in time and agrees on every decoded field (see
+//!   [`super::merge::compatible`]).
+//!
+//! Loopback connections exist once per network namespace: a loopback client address is scoped
+//! by the node and namespace inode the socket point reported, so two pods' connections to their
+//! own sidecars never share a key.
 
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 
 use clovisor_proto::session::v1::{Observation, PointKind, Session};
@@ -24,6 +31,9 @@ pub struct ClientAddr {
     pub ip: IpAddr,
     /// Client port.
     pub port: u16,
+    /// 0 for routable addresses; for loopback ones, a hash of the node and network namespace
+    /// the connection lives in.
+    pub scope: u64,
 }
 
 impl ClientAddr {
@@ -42,7 +52,16 @@ impl ClientAddr {
             _ => return None,
         };
         let port = u16::try_from(client.port).ok().filter(|p| *p != 0)?;
-        Some(Self { ip, port })
+        let scope = if ip.is_loopback() {
+            // Only a socket sees loopback; without its namespace the address means nothing.
+            let o = session.observations.iter().find(|o| o.netns_inode != 0)?;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (o.node.as_str(), o.netns_inode).hash(&mut h);
+            h.finish().max(1)
+        } else {
+            0
+        };
+        Some(Self { ip, port, scope })
     }
 }
 
@@ -57,12 +76,14 @@ pub struct WireKey {
     pub position: u32,
 }
 
-/// Whether this point reports TCP sequence numbers: tc points see segments, sockets do not.
+/// Whether this view reports TCP sequence numbers: tc points always (they read the segments),
+/// sockets when they could read the socket's (0 means they could not).
 pub fn has_tcp_seq(o: &Observation) -> bool {
-    matches!(
-        PointKind::try_from(o.kind),
-        Ok(PointKind::Pod) | Ok(PointKind::Node)
-    )
+    match PointKind::try_from(o.kind) {
+        Ok(PointKind::Pod) | Ok(PointKind::Node) => true,
+        Ok(PointKind::Socket) => o.request_tcp_seq != 0,
+        _ => false,
+    }
 }
 
 /// The wire key of a single-observation session from a point that sees TCP segments.

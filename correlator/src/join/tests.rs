@@ -20,6 +20,11 @@ struct View {
     seq: u32,
     start: u64,
     target: String,
+    /// A socket view that read its socket's sequence number.
+    socket_seq: bool,
+    /// Client address (default 10.0.0.1) and, for sockets, the namespace inode.
+    client_ip: Option<[u8; 4]>,
+    netns_inode: u64,
 }
 
 impl View {
@@ -33,7 +38,24 @@ impl View {
             seq: 1000,
             start: 0,
             target: "/".to_owned(),
+            socket_seq: false,
+            client_ip: None,
+            netns_inode: 0,
         }
+    }
+
+    /// A socket view that read the sequence number `seq` from its socket.
+    fn keyed(mut self, seq: u32) -> Self {
+        self.seq = seq;
+        self.socket_seq = true;
+        self
+    }
+
+    /// A loopback connection inside the namespace with inode `netns`.
+    fn loopback(mut self, netns: u64) -> Self {
+        self.client_ip = Some([127, 0, 0, 1]);
+        self.netns_inode = netns;
+        self
     }
 
     fn port(mut self, port: u32) -> Self {
@@ -65,6 +87,9 @@ impl View {
                 let end = start + 1_000_000;
                 if let Some(c) = s.client.as_mut() {
                     c.port = v.port;
+                    if let Some(ip) = v.client_ip {
+                        c.ip = ip.to_vec();
+                    }
                 }
                 s.start_unix_nanos = start;
                 s.end_unix_nanos = end;
@@ -72,11 +97,12 @@ impl View {
                     o.kind = v.kind as i32;
                     o.interface = v.interface.to_owned();
                     o.side = v.side.to_owned();
-                    o.request_tcp_seq = if v.kind == PointKind::Socket {
+                    o.request_tcp_seq = if v.kind == PointKind::Socket && !v.socket_seq {
                         0
                     } else {
                         v.seq
                     };
+                    o.netns_inode = v.netns_inode;
                     o.request_start_unix_nanos = start;
                     o.request_end_unix_nanos = start + 100_000;
                     o.response_start_unix_nanos = end - 100_000;
@@ -293,6 +319,104 @@ fn socket_views_join_only_when_unambiguous() {
     let r = j.offer(socket("sock", "client").at(600_000).build(), now);
     assert_eq!(r.outcome, Outcome::Ambiguous, "two candidates: no guess");
     assert_eq!(r.record.constituents, ["sock"]);
+}
+
+#[test]
+fn socket_views_with_sequence_numbers_join_by_key_where_time_cannot_tell() {
+    let mut j = joiner(1000);
+    let now = Instant::now();
+    // Two requests of one client port overlapping in time (pipelined): by time alone a socket
+    // view could be either; its sequence number says which.
+    j.offer(client_veth("veth-1").seq(1000).build(), now);
+    j.offer(
+        client_veth("veth-2")
+            .seq(1100)
+            .at(200_000)
+            .target("/two")
+            .build(),
+        now,
+    );
+    let r = j.offer(
+        socket("sock-2", "client")
+            .keyed(1100)
+            .at(190_000)
+            .target("/two")
+            .build(),
+        now,
+    );
+    assert_eq!(r.outcome, Outcome::Joined, "joined by key, not refused");
+    assert_eq!(r.record.constituents, ["veth-2", "sock-2"]);
+    let r = j.offer(
+        socket("sock-s1", "server").keyed(1000).at(50_000).build(),
+        now,
+    );
+    assert_eq!(r.outcome, Outcome::Joined);
+    assert_eq!(r.record.constituents, ["veth-1", "sock-s1"]);
+
+    // All four points of one exchange, socket first: one session in path order.
+    let mut j = joiner(1000);
+    let views = [
+        server_veth("veth-s").seq(7).at(30_000),
+        socket("sock-c", "client").keyed(7),
+        socket("sock-s", "server").keyed(7).at(40_000),
+        client_veth("veth-c").seq(7).at(10_000),
+    ];
+    let mut last = None;
+    for v in views {
+        last = Some(j.offer(v.build(), now));
+    }
+    let r = last.expect("offered");
+    assert_eq!(r.outcome, Outcome::Joined);
+    assert_eq!(
+        points(&r.record),
+        [
+            ("socket", "client"),
+            ("pod", "client"),
+            ("pod", "server"),
+            ("socket", "server")
+        ]
+    );
+    // A socket view with another sequence number is another exchange, even at the same time.
+    let r = j.offer(socket("sock-x", "client").keyed(8).build(), now);
+    assert_eq!(r.outcome, Outcome::Opened);
+}
+
+#[test]
+fn loopback_connections_join_only_within_one_namespace() {
+    let mut j = joiner(1000);
+    let now = Instant::now();
+    // An app and its local tunnel (or sidecar) in one pod: both ends of one loopback connection.
+    j.offer(
+        socket("app", "client")
+            .keyed(5)
+            .loopback(4026531001)
+            .build(),
+        now,
+    );
+    let r = j.offer(
+        socket("tunnel", "server")
+            .keyed(5)
+            .loopback(4026531001)
+            .build(),
+        now,
+    );
+    assert_eq!(r.outcome, Outcome::Joined);
+    // Another pod's loopback connection with the same port and sequence number: apart.
+    let r = j.offer(
+        socket("other-pod", "server")
+            .keyed(5)
+            .loopback(4026531002)
+            .build(),
+        now,
+    );
+    assert_eq!(r.outcome, Outcome::Opened, "another namespace's loopback");
+    // A loopback view without its namespace joins nothing.
+    let r = j.offer(
+        socket("unscoped", "client").keyed(5).loopback(0).build(),
+        now,
+    );
+    assert_eq!(r.outcome, Outcome::Opened);
+    assert_eq!(r.record.constituents, ["unscoped"]);
 }
 
 #[test]

@@ -16,7 +16,9 @@ use clovisor_proto::capture::v1::{record, FlowEnd as FlowEndRecord, Message, Rec
 
 use clovisor_proto::capture::v1::PointKind;
 
-use super::raw::{point, Event, FlowEnd, MsgCounters, MsgStart, SessionKey, SessionState};
+use super::raw::{
+    point, socket_point, Event, FlowEnd, MsgCounters, MsgStart, SessionState, SocketOwner,
+};
 use crate::clock::BootClock;
 
 /// How long a flushed message whose flow went quiet is kept before checking that the
@@ -25,8 +27,8 @@ const STALE_FACTOR: u32 = 50;
 
 /// Reads a session's current state from the kernel (the LRU map), or a fake in tests.
 pub trait SessionSource {
-    /// The session under `key`, `None` if the kernel has none (ended or evicted).
-    fn lookup(&self, key: &SessionKey) -> Option<SessionState>;
+    /// The session `start` belongs to, `None` if the kernel has none (ended or evicted).
+    fn lookup(&self, start: &MsgStart) -> Option<SessionState>;
 }
 
 /// An interface the capture is attached to: its name and which observation point it is.
@@ -62,6 +64,20 @@ pub struct AssemblerStats {
     /// Flushed messages dropped because their flow vanished from the kernel without a
     /// FLOW_END (LRU eviction or a lost event).
     pub pending_expired: u64,
+}
+
+impl AssemblerStats {
+    /// Adds another assembler's counters to these.
+    pub fn add(&mut self, o: &Self) {
+        self.messages += o.messages;
+        self.partial_flushes += o.partial_flushes;
+        self.finals_after_flush += o.finals_after_flush;
+        self.flow_ends += o.flow_ends;
+        self.orphans += o.orphans;
+        self.lost_messages += o.lost_messages;
+        self.pending_evicted += o.pending_evicted;
+        self.pending_expired += o.pending_expired;
+    }
 }
 
 #[derive(Debug)]
@@ -159,7 +175,7 @@ impl Assembler {
             (None, Some(_)) => self.stats.orphans += 1,
             (None, None) => {}
         }
-        let point = self.point(end.key.ifindex);
+        let point = self.point(end.key.ifindex, end.socket.as_ref());
         out.push(Record {
             kind: Some(record::Kind::FlowEnd(FlowEndRecord {
                 flow: Some(end.key.to_flow_key()),
@@ -214,7 +230,12 @@ impl Assembler {
 
     /// Emits pending messages idle for `idle_flush` as partial records, with counters read
     /// through `source`; forgets flushed messages whose flow vanished.
-    pub fn flush_idle(&mut self, now: Instant, source: &impl SessionSource, out: &mut Vec<Record>) {
+    pub fn flush_idle(
+        &mut self,
+        now: Instant,
+        source: &(impl SessionSource + ?Sized),
+        out: &mut Vec<Record>,
+    ) {
         let stale_after = self.idle_flush * STALE_FACTOR;
         let due: Vec<u64> = self
             .pending
@@ -231,7 +252,7 @@ impl Assembler {
                 continue;
             };
             let state = source
-                .lookup(&p.start.key)
+                .lookup(&p.start)
                 .filter(|s| s.flow_id == p.start.flow_id);
             if p.flushed.is_some() {
                 if state.is_some() {
@@ -272,7 +293,7 @@ impl Assembler {
     /// Emits every pending message that has not been flushed yet, with the kernel's
     /// current counters when it still has them (`partial`), and forgets them all: the
     /// event loop is stopping.
-    pub fn flush_all(&mut self, source: &impl SessionSource, out: &mut Vec<Record>) {
+    pub fn flush_all(&mut self, source: &(impl SessionSource + ?Sized), out: &mut Vec<Record>) {
         let mut all: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
         all.sort_by_key(|p| p.last_event);
         for p in all {
@@ -280,7 +301,7 @@ impl Assembler {
                 continue;
             }
             let cur = source
-                .lookup(&p.start.key)
+                .lookup(&p.start)
                 .filter(|s| s.flow_id == p.start.flow_id)
                 .and_then(|s| s.cur)
                 .filter(|c| c.index == p.start.msg.index)
@@ -290,7 +311,14 @@ impl Assembler {
         }
     }
 
-    fn point(&self, ifindex: u32) -> clovisor_proto::capture::v1::ObservationPoint {
+    fn point(
+        &self,
+        ifindex: u32,
+        socket: Option<&SocketOwner>,
+    ) -> clovisor_proto::capture::v1::ObservationPoint {
+        if let Some(owner) = socket {
+            return socket_point(owner, &self.node);
+        }
         let (name, kind) = self
             .interfaces
             .read()
@@ -306,7 +334,7 @@ impl Assembler {
         Record {
             kind: Some(record::Kind::Message(Message {
                 flow: Some(start.key.to_flow_key()),
-                point: Some(self.point(start.key.ifindex)),
+                point: Some(self.point(start.key.ifindex, start.socket.as_ref())),
                 flow_id: start.flow_id,
                 index: start.msg.index,
                 direction: start.msg.direction as i32,
@@ -332,6 +360,7 @@ mod tests {
     use clovisor_proto::capture::v1::{Direction, FlowEndReason, ProtocolHint};
 
     use super::super::raw::testing::{counters, v4_key};
+    use super::super::raw::SessionKey;
     use super::*;
 
     /// Fake kernel session map.
@@ -339,8 +368,8 @@ mod tests {
     struct FakeSessions(RefCell<HashMap<SessionKey, SessionState>>);
 
     impl SessionSource for FakeSessions {
-        fn lookup(&self, key: &SessionKey) -> Option<SessionState> {
-            self.0.borrow().get(key).copied()
+        fn lookup(&self, start: &MsgStart) -> Option<SessionState> {
+            self.0.borrow().get(&start.key).copied()
         }
     }
 
@@ -374,6 +403,7 @@ mod tests {
             prev,
             protocol: ProtocolHint::Http,
             payload: payload.to_vec(),
+            socket: None,
         })
     }
 
@@ -419,6 +449,7 @@ mod tests {
                 reason: FlowEndReason::Fin,
                 ts_ns: 9_999,
                 last: Some(resp_final),
+                socket: None,
             }),
             t,
             &mut out,
@@ -670,6 +701,79 @@ mod tests {
             msgs[0].partial && msgs[0].index == 1,
             "sent as partial with first-packet counters: {:?}",
             msgs[0]
+        );
+    }
+
+    #[test]
+    fn socket_events_become_socket_points_with_their_process() {
+        use super::super::raw::testing::owner;
+        use super::super::raw::SocketSide;
+        use clovisor_proto::capture::v1::PointKind;
+
+        let mut a = assembler(16);
+        let t = Instant::now();
+        let mut out = Vec::new();
+        let req = counters(0, Direction::ClientToServer, 78);
+        let resp = counters(1, Direction::ServerToClient, 100);
+        let sock = |e: Event| match e {
+            Event::MsgStart(mut m) => {
+                m.socket = Some(owner(SocketSide::Server));
+                Event::MsgStart(m)
+            }
+            other => other,
+        };
+        a.on_event(
+            sock(start(5, req, None, b"GET / HTTP/1.1\r\n")),
+            t,
+            &mut out,
+        );
+        a.on_event(
+            sock(start(5, resp, Some(req), b"HTTP/1.1 200 OK\r\n")),
+            t,
+            &mut out,
+        );
+        a.on_event(
+            Event::FlowEnd(FlowEnd {
+                key: v4_key(),
+                flow_id: 5,
+                reason: FlowEndReason::Fin,
+                ts_ns: 9_999,
+                last: Some(resp),
+                socket: Some(owner(SocketSide::Server)),
+            }),
+            t,
+            &mut out,
+        );
+        let msgs = messages(&out);
+        assert_eq!(msgs.len(), 2, "request and response expected, got {msgs:?}");
+        for m in &msgs {
+            let p = m
+                .point
+                .as_ref()
+                .unwrap_or_else(|| panic!("no point in {m:?}"));
+            assert_eq!(
+                (
+                    p.kind,
+                    p.pid,
+                    p.comm.as_str(),
+                    p.side.as_str(),
+                    p.interface.as_str()
+                ),
+                (PointKind::Socket as i32, 4242, "nginx", "server", ""),
+                "socket point, not the veth of ifindex 7: {p:?}"
+            );
+        }
+        let end = out
+            .iter()
+            .find_map(|r| match &r.kind {
+                Some(record::Kind::FlowEnd(fe)) => Some(fe),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no flow end in {out:?}"));
+        assert_eq!(
+            end.point.as_ref().map(|p| p.kind),
+            Some(PointKind::Socket as i32),
+            "flow end at the socket point"
         );
     }
 }

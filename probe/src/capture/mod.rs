@@ -5,6 +5,7 @@ pub mod abi;
 pub mod assembler;
 pub mod egress;
 pub mod raw;
+pub mod socket;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -21,7 +22,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use self::assembler::{
     Assembler, AssemblerStats, AttachedInterface, InterfaceNames, SessionSource,
 };
-use self::raw::{Event, RawSession, RawSessionKey, SessionKey, SessionState};
+use self::raw::{Event, MsgStart, RawSession, RawSessionKey, SessionState};
 use crate::clock::BootClock;
 use crate::error::{Error, Result};
 use crate::hooks::node_iface;
@@ -39,14 +40,14 @@ const MAP_STATS: &str = "stats";
 const MAP_CONFIG: &str = "config";
 const MAP_MONITORED_IPS: &str = "monitored_ips";
 /// `max_entries` of `traced_ports` in the object.
-const MAX_TRACED_PORTS: usize = 1024;
+pub(crate) const MAX_TRACED_PORTS: usize = 1024;
 /// Events handled before yielding to send records and check shutdown.
 const DRAIN_BATCH: usize = 4096;
 /// How often the boot -> Unix clock offset is resampled.
 const CLOCK_RESYNC: Duration = Duration::from_secs(60);
 
 /// Names of the kernel counters, by `stats` index.
-const STAT_NAMES: [(abi::clovisor_stat, &str); abi::CLOVISOR_STAT_COUNT as usize] = [
+const STAT_NAMES: [(u32, &str); abi::CLOVISOR_STAT_COUNT as usize] = [
     (abi::CLOVISOR_STAT_PACKETS_SEEN, "packets_seen"),
     (abi::CLOVISOR_STAT_PACKETS_TRACED, "packets_traced"),
     (abi::CLOVISOR_STAT_EVENTS_EMITTED, "events_emitted"),
@@ -97,7 +98,7 @@ impl Default for CaptureConfig {
 }
 
 impl CaptureConfig {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::Config { reason });
         if self.snaplen == 0 || self.snaplen > abi::CLOVISOR_MAX_SNAPLEN {
             return bad(format!(
@@ -140,7 +141,10 @@ impl std::fmt::Debug for Capture {
     }
 }
 
-fn map_err(map: &'static str, what: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
+pub(crate) fn map_err(
+    map: &'static str,
+    what: &'static str,
+) -> impl Fn(aya::maps::MapError) -> Error {
     move |source| Error::Map { map, what, source }
 }
 
@@ -160,7 +164,11 @@ impl Capture {
         .map_err(map_err(MAP_STATS, "open"))?;
         let mut capture = Self {
             ebpf,
-            stats: Arc::new(KernelStats(stats)),
+            stats: Arc::new(KernelStats {
+                map: stats,
+                map_name: MAP_STATS,
+                names: &STAT_NAMES,
+            }),
             cfg: cfg.clone(),
             hooks: BTreeMap::new(),
             interfaces: Arc::new(RwLock::new(BTreeMap::new())),
@@ -228,25 +236,11 @@ impl Capture {
                 reason: format!("{} traced ports, at most {MAX_TRACED_PORTS}", ports.len()),
             });
         }
-        let mut map: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(MAP_TRACED_PORTS)
-                .ok_or(Error::MissingMap {
-                    map: MAP_TRACED_PORTS,
-                })?,
-        )
-        .map_err(map_err(MAP_TRACED_PORTS, "open"))?;
-        let present: BTreeSet<u16> = map.keys().filter_map(|k| k.ok()).collect();
-        // Insert before removing so a port kept across the update is never untraced.
-        for (port, hint) in ports {
-            map.insert(port, raw::hint_value(*hint), 0)
-                .map_err(map_err(MAP_TRACED_PORTS, "insert"))?;
-        }
-        for port in present.iter().filter(|p| !ports.contains_key(p)) {
-            map.remove(port)
-                .map_err(map_err(MAP_TRACED_PORTS, "remove"))?;
-        }
-        Ok(())
+        let wanted: BTreeMap<u16, u8> = ports
+            .iter()
+            .map(|(p, h)| (*p, raw::hint_value(*h)))
+            .collect();
+        replace_map(&mut self.ebpf, MAP_TRACED_PORTS, &wanted)
     }
 
     /// The traced ports as the kernel map holds them now.
@@ -322,20 +316,34 @@ impl Capture {
                 tracing::debug!(interface = ifname, error = %e, "stale hook cleanup");
             }
         }
-        let hook = match kind {
-            PointKind::Node => node_iface::attach(&mut self.ebpf, ifname, self.cfg.attach)?,
-            _ => pod_veth::attach(&mut self.ebpf, ifname, self.cfg.attach)?,
-        };
-        let mode = hook.mode;
-        if let Ok(mut names) = self.interfaces.write() {
+        // Named before the programs run: the event loop may read the interface's first
+        // events before the attach returns.
+        let previous = self.interfaces.write().ok().and_then(|mut names| {
             names.insert(
-                hook.ifindex,
+                current,
                 AttachedInterface {
                     name: ifname.to_owned(),
                     kind,
                 },
-            );
-        }
+            )
+        });
+        let attached = match kind {
+            PointKind::Node => node_iface::attach(&mut self.ebpf, ifname, self.cfg.attach),
+            _ => pod_veth::attach(&mut self.ebpf, ifname, self.cfg.attach),
+        };
+        let hook = match attached {
+            Ok(hook) => hook,
+            Err(e) => {
+                if let Ok(mut names) = self.interfaces.write() {
+                    match previous {
+                        Some(p) => names.insert(current, p),
+                        None => names.remove(&current),
+                    };
+                }
+                return Err(e);
+            }
+        };
+        let mode = hook.mode;
         self.hooks.insert(ifname.to_owned(), hook);
         Ok(mode)
     }
@@ -414,13 +422,12 @@ impl Capture {
             BootClock::now(),
             Arc::clone(&self.interfaces),
         );
-        Ok(EventLoop {
+        Ok(EventLoop::new(
             ring,
-            sessions: KernelSessions(sessions),
+            Box::new(KernelSessions(sessions)),
             assembler,
-            idle_flush: self.cfg.idle_flush,
-            stats: Arc::new(Mutex::new(EventLoopStats::default())),
-        })
+            self.cfg.idle_flush,
+        ))
     }
 }
 
@@ -430,6 +437,30 @@ impl Drop for Capture {
             tracing::warn!(error = %e, "detaching on drop failed");
         }
     }
+}
+
+/// Makes the hash map `name` hold exactly `wanted`: inserts first, so an entry kept across the
+/// update is never missing, then removes the rest.
+pub(crate) fn replace_map<K, V>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    wanted: &BTreeMap<K, V>,
+) -> Result<()>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    let mut map: BpfHashMap<_, K, V> =
+        BpfHashMap::try_from(ebpf.map_mut(name).ok_or(Error::MissingMap { map: name })?)
+            .map_err(map_err(name, "open"))?;
+    let present: BTreeSet<K> = map.keys().filter_map(|k| k.ok()).collect();
+    for (k, v) in wanted {
+        map.insert(k, v, 0).map_err(map_err(name, "insert"))?;
+    }
+    for k in present.iter().filter(|k| !wanted.contains_key(k)) {
+        map.remove(k).map_err(map_err(name, "remove"))?;
+    }
+    Ok(())
 }
 
 /// Removes legacy tc filters of ours left by a crashed run; see [`pod_veth::cleanup_leftovers`].
@@ -452,17 +483,35 @@ pub struct EventLoopStats {
     pub assembler: AssemblerStats,
 }
 
+impl EventLoopStats {
+    /// Adds `other` (another event loop feeding the same queue) to these counters.
+    pub fn add(&mut self, other: &Self) {
+        self.events += other.events;
+        self.bad_events += other.bad_events;
+        self.records_sent += other.records_sent;
+        self.records_dropped_full += other.records_dropped_full;
+        self.assembler.add(&other.assembler);
+    }
+}
+
 struct KernelSessions(BpfHashMap<MapData, RawSessionKey, RawSession>);
 
 impl SessionSource for KernelSessions {
-    fn lookup(&self, key: &SessionKey) -> Option<SessionState> {
-        let raw = self.0.get(&key.to_raw(), 0).ok()?;
+    fn lookup(&self, start: &MsgStart) -> Option<SessionState> {
+        let raw = self.0.get(&start.key.to_raw(), 0).ok()?;
         SessionState::try_from(&raw[..]).ok()
     }
 }
 
-/// The kernel's per-CPU `stats` counters.
-pub struct KernelStats(PerCpuArray<MapData, u64>);
+/// Names of a program's kernel counters, by index of its per-CPU stats map.
+pub(crate) type StatNames = &'static [(u32, &'static str)];
+
+/// A BPF object's per-CPU counters.
+pub struct KernelStats {
+    map: PerCpuArray<MapData, u64>,
+    map_name: &'static str,
+    names: StatNames,
+}
 
 impl std::fmt::Debug for KernelStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -474,10 +523,13 @@ impl KernelStats {
     /// Every counter summed over CPUs, by name.
     pub fn read(&self) -> Result<BTreeMap<String, u64>> {
         let mut out = BTreeMap::new();
-        for (idx, name) in STAT_NAMES {
-            let values = self.0.get(&idx, 0).map_err(map_err(MAP_STATS, "read"))?;
+        for (idx, name) in self.names {
+            let values = self
+                .map
+                .get(idx, 0)
+                .map_err(map_err(self.map_name, "read"))?;
             out.insert(
-                name.to_owned(),
+                (*name).to_owned(),
                 values.iter().copied().fold(0u64, u64::wrapping_add),
             );
         }
@@ -488,7 +540,7 @@ impl KernelStats {
 /// Reads the ring buffer and emits records; see [`EventLoop::run`].
 pub struct EventLoop {
     ring: RingBuf<MapData>,
-    sessions: KernelSessions,
+    sessions: Box<dyn SessionSource + Send>,
     assembler: Assembler,
     idle_flush: Duration,
     stats: Arc<Mutex<EventLoopStats>>,
@@ -503,6 +555,22 @@ impl std::fmt::Debug for EventLoop {
 }
 
 impl EventLoop {
+    /// A loop over `ring`, whose sessions are read through `sessions` for idle flushes.
+    pub(crate) fn new(
+        ring: RingBuf<MapData>,
+        sessions: Box<dyn SessionSource + Send>,
+        assembler: Assembler,
+        idle_flush: Duration,
+    ) -> Self {
+        Self {
+            ring,
+            sessions,
+            assembler,
+            idle_flush,
+            stats: Arc::new(Mutex::new(EventLoopStats::default())),
+        }
+    }
+
     /// A handle on the live counters (updated after every batch).
     pub fn stats_handle(&self) -> Arc<Mutex<EventLoopStats>> {
         Arc::clone(&self.stats)
@@ -557,7 +625,7 @@ impl EventLoop {
                     }
                 }
                 _ = tick.tick() => {
-                    assembler.flush_idle(Instant::now(), &sessions, &mut records);
+                    assembler.flush_idle(Instant::now(), &*sessions, &mut records);
                     if last_resync.elapsed() >= CLOCK_RESYNC {
                         assembler.resync_clock();
                         last_resync = Instant::now();
@@ -579,7 +647,7 @@ impl EventLoop {
         }
         // Final drain: what the kernel wrote before the programs were detached.
         while drain(fd.get_mut(), &mut assembler, &mut stats, &mut records) == DRAIN_BATCH {}
-        assembler.flush_all(&sessions, &mut records);
+        assembler.flush_all(&*sessions, &mut records);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_SEND_BUDGET;
         for record in records.drain(..) {
             match tokio::time::timeout_at(deadline, out.send(record)).await {

@@ -173,6 +173,8 @@ pub struct MsgStart {
     pub protocol: ProtocolHint,
     /// The first bytes of the message.
     pub payload: Vec<u8>,
+    /// Seen at a socket: who sent or received the message; `None` at an interface.
+    pub socket: Option<SocketOwner>,
 }
 
 /// A flow ended (FIN or RST).
@@ -188,6 +190,8 @@ pub struct FlowEnd {
     pub ts_ns: u64,
     /// The last message, final.
     pub last: Option<MsgCounters>,
+    /// Seen at a socket: the owner of the socket; `None` at an interface.
+    pub socket: Option<SocketOwner>,
 }
 
 /// A ring buffer record.
@@ -248,6 +252,7 @@ impl TryFrom<&[u8]> for Event {
                     },
                     protocol: protocol_hint(full.protocol),
                     payload: full.payload[..snap].to_vec(),
+                    socket: None,
                 }))
             }
             abi::CLOVISOR_EVENT_FLOW_END => {
@@ -273,11 +278,110 @@ impl TryFrom<&[u8]> for Event {
                     } else {
                         None
                     },
+                    socket: None,
                 }))
+            }
+            abi::CLOVISOR_EVENT_SOCK_MSG_START => {
+                socket_event(bytes, SOCK_MSG_START_INNER, abi::CLOVISOR_EVENT_MSG_START)
+            }
+            abi::CLOVISOR_EVENT_SOCK_FLOW_END => {
+                socket_event(bytes, SOCK_FLOW_END_INNER, abi::CLOVISOR_EVENT_FLOW_END)
             }
             other => Err(bad(format!("unknown event kind {other}"))),
         }
     }
+}
+
+/// Offset of the tc-shaped event inside a SOCK_MSG_START.
+const SOCK_MSG_START_INNER: usize = std::mem::offset_of!(abi::clovisor_sock_msg_start, start);
+/// Offset of the tc-shaped event inside a SOCK_FLOW_END.
+const SOCK_FLOW_END_INNER: usize = std::mem::offset_of!(abi::clovisor_sock_flow_end, end);
+const SOCK_OWNER_OFFSET: usize = std::mem::offset_of!(abi::clovisor_sock_msg_start, owner);
+
+/// Which end of the connection a traced socket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketSide {
+    /// The remote port is traced: this socket made the call.
+    Client,
+    /// The local port is traced: this socket answers.
+    Server,
+}
+
+impl SocketSide {
+    /// `client` or `server`, as the wire contracts spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketSide::Client => "client",
+            SocketSide::Server => "server",
+        }
+    }
+}
+
+/// The process behind a socket observation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SocketOwner {
+    /// Key of the kernel's socket session map (the `struct sock` address); stays in the probe.
+    pub sock_id: u64,
+    /// Thread group id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Command name (at most 15 bytes, lossy UTF-8).
+    pub comm: String,
+    /// Client or server end.
+    pub side: SocketSide,
+}
+
+impl TryFrom<&abi::clovisor_sock_owner> for SocketOwner {
+    type Error = Error;
+
+    fn try_from(raw: &abi::clovisor_sock_owner) -> Result<Self> {
+        let side = match u32::from(raw.side) {
+            abi::CLOVISOR_SIDE_CLIENT => SocketSide::Client,
+            abi::CLOVISOR_SIDE_SERVER => SocketSide::Server,
+            other => return Err(bad(format!("unknown socket side {other}"))),
+        };
+        let len = raw
+            .comm
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(raw.comm.len());
+        Ok(Self {
+            sock_id: raw.sock_id,
+            pid: raw.pid,
+            tid: raw.tid,
+            netns: raw.netns,
+            comm: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+            side,
+        })
+    }
+}
+
+/// Parses a socket event: the owner, then the tc-shaped event at `inner` (which must be of
+/// kind `inner_kind`), tagged with the owner.
+fn socket_event(bytes: &[u8], inner: usize, inner_kind: u32) -> Result<Event> {
+    let owner_bytes = bytes.get(SOCK_OWNER_OFFSET..).unwrap_or_default();
+    let (owner, _) = abi::clovisor_sock_owner::read_from_prefix(owner_bytes)
+        .map_err(|_| bad(format!("socket event of {} bytes: no owner", bytes.len())))?;
+    let owner = SocketOwner::try_from(&owner)?;
+    let rest = bytes
+        .get(inner..)
+        .ok_or_else(|| bad(format!("socket event of {} bytes: no body", bytes.len())))?;
+    let (kind, _) = u32::read_from_prefix(rest)
+        .map_err(|_| bad(format!("socket event of {} bytes: no body", bytes.len())))?;
+    if kind != inner_kind {
+        return Err(bad(format!(
+            "socket event wraps kind {kind}, expected {inner_kind}"
+        )));
+    }
+    let mut event = Event::try_from(rest)?;
+    match &mut event {
+        Event::MsgStart(m) => m.socket = Some(owner),
+        Event::FlowEnd(f) => f.socket = Some(owner),
+    }
+    Ok(event)
 }
 
 /// A session as currently held in the kernel's LRU map (for idle flushes).
@@ -310,6 +414,44 @@ impl TryFrom<&[u8]> for SessionState {
     }
 }
 
+impl SessionState {
+    /// Reads a value of the socket program's `sock_sessions` map.
+    pub fn from_sock_session(bytes: &[u8]) -> Result<Self> {
+        let (raw, _) = abi::clovisor_sock_session::read_from_prefix(bytes).map_err(|_| {
+            bad(format!(
+                "socket session value of {} bytes, expected {SOCK_SESSION_LEN}",
+                bytes.len()
+            ))
+        })?;
+        Ok(Self {
+            flow_id: raw.flow_id,
+            cur: if u32::from(raw.cur.direction) == abi::CLOVISOR_DIR_NONE {
+                None
+            } else {
+                Some(MsgCounters::try_from(&raw.cur)?)
+            },
+        })
+    }
+}
+
+/// Size of a socket session map value.
+pub const SOCK_SESSION_LEN: usize = std::mem::size_of::<abi::clovisor_sock_session>();
+/// Raw socket session map value.
+pub type RawSockSession = [u8; SOCK_SESSION_LEN];
+
+/// A socket observation point.
+pub fn socket_point(owner: &SocketOwner, node: &str) -> ObservationPoint {
+    ObservationPoint {
+        kind: PointKind::Socket as i32,
+        node: node.to_owned(),
+        pid: owner.pid,
+        comm: owner.comm.clone(),
+        netns_inode: u64::from(owner.netns),
+        side: owner.side.as_str().to_owned(),
+        ..ObservationPoint::default()
+    }
+}
+
 /// A tc observation point (pod veth or node interface).
 pub fn point(kind: PointKind, ifindex: u32, interface: &str, node: &str) -> ObservationPoint {
     ObservationPoint {
@@ -317,6 +459,7 @@ pub fn point(kind: PointKind, ifindex: u32, interface: &str, node: &str) -> Obse
         ifindex,
         interface: interface.to_owned(),
         node: node.to_owned(),
+        ..ObservationPoint::default()
     }
 }
 
@@ -392,6 +535,60 @@ pub(crate) mod testing {
         r.as_bytes().to_vec()
     }
 
+    pub fn raw_owner(o: &SocketOwner) -> abi::clovisor_sock_owner {
+        let mut r = abi::clovisor_sock_owner::new_zeroed();
+        r.sock_id = o.sock_id;
+        r.pid = o.pid;
+        r.tid = o.tid;
+        r.netns = o.netns;
+        r.side = match o.side {
+            SocketSide::Client => abi::CLOVISOR_SIDE_CLIENT as u8,
+            SocketSide::Server => abi::CLOVISOR_SIDE_SERVER as u8,
+        };
+        let n = o.comm.len().min(r.comm.len() - 1);
+        r.comm[..n].copy_from_slice(&o.comm.as_bytes()[..n]);
+        r
+    }
+
+    /// SOCK_MSG_START bytes as the kernel sends them: the owner, then a MSG_START.
+    pub fn sock_msg_start_bytes(ev: &MsgStart) -> Vec<u8> {
+        let owner = ev
+            .socket
+            .as_ref()
+            .unwrap_or_else(|| panic!("a socket event needs an owner"));
+        let mut head = abi::clovisor_sock_msg_start::new_zeroed();
+        head.kind = abi::CLOVISOR_EVENT_SOCK_MSG_START;
+        head.owner = raw_owner(owner);
+        let mut out = head.as_bytes()[..SOCK_MSG_START_INNER].to_vec();
+        out.extend(msg_start_bytes(ev));
+        out
+    }
+
+    /// SOCK_FLOW_END bytes as the kernel sends them.
+    pub fn sock_flow_end_bytes(ev: &FlowEnd) -> Vec<u8> {
+        let owner = ev
+            .socket
+            .as_ref()
+            .unwrap_or_else(|| panic!("a socket event needs an owner"));
+        let mut head = abi::clovisor_sock_flow_end::new_zeroed();
+        head.kind = abi::CLOVISOR_EVENT_SOCK_FLOW_END;
+        head.owner = raw_owner(owner);
+        let mut out = head.as_bytes()[..SOCK_FLOW_END_INNER].to_vec();
+        out.extend(flow_end_bytes(ev));
+        out
+    }
+
+    pub fn owner(side: SocketSide) -> SocketOwner {
+        SocketOwner {
+            sock_id: 0xffff_8880_1234_5678,
+            pid: 4242,
+            tid: 4243,
+            netns: 4_026_532_001,
+            comm: "nginx".into(),
+            side,
+        }
+    }
+
     pub fn session_bytes(flow_id: u64, cur: Option<&MsgCounters>) -> RawSession {
         let mut r = abi::clovisor_session::new_zeroed();
         r.flow_id = flow_id;
@@ -439,6 +636,7 @@ mod tests {
             prev,
             protocol: ProtocolHint::Http,
             payload: payload.to_vec(),
+            socket: None,
         }
     }
 
@@ -521,6 +719,7 @@ mod tests {
             reason: FlowEndReason::Fin,
             ts_ns: 5,
             last: None,
+            socket: None,
         });
         assert!(
             Event::try_from(&fe[..fe.len() - 1]).is_err(),
@@ -574,6 +773,7 @@ mod tests {
             reason: FlowEndReason::Rst,
             ts_ns: 123,
             last: Some(counters(3, Direction::ServerToClient, 1_000_000)),
+            socket: None,
         };
         let parsed = Event::try_from(&flow_end_bytes(&ev)[..]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(parsed, Event::FlowEnd(ev), "FLOW_END must parse back");
@@ -602,6 +802,149 @@ mod tests {
             SessionState::try_from(&[0u8; 3][..]).is_err(),
             "3-byte session value must be rejected"
         );
+    }
+
+    fn socket_start(payload: &[u8], side: SocketSide) -> MsgStart {
+        MsgStart {
+            key: SessionKey {
+                ifindex: 0,
+                ..v4_key()
+            },
+            flow_id: abi::CLOVISOR_SOCK_FLOW_ID_BIT as u64 | 0x0100_0000_0000_0007,
+            socket: Some(owner(side)),
+            ..start_event(payload, Some(counters(0, Direction::ClientToServer, 80)))
+        }
+    }
+
+    #[test]
+    fn socket_msg_start_round_trips_with_its_owner() {
+        let ev = socket_start(b"HTTP/1.1 200 OK\r\n", SocketSide::Server);
+        let bytes = sock_msg_start_bytes(&ev);
+        assert_eq!(
+            bytes.len(),
+            SOCK_MSG_START_INNER + MSG_START_HEADER + 17,
+            "kernel sends owner + header + snap only"
+        );
+        let parsed = Event::try_from(&bytes[..])
+            .unwrap_or_else(|e| panic!("valid SOCK_MSG_START rejected: {e}"));
+        assert_eq!(
+            parsed,
+            Event::MsgStart(ev),
+            "must parse back with its owner"
+        );
+    }
+
+    #[test]
+    fn socket_flow_end_round_trips_with_its_owner() {
+        let ev = FlowEnd {
+            key: v4_key(),
+            flow_id: abi::CLOVISOR_SOCK_FLOW_ID_BIT as u64 | 3,
+            reason: FlowEndReason::Fin,
+            ts_ns: 77,
+            last: Some(counters(1, Direction::ServerToClient, 500)),
+            socket: Some(owner(SocketSide::Client)),
+        };
+        let parsed = Event::try_from(&sock_flow_end_bytes(&ev)[..])
+            .unwrap_or_else(|e| panic!("valid SOCK_FLOW_END rejected: {e}"));
+        assert_eq!(parsed, Event::FlowEnd(ev), "must parse back with its owner");
+    }
+
+    #[test]
+    fn bad_socket_events_are_errors_not_panics() {
+        let good = sock_msg_start_bytes(&socket_start(b"GET / HTTP/1.1\r\n", SocketSide::Client));
+        for len in [
+            4,
+            8,
+            SOCK_OWNER_OFFSET + 10,
+            SOCK_MSG_START_INNER,
+            SOCK_MSG_START_INNER + 3,
+        ] {
+            assert!(
+                Event::try_from(&good[..len]).is_err(),
+                "{len}-byte prefix of a SOCK_MSG_START must be rejected"
+            );
+        }
+        let side_off = SOCK_OWNER_OFFSET + std::mem::offset_of!(abi::clovisor_sock_owner, side);
+        let mut bad_side = good.clone();
+        bad_side[side_off] = 9;
+        assert!(
+            Event::try_from(&bad_side[..]).is_err(),
+            "socket side 9 must be rejected"
+        );
+        // A socket wrapper around a FLOW_END where a MSG_START belongs.
+        let mut wrong_inner = good.clone();
+        wrong_inner[SOCK_MSG_START_INNER..SOCK_MSG_START_INNER + 4]
+            .copy_from_slice(&abi::CLOVISOR_EVENT_FLOW_END.to_ne_bytes());
+        assert!(
+            Event::try_from(&wrong_inner[..]).is_err(),
+            "a SOCK_MSG_START must wrap a MSG_START"
+        );
+        // A wrapper around another wrapper: never recursion on kernel input.
+        let mut nested = good.clone();
+        nested[SOCK_MSG_START_INNER..SOCK_MSG_START_INNER + 4]
+            .copy_from_slice(&abi::CLOVISOR_EVENT_SOCK_MSG_START.to_ne_bytes());
+        assert!(
+            Event::try_from(&nested[..]).is_err(),
+            "nested socket events must be rejected"
+        );
+    }
+
+    #[test]
+    fn comm_is_cut_at_its_nul_and_non_utf8_survives() {
+        let mut raw = raw_owner(&owner(SocketSide::Server));
+        raw.comm = *b"curl\0garbage\0\0\0\0";
+        let o = SocketOwner::try_from(&raw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.comm, "curl", "comm ends at the first NUL");
+        raw.comm = [0xff; 16];
+        let o = SocketOwner::try_from(&raw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            o.comm.chars().count(),
+            16,
+            "16 bytes without NUL, lossy: {:?}",
+            o.comm
+        );
+    }
+
+    #[test]
+    fn socket_session_state_and_point() {
+        let c = counters(4, Direction::ServerToClient, 1234);
+        let mut raw = abi::clovisor_sock_session::new_zeroed();
+        raw.flow_id = 99;
+        raw.cur = raw_msg(&c);
+        let s = SessionState::from_sock_session(raw.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s,
+            SessionState {
+                flow_id: 99,
+                cur: Some(c)
+            },
+            "socket session value"
+        );
+        assert!(
+            SessionState::from_sock_session(&raw.as_bytes()[..10]).is_err(),
+            "short socket session value must be rejected"
+        );
+        let p = socket_point(&owner(SocketSide::Server), "node-a");
+        assert_eq!(
+            (
+                p.kind,
+                p.pid,
+                p.comm.as_str(),
+                p.netns_inode,
+                p.side.as_str(),
+                p.node.as_str()
+            ),
+            (
+                PointKind::Socket as i32,
+                4242,
+                "nginx",
+                4_026_532_001,
+                "server",
+                "node-a"
+            ),
+            "socket point fields: {p:?}"
+        );
+        assert_eq!(p.ifindex, 0, "a socket point has no interface");
     }
 
     #[test]

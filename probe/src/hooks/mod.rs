@@ -2,3 +2,4 @@
 
 pub mod node_iface;
 pub mod pod_veth;
+pub mod socket;

@@ -32,6 +32,8 @@ pub const ENDPOINT_REFRESH: Duration = Duration::from_secs(10);
 struct Followed {
     veth: HostVeth,
     ports: BTreeSet<u16>,
+    /// Network namespace inode, for the socket point; `None` if it could not be read.
+    inode: Option<u32>,
 }
 
 /// What one scan found: namespace -> its veth and listening ports.
@@ -84,6 +86,7 @@ fn desired(scan: Scan) -> Desired {
                     workload: name.clone(),
                 },
                 ips: f.veth.pod_ips.clone(),
+                netns_inode: f.inode,
                 veth: f.veth,
                 ports: f.ports.iter().map(|p| (*p, hint_for_port(*p))).collect(),
             };
@@ -128,7 +131,14 @@ fn scan(names: &[String]) -> Scan {
                 BTreeSet::new()
             }
         };
-        scan.insert(name, Followed { veth, ports });
+        let inode = match netns::inode(&name) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!(netns = %name, error = %e, "cannot read namespace inode; its sockets are not traced");
+                None
+            }
+        };
+        scan.insert(name, Followed { veth, ports, inode });
     }
     scan
 }

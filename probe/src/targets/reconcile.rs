@@ -13,6 +13,7 @@ use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
 use tokio::sync::{mpsc, watch};
 
 use crate::capture::egress::EgressEntry;
+use crate::capture::socket::SocketCapture;
 use crate::capture::Capture;
 use crate::hooks::node_iface::{self, NodeInterfaces};
 use crate::metrics::ProbeMetrics;
@@ -41,6 +42,9 @@ pub struct Target {
     pub veth: HostVeth,
     /// Its addresses.
     pub ips: Vec<IpAddr>,
+    /// Inode of its network namespace: its processes are traced at the socket point. `None`
+    /// when it is not known (the pod was found through a host route), and then they are not.
+    pub netns_inode: Option<u32>,
     /// Server ports it exposes and what they speak.
     pub ports: BTreeMap<u16, ProtocolHint>,
 }
@@ -86,6 +90,8 @@ pub struct Reconciler {
     monitored_ips: BTreeSet<IpAddr>,
     /// Node interfaces an attach failed on, warned about once.
     node_failures: BTreeSet<String>,
+    /// The socket point, when it runs.
+    socket: Option<SocketCapture>,
 }
 
 impl Reconciler {
@@ -108,6 +114,7 @@ impl Reconciler {
             node_interfaces: NodeInterfaces::None,
             monitored_ips: BTreeSet::new(),
             node_failures: BTreeSet::new(),
+            socket: None,
             capture,
             out,
             metrics,
@@ -125,6 +132,13 @@ impl Reconciler {
         self
     }
 
+    /// Also keeps the socket point in step: the traced pods' namespaces, the traced ports and
+    /// the snaplen.
+    pub fn with_socket_point(mut self, socket: Option<SocketCapture>) -> Self {
+        self.socket = socket;
+        self
+    }
+
     /// Follows what is traced after each reconciliation.
     pub fn subscribe(&self) -> watch::Receiver<TargetsStatus> {
         self.status.subscribe()
@@ -139,6 +153,10 @@ impl Reconciler {
     /// (pods deliberately not traced, with why) is only reported. A pod whose attach fails is
     /// left out and tried again by the next call.
     pub async fn apply(&mut self, desired: Desired, skipped: BTreeMap<String, String>) {
+        // Ports and namespaces first: by the time a new pod's veth is attached, its ports are
+        // traced and its processes watched, so its first exchange is not missed.
+        self.update_traced_ports(&desired);
+        self.apply_socket_point(&desired);
         // Gone, or a new instance or veth under the same key: detach, retract its addresses.
         let gone: Vec<String> = self
             .current
@@ -179,20 +197,23 @@ impl Reconciler {
                 self.current.insert(key, want);
                 continue;
             }
+            // The collector learns who the pod is before its first record can reach it.
+            for ip in &want.ips {
+                self.send_endpoint(&want, *ip, false).await;
+            }
             match self.capture.attach_pod_veth(&want.veth.name) {
                 Ok(mode) => {
                     tracing::info!(pod = %key, interface = %want.veth.name, ?mode, ips = ?want.ips, "tracing pod");
-                    for ip in &want.ips {
-                        self.send_endpoint(&want, *ip, false).await;
-                    }
                     self.current.insert(key, want);
                 }
                 Err(e) => {
-                    tracing::warn!(pod = %key, interface = %want.veth.name, error = %e, "attach failed; retrying")
+                    tracing::warn!(pod = %key, interface = %want.veth.name, error = %e, "attach failed; retrying");
+                    for ip in &want.ips {
+                        self.send_endpoint(&want, *ip, true).await;
+                    }
                 }
             }
         }
-        self.update_traced_ports();
         self.apply_live();
         self.apply_node_point();
         self.metrics.set_attached(self.capture.attached().len());
@@ -213,11 +234,11 @@ impl Reconciler {
         });
     }
 
-    /// The union of every traced pod's ports and the extra ports; a port two pods declare
+    /// The union of every wanted pod's ports and the extra ports; a port two pods declare
     /// differently gets the more specific protocol.
-    fn update_traced_ports(&mut self) {
+    fn update_traced_ports(&mut self, desired: &Desired) {
         let mut wanted = self.extra_ports.clone();
-        for t in self.current.values() {
+        for t in desired.values() {
             for (port, hint) in &t.ports {
                 let e = wanted.entry(*port).or_insert(*hint);
                 *e = more_specific(*e, *hint);
@@ -292,6 +313,21 @@ impl Reconciler {
         );
     }
 
+    /// Keeps the socket point in step: the processes of the wanted pods' namespaces, on the
+    /// traced ports. Both updates are skipped when nothing changed.
+    fn apply_socket_point(&mut self, desired: &Desired) {
+        let Some(socket) = self.socket.as_mut() else {
+            return;
+        };
+        let inodes: BTreeSet<u32> = desired.values().filter_map(|t| t.netns_inode).collect();
+        if let Err(e) = socket.set_monitored_netns(&inodes) {
+            tracing::error!(error = %e, "cannot update the socket point's namespaces");
+        }
+        if let Err(e) = socket.set_traced_ports(&self.traced) {
+            tracing::error!(error = %e, "cannot update the socket point's traced ports");
+        }
+    }
+
     /// Resolves when the live configuration changes; never once its source is gone.
     /// Cancel-safe, for `select!`.
     pub async fn live_changed(&mut self) {
@@ -312,6 +348,13 @@ impl Reconciler {
             match self.capture.set_snaplen(snaplen) {
                 Ok(()) => tracing::info!(snaplen, "snaplen changed"),
                 Err(e) => tracing::error!(snaplen, error = %e, "cannot change snaplen"),
+            }
+        }
+        if let Some(socket) = self.socket.as_mut() {
+            if snaplen != socket.snaplen() {
+                if let Err(e) = socket.set_snaplen(snaplen) {
+                    tracing::error!(snaplen, error = %e, "cannot change the socket point's snaplen");
+                }
             }
         }
         let wanted = super::egress::entries(
@@ -343,10 +386,15 @@ impl Reconciler {
         }
     }
 
-    /// Detaches everything and gives the capture back.
+    /// Detaches everything (the socket point's hooks too) and gives the capture back.
     pub fn finish(mut self) -> Capture {
         if let Err(e) = self.capture.detach_all() {
             tracing::error!(error = %e, "detaching on shutdown failed");
+        }
+        if let Some(mut socket) = self.socket.take() {
+            if let Err(e) = socket.detach() {
+                tracing::error!(error = %e, "detaching the socket hooks on shutdown failed");
+            }
         }
         self.metrics.set_attached(self.capture.attached().len());
         self.metrics.set_node_point(0, 0);

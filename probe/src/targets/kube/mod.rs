@@ -28,7 +28,7 @@ pub use self::selection::{PodSelection, PodSelector};
 use super::reconcile::{Desired, Reconciler, Target};
 use crate::capture::Capture;
 use crate::metrics::ProbeMetrics;
-use crate::netns::{host_veths_of_pods, HostVeth, VethMethod};
+use crate::netns::{host_veths_of_pods, FoundPod, HostVeth};
 
 /// What to follow.
 #[derive(Debug, Clone)]
@@ -206,10 +206,10 @@ impl Follower {
                 .current()
                 .get(&want.key)
                 .filter(|t| t.instance == want.uid && t.ips == want.ips)
-                .map(|t| t.veth.clone());
+                .map(|t| (t.veth.clone(), t.netns_inode));
             match known {
-                Some(veth) => {
-                    desired.insert(want.key.clone(), target(want, veth));
+                Some((veth, netns_inode)) => {
+                    desired.insert(want.key.clone(), target(want, veth, netns_inode));
                 }
                 None if self
                     .unresolved
@@ -246,17 +246,15 @@ impl Follower {
         reconciler.apply(desired, skipped).await;
     }
 
-    fn found(
-        &mut self,
-        result: crate::Result<(HostVeth, VethMethod)>,
-        want: WantedPod,
-        desired: &mut Desired,
-    ) {
+    fn found(&mut self, result: crate::Result<FoundPod>, want: WantedPod, desired: &mut Desired) {
         match result {
-            Ok((veth, method)) => {
-                tracing::info!(pod = %want.key, interface = %veth.name, method = %method, "found the pod's host veth");
+            Ok(found) => {
+                tracing::info!(pod = %want.key, interface = %found.veth.name, method = %found.method, netns_inode = ?found.netns_inode, "found the pod's host veth");
                 self.unresolved.remove(&want.key);
-                desired.insert(want.key.clone(), target(want, veth));
+                desired.insert(
+                    want.key.clone(),
+                    target(want, found.veth, found.netns_inode),
+                );
             }
             Err(e) => {
                 if self
@@ -285,11 +283,12 @@ impl Follower {
     }
 }
 
-fn target(want: WantedPod, veth: HostVeth) -> Target {
+fn target(want: WantedPod, veth: HostVeth, netns_inode: Option<u32>) -> Target {
     Target {
         instance: want.uid,
         meta: want.meta,
         veth,
+        netns_inode,
         ips: want.ips,
         ports: want.ports,
     }

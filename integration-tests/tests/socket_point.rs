@@ -1,0 +1,542 @@
+//! The socket observation point, for real: `clovisor all-in-one` with the `tp_btf` syscall
+//! hooks on namespace pods. A plain call between two traced pods is seen at curl's and nginx's
+//! sockets with their pid and command, joined with the veths' views into one session; behind a
+//! TLS tunnel (stunnel in each pod, the apps speaking plaintext to it over loopback) the sockets
+//! still give method, path, status and trace id while the veths carry only TLS; processes of
+//! untraced namespaces cost one map lookup and are not even counted; the hook choice is visible
+//! in the log, the metric and the API; and the programs are gone once clovisor stops.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clovisor_integration_tests::{
+    clovisor_bin, free_port, our_programs_on, run, run_in, wait_for, Lab, Nginx, Pod, Proc,
+};
+use serde_json::Value;
+
+const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const PARENT: &str = "b7ad6b7169203331";
+
+struct Running {
+    proc: Proc,
+    api: String,
+    metrics: String,
+}
+
+fn start_clovisor(pods: &[&Pod], extra: &[&str], log_name: &str) -> Result<Running> {
+    let api = format!("127.0.0.1:{}", free_port()?);
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut cmd = Command::new(clovisor_bin()?);
+    cmd.args([
+        "all-in-one",
+        "--api-listen",
+        &api,
+        "--metrics-listen",
+        &metrics,
+    ]);
+    for p in pods {
+        cmd.args(["--netns", &p.netns]);
+    }
+    cmd.args(extra).env("RUST_LOG", "info");
+    let log = std::env::temp_dir().join(format!("{log_name}-{}.log", std::process::id()));
+    let mut proc = Proc::spawn(cmd, log)?;
+    let ready = format!("http://{api}/readyz");
+    let attached = wait_for(
+        "clovisor ready and attached",
+        Duration::from_secs(20),
+        || {
+            if !proc.running() {
+                bail!("clovisor exited early:\n{}", proc.log_text());
+            }
+            let mut ok = http_get(&ready).is_ok();
+            for p in pods {
+                ok = ok && !our_programs_on(&p.host_veth)?.is_empty();
+            }
+            // The namespaces' inodes reach the socket program on the first scan, with the veths.
+            Ok(ok && proc.log_text().contains("traced ports"))
+        },
+    );
+    if let Err(e) = attached {
+        bail!("{e:#}\nlog:\n{}", proc.log_text());
+    }
+    Ok(Running { proc, api, metrics })
+}
+
+fn http_get(url: &str) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "5", url])
+        .output()?;
+    if !out.status.success() {
+        bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn curl(pod: &Pod, url: &str) -> Result<()> {
+    let traceparent = format!("traceparent: 00-{TRACE}-{PARENT}-01");
+    run_in(
+        &pod.netns,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "-H",
+            &traceparent,
+            url,
+        ],
+    )
+    .map(|_| ())
+}
+
+fn sessions(api: &str) -> Result<Vec<Value>> {
+    let body = http_get(&format!("http://{api}/api/v1/sessions?limit=1000"))?;
+    let json: Value = serde_json::from_str(&body).context("sessions JSON")?;
+    Ok(json["sessions"].as_array().cloned().unwrap_or_default())
+}
+
+/// `(point, side, comm)` of each observation of a session, in path order.
+fn points(s: &Value) -> Vec<(String, String, String)> {
+    s["observations"]
+        .as_array()
+        .map(|obs| {
+            obs.iter()
+                .map(|o| {
+                    let f = |k: &str| o[k].as_str().unwrap_or_default().to_owned();
+                    (f("point"), f("side"), f("comm"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn point(kind: &str, side: &str, comm: &str) -> (String, String, String) {
+    (kind.to_owned(), side.to_owned(), comm.to_owned())
+}
+
+/// curl's socket, the two veths, nginx's socket: a call between two traced pods.
+fn four_points() -> Vec<(String, String, String)> {
+    vec![
+        point("socket", "client", "curl"),
+        point("pod", "client", ""),
+        point("pod", "server", ""),
+        point("socket", "server", "nginx"),
+    ]
+}
+
+/// Sessions of `path`.
+fn of_path<'a>(all: &'a [Value], path: &str) -> Vec<&'a Value> {
+    all.iter().filter(|s| s["http"]["path"] == path).collect()
+}
+
+fn socket_obs<'a>(s: &'a Value, side: &str) -> Option<&'a Value> {
+    s["observations"]
+        .as_array()?
+        .iter()
+        .find(|o| o["point"] == "socket" && o["side"] == side)
+}
+
+/// `name{labels} value` from the metrics text.
+fn metric(metrics: &str, series: &str) -> Result<Option<f64>> {
+    let text = http_get(&format!("http://{metrics}/metrics"))?;
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok()))
+}
+
+/// Ids of the tracing programs (`tp_btf`, BPF_PROG_TYPE_TRACING = 26) process `pid` holds, read
+/// from its file descriptors' `fdinfo` (the probe loads no other tracing programs).
+fn tracing_program_ids(pid: u32) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if field("prog_type:") == Some(26) {
+            ids.extend(field("prog_id:"));
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+fn check_session_fields(s: &Value, path: &str, status: u64) {
+    assert_eq!(s["http"]["method"], "GET", "method of {path}: {s:#}");
+    assert_eq!(s["http"]["path"], path, "path: {s:#}");
+    assert_eq!(s["http"]["status_code"], status, "status of {path}: {s:#}");
+    assert_eq!(s["trace"]["trace_id"], TRACE, "trace id of {path}: {s:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_pods() -> Result<()>
+{
+    let mut lab = Lab::new()?;
+    let client = lab.pod("scli")?;
+    let server = lab.pod("ssrv")?;
+    // Neither traced: their traffic must not reach the socket program's accounting.
+    let other_client = lab.pod("socli")?;
+    let other_server = lab.pod("sosrv")?;
+    let _nginx = Nginx::start(&server)?;
+    let _other_nginx = Nginx::start(&other_server)?;
+
+    let mut clovisor = start_clovisor(&[&client, &server], &[], "clovisor-socket")?;
+
+    // The hook choice: API, metric and log line.
+    let status: Value =
+        serde_json::from_str(&http_get(&format!("http://{}/api/v1/probe", clovisor.api))?)?;
+    assert_eq!(
+        status["socket"]["hook"], "tp_btf",
+        "this kernel offers only BTF tracepoints: {status:#}"
+    );
+    let attempts: Vec<&str> = status["socket"]["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["hook"].as_str())
+        .collect();
+    assert_eq!(
+        attempts,
+        ["fentry", "kprobe", "tp_btf"],
+        "hook sets tried in preference order: {status:#}"
+    );
+    assert_eq!(
+        metric(
+            &clovisor.metrics,
+            r#"clovisor_probe_socket_hook_info{hook="tp_btf"}"#
+        )?,
+        Some(1.0),
+        "hook info metric"
+    );
+    assert!(
+        clovisor.proc.log_text().contains("hooks chosen"),
+        "log line of the hook choice missing:\n{}",
+        clovisor.proc.log_text()
+    );
+    let prog_ids = tracing_program_ids(clovisor.proc.pid())?;
+    assert_eq!(
+        prog_ids.len(),
+        3,
+        "sys_enter, sys_exit and inet_sock_set_state loaded by clovisor, got {prog_ids:?}"
+    );
+
+    let url = format!("http://{}/socket/plain?n=1", server.ipv4);
+    curl(&client, &url)?;
+    let path = "/socket/plain";
+    let mut all = Vec::new();
+    let found = wait_for(
+        "one session seen at both sockets and both veths",
+        Duration::from_secs(15),
+        || {
+            all = sessions(&clovisor.api)?;
+            Ok(of_path(&all, path)
+                .iter()
+                .any(|s| points(s) == four_points()))
+        },
+    );
+    if let Err(e) = found {
+        bail!(
+            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
+            clovisor.proc.log_text()
+        );
+    }
+    let plain = of_path(&all, path);
+    assert_eq!(plain.len(), 1, "one session per exchange: {plain:#?}");
+    let s = plain[0];
+    check_session_fields(s, path, 404);
+    // The socket's 4-tuple is the wire's: client address and port join with the veths.
+    assert_eq!(
+        s["client"]["ip"],
+        client.ipv4.to_string(),
+        "client ip: {s:#}"
+    );
+    assert_eq!(s["server"]["port"], 80, "server port: {s:#}");
+    for side in ["server", "client"] {
+        let o = socket_obs(s, side).unwrap_or_else(|| panic!("no {side} socket observation"));
+        assert!(
+            o["pid"].as_u64().is_some_and(|p| p > 1),
+            "{side} socket observation must name the process: {o:#}"
+        );
+        assert!(
+            o["netns_inode"].as_u64().is_some_and(|n| n > 0),
+            "{side} socket observation must name the namespace: {o:#}"
+        );
+    }
+    // Every point names the same TCP sequence numbers (what the join keys on).
+    let obs = s["observations"].as_array().cloned().unwrap_or_default();
+    for field in ["request_tcp_seq", "response_tcp_seq"] {
+        let seqs: Vec<&Value> = obs.iter().map(|o| &o[field]).collect();
+        assert!(
+            seqs[0].is_u64() && seqs.windows(2).all(|w| w[0] == w[1]),
+            "{field} alike at every point: {seqs:?}"
+        );
+    }
+
+    // Keep-alive over IPv6: two requests on one connection are two exchanges at each socket,
+    // told apart by the direction switches alone, each joined with the veths' views.
+    let v6 = |p: &str| format!("http://[{}]{p}", server.ipv6);
+    run_in(
+        &client.netns,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            &v6("/socket/v6-first"),
+            &v6("/socket/v6-second"),
+        ],
+    )?;
+    let v6_paths = ["/socket/v6-first", "/socket/v6-second"];
+    let found = wait_for(
+        "IPv6 keep-alive sessions at all four points",
+        Duration::from_secs(15),
+        || {
+            all = sessions(&clovisor.api)?;
+            Ok(v6_paths
+                .iter()
+                .all(|p| of_path(&all, p).iter().any(|s| points(s) == four_points())))
+        },
+    );
+    if let Err(e) = found {
+        bail!(
+            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
+            clovisor.proc.log_text()
+        );
+    }
+    let [first, second] = v6_paths.map(|p| {
+        let found = of_path(&all, p);
+        assert_eq!(found.len(), 1, "one session for {p}: {found:#?}");
+        found[0]
+    });
+    assert_eq!(
+        first["client"]["ip"],
+        client.ipv6.to_string(),
+        "IPv6 client address: {first:#}"
+    );
+    assert_eq!(
+        first["client"]["port"], second["client"]["port"],
+        "both requests on one connection"
+    );
+    assert_eq!(second["http"]["status_code"], 404, "{second:#}");
+
+    // Untraced pods talk to port 80 too, which is traced: only the namespace filter keeps
+    // their syscalls out of both counters.
+    let tcp = r#"clovisor_probe_kernel_total{counter="socket_tcp_syscalls"}"#;
+    let monitored = r#"clovisor_probe_kernel_total{counter="socket_syscalls_traced"}"#;
+    // The traced pods' syscalls were counted (metrics catch up every second)...
+    wait_for(
+        "socket counters in /metrics",
+        Duration::from_secs(5),
+        || Ok(metric(&clovisor.metrics, monitored)?.is_some_and(|n| n > 0.0)),
+    )?;
+    // ... and have settled once the exchange is over.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = metric(&clovisor.metrics, monitored)?;
+    let tcp_before = metric(&clovisor.metrics, tcp)?;
+    assert!(
+        tcp_before.is_some_and(|n| n > 0.0),
+        "the traced pods' TCP syscalls must have been counted: {tcp_before:?}"
+    );
+    for i in 0..5 {
+        curl(
+            &other_client,
+            &format!("http://{}/socket/untraced?i={i}", other_server.ipv4),
+        )?;
+    }
+    // Metrics catch up every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = metric(&clovisor.metrics, monitored)?;
+    assert_eq!(
+        before, after,
+        "syscalls of untraced namespaces must not be counted"
+    );
+    assert_eq!(
+        tcp_before,
+        metric(&clovisor.metrics, tcp)?,
+        "TCP syscalls of untraced namespaces must not be counted"
+    );
+    let all = sessions(&clovisor.api)?;
+    assert!(
+        !all.iter().any(|s| s["http"]["path"] == "/socket/untraced"),
+        "untraced pods must yield no session: {all:#?}"
+    );
+
+    // Stop: the programs (and their links) are gone with the process.
+    let exit = clovisor.proc.stop(15, Duration::from_secs(15))?;
+    assert!(
+        exit.success(),
+        "clovisor must exit cleanly on SIGTERM: {exit:?}"
+    );
+    for id in prog_ids {
+        let still = Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()?;
+        assert!(
+            !still.status.success(),
+            "socket program {id} still loaded after clovisor stopped"
+        );
+    }
+    Ok(())
+}
+
+/// stunnel in a pod, stopped on drop.
+struct Stunnel {
+    _proc: Proc,
+}
+
+impl Stunnel {
+    fn start(pod: &Pod, dir: &std::path::Path, name: &str, conf: &str) -> Result<Self> {
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, conf)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &pod.netns, "stunnel4"])
+            .arg(&path);
+        let log = dir.join(format!("{name}.log"));
+        let proc = Proc::spawn(cmd, log)?;
+        Ok(Self { _proc: proc })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_point_sees_plaintext_behind_a_tls_tunnel() -> Result<()> {
+    let mut lab = Lab::new()?;
+    let client = lab.pod("tcli")?;
+    let server = lab.pod("tsrv")?;
+    let _nginx = Nginx::start(&server)?;
+
+    let dir = tempfile::tempdir()?;
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=clovisor-test",
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+        ],
+    )?;
+    // The app (curl) -> stunnel client on loopback 8080, plaintext; stunnel client -> stunnel
+    // server on 8443 over the veths, TLS; stunnel server -> nginx on loopback 80, plaintext.
+    let _tls_server = Stunnel::start(
+        &server,
+        dir.path(),
+        "server",
+        &format!(
+            "foreground = yes\npid =\ncert = {}\nkey = {}\n[http]\naccept = 8443\nconnect = 127.0.0.1:80\n",
+            cert.display(),
+            key.display()
+        ),
+    )?;
+    let _tls_client = Stunnel::start(
+        &client,
+        dir.path(),
+        "client",
+        &format!(
+            "foreground = yes\npid =\n[http]\nclient = yes\naccept = 127.0.0.1:8080\nconnect = {}:8443\n",
+            server.ipv4
+        ),
+    )?;
+    wait_for(
+        "the TLS tunnel to carry a request",
+        Duration::from_secs(10),
+        || {
+            Ok(run_in(
+                &client.netns,
+                &[
+                    "curl",
+                    "-fsS",
+                    "-o",
+                    "/dev/null",
+                    "--max-time",
+                    "2",
+                    "http://127.0.0.1:8080/",
+                ],
+            )
+            .is_ok())
+        },
+    )?;
+
+    // 8443 and 80 are found listening; the tunnel's loopback port is named.
+    let mut clovisor = start_clovisor(&[&client, &server], &["--port", "8080"], "clovisor-tls")?;
+    let path = "/socket/tls";
+    curl(&client, &format!("http://127.0.0.1:8080{path}?n=1"))?;
+
+    // Two plaintext legs, one in each pod, each a loopback connection seen at both of its
+    // sockets: curl -> the client's stunnel, and the server's stunnel -> nginx.
+    let legs = [
+        vec![
+            point("socket", "client", "curl"),
+            point("socket", "server", "stunnel4"),
+        ],
+        vec![
+            point("socket", "client", "stunnel4"),
+            point("socket", "server", "nginx"),
+        ],
+    ];
+    let mut all = Vec::new();
+    let found = wait_for(
+        "both plaintext legs behind TLS",
+        Duration::from_secs(15),
+        || {
+            all = sessions(&clovisor.api)?;
+            let seen: Vec<_> = of_path(&all, path).into_iter().map(points).collect();
+            Ok(legs.iter().all(|l| seen.contains(l)))
+        },
+    );
+    if let Err(e) = found {
+        bail!(
+            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
+            clovisor.proc.log_text()
+        );
+    }
+    let tls = of_path(&all, path);
+    assert_eq!(tls.len(), 2, "one session per leg: {tls:#?}");
+    for s in &tls {
+        check_session_fields(s, path, 404);
+        assert_eq!(
+            s["client"]["ip"], "127.0.0.1",
+            "a leg inside a pod is on loopback: {s:#}"
+        );
+    }
+    // The veths carried the exchange, but only as TLS: no veth view decodes it.
+    assert!(
+        !tls.iter()
+            .any(|s| points(s).iter().any(|(p, _, _)| p == "pod")),
+        "the veth must not see plaintext of {path}: {tls:#?}"
+    );
+    let traced = r#"clovisor_probe_kernel_total{counter="packets_traced"}"#;
+    wait_for(
+        "the veths to have seen the tunnel's packets (port 8443)",
+        Duration::from_secs(5),
+        || Ok(metric(&clovisor.metrics, traced)?.is_some_and(|n| n > 0.0)),
+    )?;
+    let exit = clovisor.proc.stop(15, Duration::from_secs(15))?;
+    assert!(
+        exit.success(),
+        "clovisor must exit cleanly on SIGTERM: {exit:?}"
+    );
+    Ok(())
+}

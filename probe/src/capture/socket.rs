@@ -1,0 +1,281 @@
+//! The socket observation point: loads `bpf/socket_capture.bpf.c`, attaches the best hook set
+//! the kernel offers (see [`crate::hooks::socket`]), keeps its maps in step with what is traced
+//! (network namespaces, ports, snaplen) and hands out an [`EventLoop`] over its ring buffer.
+//!
+//! It is a BPF object of its own, with its own ring buffer, session map and counters: a flood of
+//! syscalls cannot crowd the veth capture's events out, and either point can be off. Its flow
+//! ids carry `CLOVISOR_SOCK_FLOW_ID_BIT`, so they never collide with the tc programs' ids in the
+//! collector's flow table (keyed by probe id and flow id).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::{Ebpf, EbpfLoader};
+use clovisor_proto::capture::v1::ProtocolHint;
+
+use super::assembler::{Assembler, SessionSource};
+use super::raw::{self, MsgStart, RawSockSession, SessionState};
+use super::{abi, map_err, replace_map, CaptureConfig, EventLoop, KernelStats, MAX_TRACED_PORTS};
+use crate::clock::BootClock;
+use crate::error::{Error, Result};
+use crate::hooks::socket::{self as hooks, HookAttempt, SocketHookKind, SocketHooks};
+
+/// The compiled BPF object (built by `build.rs`).
+static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_capture.bpf.o"));
+
+const MAP_EVENTS: &str = "sock_events";
+const MAP_SESSIONS: &str = "sock_sessions";
+const MAP_TRACED_PORTS: &str = "traced_ports";
+const MAP_NETNS: &str = "monitored_netns";
+const MAP_STATS: &str = "sock_stats";
+const MAP_CONFIG: &str = "sock_config";
+/// `max_entries` of `monitored_netns` in the object.
+const MAX_NETNS: usize = 4096;
+
+/// Names of the socket program's kernel counters, by `sock_stats` index; `socket_` keeps them
+/// apart from the tc programs' in `clovisor_probe_kernel_total{counter}`.
+const STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT as usize] = [
+    (abi::CLOVISOR_SOCK_STAT_TCP_SYSCALLS, "socket_tcp_syscalls"),
+    (
+        abi::CLOVISOR_SOCK_STAT_SYSCALLS_TRACED,
+        "socket_syscalls_traced",
+    ),
+    (
+        abi::CLOVISOR_SOCK_STAT_EVENTS_EMITTED,
+        "socket_events_emitted",
+    ),
+    (
+        abi::CLOVISOR_SOCK_STAT_RINGBUF_FULL,
+        "socket_ringbuf_full_drops",
+    ),
+    (
+        abi::CLOVISOR_SOCK_STAT_SESSION_UPDATE_FAILED,
+        "socket_session_update_failed",
+    ),
+    (
+        abi::CLOVISOR_SOCK_STAT_CALL_UPDATE_FAILED,
+        "socket_call_update_failed",
+    ),
+    (
+        abi::CLOVISOR_SOCK_STAT_SESSIONS_CREATED,
+        "socket_sessions_created",
+    ),
+    (
+        abi::CLOVISOR_SOCK_STAT_SESSIONS_ENDED,
+        "socket_sessions_ended",
+    ),
+    (
+        abi::CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED,
+        "socket_snap_load_failed",
+    ),
+];
+
+/// The loaded and attached socket point.
+pub struct SocketCapture {
+    ebpf: Ebpf,
+    hooks: Option<SocketHooks>,
+    stats: Arc<KernelStats>,
+    cfg: CaptureConfig,
+    /// What the maps hold, so unchanged updates cost nothing.
+    netns: Option<BTreeSet<u32>>,
+    ports: Option<BTreeMap<u16, ProtocolHint>>,
+}
+
+impl std::fmt::Debug for SocketCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketCapture")
+            .field("hooks", &self.hooks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SocketCapture {
+    /// Loads the object, sizes its maps like the tc capture's and attaches the first hook set
+    /// that works. Nothing is traced until [`Self::set_monitored_netns`] names namespaces.
+    pub fn load(cfg: &CaptureConfig) -> Result<Self> {
+        cfg.validate()?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_EVENTS, cfg.ring_buffer_bytes)
+            .map_max_entries(MAP_SESSIONS, cfg.max_sessions)
+            .load(OBJECT)
+            .map_err(|source| Error::Load { source })?;
+        let stats = PerCpuArray::try_from(
+            ebpf.take_map(MAP_STATS)
+                .ok_or(Error::MissingMap { map: MAP_STATS })?,
+        )
+        .map_err(map_err(MAP_STATS, "open"))?;
+        let mut capture = Self {
+            ebpf,
+            hooks: None,
+            stats: Arc::new(KernelStats {
+                map: stats,
+                map_name: MAP_STATS,
+                names: &STAT_NAMES,
+            }),
+            cfg: cfg.clone(),
+            netns: None,
+            ports: None,
+        };
+        capture.set_snaplen(cfg.snaplen)?;
+        capture.hooks = Some(hooks::attach(&mut capture.ebpf)?);
+        Ok(capture)
+    }
+
+    /// The hook set in use.
+    pub fn hook(&self) -> Option<SocketHookKind> {
+        self.hooks.as_ref().map(|h| h.kind)
+    }
+
+    /// Every hook set tried at load, with why the others were passed over.
+    pub fn hook_attempts(&self) -> Vec<HookAttempt> {
+        self.hooks
+            .as_ref()
+            .map(|h| h.attempts.clone())
+            .unwrap_or_default()
+    }
+
+    /// The bytes copied from the start of each message now.
+    pub fn snaplen(&self) -> u32 {
+        self.cfg.snaplen
+    }
+
+    /// Changes the bytes copied from the start of each message (1..=2048).
+    pub fn set_snaplen(&mut self, snaplen: u32) -> Result<()> {
+        CaptureConfig {
+            snaplen,
+            ..self.cfg.clone()
+        }
+        .validate()?;
+        let mut config: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_CONFIG)
+                .ok_or(Error::MissingMap { map: MAP_CONFIG })?,
+        )
+        .map_err(map_err(MAP_CONFIG, "open"))?;
+        config
+            .set(abi::CLOVISOR_CONFIG_SNAPLEN, snaplen, 0)
+            .map_err(map_err(MAP_CONFIG, "set snaplen"))?;
+        self.cfg.snaplen = snaplen;
+        Ok(())
+    }
+
+    /// Replaces the network namespaces (by inode) whose processes are traced.
+    pub fn set_monitored_netns(&mut self, inodes: &BTreeSet<u32>) -> Result<()> {
+        if inodes.len() > MAX_NETNS {
+            return Err(Error::Config {
+                reason: format!("{} monitored namespaces, at most {MAX_NETNS}", inodes.len()),
+            });
+        }
+        if self.netns.as_ref() == Some(inodes) {
+            return Ok(());
+        }
+        let wanted: BTreeMap<u32, u8> = inodes.iter().map(|i| (*i, 1)).collect();
+        replace_map(&mut self.ebpf, MAP_NETNS, &wanted)?;
+        self.netns = Some(inodes.clone());
+        Ok(())
+    }
+
+    /// Replaces the traced ports (the same set the tc programs trace).
+    pub fn set_traced_ports(&mut self, ports: &BTreeMap<u16, ProtocolHint>) -> Result<()> {
+        if ports.len() > MAX_TRACED_PORTS {
+            return Err(Error::Config {
+                reason: format!("{} traced ports, at most {MAX_TRACED_PORTS}", ports.len()),
+            });
+        }
+        if self.ports.as_ref() == Some(ports) {
+            return Ok(());
+        }
+        let wanted: BTreeMap<u16, u8> = ports
+            .iter()
+            .map(|(p, h)| (*p, raw::hint_value(*h)))
+            .collect();
+        replace_map(&mut self.ebpf, MAP_TRACED_PORTS, &wanted)?;
+        self.ports = Some(ports.clone());
+        Ok(())
+    }
+
+    /// A reader of the socket program's counters (for metrics).
+    pub fn kernel_stats_handle(&self) -> Arc<KernelStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Takes the ring buffer and the session map into an [`EventLoop`]; once only.
+    pub fn take_event_loop(&mut self) -> Result<EventLoop> {
+        let events = self
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or(Error::EventLoopTaken)?;
+        let ring = RingBuf::try_from(events).map_err(map_err(MAP_EVENTS, "open"))?;
+        let sessions = self
+            .ebpf
+            .take_map(MAP_SESSIONS)
+            .ok_or(Error::MissingMap { map: MAP_SESSIONS })?;
+        let sessions = BpfHashMap::try_from(sessions).map_err(map_err(MAP_SESSIONS, "open"))?;
+        let assembler = Assembler::new(
+            self.cfg.idle_flush,
+            usize::try_from(self.cfg.max_sessions).unwrap_or(usize::MAX),
+            self.cfg.node.clone(),
+            BootClock::now(),
+            Arc::new(RwLock::new(BTreeMap::new())),
+        );
+        Ok(EventLoop::new(
+            ring,
+            Box::new(KernelSockSessions(sessions)),
+            assembler,
+            self.cfg.idle_flush,
+        ))
+    }
+
+    /// Detaches every hook (idempotent); the programs stop seeing syscalls at once.
+    pub fn detach(&mut self) -> Result<()> {
+        match self.hooks.take() {
+            Some(h) => hooks::detach(&mut self.ebpf, h),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SocketCapture {
+    fn drop(&mut self) {
+        if let Err(e) = self.detach() {
+            tracing::warn!(error = %e, "detaching the socket hooks on drop failed");
+        }
+    }
+}
+
+struct KernelSockSessions(BpfHashMap<MapData, u64, RawSockSession>);
+
+impl SessionSource for KernelSockSessions {
+    fn lookup(&self, start: &MsgStart) -> Option<SessionState> {
+        let sock = start.socket.as_ref()?.sock_id;
+        let raw = self.0.get(&sock, 0).ok()?;
+        SessionState::from_sock_session(&raw[..]).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_socket_counter_has_a_distinct_name_at_its_index() {
+        for (i, (idx, name)) in STAT_NAMES.iter().enumerate() {
+            assert_eq!(
+                *idx as usize, i,
+                "STAT_NAMES[{i}] ({name}) must hold index {i}"
+            );
+            assert!(
+                name.starts_with("socket_"),
+                "{name} must be prefixed socket_ to stay apart from the tc counters"
+            );
+        }
+        let names: BTreeSet<&str> = STAT_NAMES.iter().map(|(_, n)| *n).collect();
+        assert_eq!(
+            names.len(),
+            STAT_NAMES.len(),
+            "counter names must be unique"
+        );
+    }
+}
