@@ -79,8 +79,9 @@ if [ -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
   echo "== no OTEL_EXPORTER_OTLP_ENDPOINT set: span export off (set it to send spans to Jaeger)"
 fi
 
-# Both pods are traced: every exchange is seen at the client's veth and at the server's, and the
-# correlator joins the two views into one session (its "observations" list both, with their times).
+# Both pods are traced: every exchange is seen at curl's socket, the client's veth, the server's veth
+# and nginx's socket, and the correlator joins the four views into one session (its "observations"
+# list each point with its own times).
 echo "== starting clovisor all-in-one --netns $CLIENT --netns $SERVER (api $API, metrics $METRICS)"
 RUST_LOG=${RUST_LOG:-info} "$BIN" all-in-one --netns "$CLIENT" --netns "$SERVER" \
   --api-listen "$API" --metrics-listen "$METRICS" >"$WORK/clovisor.log" 2>&1 &
@@ -92,6 +93,8 @@ for _ in $(seq 1 100); do
 done
 # Give the namespace follower one scan to attach and learn the listening ports.
 sleep 2
+echo "== socket point hooks (GET http://$API/api/v1/probe)"
+curl -fsS "http://$API/api/v1/probe" | jq -c '{hook: .socket.hook, passed_over: [.socket.attempts[] | select(.error) | .hook]}'
 
 echo "== client pod calls the server pod"
 c() { ip netns exec "$CLIENT" curl -s -o /dev/null -w "  %{http_code} %{size_download}B  $*\n" "$@"; }
@@ -116,8 +119,16 @@ curl -fsS "http://$API/api/v1/sessions?limit=50" | jq -r '
   (.sessions | reverse[] | [.http.method, .http.path, (.http.status_code|tostring),
      ((.duration_ns/1000|floor|tostring)+"us"), (.bytes.response|tostring),
      (.client.ip+":"+(.client.port|tostring)), (.server.pod // .server.ip),
-     ([.observations[] | .point + ":" + (.side // "-")] | join(",")),
+     ([.observations[] | .point + ":" + (.side // "-") + (if .comm then "(" + .comm + ")" else "" end)] | join(",")),
      (.trace.trace_id // "-"), (.trace.parent_span_id // "-")]) | @tsv' | column -t -s $'\t'
+
+echo "== where the time went: POST /api/orders, request start at each point (us after the first)"
+curl -fsS "http://$API/api/v1/sessions?trace_id=4bf92f3577b34da6a3ce929d0e0e4736" | jq -r '
+  .sessions[0].observations as $o
+  | def ns: sub("Z$"; "") | split(".") | (.[0] + "Z" | fromdateiso8601) * 1e9 + ((.[1] + "000000000")[0:9] | tonumber);
+  ($o[0].request_start | ns) as $t0
+  | $o[] | [.point, (.side // "-"), (.interface // .comm // "-"), (((.request_start | ns) - $t0) / 1000 | tostring) + "us",
+            "pid=" + ((.pid // "-") | tostring)] | @tsv' | column -t -s $'\t'
 
 echo "== one session in full"
 curl -fsS "http://$API/api/v1/sessions?trace_id=4bf92f3577b34da6a3ce929d0e0e4736" | jq '.sessions[0]'
