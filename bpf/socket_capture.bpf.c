@@ -134,6 +134,8 @@ struct socket {
 struct tcp_sock {
 	__u32 write_seq;
 	__u32 copied_seq;
+	__u32 srtt_us; /* smoothed RTT << 3 */
+	__u32 total_retrans;
 } __attribute__((preserve_access_index));
 
 struct iovec {
@@ -642,6 +644,8 @@ int clovisor_sock_state(__u64 *ctx)
 		ev->kind = CLOVISOR_EVENT_SOCK_FLOW_END;
 		ev->pad = 0;
 		__builtin_memcpy(&ev->owner, &s->owner, sizeof(s->owner));
+		ev->srtt_us = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+		ev->total_retrans = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
 		ev->end.kind = CLOVISOR_EVENT_FLOW_END;
 		/* An orderly close passes through the FIN states. */
 		ev->end.reason = (oldstate == TCP_FIN_WAIT1_ || oldstate == TCP_FIN_WAIT2_ ||

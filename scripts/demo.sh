@@ -134,7 +134,7 @@ echo "== one session in full"
 curl -fsS "http://$API/api/v1/sessions?trace_id=4bf92f3577b34da6a3ce929d0e0e4736" | jq '.sessions[0]'
 
 echo "== metrics (http://$METRICS/metrics)"
-curl -fsS "http://$METRICS/metrics" | grep -E '^clovisor_http_requests_total|^clovisor_dropped_total|events_emitted|^clovisor_probe_ring_events_total' | head -20
+curl -fsS "http://$METRICS/metrics" | grep -E '^clovisor_http_requests_total|^clovisor_flow_connections_total|^clovisor_flow_rtt_seconds_(sum|count)|^clovisor_dropped_total|events_emitted|^clovisor_probe_ring_events_total' | head -30
 
 echo "== stopping clovisor (SIGTERM)"
 kill -TERM "$CLOVISOR_PID"; wait "$CLOVISOR_PID" || true; CLOVISOR_PID=""

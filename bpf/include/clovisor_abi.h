@@ -299,6 +299,11 @@ struct clovisor_sock_flow_end {
 	__u32 kind; /* CLOVISOR_EVENT_SOCK_FLOW_END */
 	__u32 pad;
 	struct clovisor_sock_owner owner;
+	/* The kernel's view of the connection at close (struct tcp_sock):
+	 * smoothed RTT in microseconds (0 if never measured) and segments
+	 * retransmitted over its life. */
+	__u32 srtt_us;
+	__u32 total_retrans;
 	struct clovisor_flow_end end;
 };
 

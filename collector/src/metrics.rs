@@ -6,10 +6,124 @@ use std::time::Duration;
 
 use clovisor_proto::delivery::DeliveryStats;
 use clovisor_runtime::drops::Drops;
+use clovisor_runtime::workloads::{End, FlowLabels, Workloads};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// Bucket bounds of `clovisor_flow_rtt_seconds`, 50 µs to 1 s.
+pub const RTT_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Labels of the per-connection flow metrics: the workloads, and where the connection was seen.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObservedLabels {
+    /// The workloads.
+    #[prometheus(flatten)]
+    pub flow: FlowLabels,
+    /// `client_socket`, `client_veth`, `node`, `server_veth`, `server_socket`, or `veth` for a pod
+    /// veth whose pod is neither end.
+    pub observed_at: &'static str,
+}
+
+/// Labels of `clovisor_flow_connections_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// The workloads and the point.
+    #[prometheus(flatten)]
+    pub observed: ObservedLabels,
+    /// `fin` or `rst`.
+    pub reason: &'static str,
+}
+
+/// Connections between workloads and their TCP health, as each observation point saw them end.
+/// Every point that sees a connection counts it, so the label `observed_at` is part of every
+/// series: pick one point per question (`server_veth` for connections into traced servers,
+/// `client_socket` for RTT as the caller's kernel measured it).
+#[derive(Debug)]
+pub struct ConnectionMetrics {
+    workloads: Workloads,
+    connections: Family<ConnectionLabels, Counter>,
+    retransmits: Family<ObservedLabels, Counter>,
+    rtt: Family<ObservedLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for ConnectionMetrics {
+    fn default() -> Self {
+        Self {
+            workloads: Workloads::default(),
+            connections: Family::default(),
+            retransmits: Family::default(),
+            rtt: Family::new_with_constructor(|| Histogram::new(RTT_BUCKETS)),
+        }
+    }
+}
+
+/// One connection end, as [`ConnectionMetrics::ended`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionEnd<'a> {
+    /// The client end (`None`: not a monitored pod).
+    pub client: Option<End<'a>>,
+    /// The server end.
+    pub server: Option<End<'a>>,
+    /// Where it was seen.
+    pub observed_at: &'static str,
+    /// `fin` or `rst`.
+    pub reason: &'static str,
+    /// The kernel's smoothed RTT at close, µs; 0 when the point does not know it.
+    pub srtt_us: u32,
+    /// Segments the connection retransmitted over its life (socket point only).
+    pub retransmits: u32,
+}
+
+impl ConnectionMetrics {
+    /// Counts one connection end.
+    pub fn ended(&self, c: ConnectionEnd<'_>) {
+        let observed = ObservedLabels {
+            flow: self.workloads.flow(c.client, c.server),
+            observed_at: c.observed_at,
+        };
+        if c.srtt_us > 0 {
+            self.rtt
+                .get_or_create(&observed)
+                .observe(f64::from(c.srtt_us) / 1e6);
+        }
+        if c.retransmits > 0 {
+            self.retransmits
+                .get_or_create(&observed)
+                .inc_by(u64::from(c.retransmits));
+        }
+        self.connections
+            .get_or_create(&ConnectionLabels {
+                observed,
+                reason: c.reason,
+            })
+            .inc();
+    }
+
+    /// Registers `clovisor_flow_connections_total`, `clovisor_flow_connection_retransmits_total`
+    /// and `clovisor_flow_rtt_seconds`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "clovisor_flow_connections",
+            "Connections between workloads that ended, by where they were seen and how (fin, rst)",
+            self.connections.clone(),
+        );
+        registry.register(
+            "clovisor_flow_connection_retransmits",
+            "Segments retransmitted by connections between workloads, as their sockets counted them at close",
+            self.retransmits.clone(),
+        );
+        registry.register(
+            "clovisor_flow_rtt_seconds",
+            "Smoothed round-trip time of connections between workloads at close, as the socket's kernel measured it",
+            self.rtt.clone(),
+        );
+    }
+}
 
 /// A label set with one bounded label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +169,8 @@ pub struct CollectorMetrics {
     pub flows_evicted: Family<ReasonLabel, Counter>,
     /// Connection ends the probes reported, by point and reason (resets are TCP health).
     pub connections_ended: Family<ConnectionEndLabels, Counter>,
+    /// The same ends between workloads, with RTT and retransmits where the point knows them.
+    pub connections: ConnectionMetrics,
     /// Batches received again after a reconnect and acknowledged without processing.
     pub batches_duplicate: Counter,
     /// Batches processed.
@@ -129,8 +245,10 @@ impl CollectorMetrics {
         })
     }
 
-    /// Registers every metric under the `clovisor_collector_` prefix.
+    /// Registers every metric under the `clovisor_collector_` prefix, and the connection flow
+    /// metrics under `clovisor_flow_`.
     pub fn register(&self, registry: &mut Registry) {
+        self.connections.register(registry);
         let r = registry.sub_registry_with_prefix("clovisor_collector");
         r.register(
             "records_received",

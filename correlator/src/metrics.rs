@@ -8,13 +8,11 @@
 //! - `workload`: the server's workload (Deployment, StatefulSet, …), else its pod name. Pod names
 //!   churn with every rollout, so the fallback can grow; both `namespace` and `workload` are
 //!   therefore capped at [`MAX_LABEL_VALUES`] distinct values each for the life of the process,
-//!   after which new values are reported as `other`.
+//!   after which new values are reported as `other` (see [`clovisor_runtime::workloads`], shared
+//!   with the collector's flow metrics).
 //!
 //! Series of `clovisor_http_*` are at most 10 methods x 501 codes x 1000 namespaces x 1000
 //! workloads in theory; in practice a workload answers with a handful of codes and methods.
-
-use std::collections::HashSet;
-use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,11 +30,8 @@ pub const STAGE_CORRELATOR: &str = "correlator";
 /// Loss-accounting stage of span export: spans offered = exported + dropped + queued.
 pub const STAGE_EXPORT: &str = "export";
 
-/// Label value of a flow's end that is not a monitored pod.
-pub const OUTSIDE: &str = "outside";
-
-/// Distinct values a free-form label (`namespace`, `workload`) may take.
-pub const MAX_LABEL_VALUES: usize = 1000;
+use clovisor_runtime::workloads::{is_loopback, End, Workloads};
+pub use clovisor_runtime::workloads::{FlowLabels, MAX_LABEL_VALUES, OUTSIDE};
 
 /// Bucket bounds of `clovisor_http_request_duration_seconds`, 0.5 ms to 10 s.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -65,19 +60,6 @@ pub struct HttpLabels {
 pub struct BatchLabels {
     /// `processed` or `duplicate`.
     pub result: &'static str,
-}
-
-/// Labels of the workload-to-workload flow metrics (`clovisor_flow_*`).
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FlowLabels {
-    /// Client namespace, `outside` when the client is not a monitored pod.
-    pub client_namespace: String,
-    /// Client workload (else pod), `outside` when not a monitored pod.
-    pub client_workload: String,
-    /// Server namespace, `outside` when the server is not a monitored pod.
-    pub server_namespace: String,
-    /// Server workload (else pod), `outside` when not a monitored pod.
-    pub server_workload: String,
 }
 
 /// Labels of `clovisor_flow_bytes_total`.
@@ -142,26 +124,12 @@ impl DropReason {
     }
 }
 
-/// Caps the distinct values of one label.
-#[derive(Debug, Default)]
-struct LabelCap {
-    seen: Mutex<HashSet<String>>,
-}
-
-impl LabelCap {
-    fn admit(&self, value: &str) -> String {
-        if value.is_empty() {
-            return "unknown".to_owned();
-        }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(value) {
-            return value.to_owned();
-        }
-        if seen.len() < MAX_LABEL_VALUES {
-            seen.insert(value.to_owned());
-            return value.to_owned();
-        }
-        "other".to_owned()
+/// A session endpoint as a flow end.
+fn end_of(e: &clovisor_proto::session::v1::Endpoint) -> End<'_> {
+    End {
+        pod: &e.pod,
+        namespace: &e.namespace,
+        workload: &e.workload,
     }
 }
 
@@ -188,8 +156,7 @@ pub struct Metrics {
     export_failures: Counter,
     export_queue: Gauge,
     dropped: Drops,
-    namespaces: LabelCap,
-    workloads: LabelCap,
+    workloads: Workloads,
 }
 
 impl Default for Metrics {
@@ -231,8 +198,7 @@ impl Metrics {
             export_failures: Counter::default(),
             export_queue: Gauge::default(),
             dropped: drops,
-            namespaces: LabelCap::default(),
-            workloads: LabelCap::default(),
+            workloads: Workloads::default(),
         }
     }
 
@@ -391,15 +357,6 @@ impl Metrics {
         let s = &rec.session;
         let http = s.http.as_ref();
         let server = s.server.as_ref();
-        let workload = server
-            .map(|e| {
-                if e.workload.is_empty() {
-                    &e.pod
-                } else {
-                    &e.workload
-                }
-            })
-            .map_or("", String::as_str);
         let labels = HttpLabels {
             method: method_label(http.map_or("", |h| h.method.as_str())).to_owned(),
             status_code: status_label(if s.incomplete {
@@ -408,9 +365,11 @@ impl Metrics {
                 http.map_or(0, |h| h.status_code)
             }),
             namespace: self
-                .namespaces
-                .admit(server.map_or("", |e| e.namespace.as_str())),
-            workload: self.workloads.admit(workload),
+                .workloads
+                .namespace(server.map_or("", |e| e.namespace.as_str())),
+            workload: self
+                .workloads
+                .workload(server.map(end_of).unwrap_or_default()),
         };
         self.http_requests.get_or_create(&labels).inc();
         if !s.incomplete && s.end_unix_nanos >= s.start_unix_nanos && s.start_unix_nanos > 0 {
@@ -422,28 +381,13 @@ impl Metrics {
 
     /// The workload-to-workload metrics of one exchange.
     fn observe_flow(&self, s: &clovisor_proto::session::v1::Session) {
-        let end = |e: Option<&clovisor_proto::session::v1::Endpoint>| match e {
-            Some(e) if !e.pod.is_empty() => {
-                let workload = if e.workload.is_empty() {
-                    &e.pod
-                } else {
-                    &e.workload
-                };
-                (
-                    self.namespaces.admit(&e.namespace),
-                    self.workloads.admit(workload),
-                )
-            }
-            _ => (OUTSIDE.to_owned(), OUTSIDE.to_owned()),
-        };
-        let (client_namespace, client_workload) = end(s.client.as_ref());
-        let (server_namespace, server_workload) = end(s.server.as_ref());
-        let flow = FlowLabels {
-            client_namespace,
-            client_workload,
-            server_namespace,
-            server_workload,
-        };
+        // An app talking to its sidecar over loopback inside one pod: no flow between workloads.
+        if s.client.as_ref().is_some_and(|c| is_loopback(&c.ip)) {
+            return;
+        }
+        let flow = self
+            .workloads
+            .flow(s.client.as_ref().map(end_of), s.server.as_ref().map(end_of));
         self.flow_exchanges.get_or_create(&flow).inc();
         let bytes = s.bytes.unwrap_or_default();
         for (direction, n) in [("request", bytes.request), ("response", bytes.response)] {
@@ -694,21 +638,6 @@ mod tests {
             text.contains(&(bucket("0.005") + "1")),
             "3 ms is below 5 ms:\n{text}"
         );
-    }
-
-    #[test]
-    fn free_form_labels_are_capped() {
-        let cap = LabelCap::default();
-        for i in 0..MAX_LABEL_VALUES {
-            assert_eq!(cap.admit(&format!("w{i}")), format!("w{i}"));
-        }
-        assert_eq!(
-            cap.admit("one-too-many"),
-            "other",
-            "beyond the cap values fold to other"
-        );
-        assert_eq!(cap.admit("w5"), "w5", "known values stay");
-        assert_eq!(cap.admit(""), "unknown");
     }
 
     #[test]

@@ -269,6 +269,45 @@ async fn a_call_between_two_traced_pods_is_one_session_seen_at_four_points() -> 
         metrics.contains(r#"clovisor_correlator_exchange_points_total{points="4"} 5"#),
         "five exchanges of four points each:\n{metrics}"
     );
+    // Three connections (two single requests, one keep-alive), each seen closing at all four
+    // points, and the sockets' kernels measured their RTT.
+    let pair = format!(
+        r#"client_namespace="unknown",client_workload="{}",server_namespace="unknown",server_workload="{}""#,
+        client.netns, server.netns
+    );
+    let scraped = wait_for(
+        "connection ends at all four points",
+        Duration::from_secs(10),
+        || {
+            let m = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+            Ok([
+                "client_socket",
+                "client_veth",
+                "server_veth",
+                "server_socket",
+            ]
+            .iter()
+            .all(|at| {
+                m.lines().any(|l| {
+                    l.starts_with("clovisor_flow_connections_total{")
+                        && l.contains(&pair)
+                        && l.contains(&format!(r#"observed_at="{at}""#))
+                        && l.ends_with(" 3")
+                })
+            }))
+        },
+    );
+    let metrics = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+    if let Err(e) = scraped {
+        bail!("{e:#}\n{metrics}");
+    }
+    for at in ["client_socket", "server_socket"] {
+        let count = format!(r#"clovisor_flow_rtt_seconds_count{{{pair},observed_at="{at}"}} 3"#);
+        assert!(
+            metrics.contains(&count),
+            "RTT of three connections at the {at}: {count}\n{metrics}"
+        );
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub mod drops;
+pub mod workloads;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

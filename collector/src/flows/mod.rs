@@ -18,7 +18,8 @@ use clovisor_proto::capture::v1::{self as capture, record, Direction, ProtocolHi
 use clovisor_proto::session::v1::Session;
 
 use crate::decode::{self, RequestHead, ResponseHead, Sniffed};
-use crate::metrics::CollectorMetrics;
+use crate::metrics::{CollectorMetrics, ConnectionEnd};
+use clovisor_runtime::workloads::{is_loopback, End};
 
 pub use session::EndpointMeta;
 
@@ -135,6 +136,50 @@ pub struct FlowTable {
     /// Activity order: tick -> flow, oldest first.
     lru: BTreeMap<u64, (Arc<str>, u64)>,
     next_tick: u64,
+}
+
+/// Counts a connection end between workloads, where it was seen. Loopback connections (an app
+/// and its sidecar inside one pod) are no flow between workloads and are left out.
+fn observe_connection(
+    metrics: &CollectorMetrics,
+    state: &ProbeState,
+    key: &capture::FlowKey,
+    e: &capture::FlowEnd,
+    reason: &'static str,
+) {
+    if !matches!(reason, "fin" | "rst") || is_loopback(&key.client_ip) {
+        return;
+    }
+    let client = state.endpoints.get(&key.client_ip);
+    let server = state.endpoints.get(&key.server_ip);
+    let point = e.point.clone().unwrap_or_default();
+    let observed_at = match capture::PointKind::try_from(point.kind) {
+        Ok(capture::PointKind::Socket) => match point.side.as_str() {
+            "client" => "client_socket",
+            "server" => "server_socket",
+            _ => "socket",
+        },
+        Ok(capture::PointKind::Node) => "node",
+        _ if session::owns_veth(&point, server) => "server_veth",
+        _ if session::owns_veth(&point, client) => "client_veth",
+        _ => "veth",
+    };
+    metrics.connections.ended(ConnectionEnd {
+        client: client.map(end),
+        server: server.map(end),
+        observed_at,
+        reason,
+        srtt_us: e.srtt_us,
+        retransmits: e.total_retransmits,
+    });
+}
+
+fn end(m: &EndpointMeta) -> End<'_> {
+    End {
+        pod: &m.pod,
+        namespace: &m.namespace,
+        workload: &m.workload,
+    }
 }
 
 /// Where a flow's sessions go, and what they need to know about the probe.
@@ -377,6 +422,9 @@ impl FlowTable {
             _ => "unspecified",
         };
         self.metrics.connection_ended(point, reason);
+        if let (Some(state), Some(key)) = (self.probes.get(probe_id), e.flow.as_ref()) {
+            observe_connection(&self.metrics, state, key, e, reason);
+        }
         let tick = self
             .probes
             .get(probe_id)

@@ -60,7 +60,7 @@ fn point_kind(kind: i32) -> PointKind {
 }
 
 /// At a pod veth, the side is the end whose pod owns that veth.
-fn side(point: &capture::ObservationPoint, meta: Option<&EndpointMeta>) -> bool {
+pub(super) fn owns_veth(point: &capture::ObservationPoint, meta: Option<&EndpointMeta>) -> bool {
     if point.kind != capture::PointKind::Pod as i32 {
         return false;
     }
@@ -83,9 +83,9 @@ pub(super) fn emit(ctx: &mut Ctx<'_>, flow: &Flow, p: Parts<'_>) {
             "server" => "server",
             _ => "",
         }
-    } else if side(&flow.point, server_meta) {
+    } else if owns_veth(&flow.point, server_meta) {
         "server"
-    } else if side(&flow.point, client_meta) {
+    } else if owns_veth(&flow.point, client_meta) {
         "client"
     } else {
         ""

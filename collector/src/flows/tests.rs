@@ -2,6 +2,7 @@ use super::*;
 use clovisor_proto::capture::v1::{
     EndpointUpdate, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint, PointKind, Record,
 };
+use prometheus_client::registry::Registry;
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];
 const SERVER: [u8; 4] = [10, 0, 0, 2];
@@ -58,6 +59,8 @@ fn end(flow_id: u64) -> Record {
             reason: FlowEndReason::Fin as i32,
             unix_nanos: 99,
             messages: 0,
+            srtt_us: 0,
+            total_retransmits: 0,
         })),
     }
 }
@@ -261,6 +264,102 @@ fn connection_ends_are_counted_by_point_and_reason() {
         ),
         (1, 1),
         "one FIN and one RST at the pod veth"
+    );
+}
+
+#[test]
+fn connection_ends_between_workloads_carry_where_they_were_seen_and_the_socket_rtt() {
+    let (mut t, m) = table();
+    let endpoint = |ip: [u8; 4], pod: &str, workload: &str, ifindex: u32, interface: &str| Record {
+        kind: Some(record::Kind::Endpoint(EndpointUpdate {
+            ip: ip.to_vec(),
+            pod: pod.into(),
+            namespace: "shop".into(),
+            node: "node-a".into(),
+            workload: workload.into(),
+            ifindex,
+            interface: interface.into(),
+            removed: false,
+        })),
+    };
+    let socket_end = |flow_id: u64, side: &str, srtt_us: u32, client: [u8; 4]| Record {
+        kind: Some(record::Kind::FlowEnd(FlowEnd {
+            flow: Some(FlowKey {
+                client_ip: client.to_vec(),
+                ..key()
+            }),
+            point: Some(ObservationPoint {
+                kind: PointKind::Socket as i32,
+                node: "node-a".into(),
+                side: side.into(),
+                pid: 42,
+                comm: "app".into(),
+                ..ObservationPoint::default()
+            }),
+            flow_id,
+            reason: FlowEndReason::Fin as i32,
+            unix_nanos: 99,
+            messages: 2,
+            srtt_us,
+            total_retransmits: 3,
+        })),
+    };
+    let mut reset = end(9);
+    if let Some(record::Kind::FlowEnd(e)) = reset.kind.as_mut() {
+        e.reason = FlowEndReason::Rst as i32;
+    }
+    feed(
+        &mut t,
+        vec![
+            endpoint(CLIENT, "cart-1", "cart", 6, "veth-client"),
+            endpoint(SERVER, "web-0", "web", 7, "veth-server"),
+            // The server's veth sees a reset; both sockets see an orderly close with their RTT.
+            reset,
+            socket_end(1 << 63 | 1, "client", 250, CLIENT),
+            socket_end(1 << 63 | 2, "server", 40_000, CLIENT),
+            // An app talking to its sidecar over loopback: no flow between workloads.
+            socket_end(1 << 63 | 3, "client", 10, [127, 0, 0, 1]),
+        ],
+    );
+    let mut registry = Registry::default();
+    m.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .unwrap_or_else(|e| panic!("encoding metrics: {e}"));
+    let pair = r#"client_namespace="shop",client_workload="cart",server_namespace="shop",server_workload="web""#;
+    for series in [
+        format!(
+            r#"clovisor_flow_connections_total{{{pair},observed_at="server_veth",reason="rst"}} 1"#
+        ),
+        format!(
+            r#"clovisor_flow_connections_total{{{pair},observed_at="client_socket",reason="fin"}} 1"#
+        ),
+        format!(
+            r#"clovisor_flow_connections_total{{{pair},observed_at="server_socket",reason="fin"}} 1"#
+        ),
+        format!(
+            r#"clovisor_flow_connection_retransmits_total{{{pair},observed_at="client_socket"}} 3"#
+        ),
+        format!(
+            r#"clovisor_flow_rtt_seconds_bucket{{le="0.00025",{pair},observed_at="client_socket"}} 1"#
+        ),
+        format!(
+            r#"clovisor_flow_rtt_seconds_bucket{{le="0.025",{pair},observed_at="server_socket"}} 0"#
+        ),
+        format!(
+            r#"clovisor_flow_rtt_seconds_bucket{{le="0.05",{pair},observed_at="server_socket"}} 1"#
+        ),
+    ] {
+        assert!(text.contains(&series), "missing {series} in:\n{text}");
+    }
+    assert!(
+        !text.contains("client_namespace=\"outside\""),
+        "loopback is no flow between workloads:\n{text}"
+    );
+    assert_eq!(
+        m.connections_ended_for("socket", "fin"),
+        3,
+        "every end still counts per point"
     );
 }
 

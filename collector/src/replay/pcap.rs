@@ -507,6 +507,9 @@ impl<'c> Tracker<'c> {
                 reason: reason as i32,
                 unix_nanos: ts,
                 messages: conn.index,
+                // A capture file has no socket to ask.
+                srtt_us: 0,
+                total_retransmits: 0,
             })),
         });
         self.closed.insert(key.clone());

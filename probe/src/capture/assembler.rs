@@ -184,6 +184,8 @@ impl Assembler {
                 reason: end.reason as i32,
                 unix_nanos: self.clock.to_unix_ns(end.ts_ns),
                 messages: end.last.map_or(0, |l| l.index.saturating_add(1)),
+                srtt_us: end.tcp.map_or(0, |t| t.srtt_us),
+                total_retransmits: end.tcp.map_or(0, |t| t.total_retransmits),
             })),
         });
         self.stats.flow_ends += 1;
@@ -450,6 +452,7 @@ mod tests {
                 ts_ns: 9_999,
                 last: Some(resp_final),
                 socket: None,
+                tcp: None,
             }),
             t,
             &mut out,
@@ -740,6 +743,7 @@ mod tests {
                 ts_ns: 9_999,
                 last: Some(resp),
                 socket: Some(owner(SocketSide::Server)),
+                tcp: None,
             }),
             t,
             &mut out,

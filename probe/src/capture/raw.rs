@@ -192,6 +192,17 @@ pub struct FlowEnd {
     pub last: Option<MsgCounters>,
     /// Seen at a socket: the owner of the socket; `None` at an interface.
     pub socket: Option<SocketOwner>,
+    /// Seen at a socket: the kernel's smoothed RTT (µs) and retransmitted segments at close.
+    pub tcp: Option<TcpHealth>,
+}
+
+/// What the kernel knew about a connection's health when it closed (socket point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpHealth {
+    /// Smoothed round-trip time, µs; 0 if never measured.
+    pub srtt_us: u32,
+    /// Segments retransmitted over the connection's life.
+    pub total_retransmits: u32,
 }
 
 /// A ring buffer record.
@@ -279,6 +290,7 @@ impl TryFrom<&[u8]> for Event {
                         None
                     },
                     socket: None,
+                    tcp: None,
                 }))
             }
             abi::CLOVISOR_EVENT_SOCK_MSG_START => {
@@ -379,7 +391,15 @@ fn socket_event(bytes: &[u8], inner: usize, inner_kind: u32) -> Result<Event> {
     let mut event = Event::try_from(rest)?;
     match &mut event {
         Event::MsgStart(m) => m.socket = Some(owner),
-        Event::FlowEnd(f) => f.socket = Some(owner),
+        Event::FlowEnd(f) => {
+            f.socket = Some(owner);
+            let (head, _) = abi::clovisor_sock_flow_end::read_from_prefix(bytes)
+                .map_err(|_| bad(format!("socket flow end of {} bytes", bytes.len())))?;
+            f.tcp = Some(TcpHealth {
+                srtt_us: head.srtt_us,
+                total_retransmits: head.total_retrans,
+            });
+        }
     }
     Ok(event)
 }
@@ -573,6 +593,9 @@ pub(crate) mod testing {
         let mut head = abi::clovisor_sock_flow_end::new_zeroed();
         head.kind = abi::CLOVISOR_EVENT_SOCK_FLOW_END;
         head.owner = raw_owner(owner);
+        let tcp = ev.tcp.unwrap_or_default();
+        head.srtt_us = tcp.srtt_us;
+        head.total_retrans = tcp.total_retransmits;
         let mut out = head.as_bytes()[..SOCK_FLOW_END_INNER].to_vec();
         out.extend(flow_end_bytes(ev));
         out
@@ -720,6 +743,7 @@ mod tests {
             ts_ns: 5,
             last: None,
             socket: None,
+            tcp: None,
         });
         assert!(
             Event::try_from(&fe[..fe.len() - 1]).is_err(),
@@ -774,6 +798,7 @@ mod tests {
             ts_ns: 123,
             last: Some(counters(3, Direction::ServerToClient, 1_000_000)),
             socket: None,
+            tcp: None,
         };
         let parsed = Event::try_from(&flow_end_bytes(&ev)[..]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(parsed, Event::FlowEnd(ev), "FLOW_END must parse back");
@@ -843,6 +868,10 @@ mod tests {
             ts_ns: 77,
             last: Some(counters(1, Direction::ServerToClient, 500)),
             socket: Some(owner(SocketSide::Client)),
+            tcp: Some(TcpHealth {
+                srtt_us: 1234,
+                total_retransmits: 2,
+            }),
         };
         let parsed = Event::try_from(&sock_flow_end_bytes(&ev)[..])
             .unwrap_or_else(|e| panic!("valid SOCK_FLOW_END rejected: {e}"));

@@ -1,0 +1,188 @@
+//! Bounded workload labels, shared by the flow metrics of the collector (connections, RTT) and
+//! the correlator (exchanges, bytes, retransmits), so both name a pair of workloads alike.
+//!
+//! Namespaces and workloads are free-form: each is capped at [`MAX_LABEL_VALUES`] distinct values
+//! for the life of the process, beyond which new values read `other`; an empty value reads
+//! `unknown`; an end that is not a monitored pod reads [`OUTSIDE`].
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+
+/// Label value of a flow's end that is not a monitored pod.
+pub const OUTSIDE: &str = "outside";
+
+/// Distinct values a free-form label (`namespace`, `workload`) may take.
+pub const MAX_LABEL_VALUES: usize = 1000;
+
+/// Caps the distinct values of one label.
+#[derive(Debug, Default)]
+pub struct LabelCap {
+    seen: Mutex<HashSet<String>>,
+}
+
+impl LabelCap {
+    /// `value` while fewer than [`MAX_LABEL_VALUES`] were seen (or it was seen before), else
+    /// `other`; `unknown` when empty.
+    pub fn admit(&self, value: &str) -> String {
+        if value.is_empty() {
+            return "unknown".to_owned();
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < MAX_LABEL_VALUES {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
+/// One end of a flow as the metadata knows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct End<'a> {
+    /// Pod name; empty when the address is no monitored pod.
+    pub pod: &'a str,
+    /// Kubernetes namespace.
+    pub namespace: &'a str,
+    /// Owning workload; empty when the pod has none (the pod name stands in).
+    pub workload: &'a str,
+}
+
+/// Labels of the workload-to-workload flow metrics (`clovisor_flow_*`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    /// Client namespace, `outside` when the client is not a monitored pod.
+    pub client_namespace: String,
+    /// Client workload (else pod), `outside` when not a monitored pod.
+    pub client_workload: String,
+    /// Server namespace, `outside` when the server is not a monitored pod.
+    pub server_namespace: String,
+    /// Server workload (else pod), `outside` when not a monitored pod.
+    pub server_workload: String,
+}
+
+/// The capped namespace and workload label values of one process.
+#[derive(Debug, Default)]
+pub struct Workloads {
+    namespaces: LabelCap,
+    workloads: LabelCap,
+}
+
+impl Workloads {
+    /// A namespace label value.
+    pub fn namespace(&self, namespace: &str) -> String {
+        self.namespaces.admit(namespace)
+    }
+
+    /// A workload label value: the workload, else the pod.
+    pub fn workload(&self, end: End<'_>) -> String {
+        self.workloads.admit(if end.workload.is_empty() {
+            end.pod
+        } else {
+            end.workload
+        })
+    }
+
+    /// `(namespace, workload)` of one end; [`OUTSIDE`] twice when it is no monitored pod.
+    pub fn end(&self, end: Option<End<'_>>) -> (String, String) {
+        match end {
+            Some(e) if !e.pod.is_empty() => (self.namespace(e.namespace), self.workload(e)),
+            _ => (OUTSIDE.to_owned(), OUTSIDE.to_owned()),
+        }
+    }
+
+    /// The labels of the flow from `client` to `server`.
+    pub fn flow(&self, client: Option<End<'_>>, server: Option<End<'_>>) -> FlowLabels {
+        let (client_namespace, client_workload) = self.end(client);
+        let (server_namespace, server_workload) = self.end(server);
+        FlowLabels {
+            client_namespace,
+            client_workload,
+            server_namespace,
+            server_workload,
+        }
+    }
+}
+
+/// Whether a 4- or 16-byte address is loopback (v4-mapped included).
+pub fn is_loopback(ip: &[u8]) -> bool {
+    match ip.len() {
+        4 => ip[0] == 127,
+        16 => {
+            let v6 = <[u8; 16]>::try_from(ip).map(std::net::Ipv6Addr::from);
+            v6.is_ok_and(|a| {
+                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            })
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_form_labels_are_capped() {
+        let cap = LabelCap::default();
+        for i in 0..MAX_LABEL_VALUES {
+            assert_eq!(cap.admit(&format!("w{i}")), format!("w{i}"));
+        }
+        assert_eq!(
+            cap.admit("one-too-many"),
+            "other",
+            "beyond the cap values fold to other"
+        );
+        assert_eq!(cap.admit("w5"), "w5", "known values stay");
+        assert_eq!(cap.admit(""), "unknown");
+    }
+
+    #[test]
+    fn ends_are_workloads_pods_or_outside() {
+        let w = Workloads::default();
+        let cart = End {
+            pod: "cart-7d9f",
+            namespace: "shop",
+            workload: "cart",
+        };
+        let bare = End {
+            pod: "debug",
+            namespace: "",
+            workload: "",
+        };
+        let labels = w.flow(Some(cart), Some(bare));
+        assert_eq!(
+            (
+                labels.client_namespace.as_str(),
+                labels.client_workload.as_str()
+            ),
+            ("shop", "cart")
+        );
+        assert_eq!(
+            (
+                labels.server_namespace.as_str(),
+                labels.server_workload.as_str()
+            ),
+            ("unknown", "debug"),
+            "no owner: the pod names it"
+        );
+        let out = w.flow(Some(cart), None);
+        assert_eq!(out.server_workload, OUTSIDE);
+        assert_eq!(w.end(Some(End::default())).0, OUTSIDE, "no pod: outside");
+    }
+
+    #[test]
+    fn loopback_in_every_spelling() {
+        assert!(is_loopback(&[127, 0, 0, 1]));
+        assert!(is_loopback(&std::net::Ipv6Addr::LOCALHOST.octets()));
+        assert!(is_loopback(
+            &std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets()
+        ));
+        assert!(!is_loopback(&[10, 0, 0, 1]));
+        assert!(!is_loopback(&[1, 2, 3]), "not an address");
+    }
+}
