@@ -116,13 +116,16 @@ def rate(wrks):
 
 def section_b(raw, machine, rep):
     pairs = machine["knobs"]["pairs"]
-    runs = {"untraced": [], "traced": []}
+    runs = {"untraced": [], "veth": [], "traced": []}
     rows = []
     traced_sessions = traced_served = 0
     for p in range(1, pairs + 1):
         row = {"pair": p}
-        for mode in ("untraced", "traced"):
-            w = load(raw / "b" / f"pair-{p}-{mode}.wrk.json")
+        for mode in ("untraced", "veth", "traced"):
+            path = raw / "b" / f"pair-{p}-{mode}.wrk.json"
+            if not path.exists():  # a run of a script without the veth-only arm
+                continue
+            w = load(path)
             runs[mode].append(w)
             row[mode] = {"requests": w["requests"], "per_s": rate([w]),
                          "p50_us": w["latency_us"]["p50"], "p99_us": w["latency_us"]["p99"],
@@ -145,8 +148,15 @@ def section_b(raw, machine, rep):
     added = conns * 1e6 / t - conns * 1e6 / u
     spread = [r["ratio"] for r in rows]
     rep.figure("b", "throughput_ratio", "throughput traced / untraced", ratio, "×", 0.9, ">=",
-               f"{fmt(t)} vs {fmt(u)} requests/s over {pairs} interleaved pairs; "
-               f"per pair {min(spread):.2f}–{max(spread):.2f}")
+               f"{fmt(t)} vs {fmt(u)} requests/s over {pairs} interleaved rounds; "
+               f"per round {min(spread):.2f}–{max(spread):.2f}; veth and socket point")
+    v = rate(runs["veth"]) if runs["veth"] else None
+    rep.figure("b", "throughput_ratio_veth_only", "throughput traced at the veth only / untraced",
+               v / u if v else None, "×", 0.9, ">=",
+               f"{fmt(v)} vs {fmt(u)} requests/s, --socket-hooks off" if v else "not run")
+    rep.figure("b", "throughput_ratio_socket_point", "throughput with the socket point / veth only",
+               t / v if v else None, "×",
+               note="what the socket point's syscall hooks cost on top of the veth capture" if v else "not run")
     for q in ("p50", "p99"):
         rep.figure("b", f"{q}_us", f"{q} latency: traced − untraced (median of runs)",
                    med("traced", q) - med("untraced", q), "µs", note=
@@ -159,8 +169,8 @@ def section_b(raw, machine, rep):
                100.0 * traced_sessions / traced_served if traced_served else None, "%",
                note=f"{fmt(traced_sessions)} sessions / {fmt(traced_served)} requests served")
     return {"pairs": rows, "untraced_per_s": u, "traced_per_s": t, "ratio": ratio,
-            "added_mean_us": added, "wrk_mean_latency_us": {m: [w["latency_us"]["mean"] for w in runs[m]] for m in runs},
-            "latency_us": {m: {q: med(m, q) for q in ("p50", "p90", "p99")} for m in runs}}
+            "added_mean_us": added, "wrk_mean_latency_us": {m: [w["latency_us"]["mean"] for w in runs[m]] for m in runs if runs[m]},
+            "latency_us": {m: {q: med(m, q) for q in ("p50", "p90", "p99")} for m in runs if runs[m]}}
 
 
 # --- a. eBPF cost ------------------------------------------------------------------------------------
@@ -393,13 +403,16 @@ def markdown(machine, rep, details):
             lines.append(f"| {f['name']} | {value} | {f['target'] or ''} | {met_text(f)} | {f['note']} |")
         lines.append("")
         if sec == "b":
-            lines += ["| pair | untraced req/s | traced req/s | ratio | p50 µs (u / t) | p99 µs (u / t) | wrk errors (u / t) |",
-                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            lines += ["| round | untraced req/s | veth only req/s | traced req/s | ratio | p50 µs (u / v / t) | "
+                      "p99 µs (u / v / t) | wrk errors (u / v / t) |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
             for r in details["b"]["pairs"]:
                 u, t = r["untraced"], r["traced"]
-                lines.append(f"| {r['pair']} | {fmt(u['per_s'])} | {fmt(t['per_s'])} | {r['ratio']:.2f} | "
-                             f"{u['p50_us']} / {t['p50_us']} | {u['p99_us']} / {t['p99_us']} | "
-                             f"{u['errors']} / {t['errors']} |")
+                v = r.get("veth", {"per_s": None, "p50_us": "—", "p99_us": "—", "errors": "—"})
+                lines.append(f"| {r['pair']} | {fmt(u['per_s'])} | {fmt(v['per_s'])} | {fmt(t['per_s'])} | "
+                             f"{r['ratio']:.2f} | {u['p50_us']} / {v['p50_us']} / {t['p50_us']} | "
+                             f"{u['p99_us']} / {v['p99_us']} / {t['p99_us']} | "
+                             f"{u['errors']} / {v['errors']} / {t['errors']} |")
             lines.append("")
         if sec == "d":
             lines += ["| connections | served req/s | served | traced (complete + incomplete) | counted drops | "

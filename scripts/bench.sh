@@ -307,7 +307,7 @@ wait_http() { # url name
 
 # The pipeline and nginx run in their own sessions (setsid), so a Ctrl-C reaches only this script,
 # which then stops them in order (upstream first, each draining into the next).
-start_pipeline() {
+start_pipeline() { # [extra probe flags...]
   OTEL_TRACES_EXPORTER=none RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-correlator" \
     --grpc-listen "127.0.0.1:$P_CORR_GRPC" --api-listen "127.0.0.1:$P_CORR_API" \
     --metrics-listen "127.0.0.1:$P_CORR_METRICS" >>"$LOGS/correlator.log" 2>&1 &
@@ -319,7 +319,7 @@ start_pipeline() {
   PID[collector]=$!
   wait_http "http://127.0.0.1:$P_COLL_METRICS/healthz" collector
   RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-probe" --netns "$SERVER" --node bench \
-    --collector "http://127.0.0.1:$P_COLL_GRPC" --metrics-listen "127.0.0.1:$P_PROBE_METRICS" \
+    --collector "http://127.0.0.1:$P_COLL_GRPC" --metrics-listen "127.0.0.1:$P_PROBE_METRICS" "$@" \
     >>"$LOGS/probe.log" 2>&1 &
   PID[probe]=$!
   wait_http "http://127.0.0.1:$P_PROBE_METRICS/healthz" probe
@@ -339,20 +339,22 @@ start_pipeline() {
 # --- b. request overhead: untraced vs traced, interleaved ----------------------------------------
 
 note_load b
-echo "== b. request overhead: $PAIRS pairs of untraced and traced wrk runs (-c$CONNS, ${SECONDS_PER_RUN}s), ABBA order"
+# Three arms per pair: untraced; traced at the veth only (--socket-hooks off); traced at the veth and
+# the socket point (the default). The middle arm tells the socket point's share of the cost.
+echo "== b. request overhead: $PAIRS rounds of untraced, veth-only and fully traced wrk runs (-c$CONNS, ${SECONDS_PER_RUN}s), order alternating"
 run_wrk "$CONNS" 2 "$WORK/warmup.json"
 for p in $(seq 1 "$PAIRS"); do
-  # Alternate which run of a pair goes first, so a drift in the machine's load cancels out.
-  if [ $((p % 2)) -eq 1 ]; then order="untraced traced"; else order="traced untraced"; fi
+  # Alternate the order of a round, so a drift in the machine's load cancels out.
+  if [ $((p % 2)) -eq 1 ]; then order="untraced veth traced"; else order="traced veth untraced"; fi
   for mode in $order; do
     f=$RAW/b/pair-$p-$mode
-    if [ "$mode" = traced ]; then
-      start_pipeline
+    if [ "$mode" != untraced ]; then
+      if [ "$mode" = veth ]; then start_pipeline --socket-hooks off; else start_pipeline; fi
       scrape "$f.before.prom"
       n0=$(nginx_requests)
     fi
     run_wrk "$CONNS" "$SECONDS_PER_RUN" "$f.wrk.json"
-    if [ "$mode" = traced ]; then
+    if [ "$mode" != untraced ]; then
       n1=$(nginx_requests)
       settle
       scrape "$f.after.prom"
