@@ -1,7 +1,8 @@
 //! `clovisor all-in-one --targets kubernetes`, as a user runs it, with `KUBECONFIG` pointing at
 //! the fake API server: the pod the API describes is traced by its host veth (found from its IP),
 //! its sessions carry the pod name and namespace the API gave and the probe's node, the protocol comes from
-//! the Service, and deleting the pod detaches it; SIGTERM leaves nothing behind.
+//! the Service, the pod's processes are traced at the socket point (its namespace learnt with its veth),
+//! and deleting the pod detaches it; SIGTERM leaves nothing behind.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -165,23 +166,50 @@ async fn all_in_one_traces_the_pods_the_api_server_describes() -> Result<()> {
     let url = format!("http://{}/index.html?kube=1", server.ipv4);
     let sessions = format!("http://{api}/api/v1/sessions?limit=100");
     let mut seen = Value::Null;
+    let points = |s: &Value| -> Vec<(String, String)> {
+        s["observations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| {
+                let f = |k: &str| o[k].as_str().unwrap_or_default().to_owned();
+                (f("point"), f("side"))
+            })
+            .collect()
+    };
+    let server_points = vec![
+        ("pod".to_owned(), "server".to_owned()),
+        ("socket".to_owned(), "server".to_owned()),
+    ];
+    let mut sent = false;
     let found = wait_for("the session of the pod", Duration::from_secs(20), || {
-        run_in(
-            &client.netns,
-            &["curl", "-sS", "-o", "/dev/null", "--max-time", "5", &url],
-        )?;
+        if !sent {
+            run_in(
+                &client.netns,
+                &["curl", "-sS", "-o", "/dev/null", "--max-time", "5", &url],
+            )?;
+            sent = true;
+        }
         let body: Value = serde_json::from_str(&http_get(&sessions)?).context("sessions")?;
         let hit = body["sessions"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|s| s["http"]["query"] == "kube=1")
+            .find(|s| s["http"]["query"] == "kube=1" && points(s) == server_points)
             .cloned();
         Ok(hit.map(|s| seen = s).is_some())
     });
     if let Err(e) = found {
-        bail!("{e:#}\nlog:\n{}", proc.log_text());
+        let body = http_get(&sessions).unwrap_or_default();
+        bail!(
+            "{e:#}\nexpected one session seen at the pod's veth and nginx's socket: {body}\nlog:\n{}",
+            proc.log_text()
+        );
     }
+    assert_eq!(
+        seen["observations"][1]["comm"], "nginx",
+        "the socket point names the pod's process: {seen:#}"
+    );
     assert_eq!(
         (
             &seen["server"]["pod"],
