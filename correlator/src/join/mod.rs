@@ -117,7 +117,9 @@ pub struct Offered {
 
 #[derive(Debug)]
 struct Entry {
-    rec: CorrelatedSession,
+    /// Shared with the store and the exporter: only a change copies it (`Arc::make_mut`), and
+    /// only while an older version is still held elsewhere.
+    rec: Arc<CorrelatedSession>,
     client: Option<ClientAddr>,
     keys: Vec<WireKey>,
     ids: Vec<String>,
@@ -198,7 +200,7 @@ impl Joiner {
     /// The exchange a session id was merged into, if it is still held.
     pub fn get(&self, id: &str) -> Option<Arc<CorrelatedSession>> {
         let slot = self.ids.get(id)?;
-        self.entries.get(slot).map(|e| Arc::new(e.rec.clone()))
+        self.entries.get(slot).map(|e| Arc::clone(&e.rec))
     }
 
     /// Takes one point's view of one exchange at `now`.
@@ -211,7 +213,7 @@ impl Joiner {
             if let Some(e) = self.entries.get(&slot) {
                 return Offered {
                     outcome: Outcome::Duplicate,
-                    record: Arc::new(e.rec.clone()),
+                    record: Arc::clone(&e.rec),
                     issues: Vec::new(),
                     ready,
                     evictions,
@@ -258,18 +260,20 @@ impl Joiner {
         self.make_room(now, &mut ready, &mut evictions);
         let slot = self.next;
         self.next += 1;
+        let mut rec = *rec;
+        let mut ids = Vec::new();
+        if !rec.session.id.is_empty() {
+            ids.push(rec.session.id.clone());
+            self.ids.insert(rec.session.id.clone(), slot);
+        }
+        rec.constituents = ids.clone();
         let mut entry = Entry {
             client,
             keys: Vec::new(),
-            ids: Vec::new(),
+            ids,
             ready: false,
-            rec: *rec,
+            rec: Arc::new(rec),
         };
-        if !entry.rec.session.id.is_empty() {
-            entry.ids.push(entry.rec.session.id.clone());
-            self.ids.insert(entry.rec.session.id.clone(), slot);
-        }
-        entry.rec.constituents = entry.ids.clone();
         if let Some(k) = key {
             // A conflicting key stays with the exchange that had it first.
             if let std::collections::hash_map::Entry::Vacant(v) = self.wire.entry(k) {
@@ -283,7 +287,7 @@ impl Joiner {
                 self.unkeyed.entry(c).or_default().insert(slot);
             }
         }
-        let record = Arc::new(entry.rec.clone());
+        let record = Arc::clone(&entry.rec);
         self.entries.insert(slot, entry);
         self.open.push_back((now + self.config.window, slot));
         // A zero window makes it ready at once.
@@ -368,7 +372,8 @@ impl Joiner {
         }
         let id = rec.session.id.clone();
         let gains_seq = rec.session.observations.iter().any(key::has_tcp_seq);
-        merge::merge(&mut e.rec.session, rec.session);
+        let merged = Arc::make_mut(&mut e.rec);
+        merge::merge(&mut merged.session, rec.session);
         if gains_seq {
             if let Some(c) = e.client {
                 remove_slot(&mut self.unkeyed, c, slot);
@@ -376,7 +381,7 @@ impl Joiner {
         }
         if !e.ready {
             // A context first seen by this point (e.g. a socket's plaintext) places the span.
-            e.rec.adopt_wire_context();
+            merged.adopt_wire_context();
         }
         if !id.is_empty() {
             e.ids.push(id.clone());
@@ -388,13 +393,13 @@ impl Joiner {
                 e.keys.push(k);
             }
         }
-        e.rec.constituents = e.ids.clone();
+        merged.constituents = e.ids.clone();
         let outcome = if e.ready {
             Outcome::Late
         } else {
             Outcome::Joined
         };
-        Ok((outcome, Arc::new(e.rec.clone())))
+        Ok((outcome, Arc::clone(&e.rec)))
     }
 
     fn make_room(
@@ -425,7 +430,7 @@ impl Joiner {
         let e = self.entries.get_mut(&slot)?;
         e.ready = true;
         self.retained.push_back((now + self.config.retention, slot));
-        Some(Arc::new(e.rec.clone()))
+        Some(Arc::clone(&e.rec))
     }
 
     fn forget(&mut self, slot: u64) {

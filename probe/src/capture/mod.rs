@@ -269,25 +269,8 @@ impl Capture {
             });
         }
         // Keyed by the 16 address bytes of `struct clovisor_ip`.
-        let mut map: BpfHashMap<_, [u8; 16], u8> =
-            BpfHashMap::try_from(self.ebpf.map_mut(MAP_MONITORED_IPS).ok_or(
-                Error::MissingMap {
-                    map: MAP_MONITORED_IPS,
-                },
-            )?)
-            .map_err(map_err(MAP_MONITORED_IPS, "open"))?;
-        let wanted: BTreeSet<[u8; 16]> = ips.iter().map(|ip| raw::ip16(*ip)).collect();
-        let present: BTreeSet<[u8; 16]> = map.keys().filter_map(|k| k.ok()).collect();
-        // Insert before removing so an address kept across the update is never dropped.
-        for addr in wanted.difference(&present) {
-            map.insert(addr, 1, 0)
-                .map_err(map_err(MAP_MONITORED_IPS, "insert"))?;
-        }
-        for addr in present.difference(&wanted) {
-            map.remove(addr)
-                .map_err(map_err(MAP_MONITORED_IPS, "remove"))?;
-        }
-        Ok(())
+        let wanted: BTreeMap<[u8; 16], u8> = ips.iter().map(|ip| (raw::ip16(*ip), 1)).collect();
+        replace_map(&mut self.ebpf, MAP_MONITORED_IPS, &wanted)
     }
 
     /// Attaches both programs to the host-side veth `ifname`. Idempotent: attaching an
