@@ -192,7 +192,7 @@ impl Assembler {
     }
 
     /// Emits `p` with its final counters `fin`.
-    fn complete(&mut self, p: Pending, fin: &MsgCounters, out: &mut Vec<Record>) {
+    fn complete(&mut self, mut p: Pending, fin: &MsgCounters, out: &mut Vec<Record>) {
         if fin.index != p.start.msg.index {
             // Events in between were lost; `fin` belongs to a message we never saw start.
             self.stats.lost_messages += u64::from(fin.index.saturating_sub(p.start.msg.index));
@@ -205,16 +205,22 @@ impl Assembler {
             Some(sent) if sent == *fin => {}
             Some(_) => {
                 self.stats.finals_after_flush += 1;
-                out.push(self.message(&p.start, fin, false));
+                let payload = std::mem::take(&mut p.start.payload);
+                out.push(self.message(&p.start, payload, fin, false));
             }
-            None => out.push(self.message(&p.start, fin, false)),
+            None => {
+                let payload = std::mem::take(&mut p.start.payload);
+                out.push(self.message(&p.start, payload, fin, false));
+            }
         }
     }
 
     /// Emits a message of which only the first packet's counters are known.
-    fn emit_first_packet_only(&mut self, p: Pending, out: &mut Vec<Record>) {
+    fn emit_first_packet_only(&mut self, mut p: Pending, out: &mut Vec<Record>) {
         if p.flushed.is_none() {
-            out.push(self.message(&p.start, &p.start.msg, true));
+            let payload = std::mem::take(&mut p.start.payload);
+            let first = p.start.msg;
+            out.push(self.message(&p.start, payload, &first, true));
         }
     }
 
@@ -271,7 +277,7 @@ impl Assembler {
                 .filter(|c| c.index == p.start.msg.index);
             match cur {
                 Some(c) => {
-                    out.push(self.message(&p.start, &c, true));
+                    out.push(self.message(&p.start, p.start.payload.clone(), &c, true));
                     self.stats.partial_flushes += 1;
                     p.flushed = Some(c);
                     p.last_event = now;
@@ -280,7 +286,13 @@ impl Assembler {
                 None => {
                     // The kernel no longer has it (or moved on and the event is still in
                     // the ring): send what we know; the next event, if any, is an orphan.
-                    out.push(self.message(&p.start, &p.start.msg, true));
+                    let payload = if state.is_some() {
+                        p.start.payload.clone()
+                    } else {
+                        std::mem::take(&mut p.start.payload)
+                    };
+                    let first = p.start.msg;
+                    out.push(self.message(&p.start, payload, &first, true));
                     self.stats.partial_flushes += 1;
                     if state.is_some() {
                         p.flushed = Some(p.start.msg);
@@ -298,7 +310,7 @@ impl Assembler {
     pub fn flush_all(&mut self, source: &(impl SessionSource + ?Sized), out: &mut Vec<Record>) {
         let mut all: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
         all.sort_by_key(|p| p.last_event);
-        for p in all {
+        for mut p in all {
             if p.flushed.is_some() {
                 continue;
             }
@@ -308,7 +320,8 @@ impl Assembler {
                 .and_then(|s| s.cur)
                 .filter(|c| c.index == p.start.msg.index)
                 .unwrap_or(p.start.msg);
-            out.push(self.message(&p.start, &cur, true));
+            let payload = std::mem::take(&mut p.start.payload);
+            out.push(self.message(&p.start, payload, &cur, true));
             self.stats.partial_flushes += 1;
         }
     }
@@ -331,7 +344,15 @@ impl Assembler {
         point(kind, ifindex, &name, &self.node)
     }
 
-    fn message(&mut self, start: &MsgStart, fin: &MsgCounters, partial: bool) -> Record {
+    /// The record of message `start` with its final (or current) counters `fin`; `payload` is
+    /// `start`'s, moved out when `start` is not needed again.
+    fn message(
+        &mut self,
+        start: &MsgStart,
+        payload: Vec<u8>,
+        fin: &MsgCounters,
+        partial: bool,
+    ) -> Record {
         self.stats.messages += 1;
         Record {
             kind: Some(record::Kind::Message(Message {
@@ -347,7 +368,7 @@ impl Assembler {
                 bytes: fin.bytes,
                 packets: fin.packets,
                 retransmits: fin.retransmits,
-                payload: start.payload.clone(),
+                payload,
                 protocol: start.protocol as i32,
                 partial,
             })),
