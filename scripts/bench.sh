@@ -60,7 +60,7 @@ fi
 export RUST_BACKTRACE=0 # errors of the components, not stack traces, in the logs
 echo "== building release binaries"
 cargo build --release --locked -p clovisor-probe -p clovisor-collector -p clovisor-correlator \
-  --bins --example decode_bench
+  --bins --example decode_bench --example attach_tp_btf
 BINDIR=$ROOT/target/release
 
 ID=$$
@@ -95,8 +95,15 @@ declare -A METRICS_URL=(
   [correlator]=http://127.0.0.1:$P_CORR_METRICS/metrics
 )
 
-# Removes the empty program's filters (and the clsact qdisc if this script added it).
+EMPTY_TRACING_PID=""
+# Removes the empty program's filters (and the clsact qdisc if this script added it), and the
+# empty tracing programs (their links go with their holder).
 detach_empty() {
+  if [ -n "$EMPTY_TRACING_PID" ]; then
+    kill -TERM "$EMPTY_TRACING_PID" 2>/dev/null
+    wait "$EMPTY_TRACING_PID" 2>/dev/null
+    EMPTY_TRACING_PID=""
+  fi
   tc filter del dev "$HVETH_SERVER" ingress pref "$EMPTY_PREF" 2>/dev/null
   tc filter del dev "$HVETH_SERVER" egress pref "$EMPTY_PREF" 2>/dev/null
   if [ -n "$EMPTY_QDISC_ADDED" ]; then
@@ -395,9 +402,22 @@ clang -O2 -g -target bpf -Wall -Werror -I"/usr/include/$(gcc -print-multiarch)" 
 start_pipeline
 OUR_TC=$(probe_prog_ids '["sched_cls"]')
 [ "$(jq length <<<"$OUR_TC")" -ge 2 ] || { echo "the probe's tc programs not found (pid ${PID[probe]}): $OUR_TC" >&2; exit 1; }
-# Socket hooks (tp_btf/fentry/kprobe programs of the probe): measured once they exist; their empty
-# baseline is to be added next to the tc one below.
+# Socket hooks (the probe's tp_btf programs), and empty programs on the same three tracepoints beside
+# them: the floor any program on those hooks pays.
 OUR_SOCKET=$(probe_prog_ids '["tracing", "kprobe", "raw_tracepoint"]')
+clang -O2 -g -target bpf -Wall -Werror -I"/usr/include/$(gcc -print-multiarch)" \
+  -c bpf/testing/empty_tracing.bpf.c -o "$WORK/empty_tracing.bpf.o"
+"$BINDIR/examples/attach_tp_btf" "$WORK/empty_tracing.bpf.o" bench_empty_sys_enter=sys_enter \
+  bench_empty_sys_exit=sys_exit bench_empty_sock_state=inet_sock_set_state >"$LOGS/empty_tracing.log" 2>&1 &
+EMPTY_TRACING_PID=$!
+EMPTY_SOCKET="[]"
+for _ in $(seq 1 50); do
+  EMPTY_SOCKET=$(bpftool -j prog show | jq -c '[.[] | select(.type == "tracing" and (.name | startswith("bench_empty"))) | .id]')
+  [ "$(jq length <<<"$EMPTY_SOCKET")" -eq 3 ] && break
+  kill -0 "$EMPTY_TRACING_PID" 2>/dev/null || { cat "$LOGS/empty_tracing.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ "$(jq length <<<"$EMPTY_SOCKET")" -eq 3 ] || { echo "the empty tracing programs did not attach: $EMPTY_SOCKET" >&2; exit 1; }
 if ! tc qdisc show dev "$HVETH_SERVER" | grep -q clsact; then
   tc qdisc add dev "$HVETH_SERVER" clsact
   EMPTY_QDISC_ADDED=1
@@ -410,9 +430,11 @@ EMPTY_TC=$(for dir in ingress egress; do tc -j filter show dev "$HVETH_SERVER" "
 [ "$(jq length <<<"$EMPTY_TC")" -eq 2 ] || { echo "the empty program's ids not found: $EMPTY_TC" >&2; exit 1; }
 STATS_OLD=$(sysctl -n kernel.bpf_stats_enabled)
 sysctl -qw kernel.bpf_stats_enabled=1
-ALL_IDS=$(jq -c -n --argjson a "$OUR_TC" --argjson b "$EMPTY_TC" --argjson c "$OUR_SOCKET" '$a + $b + $c')
+ALL_IDS=$(jq -c -n --argjson a "$OUR_TC" --argjson b "$EMPTY_TC" --argjson c "$OUR_SOCKET" \
+  --argjson d "$EMPTY_SOCKET" '$a + $b + $c + $d')
 jq -n -c --argjson tc "$OUR_TC" --argjson empty "$EMPTY_TC" --argjson socket "$OUR_SOCKET" \
-  '{tc: $tc, empty_tc: $empty, socket: $socket}' >"$RAW/a/programs.json"
+  --argjson empty_socket "$EMPTY_SOCKET" \
+  '{tc: $tc, empty_tc: $empty, socket: $socket, empty_socket: $empty_socket}' >"$RAW/a/programs.json"
 scrape "$RAW/a/before.prom"
 n0=$(nginx_requests)
 prog_stats "$ALL_IDS" >"$RAW/a/stats-before.json"

@@ -1,0 +1,31 @@
+// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+/*
+ * Benchmark-only: tracing programs that do nothing, on the three hooks the
+ * socket point uses (tp_btf sys_enter, sys_exit, inet_sock_set_state).
+ * scripts/bench.sh compiles it and attaches it with
+ * the probe crate's `attach_tp_btf` example next to the probe's socket programs;
+ * their run_time_ns / run_cnt are the floor any program on those hooks pays.
+ * Not part of the probe (probe/build.rs does not build it).
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+SEC("tp_btf/sys_enter")
+int bench_empty_sys_enter(__u64 *ctx)
+{
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int bench_empty_sys_exit(__u64 *ctx)
+{
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int bench_empty_sock_state(__u64 *ctx)
+{
+	return 0;
+}
