@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   clang llvm libbpf-dev libclang-dev linux-libc-dev   # BPF programs (C, clang -target bpf) and bindgen
   protobuf-compiler                                   # tonic/prost code generation
+  gcc                                                 # the linker Rust uses, and mimalloc's C sources
   iproute2 bpftool                                    # namespaces, veths, tc; inspecting BPF objects
   nginx-light curl python3 jq                         # demo and test pods: real servers and clients
   stunnel4 openssl                                    # TLS tunnel between test pods (socket point tests)
