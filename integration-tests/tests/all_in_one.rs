@@ -143,13 +143,22 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
     let mut idle = Proc::spawn(idle, idle_log)?;
     const REQUESTS: usize = 10;
 
+    // Each exchange is seen at the server pod's veth and at nginx's socket; the REST API shows
+    // it from its first view on and adds the second when it arrives.
+    let at_both = |s: &Value| {
+        let obs = s["observations"].as_array().cloned().unwrap_or_default();
+        obs.iter().any(|o| o["point"] == "pod")
+            && obs
+                .iter()
+                .any(|o| o["point"] == "socket" && o["comm"] == "nginx")
+    };
     let mut seen = Vec::new();
     let all_seen = wait_for(
-        "all 10 sessions in the REST API",
+        "all 10 sessions in the REST API, each seen at the veth and the socket",
         Duration::from_secs(15),
         || {
             seen = sessions(&clovisor.api)?;
-            Ok(seen.len() >= REQUESTS)
+            Ok(seen.len() >= REQUESTS && seen.iter().all(at_both))
         },
     );
     if let Err(e) = all_seen {
@@ -207,10 +216,9 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
             s["bytes"]["request"].as_u64().unwrap_or(0) > 0,
             "request bytes: {s:#}"
         );
-        let obs = s["observations"].as_array().cloned().unwrap_or_default();
         assert!(
-            obs.iter().any(|o| o["point"] == "pod"),
-            "observed at the pod veth: {s:#}"
+            at_both(s),
+            "observed at the pod veth and at nginx's socket: {s:#}"
         );
     }
 
