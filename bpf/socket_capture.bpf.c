@@ -24,6 +24,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "clovisor_abi.h"
+#include "clovisor_common.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -162,15 +163,6 @@ struct user_msghdr {
 #define TCP_CLOSING_   11
 
 /* ---- Maps ----------------------------------------------------------------- */
-
-/* Port (host order) -> enum clovisor_protocol_hint. Filled by user space with
- * the same ports as the tc programs' map of the same name. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u16);
-	__type(value, __u8);
-} traced_ports SEC(".maps");
 
 /* Network namespace inode -> 1: whose processes are traced. Every other
  * process leaves after one map lookup. */
@@ -407,17 +399,6 @@ static __always_inline void fill_owner(struct clovisor_sock_owner *o, __u64 sk, 
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
-/* Wake the reader only once an eighth of the ring is used: the probe drains
- * it on a timer anyway (RING_POLL), and a wake-up per event (an irq_work and
- * an IPI) would cost more than the rest of the program; as in tc_capture. */
-static __always_inline __u64 wakeup_flags(void)
-{
-	__u64 avail = bpf_ringbuf_query(&sock_events, BPF_RB_AVAIL_DATA);
-	__u64 size = bpf_ringbuf_query(&sock_events, BPF_RB_RING_SIZE);
-
-	return avail >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-}
-
 static __always_inline __u32 snaplen(void)
 {
 	__u32 zero = 0;
@@ -473,7 +454,7 @@ static __always_inline void emit_msg_start(const struct call *c, __u64 n,
 	size = offsetof(struct clovisor_sock_msg_start, start.payload) + n;
 	if (size > sizeof(*ev))
 		return;
-	if (bpf_ringbuf_output(&sock_events, ev, size, wakeup_flags()))
+	if (bpf_ringbuf_output(&sock_events, ev, size, clovisor_wakeup_flags(&sock_events)))
 		count(CLOVISOR_SOCK_STAT_RINGBUF_FULL);
 	else
 		count(CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
@@ -671,7 +652,7 @@ int clovisor_sock_state(__u64 *ctx)
 		ev->end.flow_id = s->flow_id;
 		ev->end.ts_ns = bpf_ktime_get_boot_ns();
 		__builtin_memcpy(&ev->end.last, &s->cur, sizeof(s->cur));
-		bpf_ringbuf_submit(ev, wakeup_flags());
+		bpf_ringbuf_submit(ev, clovisor_wakeup_flags(&sock_events));
 		count(CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
 	} else {
 		count(CLOVISOR_SOCK_STAT_RINGBUF_FULL);

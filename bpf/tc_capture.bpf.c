@@ -19,16 +19,9 @@
 #include <bpf/bpf_helpers.h>
 
 #include "clovisor_abi.h"
+#include "clovisor_common.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-/* Port (host order) -> enum clovisor_protocol_hint. Replaced by user space. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u16);
-	__type(value, __u8);
-} traced_ports SEC(".maps");
 
 /* Egress rules, see clovisor_abi.h; maintained by user space. */
 struct {
@@ -344,18 +337,6 @@ static __always_inline __u32 advance_seq(__u32 *next, __u32 end, __u32 *prev)
 	return 0;
 }
 
-/* Waking the reader costs more than the program itself (an inter-processor
- * interrupt; on a VM often a VM exit): wake it only once the ring holds an
- * eighth of its size. Otherwise the reader drains the ring on its own short
- * timer (probe/src/capture/mod.rs, RING_POLL). */
-static __always_inline __u64 wakeup_flags(void)
-{
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
-
-	return avail >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-}
-
 static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct pkt *p,
 					   const struct clovisor_session_key *key,
 					   const struct clovisor_session *s,
@@ -404,7 +385,7 @@ static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct p
 	size = offsetof(struct clovisor_msg_start, payload) + (__u64)n;
 	if (size > sizeof(*ev))
 		return;
-	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags()))
+	if (bpf_ringbuf_output(&events, ev, size, clovisor_wakeup_flags(&events)))
 		count(CLOVISOR_STAT_RINGBUF_FULL);
 	else
 		count(CLOVISOR_STAT_EVENTS_EMITTED);
@@ -428,7 +409,7 @@ static __always_inline void emit_flow_end(const struct clovisor_session_key *key
 	ev->flow_id = s->flow_id;
 	ev->ts_ns = now;
 	__builtin_memcpy(&ev->last, &s->cur, sizeof(s->cur));
-	bpf_ringbuf_submit(ev, wakeup_flags());
+	bpf_ringbuf_submit(ev, clovisor_wakeup_flags(&events));
 	count(CLOVISOR_STAT_EVENTS_EMITTED);
 }
 

@@ -4,6 +4,7 @@
 pub mod abi;
 pub mod assembler;
 pub mod egress;
+mod object;
 pub mod raw;
 pub mod socket;
 
@@ -12,8 +13,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::{Ebpf, EbpfLoader};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::Ebpf;
 use clovisor_proto::capture::v1::{PointKind, ProtocolHint, Record};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -23,7 +24,6 @@ use self::assembler::{
     Assembler, AssemblerStats, AttachedInterface, InterfaceNames, SessionSource,
 };
 use self::raw::{Event, MsgStart, RawSession, RawSessionKey, SessionState};
-use crate::clock::BootClock;
 use crate::error::{Error, Result};
 use crate::hooks::node_iface;
 use crate::hooks::pod_veth::{self, PodVethHook, PROGRAMS};
@@ -33,11 +33,13 @@ pub use crate::hooks::pod_veth::{AttachMode, AttachPolicy};
 /// The compiled BPF object (built by `build.rs`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_capture.bpf.o"));
 
-const MAP_EVENTS: &str = "events";
-const MAP_SESSIONS: &str = "sessions";
-const MAP_TRACED_PORTS: &str = "traced_ports";
-const MAP_STATS: &str = "stats";
-const MAP_CONFIG: &str = "config";
+const MAPS: object::ObjectMaps = object::ObjectMaps {
+    events: "events",
+    sessions: "sessions",
+    stats: "stats",
+    config: "config",
+    traced_ports: "traced_ports",
+};
 const MAP_MONITORED_IPS: &str = "monitored_ips";
 /// `max_entries` of `traced_ports` in the object.
 pub(crate) const MAX_TRACED_PORTS: usize = 1024;
@@ -151,24 +153,10 @@ pub(crate) fn map_err(
 impl Capture {
     /// Loads and verifies the programs and sizes the maps; attaches nothing yet.
     pub fn load(cfg: &CaptureConfig) -> Result<Self> {
-        cfg.validate()?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_EVENTS, cfg.ring_buffer_bytes)
-            .map_max_entries(MAP_SESSIONS, cfg.max_sessions)
-            .load(OBJECT)
-            .map_err(|source| Error::Load { source })?;
-        let stats = PerCpuArray::try_from(
-            ebpf.take_map(MAP_STATS)
-                .ok_or(Error::MissingMap { map: MAP_STATS })?,
-        )
-        .map_err(map_err(MAP_STATS, "open"))?;
+        let (ebpf, stats) = object::load(OBJECT, &MAPS, &STAT_NAMES, cfg)?;
         let mut capture = Self {
             ebpf,
-            stats: Arc::new(KernelStats {
-                map: stats,
-                map_name: MAP_STATS,
-                names: &STAT_NAMES,
-            }),
+            stats,
             cfg: cfg.clone(),
             hooks: BTreeMap::new(),
             interfaces: Arc::new(RwLock::new(BTreeMap::new())),
@@ -201,27 +189,12 @@ impl Capture {
     /// Changes how many first bytes of each message the kernel copies (1..=2048); takes
     /// effect for messages that start from now on.
     pub fn set_snaplen(&mut self, snaplen: u32) -> Result<()> {
-        CaptureConfig {
-            snaplen,
-            ..self.cfg.clone()
-        }
-        .validate()?;
-        self.set_config_value(abi::CLOVISOR_CONFIG_SNAPLEN, snaplen)?;
-        self.cfg.snaplen = snaplen;
-        Ok(())
+        object::set_snaplen(&mut self.ebpf, &MAPS, &mut self.cfg, snaplen)
     }
 
     /// Writes one slot of the kernel's `config` array.
     fn set_config_value(&mut self, index: abi::clovisor_config_index, value: u32) -> Result<()> {
-        let mut config: Array<_, u32> = Array::try_from(
-            self.ebpf
-                .map_mut(MAP_CONFIG)
-                .ok_or(Error::MissingMap { map: MAP_CONFIG })?,
-        )
-        .map_err(map_err(MAP_CONFIG, "open"))?;
-        config
-            .set(index, value, 0)
-            .map_err(map_err(MAP_CONFIG, "set"))
+        object::set_config_value(&mut self.ebpf, &MAPS, index, value)
     }
 
     /// The configuration it was loaded with.
@@ -231,30 +204,21 @@ impl Capture {
 
     /// Replaces the traced ports (server ports and what they speak).
     pub fn set_traced_ports(&mut self, ports: &BTreeMap<u16, ProtocolHint>) -> Result<()> {
-        if ports.len() > MAX_TRACED_PORTS {
-            return Err(Error::Config {
-                reason: format!("{} traced ports, at most {MAX_TRACED_PORTS}", ports.len()),
-            });
-        }
-        let wanted: BTreeMap<u16, u8> = ports
-            .iter()
-            .map(|(p, h)| (*p, raw::hint_value(*h)))
-            .collect();
-        replace_map(&mut self.ebpf, MAP_TRACED_PORTS, &wanted)
+        object::set_traced_ports(&mut self.ebpf, &MAPS, ports)
     }
 
     /// The traced ports as the kernel map holds them now.
     pub fn traced_ports(&self) -> Result<BTreeMap<u16, ProtocolHint>> {
         let map: BpfHashMap<_, u16, u8> =
-            BpfHashMap::try_from(self.ebpf.map(MAP_TRACED_PORTS).ok_or(Error::MissingMap {
-                map: MAP_TRACED_PORTS,
+            BpfHashMap::try_from(self.ebpf.map(MAPS.traced_ports).ok_or(Error::MissingMap {
+                map: MAPS.traced_ports,
             })?)
-            .map_err(map_err(MAP_TRACED_PORTS, "open"))?;
+            .map_err(map_err(MAPS.traced_ports, "open"))?;
         map.iter()
             .map(|entry| {
                 entry
                     .map(|(port, hint)| (port, raw::protocol_hint(hint)))
-                    .map_err(map_err(MAP_TRACED_PORTS, "read"))
+                    .map_err(map_err(MAPS.traced_ports, "read"))
             })
             .collect()
     }
@@ -388,29 +352,13 @@ impl Capture {
 
     /// Takes the ring buffer and the session map into an [`EventLoop`]; once only.
     pub fn take_event_loop(&mut self) -> Result<EventLoop> {
-        let events = self
-            .ebpf
-            .take_map(MAP_EVENTS)
-            .ok_or(Error::EventLoopTaken)?;
-        let ring = RingBuf::try_from(events).map_err(map_err(MAP_EVENTS, "open"))?;
-        let sessions = self
-            .ebpf
-            .take_map(MAP_SESSIONS)
-            .ok_or(Error::MissingMap { map: MAP_SESSIONS })?;
-        let sessions = BpfHashMap::try_from(sessions).map_err(map_err(MAP_SESSIONS, "open"))?;
-        let assembler = Assembler::new(
-            self.cfg.idle_flush,
-            usize::try_from(self.cfg.max_sessions).unwrap_or(usize::MAX),
-            self.cfg.node.clone(),
-            BootClock::now(),
+        object::take_event_loop(
+            &mut self.ebpf,
+            &MAPS,
+            &self.cfg,
             Arc::clone(&self.interfaces),
-        );
-        Ok(EventLoop::new(
-            ring,
-            Box::new(KernelSessions(sessions)),
-            assembler,
-            self.cfg.idle_flush,
-        ))
+            KernelSessions,
+        )
     }
 }
 

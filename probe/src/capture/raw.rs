@@ -423,14 +423,7 @@ impl TryFrom<&[u8]> for SessionState {
                 bytes.len()
             ))
         })?;
-        Ok(Self {
-            flow_id: raw.flow_id,
-            cur: if u32::from(raw.cur.direction) == abi::CLOVISOR_DIR_NONE {
-                None
-            } else {
-                Some(MsgCounters::try_from(&raw.cur)?)
-            },
-        })
+        Self::of(raw.flow_id, &raw.cur)
     }
 }
 
@@ -443,12 +436,17 @@ impl SessionState {
                 bytes.len()
             ))
         })?;
+        Self::of(raw.flow_id, &raw.cur)
+    }
+
+    /// Either session kind's flow id and message in progress (none before the first payload).
+    fn of(flow_id: u64, cur: &abi::clovisor_msg) -> Result<Self> {
         Ok(Self {
-            flow_id: raw.flow_id,
-            cur: if u32::from(raw.cur.direction) == abi::CLOVISOR_DIR_NONE {
+            flow_id,
+            cur: if u32::from(cur.direction) == abi::CLOVISOR_DIR_NONE {
                 None
             } else {
-                Some(MsgCounters::try_from(&raw.cur)?)
+                Some(MsgCounters::try_from(cur)?)
             },
         })
     }

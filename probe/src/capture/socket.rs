@@ -10,14 +10,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::{Ebpf, EbpfLoader};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::Ebpf;
 use clovisor_proto::capture::v1::ProtocolHint;
 
-use super::assembler::{Assembler, SessionSource};
-use super::raw::{self, MsgStart, RawSockSession, SessionState};
-use super::{abi, map_err, replace_map, CaptureConfig, EventLoop, KernelStats, MAX_TRACED_PORTS};
-use crate::clock::BootClock;
+use super::assembler::SessionSource;
+use super::raw::{MsgStart, RawSockSession, SessionState};
+use super::{abi, object, replace_map, CaptureConfig, EventLoop, KernelStats};
 use crate::error::{Error, Result};
 use crate::hooks::socket::{self as hooks, HookAttempt, SocketHookKind, SocketHooks};
 
@@ -25,12 +24,14 @@ use crate::hooks::socket::{self as hooks, HookAttempt, SocketHookKind, SocketHoo
 static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_capture.bpf.o"));
 
-const MAP_EVENTS: &str = "sock_events";
-const MAP_SESSIONS: &str = "sock_sessions";
-const MAP_TRACED_PORTS: &str = "traced_ports";
+const MAPS: object::ObjectMaps = object::ObjectMaps {
+    events: "sock_events",
+    sessions: "sock_sessions",
+    stats: "sock_stats",
+    config: "sock_config",
+    traced_ports: "traced_ports",
+};
 const MAP_NETNS: &str = "monitored_netns";
-const MAP_STATS: &str = "sock_stats";
-const MAP_CONFIG: &str = "sock_config";
 /// `max_entries` of `monitored_netns` in the object.
 const MAX_NETNS: usize = 4096;
 
@@ -95,25 +96,11 @@ impl SocketCapture {
     /// Loads the object, sizes its maps like the tc capture's and attaches the first hook set
     /// that works. Nothing is traced until [`Self::set_monitored_netns`] names namespaces.
     pub fn load(cfg: &CaptureConfig) -> Result<Self> {
-        cfg.validate()?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_EVENTS, cfg.ring_buffer_bytes)
-            .map_max_entries(MAP_SESSIONS, cfg.max_sessions)
-            .load(OBJECT)
-            .map_err(|source| Error::Load { source })?;
-        let stats = PerCpuArray::try_from(
-            ebpf.take_map(MAP_STATS)
-                .ok_or(Error::MissingMap { map: MAP_STATS })?,
-        )
-        .map_err(map_err(MAP_STATS, "open"))?;
+        let (ebpf, stats) = object::load(OBJECT, &MAPS, &STAT_NAMES, cfg)?;
         let mut capture = Self {
             ebpf,
             hooks: None,
-            stats: Arc::new(KernelStats {
-                map: stats,
-                map_name: MAP_STATS,
-                names: &STAT_NAMES,
-            }),
+            stats,
             cfg: cfg.clone(),
             netns: None,
             ports: None,
@@ -143,22 +130,7 @@ impl SocketCapture {
 
     /// Changes the bytes copied from the start of each message (1..=2048).
     pub fn set_snaplen(&mut self, snaplen: u32) -> Result<()> {
-        CaptureConfig {
-            snaplen,
-            ..self.cfg.clone()
-        }
-        .validate()?;
-        let mut config: Array<_, u32> = Array::try_from(
-            self.ebpf
-                .map_mut(MAP_CONFIG)
-                .ok_or(Error::MissingMap { map: MAP_CONFIG })?,
-        )
-        .map_err(map_err(MAP_CONFIG, "open"))?;
-        config
-            .set(abi::CLOVISOR_CONFIG_SNAPLEN, snaplen, 0)
-            .map_err(map_err(MAP_CONFIG, "set snaplen"))?;
-        self.cfg.snaplen = snaplen;
-        Ok(())
+        object::set_snaplen(&mut self.ebpf, &MAPS, &mut self.cfg, snaplen)
     }
 
     /// Replaces the network namespaces (by inode) whose processes are traced.
@@ -179,19 +151,10 @@ impl SocketCapture {
 
     /// Replaces the traced ports (the same set the tc programs trace).
     pub fn set_traced_ports(&mut self, ports: &BTreeMap<u16, ProtocolHint>) -> Result<()> {
-        if ports.len() > MAX_TRACED_PORTS {
-            return Err(Error::Config {
-                reason: format!("{} traced ports, at most {MAX_TRACED_PORTS}", ports.len()),
-            });
-        }
         if self.ports.as_ref() == Some(ports) {
             return Ok(());
         }
-        let wanted: BTreeMap<u16, u8> = ports
-            .iter()
-            .map(|(p, h)| (*p, raw::hint_value(*h)))
-            .collect();
-        replace_map(&mut self.ebpf, MAP_TRACED_PORTS, &wanted)?;
+        object::set_traced_ports(&mut self.ebpf, &MAPS, ports)?;
         self.ports = Some(ports.clone());
         Ok(())
     }
@@ -203,29 +166,15 @@ impl SocketCapture {
 
     /// Takes the ring buffer and the session map into an [`EventLoop`]; once only.
     pub fn take_event_loop(&mut self) -> Result<EventLoop> {
-        let events = self
-            .ebpf
-            .take_map(MAP_EVENTS)
-            .ok_or(Error::EventLoopTaken)?;
-        let ring = RingBuf::try_from(events).map_err(map_err(MAP_EVENTS, "open"))?;
-        let sessions = self
-            .ebpf
-            .take_map(MAP_SESSIONS)
-            .ok_or(Error::MissingMap { map: MAP_SESSIONS })?;
-        let sessions = BpfHashMap::try_from(sessions).map_err(map_err(MAP_SESSIONS, "open"))?;
-        let assembler = Assembler::new(
-            self.cfg.idle_flush,
-            usize::try_from(self.cfg.max_sessions).unwrap_or(usize::MAX),
-            self.cfg.node.clone(),
-            BootClock::now(),
-            Arc::new(RwLock::new(BTreeMap::new())),
-        );
-        Ok(EventLoop::new(
-            ring,
-            Box::new(KernelSockSessions(sessions)),
-            assembler,
-            self.cfg.idle_flush,
-        ))
+        // Sockets have no interface to name.
+        let no_interfaces = Arc::new(RwLock::new(BTreeMap::new()));
+        object::take_event_loop(
+            &mut self.ebpf,
+            &MAPS,
+            &self.cfg,
+            no_interfaces,
+            KernelSockSessions,
+        )
     }
 
     /// Detaches every hook (idempotent); the programs stop seeing syscalls at once.
