@@ -464,14 +464,31 @@ impl AllInOne {
     /// spans to `otlp`, and waits until it is ready and our programs are on every interface of
     /// `attached`.
     pub fn start(args: &[&str], otlp: &str, attached: &[&str], log_name: &str) -> Result<Self> {
+        Self::launch(args, Some(otlp), attached, log_name)
+    }
+
+    /// [`Self::start`] with span export off.
+    pub fn start_without_export(args: &[&str], attached: &[&str], log_name: &str) -> Result<Self> {
+        Self::launch(args, None, attached, log_name)
+    }
+
+    fn launch(
+        args: &[&str],
+        otlp: Option<&str>,
+        attached: &[&str],
+        log_name: &str,
+    ) -> Result<Self> {
         let api = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(clovisor_bin()?);
         cmd.arg("all-in-one")
             .args(args)
             .args(["--api-listen", &api, "--metrics-listen", &metrics])
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
             .env("RUST_LOG", "info");
+        match otlp {
+            Some(endpoint) => cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            None => cmd.env("OTEL_TRACES_EXPORTER", "none"),
+        };
         let log = std::env::temp_dir().join(format!("{log_name}-{}.log", std::process::id()));
         let mut proc = Proc::spawn(cmd, log)?;
         let ready = format!("http://{api}/readyz");

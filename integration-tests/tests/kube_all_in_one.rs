@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::fake_kube::FakeKube;
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, our_programs_on, require_root, run_in, wait_for, Lab, Nginx, Proc,
+    clovisor_bin, free_port, http_get, our_programs_on, require_root, run_in, wait_for, Lab, Nginx,
+    Proc,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
@@ -20,16 +21,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
-
-fn http_get(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()?;
-    if !out.status.success() {
-        bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_in_one_traces_the_pods_the_api_server_describes() -> Result<()> {

@@ -9,68 +9,25 @@
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, our_programs_on, run, run_in, wait_for, Lab, Nginx, Pod, Proc,
+    http_get, run, run_in, wait_for, AllInOne, Lab, Nginx, Pod, Proc,
 };
 use serde_json::Value;
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT: &str = "b7ad6b7169203331";
 
-struct Running {
-    proc: Proc,
-    api: String,
-    metrics: String,
-}
-
-fn start_clovisor(pods: &[&Pod], extra: &[&str], log_name: &str) -> Result<Running> {
-    let api = format!("127.0.0.1:{}", free_port()?);
-    let metrics = format!("127.0.0.1:{}", free_port()?);
-    let mut cmd = Command::new(clovisor_bin()?);
-    cmd.args([
-        "all-in-one",
-        "--api-listen",
-        &api,
-        "--metrics-listen",
-        &metrics,
-    ]);
-    for p in pods {
-        cmd.args(["--netns", &p.netns]);
-    }
-    cmd.args(extra).env("RUST_LOG", "info");
-    let log = std::env::temp_dir().join(format!("{log_name}-{}.log", std::process::id()));
-    let mut proc = Proc::spawn(cmd, log)?;
-    let ready = format!("http://{api}/readyz");
-    let attached = wait_for(
-        "clovisor ready and attached",
-        Duration::from_secs(20),
-        || {
-            if !proc.running() {
-                bail!("clovisor exited early:\n{}", proc.log_text());
-            }
-            let mut ok = http_get(&ready).is_ok();
-            for p in pods {
-                ok = ok && !our_programs_on(&p.host_veth)?.is_empty();
-            }
-            // The namespaces' inodes reach the socket program on the first scan, with the veths.
-            Ok(ok && proc.log_text().contains("traced ports"))
-        },
-    );
-    if let Err(e) = attached {
-        bail!("{e:#}\nlog:\n{}", proc.log_text());
-    }
-    Ok(Running { proc, api, metrics })
-}
-
-fn http_get(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()?;
-    if !out.status.success() {
-        bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
+/// `clovisor all-in-one` tracing `pods` (span export off), attached to their veths. The
+/// reconciler writes ports and namespaces before it attaches, so attached means traced.
+fn start_clovisor(pods: &[&Pod], extra: &[&str], log_name: &str) -> Result<AllInOne> {
+    let mut args: Vec<&str> = pods
+        .iter()
+        .flat_map(|p| ["--netns", p.netns.as_str()])
+        .collect();
+    args.extend_from_slice(extra);
+    let veths: Vec<&str> = pods.iter().map(|p| p.host_veth.as_str()).collect();
+    AllInOne::start_without_export(&args, &veths, log_name)
 }
 
 fn curl(pod: &Pod, url: &str) -> Result<()> {
@@ -90,12 +47,6 @@ fn curl(pod: &Pod, url: &str) -> Result<()> {
         ],
     )
     .map(|_| ())
-}
-
-fn sessions(api: &str) -> Result<Vec<Value>> {
-    let body = http_get(&format!("http://{api}/api/v1/sessions?limit=1000"))?;
-    let json: Value = serde_json::from_str(&body).context("sessions JSON")?;
-    Ok(json["sessions"].as_array().cloned().unwrap_or_default())
 }
 
 /// `(point, side, comm)` of each observation of a session, in path order.
@@ -237,7 +188,7 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
         "one session seen at both sockets and both veths",
         Duration::from_secs(15),
         || {
-            all = sessions(&clovisor.api)?;
+            all = clovisor.sessions()?;
             Ok(of_path(&all, path)
                 .iter()
                 .any(|s| points(s) == four_points()))
@@ -304,7 +255,7 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
         "IPv6 keep-alive sessions at all four points",
         Duration::from_secs(15),
         || {
-            all = sessions(&clovisor.api)?;
+            all = clovisor.sessions()?;
             Ok(v6_paths
                 .iter()
                 .all(|p| of_path(&all, p).iter().any(|s| points(s) == four_points())))
@@ -368,7 +319,7 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
         metric(&clovisor.metrics, tcp)?,
         "TCP syscalls of untraced namespaces must not be counted"
     );
-    let all = sessions(&clovisor.api)?;
+    let all = clovisor.sessions()?;
     assert!(
         !all.iter().any(|s| s["http"]["path"] == "/socket/untraced"),
         "untraced pods must yield no session: {all:#?}"
@@ -501,7 +452,7 @@ async fn socket_point_sees_plaintext_behind_a_tls_tunnel() -> Result<()> {
         "both plaintext legs behind TLS",
         Duration::from_secs(15),
         || {
-            all = sessions(&clovisor.api)?;
+            all = clovisor.sessions()?;
             let seen: Vec<_> = of_path(&all, path).into_iter().map(points).collect();
             Ok(legs.iter().all(|l| seen.contains(l)))
         },
