@@ -176,16 +176,13 @@ pub async fn run(
         Ok(capture) => drop(capture),
         Err(e) => tracing::error!(error = %e, "target follower failed"),
     }
-    match events.await {
-        Ok(Ok(stats)) => tracing::info!(?stats, "ring buffer drained"),
-        Ok(Err(e)) => tracing::error!(error = %e, "event loop failed"),
-        Err(e) => tracing::error!(error = %e, "event loop task failed"),
-    }
-    if let Some(socket_events) = socket_events {
-        match socket_events.await {
-            Ok(Ok(stats)) => tracing::info!(?stats, "socket ring buffer drained"),
-            Ok(Err(e)) => tracing::error!(error = %e, "socket event loop failed"),
-            Err(e) => tracing::error!(error = %e, "socket event loop task failed"),
+    for (ring, events) in
+        std::iter::once(("veth", events)).chain(socket_events.map(|e| ("socket", e)))
+    {
+        match events.await {
+            Ok(Ok(stats)) => tracing::info!(ring, ?stats, "ring buffer drained"),
+            Ok(Err(e)) => tracing::error!(ring, error = %e, "event loop failed"),
+            Err(e) => tracing::error!(ring, error = %e, "event loop task failed"),
         }
     }
     if let Err(e) = uplink.await {

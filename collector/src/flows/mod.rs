@@ -152,7 +152,8 @@ fn observe_connection(
     }
     let client = state.endpoints.get(&key.client_ip);
     let server = state.endpoints.get(&key.server_ip);
-    let point = e.point.clone().unwrap_or_default();
+    let unknown = capture::ObservationPoint::default();
+    let point = e.point.as_ref().unwrap_or(&unknown);
     let observed_at = match capture::PointKind::try_from(point.kind) {
         Ok(capture::PointKind::Socket) => match point.side.as_str() {
             "client" => "client_socket",
@@ -160,8 +161,8 @@ fn observe_connection(
             _ => "socket",
         },
         Ok(capture::PointKind::Node) => "node",
-        _ if session::owns_veth(&point, server) => "server_veth",
-        _ if session::owns_veth(&point, client) => "client_veth",
+        _ if session::owns_veth(point, server) => "server_veth",
+        _ if session::owns_veth(point, client) => "client_veth",
         _ => "veth",
     };
     metrics.connections.ended(ConnectionEnd {
