@@ -331,13 +331,31 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
         exit.success(),
         "clovisor must exit cleanly on SIGTERM: {exit:?}"
     );
-    for id in prog_ids {
-        let still = Command::new("bpftool")
+    // The kernel releases a program after its last link and fd are gone, from deferred work:
+    // give it a moment, then it must be gone.
+    let loaded = |id: u64| -> Result<bool> {
+        Ok(Command::new("bpftool")
             .args(["prog", "show", "id", &id.to_string()])
-            .output()?;
+            .output()?
+            .status
+            .success())
+    };
+    let released = wait_for(
+        "the socket programs to be released",
+        Duration::from_secs(5),
+        || {
+            for id in &prog_ids {
+                if loaded(*id)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    );
+    for id in &prog_ids {
         assert!(
-            !still.status.success(),
-            "socket program {id} still loaded after clovisor stopped"
+            !loaded(*id)?,
+            "socket program {id} still loaded after clovisor stopped: {released:?}"
         );
     }
     Ok(())
