@@ -168,7 +168,7 @@ struct user_msghdr {
  * process leaves after one map lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, CLOVISOR_MAX_MONITORED_NETNS);
 	__type(key, __u32);
 	__type(value, __u8);
 } monitored_netns SEC(".maps");
@@ -229,6 +229,7 @@ struct {
 	__type(value, struct clovisor_sock_msg_start);
 } sock_scratch SEC(".maps");
 
+/* Per-CPU counter behind flow ids (clovisor_new_flow_id). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -237,30 +238,6 @@ struct {
 } sock_flow_seq SEC(".maps");
 
 /* ---- Helpers -------------------------------------------------------------- */
-
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&sock_stats, &idx);
-
-	if (v)
-		*v += 1;
-}
-
-static __always_inline __u64 new_flow_id(void)
-{
-	__u32 zero = 0;
-	__u64 *seq = bpf_map_lookup_elem(&sock_flow_seq, &zero);
-	__u64 n = 0;
-
-	if (seq) {
-		*seq += 1;
-		n = *seq;
-	}
-	/* Bit 63: socket point; bits 55..62: CPU + 1 (unique up to 255
-	 * CPUs, never 0); bits 0..54: the per-CPU counter. */
-	return CLOVISOR_SOCK_FLOW_ID_BIT |
-	       (((__u64)(bpf_get_smp_processor_id() + 1) & 0xff) << 55) | (n & ((1ULL << 55) - 1));
-}
 
 static __always_inline int is_data_syscall(long nr, __u8 *send)
 {
@@ -328,14 +305,6 @@ static __always_inline int is_v4_mapped(const __u8 *a)
 	return lo == 0 && mid == bpf_htonl(0x0000ffff);
 }
 
-static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
-{
-	__builtin_memset(dst, 0, 10);
-	dst[10] = 0xff;
-	dst[11] = 0xff;
-	__builtin_memcpy(dst + 12, &addr, 4);
-}
-
 /* Fills key (oriented by role) and side from the socket; returns the protocol
  * hint + 1, or 0 when neither port is traced. */
 static __always_inline int socket_key(struct sock *sk, struct clovisor_session_key *key, __u8 *side)
@@ -359,8 +328,8 @@ static __always_inline int socket_key(struct sock *sk, struct clovisor_session_k
 
 	__builtin_memset(key, 0, sizeof(*key));
 	if (family == AF_INET_) {
-		v4_mapped(local_ip, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-		v4_mapped(remote_ip, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+		clovisor_v4_mapped(local_ip, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		clovisor_v4_mapped(remote_ip, BPF_CORE_READ(sk, __sk_common.skc_daddr));
 		key->family = CLOVISOR_FAMILY_IPV4;
 	} else {
 		/* Whole 16 bytes: BPF_CORE_READ_INTO would size the read by
@@ -444,7 +413,7 @@ static __always_inline void emit_msg_start(const struct call *c, __u64 n,
 		n &= CLOVISOR_MAX_SNAPLEN - 1;
 	if (n > 0 && n <= CLOVISOR_MAX_SNAPLEN) {
 		if (bpf_probe_read_user(ev->start.payload, n, (const void *)c->buf)) {
-			count(CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED);
+			clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED);
 			n = 0;
 		}
 	} else {
@@ -455,9 +424,9 @@ static __always_inline void emit_msg_start(const struct call *c, __u64 n,
 	if (size > sizeof(*ev))
 		return;
 	if (bpf_ringbuf_output(&sock_events, ev, size, clovisor_wakeup_flags(&sock_events)))
-		count(CLOVISOR_SOCK_STAT_RINGBUF_FULL);
+		clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_RINGBUF_FULL);
 	else
-		count(CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
+		clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
 }
 
 /* Accounts `moved` bytes of the finished call c. */
@@ -478,17 +447,19 @@ static __always_inline void on_data(const struct call *c, __u64 moved)
 		if (!hint)
 			return;
 		fill_owner(&fresh.owner, c->sk, side);
-		fresh.flow_id = new_flow_id();
+		/* Bit 63: socket point; bits 55..62: CPU + 1; bits 0..54:
+		 * the per-CPU counter. */
+		fresh.flow_id = clovisor_new_flow_id(&sock_flow_seq, CLOVISOR_SOCK_FLOW_ID_BIT, 55);
 		fresh.protocol = hint - 1;
 		if (bpf_map_update_elem(&sock_sessions, &c->sk, &fresh, BPF_NOEXIST) == 0)
-			count(CLOVISOR_SOCK_STAT_SESSIONS_CREATED);
+			clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_SESSIONS_CREATED);
 		s = bpf_map_lookup_elem(&sock_sessions, &c->sk);
 		if (!s) {
-			count(CLOVISOR_SOCK_STAT_SESSION_UPDATE_FAILED);
+			clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_SESSION_UPDATE_FAILED);
 			return;
 		}
 	}
-	count(CLOVISOR_SOCK_STAT_SYSCALLS_TRACED);
+	clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_SYSCALLS_TRACED);
 
 	/* A server sends responses and receives requests; a client the
 	 * reverse. */
@@ -547,7 +518,7 @@ int clovisor_sys_enter(__u64 *ctx)
 	sk = tcp_sock_of_fd(task, (__u32)SYSCALL_ARG0(regs));
 	if (!sk)
 		return 0;
-	count(CLOVISOR_SOCK_STAT_TCP_SYSCALLS);
+	clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_TCP_SYSCALLS);
 
 	buf = SYSCALL_ARG1(regs);
 	len = SYSCALL_ARG2(regs);
@@ -588,7 +559,7 @@ int clovisor_sys_enter(__u64 *ctx)
 		     : BPF_CORE_READ((struct tcp_sock *)sk, copied_seq);
 	id = bpf_get_current_pid_tgid();
 	if (bpf_map_update_elem(&calls, &id, &c, BPF_ANY))
-		count(CLOVISOR_SOCK_STAT_CALL_UPDATE_FAILED);
+		clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_CALL_UPDATE_FAILED);
 	return 0;
 }
 
@@ -653,11 +624,11 @@ int clovisor_sock_state(__u64 *ctx)
 		ev->end.ts_ns = bpf_ktime_get_boot_ns();
 		__builtin_memcpy(&ev->end.last, &s->cur, sizeof(s->cur));
 		bpf_ringbuf_submit(ev, clovisor_wakeup_flags(&sock_events));
-		count(CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
+		clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
 	} else {
-		count(CLOVISOR_SOCK_STAT_RINGBUF_FULL);
+		clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_RINGBUF_FULL);
 	}
 	bpf_map_delete_elem(&sock_sessions, &sk);
-	count(CLOVISOR_SOCK_STAT_SESSIONS_ENDED);
+	clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_SESSIONS_ENDED);
 	return 0;
 }

@@ -26,14 +26,14 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Egress rules, see clovisor_abi.h; maintained by user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, CLOVISOR_MAX_EGRESS_PORTS);
 	__type(key, struct clovisor_egress_port_key);
 	__type(value, struct clovisor_egress_port);
 } egress_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, CLOVISOR_MAX_EGRESS_HOSTS);
 	__type(key, struct clovisor_egress_host_key);
 	__type(value, __u8);
 } egress_hosts SEC(".maps");
@@ -84,7 +84,7 @@ struct {
 	__type(value, struct clovisor_msg_start);
 } scratch SEC(".maps");
 
-/* Per-CPU counter behind flow ids: unique without atomics or randomness. */
+/* Per-CPU counter behind flow ids (clovisor_new_flow_id). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -96,14 +96,6 @@ struct {
 #define ETH_P_8021AD_ 0x88A8
 #define IP_MF_	      0x2000
 #define IP_OFFMASK_   0x1fff
-
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
-
-	if (v)
-		*v += 1;
-}
 
 /* Where the parser found things. */
 struct pkt {
@@ -120,14 +112,6 @@ struct pkt {
 
 #define TCPF_FIN_ 0x01
 #define TCPF_RST_ 0x04
-
-static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
-{
-	__builtin_memset(dst, 0, 10);
-	dst[10] = 0xff;
-	dst[11] = 0xff;
-	__builtin_memcpy(dst + 12, &addr, 4);
-}
 
 /* Returns 0 when p holds a TCP packet, 1 when the packet is not for us
  * (not IP/TCP, later fragment), -1 on a parse failure. */
@@ -162,11 +146,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return 1;
 		/* Only the first fragment has the TCP header. */
 		if (bpf_ntohs(ip.frag_off) & IP_OFFMASK_) {
-			count(CLOVISOR_STAT_UNPARSED_IP);
+			clovisor_count(&stats, CLOVISOR_STAT_UNPARSED_IP);
 			return 1;
 		}
-		v4_mapped(p->src_ip, ip.saddr);
-		v4_mapped(p->dst_ip, ip.daddr);
+		clovisor_v4_mapped(p->src_ip, ip.saddr);
+		clovisor_v4_mapped(p->dst_ip, ip.daddr);
 		p->family = CLOVISOR_FAMILY_IPV4;
 		/* tot_len is 0 for BIG TCP super packets: then skb->len rules. */
 		ip_end = bpf_ntohs(ip.tot_len) ? off + bpf_ntohs(ip.tot_len) : skb->len;
@@ -202,7 +186,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 					return -1;
 				/* Offset bits: not the first fragment. */
 				if (bpf_ntohs(frag) & 0xfff8) {
-					count(CLOVISOR_STAT_UNPARSED_IP);
+					clovisor_count(&stats, CLOVISOR_STAT_UNPARSED_IP);
 					return 1;
 				}
 				off += 8;
@@ -217,7 +201,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
 			    next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT ||
 			    next == IPPROTO_AH)
-				count(CLOVISOR_STAT_UNPARSED_IP);
+				clovisor_count(&stats, CLOVISOR_STAT_UNPARSED_IP);
 			return 1;
 		}
 		l4 = next;
@@ -290,21 +274,6 @@ static __always_inline int egress_match(const struct pkt *p, __u32 ifindex, __u8
 }
 /* ---- end of egress rules ------------------------------------------------ */
 
-static __always_inline __u64 new_flow_id(void)
-{
-	__u32 zero = 0;
-	__u64 *seq = bpf_map_lookup_elem(&flow_seq, &zero);
-	__u64 n = 0;
-
-	if (seq) {
-		*seq += 1;
-		n = *seq;
-	}
-	/* Top byte: CPU + 1, so ids from different CPUs never collide and
-	 * never are 0. */
-	return ((__u64)(bpf_get_smp_processor_id() + 1) << 56) | (n & ((1ULL << 56) - 1));
-}
-
 /* Sequence-space comparison (RFC 1982 style). */
 static __always_inline int seq_before(__u32 a, __u32 b)
 {
@@ -375,7 +344,7 @@ static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct p
 		n &= CLOVISOR_MAX_SNAPLEN - 1;
 	if (n > 0 && n <= CLOVISOR_MAX_SNAPLEN) {
 		if (bpf_skb_load_bytes(skb, p->payload_off, ev->payload, n)) {
-			count(CLOVISOR_STAT_SNAP_LOAD_FAILED);
+			clovisor_count(&stats, CLOVISOR_STAT_SNAP_LOAD_FAILED);
 			n = 0;
 		}
 	} else {
@@ -386,9 +355,9 @@ static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct p
 	if (size > sizeof(*ev))
 		return;
 	if (bpf_ringbuf_output(&events, ev, size, clovisor_wakeup_flags(&events)))
-		count(CLOVISOR_STAT_RINGBUF_FULL);
+		clovisor_count(&stats, CLOVISOR_STAT_RINGBUF_FULL);
 	else
-		count(CLOVISOR_STAT_EVENTS_EMITTED);
+		clovisor_count(&stats, CLOVISOR_STAT_EVENTS_EMITTED);
 }
 
 static __always_inline void emit_flow_end(const struct clovisor_session_key *key,
@@ -397,7 +366,7 @@ static __always_inline void emit_flow_end(const struct clovisor_session_key *key
 	struct clovisor_flow_end *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 
 	if (!ev) {
-		count(CLOVISOR_STAT_RINGBUF_FULL);
+		clovisor_count(&stats, CLOVISOR_STAT_RINGBUF_FULL);
 		return;
 	}
 	ev->kind = CLOVISOR_EVENT_FLOW_END;
@@ -410,7 +379,7 @@ static __always_inline void emit_flow_end(const struct clovisor_session_key *key
 	ev->ts_ns = now;
 	__builtin_memcpy(&ev->last, &s->cur, sizeof(s->cur));
 	bpf_ringbuf_submit(ev, clovisor_wakeup_flags(&events));
-	count(CLOVISOR_STAT_EVENTS_EMITTED);
+	clovisor_count(&stats, CLOVISOR_STAT_EVENTS_EMITTED);
 }
 
 /* ---- node interfaces ---------------------------------------------------- */
@@ -441,11 +410,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 	__u64 now;
 	int rc;
 
-	count(CLOVISOR_STAT_PACKETS_SEEN);
+	clovisor_count(&stats, CLOVISOR_STAT_PACKETS_SEEN);
 	__builtin_memset(&p, 0, sizeof(p));
 	rc = parse(skb, &p);
 	if (rc < 0) {
-		count(CLOVISOR_STAT_PARSE_FAILED);
+		clovisor_count(&stats, CLOVISOR_STAT_PARSE_FAILED);
 		return TC_ACT_UNSPEC;
 	}
 	if (rc > 0)
@@ -465,7 +434,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 	} else if (!egress_match(&p, skb->ifindex, to_pod, &dir, &protocol)) {
 		return TC_ACT_UNSPEC;
 	}
-	count(CLOVISOR_STAT_PACKETS_TRACED);
+	clovisor_count(&stats, CLOVISOR_STAT_PACKETS_TRACED);
 
 	__builtin_memset(&key, 0, sizeof(key));
 	key.ifindex = skb->ifindex;
@@ -493,15 +462,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 			struct clovisor_session fresh;
 
 			__builtin_memset(&fresh, 0, sizeof(fresh));
-			fresh.flow_id = new_flow_id();
+			/* Top byte: CPU + 1; below it the counter. */
+			fresh.flow_id = clovisor_new_flow_id(&flow_seq, 0, 56);
 			fresh.protocol = protocol;
 			/* BPF_NOEXIST: if the other direction created it on
 			 * another CPU meanwhile, use that one. */
 			if (bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST) == 0)
-				count(CLOVISOR_STAT_SESSIONS_CREATED);
+				clovisor_count(&stats, CLOVISOR_STAT_SESSIONS_CREATED);
 			s = bpf_map_lookup_elem(&sessions, &key);
 			if (!s) {
-				count(CLOVISOR_STAT_SESSION_UPDATE_FAILED);
+				clovisor_count(&stats, CLOVISOR_STAT_SESSION_UPDATE_FAILED);
 				return TC_ACT_UNSPEC;
 			}
 		}
@@ -520,7 +490,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 				/* Nothing beyond what was seen: a retransmission
 				 * or an overtaken segment. It never starts a
 				 * message, even after a direction switch. */
-				count(CLOVISOR_STAT_RETRANSMIT_PACKETS);
+				clovisor_count(&stats, CLOVISOR_STAT_RETRANSMIT_PACKETS);
 				if (s->cur.direction == dir) {
 					__sync_fetch_and_add(&s->cur.retransmits, segs);
 					s->cur.last_ns = now;
@@ -529,7 +499,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 			}
 			if (seq_before(p.seq, next)) {
 				/* Partly seen before: only the new bytes count. */
-				count(CLOVISOR_STAT_RETRANSMIT_PACKETS);
+				clovisor_count(&stats, CLOVISOR_STAT_RETRANSMIT_PACKETS);
 				if (s->cur.direction == dir)
 					__sync_fetch_and_add(&s->cur.retransmits, 1);
 			}
@@ -567,7 +537,7 @@ out:
 		emit_flow_end(&key, s, (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN,
 			      now);
 		bpf_map_delete_elem(&sessions, &key);
-		count(CLOVISOR_STAT_SESSIONS_ENDED);
+		clovisor_count(&stats, CLOVISOR_STAT_SESSIONS_ENDED);
 	}
 	return TC_ACT_UNSPEC;
 }

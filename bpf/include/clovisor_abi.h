@@ -25,8 +25,15 @@
 /* IPv6 extension headers skipped before giving up on a packet. */
 #define CLOVISOR_MAX_IPV6_EXT_HDRS 6
 
+/* Entries of the `traced_ports` map (each capture object has one). */
+#define CLOVISOR_MAX_TRACED_PORTS 1024
 /* Entries of the node-interface point's `monitored_ips` map. */
 #define CLOVISOR_MAX_MONITORED_IPS 16384
+/* Entries of the egress-rule maps `egress_ports` and `egress_hosts`. */
+#define CLOVISOR_MAX_EGRESS_PORTS 4096
+#define CLOVISOR_MAX_EGRESS_HOSTS 16384
+/* Entries of the socket point's `monitored_netns` map. */
+#define CLOVISOR_MAX_MONITORED_NETNS 4096
 
 /* Key of `monitored_ips`: an address in network order, IPv4 v4-mapped. */
 struct clovisor_ip {

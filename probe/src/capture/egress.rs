@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 const MAP_EGRESS_PORTS: &str = "egress_ports";
 const MAP_EGRESS_HOSTS: &str = "egress_hosts";
 /// `max_entries` of the two maps in the object.
-const MAX_EGRESS_PORTS: usize = 4096;
-const MAX_EGRESS_HOSTS: usize = 16384;
+const MAX_EGRESS_PORTS: usize = abi::CLOVISOR_MAX_EGRESS_PORTS as usize;
+const MAX_EGRESS_HOSTS: usize = abi::CLOVISOR_MAX_EGRESS_HOSTS as usize;
 
 type PortKey = [u8; std::mem::size_of::<abi::clovisor_egress_port_key>()];
 type PortValue = [u8; std::mem::size_of::<abi::clovisor_egress_port>()];

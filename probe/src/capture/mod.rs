@@ -41,8 +41,6 @@ const MAPS: object::ObjectMaps = object::ObjectMaps {
     traced_ports: "traced_ports",
 };
 const MAP_MONITORED_IPS: &str = "monitored_ips";
-/// `max_entries` of `traced_ports` in the object.
-pub(crate) const MAX_TRACED_PORTS: usize = 1024;
 /// Events handled before yielding to send records and check shutdown.
 const DRAIN_BATCH: usize = 4096;
 /// How often the boot -> Unix clock offset is resampled.

@@ -10,10 +10,7 @@ use aya::{Ebpf, EbpfLoader};
 use clovisor_proto::capture::v1::ProtocolHint;
 
 use super::assembler::{Assembler, InterfaceNames, SessionSource};
-use super::{
-    abi, map_err, raw, replace_map, CaptureConfig, EventLoop, KernelStats, StatNames,
-    MAX_TRACED_PORTS,
-};
+use super::{abi, map_err, raw, replace_map, CaptureConfig, EventLoop, KernelStats, StatNames};
 use crate::clock::BootClock;
 use crate::error::{Error, Result};
 
@@ -99,9 +96,10 @@ pub(crate) fn set_traced_ports(
     maps: &ObjectMaps,
     ports: &BTreeMap<u16, ProtocolHint>,
 ) -> Result<()> {
-    if ports.len() > MAX_TRACED_PORTS {
+    let max = abi::CLOVISOR_MAX_TRACED_PORTS as usize;
+    if ports.len() > max {
         return Err(Error::Config {
-            reason: format!("{} traced ports, at most {MAX_TRACED_PORTS}", ports.len()),
+            reason: format!("{} traced ports, at most {max}", ports.len()),
         });
     }
     let wanted: BTreeMap<u16, u8> = ports

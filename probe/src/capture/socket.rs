@@ -33,7 +33,7 @@ const MAPS: object::ObjectMaps = object::ObjectMaps {
 };
 const MAP_NETNS: &str = "monitored_netns";
 /// `max_entries` of `monitored_netns` in the object.
-const MAX_NETNS: usize = 4096;
+const MAX_NETNS: usize = abi::CLOVISOR_MAX_MONITORED_NETNS as usize;
 
 /// Names of the socket program's kernel counters, by `sock_stats` index; `socket_` keeps them
 /// apart from the tc programs' in `clovisor_probe_kernel_total{counter}`.
