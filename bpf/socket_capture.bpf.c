@@ -6,12 +6,12 @@
  * direction switches per socket, as in tc_capture.bpf.c; each message start
  * sends the first bytes of the user buffer - plaintext even when the wire is
  * encrypted by a sidecar or a tunnel - through the ring buffer. Continuation
- * syscalls of a message only update counters in the session map.
+ * syscalls of a message only update counters in the connection map.
  *
  * Hooks (BTF tracepoints, loadable where kprobes and fentry are not):
  *   tp_btf/sys_enter            remember fd, buffer, TCP sequence number
  *   tp_btf/sys_exit             account the bytes moved, maybe emit
- *   tp_btf/inet_sock_set_state  TCP_CLOSE ends the socket's session
+ *   tp_btf/inet_sock_set_state  TCP_CLOSE ends the socket's connection
  *
  * Kernel structures are read with CO-RE through the minimal definitions
  * below (preserve_access_index), relocated against the running kernel's BTF
@@ -193,13 +193,13 @@ struct {
 	__type(value, struct call);
 } calls SEC(".maps");
 
-/* Keyed by struct sock address; bounded by user space (max_sessions). */
+/* Keyed by struct sock address; bounded by user space (max_connections). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, struct clovisor_sock_session);
-} sock_sessions SEC(".maps");
+	__type(value, struct clovisor_sock_conn);
+} sock_connections SEC(".maps");
 
 /* Size set by user space. */
 struct {
@@ -307,7 +307,7 @@ static __always_inline int is_v4_mapped(const __u8 *a)
 
 /* Fills key (oriented by role) and side from the socket; returns the protocol
  * hint + 1, or 0 when neither port is traced. */
-static __always_inline int socket_key(struct sock *sk, struct clovisor_session_key *key, __u8 *side)
+static __always_inline int socket_key(struct sock *sk, struct clovisor_conn_key *key, __u8 *side)
 {
 	__u8 local_ip[16], remote_ip[16];
 	__u16 local_port, remote_port;
@@ -377,7 +377,7 @@ static __always_inline __u32 snaplen(void)
 }
 
 static __always_inline void emit_msg_start(const struct call *c, __u64 n,
-					   const struct clovisor_sock_session *s,
+					   const struct clovisor_sock_conn *conn,
 					   const struct clovisor_msg *prev, __u8 has_prev)
 {
 	__u32 zero = 0;
@@ -388,16 +388,16 @@ static __always_inline void emit_msg_start(const struct call *c, __u64 n,
 		return;
 	ev->kind = CLOVISOR_EVENT_SOCK_MSG_START;
 	ev->pad = 0;
-	fill_owner(&ev->owner, c->sk, s->owner.side);
+	fill_owner(&ev->owner, c->sk, conn->owner.side);
 	ev->start.kind = CLOVISOR_EVENT_MSG_START;
-	__builtin_memcpy(&ev->start.key, &s->key, sizeof(s->key));
-	ev->start.flow_id = s->flow_id;
-	__builtin_memcpy(&ev->start.msg, &s->cur, sizeof(s->cur));
+	__builtin_memcpy(&ev->start.key, &conn->key, sizeof(conn->key));
+	ev->start.flow_id = conn->flow_id;
+	__builtin_memcpy(&ev->start.msg, &conn->cur, sizeof(conn->cur));
 	if (has_prev)
 		__builtin_memcpy(&ev->start.prev, prev, sizeof(*prev));
 	else
 		__builtin_memset(&ev->start.prev, 0, sizeof(ev->start.prev));
-	ev->start.protocol = s->protocol;
+	ev->start.protocol = conn->protocol;
 	ev->start.has_prev = has_prev;
 	__builtin_memset(ev->start.pad, 0, sizeof(ev->start.pad));
 
@@ -432,13 +432,13 @@ static __always_inline void emit_msg_start(const struct call *c, __u64 n,
 /* Accounts `moved` bytes of the finished call c. */
 static __always_inline void on_data(const struct call *c, __u64 moved)
 {
-	struct clovisor_sock_session *s = bpf_map_lookup_elem(&sock_sessions, &c->sk);
+	struct clovisor_sock_conn *conn = bpf_map_lookup_elem(&sock_connections, &c->sk);
 	struct clovisor_msg prev;
 	__u8 has_prev = 0, dir;
 	__u64 now = bpf_ktime_get_boot_ns();
 
-	if (!s) {
-		struct clovisor_sock_session fresh;
+	if (!conn) {
+		struct clovisor_sock_conn fresh;
 		__u8 side = 0;
 		int hint;
 
@@ -451,11 +451,11 @@ static __always_inline void on_data(const struct call *c, __u64 moved)
 		 * the per-CPU counter. */
 		fresh.flow_id = clovisor_new_flow_id(&sock_flow_seq, CLOVISOR_SOCK_FLOW_ID_BIT, 55);
 		fresh.protocol = hint - 1;
-		if (bpf_map_update_elem(&sock_sessions, &c->sk, &fresh, BPF_NOEXIST) == 0)
-			clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_SESSIONS_CREATED);
-		s = bpf_map_lookup_elem(&sock_sessions, &c->sk);
-		if (!s) {
-			clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_SESSION_UPDATE_FAILED);
+		if (bpf_map_update_elem(&sock_connections, &c->sk, &fresh, BPF_NOEXIST) == 0)
+			clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_CONNS_CREATED);
+		conn = bpf_map_lookup_elem(&sock_connections, &c->sk);
+		if (!conn) {
+			clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_CONN_UPDATE_FAILED);
 			return;
 		}
 	}
@@ -463,33 +463,33 @@ static __always_inline void on_data(const struct call *c, __u64 moved)
 
 	/* A server sends responses and receives requests; a client the
 	 * reverse. */
-	if (s->owner.side == CLOVISOR_SIDE_SERVER)
+	if (conn->owner.side == CLOVISOR_SIDE_SERVER)
 		dir = c->send ? CLOVISOR_DIR_SERVER_TO_CLIENT : CLOVISOR_DIR_CLIENT_TO_SERVER;
 	else
 		dir = c->send ? CLOVISOR_DIR_CLIENT_TO_SERVER : CLOVISOR_DIR_SERVER_TO_CLIENT;
 
-	if (s->cur.direction == dir) {
-		s->cur.last_ns = now;
-		s->cur.bytes += moved;
-		s->cur.packets += 1;
+	if (conn->cur.direction == dir) {
+		conn->cur.last_ns = now;
+		conn->cur.bytes += moved;
+		conn->cur.packets += 1;
 		return;
 	}
-	if (s->cur.direction != CLOVISOR_DIR_NONE) {
-		__builtin_memcpy(&prev, &s->cur, sizeof(prev));
+	if (conn->cur.direction != CLOVISOR_DIR_NONE) {
+		__builtin_memcpy(&prev, &conn->cur, sizeof(prev));
 		has_prev = 1;
 	}
-	s->cur.index = has_prev ? prev.index + 1 : 0;
+	conn->cur.index = has_prev ? prev.index + 1 : 0;
 	/* A send starts when the application hands the bytes over; a receive
 	 * when they are handed to it (a blocking read waits for them). */
-	s->cur.start_ns = c->send ? c->enter_ns : now;
-	s->cur.last_ns = now;
-	s->cur.bytes = moved;
-	s->cur.packets = 1;
-	s->cur.retransmits = 0;
-	s->cur.tcp_seq = c->seq;
-	s->cur.direction = dir;
-	s->cur.to_pod = !c->send;
-	emit_msg_start(c, moved, s, &prev, has_prev);
+	conn->cur.start_ns = c->send ? c->enter_ns : now;
+	conn->cur.last_ns = now;
+	conn->cur.bytes = moved;
+	conn->cur.packets = 1;
+	conn->cur.retransmits = 0;
+	conn->cur.tcp_seq = c->seq;
+	conn->cur.direction = dir;
+	conn->cur.to_pod = !c->send;
+	emit_msg_start(c, moved, conn, &prev, has_prev);
 }
 
 /* ---- Programs -------------------------------------------------------------- */
@@ -594,19 +594,19 @@ int clovisor_sock_state(__u64 *ctx)
 	__u64 sk = ctx[0];
 	int oldstate = (int)ctx[1];
 	int newstate = (int)ctx[2];
-	struct clovisor_sock_session *s;
+	struct clovisor_sock_conn *conn;
 	struct clovisor_sock_flow_end *ev;
 
 	if (newstate != TCP_CLOSE_)
 		return 0;
-	s = bpf_map_lookup_elem(&sock_sessions, &sk);
-	if (!s)
+	conn = bpf_map_lookup_elem(&sock_connections, &sk);
+	if (!conn)
 		return 0;
 	ev = bpf_ringbuf_reserve(&sock_events, sizeof(*ev), 0);
 	if (ev) {
 		ev->kind = CLOVISOR_EVENT_SOCK_FLOW_END;
 		ev->pad = 0;
-		__builtin_memcpy(&ev->owner, &s->owner, sizeof(s->owner));
+		__builtin_memcpy(&ev->owner, &conn->owner, sizeof(conn->owner));
 		ev->srtt_us = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
 		ev->total_retrans = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
 		ev->end.kind = CLOVISOR_EVENT_FLOW_END;
@@ -616,19 +616,19 @@ int clovisor_sock_state(__u64 *ctx)
 				  oldstate == TCP_CLOSING_)
 				     ? CLOVISOR_END_FIN
 				     : CLOVISOR_END_RST;
-		ev->end.has_last = s->cur.direction != CLOVISOR_DIR_NONE;
+		ev->end.has_last = conn->cur.direction != CLOVISOR_DIR_NONE;
 		ev->end.pad[0] = 0;
 		ev->end.pad[1] = 0;
-		__builtin_memcpy(&ev->end.key, &s->key, sizeof(s->key));
-		ev->end.flow_id = s->flow_id;
+		__builtin_memcpy(&ev->end.key, &conn->key, sizeof(conn->key));
+		ev->end.flow_id = conn->flow_id;
 		ev->end.ts_ns = bpf_ktime_get_boot_ns();
-		__builtin_memcpy(&ev->end.last, &s->cur, sizeof(s->cur));
+		__builtin_memcpy(&ev->end.last, &conn->cur, sizeof(conn->cur));
 		bpf_ringbuf_submit(ev, clovisor_wakeup_flags(&sock_events));
 		clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
 	} else {
 		clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_RINGBUF_FULL);
 	}
-	bpf_map_delete_elem(&sock_sessions, &sk);
-	clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_SESSIONS_ENDED);
+	bpf_map_delete_elem(&sock_connections, &sk);
+	clovisor_count(&sock_stats, CLOVISOR_SOCK_STAT_CONNS_ENDED);
 	return 0;
 }

@@ -46,14 +46,14 @@ struct {
 	__type(value, __u8);
 } monitored_ips SEC(".maps");
 
-/* Bounded by user space (max_sessions); LRU so a flood of connections evicts
- * old sessions instead of failing inserts. */
+/* Bounded by user space (max_connections); LRU so a flood of connections
+ * evicts old ones instead of failing inserts. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct clovisor_session_key);
-	__type(value, struct clovisor_session);
-} sessions SEC(".maps");
+	__type(key, struct clovisor_conn_key);
+	__type(value, struct clovisor_conn);
+} connections SEC(".maps");
 
 /* Size set by user space. */
 struct {
@@ -307,8 +307,8 @@ static __always_inline __u32 advance_seq(__u32 *next, __u32 end, __u32 *prev)
 }
 
 static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct pkt *p,
-					   const struct clovisor_session_key *key,
-					   const struct clovisor_session *s,
+					   const struct clovisor_conn_key *key,
+					   const struct clovisor_conn *conn,
 					   const struct clovisor_msg *prev, __u8 has_prev)
 {
 	__u32 zero = 0;
@@ -326,13 +326,13 @@ static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct p
 		n = snaplen;
 	ev->kind = CLOVISOR_EVENT_MSG_START;
 	__builtin_memcpy(&ev->key, key, sizeof(*key));
-	ev->flow_id = s->flow_id;
-	__builtin_memcpy(&ev->msg, &s->cur, sizeof(s->cur));
+	ev->flow_id = conn->flow_id;
+	__builtin_memcpy(&ev->msg, &conn->cur, sizeof(conn->cur));
 	if (has_prev)
 		__builtin_memcpy(&ev->prev, prev, sizeof(*prev));
 	else
 		__builtin_memset(&ev->prev, 0, sizeof(ev->prev));
-	ev->protocol = s->protocol;
+	ev->protocol = conn->protocol;
 	ev->has_prev = has_prev;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
 
@@ -360,8 +360,8 @@ static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct p
 		clovisor_count(&stats, CLOVISOR_STAT_EVENTS_EMITTED);
 }
 
-static __always_inline void emit_flow_end(const struct clovisor_session_key *key,
-					  const struct clovisor_session *s, __u8 reason, __u64 now)
+static __always_inline void emit_flow_end(const struct clovisor_conn_key *key,
+					  const struct clovisor_conn *conn, __u8 reason, __u64 now)
 {
 	struct clovisor_flow_end *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 
@@ -371,13 +371,13 @@ static __always_inline void emit_flow_end(const struct clovisor_session_key *key
 	}
 	ev->kind = CLOVISOR_EVENT_FLOW_END;
 	ev->reason = reason;
-	ev->has_last = s->cur.direction != CLOVISOR_DIR_NONE;
+	ev->has_last = conn->cur.direction != CLOVISOR_DIR_NONE;
 	ev->pad[0] = 0;
 	ev->pad[1] = 0;
 	__builtin_memcpy(&ev->key, key, sizeof(*key));
-	ev->flow_id = s->flow_id;
+	ev->flow_id = conn->flow_id;
 	ev->ts_ns = now;
-	__builtin_memcpy(&ev->last, &s->cur, sizeof(s->cur));
+	__builtin_memcpy(&ev->last, &conn->cur, sizeof(conn->cur));
 	bpf_ringbuf_submit(ev, clovisor_wakeup_flags(&events));
 	clovisor_count(&stats, CLOVISOR_STAT_EVENTS_EMITTED);
 }
@@ -399,8 +399,8 @@ static __always_inline int node_packet_monitored(const struct pkt *p)
  * counts); otherwise on a pod veth. */
 static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_node)
 {
-	struct clovisor_session_key key;
-	struct clovisor_session *s;
+	struct clovisor_conn_key key;
+	struct clovisor_conn *conn;
 	struct clovisor_msg prev;
 	struct pkt p;
 	__u8 *hint;
@@ -452,14 +452,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 	}
 
 	now = bpf_ktime_get_boot_ns();
-	s = bpf_map_lookup_elem(&sessions, &key);
+	conn = bpf_map_lookup_elem(&connections, &key);
 
 	if (p.payload_len > 0) {
 		segs = skb->gso_segs;
 		if (segs == 0)
 			segs = 1;
-		if (!s) {
-			struct clovisor_session fresh;
+		if (!conn) {
+			struct clovisor_conn fresh;
 
 			__builtin_memset(&fresh, 0, sizeof(fresh));
 			/* Top byte: CPU + 1; below it the counter. */
@@ -467,77 +467,77 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 			fresh.protocol = protocol;
 			/* BPF_NOEXIST: if the other direction created it on
 			 * another CPU meanwhile, use that one. */
-			if (bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST) == 0)
-				clovisor_count(&stats, CLOVISOR_STAT_SESSIONS_CREATED);
-			s = bpf_map_lookup_elem(&sessions, &key);
-			if (!s) {
-				clovisor_count(&stats, CLOVISOR_STAT_SESSION_UPDATE_FAILED);
+			if (bpf_map_update_elem(&connections, &key, &fresh, BPF_NOEXIST) == 0)
+				clovisor_count(&stats, CLOVISOR_STAT_CONNS_CREATED);
+			conn = bpf_map_lookup_elem(&connections, &key);
+			if (!conn) {
+				clovisor_count(&stats, CLOVISOR_STAT_CONN_UPDATE_FAILED);
 				return TC_ACT_UNSPEC;
 			}
 		}
 
 		end = p.seq + p.payload_len;
 		new_bytes = p.payload_len;
-		if (s->seq_valid[dir - 1]) {
+		if (conn->seq_valid[dir - 1]) {
 			__u32 next = 0;
 
 			/* Bytes are counted by how far a packet moves the
 			 * highest sequence number seen, so a segment that
 			 * another CPU's packet overtook is covered by the
 			 * packet that overtook it. */
-			new_bytes = advance_seq(&s->next_seq[dir - 1], end, &next);
+			new_bytes = advance_seq(&conn->next_seq[dir - 1], end, &next);
 			if (new_bytes == 0) {
 				/* Nothing beyond what was seen: a retransmission
 				 * or an overtaken segment. It never starts a
 				 * message, even after a direction switch. */
 				clovisor_count(&stats, CLOVISOR_STAT_RETRANSMIT_PACKETS);
-				if (s->cur.direction == dir) {
-					__sync_fetch_and_add(&s->cur.retransmits, segs);
-					s->cur.last_ns = now;
+				if (conn->cur.direction == dir) {
+					__sync_fetch_and_add(&conn->cur.retransmits, segs);
+					conn->cur.last_ns = now;
 				}
 				goto out;
 			}
 			if (seq_before(p.seq, next)) {
 				/* Partly seen before: only the new bytes count. */
 				clovisor_count(&stats, CLOVISOR_STAT_RETRANSMIT_PACKETS);
-				if (s->cur.direction == dir)
-					__sync_fetch_and_add(&s->cur.retransmits, 1);
+				if (conn->cur.direction == dir)
+					__sync_fetch_and_add(&conn->cur.retransmits, 1);
 			}
 		} else {
-			s->next_seq[dir - 1] = end;
-			s->seq_valid[dir - 1] = 1;
+			conn->next_seq[dir - 1] = end;
+			conn->seq_valid[dir - 1] = 1;
 		}
 
-		if (s->cur.direction != dir) {
-			/* First payload of the session, or a direction
+		if (conn->cur.direction != dir) {
+			/* First payload of the connection, or a direction
 			 * switch: a new message starts here. */
-			if (s->cur.direction != CLOVISOR_DIR_NONE) {
-				__builtin_memcpy(&prev, &s->cur, sizeof(prev));
+			if (conn->cur.direction != CLOVISOR_DIR_NONE) {
+				__builtin_memcpy(&prev, &conn->cur, sizeof(prev));
 				has_prev = 1;
 			}
-			s->cur.index = has_prev ? prev.index + 1 : 0;
-			s->cur.start_ns = now;
-			s->cur.last_ns = now;
-			s->cur.bytes = new_bytes;
-			s->cur.packets = segs;
-			s->cur.retransmits = 0;
-			s->cur.tcp_seq = p.seq;
-			s->cur.direction = dir;
-			s->cur.to_pod = to_pod;
-			emit_msg_start(skb, &p, &key, s, &prev, has_prev);
+			conn->cur.index = has_prev ? prev.index + 1 : 0;
+			conn->cur.start_ns = now;
+			conn->cur.last_ns = now;
+			conn->cur.bytes = new_bytes;
+			conn->cur.packets = segs;
+			conn->cur.retransmits = 0;
+			conn->cur.tcp_seq = p.seq;
+			conn->cur.direction = dir;
+			conn->cur.to_pod = to_pod;
+			emit_msg_start(skb, &p, &key, conn, &prev, has_prev);
 		} else {
-			s->cur.last_ns = now;
-			__sync_fetch_and_add(&s->cur.bytes, new_bytes);
-			__sync_fetch_and_add(&s->cur.packets, segs);
+			conn->cur.last_ns = now;
+			__sync_fetch_and_add(&conn->cur.bytes, new_bytes);
+			__sync_fetch_and_add(&conn->cur.packets, segs);
 		}
 	}
 
 out:
-	if (s && (p.flags & (TCPF_FIN_ | TCPF_RST_))) {
-		emit_flow_end(&key, s, (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN,
-			      now);
-		bpf_map_delete_elem(&sessions, &key);
-		clovisor_count(&stats, CLOVISOR_STAT_SESSIONS_ENDED);
+	if (conn && (p.flags & (TCPF_FIN_ | TCPF_RST_))) {
+		emit_flow_end(&key, conn,
+			      (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN, now);
+		bpf_map_delete_elem(&connections, &key);
+		clovisor_count(&stats, CLOVISOR_STAT_CONNS_ENDED);
 	}
 	return TC_ACT_UNSPEC;
 }

@@ -74,7 +74,7 @@ enum clovisor_flow_end_reason {
 	CLOVISOR_END_RST = 2,
 };
 
-/* Address family of a session key. */
+/* Address family of a connection key. */
 enum clovisor_family {
 	CLOVISOR_FAMILY_IPV4 = 4,
 	CLOVISOR_FAMILY_IPV6 = 6,
@@ -90,14 +90,14 @@ enum clovisor_stat {
 	CLOVISOR_STAT_EVENTS_EMITTED = 2,
 	/* Records lost because the ring buffer was full. */
 	CLOVISOR_STAT_RINGBUF_FULL = 3,
-	/* Session map inserts that failed. */
-	CLOVISOR_STAT_SESSION_UPDATE_FAILED = 4,
+	/* Connection map inserts that failed. */
+	CLOVISOR_STAT_CONN_UPDATE_FAILED = 4,
 	/* IP/TCP headers that could not be read or made no sense. */
 	CLOVISOR_STAT_PARSE_FAILED = 5,
-	/* Sessions created (first payload of a connection). */
-	CLOVISOR_STAT_SESSIONS_CREATED = 6,
-	/* Sessions ended by FIN or RST. */
-	CLOVISOR_STAT_SESSIONS_ENDED = 7,
+	/* Connections tracked (first payload of a connection). */
+	CLOVISOR_STAT_CONNS_CREATED = 6,
+	/* Connections ended by FIN or RST. */
+	CLOVISOR_STAT_CONNS_ENDED = 7,
 	/* Packets carrying only bytes already seen (TCP retransmissions). */
 	CLOVISOR_STAT_RETRANSMIT_PACKETS = 8,
 	/* Snippet copies (bpf_skb_load_bytes) that failed; the event is still
@@ -144,9 +144,9 @@ struct clovisor_egress_host_key {
 	__u8 pad[2];
 };
 
-/* Key of the `sessions` LRU map: one TCP connection seen at one interface,
+/* Key of the `connections` LRU map: one TCP connection seen at one interface,
  * oriented by role (client/server), not by packet direction. */
-struct clovisor_session_key {
+struct clovisor_conn_key {
 	__u8 client_ip[16];
 	__u8 server_ip[16];
 	__u32 ifindex;
@@ -171,15 +171,15 @@ struct clovisor_msg {
 	__u32 retransmits;
 	/* TCP sequence number of the first payload byte. */
 	__u32 tcp_seq;
-	/* 0-based position of the message in its session. */
+	/* 0-based position of the message in its connection. */
 	__u32 index;
 	__u8 direction; /* enum clovisor_direction */
 	__u8 to_pod;	/* 1 when the bytes travelled towards the pod */
 	__u8 pad[6];
 };
 
-/* Value of the `sessions` LRU map. */
-struct clovisor_session {
+/* Value of the `connections` LRU map. */
+struct clovisor_conn {
 	/* Unique for the life of the loaded programs. */
 	__u64 flow_id;
 	/* The message in progress. */
@@ -193,17 +193,17 @@ struct clovisor_session {
 };
 
 /* MSG_START: the first packet of a message, with the first bytes of its
- * payload and the final counters of the session's previous message. Only the
+ * payload and the final counters of the connection's previous message. Only the
  * first header_size + snap_len bytes are sent through the ring buffer. */
 struct clovisor_msg_start {
 	__u32 kind; /* CLOVISOR_EVENT_MSG_START */
 	/* Valid bytes in payload[]. */
 	__u32 snap_len;
-	struct clovisor_session_key key;
+	struct clovisor_conn_key key;
 	__u64 flow_id;
 	/* The new message, counters as of its first packet. */
 	struct clovisor_msg msg;
-	/* The previous message of the session, final; valid if has_prev. */
+	/* The previous message of the connection, final; valid if has_prev. */
 	struct clovisor_msg prev;
 	__u8 protocol; /* enum clovisor_protocol_hint */
 	__u8 has_prev;
@@ -211,13 +211,13 @@ struct clovisor_msg_start {
 	__u8 payload[CLOVISOR_MAX_SNAPLEN];
 };
 
-/* FLOW_END: FIN or RST seen; the session was deleted. */
+/* FLOW_END: FIN or RST seen; the connection was deleted from the map. */
 struct clovisor_flow_end {
 	__u32 kind;  /* CLOVISOR_EVENT_FLOW_END */
 	__u8 reason; /* enum clovisor_flow_end_reason */
 	__u8 has_last;
 	__u8 pad[2];
-	struct clovisor_session_key key;
+	struct clovisor_conn_key key;
 	__u64 flow_id;
 	/* bpf_ktime_get_boot_ns() of the FIN/RST. */
 	__u64 ts_ns;
@@ -227,7 +227,7 @@ struct clovisor_flow_end {
 
 /* ---- Socket observation point (bpf/socket_capture.bpf.c) ---------------- */
 
-/* Flow ids of socket sessions have this bit set, so they never collide with
+/* Flow ids of socket connections have this bit set, so they never collide with
  * the tc programs' ids of the same probe. */
 #define CLOVISOR_SOCK_FLOW_ID_BIT (1ULL << 63)
 #define CLOVISOR_COMM_LEN	  16
@@ -249,13 +249,13 @@ enum clovisor_sock_stat {
 	CLOVISOR_SOCK_STAT_EVENTS_EMITTED = 2,
 	/* Records lost because the ring buffer was full. */
 	CLOVISOR_SOCK_STAT_RINGBUF_FULL = 3,
-	/* Socket session map inserts that failed. */
-	CLOVISOR_SOCK_STAT_SESSION_UPDATE_FAILED = 4,
+	/* Socket connection map inserts that failed. */
+	CLOVISOR_SOCK_STAT_CONN_UPDATE_FAILED = 4,
 	/* In-flight syscall map inserts that failed (the call is not traced). */
 	CLOVISOR_SOCK_STAT_CALL_UPDATE_FAILED = 5,
-	/* Socket sessions created / ended (socket reached TCP_CLOSE). */
-	CLOVISOR_SOCK_STAT_SESSIONS_CREATED = 6,
-	CLOVISOR_SOCK_STAT_SESSIONS_ENDED = 7,
+	/* Socket connections tracked / ended (socket reached TCP_CLOSE). */
+	CLOVISOR_SOCK_STAT_CONNS_CREATED = 6,
+	CLOVISOR_SOCK_STAT_CONNS_ENDED = 7,
 	/* Snippet copies from the user buffer that failed; the event is still
 	 * sent, without payload. */
 	CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED = 8,
@@ -264,7 +264,7 @@ enum clovisor_sock_stat {
 
 /* Who moved the bytes through a socket. */
 struct clovisor_sock_owner {
-	/* Kernel address of the struct sock: the key of the socket session
+	/* Kernel address of the struct sock: the key of the socket connection
 	 * map, used by the probe for idle-flush lookups; never sent on. */
 	__u64 sock_id;
 	/* Thread group id (the process id users see) and thread id. */
@@ -277,13 +277,13 @@ struct clovisor_sock_owner {
 	__u8 comm[CLOVISOR_COMM_LEN];
 };
 
-/* Value of the socket program's `sock_sessions` LRU map (key: sock_id). */
-struct clovisor_sock_session {
+/* Value of the socket program's `sock_connections` LRU map (key: sock_id). */
+struct clovisor_sock_conn {
 	/* The connection oriented by role; ifindex is 0. */
-	struct clovisor_session_key key;
-	/* Owner of the socket when the session was created. */
+	struct clovisor_conn_key key;
+	/* Owner of the socket when the connection was first traced. */
 	struct clovisor_sock_owner owner;
-	/* Same layout and meaning as the tc session's counters. */
+	/* Same layout and meaning as the tc connection's counters. */
 	__u64 flow_id;
 	struct clovisor_msg cur;
 	__u8 protocol; /* enum clovisor_protocol_hint */
@@ -301,7 +301,8 @@ struct clovisor_sock_msg_start {
 	struct clovisor_msg_start start;
 };
 
-/* SOCK_FLOW_END: the socket reached TCP_CLOSE; the session was deleted. */
+/* SOCK_FLOW_END: the socket reached TCP_CLOSE; the connection was deleted
+ * from the map. */
 struct clovisor_sock_flow_end {
 	__u32 kind; /* CLOVISOR_EVENT_SOCK_FLOW_END */
 	__u32 pad;

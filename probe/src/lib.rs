@@ -1,4 +1,4 @@
-//! Clovisor-rs probe: BPF capture on pod veths, streamed as raw session records.
+//! Clovisor-rs probe: BPF capture on pod veths, streamed as raw capture records.
 //!
 //! - [`capture`]: loads the tc programs, keeps their maps in step, reads their ring buffer
 //!   and assembles `Message` / `FlowEnd` records.

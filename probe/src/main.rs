@@ -1,5 +1,5 @@
 //! `clovisor-probe`: loads the capture programs on this node, follows what to trace and streams
-//! raw session records to a collector.
+//! raw capture records to a collector.
 
 /// mimalloc: the pipeline allocates and frees a record, a batch and a session per message; with
 /// glibc malloc that was over half of the all-in-one process's CPU under load (perf).

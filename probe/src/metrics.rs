@@ -282,12 +282,12 @@ impl ProbeMetrics {
                         self.drops.received(STAGE_RING_BUFFER, grown);
                         self.drops.count(STAGE_RING_BUFFER, "full", grown)
                     }
-                    "session_update_failed" => {
-                        self.drops.count("session_map", "update_failed", grown)
+                    "connection_update_failed" => {
+                        self.drops.count("connection_map", "update_failed", grown)
                     }
-                    "socket_session_update_failed" => {
+                    "socket_connection_update_failed" => {
                         self.drops
-                            .count("socket_session_map", "update_failed", grown)
+                            .count("socket_connection_map", "update_failed", grown)
                     }
                     // A syscall whose entry could not be remembered is not traced.
                     "socket_call_update_failed" => {

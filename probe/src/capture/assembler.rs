@@ -4,7 +4,7 @@
 //! next event of the same flow (the next MSG_START carries them as `prev`, FLOW_END as
 //! `last`). Until then the message is *pending* here. When nothing arrives for a pending
 //! message for `idle_flush` (typically the last response on a keep-alive connection), its
-//! current counters are read from the kernel's session map and the message is emitted with
+//! current counters are read from the kernel's connection map and the message is emitted with
 //! `partial = true`; should the counters still grow afterwards, the final record with the
 //! same `(flow_id, index)` and `partial = false` follows and supersedes it.
 
@@ -17,7 +17,7 @@ use clovisor_proto::capture::v1::{record, FlowEnd as FlowEndRecord, Message, Rec
 use clovisor_proto::capture::v1::PointKind;
 
 use super::raw::{
-    point, socket_point, Event, FlowEnd, MsgCounters, MsgStart, SessionState, SocketOwner,
+    point, socket_point, Event, FlowEnd, MsgCounters, MsgStart, ConnectionState, SocketOwner,
 };
 use crate::clock::BootClock;
 
@@ -25,10 +25,10 @@ use crate::clock::BootClock;
 /// flow still exists in the kernel.
 const STALE_FACTOR: u32 = 50;
 
-/// Reads a session's current state from the kernel (the LRU map), or a fake in tests.
-pub trait SessionSource {
-    /// The session `start` belongs to, `None` if the kernel has none (ended or evicted).
-    fn lookup(&self, start: &MsgStart) -> Option<SessionState>;
+/// Reads a connection's current state from the kernel (the LRU map), or a fake in tests.
+pub trait ConnectionSource {
+    /// The connection `start` belongs to, `None` if the kernel has none (ended or evicted).
+    fn lookup(&self, start: &MsgStart) -> Option<ConnectionState>;
 }
 
 /// An interface the capture is attached to: its name and which observation point it is.
@@ -147,7 +147,7 @@ impl Assembler {
         match (self.pending.remove(&start.flow_id), &start.prev) {
             (Some(p), Some(prev)) => self.complete(p, prev, out),
             (Some(p), None) => {
-                // A new first message for a known flow id: the kernel lost the session
+                // A new first message for a known flow id: the kernel lost the connection
                 // (LRU eviction) and restarted it; the old message is as good as it gets.
                 self.stats.lost_messages += 1;
                 self.emit_first_packet_only(p, out);
@@ -241,7 +241,7 @@ impl Assembler {
     pub fn flush_idle(
         &mut self,
         now: Instant,
-        source: &(impl SessionSource + ?Sized),
+        source: &(impl ConnectionSource + ?Sized),
         out: &mut Vec<Record>,
     ) {
         let stale_after = self.idle_flush * STALE_FACTOR;
@@ -307,7 +307,7 @@ impl Assembler {
     /// Emits every pending message that has not been flushed yet, with the kernel's
     /// current counters when it still has them (`partial`), and forgets them all: the
     /// event loop is stopping.
-    pub fn flush_all(&mut self, source: &(impl SessionSource + ?Sized), out: &mut Vec<Record>) {
+    pub fn flush_all(&mut self, source: &(impl ConnectionSource + ?Sized), out: &mut Vec<Record>) {
         let mut all: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
         all.sort_by_key(|p| p.last_event);
         for mut p in all {
@@ -383,15 +383,15 @@ mod tests {
     use clovisor_proto::capture::v1::{Direction, FlowEndReason, ProtocolHint};
 
     use super::super::raw::testing::{counters, v4_key};
-    use super::super::raw::SessionKey;
+    use super::super::raw::ConnectionKey;
     use super::*;
 
-    /// Fake kernel session map.
+    /// Fake kernel connection map.
     #[derive(Default)]
-    struct FakeSessions(RefCell<HashMap<SessionKey, SessionState>>);
+    struct FakeConnections(RefCell<HashMap<ConnectionKey, ConnectionState>>);
 
-    impl SessionSource for FakeSessions {
-        fn lookup(&self, start: &MsgStart) -> Option<SessionState> {
+    impl ConnectionSource for FakeConnections {
+        fn lookup(&self, start: &MsgStart) -> Option<ConnectionState> {
             self.0.borrow().get(&start.key).copied()
         }
     }
@@ -523,7 +523,7 @@ mod tests {
     #[test]
     fn idle_flush_reads_kernel_counters_and_final_supersedes_only_if_grown() {
         let mut a = assembler(16);
-        let fake = FakeSessions::default();
+        let fake = FakeConnections::default();
         let t0 = Instant::now();
         let mut out = Vec::new();
         let req = counters(0, Direction::ClientToServer, 78);
@@ -538,7 +538,7 @@ mod tests {
         grown.packets = 4;
         fake.0.borrow_mut().insert(
             v4_key(),
-            SessionState {
+            ConnectionState {
                 flow_id: 5,
                 cur: Some(grown),
             },
@@ -570,7 +570,7 @@ mod tests {
         // Flush the second request, then its final differs: a superseding final record.
         fake.0.borrow_mut().insert(
             v4_key(),
-            SessionState {
+            ConnectionState {
                 flow_id: 5,
                 cur: Some(req2),
             },
@@ -606,7 +606,7 @@ mod tests {
     #[test]
     fn flushed_message_of_vanished_flow_expires() {
         let mut a = assembler(16);
-        let fake = FakeSessions::default();
+        let fake = FakeConnections::default();
         let t0 = Instant::now();
         let mut out = Vec::new();
         a.on_event(
@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(
             a.pending_len(),
             0,
-            "and forgotten, since the kernel has no such session"
+            "and forgotten, since the kernel has no such connection"
         );
         assert!(messages(&out)[0].partial, "partial");
     }
@@ -631,7 +631,7 @@ mod tests {
     #[test]
     fn flush_all_emits_unflushed_pending_once() {
         let mut a = assembler(16);
-        let fake = FakeSessions::default();
+        let fake = FakeConnections::default();
         let t0 = Instant::now();
         let mut out = Vec::new();
         let mut grown = counters(0, Direction::ClientToServer, 10);
@@ -639,7 +639,7 @@ mod tests {
         grown.bytes = 30;
         fake.0.borrow_mut().insert(
             v4_key(),
-            SessionState {
+            ConnectionState {
                 flow_id: 1,
                 cur: Some(grown),
             },

@@ -21,9 +21,9 @@ use tokio::io::Interest;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use self::assembler::{
-    Assembler, AssemblerStats, AttachedInterface, InterfaceNames, SessionSource,
+    Assembler, AssemblerStats, AttachedInterface, InterfaceNames, ConnectionSource,
 };
-use self::raw::{Event, MsgStart, RawSession, RawSessionKey, SessionState};
+use self::raw::{Event, MsgStart, RawConnection, RawConnectionKey, ConnectionState};
 use crate::error::{Error, Result};
 use crate::hooks::node_iface;
 use crate::hooks::pod_veth::{self, PodVethHook, PROGRAMS};
@@ -35,7 +35,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc
 
 const MAPS: object::ObjectMaps = object::ObjectMaps {
     events: "events",
-    sessions: "sessions",
+    connections: "connections",
     stats: "stats",
     config: "config",
     traced_ports: "traced_ports",
@@ -53,12 +53,12 @@ const STAT_NAMES: [(u32, &str); abi::CLOVISOR_STAT_COUNT as usize] = [
     (abi::CLOVISOR_STAT_EVENTS_EMITTED, "events_emitted"),
     (abi::CLOVISOR_STAT_RINGBUF_FULL, "ringbuf_full_drops"),
     (
-        abi::CLOVISOR_STAT_SESSION_UPDATE_FAILED,
-        "session_update_failed",
+        abi::CLOVISOR_STAT_CONN_UPDATE_FAILED,
+        "connection_update_failed",
     ),
     (abi::CLOVISOR_STAT_PARSE_FAILED, "parse_failed"),
-    (abi::CLOVISOR_STAT_SESSIONS_CREATED, "sessions_created"),
-    (abi::CLOVISOR_STAT_SESSIONS_ENDED, "sessions_ended"),
+    (abi::CLOVISOR_STAT_CONNS_CREATED, "connections_created"),
+    (abi::CLOVISOR_STAT_CONNS_ENDED, "connections_ended"),
     (abi::CLOVISOR_STAT_RETRANSMIT_PACKETS, "retransmit_packets"),
     (abi::CLOVISOR_STAT_SNAP_LOAD_FAILED, "snap_load_failed"),
     (abi::CLOVISOR_STAT_UNPARSED_IP, "unparsed_ip"),
@@ -71,8 +71,8 @@ pub struct CaptureConfig {
     pub snaplen: u32,
     /// Ring buffer size: a power of two, at least one page.
     pub ring_buffer_bytes: u32,
-    /// Sessions tracked at once (LRU beyond that), also the bound of pending messages.
-    pub max_sessions: u32,
+    /// Connections tracked at once (LRU beyond that), also the bound of pending messages.
+    pub max_connections: u32,
     /// Quiet time after which a message is emitted with the kernel's current counters.
     pub idle_flush: Duration,
     /// Node name put in every observation point.
@@ -86,7 +86,7 @@ impl Default for CaptureConfig {
         Self {
             snaplen: abi::CLOVISOR_DEFAULT_SNAPLEN,
             ring_buffer_bytes: 4 << 20,
-            max_sessions: 65_536,
+            max_connections: 65_536,
             idle_flush: Duration::from_millis(200),
             node: nix::unistd::gethostname()
                 .ok()
@@ -113,8 +113,8 @@ impl CaptureConfig {
                 self.ring_buffer_bytes
             ));
         }
-        if self.max_sessions == 0 {
-            return bad("max_sessions must be > 0".into());
+        if self.max_connections == 0 {
+            return bad("max_connections must be > 0".into());
         }
         if self.idle_flush.is_zero() {
             return bad("idle_flush must be > 0".into());
@@ -348,14 +348,14 @@ impl Capture {
         Arc::clone(&self.stats)
     }
 
-    /// Takes the ring buffer and the session map into an [`EventLoop`]; once only.
+    /// Takes the ring buffer and the connection map into an [`EventLoop`]; once only.
     pub fn take_event_loop(&mut self) -> Result<EventLoop> {
         object::take_event_loop(
             &mut self.ebpf,
             &MAPS,
             &self.cfg,
             Arc::clone(&self.interfaces),
-            KernelSessions,
+            KernelConnections,
         )
     }
 }
@@ -423,12 +423,12 @@ impl EventLoopStats {
     }
 }
 
-struct KernelSessions(BpfHashMap<MapData, RawSessionKey, RawSession>);
+struct KernelConnections(BpfHashMap<MapData, RawConnectionKey, RawConnection>);
 
-impl SessionSource for KernelSessions {
-    fn lookup(&self, start: &MsgStart) -> Option<SessionState> {
+impl ConnectionSource for KernelConnections {
+    fn lookup(&self, start: &MsgStart) -> Option<ConnectionState> {
         let raw = self.0.get(&start.key.to_raw(), 0).ok()?;
-        SessionState::try_from(&raw[..]).ok()
+        ConnectionState::try_from(&raw[..]).ok()
     }
 }
 
@@ -469,7 +469,7 @@ impl KernelStats {
 /// Reads the ring buffer and emits records; see [`EventLoop::run`].
 pub struct EventLoop {
     ring: RingBuf<MapData>,
-    sessions: Box<dyn SessionSource + Send>,
+    connections: Box<dyn ConnectionSource + Send>,
     assembler: Assembler,
     idle_flush: Duration,
     stats: Arc<Mutex<EventLoopStats>>,
@@ -484,16 +484,16 @@ impl std::fmt::Debug for EventLoop {
 }
 
 impl EventLoop {
-    /// A loop over `ring`, whose sessions are read through `sessions` for idle flushes.
+    /// A loop over `ring`, whose connections are read through `connections` for idle flushes.
     pub(crate) fn new(
         ring: RingBuf<MapData>,
-        sessions: Box<dyn SessionSource + Send>,
+        connections: Box<dyn ConnectionSource + Send>,
         assembler: Assembler,
         idle_flush: Duration,
     ) -> Self {
         Self {
             ring,
-            sessions,
+            connections,
             assembler,
             idle_flush,
             stats: Arc::new(Mutex::new(EventLoopStats::default())),
@@ -518,7 +518,7 @@ impl EventLoop {
     ) -> Result<EventLoopStats> {
         let Self {
             ring,
-            sessions,
+            connections,
             mut assembler,
             idle_flush,
             stats: shared,
@@ -554,7 +554,7 @@ impl EventLoop {
                     }
                 }
                 _ = tick.tick() => {
-                    assembler.flush_idle(Instant::now(), &*sessions, &mut records);
+                    assembler.flush_idle(Instant::now(), &*connections, &mut records);
                     if last_resync.elapsed() >= CLOCK_RESYNC {
                         assembler.resync_clock();
                         last_resync = Instant::now();
@@ -576,7 +576,7 @@ impl EventLoop {
         }
         // Final drain: what the kernel wrote before the programs were detached.
         while drain(fd.get_mut(), &mut assembler, &mut stats, &mut records) == DRAIN_BATCH {}
-        assembler.flush_all(&*sessions, &mut records);
+        assembler.flush_all(&*connections, &mut records);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_SEND_BUDGET;
         for record in records.drain(..) {
             match tokio::time::timeout_at(deadline, out.send(record)).await {
@@ -684,10 +684,10 @@ mod tests {
             ),
             (
                 CaptureConfig {
-                    max_sessions: 0,
+                    max_connections: 0,
                     ..ok.clone()
                 },
-                "no sessions",
+                "no connections",
             ),
             (
                 CaptureConfig {

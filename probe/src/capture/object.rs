@@ -9,7 +9,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use clovisor_proto::capture::v1::ProtocolHint;
 
-use super::assembler::{Assembler, InterfaceNames, SessionSource};
+use super::assembler::{Assembler, InterfaceNames, ConnectionSource};
 use super::{abi, map_err, raw, replace_map, CaptureConfig, EventLoop, KernelStats, StatNames};
 use crate::clock::BootClock;
 use crate::error::{Error, Result};
@@ -19,8 +19,8 @@ use crate::error::{Error, Result};
 pub(crate) struct ObjectMaps {
     /// Ring buffer of events, sized `ring_buffer_bytes`.
     pub events: &'static str,
-    /// LRU session map, sized `max_sessions`.
-    pub sessions: &'static str,
+    /// LRU connection map, sized `max_connections`.
+    pub connections: &'static str,
     /// Per-CPU counters.
     pub stats: &'static str,
     /// `u32` settings array (`CLOVISOR_CONFIG_*`).
@@ -29,7 +29,7 @@ pub(crate) struct ObjectMaps {
     pub traced_ports: &'static str,
 }
 
-/// Loads `object` with its ring buffer and session map sized from `cfg`, and takes its
+/// Loads `object` with its ring buffer and connection map sized from `cfg`, and takes its
 /// counters out (named by `names`) so they can be read while the object is in use.
 pub(crate) fn load(
     object: &[u8],
@@ -40,7 +40,7 @@ pub(crate) fn load(
     cfg.validate()?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(maps.events, cfg.ring_buffer_bytes)
-        .map_max_entries(maps.sessions, cfg.max_sessions)
+        .map_max_entries(maps.connections, cfg.max_connections)
         .load(object)
         .map_err(|source| Error::Load { source })?;
     let stats = PerCpuArray::try_from(
@@ -109,36 +109,36 @@ pub(crate) fn set_traced_ports(
     replace_map(ebpf, maps.traced_ports, &wanted)
 }
 
-/// Takes the ring buffer and the session map out of the object into an [`EventLoop`] (once
-/// only); `sessions` wraps the session map for the loop's idle-flush lookups.
+/// Takes the ring buffer and the connection map out of the object into an [`EventLoop`] (once
+/// only); `connections` wraps the connection map for the loop's idle-flush lookups.
 pub(crate) fn take_event_loop<K, V, S>(
     ebpf: &mut Ebpf,
     maps: &ObjectMaps,
     cfg: &CaptureConfig,
     interfaces: InterfaceNames,
-    sessions: impl FnOnce(BpfHashMap<MapData, K, V>) -> S,
+    connections: impl FnOnce(BpfHashMap<MapData, K, V>) -> S,
 ) -> Result<EventLoop>
 where
     K: aya::Pod,
     V: aya::Pod,
-    S: SessionSource + Send + 'static,
+    S: ConnectionSource + Send + 'static,
 {
     let events = ebpf.take_map(maps.events).ok_or(Error::EventLoopTaken)?;
     let ring = RingBuf::try_from(events).map_err(map_err(maps.events, "open"))?;
     let map = ebpf
-        .take_map(maps.sessions)
-        .ok_or(Error::MissingMap { map: maps.sessions })?;
-    let map = BpfHashMap::try_from(map).map_err(map_err(maps.sessions, "open"))?;
+        .take_map(maps.connections)
+        .ok_or(Error::MissingMap { map: maps.connections })?;
+    let map = BpfHashMap::try_from(map).map_err(map_err(maps.connections, "open"))?;
     let assembler = Assembler::new(
         cfg.idle_flush,
-        usize::try_from(cfg.max_sessions).unwrap_or(usize::MAX),
+        usize::try_from(cfg.max_connections).unwrap_or(usize::MAX),
         cfg.node.clone(),
         BootClock::now(),
         interfaces,
     );
     Ok(EventLoop::new(
         ring,
-        Box::new(sessions(map)),
+        Box::new(connections(map)),
         assembler,
         cfg.idle_flush,
     ))

@@ -13,14 +13,14 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 use super::abi;
 use crate::error::{Error, Result};
 
-/// Size of a session map key, as the kernel lays it out.
-pub const SESSION_KEY_LEN: usize = std::mem::size_of::<abi::clovisor_session_key>();
-/// Size of a session map value.
-pub const SESSION_LEN: usize = std::mem::size_of::<abi::clovisor_session>();
-/// Raw session map key, the unit aya reads and writes.
-pub type RawSessionKey = [u8; SESSION_KEY_LEN];
-/// Raw session map value.
-pub type RawSession = [u8; SESSION_LEN];
+/// Size of a connection map key, as the kernel lays it out.
+pub const CONNECTION_KEY_LEN: usize = std::mem::size_of::<abi::clovisor_conn_key>();
+/// Size of a connection map value.
+pub const CONNECTION_LEN: usize = std::mem::size_of::<abi::clovisor_conn>();
+/// Raw connection map key, the unit aya reads and writes.
+pub type RawConnectionKey = [u8; CONNECTION_KEY_LEN];
+/// Raw connection map value.
+pub type RawConnection = [u8; CONNECTION_LEN];
 
 fn bad(reason: impl Into<String>) -> Error {
     Error::RawEvent {
@@ -30,7 +30,7 @@ fn bad(reason: impl Into<String>) -> Error {
 
 /// One TCP connection at one interface, oriented by role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionKey {
+pub struct ConnectionKey {
     /// The side whose port is not traced.
     pub client: SocketAddr,
     /// The side whose port is traced.
@@ -39,7 +39,7 @@ pub struct SessionKey {
     pub ifindex: u32,
 }
 
-impl SessionKey {
+impl ConnectionKey {
     /// The flow key of the wire contract.
     pub fn to_flow_key(&self) -> FlowKey {
         FlowKey {
@@ -51,9 +51,9 @@ impl SessionKey {
         }
     }
 
-    /// The kernel's key bytes, for looking the session up in the LRU map.
-    pub fn to_raw(&self) -> RawSessionKey {
-        let mut raw = abi::clovisor_session_key::new_zeroed();
+    /// The kernel's key bytes, for looking the connection up in the LRU map.
+    pub fn to_raw(&self) -> RawConnectionKey {
+        let mut raw = abi::clovisor_conn_key::new_zeroed();
         raw.client_ip = mapped(self.client.ip());
         raw.server_ip = mapped(self.server.ip());
         raw.ifindex = self.ifindex;
@@ -63,7 +63,7 @@ impl SessionKey {
             IpAddr::V4(_) => abi::CLOVISOR_FAMILY_IPV4 as u8,
             IpAddr::V6(_) => abi::CLOVISOR_FAMILY_IPV6 as u8,
         };
-        let mut out = [0u8; SESSION_KEY_LEN];
+        let mut out = [0u8; CONNECTION_KEY_LEN];
         out.copy_from_slice(raw.as_bytes());
         out
     }
@@ -88,17 +88,17 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-impl TryFrom<&abi::clovisor_session_key> for SessionKey {
+impl TryFrom<&abi::clovisor_conn_key> for ConnectionKey {
     type Error = Error;
 
-    fn try_from(raw: &abi::clovisor_session_key) -> Result<Self> {
+    fn try_from(raw: &abi::clovisor_conn_key) -> Result<Self> {
         let ip = |b: [u8; 16]| -> Result<IpAddr> {
             match u32::from(raw.family) {
                 abi::CLOVISOR_FAMILY_IPV4 => {
                     let v6 = Ipv6Addr::from(b);
                     v6.to_ipv4_mapped()
                         .map(IpAddr::V4)
-                        .ok_or_else(|| bad(format!("IPv4 session with non-v4-mapped address {v6}")))
+                        .ok_or_else(|| bad(format!("IPv4 connection with non-v4-mapped address {v6}")))
                 }
                 abi::CLOVISOR_FAMILY_IPV6 => Ok(IpAddr::V6(Ipv6Addr::from(b))),
                 other => Err(bad(format!("unknown address family {other}"))),
@@ -162,7 +162,7 @@ impl TryFrom<&abi::clovisor_msg> for MsgCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsgStart {
     /// The connection.
-    pub key: SessionKey,
+    pub key: ConnectionKey,
     /// Connection instance id.
     pub flow_id: u64,
     /// The new message, counters as of its first packet.
@@ -181,7 +181,7 @@ pub struct MsgStart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowEnd {
     /// The connection.
-    pub key: SessionKey,
+    pub key: ConnectionKey,
     /// Connection instance id.
     pub flow_id: u64,
     /// FIN or RST.
@@ -253,7 +253,7 @@ impl TryFrom<&[u8]> for Event {
                     )));
                 }
                 Ok(Event::MsgStart(MsgStart {
-                    key: SessionKey::try_from(&full.key)?,
+                    key: ConnectionKey::try_from(&full.key)?,
                     flow_id: full.flow_id,
                     msg: MsgCounters::try_from(&full.msg)?,
                     prev: if full.has_prev != 0 {
@@ -280,7 +280,7 @@ impl TryFrom<&[u8]> for Event {
                     other => return Err(bad(format!("unknown flow end reason {other}"))),
                 };
                 Ok(Event::FlowEnd(FlowEnd {
-                    key: SessionKey::try_from(&raw.key)?,
+                    key: ConnectionKey::try_from(&raw.key)?,
                     flow_id: raw.flow_id,
                     reason,
                     ts_ns: raw.ts_ns,
@@ -332,7 +332,7 @@ impl SocketSide {
 /// The process behind a socket observation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SocketOwner {
-    /// Key of the kernel's socket session map (the `struct sock` address); stays in the probe.
+    /// Key of the kernel's socket connection map (the `struct sock` address); stays in the probe.
     pub sock_id: u64,
     /// Thread group id.
     pub pid: u32,
@@ -404,22 +404,22 @@ fn socket_event(bytes: &[u8], inner: usize, inner_kind: u32) -> Result<Event> {
     Ok(event)
 }
 
-/// A session as currently held in the kernel's LRU map (for idle flushes).
+/// A connection as currently held in the kernel's LRU map (for idle flushes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionState {
+pub struct ConnectionState {
     /// Connection instance id.
     pub flow_id: u64,
     /// The message in progress; `None` before the first payload.
     pub cur: Option<MsgCounters>,
 }
 
-impl TryFrom<&[u8]> for SessionState {
+impl TryFrom<&[u8]> for ConnectionState {
     type Error = Error;
 
     fn try_from(bytes: &[u8]) -> Result<Self> {
-        let (raw, _) = abi::clovisor_session::read_from_prefix(bytes).map_err(|_| {
+        let (raw, _) = abi::clovisor_conn::read_from_prefix(bytes).map_err(|_| {
             bad(format!(
-                "session value of {} bytes, expected {SESSION_LEN}",
+                "connection value of {} bytes, expected {CONNECTION_LEN}",
                 bytes.len()
             ))
         })?;
@@ -427,19 +427,19 @@ impl TryFrom<&[u8]> for SessionState {
     }
 }
 
-impl SessionState {
-    /// Reads a value of the socket program's `sock_sessions` map.
-    pub fn from_sock_session(bytes: &[u8]) -> Result<Self> {
-        let (raw, _) = abi::clovisor_sock_session::read_from_prefix(bytes).map_err(|_| {
+impl ConnectionState {
+    /// Reads a value of the socket program's `sock_connections` map.
+    pub fn from_sock_connection(bytes: &[u8]) -> Result<Self> {
+        let (raw, _) = abi::clovisor_sock_conn::read_from_prefix(bytes).map_err(|_| {
             bad(format!(
-                "socket session value of {} bytes, expected {SOCK_SESSION_LEN}",
+                "socket connection value of {} bytes, expected {SOCK_CONNECTION_LEN}",
                 bytes.len()
             ))
         })?;
         Self::of(raw.flow_id, &raw.cur)
     }
 
-    /// Either session kind's flow id and message in progress (none before the first payload).
+    /// Either connection kind's flow id and message in progress (none before the first payload).
     fn of(flow_id: u64, cur: &abi::clovisor_msg) -> Result<Self> {
         Ok(Self {
             flow_id,
@@ -452,10 +452,10 @@ impl SessionState {
     }
 }
 
-/// Size of a socket session map value.
-pub const SOCK_SESSION_LEN: usize = std::mem::size_of::<abi::clovisor_sock_session>();
-/// Raw socket session map value.
-pub type RawSockSession = [u8; SOCK_SESSION_LEN];
+/// Size of a socket connection map value.
+pub const SOCK_CONNECTION_LEN: usize = std::mem::size_of::<abi::clovisor_sock_conn>();
+/// Raw socket connection map value.
+pub type RawSockConnection = [u8; SOCK_CONNECTION_LEN];
 
 /// A socket observation point.
 pub fn socket_point(owner: &SocketOwner, node: &str) -> ObservationPoint {
@@ -493,9 +493,9 @@ pub fn hint_value(hint: ProtocolHint) -> u8 {
 pub(crate) mod testing {
     use super::*;
 
-    pub fn raw_key(key: &SessionKey) -> abi::clovisor_session_key {
+    pub fn raw_key(key: &ConnectionKey) -> abi::clovisor_conn_key {
         let bytes = key.to_raw();
-        match abi::clovisor_session_key::read_from_bytes(&bytes[..]) {
+        match abi::clovisor_conn_key::read_from_bytes(&bytes[..]) {
             Ok(k) => k,
             Err(_) => panic!("key of {} bytes must read back", bytes.len()),
         }
@@ -610,19 +610,19 @@ pub(crate) mod testing {
         }
     }
 
-    pub fn session_bytes(flow_id: u64, cur: Option<&MsgCounters>) -> RawSession {
-        let mut r = abi::clovisor_session::new_zeroed();
+    pub fn connection_bytes(flow_id: u64, cur: Option<&MsgCounters>) -> RawConnection {
+        let mut r = abi::clovisor_conn::new_zeroed();
         r.flow_id = flow_id;
         if let Some(c) = cur {
             r.cur = raw_msg(c);
         }
-        let mut out = [0u8; SESSION_LEN];
+        let mut out = [0u8; CONNECTION_LEN];
         out.copy_from_slice(r.as_bytes());
         out
     }
 
-    pub fn v4_key() -> SessionKey {
-        SessionKey {
+    pub fn v4_key() -> ConnectionKey {
+        ConnectionKey {
             client: "10.0.0.2:40000".parse().unwrap_or_else(|e| panic!("{e}")),
             server: "10.0.0.1:8080".parse().unwrap_or_else(|e| panic!("{e}")),
             ifindex: 7,
@@ -684,12 +684,12 @@ mod tests {
 
     #[test]
     fn ipv6_keys_round_trip_and_v4_keys_are_mapped() {
-        let v6 = SessionKey {
+        let v6 = ConnectionKey {
             client: "[fd00::2]:50000".parse().unwrap_or_else(|e| panic!("{e}")),
             server: "[fd00::1]:80".parse().unwrap_or_else(|e| panic!("{e}")),
             ifindex: 3,
         };
-        let back = SessionKey::try_from(&raw_key(&v6)).unwrap_or_else(|e| panic!("{e}"));
+        let back = ConnectionKey::try_from(&raw_key(&v6)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, v6, "IPv6 key must round-trip");
         let raw4 = v4_key().to_raw();
         assert_eq!(
@@ -712,7 +712,7 @@ mod tests {
     fn v4_family_with_unmapped_address_is_rejected() {
         let mut raw = raw_key(&v4_key());
         raw.client_ip = [0xfd; 16];
-        let err = SessionKey::try_from(&raw);
+        let err = ConnectionKey::try_from(&raw);
         assert!(
             err.is_err(),
             "IPv4 key with a non-mapped address must be rejected, got {err:?}"
@@ -803,33 +803,33 @@ mod tests {
     }
 
     #[test]
-    fn session_state_reads_current_message() {
+    fn connection_state_reads_current_message() {
         let c = counters(2, Direction::ClientToServer, 99);
-        let s = SessionState::try_from(&session_bytes(5, Some(&c))[..])
+        let s = ConnectionState::try_from(&connection_bytes(5, Some(&c))[..])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             s,
-            SessionState {
+            ConnectionState {
                 flow_id: 5,
                 cur: Some(c)
             },
-            "session value must parse"
+            "connection value must parse"
         );
         let empty =
-            SessionState::try_from(&session_bytes(6, None)[..]).unwrap_or_else(|e| panic!("{e}"));
+            ConnectionState::try_from(&connection_bytes(6, None)[..]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             empty.cur, None,
-            "a session before any payload has no current message"
+            "a connection before any payload has no current message"
         );
         assert!(
-            SessionState::try_from(&[0u8; 3][..]).is_err(),
-            "3-byte session value must be rejected"
+            ConnectionState::try_from(&[0u8; 3][..]).is_err(),
+            "3-byte connection value must be rejected"
         );
     }
 
     fn socket_start(payload: &[u8], side: SocketSide) -> MsgStart {
         MsgStart {
-            key: SessionKey {
+            key: ConnectionKey {
                 ifindex: 0,
                 ..v4_key()
             },
@@ -933,23 +933,23 @@ mod tests {
     }
 
     #[test]
-    fn socket_session_state_and_point() {
+    fn socket_connection_state_and_point() {
         let c = counters(4, Direction::ServerToClient, 1234);
-        let mut raw = abi::clovisor_sock_session::new_zeroed();
+        let mut raw = abi::clovisor_sock_conn::new_zeroed();
         raw.flow_id = 99;
         raw.cur = raw_msg(&c);
-        let s = SessionState::from_sock_session(raw.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let s = ConnectionState::from_sock_connection(raw.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             s,
-            SessionState {
+            ConnectionState {
                 flow_id: 99,
                 cur: Some(c)
             },
-            "socket session value"
+            "socket connection value"
         );
         assert!(
-            SessionState::from_sock_session(&raw.as_bytes()[..10]).is_err(),
-            "short socket session value must be rejected"
+            ConnectionState::from_sock_connection(&raw.as_bytes()[..10]).is_err(),
+            "short socket connection value must be rejected"
         );
         let p = socket_point(&owner(SocketSide::Server), "node-a");
         assert_eq!(

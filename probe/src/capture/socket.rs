@@ -2,7 +2,7 @@
 //! the kernel offers (see [`crate::hooks::socket`]), keeps its maps in step with what is traced
 //! (network namespaces, ports, snaplen) and hands out an [`EventLoop`] over its ring buffer.
 //!
-//! It is a BPF object of its own, with its own ring buffer, session map and counters: a flood of
+//! It is a BPF object of its own, with its own ring buffer, connection map and counters: a flood of
 //! syscalls cannot crowd the veth capture's events out, and either point can be off. Its flow
 //! ids carry `CLOVISOR_SOCK_FLOW_ID_BIT`, so they never collide with the tc programs' ids in the
 //! collector's flow table (keyed by probe id and flow id).
@@ -14,8 +14,8 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::Ebpf;
 use clovisor_proto::capture::v1::ProtocolHint;
 
-use super::assembler::SessionSource;
-use super::raw::{MsgStart, RawSockSession, SessionState};
+use super::assembler::ConnectionSource;
+use super::raw::{MsgStart, RawSockConnection, ConnectionState};
 use super::{abi, object, replace_map, CaptureConfig, EventLoop, KernelStats};
 use crate::error::{Error, Result};
 use crate::hooks::socket::{self as hooks, HookAttempt, SocketHookKind, SocketHooks};
@@ -26,7 +26,7 @@ static OBJECT: &[u8] =
 
 const MAPS: object::ObjectMaps = object::ObjectMaps {
     events: "sock_events",
-    sessions: "sock_sessions",
+    connections: "sock_connections",
     stats: "sock_stats",
     config: "sock_config",
     traced_ports: "traced_ports",
@@ -52,20 +52,20 @@ const STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT as usize] = [
         "socket_ringbuf_full_drops",
     ),
     (
-        abi::CLOVISOR_SOCK_STAT_SESSION_UPDATE_FAILED,
-        "socket_session_update_failed",
+        abi::CLOVISOR_SOCK_STAT_CONN_UPDATE_FAILED,
+        "socket_connection_update_failed",
     ),
     (
         abi::CLOVISOR_SOCK_STAT_CALL_UPDATE_FAILED,
         "socket_call_update_failed",
     ),
     (
-        abi::CLOVISOR_SOCK_STAT_SESSIONS_CREATED,
-        "socket_sessions_created",
+        abi::CLOVISOR_SOCK_STAT_CONNS_CREATED,
+        "socket_connections_created",
     ),
     (
-        abi::CLOVISOR_SOCK_STAT_SESSIONS_ENDED,
-        "socket_sessions_ended",
+        abi::CLOVISOR_SOCK_STAT_CONNS_ENDED,
+        "socket_connections_ended",
     ),
     (
         abi::CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED,
@@ -164,7 +164,7 @@ impl SocketCapture {
         Arc::clone(&self.stats)
     }
 
-    /// Takes the ring buffer and the session map into an [`EventLoop`]; once only.
+    /// Takes the ring buffer and the connection map into an [`EventLoop`]; once only.
     pub fn take_event_loop(&mut self) -> Result<EventLoop> {
         // Sockets have no interface to name.
         let no_interfaces = Arc::new(RwLock::new(BTreeMap::new()));
@@ -173,7 +173,7 @@ impl SocketCapture {
             &MAPS,
             &self.cfg,
             no_interfaces,
-            KernelSockSessions,
+            KernelSockConnections,
         )
     }
 
@@ -194,13 +194,13 @@ impl Drop for SocketCapture {
     }
 }
 
-struct KernelSockSessions(BpfHashMap<MapData, u64, RawSockSession>);
+struct KernelSockConnections(BpfHashMap<MapData, u64, RawSockConnection>);
 
-impl SessionSource for KernelSockSessions {
-    fn lookup(&self, start: &MsgStart) -> Option<SessionState> {
+impl ConnectionSource for KernelSockConnections {
+    fn lookup(&self, start: &MsgStart) -> Option<ConnectionState> {
         let sock = start.socket.as_ref()?.sock_id;
         let raw = self.0.get(&sock, 0).ok()?;
-        SessionState::from_sock_session(&raw[..]).ok()
+        ConnectionState::from_sock_connection(&raw[..]).ok()
     }
 }
 
