@@ -17,7 +17,7 @@ use clovisor_proto::capture::v1::{record, FlowEnd as FlowEndRecord, Message, Rec
 use clovisor_proto::capture::v1::PointKind;
 
 use super::raw::{
-    point, socket_point, Event, FlowEnd, MsgCounters, MsgStart, ConnectionState, SocketOwner,
+    point, socket_point, ConnectionState, Event, FlowEnd, MsgCounters, MsgStart, SocketOwner,
 };
 use crate::clock::BootClock;
 

@@ -1,14 +1,14 @@
 //! Egress rules in the kernel: which outbound calls of which traced pod's veth are traced
 //! (`egress_ports` and `egress_hosts` in `bpf/tc_capture.bpf.c`, layouts in `clovisor_abi.h`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use aya::maps::HashMap as BpfHashMap;
 use clovisor_proto::capture::v1::ProtocolHint;
 use zerocopy::{FromBytes, FromZeros};
 
-use super::{abi, map_err, raw, Capture};
+use super::maps::replace_map;
+use super::{abi, raw, Capture};
 use crate::error::{Error, Result};
 
 const MAP_EGRESS_PORTS: &str = "egress_ports";
@@ -86,27 +86,6 @@ fn plan(entries: &BTreeMap<EgressEntry, ProtocolHint>) -> Plan {
     plan
 }
 
-/// Makes `map` hold exactly `want`: inserts first so an entry kept across the update is never
-/// missing, then removes the rest.
-fn sync<K, V>(
-    map: &mut BpfHashMap<&mut aya::maps::MapData, K, V>,
-    name: &'static str,
-    want: &BTreeMap<K, V>,
-) -> Result<()>
-where
-    K: aya::Pod + Ord,
-    V: aya::Pod,
-{
-    let present: BTreeSet<K> = map.keys().filter_map(|k| k.ok()).collect();
-    for (k, v) in want {
-        map.insert(k, v, 0).map_err(map_err(name, "insert"))?;
-    }
-    for k in present.iter().filter(|k| !want.contains_key(k)) {
-        map.remove(k).map_err(map_err(name, "remove"))?;
-    }
-    Ok(())
-}
-
 impl Capture {
     /// Replaces the egress rules: exactly `entries` are traced from now on; entries of
     /// interfaces that went away must simply be left out.
@@ -124,26 +103,8 @@ impl Capture {
         // Hosts before ports on the way in, so a port entry never points at missing hosts
         // for longer than necessary; the count last, so the kernel skips the lookup only
         // once nothing is left.
-        {
-            let mut hosts: BpfHashMap<_, HostKey, u8> =
-                BpfHashMap::try_from(self.ebpf.map_mut(MAP_EGRESS_HOSTS).ok_or(
-                    Error::MissingMap {
-                        map: MAP_EGRESS_HOSTS,
-                    },
-                )?)
-                .map_err(map_err(MAP_EGRESS_HOSTS, "open"))?;
-            sync(&mut hosts, MAP_EGRESS_HOSTS, &plan.hosts)?;
-        }
-        {
-            let mut ports: BpfHashMap<_, PortKey, PortValue> =
-                BpfHashMap::try_from(self.ebpf.map_mut(MAP_EGRESS_PORTS).ok_or(
-                    Error::MissingMap {
-                        map: MAP_EGRESS_PORTS,
-                    },
-                )?)
-                .map_err(map_err(MAP_EGRESS_PORTS, "open"))?;
-            sync(&mut ports, MAP_EGRESS_PORTS, &plan.ports)?;
-        }
+        replace_map(&mut self.ebpf, MAP_EGRESS_HOSTS, &plan.hosts)?;
+        replace_map(&mut self.ebpf, MAP_EGRESS_PORTS, &plan.ports)?;
         self.set_config_value(
             abi::CLOVISOR_CONFIG_EGRESS_PORTS,
             u32::try_from(plan.ports.len()).unwrap_or(u32::MAX),

@@ -9,8 +9,10 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use clovisor_proto::capture::v1::ProtocolHint;
 
-use super::assembler::{Assembler, InterfaceNames, ConnectionSource};
-use super::{abi, map_err, raw, replace_map, CaptureConfig, EventLoop, KernelStats, StatNames};
+use super::assembler::{Assembler, ConnectionSource, InterfaceNames};
+use super::kernel_stats::{KernelStats, StatNames};
+use super::maps::{map_err, replace_map};
+use super::{abi, raw, CaptureConfig, EventLoop};
 use crate::clock::BootClock;
 use crate::error::{Error, Result};
 
@@ -48,11 +50,7 @@ pub(crate) fn load(
             .ok_or(Error::MissingMap { map: maps.stats })?,
     )
     .map_err(map_err(maps.stats, "open"))?;
-    let stats = Arc::new(KernelStats {
-        map: stats,
-        map_name: maps.stats,
-        names,
-    });
+    let stats = Arc::new(KernelStats::new(stats, maps.stats, names));
     Ok((ebpf, stats))
 }
 
@@ -125,9 +123,9 @@ where
 {
     let events = ebpf.take_map(maps.events).ok_or(Error::EventLoopTaken)?;
     let ring = RingBuf::try_from(events).map_err(map_err(maps.events, "open"))?;
-    let map = ebpf
-        .take_map(maps.connections)
-        .ok_or(Error::MissingMap { map: maps.connections })?;
+    let map = ebpf.take_map(maps.connections).ok_or(Error::MissingMap {
+        map: maps.connections,
+    })?;
     let map = BpfHashMap::try_from(map).map_err(map_err(maps.connections, "open"))?;
     let assembler = Assembler::new(
         cfg.idle_flush,

@@ -96,9 +96,9 @@ impl TryFrom<&abi::clovisor_conn_key> for ConnectionKey {
             match u32::from(raw.family) {
                 abi::CLOVISOR_FAMILY_IPV4 => {
                     let v6 = Ipv6Addr::from(b);
-                    v6.to_ipv4_mapped()
-                        .map(IpAddr::V4)
-                        .ok_or_else(|| bad(format!("IPv4 connection with non-v4-mapped address {v6}")))
+                    v6.to_ipv4_mapped().map(IpAddr::V4).ok_or_else(|| {
+                        bad(format!("IPv4 connection with non-v4-mapped address {v6}"))
+                    })
                 }
                 abi::CLOVISOR_FAMILY_IPV6 => Ok(IpAddr::V6(Ipv6Addr::from(b))),
                 other => Err(bad(format!("unknown address family {other}"))),
@@ -815,8 +815,8 @@ mod tests {
             },
             "connection value must parse"
         );
-        let empty =
-            ConnectionState::try_from(&connection_bytes(6, None)[..]).unwrap_or_else(|e| panic!("{e}"));
+        let empty = ConnectionState::try_from(&connection_bytes(6, None)[..])
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             empty.cur, None,
             "a connection before any payload has no current message"
@@ -938,7 +938,8 @@ mod tests {
         let mut raw = abi::clovisor_sock_conn::new_zeroed();
         raw.flow_id = 99;
         raw.cur = raw_msg(&c);
-        let s = ConnectionState::from_sock_connection(raw.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let s =
+            ConnectionState::from_sock_connection(raw.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             s,
             ConnectionState {

@@ -15,8 +15,10 @@ use aya::Ebpf;
 use clovisor_proto::capture::v1::ProtocolHint;
 
 use super::assembler::ConnectionSource;
-use super::raw::{MsgStart, RawSockConnection, ConnectionState};
-use super::{abi, object, replace_map, CaptureConfig, EventLoop, KernelStats};
+use super::kernel_stats::{KernelStats, SOCKET_STAT_NAMES};
+use super::maps::replace_map;
+use super::raw::{ConnectionState, MsgStart, RawSockConnection};
+use super::{abi, object, CaptureConfig, EventLoop};
 use crate::error::{Error, Result};
 use crate::hooks::socket::{self as hooks, HookAttempt, SocketHookKind, SocketHooks};
 
@@ -34,44 +36,6 @@ const MAPS: object::ObjectMaps = object::ObjectMaps {
 const MAP_NETNS: &str = "monitored_netns";
 /// `max_entries` of `monitored_netns` in the object.
 const MAX_NETNS: usize = abi::CLOVISOR_MAX_MONITORED_NETNS as usize;
-
-/// Names of the socket program's kernel counters, by `sock_stats` index; `socket_` keeps them
-/// apart from the tc programs' in `clovisor_probe_kernel_total{counter}`.
-const STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT as usize] = [
-    (abi::CLOVISOR_SOCK_STAT_TCP_SYSCALLS, "socket_tcp_syscalls"),
-    (
-        abi::CLOVISOR_SOCK_STAT_SYSCALLS_TRACED,
-        "socket_syscalls_traced",
-    ),
-    (
-        abi::CLOVISOR_SOCK_STAT_EVENTS_EMITTED,
-        "socket_events_emitted",
-    ),
-    (
-        abi::CLOVISOR_SOCK_STAT_RINGBUF_FULL,
-        "socket_ringbuf_full_drops",
-    ),
-    (
-        abi::CLOVISOR_SOCK_STAT_CONN_UPDATE_FAILED,
-        "socket_connection_update_failed",
-    ),
-    (
-        abi::CLOVISOR_SOCK_STAT_CALL_UPDATE_FAILED,
-        "socket_call_update_failed",
-    ),
-    (
-        abi::CLOVISOR_SOCK_STAT_CONNS_CREATED,
-        "socket_connections_created",
-    ),
-    (
-        abi::CLOVISOR_SOCK_STAT_CONNS_ENDED,
-        "socket_connections_ended",
-    ),
-    (
-        abi::CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED,
-        "socket_snap_load_failed",
-    ),
-];
 
 /// The loaded and attached socket point.
 pub struct SocketCapture {
@@ -96,7 +60,7 @@ impl SocketCapture {
     /// Loads the object, sizes its maps like the tc capture's and attaches the first hook set
     /// that works. Nothing is traced until [`Self::set_monitored_netns`] names namespaces.
     pub fn load(cfg: &CaptureConfig) -> Result<Self> {
-        let (ebpf, stats) = object::load(OBJECT, &MAPS, &STAT_NAMES, cfg)?;
+        let (ebpf, stats) = object::load(OBJECT, &MAPS, &SOCKET_STAT_NAMES, cfg)?;
         let mut capture = Self {
             ebpf,
             hooks: None,
@@ -201,30 +165,5 @@ impl ConnectionSource for KernelSockConnections {
         let sock = start.socket.as_ref()?.sock_id;
         let raw = self.0.get(&sock, 0).ok()?;
         ConnectionState::from_sock_connection(&raw[..]).ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_socket_counter_has_a_distinct_name_at_its_index() {
-        for (i, (idx, name)) in STAT_NAMES.iter().enumerate() {
-            assert_eq!(
-                *idx as usize, i,
-                "STAT_NAMES[{i}] ({name}) must hold index {i}"
-            );
-            assert!(
-                name.starts_with("socket_"),
-                "{name} must be prefixed socket_ to stay apart from the tc counters"
-            );
-        }
-        let names: BTreeSet<&str> = STAT_NAMES.iter().map(|(_, n)| *n).collect();
-        assert_eq!(
-            names.len(),
-            STAT_NAMES.len(),
-            "counter names must be unique"
-        );
     }
 }

@@ -1,0 +1,174 @@
+//! The tc capture object (`bpf/tc_capture.bpf.c`): loading its programs, writing its maps
+//! (snaplen, traced ports, monitored pod addresses) and handing out its counters and its
+//! [`EventLoop`]. Attaching it to interfaces is in [`super::attach`], its egress-rule maps in
+//! [`super::egress`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::Ebpf;
+use clovisor_proto::capture::v1::ProtocolHint;
+
+use super::assembler::{ConnectionSource, InterfaceNames};
+use super::kernel_stats::{KernelStats, TC_STAT_NAMES};
+use super::maps::{map_err, replace_map};
+use super::raw::{ConnectionState, MsgStart, RawConnection, RawConnectionKey};
+use super::{abi, object, raw, CaptureConfig, EventLoop};
+use crate::error::{Error, Result};
+use crate::hooks::node_iface;
+use crate::hooks::pod_veth::{PodVethHook, PROGRAMS};
+
+/// The compiled BPF object (built by `build.rs`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_capture.bpf.o"));
+
+const MAPS: object::ObjectMaps = object::ObjectMaps {
+    events: "events",
+    connections: "connections",
+    stats: "stats",
+    config: "config",
+    traced_ports: "traced_ports",
+};
+const MAP_MONITORED_IPS: &str = "monitored_ips";
+
+/// The loaded tc capture object: programs, maps and the interfaces they are attached to.
+pub struct Capture {
+    pub(super) ebpf: Ebpf,
+    stats: Arc<KernelStats>,
+    pub(super) cfg: CaptureConfig,
+    /// What each attached interface's attach created, by interface name.
+    pub(super) hooks: BTreeMap<String, PodVethHook>,
+    /// The attached interfaces by ifindex, shared with the event loop's assembler.
+    pub(super) interfaces: InterfaceNames,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("cfg", &self.cfg)
+            .field("attached", &self.hooks.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Capture {
+    /// Loads and verifies the programs and sizes the maps; attaches nothing yet.
+    pub fn load(cfg: &CaptureConfig) -> Result<Self> {
+        let (ebpf, stats) = object::load(OBJECT, &MAPS, &TC_STAT_NAMES, cfg)?;
+        let mut capture = Self {
+            ebpf,
+            stats,
+            cfg: cfg.clone(),
+            hooks: BTreeMap::new(),
+            interfaces: Arc::new(RwLock::new(BTreeMap::new())),
+        };
+        for (name, _) in PROGRAMS.into_iter().chain(node_iface::PROGRAMS) {
+            let prog: &mut aya::programs::SchedClassifier = capture
+                .ebpf
+                .program_mut(name)
+                .ok_or(Error::Program {
+                    program: name,
+                    what: "missing from the object",
+                    source: aya::programs::ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| Error::Program {
+                    program: name,
+                    what: "is not a tc classifier",
+                    source,
+                })?;
+            prog.load().map_err(|source| Error::Program {
+                program: name,
+                what: "verifier",
+                source,
+            })?;
+        }
+        capture.set_snaplen(cfg.snaplen)?;
+        Ok(capture)
+    }
+
+    /// Changes how many first bytes of each message the kernel copies (1..=2048); takes
+    /// effect for messages that start from now on.
+    pub fn set_snaplen(&mut self, snaplen: u32) -> Result<()> {
+        object::set_snaplen(&mut self.ebpf, &MAPS, &mut self.cfg, snaplen)
+    }
+
+    /// Writes one slot of the kernel's `config` array.
+    pub(super) fn set_config_value(
+        &mut self,
+        index: abi::clovisor_config_index,
+        value: u32,
+    ) -> Result<()> {
+        object::set_config_value(&mut self.ebpf, &MAPS, index, value)
+    }
+
+    /// The configuration it was loaded with.
+    pub fn config(&self) -> &CaptureConfig {
+        &self.cfg
+    }
+
+    /// Replaces the traced ports (server ports and what they speak).
+    pub fn set_traced_ports(&mut self, ports: &BTreeMap<u16, ProtocolHint>) -> Result<()> {
+        object::set_traced_ports(&mut self.ebpf, &MAPS, ports)
+    }
+
+    /// The traced ports as the kernel map holds them now.
+    pub fn traced_ports(&self) -> Result<BTreeMap<u16, ProtocolHint>> {
+        let map: BpfHashMap<_, u16, u8> =
+            BpfHashMap::try_from(self.ebpf.map(MAPS.traced_ports).ok_or(Error::MissingMap {
+                map: MAPS.traced_ports,
+            })?)
+            .map_err(map_err(MAPS.traced_ports, "open"))?;
+        map.iter()
+            .map(|entry| {
+                entry
+                    .map(|(port, hint)| (port, raw::protocol_hint(hint)))
+                    .map_err(map_err(MAPS.traced_ports, "read"))
+            })
+            .collect()
+    }
+
+    /// Replaces the addresses of monitored pods, which the node-interface programs restrict
+    /// themselves to.
+    pub fn set_monitored_ips(&mut self, ips: &BTreeSet<std::net::IpAddr>) -> Result<()> {
+        let max = abi::CLOVISOR_MAX_MONITORED_IPS as usize;
+        if ips.len() > max {
+            return Err(Error::Config {
+                reason: format!("{} monitored pod addresses, at most {max}", ips.len()),
+            });
+        }
+        // Keyed by the 16 address bytes of `struct clovisor_ip`.
+        let wanted: BTreeMap<[u8; 16], u8> = ips.iter().map(|ip| (raw::ip16(*ip), 1)).collect();
+        replace_map(&mut self.ebpf, MAP_MONITORED_IPS, &wanted)
+    }
+
+    /// Kernel counters summed over CPUs, by name.
+    pub fn kernel_stats(&self) -> Result<BTreeMap<String, u64>> {
+        self.stats.read()
+    }
+
+    /// A reader of the kernel counters that outlives moves of the capture (for metrics).
+    pub fn kernel_stats_handle(&self) -> Arc<KernelStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Takes the ring buffer and the connection map into an [`EventLoop`]; once only.
+    pub fn take_event_loop(&mut self) -> Result<EventLoop> {
+        object::take_event_loop(
+            &mut self.ebpf,
+            &MAPS,
+            &self.cfg,
+            Arc::clone(&self.interfaces),
+            KernelConnections,
+        )
+    }
+}
+
+struct KernelConnections(BpfHashMap<MapData, RawConnectionKey, RawConnection>);
+
+impl ConnectionSource for KernelConnections {
+    fn lookup(&self, start: &MsgStart) -> Option<ConnectionState> {
+        let raw = self.0.get(&start.key.to_raw(), 0).ok()?;
+        ConnectionState::try_from(&raw[..]).ok()
+    }
+}
