@@ -62,7 +62,7 @@ fn plan(entries: &BTreeMap<EgressEntry, ProtocolHint>) -> Plan {
             }
             Some(ip) => {
                 let mut hk = abi::clovisor_egress_host_key::new_zeroed();
-                hk.ip = raw::mapped(ip);
+                hk.ip = raw::ip16(ip);
                 hk.ifindex = e.ifindex;
                 hk.port = e.port;
                 let hk: HostKey = zerocopy::transmute!(hk);
@@ -161,7 +161,7 @@ mod tests {
             .collect();
         let v4: IpAddr = "10.0.0.1".parse().expect("literal");
         assert!(
-            hosts.contains(&(9, 80, raw::mapped(v4))),
+            hosts.contains(&(9, 80, raw::ip16(v4))),
             "IPv4 stored v4-mapped: {hosts:?}"
         );
     }

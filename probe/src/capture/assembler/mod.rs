@@ -1,0 +1,349 @@
+//! Turns the kernel's MSG_START / FLOW_END events into complete `Message` records.
+//!
+//! The kernel sends one event when a message starts; its final counters arrive with the
+//! next event of the same flow (the next MSG_START carries them as `prev`, FLOW_END as
+//! `last`). Until then the message is *pending* here. When nothing arrives for a pending
+//! message for `idle_flush` (typically the last response on a keep-alive connection), its
+//! current counters are read from the kernel's connection map and the message is emitted with
+//! `partial = true`; should the counters still grow afterwards, the final record with the
+//! same `(flow_id, index)` and `partial = false` follows and supersedes it.
+//!
+//! The `capture.v1` records themselves are built in [`records`].
+
+pub mod records;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use clovisor_proto::capture::v1::{ObservationPoint, PointKind, Record};
+
+use super::raw::{ConnectionState, Event, FlowEnd, MsgCounters, MsgStart, SocketOwner};
+use crate::clock::BootClock;
+
+/// How long a flushed message whose flow went quiet is kept before checking that the
+/// flow still exists in the kernel.
+const STALE_FACTOR: u32 = 50;
+
+/// Reads a connection's current state from the kernel (the LRU map), or a fake in tests.
+pub trait ConnectionSource {
+    /// The connection `start` belongs to, `None` if the kernel has none (ended or evicted).
+    fn lookup(&self, start: &MsgStart) -> Option<ConnectionState>;
+}
+
+/// An interface the capture is attached to: its name and which observation point it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedInterface {
+    /// Interface name.
+    pub name: String,
+    /// `Pod` for a pod's host veth, `Node` for a node interface.
+    pub kind: PointKind,
+}
+
+/// Attached interfaces by ifindex, shared with the attach side.
+pub type InterfaceNames = Arc<RwLock<BTreeMap<u32, AttachedInterface>>>;
+
+/// Counters of the assembler, cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AssemblerStats {
+    /// Message records emitted (final and partial).
+    pub messages: u64,
+    /// Messages emitted by an idle flush (`partial = true`).
+    pub partial_flushes: u64,
+    /// Final records sent after a partial one because the counters grew.
+    pub finals_after_flush: u64,
+    /// FlowEnd records emitted.
+    pub flow_ends: u64,
+    /// Events about a flow whose MSG_START was never seen (lost in the ring buffer or
+    /// sent before the loop started).
+    pub orphans: u64,
+    /// Messages known to be lost: the next event's index skipped over them.
+    pub lost_messages: u64,
+    /// Pending messages pushed out because `max_pending` was reached.
+    pub pending_evicted: u64,
+    /// Flushed messages dropped because their flow vanished from the kernel without a
+    /// FLOW_END (LRU eviction or a lost event).
+    pub pending_expired: u64,
+}
+
+impl AssemblerStats {
+    /// Adds another assembler's counters to these.
+    pub fn add(&mut self, o: &Self) {
+        self.messages += o.messages;
+        self.partial_flushes += o.partial_flushes;
+        self.finals_after_flush += o.finals_after_flush;
+        self.flow_ends += o.flow_ends;
+        self.orphans += o.orphans;
+        self.lost_messages += o.lost_messages;
+        self.pending_evicted += o.pending_evicted;
+        self.pending_expired += o.pending_expired;
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    start: MsgStart,
+    last_event: Instant,
+    /// Counters of the partial record sent, if one was.
+    flushed: Option<MsgCounters>,
+}
+
+/// Pairs message starts with their end counters.
+#[derive(Debug)]
+pub struct Assembler {
+    pending: HashMap<u64, Pending>,
+    idle_flush: Duration,
+    max_pending: usize,
+    node: String,
+    clock: BootClock,
+    interfaces: InterfaceNames,
+    stats: AssemblerStats,
+}
+
+impl Assembler {
+    /// An assembler that keeps at most `max_pending` open messages.
+    pub fn new(
+        idle_flush: Duration,
+        max_pending: usize,
+        node: String,
+        clock: BootClock,
+        interfaces: InterfaceNames,
+    ) -> Self {
+        Self {
+            pending: HashMap::new(),
+            idle_flush,
+            max_pending: max_pending.max(1),
+            node,
+            clock,
+            interfaces,
+            stats: AssemblerStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> AssemblerStats {
+        self.stats
+    }
+
+    /// Messages waiting for their end.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Resamples the boot -> Unix clock offset.
+    pub fn resync_clock(&mut self) {
+        self.clock.resync();
+    }
+
+    /// Handles one kernel event; completed records are appended to `out`.
+    pub fn on_event(&mut self, event: Event, now: Instant, out: &mut Vec<Record>) {
+        match event {
+            Event::MsgStart(start) => self.on_start(start, now, out),
+            Event::FlowEnd(end) => self.on_end(end, out),
+        }
+    }
+
+    fn on_start(&mut self, start: MsgStart, now: Instant, out: &mut Vec<Record>) {
+        match (self.pending.remove(&start.flow_id), &start.prev) {
+            (Some(p), Some(prev)) => self.complete(p, prev, out),
+            (Some(p), None) => {
+                // A new first message for a known flow id: the kernel lost the connection
+                // (LRU eviction) and restarted it; the old message is as good as it gets.
+                self.stats.lost_messages += 1;
+                self.emit_first_packet_only(p, out);
+            }
+            (None, Some(_)) => self.stats.orphans += 1,
+            (None, None) => {}
+        }
+        if self.pending.len() >= self.max_pending {
+            self.evict_oldest(out);
+        }
+        self.pending.insert(
+            start.flow_id,
+            Pending {
+                start,
+                last_event: now,
+                flushed: None,
+            },
+        );
+    }
+
+    fn on_end(&mut self, end: FlowEnd, out: &mut Vec<Record>) {
+        match (self.pending.remove(&end.flow_id), &end.last) {
+            (Some(p), Some(last)) => self.complete(p, last, out),
+            (Some(p), None) => self.emit_first_packet_only(p, out),
+            (None, Some(_)) => self.stats.orphans += 1,
+            (None, None) => {}
+        }
+        let point = self.point(end.key.ifindex, end.socket.as_ref());
+        out.push(records::flow_end(&end, point, &self.clock));
+        self.stats.flow_ends += 1;
+    }
+
+    /// Emits `p` with its final counters `fin`.
+    fn complete(&mut self, mut p: Pending, fin: &MsgCounters, out: &mut Vec<Record>) {
+        if fin.index != p.start.msg.index {
+            // Events in between were lost; `fin` belongs to a message we never saw start.
+            self.stats.lost_messages += u64::from(fin.index.saturating_sub(p.start.msg.index));
+            if p.flushed.is_none() {
+                self.emit_first_packet_only(p, out);
+            }
+            return;
+        }
+        match p.flushed {
+            Some(sent) if sent == *fin => {}
+            Some(_) => {
+                self.stats.finals_after_flush += 1;
+                let payload = std::mem::take(&mut p.start.payload);
+                out.push(self.message(&p.start, payload, fin, false));
+            }
+            None => {
+                let payload = std::mem::take(&mut p.start.payload);
+                out.push(self.message(&p.start, payload, fin, false));
+            }
+        }
+    }
+
+    /// Emits a message of which only the first packet's counters are known.
+    fn emit_first_packet_only(&mut self, mut p: Pending, out: &mut Vec<Record>) {
+        if p.flushed.is_none() {
+            let payload = std::mem::take(&mut p.start.payload);
+            let first = p.start.msg;
+            out.push(self.message(&p.start, payload, &first, true));
+        }
+    }
+
+    fn evict_oldest(&mut self, out: &mut Vec<Record>) {
+        let oldest = self
+            .pending
+            .iter()
+            .min_by_key(|(_, p)| p.last_event)
+            .map(|(id, _)| *id);
+        if let Some(p) = oldest.and_then(|id| self.pending.remove(&id)) {
+            self.stats.pending_evicted += 1;
+            self.emit_first_packet_only(p, out);
+        }
+    }
+
+    /// Emits pending messages idle for `idle_flush` as partial records, with counters read
+    /// through `source`; forgets flushed messages whose flow vanished.
+    pub fn flush_idle(
+        &mut self,
+        now: Instant,
+        source: &(impl ConnectionSource + ?Sized),
+        out: &mut Vec<Record>,
+    ) {
+        let stale_after = self.idle_flush * STALE_FACTOR;
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                let idle = now.saturating_duration_since(p.last_event);
+                (p.flushed.is_none() && idle >= self.idle_flush)
+                    || (p.flushed.is_some() && idle >= stale_after)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(mut p) = self.pending.remove(&id) else {
+                continue;
+            };
+            let state = source
+                .lookup(&p.start)
+                .filter(|s| s.flow_id == p.start.flow_id);
+            if p.flushed.is_some() {
+                if state.is_some() {
+                    // Still alive, just quiet (an idle keep-alive connection).
+                    p.last_event = now;
+                    self.pending.insert(id, p);
+                } else {
+                    self.stats.pending_expired += 1;
+                }
+                continue;
+            }
+            let cur = state
+                .and_then(|s| s.cur)
+                .filter(|c| c.index == p.start.msg.index);
+            match cur {
+                Some(c) => {
+                    out.push(self.message(&p.start, p.start.payload.clone(), &c, true));
+                    self.stats.partial_flushes += 1;
+                    p.flushed = Some(c);
+                    p.last_event = now;
+                    self.pending.insert(id, p);
+                }
+                None => {
+                    // The kernel no longer has it (or moved on and the event is still in
+                    // the ring): send what we know; the next event, if any, is an orphan.
+                    let payload = if state.is_some() {
+                        p.start.payload.clone()
+                    } else {
+                        std::mem::take(&mut p.start.payload)
+                    };
+                    let first = p.start.msg;
+                    out.push(self.message(&p.start, payload, &first, true));
+                    self.stats.partial_flushes += 1;
+                    if state.is_some() {
+                        p.flushed = Some(p.start.msg);
+                        p.last_event = now;
+                        self.pending.insert(id, p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Emits every pending message that has not been flushed yet, with the kernel's
+    /// current counters when it still has them (`partial`), and forgets them all: the
+    /// event loop is stopping.
+    pub fn flush_all(&mut self, source: &(impl ConnectionSource + ?Sized), out: &mut Vec<Record>) {
+        let mut all: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        all.sort_by_key(|p| p.last_event);
+        for mut p in all {
+            if p.flushed.is_some() {
+                continue;
+            }
+            let cur = source
+                .lookup(&p.start)
+                .filter(|s| s.flow_id == p.start.flow_id)
+                .and_then(|s| s.cur)
+                .filter(|c| c.index == p.start.msg.index)
+                .unwrap_or(p.start.msg);
+            let payload = std::mem::take(&mut p.start.payload);
+            out.push(self.message(&p.start, payload, &cur, true));
+            self.stats.partial_flushes += 1;
+        }
+    }
+
+    /// Where an event was seen: at a socket (its process), else at the interface `ifindex`.
+    fn point(&self, ifindex: u32, socket: Option<&SocketOwner>) -> ObservationPoint {
+        if let Some(owner) = socket {
+            return records::socket_point(owner, &self.node);
+        }
+        let (name, kind) = self
+            .interfaces
+            .read()
+            .ok()
+            .and_then(|m| m.get(&ifindex).map(|i| (i.name.clone(), i.kind)))
+            // Detached meanwhile (its last events still arrive): pods are the common case.
+            .unwrap_or((String::new(), PointKind::Pod));
+        records::interface_point(kind, ifindex, &name, &self.node)
+    }
+
+    /// The record of message `start` with its final (or current) counters `fin`; `payload` is
+    /// `start`'s, moved out when `start` is not needed again.
+    fn message(
+        &mut self,
+        start: &MsgStart,
+        payload: Vec<u8>,
+        fin: &MsgCounters,
+        partial: bool,
+    ) -> Record {
+        self.stats.messages += 1;
+        let point = self.point(start.key.ifindex, start.socket.as_ref());
+        records::message(start, payload, fin, partial, point, &self.clock)
+    }
+}
+
+#[cfg(test)]
+mod tests;

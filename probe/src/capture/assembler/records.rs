@@ -1,0 +1,157 @@
+//! The `capture.v1` records the assembler emits, built from the typed kernel events of
+//! [`crate::capture::raw`]: flow keys, observation points, `Message` and `FlowEnd`.
+
+use std::net::IpAddr;
+
+use clovisor_proto::capture::v1::{
+    record, FlowEnd as FlowEndRecord, FlowKey, Message, ObservationPoint, PointKind, Record,
+    Transport,
+};
+
+use crate::capture::raw::{ConnectionKey, FlowEnd, MsgCounters, MsgStart, SocketOwner};
+use crate::clock::BootClock;
+
+/// The flow key of the wire contract.
+pub fn flow_key(key: &ConnectionKey) -> FlowKey {
+    FlowKey {
+        client_ip: ip_bytes(key.client.ip()),
+        server_ip: ip_bytes(key.server.ip()),
+        client_port: u32::from(key.client.port()),
+        server_port: u32::from(key.server.port()),
+        transport: Transport::Tcp as i32,
+    }
+}
+
+/// 4 bytes for IPv4, 16 for IPv6, in network order.
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// A socket observation point.
+pub fn socket_point(owner: &SocketOwner, node: &str) -> ObservationPoint {
+    ObservationPoint {
+        kind: PointKind::Socket as i32,
+        node: node.to_owned(),
+        pid: owner.pid,
+        comm: owner.comm.clone(),
+        netns_inode: u64::from(owner.netns),
+        side: owner.side.as_str().to_owned(),
+        ..ObservationPoint::default()
+    }
+}
+
+/// A tc observation point (pod veth or node interface).
+pub fn interface_point(
+    kind: PointKind,
+    ifindex: u32,
+    interface: &str,
+    node: &str,
+) -> ObservationPoint {
+    ObservationPoint {
+        kind: kind as i32,
+        ifindex,
+        interface: interface.to_owned(),
+        node: node.to_owned(),
+        ..ObservationPoint::default()
+    }
+}
+
+/// The record of message `start` seen at `point`, with its final (or current) counters `fin`;
+/// `payload` is `start`'s.
+pub fn message(
+    start: &MsgStart,
+    payload: Vec<u8>,
+    fin: &MsgCounters,
+    partial: bool,
+    point: ObservationPoint,
+    clock: &BootClock,
+) -> Record {
+    Record {
+        kind: Some(record::Kind::Message(Message {
+            flow: Some(flow_key(&start.key)),
+            point: Some(point),
+            flow_id: start.flow_id,
+            index: start.msg.index,
+            direction: start.msg.direction as i32,
+            to_pod: start.msg.to_pod,
+            start_unix_nanos: clock.to_unix_ns(start.msg.start_ns),
+            end_unix_nanos: clock.to_unix_ns(fin.last_ns.max(start.msg.start_ns)),
+            tcp_seq: start.msg.tcp_seq,
+            bytes: fin.bytes,
+            packets: fin.packets,
+            retransmits: fin.retransmits,
+            payload,
+            protocol: start.protocol as i32,
+            partial,
+        })),
+    }
+}
+
+/// The record of the end of a flow seen at `point`.
+pub fn flow_end(end: &FlowEnd, point: ObservationPoint, clock: &BootClock) -> Record {
+    Record {
+        kind: Some(record::Kind::FlowEnd(FlowEndRecord {
+            flow: Some(flow_key(&end.key)),
+            point: Some(point),
+            flow_id: end.flow_id,
+            reason: end.reason as i32,
+            unix_nanos: clock.to_unix_ns(end.ts_ns),
+            messages: end.last.map_or(0, |l| l.index.saturating_add(1)),
+            srtt_us: end.tcp.map_or(0, |t| t.srtt_us),
+            total_retransmits: end.tcp.map_or(0, |t| t.total_retransmits),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clovisor_proto::capture::v1::PointKind;
+
+    use super::*;
+    use crate::capture::raw::testing::{owner, v4_key};
+    use crate::capture::raw::SocketSide;
+
+    #[test]
+    fn flow_keys_carry_four_or_sixteen_address_bytes() {
+        let v6 = ConnectionKey {
+            client: "[fd00::2]:50000".parse().unwrap_or_else(|e| panic!("{e}")),
+            server: "[fd00::1]:80".parse().unwrap_or_else(|e| panic!("{e}")),
+            ifindex: 3,
+        };
+        let fk = flow_key(&v6);
+        assert_eq!(fk.client_ip.len(), 16, "IPv6 flow key carries 16 bytes");
+        assert_eq!(
+            flow_key(&v4_key()).server_ip,
+            vec![10, 0, 0, 1],
+            "IPv4 flow key carries 4 bytes"
+        );
+    }
+
+    #[test]
+    fn socket_point_fields() {
+        let p = socket_point(&owner(SocketSide::Server), "node-a");
+        assert_eq!(
+            (
+                p.kind,
+                p.pid,
+                p.comm.as_str(),
+                p.netns_inode,
+                p.side.as_str(),
+                p.node.as_str()
+            ),
+            (
+                PointKind::Socket as i32,
+                4242,
+                "nginx",
+                4_026_532_001,
+                "server",
+                "node-a"
+            ),
+            "socket point fields: {p:?}"
+        );
+        assert_eq!(p.ifindex, 0, "a socket point has no interface");
+    }
+}

@@ -1,0 +1,426 @@
+//! The assembler against scripted kernel events and a fake connection map.
+
+use std::cell::RefCell;
+
+use clovisor_proto::capture::v1::{Direction, FlowEndReason, ProtocolHint};
+
+use clovisor_proto::capture::v1::{record, Message};
+
+use super::*;
+use crate::capture::raw::testing::{counters, v4_key};
+use crate::capture::raw::ConnectionKey;
+
+/// Fake kernel connection map.
+#[derive(Default)]
+struct FakeConnections(RefCell<HashMap<ConnectionKey, ConnectionState>>);
+
+impl ConnectionSource for FakeConnections {
+    fn lookup(&self, start: &MsgStart) -> Option<ConnectionState> {
+        self.0.borrow().get(&start.key).copied()
+    }
+}
+
+fn names() -> InterfaceNames {
+    let mut m = BTreeMap::new();
+    m.insert(
+        7,
+        AttachedInterface {
+            name: "veth-test".to_owned(),
+            kind: PointKind::Pod,
+        },
+    );
+    Arc::new(RwLock::new(m))
+}
+
+fn assembler(max_pending: usize) -> Assembler {
+    Assembler::new(
+        Duration::from_millis(200),
+        max_pending,
+        "node-a".into(),
+        BootClock::with_offset(1_000_000),
+        names(),
+    )
+}
+
+fn start(flow_id: u64, msg: MsgCounters, prev: Option<MsgCounters>, payload: &[u8]) -> Event {
+    Event::MsgStart(MsgStart {
+        key: v4_key(),
+        flow_id,
+        msg,
+        prev,
+        protocol: ProtocolHint::Http,
+        payload: payload.to_vec(),
+        socket: None,
+    })
+}
+
+fn messages(out: &[Record]) -> Vec<&Message> {
+    out.iter()
+        .filter_map(|r| match &r.kind {
+            Some(record::Kind::Message(m)) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn request_response_fin_yields_two_messages_then_flow_end() {
+    let mut a = assembler(16);
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let req_first = counters(0, Direction::ClientToServer, 78);
+    let mut req_final = req_first;
+    req_final.last_ns += 5;
+    let resp_first = counters(1, Direction::ServerToClient, 1448);
+    let mut resp_final = resp_first;
+    resp_final.bytes = 1_048_576;
+    resp_final.packets = 40;
+    a.on_event(
+        start(1, req_first, None, b"GET / HTTP/1.1\r\n"),
+        t,
+        &mut out,
+    );
+    assert!(
+        out.is_empty(),
+        "nothing is complete after the first MSG_START, got {out:?}"
+    );
+    a.on_event(
+        start(1, resp_first, Some(req_final), b"HTTP/1.1 200 OK\r\n"),
+        t,
+        &mut out,
+    );
+    a.on_event(
+        Event::FlowEnd(FlowEnd {
+            key: v4_key(),
+            flow_id: 1,
+            reason: FlowEndReason::Fin,
+            ts_ns: 9_999,
+            last: Some(resp_final),
+            socket: None,
+            tcp: None,
+        }),
+        t,
+        &mut out,
+    );
+    let msgs = messages(&out);
+    assert_eq!(msgs.len(), 2, "request and response expected, got {msgs:?}");
+    assert_eq!(
+        (msgs[0].index, msgs[0].direction),
+        (0, Direction::ClientToServer as i32),
+        "first is the request"
+    );
+    assert_eq!(msgs[0].payload, b"GET / HTTP/1.1\r\n", "request payload");
+    assert_eq!(
+        msgs[0].end_unix_nanos,
+        req_final.last_ns + 1_000_000,
+        "request end from prev counters"
+    );
+    assert_eq!(
+        (msgs[1].index, msgs[1].bytes, msgs[1].packets),
+        (1, 1_048_576, 40),
+        "response counters from FLOW_END"
+    );
+    assert!(
+        !msgs[1].partial && !msgs[0].partial,
+        "final records must not be partial"
+    );
+    let point = msgs[1]
+        .point
+        .as_ref()
+        .map(|p| (p.interface.clone(), p.node.clone()));
+    assert_eq!(
+        point,
+        Some(("veth-test".into(), "node-a".into())),
+        "observation point"
+    );
+    match out.last().and_then(|r| r.kind.as_ref()) {
+        Some(record::Kind::FlowEnd(fe)) => assert_eq!(
+            (fe.messages, fe.reason),
+            (2, FlowEndReason::Fin as i32),
+            "flow end"
+        ),
+        other => panic!("last record must be the FlowEnd, got {other:?}"),
+    }
+    assert_eq!(a.pending_len(), 0, "nothing pending after FLOW_END");
+}
+
+#[test]
+fn idle_flush_reads_kernel_counters_and_final_supersedes_only_if_grown() {
+    let mut a = assembler(16);
+    let fake = FakeConnections::default();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let req = counters(0, Direction::ClientToServer, 78);
+    let resp = counters(1, Direction::ServerToClient, 1448);
+    a.on_event(start(5, req, None, b"GET /a"), t0, &mut out);
+    a.on_event(start(5, resp, Some(req), b"HTTP/1.1 200"), t0, &mut out);
+    assert_eq!(messages(&out).len(), 1, "request complete");
+    out.clear();
+
+    let mut grown = resp;
+    grown.bytes = 5000;
+    grown.packets = 4;
+    fake.0.borrow_mut().insert(
+        v4_key(),
+        ConnectionState {
+            flow_id: 5,
+            cur: Some(grown),
+        },
+    );
+    a.flush_idle(t0 + Duration::from_millis(100), &fake, &mut out);
+    assert!(
+        out.is_empty(),
+        "no flush before idle_flush (200 ms), got {out:?}"
+    );
+    a.flush_idle(t0 + Duration::from_millis(250), &fake, &mut out);
+    let msgs = messages(&out);
+    assert_eq!(msgs.len(), 1, "one partial flush expected, got {msgs:?}");
+    assert!(msgs[0].partial, "idle flush must mark the record partial");
+    assert_eq!(
+        msgs[0].bytes, 5000,
+        "flushed counters come from the kernel map"
+    );
+    out.clear();
+    a.flush_idle(t0 + Duration::from_millis(500), &fake, &mut out);
+    assert!(out.is_empty(), "a message is flushed once, got {out:?}");
+
+    // Next request carries the same counters as flushed: no duplicate.
+    let req2 = counters(2, Direction::ClientToServer, 70);
+    a.on_event(start(5, req2, Some(grown), b"GET /b"), t0, &mut out);
+    assert!(
+        messages(&out).is_empty(),
+        "unchanged counters after a flush must not re-emit, got {out:?}"
+    );
+    // Flush the second request, then its final differs: a superseding final record.
+    fake.0.borrow_mut().insert(
+        v4_key(),
+        ConnectionState {
+            flow_id: 5,
+            cur: Some(req2),
+        },
+    );
+    a.flush_idle(t0 + Duration::from_secs(1), &fake, &mut out);
+    out.clear();
+    let mut req2_final = req2;
+    req2_final.bytes = 140;
+    a.on_event(
+        start(
+            5,
+            counters(3, Direction::ServerToClient, 10),
+            Some(req2_final),
+            b"HTTP",
+        ),
+        t0,
+        &mut out,
+    );
+    let msgs = messages(&out);
+    assert_eq!(
+        msgs.len(),
+        1,
+        "grown counters after a flush must send a final record, got {msgs:?}"
+    );
+    assert!(
+        !msgs[0].partial && msgs[0].bytes == 140 && msgs[0].index == 2,
+        "final record supersedes: {:?}",
+        msgs[0]
+    );
+    assert_eq!(a.stats().finals_after_flush, 1, "counted");
+}
+
+#[test]
+fn flushed_message_of_vanished_flow_expires() {
+    let mut a = assembler(16);
+    let fake = FakeConnections::default();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    a.on_event(
+        start(9, counters(0, Direction::ClientToServer, 10), None, b"x"),
+        t0,
+        &mut out,
+    );
+    a.flush_idle(t0 + Duration::from_millis(300), &fake, &mut out);
+    assert_eq!(
+        messages(&out).len(),
+        1,
+        "flow missing from the kernel: first-packet counters flushed"
+    );
+    assert_eq!(
+        a.pending_len(),
+        0,
+        "and forgotten, since the kernel has no such connection"
+    );
+    assert!(messages(&out)[0].partial, "partial");
+}
+
+#[test]
+fn flush_all_emits_unflushed_pending_once() {
+    let mut a = assembler(16);
+    let fake = FakeConnections::default();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let mut grown = counters(0, Direction::ClientToServer, 10);
+    a.on_event(start(1, grown, None, b"GET"), t0, &mut out);
+    grown.bytes = 30;
+    fake.0.borrow_mut().insert(
+        v4_key(),
+        ConnectionState {
+            flow_id: 1,
+            cur: Some(grown),
+        },
+    );
+    a.flush_all(&fake, &mut out);
+    let msgs = messages(&out);
+    assert_eq!(
+        msgs.len(),
+        1,
+        "the pending message must be emitted on shutdown, got {msgs:?}"
+    );
+    assert!(
+        msgs[0].partial && msgs[0].bytes == 30,
+        "with kernel counters, partial: {:?}",
+        msgs[0]
+    );
+    assert_eq!(a.pending_len(), 0, "nothing pending after flush_all");
+}
+
+#[test]
+fn pending_is_bounded_and_evictions_counted() {
+    let mut a = assembler(2);
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    for id in 1..=3u64 {
+        a.on_event(
+            start(id, counters(0, Direction::ClientToServer, 1), None, b"q"),
+            t0 + Duration::from_millis(id),
+            &mut out,
+        );
+    }
+    assert_eq!(a.pending_len(), 2, "pending bounded at 2");
+    assert_eq!(a.stats().pending_evicted, 1, "one eviction counted");
+    let msgs = messages(&out);
+    assert_eq!(msgs.len(), 1, "evicted message still emitted");
+    assert_eq!(msgs[0].flow_id, 1, "the oldest (flow 1) is evicted");
+}
+
+#[test]
+fn orphans_and_lost_messages_are_counted() {
+    let mut a = assembler(16);
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let prev = counters(0, Direction::ClientToServer, 5);
+    a.on_event(
+        start(
+            3,
+            counters(1, Direction::ServerToClient, 5),
+            Some(prev),
+            b"r",
+        ),
+        t0,
+        &mut out,
+    );
+    assert_eq!(
+        a.stats().orphans,
+        1,
+        "prev counters for an unknown flow are an orphan"
+    );
+    // Index 1 pending; the next event says message 3's prev (index 2) ended: 1 was lost-ended.
+    a.on_event(
+        start(
+            3,
+            counters(3, Direction::ServerToClient, 5),
+            Some(counters(2, Direction::ClientToServer, 5)),
+            b"r",
+        ),
+        t0,
+        &mut out,
+    );
+    assert_eq!(
+        a.stats().lost_messages,
+        1,
+        "one message between known ones was lost"
+    );
+    let msgs = messages(&out);
+    assert_eq!(
+        msgs.len(),
+        1,
+        "the pending message is still sent, got {msgs:?}"
+    );
+    assert!(
+        msgs[0].partial && msgs[0].index == 1,
+        "sent as partial with first-packet counters: {:?}",
+        msgs[0]
+    );
+}
+
+#[test]
+fn socket_events_become_socket_points_with_their_process() {
+    use crate::capture::raw::testing::owner;
+    use crate::capture::raw::SocketSide;
+
+    let mut a = assembler(16);
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let req = counters(0, Direction::ClientToServer, 78);
+    let resp = counters(1, Direction::ServerToClient, 100);
+    let sock = |e: Event| match e {
+        Event::MsgStart(mut m) => {
+            m.socket = Some(owner(SocketSide::Server));
+            Event::MsgStart(m)
+        }
+        other => other,
+    };
+    a.on_event(
+        sock(start(5, req, None, b"GET / HTTP/1.1\r\n")),
+        t,
+        &mut out,
+    );
+    a.on_event(
+        sock(start(5, resp, Some(req), b"HTTP/1.1 200 OK\r\n")),
+        t,
+        &mut out,
+    );
+    a.on_event(
+        Event::FlowEnd(FlowEnd {
+            key: v4_key(),
+            flow_id: 5,
+            reason: FlowEndReason::Fin,
+            ts_ns: 9_999,
+            last: Some(resp),
+            socket: Some(owner(SocketSide::Server)),
+            tcp: None,
+        }),
+        t,
+        &mut out,
+    );
+    let msgs = messages(&out);
+    assert_eq!(msgs.len(), 2, "request and response expected, got {msgs:?}");
+    for m in &msgs {
+        let p = m
+            .point
+            .as_ref()
+            .unwrap_or_else(|| panic!("no point in {m:?}"));
+        assert_eq!(
+            (
+                p.kind,
+                p.pid,
+                p.comm.as_str(),
+                p.side.as_str(),
+                p.interface.as_str()
+            ),
+            (PointKind::Socket as i32, 4242, "nginx", "server", ""),
+            "socket point, not the veth of ifindex 7: {p:?}"
+        );
+    }
+    let end = out
+        .iter()
+        .find_map(|r| match &r.kind {
+            Some(record::Kind::FlowEnd(fe)) => Some(fe),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no flow end in {out:?}"));
+    assert_eq!(
+        end.point.as_ref().map(|p| p.kind),
+        Some(PointKind::Socket as i32),
+        "flow end at the socket point"
+    );
+}

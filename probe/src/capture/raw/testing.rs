@@ -1,0 +1,153 @@
+//! Kernel-shaped bytes built from typed values: what the BPF programs would send, for tests.
+
+use super::*;
+
+pub fn raw_key(key: &ConnectionKey) -> abi::clovisor_conn_key {
+    let bytes = key.to_raw();
+    match abi::clovisor_conn_key::read_from_bytes(&bytes[..]) {
+        Ok(k) => k,
+        Err(_) => panic!("key of {} bytes must read back", bytes.len()),
+    }
+}
+
+pub fn raw_msg(m: &MsgCounters) -> abi::clovisor_msg {
+    let mut r = abi::clovisor_msg::new_zeroed();
+    r.start_ns = m.start_ns;
+    r.last_ns = m.last_ns;
+    r.bytes = m.bytes;
+    r.packets = m.packets;
+    r.retransmits = m.retransmits;
+    r.tcp_seq = m.tcp_seq;
+    r.index = m.index;
+    r.direction = match m.direction {
+        Direction::ClientToServer => abi::CLOVISOR_DIR_CLIENT_TO_SERVER as u8,
+        Direction::ServerToClient => abi::CLOVISOR_DIR_SERVER_TO_CLIENT as u8,
+        Direction::Unspecified => 0,
+    };
+    r.to_pod = u8::from(m.to_pod);
+    r
+}
+
+/// MSG_START bytes as the kernel sends them (header + captured payload only).
+pub fn msg_start_bytes(ev: &MsgStart) -> Vec<u8> {
+    let mut r = abi::clovisor_msg_start::new_zeroed();
+    r.kind = abi::CLOVISOR_EVENT_MSG_START;
+    r.snap_len = u32::try_from(ev.payload.len()).unwrap_or(u32::MAX);
+    r.key = raw_key(&ev.key);
+    r.flow_id = ev.flow_id;
+    r.msg = raw_msg(&ev.msg);
+    if let Some(p) = &ev.prev {
+        r.prev = raw_msg(p);
+        r.has_prev = 1;
+    }
+    r.protocol = hint_value(ev.protocol);
+    r.payload[..ev.payload.len()].copy_from_slice(&ev.payload);
+    r.as_bytes()[..MSG_START_HEADER + ev.payload.len()].to_vec()
+}
+
+pub fn flow_end_bytes(ev: &FlowEnd) -> Vec<u8> {
+    let mut r = abi::clovisor_flow_end::new_zeroed();
+    r.kind = abi::CLOVISOR_EVENT_FLOW_END;
+    r.reason = match ev.reason {
+        FlowEndReason::Rst => abi::CLOVISOR_END_RST as u8,
+        _ => abi::CLOVISOR_END_FIN as u8,
+    };
+    r.key = raw_key(&ev.key);
+    r.flow_id = ev.flow_id;
+    r.ts_ns = ev.ts_ns;
+    if let Some(l) = &ev.last {
+        r.last = raw_msg(l);
+        r.has_last = 1;
+    }
+    r.as_bytes().to_vec()
+}
+
+pub fn raw_owner(o: &SocketOwner) -> abi::clovisor_sock_owner {
+    let mut r = abi::clovisor_sock_owner::new_zeroed();
+    r.sock_id = o.sock_id;
+    r.pid = o.pid;
+    r.tid = o.tid;
+    r.netns = o.netns;
+    r.side = match o.side {
+        SocketSide::Client => abi::CLOVISOR_SIDE_CLIENT as u8,
+        SocketSide::Server => abi::CLOVISOR_SIDE_SERVER as u8,
+    };
+    let n = o.comm.len().min(r.comm.len() - 1);
+    r.comm[..n].copy_from_slice(&o.comm.as_bytes()[..n]);
+    r
+}
+
+/// SOCK_MSG_START bytes as the kernel sends them: the owner, then a MSG_START.
+pub fn sock_msg_start_bytes(ev: &MsgStart) -> Vec<u8> {
+    let owner = ev
+        .socket
+        .as_ref()
+        .unwrap_or_else(|| panic!("a socket event needs an owner"));
+    let mut head = abi::clovisor_sock_msg_start::new_zeroed();
+    head.kind = abi::CLOVISOR_EVENT_SOCK_MSG_START;
+    head.owner = raw_owner(owner);
+    let mut out = head.as_bytes()[..SOCK_MSG_START_INNER].to_vec();
+    out.extend(msg_start_bytes(ev));
+    out
+}
+
+/// SOCK_FLOW_END bytes as the kernel sends them.
+pub fn sock_flow_end_bytes(ev: &FlowEnd) -> Vec<u8> {
+    let owner = ev
+        .socket
+        .as_ref()
+        .unwrap_or_else(|| panic!("a socket event needs an owner"));
+    let mut head = abi::clovisor_sock_flow_end::new_zeroed();
+    head.kind = abi::CLOVISOR_EVENT_SOCK_FLOW_END;
+    head.owner = raw_owner(owner);
+    let tcp = ev.tcp.unwrap_or_default();
+    head.srtt_us = tcp.srtt_us;
+    head.total_retrans = tcp.total_retransmits;
+    let mut out = head.as_bytes()[..SOCK_FLOW_END_INNER].to_vec();
+    out.extend(flow_end_bytes(ev));
+    out
+}
+
+pub fn owner(side: SocketSide) -> SocketOwner {
+    SocketOwner {
+        sock_id: 0xffff_8880_1234_5678,
+        pid: 4242,
+        tid: 4243,
+        netns: 4_026_532_001,
+        comm: "nginx".into(),
+        side,
+    }
+}
+
+pub fn connection_bytes(flow_id: u64, cur: Option<&MsgCounters>) -> RawConnection {
+    let mut r = abi::clovisor_conn::new_zeroed();
+    r.flow_id = flow_id;
+    if let Some(c) = cur {
+        r.cur = raw_msg(c);
+    }
+    let mut out = [0u8; CONNECTION_LEN];
+    out.copy_from_slice(r.as_bytes());
+    out
+}
+
+pub fn v4_key() -> ConnectionKey {
+    ConnectionKey {
+        client: "10.0.0.2:40000".parse().unwrap_or_else(|e| panic!("{e}")),
+        server: "10.0.0.1:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+        ifindex: 7,
+    }
+}
+
+pub fn counters(index: u32, direction: Direction, bytes: u64) -> MsgCounters {
+    MsgCounters {
+        start_ns: 1_000 + u64::from(index) * 100,
+        last_ns: 1_050 + u64::from(index) * 100,
+        bytes,
+        packets: 1,
+        retransmits: 0,
+        tcp_seq: 42,
+        index,
+        direction,
+        to_pod: direction == Direction::ClientToServer,
+    }
+}

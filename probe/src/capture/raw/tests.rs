@@ -1,0 +1,330 @@
+//! Kernel bytes to typed values: round trips, and malformed input rejected without a panic.
+
+use super::testing::*;
+use super::*;
+
+fn start_event(payload: &[u8], prev: Option<MsgCounters>) -> MsgStart {
+    MsgStart {
+        key: v4_key(),
+        flow_id: 0x0100_0000_0000_0001,
+        msg: counters(1, Direction::ServerToClient, 17),
+        prev,
+        protocol: ProtocolHint::Http,
+        payload: payload.to_vec(),
+        socket: None,
+    }
+}
+
+#[test]
+fn msg_start_round_trips_with_prev_and_payload() {
+    let ev = start_event(
+        b"HTTP/1.1 200 OK\r\n",
+        Some(counters(0, Direction::ClientToServer, 80)),
+    );
+    let bytes = msg_start_bytes(&ev);
+    assert_eq!(
+        bytes.len(),
+        MSG_START_HEADER + 17,
+        "kernel sends header + snap only"
+    );
+    let parsed =
+        Event::try_from(&bytes[..]).unwrap_or_else(|e| panic!("valid MSG_START rejected: {e}"));
+    assert_eq!(
+        parsed,
+        Event::MsgStart(ev),
+        "MSG_START must parse back to what was encoded"
+    );
+}
+
+#[test]
+fn ipv6_keys_round_trip_and_v4_keys_are_mapped() {
+    let v6 = ConnectionKey {
+        client: "[fd00::2]:50000".parse().unwrap_or_else(|e| panic!("{e}")),
+        server: "[fd00::1]:80".parse().unwrap_or_else(|e| panic!("{e}")),
+        ifindex: 3,
+    };
+    let back = ConnectionKey::try_from(&raw_key(&v6)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back, v6, "IPv6 key must round-trip");
+    let raw4 = v4_key().to_raw();
+    assert_eq!(
+        &raw4[..12],
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+        "IPv4 client stored v4-mapped, got {:?}",
+        &raw4[..16]
+    );
+    assert_eq!(&raw4[12..16], &[10, 0, 0, 2], "v4 client address bytes");
+}
+
+#[test]
+fn v4_family_with_unmapped_address_is_rejected() {
+    let mut raw = raw_key(&v4_key());
+    raw.client_ip = [0xfd; 16];
+    let err = ConnectionKey::try_from(&raw);
+    assert!(
+        err.is_err(),
+        "IPv4 key with a non-mapped address must be rejected, got {err:?}"
+    );
+}
+
+#[test]
+fn short_and_garbage_buffers_are_errors_not_panics() {
+    let full = msg_start_bytes(&start_event(b"GET / HTTP/1.1\r\n", None));
+    for len in [0, 1, 3, 4, 8, MSG_START_HEADER - 1] {
+        assert!(
+            Event::try_from(&full[..len]).is_err(),
+            "{len}-byte prefix of a MSG_START must be rejected"
+        );
+    }
+    // Header fine, but the payload claimed is longer than what arrived.
+    let cut = &full[..full.len() - 1];
+    assert!(
+        Event::try_from(cut).is_err(),
+        "truncated payload must be rejected"
+    );
+    let fe = flow_end_bytes(&FlowEnd {
+        key: v4_key(),
+        flow_id: 9,
+        reason: FlowEndReason::Fin,
+        ts_ns: 5,
+        last: None,
+        socket: None,
+        tcp: None,
+    });
+    assert!(
+        Event::try_from(&fe[..fe.len() - 1]).is_err(),
+        "short FLOW_END must be rejected"
+    );
+    let mut unknown = fe.clone();
+    unknown[0] = 99;
+    assert!(
+        Event::try_from(&unknown[..]).is_err(),
+        "unknown kind 99 must be rejected"
+    );
+    // Pseudo-random garbage of every length up to 300 bytes: never a panic.
+    let mut x: u32 = 0x1234_5678;
+    for len in 0..300 {
+        let buf: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x.to_le_bytes()[0]
+            })
+            .collect();
+        let _ = Event::try_from(&buf[..]);
+    }
+}
+
+#[test]
+fn bad_direction_and_snap_len_are_rejected() {
+    let ev = start_event(b"abc", None);
+    let mut bytes = msg_start_bytes(&ev);
+    let dir_off = std::mem::offset_of!(abi::clovisor_msg_start, msg)
+        + std::mem::offset_of!(abi::clovisor_msg, direction);
+    bytes[dir_off] = 7;
+    assert!(
+        Event::try_from(&bytes[..]).is_err(),
+        "direction 7 must be rejected"
+    );
+    let mut bytes = msg_start_bytes(&ev);
+    bytes[4..8].copy_from_slice(&5000u32.to_ne_bytes());
+    assert!(
+        Event::try_from(&bytes[..]).is_err(),
+        "snap_len 5000 > MAX_SNAPLEN must be rejected"
+    );
+}
+
+#[test]
+fn flow_end_round_trips() {
+    let ev = FlowEnd {
+        key: v4_key(),
+        flow_id: 77,
+        reason: FlowEndReason::Rst,
+        ts_ns: 123,
+        last: Some(counters(3, Direction::ServerToClient, 1_000_000)),
+        socket: None,
+        tcp: None,
+    };
+    let parsed = Event::try_from(&flow_end_bytes(&ev)[..]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed, Event::FlowEnd(ev), "FLOW_END must parse back");
+}
+
+#[test]
+fn connection_state_reads_current_message() {
+    let c = counters(2, Direction::ClientToServer, 99);
+    let s = ConnectionState::try_from(&connection_bytes(5, Some(&c))[..])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s,
+        ConnectionState {
+            flow_id: 5,
+            cur: Some(c)
+        },
+        "connection value must parse"
+    );
+    let empty =
+        ConnectionState::try_from(&connection_bytes(6, None)[..]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        empty.cur, None,
+        "a connection before any payload has no current message"
+    );
+    assert!(
+        ConnectionState::try_from(&[0u8; 3][..]).is_err(),
+        "3-byte connection value must be rejected"
+    );
+}
+
+fn socket_start(payload: &[u8], side: SocketSide) -> MsgStart {
+    MsgStart {
+        key: ConnectionKey {
+            ifindex: 0,
+            ..v4_key()
+        },
+        flow_id: abi::CLOVISOR_SOCK_FLOW_ID_BIT as u64 | 0x0100_0000_0000_0007,
+        socket: Some(owner(side)),
+        ..start_event(payload, Some(counters(0, Direction::ClientToServer, 80)))
+    }
+}
+
+#[test]
+fn socket_msg_start_round_trips_with_its_owner() {
+    let ev = socket_start(b"HTTP/1.1 200 OK\r\n", SocketSide::Server);
+    let bytes = sock_msg_start_bytes(&ev);
+    assert_eq!(
+        bytes.len(),
+        SOCK_MSG_START_INNER + MSG_START_HEADER + 17,
+        "kernel sends owner + header + snap only"
+    );
+    let parsed = Event::try_from(&bytes[..])
+        .unwrap_or_else(|e| panic!("valid SOCK_MSG_START rejected: {e}"));
+    assert_eq!(
+        parsed,
+        Event::MsgStart(ev),
+        "must parse back with its owner"
+    );
+}
+
+#[test]
+fn socket_flow_end_round_trips_with_its_owner() {
+    let ev = FlowEnd {
+        key: v4_key(),
+        flow_id: abi::CLOVISOR_SOCK_FLOW_ID_BIT as u64 | 3,
+        reason: FlowEndReason::Fin,
+        ts_ns: 77,
+        last: Some(counters(1, Direction::ServerToClient, 500)),
+        socket: Some(owner(SocketSide::Client)),
+        tcp: Some(TcpHealth {
+            srtt_us: 1234,
+            total_retransmits: 2,
+        }),
+    };
+    let parsed = Event::try_from(&sock_flow_end_bytes(&ev)[..])
+        .unwrap_or_else(|e| panic!("valid SOCK_FLOW_END rejected: {e}"));
+    assert_eq!(parsed, Event::FlowEnd(ev), "must parse back with its owner");
+}
+
+#[test]
+fn bad_socket_events_are_errors_not_panics() {
+    let good = sock_msg_start_bytes(&socket_start(b"GET / HTTP/1.1\r\n", SocketSide::Client));
+    for len in [
+        4,
+        8,
+        SOCK_OWNER_OFFSET + 10,
+        SOCK_MSG_START_INNER,
+        SOCK_MSG_START_INNER + 3,
+    ] {
+        assert!(
+            Event::try_from(&good[..len]).is_err(),
+            "{len}-byte prefix of a SOCK_MSG_START must be rejected"
+        );
+    }
+    let side_off = SOCK_OWNER_OFFSET + std::mem::offset_of!(abi::clovisor_sock_owner, side);
+    let mut bad_side = good.clone();
+    bad_side[side_off] = 9;
+    assert!(
+        Event::try_from(&bad_side[..]).is_err(),
+        "socket side 9 must be rejected"
+    );
+    // A socket wrapper around a FLOW_END where a MSG_START belongs.
+    let mut wrong_inner = good.clone();
+    wrong_inner[SOCK_MSG_START_INNER..SOCK_MSG_START_INNER + 4]
+        .copy_from_slice(&abi::CLOVISOR_EVENT_FLOW_END.to_ne_bytes());
+    assert!(
+        Event::try_from(&wrong_inner[..]).is_err(),
+        "a SOCK_MSG_START must wrap a MSG_START"
+    );
+    // A wrapper around another wrapper: never recursion on kernel input.
+    let mut nested = good.clone();
+    nested[SOCK_MSG_START_INNER..SOCK_MSG_START_INNER + 4]
+        .copy_from_slice(&abi::CLOVISOR_EVENT_SOCK_MSG_START.to_ne_bytes());
+    assert!(
+        Event::try_from(&nested[..]).is_err(),
+        "nested socket events must be rejected"
+    );
+}
+
+#[test]
+fn comm_is_cut_at_its_nul_and_non_utf8_survives() {
+    let mut raw = raw_owner(&owner(SocketSide::Server));
+    raw.comm = *b"curl\0garbage\0\0\0\0";
+    let o = SocketOwner::try_from(&raw).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(o.comm, "curl", "comm ends at the first NUL");
+    raw.comm = [0xff; 16];
+    let o = SocketOwner::try_from(&raw).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        o.comm.chars().count(),
+        16,
+        "16 bytes without NUL, lossy: {:?}",
+        o.comm
+    );
+}
+
+#[test]
+fn socket_connection_state_reads_current_message() {
+    let c = counters(4, Direction::ServerToClient, 1234);
+    let mut raw = abi::clovisor_sock_conn::new_zeroed();
+    raw.flow_id = 99;
+    raw.cur = raw_msg(&c);
+    let s = ConnectionState::from_sock_connection(raw.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s,
+        ConnectionState {
+            flow_id: 99,
+            cur: Some(c)
+        },
+        "socket connection value"
+    );
+    assert!(
+        ConnectionState::from_sock_connection(&raw.as_bytes()[..10]).is_err(),
+        "short socket connection value must be rejected"
+    );
+}
+
+#[test]
+fn protocol_hint_numbering_matches_the_proto() {
+    for (c, p) in [
+        (abi::CLOVISOR_PROTO_UNSPECIFIED, ProtocolHint::Unspecified),
+        (abi::CLOVISOR_PROTO_HTTP, ProtocolHint::Http),
+        (abi::CLOVISOR_PROTO_HTTP2, ProtocolHint::Http2),
+        (abi::CLOVISOR_PROTO_GRPC, ProtocolHint::Grpc),
+        (abi::CLOVISOR_PROTO_TCP, ProtocolHint::Tcp),
+        (abi::CLOVISOR_PROTO_REDIS, ProtocolHint::Redis),
+    ] {
+        assert_eq!(c, p as u32, "C value {c} must equal ProtocolHint::{p:?}");
+        assert_eq!(
+            protocol_hint(hint_value(p)),
+            p,
+            "{p:?} must survive the map value"
+        );
+    }
+    assert_eq!(
+        abi::CLOVISOR_END_FIN,
+        FlowEndReason::Fin as u32,
+        "FIN numbering"
+    );
+    assert_eq!(
+        abi::CLOVISOR_END_RST,
+        FlowEndReason::Rst as u32,
+        "RST numbering"
+    );
+}
