@@ -7,8 +7,8 @@ use clovisor_proto::capture::v1::PointKind;
 use super::assembler::AttachedInterface;
 use super::Capture;
 use crate::error::Result;
-use crate::hooks::node_iface;
-use crate::hooks::pod_veth::{self, AttachMode};
+use crate::hooks::tc_attach::{self, AttachMode};
+use crate::hooks::{node_iface, pod_veth};
 
 impl Capture {
     /// Attaches both programs to the host-side veth `ifname`. Idempotent: attaching an
@@ -25,15 +25,15 @@ impl Capture {
     }
 
     fn attach_point(&mut self, ifname: &str, kind: PointKind) -> Result<AttachMode> {
-        let current = pod_veth::ifindex(ifname)?;
-        if let Some(h) = self.hooks.get(ifname) {
-            if h.ifindex == current && self.kind_of(h.ifindex) == Some(kind) {
-                return Ok(h.mode);
+        let current = tc_attach::ifindex(ifname)?;
+        if let Some(a) = self.attachments.get(ifname) {
+            if a.ifindex == current && self.kind_of(a.ifindex) == Some(kind) {
+                return Ok(a.mode);
             }
         }
-        // Same name, new ifindex: the old veth is gone; forget its hooks.
-        if let Some(old) = self.hooks.remove(ifname) {
-            if let Err(e) = pod_veth::detach(&mut self.ebpf, old) {
+        // Same name, new ifindex: the old veth is gone; forget its attachment.
+        if let Some(old) = self.attachments.remove(ifname) {
+            if let Err(e) = tc_attach::detach(&mut self.ebpf, old) {
                 tracing::debug!(interface = ifname, error = %e, "stale hook cleanup");
             }
         }
@@ -52,8 +52,8 @@ impl Capture {
             PointKind::Node => node_iface::attach(&mut self.ebpf, ifname, self.cfg.attach),
             _ => pod_veth::attach(&mut self.ebpf, ifname, self.cfg.attach),
         };
-        let hook = match attached {
-            Ok(hook) => hook,
+        let attachment = match attached {
+            Ok(attachment) => attachment,
             Err(e) => {
                 if let Ok(mut names) = self.interfaces.write() {
                     match previous {
@@ -64,8 +64,8 @@ impl Capture {
                 return Err(e);
             }
         };
-        let mode = hook.mode;
-        self.hooks.insert(ifname.to_owned(), hook);
+        let mode = attachment.mode;
+        self.attachments.insert(ifname.to_owned(), attachment);
         Ok(mode)
     }
 
@@ -78,25 +78,25 @@ impl Capture {
 
     /// Node interfaces currently attached.
     pub fn node_interfaces(&self) -> Vec<String> {
-        self.hooks
+        self.attachments
             .values()
-            .filter(|h| self.kind_of(h.ifindex) == Some(PointKind::Node))
-            .map(|h| h.interface.clone())
+            .filter(|a| self.kind_of(a.ifindex) == Some(PointKind::Node))
+            .map(|a| a.interface.clone())
             .collect()
     }
 
     /// Interfaces currently attached, with their index and mode.
     pub fn attached(&self) -> Vec<(String, u32, AttachMode)> {
-        self.hooks
+        self.attachments
             .values()
-            .map(|h| (h.interface.clone(), h.ifindex, h.mode))
+            .map(|a| (a.interface.clone(), a.ifindex, a.mode))
             .collect()
     }
 
     /// Detaches from `ifname`; nothing to do if it is not attached.
     pub fn detach(&mut self, ifname: &str) -> Result<()> {
-        match self.hooks.remove(ifname) {
-            Some(hook) => pod_veth::detach(&mut self.ebpf, hook),
+        match self.attachments.remove(ifname) {
+            Some(attachment) => tc_attach::detach(&mut self.ebpf, attachment),
             None => Ok(()),
         }
     }
@@ -104,7 +104,7 @@ impl Capture {
     /// Detaches from every interface; the first error is returned after trying all.
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first = None;
-        let names: Vec<String> = self.hooks.keys().cloned().collect();
+        let names: Vec<String> = self.attachments.keys().cloned().collect();
         for name in names {
             if let Err(e) = self.detach(&name) {
                 tracing::warn!(interface = %name, error = %e, "detach failed");
@@ -123,7 +123,7 @@ impl Drop for Capture {
     }
 }
 
-/// Removes legacy tc filters of ours left by a crashed run; see [`pod_veth::cleanup_leftovers`].
+/// Removes legacy tc filters of ours left by a crashed run; see [`tc_attach::cleanup_leftovers`].
 pub fn cleanup_leftovers() -> Result<usize> {
-    pod_veth::cleanup_leftovers()
+    tc_attach::cleanup_leftovers()
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::abi;
 use crate::error::{Error, Result};
-use crate::hooks::pod_veth::AttachPolicy;
+use crate::hooks::tc_attach::AttachPolicy;
 
 /// How the capture is sized and labelled.
 #[derive(Debug, Clone, PartialEq, Eq)]

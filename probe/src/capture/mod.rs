@@ -35,4 +35,4 @@ pub use self::config::CaptureConfig;
 pub use self::event_loop::{EventLoop, EventLoopStats, RING_POLL, SHUTDOWN_SEND_BUDGET};
 pub use self::kernel_stats::KernelStats;
 pub use self::tc_object::Capture;
-pub use crate::hooks::pod_veth::{AttachMode, AttachPolicy};
+pub use crate::hooks::tc_attach::{AttachMode, AttachPolicy};

@@ -17,7 +17,8 @@ use super::raw::{ConnectionState, MsgStart, RawConnection, RawConnectionKey};
 use super::{abi, object, raw, CaptureConfig, EventLoop};
 use crate::error::{Error, Result};
 use crate::hooks::node_iface;
-use crate::hooks::pod_veth::{PodVethHook, PROGRAMS};
+use crate::hooks::pod_veth;
+use crate::hooks::tc_attach::TcAttachment;
 
 /// The compiled BPF object (built by `build.rs`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_capture.bpf.o"));
@@ -36,8 +37,8 @@ pub struct Capture {
     pub(super) ebpf: Ebpf,
     stats: Arc<KernelStats>,
     pub(super) cfg: CaptureConfig,
-    /// What each attached interface's attach created, by interface name.
-    pub(super) hooks: BTreeMap<String, PodVethHook>,
+    /// What attaching to each interface created, by interface name.
+    pub(super) attachments: BTreeMap<String, TcAttachment>,
     /// The attached interfaces by ifindex, shared with the event loop's assembler.
     pub(super) interfaces: InterfaceNames,
 }
@@ -46,7 +47,7 @@ impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Capture")
             .field("cfg", &self.cfg)
-            .field("attached", &self.hooks.keys().collect::<Vec<_>>())
+            .field("attached", &self.attachments.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -59,10 +60,10 @@ impl Capture {
             ebpf,
             stats,
             cfg: cfg.clone(),
-            hooks: BTreeMap::new(),
+            attachments: BTreeMap::new(),
             interfaces: Arc::new(RwLock::new(BTreeMap::new())),
         };
-        for (name, _) in PROGRAMS.into_iter().chain(node_iface::PROGRAMS) {
+        for (name, _) in pod_veth::PROGRAMS.into_iter().chain(node_iface::PROGRAMS) {
             let prog: &mut aya::programs::SchedClassifier = capture
                 .ebpf
                 .program_mut(name)

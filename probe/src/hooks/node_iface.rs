@@ -5,7 +5,7 @@
 //! per-attachment mode read from a map: the restriction is a compile-time branch of the one
 //! shared handler, so pod veths pay nothing for it and node interfaces pay two hash lookups
 //! after the parse. Attach, detach and crash cleanup are those of pod veths
-//! ([`super::pod_veth`]): TCX links first, a clsact only removed when we added it and it is
+//! ([`super::tc_attach`]): TCX links first, a clsact only removed when we added it and it is
 //! empty.
 
 use std::collections::BTreeSet;
@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use aya::programs::TcAttachType;
 use aya::Ebpf;
 
-use super::pod_veth::{self, AttachPolicy, PodVethHook};
+use super::tc_attach::{self, AttachPolicy, TcAttachment};
 use crate::error::Result;
 use crate::netlink;
 
@@ -40,8 +40,8 @@ pub enum NodeInterfaces {
 }
 
 /// Attaches both node programs to `interface`.
-pub fn attach(ebpf: &mut Ebpf, interface: &str, policy: AttachPolicy) -> Result<PodVethHook> {
-    pod_veth::attach_pair(ebpf, interface, policy, PROGRAMS)
+pub fn attach(ebpf: &mut Ebpf, interface: &str, policy: AttachPolicy) -> Result<TcAttachment> {
+    tc_attach::attach(ebpf, interface, policy, PROGRAMS)
 }
 
 /// The interfaces that carry routes off the node: output interfaces of the main table's
