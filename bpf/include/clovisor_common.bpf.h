@@ -24,7 +24,7 @@ struct {
 /* Waking the reader costs more than the programs themselves (an
  * inter-processor interrupt; on a VM often a VM exit): wake it only once the
  * ring holds an eighth of its size. Otherwise the reader drains the ring on
- * its own short timer (probe/src/capture/mod.rs, RING_POLL). */
+ * its own short timer (RING_POLL in probe/src/capture/event_loop.rs). */
 static __always_inline __u64 clovisor_wakeup_flags(void *ring)
 {
 	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);

@@ -12,7 +12,7 @@ use clovisor_runtime::StopFlag;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use crate::capture::socket::SocketCapture;
+use crate::capture::socket_object::SocketCapture;
 use crate::capture::{Capture, CaptureConfig, EventLoop};
 use crate::error::Result;
 use crate::hooks::socket::SocketHookPolicy;

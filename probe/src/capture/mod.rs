@@ -3,17 +3,18 @@
 //!
 //! | file | what |
 //! | --- | --- |
-//! | [`config`] | [`CaptureConfig`]: sizes, snaplen, node name, attach policy |
-//! | [`object`] | what both objects share: loading and sizing, snaplen and traced-ports writes |
-//! | [`tc_object`] | the tc object: [`Capture`], its programs and maps |
-//! | [`attach`] | which interfaces the tc programs are attached to, detaching, crash cleanup |
-//! | [`egress`] | the tc object's egress-rule maps |
-//! | [`socket`] | the socket object: [`socket::SocketCapture`] |
-//! | [`maps`] | map errors, replacing a hash map's contents |
-//! | [`kernel_stats`] | the programs' counters and their names |
-//! | [`event_loop`] | ring buffer → [`raw`] events → [`assembler`] → records → uplink queue |
-//! | [`raw`] | ring buffer and map bytes → typed events (the one place that reads kernel bytes) |
-//! | [`assembler`] | events → complete `Message` / `FlowEnd` records |
+//! | `abi.rs` | the bindgen view of `bpf/include/clovisor_abi.h` |
+//! | `config.rs` | [`CaptureConfig`]: sizes, snaplen, node name, attach policy |
+//! | `object.rs` | what both objects share: loading and sizing, snaplen and traced-ports writes |
+//! | `tc_object.rs` | the tc object ([`Capture`]): its programs, maps and counters |
+//! | `attach.rs` | which interfaces the tc programs are attached to; detaching; crash cleanup |
+//! | `egress_maps.rs` | the tc object's egress-rule maps |
+//! | `socket_object.rs` | the socket object ([`socket_object::SocketCapture`]) |
+//! | `maps.rs` | map errors; replacing a hash map's contents |
+//! | `kernel_stats.rs` | the programs' counters and their names |
+//! | `event_loop.rs` | ring buffer → `raw` events → `assembler` → records → the uplink's queue |
+//! | `raw.rs` | kernel bytes ↔ typed values (the one place that reads what the kernel wrote) |
+//! | `assembler/` | events → complete `Message` / `FlowEnd` records (built in `records.rs`) |
 //!
 //! [`Record`]: clovisor_proto::capture::v1::Record
 
@@ -21,13 +22,13 @@ pub mod abi;
 pub mod assembler;
 mod attach;
 mod config;
-pub mod egress;
+pub mod egress_maps;
 mod event_loop;
 mod kernel_stats;
 mod maps;
 mod object;
 pub mod raw;
-pub mod socket;
+pub mod socket_object;
 mod tc_object;
 
 pub use self::attach::cleanup_leftovers;

@@ -1,7 +1,7 @@
 //! The tc capture object (`bpf/tc_capture.bpf.c`): loading its programs, writing its maps
 //! (snaplen, traced ports, monitored pod addresses) and handing out its counters and its
-//! [`EventLoop`]. Attaching it to interfaces is in [`super::attach`], its egress-rule maps in
-//! [`super::egress`].
+//! [`EventLoop`]. Attaching it to interfaces is in `attach.rs`, its egress-rule maps in
+//! `egress_maps.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};

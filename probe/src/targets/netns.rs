@@ -9,7 +9,7 @@ use std::time::Duration;
 use clovisor_proto::capture::v1::ProtocolHint;
 
 use super::reconcile::{Desired, PodMeta, Reconciler, Target};
-use crate::netns::{self, HostVeth};
+use crate::discovery::{self, HostVeth};
 
 /// What to follow.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ fn desired(scan: Scan) -> Desired {
 /// they are detached like namespaces that went away.
 fn scan(names: &[String]) -> Scan {
     let names = if names.is_empty() {
-        match netns::named() {
+        match discovery::named() {
             Ok(all) => all,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list named network namespaces");
@@ -111,7 +111,7 @@ fn scan(names: &[String]) -> Scan {
     };
     let mut scan = Scan::new();
     for name in names {
-        let veth = match netns::host_veth(&name) {
+        let veth = match discovery::host_veth(&name) {
             Ok(v) => v,
             // A namespace without a veth to the host is not a pod: quietly skipped. Anything
             // else (no right to enter it, netlink failing) is worth an operator's attention.
@@ -124,14 +124,14 @@ fn scan(names: &[String]) -> Scan {
                 continue;
             }
         };
-        let ports = match netns::listening_tcp_ports(&name) {
+        let ports = match discovery::listening_tcp_ports(&name) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(netns = %name, error = %e, "cannot read listening ports");
                 BTreeSet::new()
             }
         };
-        let inode = match netns::inode(&name) {
+        let inode = match discovery::inode(&name) {
             Ok(i) => Some(i),
             Err(e) => {
                 tracing::warn!(netns = %name, error = %e, "cannot read namespace inode; its sockets are not traced");

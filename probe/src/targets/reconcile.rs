@@ -12,12 +12,12 @@ use clovisor_config::LiveConfig;
 use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
 use tokio::sync::{mpsc, watch};
 
-use crate::capture::egress::EgressEntry;
-use crate::capture::socket::SocketCapture;
+use crate::capture::egress_maps::EgressEntry;
+use crate::capture::socket_object::SocketCapture;
 use crate::capture::Capture;
+use crate::discovery::HostVeth;
 use crate::hooks::node_iface::{self, NodeInterfaces};
 use crate::metrics::ProbeMetrics;
-use crate::netns::HostVeth;
 
 /// Who a traced pod is, as the collector is told.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -357,7 +357,7 @@ impl Reconciler {
                 }
             }
         }
-        let wanted = super::egress::entries(
+        let wanted = super::egress_rules::entries(
             self.current
                 .values()
                 .map(|t| (t.meta.pod.as_str(), t.veth.ifindex)),

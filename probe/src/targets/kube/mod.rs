@@ -4,7 +4,7 @@
 //! `appProtocol` say what a port speaks). Each change recomputes the whole desired set from
 //! the watch caches and hands it to the [`Reconciler`], so a reconnect or relist can neither
 //! lose nor duplicate an attachment. A selected pod is traced once it is Running with an IP
-//! and its host veth is found ([`crate::netns::host_veths_of_pods`]).
+//! and its host veth is found ([`crate::discovery::host_veths_of_pods`]).
 
 pub mod desired;
 pub mod protocol;
@@ -27,8 +27,8 @@ use self::desired::{Plan, Skip, WantedPod};
 pub use self::selection::{PodSelection, PodSelector};
 use super::reconcile::{Desired, Reconciler, Target};
 use crate::capture::Capture;
+use crate::discovery::{host_veths_of_pods, FoundPod, HostVeth};
 use crate::metrics::ProbeMetrics;
-use crate::netns::{host_veths_of_pods, FoundPod, HostVeth};
 
 /// What to follow.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use clovisor_config::EgressRule;
 use clovisor_proto::capture::v1::ProtocolHint;
 
-use crate::capture::egress::EgressEntry;
+use crate::capture::egress_maps::EgressEntry;
 
 /// The kernel entries for `pods` (pod name, host veth ifindex) under `rules`: a rule with a
 /// pod-name prefix selects the pods whose name starts with it, one without selects them all.

@@ -1,6 +1,7 @@
-//! Named network namespaces (`/run/netns/*`, as `ip netns` creates them): their
-//! listening TCP ports and their host-side veth, found without exec and without
-//! assuming any CNI — by entering the namespace on a short-lived thread.
+//! CNI-agnostic discovery of pods' network plumbing, without exec rights: named network
+//! namespaces (`/run/netns/*`, as `ip netns` creates them) with their listening TCP ports,
+//! inode and host-side veth — by entering the namespace on a short-lived thread — and a pod's
+//! host-side veth from its IPs ([`host_veths_of_pods`]: namespace scan, then the host route).
 
 use std::collections::BTreeSet;
 use std::fs::File;
