@@ -4,7 +4,7 @@
 //! (TCX links need no cleanup: the kernel drops them with the process).
 
 use anyhow::Context;
-use clovisor_probe::hooks::pod_veth;
+use clovisor_probe::hooks::tc_attach;
 
 /// Flags of `clovisor inspect`.
 #[derive(Debug, clap::Args)]
@@ -28,7 +28,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .collect();
     names.sort();
     for name in names {
-        match pod_veth::programs_on(&name) {
+        match tc_attach::programs_on(&name) {
             Ok(progs) if !progs.is_empty() => {
                 found += progs.len();
                 println!("{name}\t{}", progs.join(" "));

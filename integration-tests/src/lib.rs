@@ -445,7 +445,7 @@ impl Drop for Proc {
 /// BPF programs of ours attached to `ifname` by any means (TCX links or tc filters), as the
 /// kernel reports them — not bpftool, whose older versions cannot see TCX links.
 pub fn our_programs_on(ifname: &str) -> Result<Vec<String>> {
-    clovisor_probe::hooks::pod_veth::programs_on(ifname)
+    clovisor_probe::hooks::tc_attach::programs_on(ifname)
         .with_context(|| format!("listing programs on {ifname}"))
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clovisor_integration_tests::{require_root, run, wait_for, Lab, Proc};
-use clovisor_probe::netns::{self, host_veth_of_ips, host_veths_of_pods, VethMethod};
+use clovisor_probe::discovery::{self, host_veth_of_ips, host_veths_of_pods, VethMethod};
 
 /// Deletes a host interface on drop.
 struct Link(String);
@@ -45,7 +45,7 @@ fn a_pod_in_a_named_netns_is_found_by_its_ip() -> Result<()> {
         );
         assert_eq!(
             found.netns_inode,
-            Some(netns::inode(&pod.netns)?),
+            Some(discovery::inode(&pod.netns)?),
             "the namespace's inode, for the socket point"
         );
     }

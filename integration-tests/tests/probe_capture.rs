@@ -1,6 +1,6 @@
 //! The probe's data plane for real: two namespace pods on a bridge, nginx in one, curl in the
 //! other; the capture programs attached to the server pod's host veth through the probe's own
-//! discovery (`netns::host_veth`, `netns::listening_tcp_ports`). Checks the records of keep-alive
+//! discovery (`discovery::host_veth`, `discovery::listening_tcp_ports`). Checks the records of keep-alive
 //! HTTP over IPv4 (with a 1 MiB response) and IPv6, how few kernel events they cost, and that
 //! detaching leaves nothing of ours on the interface; the legacy clsact path and crash
 //! cleanup; idle flushes reading the kernel's counters; retransmissions counted once.
@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::{our_programs_on, run, run_in, Lab, Nginx, Pod, BIG_BYTES};
 use clovisor_probe::capture::{AttachMode, AttachPolicy, Capture, CaptureConfig, EventLoopStats};
-use clovisor_probe::hooks::pod_veth::programs_on;
-use clovisor_probe::netns;
+use clovisor_probe::discovery;
+use clovisor_probe::hooks::tc_attach::programs_on;
 use clovisor_proto::capture::v1::{
     record, Direction, FlowEnd, FlowEndReason, Message, PointKind, ProtocolHint, Record,
 };
@@ -158,7 +158,12 @@ fn report_cost(what: &str, before: Option<(u64, u64)>, after: Option<(u64, u64)>
     }
 }
 
-fn check_exchange(flow: &Flow, exchanges: &[(&str, usize)], what: &str, veth: &netns::HostVeth) {
+fn check_exchange(
+    flow: &Flow,
+    exchanges: &[(&str, usize)],
+    what: &str,
+    veth: &discovery::HostVeth,
+) {
     let n = exchanges.len() as u32 * 2;
     let indexes: Vec<u32> = flow.messages.keys().copied().collect();
     assert_eq!(
@@ -254,19 +259,19 @@ fn captures_keep_alive_http_over_ipv4_and_ipv6_on_a_pod_veth() -> Result<()> {
     let _nginx = Nginx::start(&server)?;
 
     // Discovery, as the probe does it.
-    let named = netns::named()?;
+    let named = discovery::named()?;
     assert!(
         named.contains(&server.netns),
-        "netns::named() must list {}, got {named:?}",
+        "discovery::named() must list {}, got {named:?}",
         server.netns
     );
-    let ports = netns::listening_tcp_ports(&server.netns)?;
+    let ports = discovery::listening_tcp_ports(&server.netns)?;
     assert!(
         ports.contains(&80),
         "nginx listens on 80 in {}, found {ports:?}",
         server.netns
     );
-    let veth = netns::host_veth(&server.netns)?;
+    let veth = discovery::host_veth(&server.netns)?;
     assert_eq!(veth.name, server.host_veth, "host veth of {}", server.netns);
     for ip in [
         std::net::IpAddr::V4(server.ipv4),
@@ -282,7 +287,7 @@ fn captures_keep_alive_http_over_ipv4_and_ipv6_on_a_pod_veth() -> Result<()> {
     let mut capture = Capture::load(&CaptureConfig {
         snaplen: 256,
         ring_buffer_bytes: 1 << 20,
-        max_sessions: 4096,
+        max_connections: 4096,
         idle_flush: Duration::from_millis(200),
         node: NODE.into(),
         ..CaptureConfig::default()
@@ -430,7 +435,7 @@ fn captures_keep_alive_http_over_ipv4_and_ipv6_on_a_pod_veth() -> Result<()> {
     curl(&client, &[v4("/big.bin")])?;
     report_cost("untraced traffic (cheap path)", cost_before, program_cost());
     let quiet_after = capture.kernel_stats()?;
-    for k in ["events_emitted", "packets_traced", "sessions_created"] {
+    for k in ["events_emitted", "packets_traced", "connections_created"] {
         assert_eq!(
             quiet_after.get(k),
             quiet_before.get(k),
@@ -474,7 +479,7 @@ fn captures_keep_alive_http_over_ipv4_and_ipv6_on_a_pod_veth() -> Result<()> {
 fn legacy_config() -> CaptureConfig {
     CaptureConfig {
         ring_buffer_bytes: 1 << 16,
-        max_sessions: 1024,
+        max_connections: 1024,
         node: NODE.into(),
         attach: AttachPolicy::Netlink,
         ..CaptureConfig::default()
@@ -492,7 +497,7 @@ fn legacy_clsact_filters_are_removed_exactly() -> Result<()> {
     require_root()?;
     let mut lab = Lab::new()?;
     let pod = lab.pod("plgc")?;
-    let veth = netns::host_veth(&pod.netns)?;
+    let veth = discovery::host_veth(&pod.netns)?;
 
     // 1. No clsact before: we add it, and we remove it.
     let mut capture = Capture::load(&legacy_config())?;
@@ -591,10 +596,10 @@ fn quiet_keep_alive_response_is_flushed_with_kernel_counters() -> Result<()> {
     let server = lab.pod("pidl")?;
     let client = lab.pod("pidc")?;
     let _nginx = Nginx::start(&server)?;
-    let veth = netns::host_veth(&server.netns)?;
+    let veth = discovery::host_veth(&server.netns)?;
     let mut capture = Capture::load(&CaptureConfig {
         ring_buffer_bytes: 1 << 16,
-        max_sessions: 1024,
+        max_connections: 1024,
         idle_flush: Duration::from_millis(200),
         node: NODE.into(),
         ..CaptureConfig::default()
@@ -702,10 +707,10 @@ fn retransmitted_bytes_are_counted_once() -> Result<()> {
     let server = lab.pod("prtx")?;
     let client = lab.pod("prtc")?;
     let _nginx = Nginx::start(&server)?;
-    let veth = netns::host_veth(&server.netns)?;
+    let veth = discovery::host_veth(&server.netns)?;
     let mut capture = Capture::load(&CaptureConfig {
         ring_buffer_bytes: 1 << 16,
-        max_sessions: 1024,
+        max_connections: 1024,
         node: NODE.into(),
         ..CaptureConfig::default()
     })?;
@@ -810,13 +815,13 @@ fn overtaken_segments_are_counted_in_their_message() -> Result<()> {
     let server = lab.pod("preo")?;
     let mut capture = Capture::load(&CaptureConfig {
         ring_buffer_bytes: 1 << 16,
-        max_sessions: 1024,
+        max_connections: 1024,
         node: NODE.into(),
         ..CaptureConfig::default()
     })?;
     // No server listens on the port: the pod's kernel never answers the hand-made segments.
     capture.set_traced_ports(&BTreeMap::from([(8181, ProtocolHint::Http)]))?;
-    let veth = netns::host_veth(&server.netns)?;
+    let veth = discovery::host_veth(&server.netns)?;
     capture.attach_pod_veth(&veth.name)?;
     let recorder = Recorder::start(&mut capture, 1000)?;
 
