@@ -111,17 +111,12 @@ mod tests {
     use clovisor_proto::capture::v1::PointKind;
 
     use super::*;
-    use crate::capture::raw::testing::{owner, v4_key};
+    use crate::capture::raw::testing::{owner, v4_key, v6_key};
     use crate::capture::raw::SocketSide;
 
     #[test]
     fn flow_keys_carry_four_or_sixteen_address_bytes() {
-        let v6 = ConnectionKey {
-            client: "[fd00::2]:50000".parse().unwrap_or_else(|e| panic!("{e}")),
-            server: "[fd00::1]:80".parse().unwrap_or_else(|e| panic!("{e}")),
-            ifindex: 3,
-        };
-        let fk = flow_key(&v6);
+        let fk = flow_key(&v6_key());
         assert_eq!(fk.client_ip.len(), 16, "IPv6 flow key carries 16 bytes");
         assert_eq!(
             flow_key(&v4_key()).server_ip,

@@ -138,6 +138,14 @@ pub fn v4_key() -> ConnectionKey {
     }
 }
 
+pub fn v6_key() -> ConnectionKey {
+    ConnectionKey {
+        client: "[fd00::2]:50000".parse().unwrap_or_else(|e| panic!("{e}")),
+        server: "[fd00::1]:80".parse().unwrap_or_else(|e| panic!("{e}")),
+        ifindex: 3,
+    }
+}
+
 pub fn counters(index: u32, direction: Direction, bytes: u64) -> MsgCounters {
     MsgCounters {
         start_ns: 1_000 + u64::from(index) * 100,

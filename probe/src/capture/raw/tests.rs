@@ -38,11 +38,7 @@ fn msg_start_round_trips_with_prev_and_payload() {
 
 #[test]
 fn ipv6_keys_round_trip_and_v4_keys_are_mapped() {
-    let v6 = ConnectionKey {
-        client: "[fd00::2]:50000".parse().unwrap_or_else(|e| panic!("{e}")),
-        server: "[fd00::1]:80".parse().unwrap_or_else(|e| panic!("{e}")),
-        ifindex: 3,
-    };
+    let v6 = v6_key();
     let back = ConnectionKey::try_from(&raw_key(&v6)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(back, v6, "IPv6 key must round-trip");
     let raw4 = v4_key().to_raw();
