@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   clang llvm libbpf-dev libclang-dev linux-libc-dev   # BPF programs (C, clang -target bpf) and bindgen
+  clang-format                                        # the BPF C's formatting (bpf/.clang-format), checked by scripts/test.sh
   protobuf-compiler                                   # tonic/prost code generation
   gcc                                                 # the linker Rust uses, and mimalloc's C sources
   iproute2 bpftool                                    # namespaces, veths, tc; inspecting BPF objects
