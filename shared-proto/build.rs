@@ -1,6 +1,7 @@
 //! Generates Rust types and tonic services from `proto/`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
+        "proto/clovisor/common/v1/point.proto",
         "proto/clovisor/capture/v1/capture.proto",
         "proto/clovisor/session/v1/session.proto",
     ];

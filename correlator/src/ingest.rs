@@ -386,7 +386,7 @@ mod tests {
     /// when the window closes.
     #[test]
     fn views_of_one_exchange_are_stored_and_counted_once() {
-        use clovisor_proto::session::v1::PointKind;
+        use clovisor_proto::common::v1::{PointKind, Side};
         let svc = IngestService::with_join(
             Arc::new(Store::new(100)),
             Arc::new(Metrics::new()),
@@ -397,17 +397,17 @@ mod tests {
             },
         );
         let client = SessionBuilder::new("p/1/0")
-            .side("client")
+            .side(Side::Client)
             .with(|s| s.observations[0].interface = "veth-client".into())
             .build();
         let uplink = SessionBuilder::new("p/2/0")
-            .side("")
+            .side(Side::Unspecified)
             .with(|s| {
                 s.observations[0].kind = PointKind::Node as i32;
                 s.observations[0].interface = "uplink0".into();
             })
             .build();
-        let server = SessionBuilder::new("p/3/0").side("server").build();
+        let server = SessionBuilder::new("p/3/0").side(Side::Server).build();
         svc.accept(client);
         svc.accept(uplink);
         let merged = svc.accept(server);

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_proto::session::v1::{
-    Counters, Endpoint, Http, Observation, PointKind, Protocol, Session, TraceContext, TraceFormat,
+    Counters, Endpoint, Http, Observation, Protocol, Session, TraceContext, TraceFormat,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -226,7 +227,7 @@ impl SessionBuilder {
                     interface: "veth-web0".into(),
                     node: "node-b".into(),
                     probe_id: "probe-b".into(),
-                    side: "server".into(),
+                    side: Side::Server as i32,
                     request_start_unix_nanos: start,
                     request_end_unix_nanos: start + 100_000,
                     response_start_unix_nanos: end - 200_000,
@@ -338,10 +339,10 @@ impl SessionBuilder {
         self
     }
 
-    /// Sets which side every observation sits at (`client`, `server` or empty).
-    pub fn side(mut self, side: &str) -> Self {
+    /// Sets which side every observation sits at.
+    pub fn side(mut self, side: Side) -> Self {
         for o in &mut self.session.observations {
-            o.side = side.to_owned();
+            o.side = side as i32;
         }
         self
     }

@@ -17,8 +17,9 @@ use clovisor_probe::capture::{AttachMode, AttachPolicy, Capture, CaptureConfig, 
 use clovisor_probe::discovery;
 use clovisor_probe::hooks::tc_attach::programs_on;
 use clovisor_proto::capture::v1::{
-    record, Direction, FlowEnd, FlowEndReason, Message, PointKind, ProtocolHint, Record,
+    record, Direction, FlowEnd, FlowEndReason, Message, ProtocolHint, Record,
 };
+use clovisor_proto::common::v1::PointKind;
 
 const NODE: &str = "probe-capture-test";
 

@@ -2,8 +2,42 @@
 //! both hops share.
 //!
 //! One package per contract and version: `capture::v1` (probe -> collector raw records) and
-//! `session::v1` (collector -> correlator decoded sessions).
+//! `session::v1` (collector -> correlator decoded sessions), both speaking of observation points
+//! in the vocabulary of `common::v1` (point kinds, sides).
 #![forbid(unsafe_code)]
+
+pub mod common {
+    /// `clovisor.common.v1`
+    pub mod v1 {
+        #![allow(clippy::doc_markdown)]
+        tonic::include_proto!("clovisor.common.v1");
+
+        impl PointKind {
+            /// The point's name as the REST API, span attributes and metric labels show it:
+            /// `pod`, `node`, `socket`, or `unspecified`.
+            pub fn short_name(self) -> &'static str {
+                match self {
+                    Self::Pod => "pod",
+                    Self::Node => "node",
+                    Self::Socket => "socket",
+                    Self::Unspecified => "unspecified",
+                }
+            }
+        }
+
+        impl Side {
+            /// `client` or `server` as the REST API and span attributes show it; `None` when
+            /// unspecified.
+            pub fn short_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Client => Some("client"),
+                    Self::Server => Some("server"),
+                    Self::Unspecified => None,
+                }
+            }
+        }
+    }
+}
 
 pub mod capture {
     /// `clovisor.capture.v1`

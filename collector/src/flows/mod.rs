@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clovisor_proto::capture::v1::{self as capture, record, Direction, ProtocolHint};
+use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_proto::session::v1::Session;
 
 use crate::decode::{self, RequestHead, ResponseHead, Sniffed};
@@ -154,13 +155,13 @@ fn observe_connection(
     let server = state.endpoints.get(&key.server_ip);
     let unknown = capture::ObservationPoint::default();
     let point = e.point.as_ref().unwrap_or(&unknown);
-    let observed_at = match capture::PointKind::try_from(point.kind) {
-        Ok(capture::PointKind::Socket) => match point.side.as_str() {
-            "client" => "client_socket",
-            "server" => "server_socket",
-            _ => "socket",
+    let observed_at = match point.kind() {
+        PointKind::Socket => match point.side() {
+            Side::Client => "client_socket",
+            Side::Server => "server_socket",
+            Side::Unspecified => "socket",
         },
-        Ok(capture::PointKind::Node) => "node",
+        PointKind::Node => "node",
         _ if session::owns_veth(point, server) => "server_veth",
         _ if session::owns_veth(point, client) => "client_veth",
         _ => "veth",
@@ -406,16 +407,11 @@ impl FlowTable {
     }
 
     fn on_flow_end(&mut self, probe_id: &str, e: &capture::FlowEnd, out: &mut Vec<Session>) {
-        let point = match e
+        let point = e
             .point
             .as_ref()
-            .map(|p| capture::PointKind::try_from(p.kind))
-        {
-            Some(Ok(capture::PointKind::Pod)) => "pod",
-            Some(Ok(capture::PointKind::Node)) => "node",
-            Some(Ok(capture::PointKind::Socket)) => "socket",
-            _ => "unspecified",
-        };
+            .map_or(PointKind::Unspecified, capture::ObservationPoint::kind)
+            .short_name();
         let reason = match capture::FlowEndReason::try_from(e.reason) {
             Ok(capture::FlowEndReason::Fin) => "fin",
             Ok(capture::FlowEndReason::Rst) => "rst",

@@ -1,9 +1,8 @@
 //! Building a [`Session`] from a paired exchange.
 
 use clovisor_proto::capture::v1 as capture;
-use clovisor_proto::session::v1::{
-    Counters, Endpoint, Http, Observation, PointKind, Protocol, Session,
-};
+use clovisor_proto::common::v1::{PointKind, Side};
+use clovisor_proto::session::v1::{Counters, Endpoint, Http, Observation, Protocol, Session};
 
 use super::{Ctx, Flow, Span};
 use crate::decode::{RequestHead, ResponseHead};
@@ -50,18 +49,9 @@ fn endpoint(ip: &[u8], port: u32, meta: Option<&EndpointMeta>) -> Endpoint {
     }
 }
 
-fn point_kind(kind: i32) -> PointKind {
-    match capture::PointKind::try_from(kind) {
-        Ok(capture::PointKind::Pod) => PointKind::Pod,
-        Ok(capture::PointKind::Node) => PointKind::Node,
-        Ok(capture::PointKind::Socket) => PointKind::Socket,
-        _ => PointKind::Unspecified,
-    }
-}
-
 /// At a pod veth, the side is the end whose pod owns that veth.
 pub(super) fn owns_veth(point: &capture::ObservationPoint, meta: Option<&EndpointMeta>) -> bool {
-    if point.kind != capture::PointKind::Pod as i32 {
+    if point.kind() != PointKind::Pod {
         return false;
     }
     meta.is_some_and(|m| {
@@ -75,20 +65,16 @@ pub(super) fn emit(ctx: &mut Ctx<'_>, flow: &Flow, p: Parts<'_>) {
     let key = &flow.key;
     let client_meta = ctx.endpoints.get(&key.client_ip);
     let server_meta = ctx.endpoints.get(&key.server_ip);
-    let is_socket = flow.point.kind == capture::PointKind::Socket as i32;
+    let kind = flow.point.kind();
     // A socket knows which end it is (the probe reports it); a veth is the end of its pod.
-    let side = if is_socket {
-        match flow.point.side.as_str() {
-            "client" => "client",
-            "server" => "server",
-            _ => "",
-        }
+    let side = if kind == PointKind::Socket {
+        flow.point.side()
     } else if owns_veth(&flow.point, server_meta) {
-        "server"
+        Side::Server
     } else if owns_veth(&flow.point, client_meta) {
-        "client"
+        Side::Client
     } else {
-        ""
+        Side::Unspecified
     };
     let resp = p.response.unwrap_or_default();
     let id = if p.position == 0 {
@@ -143,11 +129,11 @@ pub(super) fn emit(ctx: &mut Ctx<'_>, flow: &Flow, p: Parts<'_>) {
         client: Some(endpoint(&key.client_ip, key.client_port, client_meta)),
         server: Some(endpoint(&key.server_ip, key.server_port, server_meta)),
         observations: vec![Observation {
-            kind: point_kind(flow.point.kind) as i32,
+            kind: kind as i32,
             interface: flow.point.interface.clone(),
             node,
             probe_id: ctx.probe_id.to_owned(),
-            side: side.to_owned(),
+            side: side as i32,
             request_start_unix_nanos: p.request.start,
             request_end_unix_nanos: p.request.end,
             response_start_unix_nanos: resp.start,

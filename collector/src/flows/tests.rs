@@ -1,6 +1,6 @@
 use super::*;
 use clovisor_proto::capture::v1::{
-    EndpointUpdate, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint, PointKind, Record,
+    EndpointUpdate, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint, Record,
 };
 use prometheus_client::registry::Registry;
 
@@ -139,7 +139,11 @@ fn pairs_keep_alive_exchanges_and_fills_session() {
         ("web-0", "default", 80)
     );
     let obs = &s.observations[0];
-    assert_eq!(obs.side, "server", "the veth belongs to the server pod");
+    assert_eq!(
+        obs.side(),
+        Side::Server,
+        "the veth belongs to the server pod"
+    );
     assert_eq!(obs.probe_id, "probe-1");
     assert_eq!(obs.node, "node-a");
     assert_eq!(obs.request_start_unix_nanos, 1_000_000);
@@ -282,7 +286,7 @@ fn connection_ends_between_workloads_carry_where_they_were_seen_and_the_socket_r
             removed: false,
         })),
     };
-    let socket_end = |flow_id: u64, side: &str, srtt_us: u32, client: [u8; 4]| Record {
+    let socket_end = |flow_id: u64, side: Side, srtt_us: u32, client: [u8; 4]| Record {
         kind: Some(record::Kind::FlowEnd(FlowEnd {
             flow: Some(FlowKey {
                 client_ip: client.to_vec(),
@@ -291,7 +295,7 @@ fn connection_ends_between_workloads_carry_where_they_were_seen_and_the_socket_r
             point: Some(ObservationPoint {
                 kind: PointKind::Socket as i32,
                 node: "node-a".into(),
-                side: side.into(),
+                side: side as i32,
                 pid: 42,
                 comm: "app".into(),
                 ..ObservationPoint::default()
@@ -315,10 +319,10 @@ fn connection_ends_between_workloads_carry_where_they_were_seen_and_the_socket_r
             endpoint(SERVER, "web-0", "web", 7, "veth-server"),
             // The server's veth sees a reset; both sockets see an orderly close with their RTT.
             reset,
-            socket_end(1 << 63 | 1, "client", 250, CLIENT),
-            socket_end(1 << 63 | 2, "server", 40_000, CLIENT),
+            socket_end(1 << 63 | 1, Side::Client, 250, CLIENT),
+            socket_end(1 << 63 | 2, Side::Server, 40_000, CLIENT),
             // An app talking to its sidecar over loopback: no flow between workloads.
-            socket_end(1 << 63 | 3, "client", 10, [127, 0, 0, 1]),
+            socket_end(1 << 63 | 3, Side::Client, 10, [127, 0, 0, 1]),
         ],
     );
     let mut registry = Registry::default();
@@ -617,7 +621,7 @@ fn socket_observations_decode_beside_veth_ones_with_their_process() {
         pid: 4242,
         comm: "curl".into(),
         netns_inode: 4026532001,
-        side: "client".into(),
+        side: Side::Client as i32,
         ..ObservationPoint::default()
     };
     let at_socket = |r: Record| match r.kind {
@@ -646,13 +650,8 @@ fn socket_observations_decode_beside_veth_ones_with_their_process() {
         .unwrap_or_else(|| panic!("no socket session in {out:#?}"));
     let obs = &socket.observations[0];
     assert_eq!(
-        (
-            obs.side.as_str(),
-            obs.pid,
-            obs.comm.as_str(),
-            obs.netns_inode
-        ),
-        ("client", 4242, "curl", 4026532001),
+        (obs.side(), obs.pid, obs.comm.as_str(), obs.netns_inode),
+        (Side::Client, 4242, "curl", 4026532001),
         "socket observation must carry side, pid, comm and netns: {obs:?}"
     );
     let http = socket

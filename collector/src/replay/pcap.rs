@@ -9,9 +9,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use clovisor_proto::capture::v1::{
-    record, Direction, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint, PointKind,
-    ProtocolHint, Record, Transport,
+    record, Direction, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint, ProtocolHint,
+    Record, Transport,
 };
+use clovisor_proto::common::v1::PointKind;
 use pcap_parser::traits::PcapNGPacketBlock;
 use pcap_parser::{Block, Linktype, PcapBlockOwned, PcapError};
 

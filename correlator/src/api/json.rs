@@ -177,7 +177,7 @@ fn observation(o: &Observation) -> ObservationJson {
         point: point_name(o.kind),
         interface: opt(&o.interface),
         node: opt(&o.node),
-        side: opt(&o.side),
+        side: o.side().short_name().map(str::to_owned),
         request_start: rfc3339(o.request_start_unix_nanos),
         request_end: rfc3339(o.request_end_unix_nanos),
         response_start: rfc3339(o.response_start_unix_nanos),

@@ -7,6 +7,7 @@ use super::*;
 use crate::ingest::IngestService;
 use crate::metrics::Metrics;
 use crate::testing::SessionBuilder;
+use clovisor_proto::common::v1::Side;
 
 fn state_with(sessions: Vec<SessionBuilder>) -> ApiState {
     let store = Arc::new(Store::new(100));
@@ -202,9 +203,9 @@ async fn metrics_endpoint_serves_openmetrics() {
 async fn a_merged_exchange_is_listed_once_with_every_observation() {
     let app = app(state_with(vec![
         SessionBuilder::new("p/1/0")
-            .side("client")
+            .side(Side::Client)
             .with(|s| s.observations[0].interface = "veth-client".into()),
-        SessionBuilder::new("p/2/0").side("server"),
+        SessionBuilder::new("p/2/0").side(Side::Server),
     ]));
     let (status, body) = get_json(app.clone(), "/api/v1/sessions").await;
     assert_eq!(status, StatusCode::OK);

@@ -7,7 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use clovisor_proto::session::v1::{Endpoint, Observation, PointKind, Session};
+use clovisor_proto::common::v1::{PointKind, Side};
+use clovisor_proto::session::v1::{Endpoint, Observation, Session};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{
     AnyValue, ArrayValue, InstrumentationScope, KeyValue,
@@ -116,17 +117,15 @@ pub fn endpoint_ip(e: &Endpoint) -> Option<IpAddr> {
 
 /// The name of an observation point as the API and spans show it.
 pub fn point_name(kind: i32) -> &'static str {
-    match PointKind::try_from(kind) {
-        Ok(PointKind::Pod) => "pod",
-        Ok(PointKind::Node) => "node",
-        Ok(PointKind::Socket) => "socket",
-        _ => "unspecified",
-    }
+    PointKind::try_from(kind).map_or("unspecified", PointKind::short_name)
 }
 
 /// Whether the exchange was observed at the server's end, which makes the span a SERVER span.
 pub fn observed_at_server(session: &Session) -> bool {
-    session.observations.iter().any(|o| o.side == "server")
+    session
+        .observations
+        .iter()
+        .any(|o| o.side() == Side::Server)
 }
 
 /// Splits a request target into path and query, dropping any scheme, authority (with its
@@ -209,8 +208,8 @@ fn event(name: &str, at: u64, o: &Observation) -> Event {
     if !o.node.is_empty() {
         attributes.push(s("k8s.node.name", o.node.clone()));
     }
-    if !o.side.is_empty() {
-        attributes.push(s("clovisor.observation.side", o.side.clone()));
+    if let Some(side) = o.side().short_name() {
+        attributes.push(s("clovisor.observation.side", side));
     }
     // Socket point: the application's process (OTel process semantic conventions).
     if o.pid != 0 {
@@ -626,7 +625,7 @@ mod tests {
     fn status_error_depends_on_kind() {
         let (_, server_404) = span_of(SessionBuilder::new("a").status(404));
         let (_, server_503) = span_of(SessionBuilder::new("b").status(503));
-        let (_, client_404) = span_of(SessionBuilder::new("c").status(404).side("client"));
+        let (_, client_404) = span_of(SessionBuilder::new("c").status(404).side(Side::Client));
         let code = |s: &Span| s.status.as_ref().map(|st| st.code);
         assert_eq!(
             code(&server_404),

@@ -19,7 +19,8 @@
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 
-use clovisor_proto::session::v1::{Observation, PointKind, Session};
+use clovisor_proto::common::v1::PointKind;
+use clovisor_proto::session::v1::{Observation, Session};
 
 /// Attribute the collector sets on the second and later requests pipelined in one message.
 pub const PIPELINE_POSITION_ATTRIBUTE: &str = "clovisor.http.pipeline_position";
@@ -79,10 +80,10 @@ pub struct WireKey {
 /// Whether this view reports TCP sequence numbers: tc points always (they read the segments),
 /// sockets when they could read the socket's (0 means they could not).
 pub fn has_tcp_seq(o: &Observation) -> bool {
-    match PointKind::try_from(o.kind) {
-        Ok(PointKind::Pod) | Ok(PointKind::Node) => true,
-        Ok(PointKind::Socket) => o.request_tcp_seq != 0,
-        _ => false,
+    match o.kind() {
+        PointKind::Pod | PointKind::Node => true,
+        PointKind::Socket => o.request_tcp_seq != 0,
+        PointKind::Unspecified => false,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Merging what several points saw of one exchange into one session.
 
-use clovisor_proto::session::v1::{Endpoint, Http, Observation, PointKind, Session};
+use clovisor_proto::common::v1::{PointKind, Side};
+use clovisor_proto::session::v1::{Endpoint, Http, Observation, Session};
 
 /// Whether `a` and `b` can be the same exchange: every field both decoded agrees. Used as a
 /// guard on key matches too, so a key collision never merges two different requests.
@@ -42,13 +43,13 @@ pub fn has_point(session: &Session, o: &Observation) -> bool {
 /// own veth first (what the caller experienced on the wire), then the server's, node interfaces,
 /// sockets.
 fn rank(o: &Observation) -> u8 {
-    match (PointKind::try_from(o.kind), o.side.as_str()) {
-        (Ok(PointKind::Pod), "client") => 0,
-        (Ok(PointKind::Pod), "server") => 1,
-        (Ok(PointKind::Pod), _) => 2,
-        (Ok(PointKind::Node), _) => 3,
-        (Ok(PointKind::Socket), _) => 4,
-        _ => 5,
+    match (o.kind(), o.side()) {
+        (PointKind::Pod, Side::Client) => 0,
+        (PointKind::Pod, Side::Server) => 1,
+        (PointKind::Pod, _) => 2,
+        (PointKind::Node, _) => 3,
+        (PointKind::Socket, _) => 4,
+        (PointKind::Unspecified, _) => 5,
     }
 }
 
@@ -93,8 +94,8 @@ fn fill_http(into: &mut Http, from: &Http) {
 /// Adds what `add` saw to `into`. The caller has checked [`compatible`].
 pub fn merge(into: &mut Session, add: Session) {
     let add_better = best_rank(&add) < best_rank(into);
-    let add_at_server = add.observations.iter().any(|o| o.side == "server");
-    let into_at_server = into.observations.iter().any(|o| o.side == "server");
+    let add_at_server = add.observations.iter().any(|o| o.side() == Side::Server);
+    let into_at_server = into.observations.iter().any(|o| o.side() == Side::Server);
 
     // The server as the server's own veth saw it is the real pod (after any service DNAT);
     // elsewhere it may be a service address.
@@ -157,7 +158,7 @@ mod tests {
     #[test]
     fn server_veth_endpoint_wins_and_counters_come_from_the_client_veth() {
         let mut client_side = SessionBuilder::new("c")
-            .side("client")
+            .side(Side::Client)
             .with(|s| {
                 if let Some(srv) = s.server.as_mut() {
                     // A service address, as seen before DNAT.
@@ -168,7 +169,7 @@ mod tests {
                 s.bytes.get_or_insert_with(Default::default).request = 7;
             })
             .build();
-        let server_side = SessionBuilder::new("s").side("server").build();
+        let server_side = SessionBuilder::new("s").side(Side::Server).build();
         merge(&mut client_side, server_side);
         let srv = client_side.server.clone().unwrap_or_default();
         assert_eq!(

@@ -1,7 +1,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use clovisor_proto::session::v1::{PointKind, Session};
+use clovisor_proto::common::v1::{PointKind, Side};
+use clovisor_proto::session::v1::Session;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -15,7 +16,7 @@ struct View {
     id: String,
     kind: PointKind,
     interface: &'static str,
-    side: &'static str,
+    side: Side,
     port: u32,
     seq: u32,
     start: u64,
@@ -28,7 +29,7 @@ struct View {
 }
 
 impl View {
-    fn new(id: &str, kind: PointKind, interface: &'static str, side: &'static str) -> Self {
+    fn new(id: &str, kind: PointKind, interface: &'static str, side: Side) -> Self {
         Self {
             id: id.to_owned(),
             kind,
@@ -96,7 +97,7 @@ impl View {
                 for o in &mut s.observations {
                     o.kind = v.kind as i32;
                     o.interface = v.interface.to_owned();
-                    o.side = v.side.to_owned();
+                    o.side = v.side as i32;
                     o.request_tcp_seq = if v.kind == PointKind::Socket && !v.socket_seq {
                         0
                     } else {
@@ -114,18 +115,18 @@ impl View {
 }
 
 fn client_veth(id: &str) -> View {
-    View::new(id, PointKind::Pod, "veth-client", "client")
+    View::new(id, PointKind::Pod, "veth-client", Side::Client)
 }
 
 fn server_veth(id: &str) -> View {
-    View::new(id, PointKind::Pod, "veth-server", "server")
+    View::new(id, PointKind::Pod, "veth-server", Side::Server)
 }
 
 fn uplink(id: &str) -> View {
-    View::new(id, PointKind::Node, "uplink0", "")
+    View::new(id, PointKind::Node, "uplink0", Side::Unspecified)
 }
 
-fn socket(id: &str, side: &'static str) -> View {
+fn socket(id: &str, side: Side) -> View {
     View::new(id, PointKind::Socket, "", side)
 }
 
@@ -141,7 +142,12 @@ fn points(rec: &CorrelatedSession) -> Vec<(&str, &str)> {
     rec.session
         .observations
         .iter()
-        .map(|o| (crate::export::span::point_name(o.kind), o.side.as_str()))
+        .map(|o| {
+            (
+                crate::export::span::point_name(o.kind),
+                o.side().short_name().unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -201,7 +207,8 @@ fn keep_alive_and_interleaved_clients_never_cross_merge() {
             );
         }
     }
-    let (clients, servers): (Vec<_>, Vec<_>) = views.into_iter().partition(|v| v.side == "client");
+    let (clients, servers): (Vec<_>, Vec<_>) =
+        views.into_iter().partition(|v| v.side == Side::Client);
     for v in clients.iter().chain(servers.iter().rev()) {
         j.offer(v.build(), now);
     }
@@ -278,7 +285,7 @@ fn socket_views_join_only_when_unambiguous() {
     let now = Instant::now();
     // Socket first (it sees the request before the veth does), then the veth.
     assert_eq!(
-        j.offer(socket("sock-c", "client").build(), now).outcome,
+        j.offer(socket("sock-c", Side::Client).build(), now).outcome,
         Outcome::Opened
     );
     let r = j.offer(client_veth("veth-c").at(10_000).build(), now);
@@ -289,7 +296,7 @@ fn socket_views_join_only_when_unambiguous() {
     );
     let r = j.offer(server_veth("veth-s").at(30_000).build(), now);
     assert_eq!(r.outcome, Outcome::Joined);
-    let r = j.offer(socket("sock-s", "server").at(40_000).build(), now);
+    let r = j.offer(socket("sock-s", Side::Server).at(40_000).build(), now);
     assert_eq!(
         r.outcome,
         Outcome::Joined,
@@ -307,7 +314,7 @@ fn socket_views_join_only_when_unambiguous() {
 
     // A later exchange of the same client, not overlapping: a socket view joins only it.
     j.offer(client_veth("veth-c2").seq(2000).at(5_000_000).build(), now);
-    let r = j.offer(socket("sock-c2", "client").at(4_990_000).build(), now);
+    let r = j.offer(socket("sock-c2", Side::Client).at(4_990_000).build(), now);
     assert_eq!(r.outcome, Outcome::Joined);
     assert_eq!(r.record.constituents, ["veth-c2", "sock-c2"]);
 
@@ -316,7 +323,7 @@ fn socket_views_join_only_when_unambiguous() {
     let mut j = joiner(1000);
     j.offer(client_veth("x").seq(1).build(), now);
     j.offer(client_veth("y").seq(2).at(500_000).build(), now);
-    let r = j.offer(socket("sock", "client").at(600_000).build(), now);
+    let r = j.offer(socket("sock", Side::Client).at(600_000).build(), now);
     assert_eq!(r.outcome, Outcome::Ambiguous, "two candidates: no guess");
     assert_eq!(r.record.constituents, ["sock"]);
 }
@@ -337,7 +344,7 @@ fn socket_views_with_sequence_numbers_join_by_key_where_time_cannot_tell() {
         now,
     );
     let r = j.offer(
-        socket("sock-2", "client")
+        socket("sock-2", Side::Client)
             .keyed(1100)
             .at(190_000)
             .target("/two")
@@ -347,7 +354,10 @@ fn socket_views_with_sequence_numbers_join_by_key_where_time_cannot_tell() {
     assert_eq!(r.outcome, Outcome::Joined, "joined by key, not refused");
     assert_eq!(r.record.constituents, ["veth-2", "sock-2"]);
     let r = j.offer(
-        socket("sock-s1", "server").keyed(1000).at(50_000).build(),
+        socket("sock-s1", Side::Server)
+            .keyed(1000)
+            .at(50_000)
+            .build(),
         now,
     );
     assert_eq!(r.outcome, Outcome::Joined);
@@ -357,8 +367,8 @@ fn socket_views_with_sequence_numbers_join_by_key_where_time_cannot_tell() {
     let mut j = joiner(1000);
     let views = [
         server_veth("veth-s").seq(7).at(30_000),
-        socket("sock-c", "client").keyed(7),
-        socket("sock-s", "server").keyed(7).at(40_000),
+        socket("sock-c", Side::Client).keyed(7),
+        socket("sock-s", Side::Server).keyed(7).at(40_000),
         client_veth("veth-c").seq(7).at(10_000),
     ];
     let mut last = None;
@@ -377,7 +387,7 @@ fn socket_views_with_sequence_numbers_join_by_key_where_time_cannot_tell() {
         ]
     );
     // A socket view with another sequence number is another exchange, even at the same time.
-    let r = j.offer(socket("sock-x", "client").keyed(8).build(), now);
+    let r = j.offer(socket("sock-x", Side::Client).keyed(8).build(), now);
     assert_eq!(r.outcome, Outcome::Opened);
 }
 
@@ -387,14 +397,14 @@ fn loopback_connections_join_only_within_one_namespace() {
     let now = Instant::now();
     // An app and its local tunnel (or sidecar) in one pod: both ends of one loopback connection.
     j.offer(
-        socket("app", "client")
+        socket("app", Side::Client)
             .keyed(5)
             .loopback(4026531001)
             .build(),
         now,
     );
     let r = j.offer(
-        socket("tunnel", "server")
+        socket("tunnel", Side::Server)
             .keyed(5)
             .loopback(4026531001)
             .build(),
@@ -403,7 +413,7 @@ fn loopback_connections_join_only_within_one_namespace() {
     assert_eq!(r.outcome, Outcome::Joined);
     // Another pod's loopback connection with the same port and sequence number: apart.
     let r = j.offer(
-        socket("other-pod", "server")
+        socket("other-pod", Side::Server)
             .keyed(5)
             .loopback(4026531002)
             .build(),
@@ -412,7 +422,10 @@ fn loopback_connections_join_only_within_one_namespace() {
     assert_eq!(r.outcome, Outcome::Opened, "another namespace's loopback");
     // A loopback view without its namespace joins nothing.
     let r = j.offer(
-        socket("unscoped", "client").keyed(5).loopback(0).build(),
+        socket("unscoped", Side::Client)
+            .keyed(5)
+            .loopback(0)
+            .build(),
         now,
     );
     assert_eq!(r.outcome, Outcome::Opened);
@@ -529,12 +542,7 @@ fn never_merges_views_with_different_keys() {
                 "seed {seed}: one exchange holds views of different keys: {:?} {keys:?}",
                 rec.constituents
             );
-            let targets: Vec<_> = rec
-                .session
-                .observations
-                .iter()
-                .map(|o| o.side.clone())
-                .collect();
+            let targets: Vec<_> = rec.session.observations.iter().map(|o| o.side).collect();
             let mut dedup = targets.clone();
             dedup.sort();
             dedup.dedup();
