@@ -2,7 +2,7 @@
 //! programs are attached to, as which observation point, and detaching them again — on
 //! request, when the capture is dropped, and after a crashed run.
 
-use clovisor_proto::capture::v1::PointKind;
+use clovisor_proto::common::v1::PointKind;
 
 use super::assembler::AttachedInterface;
 use super::Capture;

@@ -8,6 +8,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use clovisor_proto::capture::v1::{Direction, FlowEndReason, ProtocolHint};
+use clovisor_proto::common::v1::Side;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::abi;
@@ -297,12 +298,12 @@ pub enum SocketSide {
     Server,
 }
 
-impl SocketSide {
-    /// `client` or `server`, as the wire contracts spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SocketSide::Client => "client",
-            SocketSide::Server => "server",
+impl From<SocketSide> for Side {
+    /// The side as the wire contracts type it.
+    fn from(side: SocketSide) -> Self {
+        match side {
+            SocketSide::Client => Side::Client,
+            SocketSide::Server => Side::Server,
         }
     }
 }

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use clovisor_proto::capture::v1::{ObservationPoint, PointKind, Record};
+use clovisor_proto::capture::v1::{ObservationPoint, Record};
+use clovisor_proto::common::v1::PointKind;
 
 use super::raw::{ConnectionState, Event, FlowEnd, MsgCounters, MsgStart, SocketOwner};
 use crate::clock::BootClock;

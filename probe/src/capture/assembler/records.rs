@@ -4,9 +4,9 @@
 use std::net::IpAddr;
 
 use clovisor_proto::capture::v1::{
-    record, FlowEnd as FlowEndRecord, FlowKey, Message, ObservationPoint, PointKind, Record,
-    Transport,
+    record, FlowEnd as FlowEndRecord, FlowKey, Message, ObservationPoint, Record, Transport,
 };
+use clovisor_proto::common::v1::{PointKind, Side};
 
 use crate::capture::raw::{ConnectionKey, FlowEnd, MsgCounters, MsgStart, SocketOwner};
 use crate::clock::BootClock;
@@ -38,7 +38,7 @@ pub fn socket_point(owner: &SocketOwner, node: &str) -> ObservationPoint {
         pid: owner.pid,
         comm: owner.comm.clone(),
         netns_inode: u64::from(owner.netns),
-        side: owner.side.as_str().to_owned(),
+        side: Side::from(owner.side) as i32,
         ..ObservationPoint::default()
     }
 }
@@ -108,8 +108,6 @@ pub fn flow_end(end: &FlowEnd, point: ObservationPoint, clock: &BootClock) -> Re
 
 #[cfg(test)]
 mod tests {
-    use clovisor_proto::capture::v1::PointKind;
-
     use super::*;
     use crate::capture::raw::testing::{owner, v4_key, v6_key};
     use crate::capture::raw::SocketSide;
@@ -134,7 +132,7 @@ mod tests {
                 p.pid,
                 p.comm.as_str(),
                 p.netns_inode,
-                p.side.as_str(),
+                p.side(),
                 p.node.as_str()
             ),
             (
@@ -142,7 +140,7 @@ mod tests {
                 4242,
                 "nginx",
                 4_026_532_001,
-                "server",
+                Side::Server,
                 "node-a"
             ),
             "socket point fields: {p:?}"

@@ -356,6 +356,7 @@ fn orphans_and_lost_messages_are_counted() {
 fn socket_events_become_socket_points_with_their_process() {
     use crate::capture::raw::testing::owner;
     use crate::capture::raw::SocketSide;
+    use clovisor_proto::common::v1::Side;
 
     let mut a = assembler(16);
     let t = Instant::now();
@@ -404,10 +405,10 @@ fn socket_events_become_socket_points_with_their_process() {
                 p.kind,
                 p.pid,
                 p.comm.as_str(),
-                p.side.as_str(),
+                p.side(),
                 p.interface.as_str()
             ),
-            (PointKind::Socket as i32, 4242, "nginx", "server", ""),
+            (PointKind::Socket as i32, 4242, "nginx", Side::Server, ""),
             "socket point, not the veth of ifindex 7: {p:?}"
         );
     }
