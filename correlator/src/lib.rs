@@ -19,6 +19,7 @@ pub mod record;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod view;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

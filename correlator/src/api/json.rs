@@ -6,8 +6,8 @@ use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::OffsetDateTime;
 
-use crate::export::span::{endpoint_ip, http_version, point_name, redact_query, split_target};
 use crate::record::CorrelatedSession;
+use crate::view::{endpoint_ip, http_version, redact_query, split_target};
 
 /// RFC 3339 in UTC with all nine fractional digits, so ordering by string is ordering by time.
 const RFC3339_NANOS: &[FormatItem<'static>] =
@@ -174,7 +174,7 @@ fn endpoint(e: &Endpoint) -> EndpointJson {
 
 fn observation(o: &Observation) -> ObservationJson {
     ObservationJson {
-        point: point_name(o.kind),
+        point: o.kind().short_name(),
         interface: opt(&o.interface),
         node: opt(&o.node),
         side: o.side().short_name().map(str::to_owned),

@@ -1,14 +1,20 @@
 //! One OpenTelemetry span per session, named and attributed per the HTTP semantic conventions.
 //!
+//! [`build_span`] assembles the span from one small function per attribute group: HTTP
+//! ([`http_attributes`]), network and endpoints ([`network_attributes`]), Kubernetes
+//! ([`k8s_attributes`]), Clovisor's own ([`clovisor_attributes`]), the status
+//! ([`status`]) and one event per observation boundary ([`observation_events`]). The values
+//! REST shows too (addresses, path and query, version) come from [`crate::view`].
+//!
 //! Only the header values the conventions and Clovisor's historical tags name are copied:
 //! `Host` (as `server.address`/`server.port`), `User-Agent`, `x-request-id` and the Envoy
 //! decorator. Query values under well-known credential keys are replaced by `REDACTED`, and
 //! free-form analyzer attributes never reach a span, because either may carry secrets.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use clovisor_proto::common::v1::{PointKind, Side};
-use clovisor_proto::session::v1::{Endpoint, Observation, Session};
+use clovisor_proto::common::v1::PointKind;
+use clovisor_proto::session::v1::{Endpoint, Http, Observation, Session};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{
     AnyValue, ArrayValue, InstrumentationScope, KeyValue,
@@ -19,28 +25,12 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{Span, SpanFlags, Status};
 
 use crate::record::CorrelatedSession;
+use crate::view::{
+    endpoint_ip, http_version, observed_at_server, redact_query, split_host, split_target,
+};
 
 /// Name of the instrumentation scope and of `telemetry.sdk.name`.
 pub const SCOPE_NAME: &str = "clovisor";
-
-/// Query keys whose values are never exported (compared case-insensitively). The first four are
-/// the OTel semconv defaults; the rest are common credential carriers.
-const SENSITIVE_QUERY_KEYS: [&str; 14] = [
-    "awsaccesskeyid",
-    "signature",
-    "sig",
-    "x-goog-signature",
-    "access_token",
-    "token",
-    "id_token",
-    "refresh_token",
-    "api_key",
-    "apikey",
-    "password",
-    "passwd",
-    "secret",
-    "client_secret",
-];
 
 const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -74,6 +64,11 @@ fn i(key: &str, value: i64) -> KeyValue {
     kv(key, Value::IntValue(value))
 }
 
+/// A counter as an attribute value (OTLP integers are signed).
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// The resource every span is reported under.
 pub fn resource(service_name: &str, node_name: Option<&str>) -> Resource {
     let mut attributes = vec![
@@ -100,108 +95,223 @@ pub fn scope() -> InstrumentationScope {
     }
 }
 
-/// Decodes an endpoint's address (4 or 16 bytes).
-pub fn endpoint_ip(e: &Endpoint) -> Option<IpAddr> {
-    match e.ip.len() {
-        4 => <[u8; 4]>::try_from(e.ip.as_slice())
-            .ok()
-            .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
-        16 => <[u8; 16]>::try_from(e.ip.as_slice()).ok().map(|b| {
-            let v6 = Ipv6Addr::from(b);
-            // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; show them as IPv4.
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }),
-        _ => None,
+/// The two ends of the exchange, and which of them this span represents.
+struct Ends {
+    client: Endpoint,
+    server: Endpoint,
+    /// Observed at the server's end: a SERVER span, representing the server.
+    server_side: bool,
+}
+
+impl Ends {
+    fn of(session: &Session) -> Self {
+        Self {
+            client: session.client.clone().unwrap_or_default(),
+            server: session.server.clone().unwrap_or_default(),
+            server_side: observed_at_server(session),
+        }
+    }
+
+    /// The end this span describes (`k8s.*`).
+    fn this(&self) -> &Endpoint {
+        if self.server_side {
+            &self.server
+        } else {
+            &self.client
+        }
+    }
+
+    /// The other end (`network.peer.*`, `clovisor.peer.*`).
+    fn other(&self) -> &Endpoint {
+        if self.server_side {
+            &self.client
+        } else {
+            &self.server
+        }
     }
 }
 
-/// The name of an observation point as the API and spans show it.
-pub fn point_name(kind: i32) -> &'static str {
-    PointKind::try_from(kind).map_or("unspecified", PointKind::short_name)
+/// The span's name: the method when it is a known one, else `HTTP`.
+fn span_name(http: &Http) -> String {
+    if KNOWN_METHODS.contains(&http.method.as_str()) {
+        http.method.clone()
+    } else {
+        "HTTP".to_owned()
+    }
 }
 
-/// Whether the exchange was observed at the server's end, which makes the span a SERVER span.
-pub fn observed_at_server(session: &Session) -> bool {
-    session
+/// `http.*`, `url.*` and `user_agent.original`: the request line, the status, the client
+/// software.
+fn http_attributes(attrs: &mut Vec<KeyValue>, http: &Http, incomplete: bool) {
+    if KNOWN_METHODS.contains(&http.method.as_str()) {
+        attrs.push(s("http.request.method", http.method.clone()));
+    } else {
+        attrs.push(s("http.request.method", "_OTHER"));
+        if !http.method.is_empty() {
+            attrs.push(s("http.request.method_original", http.method.clone()));
+        }
+    }
+    if !http.target.is_empty() {
+        let (path, query) = split_target(&http.target);
+        attrs.push(s("url.path", path));
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            attrs.push(s("url.query", redact_query(q)));
+        }
+    }
+    if (100..600).contains(&http.status_code) && !incomplete {
+        attrs.push(i("http.response.status_code", i64::from(http.status_code)));
+    }
+    if !http.user_agent.is_empty() {
+        attrs.push(s("user_agent.original", http.user_agent.clone()));
+    }
+}
+
+fn endpoint_attrs(attrs: &mut Vec<KeyValue>, prefix: &str, e: &Endpoint) {
+    if let Some(ip) = endpoint_ip(e) {
+        attrs.push(s(&format!("{prefix}.address"), ip.to_string()));
+    }
+    if e.port != 0 {
+        attrs.push(i(&format!("{prefix}.port"), i64::from(e.port)));
+    }
+}
+
+/// `server.*`, `client.*`, `network.*`: where the exchange went, over what.
+fn network_attributes(attrs: &mut Vec<KeyValue>, http: &Http, ends: &Ends) {
+    // server.address is the logical name the client asked for (Host), as semconv prefers; the
+    // server's IP is still there as network.peer.address on client spans.
+    let (host, host_port) = split_host(&http.host);
+    if !host.is_empty() {
+        attrs.push(s("server.address", host));
+    } else if let Some(ip) = endpoint_ip(&ends.server) {
+        attrs.push(s("server.address", ip.to_string()));
+    }
+    match host_port {
+        Some(p) => attrs.push(i("server.port", i64::from(p))),
+        None if ends.server.port != 0 => attrs.push(i("server.port", i64::from(ends.server.port))),
+        None => {}
+    }
+    endpoint_attrs(attrs, "client", &ends.client);
+    endpoint_attrs(attrs, "network.peer", ends.other());
+    attrs.push(s("network.protocol.name", "http"));
+    attrs.push(s("network.protocol.version", http_version(&http.version)));
+    attrs.push(s("network.transport", "tcp"));
+    match endpoint_ip(&ends.server).or_else(|| endpoint_ip(&ends.client)) {
+        Some(IpAddr::V4(_)) => attrs.push(s("network.type", "ipv4")),
+        Some(IpAddr::V6(_)) => attrs.push(s("network.type", "ipv6")),
+        None => {}
+    }
+}
+
+/// `k8s.*`: the pod this span represents.
+fn k8s_attributes(attrs: &mut Vec<KeyValue>, this_end: &Endpoint) {
+    if !this_end.pod.is_empty() {
+        attrs.push(s("k8s.pod.name", this_end.pod.clone()));
+    }
+    if !this_end.namespace.is_empty() {
+        attrs.push(s("k8s.namespace.name", this_end.namespace.clone()));
+    }
+    if !this_end.node.is_empty() {
+        attrs.push(s("k8s.node.name", this_end.node.clone()));
+    }
+}
+
+/// `clovisor.*`: what Clovisor tagged (counters, request id, Envoy decorator), the points that
+/// saw the exchange, the session, and the peer pod.
+fn clovisor_attributes(
+    attrs: &mut Vec<KeyValue>,
+    rec: &CorrelatedSession,
+    http: &Http,
+    ends: &Ends,
+) {
+    let session = &rec.session;
+    let bytes = session.bytes.unwrap_or_default();
+    let packets = session.packets.unwrap_or_default();
+    attrs.push(i("clovisor.request.bytes", count(bytes.request)));
+    attrs.push(i("clovisor.response.bytes", count(bytes.response)));
+    attrs.push(i("clovisor.request.packets", count(packets.request)));
+    attrs.push(i("clovisor.response.packets", count(packets.response)));
+    if !http.request_id.is_empty() {
+        attrs.push(s("clovisor.request_id", http.request_id.clone()));
+    }
+    if !http.envoy_decorator.is_empty() {
+        attrs.push(s("clovisor.envoy.decorator", http.envoy_decorator.clone()));
+    }
+    let mut points: Vec<&str> = Vec::new();
+    for p in session.observations.iter().map(|o| o.kind().short_name()) {
+        if !points.contains(&p) {
+            points.push(p);
+        }
+    }
+    attrs.push(kv("clovisor.observation_points", strings(&points)));
+    let mut node_interfaces: Vec<&str> = session
         .observations
         .iter()
-        .any(|o| o.side() == Side::Server)
-}
-
-/// Splits a request target into path and query, dropping any scheme, authority (with its
-/// userinfo) and fragment of an absolute-form target.
-pub fn split_target(target: &str) -> (&str, Option<&str>) {
-    let mut rest = target;
-    if let Some(pos) = rest.find("://") {
-        if rest[..pos].bytes().all(|b| b.is_ascii_alphabetic()) {
-            let after = &rest[pos + 3..];
-            rest = after.find('/').map_or("/", |p| &after[p..]);
-            // An authority with no path but a query: `http://h?x` -> "?x"
-            if let Some(q) = after
-                .find('?')
-                .filter(|q| after.find('/').is_none_or(|p| *q < p))
-            {
-                rest = &after[q..];
-            }
-        }
+        .filter(|o| o.kind() == PointKind::Node && !o.interface.is_empty())
+        .map(|o| o.interface.as_str())
+        .collect();
+    node_interfaces.sort_unstable();
+    node_interfaces.dedup();
+    if !node_interfaces.is_empty() {
+        attrs.push(kv("clovisor.node.interfaces", strings(&node_interfaces)));
     }
-    let rest = rest.split('#').next().unwrap_or(rest);
-    match rest.split_once('?') {
-        Some((path, query)) => (if path.is_empty() { "/" } else { path }, Some(query)),
-        None => (rest, None),
+    attrs.push(s("clovisor.session.id", rec.id.clone()));
+    if session.incomplete {
+        attrs.push(kv("clovisor.incomplete", Value::BoolValue(true)));
+    }
+    // Peer pods: the other end's identity is useful and bounded to our own metadata.
+    let other_end = ends.other();
+    if !other_end.pod.is_empty() {
+        attrs.push(s("clovisor.peer.pod", other_end.pod.clone()));
+    }
+    if !other_end.namespace.is_empty() {
+        attrs.push(s("clovisor.peer.namespace", other_end.namespace.clone()));
     }
 }
 
-/// Replaces the values of credential-carrying query keys by `REDACTED`.
-pub fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _))
-                if SENSITIVE_QUERY_KEYS
-                    .iter()
-                    .any(|s| k.eq_ignore_ascii_case(s)) =>
-            {
-                format!("{k}=REDACTED")
-            }
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// The bare HTTP version (`1.1`) from what the decoder reported (`HTTP/1.1` or `1.1`); `1.1`
-/// when unknown, since only HTTP/1.x is decoded today.
-pub fn http_version(reported: &str) -> &str {
-    let bare = match reported.get(..5) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("HTTP/") => &reported[5..],
-        _ => reported,
-    };
-    if bare.is_empty() {
-        "1.1"
-    } else {
-        bare
+/// The span status (ERROR for 5xx on a server span, 4xx and 5xx on a client span), with
+/// `error.type` added to `attrs` when it is an error.
+fn status(attrs: &mut Vec<KeyValue>, kind: SpanKind, status_code: u32) -> Status {
+    let error = match kind {
+        SpanKind::Server => status_code >= 500,
+        _ => status_code >= 400,
+    } && (100..600).contains(&status_code);
+    if error {
+        attrs.push(s("error.type", status_code.to_string()));
     }
-}
-
-/// Splits a `Host` header value into host and explicit port (IPv6 literals in brackets).
-pub fn split_host(host: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = host.strip_prefix('[') {
-        if let Some((addr, tail)) = rest.split_once(']') {
-            return (addr, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => match p.parse() {
-            Ok(port) => (h, Some(port)),
-            Err(_) => (host, None),
+    Status {
+        code: if error {
+            StatusCode::Error as i32
+        } else {
+            StatusCode::Unset as i32
         },
-        _ => (host, None),
+        message: String::new(),
     }
 }
 
+/// One event at the start and end of the request and the response as each point saw them, in
+/// time order.
+fn observation_events(session: &Session) -> Vec<Event> {
+    let mut events = Vec::new();
+    for o in &session.observations {
+        for (name, at) in [
+            ("request.start", o.request_start_unix_nanos),
+            ("request.end", o.request_end_unix_nanos),
+            ("response.start", o.response_start_unix_nanos),
+            ("response.end", o.response_end_unix_nanos),
+        ] {
+            if at != 0 {
+                events.push(event(name, at, o));
+            }
+        }
+    }
+    events.sort_by_key(|e| e.time_unix_nano);
+    events
+}
+
+/// An event of observation `o`: where it was seen, by which process, and on the `*.end` events
+/// what the point counted.
 fn event(name: &str, at: u64, o: &Observation) -> Event {
-    let mut attributes = vec![s("clovisor.observation.point", point_name(o.kind))];
+    let mut attributes = vec![s("clovisor.observation.point", o.kind().short_name())];
     if !o.interface.is_empty() {
         attributes.push(s("clovisor.observation.interface", o.interface.clone()));
     }
@@ -219,15 +329,14 @@ fn event(name: &str, at: u64, o: &Observation) -> Event {
         attributes.push(s("process.command", o.comm.clone()));
     }
     // What the point counted, on the event closing each direction.
-    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     match name {
         "request.end" => {
-            attributes.push(i("clovisor.observation.bytes", clamp(o.request_bytes)));
-            attributes.push(i("clovisor.observation.packets", clamp(o.request_packets)));
+            attributes.push(i("clovisor.observation.bytes", count(o.request_bytes)));
+            attributes.push(i("clovisor.observation.packets", count(o.request_packets)));
         }
         "response.end" => {
-            attributes.push(i("clovisor.observation.bytes", clamp(o.response_bytes)));
-            attributes.push(i("clovisor.observation.packets", clamp(o.response_packets)));
+            attributes.push(i("clovisor.observation.bytes", count(o.response_bytes)));
+            attributes.push(i("clovisor.observation.packets", count(o.response_packets)));
             if o.retransmits > 0 {
                 attributes.push(i(
                     "clovisor.observation.retransmits",
@@ -245,170 +354,10 @@ fn event(name: &str, at: u64, o: &Observation) -> Event {
     }
 }
 
-fn endpoint_attrs(attrs: &mut Vec<KeyValue>, prefix: &str, e: &Endpoint) {
-    if let Some(ip) = endpoint_ip(e) {
-        attrs.push(s(&format!("{prefix}.address"), ip.to_string()));
-    }
-    if e.port != 0 {
-        attrs.push(i(&format!("{prefix}.port"), i64::from(e.port)));
-    }
-}
-
-/// Builds the span for `rec`.
-pub fn build_span(rec: &CorrelatedSession) -> Span {
-    let session = &rec.session;
-    let server_side = observed_at_server(session);
-    let kind = if server_side {
-        SpanKind::Server
-    } else {
-        SpanKind::Client
-    };
-    let http = session.http.clone().unwrap_or_default();
-    let known_method = KNOWN_METHODS.contains(&http.method.as_str());
-    let name = if known_method {
-        http.method.clone()
-    } else {
-        "HTTP".to_owned()
-    };
-
-    let mut attrs = Vec::with_capacity(40);
-    if known_method {
-        attrs.push(s("http.request.method", http.method.clone()));
-    } else {
-        attrs.push(s("http.request.method", "_OTHER"));
-        if !http.method.is_empty() {
-            attrs.push(s("http.request.method_original", http.method.clone()));
-        }
-    }
-    if !http.target.is_empty() {
-        let (path, query) = split_target(&http.target);
-        attrs.push(s("url.path", path));
-        if let Some(q) = query.filter(|q| !q.is_empty()) {
-            attrs.push(s("url.query", redact_query(q)));
-        }
-    }
-    if (100..600).contains(&http.status_code) && !session.incomplete {
-        attrs.push(i("http.response.status_code", i64::from(http.status_code)));
-    }
-
-    let client = session.client.clone().unwrap_or_default();
-    let server = session.server.clone().unwrap_or_default();
-    // server.address is the logical name the client asked for (Host), as semconv prefers; the
-    // server's IP is still there as network.peer.address on client spans.
-    let (host, host_port) = split_host(&http.host);
-    if !host.is_empty() {
-        attrs.push(s("server.address", host));
-    } else if let Some(ip) = endpoint_ip(&server) {
-        attrs.push(s("server.address", ip.to_string()));
-    }
-    match host_port {
-        Some(p) => attrs.push(i("server.port", i64::from(p))),
-        None if server.port != 0 => attrs.push(i("server.port", i64::from(server.port))),
-        None => {}
-    }
-    endpoint_attrs(&mut attrs, "client", &client);
-    let peer = if server_side { &client } else { &server };
-    endpoint_attrs(&mut attrs, "network.peer", peer);
-    attrs.push(s("network.protocol.name", "http"));
-    attrs.push(s("network.protocol.version", http_version(&http.version)));
-    attrs.push(s("network.transport", "tcp"));
-    match endpoint_ip(&server).or_else(|| endpoint_ip(&client)) {
-        Some(IpAddr::V4(_)) => attrs.push(s("network.type", "ipv4")),
-        Some(IpAddr::V6(_)) => attrs.push(s("network.type", "ipv6")),
-        None => {}
-    }
-    if !http.user_agent.is_empty() {
-        attrs.push(s("user_agent.original", http.user_agent.clone()));
-    }
-    // The k8s.* attributes describe the end this span represents.
-    let this_end = if server_side { &server } else { &client };
-    if !this_end.pod.is_empty() {
-        attrs.push(s("k8s.pod.name", this_end.pod.clone()));
-    }
-    if !this_end.namespace.is_empty() {
-        attrs.push(s("k8s.namespace.name", this_end.namespace.clone()));
-    }
-    if !this_end.node.is_empty() {
-        attrs.push(s("k8s.node.name", this_end.node.clone()));
-    }
-    let bytes = session.bytes.unwrap_or_default();
-    let packets = session.packets.unwrap_or_default();
-    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    attrs.push(i("clovisor.request.bytes", clamp(bytes.request)));
-    attrs.push(i("clovisor.response.bytes", clamp(bytes.response)));
-    attrs.push(i("clovisor.request.packets", clamp(packets.request)));
-    attrs.push(i("clovisor.response.packets", clamp(packets.response)));
-    if !http.request_id.is_empty() {
-        attrs.push(s("clovisor.request_id", http.request_id.clone()));
-    }
-    if !http.envoy_decorator.is_empty() {
-        attrs.push(s("clovisor.envoy.decorator", http.envoy_decorator.clone()));
-    }
-    let mut points: Vec<&str> = Vec::new();
-    for p in session.observations.iter().map(|o| point_name(o.kind)) {
-        if !points.contains(&p) {
-            points.push(p);
-        }
-    }
-    attrs.push(kv("clovisor.observation_points", strings(&points)));
-    let mut node_interfaces: Vec<&str> = session
-        .observations
-        .iter()
-        .filter(|o| o.kind == PointKind::Node as i32 && !o.interface.is_empty())
-        .map(|o| o.interface.as_str())
-        .collect();
-    node_interfaces.sort_unstable();
-    node_interfaces.dedup();
-    if !node_interfaces.is_empty() {
-        attrs.push(kv("clovisor.node.interfaces", strings(&node_interfaces)));
-    }
-    attrs.push(s("clovisor.session.id", rec.id.clone()));
-    if session.incomplete {
-        attrs.push(kv("clovisor.incomplete", Value::BoolValue(true)));
-    }
-    // Peer pods: the other end's identity is useful and bounded to our own metadata.
-    let other_end = if server_side { &client } else { &server };
-    if !other_end.pod.is_empty() {
-        attrs.push(s("clovisor.peer.pod", other_end.pod.clone()));
-    }
-    if !other_end.namespace.is_empty() {
-        attrs.push(s("clovisor.peer.namespace", other_end.namespace.clone()));
-    }
-
-    let error = match kind {
-        SpanKind::Server => http.status_code >= 500,
-        _ => http.status_code >= 400,
-    } && (100..600).contains(&http.status_code);
-    if error {
-        attrs.push(s("error.type", http.status_code.to_string()));
-    }
-    let status = Status {
-        code: if error {
-            StatusCode::Error as i32
-        } else {
-            StatusCode::Unset as i32
-        },
-        message: String::new(),
-    };
-
-    let mut events = Vec::new();
-    for o in &session.observations {
-        for (name, at) in [
-            ("request.start", o.request_start_unix_nanos),
-            ("request.end", o.request_end_unix_nanos),
-            ("response.start", o.response_start_unix_nanos),
-            ("response.end", o.response_end_unix_nanos),
-        ] {
-            if at != 0 {
-                events.push(event(name, at, o));
-            }
-        }
-    }
-    events.sort_by_key(|e| e.time_unix_nano);
-
-    let start = session.start_unix_nanos;
-    let end = session.end_unix_nanos.max(start);
-    let trace = session.trace.as_ref().filter(|_| rec.trace_from_wire);
+/// W3C trace flags: the parent is remote when it came from the wire; sampled unless the wire
+/// said otherwise.
+fn span_flags(rec: &CorrelatedSession) -> u32 {
+    let trace = rec.session.trace.as_ref().filter(|_| rec.trace_from_wire);
     let mut flags = SpanFlags::ContextHasIsRemoteMask as u32;
     if rec.parent_span_id.is_some() {
         flags |= SpanFlags::ContextIsRemoteMask as u32;
@@ -416,20 +365,43 @@ pub fn build_span(rec: &CorrelatedSession) -> Span {
     if trace.is_none_or(|t| t.sampled) {
         flags |= SpanFlags::TraceFlagsMask as u32 & 0x01;
     }
+    flags
+}
 
+/// Builds the span for `rec`.
+pub fn build_span(rec: &CorrelatedSession) -> Span {
+    let session = &rec.session;
+    let ends = Ends::of(session);
+    let kind = if ends.server_side {
+        SpanKind::Server
+    } else {
+        SpanKind::Client
+    };
+    let http = session.http.clone().unwrap_or_default();
+
+    let mut attrs = Vec::with_capacity(40);
+    http_attributes(&mut attrs, &http, session.incomplete);
+    network_attributes(&mut attrs, &http, &ends);
+    k8s_attributes(&mut attrs, ends.this());
+    clovisor_attributes(&mut attrs, rec, &http, &ends);
+    let status = status(&mut attrs, kind, http.status_code);
+
+    let start = session.start_unix_nanos;
+    let end = session.end_unix_nanos.max(start);
+    let trace = session.trace.as_ref().filter(|_| rec.trace_from_wire);
     Span {
         trace_id: rec.trace_id.0.to_vec(),
         span_id: rec.span_id.0.to_vec(),
         trace_state: trace.map(|t| t.tracestate.clone()).unwrap_or_default(),
         parent_span_id: rec.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
-        flags,
-        name,
+        flags: span_flags(rec),
+        name: span_name(&http),
         kind: kind as i32,
         start_time_unix_nano: start,
         end_time_unix_nano: end,
         attributes: attrs,
         dropped_attributes_count: 0,
-        events,
+        events: observation_events(session),
         dropped_events_count: 0,
         links: Vec::new(),
         dropped_links_count: 0,
@@ -442,6 +414,7 @@ mod tests {
     use super::*;
     use crate::ids::{SpanId, TraceId};
     use crate::testing::{SessionBuilder, FIXTURE_DURATION_NANOS, FIXTURE_START_NANOS};
+    use clovisor_proto::common::v1::Side;
 
     fn span_of(b: SessionBuilder) -> (CorrelatedSession, Span) {
         let rec = CorrelatedSession::new(b.build()).0;
@@ -682,22 +655,6 @@ mod tests {
         for secret in ["hunter2", "abc", "Bearer", "frag"] {
             assert!(!dump.contains(secret), "span leaks {secret:?}: {dump}");
         }
-    }
-
-    #[test]
-    fn target_and_host_parsing() {
-        assert_eq!(split_target("/a/b?x=1"), ("/a/b", Some("x=1")));
-        assert_eq!(split_target("/a"), ("/a", None));
-        assert_eq!(split_target("*"), ("*", None));
-        assert_eq!(split_target("http://h:80"), ("/", None));
-        assert_eq!(split_target("http://h?x=1"), ("/", Some("x=1")));
-        assert_eq!(split_host("web:8080"), ("web", Some(8080)));
-        assert_eq!(split_host("web"), ("web", None));
-        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
-        assert_eq!(split_host("::1"), ("::1", None));
-        assert_eq!(http_version("HTTP/1.0"), "1.0");
-        assert_eq!(http_version("1.1"), "1.1");
-        assert_eq!(http_version(""), "1.1");
     }
 
     #[test]

@@ -144,7 +144,7 @@ fn points(rec: &CorrelatedSession) -> Vec<(&str, &str)> {
         .iter()
         .map(|o| {
             (
-                crate::export::span::point_name(o.kind),
+                o.kind().short_name(),
                 o.side().short_name().unwrap_or_default(),
             )
         })

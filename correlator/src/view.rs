@@ -1,0 +1,145 @@
+//! How a session reads to people: the values derived from a session that the REST API
+//! (`api/json.rs`) and the spans (`export/span.rs`) both show — endpoint addresses, which end
+//! observed the exchange, the request target split into path and query with credentials
+//! redacted, the bare HTTP version, the `Host` header split into host and port. One home, so the
+//! API and the spans cannot disagree (and the API cannot be a way around the spans' redaction).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use clovisor_proto::common::v1::Side;
+use clovisor_proto::session::v1::{Endpoint, Session};
+
+/// Query keys whose values are never shown (compared case-insensitively). The first four are
+/// the OTel semconv defaults; the rest are common credential carriers.
+const SENSITIVE_QUERY_KEYS: [&str; 14] = [
+    "awsaccesskeyid",
+    "signature",
+    "sig",
+    "x-goog-signature",
+    "access_token",
+    "token",
+    "id_token",
+    "refresh_token",
+    "api_key",
+    "apikey",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+];
+
+/// Decodes an endpoint's address (4 or 16 bytes).
+pub fn endpoint_ip(e: &Endpoint) -> Option<IpAddr> {
+    match e.ip.len() {
+        4 => <[u8; 4]>::try_from(e.ip.as_slice())
+            .ok()
+            .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+        16 => <[u8; 16]>::try_from(e.ip.as_slice()).ok().map(|b| {
+            let v6 = Ipv6Addr::from(b);
+            // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; show them as IPv4.
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }),
+        _ => None,
+    }
+}
+
+/// Whether the exchange was observed at the server's end, which makes the span a SERVER span.
+pub fn observed_at_server(session: &Session) -> bool {
+    session
+        .observations
+        .iter()
+        .any(|o| o.side() == Side::Server)
+}
+
+/// Splits a request target into path and query, dropping any scheme, authority (with its
+/// userinfo) and fragment of an absolute-form target.
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
+    let mut rest = target;
+    if let Some(pos) = rest.find("://") {
+        if rest[..pos].bytes().all(|b| b.is_ascii_alphabetic()) {
+            let after = &rest[pos + 3..];
+            rest = after.find('/').map_or("/", |p| &after[p..]);
+            // An authority with no path but a query: `http://h?x` -> "?x"
+            if let Some(q) = after
+                .find('?')
+                .filter(|q| after.find('/').is_none_or(|p| *q < p))
+            {
+                rest = &after[q..];
+            }
+        }
+    }
+    let rest = rest.split('#').next().unwrap_or(rest);
+    match rest.split_once('?') {
+        Some((path, query)) => (if path.is_empty() { "/" } else { path }, Some(query)),
+        None => (rest, None),
+    }
+}
+
+/// Replaces the values of credential-carrying query keys by `REDACTED`.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _))
+                if SENSITIVE_QUERY_KEYS
+                    .iter()
+                    .any(|s| k.eq_ignore_ascii_case(s)) =>
+            {
+                format!("{k}=REDACTED")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The bare HTTP version (`1.1`) from what the decoder reported (`HTTP/1.1` or `1.1`); `1.1`
+/// when unknown, since only HTTP/1.x is decoded today.
+pub fn http_version(reported: &str) -> &str {
+    let bare = match reported.get(..5) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("HTTP/") => &reported[5..],
+        _ => reported,
+    };
+    if bare.is_empty() {
+        "1.1"
+    } else {
+        bare
+    }
+}
+
+/// Splits a `Host` header value into host and explicit port (IPv6 literals in brackets).
+pub fn split_host(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((addr, tail)) = rest.split_once(']') {
+            return (addr, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (host, None),
+        },
+        _ => (host, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_and_host_parsing() {
+        assert_eq!(split_target("/a/b?x=1"), ("/a/b", Some("x=1")));
+        assert_eq!(split_target("/a"), ("/a", None));
+        assert_eq!(split_target("*"), ("*", None));
+        assert_eq!(split_target("http://h:80"), ("/", None));
+        assert_eq!(split_target("http://h?x=1"), ("/", Some("x=1")));
+        assert_eq!(split_host("web:8080"), ("web", Some(8080)));
+        assert_eq!(split_host("web"), ("web", None));
+        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
+        assert_eq!(split_host("::1"), ("::1", None));
+        assert_eq!(http_version("HTTP/1.0"), "1.0");
+        assert_eq!(http_version("1.1"), "1.1");
+        assert_eq!(http_version(""), "1.1");
+    }
+}
