@@ -55,9 +55,9 @@ impl Default for FlowTableConfig {
     }
 }
 
-/// The parts of a message kept once its payload is decoded.
+/// Timings and counters of one message: what is kept of it once its payload is decoded.
 #[derive(Debug, Clone, Copy, Default)]
-struct Span {
+struct MessageStats {
     index: u32,
     start: u64,
     end: u64,
@@ -67,7 +67,7 @@ struct Span {
     retransmits: u32,
 }
 
-impl Span {
+impl MessageStats {
     fn of(m: &capture::Message) -> Self {
         Self {
             index: m.index,
@@ -92,12 +92,12 @@ impl Span {
 /// A request waiting for its response.
 #[derive(Debug)]
 struct Exchange {
-    request: Span,
+    request: MessageStats,
     requests: Vec<RequestHead>,
     /// An interim `100 Continue` was seen: the next client message is the request body.
     awaiting_body: bool,
     /// Response bytes seen so far in interim responses.
-    interim: Option<Span>,
+    interim: Option<MessageStats>,
     /// A response the probe flushed early, kept until updated, superseded or timed out.
     provisional: Option<(capture::Message, Instant)>,
 }
@@ -589,7 +589,7 @@ impl Flow {
             }
         }
         self.exchange = Some(Exchange {
-            request: Span::of(&m),
+            request: MessageStats::of(&m),
             requests,
             awaiting_body: false,
             interim: None,
@@ -634,18 +634,18 @@ impl Flow {
                 Vec::new()
             }
         };
-        let mut span = Span::of(&m);
+        let mut response = MessageStats::of(&m);
         if let Some(interim) = ex.interim {
-            span.start = interim.start;
-            span.bytes = span.bytes.saturating_add(interim.bytes);
-            span.packets = span.packets.saturating_add(interim.packets);
-            span.tcp_seq = interim.tcp_seq;
+            response.start = interim.start;
+            response.bytes = response.bytes.saturating_add(interim.bytes);
+            response.packets = response.packets.saturating_add(interim.packets);
+            response.tcp_seq = interim.tcp_seq;
         }
         let finals: Vec<&ResponseHead> = responses.iter().filter(|r| !r.is_interim()).collect();
         if finals.is_empty() && !responses.is_empty() {
             // Only `100 Continue`: the request body and the final response are still to come.
-            // `span` already includes earlier interim responses.
-            ex.interim = Some(span);
+            // `response` already includes earlier interim responses.
+            ex.interim = Some(response);
             ex.awaiting_body = true;
             self.exchange = Some(ex);
             return;
@@ -657,7 +657,7 @@ impl Flow {
                 self,
                 session::Parts {
                     request: ex.request,
-                    response: Some(span),
+                    response: Some(response),
                     head: req,
                     response_head: finals.get(k).copied(),
                     position: k,

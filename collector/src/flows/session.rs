@@ -4,7 +4,7 @@ use clovisor_proto::capture::v1 as capture;
 use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_proto::session::v1::{Counters, Endpoint, Http, Observation, Protocol, Session};
 
-use super::{Ctx, Flow, Span};
+use super::{Ctx, Flow, MessageStats};
 use crate::decode::{RequestHead, ResponseHead};
 
 /// Pod metadata of one IP, as the probe reported it.
@@ -26,8 +26,8 @@ pub struct EndpointMeta {
 
 /// Everything one session is made of.
 pub(super) struct Parts<'a> {
-    pub request: Span,
-    pub response: Option<Span>,
+    pub request: MessageStats,
+    pub response: Option<MessageStats>,
     pub head: &'a RequestHead,
     pub response_head: Option<&'a ResponseHead>,
     /// Position of this request among those pipelined in one message.
