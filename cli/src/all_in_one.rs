@@ -17,11 +17,10 @@ use clovisor_probe::agent;
 use clovisor_probe::cli::ProbeArgs;
 use clovisor_probe::metrics::ProbeMetrics;
 use clovisor_proto::delivery::DeliveryConfig;
+use clovisor_proto::inproc;
 use clovisor_runtime::drops::Drops;
 use clovisor_runtime::{serve_http, shutdown_signal, StopFlag};
 use tokio::sync::mpsc;
-
-use crate::inproc;
 
 /// How long each stage may take to finish at shutdown before the next one stops anyway.
 const STAGE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -7,7 +7,6 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod all_in_one;
-mod inproc;
 mod inspect;
 
 use clap::{Parser, Subcommand};

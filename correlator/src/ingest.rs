@@ -245,35 +245,26 @@ impl SessionIngest for IngestService {
 mod tests {
     use super::*;
     use crate::testing::SessionBuilder;
+    use clovisor_proto::inproc;
     use clovisor_proto::session::v1::session_ingest_client::SessionIngestClient;
     use std::time::Duration;
-    use tonic::transport::{Endpoint, Server, Uri};
+    use tonic::transport::Server;
 
     fn service() -> IngestService {
         IngestService::new(Arc::new(Store::new(100)), Arc::new(Metrics::new()), None)
     }
 
-    /// Connects a client to `svc` over an in-process duplex pipe.
+    /// Connects a client to `svc` over the in-process transport.
     async fn client(
         svc: IngestService,
     ) -> anyhow::Result<SessionIngestClient<tonic::transport::Channel>> {
-        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        let (channel, incoming) = inproc::pair();
         tokio::spawn(async move {
             let _ = Server::builder()
                 .add_service(svc.into_server())
-                .serve_with_incoming(tokio_stream::once(Ok::<_, std::io::Error>(server_io)))
+                .serve_with_incoming(incoming)
                 .await;
         });
-        let mut client_io = Some(client_io);
-        let channel = Endpoint::try_from("http://in-process.invalid")?
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let io = client_io.take();
-                async move {
-                    io.map(hyper_util::rt::TokioIo::new)
-                        .ok_or_else(|| std::io::Error::other("the duplex pipe connects once"))
-                }
-            }))
-            .await?;
         Ok(SessionIngestClient::new(channel))
     }
 

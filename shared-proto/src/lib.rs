@@ -57,3 +57,4 @@ pub mod session {
 
 pub mod delivery;
 pub mod hops;
+pub mod inproc;

@@ -1,4 +1,4 @@
-//! The service over an in-process HTTP/2 transport (`tokio::io::duplex`), as in tonic's
+//! The service over the in-process HTTP/2 transport (`clovisor_proto::inproc`), as in tonic's
 //! `examples/src/mock`.
 
 use super::*;
@@ -6,8 +6,8 @@ use clovisor_proto::capture::v1::capture_client::CaptureClient;
 use clovisor_proto::capture::v1::{
     record, Direction, FlowKey, Message, ObservationPoint, ProtocolHint, Record,
 };
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Server};
+use clovisor_proto::inproc;
+use tonic::transport::{Channel, Server};
 
 /// Starts the service; every connect opens a fresh in-memory connection to it.
 async fn start(
@@ -33,26 +33,13 @@ async fn start_with(
         svc = svc.with_live_config(live);
     }
     let svc = svc.into_server();
-    let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<tokio::io::DuplexStream>>(4);
+    let (channel, incoming) = inproc::pair();
     tokio::spawn(async move {
         let _ = Server::builder()
             .add_service(svc)
-            .serve_with_incoming(ReceiverStream::new(conn_rx))
+            .serve_with_incoming(incoming)
             .await;
     });
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
-            let conn_tx = conn_tx.clone();
-            async move {
-                let (client, server) = tokio::io::duplex(1 << 16);
-                conn_tx
-                    .send(Ok(server))
-                    .await
-                    .map_err(|_| std::io::Error::other("server gone"))?;
-                Ok::<_, std::io::Error>(TokioIo::new(client))
-            }
-        }))
-        .await?;
     Ok((channel, out_rx, metrics))
 }
 

@@ -1,11 +1,13 @@
-//! In-process gRPC transport for all-in-one mode: the services talk real gRPC (HTTP/2 framing,
-//! the same tonic services and delivery protocol as between pods) over in-memory duplex pipes,
-//! so no port is opened and nothing leaves the process.
+//! In-process gRPC transport: real gRPC (HTTP/2 framing, the same tonic services and delivery
+//! protocol as between pods) over in-memory duplex pipes, so no port is opened and nothing leaves
+//! the process. All-in-one mode connects its services this way, and the services' tests drive
+//! them through it (as tonic's `examples/src/mock` does).
 
 use hyper_util::rt::TokioIo;
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http;
 use tonic::transport::{Channel, Endpoint};
 
 /// Size of each pipe's buffer.
@@ -14,7 +16,9 @@ const PIPE_BYTES: usize = 1 << 20;
 /// The server half: a stream of incoming connections for `serve_with_incoming_shutdown`.
 pub type Incoming = ReceiverStream<Result<DuplexStream, std::io::Error>>;
 
-/// A client channel and the incoming-connection stream its server serves.
+/// A client channel and the incoming-connection stream its server serves (pass it to
+/// `serve_with_incoming` or `serve_with_incoming_shutdown`). The channel connects lazily, on its
+/// first call, and opens a fresh pipe on every (re)connect.
 pub fn pair() -> (Channel, Incoming) {
     let (tx, rx) = mpsc::channel::<Result<DuplexStream, std::io::Error>>(4);
     let connector = tower::service_fn(move |_: http::Uri| {
