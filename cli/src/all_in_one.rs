@@ -18,8 +18,8 @@ use clovisor_probe::cli::ProbeArgs;
 use clovisor_probe::metrics::ProbeMetrics;
 use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_proto::inproc;
-use clovisor_runtime::drops::Drops;
-use clovisor_runtime::{serve_http, shutdown_signal, StopFlag};
+use clovisor_runtime::process::{start, Started};
+use clovisor_runtime::{LogArgs, StopFlag};
 use tokio::sync::mpsc;
 
 /// How long each stage may take to finish at shutdown before the next one stops anyway.
@@ -46,9 +46,17 @@ pub struct Args {
     redis: Option<String>,
 }
 
-/// Runs until SIGTERM or SIGINT.
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal()?;
+/// Runs until SIGTERM or SIGINT, logging as `log` says.
+pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
+    // One registry serves every component's metrics on the one metrics port, and one loss
+    // accounting counts every stage's drops.
+    let Started {
+        shutdown,
+        drops,
+        mut registry,
+        live,
+        mut servers,
+    } = start(log, args.redis.as_deref()).context("start-up")?;
     let node = args.probe.node_name();
 
     // Correlator: sessions in, spans and metrics out.
@@ -56,31 +64,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     correlator_config
         .node_name
         .get_or_insert_with(|| node.clone());
-    // One registry serves every component's metrics on the one metrics port.
-    let mut registry = prometheus_client::registry::Registry::default();
-    let drops = Drops::default();
     let probe_metrics = Arc::new(ProbeMetrics::new(drops.clone()));
     probe_metrics.register(&mut registry);
     let collector_metrics = Arc::new(clovisor_collector::CollectorMetrics::with_drops(
         drops.clone(),
     ));
     collector_metrics.register(&mut registry);
-    let stop_config = StopFlag::default();
-    let live = clovisor_config::follow(args.redis.as_deref(), &mut registry, stop_config.wait())
-        .context("live configuration")?;
     let correlator = Correlator::with_registry(correlator_config, registry, drops)
         .context("starting the correlator")?;
     let endpoint_follower = correlator.follow_live_config(live.clone());
 
     // Collector: raw records in, sessions out.
     let (sessions_tx, sessions_rx) = mpsc::channel(4096);
-    let capture_service =
-        CaptureService::new(sessions_tx, std::sync::Arc::clone(&collector_metrics))
-            .with_live_config(live.clone());
+    let capture_service = CaptureService::new(sessions_tx, Arc::clone(&collector_metrics))
+        .with_live_config(live.clone());
 
     let stop_collector = StopFlag::default();
     let stop_correlator = StopFlag::default();
-    let stop_http = StopFlag::default();
 
     let (collector_channel, collector_incoming) = inproc::pair();
     let collector_server = tokio::spawn(
@@ -109,15 +109,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let api_router = correlator
         .api_router()
         .merge(clovisor_probe::api::router(Arc::clone(&probe_metrics)));
-    let api = serve_http(args.api_listen, api_router, stop_http.wait()).await?;
-    let metrics = serve_http(
-        args.metrics_listen,
-        correlator.metrics_router(),
-        stop_http.wait(),
-    )
-    .await?;
-    let api = tokio::spawn(api);
-    let metrics = tokio::spawn(metrics);
+    servers.serve(args.api_listen, api_router).await?;
+    servers
+        .serve(args.metrics_listen, correlator.metrics_router())
+        .await?;
 
     // Probe: runs until the signal, then drains into the collector.
     let probe_config = args.probe.agent_config();
@@ -129,7 +124,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         probe_metrics,
     )
     .await;
-    stop_config.raise();
 
     // The pipeline runs dry stage by stage.
     stop_collector.raise();
@@ -144,9 +138,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(follower) = endpoint_follower {
         follower.abort();
     }
-    stop_http.raise();
-    await_stage("REST API", api).await;
-    await_stage("metrics", metrics).await;
+    match tokio::time::timeout(STAGE_TIMEOUT, servers.stop()).await {
+        Ok(Ok(())) => tracing::debug!("HTTP servers stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP servers did not stop cleanly"),
+        Err(_) => tracing::error!("HTTP servers did not stop in time"),
+    }
     probe_result.context("probe")?;
     tracing::info!("all-in-one stopped");
     Ok(())

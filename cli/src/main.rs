@@ -30,17 +30,16 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    clovisor_runtime::init_logging(&cli.log);
-    if let Command::Inspect(args) = &cli.command {
-        return inspect::run(args);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::AllInOne(args) => all_in_one::run(*args).await,
-            Command::Inspect(args) => inspect::run(&args),
+    match cli.command {
+        Command::Inspect(args) => {
+            clovisor_runtime::init_logging(&cli.log);
+            inspect::run(&args)
         }
-    })
+        Command::AllInOne(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(all_in_one::run(*args, &cli.log))
+        }
+    }
 }

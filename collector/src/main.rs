@@ -16,15 +16,14 @@ use clovisor_collector::forward::Forwarder;
 use clovisor_collector::server::CaptureService;
 use clovisor_collector::CollectorMetrics;
 use clovisor_proto::delivery::DeliveryConfig;
-use clovisor_runtime::drops::Drops;
-use clovisor_runtime::{serve_http, shutdown_signal, LogArgs, StopFlag};
-use prometheus_client::registry::Registry;
+use clovisor_runtime::process::{start, ServiceArgs, Started};
+use clovisor_runtime::StopFlag;
 
 #[derive(Debug, Parser)]
 #[command(name = "clovisor-collector", version, about)]
 struct Args {
     #[command(flatten)]
-    log: LogArgs,
+    service: ServiceArgs,
     /// gRPC address probes stream records to.
     #[arg(long, env = "CLOVISOR_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
     grpc_listen: SocketAddr,
@@ -35,31 +34,23 @@ struct Args {
         default_value = "http://clovisor-correlator.clovisor.svc:50052"
     )]
     correlator: String,
-    /// Prometheus metrics address.
-    #[arg(long, env = "CLOVISOR_METRICS_LISTEN", default_value = "0.0.0.0:9801")]
-    metrics_listen: SocketAddr,
     /// Decoded sessions queued for the correlator; when full, probes' streams are slowed down.
     #[arg(long, env = "CLOVISOR_SESSION_QUEUE", default_value_t = 4096)]
     session_queue: usize,
-    /// Redis holding the live configuration (empty: none, run on defaults).
-    #[arg(long, env = clovisor_config::ENV_REDIS, default_value = clovisor_config::DEFAULT_CLUSTER_REDIS)]
-    redis: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    clovisor_runtime::init_logging(&args.log);
-    let shutdown = shutdown_signal()?;
-
-    let drops = Drops::default();
-    let metrics = Arc::new(CollectorMetrics::with_drops(drops.clone()));
-    let mut registry = Registry::default();
+    let Started {
+        shutdown,
+        drops,
+        mut registry,
+        live,
+        mut servers,
+    } = start(&args.service.log, Some(&args.service.redis))?;
+    let metrics = Arc::new(CollectorMetrics::with_drops(drops));
     metrics.register(&mut registry);
-    drops.register(&mut registry);
-    let stop_config = StopFlag::default();
-    let live = clovisor_config::follow(Some(&args.redis), &mut registry, stop_config.wait())?;
-    let registry = Arc::new(registry);
 
     let (sessions_tx, sessions_rx) = tokio::sync::mpsc::channel(args.session_queue);
     let channel = clovisor_proto::hops::lazy_channel(&args.correlator)?;
@@ -73,15 +64,12 @@ async fn main() -> anyhow::Result<()> {
     let forwarder = tokio::spawn(forwarder.run(sessions_rx, std::future::pending()));
 
     let stop_grpc = StopFlag::default();
-    let stop_http = StopFlag::default();
-    let metrics_server = tokio::spawn(
-        serve_http(
-            args.metrics_listen,
-            clovisor_runtime::metrics_router(registry),
-            stop_http.wait(),
+    servers
+        .serve(
+            args.service.metrics_listen,
+            clovisor_runtime::metrics_router(Arc::new(registry)),
         )
-        .await?,
-    );
+        .await?;
     let listener = tokio::net::TcpListener::bind(args.grpc_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.grpc_listen))?;
@@ -121,8 +109,6 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("correlator did not acknowledge everything in 10 s");
     }
     forwarder_accounting.abort();
-    stop_config.raise();
-    stop_http.raise();
-    metrics_server.await.context("metrics task")??;
+    servers.stop().await.context("HTTP servers")?;
     Ok(())
 }

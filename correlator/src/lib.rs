@@ -53,12 +53,16 @@ impl Correlator {
     /// Builds everything from `config` and starts the span exporter (unless export is off).
     /// Must be called inside a Tokio runtime; connects to the OTLP endpoint lazily.
     pub fn new(config: Config) -> Result<Self> {
-        Self::with_registry(config, Registry::default(), Drops::default())
+        let drops = Drops::default();
+        let mut registry = Registry::default();
+        drops.register(&mut registry);
+        Self::with_registry(config, registry, drops)
     }
 
     /// Like [`Correlator::new`], serving `registry` — which may already hold other components'
     /// metrics (all-in-one mode) — with the correlator's metrics added, and counting losses in
-    /// `drops`, which it registers.
+    /// `drops`, which the caller has registered in `registry` (the process start-up,
+    /// `clovisor_runtime::process::start`, does).
     pub fn with_registry(config: Config, mut registry: Registry, drops: Drops) -> Result<Self> {
         let store = Arc::new(Store::new(config.store_capacity));
         let metrics = Arc::new(Metrics::with_drops(drops));

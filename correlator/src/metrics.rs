@@ -202,7 +202,8 @@ impl Metrics {
         }
     }
 
-    /// Adds every metric to `registry` (counters get their `_total` suffix there).
+    /// Adds every metric to `registry` (counters get their `_total` suffix there), except the
+    /// loss accounting shared with other stages, which the process registers once.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "clovisor_http_requests",
@@ -299,7 +300,6 @@ impl Metrics {
             "Spans waiting for export",
             self.export_queue.clone(),
         );
-        self.dropped.register(registry);
     }
 
     /// Counts one session received from a collector.
@@ -532,6 +532,8 @@ mod tests {
         let m = Metrics::new();
         let mut reg = Registry::default();
         m.register(&mut reg);
+        // The process registers the loss accounting its stages share.
+        m.dropped.register(&mut reg);
         observe(
             &m,
             SessionBuilder::new("a")

@@ -1,11 +1,13 @@
-//! Process plumbing every Clovisor-rs binary shares: structured logging, shutdown signals and
-//! serving an axum router with graceful shutdown.
+//! Process plumbing every Clovisor-rs binary shares: structured logging, shutdown signals,
+//! serving an axum router with graceful shutdown, and the start-up every process repeats
+//! ([`process::start`]).
 #![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::net::SocketAddr;
 
 pub mod drops;
+pub mod process;
 pub mod workloads;
 
 /// Errors of this crate.
@@ -32,6 +34,20 @@ pub enum Error {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The live configuration cannot be followed.
+    #[error("live configuration")]
+    Config {
+        /// Why.
+        #[source]
+        source: clovisor_config::Error,
+    },
+    /// A server task panicked or was cancelled.
+    #[error("server task failed")]
+    Task {
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// Result with this crate's [`Error`].

@@ -1,0 +1,133 @@
+//! The start-up and shut-down every Clovisor-rs process repeats, in one place: logging, signal
+//! handlers, the loss accounting its stages share, one metrics registry, the live configuration
+//! followed from Redis, and HTTP servers that stop together at the end.
+//!
+//! ```ignore
+//! let Started { shutdown, drops, mut registry, live, mut servers } = start(&args.log, redis)?;
+//! // components register their metrics in `registry` and count losses in `drops`
+//! servers.serve(metrics_addr, metrics_router(Arc::new(registry))).await?;
+//! // ... run until `shutdown` resolves, drain the pipeline ...
+//! servers.stop().await?;
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use clovisor_config::LiveConfig;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::drops::Drops;
+use crate::{serve_http, shutdown_signal, Error, LogArgs, Result, StopFlag};
+
+/// Flags every service binary accepts: logging, its metrics address, the Redis of the live
+/// configuration. (All-in-one has its own: it listens on loopback and needs no Redis.)
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Prometheus metrics address.
+    #[arg(long, env = "CLOVISOR_METRICS_LISTEN", default_value = "0.0.0.0:9801")]
+    pub metrics_listen: SocketAddr,
+    /// Redis holding the live configuration (empty: none; flags, environment and defaults
+    /// apply).
+    #[arg(long, env = clovisor_config::ENV_REDIS, default_value = clovisor_config::DEFAULT_CLUSTER_REDIS)]
+    pub redis: String,
+}
+
+/// A future resolving on the first SIGTERM or SIGINT.
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What [`start`] set up, for the process to take apart.
+pub struct Started {
+    /// Resolves on the first SIGTERM or SIGINT.
+    pub shutdown: Shutdown,
+    /// Loss accounting shared by every stage of the process, already in `registry`.
+    pub drops: Drops,
+    /// The process's one metrics registry: the loss accounting and the live configuration's
+    /// metrics are in it; components add theirs.
+    pub registry: Registry,
+    /// The live configuration (defaults when there is no Redis).
+    pub live: watch::Receiver<LiveConfig>,
+    /// The HTTP servers, and what stops the configuration source at the end.
+    pub servers: Servers,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("drops", &self.drops)
+            .field("live", &self.live)
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Installs logging from `log` (once per process), then [`start_without_logging`].
+pub fn start(log: &LogArgs, redis: Option<&str>) -> Result<Started> {
+    crate::init_logging(log);
+    start_without_logging(redis)
+}
+
+/// Installs the signal handlers, makes the loss accounting and the metrics registry (with the
+/// losses registered), and follows the live configuration from `redis` (none or empty: the
+/// defaults). Must be called inside a Tokio runtime.
+pub fn start_without_logging(redis: Option<&str>) -> Result<Started> {
+    let shutdown: Shutdown = Box::pin(shutdown_signal()?);
+    let drops = Drops::default();
+    let mut registry = Registry::default();
+    drops.register(&mut registry);
+    let stop_config = StopFlag::default();
+    let live = clovisor_config::follow(redis, &mut registry, stop_config.wait())
+        .map_err(|source| Error::Config { source })?;
+    Ok(Started {
+        shutdown,
+        drops,
+        registry,
+        live,
+        servers: Servers {
+            stop_config,
+            stop_http: StopFlag::default(),
+            http: Vec::new(),
+        },
+    })
+}
+
+/// The process's HTTP servers (metrics, REST) and the configuration source, stopped together by
+/// [`Servers::stop`].
+#[derive(Debug)]
+pub struct Servers {
+    stop_config: StopFlag,
+    stop_http: StopFlag,
+    http: Vec<JoinHandle<Result<()>>>,
+}
+
+impl Servers {
+    /// Binds `addr` now (so a port clash fails at start) and serves `router` on it until
+    /// [`Servers::stop`].
+    pub async fn serve(&mut self, addr: SocketAddr, router: axum::Router) -> Result<()> {
+        let server = serve_http(addr, router, self.stop_http.wait()).await?;
+        self.http.push(tokio::spawn(server));
+        Ok(())
+    }
+
+    /// Stops following the configuration, then stops the HTTP servers gracefully and waits for
+    /// them; the first server error, if any.
+    pub async fn stop(self) -> Result<()> {
+        self.stop_config.raise();
+        self.stop_http.raise();
+        let mut result = Ok(());
+        for task in self.http {
+            let outcome = task.await.map_err(|source| Error::Task { source });
+            if let Err(e) = outcome.and_then(|served| served) {
+                tracing::error!(error = %e, "HTTP server");
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}
