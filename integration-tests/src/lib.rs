@@ -3,8 +3,16 @@
 //! Debian programs (nginx, curl). Everything a fixture creates is removed when it is dropped, also
 //! when the test fails; names are unique per process and fixture so tests can run in parallel.
 //! Traffic only ever goes to addresses inside namespaces a fixture created.
+//!
+//! Beside the lab: [`http_client`] (curl in a pod, GETs from the host), [`api`] (REST sessions
+//! and metrics of a running clovisor), [`fixtures`] (Kubernetes objects for [`fake_kube`]) and
+//! [`capture`] (the probe's capture driven directly).
 
+pub mod api;
+pub mod capture;
 pub mod fake_kube;
+pub mod fixtures;
+pub mod http_client;
 
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -13,6 +21,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use http_client::{http_get, Curl};
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -281,7 +291,7 @@ impl Nginx {
         };
         let url = format!("http://{}/", pod.ipv4);
         wait_for("nginx to answer", Duration::from_secs(5), || {
-            Ok(run_in(&pod.netns, &["curl", "-fsS", "-o", "/dev/null", &url]).is_ok())
+            Ok(Curl::new().fail().run(pod, &[&url]).is_ok())
         })?;
         Ok(nginx)
     }
@@ -331,17 +341,6 @@ pub fn wait_for(
         Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
         None => bail!("timed out after {timeout:?} waiting for {what}"),
     }
-}
-
-/// `GET url` with curl (5 s at most); the body, or an error naming the URL.
-pub fn http_get(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()?;
-    if !out.status.success() {
-        bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// A loopback port that was free a moment ago.
@@ -518,19 +517,11 @@ impl AllInOne {
 
     /// Every session the REST API holds (up to 1000), newest first.
     pub fn sessions(&self) -> Result<Vec<serde_json::Value>> {
-        let body = http_get(&format!("http://{}/api/v1/sessions?limit=1000", self.api))?;
-        let json: serde_json::Value = serde_json::from_str(&body).context("sessions JSON")?;
-        Ok(json["sessions"].as_array().cloned().unwrap_or_default())
+        api::sessions(&self.api)
     }
-}
 
-/// GETs every URL of `urls` from inside `pod` with one curl, which keeps one keep-alive
-/// connection for them when they share a host.
-pub fn curl_keep_alive(pod: &Pod, urls: &[String]) -> Result<()> {
-    let mut args = vec!["curl", "-sS", "-g", "--max-time", "10"];
-    for _ in urls {
-        args.extend(["-o", "/dev/null"]);
+    /// The metrics text now.
+    pub fn metrics_text(&self) -> Result<String> {
+        api::metrics_text(&self.metrics)
     }
-    args.extend(urls.iter().map(String::as_str));
-    run_in(&pod.netns, &args).map(|_| ())
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clovisor_correlator::testing::OtlpReceiver;
+use clovisor_integration_tests::http_client::{curl, curl_keep_alive, http_get, Curl};
 use clovisor_integration_tests::{
-    curl_keep_alive, http_get, our_programs_on, run_in, wait_for, AllInOne, Lab, Nginx, Pod, Proc,
-    BIG_BYTES,
+    our_programs_on, wait_for, AllInOne, Lab, Nginx, Pod, Proc, BIG_BYTES,
 };
 use serde_json::Value;
 
@@ -29,18 +29,6 @@ fn start_clovisor(server: &Pod, otlp: &str, log_name: &str) -> Result<AllInOne> 
         &[&server.host_veth],
         log_name,
     )
-}
-
-fn curl(client: &Pod, args: &[&str]) -> Result<()> {
-    let mut full = vec!["curl", "-sS", "-o", "/dev/null", "--max-time", "10"];
-    full.extend_from_slice(args);
-    run_in(&client.netns, &full).map(|_| ())
-}
-
-fn sessions(api: &str) -> Result<Vec<Value>> {
-    let body = http_get(&format!("http://{api}/api/v1/sessions?limit=1000"))?;
-    let json: Value = serde_json::from_str(&body).context("sessions JSON")?;
-    Ok(json["sessions"].as_array().cloned().unwrap_or_default())
 }
 
 /// The request target as sent: `http.path` plus `?` and `http.query` when there is one.
@@ -70,10 +58,9 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
     let base = format!("http://{}", server.ipv4);
 
     // Every request below is told apart by its path.
-    curl(&client, &[&format!("{base}/?case=plain")])?;
-    curl(
-        &client,
-        &[
+    curl(&client, &format!("{base}/?case=plain"))?;
+    Curl::new()
+        .args(&[
             "-X",
             "POST",
             "-H",
@@ -82,34 +69,23 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
             &format!("traceparent: 00-{W3C_TRACE}-{W3C_PARENT}-01"),
             "-d",
             r#"{"sku":42,"qty":1}"#,
-            &format!("{base}/api/orders"),
-        ],
-    )?;
-    curl(
-        &client,
-        &[
+        ])
+        .run(&client, &[format!("{base}/api/orders")])?;
+    Curl::new()
+        .args(&[
             "-H",
             &format!("X-B3-TraceId: {B3_TRACE}"),
             "-H",
             &format!("X-B3-SpanId: {B3_PARENT}"),
             "-H",
             "X-B3-Sampled: 1",
-            &format!("{base}/missing?case=b3"),
-        ],
-    )?;
-    curl(
-        &client,
-        &[
-            "-H",
-            &format!("x-request-id: {REQUEST_ID}"),
-            &format!("{base}/boom"),
-        ],
-    )?;
-    curl(&client, &[&format!("{base}/big.bin")])?;
-    curl(
-        &client,
-        &["-g", &format!("http://[{}]/?case=ipv6", server.ipv6)],
-    )?;
+        ])
+        .run(&client, &[format!("{base}/missing?case=b3")])?;
+    Curl::new()
+        .args(&["-H", &format!("x-request-id: {REQUEST_ID}")])
+        .run(&client, &[format!("{base}/boom")])?;
+    curl(&client, &format!("{base}/big.bin"))?;
+    curl(&client, &format!("http://[{}]/?case=ipv6", server.ipv6))?;
     // Three requests on one keep-alive connection.
     curl_keep_alive(
         &client,
@@ -157,7 +133,7 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         "all 10 sessions in the REST API, each seen at the veth and the socket",
         Duration::from_secs(15),
         || {
-            seen = sessions(&clovisor.api)?;
+            seen = clovisor.sessions()?;
             Ok(seen.len() >= REQUESTS && seen.iter().all(at_both))
         },
     );
@@ -306,7 +282,7 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
     };
     let mut metrics = String::new();
     let _ = wait_for("every request counted", Duration::from_secs(5), || {
-        metrics = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+        metrics = clovisor.metrics_text()?;
         Ok(counted_in(&metrics) as usize >= REQUESTS)
     });
     let counted = counted_in(&metrics);
@@ -323,7 +299,7 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         "kernel counters in /metrics",
         Duration::from_secs(5),
         || {
-            let m = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+            let m = clovisor.metrics_text()?;
             Ok(m.lines().any(|l| {
                 l.starts_with(r#"clovisor_probe_kernel_total{counter="events_emitted"}"#)
                     && !l.ends_with(" 0")

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clovisor_correlator::testing::OtlpReceiver;
-use clovisor_integration_tests::{
-    curl_keep_alive, http_get, wait_for, AllInOne, Lab, Nginx, Pod, Proc,
-};
+use clovisor_integration_tests::api::{points, Point};
+use clovisor_integration_tests::http_client::{curl, curl_keep_alive};
+use clovisor_integration_tests::{wait_for, AllInOne, Lab, Nginx, Pod, Proc};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as OtelValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::Value;
@@ -40,31 +40,6 @@ fn span_tag(span: &Span) -> Option<String> {
             _ => None,
         }
     })
-}
-
-/// `(point, where, side)` of each observation of a REST session: `where` is the interface of a
-/// veth or node interface and the command of a socket's process.
-fn points(s: &Value) -> Vec<(String, String, String)> {
-    s["observations"]
-        .as_array()
-        .map(|obs| {
-            obs.iter()
-                .map(|o| {
-                    let f = |k: &str| o[k].as_str().unwrap_or_default().to_owned();
-                    let at = if f("point") == "socket" {
-                        f("comm")
-                    } else {
-                        f("interface")
-                    };
-                    (f("point"), at, f("side"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn point(kind: &str, at: &str, side: &str) -> (String, String, String) {
-    (kind.to_owned(), at.to_owned(), side.to_owned())
 }
 
 /// Waits until the REST API holds a session for every tag in `tags` with `observations`
@@ -127,17 +102,13 @@ async fn one_span_each(otlp: &OtlpReceiver, tags: &[String]) -> Result<Vec<Span>
     Ok(spans)
 }
 
-fn curl(client: &Pod, url: &str) -> Result<()> {
-    curl_keep_alive(client, &[url.to_owned()])
-}
-
 /// The four points of a call from `client_comm` in `client` to nginx in `server`, in path order.
-fn four_points(client: &Pod, client_comm: &str, server: &Pod) -> Vec<(String, String, String)> {
+fn four_points(client: &Pod, client_comm: &str, server: &Pod) -> Vec<Point> {
     vec![
-        point("socket", client_comm, "client"),
-        point("pod", &client.host_veth, "client"),
-        point("pod", &server.host_veth, "server"),
-        point("socket", "nginx", "server"),
+        Point::new("socket", client_comm, "client"),
+        Point::new("pod", &client.host_veth, "client"),
+        Point::new("pod", &server.host_veth, "server"),
+        Point::new("socket", "nginx", "server"),
     ]
 }
 
@@ -260,7 +231,7 @@ async fn a_call_between_two_traced_pods_is_one_session_seen_at_four_points() -> 
             "the sockets' timings as span events, with their process: {span:?}"
         );
     }
-    let metrics = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+    let metrics = clovisor.metrics_text()?;
     assert!(
         metrics.contains(r#"clovisor_correlator_join_observations_total{outcome="joined"} 15"#),
         "three views joined to the first of each of five exchanges:\n{metrics}"
@@ -279,7 +250,7 @@ async fn a_call_between_two_traced_pods_is_one_session_seen_at_four_points() -> 
         "connection ends at all four points",
         Duration::from_secs(10),
         || {
-            let m = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+            let m = clovisor.metrics_text()?;
             Ok([
                 "client_socket",
                 "client_veth",
@@ -297,7 +268,7 @@ async fn a_call_between_two_traced_pods_is_one_session_seen_at_four_points() -> 
             }))
         },
     );
-    let metrics = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+    let metrics = clovisor.metrics_text()?;
     if let Err(e) = scraped {
         bail!("{e:#}\n{metrics}");
     }
@@ -360,9 +331,9 @@ async fn a_call_to_a_host_outside_the_node_is_seen_at_the_socket_veth_and_uplink
         assert_eq!(
             points(s),
             vec![
-                point("socket", "curl", "client"),
-                point("pod", &client.host_veth, "client"),
-                point("node", &outside.uplink, ""),
+                Point::new("socket", "curl", "client"),
+                Point::new("pod", &client.host_veth, "client"),
+                Point::new("node", &outside.uplink, ""),
             ],
             "{t}: seen at curl's socket, the client's veth, then the uplink: {s:#}"
         );
@@ -381,7 +352,7 @@ async fn a_call_to_a_host_outside_the_node_is_seen_at_the_socket_veth_and_uplink
             "the span names the node interface: {span:?}"
         );
     }
-    let metrics = http_get(&format!("http://{}/metrics", clovisor.metrics))?;
+    let metrics = clovisor.metrics_text()?;
     assert!(
         metrics.contains("clovisor_probe_node_interfaces 1"),
         "one node interface attached:\n{metrics}"

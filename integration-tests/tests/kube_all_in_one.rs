@@ -4,21 +4,20 @@
 //! the Service, the pod's processes are traced at the socket point (its namespace learnt with its veth),
 //! and deleting the pod detaches it; SIGTERM leaves nothing behind.
 
-use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use clovisor_integration_tests::api::{self, points};
 use clovisor_integration_tests::fake_kube::FakeKube;
+use clovisor_integration_tests::fixtures::{self, PodBuilder};
+use clovisor_integration_tests::http_client::Curl;
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, http_get, our_programs_on, require_root, run_in, wait_for, Lab, Nginx,
-    Proc,
+    clovisor_bin, free_port, our_programs_on, require_root, wait_for, Lab, Nginx, Proc,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
@@ -34,81 +33,34 @@ async fn all_in_one_traces_the_pods_the_api_server_describes() -> Result<()> {
     let kube = FakeKube::start().await?;
     let dir = tempfile::tempdir()?;
     let kubeconfig = kube.write_kubeconfig(dir.path())?;
-    kube.apply(&Service {
-        metadata: ObjectMeta {
-            namespace: Some("default".into()),
-            name: Some("db".into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(ServiceSpec {
-            selector: Some(BTreeMap::from([("app".into(), "db".into())])),
-            ports: Some(vec![ServicePort {
-                name: Some("http-web".into()),
-                port: 80,
-                target_port: Some(IntOrString::Int(80)),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    })?;
-    kube.apply(&Pod {
-        metadata: ObjectMeta {
-            namespace: Some("default".into()),
-            name: Some("db-0".into()),
-            uid: Some("uid-db-0".into()),
-            labels: Some(BTreeMap::from([("app".into(), "db".into())])),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: <StatefulSet as k8s_openapi::Resource>::KIND.into(),
-                name: "db".into(),
-                uid: "sts-uid".into(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some(node.clone()),
-            containers: vec![Container {
-                name: "nginx".into(),
-                ports: Some(vec![ContainerPort {
-                    container_port: 80,
-                    ..ContainerPort::default()
-                }]),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some("Running".into()),
-            pod_ip: Some(server.ipv4.to_string()),
-            pod_ips: Some(vec![PodIP {
-                ip: server.ipv4.to_string(),
-            }]),
-            ..PodStatus::default()
-        }),
-    })?;
+    kube.apply(&fixtures::service(
+        "default",
+        "db",
+        "http-web",
+        IntOrString::Int(80),
+    ))?;
+    kube.apply(
+        &PodBuilder::new("default", "db-0", &node)
+            .uid("uid-db-0")
+            .labels(&[("app", "db")])
+            .owned_by(
+                <StatefulSet as k8s_openapi::Resource>::KIND,
+                "db",
+                "sts-uid",
+            )
+            .container("nginx", 80, None)
+            .running(&[IpAddr::V4(server.ipv4)])
+            .build(),
+    )?;
 
     // A host-network pod of the node: never attached, and the log says why.
-    kube.apply(&Pod {
-        metadata: ObjectMeta {
-            namespace: Some("default".into()),
-            name: Some("node-agent".into()),
-            uid: Some("uid-agent".into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some(node.clone()),
-            host_network: Some(true),
-            ..PodSpec::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some("Running".into()),
-            pod_ip: Some(client.ipv4.to_string()),
-            ..PodStatus::default()
-        }),
-    })?;
+    kube.apply(
+        &PodBuilder::new("default", "node-agent", &node)
+            .uid("uid-agent")
+            .host_network()
+            .running(&[IpAddr::V4(client.ipv4)])
+            .build(),
+    )?;
 
     let api = format!("127.0.0.1:{}", free_port()?);
     let metrics = format!("127.0.0.1:{}", free_port()?);
@@ -155,18 +107,10 @@ async fn all_in_one_traces_the_pods_the_api_server_describes() -> Result<()> {
     );
 
     let url = format!("http://{}/index.html?kube=1", server.ipv4);
-    let sessions = format!("http://{api}/api/v1/sessions?limit=100");
     let mut seen = Value::Null;
-    let points = |s: &Value| -> Vec<(String, String)> {
-        s["observations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|o| {
-                let f = |k: &str| o[k].as_str().unwrap_or_default().to_owned();
-                (f("point"), f("side"))
-            })
-            .collect()
+    // (point, side) of each observation.
+    let kinds_and_sides = |s: &Value| -> Vec<(String, String)> {
+        points(s).into_iter().map(|p| (p.kind, p.side)).collect()
     };
     let server_points = vec![
         ("pod".to_owned(), "server".to_owned()),
@@ -175,23 +119,16 @@ async fn all_in_one_traces_the_pods_the_api_server_describes() -> Result<()> {
     let mut sent = false;
     let found = wait_for("the session of the pod", Duration::from_secs(20), || {
         if !sent {
-            run_in(
-                &client.netns,
-                &["curl", "-sS", "-o", "/dev/null", "--max-time", "5", &url],
-            )?;
+            Curl::new().max_time(5).run(&client, &[&url])?;
             sent = true;
         }
-        let body: Value = serde_json::from_str(&http_get(&sessions)?).context("sessions")?;
-        let hit = body["sessions"]
-            .as_array()
+        let hit = api::sessions(&api)?
             .into_iter()
-            .flatten()
-            .find(|s| s["http"]["query"] == "kube=1" && points(s) == server_points)
-            .cloned();
+            .find(|s| s["http"]["query"] == "kube=1" && kinds_and_sides(s) == server_points);
         Ok(hit.map(|s| seen = s).is_some())
     });
     if let Err(e) = found {
-        let body = http_get(&sessions).unwrap_or_default();
+        let body = api::sessions(&api).map(Value::from).unwrap_or_default();
         bail!(
             "{e:#}\nexpected one session seen at the pod's veth and nginx's socket: {body}\nlog:\n{}",
             proc.log_text()

@@ -12,96 +12,36 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::fake_kube::FakeKube;
+use clovisor_integration_tests::fixtures::{self, PodBuilder};
 use clovisor_integration_tests::{our_programs_on, require_root, Lab, Pod as LabPod};
 use clovisor_probe::metrics::ProbeMetrics;
 use clovisor_probe::targets::kube::{follow, KubeTargets, PodSelection, PodSelector};
 use clovisor_probe::targets::reconcile::{Reconciler, TargetsStatus};
 use clovisor_probe::{Capture, CaptureConfig};
 use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A pod object of `node` for lab pod `lab` (its addresses), Running or Pending.
+/// The web pod object `namespace/name` of `node` (container port 8080 named `web`): Running
+/// with the addresses of lab pod `lab`, or Pending without one.
 fn pod(ns: &str, name: &str, node: &str, lab: Option<&LabPod>, labels: &[(&str, &str)]) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            namespace: Some(ns.into()),
-            name: Some(name.into()),
-            uid: Some(format!(
-                "uid-{name}-{}",
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            )),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| ((*k).into(), (*v).into()))
-                    .collect(),
-            ),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some(node.into()),
-            containers: vec![Container {
-                name: "main".into(),
-                ports: Some(vec![ContainerPort {
-                    container_port: 8080,
-                    name: Some("web".into()),
-                    ..ContainerPort::default()
-                }]),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-        status: Some(match lab {
-            Some(lab) => PodStatus {
-                phase: Some("Running".into()),
-                pod_ip: Some(lab.ipv4.to_string()),
-                pod_ips: Some(vec![
-                    PodIP {
-                        ip: lab.ipv4.to_string(),
-                    },
-                    PodIP {
-                        ip: lab.ipv6.to_string(),
-                    },
-                ]),
-                ..PodStatus::default()
-            },
-            None => PodStatus {
-                phase: Some("Pending".into()),
-                ..PodStatus::default()
-            },
-        }),
+    let pod = PodBuilder::new(ns, name, node)
+        .labels(labels)
+        .container("main", 8080, Some("web"));
+    match lab {
+        Some(lab) => pod.running(&[IpAddr::V4(lab.ipv4), IpAddr::V6(lab.ipv6)]),
+        None => pod,
     }
+    .build()
 }
 
-/// A service selecting `app=<app>` whose port 80 (named `port_name`) targets the pods' 8080.
+/// A service selecting `app=<app>` whose port 80 (named `port_name`) targets the pods' `web`.
 fn service(ns: &str, app: &str, port_name: &str) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            namespace: Some(ns.into()),
-            name: Some(app.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(ServiceSpec {
-            selector: Some(BTreeMap::from([("app".into(), app.into())])),
-            ports: Some(vec![ServicePort {
-                name: Some(port_name.into()),
-                port: 80,
-                target_port: Some(IntOrString::String("web".into())),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    }
+    fixtures::service(ns, app, port_name, IntOrString::String("web".into()))
 }
 
 /// The follower running against the fake server, as the agent runs it.
@@ -236,6 +176,8 @@ fn assert_attached_once(veth: &str) -> Result<()> {
     Ok(())
 }
 
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
 fn node_name() -> String {
     format!(
         "node-{}-{}",
@@ -261,11 +203,14 @@ async fn pods_are_followed_through_the_api_and_service_names_set_the_protocol() 
         Some(&web_ns),
         &[],
     ))?;
-    let mut hostnet = pod("default", "hostnet", &node, Some(&sys_ns), &[]);
-    if let Some(spec) = hostnet.spec.as_mut() {
-        spec.host_network = Some(true);
-    }
-    kube.apply(&hostnet)?;
+    kube.apply(
+        &PodBuilder::new("default", "hostnet", &node)
+            .labels(&[])
+            .container("main", 8080, Some("web"))
+            .host_network()
+            .running(&[IpAddr::V4(sys_ns.ipv4), IpAddr::V6(sys_ns.ipv6)])
+            .build(),
+    )?;
     kube.apply(&pod(
         "kube-system",
         "sys",
@@ -274,19 +219,11 @@ async fn pods_are_followed_through_the_api_and_service_names_set_the_protocol() 
         &[("app", "sys")],
     ))?;
     // The web pod is created Pending, without an IP.
-    let mut web = pod("default", "web-5d9f8-abcde", &node, None, &[("app", "web")]);
-    web.metadata.labels = Some(BTreeMap::from([
-        ("app".into(), "web".into()),
-        ("pod-template-hash".into(), "5d9f8".into()),
-    ]));
-    web.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: "web-5d9f8".into(),
-        uid: "rs-uid".into(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }]);
+    let web = PodBuilder::new("default", "web-5d9f8-abcde", &node)
+        .labels(&[("app", "web"), ("pod-template-hash", "5d9f8")])
+        .owned_by("ReplicaSet", "web-5d9f8", "rs-uid")
+        .container("main", 8080, Some("web"))
+        .build();
     kube.apply(&web)?;
 
     let mut probe = Probe::start(&kube, &node).await?;

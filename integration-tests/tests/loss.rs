@@ -9,8 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clovisor_integration_tests::http_client::http_get;
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, http_get, our_programs_on, run_in, wait_for, Lab, Nginx, Proc,
+    clovisor_bin, free_port, our_programs_on, run_in, wait_for, Lab, Nginx, Proc,
 };
 
 /// Requests in the burst.

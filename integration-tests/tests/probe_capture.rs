@@ -12,109 +12,23 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use clovisor_integration_tests::{our_programs_on, run, run_in, Lab, Nginx, Pod, BIG_BYTES};
-use clovisor_probe::capture::{AttachMode, AttachPolicy, Capture, CaptureConfig, EventLoopStats};
+use clovisor_integration_tests::capture::{flows_of, Flow, Recorder};
+use clovisor_integration_tests::http_client::Curl;
+use clovisor_integration_tests::{
+    our_programs_on, require_root, run, run_in, Lab, Nginx, Pod, BIG_BYTES,
+};
+use clovisor_probe::capture::{AttachMode, AttachPolicy, Capture, CaptureConfig};
 use clovisor_probe::discovery;
 use clovisor_probe::hooks::tc_attach::programs_on;
-use clovisor_proto::capture::v1::{
-    record, Direction, FlowEnd, FlowEndReason, Message, ProtocolHint, Record,
-};
+use clovisor_proto::capture::v1::{record, Direction, FlowEndReason, ProtocolHint};
 use clovisor_proto::common::v1::PointKind;
 
 const NODE: &str = "probe-capture-test";
 
-fn require_root() -> Result<()> {
-    let out = run("id", &["-u"])?;
-    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
-        bail!("this test loads BPF programs and creates network namespaces: run it as root");
-    }
-    Ok(())
-}
-
-/// A capture's event loop running on its own runtime until [`Recorder::stop`].
-struct Recorder {
-    rt: tokio::runtime::Runtime,
-    rx: tokio::sync::mpsc::Receiver<Record>,
-    stop_tx: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<clovisor_probe::Result<EventLoopStats>>,
-    /// The event loop's counters as it runs.
-    live: std::sync::Arc<std::sync::Mutex<EventLoopStats>>,
-}
-
-impl Recorder {
-    /// Starts `capture`'s event loop with room for `queue` records.
-    fn start(capture: &mut Capture, queue: usize) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let event_loop = capture.take_event_loop()?;
-        let live = event_loop.stats_handle();
-        let (tx, rx) = tokio::sync::mpsc::channel(queue);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = rt.spawn(event_loop.run(tx, async {
-            let _ = stop_rx.await;
-        }));
-        Ok(Self {
-            rt,
-            rx,
-            stop_tx,
-            task,
-            live,
-        })
-    }
-
-    /// Stops the event loop (it drains the ring first) and returns its counters and every
-    /// record it produced.
-    fn stop(mut self) -> Result<(EventLoopStats, Vec<Record>)> {
-        let _ = self.stop_tx.send(());
-        let stats = self.rt.block_on(self.task).context("event loop task")??;
-        let mut records = Vec::new();
-        while let Ok(r) = self.rx.try_recv() {
-            records.push(r);
-        }
-        Ok((stats, records))
-    }
-}
-
-/// Messages of one flow by index (a later record for an index supersedes an earlier one),
-/// and its FlowEnd.
-#[derive(Debug, Default)]
-struct Flow {
-    messages: BTreeMap<u32, Message>,
-    end: Option<FlowEnd>,
-}
-
-fn flows_of(records: &[Record], client_ip: &[u8]) -> BTreeMap<u64, Flow> {
-    let mut flows: BTreeMap<u64, Flow> = BTreeMap::new();
-    for r in records {
-        match &r.kind {
-            Some(record::Kind::Message(m))
-                if m.flow.as_ref().is_some_and(|f| f.client_ip == client_ip) =>
-            {
-                flows
-                    .entry(m.flow_id)
-                    .or_default()
-                    .messages
-                    .insert(m.index, m.clone());
-            }
-            Some(record::Kind::FlowEnd(e))
-                if e.flow.as_ref().is_some_and(|f| f.client_ip == client_ip) =>
-            {
-                flows.entry(e.flow_id).or_default().end = Some(e.clone());
-            }
-            _ => {}
-        }
-    }
-    flows
-}
-
+/// GETs `urls` from `client` on one keep-alive connection, over HTTP/1.1, failing on an
+/// error status.
 fn curl(client: &Pod, urls: &[String]) -> Result<()> {
-    let mut args: Vec<&str> = vec!["curl", "-fsS", "-g", "--http1.1", "--max-time", "10"];
-    for u in urls {
-        args.extend_from_slice(&["-o", "/dev/null", u.as_str()]);
-    }
-    run_in(&client.netns, &args).map(|_| ())
+    Curl::new().fail().args(&["--http1.1"]).run(client, urls)
 }
 
 /// Runs and run time (ns) of our programs, summed, when `kernel.bpf_stats_enabled` is on

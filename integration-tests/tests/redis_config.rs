@@ -7,11 +7,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clovisor_config::testing::RedisServer;
+use clovisor_integration_tests::api::{metric, sessions};
+use clovisor_integration_tests::http_client::{http_get, Curl};
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, http_get, our_programs_on, run, run_in, wait_for, Lab, Nginx, Pod,
-    Proc,
+    clovisor_bin, free_port, our_programs_on, run, wait_for, Lab, Nginx, Pod, Proc,
 };
 use serde_json::Value;
 
@@ -19,42 +20,20 @@ const SIGTERM: i32 = 15;
 
 /// Paths of the sessions the REST API holds.
 fn paths(api: &str) -> Result<Vec<String>> {
-    let body = http_get(&format!("http://{api}/api/v1/sessions?limit=1000"))?;
-    let json: Value = serde_json::from_str(&body).context("sessions JSON")?;
-    Ok(json["sessions"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["http"]["path"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(sessions(api)?
+        .iter()
+        .filter_map(|s| s["http"]["path"].as_str().map(str::to_owned))
+        .collect())
 }
 
-/// The value of one sample line (`name{labels} value`) of the metrics text, 0 when absent.
+/// The value of one sample (`name{labels}`) of the metrics at `metrics`, 0 when absent.
 fn sample(metrics: &str, series: &str) -> Result<f64> {
-    let text = http_get(&format!("http://{metrics}/metrics"))?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0))
+    Ok(metric(metrics, series)?.unwrap_or(0.0))
 }
 
+/// One request from `client`, bounded to 5 s (calls are repeated until one is traced).
 fn curl(client: &Pod, url: &str) -> Result<()> {
-    run_in(
-        &client.netns,
-        &[
-            "curl",
-            "-sS",
-            "-g",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "5",
-            url,
-        ],
-    )
-    .map(|_| ())
+    Curl::new().max_time(5).run(client, &[url])
 }
 
 /// Calls `url_of(i)` from the client until its session appears; returns how long after

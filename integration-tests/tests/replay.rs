@@ -19,10 +19,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clovisor_integration_tests::api;
+use clovisor_integration_tests::http_client::{http_get, Curl};
 use clovisor_integration_tests::{
-    free_port, http_get, our_programs_on, run_in, target_dir, wait_for, Lab, Nginx, Proc,
+    free_port, our_programs_on, target_dir, wait_for, Lab, Nginx, Proc,
 };
-use serde_json::Value;
 
 /// How long the client makes requests.
 const TRAFFIC: Duration = Duration::from_secs(7);
@@ -77,18 +78,13 @@ fn start(name: &str, mut cmd: Command, metrics: &str) -> Result<Proc> {
 
 /// The value of one sample of `/metrics`, 0 when absent.
 fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    api::sample(text, series).map_or(0, |v| v as u64)
 }
 
 /// Request number -> how many stored sessions carry it.
 fn stored(api: &str) -> Result<BTreeMap<u64, usize>> {
-    let body = http_get(&format!("http://{api}/api/v1/sessions?limit=1000"))?;
-    let json: Value = serde_json::from_str(&body).context("sessions JSON")?;
     let mut seen = BTreeMap::new();
-    for s in json["sessions"].as_array().cloned().unwrap_or_default() {
+    for s in api::sessions(api)? {
         let query = s["http"]["query"].as_str().unwrap_or_default();
         if let Some(n) = query
             .strip_prefix("replay=")
@@ -167,7 +163,7 @@ fn a_collector_killed_mid_traffic_stores_every_request_once_but_split_exchanges(
 
     // Traffic: one connection per request, numbered, for TRAFFIC.
     let url = format!("http://{}/", server.ipv4);
-    let netns = client.netns.clone();
+    let pod = client.clone();
     let traffic = std::thread::spawn(move || {
         let began = Instant::now();
         let mut made = Vec::new();
@@ -175,19 +171,7 @@ fn a_collector_killed_mid_traffic_stores_every_request_once_but_split_exchanges(
         while began.elapsed() < TRAFFIC {
             let start = Instant::now();
             let target = format!("{url}?replay={n}");
-            let ok = run_in(
-                &netns,
-                &[
-                    "curl",
-                    "-fsS",
-                    "-o",
-                    "/dev/null",
-                    "--max-time",
-                    "5",
-                    &target,
-                ],
-            )
-            .is_ok();
+            let ok = Curl::new().fail().max_time(5).run(&pod, &[&target]).is_ok();
             made.push(Made {
                 start,
                 end: Instant::now(),
@@ -221,13 +205,12 @@ fn a_collector_killed_mid_traffic_stores_every_request_once_but_split_exchanges(
     );
 
     // Settle: the probe has nothing left to replay and the store stops growing.
-    let probe_url = format!("http://{probe_metrics}/metrics");
     let mut last = stored(&api)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let seen = loop {
         std::thread::sleep(Duration::from_millis(1500));
         let now = stored(&api)?;
-        let probe_text = http_get(&probe_url)?;
+        let probe_text = api::metrics_text(&probe_metrics)?;
         let buffered = sample(&probe_text, r#"clovisor_buffered{stage="uplink"}"#);
         if now == last && buffered == 0 {
             break now;
@@ -241,9 +224,9 @@ fn a_collector_killed_mid_traffic_stores_every_request_once_but_split_exchanges(
         last = now;
     };
 
-    let probe_text = http_get(&probe_url)?;
-    let collector_text = http_get(&format!("http://{collector_metrics}/metrics"))?;
-    let correlator_text = http_get(&format!("http://{correlator_metrics}/metrics"))?;
+    let probe_text = api::metrics_text(&probe_metrics)?;
+    let collector_text = api::metrics_text(&collector_metrics)?;
+    let correlator_text = api::metrics_text(&correlator_metrics)?;
     let re_made = sample(
         &correlator_text,
         r#"clovisor_dropped_total{stage="correlator",reason="duplicate"}"#,

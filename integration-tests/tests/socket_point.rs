@@ -10,9 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use clovisor_integration_tests::{
-    http_get, run, run_in, wait_for, AllInOne, Lab, Nginx, Pod, Proc,
-};
+use clovisor_integration_tests::api::{metric, points, Point};
+use clovisor_integration_tests::http_client::{curl_keep_alive, http_get, Curl};
+use clovisor_integration_tests::{run, wait_for, AllInOne, Lab, Nginx, Pod, Proc};
 use serde_json::Value;
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -30,51 +30,20 @@ fn start_clovisor(pods: &[&Pod], extra: &[&str], log_name: &str) -> Result<AllIn
     AllInOne::start_without_export(&args, &veths, log_name)
 }
 
-fn curl(pod: &Pod, url: &str) -> Result<()> {
-    let traceparent = format!("traceparent: 00-{TRACE}-{PARENT}-01");
-    run_in(
-        &pod.netns,
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "10",
-            "-H",
-            &traceparent,
-            url,
-        ],
-    )
-    .map(|_| ())
+/// One request from `pod` carrying the test's W3C trace context.
+fn curl_traced(pod: &Pod, url: &str) -> Result<()> {
+    Curl::new()
+        .args(&["-H", &format!("traceparent: 00-{TRACE}-{PARENT}-01")])
+        .run(pod, &[url])
 }
 
-/// `(point, side, comm)` of each observation of a session, in path order.
-fn points(s: &Value) -> Vec<(String, String, String)> {
-    s["observations"]
-        .as_array()
-        .map(|obs| {
-            obs.iter()
-                .map(|o| {
-                    let f = |k: &str| o[k].as_str().unwrap_or_default().to_owned();
-                    (f("point"), f("side"), f("comm"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn point(kind: &str, side: &str, comm: &str) -> (String, String, String) {
-    (kind.to_owned(), side.to_owned(), comm.to_owned())
-}
-
-/// curl's socket, the two veths, nginx's socket: a call between two traced pods.
-fn four_points() -> Vec<(String, String, String)> {
+/// curl's socket, the two veths, nginx's socket: a call from `client` to `server`.
+fn four_points(client: &Pod, server: &Pod) -> Vec<Point> {
     vec![
-        point("socket", "client", "curl"),
-        point("pod", "client", ""),
-        point("pod", "server", ""),
-        point("socket", "server", "nginx"),
+        Point::new("socket", "curl", "client"),
+        Point::new("pod", &client.host_veth, "client"),
+        Point::new("pod", &server.host_veth, "server"),
+        Point::new("socket", "nginx", "server"),
     ]
 }
 
@@ -88,15 +57,6 @@ fn socket_obs<'a>(s: &'a Value, side: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|o| o["point"] == "socket" && o["side"] == side)
-}
-
-/// `name{labels} value` from the metrics text.
-fn metric(metrics: &str, series: &str) -> Result<Option<f64>> {
-    let text = http_get(&format!("http://{metrics}/metrics"))?;
-    Ok(text
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l[series.len()..].trim().parse().ok()))
 }
 
 /// Ids of the tracing programs (`tp_btf`, BPF_PROG_TYPE_TRACING = 26) process `pid` holds, read
@@ -181,7 +141,7 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
     );
 
     let url = format!("http://{}/socket/plain?n=1", server.ipv4);
-    curl(&client, &url)?;
+    curl_traced(&client, &url)?;
     let path = "/socket/plain";
     let mut all = Vec::new();
     let found = wait_for(
@@ -191,7 +151,7 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
             all = clovisor.sessions()?;
             Ok(of_path(&all, path)
                 .iter()
-                .any(|s| points(s) == four_points()))
+                .any(|s| points(s) == four_points(&client, &server)))
         },
     );
     if let Err(e) = found {
@@ -235,30 +195,18 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
     // Keep-alive over IPv6: two requests on one connection are two exchanges at each socket,
     // told apart by the direction switches alone, each joined with the veths' views.
     let v6 = |p: &str| format!("http://[{}]{p}", server.ipv6);
-    run_in(
-        &client.netns,
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "10",
-            &v6("/socket/v6-first"),
-            &v6("/socket/v6-second"),
-        ],
-    )?;
+    curl_keep_alive(&client, &[v6("/socket/v6-first"), v6("/socket/v6-second")])?;
     let v6_paths = ["/socket/v6-first", "/socket/v6-second"];
     let found = wait_for(
         "IPv6 keep-alive sessions at all four points",
         Duration::from_secs(15),
         || {
             all = clovisor.sessions()?;
-            Ok(v6_paths
-                .iter()
-                .all(|p| of_path(&all, p).iter().any(|s| points(s) == four_points())))
+            Ok(v6_paths.iter().all(|p| {
+                of_path(&all, p)
+                    .iter()
+                    .any(|s| points(s) == four_points(&client, &server))
+            }))
         },
     );
     if let Err(e) = found {
@@ -302,7 +250,7 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
         "the traced pods' TCP syscalls must have been counted: {tcp_before:?}"
     );
     for i in 0..5 {
-        curl(
+        curl_traced(
             &other_client,
             &format!("http://{}/socket/untraced?i={i}", other_server.ipv4),
         )?;
@@ -432,37 +380,29 @@ async fn socket_point_sees_plaintext_behind_a_tls_tunnel() -> Result<()> {
         "the TLS tunnel to carry a request",
         Duration::from_secs(10),
         || {
-            Ok(run_in(
-                &client.netns,
-                &[
-                    "curl",
-                    "-fsS",
-                    "-o",
-                    "/dev/null",
-                    "--max-time",
-                    "2",
-                    "http://127.0.0.1:8080/",
-                ],
-            )
-            .is_ok())
+            Ok(Curl::new()
+                .fail()
+                .max_time(2)
+                .run(&client, &["http://127.0.0.1:8080/"])
+                .is_ok())
         },
     )?;
 
     // 8443 and 80 are found listening; the tunnel's loopback port is named.
     let mut clovisor = start_clovisor(&[&client, &server], &["--port", "8080"], "clovisor-tls")?;
     let path = "/socket/tls";
-    curl(&client, &format!("http://127.0.0.1:8080{path}?n=1"))?;
+    curl_traced(&client, &format!("http://127.0.0.1:8080{path}?n=1"))?;
 
     // Two plaintext legs, one in each pod, each a loopback connection seen at both of its
     // sockets: curl -> the client's stunnel, and the server's stunnel -> nginx.
     let legs = [
         vec![
-            point("socket", "client", "curl"),
-            point("socket", "server", "stunnel4"),
+            Point::new("socket", "curl", "client"),
+            Point::new("socket", "stunnel4", "server"),
         ],
         vec![
-            point("socket", "client", "stunnel4"),
-            point("socket", "server", "nginx"),
+            Point::new("socket", "stunnel4", "client"),
+            Point::new("socket", "nginx", "server"),
         ],
     ];
     let mut all = Vec::new();
@@ -493,7 +433,7 @@ async fn socket_point_sees_plaintext_behind_a_tls_tunnel() -> Result<()> {
     // The veths carried the exchange, but only as TLS: no veth view decodes it.
     assert!(
         !tls.iter()
-            .any(|s| points(s).iter().any(|(p, _, _)| p == "pod")),
+            .any(|s| points(s).iter().any(|p| p.kind == "pod")),
         "the veth must not see plaintext of {path}: {tls:#?}"
     );
     let traced = r#"clovisor_probe_kernel_total{counter="packets_traced"}"#;

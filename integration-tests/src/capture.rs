@@ -1,0 +1,90 @@
+//! Driving the probe's capture directly (without the rest of the pipeline): its event loop on a
+//! runtime of its own, and its records grouped by flow.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use clovisor_probe::capture::{Capture, EventLoopStats};
+use clovisor_proto::capture::v1::{record, FlowEnd, Message, Record};
+
+/// A capture's event loop running on its own runtime until [`Recorder::stop`].
+pub struct Recorder {
+    rt: tokio::runtime::Runtime,
+    rx: tokio::sync::mpsc::Receiver<Record>,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<clovisor_probe::Result<EventLoopStats>>,
+    /// The event loop's counters as it runs.
+    pub live: Arc<Mutex<EventLoopStats>>,
+}
+
+impl Recorder {
+    /// Starts `capture`'s event loop with room for `queue` records.
+    pub fn start(capture: &mut Capture, queue: usize) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let event_loop = capture.take_event_loop()?;
+        let live = event_loop.stats_handle();
+        let (tx, rx) = tokio::sync::mpsc::channel(queue);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(event_loop.run(tx, async {
+            let _ = stop_rx.await;
+        }));
+        Ok(Self {
+            rt,
+            rx,
+            stop_tx,
+            task,
+            live,
+        })
+    }
+
+    /// Stops the event loop (it drains the ring first) and returns its counters and every
+    /// record it produced.
+    pub fn stop(mut self) -> Result<(EventLoopStats, Vec<Record>)> {
+        let _ = self.stop_tx.send(());
+        let stats = self.rt.block_on(self.task).context("event loop task")??;
+        let mut records = Vec::new();
+        while let Ok(r) = self.rx.try_recv() {
+            records.push(r);
+        }
+        Ok((stats, records))
+    }
+}
+
+/// Messages of one flow by index (a later record for an index supersedes an earlier one),
+/// and its FlowEnd.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// Messages by index.
+    pub messages: BTreeMap<u32, Message>,
+    /// How the flow ended, when it did.
+    pub end: Option<FlowEnd>,
+}
+
+/// The flows of `records` whose client address is `client_ip`, by flow id.
+pub fn flows_of(records: &[Record], client_ip: &[u8]) -> BTreeMap<u64, Flow> {
+    let mut flows: BTreeMap<u64, Flow> = BTreeMap::new();
+    for r in records {
+        match &r.kind {
+            Some(record::Kind::Message(m))
+                if m.flow.as_ref().is_some_and(|f| f.client_ip == client_ip) =>
+            {
+                flows
+                    .entry(m.flow_id)
+                    .or_default()
+                    .messages
+                    .insert(m.index, m.clone());
+            }
+            Some(record::Kind::FlowEnd(e))
+                if e.flow.as_ref().is_some_and(|f| f.client_ip == client_ip) =>
+            {
+                flows.entry(e.flow_id).or_default().end = Some(e.clone());
+            }
+            _ => {}
+        }
+    }
+    flows
+}
