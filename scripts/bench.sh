@@ -59,8 +59,11 @@ fi
 
 export RUST_BACKTRACE=0 # errors of the components, not stack traces, in the logs
 echo "== building release binaries"
-cargo build --release --locked -p clovisor-probe -p clovisor-collector -p clovisor-correlator \
-  --bins --example decode_bench --example attach_tp_btf
+# The binaries as they ship; then the examples, which turn on the collector's `replay` feature
+# (a separate build, so it never reaches the measured collector).
+cargo build --release --locked -p clovisor-probe -p clovisor-collector -p clovisor-correlator --bins
+cargo build --release --locked -p clovisor-collector -p clovisor-probe \
+  --example decode_bench --example attach_tp_btf
 BINDIR=$ROOT/target/release
 
 ID=$$

@@ -1,5 +1,6 @@
 //! The collector library's error type.
 
+#[cfg(feature = "replay")]
 use std::path::PathBuf;
 
 use crate::decode::DecodeError;
@@ -15,6 +16,7 @@ pub enum Error {
         source: DecodeError,
     },
     /// A capture file could not be read.
+    #[cfg(feature = "replay")]
     #[error("reading capture {path}")]
     CaptureIo {
         /// The file.
@@ -24,16 +26,11 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A capture file is not valid pcap/pcapng.
+    #[cfg(feature = "replay")]
     #[error("capture is not valid pcap/pcapng: {detail}")]
     CaptureFormat {
         /// What the parser reported.
         detail: String,
-    },
-    /// A capture uses a link layer the replay does not understand.
-    #[error("unsupported pcap link type {linktype}")]
-    UnsupportedLinktype {
-        /// The pcap LINKTYPE value.
-        linktype: i32,
     },
     /// The session channel closed: nobody consumes decoded sessions any more.
     #[error("session output channel closed")]

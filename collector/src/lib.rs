@@ -4,8 +4,12 @@
 //!
 //! Pipeline: [`server::CaptureService`] (gRPC ingest, acks, dedupe) -> [`flows::FlowTable`]
 //! (ordering, pairing, bounded state) -> [`decode`] (protocol decoders) -> a channel of sessions
-//! that [`forward`] sends to the correlator. [`replay::pcap`] turns capture files into the same
-//! records a probe sends.
+//! that [`forward`] sends to the correlator.
+//!
+//! With the `replay` feature, `replay::pcap` turns capture files into the records a probe would
+//! have sent for them: a copy of the kernel's message rules for tests, benchmarks and examples,
+//! kept out of the production collector (integration-tests/tests/replay_matches_kernel.rs holds
+//! the copy to the BPF program).
 #![forbid(unsafe_code)]
 
 pub mod decode;
@@ -13,6 +17,7 @@ pub mod error;
 pub mod flows;
 pub mod forward;
 pub mod metrics;
+#[cfg(feature = "replay")]
 pub mod replay;
 pub mod server;
 
