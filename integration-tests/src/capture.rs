@@ -1,5 +1,5 @@
 //! Driving the probe's capture directly (without the rest of the pipeline): its event loop on a
-//! runtime of its own, and its records grouped by flow.
+//! runtime of its own, its records grouped by flow, and hand-made segments to feed it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use clovisor_probe::capture::{Capture, EventLoopStats};
 use clovisor_proto::capture::v1::{record, FlowEnd, Message, Record};
+
+use crate::{run, run_in};
 
 /// A capture's event loop running on its own runtime until [`Recorder::stop`].
 pub struct Recorder {
@@ -87,4 +89,19 @@ pub fn flows_of(records: &[Record], client_ip: &[u8]) -> BTreeMap<u64, Flow> {
         }
     }
     flows
+}
+
+/// Runs `integration-tests/scripts/inject_tcp.py`: hand-made TCP/IPv4 segments put on an
+/// interface (inside `netns` when given) in the order given, bypassing the local TCP stack.
+/// `args`: the interface, `SRC_IP:PORT`, `DST_IP:PORT`, then `SEQ:PAYLOAD` per segment.
+pub fn inject(netns: Option<&str>, args: &[String]) -> Result<()> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/inject_tcp.py");
+    let mut full = vec!["python3".to_owned(), script.display().to_string()];
+    full.extend_from_slice(args);
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    match netns {
+        Some(ns) => run_in(ns, &full),
+        None => run(full[0], &full[1..]),
+    }
+    .map(|_| ())
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use clovisor_integration_tests::capture::{flows_of, Flow, Recorder};
+use clovisor_integration_tests::capture::{flows_of, inject, Flow, Recorder};
 use clovisor_integration_tests::http_client::Curl;
 use clovisor_integration_tests::{
     our_programs_on, require_root, run, run_in, Lab, Nginx, Pod, BIG_BYTES,
@@ -702,20 +702,6 @@ fn retransmitted_bytes_are_counted_once() -> Result<()> {
         flow.messages.keys()
     );
     Ok(())
-}
-
-/// Runs `integration-tests/scripts/inject_tcp.py` (in `netns` when given): hand-made segments
-/// put on an interface in the order given.
-fn inject(netns: Option<&str>, args: &[String]) -> Result<()> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/inject_tcp.py");
-    let mut full = vec!["python3".to_owned(), script.display().to_string()];
-    full.extend_from_slice(args);
-    let full: Vec<&str> = full.iter().map(String::as_str).collect();
-    match netns {
-        Some(ns) => run_in(ns, &full),
-        None => run(full[0], &full[1..]),
-    }
-    .map(|_| ())
 }
 
 /// Segments of one message can reach the hook out of order (a flow's packets are processed on

@@ -1,9 +1,20 @@
 //! Turns a pcap/pcapng capture into the records a probe would have sent for it.
 //!
-//! Same semantics as the probe: the server is the side whose port is traced; a message is every
-//! payload byte one side sent before the other side sent any; its first `snaplen` bytes are kept;
-//! bytes/packets/retransmits are counted per message; FIN or RST ends the flow. Flows still open
-//! at the end of the file end as idle. Timestamps come from the capture.
+//! Same semantics as the probe's tc program (`bpf/tc_capture.bpf.c`), which is the reference:
+//! the server is the side whose port is traced; a message is every payload byte one side sent
+//! before the other side sent any; bytes are counted in sequence space (how far a segment moves
+//! the highest sequence number seen in its direction, so an overtaken segment is covered by the
+//! one that overtook it), `packets` counts segments that moved it, `retransmits` those that did
+//! not (or only partly); FIN or RST ends the flow. Flows still open at the end of the file end
+//! as idle. Timestamps come from the capture.
+//!
+//! Differences kept on purpose (each pinned by a test here): the kernel copies the first
+//! `snaplen` bytes of a message's *first packet*, the replay continues the snippet into the
+//! message's later packets (up to a gap) until it holds `snaplen` bytes; a retransmission moves
+//! the kernel's end time of the message, not the replay's; after FIN or RST the replay ignores
+//! the connection until a new SYN, where the kernel would start a new flow with any later
+//! payload. `integration-tests/tests/replay_matches_kernel.rs` runs the same traffic through
+//! both and requires the same records.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -327,15 +338,16 @@ struct Pending {
     packets: u32,
     retransmits: u32,
     payload: Vec<u8>,
-    /// A segment went missing inside this message: later bytes cannot extend the snippet.
-    hole: bool,
+    /// Sequence number right after the snippet's last byte: the snippet grows only by a
+    /// segment that reaches it (never across a gap).
+    snippet_end: u32,
 }
 
 struct Conn {
     flow_id: u64,
     index: u32,
     current: Option<Pending>,
-    /// Next expected sequence number per direction (client->server, server->client).
+    /// Highest sequence number seen per direction (client->server, server->client).
     next_seq: [Option<u32>; 2],
 }
 
@@ -433,61 +445,67 @@ impl<'c> Tracker<'c> {
         };
         let d = usize::from(direction == Direction::ServerToClient);
         let len = seg.payload.len() as u32;
-        let mut payload = seg.payload;
-        let mut seq = seg.seq;
-        let mut hole = false;
-        if let Some(exp) = conn.next_seq[d] {
-            let seg_end = seg.seq.wrapping_add(len);
-            if !seq_before(exp, seg_end) {
-                // Everything in this segment was seen already.
+        let end = seg.seq.wrapping_add(len);
+        let same_message =
+            |c: &Option<Pending>| c.as_ref().is_some_and(|c| c.direction == direction);
+        // As the kernel does: bytes count by how far the segment moves the highest sequence
+        // number seen in its direction.
+        let mut new_bytes = len;
+        if let Some(next) = conn.next_seq[d] {
+            if !seq_before(next, end) {
+                // Nothing beyond what was seen: a retransmission or an overtaken segment. It
+                // never starts a message, even after a direction switch.
                 self.stats.retransmits += 1;
                 if let Some(cur) = conn.current.as_mut().filter(|c| c.direction == direction) {
                     cur.retransmits += 1;
                 }
                 return;
             }
-            if seq_before(seg.seq, exp) {
-                let overlap = exp.wrapping_sub(seg.seq) as usize;
-                payload = payload.get(overlap..).unwrap_or_default();
-                seq = exp;
-            } else if seg.seq != exp {
-                hole = true;
+            new_bytes = end.wrapping_sub(next);
+            if seq_before(seg.seq, next) && same_message(&conn.current) {
+                // Partly seen before: only the new bytes count.
+                if let Some(cur) = conn.current.as_mut() {
+                    cur.retransmits += 1;
+                }
             }
         }
-        conn.next_seq[d] = Some(seq.wrapping_add(payload.len() as u32));
-        let switch = conn
-            .current
-            .as_ref()
-            .is_none_or(|c| c.direction != direction);
-        if switch {
+        conn.next_seq[d] = Some(end);
+        if !same_message(&conn.current) {
+            // First payload of the flow, or a direction switch: a new message starts here, its
+            // snippet from the start of this segment.
             if let Some(done) = conn.current.take() {
                 self.records
                     .push(message(self.config, key, conn.flow_id, conn.index, done));
                 conn.index += 1;
             }
+            let take = seg.payload.len().min(snaplen);
             conn.current = Some(Pending {
                 direction,
                 start: ts,
                 end: ts,
-                tcp_seq: seq,
-                bytes: 0,
-                packets: 0,
+                tcp_seq: seg.seq,
+                bytes: u64::from(new_bytes),
+                packets: 1,
                 retransmits: 0,
-                payload: Vec::new(),
-                hole: false,
+                payload: seg.payload[..take].to_vec(),
+                snippet_end: seg.seq.wrapping_add(take as u32),
             });
+            return;
         }
         let Some(cur) = conn.current.as_mut() else {
             return;
         };
         cur.end = ts;
-        cur.bytes += payload.len() as u64;
+        cur.bytes += u64::from(new_bytes);
         cur.packets += 1;
-        cur.hole |= hole && !switch;
-        if !cur.hole && cur.payload.len() < snaplen {
-            let room = snaplen - cur.payload.len();
-            cur.payload
-                .extend_from_slice(&payload[..payload.len().min(room)]);
+        // The snippet continues with this segment's bytes past its end, unless a gap lies
+        // between them.
+        if cur.payload.len() < snaplen && !seq_before(cur.snippet_end, seg.seq) {
+            let skip = cur.snippet_end.wrapping_sub(seg.seq) as usize;
+            let fresh = seg.payload.get(skip..).unwrap_or_default();
+            let take = fresh.len().min(snaplen - cur.payload.len());
+            cur.payload.extend_from_slice(&fresh[..take]);
+            cur.snippet_end = cur.snippet_end.wrapping_add(take as u32);
         }
     }
 
