@@ -245,63 +245,62 @@ impl CollectorMetrics {
         })
     }
 
-    /// Registers every metric under the `clovisor_collector_` prefix, and the connection flow
-    /// metrics under `clovisor_flow_`.
+    /// Registers every metric (`clovisor_collector_*`) and the connection flow metrics
+    /// (`clovisor_flow_*`), each named here in full.
     pub fn register(&self, registry: &mut Registry) {
         self.connections.register(registry);
-        let r = registry.sub_registry_with_prefix("clovisor_collector");
-        r.register(
-            "records_received",
+        registry.register(
+            "clovisor_collector_records_received",
             "Records received from probes, by kind",
             self.records_received.clone(),
         );
-        r.register(
-            "sessions_emitted",
+        registry.register(
+            "clovisor_collector_sessions_emitted",
             "Decoded sessions emitted, by outcome",
             self.sessions_emitted.clone(),
         );
-        r.register(
-            "decode_errors",
+        registry.register(
+            "clovisor_collector_decode_errors",
             "Messages that could not be decoded, by reason",
             self.decode_errors.clone(),
         );
-        r.register(
-            "flows_evicted",
+        registry.register(
+            "clovisor_collector_flows_evicted",
             "Flows dropped before their end, by reason",
             self.flows_evicted.clone(),
         );
-        r.register(
-            "connections_ended",
+        registry.register(
+            "clovisor_collector_connections_ended",
             "Traced connections that ended (FIN, RST), as each observation point saw them",
             self.connections_ended.clone(),
         );
-        r.register(
-            "batches_duplicate",
+        registry.register(
+            "clovisor_collector_batches_duplicate",
             "Re-sent batches acknowledged without processing",
             self.batches_duplicate.clone(),
         );
-        r.register(
-            "batches_processed",
+        registry.register(
+            "clovisor_collector_batches_processed",
             "Record batches processed",
             self.batches_processed.clone(),
         );
-        r.register(
-            "messages_dropped",
+        registry.register(
+            "clovisor_collector_messages_dropped",
             "Messages dropped before pairing, by reason",
             self.messages_dropped.clone(),
         );
-        r.register(
-            "flows_unsupported",
+        registry.register(
+            "clovisor_collector_flows_unsupported",
             "Flows skipped because their protocol is not decoded yet",
             self.flows_unsupported.clone(),
         );
-        r.register(
-            "probe_restarts",
+        registry.register(
+            "clovisor_collector_probe_restarts",
             "Probes seen restarting (new probe id for a known node)",
             self.probe_restarts.clone(),
         );
-        r.register(
-            "endpoints_dropped",
+        registry.register(
+            "clovisor_collector_endpoints_dropped",
             "Endpoint updates ignored because the table was full",
             self.endpoints_dropped.clone(),
         );
