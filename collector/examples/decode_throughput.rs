@@ -13,6 +13,8 @@ use clovisor_collector::replay::pcap::{replay_file, ReplayConfig};
 use clovisor_collector::CollectorMetrics;
 use clovisor_proto::capture::v1::record;
 
+// The measured rate on stdout is this example's output.
+#[allow(clippy::print_stdout)]
 fn main() -> anyhow::Result<()> {
     let rounds: u64 = std::env::args()
         .nth(1)

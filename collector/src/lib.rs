@@ -10,7 +10,6 @@
 //! have sent for them: a copy of the kernel's message rules for tests, benchmarks and examples,
 //! kept out of the production collector (integration-tests/tests/replay_matches_kernel.rs holds
 //! the copy to the BPF program).
-#![forbid(unsafe_code)]
 
 pub mod decode;
 pub mod error;

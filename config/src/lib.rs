@@ -2,7 +2,6 @@
 //! ([`parse`]) and the Redis source ([`RedisSource`]) that publishes changes on a
 //! `tokio::sync::watch` channel. Every service (probe, collector, correlator, all-in-one) reads
 //! the same keys and takes the part that concerns it.
-#![forbid(unsafe_code)]
 
 pub mod keys;
 pub mod metrics;

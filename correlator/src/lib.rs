@@ -5,7 +5,6 @@
 //! [`Correlator`] owns the pieces; the binary serves [`Correlator::ingest_server`] (gRPC),
 //! [`Correlator::api_router`] and [`Correlator::metrics_router`] (HTTP, separate ports), and
 //! calls [`Correlator::shutdown`] on SIGTERM so queued spans are delivered.
-#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;

@@ -1,7 +1,6 @@
 //! Process plumbing every Clovisor-rs binary shares: structured logging, shutdown signals,
 //! serving an axum router with graceful shutdown, and the start-up every process repeats
 //! ([`process::start`]).
-#![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -4,7 +4,6 @@
 //! One package per contract and version: `capture::v1` (probe -> collector raw records) and
 //! `session::v1` (collector -> correlator decoded sessions), both speaking of observation points
 //! in the vocabulary of `common::v1` (point kinds, sides).
-#![forbid(unsafe_code)]
 
 pub mod common {
     /// `clovisor.common.v1`
