@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf};
 
+// It tells scripts/bench.sh on stdout what it attached.
+#[allow(clippy::print_stdout)]
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
