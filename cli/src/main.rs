@@ -1,5 +1,6 @@
-//! `clovisor`: the all-in-one tracer for one Linux host, and queries against a running
-//! correlator.
+//! `clovisor`: the all-in-one tracer for one Linux host (`all-in-one`), and a look at what of
+//! ours is attached to this host's interfaces (`inspect`). Sessions of a running correlator are
+//! queried over its REST API (`GET /api/v1/sessions`), not through this command.
 
 /// mimalloc: the pipeline allocates and frees a record, a batch and a session per message; with
 /// glibc malloc that was over half of the all-in-one process's CPU under load (perf).
