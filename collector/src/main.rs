@@ -16,7 +16,7 @@ use clovisor_collector::forward::Forwarder;
 use clovisor_collector::server::CaptureService;
 use clovisor_collector::CollectorMetrics;
 use clovisor_proto::delivery::DeliveryConfig;
-use clovisor_runtime::process::{start, ServiceArgs, Started};
+use clovisor_runtime::process::{start, ServiceArgs};
 use clovisor_runtime::StopFlag;
 
 #[derive(Debug, Parser)]
@@ -42,15 +42,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let Started {
-        shutdown,
-        drops,
-        mut registry,
-        live,
-        mut servers,
-    } = start(&args.service.log, Some(&args.service.redis))?;
-    let metrics = Arc::new(CollectorMetrics::with_drops(drops));
-    metrics.register(&mut registry);
+    let mut process = start(&args.service.log, Some(&args.service.redis))?;
+    let metrics = Arc::new(CollectorMetrics::with_drops(process.drops.clone()));
+    metrics.register(&mut process.registry);
 
     let (sessions_tx, sessions_rx) = tokio::sync::mpsc::channel(args.session_queue);
     let channel = clovisor_proto::hops::lazy_channel(&args.correlator)?;
@@ -64,10 +58,12 @@ async fn main() -> anyhow::Result<()> {
     let forwarder = tokio::spawn(forwarder.run(sessions_rx, std::future::pending()));
 
     let stop_grpc = StopFlag::default();
-    servers
+    let registry = Arc::new(process.registry);
+    process
+        .servers
         .serve(
             args.service.metrics_listen,
-            clovisor_runtime::metrics_router(Arc::new(registry)),
+            clovisor_runtime::metrics_router(registry),
         )
         .await?;
     let listener = tokio::net::TcpListener::bind(args.grpc_listen)
@@ -80,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
                 CaptureService::new(sessions_tx, Arc::clone(&metrics))
                     // A killed collector loses no session its forwarder still held.
                     .ack_after_downstream(forwarder_stats)
-                    .with_live_config(live)
+                    .with_live_config(process.live)
                     .into_server(),
             )
             .serve_with_incoming_shutdown(
@@ -89,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
             ),
     );
 
-    shutdown.await;
+    process.shutdown.await;
     stop_grpc.raise();
     // Probes hold their streams open; what they have not had acknowledged they will re-send to
     // the next collector, so waiting long gains nothing.
@@ -109,6 +105,6 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("correlator did not acknowledge everything in 10 s");
     }
     forwarder_accounting.abort();
-    servers.stop().await.context("HTTP servers")?;
+    process.servers.stop().await.context("HTTP servers")?;
     Ok(())
 }

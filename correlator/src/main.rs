@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Parser;
 use clovisor_correlator::{Config, Correlator};
-use clovisor_runtime::process::{start, ServiceArgs, Started};
+use clovisor_runtime::process::{start, ServiceArgs};
 use clovisor_runtime::StopFlag;
 
 #[derive(Debug, Parser)]
@@ -30,21 +30,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let Started {
-        shutdown,
-        drops,
-        registry,
-        live,
-        mut servers,
-    } = start(&args.service.log, Some(&args.service.redis))?;
-    let correlator = Correlator::with_registry(
-        Config::from_env().context("configuration")?,
-        registry,
-        drops,
-    )?;
-    let _endpoint_follower = correlator.follow_live_config(live);
+    let mut process = start(&args.service.log, Some(&args.service.redis))?;
+    let config = Config::from_env().context("configuration")?;
+    let correlator = Correlator::with_registry(config, process.registry, process.drops)?;
+    let _endpoint_follower = correlator.follow_live_config(process.live);
 
     let stop_grpc = StopFlag::default();
+    let servers = &mut process.servers;
     servers
         .serve(args.api_listen, correlator.api_router())
         .await?;
@@ -64,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
             ),
     );
 
-    shutdown.await;
+    process.shutdown.await;
     stop_grpc.raise();
     // Collectors hold their streams open; give them a moment to see the GOAWAY, then go on.
     match tokio::time::timeout(std::time::Duration::from_secs(5), grpc).await {
@@ -72,6 +64,6 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => tracing::warn!("collector streams still open after 5 s; closing them"),
     }
     correlator.shutdown().await.context("flushing spans")?;
-    servers.stop().await.context("HTTP servers")?;
+    process.servers.stop().await.context("HTTP servers")?;
     Ok(())
 }

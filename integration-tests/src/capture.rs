@@ -5,10 +5,21 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use clovisor_probe::capture::{Capture, EventLoopStats};
-use clovisor_proto::capture::v1::{record, FlowEnd, Message, Record};
+use clovisor_probe::capture::{Capture, CaptureConfig, EventLoopStats};
+use clovisor_proto::capture::v1::{record, FlowEnd, Message, ProtocolHint, Record};
 
 use crate::{run, run_in};
+
+/// Loads the capture with `config`, traces `ports` as HTTP and attaches it to the pod veth
+/// `veth`.
+pub fn attach(config: &CaptureConfig, veth: &str, ports: &[u16]) -> Result<Capture> {
+    let mut capture = Capture::load(config)?;
+    let traced: BTreeMap<u16, ProtocolHint> =
+        ports.iter().map(|p| (*p, ProtocolHint::Http)).collect();
+    capture.set_traced_ports(&traced)?;
+    capture.attach_pod_veth(veth)?;
+    Ok(capture)
+}
 
 /// A capture's event loop running on its own runtime until [`Recorder::stop`].
 pub struct Recorder {

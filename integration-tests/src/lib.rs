@@ -355,20 +355,29 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// Path of the `clovisor` binary, built first so a test never runs a stale one (a no-op when
-/// `cargo test --workspace` already built it).
-pub fn clovisor_bin() -> Result<PathBuf> {
+/// Builds the binaries of `packages` (so a test never runs a stale one; a no-op when
+/// `cargo test --workspace` already built them) and returns the directory they are in.
+pub fn cargo_build(packages: &[&str]) -> Result<PathBuf> {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILD.lock();
+    let mut args = vec!["build", "--quiet"];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "clovisor"])
+        .args(&args)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .status()
-        .context("cargo build -p clovisor")?;
+        .with_context(|| format!("cargo {}", args.join(" ")))?;
     if !status.success() {
-        bail!("cargo build -p clovisor failed");
+        bail!("cargo {} failed", args.join(" "));
     }
-    Ok(target_dir().join("debug/clovisor"))
+    Ok(target_dir().join("debug"))
+}
+
+/// Path of the `clovisor` binary, built first ([`cargo_build`]).
+pub fn clovisor_bin() -> Result<PathBuf> {
+    Ok(cargo_build(&["clovisor"])?.join("clovisor"))
 }
 
 /// A child process that is killed (SIGKILL) on drop unless it was stopped first.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use clovisor_integration_tests::capture::{flows_of, inject, Flow, Recorder};
+use clovisor_integration_tests::capture::{attach, flows_of, inject, Flow, Recorder};
 use clovisor_integration_tests::http_client::Curl;
 use clovisor_integration_tests::{
     our_programs_on, require_root, run, run_in, Lab, Nginx, Pod, BIG_BYTES,
@@ -392,13 +392,20 @@ fn captures_keep_alive_http_over_ipv4_and_ipv6_on_a_pod_veth() -> Result<()> {
     Ok(())
 }
 
-fn legacy_config() -> CaptureConfig {
+/// Small maps: enough for a test's few connections.
+fn small_config() -> CaptureConfig {
     CaptureConfig {
         ring_buffer_bytes: 1 << 16,
         max_connections: 1024,
         node: NODE.into(),
-        attach: AttachPolicy::Netlink,
         ..CaptureConfig::default()
+    }
+}
+
+fn legacy_config() -> CaptureConfig {
+    CaptureConfig {
+        attach: AttachPolicy::Netlink,
+        ..small_config()
     }
 }
 
@@ -513,15 +520,11 @@ fn quiet_keep_alive_response_is_flushed_with_kernel_counters() -> Result<()> {
     let client = lab.pod("pidc")?;
     let _nginx = Nginx::start(&server)?;
     let veth = discovery::host_veth(&server.netns)?;
-    let mut capture = Capture::load(&CaptureConfig {
-        ring_buffer_bytes: 1 << 16,
-        max_connections: 1024,
+    let config = CaptureConfig {
         idle_flush: Duration::from_millis(200),
-        node: NODE.into(),
-        ..CaptureConfig::default()
-    })?;
-    capture.set_traced_ports(&BTreeMap::from([(80, ProtocolHint::Http)]))?;
-    capture.attach_pod_veth(&veth.name)?;
+        ..small_config()
+    };
+    let mut capture = attach(&config, &veth.name, &[80])?;
     let recorder = Recorder::start(&mut capture, 1000)?;
 
     // Read the whole response, stay connected for 800 ms (4 idle periods), then close.
@@ -624,14 +627,7 @@ fn retransmitted_bytes_are_counted_once() -> Result<()> {
     let client = lab.pod("prtc")?;
     let _nginx = Nginx::start(&server)?;
     let veth = discovery::host_veth(&server.netns)?;
-    let mut capture = Capture::load(&CaptureConfig {
-        ring_buffer_bytes: 1 << 16,
-        max_connections: 1024,
-        node: NODE.into(),
-        ..CaptureConfig::default()
-    })?;
-    capture.set_traced_ports(&BTreeMap::from([(80, ProtocolHint::Http)]))?;
-    capture.attach_pod_veth(&veth.name)?;
+    let mut capture = attach(&small_config(), &veth.name, &[80])?;
     // Losses happen after our observation point (on the way into the client pod), so the
     // server's veth sees every original segment and every retransmission.
     let tmp = tempfile::tempdir()?;
@@ -715,16 +711,9 @@ fn overtaken_segments_are_counted_in_their_message() -> Result<()> {
     require_root()?;
     let mut lab = Lab::new()?;
     let server = lab.pod("preo")?;
-    let mut capture = Capture::load(&CaptureConfig {
-        ring_buffer_bytes: 1 << 16,
-        max_connections: 1024,
-        node: NODE.into(),
-        ..CaptureConfig::default()
-    })?;
-    // No server listens on the port: the pod's kernel never answers the hand-made segments.
-    capture.set_traced_ports(&BTreeMap::from([(8181, ProtocolHint::Http)]))?;
     let veth = discovery::host_veth(&server.netns)?;
-    capture.attach_pod_veth(&veth.name)?;
+    // No server listens on the port: the pod's kernel never answers the hand-made segments.
+    let mut capture = attach(&small_config(), &veth.name, &[8181])?;
     let recorder = Recorder::start(&mut capture, 1000)?;
 
     let client = "192.0.2.10:40000".to_owned();

@@ -14,15 +14,15 @@
 //!   and it can only happen to requests in flight around the kill; the test checks both.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clovisor_integration_tests::api;
 use clovisor_integration_tests::http_client::{http_get, Curl};
 use clovisor_integration_tests::{
-    free_port, our_programs_on, target_dir, wait_for, Lab, Nginx, Proc,
+    cargo_build, free_port, our_programs_on, wait_for, Lab, Nginx, Proc,
 };
 
 /// How long the client makes requests.
@@ -33,28 +33,6 @@ const KILL_AFTER: Duration = Duration::from_millis(2500);
 const DEAD_FOR: Duration = Duration::from_millis(1500);
 /// Requests that ended this long before the kill must have been delivered.
 const SAFE_BEFORE_KILL: Duration = Duration::from_secs(1);
-
-/// Builds the three binaries once and returns the directory they are in.
-fn bins() -> Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "clovisor-probe",
-            "-p",
-            "clovisor-collector",
-            "-p",
-            "clovisor-correlator",
-        ])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .status()
-        .context("cargo build of the three binaries")?;
-    if !status.success() {
-        bail!("cargo build of clovisor-probe, -collector, -correlator failed");
-    }
-    Ok(target_dir().join("debug"))
-}
 
 fn log_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("clovisor-replay-{name}-{}.log", std::process::id()))
@@ -106,7 +84,11 @@ struct Made {
 
 #[test]
 fn a_collector_killed_mid_traffic_stores_every_request_once_but_split_exchanges() -> Result<()> {
-    let bin = bins()?;
+    let bin = cargo_build(&[
+        "clovisor-probe",
+        "clovisor-collector",
+        "clovisor-correlator",
+    ])?;
     let mut lab = Lab::new()?;
     let client = lab.pod("rcl")?;
     let server = lab.pod("rsv")?;

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clovisor_collector::replay::pcap::{replay_file, ReplayConfig};
-use clovisor_integration_tests::capture::{inject, Recorder};
+use clovisor_integration_tests::capture::{attach, inject, Recorder};
 use clovisor_integration_tests::http_client::{curl, curl_keep_alive, Curl};
 use clovisor_integration_tests::{require_root, wait_for, Lab, Nginx, Proc};
-use clovisor_probe::capture::{Capture, CaptureConfig};
+use clovisor_probe::capture::CaptureConfig;
 use clovisor_probe::discovery;
 use clovisor_proto::capture::v1::{record, FlowEndReason, ProtocolHint, Record};
 
@@ -157,20 +157,16 @@ fn the_replay_makes_the_records_the_kernel_makes() -> Result<()> {
     let _nginx = Nginx::start(&server)?;
     let veth = discovery::host_veth(&server.netns)?;
 
-    let mut capture = Capture::load(&CaptureConfig {
+    let traced = [80, INJECTED_PORT];
+    let config = CaptureConfig {
         snaplen: SNAPLEN,
         ring_buffer_bytes: 1 << 20,
         max_connections: 4096,
         idle_flush: Duration::from_millis(200),
         node: "replay-vs-kernel".into(),
         ..CaptureConfig::default()
-    })?;
-    let traced = BTreeMap::from([
-        (80, ProtocolHint::Http),
-        (INJECTED_PORT, ProtocolHint::Http),
-    ]);
-    capture.set_traced_ports(&traced)?;
-    capture.attach_pod_veth(&veth.name)?;
+    };
+    let mut capture = attach(&config, &veth.name, &traced)?;
     let recorder = Recorder::start(&mut capture, 10_000)?;
     let dir = tempfile::tempdir()?;
     let pcap = dir.path().join("veth.pcapng");
@@ -228,18 +224,21 @@ fn the_replay_makes_the_records_the_kernel_makes() -> Result<()> {
             ],
         ),
     ];
-    for (port, response) in &cases {
-        let cli = format!("192.0.2.10:{port}");
+    // A request from client port `port` whose first byte is `seq`, towards the pod.
+    let request_from = |port: u16, seq: u32| {
         inject(
             None,
             &[
                 veth.name.clone(),
-                cli.clone(),
+                format!("192.0.2.10:{port}"),
                 srv.clone(),
-                format!("1000:{request}"),
+                format!("{seq}:{request}"),
             ],
-        )?;
-        let mut segments = vec!["eth0".to_owned(), srv.clone(), cli.clone()];
+        )
+    };
+    for (port, response) in &cases {
+        request_from(*port, 1000)?;
+        let mut segments = vec!["eth0".to_owned(), srv.clone(), format!("192.0.2.10:{port}")];
         segments.extend(
             response
                 .iter()
@@ -247,15 +246,7 @@ fn the_replay_makes_the_records_the_kernel_makes() -> Result<()> {
         );
         inject(Some(&server.netns), &segments)?;
         // The next request closes the response.
-        inject(
-            None,
-            &[
-                veth.name.clone(),
-                cli,
-                srv.clone(),
-                format!("{}:{request}", 1000 + request_len),
-            ],
-        )?;
+        request_from(*port, 1000 + request_len)?;
     }
 
     // Let FIN events arrive and idle flushes run, then stop both.
@@ -268,7 +259,7 @@ fn the_replay_makes_the_records_the_kernel_makes() -> Result<()> {
     let replay = replay_file(
         &pcap,
         &ReplayConfig {
-            traced_ports: traced.keys().copied().collect(),
+            traced_ports: traced.into_iter().collect(),
             snaplen: SNAPLEN,
             hint: ProtocolHint::Http,
             ..ReplayConfig::default()

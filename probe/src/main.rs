@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use clovisor_probe::cli::ProbeArgs;
 use clovisor_probe::metrics::ProbeMetrics;
-use clovisor_runtime::process::{start, ServiceArgs, Started};
+use clovisor_runtime::process::{start, ServiceArgs};
 
 #[derive(Debug, Parser)]
 #[command(name = "clovisor-probe", version, about)]
@@ -33,28 +33,23 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let Started {
-        shutdown,
-        drops,
-        mut registry,
-        live,
-        mut servers,
-    } = start(&args.service.log, Some(&args.service.redis))?;
-    let metrics = Arc::new(ProbeMetrics::new(drops));
-    metrics.register(&mut registry);
-    servers
-        .serve(
-            args.service.metrics_listen,
-            clovisor_runtime::metrics_router(Arc::new(registry))
-                .merge(clovisor_probe::api::router(Arc::clone(&metrics))),
-        )
+    let mut process = start(&args.service.log, Some(&args.service.redis))?;
+    let metrics = Arc::new(ProbeMetrics::new(process.drops.clone()));
+    metrics.register(&mut process.registry);
+    // The probe's own status (`GET /api/v1/probe`) beside its metrics.
+    let router = clovisor_runtime::metrics_router(Arc::new(process.registry))
+        .merge(clovisor_probe::api::router(Arc::clone(&metrics)));
+    process
+        .servers
+        .serve(args.service.metrics_listen, router)
         .await?;
 
     let channel = clovisor_proto::hops::lazy_channel(&args.collector)?;
+    let config = args.probe.agent_config();
     let result =
-        clovisor_probe::agent::run(args.probe.agent_config(), live, channel, shutdown, metrics)
+        clovisor_probe::agent::run(config, process.live, channel, process.shutdown, metrics)
             .await
             .context("probe");
-    servers.stop().await.context("HTTP servers")?;
+    process.servers.stop().await.context("HTTP servers")?;
     result
 }

@@ -650,6 +650,19 @@ impl Flow {
             self.exchange = Some(ex);
             return;
         }
+        self.emit_exchange(ctx, &ex, Some(response), &finals, false);
+    }
+
+    /// Emits one session per request of `ex` (several when pipelined), the `k`-th paired with
+    /// the `k`-th of `finals`.
+    fn emit_exchange(
+        &self,
+        ctx: &mut Ctx<'_>,
+        ex: &Exchange,
+        response: Option<MessageStats>,
+        finals: &[&ResponseHead],
+        incomplete: bool,
+    ) {
         let n = ex.requests.len();
         for (k, req) in ex.requests.iter().enumerate() {
             session::emit(
@@ -657,12 +670,12 @@ impl Flow {
                 self,
                 session::Parts {
                     request: ex.request,
-                    response: Some(response),
+                    response,
                     head: req,
                     response_head: finals.get(k).copied(),
                     position: k,
                     pipelined: n,
-                    incomplete: false,
+                    incomplete,
                 },
             );
         }
@@ -681,22 +694,7 @@ impl Flow {
         let Some(ex) = self.exchange.take() else {
             return;
         };
-        let n = ex.requests.len();
-        for (k, req) in ex.requests.iter().enumerate() {
-            session::emit(
-                ctx,
-                self,
-                session::Parts {
-                    request: ex.request,
-                    response: ex.interim,
-                    head: req,
-                    response_head: None,
-                    position: k,
-                    pipelined: n,
-                    incomplete: true,
-                },
-            );
-        }
+        self.emit_exchange(ctx, &ex, ex.interim, &[], true);
     }
 }
 
