@@ -2,7 +2,7 @@
 //! handlers, the loss accounting its stages share, one metrics registry, the live configuration
 //! followed from Redis, and HTTP servers that stop together at the end.
 //!
-//! ```ignore
+//! ```text
 //! let Started { shutdown, drops, mut registry, live, mut servers } = start(&args.log, redis)?;
 //! // components register their metrics in `registry` and count losses in `drops`
 //! servers.serve(metrics_addr, metrics_router(Arc::new(registry))).await?;
