@@ -75,14 +75,21 @@ struct {
 	__type(value, __u32);
 } config SEC(".maps");
 
-/* MSG_START is too large for the 512-byte BPF stack: built here, then copied
- * to the ring buffer with only as many payload bytes as were captured. */
+/* Records too large for the 512-byte BPF stack are built here, then copied to
+ * the ring buffer with only as many payload bytes as were captured. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct clovisor_msg_start);
-} scratch SEC(".maps");
+} scratch_msg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clovisor_exchange);
+} scratch_exchange SEC(".maps");
 
 /* Per-CPU counter behind flow ids (clovisor_new_flow_id). */
 struct {
@@ -306,78 +313,190 @@ static __always_inline __u32 advance_seq(__u32 *next, __u32 end, __u32 *prev)
 	return 0;
 }
 
+static __always_inline __u32 snaplen(void)
+{
+	__u32 zero = 0;
+	__u32 *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	return cfg ? *cfg : CLOVISOR_DEFAULT_SNAPLEN;
+}
+
+/* How many of the packet's payload bytes a message's snippet takes. */
+static __always_inline __u32 snap_of(const struct pkt *p)
+{
+	__u32 n = p->payload_len, max = snaplen();
+
+	return clovisor_bound_snap(n < max ? n : max);
+}
+
+static __always_inline void fill_hdr(struct clovisor_event_hdr *h, __u32 kind,
+				     const struct clovisor_conn_key *key,
+				     const struct clovisor_conn *conn, __u8 flags)
+{
+	h->kind = kind;
+	h->point = CLOVISOR_POINT_TC;
+	h->protocol = conn->protocol;
+	h->flags = flags;
+	h->reason = 0;
+	h->flow_id = conn->flow_id;
+	__builtin_memcpy(&h->key, key, sizeof(*key));
+	__builtin_memset(&h->owner, 0, sizeof(h->owner));
+}
+
+static __always_inline void emitted(long err)
+{
+	clovisor_count(&stats, err ? CLOVISOR_STAT_RINGBUF_FULL : CLOVISOR_STAT_EVENTS_EMITTED);
+}
+
+/* Message `msg` starts and travels alone, with the final counters of the one
+ * before (prev) and its first bytes: n bytes of the packet at p->payload_off
+ * (skb) or of `held`. */
 static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct pkt *p,
 					   const struct clovisor_conn_key *key,
 					   const struct clovisor_conn *conn,
-					   const struct clovisor_msg *prev, __u8 has_prev)
+					   const struct clovisor_msg *msg,
+					   const struct clovisor_msg *prev, __u8 has_prev,
+					   const struct clovisor_held *held, int from_skb)
 {
 	__u32 zero = 0;
-	struct clovisor_msg_start *ev = bpf_map_lookup_elem(&scratch, &zero);
-	__u32 *cfg = bpf_map_lookup_elem(&config, &zero);
-	__u32 snaplen = cfg ? *cfg : CLOVISOR_DEFAULT_SNAPLEN;
-	__u32 n = p->payload_len;
-	__u64 size;
+	struct clovisor_msg_start *ev = bpf_map_lookup_elem(&scratch_msg, &zero);
+	__u32 n;
 
 	if (!ev)
 		return;
-	if (snaplen > CLOVISOR_MAX_SNAPLEN)
-		snaplen = CLOVISOR_MAX_SNAPLEN;
-	if (n > snaplen)
-		n = snaplen;
-	ev->kind = CLOVISOR_EVENT_MSG_START;
-	__builtin_memcpy(&ev->key, key, sizeof(*key));
-	ev->flow_id = conn->flow_id;
-	__builtin_memcpy(&ev->msg, &conn->cur, sizeof(conn->cur));
+	fill_hdr(&ev->hdr, CLOVISOR_EVENT_MSG_START, key, conn,
+		 has_prev ? CLOVISOR_EV_HAS_PREV : 0);
+	__builtin_memcpy(&ev->msg, msg, sizeof(*msg));
 	if (has_prev)
 		__builtin_memcpy(&ev->prev, prev, sizeof(*prev));
 	else
 		__builtin_memset(&ev->prev, 0, sizeof(ev->prev));
-	ev->protocol = conn->protocol;
-	ev->has_prev = has_prev;
-	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
-
-	/* The mask proves n <= CLOVISOR_MAX_SNAPLEN - 1 to the verifier; the
-	 * explicit comparison covers n == CLOVISOR_MAX_SNAPLEN. */
-	if (n >= CLOVISOR_MAX_SNAPLEN)
-		n = CLOVISOR_MAX_SNAPLEN;
-	else
-		n &= CLOVISOR_MAX_SNAPLEN - 1;
-	if (n > 0 && n <= CLOVISOR_MAX_SNAPLEN) {
-		if (bpf_skb_load_bytes(skb, p->payload_off, ev->payload, n)) {
+	ev->pad = 0;
+	if (from_skb) {
+		n = snap_of(p);
+		if (n > 0 && bpf_skb_load_bytes(skb, p->payload_off, ev->payload, n)) {
 			clovisor_count(&stats, CLOVISOR_STAT_SNAP_LOAD_FAILED);
 			n = 0;
 		}
+	} else if (held) {
+		n = clovisor_bound_snap(held->len);
+		if (n > 0 && bpf_probe_read_kernel(ev->payload, n, held->data))
+			n = 0;
 	} else {
 		n = 0;
 	}
 	ev->snap_len = n;
-	size = offsetof(struct clovisor_msg_start, payload) + (__u64)n;
-	if (size > sizeof(*ev))
-		return;
-	if (bpf_ringbuf_output(&events, ev, size, clovisor_wakeup_flags(&events)))
-		clovisor_count(&stats, CLOVISOR_STAT_RINGBUF_FULL);
-	else
-		clovisor_count(&stats, CLOVISOR_STAT_EVENTS_EMITTED);
+	emitted(bpf_ringbuf_output(&events, ev, offsetof(struct clovisor_msg_start, payload) + n,
+				   clovisor_wakeup_flags(&events)));
 }
 
-static __always_inline void emit_flow_end(const struct clovisor_conn_key *key,
-					  const struct clovisor_conn *conn, __u8 reason, __u64 now)
+/* A response starts (this packet) after the held request whose final counters
+ * are `request`: one record for both. */
+static __always_inline void emit_exchange(struct __sk_buff *skb, const struct pkt *p,
+					  const struct clovisor_conn_key *key,
+					  const struct clovisor_conn *conn,
+					  const struct clovisor_msg *request)
 {
-	struct clovisor_flow_end *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	__u32 zero = 0;
+	struct clovisor_exchange *ev = bpf_map_lookup_elem(&scratch_exchange, &zero);
+	struct clovisor_held *held;
+	__u32 req_len = 0, resp_len;
+	__u8 flags = conn->has_before ? CLOVISOR_EV_HAS_PREV : 0;
 
+	if (!ev)
+		return;
+	held = bpf_map_lookup_elem(&held_heads, &conn->flow_id);
+	if (held) {
+		req_len = clovisor_bound_snap(held->len);
+		if (req_len > 0 && bpf_probe_read_kernel(ev->payload, req_len, held->data))
+			req_len = 0;
+		clovisor_release(held);
+	} else {
+		flags |= CLOVISOR_EV_HEAD_LOST;
+		clovisor_count(&stats, CLOVISOR_STAT_HEAD_LOST);
+	}
+	fill_hdr(&ev->hdr, CLOVISOR_EVENT_EXCHANGE, key, conn, flags);
+	__builtin_memcpy(&ev->before, &conn->before, sizeof(conn->before));
+	__builtin_memcpy(&ev->request, request, sizeof(*request));
+	__builtin_memcpy(&ev->response, &conn->cur, sizeof(conn->cur));
+	resp_len = snap_of(p);
+	if (resp_len > 0 &&
+	    bpf_skb_load_bytes(skb, p->payload_off, ev->payload + req_len, resp_len)) {
+		clovisor_count(&stats, CLOVISOR_STAT_SNAP_LOAD_FAILED);
+		resp_len = 0;
+	}
+	ev->request_len = req_len;
+	ev->response_len = resp_len;
+	emitted(bpf_ringbuf_output(&events, ev,
+				   offsetof(struct clovisor_exchange, payload) + req_len + resp_len,
+				   clovisor_wakeup_flags(&events)));
+}
+
+/* A message starts with this packet: hold a request's first bytes for its
+ * response, or send the message now. `prev` is the message before. */
+static __always_inline void on_message_start(struct __sk_buff *skb, const struct pkt *p,
+					     const struct clovisor_conn_key *key,
+					     struct clovisor_conn *conn,
+					     const struct clovisor_msg *prev, __u8 has_prev)
+{
+	struct clovisor_held *held;
+	__u32 n;
+
+	if (conn->cur.direction == CLOVISOR_DIR_CLIENT_TO_SERVER) {
+		held = clovisor_held_slot(conn->flow_id);
+		if (held) {
+			n = snap_of(p);
+			if (n > 0 && bpf_skb_load_bytes(skb, p->payload_off, held->data, n)) {
+				clovisor_count(&stats, CLOVISOR_STAT_SNAP_LOAD_FAILED);
+				n = 0;
+			}
+			clovisor_hold(held, key, 0, &conn->cur, conn->protocol, CLOVISOR_POINT_TC,
+				      n);
+			conn->held = 1;
+			conn->has_before = has_prev;
+			__builtin_memcpy(&conn->before, prev, sizeof(*prev));
+			return;
+		}
+		clovisor_count(&stats, CLOVISOR_STAT_HEAD_NOT_HELD);
+		conn->held = 0;
+	} else if (conn->held) {
+		conn->held = 0;
+		emit_exchange(skb, p, key, conn, prev);
+		return;
+	}
+	emit_msg_start(skb, p, key, conn, &conn->cur, prev, has_prev, 0, 1);
+}
+
+/* The connection ends: a request still held goes first, alone, then the end
+ * with the last message's final counters. */
+static __always_inline void emit_flow_end(struct __sk_buff *skb, const struct pkt *p,
+					  const struct clovisor_conn_key *key,
+					  struct clovisor_conn *conn, __u8 reason, __u64 now)
+{
+	struct clovisor_flow_end *ev;
+
+	if (conn->held) {
+		struct clovisor_held *held = bpf_map_lookup_elem(&held_heads, &conn->flow_id);
+
+		conn->held = 0;
+		if (!held)
+			clovisor_count(&stats, CLOVISOR_STAT_HEAD_LOST);
+		emit_msg_start(skb, p, key, conn, &conn->cur, &conn->before, conn->has_before, held,
+			       0);
+	}
+	bpf_map_delete_elem(&held_heads, &conn->flow_id);
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		clovisor_count(&stats, CLOVISOR_STAT_RINGBUF_FULL);
 		return;
 	}
-	ev->kind = CLOVISOR_EVENT_FLOW_END;
-	ev->reason = reason;
-	ev->has_last = conn->cur.direction != CLOVISOR_DIR_NONE;
-	ev->pad[0] = 0;
-	ev->pad[1] = 0;
-	__builtin_memcpy(&ev->key, key, sizeof(*key));
-	ev->flow_id = conn->flow_id;
+	fill_hdr(&ev->hdr, CLOVISOR_EVENT_FLOW_END, key, conn,
+		 conn->cur.direction != CLOVISOR_DIR_NONE ? CLOVISOR_EV_HAS_PREV : 0);
+	ev->hdr.reason = reason;
 	ev->ts_ns = now;
 	__builtin_memcpy(&ev->last, &conn->cur, sizeof(conn->cur));
+	ev->srtt_us = 0;
+	ev->total_retrans = 0;
 	bpf_ringbuf_submit(ev, clovisor_wakeup_flags(&events));
 	clovisor_count(&stats, CLOVISOR_STAT_EVENTS_EMITTED);
 }
@@ -406,6 +525,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 	__u8 *hint;
 	__u8 dir, protocol;
 	__u8 has_prev = 0;
+	__u16 server_port = 0;
 	__u32 segs, new_bytes, end;
 	__u64 now;
 	int rc;
@@ -422,15 +542,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 	if (at_node && !node_packet_monitored(&p))
 		return TC_ACT_UNSPEC;
 
-	/* Cheap path: neither port traced and no egress rule. The side whose
-	 * port is traced is the server; the destination wins when both are. */
-	hint = bpf_map_lookup_elem(&traced_ports, &p.dport);
-	if (hint) {
+	/* Cheap path: neither port traced (a bitmap read each) and no egress
+	 * rule. The side whose port is traced is the server; the destination
+	 * wins when both are. The protocol hint is looked up only for a new
+	 * connection. */
+	protocol = CLOVISOR_PROTO_UNSPECIFIED;
+	if (clovisor_port_traced(p.dport)) {
 		dir = CLOVISOR_DIR_CLIENT_TO_SERVER;
-		protocol = *hint;
-	} else if ((hint = bpf_map_lookup_elem(&traced_ports, &p.sport))) {
+		server_port = p.dport;
+	} else if (clovisor_port_traced(p.sport)) {
 		dir = CLOVISOR_DIR_SERVER_TO_CLIENT;
-		protocol = *hint;
+		server_port = p.sport;
 	} else if (!egress_match(&p, skb->ifindex, to_pod, &dir, &protocol)) {
 		return TC_ACT_UNSPEC;
 	}
@@ -464,6 +586,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 			__builtin_memset(&fresh, 0, sizeof(fresh));
 			/* Top byte: CPU + 1; below it the counter. */
 			fresh.flow_id = clovisor_new_flow_id(&flow_seq, 0, 56);
+			if (server_port) {
+				hint = bpf_map_lookup_elem(&traced_ports, &server_port);
+				if (hint)
+					protocol = *hint;
+			}
 			fresh.protocol = protocol;
 			/* BPF_NOEXIST: if the other direction created it on
 			 * another CPU meanwhile, use that one. */
@@ -524,7 +651,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 			conn->cur.tcp_seq = p.seq;
 			conn->cur.direction = dir;
 			conn->cur.to_pod = to_pod;
-			emit_msg_start(skb, &p, &key, conn, &prev, has_prev);
+			if (!has_prev)
+				__builtin_memset(&prev, 0, sizeof(prev));
+			on_message_start(skb, &p, &key, conn, &prev, has_prev);
 		} else {
 			conn->cur.last_ns = now;
 			__sync_fetch_and_add(&conn->cur.bytes, new_bytes);
@@ -534,7 +663,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 
 out:
 	if (conn && (p.flags & (TCPF_FIN_ | TCPF_RST_))) {
-		emit_flow_end(&key, conn,
+		emit_flow_end(skb, &p, &key, conn,
 			      (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN, now);
 		bpf_map_delete_elem(&connections, &key);
 		clovisor_count(&stats, CLOVISOR_STAT_CONNS_ENDED);

@@ -410,8 +410,8 @@ OUR_TC=$(probe_prog_ids '["sched_cls"]')
 OUR_SOCKET=$(probe_prog_ids '["tracing", "kprobe", "raw_tracepoint"]')
 clang -O2 -g -target bpf -Wall -Werror -I"/usr/include/$(gcc -print-multiarch)" \
   -c bpf/testing/empty_tracing.bpf.c -o "$WORK/empty_tracing.bpf.o"
-"$BINDIR/examples/attach_tp_btf" "$WORK/empty_tracing.bpf.o" bench_empty_sys_enter=sys_enter \
-  bench_empty_sys_exit=sys_exit bench_empty_sock_state=inet_sock_set_state >"$LOGS/empty_tracing.log" 2>&1 &
+"$BINDIR/examples/attach_tp_btf" "$WORK/empty_tracing.bpf.o" bench_empty_sock_send=sock_send_length \
+  bench_empty_sock_recv=sock_recv_length bench_empty_sock_state=inet_sock_set_state >"$LOGS/empty_tracing.log" 2>&1 &
 EMPTY_TRACING_PID=$!
 EMPTY_SOCKET="[]"
 for _ in $(seq 1 50); do

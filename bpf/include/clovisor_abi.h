@@ -40,14 +40,34 @@ struct clovisor_ip {
 	__u8 addr[16];
 };
 
-/* First field of every ring buffer record. */
+/* First field of every ring buffer record (struct clovisor_event_hdr.kind). */
 enum clovisor_event_kind {
+	/* struct clovisor_msg_start: a message starts, alone. */
 	CLOVISOR_EVENT_MSG_START = 1,
+	/* struct clovisor_flow_end: the connection ended. */
 	CLOVISOR_EVENT_FLOW_END = 2,
-	/* From bpf/socket_capture.bpf.c: struct clovisor_sock_msg_start. */
-	CLOVISOR_EVENT_SOCK_MSG_START = 3,
-	/* From bpf/socket_capture.bpf.c: struct clovisor_sock_flow_end. */
-	CLOVISOR_EVENT_SOCK_FLOW_END = 4,
+	/* struct clovisor_exchange: a response starts after a request whose
+	 * first bytes were held: request and response in one record. */
+	CLOVISOR_EVENT_EXCHANGE = 3,
+};
+
+/* Which program sent an event. */
+enum clovisor_point {
+	/* tc on a pod veth or a node interface (key.ifindex tells which). */
+	CLOVISOR_POINT_TC = 1,
+	/* the socket point (key.ifindex is 0, owner is set). */
+	CLOVISOR_POINT_SOCKET = 2,
+};
+
+/* Bits of struct clovisor_event_hdr.flags. */
+enum clovisor_event_flag {
+	/* MSG_START: `prev` holds the previous message's final counters.
+	 * EXCHANGE: `before` holds the final counters of the message before
+	 * the request. FLOW_END: `last` holds the last message's. */
+	CLOVISOR_EV_HAS_PREV = 1,
+	/* EXCHANGE: the request's held first bytes were lost (their slot was
+	 * evicted under pressure); request_len is 0. */
+	CLOVISOR_EV_HEAD_LOST = 2,
 };
 
 /* Direction of a message relative to the roles set by traced_ports. */
@@ -58,7 +78,9 @@ enum clovisor_direction {
 };
 
 /* Value of the traced_ports map; same numbering as ProtocolHint in
- * shared-proto/proto/clovisor/capture/v1/capture.proto. */
+ * shared-proto/proto/clovisor/capture/v1/capture.proto. Whether a port is
+ * traced at all is the `traced_port_bits` bitmap (one array read per packet
+ * or call); the hint is looked up only when a connection is first seen. */
 enum clovisor_protocol_hint {
 	CLOVISOR_PROTO_UNSPECIFIED = 0,
 	CLOVISOR_PROTO_HTTP = 1,
@@ -106,7 +128,13 @@ enum clovisor_stat {
 	/* IPv6 packets whose extension header chain was too long, or IP
 	 * fragments after the first: not traced. */
 	CLOVISOR_STAT_UNPARSED_IP = 10,
-	CLOVISOR_STAT_COUNT = 11,
+	/* Requests whose first bytes could not be held for their response
+	 * (held-heads map full): sent alone, one event more. */
+	CLOVISOR_STAT_HEAD_NOT_HELD = 11,
+	/* Held request heads gone when their response came (evicted from the
+	 * held-heads LRU): the request is sent without its bytes. */
+	CLOVISOR_STAT_HEAD_LOST = 12,
+	CLOVISOR_STAT_COUNT = 13,
 };
 
 /* Indexes of the `config` array map (values are __u32). */
@@ -184,45 +212,17 @@ struct clovisor_conn {
 	__u64 flow_id;
 	/* The message in progress. */
 	struct clovisor_msg cur;
+	/* While a request's first bytes are held: the final counters of the
+	 * message before it (valid if has_before), sent with the request. */
+	struct clovisor_msg before;
 	/* Next expected TCP sequence number, by direction - 1. */
 	__u32 next_seq[2];
 	/* Whether next_seq[i] is valid. */
 	__u8 seq_valid[2];
 	__u8 protocol; /* enum clovisor_protocol_hint */
-	__u8 pad[5];
-};
-
-/* MSG_START: the first packet of a message, with the first bytes of its
- * payload and the final counters of the connection's previous message. Only the
- * first header_size + snap_len bytes are sent through the ring buffer. */
-struct clovisor_msg_start {
-	__u32 kind; /* CLOVISOR_EVENT_MSG_START */
-	/* Valid bytes in payload[]. */
-	__u32 snap_len;
-	struct clovisor_conn_key key;
-	__u64 flow_id;
-	/* The new message, counters as of its first packet. */
-	struct clovisor_msg msg;
-	/* The previous message of the connection, final; valid if has_prev. */
-	struct clovisor_msg prev;
-	__u8 protocol; /* enum clovisor_protocol_hint */
-	__u8 has_prev;
-	__u8 pad[6];
-	__u8 payload[CLOVISOR_MAX_SNAPLEN];
-};
-
-/* FLOW_END: FIN or RST seen; the connection was deleted from the map. */
-struct clovisor_flow_end {
-	__u32 kind;  /* CLOVISOR_EVENT_FLOW_END */
-	__u8 reason; /* enum clovisor_flow_end_reason */
-	__u8 has_last;
-	__u8 pad[2];
-	struct clovisor_conn_key key;
-	__u64 flow_id;
-	/* bpf_ktime_get_boot_ns() of the FIN/RST. */
-	__u64 ts_ns;
-	/* The last message, final; valid if has_last. */
-	struct clovisor_msg last;
+	__u8 held;     /* 1: cur is a request whose first bytes are held */
+	__u8 has_before;
+	__u8 pad[3];
 };
 
 /* ---- Socket observation point (bpf/socket_capture.bpf.c) ---------------- */
@@ -240,30 +240,36 @@ enum clovisor_side {
 
 /* Indexes of the socket program's per-CPU `sock_stats` array map. */
 enum clovisor_sock_stat {
-	/* Data syscalls (read, write, send*, recv*, readv, writev) on a TCP
-	 * socket, made by a process of a monitored network namespace. */
-	CLOVISOR_SOCK_STAT_TCP_SYSCALLS = 0,
-	/* Of those, on a TCP socket with a traced port, with data moved. */
-	CLOVISOR_SOCK_STAT_SYSCALLS_TRACED = 1,
+	/* Sends and receives that moved data on a TCP socket with a traced
+	 * port, by any process of the node. */
+	CLOVISOR_SOCK_STAT_TCP_CALLS = 0,
+	/* Of those, the calls of processes of monitored network namespaces:
+	 * the ones traced. */
+	CLOVISOR_SOCK_STAT_CALLS_TRACED = 1,
 	/* Records written to the ring buffer. */
 	CLOVISOR_SOCK_STAT_EVENTS_EMITTED = 2,
 	/* Records lost because the ring buffer was full. */
 	CLOVISOR_SOCK_STAT_RINGBUF_FULL = 3,
 	/* Socket connection map inserts that failed. */
 	CLOVISOR_SOCK_STAT_CONN_UPDATE_FAILED = 4,
-	/* In-flight syscall map inserts that failed (the call is not traced). */
-	CLOVISOR_SOCK_STAT_CALL_UPDATE_FAILED = 5,
+	/* Calls whose user buffer is not known (sendfile, splice, io_uring,
+	 * sendmmsg/recvmmsg): counted, but no first bytes for a message they
+	 * start. */
+	CLOVISOR_SOCK_STAT_NO_USER_BUFFER = 5,
 	/* Socket connections tracked / ended (socket reached TCP_CLOSE). */
 	CLOVISOR_SOCK_STAT_CONNS_CREATED = 6,
 	CLOVISOR_SOCK_STAT_CONNS_ENDED = 7,
 	/* Snippet copies from the user buffer that failed; the event is still
 	 * sent, without payload. */
 	CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED = 8,
-	CLOVISOR_SOCK_STAT_COUNT = 9,
+	/* As CLOVISOR_STAT_HEAD_NOT_HELD / CLOVISOR_STAT_HEAD_LOST. */
+	CLOVISOR_SOCK_STAT_HEAD_NOT_HELD = 9,
+	CLOVISOR_SOCK_STAT_HEAD_LOST = 10,
+	CLOVISOR_SOCK_STAT_COUNT = 11,
 };
 
-/* Who moved the bytes through a socket. */
-struct clovisor_sock_owner {
+/* Who moved the bytes through a socket; all zero at tc points. */
+struct clovisor_owner {
 	/* Kernel address of the struct sock: the key of the socket connection
 	 * map, used by the probe for idle-flush lookups; never sent on. */
 	__u64 sock_id;
@@ -277,42 +283,98 @@ struct clovisor_sock_owner {
 	__u8 comm[CLOVISOR_COMM_LEN];
 };
 
-/* Value of the socket program's `sock_connections` LRU map (key: sock_id). */
+/* Value of the socket program's `sock_connections` LRU map (key: sock_id).
+ * The counters mean what the tc connection's do; packets count calls. */
 struct clovisor_sock_conn {
 	/* The connection oriented by role; ifindex is 0. */
 	struct clovisor_conn_key key;
 	/* Owner of the socket when the connection was first traced. */
-	struct clovisor_sock_owner owner;
-	/* Same layout and meaning as the tc connection's counters. */
+	struct clovisor_owner owner;
 	__u64 flow_id;
 	struct clovisor_msg cur;
+	struct clovisor_msg before;
 	__u8 protocol; /* enum clovisor_protocol_hint */
-	__u8 pad[7];
+	__u8 held;
+	__u8 has_before;
+	__u8 pad[5];
 };
 
-/* SOCK_MSG_START: a message started at a socket. `start` is laid out as the tc
- * MSG_START (key.ifindex 0, msg.packets counts syscalls, msg.to_pod is 1 when
- * the process received the bytes); only the header and snap_len payload
+/* Value of the `held_heads` LRU map (key: flow id): the first bytes of a
+ * request, kept until its response starts so both travel in one
+ * EXCHANGE record. Bounded (user space sizes it); a request that finds no
+ * room is sent alone (CLOVISOR_STAT_HEAD_NOT_HELD). With the bytes, what user
+ * space needs to send the request alone should its connection vanish first
+ * (LRU eviction) or the probe stop: its connection, owner and counters as
+ * of its first packet. len 0 with msg.direction 0: nothing held. */
+struct clovisor_held {
+	struct clovisor_conn_key key;
+	struct clovisor_owner owner;
+	struct clovisor_msg msg;
+	__u32 len;
+	__u8 protocol;
+	__u8 point; /* enum clovisor_point */
+	__u8 pad[2];
+	__u8 data[CLOVISOR_MAX_SNAPLEN];
+};
+
+/* ---- Ring buffer records -------------------------------------------------- */
+
+/* Start of every record. */
+struct clovisor_event_hdr {
+	__u32 kind;    /* enum clovisor_event_kind */
+	__u8 point;    /* enum clovisor_point */
+	__u8 protocol; /* enum clovisor_protocol_hint */
+	__u8 flags;    /* enum clovisor_event_flag bits */
+	__u8 reason;   /* FLOW_END: enum clovisor_flow_end_reason */
+	__u64 flow_id; /* unique for the life of the loaded object */
+	struct clovisor_conn_key key;
+	struct clovisor_owner owner;
+};
+
+/* MSG_START: the first packet (or call) of a message that travels alone,
+ * with its first bytes and the final counters of the connection's previous
+ * message. Only the header and snap_len payload bytes are sent. */
+struct clovisor_msg_start {
+	struct clovisor_event_hdr hdr; /* kind CLOVISOR_EVENT_MSG_START */
+	/* The new message, counters as of its first packet. */
+	struct clovisor_msg msg;
+	/* The previous message, final; valid with CLOVISOR_EV_HAS_PREV. */
+	struct clovisor_msg prev;
+	/* Valid bytes in payload[]. */
+	__u32 snap_len;
+	__u32 pad;
+	__u8 payload[CLOVISOR_MAX_SNAPLEN];
+};
+
+/* EXCHANGE: a response starts after a request whose first bytes were held:
+ * one record for the pair. `before` (final counters of the message before
+ * the request, with CLOVISOR_EV_HAS_PREV), `request` (final) and `response`
+ * (as of its first packet); payload[] holds request_len bytes of the request
+ * followed by response_len bytes of the response. Only the header and those
  * bytes are sent. */
-struct clovisor_sock_msg_start {
-	__u32 kind; /* CLOVISOR_EVENT_SOCK_MSG_START */
-	__u32 pad;
-	struct clovisor_sock_owner owner;
-	struct clovisor_msg_start start;
+struct clovisor_exchange {
+	struct clovisor_event_hdr hdr; /* kind CLOVISOR_EVENT_EXCHANGE */
+	struct clovisor_msg before;
+	struct clovisor_msg request;
+	struct clovisor_msg response;
+	__u32 request_len;
+	__u32 response_len;
+	__u8 payload[2 * CLOVISOR_MAX_SNAPLEN];
 };
 
-/* SOCK_FLOW_END: the socket reached TCP_CLOSE; the connection was deleted
- * from the map. */
-struct clovisor_sock_flow_end {
-	__u32 kind; /* CLOVISOR_EVENT_SOCK_FLOW_END */
-	__u32 pad;
-	struct clovisor_sock_owner owner;
-	/* The kernel's view of the connection at close (struct tcp_sock):
-	 * smoothed RTT in microseconds (0 if never measured) and segments
-	 * retransmitted over its life. */
+/* FLOW_END: FIN or RST seen at tc, or the socket reached TCP_CLOSE; the
+ * connection was deleted from the map. */
+struct clovisor_flow_end {
+	struct clovisor_event_hdr hdr; /* kind CLOVISOR_EVENT_FLOW_END */
+	/* bpf_ktime_get_boot_ns() of the FIN/RST or the close. */
+	__u64 ts_ns;
+	/* The last message, final; valid with CLOVISOR_EV_HAS_PREV. */
+	struct clovisor_msg last;
+	/* Socket point: the kernel's view of the connection at close (struct
+	 * tcp_sock): smoothed RTT in microseconds (0 if never measured) and
+	 * segments retransmitted over its life. 0 at tc. */
 	__u32 srtt_us;
 	__u32 total_retrans;
-	struct clovisor_flow_end end;
 };
 
 #endif /* CLOVISOR_ABI_H */

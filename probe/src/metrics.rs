@@ -289,9 +289,10 @@ impl ProbeMetrics {
                         self.drops
                             .count("socket_connection_map", "update_failed", grown)
                     }
-                    // A syscall whose entry could not be remembered is not traced.
-                    "socket_call_update_failed" => {
-                        self.drops.count("socket_call_map", "update_failed", grown)
+                    // A request whose held first bytes were evicted before its response
+                    // came: its record goes on without them.
+                    "head_lost" | "socket_head_lost" => {
+                        self.drops.count("held_heads", "evicted", grown)
                     }
                     _ => {}
                 }

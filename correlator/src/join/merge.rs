@@ -53,6 +53,20 @@ fn rank(o: &Observation) -> u8 {
     }
 }
 
+/// Where on the request's path a point sits: the client's socket, the client's veth, the
+/// nodes' interfaces, the server's veth, the server's socket. Timestamps alone cannot order
+/// them: a socket times a send when the call returns, after its packets have already crossed
+/// the local veths.
+fn path_position(o: &Observation) -> u8 {
+    match (PointKind::try_from(o.kind), o.side.as_str()) {
+        (Ok(PointKind::Socket), "client") => 0,
+        (Ok(PointKind::Pod), "client") => 1,
+        (Ok(PointKind::Pod), "server") => 3,
+        (Ok(PointKind::Socket), "server") => 4,
+        _ => 2,
+    }
+}
+
 fn best_rank(s: &Session) -> u8 {
     s.observations.iter().map(rank).min().unwrap_or(u8::MAX)
 }
@@ -145,9 +159,10 @@ pub fn merge(into: &mut Session, add: Session) {
     }
     into.end_unix_nanos = into.end_unix_nanos.max(add.end_unix_nanos);
     into.observations.extend(add.observations);
-    // Path order: where the request was seen first comes first.
+    // Path order: by place on the path, then (between node interfaces, or points whose end
+    // is unknown) by when the request was seen.
     into.observations
-        .sort_by_key(|o| (o.request_start_unix_nanos, rank(o)));
+        .sort_by_key(|o| (path_position(o), o.request_start_unix_nanos, rank(o)));
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ pub struct CaptureConfig {
     pub ring_buffer_bytes: u32,
     /// Connections tracked at once (LRU beyond that), also the bound of pending messages.
     pub max_connections: u32,
+    /// Requests whose first bytes the kernel holds at once until their response starts (so
+    /// the pair travels as one record); beyond that a request is sent alone.
+    pub held_requests: u32,
     /// Quiet time after which a message is emitted with the kernel's current counters.
     pub idle_flush: Duration,
     /// Node name put in every observation point.
@@ -29,6 +32,7 @@ impl Default for CaptureConfig {
             snaplen: abi::CLOVISOR_DEFAULT_SNAPLEN,
             ring_buffer_bytes: 4 << 20,
             max_connections: 65_536,
+            held_requests: 4096,
             idle_flush: Duration::from_millis(200),
             node: nix::unistd::gethostname()
                 .ok()
@@ -57,6 +61,9 @@ impl CaptureConfig {
         }
         if self.max_connections == 0 {
             return bad("max_connections must be > 0".into());
+        }
+        if self.held_requests == 0 {
+            return bad("held_requests must be > 0".into());
         }
         if self.idle_flush.is_zero() {
             return bad("idle_flush must be > 0".into());

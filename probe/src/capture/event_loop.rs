@@ -13,7 +13,9 @@ use tokio::io::Interest;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::assembler::{Assembler, AssemblerStats, ConnectionSource};
+use super::held::{HeldHeads, Take, ORPHAN_AFTER};
 use super::raw::Event;
+use crate::clock::BootClock;
 use crate::error::{Error, Result};
 
 /// Events handled before yielding to send records and check shutdown.
@@ -32,6 +34,8 @@ pub struct EventLoopStats {
     pub records_sent: u64,
     /// Records dropped because the output channel was full.
     pub records_dropped_full: u64,
+    /// Held requests whose connection vanished from the kernel without an end, sent alone.
+    pub held_orphans: u64,
     /// The assembler's counters.
     pub assembler: AssemblerStats,
 }
@@ -43,6 +47,7 @@ impl EventLoopStats {
         self.bad_events += other.bad_events;
         self.records_sent += other.records_sent;
         self.records_dropped_full += other.records_dropped_full;
+        self.held_orphans += other.held_orphans;
         self.assembler.add(&other.assembler);
     }
 }
@@ -51,6 +56,7 @@ impl EventLoopStats {
 pub struct EventLoop {
     ring: RingBuf<MapData>,
     connections: Box<dyn ConnectionSource + Send>,
+    held: HeldHeads,
     assembler: Assembler,
     idle_flush: Duration,
     stats: Arc<Mutex<EventLoopStats>>,
@@ -69,12 +75,14 @@ impl EventLoop {
     pub(crate) fn new(
         ring: RingBuf<MapData>,
         connections: Box<dyn ConnectionSource + Send>,
+        held: HeldHeads,
         assembler: Assembler,
         idle_flush: Duration,
     ) -> Self {
         Self {
             ring,
             connections,
+            held,
             assembler,
             idle_flush,
             stats: Arc::new(Mutex::new(EventLoopStats::default())),
@@ -100,6 +108,7 @@ impl EventLoop {
         let Self {
             ring,
             connections,
+            mut held,
             mut assembler,
             idle_flush,
             stats: shared,
@@ -117,6 +126,7 @@ impl EventLoop {
         let mut poll = tokio::time::interval(RING_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_resync = Instant::now();
+        let mut last_sweep = Instant::now();
         let mut stats = EventLoopStats::default();
         let mut records = Vec::new();
         tokio::pin!(shutdown);
@@ -140,6 +150,18 @@ impl EventLoop {
                         assembler.resync_clock();
                         last_resync = Instant::now();
                     }
+                    if last_sweep.elapsed() >= HELD_SWEEP {
+                        last_sweep = Instant::now();
+                        let before = BootClock::boot_now_ns()
+                            .saturating_sub(u64::try_from(ORPHAN_AFTER.as_nanos()).unwrap_or(u64::MAX));
+                        let orphans = held
+                            .take(Take::OrphansBefore { boot_ns: before }, &*connections)
+                            .unwrap_or_default();
+                        stats.held_orphans += orphans.len() as u64;
+                        for start in orphans {
+                            assembler.on_event(Event::MsgStart(start), Instant::now(), &mut records);
+                        }
+                    }
                 }
             }
             if polled {
@@ -155,8 +177,12 @@ impl EventLoop {
                 return Ok(stats);
             }
         }
-        // Final drain: what the kernel wrote before the programs were detached.
+        // Final drain: what the kernel wrote before the programs were detached, then the
+        // requests it still holds (nothing will answer them now).
         while drain(fd.get_mut(), &mut assembler, &mut stats, &mut records) == DRAIN_BATCH {}
+        for start in held.take(Take::All, &*connections).unwrap_or_default() {
+            assembler.on_event(Event::MsgStart(start), Instant::now(), &mut records);
+        }
         assembler.flush_all(&*connections, &mut records);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_SEND_BUDGET;
         for record in records.drain(..) {
@@ -177,6 +203,9 @@ impl EventLoop {
 /// How often the ring buffer is drained without a wakeup from the kernel: the most a record
 /// waits in the ring while the ring is less than an eighth full.
 pub const RING_POLL: Duration = Duration::from_millis(10);
+
+/// How often held requests are checked for a vanished connection.
+pub const HELD_SWEEP: Duration = Duration::from_secs(10);
 
 /// How long the shutdown waits for room in the output channel.
 pub const SHUTDOWN_SEND_BUDGET: Duration = Duration::from_secs(2);

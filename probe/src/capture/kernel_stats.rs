@@ -29,16 +29,15 @@ pub(crate) const TC_STAT_NAMES: [(u32, &str); abi::CLOVISOR_STAT_COUNT as usize]
     (abi::CLOVISOR_STAT_RETRANSMIT_PACKETS, "retransmit_packets"),
     (abi::CLOVISOR_STAT_SNAP_LOAD_FAILED, "snap_load_failed"),
     (abi::CLOVISOR_STAT_UNPARSED_IP, "unparsed_ip"),
+    (abi::CLOVISOR_STAT_HEAD_NOT_HELD, "head_not_held"),
+    (abi::CLOVISOR_STAT_HEAD_LOST, "head_lost"),
 ];
 
 /// Names of the socket program's counters, by `sock_stats` index; `socket_` keeps them apart
 /// from the tc programs' in `clovisor_probe_kernel_total{counter}`.
 pub(crate) const SOCKET_STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT as usize] = [
-    (abi::CLOVISOR_SOCK_STAT_TCP_SYSCALLS, "socket_tcp_syscalls"),
-    (
-        abi::CLOVISOR_SOCK_STAT_SYSCALLS_TRACED,
-        "socket_syscalls_traced",
-    ),
+    (abi::CLOVISOR_SOCK_STAT_TCP_CALLS, "socket_tcp_calls"),
+    (abi::CLOVISOR_SOCK_STAT_CALLS_TRACED, "socket_calls_traced"),
     (
         abi::CLOVISOR_SOCK_STAT_EVENTS_EMITTED,
         "socket_events_emitted",
@@ -52,8 +51,8 @@ pub(crate) const SOCKET_STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT 
         "socket_connection_update_failed",
     ),
     (
-        abi::CLOVISOR_SOCK_STAT_CALL_UPDATE_FAILED,
-        "socket_call_update_failed",
+        abi::CLOVISOR_SOCK_STAT_NO_USER_BUFFER,
+        "socket_no_user_buffer",
     ),
     (
         abi::CLOVISOR_SOCK_STAT_CONNS_CREATED,
@@ -67,6 +66,11 @@ pub(crate) const SOCKET_STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT 
         abi::CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED,
         "socket_snap_load_failed",
     ),
+    (
+        abi::CLOVISOR_SOCK_STAT_HEAD_NOT_HELD,
+        "socket_head_not_held",
+    ),
+    (abi::CLOVISOR_SOCK_STAT_HEAD_LOST, "socket_head_lost"),
 ];
 
 /// A BPF object's per-CPU counters.

@@ -14,6 +14,7 @@
 //! | `kernel_stats.rs` | the programs' counters and their names |
 //! | `event_loop.rs` | ring buffer → `raw` events → `assembler` → records → the uplink's queue |
 //! | `raw.rs` | kernel bytes ↔ typed values (the one place that reads what the kernel wrote) |
+//! | `held.rs` | requests the kernel holds for their response: sent alone at shutdown or when their connection vanished |
 //! | `assembler/` | events → complete `Message` / `FlowEnd` records (built in `records.rs`) |
 //!
 //! [`Record`]: clovisor_proto::capture::v1::Record
@@ -24,6 +25,7 @@ mod attach;
 mod config;
 pub mod egress_maps;
 mod event_loop;
+pub mod held;
 mod kernel_stats;
 mod maps;
 mod object;

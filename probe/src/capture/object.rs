@@ -2,7 +2,7 @@
 //! (`socket_capture.bpf.c`) — share: the same kinds of maps under their own names, loaded and
 //! sized alike, written alike and drained by the same [`EventLoop`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -10,8 +10,9 @@ use aya::{Ebpf, EbpfLoader};
 use clovisor_proto::capture::v1::ProtocolHint;
 
 use super::assembler::{Assembler, ConnectionSource, InterfaceNames};
+use super::held::HeldHeads;
 use super::kernel_stats::{KernelStats, StatNames};
-use super::maps::{map_err, replace_map};
+use super::maps::map_err;
 use super::{abi, raw, CaptureConfig, EventLoop};
 use crate::clock::BootClock;
 use crate::error::{Error, Result};
@@ -31,6 +32,11 @@ pub(crate) struct ObjectMaps {
     pub traced_ports: &'static str,
 }
 
+/// The held-request-heads LRU map both objects have (`bpf/include/clovisor_common.bpf.h`).
+const HELD_HEADS: &str = "held_heads";
+/// The traced-port bitmap both objects have.
+const TRACED_PORT_BITS: &str = "traced_port_bits";
+
 /// Loads `object` with its ring buffer and connection map sized from `cfg`, and takes its
 /// counters out (named by `names`) so they can be read while the object is in use.
 pub(crate) fn load(
@@ -43,6 +49,7 @@ pub(crate) fn load(
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(maps.events, cfg.ring_buffer_bytes)
         .map_max_entries(maps.connections, cfg.max_connections)
+        .map_max_entries(HELD_HEADS, cfg.held_requests)
         .load(object)
         .map_err(|source| Error::Load { source })?;
     let stats = PerCpuArray::try_from(
@@ -88,7 +95,9 @@ pub(crate) fn set_config_value(
         .map_err(map_err(maps.config, "set"))
 }
 
-/// Makes the object's traced-ports map hold exactly `ports`.
+/// Makes the object's traced ports exactly `ports`: the port -> hint map and the bitmap the
+/// programs test first. A port kept across the update is never untraced: new ports go into the
+/// map before their bit is set, gone ports lose their bit before they leave the map.
 pub(crate) fn set_traced_ports(
     ebpf: &mut Ebpf,
     maps: &ObjectMaps,
@@ -100,11 +109,43 @@ pub(crate) fn set_traced_ports(
             reason: format!("{} traced ports, at most {max}", ports.len()),
         });
     }
-    let wanted: BTreeMap<u16, u8> = ports
+    let name = maps.traced_ports;
+    let mut hints: BpfHashMap<_, u16, u8> =
+        BpfHashMap::try_from(ebpf.map_mut(name).ok_or(Error::MissingMap { map: name })?)
+            .map_err(map_err(name, "open"))?;
+    let present: BTreeSet<u16> = hints.keys().filter_map(|k| k.ok()).collect();
+    for (port, hint) in ports {
+        hints
+            .insert(port, raw::hint_value(*hint), 0)
+            .map_err(map_err(name, "insert"))?;
+    }
+    // Every bitmap word a wanted or a present port lives in, with its new value.
+    let mut words: BTreeMap<u32, u64> = present
         .iter()
-        .map(|(p, h)| (*p, raw::hint_value(*h)))
+        .chain(ports.keys())
+        .map(|p| (u32::from(*p) / 64, 0))
         .collect();
-    replace_map(ebpf, maps.traced_ports, &wanted)
+    for port in ports.keys() {
+        if let Some(w) = words.get_mut(&(u32::from(*port) / 64)) {
+            *w |= 1u64 << (port % 64);
+        }
+    }
+    let mut bits: Array<_, u64> =
+        Array::try_from(ebpf.map_mut(TRACED_PORT_BITS).ok_or(Error::MissingMap {
+            map: TRACED_PORT_BITS,
+        })?)
+        .map_err(map_err(TRACED_PORT_BITS, "open"))?;
+    for (index, value) in &words {
+        bits.set(*index, value, 0)
+            .map_err(map_err(TRACED_PORT_BITS, "set"))?;
+    }
+    let mut hints: BpfHashMap<_, u16, u8> =
+        BpfHashMap::try_from(ebpf.map_mut(name).ok_or(Error::MissingMap { map: name })?)
+            .map_err(map_err(name, "open"))?;
+    for port in present.iter().filter(|p| !ports.contains_key(p)) {
+        hints.remove(port).map_err(map_err(name, "remove"))?;
+    }
+    Ok(())
 }
 
 /// Takes the ring buffer and the connection map out of the object into an [`EventLoop`] (once
@@ -127,6 +168,10 @@ where
         map: maps.connections,
     })?;
     let map = BpfHashMap::try_from(map).map_err(map_err(maps.connections, "open"))?;
+    let held = ebpf
+        .take_map(HELD_HEADS)
+        .ok_or(Error::MissingMap { map: HELD_HEADS })?;
+    let held = HeldHeads(BpfHashMap::try_from(held).map_err(map_err(HELD_HEADS, "open"))?);
     let assembler = Assembler::new(
         cfg.idle_flush,
         usize::try_from(cfg.max_connections).unwrap_or(usize::MAX),
@@ -137,6 +182,7 @@ where
     Ok(EventLoop::new(
         ring,
         Box::new(connections(map)),
+        held,
         assembler,
         cfg.idle_flush,
     ))

@@ -156,6 +156,58 @@ pub struct MsgStart {
     pub socket: Option<SocketOwner>,
 }
 
+/// A request and the start of its response, sent by the kernel as one record (the request's
+/// first bytes were held until the response started).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// The connection.
+    pub key: ConnectionKey,
+    /// Connection instance id.
+    pub flow_id: u64,
+    /// Configured protocol of the server port.
+    pub protocol: ProtocolHint,
+    /// Seen at a socket: who moved the bytes; `None` at an interface.
+    pub socket: Option<SocketOwner>,
+    /// The message before the request, final.
+    pub before: Option<MsgCounters>,
+    /// The request, final.
+    pub request: MsgCounters,
+    /// The first bytes of the request; empty when `head_lost`.
+    pub request_payload: Vec<u8>,
+    /// The response, counters as of its first packet.
+    pub response: MsgCounters,
+    /// The first bytes of the response.
+    pub response_payload: Vec<u8>,
+    /// The request's held bytes were evicted before its response came.
+    pub head_lost: bool,
+}
+
+impl Exchange {
+    /// The two message starts the record stands for: the request (with the message before it
+    /// as its `prev`) and the response (with the request, final, as its `prev`).
+    pub fn into_starts(self) -> (MsgStart, MsgStart) {
+        let request = MsgStart {
+            key: self.key,
+            flow_id: self.flow_id,
+            msg: self.request,
+            prev: self.before,
+            protocol: self.protocol,
+            payload: self.request_payload,
+            socket: self.socket,
+        };
+        let response = MsgStart {
+            key: self.key,
+            flow_id: self.flow_id,
+            msg: self.response,
+            prev: Some(self.request),
+            protocol: self.protocol,
+            payload: self.response_payload,
+            socket: self.socket,
+        };
+        (request, response)
+    }
+}
+
 /// A flow ended (FIN or RST).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowEnd {
@@ -189,12 +241,16 @@ pub struct TcpHealth {
 pub enum Event {
     /// See [`MsgStart`].
     MsgStart(MsgStart),
+    /// See [`Exchange`].
+    Exchange(Exchange),
     /// See [`FlowEnd`].
     FlowEnd(FlowEnd),
 }
 
 /// Bytes of a MSG_START before its payload.
-const MSG_START_HEADER: usize = std::mem::offset_of!(abi::clovisor_msg_start, payload);
+pub(crate) const MSG_START_HEADER: usize = std::mem::offset_of!(abi::clovisor_msg_start, payload);
+/// Bytes of an EXCHANGE before its payload.
+pub(crate) const EXCHANGE_HEADER: usize = std::mem::offset_of!(abi::clovisor_exchange, payload);
 
 /// The traced_ports map value back into a ProtocolHint.
 pub fn protocol_hint(raw: u8) -> ProtocolHint {
@@ -203,91 +259,165 @@ pub fn protocol_hint(raw: u8) -> ProtocolHint {
     ProtocolHint::try_from(i32::from(raw)).unwrap_or(ProtocolHint::Unspecified)
 }
 
+/// What every record's header says, checked.
+struct Header {
+    key: ConnectionKey,
+    flow_id: u64,
+    protocol: ProtocolHint,
+    flags: u8,
+    reason: u8,
+    socket: Option<SocketOwner>,
+}
+
+impl TryFrom<&abi::clovisor_event_hdr> for Header {
+    type Error = Error;
+
+    fn try_from(h: &abi::clovisor_event_hdr) -> Result<Self> {
+        let socket = match u32::from(h.point) {
+            abi::CLOVISOR_POINT_TC => None,
+            abi::CLOVISOR_POINT_SOCKET => Some(SocketOwner::try_from(&h.owner)?),
+            other => return Err(bad(format!("unknown observation point {other}"))),
+        };
+        Ok(Self {
+            key: ConnectionKey::try_from(&h.key)?,
+            flow_id: h.flow_id,
+            protocol: protocol_hint(h.protocol),
+            flags: h.flags,
+            reason: h.reason,
+            socket,
+        })
+    }
+}
+
+impl Header {
+    fn has(&self, flag: u32) -> bool {
+        u32::from(self.flags) & flag != 0
+    }
+
+    /// `raw` when the header's HAS_PREV flag says it is valid.
+    fn optional(&self, raw: &abi::clovisor_msg) -> Result<Option<MsgCounters>> {
+        if self.has(abi::CLOVISOR_EV_HAS_PREV) {
+            MsgCounters::try_from(raw).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The `T` at byte `offset` of a record (records are sent only as far as their payload was
+/// captured, so the whole struct is never read at once: field by field, without copying the
+/// record).
+fn field<T: FromBytes>(bytes: &[u8], offset: usize, what: &str) -> Result<T> {
+    bytes
+        .get(offset..)
+        .and_then(|b| T::read_from_prefix(b).ok())
+        .map(|(v, _)| v)
+        .ok_or_else(|| bad(format!("{what} of {} bytes: cut at {offset}", bytes.len())))
+}
+
+/// `len` payload bytes at `from` of a record, checked against what the record holds.
+fn payload(bytes: &[u8], from: usize, len: u32, what: &str) -> Result<Vec<u8>> {
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    from.checked_add(len)
+        .and_then(|end| bytes.get(from..end))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            bad(format!(
+                "{what} claims {len} payload bytes at {from}, record has {}",
+                bytes.len()
+            ))
+        })
+}
+
 impl TryFrom<&[u8]> for Event {
     type Error = Error;
 
     fn try_from(bytes: &[u8]) -> Result<Self> {
-        let (kind, _) = u32::read_from_prefix(bytes)
-            .map_err(|_| bad(format!("{} bytes: too short for a kind", bytes.len())))?;
-        match kind {
+        let (raw, _) = abi::clovisor_event_hdr::read_from_prefix(bytes)
+            .map_err(|_| bad(format!("{} bytes: too short for a header", bytes.len())))?;
+        match raw.kind {
             abi::CLOVISOR_EVENT_MSG_START => {
-                if bytes.len() < MSG_START_HEADER {
-                    return Err(bad(format!(
-                        "MSG_START of {} bytes, header alone is {MSG_START_HEADER}",
-                        bytes.len()
-                    )));
+                use abi::clovisor_msg_start as M;
+                const W: &str = "MSG_START";
+                let h = Header::try_from(&raw)?;
+                let snap_len: u32 = field(bytes, std::mem::offset_of!(M, snap_len), W)?;
+                if snap_len > abi::CLOVISOR_MAX_SNAPLEN {
+                    return Err(bad(format!("{W} snap_len {snap_len}")));
                 }
-                // The kernel sends only the captured part of payload[]: pad the rest so
-                // the fixed-size struct can be read.
-                let mut full = abi::clovisor_msg_start::new_zeroed();
-                let n = bytes
-                    .len()
-                    .min(std::mem::size_of::<abi::clovisor_msg_start>());
-                full.as_mut_bytes()[..n].copy_from_slice(&bytes[..n]);
-                let snap = usize::try_from(full.snap_len).unwrap_or(usize::MAX);
-                if snap > full.payload.len() || MSG_START_HEADER + snap > bytes.len() {
-                    return Err(bad(format!(
-                        "MSG_START claims {snap} payload bytes, record has {}",
-                        bytes.len().saturating_sub(MSG_START_HEADER)
-                    )));
-                }
+                let msg: abi::clovisor_msg = field(bytes, std::mem::offset_of!(M, msg), W)?;
+                let prev: abi::clovisor_msg = field(bytes, std::mem::offset_of!(M, prev), W)?;
                 Ok(Event::MsgStart(MsgStart {
-                    key: ConnectionKey::try_from(&full.key)?,
-                    flow_id: full.flow_id,
-                    msg: MsgCounters::try_from(&full.msg)?,
-                    prev: if full.has_prev != 0 {
-                        Some(MsgCounters::try_from(&full.prev)?)
-                    } else {
-                        None
-                    },
-                    protocol: protocol_hint(full.protocol),
-                    payload: full.payload[..snap].to_vec(),
-                    socket: None,
+                    key: h.key,
+                    flow_id: h.flow_id,
+                    msg: MsgCounters::try_from(&msg)?,
+                    prev: h.optional(&prev)?,
+                    protocol: h.protocol,
+                    payload: payload(bytes, MSG_START_HEADER, snap_len, W)?,
+                    socket: h.socket,
+                }))
+            }
+            abi::CLOVISOR_EVENT_EXCHANGE => {
+                use abi::clovisor_exchange as X;
+                const W: &str = "EXCHANGE";
+                let h = Header::try_from(&raw)?;
+                let request_len: u32 = field(bytes, std::mem::offset_of!(X, request_len), W)?;
+                let response_len: u32 = field(bytes, std::mem::offset_of!(X, response_len), W)?;
+                let max = abi::CLOVISOR_MAX_SNAPLEN;
+                if request_len > max || response_len > max {
+                    return Err(bad(format!(
+                        "{W} of {request_len} + {response_len} payload bytes"
+                    )));
+                }
+                let before: abi::clovisor_msg = field(bytes, std::mem::offset_of!(X, before), W)?;
+                let request: abi::clovisor_msg = field(bytes, std::mem::offset_of!(X, request), W)?;
+                let response: abi::clovisor_msg =
+                    field(bytes, std::mem::offset_of!(X, response), W)?;
+                // Both lengths are at most CLOVISOR_MAX_SNAPLEN: no overflow.
+                let response_at = EXCHANGE_HEADER + request_len as usize;
+                Ok(Event::Exchange(Exchange {
+                    key: h.key,
+                    flow_id: h.flow_id,
+                    protocol: h.protocol,
+                    socket: h.socket,
+                    before: h.optional(&before)?,
+                    request: MsgCounters::try_from(&request)?,
+                    request_payload: payload(bytes, EXCHANGE_HEADER, request_len, W)?,
+                    response: MsgCounters::try_from(&response)?,
+                    response_payload: payload(bytes, response_at, response_len, W)?,
+                    head_lost: h.has(abi::CLOVISOR_EV_HEAD_LOST),
                 }))
             }
             abi::CLOVISOR_EVENT_FLOW_END => {
-                let (raw, _) = abi::clovisor_flow_end::read_from_prefix(bytes).map_err(|_| {
+                let (ev, _) = abi::clovisor_flow_end::read_from_prefix(bytes).map_err(|_| {
                     bad(format!(
                         "FLOW_END of {} bytes, expected {}",
                         bytes.len(),
                         std::mem::size_of::<abi::clovisor_flow_end>()
                     ))
                 })?;
-                let reason = match u32::from(raw.reason) {
+                let h = Header::try_from(&raw)?;
+                let reason = match u32::from(h.reason) {
                     abi::CLOVISOR_END_FIN => FlowEndReason::Fin,
                     abi::CLOVISOR_END_RST => FlowEndReason::Rst,
                     other => return Err(bad(format!("unknown flow end reason {other}"))),
                 };
                 Ok(Event::FlowEnd(FlowEnd {
-                    key: ConnectionKey::try_from(&raw.key)?,
-                    flow_id: raw.flow_id,
+                    key: h.key,
+                    flow_id: h.flow_id,
                     reason,
-                    ts_ns: raw.ts_ns,
-                    last: if raw.has_last != 0 {
-                        Some(MsgCounters::try_from(&raw.last)?)
-                    } else {
-                        None
-                    },
-                    socket: None,
-                    tcp: None,
+                    ts_ns: ev.ts_ns,
+                    last: h.optional(&ev.last)?,
+                    tcp: h.socket.map(|_| TcpHealth {
+                        srtt_us: ev.srtt_us,
+                        total_retransmits: ev.total_retrans,
+                    }),
+                    socket: h.socket,
                 }))
-            }
-            abi::CLOVISOR_EVENT_SOCK_MSG_START => {
-                socket_event(bytes, SOCK_MSG_START_INNER, abi::CLOVISOR_EVENT_MSG_START)
-            }
-            abi::CLOVISOR_EVENT_SOCK_FLOW_END => {
-                socket_event(bytes, SOCK_FLOW_END_INNER, abi::CLOVISOR_EVENT_FLOW_END)
             }
             other => Err(bad(format!("unknown event kind {other}"))),
         }
     }
 }
-
-/// Offset of the tc-shaped event inside a SOCK_MSG_START.
-const SOCK_MSG_START_INNER: usize = std::mem::offset_of!(abi::clovisor_sock_msg_start, start);
-/// Offset of the tc-shaped event inside a SOCK_FLOW_END.
-const SOCK_FLOW_END_INNER: usize = std::mem::offset_of!(abi::clovisor_sock_flow_end, end);
-const SOCK_OWNER_OFFSET: usize = std::mem::offset_of!(abi::clovisor_sock_msg_start, owner);
 
 /// Which end of the connection a traced socket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -308,8 +438,41 @@ impl From<SocketSide> for Side {
     }
 }
 
+/// A process's command name as the kernel keeps it: at most 15 bytes, NUL-padded. Kept as
+/// bytes (no allocation per event) and read as text only where it is shown.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm([u8; abi::CLOVISOR_COMM_LEN as usize]);
+
+impl Comm {
+    /// The name's bytes, without the padding.
+    pub fn as_bytes(&self) -> &[u8] {
+        let len = self.0.iter().position(|b| *b == 0).unwrap_or(self.0.len());
+        &self.0[..len]
+    }
+
+    /// The name as text (lossy UTF-8).
+    pub fn to_string_lossy(&self) -> String {
+        String::from_utf8_lossy(self.as_bytes()).into_owned()
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Self {
+        let mut out = [0u8; abi::CLOVISOR_COMM_LEN as usize];
+        let n = s.len().min(out.len() - 1);
+        out[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Self(out)
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
 /// The process behind a socket observation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SocketOwner {
     /// Key of the kernel's socket connection map (the `struct sock` address); stays in the probe.
     pub sock_id: u64,
@@ -319,68 +482,30 @@ pub struct SocketOwner {
     pub tid: u32,
     /// Network namespace inode.
     pub netns: u32,
-    /// Command name (at most 15 bytes, lossy UTF-8).
-    pub comm: String,
+    /// Command name.
+    pub comm: Comm,
     /// Client or server end.
     pub side: SocketSide,
 }
 
-impl TryFrom<&abi::clovisor_sock_owner> for SocketOwner {
+impl TryFrom<&abi::clovisor_owner> for SocketOwner {
     type Error = Error;
 
-    fn try_from(raw: &abi::clovisor_sock_owner) -> Result<Self> {
+    fn try_from(raw: &abi::clovisor_owner) -> Result<Self> {
         let side = match u32::from(raw.side) {
             abi::CLOVISOR_SIDE_CLIENT => SocketSide::Client,
             abi::CLOVISOR_SIDE_SERVER => SocketSide::Server,
             other => return Err(bad(format!("unknown socket side {other}"))),
         };
-        let len = raw
-            .comm
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(raw.comm.len());
         Ok(Self {
             sock_id: raw.sock_id,
             pid: raw.pid,
             tid: raw.tid,
             netns: raw.netns,
-            comm: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+            comm: Comm(raw.comm),
             side,
         })
     }
-}
-
-/// Parses a socket event: the owner, then the tc-shaped event at `inner` (which must be of
-/// kind `inner_kind`), tagged with the owner.
-fn socket_event(bytes: &[u8], inner: usize, inner_kind: u32) -> Result<Event> {
-    let owner_bytes = bytes.get(SOCK_OWNER_OFFSET..).unwrap_or_default();
-    let (owner, _) = abi::clovisor_sock_owner::read_from_prefix(owner_bytes)
-        .map_err(|_| bad(format!("socket event of {} bytes: no owner", bytes.len())))?;
-    let owner = SocketOwner::try_from(&owner)?;
-    let rest = bytes
-        .get(inner..)
-        .ok_or_else(|| bad(format!("socket event of {} bytes: no body", bytes.len())))?;
-    let (kind, _) = u32::read_from_prefix(rest)
-        .map_err(|_| bad(format!("socket event of {} bytes: no body", bytes.len())))?;
-    if kind != inner_kind {
-        return Err(bad(format!(
-            "socket event wraps kind {kind}, expected {inner_kind}"
-        )));
-    }
-    let mut event = Event::try_from(rest)?;
-    match &mut event {
-        Event::MsgStart(m) => m.socket = Some(owner),
-        Event::FlowEnd(f) => {
-            f.socket = Some(owner);
-            let (head, _) = abi::clovisor_sock_flow_end::read_from_prefix(bytes)
-                .map_err(|_| bad(format!("socket flow end of {} bytes", bytes.len())))?;
-            f.tcp = Some(TcpHealth {
-                srtt_us: head.srtt_us,
-                total_retransmits: head.total_retrans,
-            });
-        }
-    }
-    Ok(event)
 }
 
 /// A connection as currently held in the kernel's LRU map (for idle flushes).
@@ -390,6 +515,9 @@ pub struct ConnectionState {
     pub flow_id: u64,
     /// The message in progress; `None` before the first payload.
     pub cur: Option<MsgCounters>,
+    /// While `cur` is a request whose first bytes the kernel holds: the message before it,
+    /// final (the kernel sends it with the request, once the response starts).
+    pub before: Option<MsgCounters>,
 }
 
 impl TryFrom<&[u8]> for ConnectionState {
@@ -402,7 +530,12 @@ impl TryFrom<&[u8]> for ConnectionState {
                 bytes.len()
             ))
         })?;
-        Self::of(raw.flow_id, &raw.cur)
+        Self::of(
+            raw.flow_id,
+            &raw.cur,
+            raw.held != 0 && raw.has_before != 0,
+            &raw.before,
+        )
     }
 }
 
@@ -415,17 +548,33 @@ impl ConnectionState {
                 bytes.len()
             ))
         })?;
-        Self::of(raw.flow_id, &raw.cur)
+        Self::of(
+            raw.flow_id,
+            &raw.cur,
+            raw.held != 0 && raw.has_before != 0,
+            &raw.before,
+        )
     }
 
-    /// Either connection kind's flow id and message in progress (none before the first payload).
-    fn of(flow_id: u64, cur: &abi::clovisor_msg) -> Result<Self> {
+    /// Either connection kind's flow id, message in progress (none before the first payload)
+    /// and, while a request is held, the message before it.
+    fn of(
+        flow_id: u64,
+        cur: &abi::clovisor_msg,
+        has_before: bool,
+        before: &abi::clovisor_msg,
+    ) -> Result<Self> {
         Ok(Self {
             flow_id,
             cur: if u32::from(cur.direction) == abi::CLOVISOR_DIR_NONE {
                 None
             } else {
                 Some(MsgCounters::try_from(cur)?)
+            },
+            before: if has_before {
+                Some(MsgCounters::try_from(before)?)
+            } else {
+                None
             },
         })
     }

@@ -1,8 +1,9 @@
 //! Chooses and attaches the socket observation point's hooks.
 //!
 //! Hook sets are tried in order of preference, the first that loads and attaches wins:
-//! fentry/fexit, kprobes, then BTF tracepoints (`tp_btf` `sys_enter`/`sys_exit` for the
-//! payload, `inet_sock_set_state` for the end of a connection). This build implements the
+//! fentry/fexit, kprobes, then BTF tracepoints (`tp_btf` `sock_send_length`/`sock_recv_length`
+//! for the payload, `inet_sock_set_state` for the end of a connection) — hooks that run for
+//! socket I/O only, never for the node's other syscalls. This build implements the
 //! tracepoint set only — the one that loads where kprobes are compiled out and fentry is
 //! refused — so the first two are reported as not built and passed over; the choice and the
 //! reasons are kept in [`SocketHooks::attempts`] for the log line, the metric and the API.
@@ -20,7 +21,7 @@ pub enum SocketHookKind {
     Fentry,
     /// kprobes/kretprobes on the same functions.
     Kprobe,
-    /// BTF tracepoints: `sys_enter`, `sys_exit`, `inet_sock_set_state`.
+    /// BTF tracepoints: `sock_send_length`, `sock_recv_length`, `inet_sock_set_state`.
     TpBtf,
 }
 
@@ -60,8 +61,8 @@ pub struct HookAttempt {
 
 /// The `tp_btf` programs of `socket_capture.bpf.c`: (program, tracepoint).
 pub const TP_BTF_PROGRAMS: [(&str, &str); 3] = [
-    ("clovisor_sys_enter", "sys_enter"),
-    ("clovisor_sys_exit", "sys_exit"),
+    ("clovisor_sock_send", "sock_send_length"),
+    ("clovisor_sock_recv", "sock_recv_length"),
     ("clovisor_sock_state", "inet_sock_set_state"),
 ];
 

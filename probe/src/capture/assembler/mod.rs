@@ -140,6 +140,13 @@ impl Assembler {
     pub fn on_event(&mut self, event: Event, now: Instant, out: &mut Vec<Record>) {
         match event {
             Event::MsgStart(start) => self.on_start(start, now, out),
+            Event::Exchange(exchange) => {
+                // One kernel record for a request and the start of its response: the same
+                // as the two message starts it stands for, in order.
+                let (request, response) = exchange.into_starts();
+                self.on_start(request, now, out);
+                self.on_start(response, now, out);
+            }
             Event::FlowEnd(end) => self.on_end(end, out),
         }
     }
@@ -262,9 +269,13 @@ impl Assembler {
                 }
                 continue;
             }
-            let cur = state
-                .and_then(|s| s.cur)
-                .filter(|c| c.index == p.start.msg.index);
+            // The message is still in progress (cur), or a request after it is held in the
+            // kernel and the message's final counters wait there with it (before).
+            let cur = state.and_then(|s| {
+                s.cur
+                    .filter(|c| c.index == p.start.msg.index)
+                    .or(s.before.filter(|b| b.index == p.start.msg.index))
+            });
             match cur {
                 Some(c) => {
                     out.push(self.message(&p.start, p.start.payload.clone(), &c, true));

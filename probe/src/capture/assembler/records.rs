@@ -36,7 +36,7 @@ pub fn socket_point(owner: &SocketOwner, node: &str) -> ObservationPoint {
         kind: PointKind::Socket as i32,
         node: node.to_owned(),
         pid: owner.pid,
-        comm: owner.comm.clone(),
+        comm: owner.comm.to_string_lossy(),
         netns_inode: u64::from(owner.netns),
         side: Side::from(owner.side) as i32,
         ..ObservationPoint::default()

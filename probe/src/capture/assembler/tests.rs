@@ -165,6 +165,7 @@ fn idle_flush_reads_kernel_counters_and_final_supersedes_only_if_grown() {
         ConnectionState {
             flow_id: 5,
             cur: Some(grown),
+            before: None,
         },
     );
     a.flush_idle(t0 + Duration::from_millis(100), &fake, &mut out);
@@ -197,6 +198,7 @@ fn idle_flush_reads_kernel_counters_and_final_supersedes_only_if_grown() {
         ConnectionState {
             flow_id: 5,
             cur: Some(req2),
+            before: None,
         },
     );
     a.flush_idle(t0 + Duration::from_secs(1), &fake, &mut out);
@@ -266,6 +268,7 @@ fn flush_all_emits_unflushed_pending_once() {
         ConnectionState {
             flow_id: 1,
             cur: Some(grown),
+            before: None,
         },
     );
     a.flush_all(&fake, &mut out);
@@ -423,5 +426,58 @@ fn socket_events_become_socket_points_with_their_process() {
         end.point.as_ref().map(|p| p.kind),
         Some(PointKind::Socket as i32),
         "flow end at the socket point"
+    );
+}
+
+#[test]
+fn an_exchange_record_completes_the_request_at_once_and_holds_the_response() {
+    let mut a = assembler(16);
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let before = counters(1, Direction::ServerToClient, 300);
+    let request = counters(2, Direction::ClientToServer, 40);
+    let response = counters(3, Direction::ServerToClient, 200);
+    // The response before this exchange is pending from an earlier record.
+    a.on_event(
+        start(
+            5,
+            counters(1, Direction::ServerToClient, 100),
+            None,
+            b"HTTP/1.1 200 OK\r\n",
+        ),
+        t,
+        &mut out,
+    );
+    a.on_event(
+        Event::Exchange(crate::capture::raw::Exchange {
+            key: v4_key(),
+            flow_id: 5,
+            protocol: ProtocolHint::Http,
+            socket: None,
+            before: Some(before),
+            request,
+            request_payload: b"GET /x HTTP/1.1\r\n\r\n".to_vec(),
+            response,
+            response_payload: b"HTTP/1.1 204 No Content\r\n".to_vec(),
+            head_lost: false,
+        }),
+        t,
+        &mut out,
+    );
+    let msgs = messages(&out);
+    assert_eq!(
+        msgs.iter().map(|m| (m.index, m.bytes)).collect::<Vec<_>>(),
+        [(1, 300), (2, 40)],
+        "the earlier response with its final counters, then the request, final: {msgs:?}"
+    );
+    assert_eq!(msgs[1].payload, b"GET /x HTTP/1.1\r\n\r\n", "request bytes");
+    assert!(
+        msgs.iter().all(|m| !m.partial),
+        "both final, not partial: {msgs:?}"
+    );
+    assert_eq!(
+        a.pending_len(),
+        1,
+        "the response waits for its final counters"
     );
 }

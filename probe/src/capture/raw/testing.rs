@@ -28,42 +28,119 @@ pub fn raw_msg(m: &MsgCounters) -> abi::clovisor_msg {
     r
 }
 
+/// A record header as the kernel writes it.
+pub fn raw_hdr(
+    kind: u32,
+    key: &ConnectionKey,
+    flow_id: u64,
+    protocol: ProtocolHint,
+    flags: u32,
+    socket: Option<&SocketOwner>,
+) -> abi::clovisor_event_hdr {
+    let mut h = abi::clovisor_event_hdr::new_zeroed();
+    h.kind = kind;
+    h.point = if socket.is_some() {
+        abi::CLOVISOR_POINT_SOCKET as u8
+    } else {
+        abi::CLOVISOR_POINT_TC as u8
+    };
+    h.protocol = hint_value(protocol);
+    h.flags = flags as u8;
+    h.flow_id = flow_id;
+    h.key = raw_key(key);
+    if let Some(o) = socket {
+        h.owner = raw_owner(o);
+    }
+    h
+}
+
 /// MSG_START bytes as the kernel sends them (header + captured payload only).
 pub fn msg_start_bytes(ev: &MsgStart) -> Vec<u8> {
     let mut r = abi::clovisor_msg_start::new_zeroed();
-    r.kind = abi::CLOVISOR_EVENT_MSG_START;
+    let flags = if ev.prev.is_some() {
+        abi::CLOVISOR_EV_HAS_PREV
+    } else {
+        0
+    };
+    r.hdr = raw_hdr(
+        abi::CLOVISOR_EVENT_MSG_START,
+        &ev.key,
+        ev.flow_id,
+        ev.protocol,
+        flags,
+        ev.socket.as_ref(),
+    );
     r.snap_len = u32::try_from(ev.payload.len()).unwrap_or(u32::MAX);
-    r.key = raw_key(&ev.key);
-    r.flow_id = ev.flow_id;
     r.msg = raw_msg(&ev.msg);
     if let Some(p) = &ev.prev {
         r.prev = raw_msg(p);
-        r.has_prev = 1;
     }
-    r.protocol = hint_value(ev.protocol);
     r.payload[..ev.payload.len()].copy_from_slice(&ev.payload);
     r.as_bytes()[..MSG_START_HEADER + ev.payload.len()].to_vec()
 }
 
+/// EXCHANGE bytes as the kernel sends them (header + both captured payloads only).
+pub fn exchange_bytes(ev: &Exchange) -> Vec<u8> {
+    let mut r = abi::clovisor_exchange::new_zeroed();
+    let mut flags = 0;
+    if ev.before.is_some() {
+        flags |= abi::CLOVISOR_EV_HAS_PREV;
+    }
+    if ev.head_lost {
+        flags |= abi::CLOVISOR_EV_HEAD_LOST;
+    }
+    r.hdr = raw_hdr(
+        abi::CLOVISOR_EVENT_EXCHANGE,
+        &ev.key,
+        ev.flow_id,
+        ev.protocol,
+        flags,
+        ev.socket.as_ref(),
+    );
+    if let Some(b) = &ev.before {
+        r.before = raw_msg(b);
+    }
+    r.request = raw_msg(&ev.request);
+    r.response = raw_msg(&ev.response);
+    let (req, resp) = (ev.request_payload.len(), ev.response_payload.len());
+    r.request_len = u32::try_from(req).unwrap_or(u32::MAX);
+    r.response_len = u32::try_from(resp).unwrap_or(u32::MAX);
+    r.payload[..req].copy_from_slice(&ev.request_payload);
+    r.payload[req..req + resp].copy_from_slice(&ev.response_payload);
+    r.as_bytes()[..EXCHANGE_HEADER + req + resp].to_vec()
+}
+
 pub fn flow_end_bytes(ev: &FlowEnd) -> Vec<u8> {
     let mut r = abi::clovisor_flow_end::new_zeroed();
-    r.kind = abi::CLOVISOR_EVENT_FLOW_END;
-    r.reason = match ev.reason {
+    let flags = if ev.last.is_some() {
+        abi::CLOVISOR_EV_HAS_PREV
+    } else {
+        0
+    };
+    r.hdr = raw_hdr(
+        abi::CLOVISOR_EVENT_FLOW_END,
+        &ev.key,
+        ev.flow_id,
+        ProtocolHint::Unspecified,
+        flags,
+        ev.socket.as_ref(),
+    );
+    r.hdr.reason = match ev.reason {
         FlowEndReason::Rst => abi::CLOVISOR_END_RST as u8,
         _ => abi::CLOVISOR_END_FIN as u8,
     };
-    r.key = raw_key(&ev.key);
-    r.flow_id = ev.flow_id;
     r.ts_ns = ev.ts_ns;
     if let Some(l) = &ev.last {
         r.last = raw_msg(l);
-        r.has_last = 1;
     }
+    let tcp = ev.tcp.unwrap_or_default();
+    r.srtt_us = tcp.srtt_us;
+    r.total_retrans = tcp.total_retransmits;
     r.as_bytes().to_vec()
 }
 
-pub fn raw_owner(o: &SocketOwner) -> abi::clovisor_sock_owner {
-    let mut r = abi::clovisor_sock_owner::new_zeroed();
+pub fn raw_owner(o: &SocketOwner) -> abi::clovisor_owner {
+    let mut r = abi::clovisor_owner::new_zeroed();
     r.sock_id = o.sock_id;
     r.pid = o.pid;
     r.tid = o.tid;
@@ -72,40 +149,9 @@ pub fn raw_owner(o: &SocketOwner) -> abi::clovisor_sock_owner {
         SocketSide::Client => abi::CLOVISOR_SIDE_CLIENT as u8,
         SocketSide::Server => abi::CLOVISOR_SIDE_SERVER as u8,
     };
-    let n = o.comm.len().min(r.comm.len() - 1);
-    r.comm[..n].copy_from_slice(&o.comm.as_bytes()[..n]);
+    let n = o.comm.as_bytes().len();
+    r.comm[..n].copy_from_slice(o.comm.as_bytes());
     r
-}
-
-/// SOCK_MSG_START bytes as the kernel sends them: the owner, then a MSG_START.
-pub fn sock_msg_start_bytes(ev: &MsgStart) -> Vec<u8> {
-    let owner = ev
-        .socket
-        .as_ref()
-        .unwrap_or_else(|| panic!("a socket event needs an owner"));
-    let mut head = abi::clovisor_sock_msg_start::new_zeroed();
-    head.kind = abi::CLOVISOR_EVENT_SOCK_MSG_START;
-    head.owner = raw_owner(owner);
-    let mut out = head.as_bytes()[..SOCK_MSG_START_INNER].to_vec();
-    out.extend(msg_start_bytes(ev));
-    out
-}
-
-/// SOCK_FLOW_END bytes as the kernel sends them.
-pub fn sock_flow_end_bytes(ev: &FlowEnd) -> Vec<u8> {
-    let owner = ev
-        .socket
-        .as_ref()
-        .unwrap_or_else(|| panic!("a socket event needs an owner"));
-    let mut head = abi::clovisor_sock_flow_end::new_zeroed();
-    head.kind = abi::CLOVISOR_EVENT_SOCK_FLOW_END;
-    head.owner = raw_owner(owner);
-    let tcp = ev.tcp.unwrap_or_default();
-    head.srtt_us = tcp.srtt_us;
-    head.total_retrans = tcp.total_retransmits;
-    let mut out = head.as_bytes()[..SOCK_FLOW_END_INNER].to_vec();
-    out.extend(flow_end_bytes(ev));
-    out
 }
 
 pub fn owner(side: SocketSide) -> SocketOwner {

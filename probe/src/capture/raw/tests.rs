@@ -123,7 +123,8 @@ fn bad_direction_and_snap_len_are_rejected() {
         "direction 7 must be rejected"
     );
     let mut bytes = msg_start_bytes(&ev);
-    bytes[4..8].copy_from_slice(&5000u32.to_ne_bytes());
+    let snap_off = std::mem::offset_of!(abi::clovisor_msg_start, snap_len);
+    bytes[snap_off..snap_off + 4].copy_from_slice(&5000u32.to_ne_bytes());
     assert!(
         Event::try_from(&bytes[..]).is_err(),
         "snap_len 5000 > MAX_SNAPLEN must be rejected"
@@ -154,7 +155,8 @@ fn connection_state_reads_current_message() {
         s,
         ConnectionState {
             flow_id: 5,
-            cur: Some(c)
+            cur: Some(c),
+            before: None,
         },
         "connection value must parse"
     );
@@ -185,18 +187,82 @@ fn socket_start(payload: &[u8], side: SocketSide) -> MsgStart {
 #[test]
 fn socket_msg_start_round_trips_with_its_owner() {
     let ev = socket_start(b"HTTP/1.1 200 OK\r\n", SocketSide::Server);
-    let bytes = sock_msg_start_bytes(&ev);
+    let bytes = msg_start_bytes(&ev);
     assert_eq!(
         bytes.len(),
-        SOCK_MSG_START_INNER + MSG_START_HEADER + 17,
-        "kernel sends owner + header + snap only"
+        MSG_START_HEADER + 17,
+        "kernel sends header (with the owner) + snap only"
     );
     let parsed = Event::try_from(&bytes[..])
-        .unwrap_or_else(|e| panic!("valid SOCK_MSG_START rejected: {e}"));
+        .unwrap_or_else(|e| panic!("valid socket MSG_START rejected: {e}"));
     assert_eq!(
         parsed,
         Event::MsgStart(ev),
         "must parse back with its owner"
+    );
+}
+
+fn exchange(socket: Option<SocketOwner>) -> Exchange {
+    Exchange {
+        key: v4_key(),
+        flow_id: 0x0100_0000_0000_0009,
+        protocol: ProtocolHint::Http,
+        socket,
+        before: Some(counters(1, Direction::ServerToClient, 300)),
+        request: counters(2, Direction::ClientToServer, 40),
+        request_payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        response: counters(3, Direction::ServerToClient, 200),
+        response_payload: b"HTTP/1.1 200 OK\r\n".to_vec(),
+        head_lost: false,
+    }
+}
+
+#[test]
+fn exchange_round_trips_and_stands_for_two_message_starts() {
+    for socket in [None, Some(owner(SocketSide::Server))] {
+        let ev = exchange(socket);
+        let bytes = exchange_bytes(&ev);
+        assert_eq!(
+            bytes.len(),
+            EXCHANGE_HEADER + 18 + 17,
+            "kernel sends header + both snaps only"
+        );
+        let parsed =
+            Event::try_from(&bytes[..]).unwrap_or_else(|e| panic!("valid EXCHANGE rejected: {e}"));
+        assert_eq!(
+            parsed,
+            Event::Exchange(ev.clone()),
+            "EXCHANGE must parse back"
+        );
+        let (req, resp) = ev.clone().into_starts();
+        assert_eq!(
+            (req.msg, req.prev, req.payload.as_slice()),
+            (ev.request, ev.before, &ev.request_payload[..]),
+            "the request starts after the message before it"
+        );
+        assert_eq!(
+            (resp.msg, resp.prev, resp.payload.as_slice()),
+            (ev.response, Some(ev.request), &ev.response_payload[..]),
+            "the response starts after the request, final"
+        );
+    }
+}
+
+#[test]
+fn bad_exchanges_are_errors_not_panics() {
+    let good = exchange_bytes(&exchange(None));
+    for len in [4, 8, EXCHANGE_HEADER - 1, good.len() - 1] {
+        assert!(
+            Event::try_from(&good[..len]).is_err(),
+            "{len}-byte prefix of an EXCHANGE must be rejected"
+        );
+    }
+    let len_off = std::mem::offset_of!(abi::clovisor_exchange, request_len);
+    let mut too_long = good.clone();
+    too_long[len_off..len_off + 4].copy_from_slice(&5000u32.to_ne_bytes());
+    assert!(
+        Event::try_from(&too_long[..]).is_err(),
+        "request_len 5000 > MAX_SNAPLEN must be rejected"
     );
 }
 
@@ -214,48 +280,40 @@ fn socket_flow_end_round_trips_with_its_owner() {
             total_retransmits: 2,
         }),
     };
-    let parsed = Event::try_from(&sock_flow_end_bytes(&ev)[..])
-        .unwrap_or_else(|e| panic!("valid SOCK_FLOW_END rejected: {e}"));
+    let parsed = Event::try_from(&flow_end_bytes(&ev)[..])
+        .unwrap_or_else(|e| panic!("valid socket FLOW_END rejected: {e}"));
     assert_eq!(parsed, Event::FlowEnd(ev), "must parse back with its owner");
 }
 
 #[test]
 fn bad_socket_events_are_errors_not_panics() {
-    let good = sock_msg_start_bytes(&socket_start(b"GET / HTTP/1.1\r\n", SocketSide::Client));
+    let good = msg_start_bytes(&socket_start(b"GET / HTTP/1.1\r\n", SocketSide::Client));
+    let owner_off = std::mem::offset_of!(abi::clovisor_event_hdr, owner);
     for len in [
         4,
         8,
-        SOCK_OWNER_OFFSET + 10,
-        SOCK_MSG_START_INNER,
-        SOCK_MSG_START_INNER + 3,
+        owner_off + 10,
+        MSG_START_HEADER - 1,
+        MSG_START_HEADER + 3,
     ] {
         assert!(
             Event::try_from(&good[..len]).is_err(),
-            "{len}-byte prefix of a SOCK_MSG_START must be rejected"
+            "{len}-byte prefix of a socket MSG_START must be rejected"
         );
     }
-    let side_off = SOCK_OWNER_OFFSET + std::mem::offset_of!(abi::clovisor_sock_owner, side);
+    let side_off = owner_off + std::mem::offset_of!(abi::clovisor_owner, side);
     let mut bad_side = good.clone();
     bad_side[side_off] = 9;
     assert!(
         Event::try_from(&bad_side[..]).is_err(),
         "socket side 9 must be rejected"
     );
-    // A socket wrapper around a FLOW_END where a MSG_START belongs.
-    let mut wrong_inner = good.clone();
-    wrong_inner[SOCK_MSG_START_INNER..SOCK_MSG_START_INNER + 4]
-        .copy_from_slice(&abi::CLOVISOR_EVENT_FLOW_END.to_ne_bytes());
+    let point_off = std::mem::offset_of!(abi::clovisor_event_hdr, point);
+    let mut bad_point = good.clone();
+    bad_point[point_off] = 7;
     assert!(
-        Event::try_from(&wrong_inner[..]).is_err(),
-        "a SOCK_MSG_START must wrap a MSG_START"
-    );
-    // A wrapper around another wrapper: never recursion on kernel input.
-    let mut nested = good.clone();
-    nested[SOCK_MSG_START_INNER..SOCK_MSG_START_INNER + 4]
-        .copy_from_slice(&abi::CLOVISOR_EVENT_SOCK_MSG_START.to_ne_bytes());
-    assert!(
-        Event::try_from(&nested[..]).is_err(),
-        "nested socket events must be rejected"
+        Event::try_from(&bad_point[..]).is_err(),
+        "observation point 7 must be rejected"
     );
 }
 
@@ -264,11 +322,11 @@ fn comm_is_cut_at_its_nul_and_non_utf8_survives() {
     let mut raw = raw_owner(&owner(SocketSide::Server));
     raw.comm = *b"curl\0garbage\0\0\0\0";
     let o = SocketOwner::try_from(&raw).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(o.comm, "curl", "comm ends at the first NUL");
+    assert_eq!(o.comm.as_bytes(), b"curl", "comm ends at the first NUL");
     raw.comm = [0xff; 16];
     let o = SocketOwner::try_from(&raw).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        o.comm.chars().count(),
+        o.comm.to_string_lossy().chars().count(),
         16,
         "16 bytes without NUL, lossy: {:?}",
         o.comm
@@ -286,7 +344,8 @@ fn socket_connection_state_reads_current_message() {
         s,
         ConnectionState {
             flow_id: 99,
-            cur: Some(c)
+            cur: Some(c),
+            before: None,
         },
         "socket connection value"
     );
