@@ -64,7 +64,7 @@ echo "== building release binaries"
 cargo build --release --locked -p clovisor-probe -p clovisor-collector -p clovisor-correlator --bins
 cargo build --release --locked -p clovisor-collector -p clovisor-probe \
   --example decode_bench --example attach_tp_btf
-BINDIR=$ROOT/target/release
+BINDIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 ID=$$
 CLIENT=clv-bench-c-$ID
