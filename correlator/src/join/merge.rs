@@ -58,11 +58,11 @@ fn rank(o: &Observation) -> u8 {
 /// them: a socket times a send when the call returns, after its packets have already crossed
 /// the local veths.
 fn path_position(o: &Observation) -> u8 {
-    match (PointKind::try_from(o.kind), o.side.as_str()) {
-        (Ok(PointKind::Socket), "client") => 0,
-        (Ok(PointKind::Pod), "client") => 1,
-        (Ok(PointKind::Pod), "server") => 3,
-        (Ok(PointKind::Socket), "server") => 4,
+    match (o.kind(), o.side()) {
+        (PointKind::Socket, Side::Client) => 0,
+        (PointKind::Pod, Side::Client) => 1,
+        (PointKind::Pod, Side::Server) => 3,
+        (PointKind::Socket, Side::Server) => 4,
         _ => 2,
     }
 }
