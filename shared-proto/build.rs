@@ -8,6 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
-    tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
+    tonic_prost_build::configure()
+        // Payloads decode as slices of the received buffer (no copy) and are shared, not cloned.
+        .bytes(".clovisor.capture.v1.Message.payload")
+        .compile_protos(&protos, &["proto"])?;
     Ok(())
 }

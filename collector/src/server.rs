@@ -298,7 +298,9 @@ async fn run_stream(
                     .await;
                 return;
             }
-            None => {}
+            // The probe's open flows, re-announced after every Hello. This collector takes a
+            // flow's key and point from its messages as well, which every probe still sends.
+            Some(probe_message::Kind::Flows(_)) | None => {}
         }
     }
 }

@@ -24,7 +24,7 @@ pub fn attach(config: &CaptureConfig, veth: &str, ports: &[u16]) -> Result<Captu
 /// A capture's event loop running on its own runtime until [`Recorder::stop`].
 pub struct Recorder {
     rt: tokio::runtime::Runtime,
-    rx: tokio::sync::mpsc::Receiver<Record>,
+    rx: tokio::sync::mpsc::Receiver<Vec<Record>>,
     stop_tx: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<clovisor_probe::Result<EventLoopStats>>,
     /// The event loop's counters as it runs.
@@ -32,7 +32,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts `capture`'s event loop with room for `queue` records.
+    /// Starts `capture`'s event loop with room for `queue` chunks of records.
     pub fn start(capture: &mut Capture, queue: usize) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -60,8 +60,8 @@ impl Recorder {
         let _ = self.stop_tx.send(());
         let stats = self.rt.block_on(self.task).context("event loop task")??;
         let mut records = Vec::new();
-        while let Ok(r) = self.rx.try_recv() {
-            records.push(r);
+        while let Ok(chunk) = self.rx.try_recv() {
+            records.extend(chunk);
         }
         Ok((stats, records))
     }
@@ -77,23 +77,34 @@ pub struct Flow {
     pub end: Option<FlowEnd>,
 }
 
-/// The flows of `records` whose client address is `client_ip`, by flow id.
+/// The flows of `records` whose client address is `client_ip`, by flow id: the address of a
+/// flow is in its `FlowStart` (or, from older probes, in each message).
 pub fn flows_of(records: &[Record], client_ip: &[u8]) -> BTreeMap<u64, Flow> {
     let mut flows: BTreeMap<u64, Flow> = BTreeMap::new();
+    let started: std::collections::HashSet<u64> = records
+        .iter()
+        .filter_map(|r| match &r.kind {
+            Some(record::Kind::FlowStart(s))
+                if s.flow.as_ref().is_some_and(|f| f.client_ip == client_ip) =>
+            {
+                Some(s.flow_id)
+            }
+            _ => None,
+        })
+        .collect();
+    let ours = |id: u64, flow: Option<&clovisor_proto::capture::v1::FlowKey>| {
+        started.contains(&id) || flow.is_some_and(|f| f.client_ip == client_ip)
+    };
     for r in records {
         match &r.kind {
-            Some(record::Kind::Message(m))
-                if m.flow.as_ref().is_some_and(|f| f.client_ip == client_ip) =>
-            {
+            Some(record::Kind::Message(m)) if ours(m.flow_id, m.flow.as_ref()) => {
                 flows
                     .entry(m.flow_id)
                     .or_default()
                     .messages
                     .insert(m.index, m.clone());
             }
-            Some(record::Kind::FlowEnd(e))
-                if e.flow.as_ref().is_some_and(|f| f.client_ip == client_ip) =>
-            {
+            Some(record::Kind::FlowEnd(e)) if ours(e.flow_id, e.flow.as_ref()) => {
                 flows.entry(e.flow_id).or_default().end = Some(e.clone());
             }
             _ => {}

@@ -47,7 +47,7 @@ fn service(ns: &str, app: &str, port_name: &str) -> Service {
 /// The follower running against the fake server, as the agent runs it.
 struct Probe {
     status: watch::Receiver<TargetsStatus>,
-    records: mpsc::Receiver<Record>,
+    records: mpsc::Receiver<Vec<Record>>,
     endpoints: Vec<EndpointUpdate>,
     selection: watch::Sender<PodSelection>,
     registry: Registry,
@@ -126,9 +126,11 @@ impl Probe {
 
     /// Endpoint updates received so far.
     fn drain_endpoints(&mut self) -> &[EndpointUpdate] {
-        while let Ok(r) = self.records.try_recv() {
-            if let Some(record::Kind::Endpoint(e)) = r.kind {
-                self.endpoints.push(e);
+        while let Ok(chunk) = self.records.try_recv() {
+            for r in chunk {
+                if let Some(record::Kind::Endpoint(e)) = r.kind {
+                    self.endpoints.push(e);
+                }
             }
         }
         &self.endpoints

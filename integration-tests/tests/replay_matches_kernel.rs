@@ -79,10 +79,32 @@ fn conn(key: Option<&clovisor_proto::capture::v1::FlowKey>) -> Result<Conn> {
 fn group(records: &[Record], what: &str) -> Result<Records> {
     let mut out = Records::default();
     let mut flow_of: BTreeMap<Conn, u64> = BTreeMap::new();
+    // A flow's connection and protocol come in its FlowStart (or, from the replay, with each
+    // message).
+    let mut started: BTreeMap<u64, (Conn, i32)> = BTreeMap::new();
     for r in records {
-        let (c, flow_id) = match &r.kind {
-            Some(record::Kind::Message(m)) => (conn(m.flow.as_ref())?, m.flow_id),
-            Some(record::Kind::FlowEnd(e)) => (conn(e.flow.as_ref())?, e.flow_id),
+        if let Some(record::Kind::FlowStart(s)) = &r.kind {
+            started.insert(s.flow_id, (conn(s.flow.as_ref())?, s.protocol));
+        }
+    }
+    let of =
+        |flow: Option<&clovisor_proto::capture::v1::FlowKey>, id: u64| -> Result<(Conn, i32)> {
+            match (flow, started.get(&id)) {
+                (Some(f), _) => Ok((conn(Some(f))?, 0)),
+                (None, Some(known)) => Ok(*known),
+                (None, None) => bail!("{what}: flow {id:x} without a FlowStart"),
+            }
+        };
+    for r in records {
+        let (c, flow_id, protocol) = match &r.kind {
+            Some(record::Kind::Message(m)) => {
+                let (c, p) = of(m.flow.as_ref(), m.flow_id)?;
+                (c, m.flow_id, if m.flow.is_some() { m.protocol } else { p })
+            }
+            Some(record::Kind::FlowEnd(e)) => {
+                let (c, _) = of(e.flow.as_ref(), e.flow_id)?;
+                (c, e.flow_id, 0)
+            }
             _ => continue,
         };
         if *flow_of.entry(c).or_insert(flow_id) != flow_id {
@@ -99,8 +121,8 @@ fn group(records: &[Record], what: &str) -> Result<Records> {
                         bytes: m.bytes,
                         packets: m.packets,
                         retransmits: m.retransmits,
-                        protocol: m.protocol,
-                        payload: m.payload.clone(),
+                        protocol,
+                        payload: m.payload.to_vec(),
                     },
                 );
             }

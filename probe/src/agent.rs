@@ -98,8 +98,14 @@ pub async fn run(
     let identity = Identity::new(config.node.clone(), config.capture.snaplen);
     tracing::info!(probe_id = %identity.probe_id, node = %identity.node, "probe started");
 
-    let (records_tx, records_rx) = mpsc::channel(config.record_queue);
-    let uplink = Uplink::new(&identity, collector, config.delivery.clone());
+    // In chunks of at most CHUNK_RECORDS records: the queue holds about record_queue records.
+    let (records_tx, records_rx) =
+        mpsc::channel((config.record_queue / crate::uplink::CHUNK_RECORDS).max(8));
+    // Both capture objects' connections, each announced once.
+    let max_flows = usize::try_from(config.capture.max_connections)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2);
+    let uplink = Uplink::new(&identity, collector, config.delivery.clone(), max_flows);
     let uplink_stats = uplink.stats();
     // The uplink ends once every record sender is gone and what it holds is delivered.
     let uplink = tokio::spawn(uplink.run(records_rx, std::future::pending()));

@@ -31,14 +31,25 @@ pub trait BatchContract: Send + 'static {
     /// What travels back.
     type Inbound: Send + 'static;
 
-    /// The message opening every stream, if the hop has one.
-    fn hello(&self) -> Option<Self::Outbound>;
+    /// The messages opening every stream (none when the hop has no greeting), sent in order
+    /// before the batches.
+    fn hello(&self) -> Vec<Self::Outbound>;
     /// Frames `items` as batch number `seq`.
     fn batch(&self, seq: u64, items: Vec<Self::Item>) -> Self::Outbound;
     /// Encoded size of an outbound message, used to bound the replay buffer.
     fn size(msg: &Self::Outbound) -> usize;
     /// The sequence number an inbound message acknowledges, if it is an acknowledgement.
     fn ack(msg: &Self::Inbound) -> Option<u64>;
+    /// How many records an item stands for (an item may carry several, already encoded):
+    /// what batches are sized by and what the counters count.
+    fn count(_item: &Self::Item) -> u64 {
+        1
+    }
+    /// Sees every item as it is taken in; it will travel in batch number `seq`. A hop that
+    /// keeps state for its greeting keeps it here.
+    fn observe(&mut self, _item: &Self::Item, _seq: u64) {}
+    /// Every batch numbered up to `seq` has been acknowledged.
+    fn acked(&mut self, _seq: u64) {}
 }
 
 /// The stream a [`Connector`] opens.
@@ -170,7 +181,9 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
         let cfg = self.config.clone();
         let mut buffer: VecDeque<Entry<C::Outbound>> = VecDeque::new();
         let mut buffered_bytes = 0usize;
-        let mut pending: Vec<C::Item> = Vec::with_capacity(cfg.max_batch_items);
+        let mut pending: Vec<C::Item> = Vec::new();
+        // Records in `pending` (an item may stand for several).
+        let mut pending_count = 0u64;
         let mut next_seq = 1u64;
         let mut acked = 0u64;
         let mut stream: Option<Stream<C>> = None;
@@ -184,12 +197,12 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
         loop {
             // Seal a full or due batch.
             let due = !pending.is_empty()
-                && (pending.len() >= cfg.max_batch_items
+                && (pending_count >= cfg.max_batch_items as u64
                     || Instant::now() >= flush_at
                     || closing_since.is_some());
             if due {
                 let items = std::mem::take(&mut pending);
-                let count = items.len() as u64;
+                let count = std::mem::take(&mut pending_count);
                 let msg = self.contract.batch(next_seq, items);
                 let bytes = C::size(&msg);
                 buffered_bytes += bytes;
@@ -213,8 +226,7 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                     break;
                 }
                 if since.elapsed() >= cfg.drain_timeout {
-                    let lost: u64 =
-                        buffer.iter().map(|e| e.items).sum::<u64>() + pending.len() as u64;
+                    let lost: u64 = buffer.iter().map(|e| e.items).sum::<u64>() + pending_count;
                     self.stats
                         .items_dropped_shutdown
                         .fetch_add(lost, Ordering::Relaxed);
@@ -278,8 +290,11 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                 item = input.recv(), if input_open && room && closing_since.is_none() => {
                     match item {
                         Some(item) => {
-                            self.stats.items_buffered.fetch_add(1, Ordering::Relaxed);
-                            self.stats.items_received.fetch_add(1, Ordering::Relaxed);
+                            let n = C::count(&item);
+                            self.stats.items_buffered.fetch_add(n, Ordering::Relaxed);
+                            self.stats.items_received.fetch_add(n, Ordering::Relaxed);
+                            self.contract.observe(&item, next_seq);
+                            pending_count += n;
                             pending.push(item);
                         }
                         None => {
@@ -293,6 +308,7 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                         Some(Ok(msg)) => {
                             if let Some(seq) = C::ack(&msg) {
                                 acked = acked.max(seq);
+                                self.contract.acked(acked);
                                 while buffer.front().is_some_and(|e| e.seq <= acked) {
                                     if let Some(e) = buffer.pop_front() {
                                         buffered_bytes -= e.bytes;
@@ -324,8 +340,11 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                     closing_since = Some(Instant::now());
                     // Take what producers already queued: it was accepted, so it is owed.
                     while let Ok(item) = input.try_recv() {
-                        self.stats.items_buffered.fetch_add(1, Ordering::Relaxed);
-                        self.stats.items_received.fetch_add(1, Ordering::Relaxed);
+                        let n = C::count(&item);
+                        self.stats.items_buffered.fetch_add(n, Ordering::Relaxed);
+                        self.stats.items_received.fetch_add(n, Ordering::Relaxed);
+                        self.contract.observe(&item, next_seq);
+                        pending_count += n;
                         pending.push(item);
                     }
                 }
@@ -334,9 +353,11 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
     }
 
     async fn open(&mut self) -> Result<Stream<C>, tonic::Status> {
-        let (tx, rx) = mpsc::channel(self.config.window + 2);
-        if let Some(hello) = self.contract.hello() {
-            tx.try_send(hello)
+        let hello = self.contract.hello();
+        // Room for the greeting and a full window of batches, so neither ever waits.
+        let (tx, rx) = mpsc::channel(self.config.window + 2 + hello.len());
+        for msg in hello {
+            tx.try_send(msg)
                 .map_err(|_| tonic::Status::internal("hello did not fit the stream"))?;
         }
         let inbound = tokio::time::timeout(

@@ -1,48 +1,191 @@
 //! The two hops of the pipeline framed for [`crate::delivery`]: probe -> collector
 //! ([`CaptureHop`]) and collector -> correlator ([`SessionHop`]), each with a connector over a
 //! tonic [`Channel`].
+//!
+//! Batches are encoded once, when they are sealed, and kept encoded ([`Bytes`]) in the replay
+//! buffer: sending or re-sending one copies nothing but its reference count, and the receiver
+//! decodes the same protobuf messages as ever. The probe hands its records over in chunks (one
+//! per turn of its event loop, not one channel send per record).
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 use crate::capture::v1 as capture;
 use crate::delivery::{BatchContract, Connector, Inbound};
 use crate::session::v1 as session;
 
-/// Probe -> collector: `Record`s in `RecordBatch`es, opened by a `Hello`.
-#[derive(Debug, Clone)]
-pub struct CaptureHop {
-    /// Sent first on every stream.
-    pub hello: capture::Hello,
+/// Field numbers the hand-framed messages use (see the `.proto` files).
+mod field {
+    /// `ProbeMessage.batch`.
+    pub const PROBE_BATCH: u32 = 2;
+    /// `ProbeMessage.flows`.
+    pub const PROBE_FLOWS: u32 = 3;
+    /// `RecordBatch.seq`.
+    pub const BATCH_SEQ: u32 = 1;
+    /// `RecordBatch.records`.
+    pub const BATCH_RECORDS: u32 = 2;
+    /// `FlowTable.flows`.
+    pub const TABLE_FLOWS: u32 = 1;
 }
 
-impl BatchContract for CaptureHop {
-    type Item = capture::Record;
-    type Outbound = capture::ProbeMessage;
-    type Inbound = capture::CollectorMessage;
+/// The flows a probe has announced and not yet ended (their `FlowStart`s, encoded), sent after
+/// every `Hello` so a collector that lost them (a restart) learns them back. A flow leaves the
+/// table once the batch carrying its end is acknowledged; beyond `max` flows the oldest
+/// announced are forgotten (a flow that vanished from the kernel without an end).
+#[derive(Debug)]
+struct FlowRegistry {
+    starts: HashMap<u64, Bytes>,
+    /// Announcement order, for the bound; ids of flows already gone are skipped lazily.
+    order: VecDeque<u64>,
+    /// Ends seen, with the batch number that carries them.
+    ended: VecDeque<(u64, u64)>,
+    max: usize,
+}
 
-    fn hello(&self) -> Option<Self::Outbound> {
-        Some(capture::ProbeMessage {
-            kind: Some(capture::probe_message::Kind::Hello(self.hello.clone())),
-        })
-    }
-
-    fn batch(&self, seq: u64, records: Vec<Self::Item>) -> Self::Outbound {
-        capture::ProbeMessage {
-            kind: Some(capture::probe_message::Kind::Batch(capture::RecordBatch {
-                seq,
-                records,
-            })),
+impl FlowRegistry {
+    fn new(max: usize) -> Self {
+        Self {
+            starts: HashMap::new(),
+            order: VecDeque::new(),
+            ended: VecDeque::new(),
+            max: max.max(1),
         }
     }
 
-    fn size(msg: &Self::Outbound) -> usize {
-        msg.encoded_len()
+    fn observe(&mut self, chunk: &[capture::Record], seq: u64) {
+        for record in chunk {
+            match &record.kind {
+                Some(capture::record::Kind::FlowStart(start)) => {
+                    let encoded = Bytes::from(start.encode_to_vec());
+                    if self.starts.insert(start.flow_id, encoded).is_none() {
+                        self.order.push_back(start.flow_id);
+                    }
+                }
+                Some(capture::record::Kind::FlowEnd(end)) => {
+                    self.ended.push_back((seq, end.flow_id));
+                }
+                _ => {}
+            }
+        }
+        while self.starts.len() > self.max {
+            match self.order.pop_front() {
+                Some(id) => {
+                    self.starts.remove(&id);
+                }
+                None => break,
+            }
+        }
+        // Ids of flows gone meanwhile: keep the order queue from outgrowing the map.
+        if self.order.len() > 2 * self.starts.len() + 64 {
+            let starts = &self.starts;
+            self.order.retain(|id| starts.contains_key(id));
+        }
+    }
+
+    fn acked(&mut self, seq: u64) {
+        while self.ended.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, id)) = self.ended.pop_front() {
+                self.starts.remove(&id);
+            }
+        }
+    }
+
+    /// The table as `ProbeMessage`s of at most about `max_bytes` each.
+    fn messages(&self, max_bytes: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut body = BytesMut::new();
+        for start in self.starts.values() {
+            if !body.is_empty() && body.len() + start.len() + 16 > max_bytes {
+                out.push(frame(field::PROBE_FLOWS, &body));
+                body.clear();
+            }
+            encode_key(field::TABLE_FLOWS, WireType::LengthDelimited, &mut body);
+            encode_varint(start.len() as u64, &mut body);
+            body.put_slice(start);
+        }
+        if !body.is_empty() {
+            out.push(frame(field::PROBE_FLOWS, &body));
+        }
+        out
+    }
+}
+
+/// `body` as the length-delimited field `tag` of an otherwise empty message.
+fn frame(tag: u32, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    encode_key(tag, WireType::LengthDelimited, &mut out);
+    encode_varint(body.len() as u64, &mut out);
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// The largest `FlowTable` message sent at once (well under tonic's 4 MiB decode limit).
+const FLOW_TABLE_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Probe -> collector: `Record`s in `RecordBatch`es, opened by a `Hello` and the open flows.
+#[derive(Debug)]
+pub struct CaptureHop {
+    hello: Bytes,
+    flows: FlowRegistry,
+}
+
+impl CaptureHop {
+    /// A hop that greets with `hello` and remembers up to `max_flows` open flows for the
+    /// greeting of a new stream.
+    pub fn new(hello: &capture::Hello, max_flows: usize) -> Self {
+        let msg = capture::ProbeMessage {
+            kind: Some(capture::probe_message::Kind::Hello(hello.clone())),
+        };
+        Self {
+            hello: Bytes::from(msg.encode_to_vec()),
+            flows: FlowRegistry::new(max_flows),
+        }
+    }
+}
+
+impl BatchContract for CaptureHop {
+    type Item = Vec<capture::Record>;
+    type Outbound = Bytes;
+    type Inbound = capture::CollectorMessage;
+
+    fn hello(&self) -> Vec<Bytes> {
+        let mut out = vec![self.hello.clone()];
+        out.extend(self.flows.messages(FLOW_TABLE_MESSAGE_BYTES));
+        out
+    }
+
+    fn batch(&self, seq: u64, chunks: Vec<Vec<capture::Record>>) -> Bytes {
+        // prost's own framing, written straight into one buffer: the `RecordBatch` as field 2
+        // of a `ProbeMessage`, each record as a `records` field.
+        let records: usize = chunks
+            .iter()
+            .flatten()
+            .map(|r| prost::encoding::message::encoded_len(field::BATCH_RECORDS, r))
+            .sum();
+        let body_len = 1 + encoded_len_varint(seq) + records;
+        let mut out = BytesMut::with_capacity(body_len + 16);
+        encode_key(field::PROBE_BATCH, WireType::LengthDelimited, &mut out);
+        encode_varint(body_len as u64, &mut out);
+        encode_key(field::BATCH_SEQ, WireType::Varint, &mut out);
+        encode_varint(seq, &mut out);
+        for record in chunks.iter().flatten() {
+            prost::encoding::message::encode(field::BATCH_RECORDS, record, &mut out);
+        }
+        out.freeze()
+    }
+
+    fn size(msg: &Bytes) -> usize {
+        msg.len()
     }
 
     fn ack(msg: &Self::Inbound) -> Option<u64> {
@@ -51,9 +194,22 @@ impl BatchContract for CaptureHop {
         };
         Some(ack.seq)
     }
+
+    fn count(chunk: &Vec<capture::Record>) -> u64 {
+        chunk.len() as u64
+    }
+
+    fn observe(&mut self, chunk: &Vec<capture::Record>, seq: u64) {
+        self.flows.observe(chunk, seq);
+    }
+
+    fn acked(&mut self, seq: u64) {
+        self.flows.acked(seq);
+    }
 }
 
-/// Collector -> correlator: `Session`s in `SessionBatch`es tagged with the sender's id.
+/// Collector -> correlator: `Session`s in `SessionBatch`es tagged with the sender's id, encoded
+/// once when sealed.
 #[derive(Debug, Clone)]
 pub struct SessionHop {
     /// Stable for the life of the sending process.
@@ -62,27 +218,79 @@ pub struct SessionHop {
 
 impl BatchContract for SessionHop {
     type Item = session::Session;
-    type Outbound = session::SessionBatch;
+    type Outbound = Bytes;
     type Inbound = session::SessionAck;
 
-    fn hello(&self) -> Option<Self::Outbound> {
-        None
+    fn hello(&self) -> Vec<Bytes> {
+        Vec::new()
     }
 
-    fn batch(&self, seq: u64, sessions: Vec<Self::Item>) -> Self::Outbound {
-        session::SessionBatch {
+    fn batch(&self, seq: u64, sessions: Vec<Self::Item>) -> Bytes {
+        let batch = session::SessionBatch {
             seq,
             sessions,
             sender: self.sender.clone(),
-        }
+        };
+        Bytes::from(batch.encode_to_vec())
     }
 
-    fn size(msg: &Self::Outbound) -> usize {
-        msg.encoded_len()
+    fn size(msg: &Bytes) -> usize {
+        msg.len()
     }
 
     fn ack(msg: &Self::Inbound) -> Option<u64> {
         Some(msg.seq)
+    }
+}
+
+/// A codec that sends messages already encoded and decodes replies with prost.
+struct Encoded<D>(PhantomData<fn() -> D>);
+
+impl<D> Default for Encoded<D> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+/// Writes an encoded message as it is.
+struct PassThrough;
+
+impl Encoder for PassThrough {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+/// Decodes with prost.
+struct ProstReply<D>(PhantomData<fn() -> D>);
+
+impl<D: prost::Message + Default> Decoder for ProstReply<D> {
+    type Item = D;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, tonic::Status> {
+        D::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl<D: prost::Message + Default + Send + 'static> Codec for Encoded<D> {
+    type Encode = Bytes;
+    type Decode = D;
+    type Encoder = PassThrough;
+    type Decoder = ProstReply<D>;
+
+    fn encoder(&mut self) -> PassThrough {
+        PassThrough
+    }
+
+    fn decoder(&mut self) -> ProstReply<D> {
+        ProstReply(PhantomData)
     }
 }
 
@@ -93,12 +301,16 @@ pub struct CaptureConnector(pub Channel);
 impl Connector<CaptureHop> for CaptureConnector {
     fn open(
         &mut self,
-        outbound: ReceiverStream<capture::ProbeMessage>,
+        outbound: ReceiverStream<Bytes>,
     ) -> Pin<Box<dyn Future<Output = Result<Inbound<CaptureHop>, tonic::Status>> + Send + '_>> {
-        let mut client = capture::capture_client::CaptureClient::new(self.0.clone());
+        let channel = self.0.clone();
         Box::pin(async move {
-            let inbound = client.stream(outbound).await?.into_inner();
-            Ok(inbound.boxed())
+            open_raw::<capture::CollectorMessage>(
+                channel,
+                "/clovisor.capture.v1.Capture/Stream",
+                outbound,
+            )
+            .await
         })
     }
 }
@@ -110,14 +322,40 @@ pub struct SessionConnector(pub Channel);
 impl Connector<SessionHop> for SessionConnector {
     fn open(
         &mut self,
-        outbound: ReceiverStream<session::SessionBatch>,
+        outbound: ReceiverStream<Bytes>,
     ) -> Pin<Box<dyn Future<Output = Result<Inbound<SessionHop>, tonic::Status>> + Send + '_>> {
-        let mut client = session::session_ingest_client::SessionIngestClient::new(self.0.clone());
+        let channel = self.0.clone();
         Box::pin(async move {
-            let inbound = client.push(outbound).await?.into_inner();
-            Ok(inbound.boxed())
+            open_raw::<session::SessionAck>(
+                channel,
+                "/clovisor.session.v1.SessionIngest/Push",
+                outbound,
+            )
+            .await
         })
     }
+}
+
+/// Opens the bidirectional stream `path` on `channel`, sending `outbound` as encoded and
+/// decoding the replies as `D`.
+async fn open_raw<D: prost::Message + Default + Send + Sync + 'static>(
+    channel: Channel,
+    path: &'static str,
+    outbound: ReceiverStream<Bytes>,
+) -> Result<Pin<Box<dyn futures::Stream<Item = Result<D, tonic::Status>> + Send>>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("not ready: {e}")))?;
+    let inbound = grpc
+        .streaming(
+            tonic::Request::new(outbound),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            Encoded::<D>::default(),
+        )
+        .await?
+        .into_inner();
+    Ok(inbound.boxed())
 }
 
 /// A lazily connecting channel to `url` (`http://host:port`): connection errors surface per
@@ -141,3 +379,131 @@ impl std::fmt::Display for InvalidUrl {
 }
 
 impl std::error::Error for InvalidUrl {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(id: u64) -> capture::Record {
+        capture::Record {
+            kind: Some(capture::record::Kind::FlowStart(capture::FlowStart {
+                flow_id: id,
+                flow: Some(capture::FlowKey {
+                    client_ip: vec![10, 0, 0, 2],
+                    server_ip: vec![10, 0, 0, 3],
+                    client_port: 40000,
+                    server_port: 80,
+                    transport: capture::Transport::Tcp as i32,
+                }),
+                point: Some(capture::ObservationPoint {
+                    interface: "veth0".into(),
+                    ..Default::default()
+                }),
+                protocol: capture::ProtocolHint::Http as i32,
+            })),
+        }
+    }
+
+    fn message(id: u64, payload: &'static [u8]) -> capture::Record {
+        capture::Record {
+            kind: Some(capture::record::Kind::Message(capture::Message {
+                flow_id: id,
+                payload: Bytes::from_static(payload),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn end(id: u64) -> capture::Record {
+        capture::Record {
+            kind: Some(capture::record::Kind::FlowEnd(capture::FlowEnd {
+                flow_id: id,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn chunk(records: &[capture::Record]) -> Vec<capture::Record> {
+        records.to_vec()
+    }
+
+    fn decode(bytes: &Bytes) -> capture::ProbeMessage {
+        capture::ProbeMessage::decode(bytes.clone())
+            .unwrap_or_else(|e| panic!("a hand-framed message must decode: {e}"))
+    }
+
+    #[test]
+    fn a_batch_of_chunks_decodes_as_the_record_batch_it_stands_for() {
+        let hop = CaptureHop::new(&capture::Hello::default(), 16);
+        let first = vec![start(1), message(1, b"GET / HTTP/1.1")];
+        let second = vec![message(1, b"HTTP/1.1 200 OK"), end(1)];
+        let bytes = hop.batch(7, vec![chunk(&first), chunk(&second)]);
+        let expected = capture::ProbeMessage {
+            kind: Some(capture::probe_message::Kind::Batch(capture::RecordBatch {
+                seq: 7,
+                records: first.into_iter().chain(second).collect(),
+            })),
+        };
+        assert_eq!(decode(&bytes), expected, "framing by hand = prost's");
+        assert_eq!(
+            bytes,
+            Bytes::from(expected.encode_to_vec()),
+            "byte for byte what prost encodes"
+        );
+        assert_eq!(CaptureHop::count(&chunk(&[start(1), end(1)])), 2);
+    }
+
+    #[test]
+    fn the_greeting_lists_open_flows_until_their_end_is_acknowledged() {
+        let hello = capture::Hello {
+            probe_id: "p".into(),
+            ..Default::default()
+        };
+        let mut hop = CaptureHop::new(&hello, 16);
+        hop.observe(&chunk(&[start(1), start(2)]), 1);
+        hop.observe(&chunk(&[end(1)]), 2);
+        let ids = |hop: &CaptureHop| -> Vec<u64> {
+            let msgs = hop.hello();
+            assert_eq!(
+                decode(&msgs[0]).kind,
+                Some(capture::probe_message::Kind::Hello(hello.clone())),
+                "Hello first"
+            );
+            let mut ids: Vec<u64> = msgs[1..]
+                .iter()
+                .flat_map(|m| match decode(m).kind {
+                    Some(capture::probe_message::Kind::Flows(t)) => t.flows,
+                    other => panic!("a FlowTable after the Hello, got {other:?}"),
+                })
+                .map(|f| f.flow_id)
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!(ids(&hop), [1, 2], "flow 1's end is not acknowledged yet");
+        hop.acked(1);
+        assert_eq!(ids(&hop), [1, 2], "its end travels in batch 2");
+        hop.acked(2);
+        assert_eq!(ids(&hop), [2], "ended and acknowledged: gone");
+    }
+
+    #[test]
+    fn the_flow_table_is_bounded_and_split() {
+        let mut hop = CaptureHop::new(&capture::Hello::default(), 3);
+        let starts: Vec<capture::Record> = (1..=5).map(start).collect();
+        hop.observe(&chunk(&starts), 1);
+        let table = hop.flows.messages(usize::MAX);
+        let kept: usize = table
+            .iter()
+            .map(|m| match decode(m).kind {
+                Some(capture::probe_message::Kind::Flows(t)) => t.flows.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(kept, 3, "at most max flows, the newest");
+        assert!(
+            hop.flows.messages(64).len() >= 2,
+            "a table larger than a message is split"
+        );
+    }
+}

@@ -251,6 +251,7 @@ impl FlowTable {
             Some(record::Kind::FlowEnd(_)) => "flow_end",
             Some(record::Kind::Endpoint(_)) => "endpoint",
             Some(record::Kind::Stats(_)) => "stats",
+            Some(record::Kind::FlowStart(_)) => "flow_start",
             None => "empty",
         };
         self.metrics.record_received(kind);
@@ -264,8 +265,9 @@ impl FlowTable {
                 self.on_endpoint(probe_id, u);
                 true
             }
-            // Kernel counters are exported by the probe itself.
-            Some(record::Kind::Stats(_)) | None => true,
+            // Kernel counters are exported by the probe itself. A flow's key and point come
+            // with its messages too (every probe still sends them there).
+            Some(record::Kind::Stats(_)) | Some(record::Kind::FlowStart(_)) | None => true,
         };
         if accepted {
             self.metrics.record_accepted();

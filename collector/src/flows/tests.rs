@@ -43,7 +43,7 @@ fn msg(flow_id: u64, index: u32, dir: Direction, payload: &[u8]) -> Record {
             bytes: payload.len() as u64 + 1000,
             packets: 3,
             retransmits: 0,
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
             protocol: ProtocolHint::Http as i32,
             partial: false,
         })),

@@ -580,7 +580,7 @@ fn message(config: &ReplayConfig, key: &ConnKey, flow_id: u64, index: u32, p: Pe
             bytes: p.bytes,
             packets: p.packets,
             retransmits: p.retransmits,
-            payload: p.payload,
+            payload: p.payload.into(),
             protocol: config.hint as i32,
             partial: false,
         })),

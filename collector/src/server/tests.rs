@@ -67,7 +67,7 @@ fn message(index: u32, dir: Direction, payload: &[u8]) -> Record {
             flow_id: 9,
             index,
             direction: dir as i32,
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
             protocol: ProtocolHint::Http as i32,
             ..Message::default()
         })),

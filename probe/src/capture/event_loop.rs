@@ -17,6 +17,7 @@ use super::held::{HeldHeads, Take, ORPHAN_AFTER};
 use super::raw::Event;
 use crate::clock::BootClock;
 use crate::error::{Error, Result};
+use crate::uplink::CHUNK_RECORDS;
 
 /// Events handled before yielding to send records and check shutdown.
 const DRAIN_BATCH: usize = 4096;
@@ -102,7 +103,7 @@ impl EventLoop {
     /// (`partial`), waiting up to [`SHUTDOWN_SEND_BUDGET`] for room in `out`.
     pub async fn run(
         self,
-        out: mpsc::Sender<Record>,
+        out: mpsc::Sender<Vec<Record>>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<EventLoopStats> {
         let Self {
@@ -185,11 +186,14 @@ impl EventLoop {
         }
         assembler.flush_all(&*connections, &mut records);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_SEND_BUDGET;
-        for record in records.drain(..) {
-            match tokio::time::timeout_at(deadline, out.send(record)).await {
-                Ok(Ok(())) => stats.records_sent += 1,
+        while !records.is_empty() {
+            let rest = records.split_off(records.len().min(CHUNK_RECORDS));
+            let chunk = std::mem::replace(&mut records, rest);
+            let n = chunk.len() as u64;
+            match tokio::time::timeout_at(deadline, out.send(chunk)).await {
+                Ok(Ok(())) => stats.records_sent += n,
                 // Closed or out of time: what is left is lost, and counted.
-                _ => stats.records_dropped_full += 1,
+                _ => stats.records_dropped_full += n,
             }
         }
         stats.assembler = assembler.stats();
@@ -236,16 +240,19 @@ fn drain(
     n
 }
 
-/// Hands `records` to `out` without waiting; returns false once `out` is closed.
+/// Hands `records` to `out` in chunks without waiting; returns false once `out` is closed.
 fn send_now(
-    out: &mpsc::Sender<Record>,
+    out: &mpsc::Sender<Vec<Record>>,
     records: &mut Vec<Record>,
     stats: &mut EventLoopStats,
 ) -> bool {
-    for record in records.drain(..) {
-        match out.try_send(record) {
-            Ok(()) => stats.records_sent += 1,
-            Err(TrySendError::Full(_)) => stats.records_dropped_full += 1,
+    while !records.is_empty() {
+        let rest = records.split_off(records.len().min(CHUNK_RECORDS));
+        let chunk = std::mem::replace(records, rest);
+        let n = chunk.len() as u64;
+        match out.try_send(chunk) {
+            Ok(()) => stats.records_sent += n,
+            Err(TrySendError::Full(_)) => stats.records_dropped_full += n,
             Err(TrySendError::Closed(_)) => return false,
         }
     }

@@ -111,7 +111,7 @@ fn parse(flow_id: u64, raw: &RawHeld) -> Option<MsgStart> {
         msg: MsgCounters::try_from(&held.msg).ok()?,
         prev: None,
         protocol: super::raw::protocol_hint(held.protocol),
-        payload: data.to_vec(),
+        payload: bytes::Bytes::copy_from_slice(data),
         socket,
     })
 }

@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use bytes::Bytes;
 use clovisor_proto::capture::v1::{Direction, FlowEndReason, ProtocolHint};
 use clovisor_proto::common::v1::Side;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -151,7 +152,7 @@ pub struct MsgStart {
     /// Configured protocol of the server port.
     pub protocol: ProtocolHint,
     /// The first bytes of the message.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// Seen at a socket: who sent or received the message; `None` at an interface.
     pub socket: Option<SocketOwner>,
 }
@@ -173,11 +174,11 @@ pub struct Exchange {
     /// The request, final.
     pub request: MsgCounters,
     /// The first bytes of the request; empty when `head_lost`.
-    pub request_payload: Vec<u8>,
+    pub request_payload: Bytes,
     /// The response, counters as of its first packet.
     pub response: MsgCounters,
     /// The first bytes of the response.
-    pub response_payload: Vec<u8>,
+    pub response_payload: Bytes,
     /// The request's held bytes were evicted before its response came.
     pub head_lost: bool,
 }
@@ -315,12 +316,13 @@ fn field<T: FromBytes>(bytes: &[u8], offset: usize, what: &str) -> Result<T> {
         .ok_or_else(|| bad(format!("{what} of {} bytes: cut at {offset}", bytes.len())))
 }
 
-/// `len` payload bytes at `from` of a record, checked against what the record holds.
-fn payload(bytes: &[u8], from: usize, len: u32, what: &str) -> Result<Vec<u8>> {
+/// `len` payload bytes at `from` of a record, checked against what the record holds, copied out
+/// of the ring buffer (whose record is released right after).
+fn payload(bytes: &[u8], from: usize, len: u32, what: &str) -> Result<Bytes> {
     let len = usize::try_from(len).unwrap_or(usize::MAX);
     from.checked_add(len)
         .and_then(|end| bytes.get(from..end))
-        .map(<[u8]>::to_vec)
+        .map(Bytes::copy_from_slice)
         .ok_or_else(|| {
             bad(format!(
                 "{what} claims {len} payload bytes at {from}, record has {}",
@@ -372,8 +374,10 @@ impl TryFrom<&[u8]> for Event {
                 let request: abi::clovisor_msg = field(bytes, std::mem::offset_of!(X, request), W)?;
                 let response: abi::clovisor_msg =
                     field(bytes, std::mem::offset_of!(X, response), W)?;
-                // Both lengths are at most CLOVISOR_MAX_SNAPLEN: no overflow.
-                let response_at = EXCHANGE_HEADER + request_len as usize;
+                // Both payloads in one copy, shared by the two messages.
+                let both = payload(bytes, EXCHANGE_HEADER, request_len + response_len, W)?;
+                let request_payload = both.slice(..request_len as usize);
+                let response_payload = both.slice(request_len as usize..);
                 Ok(Event::Exchange(Exchange {
                     key: h.key,
                     flow_id: h.flow_id,
@@ -381,9 +385,9 @@ impl TryFrom<&[u8]> for Event {
                     socket: h.socket,
                     before: h.optional(&before)?,
                     request: MsgCounters::try_from(&request)?,
-                    request_payload: payload(bytes, EXCHANGE_HEADER, request_len, W)?,
+                    request_payload,
                     response: MsgCounters::try_from(&response)?,
-                    response_payload: payload(bytes, response_at, response_len, W)?,
+                    response_payload,
                     head_lost: h.has(abi::CLOVISOR_EV_HEAD_LOST),
                 }))
             }

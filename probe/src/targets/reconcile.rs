@@ -69,7 +69,7 @@ pub struct TargetsStatus {
 #[derive(Debug)]
 pub struct Reconciler {
     capture: Capture,
-    out: mpsc::Sender<Record>,
+    out: mpsc::Sender<Vec<Record>>,
     metrics: Arc<ProbeMetrics>,
     node: String,
     extra_ports: BTreeMap<u16, ProtocolHint>,
@@ -100,7 +100,7 @@ impl Reconciler {
     /// rules, applied with every reconciliation and by [`Self::apply_live`].
     pub fn new(
         capture: Capture,
-        out: mpsc::Sender<Record>,
+        out: mpsc::Sender<Vec<Record>>,
         metrics: Arc<ProbeMetrics>,
         node: String,
         extra_ports: BTreeMap<u16, ProtocolHint>,
@@ -419,7 +419,7 @@ impl Reconciler {
         let record = Record {
             kind: Some(record::Kind::Endpoint(update)),
         };
-        match self.out.send(record).await {
+        match self.out.send(vec![record]).await {
             Ok(()) => self.metrics.endpoint_record_sent(),
             Err(_) => tracing::debug!("record channel closed; endpoint update not sent"),
         }

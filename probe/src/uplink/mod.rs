@@ -31,21 +31,30 @@ impl Identity {
     }
 }
 
+/// Records per chunk handed to the uplink at most, so that a chunk-bounded queue stays bounded
+/// in records.
+pub const CHUNK_RECORDS: usize = 256;
+
 /// The uplink: takes records from a channel and delivers them to the collector behind `channel`.
 pub struct Uplink {
     sender: Sender<CaptureHop, CaptureConnector>,
 }
 
 impl Uplink {
-    /// An uplink for `identity` over `channel`.
-    pub fn new(identity: &Identity, channel: Channel, config: DeliveryConfig) -> Self {
-        let hop = CaptureHop {
-            hello: Hello {
-                probe_id: identity.probe_id.clone(),
-                node: identity.node.clone(),
-                snaplen: identity.snaplen,
-            },
+    /// An uplink for `identity` over `channel`, remembering up to `max_flows` open flows to
+    /// announce again to a collector that restarted.
+    pub fn new(
+        identity: &Identity,
+        channel: Channel,
+        config: DeliveryConfig,
+        max_flows: usize,
+    ) -> Self {
+        let hello = Hello {
+            probe_id: identity.probe_id.clone(),
+            node: identity.node.clone(),
+            snaplen: identity.snaplen,
         };
+        let hop = CaptureHop::new(&hello, max_flows);
         Self {
             sender: Sender::new(hop, CaptureConnector(channel), config),
         }
@@ -57,9 +66,10 @@ impl Uplink {
     }
 
     /// Runs until `records` closes (then drains what is buffered) or `shutdown` resolves.
+    /// Records come in chunks: one channel send per turn of a producer, not per record.
     pub async fn run(
         self,
-        records: mpsc::Receiver<Record>,
+        records: mpsc::Receiver<Vec<Record>>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) {
         self.sender.run(records, shutdown).await;

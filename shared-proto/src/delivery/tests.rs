@@ -13,8 +13,8 @@ impl BatchContract for Contract {
     type Item = u32;
     type Outbound = Out;
     type Inbound = u64;
-    fn hello(&self) -> Option<Out> {
-        Some(Out::Hello)
+    fn hello(&self) -> Vec<Out> {
+        vec![Out::Hello]
     }
     fn batch(&self, seq: u64, items: Vec<u32>) -> Out {
         Out::Batch(seq, items)

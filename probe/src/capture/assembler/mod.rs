@@ -8,15 +8,20 @@
 //! `partial = true`; should the counters still grow afterwards, the final record with the
 //! same `(flow_id, index)` and `partial = false` follows and supersedes it.
 //!
-//! The `capture.v1` records themselves are built in [`records`].
+//! A flow's identity (connection, observation point, protocol) is announced once, in a
+//! `FlowStart` record before its first message or end; messages and ends carry only the flow
+//! id. The `capture.v1` records themselves are built in [`records`].
 
 pub mod records;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use clovisor_proto::capture::v1::{ObservationPoint, Record};
+use clovisor_proto::capture::v1::{ObservationPoint, ProtocolHint, Record};
 use clovisor_proto::common::v1::PointKind;
 
 use super::raw::{ConnectionState, Event, FlowEnd, MsgCounters, MsgStart, SocketOwner};
@@ -65,6 +70,8 @@ pub struct AssemblerStats {
     /// Flushed messages dropped because their flow vanished from the kernel without a
     /// FLOW_END (LRU eviction or a lost event).
     pub pending_expired: u64,
+    /// FlowStart records emitted.
+    pub flow_starts: u64,
 }
 
 impl AssemblerStats {
@@ -78,6 +85,7 @@ impl AssemblerStats {
         self.lost_messages += o.lost_messages;
         self.pending_evicted += o.pending_evicted;
         self.pending_expired += o.pending_expired;
+        self.flow_starts += o.flow_starts;
     }
 }
 
@@ -92,7 +100,12 @@ struct Pending {
 /// Pairs message starts with their end counters.
 #[derive(Debug)]
 pub struct Assembler {
-    pending: HashMap<u64, Pending>,
+    pending: FxHashMap<u64, Pending>,
+    /// Flows whose `FlowStart` was emitted and that have not ended (nor been forgotten).
+    announced: FxHashSet<u64>,
+    /// Whether messages and ends also carry their flow's key and point, for collectors that
+    /// predate `FlowStart`.
+    legacy_fields: bool,
     idle_flush: Duration,
     max_pending: usize,
     node: String,
@@ -111,7 +124,9 @@ impl Assembler {
         interfaces: InterfaceNames,
     ) -> Self {
         Self {
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
+            announced: FxHashSet::default(),
+            legacy_fields: true,
             idle_flush,
             max_pending: max_pending.max(1),
             node,
@@ -183,8 +198,21 @@ impl Assembler {
             (None, Some(_)) => self.stats.orphans += 1,
             (None, None) => {}
         }
-        let point = self.point(end.key.ifindex, end.socket.as_ref());
-        out.push(records::flow_end(&end, point, &self.clock));
+        self.announce(
+            end.flow_id,
+            &end.key,
+            end.socket.as_ref(),
+            ProtocolHint::Unspecified,
+            out,
+        );
+        self.announced.remove(&end.flow_id);
+        let legacy = self.legacy_fields.then(|| {
+            (
+                records::flow_key(&end.key),
+                self.point(end.key.ifindex, end.socket.as_ref()),
+            )
+        });
+        out.push(records::flow_end(&end, legacy, &self.clock));
         self.stats.flow_ends += 1;
     }
 
@@ -203,11 +231,11 @@ impl Assembler {
             Some(_) => {
                 self.stats.finals_after_flush += 1;
                 let payload = std::mem::take(&mut p.start.payload);
-                out.push(self.message(&p.start, payload, fin, false));
+                self.message(&p.start, payload, fin, false, out);
             }
             None => {
                 let payload = std::mem::take(&mut p.start.payload);
-                out.push(self.message(&p.start, payload, fin, false));
+                self.message(&p.start, payload, fin, false, out);
             }
         }
     }
@@ -217,7 +245,7 @@ impl Assembler {
         if p.flushed.is_none() {
             let payload = std::mem::take(&mut p.start.payload);
             let first = p.start.msg;
-            out.push(self.message(&p.start, payload, &first, true));
+            self.message(&p.start, payload, &first, true, out);
         }
     }
 
@@ -266,6 +294,7 @@ impl Assembler {
                     self.pending.insert(id, p);
                 } else {
                     self.stats.pending_expired += 1;
+                    self.announced.remove(&id);
                 }
                 continue;
             }
@@ -278,7 +307,7 @@ impl Assembler {
             });
             match cur {
                 Some(c) => {
-                    out.push(self.message(&p.start, p.start.payload.clone(), &c, true));
+                    self.message(&p.start, p.start.payload.clone(), &c, true, out);
                     self.stats.partial_flushes += 1;
                     p.flushed = Some(c);
                     p.last_event = now;
@@ -293,7 +322,7 @@ impl Assembler {
                         std::mem::take(&mut p.start.payload)
                     };
                     let first = p.start.msg;
-                    out.push(self.message(&p.start, payload, &first, true));
+                    self.message(&p.start, payload, &first, true, out);
                     self.stats.partial_flushes += 1;
                     if state.is_some() {
                         p.flushed = Some(p.start.msg);
@@ -322,7 +351,7 @@ impl Assembler {
                 .filter(|c| c.index == p.start.msg.index)
                 .unwrap_or(p.start.msg);
             let payload = std::mem::take(&mut p.start.payload);
-            out.push(self.message(&p.start, payload, &cur, true));
+            self.message(&p.start, payload, &cur, true, out);
             self.stats.partial_flushes += 1;
         }
     }
@@ -342,18 +371,63 @@ impl Assembler {
         records::interface_point(kind, ifindex, &name, &self.node)
     }
 
-    /// The record of message `start` with its final (or current) counters `fin`; `payload` is
-    /// `start`'s, moved out when `start` is not needed again.
+    /// Emits the `FlowStart` of flow `flow_id` unless it was announced already.
+    fn announce(
+        &mut self,
+        flow_id: u64,
+        key: &super::raw::ConnectionKey,
+        socket: Option<&SocketOwner>,
+        protocol: ProtocolHint,
+        out: &mut Vec<Record>,
+    ) {
+        if self.announced.contains(&flow_id) {
+            return;
+        }
+        // Flows that vanished without an end are forgotten with their pending message; should
+        // that ever leave too many behind, forget them all: each is announced again, once,
+        // with its next record.
+        if self.announced.len() >= self.max_pending.saturating_mul(2) {
+            self.announced.clear();
+        }
+        self.announced.insert(flow_id);
+        let point = self.point(key.ifindex, socket);
+        out.push(records::flow_start(flow_id, key, point, protocol));
+        self.stats.flow_starts += 1;
+    }
+
+    /// Emits the record of message `start` with its final (or current) counters `fin`, after
+    /// its flow's `FlowStart` if that was not sent yet; `payload` is `start`'s, moved out when
+    /// `start` is not needed again.
     fn message(
         &mut self,
         start: &MsgStart,
-        payload: Vec<u8>,
+        payload: Bytes,
         fin: &MsgCounters,
         partial: bool,
-    ) -> Record {
+        out: &mut Vec<Record>,
+    ) {
+        self.announce(
+            start.flow_id,
+            &start.key,
+            start.socket.as_ref(),
+            start.protocol,
+            out,
+        );
         self.stats.messages += 1;
-        let point = self.point(start.key.ifindex, start.socket.as_ref());
-        records::message(start, payload, fin, partial, point, &self.clock)
+        let legacy = self.legacy_fields.then(|| {
+            (
+                records::flow_key(&start.key),
+                self.point(start.key.ifindex, start.socket.as_ref()),
+            )
+        });
+        out.push(records::message(
+            start,
+            payload,
+            fin,
+            partial,
+            legacy,
+            &self.clock,
+        ));
     }
 }
 

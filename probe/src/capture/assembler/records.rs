@@ -1,10 +1,12 @@
 //! The `capture.v1` records the assembler emits, built from the typed kernel events of
-//! [`crate::capture::raw`]: flow keys, observation points, `Message` and `FlowEnd`.
+//! [`crate::capture::raw`]: flow keys, observation points, `FlowStart`, `Message` and `FlowEnd`.
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use clovisor_proto::capture::v1::{
-    record, FlowEnd as FlowEndRecord, FlowKey, Message, ObservationPoint, Record, Transport,
+    record, FlowEnd as FlowEndRecord, FlowKey, FlowStart, Message, ObservationPoint, ProtocolHint,
+    Record, Transport,
 };
 use clovisor_proto::common::v1::{PointKind, Side};
 
@@ -59,20 +61,42 @@ pub fn interface_point(
     }
 }
 
-/// The record of message `start` seen at `point`, with its final (or current) counters `fin`;
-/// `payload` is `start`'s.
-pub fn message(
-    start: &MsgStart,
-    payload: Vec<u8>,
-    fin: &MsgCounters,
-    partial: bool,
+/// The `FlowStart` of flow `flow_id`: its connection, where it is observed and what its port
+/// is configured for.
+pub fn flow_start(
+    flow_id: u64,
+    key: &ConnectionKey,
     point: ObservationPoint,
-    clock: &BootClock,
+    protocol: ProtocolHint,
 ) -> Record {
     Record {
-        kind: Some(record::Kind::Message(Message {
-            flow: Some(flow_key(&start.key)),
+        kind: Some(record::Kind::FlowStart(FlowStart {
+            flow_id,
+            flow: Some(flow_key(key)),
             point: Some(point),
+            protocol: protocol as i32,
+        })),
+    }
+}
+
+/// The record of message `start` with its final (or current) counters `fin`; `payload` is
+/// `start`'s. `legacy`: the flow's key and point, for collectors that predate `FlowStart`.
+pub fn message(
+    start: &MsgStart,
+    payload: Bytes,
+    fin: &MsgCounters,
+    partial: bool,
+    legacy: Option<(FlowKey, ObservationPoint)>,
+    clock: &BootClock,
+) -> Record {
+    let (flow, point, protocol) = match legacy {
+        Some((flow, point)) => (Some(flow), Some(point), start.protocol as i32),
+        None => (None, None, 0),
+    };
+    Record {
+        kind: Some(record::Kind::Message(Message {
+            flow,
+            point,
             flow_id: start.flow_id,
             index: start.msg.index,
             direction: start.msg.direction as i32,
@@ -84,18 +108,26 @@ pub fn message(
             packets: fin.packets,
             retransmits: fin.retransmits,
             payload,
-            protocol: start.protocol as i32,
+            protocol,
             partial,
         })),
     }
 }
 
-/// The record of the end of a flow seen at `point`.
-pub fn flow_end(end: &FlowEnd, point: ObservationPoint, clock: &BootClock) -> Record {
+/// The record of the end of a flow. `legacy` as in [`message`].
+pub fn flow_end(
+    end: &FlowEnd,
+    legacy: Option<(FlowKey, ObservationPoint)>,
+    clock: &BootClock,
+) -> Record {
+    let (flow, point) = match legacy {
+        Some((flow, point)) => (Some(flow), Some(point)),
+        None => (None, None),
+    };
     Record {
         kind: Some(record::Kind::FlowEnd(FlowEndRecord {
-            flow: Some(flow_key(&end.key)),
-            point: Some(point),
+            flow,
+            point,
             flow_id: end.flow_id,
             reason: end.reason as i32,
             unix_nanos: clock.to_unix_ns(end.ts_ns),

@@ -1,6 +1,7 @@
 //! The assembler against scripted kernel events and a fake connection map.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use clovisor_proto::capture::v1::{Direction, FlowEndReason, ProtocolHint};
 
@@ -49,7 +50,7 @@ fn start(flow_id: u64, msg: MsgCounters, prev: Option<MsgCounters>, payload: &[u
         msg,
         prev,
         protocol: ProtocolHint::Http,
-        payload: payload.to_vec(),
+        payload: Bytes::copy_from_slice(payload),
         socket: None,
     })
 }
@@ -109,7 +110,11 @@ fn request_response_fin_yields_two_messages_then_flow_end() {
         (0, Direction::ClientToServer as i32),
         "first is the request"
     );
-    assert_eq!(msgs[0].payload, b"GET / HTTP/1.1\r\n", "request payload");
+    assert_eq!(
+        &msgs[0].payload[..],
+        b"GET / HTTP/1.1\r\n",
+        "request payload"
+    );
     assert_eq!(
         msgs[0].end_unix_nanos,
         req_final.last_ns + 1_000_000,
@@ -456,9 +461,9 @@ fn an_exchange_record_completes_the_request_at_once_and_holds_the_response() {
             socket: None,
             before: Some(before),
             request,
-            request_payload: b"GET /x HTTP/1.1\r\n\r\n".to_vec(),
+            request_payload: Bytes::from_static(b"GET /x HTTP/1.1\r\n\r\n"),
             response,
-            response_payload: b"HTTP/1.1 204 No Content\r\n".to_vec(),
+            response_payload: Bytes::from_static(b"HTTP/1.1 204 No Content\r\n"),
             head_lost: false,
         }),
         t,
@@ -470,7 +475,11 @@ fn an_exchange_record_completes_the_request_at_once_and_holds_the_response() {
         [(1, 300), (2, 40)],
         "the earlier response with its final counters, then the request, final: {msgs:?}"
     );
-    assert_eq!(msgs[1].payload, b"GET /x HTTP/1.1\r\n\r\n", "request bytes");
+    assert_eq!(
+        &msgs[1].payload[..],
+        b"GET /x HTTP/1.1\r\n\r\n",
+        "request bytes"
+    );
     assert!(
         msgs.iter().all(|m| !m.partial),
         "both final, not partial: {msgs:?}"

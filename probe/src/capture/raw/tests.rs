@@ -10,7 +10,7 @@ fn start_event(payload: &[u8], prev: Option<MsgCounters>) -> MsgStart {
         msg: counters(1, Direction::ServerToClient, 17),
         prev,
         protocol: ProtocolHint::Http,
-        payload: payload.to_vec(),
+        payload: Bytes::copy_from_slice(payload),
         socket: None,
     }
 }
@@ -210,9 +210,9 @@ fn exchange(socket: Option<SocketOwner>) -> Exchange {
         socket,
         before: Some(counters(1, Direction::ServerToClient, 300)),
         request: counters(2, Direction::ClientToServer, 40),
-        request_payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        request_payload: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
         response: counters(3, Direction::ServerToClient, 200),
-        response_payload: b"HTTP/1.1 200 OK\r\n".to_vec(),
+        response_payload: Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
         head_lost: false,
     }
 }
@@ -236,12 +236,12 @@ fn exchange_round_trips_and_stands_for_two_message_starts() {
         );
         let (req, resp) = ev.clone().into_starts();
         assert_eq!(
-            (req.msg, req.prev, req.payload.as_slice()),
+            (req.msg, req.prev, &req.payload[..]),
             (ev.request, ev.before, &ev.request_payload[..]),
             "the request starts after the message before it"
         );
         assert_eq!(
-            (resp.msg, resp.prev, resp.payload.as_slice()),
+            (resp.msg, resp.prev, &resp.payload[..]),
             (ev.response, Some(ev.request), &ev.response_payload[..]),
             "the response starts after the request, final"
         );
