@@ -11,7 +11,7 @@ if ! command -v cargo >/dev/null 2>&1; then export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "== building clovisor (release)"
 cargo build --release --locked -p clovisor
-BIN=target/release/clovisor
+BIN=${CARGO_TARGET_DIR:-target}/release/clovisor
 
 ID=$$
 CLIENT=clv-demo-client-$ID
@@ -122,13 +122,17 @@ curl -fsS "http://$API/api/v1/sessions?limit=50" | jq -r '
      ([.observations[] | .point + ":" + (.side // "-") + (if .comm then "(" + .comm + ")" else "" end)] | join(",")),
      (.trace.trace_id // "-"), (.trace.parent_span_id // "-")]) | @tsv' | column -t -s $'\t'
 
-echo "== where the time went: POST /api/orders, request start at each point (us after the first)"
+echo "== where the time went: POST /api/orders, in path order, us after the request was first seen"
+echo "   (a socket times a call when it returns: curl's send after its packets crossed the veths)"
 curl -fsS "http://$API/api/v1/sessions?trace_id=4bf92f3577b34da6a3ce929d0e0e4736" | jq -r '
   .sessions[0].observations as $o
   | def ns: sub("Z$"; "") | split(".") | (.[0] + "Z" | fromdateiso8601) * 1e9 + ((.[1] + "000000000")[0:9] | tonumber);
-  ($o[0].request_start | ns) as $t0
-  | $o[] | [.point, (.side // "-"), (.interface // .comm // "-"), (((.request_start | ns) - $t0) / 1000 | tostring) + "us",
-            "pid=" + ((.pid // "-") | tostring)] | @tsv' | column -t -s $'\t'
+  ([$o[].request_start | ns] | min) as $t0
+  | (["point", "side", "where", "request", "response", ""] | @tsv),
+    ($o[] | [.point, (.side // "-"), (.interface // .comm // "-"),
+            ((((.request_start | ns) - $t0) / 1000 | floor | tostring) + "us"),
+            ((((.response_start | ns) - $t0) / 1000 | floor | tostring) + "us"),
+            (if .point == "socket" then "pid=" + (.pid | tostring) else "" end)] | @tsv)' | column -t -s $'\t'
 
 echo "== one session in full"
 curl -fsS "http://$API/api/v1/sessions?trace_id=4bf92f3577b34da6a3ce929d0e0e4736" | jq '.sessions[0]'

@@ -148,7 +148,8 @@ fn settled(metrics_url: &str, timeout: Duration) -> Result<Loss> {
         }
         if Instant::now() >= deadline {
             bail!(
-                "counters did not settle in {timeout:?}; last:\n{}",
+                "counters did not settle in {timeout:?}; the scrape before last:\n{}last:\n{}",
+                last.table(),
                 now.table()
             );
         }
