@@ -6,22 +6,29 @@
 #
 #   sudo bash scripts/bench.sh
 #
-# Needs root (BPF, namespaces, sysctl). Bounded: every load has a fixed duration, about 4 minutes
+# Needs root (BPF, namespaces, sysctl). Bounded: every load has a fixed duration, about 8 minutes
 # after a warm build on a 2-core machine. Creates two namespace pods on a bridge (server: nginx,
-# client: wrk) and runs clovisor-probe, clovisor-collector and clovisor-correlator as separate
-# processes (span export off); removes all of it, the tc filters it adds and the sysctl it changes
-# on exit, on failure and on Ctrl-C.
+# client: wrk) and a third, untraced namespace (the bystander: its own nginx and wrk on loopback),
+# runs clovisor-probe, clovisor-collector and clovisor-correlator as separate processes, and
+# `clovisor all-in-one` as one arm (span export off); removes all of it, the tc filters it adds and
+# the sysctl it changes on exit, on failure and on Ctrl-C.
 #
-# Sections (the report's letters): (b) request overhead, untraced vs traced wrk runs interleaved;
+# Sections (the report's letters): (b) request overhead, untraced vs traced wrk runs interleaved
+# (separate binaries at the veth only and at every point, and all-in-one tracing both pods);
 # (a) eBPF cost from the kernel's BPF run statistics, our programs vs an empty program on the same
 # veth under the same load; (d) end to end, a connection ramp with every request accounted for and
-# the CPU and memory of each component; (c) collector decode throughput vs tshark.
+# the CPU and memory of each component; (e) what the probe costs a process in an untraced
+# namespace (a syscall loop and loopback HTTP, with and without the pipeline, interleaved);
+# (f) memory of the collector and the correlator holding many open flows and exchanges (synthetic
+# probe records); (c) collector decode throughput vs tshark.
 #
 # Knobs (environment): BENCH_SECONDS (per wrk run of (a) and (b), default 10), BENCH_PAIRS
-# (untraced/traced pairs, default 4), BENCH_CONNS (wrk connections of (a) and (b), default 4),
+# (rounds of (b) and (e), default 4), BENCH_CONNS (wrk connections of (a), (b) and (e), default 4),
 # BENCH_RAMP (connection counts of (d), default "1 2 4 8 16 32"), BENCH_RAMP_SECONDS (default 5),
-# BENCH_DECODE_SECONDS (per decode phase, default 5), BENCH_TSHARK_COPIES (1-255, default 100),
-# BENCH_OUT (default bench-report).
+# BENCH_BYSTANDER_SECONDS (per wrk run of (e), default 5), BENCH_DD_COUNT (syscall-loop bytes of
+# (e), two syscalls each, default 6000000), BENCH_FLOWS (open flows and held exchanges of (f),
+# default 100000), BENCH_DECODE_SECONDS (per decode phase, default 5), BENCH_TSHARK_COPIES (1-255,
+# default 100), BENCH_OUT (default bench-report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -31,6 +38,9 @@ PAIRS=${BENCH_PAIRS:-4}
 CONNS=${BENCH_CONNS:-4}
 RAMP=${BENCH_RAMP:-"1 2 4 8 16 32"}
 RAMP_SECONDS=${BENCH_RAMP_SECONDS:-5}
+BYSTANDER_SECONDS=${BENCH_BYSTANDER_SECONDS:-5}
+DD_COUNT=${BENCH_DD_COUNT:-6000000}
+FLOWS=${BENCH_FLOWS:-100000}
 DECODE_SECONDS=${BENCH_DECODE_SECONDS:-5}
 TSHARK_COPIES=${BENCH_TSHARK_COPIES:-100}
 OUT=${BENCH_OUT:-bench-report}
@@ -62,33 +72,41 @@ echo "== building release binaries"
 # The binaries as they ship; then the examples, which turn on the collector's `replay` feature
 # (a separate build, so it never reaches the measured collector).
 cargo build --release --locked -p clovisor-probe -p clovisor-collector -p clovisor-correlator --bins
+# all-in-one on its own, so its dependencies' features never change the three binaries above.
+cargo build --release --locked -p clovisor --bins
 cargo build --release --locked -p clovisor-collector -p clovisor-probe \
-  --example decode_bench --example attach_tp_btf
+  --example decode_bench --example attach_tp_btf --example flood
 BINDIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 ID=$$
 CLIENT=clv-bench-c-$ID
 SERVER=clv-bench-s-$ID
+BYSTANDER=clv-bench-x-$ID
 BR=clvbb$ID
 HVETH_SERVER=vb$ID-s
 HVETH_CLIENT=vb$ID-c
 WORK=$(mktemp -d /tmp/clovisor-bench.XXXXXX)
 RAW=$WORK/raw
 LOGS=$WORK/logs
-mkdir -p "$RAW"/{a,b,c,d} "$LOGS"
+mkdir -p "$RAW"/{a,b,c,d,e,f} "$LOGS"
 COMPONENTS=(probe collector correlator)
+# The processes whose metrics scrape() reads: the three components, or all-in-one alone.
+SCRAPED=("${COMPONENTS[@]}")
 declare -A PID=()
 STATS_OLD=""
 EMPTY_PREF=49152 # tc filter priority of the empty program (ours are TCX links or other prefs)
 EMPTY_QDISC_ADDED=""
 NGINX_PID=""
+BYSTANDER_NGINX_PID=""
 WRK_PID=""
 
-# Six free loopback ports: correlator gRPC, API, metrics; collector gRPC, metrics; probe metrics.
-read -r P_CORR_GRPC P_CORR_API P_CORR_METRICS P_COLL_GRPC P_COLL_METRICS P_PROBE_METRICS < <(
+# Eight free loopback ports: correlator gRPC, API, metrics; collector gRPC, metrics; probe
+# metrics; all-in-one API, metrics.
+read -r P_CORR_GRPC P_CORR_API P_CORR_METRICS P_COLL_GRPC P_COLL_METRICS P_PROBE_METRICS \
+  P_AIO_API P_AIO_METRICS < <(
   python3 -c '
 import socket
-ss = [socket.socket() for _ in range(6)]
+ss = [socket.socket() for _ in range(8)]
 for s in ss:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
@@ -96,6 +114,7 @@ declare -A METRICS_URL=(
   [probe]=http://127.0.0.1:$P_PROBE_METRICS/metrics
   [collector]=http://127.0.0.1:$P_COLL_METRICS/metrics
   [correlator]=http://127.0.0.1:$P_CORR_METRICS/metrics
+  [aio]=http://127.0.0.1:$P_AIO_METRICS/metrics
 )
 
 EMPTY_TRACING_PID=""
@@ -128,10 +147,10 @@ stop_pid() { # pid
   wait "$pid" 2>/dev/null || true
 }
 
-# Stops the pipeline upstream first, so each stage drains into the next.
+# Stops the pipeline upstream first, so each stage drains into the next (and all-in-one).
 stop_pipeline() {
   local c
-  for c in "${COMPONENTS[@]}"; do
+  for c in aio "${COMPONENTS[@]}"; do
     if [ -n "${PID[$c]:-}" ]; then
       stop_pid "${PID[$c]}"
       PID[$c]=""
@@ -148,12 +167,14 @@ cleanup() {
   [ -n "$STATS_OLD" ] && sysctl -qw kernel.bpf_stats_enabled="$STATS_OLD"
   detach_empty
   [ -n "$NGINX_PID" ] && stop_pid "$NGINX_PID"
+  [ -n "$BYSTANDER_NGINX_PID" ] && stop_pid "$BYSTANDER_NGINX_PID"
   ip netns del "$CLIENT" 2>/dev/null
   ip netns del "$SERVER" 2>/dev/null
+  ip netns del "$BYSTANDER" 2>/dev/null
   ip link del "$BR" 2>/dev/null
   local left
   for _ in $(seq 1 30); do # a namespace's veths go away asynchronously
-    left=$( (ip netns list; ip -o link show) 2>/dev/null | grep -cE "$CLIENT|$SERVER|$BR|vb$ID-")
+    left=$( (ip netns list; ip -o link show) 2>/dev/null | grep -cE "$CLIENT|$SERVER|$BYSTANDER|$BR|vb$ID-")
     [ "$left" -eq 0 ] && break
     sleep 0.1
   done
@@ -223,15 +244,48 @@ for _ in $(seq 1 50); do
 done
 ip netns exec "$CLIENT" curl -fsS -o /dev/null --max-time 2 "$URL"
 
+# The bystander: a namespace the probe does not trace (not a --netns of it, no veth), with its
+# own nginx on loopback port 8080 (a port no traced namespace listens on) for (e).
+echo "== creating the untraced namespace $BYSTANDER"
+ip netns add "$BYSTANDER"
+ip -n "$BYSTANDER" link set lo up
+BYSTANDER_URL=http://127.0.0.1:8080/
+cat >"$WORK/nginx-bystander.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx-bystander.pid;
+error_log $LOGS/nginx-bystander.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK;
+  keepalive_requests 100000000;
+  keepalive_timeout 60s;
+  server {
+    listen 127.0.0.1:8080;
+    root $WORK/www;
+  }
+}
+NGINX
+setsid ip netns exec "$BYSTANDER" nginx -c "$WORK/nginx-bystander.conf" 2>>"$LOGS/nginx-bystander.log" &
+BYSTANDER_NGINX_PID=$!
+for _ in $(seq 1 50); do
+  ip netns exec "$BYSTANDER" curl -fsS -o /dev/null --max-time 1 "$BYSTANDER_URL" 2>/dev/null && break
+  kill -0 "$BYSTANDER_NGINX_PID" 2>/dev/null || { echo "the bystander's nginx did not start" >&2; exit 1; }
+  sleep 0.1
+done
+ip netns exec "$BYSTANDER" curl -fsS -o /dev/null --max-time 2 "$BYSTANDER_URL"
+
 # --- helpers -------------------------------------------------------------------------------------
 
-# wrk from the client pod; writes the JSON of bench/wrk_report.lua to $3.
-run_wrk() { # connections seconds out.json
-  local c=$1 s=$2 t=1
+# wrk from the client pod against the server pod (or from namespace $4 against $5); writes the
+# JSON of bench/wrk_report.lua to $3.
+run_wrk() { # connections seconds out.json [netns url]
+  local c=$1 s=$2 t=1 ns=${4:-$CLIENT} url=${5:-$URL}
   [ "$c" -ge 2 ] && t=2
   # In the background and waited for: wrk stops early on SIGINT and exits 0, which would make bash
   # ignore a Ctrl-C; `wait` returns at once on a trapped signal instead.
-  setsid ip netns exec "$CLIENT" wrk -t"$t" -c"$c" -d"${s}s" --timeout 5s -s "$ROOT/bench/wrk_report.lua" "$URL" \
+  setsid ip netns exec "$ns" wrk -t"$t" -c"$c" -d"${s}s" --timeout 5s -s "$ROOT/bench/wrk_report.lua" "$url" \
     >"$LOGS/wrk.out" 2>&1 &
   WRK_PID=$!
   wait "$WRK_PID" || { cat "$LOGS/wrk.out" >&2; return 1; }
@@ -245,11 +299,11 @@ nginx_requests() { ip netns exec "$SERVER" curl -fsS --max-time 2 http://127.0.0
 
 wrk_line() { jq -r '"\(.requests) requests, \(.requests / .duration_us * 1e6 | floor)/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs"' "$1"; }
 
-# Every component's /metrics, concatenated.
+# The /metrics of every process in SCRAPED, concatenated.
 scrape() { # out.prom
   local c
   : >"$1"
-  for c in "${COMPONENTS[@]}"; do curl -fsS --max-time 5 "${METRICS_URL[$c]}" >>"$1"; done
+  for c in "${SCRAPED[@]}"; do curl -fsS --max-time 5 "${METRICS_URL[$c]}" >>"$1"; done
 }
 
 # Sum of a metric family's samples (filtered by a label regex if given).
@@ -261,9 +315,9 @@ metric_sum() { # file name [label-regex]
 # Waits until the pipeline is idle: two scrapes 1.5 s apart with the same counters and nothing
 # buffered (the probe copies its counters every second, the collector every half second).
 settle() {
-  local a="$WORK/settle-a.prom" b="$WORK/settle-b.prom" i
+  local a="$WORK/settle-a.prom" b="$WORK/settle-b.prom"
   scrape "$a"
-  for i in $(seq 1 14); do
+  for _ in $(seq 1 14); do
     sleep 1.5
     scrape "$b"
     if [ "$(metric_sum "$b" clovisor_buffered)" -eq 0 ] &&
@@ -279,30 +333,34 @@ settle() {
 # utime + stime of a process in clock ticks (all its threads).
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
-nginx_pids() { echo "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID"); }
+nginx_pids() { echo "$NGINX_PID"; ps -o pid= --ppid "$NGINX_PID"; }
 
-# CPU ticks of each component and of nginx, as JSON.
-cpu_snapshot() {
+# CPU ticks of each of the given processes (default: the three components) and of nginx, as JSON.
+cpu_snapshot() { # [name...]
   local c n=0 p
+  [ $# -gt 0 ] || set -- "${COMPONENTS[@]}"
   for p in $(nginx_pids); do n=$((n + $(cpu_ticks "$p"))); done
   {
-    for c in "${COMPONENTS[@]}"; do echo "\"$c\": $(cpu_ticks "${PID[$c]}")"; done
+    for c in "$@"; do echo "\"$c\": $(cpu_ticks "${PID[$c]}")"; done
     echo "\"nginx\": $n"
   } | paste -sd, | sed 's/^/{/; s/$/}/'
 }
 
-# Resident memory of each component now (VmRSS) and at its peak (VmHWM), kB, as JSON.
-rss_snapshot() {
+# Resident memory of each of the given processes (default: the three components) now (VmRSS) and
+# at its peak (VmHWM), kB, as JSON.
+rss_snapshot() { # [name...]
   local c
-  for c in "${COMPONENTS[@]}"; do
+  [ $# -gt 0 ] || set -- "${COMPONENTS[@]}"
+  for c in "$@"; do
     awk -v c="$c" '/^VmHWM:/ { h = $2 } /^VmRSS:/ { r = $2 }
       END { printf "\"%s\": {\"VmHWM_kb\": %d, \"VmRSS_kb\": %d}\n", c, h, r }' "/proc/${PID[$c]}/status"
   done | paste -sd, | sed 's/^/{/; s/$/}/'
 }
 
-# The load average now, recorded with what the script is about to do.
+# The load average now (and the time), recorded with what the script is about to do.
 note_load() { # section
-  jq -n -c --arg s "$1" --arg l "$(cut -d' ' -f1-3 /proc/loadavg)" '{section: $s, loadavg: $l}' >>"$RAW/loadavg.jsonl"
+  jq -n -c --arg s "$1" --arg l "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson t "$(date +%s)" \
+    '{section: $s, loadavg: $l, unix_s: $t}' >>"$RAW/loadavg.jsonl"
 }
 
 wait_http() { # url name
@@ -317,8 +375,12 @@ wait_http() { # url name
 
 # The pipeline and nginx run in their own sessions (setsid), so a Ctrl-C reaches only this script,
 # which then stops them in order (upstream first, each draining into the next).
-start_pipeline() { # [extra probe flags...]
-  OTEL_TRACES_EXPORTER=none RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-correlator" \
+# The correlator and the collector; the correlator's environment may be extended by the caller
+# (CORRELATOR_ENV, NAME=VALUE words).
+CORRELATOR_ENV=()
+start_backend() {
+  env "${CORRELATOR_ENV[@]}" OTEL_TRACES_EXPORTER=none RUST_LOG="${RUST_LOG:-warn}" \
+    setsid "$BINDIR/clovisor-correlator" \
     --grpc-listen "127.0.0.1:$P_CORR_GRPC" --api-listen "127.0.0.1:$P_CORR_API" \
     --metrics-listen "127.0.0.1:$P_CORR_METRICS" >>"$LOGS/correlator.log" 2>&1 &
   PID[correlator]=$!
@@ -328,17 +390,15 @@ start_pipeline() { # [extra probe flags...]
     >>"$LOGS/collector.log" 2>&1 &
   PID[collector]=$!
   wait_http "http://127.0.0.1:$P_COLL_METRICS/healthz" collector
-  RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-probe" --netns "$SERVER" --node bench \
-    --collector "http://127.0.0.1:$P_COLL_GRPC" --metrics-listen "127.0.0.1:$P_PROBE_METRICS" "$@" \
-    >>"$LOGS/probe.log" 2>&1 &
-  PID[probe]=$!
-  wait_http "http://127.0.0.1:$P_PROBE_METRICS/healthz" probe
-  # Ready once an exchange with the server pod reaches the correlator (attached, port found,
-  # every hop connected).
+}
+
+# Ready once an exchange with the server pod reaches the correlator (attached, port found, every
+# hop connected) whose metrics are at $1; then settled.
+await_traced() { # metrics-url
   local n
   for _ in $(seq 1 60); do
     ip netns exec "$CLIENT" curl -fsS -o /dev/null --max-time 2 "$URL"
-    n=$(curl -fsS --max-time 5 "${METRICS_URL[correlator]}" | grep -c '^clovisor_http_requests_total' || true)
+    n=$(curl -fsS --max-time 5 "$1" | grep -c '^clovisor_http_requests_total' || true)
     [ "$n" -gt 0 ] && { settle; return 0; }
     sleep 0.5
   done
@@ -346,34 +406,70 @@ start_pipeline() { # [extra probe flags...]
   exit 1
 }
 
+# The three binaries, the probe tracing the server pod.
+start_pipeline() { # [extra probe flags...]
+  SCRAPED=("${COMPONENTS[@]}")
+  start_backend
+  RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor-probe" --netns "$SERVER" --node bench \
+    --collector "http://127.0.0.1:$P_COLL_GRPC" --metrics-listen "127.0.0.1:$P_PROBE_METRICS" "$@" \
+    >>"$LOGS/probe.log" 2>&1 &
+  PID[probe]=$!
+  wait_http "http://127.0.0.1:$P_PROBE_METRICS/healthz" probe
+  await_traced "${METRICS_URL[correlator]}"
+}
+
+# `clovisor all-in-one` tracing both pods, the way a single-host user runs it.
+start_aio() {
+  SCRAPED=(aio)
+  OTEL_TRACES_EXPORTER=none RUST_LOG=${RUST_LOG:-warn} setsid "$BINDIR/clovisor" all-in-one \
+    --netns "$SERVER" --netns "$CLIENT" --node bench \
+    --api-listen "127.0.0.1:$P_AIO_API" --metrics-listen "127.0.0.1:$P_AIO_METRICS" \
+    >>"$LOGS/all-in-one.log" 2>&1 &
+  PID[aio]=$!
+  wait_http "http://127.0.0.1:$P_AIO_API/readyz" aio
+  await_traced "${METRICS_URL[aio]}"
+}
+
 # --- b. request overhead: untraced vs traced, interleaved ----------------------------------------
 
 note_load b
-# Three arms per pair: untraced; traced at the veth only (--socket-hooks off); traced at the veth and
-# the socket point (the default). The middle arm tells the socket point's share of the cost.
-echo "== b. request overhead: $PAIRS rounds of untraced, veth-only and fully traced wrk runs (-c$CONNS, ${SECONDS_PER_RUN}s), order alternating"
+# Four arms per round: untraced; traced at the veth only (--socket-hooks off); traced at the veth
+# and the socket point (the default); all-in-one tracing both pods (every point of client and
+# server). The second arm tells the socket point's share of the cost.
+echo "== b. request overhead: $PAIRS rounds of untraced, veth-only, fully traced and all-in-one wrk runs (-c$CONNS, ${SECONDS_PER_RUN}s), order alternating"
 run_wrk "$CONNS" 2 "$WORK/warmup.json"
 for p in $(seq 1 "$PAIRS"); do
   # Alternate the order of a round, so a drift in the machine's load cancels out.
-  if [ $((p % 2)) -eq 1 ]; then order="untraced veth traced"; else order="traced veth untraced"; fi
+  if [ $((p % 2)) -eq 1 ]; then order="untraced veth traced aio"; else order="aio traced veth untraced"; fi
   for mode in $order; do
     f=$RAW/b/pair-$p-$mode
     if [ "$mode" != untraced ]; then
-      if [ "$mode" = veth ]; then start_pipeline --socket-hooks off; else start_pipeline; fi
+      case $mode in
+        veth) start_pipeline --socket-hooks off ;;
+        traced) start_pipeline ;;
+        aio) start_aio ;;
+      esac
+      procs=("${COMPONENTS[@]}")
+      [ "$mode" = aio ] && procs=(aio)
       scrape "$f.before.prom"
       n0=$(nginx_requests)
+      cpu0=$(cpu_snapshot "${procs[@]}")
     fi
     run_wrk "$CONNS" "$SECONDS_PER_RUN" "$f.wrk.json"
     if [ "$mode" != untraced ]; then
       n1=$(nginx_requests)
       settle
+      cpu1=$(cpu_snapshot "${procs[@]}")
       scrape "$f.after.prom"
+      rss_snapshot "${procs[@]}" >"$f.rss.json"
       stop_pipeline
       echo "{\"before\": $n0, \"after\": $n1}" >"$f.nginx.json"
+      jq -n -c --argjson a "$cpu0" --argjson b "$cpu1" '{before: $a, after: $b}' >"$f.cpu.json"
     fi
     printf '   pair %d %-8s %s\n' "$p" "$mode" "$(wrk_line "$f.wrk.json")"
   done
 done
+SCRAPED=("${COMPONENTS[@]}")
 
 # --- a. eBPF cost: our programs vs an empty one on the same veth, the same packets ---------------
 
@@ -479,6 +575,75 @@ bpftool -j map show | jq -c --argjson ids "$(probe_bpf_ids map)" \
   '[.[] | select(.id as $i | $ids | index($i)) | {id, name, type, bytes_memlock}]' >"$RAW/d/probe-maps.json"
 stop_pipeline
 
+# --- e. a process in an untraced namespace: with and without the pipeline, interleaved ---------
+
+# A pure syscall loop in the bystander: dd copying $DD_COUNT single bytes (a read and a write
+# each), timed by its CPU time (user + system); writes {bytes, syscalls, wall_s, cpu_s}.
+run_dd() { # out.json
+  ip netns exec "$BYSTANDER" /usr/bin/time -o "$WORK/dd.time" -f '%e %U %S' \
+    dd if=/dev/zero of=/dev/null bs=1 count="$DD_COUNT" status=none
+  jq -n -c --argjson n "$DD_COUNT" --arg t "$(tail -n 1 "$WORK/dd.time")" \
+    '($t | split(" ") | map(tonumber)) as $v | {bytes: $n, syscalls: (2 * $n), wall_s: $v[0], cpu_s: ($v[1] + $v[2])}' >"$1"
+}
+
+note_load e
+echo "== e. untraced namespace $BYSTANDER: $PAIRS rounds of a syscall loop (dd, $DD_COUNT bytes) and wrk on its loopback (-c$CONNS, ${BYSTANDER_SECONDS}s), with and without the pipeline, order alternating"
+for p in $(seq 1 "$PAIRS"); do
+  if [ $((p % 2)) -eq 1 ]; then order="without with"; else order="with without"; fi
+  for mode in $order; do
+    f=$RAW/e/round-$p-$mode
+    if [ "$mode" = with ]; then
+      start_pipeline
+      scrape "$f.before.prom"
+      cpu0=$(cpu_snapshot)
+      t0=$(date +%s.%N)
+    fi
+    run_dd "$f.dd.json"
+    run_wrk "$CONNS" "$BYSTANDER_SECONDS" "$f.wrk.json" "$BYSTANDER" "$BYSTANDER_URL"
+    if [ "$mode" = with ]; then
+      # What the idle pipeline itself took meanwhile (it shares the cores with dd, wrk and nginx).
+      jq -n -c --argjson a "$cpu0" --argjson b "$(cpu_snapshot)" --argjson t0 "$t0" --argjson t1 "$(date +%s.%N)" \
+        '{before: $a, after: $b, wall_s: ($t1 - $t0)}' >"$f.cpu.json"
+      settle
+      scrape "$f.after.prom"
+      stop_pipeline
+    fi
+    printf '   round %d %-7s dd: %s; wrk: %s\n' "$p" "$mode" \
+      "$(jq -r 'if .cpu_s > 0 then "\(.bytes / .cpu_s | floor) bytes per CPU second" else "under a clock tick" end' "$f.dd.json")" \
+      "$(wrk_line "$f.wrk.json")"
+  done
+done
+
+# --- f. memory: open flows in the collector, held exchanges in the join --------------------------
+
+note_load f
+echo "== f. memory: $FLOWS exchanges into the correlator's join, then $FLOWS open flows into the collector (synthetic probe records)"
+# Room in the join for every exchange of this section, retained well past its end (defaults:
+# 65536 exchanges, 30 s), so the figure is the memory of $FLOWS held exchanges. The collector's
+# flow table has no such knob: it holds what its bound allows and counts the rest as evicted.
+CORRELATOR_ENV=("CLOVISOR_JOIN_MAX_ENTRIES=$((FLOWS + 1024))" "CLOVISOR_JOIN_RETENTION_S=600")
+SCRAPED=(collector correlator)
+start_backend
+CORRELATOR_ENV=()
+settle
+scrape "$RAW/f/idle.prom"
+rss_snapshot collector correlator >"$RAW/f/rss-idle.json"
+flood() { # mode base out.json
+  "$BINDIR/examples/flood" --collector "http://127.0.0.1:$P_COLL_GRPC" --mode "$1" --flows "$FLOWS" \
+    --base "$2" --node "flood-$1" >"$3" 2>>"$LOGS/flood.log" || { cat "$3" "$LOGS/flood.log" >&2; exit 1; }
+  settle
+}
+flood exchanges 0 "$RAW/f/flood-exchanges.json"
+scrape "$RAW/f/exchanges.prom"
+rss_snapshot collector correlator >"$RAW/f/rss-exchanges.json"
+flood open "$FLOWS" "$RAW/f/flood-open.json"
+scrape "$RAW/f/open.prom"
+rss_snapshot collector correlator >"$RAW/f/rss-open.json"
+jq -r '"   \(.mode): \(.flows) flows, \(.records) records acknowledged in \(.seconds * 10 | floor / 10) s"' \
+  "$RAW/f/flood-exchanges.json" "$RAW/f/flood-open.json"
+stop_pipeline
+SCRAPED=("${COMPONENTS[@]}")
+
 # --- c. collector decode throughput vs tshark, the same captures ---------------------------------
 
 note_load c
@@ -517,11 +682,13 @@ jq -n --arg nproc "$(nproc)" --arg kernel "$(uname -r)" \
   --arg wrk "$(wrk -v 2>&1 | head -n 1)" --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" \
   --slurpfile loads "$RAW/loadavg.jsonl" --argjson clk "$(getconf CLK_TCK)" \
   --argjson seconds "$SECONDS_PER_RUN" --argjson pairs "$PAIRS" --argjson conns "$CONNS" \
-  --arg ramp "$RAMP" --argjson ramp_seconds "$RAMP_SECONDS" \
+  --arg ramp "$RAMP" --argjson ramp_seconds "$RAMP_SECONDS" --argjson bystander_seconds "$BYSTANDER_SECONDS" \
+  --argjson dd_count "$DD_COUNT" --argjson flows "$FLOWS" \
   '{nproc: ($nproc | tonumber), kernel: $kernel, cpu: $cpu, date: $date, commit: $commit, wrk: $wrk,
     loadavg_end: $loadavg, loadavg_by_section: $loads, clk_tck: $clk,
     knobs: {wrk_seconds: $seconds, pairs: $pairs, connections: $conns,
-            ramp: ($ramp | split(" ") | map(select(. != "") | tonumber)), ramp_seconds: $ramp_seconds}}' \
+            ramp: ($ramp | split(" ") | map(select(. != "") | tonumber)), ramp_seconds: $ramp_seconds,
+            bystander_seconds: $bystander_seconds, dd_count: $dd_count, flows: $flows}}' \
   >"$RAW/machine.json"
 mkdir -p "$OUT"
 rm -rf "$OUT/raw" "$OUT/logs"
