@@ -24,7 +24,7 @@ pub fn attach(config: &CaptureConfig, veth: &str, ports: &[u16]) -> Result<Captu
 /// A capture's event loop running on its own runtime until [`Recorder::stop`].
 pub struct Recorder {
     rt: tokio::runtime::Runtime,
-    rx: tokio::sync::mpsc::Receiver<Vec<Record>>,
+    rx: tokio::sync::mpsc::Receiver<clovisor_proto::hops::RecordChunk>,
     stop_tx: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<clovisor_probe::Result<EventLoopStats>>,
     /// The event loop's counters as it runs.
@@ -61,7 +61,7 @@ impl Recorder {
         let stats = self.rt.block_on(self.task).context("event loop task")??;
         let mut records = Vec::new();
         while let Ok(chunk) = self.rx.try_recv() {
-            records.extend(chunk);
+            records.extend(chunk.decode().context("a chunk of records must decode")?);
         }
         Ok((stats, records))
     }

@@ -18,7 +18,7 @@ use clovisor_probe::metrics::ProbeMetrics;
 use clovisor_probe::targets::kube::{follow, KubeTargets, PodSelection, PodSelector};
 use clovisor_probe::targets::reconcile::{Reconciler, TargetsStatus};
 use clovisor_probe::{Capture, CaptureConfig};
-use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
+use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use prometheus_client::registry::Registry;
@@ -47,7 +47,7 @@ fn service(ns: &str, app: &str, port_name: &str) -> Service {
 /// The follower running against the fake server, as the agent runs it.
 struct Probe {
     status: watch::Receiver<TargetsStatus>,
-    records: mpsc::Receiver<Vec<Record>>,
+    records: mpsc::Receiver<clovisor_proto::hops::RecordChunk>,
     endpoints: Vec<EndpointUpdate>,
     selection: watch::Sender<PodSelection>,
     registry: Registry,
@@ -127,7 +127,7 @@ impl Probe {
     /// Endpoint updates received so far.
     fn drain_endpoints(&mut self) -> &[EndpointUpdate] {
         while let Ok(chunk) = self.records.try_recv() {
-            for r in chunk {
+            for r in chunk.decode().unwrap_or_default() {
                 if let Some(record::Kind::Endpoint(e)) = r.kind {
                     self.endpoints.push(e);
                 }

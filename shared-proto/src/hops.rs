@@ -4,8 +4,9 @@
 //!
 //! Batches are encoded once, when they are sealed, and kept encoded ([`Bytes`]) in the replay
 //! buffer: sending or re-sending one copies nothing but its reference count, and the receiver
-//! decodes the same protobuf messages as ever. The probe hands its records over in chunks (one
-//! per turn of its event loop, not one channel send per record).
+//! decodes the same protobuf messages as ever. The probe encodes its records as it makes them
+//! and hands them over in chunks ([`RecordChunk`], one per turn of its event loop): a batch is
+//! then its framing and a copy of its chunks.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -38,6 +39,104 @@ mod field {
     pub const TABLE_FLOWS: u32 = 1;
 }
 
+/// Records already encoded, each as a `RecordBatch.records` field, ready to be copied into a
+/// batch as they are; with what the hop must know of the flows they start and end. Made by a
+/// [`ChunkBuilder`]; the probe's records are encoded once, right after they are made.
+#[derive(Debug, Clone, Default)]
+pub struct RecordChunk {
+    body: Bytes,
+    records: u64,
+    /// Flows started in this chunk: id and the encoded `FlowStart`.
+    starts: Vec<(u64, Bytes)>,
+    /// Flows ended in this chunk.
+    ends: Vec<u64>,
+}
+
+impl RecordChunk {
+    /// Records in the chunk.
+    pub fn len(&self) -> u64 {
+        self.records
+    }
+
+    /// Whether the chunk holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// The chunk's records, decoded (tests and tools; the pipeline never decodes them).
+    pub fn decode(&self) -> Result<Vec<capture::Record>, prost::DecodeError> {
+        // A run of `records` fields is a `RecordBatch` without its `seq`.
+        Ok(capture::RecordBatch::decode(self.body.clone())?.records)
+    }
+}
+
+/// Encodes records into [`RecordChunk`]s. One buffer is reused across chunks: a chunk takes the
+/// bytes written since the last one, the rest of the allocation stays for the next.
+#[derive(Debug, Default)]
+pub struct ChunkBuilder {
+    buf: BytesMut,
+    records: u64,
+    starts: Vec<(u64, Bytes)>,
+    ends: Vec<u64>,
+}
+
+/// Bytes a [`ChunkBuilder`] allocates at a time.
+const CHUNK_BUFFER_BYTES: usize = 256 << 10;
+
+impl ChunkBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `record`.
+    pub fn push(&mut self, record: &capture::Record) {
+        match &record.kind {
+            Some(capture::record::Kind::FlowStart(start)) => {
+                self.starts
+                    .push((start.flow_id, Bytes::from(start.encode_to_vec())));
+            }
+            Some(capture::record::Kind::FlowEnd(end)) => self.ends.push(end.flow_id),
+            _ => {}
+        }
+        let len = prost::encoding::message::encoded_len(field::BATCH_RECORDS, record);
+        if self.buf.capacity() - self.buf.len() < len {
+            self.buf.reserve(len.max(CHUNK_BUFFER_BYTES));
+        }
+        prost::encoding::message::encode(field::BATCH_RECORDS, record, &mut self.buf);
+        self.records += 1;
+    }
+
+    /// Records pushed since the last chunk.
+    pub fn len(&self) -> u64 {
+        self.records
+    }
+
+    /// Whether nothing was pushed since the last chunk.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// The records pushed since the last chunk.
+    pub fn take(&mut self) -> RecordChunk {
+        RecordChunk {
+            body: self.buf.split().freeze(),
+            records: std::mem::take(&mut self.records),
+            starts: std::mem::take(&mut self.starts),
+            ends: std::mem::take(&mut self.ends),
+        }
+    }
+
+    /// One chunk of `records`.
+    pub fn chunk_of<'a>(records: impl IntoIterator<Item = &'a capture::Record>) -> RecordChunk {
+        let mut b = Self::new();
+        for r in records {
+            b.push(r);
+        }
+        b.take()
+    }
+}
+
 /// The flows a probe has announced and not yet ended (their `FlowStart`s, encoded), sent after
 /// every `Hello` so a collector that lost them (a restart) learns them back. A flow leaves the
 /// table once the batch carrying its end is acknowledged; beyond `max` flows the oldest
@@ -62,20 +161,14 @@ impl FlowRegistry {
         }
     }
 
-    fn observe(&mut self, chunk: &[capture::Record], seq: u64) {
-        for record in chunk {
-            match &record.kind {
-                Some(capture::record::Kind::FlowStart(start)) => {
-                    let encoded = Bytes::from(start.encode_to_vec());
-                    if self.starts.insert(start.flow_id, encoded).is_none() {
-                        self.order.push_back(start.flow_id);
-                    }
-                }
-                Some(capture::record::Kind::FlowEnd(end)) => {
-                    self.ended.push_back((seq, end.flow_id));
-                }
-                _ => {}
+    fn observe(&mut self, chunk: &RecordChunk, seq: u64) {
+        for (id, start) in &chunk.starts {
+            if self.starts.insert(*id, start.clone()).is_none() {
+                self.order.push_back(*id);
             }
+        }
+        for id in &chunk.ends {
+            self.ended.push_back((seq, *id));
         }
         while self.starts.len() > self.max {
             match self.order.pop_front() {
@@ -154,7 +247,7 @@ impl CaptureHop {
 }
 
 impl BatchContract for CaptureHop {
-    type Item = Vec<capture::Record>;
+    type Item = RecordChunk;
     type Outbound = Bytes;
     type Inbound = capture::CollectorMessage;
 
@@ -164,22 +257,18 @@ impl BatchContract for CaptureHop {
         out
     }
 
-    fn batch(&self, seq: u64, chunks: Vec<Vec<capture::Record>>) -> Bytes {
-        // prost's own framing, written straight into one buffer: the `RecordBatch` as field 2
-        // of a `ProbeMessage`, each record as a `records` field.
-        let records: usize = chunks
-            .iter()
-            .flatten()
-            .map(|r| prost::encoding::message::encoded_len(field::BATCH_RECORDS, r))
-            .sum();
+    fn batch(&self, seq: u64, chunks: Vec<RecordChunk>) -> Bytes {
+        // The `RecordBatch` as field 2 of a `ProbeMessage`; its records are already encoded as
+        // `records` fields.
+        let records: usize = chunks.iter().map(|c| c.body.len()).sum();
         let body_len = 1 + encoded_len_varint(seq) + records;
         let mut out = BytesMut::with_capacity(body_len + 16);
         encode_key(field::PROBE_BATCH, WireType::LengthDelimited, &mut out);
         encode_varint(body_len as u64, &mut out);
         encode_key(field::BATCH_SEQ, WireType::Varint, &mut out);
         encode_varint(seq, &mut out);
-        for record in chunks.iter().flatten() {
-            prost::encoding::message::encode(field::BATCH_RECORDS, record, &mut out);
+        for chunk in &chunks {
+            out.put_slice(&chunk.body);
         }
         out.freeze()
     }
@@ -195,11 +284,11 @@ impl BatchContract for CaptureHop {
         Some(ack.seq)
     }
 
-    fn count(chunk: &Vec<capture::Record>) -> u64 {
-        chunk.len() as u64
+    fn count(chunk: &RecordChunk) -> u64 {
+        chunk.records
     }
 
-    fn observe(&mut self, chunk: &Vec<capture::Record>, seq: u64) {
+    fn observe(&mut self, chunk: &RecordChunk, seq: u64) {
         self.flows.observe(chunk, seq);
     }
 
@@ -423,8 +512,8 @@ mod tests {
         }
     }
 
-    fn chunk(records: &[capture::Record]) -> Vec<capture::Record> {
-        records.to_vec()
+    fn chunk(records: &[capture::Record]) -> RecordChunk {
+        ChunkBuilder::chunk_of(records)
     }
 
     fn decode(bytes: &Bytes) -> capture::ProbeMessage {
@@ -451,6 +540,11 @@ mod tests {
             "byte for byte what prost encodes"
         );
         assert_eq!(CaptureHop::count(&chunk(&[start(1), end(1)])), 2);
+        assert_eq!(
+            chunk(&[start(3), message(3, b"x")]).decode().ok(),
+            Some(vec![start(3), message(3, b"x")]),
+            "a chunk decodes back to its records"
+        );
     }
 
     #[test]

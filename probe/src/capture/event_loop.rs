@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use clovisor_proto::capture::v1::Record;
+use clovisor_proto::hops::{ChunkBuilder, RecordChunk};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -103,7 +104,7 @@ impl EventLoop {
     /// (`partial`), waiting up to [`SHUTDOWN_SEND_BUDGET`] for room in `out`.
     pub async fn run(
         self,
-        out: mpsc::Sender<Vec<Record>>,
+        out: mpsc::Sender<RecordChunk>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<EventLoopStats> {
         let Self {
@@ -130,6 +131,7 @@ impl EventLoop {
         let mut last_sweep = Instant::now();
         let mut stats = EventLoopStats::default();
         let mut records = Vec::new();
+        let mut chunks = ChunkBuilder::new();
         tokio::pin!(shutdown);
         loop {
             let mut polled = false;
@@ -169,7 +171,7 @@ impl EventLoop {
                 while drain(fd.get_mut(), &mut assembler, &mut stats, &mut records) == DRAIN_BATCH {
                 }
             }
-            let open = send_now(&out, &mut records, &mut stats);
+            let open = send_now(&out, &mut records, &mut chunks, &mut stats);
             stats.assembler = assembler.stats();
             if let Ok(mut s) = shared.lock() {
                 *s = stats;
@@ -186,10 +188,8 @@ impl EventLoop {
         }
         assembler.flush_all(&*connections, &mut records);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_SEND_BUDGET;
-        while !records.is_empty() {
-            let rest = records.split_off(records.len().min(CHUNK_RECORDS));
-            let chunk = std::mem::replace(&mut records, rest);
-            let n = chunk.len() as u64;
+        for chunk in encode(&mut records, &mut chunks) {
+            let n = chunk.len();
             match tokio::time::timeout_at(deadline, out.send(chunk)).await {
                 Ok(Ok(())) => stats.records_sent += n,
                 // Closed or out of time: what is left is lost, and counted.
@@ -240,19 +240,37 @@ fn drain(
     n
 }
 
-/// Hands `records` to `out` in chunks without waiting; returns false once `out` is closed.
+/// Encodes `records` (emptied, its allocation kept) into chunks of at most [`CHUNK_RECORDS`].
+fn encode(records: &mut Vec<Record>, chunks: &mut ChunkBuilder) -> Vec<RecordChunk> {
+    let mut out = Vec::new();
+    for record in records.drain(..) {
+        chunks.push(&record);
+        if chunks.len() >= CHUNK_RECORDS as u64 {
+            out.push(chunks.take());
+        }
+    }
+    if !chunks.is_empty() {
+        out.push(chunks.take());
+    }
+    out
+}
+
+/// Encodes `records` and hands them to `out` in chunks without waiting; returns false once `out`
+/// is closed.
 fn send_now(
-    out: &mpsc::Sender<Vec<Record>>,
+    out: &mpsc::Sender<RecordChunk>,
     records: &mut Vec<Record>,
+    chunks: &mut ChunkBuilder,
     stats: &mut EventLoopStats,
 ) -> bool {
-    while !records.is_empty() {
-        let rest = records.split_off(records.len().min(CHUNK_RECORDS));
-        let chunk = std::mem::replace(records, rest);
-        let n = chunk.len() as u64;
+    if records.is_empty() {
+        return true;
+    }
+    for chunk in encode(records, chunks) {
+        let n = chunk.len();
         match out.try_send(chunk) {
             Ok(()) => stats.records_sent += n,
-            Err(TrySendError::Full(_)) => stats.records_dropped_full += n,
+            Err(TrySendError::Full(c)) => stats.records_dropped_full += c.len(),
             Err(TrySendError::Closed(_)) => return false,
         }
     }

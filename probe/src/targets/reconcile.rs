@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use clovisor_config::LiveConfig;
 use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
+use clovisor_proto::hops::{ChunkBuilder, RecordChunk};
 use tokio::sync::{mpsc, watch};
 
 use crate::capture::egress_maps::EgressEntry;
@@ -69,7 +70,7 @@ pub struct TargetsStatus {
 #[derive(Debug)]
 pub struct Reconciler {
     capture: Capture,
-    out: mpsc::Sender<Vec<Record>>,
+    out: mpsc::Sender<RecordChunk>,
     metrics: Arc<ProbeMetrics>,
     node: String,
     extra_ports: BTreeMap<u16, ProtocolHint>,
@@ -100,7 +101,7 @@ impl Reconciler {
     /// rules, applied with every reconciliation and by [`Self::apply_live`].
     pub fn new(
         capture: Capture,
-        out: mpsc::Sender<Vec<Record>>,
+        out: mpsc::Sender<RecordChunk>,
         metrics: Arc<ProbeMetrics>,
         node: String,
         extra_ports: BTreeMap<u16, ProtocolHint>,
@@ -419,7 +420,7 @@ impl Reconciler {
         let record = Record {
             kind: Some(record::Kind::Endpoint(update)),
         };
-        match self.out.send(vec![record]).await {
+        match self.out.send(ChunkBuilder::chunk_of([&record])).await {
             Ok(()) => self.metrics.endpoint_record_sent(),
             Err(_) => tracing::debug!("record channel closed; endpoint update not sent"),
         }

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use clovisor_proto::capture::v1::{Hello, Record};
+use clovisor_proto::capture::v1::Hello;
 use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
-use clovisor_proto::hops::{CaptureConnector, CaptureHop};
+use clovisor_proto::hops::{CaptureConnector, CaptureHop, RecordChunk};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -66,10 +66,10 @@ impl Uplink {
     }
 
     /// Runs until `records` closes (then drains what is buffered) or `shutdown` resolves.
-    /// Records come in chunks: one channel send per turn of a producer, not per record.
+    /// Records come encoded, in chunks: one channel send per turn of a producer, not per record.
     pub async fn run(
         self,
-        records: mpsc::Receiver<Vec<Record>>,
+        records: mpsc::Receiver<RecordChunk>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) {
         self.sender.run(records, shutdown).await;
