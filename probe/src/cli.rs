@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_runtime::parse_duration;
 
 use crate::agent::{AgentConfig, TargetSource};
@@ -177,7 +176,7 @@ impl ProbeArgs {
             extra_ports,
             node_interfaces: self.node_interfaces(),
             socket_hooks: self.socket_hooks,
-            delivery: DeliveryConfig::default(),
+            delivery: crate::uplink::delivery_config(),
             record_queue: usize::try_from(self.record_queue).unwrap_or(usize::MAX),
         }
     }

@@ -128,9 +128,21 @@ pub fn inode(name: &str) -> Result<u32> {
     })
 }
 
-/// TCP ports listening in namespace `name` on a non-loopback address (IPv4 and IPv6).
+/// TCP ports listening in namespace `name` on a non-loopback address (IPv4 and IPv6): asked of
+/// the kernel through sock_diag, which lists listeners only; `/proc/net/tcp{,6}` (every socket
+/// of the namespace) where sock_diag is not available.
 pub fn listening_tcp_ports(name: &str) -> Result<BTreeSet<u16>> {
     in_netns(name, || {
+        match crate::netlink::Socket::open_sock_diag().and_then(|mut s| s.listening_tcp()) {
+            Ok(listeners) => {
+                return Ok(listeners
+                    .into_iter()
+                    .filter(|(ip, _)| !is_loopback_listener(ip))
+                    .map(|(_, port)| port)
+                    .collect())
+            }
+            Err(e) => tracing::debug!(error = %e, "sock_diag unavailable; reading /proc/net/tcp"),
+        }
         let mut ports = BTreeSet::new();
         // thread-self: /proc/self/net follows the main thread's namespace, not ours.
         for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
@@ -154,6 +166,17 @@ pub fn listening_tcp_ports(name: &str) -> Result<BTreeSet<u16>> {
         }
         Ok(ports)
     })
+}
+
+/// A listener only reachable from inside its namespace: 127.0.0.0/8, ::1 or a v4-mapped
+/// loopback address.
+fn is_loopback_listener(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
 }
 
 /// The host side of namespace `name`'s veth: the namespace's veth (`eth0` preferred)

@@ -30,7 +30,11 @@ struct Args {
     collector: String,
 }
 
-#[tokio::main]
+/// One worker thread: the probe's tasks (two ring readers, the uplink, the target follower)
+/// hand work to each other all the time, and on one thread that costs no cross-CPU wake-ups;
+/// blocking work (namespace scans) runs on tokio's blocking pool. The probe must use a small
+/// fraction of one core, so a second worker buys nothing.
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut process = start(&args.service.log, Some(&args.service.redis))?;

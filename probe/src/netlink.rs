@@ -1,5 +1,6 @@
-//! A minimal rtnetlink client: the few dumps and requests the probe needs (links,
-//! addresses, tc filters, deleting a clsact qdisc), safe code over `nix` sockets.
+//! A minimal netlink client: the few rtnetlink dumps and requests the probe needs (links,
+//! addresses, tc filters, deleting a clsact qdisc) and one sock_diag dump (listening TCP
+//! sockets), safe code over `nix` sockets.
 //!
 //! Messages are built and parsed here by hand because the layouts are tiny and stable
 //! uapi; every length read from the kernel is checked before use.
@@ -44,6 +45,11 @@ const RTA_MULTIPATH: u16 = 9;
 const RTA_TABLE: u16 = 15;
 const RTA_VIA: u16 = 18;
 const RT_TABLE_MAIN: u32 = 254;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPPROTO_TCP: u8 = 6;
+const TCP_LISTEN: u32 = 10;
 const RTN_UNICAST: u8 = 1;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const TCA_OPTIONS: u16 = 2;
@@ -111,13 +117,22 @@ fn malformed(what: &'static str, reason: impl Into<String>) -> Error {
 }
 
 impl Socket {
-    /// Opens a socket in the current thread's network namespace.
+    /// Opens an rtnetlink socket in the current thread's network namespace.
     pub fn open() -> Result<Self> {
+        Self::open_protocol(SockProtocol::NetlinkRoute)
+    }
+
+    /// Opens a sock_diag socket in the current thread's network namespace.
+    pub fn open_sock_diag() -> Result<Self> {
+        Self::open_protocol(SockProtocol::NetlinkSockDiag)
+    }
+
+    fn open_protocol(protocol: SockProtocol) -> Result<Self> {
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Raw,
             SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkRoute,
+            protocol,
         )
         .map_err(io("socket"))?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(io("bind"))?;
@@ -199,6 +214,45 @@ impl Socket {
                 rest = rest.get(aligned..).unwrap_or(&[]);
             }
         }
+    }
+
+    /// Local addresses and ports of the TCP sockets listening in the namespace, of both
+    /// families (a sock_diag socket). The kernel filters by state, so a namespace with many
+    /// connections costs no more than its listeners (unlike reading `/proc/net/tcp`).
+    pub fn listening_tcp(&mut self) -> Result<Vec<(IpAddr, u16)>> {
+        let mut out = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            // struct inet_diag_req_v2: family, protocol, ext, pad, states, then a zero sockid.
+            let mut req = [0u8; 56];
+            req[0] = family;
+            req[1] = IPPROTO_TCP;
+            req[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+            for msg in self.request(
+                "sock_diag",
+                SOCK_DIAG_BY_FAMILY,
+                NLM_F_DUMP,
+                &req,
+                SOCK_DIAG_BY_FAMILY,
+            )? {
+                // struct inet_diag_msg: family, state, timer, retrans, then the sockid:
+                // sport (network order) at 4, the source address at 8 (4 or 16 bytes).
+                let Some(head) = msg.get(..24) else {
+                    return Err(malformed("sock_diag", "short inet_diag_msg"));
+                };
+                let port = u16::from_be_bytes([head[4], head[5]]);
+                let ip = match head[0] {
+                    AF_INET => IpAddr::V4(Ipv4Addr::new(head[8], head[9], head[10], head[11])),
+                    AF_INET6 => {
+                        let mut a = [0u8; 16];
+                        a.copy_from_slice(&head[8..24]);
+                        IpAddr::V6(Ipv6Addr::from(a))
+                    }
+                    _ => continue,
+                };
+                out.push((ip, port));
+            }
+        }
+        Ok(out)
     }
 
     /// Every interface of the namespace.
@@ -471,6 +525,23 @@ mod tests {
             "the malformed attribute must not be returned"
         );
         assert_eq!(attrs(&[1, 0]).count(), 0, "2 bytes are no attribute");
+    }
+
+    #[test]
+    fn listening_sockets_are_found_by_sock_diag() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("a test listener must bind: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let found = Socket::open_sock_diag()
+            .and_then(|mut s| s.listening_tcp())
+            .unwrap_or_else(|e| panic!("sock_diag dump must work: {e}"));
+        assert!(
+            found.contains(&(IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
+            "the listener on 127.0.0.1:{port} must be listed: {found:?}"
+        );
     }
 
     #[test]

@@ -31,6 +31,16 @@ impl Identity {
     }
 }
 
+/// How the probe delivers: the shared protocol's defaults, with batches of up to 1024 records
+/// (an exchange makes two or three records at each point: fewer, larger batches mean fewer
+/// HTTP/2 frames, acknowledgements and wake-ups per exchange).
+pub fn delivery_config() -> DeliveryConfig {
+    DeliveryConfig {
+        max_batch_items: 1024,
+        ..DeliveryConfig::default()
+    }
+}
+
 /// Records per chunk handed to the uplink at most, so that a chunk-bounded queue stays bounded
 /// in records.
 pub const CHUNK_RECORDS: usize = 256;
