@@ -36,7 +36,7 @@ use clovisor_proto::capture::v1::{
 };
 use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
-use clovisor_proto::hops::{lazy_channel, CaptureConnector, CaptureHop};
+use clovisor_proto::hops::{lazy_channel, CaptureConnector, CaptureHop, ChunkBuilder, RecordChunk};
 use tokio::sync::mpsc;
 
 /// Records per chunk handed to the sender, as the probe's uplink does (`CHUNK_RECORDS`).
@@ -232,19 +232,23 @@ async fn main() -> anyhow::Result<()> {
         config,
     );
     let stats = sender.stats();
-    let (tx, rx) = mpsc::channel::<Vec<Record>>(64);
+    let (tx, rx) = mpsc::channel::<RecordChunk>(64);
     let started = Instant::now();
     let run = tokio::spawn(sender.run(rx, std::future::pending()));
-    let mut chunk = Vec::with_capacity(CHUNK_RECORDS + 4);
+    // Encoded as the probe does: records into chunks as they are made.
+    let mut records = Vec::with_capacity(CHUNK_RECORDS + 4);
+    let mut chunks = ChunkBuilder::new();
     for n in args.base..args.base + args.flows {
-        flow_records(n, args.mode, &args.node, &mut chunk);
-        if chunk.len() >= CHUNK_RECORDS {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_RECORDS + 4));
-            tx.send(full).await.context("the sender stopped")?;
+        flow_records(n, args.mode, &args.node, &mut records);
+        for r in records.drain(..) {
+            chunks.push(&r);
+        }
+        if chunks.len() >= CHUNK_RECORDS as u64 {
+            tx.send(chunks.take()).await.context("the sender stopped")?;
         }
     }
-    if !chunk.is_empty() {
-        tx.send(chunk).await.context("the sender stopped")?;
+    if !chunks.is_empty() {
+        tx.send(chunks.take()).await.context("the sender stopped")?;
     }
     drop(tx);
     run.await.context("the sender panicked")?;
