@@ -433,7 +433,8 @@ def section_d(raw, machine, rep):
     for comp in COMPONENTS:
         rep.figure("d", f"peak_rss_{comp}", f"peak RSS: {comp}", rss[comp]["VmHWM_kb"] / 1024, "MiB",
                    rss_targets.get(comp), "<=",
-                   f"VmHWM over the whole ramp; {fmt(idle[comp]['VmRSS_kb'] / 1024, 'MiB')} when idle")
+                   f"VmHWM over the ramp (reset after start-up); {fmt(idle[comp]['VmRSS_kb'] / 1024, 'MiB')} "
+                   f"when idle, {fmt(idle[comp]['VmHWM_kb'] / 1024, 'MiB')} at its start-up peak")
     maps = load(raw / "d" / "probe-maps.json")
     rep.figure("d", "probe_bpf_maps_mib", "probe's BPF maps (kernel memory, not in its RSS)",
                sum(m.get("bytes_memlock", 0) for m in maps) / 2**20, "MiB",

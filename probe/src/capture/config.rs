@@ -30,7 +30,9 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
             snaplen: abi::CLOVISOR_DEFAULT_SNAPLEN,
-            ring_buffer_bytes: 4 << 20,
+            // One record per exchange: 2 MiB hold thousands, drained every 10 ms; the ring is
+            // mapped into the probe (twice, by the kernel's design), so it counts in its RSS.
+            ring_buffer_bytes: 2 << 20,
             max_connections: 65_536,
             held_requests: 4096,
             idle_flush: Duration::from_millis(200),

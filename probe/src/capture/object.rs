@@ -39,14 +39,19 @@ const TRACED_PORT_BITS: &str = "traced_port_bits";
 
 /// Loads `object` with its ring buffer and connection map sized from `cfg`, and takes its
 /// counters out (named by `names`) so they can be read while the object is in use.
+///
+/// `btf` is the kernel's type information for CO-RE relocations, when the object has any; the
+/// loader would otherwise parse `/sys/kernel/btf/vmlinux` itself, tens of MiB at its peak.
 pub(crate) fn load(
     object: &[u8],
     maps: &ObjectMaps,
     names: StatNames,
     cfg: &CaptureConfig,
+    btf: Option<&aya::Btf>,
 ) -> Result<(Ebpf, Arc<KernelStats>)> {
     cfg.validate()?;
     let mut ebpf = EbpfLoader::new()
+        .btf(btf)
         .map_max_entries(maps.events, cfg.ring_buffer_bytes)
         .map_max_entries(maps.connections, cfg.max_connections)
         .map_max_entries(HELD_HEADS, cfg.held_requests)

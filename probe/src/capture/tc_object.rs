@@ -55,7 +55,8 @@ impl std::fmt::Debug for Capture {
 impl Capture {
     /// Loads and verifies the programs and sizes the maps; attaches nothing yet.
     pub fn load(cfg: &CaptureConfig) -> Result<Self> {
-        let (ebpf, stats) = object::load(OBJECT, &MAPS, &TC_STAT_NAMES, cfg)?;
+        // The tc programs read only packets: no CO-RE relocations, no kernel BTF to parse.
+        let (ebpf, stats) = object::load(OBJECT, &MAPS, &TC_STAT_NAMES, cfg, None)?;
         let mut capture = Self {
             ebpf,
             stats,

@@ -78,7 +78,7 @@ pub struct SocketHooks {
 }
 
 /// Tries the hook sets in preference order and attaches the first that works.
-pub fn attach(ebpf: &mut Ebpf) -> Result<SocketHooks> {
+pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> Result<SocketHooks> {
     let mut attempts = Vec::new();
     for kind in SocketHookKind::ORDER {
         let result = match kind {
@@ -86,7 +86,7 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<SocketHooks> {
                 "no {} data path in this build; tracepoints are used instead",
                 kind.as_str()
             )),
-            SocketHookKind::TpBtf => attach_tp_btf(ebpf).map_err(|e| error_chain(&e)),
+            SocketHookKind::TpBtf => attach_tp_btf(ebpf, btf).map_err(|e| error_chain(&e)),
         };
         match result {
             Ok(links) => {
@@ -151,13 +151,12 @@ fn tp_btf_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut 
 type TpBtfLinks = Vec<(&'static str, aya::programs::tp_btf::BtfTracePointLinkId)>;
 
 /// Loads and attaches the tracepoint set; on a failure detaches what it attached.
-fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<TpBtfLinks> {
-    let btf = Btf::from_sys_fs().map_err(|source| Error::Btf { source })?;
+fn attach_tp_btf(ebpf: &mut Ebpf, btf: &Btf) -> Result<TpBtfLinks> {
     let mut links: TpBtfLinks = Vec::new();
     let mut outcome = Ok(());
     for (name, tracepoint) in TP_BTF_PROGRAMS {
         let step = tp_btf_program(ebpf, name).and_then(|p| {
-            p.load(tracepoint, &btf).map_err(|source| Error::Program {
+            p.load(tracepoint, btf).map_err(|source| Error::Program {
                 program: name,
                 what: "verifier",
                 source,
