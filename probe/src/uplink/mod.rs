@@ -33,10 +33,13 @@ impl Identity {
 
 /// How the probe delivers: the shared protocol's defaults, with batches of up to 1024 records
 /// (an exchange makes two or three records at each point: fewer, larger batches mean fewer
-/// HTTP/2 frames, acknowledgements and wake-ups per exchange).
+/// HTTP/2 frames, acknowledgements and wake-ups per exchange) and a replay buffer of 16 MiB
+/// (about 100k records — seconds of a busy node — kept for a collector that restarts; the
+/// probe's whole resident memory budget is 50 MiB).
 pub fn delivery_config() -> DeliveryConfig {
     DeliveryConfig {
         max_batch_items: 1024,
+        replay_bytes: 16 << 20,
         ..DeliveryConfig::default()
     }
 }
