@@ -120,6 +120,82 @@ struct pkt {
 #define TCPF_FIN_ 0x01
 #define TCPF_RST_ 0x04
 
+/* TCP header fields into p; the payload starts right after the header. */
+static __always_inline int tcp_fields(const struct tcphdr *tcp, struct pkt *p, __u32 off,
+				      __u32 ip_end, __u32 skb_len)
+{
+	__u32 doff = (__u32)tcp->doff * 4;
+
+	if (doff < sizeof(*tcp))
+		return -1;
+	p->sport = bpf_ntohs(tcp->source);
+	p->dport = bpf_ntohs(tcp->dest);
+	p->seq = bpf_ntohl(tcp->seq);
+	/* Byte 13 of the TCP header holds the flags. */
+	p->flags = ((const __u8 *)tcp)[13];
+	off += doff;
+	if (ip_end > skb_len)
+		ip_end = skb_len;
+	p->payload_off = off;
+	p->payload_len = ip_end > off ? ip_end - off : 0;
+	return 0;
+}
+
+/* The common case read straight from the packet, without helper calls: no VLAN
+ * tag, IPv4 or IPv6 without extension headers, TCP, headers in the linear
+ * part of the skb. Returns as parse() does, or 2 when the packet needs the
+ * general parser. */
+static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u16 proto = bpf_ntohs(skb->protocol);
+
+	if (proto == ETH_P_IP) {
+		struct iphdr *ip = data + ETH_HLEN;
+		struct tcphdr *tcp;
+		__u32 ihl, tot;
+
+		if ((void *)(ip + 1) > end)
+			return 2;
+		if (ip->protocol != IPPROTO_TCP)
+			return 1;
+		if (bpf_ntohs(ip->frag_off) & IP_OFFMASK_)
+			return 2; /* counted by the general parser */
+		ihl = (__u32)ip->ihl * 4;
+		if (ihl < sizeof(*ip))
+			return -1;
+		/* ihl is at most 60: the verifier can bound the TCP header. */
+		tcp = (void *)ip + (ihl & 0x3c);
+		if ((void *)(tcp + 1) > end)
+			return 2;
+		clovisor_v4_mapped(p->src_ip, ip->saddr);
+		clovisor_v4_mapped(p->dst_ip, ip->daddr);
+		p->family = CLOVISOR_FAMILY_IPV4;
+		tot = bpf_ntohs(ip->tot_len);
+		/* tot_len is 0 for BIG TCP super packets: then skb->len rules. */
+		return tcp_fields(tcp, p, ETH_HLEN + ihl, tot ? ETH_HLEN + tot : skb->len,
+				  skb->len);
+	}
+	if (proto == ETH_P_IPV6) {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		struct tcphdr *tcp = (void *)(ip6 + 1);
+		__u32 plen;
+
+		if ((void *)(tcp + 1) > end)
+			return 2;
+		if (ip6->nexthdr != IPPROTO_TCP)
+			return 2; /* extension headers, or not TCP: the general parser */
+		__builtin_memcpy(p->src_ip, &ip6->saddr, 16);
+		__builtin_memcpy(p->dst_ip, &ip6->daddr, 16);
+		p->family = CLOVISOR_FAMILY_IPV6;
+		plen = bpf_ntohs(ip6->payload_len);
+		return tcp_fields(tcp, p, ETH_HLEN + sizeof(*ip6),
+				  plen ? ETH_HLEN + sizeof(*ip6) + plen : skb->len, skb->len);
+	}
+	return 2;
+}
+
 /* Returns 0 when p holds a TCP packet, 1 when the packet is not for us
  * (not IP/TCP, later fragment), -1 on a parse failure. */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
@@ -220,25 +296,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 	{
 		struct tcphdr tcp;
-		__u32 doff;
 
 		if (bpf_skb_load_bytes(skb, off, &tcp, sizeof(tcp)))
 			return -1;
-		doff = (__u32)tcp.doff * 4;
-		if (doff < sizeof(tcp))
-			return -1;
-		p->sport = bpf_ntohs(tcp.source);
-		p->dport = bpf_ntohs(tcp.dest);
-		p->seq = bpf_ntohl(tcp.seq);
-		/* Byte 13 of the TCP header holds the flags. */
-		p->flags = ((__u8 *)&tcp)[13];
-		off += doff;
+		return tcp_fields(&tcp, p, off, ip_end, skb->len);
 	}
-	if (ip_end > skb->len)
-		ip_end = skb->len;
-	p->payload_off = off;
-	p->payload_len = ip_end > off ? ip_end - off : 0;
-	return 0;
 }
 
 /* ---- Egress rules (clovisor_egress_match) -------------------------------
@@ -532,7 +594,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 
 	clovisor_count(&stats, CLOVISOR_STAT_PACKETS_SEEN);
 	__builtin_memset(&p, 0, sizeof(p));
-	rc = parse(skb, &p);
+	rc = parse_direct(skb, &p);
+	if (rc == 2)
+		rc = parse(skb, &p);
 	if (rc < 0) {
 		clovisor_count(&stats, CLOVISOR_STAT_PARSE_FAILED);
 		return TC_ACT_UNSPEC;
@@ -557,6 +621,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 		return TC_ACT_UNSPEC;
 	}
 	clovisor_count(&stats, CLOVISOR_STAT_PACKETS_TRACED);
+	/* A bare ACK (no payload, no FIN or RST) changes nothing we track: done before the
+	 * connection lookup, which is most of a packet's cost. */
+	if (p.payload_len == 0 && !(p.flags & (TCPF_FIN_ | TCPF_RST_)))
+		return TC_ACT_UNSPEC;
 
 	__builtin_memset(&key, 0, sizeof(key));
 	key.ifindex = skb->ifindex;
