@@ -78,20 +78,29 @@ impl IngestService {
 
     /// Exports and counts the exchanges whose join window has closed.
     pub fn tick(&self) {
-        self.release(|joiner, now| joiner.expire(now));
+        self.tick_at(Instant::now());
+    }
+
+    /// [`IngestService::tick`] as if it were `now` (benchmarks and tests drive the clock).
+    pub fn tick_at(&self, now: Instant) {
+        self.release(now, |joiner, now| joiner.expire(now));
     }
 
     /// Exports and counts every exchange still open, without waiting for its window (shutdown).
     pub fn drain(&self) {
-        self.release(|joiner, now| joiner.drain(now));
+        self.release(Instant::now(), |joiner, now| joiner.drain(now));
     }
 
     /// Takes the exchanges `pick` makes ready out of the join, then exports and counts them
     /// (outside the lock).
-    fn release(&self, pick: impl FnOnce(&mut Joiner, Instant) -> Vec<Arc<CorrelatedSession>>) {
+    fn release(
+        &self,
+        now: Instant,
+        pick: impl FnOnce(&mut Joiner, Instant) -> Vec<Arc<CorrelatedSession>>,
+    ) {
         let ready = {
             let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
-            let ready = pick(&mut joiner, Instant::now());
+            let ready = pick(&mut joiner, now);
             self.metrics.join_state(joiner.open_len(), joiner.len());
             ready
         };
@@ -105,6 +114,12 @@ impl IngestService {
                 export.enqueue(build_span(&rec));
             }
         }
+    }
+
+    /// Exchanges in the join now: (open, held — open and retained).
+    pub fn join_len(&self) -> (usize, usize) {
+        let joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
+        (joiner.open_len(), joiner.len())
     }
 
     /// Wraps the service for a tonic server.
@@ -121,6 +136,11 @@ impl IngestService {
     /// `clovisor_dropped_total{stage="correlator",reason="duplicate"}` and the stored exchange
     /// returned.
     pub fn accept(&self, session: Session) -> Arc<CorrelatedSession> {
+        self.accept_at(session, Instant::now())
+    }
+
+    /// [`IngestService::accept`] as if it were `now`.
+    pub fn accept_at(&self, session: Session, now: Instant) -> Arc<CorrelatedSession> {
         self.metrics.received_session();
         if !session.id.is_empty() {
             if let Some(known) = self.store.get(&session.id) {
@@ -131,7 +151,7 @@ impl IngestService {
         }
         let offered = {
             let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
-            let offered = joiner.offer(session, Instant::now());
+            let offered = joiner.offer(session, now);
             // Stored while the join is locked, so two views of one exchange arriving at once
             // cannot store their versions in the wrong order.
             if offered.outcome != Outcome::Duplicate {
@@ -161,24 +181,30 @@ impl IngestService {
     /// Processes `batch` unless its number was already processed for its sender; returns whether
     /// it was processed. Either way the batch may be acknowledged afterwards.
     pub fn accept_batch(&self, batch: SessionBatch) -> bool {
-        let state = self.sender(&batch.sender);
+        self.accept_batch_at(batch, Instant::now())
+    }
+
+    /// [`IngestService::accept_batch`] as if it were `now`: every session of the batch arrives
+    /// at `now` (one clock read per batch).
+    pub fn accept_batch_at(&self, batch: SessionBatch, now: Instant) -> bool {
+        let state = self.sender(&batch.sender, now);
         // Held while storing so that a second stream of the same sender (a reconnect racing the
         // old one) cannot acknowledge this number before it is stored.
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-        state.seen = Instant::now();
+        state.seen = now;
         if batch.seq <= state.last_seq {
             self.metrics.batch(true);
             return false;
         }
         for session in batch.sessions {
-            self.accept(session);
+            self.accept_at(session, now);
         }
         state.last_seq = batch.seq;
         self.metrics.batch(false);
         true
     }
 
-    fn sender(&self, sender: &str) -> Arc<Mutex<SenderState>> {
+    fn sender(&self, sender: &str, now: Instant) -> Arc<Mutex<SenderState>> {
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = senders.get(sender) {
             return Arc::clone(s);
@@ -198,7 +224,7 @@ impl IngestService {
         }
         let state = Arc::new(Mutex::new(SenderState {
             last_seq: 0,
-            seen: Instant::now(),
+            seen: now,
         }));
         senders.insert(sender.to_owned(), Arc::clone(&state));
         state

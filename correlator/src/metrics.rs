@@ -341,6 +341,15 @@ impl Metrics {
             .get()
     }
 
+    /// Early evictions counted so far for `eviction` (for tests and logs).
+    pub fn eviction_count(&self, eviction: crate::join::Eviction) -> u64 {
+        self.join_evictions
+            .get_or_create(&EvictionLabels {
+                reason: eviction.label(),
+            })
+            .get()
+    }
+
     /// Counts the RED metrics of one exchange, once, when its join window has closed.
     pub fn observe_session(&self, rec: &CorrelatedSession) {
         let points = match rec.session.observations.len() {

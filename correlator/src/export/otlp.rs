@@ -70,6 +70,14 @@ impl ExportHandle {
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+
+    /// A handle whose spans wait in the returned receiver instead of going to a worker: for
+    /// benchmarks and tests that take the spans themselves.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn detached(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<Span>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { tx, metrics }, rx)
+    }
 }
 
 /// The exporter: owns the worker task. Create inside a Tokio runtime.
@@ -218,6 +226,21 @@ impl OtlpExporter {
     }
 }
 
+/// The OTLP request that exports `spans` under `resource`.
+pub fn export_request(resource: &Resource, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource.clone()),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(span::scope()),
+                spans,
+                schema_url: SCHEMA_URL.to_owned(),
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
 struct Worker {
     client: TraceServiceClient<Channel>,
     /// Where to export; changes when the live configuration re-points the exporter.
@@ -326,17 +349,7 @@ impl Worker {
     }
 
     fn request(&self, spans: Vec<Span>) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(span::scope()),
-                    spans,
-                    schema_url: SCHEMA_URL.to_owned(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
+        export_request(&self.resource, spans)
     }
 
     /// Sends one batch, retrying transient failures until the retry budget or `deadline` runs
