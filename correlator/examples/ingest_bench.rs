@@ -320,7 +320,11 @@ impl<'a> Arrivals<'a> {
     /// The next session and the exchange number it belongs to (for the clock).
     fn next(&mut self) -> (Session, u64) {
         self.sent += 1;
-        if self.delayed.front().is_some_and(|(due, _)| *due <= self.sent) {
+        if self
+            .delayed
+            .front()
+            .is_some_and(|(due, _)| *due <= self.sent)
+        {
             if let Some((_, s)) = self.delayed.pop_front() {
                 return (s, self.next);
             }
@@ -436,6 +440,7 @@ fn ingest(
     let mut next_tick = t0 + tick;
     let mut bytes = Vec::new();
     let mut cpu = Duration::ZERO;
+    let mut decode = Duration::ZERO;
     let mut batches = 0u64;
     let mut batch_bytes = 0u64;
     let budget = Duration::from_secs_f64(seconds);
@@ -451,6 +456,8 @@ fn ingest(
         batch_bytes += bytes.len() as u64;
         let c0 = thread_cpu()?;
         let batch = SessionBatch::decode(bytes.as_slice()).context("decoding a batch")?;
+        let c1 = thread_cpu()?;
+        decode += c1.saturating_sub(c0);
         if !svc.accept_batch_at(batch, now) {
             bail!("batch {} refused as a duplicate", batcher.seq);
         }
@@ -495,6 +502,7 @@ fn ingest(
         "wall_s": wall.as_secs_f64(),
         "cpu_s": cpu_s,
         "exchanges_per_cpu_s": exchanges / cpu_s,
+        "decode_cpu_s": decode.as_secs_f64(),
         "us_per_exchange": cpu_s * 1e6 / exchanges,
         "us_per_view": cpu_s * 1e6 / views as f64,
         "peak_rss_mib": mib(hwm),
@@ -541,7 +549,10 @@ fn open(n: u64, connections: u64) -> anyhow::Result<serde_json::Value> {
     let rss2 = feed(1)?;
     let (open_now, _) = svc.join_len();
     if metrics.join_count(Outcome::Opened) != n || metrics.join_count(Outcome::Joined) != n {
-        bail!("expected {n} exchanges opened and joined: {}", outcomes(&metrics));
+        bail!(
+            "expected {n} exchanges opened and joined: {}",
+            outcomes(&metrics)
+        );
     }
     if open_now != n_usize || store.len() != n_usize {
         bail!(

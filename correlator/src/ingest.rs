@@ -42,7 +42,6 @@ pub struct IngestService {
     metrics: Arc<Metrics>,
     export: Option<ExportHandle>,
     senders: Arc<Mutex<HashMap<String, Arc<Mutex<SenderState>>>>>,
-    joiner: Arc<Mutex<Joiner>>,
     window: Duration,
 }
 
@@ -60,12 +59,13 @@ impl IngestService {
         export: Option<ExportHandle>,
         join: JoinConfig,
     ) -> Self {
+        // The join and the store hold each exchange once, under one lock.
+        store.configure_join(join);
         Self {
             store,
             metrics,
             export,
             senders: Arc::new(Mutex::new(HashMap::new())),
-            joiner: Arc::new(Mutex::new(Joiner::new(join))),
             window: join.window,
         }
     }
@@ -99,7 +99,7 @@ impl IngestService {
         pick: impl FnOnce(&mut Joiner, Instant) -> Vec<Arc<CorrelatedSession>>,
     ) {
         let ready = {
-            let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
+            let mut joiner = self.store.write();
             let ready = pick(&mut joiner, now);
             self.metrics.join_state(joiner.open_len(), joiner.len());
             ready
@@ -118,7 +118,7 @@ impl IngestService {
 
     /// Exchanges in the join now: (open, held — open and retained).
     pub fn join_len(&self) -> (usize, usize) {
-        let joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
+        let joiner = self.store.write();
         (joiner.open_len(), joiner.len())
     }
 
@@ -141,26 +141,37 @@ impl IngestService {
 
     /// [`IngestService::accept`] as if it were `now`.
     pub fn accept_at(&self, session: Session, now: Instant) -> Arc<CorrelatedSession> {
+        let (record, ready) = {
+            let mut joiner = self.store.write();
+            self.offer(&mut joiner, session, now)
+        };
+        self.finish(ready);
+        record
+    }
+
+    /// Offers `session` to the join (locked by the caller) and counts what happened; returns
+    /// the exchange as stored and the exchanges that became ready meanwhile, to finish once the
+    /// lock is released.
+    fn offer(
+        &self,
+        joiner: &mut Joiner,
+        session: Session,
+        now: Instant,
+    ) -> (Arc<CorrelatedSession>, Vec<Arc<CorrelatedSession>>) {
         self.metrics.received_session();
         if !session.id.is_empty() {
-            if let Some(known) = self.store.get(&session.id) {
+            if let Some(known) = joiner.store_get(&session.id) {
                 self.metrics.duplicate_session();
                 self.metrics.join_outcome(Outcome::Duplicate);
-                return known;
+                return (known, Vec::new());
             }
         }
-        let offered = {
-            let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
-            let offered = joiner.offer(session, now);
-            // Stored while the join is locked, so two views of one exchange arriving at once
-            // cannot store their versions in the wrong order.
-            if offered.outcome != Outcome::Duplicate {
-                let evicted = self.store.upsert(Arc::clone(&offered.record));
-                self.metrics.stored(evicted, self.store.len());
-            }
-            self.metrics.join_state(joiner.open_len(), joiner.len());
-            offered
-        };
+        let offered = joiner.offer(session, now);
+        if offered.outcome != Outcome::Duplicate {
+            self.metrics
+                .stored(offered.store_evicted, joiner.store_len());
+        }
+        self.metrics.join_state(joiner.open_len(), joiner.len());
         for issue in &offered.issues {
             self.metrics.invalid_context(match issue {
                 ContextIssue::InvalidTraceId => "trace_id",
@@ -174,8 +185,7 @@ impl IngestService {
         for e in &offered.evictions {
             self.metrics.join_eviction(*e);
         }
-        self.finish(offered.ready);
-        offered.record
+        (offered.record, offered.ready)
     }
 
     /// Processes `batch` unless its number was already processed for its sender; returns whether
@@ -196,9 +206,15 @@ impl IngestService {
             self.metrics.batch(true);
             return false;
         }
-        for session in batch.sessions {
-            self.accept_at(session, now);
+        // One lock for the whole batch; spans and metrics of what became ready after it.
+        let mut ready = Vec::new();
+        {
+            let mut joiner = self.store.write();
+            for session in batch.sessions {
+                ready.extend(self.offer(&mut joiner, session, now).1);
+            }
         }
+        self.finish(ready);
         state.last_seq = batch.seq;
         self.metrics.batch(false);
         true

@@ -105,8 +105,8 @@ fn fill_http(into: &mut Http, from: &Http) {
     into.response_chunked |= from.response_chunked;
 }
 
-/// Adds what `add` saw to `into`. The caller has checked [`compatible`].
-pub fn merge(into: &mut Session, add: Session) {
+/// Adds what `add` saw to `into`; returns `add`'s id. The caller has checked [`compatible`].
+pub fn merge(into: &mut Session, add: Session) -> String {
     let add_better = best_rank(&add) < best_rank(into);
     let add_at_server = add.observations.iter().any(|o| o.side() == Side::Server);
     let into_at_server = into.observations.iter().any(|o| o.side() == Side::Server);
@@ -163,6 +163,7 @@ pub fn merge(into: &mut Session, add: Session) {
     // is unknown) by when the request was seen.
     into.observations
         .sort_by_key(|o| (path_position(o), o.request_start_unix_nanos, rank(o)));
+    add.id
 }
 
 #[cfg(test)]

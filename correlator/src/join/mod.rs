@@ -19,11 +19,12 @@ pub mod merge;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clovisor_proto::session::v1::Session;
+use rustc_hash::FxHashMap;
 
 use crate::record::{ContextIssue, CorrelatedSession};
 use key::{interval, overlaps, wire_key, ClientAddr, WireKey};
@@ -113,48 +114,87 @@ pub struct Offered {
     pub ready: Vec<Arc<CorrelatedSession>>,
     /// Evictions this offer caused.
     pub evictions: Vec<Eviction>,
+    /// Exchanges that left the full REST store to make room for this one.
+    pub store_evicted: usize,
 }
 
+/// One exchange as the correlator holds it: in the join (open or retained), in the REST
+/// store's order, or both. Held once; the join's indexes and the store's order refer to it by
+/// its slot number.
 #[derive(Debug)]
 struct Entry {
-    /// Shared with the store and the exporter: only a change copies it (`Arc::make_mut`), and
-    /// only while an older version is still held elsewhere.
+    /// Handed out (REST, export) by reference count; only a change copies it
+    /// (`Arc::make_mut`), and only while a reader still holds the older version.
     rec: Arc<CorrelatedSession>,
     client: Option<ClientAddr>,
-    keys: Vec<WireKey>,
-    ids: Vec<String>,
+    /// Its wire key, when it had one first (a colliding key stays with the exchange that had
+    /// it first). An exchange gains a key only while it has none: a view joins a keyed
+    /// exchange only through that key.
+    key: Option<WireKey>,
+    /// Its window has closed: span exported, metrics counted.
     ready: bool,
+    /// Held by the join (open or retained).
+    joined: bool,
+    /// Its arrival number in the store's order, while the store lists it.
+    stored: Option<u64>,
 }
 
-/// The join state. Not thread-safe by itself; the ingest service holds it behind a mutex.
+/// The REST store's part: the most recent exchanges in arrival order, at most `capacity`.
+#[derive(Debug, Default)]
+struct StoreOrder {
+    /// 0 when there is no store (a join on its own).
+    capacity: usize,
+    /// Slots, oldest first; arrival numbers are consecutive, ending at `next - 1`.
+    order: VecDeque<u64>,
+    next: u64,
+    evicted: u64,
+}
+
+/// The join state, and the REST store's order over the same exchanges. Not thread-safe by
+/// itself; [`crate::store::Store`] holds it behind a lock.
 #[derive(Debug)]
 pub struct Joiner {
     config: JoinConfig,
-    entries: HashMap<u64, Entry>,
+    entries: FxHashMap<u64, Entry>,
     next: u64,
-    wire: HashMap<WireKey, u64>,
-    /// Every held exchange by client address (for sequence-less views).
-    clients: HashMap<ClientAddr, BTreeSet<u64>>,
+    /// Exchanges the join holds (open or retained); the rest are only in the store.
+    held: usize,
+    wire: FxHashMap<WireKey, u64>,
+    /// Every exchange the join holds, by client address (for sequence-less views).
+    clients: FxHashMap<ClientAddr, BTreeSet<u64>>,
     /// Held exchanges no sequence-carrying point has seen yet, by client address: the only
     /// ones a keyed view with an unknown key can join. Kept apart so that such a view — the
     /// first view of nearly every exchange — does not scan a busy keep-alive client's history.
-    unkeyed: HashMap<ClientAddr, BTreeSet<u64>>,
-    ids: HashMap<String, u64>,
+    unkeyed: FxHashMap<ClientAddr, BTreeSet<u64>>,
+    /// Every id of every exchange held (join or store): the id the REST API finds it by and
+    /// the ids of the sessions merged into it.
+    ids: FxHashMap<String, u64>,
     /// Open exchanges by the end of their window; the window is fixed, so arrival order is
     /// deadline order.
     open: VecDeque<(Instant, u64)>,
     /// Ready exchanges by the end of their retention.
     retained: VecDeque<(Instant, u64)>,
+    store: StoreOrder,
 }
 
 /// Takes `slot` out of `client`'s set in `index`, dropping the set once empty.
-fn remove_slot(index: &mut HashMap<ClientAddr, BTreeSet<u64>>, client: ClientAddr, slot: u64) {
+fn remove_slot(index: &mut FxHashMap<ClientAddr, BTreeSet<u64>>, client: ClientAddr, slot: u64) {
     if let Some(v) = index.get_mut(&client) {
         v.remove(&slot);
         if v.is_empty() {
             index.remove(&client);
         }
     }
+}
+
+/// The session's own id and those of the sessions merged into it.
+pub(crate) fn ids_of(rec: &CorrelatedSession) -> impl Iterator<Item = &str> {
+    std::iter::once(rec.id.as_str()).chain(
+        rec.constituents
+            .iter()
+            .map(String::as_str)
+            .filter(move |c| *c != rec.id),
+    )
 }
 
 enum Found {
@@ -171,15 +211,41 @@ impl Joiner {
                 max_entries: config.max_entries.max(1),
                 ..config
             },
-            entries: HashMap::new(),
+            entries: FxHashMap::default(),
             next: 0,
-            wire: HashMap::new(),
-            clients: HashMap::new(),
-            unkeyed: HashMap::new(),
-            ids: HashMap::new(),
+            held: 0,
+            wire: FxHashMap::default(),
+            clients: FxHashMap::default(),
+            unkeyed: FxHashMap::default(),
+            ids: FxHashMap::default(),
             open: VecDeque::new(),
             retained: VecDeque::new(),
+            store: StoreOrder::default(),
         }
+    }
+
+    /// An empty join state that also keeps the `store_capacity` most recent exchanges for the
+    /// REST store, whether the join still holds them or not.
+    pub fn with_store(config: JoinConfig, store_capacity: usize) -> Self {
+        let mut j = Self::new(config);
+        j.store.capacity = store_capacity;
+        j.store.order = VecDeque::with_capacity(store_capacity.min(1 << 16));
+        j
+    }
+
+    /// Re-configures the join; only while nothing is held.
+    pub fn set_config(&mut self, config: JoinConfig) {
+        if self.entries.is_empty() {
+            self.config = JoinConfig {
+                max_entries: config.max_entries.max(1),
+                ..config
+            };
+        }
+    }
+
+    /// The join's configuration.
+    pub fn config(&self) -> JoinConfig {
+        self.config
     }
 
     /// Exchanges still waiting for their window to close.
@@ -189,15 +255,16 @@ impl Joiner {
 
     /// Exchanges held, open or retained.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.held
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.held == 0
     }
 
-    /// The exchange a session id was merged into, if it is still held.
+    /// The exchange a session id was merged into, if it is still held (by the join or the
+    /// store).
     pub fn get(&self, id: &str) -> Option<Arc<CorrelatedSession>> {
         let slot = self.ids.get(id)?;
         self.entries.get(slot).map(|e| Arc::clone(&e.rec))
@@ -217,6 +284,7 @@ impl Joiner {
                     issues: Vec::new(),
                     ready,
                     evictions,
+                    store_evicted: 0,
                 };
             }
         }
@@ -242,13 +310,15 @@ impl Joiner {
         if let Some(slot) = candidate {
             match self.try_join(slot, rec, key) {
                 Ok((outcome, record)) => {
+                    let store_evicted = self.store_upsert(slot);
                     return Offered {
                         outcome,
                         record,
                         issues,
                         ready,
                         evictions,
-                    }
+                        store_evicted,
+                    };
                 }
                 Err(back) => {
                     rec = back;
@@ -261,24 +331,22 @@ impl Joiner {
         let slot = self.next;
         self.next += 1;
         let mut rec = *rec;
-        let mut ids = Vec::new();
         if !rec.session.id.is_empty() {
-            ids.push(rec.session.id.clone());
-            self.ids.insert(rec.session.id.clone(), slot);
+            rec.constituents = vec![rec.session.id.clone()];
         }
-        rec.constituents = ids.clone();
         let mut entry = Entry {
             client,
-            keys: Vec::new(),
-            ids,
+            key: None,
             ready: false,
+            joined: true,
+            stored: None,
             rec: Arc::new(rec),
         };
         if let Some(k) = key {
             // A conflicting key stays with the exchange that had it first.
             if let std::collections::hash_map::Entry::Vacant(v) = self.wire.entry(k) {
                 v.insert(slot);
-                entry.keys.push(k);
+                entry.key = Some(k);
             }
         }
         if let Some(c) = client {
@@ -287,9 +355,14 @@ impl Joiner {
                 self.unkeyed.entry(c).or_default().insert(slot);
             }
         }
+        for id in ids_of(&entry.rec) {
+            self.ids.insert(id.to_owned(), slot);
+        }
         let record = Arc::clone(&entry.rec);
         self.entries.insert(slot, entry);
+        self.held += 1;
         self.open.push_back((now + self.config.window, slot));
+        let store_evicted = self.store_upsert(slot);
         // A zero window makes it ready at once.
         self.expire_into(now, &mut ready);
         Offered {
@@ -298,6 +371,7 @@ impl Joiner {
             issues,
             ready,
             evictions,
+            store_evicted,
         }
     }
 
@@ -370,10 +444,10 @@ impl Joiner {
         if !fits {
             return Err(rec);
         }
-        let id = rec.session.id.clone();
-        let gains_seq = rec.session.observations.iter().any(key::has_tcp_seq);
+        let CorrelatedSession { session, .. } = *rec;
+        let gains_seq = session.observations.iter().any(key::has_tcp_seq);
         let merged = Arc::make_mut(&mut e.rec);
-        merge::merge(&mut merged.session, rec.session);
+        let id = merge::merge(&mut merged.session, session);
         if gains_seq {
             if let Some(c) = e.client {
                 remove_slot(&mut self.unkeyed, c, slot);
@@ -384,16 +458,15 @@ impl Joiner {
             merged.adopt_wire_context();
         }
         if !id.is_empty() {
-            e.ids.push(id.clone());
-            self.ids.insert(id, slot);
+            self.ids.insert(id.clone(), slot);
+            merged.constituents.push(id);
         }
-        if let Some(k) = key {
+        if let (Some(k), None) = (key, e.key) {
             if let std::collections::hash_map::Entry::Vacant(v) = self.wire.entry(k) {
                 v.insert(slot);
-                e.keys.push(k);
+                e.key = Some(k);
             }
         }
-        merged.constituents = e.ids.clone();
         let outcome = if e.ready {
             Outcome::Late
         } else {
@@ -408,7 +481,7 @@ impl Joiner {
         ready: &mut Vec<Arc<CorrelatedSession>>,
         evictions: &mut Vec<Eviction>,
     ) {
-        while self.entries.len() >= self.config.max_entries {
+        while self.held >= self.config.max_entries {
             if let Some((_, slot)) = self.retained.pop_front() {
                 self.forget(slot);
                 evictions.push(Eviction::RetainedEarly);
@@ -433,23 +506,39 @@ impl Joiner {
         Some(Arc::clone(&e.rec))
     }
 
+    /// The join lets go of `slot`; the exchange stays while the store lists it.
     fn forget(&mut self, slot: u64) {
-        let Some(e) = self.entries.remove(&slot) else {
+        let Some(e) = self.entries.get_mut(&slot) else {
             return;
         };
-        for k in &e.keys {
-            if self.wire.get(k) == Some(&slot) {
-                self.wire.remove(k);
-            }
+        if !e.joined {
+            return;
         }
-        for id in &e.ids {
-            if self.ids.get(id) == Some(&slot) {
-                self.ids.remove(id);
+        e.joined = false;
+        self.held -= 1;
+        if let Some(k) = e.key.take() {
+            if self.wire.get(&k) == Some(&slot) {
+                self.wire.remove(&k);
             }
         }
         if let Some(c) = e.client {
             remove_slot(&mut self.clients, c, slot);
             remove_slot(&mut self.unkeyed, c, slot);
+        }
+        if e.stored.is_none() {
+            self.remove(slot);
+        }
+    }
+
+    /// Drops `slot` and the ids that find it.
+    fn remove(&mut self, slot: u64) {
+        let Some(e) = self.entries.remove(&slot) else {
+            return;
+        };
+        for id in ids_of(&e.rec) {
+            if self.ids.get(id) == Some(&slot) {
+                self.ids.remove(id);
+            }
         }
     }
 
@@ -484,5 +573,100 @@ impl Joiner {
             }
         }
         ready
+    }
+
+    /// Lists `slot` in the store's order unless it is there already (then it keeps its place:
+    /// the REST API shows the exchange updated in place); returns how many exchanges left the
+    /// store to make room.
+    fn store_upsert(&mut self, slot: u64) -> usize {
+        if self.store.capacity == 0 {
+            return 0;
+        }
+        match self.entries.get(&slot) {
+            Some(e) if e.stored.is_none() => {}
+            _ => return 0,
+        }
+        let mut evicted = 0;
+        while self.store.order.len() >= self.store.capacity {
+            let Some(old) = self.store.order.pop_front() else {
+                break;
+            };
+            evicted += 1;
+            if let Some(e) = self.entries.get_mut(&old) {
+                e.stored = None;
+                if !e.joined {
+                    self.remove(old);
+                }
+            }
+        }
+        let n = self.store.next;
+        self.store.next += 1;
+        self.store.order.push_back(slot);
+        if let Some(e) = self.entries.get_mut(&slot) {
+            e.stored = Some(n);
+        }
+        self.store.evicted += evicted as u64;
+        evicted
+    }
+
+    /// Stores `rec` for the REST API only (the join does not see it); it is found by its id
+    /// and the ids of the sessions merged into it, the newest record of an id winning. Returns
+    /// how many exchanges left the store to make room.
+    pub fn store_insert(&mut self, rec: Arc<CorrelatedSession>) -> usize {
+        let slot = self.next;
+        self.next += 1;
+        for id in ids_of(&rec) {
+            self.ids.insert(id.to_owned(), slot);
+        }
+        self.entries.insert(
+            slot,
+            Entry {
+                rec,
+                client: None,
+                key: None,
+                ready: true,
+                joined: false,
+                stored: None,
+            },
+        );
+        let evicted = self.store_upsert(slot);
+        if self.entries.get(&slot).is_some_and(|e| e.stored.is_none()) {
+            // No store to keep it.
+            self.remove(slot);
+        }
+        evicted
+    }
+
+    /// The stored exchange with this id (the newest, if several had it).
+    pub fn store_get(&self, id: &str) -> Option<Arc<CorrelatedSession>> {
+        let slot = self.ids.get(id)?;
+        self.entries
+            .get(slot)
+            .filter(|e| e.stored.is_some())
+            .map(|e| Arc::clone(&e.rec))
+    }
+
+    /// Stored exchanges, newest first.
+    pub fn stored(&self) -> impl Iterator<Item = &Arc<CorrelatedSession>> {
+        self.store
+            .order
+            .iter()
+            .rev()
+            .filter_map(|slot| self.entries.get(slot).map(|e| &e.rec))
+    }
+
+    /// Exchanges the store lists now.
+    pub fn store_len(&self) -> usize {
+        self.store.order.len()
+    }
+
+    /// Exchanges evicted from the full store since the start.
+    pub fn store_evicted(&self) -> u64 {
+        self.store.evicted
+    }
+
+    /// The store's capacity (0: no store).
+    pub fn store_capacity(&self) -> usize {
+        self.store.capacity
     }
 }
