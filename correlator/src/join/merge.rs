@@ -158,6 +158,14 @@ pub fn merge(into: &mut Session, add: Session) -> String {
         into.start_unix_nanos = add.start_unix_nanos;
     }
     into.end_unix_nanos = into.end_unix_nanos.max(add.end_unix_nanos);
+    // Exactly the room needed: the exchange is kept for the retention time, and the spare
+    // capacity of a grown vector would hold empty observations all that while.
+    let needed = into.observations.len() + add.observations.len();
+    if into.observations.capacity() != needed {
+        let mut all = Vec::with_capacity(needed);
+        all.append(&mut into.observations);
+        into.observations = all;
+    }
     into.observations.extend(add.observations);
     // Path order: by place on the path, then (between node interfaces, or points whose end
     // is unknown) by when the request was seen.
