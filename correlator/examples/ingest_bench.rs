@@ -152,7 +152,7 @@ impl Traffic {
         // requests of one connection never share one.
         let request_seq = (mix(conn + 1) as u32).wrapping_add((nth * SEQ_STRIDE) as u32);
         let response_seq = (mix(conn + 7) as u32).wrapping_add((nth * SEQ_STRIDE * 4) as u32);
-        let traced = r % 4 == 0;
+        let traced = r.is_multiple_of(4);
         let trace = traced.then(|| TraceContext {
             format: TraceFormat::W3c as i32,
             trace_id: [mix(r).to_be_bytes(), mix(r + 1).to_be_bytes()].concat(),
@@ -333,7 +333,7 @@ impl<'a> Arrivals<'a> {
         self.next += 1;
         let [veth, socket] = self.traffic.exchange(i);
         let r = mix(i ^ 0x5555);
-        let (first, second) = if r % 2 == 0 {
+        let (first, second) = if r.is_multiple_of(2) {
             (veth, socket)
         } else {
             (socket, veth)

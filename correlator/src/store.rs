@@ -210,7 +210,6 @@ impl Store {
             .stored()
             .filter(|s| filter.matches(s))
             .take(filter.limit.min(MAX_LIMIT))
-            .map(Arc::clone)
             .collect()
     }
 

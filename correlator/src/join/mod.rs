@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clovisor_proto::session::v1::Session;
+use prost::Message as _;
 use rustc_hash::FxHashMap;
 
 use crate::record::{ContextIssue, CorrelatedSession};
@@ -125,7 +126,7 @@ pub struct Offered {
 struct Entry {
     /// Handed out (REST, export) by reference count; only a change copies it
     /// (`Arc::make_mut`), and only while a reader still holds the older version.
-    rec: Arc<CorrelatedSession>,
+    rec: Held,
     client: Option<ClientAddr>,
     /// Its wire key, when it had one first (a colliding key stays with the exchange that had
     /// it first). An exchange gains a key only while it has none: a view joins a keyed
@@ -137,6 +138,106 @@ struct Entry {
     joined: bool,
     /// Its arrival number in the store's order, while the store lists it.
     stored: Option<u64>,
+}
+
+/// How an entry holds its exchange.
+#[derive(Debug)]
+enum Held {
+    /// As REST, spans and merging read it.
+    Live(Arc<CorrelatedSession>),
+    /// A ready exchange only the join holds any more (for late views and duplicates), its
+    /// session protobuf-encoded: a fraction of the decoded size, for the retention time. A
+    /// view that joins it unpacks it.
+    Packed(Box<Packed>),
+}
+
+/// A [`CorrelatedSession`] with its session encoded.
+#[derive(Debug)]
+struct Packed {
+    id: String,
+    constituents: Vec<String>,
+    trace_id: crate::ids::TraceId,
+    span_id: crate::ids::SpanId,
+    parent_span_id: Option<crate::ids::SpanId>,
+    trace_from_wire: bool,
+    /// What a sequence-less view's search reads before unpacking: whether a point with
+    /// sequence numbers saw it, and when each point saw it.
+    keyed: bool,
+    intervals: Box<[(u64, u64)]>,
+    session: Box<[u8]>,
+}
+
+impl Packed {
+    fn of(rec: &CorrelatedSession) -> Self {
+        Self {
+            id: rec.id.clone(),
+            constituents: rec.constituents.clone(),
+            trace_id: rec.trace_id,
+            span_id: rec.span_id,
+            parent_span_id: rec.parent_span_id,
+            trace_from_wire: rec.trace_from_wire,
+            keyed: rec.session.observations.iter().any(key::has_tcp_seq),
+            intervals: rec.session.observations.iter().map(interval).collect(),
+            session: rec.session.encode_to_vec().into_boxed_slice(),
+        }
+    }
+
+    fn unpack(&self) -> CorrelatedSession {
+        CorrelatedSession {
+            id: self.id.clone(),
+            // Encoded here from a decoded session, so it decodes.
+            session: Session::decode(&*self.session).unwrap_or_default(),
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_span_id: self.parent_span_id,
+            trace_from_wire: self.trace_from_wire,
+            constituents: self.constituents.clone(),
+        }
+    }
+}
+
+impl Held {
+    /// The exchange (a decoded copy when packed).
+    fn shared(&self) -> Arc<CorrelatedSession> {
+        match self {
+            Self::Live(rec) => Arc::clone(rec),
+            Self::Packed(p) => Arc::new(p.unpack()),
+        }
+    }
+
+    /// The exchange, unpacked in place if it was packed.
+    fn live(&mut self) -> &mut Arc<CorrelatedSession> {
+        if let Self::Packed(p) = self {
+            *self = Self::Live(Arc::new(p.unpack()));
+        }
+        match self {
+            Self::Live(rec) => rec,
+            // Unpacked just above.
+            Self::Packed(_) => unreachable!("unpacked above"),
+        }
+    }
+
+    /// Encodes the session: the exchange is kept only for the join's decisions now.
+    fn pack(&mut self) {
+        if let Self::Live(rec) = self {
+            *self = Self::Packed(Box::new(Packed::of(rec)));
+        }
+    }
+
+    /// The exchange's id and those of the sessions merged into it.
+    fn ids(&self) -> Vec<&str> {
+        match self {
+            Self::Live(rec) => ids_of(rec).collect(),
+            Self::Packed(p) => std::iter::once(p.id.as_str())
+                .chain(
+                    p.constituents
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|c| *c != p.id),
+                )
+                .collect(),
+        }
+    }
 }
 
 /// The REST store's part: the most recent exchanges in arrival order, at most `capacity`.
@@ -267,7 +368,7 @@ impl Joiner {
     /// store).
     pub fn get(&self, id: &str) -> Option<Arc<CorrelatedSession>> {
         let slot = self.ids.get(id)?;
-        self.entries.get(slot).map(|e| Arc::clone(&e.rec))
+        self.entries.get(slot).map(|e| e.rec.shared())
     }
 
     /// Takes one point's view of one exchange at `now`.
@@ -280,7 +381,7 @@ impl Joiner {
             if let Some(e) = self.entries.get(&slot) {
                 return Offered {
                     outcome: Outcome::Duplicate,
-                    record: Arc::clone(&e.rec),
+                    record: e.rec.shared(),
                     issues: Vec::new(),
                     ready,
                     evictions,
@@ -340,7 +441,10 @@ impl Joiner {
             ready: false,
             joined: true,
             stored: None,
-            rec: Arc::new(rec),
+            rec: Held::Live(Arc::new(rec)),
+        };
+        let Held::Live(rec) = &entry.rec else {
+            unreachable!("made live just above")
         };
         if let Some(k) = key {
             // A conflicting key stays with the exchange that had it first.
@@ -351,14 +455,14 @@ impl Joiner {
         }
         if let Some(c) = client {
             self.clients.entry(c).or_default().insert(slot);
-            if !entry.rec.session.observations.iter().any(key::has_tcp_seq) {
+            if !rec.session.observations.iter().any(key::has_tcp_seq) {
                 self.unkeyed.entry(c).or_default().insert(slot);
             }
         }
-        for id in ids_of(&entry.rec) {
+        for id in ids_of(rec) {
             self.ids.insert(id.to_owned(), slot);
         }
-        let record = Arc::clone(&entry.rec);
+        let record = Arc::clone(rec);
         self.entries.insert(slot, entry);
         self.held += 1;
         self.open.push_back((now + self.config.window, slot));
@@ -399,21 +503,25 @@ impl Joiner {
             let Some(e) = self.entries.get(slot) else {
                 continue;
             };
-            if unkeyed_only && e.rec.session.observations.iter().any(key::has_tcp_seq) {
+            let (keyed, overlapping) = match &e.rec {
+                Held::Live(rec) => (
+                    rec.session.observations.iter().any(key::has_tcp_seq),
+                    rec.session
+                        .observations
+                        .iter()
+                        .any(|o| overlaps(interval(o), span)),
+                ),
+                Held::Packed(p) => (p.keyed, p.intervals.iter().any(|i| overlaps(*i, span))),
+            };
+            if (unkeyed_only && keyed) || !overlapping {
                 continue;
             }
-            let overlapping = e
-                .rec
-                .session
-                .observations
-                .iter()
-                .any(|o| overlaps(interval(o), span));
-            let fits = overlapping
-                && merge::compatible(&e.rec.session, session)
+            let rec = e.rec.shared();
+            let fits = merge::compatible(&rec.session, session)
                 && !session
                     .observations
                     .iter()
-                    .any(|o| merge::has_point(&e.rec.session, o));
+                    .any(|o| merge::has_point(&rec.session, o));
             if fits {
                 if found.is_some() {
                     return Found::Many;
@@ -435,18 +543,19 @@ impl Joiner {
         let Some(e) = self.entries.get_mut(&slot) else {
             return Err(rec);
         };
-        let fits = merge::compatible(&e.rec.session, &rec.session)
+        let live = e.rec.live();
+        let fits = merge::compatible(&live.session, &rec.session)
             && !rec
                 .session
                 .observations
                 .iter()
-                .any(|o| merge::has_point(&e.rec.session, o));
+                .any(|o| merge::has_point(&live.session, o));
         if !fits {
             return Err(rec);
         }
         let CorrelatedSession { session, .. } = *rec;
         let gains_seq = session.observations.iter().any(key::has_tcp_seq);
-        let merged = Arc::make_mut(&mut e.rec);
+        let merged = Arc::make_mut(live);
         let id = merge::merge(&mut merged.session, session);
         if gains_seq {
             if let Some(c) = e.client {
@@ -472,7 +581,7 @@ impl Joiner {
         } else {
             Outcome::Joined
         };
-        Ok((outcome, Arc::clone(&e.rec)))
+        Ok((outcome, e.rec.shared()))
     }
 
     fn make_room(
@@ -503,7 +612,11 @@ impl Joiner {
         let e = self.entries.get_mut(&slot)?;
         e.ready = true;
         self.retained.push_back((now + self.config.retention, slot));
-        Some(Arc::clone(&e.rec))
+        let rec = e.rec.shared();
+        if e.stored.is_none() {
+            e.rec.pack();
+        }
+        Some(rec)
     }
 
     /// The join lets go of `slot`; the exchange stays while the store lists it.
@@ -535,7 +648,7 @@ impl Joiner {
         let Some(e) = self.entries.remove(&slot) else {
             return;
         };
-        for id in ids_of(&e.rec) {
+        for id in e.rec.ids() {
             if self.ids.get(id) == Some(&slot) {
                 self.ids.remove(id);
             }
@@ -596,6 +709,8 @@ impl Joiner {
                 e.stored = None;
                 if !e.joined {
                     self.remove(old);
+                } else if e.ready {
+                    e.rec.pack();
                 }
             }
         }
@@ -621,7 +736,7 @@ impl Joiner {
         self.entries.insert(
             slot,
             Entry {
-                rec,
+                rec: Held::Live(rec),
                 client: None,
                 key: None,
                 ready: true,
@@ -643,16 +758,16 @@ impl Joiner {
         self.entries
             .get(slot)
             .filter(|e| e.stored.is_some())
-            .map(|e| Arc::clone(&e.rec))
+            .map(|e| e.rec.shared())
     }
 
     /// Stored exchanges, newest first.
-    pub fn stored(&self) -> impl Iterator<Item = &Arc<CorrelatedSession>> {
+    pub fn stored(&self) -> impl Iterator<Item = Arc<CorrelatedSession>> + '_ {
         self.store
             .order
             .iter()
             .rev()
-            .filter_map(|slot| self.entries.get(slot).map(|e| &e.rec))
+            .filter_map(|slot| self.entries.get(slot).map(|e| e.rec.shared()))
     }
 
     /// Exchanges the store lists now.
