@@ -256,8 +256,7 @@ struct StoreOrder {
 #[derive(Debug)]
 pub struct Joiner {
     config: JoinConfig,
-    entries: FxHashMap<u64, Entry>,
-    next: u64,
+    entries: Slab,
     /// Exchanges the join holds (open or retained); the rest are only in the store.
     held: usize,
     wire: FxHashMap<WireKey, u64>,
@@ -298,6 +297,64 @@ pub(crate) fn ids_of(rec: &CorrelatedSession) -> impl Iterator<Item = &str> {
     )
 }
 
+/// The entries by slot number; a freed slot is reused. Nothing refers to a slot once its
+/// entry is gone: the join lets go of it (queues popped, indexes removed) and the store's
+/// order pops it before the entry is removed.
+#[derive(Debug, Default)]
+struct Slab {
+    slots: Vec<Option<Entry>>,
+    free: Vec<u64>,
+    len: usize,
+}
+
+impl Slab {
+    /// The slot the next [`Slab::insert`] fills.
+    fn vacant(&self) -> u64 {
+        self.free.last().copied().unwrap_or(self.slots.len() as u64)
+    }
+
+    /// Fills `slot`, which [`Slab::vacant`] returned.
+    fn insert(&mut self, slot: u64, entry: Entry) {
+        if self.free.last() == Some(&slot) {
+            self.free.pop();
+        }
+        let i = slot as usize;
+        if i == self.slots.len() {
+            self.slots.push(None);
+        }
+        if let Some(s) = self.slots.get_mut(i) {
+            if s.is_none() {
+                self.len += 1;
+            }
+            *s = Some(entry);
+        }
+    }
+
+    fn get(&self, slot: &u64) -> Option<&Entry> {
+        self.slots.get(*slot as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, slot: &u64) -> Option<&mut Entry> {
+        self.slots.get_mut(*slot as usize)?.as_mut()
+    }
+
+    fn remove(&mut self, slot: &u64) -> Option<Entry> {
+        let e = self.slots.get_mut(*slot as usize)?.take()?;
+        self.len -= 1;
+        self.free.push(*slot);
+        Some(e)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[cfg(test)]
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.slots.iter().flatten()
+    }
+}
+
 enum Found {
     One(u64),
     Many,
@@ -312,8 +369,7 @@ impl Joiner {
                 max_entries: config.max_entries.max(1),
                 ..config
             },
-            entries: FxHashMap::default(),
-            next: 0,
+            entries: Slab::default(),
             held: 0,
             wire: FxHashMap::default(),
             clients: FxHashMap::default(),
@@ -429,8 +485,7 @@ impl Joiner {
         }
 
         self.make_room(now, &mut ready, &mut evictions);
-        let slot = self.next;
-        self.next += 1;
+        let slot = self.entries.vacant();
         let mut rec = *rec;
         if !rec.session.id.is_empty() {
             rec.constituents = vec![rec.session.id.clone()];
@@ -728,8 +783,7 @@ impl Joiner {
     /// and the ids of the sessions merged into it, the newest record of an id winning. Returns
     /// how many exchanges left the store to make room.
     pub fn store_insert(&mut self, rec: Arc<CorrelatedSession>) -> usize {
-        let slot = self.next;
-        self.next += 1;
+        let slot = self.entries.vacant();
         for id in ids_of(&rec) {
             self.ids.insert(id.to_owned(), slot);
         }
