@@ -118,7 +118,7 @@ impl IngestService {
 
     /// Exchanges in the join now: (open, held — open and retained).
     pub fn join_len(&self) -> (usize, usize) {
-        let joiner = self.store.write();
+        let joiner = self.store.read();
         (joiner.open_len(), joiner.len())
     }
 

@@ -188,7 +188,7 @@ impl Store {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Joiner> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Joiner> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
