@@ -52,7 +52,6 @@ use clovisor_proto::session::v1::{
     TraceFormat,
 };
 use nix::time::{clock_gettime, ClockId};
-use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 use tokio::sync::mpsc;
 
@@ -349,12 +348,12 @@ impl<'a> Arrivals<'a> {
     }
 }
 
-/// The exporter's worker, minus the network: collects spans into batches of the export batch
-/// size and encodes each into its OTLP request.
+/// The exporter's worker, minus the network: collects the encoded spans into batches of the
+/// export batch size and makes each batch's OTLP request.
 struct Export {
-    rx: mpsc::Receiver<Span>,
+    rx: mpsc::Receiver<Vec<u8>>,
     resource: opentelemetry_proto::tonic::resource::v1::Resource,
-    batch: Vec<Span>,
+    batch: Vec<Vec<u8>>,
     size: usize,
     spans: u64,
     requests: u64,
@@ -377,8 +376,8 @@ impl Export {
     fn send(&mut self) {
         let spans = std::mem::take(&mut self.batch);
         self.spans += spans.len() as u64;
-        let request = export_request(&self.resource, spans);
-        self.bytes += request.encode_to_vec().len() as u64;
+        let request = export_request(&self.resource, &spans);
+        self.bytes += request.len() as u64;
         self.requests += 1;
     }
 }

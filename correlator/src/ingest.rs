@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::export::otlp::ExportHandle;
-use crate::export::span::build_span;
 use crate::join::{JoinConfig, Joiner, Outcome};
 use crate::metrics::Metrics;
 use crate::record::{ContextIssue, CorrelatedSession};
@@ -111,7 +110,7 @@ impl IngestService {
         for rec in ready {
             self.metrics.observe_session(&rec);
             if let Some(export) = &self.export {
-                export.enqueue(build_span(&rec));
+                export.enqueue_session(&rec);
             }
         }
     }
@@ -286,6 +285,7 @@ impl SessionIngest for IngestService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::span::build_span;
     use crate::testing::SessionBuilder;
     use clovisor_proto::inproc;
     use clovisor_proto::session::v1::session_ingest_client::SessionIngestClient;
