@@ -158,13 +158,7 @@ impl IngestService {
         now: Instant,
     ) -> (Arc<CorrelatedSession>, Vec<Arc<CorrelatedSession>>) {
         self.metrics.received_session();
-        if !session.id.is_empty() {
-            if let Some(known) = joiner.store_get(&session.id) {
-                self.metrics.duplicate_session();
-                self.metrics.join_outcome(Outcome::Duplicate);
-                return (known, Vec::new());
-            }
-        }
+        // A session id the join or the store holds is a duplicate (the join checks).
         let offered = joiner.offer(session, now);
         if offered.outcome != Outcome::Duplicate {
             self.metrics

@@ -853,6 +853,63 @@ mod tests {
         );
     }
 
+    /// The cached series handles count into the same series the labels name, whether the
+    /// label set was seen before or not, and capped values stay capped.
+    #[test]
+    fn cached_handles_count_into_the_labelled_series() {
+        let m = Metrics::new();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        for _ in 0..3 {
+            observe(&m, SessionBuilder::new("a").server_workload("shop", "web"));
+        }
+        // No workload: the pod names it; the same raw values again hit the cache.
+        for _ in 0..2 {
+            observe(
+                &m,
+                SessionBuilder::new("b").with(|s| {
+                    if let Some(srv) = s.server.as_mut() {
+                        srv.workload.clear();
+                        srv.pod = "debug-pod".into();
+                    }
+                }),
+            );
+        }
+        for i in 0..MAX_LABEL_VALUES + 2 {
+            observe(
+                &m,
+                SessionBuilder::new("c").server_workload("many", &format!("w{i}")),
+            );
+        }
+        observe(&m, SessionBuilder::new("d").server_workload("many", "w0"));
+        let text = encode(&reg);
+        let count = |labels: &str| {
+            let want = format!("clovisor_http_requests_total{{{labels}}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(want.as_str()))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        assert_eq!(
+            count(r#"method="GET",status_code="200",namespace="shop",workload="web""#),
+            Some(3)
+        );
+        assert_eq!(
+            count(r#"method="GET",status_code="200",namespace="default",workload="debug-pod""#),
+            Some(2)
+        );
+        assert_eq!(
+            count(r#"method="GET",status_code="200",namespace="many",workload="w0""#),
+            Some(2),
+            "an admitted value stays admitted"
+        );
+        // "web", "debug-pod", the client's workload (flow metrics share the cap) and w0..w996
+        // took the cap's 1000 values; w997..w1001 read "other".
+        assert_eq!(
+            count(r#"method="GET",status_code="200",namespace="many",workload="other""#),
+            Some(5)
+        );
+    }
+
     #[test]
     fn label_helpers() {
         assert_eq!(method_label("PATCH"), "PATCH");

@@ -348,7 +348,8 @@ fn observation_events(buf: &mut Vec<u8>, session: &Session) {
     }
     events.sort_by_key(|(at, _, _)| *at);
     for (at, o, name) in events {
-        wire::message(buf, field::EVENTS, |buf| {
+        // An event is a few hundred bytes: two bytes of length.
+        wire::message_sized(buf, field::EVENTS, 2, |buf| {
             event(buf, EVENT_NAMES[name], at, o)
         });
     }

@@ -17,7 +17,7 @@ const FIXED32: u32 = 5;
 /// Bytes `v` takes as a varint.
 pub fn varint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least 1.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Appends `v` as a varint.
@@ -72,20 +72,43 @@ pub fn fixed32(buf: &mut Vec<u8>, field: u32, value: u32) {
 /// A message field whose content `write` appends; its length is fixed up afterwards (one byte
 /// is reserved for it, the content moved if it needs more).
 pub fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    message_sized(buf, field, 1, write);
+}
+
+/// [`message`] reserving `reserve` bytes (1 or 2) for the length: 2 for content of 128 bytes
+/// up to 16 KiB, which then is not moved.
+pub fn message_sized(
+    buf: &mut Vec<u8>,
+    field: u32,
+    reserve: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
+    let reserve = reserve.clamp(1, 2);
     tag(buf, field, LEN);
     let at = buf.len();
-    buf.push(0);
+    buf.resize(at + reserve, 0);
     write(buf);
-    let len = buf.len() - at - 1;
+    let start = at + reserve;
+    let len = buf.len() - start;
     let size = varint_len(len as u64);
-    if size > 1 {
+    if size != reserve {
         let end = buf.len();
-        buf.resize(end + size - 1, 0);
-        buf.copy_within(at + 1..end, at + size);
+        if size > reserve {
+            buf.resize(end + size - reserve, 0);
+        }
+        buf.copy_within(start..end, at + size);
+        buf.truncate(at + size + len);
     }
-    let mut head = Vec::with_capacity(size);
-    varint(&mut head, len as u64);
-    buf[at..at + size].copy_from_slice(&head);
+    let mut head = [0u8; 10];
+    let mut n = 0;
+    let mut v = len as u64;
+    while v >= 0x80 {
+        head[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    head[n] = v as u8;
+    buf[at..at + size].copy_from_slice(&head[..size]);
 }
 
 /// Lets `write!` append to a byte buffer.
@@ -253,12 +276,16 @@ mod tests {
                 Some(v)
             );
         }
-        for n in [0usize, 1, 127, 128, 20_000] {
-            let mut buf = vec![7];
-            message(&mut buf, 1, |b| b.extend(std::iter::repeat_n(9u8, n)));
-            let mut want = vec![7];
-            bytes(&mut want, 1, &vec![9u8; n]);
-            assert_eq!(buf, want, "a message of {n} bytes");
+        for reserve in [1, 2] {
+            for n in [0usize, 1, 127, 128, 16_383, 16_384, 20_000] {
+                let mut buf = vec![7];
+                message_sized(&mut buf, 1, reserve, |b| {
+                    b.extend(std::iter::repeat_n(9u8, n))
+                });
+                let mut want = vec![7];
+                bytes(&mut want, 1, &vec![9u8; n]);
+                assert_eq!(buf, want, "a message of {n} bytes, {reserve} reserved");
+            }
         }
     }
 }
