@@ -532,12 +532,13 @@ fn open(n: u64, connections: u64) -> anyhow::Result<serde_json::Value> {
         retention: Duration::from_secs(30),
         max_entries: n_usize,
     };
+    // Before the service: the tables it sizes for `n` count too.
+    let (_, rss0) = rss_kib()?;
     let (svc, metrics, store, _) = service(n_usize, join, false);
     let traffic = Traffic::new(connections, 15_000.0);
     let now = Instant::now();
     let mut batcher = Batcher::new();
     let mut bytes = Vec::new();
-    let (_, rss0) = rss_kib()?;
     let mut feed = |view: usize| -> anyhow::Result<u64> {
         for i in 0..n {
             let [veth, socket] = traffic.exchange(i);

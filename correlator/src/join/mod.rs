@@ -240,6 +240,9 @@ impl Held {
     }
 }
 
+/// Exchanges the tables are sized for up front, at most.
+const RESERVED_MAX: usize = 1 << 16;
+
 /// The REST store's part: the most recent exchanges in arrival order, at most `capacity`.
 #[derive(Debug, Default)]
 struct StoreOrder {
@@ -386,7 +389,8 @@ impl Joiner {
     pub fn with_store(config: JoinConfig, store_capacity: usize) -> Self {
         let mut j = Self::new(config);
         j.store.capacity = store_capacity;
-        j.store.order = VecDeque::with_capacity(store_capacity.min(1 << 16));
+        j.store.order = VecDeque::with_capacity(store_capacity.min(RESERVED_MAX));
+        j.reserve();
         j
     }
 
@@ -397,7 +401,32 @@ impl Joiner {
                 max_entries: config.max_entries.max(1),
                 ..config
             };
+            self.reserve();
         }
+    }
+
+    /// Sizes the tables for what the join and the store hold when full (up to a bound), while
+    /// nothing is held: grown step by step under load, each step would hold the old table and
+    /// the new one at once (a peak of memory) and copy every entry.
+    fn reserve(&mut self) {
+        if !self.entries.is_empty() {
+            return;
+        }
+        // The store lists mostly exchanges the join holds too (the most recent).
+        let n = self
+            .config
+            .max_entries
+            .max(self.store.capacity)
+            .min(RESERVED_MAX);
+        self.entries = Slab {
+            slots: Vec::with_capacity(n),
+            ..Slab::default()
+        };
+        // Two views' ids per exchange.
+        self.ids = FxHashMap::with_capacity_and_hasher(2 * n, Default::default());
+        self.wire = FxHashMap::with_capacity_and_hasher(n, Default::default());
+        self.open = VecDeque::with_capacity(n);
+        self.retained = VecDeque::with_capacity(n);
     }
 
     /// The join's configuration.
