@@ -494,7 +494,28 @@ def section_c(raw, rep):
     rep.figure("c", "same_work", "exchanges per copy: collector vs tshark",
                f"{d['complete_exchanges_per_round']} vs {one['responses']}", "",
                note="the two must see (about) the same exchanges for the ratio to mean anything")
-    return {"decode": d, "tshark": t, "tshark_per_cpu_s": ts}
+    return {"decode": d, "tshark": t, "tshark_per_cpu_s": ts,
+            "correlator_open": correlator_open(raw, rep)}
+
+
+def correlator_open(raw, rep):
+    """The correlator's memory with many exchanges open in its join at once
+    (correlator/examples/ingest_bench.rs --open N, run by scripts/bench.sh after section c)."""
+    path = raw / "c" / "correlator-open.json"
+    if not path.exists():
+        return None
+    o = load(path)
+    n = o["exchanges"]
+    two, one = o["two_views"], o["one_view"]
+    # Listed with section f's memory figures (the same question, asked of the join alone).
+    rep.figure("f", "correlator_open_mib",
+               f"memory with {n // 1000}k concurrent open exchanges in the join", two["mib"], "MiB",
+               note=(f"correlator resident memory (VmRSS) added by {n:,} exchanges open in the join and "
+                     f"the store at once, both views of each joined: {two['bytes_per_exchange']:,.0f} "
+                     f"bytes per exchange ({fmt(one['mib'], 'MiB')} with one view each); "
+                     "correlator/examples/ingest_bench.rs, in one process without gRPC"))
+    rep.figures[-1]["target"] = "bounded, reported"
+    return o
 
 
 # --- e. untraced namespace ----------------------------------------------------------------------------------

@@ -674,6 +674,12 @@ jq -n -c --argjson one "$(tshark_run "$WORK/one.pcap")" --argjson many "$(tshark
   --argjson copies "$TSHARK_COPIES" --arg version "$(tshark -v 2>/dev/null | head -n 1)" \
   '{version: $version, copies: $copies, one_copy: $one, many_copies: $many}' >"$RAW/c/tshark.json"
 jq -r '"   collector: \(.records.complete_exchanges_per_cpu_s | floor) exchanges per CPU second"' "$RAW/c/decode.json"
+# The correlator's memory with 100k exchanges open in its join at once (a separate build: the
+# example turns on the correlator's test-util feature).
+echo "== c. correlator: memory with 100k concurrent open exchanges in the join"
+cargo build --release --locked -p clovisor-correlator --example ingest_bench
+"$BINDIR/examples/ingest_bench" --open 100000 >"$RAW/c/correlator-open.json"
+jq -r '"   correlator: \(.two_views.mib | floor) MiB for \(.exchanges) open exchanges"' "$RAW/c/correlator-open.json"
 
 note_load end
 # --- report --------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::export::otlp::ExportHandle;
-use crate::export::span::build_span;
 use crate::join::{JoinConfig, Joiner, Outcome};
 use crate::metrics::Metrics;
 use crate::record::{ContextIssue, CorrelatedSession};
@@ -42,7 +41,6 @@ pub struct IngestService {
     metrics: Arc<Metrics>,
     export: Option<ExportHandle>,
     senders: Arc<Mutex<HashMap<String, Arc<Mutex<SenderState>>>>>,
-    joiner: Arc<Mutex<Joiner>>,
     window: Duration,
 }
 
@@ -60,12 +58,13 @@ impl IngestService {
         export: Option<ExportHandle>,
         join: JoinConfig,
     ) -> Self {
+        // The join and the store hold each exchange once, under one lock.
+        store.configure_join(join);
         Self {
             store,
             metrics,
             export,
             senders: Arc::new(Mutex::new(HashMap::new())),
-            joiner: Arc::new(Mutex::new(Joiner::new(join))),
             window: join.window,
         }
     }
@@ -78,20 +77,29 @@ impl IngestService {
 
     /// Exports and counts the exchanges whose join window has closed.
     pub fn tick(&self) {
-        self.release(|joiner, now| joiner.expire(now));
+        self.tick_at(Instant::now());
+    }
+
+    /// [`IngestService::tick`] as if it were `now` (benchmarks and tests drive the clock).
+    pub fn tick_at(&self, now: Instant) {
+        self.release(now, |joiner, now| joiner.expire(now));
     }
 
     /// Exports and counts every exchange still open, without waiting for its window (shutdown).
     pub fn drain(&self) {
-        self.release(|joiner, now| joiner.drain(now));
+        self.release(Instant::now(), |joiner, now| joiner.drain(now));
     }
 
     /// Takes the exchanges `pick` makes ready out of the join, then exports and counts them
     /// (outside the lock).
-    fn release(&self, pick: impl FnOnce(&mut Joiner, Instant) -> Vec<Arc<CorrelatedSession>>) {
+    fn release(
+        &self,
+        now: Instant,
+        pick: impl FnOnce(&mut Joiner, Instant) -> Vec<Arc<CorrelatedSession>>,
+    ) {
         let ready = {
-            let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
-            let ready = pick(&mut joiner, Instant::now());
+            let mut joiner = self.store.write();
+            let ready = pick(&mut joiner, now);
             self.metrics.join_state(joiner.open_len(), joiner.len());
             ready
         };
@@ -102,9 +110,15 @@ impl IngestService {
         for rec in ready {
             self.metrics.observe_session(&rec);
             if let Some(export) = &self.export {
-                export.enqueue(build_span(&rec));
+                export.enqueue_session(&rec);
             }
         }
+    }
+
+    /// Exchanges in the join now: (open, held — open and retained).
+    pub fn join_len(&self) -> (usize, usize) {
+        let joiner = self.store.read();
+        (joiner.open_len(), joiner.len())
     }
 
     /// Wraps the service for a tonic server.
@@ -121,26 +135,36 @@ impl IngestService {
     /// `clovisor_dropped_total{stage="correlator",reason="duplicate"}` and the stored exchange
     /// returned.
     pub fn accept(&self, session: Session) -> Arc<CorrelatedSession> {
-        self.metrics.received_session();
-        if !session.id.is_empty() {
-            if let Some(known) = self.store.get(&session.id) {
-                self.metrics.duplicate_session();
-                self.metrics.join_outcome(Outcome::Duplicate);
-                return known;
-            }
-        }
-        let offered = {
-            let mut joiner = self.joiner.lock().unwrap_or_else(|p| p.into_inner());
-            let offered = joiner.offer(session, Instant::now());
-            // Stored while the join is locked, so two views of one exchange arriving at once
-            // cannot store their versions in the wrong order.
-            if offered.outcome != Outcome::Duplicate {
-                let evicted = self.store.upsert(Arc::clone(&offered.record));
-                self.metrics.stored(evicted, self.store.len());
-            }
-            self.metrics.join_state(joiner.open_len(), joiner.len());
-            offered
+        self.accept_at(session, Instant::now())
+    }
+
+    /// [`IngestService::accept`] as if it were `now`.
+    pub fn accept_at(&self, session: Session, now: Instant) -> Arc<CorrelatedSession> {
+        let (record, ready) = {
+            let mut joiner = self.store.write();
+            self.offer(&mut joiner, session, now)
         };
+        self.finish(ready);
+        record
+    }
+
+    /// Offers `session` to the join (locked by the caller) and counts what happened; returns
+    /// the exchange as stored and the exchanges that became ready meanwhile, to finish once the
+    /// lock is released.
+    fn offer(
+        &self,
+        joiner: &mut Joiner,
+        session: Session,
+        now: Instant,
+    ) -> (Arc<CorrelatedSession>, Vec<Arc<CorrelatedSession>>) {
+        self.metrics.received_session();
+        // A session id the join or the store holds is a duplicate (the join checks).
+        let offered = joiner.offer(session, now);
+        if offered.outcome != Outcome::Duplicate {
+            self.metrics
+                .stored(offered.store_evicted, joiner.store_len());
+        }
+        self.metrics.join_state(joiner.open_len(), joiner.len());
         for issue in &offered.issues {
             self.metrics.invalid_context(match issue {
                 ContextIssue::InvalidTraceId => "trace_id",
@@ -154,31 +178,42 @@ impl IngestService {
         for e in &offered.evictions {
             self.metrics.join_eviction(*e);
         }
-        self.finish(offered.ready);
-        offered.record
+        (offered.record, offered.ready)
     }
 
     /// Processes `batch` unless its number was already processed for its sender; returns whether
     /// it was processed. Either way the batch may be acknowledged afterwards.
     pub fn accept_batch(&self, batch: SessionBatch) -> bool {
-        let state = self.sender(&batch.sender);
+        self.accept_batch_at(batch, Instant::now())
+    }
+
+    /// [`IngestService::accept_batch`] as if it were `now`: every session of the batch arrives
+    /// at `now` (one clock read per batch).
+    pub fn accept_batch_at(&self, batch: SessionBatch, now: Instant) -> bool {
+        let state = self.sender(&batch.sender, now);
         // Held while storing so that a second stream of the same sender (a reconnect racing the
         // old one) cannot acknowledge this number before it is stored.
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-        state.seen = Instant::now();
+        state.seen = now;
         if batch.seq <= state.last_seq {
             self.metrics.batch(true);
             return false;
         }
-        for session in batch.sessions {
-            self.accept(session);
+        // One lock for the whole batch; spans and metrics of what became ready after it.
+        let mut ready = Vec::new();
+        {
+            let mut joiner = self.store.write();
+            for session in batch.sessions {
+                ready.extend(self.offer(&mut joiner, session, now).1);
+            }
         }
+        self.finish(ready);
         state.last_seq = batch.seq;
         self.metrics.batch(false);
         true
     }
 
-    fn sender(&self, sender: &str) -> Arc<Mutex<SenderState>> {
+    fn sender(&self, sender: &str, now: Instant) -> Arc<Mutex<SenderState>> {
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = senders.get(sender) {
             return Arc::clone(s);
@@ -198,7 +233,7 @@ impl IngestService {
         }
         let state = Arc::new(Mutex::new(SenderState {
             last_seq: 0,
-            seen: Instant::now(),
+            seen: now,
         }));
         senders.insert(sender.to_owned(), Arc::clone(&state));
         state
@@ -244,6 +279,7 @@ impl SessionIngest for IngestService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::span::build_span;
     use crate::testing::SessionBuilder;
     use clovisor_proto::inproc;
     use clovisor_proto::session::v1::session_ingest_client::SessionIngestClient;

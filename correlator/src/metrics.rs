@@ -20,8 +20,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::hash::Hasher;
+use std::sync::{Mutex, OnceLock};
 
+use clovisor_proto::session::v1::Endpoint;
 use clovisor_runtime::drops::Drops;
+use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::record::CorrelatedSession;
 
@@ -125,7 +129,7 @@ impl DropReason {
 }
 
 /// A session endpoint as a flow end.
-fn end_of(e: &clovisor_proto::session::v1::Endpoint) -> End<'_> {
+fn end_of(e: &Endpoint) -> End<'_> {
     End {
         pod: &e.pod,
         namespace: &e.namespace,
@@ -156,7 +160,116 @@ pub struct Metrics {
     export_failures: Counter,
     export_queue: Gauge,
     dropped: Drops,
+    /// `clovisor_received_total` / `clovisor_emitted_total` of the correlator stage, kept.
+    correlator_received: Counter,
+    correlator_emitted: Counter,
     workloads: Workloads,
+    /// Series handles of the label sets seen, so an exchange costs no label strings and no
+    /// family look-up (see [`LabelCache`]).
+    red: LabelCache<RedKey, RedHandles>,
+    flows: LabelCache<FlowKey, FlowHandles>,
+    outcomes: [OnceLock<Counter>; OUTCOMES],
+    points: [OnceLock<Counter>; 6],
+}
+
+/// Label sets whose handles are cached at most; beyond, the cache starts over (the series stay).
+const MAX_CACHED_LABEL_SETS: usize = 4096;
+/// Join outcomes (`crate::join::Outcome`).
+const OUTCOMES: usize = 6;
+
+/// Handles of series, found by the raw values that decide their labels: the FxHash of the raw
+/// values finds the entry and the values themselves confirm it, so a hit allocates nothing. A
+/// miss (or a hash shared by two label sets) takes the family look-up; the label values a raw
+/// value maps to never change (capped values stay admitted, `other` stays `other`), so a
+/// cached handle is always the series the look-up would find.
+#[derive(Debug)]
+struct LabelCache<K, H> {
+    map: Mutex<FxHashMap<u64, (K, H)>>,
+}
+
+impl<K, H> Default for LabelCache<K, H> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::new(FxHashMap::default()),
+        }
+    }
+}
+
+impl<K: PartialEq, H: Clone> LabelCache<K, H> {
+    fn get(&self, hash: u64, matches: impl FnOnce(&K) -> bool) -> Option<H> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&hash)
+            .filter(|(k, _)| matches(k))
+            .map(|(_, h)| h.clone())
+    }
+
+    fn put(&self, hash: u64, key: K, handles: H) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_CACHED_LABEL_SETS {
+            map.clear();
+        }
+        map.entry(hash).or_insert((key, handles));
+    }
+}
+
+/// What decides the RED labels of an exchange.
+#[derive(Debug, PartialEq)]
+struct RedKey {
+    method: &'static str,
+    status: u32,
+    namespace: String,
+    workload: String,
+}
+
+#[derive(Debug, Clone)]
+struct RedHandles {
+    requests: Counter,
+    duration: Histogram,
+}
+
+/// What decides the flow labels of an exchange: each end's pod, namespace and workload
+/// (`None`: no endpoint).
+#[derive(Debug, PartialEq)]
+struct FlowKey {
+    client: Option<[String; 3]>,
+    server: Option<[String; 3]>,
+}
+
+#[derive(Debug, Clone)]
+struct FlowHandles {
+    exchanges: Counter,
+    request_bytes: Counter,
+    response_bytes: Counter,
+    retransmits: Counter,
+}
+
+fn fx(parts: &[&str], n: u64) -> u64 {
+    let mut h = FxHasher::default();
+    for p in parts {
+        h.write(p.as_bytes());
+        h.write_u8(0xff);
+    }
+    h.write_u64(n);
+    h.finish()
+}
+
+fn end_matches(key: &Option<[String; 3]>, end: Option<&Endpoint>) -> bool {
+    match (key, end) {
+        (None, None) => true,
+        (Some([p, n, w]), Some(e)) => *p == e.pod && *n == e.namespace && *w == e.workload,
+        _ => false,
+    }
+}
+
+fn end_key(end: Option<&Endpoint>) -> Option<[String; 3]> {
+    end.map(|e| [e.pod.clone(), e.namespace.clone(), e.workload.clone()])
+}
+
+fn end_parts(end: Option<&Endpoint>) -> [&str; 4] {
+    match end {
+        Some(e) => ["+", &e.pod, &e.namespace, &e.workload],
+        None => ["-", "", "", ""],
+    }
 }
 
 impl Default for Metrics {
@@ -197,8 +310,14 @@ impl Metrics {
             spans_exported: Counter::default(),
             export_failures: Counter::default(),
             export_queue: Gauge::default(),
+            correlator_received: drops.received_counter(STAGE_CORRELATOR),
+            correlator_emitted: drops.emitted_counter(STAGE_CORRELATOR),
             dropped: drops,
             workloads: Workloads::default(),
+            red: LabelCache::default(),
+            flows: LabelCache::default(),
+            outcomes: Default::default(),
+            points: Default::default(),
         }
     }
 
@@ -305,14 +424,27 @@ impl Metrics {
     /// Counts one session received from a collector.
     pub fn received_session(&self) {
         self.sessions_received.inc();
-        self.dropped.received(STAGE_CORRELATOR, 1);
+        self.correlator_received.inc();
     }
 
     /// Counts what the join did with one session.
     pub fn join_outcome(&self, outcome: crate::join::Outcome) {
-        self.join_observations
-            .get_or_create(&JoinLabels {
-                outcome: outcome.label(),
+        use crate::join::Outcome::*;
+        let i = match outcome {
+            Opened => 0,
+            Joined => 1,
+            Late => 2,
+            Conflict => 3,
+            Ambiguous => 4,
+            Duplicate => 5,
+        };
+        self.outcomes[i]
+            .get_or_init(|| {
+                self.join_observations
+                    .get_or_create(&JoinLabels {
+                        outcome: outcome.label(),
+                    })
+                    .clone()
             })
             .inc();
     }
@@ -341,42 +473,129 @@ impl Metrics {
             .get()
     }
 
+    /// Early evictions counted so far for `eviction` (for tests and logs).
+    pub fn eviction_count(&self, eviction: crate::join::Eviction) -> u64 {
+        self.join_evictions
+            .get_or_create(&EvictionLabels {
+                reason: eviction.label(),
+            })
+            .get()
+    }
+
     /// Counts the RED metrics of one exchange, once, when its join window has closed.
     pub fn observe_session(&self, rec: &CorrelatedSession) {
-        let points = match rec.session.observations.len() {
-            0 | 1 => "1",
-            2 => "2",
-            3 => "3",
-            4 => "4",
-            5 => "5",
-            _ => "more",
+        let (i, points) = match rec.session.observations.len() {
+            0 | 1 => (0, "1"),
+            2 => (1, "2"),
+            3 => (2, "3"),
+            4 => (3, "4"),
+            5 => (4, "5"),
+            _ => (5, "more"),
         };
-        self.exchange_points
-            .get_or_create(&PointsLabels { points })
+        self.points[i]
+            .get_or_init(|| {
+                self.exchange_points
+                    .get_or_create(&PointsLabels { points })
+                    .clone()
+            })
             .inc();
         let s = &rec.session;
+        let red = self.red_handles(s);
+        red.requests.inc();
+        if !s.incomplete && s.end_unix_nanos >= s.start_unix_nanos && s.start_unix_nanos > 0 {
+            let secs = (s.end_unix_nanos - s.start_unix_nanos) as f64 / 1e9;
+            red.duration.observe(secs);
+        }
+        self.observe_flow(s);
+    }
+
+    /// The RED series of `s`'s labels.
+    fn red_handles(&self, s: &clovisor_proto::session::v1::Session) -> RedHandles {
         let http = s.http.as_ref();
         let server = s.server.as_ref();
-        let labels = HttpLabels {
-            method: method_label(http.map_or("", |h| h.method.as_str())).to_owned(),
-            status_code: status_label(if s.incomplete {
-                0
+        let method = method_label(http.map_or("", |h| h.method.as_str()));
+        let status = if s.incomplete {
+            0
+        } else {
+            http.map_or(0, |h| h.status_code)
+        };
+        let status = if (100..600).contains(&status) {
+            status
+        } else {
+            0
+        };
+        let namespace = server.map_or("", |e| e.namespace.as_str());
+        let workload = server.map_or("", |e| {
+            if e.workload.is_empty() {
+                e.pod.as_str()
             } else {
-                http.map_or(0, |h| h.status_code)
-            }),
-            namespace: self
-                .workloads
-                .namespace(server.map_or("", |e| e.namespace.as_str())),
+                e.workload.as_str()
+            }
+        });
+        let hash = fx(&[method, namespace, workload], u64::from(status));
+        let hit = self.red.get(hash, |k| {
+            k.method == method
+                && k.status == status
+                && k.namespace == namespace
+                && k.workload == workload
+        });
+        if let Some(h) = hit {
+            return h;
+        }
+        let labels = HttpLabels {
+            method: method.to_owned(),
+            status_code: status_label(status),
+            namespace: self.workloads.namespace(namespace),
             workload: self
                 .workloads
                 .workload(server.map(end_of).unwrap_or_default()),
         };
-        self.http_requests.get_or_create(&labels).inc();
-        if !s.incomplete && s.end_unix_nanos >= s.start_unix_nanos && s.start_unix_nanos > 0 {
-            let secs = (s.end_unix_nanos - s.start_unix_nanos) as f64 / 1e9;
-            self.http_duration.get_or_create(&labels).observe(secs);
+        let handles = RedHandles {
+            requests: self.http_requests.get_or_create(&labels).clone(),
+            duration: self.http_duration.get_or_create(&labels).clone(),
+        };
+        let key = RedKey {
+            method,
+            status,
+            namespace: namespace.to_owned(),
+            workload: workload.to_owned(),
+        };
+        self.red.put(hash, key, handles.clone());
+        handles
+    }
+
+    /// The flow series of `s`'s two ends.
+    fn flow_handles(&self, s: &clovisor_proto::session::v1::Session) -> FlowHandles {
+        let (client, server) = (s.client.as_ref(), s.server.as_ref());
+        let [a, b, c, d] = end_parts(client);
+        let [e, f, g, h] = end_parts(server);
+        let hash = fx(&[a, b, c, d, e, f, g, h], 0);
+        if let Some(found) = self.flows.get(hash, |k| {
+            end_matches(&k.client, client) && end_matches(&k.server, server)
+        }) {
+            return found;
         }
-        self.observe_flow(s);
+        let flow = self.workloads.flow(client.map(end_of), server.map(end_of));
+        let bytes = |direction| {
+            self.flow_bytes
+                .get_or_create(&FlowBytesLabels {
+                    flow: flow.clone(),
+                    direction,
+                })
+                .clone()
+        };
+        let handles = FlowHandles {
+            exchanges: self.flow_exchanges.get_or_create(&flow).clone(),
+            request_bytes: bytes("request"),
+            response_bytes: bytes("response"),
+            retransmits: self.flow_retransmits.get_or_create(&flow).clone(),
+        };
+        let key = FlowKey {
+            client: end_key(client),
+            server: end_key(server),
+        };
+        self.flows.put(hash, key, handles.clone());
+        handles
     }
 
     /// The workload-to-workload metrics of one exchange.
@@ -385,20 +604,14 @@ impl Metrics {
         if s.client.as_ref().is_some_and(|c| is_loopback(&c.ip)) {
             return;
         }
-        let flow = self
-            .workloads
-            .flow(s.client.as_ref().map(end_of), s.server.as_ref().map(end_of));
-        self.flow_exchanges.get_or_create(&flow).inc();
+        let flow = self.flow_handles(s);
+        flow.exchanges.inc();
         let bytes = s.bytes.unwrap_or_default();
-        for (direction, n) in [("request", bytes.request), ("response", bytes.response)] {
-            if n > 0 {
-                self.flow_bytes
-                    .get_or_create(&FlowBytesLabels {
-                        flow: flow.clone(),
-                        direction,
-                    })
-                    .inc_by(n);
-            }
+        if bytes.request > 0 {
+            flow.request_bytes.inc_by(bytes.request);
+        }
+        if bytes.response > 0 {
+            flow.response_bytes.inc_by(bytes.response);
         }
         // Every point on the path sees a retransmitted segment: the most any one saw, not the sum.
         let retransmits = s
@@ -408,9 +621,7 @@ impl Metrics {
             .max()
             .unwrap_or(0);
         if retransmits > 0 {
-            self.flow_retransmits
-                .get_or_create(&flow)
-                .inc_by(u64::from(retransmits));
+            flow.retransmits.inc_by(u64::from(retransmits));
         }
     }
 
@@ -425,7 +636,7 @@ impl Metrics {
         self.sessions_stored.inc();
         // Every session received is stored (evictions make room; they are not losses of
         // the pipeline, which has delivered the session by then).
-        self.dropped.emitted(STAGE_CORRELATOR, 1);
+        self.correlator_emitted.inc();
         self.sessions_evicted.inc_by(evicted as u64);
         self.store_sessions
             .set(i64::try_from(len).unwrap_or(i64::MAX));
@@ -639,6 +850,63 @@ mod tests {
         assert!(
             text.contains(&(bucket("0.005") + "1")),
             "3 ms is below 5 ms:\n{text}"
+        );
+    }
+
+    /// The cached series handles count into the same series the labels name, whether the
+    /// label set was seen before or not, and capped values stay capped.
+    #[test]
+    fn cached_handles_count_into_the_labelled_series() {
+        let m = Metrics::new();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        for _ in 0..3 {
+            observe(&m, SessionBuilder::new("a").server_workload("shop", "web"));
+        }
+        // No workload: the pod names it; the same raw values again hit the cache.
+        for _ in 0..2 {
+            observe(
+                &m,
+                SessionBuilder::new("b").with(|s| {
+                    if let Some(srv) = s.server.as_mut() {
+                        srv.workload.clear();
+                        srv.pod = "debug-pod".into();
+                    }
+                }),
+            );
+        }
+        for i in 0..MAX_LABEL_VALUES + 2 {
+            observe(
+                &m,
+                SessionBuilder::new("c").server_workload("many", &format!("w{i}")),
+            );
+        }
+        observe(&m, SessionBuilder::new("d").server_workload("many", "w0"));
+        let text = encode(&reg);
+        let count = |labels: &str| {
+            let want = format!("clovisor_http_requests_total{{{labels}}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(want.as_str()))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        assert_eq!(
+            count(r#"method="GET",status_code="200",namespace="shop",workload="web""#),
+            Some(3)
+        );
+        assert_eq!(
+            count(r#"method="GET",status_code="200",namespace="default",workload="debug-pod""#),
+            Some(2)
+        );
+        assert_eq!(
+            count(r#"method="GET",status_code="200",namespace="many",workload="w0""#),
+            Some(2),
+            "an admitted value stays admitted"
+        );
+        // "web", "debug-pod", the client's workload (flow metrics share the cap) and w0..w996
+        // took the cap's 1000 values; w997..w1001 read "other".
+        assert_eq!(
+            count(r#"method="GET",status_code="200",namespace="many",workload="other""#),
+            Some(5)
         );
     }
 

@@ -37,7 +37,9 @@ pub enum ContextIssue {
 impl CorrelatedSession {
     /// Gives `session` a fresh span id and places it in the wire trace when it carries one.
     /// Returns the issues found in the wire context, which the caller counts.
-    pub fn new(session: Session) -> (Self, Vec<ContextIssue>) {
+    pub fn new(mut session: Session) -> (Self, Vec<ContextIssue>) {
+        // Decoding grew the vector to four; the exchange may be kept for the retention time.
+        session.observations.shrink_to_fit();
         let span_id = SpanId::random();
         let (wire_trace, parent_span_id, issues) = wire_context(&session);
         let id = if session.id.is_empty() {

@@ -3,12 +3,12 @@
 //! Sessions are kept in arrival order; when full, the oldest is evicted (and counted). Queries
 //! walk from the newest, so "newest first" means most recently stored first.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Error, Result};
 use crate::ids::TraceId;
+use crate::join::{JoinConfig, Joiner};
 use crate::record::CorrelatedSession;
 
 /// Results per query unless `limit` says otherwise.
@@ -144,42 +144,13 @@ impl SessionFilter {
     }
 }
 
-struct Inner {
-    /// Arrival order, oldest at the front, each with its arrival number.
-    sessions: VecDeque<(u64, Arc<CorrelatedSession>)>,
-    /// Session id -> arrival number of the newest session with that id.
-    by_id: HashMap<String, u64>,
-    next: u64,
-}
-
-/// The session's own id and those of the sessions merged into it.
-fn ids_of(rec: &CorrelatedSession) -> impl Iterator<Item = &str> {
-    std::iter::once(rec.id.as_str()).chain(
-        rec.constituents
-            .iter()
-            .map(String::as_str)
-            .filter(move |c| *c != rec.id),
-    )
-}
-
-/// Where the session known by `id` sits in the deque.
-fn position(inner: &Inner, id: &str) -> Option<usize> {
-    let n = *inner.by_id.get(id)?;
-    let front = inner.sessions.front()?.0;
-    // Arrival numbers are consecutive, so the position is an offset from the front.
-    let idx = usize::try_from(n.checked_sub(front)?).ok()?;
-    inner
-        .sessions
-        .get(idx)
-        .filter(|(m, _)| *m == n)
-        .map(|_| idx)
-}
-
-/// The store; share it behind an `Arc`.
+/// The store; share it behind an `Arc`. It is a view of the join's state
+/// ([`crate::join::Joiner`]): each exchange is held once, by the join while it can still gain
+/// views and by the store's order while it is among the `capacity` most recent, and the REST
+/// API reads it under the same lock the ingest writes it.
 pub struct Store {
     capacity: usize,
-    inner: RwLock<Inner>,
-    evicted: AtomicU64,
+    state: Arc<RwLock<Joiner>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -192,92 +163,59 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// A store keeping `capacity` sessions at most (at least one).
+    /// A store keeping `capacity` sessions at most (at least one), over a join configured by
+    /// default (see [`Store::configure_join`]).
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
             capacity,
-            inner: RwLock::new(Inner {
-                sessions: VecDeque::with_capacity(capacity.min(1 << 16)),
-                by_id: HashMap::new(),
-                next: 0,
-            }),
-            evicted: AtomicU64::new(0),
+            state: Arc::new(RwLock::new(Joiner::with_store(
+                JoinConfig::default(),
+                capacity,
+            ))),
         }
     }
 
-    /// Stores `rec`; returns how many sessions were evicted to make room (0 or 1). It is found
-    /// by its id and by the ids of the sessions merged into it.
-    pub fn insert(&self, rec: Arc<CorrelatedSession>) -> usize {
+    /// Configures the join behind the store; only before anything is stored.
+    pub fn configure_join(&self, config: JoinConfig) {
+        self.write().set_config(config);
+    }
+
+    /// The join state and the store's order, for writing (the ingest service).
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Joiner> {
         // A poisoned lock only means another thread panicked mid-update of plain data; the
         // structure is still consistent enough to keep serving.
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let mut evicted = 0;
-        while inner.sessions.len() >= self.capacity {
-            if let Some((n, old)) = inner.sessions.pop_front() {
-                for id in ids_of(&old) {
-                    if inner.by_id.get(id) == Some(&n) {
-                        inner.by_id.remove(id);
-                    }
-                }
-                evicted += 1;
-            }
-        }
-        let n = inner.next;
-        inner.next += 1;
-        for id in ids_of(&rec) {
-            inner.by_id.insert(id.to_owned(), n);
-        }
-        inner.sessions.push_back((n, rec));
-        self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
-        evicted
+        self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Replaces the stored session with `rec`'s id in place (an exchange that gained an
-    /// observation), keeping its position; stores `rec` as new when it is not held (any more).
-    /// Returns how many sessions were evicted to make room.
-    pub fn upsert(&self, rec: Arc<CorrelatedSession>) -> usize {
-        {
-            let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(idx) = position(&inner, &rec.id) {
-                let n = inner.sessions[idx].0;
-                for id in ids_of(&rec) {
-                    inner.by_id.insert(id.to_owned(), n);
-                }
-                inner.sessions[idx].1 = rec;
-                return 0;
-            }
-        }
-        self.insert(rec)
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Joiner> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `rec` on its own (not through the join); returns how many sessions were evicted
+    /// to make room (0 or 1). It is found by its id and by the ids of the sessions merged into
+    /// it.
+    pub fn insert(&self, rec: Arc<CorrelatedSession>) -> usize {
+        self.write().store_insert(rec)
     }
 
     /// The newest session with this id.
     pub fn get(&self, id: &str) -> Option<Arc<CorrelatedSession>> {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let idx = position(&inner, id)?;
-        inner.sessions.get(idx).map(|(_, s)| Arc::clone(s))
+        self.read().store_get(id)
     }
 
     /// Sessions passing `filter`, newest first, at most `filter.limit`.
     pub fn query(&self, filter: &SessionFilter) -> Vec<Arc<CorrelatedSession>> {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        inner
-            .sessions
-            .iter()
-            .rev()
-            .filter(|(_, s)| filter.matches(s))
+        self.read()
+            .stored()
+            .filter(|s| filter.matches(s))
             .take(filter.limit.min(MAX_LIMIT))
-            .map(|(_, s)| Arc::clone(s))
             .collect()
     }
 
     /// Sessions held now.
     pub fn len(&self) -> usize {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .sessions
-            .len()
+        self.read().store_len()
     }
 
     /// Whether the store holds nothing.
@@ -287,7 +225,7 @@ impl Store {
 
     /// Sessions evicted since the start.
     pub fn evicted(&self) -> u64 {
-        self.evicted.load(Ordering::Relaxed)
+        self.read().store_evicted()
     }
 
     /// The configured capacity.

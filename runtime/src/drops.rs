@@ -58,6 +58,17 @@ impl Drops {
             .inc_by(n);
     }
 
+    /// The counter of items `stage` takes in, to keep and add to without a look-up per item
+    /// (it counts into the same series as [`Drops::received`]).
+    pub fn received_counter(&self, stage: &'static str) -> Counter {
+        self.received.get_or_create(&StageLabels { stage }).clone()
+    }
+
+    /// The counter of items `stage` passes on, like [`Drops::received_counter`].
+    pub fn emitted_counter(&self, stage: &'static str) -> Counter {
+        self.emitted.get_or_create(&StageLabels { stage }).clone()
+    }
+
     /// Adds `n` items passed on by `stage`.
     pub fn emitted(&self, stage: &'static str, n: u64) {
         self.emitted.get_or_create(&StageLabels { stage }).inc_by(n);

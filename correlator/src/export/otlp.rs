@@ -11,18 +11,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use bytes::{BufMut as _, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ExportConfig;
 use crate::error::{Error, Result};
-use crate::export::span;
+use crate::export::{span, wire};
 use crate::metrics::{DropReason, Metrics};
+use crate::record::CorrelatedSession;
 
 /// Semantic conventions version our attribute names follow.
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.26.0";
@@ -40,16 +43,27 @@ enum Control {
     },
 }
 
-/// Enqueues spans for export; cheap to clone, never blocks.
+/// Enqueues spans for export; cheap to clone, never blocks. Spans wait protobuf-encoded
+/// ([`span::encode_span`]), and a batch is sent as their bytes.
 #[derive(Clone, Debug)]
 pub struct ExportHandle {
-    tx: mpsc::Sender<Span>,
+    tx: mpsc::Sender<Vec<u8>>,
     metrics: Arc<Metrics>,
 }
 
 impl ExportHandle {
     /// Queues `span`; when the queue is full the span is dropped, counted, and `false` returned.
     pub fn enqueue(&self, span: Span) -> bool {
+        self.enqueue_encoded(span.encode_to_vec())
+    }
+
+    /// Queues the span of `rec`, like [`ExportHandle::enqueue`].
+    pub fn enqueue_session(&self, rec: &CorrelatedSession) -> bool {
+        self.enqueue_encoded(span::span_bytes(rec))
+    }
+
+    /// Queues a span already encoded (an OTLP `Span` message), like [`ExportHandle::enqueue`].
+    pub fn enqueue_encoded(&self, span: Vec<u8>) -> bool {
         self.metrics.span_offered();
         let queued = match self.tx.try_send(span) {
             Ok(()) => true,
@@ -69,6 +83,14 @@ impl ExportHandle {
     /// Spans waiting in the queue now.
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// A handle whose spans wait in the returned receiver instead of going to a worker: for
+    /// benchmarks and tests that take the spans themselves.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn detached(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { tx, metrics }, rx)
     }
 }
 
@@ -126,7 +148,7 @@ impl OtlpExporter {
         let (control, control_rx) = mpsc::channel(4);
         let in_worker = Arc::new(AtomicU64::new(0));
         let worker = Worker {
-            client: TraceServiceClient::new(channel),
+            client: tonic::client::Grpc::new(channel),
             endpoint: endpoint_rx,
             rx,
             control: control_rx,
@@ -218,11 +240,74 @@ impl OtlpExporter {
     }
 }
 
+/// The OTLP trace service's export method.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The encoded `ExportTraceServiceRequest` that exports `spans` (each an encoded `Span`) under
+/// `resource`: one `ResourceSpans` with one `ScopeSpans`.
+pub fn export_request(resource: &Resource, spans: &[Vec<u8>]) -> Bytes {
+    // Fields of ExportTraceServiceRequest, ResourceSpans and ScopeSpans.
+    const RESOURCE_SPANS: u32 = 1;
+    const RESOURCE: u32 = 1;
+    const SCOPE_SPANS: u32 = 2;
+    const SCOPE: u32 = 1;
+    const SPANS: u32 = 2;
+    const SCHEMA: u32 = 3;
+    let resource = resource.encode_to_vec();
+    let scope = span::scope().encode_to_vec();
+    let scope_spans = wire::len_field_size(scope.len())
+        + spans
+            .iter()
+            .map(|s| wire::len_field_size(s.len()))
+            .sum::<usize>()
+        + wire::len_field_size(SCHEMA_URL.len());
+    let resource_spans = wire::len_field_size(resource.len()) + wire::len_field_size(scope_spans);
+    let mut buf = Vec::with_capacity(wire::len_field_size(resource_spans));
+    wire::head(&mut buf, RESOURCE_SPANS, resource_spans);
+    wire::bytes(&mut buf, RESOURCE, &resource);
+    wire::head(&mut buf, SCOPE_SPANS, scope_spans);
+    wire::bytes(&mut buf, SCOPE, &scope);
+    for s in spans {
+        wire::bytes(&mut buf, SPANS, s);
+    }
+    wire::bytes(&mut buf, SCHEMA, SCHEMA_URL.as_bytes());
+    Bytes::from(buf)
+}
+
+/// gRPC codec of an export request already encoded ([`export_request`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedRequest;
+
+impl Codec for EncodedRequest {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = EncodedRequest;
+    type Decoder = tonic_prost::ProstDecoder<ExportTraceServiceResponse>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedRequest
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+impl Encoder for EncodedRequest {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
 struct Worker {
-    client: TraceServiceClient<Channel>,
+    client: tonic::client::Grpc<Channel>,
     /// Where to export; changes when the live configuration re-points the exporter.
     endpoint: watch::Receiver<Channel>,
-    rx: mpsc::Receiver<Span>,
+    rx: mpsc::Receiver<Vec<u8>>,
     control: mpsc::Receiver<Control>,
     resource: Resource,
     config: ExportConfig,
@@ -252,13 +337,13 @@ impl Worker {
     fn follow_endpoint(&mut self) {
         if self.endpoint.has_changed().unwrap_or(false) {
             let channel = self.endpoint.borrow_and_update().clone();
-            self.client = TraceServiceClient::new(channel);
+            self.client = tonic::client::Grpc::new(channel);
             tracing::debug!("span exporter re-pointed");
         }
     }
 
     async fn run(mut self) {
-        let mut batch: Vec<Span> = Vec::with_capacity(self.config.batch_size);
+        let mut batch: Vec<Vec<u8>> = Vec::with_capacity(self.config.batch_size);
         let mut batch_due = Instant::now();
         loop {
             let waiting = !batch.is_empty();
@@ -305,7 +390,7 @@ impl Worker {
     }
 
     /// Exports `batch` and everything queued now, giving up at `deadline`.
-    async fn drain(&mut self, mut batch: Vec<Span>, deadline: Instant) {
+    async fn drain(&mut self, mut batch: Vec<Vec<u8>>, deadline: Instant) {
         loop {
             while batch.len() < self.config.batch_size {
                 match self.rx.try_recv() {
@@ -325,28 +410,34 @@ impl Worker {
         self.metrics.export_queue(self.rx.len());
     }
 
-    fn request(&self, spans: Vec<Span>) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(span::scope()),
-                    spans,
-                    schema_url: SCHEMA_URL.to_owned(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
+    /// Sends `request` (an encoded `ExportTraceServiceRequest`) once.
+    async fn send(
+        &mut self,
+        request: tonic::Request<Bytes>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        // As the generated client reports an endpoint it cannot reach (`Unknown`, retried).
+        self.client
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+        self.client
+            .unary(
+                request,
+                http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                EncodedRequest,
+            )
+            .await
     }
 
     /// Sends one batch, retrying transient failures until the retry budget or `deadline` runs
     /// out; counts what was delivered and what was dropped.
-    async fn export(&mut self, spans: Vec<Span>, deadline: Option<Instant>) {
+    async fn export(&mut self, spans: Vec<Vec<u8>>, deadline: Option<Instant>) {
         let n = spans.len() as u64;
         if n == 0 {
             return;
         }
-        let request = self.request(spans);
+        let request = export_request(&self.resource, &spans);
+        drop(spans);
         let budget_end = Instant::now() + self.config.retry_max_elapsed;
         let give_up_at = deadline.map_or(budget_end, |d| d.min(budget_end));
         let mut backoff = self.config.min_backoff;
@@ -355,8 +446,7 @@ impl Worker {
             self.follow_endpoint();
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(self.config.request_timeout);
-            let attempt =
-                tokio::time::timeout(self.config.request_timeout, self.client.export(req)).await;
+            let attempt = tokio::time::timeout(self.config.request_timeout, self.send(req)).await;
             let status = match attempt {
                 Ok(Ok(response)) => {
                     let rejected = response

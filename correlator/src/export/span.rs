@@ -1,10 +1,12 @@
 //! One OpenTelemetry span per session, named and attributed per the HTTP semantic conventions.
 //!
-//! [`build_span`] assembles the span from one small function per attribute group: HTTP
-//! ([`http_attributes`]), network and endpoints ([`network_attributes`]), Kubernetes
-//! ([`k8s_attributes`]), Clovisor's own ([`clovisor_attributes`]), the status
-//! ([`status`]) and one event per observation boundary ([`observation_events`]). The values
-//! REST shows too (addresses, path and query, version) come from [`crate::view`].
+//! [`encode_span`] writes the span's protobuf bytes (OTLP `Span`) directly, from one small
+//! function per attribute group: HTTP ([`http_attributes`]), network and endpoints
+//! ([`network_attributes`]), Kubernetes ([`k8s_attributes`]), Clovisor's own
+//! ([`clovisor_attributes`]), the status ([`status`]) and one event per observation boundary
+//! ([`observation_events`]). The values REST shows too (addresses, path and query, version) come
+//! from [`crate::view`]. [`build_span`] is the same span decoded, for tests and readers that want
+//! the struct; the exporter sends the bytes (see [`super::wire`] for why).
 //!
 //! Only the header values the conventions and Clovisor's historical tags name are copied:
 //! `Host` (as `server.address`/`server.port`), `User-Agent`, `x-request-id` and the Envoy
@@ -15,15 +17,14 @@ use std::net::IpAddr;
 
 use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::session::v1::{Endpoint, Http, Observation, Session};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::{
-    AnyValue, ArrayValue, InstrumentationScope, KeyValue,
-};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use opentelemetry_proto::tonic::trace::v1::{Span, SpanFlags, Status};
+use opentelemetry_proto::tonic::trace::v1::{Span, SpanFlags};
+use prost::Message as _;
 
+use super::wire::{self, Attributes};
 use crate::record::CorrelatedSession;
 use crate::view::{
     endpoint_ip, http_version, observed_at_server, redact_query, split_host, split_target,
@@ -36,32 +37,36 @@ const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-fn kv(key: &str, value: Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
-
-/// An array of strings as an attribute value.
-fn strings(values: &[&str]) -> Value {
-    Value::ArrayValue(ArrayValue {
-        values: values
-            .iter()
-            .map(|v| AnyValue {
-                value: Some(Value::StringValue((*v).to_owned())),
-            })
-            .collect(),
-    })
+/// Fields of OTLP's `Span`, `Event` and `Status`.
+mod field {
+    pub const TRACE_ID: u32 = 1;
+    pub const SPAN_ID: u32 = 2;
+    pub const TRACE_STATE: u32 = 3;
+    pub const PARENT_SPAN_ID: u32 = 4;
+    pub const NAME: u32 = 5;
+    pub const KIND: u32 = 6;
+    pub const START: u32 = 7;
+    pub const END: u32 = 8;
+    pub const ATTRIBUTES: u32 = 9;
+    pub const EVENTS: u32 = 11;
+    pub const STATUS: u32 = 15;
+    pub const FLAGS: u32 = 16;
+    pub const EVENT_TIME: u32 = 1;
+    pub const EVENT_NAME: u32 = 2;
+    pub const EVENT_ATTRIBUTES: u32 = 3;
+    pub const STATUS_CODE: u32 = 3;
 }
 
 fn s(key: &str, value: impl Into<String>) -> KeyValue {
-    kv(key, Value::StringValue(value.into()))
-}
-
-fn i(key: &str, value: i64) -> KeyValue {
-    kv(key, Value::IntValue(value))
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
 }
 
 /// A counter as an attribute value (OTLP integers are signed).
@@ -96,18 +101,44 @@ pub fn scope() -> InstrumentationScope {
 }
 
 /// The two ends of the exchange, and which of them this span represents.
-struct Ends {
-    client: Endpoint,
-    server: Endpoint,
+struct Ends<'a> {
+    client: &'a Endpoint,
+    server: &'a Endpoint,
     /// Observed at the server's end: a SERVER span, representing the server.
     server_side: bool,
 }
 
-impl Ends {
-    fn of(session: &Session) -> Self {
+/// An endpoint with nothing known.
+static NO_ENDPOINT: Endpoint = Endpoint {
+    ip: Vec::new(),
+    port: 0,
+    pod: String::new(),
+    namespace: String::new(),
+    node: String::new(),
+    workload: String::new(),
+};
+
+/// No HTTP fields decoded.
+static NO_HTTP: Http = Http {
+    method: String::new(),
+    target: String::new(),
+    host: String::new(),
+    user_agent: String::new(),
+    status_code: 0,
+    version: String::new(),
+    request_id: String::new(),
+    envoy_decorator: String::new(),
+    reason: String::new(),
+    request_content_length: 0,
+    response_content_length: 0,
+    response_chunked: false,
+};
+
+impl<'a> Ends<'a> {
+    fn of(session: &'a Session) -> Self {
         Self {
-            client: session.client.clone().unwrap_or_default(),
-            server: session.server.clone().unwrap_or_default(),
+            client: session.client.as_ref().unwrap_or(&NO_ENDPOINT),
+            server: session.server.as_ref().unwrap_or(&NO_ENDPOINT),
             server_side: observed_at_server(session),
         }
     }
@@ -115,242 +146,252 @@ impl Ends {
     /// The end this span describes (`k8s.*`).
     fn this(&self) -> &Endpoint {
         if self.server_side {
-            &self.server
+            self.server
         } else {
-            &self.client
+            self.client
         }
     }
 
     /// The other end (`network.peer.*`, `clovisor.peer.*`).
     fn other(&self) -> &Endpoint {
         if self.server_side {
-            &self.client
+            self.client
         } else {
-            &self.server
+            self.server
         }
     }
 }
 
 /// The span's name: the method when it is a known one, else `HTTP`.
-fn span_name(http: &Http) -> String {
+fn span_name(http: &Http) -> &str {
     if KNOWN_METHODS.contains(&http.method.as_str()) {
-        http.method.clone()
+        &http.method
     } else {
-        "HTTP".to_owned()
+        "HTTP"
     }
 }
 
 /// `http.*`, `url.*` and `user_agent.original`: the request line, the status, the client
 /// software.
-fn http_attributes(attrs: &mut Vec<KeyValue>, http: &Http, incomplete: bool) {
+fn http_attributes(attrs: &mut Attributes<'_>, http: &Http, incomplete: bool) {
     if KNOWN_METHODS.contains(&http.method.as_str()) {
-        attrs.push(s("http.request.method", http.method.clone()));
+        attrs.str("http.request.method", &http.method);
     } else {
-        attrs.push(s("http.request.method", "_OTHER"));
+        attrs.str("http.request.method", "_OTHER");
         if !http.method.is_empty() {
-            attrs.push(s("http.request.method_original", http.method.clone()));
+            attrs.str("http.request.method_original", &http.method);
         }
     }
     if !http.target.is_empty() {
         let (path, query) = split_target(&http.target);
-        attrs.push(s("url.path", path));
+        attrs.str("url.path", path);
         if let Some(q) = query.filter(|q| !q.is_empty()) {
-            attrs.push(s("url.query", redact_query(q)));
+            attrs.str("url.query", &redact_query(q));
         }
     }
     if (100..600).contains(&http.status_code) && !incomplete {
-        attrs.push(i("http.response.status_code", i64::from(http.status_code)));
+        attrs.int("http.response.status_code", i64::from(http.status_code));
     }
     if !http.user_agent.is_empty() {
-        attrs.push(s("user_agent.original", http.user_agent.clone()));
+        attrs.str("user_agent.original", &http.user_agent);
     }
 }
 
-fn endpoint_attrs(attrs: &mut Vec<KeyValue>, prefix: &str, e: &Endpoint) {
+/// `{prefix}.address` and `{prefix}.port` of an endpoint, under the two keys given.
+fn endpoint_attrs(attrs: &mut Attributes<'_>, keys: (&str, &str), e: &Endpoint) {
     if let Some(ip) = endpoint_ip(e) {
-        attrs.push(s(&format!("{prefix}.address"), ip.to_string()));
+        attrs.display(keys.0, ip);
     }
     if e.port != 0 {
-        attrs.push(i(&format!("{prefix}.port"), i64::from(e.port)));
+        attrs.int(keys.1, i64::from(e.port));
     }
 }
 
 /// `server.*`, `client.*`, `network.*`: where the exchange went, over what.
-fn network_attributes(attrs: &mut Vec<KeyValue>, http: &Http, ends: &Ends) {
+fn network_attributes(attrs: &mut Attributes<'_>, http: &Http, ends: &Ends<'_>) {
     // server.address is the logical name the client asked for (Host), as semconv prefers; the
     // server's IP is still there as network.peer.address on client spans.
     let (host, host_port) = split_host(&http.host);
     if !host.is_empty() {
-        attrs.push(s("server.address", host));
-    } else if let Some(ip) = endpoint_ip(&ends.server) {
-        attrs.push(s("server.address", ip.to_string()));
+        attrs.str("server.address", host);
+    } else if let Some(ip) = endpoint_ip(ends.server) {
+        attrs.display("server.address", ip);
     }
     match host_port {
-        Some(p) => attrs.push(i("server.port", i64::from(p))),
-        None if ends.server.port != 0 => attrs.push(i("server.port", i64::from(ends.server.port))),
+        Some(p) => attrs.int("server.port", i64::from(p)),
+        None if ends.server.port != 0 => attrs.int("server.port", i64::from(ends.server.port)),
         None => {}
     }
-    endpoint_attrs(attrs, "client", &ends.client);
-    endpoint_attrs(attrs, "network.peer", ends.other());
-    attrs.push(s("network.protocol.name", "http"));
-    attrs.push(s("network.protocol.version", http_version(&http.version)));
-    attrs.push(s("network.transport", "tcp"));
-    match endpoint_ip(&ends.server).or_else(|| endpoint_ip(&ends.client)) {
-        Some(IpAddr::V4(_)) => attrs.push(s("network.type", "ipv4")),
-        Some(IpAddr::V6(_)) => attrs.push(s("network.type", "ipv6")),
+    endpoint_attrs(attrs, ("client.address", "client.port"), ends.client);
+    endpoint_attrs(
+        attrs,
+        ("network.peer.address", "network.peer.port"),
+        ends.other(),
+    );
+    attrs.str("network.protocol.name", "http");
+    attrs.str("network.protocol.version", http_version(&http.version));
+    attrs.str("network.transport", "tcp");
+    match endpoint_ip(ends.server).or_else(|| endpoint_ip(ends.client)) {
+        Some(IpAddr::V4(_)) => attrs.str("network.type", "ipv4"),
+        Some(IpAddr::V6(_)) => attrs.str("network.type", "ipv6"),
         None => {}
     }
 }
 
 /// `k8s.*`: the pod this span represents.
-fn k8s_attributes(attrs: &mut Vec<KeyValue>, this_end: &Endpoint) {
+fn k8s_attributes(attrs: &mut Attributes<'_>, this_end: &Endpoint) {
     if !this_end.pod.is_empty() {
-        attrs.push(s("k8s.pod.name", this_end.pod.clone()));
+        attrs.str("k8s.pod.name", &this_end.pod);
     }
     if !this_end.namespace.is_empty() {
-        attrs.push(s("k8s.namespace.name", this_end.namespace.clone()));
+        attrs.str("k8s.namespace.name", &this_end.namespace);
     }
     if !this_end.node.is_empty() {
-        attrs.push(s("k8s.node.name", this_end.node.clone()));
+        attrs.str("k8s.node.name", &this_end.node);
     }
 }
 
 /// `clovisor.*`: what Clovisor tagged (counters, request id, Envoy decorator), the points that
 /// saw the exchange, the session, and the peer pod.
 fn clovisor_attributes(
-    attrs: &mut Vec<KeyValue>,
+    attrs: &mut Attributes<'_>,
     rec: &CorrelatedSession,
     http: &Http,
-    ends: &Ends,
+    ends: &Ends<'_>,
 ) {
     let session = &rec.session;
     let bytes = session.bytes.unwrap_or_default();
     let packets = session.packets.unwrap_or_default();
-    attrs.push(i("clovisor.request.bytes", count(bytes.request)));
-    attrs.push(i("clovisor.response.bytes", count(bytes.response)));
-    attrs.push(i("clovisor.request.packets", count(packets.request)));
-    attrs.push(i("clovisor.response.packets", count(packets.response)));
+    attrs.int("clovisor.request.bytes", count(bytes.request));
+    attrs.int("clovisor.response.bytes", count(bytes.response));
+    attrs.int("clovisor.request.packets", count(packets.request));
+    attrs.int("clovisor.response.packets", count(packets.response));
     if !http.request_id.is_empty() {
-        attrs.push(s("clovisor.request_id", http.request_id.clone()));
+        attrs.str("clovisor.request_id", &http.request_id);
     }
     if !http.envoy_decorator.is_empty() {
-        attrs.push(s("clovisor.envoy.decorator", http.envoy_decorator.clone()));
+        attrs.str("clovisor.envoy.decorator", &http.envoy_decorator);
     }
-    let mut points: Vec<&str> = Vec::new();
+    // At most the four point kinds, in order of first appearance.
+    let mut points: [&str; 4] = [""; 4];
+    let mut n = 0;
     for p in session.observations.iter().map(|o| o.kind().short_name()) {
-        if !points.contains(&p) {
-            points.push(p);
+        if !points[..n].contains(&p) && n < points.len() {
+            points[n] = p;
+            n += 1;
         }
     }
-    attrs.push(kv("clovisor.observation_points", strings(&points)));
-    let mut node_interfaces: Vec<&str> = session
+    attrs.strings("clovisor.observation_points", &points[..n]);
+    let nodes = session
         .observations
         .iter()
-        .filter(|o| o.kind() == PointKind::Node && !o.interface.is_empty())
-        .map(|o| o.interface.as_str())
-        .collect();
-    node_interfaces.sort_unstable();
-    node_interfaces.dedup();
-    if !node_interfaces.is_empty() {
-        attrs.push(kv("clovisor.node.interfaces", strings(&node_interfaces)));
+        .filter(|o| o.kind() == PointKind::Node && !o.interface.is_empty());
+    if nodes.clone().next().is_some() {
+        let mut node_interfaces: Vec<&str> = nodes.map(|o| o.interface.as_str()).collect();
+        node_interfaces.sort_unstable();
+        node_interfaces.dedup();
+        attrs.strings("clovisor.node.interfaces", &node_interfaces);
     }
-    attrs.push(s("clovisor.session.id", rec.id.clone()));
+    attrs.str("clovisor.session.id", &rec.id);
     if session.incomplete {
-        attrs.push(kv("clovisor.incomplete", Value::BoolValue(true)));
+        attrs.bool("clovisor.incomplete", true);
     }
     // Peer pods: the other end's identity is useful and bounded to our own metadata.
     let other_end = ends.other();
     if !other_end.pod.is_empty() {
-        attrs.push(s("clovisor.peer.pod", other_end.pod.clone()));
+        attrs.str("clovisor.peer.pod", &other_end.pod);
     }
     if !other_end.namespace.is_empty() {
-        attrs.push(s("clovisor.peer.namespace", other_end.namespace.clone()));
+        attrs.str("clovisor.peer.namespace", &other_end.namespace);
     }
 }
 
-/// The span status (ERROR for 5xx on a server span, 4xx and 5xx on a client span), with
+/// The span status code (ERROR for 5xx on a server span, 4xx and 5xx on a client span), with
 /// `error.type` added to `attrs` when it is an error.
-fn status(attrs: &mut Vec<KeyValue>, kind: SpanKind, status_code: u32) -> Status {
+fn status(attrs: &mut Attributes<'_>, kind: SpanKind, status_code: u32) -> StatusCode {
     let error = match kind {
         SpanKind::Server => status_code >= 500,
         _ => status_code >= 400,
     } && (100..600).contains(&status_code);
     if error {
-        attrs.push(s("error.type", status_code.to_string()));
-    }
-    Status {
-        code: if error {
-            StatusCode::Error as i32
-        } else {
-            StatusCode::Unset as i32
-        },
-        message: String::new(),
+        attrs.display("error.type", status_code);
+        StatusCode::Error
+    } else {
+        StatusCode::Unset
     }
 }
 
+const EVENT_NAMES: [&str; 4] = [
+    "request.start",
+    "request.end",
+    "response.start",
+    "response.end",
+];
+
 /// One event at the start and end of the request and the response as each point saw them, in
-/// time order.
-fn observation_events(session: &Session) -> Vec<Event> {
-    let mut events = Vec::new();
+/// time order (ties in path order).
+fn observation_events(buf: &mut Vec<u8>, session: &Session) {
+    let mut events: Vec<(u64, &Observation, usize)> =
+        Vec::with_capacity(4 * session.observations.len());
     for o in &session.observations {
-        for (name, at) in [
-            ("request.start", o.request_start_unix_nanos),
-            ("request.end", o.request_end_unix_nanos),
-            ("response.start", o.response_start_unix_nanos),
-            ("response.end", o.response_end_unix_nanos),
-        ] {
+        let times = [
+            o.request_start_unix_nanos,
+            o.request_end_unix_nanos,
+            o.response_start_unix_nanos,
+            o.response_end_unix_nanos,
+        ];
+        for (name, at) in times.into_iter().enumerate() {
             if at != 0 {
-                events.push(event(name, at, o));
+                events.push((at, o, name));
             }
         }
     }
-    events.sort_by_key(|e| e.time_unix_nano);
-    events
+    events.sort_by_key(|(at, _, _)| *at);
+    for (at, o, name) in events {
+        // An event is a few hundred bytes: two bytes of length.
+        wire::message_sized(buf, field::EVENTS, 2, |buf| {
+            event(buf, EVENT_NAMES[name], at, o)
+        });
+    }
 }
 
 /// An event of observation `o`: where it was seen, by which process, and on the `*.end` events
 /// what the point counted.
-fn event(name: &str, at: u64, o: &Observation) -> Event {
-    let mut attributes = vec![s("clovisor.observation.point", o.kind().short_name())];
+fn event(buf: &mut Vec<u8>, name: &str, at: u64, o: &Observation) {
+    wire::fixed64(buf, field::EVENT_TIME, at);
+    wire::bytes(buf, field::EVENT_NAME, name.as_bytes());
+    let mut attrs = Attributes::new(buf, field::EVENT_ATTRIBUTES);
+    attrs.str("clovisor.observation.point", o.kind().short_name());
     if !o.interface.is_empty() {
-        attributes.push(s("clovisor.observation.interface", o.interface.clone()));
+        attrs.str("clovisor.observation.interface", &o.interface);
     }
     if !o.node.is_empty() {
-        attributes.push(s("k8s.node.name", o.node.clone()));
+        attrs.str("k8s.node.name", &o.node);
     }
     if let Some(side) = o.side().short_name() {
-        attributes.push(s("clovisor.observation.side", side));
+        attrs.str("clovisor.observation.side", side);
     }
     // Socket point: the application's process (OTel process semantic conventions).
     if o.pid != 0 {
-        attributes.push(i("process.pid", i64::from(o.pid)));
+        attrs.int("process.pid", i64::from(o.pid));
     }
     if !o.comm.is_empty() {
-        attributes.push(s("process.command", o.comm.clone()));
+        attrs.str("process.command", &o.comm);
     }
     // What the point counted, on the event closing each direction.
     match name {
         "request.end" => {
-            attributes.push(i("clovisor.observation.bytes", count(o.request_bytes)));
-            attributes.push(i("clovisor.observation.packets", count(o.request_packets)));
+            attrs.int("clovisor.observation.bytes", count(o.request_bytes));
+            attrs.int("clovisor.observation.packets", count(o.request_packets));
         }
         "response.end" => {
-            attributes.push(i("clovisor.observation.bytes", count(o.response_bytes)));
-            attributes.push(i("clovisor.observation.packets", count(o.response_packets)));
+            attrs.int("clovisor.observation.bytes", count(o.response_bytes));
+            attrs.int("clovisor.observation.packets", count(o.response_packets));
             if o.retransmits > 0 {
-                attributes.push(i(
-                    "clovisor.observation.retransmits",
-                    i64::from(o.retransmits),
-                ));
+                attrs.int("clovisor.observation.retransmits", i64::from(o.retransmits));
             }
         }
         _ => {}
-    }
-    Event {
-        time_unix_nano: at,
-        name: name.to_owned(),
-        attributes,
-        dropped_attributes_count: 0,
     }
 }
 
@@ -368,8 +409,8 @@ fn span_flags(rec: &CorrelatedSession) -> u32 {
     flags
 }
 
-/// Builds the span for `rec`.
-pub fn build_span(rec: &CorrelatedSession) -> Span {
+/// Appends the span for `rec`, protobuf-encoded (an OTLP `Span` message), to `buf`.
+pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
     let session = &rec.session;
     let ends = Ends::of(session);
     let kind = if ends.server_side {
@@ -377,36 +418,58 @@ pub fn build_span(rec: &CorrelatedSession) -> Span {
     } else {
         SpanKind::Client
     };
-    let http = session.http.clone().unwrap_or_default();
-
-    let mut attrs = Vec::with_capacity(40);
-    http_attributes(&mut attrs, &http, session.incomplete);
-    network_attributes(&mut attrs, &http, &ends);
-    k8s_attributes(&mut attrs, ends.this());
-    clovisor_attributes(&mut attrs, rec, &http, &ends);
-    let status = status(&mut attrs, kind, http.status_code);
-
+    let http = session.http.as_ref().unwrap_or(&NO_HTTP);
     let start = session.start_unix_nanos;
     let end = session.end_unix_nanos.max(start);
     let trace = session.trace.as_ref().filter(|_| rec.trace_from_wire);
-    Span {
-        trace_id: rec.trace_id.0.to_vec(),
-        span_id: rec.span_id.0.to_vec(),
-        trace_state: trace.map(|t| t.tracestate.clone()).unwrap_or_default(),
-        parent_span_id: rec.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
-        flags: span_flags(rec),
-        name: span_name(&http),
-        kind: kind as i32,
-        start_time_unix_nano: start,
-        end_time_unix_nano: end,
-        attributes: attrs,
-        dropped_attributes_count: 0,
-        events: observation_events(session),
-        dropped_events_count: 0,
-        links: Vec::new(),
-        dropped_links_count: 0,
-        status: Some(status),
+
+    wire::bytes(buf, field::TRACE_ID, &rec.trace_id.0);
+    wire::bytes(buf, field::SPAN_ID, &rec.span_id.0);
+    if let Some(state) = trace
+        .map(|t| t.tracestate.as_str())
+        .filter(|s| !s.is_empty())
+    {
+        wire::bytes(buf, field::TRACE_STATE, state.as_bytes());
     }
+    if let Some(parent) = rec.parent_span_id {
+        wire::bytes(buf, field::PARENT_SPAN_ID, &parent.0);
+    }
+    wire::bytes(buf, field::NAME, span_name(http).as_bytes());
+    wire::uint(buf, field::KIND, kind as u64);
+    if start != 0 {
+        wire::fixed64(buf, field::START, start);
+    }
+    if end != 0 {
+        wire::fixed64(buf, field::END, end);
+    }
+    let code = {
+        let mut attrs = Attributes::new(buf, field::ATTRIBUTES);
+        http_attributes(&mut attrs, http, session.incomplete);
+        network_attributes(&mut attrs, http, &ends);
+        k8s_attributes(&mut attrs, ends.this());
+        clovisor_attributes(&mut attrs, rec, http, &ends);
+        status(&mut attrs, kind, http.status_code)
+    };
+    observation_events(buf, session);
+    wire::message(buf, field::STATUS, |buf| {
+        if code != StatusCode::Unset {
+            wire::uint(buf, field::STATUS_CODE, code as u64);
+        }
+    });
+    wire::fixed32(buf, field::FLAGS, span_flags(rec));
+}
+
+/// The span for `rec`, protobuf-encoded.
+pub fn span_bytes(rec: &CorrelatedSession) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(3072);
+    encode_span(rec, &mut buf);
+    buf
+}
+
+/// The span for `rec` as a struct: [`encode_span`]'s bytes decoded.
+pub fn build_span(rec: &CorrelatedSession) -> Span {
+    // What encode_span writes decodes; an empty span would show in every test if it did not.
+    Span::decode(span_bytes(rec).as_slice()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -415,6 +478,8 @@ mod tests {
     use crate::ids::{SpanId, TraceId};
     use crate::testing::{SessionBuilder, FIXTURE_DURATION_NANOS, FIXTURE_START_NANOS};
     use clovisor_proto::common::v1::Side;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::trace::v1::span::Event;
 
     fn span_of(b: SessionBuilder) -> (CorrelatedSession, Span) {
         let rec = CorrelatedSession::new(b.build()).0;

@@ -105,8 +105,8 @@ fn fill_http(into: &mut Http, from: &Http) {
     into.response_chunked |= from.response_chunked;
 }
 
-/// Adds what `add` saw to `into`. The caller has checked [`compatible`].
-pub fn merge(into: &mut Session, add: Session) {
+/// Adds what `add` saw to `into`; returns `add`'s id. The caller has checked [`compatible`].
+pub fn merge(into: &mut Session, add: Session) -> String {
     let add_better = best_rank(&add) < best_rank(into);
     let add_at_server = add.observations.iter().any(|o| o.side() == Side::Server);
     let into_at_server = into.observations.iter().any(|o| o.side() == Side::Server);
@@ -158,11 +158,20 @@ pub fn merge(into: &mut Session, add: Session) {
         into.start_unix_nanos = add.start_unix_nanos;
     }
     into.end_unix_nanos = into.end_unix_nanos.max(add.end_unix_nanos);
+    // Exactly the room needed: the exchange is kept for the retention time, and the spare
+    // capacity of a grown vector would hold empty observations all that while.
+    let needed = into.observations.len() + add.observations.len();
+    if into.observations.capacity() != needed {
+        let mut all = Vec::with_capacity(needed);
+        all.append(&mut into.observations);
+        into.observations = all;
+    }
     into.observations.extend(add.observations);
     // Path order: by place on the path, then (between node interfaces, or points whose end
     // is unknown) by when the request was seen.
     into.observations
         .sort_by_key(|o| (path_position(o), o.request_start_unix_nanos, rank(o)));
+    add.id
 }
 
 #[cfg(test)]

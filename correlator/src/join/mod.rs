@@ -19,11 +19,13 @@ pub mod merge;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clovisor_proto::session::v1::Session;
+use prost::Message as _;
+use rustc_hash::FxHashMap;
 
 use crate::record::{ContextIssue, CorrelatedSession};
 use key::{interval, overlaps, wire_key, ClientAddr, WireKey};
@@ -113,47 +115,246 @@ pub struct Offered {
     pub ready: Vec<Arc<CorrelatedSession>>,
     /// Evictions this offer caused.
     pub evictions: Vec<Eviction>,
+    /// Exchanges that left the full REST store to make room for this one.
+    pub store_evicted: usize,
 }
 
+/// One exchange as the correlator holds it: in the join (open or retained), in the REST
+/// store's order, or both. Held once; the join's indexes and the store's order refer to it by
+/// its slot number.
 #[derive(Debug)]
 struct Entry {
-    /// Shared with the store and the exporter: only a change copies it (`Arc::make_mut`), and
-    /// only while an older version is still held elsewhere.
-    rec: Arc<CorrelatedSession>,
+    /// Handed out (REST, export) by reference count; only a change copies it
+    /// (`Arc::make_mut`), and only while a reader still holds the older version.
+    rec: Held,
     client: Option<ClientAddr>,
-    keys: Vec<WireKey>,
-    ids: Vec<String>,
+    /// Its wire key, when it had one first (a colliding key stays with the exchange that had
+    /// it first). An exchange gains a key only while it has none: a view joins a keyed
+    /// exchange only through that key.
+    key: Option<WireKey>,
+    /// Its window has closed: span exported, metrics counted.
     ready: bool,
+    /// Held by the join (open or retained).
+    joined: bool,
+    /// Its arrival number in the store's order, while the store lists it.
+    stored: Option<u64>,
 }
 
-/// The join state. Not thread-safe by itself; the ingest service holds it behind a mutex.
+/// How an entry holds its exchange.
+#[derive(Debug)]
+enum Held {
+    /// As REST, spans and merging read it.
+    Live(Arc<CorrelatedSession>),
+    /// A ready exchange only the join holds any more (for late views and duplicates), its
+    /// session protobuf-encoded: a fraction of the decoded size, for the retention time. A
+    /// view that joins it unpacks it.
+    Packed(Box<Packed>),
+}
+
+/// A [`CorrelatedSession`] with its session encoded.
+#[derive(Debug)]
+struct Packed {
+    id: String,
+    constituents: Vec<String>,
+    trace_id: crate::ids::TraceId,
+    span_id: crate::ids::SpanId,
+    parent_span_id: Option<crate::ids::SpanId>,
+    trace_from_wire: bool,
+    /// What a sequence-less view's search reads before unpacking: whether a point with
+    /// sequence numbers saw it, and when each point saw it.
+    keyed: bool,
+    intervals: Box<[(u64, u64)]>,
+    session: Box<[u8]>,
+}
+
+impl Packed {
+    fn of(rec: &CorrelatedSession) -> Self {
+        Self {
+            id: rec.id.clone(),
+            constituents: rec.constituents.clone(),
+            trace_id: rec.trace_id,
+            span_id: rec.span_id,
+            parent_span_id: rec.parent_span_id,
+            trace_from_wire: rec.trace_from_wire,
+            keyed: rec.session.observations.iter().any(key::has_tcp_seq),
+            intervals: rec.session.observations.iter().map(interval).collect(),
+            session: rec.session.encode_to_vec().into_boxed_slice(),
+        }
+    }
+
+    fn unpack(&self) -> CorrelatedSession {
+        CorrelatedSession {
+            id: self.id.clone(),
+            // Encoded here from a decoded session, so it decodes.
+            session: Session::decode(&*self.session).unwrap_or_default(),
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_span_id: self.parent_span_id,
+            trace_from_wire: self.trace_from_wire,
+            constituents: self.constituents.clone(),
+        }
+    }
+}
+
+impl Held {
+    /// The exchange (a decoded copy when packed).
+    fn shared(&self) -> Arc<CorrelatedSession> {
+        match self {
+            Self::Live(rec) => Arc::clone(rec),
+            Self::Packed(p) => Arc::new(p.unpack()),
+        }
+    }
+
+    /// The exchange, unpacked in place if it was packed.
+    fn live(&mut self) -> &mut Arc<CorrelatedSession> {
+        if let Self::Packed(p) = self {
+            *self = Self::Live(Arc::new(p.unpack()));
+        }
+        match self {
+            Self::Live(rec) => rec,
+            // Unpacked just above.
+            Self::Packed(_) => unreachable!("unpacked above"),
+        }
+    }
+
+    /// Encodes the session: the exchange is kept only for the join's decisions now.
+    fn pack(&mut self) {
+        if let Self::Live(rec) = self {
+            *self = Self::Packed(Box::new(Packed::of(rec)));
+        }
+    }
+
+    /// The exchange's id and those of the sessions merged into it.
+    fn ids(&self) -> Vec<&str> {
+        match self {
+            Self::Live(rec) => ids_of(rec).collect(),
+            Self::Packed(p) => std::iter::once(p.id.as_str())
+                .chain(
+                    p.constituents
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|c| *c != p.id),
+                )
+                .collect(),
+        }
+    }
+}
+
+/// Exchanges the tables are sized for up front, at most.
+const RESERVED_MAX: usize = 1 << 16;
+
+/// The REST store's part: the most recent exchanges in arrival order, at most `capacity`.
+#[derive(Debug, Default)]
+struct StoreOrder {
+    /// 0 when there is no store (a join on its own).
+    capacity: usize,
+    /// Slots, oldest first; arrival numbers are consecutive, ending at `next - 1`.
+    order: VecDeque<u64>,
+    next: u64,
+    evicted: u64,
+}
+
+/// The join state, and the REST store's order over the same exchanges. Not thread-safe by
+/// itself; [`crate::store::Store`] holds it behind a lock.
 #[derive(Debug)]
 pub struct Joiner {
     config: JoinConfig,
-    entries: HashMap<u64, Entry>,
-    next: u64,
-    wire: HashMap<WireKey, u64>,
-    /// Every held exchange by client address (for sequence-less views).
-    clients: HashMap<ClientAddr, BTreeSet<u64>>,
+    entries: Slab,
+    /// Exchanges the join holds (open or retained); the rest are only in the store.
+    held: usize,
+    wire: FxHashMap<WireKey, u64>,
+    /// Every exchange the join holds, by client address (for sequence-less views).
+    clients: FxHashMap<ClientAddr, BTreeSet<u64>>,
     /// Held exchanges no sequence-carrying point has seen yet, by client address: the only
     /// ones a keyed view with an unknown key can join. Kept apart so that such a view — the
     /// first view of nearly every exchange — does not scan a busy keep-alive client's history.
-    unkeyed: HashMap<ClientAddr, BTreeSet<u64>>,
-    ids: HashMap<String, u64>,
+    unkeyed: FxHashMap<ClientAddr, BTreeSet<u64>>,
+    /// Every id of every exchange held (join or store): the id the REST API finds it by and
+    /// the ids of the sessions merged into it.
+    ids: FxHashMap<String, u64>,
     /// Open exchanges by the end of their window; the window is fixed, so arrival order is
     /// deadline order.
     open: VecDeque<(Instant, u64)>,
     /// Ready exchanges by the end of their retention.
     retained: VecDeque<(Instant, u64)>,
+    store: StoreOrder,
 }
 
 /// Takes `slot` out of `client`'s set in `index`, dropping the set once empty.
-fn remove_slot(index: &mut HashMap<ClientAddr, BTreeSet<u64>>, client: ClientAddr, slot: u64) {
+fn remove_slot(index: &mut FxHashMap<ClientAddr, BTreeSet<u64>>, client: ClientAddr, slot: u64) {
     if let Some(v) = index.get_mut(&client) {
         v.remove(&slot);
         if v.is_empty() {
             index.remove(&client);
         }
+    }
+}
+
+/// The session's own id and those of the sessions merged into it.
+pub(crate) fn ids_of(rec: &CorrelatedSession) -> impl Iterator<Item = &str> {
+    std::iter::once(rec.id.as_str()).chain(
+        rec.constituents
+            .iter()
+            .map(String::as_str)
+            .filter(move |c| *c != rec.id),
+    )
+}
+
+/// The entries by slot number; a freed slot is reused. Nothing refers to a slot once its
+/// entry is gone: the join lets go of it (queues popped, indexes removed) and the store's
+/// order pops it before the entry is removed.
+#[derive(Debug, Default)]
+struct Slab {
+    slots: Vec<Option<Entry>>,
+    free: Vec<u64>,
+    len: usize,
+}
+
+impl Slab {
+    /// The slot the next [`Slab::insert`] fills.
+    fn vacant(&self) -> u64 {
+        self.free.last().copied().unwrap_or(self.slots.len() as u64)
+    }
+
+    /// Fills `slot`, which [`Slab::vacant`] returned.
+    fn insert(&mut self, slot: u64, entry: Entry) {
+        if self.free.last() == Some(&slot) {
+            self.free.pop();
+        }
+        let i = slot as usize;
+        if i == self.slots.len() {
+            self.slots.push(None);
+        }
+        if let Some(s) = self.slots.get_mut(i) {
+            if s.is_none() {
+                self.len += 1;
+            }
+            *s = Some(entry);
+        }
+    }
+
+    fn get(&self, slot: &u64) -> Option<&Entry> {
+        self.slots.get(*slot as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, slot: &u64) -> Option<&mut Entry> {
+        self.slots.get_mut(*slot as usize)?.as_mut()
+    }
+
+    fn remove(&mut self, slot: &u64) -> Option<Entry> {
+        let e = self.slots.get_mut(*slot as usize)?.take()?;
+        self.len -= 1;
+        self.free.push(*slot);
+        Some(e)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[cfg(test)]
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.slots.iter().flatten()
     }
 }
 
@@ -171,15 +372,66 @@ impl Joiner {
                 max_entries: config.max_entries.max(1),
                 ..config
             },
-            entries: HashMap::new(),
-            next: 0,
-            wire: HashMap::new(),
-            clients: HashMap::new(),
-            unkeyed: HashMap::new(),
-            ids: HashMap::new(),
+            entries: Slab::default(),
+            held: 0,
+            wire: FxHashMap::default(),
+            clients: FxHashMap::default(),
+            unkeyed: FxHashMap::default(),
+            ids: FxHashMap::default(),
             open: VecDeque::new(),
             retained: VecDeque::new(),
+            store: StoreOrder::default(),
         }
+    }
+
+    /// An empty join state that also keeps the `store_capacity` most recent exchanges for the
+    /// REST store, whether the join still holds them or not.
+    pub fn with_store(config: JoinConfig, store_capacity: usize) -> Self {
+        let mut j = Self::new(config);
+        j.store.capacity = store_capacity;
+        j.store.order = VecDeque::with_capacity(store_capacity.min(RESERVED_MAX));
+        j.reserve();
+        j
+    }
+
+    /// Re-configures the join; only while nothing is held.
+    pub fn set_config(&mut self, config: JoinConfig) {
+        if self.entries.is_empty() {
+            self.config = JoinConfig {
+                max_entries: config.max_entries.max(1),
+                ..config
+            };
+            self.reserve();
+        }
+    }
+
+    /// Sizes the tables for what the join and the store hold when full (up to a bound), while
+    /// nothing is held: grown step by step under load, each step would hold the old table and
+    /// the new one at once (a peak of memory) and copy every entry.
+    fn reserve(&mut self) {
+        if !self.entries.is_empty() {
+            return;
+        }
+        // The store lists mostly exchanges the join holds too (the most recent).
+        let n = self
+            .config
+            .max_entries
+            .max(self.store.capacity)
+            .min(RESERVED_MAX);
+        self.entries = Slab {
+            slots: Vec::with_capacity(n),
+            ..Slab::default()
+        };
+        // Two views' ids per exchange.
+        self.ids = FxHashMap::with_capacity_and_hasher(2 * n, Default::default());
+        self.wire = FxHashMap::with_capacity_and_hasher(n, Default::default());
+        self.open = VecDeque::with_capacity(n);
+        self.retained = VecDeque::with_capacity(n);
+    }
+
+    /// The join's configuration.
+    pub fn config(&self) -> JoinConfig {
+        self.config
     }
 
     /// Exchanges still waiting for their window to close.
@@ -189,18 +441,19 @@ impl Joiner {
 
     /// Exchanges held, open or retained.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.held
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.held == 0
     }
 
-    /// The exchange a session id was merged into, if it is still held.
+    /// The exchange a session id was merged into, if it is still held (by the join or the
+    /// store).
     pub fn get(&self, id: &str) -> Option<Arc<CorrelatedSession>> {
         let slot = self.ids.get(id)?;
-        self.entries.get(slot).map(|e| Arc::clone(&e.rec))
+        self.entries.get(slot).map(|e| e.rec.shared())
     }
 
     /// Takes one point's view of one exchange at `now`.
@@ -213,10 +466,11 @@ impl Joiner {
             if let Some(e) = self.entries.get(&slot) {
                 return Offered {
                     outcome: Outcome::Duplicate,
-                    record: Arc::clone(&e.rec),
+                    record: e.rec.shared(),
                     issues: Vec::new(),
                     ready,
                     evictions,
+                    store_evicted: 0,
                 };
             }
         }
@@ -242,13 +496,15 @@ impl Joiner {
         if let Some(slot) = candidate {
             match self.try_join(slot, rec, key) {
                 Ok((outcome, record)) => {
+                    let store_evicted = self.store_upsert(slot);
                     return Offered {
                         outcome,
                         record,
                         issues,
                         ready,
                         evictions,
-                    }
+                        store_evicted,
+                    };
                 }
                 Err(back) => {
                     rec = back;
@@ -258,38 +514,43 @@ impl Joiner {
         }
 
         self.make_room(now, &mut ready, &mut evictions);
-        let slot = self.next;
-        self.next += 1;
+        let slot = self.entries.vacant();
         let mut rec = *rec;
-        let mut ids = Vec::new();
         if !rec.session.id.is_empty() {
-            ids.push(rec.session.id.clone());
-            self.ids.insert(rec.session.id.clone(), slot);
+            rec.constituents = vec![rec.session.id.clone()];
         }
-        rec.constituents = ids.clone();
         let mut entry = Entry {
             client,
-            keys: Vec::new(),
-            ids,
+            key: None,
             ready: false,
-            rec: Arc::new(rec),
+            joined: true,
+            stored: None,
+            rec: Held::Live(Arc::new(rec)),
+        };
+        let Held::Live(rec) = &entry.rec else {
+            unreachable!("made live just above")
         };
         if let Some(k) = key {
             // A conflicting key stays with the exchange that had it first.
             if let std::collections::hash_map::Entry::Vacant(v) = self.wire.entry(k) {
                 v.insert(slot);
-                entry.keys.push(k);
+                entry.key = Some(k);
             }
         }
         if let Some(c) = client {
             self.clients.entry(c).or_default().insert(slot);
-            if !entry.rec.session.observations.iter().any(key::has_tcp_seq) {
+            if !rec.session.observations.iter().any(key::has_tcp_seq) {
                 self.unkeyed.entry(c).or_default().insert(slot);
             }
         }
-        let record = Arc::clone(&entry.rec);
+        for id in ids_of(rec) {
+            self.ids.insert(id.to_owned(), slot);
+        }
+        let record = Arc::clone(rec);
         self.entries.insert(slot, entry);
+        self.held += 1;
         self.open.push_back((now + self.config.window, slot));
+        let store_evicted = self.store_upsert(slot);
         // A zero window makes it ready at once.
         self.expire_into(now, &mut ready);
         Offered {
@@ -298,6 +559,7 @@ impl Joiner {
             issues,
             ready,
             evictions,
+            store_evicted,
         }
     }
 
@@ -325,21 +587,25 @@ impl Joiner {
             let Some(e) = self.entries.get(slot) else {
                 continue;
             };
-            if unkeyed_only && e.rec.session.observations.iter().any(key::has_tcp_seq) {
+            let (keyed, overlapping) = match &e.rec {
+                Held::Live(rec) => (
+                    rec.session.observations.iter().any(key::has_tcp_seq),
+                    rec.session
+                        .observations
+                        .iter()
+                        .any(|o| overlaps(interval(o), span)),
+                ),
+                Held::Packed(p) => (p.keyed, p.intervals.iter().any(|i| overlaps(*i, span))),
+            };
+            if (unkeyed_only && keyed) || !overlapping {
                 continue;
             }
-            let overlapping = e
-                .rec
-                .session
-                .observations
-                .iter()
-                .any(|o| overlaps(interval(o), span));
-            let fits = overlapping
-                && merge::compatible(&e.rec.session, session)
+            let rec = e.rec.shared();
+            let fits = merge::compatible(&rec.session, session)
                 && !session
                     .observations
                     .iter()
-                    .any(|o| merge::has_point(&e.rec.session, o));
+                    .any(|o| merge::has_point(&rec.session, o));
             if fits {
                 if found.is_some() {
                     return Found::Many;
@@ -361,19 +627,20 @@ impl Joiner {
         let Some(e) = self.entries.get_mut(&slot) else {
             return Err(rec);
         };
-        let fits = merge::compatible(&e.rec.session, &rec.session)
+        let live = e.rec.live();
+        let fits = merge::compatible(&live.session, &rec.session)
             && !rec
                 .session
                 .observations
                 .iter()
-                .any(|o| merge::has_point(&e.rec.session, o));
+                .any(|o| merge::has_point(&live.session, o));
         if !fits {
             return Err(rec);
         }
-        let id = rec.session.id.clone();
-        let gains_seq = rec.session.observations.iter().any(key::has_tcp_seq);
-        let merged = Arc::make_mut(&mut e.rec);
-        merge::merge(&mut merged.session, rec.session);
+        let CorrelatedSession { session, .. } = *rec;
+        let gains_seq = session.observations.iter().any(key::has_tcp_seq);
+        let merged = Arc::make_mut(live);
+        let id = merge::merge(&mut merged.session, session);
         if gains_seq {
             if let Some(c) = e.client {
                 remove_slot(&mut self.unkeyed, c, slot);
@@ -384,22 +651,21 @@ impl Joiner {
             merged.adopt_wire_context();
         }
         if !id.is_empty() {
-            e.ids.push(id.clone());
-            self.ids.insert(id, slot);
+            self.ids.insert(id.clone(), slot);
+            merged.constituents.push(id);
         }
-        if let Some(k) = key {
+        if let (Some(k), None) = (key, e.key) {
             if let std::collections::hash_map::Entry::Vacant(v) = self.wire.entry(k) {
                 v.insert(slot);
-                e.keys.push(k);
+                e.key = Some(k);
             }
         }
-        merged.constituents = e.ids.clone();
         let outcome = if e.ready {
             Outcome::Late
         } else {
             Outcome::Joined
         };
-        Ok((outcome, Arc::clone(&e.rec)))
+        Ok((outcome, e.rec.shared()))
     }
 
     fn make_room(
@@ -408,7 +674,7 @@ impl Joiner {
         ready: &mut Vec<Arc<CorrelatedSession>>,
         evictions: &mut Vec<Eviction>,
     ) {
-        while self.entries.len() >= self.config.max_entries {
+        while self.held >= self.config.max_entries {
             if let Some((_, slot)) = self.retained.pop_front() {
                 self.forget(slot);
                 evictions.push(Eviction::RetainedEarly);
@@ -430,26 +696,46 @@ impl Joiner {
         let e = self.entries.get_mut(&slot)?;
         e.ready = true;
         self.retained.push_back((now + self.config.retention, slot));
-        Some(Arc::clone(&e.rec))
+        let rec = e.rec.shared();
+        if e.stored.is_none() {
+            e.rec.pack();
+        }
+        Some(rec)
     }
 
+    /// The join lets go of `slot`; the exchange stays while the store lists it.
     fn forget(&mut self, slot: u64) {
-        let Some(e) = self.entries.remove(&slot) else {
+        let Some(e) = self.entries.get_mut(&slot) else {
             return;
         };
-        for k in &e.keys {
-            if self.wire.get(k) == Some(&slot) {
-                self.wire.remove(k);
-            }
+        if !e.joined {
+            return;
         }
-        for id in &e.ids {
-            if self.ids.get(id) == Some(&slot) {
-                self.ids.remove(id);
+        e.joined = false;
+        self.held -= 1;
+        if let Some(k) = e.key.take() {
+            if self.wire.get(&k) == Some(&slot) {
+                self.wire.remove(&k);
             }
         }
         if let Some(c) = e.client {
             remove_slot(&mut self.clients, c, slot);
             remove_slot(&mut self.unkeyed, c, slot);
+        }
+        if e.stored.is_none() {
+            self.remove(slot);
+        }
+    }
+
+    /// Drops `slot` and the ids that find it.
+    fn remove(&mut self, slot: u64) {
+        let Some(e) = self.entries.remove(&slot) else {
+            return;
+        };
+        for id in e.rec.ids() {
+            if self.ids.get(id) == Some(&slot) {
+                self.ids.remove(id);
+            }
         }
     }
 
@@ -484,5 +770,101 @@ impl Joiner {
             }
         }
         ready
+    }
+
+    /// Lists `slot` in the store's order unless it is there already (then it keeps its place:
+    /// the REST API shows the exchange updated in place); returns how many exchanges left the
+    /// store to make room.
+    fn store_upsert(&mut self, slot: u64) -> usize {
+        if self.store.capacity == 0 {
+            return 0;
+        }
+        match self.entries.get(&slot) {
+            Some(e) if e.stored.is_none() => {}
+            _ => return 0,
+        }
+        let mut evicted = 0;
+        while self.store.order.len() >= self.store.capacity {
+            let Some(old) = self.store.order.pop_front() else {
+                break;
+            };
+            evicted += 1;
+            if let Some(e) = self.entries.get_mut(&old) {
+                e.stored = None;
+                if !e.joined {
+                    self.remove(old);
+                } else if e.ready {
+                    e.rec.pack();
+                }
+            }
+        }
+        let n = self.store.next;
+        self.store.next += 1;
+        self.store.order.push_back(slot);
+        if let Some(e) = self.entries.get_mut(&slot) {
+            e.stored = Some(n);
+        }
+        self.store.evicted += evicted as u64;
+        evicted
+    }
+
+    /// Stores `rec` for the REST API only (the join does not see it); it is found by its id
+    /// and the ids of the sessions merged into it, the newest record of an id winning. Returns
+    /// how many exchanges left the store to make room.
+    pub fn store_insert(&mut self, rec: Arc<CorrelatedSession>) -> usize {
+        let slot = self.entries.vacant();
+        for id in ids_of(&rec) {
+            self.ids.insert(id.to_owned(), slot);
+        }
+        self.entries.insert(
+            slot,
+            Entry {
+                rec: Held::Live(rec),
+                client: None,
+                key: None,
+                ready: true,
+                joined: false,
+                stored: None,
+            },
+        );
+        let evicted = self.store_upsert(slot);
+        if self.entries.get(&slot).is_some_and(|e| e.stored.is_none()) {
+            // No store to keep it.
+            self.remove(slot);
+        }
+        evicted
+    }
+
+    /// The stored exchange with this id (the newest, if several had it).
+    pub fn store_get(&self, id: &str) -> Option<Arc<CorrelatedSession>> {
+        let slot = self.ids.get(id)?;
+        self.entries
+            .get(slot)
+            .filter(|e| e.stored.is_some())
+            .map(|e| e.rec.shared())
+    }
+
+    /// Stored exchanges, newest first.
+    pub fn stored(&self) -> impl Iterator<Item = Arc<CorrelatedSession>> + '_ {
+        self.store
+            .order
+            .iter()
+            .rev()
+            .filter_map(|slot| self.entries.get(slot).map(|e| e.rec.shared()))
+    }
+
+    /// Exchanges the store lists now.
+    pub fn store_len(&self) -> usize {
+        self.store.order.len()
+    }
+
+    /// Exchanges evicted from the full store since the start.
+    pub fn store_evicted(&self) -> u64 {
+        self.store.evicted
+    }
+
+    /// The store's capacity (0: no store).
+    pub fn store_capacity(&self) -> usize {
+        self.store.capacity
     }
 }

@@ -560,3 +560,63 @@ fn never_merges_views_with_different_keys() {
         );
     }
 }
+
+/// A ready exchange the store no longer lists is kept packed (encoded) by the join; a late
+/// view, a sequence-less view and a re-sent one still find it, and the late one brings the whole
+/// exchange back to the store.
+#[test]
+fn packed_exchanges_still_join_and_come_back_whole() {
+    let mut j = Joiner::with_store(
+        JoinConfig {
+            window: Duration::from_millis(100),
+            retention: Duration::from_secs(30),
+            max_entries: 1000,
+        },
+        1,
+    );
+    let t0 = Instant::now();
+    let first = j.offer(client_veth("c").build(), t0).record;
+    j.offer(server_veth("s").build(), t0);
+    // Another exchange takes the store's only place; the first's window closes.
+    j.offer(client_veth("other").port(41000).build(), t0);
+    assert_eq!(j.expire(t0 + Duration::from_millis(150)).len(), 2);
+    assert!(j.store_get("c").is_none(), "the store let go of the first");
+    assert!(
+        matches!(
+            j.entries
+                .values()
+                .find(|e| e.rec.ids().contains(&"c"))
+                .map(|e| &e.rec),
+            Some(Held::Packed(_))
+        ),
+        "the join keeps it packed"
+    );
+    assert_eq!(
+        j.offer(client_veth("c").build(), t0).outcome,
+        Outcome::Duplicate,
+        "a re-sent view is known by its id"
+    );
+    let late = t0 + Duration::from_millis(200);
+    let r = j.offer(uplink("n").at(20_000).build(), late);
+    assert_eq!(r.outcome, Outcome::Late);
+    assert_eq!(
+        points(&r.record),
+        [("pod", "client"), ("node", ""), ("pod", "server")]
+    );
+    assert_eq!(
+        (r.record.span_id, r.record.trace_id, r.record.id.as_str()),
+        (first.span_id, first.trace_id, "c"),
+        "the same span, unpacked"
+    );
+    assert_eq!(r.record.constituents, ["c", "s", "n"]);
+    let stored = j
+        .store_get("s")
+        .expect("back in the store, found by any of its ids");
+    assert_eq!(stored.session.observations.len(), 3);
+    // Pushed out of the store again, packed again; a socket view without sequence number
+    // joins it by time (it is the client's only exchange overlapping it).
+    j.offer(client_veth("other2").port(42000).build(), late);
+    let r = j.offer(socket("sock", Side::Client).at(10_000).build(), late);
+    assert_eq!(r.outcome, Outcome::Late);
+    assert_eq!(r.record.session.observations.len(), 4);
+}
