@@ -39,6 +39,16 @@ pub struct ConnectionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `clovisor_flow_connection_bytes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    /// The workloads and the point.
+    #[prometheus(flatten)]
+    pub observed: ObservedLabels,
+    /// `client_to_server` or `server_to_client`.
+    pub direction: &'static str,
+}
+
 /// Connections between workloads and their TCP health, as each observation point saw them end.
 /// Every point that sees a connection counts it, so the label `observed_at` is part of every
 /// series: pick one point per question (`server_veth` for connections into traced servers,
@@ -49,6 +59,7 @@ pub struct ConnectionMetrics {
     connections: Family<ConnectionLabels, Counter>,
     retransmits: Family<ObservedLabels, Counter>,
     rtt: Family<ObservedLabels, Histogram, fn() -> Histogram>,
+    bytes: Family<BytesLabels, Counter>,
 }
 
 impl Default for ConnectionMetrics {
@@ -58,6 +69,7 @@ impl Default for ConnectionMetrics {
             connections: Family::default(),
             retransmits: Family::default(),
             rtt: Family::new_with_constructor(|| Histogram::new(RTT_BUCKETS)),
+            bytes: Family::default(),
         }
     }
 }
@@ -104,8 +116,37 @@ impl ConnectionMetrics {
             .inc();
     }
 
-    /// Registers `clovisor_flow_connections_total`, `clovisor_flow_connection_retransmits_total`
-    /// and `clovisor_flow_rtt_seconds`.
+    /// Counts payload bytes a connection between workloads carried, per direction
+    /// (`[client to server, server to client]`), as the point `observed_at` saw them, whatever
+    /// its protocol and whether any decoder understood it.
+    pub fn bytes(
+        &self,
+        client: Option<End<'_>>,
+        server: Option<End<'_>>,
+        observed_at: &'static str,
+        bytes: [u64; 2],
+    ) {
+        let observed = ObservedLabels {
+            flow: self.workloads.flow(client, server),
+            observed_at,
+        };
+        for (direction, n) in ["client_to_server", "server_to_client"]
+            .into_iter()
+            .zip(bytes)
+        {
+            if n > 0 {
+                self.bytes
+                    .get_or_create(&BytesLabels {
+                        observed: observed.clone(),
+                        direction,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Registers `clovisor_flow_connections_total`, `clovisor_flow_connection_retransmits_total`,
+    /// `clovisor_flow_rtt_seconds` and `clovisor_flow_connection_bytes_total`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "clovisor_flow_connections",
@@ -121,6 +162,11 @@ impl ConnectionMetrics {
             "clovisor_flow_rtt_seconds",
             "Smoothed round-trip time of connections between workloads at close, as the socket's kernel measured it",
             self.rtt.clone(),
+        );
+        registry.register(
+            "clovisor_flow_connection_bytes",
+            "Payload bytes carried by connections between workloads, whatever their protocol, by where they were seen and direction",
+            self.bytes.clone(),
         );
     }
 }
@@ -148,6 +194,15 @@ pub struct ConnectionEndLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `clovisor_collector_decoder_desyncs_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DesyncLabels {
+    /// The decoder's name (`http1`, ...).
+    pub protocol: &'static str,
+    /// Why it lost step, one of a fixed set per decoder.
+    pub reason: &'static str,
+}
+
 /// A label set for emitted sessions.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -162,7 +217,7 @@ pub struct CollectorMetrics {
     pub records_received: Family<KindLabel, Counter>,
     /// Sessions emitted, by outcome.
     pub sessions_emitted: Family<OutcomeLabel, Counter>,
-    /// Messages that could not be decoded, by reason (see `DecodeError::as_label`).
+    /// Messages that could not be decoded, by reason (see `decode::http1::ParseError::as_label`).
     pub decode_errors: Family<ReasonLabel, Counter>,
     /// Flows dropped from the table before they ended, by reason (`capacity`, `idle`,
     /// `probe_restart`).
@@ -178,8 +233,10 @@ pub struct CollectorMetrics {
     /// Messages dropped before pairing, by reason (`duplicate`, `no_direction`, `no_flow_key`,
     /// `response_without_request`, `gap`).
     pub messages_dropped: Family<ReasonLabel, Counter>,
-    /// Flows not decoded because their protocol is not supported yet.
+    /// Flows no decoder claimed (their protocol is not decoded).
     pub flows_unsupported: Counter,
+    /// Decoders that lost step with their flow, by protocol and reason.
+    pub decoder_desyncs: Family<DesyncLabels, Counter>,
     /// Probes that restarted (a new probe id for a known node).
     pub probe_restarts: Counter,
     /// Endpoint updates ignored because the per-probe table was full.
@@ -291,8 +348,13 @@ impl CollectorMetrics {
         );
         registry.register(
             "clovisor_collector_flows_unsupported",
-            "Flows skipped because their protocol is not decoded yet",
+            "Flows no decoder claimed: their protocol is not decoded",
             self.flows_unsupported.clone(),
+        );
+        registry.register(
+            "clovisor_collector_decoder_desyncs",
+            "Decoders that lost step with their flow, by protocol and reason",
+            self.decoder_desyncs.clone(),
         );
         registry.register(
             "clovisor_collector_probe_restarts",
@@ -310,6 +372,21 @@ impl CollectorMetrics {
     pub fn decode_error(&self, reason: &'static str) {
         self.decode_errors
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts an emitted session.
+    pub fn session_emitted(&self, incomplete: bool) {
+        let outcome = if incomplete { "incomplete" } else { "complete" };
+        self.sessions_emitted
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts a decoder losing step with its flow.
+    pub fn desync(&self, protocol: &'static str, reason: &'static str) {
+        self.decoder_desyncs
+            .get_or_create(&DesyncLabels { protocol, reason })
             .inc();
     }
 

@@ -2,13 +2,92 @@
 //!
 //! Only an allow-list of headers is kept. Credentials (`Authorization`, `Cookie`, `Set-Cookie`,
 //! `Proxy-Authorization`) are never copied out of the capture buffer, whatever else happens.
+//! Input may be cut anywhere (the probe captures a prefix of each message) and is never trusted:
+//! every failure is a [`ParseError`], never a panic.
 
 use clovisor_proto::session::v1::TraceContext;
 
-use super::trace_context::{parse_b3_single, parse_traceparent, B3Multi, TraceContextError};
-use super::DecodeError;
+use crate::decode::trace_context::{
+    parse_b3_single, parse_traceparent, B3Multi, TraceContextError,
+};
 
-/// Headers per head at most; beyond that the head is rejected as [`DecodeError::TooManyHeaders`].
+/// Why a head could not be decoded. Bounded, so it can label a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// No bytes to decode.
+    #[error("empty payload")]
+    Empty,
+    /// The capture ended inside the start line, so not even the method/status is known.
+    #[error("start line cut by the capture")]
+    TruncatedStartLine,
+    /// The start line or a header is not valid HTTP/1.x.
+    #[error("malformed HTTP/1.x head: {0}")]
+    Malformed(&'static str),
+    /// More headers than the decoder accepts.
+    #[error("too many headers")]
+    TooManyHeaders,
+    /// The bytes do not start like an HTTP/1.x message at all.
+    #[error("not HTTP/1.x")]
+    NotHttp,
+}
+
+impl ParseError {
+    /// Stable metric label for this reason.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::TruncatedStartLine => "truncated_start_line",
+            Self::Malformed(_) => "malformed",
+            Self::TooManyHeaders => "too_many_headers",
+            Self::NotHttp => "not_http",
+        }
+    }
+}
+
+/// What a message's first bytes look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// Starts with an HTTP/1.x request line (a known method and a space).
+    Request,
+    /// Starts with `HTTP/1.`.
+    Response,
+    /// Anything else.
+    Unknown,
+}
+
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+    b"PROPFIND ",
+    b"PROPPATCH ",
+    b"MKCOL ",
+    b"COPY ",
+    b"MOVE ",
+    b"LOCK ",
+    b"UNLOCK ",
+    b"REPORT ",
+    b"PURGE ",
+];
+
+/// Classifies a message by its first bytes.
+pub fn sniff(payload: &[u8]) -> Sniffed {
+    if payload.starts_with(b"HTTP/1.") {
+        return Sniffed::Response;
+    }
+    if METHODS.iter().any(|m| payload.starts_with(m)) {
+        return Sniffed::Request;
+    }
+    Sniffed::Unknown
+}
+
+/// Headers per head at most; beyond that the head is rejected as [`ParseError::TooManyHeaders`].
 pub const MAX_HEADERS: usize = 128;
 
 /// Pipelined messages decoded from one capture at most, so a hostile payload of tiny requests
@@ -84,15 +163,15 @@ fn config() -> httparse::ParserConfig {
     c
 }
 
-fn map_err(e: httparse::Error) -> DecodeError {
+fn map_err(e: httparse::Error) -> ParseError {
     match e {
-        httparse::Error::TooManyHeaders => DecodeError::TooManyHeaders,
-        httparse::Error::HeaderName => DecodeError::Malformed("header name"),
-        httparse::Error::HeaderValue => DecodeError::Malformed("header value"),
-        httparse::Error::NewLine => DecodeError::Malformed("new line"),
-        httparse::Error::Status => DecodeError::Malformed("status"),
-        httparse::Error::Token => DecodeError::Malformed("token"),
-        httparse::Error::Version => DecodeError::Malformed("version"),
+        httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
+        httparse::Error::HeaderName => ParseError::Malformed("header name"),
+        httparse::Error::HeaderValue => ParseError::Malformed("header value"),
+        httparse::Error::NewLine => ParseError::Malformed("new line"),
+        httparse::Error::Status => ParseError::Malformed("status"),
+        httparse::Error::Token => ParseError::Malformed("token"),
+        httparse::Error::Version => ParseError::Malformed("version"),
     }
 }
 
@@ -133,27 +212,27 @@ enum Parsed<T> {
 /// terminated by an artificial blank line, so the fields before the cut are still known.
 fn parse_head<T>(
     buf: &[u8],
-    parse: impl Fn(&[u8]) -> Result<Option<T>, DecodeError>,
-) -> Result<Parsed<T>, DecodeError> {
+    parse: impl Fn(&[u8]) -> Result<Option<T>, ParseError>,
+) -> Result<Parsed<T>, ParseError> {
     if buf.is_empty() {
-        return Err(DecodeError::Empty);
+        return Err(ParseError::Empty);
     }
     if let Some(head) = parse(buf)? {
         return Ok(Parsed::Complete(head));
     }
     let Some(last_nl) = memchr::memrchr(b'\n', buf) else {
-        return Err(DecodeError::TruncatedStartLine);
+        return Err(ParseError::TruncatedStartLine);
     };
     let mut cut = Vec::with_capacity(last_nl + 3);
     cut.extend_from_slice(&buf[..=last_nl]);
     cut.extend_from_slice(b"\r\n");
     match parse(&cut)? {
         Some(head) => Ok(Parsed::Truncated(head)),
-        None => Err(DecodeError::Malformed("incomplete head")),
+        None => Err(ParseError::Malformed("incomplete head")),
     }
 }
 
-fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, DecodeError> {
+fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let n = match config().parse_request(&mut req, buf).map_err(map_err)? {
@@ -233,7 +312,7 @@ fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, DecodeError> {
     Ok(Some(head))
 }
 
-fn response_once(buf: &[u8]) -> Result<Option<ResponseHead>, DecodeError> {
+fn response_once(buf: &[u8]) -> Result<Option<ResponseHead>, ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let n = match config().parse_response(&mut resp, buf).map_err(map_err)? {
@@ -261,15 +340,15 @@ fn response_once(buf: &[u8]) -> Result<Option<ResponseHead>, DecodeError> {
 }
 
 /// Decodes one request head at the start of `buf`.
-pub fn decode_request(buf: &[u8]) -> Result<RequestHead, DecodeError> {
+pub fn decode_request(buf: &[u8]) -> Result<RequestHead, ParseError> {
     if buf.is_empty() {
-        return Err(DecodeError::Empty);
+        return Err(ParseError::Empty);
     }
-    if !matches!(super::sniff(buf), super::Sniffed::Http1Request) && !looks_like_token(buf) {
-        return Err(DecodeError::NotHttp);
+    if !matches!(sniff(buf), Sniffed::Request) && !looks_like_token(buf) {
+        return Err(ParseError::NotHttp);
     }
     let parsed = match parse_head(buf, request_once) {
-        Err(DecodeError::TruncatedStartLine) => return cut_request_line(buf),
+        Err(ParseError::TruncatedStartLine) => return cut_request_line(buf),
         other => other?,
     };
     Ok(match parsed {
@@ -283,12 +362,12 @@ pub fn decode_request(buf: &[u8]) -> Result<RequestHead, DecodeError> {
 }
 
 /// Decodes one response head at the start of `buf`.
-pub fn decode_response(buf: &[u8]) -> Result<ResponseHead, DecodeError> {
+pub fn decode_response(buf: &[u8]) -> Result<ResponseHead, ParseError> {
     if !buf.is_empty() && !buf.starts_with(b"HTTP/") && !b"HTTP/".starts_with(buf) {
-        return Err(DecodeError::NotHttp);
+        return Err(ParseError::NotHttp);
     }
     if buf.len() < 12 && !buf.contains(&b'\n') {
-        return Err(DecodeError::TruncatedStartLine);
+        return Err(ParseError::TruncatedStartLine);
     }
     Ok(match parse_head(buf, response_once)? {
         Parsed::Complete(h) => h,
@@ -302,8 +381,8 @@ pub fn decode_response(buf: &[u8]) -> Result<ResponseHead, DecodeError> {
 
 /// The capture ended inside the request line: keep the method and the start of the target
 /// when they look sane, marked truncated, since a long URL is common and still informative.
-fn cut_request_line(buf: &[u8]) -> Result<RequestHead, DecodeError> {
-    let sp = memchr::memchr(b' ', buf).ok_or(DecodeError::TruncatedStartLine)?;
+fn cut_request_line(buf: &[u8]) -> Result<RequestHead, ParseError> {
+    let sp = memchr::memchr(b' ', buf).ok_or(ParseError::TruncatedStartLine)?;
     let method = &buf[..sp];
     let rest = &buf[sp + 1..];
     let target = match memchr::memchr(b' ', rest) {
@@ -316,7 +395,7 @@ fn cut_request_line(buf: &[u8]) -> Result<RequestHead, DecodeError> {
         || target.is_empty()
         || !target.iter().all(visible)
     {
-        return Err(DecodeError::TruncatedStartLine);
+        return Err(ParseError::TruncatedStartLine);
     }
     Ok(RequestHead {
         method: String::from_utf8_lossy(method).into_owned(),
@@ -378,7 +457,7 @@ fn chunked_len(body: &[u8]) -> Option<usize> {
 ///
 /// The first head must decode; later ones stop the walk quietly when the capture ends, since a
 /// cut is expected there.
-pub fn decode_requests(buf: &[u8]) -> Result<Vec<RequestHead>, DecodeError> {
+pub fn decode_requests(buf: &[u8]) -> Result<Vec<RequestHead>, ParseError> {
     let first = decode_request(buf)?;
     let mut out = Vec::new();
     let mut pos = 0usize;
@@ -397,7 +476,7 @@ pub fn decode_requests(buf: &[u8]) -> Result<Vec<RequestHead>, DecodeError> {
             break;
         };
         let rest = &buf[next..];
-        if !matches!(super::sniff(rest), super::Sniffed::Http1Request) {
+        if !matches!(sniff(rest), Sniffed::Request) {
             break;
         }
         match decode_request(rest) {
@@ -416,7 +495,7 @@ pub fn decode_requests(buf: &[u8]) -> Result<Vec<RequestHead>, DecodeError> {
 pub fn decode_responses(
     buf: &[u8],
     requests: &[RequestHead],
-) -> Result<Vec<ResponseHead>, DecodeError> {
+) -> Result<Vec<ResponseHead>, ParseError> {
     let mut head = decode_response(buf)?;
     let mut out = Vec::new();
     let mut pos = 0usize;
@@ -461,269 +540,4 @@ pub fn decode_responses(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clovisor_proto::session::v1::TraceFormat;
-
-    fn req(s: &str) -> RequestHead {
-        decode_request(s.as_bytes()).unwrap_or_else(|e| panic!("decoding {s:?} failed: {e}"))
-    }
-
-    #[test]
-    fn curl_get() {
-        let h = req("GET /api/v1/items?id=7 HTTP/1.1\r\nHost: shop.example:8080\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n");
-        assert_eq!(h.method, "GET");
-        assert_eq!(h.target, "/api/v1/items?id=7");
-        assert_eq!(h.version, "HTTP/1.1");
-        assert_eq!(h.host.as_deref(), Some("shop.example:8080"));
-        assert_eq!(h.user_agent.as_deref(), Some("curl/8.5.0"));
-        assert!(!h.truncated, "a complete head must not be marked truncated");
-        assert_eq!(h.content_length, None);
-        assert!(h.trace.is_none());
-    }
-
-    #[test]
-    fn browser_http10_and_case_insensitive_names() {
-        let h = req("GET / HTTP/1.0\r\nHOST: www.google.com\r\nuser-agent: Mozilla/5.0 (X11; U; Linux i686; en-US; rv:1.9.2.3) Gecko/20100401 Firefox/3.6.3\r\nAccept-Encoding: gzip,deflate\r\nConnection: keep-alive\r\n\r\n");
-        assert_eq!(h.version, "HTTP/1.0");
-        assert_eq!(h.host.as_deref(), Some("www.google.com"));
-        assert!(
-            h.user_agent
-                .as_deref()
-                .is_some_and(|u| u.contains("Firefox/3.6.3")),
-            "user agent: {:?}",
-            h.user_agent
-        );
-    }
-
-    #[test]
-    fn envoy_headers_and_w3c() {
-        let h = req("POST /checkout HTTP/1.1\r\nhost: checkout\r\nx-request-id: 9f1c0a7e-1111-2222-3333-444455556666\r\nx-envoy-decorator-operation: checkout.default.svc.cluster.local:80/*\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: rojo=00f067aa0ba902b7\r\nx-b3-traceid: 463ac35c9f6413ad\r\nx-b3-spanid: a2fb4a1d1a96d312\r\ncontent-length: 5\r\n\r\nhello");
-        assert_eq!(
-            h.request_id.as_deref(),
-            Some("9f1c0a7e-1111-2222-3333-444455556666")
-        );
-        assert_eq!(
-            h.envoy_decorator.as_deref(),
-            Some("checkout.default.svc.cluster.local:80/*")
-        );
-        assert_eq!(h.content_length, Some(5));
-        let tc = h.trace.expect("trace context");
-        assert_eq!(tc.format, TraceFormat::W3c as i32, "W3C wins over B3");
-        assert_eq!(tc.tracestate, "rojo=00f067aa0ba902b7");
-    }
-
-    #[test]
-    fn b3_single_and_multi_and_bad_traceparent_falls_back() {
-        let h = req(
-            "GET / HTTP/1.1\r\nb3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1\r\n\r\n",
-        );
-        assert_eq!(
-            h.trace.map(|t| t.format),
-            Some(TraceFormat::B3Single as i32)
-        );
-
-        let h = req("GET / HTTP/1.1\r\ntraceparent: 00-zz-00f067aa0ba902b7-01\r\nX-B3-TraceId: 463ac35c9f6413ad\r\nX-B3-SpanId: a2fb4a1d1a96d312\r\nX-B3-Sampled: 1\r\n\r\n");
-        let tc = h.trace.expect("falls back to B3 multi");
-        assert_eq!(tc.format, TraceFormat::B3Multi as i32);
-        assert!(tc.sampled);
-        assert_eq!(
-            h.trace_error,
-            Some(TraceContextError::MalformedTraceparent),
-            "the rejected traceparent is reported"
-        );
-    }
-
-    #[test]
-    fn credentials_are_never_kept() {
-        let secret = "c2VjcmV0LXBhc3N3b3Jk";
-        let h = req(&format!("GET /admin HTTP/1.1\r\nHost: a\r\nAuthorization: Basic {secret}\r\nCookie: session={secret}\r\nProxy-Authorization: Bearer {secret}\r\n\r\n"));
-        let dump = format!("{h:?}");
-        assert!(
-            !dump.contains(secret),
-            "a credential leaked into the decoded request: {dump}"
-        );
-        let r = decode_response(
-            format!("HTTP/1.1 200 OK\r\nSet-Cookie: sid={secret}; HttpOnly\r\nContent-Length: 0\r\n\r\n")
-                .as_bytes(),
-        )
-        .expect("valid response");
-        let dump = format!("{r:?}");
-        assert!(!dump.contains(secret), "Set-Cookie leaked: {dump}");
-    }
-
-    #[test]
-    fn truncated_head_keeps_fields_before_cut() {
-        let full = "GET /index.html HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0\r\nx-request-id: abc\r\nAccept: text/html\r\n\r\n";
-        let cut = &full.as_bytes()[..full.find("x-request-id").expect("marker") + 5];
-        let h = decode_request(cut).expect("truncated head still decodes");
-        assert!(h.truncated, "must be marked truncated");
-        assert_eq!(h.host.as_deref(), Some("example.com"));
-        assert_eq!(h.user_agent.as_deref(), Some("Mozilla/5.0"));
-        assert_eq!(h.request_id, None, "the cut header must not be guessed");
-        assert_eq!(h.target, "/index.html");
-
-        // Cut right after the request line.
-        let h = decode_request(b"GET /x HTTP/1.1\r\nHo").expect("request line complete");
-        assert!(h.truncated);
-        assert_eq!(h.target, "/x");
-
-        // Cut inside the request line: method and target prefix survive, marked.
-        let h = decode_request(b"GET /very/long/pa").expect("method and target prefix");
-        assert_eq!(
-            (h.method.as_str(), h.target.as_str(), h.truncated),
-            ("GET", "/very/long/pa", true)
-        );
-        assert_eq!(h.version, "", "the version was not seen");
-        assert_eq!(
-            decode_request(b"GET "),
-            Err(DecodeError::TruncatedStartLine)
-        );
-        assert!(
-            decode_request(b"GET /a\x01b").is_err(),
-            "control bytes in a target are rejected"
-        );
-
-        let r = decode_response(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/ht")
-            .expect("status line complete");
-        assert!(r.truncated);
-        assert_eq!(r.status, 404);
-        assert_eq!(r.reason, "Not Found");
-        assert_eq!(
-            decode_response(b"HTTP/1.1 40"),
-            Err(DecodeError::TruncatedStartLine)
-        );
-    }
-
-    #[test]
-    fn malformed_and_garbage_are_typed_errors() {
-        let cases: &[&[u8]] = &[
-            b"",
-            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-            b"\x00\x00\x00\x00\x00\x00",
-            b"GET / HTTP/9.9\r\n\r\n",
-            b"GET\x00/ HTTP/1.1\r\n\r\n",
-            b"SSH-2.0-OpenSSH_9.6\r\n",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-        ];
-        for c in cases {
-            let got = decode_request(c);
-            assert!(got.is_err(), "garbage {c:?} must not decode, got {got:?}");
-        }
-        assert_eq!(decode_request(b""), Err(DecodeError::Empty));
-        // An invalid header line is skipped, not fatal: real clients send such junk.
-        let h = decode_request(b"GET / HTTP/1.1\r\nBad\x01: x\r\nHost: h\r\n\r\n")
-            .expect("invalid header lines are ignored");
-        assert_eq!(h.host.as_deref(), Some("h"));
-        assert_eq!(decode_response(b"\x16\x03\x01"), Err(DecodeError::NotHttp));
-        assert!(decode_response(b"HTTP/1.1 abc OK\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn random_bytes_never_panic() {
-        // Deterministic xorshift: many shapes of junk, including HTTP-looking prefixes.
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        let prefixes: &[&[u8]] = &[b"", b"GET ", b"HTTP/1.1 ", b"GET / HTTP/1.1\r\n"];
-        for i in 0..4000 {
-            let mut buf = prefixes[i % prefixes.len()].to_vec();
-            let len = (i * 7) % 300;
-            for _ in 0..len {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                buf.push(if x.is_multiple_of(3) {
-                    b"\r\n: "[(x % 4) as usize]
-                } else {
-                    x as u8
-                });
-            }
-            let _ = decode_requests(&buf);
-            let _ = decode_responses(&buf, &[]);
-        }
-    }
-
-    #[test]
-    fn huge_headers() {
-        let mut s = String::from("GET / HTTP/1.1\r\n");
-        for i in 0..(MAX_HEADERS + 10) {
-            s.push_str(&format!("X-Filler-{i}: {i}\r\n"));
-        }
-        s.push_str("\r\n");
-        assert_eq!(
-            decode_request(s.as_bytes()),
-            Err(DecodeError::TooManyHeaders)
-        );
-
-        let big = "a".repeat(64 * 1024);
-        let h = req(&format!("GET /{big} HTTP/1.1\r\nUser-Agent: {big}\r\n\r\n"));
-        assert_eq!(h.target.len(), big.len() + 1, "long target kept whole");
-    }
-
-    #[test]
-    fn pipelined_requests() {
-        let buf = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyzPUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nDELETE /d HTTP/1.1\r\n\r\n";
-        let hs = decode_requests(buf).expect("pipelined requests decode");
-        let got: Vec<(&str, &str)> = hs
-            .iter()
-            .map(|h| (h.method.as_str(), h.target.as_str()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("GET", "/a"),
-                ("POST", "/b"),
-                ("PUT", "/c"),
-                ("DELETE", "/d")
-            ],
-            "all four pipelined requests"
-        );
-        assert!(hs[2].chunked);
-
-        // The body runs past the capture: stop after the first.
-        let hs = decode_requests(b"POST /a HTTP/1.1\r\nContent-Length: 1000\r\n\r\nabc")
-            .expect("first decodes");
-        assert_eq!(hs.len(), 1);
-    }
-
-    #[test]
-    fn responses_chunked_and_pipelined() {
-        let buf = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\nHTTP/1.0 404 Not Found\r\n\r\n";
-        let rs = decode_responses(buf, &[]).expect("responses decode");
-        let got: Vec<u16> = rs.iter().map(|r| r.status).collect();
-        assert_eq!(got, vec![100, 200, 304, 404]);
-        assert!(rs[0].is_interim() && !rs[1].is_interim());
-        assert!(rs[1].chunked, "gzip, chunked ends with chunked");
-        assert_eq!(rs[2].content_length, Some(99));
-        assert_eq!(rs[3].version, "HTTP/1.0");
-
-        // A response to HEAD has no body despite Content-Length.
-        let head = RequestHead {
-            method: "HEAD".into(),
-            ..RequestHead::default()
-        };
-        let get = RequestHead {
-            method: "GET".into(),
-            ..RequestHead::default()
-        };
-        let rs = decode_responses(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
-            &[head, get],
-        )
-        .expect("decodes");
-        assert_eq!(rs.len(), 2, "HEAD response has no body: {rs:?}");
-    }
-
-    #[test]
-    fn invalid_content_length_is_ignored() {
-        let h = req("POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n");
-        assert_eq!(h.content_length, None);
-        let h = req("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n");
-        assert_eq!(
-            h.content_length, None,
-            "overflow must not panic nor be trusted"
-        );
-    }
 }
