@@ -1,7 +1,7 @@
 //! Every metric the collector exports, in one place. Labels are bounded enums of `&'static str`,
 //! never addresses, probe ids or URLs.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clovisor_proto::delivery::DeliveryStats;
@@ -174,8 +174,54 @@ impl ConnectionMetrics {
 /// A label set with one bounded label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
-    /// Record kind: `message`, `flow_end`, `endpoint`, `stats`, `empty`.
+    /// Record kind: `message`, `flow_end`, `endpoint`, `stats`, `flow_start`, `empty`.
     pub kind: &'static str,
+}
+
+/// What a record from a probe is, as `records_received{kind}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A message.
+    Message,
+    /// A flow's end.
+    FlowEnd,
+    /// Endpoint metadata.
+    Endpoint,
+    /// Kernel counters.
+    Stats,
+    /// A flow's identity, once.
+    FlowStart,
+    /// A record without a kind.
+    Empty,
+}
+
+impl RecordKind {
+    /// The label value.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::FlowEnd => "flow_end",
+            Self::Endpoint => "endpoint",
+            Self::Stats => "stats",
+            Self::FlowStart => "flow_start",
+            Self::Empty => "empty",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// Handles on the series counted for every record or session, each looked up once (on first use,
+/// so a series appears when it is first counted, as with a look-up): a label look-up hashes the
+/// label set and takes a lock, more than the count itself.
+#[derive(Debug, Default)]
+struct Handles {
+    records_received: [OnceLock<Counter>; 6],
+    sessions_emitted: [OnceLock<Counter>; 2],
+    stage_received: OnceLock<Counter>,
+    stage_emitted: OnceLock<Counter>,
 }
 
 /// A label set naming a bounded reason.
@@ -243,6 +289,7 @@ pub struct CollectorMetrics {
     pub endpoints_dropped: Counter,
     /// Shared loss accounting (stages `collector` and `forwarder`).
     pub drops: Drops,
+    handles: Handles,
 }
 
 /// Loss-accounting stage of the collector's door: records of new batches = records taken into
@@ -275,16 +322,28 @@ impl CollectorMetrics {
     }
 
     /// Counts a record of a new batch arriving, by kind.
-    pub fn record_received(&self, kind: &'static str) {
-        self.records_received
-            .get_or_create(&KindLabel { kind })
+    pub fn record_received(&self, kind: RecordKind) {
+        self.handles.records_received[kind.slot()]
+            .get_or_init(|| {
+                self.records_received
+                    .get_or_create(&KindLabel {
+                        kind: kind.as_label(),
+                    })
+                    .clone()
+            })
             .inc();
-        self.drops.received(STAGE_COLLECTOR, 1);
+        self.handles
+            .stage_received
+            .get_or_init(|| self.drops.received_counter(STAGE_COLLECTOR))
+            .inc();
     }
 
     /// Counts a record taken into the flow table (not rejected at the door).
     pub fn record_accepted(&self) {
-        self.drops.emitted(STAGE_COLLECTOR, 1);
+        self.handles
+            .stage_emitted
+            .get_or_init(|| self.drops.emitted_counter(STAGE_COLLECTOR))
+            .inc();
     }
 
     /// Copies the forwarder's cumulative counters into the `forwarder` stage's accounting,
@@ -378,8 +437,12 @@ impl CollectorMetrics {
     /// Counts an emitted session.
     pub fn session_emitted(&self, incomplete: bool) {
         let outcome = if incomplete { "incomplete" } else { "complete" };
-        self.sessions_emitted
-            .get_or_create(&OutcomeLabel { outcome })
+        self.handles.sessions_emitted[usize::from(incomplete)]
+            .get_or_init(|| {
+                self.sessions_emitted
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .clone()
+            })
             .inc();
     }
 
@@ -514,7 +577,7 @@ mod tests {
     fn door_drops_balance_the_collector_stage() {
         let m = CollectorMetrics::new();
         for _ in 0..3 {
-            m.record_received("message");
+            m.record_received(RecordKind::Message);
         }
         m.record_accepted();
         m.message_dropped("duplicate");

@@ -26,7 +26,7 @@ use clovisor_proto::session::v1::Session;
 use clovisor_runtime::workloads::is_loopback;
 
 use crate::decode::{Decoders, Direction};
-use crate::metrics::{CollectorMetrics, ConnectionEnd};
+use crate::metrics::{CollectorMetrics, ConnectionEnd, RecordKind};
 use endpoints::{Endpoints, Ends};
 use flow::{Ctx, Flow};
 
@@ -191,12 +191,12 @@ impl FlowTable {
         out: &mut Vec<Session>,
     ) {
         let kind = match &record.kind {
-            Some(record::Kind::Message(_)) => "message",
-            Some(record::Kind::FlowEnd(_)) => "flow_end",
-            Some(record::Kind::Endpoint(_)) => "endpoint",
-            Some(record::Kind::Stats(_)) => "stats",
-            Some(record::Kind::FlowStart(_)) => "flow_start",
-            None => "empty",
+            Some(record::Kind::Message(_)) => RecordKind::Message,
+            Some(record::Kind::FlowEnd(_)) => RecordKind::FlowEnd,
+            Some(record::Kind::Endpoint(_)) => RecordKind::Endpoint,
+            Some(record::Kind::Stats(_)) => RecordKind::Stats,
+            Some(record::Kind::FlowStart(_)) => RecordKind::FlowStart,
+            None => RecordKind::Empty,
         };
         self.metrics.record_received(kind);
         let accepted = match record.kind {
