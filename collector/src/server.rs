@@ -148,7 +148,12 @@ impl Inner {
         for record in batch.records {
             st.table.ingest(probe_id, record, now, &mut out);
         }
-        st.last_seq.insert(probe_id.to_owned(), batch.seq);
+        match st.last_seq.get_mut(probe_id) {
+            Some(seq) => *seq = batch.seq,
+            None => {
+                st.last_seq.insert(probe_id.to_owned(), batch.seq);
+            }
+        }
         self.metrics.batches_processed.inc();
         Some(out)
     }

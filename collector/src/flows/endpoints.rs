@@ -1,11 +1,10 @@
 //! Endpoint metadata: which pod an address is, as the probe reported it, and what that says
 //! about where an observation point sits.
 
-use std::collections::HashMap;
-
 use clovisor_proto::capture::v1 as capture;
 use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_runtime::workloads::End;
+use rustc_hash::FxHashMap;
 
 /// Pod metadata of one IP, as the probe reported it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,7 +47,7 @@ impl EndpointMeta {
 }
 
 /// One probe's endpoint metadata, by IP address (4 or 16 bytes, as on the wire).
-pub(super) type Endpoints = HashMap<Vec<u8>, EndpointMeta>;
+pub(super) type Endpoints = FxHashMap<Vec<u8>, EndpointMeta>;
 
 /// The metadata of both ends of a flow.
 #[derive(Debug, Clone, Copy, Default)]
