@@ -217,7 +217,7 @@ fn exchange(p: Pair) -> Exchange {
             host: h.host.unwrap_or_default(),
             user_agent: h.user_agent.unwrap_or_default(),
             status_code,
-            version: h.version,
+            version: h.version.to_owned(),
             request_id: h.request_id.unwrap_or_default(),
             envoy_decorator: h.envoy_decorator.unwrap_or_default(),
             reason,

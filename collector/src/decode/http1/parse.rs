@@ -5,6 +5,9 @@
 //! Input may be cut anywhere (the probe captures a prefix of each message) and is never trusted:
 //! every failure is a [`ParseError`], never a panic.
 
+use std::borrow::Cow;
+use std::mem::MaybeUninit;
+
 use clovisor_proto::session::v1::TraceContext;
 
 use crate::decode::trace_context::{
@@ -101,8 +104,8 @@ pub struct RequestHead {
     pub method: String,
     /// Request target as sent (path and query, or absolute form).
     pub target: String,
-    /// `HTTP/1.0` or `HTTP/1.1`.
-    pub version: String,
+    /// `HTTP/1.0` or `HTTP/1.1`; empty when the capture ended inside the request line.
+    pub version: &'static str,
     /// `Host`
     pub host: Option<String>,
     /// `User-Agent`
@@ -133,7 +136,7 @@ pub struct ResponseHead {
     /// Reason phrase.
     pub reason: String,
     /// `HTTP/1.0` or `HTTP/1.1`.
-    pub version: String,
+    pub version: &'static str,
     /// `Content-Length`, when present and valid.
     pub content_length: Option<u64>,
     /// `Transfer-Encoding` ends with `chunked`.
@@ -175,15 +178,24 @@ fn map_err(e: httparse::Error) -> ParseError {
     }
 }
 
-fn version(v: Option<u8>) -> String {
+fn version(v: Option<u8>) -> &'static str {
     match v {
-        Some(0) => "HTTP/1.0".to_owned(),
-        _ => "HTTP/1.1".to_owned(),
+        Some(0) => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// A header value as trimmed text: borrowed from the capture when it is valid UTF-8 (nearly
+/// always), else with the invalid bytes replaced.
+fn trimmed(value: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(s) => Cow::Borrowed(s.trim()),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(value).trim().to_owned()),
     }
 }
 
 fn text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).trim().to_owned()
+    trimmed(value).into_owned()
 }
 
 fn is_chunked(value: &[u8]) -> bool {
@@ -191,15 +203,64 @@ fn is_chunked(value: &[u8]) -> bool {
     value
         .rsplit(|&b| b == b',')
         .next()
-        .is_some_and(|last| text(last).eq_ignore_ascii_case("chunked"))
+        .is_some_and(|last| trimmed(last).eq_ignore_ascii_case("chunked"))
 }
 
 fn content_length(value: &[u8]) -> Option<u64> {
-    let t = text(value);
+    let t = trimmed(value);
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     t.parse().ok()
+}
+
+/// The request headers the decoder reads. Every other header is never read, credentials
+/// (`Authorization`, `Cookie`, `Proxy-Authorization`) above all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Host,
+    UserAgent,
+    RequestId,
+    EnvoyDecorator,
+    ContentLength,
+    TransferEncoding,
+    Traceparent,
+    Tracestate,
+    B3,
+    B3TraceId,
+    B3SpanId,
+    B3ParentSpanId,
+    B3Sampled,
+    B3Flags,
+}
+
+/// Which wanted header `name` is, case-insensitively; by length first, so that most headers
+/// are passed over after one comparison at most.
+fn wanted(name: &str) -> Option<Wanted> {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    let w = match name.len() {
+        2 if is("b3") => Wanted::B3,
+        4 if is("host") => Wanted::Host,
+        10 if is("user-agent") => Wanted::UserAgent,
+        10 if is("tracestate") => Wanted::Tracestate,
+        10 if is("x-b3-flags") => Wanted::B3Flags,
+        11 if is("traceparent") => Wanted::Traceparent,
+        11 if is("x-b3-spanid") => Wanted::B3SpanId,
+        12 if is("x-request-id") => Wanted::RequestId,
+        12 if is("x-b3-traceid") => Wanted::B3TraceId,
+        12 if is("x-b3-sampled") => Wanted::B3Sampled,
+        14 if is("content-length") => Wanted::ContentLength,
+        17 if is("transfer-encoding") => Wanted::TransferEncoding,
+        17 if is("x-b3-parentspanid") => Wanted::B3ParentSpanId,
+        27 if is("x-envoy-decorator-operation") => Wanted::EnvoyDecorator,
+        _ => return None,
+    };
+    Some(w)
+}
+
+/// Room for a head's headers, left uninitialised: httparse writes what it finds.
+fn header_room<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
 /// Where a head ends in `buf`, and whether the capture cut it.
@@ -233,9 +294,12 @@ fn parse_head<T>(
 }
 
 fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let n = match config().parse_request(&mut req, buf).map_err(map_err)? {
+    let mut headers = header_room();
+    let mut req = httparse::Request::new(&mut []);
+    let n = match config()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut headers)
+        .map_err(map_err)?
+    {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Ok(None),
     };
@@ -251,39 +315,53 @@ fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
     let mut b3_single = None;
     let mut b3 = B3Multi::default();
     for h in req.headers.iter() {
-        let name = h.name;
-        let is = |n: &str| name.eq_ignore_ascii_case(n);
-        // Credentials are deliberately absent from this match: their values are never read.
-        if is("host") {
-            head.host.get_or_insert_with(|| text(h.value));
-        } else if is("user-agent") {
-            head.user_agent.get_or_insert_with(|| text(h.value));
-        } else if is("x-request-id") {
-            head.request_id.get_or_insert_with(|| text(h.value));
-        } else if is("x-envoy-decorator-operation") {
-            head.envoy_decorator.get_or_insert_with(|| text(h.value));
-        } else if is("content-length") {
-            if head.content_length.is_none() {
-                head.content_length = content_length(h.value);
+        let Some(w) = wanted(h.name) else {
+            continue;
+        };
+        let v = h.value;
+        match w {
+            Wanted::Host => {
+                head.host.get_or_insert_with(|| text(v));
             }
-        } else if is("transfer-encoding") {
-            head.chunked = is_chunked(h.value);
-        } else if is("traceparent") {
-            traceparent.get_or_insert_with(|| text(h.value));
-        } else if is("tracestate") {
-            tracestate.get_or_insert_with(|| text(h.value));
-        } else if is("b3") {
-            b3_single.get_or_insert_with(|| text(h.value));
-        } else if is("x-b3-traceid") {
-            b3.trace_id.get_or_insert_with(|| text(h.value));
-        } else if is("x-b3-spanid") {
-            b3.span_id.get_or_insert_with(|| text(h.value));
-        } else if is("x-b3-parentspanid") {
-            b3.parent_span_id.get_or_insert_with(|| text(h.value));
-        } else if is("x-b3-sampled") {
-            b3.sampled.get_or_insert_with(|| text(h.value));
-        } else if is("x-b3-flags") {
-            b3.flags.get_or_insert_with(|| text(h.value));
+            Wanted::UserAgent => {
+                head.user_agent.get_or_insert_with(|| text(v));
+            }
+            Wanted::RequestId => {
+                head.request_id.get_or_insert_with(|| text(v));
+            }
+            Wanted::EnvoyDecorator => {
+                head.envoy_decorator.get_or_insert_with(|| text(v));
+            }
+            Wanted::ContentLength => {
+                if head.content_length.is_none() {
+                    head.content_length = content_length(v);
+                }
+            }
+            Wanted::TransferEncoding => head.chunked = is_chunked(v),
+            Wanted::Traceparent => {
+                traceparent.get_or_insert_with(|| trimmed(v));
+            }
+            Wanted::Tracestate => {
+                tracestate.get_or_insert_with(|| trimmed(v));
+            }
+            Wanted::B3 => {
+                b3_single.get_or_insert_with(|| trimmed(v));
+            }
+            Wanted::B3TraceId => {
+                b3.trace_id.get_or_insert_with(|| trimmed(v));
+            }
+            Wanted::B3SpanId => {
+                b3.span_id.get_or_insert_with(|| trimmed(v));
+            }
+            Wanted::B3ParentSpanId => {
+                b3.parent_span_id.get_or_insert_with(|| trimmed(v));
+            }
+            Wanted::B3Sampled => {
+                b3.sampled.get_or_insert_with(|| trimmed(v));
+            }
+            Wanted::B3Flags => {
+                b3.flags.get_or_insert_with(|| trimmed(v));
+            }
         }
     }
     // First valid format wins; the first rejection is remembered for the metrics.
@@ -313,9 +391,12 @@ fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
 }
 
 fn response_once(buf: &[u8]) -> Result<Option<ResponseHead>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let n = match config().parse_response(&mut resp, buf).map_err(map_err)? {
+    let mut headers = header_room();
+    let mut resp = httparse::Response::new(&mut []);
+    let n = match config()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut headers)
+        .map_err(map_err)?
+    {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Ok(None),
     };
