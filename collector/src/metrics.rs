@@ -91,29 +91,81 @@ pub struct ConnectionEnd<'a> {
     pub retransmits: u32,
 }
 
+/// The flow metric series of one pair of workloads seen at one point. The workload labels are
+/// capped and hashed once, when it is made ([`ConnectionMetrics::series`]); each series is looked
+/// up in its family the first time it is counted, and kept.
+#[derive(Debug)]
+pub struct FlowSeries {
+    observed: ObservedLabels,
+    bytes: [OnceLock<Counter>; 2],
+    ends: [OnceLock<Counter>; 2],
+    retransmits: OnceLock<Counter>,
+    rtt: OnceLock<Histogram>,
+}
+
+/// Directions of `clovisor_flow_connection_bytes_total`, in the order of the byte arrays.
+const DIRECTIONS: [&str; 2] = ["client_to_server", "server_to_client"];
+
 impl ConnectionMetrics {
+    /// The series of connections from `client` to `server` seen at `observed_at`.
+    pub fn series(
+        &self,
+        client: Option<End<'_>>,
+        server: Option<End<'_>>,
+        observed_at: &'static str,
+    ) -> FlowSeries {
+        FlowSeries {
+            observed: ObservedLabels {
+                flow: self.workloads.flow(client, server),
+                observed_at,
+            },
+            bytes: Default::default(),
+            ends: Default::default(),
+            retransmits: OnceLock::new(),
+            rtt: OnceLock::new(),
+        }
+    }
+
     /// Counts one connection end.
     pub fn ended(&self, c: ConnectionEnd<'_>) {
-        let observed = ObservedLabels {
-            flow: self.workloads.flow(c.client, c.server),
-            observed_at: c.observed_at,
+        let series = self.series(c.client, c.server, c.observed_at);
+        self.ended_at(&series, c.reason, c.srtt_us, c.retransmits);
+    }
+
+    /// Counts one connection end of `series`: `reason` (`fin`, `rst`), and the socket's RTT and
+    /// retransmits when known (non-zero).
+    pub fn ended_at(
+        &self,
+        series: &FlowSeries,
+        reason: &'static str,
+        srtt_us: u32,
+        retransmits: u32,
+    ) {
+        if srtt_us > 0 {
+            series
+                .rtt
+                .get_or_init(|| self.rtt.get_or_create(&series.observed).clone())
+                .observe(f64::from(srtt_us) / 1e6);
+        }
+        if retransmits > 0 {
+            series
+                .retransmits
+                .get_or_init(|| self.retransmits.get_or_create(&series.observed).clone())
+                .inc_by(u64::from(retransmits));
+        }
+        let resolve = || {
+            self.connections
+                .get_or_create(&ConnectionLabels {
+                    observed: series.observed.clone(),
+                    reason,
+                })
+                .clone()
         };
-        if c.srtt_us > 0 {
-            self.rtt
-                .get_or_create(&observed)
-                .observe(f64::from(c.srtt_us) / 1e6);
-        }
-        if c.retransmits > 0 {
-            self.retransmits
-                .get_or_create(&observed)
-                .inc_by(u64::from(c.retransmits));
-        }
-        self.connections
-            .get_or_create(&ConnectionLabels {
-                observed,
-                reason: c.reason,
-            })
-            .inc();
+        match reason {
+            "fin" => series.ends[0].get_or_init(resolve).inc(),
+            "rst" => series.ends[1].get_or_init(resolve).inc(),
+            _ => resolve().inc(),
+        };
     }
 
     /// Counts payload bytes a connection between workloads carried, per direction
@@ -126,21 +178,22 @@ impl ConnectionMetrics {
         observed_at: &'static str,
         bytes: [u64; 2],
     ) {
-        let observed = ObservedLabels {
-            flow: self.workloads.flow(client, server),
-            observed_at,
-        };
-        for (direction, n) in ["client_to_server", "server_to_client"]
-            .into_iter()
-            .zip(bytes)
-        {
+        self.bytes_at(&self.series(client, server, observed_at), bytes);
+    }
+
+    /// Counts payload bytes of `series` per direction (see [`ConnectionMetrics::bytes`]).
+    pub fn bytes_at(&self, series: &FlowSeries, bytes: [u64; 2]) {
+        for ((slot, direction), n) in series.bytes.iter().zip(DIRECTIONS).zip(bytes) {
             if n > 0 {
-                self.bytes
-                    .get_or_create(&BytesLabels {
-                        observed: observed.clone(),
-                        direction,
-                    })
-                    .inc_by(n);
+                slot.get_or_init(|| {
+                    self.bytes
+                        .get_or_create(&BytesLabels {
+                            observed: series.observed.clone(),
+                            direction,
+                        })
+                        .clone()
+                })
+                .inc_by(n);
             }
         }
     }

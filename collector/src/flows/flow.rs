@@ -45,6 +45,8 @@ pub(super) struct Flow {
     decoding: Decoding,
     key: FlowKey,
     point: ObservationPoint,
+    /// What its sessions' ids start with.
+    id_prefix: String,
     /// Whether `point` came with the flow; until it has, a later message may supply it.
     point_known: bool,
     hint: ProtocolHint,
@@ -65,8 +67,9 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Flow {
-    /// A new flow at `tick`, known by its key and point from now on.
+    /// A new flow `flow_id` of `probe_id` at `tick`, known by its key and point from now on.
     pub fn new(
+        (probe_id, flow_id): (&str, u64),
         tick: u64,
         now: Instant,
         key: FlowKey,
@@ -81,6 +84,7 @@ impl Flow {
             held: None,
             decoding: Decoding::Undecided,
             key,
+            id_prefix: session::id_prefix(probe_id, flow_id),
             point_known: point.is_some(),
             point: point.unwrap_or_default(),
             hint,
@@ -203,10 +207,11 @@ impl Flow {
             decoding,
             key,
             point,
+            id_prefix,
             ..
         } = self;
         if let Decoding::By { name, flow } = decoding {
-            flow.on_close(&mut Sink::new(ctx, key, point, name));
+            flow.on_close(&mut Sink::new(ctx, key, point, id_prefix, name));
         }
     }
 
@@ -256,6 +261,7 @@ impl Flow {
             decoding,
             key,
             point,
+            id_prefix,
             held,
             ..
         } = self;
@@ -266,7 +272,7 @@ impl Flow {
             *held = Some((m, now));
             return;
         }
-        let mut sink = Sink::new(ctx, key, point, name);
+        let mut sink = Sink::new(ctx, key, point, id_prefix, name);
         let step = flow.on_message(&message, &mut sink);
         match step {
             Step::Continue => {}
@@ -297,6 +303,7 @@ struct Sink<'c, 'a> {
     ctx: &'c mut Ctx<'a>,
     key: &'c FlowKey,
     point: &'c ObservationPoint,
+    id_prefix: &'c str,
     protocol: &'static str,
 }
 
@@ -305,12 +312,14 @@ impl<'c, 'a> Sink<'c, 'a> {
         ctx: &'c mut Ctx<'a>,
         key: &'c FlowKey,
         point: &'c ObservationPoint,
+        id_prefix: &'c str,
         protocol: &'static str,
     ) -> Self {
         Self {
             ctx,
             key,
             point,
+            id_prefix,
             protocol,
         }
     }
@@ -321,7 +330,7 @@ impl Output for Sink<'_, '_> {
         let parts = FlowParts {
             probe_id: self.ctx.probe_id,
             probe_node: self.ctx.node,
-            flow_id: self.ctx.flow_id,
+            id_prefix: self.id_prefix,
             key: self.key,
             point: self.point,
             ends: Ends::of(self.ctx.endpoints, self.key),

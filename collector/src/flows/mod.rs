@@ -27,8 +27,8 @@ use clovisor_runtime::workloads::is_loopback;
 use rustc_hash::FxHashMap;
 
 use crate::decode::{Decoders, Direction};
-use crate::metrics::{CollectorMetrics, ConnectionEnd, RecordKind};
-use endpoints::{Endpoints, Ends};
+use crate::metrics::{CollectorMetrics, RecordKind};
+use endpoints::{Endpoints, Ends, SeriesCache};
 use flow::{Ctx, Flow};
 
 pub use endpoints::EndpointMeta;
@@ -84,13 +84,16 @@ pub struct FlowTable {
     /// Activity order: tick -> flow, oldest first.
     lru: BTreeMap<u64, (Arc<str>, u64)>,
     next_tick: u64,
+    /// Flow metric series by pair of ends and point.
+    series: SeriesCache,
 }
 
 /// Counts a connection end between workloads, where it was seen. Loopback connections (an app
 /// and its sidecar inside one pod) are no flow between workloads and are left out.
 fn observe_connection(
     metrics: &CollectorMetrics,
-    state: &ProbeState,
+    series: &mut SeriesCache,
+    endpoints: &Endpoints,
     key: &capture::FlowKey,
     e: &capture::FlowEnd,
     reason: &'static str,
@@ -98,32 +101,29 @@ fn observe_connection(
     if !matches!(reason, "fin" | "rst") || is_loopback(&key.client_ip) {
         return;
     }
-    let ends = Ends::of(&state.endpoints, key);
+    let ends = Ends::of(endpoints, key);
     let unknown = capture::ObservationPoint::default();
     let point = e.point.as_ref().unwrap_or(&unknown);
-    metrics.connections.ended(ConnectionEnd {
-        client: ends.client.map(EndpointMeta::end),
-        server: ends.server.map(EndpointMeta::end),
-        observed_at: ends.observed_at(point),
-        reason,
-        srtt_us: e.srtt_us,
-        retransmits: e.total_retransmits,
-    });
+    let s = series.get(&metrics.connections, ends, ends.observed_at(point));
+    metrics
+        .connections
+        .ended_at(s, reason, e.srtt_us, e.total_retransmits);
 }
 
 /// Counts the bytes `flow` took in since it last did, between workloads, where it was seen.
-fn publish_bytes(metrics: &CollectorMetrics, endpoints: &Endpoints, flow: &mut Flow) {
+fn publish_bytes(
+    metrics: &CollectorMetrics,
+    series: &mut SeriesCache,
+    endpoints: &Endpoints,
+    flow: &mut Flow,
+) {
     let bytes = flow.unpublished_bytes();
     if bytes == [0, 0] || is_loopback(&flow.key().client_ip) {
         return;
     }
     let ends = Ends::of(endpoints, flow.key());
-    metrics.connections.bytes(
-        ends.client.map(EndpointMeta::end),
-        ends.server.map(EndpointMeta::end),
-        ends.observed_at(flow.point()),
-        bytes,
-    );
+    let s = series.get(&metrics.connections, ends, ends.observed_at(flow.point()));
+    metrics.connections.bytes_at(s, bytes);
 }
 
 impl FlowTable {
@@ -145,6 +145,7 @@ impl FlowTable {
             probes: FxHashMap::default(),
             lru: BTreeMap::new(),
             next_tick: 0,
+            series: SeriesCache::default(),
         }
     }
 
@@ -177,7 +178,7 @@ impl FlowTable {
             for flow in state.flows.values_mut() {
                 self.lru.remove(&flow.tick);
                 self.metrics.flow_evicted("probe_restart");
-                publish_bytes(&self.metrics, &state.endpoints, flow);
+                publish_bytes(&self.metrics, &mut self.series, &state.endpoints, flow);
             }
         }
     }
@@ -235,7 +236,13 @@ impl FlowTable {
             return;
         }
         let ip = u.ip.clone();
-        state.endpoints.insert(ip, EndpointMeta::of(u));
+        let meta = EndpointMeta::of(u);
+        // Probes re-send their metadata periodically: unchanged, it keeps its identity (and
+        // the metric series made for it).
+        if state.endpoints.get(&ip).is_some_and(|old| **old == meta) {
+            return;
+        }
+        state.endpoints.insert(ip, Arc::new(meta));
     }
 
     fn touch(&mut self, probe: &Arc<str>, flow_id: u64, old_tick: Option<u64>) -> u64 {
@@ -296,7 +303,7 @@ impl FlowTable {
             let probe = self.probe_key(probe_id);
             let tick = self.touch(&probe, flow_id, None);
             let hint = ProtocolHint::try_from(m.protocol).unwrap_or(ProtocolHint::Unspecified);
-            let flow = Flow::new(tick, now, key, m.point.take(), hint);
+            let flow = Flow::new((probe_id, flow_id), tick, now, key, m.point.take(), hint);
             if let Some(state) = self.probes.get_mut(&probe) {
                 state.flows.insert(flow_id, flow);
             }
@@ -364,7 +371,14 @@ impl FlowTable {
         };
         self.metrics.connection_ended(point, reason);
         if let (Some(state), Some(key)) = (self.probes.get(probe_id), e.flow.as_ref()) {
-            observe_connection(&self.metrics, state, key, e, reason);
+            observe_connection(
+                &self.metrics,
+                &mut self.series,
+                &state.endpoints,
+                key,
+                e,
+                reason,
+            );
         }
         let tick = self
             .probes
@@ -396,7 +410,7 @@ impl FlowTable {
             out,
         };
         flow.close(Instant::now(), &mut ctx);
-        publish_bytes(&metrics, &state.endpoints, &mut flow);
+        publish_bytes(&metrics, &mut self.series, &state.endpoints, &mut flow);
     }
 
     /// Time-driven work: skips reordering gaps waited on too long, emits exchanges whose early
@@ -445,7 +459,7 @@ impl FlowTable {
                 {
                     flow.release_held(&mut ctx);
                 }
-                publish_bytes(&metrics, &state.endpoints, flow);
+                publish_bytes(&metrics, &mut self.series, &state.endpoints, flow);
             }
         }
     }

@@ -7,27 +7,51 @@ use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Session};
 use super::endpoints::{EndpointMeta, Ends};
 use crate::decode::{Exchange, Fields};
 
+/// The part of its sessions' ids a flow fixes: `<probe id>/<flow id in hex>/`.
+pub(super) fn id_prefix(probe_id: &str, flow_id: u64) -> String {
+    format!("{probe_id}/{flow_id:x}/")
+}
+
+/// A session's id: the flow's prefix, the request message's index, and the exchange's position
+/// among those of that message when not the first (`probe/1f/4`, `probe/1f/4.1`).
+fn session_id(prefix: &str, index: u32, position: u32) -> String {
+    let mut digits = itoa::Buffer::new();
+    let index = digits.format(index);
+    let mut id = String::with_capacity(prefix.len() + index.len() + 11);
+    id.push_str(prefix);
+    id.push_str(index);
+    if position != 0 {
+        id.push('.');
+        id.push_str(itoa::Buffer::new().format(position));
+    }
+    id
+}
+
 /// What a session needs to know about its flow.
 pub(super) struct FlowParts<'a> {
     pub probe_id: &'a str,
     /// The probe's node, for points that do not name theirs.
     pub probe_node: &'a str,
-    pub flow_id: u64,
+    /// See [`id_prefix`].
+    pub id_prefix: &'a str,
     pub key: &'a capture::FlowKey,
     pub point: &'a capture::ObservationPoint,
     pub ends: Ends<'a>,
 }
 
 fn endpoint(ip: &[u8], port: u32, meta: Option<&EndpointMeta>) -> Endpoint {
-    let meta = meta.cloned().unwrap_or_default();
-    Endpoint {
+    let mut e = Endpoint {
         ip: ip.to_vec(),
         port,
-        pod: meta.pod,
-        namespace: meta.namespace,
-        node: meta.node,
-        workload: meta.workload,
+        ..Endpoint::default()
+    };
+    if let Some(m) = meta {
+        e.pod.clone_from(&m.pod);
+        e.namespace.clone_from(&m.namespace);
+        e.node.clone_from(&m.node);
+        e.workload.clone_from(&m.workload);
     }
+    e
 }
 
 /// The session of exchange `ex` on flow `f`.
@@ -35,14 +59,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     let key = f.key;
     let point = f.point;
     let resp = ex.response.unwrap_or_default();
-    let id = if ex.position == 0 {
-        format!("{}/{:x}/{}", f.probe_id, f.flow_id, ex.request.index)
-    } else {
-        format!(
-            "{}/{:x}/{}.{}",
-            f.probe_id, f.flow_id, ex.request.index, ex.position
-        )
-    };
+    let id = session_id(f.id_prefix, ex.request.index, ex.position);
     // Counters cannot be split between pipelined exchanges: the first carries the message's.
     let first = ex.position == 0;
     let (req_bytes, req_packets, resp_bytes, resp_packets) = if first {
@@ -67,8 +84,16 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     Session {
         id,
         protocol: ex.protocol as i32,
-        client: Some(endpoint(&key.client_ip, key.client_port, f.ends.client)),
-        server: Some(endpoint(&key.server_ip, key.server_port, f.ends.server)),
+        client: Some(endpoint(
+            &key.client_ip,
+            key.client_port,
+            f.ends.client_meta(),
+        )),
+        server: Some(endpoint(
+            &key.server_ip,
+            key.server_port,
+            f.ends.server_meta(),
+        )),
         observations: vec![Observation {
             kind: point.kind() as i32,
             interface: point.interface.clone(),
@@ -112,5 +137,21 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
         trace: ex.trace,
         incomplete: ex.incomplete,
         attributes: ex.attributes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_the_probe_the_flow_the_message_and_the_position() {
+        let prefix = id_prefix("probe-1", 0x1f);
+        assert_eq!(session_id(&prefix, 4, 0), "probe-1/1f/4");
+        assert_eq!(session_id(&prefix, 4, 1), "probe-1/1f/4.1");
+        assert_eq!(
+            session_id(&id_prefix("p", u64::MAX), u32::MAX, u32::MAX),
+            format!("p/{:x}/{}.{}", u64::MAX, u32::MAX, u32::MAX)
+        );
     }
 }
