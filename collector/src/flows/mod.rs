@@ -12,11 +12,11 @@
 //! bounded: at most [`FlowTableConfig::max_flows`] flows (least recently active evicted first)
 //! and flows idle for [`FlowTableConfig::idle_timeout`] are dropped, both counted.
 
+mod activity;
 mod endpoints;
 mod flow;
 mod session;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use rustc_hash::FxHashMap;
 
 use crate::decode::{Decoders, Direction};
 use crate::metrics::{CollectorMetrics, RecordKind};
+use activity::Activity;
 use endpoints::{Endpoints, Ends, SeriesCache};
 use flow::{Ctx, Flow};
 
@@ -64,26 +65,36 @@ impl Default for FlowTableConfig {
     }
 }
 
-/// What the table keeps per probe. Its maps hash with FxHash rather than SipHash: their keys
-/// (flow ids, addresses, probe ids) come from our own authenticated probes, so the flooding SipHash
-/// guards against is not a concern, and SipHash was a tenth of the per-exchange instructions.
-#[derive(Debug, Default)]
+/// A probe as the table numbers it: an index given when its id is first seen, never reused.
+type ProbeIndex = u32;
+
+/// A flow's key in the table: its probe and the probe's flow id.
+type FlowRef = (ProbeIndex, u64);
+
+/// What the table keeps per probe.
+#[derive(Debug)]
 struct ProbeState {
+    id: Arc<str>,
     node: String,
-    flows: FxHashMap<u64, Flow>,
     endpoints: Endpoints,
 }
 
 /// Reassembles flows of many probes into sessions; see the module documentation.
+///
+/// Its maps hash with FxHash rather than SipHash: their keys (probe ids, flow ids, addresses)
+/// come from our own authenticated probes, so the flooding SipHash guards against is not a
+/// concern here, and SipHash was a tenth of the instructions per exchange.
 #[derive(Debug)]
 pub struct FlowTable {
     config: FlowTableConfig,
     metrics: Arc<CollectorMetrics>,
     decoders: Decoders,
-    probes: FxHashMap<Arc<str>, ProbeState>,
-    /// Activity order: tick -> flow, oldest first.
-    lru: BTreeMap<u64, (Arc<str>, u64)>,
-    next_tick: u64,
+    probe_index: FxHashMap<Arc<str>, ProbeIndex>,
+    probes: FxHashMap<ProbeIndex, ProbeState>,
+    next_probe: ProbeIndex,
+    flows: FxHashMap<FlowRef, Flow>,
+    /// Activity order of `flows`, least recent first.
+    activity: Activity<FlowRef>,
     /// Flow metric series by pair of ends and point.
     series: SeriesCache,
 }
@@ -142,9 +153,11 @@ impl FlowTable {
             config,
             metrics,
             decoders,
+            probe_index: FxHashMap::default(),
             probes: FxHashMap::default(),
-            lru: BTreeMap::new(),
-            next_tick: 0,
+            next_probe: 0,
+            flows: FxHashMap::default(),
+            activity: Activity::default(),
             series: SeriesCache::default(),
         }
     }
@@ -156,35 +169,61 @@ impl FlowTable {
 
     /// Flows currently tracked.
     pub fn len(&self) -> usize {
-        self.lru.len()
+        self.flows.len()
     }
 
     /// Whether no flow is tracked.
     pub fn is_empty(&self) -> bool {
-        self.lru.is_empty()
+        self.flows.is_empty()
     }
 
     /// Declares a probe (from its `Hello`); `node` fills observations that lack one.
     pub fn register_probe(&mut self, probe_id: &str, node: &str) {
-        let state = self.probe_mut(probe_id);
-        if state.node.is_empty() {
-            state.node = node.to_owned();
+        let p = self.probe(probe_id);
+        if let Some(state) = self.probes.get_mut(&p) {
+            if state.node.is_empty() {
+                state.node = node.to_owned();
+            }
         }
     }
 
     /// Forgets everything kept for `probe_id` (a restarted probe); open requests are dropped.
     pub fn forget_probe(&mut self, probe_id: &str) {
-        if let Some(mut state) = self.probes.remove(probe_id) {
-            for flow in state.flows.values_mut() {
-                self.lru.remove(&flow.tick);
-                self.metrics.flow_evicted("probe_restart");
-                publish_bytes(&self.metrics, &mut self.series, &state.endpoints, flow);
+        let Some(p) = self.probe_index.remove(probe_id) else {
+            return;
+        };
+        let Some(state) = self.probes.remove(&p) else {
+            return;
+        };
+        let (metrics, series) = (&self.metrics, &mut self.series);
+        self.flows.retain(|&(fp, _), flow| {
+            if fp != p {
+                return true;
             }
-        }
+            metrics.flow_evicted("probe_restart");
+            publish_bytes(metrics, series, &state.endpoints, flow);
+            false
+        });
     }
 
-    fn probe_mut(&mut self, probe_id: &str) -> &mut ProbeState {
-        self.probes.entry(Arc::from(probe_id)).or_default()
+    /// The index of `probe_id`, registering the probe if it is new.
+    fn probe(&mut self, probe_id: &str) -> ProbeIndex {
+        if let Some(&p) = self.probe_index.get(probe_id) {
+            return p;
+        }
+        let p = self.next_probe;
+        self.next_probe = self.next_probe.wrapping_add(1);
+        let id: Arc<str> = Arc::from(probe_id);
+        self.probe_index.insert(Arc::clone(&id), p);
+        self.probes.insert(
+            p,
+            ProbeState {
+                id,
+                node: String::new(),
+                endpoints: Endpoints::default(),
+            },
+        );
+        p
     }
 
     /// Applies one record from `probe_id`, appending finished sessions to `out`.
@@ -225,14 +264,16 @@ impl FlowTable {
 
     fn on_endpoint(&mut self, probe_id: &str, u: capture::EndpointUpdate) {
         let max = self.config.max_endpoints_per_probe;
-        let metrics = Arc::clone(&self.metrics);
-        let state = self.probe_mut(probe_id);
+        let p = self.probe(probe_id);
+        let Some(state) = self.probes.get_mut(&p) else {
+            return;
+        };
         if u.removed {
             state.endpoints.remove(&u.ip);
             return;
         }
         if state.endpoints.len() >= max && !state.endpoints.contains_key(&u.ip) {
-            metrics.endpoints_dropped.inc();
+            self.metrics.endpoints_dropped.inc();
             return;
         }
         let ip = u.ip.clone();
@@ -245,26 +286,15 @@ impl FlowTable {
         state.endpoints.insert(ip, Arc::new(meta));
     }
 
-    fn touch(&mut self, probe: &Arc<str>, flow_id: u64, old_tick: Option<u64>) -> u64 {
-        if let Some(t) = old_tick {
-            self.lru.remove(&t);
-        }
-        let tick = self.next_tick;
-        self.next_tick += 1;
-        self.lru.insert(tick, (Arc::clone(probe), flow_id));
-        tick
-    }
-
-    /// The probe's shared id, registering the probe if it is new.
-    fn probe_key(&mut self, probe_id: &str) -> Arc<str> {
-        match self.probes.get_key_value(probe_id) {
-            Some((k, _)) => Arc::clone(k),
-            None => {
-                let k: Arc<str> = Arc::from(probe_id);
-                self.probes.insert(Arc::clone(&k), ProbeState::default());
-                k
-            }
-        }
+    /// Records activity of flow `f` now: its new tick, and a compaction of the activity order
+    /// when stale entries pile up.
+    fn touch(&mut self, f: FlowRef) -> u64 {
+        // Compacted before the push: a new flow is not in `flows` yet, so its entry would read
+        // as stale.
+        let flows = &self.flows;
+        self.activity
+            .compact(flows.len(), |k| flows.get(k).map(|fl| fl.tick));
+        self.activity.touch(f)
     }
 
     fn on_message(
@@ -274,14 +304,11 @@ impl FlowTable {
         now: Instant,
         out: &mut Vec<Session>,
     ) -> bool {
-        let flow_id = m.flow_id;
-        let old_tick = self
-            .probes
-            .get(probe_id)
-            .and_then(|p| p.flows.get(&flow_id))
-            .map(|f| f.tick);
+        let p = self.probe(probe_id);
+        let f = (p, m.flow_id);
+        let exists = self.flows.contains_key(&f);
         // A new flow's identity comes with its first message.
-        if old_tick.is_none() && m.flow.is_none() {
+        if !exists && m.flow.is_none() {
             self.metrics.message_dropped("no_flow_key");
             return false;
         }
@@ -289,52 +316,40 @@ impl FlowTable {
             self.metrics.message_dropped("no_direction");
             return false;
         }
-        if old_tick.is_none() {
-            let Some(key) = m.flow.take() else {
-                return false;
-            };
-            while self.lru.len() >= self.config.max_flows.max(1) {
-                let Some((_, (p, f))) = self.lru.pop_first() else {
-                    break;
-                };
-                self.metrics.flow_evicted("capacity");
-                self.end_flow(&p, f, out);
-            }
-            let probe = self.probe_key(probe_id);
-            let tick = self.touch(&probe, flow_id, None);
-            let hint = ProtocolHint::try_from(m.protocol).unwrap_or(ProtocolHint::Unspecified);
-            let flow = Flow::new((probe_id, flow_id), tick, now, key, m.point.take(), hint);
-            if let Some(state) = self.probes.get_mut(&probe) {
-                state.flows.insert(flow_id, flow);
-            }
-        } else {
-            let probe = self.probe_key(probe_id);
-            let tick = self.touch(&probe, flow_id, old_tick);
-            if let Some(flow) = self
-                .probes
-                .get_mut(&probe)
-                .and_then(|p| p.flows.get_mut(&flow_id))
-            {
+        if exists {
+            let tick = self.touch(f);
+            if let Some(flow) = self.flows.get_mut(&f) {
                 flow.tick = tick;
                 flow.last_seen = now;
             }
+        } else {
+            let Some(key) = m.flow.take() else {
+                return false;
+            };
+            while self.flows.len() >= self.config.max_flows.max(1) {
+                let flows = &self.flows;
+                let Some(oldest) = self.activity.oldest(|k| flows.get(k).map(|fl| fl.tick)) else {
+                    break;
+                };
+                self.metrics.flow_evicted("capacity");
+                self.end_flow(oldest, out);
+            }
+            let tick = self.touch(f);
+            let hint = ProtocolHint::try_from(m.protocol).unwrap_or(ProtocolHint::Unspecified);
+            let flow = Flow::new((probe_id, f.1), tick, now, key, m.point.take(), hint);
+            self.flows.insert(f, flow);
         }
-        let reorder_window = self.config.reorder_window;
-        let metrics = Arc::clone(&self.metrics);
-        let Some(state) = self.probes.get_mut(probe_id) else {
-            return true;
-        };
-        let Some(flow) = state.flows.get_mut(&flow_id) else {
+        let (Some(state), Some(flow)) = (self.probes.get(&p), self.flows.get_mut(&f)) else {
             return true;
         };
         flow.learn_point(&mut m);
         let mut ctx = Ctx {
-            probe_id,
+            probe_id: &state.id,
             node: &state.node,
-            flow_id,
+            flow_id: f.1,
             endpoints: &state.endpoints,
             decoders: &self.decoders,
-            metrics: &metrics,
+            metrics: &self.metrics,
             out,
         };
         // A message re-sent with its final counters replaces the one held for them.
@@ -343,12 +358,12 @@ impl FlowTable {
             return true;
         }
         if m.index < flow.next_index() {
-            metrics.message_dropped("duplicate");
+            self.metrics.message_dropped("duplicate");
             return false;
         }
         if m.index > flow.next_index() {
             flow.buffer(m, now);
-            if flow.pending_len() > reorder_window {
+            if flow.pending_len() > self.config.reorder_window {
                 flow.skip_gap(now, &mut ctx);
             }
             return true;
@@ -370,7 +385,10 @@ impl FlowTable {
             _ => "unspecified",
         };
         self.metrics.connection_ended(point, reason);
-        if let (Some(state), Some(key)) = (self.probes.get(probe_id), e.flow.as_ref()) {
+        let Some(&p) = self.probe_index.get(probe_id) else {
+            return;
+        };
+        if let (Some(state), Some(key)) = (self.probes.get(&p), e.flow.as_ref()) {
             observe_connection(
                 &self.metrics,
                 &mut self.series,
@@ -380,37 +398,28 @@ impl FlowTable {
                 reason,
             );
         }
-        let tick = self
-            .probes
-            .get(probe_id)
-            .and_then(|p| p.flows.get(&e.flow_id))
-            .map(|f| f.tick);
-        if let Some(t) = tick {
-            self.lru.remove(&t);
-            self.end_flow(probe_id, e.flow_id, out);
-        }
+        self.end_flow((p, e.flow_id), out);
     }
 
     /// Removes a flow, processing what it buffered and emitting its open request incomplete.
-    fn end_flow(&mut self, probe_id: &str, flow_id: u64, out: &mut Vec<Session>) {
-        let metrics = Arc::clone(&self.metrics);
-        let Some(state) = self.probes.get_mut(probe_id) else {
+    fn end_flow(&mut self, f: FlowRef, out: &mut Vec<Session>) {
+        let Some(mut flow) = self.flows.remove(&f) else {
             return;
         };
-        let Some(mut flow) = state.flows.remove(&flow_id) else {
+        let Some(state) = self.probes.get(&f.0) else {
             return;
         };
         let mut ctx = Ctx {
-            probe_id,
+            probe_id: &state.id,
             node: &state.node,
-            flow_id,
+            flow_id: f.1,
             endpoints: &state.endpoints,
             decoders: &self.decoders,
-            metrics: &metrics,
+            metrics: &self.metrics,
             out,
         };
         flow.close(Instant::now(), &mut ctx);
-        publish_bytes(&metrics, &mut self.series, &state.endpoints, &mut flow);
+        publish_bytes(&self.metrics, &mut self.series, &state.endpoints, &mut flow);
     }
 
     /// Time-driven work: skips reordering gaps waited on too long, emits exchanges whose early
@@ -418,49 +427,47 @@ impl FlowTable {
     /// took in.
     pub fn flush(&mut self, now: Instant, out: &mut Vec<Session>) {
         // Idle flows, oldest first: activity order is time order.
-        while let Some((&tick, (probe, flow_id))) = self.lru.first_key_value() {
-            let idle = self
-                .probes
-                .get(probe)
-                .and_then(|p| p.flows.get(flow_id))
-                .is_none_or(|f| {
-                    now.saturating_duration_since(f.last_seen) >= self.config.idle_timeout
-                });
+        loop {
+            let flows = &self.flows;
+            let Some(oldest) = self.activity.oldest(|k| flows.get(k).map(|fl| fl.tick)) else {
+                break;
+            };
+            let idle = flows.get(&oldest).is_none_or(|fl| {
+                now.saturating_duration_since(fl.last_seen) >= self.config.idle_timeout
+            });
             if !idle {
                 break;
             }
-            let (probe, flow_id) = (Arc::clone(probe), *flow_id);
-            self.lru.remove(&tick);
             self.metrics.flow_evicted("idle");
-            self.end_flow(&probe, flow_id, out);
+            self.end_flow(oldest, out);
         }
         let cfg = &self.config;
-        let metrics = Arc::clone(&self.metrics);
-        for (probe_id, state) in self.probes.iter_mut() {
-            for (&flow_id, flow) in state.flows.iter_mut() {
-                let mut ctx = Ctx {
-                    probe_id,
-                    node: &state.node,
-                    flow_id,
-                    endpoints: &state.endpoints,
-                    decoders: &self.decoders,
-                    metrics: &metrics,
-                    out: &mut *out,
-                };
-                while flow
-                    .oldest_pending()
-                    .is_some_and(|at| now.saturating_duration_since(at) >= cfg.reorder_timeout)
-                {
-                    flow.skip_gap(now, &mut ctx);
-                }
-                if flow
-                    .held_since()
-                    .is_some_and(|at| now.saturating_duration_since(at) >= cfg.partial_grace)
-                {
-                    flow.release_held(&mut ctx);
-                }
-                publish_bytes(&metrics, &mut self.series, &state.endpoints, flow);
+        for (&(p, flow_id), flow) in self.flows.iter_mut() {
+            let Some(state) = self.probes.get(&p) else {
+                continue;
+            };
+            let mut ctx = Ctx {
+                probe_id: &state.id,
+                node: &state.node,
+                flow_id,
+                endpoints: &state.endpoints,
+                decoders: &self.decoders,
+                metrics: &self.metrics,
+                out: &mut *out,
+            };
+            while flow
+                .oldest_pending()
+                .is_some_and(|at| now.saturating_duration_since(at) >= cfg.reorder_timeout)
+            {
+                flow.skip_gap(now, &mut ctx);
             }
+            if flow
+                .held_since()
+                .is_some_and(|at| now.saturating_duration_since(at) >= cfg.partial_grace)
+            {
+                flow.release_held(&mut ctx);
+            }
+            publish_bytes(&self.metrics, &mut self.series, &state.endpoints, flow);
         }
     }
 }

@@ -953,3 +953,38 @@ fn an_early_flushed_continue_then_the_body_make_one_exchange() {
     );
     assert_eq!(m.decode_errors_for("not_http"), 0, "the body is no request");
 }
+
+#[test]
+fn busy_flows_and_new_ones_all_keep_their_place_in_the_activity_order() {
+    // However many stale entries a busy flow left behind (a compaction may fall on any touch,
+    // a new flow's included), every flow can still be evicted, in activity order.
+    for busy in 0..140 {
+        let m = Arc::new(CollectorMetrics::new());
+        let cfg = FlowTableConfig {
+            max_flows: 2,
+            idle_timeout: Duration::from_secs(10),
+            ..FlowTableConfig::default()
+        };
+        let mut t = FlowTable::new(cfg, Arc::clone(&m));
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        // Re-sent messages count as activity.
+        for _ in 0..=busy {
+            t.ingest("p", msg(1, 0, Direction::ClientToServer, REQ), t0, &mut out);
+        }
+        t.ingest("p", msg(2, 0, Direction::ClientToServer, REQ), t0, &mut out);
+        t.ingest("p", msg(3, 0, Direction::ClientToServer, REQ), t0, &mut out);
+        assert_eq!(
+            (t.len(), m.flows_evicted_for("capacity")),
+            (2, 1),
+            "after {busy} re-sends, the least recently active flow (1) made room"
+        );
+        t.flush(t0 + Duration::from_secs(11), &mut out);
+        assert!(
+            t.is_empty(),
+            "after {busy} re-sends, every flow is found idle, new ones too"
+        );
+        assert_eq!(m.flows_evicted_for("idle"), 2);
+        assert_eq!(out.len(), 3, "each flow's open request, once: {out:#?}");
+    }
+}
