@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use clovisor_proto::capture::v1::{self as capture, record, ProtocolHint};
 use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::session::v1::Session;
-use clovisor_runtime::workloads::is_loopback;
 use rustc_hash::FxHashMap;
 
 use crate::decode::{Decoders, Direction};
@@ -99,6 +98,11 @@ pub struct FlowTable {
     series: SeriesCache,
 }
 
+/// Whether the flow's client is a loopback address (then it is no flow between workloads).
+fn is_loopback(key: &capture::FlowKey) -> bool {
+    key.client_addr().is_some_and(|a| a.is_loopback())
+}
+
 /// Counts a connection end between workloads, where it was seen. Loopback connections (an app
 /// and its sidecar inside one pod) are no flow between workloads and are left out.
 fn observe_connection(
@@ -109,7 +113,7 @@ fn observe_connection(
     e: &capture::FlowEnd,
     reason: &'static str,
 ) {
-    if !matches!(reason, "fin" | "rst") || is_loopback(&key.client_ip) {
+    if !matches!(reason, "fin" | "rst") || is_loopback(key) {
         return;
     }
     let ends = Ends::of(endpoints, key);
@@ -129,7 +133,7 @@ fn publish_bytes(
     flow: &mut Flow,
 ) {
     let bytes = flow.unpublished_bytes();
-    if bytes == [0, 0] || is_loopback(&flow.key().client_ip) {
+    if bytes == [0, 0] || is_loopback(flow.key()) {
         return;
     }
     let ends = Ends::of(endpoints, flow.key());
