@@ -84,16 +84,35 @@ struct Inner {
 const DOWNSTREAM_POLL: Duration = Duration::from_millis(5);
 
 impl Inner {
-    /// Applies the header redaction list to a session about to leave the collector.
-    fn redact(&self, session: &mut Session) {
-        match self.live.get() {
-            Some(live) => {
-                redact::redact(session, &live.borrow().redacted_headers);
-            }
-            None => {
-                redact::redact(session, &LiveConfig::default().redacted_headers);
-            }
+    /// Applies the header redaction list to sessions about to leave the collector, worked out
+    /// once for all of them.
+    fn redact(&self, sessions: &mut [Session]) {
+        if sessions.is_empty() {
+            return;
         }
+        let redaction = match self.live.get() {
+            Some(live) => redact::Redaction::new(&live.borrow().redacted_headers),
+            None => redact::Redaction::new(&LiveConfig::default().redacted_headers),
+        };
+        for s in sessions {
+            redaction.apply(s);
+        }
+    }
+
+    /// Hands `sessions` to the output, in order, waiting for room: as many slots as fit taken
+    /// at once rather than one wait per session.
+    async fn deliver(&self, sessions: Vec<Session>) -> Result<(), mpsc::error::SendError<()>> {
+        let room = self.out.max_capacity().max(1);
+        let mut sessions = sessions.into_iter();
+        while sessions.len() > 0 {
+            let n = sessions.len().min(room);
+            let permits = self.out.reserve_many(n).await?;
+            for (permit, s) in permits.zip(&mut sessions) {
+                permit.send(s);
+            }
+            self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -169,12 +188,9 @@ async fn flush_loop(weak: Weak<Inner>, period: Duration) {
         };
         let mut out = Vec::new();
         inner.lock().table.flush(Instant::now(), &mut out);
-        for mut s in out {
-            inner.redact(&mut s);
-            if inner.out.send(s).await.is_err() {
-                return;
-            }
-            inner.sent.fetch_add(1, Ordering::Relaxed);
+        inner.redact(&mut out);
+        if inner.deliver(out).await.is_err() {
+            return;
         }
     }
 }
@@ -272,15 +288,13 @@ async fn run_stream(
         match msg.kind {
             Some(probe_message::Kind::Batch(batch)) => {
                 let seq = batch.seq;
-                for mut s in inner.batch(&probe_id, batch).into_iter().flatten() {
-                    inner.redact(&mut s);
-                    if inner.out.send(s).await.is_err() {
-                        let _ = tx
-                            .send(Err(Status::unavailable("collector is shutting down")))
-                            .await;
-                        return;
-                    }
-                    inner.sent.fetch_add(1, Ordering::Relaxed);
+                let mut sessions = inner.batch(&probe_id, batch).unwrap_or_default();
+                inner.redact(&mut sessions);
+                if inner.deliver(sessions).await.is_err() {
+                    let _ = tx
+                        .send(Err(Status::unavailable("collector is shutting down")))
+                        .await;
+                    return;
                 }
                 let sent = match &acks {
                     // Everything counted is in the channel already, which the forwarder
