@@ -6,7 +6,8 @@
 //! - `records`: the collector's own work from what a probe sends. The captures are replayed once,
 //!   untimed, into the records a probe would have sent and framed into encoded `RecordBatch`es of
 //!   the probe's batch size. Each round then does what the collector's gRPC service does with every
-//!   batch: protobuf-decode it and feed every record to the real [`FlowTable`] (reassembly,
+//!   batch: protobuf-decode it (from `Bytes`, as tonic hands it over, so payloads are slices of
+//!   it) and feed every record to the real [`FlowTable`] (reassembly,
 //!   request/response pairing, HTTP/1.x decoding, session building, metrics). Not included: HTTP/2
 //!   and gRPC framing, and encoding the sessions for the correlator.
 //! - `pcap`: the same, but each round starts from the capture bytes (pcap parsing and TCP tracking
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use clovisor_collector::flows::{FlowTable, FlowTableConfig};
 use clovisor_collector::replay::pcap::{replay_bytes, ReplayConfig};
 use clovisor_collector::CollectorMetrics;
@@ -212,7 +214,9 @@ fn main() -> anyhow::Result<()> {
     // One round's flow ids are 1..=span; round n uses n * span + 1 ..= (n + 1) * span.
     let span = max_flow_id(&records).max(1);
     let batch_items = DeliveryConfig::default().max_batch_items.max(1);
-    let batches: Vec<Vec<u8>> = records
+    // Kept as `Bytes`, as tonic hands the service a received message: payloads decode as slices
+    // of it, not copies.
+    let batches: Vec<Bytes> = records
         .chunks(batch_items)
         .zip(1u64..)
         .map(|(chunk, seq)| {
@@ -221,6 +225,7 @@ fn main() -> anyhow::Result<()> {
                 records: chunk.to_vec(),
             }
             .encode_to_vec()
+            .into()
         })
         .collect();
 
@@ -233,7 +238,7 @@ fn main() -> anyhow::Result<()> {
 
     let records_round = |c: &mut Collector, round: u64| -> anyhow::Result<Yield> {
         for bytes in &batches {
-            let batch = RecordBatch::decode(bytes.as_slice()).context("decoding a batch")?;
+            let batch = RecordBatch::decode(bytes.clone()).context("decoding a batch")?;
             c.ingest(batch.records.into_iter().map(|mut r| {
                 shift(&mut r, round * span);
                 r
@@ -285,7 +290,7 @@ fn main() -> anyhow::Result<()> {
         "capture_bytes_per_round": captures.iter().map(|(d, _, _)| d.len()).sum::<usize>(),
         "records_per_round": records.len(),
         "batches_per_round": batches.len(),
-        "batch_bytes_per_round": batches.iter().map(Vec::len).sum::<usize>(),
+        "batch_bytes_per_round": batches.iter().map(Bytes::len).sum::<usize>(),
         "sessions_per_round": expected.sessions,
         "complete_exchanges_per_round": expected.complete,
         "records": records_phase.as_ref().map(Phase::json),
