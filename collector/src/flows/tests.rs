@@ -52,6 +52,15 @@ fn msg(flow_id: u64, index: u32, dir: Direction, payload: &[u8]) -> Record {
     }
 }
 
+/// Message record `r`, changed by `f`.
+fn edit(mut r: Record, f: impl FnOnce(&mut Message)) -> Record {
+    match r.kind.as_mut() {
+        Some(record::Kind::Message(m)) => f(m),
+        other => panic!("expected a message, got {other:?}"),
+    }
+    r
+}
+
 fn end(flow_id: u64) -> Record {
     Record {
         kind: Some(record::Kind::FlowEnd(FlowEnd {
@@ -626,15 +635,11 @@ fn socket_observations_decode_beside_veth_ones_with_their_process() {
         side: Side::Client as i32,
         ..ObservationPoint::default()
     };
-    let at_socket = |r: Record| match r.kind {
-        Some(record::Kind::Message(mut m)) => {
+    let at_socket = |r: Record| {
+        edit(r, |m| {
             m.point = Some(socket_point.clone());
             m.flow_id |= 1 << 63;
-            Record {
-                kind: Some(record::Kind::Message(m)),
-            }
-        }
-        other => panic!("expected a message, got {other:?}"),
+        })
     };
     let out = feed(
         &mut t,
@@ -697,16 +702,13 @@ fn a_flow_no_decoder_claims_still_counts_its_bytes_between_workloads() {
         })),
     };
     let tls = |index: u32, dir: Direction| {
-        let mut r = msg(
+        let r = msg(
             3,
             index,
             dir,
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         );
-        if let Some(record::Kind::Message(mm)) = r.kind.as_mut() {
-            mm.protocol = ProtocolHint::Tcp as i32;
-        }
-        r
+        edit(r, |m| m.protocol = ProtocolHint::Tcp as i32)
     };
     let out = feed(
         &mut t,
@@ -874,15 +876,11 @@ fn a_new_protocol_plugs_in_without_the_flow_table_knowing_it() {
 #[test]
 fn messages_after_the_first_need_neither_flow_key_nor_point() {
     let (mut t, _) = table();
-    let bare = |r: Record| match r.kind {
-        Some(record::Kind::Message(mut m)) => {
+    let bare = |r: Record| {
+        edit(r, |m| {
             m.flow = None;
             m.point = None;
-            Record {
-                kind: Some(record::Kind::Message(m)),
-            }
-        }
-        other => panic!("expected a message, got {other:?}"),
+        })
     };
     let out = feed(
         &mut t,
@@ -910,15 +908,13 @@ fn an_early_flushed_continue_then_the_body_make_one_exchange() {
     let mut out = Vec::new();
     let t0 = Instant::now();
     let head: &[u8] = b"PUT /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
-    let mut interim = msg(
+    let interim = msg(
         1,
         1,
         Direction::ServerToClient,
         b"HTTP/1.1 100 Continue\r\n\r\n",
     );
-    if let Some(record::Kind::Message(mm)) = interim.kind.as_mut() {
-        mm.partial = true;
-    }
+    let interim = edit(interim, |m| m.partial = true);
     t.ingest(
         "p",
         msg(1, 0, Direction::ClientToServer, head),
