@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use clovisor_config::LiveConfig;
 use clovisor_proto::capture::v1::capture_server::{Capture, CaptureServer};
 use clovisor_proto::capture::v1::{
-    collector_message, probe_message, Ack, CollectorMessage, Hello, ProbeMessage, RecordBatch,
+    collector_message, probe_message, Ack, CollectorMessage, FlowTable as OpenFlows, Hello,
+    ProbeMessage, RecordBatch,
 };
 use clovisor_proto::delivery::DeliveryStats;
 use clovisor_proto::session::v1::Session;
@@ -152,6 +153,17 @@ impl Inner {
             }
         }
         st.table.register_probe(&hello.probe_id, &hello.node);
+    }
+
+    /// Applies a probe's table of open flows; returns the sessions of flows ended to make room.
+    fn flows(&self, probe_id: &str, table: OpenFlows) -> Vec<Session> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for start in table.flows {
+            st.table.start_flow(probe_id, start, now, &mut out);
+        }
+        out
     }
 
     /// Processes a batch unless already processed; returns the sessions it completed.
@@ -317,9 +329,16 @@ async fn run_stream(
                     .await;
                 return;
             }
-            // The probe's open flows, re-announced after every Hello. This collector takes a
-            // flow's key and point from its messages as well, which every probe still sends.
-            Some(probe_message::Kind::Flows(_)) | None => {}
+            // The probe's open flows, re-announced after every Hello, so that flows this
+            // collector does not know yet (it restarted) are known by their identity again.
+            Some(probe_message::Kind::Flows(table)) => {
+                let mut out = inner.flows(&probe_id, table);
+                inner.redact(&mut out);
+                if inner.deliver(out).await.is_err() {
+                    return;
+                }
+            }
+            None => {}
         }
     }
 }

@@ -55,6 +55,15 @@ pub(super) struct Flow {
     published: [u64; 2],
 }
 
+/// A flow's identity as its probe announced it: its key, where it is observed, what its port is
+/// configured for.
+#[derive(Debug, Clone)]
+pub(super) struct Identity {
+    pub key: FlowKey,
+    pub point: Option<ObservationPoint>,
+    pub hint: ProtocolHint,
+}
+
 /// What a flow's processing needs from the table: the probe, its endpoints, where sessions go.
 pub(super) struct Ctx<'a> {
     pub probe_id: &'a str,
@@ -99,6 +108,15 @@ impl Flow {
 
     pub fn point(&self) -> &ObservationPoint {
         &self.point
+    }
+
+    /// What identifies the flow, for when its state goes but its probe may still have it open.
+    pub fn into_identity(self) -> Identity {
+        Identity {
+            key: self.key,
+            point: self.point_known.then_some(self.point),
+            hint: self.hint,
+        }
     }
 
     /// Takes the point from a message when the flow was created without one.

@@ -29,7 +29,7 @@ use crate::decode::{Decoders, Direction};
 use crate::metrics::{CollectorMetrics, RecordKind};
 use activity::Activity;
 use endpoints::{Endpoints, Ends, SeriesCache};
-use flow::{Ctx, Flow};
+use flow::{Ctx, Flow, Identity};
 
 pub use endpoints::EndpointMeta;
 
@@ -96,6 +96,43 @@ pub struct FlowTable {
     activity: Activity<FlowRef>,
     /// Flow metric series by pair of ends and point.
     series: SeriesCache,
+    /// Identities of flows whose state was dropped (idle, or to make room) while their probe may
+    /// still have them open: a probe announces a flow once, so its next message names only its id.
+    dormant: Dormant,
+}
+
+/// Identities of flows dropped from the table but not ended, at most as many as the table holds
+/// flows; the longest kept go first when full.
+#[derive(Debug, Default)]
+struct Dormant {
+    identities: FxHashMap<FlowRef, Identity>,
+    /// Order of arrival; entries of flows revived or ended meanwhile are skipped.
+    order: std::collections::VecDeque<FlowRef>,
+}
+
+impl Dormant {
+    fn keep(&mut self, f: FlowRef, identity: Identity, max: usize) {
+        while self.identities.len() >= max.max(1) {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.identities.remove(&old);
+        }
+        if self.order.len() > self.identities.len().saturating_mul(2).saturating_add(64) {
+            let identities = &self.identities;
+            self.order.retain(|k| identities.contains_key(k));
+        }
+        self.identities.insert(f, identity);
+        self.order.push_back(f);
+    }
+
+    fn take(&mut self, f: &FlowRef) -> Option<Identity> {
+        self.identities.remove(f)
+    }
+
+    fn forget_probe(&mut self, p: ProbeIndex) {
+        self.identities.retain(|&(fp, _), _| fp != p);
+    }
 }
 
 /// Whether the flow's client is a loopback address (then it is no flow between workloads).
@@ -163,6 +200,7 @@ impl FlowTable {
             flows: FxHashMap::default(),
             activity: Activity::default(),
             series: SeriesCache::default(),
+            dormant: Dormant::default(),
         }
     }
 
@@ -196,6 +234,7 @@ impl FlowTable {
         let Some(p) = self.probe_index.remove(probe_id) else {
             return;
         };
+        self.dormant.forget_probe(p);
         let Some(state) = self.probes.remove(&p) else {
             return;
         };
@@ -257,9 +296,15 @@ impl FlowTable {
                 self.on_endpoint(probe_id, u);
                 true
             }
-            // Kernel counters are exported by the probe itself. A flow's key and point come
-            // with its messages too (every probe still sends them there).
-            Some(record::Kind::Stats(_)) | Some(record::Kind::FlowStart(_)) | None => true,
+            Some(record::Kind::FlowStart(start)) => {
+                let usable = self.start_flow(probe_id, start, now, out);
+                if !usable {
+                    self.metrics.message_dropped("no_flow_key");
+                }
+                usable
+            }
+            // Kernel counters are exported by the probe itself.
+            Some(record::Kind::Stats(_)) | None => true,
         };
         if accepted {
             self.metrics.record_accepted();
@@ -311,8 +356,8 @@ impl FlowTable {
         let p = self.probe(probe_id);
         let f = (p, m.flow_id);
         let exists = self.flows.contains_key(&f);
-        // A new flow's identity comes with its first message.
-        if !exists && m.flow.is_none() {
+        // A flow not known (nor announced by a `FlowStart`) needs its identity from the message.
+        if !exists && m.flow.is_none() && !self.dormant.identities.contains_key(&f) {
             self.metrics.message_dropped("no_flow_key");
             return false;
         }
@@ -327,21 +372,17 @@ impl FlowTable {
                 flow.last_seen = now;
             }
         } else {
-            let Some(key) = m.flow.take() else {
-                return false;
+            let identity = match (self.dormant.take(&f), m.flow.take()) {
+                // A probe before `FlowStart`: the first message brings the flow's identity.
+                (_, Some(key)) => Identity {
+                    key,
+                    point: m.point.take(),
+                    hint: ProtocolHint::try_from(m.protocol).unwrap_or(ProtocolHint::Unspecified),
+                },
+                (Some(identity), None) => identity,
+                (None, None) => return false,
             };
-            while self.flows.len() >= self.config.max_flows.max(1) {
-                let flows = &self.flows;
-                let Some(oldest) = self.activity.oldest(|k| flows.get(k).map(|fl| fl.tick)) else {
-                    break;
-                };
-                self.metrics.flow_evicted("capacity");
-                self.end_flow(oldest, out);
-            }
-            let tick = self.touch(f);
-            let hint = ProtocolHint::try_from(m.protocol).unwrap_or(ProtocolHint::Unspecified);
-            let flow = Flow::new((probe_id, f.1), tick, now, key, m.point.take(), hint);
-            self.flows.insert(f, flow);
+            self.create_flow((probe_id, f), identity, now, out);
         }
         let (Some(state), Some(flow)) = (self.probes.get(&p), self.flows.get_mut(&f)) else {
             return true;
@@ -376,6 +417,63 @@ impl FlowTable {
         true
     }
 
+    /// Makes flow `f` known by its identity, making room first when the table is full (the least
+    /// recently active flow is ended, its identity kept).
+    fn create_flow(
+        &mut self,
+        (probe_id, f): (&str, FlowRef),
+        identity: Identity,
+        now: Instant,
+        out: &mut Vec<Session>,
+    ) {
+        while self.flows.len() >= self.config.max_flows.max(1) {
+            let flows = &self.flows;
+            let Some(oldest) = self.activity.oldest(|k| flows.get(k).map(|fl| fl.tick)) else {
+                break;
+            };
+            self.metrics.flow_evicted("capacity");
+            self.drop_flow(oldest, out);
+        }
+        let tick = self.touch(f);
+        let flow = Flow::new(
+            (probe_id, f.1),
+            tick,
+            now,
+            identity.key,
+            identity.point,
+            identity.hint,
+        );
+        self.flows.insert(f, flow);
+    }
+
+    /// A flow announced by its probe (`FlowStart`, or the probe's table of open flows after a
+    /// reconnect): known from now on by its key, point and protocol, so its messages need not
+    /// carry them. A flow already known keeps what it has; announcing it again changes nothing.
+    /// Returns whether the announcement was usable (it names a key).
+    pub fn start_flow(
+        &mut self,
+        probe_id: &str,
+        start: capture::FlowStart,
+        now: Instant,
+        out: &mut Vec<Session>,
+    ) -> bool {
+        let Some(key) = start.flow else {
+            return false;
+        };
+        let p = self.probe(probe_id);
+        let f = (p, start.flow_id);
+        if !self.flows.contains_key(&f) {
+            self.dormant.take(&f);
+            let identity = Identity {
+                key,
+                point: start.point,
+                hint: ProtocolHint::try_from(start.protocol).unwrap_or(ProtocolHint::Unspecified),
+            };
+            self.create_flow((probe_id, f), identity, now, out);
+        }
+        true
+    }
+
     fn on_flow_end(&mut self, probe_id: &str, e: &capture::FlowEnd, out: &mut Vec<Session>) {
         let point = e
             .point
@@ -402,16 +500,25 @@ impl FlowTable {
                 reason,
             );
         }
+        self.dormant.take(&(p, e.flow_id));
         self.end_flow((p, e.flow_id), out);
     }
 
-    /// Removes a flow, processing what it buffered and emitting its open request incomplete.
-    fn end_flow(&mut self, f: FlowRef, out: &mut Vec<Session>) {
-        let Some(mut flow) = self.flows.remove(&f) else {
-            return;
-        };
+    /// Drops a flow's state before its end (idle, or to make room), emitting what it holds as
+    /// [`FlowTable::end_flow`] does, and keeps its identity for its next records.
+    fn drop_flow(&mut self, f: FlowRef, out: &mut Vec<Session>) {
+        if let Some(flow) = self.end_flow(f, out) {
+            let max = self.config.max_flows;
+            self.dormant.keep(f, flow.into_identity(), max);
+        }
+    }
+
+    /// Removes a flow, processing what it buffered and emitting its open request incomplete;
+    /// returns what is left of it.
+    fn end_flow(&mut self, f: FlowRef, out: &mut Vec<Session>) -> Option<Flow> {
+        let mut flow = self.flows.remove(&f)?;
         let Some(state) = self.probes.get(&f.0) else {
-            return;
+            return Some(flow);
         };
         let mut ctx = Ctx {
             probe_id: &state.id,
@@ -424,6 +531,7 @@ impl FlowTable {
         };
         flow.close(Instant::now(), &mut ctx);
         publish_bytes(&self.metrics, &mut self.series, &state.endpoints, &mut flow);
+        Some(flow)
     }
 
     /// Time-driven work: skips reordering gaps waited on too long, emits exchanges whose early
@@ -443,7 +551,7 @@ impl FlowTable {
                 break;
             }
             self.metrics.flow_evicted("idle");
-            self.end_flow(oldest, out);
+            self.drop_flow(oldest, out);
         }
         let cfg = &self.config;
         for (&(p, flow_id), flow) in self.flows.iter_mut() {

@@ -984,3 +984,127 @@ fn busy_flows_and_new_ones_all_keep_their_place_in_the_activity_order() {
         assert_eq!(out.len(), 3, "each flow's open request, once: {out:#?}");
     }
 }
+
+#[test]
+fn a_flow_start_gives_the_flow_its_identity_once() {
+    let (mut t, m) = table();
+    let start = |flow_id: u64, hint: ProtocolHint| Record {
+        kind: Some(record::Kind::FlowStart(capture::FlowStart {
+            flow_id,
+            flow: Some(key()),
+            point: Some(point()),
+            protocol: hint as i32,
+        })),
+    };
+    let bare = |flow_id: u64, index: u32, dir: Direction, payload: &[u8]| {
+        edit(msg(flow_id, index, dir, payload), |m| {
+            m.flow = None;
+            m.point = None;
+            m.protocol = 0;
+        })
+    };
+    let out = feed(
+        &mut t,
+        vec![
+            start(1, ProtocolHint::Http),
+            bare(1, 0, Direction::ClientToServer, REQ),
+            // Announced again (a reconnect's table of open flows): nothing changes.
+            start(1, ProtocolHint::Http),
+            bare(1, 1, Direction::ServerToClient, RESP),
+            // The hint came with the start: a port named for HTTP speaking something else.
+            start(2, ProtocolHint::Http),
+            bare(2, 0, Direction::ClientToServer, b"\x16\x03\x01"),
+            // No identity anywhere: dropped at the door.
+            Record {
+                kind: Some(record::Kind::FlowStart(capture::FlowStart {
+                    flow_id: 3,
+                    ..capture::FlowStart::default()
+                })),
+            },
+            bare(3, 0, Direction::ClientToServer, REQ),
+        ],
+    );
+    let [s] = out.as_slice() else {
+        panic!("one session expected: {out:#?}");
+    };
+    assert_eq!(
+        (
+            s.id.as_str(),
+            s.server.as_ref().map(|e| e.port),
+            s.observations[0].interface.as_str()
+        ),
+        ("probe-1/1/0", Some(80), "veth-server")
+    );
+    assert_eq!(m.decode_errors_for("not_http"), 1);
+    assert_eq!(m.messages_dropped_for("no_flow_key"), 2);
+    assert_eq!(t.len(), 2, "flows 1 and 2");
+}
+
+#[test]
+fn a_flow_dropped_idle_keeps_its_identity_for_its_next_bare_message() {
+    let m = Arc::new(CollectorMetrics::new());
+    let cfg = FlowTableConfig {
+        max_flows: 2,
+        idle_timeout: Duration::from_secs(10),
+        ..FlowTableConfig::default()
+    };
+    let mut t = FlowTable::new(cfg, Arc::clone(&m));
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let announced = |flow_id: u64| capture::FlowStart {
+        flow_id,
+        flow: Some(key()),
+        point: Some(point()),
+        protocol: ProtocolHint::Http as i32,
+    };
+    let bare = |flow_id: u64, index: u32, dir: Direction, payload: &[u8]| {
+        edit(msg(flow_id, index, dir, payload), |m| {
+            m.flow = None;
+            m.point = None;
+        })
+    };
+    for f in [1, 2, 3] {
+        t.start_flow("p", announced(f), t0, &mut out);
+    }
+    assert_eq!(
+        (t.len(), m.flows_evicted_for("capacity")),
+        (2, 1),
+        "flow 1 made room"
+    );
+    t.flush(t0 + Duration::from_secs(11), &mut out);
+    assert!(t.is_empty(), "2 and 3 went idle");
+    // A quiet keep-alive connection speaks again, its messages naming only the flow id.
+    for f in [2, 3] {
+        t.ingest(
+            "p",
+            bare(f, 0, Direction::ClientToServer, REQ),
+            t0,
+            &mut out,
+        );
+        t.ingest(
+            "p",
+            bare(f, 1, Direction::ServerToClient, RESP),
+            t0,
+            &mut out,
+        );
+    }
+    let servers: Vec<Option<u32>> = out
+        .iter()
+        .map(|s| s.server.as_ref().map(|e| e.port))
+        .collect();
+    assert_eq!(
+        servers,
+        [Some(80), Some(80)],
+        "both flows known again by their identity"
+    );
+    assert_eq!(m.messages_dropped_for("no_flow_key"), 0);
+    // An ended flow is forgotten with its identity.
+    t.ingest("p", end(3), t0, &mut out);
+    t.ingest(
+        "p",
+        bare(3, 2, Direction::ClientToServer, REQ),
+        t0,
+        &mut out,
+    );
+    assert_eq!(m.messages_dropped_for("no_flow_key"), 1);
+}
