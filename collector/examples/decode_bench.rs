@@ -6,7 +6,8 @@
 //! - `records`: the collector's own work from what a probe sends. The captures are replayed once,
 //!   untimed, into the records a probe would have sent and framed into encoded `RecordBatch`es of
 //!   the probe's batch size. Each round then does what the collector's gRPC service does with every
-//!   batch: protobuf-decode it and feed every record to the real [`FlowTable`] (reassembly,
+//!   batch: protobuf-decode it (from `Bytes`, as tonic hands it over, so payloads are slices of
+//!   it) and feed every record to the real [`FlowTable`] (reassembly,
 //!   request/response pairing, HTTP/1.x decoding, session building, metrics). Not included: HTTP/2
 //!   and gRPC framing, and encoding the sessions for the correlator.
 //! - `pcap`: the same, but each round starts from the capture bytes (pcap parsing and TCP tracking
@@ -21,13 +22,17 @@
 //!     --seconds 5 ../shared/testdata/pcap/http_espn.pcapng ../shared/testdata/pcap/http_post.pcapng
 //! ```
 //!
-//! Each phase runs whole rounds until `--seconds` (default 5) of wall time have passed.
+//! Each phase runs whole rounds until `--seconds` (default 5) of wall time have passed;
+//! `--phase records` or `--phase pcap` runs only that one (for profiling).
+//!
+//! The allocator is the collector binary's (mimalloc), so the figures are the binary's.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use clovisor_collector::flows::{FlowTable, FlowTableConfig};
 use clovisor_collector::replay::pcap::{replay_bytes, ReplayConfig};
 use clovisor_collector::CollectorMetrics;
@@ -35,6 +40,10 @@ use clovisor_proto::capture::v1::{record, Record, RecordBatch};
 use clovisor_proto::delivery::DeliveryConfig;
 use nix::time::{clock_gettime, ClockId};
 use prost::Message as _;
+
+/// The collector binary's allocator: per-exchange allocation is much of what is measured.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The probe's default snaplen (`clovisor-probe --snaplen`).
 const PROBE_SNAPLEN: u32 = 1024;
@@ -156,6 +165,7 @@ impl Collector {
 #[allow(clippy::print_stdout)]
 fn main() -> anyhow::Result<()> {
     let mut seconds = 5.0f64;
+    let mut phases = (true, true);
     let mut files = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -164,11 +174,18 @@ fn main() -> anyhow::Result<()> {
                 let v = args.next().context("--seconds needs a value")?;
                 seconds = v.parse().with_context(|| format!("--seconds {v}"))?;
             }
+            "--phase" => {
+                phases = match args.next().as_deref() {
+                    Some("records") => (true, false),
+                    Some("pcap") => (false, true),
+                    other => bail!("--phase records|pcap, not {other:?}"),
+                };
+            }
             _ => files.push(PathBuf::from(a)),
         }
     }
     if files.is_empty() || !(seconds > 0.0 && seconds.is_finite()) {
-        bail!("usage: decode_bench [--seconds S] CAPTURE.pcap[ng]...");
+        bail!("usage: decode_bench [--seconds S] [--phase records|pcap] CAPTURE.pcap[ng]...");
     }
     let budget = Duration::from_secs_f64(seconds);
     let config = ReplayConfig {
@@ -197,7 +214,9 @@ fn main() -> anyhow::Result<()> {
     // One round's flow ids are 1..=span; round n uses n * span + 1 ..= (n + 1) * span.
     let span = max_flow_id(&records).max(1);
     let batch_items = DeliveryConfig::default().max_batch_items.max(1);
-    let batches: Vec<Vec<u8>> = records
+    // Kept as `Bytes`, as tonic hands the service a received message: payloads decode as slices
+    // of it, not copies.
+    let batches: Vec<Bytes> = records
         .chunks(batch_items)
         .zip(1u64..)
         .map(|(chunk, seq)| {
@@ -206,6 +225,7 @@ fn main() -> anyhow::Result<()> {
                 records: chunk.to_vec(),
             }
             .encode_to_vec()
+            .into()
         })
         .collect();
 
@@ -218,7 +238,7 @@ fn main() -> anyhow::Result<()> {
 
     let records_round = |c: &mut Collector, round: u64| -> anyhow::Result<Yield> {
         for bytes in &batches {
-            let batch = RecordBatch::decode(bytes.as_slice()).context("decoding a batch")?;
+            let batch = RecordBatch::decode(bytes.clone()).context("decoding a batch")?;
             c.ingest(batch.records.into_iter().map(|mut r| {
                 shift(&mut r, round * span);
                 r
@@ -231,10 +251,16 @@ fn main() -> anyhow::Result<()> {
     if expected.complete == 0 {
         bail!("the captures yield no complete HTTP exchange on ports 80/8080");
     }
-    let records_phase = timed(budget, expected, |round| records_round(&mut c, round))?;
+    let records_phase = if phases.0 {
+        Some(timed(budget, expected, |round| {
+            records_round(&mut c, round)
+        })?)
+    } else {
+        None
+    };
 
-    let first_pcap_round = records_phase.rounds + 1;
-    let pcap_phase = timed(budget, expected, |round| {
+    let first_pcap_round = records_phase.as_ref().map_or(0, |p| p.rounds) + 1;
+    let pcap_round = |round: u64| -> anyhow::Result<Yield> {
         let by = (first_pcap_round + round) * span;
         for (data, base, _) in &captures {
             let replay = replay_bytes(data, &config)?;
@@ -244,7 +270,12 @@ fn main() -> anyhow::Result<()> {
             }));
         }
         Ok(c.take())
-    })?;
+    };
+    let pcap_phase = if phases.1 {
+        Some(timed(budget, expected, pcap_round)?)
+    } else {
+        None
+    };
     if !c.table.is_empty() {
         bail!(
             "{} flows still open after the last round: the captures' flows must all end",
@@ -259,11 +290,11 @@ fn main() -> anyhow::Result<()> {
         "capture_bytes_per_round": captures.iter().map(|(d, _, _)| d.len()).sum::<usize>(),
         "records_per_round": records.len(),
         "batches_per_round": batches.len(),
-        "batch_bytes_per_round": batches.iter().map(Vec::len).sum::<usize>(),
+        "batch_bytes_per_round": batches.iter().map(Bytes::len).sum::<usize>(),
         "sessions_per_round": expected.sessions,
         "complete_exchanges_per_round": expected.complete,
-        "records": records_phase.json(),
-        "pcap": pcap_phase.json(),
+        "records": records_phase.as_ref().map(Phase::json),
+        "pcap": pcap_phase.as_ref().map(Phase::json),
     });
     println!("{report}");
     Ok(())

@@ -3,17 +3,17 @@
 #[cfg(feature = "replay")]
 use std::path::PathBuf;
 
-use crate::decode::DecodeError;
+use crate::decode::http1::ParseError;
 
 /// Everything that can go wrong in the collector library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A message could not be decoded.
+    /// An HTTP/1.x head could not be decoded.
     #[error("decoding failed")]
     Decode {
         /// Why.
         #[source]
-        source: DecodeError,
+        source: ParseError,
     },
     /// A capture file could not be read.
     #[cfg(feature = "replay")]
@@ -40,8 +40,8 @@ pub enum Error {
 /// Result with the collector's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<DecodeError> for Error {
-    fn from(source: DecodeError) -> Self {
+impl From<ParseError> for Error {
+    fn from(source: ParseError) -> Self {
         Self::Decode { source }
     }
 }

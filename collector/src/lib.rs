@@ -3,7 +3,8 @@
 //! `clovisor.session.v1.Session`s.
 //!
 //! Pipeline: [`server::CaptureService`] (gRPC ingest, acks, dedupe) -> [`flows::FlowTable`]
-//! (ordering, pairing, bounded state) -> [`decode`] (protocol decoders) -> a channel of sessions
+//! (ordering, endpoint metadata, bounded state) -> [`decode`] (the protocol seam: a decoder per
+//! protocol detects its flows and pairs their messages into exchanges) -> sessions, on a channel
 //! that [`forward`] sends to the correlator.
 //!
 //! With the `replay` feature, `replay::pcap` turns capture files into the records a probe would

@@ -1,7 +1,7 @@
 //! Every metric the collector exports, in one place. Labels are bounded enums of `&'static str`,
 //! never addresses, probe ids or URLs.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clovisor_proto::delivery::DeliveryStats;
@@ -39,6 +39,16 @@ pub struct ConnectionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `clovisor_flow_connection_bytes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    /// The workloads and the point.
+    #[prometheus(flatten)]
+    pub observed: ObservedLabels,
+    /// `client_to_server` or `server_to_client`.
+    pub direction: &'static str,
+}
+
 /// Connections between workloads and their TCP health, as each observation point saw them end.
 /// Every point that sees a connection counts it, so the label `observed_at` is part of every
 /// series: pick one point per question (`server_veth` for connections into traced servers,
@@ -49,6 +59,7 @@ pub struct ConnectionMetrics {
     connections: Family<ConnectionLabels, Counter>,
     retransmits: Family<ObservedLabels, Counter>,
     rtt: Family<ObservedLabels, Histogram, fn() -> Histogram>,
+    bytes: Family<BytesLabels, Counter>,
 }
 
 impl Default for ConnectionMetrics {
@@ -58,6 +69,7 @@ impl Default for ConnectionMetrics {
             connections: Family::default(),
             retransmits: Family::default(),
             rtt: Family::new_with_constructor(|| Histogram::new(RTT_BUCKETS)),
+            bytes: Family::default(),
         }
     }
 }
@@ -79,33 +91,115 @@ pub struct ConnectionEnd<'a> {
     pub retransmits: u32,
 }
 
+/// The flow metric series of one pair of workloads seen at one point. The workload labels are
+/// capped and hashed once, when it is made ([`ConnectionMetrics::series`]); each series is looked
+/// up in its family the first time it is counted, and kept.
+#[derive(Debug)]
+pub struct FlowSeries {
+    observed: ObservedLabels,
+    bytes: [OnceLock<Counter>; 2],
+    ends: [OnceLock<Counter>; 2],
+    retransmits: OnceLock<Counter>,
+    rtt: OnceLock<Histogram>,
+}
+
+/// Directions of `clovisor_flow_connection_bytes_total`, in the order of the byte arrays.
+const DIRECTIONS: [&str; 2] = ["client_to_server", "server_to_client"];
+
 impl ConnectionMetrics {
-    /// Counts one connection end.
-    pub fn ended(&self, c: ConnectionEnd<'_>) {
-        let observed = ObservedLabels {
-            flow: self.workloads.flow(c.client, c.server),
-            observed_at: c.observed_at,
-        };
-        if c.srtt_us > 0 {
-            self.rtt
-                .get_or_create(&observed)
-                .observe(f64::from(c.srtt_us) / 1e6);
+    /// The series of connections from `client` to `server` seen at `observed_at`.
+    pub fn series(
+        &self,
+        client: Option<End<'_>>,
+        server: Option<End<'_>>,
+        observed_at: &'static str,
+    ) -> FlowSeries {
+        FlowSeries {
+            observed: ObservedLabels {
+                flow: self.workloads.flow(client, server),
+                observed_at,
+            },
+            bytes: Default::default(),
+            ends: Default::default(),
+            retransmits: OnceLock::new(),
+            rtt: OnceLock::new(),
         }
-        if c.retransmits > 0 {
-            self.retransmits
-                .get_or_create(&observed)
-                .inc_by(u64::from(c.retransmits));
-        }
-        self.connections
-            .get_or_create(&ConnectionLabels {
-                observed,
-                reason: c.reason,
-            })
-            .inc();
     }
 
-    /// Registers `clovisor_flow_connections_total`, `clovisor_flow_connection_retransmits_total`
-    /// and `clovisor_flow_rtt_seconds`.
+    /// Counts one connection end.
+    pub fn ended(&self, c: ConnectionEnd<'_>) {
+        let series = self.series(c.client, c.server, c.observed_at);
+        self.ended_at(&series, c.reason, c.srtt_us, c.retransmits);
+    }
+
+    /// Counts one connection end of `series`: `reason` (`fin`, `rst`), and the socket's RTT and
+    /// retransmits when known (non-zero).
+    pub fn ended_at(
+        &self,
+        series: &FlowSeries,
+        reason: &'static str,
+        srtt_us: u32,
+        retransmits: u32,
+    ) {
+        if srtt_us > 0 {
+            series
+                .rtt
+                .get_or_init(|| self.rtt.get_or_create(&series.observed).clone())
+                .observe(f64::from(srtt_us) / 1e6);
+        }
+        if retransmits > 0 {
+            series
+                .retransmits
+                .get_or_init(|| self.retransmits.get_or_create(&series.observed).clone())
+                .inc_by(u64::from(retransmits));
+        }
+        let resolve = || {
+            self.connections
+                .get_or_create(&ConnectionLabels {
+                    observed: series.observed.clone(),
+                    reason,
+                })
+                .clone()
+        };
+        match reason {
+            "fin" => series.ends[0].get_or_init(resolve).inc(),
+            "rst" => series.ends[1].get_or_init(resolve).inc(),
+            _ => resolve().inc(),
+        };
+    }
+
+    /// Counts payload bytes a connection between workloads carried, per direction
+    /// (`[client to server, server to client]`), as the point `observed_at` saw them, whatever
+    /// its protocol and whether any decoder understood it.
+    pub fn bytes(
+        &self,
+        client: Option<End<'_>>,
+        server: Option<End<'_>>,
+        observed_at: &'static str,
+        bytes: [u64; 2],
+    ) {
+        self.bytes_at(&self.series(client, server, observed_at), bytes);
+    }
+
+    /// Counts payload bytes of `series` per direction (see [`ConnectionMetrics::bytes`]).
+    pub fn bytes_at(&self, series: &FlowSeries, bytes: [u64; 2]) {
+        for ((slot, direction), n) in series.bytes.iter().zip(DIRECTIONS).zip(bytes) {
+            if n > 0 {
+                slot.get_or_init(|| {
+                    self.bytes
+                        .get_or_create(&BytesLabels {
+                            observed: series.observed.clone(),
+                            direction,
+                        })
+                        .clone()
+                })
+                .inc_by(n);
+            }
+        }
+    }
+
+    /// Registers `clovisor_flow_connections_total`, `clovisor_flow_connection_retransmits_total`,
+    /// `clovisor_flow_rtt_seconds` and `clovisor_flow_connection_bytes_total`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "clovisor_flow_connections",
@@ -122,14 +216,65 @@ impl ConnectionMetrics {
             "Smoothed round-trip time of connections between workloads at close, as the socket's kernel measured it",
             self.rtt.clone(),
         );
+        registry.register(
+            "clovisor_flow_connection_bytes",
+            "Payload bytes carried by connections between workloads, whatever their protocol, by where they were seen and direction",
+            self.bytes.clone(),
+        );
     }
 }
 
 /// A label set with one bounded label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
-    /// Record kind: `message`, `flow_end`, `endpoint`, `stats`, `empty`.
+    /// Record kind: `message`, `flow_end`, `endpoint`, `stats`, `flow_start`, `empty`.
     pub kind: &'static str,
+}
+
+/// What a record from a probe is, as `records_received{kind}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A message.
+    Message,
+    /// A flow's end.
+    FlowEnd,
+    /// Endpoint metadata.
+    Endpoint,
+    /// Kernel counters.
+    Stats,
+    /// A flow's identity, once.
+    FlowStart,
+    /// A record without a kind.
+    Empty,
+}
+
+impl RecordKind {
+    /// The label value.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::FlowEnd => "flow_end",
+            Self::Endpoint => "endpoint",
+            Self::Stats => "stats",
+            Self::FlowStart => "flow_start",
+            Self::Empty => "empty",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// Handles on the series counted for every record or session, each looked up once (on first use,
+/// so a series appears when it is first counted, as with a look-up): a label look-up hashes the
+/// label set and takes a lock, more than the count itself.
+#[derive(Debug, Default)]
+struct Handles {
+    records_received: [OnceLock<Counter>; 6],
+    sessions_emitted: [OnceLock<Counter>; 2],
+    stage_received: OnceLock<Counter>,
+    stage_emitted: OnceLock<Counter>,
 }
 
 /// A label set naming a bounded reason.
@@ -148,6 +293,15 @@ pub struct ConnectionEndLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `clovisor_collector_decoder_desyncs_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DesyncLabels {
+    /// The decoder's name (`http1`, ...).
+    pub protocol: &'static str,
+    /// Why it lost step, one of a fixed set per decoder.
+    pub reason: &'static str,
+}
+
 /// A label set for emitted sessions.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -162,7 +316,7 @@ pub struct CollectorMetrics {
     pub records_received: Family<KindLabel, Counter>,
     /// Sessions emitted, by outcome.
     pub sessions_emitted: Family<OutcomeLabel, Counter>,
-    /// Messages that could not be decoded, by reason (see `DecodeError::as_label`).
+    /// Messages that could not be decoded, by reason (see `decode::http1::ParseError::as_label`).
     pub decode_errors: Family<ReasonLabel, Counter>,
     /// Flows dropped from the table before they ended, by reason (`capacity`, `idle`,
     /// `probe_restart`).
@@ -178,14 +332,17 @@ pub struct CollectorMetrics {
     /// Messages dropped before pairing, by reason (`duplicate`, `no_direction`, `no_flow_key`,
     /// `response_without_request`, `gap`).
     pub messages_dropped: Family<ReasonLabel, Counter>,
-    /// Flows not decoded because their protocol is not supported yet.
+    /// Flows no decoder claimed (their protocol is not decoded).
     pub flows_unsupported: Counter,
+    /// Decoders that lost step with their flow, by protocol and reason.
+    pub decoder_desyncs: Family<DesyncLabels, Counter>,
     /// Probes that restarted (a new probe id for a known node).
     pub probe_restarts: Counter,
     /// Endpoint updates ignored because the per-probe table was full.
     pub endpoints_dropped: Counter,
     /// Shared loss accounting (stages `collector` and `forwarder`).
     pub drops: Drops,
+    handles: Handles,
 }
 
 /// Loss-accounting stage of the collector's door: records of new batches = records taken into
@@ -218,16 +375,28 @@ impl CollectorMetrics {
     }
 
     /// Counts a record of a new batch arriving, by kind.
-    pub fn record_received(&self, kind: &'static str) {
-        self.records_received
-            .get_or_create(&KindLabel { kind })
+    pub fn record_received(&self, kind: RecordKind) {
+        self.handles.records_received[kind.slot()]
+            .get_or_init(|| {
+                self.records_received
+                    .get_or_create(&KindLabel {
+                        kind: kind.as_label(),
+                    })
+                    .clone()
+            })
             .inc();
-        self.drops.received(STAGE_COLLECTOR, 1);
+        self.handles
+            .stage_received
+            .get_or_init(|| self.drops.received_counter(STAGE_COLLECTOR))
+            .inc();
     }
 
     /// Counts a record taken into the flow table (not rejected at the door).
     pub fn record_accepted(&self) {
-        self.drops.emitted(STAGE_COLLECTOR, 1);
+        self.handles
+            .stage_emitted
+            .get_or_init(|| self.drops.emitted_counter(STAGE_COLLECTOR))
+            .inc();
     }
 
     /// Copies the forwarder's cumulative counters into the `forwarder` stage's accounting,
@@ -291,8 +460,13 @@ impl CollectorMetrics {
         );
         registry.register(
             "clovisor_collector_flows_unsupported",
-            "Flows skipped because their protocol is not decoded yet",
+            "Flows no decoder claimed: their protocol is not decoded",
             self.flows_unsupported.clone(),
+        );
+        registry.register(
+            "clovisor_collector_decoder_desyncs",
+            "Decoders that lost step with their flow, by protocol and reason",
+            self.decoder_desyncs.clone(),
         );
         registry.register(
             "clovisor_collector_probe_restarts",
@@ -310,6 +484,25 @@ impl CollectorMetrics {
     pub fn decode_error(&self, reason: &'static str) {
         self.decode_errors
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts an emitted session.
+    pub fn session_emitted(&self, incomplete: bool) {
+        let outcome = if incomplete { "incomplete" } else { "complete" };
+        self.handles.sessions_emitted[usize::from(incomplete)]
+            .get_or_init(|| {
+                self.sessions_emitted
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .clone()
+            })
+            .inc();
+    }
+
+    /// Counts a decoder losing step with its flow.
+    pub fn desync(&self, protocol: &'static str, reason: &'static str) {
+        self.decoder_desyncs
+            .get_or_create(&DesyncLabels { protocol, reason })
             .inc();
     }
 
@@ -437,7 +630,7 @@ mod tests {
     fn door_drops_balance_the_collector_stage() {
         let m = CollectorMetrics::new();
         for _ in 0..3 {
-            m.record_received("message");
+            m.record_received(RecordKind::Message);
         }
         m.record_accepted();
         m.message_dropped("duplicate");

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use clovisor_config::LiveConfig;
 use clovisor_proto::capture::v1::capture_server::{Capture, CaptureServer};
 use clovisor_proto::capture::v1::{
-    collector_message, probe_message, Ack, CollectorMessage, Hello, ProbeMessage, RecordBatch,
+    collector_message, probe_message, Ack, CollectorMessage, FlowTable as OpenFlows, Hello,
+    ProbeMessage, RecordBatch,
 };
 use clovisor_proto::delivery::DeliveryStats;
 use clovisor_proto::session::v1::Session;
@@ -84,16 +85,35 @@ struct Inner {
 const DOWNSTREAM_POLL: Duration = Duration::from_millis(5);
 
 impl Inner {
-    /// Applies the header redaction list to a session about to leave the collector.
-    fn redact(&self, session: &mut Session) {
-        match self.live.get() {
-            Some(live) => {
-                redact::redact(session, &live.borrow().redacted_headers);
-            }
-            None => {
-                redact::redact(session, &LiveConfig::default().redacted_headers);
-            }
+    /// Applies the header redaction list to sessions about to leave the collector, worked out
+    /// once for all of them.
+    fn redact(&self, sessions: &mut [Session]) {
+        if sessions.is_empty() {
+            return;
         }
+        let redaction = match self.live.get() {
+            Some(live) => redact::Redaction::new(&live.borrow().redacted_headers),
+            None => redact::Redaction::new(&LiveConfig::default().redacted_headers),
+        };
+        for s in sessions {
+            redaction.apply(s);
+        }
+    }
+
+    /// Hands `sessions` to the output, in order, waiting for room: as many slots as fit taken
+    /// at once rather than one wait per session.
+    async fn deliver(&self, sessions: Vec<Session>) -> Result<(), mpsc::error::SendError<()>> {
+        let room = self.out.max_capacity().max(1);
+        let mut sessions = sessions.into_iter();
+        while sessions.len() > 0 {
+            let n = sessions.len().min(room);
+            let permits = self.out.reserve_many(n).await?;
+            for (permit, s) in permits.zip(&mut sessions) {
+                permit.send(s);
+            }
+            self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -135,6 +155,17 @@ impl Inner {
         st.table.register_probe(&hello.probe_id, &hello.node);
     }
 
+    /// Applies a probe's table of open flows; returns the sessions of flows ended to make room.
+    fn flows(&self, probe_id: &str, table: OpenFlows) -> Vec<Session> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for start in table.flows {
+            st.table.start_flow(probe_id, start, now, &mut out);
+        }
+        out
+    }
+
     /// Processes a batch unless already processed; returns the sessions it completed.
     fn batch(&self, probe_id: &str, batch: RecordBatch) -> Option<Vec<Session>> {
         let mut st = self.lock();
@@ -148,7 +179,12 @@ impl Inner {
         for record in batch.records {
             st.table.ingest(probe_id, record, now, &mut out);
         }
-        st.last_seq.insert(probe_id.to_owned(), batch.seq);
+        match st.last_seq.get_mut(probe_id) {
+            Some(seq) => *seq = batch.seq,
+            None => {
+                st.last_seq.insert(probe_id.to_owned(), batch.seq);
+            }
+        }
         self.metrics.batches_processed.inc();
         Some(out)
     }
@@ -164,12 +200,9 @@ async fn flush_loop(weak: Weak<Inner>, period: Duration) {
         };
         let mut out = Vec::new();
         inner.lock().table.flush(Instant::now(), &mut out);
-        for mut s in out {
-            inner.redact(&mut s);
-            if inner.out.send(s).await.is_err() {
-                return;
-            }
-            inner.sent.fetch_add(1, Ordering::Relaxed);
+        inner.redact(&mut out);
+        if inner.deliver(out).await.is_err() {
+            return;
         }
     }
 }
@@ -267,15 +300,13 @@ async fn run_stream(
         match msg.kind {
             Some(probe_message::Kind::Batch(batch)) => {
                 let seq = batch.seq;
-                for mut s in inner.batch(&probe_id, batch).into_iter().flatten() {
-                    inner.redact(&mut s);
-                    if inner.out.send(s).await.is_err() {
-                        let _ = tx
-                            .send(Err(Status::unavailable("collector is shutting down")))
-                            .await;
-                        return;
-                    }
-                    inner.sent.fetch_add(1, Ordering::Relaxed);
+                let mut sessions = inner.batch(&probe_id, batch).unwrap_or_default();
+                inner.redact(&mut sessions);
+                if inner.deliver(sessions).await.is_err() {
+                    let _ = tx
+                        .send(Err(Status::unavailable("collector is shutting down")))
+                        .await;
+                    return;
                 }
                 let sent = match &acks {
                     // Everything counted is in the channel already, which the forwarder
@@ -298,9 +329,16 @@ async fn run_stream(
                     .await;
                 return;
             }
-            // The probe's open flows, re-announced after every Hello. This collector takes a
-            // flow's key and point from its messages as well, which every probe still sends.
-            Some(probe_message::Kind::Flows(_)) | None => {}
+            // The probe's open flows, re-announced after every Hello, so that flows this
+            // collector does not know yet (it restarted) are known by their identity again.
+            Some(probe_message::Kind::Flows(table)) => {
+                let mut out = inner.flows(&probe_id, table);
+                inner.redact(&mut out);
+                if inner.deliver(out).await.is_err() {
+                    return;
+                }
+            }
+            None => {}
         }
     }
 }

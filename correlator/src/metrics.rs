@@ -34,7 +34,7 @@ pub const STAGE_CORRELATOR: &str = "correlator";
 /// Loss-accounting stage of span export: spans offered = exported + dropped + queued.
 pub const STAGE_EXPORT: &str = "export";
 
-use clovisor_runtime::workloads::{is_loopback, End, Workloads};
+use clovisor_runtime::workloads::{End, Workloads};
 pub use clovisor_runtime::workloads::{FlowLabels, MAX_LABEL_VALUES, OUTSIDE};
 
 /// Bucket bounds of `clovisor_http_request_duration_seconds`, 0.5 ms to 10 s.
@@ -601,7 +601,11 @@ impl Metrics {
     /// The workload-to-workload metrics of one exchange.
     fn observe_flow(&self, s: &clovisor_proto::session::v1::Session) {
         // An app talking to its sidecar over loopback inside one pod: no flow between workloads.
-        if s.client.as_ref().is_some_and(|c| is_loopback(&c.ip)) {
+        if s.client
+            .as_ref()
+            .and_then(clovisor_proto::session::v1::Endpoint::addr)
+            .is_some_and(|a| a.is_loopback())
+        {
             return;
         }
         let flow = self.flow_handles(s);

@@ -4,7 +4,7 @@
 //! redacted, the bare HTTP version, the `Host` header split into host and port. One home, so the
 //! API and the spans cannot disagree (and the API cannot be a way around the spans' redaction).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use clovisor_proto::common::v1::Side;
 use clovisor_proto::session::v1::{Endpoint, Session};
@@ -28,19 +28,10 @@ const SENSITIVE_QUERY_KEYS: [&str; 14] = [
     "client_secret",
 ];
 
-/// Decodes an endpoint's address (4 or 16 bytes).
+/// An endpoint's address, IPv4-mapped IPv6 shown as IPv4 (dual-stack sockets report IPv4 peers
+/// as `::ffff:a.b.c.d`).
 pub fn endpoint_ip(e: &Endpoint) -> Option<IpAddr> {
-    match e.ip.len() {
-        4 => <[u8; 4]>::try_from(e.ip.as_slice())
-            .ok()
-            .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
-        16 => <[u8; 16]>::try_from(e.ip.as_slice()).ok().map(|b| {
-            let v6 = Ipv6Addr::from(b);
-            // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; show them as IPv4.
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }),
-        _ => None,
-    }
+    e.addr()
 }
 
 /// Whether the exchange was observed at the server's end, which makes the span a SERVER span.

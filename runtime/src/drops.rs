@@ -74,6 +74,17 @@ impl Drops {
         self.emitted.get_or_create(&StageLabels { stage }).inc_by(n);
     }
 
+    /// The counter of items `stage` takes in: a handle to keep where a stage counts every item
+    /// one by one, so that it pays no label look-up per item.
+    pub fn received_counter(&self, stage: &'static str) -> Counter {
+        self.received.get_or_create(&StageLabels { stage }).clone()
+    }
+
+    /// The counter of items `stage` passes on (see [`Drops::received_counter`]).
+    pub fn emitted_counter(&self, stage: &'static str) -> Counter {
+        self.emitted.get_or_create(&StageLabels { stage }).clone()
+    }
+
     /// Sets the items `stage` holds now (neither passed on nor dropped yet).
     pub fn set_buffered(&self, stage: &'static str, n: u64) {
         self.buffered
@@ -150,6 +161,13 @@ mod tests {
             (d.received_count("uplink"), d.emitted_count("uplink")),
             (5, 3),
             "received/emitted getters"
+        );
+        d.received_counter("uplink").inc();
+        d.emitted_counter("uplink").inc_by(2);
+        assert_eq!(
+            (d.received_count("uplink"), d.emitted_count("uplink")),
+            (6, 5),
+            "handles count into the same series"
         );
     }
 }

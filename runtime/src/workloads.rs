@@ -108,20 +108,6 @@ impl Workloads {
     }
 }
 
-/// Whether a 4- or 16-byte address is loopback (v4-mapped included).
-pub fn is_loopback(ip: &[u8]) -> bool {
-    match ip.len() {
-        4 => ip[0] == 127,
-        16 => {
-            let v6 = <[u8; 16]>::try_from(ip).map(std::net::Ipv6Addr::from);
-            v6.is_ok_and(|a| {
-                a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-            })
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,16 +159,5 @@ mod tests {
         let out = w.flow(Some(cart), None);
         assert_eq!(out.server_workload, OUTSIDE);
         assert_eq!(w.end(Some(End::default())).0, OUTSIDE, "no pod: outside");
-    }
-
-    #[test]
-    fn loopback_in_every_spelling() {
-        assert!(is_loopback(&[127, 0, 0, 1]));
-        assert!(is_loopback(&std::net::Ipv6Addr::LOCALHOST.octets()));
-        assert!(is_loopback(
-            &std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets()
-        ));
-        assert!(!is_loopback(&[10, 0, 0, 1]));
-        assert!(!is_loopback(&[1, 2, 3]), "not an address");
     }
 }

@@ -290,12 +290,15 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                 item = input.recv(), if input_open && room && closing_since.is_none() => {
                     match item {
                         Some(item) => {
-                            let n = C::count(&item);
-                            self.stats.items_buffered.fetch_add(n, Ordering::Relaxed);
-                            self.stats.items_received.fetch_add(n, Ordering::Relaxed);
-                            self.contract.observe(&item, next_seq);
-                            pending_count += n;
-                            pending.push(item);
+                            // And whatever else waits, up to a batch: one turn of this loop
+                            // (its clock reads and timers) per burst rather than per item.
+                            let mut next = Some(item);
+                            while let Some(item) = next.take() {
+                                self.take(item, next_seq, &mut pending, &mut pending_count);
+                                if pending_count < cfg.max_batch_items as u64 {
+                                    next = input.try_recv().ok();
+                                }
+                            }
                         }
                         None => {
                             input_open = false;
@@ -340,16 +343,27 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                     closing_since = Some(Instant::now());
                     // Take what producers already queued: it was accepted, so it is owed.
                     while let Ok(item) = input.try_recv() {
-                        let n = C::count(&item);
-                        self.stats.items_buffered.fetch_add(n, Ordering::Relaxed);
-                        self.stats.items_received.fetch_add(n, Ordering::Relaxed);
-                        self.contract.observe(&item, next_seq);
-                        pending_count += n;
-                        pending.push(item);
+                        self.take(item, next_seq, &mut pending, &mut pending_count);
                     }
                 }
             }
         }
+    }
+
+    /// Takes `item` from the input into the batch being filled, which will be number `seq`.
+    fn take(
+        &mut self,
+        item: C::Item,
+        seq: u64,
+        pending: &mut Vec<C::Item>,
+        pending_count: &mut u64,
+    ) {
+        let n = C::count(&item);
+        self.stats.items_buffered.fetch_add(n, Ordering::Relaxed);
+        self.stats.items_received.fetch_add(n, Ordering::Relaxed);
+        self.contract.observe(&item, seq);
+        *pending_count += n;
+        pending.push(item);
     }
 
     async fn open(&mut self) -> Result<Stream<C>, tonic::Status> {

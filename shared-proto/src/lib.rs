@@ -3,7 +3,8 @@
 //!
 //! One package per contract and version: `capture::v1` (probe -> collector raw records) and
 //! `session::v1` (collector -> correlator decoded sessions), both speaking of observation points
-//! in the vocabulary of `common::v1` (point kinds, sides).
+//! in the vocabulary of `common::v1` (point kinds, sides). The addresses they carry as bytes are
+//! read through accessors ([`addr`]).
 
 pub mod common {
     /// `clovisor.common.v1`
@@ -54,6 +55,7 @@ pub mod session {
     }
 }
 
+pub mod addr;
 pub mod delivery;
 pub mod hops;
 pub mod inproc;

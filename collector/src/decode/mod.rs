@@ -1,107 +1,456 @@
-//! Protocol detection and decoding of captured message prefixes.
+//! Protocol decoding: one seam, and a folder per protocol behind it.
 //!
-//! Decoders see only the first `snaplen` bytes of each message, so every decoder must cope with
-//! input cut anywhere, and must never panic on what the network sent.
+//! The flow table ([`crate::flows`]) knows ordering and lifetimes, not protocols. For each flow it
+//! asks the [`Decoders`] which protocol the flow speaks, from its first bytes
+//! ([`Decoder::detect`]; the traced port's [`ProtocolHint`] is only a hint). The decoder that
+//! claims the flow makes a [`FlowDecoder`] for it, which from then on takes the flow's messages
+//! in order and reports what it finds to an [`Output`]: [`Exchange`]s (a request and its
+//! response, protocol-neutral, with the protocol's typed [`Fields`]), decode errors, messages it
+//! could not pair, and desyncs. A flow no decoder claims is *opaque*: it still yields connection
+//! and byte metrics, no exchanges.
+//!
+//! Decoders see only the first `snaplen` bytes of each message ([`Message::payload`]), so every
+//! decoder must cope with input cut anywhere, and must never panic on what the network sent.
+//!
+//! Adding a protocol means a folder here (`mod.rs` with the [`Decoder`], its parsing, its per-flow
+//! state, `tests.rs`) and one line in [`Decoders::default`]; the flow table does not change. A
+//! user analyzer (Wasm, `clovisor_proto_cfg`) is one more [`Decoder`]: its `Parse(session_key,
+//! is_req, data) -> (leftover, fields)` maps onto [`FlowDecoder::on_message`] (the session key is
+//! [`FlowInfo`]'s probe and flow id, the leftover stays in its per-flow state, the fields become
+//! [`Exchange::attributes`] under the analyzer's prefix), and an analyzer stacked on another
+//! protocol wraps that protocol's [`FlowDecoder`] and adds attributes to the exchanges it reports.
 
 pub mod http1;
 pub mod redact;
 pub mod trace_context;
 
-pub use http1::{decode_requests, decode_responses, RequestHead, ResponseHead};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use clovisor_proto::capture::v1::{self as capture, FlowKey, ProtocolHint};
+use clovisor_proto::session::v1::{Http, Protocol, TraceContext};
+
 pub use trace_context::TraceContextError;
 
-/// Why a message could not be decoded. Bounded, so it can label a metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// No bytes to decode.
-    #[error("empty payload")]
-    Empty,
-    /// The capture ended inside the start line, so not even the method/status is known.
-    #[error("start line cut by the capture")]
-    TruncatedStartLine,
-    /// The start line or a header is not valid HTTP/1.x.
-    #[error("malformed HTTP/1.x head: {0}")]
-    Malformed(&'static str),
-    /// More headers than the decoder accepts.
-    #[error("too many headers")]
-    TooManyHeaders,
-    /// The bytes do not start like an HTTP/1.x message at all.
-    #[error("not HTTP/1.x")]
-    NotHttp,
+/// Which way a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the client (the end whose port is not traced) to the server.
+    ClientToServer,
+    /// From the server to the client.
+    ServerToClient,
 }
 
-impl DecodeError {
-    /// Stable metric label for this reason.
-    pub fn as_label(&self) -> &'static str {
+impl Direction {
+    /// The direction of a `capture.v1` message; `None` when unspecified or unknown.
+    pub fn from_wire(direction: i32) -> Option<Self> {
+        match capture::Direction::try_from(direction) {
+            Ok(capture::Direction::ClientToServer) => Some(Self::ClientToServer),
+            Ok(capture::Direction::ServerToClient) => Some(Self::ServerToClient),
+            _ => None,
+        }
+    }
+
+    /// The index of this direction in per-direction arrays: 0 client to server, 1 back.
+    pub fn index(self) -> usize {
         match self {
-            Self::Empty => "empty",
-            Self::TruncatedStartLine => "truncated_start_line",
-            Self::Malformed(_) => "malformed",
-            Self::TooManyHeaders => "too_many_headers",
-            Self::NotHttp => "not_http",
+            Self::ClientToServer => 0,
+            Self::ServerToClient => 1,
         }
     }
 }
 
-/// What a message's first bytes look like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sniffed {
-    /// Starts with an HTTP/1.x request line (a known method and a space).
-    Http1Request,
-    /// Starts with `HTTP/1.`.
-    Http1Response,
-    /// Anything else.
-    Unknown,
+/// Timings and counters of one message: what is kept of it once its payload is decoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageStats {
+    /// 0-based position of the message in its flow.
+    pub index: u32,
+    /// First byte seen, Unix nanoseconds.
+    pub start: u64,
+    /// Last byte seen, Unix nanoseconds.
+    pub end: u64,
+    /// TCP sequence number of the first byte.
+    pub tcp_seq: u32,
+    /// Payload bytes of the whole message (not only the captured prefix).
+    pub bytes: u64,
+    /// Packets of the whole message.
+    pub packets: u32,
+    /// Retransmitted packets.
+    pub retransmits: u32,
 }
 
-const METHODS: &[&[u8]] = &[
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"HEAD ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"CONNECT ",
-    b"TRACE ",
-    b"PROPFIND ",
-    b"PROPPATCH ",
-    b"MKCOL ",
-    b"COPY ",
-    b"MOVE ",
-    b"LOCK ",
-    b"UNLOCK ",
-    b"REPORT ",
-    b"PURGE ",
-];
+impl MessageStats {
+    /// The stats of a `capture.v1` message.
+    pub fn of(m: &capture::Message) -> Self {
+        Self {
+            index: m.index,
+            start: m.start_unix_nanos,
+            end: m.end_unix_nanos,
+            tcp_seq: m.tcp_seq,
+            bytes: m.bytes,
+            packets: m.packets,
+            retransmits: m.retransmits,
+        }
+    }
 
-/// Classifies a message by its first bytes.
-pub fn sniff(payload: &[u8]) -> Sniffed {
-    if payload.starts_with(b"HTTP/1.") {
-        return Sniffed::Http1Response;
+    /// Extends `self` by a later message of the same side (a request body after
+    /// `100 Continue`): the end moves, the counters add up.
+    pub fn extend(&mut self, later: &MessageStats) {
+        self.end = self.end.max(later.end);
+        self.bytes = self.bytes.saturating_add(later.bytes);
+        self.packets = self.packets.saturating_add(later.packets);
+        self.retransmits = self.retransmits.saturating_add(later.retransmits);
     }
-    if METHODS.iter().any(|m| payload.starts_with(m)) {
-        return Sniffed::Http1Request;
+}
+
+/// One message of a flow, in order, as a decoder sees it: everything one side sent before the
+/// other side sent anything.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// Which way it went.
+    pub direction: Direction,
+    /// Its timings and counters.
+    pub stats: MessageStats,
+    /// The first bytes of the message: all of it, or cut at the probe's snaplen
+    /// ([`Message::is_cut`]).
+    pub payload: &'a [u8],
+    /// The counters were read before the message was over (the probe flushed it early). Only a
+    /// decoder that asked to wait for the final counters ([`FlowDecoder::awaits_final`]) and did
+    /// not get them in time sees a partial message.
+    pub partial: bool,
+}
+
+impl Message<'_> {
+    /// Whether [`Message::payload`] is only a prefix: the message had more bytes than captured.
+    pub fn is_cut(&self) -> bool {
+        u64::try_from(self.payload.len()).is_ok_and(|n| n < self.stats.bytes)
     }
-    Sniffed::Unknown
+}
+
+/// What a decoder may know about its flow. Set once when the flow is created.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowInfo<'a> {
+    /// The probe the flow was seen by.
+    pub probe_id: &'a str,
+    /// The flow's id at that probe (one connection at one observation point).
+    pub flow_id: u64,
+    /// Client and server address and port, and the transport.
+    pub key: &'a FlowKey,
+    /// What the traced port is configured for (Istio port name, `appProtocol`): a hint only.
+    pub hint: ProtocolHint,
+}
+
+/// A decoder's verdict on a flow's first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detection {
+    /// The bytes are this protocol's: the flow is decoded by it, starting with this message.
+    Claim,
+    /// Not this protocol.
+    No,
+    /// The hint names this protocol but the bytes do not (or not yet) look like it: the message
+    /// is counted as a decode error with `reason` and the flow stays undecided.
+    HintMismatch {
+        /// Label of `clovisor_collector_decode_errors_total`.
+        reason: &'static str,
+    },
+}
+
+/// Where a decoder needs bytes captured beyond each message's prefix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Within {
+    /// The prefix is enough (HTTP/1.x: the head is at the start).
+    #[default]
+    Nothing,
+    /// The header of every frame inside a message (multiplexed framing: HTTP/2, Kafka, the
+    /// PostgreSQL and MySQL wire protocols), with `bytes` bytes each.
+    FrameHeaders {
+        /// Bytes of one frame header (HTTP/2: 9).
+        bytes: u16,
+    },
+}
+
+/// What a decoder needs captured of each flow it claims.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureNeeds {
+    /// Bytes at the start of each message the decoder makes use of (beyond that, a larger
+    /// snaplen only costs).
+    pub prefix: u32,
+    /// Beyond the prefix.
+    pub within: Within,
+}
+
+/// The typed part of an exchange: what the session carries for its protocol family.
+#[derive(Debug, Clone, PartialEq)]
+// Moved once per exchange into its session: a box would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Fields {
+    /// HTTP (HTTP/1.x now; HTTP/2 and gRPC later): the session's `http` part.
+    Http(Http),
+    /// No typed fields (a protocol known only by its attributes, e.g. a user analyzer's).
+    None,
+}
+
+/// One request and its response (or the request alone, when the response was never seen), in
+/// terms every protocol shares. The flow table turns it into a `session.v1.Session` with the
+/// flow's endpoints and observation point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exchange {
+    /// The session's protocol.
+    pub protocol: Protocol,
+    /// Timings and counters of the request message (or messages: a body after
+    /// `100 Continue`). Its index names the exchange.
+    pub request: MessageStats,
+    /// Timings and counters of the response message(s), when seen.
+    pub response: Option<MessageStats>,
+    /// Position among the exchanges of one request message (pipelining), 0 for the first. Only
+    /// the first carries the messages' byte and packet counts, which cannot be split.
+    pub position: u32,
+    /// The response was never seen (the flow ended, or the next request came first).
+    pub incomplete: bool,
+    /// The protocol's typed fields.
+    pub fields: Fields,
+    /// Trace context found in the request.
+    pub trace: Option<TraceContext>,
+    /// Free-form fields (`clovisor.<protocol>.*`, an analyzer's prefix).
+    pub attributes: HashMap<String, String>,
+}
+
+/// Where a [`FlowDecoder`] reports what it found.
+pub trait Output {
+    /// An exchange is complete (or given up on, [`Exchange::incomplete`]).
+    fn exchange(&mut self, exchange: Exchange);
+    /// A message could not be decoded (`clovisor_collector_decode_errors_total{reason}`).
+    fn decode_error(&mut self, reason: &'static str);
+    /// A message was taken in but pairs with nothing, e.g. `response_without_request`
+    /// (`clovisor_collector_messages_dropped_total{reason}`).
+    fn unpaired(&mut self, reason: &'static str);
+    /// The decoder is out of step with the flow (framing lost, compression state missing)
+    /// (`clovisor_collector_decoder_desyncs_total{protocol, reason}`).
+    fn desync(&mut self, reason: &'static str);
+}
+
+/// What the flow table does with a flow after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Keep giving this decoder the flow's messages.
+    Continue,
+    /// The decoder lost the flow: detect the protocol afresh from the next message.
+    Redetect,
+    /// Decode nothing more of this flow; it keeps yielding connection and byte metrics.
+    Stop,
+}
+
+/// A protocol's decoder for one flow: its state between messages (open requests, compression
+/// tables, a parser's leftover bytes).
+pub trait FlowDecoder: Send + fmt::Debug {
+    /// Takes the flow's next message in order.
+    fn on_message(&mut self, message: &Message<'_>, out: &mut dyn Output) -> Step;
+
+    /// A message the probe flushed early (`partial`): whether to hold it until its final
+    /// counters arrive (or the next message, or the flow table's grace period) before
+    /// [`FlowDecoder::on_message`]. `false` (the default) takes it at once, as it is.
+    fn awaits_final(&self, message: &Message<'_>) -> bool {
+        let _ = message;
+        false
+    }
+
+    /// The flow ended or was evicted: report what is still open, as incomplete.
+    fn on_close(&mut self, out: &mut dyn Output);
+}
+
+/// A protocol: detects it, says what it needs captured, decodes its flows.
+pub trait Decoder: Send + Sync + fmt::Debug {
+    /// Stable name: a metric label, and in logs (`http1`).
+    fn name(&self) -> &'static str;
+
+    /// What this protocol needs captured of each flow.
+    fn capture_needs(&self) -> CaptureNeeds;
+
+    /// Whether the flow speaks this protocol, from the first message seen of it (and again
+    /// from each next message while no decoder has claimed the flow). Detection is by content,
+    /// as the peers themselves do; the hint may only break a tie or explain a mismatch.
+    fn detect(&self, flow: &FlowInfo<'_>, first: &Message<'_>) -> Detection;
+
+    /// State for one flow this decoder claimed.
+    fn new_flow(&self, flow: &FlowInfo<'_>) -> Box<dyn FlowDecoder>;
+}
+
+/// The outcome of asking every decoder about a flow's message.
+#[derive(Debug, Clone)]
+pub enum Detected {
+    /// This decoder claimed the flow.
+    Claimed(Arc<dyn Decoder>),
+    /// None claimed it; the hint's decoder counts the message as a decode error (`reason`).
+    HintMismatch(&'static str),
+    /// None claimed it.
+    Unclaimed,
+}
+
+/// The decoders a flow table tries, in order: the first to claim a flow decodes it.
+#[derive(Debug, Clone)]
+pub struct Decoders {
+    list: Arc<[Arc<dyn Decoder>]>,
+}
+
+impl Default for Decoders {
+    /// Every built-in protocol.
+    fn default() -> Self {
+        Self::new(vec![Arc::new(http1::Http1)])
+    }
+}
+
+impl Decoders {
+    /// Exactly `list`, tried in this order.
+    pub fn new(list: Vec<Arc<dyn Decoder>>) -> Self {
+        Self { list: list.into() }
+    }
+
+    /// Which decoder claims the flow from `message`.
+    pub fn detect(&self, flow: &FlowInfo<'_>, message: &Message<'_>) -> Detected {
+        let mut mismatch = None;
+        for d in self.list.iter() {
+            match d.detect(flow, message) {
+                Detection::Claim => return Detected::Claimed(Arc::clone(d)),
+                Detection::HintMismatch { reason } => {
+                    mismatch.get_or_insert(reason);
+                }
+                Detection::No => {}
+            }
+        }
+        match mismatch {
+            Some(reason) => Detected::HintMismatch(reason),
+            None => Detected::Unclaimed,
+        }
+    }
+
+    /// What all decoders together need captured: the longest prefix, and frame headers when
+    /// any needs them (the largest).
+    pub fn capture_needs(&self) -> CaptureNeeds {
+        self.list
+            .iter()
+            .map(|d| d.capture_needs())
+            .fold(CaptureNeeds::default(), |acc, n| CaptureNeeds {
+                prefix: acc.prefix.max(n.prefix),
+                within: match (acc.within, n.within) {
+                    (Within::FrameHeaders { bytes: a }, Within::FrameHeaders { bytes: b }) => {
+                        Within::FrameHeaders { bytes: a.max(b) }
+                    }
+                    (Within::Nothing, w) | (w, Within::Nothing) => w,
+                },
+            })
+    }
+
+    /// The decoders' names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.list.iter().map(|d| d.name())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[derive(Debug)]
+    struct Framed(u16);
+
+    impl Decoder for Framed {
+        fn name(&self) -> &'static str {
+            "framed"
+        }
+        fn capture_needs(&self) -> CaptureNeeds {
+            CaptureNeeds {
+                prefix: 64,
+                within: Within::FrameHeaders { bytes: self.0 },
+            }
+        }
+        fn detect(&self, _: &FlowInfo<'_>, first: &Message<'_>) -> Detection {
+            if first.payload.starts_with(b"FRAMED") {
+                Detection::Claim
+            } else {
+                Detection::No
+            }
+        }
+        fn new_flow(&self, _: &FlowInfo<'_>) -> Box<dyn FlowDecoder> {
+            unimplemented!("not used by these tests")
+        }
+    }
+
+    fn detect(decoders: &Decoders, payload: &[u8], hint: ProtocolHint) -> Detected {
+        let key = FlowKey::default();
+        let flow = FlowInfo {
+            probe_id: "p",
+            flow_id: 1,
+            key: &key,
+            hint,
+        };
+        let m = Message {
+            direction: Direction::ClientToServer,
+            stats: MessageStats::default(),
+            payload,
+            partial: false,
+        };
+        decoders.detect(&flow, &m)
+    }
+
     #[test]
-    fn sniffing() {
-        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniffed::Http1Request);
-        assert_eq!(sniff(b"PATCH /x HTTP/1.1\r\n"), Sniffed::Http1Request);
-        assert_eq!(sniff(b"HTTP/1.0 200 OK\r\n"), Sniffed::Http1Response);
-        assert_eq!(sniff(b"GETX / HTTP/1.1"), Sniffed::Unknown);
-        assert_eq!(
-            sniff(b"PRI * HTTP/2.0\r\n"),
-            Sniffed::Unknown,
-            "h2 preface is not h1"
+    fn the_first_decoder_to_claim_wins_and_a_hint_only_explains_a_mismatch() {
+        let d = Decoders::new(vec![Arc::new(http1::Http1), Arc::new(Framed(9))]);
+        assert!(
+            matches!(detect(&d, b"GET / HTTP/1.1\r\n\r\n", ProtocolHint::Tcp), Detected::Claimed(c) if c.name() == "http1"),
+            "HTTP/1 by its bytes, whatever the port says"
         );
-        assert_eq!(sniff(b"*1\r\n$4\r\nPING\r\n"), Sniffed::Unknown);
-        assert_eq!(sniff(b""), Sniffed::Unknown);
+        assert!(
+            matches!(detect(&d, b"FRAMED...", ProtocolHint::Http), Detected::Claimed(c) if c.name() == "framed"),
+            "a port named http speaking another protocol is that protocol"
+        );
+        assert!(matches!(
+            detect(&d, b"\x16\x03\x01", ProtocolHint::Http),
+            Detected::HintMismatch("not_http")
+        ));
+        assert!(matches!(
+            detect(&d, b"\x16\x03\x01", ProtocolHint::Tcp),
+            Detected::Unclaimed
+        ));
+        assert_eq!(d.names().collect::<Vec<_>>(), ["http1", "framed"]);
+    }
+
+    #[test]
+    fn capture_needs_combine_to_the_largest() {
+        let d = Decoders::new(vec![
+            Arc::new(http1::Http1),
+            Arc::new(Framed(9)),
+            Arc::new(Framed(5)),
+        ]);
+        let needs = d.capture_needs();
+        assert_eq!(
+            needs,
+            CaptureNeeds {
+                prefix: needs.prefix.max(64),
+                within: Within::FrameHeaders { bytes: 9 },
+            }
+        );
+        assert!(needs.prefix >= 64);
+        assert_eq!(
+            Decoders::default().capture_needs().within,
+            Within::Nothing,
+            "HTTP/1.x needs only the prefix"
+        );
+    }
+
+    #[test]
+    fn a_message_knows_whether_its_payload_was_cut() {
+        let m = |len: usize, bytes: u64| Message {
+            direction: Direction::ServerToClient,
+            stats: MessageStats {
+                bytes,
+                ..MessageStats::default()
+            },
+            payload: &[0; 8][..len],
+            partial: false,
+        };
+        assert!(m(8, 100).is_cut());
+        assert!(!m(8, 8).is_cut());
+        assert!(!m(0, 0).is_cut());
     }
 }

@@ -24,46 +24,87 @@ const B3_MULTI: [&str; 5] = [
 /// Redacts `session` for the lower-case header names in `headers`; returns how many values
 /// were removed.
 pub fn redact(session: &mut Session, headers: &[String]) -> usize {
-    let listed = |name: &str| headers.iter().any(|h| h == name);
-    let mut n = 0;
-    if let Some(http) = session.http.as_mut() {
-        for (name, field) in [
-            ("host", &mut http.host),
-            ("user-agent", &mut http.user_agent),
-            ("x-request-id", &mut http.request_id),
-            ("x-envoy-decorator-operation", &mut http.envoy_decorator),
-        ] {
-            if listed(name) && !field.is_empty() {
-                REDACTED.clone_into(field);
+    Redaction::new(headers).apply(session)
+}
+
+/// What a list of header names means for a session, worked out once per list rather than once
+/// per session: which fields it empties, which trace formats it drops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redaction {
+    host: bool,
+    user_agent: bool,
+    request_id: bool,
+    envoy_decorator: bool,
+    traceparent: bool,
+    b3: bool,
+    b3_multi: bool,
+    tracestate: bool,
+    /// The list itself, for attributes named after a header.
+    listed: Vec<String>,
+}
+
+impl Redaction {
+    /// The redaction for the lower-case header names in `headers`.
+    pub fn new(headers: &[String]) -> Self {
+        let listed = |name: &str| headers.iter().any(|h| h == name);
+        Self {
+            host: listed("host"),
+            user_agent: listed("user-agent"),
+            request_id: listed("x-request-id"),
+            envoy_decorator: listed("x-envoy-decorator-operation"),
+            traceparent: listed("traceparent"),
+            b3: listed("b3"),
+            b3_multi: B3_MULTI.iter().any(|h| listed(h)),
+            tracestate: listed("tracestate"),
+            listed: headers.to_vec(),
+        }
+    }
+
+    /// Redacts `session`; returns how many values were removed.
+    pub fn apply(&self, session: &mut Session) -> usize {
+        let mut n = 0;
+        if let Some(http) = session.http.as_mut() {
+            for (on, field) in [
+                (self.host, &mut http.host),
+                (self.user_agent, &mut http.user_agent),
+                (self.request_id, &mut http.request_id),
+                (self.envoy_decorator, &mut http.envoy_decorator),
+            ] {
+                if on && !field.is_empty() {
+                    REDACTED.clone_into(field);
+                    n += 1;
+                }
+            }
+        }
+        if let Some(trace) = session.trace.as_mut() {
+            let from_listed_header = match TraceFormat::try_from(trace.format) {
+                Ok(TraceFormat::W3c) => self.traceparent,
+                Ok(TraceFormat::B3Single) => self.b3,
+                Ok(TraceFormat::B3Multi) => self.b3_multi,
+                _ => false,
+            };
+            if from_listed_header {
+                session.trace = None;
+                n += 1;
+            } else if self.tracestate && !trace.tracestate.is_empty() {
+                trace.tracestate.clear();
                 n += 1;
             }
         }
-    }
-    if let Some(trace) = session.trace.as_mut() {
-        let from_listed_header = match TraceFormat::try_from(trace.format) {
-            Ok(TraceFormat::W3c) => listed("traceparent"),
-            Ok(TraceFormat::B3Single) => listed("b3"),
-            Ok(TraceFormat::B3Multi) => B3_MULTI.iter().any(|h| listed(h)),
-            _ => false,
-        };
-        if from_listed_header {
-            session.trace = None;
-            n += 1;
-        } else if listed("tracestate") && !trace.tracestate.is_empty() {
-            trace.tracestate.clear();
-            n += 1;
+        if session.attributes.is_empty() {
+            return n;
         }
+        let before = session.attributes.len();
+        session.attributes.retain(|key, _| {
+            let key = key.to_ascii_lowercase();
+            let name = key
+                .strip_prefix("http.request.header.")
+                .or_else(|| key.strip_prefix("http.response.header."))
+                .unwrap_or(&key);
+            !self.listed.iter().any(|h| h == name)
+        });
+        n + (before - session.attributes.len())
     }
-    let before = session.attributes.len();
-    session.attributes.retain(|key, _| {
-        let key = key.to_ascii_lowercase();
-        let name = key
-            .strip_prefix("http.request.header.")
-            .or_else(|| key.strip_prefix("http.response.header."))
-            .unwrap_or(&key);
-        !listed(name)
-    });
-    n + (before - session.attributes.len())
 }
 
 #[cfg(test)]

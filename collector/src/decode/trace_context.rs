@@ -4,6 +4,8 @@
 //! The span id found on the wire belongs to the *caller*; the session we emit becomes its child,
 //! so it lands in [`TraceContext::parent_span_id`].
 
+use std::borrow::Cow;
+
 use clovisor_proto::session::v1::{TraceContext, TraceFormat};
 
 /// Why a trace header was rejected. Bounded, so it can label a metric.
@@ -157,20 +159,20 @@ pub fn parse_b3_single(value: &str) -> Result<Option<TraceContext>, TraceContext
 
 /// The `x-b3-*` headers of one request, as seen.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct B3Multi {
+pub struct B3Multi<'a> {
     /// `x-b3-traceid`
-    pub trace_id: Option<String>,
+    pub trace_id: Option<Cow<'a, str>>,
     /// `x-b3-spanid`
-    pub span_id: Option<String>,
+    pub span_id: Option<Cow<'a, str>>,
     /// `x-b3-parentspanid`
-    pub parent_span_id: Option<String>,
+    pub parent_span_id: Option<Cow<'a, str>>,
     /// `x-b3-sampled`
-    pub sampled: Option<String>,
+    pub sampled: Option<Cow<'a, str>>,
     /// `x-b3-flags`
-    pub flags: Option<String>,
+    pub flags: Option<Cow<'a, str>>,
 }
 
-impl B3Multi {
+impl B3Multi<'_> {
     /// Whether any `x-b3-*` header was seen.
     pub fn is_empty(&self) -> bool {
         self.trace_id.is_none()

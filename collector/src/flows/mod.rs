@@ -1,28 +1,37 @@
-//! Flow reassembly: orders each flow's messages, pairs requests with responses and builds
-//! [`Session`]s.
+//! The flow table: each flow's messages put in order and handed to the decoder that claimed
+//! the flow ([`crate::decode`]), whose exchanges become [`Session`]s with the flow's endpoint
+//! metadata.
 //!
 //! A flow is one connection instance at one observation point, keyed by (probe id, flow id).
-//! Messages alternate direction by construction (a message is everything one side sent before
-//! the other replied), so a client->server message followed by the next server->client message
-//! is one exchange; keep-alive connections carry many. State is bounded: at most
-//! [`FlowTableConfig::max_flows`] flows (least recently active evicted first) and flows idle for
-//! [`FlowTableConfig::idle_timeout`] are dropped, both counted.
+//! Its key (addresses and ports) and observation point are set once, when the flow is created;
+//! the per-message path never reads them again. Messages carry their index in the flow and are
+//! taken in that order: one that arrives early waits (at most
+//! [`FlowTableConfig::reorder_window`] of them, for [`FlowTableConfig::reorder_timeout`]) before
+//! the gap is skipped. A message the probe flushed early (`partial`) may be held for its final
+//! counters when its decoder asks to, for at most [`FlowTableConfig::partial_grace`]. State is
+//! bounded: at most [`FlowTableConfig::max_flows`] flows (least recently active evicted first)
+//! and flows idle for [`FlowTableConfig::idle_timeout`] are dropped, both counted.
 
+mod activity;
+mod endpoints;
+mod flow;
 mod session;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clovisor_proto::capture::v1::{self as capture, record, Direction, ProtocolHint};
-use clovisor_proto::common::v1::{PointKind, Side};
+use clovisor_proto::capture::v1::{self as capture, record, ProtocolHint};
+use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::session::v1::Session;
+use rustc_hash::FxHashMap;
 
-use crate::decode::{self, RequestHead, ResponseHead, Sniffed};
-use crate::metrics::{CollectorMetrics, ConnectionEnd};
-use clovisor_runtime::workloads::{is_loopback, End};
+use crate::decode::{Decoders, Direction};
+use crate::metrics::{CollectorMetrics, RecordKind};
+use activity::Activity;
+use endpoints::{Endpoints, Ends, SeriesCache};
+use flow::{Ctx, Flow, Identity};
 
-pub use session::EndpointMeta;
+pub use endpoints::EndpointMeta;
 
 /// Limits of a [`FlowTable`].
 #[derive(Debug, Clone)]
@@ -55,187 +64,209 @@ impl Default for FlowTableConfig {
     }
 }
 
-/// Timings and counters of one message: what is kept of it once its payload is decoded.
-#[derive(Debug, Clone, Copy, Default)]
-struct MessageStats {
-    index: u32,
-    start: u64,
-    end: u64,
-    tcp_seq: u32,
-    bytes: u64,
-    packets: u32,
-    retransmits: u32,
-}
+/// A probe as the table numbers it: an index given when its id is first seen, never reused.
+type ProbeIndex = u32;
 
-impl MessageStats {
-    fn of(m: &capture::Message) -> Self {
-        Self {
-            index: m.index,
-            start: m.start_unix_nanos,
-            end: m.end_unix_nanos,
-            tcp_seq: m.tcp_seq,
-            bytes: m.bytes,
-            packets: m.packets,
-            retransmits: m.retransmits,
-        }
-    }
+/// A flow's key in the table: its probe and the probe's flow id.
+type FlowRef = (ProbeIndex, u64);
 
-    /// Extends `self` by a later message of the same side (request body after `100 Continue`).
-    fn extend(&mut self, m: &capture::Message) {
-        self.end = self.end.max(m.end_unix_nanos);
-        self.bytes = self.bytes.saturating_add(m.bytes);
-        self.packets = self.packets.saturating_add(m.packets);
-        self.retransmits = self.retransmits.saturating_add(m.retransmits);
-    }
-}
-
-/// A request waiting for its response.
+/// What the table keeps per probe.
 #[derive(Debug)]
-struct Exchange {
-    request: MessageStats,
-    requests: Vec<RequestHead>,
-    /// An interim `100 Continue` was seen: the next client message is the request body.
-    awaiting_body: bool,
-    /// Response bytes seen so far in interim responses.
-    interim: Option<MessageStats>,
-    /// A response the probe flushed early, kept until updated, superseded or timed out.
-    provisional: Option<(capture::Message, Instant)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FlowProtocol {
-    Unknown,
-    Http1,
-    Unsupported,
-}
-
-#[derive(Debug)]
-struct Flow {
-    tick: u64,
-    last_seen: Instant,
-    next_index: u32,
-    pending: BTreeMap<u32, (capture::Message, Instant)>,
-    protocol: FlowProtocol,
-    exchange: Option<Exchange>,
-    key: capture::FlowKey,
-    point: capture::ObservationPoint,
-}
-
-#[derive(Debug, Default)]
 struct ProbeState {
+    id: Arc<str>,
     node: String,
-    flows: HashMap<u64, Flow>,
-    endpoints: HashMap<Vec<u8>, EndpointMeta>,
+    endpoints: Endpoints,
 }
 
 /// Reassembles flows of many probes into sessions; see the module documentation.
+///
+/// Its maps hash with FxHash rather than SipHash: their keys (probe ids, flow ids, addresses)
+/// come from our own authenticated probes, so the flooding SipHash guards against is not a
+/// concern here, and SipHash was a tenth of the instructions per exchange.
 #[derive(Debug)]
 pub struct FlowTable {
     config: FlowTableConfig,
     metrics: Arc<CollectorMetrics>,
-    probes: HashMap<Arc<str>, ProbeState>,
-    /// Activity order: tick -> flow, oldest first.
-    lru: BTreeMap<u64, (Arc<str>, u64)>,
-    next_tick: u64,
+    decoders: Decoders,
+    probe_index: FxHashMap<Arc<str>, ProbeIndex>,
+    probes: FxHashMap<ProbeIndex, ProbeState>,
+    next_probe: ProbeIndex,
+    flows: FxHashMap<FlowRef, Flow>,
+    /// Activity order of `flows`, least recent first.
+    activity: Activity<FlowRef>,
+    /// Flow metric series by pair of ends and point.
+    series: SeriesCache,
+    /// Identities of flows whose state was dropped (idle, or to make room) while their probe may
+    /// still have them open: a probe announces a flow once, so its next message names only its id.
+    dormant: Dormant,
+}
+
+/// Identities of flows dropped from the table but not ended, at most as many as the table holds
+/// flows; the longest kept go first when full.
+#[derive(Debug, Default)]
+struct Dormant {
+    identities: FxHashMap<FlowRef, Identity>,
+    /// Order of arrival; entries of flows revived or ended meanwhile are skipped.
+    order: std::collections::VecDeque<FlowRef>,
+}
+
+impl Dormant {
+    fn keep(&mut self, f: FlowRef, identity: Identity, max: usize) {
+        while self.identities.len() >= max.max(1) {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.identities.remove(&old);
+        }
+        if self.order.len() > self.identities.len().saturating_mul(2).saturating_add(64) {
+            let identities = &self.identities;
+            self.order.retain(|k| identities.contains_key(k));
+        }
+        self.identities.insert(f, identity);
+        self.order.push_back(f);
+    }
+
+    fn take(&mut self, f: &FlowRef) -> Option<Identity> {
+        self.identities.remove(f)
+    }
+
+    fn forget_probe(&mut self, p: ProbeIndex) {
+        self.identities.retain(|&(fp, _), _| fp != p);
+    }
+}
+
+/// Whether the flow's client is a loopback address (then it is no flow between workloads).
+fn is_loopback(key: &capture::FlowKey) -> bool {
+    key.client_addr().is_some_and(|a| a.is_loopback())
 }
 
 /// Counts a connection end between workloads, where it was seen. Loopback connections (an app
 /// and its sidecar inside one pod) are no flow between workloads and are left out.
 fn observe_connection(
     metrics: &CollectorMetrics,
-    state: &ProbeState,
+    series: &mut SeriesCache,
+    endpoints: &Endpoints,
     key: &capture::FlowKey,
     e: &capture::FlowEnd,
     reason: &'static str,
 ) {
-    if !matches!(reason, "fin" | "rst") || is_loopback(&key.client_ip) {
+    if !matches!(reason, "fin" | "rst") || is_loopback(key) {
         return;
     }
-    let client = state.endpoints.get(&key.client_ip);
-    let server = state.endpoints.get(&key.server_ip);
+    let ends = Ends::of(endpoints, key);
     let unknown = capture::ObservationPoint::default();
     let point = e.point.as_ref().unwrap_or(&unknown);
-    let observed_at = match point.kind() {
-        PointKind::Socket => match point.side() {
-            Side::Client => "client_socket",
-            Side::Server => "server_socket",
-            Side::Unspecified => "socket",
-        },
-        PointKind::Node => "node",
-        _ if session::owns_veth(point, server) => "server_veth",
-        _ if session::owns_veth(point, client) => "client_veth",
-        _ => "veth",
-    };
-    metrics.connections.ended(ConnectionEnd {
-        client: client.map(end),
-        server: server.map(end),
-        observed_at,
-        reason,
-        srtt_us: e.srtt_us,
-        retransmits: e.total_retransmits,
-    });
+    let s = series.get(&metrics.connections, ends, ends.observed_at(point));
+    metrics
+        .connections
+        .ended_at(s, reason, e.srtt_us, e.total_retransmits);
 }
 
-fn end(m: &EndpointMeta) -> End<'_> {
-    End {
-        pod: &m.pod,
-        namespace: &m.namespace,
-        workload: &m.workload,
+/// Counts the bytes `flow` took in since it last did, between workloads, where it was seen.
+fn publish_bytes(
+    metrics: &CollectorMetrics,
+    series: &mut SeriesCache,
+    endpoints: &Endpoints,
+    flow: &mut Flow,
+) {
+    let bytes = flow.unpublished_bytes();
+    if bytes == [0, 0] || is_loopback(flow.key()) {
+        return;
     }
-}
-
-/// Where a flow's sessions go, and what they need to know about the probe.
-struct Ctx<'a> {
-    probe_id: &'a str,
-    node: &'a str,
-    flow_id: u64,
-    endpoints: &'a HashMap<Vec<u8>, EndpointMeta>,
-    metrics: &'a CollectorMetrics,
-    out: &'a mut Vec<Session>,
+    let ends = Ends::of(endpoints, flow.key());
+    let s = series.get(&metrics.connections, ends, ends.observed_at(flow.point()));
+    metrics.connections.bytes_at(s, bytes);
 }
 
 impl FlowTable {
-    /// An empty table.
+    /// An empty table decoding every built-in protocol.
     pub fn new(config: FlowTableConfig, metrics: Arc<CollectorMetrics>) -> Self {
+        Self::with_decoders(config, metrics, Decoders::default())
+    }
+
+    /// An empty table decoding with `decoders`.
+    pub fn with_decoders(
+        config: FlowTableConfig,
+        metrics: Arc<CollectorMetrics>,
+        decoders: Decoders,
+    ) -> Self {
         Self {
             config,
             metrics,
-            probes: HashMap::new(),
-            lru: BTreeMap::new(),
-            next_tick: 0,
+            decoders,
+            probe_index: FxHashMap::default(),
+            probes: FxHashMap::default(),
+            next_probe: 0,
+            flows: FxHashMap::default(),
+            activity: Activity::default(),
+            series: SeriesCache::default(),
+            dormant: Dormant::default(),
         }
+    }
+
+    /// The decoders flows are offered to.
+    pub fn decoders(&self) -> &Decoders {
+        &self.decoders
     }
 
     /// Flows currently tracked.
     pub fn len(&self) -> usize {
-        self.lru.len()
+        self.flows.len()
     }
 
     /// Whether no flow is tracked.
     pub fn is_empty(&self) -> bool {
-        self.lru.is_empty()
+        self.flows.is_empty()
     }
 
     /// Declares a probe (from its `Hello`); `node` fills observations that lack one.
     pub fn register_probe(&mut self, probe_id: &str, node: &str) {
-        let state = self.probe_mut(probe_id);
-        if state.node.is_empty() {
-            state.node = node.to_owned();
+        let p = self.probe(probe_id);
+        if let Some(state) = self.probes.get_mut(&p) {
+            if state.node.is_empty() {
+                state.node = node.to_owned();
+            }
         }
     }
 
     /// Forgets everything kept for `probe_id` (a restarted probe); open requests are dropped.
     pub fn forget_probe(&mut self, probe_id: &str) {
-        if let Some(state) = self.probes.remove(probe_id) {
-            for flow in state.flows.values() {
-                self.lru.remove(&flow.tick);
-                self.metrics.flow_evicted("probe_restart");
+        let Some(p) = self.probe_index.remove(probe_id) else {
+            return;
+        };
+        self.dormant.forget_probe(p);
+        let Some(state) = self.probes.remove(&p) else {
+            return;
+        };
+        let (metrics, series) = (&self.metrics, &mut self.series);
+        self.flows.retain(|&(fp, _), flow| {
+            if fp != p {
+                return true;
             }
-        }
+            metrics.flow_evicted("probe_restart");
+            publish_bytes(metrics, series, &state.endpoints, flow);
+            false
+        });
     }
 
-    fn probe_mut(&mut self, probe_id: &str) -> &mut ProbeState {
-        self.probes.entry(Arc::from(probe_id)).or_default()
+    /// The index of `probe_id`, registering the probe if it is new.
+    fn probe(&mut self, probe_id: &str) -> ProbeIndex {
+        if let Some(&p) = self.probe_index.get(probe_id) {
+            return p;
+        }
+        let p = self.next_probe;
+        self.next_probe = self.next_probe.wrapping_add(1);
+        let id: Arc<str> = Arc::from(probe_id);
+        self.probe_index.insert(Arc::clone(&id), p);
+        self.probes.insert(
+            p,
+            ProbeState {
+                id,
+                node: String::new(),
+                endpoints: Endpoints::default(),
+            },
+        );
+        p
     }
 
     /// Applies one record from `probe_id`, appending finished sessions to `out`.
@@ -247,12 +278,12 @@ impl FlowTable {
         out: &mut Vec<Session>,
     ) {
         let kind = match &record.kind {
-            Some(record::Kind::Message(_)) => "message",
-            Some(record::Kind::FlowEnd(_)) => "flow_end",
-            Some(record::Kind::Endpoint(_)) => "endpoint",
-            Some(record::Kind::Stats(_)) => "stats",
-            Some(record::Kind::FlowStart(_)) => "flow_start",
-            None => "empty",
+            Some(record::Kind::Message(_)) => RecordKind::Message,
+            Some(record::Kind::FlowEnd(_)) => RecordKind::FlowEnd,
+            Some(record::Kind::Endpoint(_)) => RecordKind::Endpoint,
+            Some(record::Kind::Stats(_)) => RecordKind::Stats,
+            Some(record::Kind::FlowStart(_)) => RecordKind::FlowStart,
+            None => RecordKind::Empty,
         };
         self.metrics.record_received(kind);
         let accepted = match record.kind {
@@ -265,9 +296,15 @@ impl FlowTable {
                 self.on_endpoint(probe_id, u);
                 true
             }
-            // Kernel counters are exported by the probe itself. A flow's key and point come
-            // with its messages too (every probe still sends them there).
-            Some(record::Kind::Stats(_)) | Some(record::Kind::FlowStart(_)) | None => true,
+            Some(record::Kind::FlowStart(start)) => {
+                let usable = self.start_flow(probe_id, start, now, out);
+                if !usable {
+                    self.metrics.message_dropped("no_flow_key");
+                }
+                usable
+            }
+            // Kernel counters are exported by the probe itself.
+            Some(record::Kind::Stats(_)) | None => true,
         };
         if accepted {
             self.metrics.record_accepted();
@@ -276,135 +313,164 @@ impl FlowTable {
 
     fn on_endpoint(&mut self, probe_id: &str, u: capture::EndpointUpdate) {
         let max = self.config.max_endpoints_per_probe;
-        let metrics = Arc::clone(&self.metrics);
-        let state = self.probe_mut(probe_id);
+        let p = self.probe(probe_id);
+        let Some(state) = self.probes.get_mut(&p) else {
+            return;
+        };
         if u.removed {
             state.endpoints.remove(&u.ip);
             return;
         }
         if state.endpoints.len() >= max && !state.endpoints.contains_key(&u.ip) {
-            metrics.endpoints_dropped.inc();
+            self.metrics.endpoints_dropped.inc();
             return;
         }
-        state.endpoints.insert(
-            u.ip,
-            EndpointMeta {
-                pod: u.pod,
-                namespace: u.namespace,
-                node: u.node,
-                workload: u.workload,
-                ifindex: u.ifindex,
-                interface: u.interface,
-            },
-        );
+        let ip = u.ip.clone();
+        let meta = EndpointMeta::of(u);
+        // Probes re-send their metadata periodically: unchanged, it keeps its identity (and
+        // the metric series made for it).
+        if state.endpoints.get(&ip).is_some_and(|old| **old == meta) {
+            return;
+        }
+        state.endpoints.insert(ip, Arc::new(meta));
     }
 
-    fn touch(&mut self, probe: &Arc<str>, flow_id: u64, old_tick: Option<u64>) -> u64 {
-        if let Some(t) = old_tick {
-            self.lru.remove(&t);
-        }
-        let tick = self.next_tick;
-        self.next_tick += 1;
-        self.lru.insert(tick, (Arc::clone(probe), flow_id));
-        tick
+    /// Records activity of flow `f` now: its new tick, and a compaction of the activity order
+    /// when stale entries pile up.
+    fn touch(&mut self, f: FlowRef) -> u64 {
+        // Compacted before the push: a new flow is not in `flows` yet, so its entry would read
+        // as stale.
+        let flows = &self.flows;
+        self.activity
+            .compact(flows.len(), |k| flows.get(k).map(|fl| fl.tick));
+        self.activity.touch(f)
     }
 
     fn on_message(
         &mut self,
         probe_id: &str,
-        m: capture::Message,
+        mut m: capture::Message,
         now: Instant,
         out: &mut Vec<Session>,
     ) -> bool {
-        let Some(key) = m.flow.clone() else {
+        let p = self.probe(probe_id);
+        let f = (p, m.flow_id);
+        let exists = self.flows.contains_key(&f);
+        // A flow not known (nor announced by a `FlowStart`) needs its identity from the message.
+        if !exists && m.flow.is_none() && !self.dormant.identities.contains_key(&f) {
             self.metrics.message_dropped("no_flow_key");
             return false;
-        };
-        if !matches!(
-            Direction::try_from(m.direction),
-            Ok(Direction::ClientToServer | Direction::ServerToClient)
-        ) {
+        }
+        if Direction::from_wire(m.direction).is_none() {
             self.metrics.message_dropped("no_direction");
             return false;
         }
-        let flow_id = m.flow_id;
-        let exists = self
-            .probes
-            .get(probe_id)
-            .is_some_and(|p| p.flows.contains_key(&flow_id));
-        if !exists {
-            while self.lru.len() >= self.config.max_flows.max(1) {
-                let Some((_, (p, f))) = self.lru.pop_first() else {
-                    break;
-                };
-                self.metrics.flow_evicted("capacity");
-                self.end_flow(&p, f, out);
+        if exists {
+            let tick = self.touch(f);
+            if let Some(flow) = self.flows.get_mut(&f) {
+                flow.tick = tick;
+                flow.last_seen = now;
             }
+        } else {
+            let identity = match (self.dormant.take(&f), m.flow.take()) {
+                // A probe before `FlowStart`: the first message brings the flow's identity.
+                (_, Some(key)) => Identity {
+                    key,
+                    point: m.point.take(),
+                    hint: ProtocolHint::try_from(m.protocol).unwrap_or(ProtocolHint::Unspecified),
+                },
+                (Some(identity), None) => identity,
+                (None, None) => return false,
+            };
+            self.create_flow((probe_id, f), identity, now, out);
         }
-        let (probe, _) = match self.probes.get_key_value(probe_id) {
-            Some((k, _)) => (Arc::clone(k), ()),
-            None => {
-                let k: Arc<str> = Arc::from(probe_id);
-                self.probes.insert(Arc::clone(&k), ProbeState::default());
-                (k, ())
-            }
-        };
-        let old_tick = self
-            .probes
-            .get(&probe)
-            .and_then(|p| p.flows.get(&flow_id))
-            .map(|f| f.tick);
-        let tick = self.touch(&probe, flow_id, old_tick);
-        let cfg = self.config.clone();
-        let metrics = Arc::clone(&self.metrics);
-        let Some(state) = self.probes.get_mut(&probe) else {
+        let (Some(state), Some(flow)) = (self.probes.get(&p), self.flows.get_mut(&f)) else {
             return true;
         };
-        let flow = state.flows.entry(flow_id).or_insert_with(|| Flow {
-            tick,
-            last_seen: now,
-            next_index: 0,
-            pending: BTreeMap::new(),
-            protocol: FlowProtocol::Unknown,
-            exchange: None,
-            key,
-            point: m.point.clone().unwrap_or_default(),
-        });
-        flow.tick = tick;
-        flow.last_seen = now;
+        flow.learn_point(&mut m);
         let mut ctx = Ctx {
-            probe_id: &probe,
+            probe_id: &state.id,
             node: &state.node,
-            flow_id,
+            flow_id: f.1,
             endpoints: &state.endpoints,
-            metrics: &metrics,
+            decoders: &self.decoders,
+            metrics: &self.metrics,
             out,
         };
-
-        // A partial response re-sent with its final counters replaces the provisional one.
-        let is_update = flow
-            .exchange
-            .as_ref()
-            .and_then(|e| e.provisional.as_ref())
-            .is_some_and(|(p, _)| p.index == m.index);
-        if is_update {
-            flow.process(m, now, &mut ctx);
+        // A message re-sent with its final counters replaces the one held for them.
+        if flow.holds(m.index) {
+            flow.update_held(m, now, &mut ctx);
             return true;
         }
-        if m.index < flow.next_index {
-            metrics.message_dropped("duplicate");
+        if m.index < flow.next_index() {
+            self.metrics.message_dropped("duplicate");
             return false;
         }
-        if m.index > flow.next_index {
-            flow.pending.insert(m.index, (m, now));
-            if flow.pending.len() > cfg.reorder_window {
-                flow.skip_gap(&mut ctx, now);
+        if m.index > flow.next_index() {
+            flow.buffer(m, now);
+            if flow.pending_len() > self.config.reorder_window {
+                flow.skip_gap(now, &mut ctx);
             }
             return true;
         }
-        flow.process(m, now, &mut ctx);
-        flow.next_index = flow.next_index.saturating_add(1);
-        flow.drain_pending(&mut ctx, now);
+        flow.take_next(m, now, &mut ctx);
+        true
+    }
+
+    /// Makes flow `f` known by its identity, making room first when the table is full (the least
+    /// recently active flow is ended, its identity kept).
+    fn create_flow(
+        &mut self,
+        (probe_id, f): (&str, FlowRef),
+        identity: Identity,
+        now: Instant,
+        out: &mut Vec<Session>,
+    ) {
+        while self.flows.len() >= self.config.max_flows.max(1) {
+            let flows = &self.flows;
+            let Some(oldest) = self.activity.oldest(|k| flows.get(k).map(|fl| fl.tick)) else {
+                break;
+            };
+            self.metrics.flow_evicted("capacity");
+            self.drop_flow(oldest, out);
+        }
+        let tick = self.touch(f);
+        let flow = Flow::new(
+            (probe_id, f.1),
+            tick,
+            now,
+            identity.key,
+            identity.point,
+            identity.hint,
+        );
+        self.flows.insert(f, flow);
+    }
+
+    /// A flow announced by its probe (`FlowStart`, or the probe's table of open flows after a
+    /// reconnect): known from now on by its key, point and protocol, so its messages need not
+    /// carry them. A flow already known keeps what it has; announcing it again changes nothing.
+    /// Returns whether the announcement was usable (it names a key).
+    pub fn start_flow(
+        &mut self,
+        probe_id: &str,
+        start: capture::FlowStart,
+        now: Instant,
+        out: &mut Vec<Session>,
+    ) -> bool {
+        let Some(key) = start.flow else {
+            return false;
+        };
+        let p = self.probe(probe_id);
+        let f = (p, start.flow_id);
+        if !self.flows.contains_key(&f) {
+            self.dormant.take(&f);
+            let identity = Identity {
+                key,
+                point: start.point,
+                hint: ProtocolHint::try_from(start.protocol).unwrap_or(ProtocolHint::Unspecified),
+            };
+            self.create_flow((probe_id, f), identity, now, out);
+        }
         true
     }
 
@@ -421,310 +487,102 @@ impl FlowTable {
             _ => "unspecified",
         };
         self.metrics.connection_ended(point, reason);
-        if let (Some(state), Some(key)) = (self.probes.get(probe_id), e.flow.as_ref()) {
-            observe_connection(&self.metrics, state, key, e, reason);
+        let Some(&p) = self.probe_index.get(probe_id) else {
+            return;
+        };
+        if let (Some(state), Some(key)) = (self.probes.get(&p), e.flow.as_ref()) {
+            observe_connection(
+                &self.metrics,
+                &mut self.series,
+                &state.endpoints,
+                key,
+                e,
+                reason,
+            );
         }
-        let tick = self
-            .probes
-            .get(probe_id)
-            .and_then(|p| p.flows.get(&e.flow_id))
-            .map(|f| f.tick);
-        if let Some(t) = tick {
-            self.lru.remove(&t);
-            self.end_flow(probe_id, e.flow_id, out);
+        self.dormant.take(&(p, e.flow_id));
+        self.end_flow((p, e.flow_id), out);
+    }
+
+    /// Drops a flow's state before its end (idle, or to make room), emitting what it holds as
+    /// [`FlowTable::end_flow`] does, and keeps its identity for its next records.
+    fn drop_flow(&mut self, f: FlowRef, out: &mut Vec<Session>) {
+        if let Some(flow) = self.end_flow(f, out) {
+            let max = self.config.max_flows;
+            self.dormant.keep(f, flow.into_identity(), max);
         }
     }
 
-    /// Removes a flow, processing what it buffered and emitting its open request incomplete.
-    fn end_flow(&mut self, probe_id: &str, flow_id: u64, out: &mut Vec<Session>) {
-        let metrics = Arc::clone(&self.metrics);
-        let Some(state) = self.probes.get_mut(probe_id) else {
-            return;
-        };
-        let Some(mut flow) = state.flows.remove(&flow_id) else {
-            return;
+    /// Removes a flow, processing what it buffered and emitting its open request incomplete;
+    /// returns what is left of it.
+    fn end_flow(&mut self, f: FlowRef, out: &mut Vec<Session>) -> Option<Flow> {
+        let mut flow = self.flows.remove(&f)?;
+        let Some(state) = self.probes.get(&f.0) else {
+            return Some(flow);
         };
         let mut ctx = Ctx {
-            probe_id,
+            probe_id: &state.id,
             node: &state.node,
-            flow_id,
+            flow_id: f.1,
             endpoints: &state.endpoints,
-            metrics: &metrics,
+            decoders: &self.decoders,
+            metrics: &self.metrics,
             out,
         };
-        let now = Instant::now();
-        while !flow.pending.is_empty() {
-            flow.skip_gap(&mut ctx, now);
-        }
-        flow.close_exchange(&mut ctx);
+        flow.close(Instant::now(), &mut ctx);
+        publish_bytes(&self.metrics, &mut self.series, &state.endpoints, &mut flow);
+        Some(flow)
     }
 
     /// Time-driven work: skips reordering gaps waited on too long, emits exchanges whose early
-    /// flushed response was not updated in time, and drops idle flows.
+    /// flushed response was not updated in time, drops idle flows, and counts the bytes flows
+    /// took in.
     pub fn flush(&mut self, now: Instant, out: &mut Vec<Session>) {
         // Idle flows, oldest first: activity order is time order.
-        while let Some((&tick, (probe, flow_id))) = self.lru.first_key_value() {
-            let idle = self
-                .probes
-                .get(probe)
-                .and_then(|p| p.flows.get(flow_id))
-                .is_none_or(|f| {
-                    now.saturating_duration_since(f.last_seen) >= self.config.idle_timeout
-                });
+        loop {
+            let flows = &self.flows;
+            let Some(oldest) = self.activity.oldest(|k| flows.get(k).map(|fl| fl.tick)) else {
+                break;
+            };
+            let idle = flows.get(&oldest).is_none_or(|fl| {
+                now.saturating_duration_since(fl.last_seen) >= self.config.idle_timeout
+            });
             if !idle {
                 break;
             }
-            let (probe, flow_id) = (Arc::clone(probe), *flow_id);
-            self.lru.remove(&tick);
             self.metrics.flow_evicted("idle");
-            self.end_flow(&probe, flow_id, out);
+            self.drop_flow(oldest, out);
         }
-        let cfg = self.config.clone();
-        let metrics = Arc::clone(&self.metrics);
-        for (probe_id, state) in self.probes.iter_mut() {
-            for (&flow_id, flow) in state.flows.iter_mut() {
-                let mut ctx = Ctx {
-                    probe_id,
-                    node: &state.node,
-                    flow_id,
-                    endpoints: &state.endpoints,
-                    metrics: &metrics,
-                    out: &mut *out,
-                };
-                while flow.pending.first_key_value().is_some_and(|(_, (_, at))| {
-                    now.saturating_duration_since(*at) >= cfg.reorder_timeout
-                }) {
-                    flow.skip_gap(&mut ctx, now);
-                }
-                let stale = flow
-                    .exchange
-                    .as_ref()
-                    .and_then(|e| e.provisional.as_ref())
-                    .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= cfg.partial_grace);
-                if stale {
-                    flow.finish_provisional(&mut ctx);
-                }
-            }
-        }
-    }
-}
-
-impl Flow {
-    /// Gives up on the next missing index: continues at the first buffered message.
-    fn skip_gap(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
-        if let Some((&idx, _)) = self.pending.first_key_value() {
-            if idx > self.next_index {
-                ctx.metrics.message_dropped("gap");
-                self.next_index = idx;
-            }
-        }
-        self.drain_pending(ctx, now);
-    }
-
-    fn drain_pending(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
-        while let Some(entry) = self.pending.first_entry() {
-            if *entry.key() != self.next_index {
-                break;
-            }
-            let (m, _) = entry.remove();
-            self.process(m, now, ctx);
-            self.next_index = self.next_index.saturating_add(1);
-        }
-    }
-
-    /// Handles one message in order.
-    fn process(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
-        if self.point == capture::ObservationPoint::default() {
-            self.point = m.point.clone().unwrap_or_default();
-        }
-        if m.direction == Direction::ClientToServer as i32 {
-            self.on_request(m, ctx);
-        } else {
-            self.on_response(m, now, ctx);
-        }
-    }
-
-    fn on_request(&mut self, m: capture::Message, ctx: &mut Ctx<'_>) {
-        if let Some(ex) = self.exchange.as_mut() {
-            if ex.provisional.is_some() {
-                self.finish_provisional(ctx);
-            } else if ex.awaiting_body {
-                ex.request.extend(&m);
-                ex.awaiting_body = false;
-                return;
-            } else {
-                // Two requests in a row means a response went missing.
-                self.close_exchange(ctx);
-            }
-        }
-        if self.protocol == FlowProtocol::Unknown {
-            let sniffed = decode::sniff(&m.payload);
-            let hint = ProtocolHint::try_from(m.protocol).unwrap_or(ProtocolHint::Unspecified);
-            self.protocol = match (sniffed, hint) {
-                (Sniffed::Http1Request, _) => FlowProtocol::Http1,
-                // The port says HTTP but the bytes do not (yet): decode and count the error.
-                (_, ProtocolHint::Http) => FlowProtocol::Unknown,
-                _ => {
-                    ctx.metrics.flows_unsupported.inc();
-                    FlowProtocol::Unsupported
-                }
+        let cfg = &self.config;
+        for (&(p, flow_id), flow) in self.flows.iter_mut() {
+            let Some(state) = self.probes.get(&p) else {
+                continue;
             };
-            if self.protocol == FlowProtocol::Unknown {
-                ctx.metrics
-                    .decode_error(decode::DecodeError::NotHttp.as_label());
-                return;
+            let mut ctx = Ctx {
+                probe_id: &state.id,
+                node: &state.node,
+                flow_id,
+                endpoints: &state.endpoints,
+                decoders: &self.decoders,
+                metrics: &self.metrics,
+                out: &mut *out,
+            };
+            while flow
+                .oldest_pending()
+                .is_some_and(|at| now.saturating_duration_since(at) >= cfg.reorder_timeout)
+            {
+                flow.skip_gap(now, &mut ctx);
             }
-        }
-        if self.protocol != FlowProtocol::Http1 {
-            return;
-        }
-        let requests = match decode::decode_requests(&m.payload) {
-            Ok(r) => r,
-            Err(e) => {
-                ctx.metrics.decode_error(e.as_label());
-                Vec::new()
+            if flow
+                .held_since()
+                .is_some_and(|at| now.saturating_duration_since(at) >= cfg.partial_grace)
+            {
+                flow.release_held(&mut ctx);
             }
-        };
-        for r in &requests {
-            if let Some(e) = r.trace_error {
-                ctx.metrics.decode_error(e.as_label());
-            }
+            publish_bytes(&self.metrics, &mut self.series, &state.endpoints, flow);
         }
-        self.exchange = Some(Exchange {
-            request: MessageStats::of(&m),
-            requests,
-            awaiting_body: false,
-            interim: None,
-            provisional: None,
-        });
-    }
-
-    fn on_response(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
-        let Some(ex) = self.exchange.as_mut() else {
-            if self.protocol != FlowProtocol::Unsupported {
-                ctx.metrics.message_dropped("response_without_request");
-            }
-            return;
-        };
-        if m.partial && !response_is_whole(&m, &ex.requests) {
-            ex.provisional = Some((m, now));
-            return;
-        }
-        ex.provisional = None;
-        self.complete(m, ctx);
-    }
-
-    fn finish_provisional(&mut self, ctx: &mut Ctx<'_>) {
-        if let Some((m, _)) = self.exchange.as_mut().and_then(|e| e.provisional.take()) {
-            self.complete(m, ctx);
-        }
-    }
-
-    /// Pairs the open request(s) with response message `m` and emits the sessions.
-    fn complete(&mut self, m: capture::Message, ctx: &mut Ctx<'_>) {
-        let Some(mut ex) = self.exchange.take() else {
-            return;
-        };
-        if ex.requests.is_empty() {
-            // The request was not decodable (already counted); its response is of no use.
-            return;
-        }
-        let responses = match decode::decode_responses(&m.payload, &ex.requests) {
-            Ok(r) => r,
-            Err(e) => {
-                ctx.metrics.decode_error(e.as_label());
-                Vec::new()
-            }
-        };
-        let mut response = MessageStats::of(&m);
-        if let Some(interim) = ex.interim {
-            response.start = interim.start;
-            response.bytes = response.bytes.saturating_add(interim.bytes);
-            response.packets = response.packets.saturating_add(interim.packets);
-            response.tcp_seq = interim.tcp_seq;
-        }
-        let finals: Vec<&ResponseHead> = responses.iter().filter(|r| !r.is_interim()).collect();
-        if finals.is_empty() && !responses.is_empty() {
-            // Only `100 Continue`: the request body and the final response are still to come.
-            // `response` already includes earlier interim responses.
-            ex.interim = Some(response);
-            ex.awaiting_body = true;
-            self.exchange = Some(ex);
-            return;
-        }
-        self.emit_exchange(ctx, &ex, Some(response), &finals, false);
-    }
-
-    /// Emits one session per request of `ex` (several when pipelined), the `k`-th paired with
-    /// the `k`-th of `finals`.
-    fn emit_exchange(
-        &self,
-        ctx: &mut Ctx<'_>,
-        ex: &Exchange,
-        response: Option<MessageStats>,
-        finals: &[&ResponseHead],
-        incomplete: bool,
-    ) {
-        let n = ex.requests.len();
-        for (k, req) in ex.requests.iter().enumerate() {
-            session::emit(
-                ctx,
-                self,
-                session::Parts {
-                    request: ex.request,
-                    response,
-                    head: req,
-                    response_head: finals.get(k).copied(),
-                    position: k,
-                    pipelined: n,
-                    incomplete,
-                },
-            );
-        }
-    }
-
-    /// Emits the open request (if any) as incomplete.
-    fn close_exchange(&mut self, ctx: &mut Ctx<'_>) {
-        if self
-            .exchange
-            .as_ref()
-            .is_some_and(|e| e.provisional.is_some())
-        {
-            self.finish_provisional(ctx);
-            return;
-        }
-        let Some(ex) = self.exchange.take() else {
-            return;
-        };
-        self.emit_exchange(ctx, &ex, ex.interim, &[], true);
     }
 }
 
 #[cfg(test)]
 mod tests;
-
-/// Whether a response the probe flushed early (`partial`) already holds all its bytes: a single
-/// response whose head says how long its body is, and whose byte count says all of it arrived.
-/// Such a response needs no grace period; chunked or unsized ones wait for the final counters.
-fn response_is_whole(m: &capture::Message, requests: &[RequestHead]) -> bool {
-    let [request] = requests else {
-        return false;
-    };
-    let Ok(head) = decode::http1::decode_response(&m.payload) else {
-        return false;
-    };
-    if head.truncated || head.is_interim() {
-        return false;
-    }
-    let body = if request.method == "HEAD" || matches!(head.status, 204 | 304) {
-        0
-    } else if head.chunked {
-        return false;
-    } else {
-        match head.content_length {
-            Some(n) => n,
-            None => return false,
-        }
-    };
-    m.bytes == head.head_len as u64 + body
-}

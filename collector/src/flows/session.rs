@@ -1,163 +1,129 @@
-//! Building a [`Session`] from a paired exchange.
+//! Building a [`Session`] from a decoder's [`Exchange`]: the exchange's own parts, plus what the
+//! flow knows (its endpoints, its observation point, the probe).
 
 use clovisor_proto::capture::v1 as capture;
-use clovisor_proto::common::v1::{PointKind, Side};
-use clovisor_proto::session::v1::{Counters, Endpoint, Http, Observation, Protocol, Session};
+use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Session};
 
-use super::{Ctx, Flow, MessageStats};
-use crate::decode::{RequestHead, ResponseHead};
+use super::endpoints::{EndpointMeta, Ends};
+use crate::decode::{Exchange, Fields};
 
-/// Pod metadata of one IP, as the probe reported it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EndpointMeta {
-    /// Pod name.
-    pub pod: String,
-    /// Pod namespace.
-    pub namespace: String,
-    /// Node the pod runs on.
-    pub node: String,
-    /// Owning workload (Deployment, StatefulSet, ...).
-    pub workload: String,
-    /// Host-side veth ifindex of the pod, when traced.
-    pub ifindex: u32,
-    /// Host-side veth name of the pod, when traced.
-    pub interface: String,
+/// The part of its sessions' ids a flow fixes: `<probe id>/<flow id in hex>/`.
+pub(super) fn id_prefix(probe_id: &str, flow_id: u64) -> String {
+    format!("{probe_id}/{flow_id:x}/")
 }
 
-/// Everything one session is made of.
-pub(super) struct Parts<'a> {
-    pub request: MessageStats,
-    pub response: Option<MessageStats>,
-    pub head: &'a RequestHead,
-    pub response_head: Option<&'a ResponseHead>,
-    /// Position of this request among those pipelined in one message.
-    pub position: usize,
-    /// How many requests the message held.
-    pub pipelined: usize,
-    pub incomplete: bool,
+/// A session's id: the flow's prefix, the request message's index, and the exchange's position
+/// among those of that message when not the first (`probe/1f/4`, `probe/1f/4.1`).
+fn session_id(prefix: &str, index: u32, position: u32) -> String {
+    let mut digits = itoa::Buffer::new();
+    let index = digits.format(index);
+    let mut id = String::with_capacity(prefix.len() + index.len() + 11);
+    id.push_str(prefix);
+    id.push_str(index);
+    if position != 0 {
+        id.push('.');
+        id.push_str(itoa::Buffer::new().format(position));
+    }
+    id
+}
+
+/// What a session needs to know about its flow.
+pub(super) struct FlowParts<'a> {
+    pub probe_id: &'a str,
+    /// The probe's node, for points that do not name theirs.
+    pub probe_node: &'a str,
+    /// See [`id_prefix`].
+    pub id_prefix: &'a str,
+    pub key: &'a capture::FlowKey,
+    pub point: &'a capture::ObservationPoint,
+    pub ends: Ends<'a>,
 }
 
 fn endpoint(ip: &[u8], port: u32, meta: Option<&EndpointMeta>) -> Endpoint {
-    let meta = meta.cloned().unwrap_or_default();
-    Endpoint {
+    let mut e = Endpoint {
         ip: ip.to_vec(),
         port,
-        pod: meta.pod,
-        namespace: meta.namespace,
-        node: meta.node,
-        workload: meta.workload,
+        ..Endpoint::default()
+    };
+    if let Some(m) = meta {
+        e.pod.clone_from(&m.pod);
+        e.namespace.clone_from(&m.namespace);
+        e.node.clone_from(&m.node);
+        e.workload.clone_from(&m.workload);
     }
+    e
 }
 
-/// At a pod veth, the side is the end whose pod owns that veth.
-pub(super) fn owns_veth(point: &capture::ObservationPoint, meta: Option<&EndpointMeta>) -> bool {
-    if point.kind() != PointKind::Pod {
-        return false;
-    }
-    meta.is_some_and(|m| {
-        (point.ifindex != 0 && m.ifindex == point.ifindex)
-            || (!point.interface.is_empty() && m.interface == point.interface)
-    })
-}
-
-/// Builds the session for `p` and appends it to the context's output.
-pub(super) fn emit(ctx: &mut Ctx<'_>, flow: &Flow, p: Parts<'_>) {
-    let key = &flow.key;
-    let client_meta = ctx.endpoints.get(&key.client_ip);
-    let server_meta = ctx.endpoints.get(&key.server_ip);
-    let kind = flow.point.kind();
-    // A socket knows which end it is (the probe reports it); a veth is the end of its pod.
-    let side = if kind == PointKind::Socket {
-        flow.point.side()
-    } else if owns_veth(&flow.point, server_meta) {
-        Side::Server
-    } else if owns_veth(&flow.point, client_meta) {
-        Side::Client
-    } else {
-        Side::Unspecified
-    };
-    let resp = p.response.unwrap_or_default();
-    let id = if p.position == 0 {
-        format!("{}/{:x}/{}", ctx.probe_id, ctx.flow_id, p.request.index)
-    } else {
-        format!(
-            "{}/{:x}/{}.{}",
-            ctx.probe_id, ctx.flow_id, p.request.index, p.position
-        )
-    };
+/// The session of exchange `ex` on flow `f`.
+pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
+    let key = f.key;
+    let point = f.point;
+    let resp = ex.response.unwrap_or_default();
+    let id = session_id(f.id_prefix, ex.request.index, ex.position);
     // Counters cannot be split between pipelined exchanges: the first carries the message's.
-    let (req_bytes, req_packets, resp_bytes, resp_packets) = if p.position == 0 {
-        (p.request.bytes, p.request.packets, resp.bytes, resp.packets)
+    let first = ex.position == 0;
+    let (req_bytes, req_packets, resp_bytes, resp_packets) = if first {
+        (
+            ex.request.bytes,
+            ex.request.packets,
+            resp.bytes,
+            resp.packets,
+        )
     } else {
         (0, 0, 0, 0)
     };
-    let node = if flow.point.node.is_empty() {
-        ctx.node.to_owned()
+    let node = if point.node.is_empty() {
+        f.probe_node.to_owned()
     } else {
-        flow.point.node.clone()
+        point.node.clone()
     };
-    let h = p.head;
-    let r = p.response_head;
-    let mut attributes = std::collections::HashMap::new();
-    if h.truncated {
-        attributes.insert(
-            "clovisor.http.request_truncated".to_owned(),
-            "true".to_owned(),
-        );
-    }
-    if r.is_some_and(|r| r.truncated) {
-        attributes.insert(
-            "clovisor.http.response_truncated".to_owned(),
-            "true".to_owned(),
-        );
-    }
-    if p.pipelined > 1 {
-        attributes.insert(
-            "clovisor.http.pipeline_position".to_owned(),
-            p.position.to_string(),
-        );
-    }
-    if !p.incomplete && r.is_none() {
-        attributes.insert(
-            "clovisor.http.response_undecoded".to_owned(),
-            "true".to_owned(),
-        );
-    }
-    let session = Session {
+    let http = match ex.fields {
+        Fields::Http(h) => Some(h),
+        Fields::None => None,
+    };
+    Session {
         id,
-        protocol: Protocol::Http1 as i32,
-        client: Some(endpoint(&key.client_ip, key.client_port, client_meta)),
-        server: Some(endpoint(&key.server_ip, key.server_port, server_meta)),
+        protocol: ex.protocol as i32,
+        client: Some(endpoint(
+            &key.client_ip,
+            key.client_port,
+            f.ends.client_meta(),
+        )),
+        server: Some(endpoint(
+            &key.server_ip,
+            key.server_port,
+            f.ends.server_meta(),
+        )),
         observations: vec![Observation {
-            kind: kind as i32,
-            interface: flow.point.interface.clone(),
+            kind: point.kind() as i32,
+            interface: point.interface.clone(),
             node,
-            probe_id: ctx.probe_id.to_owned(),
-            side: side as i32,
-            request_start_unix_nanos: p.request.start,
-            request_end_unix_nanos: p.request.end,
+            probe_id: f.probe_id.to_owned(),
+            side: f.ends.side(point) as i32,
+            request_start_unix_nanos: ex.request.start,
+            request_end_unix_nanos: ex.request.end,
             response_start_unix_nanos: resp.start,
             response_end_unix_nanos: resp.end,
-            request_tcp_seq: p.request.tcp_seq,
+            request_tcp_seq: ex.request.tcp_seq,
             response_tcp_seq: resp.tcp_seq,
             request_bytes: req_bytes,
             response_bytes: resp_bytes,
             request_packets: u64::from(req_packets),
             response_packets: u64::from(resp_packets),
-            retransmits: if p.position == 0 {
-                p.request.retransmits.saturating_add(resp.retransmits)
+            retransmits: if first {
+                ex.request.retransmits.saturating_add(resp.retransmits)
             } else {
                 0
             },
-            pid: flow.point.pid,
-            comm: flow.point.comm.clone(),
-            netns_inode: flow.point.netns_inode,
+            pid: point.pid,
+            comm: point.comm.clone(),
+            netns_inode: point.netns_inode,
         }],
-        start_unix_nanos: p.request.start,
-        end_unix_nanos: if p.response.is_some() {
+        start_unix_nanos: ex.request.start,
+        end_unix_nanos: if ex.response.is_some() {
             resp.end
         } else {
-            p.request.end
+            ex.request.end
         },
         bytes: Some(Counters {
             request: req_bytes,
@@ -167,32 +133,25 @@ pub(super) fn emit(ctx: &mut Ctx<'_>, flow: &Flow, p: Parts<'_>) {
             request: u64::from(req_packets),
             response: u64::from(resp_packets),
         }),
-        http: Some(Http {
-            method: h.method.clone(),
-            target: h.target.clone(),
-            host: h.host.clone().unwrap_or_default(),
-            user_agent: h.user_agent.clone().unwrap_or_default(),
-            status_code: r.map(|r| u32::from(r.status)).unwrap_or_default(),
-            version: h.version.clone(),
-            request_id: h.request_id.clone().unwrap_or_default(),
-            envoy_decorator: h.envoy_decorator.clone().unwrap_or_default(),
-            reason: r.map(|r| r.reason.clone()).unwrap_or_default(),
-            request_content_length: h.content_length.unwrap_or_default(),
-            response_content_length: r.and_then(|r| r.content_length).unwrap_or_default(),
-            response_chunked: r.is_some_and(|r| r.chunked),
-        }),
-        trace: h.trace.clone(),
-        incomplete: p.incomplete,
-        attributes,
-    };
-    let outcome = if p.incomplete {
-        "incomplete"
-    } else {
-        "complete"
-    };
-    ctx.metrics
-        .sessions_emitted
-        .get_or_create(&crate::metrics::OutcomeLabel { outcome })
-        .inc();
-    ctx.out.push(session);
+        http,
+        trace: ex.trace,
+        incomplete: ex.incomplete,
+        attributes: ex.attributes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_the_probe_the_flow_the_message_and_the_position() {
+        let prefix = id_prefix("probe-1", 0x1f);
+        assert_eq!(session_id(&prefix, 4, 0), "probe-1/1f/4");
+        assert_eq!(session_id(&prefix, 4, 1), "probe-1/1f/4.1");
+        assert_eq!(
+            session_id(&id_prefix("p", u64::MAX), u32::MAX, u32::MAX),
+            format!("p/{:x}/{}.{}", u64::MAX, u32::MAX, u32::MAX)
+        );
+    }
 }

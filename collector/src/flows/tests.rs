@@ -1,7 +1,9 @@
 use super::*;
+use clovisor_proto::capture::v1::Direction;
 use clovisor_proto::capture::v1::{
     EndpointUpdate, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint, Record,
 };
+use clovisor_proto::common::v1::Side;
 use prometheus_client::registry::Registry;
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];
@@ -48,6 +50,15 @@ fn msg(flow_id: u64, index: u32, dir: Direction, payload: &[u8]) -> Record {
             partial: false,
         })),
     }
+}
+
+/// Message record `r`, changed by `f`.
+fn edit(mut r: Record, f: impl FnOnce(&mut Message)) -> Record {
+    match r.kind.as_mut() {
+        Some(record::Kind::Message(m)) => f(m),
+        other => panic!("expected a message, got {other:?}"),
+    }
+    r
 }
 
 fn end(flow_id: u64) -> Record {
@@ -624,15 +635,11 @@ fn socket_observations_decode_beside_veth_ones_with_their_process() {
         side: Side::Client as i32,
         ..ObservationPoint::default()
     };
-    let at_socket = |r: Record| match r.kind {
-        Some(record::Kind::Message(mut m)) => {
+    let at_socket = |r: Record| {
+        edit(r, |m| {
             m.point = Some(socket_point.clone());
             m.flow_id |= 1 << 63;
-            Record {
-                kind: Some(record::Kind::Message(m)),
-            }
-        }
-        other => panic!("expected a message, got {other:?}"),
+        })
     };
     let out = feed(
         &mut t,
@@ -668,4 +675,436 @@ fn socket_observations_decode_beside_veth_ones_with_their_process() {
         .find(|s| s.observations[0].kind == PointKind::Pod as i32)
         .unwrap_or_else(|| panic!("no veth session in {out:#?}"));
     assert_eq!(veth.observations[0].pid, 0, "a veth has no process");
+}
+
+fn metrics_text(m: &CollectorMetrics) -> String {
+    let mut registry = Registry::default();
+    m.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .unwrap_or_else(|e| panic!("encoding metrics: {e}"));
+    text
+}
+
+#[test]
+fn a_flow_no_decoder_claims_still_counts_its_bytes_between_workloads() {
+    let (mut t, m) = table();
+    let endpoint = |ip: [u8; 4], pod: &str, ifindex: u32, interface: &str| Record {
+        kind: Some(record::Kind::Endpoint(EndpointUpdate {
+            ip: ip.to_vec(),
+            pod: pod.into(),
+            namespace: "shop".into(),
+            node: "node-a".into(),
+            workload: pod.into(),
+            ifindex,
+            interface: interface.into(),
+            removed: false,
+        })),
+    };
+    let tls = |index: u32, dir: Direction| {
+        let r = msg(
+            3,
+            index,
+            dir,
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        );
+        edit(r, |m| m.protocol = ProtocolHint::Tcp as i32)
+    };
+    let out = feed(
+        &mut t,
+        vec![
+            endpoint(CLIENT, "cart", 6, "veth-client"),
+            endpoint(SERVER, "web", 7, "veth-server"),
+            tls(0, Direction::ClientToServer),
+            tls(1, Direction::ServerToClient),
+            tls(2, Direction::ClientToServer),
+        ],
+    );
+    assert!(out.is_empty(), "nothing decoded: {out:#?}");
+    assert_eq!(m.flows_unsupported.get(), 1);
+    let mut out = Vec::new();
+    t.flush(Instant::now(), &mut out);
+    let text = metrics_text(&m);
+    let pair = r#"client_namespace="shop",client_workload="cart",server_namespace="shop",server_workload="web",observed_at="server_veth""#;
+    // Each test message counts its payload plus 1000 bytes the capture did not keep.
+    for series in [
+        format!(
+            r#"clovisor_flow_connection_bytes_total{{{pair},direction="client_to_server"}} 2022"#
+        ),
+        format!(
+            r#"clovisor_flow_connection_bytes_total{{{pair},direction="server_to_client"}} 1011"#
+        ),
+    ] {
+        assert!(text.contains(&series), "missing {series} in:\n{text}");
+    }
+    // Counted once: the flow's end adds only what came since.
+    feed(&mut t, vec![tls(3, Direction::ServerToClient), end(3)]);
+    let text = metrics_text(&m);
+    assert!(
+        text.contains(&format!(
+            r#"clovisor_flow_connection_bytes_total{{{pair},direction="server_to_client"}} 2022"#
+        )),
+        "{text}"
+    );
+}
+
+/// A decoder for these tests: claims flows starting with `SYNC`, makes one exchange per
+/// request/response pair, and loses step on `LOST` (then asks for detection afresh) or gives
+/// up on `STOP`.
+#[derive(Debug)]
+struct Sync;
+
+#[derive(Debug, Default)]
+struct SyncFlow {
+    request: Option<crate::decode::MessageStats>,
+}
+
+impl crate::decode::Decoder for Sync {
+    fn name(&self) -> &'static str {
+        "sync"
+    }
+    fn capture_needs(&self) -> crate::decode::CaptureNeeds {
+        crate::decode::CaptureNeeds::default()
+    }
+    fn detect(
+        &self,
+        _: &crate::decode::FlowInfo<'_>,
+        first: &crate::decode::Message<'_>,
+    ) -> crate::decode::Detection {
+        if first.payload.starts_with(b"SYNC") {
+            crate::decode::Detection::Claim
+        } else {
+            crate::decode::Detection::No
+        }
+    }
+    fn new_flow(&self, _: &crate::decode::FlowInfo<'_>) -> Box<dyn crate::decode::FlowDecoder> {
+        Box::new(SyncFlow::default())
+    }
+}
+
+impl crate::decode::FlowDecoder for SyncFlow {
+    fn on_message(
+        &mut self,
+        m: &crate::decode::Message<'_>,
+        out: &mut dyn crate::decode::Output,
+    ) -> crate::decode::Step {
+        use crate::decode::{Exchange, Fields, Step};
+        if m.payload.starts_with(b"LOST") {
+            out.desync("lost_framing");
+            return Step::Redetect;
+        }
+        if m.payload.starts_with(b"STOP") {
+            return Step::Stop;
+        }
+        match (m.direction, self.request.take()) {
+            (crate::decode::Direction::ClientToServer, _) => self.request = Some(m.stats),
+            (crate::decode::Direction::ServerToClient, Some(request)) => out.exchange(Exchange {
+                protocol: clovisor_proto::session::v1::Protocol::Unspecified,
+                request,
+                response: Some(m.stats),
+                position: 0,
+                incomplete: false,
+                fields: Fields::None,
+                trace: None,
+                attributes: [("sync.payload".to_owned(), "seen".to_owned())].into(),
+            }),
+            (crate::decode::Direction::ServerToClient, None) => {
+                out.unpaired("response_without_request")
+            }
+        }
+        Step::Continue
+    }
+    fn on_close(&mut self, _: &mut dyn crate::decode::Output) {}
+}
+
+#[test]
+fn a_new_protocol_plugs_in_without_the_flow_table_knowing_it() {
+    let m = Arc::new(CollectorMetrics::new());
+    let decoders =
+        crate::decode::Decoders::new(vec![Arc::new(crate::decode::http1::Http1), Arc::new(Sync)]);
+    let mut t = FlowTable::with_decoders(FlowTableConfig::default(), Arc::clone(&m), decoders);
+    let out = feed(
+        &mut t,
+        vec![
+            msg(1, 0, Direction::ClientToServer, b"SYNC hello"),
+            msg(1, 1, Direction::ServerToClient, b"SYNC ok"),
+            // Lost step: the flow is detected afresh, and here turns out to be HTTP/1.
+            msg(1, 2, Direction::ClientToServer, b"LOST"),
+            msg(1, 3, Direction::ServerToClient, b"???"),
+            msg(1, 4, Direction::ClientToServer, REQ),
+            msg(1, 5, Direction::ServerToClient, RESP),
+            msg(2, 0, Direction::ClientToServer, b"SYNC a"),
+            msg(2, 1, Direction::ServerToClient, b"STOP"),
+            msg(2, 2, Direction::ClientToServer, b"SYNC b"),
+            msg(2, 3, Direction::ServerToClient, b"SYNC c"),
+        ],
+    );
+    let got: Vec<(&str, i32, bool)> = out
+        .iter()
+        .map(|s| (s.id.as_str(), s.protocol, s.http.is_some()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("probe-1/1/0", 0, false),
+            (
+                "probe-1/1/4",
+                clovisor_proto::session::v1::Protocol::Http1 as i32,
+                true
+            ),
+        ],
+        "one exchange of the new protocol, then HTTP/1 after the resync; nothing after STOP"
+    );
+    assert_eq!(
+        out[0].attributes.get("sync.payload").map(String::as_str),
+        Some("seen"),
+        "a decoder's own fields reach the session"
+    );
+    assert!(
+        metrics_text(&m).contains(
+            r#"clovisor_collector_decoder_desyncs_total{protocol="sync",reason="lost_framing"} 1"#
+        ),
+        "the desync is counted"
+    );
+    assert_eq!(
+        m.messages_dropped_for("response_without_request"),
+        1,
+        "the server's message after the resync pairs with nothing"
+    );
+}
+
+#[test]
+fn messages_after_the_first_need_neither_flow_key_nor_point() {
+    let (mut t, _) = table();
+    let bare = |r: Record| {
+        edit(r, |m| {
+            m.flow = None;
+            m.point = None;
+        })
+    };
+    let out = feed(
+        &mut t,
+        vec![
+            msg(1, 0, Direction::ClientToServer, REQ),
+            bare(msg(1, 1, Direction::ServerToClient, RESP)),
+        ],
+    );
+    let [s] = out.as_slice() else {
+        panic!("one session expected: {out:#?}");
+    };
+    assert_eq!(
+        (
+            s.server.as_ref().map(|e| e.port),
+            s.observations[0].interface.as_str()
+        ),
+        (Some(80), "veth-server"),
+        "the flow's key and point are the first message's"
+    );
+}
+
+#[test]
+fn an_early_flushed_continue_then_the_body_make_one_exchange() {
+    let (mut t, m) = table();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let head: &[u8] = b"PUT /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+    let interim = msg(
+        1,
+        1,
+        Direction::ServerToClient,
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+    );
+    let interim = edit(interim, |m| m.partial = true);
+    t.ingest(
+        "p",
+        msg(1, 0, Direction::ClientToServer, head),
+        t0,
+        &mut out,
+    );
+    t.ingest("p", interim, t0, &mut out);
+    // The body comes after the probe's idle flush: the interim response is over.
+    t.ingest(
+        "p",
+        msg(1, 2, Direction::ClientToServer, b"data"),
+        t0,
+        &mut out,
+    );
+    t.ingest(
+        "p",
+        msg(
+            1,
+            3,
+            Direction::ServerToClient,
+            b"HTTP/1.1 201 Created\r\n\r\n",
+        ),
+        t0,
+        &mut out,
+    );
+    let [s] = out.as_slice() else {
+        panic!("one exchange expected: {out:#?}");
+    };
+    assert_eq!(
+        s.http.as_ref().map(|h| (h.method.as_str(), h.status_code)),
+        Some(("PUT", 201))
+    );
+    assert_eq!(m.decode_errors_for("not_http"), 0, "the body is no request");
+}
+
+#[test]
+fn busy_flows_and_new_ones_all_keep_their_place_in_the_activity_order() {
+    // However many stale entries a busy flow left behind (a compaction may fall on any touch,
+    // a new flow's included), every flow can still be evicted, in activity order.
+    for busy in 0..140 {
+        let m = Arc::new(CollectorMetrics::new());
+        let cfg = FlowTableConfig {
+            max_flows: 2,
+            idle_timeout: Duration::from_secs(10),
+            ..FlowTableConfig::default()
+        };
+        let mut t = FlowTable::new(cfg, Arc::clone(&m));
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        // Re-sent messages count as activity.
+        for _ in 0..=busy {
+            t.ingest("p", msg(1, 0, Direction::ClientToServer, REQ), t0, &mut out);
+        }
+        t.ingest("p", msg(2, 0, Direction::ClientToServer, REQ), t0, &mut out);
+        t.ingest("p", msg(3, 0, Direction::ClientToServer, REQ), t0, &mut out);
+        assert_eq!(
+            (t.len(), m.flows_evicted_for("capacity")),
+            (2, 1),
+            "after {busy} re-sends, the least recently active flow (1) made room"
+        );
+        t.flush(t0 + Duration::from_secs(11), &mut out);
+        assert!(
+            t.is_empty(),
+            "after {busy} re-sends, every flow is found idle, new ones too"
+        );
+        assert_eq!(m.flows_evicted_for("idle"), 2);
+        assert_eq!(out.len(), 3, "each flow's open request, once: {out:#?}");
+    }
+}
+
+#[test]
+fn a_flow_start_gives_the_flow_its_identity_once() {
+    let (mut t, m) = table();
+    let start = |flow_id: u64, hint: ProtocolHint| Record {
+        kind: Some(record::Kind::FlowStart(capture::FlowStart {
+            flow_id,
+            flow: Some(key()),
+            point: Some(point()),
+            protocol: hint as i32,
+        })),
+    };
+    let bare = |flow_id: u64, index: u32, dir: Direction, payload: &[u8]| {
+        edit(msg(flow_id, index, dir, payload), |m| {
+            m.flow = None;
+            m.point = None;
+            m.protocol = 0;
+        })
+    };
+    let out = feed(
+        &mut t,
+        vec![
+            start(1, ProtocolHint::Http),
+            bare(1, 0, Direction::ClientToServer, REQ),
+            // Announced again (a reconnect's table of open flows): nothing changes.
+            start(1, ProtocolHint::Http),
+            bare(1, 1, Direction::ServerToClient, RESP),
+            // The hint came with the start: a port named for HTTP speaking something else.
+            start(2, ProtocolHint::Http),
+            bare(2, 0, Direction::ClientToServer, b"\x16\x03\x01"),
+            // No identity anywhere: dropped at the door.
+            Record {
+                kind: Some(record::Kind::FlowStart(capture::FlowStart {
+                    flow_id: 3,
+                    ..capture::FlowStart::default()
+                })),
+            },
+            bare(3, 0, Direction::ClientToServer, REQ),
+        ],
+    );
+    let [s] = out.as_slice() else {
+        panic!("one session expected: {out:#?}");
+    };
+    assert_eq!(
+        (
+            s.id.as_str(),
+            s.server.as_ref().map(|e| e.port),
+            s.observations[0].interface.as_str()
+        ),
+        ("probe-1/1/0", Some(80), "veth-server")
+    );
+    assert_eq!(m.decode_errors_for("not_http"), 1);
+    assert_eq!(m.messages_dropped_for("no_flow_key"), 2);
+    assert_eq!(t.len(), 2, "flows 1 and 2");
+}
+
+#[test]
+fn a_flow_dropped_idle_keeps_its_identity_for_its_next_bare_message() {
+    let m = Arc::new(CollectorMetrics::new());
+    let cfg = FlowTableConfig {
+        max_flows: 2,
+        idle_timeout: Duration::from_secs(10),
+        ..FlowTableConfig::default()
+    };
+    let mut t = FlowTable::new(cfg, Arc::clone(&m));
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let announced = |flow_id: u64| capture::FlowStart {
+        flow_id,
+        flow: Some(key()),
+        point: Some(point()),
+        protocol: ProtocolHint::Http as i32,
+    };
+    let bare = |flow_id: u64, index: u32, dir: Direction, payload: &[u8]| {
+        edit(msg(flow_id, index, dir, payload), |m| {
+            m.flow = None;
+            m.point = None;
+        })
+    };
+    for f in [1, 2, 3] {
+        t.start_flow("p", announced(f), t0, &mut out);
+    }
+    assert_eq!(
+        (t.len(), m.flows_evicted_for("capacity")),
+        (2, 1),
+        "flow 1 made room"
+    );
+    t.flush(t0 + Duration::from_secs(11), &mut out);
+    assert!(t.is_empty(), "2 and 3 went idle");
+    // A quiet keep-alive connection speaks again, its messages naming only the flow id.
+    for f in [2, 3] {
+        t.ingest(
+            "p",
+            bare(f, 0, Direction::ClientToServer, REQ),
+            t0,
+            &mut out,
+        );
+        t.ingest(
+            "p",
+            bare(f, 1, Direction::ServerToClient, RESP),
+            t0,
+            &mut out,
+        );
+    }
+    let servers: Vec<Option<u32>> = out
+        .iter()
+        .map(|s| s.server.as_ref().map(|e| e.port))
+        .collect();
+    assert_eq!(
+        servers,
+        [Some(80), Some(80)],
+        "both flows known again by their identity"
+    );
+    assert_eq!(m.messages_dropped_for("no_flow_key"), 0);
+    // An ended flow is forgotten with its identity.
+    t.ingest("p", end(3), t0, &mut out);
+    t.ingest(
+        "p",
+        bare(3, 2, Direction::ClientToServer, REQ),
+        t0,
+        &mut out,
+    );
+    assert_eq!(m.messages_dropped_for("no_flow_key"), 1);
 }

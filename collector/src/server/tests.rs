@@ -4,7 +4,8 @@
 use super::*;
 use clovisor_proto::capture::v1::capture_client::CaptureClient;
 use clovisor_proto::capture::v1::{
-    record, Direction, FlowKey, Message, ObservationPoint, ProtocolHint, Record,
+    self as capture, record, Direction, FlowKey, FlowStart, Message, ObservationPoint,
+    ProtocolHint, Record,
 };
 use clovisor_proto::inproc;
 use tonic::transport::{Channel, Server};
@@ -336,5 +337,74 @@ async fn the_live_redaction_list_applies_to_sessions_leaving_the_collector() -> 
         ),
         "listed from now on: redacted"
     );
+    Ok(())
+}
+
+/// A probe with `FlowStart` sends a flow's identity once: in its table of open flows after Hello
+/// (what a restarted collector learns back), then messages with the flow id alone.
+#[tokio::test]
+async fn flows_announced_after_hello_are_known_to_their_bare_messages() -> anyhow::Result<()> {
+    let (channel, mut out, metrics) = start(ServiceConfig::default()).await?;
+    let bare = |index: u32, dir: Direction, payload: &[u8]| match message(index, dir, payload).kind
+    {
+        Some(record::Kind::Message(m)) => Record {
+            kind: Some(record::Kind::Message(Message {
+                flow: None,
+                point: None,
+                protocol: 0,
+                ..m
+            })),
+        },
+        other => panic!("expected a message, got {other:?}"),
+    };
+    let start = FlowStart {
+        flow_id: 9,
+        flow: Some(FlowKey {
+            client_ip: vec![10, 0, 0, 1],
+            server_ip: vec![10, 0, 0, 2],
+            client_port: 5555,
+            server_port: 80,
+            transport: 1,
+        }),
+        point: Some(ObservationPoint {
+            interface: "veth-web".into(),
+            ..ObservationPoint::default()
+        }),
+        protocol: ProtocolHint::Http as i32,
+    };
+    let table = ProbeMessage {
+        kind: Some(probe_message::Kind::Flows(capture::FlowTable {
+            flows: vec![start.clone(), start],
+        })),
+    };
+    exchange(
+        &channel,
+        vec![
+            hello("p", "node-a"),
+            table,
+            batch(
+                1,
+                vec![
+                    bare(0, Direction::ClientToServer, REQ),
+                    bare(1, Direction::ServerToClient, RESP),
+                ],
+            ),
+        ],
+        1,
+    )
+    .await?;
+    let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no session"))?;
+    assert_eq!(
+        (
+            s.server.as_ref().map(|e| e.port),
+            s.observations[0].interface.as_str(),
+            s.http.as_ref().map(|h| h.status_code)
+        ),
+        (Some(80), "veth-web", Some(200)),
+        "the session has the announced key and point: {s:?}"
+    );
+    assert_eq!(metrics.messages_dropped_for("no_flow_key"), 0);
     Ok(())
 }

@@ -17,7 +17,7 @@
 //! own sidecars never share a key.
 
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::session::v1::{Observation, Session};
@@ -41,17 +41,8 @@ impl ClientAddr {
     /// The client of `session`; `None` when the session has no usable client address.
     pub fn of(session: &Session) -> Option<Self> {
         let client = session.client.as_ref()?;
-        let ip = match client.ip.len() {
-            4 => IpAddr::from(<[u8; 4]>::try_from(client.ip.as_slice()).ok()?),
-            16 => {
-                let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(client.ip.as_slice()).ok()?);
-                match v6.to_ipv4_mapped() {
-                    Some(v4) => IpAddr::V4(v4),
-                    None => IpAddr::V6(v6),
-                }
-            }
-            _ => return None,
-        };
+        // IPv4-mapped IPv6 reads as IPv4, so both spellings are one client.
+        let ip = client.addr()?;
         let port = u16::try_from(client.port).ok().filter(|p| *p != 0)?;
         let scope = if ip.is_loopback() {
             // Only a socket sees loopback; without its namespace the address means nothing.

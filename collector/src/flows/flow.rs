@@ -1,0 +1,372 @@
+//! One flow: its identity (set once, when it is created), its messages put in order, the
+//! decoder that claimed it, and its byte counts.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use clovisor_proto::capture::v1::{self as capture, FlowKey, ObservationPoint, ProtocolHint};
+use clovisor_proto::session::v1::Session;
+
+use super::endpoints::{Endpoints, Ends};
+use super::session::{self, FlowParts};
+use crate::decode::{
+    Decoders, Detected, Direction, Exchange, FlowDecoder, FlowInfo, Message, MessageStats, Output,
+    Step,
+};
+use crate::metrics::CollectorMetrics;
+
+/// Which decoder, if any, takes the flow's messages.
+#[derive(Debug)]
+enum Decoding {
+    /// No decoder has claimed the flow yet: each message is offered to all.
+    Undecided,
+    /// Claimed by the decoder `name`.
+    By {
+        name: &'static str,
+        flow: Box<dyn FlowDecoder>,
+    },
+    /// No decoder claimed it, or its decoder gave up: bytes are counted, nothing decoded.
+    Opaque,
+}
+
+/// One connection instance at one observation point.
+#[derive(Debug)]
+pub(super) struct Flow {
+    /// Position in the table's activity order.
+    pub tick: u64,
+    pub last_seen: Instant,
+    /// Index of the next message to take in order.
+    next_index: u32,
+    /// Messages that arrived ahead of `next_index`, with when they arrived.
+    pending: BTreeMap<u32, (capture::Message, Instant)>,
+    /// A message the probe flushed early, taken in order but held for its final counters
+    /// because its decoder asked to ([`FlowDecoder::awaits_final`]), with when it came.
+    held: Option<(capture::Message, Instant)>,
+    decoding: Decoding,
+    key: FlowKey,
+    point: ObservationPoint,
+    /// What its sessions' ids start with.
+    id_prefix: String,
+    /// Whether `point` came with the flow; until it has, a later message may supply it.
+    point_known: bool,
+    hint: ProtocolHint,
+    /// Payload bytes taken in, per direction, and how many of them the metrics have.
+    bytes: [u64; 2],
+    published: [u64; 2],
+}
+
+/// A flow's identity as its probe announced it: its key, where it is observed, what its port is
+/// configured for.
+#[derive(Debug, Clone)]
+pub(super) struct Identity {
+    pub key: FlowKey,
+    pub point: Option<ObservationPoint>,
+    pub hint: ProtocolHint,
+}
+
+/// What a flow's processing needs from the table: the probe, its endpoints, where sessions go.
+pub(super) struct Ctx<'a> {
+    pub probe_id: &'a str,
+    pub node: &'a str,
+    pub flow_id: u64,
+    pub endpoints: &'a Endpoints,
+    pub decoders: &'a Decoders,
+    pub metrics: &'a CollectorMetrics,
+    pub out: &'a mut Vec<Session>,
+}
+
+impl Flow {
+    /// A new flow `flow_id` of `probe_id` at `tick`, known by its key and point from now on.
+    pub fn new(
+        (probe_id, flow_id): (&str, u64),
+        tick: u64,
+        now: Instant,
+        key: FlowKey,
+        point: Option<ObservationPoint>,
+        hint: ProtocolHint,
+    ) -> Self {
+        Self {
+            tick,
+            last_seen: now,
+            next_index: 0,
+            pending: BTreeMap::new(),
+            held: None,
+            decoding: Decoding::Undecided,
+            key,
+            id_prefix: session::id_prefix(probe_id, flow_id),
+            point_known: point.is_some(),
+            point: point.unwrap_or_default(),
+            hint,
+            bytes: [0; 2],
+            published: [0; 2],
+        }
+    }
+
+    pub fn key(&self) -> &FlowKey {
+        &self.key
+    }
+
+    pub fn point(&self) -> &ObservationPoint {
+        &self.point
+    }
+
+    /// What identifies the flow, for when its state goes but its probe may still have it open.
+    pub fn into_identity(self) -> Identity {
+        Identity {
+            key: self.key,
+            point: self.point_known.then_some(self.point),
+            hint: self.hint,
+        }
+    }
+
+    /// Takes the point from a message when the flow was created without one.
+    pub fn learn_point(&mut self, m: &mut capture::Message) {
+        if !self.point_known {
+            if let Some(p) = m.point.take() {
+                self.point = p;
+                self.point_known = true;
+            }
+        }
+    }
+
+    /// Whether `index` is the message held for its final counters.
+    pub fn holds(&self, index: u32) -> bool {
+        self.held.as_ref().is_some_and(|(m, _)| m.index == index)
+    }
+
+    pub fn next_index(&self) -> u32 {
+        self.next_index
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// When the oldest message waiting for a gap to close arrived.
+    pub fn oldest_pending(&self) -> Option<Instant> {
+        self.pending.first_key_value().map(|(_, (_, at))| *at)
+    }
+
+    /// When the held message came, if one is held.
+    pub fn held_since(&self) -> Option<Instant> {
+        self.held.as_ref().map(|(_, at)| *at)
+    }
+
+    /// Buffers a message that arrived ahead of its turn.
+    pub fn buffer(&mut self, m: capture::Message, now: Instant) {
+        self.pending.insert(m.index, (m, now));
+    }
+
+    /// The final version of the held message replaces it.
+    pub fn update_held(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
+        if let Some((old, _)) = self.held.take() {
+            if let Some(dir) = Direction::from_wire(m.direction) {
+                let grown = m.bytes.saturating_sub(old.bytes);
+                self.bytes[dir.index()] = self.bytes[dir.index()].saturating_add(grown);
+            }
+        }
+        self.decode(m, now, ctx, true);
+    }
+
+    /// Takes message `m`, which is next in order, then whatever buffered messages follow it.
+    pub fn take_next(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
+        self.take(m, now, ctx);
+        self.next_index = self.next_index.saturating_add(1);
+        self.drain_pending(now, ctx);
+    }
+
+    /// Gives up on the next missing index: continues at the first buffered message.
+    pub fn skip_gap(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
+        if let Some((&idx, _)) = self.pending.first_key_value() {
+            if idx > self.next_index {
+                ctx.metrics.message_dropped("gap");
+                self.next_index = idx;
+            }
+        }
+        self.drain_pending(now, ctx);
+    }
+
+    fn drain_pending(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() != self.next_index {
+                break;
+            }
+            let (m, _) = entry.remove();
+            self.take(m, now, ctx);
+            self.next_index = self.next_index.saturating_add(1);
+        }
+    }
+
+    /// One message in order: a held message before it is over, so it goes first.
+    fn take(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
+        self.release_held(ctx);
+        if let Some(dir) = Direction::from_wire(m.direction) {
+            self.bytes[dir.index()] = self.bytes[dir.index()].saturating_add(m.bytes);
+        }
+        self.decode(m, now, ctx, true);
+    }
+
+    /// Hands the held message to its decoder as it is: its final version did not come in
+    /// time, or the flow moved on.
+    pub fn release_held(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some((m, at)) = self.held.take() {
+            self.decode(m, at, ctx, false);
+        }
+    }
+
+    /// The flow is over: everything buffered is taken (gaps skipped), the held message
+    /// released, and what its decoder still holds open is reported incomplete.
+    pub fn close(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
+        while !self.pending.is_empty() {
+            self.skip_gap(now, ctx);
+        }
+        self.release_held(ctx);
+        let Flow {
+            decoding,
+            key,
+            point,
+            id_prefix,
+            ..
+        } = self;
+        if let Decoding::By { name, flow } = decoding {
+            flow.on_close(&mut Sink::new(ctx, key, point, id_prefix, name));
+        }
+    }
+
+    /// Offers `m` to the flow's decoder, finding one first if none has claimed the flow.
+    fn decode(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>, may_hold: bool) {
+        let Some(direction) = Direction::from_wire(m.direction) else {
+            return;
+        };
+        let message = Message {
+            direction,
+            stats: MessageStats::of(&m),
+            payload: &m.payload,
+            partial: m.partial,
+        };
+        if matches!(self.decoding, Decoding::Undecided) {
+            let info = FlowInfo {
+                probe_id: ctx.probe_id,
+                flow_id: ctx.flow_id,
+                key: &self.key,
+                hint: self.hint,
+            };
+            match ctx.decoders.detect(&info, &message) {
+                Detected::Claimed(d) => {
+                    self.decoding = Decoding::By {
+                        name: d.name(),
+                        flow: d.new_flow(&info),
+                    };
+                }
+                Detected::HintMismatch(reason) => {
+                    ctx.metrics.decode_error(reason);
+                    return;
+                }
+                // A client's bytes nobody recognises: the flow is of a protocol not decoded.
+                Detected::Unclaimed if direction == Direction::ClientToServer => {
+                    ctx.metrics.flows_unsupported.inc();
+                    self.decoding = Decoding::Opaque;
+                    return;
+                }
+                // A server's bytes first: a flow picked up mid-way; its next request decides.
+                Detected::Unclaimed => {
+                    ctx.metrics.message_dropped("response_without_request");
+                    return;
+                }
+            }
+        }
+        let Flow {
+            decoding,
+            key,
+            point,
+            id_prefix,
+            held,
+            ..
+        } = self;
+        let Decoding::By { name, flow } = decoding else {
+            return;
+        };
+        if may_hold && message.partial && flow.awaits_final(&message) {
+            *held = Some((m, now));
+            return;
+        }
+        let mut sink = Sink::new(ctx, key, point, id_prefix, name);
+        let step = flow.on_message(&message, &mut sink);
+        match step {
+            Step::Continue => {}
+            Step::Redetect | Step::Stop => {
+                flow.on_close(&mut sink);
+                *decoding = if step == Step::Redetect {
+                    Decoding::Undecided
+                } else {
+                    Decoding::Opaque
+                };
+            }
+        }
+    }
+
+    /// Bytes taken in since the last call, per direction.
+    pub fn unpublished_bytes(&mut self) -> [u64; 2] {
+        let new = [
+            self.bytes[0].saturating_sub(self.published[0]),
+            self.bytes[1].saturating_sub(self.published[1]),
+        ];
+        self.published = self.bytes;
+        new
+    }
+}
+
+/// A flow decoder's [`Output`]: sessions into the context's output, the rest into metrics.
+struct Sink<'c, 'a> {
+    ctx: &'c mut Ctx<'a>,
+    key: &'c FlowKey,
+    point: &'c ObservationPoint,
+    id_prefix: &'c str,
+    protocol: &'static str,
+}
+
+impl<'c, 'a> Sink<'c, 'a> {
+    fn new(
+        ctx: &'c mut Ctx<'a>,
+        key: &'c FlowKey,
+        point: &'c ObservationPoint,
+        id_prefix: &'c str,
+        protocol: &'static str,
+    ) -> Self {
+        Self {
+            ctx,
+            key,
+            point,
+            id_prefix,
+            protocol,
+        }
+    }
+}
+
+impl Output for Sink<'_, '_> {
+    fn exchange(&mut self, exchange: Exchange) {
+        let parts = FlowParts {
+            probe_id: self.ctx.probe_id,
+            probe_node: self.ctx.node,
+            id_prefix: self.id_prefix,
+            key: self.key,
+            point: self.point,
+            ends: Ends::of(self.ctx.endpoints, self.key),
+        };
+        let session = session::build(&parts, exchange);
+        self.ctx.metrics.session_emitted(session.incomplete);
+        self.ctx.out.push(session);
+    }
+
+    fn decode_error(&mut self, reason: &'static str) {
+        self.ctx.metrics.decode_error(reason);
+    }
+
+    fn unpaired(&mut self, reason: &'static str) {
+        self.ctx.metrics.message_dropped(reason);
+    }
+
+    fn desync(&mut self, reason: &'static str) {
+        self.ctx.metrics.desync(self.protocol, reason);
+    }
+}
