@@ -74,17 +74,6 @@ impl Drops {
         self.emitted.get_or_create(&StageLabels { stage }).inc_by(n);
     }
 
-    /// The counter of items `stage` takes in: a handle to keep where a stage counts every item
-    /// one by one, so that it pays no label look-up per item.
-    pub fn received_counter(&self, stage: &'static str) -> Counter {
-        self.received.get_or_create(&StageLabels { stage }).clone()
-    }
-
-    /// The counter of items `stage` passes on (see [`Drops::received_counter`]).
-    pub fn emitted_counter(&self, stage: &'static str) -> Counter {
-        self.emitted.get_or_create(&StageLabels { stage }).clone()
-    }
-
     /// Sets the items `stage` holds now (neither passed on nor dropped yet).
     pub fn set_buffered(&self, stage: &'static str, n: u64) {
         self.buffered
