@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clovisor_probe::capture::{Capture, CaptureConfig, EventLoopStats};
-use clovisor_proto::capture::v1::{record, FlowEnd, Message, ProtocolHint, Record};
+use clovisor_proto::capture::v1::{record, FlowEnd, FlowStart, Message, ProtocolHint, Record};
 
 use crate::{run, run_in};
 
@@ -67,10 +67,12 @@ impl Recorder {
     }
 }
 
-/// Messages of one flow by index (a later record for an index supersedes an earlier one),
-/// and its FlowEnd.
+/// One flow's FlowStart, its messages by index (a later record for an index supersedes an
+/// earlier one), and its FlowEnd.
 #[derive(Debug, Default)]
 pub struct Flow {
+    /// How the probe announced the flow: its key, observation point and protocol hint.
+    pub start: Option<FlowStart>,
     /// Messages by index.
     pub messages: BTreeMap<u32, Message>,
     /// How the flow ended, when it did.
@@ -97,6 +99,9 @@ pub fn flows_of(records: &[Record], client_ip: &[u8]) -> BTreeMap<u64, Flow> {
     };
     for r in records {
         match &r.kind {
+            Some(record::Kind::FlowStart(s)) if started.contains(&s.flow_id) => {
+                flows.entry(s.flow_id).or_default().start = Some(s.clone());
+            }
             Some(record::Kind::Message(m)) if ours(m.flow_id, m.flow.as_ref()) => {
                 flows
                     .entry(m.flow_id)

@@ -141,29 +141,35 @@ fn check_exchange(
                 m.start_unix_nanos,
                 m.end_unix_nanos
             );
-            assert_eq!(
-                m.protocol,
-                ProtocolHint::Http as i32,
-                "{what}: protocol hint of the traced port"
-            );
-            let point = m.point.clone().unwrap_or_default();
-            assert_eq!(
-                (
-                    point.kind,
-                    point.ifindex,
-                    point.interface.as_str(),
-                    point.node.as_str()
-                ),
-                (
-                    PointKind::Pod as i32,
-                    veth.ifindex,
-                    veth.name.as_str(),
-                    NODE
-                ),
-                "{what}: observation point"
+            assert!(
+                m.flow.is_none() && m.point.is_none(),
+                "{what}: message {} names its flow by id only (its FlowStart says the rest)",
+                m.index
             );
         }
     }
+    let start = flow.start.clone().unwrap_or_default();
+    assert_eq!(
+        start.protocol,
+        ProtocolHint::Http as i32,
+        "{what}: protocol hint of the traced port, in the FlowStart"
+    );
+    let point = start.point.unwrap_or_default();
+    assert_eq!(
+        (
+            point.kind,
+            point.ifindex,
+            point.interface.as_str(),
+            point.node.as_str()
+        ),
+        (
+            PointKind::Pod as i32,
+            veth.ifindex,
+            veth.name.as_str(),
+            NODE
+        ),
+        "{what}: observation point, in the FlowStart"
+    );
 }
 
 #[test]

@@ -147,6 +147,7 @@ fn observe_connection(
     series: &mut SeriesCache,
     endpoints: &Endpoints,
     key: &capture::FlowKey,
+    point: Option<&capture::ObservationPoint>,
     e: &capture::FlowEnd,
     reason: &'static str,
 ) {
@@ -155,7 +156,7 @@ fn observe_connection(
     }
     let ends = Ends::of(endpoints, key);
     let unknown = capture::ObservationPoint::default();
-    let point = e.point.as_ref().unwrap_or(&unknown);
+    let point = point.unwrap_or(&unknown);
     let s = series.get(&metrics.connections, ends, ends.observed_at(point));
     metrics
         .connections
@@ -475,33 +476,46 @@ impl FlowTable {
     }
 
     fn on_flow_end(&mut self, probe_id: &str, e: &capture::FlowEnd, out: &mut Vec<Session>) {
-        let point = e
-            .point
-            .as_ref()
-            .map_or(PointKind::Unspecified, capture::ObservationPoint::kind)
-            .short_name();
         let reason = match capture::FlowEndReason::try_from(e.reason) {
             Ok(capture::FlowEndReason::Fin) => "fin",
             Ok(capture::FlowEndReason::Rst) => "rst",
             Ok(capture::FlowEndReason::Idle) => "idle",
             _ => "unspecified",
         };
-        self.metrics.connection_ended(point, reason);
-        let Some(&p) = self.probe_index.get(probe_id) else {
+        let p = self.probe_index.get(probe_id).copied();
+        let f = p.map(|p| (p, e.flow_id));
+        // The end names its flow by id: its key and point are the flow's (announced by its
+        // FlowStart), or the dormant identity of a flow dropped before its end. A probe older
+        // than FlowStart sends them in the end itself.
+        let dormant = f.and_then(|f| self.dormant.take(&f));
+        let live = f.and_then(|f| self.flows.get(&f));
+        let key = e
+            .flow
+            .as_ref()
+            .or(live.map(Flow::key))
+            .or(dormant.as_ref().map(|d| &d.key));
+        let point = e
+            .point
+            .as_ref()
+            .or(live.map(Flow::point))
+            .or(dormant.as_ref().and_then(|d| d.point.as_ref()));
+        let kind = point.map_or(PointKind::Unspecified, capture::ObservationPoint::kind);
+        self.metrics.connection_ended(kind.short_name(), reason);
+        let Some(f) = f else {
             return;
         };
-        if let (Some(state), Some(key)) = (self.probes.get(&p), e.flow.as_ref()) {
+        if let (Some(state), Some(key)) = (self.probes.get(&f.0), key) {
             observe_connection(
                 &self.metrics,
                 &mut self.series,
                 &state.endpoints,
                 key,
+                point,
                 e,
                 reason,
             );
         }
-        self.dormant.take(&(p, e.flow_id));
-        self.end_flow((p, e.flow_id), out);
+        self.end_flow(f, out);
     }
 
     /// Drops a flow's state before its end (idle, or to make room), emitting what it holds as

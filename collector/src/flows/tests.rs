@@ -1108,3 +1108,52 @@ fn a_flow_dropped_idle_keeps_its_identity_for_its_next_bare_message() {
     );
     assert_eq!(m.messages_dropped_for("no_flow_key"), 1);
 }
+
+#[test]
+fn a_flow_end_naming_only_its_id_counts_where_the_flow_was_announced() {
+    let m = Arc::new(CollectorMetrics::new());
+    let cfg = FlowTableConfig {
+        idle_timeout: Duration::from_secs(10),
+        ..FlowTableConfig::default()
+    };
+    let mut t = FlowTable::new(cfg, Arc::clone(&m));
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let bare_end = |flow_id: u64| {
+        let mut r = end(flow_id);
+        if let Some(record::Kind::FlowEnd(e)) = r.kind.as_mut() {
+            e.flow = None;
+            e.point = None;
+        }
+        r
+    };
+    for f in [1, 2] {
+        t.start_flow(
+            "p",
+            capture::FlowStart {
+                flow_id: f,
+                flow: Some(key()),
+                point: Some(point()),
+                protocol: ProtocolHint::Http as i32,
+            },
+            t0,
+            &mut out,
+        );
+    }
+    // Flow 1 ends while in the table; flow 2 after it went idle (its identity kept dormant).
+    t.ingest("p", bare_end(1), t0, &mut out);
+    t.flush(t0 + Duration::from_secs(11), &mut out);
+    assert!(t.is_empty(), "flow 2 went idle");
+    t.ingest("p", bare_end(2), t0, &mut out);
+    assert_eq!(
+        (
+            m.connections_ended_for("pod", "fin"),
+            m.connections_ended_for("unspecified", "fin")
+        ),
+        (2, 0),
+        "both ends counted at the pod veth they were announced at"
+    );
+    // Its identity is gone with its end: a later end of the same id knows no point.
+    t.ingest("p", bare_end(2), t0, &mut out);
+    assert_eq!(m.connections_ended_for("unspecified", "fin"), 1);
+}

@@ -103,9 +103,6 @@ pub struct Assembler {
     pending: FxHashMap<u64, Pending>,
     /// Flows whose `FlowStart` was emitted and that have not ended (nor been forgotten).
     announced: FxHashSet<u64>,
-    /// Whether messages and ends also carry their flow's key and point, for collectors that
-    /// predate `FlowStart`.
-    legacy_fields: bool,
     idle_flush: Duration,
     max_pending: usize,
     node: String,
@@ -126,7 +123,6 @@ impl Assembler {
         Self {
             pending: FxHashMap::default(),
             announced: FxHashSet::default(),
-            legacy_fields: true,
             idle_flush,
             max_pending: max_pending.max(1),
             node,
@@ -206,13 +202,7 @@ impl Assembler {
             out,
         );
         self.announced.remove(&end.flow_id);
-        let legacy = self.legacy_fields.then(|| {
-            (
-                records::flow_key(&end.key),
-                self.point(end.key.ifindex, end.socket.as_ref()),
-            )
-        });
-        out.push(records::flow_end(&end, legacy, &self.clock));
+        out.push(records::flow_end(&end, &self.clock));
         self.stats.flow_ends += 1;
     }
 
@@ -414,20 +404,7 @@ impl Assembler {
             out,
         );
         self.stats.messages += 1;
-        let legacy = self.legacy_fields.then(|| {
-            (
-                records::flow_key(&start.key),
-                self.point(start.key.ifindex, start.socket.as_ref()),
-            )
-        });
-        out.push(records::message(
-            start,
-            payload,
-            fin,
-            partial,
-            legacy,
-            &self.clock,
-        ));
+        out.push(records::message(start, payload, fin, partial, &self.clock));
     }
 }
 

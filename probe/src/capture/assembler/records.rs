@@ -80,23 +80,19 @@ pub fn flow_start(
 }
 
 /// The record of message `start` with its final (or current) counters `fin`; `payload` is
-/// `start`'s. `legacy`: the flow's key and point, for collectors that predate `FlowStart`.
+/// `start`'s. It names its flow by id only: the flow's key, point and protocol hint went out
+/// once, in the flow's `FlowStart`.
 pub fn message(
     start: &MsgStart,
     payload: Bytes,
     fin: &MsgCounters,
     partial: bool,
-    legacy: Option<(FlowKey, ObservationPoint)>,
     clock: &BootClock,
 ) -> Record {
-    let (flow, point, protocol) = match legacy {
-        Some((flow, point)) => (Some(flow), Some(point), start.protocol as i32),
-        None => (None, None, 0),
-    };
     Record {
         kind: Some(record::Kind::Message(Message {
-            flow,
-            point,
+            flow: None,
+            point: None,
             flow_id: start.flow_id,
             index: start.msg.index,
             direction: start.msg.direction as i32,
@@ -108,26 +104,18 @@ pub fn message(
             packets: fin.packets,
             retransmits: fin.retransmits,
             payload,
-            protocol,
+            protocol: 0,
             partial,
         })),
     }
 }
 
-/// The record of the end of a flow. `legacy` as in [`message`].
-pub fn flow_end(
-    end: &FlowEnd,
-    legacy: Option<(FlowKey, ObservationPoint)>,
-    clock: &BootClock,
-) -> Record {
-    let (flow, point) = match legacy {
-        Some((flow, point)) => (Some(flow), Some(point)),
-        None => (None, None),
-    };
+/// The record of the end of a flow, named by its id as in [`message`].
+pub fn flow_end(end: &FlowEnd, clock: &BootClock) -> Record {
     Record {
         kind: Some(record::Kind::FlowEnd(FlowEndRecord {
-            flow,
-            point,
+            flow: None,
+            point: None,
             flow_id: end.flow_id,
             reason: end.reason as i32,
             unix_nanos: clock.to_unix_ns(end.ts_ns),

@@ -55,6 +55,15 @@ fn start(flow_id: u64, msg: MsgCounters, prev: Option<MsgCounters>, payload: &[u
     })
 }
 
+/// The observation point the flow `flow_id` was announced with (its `FlowStart`): messages and
+/// ends name their flow by id only.
+fn announced_point(out: &[Record], flow_id: u64) -> Option<&ObservationPoint> {
+    out.iter().find_map(|r| match &r.kind {
+        Some(record::Kind::FlowStart(fs)) if fs.flow_id == flow_id => fs.point.as_ref(),
+        _ => None,
+    })
+}
+
 fn messages(out: &[Record]) -> Vec<&Message> {
     out.iter()
         .filter_map(|r| match &r.kind {
@@ -129,10 +138,11 @@ fn request_response_fin_yields_two_messages_then_flow_end() {
         !msgs[1].partial && !msgs[0].partial,
         "final records must not be partial"
     );
-    let point = msgs[1]
-        .point
-        .as_ref()
-        .map(|p| (p.interface.clone(), p.node.clone()));
+    assert!(
+        msgs.iter().all(|m| m.flow.is_none() && m.point.is_none()),
+        "messages name their flow by id only"
+    );
+    let point = announced_point(&out, 1).map(|p| (p.interface.clone(), p.node.clone()));
     assert_eq!(
         point,
         Some(("veth-test".into(), "node-a".into())),
@@ -403,11 +413,8 @@ fn socket_events_become_socket_points_with_their_process() {
     );
     let msgs = messages(&out);
     assert_eq!(msgs.len(), 2, "request and response expected, got {msgs:?}");
-    for m in &msgs {
-        let p = m
-            .point
-            .as_ref()
-            .unwrap_or_else(|| panic!("no point in {m:?}"));
+    {
+        let p = announced_point(&out, 5).unwrap_or_else(|| panic!("no FlowStart in {out:?}"));
         assert_eq!(
             (
                 p.kind,
@@ -428,9 +435,9 @@ fn socket_events_become_socket_points_with_their_process() {
         })
         .unwrap_or_else(|| panic!("no flow end in {out:?}"));
     assert_eq!(
-        end.point.as_ref().map(|p| p.kind),
-        Some(PointKind::Socket as i32),
-        "flow end at the socket point"
+        (end.flow_id, end.point.as_ref()),
+        (5, None),
+        "the flow end names its flow (announced at the socket point) by id"
     );
 }
 
