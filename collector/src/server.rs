@@ -175,7 +175,9 @@ impl Inner {
             return None;
         }
         let now = Instant::now();
-        let mut out = Vec::new();
+        // An exchange takes at least two records (its request and its response), so this is room
+        // for every session the batch can make: no growth steps moving sessions around.
+        let mut out = Vec::with_capacity(batch.records.len() / 2 + 1);
         for record in batch.records {
             st.table.ingest(probe_id, record, now, &mut out);
         }
