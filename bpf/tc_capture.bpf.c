@@ -15,6 +15,7 @@
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/tcp.h>
+#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -115,6 +116,7 @@ struct pkt {
 	__u32 payload_len;
 	__u8 family;
 	__u8 flags; /* TCP flags byte (FIN=0x01, SYN=0x02, RST=0x04) */
+	__u8 l4;    /* IPPROTO_TCP or IPPROTO_UDP */
 };
 
 #define TCPF_FIN_ 0x01
@@ -131,6 +133,7 @@ static __always_inline int tcp_fields(const struct tcphdr *tcp, struct pkt *p, _
 	p->sport = bpf_ntohs(tcp->source);
 	p->dport = bpf_ntohs(tcp->dest);
 	p->seq = bpf_ntohl(tcp->seq);
+	p->l4 = IPPROTO_TCP;
 	/* Byte 13 of the TCP header holds the flags. */
 	p->flags = ((const __u8 *)tcp)[13];
 	off += doff;
@@ -138,6 +141,28 @@ static __always_inline int tcp_fields(const struct tcphdr *tcp, struct pkt *p, _
 		ip_end = skb_len;
 	p->payload_off = off;
 	p->payload_len = ip_end > off ? ip_end - off : 0;
+	return 0;
+}
+
+/* UDP header fields into p; the payload is the datagram's, as far as the
+ * UDP length, the IP datagram and the skb all reach. */
+static __always_inline int udp_fields(const struct udphdr *udp, struct pkt *p, __u32 off,
+				      __u32 ip_end, __u32 skb_len)
+{
+	__u32 end = off + bpf_ntohs(udp->len);
+
+	p->sport = bpf_ntohs(udp->source);
+	p->dport = bpf_ntohs(udp->dest);
+	p->seq = 0;
+	p->flags = 0;
+	p->l4 = IPPROTO_UDP;
+	off += sizeof(*udp);
+	if (end > ip_end)
+		end = ip_end;
+	if (end > skb_len)
+		end = skb_len;
+	p->payload_off = off;
+	p->payload_len = end > off ? end - off : 0;
 	return 0;
 }
 
@@ -158,7 +183,7 @@ static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
 
 		if ((void *)(ip + 1) > end)
 			return 2;
-		if (ip->protocol != IPPROTO_TCP)
+		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 			return 1;
 		if (bpf_ntohs(ip->frag_off) & IP_OFFMASK_)
 			return 2; /* counted by the general parser */
@@ -173,6 +198,9 @@ static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
 		clovisor_v4_mapped(p->dst_ip, ip->daddr);
 		p->family = CLOVISOR_FAMILY_IPV4;
 		tot = bpf_ntohs(ip->tot_len);
+		if (ip->protocol == IPPROTO_UDP)
+			return udp_fields((const struct udphdr *)tcp, p, ETH_HLEN + ihl,
+					  ETH_HLEN + tot, skb->len);
 		/* tot_len is 0 for BIG TCP super packets: then skb->len rules. */
 		return tcp_fields(tcp, p, ETH_HLEN + ihl, tot ? ETH_HLEN + tot : skb->len,
 				  skb->len);
@@ -184,20 +212,24 @@ static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
 
 		if ((void *)(tcp + 1) > end)
 			return 2;
-		if (ip6->nexthdr != IPPROTO_TCP)
-			return 2; /* extension headers, or not TCP: the general parser */
+		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+			return 2; /* extension headers, or neither TCP nor UDP: the general parser
+				   */
 		__builtin_memcpy(p->src_ip, &ip6->saddr, 16);
 		__builtin_memcpy(p->dst_ip, &ip6->daddr, 16);
 		p->family = CLOVISOR_FAMILY_IPV6;
 		plen = bpf_ntohs(ip6->payload_len);
+		if (ip6->nexthdr == IPPROTO_UDP)
+			return udp_fields((const struct udphdr *)tcp, p, ETH_HLEN + sizeof(*ip6),
+					  ETH_HLEN + sizeof(*ip6) + plen, skb->len);
 		return tcp_fields(tcp, p, ETH_HLEN + sizeof(*ip6),
 				  plen ? ETH_HLEN + sizeof(*ip6) + plen : skb->len, skb->len);
 	}
 	return 2;
 }
 
-/* Returns 0 when p holds a TCP packet, 1 when the packet is not for us
- * (not IP/TCP, later fragment), -1 on a parse failure. */
+/* Returns 0 when p holds a TCP or UDP packet, 1 when the packet is not for
+ * us (neither, or a later fragment), -1 on a parse failure. */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	__u32 off = ETH_HLEN;
@@ -225,9 +257,9 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		ihl = (__u32)ip.ihl * 4;
 		if (ihl < sizeof(ip))
 			return -1;
-		if (ip.protocol != IPPROTO_TCP)
+		if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
 			return 1;
-		/* Only the first fragment has the TCP header. */
+		/* Only the first fragment has the TCP or UDP header. */
 		if (bpf_ntohs(ip.frag_off) & IP_OFFMASK_) {
 			clovisor_count(&stats, CLOVISOR_STAT_UNPARSED_IP);
 			return 1;
@@ -280,7 +312,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			}
 			next = ext[0];
 		}
-		if (next != IPPROTO_TCP) {
+		if (next != IPPROTO_TCP && next != IPPROTO_UDP) {
 			if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
 			    next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT ||
 			    next == IPPROTO_AH)
@@ -290,6 +322,13 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		l4 = next;
 	} else {
 		return 1;
+	}
+	if (l4 == IPPROTO_UDP) {
+		struct udphdr udp;
+
+		if (bpf_skb_load_bytes(skb, off, &udp, sizeof(udp)))
+			return -1;
+		return udp_fields(&udp, p, off, ip_end, skb->len);
 	}
 	if (l4 != IPPROTO_TCP)
 		return 1;
@@ -494,6 +533,45 @@ static __always_inline void emit_exchange(struct __sk_buff *skb, const struct pk
 				   clovisor_wakeup_flags(&events)));
 }
 
+/* A UDP datagram with payload: a whole message, sent at once with its first
+ * bytes. No connection state: user space numbers the flows and datagrams. */
+static __always_inline void emit_datagram(struct __sk_buff *skb, const struct pkt *p,
+					  const struct clovisor_conn_key *key, __u8 dir,
+					  __u8 to_pod, __u8 protocol, __u64 now)
+{
+	__u32 zero = 0;
+	struct clovisor_msg_start *ev = bpf_map_lookup_elem(&scratch_msg, &zero);
+	__u32 n;
+
+	if (!ev)
+		return;
+	ev->hdr.kind = CLOVISOR_EVENT_MSG_START;
+	ev->hdr.point = CLOVISOR_POINT_TC;
+	ev->hdr.protocol = protocol;
+	ev->hdr.flags = CLOVISOR_EV_DATAGRAM;
+	ev->hdr.reason = 0;
+	ev->hdr.flow_id = 0;
+	__builtin_memcpy(&ev->hdr.key, key, sizeof(*key));
+	__builtin_memset(&ev->hdr.owner, 0, sizeof(ev->hdr.owner));
+	__builtin_memset(&ev->msg, 0, sizeof(ev->msg));
+	ev->msg.start_ns = now;
+	ev->msg.last_ns = now;
+	ev->msg.bytes = p->payload_len;
+	ev->msg.packets = 1;
+	ev->msg.direction = dir;
+	ev->msg.to_pod = to_pod;
+	__builtin_memset(&ev->prev, 0, sizeof(ev->prev));
+	ev->pad = 0;
+	n = snap_of(p);
+	if (n > 0 && bpf_skb_load_bytes(skb, p->payload_off, ev->payload, n)) {
+		clovisor_count(&stats, CLOVISOR_STAT_SNAP_LOAD_FAILED);
+		n = 0;
+	}
+	ev->snap_len = n;
+	emitted(bpf_ringbuf_output(&events, ev, offsetof(struct clovisor_msg_start, payload) + n,
+				   clovisor_wakeup_flags(&events)));
+}
+
 /* A message starts with this packet: hold a request's first bytes for its
  * response, or send the message now. `prev` is the message before. */
 static __always_inline void on_message_start(struct __sk_buff *skb, const struct pkt *p,
@@ -622,7 +700,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 	}
 	clovisor_count(&stats, CLOVISOR_STAT_PACKETS_TRACED);
 	/* A bare ACK (no payload, no FIN or RST) changes nothing we track: done before the
-	 * connection lookup, which is most of a packet's cost. */
+	 * connection lookup, which is most of a packet's cost. An empty datagram leaves
+	 * here too. */
 	if (p.payload_len == 0 && !(p.flags & (TCPF_FIN_ | TCPF_RST_)))
 		return TC_ACT_UNSPEC;
 
@@ -642,6 +721,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 	}
 
 	now = bpf_ktime_get_boot_ns();
+	if (p.l4 == IPPROTO_UDP) {
+		/* Each datagram is a message of its own (the bare-ACK exit above
+		 * already left the empty ones). */
+		if (server_port) {
+			hint = bpf_map_lookup_elem(&traced_ports, &server_port);
+			if (hint)
+				protocol = *hint;
+		}
+		emit_datagram(skb, &p, &key, dir, to_pod, protocol, now);
+		return TC_ACT_UNSPEC;
+	}
 	conn = bpf_map_lookup_elem(&connections, &key);
 
 	if (p.payload_len > 0) {

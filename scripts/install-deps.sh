@@ -14,6 +14,7 @@ PACKAGES=(
   tshark                                              # decoder oracle in tests
   python3-venv                                        # offline manifest validation tools (scripts/validate-manifests.sh)
   redis-server                                        # live configuration tests
+  dnsmasq-base                                        # a real DNS server in test pods (UDP capture)
 )
 
 missing=()

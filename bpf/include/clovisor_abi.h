@@ -68,6 +68,11 @@ enum clovisor_event_flag {
 	/* EXCHANGE: the request's held first bytes were lost (their slot was
 	 * evicted under pressure); request_len is 0. */
 	CLOVISOR_EV_HEAD_LOST = 2,
+	/* MSG_START: a UDP datagram, a whole message on its own. The kernel
+	 * keeps no state for it: flow_id and msg.index are 0 (user space
+	 * numbers UDP flows and their datagrams), msg.bytes is the datagram's
+	 * payload length, msg.packets 1, msg.tcp_seq 0; no `prev`. */
+	CLOVISOR_EV_DATAGRAM = 4,
 };
 
 /* Direction of a message relative to the roles set by traced_ports. */

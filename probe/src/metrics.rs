@@ -85,6 +85,8 @@ pub struct ProbeMetrics {
     ring_events: Counter,
     records_sent: Counter,
     messages_partial: Counter,
+    udp_datagrams: Counter,
+    udp_flows_evicted: Counter,
     uplink_records_acked: Counter,
     uplink_batches: Family<BatchLabels, Counter>,
     uplink_connects: Counter,
@@ -108,6 +110,8 @@ impl ProbeMetrics {
             ring_events: Counter::default(),
             records_sent: Counter::default(),
             messages_partial: Counter::default(),
+            udp_datagrams: Counter::default(),
+            udp_flows_evicted: Counter::default(),
             uplink_records_acked: Counter::default(),
             uplink_batches: Family::default(),
             uplink_connects: Counter::default(),
@@ -146,6 +150,16 @@ impl ProbeMetrics {
             "clovisor_probe_messages_partial",
             "Messages sent before they were over (idle flush)",
             self.messages_partial.clone(),
+        );
+        registry.register(
+            "clovisor_probe_udp_datagrams",
+            "UDP datagrams captured (each one message)",
+            self.udp_datagrams.clone(),
+        );
+        registry.register(
+            "clovisor_probe_udp_flows_evicted",
+            "UDP flows ended early to make room for a new one (their next datagram starts a new flow)",
+            self.udp_flows_evicted.clone(),
         );
         registry.register(
             "clovisor_probe_uplink_records_acked",
@@ -319,6 +333,12 @@ impl ProbeMetrics {
         self.drops.count(STAGE_QUEUE, "full", full);
         self.messages_partial
             .inc_by(delta("partial", events.assembler.partial_flushes));
+        self.udp_datagrams
+            .inc_by(delta("datagrams", events.assembler.datagrams));
+        self.udp_flows_evicted.inc_by(delta(
+            "udp_flows_evicted",
+            events.assembler.udp_flows_evicted,
+        ));
         self.drops.count(
             "probe_assembler",
             "lost_message",

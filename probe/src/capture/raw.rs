@@ -157,6 +157,22 @@ pub struct MsgStart {
     pub socket: Option<SocketOwner>,
 }
 
+/// A UDP datagram with payload, seen at an interface: a whole message on its own. The kernel
+/// keeps no state for UDP, so it has neither a flow id nor a position: the assembler numbers
+/// UDP flows and their datagrams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// Client (the side whose port is not traced) and server, and the interface.
+    pub key: ConnectionKey,
+    /// Counters of the datagram: its payload length, one packet, when it was seen, its
+    /// direction. Index, sequence number and retransmissions are 0.
+    pub msg: MsgCounters,
+    /// Configured protocol of the server port.
+    pub protocol: ProtocolHint,
+    /// The first bytes of the datagram.
+    pub payload: Bytes,
+}
+
 /// A request and the start of its response, sent by the kernel as one record (the request's
 /// first bytes were held until the response started).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +258,8 @@ pub struct TcpHealth {
 pub enum Event {
     /// See [`MsgStart`].
     MsgStart(MsgStart),
+    /// See [`Datagram`].
+    Datagram(Datagram),
     /// See [`Exchange`].
     Exchange(Exchange),
     /// See [`FlowEnd`].
@@ -347,6 +365,14 @@ impl TryFrom<&[u8]> for Event {
                     return Err(bad(format!("{W} snap_len {snap_len}")));
                 }
                 let msg: abi::clovisor_msg = field(bytes, std::mem::offset_of!(M, msg), W)?;
+                if h.has(abi::CLOVISOR_EV_DATAGRAM) {
+                    return Ok(Event::Datagram(Datagram {
+                        key: h.key,
+                        msg: MsgCounters::try_from(&msg)?,
+                        protocol: h.protocol,
+                        payload: payload(bytes, MSG_START_HEADER, snap_len, W)?,
+                    }));
+                }
                 let prev: abi::clovisor_msg = field(bytes, std::mem::offset_of!(M, prev), W)?;
                 Ok(Event::MsgStart(MsgStart {
                     key: h.key,

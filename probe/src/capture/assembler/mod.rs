@@ -11,8 +11,12 @@
 //! A flow's identity (connection, observation point, protocol) is announced once, in a
 //! `FlowStart` record before its first message or end; messages and ends carry only the flow
 //! id. The `capture.v1` records themselves are built in [`records`].
+//!
+//! UDP datagrams come whole, one event each, with no kernel state: [`udp`] numbers their flows
+//! and positions; a UDP flow ends (`FlowEnd`, idle) after [`udp::UDP_IDLE`] without a datagram.
 
 pub mod records;
+pub mod udp;
 
 use std::collections::BTreeMap;
 
@@ -21,10 +25,14 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use clovisor_proto::capture::v1::{ObservationPoint, ProtocolHint, Record};
+use clovisor_proto::capture::v1::{
+    FlowEndReason, ObservationPoint, ProtocolHint, Record, Transport,
+};
 use clovisor_proto::common::v1::PointKind;
 
-use super::raw::{ConnectionState, Event, FlowEnd, MsgCounters, MsgStart, SocketOwner};
+use super::raw::{
+    ConnectionKey, ConnectionState, Datagram, Event, FlowEnd, MsgCounters, MsgStart, SocketOwner,
+};
 use crate::clock::BootClock;
 
 /// How long a flushed message whose flow went quiet is kept before checking that the
@@ -72,6 +80,10 @@ pub struct AssemblerStats {
     pub pending_expired: u64,
     /// FlowStart records emitted.
     pub flow_starts: u64,
+    /// UDP datagrams taken in (each a message record).
+    pub datagrams: u64,
+    /// UDP flows ended early to make room for a new one (their next datagram starts a new flow).
+    pub udp_flows_evicted: u64,
 }
 
 impl AssemblerStats {
@@ -86,6 +98,8 @@ impl AssemblerStats {
         self.pending_evicted += o.pending_evicted;
         self.pending_expired += o.pending_expired;
         self.flow_starts += o.flow_starts;
+        self.datagrams += o.datagrams;
+        self.udp_flows_evicted += o.udp_flows_evicted;
     }
 }
 
@@ -103,6 +117,8 @@ pub struct Assembler {
     pending: FxHashMap<u64, Pending>,
     /// Flows whose `FlowStart` was emitted and that have not ended (nor been forgotten).
     announced: FxHashSet<u64>,
+    /// UDP flows, numbered here.
+    udp: udp::UdpFlows,
     idle_flush: Duration,
     max_pending: usize,
     node: String,
@@ -123,6 +139,7 @@ impl Assembler {
         Self {
             pending: FxHashMap::default(),
             announced: FxHashSet::default(),
+            udp: udp::UdpFlows::new(max_pending.max(1)),
             idle_flush,
             max_pending: max_pending.max(1),
             node,
@@ -159,7 +176,57 @@ impl Assembler {
                 self.on_start(response, now, out);
             }
             Event::FlowEnd(end) => self.on_end(end, out),
+            Event::Datagram(d) => self.on_datagram(d, now, out),
         }
+    }
+
+    /// A UDP datagram: one message record at once, in its flow (announced when new).
+    fn on_datagram(&mut self, d: Datagram, now: Instant, out: &mut Vec<Record>) {
+        let (placed, evicted) = self.udp.place(d.key, &d.msg, now);
+        if let Some((key, flow)) = evicted {
+            self.stats.udp_flows_evicted += 1;
+            self.end_udp(key, flow, out);
+        }
+        // A no-op once announced; always made here so that it says UDP.
+        self.announce(
+            placed.flow_id,
+            &d.key,
+            None,
+            d.protocol,
+            Transport::Udp,
+            out,
+        );
+        self.stats.datagrams += 1;
+        let msg = MsgCounters {
+            index: placed.index,
+            ..d.msg
+        };
+        let start = MsgStart {
+            key: d.key,
+            flow_id: placed.flow_id,
+            msg,
+            prev: None,
+            protocol: d.protocol,
+            payload: Bytes::new(),
+            socket: None,
+        };
+        self.message(&start, d.payload, &msg, false, out);
+    }
+
+    /// A UDP flow went quiet (or made room): its end, named by id.
+    fn end_udp(&mut self, key: ConnectionKey, flow: udp::UdpFlow, out: &mut Vec<Record>) {
+        self.announced.remove(&flow.flow_id);
+        let end = FlowEnd {
+            key,
+            flow_id: flow.flow_id,
+            reason: FlowEndReason::Idle,
+            ts_ns: flow.last.last_ns,
+            last: Some(flow.last),
+            socket: None,
+            tcp: None,
+        };
+        out.push(records::flow_end(&end, &self.clock));
+        self.stats.flow_ends += 1;
     }
 
     fn on_start(&mut self, start: MsgStart, now: Instant, out: &mut Vec<Record>) {
@@ -199,6 +266,7 @@ impl Assembler {
             &end.key,
             end.socket.as_ref(),
             ProtocolHint::Unspecified,
+            Transport::Tcp,
             out,
         );
         self.announced.remove(&end.flow_id);
@@ -259,6 +327,9 @@ impl Assembler {
         source: &(impl ConnectionSource + ?Sized),
         out: &mut Vec<Record>,
     ) {
+        for (key, flow) in self.udp.take_idle(now, udp::UDP_IDLE) {
+            self.end_udp(key, flow, out);
+        }
         let stale_after = self.idle_flush * STALE_FACTOR;
         let due: Vec<u64> = self
             .pending
@@ -368,6 +439,7 @@ impl Assembler {
         key: &super::raw::ConnectionKey,
         socket: Option<&SocketOwner>,
         protocol: ProtocolHint,
+        transport: Transport,
         out: &mut Vec<Record>,
     ) {
         if self.announced.contains(&flow_id) {
@@ -381,7 +453,9 @@ impl Assembler {
         }
         self.announced.insert(flow_id);
         let point = self.point(key.ifindex, socket);
-        out.push(records::flow_start(flow_id, key, point, protocol));
+        out.push(records::flow_start(
+            flow_id, key, point, protocol, transport,
+        ));
         self.stats.flow_starts += 1;
     }
 
@@ -401,6 +475,7 @@ impl Assembler {
             &start.key,
             start.socket.as_ref(),
             start.protocol,
+            Transport::Tcp,
             out,
         );
         self.stats.messages += 1;

@@ -14,13 +14,13 @@ use crate::capture::raw::{ConnectionKey, FlowEnd, MsgCounters, MsgStart, SocketO
 use crate::clock::BootClock;
 
 /// The flow key of the wire contract.
-pub fn flow_key(key: &ConnectionKey) -> FlowKey {
+pub fn flow_key(key: &ConnectionKey, transport: Transport) -> FlowKey {
     FlowKey {
         client_ip: ip_bytes(key.client.ip()),
         server_ip: ip_bytes(key.server.ip()),
         client_port: u32::from(key.client.port()),
         server_port: u32::from(key.server.port()),
-        transport: Transport::Tcp as i32,
+        transport: transport as i32,
     }
 }
 
@@ -68,11 +68,12 @@ pub fn flow_start(
     key: &ConnectionKey,
     point: ObservationPoint,
     protocol: ProtocolHint,
+    transport: Transport,
 ) -> Record {
     Record {
         kind: Some(record::Kind::FlowStart(FlowStart {
             flow_id,
-            flow: Some(flow_key(key)),
+            flow: Some(flow_key(key, transport)),
             point: Some(point),
             protocol: protocol as i32,
         })),
@@ -134,10 +135,10 @@ mod tests {
 
     #[test]
     fn flow_keys_carry_four_or_sixteen_address_bytes() {
-        let fk = flow_key(&v6_key());
+        let fk = flow_key(&v6_key(), Transport::Tcp);
         assert_eq!(fk.client_ip.len(), 16, "IPv6 flow key carries 16 bytes");
         assert_eq!(
-            flow_key(&v4_key()).server_ip,
+            flow_key(&v4_key(), Transport::Tcp).server_ip,
             vec![10, 0, 0, 1],
             "IPv4 flow key carries 4 bytes"
         );

@@ -182,7 +182,7 @@ fn ports(
                 .chain(s.init_containers.iter().flatten())
         })
         .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter(|p| traced_transport(p.protocol.as_deref()))
         .filter_map(|p| Some((u16::try_from(p.container_port).ok()?, p.name.as_deref())))
         .collect();
     let mut out: BTreeMap<u16, Option<ProtocolHint>> = container_ports
@@ -205,7 +205,7 @@ fn ports(
             continue;
         }
         for sp in spec.ports.iter().flatten() {
-            if sp.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+            if !traced_transport(sp.protocol.as_deref()) {
                 continue;
             }
             let Some(port) = target_port(sp, &container_ports) else {
@@ -225,6 +225,13 @@ fn ports(
 
 /// The pod port a service port sends to: a number, a container port's name, or (unset)
 /// the service port itself.
+/// Whether a port of this protocol (Kubernetes spells it `TCP`, `UDP` or `SCTP`; absent means
+/// TCP) is traced: TCP and UDP are (a traced port number is traced for both; the tc programs
+/// send UDP datagrams one by one), SCTP is not.
+fn traced_transport(protocol: Option<&str>) -> bool {
+    matches!(protocol.unwrap_or("TCP"), "TCP" | "UDP")
+}
+
 fn target_port(sp: &ServicePort, container_ports: &[(u16, Option<&str>)]) -> Option<u16> {
     match &sp.target_port {
         None => u16::try_from(sp.port).ok(),
@@ -373,6 +380,39 @@ mod tests {
             plan.wanted[0].ports,
             BTreeMap::from([(8080, ProtocolHint::Unspecified)]),
             "no service applies: the unnamed container port stays unspecified"
+        );
+    }
+
+    #[test]
+    fn udp_ports_are_traced_and_sctp_ports_are_not() {
+        let mut p = pod(
+            "default",
+            "coredns",
+            &[("k8s-app", "kube-dns")],
+            &[
+                (53, "dns"),
+                (53, "dns-tcp"),
+                (9153, "metrics"),
+                (3868, "diameter"),
+            ],
+        );
+        if let Some(ports) = p
+            .spec
+            .as_mut()
+            .and_then(|s| s.containers.first_mut())
+            .and_then(|c| c.ports.as_mut())
+        {
+            ports[0].protocol = Some("UDP".into());
+            ports[3].protocol = Some("SCTP".into());
+        }
+        assert_eq!(
+            one(p, vec![]).wanted[0]
+                .ports
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            [53, 9153],
+            "DNS on UDP 53 (and TCP 53) traced, the SCTP port not"
         );
     }
 
