@@ -212,9 +212,9 @@ static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
 
 		if ((void *)(tcp + 1) > end)
 			return 2;
+		/* Extension headers, or neither TCP nor UDP: the general parser. */
 		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
-			return 2; /* extension headers, or neither TCP nor UDP: the general parser
-				   */
+			return 2;
 		__builtin_memcpy(p->src_ip, &ip6->saddr, 16);
 		__builtin_memcpy(p->dst_ip, &ip6->daddr, 16);
 		p->family = CLOVISOR_FAMILY_IPV6;
