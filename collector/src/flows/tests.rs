@@ -87,6 +87,27 @@ fn table() -> (FlowTable, Arc<CollectorMetrics>) {
     )
 }
 
+/// A table of at most `max_flows` flows that go idle after `idle_secs` seconds.
+fn bounded_table(max_flows: usize, idle_secs: u64) -> (FlowTable, Arc<CollectorMetrics>) {
+    let m = Arc::new(CollectorMetrics::new());
+    let cfg = FlowTableConfig {
+        max_flows,
+        idle_timeout: Duration::from_secs(idle_secs),
+        ..FlowTableConfig::default()
+    };
+    (FlowTable::new(cfg, Arc::clone(&m)), m)
+}
+
+/// The `FlowStart` of flow `flow_id` with the test key and point, traced as HTTP.
+fn announced(flow_id: u64) -> capture::FlowStart {
+    capture::FlowStart {
+        flow_id,
+        flow: Some(key()),
+        point: Some(point()),
+        protocol: ProtocolHint::Http as i32,
+    }
+}
+
 fn feed(t: &mut FlowTable, recs: Vec<Record>) -> Vec<Session> {
     let mut out = Vec::new();
     for r in recs {
@@ -412,13 +433,7 @@ fn flow_end_emits_open_request_incomplete() {
 
 #[test]
 fn capacity_and_idle_eviction_are_bounded_and_counted() {
-    let m = Arc::new(CollectorMetrics::new());
-    let cfg = FlowTableConfig {
-        max_flows: 3,
-        idle_timeout: Duration::from_secs(10),
-        ..FlowTableConfig::default()
-    };
-    let mut t = FlowTable::new(cfg, Arc::clone(&m));
+    let (mut t, m) = bounded_table(3, 10);
     let mut out = Vec::new();
     let t0 = Instant::now();
     for f in 0..5u64 {
@@ -1042,21 +1057,9 @@ fn a_flow_start_gives_the_flow_its_identity_once() {
 
 #[test]
 fn a_flow_dropped_idle_keeps_its_identity_for_its_next_bare_message() {
-    let m = Arc::new(CollectorMetrics::new());
-    let cfg = FlowTableConfig {
-        max_flows: 2,
-        idle_timeout: Duration::from_secs(10),
-        ..FlowTableConfig::default()
-    };
-    let mut t = FlowTable::new(cfg, Arc::clone(&m));
+    let (mut t, m) = bounded_table(2, 10);
     let mut out = Vec::new();
     let t0 = Instant::now();
-    let announced = |flow_id: u64| capture::FlowStart {
-        flow_id,
-        flow: Some(key()),
-        point: Some(point()),
-        protocol: ProtocolHint::Http as i32,
-    };
     let bare = |flow_id: u64, index: u32, dir: Direction, payload: &[u8]| {
         edit(msg(flow_id, index, dir, payload), |m| {
             m.flow = None;
@@ -1111,12 +1114,7 @@ fn a_flow_dropped_idle_keeps_its_identity_for_its_next_bare_message() {
 
 #[test]
 fn a_flow_end_naming_only_its_id_counts_where_the_flow_was_announced() {
-    let m = Arc::new(CollectorMetrics::new());
-    let cfg = FlowTableConfig {
-        idle_timeout: Duration::from_secs(10),
-        ..FlowTableConfig::default()
-    };
-    let mut t = FlowTable::new(cfg, Arc::clone(&m));
+    let (mut t, m) = bounded_table(FlowTableConfig::default().max_flows, 10);
     let mut out = Vec::new();
     let t0 = Instant::now();
     let bare_end = |flow_id: u64| {
@@ -1128,17 +1126,7 @@ fn a_flow_end_naming_only_its_id_counts_where_the_flow_was_announced() {
         r
     };
     for f in [1, 2] {
-        t.start_flow(
-            "p",
-            capture::FlowStart {
-                flow_id: f,
-                flow: Some(key()),
-                point: Some(point()),
-                protocol: ProtocolHint::Http as i32,
-            },
-            t0,
-            &mut out,
-        );
+        t.start_flow("p", announced(f), t0, &mut out);
     }
     // Flow 1 ends while in the table; flow 2 after it went idle (its identity kept dormant).
     t.ingest("p", bare_end(1), t0, &mut out);
