@@ -57,5 +57,6 @@ pub mod session {
 
 pub mod addr;
 pub mod delivery;
+pub mod dns;
 pub mod hops;
 pub mod inproc;

@@ -20,6 +20,7 @@
 //! [`Exchange::attributes`] under the analyzer's prefix), and an analyzer stacked on another
 //! protocol wraps that protocol's [`FlowDecoder`] and adds attributes to the exchanges it reports.
 
+pub mod dns;
 pub mod http1;
 pub mod redact;
 pub mod trace_context;
@@ -29,7 +30,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ProtocolHint};
-use clovisor_proto::session::v1::{Http, Protocol, TraceContext};
+use clovisor_proto::session::v1::{Dns, Http, Protocol, TraceContext};
 
 pub use trace_context::TraceContextError;
 
@@ -187,6 +188,8 @@ pub struct CaptureNeeds {
 pub enum Fields {
     /// HTTP (HTTP/1.x now; HTTP/2 and gRPC later): the session's `http` part.
     Http(Http),
+    /// DNS: the session's `dns` part.
+    Dns(Dns),
     /// No typed fields (a protocol known only by its attributes, e.g. a user analyzer's).
     None,
 }
@@ -296,7 +299,7 @@ pub struct Decoders {
 impl Default for Decoders {
     /// Every built-in protocol.
     fn default() -> Self {
-        Self::new(vec![Arc::new(http1::Http1)])
+        Self::new(vec![Arc::new(http1::Http1), Arc::new(dns::Dns)])
     }
 }
 

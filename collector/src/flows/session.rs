@@ -77,9 +77,10 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     } else {
         point.node.clone()
     };
-    let http = match ex.fields {
-        Fields::Http(h) => Some(h),
-        Fields::None => None,
+    let (http, dns) = match ex.fields {
+        Fields::Http(h) => (Some(h), None),
+        Fields::Dns(d) => (None, Some(d)),
+        Fields::None => (None, None),
     };
     Session {
         id,
@@ -134,6 +135,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
             response: u64::from(resp_packets),
         }),
         http,
+        dns,
         trace: ex.trace,
         incomplete: ex.incomplete,
         attributes: ex.attributes,

@@ -15,13 +15,19 @@
 //! the connection until a new SYN, where the kernel would start a new flow with any later
 //! payload. `integration-tests/tests/replay_matches_kernel.rs` runs the same traffic through
 //! both and requires the same records.
+//!
+//! UDP on a traced port follows the probe's contract for datagrams: a flow is one client address
+//! and port with one server address and port, announced by a `FlowStart`; each datagram is one
+//! message (named by its flow id only, `bytes` its payload length, one packet, no sequence
+//! number, its first `snaplen` bytes); the flow ends as idle after [`ReplayConfig::udp_idle_nanos`]
+//! without a datagram, or at the end of the file.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use clovisor_proto::capture::v1::{
-    record, Direction, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint, ProtocolHint,
-    Record, Transport,
+    record, Direction, FlowEnd, FlowEndReason, FlowKey, FlowStart, Message, ObservationPoint,
+    ProtocolHint, Record, Transport,
 };
 use clovisor_proto::common::v1::PointKind;
 use pcap_parser::traits::PcapNGPacketBlock;
@@ -40,6 +46,8 @@ pub struct ReplayConfig {
     pub point: ObservationPoint,
     /// Protocol hint stamped on every message (what the traced port is configured for).
     pub hint: ProtocolHint,
+    /// A UDP flow without a datagram for this long ends (as idle) before the next one.
+    pub udp_idle_nanos: u64,
 }
 
 impl Default for ReplayConfig {
@@ -55,6 +63,7 @@ impl Default for ReplayConfig {
                 ..ObservationPoint::default()
             },
             hint: ProtocolHint::Http,
+            udp_idle_nanos: 30_000_000_000,
         }
     }
 }
@@ -66,15 +75,17 @@ pub struct ReplayStats {
     pub packets: u64,
     /// TCP segments on a traced port.
     pub tcp_segments: u64,
-    /// Packets that are not IPv4/IPv6 TCP, or too short to be.
+    /// UDP datagrams on a traced port.
+    pub udp_datagrams: u64,
+    /// Packets that are not IPv4/IPv6 TCP or UDP, or too short to be.
     pub skipped_not_tcp: u64,
     /// IP fragments (the probe does not reassemble them either).
     pub skipped_fragments: u64,
-    /// TCP segments on no traced port.
+    /// TCP segments and UDP datagrams on no traced port.
     pub skipped_untraced: u64,
     /// Segments carrying only bytes already seen.
     pub retransmits: u64,
-    /// Flows (connections with payload) seen.
+    /// Flows (connections with payload, UDP address pairs) seen.
     pub flows: u64,
     /// The file ended inside a block.
     pub truncated_file: bool,
@@ -196,8 +207,18 @@ struct Segment<'a> {
     payload: &'a [u8],
 }
 
+/// A UDP datagram's addressing.
+struct Datagram<'a> {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+    sport: u16,
+    dport: u16,
+    payload: &'a [u8],
+}
+
 enum Parsed<'a> {
     Tcp(Segment<'a>),
+    Udp(Datagram<'a>),
     Fragment,
     Other,
 }
@@ -242,13 +263,16 @@ fn parse(lt: Linktype, data: &[u8]) -> Parsed<'_> {
     let Some(&first) = ip.first() else {
         return Parsed::Other;
     };
-    let (src, dst, l4) = match first >> 4 {
+    let (src, dst, proto, l4) = match first >> 4 {
         4 => {
             let ihl = usize::from(first & 0x0f) * 4;
             let (Some(total), Some(frag)) = (be16(ip, 2), be16(ip, 6)) else {
                 return Parsed::Other;
             };
-            if ihl < 20 || ip.get(9) != Some(&6) {
+            let Some(&proto) = ip.get(9) else {
+                return Parsed::Other;
+            };
+            if ihl < 20 || !matches!(proto, 6 | 17) {
                 return Parsed::Other;
             }
             if frag & 0x3fff != 0 {
@@ -261,7 +285,7 @@ fn parse(lt: Linktype, data: &[u8]) -> Parsed<'_> {
             else {
                 return Parsed::Other;
             };
-            (src.to_vec(), dst.to_vec(), l4)
+            (src.to_vec(), dst.to_vec(), proto, l4)
         }
         6 => {
             let (Some(plen), Some(src), Some(dst)) = (be16(ip, 4), ip.get(8..24), ip.get(24..40))
@@ -275,7 +299,7 @@ fn parse(lt: Linktype, data: &[u8]) -> Parsed<'_> {
             let mut off = 40;
             loop {
                 match next {
-                    6 => break,
+                    6 | 17 => break,
                     0 | 43 | 60 => {
                         let (Some(&nh), Some(&len)) = (ip.get(off), ip.get(off + 1)) else {
                             return Parsed::Other;
@@ -297,10 +321,23 @@ fn parse(lt: Linktype, data: &[u8]) -> Parsed<'_> {
             let Some(l4) = ip.get(off..end) else {
                 return Parsed::Other;
             };
-            (src.to_vec(), dst.to_vec(), l4)
+            (src.to_vec(), dst.to_vec(), next, l4)
         }
         _ => return Parsed::Other,
     };
+    if proto == 17 {
+        let (Some(sport), Some(dport), Some(payload)) = (be16(l4, 0), be16(l4, 2), l4.get(8..))
+        else {
+            return Parsed::Other;
+        };
+        return Parsed::Udp(Datagram {
+            src,
+            dst,
+            sport,
+            dport,
+            payload,
+        });
+    }
     let (Some(sport), Some(dport), Some(seq), Some(&doff), Some(&flags)) = (
         be16(l4, 0),
         be16(l4, 2),
@@ -351,9 +388,17 @@ struct Conn {
     next_seq: [Option<u32>; 2],
 }
 
+/// A UDP flow: its id, next message index and last datagram's time.
+struct UdpFlow {
+    flow_id: u64,
+    index: u32,
+    last: u64,
+}
+
 struct Tracker<'c> {
     config: &'c ReplayConfig,
     conns: HashMap<ConnKey, Conn>,
+    udp: HashMap<ConnKey, UdpFlow>,
     closed: HashSet<ConnKey>,
     next_flow_id: u64,
     records: Vec<Record>,
@@ -370,6 +415,7 @@ impl<'c> Tracker<'c> {
         Self {
             config,
             conns: HashMap::new(),
+            udp: HashMap::new(),
             closed: HashSet::new(),
             next_flow_id: 1,
             records: Vec::new(),
@@ -381,6 +427,10 @@ impl<'c> Tracker<'c> {
         self.stats.packets += 1;
         let seg = match parse(lt, data) {
             Parsed::Tcp(s) => s,
+            Parsed::Udp(d) => {
+                self.datagram(ts, &d);
+                return Ok(());
+            }
             Parsed::Fragment => {
                 self.stats.skipped_fragments += 1;
                 return Ok(());
@@ -390,17 +440,8 @@ impl<'c> Tracker<'c> {
                 return Ok(());
             }
         };
-        let (key, direction) = if self.config.traced_ports.contains(&seg.dport) {
-            (
-                (seg.src.clone(), seg.sport, seg.dst.clone(), seg.dport),
-                Direction::ClientToServer,
-            )
-        } else if self.config.traced_ports.contains(&seg.sport) {
-            (
-                (seg.dst.clone(), seg.dport, seg.src.clone(), seg.sport),
-                Direction::ServerToClient,
-            )
-        } else {
+        let Some((key, direction)) = self.orient((&seg.src, seg.sport), (&seg.dst, seg.dport))
+        else {
             self.stats.skipped_untraced += 1;
             return Ok(());
         };
@@ -509,6 +550,112 @@ impl<'c> Tracker<'c> {
         }
     }
 
+    /// Which end of a packet between `src:sport` and `dst:dport` is the server (the traced
+    /// port's): the flow's key (client first) and the packet's direction; `None` when neither
+    /// port is traced.
+    fn orient(
+        &self,
+        (src, sport): (&[u8], u16),
+        (dst, dport): (&[u8], u16),
+    ) -> Option<(ConnKey, Direction)> {
+        let ports = &self.config.traced_ports;
+        if ports.contains(&dport) {
+            Some((
+                (src.to_vec(), sport, dst.to_vec(), dport),
+                Direction::ClientToServer,
+            ))
+        } else if ports.contains(&sport) {
+            Some((
+                (dst.to_vec(), dport, src.to_vec(), sport),
+                Direction::ServerToClient,
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// One datagram: one message of its flow, announced by a `FlowStart` when the flow is new
+    /// (or was idle for longer than the probe keeps it).
+    fn datagram(&mut self, ts: u64, d: &Datagram<'_>) {
+        let Some((key, direction)) = self.orient((&d.src, d.sport), (&d.dst, d.dport)) else {
+            self.stats.skipped_untraced += 1;
+            return;
+        };
+        self.stats.udp_datagrams += 1;
+        let idle = self
+            .udp
+            .get(&key)
+            .is_some_and(|f| ts.saturating_sub(f.last) > self.config.udp_idle_nanos);
+        if idle {
+            self.end_udp(&key);
+        }
+        if !self.udp.contains_key(&key) {
+            self.stats.flows += 1;
+            let flow_id = self.next_flow_id;
+            self.next_flow_id += 1;
+            self.records.push(Record {
+                kind: Some(record::Kind::FlowStart(FlowStart {
+                    flow_id,
+                    flow: Some(flow_key(&key, Transport::Udp)),
+                    point: Some(self.config.point.clone()),
+                    protocol: self.config.hint as i32,
+                })),
+            });
+            self.udp.insert(
+                key.clone(),
+                UdpFlow {
+                    flow_id,
+                    index: 0,
+                    last: ts,
+                },
+            );
+        }
+        let Some(flow) = self.udp.get_mut(&key) else {
+            return;
+        };
+        let take = d.payload.len().min(self.config.snaplen as usize);
+        self.records.push(Record {
+            kind: Some(record::Kind::Message(Message {
+                flow: None,
+                point: None,
+                flow_id: flow.flow_id,
+                index: flow.index,
+                direction: direction as i32,
+                to_pod: direction == Direction::ClientToServer,
+                start_unix_nanos: ts,
+                end_unix_nanos: ts,
+                tcp_seq: 0,
+                bytes: d.payload.len() as u64,
+                packets: 1,
+                retransmits: 0,
+                payload: d.payload[..take].to_vec().into(),
+                protocol: ProtocolHint::Unspecified as i32,
+                partial: false,
+            })),
+        });
+        flow.index += 1;
+        flow.last = ts;
+    }
+
+    /// Ends a UDP flow as idle, at its last datagram's time.
+    fn end_udp(&mut self, key: &ConnKey) {
+        let Some(flow) = self.udp.remove(key) else {
+            return;
+        };
+        self.records.push(Record {
+            kind: Some(record::Kind::FlowEnd(FlowEnd {
+                flow: None,
+                point: None,
+                flow_id: flow.flow_id,
+                reason: FlowEndReason::Idle as i32,
+                unix_nanos: flow.last,
+                messages: flow.index,
+                srtt_us: 0,
+                total_retransmits: 0,
+            })),
+        });
+    }
+
     fn end(&mut self, key: &ConnKey, reason: FlowEndReason, ts: u64) {
         let Some(mut conn) = self.conns.remove(key) else {
             return;
@@ -520,7 +667,7 @@ impl<'c> Tracker<'c> {
         }
         self.records.push(Record {
             kind: Some(record::Kind::FlowEnd(FlowEnd {
-                flow: Some(flow_key(key)),
+                flow: Some(flow_key(key, Transport::Tcp)),
                 point: Some(self.config.point.clone()),
                 flow_id: conn.flow_id,
                 reason: reason as i32,
@@ -547,6 +694,15 @@ impl<'c> Tracker<'c> {
         for (key, _, ts) in open {
             self.end(&key, FlowEndReason::Idle, ts);
         }
+        let mut udp: Vec<(ConnKey, u64)> = self
+            .udp
+            .iter()
+            .map(|(k, f)| (k.clone(), f.flow_id))
+            .collect();
+        udp.sort_by_key(|(_, id)| *id);
+        for (key, _) in udp {
+            self.end_udp(&key);
+        }
         Replay {
             records: self.records,
             stats: self.stats,
@@ -554,20 +710,20 @@ impl<'c> Tracker<'c> {
     }
 }
 
-fn flow_key(key: &ConnKey) -> FlowKey {
+fn flow_key(key: &ConnKey, transport: Transport) -> FlowKey {
     FlowKey {
         client_ip: key.0.clone(),
         server_ip: key.2.clone(),
         client_port: u32::from(key.1),
         server_port: u32::from(key.3),
-        transport: Transport::Tcp as i32,
+        transport: transport as i32,
     }
 }
 
 fn message(config: &ReplayConfig, key: &ConnKey, flow_id: u64, index: u32, p: Pending) -> Record {
     Record {
         kind: Some(record::Kind::Message(Message {
-            flow: Some(flow_key(key)),
+            flow: Some(flow_key(key, Transport::Tcp)),
             point: Some(config.point.clone()),
             flow_id,
             index,

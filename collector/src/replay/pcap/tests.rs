@@ -139,3 +139,114 @@ fn untraced_ports_and_garbage_are_skipped() {
     assert_eq!(r.stats.skipped_not_tcp, 1);
     assert!(replay_bytes(b"not a capture at all", &ReplayConfig::default()).is_err());
 }
+
+/// An Ethernet/IPv4/UDP frame between 10.0.0.1 (client) and 10.0.0.2 (server, port 53).
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let (src, dst) = if dport == 53 {
+        ([10, 0, 0, 1], [10, 0, 0, 2])
+    } else {
+        ([10, 0, 0, 2], [10, 0, 0, 1])
+    };
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = 20 + 8 + payload.len();
+    f.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn each_udp_datagram_is_one_message_of_a_flow_announced_and_ended_as_idle() {
+    let file = pcap(&[
+        (1, udp(40000, 53, b"query-a")),
+        (2, udp(40000, 53, b"query-aaaa")),
+        (3, udp(53, 40000, b"answer-aaaa-long")),
+        (4, udp(40001, 9999, b"untraced")),
+        // Past the idle time: a new flow of the same address pair.
+        (900, udp(40000, 53, b"later")),
+    ]);
+    let mut cfg = ReplayConfig {
+        traced_ports: [53].into_iter().collect(),
+        snaplen: 12,
+        udp_idle_nanos: 100_000,
+        ..ReplayConfig::default()
+    };
+    let r = replay_bytes(&file, &cfg).expect("valid pcap");
+    let kinds: Vec<_> = r
+        .records
+        .iter()
+        .map(|r| match &r.kind {
+            Some(record::Kind::FlowStart(s)) => format!("start {}", s.flow_id),
+            Some(record::Kind::Message(m)) => format!("message {} {}", m.flow_id, m.index),
+            Some(record::Kind::FlowEnd(e)) => format!("end {} {}", e.flow_id, e.messages),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "start 1",
+            "message 1 0",
+            "message 1 1",
+            "message 1 2",
+            "end 1 3",
+            "start 2",
+            "message 2 0",
+            "end 2 1"
+        ]
+    );
+    let Some(record::Kind::FlowStart(start)) = &r.records[0].kind else {
+        panic!("a flow start first");
+    };
+    let key = start.flow.as_ref().expect("key");
+    assert_eq!((key.client_port, key.server_port), (40000, 53));
+    assert_eq!(key.transport, Transport::Udp as i32);
+    let ms = messages(&r);
+    let m = |i: usize| (ms[i].direction, ms[i].bytes, ms[i].packets, ms[i].tcp_seq);
+    assert_eq!(
+        m(1),
+        (Direction::ClientToServer as i32, 10, 1, 0),
+        "back to back: two messages"
+    );
+    assert_eq!(m(2), (Direction::ServerToClient as i32, 16, 1, 0));
+    assert_eq!(ms[2].payload, b"answer-aaaa-".to_vec(), "cut at snaplen");
+    assert!(ms.iter().all(|m| m.flow.is_none()), "named by flow id only");
+    assert_eq!(
+        (
+            r.stats.udp_datagrams,
+            r.stats.skipped_untraced,
+            r.stats.flows
+        ),
+        (4, 1, 2)
+    );
+    match &r.records[4].kind {
+        Some(record::Kind::FlowEnd(e)) => {
+            assert_eq!(e.reason, FlowEndReason::Idle as i32);
+            assert_eq!(e.unix_nanos, 1_000_003_000, "at its last datagram");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without the idle split, one flow.
+    cfg.udp_idle_nanos = u64::MAX;
+    let r = replay_bytes(&file, &cfg).expect("valid pcap");
+    assert_eq!(r.stats.flows, 1);
+}
