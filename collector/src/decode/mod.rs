@@ -21,7 +21,12 @@
 //! protocol wraps that protocol's [`FlowDecoder`] and adds attributes to the exchanges it reports.
 
 pub mod http1;
+pub mod postgresql;
 pub mod redact;
+pub mod redis;
+pub mod sql;
+#[cfg(test)]
+pub mod testing;
 pub mod trace_context;
 
 use std::collections::HashMap;
@@ -29,7 +34,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ProtocolHint};
-use clovisor_proto::session::v1::{Http, Protocol, TraceContext};
+use clovisor_proto::session::v1::{Database, Http, Protocol, TraceContext};
 
 pub use trace_context::TraceContextError;
 
@@ -187,6 +192,8 @@ pub struct CaptureNeeds {
 pub enum Fields {
     /// HTTP (HTTP/1.x now; HTTP/2 and gRPC later): the session's `http` part.
     Http(Http),
+    /// Redis, PostgreSQL, MySQL: the session's `database` part.
+    Database(Database),
     /// No typed fields (a protocol known only by its attributes, e.g. a user analyzer's).
     None,
 }
@@ -296,7 +303,11 @@ pub struct Decoders {
 impl Default for Decoders {
     /// Every built-in protocol.
     fn default() -> Self {
-        Self::new(vec![Arc::new(http1::Http1)])
+        Self::new(vec![
+            Arc::new(http1::Http1),
+            Arc::new(redis::Redis),
+            Arc::new(postgresql::Postgresql),
+        ])
     }
 }
 
@@ -432,7 +443,9 @@ mod tests {
         );
         assert!(needs.prefix >= 64);
         assert_eq!(
-            Decoders::default().capture_needs().within,
+            Decoders::new(vec![Arc::new(http1::Http1)])
+                .capture_needs()
+                .within,
             Within::Nothing,
             "HTTP/1.x needs only the prefix"
         );
