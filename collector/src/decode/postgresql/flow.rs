@@ -185,6 +185,7 @@ impl PostgresqlFlow {
         let mut at = 0;
         let mut position = 0u32;
         let mut last_parse: Option<Statement> = None;
+        let mut last_tag = 0u8;
         let pending = |kind, statement, position| Pending {
             kind,
             request: m.stats,
@@ -210,6 +211,7 @@ impl PostgresqlFlow {
                 }
             };
             at = at.saturating_add(took);
+            last_tag = f.tag;
             match f.tag {
                 b'Q' => {
                     let statement = Statement::of(wire::cstr(f.body).0, !f.whole);
@@ -248,6 +250,16 @@ impl PostgresqlFlow {
                     self.push(pending(Kind::Unknown, statement, position), out);
                 }
                 return;
+            }
+        }
+        if m.is_cut() {
+            // The capture ended on a frame boundary (the probe keeps the start of a message's
+            // first packet): more frames followed. After a Sync or a query the client waits
+            // for the answer; otherwise they are part of this request.
+            out.decode_error("postgresql_request_cut");
+            if !matches!(last_tag, b'S' | b'Q') {
+                let statement = last_parse.unwrap_or_default();
+                self.push(pending(Kind::Unknown, statement, position), out);
             }
         }
     }
@@ -289,6 +301,11 @@ impl PostgresqlFlow {
                 self.answer_cut(m.stats, out);
                 return;
             }
+        }
+        if m.is_cut() {
+            // Cut on a frame boundary: PostgreSQL flushes an ErrorResponse by itself, so an
+            // error's ReadyForQuery often comes in a packet beyond the capture.
+            self.answer_cut(m.stats, out);
         }
     }
 
@@ -345,9 +362,12 @@ impl PostgresqlFlow {
         }
     }
 
-    /// A server message cut at the capture limit: it is taken to answer every waiting request.
+    /// A server message cut at the capture limit: it is taken to answer every waiting request
+    /// (counted when one was waiting).
     fn answer_cut(&mut self, response: MessageStats, out: &mut dyn Output) {
-        out.decode_error("postgresql_response_cut");
+        if self.pending.iter().any(|p| p.kind != Kind::Sync) {
+            out.decode_error("postgresql_response_cut");
+        }
         self.answer_all(response, out);
     }
 

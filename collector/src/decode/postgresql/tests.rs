@@ -307,3 +307,37 @@ fn garbage_and_cuts_anywhere_never_panic() {
         assert!(r.exchanges.len() <= frames, "more exchanges than bytes");
     }
 }
+
+#[test]
+fn an_error_whose_ready_for_query_is_beyond_the_capture_still_answers_its_query() {
+    // PostgreSQL flushes an ErrorResponse by itself: its ReadyForQuery comes in the next packet,
+    // and the probe keeps the start of a message's first packet only.
+    let error = frame(
+        b'E',
+        b"SERROR\0VERROR\0C42P01\0Mrelation \"e2e_missing\" does not exist\0\0",
+    );
+    let mut response = error.clone();
+    response.extend(frame(b'Z', b"I"));
+    let conn: Connection = vec![
+        (
+            Direction::ClientToServer,
+            frame(b'Q', b"SELECT * FROM e2e_missing\0"),
+        ),
+        (Direction::ServerToClient, response),
+        (Direction::ClientToServer, frame(b'Q', b"SELECT 1\0")),
+        (
+            Direction::ServerToClient,
+            [frame(b'C', b"SELECT 1\0"), frame(b'Z', b"I")].concat(),
+        ),
+    ];
+    let r = decode(&conn, error.len());
+    assert_eq!(
+        summary(&r),
+        [
+            row("SELECT", "SELECT * FROM e2e_missing", None, "42P01"),
+            row("SELECT", "SELECT ?", Some(1), ""),
+        ]
+    );
+    assert!(!r.exchanges[0].incomplete && db(&r.exchanges[0]).response_truncated);
+    assert_eq!(r.errors, ["postgresql_response_cut"]);
+}

@@ -90,19 +90,24 @@ impl RedisFlow {
                     position = position.saturating_add(1);
                     at = at.saturating_add(took);
                 }
+                Parsed::Incomplete if cut => {
+                    out.decode_error("redis_request_cut");
+                    return;
+                }
                 Parsed::Incomplete => {
-                    out.decode_error(if cut {
-                        "redis_request_cut"
-                    } else {
-                        "redis_incomplete_command"
-                    });
-                    break;
+                    out.decode_error("redis_incomplete_command");
+                    return;
                 }
                 Parsed::Malformed => {
                     out.decode_error("redis_malformed");
-                    break;
+                    return;
                 }
             }
+        }
+        if cut && !self.pending.back().is_some_and(|p| p.command.truncated) {
+            // Cut on a command boundary (the probe keeps the start of a message's first
+            // packet): the commands beyond are unknown.
+            out.decode_error("redis_request_cut");
         }
     }
 
@@ -137,7 +142,7 @@ impl RedisFlow {
                 }
                 Parsed::Incomplete => {
                     out.decode_error("redis_incomplete_reply");
-                    break;
+                    return Step::Continue;
                 }
                 Parsed::Malformed => {
                     out.desync("malformed_reply");
@@ -145,6 +150,11 @@ impl RedisFlow {
                     return Step::Continue;
                 }
             }
+        }
+        if m.is_cut() && !self.pending.is_empty() {
+            // Cut on a reply boundary: the replies beyond answer the commands still waiting.
+            out.decode_error("redis_response_cut");
+            self.answer_all(m.stats, None, out);
         }
         Step::Continue
     }

@@ -396,3 +396,47 @@ fn garbage_and_cuts_anywhere_never_panic() {
         let _ = message(0, Direction::ClientToServer, &conn[0].1, 4);
     }
 }
+
+#[test]
+fn replies_beyond_a_capture_ending_on_a_boundary_answer_the_waiting_commands() {
+    let snaplen = 7; // the first reply only
+                     // The commands whole, the replies cut on a boundary.
+    let mut flow = RedisFlow::default();
+    let mut out = Recorded::default();
+    let cmds = b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n";
+    let replies = b"$1\r\n1\r\n$1\r\n2\r\n";
+    flow.on_message(&message(0, Direction::ClientToServer, cmds, 1024), &mut out);
+    flow.on_message(
+        &message(1, Direction::ServerToClient, replies, snaplen),
+        &mut out,
+    );
+    flow.on_message(
+        &message(2, Direction::ClientToServer, b"*1\r\n$4\r\nPING\r\n", 1024),
+        &mut out,
+    );
+    flow.on_message(
+        &message(3, Direction::ServerToClient, b"+PONG\r\n", 1024),
+        &mut out,
+    );
+    let got: Vec<_> = out
+        .exchanges
+        .iter()
+        .map(|e| {
+            (
+                db(e).statement.as_str(),
+                db(e).reply_type.as_str(),
+                db(e).response_truncated,
+                e.response.map(|s| s.index),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("GET a", "bulk_string", false, Some(1)),
+            ("GET b", "", true, Some(1)),
+            ("PING", "simple_string", false, Some(3)),
+        ]
+    );
+    assert_eq!(out.errors, ["redis_response_cut"]);
+}
