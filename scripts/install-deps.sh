@@ -13,8 +13,9 @@ PACKAGES=(
   stunnel4 openssl                                    # TLS tunnel between test pods (socket point tests)
   tshark                                              # decoder oracle in tests
   python3-venv                                        # offline manifest validation tools (scripts/validate-manifests.sh)
-  redis-server                                        # live configuration tests
   dnsmasq-base                                        # a real DNS server in test pods (UDP capture)
+  redis-server                                        # live configuration tests, Redis decoding end to end (redis-cli)
+  postgresql postgresql-client                        # PostgreSQL decoding end to end (initdb/pg_ctl, psql, pgbench)
 )
 
 missing=()
@@ -43,3 +44,4 @@ systemctl disable --now nginx >/dev/null 2>&1 || true
 # redis-server and stunnel4 likewise: the tests start their own.
 systemctl disable --now stunnel4 >/dev/null 2>&1 || true
 systemctl disable --now redis-server >/dev/null 2>&1 || true
+systemctl disable --now postgresql >/dev/null 2>&1 || true

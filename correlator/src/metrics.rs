@@ -59,6 +59,21 @@ pub struct HttpLabels {
     pub workload: String,
 }
 
+/// Labels of the database RED metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabels {
+    /// `redis`, `postgresql`, `mysql`.
+    pub system: &'static str,
+    /// A known operation (`SELECT`, `GET`, ...), `_OTHER`, or empty when none was decoded.
+    pub operation: &'static str,
+    /// `ok`, `error` (the server answered with an error) or `incomplete` (no answer seen).
+    pub outcome: &'static str,
+    /// Server namespace, `unknown` or `other`.
+    pub namespace: String,
+    /// Server workload or pod, `unknown` or `other`.
+    pub workload: String,
+}
+
 /// Labels of `clovisor_correlator_ingest_batches_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BatchLabels {
@@ -142,6 +157,8 @@ fn end_of(e: &Endpoint) -> End<'_> {
 pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpLabels, Histogram>,
+    db_requests: Family<DbLabels, Counter>,
+    db_duration: Family<DbLabels, Histogram>,
     sessions_received: Counter,
     sessions_stored: Counter,
     sessions_evicted: Counter,
@@ -293,6 +310,8 @@ impl Metrics {
         Self {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(duration_histogram),
+            db_requests: Family::default(),
+            db_duration: Family::new_with_constructor(duration_histogram),
             sessions_received: Counter::default(),
             sessions_stored: Counter::default(),
             sessions_evicted: Counter::default(),
@@ -333,6 +352,16 @@ impl Metrics {
             "clovisor_http_request_duration_seconds",
             "HTTP exchange duration from request start to response end",
             self.http_duration.clone(),
+        );
+        registry.register(
+            "clovisor_db_requests",
+            "Database exchanges observed (Redis, PostgreSQL, MySQL), by server",
+            self.db_requests.clone(),
+        );
+        registry.register(
+            "clovisor_db_request_duration_seconds",
+            "Database exchange duration: first request byte to last response byte",
+            self.db_duration.clone(),
         );
         registry.register(
             "clovisor_correlator_sessions_received",
@@ -500,6 +529,11 @@ impl Metrics {
             })
             .inc();
         let s = &rec.session;
+        if let Some(d) = s.database.as_ref() {
+            self.observe_db(s, d);
+            self.observe_flow(s);
+            return;
+        }
         let red = self.red_handles(s);
         red.requests.inc();
         if !s.incomplete && s.end_unix_nanos >= s.start_unix_nanos && s.start_unix_nanos > 0 {
@@ -507,6 +541,39 @@ impl Metrics {
             red.duration.observe(secs);
         }
         self.observe_flow(s);
+    }
+
+    /// The database RED metrics of one exchange. (Not cached like HTTP's handles: a label set
+    /// is looked up per exchange.)
+    fn observe_db(
+        &self,
+        s: &clovisor_proto::session::v1::Session,
+        d: &clovisor_proto::session::v1::Database,
+    ) {
+        let server = s.server.as_ref();
+        let outcome = if s.incomplete {
+            "incomplete"
+        } else if crate::view::db_error_type(d).is_some() {
+            "error"
+        } else {
+            "ok"
+        };
+        let labels = DbLabels {
+            system: crate::view::db_system_label(&d.system),
+            operation: crate::view::db_operation_label(&d.operation),
+            outcome,
+            namespace: self
+                .workloads
+                .namespace(server.map_or("", |e| e.namespace.as_str())),
+            workload: self
+                .workloads
+                .workload(server.map(end_of).unwrap_or_default()),
+        };
+        self.db_requests.get_or_create(&labels).inc();
+        if !s.incomplete && s.end_unix_nanos >= s.start_unix_nanos && s.start_unix_nanos > 0 {
+            let secs = (s.end_unix_nanos - s.start_unix_nanos) as f64 / 1e9;
+            self.db_duration.get_or_create(&labels).observe(secs);
+        }
     }
 
     /// The RED series of `s`'s labels.
@@ -781,6 +848,46 @@ mod tests {
         assert!(
             !text.contains("BREW"),
             "raw unknown method must not become a label:\n{text}"
+        );
+    }
+
+    #[test]
+    fn database_exchanges_count_by_system_bounded_operation_and_outcome() {
+        let m = Metrics::new();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let db = |id: &str, system: &str, op: &str, error: &str| {
+            let (op, error) = (op.to_owned(), error.to_owned());
+            SessionBuilder::new(id)
+                .server_workload("shop", "cache")
+                .database(system, move |d| {
+                    d.operation = op;
+                    d.error_code = error;
+                })
+        };
+        observe(&m, db("a", "redis", "GET", ""));
+        observe(&m, db("b", "redis", "GET", ""));
+        observe(&m, db("c", "postgresql", "CREATE TABLE", "42P07"));
+        observe(&m, db("d", "redis", "X-SECRET-CMD-1234", ""));
+        let text = encode(&reg);
+        for want in [
+            r#"clovisor_db_requests_total{system="redis",operation="GET",outcome="ok",namespace="shop",workload="cache"} 2"#,
+            r#"clovisor_db_requests_total{system="postgresql",operation="CREATE",outcome="error",namespace="shop",workload="cache"} 1"#,
+            r#"clovisor_db_requests_total{system="redis",operation="_OTHER",outcome="ok",namespace="shop",workload="cache"} 1"#,
+            r#"clovisor_db_request_duration_seconds_bucket{le="0.0005",system="redis",operation="GET",outcome="ok",namespace="shop",workload="cache"}"#,
+        ] {
+            assert!(
+                text.contains(want),
+                "metrics text lacks {want:?}; got:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("SECRET"),
+            "an unknown command became a label:\n{text}"
+        );
+        assert!(
+            !text.contains("clovisor_http_requests_total{"),
+            "database exchanges are not HTTP requests:\n{text}"
         );
     }
 

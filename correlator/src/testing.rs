@@ -264,6 +264,8 @@ impl SessionBuilder {
                 trace: None,
                 incomplete: false,
                 attributes: Default::default(),
+                // Protocol parts other than HTTP (dns, database, …) unset.
+                ..Session::default()
             },
         }
     }
@@ -374,6 +376,29 @@ impl SessionBuilder {
     /// Changes the session in ways the builder has no method for.
     pub fn with(mut self, f: impl FnOnce(&mut Session)) -> Self {
         f(&mut self.session);
+        self
+    }
+
+    /// Makes it a database exchange of `system` (`redis`, `postgresql`, `mysql`): no HTTP
+    /// part, `database` filled by `f` from the system alone.
+    pub fn database(
+        mut self,
+        system: &str,
+        f: impl FnOnce(&mut clovisor_proto::session::v1::Database),
+    ) -> Self {
+        self.session.protocol = match system {
+            "redis" => Protocol::Redis,
+            "postgresql" => Protocol::Postgresql,
+            "mysql" => Protocol::Mysql,
+            _ => Protocol::Unspecified,
+        } as i32;
+        self.session.http = None;
+        let mut d = clovisor_proto::session::v1::Database {
+            system: system.to_owned(),
+            ..Default::default()
+        };
+        f(&mut d);
+        self.session.database = Some(d);
         self
     }
 

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use clovisor_proto::common::v1::Side;
-use clovisor_proto::session::v1::{Endpoint, Session};
+use clovisor_proto::session::v1::{Database, Endpoint, Session};
 
 /// Query keys whose values are never shown (compared case-insensitively). The first four are
 /// the OTel semconv defaults; the rest are common credential carriers.
@@ -132,5 +132,167 @@ mod tests {
         assert_eq!(http_version("HTTP/1.0"), "1.0");
         assert_eq!(http_version("1.1"), "1.1");
         assert_eq!(http_version(""), "1.1");
+    }
+}
+
+/// Database operations that may name a span and label a metric as they are; any other is
+/// `_OTHER` (OpenTelemetry's word for a value outside a bounded set). SQL command tags count by
+/// their first word (`CREATE TABLE` → `CREATE`).
+const DB_OPERATIONS: [&str; 116] = [
+    // SQL
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "UPSERT",
+    "REPLACE",
+    "BEGIN",
+    "START",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "CREATE",
+    "DROP",
+    "ALTER",
+    "TRUNCATE",
+    "SHOW",
+    "COPY",
+    "PREPARE",
+    "DEALLOCATE",
+    "CALL",
+    "WITH",
+    "EXPLAIN",
+    "ANALYZE",
+    "VACUUM",
+    "GRANT",
+    "REVOKE",
+    "LOCK",
+    "LISTEN",
+    "NOTIFY",
+    "FETCH",
+    "MOVE",
+    "DECLARE",
+    "CLOSE",
+    "DISCARD",
+    "USE",
+    "DESCRIBE",
+    "DO",
+    "VALUES",
+    "TABLE",
+    "RESET",
+    "SET",
+    "PING",
+    "QUIT",
+    "STATISTICS",
+    // Redis
+    "GET",
+    "MGET",
+    "MSET",
+    "GETDEL",
+    "GETEX",
+    "SETEX",
+    "SETNX",
+    "DEL",
+    "UNLINK",
+    "EXISTS",
+    "EXPIRE",
+    "PEXPIRE",
+    "TTL",
+    "PTTL",
+    "PERSIST",
+    "INCR",
+    "INCRBY",
+    "DECR",
+    "DECRBY",
+    "APPEND",
+    "STRLEN",
+    "HGET",
+    "HSET",
+    "HMGET",
+    "HMSET",
+    "HGETALL",
+    "HDEL",
+    "HINCRBY",
+    "HEXISTS",
+    "HKEYS",
+    "HLEN",
+    "LPUSH",
+    "RPUSH",
+    "LPOP",
+    "RPOP",
+    "LRANGE",
+    "LLEN",
+    "BLPOP",
+    "BRPOP",
+    "SADD",
+    "SREM",
+    "SMEMBERS",
+    "SISMEMBER",
+    "SCARD",
+    "ZADD",
+    "ZREM",
+    "ZRANGE",
+    "ZSCORE",
+    "ZINCRBY",
+    "ZCARD",
+    "XADD",
+    "XREAD",
+    "XRANGE",
+    "XACK",
+    "PUBLISH",
+    "SUBSCRIBE",
+    "AUTH",
+    "HELLO",
+    "INFO",
+    "MULTI",
+    "EXEC",
+    "WATCH",
+    "EVAL",
+    "EVALSHA",
+    "SCAN",
+    "KEYS",
+    "TYPE",
+    "CLIENT",
+    "CONFIG",
+    "COMMAND",
+];
+
+/// The operation as a bounded value: its first word when a known one, else `_OTHER` (or `""`
+/// when there is none).
+pub fn db_operation_label(operation: &str) -> &'static str {
+    let word = operation.split(' ').next().unwrap_or_default();
+    if word.is_empty() {
+        return "";
+    }
+    DB_OPERATIONS
+        .iter()
+        .find(|op| **op == word)
+        .copied()
+        .unwrap_or("_OTHER")
+}
+
+/// The database system as a bounded value.
+pub fn db_system_label(system: &str) -> &'static str {
+    match system {
+        "redis" => "redis",
+        "postgresql" => "postgresql",
+        "mysql" => "mysql",
+        _ => "other_sql",
+    }
+}
+
+/// What `error.type` says of a failed database exchange: the server's code (SQLSTATE, MySQL
+/// error number, Redis error prefix), or `_OTHER` for an error without one; `None` when it did
+/// not fail.
+pub fn db_error_type(d: &Database) -> Option<&str> {
+    if !d.error_code.is_empty() {
+        Some(&d.error_code)
+    } else if !d.error_message.is_empty() || matches!(d.reply_type.as_str(), "error" | "blob_error")
+    {
+        Some("_OTHER")
+    } else {
+        None
     }
 }

@@ -5,11 +5,13 @@
 //! Traffic only ever goes to addresses inside namespaces a fixture created.
 //!
 //! Beside the lab: [`http_client`] (curl in a pod, GETs from the host), [`api`] (REST sessions
-//! and metrics of a running clovisor), [`fixtures`] (Kubernetes objects for [`fake_kube`]) and
+//! and metrics of a running clovisor), [`databases`] (Redis and PostgreSQL servers in a pod,
+//! their clients in another), [`fixtures`] (Kubernetes objects for [`fake_kube`]) and
 //! [`capture`] (the probe's capture driven directly).
 
 pub mod api;
 pub mod capture;
+pub mod databases;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod http_client;

@@ -22,7 +22,12 @@
 
 pub mod dns;
 pub mod http1;
+pub mod postgresql;
 pub mod redact;
+pub mod redis;
+pub mod sql;
+#[cfg(test)]
+pub mod testing;
 pub mod trace_context;
 
 use std::collections::HashMap;
@@ -30,7 +35,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ProtocolHint};
-use clovisor_proto::session::v1::{Dns, Http, Protocol, TraceContext};
+use clovisor_proto::session::v1::{Database, Dns, Http, Protocol, TraceContext};
 
 pub use trace_context::TraceContextError;
 
@@ -190,6 +195,8 @@ pub enum Fields {
     Http(Http),
     /// DNS: the session's `dns` part.
     Dns(Dns),
+    /// Redis, PostgreSQL, MySQL: the session's `database` part.
+    Database(Database),
     /// No typed fields (a protocol known only by its attributes, e.g. a user analyzer's).
     None,
 }
@@ -299,7 +306,12 @@ pub struct Decoders {
 impl Default for Decoders {
     /// Every built-in protocol.
     fn default() -> Self {
-        Self::new(vec![Arc::new(http1::Http1), Arc::new(dns::Dns)])
+        Self::new(vec![
+            Arc::new(http1::Http1),
+            Arc::new(redis::Redis),
+            Arc::new(postgresql::Postgresql),
+            Arc::new(dns::Dns),
+        ])
     }
 }
 
@@ -435,7 +447,9 @@ mod tests {
         );
         assert!(needs.prefix >= 64);
         assert_eq!(
-            Decoders::default().capture_needs().within,
+            Decoders::new(vec![Arc::new(http1::Http1)])
+                .capture_needs()
+                .within,
             Within::Nothing,
             "HTTP/1.x needs only the prefix"
         );

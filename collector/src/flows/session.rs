@@ -77,10 +77,11 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     } else {
         point.node.clone()
     };
-    let (http, dns) = match ex.fields {
-        Fields::Http(h) => (Some(h), None),
-        Fields::Dns(d) => (None, Some(d)),
-        Fields::None => (None, None),
+    let (http, dns, database) = match ex.fields {
+        Fields::Http(h) => (Some(h), None, None),
+        Fields::Dns(d) => (None, Some(d), None),
+        Fields::Database(d) => (None, None, Some(d)),
+        Fields::None => (None, None, None),
     };
     Session {
         id,
@@ -139,6 +140,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
         trace: ex.trace,
         incomplete: ex.incomplete,
         attributes: ex.attributes,
+        database,
     }
 }
 

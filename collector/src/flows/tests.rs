@@ -467,6 +467,30 @@ fn sniffing_overrides_tcp_hint_and_non_http_is_skipped() {
         &mut t,
         vec![r, msg(2, 1, Direction::ServerToClient, b"+PONG\r\n")],
     );
+    assert_eq!(
+        out.iter()
+            .map(|s| s.database.as_ref().map(|d| d.operation.as_str()))
+            .collect::<Vec<_>>(),
+        [Some("PING")],
+        "Redis is decoded into the session's database part"
+    );
+
+    let mut r = msg(
+        3,
+        0,
+        Direction::ClientToServer,
+        b"\x16\x03\x01\x00\x05hello",
+    );
+    if let Some(record::Kind::Message(mm)) = r.kind.as_mut() {
+        mm.protocol = ProtocolHint::Tcp as i32;
+    }
+    let out = feed(
+        &mut t,
+        vec![
+            r,
+            msg(3, 1, Direction::ServerToClient, b"\x16\x03\x03\x00\x01x"),
+        ],
+    );
     assert!(out.is_empty());
     assert_eq!(m.flows_unsupported.get(), 1);
     assert_eq!(

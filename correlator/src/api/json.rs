@@ -103,6 +103,37 @@ pub struct HttpJson {
     pub envoy_decorator: Option<String>,
 }
 
+/// Database fields (Redis, PostgreSQL, MySQL). The statement was sanitized in the collector.
+#[derive(Debug, Serialize)]
+pub struct DatabaseJson {
+    /// `redis`, `postgresql`, `mysql`.
+    pub system: String,
+    /// The command or SQL operation (`GET`, `SELECT`, `CREATE TABLE`).
+    pub operation: Option<String>,
+    /// The statement, literals replaced by `?` (Redis: command, key, a `?` per argument).
+    pub statement: Option<String>,
+    /// The statement was cut at the capture limit.
+    pub statement_truncated: bool,
+    /// Redis: the first key.
+    pub key: Option<String>,
+    /// The database (PostgreSQL, MySQL).
+    pub namespace: Option<String>,
+    /// The user the connection logged in as.
+    pub user: Option<String>,
+    /// Rows returned or affected, when the response said.
+    pub rows: Option<u64>,
+    /// SQLSTATE (PostgreSQL), error number (MySQL), error prefix (Redis).
+    pub error_code: Option<String>,
+    /// The server's error message.
+    pub error_message: Option<String>,
+    /// MySQL: the SQLSTATE of an error.
+    pub sql_state: Option<String>,
+    /// Redis: the reply's RESP type.
+    pub reply_type: Option<String>,
+    /// The response was cut at the capture limit before what it says was read.
+    pub response_truncated: bool,
+}
+
 /// A request/response pair of counters.
 #[derive(Debug, Serialize)]
 pub struct CountersJson {
@@ -148,6 +179,9 @@ pub struct SessionJson {
     pub observations: Vec<ObservationJson>,
     /// HTTP fields, when decoded.
     pub http: Option<HttpJson>,
+    /// Database fields, when decoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseJson>,
     /// Byte counts.
     pub bytes: CountersJson,
     /// Packet counts.
@@ -203,8 +237,26 @@ impl From<&CorrelatedSession> for SessionJson {
                 let v = s.http.as_ref().map_or("", |h| h.version.as_str());
                 format!("http/{}", http_version(v))
             }
+            Ok(Protocol::Redis) => "redis".to_owned(),
+            Ok(Protocol::Postgresql) => "postgresql".to_owned(),
+            Ok(Protocol::Mysql) => "mysql".to_owned(),
             _ => "unknown".to_owned(),
         };
+        let database = s.database.as_ref().map(|d| DatabaseJson {
+            system: d.system.clone(),
+            operation: opt(&d.operation),
+            statement: opt(&d.statement),
+            statement_truncated: d.statement_truncated,
+            key: opt(&d.key),
+            namespace: opt(&d.namespace),
+            user: opt(&d.user),
+            rows: d.rows,
+            error_code: opt(&d.error_code),
+            error_message: opt(&d.error_message),
+            sql_state: opt(&d.sql_state),
+            reply_type: opt(&d.reply_type),
+            response_truncated: d.response_truncated,
+        });
         let http = s.http.as_ref().map(|h| {
             let (path, query) = split_target(&h.target);
             HttpJson {
@@ -242,6 +294,7 @@ impl From<&CorrelatedSession> for SessionJson {
             server: s.server.as_ref().map(endpoint),
             observations: s.observations.iter().map(observation).collect(),
             http,
+            database,
             bytes: CountersJson {
                 request: bytes.request,
                 response: bytes.response,

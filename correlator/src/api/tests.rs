@@ -140,6 +140,52 @@ async fn session_json_shape() {
 }
 
 #[tokio::test]
+async fn database_session_json_shape() {
+    let state = state_with(vec![
+        SessionBuilder::new("pg-1").database("postgresql", |d| {
+            d.operation = "INSERT".into();
+            d.statement = "INSERT INTO users VALUES (?, ?)".into();
+            d.namespace = "shop".into();
+            d.user = "app".into();
+            d.rows = Some(2);
+        }),
+        SessionBuilder::new("r-1").database("redis", |d| {
+            d.operation = "LPUSH".into();
+            d.statement = "LPUSH user:42 ?".into();
+            d.key = "user:42".into();
+            d.reply_type = "error".into();
+            d.error_code = "WRONGTYPE".into();
+            d.error_message = "Operation against a key holding the wrong kind of value".into();
+        }),
+    ]);
+    let (status, s) = get_json(app(state.clone()), "/api/v1/sessions/pg-1").await;
+    assert_eq!(status, StatusCode::OK, "body {s}");
+    assert_eq!(s["protocol"], "postgresql");
+    assert!(s["http"].is_null(), "no HTTP part: {s}");
+    let d = &s["database"];
+    assert_eq!(d["system"], "postgresql");
+    assert_eq!(d["operation"], "INSERT");
+    assert_eq!(d["statement"], "INSERT INTO users VALUES (?, ?)");
+    assert_eq!(d["namespace"], "shop");
+    assert_eq!(d["user"], "app");
+    assert_eq!(d["rows"], 2);
+    assert!(d["error_code"].is_null());
+    let (_, s) = get_json(app(state), "/api/v1/sessions/r-1").await;
+    assert_eq!(s["protocol"], "redis");
+    let d = &s["database"];
+    assert_eq!(
+        (
+            d["operation"].as_str(),
+            d["key"].as_str(),
+            d["reply_type"].as_str()
+        ),
+        (Some("LPUSH"), Some("user:42"), Some("error"))
+    );
+    assert_eq!(d["error_code"], "WRONGTYPE");
+    assert!(d["rows"].is_null());
+}
+
+#[tokio::test]
 async fn missing_session_is_404_and_health_answers() {
     let state = state_with(vec![]);
     let (status, body) = get_json(app(state.clone()), "/api/v1/sessions/nope").await;

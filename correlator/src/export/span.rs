@@ -1,7 +1,9 @@
-//! One OpenTelemetry span per session, named and attributed per the HTTP semantic conventions.
+//! One OpenTelemetry span per session, named and attributed per the HTTP semantic conventions,
+//! or the database ones for Redis, PostgreSQL and MySQL sessions.
 //!
 //! [`encode_span`] writes the span's protobuf bytes (OTLP `Span`) directly, from one small
-//! function per attribute group: HTTP ([`http_attributes`]), network and endpoints
+//! function per attribute group: HTTP ([`http_attributes`]) or database ([`db_attributes`],
+//! [`db_status`]), network and endpoints
 //! ([`network_attributes`]), Kubernetes ([`k8s_attributes`]), Clovisor's own
 //! ([`clovisor_attributes`]), the status ([`status`]) and one event per observation boundary
 //! ([`observation_events`]). The values REST shows too (addresses, path and query, version) come
@@ -16,7 +18,7 @@
 use std::net::IpAddr;
 
 use clovisor_proto::common::v1::PointKind;
-use clovisor_proto::session::v1::{Endpoint, Http, Observation, Session};
+use clovisor_proto::session::v1::{Database, Endpoint, Http, Observation, Session};
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -27,7 +29,8 @@ use prost::Message as _;
 use super::wire::{self, Attributes};
 use crate::record::CorrelatedSession;
 use crate::view::{
-    endpoint_ip, http_version, observed_at_server, redact_query, split_host, split_target,
+    db_error_type, db_operation_label, endpoint_ip, http_version, observed_at_server, redact_query,
+    split_host, split_target,
 };
 
 /// Name of the instrumentation scope and of `telemetry.sdk.name`.
@@ -171,6 +174,59 @@ fn span_name(http: &Http) -> &str {
     }
 }
 
+/// A database span's name: its operation when a known one (`SELECT`, `GET`), else the system.
+fn db_span_name(d: &Database) -> &str {
+    match db_operation_label(&d.operation) {
+        "" | "_OTHER" => &d.system,
+        op => op,
+    }
+}
+
+/// `db.*`: the database semantic conventions. The statement was sanitized in the collector
+/// (literals are `?`, Redis values absent).
+fn db_attributes(attrs: &mut Attributes<'_>, d: &Database, incomplete: bool) {
+    attrs.str("db.system", &d.system);
+    attrs.str("db.system.name", &d.system);
+    for (key, value) in [
+        ("db.operation.name", &d.operation),
+        ("db.query.text", &d.statement),
+        ("db.namespace", &d.namespace),
+        ("clovisor.db.key", &d.key),
+        ("clovisor.db.user", &d.user),
+        ("clovisor.db.reply_type", &d.reply_type),
+        ("clovisor.db.sql_state", &d.sql_state),
+        ("clovisor.db.error_message", &d.error_message),
+    ] {
+        if !value.is_empty() {
+            attrs.str(key, value);
+        }
+    }
+    if !incomplete && !d.error_code.is_empty() {
+        attrs.str("db.response.status_code", &d.error_code);
+    }
+    if let Some(rows) = d.rows {
+        attrs.int("db.response.returned_rows", count(rows));
+    }
+    if d.statement_truncated {
+        attrs.bool("clovisor.db.statement_truncated", true);
+    }
+    if d.response_truncated {
+        attrs.bool("clovisor.db.response_truncated", true);
+    }
+}
+
+/// A database span's status: an error when the server answered with one (`error.type` its
+/// code), whichever end the span represents.
+fn db_status(attrs: &mut Attributes<'_>, d: &Database) -> StatusCode {
+    match db_error_type(d) {
+        Some(t) => {
+            attrs.str("error.type", t);
+            StatusCode::Error
+        }
+        None => StatusCode::Unset,
+    }
+}
+
 /// `http.*`, `url.*` and `user_agent.original`: the request line, the status, the client
 /// software.
 fn http_attributes(attrs: &mut Attributes<'_>, http: &Http, incomplete: bool) {
@@ -208,7 +264,14 @@ fn endpoint_attrs(attrs: &mut Attributes<'_>, keys: (&str, &str), e: &Endpoint) 
 }
 
 /// `server.*`, `client.*`, `network.*`: where the exchange went, over what.
-fn network_attributes(attrs: &mut Attributes<'_>, http: &Http, ends: &Ends<'_>) {
+/// `protocol` is `network.protocol.name` and `.version` (none for a database: its wire
+/// protocol's version is not decoded).
+fn network_attributes(
+    attrs: &mut Attributes<'_>,
+    http: &Http,
+    ends: &Ends<'_>,
+    protocol: (&str, Option<&str>),
+) {
     // server.address is the logical name the client asked for (Host), as semconv prefers; the
     // server's IP is still there as network.peer.address on client spans.
     let (host, host_port) = split_host(&http.host);
@@ -228,8 +291,10 @@ fn network_attributes(attrs: &mut Attributes<'_>, http: &Http, ends: &Ends<'_>) 
         ("network.peer.address", "network.peer.port"),
         ends.other(),
     );
-    attrs.str("network.protocol.name", "http");
-    attrs.str("network.protocol.version", http_version(&http.version));
+    attrs.str("network.protocol.name", protocol.0);
+    if let Some(version) = protocol.1 {
+        attrs.str("network.protocol.version", version);
+    }
     attrs.str("network.transport", "tcp");
     match endpoint_ip(ends.server).or_else(|| endpoint_ip(ends.client)) {
         Some(IpAddr::V4(_)) => attrs.str("network.type", "ipv4"),
@@ -434,7 +499,9 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
     if let Some(parent) = rec.parent_span_id {
         wire::bytes(buf, field::PARENT_SPAN_ID, &parent.0);
     }
-    wire::bytes(buf, field::NAME, span_name(http).as_bytes());
+    let database = session.database.as_ref();
+    let name = database.map_or_else(|| span_name(http), db_span_name);
+    wire::bytes(buf, field::NAME, name.as_bytes());
     wire::uint(buf, field::KIND, kind as u64);
     if start != 0 {
         wire::fixed64(buf, field::START, start);
@@ -444,11 +511,23 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
     }
     let code = {
         let mut attrs = Attributes::new(buf, field::ATTRIBUTES);
-        http_attributes(&mut attrs, http, session.incomplete);
-        network_attributes(&mut attrs, http, &ends);
+        match database {
+            Some(d) => {
+                db_attributes(&mut attrs, d, session.incomplete);
+                network_attributes(&mut attrs, http, &ends, (&d.system, None));
+            }
+            None => {
+                http_attributes(&mut attrs, http, session.incomplete);
+                let version = http_version(&http.version);
+                network_attributes(&mut attrs, http, &ends, ("http", Some(version)));
+            }
+        }
         k8s_attributes(&mut attrs, ends.this());
         clovisor_attributes(&mut attrs, rec, http, &ends);
-        status(&mut attrs, kind, http.status_code)
+        match database {
+            Some(d) => db_status(&mut attrs, d),
+            None => status(&mut attrs, kind, http.status_code),
+        }
     };
     observation_events(buf, session);
     wire::message(buf, field::STATUS, |buf| {
@@ -507,6 +586,55 @@ mod tests {
             Some(Value::IntValue(v)) => *v,
             other => panic!("attribute {key} should be an int, saw {other:?}"),
         }
+    }
+
+    #[test]
+    fn database_spans_follow_the_db_conventions() {
+        let (_, span) = span_of(SessionBuilder::new("pg").database("postgresql", |d| {
+            d.operation = "SELECT".into();
+            d.statement = "SELECT * FROM nosuchtable WHERE id = ?".into();
+            d.namespace = "shop".into();
+            d.error_code = "42P01".into();
+            d.error_message = "relation \"nosuchtable\" does not exist".into();
+        }));
+        assert_eq!(span.name, "SELECT");
+        assert_eq!(str_attr(&span, "db.system"), "postgresql");
+        assert_eq!(str_attr(&span, "db.operation.name"), "SELECT");
+        assert_eq!(
+            str_attr(&span, "db.query.text"),
+            "SELECT * FROM nosuchtable WHERE id = ?"
+        );
+        assert_eq!(str_attr(&span, "db.namespace"), "shop");
+        assert_eq!(str_attr(&span, "db.response.status_code"), "42P01");
+        assert_eq!(str_attr(&span, "error.type"), "42P01");
+        assert_eq!(str_attr(&span, "network.protocol.name"), "postgresql");
+        assert!(attr(&span, "http.request.method").is_none());
+        assert_eq!(
+            span.status.as_ref().map(|s| s.code),
+            Some(StatusCode::Error as i32)
+        );
+
+        let (_, span) = span_of(SessionBuilder::new("r").database("redis", |d| {
+            d.operation = "GET".into();
+            d.statement = "GET user:42".into();
+            d.key = "user:42".into();
+            d.reply_type = "bulk_string".into();
+        }));
+        assert_eq!(span.name, "GET");
+        assert_eq!(str_attr(&span, "clovisor.db.key"), "user:42");
+        assert!(attr(&span, "error.type").is_none());
+        assert_eq!(span.status.as_ref().map(|s| s.code), Some(0));
+
+        let (_, span) = span_of(SessionBuilder::new("odd").database("redis", |d| {
+            d.operation = "NOSUCHC".into();
+            d.reply_type = "error".into();
+            d.error_message = "unknown command".into();
+        }));
+        assert_eq!(
+            span.name, "redis",
+            "an unknown command does not name the span"
+        );
+        assert_eq!(str_attr(&span, "error.type"), "_OTHER");
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub fn compatible(a: &Session, b: &Session) -> bool {
             return false;
         }
     }
+    if let (Some(x), Some(y)) = (&a.database, &b.database) {
+        if !(same(&x.operation, &y.operation) && same(&x.statement, &y.statement)) {
+            return false;
+        }
+    }
     if let (Some(x), Some(y)) = (&a.trace, &b.trace) {
         if !x.trace_id.is_empty() && !y.trace_id.is_empty() && x.trace_id != y.trace_id {
             return false;
@@ -140,6 +145,13 @@ pub fn merge(into: &mut Session, add: Session) -> String {
             h.status_code = a.status_code;
             h.reason = a.reason.clone();
         }
+        if add.database.is_some() {
+            // The complete view's result (rows, error) wins.
+            into.database.clone_from(&add.database);
+        }
+    }
+    if into.database.is_none() {
+        into.database = add.database;
     }
     match (into.http.as_mut(), add.http) {
         (Some(h), Some(a)) => fill_http(h, &a),
