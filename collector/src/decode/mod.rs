@@ -21,7 +21,10 @@
 //! protocol wraps that protocol's [`FlowDecoder`] and adds attributes to the exchanges it reports.
 
 pub mod http1;
+pub mod http2;
 pub mod redact;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod trace_context;
 
 use std::collections::HashMap;
@@ -29,7 +32,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ProtocolHint};
-use clovisor_proto::session::v1::{Http, Protocol, TraceContext};
+use clovisor_proto::session::v1::{Grpc, Http, Protocol, TraceContext};
 
 pub use trace_context::TraceContextError;
 
@@ -185,8 +188,15 @@ pub struct CaptureNeeds {
 // Moved once per exchange into its session: a box would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 pub enum Fields {
-    /// HTTP (HTTP/1.x now; HTTP/2 and gRPC later): the session's `http` part.
+    /// HTTP (HTTP/1.x and HTTP/2): the session's `http` part.
     Http(Http),
+    /// A gRPC call: its HTTP/2 exchange (`http`) and the call (`grpc`).
+    Grpc {
+        /// The session's `http` part.
+        http: Http,
+        /// The session's `grpc` part.
+        grpc: Grpc,
+    },
     /// No typed fields (a protocol known only by its attributes, e.g. a user analyzer's).
     None,
 }
@@ -296,7 +306,7 @@ pub struct Decoders {
 impl Default for Decoders {
     /// Every built-in protocol.
     fn default() -> Self {
-        Self::new(vec![Arc::new(http1::Http1)])
+        Self::new(vec![Arc::new(http1::Http1), Arc::new(http2::Http2)])
     }
 }
 
@@ -432,9 +442,16 @@ mod tests {
         );
         assert!(needs.prefix >= 64);
         assert_eq!(
-            Decoders::default().capture_needs().within,
+            Decoders::new(vec![Arc::new(http1::Http1)])
+                .capture_needs()
+                .within,
             Within::Nothing,
             "HTTP/1.x needs only the prefix"
+        );
+        assert_eq!(
+            Decoders::default().capture_needs().within,
+            Within::FrameHeaders { bytes: 9 },
+            "HTTP/2 needs its frame headers"
         );
     }
 

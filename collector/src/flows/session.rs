@@ -77,9 +77,10 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     } else {
         point.node.clone()
     };
-    let http = match ex.fields {
-        Fields::Http(h) => Some(h),
-        Fields::None => None,
+    let (http, grpc) = match ex.fields {
+        Fields::Http(h) => (Some(h), None),
+        Fields::Grpc { http, grpc } => (Some(http), Some(grpc)),
+        Fields::None => (None, None),
     };
     Session {
         id,
@@ -137,6 +138,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
         trace: ex.trace,
         incomplete: ex.incomplete,
         attributes: ex.attributes,
+        grpc,
     }
 }
 

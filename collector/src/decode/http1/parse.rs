@@ -10,9 +10,7 @@ use std::mem::MaybeUninit;
 
 use clovisor_proto::session::v1::TraceContext;
 
-use crate::decode::trace_context::{
-    parse_b3_single, parse_traceparent, B3Multi, TraceContextError,
-};
+use crate::decode::trace_context::{TraceContextError, TraceHeaders};
 
 /// Why a head could not be decoded. Bounded, so it can label a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -310,10 +308,7 @@ fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
         head_len: n,
         ..RequestHead::default()
     };
-    let mut traceparent = None;
-    let mut tracestate = None;
-    let mut b3_single = None;
-    let mut b3 = B3Multi::default();
+    let mut trace = TraceHeaders::default();
     for h in req.headers.iter() {
         let Some(w) = wanted(h.name) else {
             continue;
@@ -339,54 +334,33 @@ fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
             }
             Wanted::TransferEncoding => head.chunked = is_chunked(v),
             Wanted::Traceparent => {
-                traceparent.get_or_insert_with(|| trimmed(v));
+                trace.traceparent.get_or_insert_with(|| trimmed(v));
             }
             Wanted::Tracestate => {
-                tracestate.get_or_insert_with(|| trimmed(v));
+                trace.tracestate.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3 => {
-                b3_single.get_or_insert_with(|| trimmed(v));
+                trace.b3_single.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3TraceId => {
-                b3.trace_id.get_or_insert_with(|| trimmed(v));
+                trace.b3.trace_id.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3SpanId => {
-                b3.span_id.get_or_insert_with(|| trimmed(v));
+                trace.b3.span_id.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3ParentSpanId => {
-                b3.parent_span_id.get_or_insert_with(|| trimmed(v));
+                trace.b3.parent_span_id.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3Sampled => {
-                b3.sampled.get_or_insert_with(|| trimmed(v));
+                trace.b3.sampled.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3Flags => {
-                b3.flags.get_or_insert_with(|| trimmed(v));
+                trace.b3.flags.get_or_insert_with(|| trimmed(v));
             }
         }
     }
     // First valid format wins; the first rejection is remembered for the metrics.
-    let mut first_err = None;
-    if let Some(tp) = traceparent {
-        match parse_traceparent(&tp, tracestate.as_deref()) {
-            Ok(tc) => head.trace = Some(tc),
-            Err(e) => first_err = first_err.or(Some(e)),
-        }
-    }
-    if head.trace.is_none() {
-        if let Some(v) = b3_single {
-            match parse_b3_single(&v) {
-                Ok(tc) => head.trace = tc,
-                Err(e) => first_err = first_err.or(Some(e)),
-            }
-        }
-    }
-    if head.trace.is_none() && !b3.is_empty() {
-        match b3.parse() {
-            Ok(tc) => head.trace = tc,
-            Err(e) => first_err = first_err.or(Some(e)),
-        }
-    }
-    head.trace_error = first_err;
+    (head.trace, head.trace_error) = trace.pick();
     Ok(Some(head))
 }
 
