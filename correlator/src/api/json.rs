@@ -103,6 +103,19 @@ pub struct HttpJson {
     pub envoy_decorator: Option<String>,
 }
 
+/// Decoded gRPC fields.
+#[derive(Debug, Serialize)]
+pub struct GrpcJson {
+    /// Fully qualified service, e.g. `helloworld.Greeter`.
+    pub service: String,
+    /// Method, e.g. `SayHello`.
+    pub method: String,
+    /// `grpc-status`; `None` when no status was seen.
+    pub status_code: Option<u32>,
+    /// `grpc-message`, decoded.
+    pub message: Option<String>,
+}
+
 /// A request/response pair of counters.
 #[derive(Debug, Serialize)]
 pub struct CountersJson {
@@ -132,7 +145,7 @@ pub struct TraceJson {
 pub struct SessionJson {
     /// Session id.
     pub id: String,
-    /// `http/1.1`, …
+    /// `http/1.1`, `http/2`, `grpc`, …
     pub protocol: String,
     /// Request start.
     pub start_time: Option<String>,
@@ -148,6 +161,8 @@ pub struct SessionJson {
     pub observations: Vec<ObservationJson>,
     /// HTTP fields, when decoded.
     pub http: Option<HttpJson>,
+    /// gRPC fields, for a gRPC call.
+    pub grpc: Option<GrpcJson>,
     /// Byte counts.
     pub bytes: CountersJson,
     /// Packet counts.
@@ -203,6 +218,8 @@ impl From<&CorrelatedSession> for SessionJson {
                 let v = s.http.as_ref().map_or("", |h| h.version.as_str());
                 format!("http/{}", http_version(v))
             }
+            Ok(Protocol::Http2) => "http/2".to_owned(),
+            Ok(Protocol::Grpc) => "grpc".to_owned(),
             _ => "unknown".to_owned(),
         };
         let http = s.http.as_ref().map(|h| {
@@ -242,6 +259,12 @@ impl From<&CorrelatedSession> for SessionJson {
             server: s.server.as_ref().map(endpoint),
             observations: s.observations.iter().map(observation).collect(),
             http,
+            grpc: s.grpc.as_ref().map(|g| GrpcJson {
+                service: g.service.clone(),
+                method: g.method.clone(),
+                status_code: g.status_code,
+                message: opt(&g.message),
+            }),
             bytes: CountersJson {
                 request: bytes.request,
                 response: bytes.response,
