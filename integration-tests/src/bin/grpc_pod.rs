@@ -7,6 +7,7 @@
 //! - `grpc_pod call URL N [TRACEPARENT]`: on one connection (h2c, prior knowledge), `N` calls
 //!   with one resource span each, then one empty call; exits 0 when the server answered each
 //!   as expected. `TRACEPARENT`, when given, goes with every call as metadata.
+//! - `grpc_pod call-fresh URL N [TRACEPARENT]`: the same, each call on a connection of its own.
 
 use anyhow::{bail, Context, Result};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -46,10 +47,23 @@ async fn serve(addr: &str) -> Result<()> {
         .context("serving")
 }
 
-async fn call(url: &str, n: u32, traceparent: Option<&str>) -> Result<()> {
-    let mut client = TraceServiceClient::connect(url.to_owned())
+/// A client on a new connection, once the connection's SETTINGS are exchanged: the probe
+/// captures the start of each message (at a pod veth, of its first packet), so a call's
+/// HEADERS must not ride in the packets after the connection preface to be seen
+/// (docs/protocols.md).
+async fn connect(url: &str) -> Result<TraceServiceClient<tonic::transport::Channel>> {
+    let client = TraceServiceClient::connect(url.to_owned())
         .await
         .with_context(|| format!("connecting to {url}"))?;
+    tokio::time::sleep(SETTLE).await;
+    Ok(client)
+}
+
+/// Time for the server's SETTINGS to arrive, and between calls.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
+async fn call(url: &str, n: u32, traceparent: Option<&str>, fresh: bool) -> Result<()> {
+    let mut client = connect(url).await?;
     let request = |spans: Vec<ResourceSpans>| -> Result<tonic::Request<_>> {
         let mut r = tonic::Request::new(ExportTraceServiceRequest {
             resource_spans: spans,
@@ -60,11 +74,18 @@ async fn call(url: &str, n: u32, traceparent: Option<&str>) -> Result<()> {
         }
         Ok(r)
     };
-    for _ in 0..n {
+    for i in 0..n {
+        if fresh && i > 0 {
+            client = connect(url).await?;
+        }
         client
             .export(request(vec![ResourceSpans::default()])?)
             .await
             .context("export")?;
+        tokio::time::sleep(SETTLE).await;
+    }
+    if fresh && n > 0 {
+        client = connect(url).await?;
     }
     match client.export(request(Vec::new())?).await {
         Err(s) if s.code() == tonic::Code::InvalidArgument => Ok(()),
@@ -77,11 +98,12 @@ async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve") => serve(args.get(2).context("serve ADDR")?).await,
-        Some("call") => {
+        Some(mode @ ("call" | "call-fresh")) => {
             let url = args.get(2).context("call URL N")?;
             let n = args.get(3).context("call URL N")?.parse()?;
-            call(url, n, args.get(4).map(String::as_str)).await
+            let fresh = mode == "call-fresh";
+            call(url, n, args.get(4).map(String::as_str), fresh).await
         }
-        _ => bail!("usage: grpc_pod serve ADDR | grpc_pod call URL N [TRACEPARENT]"),
+        _ => bail!("usage: grpc_pod serve ADDR | grpc_pod call[-fresh] URL N [TRACEPARENT]"),
     }
 }

@@ -30,6 +30,8 @@ pub const MAX_BLOCK: usize = hpack::MAX_HEADER_LIST;
 #[derive(Debug)]
 struct PendingBlock {
     stream: u32,
+    /// TCP sequence number of the block's first frame.
+    seq: u32,
     kind: Kind,
     end_stream: bool,
     bytes: Vec<u8>,
@@ -46,6 +48,8 @@ enum Carry {
     /// message.
     Frame {
         header: FrameHeader,
+        /// TCP sequence number of the frame's first byte.
+        seq: u32,
         payload: Vec<u8>,
         remaining: u64,
     },
@@ -127,6 +131,9 @@ struct At<'m> {
     stats: &'m MessageStats,
     /// Streams opened in this message so far.
     opened: u32,
+    /// TCP sequence number of the frame being handled: what names a stream's request (and
+    /// response) at every observation point, however each point split the bytes into messages.
+    frame_seq: u32,
 }
 
 impl FlowDecoder for Http2Flow {
@@ -135,6 +142,7 @@ impl FlowDecoder for Http2Flow {
             side: m.direction.index(),
             stats: &m.stats,
             opened: 0,
+            frame_seq: m.stats.tcp_seq,
         };
         self.walk(m, &mut at, out);
         Step::Continue
@@ -191,9 +199,11 @@ impl Http2Flow {
             }
             Carry::Frame {
                 header,
+                seq,
                 mut payload,
                 remaining,
             } => {
+                at.frame_seq = seq;
                 let avail = captured.min(remaining);
                 payload.extend_from_slice(&buf[..avail as usize]);
                 if avail == remaining {
@@ -201,6 +211,7 @@ impl Http2Flow {
                 } else if remaining > total && captured == total {
                     self.sides[at.side].carry = Carry::Frame {
                         header,
+                        seq,
                         payload,
                         remaining: remaining - total,
                     };
@@ -237,6 +248,8 @@ impl Http2Flow {
                 self.lose(at.side, "frames_beyond_capture", out);
                 return;
             };
+            // Sequence numbers wrap: the offset is taken modulo 2^32 on purpose.
+            at.frame_seq = m.stats.tcp_seq.wrapping_add(pos as u32);
             let start = pos + HEADER_LEN as u64;
             let end = start + u64::from(h.length);
             // Both within `captured`, which is a `usize`.
@@ -249,6 +262,7 @@ impl Http2Flow {
                 if h.is_header_block() && u64::from(h.length) <= MAX_BLOCK as u64 {
                     self.sides[at.side].carry = Carry::Frame {
                         header: h,
+                        seq: at.frame_seq,
                         payload: payload.to_vec(),
                         remaining,
                     };
@@ -307,6 +321,7 @@ impl Http2Flow {
                 };
                 let block = PendingBlock {
                     stream: h.stream,
+                    seq: at.frame_seq,
                     kind: h.kind,
                     end_stream: h.has(END_STREAM),
                     bytes: Vec::new(),
@@ -379,7 +394,11 @@ impl Http2Flow {
             if self.streams.len() >= MAX_STREAMS {
                 out.unpaired("http2_too_many_streams");
             } else {
-                self.streams.insert(id, Stream::new(*at.stats, at.opened));
+                let request = MessageStats {
+                    tcp_seq: block.seq,
+                    ..*at.stats
+                };
+                self.streams.insert(id, Stream::new(request, at.opened));
                 at.opened = at.opened.saturating_add(1);
             }
         }
@@ -408,7 +427,10 @@ impl Http2Flow {
             }
             (Target::Response, Some(s)) => {
                 if s.response.is_none() {
-                    s.response = Some(*at.stats);
+                    s.response = Some(MessageStats {
+                        tcp_seq: block.seq,
+                        ..*at.stats
+                    });
                 }
                 let resp = s.resp.get_or_insert_with(ResponseHeaders::default);
                 let r = hpack.decode(bytes, &mut |n, v| resp.take(n, v));
@@ -492,7 +514,7 @@ fn exchange(id: u32, s: Stream, incomplete: bool) -> Exchange {
         attributes.insert("clovisor.http.scheme".to_owned(), scheme.clone());
     }
     let trace = s.trace.or_else(|| req.trace.pick().0);
-    let is_grpc = req.is_grpc();
+    let is_grpc = req.is_grpc() || resp.as_ref().is_some_and(ResponseHeaders::is_grpc);
     let path = req.path.unwrap_or_default();
     let grpc = is_grpc.then(|| grpc::fields(&path, resp.as_ref()));
     let http = Http {

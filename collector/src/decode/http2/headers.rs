@@ -85,6 +85,8 @@ pub struct ResponseHeaders {
     pub status: Option<u16>,
     /// `content-length`
     pub content_length: Option<u64>,
+    /// `content-type`
+    pub content_type: Option<String>,
     /// `grpc-status`
     pub grpc_status: Option<u32>,
     /// `grpc-message` as sent (percent-encoded).
@@ -94,6 +96,16 @@ pub struct ResponseHeaders {
 }
 
 impl ResponseHeaders {
+    /// Whether the response is a gRPC one (its `content-type`, or a `grpc-status`): what tells a
+    /// call apart when the request's `content-type` could not be known.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc_status.is_some()
+            || self
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/grpc"))
+    }
+
     /// Takes one field of the response's headers or trailers, if it is one kept.
     pub fn take(&mut self, name: &[u8], value: &[u8]) {
         match name {

@@ -142,6 +142,11 @@ fn grpc_unary_calls_from_a_real_tonic_capture() {
         .map(|e| e.attributes["clovisor.http2.stream_id"].as_str())
         .collect();
     assert_eq!(streams, ["1", "3", "5"]);
+    // Each stream is named by the sequence number of its own HEADERS frame, the same at every
+    // observation point whatever their message boundaries.
+    let mut seqs: Vec<u32> = out.exchanges.iter().map(|e| e.request.tcp_seq).collect();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 3, "{seqs:?}");
 }
 
 /// nghttp to nghttpd, prior knowledge: three streams multiplexed on one connection, one of
