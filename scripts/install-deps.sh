@@ -14,6 +14,7 @@ PACKAGES=(
   tshark                                              # decoder oracle in tests
   python3-venv                                        # offline manifest validation tools (scripts/validate-manifests.sh)
   redis-server                                        # live configuration tests
+  nghttp2-server nghttp2-client                       # HTTP/2 tests: nghttpd and nghttp (h2c)
 )
 
 missing=()

@@ -79,11 +79,17 @@ pub struct Block {
     pub unknown: u32,
 }
 
+/// A dynamic table entry: name and value.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// A field as looked up: name and value.
+type Field = (Vec<u8>, Vec<u8>);
+
 /// One direction's HPACK decoding state.
 #[derive(Debug)]
 pub struct Decoder {
     /// Newest first: dynamic index 62 is `entries[0]`.
-    entries: VecDeque<(Box<[u8]>, Box<[u8]>)>,
+    entries: VecDeque<Entry>,
     /// Current size in HPACK units.
     size: usize,
     /// Current maximum, as last set by a size update.
@@ -274,7 +280,7 @@ impl Decoder {
     }
 
     /// Entry `index` of the static then dynamic table; `None` when dynamic and out of step.
-    fn lookup(&self, index: u64) -> Result<Option<(Vec<u8>, Vec<u8>)>, HpackError> {
+    fn lookup(&self, index: u64) -> Result<Option<Field>, HpackError> {
         let i = usize::try_from(index).map_err(|_| HpackError::BadIndex)?;
         if i == 0 {
             return Err(HpackError::BadIndex);
