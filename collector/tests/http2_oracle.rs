@@ -1,7 +1,8 @@
 //! Oracle test for HTTP/2 and gRPC: the real captures of `tests/data/http2/` (see its README)
 //! replayed through the probe-equivalent record builder and the flow table must yield the
 //! requests, `:status` codes and `grpc-status` codes tshark's `http2` dissector reads from the
-//! same files — with the whole messages, and with the probe's default 1024-byte capture.
+//! same files — with the whole messages, and with the probe's default 1024-byte capture. The
+//! upgrade capture goes through the HTTP/1 decoder's hand-over to HTTP/2 in the flow table.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,8 +15,12 @@ use clovisor_collector::replay::pcap::{replay_file, ReplayConfig};
 use clovisor_collector::CollectorMetrics;
 use clovisor_proto::session::v1::Session;
 
-/// (capture, traced port).
-const FILES: &[(&str, u16)] = &[("h2c_prior.pcapng", 8080), ("grpc_unary.pcapng", 50051)];
+/// (capture, traced port, how tshark is told to read the port).
+const FILES: &[(&str, u16, &str)] = &[
+    ("h2c_prior.pcapng", 8080, "http2"),
+    ("grpc_unary.pcapng", 50051, "http2"),
+    ("h2c_upgrade.pcapng", 8082, "http"),
+];
 
 /// What both sides are compared on, each a sorted multiset.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -43,15 +48,19 @@ fn file(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn tshark(path: &Path, port: u16) -> anyhow::Result<Seen> {
+/// What tshark reads from `path`, the traced port dissected as `as_proto` (`http2` for prior
+/// knowledge; `http` for an upgrade, HTTP/2 following the `101`). An HTTP/1.1 request counts as
+/// a request; HTTP/1.1 statuses are not read (the upgrade's `101` is no exchange's status).
+fn tshark(path: &Path, port: u16, as_proto: &str) -> anyhow::Result<Seen> {
     let out = Command::new("tshark")
         .arg("-r")
         .arg(path)
-        .args(["-d", &format!("tcp.port=={port},http2"), "-Y", "http2"])
+        .args(["-d", &format!("tcp.port=={port},{as_proto}"), "-Y", "http or http2"])
         .args(["-T", "fields", "-E", "separator=\t", "-E", "aggregator=\u{1f}"])
         .args(["-e", "http2.headers.method", "-e", "http2.headers.path"])
         .args(["-e", "http2.headers.status"])
         .args(["-e", "http2.header.name", "-e", "http2.header.value"])
+        .args(["-e", "http.request.method", "-e", "http.request.uri"])
         .output()
         .context("tshark is required for this oracle test (Debian package `tshark`, installed by scripts/install-deps.sh)")?;
     if !out.status.success() {
@@ -69,6 +78,9 @@ fn tshark(path: &Path, port: u16) -> anyhow::Result<Seen> {
         }
         for s in col(2) {
             seen.statuses.push(s.parse().context("status")?);
+        }
+        for (m, p) in col(5).iter().zip(col(6).iter()) {
+            seen.requests.push(format!("{m} {p}"));
         }
         for (n, v) in col(3).iter().zip(col(4).iter()) {
             if *n == "grpc-status" {
@@ -111,9 +123,9 @@ fn ours(path: &Path, port: u16, snaplen: u32) -> anyhow::Result<(Seen, Vec<Sessi
 
 #[test]
 fn http2_and_grpc_sessions_match_tshark_on_real_captures() -> anyhow::Result<()> {
-    for (name, port) in FILES {
+    for (name, port, as_proto) in FILES {
         let path = file(name);
-        let want = tshark(&path, *port)?;
+        let want = tshark(&path, *port, as_proto)?;
         anyhow::ensure!(
             !want.requests.is_empty(),
             "tshark found no HTTP/2 request in {name}"

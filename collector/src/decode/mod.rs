@@ -249,6 +249,11 @@ pub enum Step {
     Redetect,
     /// Decode nothing more of this flow; it keeps yielding connection and byte metrics.
     Stop,
+    /// The flow changed protocol in the middle (HTTP/1.1 `Upgrade: h2c` accepted with `101`):
+    /// from the next message on, the decoder [`FlowDecoder::successor`] hands over decodes it,
+    /// with the state the handover left (what is still open moves with it). Without a successor
+    /// this is [`Step::Redetect`].
+    Handover,
 }
 
 /// A protocol's decoder for one flow: its state between messages (open requests, compression
@@ -267,6 +272,12 @@ pub trait FlowDecoder: Send + fmt::Debug {
 
     /// The flow ended or was evicted: report what is still open, as incomplete.
     fn on_close(&mut self, out: &mut dyn Output);
+
+    /// After [`Step::Handover`]: the decoder that takes the flow over, and its name (the
+    /// metrics' `protocol` label).
+    fn successor(&mut self) -> Option<(&'static str, Box<dyn FlowDecoder>)> {
+        None
+    }
 }
 
 /// A protocol: detects it, says what it needs captured, decodes its flows.

@@ -116,6 +116,8 @@ pub struct RequestHead {
     pub content_length: Option<u64>,
     /// `Transfer-Encoding` ends with `chunked`.
     pub chunked: bool,
+    /// `Upgrade` offers `h2c` (HTTP/2 over cleartext): a `101` answer switches the flow to it.
+    pub upgrade_h2c: bool,
     /// Trace context found in the headers, W3C preferred over B3 single over B3 multi.
     pub trace: Option<TraceContext>,
     /// Why a trace header present in the request was rejected.
@@ -222,6 +224,7 @@ enum Wanted {
     EnvoyDecorator,
     ContentLength,
     TransferEncoding,
+    Upgrade,
     Traceparent,
     Tracestate,
     B3,
@@ -239,6 +242,7 @@ fn wanted(name: &str) -> Option<Wanted> {
     let w = match name.len() {
         2 if is("b3") => Wanted::B3,
         4 if is("host") => Wanted::Host,
+        7 if is("upgrade") => Wanted::Upgrade,
         10 if is("user-agent") => Wanted::UserAgent,
         10 if is("tracestate") => Wanted::Tracestate,
         10 if is("x-b3-flags") => Wanted::B3Flags,
@@ -333,6 +337,11 @@ fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
                 }
             }
             Wanted::TransferEncoding => head.chunked = is_chunked(v),
+            Wanted::Upgrade => {
+                head.upgrade_h2c |= v
+                    .split(|&b| b == b',')
+                    .any(|t| trimmed(t).eq_ignore_ascii_case("h2c"));
+            }
             Wanted::Traceparent => {
                 trace.traceparent.get_or_insert_with(|| trimmed(v));
             }

@@ -420,3 +420,82 @@ fn streams_never_answered_are_incomplete_at_close_and_credentials_never_kept() {
     assert!(out.exchanges[0].incomplete);
     assert!(!format!("{:?}", out.exchanges).contains("secret"));
 }
+
+/// curl to nghttpx, HTTP/1.1 `Upgrade: h2c`: the HTTP/1 decoder claims the flow, hands it over
+/// on `101`, and the upgrade request is stream 1 of the HTTP/2 connection.
+#[test]
+fn h2c_upgrade_from_http1_is_handed_over_from_a_real_curl_capture() {
+    use crate::decode::{Decoders, Detected, Step};
+    let msgs = messages("h2c_upgrade.pcapng", 8082, 1024);
+    let key = Default::default();
+    let info = FlowInfo {
+        probe_id: "p",
+        flow_id: 1,
+        key: &key,
+        hint: ProtocolHint::Http,
+    };
+    let decoders = Decoders::default();
+    let mut out = Recorded::default();
+    let mut flow: Option<(&str, Box<dyn FlowDecoder>)> = None;
+    let mut names = Vec::new();
+    for m in &msgs {
+        let m = m.message();
+        if flow.is_none() {
+            if let Detected::Claimed(d) = decoders.detect(&info, &m) {
+                flow = Some((d.name(), d.new_flow(&info)));
+            }
+        }
+        let Some((name, f)) = flow.as_mut() else {
+            continue;
+        };
+        names.push(*name);
+        if f.on_message(&m, &mut out) == Step::Handover {
+            let next = f.successor().expect("a handover names its successor");
+            flow = Some(next);
+        }
+    }
+    if let Some((_, f)) = flow.as_mut() {
+        f.on_close(&mut out);
+    }
+    assert_eq!(names.first(), Some(&"http1"));
+    assert_eq!(names.last(), Some(&"http2"), "{names:?}");
+    assert_eq!(out.errors, Vec::<&str>::new());
+    assert_eq!(out.desyncs, Vec::<&str>::new());
+    let mut got: Vec<(String, String, u32, String, bool)> = out
+        .exchanges
+        .iter()
+        .map(|e| {
+            let h = http(e);
+            (
+                h.method.clone(),
+                h.target.clone(),
+                h.status_code,
+                e.attributes["clovisor.http2.stream_id"].clone(),
+                e.incomplete,
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                "GET".into(),
+                "/index.html?via=upgrade".into(),
+                200,
+                "1".into(),
+                false
+            ),
+            ("GET".into(), "/missing".into(), 404, "3".into(), false),
+        ]
+    );
+    for e in &out.exchanges {
+        assert_eq!(e.protocol, Protocol::Http2);
+        assert_eq!(http(e).version, "2");
+        assert_eq!(http(e).request_id, "req-upgrade");
+        assert_eq!(
+            e.trace.as_ref().map(|t| t.format),
+            Some(TraceFormat::W3c as i32)
+        );
+    }
+}
