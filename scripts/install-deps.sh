@@ -14,7 +14,7 @@ PACKAGES=(
   tshark                                              # decoder oracle in tests
   python3-venv                                        # offline manifest validation tools (scripts/validate-manifests.sh)
   redis-server                                        # live configuration tests
-  nghttp2-server nghttp2-client                       # HTTP/2 tests: nghttpd and nghttp (h2c)
+  nghttp2-server nghttp2-client nghttp2-proxy         # HTTP/2 tests: nghttpd, nghttp, nghttpx (h2c, Upgrade)
 )
 
 missing=()
