@@ -13,6 +13,7 @@ pub mod capture;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod http_client;
+pub mod tls;
 
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::path::{Path, PathBuf};

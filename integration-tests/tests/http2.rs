@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clovisor_correlator::testing::OtlpReceiver;
+use clovisor_integration_tests::tls::{self_signed, Stunnel};
 use clovisor_integration_tests::{run_in, wait_for, AllInOne, Lab, Pod, Proc};
 use serde_json::Value;
 
@@ -431,5 +432,98 @@ async fn traces_real_h2c_and_grpc_between_namespace_pods() -> Result<()> {
 
     let status = clovisor.proc.stop(15, Duration::from_secs(15))?;
     assert!(status.success(), "clean exit: {}", clovisor.proc.log_text());
+    Ok(())
+}
+
+/// gRPC behind TLS: the tonic client and server speak h2c over loopback to stunnel in their
+/// pods, stunnel carries TLS over the veths. The server pod's socket point sees the plaintext
+/// leg (stunnel -> the server) and decodes it with the same code; the veths see TLS only, which
+/// no decoder claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_behind_tls_is_decoded_at_the_socket_point() -> Result<()> {
+    let mut lab = Lab::new()?;
+    let client = lab.pod("gtcli")?;
+    let server = lab.pod("gtsrv")?;
+    let grpc_pod = env!("CARGO_BIN_EXE_grpc_pod");
+    let listen = format!("127.0.0.1:{GRPC_PORT}");
+    let _grpc = serve_in(&server, grpc_pod, &["serve", &listen], "grpc-tls-server")?;
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = self_signed(dir.path())?;
+    let _tls_server = Stunnel::server(&server, dir.path(), (&cert, &key), "8443", &listen)?;
+    let _tls_client = Stunnel::client(
+        &client,
+        dir.path(),
+        &listen,
+        &format!("{}:8443", server.ipv4),
+    )?;
+    let url = format!("http://127.0.0.1:{GRPC_PORT}");
+    wait_for(
+        "gRPC through the TLS tunnel",
+        Duration::from_secs(10),
+        || Ok(run_in(&client.netns, &[grpc_pod, "call", &url, "0"]).is_ok()),
+    )?;
+
+    // The server's loopback port is named: ports found listening are those on the pod's
+    // addresses.
+    let port = GRPC_PORT.to_string();
+    let clovisor = AllInOne::start_without_export(
+        &["--netns", &server.netns, "--port", &port],
+        &[&server.host_veth],
+        "clovisor-http2-tls",
+    )?;
+    let traceparent = format!("00-{GRPC_TRACE}-{GRPC_PARENT}-01");
+    let mut seen: Vec<Value> = Vec::new();
+    let found = wait_for(
+        "a whole traced gRPC call seen at the server's socket",
+        Duration::from_secs(20),
+        || {
+            // Repeated until traced from its first byte (the socket point starts with clovisor).
+            run_in(&client.netns, &[grpc_pod, "call", &url, "1", &traceparent])?;
+            seen = clovisor.sessions()?;
+            Ok(seen
+                .iter()
+                .any(|s| s["trace"]["trace_id"] == GRPC_TRACE && s["grpc"]["status_code"] == 0)
+                && seen.iter().any(|s| s["grpc"]["status_code"] == 3))
+        },
+    );
+    if let Err(e) = found {
+        bail!(
+            "{e:#}\nsessions seen:\n{}\nlog:\n{}",
+            summary(&seen),
+            clovisor.proc.log_text()
+        );
+    }
+    let call = seen
+        .iter()
+        .find(|s| s["trace"]["trace_id"] == GRPC_TRACE && s["grpc"]["status_code"] == 0)
+        .context("the call")?;
+    assert_eq!(call["protocol"], "grpc", "{call:#}");
+    assert_eq!(call["grpc"]["service"], GRPC_SERVICE, "{call:#}");
+    assert_eq!(call["grpc"]["method"], "Export", "{call:#}");
+    assert_eq!(call["trace"]["parent_span_id"], GRPC_PARENT, "{call:#}");
+    assert_eq!(
+        call["server"]["port"], GRPC_PORT,
+        "the plaintext leg: {call:#}"
+    );
+    let points: Vec<(String, String)> = call["observations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            (
+                o["point"].as_str().unwrap_or_default().to_owned(),
+                o["comm"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        points.contains(&("socket".to_owned(), "grpc_pod".to_owned())),
+        "seen at the gRPC server's socket: {points:?}"
+    );
+    assert!(
+        seen.iter().all(|s| s["server"]["port"] != 8443),
+        "TLS on the veths decodes nothing: {}",
+        summary(&seen)
+    );
     Ok(())
 }
