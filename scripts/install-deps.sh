@@ -16,6 +16,7 @@ PACKAGES=(
   dnsmasq-base                                        # a real DNS server in test pods (UDP capture)
   redis-server                                        # live configuration tests, Redis decoding end to end (redis-cli)
   postgresql postgresql-client                        # PostgreSQL decoding end to end (initdb/pg_ctl, psql, pgbench)
+  nghttp2-server nghttp2-client nghttp2-proxy         # HTTP/2 tests: nghttpd, nghttp, nghttpx (h2c, Upgrade)
 )
 
 missing=()

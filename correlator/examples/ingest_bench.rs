@@ -209,6 +209,7 @@ impl Traffic {
             trace: trace.clone(),
             incomplete: false,
             attributes: Default::default(),
+            grpc: None,
             observations: vec![observation],
             ..Session::default()
         };

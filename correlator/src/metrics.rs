@@ -4,6 +4,7 @@
 //! - `method`: the nine standard HTTP methods, else `OTHER`;
 //! - `status_code`: `100`-`599`, else `invalid` (incomplete exchanges have none and are
 //!   labelled `invalid` too);
+//! - `protocol`: the session's protocol (`http1`, `http2`, `grpc`, `unknown`);
 //! - `namespace`: the server's namespace — bounded by the cluster's namespaces;
 //! - `workload`: the server's workload (Deployment, StatefulSet, …), else its pod name. Pod names
 //!   churn with every rollout, so the fallback can grow; both `namespace` and `workload` are
@@ -57,6 +58,8 @@ pub struct HttpLabels {
     pub namespace: String,
     /// Server workload or pod, `unknown` or `other`.
     pub workload: String,
+    /// The session's protocol: `http1`, `http2`, `grpc`, else `unknown`.
+    pub protocol: &'static str,
 }
 
 /// Labels of the database RED metrics.
@@ -229,10 +232,22 @@ impl<K: PartialEq, H: Clone> LabelCache<K, H> {
     }
 }
 
+/// The `protocol` label of a session's protocol (bounded by the enum).
+fn protocol_label(protocol: i32) -> &'static str {
+    use clovisor_proto::session::v1::Protocol;
+    match Protocol::try_from(protocol) {
+        Ok(Protocol::Http1) => "http1",
+        Ok(Protocol::Http2) => "http2",
+        Ok(Protocol::Grpc) => "grpc",
+        _ => "unknown",
+    }
+}
+
 /// What decides the RED labels of an exchange.
 #[derive(Debug, PartialEq)]
 struct RedKey {
     method: &'static str,
+    protocol: &'static str,
     status: u32,
     namespace: String,
     workload: String,
@@ -599,9 +614,11 @@ impl Metrics {
                 e.workload.as_str()
             }
         });
-        let hash = fx(&[method, namespace, workload], u64::from(status));
+        let protocol = protocol_label(s.protocol);
+        let hash = fx(&[method, protocol, namespace, workload], u64::from(status));
         let hit = self.red.get(hash, |k| {
             k.method == method
+                && k.protocol == protocol
                 && k.status == status
                 && k.namespace == namespace
                 && k.workload == workload
@@ -616,6 +633,7 @@ impl Metrics {
             workload: self
                 .workloads
                 .workload(server.map(end_of).unwrap_or_default()),
+            protocol,
         };
         let handles = RedHandles {
             requests: self.http_requests.get_or_create(&labels).clone(),
@@ -623,6 +641,7 @@ impl Metrics {
         };
         let key = RedKey {
             method,
+            protocol,
             status,
             namespace: namespace.to_owned(),
             workload: workload.to_owned(),
@@ -833,9 +852,9 @@ mod tests {
         m.dropped_spans(DropReason::QueueFull, 3);
         let text = encode(&reg);
         for want in [
-            r#"clovisor_http_requests_total{method="GET",status_code="200",namespace="shop",workload="web"} 1"#,
-            r#"clovisor_http_requests_total{method="OTHER",status_code="invalid",namespace="shop",workload="web"} 1"#,
-            r#"clovisor_http_request_duration_seconds_bucket{le="0.0005",method="GET",status_code="200",namespace="shop",workload="web"}"#,
+            r#"clovisor_http_requests_total{method="GET",status_code="200",namespace="shop",workload="web",protocol="http1"} 1"#,
+            r#"clovisor_http_requests_total{method="OTHER",status_code="invalid",namespace="shop",workload="web",protocol="http1"} 1"#,
+            r#"clovisor_http_request_duration_seconds_bucket{le="0.0005",method="GET",status_code="200",namespace="shop",workload="web",protocol="http1"}"#,
             "clovisor_correlator_sessions_received_total 2",
             r#"clovisor_dropped_total{stage="export",reason="queue_full"} 3"#,
             "# EOF",
@@ -951,7 +970,7 @@ mod tests {
         let text = encode(&reg);
         let bucket = |le: &str| {
             format!(
-                r#"clovisor_http_request_duration_seconds_bucket{{le="{le}",method="GET",status_code="200",namespace="ns",workload="w"}} "#
+                r#"clovisor_http_request_duration_seconds_bucket{{le="{le}",method="GET",status_code="200",namespace="ns",workload="w",protocol="http1"}} "#
             )
         };
         assert!(
@@ -1001,22 +1020,30 @@ mod tests {
                 .and_then(|v| v.parse::<u64>().ok())
         };
         assert_eq!(
-            count(r#"method="GET",status_code="200",namespace="shop",workload="web""#),
+            count(
+                r#"method="GET",status_code="200",namespace="shop",workload="web",protocol="http1""#
+            ),
             Some(3)
         );
         assert_eq!(
-            count(r#"method="GET",status_code="200",namespace="default",workload="debug-pod""#),
+            count(
+                r#"method="GET",status_code="200",namespace="default",workload="debug-pod",protocol="http1""#
+            ),
             Some(2)
         );
         assert_eq!(
-            count(r#"method="GET",status_code="200",namespace="many",workload="w0""#),
+            count(
+                r#"method="GET",status_code="200",namespace="many",workload="w0",protocol="http1""#
+            ),
             Some(2),
             "an admitted value stays admitted"
         );
         // "web", "debug-pod", the client's workload (flow metrics share the cap) and w0..w996
         // took the cap's 1000 values; w997..w1001 read "other".
         assert_eq!(
-            count(r#"method="GET",status_code="200",namespace="many",workload="other""#),
+            count(
+                r#"method="GET",status_code="200",namespace="many",workload="other",protocol="http1""#
+            ),
             Some(5)
         );
     }

@@ -264,10 +264,28 @@ impl SessionBuilder {
                 trace: None,
                 incomplete: false,
                 attributes: Default::default(),
-                // Protocol parts other than HTTP (dns, database, …) unset.
+                // Protocol parts other than HTTP (grpc, dns, database, …) unset.
                 ..Session::default()
             },
         }
+    }
+
+    /// Makes the session a gRPC call of `service`/`method` over HTTP/2 that ended with
+    /// `status` (and `message`).
+    pub fn grpc(mut self, service: &str, method: &str, status: u32, message: &str) -> Self {
+        self.session.protocol = Protocol::Grpc as i32;
+        let http = self.http();
+        http.method = "POST".into();
+        http.target = format!("/{service}/{method}");
+        http.version = "2".into();
+        http.reason.clear();
+        self.session.grpc = Some(clovisor_proto::session::v1::Grpc {
+            service: service.into(),
+            method: method.into(),
+            status_code: Some(status),
+            message: message.into(),
+        });
+        self
     }
 
     fn http(&mut self) -> &mut Http {

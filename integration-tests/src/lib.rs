@@ -15,6 +15,7 @@ pub mod databases;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod http_client;
+pub mod tls;
 
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::path::{Path, PathBuf};

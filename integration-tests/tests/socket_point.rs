@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clovisor_integration_tests::api::{metric, points, Point};
 use clovisor_integration_tests::http_client::{curl_keep_alive, http_get, Curl};
-use clovisor_integration_tests::{run, wait_for, AllInOne, Lab, Nginx, Pod, Proc};
+use clovisor_integration_tests::tls::{self_signed, Stunnel};
+use clovisor_integration_tests::{wait_for, AllInOne, Lab, Nginx, Pod};
 use serde_json::Value;
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -310,24 +311,6 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
     Ok(())
 }
 
-/// stunnel in a pod, stopped on drop.
-struct Stunnel {
-    _proc: Proc,
-}
-
-impl Stunnel {
-    fn start(pod: &Pod, dir: &std::path::Path, name: &str, conf: &str) -> Result<Self> {
-        let path = dir.join(format!("{name}.conf"));
-        std::fs::write(&path, conf)?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &pod.netns, "stunnel4"])
-            .arg(&path);
-        let log = dir.join(format!("{name}.log"));
-        let proc = Proc::spawn(cmd, log)?;
-        Ok(Self { _proc: proc })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_point_sees_plaintext_behind_a_tls_tunnel() -> Result<()> {
     let mut lab = Lab::new()?;
@@ -336,46 +319,15 @@ async fn socket_point_sees_plaintext_behind_a_tls_tunnel() -> Result<()> {
     let _nginx = Nginx::start(&server)?;
 
     let dir = tempfile::tempdir()?;
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=clovisor-test",
-            "-keyout",
-            &key.display().to_string(),
-            "-out",
-            &cert.display().to_string(),
-        ],
-    )?;
+    let (cert, key) = self_signed(dir.path())?;
     // The app (curl) -> stunnel client on loopback 8080, plaintext; stunnel client -> stunnel
     // server on 8443 over the veths, TLS; stunnel server -> nginx on loopback 80, plaintext.
-    let _tls_server = Stunnel::start(
-        &server,
-        dir.path(),
-        "server",
-        &format!(
-            "foreground = yes\npid =\ncert = {}\nkey = {}\n[http]\naccept = 8443\nconnect = 127.0.0.1:80\n",
-            cert.display(),
-            key.display()
-        ),
-    )?;
-    let _tls_client = Stunnel::start(
+    let _tls_server = Stunnel::server(&server, dir.path(), (&cert, &key), "8443", "127.0.0.1:80")?;
+    let _tls_client = Stunnel::client(
         &client,
         dir.path(),
-        "client",
-        &format!(
-            "foreground = yes\npid =\n[http]\nclient = yes\naccept = 127.0.0.1:8080\nconnect = {}:8443\n",
-            server.ipv4
-        ),
+        "127.0.0.1:8080",
+        &format!("{}:8443", server.ipv4),
     )?;
     wait_for(
         "the TLS tunnel to carry a request",

@@ -22,12 +22,13 @@
 
 pub mod dns;
 pub mod http1;
+pub mod http2;
 pub mod postgresql;
 pub mod redact;
 pub mod redis;
 pub mod sql;
 #[cfg(test)]
-pub mod testing;
+pub(crate) mod testing;
 pub mod trace_context;
 
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ProtocolHint};
-use clovisor_proto::session::v1::{Database, Dns, Http, Protocol, TraceContext};
+use clovisor_proto::session::v1::{Database, Dns, Grpc, Http, Protocol, TraceContext};
 
 pub use trace_context::TraceContextError;
 
@@ -191,8 +192,15 @@ pub struct CaptureNeeds {
 // Moved once per exchange into its session: a box would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 pub enum Fields {
-    /// HTTP (HTTP/1.x now; HTTP/2 and gRPC later): the session's `http` part.
+    /// HTTP (HTTP/1.x and HTTP/2): the session's `http` part.
     Http(Http),
+    /// A gRPC call: its HTTP/2 exchange (`http`) and the call (`grpc`).
+    Grpc {
+        /// The session's `http` part.
+        http: Http,
+        /// The session's `grpc` part.
+        grpc: Grpc,
+    },
     /// DNS: the session's `dns` part.
     Dns(Dns),
     /// Redis, PostgreSQL, MySQL: the session's `database` part.
@@ -249,6 +257,11 @@ pub enum Step {
     Redetect,
     /// Decode nothing more of this flow; it keeps yielding connection and byte metrics.
     Stop,
+    /// The flow changed protocol in the middle (HTTP/1.1 `Upgrade: h2c` accepted with `101`):
+    /// from the next message on, the decoder [`FlowDecoder::successor`] hands over decodes it,
+    /// with the state the handover left (what is still open moves with it). Without a successor
+    /// this is [`Step::Redetect`].
+    Handover,
 }
 
 /// A protocol's decoder for one flow: its state between messages (open requests, compression
@@ -267,6 +280,12 @@ pub trait FlowDecoder: Send + fmt::Debug {
 
     /// The flow ended or was evicted: report what is still open, as incomplete.
     fn on_close(&mut self, out: &mut dyn Output);
+
+    /// After [`Step::Handover`]: the decoder that takes the flow over, and its name (the
+    /// metrics' `protocol` label).
+    fn successor(&mut self) -> Option<(&'static str, Box<dyn FlowDecoder>)> {
+        None
+    }
 }
 
 /// A protocol: detects it, says what it needs captured, decodes its flows.
@@ -308,6 +327,7 @@ impl Default for Decoders {
     fn default() -> Self {
         Self::new(vec![
             Arc::new(http1::Http1),
+            Arc::new(http2::Http2),
             Arc::new(redis::Redis),
             Arc::new(postgresql::Postgresql),
             Arc::new(dns::Dns),
@@ -452,6 +472,11 @@ mod tests {
                 .within,
             Within::Nothing,
             "HTTP/1.x needs only the prefix"
+        );
+        assert_eq!(
+            Decoders::default().capture_needs().within,
+            Within::FrameHeaders { bytes: 9 },
+            "HTTP/2 needs its frame headers"
         );
     }
 

@@ -6,7 +6,8 @@
 //! `clovisor_config::model::DEFAULT_REDACTED_HEADERS`). A listed header that fills a session
 //! field has the field replaced by [`REDACTED`] (trace context is dropped, as it cannot be
 //! partly kept), and free-form attributes named after a listed header
-//! (`<name>` or `http.request.header.<name>` / `http.response.header.<name>`) are removed.
+//! (`<name>` or `http.request.header.<name>` / `http.response.header.<name>`) are removed. A
+//! listed `grpc-message` replaces a gRPC call's message.
 
 use clovisor_proto::session::v1::{Session, TraceFormat};
 
@@ -39,6 +40,7 @@ pub struct Redaction {
     b3: bool,
     b3_multi: bool,
     tracestate: bool,
+    grpc_message: bool,
     /// The list itself, for attributes named after a header.
     listed: Vec<String>,
 }
@@ -56,6 +58,7 @@ impl Redaction {
             b3: listed("b3"),
             b3_multi: B3_MULTI.iter().any(|h| listed(h)),
             tracestate: listed("tracestate"),
+            grpc_message: listed("grpc-message"),
             listed: headers.to_vec(),
         }
     }
@@ -74,6 +77,12 @@ impl Redaction {
                     REDACTED.clone_into(field);
                     n += 1;
                 }
+            }
+        }
+        if let Some(grpc) = session.grpc.as_mut() {
+            if self.grpc_message && !grpc.message.is_empty() {
+                REDACTED.clone_into(&mut grpc.message);
+                n += 1;
             }
         }
         if let Some(trace) = session.trace.as_mut() {
@@ -157,6 +166,26 @@ mod tests {
             Some("shop.internal")
         );
         assert!(s.trace.is_some());
+    }
+
+    #[test]
+    fn a_listed_grpc_message_is_replaced() {
+        let mut s = session();
+        s.grpc = Some(clovisor_proto::session::v1::Grpc {
+            service: "a.B".into(),
+            method: "C".into(),
+            status_code: Some(16),
+            message: "token abc expired".into(),
+        });
+        assert_eq!(redact(&mut s, &defaults()), 2, "not listed by default");
+        assert_eq!(
+            s.grpc.as_ref().map(|g| g.message.as_str()),
+            Some("token abc expired")
+        );
+        let mut list = defaults();
+        list.push("grpc-message".into());
+        assert_eq!(redact(&mut s, &list), 1);
+        assert_eq!(s.grpc.as_ref().map(|g| g.message.as_str()), Some(REDACTED));
     }
 
     #[test]

@@ -62,8 +62,13 @@ pub fn fixture(name: &str) -> Vec<Connection> {
     connections
 }
 
+/// Message `index` of a flow, all of `payload`, with made-up timings.
+pub fn message(index: u32, direction: Direction, payload: &[u8]) -> Message<'_> {
+    cut_message(index, direction, payload, usize::MAX)
+}
+
 /// A message of `bytes` bytes of which the first `snaplen` were captured.
-pub fn message(index: u32, direction: Direction, bytes: &[u8], snaplen: usize) -> Message<'_> {
+pub fn cut_message(index: u32, direction: Direction, bytes: &[u8], snaplen: usize) -> Message<'_> {
     Message {
         direction,
         stats: MessageStats {
@@ -88,7 +93,7 @@ pub fn run(
 ) -> Recorded {
     let mut out = Recorded::default();
     for (i, (direction, bytes)) in messages.iter().enumerate() {
-        let m = message(
+        let m = cut_message(
             u32::try_from(i).unwrap_or(u32::MAX),
             *direction,
             bytes,

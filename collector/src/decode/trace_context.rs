@@ -208,6 +208,67 @@ impl B3Multi<'_> {
     }
 }
 
+/// The trace headers of one request as seen, whatever the protocol carried them: the choice
+/// between formats is made once, here ([`TraceHeaders::pick`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TraceHeaders<'a> {
+    /// `traceparent`
+    pub traceparent: Option<Cow<'a, str>>,
+    /// `tracestate`
+    pub tracestate: Option<Cow<'a, str>>,
+    /// `b3`
+    pub b3_single: Option<Cow<'a, str>>,
+    /// `x-b3-*`
+    pub b3: B3Multi<'a>,
+}
+
+impl<'a> TraceHeaders<'a> {
+    /// Takes header `name` (lower case, as HTTP/2 sends it) if it is a trace header; the first
+    /// of each name wins. Returns whether it was one.
+    pub fn offer(&mut self, name: &[u8], value: impl FnOnce() -> Cow<'a, str>) -> bool {
+        let slot = match name {
+            b"traceparent" => &mut self.traceparent,
+            b"tracestate" => &mut self.tracestate,
+            b"b3" => &mut self.b3_single,
+            b"x-b3-traceid" => &mut self.b3.trace_id,
+            b"x-b3-spanid" => &mut self.b3.span_id,
+            b"x-b3-parentspanid" => &mut self.b3.parent_span_id,
+            b"x-b3-sampled" => &mut self.b3.sampled,
+            b"x-b3-flags" => &mut self.b3.flags,
+            _ => return false,
+        };
+        slot.get_or_insert_with(value);
+        true
+    }
+
+    /// The context: the first valid of W3C, B3 single, B3 multi; with the first rejection met
+    /// on the way, for the metrics.
+    pub fn pick(&self) -> (Option<TraceContext>, Option<TraceContextError>) {
+        let mut first_err = None;
+        if let Some(tp) = &self.traceparent {
+            match parse_traceparent(tp, self.tracestate.as_deref()) {
+                Ok(tc) => return (Some(tc), None),
+                Err(e) => first_err = Some(e),
+            }
+        }
+        if let Some(v) = &self.b3_single {
+            match parse_b3_single(v) {
+                Ok(Some(tc)) => return (Some(tc), first_err),
+                Ok(None) => {}
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        if !self.b3.is_empty() {
+            match self.b3.parse() {
+                Ok(Some(tc)) => return (Some(tc), first_err),
+                Ok(None) => {}
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        (None, first_err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -292,8 +292,19 @@ impl Flow {
         }
         let mut sink = Sink::new(ctx, key, point, id_prefix, name);
         let step = flow.on_message(&message, &mut sink);
+        let step = match step {
+            Step::Handover => match flow.successor() {
+                // What is open moved to the successor: nothing to close.
+                Some((name, next)) => {
+                    *decoding = Decoding::By { name, flow: next };
+                    return;
+                }
+                None => Step::Redetect,
+            },
+            other => other,
+        };
         match step {
-            Step::Continue => {}
+            Step::Continue | Step::Handover => {}
             Step::Redetect | Step::Stop => {
                 flow.on_close(&mut sink);
                 *decoding = if step == Step::Redetect {

@@ -77,11 +77,12 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     } else {
         point.node.clone()
     };
-    let (http, dns, database) = match ex.fields {
-        Fields::Http(h) => (Some(h), None, None),
-        Fields::Dns(d) => (None, Some(d), None),
-        Fields::Database(d) => (None, None, Some(d)),
-        Fields::None => (None, None, None),
+    let (http, grpc, dns, database) = match ex.fields {
+        Fields::Http(h) => (Some(h), None, None, None),
+        Fields::Grpc { http, grpc } => (Some(http), Some(grpc), None, None),
+        Fields::Dns(d) => (None, None, Some(d), None),
+        Fields::Database(d) => (None, None, None, Some(d)),
+        Fields::None => (None, None, None, None),
     };
     Session {
         id,
@@ -141,6 +142,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
         incomplete: ex.incomplete,
         attributes: ex.attributes,
         database,
+        grpc,
     }
 }
 

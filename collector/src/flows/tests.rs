@@ -788,14 +788,15 @@ fn a_flow_no_decoder_claims_still_counts_its_bytes_between_workloads() {
 }
 
 /// A decoder for these tests: claims flows starting with `SYNC`, makes one exchange per
-/// request/response pair, and loses step on `LOST` (then asks for detection afresh) or gives
-/// up on `STOP`.
+/// request/response pair, and loses step on `LOST` (then asks for detection afresh), gives
+/// up on `STOP`, or hands the flow over on `SWAP` to a successor that keeps its open request.
 #[derive(Debug)]
 struct Sync;
 
 #[derive(Debug, Default)]
 struct SyncFlow {
     request: Option<crate::decode::MessageStats>,
+    successor: Option<Box<dyn crate::decode::FlowDecoder>>,
 }
 
 impl crate::decode::Decoder for Sync {
@@ -835,6 +836,13 @@ impl crate::decode::FlowDecoder for SyncFlow {
         if m.payload.starts_with(b"STOP") {
             return Step::Stop;
         }
+        if m.payload.starts_with(b"SWAP") {
+            self.successor = Some(Box::new(SyncFlow {
+                request: self.request.take(),
+                successor: None,
+            }));
+            return Step::Handover;
+        }
         match (m.direction, self.request.take()) {
             (crate::decode::Direction::ClientToServer, _) => self.request = Some(m.stats),
             (crate::decode::Direction::ServerToClient, Some(request)) => out.exchange(Exchange {
@@ -854,6 +862,37 @@ impl crate::decode::FlowDecoder for SyncFlow {
         Step::Continue
     }
     fn on_close(&mut self, _: &mut dyn crate::decode::Output) {}
+    fn successor(&mut self) -> Option<(&'static str, Box<dyn crate::decode::FlowDecoder>)> {
+        self.successor.take().map(|f| ("sync2", f))
+    }
+}
+
+#[test]
+fn a_decoder_hands_its_flow_over_with_what_is_open() {
+    let m = Arc::new(CollectorMetrics::new());
+    let decoders = crate::decode::Decoders::new(vec![Arc::new(Sync)]);
+    let mut t = FlowTable::with_decoders(FlowTableConfig::default(), Arc::clone(&m), decoders);
+    let out = feed(
+        &mut t,
+        vec![
+            msg(1, 0, Direction::ClientToServer, b"SYNC hello"),
+            // The server switches protocol; the request stays open in the successor.
+            msg(1, 1, Direction::ServerToClient, b"SWAP"),
+            msg(1, 2, Direction::ClientToServer, b"SWAP again"),
+            msg(1, 3, Direction::ServerToClient, b"SYNC ok"),
+        ],
+    );
+    let ids: Vec<&str> = out.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["probe-1/1/0"],
+        "the request before the hand-over pairs after it"
+    );
+    assert_eq!(
+        m.messages_dropped_for("response_without_request"),
+        0,
+        "nothing closed or lost at the hand-over"
+    );
 }
 
 #[test]

@@ -134,6 +134,19 @@ pub struct DatabaseJson {
     pub response_truncated: bool,
 }
 
+/// Decoded gRPC fields.
+#[derive(Debug, Serialize)]
+pub struct GrpcJson {
+    /// Fully qualified service, e.g. `helloworld.Greeter`.
+    pub service: String,
+    /// Method, e.g. `SayHello`.
+    pub method: String,
+    /// `grpc-status`; `None` when no status was seen.
+    pub status_code: Option<u32>,
+    /// `grpc-message`, decoded.
+    pub message: Option<String>,
+}
+
 /// A request/response pair of counters.
 #[derive(Debug, Serialize)]
 pub struct CountersJson {
@@ -163,7 +176,7 @@ pub struct TraceJson {
 pub struct SessionJson {
     /// Session id.
     pub id: String,
-    /// `http/1.1`, …
+    /// `http/1.1`, `http/2`, `grpc`, …
     pub protocol: String,
     /// Request start.
     pub start_time: Option<String>,
@@ -182,6 +195,8 @@ pub struct SessionJson {
     /// Database fields, when decoded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseJson>,
+    /// gRPC fields, for a gRPC call.
+    pub grpc: Option<GrpcJson>,
     /// Byte counts.
     pub bytes: CountersJson,
     /// Packet counts.
@@ -237,6 +252,8 @@ impl From<&CorrelatedSession> for SessionJson {
                 let v = s.http.as_ref().map_or("", |h| h.version.as_str());
                 format!("http/{}", http_version(v))
             }
+            Ok(Protocol::Http2) => "http/2".to_owned(),
+            Ok(Protocol::Grpc) => "grpc".to_owned(),
             Ok(Protocol::Redis) => "redis".to_owned(),
             Ok(Protocol::Postgresql) => "postgresql".to_owned(),
             Ok(Protocol::Mysql) => "mysql".to_owned(),
@@ -295,6 +312,12 @@ impl From<&CorrelatedSession> for SessionJson {
             observations: s.observations.iter().map(observation).collect(),
             http,
             database,
+            grpc: s.grpc.as_ref().map(|g| GrpcJson {
+                service: g.service.clone(),
+                method: g.method.clone(),
+                status_code: g.status_code,
+                message: opt(&g.message),
+            }),
             bytes: CountersJson {
                 request: bytes.request,
                 response: bytes.response,

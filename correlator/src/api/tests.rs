@@ -137,6 +137,27 @@ async fn session_json_shape() {
     assert_eq!(s["trace"]["format"], "w3c");
     assert_eq!(s["trace"]["span_id"].as_str().map(str::len), Some(16));
     assert_eq!(s["incomplete"], false);
+    assert!(s["grpc"].is_null(), "no gRPC part for HTTP/1.1: {s}");
+}
+
+#[tokio::test]
+async fn grpc_session_json_shape() {
+    let state = state_with(vec![SessionBuilder::new("g-1").grpc(
+        "helloworld.Greeter",
+        "SayHello",
+        3,
+        "name: required",
+    )]);
+    let (status, s) = get_json(app(state), "/api/v1/sessions/g-1").await;
+    assert_eq!(status, StatusCode::OK, "body {s}");
+    assert_eq!(s["protocol"], "grpc");
+    assert_eq!(s["http"]["version"], "2");
+    assert_eq!(s["http"]["method"], "POST");
+    assert_eq!(s["http"]["path"], "/helloworld.Greeter/SayHello");
+    assert_eq!(s["grpc"]["service"], "helloworld.Greeter");
+    assert_eq!(s["grpc"]["method"], "SayHello");
+    assert_eq!(s["grpc"]["status_code"], 3);
+    assert_eq!(s["grpc"]["message"], "name: required");
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@
 use std::net::IpAddr;
 
 use clovisor_proto::common::v1::PointKind;
-use clovisor_proto::session::v1::{Database, Endpoint, Http, Observation, Session};
+use clovisor_proto::session::v1::{Database, Endpoint, Grpc, Http, Observation, Session};
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -386,6 +386,34 @@ fn status(attrs: &mut Attributes<'_>, kind: SpanKind, status_code: u32) -> Statu
     }
 }
 
+/// `rpc.*` of a gRPC call.
+fn grpc_attributes(attrs: &mut Attributes<'_>, g: &Grpc) {
+    attrs.str("rpc.system", "grpc");
+    if !g.service.is_empty() {
+        attrs.str("rpc.service", &g.service);
+        attrs.str("rpc.method", &g.method);
+    }
+    if let Some(code) = g.status_code {
+        attrs.int("rpc.grpc.status_code", i64::from(code));
+    }
+}
+
+/// The span status of a gRPC call: on a client span every non-OK code is an error; on a server
+/// span only the codes that mean the server failed (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
+/// INTERNAL, UNAVAILABLE, DATA_LOSS), as the RPC semantic conventions say.
+fn grpc_status(attrs: &mut Attributes<'_>, kind: SpanKind, code: u32) -> StatusCode {
+    let error = match kind {
+        SpanKind::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+        _ => code != 0,
+    };
+    if error {
+        attrs.display("error.type", code);
+        StatusCode::Error
+    } else {
+        StatusCode::Unset
+    }
+}
+
 const EVENT_NAMES: [&str; 4] = [
     "request.start",
     "request.end",
@@ -500,8 +528,17 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
         wire::bytes(buf, field::PARENT_SPAN_ID, &parent.0);
     }
     let database = session.database.as_ref();
-    let name = database.map_or_else(|| span_name(http), db_span_name);
-    wire::bytes(buf, field::NAME, name.as_bytes());
+    let grpc = session.grpc.as_ref();
+    match (database, grpc.filter(|g| !g.service.is_empty())) {
+        (Some(d), _) => wire::bytes(buf, field::NAME, db_span_name(d).as_bytes()),
+        // gRPC: `package.Service/Method`, as the RPC semantic conventions name spans.
+        (None, Some(g)) => wire::bytes(
+            buf,
+            field::NAME,
+            format!("{}/{}", g.service, g.method).as_bytes(),
+        ),
+        (None, None) => wire::bytes(buf, field::NAME, span_name(http).as_bytes()),
+    }
     wire::uint(buf, field::KIND, kind as u64);
     if start != 0 {
         wire::fixed64(buf, field::START, start);
@@ -524,9 +561,13 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
         }
         k8s_attributes(&mut attrs, ends.this());
         clovisor_attributes(&mut attrs, rec, http, &ends);
-        match database {
-            Some(d) => db_status(&mut attrs, d),
-            None => status(&mut attrs, kind, http.status_code),
+        if let Some(g) = grpc {
+            grpc_attributes(&mut attrs, g);
+        }
+        match (database, grpc.and_then(|g| g.status_code)) {
+            (Some(d), _) => db_status(&mut attrs, d),
+            (None, Some(code)) => grpc_status(&mut attrs, kind, code),
+            (None, None) => status(&mut attrs, kind, http.status_code),
         }
     };
     observation_events(buf, session);
@@ -815,6 +856,34 @@ mod tests {
             "peer of a client is the server"
         );
         assert_eq!(str_attr(&client_404, "k8s.pod.name"), "client-0");
+    }
+
+    #[test]
+    fn grpc_calls_follow_the_rpc_conventions() {
+        let svc = "helloworld.Greeter";
+        let (_, ok) = span_of(SessionBuilder::new("a").grpc(svc, "SayHello", 0, ""));
+        assert_eq!(ok.name, "helloworld.Greeter/SayHello");
+        assert_eq!(str_attr(&ok, "rpc.system"), "grpc");
+        assert_eq!(str_attr(&ok, "rpc.service"), svc);
+        assert_eq!(str_attr(&ok, "rpc.method"), "SayHello");
+        assert_eq!(int_attr(&ok, "rpc.grpc.status_code"), 0);
+        assert_eq!(str_attr(&ok, "network.protocol.version"), "2");
+        assert_eq!(str_attr(&ok, "url.path"), "/helloworld.Greeter/SayHello");
+        let code = |s: &Span| s.status.as_ref().map(|st| st.code);
+        assert_eq!(code(&ok), Some(StatusCode::Unset as i32));
+        // NOT_FOUND is the caller's business on the server, an error for the client.
+        let (_, server_nf) = span_of(SessionBuilder::new("b").grpc(svc, "SayHello", 5, "no"));
+        assert_eq!(code(&server_nf), Some(StatusCode::Unset as i32));
+        let (_, client_nf) = span_of(
+            SessionBuilder::new("c")
+                .grpc(svc, "SayHello", 5, "no")
+                .side(Side::Client),
+        );
+        assert_eq!(code(&client_nf), Some(StatusCode::Error as i32));
+        assert_eq!(str_attr(&client_nf, "error.type"), "5");
+        let (_, server_unavailable) =
+            span_of(SessionBuilder::new("d").grpc(svc, "SayHello", 14, "down"));
+        assert_eq!(code(&server_unavailable), Some(StatusCode::Error as i32));
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! Merging what several points saw of one exchange into one session.
 
 use clovisor_proto::common::v1::{PointKind, Side};
-use clovisor_proto::session::v1::{Endpoint, Http, Observation, Session};
+use clovisor_proto::session::v1::{Endpoint, Http, Observation, Protocol, Session};
 
 /// Whether `a` and `b` can be the same exchange: every field both decoded agrees. Used as a
 /// guard on key matches too, so a key collision never merges two different requests.
 pub fn compatible(a: &Session, b: &Session) -> bool {
-    if a.protocol != b.protocol {
+    if a.protocol != b.protocol && !http2_and_grpc(a.protocol, b.protocol) {
         return false;
     }
     let same = |x: &str, y: &str| x.is_empty() || y.is_empty() || x == y;
@@ -30,6 +30,13 @@ pub fn compatible(a: &Session, b: &Session) -> bool {
         }
     }
     true
+}
+
+/// A gRPC call and an HTTP/2 exchange may be the same: a point whose HPACK table was out of
+/// step cannot always tell a call from its headers.
+fn http2_and_grpc(a: i32, b: i32) -> bool {
+    let (h2, grpc) = (Protocol::Http2 as i32, Protocol::Grpc as i32);
+    (a == h2 && b == grpc) || (a == grpc && b == h2)
 }
 
 /// Whether `session` already holds an observation from the point that made `o`: the same point
@@ -161,6 +168,11 @@ pub fn merge(into: &mut Session, add: Session) -> String {
     if into.trace.is_none() {
         into.trace = add.trace;
     }
+    if into.grpc.is_none() && add.grpc.is_some() {
+        // The point that told the call apart decides: it is a gRPC call.
+        into.grpc = add.grpc;
+        into.protocol = Protocol::Grpc as i32;
+    }
     for (k, v) in add.attributes {
         into.attributes.entry(k).or_insert(v);
     }
@@ -228,6 +240,23 @@ mod tests {
         merge(&mut a, b);
         assert!(!a.incomplete);
         assert_eq!(a.http.map(|h| h.status_code), Some(503));
+    }
+
+    #[test]
+    fn a_point_that_told_a_grpc_call_apart_completes_one_that_could_not() {
+        let call = SessionBuilder::new("socket").grpc("helloworld.Greeter", "SayHello", 5, "no");
+        let mut veth = call.clone().build();
+        veth.protocol = Protocol::Http2 as i32;
+        veth.grpc = None;
+        let call = call.build();
+        assert!(compatible(&veth, &call) && compatible(&call, &veth));
+        merge(&mut veth, call);
+        assert_eq!(veth.protocol, Protocol::Grpc as i32);
+        assert_eq!(veth.grpc.and_then(|g| g.status_code), Some(5));
+        let mut http1 = SessionBuilder::new("h1").build();
+        http1.protocol = Protocol::Http1 as i32;
+        let call = SessionBuilder::new("c").grpc("a.B", "C", 0, "").build();
+        assert!(!compatible(&http1, &call), "HTTP/1 is never a gRPC call");
     }
 
     #[test]

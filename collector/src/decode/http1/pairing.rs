@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use clovisor_proto::session::v1::{Http, Protocol};
 
 use super::parse::{decode_requests, decode_response, decode_responses, RequestHead, ResponseHead};
+use crate::decode::http2::{Http2, Http2Flow};
 use crate::decode::{
-    Direction, Exchange, Fields, FlowDecoder, Message, MessageStats, Output, Step,
+    Decoder, Direction, Exchange, Fields, FlowDecoder, Message, MessageStats, Output, Step,
 };
 
 /// A request message waiting for its response.
@@ -32,6 +33,8 @@ struct Open {
 #[derive(Debug, Default)]
 pub struct Http1Flow {
     open: Option<Open>,
+    /// The HTTP/2 decoder the flow switched to (`Upgrade: h2c` accepted).
+    upgraded: Option<Box<dyn FlowDecoder>>,
 }
 
 impl FlowDecoder for Http1Flow {
@@ -40,7 +43,15 @@ impl FlowDecoder for Http1Flow {
             Direction::ClientToServer => self.on_request(m, out),
             Direction::ServerToClient => self.on_response(m, out),
         }
-        Step::Continue
+        if self.upgraded.is_some() {
+            Step::Handover
+        } else {
+            Step::Continue
+        }
+    }
+
+    fn successor(&mut self) -> Option<(&'static str, Box<dyn FlowDecoder>)> {
+        self.upgraded.take().map(|f| (Http2.name(), f))
     }
 
     /// Waits for the final counters of an early-flushed response unless its head says how long
@@ -105,6 +116,13 @@ impl Http1Flow {
                 Vec::new()
             }
         };
+        if let ([request], Some(first)) = (open.requests.as_slice(), responses.first()) {
+            if first.status == 101 && request.upgrade_h2c {
+                let head_len = first.head_len;
+                self.upgrade(open, head_len, m, out);
+                return;
+            }
+        }
         let mut response = m.stats;
         if let Some(interim) = open.interim {
             response.start = interim.start;
@@ -133,6 +151,35 @@ impl Http1Flow {
                 incomplete: false,
             }));
         }
+    }
+
+    /// `Upgrade: h2c` was accepted: the request becomes stream 1 of an HTTP/2 connection whose
+    /// server frames follow the `101` head (`head_len` bytes) in `m`. Its exchange is reported
+    /// by the HTTP/2 decoder, with the final response.
+    fn upgrade(&mut self, open: Open, head_len: usize, m: &Message<'_>, out: &mut dyn Output) {
+        let Some(head) = open.requests.into_iter().next() else {
+            return;
+        };
+        let mut h2 = Http2Flow::upgraded(&head, open.request);
+        let consumed = u64::try_from(head_len).unwrap_or(u64::MAX);
+        let rest = Message {
+            direction: m.direction,
+            stats: MessageStats {
+                // A head is within the capture, far below 2^32 bytes.
+                tcp_seq: m
+                    .stats
+                    .tcp_seq
+                    .wrapping_add(u32::try_from(head_len).unwrap_or(0)),
+                bytes: m.stats.bytes.saturating_sub(consumed),
+                ..m.stats
+            },
+            payload: m.payload.get(head_len..).unwrap_or_default(),
+            partial: m.partial,
+        };
+        if rest.stats.bytes > 0 || !rest.payload.is_empty() {
+            h2.on_message(&rest, out);
+        }
+        self.upgraded = Some(Box::new(h2));
     }
 
     /// Reports the open request(s), if any, as incomplete.

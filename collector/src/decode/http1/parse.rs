@@ -10,9 +10,7 @@ use std::mem::MaybeUninit;
 
 use clovisor_proto::session::v1::TraceContext;
 
-use crate::decode::trace_context::{
-    parse_b3_single, parse_traceparent, B3Multi, TraceContextError,
-};
+use crate::decode::trace_context::{TraceContextError, TraceHeaders};
 
 /// Why a head could not be decoded. Bounded, so it can label a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +116,8 @@ pub struct RequestHead {
     pub content_length: Option<u64>,
     /// `Transfer-Encoding` ends with `chunked`.
     pub chunked: bool,
+    /// `Upgrade` offers `h2c` (HTTP/2 over cleartext): a `101` answer switches the flow to it.
+    pub upgrade_h2c: bool,
     /// Trace context found in the headers, W3C preferred over B3 single over B3 multi.
     pub trace: Option<TraceContext>,
     /// Why a trace header present in the request was rejected.
@@ -224,6 +224,7 @@ enum Wanted {
     EnvoyDecorator,
     ContentLength,
     TransferEncoding,
+    Upgrade,
     Traceparent,
     Tracestate,
     B3,
@@ -241,6 +242,7 @@ fn wanted(name: &str) -> Option<Wanted> {
     let w = match name.len() {
         2 if is("b3") => Wanted::B3,
         4 if is("host") => Wanted::Host,
+        7 if is("upgrade") => Wanted::Upgrade,
         10 if is("user-agent") => Wanted::UserAgent,
         10 if is("tracestate") => Wanted::Tracestate,
         10 if is("x-b3-flags") => Wanted::B3Flags,
@@ -310,10 +312,7 @@ fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
         head_len: n,
         ..RequestHead::default()
     };
-    let mut traceparent = None;
-    let mut tracestate = None;
-    let mut b3_single = None;
-    let mut b3 = B3Multi::default();
+    let mut trace = TraceHeaders::default();
     for h in req.headers.iter() {
         let Some(w) = wanted(h.name) else {
             continue;
@@ -338,55 +337,39 @@ fn request_once(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
                 }
             }
             Wanted::TransferEncoding => head.chunked = is_chunked(v),
+            Wanted::Upgrade => {
+                head.upgrade_h2c |= v
+                    .split(|&b| b == b',')
+                    .any(|t| trimmed(t).eq_ignore_ascii_case("h2c"));
+            }
             Wanted::Traceparent => {
-                traceparent.get_or_insert_with(|| trimmed(v));
+                trace.traceparent.get_or_insert_with(|| trimmed(v));
             }
             Wanted::Tracestate => {
-                tracestate.get_or_insert_with(|| trimmed(v));
+                trace.tracestate.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3 => {
-                b3_single.get_or_insert_with(|| trimmed(v));
+                trace.b3_single.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3TraceId => {
-                b3.trace_id.get_or_insert_with(|| trimmed(v));
+                trace.b3.trace_id.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3SpanId => {
-                b3.span_id.get_or_insert_with(|| trimmed(v));
+                trace.b3.span_id.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3ParentSpanId => {
-                b3.parent_span_id.get_or_insert_with(|| trimmed(v));
+                trace.b3.parent_span_id.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3Sampled => {
-                b3.sampled.get_or_insert_with(|| trimmed(v));
+                trace.b3.sampled.get_or_insert_with(|| trimmed(v));
             }
             Wanted::B3Flags => {
-                b3.flags.get_or_insert_with(|| trimmed(v));
+                trace.b3.flags.get_or_insert_with(|| trimmed(v));
             }
         }
     }
     // First valid format wins; the first rejection is remembered for the metrics.
-    let mut first_err = None;
-    if let Some(tp) = traceparent {
-        match parse_traceparent(&tp, tracestate.as_deref()) {
-            Ok(tc) => head.trace = Some(tc),
-            Err(e) => first_err = first_err.or(Some(e)),
-        }
-    }
-    if head.trace.is_none() {
-        if let Some(v) = b3_single {
-            match parse_b3_single(&v) {
-                Ok(tc) => head.trace = tc,
-                Err(e) => first_err = first_err.or(Some(e)),
-            }
-        }
-    }
-    if head.trace.is_none() && !b3.is_empty() {
-        match b3.parse() {
-            Ok(tc) => head.trace = tc,
-            Err(e) => first_err = first_err.or(Some(e)),
-        }
-    }
-    head.trace_error = first_err;
+    (head.trace, head.trace_error) = trace.pick();
     Ok(Some(head))
 }
 

@@ -1,9 +1,9 @@
 //! HTTP/1.x: parsing heads (including hostile and cut input) and pairing them on a flow.
 
 use super::*;
-use crate::decode::testing::Recorded;
+use crate::decode::testing::{message, Recorded};
 use crate::decode::{Direction, TraceContextError};
-use crate::decode::{Exchange, Fields, FlowDecoder, Message, MessageStats, Step};
+use crate::decode::{Exchange, Fields, FlowDecoder, Message, Step};
 use clovisor_proto::session::v1::TraceFormat;
 
 fn req(s: &str) -> RequestHead {
@@ -276,23 +276,6 @@ fn sniffing() {
     );
     assert_eq!(sniff(b"*1\r\n$4\r\nPING\r\n"), Sniffed::Unknown);
     assert_eq!(sniff(b""), Sniffed::Unknown);
-}
-
-fn message(index: u32, direction: Direction, payload: &[u8]) -> Message<'_> {
-    Message {
-        direction,
-        stats: MessageStats {
-            index,
-            start: u64::from(index) * 10,
-            end: u64::from(index) * 10 + 5,
-            tcp_seq: 100 + index,
-            bytes: payload.len() as u64,
-            packets: 1,
-            retransmits: 0,
-        },
-        payload,
-        partial: false,
-    }
 }
 
 /// Feeds `messages` in order to a fresh HTTP/1.x flow, then closes it.

@@ -4,7 +4,7 @@
 
 use super::resp::{self, Parsed};
 use super::*;
-use crate::decode::testing::{fixture, message, run, Connection, Recorded, Rng};
+use crate::decode::testing::{cut_message, fixture, run, Connection, Recorded, Rng};
 use crate::decode::{Exchange, Fields, MessageStats, Step};
 use clovisor_proto::capture::v1::FlowKey;
 use clovisor_proto::session::v1::{Database, Protocol};
@@ -393,7 +393,7 @@ fn garbage_and_cuts_anywhere_never_panic() {
             (Direction::ServerToClient, noise),
         ];
         let _ = decode(&conn, 1 + rng.below(80));
-        let _ = message(0, Direction::ClientToServer, &conn[0].1, 4);
+        let _ = cut_message(0, Direction::ClientToServer, &conn[0].1, 4);
     }
 }
 
@@ -405,17 +405,20 @@ fn replies_beyond_a_capture_ending_on_a_boundary_answer_the_waiting_commands() {
     let mut out = Recorded::default();
     let cmds = b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n";
     let replies = b"$1\r\n1\r\n$1\r\n2\r\n";
-    flow.on_message(&message(0, Direction::ClientToServer, cmds, 1024), &mut out);
     flow.on_message(
-        &message(1, Direction::ServerToClient, replies, snaplen),
+        &cut_message(0, Direction::ClientToServer, cmds, 1024),
         &mut out,
     );
     flow.on_message(
-        &message(2, Direction::ClientToServer, b"*1\r\n$4\r\nPING\r\n", 1024),
+        &cut_message(1, Direction::ServerToClient, replies, snaplen),
         &mut out,
     );
     flow.on_message(
-        &message(3, Direction::ServerToClient, b"+PONG\r\n", 1024),
+        &cut_message(2, Direction::ClientToServer, b"*1\r\n$4\r\nPING\r\n", 1024),
+        &mut out,
+    );
+    flow.on_message(
+        &cut_message(3, Direction::ServerToClient, b"+PONG\r\n", 1024),
         &mut out,
     );
     let got: Vec<_> = out
