@@ -21,6 +21,7 @@
 //! protocol wraps that protocol's [`FlowDecoder`] and adds attributes to the exchanges it reports.
 
 pub mod http1;
+pub mod mysql;
 pub mod postgresql;
 pub mod redact;
 pub mod redis;
@@ -307,6 +308,7 @@ impl Default for Decoders {
             Arc::new(http1::Http1),
             Arc::new(redis::Redis),
             Arc::new(postgresql::Postgresql),
+            Arc::new(mysql::Mysql),
         ])
     }
 }
