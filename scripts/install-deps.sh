@@ -15,6 +15,7 @@ PACKAGES=(
   python3-venv                                        # offline manifest validation tools (scripts/validate-manifests.sh)
   redis-server                                        # live configuration tests, Redis decoding end to end (redis-cli)
   postgresql postgresql-client                        # PostgreSQL decoding end to end (initdb/pg_ctl, psql, pgbench)
+  mariadb-server mariadb-client                       # MySQL decoding end to end (mariadb-install-db, mariadbd, mariadb)
 )
 
 missing=()
@@ -44,3 +45,4 @@ systemctl disable --now nginx >/dev/null 2>&1 || true
 systemctl disable --now stunnel4 >/dev/null 2>&1 || true
 systemctl disable --now redis-server >/dev/null 2>&1 || true
 systemctl disable --now postgresql >/dev/null 2>&1 || true
+systemctl disable --now mariadb >/dev/null 2>&1 || true

@@ -210,6 +210,7 @@ impl Traffic {
             incomplete: false,
             attributes: Default::default(),
             observations: vec![observation],
+            database: None,
         };
         let veth = Observation {
             kind: PointKind::Pod as i32,

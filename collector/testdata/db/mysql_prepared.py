@@ -3,13 +3,17 @@
 import hashlib, socket, struct, sys
 host, port, user, pw, db = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 s = socket.create_connection((host, port))
-def read():
-    h = b''
-    while len(h) < 4: h += s.recv(4 - len(h))
-    n = h[0] | h[1] << 8 | h[2] << 16
+def recv_exactly(n):
     b = b''
-    while len(b) < n: b += s.recv(n - len(b))
-    return h[3], b
+    while len(b) < n:
+        chunk = s.recv(n - len(b))
+        if not chunk:
+            sys.exit('connection closed by the server')
+        b += chunk
+    return b
+def read():
+    h = recv_exactly(4)
+    return h[3], recv_exactly(h[0] | h[1] << 8 | h[2] << 16)
 def send(seq, body): s.sendall(struct.pack('<I', len(body))[:3] + bytes([seq]) + body)
 seq, greet = read()
 i = greet.index(b'\0', 1) + 1

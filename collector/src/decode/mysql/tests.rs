@@ -228,10 +228,10 @@ fn garbage_and_cuts_anywhere_never_panic() {
             match rng.below(4) {
                 0 if !bytes.is_empty() => {
                     let i = rng.below(bytes.len());
-                    bytes[i] = rng.next() as u8;
+                    bytes[i] = rng.next_u64() as u8;
                 }
                 1 => bytes.truncate(rng.below(bytes.len() + 1)),
-                2 => bytes.extend((0..rng.below(12)).map(|_| rng.next() as u8)),
+                2 => bytes.extend((0..rng.below(12)).map(|_| rng.next_u64() as u8)),
                 _ => {}
             }
         }
