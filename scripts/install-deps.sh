@@ -17,6 +17,7 @@ PACKAGES=(
   redis-server                                        # live configuration tests, Redis decoding end to end (redis-cli)
   postgresql postgresql-client                        # PostgreSQL decoding end to end (initdb/pg_ctl, psql, pgbench)
   nghttp2-server nghttp2-client nghttp2-proxy         # HTTP/2 tests: nghttpd, nghttp, nghttpx (h2c, Upgrade)
+  mariadb-server mariadb-client                       # MySQL decoding end to end (mariadb-install-db, mariadbd, mariadb)
 )
 
 missing=()
@@ -46,3 +47,4 @@ systemctl disable --now nginx >/dev/null 2>&1 || true
 systemctl disable --now stunnel4 >/dev/null 2>&1 || true
 systemctl disable --now redis-server >/dev/null 2>&1 || true
 systemctl disable --now postgresql >/dev/null 2>&1 || true
+systemctl disable --now mariadb >/dev/null 2>&1 || true

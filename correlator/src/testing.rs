@@ -425,3 +425,16 @@ impl SessionBuilder {
         self.session
     }
 }
+
+/// The string value of `span`'s attribute `key`, if it has one.
+pub fn string_attribute(span: &Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .and_then(|v| match v {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+}

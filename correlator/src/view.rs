@@ -114,27 +114,6 @@ pub fn split_host(host: &str) -> (&str, Option<u16>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn target_and_host_parsing() {
-        assert_eq!(split_target("/a/b?x=1"), ("/a/b", Some("x=1")));
-        assert_eq!(split_target("/a"), ("/a", None));
-        assert_eq!(split_target("*"), ("*", None));
-        assert_eq!(split_target("http://h:80"), ("/", None));
-        assert_eq!(split_target("http://h?x=1"), ("/", Some("x=1")));
-        assert_eq!(split_host("web:8080"), ("web", Some(8080)));
-        assert_eq!(split_host("web"), ("web", None));
-        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
-        assert_eq!(split_host("::1"), ("::1", None));
-        assert_eq!(http_version("HTTP/1.0"), "1.0");
-        assert_eq!(http_version("1.1"), "1.1");
-        assert_eq!(http_version(""), "1.1");
-    }
-}
-
 /// Database operations that may name a span and label a metric as they are; any other is
 /// `_OTHER` (OpenTelemetry's word for a value outside a bounded set). SQL command tags count by
 /// their first word (`CREATE TABLE` → `CREATE`).
@@ -294,5 +273,26 @@ pub fn db_error_type(d: &Database) -> Option<&str> {
         Some("_OTHER")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_and_host_parsing() {
+        assert_eq!(split_target("/a/b?x=1"), ("/a/b", Some("x=1")));
+        assert_eq!(split_target("/a"), ("/a", None));
+        assert_eq!(split_target("*"), ("*", None));
+        assert_eq!(split_target("http://h:80"), ("/", None));
+        assert_eq!(split_target("http://h?x=1"), ("/", Some("x=1")));
+        assert_eq!(split_host("web:8080"), ("web", Some(8080)));
+        assert_eq!(split_host("web"), ("web", None));
+        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
+        assert_eq!(split_host("::1"), ("::1", None));
+        assert_eq!(http_version("HTTP/1.0"), "1.0");
+        assert_eq!(http_version("1.1"), "1.1");
+        assert_eq!(http_version(""), "1.1");
     }
 }

@@ -1,6 +1,7 @@
 //! Database servers in a pod and their command-line clients in another: real `redis-server`
 //! and `redis-cli`, PostgreSQL (`initdb` / `pg_ctl` as the `postgres` user, which the Debian
-//! package creates) and `psql` / `pgbench`. Each server keeps its files in a temporary directory
+//! package creates) and `psql` / `pgbench`, MariaDB (`mariadb-install-db`, `mariadbd` as the
+//! `mysql` user) and the `mariadb` client. Each server keeps its files in a temporary directory
 //! and is stopped on drop, also when the test fails.
 
 use std::path::PathBuf;
@@ -9,12 +10,20 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{run, run_in, wait_for, Pod, Proc};
+use crate::{run, run_in, wait_for, AllInOne, Pod, Proc};
 
 /// Port the servers listen on in their pod.
 pub const REDIS_PORT: u16 = 6379;
 /// Port PostgreSQL listens on in its pod.
 pub const POSTGRES_PORT: u16 = 5432;
+/// Port MariaDB listens on in its pod.
+pub const MYSQL_PORT: u16 = 3306;
+/// The MariaDB user the tests log in as (password [`MYSQL_PASSWORD`]), and its database.
+pub const MYSQL_USER: &str = "app";
+/// [`MYSQL_USER`]'s password.
+pub const MYSQL_PASSWORD: &str = "app-e2e-pw";
+/// The database [`Mariadb::start`] creates.
+pub const MYSQL_DATABASE: &str = "shop";
 
 /// `redis-server` in a pod on [`REDIS_PORT`], persistence off. Killed on drop.
 pub struct RedisServer {
@@ -205,4 +214,183 @@ pub fn pgbench_prepared(client: &Pod, server: &Pod, script: &str) -> Result<Stri
         ],
     )?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `mariadbd` in a pod on [`MYSQL_PORT`], its data in a temporary directory, with a user
+/// [`MYSQL_USER`] (password authentication) and a database [`MYSQL_DATABASE`]. Killed on drop.
+pub struct Mariadb {
+    proc: Proc,
+    dir: tempfile::TempDir,
+}
+
+impl Mariadb {
+    /// Creates the data directory, starts the server in `pod` and creates the user.
+    pub fn start(pod: &Pod) -> Result<Self> {
+        let dir = tempfile::tempdir().context("mariadb work dir")?;
+        let root = dir.path().display().to_string();
+        run("chown", &["mysql:mysql", &root])?;
+        let data = format!("{root}/data");
+        run(
+            "mariadb-install-db",
+            &[
+                "--user=mysql",
+                &format!("--datadir={data}"),
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ],
+        )?;
+        let socket = format!("{root}/mysqld.sock");
+        let mut cmd = Command::new("ip");
+        // `ip netns exec` execs mariadbd, which drops to `mysql` itself: the pid is the server's.
+        cmd.args([
+            "netns",
+            "exec",
+            &pod.netns,
+            "mariadbd",
+            "--no-defaults",
+            "--user=mysql",
+        ])
+        .arg(format!("--datadir={data}"))
+        .arg(format!("--socket={socket}"))
+        .arg(format!("--pid-file={root}/mysqld.pid"))
+        .args([&format!("--port={MYSQL_PORT}"), "--bind-address=0.0.0.0"])
+        .args(["--skip-name-resolve", "--innodb-buffer-pool-size=16M"]);
+        let proc = Proc::spawn(cmd, dir.path().join("mariadbd.log"))?;
+        let server = Self { proc, dir };
+        let setup = format!(
+            "CREATE USER '{MYSQL_USER}'@'%' IDENTIFIED BY '{MYSQL_PASSWORD}'; \
+             GRANT ALL ON *.* TO '{MYSQL_USER}'@'%'; CREATE DATABASE {MYSQL_DATABASE};"
+        );
+        let mut last = String::new();
+        let up = wait_for(
+            "mariadbd to accept connections",
+            Duration::from_secs(30),
+            || match run(
+                "mariadb",
+                &[
+                    "--no-defaults",
+                    &format!("--socket={socket}"),
+                    "-uroot",
+                    "-e",
+                    "SELECT 1",
+                ],
+            ) {
+                Ok(_) => Ok(true),
+                Err(e) => {
+                    last = format!("{e:#}");
+                    Ok(false)
+                }
+            },
+        );
+        if let Err(e) = up {
+            bail!("{e:#}: {last}\nserver log:\n{}", server.proc.log_text());
+        }
+        run(
+            "mariadb",
+            &[
+                "--no-defaults",
+                &format!("--socket={socket}"),
+                "-uroot",
+                "-e",
+                &setup,
+            ],
+        )?;
+        Ok(server)
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        let _ = &self.dir;
+        self.proc.log_text()
+    }
+}
+
+/// Runs the `mariadb` client in `client` against the server in `server` as [`MYSQL_USER`] on
+/// [`MYSQL_DATABASE`], without TLS, with `args` (e.g. `-e`, statements); its output.
+pub fn mariadb(client: &Pod, server: &Pod, args: &[&str]) -> Result<String> {
+    let host = server.ipv4.to_string();
+    let port = MYSQL_PORT.to_string();
+    let password = format!("-p{MYSQL_PASSWORD}");
+    let mut all = vec![
+        "mariadb",
+        "--no-defaults",
+        "--skip-ssl",
+        "-h",
+        &host,
+        "-P",
+        &port,
+        "-u",
+        MYSQL_USER,
+        &password,
+        MYSQL_DATABASE,
+    ];
+    all.extend(args);
+    let out = run_in(&client.netns, &all)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Prepares `statement` and executes it with the integer `params` through the binary protocol
+/// (`COM_STMT_PREPARE`, `COM_STMT_EXECUTE`), from `client`: the minimal client that made the
+/// collector's fixture (`collector/testdata/db/mysql_prepared.py`); its output.
+pub fn mysql_prepared(
+    client: &Pod,
+    server: &Pod,
+    statement: &str,
+    params: &[i64],
+) -> Result<String> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../collector/testdata/db/mysql_prepared.py"
+    );
+    let host = server.ipv4.to_string();
+    let port = MYSQL_PORT.to_string();
+    let params: Vec<String> = params.iter().map(i64::to_string).collect();
+    let mut all = vec![
+        "timeout",
+        "10",
+        "python3",
+        script,
+        &host,
+        &port,
+        MYSQL_USER,
+        MYSQL_PASSWORD,
+        MYSQL_DATABASE,
+        statement,
+    ];
+    all.extend(params.iter().map(String::as_str));
+    let out = run_in(&client.netns, &all)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until `clovisor` has counted an exchange of `system`, `operation` and `outcome` in
+/// `clovisor_db_requests_total` (whatever the server's workload labels); fails with the
+/// database series it saw.
+pub fn wait_for_db_count(
+    clovisor: &AllInOne,
+    system: &str,
+    operation: &str,
+    outcome: &str,
+) -> Result<()> {
+    let series = format!(
+        "clovisor_db_requests_total{{system=\"{system}\",operation=\"{operation}\",outcome=\"{outcome}\","
+    );
+    let mut metrics = String::new();
+    let counted = wait_for(
+        &format!("{series} counted"),
+        Duration::from_secs(15),
+        || {
+            metrics = clovisor.metrics_text()?;
+            Ok(metrics
+                .lines()
+                .any(|l| l.starts_with(&series) && !l.ends_with(" 0")))
+        },
+    );
+    if let Err(e) = counted {
+        let db: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("clovisor_db_"))
+            .collect();
+        bail!("{e:#}\n{db:#?}");
+    }
+    Ok(())
 }

@@ -8,10 +8,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clovisor_correlator::testing::OtlpReceiver;
-use clovisor_integration_tests::databases::{pgbench_prepared, psql, Postgres, POSTGRES_PORT};
+use clovisor_correlator::testing::{string_attribute, OtlpReceiver};
+use clovisor_integration_tests::databases::{
+    pgbench_prepared, psql, wait_for_db_count, Postgres, POSTGRES_PORT,
+};
 use clovisor_integration_tests::{wait_for, AllInOne, Lab};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use serde_json::Value;
 
 const SECRET_EMAIL: &str = "alice.e2e@example.com";
@@ -148,52 +149,35 @@ async fn postgresql_queries_become_sessions_end_to_end() -> Result<()> {
     let spans = otlp
         .wait_for_spans(expect.len(), Duration::from_secs(15))
         .await;
-    let str_attr = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-            .and_then(|v| match v {
-                AnyValue::StringValue(s) => Some(s.clone()),
-                _ => None,
-            })
-    };
     let failed = spans
         .iter()
-        .find(|s| str_attr(s, "db.query.text").as_deref() == Some("SELECT * FROM e2e_missing"))
+        .find(|s| {
+            string_attribute(s, "db.query.text").as_deref() == Some("SELECT * FROM e2e_missing")
+        })
         .with_context(|| format!("no span for the failing query in {spans:#?}"))?;
     assert_eq!(failed.name, "SELECT");
-    assert_eq!(str_attr(failed, "db.system").as_deref(), Some("postgresql"));
     assert_eq!(
-        str_attr(failed, "db.namespace").as_deref(),
+        string_attribute(failed, "db.system").as_deref(),
+        Some("postgresql")
+    );
+    assert_eq!(
+        string_attribute(failed, "db.namespace").as_deref(),
         Some("postgres")
     );
     assert_eq!(
-        str_attr(failed, "db.response.status_code").as_deref(),
+        string_attribute(failed, "db.response.status_code").as_deref(),
         Some("42P01")
     );
-    assert_eq!(str_attr(failed, "error.type").as_deref(), Some("42P01"));
+    assert_eq!(
+        string_attribute(failed, "error.type").as_deref(),
+        Some("42P01")
+    );
     assert!(
         !format!("{spans:?}").contains(SECRET_EMAIL),
         "a literal reached a span"
     );
 
-    let mut metrics = String::new();
-    let series =
-        r#"clovisor_db_requests_total{system="postgresql",operation="INSERT",outcome="ok","#;
-    let counted = wait_for("the INSERT counted", Duration::from_secs(15), || {
-        metrics = clovisor.metrics_text()?;
-        Ok(metrics
-            .lines()
-            .any(|l| l.starts_with(series) && !l.ends_with(" 0")))
-    });
-    if let Err(e) = counted {
-        let db: Vec<&str> = metrics
-            .lines()
-            .filter(|l| l.starts_with("clovisor_db_"))
-            .collect();
-        bail!("{e:#}: {series}\n{db:#?}");
-    }
+    wait_for_db_count(&clovisor, "postgresql", "INSERT", "ok")?;
     otlp.stop().await;
     Ok(())
 }

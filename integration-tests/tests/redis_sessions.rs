@@ -7,10 +7,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clovisor_correlator::testing::OtlpReceiver;
-use clovisor_integration_tests::databases::{redis_cli, RedisServer, REDIS_PORT};
+use clovisor_correlator::testing::{string_attribute, OtlpReceiver};
+use clovisor_integration_tests::databases::{
+    redis_cli, wait_for_db_count, RedisServer, REDIS_PORT,
+};
 use clovisor_integration_tests::{run_in, wait_for, AllInOne, Lab};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use serde_json::Value;
 
 const SECRET_VALUE: &str = "s3cret-e2e-value";
@@ -126,45 +127,27 @@ async fn redis_commands_become_sessions_end_to_end() -> Result<()> {
         "a value or a password left the collector: {text}"
     );
 
-    // Metrics: by system, bounded command and outcome (whatever the server's workload labels).
-    let series = r#"clovisor_db_requests_total{system="redis",operation="LPUSH",outcome="error","#;
-    let mut metrics = String::new();
-    let counted = wait_for("the LPUSH error counted", Duration::from_secs(15), || {
-        metrics = clovisor.metrics_text()?;
-        Ok(metrics
-            .lines()
-            .any(|l| l.starts_with(series) && !l.ends_with(" 0")))
-    });
-    if let Err(e) = counted {
-        let db: Vec<&str> = metrics
-            .lines()
-            .filter(|l| l.starts_with("clovisor_db_"))
-            .collect();
-        bail!("{e:#}: {series}\n{db:#?}");
-    }
+    // Metrics: by system, bounded command and outcome.
+    wait_for_db_count(&clovisor, "redis", "LPUSH", "error")?;
 
     // Spans: named by the command, with the database attributes.
     let spans = otlp.wait_for_spans(8, Duration::from_secs(15)).await;
-    let str_attr = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-            .and_then(|v| match v {
-                AnyValue::StringValue(s) => Some(s.clone()),
-                _ => None,
-            })
-    };
     let lpush = spans
         .iter()
         .find(|s| s.name == "LPUSH")
         .with_context(|| format!("no LPUSH span in {spans:#?}"))?;
-    assert_eq!(str_attr(lpush, "db.system").as_deref(), Some("redis"));
     assert_eq!(
-        str_attr(lpush, "db.query.text").as_deref(),
+        string_attribute(lpush, "db.system").as_deref(),
+        Some("redis")
+    );
+    assert_eq!(
+        string_attribute(lpush, "db.query.text").as_deref(),
         Some("LPUSH e2e:user ?")
     );
-    assert_eq!(str_attr(lpush, "error.type").as_deref(), Some("WRONGTYPE"));
+    assert_eq!(
+        string_attribute(lpush, "error.type").as_deref(),
+        Some("WRONGTYPE")
+    );
     assert!(
         !format!("{spans:?}").contains(SECRET_VALUE),
         "a value reached a span"

@@ -23,6 +23,7 @@
 pub mod dns;
 pub mod http1;
 pub mod http2;
+pub mod mysql;
 pub mod postgresql;
 pub mod redact;
 pub mod redis;
@@ -330,6 +331,7 @@ impl Default for Decoders {
             Arc::new(http2::Http2),
             Arc::new(redis::Redis),
             Arc::new(postgresql::Postgresql),
+            Arc::new(mysql::Mysql),
             Arc::new(dns::Dns),
         ])
     }

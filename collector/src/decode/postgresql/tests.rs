@@ -293,11 +293,11 @@ fn garbage_and_cuts_anywhere_never_panic() {
                 0 if !bytes.is_empty() => {
                     for _ in 0..1 + rng.below(3) {
                         let i = rng.below(bytes.len());
-                        bytes[i] = rng.next() as u8;
+                        bytes[i] = rng.next_u64() as u8;
                     }
                 }
                 1 => bytes.truncate(rng.below(bytes.len() + 1)),
-                2 => bytes.extend((0..rng.below(12)).map(|_| rng.next() as u8)),
+                2 => bytes.extend((0..rng.below(12)).map(|_| rng.next_u64() as u8)),
                 _ => {}
             }
         }

@@ -359,7 +359,7 @@ fn garbage_and_cuts_anywhere_never_panic() {
             match rng.below(4) {
                 0 if !bytes.is_empty() => {
                     let i = rng.below(bytes.len());
-                    bytes[i] = rng.next() as u8;
+                    bytes[i] = rng.next_u64() as u8;
                 }
                 1 => bytes.truncate(rng.below(bytes.len() + 1)),
                 2 => bytes.extend((0..rng.below(16)).map(|_| {
@@ -385,7 +385,7 @@ fn garbage_and_cuts_anywhere_never_panic() {
     // Pure noise too.
     for _ in 0..2000 {
         let len = rng.below(64);
-        let noise: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let noise: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         let mut cmd = b"*2\r\n$3\r\nGET\r\n".to_vec();
         cmd.extend(&noise);
         let conn: Connection = vec![
