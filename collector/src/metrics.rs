@@ -538,6 +538,13 @@ impl CollectorMetrics {
             .get()
     }
 
+    /// Current value of `decoder_desyncs{protocol, reason}`.
+    pub fn desyncs_for(&self, protocol: &'static str, reason: &'static str) -> u64 {
+        self.decoder_desyncs
+            .get_or_create(&DesyncLabels { protocol, reason })
+            .get()
+    }
+
     /// Current value of `decode_errors{reason}`.
     pub fn decode_errors_for(&self, reason: &'static str) -> u64 {
         self.decode_errors

@@ -1208,3 +1208,39 @@ fn a_flow_end_naming_only_its_id_counts_where_the_flow_was_announced() {
     t.ingest("p", bare_end(2), t0, &mut out);
     assert_eq!(m.connections_ended_for("unspecified", "fin"), 1);
 }
+
+#[test]
+fn an_accepted_h2c_upgrade_hands_the_flow_to_http2_and_its_losses_count_as_http2s() {
+    let (mut t, m) = table();
+    let out = feed(
+        &mut t,
+        vec![
+            msg(
+                1,
+                0,
+                Direction::ClientToServer,
+                b"GET /up HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+            ),
+            // The 101 head, then the start of a frame header: the rest was not captured.
+            msg(
+                1,
+                1,
+                Direction::ServerToClient,
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n\x00\x00\x18",
+            ),
+            end(1),
+        ],
+    );
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let s = &out[0];
+    assert_eq!(
+        s.protocol,
+        clovisor_proto::session::v1::Protocol::Http2 as i32,
+        "the upgrade request is stream 1 of HTTP/2, not an HTTP/1.1 exchange with status 101"
+    );
+    let http = s.http.as_ref().expect("http fields");
+    assert_eq!((http.method.as_str(), http.target.as_str()), ("GET", "/up"));
+    assert!(s.incomplete, "its response was never seen");
+    assert_eq!(m.desyncs_for("http2", "frames_beyond_capture"), 1);
+    assert_eq!(m.desyncs_for("http1", "frames_beyond_capture"), 0);
+}

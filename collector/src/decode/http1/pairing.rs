@@ -119,7 +119,7 @@ impl Http1Flow {
         if let ([request], Some(first)) = (open.requests.as_slice(), responses.first()) {
             if first.status == 101 && request.upgrade_h2c {
                 let head_len = first.head_len;
-                self.upgrade(open, head_len, m, out);
+                self.upgrade(open, head_len, m);
                 return;
             }
         }
@@ -156,7 +156,7 @@ impl Http1Flow {
     /// `Upgrade: h2c` was accepted: the request becomes stream 1 of an HTTP/2 connection whose
     /// server frames follow the `101` head (`head_len` bytes) in `m`. Its exchange is reported
     /// by the HTTP/2 decoder, with the final response.
-    fn upgrade(&mut self, open: Open, head_len: usize, m: &Message<'_>, out: &mut dyn Output) {
+    fn upgrade(&mut self, open: Open, head_len: usize, m: &Message<'_>) {
         let Some(head) = open.requests.into_iter().next() else {
             return;
         };
@@ -177,7 +177,9 @@ impl Http1Flow {
             partial: m.partial,
         };
         if rest.stats.bytes > 0 || !rest.payload.is_empty() {
-            h2.on_message(&rest, out);
+            // Decoded by the HTTP/2 decoder once it has the flow, so that what they report
+            // (a desync) is counted as HTTP/2's.
+            h2.take_over_with(&rest);
         }
         self.upgraded = Some(Box::new(h2));
     }

@@ -113,6 +113,18 @@ pub struct Http2Flow {
     streams: HashMap<u32, Stream>,
     /// The client's next message starts with the connection preface.
     preface_pending: bool,
+    /// Frames that came before this decoder took the flow over (after a `101`), decoded with
+    /// its first message so that what they report is reported as HTTP/2's.
+    backlog: Option<Backlog>,
+}
+
+/// A message (the part of it after an HTTP/1.1 `101` head) waiting for the HTTP/2 decoder.
+#[derive(Debug)]
+struct Backlog {
+    direction: Direction,
+    stats: MessageStats,
+    payload: Vec<u8>,
+    partial: bool,
 }
 
 impl Default for Http2Flow {
@@ -121,6 +133,7 @@ impl Default for Http2Flow {
             sides: Default::default(),
             streams: HashMap::new(),
             preface_pending: true,
+            backlog: None,
         }
     }
 }
@@ -138,6 +151,7 @@ struct At<'m> {
 
 impl FlowDecoder for Http2Flow {
     fn on_message(&mut self, m: &Message<'_>, out: &mut dyn Output) -> Step {
+        self.drain_backlog(out);
         let mut at = At {
             side: m.direction.index(),
             stats: &m.stats,
@@ -149,6 +163,7 @@ impl FlowDecoder for Http2Flow {
     }
 
     fn on_close(&mut self, out: &mut dyn Output) {
+        self.drain_backlog(out);
         let open: BTreeMap<u32, Stream> = self.streams.drain().collect();
         for (id, s) in open {
             out.exchange(exchange(id, s, true));
@@ -180,6 +195,35 @@ impl Http2Flow {
         let mut flow = Self::default();
         flow.streams.insert(1, stream);
         flow
+    }
+
+    /// Frames the flow carried before this decoder took it over: the rest of a message whose
+    /// start (an HTTP/1.1 `101` head) another decoder read. Decoded before the next message.
+    pub fn take_over_with(&mut self, rest: &Message<'_>) {
+        self.backlog = Some(Backlog {
+            direction: rest.direction,
+            stats: rest.stats,
+            payload: rest.payload.to_vec(),
+            partial: rest.partial,
+        });
+    }
+
+    fn drain_backlog(&mut self, out: &mut dyn Output) {
+        if let Some(b) = self.backlog.take() {
+            let m = Message {
+                direction: b.direction,
+                stats: b.stats,
+                payload: &b.payload,
+                partial: b.partial,
+            };
+            let mut at = At {
+                side: m.direction.index(),
+                stats: &m.stats,
+                opened: 0,
+                frame_seq: m.stats.tcp_seq,
+            };
+            self.walk(&m, &mut at, out);
+        }
     }
 
     /// Walks the frames of message `m` as far as they were captured.
