@@ -209,6 +209,7 @@ impl Traffic {
             trace: trace.clone(),
             incomplete: false,
             attributes: Default::default(),
+            dns: None,
             observations: vec![observation],
         };
         let veth = Observation {
