@@ -12,6 +12,7 @@ PACKAGES=(
   nginx-light curl python3 jq                         # demo and test pods: real servers and clients
   stunnel4 openssl                                    # TLS tunnel between test pods (socket point tests)
   tshark                                              # decoder oracle in tests
+  dnsmasq-base bind9-dnsutils                         # DNS server and client of the DNS tests (dnsmasq, dig)
   python3-venv                                        # offline manifest validation tools (scripts/validate-manifests.sh)
   dnsmasq-base                                        # a real DNS server in test pods (UDP capture)
   redis-server                                        # live configuration tests, Redis decoding end to end (redis-cli)

@@ -6,13 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clovisor_collector::flows::{FlowTable, FlowTableConfig};
-use clovisor_collector::replay::pcap::{replay_file, ReplayConfig};
-use clovisor_collector::CollectorMetrics;
+use clovisor_collector::replay::{
+    self,
+    pcap::{replay_file, ReplayConfig},
+};
 use clovisor_proto::session::v1::Session;
 
 const FILES: &[&str] = &[
@@ -87,17 +86,7 @@ fn sessions(file: &Path, snaplen: u32) -> anyhow::Result<Vec<Session>> {
 }
 
 fn replay_sessions(file: &Path, cfg: &ReplayConfig) -> anyhow::Result<Vec<Session>> {
-    let replay = replay_file(file, cfg)?;
-    let mut table = FlowTable::new(
-        FlowTableConfig::default(),
-        Arc::new(CollectorMetrics::new()),
-    );
-    let mut out = Vec::new();
-    let now = Instant::now();
-    for r in replay.records {
-        table.ingest("replay", r, now, &mut out);
-    }
-    Ok(out)
+    Ok(replay::sessions(replay_file(file, cfg)?.records))
 }
 
 #[test]

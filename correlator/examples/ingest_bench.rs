@@ -209,7 +209,6 @@ impl Traffic {
             trace: trace.clone(),
             incomplete: false,
             attributes: Default::default(),
-            grpc: None,
             observations: vec![observation],
             ..Session::default()
         };

@@ -12,6 +12,11 @@
 //!   after which new values are reported as `other` (see [`clovisor_runtime::workloads`], shared
 //!   with the collector's flow metrics).
 //!
+//! - `question_type` (DNS): the type's mnemonic for the common types (A, AAAA, CNAME, MX, NS,
+//!   PTR, SOA, SRV, TXT, ANY, AXFR, IXFR, HTTPS, SVCB, CAA, DS, DNSKEY), else `other`;
+//! - `response_code` (DNS): the 4-bit RCODE's name or `RCODE<n>` (16 values), `none` when no
+//!   answer was seen. The name asked about is never a label.
+//!
 //! Series of `clovisor_http_*` are at most 10 methods x 501 codes x 1000 namespaces x 1000
 //! workloads in theory; in practice a workload answers with a handful of codes and methods.
 
@@ -75,6 +80,33 @@ pub struct DbLabels {
     pub namespace: String,
     /// Server workload or pod, `unknown` or `other`.
     pub workload: String,
+}
+
+/// Labels of the DNS RED metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// A common type's mnemonic or `other`.
+    pub question_type: &'static str,
+    /// `NOERROR`, `NXDOMAIN`, …, `RCODE<n>`, or `none`.
+    pub response_code: String,
+    /// Server namespace, `unknown` or `other`.
+    pub namespace: String,
+    /// Server workload or pod, `unknown` or `other`.
+    pub workload: String,
+}
+
+/// Question types that get their own `question_type` label value.
+const DNS_LABELLED_TYPES: [u32; 17] = [
+    1, 2, 5, 6, 12, 15, 16, 28, 33, 255, 252, 251, 65, 64, 257, 43, 48,
+];
+
+/// The `question_type` label: a common type's mnemonic, else `other`.
+pub fn dns_type_label(qtype: u32) -> &'static str {
+    if DNS_LABELLED_TYPES.contains(&qtype) {
+        clovisor_proto::dns::type_name(qtype).unwrap_or("other")
+    } else {
+        "other"
+    }
 }
 
 /// Labels of `clovisor_correlator_ingest_batches_total`.
@@ -162,6 +194,8 @@ pub struct Metrics {
     http_duration: Family<HttpLabels, Histogram>,
     db_requests: Family<DbLabels, Counter>,
     db_duration: Family<DbLabels, Histogram>,
+    dns_requests: Family<DnsLabels, Counter>,
+    dns_duration: Family<DnsLabels, Histogram>,
     sessions_received: Counter,
     sessions_stored: Counter,
     sessions_evicted: Counter,
@@ -327,6 +361,8 @@ impl Metrics {
             http_duration: Family::new_with_constructor(duration_histogram),
             db_requests: Family::default(),
             db_duration: Family::new_with_constructor(duration_histogram),
+            dns_requests: Family::default(),
+            dns_duration: Family::new_with_constructor(duration_histogram),
             sessions_received: Counter::default(),
             sessions_stored: Counter::default(),
             sessions_evicted: Counter::default(),
@@ -377,6 +413,16 @@ impl Metrics {
             "clovisor_db_request_duration_seconds",
             "Database exchange duration: first request byte to last response byte",
             self.db_duration.clone(),
+        );
+        registry.register(
+            "clovisor_dns_requests",
+            "DNS queries observed, by question type, response code and server",
+            self.dns_requests.clone(),
+        );
+        registry.register(
+            "clovisor_dns_request_duration_seconds",
+            "DNS query duration from the query to the end of its answer",
+            self.dns_duration.clone(),
         );
         registry.register(
             "clovisor_correlator_sessions_received",
@@ -549,7 +595,10 @@ impl Metrics {
             self.observe_flow(s);
             return;
         }
-        let red = self.red_handles(s);
+        let red = match &s.dns {
+            Some(dns) => self.dns_handles(s, dns),
+            None => self.red_handles(s),
+        };
         red.requests.inc();
         if !s.incomplete && s.end_unix_nanos >= s.start_unix_nanos && s.start_unix_nanos > 0 {
             let secs = (s.end_unix_nanos - s.start_unix_nanos) as f64 / 1e9;
@@ -648,6 +697,34 @@ impl Metrics {
         };
         self.red.put(hash, key, handles.clone());
         handles
+    }
+
+    /// The DNS RED series of `s`'s labels. Not cached like HTTP's: a label set is built per
+    /// exchange (DNS exchanges are small and few next to HTTP's).
+    fn dns_handles(
+        &self,
+        s: &clovisor_proto::session::v1::Session,
+        dns: &clovisor_proto::session::v1::Dns,
+    ) -> RedHandles {
+        let server = s.server.as_ref();
+        let labels = DnsLabels {
+            question_type: dns_type_label(dns.question_type),
+            response_code: if s.incomplete {
+                "none".to_owned()
+            } else {
+                clovisor_proto::dns::rcode_label(dns.response_code & 0x0f)
+            },
+            namespace: self
+                .workloads
+                .namespace(server.map_or("", |e| e.namespace.as_str())),
+            workload: self
+                .workloads
+                .workload(server.map(end_of).unwrap_or_default()),
+        };
+        RedHandles {
+            requests: self.dns_requests.get_or_create(&labels).clone(),
+            duration: self.dns_duration.get_or_create(&labels).clone(),
+        }
     }
 
     /// The flow series of `s`'s two ends.
@@ -910,6 +987,40 @@ mod tests {
         );
     }
 
+    #[test]
+    fn dns_exchanges_count_by_type_and_response_code_never_by_name() {
+        let m = Metrics::new();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let dns = |id: &str, name: &str, qtype: u32, rcode: u32| {
+            SessionBuilder::new(id)
+                .dns(name, qtype, rcode, &[])
+                .server_workload("kube-system", "coredns")
+        };
+        observe(&m, dns("a", "secret-host.example", 1, 0));
+        observe(&m, dns("b", "other.example", 1, 0));
+        observe(&m, dns("c", "gone.example", 28, 3));
+        observe(&m, dns("d", "x.example", 65280, 2));
+        observe(&m, dns("e", "y.example", 1, 0).incomplete());
+        let text = encode(&reg);
+        for want in [
+            r#"clovisor_dns_requests_total{question_type="A",response_code="NOERROR",namespace="kube-system",workload="coredns"} 2"#,
+            r#"clovisor_dns_requests_total{question_type="AAAA",response_code="NXDOMAIN",namespace="kube-system",workload="coredns"} 1"#,
+            r#"clovisor_dns_requests_total{question_type="other",response_code="SERVFAIL",namespace="kube-system",workload="coredns"} 1"#,
+            r#"clovisor_dns_requests_total{question_type="A",response_code="none",namespace="kube-system",workload="coredns"} 1"#,
+            r#"clovisor_dns_request_duration_seconds_count{question_type="A",response_code="NOERROR",namespace="kube-system",workload="coredns"} 2"#,
+        ] {
+            assert!(
+                text.contains(want),
+                "metrics text lacks {want:?}; got:\n{text}"
+            );
+        }
+        assert!(!text.contains("example"), "names are never labels:\n{text}");
+        assert!(
+            !text.contains("clovisor_http_requests_total{"),
+            "DNS is not counted as HTTP:\n{text}"
+        );
+    }
     #[test]
     fn flows_between_workloads_and_to_the_outside() {
         let m = Metrics::new();

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_proto::session::v1::{
-    Counters, Endpoint, Http, Observation, Protocol, Session, TraceContext, TraceFormat,
+    Counters, Dns, DnsTransport, Endpoint, Http, Observation, Protocol, Session, TraceContext,
+    TraceFormat,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -288,6 +289,36 @@ impl SessionBuilder {
         self
     }
 
+    /// Makes the session a DNS exchange over UDP on port 53: `name` of type `qtype` answered
+    /// with `rcode` and `addresses` (4 or 16 bytes each) as its answers.
+    pub fn dns(mut self, name: &str, qtype: u32, rcode: u32, addresses: &[&[u8]]) -> Self {
+        let s = &mut self.session;
+        s.protocol = Protocol::Dns as i32;
+        s.http = None;
+        if let Some(server) = s.server.as_mut() {
+            server.port = 53;
+        }
+        for o in &mut s.observations {
+            o.request_tcp_seq = 0;
+            o.response_tcp_seq = 0;
+        }
+        s.dns = Some(Dns {
+            id: 0x1234,
+            question_name: name.to_owned(),
+            question_type: qtype,
+            question_class: 1,
+            response_code: rcode,
+            answer_count: addresses.len() as u32,
+            transport: DnsTransport::Udp as i32,
+            answer_addresses: addresses.iter().map(|a| a.to_vec()).collect(),
+            recursion_desired: true,
+            recursion_available: true,
+            question_count: 1,
+            ..Dns::default()
+        });
+        self
+    }
+
     fn http(&mut self) -> &mut Http {
         self.session.http.get_or_insert_with(Http::default)
     }
@@ -387,7 +418,9 @@ impl SessionBuilder {
     /// Marks the session incomplete (no response seen).
     pub fn incomplete(mut self) -> Self {
         self.session.incomplete = true;
-        self.http().status_code = 0;
+        if let Some(h) = self.session.http.as_mut() {
+            h.status_code = 0;
+        }
         self
     }
 

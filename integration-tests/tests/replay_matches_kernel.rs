@@ -14,15 +14,14 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clovisor_collector::replay::pcap::{replay_file, ReplayConfig};
 use clovisor_integration_tests::capture::{attach, inject, Recorder};
+use clovisor_integration_tests::dumpcap::Dumpcap;
 use clovisor_integration_tests::http_client::{curl, curl_keep_alive, Curl};
-use clovisor_integration_tests::{require_root, wait_for, Lab, Nginx, Proc};
+use clovisor_integration_tests::{require_root, Lab, Nginx};
 use clovisor_probe::capture::CaptureConfig;
 use clovisor_probe::discovery;
 use clovisor_proto::capture::v1::{record, FlowEndReason, ProtocolHint, Record};
@@ -133,41 +132,6 @@ fn group(records: &[Record], what: &str) -> Result<Records> {
         }
     }
     Ok(out)
-}
-
-/// dumpcap writing every packet of an interface to a file until stopped.
-struct Dumpcap {
-    proc: Proc,
-}
-
-impl Dumpcap {
-    fn start(ifname: &str, file: &Path, log: &Path) -> Result<Self> {
-        let mut cmd = Command::new("dumpcap");
-        cmd.args(["-i", ifname, "-q", "-w"]).arg(file);
-        let mut proc = Proc::spawn(cmd, log.to_owned())?;
-        let ready = wait_for("dumpcap to capture", Duration::from_secs(10), || {
-            if !proc.running() {
-                bail!("dumpcap exited:\n{}", proc.log_text());
-            }
-            Ok(proc.log_text().contains("Capturing on"))
-        });
-        if let Err(e) = ready {
-            bail!(
-                "{e:#}\ndumpcap (package tshark, scripts/install-deps.sh) log:\n{}",
-                proc.log_text()
-            );
-        }
-        Ok(Self { proc })
-    }
-
-    /// Stops it (SIGINT: it writes out what it holds) and waits for it.
-    fn stop(mut self) -> Result<()> {
-        let status = self.proc.stop(2, Duration::from_secs(10))?;
-        if !status.success() {
-            bail!("dumpcap exited with {status}:\n{}", self.proc.log_text());
-        }
-        Ok(())
-    }
 }
 
 #[test]

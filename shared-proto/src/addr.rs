@@ -35,6 +35,13 @@ impl capture::v1::EndpointUpdate {
     }
 }
 
+impl session::v1::Dns {
+    /// The answers' addresses (see [`ip`]); bytes of another length are skipped.
+    pub fn answers(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.answer_addresses.iter().filter_map(|a| ip(a))
+    }
+}
+
 impl session::v1::Endpoint {
     /// The endpoint's address (see [`ip`]).
     pub fn addr(&self) -> Option<IpAddr> {

@@ -108,6 +108,17 @@ pub fn rcode_label(rcode: u32) -> String {
     rcode_name(rcode).map_or_else(|| format!("RCODE{rcode}"), str::to_owned)
 }
 
+impl crate::session::v1::DnsTransport {
+    /// `udp` or `tcp` (OTel's `network.transport` values); `None` when unspecified.
+    pub fn short_name(self) -> Option<&'static str> {
+        match self {
+            Self::Udp => Some("udp"),
+            Self::Tcp => Some("tcp"),
+            Self::Unspecified => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

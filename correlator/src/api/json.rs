@@ -1,6 +1,9 @@
 //! The JSON shape of a session in the REST API.
 
-use clovisor_proto::session::v1::{Endpoint, Observation, Protocol, TraceFormat};
+use clovisor_proto::dns::{class_label, rcode_label, type_label};
+use clovisor_proto::session::v1::{
+    Dns, DnsTransport, Endpoint, Observation, Protocol, TraceFormat,
+};
 use serde::Serialize;
 use time::format_description::FormatItem;
 use time::macros::format_description;
@@ -147,6 +150,54 @@ pub struct GrpcJson {
     pub message: Option<String>,
 }
 
+/// Decoded DNS fields.
+#[derive(Debug, Serialize)]
+pub struct DnsJson {
+    /// Message id shared by the query and its answer.
+    pub id: u32,
+    /// The name asked about, without the trailing dot.
+    pub question_name: String,
+    /// `A`, `AAAA`, `PTR`, …, or `TYPE<n>` for a type without a mnemonic.
+    pub question_type: String,
+    /// `IN`, …, or `CLASS<n>`.
+    pub question_class: String,
+    /// `NOERROR`, `NXDOMAIN`, `SERVFAIL`, …, or `RCODE<n>`; `None` when no answer was seen.
+    pub response_code: Option<String>,
+    /// Records in the answer section; `None` when no answer was seen.
+    pub answer_count: Option<u32>,
+    /// Addresses of the first A/AAAA answers.
+    pub answers: Vec<String>,
+    /// The answer was truncated (TC): the client retries over TCP.
+    pub truncated: bool,
+    /// `udp` or `tcp`.
+    pub transport: Option<&'static str>,
+    /// The query asked for recursion.
+    pub recursion_desired: bool,
+    /// The answer offered recursion.
+    pub recursion_available: bool,
+    /// The answer was authoritative.
+    pub authoritative: bool,
+}
+
+fn dns(d: &Dns, incomplete: bool) -> DnsJson {
+    DnsJson {
+        id: d.id,
+        question_name: d.question_name.clone(),
+        question_type: type_label(d.question_type),
+        question_class: class_label(d.question_class),
+        response_code: (!incomplete).then(|| rcode_label(d.response_code)),
+        answer_count: (!incomplete).then_some(d.answer_count),
+        answers: d.answers().map(|a| a.to_string()).collect(),
+        truncated: d.truncated,
+        transport: DnsTransport::try_from(d.transport)
+            .ok()
+            .and_then(DnsTransport::short_name),
+        recursion_desired: d.recursion_desired,
+        recursion_available: d.recursion_available,
+        authoritative: d.authoritative,
+    }
+}
+
 /// A request/response pair of counters.
 #[derive(Debug, Serialize)]
 pub struct CountersJson {
@@ -176,7 +227,7 @@ pub struct TraceJson {
 pub struct SessionJson {
     /// Session id.
     pub id: String,
-    /// `http/1.1`, `http/2`, `grpc`, …
+    /// `http/1.1`, `http/2`, `grpc`, `dns`, `redis`, …
     pub protocol: String,
     /// Request start.
     pub start_time: Option<String>,
@@ -197,6 +248,8 @@ pub struct SessionJson {
     pub database: Option<DatabaseJson>,
     /// gRPC fields, for a gRPC call.
     pub grpc: Option<GrpcJson>,
+    /// DNS fields, when decoded.
+    pub dns: Option<DnsJson>,
     /// Byte counts.
     pub bytes: CountersJson,
     /// Packet counts.
@@ -257,6 +310,7 @@ impl From<&CorrelatedSession> for SessionJson {
             Ok(Protocol::Redis) => "redis".to_owned(),
             Ok(Protocol::Postgresql) => "postgresql".to_owned(),
             Ok(Protocol::Mysql) => "mysql".to_owned(),
+            Ok(Protocol::Dns) => "dns".to_owned(),
             _ => "unknown".to_owned(),
         };
         let database = s.database.as_ref().map(|d| DatabaseJson {
@@ -318,6 +372,7 @@ impl From<&CorrelatedSession> for SessionJson {
                 status_code: g.status_code,
                 message: opt(&g.message),
             }),
+            dns: s.dns.as_ref().map(|d| dns(d, s.incomplete)),
             bytes: CountersJson {
                 request: bytes.request,
                 response: bytes.response,

@@ -302,3 +302,38 @@ async fn a_merged_exchange_is_listed_once_with_every_observation() {
         [("veth-client", "client", 612), ("veth-web0", "server", 612)]
     );
 }
+
+#[tokio::test]
+async fn dns_session_json_shape() {
+    let state = state_with(vec![
+        SessionBuilder::new("d-1").dns(
+            "example.org",
+            28,
+            0,
+            &[&[0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]],
+        ),
+        SessionBuilder::new("d-2")
+            .dns("gone.example", 1, 3, &[])
+            .incomplete(),
+    ]);
+    let (status, s) = get_json(app(state.clone()), "/api/v1/sessions/d-1").await;
+    assert_eq!(status, StatusCode::OK, "body {s}");
+    assert_eq!(s["protocol"], "dns");
+    assert!(s["http"].is_null(), "no HTTP part: {s}");
+    let d = &s["dns"];
+    assert_eq!(d["question_name"], "example.org");
+    assert_eq!(d["question_type"], "AAAA");
+    assert_eq!(d["question_class"], "IN");
+    assert_eq!(d["response_code"], "NOERROR");
+    assert_eq!(d["answer_count"], 1);
+    assert_eq!(d["answers"], serde_json::json!(["2001:db8::1"]));
+    assert_eq!(d["transport"], "udp");
+    assert_eq!(s["server"]["port"], 53);
+    let (_, s) = get_json(app(state), "/api/v1/sessions/d-2").await;
+    assert_eq!(s["incomplete"], true);
+    assert!(
+        s["dns"]["response_code"].is_null() && s["dns"]["answer_count"].is_null(),
+        "no answer, no answer fields: {s}"
+    );
+    assert_eq!(s["dns"]["question_type"], "A");
+}

@@ -1,5 +1,6 @@
 //! One OpenTelemetry span per session, named and attributed per the HTTP semantic conventions,
-//! or the database ones for Redis, PostgreSQL and MySQL sessions.
+//! the RPC ones for gRPC, the database ones for Redis, PostgreSQL and MySQL sessions, and DNS's
+//! ([`dns_attributes`]) for a DNS session.
 //!
 //! [`encode_span`] writes the span's protobuf bytes (OTLP `Span`) directly, from one small
 //! function per attribute group: HTTP ([`http_attributes`]) or database ([`db_attributes`],
@@ -18,7 +19,10 @@
 use std::net::IpAddr;
 
 use clovisor_proto::common::v1::PointKind;
-use clovisor_proto::session::v1::{Database, Endpoint, Grpc, Http, Observation, Session};
+use clovisor_proto::dns::{class_label, rcode_label, type_label};
+use clovisor_proto::session::v1::{
+    Database, Dns, DnsTransport, Endpoint, Grpc, Http, Observation, Session,
+};
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -253,6 +257,68 @@ fn http_attributes(attrs: &mut Attributes<'_>, http: &Http, incomplete: bool) {
     }
 }
 
+/// A DNS span's name: `DNS` and the question's type (`DNS AAAA`). The name asked about is an
+/// attribute (`dns.question.name`), not part of the name: span names stay low-cardinality, as
+/// the OpenTelemetry conventions ask.
+fn dns_span_name(dns: &Dns) -> String {
+    format!("DNS {}", type_label(dns.question_type))
+}
+
+/// `dns.*` (OTel's `dns.question.name` and `dns.answers`, and Clovisor's type, class, response
+/// code, counts and flags under the same prefix) and the network a DNS exchange went over.
+fn dns_attributes(attrs: &mut Attributes<'_>, dns: &Dns, incomplete: bool, ends: &Ends<'_>) {
+    attrs.str("dns.question.name", &dns.question_name);
+    attrs.str("dns.question.type", &type_label(dns.question_type));
+    attrs.str("dns.question.class", &class_label(dns.question_class));
+    attrs.int("dns.id", i64::from(dns.id));
+    if !incomplete {
+        attrs.str("dns.response_code", &rcode_label(dns.response_code));
+        attrs.int("dns.answer_count", i64::from(dns.answer_count));
+        let answers: Vec<String> = dns.answers().map(|a| a.to_string()).collect();
+        if !answers.is_empty() {
+            let answers: Vec<&str> = answers.iter().map(String::as_str).collect();
+            attrs.strings("dns.answers", &answers);
+        }
+        if dns.truncated {
+            attrs.bool("dns.truncated", true);
+        }
+    }
+    endpoint_attrs(attrs, ("server.address", "server.port"), ends.server);
+    endpoint_attrs(attrs, ("client.address", "client.port"), ends.client);
+    endpoint_attrs(
+        attrs,
+        ("network.peer.address", "network.peer.port"),
+        ends.other(),
+    );
+    attrs.str("network.protocol.name", "dns");
+    if let Some(t) = DnsTransport::try_from(dns.transport)
+        .ok()
+        .and_then(DnsTransport::short_name)
+    {
+        attrs.str("network.transport", t);
+    }
+    network_type(attrs, ends);
+}
+
+/// A DNS answer's status: ERROR for any response code but NOERROR (a lookup that did not
+/// resolve), with `error.type` the code's name.
+fn dns_status(attrs: &mut Attributes<'_>, dns: &Dns, incomplete: bool) -> StatusCode {
+    if incomplete || dns.response_code == 0 {
+        return StatusCode::Unset;
+    }
+    attrs.str("error.type", &rcode_label(dns.response_code));
+    StatusCode::Error
+}
+
+/// `network.type` from the server's (else the client's) address.
+fn network_type(attrs: &mut Attributes<'_>, ends: &Ends<'_>) {
+    match endpoint_ip(ends.server).or_else(|| endpoint_ip(ends.client)) {
+        Some(IpAddr::V4(_)) => attrs.str("network.type", "ipv4"),
+        Some(IpAddr::V6(_)) => attrs.str("network.type", "ipv6"),
+        None => {}
+    }
+}
+
 /// `{prefix}.address` and `{prefix}.port` of an endpoint, under the two keys given.
 fn endpoint_attrs(attrs: &mut Attributes<'_>, keys: (&str, &str), e: &Endpoint) {
     if let Some(ip) = endpoint_ip(e) {
@@ -296,11 +362,7 @@ fn network_attributes(
         attrs.str("network.protocol.version", version);
     }
     attrs.str("network.transport", "tcp");
-    match endpoint_ip(ends.server).or_else(|| endpoint_ip(ends.client)) {
-        Some(IpAddr::V4(_)) => attrs.str("network.type", "ipv4"),
-        Some(IpAddr::V6(_)) => attrs.str("network.type", "ipv6"),
-        None => {}
-    }
+    network_type(attrs, ends);
 }
 
 /// `k8s.*`: the pod this span represents.
@@ -529,15 +591,17 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
     }
     let database = session.database.as_ref();
     let grpc = session.grpc.as_ref();
-    match (database, grpc.filter(|g| !g.service.is_empty())) {
-        (Some(d), _) => wire::bytes(buf, field::NAME, db_span_name(d).as_bytes()),
+    let dns = session.dns.as_ref();
+    match (database, dns, grpc.filter(|g| !g.service.is_empty())) {
+        (Some(d), _, _) => wire::bytes(buf, field::NAME, db_span_name(d).as_bytes()),
+        (None, Some(d), _) => wire::bytes(buf, field::NAME, dns_span_name(d).as_bytes()),
         // gRPC: `package.Service/Method`, as the RPC semantic conventions name spans.
-        (None, Some(g)) => wire::bytes(
+        (None, None, Some(g)) => wire::bytes(
             buf,
             field::NAME,
             format!("{}/{}", g.service, g.method).as_bytes(),
         ),
-        (None, None) => wire::bytes(buf, field::NAME, span_name(http).as_bytes()),
+        (None, None, None) => wire::bytes(buf, field::NAME, span_name(http).as_bytes()),
     }
     wire::uint(buf, field::KIND, kind as u64);
     if start != 0 {
@@ -548,12 +612,13 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
     }
     let code = {
         let mut attrs = Attributes::new(buf, field::ATTRIBUTES);
-        match database {
-            Some(d) => {
+        match (database, dns) {
+            (Some(d), _) => {
                 db_attributes(&mut attrs, d, session.incomplete);
                 network_attributes(&mut attrs, http, &ends, (&d.system, None));
             }
-            None => {
+            (None, Some(d)) => dns_attributes(&mut attrs, d, session.incomplete, &ends),
+            (None, None) => {
                 http_attributes(&mut attrs, http, session.incomplete);
                 let version = http_version(&http.version);
                 network_attributes(&mut attrs, http, &ends, ("http", Some(version)));
@@ -564,10 +629,11 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
         if let Some(g) = grpc {
             grpc_attributes(&mut attrs, g);
         }
-        match (database, grpc.and_then(|g| g.status_code)) {
-            (Some(d), _) => db_status(&mut attrs, d),
-            (None, Some(code)) => grpc_status(&mut attrs, kind, code),
-            (None, None) => status(&mut attrs, kind, http.status_code),
+        match (database, dns, grpc.and_then(|g| g.status_code)) {
+            (Some(d), _, _) => db_status(&mut attrs, d),
+            (None, Some(d), _) => dns_status(&mut attrs, d, session.incomplete),
+            (None, None, Some(code)) => grpc_status(&mut attrs, kind, code),
+            (None, None, None) => status(&mut attrs, kind, http.status_code),
         }
     };
     observation_events(buf, session);
@@ -676,6 +742,60 @@ mod tests {
             "an unknown command does not name the span"
         );
         assert_eq!(str_attr(&span, "error.type"), "_OTHER");
+    }
+
+    #[test]
+    fn a_dns_exchange_is_named_by_its_type_and_attributed_per_the_dns_conventions() {
+        let (_, span) = span_of(SessionBuilder::new("d").dns(
+            "example.org",
+            1,
+            0,
+            &[&[93, 184, 216, 34], &[1, 2, 3, 4]],
+        ));
+        assert_eq!(span.name, "DNS A");
+        assert_eq!(str_attr(&span, "dns.question.name"), "example.org");
+        assert_eq!(str_attr(&span, "dns.question.type"), "A");
+        assert_eq!(str_attr(&span, "dns.question.class"), "IN");
+        assert_eq!(str_attr(&span, "dns.response_code"), "NOERROR");
+        assert_eq!(int_attr(&span, "dns.answer_count"), 2);
+        match attr(&span, "dns.answers") {
+            Some(Value::ArrayValue(a)) => {
+                let got: Vec<_> = a
+                    .values
+                    .iter()
+                    .filter_map(|v| match &v.value {
+                        Some(Value::StringValue(s)) => Some(s.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(got, ["93.184.216.34", "1.2.3.4"]);
+            }
+            other => panic!("dns.answers should be an array, saw {other:?}"),
+        }
+        assert_eq!(str_attr(&span, "network.protocol.name"), "dns");
+        assert_eq!(str_attr(&span, "network.transport"), "udp");
+        assert_eq!(int_attr(&span, "server.port"), 53);
+        assert!(
+            attr(&span, "http.request.method").is_none(),
+            "no HTTP attributes"
+        );
+        assert!(attr(&span, "error.type").is_none());
+        assert_eq!(span.status.map(|s| s.code), Some(StatusCode::Unset as i32));
+
+        let (_, span) = span_of(SessionBuilder::new("nx").dns("gone.example", 28, 3, &[]));
+        assert_eq!(span.name, "DNS AAAA");
+        assert_eq!(str_attr(&span, "dns.response_code"), "NXDOMAIN");
+        assert_eq!(str_attr(&span, "error.type"), "NXDOMAIN");
+        assert_eq!(span.status.map(|s| s.code), Some(StatusCode::Error as i32));
+
+        let (_, span) = span_of(
+            SessionBuilder::new("q")
+                .dns("slow.example", 65280, 0, &[])
+                .incomplete(),
+        );
+        assert_eq!(span.name, "DNS TYPE65280", "unknown types by number");
+        assert!(attr(&span, "dns.response_code").is_none(), "no answer seen");
+        assert_eq!(span.status.map(|s| s.code), Some(StatusCode::Unset as i32));
     }
 
     #[test]

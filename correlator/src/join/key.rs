@@ -8,9 +8,10 @@
 //!   different exchanges share it only if a client reuses its port and its new random initial
 //!   sequence number lands on the old request's byte within the join window.
 //! - [`ClientAddr`] alone, for views without a sequence number (a socket view whose sequence
-//!   number could not be read reports 0): such a view joins only when exactly one exchange of
-//!   that client overlaps it in time and agrees on every decoded field (see
-//!   [`super::merge::compatible`]).
+//!   number could not be read reports 0; every view of an exchange over UDP, which has none):
+//!   such a view joins only when exactly one exchange of that client overlaps it in time and
+//!   agrees on every decoded field (see [`super::merge::compatible`]; for DNS the id and
+//!   question).
 //!
 //! Loopback connections exist once per network namespace: a loopback client address is scoped
 //! by the node and namespace inode the socket point reported, so two pods' connections to their
@@ -20,7 +21,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 use clovisor_proto::common::v1::PointKind;
-use clovisor_proto::session::v1::{Observation, Session};
+use clovisor_proto::session::v1::{DnsTransport, Observation, Session};
 
 /// Attribute the collector sets on the second and later requests pipelined in one message.
 pub const PIPELINE_POSITION_ATTRIBUTE: &str = "clovisor.http.pipeline_position";
@@ -78,11 +79,23 @@ pub fn has_tcp_seq(o: &Observation) -> bool {
     }
 }
 
+/// Whether the exchange went over UDP (DNS over UDP today): its views carry no sequence number,
+/// whatever point they come from, so one client port's exchanges would all share key 0.
+pub fn is_datagram(session: &Session) -> bool {
+    session
+        .dns
+        .as_ref()
+        .is_some_and(|d| d.transport == DnsTransport::Udp as i32)
+}
+
 /// The wire key of a single-observation session from a point that sees TCP segments.
 pub fn wire_key(session: &Session, client: ClientAddr) -> Option<WireKey> {
     let [o] = session.observations.as_slice() else {
         return None;
     };
+    if is_datagram(session) {
+        return None;
+    }
     if !has_tcp_seq(o) {
         return None;
     }

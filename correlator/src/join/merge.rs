@@ -24,6 +24,18 @@ pub fn compatible(a: &Session, b: &Session) -> bool {
             return false;
         }
     }
+    // DNS: the same query (id and question) and, when both saw the answer, the same answer. A
+    // client's A and AAAA queries on one UDP flow differ here.
+    if let (Some(x), Some(y)) = (&a.dns, &b.dns) {
+        if !(x.id == y.id
+            && x.question_type == y.question_type
+            && x.question_class == y.question_class
+            && x.question_name.eq_ignore_ascii_case(&y.question_name)
+            && (a.incomplete || b.incomplete || x.response_code == y.response_code))
+        {
+            return false;
+        }
+    }
     if let (Some(x), Some(y)) = (&a.trace, &b.trace) {
         if !x.trace_id.is_empty() && !y.trace_id.is_empty() && x.trace_id != y.trace_id {
             return false;
@@ -156,9 +168,16 @@ pub fn merge(into: &mut Session, add: Session) -> String {
             // The complete view's result (rows, error) wins.
             into.database.clone_from(&add.database);
         }
+        // The answer's fields come with the view that saw it.
+        if add.dns.is_some() {
+            into.dns.clone_from(&add.dns);
+        }
     }
     if into.database.is_none() {
         into.database = add.database;
+    }
+    if into.dns.is_none() {
+        into.dns = add.dns;
     }
     match (into.http.as_mut(), add.http) {
         (Some(h), Some(a)) => fill_http(h, &a),

@@ -620,3 +620,63 @@ fn packed_exchanges_still_join_and_come_back_whole() {
     assert_eq!(r.outcome, Outcome::Late);
     assert_eq!(r.record.session.observations.len(), 4);
 }
+
+/// A view of a DNS exchange over UDP (no sequence number at any point): query `id` for
+/// `example.org` of type `qtype`.
+fn dns_view(v: View, qtype: u32, id: u32) -> Session {
+    let mut s = v.seq(0).build();
+    let d = SessionBuilder::new("dns")
+        .dns("example.org", qtype, 0, &[])
+        .build();
+    s.protocol = d.protocol;
+    s.http = None;
+    s.dns = d.dns.map(|mut d| {
+        d.id = id;
+        d
+    });
+    s
+}
+
+#[test]
+fn udp_dns_views_join_by_query_not_by_a_shared_zero_sequence() {
+    let mut j = joiner(1000);
+    let now = Instant::now();
+    // A client sends its A and AAAA queries back to back from one port; both veths see both.
+    let outcomes: Vec<Outcome> = [
+        dns_view(client_veth("c-a"), 1, 7),
+        dns_view(client_veth("c-aaaa").at(10_000), 28, 8),
+        dns_view(server_veth("s-aaaa").at(20_000), 28, 8),
+        dns_view(server_veth("s-a").at(30_000), 1, 7),
+    ]
+    .into_iter()
+    .map(|s| j.offer(s, now).outcome)
+    .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Opened,
+            Outcome::Opened,
+            Outcome::Joined,
+            Outcome::Joined
+        ]
+    );
+    let mut ready = j.expire(now + Duration::from_millis(1001));
+    ready.sort_by_key(|r| r.session.dns.as_ref().map(|d| d.question_type));
+    let got: Vec<_> = ready
+        .iter()
+        .map(|r| {
+            (
+                r.constituents.clone(),
+                r.session.dns.as_ref().map(|d| d.question_type),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (vec!["c-a".to_owned(), "s-a".to_owned()], Some(1)),
+            (vec!["c-aaaa".to_owned(), "s-aaaa".to_owned()], Some(28)),
+        ],
+        "each query joins its own views"
+    );
+}

@@ -184,9 +184,17 @@ fn name(msg: &[u8], start: usize, mut text: Option<&mut String>) -> Result<usize
     }
 }
 
-/// Skips one resource record; `Ok(None)` when it runs past the captured bytes. Returns the
-/// record's end, type, class and data.
-fn record(msg: &[u8], at: usize) -> Result<Option<(usize, u16, u16, &[u8])>, ParseError> {
+/// A resource record's place and the parts of it that are read.
+struct Record<'a> {
+    /// Offset right after it.
+    end: usize,
+    rtype: u16,
+    class: u16,
+    data: &'a [u8],
+}
+
+/// Skips one resource record; `Ok(None)` when it runs past the captured bytes.
+fn record(msg: &[u8], at: usize) -> Result<Option<Record<'_>>, ParseError> {
     let after_name = match name(msg, at, None) {
         Ok(n) => n,
         Err(ParseError::ShortQuestion) => return Ok(None),
@@ -202,7 +210,12 @@ fn record(msg: &[u8], at: usize) -> Result<Option<(usize, u16, u16, &[u8])>, Par
     let data_start = after_name + 10;
     let data_end = data_start + usize::from(rdlen);
     match msg.get(data_start..data_end) {
-        Some(data) => Ok(Some((data_end, rtype, class, data))),
+        Some(data) => Ok(Some(Record {
+            end: data_end,
+            rtype,
+            class,
+            data,
+        })),
         None => Ok(None),
     }
 }
@@ -240,7 +253,13 @@ pub fn message(msg: &[u8]) -> Result<DnsMessage, ParseError> {
     let mut addresses = Vec::new();
     let records = u32::from(header.ancount) + u32::from(header.nscount) + u32::from(header.arcount);
     for i in 0..records {
-        let Some((end, rtype, class, data)) = record(msg, pos)? else {
+        let Some(Record {
+            end,
+            rtype,
+            class,
+            data,
+        }) = record(msg, pos)?
+        else {
             return Ok(partial(header, question, addresses));
         };
         let answer = i < u32::from(header.ancount);

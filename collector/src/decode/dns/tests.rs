@@ -162,7 +162,7 @@ fn names_follow_pointers_backwards_only() {
     let mut reserved = looped[..12].to_vec();
     reserved.extend_from_slice(&[0x41, 0, 0, 1, 0, 1]);
     assert_eq!(message(&reserved), Err(ParseError::BadLabel));
-    let long = vec!["abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"; 5].join(".");
+    let long = ["abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"; 5].join(".");
     assert_eq!(
         message(&dns(1, QUERY, &long, 1, &[])),
         Err(ParseError::NameTooLong)
@@ -259,7 +259,7 @@ fn detection_is_by_content_and_the_port_only_breaks_ties() {
 
     // Over TCP, behind the length prefix.
     let tcp = key(Transport::Tcp, 8053);
-    let framed_q = framed(&[q.clone()]);
+    let framed_q = framed(std::slice::from_ref(&q));
     assert_eq!(detect_with(&Dns, &tcp, &c(&framed_q)), Detection::Claim);
     assert_eq!(
         detect_with(&Dns, &tcp, &c(&q)),
