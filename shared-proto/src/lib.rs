@@ -59,3 +59,4 @@ pub mod addr;
 pub mod delivery;
 pub mod hops;
 pub mod inproc;
+pub mod tls;
