@@ -321,7 +321,7 @@ impl CaptureService {
 
     /// Wraps the service for a tonic server.
     pub fn into_server(self) -> CaptureServer<Self> {
-        CaptureServer::new(self)
+        CaptureServer::new(self).max_decoding_message_size(clovisor_proto::hops::MAX_MESSAGE_BYTES)
     }
 }
 
