@@ -51,6 +51,11 @@ struct Args {
     /// Probe ids kept at most; Hellos with new ids beyond are refused (counted).
     #[arg(long, env = "CLOVISOR_MAX_PROBES", default_value_t = 8192)]
     max_probes: usize,
+    /// Query parameters whose values are redacted in request targets before sessions leave the
+    /// collector, besides the built-in ones (SigV4, OAuth, tokens, keys; docs/security.md).
+    /// Comma-separated, any case, matched after percent-decoding.
+    #[arg(long, env = "CLOVISOR_REDACT_QUERY_KEYS", value_delimiter = ',')]
+    redact_query_keys: Vec<String>,
     /// Decoded sessions queued for the correlator; when full, probes' streams are slowed down.
     #[arg(long, env = "CLOVISOR_SESSION_QUEUE", default_value_t = 4096)]
     session_queue: usize,
@@ -114,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
             max_probes: args.max_probes,
             ..AdmissionConfig::default()
         },
+        redact_query_keys: args.redact_query_keys.clone(),
         ..ServiceConfig::default()
     };
     let grpc = tokio::spawn(

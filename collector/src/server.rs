@@ -48,6 +48,8 @@ pub struct ServiceConfig {
     pub flush_interval: Duration,
     /// Who may speak for which probe, and the bounds on what a probe makes the collector keep.
     pub admission: AdmissionConfig,
+    /// Query parameters redacted in request targets besides the built-in ones.
+    pub redact_query_keys: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -56,6 +58,7 @@ impl Default for ServiceConfig {
             flows: FlowTableConfig::default(),
             flush_interval: Duration::from_secs(1),
             admission: AdmissionConfig::default(),
+            redact_query_keys: Vec::new(),
         }
     }
 }
@@ -86,6 +89,7 @@ struct Inner {
     metrics: Arc<CollectorMetrics>,
     flush_interval: Duration,
     admission: AdmissionConfig,
+    query_redaction: Arc<clovisor_runtime::redact::QueryRedaction>,
     flusher: OnceLock<AbortOnDrop>,
     /// Sessions handed to `out` so far.
     sent: AtomicU64,
@@ -108,7 +112,8 @@ impl Inner {
         let redaction = match self.live.get() {
             Some(live) => redact::Redaction::new(&live.borrow().redacted_headers),
             None => redact::Redaction::new(&LiveConfig::default().redacted_headers),
-        };
+        }
+        .with_query((*self.query_redaction).clone());
         for s in sessions {
             redaction.apply(s);
         }
@@ -295,6 +300,9 @@ impl CaptureService {
             metrics,
             flush_interval: config.flush_interval,
             admission: config.admission,
+            query_redaction: Arc::new(clovisor_runtime::redact::QueryRedaction::new(
+                &config.redact_query_keys,
+            )),
             flusher: OnceLock::new(),
             sent: AtomicU64::new(0),
             downstream: OnceLock::new(),

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 pub mod drops;
 pub mod process;
+pub mod redact;
 pub mod workloads;
 
 /// Errors of this crate.
