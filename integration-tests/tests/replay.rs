@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clovisor_integration_tests::api;
-use clovisor_integration_tests::http_client::{http_get, Curl};
+use clovisor_integration_tests::http_client::Curl;
 use clovisor_integration_tests::{
     cargo_build, free_port, our_programs_on, start_service, wait_for, Lab, Nginx, Proc,
 };
