@@ -1108,3 +1108,60 @@ fn a_flow_dropped_idle_keeps_its_identity_for_its_next_bare_message() {
     );
     assert_eq!(m.messages_dropped_for("no_flow_key"), 1);
 }
+
+#[test]
+fn oversized_or_malformed_endpoint_updates_are_refused_and_counted() {
+    let (mut t, m) = table();
+    let update = |ip: Vec<u8>, workload: String| Record {
+        kind: Some(record::Kind::Endpoint(EndpointUpdate {
+            ip,
+            pod: "web-0".into(),
+            namespace: "default".into(),
+            node: "node-a".into(),
+            workload,
+            ifindex: 7,
+            interface: "veth-server".into(),
+            removed: false,
+        })),
+    };
+    let out = feed(
+        &mut t,
+        vec![
+            update(SERVER.to_vec(), "w".repeat(1 << 20)),
+            update(vec![1, 2, 3], "web".into()),
+            msg(1, 0, Direction::ClientToServer, REQ),
+            msg(1, 1, Direction::ServerToClient, RESP),
+        ],
+    );
+    let rejected = |reason| {
+        m.endpoints_rejected
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .get()
+    };
+    assert_eq!((rejected("too_long"), rejected("bad_ip")), (1, 1));
+    let server = out
+        .first()
+        .and_then(|s| s.server.clone())
+        .unwrap_or_default();
+    assert!(
+        server.workload.is_empty() && server.pod.is_empty(),
+        "nothing of the refused updates kept: {server:?}"
+    );
+    let out = feed(
+        &mut t,
+        vec![
+            update(SERVER.to_vec(), "w".repeat(MAX_ENDPOINT_NAME_BYTES)),
+            msg(1, 2, Direction::ClientToServer, REQ),
+            msg(1, 3, Direction::ServerToClient, RESP),
+        ],
+    );
+    let server = out
+        .first()
+        .and_then(|s| s.server.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        server.workload.len(),
+        MAX_ENDPOINT_NAME_BYTES,
+        "a name at the limit is kept"
+    );
+}
