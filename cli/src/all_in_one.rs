@@ -45,6 +45,10 @@ pub struct Args {
     /// snaplen, OTLP endpoint, header redaction). Without it: flags and defaults.
     #[arg(long, env = clovisor_config::ENV_REDIS, value_name = "URL")]
     redis: Option<String>,
+    /// File holding the bearer token the REST API and /metrics require (`/healthz`, `/readyz`
+    /// stay open); none: open.
+    #[arg(long, env = clovisor_runtime::auth::ENV_API_TOKEN_FILE)]
+    api_token_file: Option<std::path::PathBuf>,
     /// TLS for the one hop that leaves the process, spans to the OTLP endpoint (the probe ->
     /// collector -> correlator hops are in-process and need none).
     #[command(flatten)]
@@ -77,6 +81,9 @@ pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
     collector_metrics.register(&mut registry);
     let tls_stats = TlsStats::default();
     tls_stats.register(&mut registry);
+    let token = clovisor_runtime::process::api_token(args.api_token_file.as_deref(), &mut registry)
+        .context("API token")?;
+    servers.require_token(token);
     let otlp_transport = args.tls.client(&tls_stats).context("TLS")?;
     let correlator =
         Correlator::with_registry_and_transport(correlator_config, registry, drops, otlp_transport)

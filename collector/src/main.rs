@@ -69,6 +69,11 @@ async fn main() -> anyhow::Result<()> {
     metrics.register(&mut process.registry);
     let tls_stats = TlsStats::default();
     tls_stats.register(&mut process.registry);
+    let token = args
+        .service
+        .api_token(&mut process.registry)
+        .context("API token")?;
+    process.servers.require_token(token);
     let server_tls = args.tls.server(&tls_stats).context("TLS")?;
     let client = args.tls.client(&tls_stats).context("TLS")?;
     let probe_identity = args.probe_identity.unwrap_or(

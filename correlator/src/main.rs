@@ -37,6 +37,11 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("configuration")?;
     let tls_stats = TlsStats::default();
     tls_stats.register(&mut process.registry);
+    let token = args
+        .service
+        .api_token(&mut process.registry)
+        .context("API token")?;
+    process.servers.require_token(token);
     let server_tls = args.tls.server(&tls_stats).context("TLS")?;
     let client = args.tls.client(&tls_stats).context("TLS")?;
     if server_tls.is_none() && !args.grpc_listen.ip().is_loopback() {

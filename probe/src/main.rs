@@ -46,6 +46,11 @@ async fn main() -> anyhow::Result<()> {
     metrics.register(&mut process.registry);
     let tls_stats = TlsStats::default();
     tls_stats.register(&mut process.registry);
+    let token = args
+        .service
+        .api_token(&mut process.registry)
+        .context("API token")?;
+    process.servers.require_token(token);
     // Checked before anything is attached: a bad URL or certificate fails at start.
     let channel = args
         .tls
