@@ -3,13 +3,15 @@
 //! the probe: with the probe's certificate its records become a session in the correlator's
 //! REST API; with no certificate, one from another CA, or another component's certificate it is
 //! refused, and every refusal is counted. An `https://` peer without TLS configured, and
-//! plaintext to a non-loopback address, stop a service at start.
+//! plaintext to a non-loopback address, stop a service at start. The correlator's HTTP side
+//! requires a bearer token: without it REST and `/metrics` answer 401, `/healthz` stays open.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use clovisor_integration_tests::http_client::{http_get_with, http_status};
 use clovisor_integration_tests::{api, cargo_build, free_port, start_service, wait_for, Proc};
 use clovisor_proto::capture::v1::capture_client::CaptureClient;
 use clovisor_proto::capture::v1::{
@@ -149,6 +151,9 @@ fn mutual_tls_between_real_processes_admits_the_probe_and_refuses_the_rest() -> 
     let correlator_metrics = format!("127.0.0.1:{}", free_port()?);
     let collector_grpc = free_port()?;
     let collector_metrics = format!("127.0.0.1:{}", free_port()?);
+    let token_file = dir.path().join("api-token");
+    std::fs::write(&token_file, "t0ken-for-the-test\n")?;
+    let auth = "Authorization: Bearer t0ken-for-the-test";
 
     let mut cmd = Command::new(bin.join("clovisor-correlator"));
     cmd.args([
@@ -161,6 +166,8 @@ fn mutual_tls_between_real_processes_admits_the_probe_and_refuses_the_rest() -> 
     .args(["--tls-dir"])
     .arg(good.join("correlator"))
     .args(["--tls-peer-names", "clovisor-collector"])
+    .arg("--api-token-file")
+    .arg(&token_file)
     .env("OTEL_TRACES_EXPORTER", "none");
     let _correlator: Proc = start_service(
         "correlator",
@@ -249,7 +256,7 @@ fn mutual_tls_between_real_processes_admits_the_probe_and_refuses_the_rest() -> 
         "the session in the correlator's REST API",
         Duration::from_secs(15),
         || {
-            Ok(api::sessions(&api_addr)?
+            Ok(api::sessions_with(&api_addr, &[auth])?
                 .iter()
                 .any(|s| s["http"]["path"].as_str() == Some("/over-mtls")))
         },
@@ -269,7 +276,39 @@ fn mutual_tls_between_real_processes_admits_the_probe_and_refuses_the_rest() -> 
         peer_name, 1.0,
         "the correlator's certificate refused by name\n{text}"
     );
-    let correlator_text = api::metrics_text(&correlator_metrics)?;
+    let sessions_url = format!("http://{api_addr}/api/v1/sessions");
+    let metrics_url = format!("http://{correlator_metrics}/metrics");
+    assert_eq!(
+        http_status(&sessions_url, &[])?,
+        401,
+        "REST without a token"
+    );
+    assert_eq!(
+        http_status(&sessions_url, &["Authorization: Bearer wrong"])?,
+        401,
+        "REST with a wrong token"
+    );
+    assert_eq!(
+        http_status(&metrics_url, &[])?,
+        401,
+        "/metrics without a token"
+    );
+    assert_eq!(
+        http_status(&format!("http://{correlator_metrics}/healthz"), &[])?,
+        200,
+        "health stays open"
+    );
+    assert_eq!(
+        http_status(&format!("http://{api_addr}/readyz"), &[])?,
+        200,
+        "readiness stays open"
+    );
+    let correlator_text = http_get_with(&metrics_url, &[auth])?;
+    assert_eq!(
+        api::sample(&correlator_text, "clovisor_http_unauthorized_total"),
+        Some(3.0),
+        "the three refused requests counted\n{correlator_text}"
+    );
     assert_eq!(
         api::sample(&correlator_text, "clovisor_tls_accepted_total"),
         Some(1.0),
