@@ -22,6 +22,10 @@ use super::{material, PeerIdentity, PeerNames, Result, TlsFiles, TlsStats};
 /// How long a client has to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes in progress at most; a connection beyond is closed at once (counted): a flood of
+/// half-open connections costs a bounded number of tasks.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+
 /// A server's TLS: its certificate and the CA its clients must be signed by, re-read when they
 /// change, and the names a client certificate must carry. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -194,6 +198,7 @@ pub fn incoming(
     tls: Option<ServerTls>,
 ) -> ReceiverStream<io::Result<HopStream>> {
     let (tx, rx) = mpsc::channel::<io::Result<HopStream>>(64);
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -217,10 +222,16 @@ pub fn incoming(
                     }
                 }
                 Some(tls) => {
+                    let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+                        tls.stats.refused(Refusal::TooManyHandshakes);
+                        continue;
+                    };
                     let tls = tls.clone();
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        if let Some(stream) = tls.accept(tcp).await {
+                        let accepted = tls.accept(tcp).await;
+                        drop(permit);
+                        if let Some(stream) = accepted {
                             let identity = peer_identity(&stream);
                             let _ = tx
                                 .send(Ok(HopStream::Tls(Box::new(stream), identity)))

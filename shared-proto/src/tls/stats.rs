@@ -15,6 +15,8 @@ pub enum Refusal {
     HandshakeTimeout,
     /// The client certificate is valid but carries none of the allowed names.
     PeerName,
+    /// Too many handshakes were in progress already.
+    TooManyHandshakes,
 }
 
 impl Refusal {
@@ -23,6 +25,7 @@ impl Refusal {
             Self::Handshake => "handshake",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::PeerName => "peer_name",
+            Self::TooManyHandshakes => "too_many_handshakes",
         }
     }
 }
