@@ -1165,3 +1165,32 @@ fn oversized_or_malformed_endpoint_updates_are_refused_and_counted() {
         "a name at the limit is kept"
     );
 }
+
+#[test]
+fn a_content_length_at_u64_max_through_the_flow_table_is_one_exchange() {
+    for cl in ["18446744073709551615", "18446744073709551616"] {
+        let (mut t, _m) = table();
+        let req = format!(
+            "POST /up HTTP/1.1\r\nContent-Length: {cl}\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"
+        );
+        let resp =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {cl}\r\n\r\nHTTP/1.1 200 OK\r\n\r\n");
+        let out = feed(
+            &mut t,
+            vec![
+                msg(3, 0, Direction::ClientToServer, req.as_bytes()),
+                msg(3, 1, Direction::ServerToClient, resp.as_bytes()),
+                end(3),
+            ],
+        );
+        let targets: Vec<&str> = out
+            .iter()
+            .filter_map(|s| s.http.as_ref().map(|h| h.target.as_str()))
+            .collect();
+        assert_eq!(
+            targets,
+            ["/up"],
+            "Content-Length {cl}: one exchange, nothing smuggled"
+        );
+    }
+}
