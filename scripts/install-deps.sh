@@ -10,7 +10,7 @@ PACKAGES=(
   gcc                                                 # the linker Rust uses, and mimalloc's C sources
   iproute2 bpftool                                    # namespaces, veths, tc; inspecting BPF objects
   nginx-light curl python3 jq                         # demo and test pods: real servers and clients
-  stunnel4 openssl                                    # TLS tunnel between test pods (socket point tests)
+  stunnel4 openssl                                    # TLS tunnel between test pods (socket point tests); scripts/make-certs.sh
   tshark                                              # decoder oracle in tests
   dnsmasq-base bind9-dnsutils                         # DNS server and client of the DNS tests (dnsmasq, dig)
   python3-venv                                        # offline manifest validation tools (scripts/validate-manifests.sh)

@@ -18,6 +18,7 @@ use clovisor_probe::cli::ProbeArgs;
 use clovisor_probe::metrics::ProbeMetrics;
 use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_proto::inproc;
+use clovisor_proto::tls::{TlsArgs, TlsStats};
 use clovisor_runtime::process::{start, Started};
 use clovisor_runtime::{LogArgs, StopFlag};
 use tokio::sync::mpsc;
@@ -44,6 +45,14 @@ pub struct Args {
     /// snaplen, OTLP endpoint, header redaction). Without it: flags and defaults.
     #[arg(long, env = clovisor_config::ENV_REDIS, value_name = "URL")]
     redis: Option<String>,
+    /// File holding the bearer token the REST API and /metrics require (`/healthz`, `/readyz`
+    /// stay open); none: open.
+    #[arg(long, env = clovisor_runtime::auth::ENV_API_TOKEN_FILE)]
+    api_token_file: Option<std::path::PathBuf>,
+    /// TLS for the one hop that leaves the process, spans to the OTLP endpoint (the probe ->
+    /// collector -> correlator hops are in-process and need none).
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// Runs until SIGTERM or SIGINT, logging as `log` says.
@@ -70,8 +79,15 @@ pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
         drops.clone(),
     ));
     collector_metrics.register(&mut registry);
-    let correlator = Correlator::with_registry(correlator_config, registry, drops)
-        .context("starting the correlator")?;
+    let tls_stats = TlsStats::default();
+    tls_stats.register(&mut registry);
+    let token = clovisor_runtime::process::api_token(args.api_token_file.as_deref(), &mut registry)
+        .context("API token")?;
+    servers.require_token(token);
+    let otlp_transport = args.tls.client(&tls_stats).context("TLS")?;
+    let correlator =
+        Correlator::with_registry_and_transport(correlator_config, registry, drops, otlp_transport)
+            .context("starting the correlator")?;
     let endpoint_follower = correlator.follow_live_config(live.clone());
 
     // Collector: raw records in, sessions out.

@@ -36,7 +36,8 @@ use clovisor_proto::capture::v1::{
 };
 use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
-use clovisor_proto::hops::{lazy_channel, CaptureConnector, CaptureHop, ChunkBuilder, RecordChunk};
+use clovisor_proto::hops::{CaptureConnector, CaptureHop, ChunkBuilder, RecordChunk};
+use clovisor_proto::tls::ClientTransport;
 use tokio::sync::mpsc;
 
 /// Records per chunk handed to the sender, as the probe's uplink does (`CHUNK_RECORDS`).
@@ -214,7 +215,8 @@ fn flow_records(n: u64, mode: Mode, node: &str, out: &mut Vec<Record>) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let channel = lazy_channel(&args.collector)?;
+    // A load generator for this host's collector: plaintext to loopback only.
+    let channel = ClientTransport::loopback().lazy_channel(&args.collector)?;
     let hello = Hello {
         probe_id: format!("flood-{:016x}", rand::random::<u64>()),
         node: args.node.clone(),

@@ -13,9 +13,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use clovisor_collector::forward::Forwarder;
-use clovisor_collector::server::CaptureService;
+use clovisor_collector::server::admission::{AdmissionConfig, ProbeIdentity, DEFAULT_NODE_SUFFIX};
+use clovisor_collector::server::{CaptureService, ServiceConfig};
 use clovisor_collector::CollectorMetrics;
 use clovisor_proto::delivery::DeliveryConfig;
+use clovisor_proto::tls::{self, TlsArgs, TlsStats};
 use clovisor_runtime::process::{start, ServiceArgs};
 use clovisor_runtime::StopFlag;
 
@@ -27,13 +29,33 @@ struct Args {
     /// gRPC address probes stream records to.
     #[arg(long, env = "CLOVISOR_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
     grpc_listen: SocketAddr,
-    /// Correlator gRPC URL.
+    /// Correlator gRPC URL (`https://` needs the TLS flags; plaintext `http://` only to loopback
+    /// unless --insecure-plaintext).
     #[arg(
         long,
         env = "CLOVISOR_CORRELATOR",
-        default_value = "http://clovisor-correlator.clovisor.svc:50052"
+        default_value = "https://clovisor-correlator.clovisor.svc:50052"
     )]
     correlator: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// What a probe's client certificate must prove: `any` (none needed), `certificate` (one
+    /// signed by the CA; probe ids and nodes stay with the certificate that claimed them) or
+    /// `node` (its DNS names include the node, as `NODE` or `NODE.<suffix>`). Default:
+    /// `certificate` when TLS with a CA is configured, `any` otherwise.
+    #[arg(long, env = "CLOVISOR_PROBE_IDENTITY")]
+    probe_identity: Option<ProbeIdentity>,
+    /// DNS suffix of per-node probe certificates (`--probe-identity node`).
+    #[arg(long, env = "CLOVISOR_PROBE_NODE_SUFFIX", default_value = DEFAULT_NODE_SUFFIX)]
+    probe_node_suffix: String,
+    /// Probe ids kept at most; Hellos with new ids beyond are refused (counted).
+    #[arg(long, env = "CLOVISOR_MAX_PROBES", default_value_t = 8192)]
+    max_probes: usize,
+    /// Query parameters whose values are redacted in request targets before sessions leave the
+    /// collector, besides the built-in ones (SigV4, OAuth, tokens, keys; docs/security.md).
+    /// Comma-separated, any case, matched after percent-decoding.
+    #[arg(long, env = "CLOVISOR_REDACT_QUERY_KEYS", value_delimiter = ',')]
+    redact_query_keys: Vec<String>,
     /// Decoded sessions queued for the correlator; when full, probes' streams are slowed down.
     #[arg(long, env = "CLOVISOR_SESSION_QUEUE", default_value_t = 4096)]
     session_queue: usize,
@@ -45,9 +67,33 @@ async fn main() -> anyhow::Result<()> {
     let mut process = start(&args.service.log, Some(&args.service.redis))?;
     let metrics = Arc::new(CollectorMetrics::with_drops(process.drops.clone()));
     metrics.register(&mut process.registry);
+    let tls_stats = TlsStats::default();
+    tls_stats.register(&mut process.registry);
+    let token = args
+        .service
+        .api_token(&mut process.registry)
+        .context("API token")?;
+    process.servers.require_token(token);
+    let server_tls = args.tls.server(&tls_stats).context("TLS")?;
+    let client = args.tls.client(&tls_stats).context("TLS")?;
+    let probe_identity = args.probe_identity.unwrap_or(
+        if server_tls
+            .as_ref()
+            .is_some_and(|t| t.requires_client_certificates())
+        {
+            ProbeIdentity::Certificate
+        } else {
+            ProbeIdentity::Any
+        },
+    );
+    if server_tls.is_none() && !args.grpc_listen.ip().is_loopback() {
+        tracing::warn!(addr = %args.grpc_listen, "gRPC served without TLS: probes' records (payload prefixes with their headers) cross the network in clear and any peer can claim to be a probe");
+    }
 
     let (sessions_tx, sessions_rx) = tokio::sync::mpsc::channel(args.session_queue);
-    let channel = clovisor_proto::hops::lazy_channel(&args.correlator)?;
+    let channel = client
+        .lazy_channel(&args.correlator)
+        .context("correlator URL")?;
     let forwarder = Forwarder::new(
         format!("collector-{:016x}", rand::random::<u64>()),
         channel,
@@ -69,18 +115,29 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.grpc_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.grpc_listen))?;
-    tracing::info!(addr = %args.grpc_listen, correlator = %args.correlator, "gRPC listening");
+    tracing::info!(addr = %args.grpc_listen, correlator = %args.correlator,
+        tls = server_tls.is_some(), probe_identity = ?probe_identity, "gRPC listening");
+    let service_config = ServiceConfig {
+        admission: AdmissionConfig {
+            identity: probe_identity,
+            node_suffix: args.probe_node_suffix.clone(),
+            max_probes: args.max_probes,
+            ..AdmissionConfig::default()
+        },
+        redact_query_keys: args.redact_query_keys.clone(),
+        ..ServiceConfig::default()
+    };
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(
-                CaptureService::new(sessions_tx, Arc::clone(&metrics))
+                CaptureService::with_config(sessions_tx, Arc::clone(&metrics), service_config)
                     // A killed collector loses no session its forwarder still held.
                     .ack_after_downstream(forwarder_stats)
                     .with_live_config(process.live)
                     .into_server(),
             )
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tls::server::incoming(listener, server_tls),
                 stop_grpc.wait(),
             ),
     );

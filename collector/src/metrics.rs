@@ -340,6 +340,10 @@ pub struct CollectorMetrics {
     pub probe_restarts: Counter,
     /// Endpoint updates ignored because the per-probe table was full.
     pub endpoints_dropped: Counter,
+    /// Endpoint updates refused as no probe makes them (`bad_ip`, `too_long`).
+    pub endpoints_rejected: Family<ReasonLabel, Counter>,
+    /// Probe streams refused by admission (`server::admission::Refused`), by reason.
+    pub probes_refused: Family<ReasonLabel, Counter>,
     /// Shared loss accounting (stages `collector` and `forwarder`).
     pub drops: Drops,
     handles: Handles,
@@ -472,6 +476,16 @@ impl CollectorMetrics {
             "clovisor_collector_probe_restarts",
             "Probes seen restarting (new probe id for a known node)",
             self.probe_restarts.clone(),
+        );
+        registry.register(
+            "clovisor_collector_endpoints_rejected",
+            "Endpoint updates refused: an address neither IPv4 nor IPv6, or a name longer than Kubernetes allows",
+            self.endpoints_rejected.clone(),
+        );
+        registry.register(
+            "clovisor_collector_probes_refused",
+            "Probe streams refused: identity not matching the certificate, another peer's probe id or node, too many probes, an over-long id, a batch number jumping too far",
+            self.probes_refused.clone(),
         );
         registry.register(
             "clovisor_collector_endpoints_dropped",

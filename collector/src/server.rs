@@ -10,6 +10,10 @@
 //! handed to the output before it was acknowledged by the correlator: a collector killed with
 //! sessions still in its forwarder then loses none of them, because the probe re-sends the batches
 //! they came from (the correlator drops the re-made sessions by id).
+//!
+//! Who may speak for which probe id and node, and how far a batch number may jump, is
+//! [`admission`]'s business: the `Hello` is checked against the connection's TLS client
+//! certificate before anything is kept for it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +32,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use clovisor_proto::tls::PeerIdentity;
+
+use self::admission::{AdmissionConfig, Refused};
 use crate::decode::redact;
 use crate::flows::{FlowTable, FlowTableConfig};
 use crate::metrics::CollectorMetrics;
@@ -39,6 +46,10 @@ pub struct ServiceConfig {
     pub flows: FlowTableConfig,
     /// How often idle flows, reordering gaps and early-flushed responses are looked at.
     pub flush_interval: Duration,
+    /// Who may speak for which probe, and the bounds on what a probe makes the collector keep.
+    pub admission: AdmissionConfig,
+    /// Query parameters redacted in request targets besides the built-in ones.
+    pub redact_query_keys: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -46,6 +57,8 @@ impl Default for ServiceConfig {
         Self {
             flows: FlowTableConfig::default(),
             flush_interval: Duration::from_secs(1),
+            admission: AdmissionConfig::default(),
+            redact_query_keys: Vec::new(),
         }
     }
 }
@@ -56,6 +69,9 @@ struct State {
     last_seq: HashMap<String, u64>,
     /// Current probe id per node, to notice restarts.
     node_probe: HashMap<String, String>,
+    /// The certificate identity ([`PeerIdentity::key`], empty without one) each probe id is
+    /// bound to.
+    owners: HashMap<String, String>,
 }
 
 /// Aborts the flusher when the service goes away.
@@ -72,6 +88,8 @@ struct Inner {
     out: mpsc::Sender<Session>,
     metrics: Arc<CollectorMetrics>,
     flush_interval: Duration,
+    admission: AdmissionConfig,
+    query_redaction: Arc<clovisor_runtime::redact::QueryRedaction>,
     flusher: OnceLock<AbortOnDrop>,
     /// Sessions handed to `out` so far.
     sent: AtomicU64,
@@ -94,7 +112,8 @@ impl Inner {
         let redaction = match self.live.get() {
             Some(live) => redact::Redaction::new(&live.borrow().redacted_headers),
             None => redact::Redaction::new(&LiveConfig::default().redacted_headers),
-        };
+        }
+        .with_query((*self.query_redaction).clone());
         for s in sessions {
             redaction.apply(s);
         }
@@ -136,9 +155,39 @@ impl Inner {
             .set(AbortOnDrop(handle.spawn(flush_loop(weak, period))));
     }
 
-    fn hello(&self, hello: &Hello) {
+    /// Counts and logs a refusal; the status for the probe.
+    fn refuse(&self, why: Refused, hello: &Hello) -> Status {
+        self.metrics
+            .probes_refused
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: why.as_label(),
+            })
+            .inc();
+        tracing::warn!(reason = why.as_label(), probe = %hello.probe_id.chars().take(64).collect::<String>(),
+            node = %hello.node.chars().take(64).collect::<String>(), "probe stream refused");
+        why.status()
+    }
+
+    /// Admits a probe's `Hello` from `peer` (see [`admission`]) and registers it; a new probe id
+    /// for a known node makes its previous probe's state go.
+    fn hello(&self, hello: &Hello, peer: Option<&PeerIdentity>) -> Result<(), Refused> {
+        let owner = self
+            .admission
+            .check_hello(&hello.probe_id, &hello.node, peer)?;
         let mut st = self.lock();
+        match st.owners.get(&hello.probe_id) {
+            Some(o) if *o != owner => return Err(Refused::ProbeIdOwned),
+            Some(_) => {}
+            None if st.owners.len() >= self.admission.max_probes => {
+                return Err(Refused::TooManyProbes)
+            }
+            None => {}
+        }
         if !hello.node.is_empty() {
+            let current = st.node_probe.get(&hello.node);
+            if current.is_some_and(|p| st.owners.get(p).is_some_and(|o| *o != owner)) {
+                return Err(Refused::NodeOwned);
+            }
             if let Some(old) = st
                 .node_probe
                 .insert(hello.node.clone(), hello.probe_id.clone())
@@ -149,10 +198,13 @@ impl Inner {
                     self.metrics.probe_restarts.inc();
                     st.table.forget_probe(&old);
                     st.last_seq.remove(&old);
+                    st.owners.remove(&old);
                 }
             }
         }
+        st.owners.insert(hello.probe_id.clone(), owner);
         st.table.register_probe(&hello.probe_id, &hello.node);
+        Ok(())
     }
 
     /// Applies a probe's table of open flows; returns the sessions of flows ended to make room.
@@ -166,13 +218,19 @@ impl Inner {
         out
     }
 
-    /// Processes a batch unless already processed; returns the sessions it completed.
-    fn batch(&self, probe_id: &str, batch: RecordBatch) -> Option<Vec<Session>> {
+    /// Processes a batch unless already processed; returns the sessions it completed. A batch
+    /// number more than `max_seq_jump` past the last one processed is refused.
+    fn batch(&self, probe_id: &str, batch: RecordBatch) -> Result<Option<Vec<Session>>, Refused> {
         let mut st = self.lock();
-        let last = st.last_seq.get(probe_id).copied().unwrap_or(0);
-        if batch.seq <= last {
+        let last = st.last_seq.get(probe_id).copied();
+        if batch.seq <= last.unwrap_or(0) {
             self.metrics.batches_duplicate.inc();
-            return None;
+            return Ok(None);
+        }
+        // The first batch a collector sees of a probe sets where it stands (the probe may have
+        // been up for long before this collector started).
+        if last.is_some_and(|last| batch.seq - last > self.admission.max_seq_jump) {
+            return Err(Refused::SeqJump);
         }
         let now = Instant::now();
         // An exchange takes at least two records (its request and its response), so this is room
@@ -188,7 +246,7 @@ impl Inner {
             }
         }
         self.metrics.batches_processed.inc();
-        Some(out)
+        Ok(Some(out))
     }
 }
 
@@ -238,10 +296,15 @@ impl CaptureService {
                 table: FlowTable::new(config.flows, Arc::clone(&metrics)),
                 last_seq: HashMap::new(),
                 node_probe: HashMap::new(),
+                owners: HashMap::new(),
             }),
             out,
             metrics,
             flush_interval: config.flush_interval,
+            admission: config.admission,
+            query_redaction: Arc::new(clovisor_runtime::redact::QueryRedaction::new(
+                &config.redact_query_keys,
+            )),
             flusher: OnceLock::new(),
             sent: AtomicU64::new(0),
             downstream: OnceLock::new(),
@@ -268,7 +331,7 @@ impl CaptureService {
 
     /// Wraps the service for a tonic server.
     pub fn into_server(self) -> CaptureServer<Self> {
-        CaptureServer::new(self)
+        CaptureServer::new(self).max_decoding_message_size(clovisor_proto::hops::MAX_MESSAGE_BYTES)
     }
 }
 
@@ -280,7 +343,7 @@ fn ack(seq: u64) -> CollectorMessage {
 
 async fn run_stream(
     inner: Arc<Inner>,
-    probe_id: String,
+    hello: Hello,
     mut inbound: Streaming<ProbeMessage>,
     tx: mpsc::Sender<Result<CollectorMessage, Status>>,
 ) {
@@ -290,6 +353,7 @@ async fn run_stream(
         tokio::spawn(ack_when_delivered(Arc::clone(forwarder), rx, tx.clone()));
         marks
     });
+    let probe_id = hello.probe_id.as_str();
     loop {
         let msg = match inbound.message().await {
             Ok(Some(msg)) => msg,
@@ -302,7 +366,13 @@ async fn run_stream(
         match msg.kind {
             Some(probe_message::Kind::Batch(batch)) => {
                 let seq = batch.seq;
-                let mut sessions = inner.batch(&probe_id, batch).unwrap_or_default();
+                let mut sessions = match inner.batch(probe_id, batch) {
+                    Ok(sessions) => sessions.unwrap_or_default(),
+                    Err(why) => {
+                        let _ = tx.send(Err(inner.refuse(why, &hello))).await;
+                        return;
+                    }
+                };
                 inner.redact(&mut sessions);
                 if inner.deliver(sessions).await.is_err() {
                     let _ = tx
@@ -334,7 +404,7 @@ async fn run_stream(
             // The probe's open flows, re-announced after every Hello, so that flows this
             // collector does not know yet (it restarted) are known by their identity again.
             Some(probe_message::Kind::Flows(table)) => {
-                let mut out = inner.flows(&probe_id, table);
+                let mut out = inner.flows(probe_id, table);
                 inner.redact(&mut out);
                 if inner.deliver(out).await.is_err() {
                     return;
@@ -373,6 +443,7 @@ impl Capture for CaptureService {
         request: Request<Streaming<ProbeMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         self.inner.ensure_flusher();
+        let peer = PeerIdentity::of(&request).cloned();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(ProbeMessage {
@@ -380,20 +451,15 @@ impl Capture for CaptureService {
             }) => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
-        if hello.probe_id.is_empty() {
-            return Err(Status::invalid_argument("Hello.probe_id must not be empty"));
+        if let Err(why) = self.inner.hello(&hello, peer.as_ref()) {
+            return Err(self.inner.refuse(why, &hello));
         }
-        self.inner.hello(&hello);
         let (tx, rx) = mpsc::channel(32);
-        tokio::spawn(run_stream(
-            Arc::clone(&self.inner),
-            hello.probe_id,
-            inbound,
-            tx,
-        ));
+        tokio::spawn(run_stream(Arc::clone(&self.inner), hello, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
+pub mod admission;
 #[cfg(test)]
 mod tests;

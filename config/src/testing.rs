@@ -25,6 +25,7 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -34,16 +35,36 @@ impl RedisServer {
         Self::start_at(port, tempfile::tempdir()?)
     }
 
+    /// Starts a server on a free port that requires `password` (`requirepass`).
+    pub fn start_with_password(password: &str) -> Result<Self, ServerError> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::launch(port, tempfile::tempdir()?, Some(password.to_owned()))
+    }
+
     /// Starts a server on `port`, its files in `dir` (persistence off).
     pub fn start_at(port: u16, dir: tempfile::TempDir) -> Result<Self, ServerError> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        Self::launch(port, dir, None)
+    }
+
+    fn launch(
+        port: u16,
+        dir: tempfile::TempDir,
+        password: Option<String>,
+    ) -> Result<Self, ServerError> {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let server = Self { child, port, dir };
+            .arg(dir.path());
+        if let Some(pw) = &password {
+            cmd.args(["--requirepass", pw]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let server = Self {
+            child,
+            port,
+            dir,
+            password,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -54,8 +75,16 @@ impl RedisServer {
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:<port>`
+    /// `redis://127.0.0.1:<port>`, with the password when the server requires one.
     pub fn url(&self) -> String {
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>` without any password.
+    pub fn url_without_password(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -75,10 +104,12 @@ impl RedisServer {
 
     /// Runs `redis-cli` against it with `args`; returns its output.
     pub fn cli(&self, args: &[&str]) -> Result<String, ServerError> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some(pw) = &self.password {
+            cmd.env("REDISCLI_AUTH", pw);
+        }
+        let out = cmd.args(args).output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }

@@ -251,3 +251,37 @@ fn a_bad_url_is_an_error_that_hides_the_password() {
         RedisSource::new("nope://:hunter2@x", ConfigMetrics::default()).expect_err("bad scheme");
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
+
+#[tokio::test]
+async fn a_password_protected_redis_is_read_with_the_password_and_refuses_without(
+) -> anyhow::Result<()> {
+    let server = RedisServer::start_with_password("c0nfig-pw")?;
+    let without = ConfigMetrics::default();
+    let (rx_without, _t1) = RedisSource::new(&server.url_without_password(), without.clone())?
+        .spawn(std::future::pending());
+    let with = ConfigMetrics::default();
+    let (mut rx, _t2) =
+        RedisSource::new(&server.url(), with.clone())?.spawn(std::future::pending());
+    wait_until(Duration::from_secs(5), "redis up with the password", || {
+        with.is_up()
+    })
+    .await?;
+
+    let mut conn = connect(&server).await?;
+    let _: () = conn.lpush(keys::EGRESS_MATCH, "10.0.0.9:80").await?;
+    wait_for(&mut rx, Duration::from_secs(2), "egress rule", |c| {
+        has_rule(c, [10, 0, 0, 9], 80)
+    })
+    .await?;
+    assert!(!without.is_up(), "no password: never up");
+    assert_eq!(
+        *rx_without.borrow(),
+        LiveConfig::default(),
+        "no password: defaults only"
+    );
+    assert!(
+        server.cli(&["LLEN", keys::EGRESS_MATCH])?.trim() == "1",
+        "redis-cli with REDISCLI_AUTH reads it"
+    );
+    Ok(())
+}

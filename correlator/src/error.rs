@@ -35,14 +35,15 @@ pub enum Error {
         #[source]
         source: http::uri::InvalidUri,
     },
-    /// tonic refused the OTLP endpoint.
+    /// The OTLP endpoint is not usable: not a URL, `https://` without TLS configured, or
+    /// plaintext to a non-loopback address without the explicit opt-in.
     #[error("OTLP endpoint {endpoint:?} is not usable")]
     ExportEndpoint {
         /// The endpoint as configured.
         endpoint: String,
         /// Why it was refused.
         #[source]
-        source: tonic::transport::Error,
+        source: clovisor_proto::tls::Error,
     },
     /// The exporter's worker task is gone, so nothing more can be flushed.
     #[error("the span exporter has stopped")]

@@ -124,6 +124,7 @@ impl IngestService {
     /// Wraps the service for a tonic server.
     pub fn into_server(self) -> SessionIngestServer<Self> {
         SessionIngestServer::new(self)
+            .max_decoding_message_size(clovisor_proto::hops::MAX_MESSAGE_BYTES)
     }
 
     /// Takes one point's view of one exchange: joins it with what other points saw of the same

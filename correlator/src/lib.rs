@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clovisor_proto::session::v1::session_ingest_server::SessionIngestServer;
+use clovisor_proto::tls::ClientTransport;
 use clovisor_runtime::drops::Drops;
 use prometheus_client::registry::Registry;
 
@@ -62,15 +63,27 @@ impl Correlator {
     /// metrics (all-in-one mode) — with the correlator's metrics added, and counting losses in
     /// `drops`, which the caller has registered in `registry` (the process start-up,
     /// `clovisor_runtime::process::start`, does).
-    pub fn with_registry(config: Config, mut registry: Registry, drops: Drops) -> Result<Self> {
+    pub fn with_registry(config: Config, registry: Registry, drops: Drops) -> Result<Self> {
+        Self::with_registry_and_transport(config, registry, drops, ClientTransport::loopback())
+    }
+
+    /// Like [`Correlator::with_registry`], exporting spans through `transport` (TLS to the OTLP
+    /// endpoint; plaintext to loopback only unless it allows more).
+    pub fn with_registry_and_transport(
+        config: Config,
+        mut registry: Registry,
+        drops: Drops,
+        transport: ClientTransport,
+    ) -> Result<Self> {
         let store = Arc::new(Store::new(config.store_capacity));
         let metrics = Arc::new(Metrics::with_drops(drops));
         metrics.register(&mut registry);
         let exporter = match &config.export {
-            Some(export) => Some(OtlpExporter::start(
+            Some(export) => Some(OtlpExporter::start_with(
                 export,
                 export::span::resource(&config.service_name, config.node_name.as_deref()),
                 Arc::clone(&metrics),
+                transport,
             )?),
             None => None,
         };
@@ -245,7 +258,8 @@ mod tests {
     #[tokio::test]
     async fn collector_delivery_sender_is_acked_and_stored() -> anyhow::Result<()> {
         use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
-        use clovisor_proto::hops::{lazy_channel, SessionConnector, SessionHop};
+        use clovisor_proto::hops::{SessionConnector, SessionHop};
+        use clovisor_proto::tls::ClientTransport;
 
         let correlator = Correlator::new(Config {
             export: None,
@@ -262,7 +276,7 @@ mod tests {
             SessionHop {
                 sender: "collector-test".into(),
             },
-            SessionConnector(lazy_channel(&format!("http://{addr}"))?),
+            SessionConnector(ClientTransport::loopback().lazy_channel(&format!("http://{addr}"))?),
             DeliveryConfig {
                 max_batch_items: 4,
                 flush_interval: Duration::from_millis(10),

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Parser;
 use clovisor_correlator::{Config, Correlator};
+use clovisor_proto::tls::{self, TlsArgs, TlsStats};
 use clovisor_runtime::process::{start, ServiceArgs};
 use clovisor_runtime::StopFlag;
 
@@ -25,6 +26,8 @@ struct Args {
     /// REST API address.
     #[arg(long, env = "CLOVISOR_API_LISTEN", default_value = "0.0.0.0:9800")]
     api_listen: SocketAddr,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[tokio::main]
@@ -32,7 +35,20 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut process = start(&args.service.log, Some(&args.service.redis))?;
     let config = Config::from_env().context("configuration")?;
-    let correlator = Correlator::with_registry(config, process.registry, process.drops)?;
+    let tls_stats = TlsStats::default();
+    tls_stats.register(&mut process.registry);
+    let token = args
+        .service
+        .api_token(&mut process.registry)
+        .context("API token")?;
+    process.servers.require_token(token);
+    let server_tls = args.tls.server(&tls_stats).context("TLS")?;
+    let client = args.tls.client(&tls_stats).context("TLS")?;
+    if server_tls.is_none() && !args.grpc_listen.ip().is_loopback() {
+        tracing::warn!(addr = %args.grpc_listen, "gRPC served without TLS: any peer can push sessions");
+    }
+    let correlator =
+        Correlator::with_registry_and_transport(config, process.registry, process.drops, client)?;
     let _endpoint_follower = correlator.follow_live_config(process.live);
 
     let stop_grpc = StopFlag::default();
@@ -46,12 +62,12 @@ async fn main() -> anyhow::Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(args.grpc_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.grpc_listen))?;
-    tracing::info!(addr = %args.grpc_listen, "gRPC listening");
+    tracing::info!(addr = %args.grpc_listen, tls = server_tls.is_some(), "gRPC listening");
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(correlator.ingest_server())
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                tls::server::incoming(grpc_listener, server_tls),
                 stop_grpc.wait(),
             ),
     );

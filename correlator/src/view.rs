@@ -9,25 +9,6 @@ use std::net::IpAddr;
 use clovisor_proto::common::v1::Side;
 use clovisor_proto::session::v1::{Database, Endpoint, Session};
 
-/// Query keys whose values are never shown (compared case-insensitively). The first four are
-/// the OTel semconv defaults; the rest are common credential carriers.
-const SENSITIVE_QUERY_KEYS: [&str; 14] = [
-    "awsaccesskeyid",
-    "signature",
-    "sig",
-    "x-goog-signature",
-    "access_token",
-    "token",
-    "id_token",
-    "refresh_token",
-    "api_key",
-    "apikey",
-    "password",
-    "passwd",
-    "secret",
-    "client_secret",
-];
-
 /// An endpoint's address, IPv4-mapped IPv6 shown as IPv4 (dual-stack sockets report IPv4 peers
 /// as `::ffff:a.b.c.d`).
 pub fn endpoint_ip(e: &Endpoint) -> Option<IpAddr> {
@@ -66,22 +47,12 @@ pub fn split_target(target: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Replaces the values of credential-carrying query keys by `REDACTED`.
+/// Replaces the values of credential-carrying query keys by `REDACTED` (the built-in keys of
+/// `clovisor_runtime::redact`: case-insensitive, percent-decoded, `&` and `;` separators). The
+/// collector already redacted the target with the operator's extra keys; this holds whatever
+/// reaches the correlator to the built-in ones.
 pub fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _))
-                if SENSITIVE_QUERY_KEYS
-                    .iter()
-                    .any(|s| k.eq_ignore_ascii_case(s)) =>
-            {
-                format!("{k}=REDACTED")
-            }
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    clovisor_runtime::redact::redact_query(query).into_owned()
 }
 
 /// The bare HTTP version (`1.1`) from what the decoder reported (`HTTP/1.1` or `1.1`); `1.1`

@@ -4,11 +4,16 @@
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::http_client::http_get;
+use crate::http_client::{http_get, http_get_with};
 
 /// Every session the REST API at `api` (`host:port`) holds (up to 1000), newest first.
 pub fn sessions(api: &str) -> Result<Vec<Value>> {
-    let body = http_get(&format!("http://{api}/api/v1/sessions?limit=1000"))?;
+    sessions_with(api, &[])
+}
+
+/// Like [`sessions`], sending `headers` (`Authorization: Bearer ...`).
+pub fn sessions_with(api: &str, headers: &[&str]) -> Result<Vec<Value>> {
+    let body = http_get_with(&format!("http://{api}/api/v1/sessions?limit=1000"), headers)?;
     let json: Value = serde_json::from_str(&body).context("sessions JSON")?;
     Ok(json["sessions"].as_array().cloned().unwrap_or_default())
 }

@@ -79,11 +79,33 @@ pub fn curl_keep_alive<S: AsRef<str>>(pod: &Pod, urls: &[S]) -> Result<()> {
 
 /// `GET url` from the host with curl (5 s at most); the body, or an error naming the URL.
 pub fn http_get(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()?;
+    http_get_with(url, &[])
+}
+
+/// `GET url` with extra request `headers` (`Name: value`), like [`http_get`].
+pub fn http_get_with(url: &str, headers: &[&str]) -> Result<String> {
+    let out = curl_get(url, headers, &["-fsS"])?;
     if !out.status.success() {
         bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The status code of `GET url` with extra request `headers`.
+pub fn http_status(url: &str, headers: &[&str]) -> Result<u16> {
+    let out = curl_get(
+        url,
+        headers,
+        &["-sS", "-o", "/dev/null", "-w", "%{http_code}"],
+    )?;
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
+
+fn curl_get(url: &str, headers: &[&str], flags: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = Command::new("curl");
+    cmd.args(flags).args(["--max-time", "5"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    Ok(cmd.arg(url).output()?)
 }

@@ -454,6 +454,23 @@ impl Drop for Proc {
     }
 }
 
+/// Starts a service binary (`cmd`, logging to `log`) and waits until its metrics port
+/// `metrics` (`host:port`) answers `/healthz`; its log is in the error when it does not.
+pub fn start_service(name: &str, mut cmd: Command, metrics: &str, log: PathBuf) -> Result<Proc> {
+    cmd.env("RUST_LOG", "info");
+    let mut proc = Proc::spawn(cmd, log)?;
+    let health = format!("http://{metrics}/healthz");
+    if let Err(e) = wait_for(&format!("{name} up"), Duration::from_secs(20), || {
+        if !proc.running() {
+            bail!("{name} exited early");
+        }
+        Ok(http_client::http_get(&health).is_ok())
+    }) {
+        bail!("{e:#}\n{name} log:\n{}", proc.log_text());
+    }
+    Ok(proc)
+}
+
 /// BPF programs of ours attached to `ifname` by any means (TCX links or tc filters), as the
 /// kernel reports them — not bpftool, whose older versions cannot see TCX links.
 pub fn our_programs_on(ifname: &str) -> Result<Vec<String>> {

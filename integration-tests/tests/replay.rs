@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clovisor_integration_tests::api;
-use clovisor_integration_tests::http_client::{http_get, Curl};
+use clovisor_integration_tests::http_client::Curl;
 use clovisor_integration_tests::{
-    cargo_build, free_port, our_programs_on, wait_for, Lab, Nginx, Proc,
+    cargo_build, free_port, our_programs_on, start_service, wait_for, Lab, Nginx, Proc,
 };
 
 /// How long the client makes requests.
@@ -39,19 +39,8 @@ fn log_path(name: &str) -> PathBuf {
 }
 
 /// Starts a process and waits until its metrics port answers `/healthz`.
-fn start(name: &str, mut cmd: Command, metrics: &str) -> Result<Proc> {
-    cmd.env("RUST_LOG", "info");
-    let mut proc = Proc::spawn(cmd, log_path(name))?;
-    let health = format!("http://{metrics}/healthz");
-    if let Err(e) = wait_for(&format!("{name} up"), Duration::from_secs(20), || {
-        if !proc.running() {
-            bail!("{name} exited early");
-        }
-        Ok(http_get(&health).is_ok())
-    }) {
-        bail!("{e:#}\n{name} log:\n{}", proc.log_text());
-    }
-    Ok(proc)
+fn start(name: &str, cmd: Command, metrics: &str) -> Result<Proc> {
+    start_service(name, cmd, metrics, log_path(name))
 }
 
 /// The value of one sample of `/metrics`, 0 when absent.

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use clovisor_probe::cli::ProbeArgs;
 use clovisor_probe::metrics::ProbeMetrics;
+use clovisor_proto::tls::{TlsArgs, TlsStats};
 use clovisor_runtime::process::{start, ServiceArgs};
 
 #[derive(Debug, Parser)]
@@ -21,13 +22,16 @@ struct Args {
     service: ServiceArgs,
     #[command(flatten)]
     probe: ProbeArgs,
-    /// Collector gRPC URL.
+    /// Collector gRPC URL (`https://` needs the TLS flags; plaintext `http://` only to loopback
+    /// unless --insecure-plaintext).
     #[arg(
         long,
         env = "CLOVISOR_COLLECTOR",
-        default_value = "http://clovisor-collector.clovisor.svc:50051"
+        default_value = "https://clovisor-collector.clovisor.svc:50051"
     )]
     collector: String,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// One worker thread: the probe's tasks (two ring readers, the uplink, the target follower)
@@ -40,6 +44,20 @@ async fn main() -> anyhow::Result<()> {
     let mut process = start(&args.service.log, Some(&args.service.redis))?;
     let metrics = Arc::new(ProbeMetrics::new(process.drops.clone()));
     metrics.register(&mut process.registry);
+    let tls_stats = TlsStats::default();
+    tls_stats.register(&mut process.registry);
+    let token = args
+        .service
+        .api_token(&mut process.registry)
+        .context("API token")?;
+    process.servers.require_token(token);
+    // Checked before anything is attached: a bad URL or certificate fails at start.
+    let channel = args
+        .tls
+        .client(&tls_stats)
+        .context("TLS")?
+        .lazy_channel(&args.collector)
+        .context("collector URL")?;
     // The probe's own status (`GET /api/v1/probe`) beside its metrics.
     let router = clovisor_runtime::metrics_router(Arc::new(process.registry))
         .merge(clovisor_probe::api::router(Arc::clone(&metrics)));
@@ -48,7 +66,6 @@ async fn main() -> anyhow::Result<()> {
         .serve(args.service.metrics_listen, router)
         .await?;
 
-    let channel = clovisor_proto::hops::lazy_channel(&args.collector)?;
     let config = args.probe.agent_config();
     let result =
         clovisor_probe::agent::run(config, process.live, channel, process.shutdown, metrics)

@@ -5,8 +5,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+pub mod auth;
 pub mod drops;
 pub mod process;
+pub mod redact;
 pub mod workloads;
 
 /// Errors of this crate.
@@ -39,6 +41,21 @@ pub enum Error {
         /// Why.
         #[source]
         source: clovisor_config::Error,
+    },
+    /// The API token file could not be read.
+    #[error("cannot read the API token file {path}")]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API token file holds no token.
+    #[error("the API token file {path} is empty")]
+    EmptyToken {
+        /// The file.
+        path: std::path::PathBuf,
     },
     /// A server task panicked or was cancelled.
     #[error("server task failed")]

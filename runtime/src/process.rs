@@ -35,6 +35,32 @@ pub struct ServiceArgs {
     /// apply).
     #[arg(long, env = clovisor_config::ENV_REDIS, default_value = clovisor_config::DEFAULT_CLUSTER_REDIS)]
     pub redis: String,
+    /// File holding the bearer token every HTTP request but `/healthz` and `/readyz` must
+    /// carry (`Authorization: Bearer ...`); re-read every 30 s. None: the HTTP side is open.
+    #[arg(long, env = crate::auth::ENV_API_TOKEN_FILE)]
+    pub api_token_file: Option<std::path::PathBuf>,
+}
+
+impl ServiceArgs {
+    /// The token `--api-token-file` names, if any (counted in `registry`). Must be called
+    /// inside a Tokio runtime.
+    pub fn api_token(&self, registry: &mut Registry) -> Result<Option<crate::auth::BearerToken>> {
+        api_token(self.api_token_file.as_deref(), registry)
+    }
+}
+
+/// The token in `file`, if one is named, its refusals counted in `registry`. Must be called
+/// inside a Tokio runtime.
+pub fn api_token(
+    file: Option<&std::path::Path>,
+    registry: &mut Registry,
+) -> Result<Option<crate::auth::BearerToken>> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let token = crate::auth::BearerToken::from_file(file)?;
+    token.register(registry);
+    Ok(Some(token))
 }
 
 /// A future resolving on the first SIGTERM or SIGINT.
@@ -91,6 +117,7 @@ pub fn start_without_logging(redis: Option<&str>) -> Result<Started> {
             stop_config,
             stop_http: StopFlag::default(),
             http: Vec::new(),
+            auth: None,
         },
     })
 }
@@ -102,15 +129,26 @@ pub struct Servers {
     stop_config: StopFlag,
     stop_http: StopFlag,
     http: Vec<JoinHandle<Result<()>>>,
+    auth: Option<crate::auth::BearerToken>,
 }
 
 impl Servers {
     /// Binds `addr` now (so a port clash fails at start) and serves `router` on it until
     /// [`Servers::stop`].
     pub async fn serve(&mut self, addr: SocketAddr, router: axum::Router) -> Result<()> {
+        let router = match &self.auth {
+            Some(token) => token.protect(router),
+            None => router,
+        };
         let server = serve_http(addr, router, self.stop_http.wait()).await?;
         self.http.push(tokio::spawn(server));
         Ok(())
+    }
+
+    /// Puts every router served from now on behind `token` (none: open); `/healthz` and
+    /// `/readyz` stay open.
+    pub fn require_token(&mut self, token: Option<crate::auth::BearerToken>) {
+        self.auth = token;
     }
 
     /// Stops following the configuration, then stops the HTTP servers gracefully and waits for

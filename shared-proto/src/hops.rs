@@ -1,6 +1,6 @@
 //! The two hops of the pipeline framed for [`crate::delivery`]: probe -> collector
 //! ([`CaptureHop`]) and collector -> correlator ([`SessionHop`]), each with a connector over a
-//! tonic [`Channel`].
+//! tonic [`Channel`] (made by [`crate::tls::ClientTransport`]).
 //!
 //! Batches are encoded once, when they are sealed, and kept encoded ([`Bytes`]) in the replay
 //! buffer: sending or re-sending one copies nothing but its reference count, and the receiver
@@ -449,27 +449,9 @@ async fn open_raw<D: prost::Message + Default + Send + Sync + 'static>(
     Ok(inbound.boxed())
 }
 
-/// A lazily connecting channel to `url` (`http://host:port`): connection errors surface per
-/// stream and the delivery protocol retries them.
-pub fn lazy_channel(url: &str) -> Result<Channel, InvalidUrl> {
-    Ok(Channel::from_shared(url.to_owned())
-        .map_err(|_| InvalidUrl(url.to_owned()))?
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .connect_lazy())
-}
-
-/// A peer address that is not a valid `http://host:port` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidUrl(pub String);
-
-impl std::fmt::Display for InvalidUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "not a valid http://host:port URL: {:?}", self.0)
-    }
-}
-
-impl std::error::Error for InvalidUrl {}
+/// Largest message a hop's server decodes (tonic's default, stated): a probe's batches and flow
+/// tables (1 MiB at most) and a collector's session batches stay well under it.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -60,3 +60,4 @@ pub mod delivery;
 pub mod dns;
 pub mod hops;
 pub mod inproc;
+pub mod tls;

@@ -8,8 +8,13 @@
 //! partly kept), and free-form attributes named after a listed header
 //! (`<name>` or `http.request.header.<name>` / `http.response.header.<name>`) are removed. A
 //! listed `grpc-message` replaces a gRPC call's message.
+//!
+//! The request target is redacted here too, before it leaves the collector: the values of
+//! credential-carrying query parameters (`clovisor_runtime::redact`'s built-in keys plus the
+//! operator's `--redact-query-keys`) and the user-info of an absolute-form target.
 
 use clovisor_proto::session::v1::{Session, TraceFormat};
+use clovisor_runtime::redact::QueryRedaction;
 
 /// What a redacted value is replaced by.
 pub const REDACTED: &str = "REDACTED";
@@ -43,6 +48,8 @@ pub struct Redaction {
     grpc_message: bool,
     /// The list itself, for attributes named after a header.
     listed: Vec<String>,
+    /// Query parameters redacted in the request target.
+    query: QueryRedaction,
 }
 
 impl Redaction {
@@ -60,7 +67,15 @@ impl Redaction {
             tracestate: listed("tracestate"),
             grpc_message: listed("grpc-message"),
             listed: headers.to_vec(),
+            query: QueryRedaction::default(),
         }
+    }
+
+    /// The same, redacting the query parameters `query` names in request targets (besides the
+    /// built-in ones, which always are).
+    pub fn with_query(mut self, query: QueryRedaction) -> Self {
+        self.query = query;
+        self
     }
 
     /// Redacts `session`; returns how many values were removed.
@@ -77,6 +92,10 @@ impl Redaction {
                     REDACTED.clone_into(field);
                     n += 1;
                 }
+            }
+            if let std::borrow::Cow::Owned(target) = self.query.redact_target(&http.target) {
+                http.target = target;
+                n += 1;
             }
         }
         if let Some(grpc) = session.grpc.as_mut() {
@@ -212,5 +231,27 @@ mod tests {
         }
         redact(&mut s, &list);
         assert!(s.trace.is_some());
+    }
+
+    #[test]
+    fn the_target_leaves_the_collector_with_credentials_in_its_query_redacted() {
+        let mut s = session();
+        if let Some(http) = s.http.as_mut() {
+            http.target = "/b/o?X-Amz-Credential=AKIA&X-Amz-Signature=abc&Tenant=t1&page=2".into();
+        }
+        let n = Redaction::new(&[])
+            .with_query(QueryRedaction::new(&["tenant".to_owned()]))
+            .apply(&mut s);
+        assert_eq!(
+            s.http.as_ref().map(|h| h.target.as_str()),
+            Some("/b/o?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&Tenant=REDACTED&page=2")
+        );
+        assert_eq!(n, 1, "one field rewritten");
+        let mut plain = session();
+        if let Some(http) = plain.http.as_mut() {
+            http.target = "/b/o?page=2".into();
+        }
+        assert_eq!(Redaction::new(&[]).apply(&mut plain), 0);
+        assert_eq!(plain.http.map(|h| h.target), Some("/b/o?page=2".to_owned()));
     }
 }

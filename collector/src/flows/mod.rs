@@ -322,6 +322,13 @@ impl FlowTable {
             state.endpoints.remove(&u.ip);
             return;
         }
+        if let Err(reason) = endpoint_within_bounds(&u) {
+            self.metrics
+                .endpoints_rejected
+                .get_or_create(&crate::metrics::ReasonLabel { reason })
+                .inc();
+            return;
+        }
         if state.endpoints.len() >= max && !state.endpoints.contains_key(&u.ip) {
             self.metrics.endpoints_dropped.inc();
             return;
@@ -596,6 +603,27 @@ impl FlowTable {
             publish_bytes(&self.metrics, &mut self.series, &state.endpoints, flow);
         }
     }
+}
+
+/// Longest name an endpoint update may carry (a Kubernetes object name's limit, 253); the
+/// interface name is a kernel one (15).
+pub const MAX_ENDPOINT_NAME_BYTES: usize = 253;
+
+/// Whether an endpoint update is one a probe could have made: an IPv4 or IPv6 address and names
+/// no longer than Kubernetes and the kernel allow. Names become metric labels and span
+/// attributes, so an oversized one is refused, not kept.
+fn endpoint_within_bounds(u: &capture::EndpointUpdate) -> Result<(), &'static str> {
+    if u.ip.len() != 4 && u.ip.len() != 16 {
+        return Err("bad_ip");
+    }
+    let too_long = [&u.pod, &u.namespace, &u.node, &u.workload]
+        .iter()
+        .any(|n| n.len() > MAX_ENDPOINT_NAME_BYTES)
+        || u.interface.len() > 15;
+    if too_long {
+        return Err("too_long");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

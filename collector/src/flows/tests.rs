@@ -1244,3 +1244,89 @@ fn an_accepted_h2c_upgrade_hands_the_flow_to_http2_and_its_losses_count_as_http2
     assert_eq!(m.desyncs_for("http2", "frames_beyond_capture"), 1);
     assert_eq!(m.desyncs_for("http1", "frames_beyond_capture"), 0);
 }
+
+#[test]
+fn oversized_or_malformed_endpoint_updates_are_refused_and_counted() {
+    let (mut t, m) = table();
+    let update = |ip: Vec<u8>, workload: String| Record {
+        kind: Some(record::Kind::Endpoint(EndpointUpdate {
+            ip,
+            pod: "web-0".into(),
+            namespace: "default".into(),
+            node: "node-a".into(),
+            workload,
+            ifindex: 7,
+            interface: "veth-server".into(),
+            removed: false,
+        })),
+    };
+    let out = feed(
+        &mut t,
+        vec![
+            update(SERVER.to_vec(), "w".repeat(1 << 20)),
+            update(vec![1, 2, 3], "web".into()),
+            msg(1, 0, Direction::ClientToServer, REQ),
+            msg(1, 1, Direction::ServerToClient, RESP),
+        ],
+    );
+    let rejected = |reason| {
+        m.endpoints_rejected
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .get()
+    };
+    assert_eq!((rejected("too_long"), rejected("bad_ip")), (1, 1));
+    let server = out
+        .first()
+        .and_then(|s| s.server.clone())
+        .unwrap_or_default();
+    assert!(
+        server.workload.is_empty() && server.pod.is_empty(),
+        "nothing of the refused updates kept: {server:?}"
+    );
+    let out = feed(
+        &mut t,
+        vec![
+            update(SERVER.to_vec(), "w".repeat(MAX_ENDPOINT_NAME_BYTES)),
+            msg(1, 2, Direction::ClientToServer, REQ),
+            msg(1, 3, Direction::ServerToClient, RESP),
+        ],
+    );
+    let server = out
+        .first()
+        .and_then(|s| s.server.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        server.workload.len(),
+        MAX_ENDPOINT_NAME_BYTES,
+        "a name at the limit is kept"
+    );
+}
+
+#[test]
+fn a_content_length_at_u64_max_through_the_flow_table_is_one_exchange() {
+    for cl in ["18446744073709551615", "18446744073709551616"] {
+        let (mut t, _m) = table();
+        let req = format!(
+            "POST /up HTTP/1.1\r\nContent-Length: {cl}\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"
+        );
+        let resp =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {cl}\r\n\r\nHTTP/1.1 200 OK\r\n\r\n");
+        let out = feed(
+            &mut t,
+            vec![
+                msg(3, 0, Direction::ClientToServer, req.as_bytes()),
+                msg(3, 1, Direction::ServerToClient, resp.as_bytes()),
+                end(3),
+            ],
+        );
+        let targets: Vec<&str> = out
+            .iter()
+            .filter_map(|s| s.http.as_ref().map(|h| h.target.as_str()))
+            .collect();
+        assert_eq!(
+            targets,
+            ["/up"],
+            "Content-Length {cl}: one exchange, nothing smuggled"
+        );
+    }
+}

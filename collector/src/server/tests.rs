@@ -227,6 +227,7 @@ async fn periodic_flush_emits_idle_flows() -> anyhow::Result<()> {
             ..FlowTableConfig::default()
         },
         flush_interval: Duration::from_millis(20),
+        ..ServiceConfig::default()
     };
     let (channel, mut out, metrics) = start(config).await?;
     exchange(
@@ -408,3 +409,5 @@ async fn flows_announced_after_hello_are_known_to_their_bare_messages() -> anyho
     assert_eq!(metrics.messages_dropped_for("no_flow_key"), 0);
     Ok(())
 }
+
+mod admission;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut as _, Bytes};
+use clovisor_proto::tls::ClientTransport;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -19,7 +20,7 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::ExportConfig;
 use crate::error::{Error, Result};
@@ -107,18 +108,21 @@ pub struct OtlpExporter {
     endpoint: String,
 }
 
-/// A lazily connecting channel to `endpoint` (`http(s)://host:port`).
-fn lazy_channel(endpoint: &str, request_timeout: Duration) -> Result<Channel> {
-    let parsed =
-        Endpoint::from_shared(endpoint.to_owned()).map_err(|source| Error::ExportEndpoint {
+/// A lazily connecting channel to `endpoint` (`http(s)://host:port`), over TLS for `https://`.
+fn lazy_channel(
+    transport: &ClientTransport,
+    endpoint: &str,
+    request_timeout: Duration,
+) -> Result<Channel> {
+    transport
+        .lazy_channel_with(endpoint, |e| {
+            e.connect_timeout(request_timeout.min(Duration::from_secs(5)))
+                .timeout(request_timeout)
+        })
+        .map_err(|source| Error::ExportEndpoint {
             endpoint: endpoint.to_owned(),
             source,
-        })?;
-    Ok(parsed
-        .connect_timeout(request_timeout.min(Duration::from_secs(5)))
-        .timeout(request_timeout)
-        .tcp_nodelay(true)
-        .connect_lazy())
+        })
 }
 
 /// Re-points a running exporter (live configuration): queued spans and a batch being retried
@@ -127,22 +131,35 @@ fn lazy_channel(endpoint: &str, request_timeout: Duration) -> Result<Channel> {
 pub struct EndpointSwitch {
     tx: Arc<watch::Sender<Channel>>,
     request_timeout: Duration,
+    transport: ClientTransport,
 }
 
 impl EndpointSwitch {
     /// Sends spans to `endpoint` from now on; an unusable endpoint is an error and changes
     /// nothing.
     pub fn set(&self, endpoint: &str) -> Result<()> {
-        let channel = lazy_channel(endpoint, self.request_timeout)?;
+        let channel = lazy_channel(&self.transport, endpoint, self.request_timeout)?;
         self.tx.send_replace(channel);
         Ok(())
     }
 }
 
 impl OtlpExporter {
-    /// Starts the worker; connects lazily, so a dead endpoint is not an error here.
+    /// Starts the worker; connects lazily, so a dead endpoint is not an error here. Plaintext to
+    /// loopback only: see [`OtlpExporter::start_with`].
     pub fn start(config: &ExportConfig, resource: Resource, metrics: Arc<Metrics>) -> Result<Self> {
-        let channel = lazy_channel(&config.endpoint, config.request_timeout)?;
+        Self::start_with(config, resource, metrics, ClientTransport::loopback())
+    }
+
+    /// Like [`OtlpExporter::start`], dialing with `transport` (TLS, plaintext policy) — also
+    /// for endpoints set later through [`EndpointSwitch::set`].
+    pub fn start_with(
+        config: &ExportConfig,
+        resource: Resource,
+        metrics: Arc<Metrics>,
+        transport: ClientTransport,
+    ) -> Result<Self> {
+        let channel = lazy_channel(&transport, &config.endpoint, config.request_timeout)?;
         let (endpoint_tx, endpoint_rx) = watch::channel(channel.clone());
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (control, control_rx) = mpsc::channel(4);
@@ -167,6 +184,7 @@ impl OtlpExporter {
             switch: EndpointSwitch {
                 tx: Arc::new(endpoint_tx),
                 request_timeout: config.request_timeout,
+                transport,
             },
             endpoint: config.endpoint.clone(),
         })

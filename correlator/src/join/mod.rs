@@ -128,6 +128,9 @@ struct Entry {
     /// (`Arc::make_mut`), and only while a reader still holds the older version.
     rec: Held,
     client: Option<ClientAddr>,
+    /// From the earliest start to the latest end of its observations: where the client's
+    /// time index ([`ByTime`]) files it.
+    span: (u64, u64),
     /// Its wire key, when it had one first (a colliding key stays with the exchange that had
     /// it first). An exchange gains a key only while it has none: a view joins a keyed
     /// exchange only through that key.
@@ -263,12 +266,12 @@ pub struct Joiner {
     /// Exchanges the join holds (open or retained); the rest are only in the store.
     held: usize,
     wire: FxHashMap<WireKey, u64>,
-    /// Every exchange the join holds, by client address (for sequence-less views).
-    clients: FxHashMap<ClientAddr, BTreeSet<u64>>,
+    /// Every exchange the join holds, by client address and time (for sequence-less views).
+    clients: FxHashMap<ClientAddr, ByTime>,
     /// Held exchanges no sequence-carrying point has seen yet, by client address: the only
     /// ones a keyed view with an unknown key can join. Kept apart so that such a view — the
     /// first view of nearly every exchange — does not scan a busy keep-alive client's history.
-    unkeyed: FxHashMap<ClientAddr, BTreeSet<u64>>,
+    unkeyed: FxHashMap<ClientAddr, ByTime>,
     /// Every id of every exchange held (join or store): the id the REST API finds it by and
     /// the ids of the sessions merged into it.
     ids: FxHashMap<String, u64>,
@@ -278,16 +281,62 @@ pub struct Joiner {
     /// Ready exchanges by the end of their retention.
     retained: VecDeque<(Instant, u64)>,
     store: StoreOrder,
+    /// Candidates a sequence-less view was compared with, ever (the cost of time joins).
+    time_candidates: u64,
 }
 
-/// Takes `slot` out of `client`'s set in `index`, dropping the set once empty.
-fn remove_slot(index: &mut FxHashMap<ClientAddr, BTreeSet<u64>>, client: ClientAddr, slot: u64) {
+/// Candidates a sequence-less view is compared with at most: beyond, it is ambiguous (kept on
+/// its own). Bounds the join's work per view whatever one client sends.
+pub const MAX_TIME_CANDIDATES: usize = 64;
+
+/// One client's exchanges by the start of their span, and the longest span among them: an
+/// exchange overlapping `(start, end)` starts within `[start - longest, end]`, so a view is
+/// compared with the exchanges of its own time rather than with the client's whole history.
+#[derive(Debug, Default)]
+struct ByTime {
+    by_start: BTreeSet<(u64, u64)>,
+    /// Never shrinks while the client has exchanges (a cheap, safe over-estimate).
+    longest: u64,
+}
+
+impl ByTime {
+    fn insert(&mut self, span: (u64, u64), slot: u64) {
+        self.by_start.insert((span.0, slot));
+        self.longest = self.longest.max(span.1.saturating_sub(span.0));
+    }
+
+    /// The slots that may overlap `span`, earliest first.
+    fn around(&self, span: (u64, u64)) -> impl Iterator<Item = u64> + '_ {
+        let from = span.0.saturating_sub(self.longest);
+        self.by_start
+            .range((from, 0)..=(span.1, u64::MAX))
+            .map(|&(_, slot)| slot)
+    }
+}
+
+/// Takes `slot` (filed at `start`) out of `client`'s index, dropping the index once empty.
+fn remove_slot(
+    index: &mut FxHashMap<ClientAddr, ByTime>,
+    client: ClientAddr,
+    start: u64,
+    slot: u64,
+) {
     if let Some(v) = index.get_mut(&client) {
-        v.remove(&slot);
-        if v.is_empty() {
+        v.by_start.remove(&(start, slot));
+        if v.by_start.is_empty() {
             index.remove(&client);
         }
     }
+}
+
+/// From the earliest start to the latest end of `session`'s observations.
+fn span_of(session: &Session) -> (u64, u64) {
+    session
+        .observations
+        .iter()
+        .map(interval)
+        .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
+        .unwrap_or((0, 0))
 }
 
 /// The session's own id and those of the sessions merged into it.
@@ -381,6 +430,7 @@ impl Joiner {
             open: VecDeque::new(),
             retained: VecDeque::new(),
             store: StoreOrder::default(),
+            time_candidates: 0,
         }
     }
 
@@ -519,8 +569,10 @@ impl Joiner {
         if !rec.session.id.is_empty() {
             rec.constituents = vec![rec.session.id.clone()];
         }
+        let span = span_of(&rec.session);
         let mut entry = Entry {
             client,
+            span,
             key: None,
             ready: false,
             joined: true,
@@ -538,9 +590,9 @@ impl Joiner {
             }
         }
         if let Some(c) = client {
-            self.clients.entry(c).or_default().insert(slot);
+            self.clients.entry(c).or_default().insert(span, slot);
             if !rec.session.observations.iter().any(key::has_tcp_seq) {
-                self.unkeyed.entry(c).or_default().insert(slot);
+                self.unkeyed.entry(c).or_default().insert(span, slot);
             }
         }
         for id in ids_of(rec) {
@@ -566,7 +618,7 @@ impl Joiner {
     /// Exchanges of `client` overlapping `session` in time and agreeing with it; with
     /// `unkeyed_only`, only those no sequence-carrying point has seen yet.
     fn find_by_time(
-        &self,
+        &mut self,
         client: Option<ClientAddr>,
         session: &Session,
         unkeyed_only: bool,
@@ -576,15 +628,21 @@ impl Joiner {
         } else {
             &self.clients
         };
-        let Some(slots) = client.and_then(|c| index.get(&c)) else {
+        let Some(by_time) = client.and_then(|c| index.get(&c)) else {
             return Found::None;
         };
         let Some(span) = session.observations.first().map(interval) else {
             return Found::None;
         };
         let mut found = None;
-        for slot in slots {
-            let Some(e) = self.entries.get(slot) else {
+        let mut compared = 0usize;
+        for slot in by_time.around(span) {
+            if compared == MAX_TIME_CANDIDATES {
+                self.time_candidates += compared as u64;
+                return Found::Many;
+            }
+            compared += 1;
+            let Some(e) = self.entries.get(&slot) else {
                 continue;
             };
             let (keyed, overlapping) = match &e.rec {
@@ -608,12 +666,21 @@ impl Joiner {
                     .any(|o| merge::has_point(&rec.session, o));
             if fits {
                 if found.is_some() {
+                    self.time_candidates += compared as u64;
                     return Found::Many;
                 }
-                found = Some(*slot);
+                found = Some(slot);
             }
         }
+        self.time_candidates += compared as u64;
         found.map_or(Found::None, Found::One)
+    }
+
+    /// Candidates sequence-less views were compared with so far: grows with the views' own
+    /// time neighbourhoods, never with a client's whole history (at most
+    /// [`MAX_TIME_CANDIDATES`] per view).
+    pub fn time_candidates(&self) -> u64 {
+        self.time_candidates
     }
 
     /// Merges `rec` into exchange `slot` when they agree and the point is new to it; otherwise
@@ -641,9 +708,21 @@ impl Joiner {
         let gains_seq = session.observations.iter().any(key::has_tcp_seq);
         let merged = Arc::make_mut(live);
         let id = merge::merge(&mut merged.session, session);
-        if gains_seq {
-            if let Some(c) = e.client {
-                remove_slot(&mut self.unkeyed, c, slot);
+        let old_span = e.span;
+        let new_span = span_of(&merged.session);
+        if let Some(c) = e.client {
+            if gains_seq {
+                remove_slot(&mut self.unkeyed, c, old_span.0, slot);
+            }
+            if new_span != old_span {
+                e.span = new_span;
+                for index in [&mut self.clients, &mut self.unkeyed] {
+                    if let Some(v) = index.get_mut(&c) {
+                        if v.by_start.remove(&(old_span.0, slot)) {
+                            v.insert(new_span, slot);
+                        }
+                    }
+                }
             }
         }
         if !e.ready {
@@ -719,8 +798,8 @@ impl Joiner {
             }
         }
         if let Some(c) = e.client {
-            remove_slot(&mut self.clients, c, slot);
-            remove_slot(&mut self.unkeyed, c, slot);
+            remove_slot(&mut self.clients, c, e.span.0, slot);
+            remove_slot(&mut self.unkeyed, c, e.span.0, slot);
         }
         if e.stored.is_none() {
             self.remove(slot);
@@ -821,6 +900,7 @@ impl Joiner {
             Entry {
                 rec: Held::Live(rec),
                 client: None,
+                span: (0, 0),
                 key: None,
                 ready: true,
                 joined: false,

@@ -680,3 +680,73 @@ fn udp_dns_views_join_by_query_not_by_a_shared_zero_sequence() {
         "each query joins its own views"
     );
 }
+
+#[test]
+fn sequence_less_views_are_compared_with_their_time_neighbours_not_a_client_history() {
+    // One keep-alive client's socket views without sequence numbers, 2 ms apart, 1 ms long:
+    // each overlaps none of the others. A scan of the client's history would compare the
+    // n-th with n-1 earlier ones (n²/2 = 8·10⁶ comparisons for 4096 views).
+    const VIEWS: u64 = 4096;
+    let mut j = Joiner::new(JoinConfig {
+        window: Duration::from_secs(60),
+        retention: Duration::from_secs(30),
+        max_entries: 2 * VIEWS as usize,
+    });
+    let now = Instant::now();
+    for i in 0..VIEWS {
+        let r = j.offer(
+            socket(&format!("s{i}"), Side::Client)
+                .at(i * 2_000_000)
+                .build(),
+            now,
+        );
+        assert_eq!(
+            r.outcome,
+            Outcome::Opened,
+            "view {i} is an exchange of its own"
+        );
+    }
+    assert!(
+        j.time_candidates() <= 2 * VIEWS,
+        "comparisons must grow with the views, not their square: {} for {VIEWS} views",
+        j.time_candidates()
+    );
+    // The index still finds the one exchange a view belongs to.
+    let r = j.offer(
+        client_veth("veth").at(100 * 2_000_000 + 10_000).build(),
+        now,
+    );
+    assert_eq!(
+        r.outcome,
+        Outcome::Joined,
+        "the veth's view joins the socket's at its time"
+    );
+    assert_eq!(r.record.constituents, ["s100", "veth"]);
+}
+
+#[test]
+fn a_view_overlapping_too_many_exchanges_is_ambiguous_after_a_bounded_scan() {
+    let mut j = joiner(60_000);
+    let now = Instant::now();
+    // Many exchanges of one client at the same instant (a flood of forged views).
+    for i in 0..(MAX_TIME_CANDIDATES as u64 * 4) {
+        j.offer(
+            socket(&format!("f{i}"), Side::Client)
+                .target(&format!("/{i}"))
+                .build(),
+            now,
+        );
+    }
+    let before = j.time_candidates();
+    let r = j.offer(socket("probe", Side::Server).target("/unique").build(), now);
+    assert_eq!(
+        r.outcome,
+        Outcome::Ambiguous,
+        "too many candidates: kept on its own, counted"
+    );
+    assert!(
+        j.time_candidates() - before <= MAX_TIME_CANDIDATES as u64,
+        "at most {MAX_TIME_CANDIDATES} comparisons for one view, saw {}",
+        j.time_candidates() - before
+    );
+}

@@ -211,7 +211,9 @@ fn content_length(value: &[u8]) -> Option<u64> {
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    t.parse().ok()
+    // Digits beyond u64: a body longer than anything captured, never "no body" (which would
+    // let the bytes after the head pass for a second, smuggled message).
+    Some(t.parse().unwrap_or(u64::MAX))
 }
 
 /// The request headers the decoder reads. Every other header is never read, credentials
@@ -532,7 +534,8 @@ pub fn decode_requests(buf: &[u8]) -> Result<Vec<RequestHead>, ParseError> {
             .checked_add(head.head_len)
             .and_then(|p| {
                 let body = buf.get(p..)?;
-                Some(p + body_len(body, head.content_length, head.chunked)?)
+                // Checked: a Content-Length near u64::MAX must end the walk, not wrap around.
+                p.checked_add(body_len(body, head.content_length, head.chunked)?)
             })
             .filter(|&p| p < buf.len());
         out.push(head);

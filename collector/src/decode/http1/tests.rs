@@ -258,8 +258,9 @@ fn invalid_content_length_is_ignored() {
     assert_eq!(h.content_length, None);
     let h = req("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n");
     assert_eq!(
-        h.content_length, None,
-        "overflow must not panic nor be trusted"
+        h.content_length,
+        Some(u64::MAX),
+        "overflow must not panic, nor pass for \"no body\" (the rest would be a smuggled request)"
     );
 }
 
@@ -454,4 +455,30 @@ fn random_messages_never_panic_the_pairing() {
             .all(|e| e.protocol == clovisor_proto::session::v1::Protocol::Http1),
         "every exchange is HTTP/1"
     );
+}
+
+#[test]
+fn a_content_length_at_the_numeric_boundaries_neither_overflows_nor_splits_a_request() {
+    for cl in [
+        "18446744073709551615",
+        "18446744073709551614",
+        "9223372036854775808",
+        "18446744073709551616",
+    ] {
+        let req = format!(
+            "POST /up HTTP/1.1\r\nContent-Length: {cl}\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"
+        );
+        let heads = super::parse::decode_requests(req.as_bytes())
+            .unwrap_or_else(|e| panic!("Content-Length {cl}: the head must decode, got {e:?}"));
+        assert_eq!(
+            heads.iter().map(|h| h.target.as_str()).collect::<Vec<_>>(),
+            ["/up"],
+            "Content-Length {cl}: one request whose body runs past the capture, not two"
+        );
+        let resp =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {cl}\r\n\r\nHTTP/1.1 200 OK\r\n\r\n");
+        let heads = super::parse::decode_responses(resp.as_bytes(), &[])
+            .unwrap_or_else(|e| panic!("Content-Length {cl}: the response must decode, got {e:?}"));
+        assert_eq!(heads.len(), 1, "Content-Length {cl}: one response");
+    }
 }
