@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::analytics::Analytics;
 use crate::error::{Error, Result};
 use crate::ids::TraceId;
 use crate::join::{JoinConfig, Joiner};
@@ -151,6 +152,8 @@ impl SessionFilter {
 pub struct Store {
     capacity: usize,
     state: Arc<RwLock<Joiner>>,
+    /// The analytics over the exchanges finished; cleared with the store.
+    analytics: Arc<Analytics>,
 }
 
 impl std::fmt::Debug for Store {
@@ -173,7 +176,21 @@ impl Store {
                 JoinConfig::default(),
                 capacity,
             ))),
+            analytics: Arc::new(Analytics::default()),
         }
+    }
+
+    /// The analytics over the exchanges finished (fed by the ingest, read by the REST API).
+    pub fn analytics(&self) -> &Arc<Analytics> {
+        &self.analytics
+    }
+
+    /// Forgets every stored session and the analytics (`DELETE /api/v1/sessions`); exchanges
+    /// still in their join window stay in the join. Returns how many sessions were dropped.
+    pub fn clear(&self) -> usize {
+        let cleared = self.write().store_clear();
+        self.analytics.clear();
+        cleared
     }
 
     /// Configures the join behind the store; only before anything is stored.
