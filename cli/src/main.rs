@@ -11,6 +11,7 @@ mod all_in_one;
 mod inspect;
 mod remote;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
     match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:?}");
+            let _ = writeln!(std::io::stderr(), "Error: {e:?}");
             ExitCode::FAILURE
         }
     }

@@ -5,7 +5,7 @@
 mod client;
 mod output;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -55,7 +55,7 @@ pub struct GetArgs {
 #[derive(Debug, Subcommand)]
 enum GetWhat {
     /// Recent sessions, newest first.
-    Sessions(SessionArgs),
+    Sessions(Box<SessionArgs>),
     /// Services and workloads seen, with request counts, error rates and latency.
     Services(WindowArgs),
 }
@@ -151,17 +151,18 @@ fn run(future: impl std::future::Future<Output = Result<String, ClientError>>) -
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start: {e}");
+            let _ = writeln!(std::io::stderr(), "error: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(future) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+        Ok(text) => match std::io::stdout().lock().write_all(text.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            // A closed pipe (`| head`) is not the correlator's failure, but the output is cut.
+            Err(_) => ExitCode::from(1),
+        },
         Err(e) => {
-            eprintln!("error: {e}");
+            let _ = writeln!(std::io::stderr(), "error: {e}");
             match e {
                 ClientError::BadServer { .. } | ClientError::Refused { .. } => ExitCode::from(2),
                 ClientError::Unreachable { .. } | ClientError::Server { .. } => ExitCode::from(1),

@@ -19,25 +19,7 @@ fn state_with(sessions: Vec<SessionBuilder>) -> ApiState {
 }
 
 async fn get_json(app: Router, uri: &str) -> (StatusCode, Value) {
-    let response = app
-        .oneshot(
-            Request::get(uri)
-                .body(Body::empty())
-                .expect("static request is valid"),
-        )
-        .await
-        .expect("router is infallible");
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("body fits 1 MiB");
-    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "{uri}: body is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    (status, json)
+    send(app, "GET", uri).await
 }
 
 fn ids(v: &Value) -> Vec<String> {
