@@ -3,14 +3,15 @@
 //! Every exchange the correlator finishes (where the RED metrics are counted) is counted under a
 //! key — server service (its workload, else pod, else address) and namespace, client workload
 //! and namespace, protocol, method, path (no query), status and user agent — in the time bucket
-//! of the moment it finished (10 s buckets, the last 15 min kept). Each (key, bucket) cell holds
+//! of the moment it finished (30 s buckets, the last 15 min kept). Each (key, bucket) cell holds
 //! requests, errors and a mergeable latency summary ([`latency::Latency`]).
 //!
 //! Bounded: at most `max_keys` distinct keys live at once (a key lives while a kept bucket
 //! holds it); an exchange with a new key beyond that is counted under one `(other)` key and in
 //! [`Totals::folded`]. Strings in a key are cut to `max_field_len` bytes. So the memory is at
-//! most `buckets × (max_keys + 1)` cells (a cell is ~100 bytes plus 8 per distinct latency
-//! bucket it saw) and `max_keys` keys. An answer merges the cells of the buckets in its window:
+//! most `buckets × (max_keys + 1)` cells (a cell is 100–200 bytes in its map plus 8–16 per
+//! distinct latency bucket it saw, at most 249) and `max_keys` keys (docs/api.md has the
+//! figures). An answer merges the cells of the buckets in its window:
 //! it costs at most `window buckets × (max_keys + 1)` cell merges, whatever the traffic.
 
 pub mod latency;
@@ -45,8 +46,8 @@ pub struct AnalyticsConfig {
 impl Default for AnalyticsConfig {
     fn default() -> Self {
         Self {
-            bucket: Duration::from_secs(10),
-            buckets: 90,
+            bucket: Duration::from_secs(30),
+            buckets: 30,
             max_keys: 2000,
             max_field_len: 200,
         }
