@@ -1,6 +1,6 @@
-//! `clovisor`: the all-in-one tracer for one Linux host (`all-in-one`), and a look at what of
-//! ours is attached to this host's interfaces (`inspect`). Sessions of a running correlator are
-//! queried over its REST API (`GET /api/v1/sessions`), not through this command.
+//! `clovisor`: the all-in-one tracer for one Linux host (`all-in-one`), a look at what of ours
+//! is attached to this host's interfaces (`inspect`), and queries of a running correlator's REST
+//! API (`get sessions`, `get services`, `stats`, `clear`; see `remote`).
 
 /// mimalloc: the pipeline allocates and frees a record, a batch and a session per message; with
 /// glibc malloc that was over half of the all-in-one process's CPU under load (perf).
@@ -9,6 +9,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod all_in_one;
 mod inspect;
+mod remote;
+
+use std::io::Write;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -27,20 +31,35 @@ enum Command {
     AllInOne(Box<all_in_one::Args>),
     /// List the BPF programs of ours attached on this host; optionally clean up after a crash.
     Inspect(inspect::Args),
+    /// Show sessions or services of a running correlator.
+    Get(remote::GetArgs),
+    /// Request counts, error rates and latency of a running correlator, grouped.
+    Stats(remote::StatsArgs),
+    /// Empty a running correlator's sessions and analytics.
+    Clear(remote::ClearArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let done = match cli.command {
+        Command::Get(args) => return remote::get(args),
+        Command::Stats(args) => return remote::stats(args),
+        Command::Clear(args) => return remote::clear(args),
         Command::Inspect(args) => {
             clovisor_runtime::init_logging(&cli.log);
             inspect::run(&args)
         }
-        Command::AllInOne(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(all_in_one::run(*args, &cli.log))
+        Command::AllInOne(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(all_in_one::run(*args, &cli.log))),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "Error: {e:?}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -109,6 +109,7 @@ impl IngestService {
     fn finish(&self, ready: Vec<Arc<CorrelatedSession>>) {
         for rec in ready {
             self.metrics.observe_session(&rec);
+            self.store.analytics().observe(&rec);
             if let Some(export) = &self.export {
                 export.enqueue_session(&rec);
             }

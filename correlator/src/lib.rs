@@ -6,6 +6,7 @@
 //! [`Correlator::api_router`] and [`Correlator::metrics_router`] (HTTP, separate ports), and
 //! calls [`Correlator::shutdown`] on SIGTERM so queued spans are delivered.
 
+pub mod analytics;
 pub mod api;
 pub mod config;
 pub mod error;

@@ -6,10 +6,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::analytics::query::parse_duration;
+use crate::analytics::{end_name, protocol_name, Analytics};
 use crate::error::{Error, Result};
 use crate::ids::TraceId;
 use crate::join::{JoinConfig, Joiner};
 use crate::record::CorrelatedSession;
+use crate::view::split_target;
 
 /// Results per query unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -62,6 +65,20 @@ pub struct SessionFilter {
     pub namespace: Option<String>,
     /// The response code.
     pub status: Option<StatusFilter>,
+    /// The serving workload (else pod, else address), as the analytics name it.
+    pub service: Option<String>,
+    /// The request method (case-insensitive).
+    pub method: Option<String>,
+    /// The start of the request path (query excluded).
+    pub path_prefix: Option<String>,
+    /// The protocol name (`http1`, …) as the analytics name it.
+    pub protocol: Option<String>,
+    /// The shortest duration, nanoseconds.
+    pub min_duration_ns: Option<u64>,
+    /// Requests started at or after, Unix nanoseconds.
+    pub since_ns: Option<u64>,
+    /// Requests started before, Unix nanoseconds.
+    pub until_ns: Option<u64>,
     /// Results at most, 1..=[`MAX_LIMIT`].
     pub limit: usize,
 }
@@ -74,6 +91,13 @@ impl Default for SessionFilter {
             pod: None,
             namespace: None,
             status: None,
+            service: None,
+            method: None,
+            path_prefix: None,
+            protocol: None,
+            min_duration_ns: None,
+            since_ns: None,
+            until_ns: None,
             limit: DEFAULT_LIMIT,
         }
     }
@@ -104,6 +128,27 @@ impl SessionFilter {
                     filter.status = Some(
                         StatusFilter::parse(value)
                             .ok_or_else(|| bad("expected a code 100-599 or a class like 5xx"))?,
+                    )
+                }
+                "service" => filter.service = Some(value.clone()),
+                "method" => filter.method = Some(value.clone()),
+                "path_prefix" => filter.path_prefix = Some(value.clone()),
+                "protocol" => filter.protocol = Some(value.clone()),
+                "min_duration" => {
+                    let d = parse_duration(value)
+                        .ok_or_else(|| bad("expected a duration like 100ms, 2s or 1m"))?;
+                    filter.min_duration_ns = Some(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                }
+                "since" => {
+                    filter.since_ns = Some(
+                        unix_nanos(value)
+                            .ok_or_else(|| bad("expected an RFC 3339 time after 1970"))?,
+                    )
+                }
+                "until" => {
+                    filter.until_ns = Some(
+                        unix_nanos(value)
+                            .ok_or_else(|| bad("expected an RFC 3339 time after 1970"))?,
                     )
                 }
                 "limit" => {
@@ -141,7 +186,34 @@ impl SessionFilter {
             && self
                 .status
                 .is_none_or(|st| http.is_some_and(|h| st.matches(h.status_code)))
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|w| &end_name(s.server.as_ref()) == w)
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| http.is_some_and(|h| h.method.eq_ignore_ascii_case(m)))
+            && self.path_prefix.as_ref().is_none_or(|p| {
+                http.is_some_and(|h| split_target(&h.target).0.starts_with(p.as_str()))
+            })
+            && self
+                .protocol
+                .as_ref()
+                .is_none_or(|p| &protocol_name(s) == p)
+            && self
+                .min_duration_ns
+                .is_none_or(|d| s.end_unix_nanos.saturating_sub(s.start_unix_nanos) >= d)
+            && self.since_ns.is_none_or(|t| s.start_unix_nanos >= t)
+            && self.until_ns.is_none_or(|t| s.start_unix_nanos < t)
     }
+}
+
+/// Unix nanoseconds of an RFC 3339 time; `None` before 1970 or malformed.
+fn unix_nanos(text: &str) -> Option<u64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos()).ok()
 }
 
 /// The store; share it behind an `Arc`. It is a view of the join's state
@@ -151,6 +223,8 @@ impl SessionFilter {
 pub struct Store {
     capacity: usize,
     state: Arc<RwLock<Joiner>>,
+    /// The analytics over the exchanges finished; cleared with the store.
+    analytics: Arc<Analytics>,
 }
 
 impl std::fmt::Debug for Store {
@@ -173,7 +247,21 @@ impl Store {
                 JoinConfig::default(),
                 capacity,
             ))),
+            analytics: Arc::new(Analytics::default()),
         }
+    }
+
+    /// The analytics over the exchanges finished (fed by the ingest, read by the REST API).
+    pub fn analytics(&self) -> &Arc<Analytics> {
+        &self.analytics
+    }
+
+    /// Forgets every stored session and the analytics (`DELETE /api/v1/sessions`); exchanges
+    /// still in their join window stay in the join. Returns how many sessions were dropped.
+    pub fn clear(&self) -> usize {
+        let cleared = self.write().store_clear();
+        self.analytics.clear();
+        cleared
     }
 
     /// Configures the join behind the store; only before anything is stored.
@@ -336,6 +424,22 @@ mod tests {
             "filters AND"
         );
         assert_eq!(q(&[("limit", "1")]), ["boom"], "limit keeps the newest");
+        assert_eq!(q(&[("service", "api-1"), ("status", "5xx")]), ["boom"]);
+        assert_eq!(q(&[("method", "get"), ("protocol", "http1")]).len(), 3);
+        assert_eq!(q(&[("protocol", "grpc")]), Vec::<String>::new());
+        assert_eq!(q(&[("path_prefix", "/index")]).len(), 3);
+        assert_eq!(
+            q(&[("path_prefix", "/index.html?q")]),
+            Vec::<String>::new(),
+            "query excluded"
+        );
+        assert_eq!(q(&[("min_duration", "1h")]), Vec::<String>::new());
+        assert_eq!(q(&[("min_duration", "1ms")]).len(), 3);
+        assert_eq!(q(&[("since", "1970-01-01T00:00:00Z")]).len(), 3);
+        assert_eq!(
+            q(&[("until", "1970-01-01T00:00:00Z")]),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -350,6 +454,9 @@ mod tests {
             ("limit", "x"),
             ("trace_id", "xyz"),
             ("podd", "a"),
+            ("min_duration", "fast"),
+            ("since", "yesterday"),
+            ("until", "1969-12-31T23:59:59Z"),
         ] {
             let err = SessionFilter::from_query(&params(&[(k, v)]));
             assert!(

@@ -1,7 +1,8 @@
-//! The REST API (`/api/v1/sessions`, health) and the metrics endpoint, each an axum `Router`
+//! The REST API (`/api/v1/sessions`, the analytics of `services.rs`, health) and the metrics endpoint, each an axum `Router`
 //! built by a function so tests can drive it with `oneshot`.
 
 pub mod json;
+pub mod services;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,8 +57,12 @@ struct SessionsBody {
 /// The REST API router.
 pub fn app(state: ApiState) -> Router {
     Router::new()
-        .route("/api/v1/sessions", get(list_sessions))
+        .route(
+            "/api/v1/sessions",
+            get(list_sessions).delete(services::clear),
+        )
         .route("/api/v1/sessions/{id}", get(get_session))
+        .merge(services::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)

@@ -19,25 +19,7 @@ fn state_with(sessions: Vec<SessionBuilder>) -> ApiState {
 }
 
 async fn get_json(app: Router, uri: &str) -> (StatusCode, Value) {
-    let response = app
-        .oneshot(
-            Request::get(uri)
-                .body(Body::empty())
-                .expect("static request is valid"),
-        )
-        .await
-        .expect("router is infallible");
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("body fits 1 MiB");
-    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "{uri}: body is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    (status, json)
+    send(app, "GET", uri).await
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -336,4 +318,189 @@ async fn dns_session_json_shape() {
         "no answer, no answer fields: {s}"
     );
     assert_eq!(s["dns"]["question_type"], "A");
+}
+
+/// A state whose sessions have all finished (their join windows closed), so the analytics
+/// counted them.
+fn finished(sessions: Vec<SessionBuilder>) -> ApiState {
+    let store = Arc::new(Store::new(100));
+    let ingest = IngestService::new(Arc::clone(&store), Arc::new(Metrics::new()), None);
+    for s in sessions {
+        ingest.accept(s.build());
+    }
+    ingest.drain();
+    ApiState::new(store)
+}
+
+async fn send(app: Router, method: &str, uri: &str) -> (StatusCode, Value) {
+    let response = app
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .expect("static request is valid"),
+        )
+        .await
+        .expect("router is infallible");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body fits 1 MiB");
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    (status, json)
+}
+
+/// `n` GETs of `path` from `client` to `server` answered with `status` after `ms` ms.
+fn calls(
+    n: usize,
+    client: &str,
+    server: &str,
+    path: &str,
+    status: u32,
+    ms: u64,
+) -> Vec<SessionBuilder> {
+    (0..n)
+        .map(|i| {
+            SessionBuilder::new(&format!("{client}-{server}-{path}-{status}-{ms}-{i}"))
+                .pods(&format!("{client}-0"), &format!("{server}-0"))
+                .server_workload("shop", server)
+                .target(&format!("{path}?token=secret"))
+                .status(status)
+                .with(|s| {
+                    if let Some(c) = s.client.as_mut() {
+                        c.workload = client.to_owned();
+                        c.namespace = "shop".to_owned();
+                    }
+                    s.end_unix_nanos = s.start_unix_nanos + ms * 1_000_000;
+                })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn services_name_each_workload_with_latency_and_edges() {
+    let mut sessions = calls(8, "frontend", "api", "/items", 200, 10);
+    sessions.extend(calls(2, "frontend", "api", "/items", 503, 40));
+    sessions.extend(calls(5, "api", "db", "/query", 200, 2));
+    let app = app(finished(sessions));
+    let (status, body) = get_json(app, "/api/v1/services?window=5m").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["window_seconds"], 300);
+    let services = body["services"].as_array().expect("services array");
+    let api = services
+        .iter()
+        .find(|s| s["name"] == "api")
+        .unwrap_or_else(|| panic!("api not among {body}"));
+    assert_eq!(api["namespace"], "shop");
+    assert_eq!(api["protocols"], serde_json::json!(["http1"]));
+    assert_eq!(api["requests"], 10);
+    assert_eq!(api["errors"], 2);
+    assert_eq!(api["error_rate"], 0.2);
+    let l = &api["latency_ms"];
+    assert_eq!(
+        (l["min"].as_f64(), l["max"].as_f64()),
+        (Some(10.0), Some(40.0))
+    );
+    assert_eq!(l["avg"].as_f64(), Some(16.0), "(8×10 + 2×40) / 10");
+    let p50 = l["p50"].as_f64().unwrap_or_default();
+    assert!((p50 - 10.0).abs() <= 0.625, "p50 ≈ 10 ms, got {p50}");
+    let p99 = l["p99"].as_f64().unwrap_or_default();
+    assert!(
+        (p99 - 40.0).abs() <= 2.5,
+        "p99 ≈ 40 ms (within 6.25 %), got {p99}"
+    );
+    assert_eq!(api["callers"][0]["name"], "frontend");
+    assert_eq!(api["callers"][0]["requests"], 10);
+    assert_eq!(api["callees"][0]["name"], "db");
+    assert_eq!(api["callees"][0]["requests"], 5);
+}
+
+#[tokio::test]
+async fn stats_group_order_and_limit() {
+    let mut sessions = calls(3, "frontend", "api", "/items", 200, 10);
+    sessions.extend(calls(2, "frontend", "api", "/items", 503, 40));
+    sessions.extend(calls(4, "frontend", "api", "/cart", 200, 5));
+    let app = app(finished(sessions));
+    let (status, body) =
+        get_json(app.clone(), "/api/v1/stats?group_by=path,status&window=1m").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let groups: Vec<(String, String, u64)> = body["groups"]
+        .as_array()
+        .expect("groups array")
+        .iter()
+        .map(|g| {
+            (
+                g["key"]["path"].as_str().unwrap_or_default().to_owned(),
+                g["key"]["status"].as_str().unwrap_or_default().to_owned(),
+                g["requests"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("/cart".to_owned(), "200".to_owned(), 4),
+            ("/items".to_owned(), "200".to_owned(), 3),
+            ("/items".to_owned(), "503".to_owned(), 2)
+        ],
+        "ordered by requests, the query never part of the path"
+    );
+    let (_, body) = get_json(app.clone(), "/api/v1/stats?group_by=path&order=p99&limit=1").await;
+    assert_eq!(body["total_groups"], 2);
+    assert_eq!(body["groups"][0]["key"]["path"], "/items", "slowest first");
+    assert_eq!(body["groups"].as_array().map(Vec::len), Some(1));
+    let (_, body) = get_json(app, "/api/v1/values/user_agent").await;
+    assert_eq!(body["values"], serde_json::json!(["curl/8.5.0"]));
+}
+
+#[tokio::test]
+async fn bad_analytics_parameters_are_json_400s() {
+    let app = app(finished(vec![]));
+    for uri in [
+        "/api/v1/services?window=5x",
+        "/api/v1/services?window=0s",
+        "/api/v1/services?window=2h",
+        "/api/v1/services?windw=5m",
+        "/api/v1/stats?group_by=colour",
+        "/api/v1/stats?group_by=path,path",
+        "/api/v1/stats?order=fastest",
+        "/api/v1/stats?limit=0",
+        "/api/v1/stats?limit=x",
+        "/api/v1/values/path?window=-1m",
+    ] {
+        let (status, body) = get_json(app.clone(), uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(
+            body["error"].is_string(),
+            "{uri}: JSON error expected, saw {body}"
+        );
+    }
+    let (status, body) = get_json(app, "/api/v1/values/colour").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn delete_clears_the_store_and_the_analytics() {
+    let app = app(finished(calls(3, "frontend", "api", "/items", 200, 10)));
+    let (_, system) = get_json(app.clone(), "/api/v1/system").await;
+    assert_eq!(system["sessions_stored"], 3, "{system}");
+    assert_eq!(system["exchanges_finished"], 3);
+    assert_eq!(system["per_protocol"]["http1"], 3);
+    assert_eq!(system["analytics"]["keys"], 1);
+    let (status, body) = send(app.clone(), "DELETE", "/api/v1/sessions").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["sessions_cleared"], 3);
+    let (_, body) = get_json(app.clone(), "/api/v1/sessions").await;
+    assert_eq!(ids(&body), Vec::<String>::new(), "store emptied");
+    let (_, body) = get_json(app.clone(), "/api/v1/services").await;
+    assert_eq!(body["services"], serde_json::json!([]), "analytics emptied");
+    let (_, system) = get_json(app, "/api/v1/system").await;
+    assert_eq!(system["sessions_stored"], 0);
+    assert_eq!(system["analytics"]["keys"], 0);
+    assert_eq!(
+        system["exchanges_finished"], 3,
+        "totals since the start stay"
+    );
 }

@@ -863,19 +863,8 @@ impl Joiner {
             _ => return 0,
         }
         let mut evicted = 0;
-        while self.store.order.len() >= self.store.capacity {
-            let Some(old) = self.store.order.pop_front() else {
-                break;
-            };
+        while self.store.order.len() >= self.store.capacity && self.unstore_oldest() {
             evicted += 1;
-            if let Some(e) = self.entries.get_mut(&old) {
-                e.stored = None;
-                if !e.joined {
-                    self.remove(old);
-                } else if e.ready {
-                    e.rec.pack();
-                }
-            }
         }
         let n = self.store.next;
         self.store.next += 1;
@@ -885,6 +874,33 @@ impl Joiner {
         }
         self.store.evicted += evicted as u64;
         evicted
+    }
+
+    /// Takes the oldest exchange out of the store's order (and out of memory unless the join
+    /// still holds it); false when the store is empty.
+    fn unstore_oldest(&mut self) -> bool {
+        let Some(old) = self.store.order.pop_front() else {
+            return false;
+        };
+        if let Some(e) = self.entries.get_mut(&old) {
+            e.stored = None;
+            if !e.joined {
+                self.remove(old);
+            } else if e.ready {
+                e.rec.pack();
+            }
+        }
+        true
+    }
+
+    /// Empties the store (not counted as evictions); the join keeps the exchanges it holds.
+    /// Returns how many exchanges the store listed.
+    pub fn store_clear(&mut self) -> usize {
+        let mut cleared = 0;
+        while self.unstore_oldest() {
+            cleared += 1;
+        }
+        cleared
     }
 
     /// Stores `rec` for the REST API only (the join does not see it); it is found by its id

@@ -1,0 +1,396 @@
+//! Visibility analytics: what the REST API's `/services`, `/stats` and `/values` answer from.
+//!
+//! Every exchange the correlator finishes (where the RED metrics are counted) is counted under a
+//! key — server service (its workload, else pod, else address) and namespace, client workload
+//! and namespace, protocol, method, path (no query), status and user agent — in the time bucket
+//! of the moment it finished (30 s buckets, the last 15 min kept). Each (key, bucket) cell holds
+//! requests, errors and a mergeable latency summary ([`latency::Latency`]).
+//!
+//! Bounded: at most `max_keys` distinct keys live at once (a key lives while a kept bucket
+//! holds it); an exchange with a new key beyond that is counted under one `(other)` key and in
+//! [`Totals::folded`]. Strings in a key are cut to `max_field_len` bytes. So the memory is at
+//! most `buckets × (max_keys + 1)` cells (a cell is 100–200 bytes in its map plus 8–16 per
+//! distinct latency bucket it saw, at most 249) and `max_keys` keys (docs/api.md has the
+//! figures). An answer merges the cells of the buckets in its window:
+//! it costs at most `window buckets × (max_keys + 1)` cell merges, whatever the traffic.
+
+pub mod latency;
+pub mod query;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clovisor_proto::session::v1::{Endpoint, Protocol, Session};
+
+use crate::record::CorrelatedSession;
+use crate::view::{endpoint_ip, split_target};
+use latency::Latency;
+
+/// The name every field of the overflow key carries.
+pub const OTHER: &str = "(other)";
+
+/// How much the analytics keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnalyticsConfig {
+    /// Width of one time bucket.
+    pub bucket: Duration,
+    /// Buckets kept (the retention is `bucket × buckets`).
+    pub buckets: usize,
+    /// Distinct keys alive at once at most; more are folded into `(other)`.
+    pub max_keys: usize,
+    /// Bytes kept of each string of a key (path, user agent, names).
+    pub max_field_len: usize,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            bucket: Duration::from_secs(30),
+            buckets: 30,
+            max_keys: 2000,
+            max_field_len: 200,
+        }
+    }
+}
+
+impl AnalyticsConfig {
+    /// How far back the analytics see.
+    pub fn retention(&self) -> Duration {
+        self.bucket
+            .saturating_mul(u32::try_from(self.buckets).unwrap_or(u32::MAX))
+    }
+}
+
+/// What an exchange is counted under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// The serving workload (else pod, else address).
+    pub service: String,
+    /// The server's namespace.
+    pub namespace: String,
+    /// The calling workload (else pod, else address).
+    pub client: String,
+    /// The client's namespace.
+    pub client_namespace: String,
+    /// `http1`, … (the protocol enum's name, lower case).
+    pub protocol: String,
+    /// Request method, empty when the protocol has none.
+    pub method: String,
+    /// Request path without query, empty when the protocol has none.
+    pub path: String,
+    /// Response status, 0 when none was seen.
+    pub status: u32,
+    /// `User-Agent`, empty when absent.
+    pub user_agent: String,
+}
+
+impl Key {
+    fn other() -> Self {
+        Self {
+            service: OTHER.to_owned(),
+            namespace: OTHER.to_owned(),
+            client: OTHER.to_owned(),
+            client_namespace: OTHER.to_owned(),
+            protocol: OTHER.to_owned(),
+            method: OTHER.to_owned(),
+            path: OTHER.to_owned(),
+            status: 0,
+            user_agent: OTHER.to_owned(),
+        }
+    }
+}
+
+/// Requests, errors and latency of one key in one bucket (or merged over several).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cell {
+    /// Exchanges counted.
+    pub requests: u64,
+    /// Of which errors: a 5xx status or no response at all.
+    pub errors: u64,
+    /// Latency of the exchanges that had a response.
+    pub latency: Latency,
+}
+
+impl Cell {
+    /// Adds `other` to this cell.
+    pub fn merge(&mut self, other: &Self) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.latency.merge(&other.latency);
+    }
+}
+
+/// Counts since the start (not windowed; `clear` does not reset them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Exchanges counted.
+    pub exchanges: u64,
+    /// Exchanges counted under `(other)` because `max_keys` keys were alive.
+    pub folded: u64,
+    /// Exchanges per protocol name.
+    pub per_protocol: BTreeMap<String, u64>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Start of the bucket in bucket widths since the Unix epoch.
+    epoch: u64,
+    cells: HashMap<Arc<Key>, Cell>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Every live key, with the newest bucket epoch that holds it.
+    keys: HashMap<Arc<Key>, u64>,
+    ring: VecDeque<Bucket>,
+    other: Arc<Key>,
+    totals: Totals,
+}
+
+/// The analytics; share behind an `Arc`.
+#[derive(Debug)]
+pub struct Analytics {
+    config: AnalyticsConfig,
+    inner: Mutex<Inner>,
+}
+
+impl Default for Analytics {
+    fn default() -> Self {
+        Self::new(AnalyticsConfig::default())
+    }
+}
+
+/// Unix nanoseconds now.
+pub fn now_unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The protocol's name as the analytics and the session filters show it (`http1`, …).
+pub fn protocol_name(session: &Session) -> String {
+    match Protocol::try_from(session.protocol) {
+        Ok(p) => {
+            let name = p.as_str_name();
+            name.strip_prefix("PROTOCOL_")
+                .unwrap_or(name)
+                .to_ascii_lowercase()
+        }
+        Err(_) => "unspecified".to_owned(),
+    }
+}
+
+/// How an end is named: its workload, else its pod, else its address.
+pub fn end_name(e: Option<&Endpoint>) -> String {
+    let Some(e) = e else {
+        return "unknown".to_owned();
+    };
+    if !e.workload.is_empty() {
+        e.workload.clone()
+    } else if !e.pod.is_empty() {
+        e.pod.clone()
+    } else {
+        endpoint_ip(e).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+    }
+}
+
+/// Whether the exchange counts as an error: no response, or a 5xx status.
+pub fn is_error(s: &Session) -> bool {
+    s.incomplete || s.http.as_ref().is_some_and(|h| h.status_code >= 500)
+}
+
+/// The exchange's latency, when it had a response and both times are known.
+pub fn latency_ns(s: &Session) -> Option<u64> {
+    (!s.incomplete && s.start_unix_nanos > 0 && s.end_unix_nanos >= s.start_unix_nanos)
+        .then(|| s.end_unix_nanos - s.start_unix_nanos)
+}
+
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+    s
+}
+
+impl Analytics {
+    /// Empty analytics keeping what `config` says.
+    pub fn new(config: AnalyticsConfig) -> Self {
+        let config = AnalyticsConfig {
+            bucket: config.bucket.max(Duration::from_millis(1)),
+            buckets: config.buckets.max(1),
+            ..config
+        };
+        Self {
+            config,
+            inner: Mutex::new(Inner {
+                keys: HashMap::new(),
+                ring: VecDeque::new(),
+                other: Arc::new(Key::other()),
+                totals: Totals::default(),
+            }),
+        }
+    }
+
+    /// What the analytics keep.
+    pub fn config(&self) -> &AnalyticsConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Poisoned only if a thread panicked mid-update of plain counters: keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bucket_nanos(&self) -> u64 {
+        u64::try_from(self.config.bucket.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The key `rec` is counted under (before the bound on keys).
+    fn key_of(&self, rec: &CorrelatedSession) -> Key {
+        let s = &rec.session;
+        let max = self.config.max_field_len;
+        let http = s.http.as_ref();
+        let path = http.map_or("", |h| split_target(&h.target).0);
+        Key {
+            service: cut(end_name(s.server.as_ref()), max),
+            namespace: cut(
+                s.server
+                    .as_ref()
+                    .map_or_else(String::new, |e| e.namespace.clone()),
+                max,
+            ),
+            client: cut(end_name(s.client.as_ref()), max),
+            client_namespace: cut(
+                s.client
+                    .as_ref()
+                    .map_or_else(String::new, |e| e.namespace.clone()),
+                max,
+            ),
+            protocol: protocol_name(s),
+            method: cut(http.map_or_else(String::new, |h| h.method.clone()), max),
+            path: cut(path.to_owned(), max),
+            status: if s.incomplete {
+                0
+            } else {
+                http.map_or(0, |h| h.status_code)
+            },
+            user_agent: cut(http.map_or_else(String::new, |h| h.user_agent.clone()), max),
+        }
+    }
+
+    /// Counts a finished exchange now.
+    pub fn observe(&self, rec: &CorrelatedSession) {
+        self.observe_at(rec, now_unix_nanos());
+    }
+
+    /// Counts a finished exchange at `now` (Unix nanoseconds).
+    pub fn observe_at(&self, rec: &CorrelatedSession, now: u64) {
+        let key = self.key_of(rec);
+        let s = &rec.session;
+        let epoch = now / self.bucket_nanos();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        inner.totals.exchanges = inner.totals.exchanges.saturating_add(1);
+        let protocol = inner
+            .totals
+            .per_protocol
+            .entry(key.protocol.clone())
+            .or_default();
+        *protocol = protocol.saturating_add(1);
+        let epoch = self.advance(inner, epoch);
+        let key = match inner.keys.get_key_value(&key) {
+            Some((k, _)) => Arc::clone(k),
+            None if inner.keys.len() < self.config.max_keys => Arc::new(key),
+            None => {
+                inner.totals.folded = inner.totals.folded.saturating_add(1);
+                Arc::clone(&inner.other)
+            }
+        };
+        if !Arc::ptr_eq(&key, &inner.other) {
+            inner.keys.insert(Arc::clone(&key), epoch);
+        }
+        let Some(bucket) = inner.ring.back_mut() else {
+            return;
+        };
+        let cell = bucket.cells.entry(key).or_default();
+        cell.requests = cell.requests.saturating_add(1);
+        if is_error(s) {
+            cell.errors = cell.errors.saturating_add(1);
+        }
+        if let Some(ns) = latency_ns(s) {
+            cell.latency.record(ns);
+        }
+    }
+
+    /// Makes the newest bucket the one of `epoch` (or keeps the newest if the clock went back),
+    /// dropping buckets and keys that fell out of the retention; returns the bucket's epoch.
+    fn advance(&self, inner: &mut Inner, epoch: u64) -> u64 {
+        match inner.ring.back() {
+            Some(b) if b.epoch >= epoch => return b.epoch,
+            _ => {}
+        }
+        inner.ring.push_back(Bucket {
+            epoch,
+            cells: HashMap::new(),
+        });
+        let keep = self.config.buckets as u64;
+        let oldest = epoch.saturating_sub(keep - 1);
+        while inner.ring.front().is_some_and(|b| b.epoch < oldest) {
+            inner.ring.pop_front();
+        }
+        inner.keys.retain(|_, last| *last >= oldest);
+        epoch
+    }
+
+    /// Forgets every bucket and key (the totals since the start stay).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.ring.clear();
+        inner.keys.clear();
+    }
+
+    /// Counts since the start.
+    pub fn totals(&self) -> Totals {
+        self.lock().totals.clone()
+    }
+
+    /// Keys alive now.
+    pub fn live_keys(&self) -> usize {
+        self.lock().keys.len()
+    }
+
+    /// Every key's cells merged over the last `buckets` buckets up to `now`.
+    pub fn window_at(&self, buckets: usize, now: u64) -> Vec<(Arc<Key>, Cell)> {
+        let epoch = now / self.bucket_nanos();
+        let first = epoch.saturating_sub((buckets.max(1) as u64).saturating_sub(1));
+        let inner = self.lock();
+        let mut merged: HashMap<Arc<Key>, Cell> = HashMap::new();
+        for bucket in inner
+            .ring
+            .iter()
+            .filter(|b| b.epoch >= first && b.epoch <= epoch)
+        {
+            for (k, c) in &bucket.cells {
+                merged.entry(Arc::clone(k)).or_default().merge(c);
+            }
+        }
+        merged.into_iter().collect()
+    }
+
+    /// Buckets a window of `window` covers (rounded up), refused beyond the retention.
+    pub fn buckets_for(&self, window: Duration) -> Option<usize> {
+        if window.is_zero() || window > self.config.retention() {
+            return None;
+        }
+        let n = window.as_nanos().div_ceil(self.config.bucket.as_nanos());
+        usize::try_from(n).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests;
