@@ -107,9 +107,11 @@ impl IngestService {
     }
 
     fn finish(&self, ready: Vec<Arc<CorrelatedSession>>) {
+        self.store
+            .analytics()
+            .observe_all_at(&ready, crate::analytics::now_unix_nanos());
         for rec in ready {
             self.metrics.observe_session(&rec);
-            self.store.analytics().observe(&rec);
             if let Some(export) = &self.export {
                 export.enqueue_session(&rec);
             }

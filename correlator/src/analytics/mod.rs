@@ -18,6 +18,8 @@ pub mod latency;
 pub mod query;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -136,13 +138,13 @@ pub struct Totals {
 struct Bucket {
     /// Start of the bucket in bucket widths since the Unix epoch.
     epoch: u64,
-    cells: HashMap<Arc<Key>, Cell>,
+    cells: FxHashMap<Arc<Key>, Cell>,
 }
 
 #[derive(Debug)]
 struct Inner {
     /// Every live key, with the newest bucket epoch that holds it.
-    keys: HashMap<Arc<Key>, u64>,
+    keys: FxHashMap<Arc<Key>, u64>,
     ring: VecDeque<Bucket>,
     other: Arc<Key>,
     totals: Totals,
@@ -228,7 +230,7 @@ impl Analytics {
         Self {
             config,
             inner: Mutex::new(Inner {
-                keys: HashMap::new(),
+                keys: FxHashMap::default(),
                 ring: VecDeque::new(),
                 other: Arc::new(Key::other()),
                 totals: Totals::default(),
@@ -290,19 +292,38 @@ impl Analytics {
 
     /// Counts a finished exchange at `now` (Unix nanoseconds).
     pub fn observe_at(&self, rec: &CorrelatedSession, now: u64) {
-        let key = self.key_of(rec);
-        let s = &rec.session;
+        self.observe_all_at(std::slice::from_ref(&rec), now);
+    }
+
+    /// Counts finished exchanges at `now` (Unix nanoseconds), under one lock: the correlator
+    /// hands over what one batch made ready at once.
+    pub fn observe_all_at<R: std::ops::Deref<Target = CorrelatedSession>>(
+        &self,
+        recs: &[R],
+        now: u64,
+    ) {
+        if recs.is_empty() {
+            return;
+        }
+        // The keys are made before the lock is taken: their strings are most of the cost.
+        let keys: Vec<Key> = recs.iter().map(|r| self.key_of(r)).collect();
         let epoch = now / self.bucket_nanos();
         let mut inner = self.lock();
         let inner = &mut *inner;
-        inner.totals.exchanges = inner.totals.exchanges.saturating_add(1);
-        let protocol = inner
-            .totals
-            .per_protocol
-            .entry(key.protocol.clone())
-            .or_default();
-        *protocol = protocol.saturating_add(1);
         let epoch = self.advance(inner, epoch);
+        for (rec, key) in recs.iter().zip(keys) {
+            self.observe_locked(inner, &rec.session, key, epoch);
+        }
+    }
+
+    fn observe_locked(&self, inner: &mut Inner, s: &Session, key: Key, epoch: u64) {
+        inner.totals.exchanges = inner.totals.exchanges.saturating_add(1);
+        match inner.totals.per_protocol.get_mut(&key.protocol) {
+            Some(n) => *n = n.saturating_add(1),
+            None => {
+                inner.totals.per_protocol.insert(key.protocol.clone(), 1);
+            }
+        }
         let key = match inner.keys.get_key_value(&key) {
             Some((k, _)) => Arc::clone(k),
             None if inner.keys.len() < self.config.max_keys => Arc::new(key),
@@ -336,7 +357,7 @@ impl Analytics {
         }
         inner.ring.push_back(Bucket {
             epoch,
-            cells: HashMap::new(),
+            cells: FxHashMap::default(),
         });
         let keep = self.config.buckets as u64;
         let oldest = epoch.saturating_sub(keep - 1);
