@@ -9,7 +9,6 @@
 //! decoder to real servers and clients until then.
 
 use std::net::IpAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -17,27 +16,11 @@ use clovisor_collector::replay::{
     self,
     pcap::{replay_file, ReplayConfig},
 };
+use clovisor_integration_tests::dns::Dnsmasq;
 use clovisor_integration_tests::dumpcap::Dumpcap;
-use clovisor_integration_tests::{require_root, run_in, wait_for, Lab, Pod, Proc};
+use clovisor_integration_tests::{require_root, run_in, wait_for, Lab, Pod};
 use clovisor_proto::capture::v1::ProtocolHint;
 use clovisor_proto::session::v1::{DnsTransport, Session};
-
-/// dnsmasq answering for `shop.test` only: `api.shop.test` has an IPv4 and an IPv6 address, any
-/// other name under it does not exist.
-fn dnsmasq(pod: &Pod, log: &std::path::Path) -> Result<Proc> {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &pod.netns, "dnsmasq", "--no-daemon"])
-        .args([
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-        ])
-        .arg(format!("--listen-address={}", pod.ipv4))
-        .args(["--port=53", "--local=/shop.test/", "--log-queries"])
-        .args(["--host-record=api.shop.test,10.9.8.6,fd00::6"]);
-    Proc::spawn(cmd, log.to_owned()).context("dnsmasq (package dnsmasq, scripts/install-deps.sh)")
-}
 
 /// What dig said about one query: its status and the addresses in its answer section.
 #[derive(Debug, PartialEq)]
@@ -95,7 +78,7 @@ fn dnsmasq_answers_to_dig_decode_as_dig_saw_them() -> Result<()> {
     let server = lab.pod("dsrv")?;
     let client = lab.pod("dcli")?;
     let dir = tempfile::tempdir()?;
-    let mut dns = dnsmasq(&server, &dir.path().join("dnsmasq.log"))?;
+    let mut dns = Dnsmasq::start(&server)?;
     wait_for("dnsmasq to answer", Duration::from_secs(10), || {
         anyhow::ensure!(dns.running(), "dnsmasq exited:\n{}", dns.log_text());
         Ok(dig(&client, &server, "api.shop.test", "A", false).is_ok_and(|d| d.status == "NOERROR"))

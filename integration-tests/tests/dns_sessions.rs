@@ -4,17 +4,15 @@
 //! come out of the REST API as DNS sessions, each with its own answer: the probe's UDP capture
 //! (one message per datagram), the collector's DNS decoder and the correlator, together.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clovisor_correlator::testing::OtlpReceiver;
-use clovisor_integration_tests::{run_in, wait_for, AllInOne, Lab, Proc};
+use clovisor_integration_tests::dns::{self, Dnsmasq, MISSING, NAME, NAME_V4, NAME_V6};
+use clovisor_integration_tests::{wait_for, AllInOne, Lab};
 use serde_json::Value;
 
-const NAME: &str = "svc.clovisor.test";
-
-fn dns(s: &Value) -> &Value {
+fn part(s: &Value) -> &Value {
     &s["dns"]
 }
 
@@ -24,23 +22,7 @@ async fn dns_queries_over_udp_become_sessions_end_to_end() -> Result<()> {
     let mut lab = Lab::new()?;
     let client = lab.pod("dcli")?;
     let server = lab.pod("dsrv")?;
-    let dir = tempfile::tempdir().context("dnsmasq dir")?;
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &server.netns,
-        "dnsmasq",
-        "--no-daemon",
-        "--no-resolv",
-        "--no-hosts",
-        "--port=53",
-        &format!("--address=/{NAME}/10.9.8.7"),
-        "--address=/gone.clovisor.test/",
-        "--user=root",
-        &format!("--pid-file={}", dir.path().join("dnsmasq.pid").display()),
-    ]);
-    let _dnsmasq = Proc::spawn(cmd, dir.path().join("dnsmasq.log"))?;
+    let _dnsmasq = Dnsmasq::start(&server)?;
     // dnsmasq listens on TCP 53 too: the probe's scan finds the port, traced for both transports.
     let clovisor = AllInOne::start(
         &["--netns", &server.netns],
@@ -49,15 +31,7 @@ async fn dns_queries_over_udp_become_sessions_end_to_end() -> Result<()> {
         "clovisor-dns-e2e",
     )?;
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dns_query.py");
-    let script = script.display().to_string();
-    let server_ip = server.ipv4.to_string();
-    let query = |name: &str, types: &[&str]| -> Result<String> {
-        let mut args = vec!["python3", script.as_str(), server_ip.as_str(), name];
-        args.extend_from_slice(types);
-        let out = run_in(&client.netns, &args)?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let query = |name: &str, types: &[&str]| dns::query(&client, &server, name, types);
 
     // Queries until the port is traced (the probe's scan finds it listening).
     let traced = wait_for("a traced DNS query", Duration::from_secs(20), || {
@@ -66,27 +40,25 @@ async fn dns_queries_over_udp_become_sessions_end_to_end() -> Result<()> {
         Ok(clovisor
             .sessions()?
             .iter()
-            .any(|s| s["protocol"] == "dns" && dns(s)["question_name"] == NAME))
+            .any(|s| s["protocol"] == "dns" && part(s)["question_name"] == NAME))
     });
     if let Err(e) = traced {
         bail!("{e:#}\nlog:\n{}", clovisor.proc.log_text());
     }
 
     let answers = query(NAME, &["1", "28"])?;
-    let nx = query("gone.clovisor.test", &["1"])?;
+    let nx = query(MISSING, &["1"])?;
     let mut seen = Vec::new();
     let all = wait_for("the DNS sessions", Duration::from_secs(20), || {
         seen = clovisor.sessions()?;
         let of_type = |t: &str| {
             seen.iter()
-                .filter(|s| dns(s)["question_name"] == NAME && dns(s)["question_type"] == t)
+                .filter(|s| part(s)["question_name"] == NAME && part(s)["question_type"] == t)
                 .count()
         };
         Ok(of_type("A") >= 2
             && of_type("AAAA") >= 1
-            && seen
-                .iter()
-                .any(|s| dns(s)["question_name"] == "gone.clovisor.test"))
+            && seen.iter().any(|s| part(s)["question_name"] == MISSING))
     });
     let summary = || {
         seen.iter()
@@ -103,37 +75,42 @@ async fn dns_queries_over_udp_become_sessions_end_to_end() -> Result<()> {
     }
     let aaaa = seen
         .iter()
-        .find(|s| dns(s)["question_name"] == NAME && dns(s)["question_type"] == "AAAA")
+        .find(|s| part(s)["question_name"] == NAME && part(s)["question_type"] == "AAAA")
         .context("the AAAA query")?;
     assert_eq!(aaaa["protocol"], "dns", "{aaaa:#}");
     assert_eq!(aaaa["incomplete"], false, "answered: {aaaa:#}");
-    assert_eq!(dns(aaaa)["transport"], "udp", "{aaaa:#}");
+    assert_eq!(part(aaaa)["transport"], "udp", "{aaaa:#}");
     assert_eq!(aaaa["server"]["port"], 53, "{aaaa:#}");
     let a = seen
         .iter()
-        .find(|s| dns(s)["question_name"] == NAME && dns(s)["question_type"] == "A")
+        .find(|s| part(s)["question_name"] == NAME && part(s)["question_type"] == "A")
         .context("an A query")?;
-    assert_eq!(dns(a)["response_code"], "NOERROR", "{a:#}");
-    assert_eq!(dns(a)["answers"], serde_json::json!(["10.9.8.7"]), "{a:#}");
+    assert_eq!(part(a)["response_code"], "NOERROR", "{a:#}");
+    assert_eq!(part(a)["answers"], serde_json::json!([NAME_V4]), "{a:#}");
     let gone = seen
         .iter()
-        .find(|s| dns(s)["question_name"] == "gone.clovisor.test")
+        .find(|s| part(s)["question_name"] == MISSING)
         .context("the unknown name")?;
     assert_eq!(
-        dns(gone)["response_code"],
+        part(gone)["response_code"],
         "NXDOMAIN",
         "{gone:#}\n{}",
         summary()
     );
     // Each session is one query with its own answer: the A and AAAA sent back to back did not
     // pair with each other's answers.
-    for s in seen.iter().filter(|s| dns(s)["question_name"] == NAME) {
-        let want = if dns(s)["question_type"] == "AAAA" {
-            0
+    for s in seen.iter().filter(|s| part(s)["question_name"] == NAME) {
+        let want = if part(s)["question_type"] == "AAAA" {
+            NAME_V6
         } else {
-            1
+            NAME_V4
         };
-        assert_eq!(dns(s)["answer_count"], want, "{s:#}\n{}", summary());
+        assert_eq!(
+            part(s)["answers"],
+            serde_json::json!([want]),
+            "{s:#}\n{}",
+            summary()
+        );
     }
     Ok(())
 }

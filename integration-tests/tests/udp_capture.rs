@@ -6,12 +6,12 @@
 //! Run: `cargo test -p clovisor-integration-tests --test udp_capture -- --nocapture` (root).
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clovisor_integration_tests::capture::{flows_of, Recorder};
-use clovisor_integration_tests::{require_root, run_in, Lab, Proc};
+use clovisor_integration_tests::dns::{self, Dnsmasq};
+use clovisor_integration_tests::{require_root, Lab};
 use clovisor_probe::capture::{Capture, CaptureConfig};
 use clovisor_probe::discovery;
 use clovisor_proto::capture::v1::{Direction, ProtocolHint, Transport};
@@ -22,22 +22,7 @@ fn dns_over_udp_is_one_flow_of_datagrams_at_a_pod_veth() -> Result<()> {
     let mut lab = Lab::new()?;
     let server = lab.pod("usrv")?;
     let client = lab.pod("ucli")?;
-    let dir = tempfile::tempdir().context("dnsmasq dir")?;
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &server.netns,
-        "dnsmasq",
-        "--no-daemon",
-        "--no-resolv",
-        "--no-hosts",
-        "--port=53",
-        "--address=/svc.clovisor.test/10.9.8.7",
-        "--user=root",
-        &format!("--pid-file={}", dir.path().join("dnsmasq.pid").display()),
-    ]);
-    let _dnsmasq = Proc::spawn(cmd, dir.path().join("dnsmasq.log"))?;
+    let _dnsmasq = Dnsmasq::start(&server)?;
 
     let veth = discovery::host_veth(&server.netns)?;
     let mut capture = Capture::load(&CaptureConfig {
@@ -53,25 +38,12 @@ fn dns_over_udp_is_one_flow_of_datagrams_at_a_pod_veth() -> Result<()> {
     capture.attach_pod_veth(&veth.name)?;
     let recorder = Recorder::start(&mut capture, 1000)?;
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dns_query.py");
-    let script = script.display().to_string();
-    let server_ip = server.ipv4.to_string();
     // dnsmasq may need a moment to bind: retry the first lookup.
     let mut answers = String::new();
     for _ in 0..20 {
-        match run_in(
-            &client.netns,
-            &[
-                "python3",
-                &script,
-                &server_ip,
-                "svc.clovisor.test",
-                "1",
-                "28",
-            ],
-        ) {
+        match dns::query(&client, &server, dns::NAME, &["1", "28"]) {
             Ok(out) => {
-                answers = String::from_utf8_lossy(&out.stdout).into_owned();
+                answers = out;
                 break;
             }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
