@@ -478,7 +478,10 @@ async fn grpc_behind_tls_is_decoded_at_the_socket_point() -> Result<()> {
         Duration::from_secs(20),
         || {
             // Repeated until traced from its first byte (the socket point starts with clovisor).
-            run_in(&client.netns, &[grpc_pod, "call", &url, "1", &traceparent])?;
+            // Two traced calls on the connection: the first one's HEADERS may follow the
+            // client's SETTINGS ACK in the same message, past the part the socket point keeps
+            // (its first write); the second follows the server's answer, a message of its own.
+            run_in(&client.netns, &[grpc_pod, "call", &url, "2", &traceparent])?;
             seen = clovisor.sessions()?;
             Ok(seen
                 .iter()
