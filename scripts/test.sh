@@ -10,6 +10,23 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+# Each test's lab deletes its namespaces and veths when it ends, failed or not. A test process
+# that is killed (a timeout, a signal) cannot: remove what the tests made and left, and only that
+# (the test pods' names start with clv-, their host veths with clv, the lab bridges with clb).
+test_objects() {
+  { ip netns list 2>/dev/null | awk '{print "ns " $1}' | grep '^ns clv-'
+    ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}' | grep -E '^link (clv|clb)'
+  } | sort || true
+}
+before_tests=$(test_objects)
+remove_left_objects() {
+  comm -13 <(printf '%s\n' "$before_tests") <(test_objects) | while read -r kind name; do
+    echo "removing a test's leftover $kind $name" >&2
+    if [ "$kind" = ns ]; then ip netns del "$name" 2>/dev/null || true; else ip link del "$name" 2>/dev/null || true; fi
+  done
+}
+trap remove_left_objects EXIT
+
 cargo fmt --all -- --check
 find bpf \( -name '*.c' -o -name '*.h' \) -print0 | xargs -0 clang-format --dry-run -Werror
 cargo clippy --workspace --all-targets --locked -- -D warnings
