@@ -1,7 +1,13 @@
 //! Test helpers shared by the decoders: an [`Output`] that records, captured fixtures, and
 //! feeding a flow decoder as the flow table would (payloads cut at a snaplen).
 
-use super::{Direction, Exchange, FlowDecoder, Message, MessageStats, Output, Step};
+use clovisor_proto::capture::v1::{FlowKey, ProtocolHint};
+use clovisor_proto::session::v1::Database;
+
+use super::{
+    Decoder, Direction, Exchange, Fields, FlowDecoder, FlowInfo, Message, MessageStats, Output,
+    Step,
+};
 
 /// What a flow decoder reported, in order.
 #[derive(Debug, Default)]
@@ -124,4 +130,28 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
+}
+
+/// The database part of `e` (a Redis, PostgreSQL or MySQL exchange); panics otherwise.
+pub fn database(e: &Exchange) -> &Database {
+    match &e.fields {
+        Fields::Database(d) => d,
+        other => panic!("expected database fields, got {other:?}"),
+    }
+}
+
+/// Decodes `messages` (each cut at `snaplen`) with a fresh flow of `decoder`, as [`run`] does.
+pub fn decode_flow(
+    decoder: &dyn Decoder,
+    messages: &[(Direction, Vec<u8>)],
+    snaplen: usize,
+) -> Recorded {
+    let key = FlowKey::default();
+    let info = FlowInfo {
+        probe_id: "p",
+        flow_id: 1,
+        key: &key,
+        hint: ProtocolHint::Tcp,
+    };
+    run(decoder.new_flow(&info), messages, snaplen)
 }

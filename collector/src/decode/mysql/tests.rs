@@ -3,27 +3,17 @@
 //! statement through the binary protocol; cut and hostile input.
 
 use super::*;
-use crate::decode::testing::{fixture, run, Connection, Recorded, Rng};
-use crate::decode::{Exchange, Fields, MessageStats};
+use crate::decode::testing::{self, fixture, Connection, Recorded, Rng};
+use crate::decode::{Exchange, MessageStats};
 use clovisor_proto::capture::v1::{FlowKey, ProtocolHint};
 use clovisor_proto::session::v1::{Database, Protocol};
 
 fn db(e: &Exchange) -> &Database {
-    match &e.fields {
-        Fields::Database(d) => d,
-        other => panic!("expected database fields, got {other:?}"),
-    }
+    testing::database(e)
 }
 
 fn decode(messages: &Connection, snaplen: usize) -> Recorded {
-    let key = FlowKey::default();
-    let info = FlowInfo {
-        probe_id: "p",
-        flow_id: 1,
-        key: &key,
-        hint: ProtocolHint::Tcp,
-    };
-    run(Mysql.new_flow(&info), messages, snaplen)
+    testing::decode_flow(&Mysql, messages, snaplen)
 }
 
 /// (operation, statement, rows, error code, SQLSTATE) of each exchange.

@@ -3,27 +3,17 @@
 //! input.
 
 use super::*;
-use crate::decode::testing::{fixture, run, Connection, Recorded, Rng};
-use crate::decode::{Exchange, Fields, MessageStats, Step};
+use crate::decode::testing::{self, fixture, Connection, Recorded, Rng};
+use crate::decode::{Exchange, MessageStats, Step};
 use clovisor_proto::capture::v1::{FlowKey, ProtocolHint};
 use clovisor_proto::session::v1::{Database, Protocol};
 
 fn db(e: &Exchange) -> &Database {
-    match &e.fields {
-        Fields::Database(d) => d,
-        other => panic!("expected database fields, got {other:?}"),
-    }
+    testing::database(e)
 }
 
 fn decode(messages: &Connection, snaplen: usize) -> Recorded {
-    let key = FlowKey::default();
-    let info = FlowInfo {
-        probe_id: "p",
-        flow_id: 1,
-        key: &key,
-        hint: ProtocolHint::Tcp,
-    };
-    run(Postgresql.new_flow(&info), messages, snaplen)
+    testing::decode_flow(&Postgresql, messages, snaplen)
 }
 
 /// (operation, statement, rows, error code) of each exchange.

@@ -4,24 +4,17 @@
 
 use super::resp::{self, Parsed};
 use super::*;
-use crate::decode::testing::{cut_message, fixture, run, Connection, Recorded, Rng};
-use crate::decode::{Exchange, Fields, MessageStats, Step};
+use crate::decode::testing::{self, cut_message, fixture, Connection, Recorded, Rng};
+use crate::decode::{Exchange, MessageStats, Step};
 use clovisor_proto::capture::v1::FlowKey;
 use clovisor_proto::session::v1::{Database, Protocol};
 
 fn db(e: &Exchange) -> &Database {
-    match &e.fields {
-        Fields::Database(d) => d,
-        other => panic!("expected database fields, got {other:?}"),
-    }
+    testing::database(e)
 }
 
 fn decode(messages: &Connection, snaplen: usize) -> Recorded {
-    run(
-        Redis.new_flow(&info(ProtocolHint::Tcp, &FlowKey::default())),
-        messages,
-        snaplen,
-    )
+    testing::decode_flow(&Redis, messages, snaplen)
 }
 
 fn info(hint: ProtocolHint, key: &FlowKey) -> FlowInfo<'_> {
