@@ -16,6 +16,7 @@ pub mod decode;
 pub mod error;
 pub mod flows;
 pub mod forward;
+pub mod local_join;
 pub mod metrics;
 #[cfg(feature = "replay")]
 pub mod replay;

@@ -59,6 +59,11 @@ struct Args {
     /// Decoded sessions queued for the correlator; when full, probes' streams are slowed down.
     #[arg(long, env = "CLOVISOR_SESSION_QUEUE", default_value_t = 4096)]
     session_queue: usize,
+    /// Milliseconds a decoded session waits for the other views its probe sent of the same
+    /// exchange (the pod's veth and the socket of one connection), to leave as one session;
+    /// 0 merges only the views of one batch.
+    #[arg(long, env = "CLOVISOR_LOCAL_JOIN_HOLD_MS", default_value_t = 30)]
+    local_join_hold_ms: u64,
 }
 
 #[tokio::main]
@@ -125,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             ..AdmissionConfig::default()
         },
         redact_query_keys: args.redact_query_keys.clone(),
+        local_join_hold: std::time::Duration::from_millis(args.local_join_hold_ms),
         ..ServiceConfig::default()
     };
     let grpc = tokio::spawn(

@@ -329,6 +329,9 @@ pub struct CollectorMetrics {
     pub batches_duplicate: Counter,
     /// Batches processed.
     pub batches_processed: Counter,
+    /// Sessions merged into another view of their exchange from the same probe before leaving
+    /// the collector (`local_join`): sessions emitted = sessions forwarded + views merged.
+    pub views_merged: Counter,
     /// Messages dropped before pairing, by reason (`duplicate`, `no_direction`, `no_flow_key`,
     /// `response_without_request`, `gap`).
     pub messages_dropped: Family<ReasonLabel, Counter>,
@@ -456,6 +459,11 @@ impl CollectorMetrics {
             "clovisor_collector_batches_processed",
             "Record batches processed",
             self.batches_processed.clone(),
+        );
+        registry.register(
+            "clovisor_collector_views_merged",
+            "Sessions merged into another view of the same exchange seen by the same probe (the local join): sent as one session",
+            self.views_merged.clone(),
         );
         registry.register(
             "clovisor_collector_messages_dropped",

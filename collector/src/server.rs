@@ -37,6 +37,7 @@ use clovisor_proto::tls::PeerIdentity;
 use self::admission::{AdmissionConfig, Refused};
 use crate::decode::redact;
 use crate::flows::{FlowTable, FlowTableConfig};
+use crate::local_join::LocalJoin;
 use crate::metrics::CollectorMetrics;
 
 /// Tuning of a [`CaptureService`].
@@ -50,6 +51,9 @@ pub struct ServiceConfig {
     pub admission: AdmissionConfig,
     /// Query parameters redacted in request targets besides the built-in ones.
     pub redact_query_keys: Vec<String>,
+    /// How long a session waits for the other views its probe sent of the same exchange
+    /// ([`crate::local_join`]); zero merges within a batch only.
+    pub local_join_hold: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -59,6 +63,7 @@ impl Default for ServiceConfig {
             flush_interval: Duration::from_secs(1),
             admission: AdmissionConfig::default(),
             redact_query_keys: Vec::new(),
+            local_join_hold: crate::local_join::DEFAULT_HOLD,
         }
     }
 }
@@ -88,6 +93,7 @@ struct Inner {
     out: mpsc::Sender<Session>,
     metrics: Arc<CollectorMetrics>,
     flush_interval: Duration,
+    local_join_hold: Duration,
     admission: AdmissionConfig,
     query_redaction: Arc<clovisor_runtime::redact::QueryRedaction>,
     flusher: OnceLock<AbortOnDrop>,
@@ -301,6 +307,7 @@ impl CaptureService {
             out,
             metrics,
             flush_interval: config.flush_interval,
+            local_join_hold: config.local_join_hold,
             admission: config.admission,
             query_redaction: Arc::new(clovisor_runtime::redact::QueryRedaction::new(
                 &config.redact_query_keys,
@@ -353,48 +360,64 @@ async fn run_stream(
         tokio::spawn(ack_when_delivered(Arc::clone(forwarder), rx, tx.clone()));
         marks
     });
+    let join = LocalJoin::new(inner.local_join_hold);
+    let mut stream = Stream {
+        inner,
+        tx,
+        acks,
+        join,
+        deferred: None,
+    };
     let probe_id = hello.probe_id.as_str();
     loop {
-        let msg = match inbound.message().await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return,
-            Err(status) => {
+        let next = match stream.join.deadline() {
+            Some(due) => {
+                tokio::select! {
+                    msg = inbound.message() => Some(msg),
+                    () = tokio::time::sleep_until(due.into()) => None,
+                }
+            }
+            None => Some(inbound.message().await),
+        };
+        let msg = match next {
+            // The held sessions are due: no batch came to pair them with.
+            None => {
+                if stream.release().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Ok(Some(msg))) => msg,
+            Some(Ok(None)) => {
+                let _ = stream.release().await;
+                return;
+            }
+            Some(Err(status)) => {
                 tracing::debug!(probe = %probe_id, error = %status, "probe stream ended");
+                let _ = stream.release().await;
                 return;
             }
         };
         match msg.kind {
             Some(probe_message::Kind::Batch(batch)) => {
                 let seq = batch.seq;
-                let mut sessions = match inner.batch(probe_id, batch) {
+                let mut sessions = match stream.inner.batch(probe_id, batch) {
                     Ok(sessions) => sessions.unwrap_or_default(),
                     Err(why) => {
-                        let _ = tx.send(Err(inner.refuse(why, &hello))).await;
+                        let _ = stream.release().await;
+                        let _ = stream.tx.send(Err(stream.inner.refuse(why, &hello))).await;
                         return;
                     }
                 };
-                inner.redact(&mut sessions);
-                if inner.deliver(sessions).await.is_err() {
-                    let _ = tx
-                        .send(Err(Status::unavailable("collector is shutting down")))
-                        .await;
-                    return;
-                }
-                let sent = match &acks {
-                    // Everything counted is in the channel already, which the forwarder
-                    // delivers in order: once it has acknowledged `mark` items, ours are in.
-                    Some(marks) => marks
-                        .send((seq, inner.sent.load(Ordering::Relaxed)))
-                        .await
-                        .is_ok(),
-                    None => tx.send(Ok(ack(seq))).await.is_ok(),
-                };
-                if !sent {
+                stream.inner.redact(&mut sessions);
+                if stream.batch_done(seq, sessions).await.is_err() {
                     return;
                 }
             }
             Some(probe_message::Kind::Hello(_)) => {
-                let _ = tx
+                let _ = stream.release().await;
+                let _ = stream
+                    .tx
                     .send(Err(Status::invalid_argument(
                         "Hello is only valid as the first message",
                     )))
@@ -404,13 +427,88 @@ async fn run_stream(
             // The probe's open flows, re-announced after every Hello, so that flows this
             // collector does not know yet (it restarted) are known by their identity again.
             Some(probe_message::Kind::Flows(table)) => {
-                let mut out = inner.flows(probe_id, table);
-                inner.redact(&mut out);
-                if inner.deliver(out).await.is_err() {
+                let mut out = stream.inner.flows(probe_id, table);
+                stream.inner.redact(&mut out);
+                if stream.inner.deliver(out).await.is_err() {
                     return;
                 }
             }
             None => {}
+        }
+    }
+}
+
+/// Why a probe stream stops: the output or the probe went away.
+struct Gone;
+
+/// One probe stream's sending side: the local join between its batches and the output, and
+/// the acknowledgements, which wait until every session of a batch has left the local join.
+struct Stream {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<Result<CollectorMessage, Status>>,
+    acks: Option<mpsc::Sender<(u64, u64)>>,
+    join: LocalJoin,
+    /// The last batch whose sessions are (some of them) held, not yet acknowledged.
+    deferred: Option<u64>,
+}
+
+impl Stream {
+    /// A batch's sessions through the local join to the output; then acknowledges what may be.
+    async fn batch_done(&mut self, seq: u64, sessions: Vec<Session>) -> Result<(), Gone> {
+        let mut out = Vec::with_capacity(sessions.len() + 16);
+        let merged = self.join.offer(sessions, Instant::now(), &mut out);
+        self.inner.metrics.views_merged.inc_by(merged.views);
+        self.deliver(out).await?;
+        // Acknowledgements are cumulative: the previous batch's sessions have all left now.
+        if self.join.is_holding() {
+            if let Some(prev) = self.deferred.replace(seq) {
+                self.ack(prev).await?;
+            }
+            Ok(())
+        } else {
+            self.deferred = None;
+            self.ack(seq).await
+        }
+    }
+
+    /// Sends every held session and acknowledges the batch they came from.
+    async fn release(&mut self) -> Result<(), Gone> {
+        let mut out = Vec::new();
+        self.join.flush(&mut out);
+        self.deliver(out).await?;
+        match self.deferred.take() {
+            Some(seq) => self.ack(seq).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn deliver(&self, sessions: Vec<Session>) -> Result<(), Gone> {
+        if self.inner.deliver(sessions).await.is_err() {
+            let _ = self
+                .tx
+                .send(Err(Status::unavailable("collector is shutting down")))
+                .await;
+            return Err(Gone);
+        }
+        Ok(())
+    }
+
+    /// Acknowledges batch `seq` — at once, or once the forwarder has delivered every session
+    /// handed to the output so far.
+    async fn ack(&self, seq: u64) -> Result<(), Gone> {
+        let sent = match &self.acks {
+            // Everything counted is in the channel already, which the forwarder delivers in
+            // order: once it has acknowledged `mark` items, ours are in.
+            Some(marks) => marks
+                .send((seq, self.inner.sent.load(Ordering::Relaxed)))
+                .await
+                .is_ok(),
+            None => self.tx.send(Ok(ack(seq))).await.is_ok(),
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(Gone)
         }
     }
 }

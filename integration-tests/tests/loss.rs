@@ -43,6 +43,8 @@ struct Loss {
     kernel: BTreeMap<String, u64>,
     /// Sum of `clovisor_collector_sessions_emitted_total` over outcomes.
     sessions_emitted: u64,
+    /// `clovisor_collector_views_merged_total`: sessions merged by the local join.
+    views_merged: u64,
 }
 
 impl Loss {
@@ -86,6 +88,7 @@ impl Loss {
                     loss.kernel.insert(label("counter"), value);
                 }
                 "clovisor_collector_sessions_emitted_total" => loss.sessions_emitted += value,
+                "clovisor_collector_views_merged_total" => loss.views_merged += value,
                 _ => {}
             }
         }
@@ -293,9 +296,10 @@ fn every_stage_accounts_for_every_item_under_overload() -> Result<()> {
             loss.received("collector"),
         ),
         (
-            "sessions the collector made = sessions the forwarder took",
+            "sessions the collector made = sessions the forwarder took + views the local join \
+             merged into another view of their exchange",
             loss.sessions_emitted,
-            loss.received("forwarder"),
+            loss.received("forwarder") + loss.views_merged,
         ),
         (
             "sessions acknowledged = sessions the correlator took",

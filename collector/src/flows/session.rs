@@ -143,6 +143,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
         attributes: ex.attributes,
         database,
         grpc,
+        merged_ids: Vec::new(),
     }
 }
 

@@ -14,8 +14,9 @@
 //! `max_entries` the oldest retained exchange is forgotten, or, when all are open, the oldest
 //! open one is made ready early — both counted.
 
-pub mod key;
-pub mod merge;
+pub use clovisor_proto::join::{key, merge};
+#[cfg(test)]
+mod merge_tests;
 #[cfg(test)]
 mod tests;
 
@@ -512,7 +513,10 @@ impl Joiner {
         let mut evictions = Vec::new();
         self.expire_into(now, &mut ready);
 
-        if let Some(slot) = self.ids.get(&session.id).copied() {
+        let known = std::iter::once(&session.id)
+            .chain(&session.merged_ids)
+            .find_map(|id| self.ids.get(id).copied());
+        if let Some(slot) = known {
             if let Some(e) = self.entries.get(&slot) {
                 return Offered {
                     outcome: Outcome::Duplicate,
@@ -569,6 +573,10 @@ impl Joiner {
         if !rec.session.id.is_empty() {
             rec.constituents = vec![rec.session.id.clone()];
         }
+        // Views the collector merged already are constituents from the start.
+        let merged_ids = std::mem::take(&mut rec.session.merged_ids);
+        rec.constituents
+            .extend(merged_ids.into_iter().filter(|id| !id.is_empty()));
         let span = span_of(&rec.session);
         let mut entry = Entry {
             client,
@@ -704,7 +712,8 @@ impl Joiner {
         if !fits {
             return Err(rec);
         }
-        let CorrelatedSession { session, .. } = *rec;
+        let CorrelatedSession { mut session, .. } = *rec;
+        let merged_ids = std::mem::take(&mut session.merged_ids);
         let gains_seq = session.observations.iter().any(key::has_tcp_seq);
         let merged = Arc::make_mut(live);
         let id = merge::merge(&mut merged.session, session);
@@ -729,9 +738,11 @@ impl Joiner {
             // A context first seen by this point (e.g. a socket's plaintext) places the span.
             merged.adopt_wire_context();
         }
-        if !id.is_empty() {
-            self.ids.insert(id.clone(), slot);
-            merged.constituents.push(id);
+        for id in std::iter::once(id).chain(merged_ids) {
+            if !id.is_empty() {
+                self.ids.insert(id.clone(), slot);
+                merged.constituents.push(id);
+            }
         }
         if let (Some(k), None) = (key, e.key) {
             if let std::collections::hash_map::Entry::Vacant(v) = self.wire.entry(k) {

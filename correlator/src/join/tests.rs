@@ -750,3 +750,55 @@ fn a_view_overlapping_too_many_exchanges_is_ambiguous_after_a_bounded_scan() {
         j.time_candidates() - before
     );
 }
+
+/// A session the collector's local join made of two views (the server's veth and socket):
+/// joins the client's veth from another probe by its wire key, and a view of it re-sent on its
+/// own (a collector restarted before the merge) is a duplicate, found by its merged id.
+#[test]
+fn a_session_the_collector_merged_joins_by_key_and_knows_every_merged_id() {
+    let mut j = joiner(1000);
+    let now = Instant::now();
+    let mut merged = server_veth("p/1/0").at(50_000).build();
+    let socket_view = socket("p/9/0", Side::Server).keyed(1000).at(60_000).build();
+    merge::merge(&mut merged, socket_view.clone());
+    merged.merged_ids = vec!["p/9/0".to_owned()];
+
+    let a = j.offer(merged, now);
+    assert_eq!(a.outcome, Outcome::Opened);
+    assert_eq!(a.record.constituents, ["p/1/0", "p/9/0"]);
+    let b = j.offer(client_veth("q/3/0").build(), now);
+    assert_eq!(
+        b.outcome,
+        Outcome::Joined,
+        "joined by the merged session's key"
+    );
+    assert_eq!(
+        points(&b.record),
+        [("pod", "client"), ("pod", "server"), ("socket", "server")]
+    );
+    let again = j.offer(socket_view, now);
+    assert_eq!(again.outcome, Outcome::Duplicate);
+    assert_eq!(
+        j.get("p/9/0").map(|r| r.id.clone()).as_deref(),
+        Some("p/1/0"),
+        "the merged view's id finds the exchange"
+    );
+}
+
+/// A merged session joining an open exchange brings its merged ids along.
+#[test]
+fn a_merged_session_joining_later_adds_all_its_ids() {
+    let mut j = joiner(1000);
+    let now = Instant::now();
+    j.offer(client_veth("q/3/0").build(), now);
+    let mut merged = server_veth("p/1/0").at(50_000).build();
+    merge::merge(
+        &mut merged,
+        socket("p/9/0", Side::Server).keyed(1000).at(60_000).build(),
+    );
+    merged.merged_ids = vec!["p/9/0".to_owned()];
+    let b = j.offer(merged, now);
+    assert_eq!(b.outcome, Outcome::Joined);
+    assert_eq!(b.record.constituents, ["q/3/0", "p/1/0", "p/9/0"]);
+    assert!(j.get("p/9/0").is_some());
+}

@@ -20,8 +20,8 @@
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
-use clovisor_proto::common::v1::PointKind;
-use clovisor_proto::session::v1::{DnsTransport, Observation, Session};
+use crate::common::v1::PointKind;
+use crate::session::v1::{DnsTransport, Observation, Session};
 
 /// Attribute the collector sets on the second and later requests pipelined in one message.
 pub const PIPELINE_POSITION_ATTRIBUTE: &str = "clovisor.http.pipeline_position";
@@ -88,15 +88,20 @@ pub fn is_datagram(session: &Session) -> bool {
         .is_some_and(|d| d.transport == DnsTransport::Udp as i32)
 }
 
-/// The wire key of a single-observation session from a point that sees TCP segments.
+/// The wire key of a session from points that see TCP segments: its one observation's, or —
+/// for views the collector merged already — the sequence number all its sequence-carrying
+/// observations agree on (none when they disagree).
 pub fn wire_key(session: &Session, client: ClientAddr) -> Option<WireKey> {
-    let [o] = session.observations.as_slice() else {
-        return None;
-    };
     if is_datagram(session) {
         return None;
     }
-    if !has_tcp_seq(o) {
+    let mut seqs = session
+        .observations
+        .iter()
+        .filter(|o| has_tcp_seq(o))
+        .map(|o| o.request_tcp_seq);
+    let request_seq = seqs.next()?;
+    if seqs.any(|s| s != request_seq) {
         return None;
     }
     let position = match session.attributes.get(PIPELINE_POSITION_ATTRIBUTE) {
@@ -105,7 +110,7 @@ pub fn wire_key(session: &Session, client: ClientAddr) -> Option<WireKey> {
     };
     Some(WireKey {
         client,
-        request_seq: o.request_tcp_seq,
+        request_seq,
         position,
     })
 }

@@ -1,0 +1,200 @@
+use super::*;
+use clovisor_proto::common::v1::{PointKind, Side};
+use clovisor_proto::session::v1::{Endpoint, Http, Observation, Protocol};
+
+/// One point's view of `GET /a` from 10.0.0.1:40000 to 10.0.0.2:80, request at sequence
+/// number `seq`, as the flow table makes it.
+fn view(id: &str, kind: PointKind, side: Side, interface: &str, seq: u32) -> Session {
+    let endpoint = |ip: [u8; 4], port: u32, pod: &str| Endpoint {
+        ip: ip.to_vec(),
+        port,
+        pod: pod.into(),
+        namespace: "demo".into(),
+        node: "node-a".into(),
+        ..Endpoint::default()
+    };
+    Session {
+        id: id.into(),
+        protocol: Protocol::Http1 as i32,
+        client: Some(endpoint([10, 0, 0, 1], 40000, "client-0")),
+        server: Some(endpoint([10, 0, 0, 2], 80, "web-0")),
+        observations: vec![Observation {
+            kind: kind as i32,
+            interface: interface.into(),
+            node: "node-a".into(),
+            probe_id: "probe-1".into(),
+            side: side as i32,
+            request_start_unix_nanos: 1_000,
+            request_end_unix_nanos: 2_000,
+            response_start_unix_nanos: 3_000,
+            response_end_unix_nanos: 4_000,
+            request_tcp_seq: seq,
+            netns_inode: if kind == PointKind::Socket {
+                4026532001
+            } else {
+                0
+            },
+            ..Observation::default()
+        }],
+        start_unix_nanos: 1_000,
+        end_unix_nanos: 4_000,
+        http: Some(Http {
+            method: "GET".into(),
+            target: "/a".into(),
+            status_code: 200,
+            version: "1.1".into(),
+            ..Http::default()
+        }),
+        ..Session::default()
+    }
+}
+
+fn server_veth(id: &str, seq: u32) -> Session {
+    view(id, PointKind::Pod, Side::Server, "veth-web", seq)
+}
+
+fn server_socket(id: &str, seq: u32) -> Session {
+    view(id, PointKind::Socket, Side::Server, "", seq)
+}
+
+fn offer(j: &mut LocalJoin, sessions: Vec<Session>) -> (Vec<Session>, Merged) {
+    let mut out = Vec::new();
+    let merged = j.offer(sessions, Instant::now(), &mut out);
+    (out, merged)
+}
+
+fn kinds(s: &Session) -> Vec<(PointKind, Side)> {
+    s.observations
+        .iter()
+        .map(|o| (o.kind(), o.side()))
+        .collect()
+}
+
+#[test]
+fn the_veth_and_socket_views_of_one_exchange_in_one_batch_leave_as_one_session() {
+    let mut j = LocalJoin::new(Duration::ZERO);
+    let (out, merged) = offer(
+        &mut j,
+        vec![
+            server_veth("p/1/0", 7),
+            server_veth("p/1/1", 8),
+            server_socket("p/9/0", 7),
+        ],
+    );
+    assert_eq!(merged.views, 1);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let both = out
+        .iter()
+        .find(|s| s.id == "p/1/0")
+        .unwrap_or_else(|| panic!("first view's id kept: {out:#?}"));
+    assert_eq!(both.merged_ids, vec!["p/9/0".to_owned()]);
+    assert_eq!(
+        kinds(both),
+        vec![
+            (PointKind::Pod, Side::Server),
+            (PointKind::Socket, Side::Server)
+        ]
+    );
+    let alone = out.iter().find(|s| s.id == "p/1/1");
+    assert!(
+        alone.is_some_and(|s| s.merged_ids.is_empty() && s.observations.len() == 1),
+        "the other exchange is untouched: {out:#?}"
+    );
+    assert!(!j.is_holding(), "a zero hold keeps nothing");
+}
+
+#[test]
+fn views_a_batch_apart_are_merged_and_the_held_ones_leave_with_the_next_batch() {
+    let mut j = LocalJoin::new(Duration::from_millis(30));
+    let (out, _) = offer(
+        &mut j,
+        vec![server_veth("p/1/0", 7), server_veth("p/1/1", 8)],
+    );
+    assert!(out.is_empty(), "held for the next batch: {out:#?}");
+    assert!(j.is_holding() && j.deadline().is_some());
+
+    let (out, merged) = offer(
+        &mut j,
+        vec![server_socket("p/9/0", 7), server_socket("p/9/1", 9)],
+    );
+    assert_eq!(merged.views, 1);
+    let ids: Vec<&str> = out.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["p/1/0", "p/1/1"], "last batch's sessions leave now");
+    assert_eq!(out[0].observations.len(), 2);
+    assert_eq!(out[0].merged_ids, ["p/9/0"]);
+
+    // The socket view of exchange 9 found no partner: it waits one batch, then leaves alone.
+    let (out, _) = offer(&mut j, Vec::new());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].id, "p/9/1");
+    assert!(!j.is_holding() && j.deadline().is_none());
+}
+
+#[test]
+fn all_four_points_of_a_single_host_become_one_session() {
+    let mut j = LocalJoin::new(Duration::from_millis(30));
+    let client_veth = view("p/3/0", PointKind::Pod, Side::Client, "veth-client", 7);
+    let client_socket = view("p/4/0", PointKind::Socket, Side::Client, "", 7);
+    let (out, first) = offer(&mut j, vec![client_socket, server_veth("p/1/0", 7)]);
+    assert!(out.is_empty());
+    let (mut out, second) = offer(&mut j, vec![client_veth, server_socket("p/9/0", 7)]);
+    j.flush(&mut out);
+    assert_eq!(first.views + second.views, 3);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let s = &out[0];
+    assert_eq!(
+        kinds(s),
+        vec![
+            (PointKind::Socket, Side::Client),
+            (PointKind::Pod, Side::Client),
+            (PointKind::Pod, Side::Server),
+            (PointKind::Socket, Side::Server)
+        ],
+        "in path order"
+    );
+    let mut ids = s.merged_ids.clone();
+    ids.sort();
+    assert_eq!(ids, ["p/1/0", "p/3/0", "p/9/0"]);
+}
+
+#[test]
+fn views_that_disagree_or_repeat_a_point_are_not_merged() {
+    let mut j = LocalJoin::new(Duration::ZERO);
+    let mut other_target = server_socket("p/9/0", 7);
+    if let Some(h) = other_target.http.as_mut() {
+        h.target = "/b".into();
+    }
+    let (out, merged) = offer(
+        &mut j,
+        vec![
+            server_veth("p/1/0", 7),
+            other_target,
+            // The same point again with the same key: a different exchange.
+            server_veth("p/1/5", 7),
+        ],
+    );
+    assert_eq!(merged.views, 0);
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|s| s.merged_ids.is_empty()));
+}
+
+#[test]
+fn sessions_without_a_wire_key_pass_straight_through() {
+    let mut j = LocalJoin::new(Duration::from_millis(30));
+    // A socket whose sequence number could not be read reports 0.
+    let (out, merged) = offer(&mut j, vec![server_socket("p/9/0", 0)]);
+    assert_eq!(merged.views, 0);
+    assert_eq!(out.len(), 1, "not held");
+    assert!(!j.is_holding());
+}
+
+#[test]
+fn a_flush_sends_everything_held() {
+    let mut j = LocalJoin::new(Duration::from_secs(5));
+    let (out, _) = offer(&mut j, vec![server_veth("p/1/0", 7)]);
+    assert!(out.is_empty());
+    let mut out = Vec::new();
+    j.flush(&mut out);
+    assert_eq!(out.len(), 1);
+    assert!(!j.is_holding() && j.deadline().is_none());
+}
