@@ -28,7 +28,7 @@
 # BENCH_BYSTANDER_SECONDS (per wrk run of (e), default 5), BENCH_DD_COUNT (syscall-loop bytes of
 # (e), two syscalls each, default 6000000), BENCH_FLOWS (open flows and held exchanges of (f),
 # default 100000), BENCH_DECODE_SECONDS (per decode phase, default 5), BENCH_TSHARK_COPIES (1-255,
-# default 100), BENCH_OUT (default bench-report).
+# default 100), BENCH_OUT (default bench-report), BENCH_BINDIR (use the binaries and examples/ of another build instead of building: to compare two builds under the same conditions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -68,6 +68,12 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 export RUST_BACKTRACE=0 # errors of the components, not stack traces, in the logs
+if [ -n "${BENCH_BINDIR:-}" ]; then
+  # Another build's binaries (e.g. the commit before a change, to compare two builds under the
+  # same conditions): the four binaries and, in examples/, the benchmark's examples.
+  BINDIR=$BENCH_BINDIR
+  echo "== using the binaries in $BINDIR"
+else
 echo "== building release binaries"
 # The binaries as they ship; then the examples, which turn on the collector's `replay` feature
 # (a separate build, so it never reaches the measured collector).
@@ -77,6 +83,7 @@ cargo build --release --locked -p clovisor --bins
 cargo build --release --locked -p clovisor-collector -p clovisor-probe \
   --example decode_bench --example attach_tp_btf --example flood
 BINDIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
+fi
 
 ID=$$
 CLIENT=clv-bench-c-$ID
@@ -677,7 +684,7 @@ jq -r '"   collector: \(.records.complete_exchanges_per_cpu_s | floor) exchanges
 # The correlator's memory with 100k exchanges open in its join at once (a separate build: the
 # example turns on the correlator's test-util feature).
 echo "== c. correlator: memory with 100k concurrent open exchanges in the join"
-cargo build --release --locked -p clovisor-correlator --example ingest_bench
+[ -n "${BENCH_BINDIR:-}" ] || cargo build --release --locked -p clovisor-correlator --example ingest_bench
 "$BINDIR/examples/ingest_bench" --open 100000 >"$RAW/c/correlator-open.json"
 jq -r '"   correlator: \(.two_views.mib | floor) MiB for \(.exchanges) open exchanges"' "$RAW/c/correlator-open.json"
 

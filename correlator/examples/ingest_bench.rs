@@ -21,6 +21,10 @@
 //! making and encoding the batches is not. Not included: HTTP/2 and gRPC framing, the tokio tasks
 //! between the stream and the service, and the network send of the spans.
 //!
+//! `--views merged`: each exchange arrives as one session holding both views, as the collector's
+//! local join sends what one probe saw (the default, `separate`, sends each view on its own, as
+//! two probes' collectors would).
+//!
 //! `--open N`: N distinct exchanges opened in the join and the store at once (both sized for N,
 //! a window that does not close), first with one view each, then with both; reports the
 //! process's resident memory before and after each (`VmRSS`), in MiB.
@@ -306,6 +310,8 @@ impl Batcher {
 /// order, the second up to 63 sessions after the first.
 struct Arrivals<'a> {
     traffic: &'a Traffic,
+    /// Each exchange as one session of both views, as the collector's local join sends it.
+    merged: bool,
     next: u64,
     /// Second views waiting, with the session count at which each arrives.
     delayed: std::collections::VecDeque<(u64, Session)>,
@@ -313,9 +319,10 @@ struct Arrivals<'a> {
 }
 
 impl<'a> Arrivals<'a> {
-    fn new(traffic: &'a Traffic) -> Self {
+    fn new(traffic: &'a Traffic, merged: bool) -> Self {
         Self {
             traffic,
+            merged,
             next: 0,
             delayed: Default::default(),
             sent: 0,
@@ -336,7 +343,12 @@ impl<'a> Arrivals<'a> {
         }
         let i = self.next;
         self.next += 1;
-        let [veth, socket] = self.traffic.exchange(i);
+        let [mut veth, socket] = self.traffic.exchange(i);
+        if self.merged {
+            let id = clovisor_proto::join::merge::merge(&mut veth, socket);
+            veth.merged_ids.push(id);
+            return (veth, i);
+        }
         let r = mix(i ^ 0x5555);
         let (first, second) = if r.is_multiple_of(2) {
             (veth, socket)
@@ -434,11 +446,12 @@ fn ingest(
     connections: u64,
     rate: f64,
     export: bool,
+    merged: bool,
 ) -> anyhow::Result<serde_json::Value> {
     let config = Config::default();
     let (svc, metrics, store, mut exporter) = service(config.store_capacity, config.join, export);
     let traffic = Traffic::new(connections, rate);
-    let mut arrivals = Arrivals::new(&traffic);
+    let mut arrivals = Arrivals::new(&traffic, merged);
     let mut batcher = Batcher::new();
     let tick = svc.tick_interval();
     let t0 = Instant::now();
@@ -477,15 +490,19 @@ fn ingest(
     }
     let wall = wall.elapsed();
     let (hwm, rss) = rss_kib()?;
-    let views = batches * batcher.size as u64;
+    let sessions = batches * batcher.size as u64;
     // Every exchange has two views; the views still in flight make it a hair more than half.
-    let exchanges = views as f64 / 2.0;
+    let (views, exchanges) = if merged {
+        (2 * sessions, sessions as f64)
+    } else {
+        (sessions, sessions as f64 / 2.0)
+    };
     let opened = metrics.join_count(Outcome::Opened);
     let joined = metrics.join_count(Outcome::Joined) + metrics.join_count(Outcome::Late);
     let odd = metrics.join_count(Outcome::Conflict)
         + metrics.join_count(Outcome::Ambiguous)
         + metrics.join_count(Outcome::Duplicate);
-    if odd != 0 || opened == 0 || joined + 64 < opened {
+    if odd != 0 || opened == 0 || (!merged && joined + 64 < opened) {
         bail!(
             "the join did not join the two views of every exchange: {}",
             outcomes(&metrics)
@@ -496,6 +513,7 @@ fn ingest(
     Ok(serde_json::json!({
         "mode": "ingest",
         "export": if export { "encoded, not sent" } else { "none" },
+        "views_per_session": if merged { 2 } else { 1 },
         "connections": connections,
         "rate_per_s": rate,
         "batch_sessions": batcher.size,
@@ -593,9 +611,10 @@ fn main() -> anyhow::Result<()> {
     let mut rate = 15_000.0f64;
     let mut export = true;
     let mut open_n: Option<u64> = None;
+    let mut merged = false;
     let mut args = std::env::args().skip(1);
     let usage = "usage: ingest_bench [--seconds S] [--rate EXCHANGES_PER_S] [--connections N] \
-                 [--export none|encode] | --open N";
+                 [--export none|encode] [--views separate|merged] | --open N";
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -610,6 +629,13 @@ fn main() -> anyhow::Result<()> {
                     other => bail!("--export {other}: {usage}"),
                 }
             }
+            "--views" => {
+                merged = match value()?.as_str() {
+                    "separate" => false,
+                    "merged" => true,
+                    other => bail!("--views {other}: {usage}"),
+                }
+            }
             _ => bail!("{usage}"),
         }
     }
@@ -619,7 +645,7 @@ fn main() -> anyhow::Result<()> {
     let report = match open_n {
         Some(n) if n > 0 => open(n, connections)?,
         Some(_) => bail!("{usage}"),
-        None => ingest(seconds, connections, rate, export)?,
+        None => ingest(seconds, connections, rate, export, merged)?,
     };
     println!("{report}");
     Ok(())
