@@ -214,6 +214,11 @@ impl Instance {
             .map_err(|e| CallError::Trap(e.to_string()))
     }
 
+    /// Fuel the last call used (its instructions, roughly).
+    pub fn fuel_used(&self) -> u64 {
+        FUEL_PER_CALL.saturating_sub(self.store.get_fuel().unwrap_or(FUEL_PER_CALL))
+    }
+
     /// Whether the module exports `clovisor_detect`.
     pub fn has_detect(&self) -> bool {
         self.detect.is_some()

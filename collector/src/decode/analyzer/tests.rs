@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use clovisor_proto::capture::v1::{FlowKey, ProtocolHint};
 
-use super::runtime::{LoadError, Module, MAX_MODULE_BYTES};
+use super::runtime::{LoadError, Module, FUEL_PER_CALL, MAX_MODULE_BYTES};
 use super::*;
 use crate::decode::testing::{message, Recorded};
 use crate::decode::{http1, Decoders, Detected};
@@ -344,4 +344,25 @@ fn the_offline_decoder_set_takes_an_analyzer_by_name_and_bytes() {
         .expect("loads");
     assert_eq!(decoders.analyzers().names(), ["line"]);
     assert!(Decoders::default().with_analyzer("bad", b"nope").is_err());
+}
+
+#[test]
+fn the_example_costs_a_small_fraction_of_its_fuel() {
+    let mut instance = Module::compile(LINE)
+        .and_then(|m| m.instantiate())
+        .expect("example loads");
+    // A whole 2048-byte message (the largest snaplen): one long line.
+    let mut line = b"FETCH ".to_vec();
+    line.resize(2047, b'x');
+    line.push(b'\n');
+    let r = instance
+        .parse(b"p/1", abi::REQUEST, &line)
+        .expect("parses");
+    assert_eq!((r.consumed, r.complete), (2048, true));
+    let used = instance.fuel_used();
+    assert!(
+        used > 1000 && used < FUEL_PER_CALL / 20,
+        "fuel used by the example on 2048 bytes: {used} (docs/analyzers.md quotes it)"
+    );
+    eprintln!("example analyzer: {used} fuel for a 2048-byte line");
 }
