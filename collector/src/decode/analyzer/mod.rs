@@ -12,8 +12,8 @@
 //! Failures are contained: a trap, a call out of fuel, memory past the cap or a result that
 //! breaks the ABI is counted (`clovisor_analyzer_errors_total{analyzer,reason}`), the instance
 //! is replaced by a fresh one, and the exchange is still reported, without the analyzer's
-//! fields. After [`MAX_CONSECUTIVE_FAILURES`] failed calls in a row the analyzer is switched
-//! off, with one log line, and its flows go back to detection.
+//! fields. After [`MAX_CONSECUTIVE_FAILURES`] failed calls with no successful parse between
+//! them the analyzer is switched off, with one log line, and its flows go back to detection.
 //!
 //! The set of analyzers ([`Analyzers`]) changes while flows run ([`live`]): a flow takes the
 //! current version of its analyzer at each exchange boundary (when no request of it is
@@ -39,7 +39,8 @@ use super::{
 };
 use crate::metrics::AnalyzerMetrics;
 
-/// Failed calls in a row after which an analyzer is switched off.
+/// Failed calls after which an analyzer is switched off, counted since its last successful
+/// parse.
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 /// Most requests (or responses) parsed out of one message (pipelining).
 const MAX_ITEMS_PER_MESSAGE: usize = 16;
@@ -70,6 +71,15 @@ fn digest(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Whether a successful call ends a run of failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ends {
+    /// A parse that succeeded: the analyzer works.
+    FailureRun,
+    /// A detect: it may claim flows and still fail every parse.
+    Nothing,
 }
 
 /// One loaded analyzer: its module, its running instance, its failure count.
@@ -152,13 +162,19 @@ impl Analyzer {
             return false;
         }
         let port = u16::try_from(flow.key.server_port).unwrap_or(0);
-        self.call(|i| i.detect(port, first.payload))
+        self.call(Ends::Nothing, |i| i.detect(port, first.payload))
             .unwrap_or(false)
     }
 
     /// Runs `f` on the instance (a fresh one after a failure). A failure is counted, drops
-    /// the instance, and switches the analyzer off when it is the last straw; `None` then.
-    fn call<T>(&self, f: impl FnOnce(&mut Instance) -> Result<T, CallError>) -> Option<T> {
+    /// the instance, and switches the analyzer off when it is the last straw; `None` then. A
+    /// success ends a run of failures only when `ends` says so: a detect that claims says
+    /// nothing about whether the analyzer can parse.
+    fn call<T>(
+        &self,
+        ends: Ends,
+        f: impl FnOnce(&mut Instance) -> Result<T, CallError>,
+    ) -> Option<T> {
         if self.is_off() {
             return None;
         }
@@ -177,7 +193,9 @@ impl Analyzer {
         let instance = slot.as_mut()?;
         match f(instance) {
             Ok(v) => {
-                self.failures.store(0, Ordering::Relaxed);
+                if ends == Ends::FailureRun {
+                    self.failures.store(0, Ordering::Relaxed);
+                }
                 Some(v)
             }
             Err(e) => {
@@ -213,7 +231,7 @@ impl Analyzer {
     }
 
     fn parse(&self, flow: &[u8], direction: i32, data: &[u8]) -> Option<abi::ParseResult> {
-        self.call(|i| i.parse(flow, direction, data))
+        self.call(Ends::FailureRun, |i| i.parse(flow, direction, data))
     }
 }
 

@@ -355,9 +355,7 @@ fn the_example_costs_a_small_fraction_of_its_fuel() {
     let mut line = b"FETCH ".to_vec();
     line.resize(2047, b'x');
     line.push(b'\n');
-    let r = instance
-        .parse(b"p/1", abi::REQUEST, &line)
-        .expect("parses");
+    let r = instance.parse(b"p/1", abi::REQUEST, &line).expect("parses");
     assert_eq!((r.consumed, r.complete), (2048, true));
     let used = instance.fuel_used();
     assert!(
@@ -365,4 +363,28 @@ fn the_example_costs_a_small_fraction_of_its_fuel() {
         "fuel used by the example on 2048 bytes: {used} (docs/analyzers.md quotes it)"
     );
     eprintln!("example analyzer: {used} fuel for a 2048-byte line");
+}
+
+#[test]
+fn claims_between_failed_parses_do_not_keep_an_analyzer_alive() {
+    let set = set();
+    set.load("trap", &hostile("trap")).expect("loads");
+    let decoders = Decoders::new(vec![]).with_analyzers(set.clone());
+    // Flows claimed one after the other (detect succeeds), each failing its parse.
+    for flow in 0..6u32 {
+        let k = key(9000 + flow);
+        let first = message(0, Direction::ClientToServer, b"HELLO\n");
+        let Detected::Claimed(d) = decoders.detect(&info(&k), &first) else {
+            assert!(
+                flow >= 3,
+                "flow {flow}: the analyzer stopped claiming too early"
+            );
+            continue;
+        };
+        assert!(flow < 3, "flow {flow}: claimed after being switched off");
+        let mut out = Recorded::default();
+        d.new_flow(&info(&k)).on_message(&first, &mut out);
+    }
+    assert_eq!(set.metrics().error_count("trap", "trap"), 3);
+    assert!(set.get("trap").is_some_and(|a| a.is_off()));
 }
