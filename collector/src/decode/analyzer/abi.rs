@@ -105,6 +105,9 @@ pub enum Malformed {
     /// A protocol name for the leftover that is not one.
     #[error("leftover protocol {0:?} is not 1 to {MAX_NEXT} of a-z, 0-9, '_', '.', '-'")]
     Next(String),
+    /// `clovisor_port` returned a number that is no TCP port.
+    #[error("clovisor_port returned {0}, not a port (0 to 65535)")]
+    Port(i32),
     /// The pointer and length do not lie inside the module's memory.
     #[error("result at {ptr}+{len} lies outside the module's {memory} bytes of memory")]
     OutOfBounds {

@@ -127,11 +127,11 @@ pub async fn apply(
                 metrics.load(name, label);
             }
             Err((reason, d)) => {
-                let key = d.unwrap_or(0);
-                if rejected.get(name) == Some(&key) && d.is_some() {
-                    continue;
+                // A module read but refused is remembered by its digest (and skipped above
+                // until it changes); one that cannot be read is counted at each reload.
+                if let Some(d) = d {
+                    rejected.insert(name.clone(), d);
                 }
-                rejected.insert(name.clone(), key);
                 let running = analyzers.get(name).is_some();
                 tracing::warn!(
                     key = keys::PROTO_CFG,

@@ -234,9 +234,7 @@ impl Instance {
         match u16::try_from(p) {
             Ok(0) => Ok(None),
             Ok(p) => Ok(Some(p)),
-            Err(_) => Err(CallError::Malformed(Malformed::Next(format!(
-                "port {p} out of range"
-            )))),
+            Err(_) => Err(CallError::Malformed(Malformed::Port(p))),
         }
     }
 

@@ -174,6 +174,7 @@ fn hostile_modules_are_contained_counted_and_switched_off() {
             ],
         );
         let took = started.elapsed();
+        eprintln!("{module}: three failing calls and the switch-off took {took:?}");
         assert_eq!(
             set.metrics().error_count(module, reason),
             u64::from(MAX_CONSECUTIVE_FAILURES),
@@ -387,4 +388,69 @@ fn claims_between_failed_parses_do_not_keep_an_analyzer_alive() {
     }
     assert_eq!(set.metrics().error_count("trap", "trap"), 3);
     assert!(set.get("trap").is_some_and(|a| a.is_off()));
+}
+
+#[tokio::test]
+async fn module_values_are_paths_or_base64_within_the_cap() {
+    use super::live::{module_bytes, SourceError};
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("line.wat");
+    std::fs::write(&path, LINE).expect("write");
+    let by_path = module_bytes(&path.display().to_string()).await;
+    assert_eq!(by_path.ok().as_deref(), Some(LINE));
+    let inline = base64::engine::general_purpose::STANDARD.encode(LINE);
+    assert_eq!(module_bytes(&inline).await.ok().as_deref(), Some(LINE));
+    assert!(matches!(
+        module_bytes(&dir.path().display().to_string()).await,
+        Err(SourceError::NotAFile { .. })
+    ));
+    assert!(matches!(
+        module_bytes("/no/such/module.wasm").await,
+        Err(SourceError::Read { .. })
+    ));
+    assert!(matches!(
+        module_bytes("relative/path.wasm").await,
+        Err(SourceError::NotBase64(_))
+    ));
+    let big = dir.path().join("big.wasm");
+    std::fs::write(&big, vec![0u8; MAX_MODULE_BYTES + 1]).expect("write");
+    assert!(matches!(
+        module_bytes(&big.display().to_string()).await,
+        Err(SourceError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        module_bytes(&"A".repeat(MAX_MODULE_BYTES.div_ceil(3) * 4 + 4)).await,
+        Err(SourceError::TooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn the_configuration_is_applied_and_a_bad_module_counted_once() {
+    use super::live::apply;
+    use base64::Engine as _;
+    use std::collections::BTreeMap;
+    let set = set();
+    let config = clovisor_config::ConfigMetrics::default();
+    let mut rejected = HashMap::new();
+    let inline = |m: &[u8]| base64::engine::general_purpose::STANDARD.encode(m);
+    let mut cfg = BTreeMap::from([("line".to_owned(), inline(LINE))]);
+    apply(&set, &cfg, Some(&config), &mut rejected).await;
+    assert_eq!(set.names(), ["line"]);
+    cfg.insert("line".into(), inline(b"(module"));
+    cfg.insert("bad".into(), inline(b"not a module"));
+    for _ in 0..3 {
+        apply(&set, &cfg, Some(&config), &mut rejected).await;
+    }
+    let key = clovisor_config::keys::PROTO_CFG;
+    assert_eq!(
+        config.rejected_count(key),
+        2,
+        "each bad module counted once"
+    );
+    assert_eq!(set.names(), ["line"], "the running version stays");
+    assert_eq!(set.metrics().error_count("line", "trap"), 0);
+    cfg.clear();
+    apply(&set, &cfg, Some(&config), &mut rejected).await;
+    assert!(set.names().is_empty(), "unloaded");
 }
