@@ -99,9 +99,12 @@ pub async fn apply(
                 if rejected.get(name) == Some(&d) {
                     continue;
                 }
-                match analyzers.load(name, &bytes) {
-                    Ok(loaded) => Ok((loaded, d)),
-                    Err(e) => Err((e.to_string(), Some(d))),
+                // Compiling a large module takes a while: not on an async worker.
+                let (set, n) = (analyzers.clone(), name.clone());
+                match tokio::task::spawn_blocking(move || set.load(&n, &bytes)).await {
+                    Ok(Ok(loaded)) => Ok((loaded, d)),
+                    Ok(Err(e)) => Err((e.to_string(), Some(d))),
+                    Err(e) => Err((format!("loading stopped: {e}"), Some(d))),
                 }
             }
             Err(e) => Err((e.to_string(), None)),
