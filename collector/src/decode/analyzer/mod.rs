@@ -298,7 +298,9 @@ impl AnalyzerFlow {
 
     /// The items (requests or responses) of one message: each parse takes one, from where the
     /// previous one ended. The first parse always yields an item, with no fields when the
-    /// call failed, so the exchange is kept.
+    /// call failed, so the exchange is kept. A result naming another loaded analyzer as the
+    /// protocol of what it left over (stacking) hands the rest of the message to it, once:
+    /// its fields join the item's as `<its name>.<key>`.
     fn items(
         &self,
         analyzer: &Analyzer,
@@ -315,8 +317,25 @@ impl AnalyzerFlow {
                 break;
             };
             let more = r.complete && r.consumed > 0 && r.consumed < rest.len();
+            let mut fields: HashMap<String, String> = r.fields.into_iter().collect();
+            let leftover = rest.get(r.consumed..).filter(|l| !l.is_empty());
+            let stacked = r
+                .next
+                .as_deref()
+                .filter(|n| *n != self.name)
+                .and_then(|n| self.set.upgrade()?.get(n));
+            if let (Some(inner), Some(leftover)) = (stacked, leftover) {
+                // One level: the inner analyzer's own leftover protocol is not followed.
+                if let Some(inner_result) = inner.parse(&self.session_key, direction, leftover) {
+                    for (k, v) in inner_result.fields {
+                        fields.insert(format!("{}.{k}", inner.name), v);
+                    }
+                }
+                items.push((fields, r.next));
+                break;
+            }
             if r.complete || items.is_empty() {
-                items.push((r.fields.into_iter().collect(), r.next));
+                items.push((fields, r.next));
             }
             if !more {
                 break;

@@ -454,3 +454,47 @@ async fn the_configuration_is_applied_and_a_bad_module_counted_once() {
     apply(&set, &cfg, Some(&config), &mut rejected).await;
     assert!(set.names().is_empty(), "unloaded");
 }
+
+#[test]
+fn a_leftover_named_for_another_analyzer_is_parsed_by_it() {
+    let set = set();
+    set.load("line", LINE).expect("line loads");
+    set.load("tagged", &hostile("tagged"))
+        .expect("tagged loads");
+    let out = decode(
+        &set,
+        "tagged",
+        &[
+            (Direction::ClientToServer, b"T1 FETCH greeting\n"),
+            (Direction::ServerToClient, b"T1 OK hello\n"),
+        ],
+    );
+    assert_eq!(out.exchanges.len(), 1, "{:#?}", out.exchanges);
+    let e = &out.exchanges[0];
+    assert_eq!(field(e, "tag"), "T1");
+    assert_eq!(field(e, "line.command"), "FETCH");
+    assert_eq!(field(e, "line.argument"), "greeting");
+    assert_eq!(field(e, "line.status"), "OK");
+    assert_eq!(field(e, "line.message"), "hello");
+    assert_eq!(
+        e.attributes.get(LEFTOVER_ATTRIBUTE).map(String::as_str),
+        Some("line")
+    );
+    // Without the named analyzer, the leftover protocol is only recorded.
+    assert!(set.unload("line"));
+    let out = decode(
+        &set,
+        "tagged",
+        &[
+            (Direction::ClientToServer, b"T2 FETCH x\n"),
+            (Direction::ServerToClient, b"T2 OK x\n"),
+        ],
+    );
+    let e = &out.exchanges[0];
+    assert_eq!(field(e, "tag"), "T2");
+    assert!(!fields(e).contains_key("line.command"));
+    assert_eq!(
+        e.attributes.get(LEFTOVER_ATTRIBUTE).map(String::as_str),
+        Some("line")
+    );
+}
