@@ -64,6 +64,7 @@ pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
         drops,
         mut registry,
         live,
+        config_metrics,
         mut servers,
     } = start(log, args.redis.as_deref()).context("start-up")?;
     let node = args.probe.node_name();
@@ -94,6 +95,7 @@ pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
     let (sessions_tx, sessions_rx) = mpsc::channel(4096);
     let capture_service = CaptureService::new(sessions_tx, Arc::clone(&collector_metrics))
         .with_live_config(live.clone());
+    let analyzers = capture_service.follow_analyzers(live.clone(), Some(config_metrics));
 
     let stop_collector = StopFlag::default();
     let stop_correlator = StopFlag::default();
@@ -151,6 +153,7 @@ pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
         tracing::error!(error = %e, "span export did not finish cleanly");
     }
     forwarder_accounting.abort();
+    analyzers.abort();
     if let Some(follower) = endpoint_follower {
         follower.abort();
     }

@@ -133,15 +133,14 @@ async fn main() -> anyhow::Result<()> {
         local_join_hold: std::time::Duration::from_millis(args.local_join_hold_ms),
         ..ServiceConfig::default()
     };
+    let capture = CaptureService::with_config(sessions_tx, Arc::clone(&metrics), service_config)
+        // A killed collector loses no session its forwarder still held.
+        .ack_after_downstream(forwarder_stats)
+        .with_live_config(process.live.clone());
+    let _analyzers = capture.follow_analyzers(process.live, Some(process.config_metrics));
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(
-                CaptureService::with_config(sessions_tx, Arc::clone(&metrics), service_config)
-                    // A killed collector loses no session its forwarder still held.
-                    .ack_after_downstream(forwarder_stats)
-                    .with_live_config(process.live)
-                    .into_server(),
-            )
+            .add_service(capture.into_server())
             .serve_with_incoming_shutdown(
                 tls::server::incoming(listener, server_tls),
                 stop_grpc.wait(),

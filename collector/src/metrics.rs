@@ -339,6 +339,8 @@ pub struct CollectorMetrics {
     pub flows_unsupported: Counter,
     /// Decoders that lost step with their flow, by protocol and reason.
     pub decoder_desyncs: Family<DesyncLabels, Counter>,
+    /// User analyzers' failures and loaded set (`decode::analyzer`).
+    pub analyzers: AnalyzerMetrics,
     /// Probes that restarted (a new probe id for a known node).
     pub probe_restarts: Counter,
     /// Endpoint updates ignored because the per-probe table was full.
@@ -425,6 +427,7 @@ impl CollectorMetrics {
     /// (`clovisor_flow_*`), each named here in full.
     pub fn register(&self, registry: &mut Registry) {
         self.connections.register(registry);
+        self.analyzers.register(registry);
         registry.register(
             "clovisor_collector_records_received",
             "Records received from probes, by kind",
@@ -629,6 +632,90 @@ impl ForwarderSeen {
             acked,
             dropped,
         };
+    }
+}
+
+/// Labels of `clovisor_analyzer_errors_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnalyzerErrorLabels {
+    /// The analyzer's protocol name: one of the names configured in `clovisor_proto_cfg`, so as
+    /// bounded as that hash.
+    pub analyzer: String,
+    /// `trap`, `timeout`, `memory` or `malformed`.
+    pub reason: &'static str,
+}
+
+/// Labels of `clovisor_analyzer_loads_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnalyzerLoadLabels {
+    /// The analyzer's protocol name.
+    pub analyzer: String,
+    /// `loaded`, `replaced`, `unloaded`, `rejected` or `switched_off`.
+    pub outcome: &'static str,
+}
+
+/// The user analyzers' metrics; clone freely (they share their values).
+#[derive(Debug, Clone, Default)]
+pub struct AnalyzerMetrics {
+    errors: Family<AnalyzerErrorLabels, Counter>,
+    loads: Family<AnalyzerLoadLabels, Counter>,
+    running: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl AnalyzerMetrics {
+    /// Registers `clovisor_analyzer_errors_total`, `clovisor_analyzer_loads_total` and
+    /// `clovisor_analyzers_running`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "clovisor_analyzer_errors",
+            "Calls into a user analyzer that failed (trap, timeout, memory, malformed), by analyzer",
+            self.errors.clone(),
+        );
+        registry.register(
+            "clovisor_analyzer_loads",
+            "User analyzer changes: loaded, replaced, unloaded, rejected, switched_off",
+            self.loads.clone(),
+        );
+        registry.register(
+            "clovisor_analyzers_running",
+            "User analyzers loaded and not switched off",
+            self.running.clone(),
+        );
+    }
+
+    /// Counts a failed call of `analyzer`.
+    pub fn error(&self, analyzer: &str, reason: &'static str) {
+        self.errors
+            .get_or_create(&AnalyzerErrorLabels {
+                analyzer: analyzer.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Failed calls of `analyzer` for `reason` so far.
+    pub fn error_count(&self, analyzer: &str, reason: &'static str) -> u64 {
+        self.errors
+            .get_or_create(&AnalyzerErrorLabels {
+                analyzer: analyzer.to_owned(),
+                reason,
+            })
+            .get()
+    }
+
+    /// Counts a change of `analyzer`.
+    pub fn load(&self, analyzer: &str, outcome: &'static str) {
+        self.loads
+            .get_or_create(&AnalyzerLoadLabels {
+                analyzer: analyzer.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Sets how many analyzers run.
+    pub fn set_running(&self, n: usize) {
+        self.running.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 

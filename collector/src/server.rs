@@ -336,6 +336,22 @@ impl CaptureService {
         self
     }
 
+    /// Runs the user analyzers `clovisor_proto_cfg` names in `live` (docs/analyzers.md),
+    /// loading, replacing and unloading them as it changes, until `live`'s sender goes away;
+    /// modules that do not load are counted in `config_metrics`. Call inside a Tokio runtime.
+    pub fn follow_analyzers(
+        &self,
+        live: watch::Receiver<LiveConfig>,
+        config_metrics: Option<clovisor_config::ConfigMetrics>,
+    ) -> tokio::task::JoinHandle<()> {
+        let analyzers = self.inner.lock().table.decoders().analyzers().clone();
+        tokio::spawn(crate::decode::analyzer::live::follow(
+            analyzers,
+            live,
+            config_metrics,
+        ))
+    }
+
     /// Wraps the service for a tonic server.
     pub fn into_server(self) -> CaptureServer<Self> {
         CaptureServer::new(self).max_decoding_message_size(clovisor_proto::hops::MAX_MESSAGE_BYTES)

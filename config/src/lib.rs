@@ -49,13 +49,23 @@ pub fn follow(
     registry: &mut prometheus_client::registry::Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<watch::Receiver<LiveConfig>> {
+    follow_counted(url, registry, shutdown).map(|(rx, _)| rx)
+}
+
+/// [`follow`], also giving the metrics it counts into, for the services that reject entries
+/// of their own (the collector, analyzer modules it cannot load).
+pub fn follow_counted(
+    url: Option<&str>,
+    registry: &mut prometheus_client::registry::Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(watch::Receiver<LiveConfig>, ConfigMetrics)> {
     let metrics = ConfigMetrics::default();
     metrics.register(registry);
     match url.map(str::trim).filter(|u| !u.is_empty()) {
         Some(url) => {
-            let (rx, _task) = RedisSource::new(url, metrics)?.spawn(shutdown);
-            Ok(rx)
+            let (rx, _task) = RedisSource::new(url, metrics.clone())?.spawn(shutdown);
+            Ok((rx, metrics))
         }
-        None => Ok(watch::channel(LiveConfig::default()).1),
+        None => Ok((watch::channel(LiveConfig::default()).1, metrics)),
     }
 }

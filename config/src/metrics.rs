@@ -52,6 +52,12 @@ impl ConfigMetrics {
         self.rejected.get_or_create(&KeyLabels { key }).inc();
     }
 
+    /// Counts an entry of `key` rejected by the service that uses it, past what the parser
+    /// checks (a `clovisor_proto_cfg` module the collector cannot load).
+    pub fn reject(&self, key: &'static str) {
+        self.rejected(key);
+    }
+
     pub(crate) fn reloaded(&self) {
         self.reloads.inc();
     }

@@ -94,8 +94,12 @@ pub struct LiveConfig {
     /// Lower-case header names whose values never leave the collector: the defaults plus
     /// the configured ones, sorted.
     pub redacted_headers: Vec<String>,
-    /// `clovisor_proto_cfg`: protocol → analyzer (read and logged; analyzers come later).
+    /// `clovisor_proto_cfg`: protocol → analyzer module (an absolute path or the module in
+    /// base64; the collector runs them, docs/analyzers.md).
     pub proto_cfg: BTreeMap<String, String>,
+    /// Messages seen on `clovisor_proto_plugin_cfg_chan`: each one asks the services to
+    /// reload their analyzers (re-read the modules) even when the hash did not change.
+    pub proto_reloads: u64,
 }
 
 impl Default for LiveConfig {
@@ -112,6 +116,7 @@ impl Default for LiveConfig {
                 .into_iter()
                 .collect(),
             proto_cfg: BTreeMap::new(),
+            proto_reloads: 0,
         }
     }
 }

@@ -166,7 +166,11 @@ pub fn build(snap: &Snapshot) -> (LiveConfig, Vec<Rejection>) {
             Ok((p, a)) => {
                 proto_cfg.insert(p, a);
             }
-            Err(why) => reject(keys::PROTO_CFG, &format!("{protocol}={analyzer}"), why),
+            Err(why) => reject(
+                keys::PROTO_CFG,
+                &format!("{protocol}={}", crate::source::describe_analyzer(analyzer)),
+                why,
+            ),
         }
     }
     cfg.proto_cfg = proto_cfg;
@@ -451,11 +455,23 @@ pub fn parse_header_name(entry: &str) -> Result<String, Reject> {
     Ok(entry.to_ascii_lowercase())
 }
 
-/// `clovisor_proto_cfg` field: protocol name → analyzer name.
+/// Longest `clovisor_proto_cfg` value: a module of 1 MiB (the collector's cap) in base64.
+pub const MAX_ANALYZER_VALUE: usize = 4 * (1024 * 1024_usize).div_ceil(3);
+
+/// `clovisor_proto_cfg` field: protocol name → analyzer module (an absolute path, or the
+/// module in base64).
 pub fn parse_proto_entry(protocol: &str, analyzer: &str) -> Result<(String, String), Reject> {
     let protocol = protocol.trim();
     let analyzer = analyzer.trim();
+    if analyzer.len() > MAX_ANALYZER_VALUE {
+        return Err(field(
+            "analyzer",
+            &format!("({} characters)", analyzer.len()),
+            format!("longer than {MAX_ANALYZER_VALUE} characters (a 1 MiB module in base64)"),
+        ));
+    }
     if protocol.is_empty()
+        || protocol.len() > 63
         || !protocol
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -463,13 +479,13 @@ pub fn parse_proto_entry(protocol: &str, analyzer: &str) -> Result<(String, Stri
         return Err(field(
             "protocol",
             protocol,
-            "must be a non-empty name of letters, digits, '-', '_', '.'",
+            "must be a name of 1 to 63 letters, digits, '-', '_', '.'",
         ));
     }
     if analyzer.is_empty() || analyzer.contains(char::is_whitespace) {
         return Err(field(
             "analyzer",
-            analyzer,
+            &crate::source::describe_analyzer(analyzer),
             "must be non-empty, without blanks",
         ));
     }

@@ -117,13 +117,14 @@ impl RedisSource {
                     .borrow()
                     .proto_cfg
                     .get(&protocol.to_ascii_lowercase())
-                    .cloned();
+                    .map(|v| describe_analyzer(v));
                 tracing::info!(
                     channel = keys::PROTO_PLUGIN_CHANNEL,
                     %protocol,
-                    analyzer = analyzer.as_deref().unwrap_or("(none configured)"),
-                    "protocol plugin configuration reloaded (analyzers are not run yet)"
+                    analyzer = analyzer.as_deref().unwrap_or("(none configured: unload)"),
+                    "protocol analyzers reload requested"
                 );
+                tx.send_modify(|c| c.proto_reloads = c.proto_reloads.wrapping_add(1));
             }
         }
         subscriber.abort();
@@ -209,14 +210,35 @@ impl Poller<'_> {
     }
 }
 
+/// How an analyzer value shows in logs: a path as it is, an inline module by its size only
+/// (a module is no log line).
+pub fn describe_analyzer(value: &str) -> String {
+    if value.starts_with('/') {
+        value.to_owned()
+    } else {
+        format!("(inline module, {} base64 characters)", value.len())
+    }
+}
+
 /// Publishes `config` if it differs from the current one.
-fn apply(tx: &watch::Sender<LiveConfig>, config: LiveConfig, metrics: &ConfigMetrics) {
+fn apply(tx: &watch::Sender<LiveConfig>, mut config: LiveConfig, metrics: &ConfigMetrics) {
     let changed = tx.send_if_modified(|current| {
+        // Reload requests are counted by the subscriber, not read from Redis.
+        config.proto_reloads = current.proto_reloads;
         if *current == config {
             return false;
         }
         if current.proto_cfg != config.proto_cfg {
-            tracing::info!(key = keys::PROTO_CFG, protocols = ?config.proto_cfg, "protocol analyzers configured (not run yet)");
+            let protocols: std::collections::BTreeMap<&str, String> = config
+                .proto_cfg
+                .iter()
+                .map(|(p, v)| (p.as_str(), describe_analyzer(v)))
+                .collect();
+            tracing::info!(
+                key = keys::PROTO_CFG,
+                ?protocols,
+                "protocol analyzers configured"
+            );
         }
         *current = config.clone();
         true

@@ -99,9 +99,21 @@ async fn writes_apply_within_two_seconds_without_any_other_action() -> anyhow::R
             && has_rule(c, [10, 0, 0, 8], 8080)
     })
     .await?;
-    // A plugin reload request is accepted (logged; analyzers come later) without disturbing
-    // anything.
+    // A plugin reload request reaches the services as a new reload count (the collector then
+    // re-reads its analyzers' modules), the rest unchanged, and stays counted across polls.
+    let before = rx.borrow().proto_reloads;
     let _: () = conn.publish(keys::PROTO_PLUGIN_CHANNEL, "redis").await?;
+    wait_for(&mut rx, Duration::from_secs(2), "reload requested", |c| {
+        c.proto_reloads == before + 1
+            && c.proto_cfg.get("redis").map(String::as_str) == Some("redis-analyzer")
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rx.borrow().proto_reloads,
+        before + 1,
+        "a poll does not undo the reload count"
+    );
 
     // Removing entries applies too.
     let _: () = conn

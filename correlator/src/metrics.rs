@@ -82,6 +82,22 @@ pub struct DbLabels {
     pub workload: String,
 }
 
+/// Labels of the user analyzers' RED metrics. The analyzer's fields are never labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnalyzerLabels {
+    /// The analyzer's protocol name; past [`MAX_ANALYZER_LABELS`] names, `other`.
+    pub analyzer: String,
+    /// `ok` (a response was seen) or `incomplete`.
+    pub outcome: &'static str,
+    /// Server namespace, `unknown` or `other`.
+    pub namespace: String,
+    /// Server workload or pod, `unknown` or `other`.
+    pub workload: String,
+}
+
+/// Analyzer names that get their own label value; later ones are `other`.
+pub const MAX_ANALYZER_LABELS: usize = 32;
+
 /// Labels of the DNS RED metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DnsLabels {
@@ -196,6 +212,10 @@ pub struct Metrics {
     db_duration: Family<DbLabels, Histogram>,
     dns_requests: Family<DnsLabels, Counter>,
     dns_duration: Family<DnsLabels, Histogram>,
+    analyzer_requests: Family<AnalyzerLabels, Counter>,
+    analyzer_duration: Family<AnalyzerLabels, Histogram>,
+    /// The analyzer names admitted as label values.
+    analyzer_names: Mutex<std::collections::BTreeSet<String>>,
     sessions_received: Counter,
     sessions_stored: Counter,
     sessions_evicted: Counter,
@@ -361,6 +381,9 @@ impl Metrics {
             http_duration: Family::new_with_constructor(duration_histogram),
             db_requests: Family::default(),
             db_duration: Family::new_with_constructor(duration_histogram),
+            analyzer_requests: Family::default(),
+            analyzer_duration: Family::new_with_constructor(duration_histogram),
+            analyzer_names: Mutex::default(),
             dns_requests: Family::default(),
             dns_duration: Family::new_with_constructor(duration_histogram),
             sessions_received: Counter::default(),
@@ -413,6 +436,16 @@ impl Metrics {
             "clovisor_db_request_duration_seconds",
             "Database exchange duration: first request byte to last response byte",
             self.db_duration.clone(),
+        );
+        registry.register(
+            "clovisor_analyzer_requests",
+            "User analyzer exchanges observed, by analyzer and server",
+            self.analyzer_requests.clone(),
+        );
+        registry.register(
+            "clovisor_analyzer_request_duration_seconds",
+            "User analyzer exchange duration: first request byte to last response byte",
+            self.analyzer_duration.clone(),
         );
         registry.register(
             "clovisor_dns_requests",
@@ -595,16 +628,60 @@ impl Metrics {
             self.observe_flow(s);
             return;
         }
+        if let Some(a) = s.analyzer.as_ref() {
+            self.observe_analyzer(s, &a.name);
+            self.observe_flow(s);
+            return;
+        }
         let red = match &s.dns {
             Some(dns) => self.dns_handles(s, dns),
             None => self.red_handles(s),
         };
         red.requests.inc();
-        if !s.incomplete && s.end_unix_nanos >= s.start_unix_nanos && s.start_unix_nanos > 0 {
-            let secs = (s.end_unix_nanos - s.start_unix_nanos) as f64 / 1e9;
+        if let Some(secs) = exchange_seconds(s) {
             red.duration.observe(secs);
         }
         self.observe_flow(s);
+    }
+
+    /// The analyzer RED metrics of one exchange.
+    fn observe_analyzer(&self, s: &clovisor_proto::session::v1::Session, name: &str) {
+        let analyzer = {
+            let mut names = self
+                .analyzer_names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if names.contains(name) {
+                name.to_owned()
+            } else if names.len() < MAX_ANALYZER_LABELS {
+                names.insert(name.to_owned());
+                name.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        };
+        let (namespace, workload) = self.server_labels(s);
+        let labels = AnalyzerLabels {
+            analyzer,
+            outcome: if s.incomplete { "incomplete" } else { "ok" },
+            namespace,
+            workload,
+        };
+        self.analyzer_requests.get_or_create(&labels).inc();
+        if let Some(secs) = exchange_seconds(s) {
+            self.analyzer_duration.get_or_create(&labels).observe(secs);
+        }
+    }
+
+    /// The `namespace` and `workload` labels of `s`'s server, bounded.
+    fn server_labels(&self, s: &clovisor_proto::session::v1::Session) -> (String, String) {
+        let server = s.server.as_ref();
+        (
+            self.workloads
+                .namespace(server.map_or("", |e| e.namespace.as_str())),
+            self.workloads
+                .workload(server.map(end_of).unwrap_or_default()),
+        )
     }
 
     /// The database RED metrics of one exchange. (Not cached like HTTP's handles: a label set
@@ -614,7 +691,6 @@ impl Metrics {
         s: &clovisor_proto::session::v1::Session,
         d: &clovisor_proto::session::v1::Database,
     ) {
-        let server = s.server.as_ref();
         let outcome = if s.incomplete {
             "incomplete"
         } else if crate::view::db_error_type(d).is_some() {
@@ -622,20 +698,16 @@ impl Metrics {
         } else {
             "ok"
         };
+        let (namespace, workload) = self.server_labels(s);
         let labels = DbLabels {
             system: crate::view::db_system_label(&d.system),
             operation: crate::view::db_operation_label(&d.operation),
             outcome,
-            namespace: self
-                .workloads
-                .namespace(server.map_or("", |e| e.namespace.as_str())),
-            workload: self
-                .workloads
-                .workload(server.map(end_of).unwrap_or_default()),
+            namespace,
+            workload,
         };
         self.db_requests.get_or_create(&labels).inc();
-        if !s.incomplete && s.end_unix_nanos >= s.start_unix_nanos && s.start_unix_nanos > 0 {
-            let secs = (s.end_unix_nanos - s.start_unix_nanos) as f64 / 1e9;
+        if let Some(secs) = exchange_seconds(s) {
             self.db_duration.get_or_create(&labels).observe(secs);
         }
     }
@@ -706,7 +778,7 @@ impl Metrics {
         s: &clovisor_proto::session::v1::Session,
         dns: &clovisor_proto::session::v1::Dns,
     ) -> RedHandles {
-        let server = s.server.as_ref();
+        let (namespace, workload) = self.server_labels(s);
         let labels = DnsLabels {
             question_type: dns_type_label(dns.question_type),
             response_code: if s.incomplete {
@@ -714,12 +786,8 @@ impl Metrics {
             } else {
                 clovisor_proto::dns::rcode_label(dns.response_code & 0x0f)
             },
-            namespace: self
-                .workloads
-                .namespace(server.map_or("", |e| e.namespace.as_str())),
-            workload: self
-                .workloads
-                .workload(server.map(end_of).unwrap_or_default()),
+            namespace,
+            workload,
         };
         RedHandles {
             requests: self.dns_requests.get_or_create(&labels).clone(),
@@ -872,6 +940,13 @@ impl Metrics {
     }
 }
 
+/// How long a complete exchange took, first request byte to last response byte; `None` when
+/// incomplete or its times are missing.
+fn exchange_seconds(s: &clovisor_proto::session::v1::Session) -> Option<f64> {
+    (!s.incomplete && s.end_unix_nanos >= s.start_unix_nanos && s.start_unix_nanos > 0)
+        .then(|| (s.end_unix_nanos - s.start_unix_nanos) as f64 / 1e9)
+}
+
 /// The `method` label: a standard method, else `OTHER`.
 pub fn method_label(method: &str) -> &'static str {
     KNOWN_METHODS
@@ -903,6 +978,42 @@ mod tests {
     fn observe(m: &Metrics, b: SessionBuilder) {
         m.received_session();
         m.observe_session(&CorrelatedSession::new(b.build()).0);
+    }
+
+    #[test]
+    fn analyzer_exchanges_count_by_analyzer_with_a_bounded_name_set() {
+        let m = Metrics::new();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        observe(
+            &m,
+            SessionBuilder::new("a")
+                .analyzer("line", &[("command", "FETCH")])
+                .server_workload("shop", "kv"),
+        );
+        for i in 0..MAX_ANALYZER_LABELS + 3 {
+            observe(
+                &m,
+                SessionBuilder::new(&format!("n{i}"))
+                    .analyzer(&format!("proto{i}"), &[])
+                    .server_workload("shop", "kv"),
+            );
+        }
+        let text = encode(&reg);
+        for want in [
+            r#"clovisor_analyzer_requests_total{analyzer="line",outcome="ok",namespace="shop",workload="kv"} 1"#,
+            r#"clovisor_analyzer_requests_total{analyzer="other",outcome="ok",namespace="shop",workload="kv"} 4"#,
+        ] {
+            assert!(text.contains(want), "missing {want} in:\n{text}");
+        }
+        assert!(
+            !text.contains("FETCH"),
+            "a field value became a label:\n{text}"
+        );
+        assert!(
+            !text.contains("clovisor_http_requests_total{"),
+            "an analyzer exchange is no HTTP request:\n{text}"
+        );
     }
 
     #[test]

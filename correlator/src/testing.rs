@@ -453,6 +453,20 @@ impl SessionBuilder {
         self
     }
 
+    /// Makes it an exchange of the user analyzer `name` with `fields`: no HTTP part.
+    pub fn analyzer(mut self, name: &str, fields: &[(&str, &str)]) -> Self {
+        self.session.protocol = Protocol::Analyzer as i32;
+        self.session.http = None;
+        self.session.analyzer = Some(clovisor_proto::session::v1::Analyzer {
+            name: name.to_owned(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        });
+        self
+    }
+
     /// The session.
     pub fn build(self) -> Session {
         self.session

@@ -6,8 +6,9 @@
 //!
 //! Beside the lab: [`http_client`] (curl in a pod, GETs from the host), [`api`] (REST sessions
 //! and metrics of a running clovisor), [`databases`] (Redis and PostgreSQL servers in a pod,
-//! their clients in another), [`fixtures`] (Kubernetes objects for [`fake_kube`]) and
-//! [`capture`] (the probe's capture driven directly).
+//! their clients in another), [`line_proto`] (the example analyzer's protocol: server and
+//! client), [`fixtures`] (Kubernetes objects for [`fake_kube`]) and [`capture`] (the probe's
+//! capture driven directly).
 
 pub mod api;
 pub mod capture;
@@ -17,6 +18,7 @@ pub mod dumpcap;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod http_client;
+pub mod line_proto;
 pub mod tls;
 
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};

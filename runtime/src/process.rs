@@ -3,7 +3,7 @@
 //! followed from Redis, and HTTP servers that stop together at the end.
 //!
 //! ```text
-//! let Started { shutdown, drops, mut registry, live, mut servers } = start(&args.log, redis)?;
+//! let Started { shutdown, drops, mut registry, live, mut servers, .. } = start(&args.log, redis)?;
 //! // components register their metrics in `registry` and count losses in `drops`
 //! servers.serve(metrics_addr, metrics_router(Arc::new(registry))).await?;
 //! // ... run until `shutdown` resolves, drain the pipeline ...
@@ -77,6 +77,9 @@ pub struct Started {
     pub registry: Registry,
     /// The live configuration (defaults when there is no Redis).
     pub live: watch::Receiver<LiveConfig>,
+    /// The live configuration's metrics (already in `registry`), for entries a service
+    /// rejects itself.
+    pub config_metrics: clovisor_config::ConfigMetrics,
     /// The HTTP servers, and what stops the configuration source at the end.
     pub servers: Servers,
 }
@@ -106,13 +109,15 @@ pub fn start_without_logging(redis: Option<&str>) -> Result<Started> {
     let mut registry = Registry::default();
     drops.register(&mut registry);
     let stop_config = StopFlag::default();
-    let live = clovisor_config::follow(redis, &mut registry, stop_config.wait())
-        .map_err(|source| Error::Config { source })?;
+    let (live, config_metrics) =
+        clovisor_config::follow_counted(redis, &mut registry, stop_config.wait())
+            .map_err(|source| Error::Config { source })?;
     Ok(Started {
         shutdown,
         drops,
         registry,
         live,
+        config_metrics,
         servers: Servers {
             stop_config,
             stop_http: StopFlag::default(),

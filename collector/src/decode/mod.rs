@@ -14,12 +14,14 @@
 //!
 //! Adding a protocol means a folder here (`mod.rs` with the [`Decoder`], its parsing, its per-flow
 //! state, `tests.rs`) and one line in [`Decoders::default`]; the flow table does not change. A
-//! user analyzer (Wasm, `clovisor_proto_cfg`) is one more [`Decoder`]: its `Parse(session_key,
-//! is_req, data) -> (leftover, fields)` maps onto [`FlowDecoder::on_message`] (the session key is
-//! [`FlowInfo`]'s probe and flow id, the leftover stays in its per-flow state, the fields become
-//! [`Exchange::attributes`] under the analyzer's prefix), and an analyzer stacked on another
-//! protocol wraps that protocol's [`FlowDecoder`] and adds attributes to the exchanges it reports.
+//! user analyzer (Wasm, `clovisor_proto_cfg`, [`analyzer`]) is one more [`Decoder`]: its
+//! `clovisor_parse(session_key, direction, data)` maps onto [`FlowDecoder::on_message`] (the
+//! session key is [`FlowInfo`]'s probe and flow id) and its fields become the session's
+//! `analyzer` part ([`Fields::Analyzer`]). Analyzers are not in the fixed list: they come and go
+//! while flows run ([`analyzer::Analyzers`]), and [`Decoders::detect`] tries those that claim a
+//! port before the built-in decoders and those that detect by content after them.
 
+pub mod analyzer;
 pub mod dns;
 pub mod http1;
 pub mod http2;
@@ -37,7 +39,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ProtocolHint};
-use clovisor_proto::session::v1::{Database, Dns, Grpc, Http, Protocol, TraceContext};
+use clovisor_proto::session::v1::{
+    Analyzer as AnalyzerFields, Database, Dns, Grpc, Http, Protocol, TraceContext,
+};
 
 pub use trace_context::TraceContextError;
 
@@ -206,6 +210,8 @@ pub enum Fields {
     Dns(Dns),
     /// Redis, PostgreSQL, MySQL: the session's `database` part.
     Database(Database),
+    /// A user analyzer's: the session's `analyzer` part.
+    Analyzer(AnalyzerFields),
     /// No typed fields (a protocol known only by its attributes, e.g. a user analyzer's).
     None,
 }
@@ -317,10 +323,12 @@ pub enum Detected {
     Unclaimed,
 }
 
-/// The decoders a flow table tries, in order: the first to claim a flow decodes it.
+/// The decoders a flow table tries, in order: the first to claim a flow decodes it; and the
+/// user analyzers, which change while it runs.
 #[derive(Debug, Clone)]
 pub struct Decoders {
     list: Arc<[Arc<dyn Decoder>]>,
+    analyzers: analyzer::Analyzers,
 }
 
 impl Default for Decoders {
@@ -340,11 +348,41 @@ impl Default for Decoders {
 impl Decoders {
     /// Exactly `list`, tried in this order.
     pub fn new(list: Vec<Arc<dyn Decoder>>) -> Self {
-        Self { list: list.into() }
+        Self {
+            list: list.into(),
+            analyzers: analyzer::Analyzers::default(),
+        }
     }
 
-    /// Which decoder claims the flow from `message`.
+    /// The same decoders with the user analyzers of `analyzers` (a set shared with whatever
+    /// loads them, e.g. [`analyzer::live::follow`]).
+    pub fn with_analyzers(mut self, analyzers: analyzer::Analyzers) -> Self {
+        self.analyzers = analyzers;
+        self
+    }
+
+    /// The same decoders plus the analyzer `module` (`.wasm` or `.wat` bytes) under the
+    /// protocol name `name`: how `clovisor decode --analyzer NAME=MODULE` runs one offline.
+    pub fn with_analyzer(
+        self,
+        name: &str,
+        module: &[u8],
+    ) -> Result<Self, analyzer::runtime::LoadError> {
+        self.analyzers.load(name, module)?;
+        Ok(self)
+    }
+
+    /// The user analyzers.
+    pub fn analyzers(&self) -> &analyzer::Analyzers {
+        &self.analyzers
+    }
+
+    /// Which decoder claims the flow from `message`: an analyzer claiming the server port,
+    /// else the first built-in decoder to claim it, else an analyzer recognising the bytes.
     pub fn detect(&self, flow: &FlowInfo<'_>, message: &Message<'_>) -> Detected {
+        if let Some(a) = self.analyzers.by_port(flow) {
+            return Detected::Claimed(a);
+        }
         let mut mismatch = None;
         for d in self.list.iter() {
             match d.detect(flow, message) {
@@ -354,6 +392,9 @@ impl Decoders {
                 }
                 Detection::No => {}
             }
+        }
+        if let Some(a) = self.analyzers.by_content(flow, message) {
+            return Detected::Claimed(a);
         }
         match mismatch {
             Some(reason) => Detected::HintMismatch(reason),

@@ -180,9 +180,15 @@ fn publish_bytes(
 }
 
 impl FlowTable {
-    /// An empty table decoding every built-in protocol.
+    /// An empty table decoding every built-in protocol, and the user analyzers loaded into
+    /// [`Decoders::analyzers`] (none at first).
     pub fn new(config: FlowTableConfig, metrics: Arc<CollectorMetrics>) -> Self {
-        Self::with_decoders(config, metrics, Decoders::default())
+        let analyzers = crate::decode::analyzer::Analyzers::new(metrics.analyzers.clone());
+        Self::with_decoders(
+            config,
+            metrics,
+            Decoders::default().with_analyzers(analyzers),
+        )
     }
 
     /// An empty table decoding with `decoders`.

@@ -257,7 +257,11 @@ fn good_entries_apply_beside_bad_ones() {
         vec![
             ("clovisor_egress_match", "nonsense"),
             ("clovisor_labels", "BAD NS"),
-            ("clovisor_proto_cfg", "=x"),
+            // An inline module is named by its size, never logged.
+            (
+                "clovisor_proto_cfg",
+                "=(inline module, 1 base64 characters)"
+            ),
             ("clovisor_redact_headers", "bad header"),
             ("clovisor_snaplen", "9999"),
         ]
@@ -300,4 +304,29 @@ fn otlp_key_wins_over_legacy_jaeger_keys() {
     assert_eq!(cfg.otlp_endpoint.as_deref(), Some("http://collector:4317"));
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].key, "clovisor_otlp_endpoint");
+}
+
+#[test]
+fn analyzer_values_are_capped_and_never_logged_whole() {
+    let module = "A".repeat(MAX_ANALYZER_VALUE);
+    assert_eq!(
+        parse_proto_entry("Line", &module).map(|(p, v)| (p, v.len())),
+        Ok(("line".to_owned(), MAX_ANALYZER_VALUE)),
+        "a 1 MiB module in base64 fits"
+    );
+    let too_long = "A".repeat(MAX_ANALYZER_VALUE + 1);
+    let err = parse_proto_entry("line", &too_long).expect_err("over the cap");
+    assert!(
+        err.to_string().len() < 200,
+        "the rejection names the size, not the value: {err}"
+    );
+    assert!(parse_proto_entry(&"p".repeat(64), "/x.wasm").is_err());
+    assert!(parse_proto_entry(&"p".repeat(63), "/x.wasm").is_ok());
+    let (cfg, rejected) = build(&Snapshot {
+        proto_cfg: vec![("line".into(), too_long)],
+        ..Snapshot::default()
+    });
+    assert!(cfg.proto_cfg.is_empty());
+    assert_eq!(rejected.len(), 1);
+    assert!(rejected[0].entry.starts_with("line=(inline module, "));
 }

@@ -170,8 +170,14 @@ pub fn now_unix_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The protocol's name as the analytics and the session filters show it (`http1`, …).
+/// The protocol's name as the analytics and the session filters show it (`http1`, …; a user
+/// analyzer's name for its sessions).
 pub fn protocol_name(session: &Session) -> String {
+    if let (Ok(Protocol::Analyzer), Some(a)) =
+        (Protocol::try_from(session.protocol), &session.analyzer)
+    {
+        return a.name.clone();
+    }
     match Protocol::try_from(session.protocol) {
         Ok(p) => {
             let name = p.as_str_name();

@@ -137,6 +137,15 @@ pub struct DatabaseJson {
     pub response_truncated: bool,
 }
 
+/// What a user analyzer found (docs/analyzers.md).
+#[derive(Debug, Serialize)]
+pub struct AnalyzerJson {
+    /// The analyzer's protocol name (also the session's `protocol`).
+    pub name: String,
+    /// The fields it returned for the request and the response, by key.
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
 /// Decoded gRPC fields.
 #[derive(Debug, Serialize)]
 pub struct GrpcJson {
@@ -250,6 +259,9 @@ pub struct SessionJson {
     pub grpc: Option<GrpcJson>,
     /// DNS fields, when decoded.
     pub dns: Option<DnsJson>,
+    /// A user analyzer's fields, for its protocol.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analyzer: Option<AnalyzerJson>,
     /// Byte counts.
     pub bytes: CountersJson,
     /// Packet counts.
@@ -311,6 +323,10 @@ impl From<&CorrelatedSession> for SessionJson {
             Ok(Protocol::Postgresql) => "postgresql".to_owned(),
             Ok(Protocol::Mysql) => "mysql".to_owned(),
             Ok(Protocol::Dns) => "dns".to_owned(),
+            Ok(Protocol::Analyzer) => s
+                .analyzer
+                .as_ref()
+                .map_or_else(|| "analyzer".to_owned(), |a| a.name.clone()),
             _ => "unknown".to_owned(),
         };
         let database = s.database.as_ref().map(|d| DatabaseJson {
@@ -373,6 +389,14 @@ impl From<&CorrelatedSession> for SessionJson {
                 message: opt(&g.message),
             }),
             dns: s.dns.as_ref().map(|d| dns(d, s.incomplete)),
+            analyzer: s.analyzer.as_ref().map(|a| AnalyzerJson {
+                name: a.name.clone(),
+                fields: a
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }),
             bytes: CountersJson {
                 request: bytes.request,
                 response: bytes.response,

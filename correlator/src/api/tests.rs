@@ -189,6 +189,26 @@ async fn database_session_json_shape() {
 }
 
 #[tokio::test]
+async fn analyzer_session_json_shape() {
+    let state =
+        state_with(vec![SessionBuilder::new("line-1")
+            .analyzer("line", &[("command", "FETCH"), ("status", "OK")])]);
+    let (status, s) = get_json(app(state.clone()), "/api/v1/sessions/line-1").await;
+    assert_eq!(status, StatusCode::OK, "body {s}");
+    assert_eq!(s["protocol"], "line", "the analyzer's name: {s}");
+    assert!(s["http"].is_null(), "no HTTP part: {s}");
+    assert_eq!(s["analyzer"]["name"], "line");
+    assert_eq!(s["analyzer"]["fields"]["command"], "FETCH");
+    assert_eq!(s["analyzer"]["fields"]["status"], "OK");
+    let (_, list) = get_json(app(state), "/api/v1/sessions?protocol=line").await;
+    assert_eq!(
+        list["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "filtered by the analyzer's name: {list}"
+    );
+}
+
+#[tokio::test]
 async fn missing_session_is_404_and_health_answers() {
     let state = state_with(vec![]);
     let (status, body) = get_json(app(state.clone()), "/api/v1/sessions/nope").await;

@@ -14,14 +14,16 @@
 //! Only the header values the conventions and Clovisor's historical tags name are copied:
 //! `Host` (as `server.address`/`server.port`), `User-Agent`, `x-request-id` and the Envoy
 //! decorator. Query values under well-known credential keys are replaced by `REDACTED`, and
-//! free-form analyzer attributes never reach a span, because either may carry secrets.
+//! the session's free-form attributes never reach a span, because either may carry secrets. A
+//! user analyzer's fields do ([`analyzer_attributes`]), under `clovisor.analyzer.<name>.`: the
+//! operator chose to load it and its author chose what it returns (docs/analyzers.md).
 
 use std::net::IpAddr;
 
 use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::dns::{class_label, rcode_label, type_label};
 use clovisor_proto::session::v1::{
-    Database, Dns, DnsTransport, Endpoint, Grpc, Http, Observation, Session,
+    Analyzer, Database, Dns, DnsTransport, Endpoint, Grpc, Http, Observation, Session,
 };
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -448,6 +450,21 @@ fn status(attrs: &mut Attributes<'_>, kind: SpanKind, status_code: u32) -> Statu
     }
 }
 
+/// A user analyzer's fields, each as `clovisor.analyzer.<name>.<key>`, in key order.
+fn analyzer_attributes(attrs: &mut Attributes<'_>, a: &Analyzer) {
+    let mut fields: Vec<(&String, &String)> = a.fields.iter().collect();
+    fields.sort_unstable();
+    let mut key = String::with_capacity(64);
+    for (k, v) in fields {
+        key.clear();
+        key.push_str("clovisor.analyzer.");
+        key.push_str(&a.name);
+        key.push('.');
+        key.push_str(k);
+        attrs.str(&key, v);
+    }
+}
+
 /// `rpc.*` of a gRPC call.
 fn grpc_attributes(attrs: &mut Attributes<'_>, g: &Grpc) {
     attrs.str("rpc.system", "grpc");
@@ -592,6 +609,7 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
     let database = session.database.as_ref();
     let grpc = session.grpc.as_ref();
     let dns = session.dns.as_ref();
+    let analyzer = session.analyzer.as_ref();
     match (database, dns, grpc.filter(|g| !g.service.is_empty())) {
         (Some(d), _, _) => wire::bytes(buf, field::NAME, db_span_name(d).as_bytes()),
         (None, Some(d), _) => wire::bytes(buf, field::NAME, dns_span_name(d).as_bytes()),
@@ -601,7 +619,10 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
             field::NAME,
             format!("{}/{}", g.service, g.method).as_bytes(),
         ),
-        (None, None, None) => wire::bytes(buf, field::NAME, span_name(http).as_bytes()),
+        (None, None, None) => {
+            let name = analyzer.map_or_else(|| span_name(http), |a| a.name.as_str());
+            wire::bytes(buf, field::NAME, name.as_bytes())
+        }
     }
     wire::uint(buf, field::KIND, kind as u64);
     if start != 0 {
@@ -612,13 +633,17 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
     }
     let code = {
         let mut attrs = Attributes::new(buf, field::ATTRIBUTES);
-        match (database, dns) {
-            (Some(d), _) => {
+        match (database, dns, analyzer) {
+            (Some(d), _, _) => {
                 db_attributes(&mut attrs, d, session.incomplete);
                 network_attributes(&mut attrs, http, &ends, (&d.system, None));
             }
-            (None, Some(d)) => dns_attributes(&mut attrs, d, session.incomplete, &ends),
-            (None, None) => {
+            (None, Some(d), _) => dns_attributes(&mut attrs, d, session.incomplete, &ends),
+            (None, None, Some(a)) => {
+                analyzer_attributes(&mut attrs, a);
+                network_attributes(&mut attrs, http, &ends, (&a.name, None));
+            }
+            (None, None, None) => {
                 http_attributes(&mut attrs, http, session.incomplete);
                 let version = http_version(&http.version);
                 network_attributes(&mut attrs, http, &ends, ("http", Some(version)));
@@ -693,6 +718,19 @@ mod tests {
             Some(Value::IntValue(v)) => *v,
             other => panic!("attribute {key} should be an int, saw {other:?}"),
         }
+    }
+
+    #[test]
+    fn analyzer_spans_carry_its_fields_under_its_prefix() {
+        let (_, span) = span_of(
+            SessionBuilder::new("l").analyzer("line", &[("command", "FETCH"), ("status", "OK")]),
+        );
+        assert_eq!(span.name, "line");
+        assert_eq!(str_attr(&span, "clovisor.analyzer.line.command"), "FETCH");
+        assert_eq!(str_attr(&span, "clovisor.analyzer.line.status"), "OK");
+        assert_eq!(str_attr(&span, "network.protocol.name"), "line");
+        assert!(attr(&span, "http.request.method").is_none());
+        assert_eq!(span.status.as_ref().map(|s| s.code), Some(0));
     }
 
     #[test]

@@ -172,6 +172,12 @@ pub fn merge(into: &mut Session, add: Session) -> String {
         if add.dns.is_some() {
             into.dns.clone_from(&add.dns);
         }
+        if add.analyzer.is_some() {
+            into.analyzer.clone_from(&add.analyzer);
+        }
+    }
+    if into.analyzer.is_none() {
+        into.analyzer = add.analyzer;
     }
     if into.database.is_none() {
         into.database = add.database;
