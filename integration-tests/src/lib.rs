@@ -12,6 +12,7 @@
 pub mod api;
 pub mod capture;
 pub mod databases;
+pub mod decode;
 pub mod dns;
 pub mod dumpcap;
 pub mod fake_kube;
