@@ -18,6 +18,7 @@ pub mod dumpcap;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod http_client;
+pub mod kafka;
 pub mod tls;
 
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};

@@ -60,4 +60,5 @@ pub mod delivery;
 pub mod dns;
 pub mod hops;
 pub mod inproc;
+pub mod kafka;
 pub mod tls;

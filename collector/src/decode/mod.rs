@@ -23,6 +23,7 @@
 pub mod dns;
 pub mod http1;
 pub mod http2;
+pub mod kafka;
 pub mod mysql;
 pub mod postgresql;
 pub mod redact;
@@ -37,7 +38,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ProtocolHint};
-use clovisor_proto::session::v1::{Database, Dns, Grpc, Http, Protocol, TraceContext};
+use clovisor_proto::session::v1::{Database, Dns, Grpc, Http, Kafka, Protocol, TraceContext};
 
 pub use trace_context::TraceContextError;
 
@@ -206,6 +207,8 @@ pub enum Fields {
     Dns(Dns),
     /// Redis, PostgreSQL, MySQL: the session's `database` part.
     Database(Database),
+    /// Kafka: the session's `kafka` part.
+    Kafka(Kafka),
     /// No typed fields (a protocol known only by its attributes, e.g. a user analyzer's).
     None,
 }
@@ -333,6 +336,8 @@ impl Default for Decoders {
             Arc::new(postgresql::Postgresql),
             Arc::new(mysql::Mysql),
             Arc::new(dns::Dns),
+            // Last: its header check is the loosest of all.
+            Arc::new(kafka::Kafka),
         ])
     }
 }

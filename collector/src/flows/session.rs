@@ -77,12 +77,13 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     } else {
         point.node.clone()
     };
-    let (http, grpc, dns, database) = match ex.fields {
-        Fields::Http(h) => (Some(h), None, None, None),
-        Fields::Grpc { http, grpc } => (Some(http), Some(grpc), None, None),
-        Fields::Dns(d) => (None, None, Some(d), None),
-        Fields::Database(d) => (None, None, None, Some(d)),
-        Fields::None => (None, None, None, None),
+    let (http, grpc, dns, database, kafka) = match ex.fields {
+        Fields::Http(h) => (Some(h), None, None, None, None),
+        Fields::Grpc { http, grpc } => (Some(http), Some(grpc), None, None, None),
+        Fields::Dns(d) => (None, None, Some(d), None, None),
+        Fields::Database(d) => (None, None, None, Some(d), None),
+        Fields::Kafka(k) => (None, None, None, None, Some(k)),
+        Fields::None => (None, None, None, None, None),
     };
     Session {
         id,
@@ -143,6 +144,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
         attributes: ex.attributes,
         database,
         grpc,
+        kafka,
     }
 }
 

@@ -1,6 +1,7 @@
 //! One OpenTelemetry span per session, named and attributed per the HTTP semantic conventions,
-//! the RPC ones for gRPC, the database ones for Redis, PostgreSQL and MySQL sessions, and DNS's
-//! ([`dns_attributes`]) for a DNS session.
+//! the RPC ones for gRPC, the database ones for Redis, PostgreSQL and MySQL sessions, DNS's
+//! ([`dns_attributes`]) for a DNS session, and the messaging ones ([`kafka_attributes`]) for a
+//! Kafka session.
 //!
 //! [`encode_span`] writes the span's protobuf bytes (OTLP `Span`) directly, from one small
 //! function per attribute group: HTTP ([`http_attributes`]) or database ([`db_attributes`],
@@ -20,8 +21,9 @@ use std::net::IpAddr;
 
 use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::dns::{class_label, rcode_label, type_label};
+use clovisor_proto::kafka::{api_label, error_label, messaging_operation};
 use clovisor_proto::session::v1::{
-    Database, Dns, DnsTransport, Endpoint, Grpc, Http, Observation, Session,
+    Database, Dns, DnsTransport, Endpoint, Grpc, Http, Kafka, Observation, Session,
 };
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -283,13 +285,7 @@ fn dns_attributes(attrs: &mut Attributes<'_>, dns: &Dns, incomplete: bool, ends:
             attrs.bool("dns.truncated", true);
         }
     }
-    endpoint_attrs(attrs, ("server.address", "server.port"), ends.server);
-    endpoint_attrs(attrs, ("client.address", "client.port"), ends.client);
-    endpoint_attrs(
-        attrs,
-        ("network.peer.address", "network.peer.port"),
-        ends.other(),
-    );
+    address_attributes(attrs, ends);
     attrs.str("network.protocol.name", "dns");
     if let Some(t) = DnsTransport::try_from(dns.transport)
         .ok()
@@ -308,6 +304,75 @@ fn dns_status(attrs: &mut Attributes<'_>, dns: &Dns, incomplete: bool) -> Status
     }
     attrs.str("error.type", &rcode_label(dns.response_code));
     StatusCode::Error
+}
+
+/// `server.*`, `client.*` and `network.peer.*` from the two ends' addresses (protocols without a
+/// `Host` header to name the server).
+fn address_attributes(attrs: &mut Attributes<'_>, ends: &Ends<'_>) {
+    endpoint_attrs(attrs, ("server.address", "server.port"), ends.server);
+    endpoint_attrs(attrs, ("client.address", "client.port"), ends.client);
+    endpoint_attrs(
+        attrs,
+        ("network.peer.address", "network.peer.port"),
+        ends.other(),
+    );
+}
+
+/// A Kafka span's name, as the messaging conventions name spans: the operation and the topic
+/// (`send orders`, `poll orders`), the operation alone without a topic; an API that is no
+/// messaging operation by its name (`Metadata`, `ApiVersions`). Topic names are chosen by the
+/// application, but bounded by the cluster's topics, as the conventions accept.
+fn kafka_span_name(k: &Kafka) -> String {
+    match messaging_operation(k.api_key) {
+        Some((op, _)) if !k.topic.is_empty() => format!("{op} {}", k.topic),
+        Some((op, _)) => op.to_owned(),
+        None => api_label(k.api_key),
+    }
+}
+
+/// `messaging.*` (OpenTelemetry's messaging and Kafka conventions), Clovisor's own
+/// `clovisor.kafka.*` (the API, its version, the correlation id, the error code) and the network
+/// the exchange went over.
+fn kafka_attributes(attrs: &mut Attributes<'_>, k: &Kafka, ends: &Ends<'_>) {
+    attrs.str("messaging.system", "kafka");
+    if let Some((name, kind)) = messaging_operation(k.api_key) {
+        attrs.str("messaging.operation.name", name);
+        attrs.str("messaging.operation.type", kind);
+    }
+    if !k.topic.is_empty() {
+        attrs.str("messaging.destination.name", &k.topic);
+    }
+    if !k.client_id.is_empty() {
+        attrs.str("messaging.client.id", &k.client_id);
+    }
+    attrs.int("clovisor.kafka.api_key", i64::from(k.api_key));
+    attrs.str("clovisor.kafka.api_name", &api_label(k.api_key));
+    attrs.int("clovisor.kafka.api_version", i64::from(k.api_version));
+    attrs.int("clovisor.kafka.correlation_id", i64::from(k.correlation_id));
+    if let Some(code) = k.error_code {
+        attrs.int("clovisor.kafka.error_code", i64::from(code));
+    }
+    if k.request_truncated {
+        attrs.bool("clovisor.kafka.request_truncated", true);
+    }
+    if k.response_truncated {
+        attrs.bool("clovisor.kafka.response_truncated", true);
+    }
+    address_attributes(attrs, ends);
+    attrs.str("network.protocol.name", "kafka");
+    attrs.str("network.transport", "tcp");
+    network_type(attrs, ends);
+}
+
+/// A Kafka response's status: ERROR for a non-zero error code, with `error.type` its name.
+fn kafka_status(attrs: &mut Attributes<'_>, k: &Kafka) -> StatusCode {
+    match k.error_code {
+        Some(code) if code != 0 => {
+            attrs.str("error.type", &error_label(code));
+            StatusCode::Error
+        }
+        _ => StatusCode::Unset,
+    }
 }
 
 /// `network.type` from the server's (else the client's) address.
@@ -592,6 +657,65 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
     let database = session.database.as_ref();
     let grpc = session.grpc.as_ref();
     let dns = session.dns.as_ref();
+    let kafka = session.kafka.as_ref();
+    if let Some(k) = kafka {
+        wire::bytes(buf, field::NAME, kafka_span_name(k).as_bytes());
+    } else {
+        span_name_of(buf, http, database, dns, grpc);
+    }
+    wire::uint(buf, field::KIND, kind as u64);
+    if start != 0 {
+        wire::fixed64(buf, field::START, start);
+    }
+    if end != 0 {
+        wire::fixed64(buf, field::END, end);
+    }
+    let code = {
+        let mut attrs = Attributes::new(buf, field::ATTRIBUTES);
+        match (kafka, database, dns) {
+            (Some(k), _, _) => kafka_attributes(&mut attrs, k, &ends),
+            (None, Some(d), _) => {
+                db_attributes(&mut attrs, d, session.incomplete);
+                network_attributes(&mut attrs, http, &ends, (&d.system, None));
+            }
+            (None, None, Some(d)) => dns_attributes(&mut attrs, d, session.incomplete, &ends),
+            (None, None, None) => {
+                http_attributes(&mut attrs, http, session.incomplete);
+                let version = http_version(&http.version);
+                network_attributes(&mut attrs, http, &ends, ("http", Some(version)));
+            }
+        }
+        k8s_attributes(&mut attrs, ends.this());
+        clovisor_attributes(&mut attrs, rec, http, &ends);
+        if let Some(g) = grpc {
+            grpc_attributes(&mut attrs, g);
+        }
+        match (kafka, database, dns, grpc.and_then(|g| g.status_code)) {
+            (Some(k), _, _, _) => kafka_status(&mut attrs, k),
+            (None, Some(d), _, _) => db_status(&mut attrs, d),
+            (None, None, Some(d), _) => dns_status(&mut attrs, d, session.incomplete),
+            (None, None, None, Some(code)) => grpc_status(&mut attrs, kind, code),
+            (None, None, None, None) => status(&mut attrs, kind, http.status_code),
+        }
+    };
+    observation_events(buf, session);
+    wire::message(buf, field::STATUS, |buf| {
+        if code != StatusCode::Unset {
+            wire::uint(buf, field::STATUS_CODE, code as u64);
+        }
+    });
+    wire::fixed32(buf, field::FLAGS, span_flags(rec));
+}
+
+/// The name of a span that is not Kafka's: the database operation, the DNS question type, the
+/// gRPC method, else the HTTP method.
+fn span_name_of(
+    buf: &mut Vec<u8>,
+    http: &Http,
+    database: Option<&Database>,
+    dns: Option<&Dns>,
+    grpc: Option<&Grpc>,
+) {
     match (database, dns, grpc.filter(|g| !g.service.is_empty())) {
         (Some(d), _, _) => wire::bytes(buf, field::NAME, db_span_name(d).as_bytes()),
         (None, Some(d), _) => wire::bytes(buf, field::NAME, dns_span_name(d).as_bytes()),
@@ -603,46 +727,6 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
         ),
         (None, None, None) => wire::bytes(buf, field::NAME, span_name(http).as_bytes()),
     }
-    wire::uint(buf, field::KIND, kind as u64);
-    if start != 0 {
-        wire::fixed64(buf, field::START, start);
-    }
-    if end != 0 {
-        wire::fixed64(buf, field::END, end);
-    }
-    let code = {
-        let mut attrs = Attributes::new(buf, field::ATTRIBUTES);
-        match (database, dns) {
-            (Some(d), _) => {
-                db_attributes(&mut attrs, d, session.incomplete);
-                network_attributes(&mut attrs, http, &ends, (&d.system, None));
-            }
-            (None, Some(d)) => dns_attributes(&mut attrs, d, session.incomplete, &ends),
-            (None, None) => {
-                http_attributes(&mut attrs, http, session.incomplete);
-                let version = http_version(&http.version);
-                network_attributes(&mut attrs, http, &ends, ("http", Some(version)));
-            }
-        }
-        k8s_attributes(&mut attrs, ends.this());
-        clovisor_attributes(&mut attrs, rec, http, &ends);
-        if let Some(g) = grpc {
-            grpc_attributes(&mut attrs, g);
-        }
-        match (database, dns, grpc.and_then(|g| g.status_code)) {
-            (Some(d), _, _) => db_status(&mut attrs, d),
-            (None, Some(d), _) => dns_status(&mut attrs, d, session.incomplete),
-            (None, None, Some(code)) => grpc_status(&mut attrs, kind, code),
-            (None, None, None) => status(&mut attrs, kind, http.status_code),
-        }
-    };
-    observation_events(buf, session);
-    wire::message(buf, field::STATUS, |buf| {
-        if code != StatusCode::Unset {
-            wire::uint(buf, field::STATUS_CODE, code as u64);
-        }
-    });
-    wire::fixed32(buf, field::FLAGS, span_flags(rec));
 }
 
 /// The span for `rec`, protobuf-encoded.
@@ -693,6 +777,54 @@ mod tests {
             Some(Value::IntValue(v)) => *v,
             other => panic!("attribute {key} should be an int, saw {other:?}"),
         }
+    }
+
+    #[test]
+    fn kafka_spans_follow_the_messaging_conventions() {
+        let (_, span) = span_of(SessionBuilder::new("k1").kafka(0, |k| {
+            k.api_version = 9;
+            k.correlation_id = 7;
+            k.client_id = "rdkafka".into();
+            k.topic = "orders".into();
+            k.error_code = Some(3);
+        }));
+        assert_eq!(span.name, "send orders");
+        for (key, want) in [
+            ("messaging.system", "kafka"),
+            ("messaging.operation.name", "send"),
+            ("messaging.operation.type", "send"),
+            ("messaging.destination.name", "orders"),
+            ("messaging.client.id", "rdkafka"),
+            ("clovisor.kafka.api_name", "Produce"),
+            ("error.type", "UNKNOWN_TOPIC_OR_PARTITION"),
+            ("network.protocol.name", "kafka"),
+        ] {
+            assert_eq!(str_attr(&span, key), want, "{key}");
+        }
+        assert_eq!(int_attr(&span, "clovisor.kafka.correlation_id"), 7);
+        assert_eq!(int_attr(&span, "clovisor.kafka.error_code"), 3);
+        assert_eq!(
+            span.status.as_ref().map(|s| s.code),
+            Some(StatusCode::Error as i32)
+        );
+        assert!(
+            attr(&span, "http.request.method").is_none(),
+            "no HTTP attributes"
+        );
+
+        let (_, meta) = span_of(SessionBuilder::new("k2").kafka(3, |k| {
+            k.error_code = Some(0);
+        }));
+        assert_eq!(
+            meta.name, "Metadata",
+            "an API that is no messaging operation"
+        );
+        assert!(attr(&meta, "messaging.operation.name").is_none());
+        assert!(attr(&meta, "error.type").is_none());
+        assert_ne!(
+            meta.status.as_ref().map(|s| s.code),
+            Some(StatusCode::Error as i32)
+        );
     }
 
     #[test]
