@@ -53,7 +53,8 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=65_535))]
     snaplen: u32,
     /// Flows open at once at most; beyond, the least recently active end first. With
-    /// `--snaplen`, bounds the memory used (about flows × snaplen), whatever the capture's size.
+    /// `--snaplen`, bounds the memory used (flows × snaplen, up to 9× that while segments arrive
+    /// out of order), whatever the capture's size.
     #[arg(long, default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
     max_flows: u32,

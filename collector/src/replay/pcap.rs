@@ -10,7 +10,8 @@
 //!
 //! Differences kept on purpose (each pinned by a test here): the kernel copies the first
 //! `snaplen` bytes of a message's *first packet*, the replay continues the snippet into the
-//! message's later packets (up to a gap) until it holds `snaplen` bytes; a retransmission moves
+//! message's later packets in sequence order (a segment that overtook another is held until the
+//! gap fills, as TCP reassembly would) until it holds `snaplen` bytes; a retransmission moves
 //! the kernel's end time of the message, not the replay's; after FIN or RST the replay ignores
 //! the connection until a new SYN, where the kernel would start a new flow with any later
 //! payload. `integration-tests/tests/replay_matches_kernel.rs` runs the same traffic through
@@ -473,9 +474,56 @@ struct Pending {
     packets: u32,
     retransmits: u32,
     payload: Vec<u8>,
-    /// Sequence number right after the snippet's last byte: the snippet grows only by a
-    /// segment that reaches it (never across a gap).
+    /// Sequence number right after the snippet's last byte: the snippet grows in sequence
+    /// order, by a segment that reaches it.
     snippet_end: u32,
+    /// Segments of the snippet's window that came before the bytes preceding them (reordered
+    /// on the way): held until the gap fills, at most [`MAX_HELD`] of them.
+    held: Vec<(u32, Vec<u8>)>,
+}
+
+/// Out-of-order pieces held per message at most (each within the snippet's window, so at most
+/// `MAX_HELD` × snaplen bytes per open flow).
+const MAX_HELD: usize = 8;
+
+impl Pending {
+    /// Takes `bytes` at sequence number `seq` into the snippet, in sequence order: what
+    /// continues it is appended (and then whatever held piece the gap closing now reaches), what
+    /// lies beyond a gap but within the first `snaplen` bytes of the message is held.
+    fn absorb(&mut self, seq: u32, bytes: &[u8], snaplen: usize) {
+        if self.payload.len() >= snaplen {
+            self.held.clear();
+            return;
+        }
+        if seq_before(self.snippet_end, seq) {
+            let window_end = self.tcp_seq.wrapping_add(snaplen as u32);
+            if self.held.len() < MAX_HELD && seq_before(seq, window_end) {
+                let keep = (window_end.wrapping_sub(seq) as usize).min(bytes.len());
+                self.held.push((seq, bytes[..keep].to_vec()));
+            }
+            return;
+        }
+        self.extend(seq, bytes, snaplen);
+        // Held pieces the snippet now reaches, in any order they came.
+        while let Some(i) = self
+            .held
+            .iter()
+            .position(|(s, _)| !seq_before(self.snippet_end, *s))
+        {
+            let (s, b) = self.held.swap_remove(i);
+            self.extend(s, &b, snaplen);
+        }
+    }
+
+    /// Appends the part of `bytes` (at `seq`, not after the snippet's end) past the snippet's
+    /// end, up to `snaplen` bytes in all.
+    fn extend(&mut self, seq: u32, bytes: &[u8], snaplen: usize) {
+        let skip = self.snippet_end.wrapping_sub(seq) as usize;
+        let fresh = bytes.get(skip..).unwrap_or_default();
+        let take = fresh.len().min(snaplen.saturating_sub(self.payload.len()));
+        self.payload.extend_from_slice(&fresh[..take]);
+        self.snippet_end = self.snippet_end.wrapping_add(take as u32);
+    }
 }
 
 struct Conn {
@@ -619,6 +667,8 @@ impl<'c> Tracker<'c> {
                 self.stats.retransmits += 1;
                 if let Some(cur) = conn.current.as_mut().filter(|c| c.direction == direction) {
                     cur.retransmits += 1;
+                    // An overtaken segment still fills its place in the snippet.
+                    cur.absorb(seg.seq, seg.payload, snaplen);
                 }
                 return;
             }
@@ -650,6 +700,7 @@ impl<'c> Tracker<'c> {
                 retransmits: 0,
                 payload: seg.payload[..take].to_vec(),
                 snippet_end: seg.seq.wrapping_add(take as u32),
+                held: Vec::new(),
             });
             return;
         }
@@ -659,15 +710,9 @@ impl<'c> Tracker<'c> {
         cur.end = ts;
         cur.bytes += u64::from(new_bytes);
         cur.packets += 1;
-        // The snippet continues with this segment's bytes past its end, unless a gap lies
-        // between them.
-        if cur.payload.len() < snaplen && !seq_before(cur.snippet_end, seg.seq) {
-            let skip = cur.snippet_end.wrapping_sub(seg.seq) as usize;
-            let fresh = seg.payload.get(skip..).unwrap_or_default();
-            let take = fresh.len().min(snaplen - cur.payload.len());
-            cur.payload.extend_from_slice(&fresh[..take]);
-            cur.snippet_end = cur.snippet_end.wrapping_add(take as u32);
-        }
+        // The snippet continues with this segment's bytes past its end; across a gap they wait
+        // for the segment that fills it.
+        cur.absorb(seg.seq, seg.payload, snaplen);
     }
 
     /// Which end of a packet between `src:sport` and `dst:dport` is the server (the traced

@@ -345,3 +345,41 @@ fn a_cut_file_ends_where_it_is_cut_and_a_damaged_one_says_where() {
         "{foreign}"
     );
 }
+
+#[test]
+fn a_segment_overtaken_on_the_way_takes_its_place_in_the_snippet() {
+    let file = pcap(&[
+        (1, tcp(40000, 80, 100, ACK, b"GET /reordered")),
+        // The third segment overtakes the second.
+        (2, tcp(40000, 80, 125, ACK, b"Host: a\r\n\r\n")),
+        (3, tcp(40000, 80, 114, ACK, b" HTTP/1.1\r\n")),
+        (4, tcp(80, 40000, 500, ACK, b"HTTP/1.1 200 OK\r\n\r\n")),
+        (5, tcp(40000, 80, 136, FIN, b"")),
+    ]);
+    let r = replay_bytes(&file, &ReplayConfig::default()).expect("valid pcap");
+    let ms = messages(&r);
+    assert_eq!(
+        ms[0].payload,
+        b"GET /reordered HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+        "the request in sequence order"
+    );
+    assert_eq!(
+        (ms[0].bytes, ms[0].packets, ms[0].retransmits),
+        (36, 2, 1),
+        "counted as the kernel counts: the overtaken segment moved nothing"
+    );
+    let sessions = crate::replay::sessions(r.records);
+    let http = sessions[0].http.as_ref().expect("decoded");
+    assert_eq!(
+        (http.target.as_str(), http.host.as_str()),
+        ("/reordered", "a")
+    );
+
+    // Past the snaplen nothing is held: the snippet ends at the snaplen.
+    let cfg = ReplayConfig {
+        snaplen: 16,
+        ..ReplayConfig::default()
+    };
+    let r = replay_bytes(&file, &cfg).expect("valid pcap");
+    assert_eq!(messages(&r)[0].payload, b"GET /reordered H".to_vec());
+}
