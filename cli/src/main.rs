@@ -1,6 +1,7 @@
 //! `clovisor`: the all-in-one tracer for one Linux host (`all-in-one`), a look at what of ours
 //! is attached to this host's interfaces (`inspect`), and queries of a running correlator's REST
-//! API (`get sessions`, `get services`, `stats`, `clear`; see `remote`).
+//! API (`get sessions`, `get services`, `stats`, `clear`; see `remote`), and the offline decoding
+//! of a capture file (`decode`).
 
 /// mimalloc: the pipeline allocates and frees a record, a batch and a session per message; with
 /// glibc malloc that was over half of the all-in-one process's CPU under load (perf).
@@ -8,6 +9,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod all_in_one;
+mod decode;
 mod inspect;
 mod remote;
 
@@ -37,6 +39,8 @@ enum Command {
     Stats(remote::StatsArgs),
     /// Empty a running correlator's sessions and analytics.
     Clear(remote::ClearArgs),
+    /// Decode a pcap or pcapng capture offline (no root, no BPF): one JSON line per exchange.
+    Decode(decode::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Get(args) => return remote::get(args),
         Command::Stats(args) => return remote::stats(args),
         Command::Clear(args) => return remote::clear(args),
+        Command::Decode(args) => return decode::run(&args),
         Command::Inspect(args) => {
             clovisor_runtime::init_logging(&cli.log);
             inspect::run(&args)

@@ -27,9 +27,15 @@ pub enum Error {
     },
     /// A capture file is not valid pcap/pcapng.
     #[cfg(feature = "replay")]
-    #[error("capture is not valid pcap/pcapng: {detail}")]
+    #[error(
+        "capture is not valid pcap/pcapng at byte {offset} (after {packets} packets): {detail}"
+    )]
     CaptureFormat {
-        /// What the parser reported.
+        /// Where in the file the damage starts.
+        offset: u64,
+        /// Packets read before it.
+        packets: u64,
+        /// What is wrong.
         detail: String,
     },
     /// The session channel closed: nobody consumes decoded sessions any more.

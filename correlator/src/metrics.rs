@@ -111,6 +111,20 @@ pub struct DnsLabels {
     pub workload: String,
 }
 
+/// Labels of the Kafka RED metrics: never a topic or client id (chosen by applications).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KafkaLabels {
+    /// The API's name (`Produce`, `Fetch`, …), `other` outside the named ones.
+    pub api: &'static str,
+    /// The error's name (`NONE`, `UNKNOWN_TOPIC_OR_PARTITION`, …), `other` outside the named
+    /// ones, `unknown` when not read, `incomplete` without a response.
+    pub error: &'static str,
+    /// Server namespace, `unknown` or `other`.
+    pub namespace: String,
+    /// Server workload or pod, `unknown` or `other`.
+    pub workload: String,
+}
+
 /// Question types that get their own `question_type` label value.
 const DNS_LABELLED_TYPES: [u32; 17] = [
     1, 2, 5, 6, 12, 15, 16, 28, 33, 255, 252, 251, 65, 64, 257, 43, 48,
@@ -216,6 +230,8 @@ pub struct Metrics {
     analyzer_duration: Family<AnalyzerLabels, Histogram>,
     /// The analyzer names admitted as label values.
     analyzer_names: Mutex<std::collections::BTreeSet<String>>,
+    kafka_requests: Family<KafkaLabels, Counter>,
+    kafka_duration: Family<KafkaLabels, Histogram>,
     sessions_received: Counter,
     sessions_stored: Counter,
     sessions_evicted: Counter,
@@ -386,6 +402,8 @@ impl Metrics {
             analyzer_names: Mutex::default(),
             dns_requests: Family::default(),
             dns_duration: Family::new_with_constructor(duration_histogram),
+            kafka_requests: Family::default(),
+            kafka_duration: Family::new_with_constructor(duration_histogram),
             sessions_received: Counter::default(),
             sessions_stored: Counter::default(),
             sessions_evicted: Counter::default(),
@@ -456,6 +474,16 @@ impl Metrics {
             "clovisor_dns_request_duration_seconds",
             "DNS query duration from the query to the end of its answer",
             self.dns_duration.clone(),
+        );
+        registry.register(
+            "clovisor_kafka_requests",
+            "Kafka requests observed, by API, error and server",
+            self.kafka_requests.clone(),
+        );
+        registry.register(
+            "clovisor_kafka_request_duration_seconds",
+            "Kafka request duration from the request to the end of its response",
+            self.kafka_duration.clone(),
         );
         registry.register(
             "clovisor_correlator_sessions_received",
@@ -633,9 +661,10 @@ impl Metrics {
             self.observe_flow(s);
             return;
         }
-        let red = match &s.dns {
-            Some(dns) => self.dns_handles(s, dns),
-            None => self.red_handles(s),
+        let red = match (&s.dns, &s.kafka) {
+            (Some(dns), _) => self.dns_handles(s, dns),
+            (None, Some(kafka)) => self.kafka_handles(s, kafka),
+            (None, None) => self.red_handles(s),
         };
         red.requests.inc();
         if let Some(secs) = exchange_seconds(s) {
@@ -792,6 +821,29 @@ impl Metrics {
         RedHandles {
             requests: self.dns_requests.get_or_create(&labels).clone(),
             duration: self.dns_duration.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The Kafka RED series of `s`'s labels, built per exchange as DNS's are.
+    fn kafka_handles(
+        &self,
+        s: &clovisor_proto::session::v1::Session,
+        kafka: &clovisor_proto::session::v1::Kafka,
+    ) -> RedHandles {
+        let (namespace, workload) = self.server_labels(s);
+        let labels = KafkaLabels {
+            api: clovisor_proto::kafka::api_name(kafka.api_key).unwrap_or("other"),
+            error: match kafka.error_code {
+                _ if s.incomplete => "incomplete",
+                Some(code) => clovisor_proto::kafka::error_name(code).unwrap_or("other"),
+                None => "unknown",
+            },
+            namespace,
+            workload,
+        };
+        RedHandles {
+            requests: self.kafka_requests.get_or_create(&labels).clone(),
+            duration: self.kafka_duration.get_or_create(&labels).clone(),
         }
     }
 
@@ -1095,6 +1147,50 @@ mod tests {
         assert!(
             !text.contains("clovisor_http_requests_total{"),
             "database exchanges are not HTTP requests:\n{text}"
+        );
+    }
+
+    #[test]
+    fn kafka_exchanges_count_by_api_and_error_never_by_topic() {
+        let m = Metrics::new();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let kafka = |id: &str, key: u32, error: Option<i32>| {
+            SessionBuilder::new(id)
+                .kafka(key, |k| {
+                    k.topic = "secret-topic".into();
+                    k.client_id = "secret-client".into();
+                    k.error_code = error;
+                })
+                .server_workload("streams", "broker")
+        };
+        observe(&m, kafka("a", 0, Some(0)));
+        observe(&m, kafka("b", 0, Some(0)));
+        observe(&m, kafka("c", 0, Some(3)));
+        observe(&m, kafka("d", 99, Some(4242)));
+        observe(&m, kafka("e", 1, None).incomplete());
+        observe(&m, kafka("f", 12, None));
+        let text = encode(&reg);
+        for want in [
+            r#"clovisor_kafka_requests_total{api="Produce",error="NONE",namespace="streams",workload="broker"} 2"#,
+            r#"clovisor_kafka_requests_total{api="Produce",error="UNKNOWN_TOPIC_OR_PARTITION",namespace="streams",workload="broker"} 1"#,
+            r#"clovisor_kafka_requests_total{api="other",error="other",namespace="streams",workload="broker"} 1"#,
+            r#"clovisor_kafka_requests_total{api="Fetch",error="incomplete",namespace="streams",workload="broker"} 1"#,
+            r#"clovisor_kafka_requests_total{api="Heartbeat",error="unknown",namespace="streams",workload="broker"} 1"#,
+            r#"clovisor_kafka_request_duration_seconds_count{api="Produce",error="NONE",namespace="streams",workload="broker"} 2"#,
+        ] {
+            assert!(
+                text.contains(want),
+                "metrics text lacks {want:?}; got:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("secret"),
+            "topics and client ids are never labels:\n{text}"
+        );
+        assert!(
+            !text.contains("clovisor_http_requests_total{"),
+            "Kafka is not counted as HTTP:\n{text}"
         );
     }
 

@@ -467,6 +467,26 @@ impl SessionBuilder {
         self
     }
 
+    /// Makes it a Kafka exchange of `api_key` on port 9092, `f` filling the Kafka fields.
+    pub fn kafka(
+        mut self,
+        api_key: u32,
+        f: impl FnOnce(&mut clovisor_proto::session::v1::Kafka),
+    ) -> Self {
+        self.session.protocol = Protocol::Kafka as i32;
+        self.session.http = None;
+        if let Some(server) = self.session.server.as_mut() {
+            server.port = 9092;
+        }
+        let mut k = clovisor_proto::session::v1::Kafka {
+            api_key,
+            ..Default::default()
+        };
+        f(&mut k);
+        self.session.kafka = Some(k);
+        self
+    }
+
     /// The session.
     pub fn build(self) -> Session {
         self.session

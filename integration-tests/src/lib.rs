@@ -13,11 +13,13 @@
 pub mod api;
 pub mod capture;
 pub mod databases;
+pub mod decode;
 pub mod dns;
 pub mod dumpcap;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod http_client;
+pub mod kafka;
 pub mod line_proto;
 pub mod tls;
 

@@ -61,4 +61,5 @@ pub mod dns;
 pub mod hops;
 pub mod inproc;
 pub mod join;
+pub mod kafka;
 pub mod tls;

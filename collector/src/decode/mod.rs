@@ -25,6 +25,7 @@ pub mod analyzer;
 pub mod dns;
 pub mod http1;
 pub mod http2;
+pub mod kafka;
 pub mod mysql;
 pub mod postgresql;
 pub mod redact;
@@ -40,7 +41,7 @@ use std::sync::Arc;
 
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ProtocolHint};
 use clovisor_proto::session::v1::{
-    Analyzer as AnalyzerFields, Database, Dns, Grpc, Http, Protocol, TraceContext,
+    Analyzer as AnalyzerFields, Database, Dns, Grpc, Http, Kafka, Protocol, TraceContext,
 };
 
 pub use trace_context::TraceContextError;
@@ -212,6 +213,8 @@ pub enum Fields {
     Database(Database),
     /// A user analyzer's: the session's `analyzer` part.
     Analyzer(AnalyzerFields),
+    /// Kafka: the session's `kafka` part.
+    Kafka(Kafka),
     /// No typed fields (a protocol known only by its attributes, e.g. a user analyzer's).
     None,
 }
@@ -341,6 +344,8 @@ impl Default for Decoders {
             Arc::new(postgresql::Postgresql),
             Arc::new(mysql::Mysql),
             Arc::new(dns::Dns),
+            // Last: its header check is the loosest of all.
+            Arc::new(kafka::Kafka),
         ])
     }
 }

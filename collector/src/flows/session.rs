@@ -77,13 +77,14 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     } else {
         point.node.clone()
     };
-    let (http, grpc, dns, database, analyzer) = match ex.fields {
-        Fields::Http(h) => (Some(h), None, None, None, None),
-        Fields::Grpc { http, grpc } => (Some(http), Some(grpc), None, None, None),
-        Fields::Dns(d) => (None, None, Some(d), None, None),
-        Fields::Database(d) => (None, None, None, Some(d), None),
-        Fields::Analyzer(a) => (None, None, None, None, Some(a)),
-        Fields::None => (None, None, None, None, None),
+    let (http, grpc, dns, database, analyzer, kafka) = match ex.fields {
+        Fields::Http(h) => (Some(h), None, None, None, None, None),
+        Fields::Grpc { http, grpc } => (Some(http), Some(grpc), None, None, None, None),
+        Fields::Dns(d) => (None, None, Some(d), None, None, None),
+        Fields::Database(d) => (None, None, None, Some(d), None, None),
+        Fields::Analyzer(a) => (None, None, None, None, Some(a), None),
+        Fields::Kafka(k) => (None, None, None, None, None, Some(k)),
+        Fields::None => (None, None, None, None, None, None),
     };
     Session {
         id,
@@ -145,6 +146,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
         database,
         grpc,
         analyzer,
+        kafka,
         merged_ids: Vec::new(),
     }
 }

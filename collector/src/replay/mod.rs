@@ -1,27 +1,88 @@
-//! Replaying capture files as probe records.
+//! Replaying capture files as probe records, and decoding them offline (`clovisor decode`).
+//!
+//! [`pcap`] turns a capture's packets into the records a probe would have sent; [`Sessions`]
+//! runs records through the collector's own flow table and decoders, so a capture decodes
+//! exactly as the same traffic traced live does.
 
 pub mod pcap;
 
+use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clovisor_proto::capture::v1::Record;
 use clovisor_proto::session::v1::Session;
 
+use crate::error::Result;
 use crate::flows::{FlowTable, FlowTableConfig};
 use crate::CollectorMetrics;
+use pcap::{ReplayConfig, ReplayStats};
+
+/// The probe id replayed records are ingested under (the first part of a session id).
+pub const PROBE_ID: &str = "replay";
+
+/// A collector's flow table with the default limits and decoders, taking one probe's records in
+/// order and handing on each session as soon as it is made.
+#[derive(Debug)]
+pub struct Sessions {
+    table: FlowTable,
+    metrics: Arc<CollectorMetrics>,
+    out: Vec<Session>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sessions {
+    /// An empty table.
+    pub fn new() -> Self {
+        let metrics = Arc::new(CollectorMetrics::new());
+        Self {
+            table: FlowTable::new(FlowTableConfig::default(), Arc::clone(&metrics)),
+            metrics,
+            out: Vec::new(),
+        }
+    }
+
+    /// Applies `record`, handing `emit` the sessions it finished.
+    pub fn record(&mut self, record: Record, emit: &mut impl FnMut(Session)) {
+        self.table
+            .ingest(PROBE_ID, record, Instant::now(), &mut self.out);
+        for s in self.out.drain(..) {
+            emit(s);
+        }
+    }
+
+    /// The collector's counters (decode errors, unsupported flows, desyncs, drops).
+    pub fn metrics(&self) -> &CollectorMetrics {
+        &self.metrics
+    }
+}
 
 /// The sessions a collector with the default flow table and decoders makes of `records` (one
 /// probe's, in order): what a capture decodes to.
 pub fn sessions(records: Vec<Record>) -> Vec<Session> {
-    let mut table = FlowTable::new(
-        FlowTableConfig::default(),
-        Arc::new(CollectorMetrics::new()),
-    );
+    let mut table = Sessions::new();
     let mut out = Vec::new();
-    let now = Instant::now();
     for r in records {
-        table.ingest("replay", r, now, &mut out);
+        table.record(r, &mut |s| out.push(s));
     }
     out
+}
+
+/// Decodes the capture read from `input` as [`pcap::replay_reader`] reads it, handing `emit`
+/// each session as soon as the capture's packets complete it: memory stays bounded by the
+/// replay's and the flow table's limits, whatever the capture's length. Returns the replay's
+/// counters and the flow table (for its counters).
+pub fn decode_reader<R: Read + Send>(
+    input: R,
+    config: &ReplayConfig,
+    mut emit: impl FnMut(Session),
+) -> Result<(ReplayStats, Sessions)> {
+    let mut table = Sessions::new();
+    let stats = pcap::replay_reader(input, config, |r| table.record(r, &mut emit))?;
+    Ok((stats, table))
 }

@@ -10,7 +10,8 @@
 //!
 //! Differences kept on purpose (each pinned by a test here): the kernel copies the first
 //! `snaplen` bytes of a message's *first packet*, the replay continues the snippet into the
-//! message's later packets (up to a gap) until it holds `snaplen` bytes; a retransmission moves
+//! message's later packets in sequence order (a segment that overtook another is held until the
+//! gap fills, as TCP reassembly would) until it holds `snaplen` bytes; a retransmission moves
 //! the kernel's end time of the message, not the replay's; after FIN or RST the replay ignores
 //! the connection until a new SYN, where the kernel would start a new flow with any later
 //! payload. `integration-tests/tests/replay_matches_kernel.rs` runs the same traffic through
@@ -22,7 +23,8 @@
 //! number, its first `snaplen` bytes); the flow ends as idle after [`ReplayConfig::udp_idle_nanos`]
 //! without a datagram, or at the end of the file.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::io::Read;
 use std::path::Path;
 
 use clovisor_proto::capture::v1::{
@@ -48,6 +50,9 @@ pub struct ReplayConfig {
     pub hint: ProtocolHint,
     /// A UDP flow without a datagram for this long ends (as idle) before the next one.
     pub udp_idle_nanos: u64,
+    /// Flows (TCP connections and UDP address pairs) open at once at most: a new one beyond
+    /// this ends the least recently active ones first (as idle), as the probe's LRU maps do.
+    pub max_flows: usize,
 }
 
 impl Default for ReplayConfig {
@@ -64,6 +69,7 @@ impl Default for ReplayConfig {
             },
             hint: ProtocolHint::Http,
             udp_idle_nanos: 30_000_000_000,
+            max_flows: 65_536,
         }
     }
 }
@@ -79,6 +85,8 @@ pub struct ReplayStats {
     pub udp_datagrams: u64,
     /// Packets that are not IPv4/IPv6 TCP or UDP, or too short to be.
     pub skipped_not_tcp: u64,
+    /// pcapng packets naming an interface the file did not describe (their link type unknown).
+    pub skipped_no_interface: u64,
     /// IP fragments (the probe does not reassemble them either).
     pub skipped_fragments: u64,
     /// TCP segments and UDP datagrams on no traced port.
@@ -87,6 +95,8 @@ pub struct ReplayStats {
     pub retransmits: u64,
     /// Flows (connections with payload, UDP address pairs) seen.
     pub flows: u64,
+    /// Flows ended early to keep at most [`ReplayConfig::max_flows`] open.
+    pub evicted_flows: u64,
     /// The file ended inside a block.
     pub truncated_file: bool,
 }
@@ -100,31 +110,85 @@ pub struct Replay {
     pub stats: ReplayStats,
 }
 
-/// Reads a capture file.
+/// Reads a capture file, holding all its records in memory (tests, benchmarks); see
+/// [`replay_reader`] to stream them.
 pub fn replay_file(path: &Path, config: &ReplayConfig) -> Result<Replay> {
-    let data = std::fs::read(path).map_err(|source| Error::CaptureIo {
+    let file = std::fs::File::open(path).map_err(|source| Error::CaptureIo {
         path: path.to_owned(),
         source,
     })?;
-    replay_bytes(&data, config)
-}
-
-struct Interface {
-    linktype: Linktype,
-    resolution: u64,
-    offset: i64,
+    collect(file, config)
 }
 
 /// Reads a capture held in memory.
 pub fn replay_bytes(data: &[u8], config: &ReplayConfig) -> Result<Replay> {
+    collect(data, config)
+}
+
+fn collect<R: Read + Send>(input: R, config: &ReplayConfig) -> Result<Replay> {
+    let mut records = Vec::new();
+    let stats = replay_reader(input, config, |r| records.push(r))?;
+    Ok(Replay { records, stats })
+}
+
+/// The read buffer: a block must fit in it, so it grows (up to [`MAX_BLOCK_BYTES`]) for a block
+/// that does not.
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// The largest block read: pcapng allows any size, writers keep packets far below this
+/// (dumpcap's snaplen is 256 KiB), and the buffer never holds more.
+pub const MAX_BLOCK_BYTES: usize = 16 << 20;
+
+struct Interface {
+    linktype: Linktype,
+    /// Timestamp units per second (never 0).
+    resolution: u64,
+    /// Seconds added to every timestamp.
+    offset: i64,
+}
+
+impl Interface {
+    /// A packet's time in Unix nanoseconds, from the block's 64-bit count of `resolution` units
+    /// (computed here, checked: the file says what the resolution and offset are).
+    fn unix_nanos(&self, high: u32, low: u32) -> u64 {
+        let units = (u128::from(high) << 32) | u128::from(low);
+        let resolution = u128::from(self.resolution);
+        let nanos =
+            units / resolution * 1_000_000_000 + units % resolution * 1_000_000_000 / resolution;
+        let offset = i128::from(self.offset) * 1_000_000_000;
+        u64::try_from((nanos as i128).saturating_add(offset).max(0)).unwrap_or(u64::MAX)
+    }
+}
+
+/// Reads a capture from `input` block by block and hands `sink` each record as soon as the
+/// packets make it, in the order a probe would have sent them. Memory stays bounded by the read
+/// buffer and [`ReplayConfig::max_flows`], whatever the capture's length.
+///
+/// A capture whose end is cut (a writer killed mid-block) ends where it is cut, noted in
+/// [`ReplayStats::truncated_file`]; a damaged block is an [`Error::CaptureFormat`] saying where,
+/// after the records of the packets before it were handed to `sink`.
+pub fn replay_reader<R: Read + Send>(
+    input: R,
+    config: &ReplayConfig,
+    mut sink: impl FnMut(Record),
+) -> Result<ReplayStats> {
     let mut reader =
-        pcap_parser::create_reader(1 << 20, data).map_err(|e| Error::CaptureFormat {
-            detail: format!("{e:?}"),
+        pcap_parser::create_reader(READ_BUFFER_BYTES, input).map_err(|e| Error::CaptureFormat {
+            offset: 0,
+            packets: 0,
+            detail: describe(&e),
         })?;
     let mut state = Tracker::new(config);
     let mut interfaces: Vec<Interface> = Vec::new();
     let mut legacy: Option<(Linktype, bool)> = None;
-    loop {
+    let mut buffer = READ_BUFFER_BYTES;
+    let damage = loop {
+        let at = reader.consumed();
+        let damaged = |detail: String, stats: &ReplayStats| Error::CaptureFormat {
+            offset: at as u64,
+            packets: stats.packets,
+            detail,
+        };
         match reader.next() {
             Ok((offset, block)) => {
                 match block {
@@ -139,7 +203,7 @@ pub fn replay_bytes(data: &[u8], config: &ReplayConfig) -> Result<Replay> {
                             u64::from(b.ts_usec) * 1_000
                         };
                         let ts = u64::from(b.ts_sec) * 1_000_000_000 + frac;
-                        state.packet(lt, ts, b.data)?;
+                        state.packet(lt, ts, b.data);
                     }
                     PcapBlockOwned::NG(Block::SectionHeader(_)) => interfaces.clear(),
                     PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
@@ -150,48 +214,83 @@ pub fn replay_bytes(data: &[u8], config: &ReplayConfig) -> Result<Replay> {
                         });
                     }
                     PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
-                        let Some(ifc) = usize::try_from(epb.if_id)
+                        match usize::try_from(epb.if_id)
                             .ok()
                             .and_then(|i| interfaces.get(i))
-                        else {
-                            state.stats.skipped_not_tcp += 1;
-                            reader.consume(offset);
-                            continue;
-                        };
-                        let (secs, frac) = epb.decode_ts(ifc.offset.max(0) as u64, ifc.resolution);
-                        let nanos = u128::from(frac) * 1_000_000_000 / u128::from(ifc.resolution);
-                        let ts = u64::from(secs) * 1_000_000_000 + nanos as u64;
-                        state.packet(ifc.linktype, ts, epb.packet_data())?;
+                        {
+                            Some(ifc) => {
+                                let ts = ifc.unix_nanos(epb.ts_high, epb.ts_low);
+                                state.packet(ifc.linktype, ts, epb.packet_data());
+                            }
+                            None => {
+                                state.stats.packets += 1;
+                                state.stats.skipped_no_interface += 1;
+                            }
+                        }
                     }
                     PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
                         let lt = interfaces
                             .first()
                             .map(|i| i.linktype)
                             .unwrap_or(Linktype::ETHERNET);
-                        state.packet(lt, 0, spb.packet_data())?;
+                        state.packet(lt, 0, spb.packet_data());
                     }
                     PcapBlockOwned::NG(_) => {}
                 }
                 reader.consume(offset);
+                state.drain(&mut sink);
             }
-            Err(PcapError::Eof) => break,
+            Err(PcapError::Eof) => break None,
+            Err(PcapError::UnexpectedEof) => {
+                state.stats.truncated_file = true;
+                break None;
+            }
             Err(PcapError::Incomplete(_)) => {
                 if reader.reader_exhausted() {
                     state.stats.truncated_file = true;
-                    break;
+                    break None;
                 }
-                reader.refill().map_err(|e| Error::CaptureFormat {
-                    detail: format!("{e:?}"),
-                })?;
+                if let Err(e) = reader.refill() {
+                    break Some(damaged(describe(&e), &state.stats));
+                }
             }
-            Err(e) => {
-                return Err(Error::CaptureFormat {
-                    detail: format!("{e:?}"),
-                })
+            Err(PcapError::BufferTooSmall) => {
+                if buffer >= MAX_BLOCK_BYTES || !reader.grow(buffer * 2) {
+                    break Some(damaged(
+                        format!("a block larger than {MAX_BLOCK_BYTES} bytes"),
+                        &state.stats,
+                    ));
+                }
+                buffer *= 2;
+                if let Err(e) = reader.refill() {
+                    break Some(damaged(describe(&e), &state.stats));
+                }
             }
+            Err(e) => break Some(damaged(describe(&e), &state.stats)),
+        }
+    };
+    // What the packets before any damage made is handed on, their flows ended.
+    state.finish();
+    state.drain(&mut sink);
+    match damage {
+        Some(e) => Err(e),
+        None => Ok(state.stats),
+    }
+}
+
+/// What is wrong with a capture, in words (never the bytes the parser holds).
+fn describe<I>(e: &PcapError<I>) -> String {
+    match e {
+        PcapError::Eof | PcapError::Incomplete(_) | PcapError::UnexpectedEof => {
+            "the file is empty or ends inside its header".to_owned()
+        }
+        PcapError::HeaderNotRecognized => "no pcap or pcapng header: not a capture file".to_owned(),
+        PcapError::ReadError => "the file could not be read".to_owned(),
+        PcapError::BufferTooSmall => format!("a block larger than {MAX_BLOCK_BYTES} bytes"),
+        PcapError::NomError(_, kind) | PcapError::OwnedNomError(_, kind) => {
+            format!("a malformed block ({})", kind.description())
         }
     }
-    Ok(state.finish())
 }
 
 /// A TCP segment's addressing and flags.
@@ -375,14 +474,63 @@ struct Pending {
     packets: u32,
     retransmits: u32,
     payload: Vec<u8>,
-    /// Sequence number right after the snippet's last byte: the snippet grows only by a
-    /// segment that reaches it (never across a gap).
+    /// Sequence number right after the snippet's last byte: the snippet grows in sequence
+    /// order, by a segment that reaches it.
     snippet_end: u32,
+    /// Segments of the snippet's window that came before the bytes preceding them (reordered
+    /// on the way): held until the gap fills, at most [`MAX_HELD`] of them.
+    held: Vec<(u32, Vec<u8>)>,
+}
+
+/// Out-of-order pieces held per message at most (each within the snippet's window, so at most
+/// `MAX_HELD` × snaplen bytes per open flow).
+const MAX_HELD: usize = 8;
+
+impl Pending {
+    /// Takes `bytes` at sequence number `seq` into the snippet, in sequence order: what
+    /// continues it is appended (and then whatever held piece the gap closing now reaches), what
+    /// lies beyond a gap but within the first `snaplen` bytes of the message is held.
+    fn absorb(&mut self, seq: u32, bytes: &[u8], snaplen: usize) {
+        if self.payload.len() >= snaplen {
+            self.held.clear();
+            return;
+        }
+        if seq_before(self.snippet_end, seq) {
+            let window_end = self.tcp_seq.wrapping_add(snaplen as u32);
+            if self.held.len() < MAX_HELD && seq_before(seq, window_end) {
+                let keep = (window_end.wrapping_sub(seq) as usize).min(bytes.len());
+                self.held.push((seq, bytes[..keep].to_vec()));
+            }
+            return;
+        }
+        self.extend(seq, bytes, snaplen);
+        // Held pieces the snippet now reaches, in any order they came.
+        while let Some(i) = self
+            .held
+            .iter()
+            .position(|(s, _)| !seq_before(self.snippet_end, *s))
+        {
+            let (s, b) = self.held.swap_remove(i);
+            self.extend(s, &b, snaplen);
+        }
+    }
+
+    /// Appends the part of `bytes` (at `seq`, not after the snippet's end) past the snippet's
+    /// end, up to `snaplen` bytes in all.
+    fn extend(&mut self, seq: u32, bytes: &[u8], snaplen: usize) {
+        let skip = self.snippet_end.wrapping_sub(seq) as usize;
+        let fresh = bytes.get(skip..).unwrap_or_default();
+        let take = fresh.len().min(snaplen.saturating_sub(self.payload.len()));
+        self.payload.extend_from_slice(&fresh[..take]);
+        self.snippet_end = self.snippet_end.wrapping_add(take as u32);
+    }
 }
 
 struct Conn {
     flow_id: u64,
     index: u32,
+    /// Time of its last segment with payload.
+    last: u64,
     current: Option<Pending>,
     /// Highest sequence number seen per direction (client->server, server->client).
     next_seq: [Option<u32>; 2],
@@ -399,8 +547,14 @@ struct Tracker<'c> {
     config: &'c ReplayConfig,
     conns: HashMap<ConnKey, Conn>,
     udp: HashMap<ConnKey, UdpFlow>,
+    /// Connections ended by FIN or RST whose later segments are ignored (until a new SYN), at
+    /// most [`ReplayConfig::max_flows`], the longest closed forgotten first.
     closed: HashSet<ConnKey>,
+    closed_order: VecDeque<ConnKey>,
+    /// Capture time UDP flows were last checked for idleness.
+    udp_swept: u64,
     next_flow_id: u64,
+    /// Records made by the last packet, not yet handed on ([`Tracker::drain`]).
     records: Vec<Record>,
     stats: ReplayStats,
 }
@@ -417,40 +571,52 @@ impl<'c> Tracker<'c> {
             conns: HashMap::new(),
             udp: HashMap::new(),
             closed: HashSet::new(),
+            closed_order: VecDeque::new(),
+            udp_swept: 0,
             next_flow_id: 1,
             records: Vec::new(),
             stats: ReplayStats::default(),
         }
     }
 
-    fn packet(&mut self, lt: Linktype, ts: u64, data: &[u8]) -> Result<()> {
+    /// Hands the records made so far to `sink`.
+    fn drain(&mut self, sink: &mut impl FnMut(Record)) {
+        for r in self.records.drain(..) {
+            sink(r);
+        }
+    }
+
+    fn packet(&mut self, lt: Linktype, ts: u64, data: &[u8]) {
         self.stats.packets += 1;
+        self.sweep_udp(ts);
         let seg = match parse(lt, data) {
             Parsed::Tcp(s) => s,
             Parsed::Udp(d) => {
                 self.datagram(ts, &d);
-                return Ok(());
+                return;
             }
             Parsed::Fragment => {
                 self.stats.skipped_fragments += 1;
-                return Ok(());
+                return;
             }
             Parsed::Other => {
                 self.stats.skipped_not_tcp += 1;
-                return Ok(());
+                return;
             }
         };
         let Some((key, direction)) = self.orient((&seg.src, seg.sport), (&seg.dst, seg.dport))
         else {
             self.stats.skipped_untraced += 1;
-            return Ok(());
+            return;
         };
         self.stats.tcp_segments += 1;
         if seg.syn {
             // A new connection may reuse the 4-tuple of a closed one.
-            self.closed.remove(&key);
+            if self.closed.remove(&key) {
+                self.closed_order.retain(|k| k != &key);
+            }
         } else if self.closed.contains(&key) {
-            return Ok(());
+            return;
         }
         if !seg.payload.is_empty() {
             self.data(&key, direction, ts, &seg);
@@ -463,18 +629,19 @@ impl<'c> Tracker<'c> {
             };
             self.end(&key, reason, ts);
         }
-        Ok(())
     }
 
     fn data(&mut self, key: &ConnKey, direction: Direction, ts: u64, seg: &Segment<'_>) {
         let snaplen = self.config.snaplen as usize;
         if !self.conns.contains_key(key) {
+            self.make_room();
             self.stats.flows += 1;
             self.conns.insert(
                 key.clone(),
                 Conn {
                     flow_id: self.next_flow_id,
                     index: 0,
+                    last: ts,
                     current: None,
                     next_seq: [None, None],
                 },
@@ -484,6 +651,7 @@ impl<'c> Tracker<'c> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        conn.last = ts;
         let d = usize::from(direction == Direction::ServerToClient);
         let len = seg.payload.len() as u32;
         let end = seg.seq.wrapping_add(len);
@@ -499,6 +667,8 @@ impl<'c> Tracker<'c> {
                 self.stats.retransmits += 1;
                 if let Some(cur) = conn.current.as_mut().filter(|c| c.direction == direction) {
                     cur.retransmits += 1;
+                    // An overtaken segment still fills its place in the snippet.
+                    cur.absorb(seg.seq, seg.payload, snaplen);
                 }
                 return;
             }
@@ -530,6 +700,7 @@ impl<'c> Tracker<'c> {
                 retransmits: 0,
                 payload: seg.payload[..take].to_vec(),
                 snippet_end: seg.seq.wrapping_add(take as u32),
+                held: Vec::new(),
             });
             return;
         }
@@ -539,15 +710,9 @@ impl<'c> Tracker<'c> {
         cur.end = ts;
         cur.bytes += u64::from(new_bytes);
         cur.packets += 1;
-        // The snippet continues with this segment's bytes past its end, unless a gap lies
-        // between them.
-        if cur.payload.len() < snaplen && !seq_before(cur.snippet_end, seg.seq) {
-            let skip = cur.snippet_end.wrapping_sub(seg.seq) as usize;
-            let fresh = seg.payload.get(skip..).unwrap_or_default();
-            let take = fresh.len().min(snaplen - cur.payload.len());
-            cur.payload.extend_from_slice(&fresh[..take]);
-            cur.snippet_end = cur.snippet_end.wrapping_add(take as u32);
-        }
+        // The snippet continues with this segment's bytes past its end; across a gap they wait
+        // for the segment that fills it.
+        cur.absorb(seg.seq, seg.payload, snaplen);
     }
 
     /// Which end of a packet between `src:sport` and `dst:dport` is the server (the traced
@@ -590,6 +755,7 @@ impl<'c> Tracker<'c> {
             self.end_udp(&key);
         }
         if !self.udp.contains_key(&key) {
+            self.make_room();
             self.stats.flows += 1;
             let flow_id = self.next_flow_id;
             self.next_flow_id += 1;
@@ -678,10 +844,69 @@ impl<'c> Tracker<'c> {
                 total_retransmits: 0,
             })),
         });
-        self.closed.insert(key.clone());
+        // A flow ended as idle (evicted, or the capture's end) may still send: the probe starts
+        // a new flow with its next payload, and so does the replay.
+        if reason != FlowEndReason::Idle && self.closed.insert(key.clone()) {
+            self.closed_order.push_back(key.clone());
+        }
+        while self.closed_order.len() > self.config.max_flows {
+            if let Some(k) = self.closed_order.pop_front() {
+                self.closed.remove(&k);
+            }
+        }
     }
 
-    fn finish(mut self) -> Replay {
+    /// Ends the UDP flows idle at `ts`, at most once per idle time of capture time (flows are
+    /// otherwise only ended by their next datagram: a capture of many short-lived flows would
+    /// hold them all).
+    fn sweep_udp(&mut self, ts: u64) {
+        let idle = self.config.udp_idle_nanos;
+        if ts.saturating_sub(self.udp_swept) <= idle {
+            return;
+        }
+        self.udp_swept = ts;
+        let mut done: Vec<(u64, ConnKey)> = self
+            .udp
+            .iter()
+            .filter(|(_, f)| ts.saturating_sub(f.last) > idle)
+            .map(|(k, f)| (f.flow_id, k.clone()))
+            .collect();
+        done.sort_by_key(|(id, _)| *id);
+        for (_, key) in done {
+            self.end_udp(&key);
+        }
+    }
+
+    /// Before a new flow: when [`ReplayConfig::max_flows`] are open, ends the least recently
+    /// active eighth of them (at least one), as idle.
+    fn make_room(&mut self) {
+        let open = self.conns.len() + self.udp.len();
+        if open < self.config.max_flows.max(1) {
+            return;
+        }
+        let mut by_age: Vec<(u64, u64, ConnKey, bool)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (c.last, c.flow_id, k.clone(), true))
+            .chain(
+                self.udp
+                    .iter()
+                    .map(|(k, f)| (f.last, f.flow_id, k.clone(), false)),
+            )
+            .collect();
+        by_age.sort_by_key(|(last, id, _, _)| (*last, *id));
+        for (last, _, key, tcp) in by_age.into_iter().take((open / 8).max(1)) {
+            self.stats.evicted_flows += 1;
+            if tcp {
+                self.end(&key, FlowEndReason::Idle, last);
+            } else {
+                self.end_udp(&key);
+            }
+        }
+    }
+
+    /// Ends every flow still open (the capture is over).
+    fn finish(&mut self) {
         let mut open: Vec<(ConnKey, u64, u64)> = self
             .conns
             .iter()
@@ -702,10 +927,6 @@ impl<'c> Tracker<'c> {
         udp.sort_by_key(|(_, id)| *id);
         for (key, _) in udp {
             self.end_udp(&key);
-        }
-        Replay {
-            records: self.records,
-            stats: self.stats,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The JSON shape of a session in the REST API.
 
 use clovisor_proto::dns::{class_label, rcode_label, type_label};
+use clovisor_proto::kafka::{api_label, error_label};
 use clovisor_proto::session::v1::{
-    Dns, DnsTransport, Endpoint, Observation, Protocol, TraceFormat,
+    Dns, DnsTransport, Endpoint, Kafka, Observation, Protocol, TraceFormat,
 };
 use serde::Serialize;
 use time::format_description::FormatItem;
@@ -207,6 +208,49 @@ fn dns(d: &Dns, incomplete: bool) -> DnsJson {
     }
 }
 
+/// Decoded Kafka fields.
+#[derive(Debug, Serialize)]
+pub struct KafkaJson {
+    /// The request's API key (0 Produce, 1 Fetch, 3 Metadata, …).
+    pub api_key: u32,
+    /// Its name (`Produce`, …, or `ApiKey<n>`).
+    pub api_name: String,
+    /// The request's version of the API.
+    pub api_version: u32,
+    /// Pairs the request with its response.
+    pub correlation_id: i32,
+    /// The client's `client.id`.
+    pub client_id: Option<String>,
+    /// Produce, Fetch, Metadata: the first topic named.
+    pub topic: Option<String>,
+    /// How many topics the request names, when read.
+    pub topic_count: Option<u32>,
+    /// The response's error code; `None` when not seen or not read for this API.
+    pub error_code: Option<i32>,
+    /// Its name (`NONE`, `UNKNOWN_TOPIC_OR_PARTITION`, …, or `ERROR<n>`).
+    pub error_name: Option<String>,
+    /// The request was cut at the capture limit before its topic.
+    pub request_truncated: bool,
+    /// The response was cut at the capture limit before its error code.
+    pub response_truncated: bool,
+}
+
+fn kafka(k: &Kafka) -> KafkaJson {
+    KafkaJson {
+        api_key: k.api_key,
+        api_name: api_label(k.api_key),
+        api_version: k.api_version,
+        correlation_id: k.correlation_id,
+        client_id: opt(&k.client_id),
+        topic: opt(&k.topic),
+        topic_count: k.topic_count,
+        error_code: k.error_code,
+        error_name: k.error_code.map(error_label),
+        request_truncated: k.request_truncated,
+        response_truncated: k.response_truncated,
+    }
+}
+
 /// A request/response pair of counters.
 #[derive(Debug, Serialize)]
 pub struct CountersJson {
@@ -262,6 +306,9 @@ pub struct SessionJson {
     /// A user analyzer's fields, for its protocol.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub analyzer: Option<AnalyzerJson>,
+    /// Kafka fields, when decoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaJson>,
     /// Byte counts.
     pub bytes: CountersJson,
     /// Packet counts.
@@ -327,6 +374,7 @@ impl From<&CorrelatedSession> for SessionJson {
                 .analyzer
                 .as_ref()
                 .map_or_else(|| "analyzer".to_owned(), |a| a.name.clone()),
+            Ok(Protocol::Kafka) => "kafka".to_owned(),
             _ => "unknown".to_owned(),
         };
         let database = s.database.as_ref().map(|d| DatabaseJson {
@@ -397,6 +445,7 @@ impl From<&CorrelatedSession> for SessionJson {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             }),
+            kafka: s.kafka.as_ref().map(kafka),
             bytes: CountersJson {
                 request: bytes.request,
                 response: bytes.response,

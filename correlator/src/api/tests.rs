@@ -524,3 +524,40 @@ async fn delete_clears_the_store_and_the_analytics() {
         "totals since the start stay"
     );
 }
+
+#[tokio::test]
+async fn kafka_session_json_shape() {
+    let app = app(state_with(vec![SessionBuilder::new("k").kafka(19, |k| {
+        k.api_version = 3;
+        k.correlation_id = 4;
+        k.client_id = "clv-admin".into();
+        k.topic = "orders".into();
+        k.topic_count = Some(1);
+        k.error_code = Some(36);
+    })]));
+    let (status, s) = get_json(app, "/api/v1/sessions/k").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s["protocol"], "kafka");
+    let k = &s["kafka"];
+    assert_eq!(
+        (
+            &k["api_key"],
+            &k["api_name"],
+            &k["api_version"],
+            &k["correlation_id"]
+        ),
+        (
+            &Value::from(19),
+            &Value::from("CreateTopics"),
+            &Value::from(3),
+            &Value::from(4)
+        ),
+        "{s:#}"
+    );
+    assert_eq!(k["client_id"], "clv-admin");
+    assert_eq!(k["topic"], "orders");
+    assert_eq!(k["topic_count"], 1);
+    assert_eq!(k["error_code"], 36);
+    assert_eq!(k["error_name"], "TOPIC_ALREADY_EXISTS");
+    assert!(s["http"].is_null() && s.get("database").is_none(), "{s:#}");
+}

@@ -1,6 +1,7 @@
 //! One OpenTelemetry span per session, named and attributed per the HTTP semantic conventions,
-//! the RPC ones for gRPC, the database ones for Redis, PostgreSQL and MySQL sessions, and DNS's
-//! ([`dns_attributes`]) for a DNS session.
+//! the RPC ones for gRPC, the database ones for Redis, PostgreSQL and MySQL sessions, DNS's
+//! ([`dns_attributes`]) for a DNS session, and the messaging ones ([`kafka_attributes`]) for a
+//! Kafka session.
 //!
 //! [`encode_span`] writes the span's protobuf bytes (OTLP `Span`) directly, from one small
 //! function per attribute group: HTTP ([`http_attributes`]) or database ([`db_attributes`],
@@ -22,8 +23,9 @@ use std::net::IpAddr;
 
 use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::dns::{class_label, rcode_label, type_label};
+use clovisor_proto::kafka::{api_label, error_label, messaging_operation};
 use clovisor_proto::session::v1::{
-    Analyzer, Database, Dns, DnsTransport, Endpoint, Grpc, Http, Observation, Session,
+    Analyzer, Database, Dns, DnsTransport, Endpoint, Grpc, Http, Kafka, Observation, Session,
 };
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -285,13 +287,7 @@ fn dns_attributes(attrs: &mut Attributes<'_>, dns: &Dns, incomplete: bool, ends:
             attrs.bool("dns.truncated", true);
         }
     }
-    endpoint_attrs(attrs, ("server.address", "server.port"), ends.server);
-    endpoint_attrs(attrs, ("client.address", "client.port"), ends.client);
-    endpoint_attrs(
-        attrs,
-        ("network.peer.address", "network.peer.port"),
-        ends.other(),
-    );
+    address_attributes(attrs, ends);
     attrs.str("network.protocol.name", "dns");
     if let Some(t) = DnsTransport::try_from(dns.transport)
         .ok()
@@ -310,6 +306,75 @@ fn dns_status(attrs: &mut Attributes<'_>, dns: &Dns, incomplete: bool) -> Status
     }
     attrs.str("error.type", &rcode_label(dns.response_code));
     StatusCode::Error
+}
+
+/// `server.*`, `client.*` and `network.peer.*` from the two ends' addresses (protocols without a
+/// `Host` header to name the server).
+fn address_attributes(attrs: &mut Attributes<'_>, ends: &Ends<'_>) {
+    endpoint_attrs(attrs, ("server.address", "server.port"), ends.server);
+    endpoint_attrs(attrs, ("client.address", "client.port"), ends.client);
+    endpoint_attrs(
+        attrs,
+        ("network.peer.address", "network.peer.port"),
+        ends.other(),
+    );
+}
+
+/// A Kafka span's name, as the messaging conventions name spans: the operation and the topic
+/// (`send orders`, `poll orders`), the operation alone without a topic; an API that is no
+/// messaging operation by its name (`Metadata`, `ApiVersions`). Topic names are chosen by the
+/// application, but bounded by the cluster's topics, as the conventions accept.
+fn kafka_span_name(k: &Kafka) -> String {
+    match messaging_operation(k.api_key) {
+        Some((op, _)) if !k.topic.is_empty() => format!("{op} {}", k.topic),
+        Some((op, _)) => op.to_owned(),
+        None => api_label(k.api_key),
+    }
+}
+
+/// `messaging.*` (OpenTelemetry's messaging and Kafka conventions), Clovisor's own
+/// `clovisor.kafka.*` (the API, its version, the correlation id, the error code) and the network
+/// the exchange went over.
+fn kafka_attributes(attrs: &mut Attributes<'_>, k: &Kafka, ends: &Ends<'_>) {
+    attrs.str("messaging.system", "kafka");
+    if let Some((name, kind)) = messaging_operation(k.api_key) {
+        attrs.str("messaging.operation.name", name);
+        attrs.str("messaging.operation.type", kind);
+    }
+    if !k.topic.is_empty() {
+        attrs.str("messaging.destination.name", &k.topic);
+    }
+    if !k.client_id.is_empty() {
+        attrs.str("messaging.client.id", &k.client_id);
+    }
+    attrs.int("clovisor.kafka.api_key", i64::from(k.api_key));
+    attrs.str("clovisor.kafka.api_name", &api_label(k.api_key));
+    attrs.int("clovisor.kafka.api_version", i64::from(k.api_version));
+    attrs.int("clovisor.kafka.correlation_id", i64::from(k.correlation_id));
+    if let Some(code) = k.error_code {
+        attrs.int("clovisor.kafka.error_code", i64::from(code));
+    }
+    if k.request_truncated {
+        attrs.bool("clovisor.kafka.request_truncated", true);
+    }
+    if k.response_truncated {
+        attrs.bool("clovisor.kafka.response_truncated", true);
+    }
+    address_attributes(attrs, ends);
+    attrs.str("network.protocol.name", "kafka");
+    attrs.str("network.transport", "tcp");
+    network_type(attrs, ends);
+}
+
+/// A Kafka response's status: ERROR for a non-zero error code, with `error.type` its name.
+fn kafka_status(attrs: &mut Attributes<'_>, k: &Kafka) -> StatusCode {
+    match k.error_code {
+        Some(code) if code != 0 => {
+            attrs.str("error.type", &error_label(code));
+            StatusCode::Error
+        }
+        _ => StatusCode::Unset,
+    }
 }
 
 /// `network.type` from the server's (else the client's) address.
@@ -610,6 +675,70 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
     let grpc = session.grpc.as_ref();
     let dns = session.dns.as_ref();
     let analyzer = session.analyzer.as_ref();
+    let kafka = session.kafka.as_ref();
+    if let Some(k) = kafka {
+        wire::bytes(buf, field::NAME, kafka_span_name(k).as_bytes());
+    } else {
+        span_name_of(buf, http, database, dns, grpc, analyzer);
+    }
+    wire::uint(buf, field::KIND, kind as u64);
+    if start != 0 {
+        wire::fixed64(buf, field::START, start);
+    }
+    if end != 0 {
+        wire::fixed64(buf, field::END, end);
+    }
+    let code = {
+        let mut attrs = Attributes::new(buf, field::ATTRIBUTES);
+        match (kafka, database, dns, analyzer) {
+            (Some(k), _, _, _) => kafka_attributes(&mut attrs, k, &ends),
+            (None, Some(d), _, _) => {
+                db_attributes(&mut attrs, d, session.incomplete);
+                network_attributes(&mut attrs, http, &ends, (&d.system, None));
+            }
+            (None, None, Some(d), _) => dns_attributes(&mut attrs, d, session.incomplete, &ends),
+            (None, None, None, Some(a)) => {
+                analyzer_attributes(&mut attrs, a);
+                network_attributes(&mut attrs, http, &ends, (&a.name, None));
+            }
+            (None, None, None, None) => {
+                http_attributes(&mut attrs, http, session.incomplete);
+                let version = http_version(&http.version);
+                network_attributes(&mut attrs, http, &ends, ("http", Some(version)));
+            }
+        }
+        k8s_attributes(&mut attrs, ends.this());
+        clovisor_attributes(&mut attrs, rec, http, &ends);
+        if let Some(g) = grpc {
+            grpc_attributes(&mut attrs, g);
+        }
+        match (kafka, database, dns, grpc.and_then(|g| g.status_code)) {
+            (Some(k), _, _, _) => kafka_status(&mut attrs, k),
+            (None, Some(d), _, _) => db_status(&mut attrs, d),
+            (None, None, Some(d), _) => dns_status(&mut attrs, d, session.incomplete),
+            (None, None, None, Some(code)) => grpc_status(&mut attrs, kind, code),
+            (None, None, None, None) => status(&mut attrs, kind, http.status_code),
+        }
+    };
+    observation_events(buf, session);
+    wire::message(buf, field::STATUS, |buf| {
+        if code != StatusCode::Unset {
+            wire::uint(buf, field::STATUS_CODE, code as u64);
+        }
+    });
+    wire::fixed32(buf, field::FLAGS, span_flags(rec));
+}
+
+/// The name of a span that is not Kafka's: the database operation, the DNS question type, the
+/// gRPC method, the user analyzer's name, else the HTTP method.
+fn span_name_of(
+    buf: &mut Vec<u8>,
+    http: &Http,
+    database: Option<&Database>,
+    dns: Option<&Dns>,
+    grpc: Option<&Grpc>,
+    analyzer: Option<&Analyzer>,
+) {
     match (database, dns, grpc.filter(|g| !g.service.is_empty())) {
         (Some(d), _, _) => wire::bytes(buf, field::NAME, db_span_name(d).as_bytes()),
         (None, Some(d), _) => wire::bytes(buf, field::NAME, dns_span_name(d).as_bytes()),
@@ -624,50 +753,6 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
             wire::bytes(buf, field::NAME, name.as_bytes())
         }
     }
-    wire::uint(buf, field::KIND, kind as u64);
-    if start != 0 {
-        wire::fixed64(buf, field::START, start);
-    }
-    if end != 0 {
-        wire::fixed64(buf, field::END, end);
-    }
-    let code = {
-        let mut attrs = Attributes::new(buf, field::ATTRIBUTES);
-        match (database, dns, analyzer) {
-            (Some(d), _, _) => {
-                db_attributes(&mut attrs, d, session.incomplete);
-                network_attributes(&mut attrs, http, &ends, (&d.system, None));
-            }
-            (None, Some(d), _) => dns_attributes(&mut attrs, d, session.incomplete, &ends),
-            (None, None, Some(a)) => {
-                analyzer_attributes(&mut attrs, a);
-                network_attributes(&mut attrs, http, &ends, (&a.name, None));
-            }
-            (None, None, None) => {
-                http_attributes(&mut attrs, http, session.incomplete);
-                let version = http_version(&http.version);
-                network_attributes(&mut attrs, http, &ends, ("http", Some(version)));
-            }
-        }
-        k8s_attributes(&mut attrs, ends.this());
-        clovisor_attributes(&mut attrs, rec, http, &ends);
-        if let Some(g) = grpc {
-            grpc_attributes(&mut attrs, g);
-        }
-        match (database, dns, grpc.and_then(|g| g.status_code)) {
-            (Some(d), _, _) => db_status(&mut attrs, d),
-            (None, Some(d), _) => dns_status(&mut attrs, d, session.incomplete),
-            (None, None, Some(code)) => grpc_status(&mut attrs, kind, code),
-            (None, None, None) => status(&mut attrs, kind, http.status_code),
-        }
-    };
-    observation_events(buf, session);
-    wire::message(buf, field::STATUS, |buf| {
-        if code != StatusCode::Unset {
-            wire::uint(buf, field::STATUS_CODE, code as u64);
-        }
-    });
-    wire::fixed32(buf, field::FLAGS, span_flags(rec));
 }
 
 /// The span for `rec`, protobuf-encoded.
@@ -731,6 +816,54 @@ mod tests {
         assert_eq!(str_attr(&span, "network.protocol.name"), "line");
         assert!(attr(&span, "http.request.method").is_none());
         assert_eq!(span.status.as_ref().map(|s| s.code), Some(0));
+    }
+
+    #[test]
+    fn kafka_spans_follow_the_messaging_conventions() {
+        let (_, span) = span_of(SessionBuilder::new("k1").kafka(0, |k| {
+            k.api_version = 9;
+            k.correlation_id = 7;
+            k.client_id = "rdkafka".into();
+            k.topic = "orders".into();
+            k.error_code = Some(3);
+        }));
+        assert_eq!(span.name, "send orders");
+        for (key, want) in [
+            ("messaging.system", "kafka"),
+            ("messaging.operation.name", "send"),
+            ("messaging.operation.type", "send"),
+            ("messaging.destination.name", "orders"),
+            ("messaging.client.id", "rdkafka"),
+            ("clovisor.kafka.api_name", "Produce"),
+            ("error.type", "UNKNOWN_TOPIC_OR_PARTITION"),
+            ("network.protocol.name", "kafka"),
+        ] {
+            assert_eq!(str_attr(&span, key), want, "{key}");
+        }
+        assert_eq!(int_attr(&span, "clovisor.kafka.correlation_id"), 7);
+        assert_eq!(int_attr(&span, "clovisor.kafka.error_code"), 3);
+        assert_eq!(
+            span.status.as_ref().map(|s| s.code),
+            Some(StatusCode::Error as i32)
+        );
+        assert!(
+            attr(&span, "http.request.method").is_none(),
+            "no HTTP attributes"
+        );
+
+        let (_, meta) = span_of(SessionBuilder::new("k2").kafka(3, |k| {
+            k.error_code = Some(0);
+        }));
+        assert_eq!(
+            meta.name, "Metadata",
+            "an API that is no messaging operation"
+        );
+        assert!(attr(&meta, "messaging.operation.name").is_none());
+        assert!(attr(&meta, "error.type").is_none());
+        assert_ne!(
+            meta.status.as_ref().map(|s| s.code),
+            Some(StatusCode::Error as i32)
+        );
     }
 
     #[test]

@@ -87,7 +87,11 @@ fn decode(msgs: &[Owned]) -> Recorded {
 fn http(e: &Exchange) -> &clovisor_proto::session::v1::Http {
     match &e.fields {
         Fields::Http(h) | Fields::Grpc { http: h, .. } => h,
-        Fields::Dns(_) | Fields::Database(_) | Fields::Analyzer(_) | Fields::None => {
+        Fields::Dns(_)
+        | Fields::Database(_)
+        | Fields::Analyzer(_)
+        | Fields::Kafka(_)
+        | Fields::None => {
             panic!("an HTTP/2 exchange has HTTP fields: {e:?}")
         }
     }

@@ -250,3 +250,136 @@ fn each_udp_datagram_is_one_message_of_a_flow_announced_and_ended_as_idle() {
     let r = replay_bytes(&file, &cfg).expect("valid pcap");
     assert_eq!(r.stats.flows, 1);
 }
+
+#[test]
+fn beyond_max_flows_the_least_recently_active_flow_ends_first() {
+    let file = pcap(&[
+        (1, tcp(40000, 80, 100, ACK, b"GET /a HTTP/1.1\r\n\r\n")),
+        (2, tcp(40001, 80, 200, ACK, b"GET /b HTTP/1.1\r\n\r\n")),
+        (3, tcp(40001, 80, 219, ACK, b"more")),
+        // A third connection: the first, idle the longest, makes room.
+        (4, tcp(40002, 80, 300, ACK, b"GET /c HTTP/1.1\r\n\r\n")),
+        // The first sends again: a new flow, as the probe's LRU maps would make it.
+        (5, tcp(40000, 80, 119, ACK, b"GET /d HTTP/1.1\r\n\r\n")),
+    ]);
+    let cfg = ReplayConfig {
+        max_flows: 2,
+        ..ReplayConfig::default()
+    };
+    let r = replay_bytes(&file, &cfg).expect("valid pcap");
+    let kinds: Vec<String> = r
+        .records
+        .iter()
+        .map(|r| match &r.kind {
+            Some(record::Kind::Message(m)) => format!("message {}", m.flow_id),
+            Some(record::Kind::FlowEnd(e)) => format!("end {} {}", e.flow_id, e.reason),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    let idle = FlowEndReason::Idle as i32;
+    assert_eq!(
+        &kinds[..2],
+        ["message 1".to_owned(), format!("end 1 {idle}")],
+        "flow 1 ends before flow 3 starts: {kinds:?}"
+    );
+    assert_eq!(r.stats.flows, 4, "{kinds:?}");
+    assert!(r.stats.evicted_flows >= 2, "{:?}", r.stats);
+}
+
+#[test]
+fn a_cut_file_ends_where_it_is_cut_and_a_damaged_one_says_where() {
+    let first = tcp(40000, 80, 100, ACK, b"GET / HTTP/1.1\r\n\r\n");
+    let file = pcap(&[
+        (1, first.clone()),
+        (2, tcp(80, 40000, 500, ACK, b"HTTP/1.1 200 OK\r\n\r\n")),
+    ]);
+    let cut = replay_bytes(&file[..file.len() - 3], &ReplayConfig::default()).expect("cut pcap");
+    assert!(cut.stats.truncated_file);
+    assert_eq!(
+        messages(&cut).len(),
+        1,
+        "the packet before the cut is replayed"
+    );
+
+    // A record claiming more than the file holds reads as a cut file too.
+    let mut lying = file.clone();
+    let second = 24 + 16 + first.len();
+    lying[second + 8..second + 12].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    let r = replay_bytes(&lying, &ReplayConfig::default()).expect("read up to the lie");
+    assert!(r.stats.truncated_file);
+    assert_eq!(r.stats.packets, 1);
+
+    // pcapng whose packet block has a length no block can have: damaged, at that block.
+    let mut ng = Vec::new();
+    for w in [
+        0x0a0d_0d0au32,
+        28,
+        0x1a2b_3c4d,
+        1,
+        0xffff_ffff,
+        0xffff_ffff,
+        28,
+    ] {
+        ng.extend_from_slice(&w.to_le_bytes());
+    }
+    for w in [1u32, 20, 1, 0, 20] {
+        ng.extend_from_slice(&w.to_le_bytes());
+    }
+    let block = ng.len();
+    for w in [6u32, 7, 0, 0, 0, 0, 0, 0, 0] {
+        ng.extend_from_slice(&w.to_le_bytes());
+    }
+    let mut seen = Vec::new();
+    let err =
+        replay_reader(&ng[..], &ReplayConfig::default(), |r| seen.push(r)).expect_err("damaged");
+    match err {
+        Error::CaptureFormat {
+            offset, packets, ..
+        } => assert_eq!((offset, packets), (block as u64, 0), "{err}"),
+        other => panic!("{other:?}"),
+    }
+    let foreign = replay_bytes(b"GET / HTTP/1.1\r\n\r\n", &ReplayConfig::default())
+        .expect_err("not a capture");
+    assert!(
+        foreign.to_string().contains("not a capture file"),
+        "{foreign}"
+    );
+}
+
+#[test]
+fn a_segment_overtaken_on_the_way_takes_its_place_in_the_snippet() {
+    let file = pcap(&[
+        (1, tcp(40000, 80, 100, ACK, b"GET /reordered")),
+        // The third segment overtakes the second.
+        (2, tcp(40000, 80, 125, ACK, b"Host: a\r\n\r\n")),
+        (3, tcp(40000, 80, 114, ACK, b" HTTP/1.1\r\n")),
+        (4, tcp(80, 40000, 500, ACK, b"HTTP/1.1 200 OK\r\n\r\n")),
+        (5, tcp(40000, 80, 136, FIN, b"")),
+    ]);
+    let r = replay_bytes(&file, &ReplayConfig::default()).expect("valid pcap");
+    let ms = messages(&r);
+    assert_eq!(
+        ms[0].payload,
+        b"GET /reordered HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+        "the request in sequence order"
+    );
+    assert_eq!(
+        (ms[0].bytes, ms[0].packets, ms[0].retransmits),
+        (36, 2, 1),
+        "counted as the kernel counts: the overtaken segment moved nothing"
+    );
+    let sessions = crate::replay::sessions(r.records);
+    let http = sessions[0].http.as_ref().expect("decoded");
+    assert_eq!(
+        (http.target.as_str(), http.host.as_str()),
+        ("/reordered", "a")
+    );
+
+    // Past the snaplen nothing is held: the snippet ends at the snaplen.
+    let cfg = ReplayConfig {
+        snaplen: 16,
+        ..ReplayConfig::default()
+    };
+    let r = replay_bytes(&file, &cfg).expect("valid pcap");
+    assert_eq!(messages(&r)[0].payload, b"GET /reordered H".to_vec());
+}
