@@ -49,3 +49,17 @@ systemctl disable --now stunnel4 >/dev/null 2>&1 || true
 systemctl disable --now redis-server >/dev/null 2>&1 || true
 systemctl disable --now postgresql >/dev/null 2>&1 || true
 systemctl disable --now mariadb >/dev/null 2>&1 || true
+
+# schemathesis (PyPI) for the REST API's contract test, in its own venv (pinned; reinstalled
+# when the requirements change).
+cd "$(dirname "$0")/.."
+CONTRACT_VENV=target/contract-venv
+CONTRACT_REQ=integration-tests/contract/requirements.txt
+want=$(sha256sum "$CONTRACT_REQ" | cut -d' ' -f1)
+if [ ! -x "$CONTRACT_VENV/bin/schemathesis" ] || [ "$(cat "$CONTRACT_VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+  echo "installing schemathesis into $CONTRACT_VENV"
+  rm -rf "$CONTRACT_VENV"
+  python3 -m venv "$CONTRACT_VENV"
+  "$CONTRACT_VENV/bin/pip" install -q --disable-pip-version-check -r "$CONTRACT_REQ"
+  echo "$want" >"$CONTRACT_VENV/.requirements.sha256"
+fi

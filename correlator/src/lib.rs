@@ -108,7 +108,7 @@ impl Correlator {
         };
         Ok(Self {
             ticker,
-            api: ApiState::new(Arc::clone(&store)),
+            api: ApiState::new(Arc::clone(&store)).with_drops(metrics.drops()),
             store,
             metrics,
             registry: Arc::new(registry),
@@ -130,6 +130,17 @@ impl Correlator {
     /// The REST API router.
     pub fn api_router(&self) -> axum::Router {
         api::app(self.api.clone())
+    }
+
+    /// Says that the REST API is served behind a bearer token (`--api-token-file`), so its
+    /// OpenAPI document requires one; before [`Correlator::api_router`].
+    pub fn set_bearer_auth(&mut self, on: bool) {
+        self.api.bearer_auth = on;
+    }
+
+    /// How the live feed behaves; before [`Correlator::api_router`].
+    pub fn set_stream_config(&mut self, config: api::stream::StreamConfig) {
+        self.api.stream = config;
     }
 
     /// The `/metrics` router, for its own port.
@@ -201,6 +212,8 @@ impl Correlator {
     /// timeout). Stop the gRPC server first so no new sessions arrive meanwhile.
     pub async fn shutdown(self) -> Result<()> {
         self.api.ready.store(false, Ordering::Relaxed);
+        // Live feeds end, or the HTTP server would wait for them forever.
+        self.api.closing.raise();
         self.ticker.abort();
         // The aborted task's only outcome is its cancellation; awaiting it drops its handle.
         let _ = self.ticker.await;

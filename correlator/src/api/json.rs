@@ -8,6 +8,7 @@ use serde::Serialize;
 use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use crate::record::CorrelatedSession;
 use crate::view::{endpoint_ip, http_version, redact_query, split_target};
@@ -28,7 +29,7 @@ pub fn rfc3339(nanos: u64) -> Option<String> {
 }
 
 /// One end of the exchange.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EndpointJson {
     /// IPv4 or IPv6 address.
     pub ip: Option<String>,
@@ -43,7 +44,7 @@ pub struct EndpointJson {
 }
 
 /// What one observation point saw.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ObservationJson {
     /// `pod`, `node` or `socket`.
     pub point: &'static str,
@@ -84,7 +85,7 @@ pub struct ObservationJson {
 }
 
 /// Decoded HTTP fields.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HttpJson {
     /// Request method.
     pub method: String,
@@ -107,7 +108,7 @@ pub struct HttpJson {
 }
 
 /// Database fields (Redis, PostgreSQL, MySQL). The statement was sanitized in the collector.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DatabaseJson {
     /// `redis`, `postgresql`, `mysql`.
     pub system: String,
@@ -138,7 +139,7 @@ pub struct DatabaseJson {
 }
 
 /// Decoded gRPC fields.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct GrpcJson {
     /// Fully qualified service, e.g. `helloworld.Greeter`.
     pub service: String,
@@ -151,7 +152,7 @@ pub struct GrpcJson {
 }
 
 /// Decoded DNS fields.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DnsJson {
     /// Message id shared by the query and its answer.
     pub id: u32,
@@ -199,7 +200,7 @@ fn dns(d: &Dns, incomplete: bool) -> DnsJson {
 }
 
 /// A request/response pair of counters.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CountersJson {
     /// Client to server.
     pub request: u64,
@@ -208,7 +209,7 @@ pub struct CountersJson {
 }
 
 /// Where the session sits in a trace.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TraceJson {
     /// 32 lowercase hex digits.
     pub trace_id: String,
@@ -223,7 +224,7 @@ pub struct TraceJson {
 }
 
 /// A session as the REST API returns it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SessionJson {
     /// Session id.
     pub id: String,
