@@ -1,6 +1,6 @@
 //! `clovisor`: the all-in-one tracer for one Linux host (`all-in-one`), a look at what of ours
 //! is attached to this host's interfaces (`inspect`), and queries of a running correlator's REST
-//! API (`get sessions`, `get services`, `stats`, `clear`; see `remote`).
+//! API (`get sessions`, `get services`, `stats`, `observe`, `clear`; see `remote`).
 
 /// mimalloc: the pipeline allocates and frees a record, a batch and a session per message; with
 /// glibc malloc that was over half of the all-in-one process's CPU under load (perf).
@@ -35,6 +35,8 @@ enum Command {
     Get(remote::GetArgs),
     /// Request counts, error rates and latency of a running correlator, grouped.
     Stats(remote::StatsArgs),
+    /// Follow a running correlator's sessions as they finish.
+    Observe(remote::ObserveArgs),
     /// Empty a running correlator's sessions and analytics.
     Clear(remote::ClearArgs),
 }
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let done = match cli.command {
         Command::Get(args) => return remote::get(args),
         Command::Stats(args) => return remote::stats(args),
+        Command::Observe(args) => return remote::observe(args),
         Command::Clear(args) => return remote::clear(args),
         Command::Inspect(args) => {
             clovisor_runtime::init_logging(&cli.log);
