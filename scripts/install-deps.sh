@@ -19,6 +19,7 @@ PACKAGES=(
   postgresql postgresql-client                        # PostgreSQL decoding end to end (initdb/pg_ctl, psql, pgbench)
   nghttp2-server nghttp2-client nghttp2-proxy         # HTTP/2 tests: nghttpd, nghttp, nghttpx (h2c, Upgrade)
   mariadb-server mariadb-client                       # MySQL decoding end to end (mariadb-install-db, mariadbd, mariadb)
+  prometheus                                          # the Grafana dashboards' queries run against a real Prometheus; promtool
 )
 
 missing=()
@@ -49,6 +50,7 @@ systemctl disable --now stunnel4 >/dev/null 2>&1 || true
 systemctl disable --now redis-server >/dev/null 2>&1 || true
 systemctl disable --now postgresql >/dev/null 2>&1 || true
 systemctl disable --now mariadb >/dev/null 2>&1 || true
+systemctl disable --now prometheus >/dev/null 2>&1 || true
 
 # schemathesis (PyPI) for the REST API's contract test, in its own venv (pinned; reinstalled
 # when the requirements change).

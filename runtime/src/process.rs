@@ -105,6 +105,7 @@ pub fn start_without_logging(redis: Option<&str>) -> Result<Started> {
     let drops = Drops::default();
     let mut registry = Registry::default();
     drops.register(&mut registry);
+    crate::process_metrics::ProcessCollector::register(&mut registry);
     let stop_config = StopFlag::default();
     let live = clovisor_config::follow(redis, &mut registry, stop_config.wait())
         .map_err(|source| Error::Config { source })?;

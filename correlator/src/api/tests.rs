@@ -218,7 +218,12 @@ async fn metrics_endpoint_serves_openmetrics() {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let r = metrics_app(Arc::new(registry))
-        .oneshot(Request::get("/metrics").body(Body::empty()).expect("valid"))
+        .oneshot(
+            Request::get("/metrics")
+                .header("accept", "application/openmetrics-text; version=1.0.0")
+                .body(Body::empty())
+                .expect("valid"),
+        )
         .await
         .expect("infallible");
     assert_eq!(r.status(), StatusCode::OK);
