@@ -16,6 +16,11 @@ struct Server {
 }
 
 fn serve(sessions: Vec<SessionBuilder>) -> Server {
+    serve_with(sessions, None)
+}
+
+/// Like [`serve`], the API behind `token` as `--api-token-file` puts it.
+fn serve_with(sessions: Vec<SessionBuilder>, token: Option<&str>) -> Server {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -35,7 +40,12 @@ fn serve(sessions: Vec<SessionBuilder>) -> Server {
             .await
             .expect("a loopback port");
         let addr = listener.local_addr().expect("bound address");
-        let app = correlator.api_router();
+        let app = match token {
+            Some(t) => {
+                clovisor_runtime::auth::BearerToken::from_value(t).protect(correlator.api_router())
+            }
+            None => correlator.api_router(),
+        };
         tokio::spawn(async move { axum::serve(listener, app).await });
         (correlator, addr)
     });
@@ -347,5 +357,58 @@ fn observe_refuses_a_bad_filter_and_reports_a_lost_correlator() {
         down.status.code(),
         Some(1),
         "an unreachable correlator is 1"
+    );
+}
+
+#[test]
+fn a_token_file_opens_a_correlator_behind_a_token() {
+    let server = serve_with(
+        calls(2, "frontend", "api", "/items", 200),
+        Some("s3cret-t0ken"),
+    );
+    let url = format!("http://{}", server.addr);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = dir.path().join("good");
+    std::fs::write(&good, "s3cret-t0ken\n").expect("token file");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "guess").expect("token file");
+
+    let refused = clovisor(&url, &["get", "services"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "no token: refused (401) is a usage error"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_clovisor"))
+        .args(["get", "sessions", "--token-file"])
+        .arg(&wrong)
+        .env("CLOVISOR_SERVER", &url)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "a wrong token is refused");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("guess"),
+        "the token is never printed"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_clovisor"))
+        .args(["get", "sessions"])
+        .env("CLOVISOR_SERVER", &url)
+        .env("CLOVISOR_TOKEN_FILE", &good)
+        .output()
+        .expect("runs");
+    let table = ok(out);
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "a header and the two sessions:\n{table}"
+    );
+    let missing = clovisor(
+        &url,
+        &["get", "services", "--token-file", "/nonexistent/token"],
+    );
+    assert_eq!(
+        missing.status.code(),
+        Some(2),
+        "an unreadable token file is a usage error"
     );
 }

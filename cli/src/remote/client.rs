@@ -23,6 +23,14 @@ pub enum ClientError {
         /// What was given.
         server: String,
     },
+    /// `--token-file` could not be read or holds no token.
+    #[error("token file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The correlator could not be reached or the exchange broke.
     #[error("cannot reach {url}: {reason}")]
     Unreachable {
@@ -54,12 +62,33 @@ pub enum ClientError {
 /// A client of one correlator.
 pub struct ApiClient {
     base: String,
+    /// `Authorization` header value, when a token was given; never printed.
+    authorization: Option<http::HeaderValue>,
     http: Client<HttpConnector, Empty<Bytes>>,
 }
 
 impl ApiClient {
-    /// A client of the correlator at `server` (`http://host:port`, a bare `host:port` too).
-    pub fn new(server: &str) -> Result<Self, ClientError> {
+    /// A client of the correlator at `server` (`http://host:port`, a bare `host:port` too),
+    /// sending the bearer token in `token_file` (surrounding white space ignored) if one is named.
+    pub fn new(server: &str, token_file: Option<&std::path::Path>) -> Result<Self, ClientError> {
+        let authorization = match token_file {
+            None => None,
+            Some(path) => {
+                let bad = |reason: String| ClientError::Token {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(bad("empty".to_owned()));
+                }
+                let mut value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| bad("not a valid header value".to_owned()))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
         let base = if server.contains("://") {
             server.trim_end_matches('/').to_owned()
         } else {
@@ -77,6 +106,7 @@ impl ApiClient {
         connector.set_connect_timeout(Some(TIMEOUT));
         Ok(Self {
             base,
+            authorization,
             http: Client::builder(TokioExecutor::new()).build(connector),
         })
     }
@@ -115,10 +145,14 @@ impl ApiClient {
             url: url.to_owned(),
             reason,
         };
-        let request = http::Request::builder()
+        let mut builder = http::Request::builder()
             .method(method)
             .uri(url)
-            .header(http::header::ACCEPT, accept)
+            .header(http::header::ACCEPT, accept);
+        if let Some(auth) = &self.authorization {
+            builder = builder.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        let request = builder
             .body(Empty::new())
             .map_err(|e| unreachable(e.to_string()))?;
         tokio::time::timeout(TIMEOUT, self.http.request(request))

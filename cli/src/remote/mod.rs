@@ -25,6 +25,15 @@ pub struct Server {
         global = true
     )]
     server: String,
+    /// A file holding the bearer token the correlator requires (its `--api-token-file`).
+    #[arg(long, env = "CLOVISOR_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl Server {
+    fn client(&self) -> Result<ApiClient, ClientError> {
+        ApiClient::new(&self.server, self.token_file.as_deref())
+    }
 }
 
 /// How to print.
@@ -207,7 +216,9 @@ fn run(future: impl std::future::Future<Output = Result<String, ClientError>>) -
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {e}");
             match e {
-                ClientError::BadServer { .. } | ClientError::Refused { .. } => ExitCode::from(2),
+                ClientError::BadServer { .. }
+                | ClientError::Refused { .. }
+                | ClientError::Token { .. } => ExitCode::from(2),
                 ClientError::Unreachable { .. } | ClientError::Server { .. } => ExitCode::from(1),
             }
         }
@@ -218,7 +229,7 @@ fn run(future: impl std::future::Future<Output = Result<String, ClientError>>) -
 pub fn get(args: GetArgs) -> ExitCode {
     let colour = std::io::stdout().is_terminal();
     run(async move {
-        let api = ApiClient::new(&args.server.server)?;
+        let api = args.server.client()?;
         match args.what {
             GetWhat::Sessions(s) => {
                 let mut q = s.filters.query();
@@ -241,7 +252,7 @@ pub fn get(args: GetArgs) -> ExitCode {
 pub fn stats(args: StatsArgs) -> ExitCode {
     let colour = std::io::stdout().is_terminal();
     run(async move {
-        let api = ApiClient::new(&args.server.server)?;
+        let api = args.server.client()?;
         let mut q = vec![("group_by", args.group_by)];
         push(&mut q, "window", args.window);
         push(&mut q, "order", args.order);
@@ -263,7 +274,7 @@ pub fn observe(args: ObserveArgs) -> ExitCode {
     let colour = std::io::stdout().is_terminal();
     let format = args.output;
     run(async move {
-        let api = ApiClient::new(&args.server.server)?;
+        let api = args.server.client()?;
         let query = args.filters.query();
         let mut shown = 0u64;
         let mut out = std::io::stdout();
@@ -332,7 +343,7 @@ pub fn observe(args: ObserveArgs) -> ExitCode {
 /// `clovisor clear`.
 pub fn clear(args: ClearArgs) -> ExitCode {
     run(async move {
-        let api = ApiClient::new(&args.server.server)?;
+        let api = args.server.client()?;
         let body = api.delete("/api/v1/sessions").await?;
         Ok(format!(
             "cleared {} sessions and the analytics\n",
