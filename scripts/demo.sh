@@ -9,9 +9,14 @@ bash scripts/install-deps.sh
 if ! command -v cargo >/dev/null 2>&1; then export PATH="$HOME/.cargo/bin:$PATH"; fi
 [ "$(id -u)" -eq 0 ] || { echo "run as root: the demo loads BPF programs and creates namespaces" >&2; exit 1; }
 
-echo "== building clovisor (release)"
-cargo build --release --locked -p clovisor
-BIN=${CARGO_TARGET_DIR:-target}/release/clovisor
+# CLOVISOR_BIN: a clovisor binary already built (the demo then builds nothing).
+if [ -n "${CLOVISOR_BIN:-}" ]; then
+  BIN=$CLOVISOR_BIN
+else
+  echo "== building clovisor (release)"
+  cargo build --release --locked -p clovisor
+  BIN=${CARGO_TARGET_DIR:-target}/release/clovisor
+fi
 
 ID=$$
 CLIENT=clv-demo-client-$ID
@@ -20,10 +25,15 @@ BR=clvbr$ID
 WORK=$(mktemp -d /tmp/clovisor-demo.XXXXXX)
 API=127.0.0.1:19800
 METRICS=127.0.0.1:19801
+PROM=127.0.0.1:19090
 CLOVISOR_PID=""
+OBSERVE_PID=""
+PROM_PID=""
 
 cleanup() {
   set +e
+  [ -n "$OBSERVE_PID" ] && kill "$OBSERVE_PID" 2>/dev/null
+  [ -n "$PROM_PID" ] && kill "$PROM_PID" 2>/dev/null && wait "$PROM_PID" 2>/dev/null
   [ -n "$CLOVISOR_PID" ] && kill -TERM "$CLOVISOR_PID" 2>/dev/null && wait "$CLOVISOR_PID" 2>/dev/null
   [ -f "$WORK/nginx.pid" ] && ip netns exec "$SERVER" nginx -c "$WORK/nginx.conf" -s stop 2>/dev/null
   ip netns del "$CLIENT" 2>/dev/null
@@ -93,8 +103,33 @@ for _ in $(seq 1 100); do
 done
 # Give the namespace follower one scan to attach and learn the listening ports.
 sleep 2
+# A real Prometheus (Debian's) scrapes the metrics every second, for the dashboards' queries below.
+cat > "$WORK/prometheus.yml" <<PROMCFG
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+scrape_configs:
+  - job_name: clovisor
+    static_configs: [{targets: ['$METRICS']}]
+PROMCFG
+prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/prometheus" \
+  --web.listen-address="$PROM" >"$WORK/prometheus.log" 2>&1 &
+PROM_PID=$!
+
 echo "== socket point hooks (GET http://$API/api/v1/probe)"
 curl -fsS "http://$API/api/v1/probe" | jq -c '{hook: .socket.hook, passed_over: [.socket.attempts[] | select(.error) | .hook]}'
+
+# Prometheus takes its first scrape a few seconds after it starts: wait for it (20 s at most), so
+# the traffic below is in its samples.
+for _ in $(seq 1 80); do
+  [ "$(curl -fsS "http://$PROM/api/v1/targets" 2>/dev/null | jq -r '.data.activeTargets[0].health // ""')" = up ] && break
+  sleep 0.25
+done
+
+# `clovisor observe` follows the correlator's live feed (server-sent events) while the requests are
+# made, a line per exchange as its join window closes, as `hubble observe -f` would.
+export CLOVISOR_SERVER="http://$API"
+"$BIN" observe --count 9 >"$WORK/observe.txt" 2>&1 &
+OBSERVE_PID=$!
+sleep 0.5
 
 echo "== client pod calls the server pod"
 c() { ip netns exec "$CLIENT" curl -s -o /dev/null -w "  %{http_code} %{size_download}B  $*\n" "$@"; }
@@ -112,6 +147,20 @@ ip netns exec "$CLIENT" curl -s -o /dev/null -o /dev/null -o /dev/null \
   "http://$SERVER_IP/" "http://$SERVER_IP/index.html" "http://$SERVER_IP/missing"
 # Exchanges are exported (spans, request metrics) once their join window (1 s) has closed.
 sleep 2.5
+
+echo "== clovisor observe: what it printed live while the requests were made"
+for _ in $(seq 1 30); do kill -0 "$OBSERVE_PID" 2>/dev/null || break; sleep 0.2; done
+kill "$OBSERVE_PID" 2>/dev/null || true; wait "$OBSERVE_PID" 2>/dev/null || true; OBSERVE_PID=""
+sed 's/^/  /' "$WORK/observe.txt"
+
+echo "== clovisor get services (the analytics: per service, last 5 min)"
+"$BIN" get services -o wide | sed 's/^/  /'
+echo "== clovisor stats --group-by path,status"
+"$BIN" stats --group-by path,status | sed 's/^/  /'
+echo "== clovisor get sessions --status 5xx"
+"$BIN" get sessions --status 5xx | sed 's/^/  /'
+echo "== the API's own description: GET http://$API/api/v1/openapi.json"
+curl -fsS "http://$API/api/v1/openapi.json" | jq -r '"  OpenAPI \(.openapi): " + ([.paths | keys[]] | join(" "))'
 
 echo "== traced sessions (GET http://$API/api/v1/sessions)"
 curl -fsS "http://$API/api/v1/sessions?limit=50" | jq -r '
@@ -139,6 +188,18 @@ curl -fsS "http://$API/api/v1/sessions?trace_id=4bf92f3577b34da6a3ce929d0e0e4736
 
 echo "== metrics (http://$METRICS/metrics)"
 curl -fsS "http://$METRICS/metrics" | grep -E '^clovisor_http_requests_total|^clovisor_flow_connections_total|^clovisor_flow_rtt_seconds_(sum|count)|^clovisor_dropped_total|events_emitted|^clovisor_probe_ring_events_total' | head -30
+
+echo "== the Grafana dashboards' queries (manifests/overlays/grafana), run by Prometheus at $PROM"
+sleep 2
+jq -r '.panels[] | .title as $t | .targets[] | [$t, .expr] | @tsv' \
+  manifests/overlays/grafana/dashboards/clovisor-red.json manifests/overlays/grafana/dashboards/clovisor-tcp.json |
+  head -n 6 | while IFS=$'\t' read -r title expr; do
+    q=${expr//\$__rate_interval/1m}
+    q=${q//\$namespace/.*}
+    echo "  $title"
+    curl -fsS -G "http://$PROM/api/v1/query" --data-urlencode "query=$q" |
+      jq -r '.data.result[] | "    " + ([.metric[]] | join(" ")) + "  " + .value[1]' | head -n 4
+  done
 
 echo "== stopping clovisor (SIGTERM)"
 kill -TERM "$CLOVISOR_PID"; wait "$CLOVISOR_PID" || true; CLOVISOR_PID=""

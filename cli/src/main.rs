@@ -1,7 +1,7 @@
 //! `clovisor`: the all-in-one tracer for one Linux host (`all-in-one`), a look at what of ours
 //! is attached to this host's interfaces (`inspect`), and queries of a running correlator's REST
-//! API (`get sessions`, `get services`, `stats`, `clear`; see `remote`), and the offline decoding
-//! of a capture file (`decode`).
+//! API (`get sessions`, `get services`, `stats`, `observe`, `clear`; see `remote`), and the offline
+//! decoding of a capture file (`decode`).
 
 /// mimalloc: the pipeline allocates and frees a record, a batch and a session per message; with
 /// glibc malloc that was over half of the all-in-one process's CPU under load (perf).
@@ -37,6 +37,8 @@ enum Command {
     Get(remote::GetArgs),
     /// Request counts, error rates and latency of a running correlator, grouped.
     Stats(remote::StatsArgs),
+    /// Follow a running correlator's sessions as they finish.
+    Observe(remote::ObserveArgs),
     /// Empty a running correlator's sessions and analytics.
     Clear(remote::ClearArgs),
     /// Decode a pcap or pcapng capture offline (no root, no BPF): one JSON line per exchange.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     let done = match cli.command {
         Command::Get(args) => return remote::get(args),
         Command::Stats(args) => return remote::stats(args),
+        Command::Observe(args) => return remote::observe(args),
         Command::Clear(args) => return remote::clear(args),
         Command::Decode(args) => return decode::run(&args),
         Command::Inspect(args) => {

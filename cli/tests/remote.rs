@@ -11,11 +11,16 @@ use clovisor_correlator::Correlator;
 /// A correlator serving its REST API on a loopback port, with `sessions` finished.
 struct Server {
     addr: SocketAddr,
-    _correlator: Correlator,
+    correlator: Correlator,
     _runtime: tokio::runtime::Runtime,
 }
 
 fn serve(sessions: Vec<SessionBuilder>) -> Server {
+    serve_with(sessions, None)
+}
+
+/// Like [`serve`], the API behind `token` as `--api-token-file` puts it.
+fn serve_with(sessions: Vec<SessionBuilder>, token: Option<&str>) -> Server {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -35,13 +40,18 @@ fn serve(sessions: Vec<SessionBuilder>) -> Server {
             .await
             .expect("a loopback port");
         let addr = listener.local_addr().expect("bound address");
-        let app = correlator.api_router();
+        let app = match token {
+            Some(t) => {
+                clovisor_runtime::auth::BearerToken::from_value(t).protect(correlator.api_router())
+            }
+            None => correlator.api_router(),
+        };
         tokio::spawn(async move { axum::serve(listener, app).await });
         (correlator, addr)
     });
     Server {
         addr,
-        _correlator: correlator,
+        correlator,
         _runtime: runtime,
     }
 }
@@ -125,7 +135,36 @@ fn get_sessions_filters_and_formats() {
         &url,
         &["get", "sessions", "--limit", "1", "-o", "yaml"],
     ));
-    assert!(yaml.starts_with("\"sessions\":\n- "), "{yaml}");
+    assert!(yaml.contains("\n\"sessions\":\n- "), "{yaml}");
+
+    // Paging: each page's next_cursor gives the next, to the end.
+    let mut ids = Vec::new();
+    let mut args = vec!["get", "sessions", "--limit", "3", "-o", "json"];
+    let mut cursor;
+    loop {
+        let page: serde_json::Value =
+            serde_json::from_str(&ok(clovisor(&url, &args))).expect("-o json is JSON");
+        for s in page["sessions"].as_array().into_iter().flatten() {
+            ids.push(s["id"].as_str().unwrap_or_default().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                cursor = c.to_owned();
+                args = vec![
+                    "get", "sessions", "--limit", "3", "-o", "json", "--cursor", &cursor,
+                ];
+            }
+            None => break,
+        }
+    }
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        (ids.len(), unique.len()),
+        (7, 7),
+        "every session once: {ids:?}"
+    );
 }
 
 #[test]
@@ -207,5 +246,169 @@ fn exit_codes_scripts_can_rely_on() {
         bad.status.code(),
         Some(2),
         "a malformed --server is a usage error"
+    );
+}
+
+/// Waits until the correlator has `n` live followers.
+fn wait_for_followers(server: &Server, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.correlator.store().followers() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} followers within 10 s, have {}",
+            server.correlator.store().followers()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn observe_shows_sessions_as_they_finish() {
+    let server = serve(Vec::new());
+    let url = format!("http://{}", server.addr);
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_clovisor"))
+            .args(args)
+            .env("CLOVISOR_SERVER", &url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the clovisor binary runs")
+    };
+    let json = spawn(&["observe", "--status", "5xx", "--count", "2", "-o", "json"]);
+    let table = spawn(&["observe", "--path-prefix", "/items", "--count", "3"]);
+    wait_for_followers(&server, 2);
+    let ingest = server.correlator.ingest();
+    for s in calls(2, "frontend", "api", "/items", 200)
+        .into_iter()
+        .chain(calls(2, "frontend", "api", "/cart", 503))
+        .chain(calls(1, "frontend", "api", "/items", 500))
+    {
+        ingest.accept(s.build());
+    }
+    ingest.drain();
+
+    let out = json.wait_with_output().expect("observe ends after --count");
+    let text = ok(out);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let seen: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|s| {
+            (
+                s["http"]["path"].as_str().unwrap_or_default(),
+                s["http"]["status_code"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("/cart", 503), ("/cart", 503)],
+        "the first two 5xx:\n{text}"
+    );
+
+    let text = ok(table
+        .wait_with_output()
+        .expect("observe ends after --count"));
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "a header and three lines:\n{text}");
+    assert_eq!(rows[0][..3], ["START", "CLIENT", "SERVER"], "{text}");
+    let cells: Vec<(&str, &str)> = rows[1..].iter().map(|r| (r[5], r[6])).collect();
+    assert_eq!(
+        cells,
+        [("/items", "200"), ("/items", "200"), ("/items", "500")],
+        "path and status of each /items session in order:\n{text}"
+    );
+    // The columns line up: each line's STATUS starts where the header's does.
+    let at = text
+        .lines()
+        .next()
+        .and_then(|h| h.find("STATUS"))
+        .expect("STATUS header");
+    for line in text.lines().skip(1) {
+        assert!(
+            line[at..].starts_with(|c: char| c.is_ascii_digit()),
+            "status column misaligned:\n{text}"
+        );
+    }
+    wait_for_followers(&server, 0);
+}
+
+#[test]
+fn observe_refuses_a_bad_filter_and_reports_a_lost_correlator() {
+    let server = demo();
+    let url = format!("http://{}", server.addr);
+    let refused = clovisor(&url, &["observe", "--status", "6xx"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a refused filter is a usage error"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a loopback port");
+    let down = clovisor(&format!("http://{closed}"), &["observe"]);
+    assert_eq!(
+        down.status.code(),
+        Some(1),
+        "an unreachable correlator is 1"
+    );
+}
+
+#[test]
+fn a_token_file_opens_a_correlator_behind_a_token() {
+    let server = serve_with(
+        calls(2, "frontend", "api", "/items", 200),
+        Some("s3cret-t0ken"),
+    );
+    let url = format!("http://{}", server.addr);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = dir.path().join("good");
+    std::fs::write(&good, "s3cret-t0ken\n").expect("token file");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "guess").expect("token file");
+
+    let refused = clovisor(&url, &["get", "services"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "no token: refused (401) is a usage error"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_clovisor"))
+        .args(["get", "sessions", "--token-file"])
+        .arg(&wrong)
+        .env("CLOVISOR_SERVER", &url)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "a wrong token is refused");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("guess"),
+        "the token is never printed"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_clovisor"))
+        .args(["get", "sessions"])
+        .env("CLOVISOR_SERVER", &url)
+        .env("CLOVISOR_TOKEN_FILE", &good)
+        .output()
+        .expect("runs");
+    let table = ok(out);
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "a header and the two sessions:\n{table}"
+    );
+    let missing = clovisor(
+        &url,
+        &["get", "services", "--token-file", "/nonexistent/token"],
+    );
+    assert_eq!(
+        missing.status.code(),
+        Some(2),
+        "an unreadable token file is a usage error"
     );
 }

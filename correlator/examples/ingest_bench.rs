@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clovisor_correlator::export::otlp::{export_request, ExportHandle};
+use clovisor_correlator::export::otlp::{export_request, ExportHandle, QueuedSpan};
 use clovisor_correlator::export::span::resource;
 use clovisor_correlator::ingest::IngestService;
 use clovisor_correlator::join::{Eviction, JoinConfig, Outcome};
@@ -364,9 +364,9 @@ impl<'a> Arrivals<'a> {
 /// The exporter's worker, minus the network: collects the encoded spans into batches of the
 /// export batch size and makes each batch's OTLP request.
 struct Export {
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<QueuedSpan>,
     resource: opentelemetry_proto::tonic::resource::v1::Resource,
-    batch: Vec<Vec<u8>>,
+    batch: Vec<QueuedSpan>,
     size: usize,
     spans: u64,
     requests: u64,

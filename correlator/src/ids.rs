@@ -29,9 +29,14 @@ impl TraceId {
 
     /// Parses 32 hex digits (either case).
     pub fn from_hex(hex: &str) -> Option<Self> {
+        Self::from_hex_or_zero(hex).filter(|t| t.0 != [0; 16])
+    }
+
+    /// 32 hex digits, all zero too (no trace has that id: a filter that matches nothing).
+    pub fn from_hex_or_zero(hex: &str) -> Option<Self> {
         let mut out = [0u8; 16];
         decode_hex(hex, &mut out)?;
-        (out != [0; 16]).then_some(Self(out))
+        Some(Self(out))
     }
 }
 

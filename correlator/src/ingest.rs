@@ -110,6 +110,7 @@ impl IngestService {
         self.store
             .analytics()
             .observe_all_at(&ready, crate::analytics::now_unix_nanos());
+        self.store.publish(&ready);
         for rec in ready {
             self.metrics.observe_session(&rec);
             if let Some(export) = &self.export {

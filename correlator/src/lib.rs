@@ -108,7 +108,7 @@ impl Correlator {
         };
         Ok(Self {
             ticker,
-            api: ApiState::new(Arc::clone(&store)),
+            api: ApiState::new(Arc::clone(&store)).with_drops(metrics.drops()),
             store,
             metrics,
             registry: Arc::new(registry),
@@ -130,6 +130,17 @@ impl Correlator {
     /// The REST API router.
     pub fn api_router(&self) -> axum::Router {
         api::app(self.api.clone())
+    }
+
+    /// Says that the REST API is served behind a bearer token (`--api-token-file`), so its
+    /// OpenAPI document requires one; before [`Correlator::api_router`].
+    pub fn set_bearer_auth(&mut self, on: bool) {
+        self.api.bearer_auth = on;
+    }
+
+    /// How the live feed behaves; before [`Correlator::api_router`].
+    pub fn set_stream_config(&mut self, config: api::stream::StreamConfig) {
+        self.api.stream = config;
     }
 
     /// The `/metrics` router, for its own port.
@@ -201,6 +212,8 @@ impl Correlator {
     /// timeout). Stop the gRPC server first so no new sessions arrive meanwhile.
     pub async fn shutdown(self) -> Result<()> {
         self.api.ready.store(false, Ordering::Relaxed);
+        // Live feeds end, or the HTTP server would wait for them forever.
+        self.api.closing.raise();
         self.ticker.abort();
         // The aborted task's only outcome is its cancellation; awaiting it drops its handle.
         let _ = self.ticker.await;
@@ -252,6 +265,118 @@ mod tests {
         ] {
             assert!(resource.contains(want), "resource lacks {want}: {resource}");
         }
+        Ok(())
+    }
+
+    fn resource_attr(
+        rs: &opentelemetry_proto::tonic::trace::v1::ResourceSpans,
+        key: &str,
+    ) -> String {
+        rs.resource
+            .iter()
+            .flat_map(|r| r.attributes.iter())
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| match &v.value {
+                Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
+                    Some(s.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Spans of two workloads arrive at a real OTLP receiver under two services (one
+    /// `ResourceSpans` each), and an exchange seen at both ends also as the caller's CLIENT
+    /// span, parent of the SERVER span, under the caller's service.
+    #[tokio::test]
+    async fn spans_arrive_under_one_service_per_workload() -> anyhow::Result<()> {
+        use clovisor_proto::common::v1::{PointKind, Side};
+        use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+        let receiver = OtlpReceiver::start().await?;
+        let mut config = Config::default();
+        if let Some(e) = config.export.as_mut() {
+            e.endpoint = receiver.endpoint();
+            e.batch_timeout = Duration::from_secs(60);
+        }
+        let correlator = Correlator::new(config)?;
+        correlator.ingest().accept(
+            SessionBuilder::new("to-api")
+                .pods("frontend-0", "api-0")
+                .server_workload("shop", "api")
+                .build(),
+        );
+        // Seen at the server's veth and at the client's socket: two views of one exchange.
+        correlator.ingest().accept(
+            SessionBuilder::new("to-web")
+                .with(|s| {
+                    let mut at_client = s.observations[0].clone();
+                    at_client.kind = PointKind::Socket as i32;
+                    at_client.side = Side::Client as i32;
+                    at_client.interface.clear();
+                    s.observations.push(at_client);
+                })
+                .build(),
+        );
+        correlator.ingest().drain();
+        correlator.shutdown().await?;
+
+        let mut by_service: Vec<(String, String, Vec<String>)> = receiver
+            .resource_spans()
+            .iter()
+            .map(|rs| {
+                let names = rs
+                    .scope_spans
+                    .iter()
+                    .flat_map(|ss| ss.spans.iter())
+                    .map(|s| format!("{:?}", SpanKind::try_from(s.kind).unwrap_or_default()))
+                    .collect();
+                (
+                    resource_attr(rs, "service.name"),
+                    resource_attr(rs, "service.namespace"),
+                    names,
+                )
+            })
+            .collect();
+        by_service.sort();
+        assert_eq!(
+            by_service,
+            [
+                ("api".into(), "shop".into(), vec!["Server".into()]),
+                ("client".into(), "default".into(), vec!["Client".into()]),
+                ("web-0".into(), "default".into(), vec!["Server".into()]),
+            ],
+            "one ResourceSpans per service: the workload, else the pod"
+        );
+        let spans = receiver.spans();
+        let server = spans
+            .iter()
+            .find(|s| {
+                s.kind == SpanKind::Server as i32
+                    && crate::testing::string_attribute(s, "k8s.pod.name").as_deref()
+                        == Some("web-0")
+            })
+            .expect("the SERVER span of web-0");
+        let client = spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Client as i32)
+            .expect("the CLIENT span");
+        assert_eq!(
+            server.parent_span_id, client.span_id,
+            "the caller's span is the parent"
+        );
+        assert_eq!(server.trace_id, client.trace_id);
+        assert_ne!(server.span_id, client.span_id);
+        assert_eq!(
+            crate::testing::string_attribute(server, "peer.service").as_deref(),
+            Some("client"),
+            "the server span names the calling service"
+        );
+        assert_eq!(
+            crate::testing::string_attribute(client, "peer.service").as_deref(),
+            Some("web-0"),
+            "the client span names the called service"
+        );
         Ok(())
     }
 

@@ -41,14 +41,16 @@ async fn main() -> anyhow::Result<()> {
         .service
         .api_token(&mut process.registry)
         .context("API token")?;
+    let bearer_auth = token.is_some();
     process.servers.require_token(token);
     let server_tls = args.tls.server(&tls_stats).context("TLS")?;
     let client = args.tls.client(&tls_stats).context("TLS")?;
     if server_tls.is_none() && !args.grpc_listen.ip().is_loopback() {
         tracing::warn!(addr = %args.grpc_listen, "gRPC served without TLS: any peer can push sessions");
     }
-    let correlator =
+    let mut correlator =
         Correlator::with_registry_and_transport(config, process.registry, process.drops, client)?;
+    correlator.set_bearer_auth(bearer_auth);
     let _endpoint_follower = correlator.follow_live_config(process.live);
 
     let stop_grpc = StopFlag::default();

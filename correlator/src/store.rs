@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use tokio::sync::broadcast;
+
 use crate::analytics::query::parse_duration;
 use crate::analytics::{end_name, protocol_name, Analytics};
 use crate::error::{Error, Result};
@@ -14,10 +16,63 @@ use crate::join::{JoinConfig, Joiner};
 use crate::record::CorrelatedSession;
 use crate::view::split_target;
 
+/// The query parameters [`SessionFilter::from_query`] reads; any other is refused.
+pub const FILTER_NAMES: &[&str] = &[
+    "trace_id",
+    "request_id",
+    "pod",
+    "namespace",
+    "status",
+    "service",
+    "method",
+    "path_prefix",
+    "protocol",
+    "min_duration",
+    "since",
+    "until",
+    "limit",
+    "cursor",
+];
+
 /// Results per query unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Results per query at most.
 pub const MAX_LIMIT: usize = 1000;
+
+/// Sessions the live feed holds for its slowest follower ([`Store::subscribe`]): a follower
+/// further behind loses the oldest and is told how many.
+pub const FEED_CAPACITY: usize = 1024;
+
+/// Where the next page of a session query starts: opaque to clients (`c1` and the arrival
+/// number of the last session returned, in hex), valid with the same filters however many
+/// sessions arrived meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor(u64);
+
+impl Cursor {
+    /// Parses a cursor made by [`Cursor::encode`].
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("c1")?;
+        if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok().map(Self)
+    }
+
+    /// The cursor's text.
+    pub fn encode(self) -> String {
+        format!("c1{:016x}", self.0)
+    }
+}
+
+/// One page of a session query.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Sessions passing the filter, newest first.
+    pub sessions: Vec<Arc<CorrelatedSession>>,
+    /// Where the next page starts; `None` when this one is the last.
+    pub next: Option<Cursor>,
+}
 
 /// Which response codes a query wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +136,8 @@ pub struct SessionFilter {
     pub until_ns: Option<u64>,
     /// Results at most, 1..=[`MAX_LIMIT`].
     pub limit: usize,
+    /// Sessions older than the previous page's last.
+    pub cursor: Option<Cursor>,
 }
 
 impl Default for SessionFilter {
@@ -99,6 +156,7 @@ impl Default for SessionFilter {
             since_ns: None,
             until_ns: None,
             limit: DEFAULT_LIMIT,
+            cursor: None,
         }
     }
 }
@@ -114,11 +172,15 @@ impl SessionFilter {
                 value: value.clone(),
                 reason,
             };
+            if !FILTER_NAMES.contains(&name.as_str()) {
+                return Err(bad("unknown filter"));
+            }
             match name.as_str() {
                 "trace_id" => {
+                    // All zero is no trace's id: such a filter matches nothing.
                     filter.trace_id = Some(
-                        TraceId::from_hex(value)
-                            .ok_or_else(|| bad("expected 32 hex digits, not all zero"))?,
+                        TraceId::from_hex_or_zero(value)
+                            .ok_or_else(|| bad("expected 32 hex digits"))?,
                     )
                 }
                 "request_id" => filter.request_id = Some(value.clone()),
@@ -135,21 +197,19 @@ impl SessionFilter {
                 "path_prefix" => filter.path_prefix = Some(value.clone()),
                 "protocol" => filter.protocol = Some(value.clone()),
                 "min_duration" => {
-                    let d = parse_duration(value)
+                    let d = Some(value)
+                        .filter(|v| v.chars().take_while(char::is_ascii_digit).count() <= 9)
+                        .and_then(|v| parse_duration(v))
                         .ok_or_else(|| bad("expected a duration like 100ms, 2s or 1m"))?;
                     filter.min_duration_ns = Some(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
                 }
                 "since" => {
-                    filter.since_ns = Some(
-                        unix_nanos(value)
-                            .ok_or_else(|| bad("expected an RFC 3339 time after 1970"))?,
-                    )
+                    filter.since_ns =
+                        Some(unix_nanos(value).ok_or_else(|| bad("expected an RFC 3339 time"))?)
                 }
                 "until" => {
-                    filter.until_ns = Some(
-                        unix_nanos(value)
-                            .ok_or_else(|| bad("expected an RFC 3339 time after 1970"))?,
-                    )
+                    filter.until_ns =
+                        Some(unix_nanos(value).ok_or_else(|| bad("expected an RFC 3339 time"))?)
                 }
                 "limit" => {
                     filter.limit = match value.parse::<usize>() {
@@ -157,7 +217,14 @@ impl SessionFilter {
                         _ => return Err(bad("expected a number from 1 to 1000")),
                     }
                 }
-                _ => return Err(bad("unknown filter")),
+                "cursor" => {
+                    filter.cursor = Some(
+                        Cursor::parse(value)
+                            .ok_or_else(|| bad("expected the next_cursor of a previous page"))?,
+                    )
+                }
+                // A name in FILTER_NAMES without its arm here (the API tests look for one).
+                _ => return Err(bad("filter not implemented")),
             }
         }
         Ok(filter)
@@ -209,11 +276,12 @@ impl SessionFilter {
     }
 }
 
-/// Unix nanoseconds of an RFC 3339 time; `None` before 1970 or malformed.
+/// Unix nanoseconds of an RFC 3339 time (0 before 1970, when no exchange starts); `None` when
+/// malformed.
 fn unix_nanos(text: &str) -> Option<u64> {
     let t =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    u64::try_from(t.unix_timestamp_nanos()).ok()
+    Some(u64::try_from(t.unix_timestamp_nanos().max(0)).unwrap_or(u64::MAX))
 }
 
 /// The store; share it behind an `Arc`. It is a view of the join's state
@@ -225,6 +293,8 @@ pub struct Store {
     state: Arc<RwLock<Joiner>>,
     /// The analytics over the exchanges finished; cleared with the store.
     analytics: Arc<Analytics>,
+    /// Exchanges as they finish, to the REST API's live followers.
+    feed: broadcast::Sender<Arc<CorrelatedSession>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -248,6 +318,30 @@ impl Store {
                 capacity,
             ))),
             analytics: Arc::new(Analytics::default()),
+            feed: broadcast::Sender::new(FEED_CAPACITY),
+        }
+    }
+
+    /// Follows the exchanges finished from now on (`GET /api/v1/sessions/stream`). The
+    /// receiver lags by [`FEED_CAPACITY`] at most: past that it loses the oldest (it is told
+    /// how many).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CorrelatedSession>> {
+        self.feed.subscribe()
+    }
+
+    /// Followers now.
+    pub fn followers(&self) -> usize {
+        self.feed.receiver_count()
+    }
+
+    /// Hands finished exchanges to the live followers, if any (nothing is kept otherwise).
+    pub fn publish(&self, finished: &[Arc<CorrelatedSession>]) {
+        if self.feed.receiver_count() == 0 {
+            return;
+        }
+        for rec in finished {
+            // Fails only when the last follower left meanwhile.
+            let _ = self.feed.send(Arc::clone(rec));
         }
     }
 
@@ -294,11 +388,27 @@ impl Store {
 
     /// Sessions passing `filter`, newest first, at most `filter.limit`.
     pub fn query(&self, filter: &SessionFilter) -> Vec<Arc<CorrelatedSession>> {
-        self.read()
-            .stored()
-            .filter(|s| filter.matches(s))
-            .take(filter.limit.min(MAX_LIMIT))
-            .collect()
+        self.page(filter).sessions
+    }
+
+    /// The page of sessions passing `filter` that starts at `filter.cursor` (the newest when
+    /// none), at most `filter.limit`, newest first.
+    pub fn page(&self, filter: &SessionFilter) -> Page {
+        let limit = filter.limit.clamp(1, MAX_LIMIT);
+        let joiner = self.read();
+        let mut matching = joiner
+            .stored_before(filter.cursor.map(|c| c.0))
+            .filter(|(_, s)| filter.matches(s));
+        let mut page = Page::default();
+        let mut last = None;
+        for (n, s) in matching.by_ref().take(limit) {
+            page.sessions.push(s);
+            last = Some(n);
+        }
+        if matching.next().is_some() {
+            page.next = last.map(Cursor);
+        }
+        page
     }
 
     /// Sessions held now.
@@ -440,6 +550,84 @@ mod tests {
             q(&[("until", "1970-01-01T00:00:00Z")]),
             Vec::<String>::new()
         );
+        assert_eq!(
+            q(&[("until", "1969-12-31T23:59:59Z")]),
+            Vec::<String>::new(),
+            "before 1970: before every exchange"
+        );
+        assert_eq!(q(&[("since", "0001-01-01T00:00:00Z")]).len(), 3);
+        assert_eq!(
+            q(&[("trace_id", "00000000000000000000000000000000")]),
+            Vec::<String>::new(),
+            "no trace has the all-zero id"
+        );
+    }
+
+    #[test]
+    fn pages_cover_every_session_once_while_more_arrive() {
+        let store = Store::new(100);
+        for i in 0..10 {
+            store.insert(rec(SessionBuilder::new(&format!("s{i}")).status(200)));
+        }
+        let mut filter = SessionFilter {
+            limit: 3,
+            ..SessionFilter::default()
+        };
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = store.page(&filter);
+            pages += 1;
+            seen.extend(page.sessions.iter().map(|s| s.id.clone()));
+            // Newer sessions arriving between pages must not shift the pages.
+            store.insert(rec(SessionBuilder::new(&format!("new{pages}")).status(404)));
+            match page.next {
+                Some(c) => {
+                    let text = c.encode();
+                    filter.cursor = Some(Cursor::parse(&text).expect("own cursor parses"));
+                }
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..10).rev().map(|i| format!("s{i}")).collect();
+        assert_eq!(
+            seen, want,
+            "each session once, newest first, over {pages} pages"
+        );
+        assert_eq!(pages, 4, "3 + 3 + 3 + 1");
+
+        // A filtered page stops where nothing more matches: no cursor to an empty page.
+        let f = SessionFilter::from_query(&params(&[("status", "200"), ("limit", "10")]))
+            .expect("valid filter");
+        let page = store.page(&f);
+        assert_eq!(page.sessions.len(), 10);
+        assert!(page.next.is_none(), "the 10 matching sessions fit one page");
+    }
+
+    #[test]
+    fn a_cursor_past_evicted_sessions_ends_the_listing() {
+        let store = Store::new(3);
+        for i in 0..3 {
+            store.insert(rec(SessionBuilder::new(&format!("s{i}"))));
+        }
+        let first = store.page(&SessionFilter {
+            limit: 1,
+            ..SessionFilter::default()
+        });
+        let cursor = first.next.expect("more than one page");
+        for i in 3..10 {
+            store.insert(rec(SessionBuilder::new(&format!("s{i}"))));
+        }
+        let next = store.page(&SessionFilter {
+            limit: 1,
+            cursor: Some(cursor),
+            ..SessionFilter::default()
+        });
+        assert!(
+            next.sessions.is_empty() && next.next.is_none(),
+            "everything older than the cursor was evicted, got {:?}",
+            ids(&next.sessions)
+        );
     }
 
     #[test]
@@ -456,7 +644,11 @@ mod tests {
             ("podd", "a"),
             ("min_duration", "fast"),
             ("since", "yesterday"),
-            ("until", "1969-12-31T23:59:59Z"),
+            ("cursor", "12"),
+            ("cursor", "c10000000000000000A"),
+            ("min_duration", "0000000001ms"),
+            ("cursor", "c1zz00000000000000"),
+            ("cursor", "c100000000000000001"),
         ] {
             let err = SessionFilter::from_query(&params(&[(k, v)]));
             assert!(

@@ -3,7 +3,7 @@
 //! programs on the pods' veths — and a host outside the node behind an uplink veth traced as a
 //! node interface. Each request must come out of the REST API once, with one observation per
 //! point it crossed (client socket, client veth, node interface, server veth, server socket),
-//! and as exactly one span.
+//! and as exactly one span (and, seen at both ends, its caller's CLIENT span).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -74,8 +74,12 @@ fn wait_joined(
     Ok(by_tag)
 }
 
-/// Waits for a span per tag, then a little longer, and checks each tag has exactly one.
+/// Waits for the spans of every tag, then a little longer, and checks each exchange is exactly
+/// one span — SERVER when a point at the server saw it, else CLIENT — plus, when it was seen at
+/// both ends, exactly one CLIENT span of the calling side, parent of the SERVER span (the
+/// caller's service to the server's in Jaeger). Returns the exchange spans.
 async fn one_span_each(otlp: &OtlpReceiver, tags: &[String]) -> Result<Vec<Span>> {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
     let spans = otlp
         .wait_for_spans(tags.len(), Duration::from_secs(20))
         .await;
@@ -86,20 +90,48 @@ async fn one_span_each(otlp: &OtlpReceiver, tags: &[String]) -> Result<Vec<Span>
     } else {
         spans
     };
+    let mut exchange_spans = Vec::new();
     for t in tags {
-        let n = spans
+        let of_tag: Vec<&Span> = spans
             .iter()
             .filter(|s| span_tag(s).as_deref() == Some(t))
-            .count();
-        assert_eq!(n, 1, "exchange {t} must be exactly one span, saw {n}");
+            .collect();
+        let servers: Vec<&&Span> = of_tag
+            .iter()
+            .filter(|s| s.kind == SpanKind::Server as i32)
+            .collect();
+        let clients: Vec<&&Span> = of_tag
+            .iter()
+            .filter(|s| s.kind == SpanKind::Client as i32)
+            .collect();
+        match (servers.as_slice(), clients.as_slice()) {
+            ([server], [caller]) => {
+                assert_eq!(
+                    server.parent_span_id, caller.span_id,
+                    "exchange {t}: the caller's CLIENT span is the SERVER span's parent"
+                );
+                exchange_spans.push((**server).clone());
+            }
+            ([server], []) => exchange_spans.push((**server).clone()),
+            ([], [client]) => exchange_spans.push((**client).clone()),
+            _ => bail!(
+                "exchange {t} must be one span (and its caller's), saw {} SERVER and {} CLIENT",
+                servers.len(),
+                clients.len()
+            ),
+        }
+        assert_eq!(
+            of_tag.len(),
+            servers.len() + clients.len(),
+            "{t}: {of_tag:#?}"
+        );
     }
-    assert_eq!(
-        spans.len(),
-        tags.len(),
-        "no span beyond one per exchange: {:?}",
+    assert!(
+        spans.len() <= 2 * tags.len(),
+        "no span beyond one per exchange and its caller's: {:?}",
         spans.iter().map(span_tag).collect::<Vec<_>>()
     );
-    Ok(spans)
+    Ok(exchange_spans)
 }
 
 /// The four points of a call from `client_comm` in `client` to nginx in `server`, in path order.

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 pub mod auth;
 pub mod drops;
 pub mod process;
+pub mod process_metrics;
 pub mod redact;
 pub mod workloads;
 
@@ -174,8 +175,10 @@ pub fn encode_metrics(registry: &prometheus_client::registry::Registry) -> Strin
     out
 }
 
-/// A router serving `registry` at `/metrics` (OpenMetrics text), for a port of its own, with
-/// `/healthz` beside it for liveness probes.
+/// A router serving `registry` at `/metrics`, for a port of its own, with `/healthz` beside it
+/// for liveness probes. OpenMetrics text to clients that accept it (Prometheus asks for it),
+/// else the same samples in the Prometheus text format 0.0.4 (curl, `promtool check metrics`,
+/// older scrapers), as the Go client library negotiates.
 pub fn metrics_router(
     registry: std::sync::Arc<prometheus_client::registry::Registry>,
 ) -> axum::Router {
@@ -183,19 +186,85 @@ pub fn metrics_router(
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route(
             "/metrics",
-            axum::routing::get(move || {
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
                 let registry = std::sync::Arc::clone(&registry);
                 async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        encode_metrics(&registry),
-                    )
+                    let openmetrics = headers
+                        .get_all(axum::http::header::ACCEPT)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .any(|v| v.contains("application/openmetrics-text"));
+                    let text = encode_metrics(&registry);
+                    if openmetrics {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        )
+                    } else {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            prometheus_text(&text),
+                        )
+                    }
                 }
             }),
         )
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter's `HELP` and `TYPE` name
+/// its samples (`_total`), `unknown` is `untyped`, an info metric is a gauge named `_info`, and
+/// `UNIT` and `EOF` lines go. Samples are the same in both.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut lines = openmetrics.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            // The TYPE line follows (after a UNIT line, if any) and says what the samples are called.
+            let kind = lines
+                .clone()
+                .filter(|l| !l.starts_with("# UNIT "))
+                .find_map(|l| l.strip_prefix("# TYPE "))
+                .and_then(|t| t.split_once(' '))
+                .filter(|(n, _)| *n == name)
+                .map_or("", |(_, k)| k);
+            out.push_str(&format!("# HELP {}{} {help}\n", name, suffix(kind)));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let kind_04 = match kind {
+                "counter" => "counter",
+                "gauge" | "info" | "stateset" => "gauge",
+                "histogram" | "gaugehistogram" => "histogram",
+                "summary" => "summary",
+                _ => "untyped",
+            };
+            out.push_str(&format!("# TYPE {}{} {kind_04}\n", name, suffix(kind)));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// What OpenMetrics appends to a family's name in its samples, for the types that do.
+fn suffix(kind: &str) -> &'static str {
+    match kind {
+        "counter" => "_total",
+        "info" => "_info",
+        _ => "",
+    }
 }
 
 /// Parses a duration flag such as `250ms`, `2s` or `3` (seconds).
@@ -216,6 +285,66 @@ pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, Strin
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn openmetrics_becomes_the_prometheus_text_format() {
+        let om = "# HELP reqs Requests.\n# TYPE reqs counter\nreqs_total{a=\"b\"} 3\n\
+                  # HELP up_seconds Up.\n# TYPE up_seconds gauge\n# UNIT up_seconds seconds\nup_seconds 1.5\n\
+                  # HELP build Build.\n# TYPE build info\nbuild_info{v=\"1\"} 1\n\
+                  # HELP lat Latency.\n# TYPE lat histogram\nlat_bucket{le=\"+Inf\"} 1\nlat_sum 0.1\nlat_count 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(om),
+            "# HELP reqs_total Requests.\n# TYPE reqs_total counter\nreqs_total{a=\"b\"} 3\n\
+             # HELP up_seconds Up.\n# TYPE up_seconds gauge\nup_seconds 1.5\n\
+             # HELP build_info Build.\n# TYPE build_info gauge\nbuild_info{v=\"1\"} 1\n\
+             # HELP lat Latency.\n# TYPE lat histogram\nlat_bucket{le=\"+Inf\"} 1\nlat_sum 0.1\nlat_count 1\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_are_negotiated() {
+        use tower::ServiceExt as _;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let c = prometheus_client::metrics::counter::Counter::<u64>::default();
+        registry.register("things", "Things.", c);
+        let router = metrics_router(std::sync::Arc::new(registry));
+        for (accept, ctype, family) in [
+            (
+                "application/openmetrics-text; version=1.0.0",
+                "application/openmetrics-text",
+                "# TYPE things counter",
+            ),
+            (
+                "*/*",
+                "text/plain; version=0.0.4",
+                "# TYPE things_total counter",
+            ),
+        ] {
+            let r = router
+                .clone()
+                .oneshot(
+                    axum::http::Request::get("/metrics")
+                        .header("accept", accept)
+                        .body(axum::body::Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("infallible");
+            let got = r.headers()["content-type"]
+                .to_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(got.starts_with(ctype), "{accept}: {got}");
+            let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                text.contains(family) && text.contains("things_total 0"),
+                "{accept}: {text}"
+            );
+        }
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -108,6 +108,7 @@ pub fn start_without_logging(redis: Option<&str>) -> Result<Started> {
     let drops = Drops::default();
     let mut registry = Registry::default();
     drops.register(&mut registry);
+    crate::process_metrics::ProcessCollector::register(&mut registry);
     let stop_config = StopFlag::default();
     let (live, config_metrics) =
         clovisor_config::follow_counted(redis, &mut registry, stop_config.wait())

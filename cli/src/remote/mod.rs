@@ -1,5 +1,5 @@
 //! Commands against a running correlator's REST API: `get sessions`, `get services`, `stats`,
-//! `clear`. Exit codes scripts can rely on: 0 done, 1 the correlator failed or could not be
+//! `observe` (follows the live feed), `clear`. Exit codes scripts can rely on: 0 done, 1 the correlator failed or could not be
 //! reached, 2 the command or its query was wrong (clap's usage errors are 2 as well).
 
 mod client;
@@ -25,6 +25,15 @@ pub struct Server {
         global = true
     )]
     server: String,
+    /// A file holding the bearer token the correlator requires (its `--api-token-file`).
+    #[arg(long, env = "CLOVISOR_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl Server {
+    fn client(&self) -> Result<ApiClient, ClientError> {
+        ApiClient::new(&self.server, self.token_file.as_deref())
+    }
 }
 
 /// How to print.
@@ -69,6 +78,19 @@ struct WindowArgs {
 
 #[derive(Debug, Args)]
 struct SessionArgs {
+    #[command(flatten)]
+    filters: Filters,
+    /// Sessions at most (1-1000).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// The next page: the `next_cursor` of the previous answer (`-o json`).
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+/// What sessions to show; every filter given must match.
+#[derive(Debug, Args)]
+struct Filters {
     /// Sessions of this trace (32 hex digits).
     #[arg(long)]
     trace_id: Option<String>,
@@ -102,9 +124,39 @@ struct SessionArgs {
     /// Started before (RFC 3339).
     #[arg(long)]
     until: Option<String>,
-    /// Sessions at most (1-1000).
+}
+
+impl Filters {
+    fn query(self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        push(&mut q, "trace_id", self.trace_id);
+        push(&mut q, "pod", self.pod);
+        push(&mut q, "namespace", self.namespace);
+        push(&mut q, "status", self.status);
+        push(&mut q, "protocol", self.protocol);
+        push(&mut q, "service", self.service);
+        push(&mut q, "method", self.method);
+        push(&mut q, "path_prefix", self.path_prefix);
+        push(&mut q, "min_duration", self.min_duration);
+        push(&mut q, "since", self.since);
+        push(&mut q, "until", self.until);
+        q
+    }
+}
+
+/// `clovisor observe`.
+#[derive(Debug, Args)]
+pub struct ObserveArgs {
+    #[command(flatten)]
+    filters: Filters,
+    /// Stop after this many sessions (default: follow until interrupted).
     #[arg(long)]
-    limit: Option<u32>,
+    count: Option<u64>,
+    #[command(flatten)]
+    server: Server,
+    /// Output format: table or wide (a line per session), json (a JSON object per line).
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
 }
 
 /// `clovisor stats`.
@@ -164,7 +216,9 @@ fn run(future: impl std::future::Future<Output = Result<String, ClientError>>) -
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {e}");
             match e {
-                ClientError::BadServer { .. } | ClientError::Refused { .. } => ExitCode::from(2),
+                ClientError::BadServer { .. }
+                | ClientError::Refused { .. }
+                | ClientError::Token { .. } => ExitCode::from(2),
                 ClientError::Unreachable { .. } | ClientError::Server { .. } => ExitCode::from(1),
             }
         }
@@ -175,22 +229,12 @@ fn run(future: impl std::future::Future<Output = Result<String, ClientError>>) -
 pub fn get(args: GetArgs) -> ExitCode {
     let colour = std::io::stdout().is_terminal();
     run(async move {
-        let api = ApiClient::new(&args.server.server)?;
+        let api = args.server.client()?;
         match args.what {
             GetWhat::Sessions(s) => {
-                let mut q = Vec::new();
-                push(&mut q, "trace_id", s.trace_id);
-                push(&mut q, "pod", s.pod);
-                push(&mut q, "namespace", s.namespace);
-                push(&mut q, "status", s.status);
-                push(&mut q, "protocol", s.protocol);
-                push(&mut q, "service", s.service);
-                push(&mut q, "method", s.method);
-                push(&mut q, "path_prefix", s.path_prefix);
-                push(&mut q, "min_duration", s.min_duration);
-                push(&mut q, "since", s.since);
-                push(&mut q, "until", s.until);
+                let mut q = s.filters.query();
                 push(&mut q, "limit", s.limit.map(|l| l.to_string()));
+                push(&mut q, "cursor", s.cursor);
                 let body = api.get("/api/v1/sessions", &q).await?;
                 Ok(render(&body, args.output, colour, sessions_table))
             }
@@ -208,7 +252,7 @@ pub fn get(args: GetArgs) -> ExitCode {
 pub fn stats(args: StatsArgs) -> ExitCode {
     let colour = std::io::stdout().is_terminal();
     run(async move {
-        let api = ApiClient::new(&args.server.server)?;
+        let api = args.server.client()?;
         let mut q = vec![("group_by", args.group_by)];
         push(&mut q, "window", args.window);
         push(&mut q, "order", args.order);
@@ -218,10 +262,88 @@ pub fn stats(args: StatsArgs) -> ExitCode {
     })
 }
 
+/// Column widths of `observe`'s lines (they cannot be fitted to rows not yet seen).
+const OBSERVE_WIDTHS: [usize; 12] = [30, 24, 24, 8, 6, 20, 6, 8, 8, 9, 32, 16];
+
+/// Silence after which `observe` gives the correlator up (its heartbeat is every 15 s).
+const OBSERVE_SILENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `clovisor observe`: a line per session as sessions finish, until interrupted, `--count`
+/// sessions were shown, or the correlator ends the feed.
+pub fn observe(args: ObserveArgs) -> ExitCode {
+    let colour = std::io::stdout().is_terminal();
+    let format = args.output;
+    run(async move {
+        let api = args.server.client()?;
+        let query = args.filters.query();
+        let mut shown = 0u64;
+        let mut out = std::io::stdout();
+        let wide = format == Format::Wide;
+        if matches!(format, Format::Table | Format::Wide) {
+            let header = sessions_table(&Value::Null, wide)
+                .with_widths(&OBSERVE_WIDTHS)
+                .render(colour);
+            if out.write_all(header.as_bytes()).is_err() {
+                return Ok(String::new());
+            }
+        }
+        if args.count == Some(0) {
+            return Ok(String::new());
+        }
+        api.follow(
+            "/api/v1/sessions/stream",
+            &query,
+            OBSERVE_SILENCE,
+            |event, data| {
+                if event == "dropped" {
+                    let n = serde_json::from_str::<Value>(data)
+                        .ok()
+                        .and_then(|v| v["dropped"].as_u64())
+                        .unwrap_or(0);
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "warning: {n} sessions not shown: this client read too slowly"
+                    );
+                    return true;
+                }
+                if event != "session" {
+                    return true;
+                }
+                let Ok(session) = serde_json::from_str::<Value>(data) else {
+                    let _ = writeln!(std::io::stderr(), "warning: a session that is not JSON");
+                    return true;
+                };
+                let line = match format {
+                    Format::Json => format!("{session}\n"),
+                    Format::Yaml => format!("---\n{}", output::yaml(&session)),
+                    Format::Table | Format::Wide => {
+                        let body = serde_json::json!({ "sessions": [session] });
+                        sessions_table(&body, wide)
+                            .with_widths(&OBSERVE_WIDTHS)
+                            .render_rows(colour)
+                    }
+                };
+                // A closed pipe (`| head`) ends the command.
+                if out
+                    .write_all(line.as_bytes())
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    return false;
+                }
+                shown += 1;
+                args.count.is_none_or(|c| shown < c)
+            },
+        )
+        .await?;
+        Ok(String::new())
+    })
+}
+
 /// `clovisor clear`.
 pub fn clear(args: ClearArgs) -> ExitCode {
     run(async move {
-        let api = ApiClient::new(&args.server.server)?;
+        let api = args.server.client()?;
         let body = api.delete("/api/v1/sessions").await?;
         Ok(format!(
             "cleared {} sessions and the analytics\n",

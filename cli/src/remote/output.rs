@@ -21,6 +21,8 @@ pub enum Colour {
 pub struct Table {
     headers: Vec<String>,
     rows: Vec<Vec<(String, Colour)>>,
+    /// Columns at least this wide (lines printed one at a time line up).
+    min_widths: Vec<usize>,
 }
 
 impl Table {
@@ -29,7 +31,19 @@ impl Table {
         Self {
             headers: headers.into_iter().map(Into::into).collect(),
             rows: Vec::new(),
+            min_widths: Vec::new(),
         }
+    }
+
+    /// Columns at least `widths` wide.
+    pub fn with_widths(mut self, widths: &[usize]) -> Self {
+        self.min_widths = widths.to_vec();
+        self
+    }
+
+    /// The rows without the header line.
+    pub fn render_rows(&self, colour: bool) -> String {
+        self.render_lines(colour, false)
     }
 
     /// Adds a row.
@@ -39,12 +53,17 @@ impl Table {
 
     /// The table, columns three spaces apart like kubectl's, coloured when `colour`.
     pub fn render(&self, colour: bool) -> String {
+        self.render_lines(colour, true)
+    }
+
+    fn render_lines(&self, colour: bool, header: bool) -> String {
         let width = |i: usize| {
             self.rows
                 .iter()
                 .filter_map(|r| r.get(i))
                 .map(|(t, _)| t.chars().count())
                 .chain(self.headers.get(i).map(|h| h.chars().count()))
+                .chain(self.min_widths.get(i).copied())
                 .max()
                 .unwrap_or(0)
         };
@@ -73,10 +92,12 @@ impl Table {
             out.push_str(text.trim_end());
             out.push('\n');
         };
-        line(
-            &mut out,
-            &mut self.headers.iter().map(|h| (h.as_str(), Colour::Plain)),
-        );
+        if header {
+            line(
+                &mut out,
+                &mut self.headers.iter().map(|h| (h.as_str(), Colour::Plain)),
+            );
+        }
         for r in &self.rows {
             line(&mut out, &mut r.iter().map(|(t, c)| (t.as_str(), *c)));
         }

@@ -97,7 +97,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// Latency figures in milliseconds; absent when no exchange had a response.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct LatencyMs {
     /// Smallest.
     pub min: f64,
@@ -118,7 +118,7 @@ fn ms(ns: u64) -> f64 {
 }
 
 /// Requests, errors and latency, as answered.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Figures {
     /// Exchanges.
     pub requests: u64,
@@ -158,7 +158,7 @@ impl From<&Cell> for Figures {
 }
 
 /// One end of a service-map edge.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Peer {
     /// Workload (else pod, else address).
     pub name: String,
@@ -171,7 +171,7 @@ pub struct Peer {
 }
 
 /// A service (or workload) seen serving or calling.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Service {
     /// Workload (else pod, else address).
     pub name: String,
@@ -296,9 +296,10 @@ impl Order {
 }
 
 /// One group of `/stats`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Group {
     /// The group's value of each field grouped by.
+    #[schema(value_type = BTreeMap<String, String>)]
     pub key: BTreeMap<&'static str, String>,
     /// Its figures.
     #[serde(flatten)]

@@ -9,6 +9,7 @@ use serde::Serialize;
 use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use crate::record::CorrelatedSession;
 use crate::view::{endpoint_ip, http_version, redact_query, split_target};
@@ -29,7 +30,7 @@ pub fn rfc3339(nanos: u64) -> Option<String> {
 }
 
 /// One end of the exchange.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EndpointJson {
     /// IPv4 or IPv6 address.
     pub ip: Option<String>,
@@ -44,7 +45,7 @@ pub struct EndpointJson {
 }
 
 /// What one observation point saw.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ObservationJson {
     /// `pod`, `node` or `socket`.
     pub point: &'static str,
@@ -85,7 +86,7 @@ pub struct ObservationJson {
 }
 
 /// Decoded HTTP fields.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HttpJson {
     /// Request method.
     pub method: String,
@@ -108,7 +109,7 @@ pub struct HttpJson {
 }
 
 /// Database fields (Redis, PostgreSQL, MySQL). The statement was sanitized in the collector.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DatabaseJson {
     /// `redis`, `postgresql`, `mysql`.
     pub system: String,
@@ -139,7 +140,7 @@ pub struct DatabaseJson {
 }
 
 /// What a user analyzer found (docs/analyzers.md).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AnalyzerJson {
     /// The analyzer's protocol name (also the session's `protocol`).
     pub name: String,
@@ -148,7 +149,7 @@ pub struct AnalyzerJson {
 }
 
 /// Decoded gRPC fields.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct GrpcJson {
     /// Fully qualified service, e.g. `helloworld.Greeter`.
     pub service: String,
@@ -161,7 +162,7 @@ pub struct GrpcJson {
 }
 
 /// Decoded DNS fields.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DnsJson {
     /// Message id shared by the query and its answer.
     pub id: u32,
@@ -209,7 +210,7 @@ fn dns(d: &Dns, incomplete: bool) -> DnsJson {
 }
 
 /// Decoded Kafka fields.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct KafkaJson {
     /// The request's API key (0 Produce, 1 Fetch, 3 Metadata, …).
     pub api_key: u32,
@@ -252,7 +253,7 @@ fn kafka(k: &Kafka) -> KafkaJson {
 }
 
 /// A request/response pair of counters.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CountersJson {
     /// Client to server.
     pub request: u64,
@@ -261,7 +262,7 @@ pub struct CountersJson {
 }
 
 /// Where the session sits in a trace.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TraceJson {
     /// 32 lowercase hex digits.
     pub trace_id: String,
@@ -276,7 +277,7 @@ pub struct TraceJson {
 }
 
 /// A session as the REST API returns it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SessionJson {
     /// Session id.
     pub id: String,

@@ -11,8 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{error, ApiState};
+use super::openapi::{FieldPath, StatsQuery, WindowQuery};
+use super::{error, ApiState, ErrorBody};
 use crate::analytics::query::{self, Field, Group, Order, Service};
 use crate::analytics::{now_unix_nanos, Analytics};
 use crate::store::MAX_LIMIT;
@@ -60,24 +62,19 @@ fn params(
     }
 }
 
-/// The window asked for, in buckets, and its length in seconds.
+/// The window asked for, in buckets, and its length in seconds; one longer than the
+/// retention is the retention.
 fn window(analytics: &Analytics, params: &Params) -> Result<(usize, u64), BadRequest> {
     let (text, window) = match params.get("window") {
+        // No leading zero, as the document's pattern says.
+        Some(w) if w.starts_with('0') => (w.as_str(), None),
         Some(w) => (w.as_str(), query::parse_duration(w)),
         None => ("", Some(DEFAULT_WINDOW)),
     };
+    let retention = analytics.config().retention();
     let buckets = window
-        .and_then(|w| analytics.buckets_for(w))
-        .ok_or_else(|| {
-            bad(
-                "window",
-                text,
-                &format!(
-                    "expected a duration like 30s, 5m or 1h, at most {}s",
-                    analytics.config().retention().as_secs()
-                ),
-            )
-        })?;
+        .and_then(|w| analytics.buckets_for(w.min(retention)))
+        .ok_or_else(|| bad("window", text, "expected a duration like 30s, 5m or 1h"))?;
     let seconds = analytics
         .config()
         .bucket
@@ -86,18 +83,39 @@ fn window(analytics: &Analytics, params: &Params) -> Result<(usize, u64), BadReq
     Ok((buckets, seconds))
 }
 
-#[derive(Debug, Serialize)]
-struct ServicesBody {
+/// Parameters of `/api/v1/services` and `/api/v1/values/{field}`.
+pub const WINDOW_PARAMS: &[&str] = &["window"];
+/// Parameters of `/api/v1/stats`.
+pub const STATS_PARAMS: &[&str] = &["window", "group_by", "order", "limit"];
+
+/// Services seen over a window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServicesBody {
+    /// The window's length.
     window_seconds: u64,
+    /// Every service seen serving or calling, busiest first.
     services: Vec<Service>,
 }
 
-async fn services(
+/// Every service and workload seen, with request counts, error rates, latency and the
+/// services it calls and is called by.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services",
+    tag = "analytics",
+    params(WindowQuery),
+    responses(
+        (status = 200, description = "The services", body = ServicesBody),
+        (status = 400, description = "A parameter is unknown or malformed", body = ErrorBody),
+        (status = 401, description = "A bearer token is required", body = String),
+    )
+)]
+pub(crate) async fn services(
     State(state): State<ApiState>,
     query: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, BadRequest> {
     let analytics = state.store.analytics();
-    let (buckets, window_seconds) = window(analytics, &params(query, &["window"])?)?;
+    let (buckets, window_seconds) = window(analytics, &params(query, WINDOW_PARAMS)?)?;
     let cells = analytics.window_at(buckets, now_unix_nanos());
     Ok(Json(ServicesBody {
         window_seconds,
@@ -106,13 +124,19 @@ async fn services(
     .into_response())
 }
 
-#[derive(Debug, Serialize)]
-struct StatsBody {
+/// Grouped counts over a window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsBody {
+    /// The window's length.
     window_seconds: u64,
+    /// The fields grouped by, in the order asked.
+    #[schema(value_type = Vec<String>)]
     group_by: Vec<&'static str>,
+    /// What the groups are ordered by.
     order: String,
     /// Groups in all, before the limit.
     total_groups: usize,
+    /// The first groups.
     groups: Vec<Group>,
 }
 
@@ -124,19 +148,31 @@ fn field_names() -> String {
         .join(", ")
 }
 
-async fn stats(
+/// Request counts and latency grouped by fields, ordered and limited.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats",
+    tag = "analytics",
+    params(StatsQuery),
+    responses(
+        (status = 200, description = "The groups", body = StatsBody),
+        (status = 400, description = "A parameter is unknown or malformed", body = ErrorBody),
+        (status = 401, description = "A bearer token is required", body = String),
+    )
+)]
+pub(crate) async fn stats(
     State(state): State<ApiState>,
     query: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, BadRequest> {
     let analytics = state.store.analytics();
-    let p = params(query, &["window", "group_by", "order", "limit"])?;
+    let p = params(query, STATS_PARAMS)?;
     let (buckets, window_seconds) = window(analytics, &p)?;
     let group_by = p.get("group_by").map_or("service", String::as_str);
     let mut fields = Vec::new();
     for name in group_by.split(',').map(str::trim) {
         match Field::parse(name) {
             Some(f) if !fields.contains(&f) => fields.push(f),
-            Some(_) => return Err(bad("group_by", group_by, "a field is named twice")),
+            Some(_) => {} // named twice: counts once
             None => {
                 return Err(bad(
                     "group_by",
@@ -171,14 +207,32 @@ async fn stats(
     .into_response())
 }
 
-#[derive(Debug, Serialize)]
-struct ValuesBody {
+/// The distinct values of a field over a window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValuesBody {
+    /// The field.
+    #[schema(value_type = String)]
     field: &'static str,
+    /// The window's length.
     window_seconds: u64,
+    /// Its values, sorted.
     values: Vec<String>,
 }
 
-async fn values(
+/// The distinct values a field had: user agents, paths, status codes, methods, ...
+#[utoipa::path(
+    get,
+    path = "/api/v1/values/{field}",
+    tag = "analytics",
+    params(FieldPath, WindowQuery),
+    responses(
+        (status = 200, description = "The values", body = ValuesBody),
+        (status = 400, description = "A parameter is unknown or malformed", body = ErrorBody),
+        (status = 404, description = "No such field", body = ErrorBody),
+        (status = 401, description = "A bearer token is required", body = String),
+    )
+)]
+pub(crate) async fn values(
     State(state): State<ApiState>,
     Path(field): Path<String>,
     query: Result<Query<Params>, QueryRejection>,
@@ -190,7 +244,7 @@ async fn values(
             format!("no field {field:?} (fields: {})", field_names()),
         ));
     };
-    let (buckets, window_seconds) = window(analytics, &params(query, &["window"])?)?;
+    let (buckets, window_seconds) = window(analytics, &params(query, WINDOW_PARAMS)?)?;
     let cells = analytics.window_at(buckets, now_unix_nanos());
     Ok(Json(ValuesBody {
         field: f.name(),
@@ -200,26 +254,51 @@ async fn values(
     .into_response())
 }
 
-#[derive(Debug, Serialize)]
-struct AnalyticsJson {
+/// The analytics' own bounds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnalyticsJson {
+    /// Keys (service x client x path x ... combinations) held now.
     keys: usize,
+    /// Keys at most; more are folded into `(other)`.
     max_keys: usize,
+    /// Exchanges counted under `(other)` since the start.
     folded_into_other: u64,
+    /// Length of one bucket.
     bucket_seconds: u64,
+    /// How far back the buckets go.
     retention_seconds: u64,
 }
 
-#[derive(Debug, Serialize)]
-struct SystemBody {
+/// System counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SystemBody {
+    /// Sessions the store holds now.
     sessions_stored: usize,
+    /// Sessions the store holds at most.
     store_capacity: usize,
+    /// Sessions evicted from the full store since the start.
     sessions_evicted: u64,
+    /// Exchanges finished (joined, counted, exported) since the start or the last clear.
     exchanges_finished: u64,
+    /// The same per protocol.
     per_protocol: BTreeMap<String, u64>,
+    /// The analytics' bounds.
     analytics: AnalyticsJson,
+    /// Clients following the live feed now.
+    stream_followers: usize,
 }
 
-async fn system(State(state): State<ApiState>) -> Response {
+/// Counts of the correlator itself.
+#[utoipa::path(
+    get,
+    path = "/api/v1/system",
+    tag = "analytics",
+    responses(
+        (status = 200, description = "The counts", body = SystemBody),
+        (status = 401, description = "A bearer token is required", body = String),
+    )
+)]
+pub(crate) async fn system(State(state): State<ApiState>) -> Response {
     let analytics = state.store.analytics();
     let totals = analytics.totals();
     let config = analytics.config();
@@ -236,17 +315,29 @@ async fn system(State(state): State<ApiState>) -> Response {
             bucket_seconds: config.bucket.as_secs(),
             retention_seconds: config.retention().as_secs(),
         },
+        stream_followers: state.store.followers(),
     })
     .into_response()
 }
 
-#[derive(Debug, Serialize)]
-struct ClearedBody {
+/// What a clear removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClearedBody {
+    /// Sessions the store held.
     sessions_cleared: usize,
 }
 
-/// `DELETE /api/v1/sessions`: empties the store and the analytics.
-pub async fn clear(State(state): State<ApiState>) -> Response {
+/// Empties the store and the analytics.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    responses(
+        (status = 200, description = "Cleared", body = ClearedBody),
+        (status = 401, description = "A bearer token is required", body = String),
+    )
+)]
+pub(crate) async fn clear(State(state): State<ApiState>) -> Response {
     Json(ClearedBody {
         sessions_cleared: state.store.clear(),
     })

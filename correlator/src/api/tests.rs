@@ -238,7 +238,12 @@ async fn metrics_endpoint_serves_openmetrics() {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let r = metrics_app(Arc::new(registry))
-        .oneshot(Request::get("/metrics").body(Body::empty()).expect("valid"))
+        .oneshot(
+            Request::get("/metrics")
+                .header("accept", "application/openmetrics-text; version=1.0.0")
+                .body(Body::empty())
+                .expect("valid"),
+        )
         .await
         .expect("infallible");
     assert_eq!(r.status(), StatusCode::OK);
@@ -481,10 +486,10 @@ async fn bad_analytics_parameters_are_json_400s() {
     for uri in [
         "/api/v1/services?window=5x",
         "/api/v1/services?window=0s",
-        "/api/v1/services?window=2h",
+        "/api/v1/services?window=05m",
         "/api/v1/services?windw=5m",
         "/api/v1/stats?group_by=colour",
-        "/api/v1/stats?group_by=path,path",
+        "/api/v1/stats?group_by=path,,path",
         "/api/v1/stats?order=fastest",
         "/api/v1/stats?limit=0",
         "/api/v1/stats?limit=x",
@@ -497,6 +502,19 @@ async fn bad_analytics_parameters_are_json_400s() {
             "{uri}: JSON error expected, saw {body}"
         );
     }
+    let (status, body) = get_json(app.clone(), "/api/v1/services?window=2h").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["window_seconds"], 900,
+        "a longer window is the retention"
+    );
+    let (status, body) = get_json(app.clone(), "/api/v1/stats?group_by=path,%20path").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["group_by"],
+        serde_json::json!(["path"]),
+        "named twice counts once"
+    );
     let (status, body) = get_json(app, "/api/v1/values/colour").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
@@ -560,4 +578,269 @@ async fn kafka_session_json_shape() {
     assert_eq!(k["error_code"], 36);
     assert_eq!(k["error_name"], "TOPIC_ALREADY_EXISTS");
     assert!(s["http"].is_null() && s.get("database").is_none(), "{s:#}");
+}
+
+/// The names of the query parameters the document declares for `method path`.
+fn documented_params(doc: &Value, method: &str, path: &str) -> Vec<String> {
+    let mut names: Vec<String> = doc["paths"][path][method]["parameters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{method} {path}: no parameters in the document"))
+        .iter()
+        .filter(|p| p["in"] == "query")
+        .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_and_matches_the_handlers() {
+    let (status, doc) = get_json(app(state_with(vec![])), "/api/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK, "body {doc}");
+    assert_eq!(doc["openapi"], "3.1.0", "an OpenAPI 3.1 document");
+    let mut paths: Vec<&String> = doc["paths"]
+        .as_object()
+        .expect("paths object")
+        .keys()
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/openapi.json",
+            "/api/v1/services",
+            "/api/v1/sessions",
+            "/api/v1/sessions/stream",
+            "/api/v1/sessions/{id}",
+            "/api/v1/stats",
+            "/api/v1/system",
+            "/api/v1/values/{field}",
+        ],
+        "every route of app() and no other"
+    );
+    assert!(doc["paths"]["/api/v1/sessions"]["delete"].is_object());
+    assert!(doc["security"].is_null(), "open API: no security required");
+
+    // The parameters are the ones the handlers read: each documented one is known to the
+    // parser, and the parser knows no other.
+    assert_eq!(
+        documented_params(&doc, "get", "/api/v1/sessions"),
+        sorted(crate::store::FILTER_NAMES)
+    );
+    for name in crate::store::FILTER_NAMES {
+        let params = HashMap::from([((*name).to_owned(), "\u{1}".to_owned())]);
+        if let Err(Error::BadFilter { reason, .. }) = SessionFilter::from_query(&params) {
+            assert!(
+                reason != "filter not implemented" && reason != "unknown filter",
+                "{name} is documented but not read: {reason}"
+            );
+        }
+    }
+    let mut stream: Vec<&str> = crate::store::FILTER_NAMES.to_vec();
+    stream.retain(|n| !["limit", "cursor"].contains(n));
+    assert_eq!(
+        documented_params(&doc, "get", "/api/v1/sessions/stream"),
+        sorted(&stream)
+    );
+    assert_eq!(
+        documented_params(&doc, "get", "/api/v1/stats"),
+        sorted(services::STATS_PARAMS)
+    );
+    for path in ["/api/v1/services", "/api/v1/values/{field}"] {
+        assert_eq!(
+            documented_params(&doc, "get", path),
+            sorted(services::WINDOW_PARAMS)
+        );
+    }
+    // The session's JSON is described field by field.
+    let session = &doc["components"]["schemas"]["SessionJson"]["properties"];
+    for field in [
+        "id",
+        "protocol",
+        "start_time",
+        "client",
+        "http",
+        "trace",
+        "incomplete",
+    ] {
+        assert!(
+            session[field].is_object(),
+            "SessionJson.{field} undocumented: {session}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn openapi_document_requires_the_token_the_process_requires() {
+    let mut state = state_with(vec![]);
+    state.bearer_auth = true;
+    let (_, doc) = get_json(app(state), "/api/v1/openapi.json").await;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
+        "the bearer scheme is declared: {doc}"
+    );
+    assert_eq!(doc["security"][0]["bearer"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn pages_follow_the_cursor_to_the_end() {
+    let state = state_with(
+        (0..7)
+            .map(|i| SessionBuilder::new(&format!("p{i}")))
+            .collect(),
+    );
+    let app = app(state);
+    let mut uri = "/api/v1/sessions?limit=3".to_owned();
+    let mut seen = Vec::new();
+    loop {
+        let (status, body) = get_json(app.clone(), &uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+        seen.extend(ids(&body));
+        match body["next_cursor"].as_str() {
+            Some(c) => uri = format!("/api/v1/sessions?limit=3&cursor={c}"),
+            None => {
+                assert!(body["next_cursor"].is_null(), "last page: next_cursor null");
+                break;
+            }
+        }
+    }
+    assert_eq!(seen, ["p6", "p5", "p4", "p3", "p2", "p1", "p0"]);
+    let (status, body) = get_json(app, "/api/v1/sessions?cursor=p3").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a forged cursor: {body}");
+}
+
+/// Reads the SSE body until `want` events (not comments) came, or panics after 5 s.
+async fn events(body: &mut axum::body::BodyDataStream, want: usize) -> Vec<(String, Value)> {
+    use futures::StreamExt as _;
+    let mut text = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while out.len() < want {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("expected {want} events within 5 s, saw {out:?}"))
+            .expect("the stream stays open")
+            .expect("body chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = e.to_owned();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            if !event.is_empty() {
+                out.push((
+                    event,
+                    serde_json::from_str(&data).expect("event data is JSON"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+async fn open_stream(app: Router, uri: &str) -> axum::body::BodyDataStream {
+    let response = app
+        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+        .await
+        .expect("router is infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[http::header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    response.into_body().into_data_stream()
+}
+
+#[tokio::test]
+async fn stream_follows_finished_sessions_with_the_filters() {
+    let store = Arc::new(Store::new(100));
+    let ingest = IngestService::new(Arc::clone(&store), Arc::new(Metrics::new()), None);
+    let state = ApiState::new(Arc::clone(&store));
+    let _server = state.clone();
+    let app = app(state);
+    let mut body = open_stream(app.clone(), "/api/v1/sessions/stream?status=5xx").await;
+    for (id, code) in [("ok", 200), ("bad", 503), ("worse", 500)] {
+        ingest.accept(SessionBuilder::new(id).status(code).build());
+    }
+    ingest.drain();
+    let got = events(&mut body, 2).await;
+    let names: Vec<(&str, &str)> = got
+        .iter()
+        .map(|(e, d)| (e.as_str(), d["id"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(names, [("session", "bad"), ("session", "worse")]);
+
+    for uri in [
+        "/api/v1/sessions/stream?limit=5",
+        "/api/v1/sessions/stream?cursor=c10000000000000000",
+        "/api/v1/sessions/stream?status=9xx",
+        "/api/v1/sessions/stream?colour=red",
+    ] {
+        let (status, body) = get_json(app.clone(), uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_follower_loses_the_oldest_and_is_told_and_counted() {
+    let store = Arc::new(Store::new(10));
+    let metrics = Arc::new(Metrics::new());
+    let ingest = IngestService::new(Arc::clone(&store), Arc::clone(&metrics), None);
+    let state = ApiState::new(Arc::clone(&store)).with_drops(metrics.drops());
+    let drops = state.drops.clone();
+    // The state lives as long as the server's router does (oneshot drops its copy).
+    let _server = state.clone();
+    let app = app(state);
+    let mut body = open_stream(app, "/api/v1/sessions/stream").await;
+    let extra = 20;
+    for i in 0..crate::store::FEED_CAPACITY + extra {
+        ingest.accept(SessionBuilder::new(&format!("s{i}")).build());
+        ingest.drain();
+    }
+    let got = events(&mut body, 2).await;
+    assert_eq!(got[0].0, "dropped", "first the loss: {got:?}");
+    assert_eq!(got[0].1["dropped"], extra, "the oldest {extra} lost");
+    assert_eq!(got[1].1["id"], format!("s{extra}"), "then the oldest kept");
+    assert_eq!(
+        drops.get(stream::STAGE_API_STREAM, stream::REASON_LAGGED),
+        extra as u64,
+        "counted in clovisor_dropped_total"
+    );
+}
+
+#[tokio::test]
+async fn stream_sends_heartbeats_and_ends_when_closing() {
+    use futures::StreamExt as _;
+    let mut state = state_with(vec![]);
+    state.stream.heartbeat = std::time::Duration::from_millis(50);
+    let closing = state.closing.clone();
+    let _server = state.clone();
+    let mut body = open_stream(app(state), "/api/v1/sessions/stream").await;
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+        .await
+        .expect("a heartbeat within 5 s")
+        .expect("open")
+        .expect("chunk");
+    assert_eq!(&chunk[..], b": heartbeat\n\n");
+    closing.raise();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while body.next().await.is_some() {}
+    })
+    .await;
+    assert!(
+        end.is_ok(),
+        "the stream must end once the correlator closes"
+    );
 }

@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 
 use crate::config::ExportConfig;
 use crate::error::{Error, Result};
+use crate::export::span::ServiceKey;
 use crate::export::{span, wire};
 use crate::metrics::{DropReason, Metrics};
 use crate::record::CorrelatedSession;
@@ -44,11 +45,21 @@ enum Control {
     },
 }
 
+/// A span waiting for export: protobuf-encoded ([`span::encode_span`]), with the service it is
+/// reported under.
+#[derive(Debug)]
+pub struct QueuedSpan {
+    /// Its resource's service; empty: the exporter's own.
+    pub service: ServiceKey,
+    /// The encoded OTLP `Span`.
+    pub bytes: Vec<u8>,
+}
+
 /// Enqueues spans for export; cheap to clone, never blocks. Spans wait protobuf-encoded
 /// ([`span::encode_span`]), and a batch is sent as their bytes.
 #[derive(Clone, Debug)]
 pub struct ExportHandle {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<QueuedSpan>,
     metrics: Arc<Metrics>,
 }
 
@@ -59,12 +70,30 @@ impl ExportHandle {
     }
 
     /// Queues the span of `rec`, like [`ExportHandle::enqueue`].
+    /// Also queues the calling side's CLIENT span when the exchange was seen at both ends
+    /// ([`span::client_span_id`]); `false` when a span was dropped.
     pub fn enqueue_session(&self, rec: &CorrelatedSession) -> bool {
-        self.enqueue_encoded(span::span_bytes(rec))
+        let caller = match span::caller_span(rec) {
+            Some((service, bytes)) => self.enqueue_queued(QueuedSpan { service, bytes }),
+            None => true,
+        };
+        let exchange = self.enqueue_queued(QueuedSpan {
+            service: span::service_of(rec),
+            bytes: span::span_bytes(rec),
+        });
+        caller && exchange
     }
 
-    /// Queues a span already encoded (an OTLP `Span` message), like [`ExportHandle::enqueue`].
+    /// Queues a span already encoded (an OTLP `Span` message) under the exporter's own
+    /// resource, like [`ExportHandle::enqueue`].
     pub fn enqueue_encoded(&self, span: Vec<u8>) -> bool {
+        self.enqueue_queued(QueuedSpan {
+            service: ServiceKey::default(),
+            bytes: span,
+        })
+    }
+
+    fn enqueue_queued(&self, span: QueuedSpan) -> bool {
         self.metrics.span_offered();
         let queued = match self.tx.try_send(span) {
             Ok(()) => true,
@@ -89,7 +118,7 @@ impl ExportHandle {
     /// A handle whose spans wait in the returned receiver instead of going to a worker: for
     /// benchmarks and tests that take the spans themselves.
     #[cfg(any(test, feature = "test-util"))]
-    pub fn detached(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<Vec<u8>>) {
+    pub fn detached(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<QueuedSpan>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (Self { tx, metrics }, rx)
     }
@@ -261,9 +290,27 @@ impl OtlpExporter {
 /// The OTLP trace service's export method.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// The encoded `ExportTraceServiceRequest` that exports `spans` (each an encoded `Span`) under
-/// `resource`: one `ResourceSpans` with one `ScopeSpans`.
-pub fn export_request(resource: &Resource, spans: &[Vec<u8>]) -> Bytes {
+/// The encoded `ExportTraceServiceRequest` that exports `spans`: one `ResourceSpans` per
+/// service (in the order the services first appear; `resource` made that service's by
+/// [`span::service_resource`]), each with one `ScopeSpans`.
+pub fn export_request(resource: &Resource, spans: &[QueuedSpan]) -> Bytes {
+    let mut services: Vec<(&ServiceKey, Vec<&[u8]>)> = Vec::new();
+    for s in spans {
+        match services.iter_mut().find(|(k, _)| *k == &s.service) {
+            Some((_, group)) => group.push(&s.bytes),
+            None => services.push((&s.service, vec![&s.bytes])),
+        }
+    }
+    let mut buf = Vec::new();
+    for (service, group) in services {
+        resource_spans(&mut buf, &span::service_resource(resource, service), &group);
+    }
+    Bytes::from(buf)
+}
+
+/// Appends one `ResourceSpans` field of an `ExportTraceServiceRequest`: `spans` (each an
+/// encoded `Span`) under `resource`, in one `ScopeSpans`.
+fn resource_spans(buf: &mut Vec<u8>, resource: &Resource, spans: &[&[u8]]) {
     // Fields of ExportTraceServiceRequest, ResourceSpans and ScopeSpans.
     const RESOURCE_SPANS: u32 = 1;
     const RESOURCE: u32 = 1;
@@ -280,16 +327,15 @@ pub fn export_request(resource: &Resource, spans: &[Vec<u8>]) -> Bytes {
             .sum::<usize>()
         + wire::len_field_size(SCHEMA_URL.len());
     let resource_spans = wire::len_field_size(resource.len()) + wire::len_field_size(scope_spans);
-    let mut buf = Vec::with_capacity(wire::len_field_size(resource_spans));
-    wire::head(&mut buf, RESOURCE_SPANS, resource_spans);
-    wire::bytes(&mut buf, RESOURCE, &resource);
-    wire::head(&mut buf, SCOPE_SPANS, scope_spans);
-    wire::bytes(&mut buf, SCOPE, &scope);
+    buf.reserve(wire::len_field_size(resource_spans));
+    wire::head(buf, RESOURCE_SPANS, resource_spans);
+    wire::bytes(buf, RESOURCE, &resource);
+    wire::head(buf, SCOPE_SPANS, scope_spans);
+    wire::bytes(buf, SCOPE, &scope);
     for s in spans {
-        wire::bytes(&mut buf, SPANS, s);
+        wire::bytes(buf, SPANS, s);
     }
-    wire::bytes(&mut buf, SCHEMA, SCHEMA_URL.as_bytes());
-    Bytes::from(buf)
+    wire::bytes(buf, SCHEMA, SCHEMA_URL.as_bytes());
 }
 
 /// gRPC codec of an export request already encoded ([`export_request`]).
@@ -325,7 +371,7 @@ struct Worker {
     client: tonic::client::Grpc<Channel>,
     /// Where to export; changes when the live configuration re-points the exporter.
     endpoint: watch::Receiver<Channel>,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<QueuedSpan>,
     control: mpsc::Receiver<Control>,
     resource: Resource,
     config: ExportConfig,
@@ -361,7 +407,7 @@ impl Worker {
     }
 
     async fn run(mut self) {
-        let mut batch: Vec<Vec<u8>> = Vec::with_capacity(self.config.batch_size);
+        let mut batch: Vec<QueuedSpan> = Vec::with_capacity(self.config.batch_size);
         let mut batch_due = Instant::now();
         loop {
             let waiting = !batch.is_empty();
@@ -408,7 +454,7 @@ impl Worker {
     }
 
     /// Exports `batch` and everything queued now, giving up at `deadline`.
-    async fn drain(&mut self, mut batch: Vec<Vec<u8>>, deadline: Instant) {
+    async fn drain(&mut self, mut batch: Vec<QueuedSpan>, deadline: Instant) {
         loop {
             while batch.len() < self.config.batch_size {
                 match self.rx.try_recv() {
@@ -449,7 +495,7 @@ impl Worker {
 
     /// Sends one batch, retrying transient failures until the retry budget or `deadline` runs
     /// out; counts what was delivered and what was dropped.
-    async fn export(&mut self, spans: Vec<Vec<u8>>, deadline: Option<Instant>) {
+    async fn export(&mut self, spans: Vec<QueuedSpan>, deadline: Option<Instant>) {
         let n = spans.len() as u64;
         if n == 0 {
             return;

@@ -35,6 +35,7 @@ use opentelemetry_proto::tonic::trace::v1::{Span, SpanFlags};
 use prost::Message as _;
 
 use super::wire::{self, Attributes};
+use crate::ids::SpanId;
 use crate::record::CorrelatedSession;
 use crate::view::{
     db_error_type, db_operation_label, endpoint_ip, http_version, observed_at_server, redact_query,
@@ -99,6 +100,102 @@ pub fn resource(service_name: &str, node_name: Option<&str>) -> Resource {
     Resource {
         attributes,
         ..Default::default()
+    }
+}
+
+/// The service a span is reported under: its resource's `service.name` and
+/// `service.namespace`. Empty: the exporter's own resource (`OTEL_SERVICE_NAME`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// `service.name`: the workload (else the pod, else the address) of the end the span
+    /// represents.
+    pub name: String,
+    /// `service.namespace`: its Kubernetes namespace; empty when unknown.
+    pub namespace: String,
+}
+
+/// The name a service map gives `e`: its workload, else its pod, else its address; `None`
+/// when nothing is known of it.
+fn service_name(e: &Endpoint) -> Option<String> {
+    if !e.workload.is_empty() {
+        Some(e.workload.clone())
+    } else if !e.pod.is_empty() {
+        Some(e.pod.clone())
+    } else {
+        endpoint_ip(e).map(|ip| ip.to_string())
+    }
+}
+
+/// The service `rec`'s exchange span is reported under: the end it represents (the server for
+/// a SERVER span, the client for a CLIENT span), so Jaeger lists one service per workload as
+/// the original Clovisor's one tracer per service did.
+pub fn service_of(rec: &CorrelatedSession) -> ServiceKey {
+    service_of_end(Ends::of(&rec.session).this())
+}
+
+fn service_of_end(e: &Endpoint) -> ServiceKey {
+    match service_name(e) {
+        Some(name) => ServiceKey {
+            name,
+            namespace: e.namespace.clone(),
+        },
+        None => ServiceKey::default(),
+    }
+}
+
+/// Which of an exchange's spans to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanRole {
+    /// The exchange's span: SERVER when a point at the server saw it, else CLIENT; its id is
+    /// the session's.
+    Exchange,
+    /// The calling side's CLIENT span of an exchange seen at both ends ([`client_span_id`]):
+    /// under the client's service, parent of the SERVER span, child of the caller's span on
+    /// the wire.
+    Caller,
+}
+
+/// The id of the calling side's CLIENT span, when the exchange was seen at the server and also
+/// at a client-side point of a known pod — then Jaeger shows the call from one service to the
+/// other (its dependency graph links services through parent and child spans). Derived from
+/// the exchange's own span id, so it is stable for the exchange.
+pub fn client_span_id(rec: &CorrelatedSession) -> Option<SpanId> {
+    let session = &rec.session;
+    let client = session.client.as_ref()?;
+    let seen_at_client = session
+        .observations
+        .iter()
+        .any(|o| o.side() == clovisor_proto::common::v1::Side::Client);
+    if !(observed_at_server(session) && seen_at_client && !client.pod.is_empty()) {
+        return None;
+    }
+    let mut id = rec.span_id.0;
+    id[0] ^= 0x80;
+    if id == [0; 8] {
+        id[7] ^= 0x01;
+    }
+    Some(SpanId(id))
+}
+
+/// `base` (the exporter's resource) reporting for `service`: its `service.name` replaced, and
+/// `service.namespace` added when known; `base` itself for the empty key.
+pub fn service_resource(base: &Resource, service: &ServiceKey) -> Resource {
+    if service.name.is_empty() {
+        return base.clone();
+    }
+    let mut attributes: Vec<KeyValue> = base
+        .attributes
+        .iter()
+        .filter(|kv| kv.key != "service.name")
+        .cloned()
+        .collect();
+    attributes.insert(0, s("service.name", service.name.clone()));
+    if !service.namespace.is_empty() {
+        attributes.insert(1, s("service.namespace", service.namespace.clone()));
+    }
+    Resource {
+        attributes,
+        ..base.clone()
     }
 }
 
@@ -492,6 +589,13 @@ fn clovisor_attributes(
     }
     // Peer pods: the other end's identity is useful and bounded to our own metadata.
     let other_end = ends.other();
+    // The other end's service, as Jaeger's dependency graph links services by it; an address
+    // alone names no service.
+    if !other_end.workload.is_empty() {
+        attrs.str("peer.service", &other_end.workload);
+    } else if !other_end.pod.is_empty() {
+        attrs.str("peer.service", &other_end.pod);
+    }
     if !other_end.pod.is_empty() {
         attrs.str("clovisor.peer.pod", &other_end.pod);
     }
@@ -634,10 +738,10 @@ fn event(buf: &mut Vec<u8>, name: &str, at: u64, o: &Observation) {
 
 /// W3C trace flags: the parent is remote when it came from the wire; sampled unless the wire
 /// said otherwise.
-fn span_flags(rec: &CorrelatedSession) -> u32 {
+fn span_flags(rec: &CorrelatedSession, remote_parent: bool) -> u32 {
     let trace = rec.session.trace.as_ref().filter(|_| rec.trace_from_wire);
     let mut flags = SpanFlags::ContextHasIsRemoteMask as u32;
-    if rec.parent_span_id.is_some() {
+    if remote_parent {
         flags |= SpanFlags::ContextIsRemoteMask as u32;
     }
     if trace.is_none_or(|t| t.sampled) {
@@ -648,8 +752,26 @@ fn span_flags(rec: &CorrelatedSession) -> u32 {
 
 /// Appends the span for `rec`, protobuf-encoded (an OTLP `Span` message), to `buf`.
 pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
+    encode_span_as(rec, SpanRole::Exchange, buf);
+}
+
+/// Appends `rec`'s span of `role`, protobuf-encoded, to `buf`.
+pub fn encode_span_as(rec: &CorrelatedSession, role: SpanRole, buf: &mut Vec<u8>) {
     let session = &rec.session;
-    let ends = Ends::of(session);
+    let mut ends = Ends::of(session);
+    let caller = client_span_id(rec);
+    let (span_id, parent, remote_parent) = match (role, caller) {
+        (SpanRole::Caller, Some(id)) => {
+            ends.server_side = false;
+            (id, rec.parent_span_id, rec.parent_span_id.is_some())
+        }
+        (_, Some(id)) => (rec.span_id, Some(id), false),
+        (_, None) => (
+            rec.span_id,
+            rec.parent_span_id,
+            rec.parent_span_id.is_some(),
+        ),
+    };
     let kind = if ends.server_side {
         SpanKind::Server
     } else {
@@ -661,14 +783,14 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
     let trace = session.trace.as_ref().filter(|_| rec.trace_from_wire);
 
     wire::bytes(buf, field::TRACE_ID, &rec.trace_id.0);
-    wire::bytes(buf, field::SPAN_ID, &rec.span_id.0);
+    wire::bytes(buf, field::SPAN_ID, &span_id.0);
     if let Some(state) = trace
         .map(|t| t.tracestate.as_str())
         .filter(|s| !s.is_empty())
     {
         wire::bytes(buf, field::TRACE_STATE, state.as_bytes());
     }
-    if let Some(parent) = rec.parent_span_id {
+    if let Some(parent) = parent {
         wire::bytes(buf, field::PARENT_SPAN_ID, &parent.0);
     }
     let database = session.database.as_ref();
@@ -726,7 +848,7 @@ pub fn encode_span(rec: &CorrelatedSession, buf: &mut Vec<u8>) {
             wire::uint(buf, field::STATUS_CODE, code as u64);
         }
     });
-    wire::fixed32(buf, field::FLAGS, span_flags(rec));
+    wire::fixed32(buf, field::FLAGS, span_flags(rec, remote_parent));
 }
 
 /// The name of a span that is not Kafka's: the database operation, the DNS question type, the
@@ -757,9 +879,22 @@ fn span_name_of(
 
 /// The span for `rec`, protobuf-encoded.
 pub fn span_bytes(rec: &CorrelatedSession) -> Vec<u8> {
+    span_bytes_as(rec, SpanRole::Exchange)
+}
+
+/// `rec`'s span of `role`, protobuf-encoded.
+pub fn span_bytes_as(rec: &CorrelatedSession, role: SpanRole) -> Vec<u8> {
     let mut buf = Vec::with_capacity(3072);
-    encode_span(rec, &mut buf);
+    encode_span_as(rec, role, &mut buf);
     buf
+}
+
+/// The calling side's CLIENT span of `rec` under its service, when there is one
+/// ([`client_span_id`]).
+pub fn caller_span(rec: &CorrelatedSession) -> Option<(ServiceKey, Vec<u8>)> {
+    let client = rec.session.client.as_ref()?;
+    client_span_id(rec)?;
+    Some((service_of_end(client), span_bytes_as(rec, SpanRole::Caller)))
 }
 
 /// The span for `rec` as a struct: [`encode_span`]'s bytes decoded.

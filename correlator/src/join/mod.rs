@@ -960,6 +960,27 @@ impl Joiner {
             .filter_map(|slot| self.entries.get(slot).map(|e| e.rec.shared()))
     }
 
+    /// Stored exchanges with their arrival numbers, newest first, from just below arrival
+    /// number `before` (all when `None`). Arrival numbers never change and are consecutive
+    /// in the store's order, so a page that ends at one goes on from it however many
+    /// exchanges arrived meanwhile.
+    pub fn stored_before(
+        &self,
+        before: Option<u64>,
+    ) -> impl Iterator<Item = (u64, Arc<CorrelatedSession>)> + '_ {
+        let len = self.store.order.len();
+        let first = self.store.next.saturating_sub(len as u64);
+        let end = before.map_or(len, |b| {
+            usize::try_from(b.saturating_sub(first)).map_or(len, |n| n.min(len))
+        });
+        self.store
+            .order
+            .range(..end)
+            .rev()
+            .zip((first..first + end as u64).rev())
+            .filter_map(|(slot, n)| self.entries.get(slot).map(|e| (n, e.rec.shared())))
+    }
+
     /// Exchanges the store lists now.
     pub fn store_len(&self) -> usize {
         self.store.order.len()
