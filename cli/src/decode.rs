@@ -65,6 +65,23 @@ pub struct Args {
     /// No summary on standard error.
     #[arg(long, short)]
     quiet: bool,
+    /// A user protocol analyzer to decode with, as `NAME=MODULE`: the protocol name and a
+    /// WebAssembly module (`.wasm`, or text `.wat`) — the same module `clovisor_proto_cfg` loads
+    /// live (docs/analyzers.md). Repeat for several.
+    #[arg(long = "analyzer", value_name = "NAME=MODULE", value_parser = parse_analyzer)]
+    analyzers: Vec<(String, PathBuf)>,
+}
+
+/// `NAME=MODULE` of `--analyzer`.
+fn parse_analyzer(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "{s:?}: expected NAME=MODULE, e.g. line=analyzers/line/line.wat"
+        )),
+    }
 }
 
 impl Args {
@@ -177,7 +194,21 @@ pub fn run(args: &Args) -> ExitCode {
         exchanges: 0,
         incomplete: 0,
     };
-    let decoded = decode_reader(input, &config, |s| printer.print(s));
+    let table = Sessions::new();
+    for (name, path) in &args.analyzers {
+        let loaded = std::fs::read(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|module| {
+                table
+                    .load_analyzer(name, &module)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            });
+        if let Err(e) = loaded {
+            let _ = writeln!(io::stderr(), "clovisor decode: analyzer {name}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let decoded = decode_reader(input, &config, table, |s| printer.print(s));
     let flushed = printer.out.flush();
     match printer.failed.take().map_or(flushed, Err) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,

@@ -14,10 +14,20 @@ use crate::clovisor_bin;
 /// The exchanges `clovisor decode` prints for `pcap` with server ports `ports` (`80,53`), and
 /// its summary.
 pub fn decode_capture(pcap: &Path, ports: &str) -> Result<(Vec<Value>, String)> {
+    decode_capture_with(pcap, ports, &[])
+}
+
+/// [`decode_capture`] with more arguments (e.g. `--analyzer NAME=MODULE`).
+pub fn decode_capture_with(
+    pcap: &Path,
+    ports: &str,
+    args: &[&str],
+) -> Result<(Vec<Value>, String)> {
     let out = Command::new(clovisor_bin()?)
         .arg("decode")
         .arg(pcap)
         .args(["--port", ports])
+        .args(args)
         .output()
         .context("clovisor decode")?;
     let summary = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -61,8 +71,14 @@ pub fn point<'a>(s: &'a Value, at: &str) -> Option<&'a Value> {
 pub fn comparable(s: &Value, at: &str) -> Result<(String, Value)> {
     let o = point(s, at).with_context(|| format!("no observation at {at}: {s:#}"))?;
     let key = format!(
-        "{} {} {} {} {} {}",
-        s["protocol"], s["client"]["port"], s["http"], s["dns"], s["database"], s["kafka"]
+        "{} {} {} {} {} {} {}",
+        s["protocol"],
+        s["client"]["port"],
+        s["http"],
+        s["dns"],
+        s["database"],
+        s["kafka"],
+        s["analyzer"]
     );
     // A capture has no pod metadata: the ends are compared by address.
     let end = |e: &Value| serde_json::json!({"ip": e["ip"], "port": e["port"]});
@@ -74,6 +90,7 @@ pub fn comparable(s: &Value, at: &str) -> Result<(String, Value)> {
         "dns": s["dns"],
         "database": s["database"],
         "kafka": s["kafka"],
+        "analyzer": s["analyzer"],
         "incomplete": s["incomplete"],
         "request_bytes": o["request_bytes"],
         "response_bytes": o["response_bytes"],

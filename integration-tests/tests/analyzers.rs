@@ -5,7 +5,9 @@
 //! and as spans; a second version loaded mid-traffic on one connection without losing an
 //! exchange; an invalid module rejected while the running one stays; the analyzer unloaded;
 //! and three hostile modules (a trap, an endless loop, a memory hog) each contained, counted
-//! and switched off while HTTP/1 through nginx keeps being decoded.
+//! and switched off while HTTP/1 through nginx keeps being decoded. The first exchanges, captured
+//! on the server's veth, decode offline with `clovisor decode --analyzer line=MODULE` to the
+//! same exchanges.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,8 @@ use anyhow::{Context, Result};
 use clovisor_config::testing::RedisServer;
 use clovisor_correlator::testing::{string_attribute, OtlpReceiver};
 use clovisor_integration_tests::api::sample;
+use clovisor_integration_tests::decode::{assert_same_exchanges, decode_capture_with};
+use clovisor_integration_tests::dumpcap::Dumpcap;
 use clovisor_integration_tests::http_client::curl;
 use clovisor_integration_tests::line_proto::{
     ask, ask_in_background, example_analyzer, LineServer, LINE_PORT,
@@ -122,6 +126,11 @@ async fn analyzers_load_swap_unload_and_contain_failures_live() -> Result<()> {
         loaded_after < Duration::from_secs(2),
         "loaded {loaded_after:?} after the PUBLISH, 2 s allowed"
     );
+    // The first exchanges are captured too: `clovisor decode --analyzer` must find them
+    // offline as the live pipeline did.
+    let dir = tempfile::tempdir()?;
+    let pcap = dir.path().join("line.pcapng");
+    let capture = Dumpcap::start(&server.host_veth, &pcap, &dir.path().join("dumpcap.log"))?;
     let answers = ask(&client, &server, 3, 50, "first")?;
     assert_eq!(answers, ["OK first-0", "OK first-1", "OK first-2"]);
     let mut seen = Vec::new();
@@ -134,6 +143,18 @@ async fn analyzers_load_swap_unload_and_contain_failures_live() -> Result<()> {
             == 3)
     })
     .map_err(|e| fail(e, &format!("sessions: {seen:#?}")))?;
+    capture.stop()?;
+    let live: Vec<Value> = line_sessions(&seen)
+        .into_iter()
+        .filter(|s| argument(s).starts_with("first-"))
+        .cloned()
+        .collect();
+    let module = format!("line={path}");
+    let (decoded, summary) =
+        decode_capture_with(&pcap, &LINE_PORT.to_string(), &["--analyzer", &module])?;
+    let n = assert_same_exchanges(&live, &server.host_veth, &decoded, "line.pcapng")
+        .map_err(|e| anyhow::anyhow!("{e:#}\nclovisor decode: {summary}"))?;
+    assert_eq!(n, 3, "the three exchanges, offline as live");
     let first = line_sessions(&seen)
         .into_iter()
         .find(|s| argument(s) == "first-1")

@@ -47,6 +47,20 @@ impl Sessions {
         }
     }
 
+    /// Loads the user analyzer `module` (`.wasm` or `.wat` bytes) under the protocol name
+    /// `name`, as `clovisor_proto_cfg` does live (`clovisor decode --analyzer NAME=MODULE`).
+    pub fn load_analyzer(
+        &self,
+        name: &str,
+        module: &[u8],
+    ) -> std::result::Result<(), crate::decode::analyzer::runtime::LoadError> {
+        self.table
+            .decoders()
+            .analyzers()
+            .load(name, module)
+            .map(|_| ())
+    }
+
     /// Applies `record`, handing `emit` the sessions it finished.
     pub fn record(&mut self, record: Record, emit: &mut impl FnMut(Session)) {
         self.table
@@ -73,16 +87,17 @@ pub fn sessions(records: Vec<Record>) -> Vec<Session> {
     out
 }
 
-/// Decodes the capture read from `input` as [`pcap::replay_reader`] reads it, handing `emit`
-/// each session as soon as the capture's packets complete it: memory stays bounded by the
-/// replay's and the flow table's limits, whatever the capture's length. Returns the replay's
-/// counters and the flow table (for its counters).
+/// Decodes the capture read from `input` as [`pcap::replay_reader`] reads it, through `table`
+/// (e.g. [`Sessions::new`], with analyzers loaded), handing `emit` each session as soon as the
+/// capture's packets complete it: memory stays bounded by the replay's and the flow table's
+/// limits, whatever the capture's length. Returns the replay's counters and the flow table (for
+/// its counters).
 pub fn decode_reader<R: Read + Send>(
     input: R,
     config: &ReplayConfig,
+    mut table: Sessions,
     mut emit: impl FnMut(Session),
 ) -> Result<(ReplayStats, Sessions)> {
-    let mut table = Sessions::new();
     let stats = pcap::replay_reader(input, config, |r| table.record(r, &mut emit))?;
     Ok((stats, table))
 }
