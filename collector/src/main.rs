@@ -56,6 +56,11 @@ struct Args {
     /// Comma-separated, any case, matched after percent-decoding.
     #[arg(long, env = "CLOVISOR_REDACT_QUERY_KEYS", value_delimiter = ',')]
     redact_query_keys: Vec<String>,
+    /// Flows tracked at most, over all probes; beyond, the least recently active flow is ended
+    /// (its open exchange emitted incomplete, counted in
+    /// `clovisor_collector_flows_evicted_total{reason="capacity"}`).
+    #[arg(long, env = "CLOVISOR_MAX_FLOWS", default_value_t = 65_536)]
+    max_flows: usize,
     /// Decoded sessions queued for the correlator; when full, probes' streams are slowed down.
     #[arg(long, env = "CLOVISOR_SESSION_QUEUE", default_value_t = 4096)]
     session_queue: usize,
@@ -125,6 +130,10 @@ async fn main() -> anyhow::Result<()> {
             ..AdmissionConfig::default()
         },
         redact_query_keys: args.redact_query_keys.clone(),
+        flows: clovisor_collector::flows::FlowTableConfig {
+            max_flows: args.max_flows,
+            ..Default::default()
+        },
         ..ServiceConfig::default()
     };
     let grpc = tokio::spawn(

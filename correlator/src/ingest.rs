@@ -101,6 +101,7 @@ impl IngestService {
             let mut joiner = self.store.write();
             let ready = pick(&mut joiner, now);
             self.metrics.join_state(joiner.open_len(), joiner.len());
+            self.metrics.join_views(joiner.views());
             ready
         };
         self.finish(ready);
@@ -167,8 +168,10 @@ impl IngestService {
         if offered.outcome != Outcome::Duplicate {
             self.metrics
                 .stored(offered.store_evicted, joiner.store_len());
+            self.metrics.join_received();
         }
         self.metrics.join_state(joiner.open_len(), joiner.len());
+        self.metrics.join_views(joiner.views());
         for issue in &offered.issues {
             self.metrics.invalid_context(match issue {
                 ContextIssue::InvalidTraceId => "trace_id",
@@ -479,5 +482,62 @@ mod tests {
             (3, 3),
             "every view is received and passed on (merged), none lost"
         );
+    }
+
+    /// A view merged after its exchange's window closed misses the span and the metrics: the
+    /// join stage counts it lost (`late`); the views still open are buffered; the balance holds
+    /// from the join's own counts, not from the ingest's.
+    #[test]
+    fn a_late_view_is_counted_lost_by_the_join_and_the_join_stage_balances() {
+        use crate::metrics::STAGE_JOIN;
+        use clovisor_proto::common::v1::{PointKind, Side};
+        let svc = IngestService::with_join(
+            Arc::new(Store::new(100)),
+            Arc::new(Metrics::new()),
+            None,
+            JoinConfig {
+                window: Duration::from_millis(30),
+                ..JoinConfig::default()
+            },
+        );
+        let t0 = Instant::now();
+        let client = SessionBuilder::new("p/1/0")
+            .side(Side::Client)
+            .with(|s| s.observations[0].interface = "veth-client".into())
+            .build();
+        let uplink = SessionBuilder::new("p/2/0")
+            .side(Side::Unspecified)
+            .with(|s| {
+                s.observations[0].kind = PointKind::Node as i32;
+                s.observations[0].interface = "uplink0".into();
+            })
+            .build();
+        let server = SessionBuilder::new("p/3/0").side(Side::Server).build();
+        svc.accept_at(client, t0);
+        svc.accept_at(uplink, t0);
+        let drops = svc.metrics.drops();
+        let stage = || {
+            (
+                drops.received_count(STAGE_JOIN),
+                drops.emitted_count(STAGE_JOIN),
+                drops.get(STAGE_JOIN, "late"),
+                drops.buffered_count(STAGE_JOIN),
+            )
+        };
+        assert_eq!(stage(), (2, 0, 0, 2), "two views wait in one open exchange");
+        svc.tick_at(t0 + Duration::from_millis(40));
+        assert_eq!(stage(), (2, 2, 0, 0), "the window closed: both views ready");
+        let merged = svc.accept_at(server, t0 + Duration::from_millis(50));
+        assert_eq!(
+            merged.session.observations.len(),
+            3,
+            "the late view is merged for REST"
+        );
+        assert_eq!(
+            stage(),
+            (3, 2, 1, 0),
+            "the late view is counted lost to the span and metrics"
+        );
+        assert_eq!(svc.metrics.join_count(Outcome::Late), 1);
     }
 }
