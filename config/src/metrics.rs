@@ -12,6 +12,9 @@ use prometheus_client::registry::Registry;
 pub struct KeyLabels {
     /// The Redis key the rejected entry came from.
     pub key: &'static str,
+    /// Why ([`crate::parse::Reject::label`]: `empty`, `shape`, `invalid_field`, `wrong_type`,
+    /// `not_utf8`, `not_allowed`).
+    pub reason: &'static str,
 }
 
 /// The configuration source's metrics; clone freely (they share their values).
@@ -48,8 +51,10 @@ impl ConfigMetrics {
         );
     }
 
-    pub(crate) fn rejected(&self, key: &'static str) {
-        self.rejected.get_or_create(&KeyLabels { key }).inc();
+    pub(crate) fn rejected(&self, key: &'static str, reason: &'static str) {
+        self.rejected
+            .get_or_create(&KeyLabels { key, reason })
+            .inc();
     }
 
     pub(crate) fn reloaded(&self) {
@@ -64,9 +69,23 @@ impl ConfigMetrics {
         self.connects.inc();
     }
 
-    /// Rejections counted for `key` so far.
+    /// Rejections counted for `key` so far, whatever the reason.
     pub fn rejected_count(&self, key: &'static str) -> u64 {
-        self.rejected.get_or_create(&KeyLabels { key }).get()
+        crate::parse::Reject::LABELS
+            .iter()
+            .filter_map(|&reason| {
+                self.rejected
+                    .get(&KeyLabels { key, reason })
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+
+    /// Rejections counted for `key` and `reason` so far.
+    pub fn rejected_for(&self, key: &'static str, reason: &'static str) -> u64 {
+        self.rejected
+            .get_or_create(&KeyLabels { key, reason })
+            .get()
     }
 
     /// Reloads applied so far.

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 pub mod auth;
 pub mod drops;
+pub mod health;
 pub mod process;
 pub mod redact;
 pub mod workloads;
@@ -41,6 +42,13 @@ pub enum Error {
         /// Why.
         #[source]
         source: clovisor_config::Error,
+    },
+    /// An operator allow-list (`CLOVISOR_ALLOWED_*`) does not parse.
+    #[error("allow-list")]
+    Policy {
+        /// Which entry, and why.
+        #[source]
+        source: clovisor_config::PolicyError,
     },
     /// The API token file could not be read.
     #[error("cannot read the API token file {path}")]

@@ -77,6 +77,8 @@ pub struct Started {
     pub registry: Registry,
     /// The live configuration (defaults when there is no Redis).
     pub live: watch::Receiver<LiveConfig>,
+    /// What `/readyz` checks; components add theirs and serve [`Readiness::router`].
+    pub readiness: crate::health::Readiness,
     /// The HTTP servers, and what stops the configuration source at the end.
     pub servers: Servers,
 }
@@ -106,13 +108,15 @@ pub fn start_without_logging(redis: Option<&str>) -> Result<Started> {
     let mut registry = Registry::default();
     drops.register(&mut registry);
     let stop_config = StopFlag::default();
-    let live = clovisor_config::follow(redis, &mut registry, stop_config.wait())
+    let policy = clovisor_config::Policy::from_env().map_err(|source| Error::Policy { source })?;
+    let live = clovisor_config::follow(redis, policy, &mut registry, stop_config.wait())
         .map_err(|source| Error::Config { source })?;
     Ok(Started {
         shutdown,
         drops,
         registry,
         live,
+        readiness: crate::health::Readiness::default(),
         servers: Servers {
             stop_config,
             stop_http: StopFlag::default(),
