@@ -105,6 +105,16 @@ async fn main() -> anyhow::Result<()> {
         DeliveryConfig::default(),
     );
     let forwarder_stats = forwarder.stats();
+    {
+        let stats = Arc::clone(&forwarder_stats);
+        process.readiness.add("correlator", move || {
+            if stats.connected.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("no stream to the correlator".to_owned())
+            }
+        });
+    }
     let forwarder_accounting = metrics.track_forwarder(Arc::clone(&forwarder_stats));
     let forwarder = tokio::spawn(forwarder.run(sessions_rx, std::future::pending()));
 
@@ -114,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         .servers
         .serve(
             args.service.metrics_listen,
-            clovisor_runtime::metrics_router(registry),
+            clovisor_runtime::metrics_router(registry).merge(process.readiness.router()),
         )
         .await?;
     let listener = tokio::net::TcpListener::bind(args.grpc_listen)
