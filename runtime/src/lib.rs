@@ -43,6 +43,12 @@ pub enum Error {
         #[source]
         source: clovisor_config::Error,
     },
+    /// TokenReview was asked for outside a cluster (no in-cluster API server configuration).
+    #[error("TokenReview (--api-allowed-identities) needs the in-cluster API server: {why}")]
+    TokenReview {
+        /// Why the client could not be configured.
+        why: String,
+    },
     /// An operator allow-list (`CLOVISOR_ALLOWED_*`) does not parse.
     #[error("allow-list")]
     Policy {

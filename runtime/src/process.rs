@@ -39,13 +39,42 @@ pub struct ServiceArgs {
     /// carry (`Authorization: Bearer ...`); re-read every 30 s. None: the HTTP side is open.
     #[arg(long, env = crate::auth::ENV_API_TOKEN_FILE)]
     pub api_token_file: Option<std::path::PathBuf>,
+    /// Identities whose Kubernetes tokens the HTTP side accepts, checked with a TokenReview by
+    /// the API server (in cluster): user names (`system:serviceaccount:NS:NAME`) or
+    /// `group:NAME`, comma-separated. None: no TokenReview. Works beside --api-token-file.
+    #[arg(long, env = ENV_API_ALLOWED_IDENTITIES, value_delimiter = ',')]
+    pub api_allowed_identities: Vec<String>,
 }
 
+/// Environment variable of `--api-allowed-identities`.
+pub const ENV_API_ALLOWED_IDENTITIES: &str = "CLOVISOR_API_ALLOWED_IDENTITIES";
+
 impl ServiceArgs {
-    /// The token `--api-token-file` names, if any (counted in `registry`). Must be called
-    /// inside a Tokio runtime.
+    /// What the HTTP side accepts: the token `--api-token-file` names and/or, with
+    /// `--api-allowed-identities`, tokens the in-cluster API server vouches for (counted in
+    /// `registry`). Must be called inside a Tokio runtime.
     pub fn api_token(&self, registry: &mut Registry) -> Result<Option<crate::auth::BearerToken>> {
-        api_token(self.api_token_file.as_deref(), registry)
+        let identities: Vec<String> = self
+            .api_allowed_identities
+            .iter()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect();
+        if identities.is_empty() {
+            return api_token(self.api_token_file.as_deref(), registry);
+        }
+        let config =
+            kube::Config::incluster().map_err(|e| Error::TokenReview { why: e.to_string() })?;
+        let client = kube::Client::try_from(config)
+            .map_err(|e| Error::TokenReview { why: e.to_string() })?;
+        let reviewer =
+            crate::auth::token_review::TokenReviewer::new(client, identities, Vec::new());
+        let token = match &self.api_token_file {
+            Some(file) => crate::auth::BearerToken::from_file(file)?.with_review(reviewer),
+            None => crate::auth::BearerToken::review_only(reviewer),
+        };
+        token.register(registry);
+        Ok(Some(token))
     }
 }
 
