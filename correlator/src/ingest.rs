@@ -416,12 +416,9 @@ mod tests {
         );
     }
 
-    /// Two points' views of one exchange are stored once, found by either id, counted once
-    /// when the window closes.
-    #[test]
-    fn views_of_one_exchange_are_stored_and_counted_once() {
-        use clovisor_proto::common::v1::{PointKind, Side};
-        let svc = IngestService::with_join(
+    /// A service joining views within 30 ms.
+    fn joining_service() -> IngestService {
+        IngestService::with_join(
             Arc::new(Store::new(100)),
             Arc::new(Metrics::new()),
             None,
@@ -429,7 +426,12 @@ mod tests {
                 window: Duration::from_millis(30),
                 ..JoinConfig::default()
             },
-        );
+        )
+    }
+
+    /// One exchange's views at the client's veth, a node interface and the server's veth.
+    fn three_points() -> [Session; 3] {
+        use clovisor_proto::common::v1::{PointKind, Side};
         let client = SessionBuilder::new("p/1/0")
             .side(Side::Client)
             .with(|s| s.observations[0].interface = "veth-client".into())
@@ -442,6 +444,15 @@ mod tests {
             })
             .build();
         let server = SessionBuilder::new("p/3/0").side(Side::Server).build();
+        [client, uplink, server]
+    }
+
+    /// Two points' views of one exchange are stored once, found by either id, counted once
+    /// when the window closes.
+    #[test]
+    fn views_of_one_exchange_are_stored_and_counted_once() {
+        let svc = joining_service();
+        let [client, uplink, server] = three_points();
         svc.accept(client);
         svc.accept(uplink);
         let merged = svc.accept(server);
@@ -490,29 +501,9 @@ mod tests {
     #[test]
     fn a_late_view_is_counted_lost_by_the_join_and_the_join_stage_balances() {
         use crate::metrics::STAGE_JOIN;
-        use clovisor_proto::common::v1::{PointKind, Side};
-        let svc = IngestService::with_join(
-            Arc::new(Store::new(100)),
-            Arc::new(Metrics::new()),
-            None,
-            JoinConfig {
-                window: Duration::from_millis(30),
-                ..JoinConfig::default()
-            },
-        );
+        let svc = joining_service();
         let t0 = Instant::now();
-        let client = SessionBuilder::new("p/1/0")
-            .side(Side::Client)
-            .with(|s| s.observations[0].interface = "veth-client".into())
-            .build();
-        let uplink = SessionBuilder::new("p/2/0")
-            .side(Side::Unspecified)
-            .with(|s| {
-                s.observations[0].kind = PointKind::Node as i32;
-                s.observations[0].interface = "uplink0".into();
-            })
-            .build();
-        let server = SessionBuilder::new("p/3/0").side(Side::Server).build();
+        let [client, uplink, server] = three_points();
         svc.accept_at(client, t0);
         svc.accept_at(uplink, t0);
         let drops = svc.metrics.drops();

@@ -228,14 +228,7 @@ fn flow(input: &[u8], port: u32, hint: ProtocolHint, transport: capture::Transpo
     };
     let t0 = Instant::now();
     let mut out = Vec::new();
-    table.ingest(
-        "fuzz",
-        Record {
-            kind: Some(record::Kind::FlowStart(start)),
-        },
-        t0,
-        &mut out,
-    );
+    ingest(&mut table, record::Kind::FlowStart(start), t0, &mut out);
     let mut rest = input;
     let mut index: u32 = 0;
     let mut now = t0;
@@ -272,14 +265,7 @@ fn flow(input: &[u8], port: u32, hint: ProtocolHint, transport: capture::Transpo
             partial: control & 2 != 0,
             ..Message::default()
         };
-        table.ingest(
-            "fuzz",
-            Record {
-                kind: Some(record::Kind::Message(m)),
-            },
-            now,
-            &mut out,
-        );
+        ingest(&mut table, record::Kind::Message(m), now, &mut out);
         index = index.wrapping_add(1);
         if control & 32 != 0 {
             now += Duration::from_secs(3);
@@ -291,18 +277,21 @@ fn flow(input: &[u8], port: u32, hint: ProtocolHint, transport: capture::Transpo
                 reason: FlowEndReason::Fin as i32,
                 ..FlowEnd::default()
             };
-            table.ingest(
-                "fuzz",
-                Record {
-                    kind: Some(record::Kind::FlowEnd(end)),
-                },
-                now,
-                &mut out,
-            );
+            ingest(&mut table, record::Kind::FlowEnd(end), now, &mut out);
         }
     }
     table.flush(now + Duration::from_secs(300), &mut out);
     out.len()
+}
+
+/// One record of probe `fuzz` into `table`.
+fn ingest(
+    table: &mut FlowTable,
+    kind: record::Kind,
+    now: Instant,
+    out: &mut Vec<clovisor_proto::session::v1::Session>,
+) {
+    table.ingest("fuzz", Record { kind: Some(kind) }, now, out);
 }
 
 /// A probe's stream message (`ProbeMessage`, or a bare `RecordBatch`), decoded and ingested.

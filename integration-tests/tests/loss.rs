@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::http_client::http_get;
 use clovisor_integration_tests::{
-    cargo_build, clovisor_bin, free_port, our_programs_on, run_in, start_service, wait_for, Lab,
-    Nginx, Proc,
+    cargo_build, clovisor_bin, collector_command, correlator_command, free_port, our_programs_on,
+    run_in, start_service, wait_for, Lab, Nginx, Proc,
 };
 use clovisor_proto::capture::v1::capture_client::CaptureClient;
 use clovisor_proto::capture::v1::{
@@ -465,44 +465,23 @@ fn every_forced_loss_in_the_flow_table_and_the_join_is_counted_with_its_reason()
     let log = |name: &str| {
         std::env::temp_dir().join(format!("clovisor-loss-{name}-{}.log", std::process::id()))
     };
-    let correlator_grpc = free_port()?;
+    let correlator_grpc = format!("127.0.0.1:{}", free_port()?);
     let correlator_metrics = format!("127.0.0.1:{}", free_port()?);
-    let collector_grpc = free_port()?;
+    let collector_port = free_port()?;
+    let collector_grpc = format!("127.0.0.1:{collector_port}");
     let collector_metrics = format!("127.0.0.1:{}", free_port()?);
 
-    let mut cmd = Command::new(bin.join("clovisor-correlator"));
-    cmd.args([
-        "--grpc-listen",
-        &format!("127.0.0.1:{correlator_grpc}"),
-        "--api-listen",
-        &format!("127.0.0.1:{}", free_port()?),
-        "--metrics-listen",
-        &correlator_metrics,
-        "--redis",
-        "",
-    ])
-    .env("OTEL_TRACES_EXPORTER", "none")
-    .env("CLOVISOR_JOIN_WINDOW_MS", "300");
+    let mut cmd = correlator_command(&bin, &correlator_grpc, &correlator_metrics)?;
+    cmd.env("CLOVISOR_JOIN_WINDOW_MS", "300");
     let _correlator = start_service("correlator", cmd, &correlator_metrics, log("correlator"))?;
-    let mut cmd = Command::new(bin.join("clovisor-collector"));
-    cmd.args([
-        "--grpc-listen",
-        &format!("127.0.0.1:{collector_grpc}"),
-        "--correlator",
-        &format!("http://127.0.0.1:{correlator_grpc}"),
-        "--metrics-listen",
-        &collector_metrics,
-        "--redis",
-        "",
-        "--max-flows",
-        "4",
-    ]);
+    let mut cmd = collector_command(&bin, &collector_grpc, &correlator_grpc, &collector_metrics);
+    cmd.args(["--max-flows", "4"]);
     let collector = start_service("collector", cmd, &collector_metrics, log("collector"))?;
 
     use Direction::{ClientToServer as C2S, ServerToClient as S2C};
     let runtime = tokio::runtime::Runtime::new()?;
     let fed: Result<()> = runtime.block_on(async {
-        let mut a = FakeProbe::connect(collector_grpc, "loss-probe-a", "loss-node").await?;
+        let mut a = FakeProbe::connect(collector_port, "loss-probe-a", "loss-node").await?;
         a.batch(vec![
             // Flow 1: a response before any request.
             msg(1, 1001, "veth-s", 0, S2C),
@@ -540,7 +519,7 @@ fn every_forced_loss_in_the_flow_table_and_the_join_is_counted_with_its_reason()
         // The probe restarts (a new id for its node): flow 20's two waiting messages go with
         // its state. Then five flows into a table of four: the first is evicted for capacity
         // while its message waits for the missing one before it.
-        let mut b = FakeProbe::connect(collector_grpc, "loss-probe-b", "loss-node").await?;
+        let mut b = FakeProbe::connect(collector_port, "loss-probe-b", "loss-node").await?;
         b.batch(
             (30..35)
                 .map(|f| msg(f, 1000 + u32::try_from(f).unwrap_or(0), "veth-s", 1, C2S))

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clovisor_integration_tests::http_client::http_status;
-use clovisor_integration_tests::{cargo_build, free_port, start_service, wait_for, Lab, Proc};
+use clovisor_integration_tests::{
+    cargo_build, collector_command, correlator_command, free_port, start_service, wait_for, Lab,
+    Proc,
+};
 
 fn log(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("clovisor-ready-{name}-{}.log", std::process::id()))
@@ -86,20 +89,8 @@ fn readyz_follows_bpf_and_every_uplink_as_peers_come_and_go() -> Result<()> {
     );
 
     // The collector, its correlator not there yet.
-    let collector_cmd = || {
-        let mut cmd = Command::new(bin.join("clovisor-collector"));
-        cmd.args([
-            "--grpc-listen",
-            &collector_grpc,
-            "--correlator",
-            &format!("http://{correlator_grpc}"),
-            "--metrics-listen",
-            &collector_metrics,
-            "--redis",
-            "",
-        ]);
-        cmd
-    };
+    let collector_cmd =
+        || collector_command(&bin, &collector_grpc, &correlator_grpc, &collector_metrics);
     let mut collector = start_service(
         "collector",
         collector_cmd(),
@@ -121,18 +112,7 @@ fn readyz_follows_bpf_and_every_uplink_as_peers_come_and_go() -> Result<()> {
         &[&probe, &collector],
     )?;
 
-    let mut cmd = Command::new(bin.join("clovisor-correlator"));
-    cmd.args([
-        "--grpc-listen",
-        &correlator_grpc,
-        "--api-listen",
-        &format!("127.0.0.1:{}", free_port()?),
-        "--metrics-listen",
-        &correlator_metrics,
-        "--redis",
-        "",
-    ])
-    .env("OTEL_TRACES_EXPORTER", "none");
+    let cmd = correlator_command(&bin, &correlator_grpc, &correlator_metrics)?;
     let correlator = start_service("correlator", cmd, &correlator_metrics, log("correlator"))?;
     wait_ready(
         "collector: connected",
