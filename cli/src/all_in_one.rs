@@ -65,6 +65,8 @@ pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
         mut registry,
         live,
         config_metrics,
+        // The REST port's `/readyz` (the correlator's) is all-in-one's readiness.
+        readiness: _,
         mut servers,
     } = start(log, args.redis.as_deref()).context("start-up")?;
     let node = args.probe.node_name();

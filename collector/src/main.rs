@@ -56,6 +56,11 @@ struct Args {
     /// Comma-separated, any case, matched after percent-decoding.
     #[arg(long, env = "CLOVISOR_REDACT_QUERY_KEYS", value_delimiter = ',')]
     redact_query_keys: Vec<String>,
+    /// Flows tracked at most, over all probes; beyond, the least recently active flow is ended
+    /// (its open exchange emitted incomplete, counted in
+    /// `clovisor_collector_flows_evicted_total{reason="capacity"}`).
+    #[arg(long, env = "CLOVISOR_MAX_FLOWS", default_value_t = 65_536)]
+    max_flows: usize,
     /// Decoded sessions queued for the correlator; when full, probes' streams are slowed down.
     #[arg(long, env = "CLOVISOR_SESSION_QUEUE", default_value_t = 4096)]
     session_queue: usize,
@@ -105,6 +110,16 @@ async fn main() -> anyhow::Result<()> {
         DeliveryConfig::default(),
     );
     let forwarder_stats = forwarder.stats();
+    {
+        let stats = Arc::clone(&forwarder_stats);
+        process.readiness.add("correlator", move || {
+            if stats.connected.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("no stream to the correlator".to_owned())
+            }
+        });
+    }
     let forwarder_accounting = metrics.track_forwarder(Arc::clone(&forwarder_stats));
     let forwarder = tokio::spawn(forwarder.run(sessions_rx, std::future::pending()));
 
@@ -114,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
         .servers
         .serve(
             args.service.metrics_listen,
-            clovisor_runtime::metrics_router(registry),
+            clovisor_runtime::metrics_router(registry).merge(process.readiness.router()),
         )
         .await?;
     let listener = tokio::net::TcpListener::bind(args.grpc_listen)
@@ -131,6 +146,10 @@ async fn main() -> anyhow::Result<()> {
         },
         redact_query_keys: args.redact_query_keys.clone(),
         local_join_hold: std::time::Duration::from_millis(args.local_join_hold_ms),
+        flows: clovisor_collector::flows::FlowTableConfig {
+            max_flows: args.max_flows,
+            ..Default::default()
+        },
         ..ServiceConfig::default()
     };
     let capture = CaptureService::with_config(sessions_tx, Arc::clone(&metrics), service_config)

@@ -10,6 +10,7 @@ use clovisor_runtime::workloads::{End, FlowLabels, Workloads};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -275,6 +276,9 @@ struct Handles {
     sessions_emitted: [OnceLock<Counter>; 2],
     stage_received: OnceLock<Counter>,
     stage_emitted: OnceLock<Counter>,
+    flow_received: OnceLock<Counter>,
+    flow_emitted: OnceLock<Counter>,
+    flow_buffered: OnceLock<Gauge>,
 }
 
 /// A label set naming a bounded reason.
@@ -361,6 +365,18 @@ pub const STAGE_COLLECTOR: &str = "collector";
 /// dropped at shutdown + buffered.
 pub const STAGE_FORWARDER: &str = "forwarder";
 
+/// Loss-accounting stage of the flow table: message records taken into a flow = handed on (to
+/// the flow's decoder, or counted as bytes of a flow no decoder claims) + lost in the table
+/// (`response_without_request`, `hint_mismatch`, `duplicate`, `probe_restart`, `no_probe`) +
+/// waiting in it (out of order, or held for their final counters).
+pub const STAGE_FLOW_TABLE: &str = "flow_table";
+/// Detected losses, outside any balance: messages a flow skipped because they never arrived
+/// (reason `gap`, one per missing message).
+pub const STAGE_FLOW_ORDER: &str = "flow_order";
+/// Detected losses, outside any balance: messages handed to a decoder that it could not pair
+/// into an exchange (the decoder's reason, e.g. `response_without_request`).
+pub const STAGE_DECODER: &str = "decoder";
+
 /// Message drop reasons that reject a record as it arrives (so they belong to the
 /// `collector` stage's balance); the others (`gap`, `response_without_request`) concern
 /// messages missing upstream or already taken in.
@@ -406,6 +422,57 @@ impl CollectorMetrics {
             .stage_emitted
             .get_or_init(|| self.drops.emitted_counter(STAGE_COLLECTOR))
             .inc();
+    }
+
+    /// Counts a message record taken into a flow (the `flow_table` stage's input).
+    pub fn flow_message_in(&self) {
+        self.handles
+            .flow_received
+            .get_or_init(|| self.drops.received_counter(STAGE_FLOW_TABLE))
+            .inc();
+    }
+
+    /// Counts a message the flow table handed on: to its flow's decoder, merged into its final
+    /// version, or counted as bytes of a flow no decoder claims.
+    pub fn flow_message_out(&self) {
+        self.handles
+            .flow_emitted
+            .get_or_init(|| self.drops.emitted_counter(STAGE_FLOW_TABLE))
+            .inc();
+    }
+
+    /// Counts `n` messages taken into a flow and lost there, for `reason`.
+    pub fn flow_messages_lost(&self, reason: &'static str, n: u64) {
+        self.drops.count(STAGE_FLOW_TABLE, reason, n);
+    }
+
+    /// Moves the count of messages waiting in flows (out of order or held) by `delta`.
+    pub fn flow_buffered(&self, delta: i64) {
+        let g = self
+            .handles
+            .flow_buffered
+            .get_or_init(|| self.drops.buffered_gauge(STAGE_FLOW_TABLE));
+        if delta >= 0 {
+            g.inc_by(delta);
+        } else {
+            g.dec_by(delta.saturating_neg());
+        }
+    }
+
+    /// Counts `n` messages a flow skipped because they never arrived.
+    pub fn messages_skipped(&self, n: u64) {
+        self.messages_dropped
+            .get_or_create(&ReasonLabel { reason: "gap" })
+            .inc_by(n);
+        self.drops.count(STAGE_FLOW_ORDER, "gap", n);
+    }
+
+    /// Counts a message a decoder could not pair, for `reason`.
+    pub fn unpaired(&self, reason: &'static str) {
+        self.messages_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        self.drops.count(STAGE_DECODER, reason, 1);
     }
 
     /// Copies the forwarder's cumulative counters into the `forwarder` stage's accounting,

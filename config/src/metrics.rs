@@ -12,6 +12,9 @@ use prometheus_client::registry::Registry;
 pub struct KeyLabels {
     /// The Redis key the rejected entry came from.
     pub key: &'static str,
+    /// Why ([`crate::parse::Reject::label`]: `empty`, `shape`, `invalid_field`, `wrong_type`,
+    /// `not_utf8`, `not_allowed`).
+    pub reason: &'static str,
 }
 
 /// The configuration source's metrics; clone freely (they share their values).
@@ -48,14 +51,17 @@ impl ConfigMetrics {
         );
     }
 
-    pub(crate) fn rejected(&self, key: &'static str) {
-        self.rejected.get_or_create(&KeyLabels { key }).inc();
+    pub(crate) fn rejected(&self, key: &'static str, reason: &'static str) {
+        self.rejected
+            .get_or_create(&KeyLabels { key, reason })
+            .inc();
     }
 
     /// Counts an entry of `key` rejected by the service that uses it, past what the parser
-    /// checks (a `clovisor_proto_cfg` module the collector cannot load).
+    /// checks (a `clovisor_proto_cfg` module the collector cannot load), with the reason
+    /// [`REJECTED_BY_SERVICE`].
     pub fn reject(&self, key: &'static str) {
-        self.rejected(key);
+        self.rejected(key, REJECTED_BY_SERVICE);
     }
 
     pub(crate) fn reloaded(&self) {
@@ -70,9 +76,24 @@ impl ConfigMetrics {
         self.connects.inc();
     }
 
-    /// Rejections counted for `key` so far.
+    /// Rejections counted for `key` so far, whatever the reason.
     pub fn rejected_count(&self, key: &'static str) -> u64 {
-        self.rejected.get_or_create(&KeyLabels { key }).get()
+        crate::parse::Reject::LABELS
+            .iter()
+            .chain(&[REJECTED_BY_SERVICE])
+            .filter_map(|&reason| {
+                self.rejected
+                    .get(&KeyLabels { key, reason })
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+
+    /// Rejections counted for `key` and `reason` so far.
+    pub fn rejected_for(&self, key: &'static str, reason: &'static str) -> u64 {
+        self.rejected
+            .get_or_create(&KeyLabels { key, reason })
+            .get()
     }
 
     /// Reloads applied so far.
@@ -85,3 +106,7 @@ impl ConfigMetrics {
         self.redis_up.get() == 1
     }
 }
+
+/// The `reason` of an entry the parser took but the service using it could not (a
+/// `clovisor_proto_cfg` module that does not load as WebAssembly).
+pub const REJECTED_BY_SERVICE: &str = "invalid_module";

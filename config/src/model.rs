@@ -83,7 +83,9 @@ impl EgressRule {
 /// The whole live configuration. `Default` is what applies without Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveConfig {
-    /// Which pods to trace (entries OR-ed); never empty.
+    /// Which pods to trace (entries OR-ed). Empty — nothing traced — only until the configured
+    /// source first answers ([`LiveConfig::unanswered`]) or when the operator's allow-list
+    /// excludes every entry and the default namespace.
     pub labels: Vec<LabelSelector>,
     /// Outbound calls to trace, sorted and without duplicates.
     pub egress: Vec<EgressRule>,
@@ -122,6 +124,15 @@ impl Default for LiveConfig {
 }
 
 impl LiveConfig {
+    /// What applies while the configured source has not answered yet: the defaults, but no
+    /// pod selected (nothing is traced until the operator's configuration is known).
+    pub fn unanswered() -> Self {
+        Self {
+            labels: Vec::new(),
+            ..Self::default()
+        }
+    }
+
     /// Whether the header `name` (any case) must be redacted.
     pub fn is_redacted(&self, name: &str) -> bool {
         self.redacted_headers

@@ -42,6 +42,140 @@ pub enum Reject {
         /// Type found.
         found: String,
     },
+    /// The entry's bytes are not UTF-8 text.
+    #[error("not UTF-8 text")]
+    NotUtf8,
+    /// Well-formed, but outside what the operator allows (`CLOVISOR_ALLOWED_*`).
+    #[error("{what} {value:?} is not in {allow_list}")]
+    NotAllowed {
+        /// What it is (`namespace`, `OTLP endpoint`).
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// The allow-list's environment variable.
+        allow_list: &'static str,
+    },
+}
+
+impl Reject {
+    /// Every value [`Reject::label`] takes.
+    pub const LABELS: [&'static str; 6] = [
+        "empty",
+        "shape",
+        "invalid_field",
+        "wrong_type",
+        "not_utf8",
+        "not_allowed",
+    ];
+
+    /// The reason as a metric label: a fixed set.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Shape { .. } => "shape",
+            Self::Field { .. } => "invalid_field",
+            Self::WrongType { .. } => "wrong_type",
+            Self::NotUtf8 => "not_utf8",
+            Self::NotAllowed { .. } => "not_allowed",
+        }
+    }
+}
+
+/// Environment variable listing the namespaces `clovisor_labels` may select (comma-separated;
+/// unset: any).
+pub const ENV_ALLOWED_NAMESPACES: &str = "CLOVISOR_ALLOWED_NAMESPACES";
+/// Environment variable listing the OTLP endpoints Redis may point span export at
+/// (comma-separated URLs; unset: any).
+pub const ENV_ALLOWED_OTLP_ENDPOINTS: &str = "CLOVISOR_ALLOWED_OTLP_ENDPOINTS";
+
+/// What the operator allows the live configuration to ask for, set outside Redis (flags or
+/// environment of the process): whoever can write Redis cannot widen it. `None`: no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Namespaces `clovisor_labels` entries may name.
+    pub namespaces: Option<BTreeSet<String>>,
+    /// OTLP endpoints (normalised as [`parse_otlp_endpoint`] makes them) span export may be
+    /// pointed at.
+    pub otlp_endpoints: Option<BTreeSet<String>>,
+}
+
+/// An allow-list that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {entry:?}: {why}")]
+pub struct PolicyError {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// The entry.
+    pub entry: String,
+    /// What is wrong.
+    pub why: Reject,
+}
+
+impl Policy {
+    /// Parses the two allow-lists (comma-separated; `None` or blank: no limit). Every entry
+    /// must be valid: an operator's typo is an error at start, not a silently wider list.
+    pub fn parse(
+        namespaces: Option<&str>,
+        otlp_endpoints: Option<&str>,
+    ) -> Result<Self, PolicyError> {
+        fn list<T>(
+            variable: &'static str,
+            value: Option<&str>,
+            parse: impl Fn(&str) -> Result<T, Reject>,
+        ) -> Result<Option<BTreeSet<T>>, PolicyError>
+        where
+            T: Ord,
+        {
+            let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+                return Ok(None);
+            };
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    parse(e).map_err(|why| PolicyError {
+                        variable,
+                        entry: e.to_owned(),
+                        why,
+                    })
+                })
+                .collect::<Result<BTreeSet<T>, _>>()
+                .map(Some)
+        }
+        Ok(Self {
+            namespaces: list(ENV_ALLOWED_NAMESPACES, namespaces, |e| {
+                check_dns_label(e).map_err(|why| field("namespace", e, why))?;
+                Ok(e.to_owned())
+            })?,
+            otlp_endpoints: list(
+                ENV_ALLOWED_OTLP_ENDPOINTS,
+                otlp_endpoints,
+                parse_otlp_endpoint,
+            )?,
+        })
+    }
+
+    /// The allow-lists from [`ENV_ALLOWED_NAMESPACES`] and [`ENV_ALLOWED_OTLP_ENDPOINTS`].
+    pub fn from_env() -> Result<Self, PolicyError> {
+        let var = |name| std::env::var(name).ok();
+        Self::parse(
+            var(ENV_ALLOWED_NAMESPACES).as_deref(),
+            var(ENV_ALLOWED_OTLP_ENDPOINTS).as_deref(),
+        )
+    }
+
+    fn allows_namespace(&self, namespace: &str) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(namespace))
+    }
+
+    fn allows_otlp(&self, endpoint: &str) -> bool {
+        self.otlp_endpoints
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(endpoint))
+    }
 }
 
 fn field(field: &'static str, value: &str, why: impl Into<String>) -> Reject {
@@ -61,6 +195,41 @@ pub struct Rejection {
     pub entry: String,
     /// Why, rendered.
     pub reason: String,
+    /// Why, as a metric label ([`Reject::label`]).
+    pub label: &'static str,
+}
+
+impl Rejection {
+    /// `entry` of `key`, rejected for `why`.
+    pub fn new(key: &'static str, entry: &str, why: &Reject) -> Self {
+        Self {
+            key,
+            entry: entry.to_owned(),
+            reason: why.to_string(),
+            label: why.label(),
+        }
+    }
+}
+
+/// Longest part of a rejected entry written to the log.
+const MAX_LOGGED_ENTRY: usize = 256;
+
+/// Bytes of a Redis entry as text: valid UTF-8 as it is, anything else rejected
+/// ([`Reject::NotUtf8`], the entry logged with its bytes escaped and cut) and left out.
+pub fn text(key: &'static str, bytes: Vec<u8>, rejected: &mut Vec<Rejection>) -> Option<String> {
+    match String::from_utf8(bytes) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let bytes = e.as_bytes();
+            let shown = &bytes[..bytes.len().min(MAX_LOGGED_ENTRY)];
+            rejected.push(Rejection::new(
+                key,
+                &shown.escape_ascii().to_string(),
+                &Reject::NotUtf8,
+            ));
+            None
+        }
+    }
 }
 
 /// What the Redis keys hold, unparsed. `None`/empty = key absent.
@@ -84,20 +253,16 @@ pub struct Snapshot {
     pub redact_headers: Vec<String>,
     /// `clovisor_proto_cfg`
     pub proto_cfg: Vec<(String, String)>,
-    /// Keys that hold the wrong Redis type.
+    /// Keys that hold the wrong Redis type, and entries that are not text.
     pub wrong_types: Vec<Rejection>,
 }
 
-/// Parses every key of `snap`; returns the configuration made of the valid entries and the
-/// rejected ones.
-pub fn build(snap: &Snapshot) -> (LiveConfig, Vec<Rejection>) {
+/// Parses every key of `snap` within `policy`; returns the configuration made of the valid,
+/// allowed entries and the rejected ones.
+pub fn build(snap: &Snapshot, policy: &Policy) -> (LiveConfig, Vec<Rejection>) {
     let mut rejected = snap.wrong_types.clone();
     let mut reject = |key: &'static str, entry: &str, why: Reject| {
-        rejected.push(Rejection {
-            key,
-            entry: entry.to_owned(),
-            reason: why.to_string(),
-        });
+        rejected.push(Rejection::new(key, entry, &why));
     };
     let mut cfg = LiveConfig::default();
 
@@ -106,12 +271,26 @@ pub fn build(snap: &Snapshot) -> (LiveConfig, Vec<Rejection>) {
         .iter()
         .filter_map(|e| {
             parse_label(e)
+                .and_then(|l| {
+                    if policy.allows_namespace(&l.namespace) {
+                        Ok(l)
+                    } else {
+                        Err(Reject::NotAllowed {
+                            what: "namespace",
+                            value: l.namespace,
+                            allow_list: ENV_ALLOWED_NAMESPACES,
+                        })
+                    }
+                })
                 .map_err(|why| reject(keys::LABELS, e, why))
                 .ok()
         })
         .collect();
     if !labels.is_empty() {
         cfg.labels = labels.into_iter().collect();
+    } else {
+        // Clovisor's default, only where the operator allows it: else nothing is traced.
+        cfg.labels.retain(|l| policy.allows_namespace(&l.namespace));
     }
 
     let egress: BTreeSet<EgressRule> = [
@@ -127,9 +306,22 @@ pub fn build(snap: &Snapshot) -> (LiveConfig, Vec<Rejection>) {
     // The OTLP key wins over the legacy collector address, which wins over the agent's.
     let mut endpoint =
         |key: &'static str, value: &Option<String>, parse: fn(&str) -> Result<String, Reject>| {
-            value
-                .as_deref()
-                .and_then(|v| parse(v).map_err(|why| reject(key, v, why)).ok())
+            value.as_deref().and_then(|v| {
+                parse(v)
+                    .and_then(|url| {
+                        if policy.allows_otlp(&url) {
+                            Ok(url)
+                        } else {
+                            Err(Reject::NotAllowed {
+                                what: "OTLP endpoint",
+                                value: url,
+                                allow_list: ENV_ALLOWED_OTLP_ENDPOINTS,
+                            })
+                        }
+                    })
+                    .map_err(|why| reject(key, v, why))
+                    .ok()
+            })
         };
     let otlp = endpoint(
         keys::OTLP_ENDPOINT,

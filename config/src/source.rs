@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::keys;
 use crate::metrics::ConfigMetrics;
 use crate::model::LiveConfig;
-use crate::parse::{build, Reject, Rejection, Snapshot};
+use crate::parse::{build, text, Policy, Reject, Rejection, Snapshot};
 use crate::{Error, Result};
 
 /// How often the keys are read when nothing else asks.
@@ -50,22 +50,49 @@ pub struct RedisSource {
     addr: String,
     metrics: ConfigMetrics,
     poll_interval: Duration,
+    policy: Policy,
 }
 
 impl RedisSource {
-    /// A source for `url` (`redis://host:port[/db]`), counting into `metrics`. Only the URL's
-    /// syntax is checked here: an unreachable server is not an error.
+    /// A source for `url` (`redis://host:port[/db]`, or `rediss://` for TLS verified against
+    /// the system's roots), counting into `metrics`. Only the URL's syntax is checked here: an
+    /// unreachable server is not an error.
     pub fn new(url: &str, metrics: ConfigMetrics) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|source| Error::Url {
+        Self::with_ca(url, None, metrics)
+    }
+
+    /// As [`RedisSource::new`]; a `rediss://` server's certificate is verified against the PEM
+    /// CA certificates `ca` when given (rustls), the system's roots otherwise.
+    pub fn with_ca(url: &str, ca: Option<Vec<u8>>, metrics: ConfigMetrics) -> Result<Self> {
+        let bad_url = |source| Error::Url {
             url: redact_url(url),
             source,
-        })?;
+        };
+        if url.trim_start().starts_with("rediss://") {
+            // The redis crate builds its rustls configuration with the process's default
+            // provider: ring, as on the gRPC hops (a provider already installed stays).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match ca {
+            Some(root_cert) if url.trim_start().starts_with("rediss://") => {
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )
+                .map_err(bad_url)?
+            }
+            _ => redis::Client::open(url).map_err(bad_url)?,
+        };
         let addr = client.get_connection_info().addr.to_string();
         Ok(Self {
             client,
             addr,
             metrics,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            policy: Policy::default(),
         })
     }
 
@@ -75,13 +102,20 @@ impl RedisSource {
         self
     }
 
-    /// Starts following Redis until `shutdown` resolves. The receiver holds the defaults until
-    /// Redis first answers.
+    /// Bounds what Redis may ask for by the operator's allow-lists.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Starts following Redis until `shutdown` resolves. Until Redis first answers, the
+    /// receiver holds [`LiveConfig::unanswered`]: nothing is traced (fails closed), the rest is
+    /// the defaults.
     pub fn spawn(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> (watch::Receiver<LiveConfig>, JoinHandle<()>) {
-        let (tx, rx) = watch::channel(LiveConfig::default());
+        let (tx, rx) = watch::channel(LiveConfig::unanswered());
         let handle = tokio::spawn(self.run(tx, shutdown));
         (rx, handle)
     }
@@ -180,11 +214,11 @@ impl Poller<'_> {
         self.conn = Some(conn);
         self.backoff = BACKOFF_MIN;
         metrics.set_up(true);
-        let (config, rejected) = build(&snap);
+        let (config, rejected) = build(&snap, &self.source.policy);
         let rejected: BTreeSet<Rejection> = rejected.into_iter().collect();
         for r in rejected.difference(&self.rejected) {
             tracing::warn!(key = r.key, entry = %r.entry, reason = %r.reason, "configuration entry rejected");
-            metrics.rejected(r.key);
+            metrics.rejected(r.key, r.label);
         }
         self.rejected = rejected;
         apply(tx, config, metrics);
@@ -285,15 +319,14 @@ async fn read_snapshot(conn: &mut MultiplexedConnection) -> redis::RedisResult<S
             continue;
         }
         if found != expected {
-            snap.wrong_types.push(Rejection {
+            snap.wrong_types.push(Rejection::new(
                 key,
-                entry: String::new(),
-                reason: Reject::WrongType {
+                "",
+                &Reject::WrongType {
                     expected,
                     found: found.clone(),
-                }
-                .to_string(),
-            });
+                },
+            ));
             continue;
         }
         match *expected {
@@ -307,22 +340,51 @@ async fn read_snapshot(conn: &mut MultiplexedConnection) -> redis::RedisResult<S
         return Ok(snap);
     }
     let values: Vec<Value> = values.query_async(conn).await?;
+    // Entries are read as bytes and made text one by one: one that is not UTF-8 is rejected
+    // on its own instead of failing the whole read (which would freeze the configuration).
+    let rejected = &mut snap.wrong_types;
+    let mut parsed = Snapshot::default();
+    fn list(
+        key: &'static str,
+        value: &Value,
+        rejected: &mut Vec<Rejection>,
+    ) -> redis::RedisResult<Vec<String>> {
+        Ok(Vec::<Vec<u8>>::from_redis_value(value)?
+            .into_iter()
+            .filter_map(|b| text(key, b, rejected))
+            .collect())
+    }
+    fn string(
+        key: &'static str,
+        value: &Value,
+        rejected: &mut Vec<Rejection>,
+    ) -> redis::RedisResult<Option<String>> {
+        Ok(Option::<Vec<u8>>::from_redis_value(value)?.and_then(|b| text(key, b, rejected)))
+    }
     for (key, value) in wanted.into_iter().zip(values) {
-        let list = || Vec::<String>::from_redis_value(&value);
-        let string = || Option::<String>::from_redis_value(&value);
         match key {
-            keys::LABELS => snap.labels = list()?,
-            keys::EGRESS_MATCH => snap.egress = list()?,
-            keys::EGRESS_MATCH_MISSPELLED => snap.egress_misspelled = list()?,
-            keys::REDACT_HEADERS => snap.redact_headers = list()?,
-            keys::JAEGER_COLLECTOR => snap.jaeger_collector = string()?,
-            keys::JAEGER_AGENT => snap.jaeger_agent = string()?,
-            keys::OTLP_ENDPOINT => snap.otlp_endpoint = string()?,
-            keys::SNAPLEN => snap.snaplen = string()?,
-            _ => snap.proto_cfg = Vec::<(String, String)>::from_redis_value(&value)?,
+            keys::LABELS => parsed.labels = list(key, &value, rejected)?,
+            keys::EGRESS_MATCH => parsed.egress = list(key, &value, rejected)?,
+            keys::EGRESS_MATCH_MISSPELLED => {
+                parsed.egress_misspelled = list(key, &value, rejected)?
+            }
+            keys::REDACT_HEADERS => parsed.redact_headers = list(key, &value, rejected)?,
+            keys::JAEGER_COLLECTOR => parsed.jaeger_collector = string(key, &value, rejected)?,
+            keys::JAEGER_AGENT => parsed.jaeger_agent = string(key, &value, rejected)?,
+            keys::OTLP_ENDPOINT => parsed.otlp_endpoint = string(key, &value, rejected)?,
+            keys::SNAPLEN => parsed.snaplen = string(key, &value, rejected)?,
+            _ => {
+                parsed.proto_cfg = Vec::<(Vec<u8>, Vec<u8>)>::from_redis_value(&value)?
+                    .into_iter()
+                    .filter_map(|(field, value)| {
+                        Some((text(key, field, rejected)?, text(key, value, rejected)?))
+                    })
+                    .collect()
+            }
         }
     }
-    Ok(snap)
+    parsed.wrong_types = std::mem::take(&mut snap.wrong_types);
+    Ok(parsed)
 }
 
 /// Follows `clovisor_proto_plugin_cfg_chan`, reconnecting with backoff; each message (a

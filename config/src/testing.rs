@@ -26,6 +26,19 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     password: Option<String>,
+    /// Whether `port` speaks TLS only.
+    tls: bool,
+}
+
+/// A server certificate, its key and the CA that signed it (PEM files), for a TLS server.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// `tls.crt`
+    pub cert: std::path::PathBuf,
+    /// `tls.key`
+    pub key: std::path::PathBuf,
+    /// `ca.crt`
+    pub ca: std::path::PathBuf,
 }
 
 impl RedisServer {
@@ -46,13 +59,46 @@ impl RedisServer {
         Self::launch(port, dir, None)
     }
 
+    /// Starts a server on a free port that speaks only TLS with `tls` (clients need no
+    /// certificate) and requires `password`.
+    pub fn start_tls(password: &str, tls: &ServerTls) -> Result<Self, ServerError> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::launch_with(
+            port,
+            tempfile::tempdir()?,
+            Some(password.to_owned()),
+            Some(tls),
+        )
+    }
+
     fn launch(
         port: u16,
         dir: tempfile::TempDir,
         password: Option<String>,
     ) -> Result<Self, ServerError> {
+        Self::launch_with(port, dir, password, None)
+    }
+
+    fn launch_with(
+        port: u16,
+        dir: tempfile::TempDir,
+        password: Option<String>,
+        tls: Option<&ServerTls>,
+    ) -> Result<Self, ServerError> {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        match tls {
+            None => cmd.args(["--port", &port.to_string()]),
+            Some(t) => cmd
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&t.cert)
+                .arg("--tls-key-file")
+                .arg(&t.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&t.ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(dir.path());
         if let Some(pw) = &password {
@@ -64,6 +110,7 @@ impl RedisServer {
             port,
             dir,
             password,
+            tls: tls.is_some(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -75,11 +122,17 @@ impl RedisServer {
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:<port>`, with the password when the server requires one.
+    /// `redis://127.0.0.1:<port>` (`rediss://localhost:<port>` for a TLS server, the name its
+    /// certificate carries), with the password when the server requires one.
     pub fn url(&self) -> String {
+        let (scheme, host) = if self.tls {
+            ("rediss", "localhost")
+        } else {
+            ("redis", "127.0.0.1")
+        };
         match &self.password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(pw) => format!("{scheme}://:{pw}@{host}:{}", self.port),
+            None => format!("{scheme}://{host}:{}", self.port),
         }
     }
 

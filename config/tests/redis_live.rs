@@ -235,14 +235,19 @@ async fn redis_lost_keeps_the_last_good_config_and_a_restart_reconnects() -> any
 }
 
 #[tokio::test]
-async fn unreachable_at_start_runs_on_defaults_then_connects() -> anyhow::Result<()> {
+async fn unreachable_at_start_traces_nothing_then_connects() -> anyhow::Result<()> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let metrics = ConfigMetrics::default();
     let (mut rx, task) = RedisSource::new(&format!("redis://127.0.0.1:{port}"), metrics.clone())?
         .spawn(std::future::pending());
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!metrics.is_up());
-    assert_eq!(*rx.borrow(), LiveConfig::default());
+    assert_eq!(
+        *rx.borrow(),
+        LiveConfig::unanswered(),
+        "fails closed: no pod selected until Redis answers"
+    );
+    assert!(rx.borrow().labels.is_empty());
     assert!(!task.is_finished());
 
     let server = RedisServer::start_at(port, tempfile::tempdir()?)?;
@@ -288,12 +293,194 @@ async fn a_password_protected_redis_is_read_with_the_password_and_refuses_withou
     assert!(!without.is_up(), "no password: never up");
     assert_eq!(
         *rx_without.borrow(),
-        LiveConfig::default(),
-        "no password: defaults only"
+        LiveConfig::unanswered(),
+        "no password: never answered, nothing traced"
     );
     assert!(
         server.cli(&["LLEN", keys::EGRESS_MATCH])?.trim() == "1",
         "redis-cli with REDISCLI_AUTH reads it"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn entries_that_are_not_utf8_are_rejected_one_by_one_and_never_freeze_the_rest(
+) -> anyhow::Result<()> {
+    let server = RedisServer::start_with_password("utf8-pw")?;
+    let metrics = ConfigMetrics::default();
+    let (mut rx, _task) = RedisSource::new(&server.url(), metrics.clone())?
+        .with_poll_interval(Duration::from_millis(200))
+        .spawn(std::future::pending());
+    let mut conn = connect(&server).await?;
+    let bad = b"\xff\xfe not text".to_vec();
+    // The snaplen first: the configuration waited for below is complete only after it.
+    let _: () = conn.set(keys::SNAPLEN, bad.clone()).await?;
+    let _: () = conn
+        .rpush(
+            keys::EGRESS_MATCH,
+            vec![
+                b"10.0.0.7:80".to_vec(),
+                bad.clone(),
+                b"10.0.0.8:80".to_vec(),
+            ],
+        )
+        .await?;
+    let _: () = conn
+        .rpush(keys::LABELS, vec![bad.clone(), b"shop".to_vec()])
+        .await?;
+    let _: () = conn
+        .hset_multiple(
+            keys::PROTO_CFG,
+            &[
+                (b"http".to_vec(), b"http-analyzer".to_vec()),
+                (b"redis".to_vec(), bad.clone()),
+            ],
+        )
+        .await?;
+    wait_for(&mut rx, Duration::from_secs(3), "the good entries", |c| {
+        has_rule(c, [10, 0, 0, 7], 80)
+            && has_rule(c, [10, 0, 0, 8], 80)
+            && c.labels.len() == 1
+            && c.labels[0].namespace == "shop"
+            && c.proto_cfg.get("http").map(String::as_str) == Some("http-analyzer")
+    })
+    .await?;
+    assert_eq!(
+        rx.borrow().snaplen,
+        None,
+        "a snaplen that is not text is ignored"
+    );
+    assert_eq!(
+        rx.borrow().proto_cfg.len(),
+        1,
+        "{:?}",
+        rx.borrow().proto_cfg
+    );
+    for key in [
+        keys::EGRESS_MATCH,
+        keys::LABELS,
+        keys::PROTO_CFG,
+        keys::SNAPLEN,
+    ] {
+        assert_eq!(
+            metrics.rejected_for(key, "not_utf8"),
+            1,
+            "one not-UTF-8 rejection counted for {key}"
+        );
+    }
+    // Live configuration keeps following Redis: a later write applies.
+    let _: () = conn.rpush(keys::EGRESS_MATCH, "10.0.0.9:443").await?;
+    wait_for(
+        &mut rx,
+        Duration::from_secs(2),
+        "a write after the bad entries",
+        |c| has_rule(c, [10, 0, 0, 9], 443),
+    )
+    .await?;
+    assert_eq!(
+        metrics.rejected_for(keys::EGRESS_MATCH, "not_utf8"),
+        1,
+        "still counted once, not once per poll"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_operators_allow_list_holds_whatever_redis_says() -> anyhow::Result<()> {
+    let server = RedisServer::start_with_password("policy-pw")?;
+    let metrics = ConfigMetrics::default();
+    let policy = clovisor_config::Policy::parse(Some("shop"), Some("https://jaeger.tracing:4317"))?;
+    let (mut rx, _task) = RedisSource::new(&server.url(), metrics.clone())?
+        .with_poll_interval(Duration::from_millis(200))
+        .with_policy(policy)
+        .spawn(std::future::pending());
+    wait_until(Duration::from_secs(5), "redis up", || metrics.is_up()).await?;
+    assert!(
+        rx.borrow().labels.is_empty(),
+        "namespace default is not allowed: nothing traced, got {:?}",
+        rx.borrow().labels
+    );
+    let mut conn = connect(&server).await?;
+    let _: () = conn.rpush(keys::LABELS, &["kube-system", "shop"]).await?;
+    let _: () = conn
+        .set(keys::OTLP_ENDPOINT, "http://collector.attacker:4317")
+        .await?;
+    wait_for(&mut rx, Duration::from_secs(2), "shop traced", |c| {
+        c.labels.len() == 1 && c.labels[0].namespace == "shop"
+    })
+    .await?;
+    wait_until(Duration::from_secs(2), "both refusals counted", || {
+        metrics.rejected_for(keys::LABELS, "not_allowed") == 1
+            && metrics.rejected_for(keys::OTLP_ENDPOINT, "not_allowed") == 1
+    })
+    .await?;
+    assert_eq!(rx.borrow().otlp_endpoint, None, "export stays where it was");
+    Ok(())
+}
+
+#[tokio::test]
+async fn rediss_is_read_over_tls_verified_against_the_given_ca() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-certs.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(certs.path())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "make-certs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The correlator's server certificate names localhost: Redis wears it here.
+    let dir = certs.path().join("correlator");
+    let tls = clovisor_config::testing::ServerTls {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+        ca: dir.join("ca.crt"),
+    };
+    let server = RedisServer::start_tls("tls-pw", &tls)?;
+    let ca = std::fs::read(&tls.ca)?;
+    assert!(server.url().starts_with("rediss://"), "{}", server.url());
+
+    let with_ca = ConfigMetrics::default();
+    let (mut rx, _t1) = RedisSource::with_ca(&server.url(), Some(ca.clone()), with_ca.clone())?
+        .with_poll_interval(Duration::from_millis(200))
+        .spawn(std::future::pending());
+    let system_roots = ConfigMetrics::default();
+    let (_rx2, _t2) =
+        RedisSource::new(&server.url(), system_roots.clone())?.spawn(std::future::pending());
+    let plaintext = ConfigMetrics::default();
+    let (_rx3, _t3) = RedisSource::new(
+        &server.url().replacen("rediss://", "redis://", 1),
+        plaintext.clone(),
+    )?
+    .spawn(std::future::pending());
+    wait_until(Duration::from_secs(5), "up over TLS", || with_ca.is_up()).await?;
+
+    let mut conn = redis::Client::build_with_tls(
+        server.url(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        },
+    )?
+    .get_multiplexed_async_connection()
+    .await?;
+    let _: () = conn.lpush(keys::EGRESS_MATCH, "10.0.0.5:80").await?;
+    wait_for(
+        &mut rx,
+        Duration::from_secs(2),
+        "egress rule over TLS",
+        |c| has_rule(c, [10, 0, 0, 5], 80),
+    )
+    .await?;
+    assert!(
+        !system_roots.is_up(),
+        "a certificate from a CA the system does not know is refused"
+    );
+    assert!(
+        !plaintext.is_up(),
+        "plaintext to the TLS port never answers"
     );
     Ok(())
 }

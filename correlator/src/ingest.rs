@@ -101,6 +101,7 @@ impl IngestService {
             let mut joiner = self.store.write();
             let ready = pick(&mut joiner, now);
             self.metrics.join_state(joiner.open_len(), joiner.len());
+            self.metrics.join_views(joiner.views());
             ready
         };
         self.finish(ready);
@@ -168,8 +169,10 @@ impl IngestService {
         if offered.outcome != Outcome::Duplicate {
             self.metrics
                 .stored(offered.store_evicted, joiner.store_len());
+            self.metrics.join_received();
         }
         self.metrics.join_state(joiner.open_len(), joiner.len());
+        self.metrics.join_views(joiner.views());
         for issue in &offered.issues {
             self.metrics.invalid_context(match issue {
                 ContextIssue::InvalidTraceId => "trace_id",
@@ -414,12 +417,9 @@ mod tests {
         );
     }
 
-    /// Two points' views of one exchange are stored once, found by either id, counted once
-    /// when the window closes.
-    #[test]
-    fn views_of_one_exchange_are_stored_and_counted_once() {
-        use clovisor_proto::common::v1::{PointKind, Side};
-        let svc = IngestService::with_join(
+    /// A service joining views within 30 ms.
+    fn joining_service() -> IngestService {
+        IngestService::with_join(
             Arc::new(Store::new(100)),
             Arc::new(Metrics::new()),
             None,
@@ -427,7 +427,12 @@ mod tests {
                 window: Duration::from_millis(30),
                 ..JoinConfig::default()
             },
-        );
+        )
+    }
+
+    /// One exchange's views at the client's veth, a node interface and the server's veth.
+    fn three_points() -> [Session; 3] {
+        use clovisor_proto::common::v1::{PointKind, Side};
         let client = SessionBuilder::new("p/1/0")
             .side(Side::Client)
             .with(|s| s.observations[0].interface = "veth-client".into())
@@ -440,6 +445,15 @@ mod tests {
             })
             .build();
         let server = SessionBuilder::new("p/3/0").side(Side::Server).build();
+        [client, uplink, server]
+    }
+
+    /// Two points' views of one exchange are stored once, found by either id, counted once
+    /// when the window closes.
+    #[test]
+    fn views_of_one_exchange_are_stored_and_counted_once() {
+        let svc = joining_service();
+        let [client, uplink, server] = three_points();
         svc.accept(client);
         svc.accept(uplink);
         let merged = svc.accept(server);
@@ -480,5 +494,42 @@ mod tests {
             (3, 3),
             "every view is received and passed on (merged), none lost"
         );
+    }
+
+    /// A view merged after its exchange's window closed misses the span and the metrics: the
+    /// join stage counts it lost (`late`); the views still open are buffered; the balance holds
+    /// from the join's own counts, not from the ingest's.
+    #[test]
+    fn a_late_view_is_counted_lost_by_the_join_and_the_join_stage_balances() {
+        use crate::metrics::STAGE_JOIN;
+        let svc = joining_service();
+        let t0 = Instant::now();
+        let [client, uplink, server] = three_points();
+        svc.accept_at(client, t0);
+        svc.accept_at(uplink, t0);
+        let drops = svc.metrics.drops();
+        let stage = || {
+            (
+                drops.received_count(STAGE_JOIN),
+                drops.emitted_count(STAGE_JOIN),
+                drops.get(STAGE_JOIN, "late"),
+                drops.buffered_count(STAGE_JOIN),
+            )
+        };
+        assert_eq!(stage(), (2, 0, 0, 2), "two views wait in one open exchange");
+        svc.tick_at(t0 + Duration::from_millis(40));
+        assert_eq!(stage(), (2, 2, 0, 0), "the window closed: both views ready");
+        let merged = svc.accept_at(server, t0 + Duration::from_millis(50));
+        assert_eq!(
+            merged.session.observations.len(),
+            3,
+            "the late view is merged for REST"
+        );
+        assert_eq!(
+            stage(),
+            (3, 2, 1, 0),
+            "the late view is counted lost to the span and metrics"
+        );
+        assert_eq!(svc.metrics.join_count(Outcome::Late), 1);
     }
 }

@@ -37,6 +37,10 @@ use crate::record::CorrelatedSession;
 
 /// Loss-accounting stage of session ingest: sessions received = stored + duplicates dropped.
 pub const STAGE_CORRELATOR: &str = "correlator";
+/// Loss-accounting stage of the join: views (sessions) stored and offered to the join = views
+/// in exchanges made ready (exported, counted in the metrics) + merged late (`late`: in the
+/// REST API, not in the exchange's span nor metrics) + in exchanges still open.
+pub const STAGE_JOIN: &str = "join";
 /// Loss-accounting stage of span export: spans offered = exported + dropped + queued.
 pub const STAGE_EXPORT: &str = "export";
 
@@ -253,6 +257,11 @@ pub struct Metrics {
     /// `clovisor_received_total` / `clovisor_emitted_total` of the correlator stage, kept.
     correlator_received: Counter,
     correlator_emitted: Counter,
+    /// The join stage's input and output, and where the join's own counts stood when last
+    /// copied (ready views, late views).
+    join_received: Counter,
+    join_emitted: Counter,
+    join_seen: [std::sync::atomic::AtomicU64; 2],
     workloads: Workloads,
     /// Series handles of the label sets seen, so an exchange costs no label strings and no
     /// family look-up (see [`LabelCache`]).
@@ -423,6 +432,9 @@ impl Metrics {
             export_queue: Gauge::default(),
             correlator_received: drops.received_counter(STAGE_CORRELATOR),
             correlator_emitted: drops.emitted_counter(STAGE_CORRELATOR),
+            join_received: drops.received_counter(STAGE_JOIN),
+            join_emitted: drops.emitted_counter(STAGE_JOIN),
+            join_seen: Default::default(),
             dropped: drops,
             workloads: Workloads::default(),
             red: LabelCache::default(),
@@ -607,6 +619,24 @@ impl Metrics {
                 reason: eviction.label(),
             })
             .inc();
+    }
+
+    /// Counts a view offered to the join (not a duplicate).
+    pub fn join_received(&self) {
+        self.join_received.inc();
+    }
+
+    /// Copies the join's own view counts into the `join` stage's accounting: views made ready
+    /// and merged late since the last copy, views open now. Called with the join locked, so
+    /// copies follow one another in order.
+    pub fn join_views(&self, views: crate::join::JoinViews) {
+        use std::sync::atomic::Ordering;
+        let ready = self.join_seen[0].swap(views.ready, Ordering::Relaxed);
+        self.join_emitted.inc_by(views.ready.saturating_sub(ready));
+        let late = self.join_seen[1].swap(views.late, Ordering::Relaxed);
+        self.dropped
+            .count(STAGE_JOIN, "late", views.late.saturating_sub(late));
+        self.dropped.set_buffered(STAGE_JOIN, views.open);
     }
 
     /// Records the join state's size.

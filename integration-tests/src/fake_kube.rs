@@ -7,6 +7,9 @@
 //!   `MODIFIED`, `DELETED`) after version N, a `BOOKMARK` when asked for, and stays open for
 //!   new changes. A version older than the kept history is answered, as a real server does,
 //!   with an `ERROR` event carrying a 410 `Status` (`Expired`), which makes clients relist.
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews` answers a `TokenReview` as the API
+//!   server does: `status.authenticated` and `status.user` for the tokens the test registered
+//!   ([`FakeKube::add_token`]), `authenticated: false` with an error for any other.
 //! - The test can cut every open watch stream ([`FakeKube::cut_watches`]), expire the
 //!   history ([`FakeKube::expire_history`]) and count the requests ([`FakeKube::requests`]).
 
@@ -56,8 +59,10 @@ struct Store {
     history: Vec<Arc<Change>>,
     /// Watches from a version below this are answered 410 Gone.
     oldest: u64,
-    /// (resource, "list" | "watch") → count.
+    /// (resource, "list" | "watch" | "create") → count.
     requests: BTreeMap<(String, &'static str), u32>,
+    /// Token → (user name, groups), for TokenReviews.
+    tokens: HashMap<String, (String, Vec<String>)>,
 }
 
 #[derive(Clone)]
@@ -91,6 +96,10 @@ impl FakeKube {
         };
         let app = Router::new()
             .route("/api/v1/{resource}", get(serve))
+            .route(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                axum::routing::post(token_review),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -205,7 +214,18 @@ impl FakeKube {
         let _ = self.shared.signals.send(Signal::Cut);
     }
 
-    /// How many `verb` (`list` or `watch`) requests `resource` got.
+    /// Makes `token` authenticate as `user` in `groups` in TokenReviews.
+    pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        self.shared.lock().tokens.insert(
+            token.to_owned(),
+            (
+                user.to_owned(),
+                groups.iter().map(|g| (*g).to_owned()).collect(),
+            ),
+        );
+    }
+
+    /// How many `verb` (`list`, `watch`, `create`) requests `resource` got.
     pub fn requests(&self, resource: &str, verb: &'static str) -> u32 {
         self.shared
             .lock()
@@ -223,6 +243,48 @@ impl Drop for FakeKube {
             let _ = stop.send(());
         }
     }
+}
+
+/// `POST .../tokenreviews`: the review of `spec.token`, as the API server writes it.
+async fn token_review(AxumState(shared): AxumState<Shared>, body: axum::body::Bytes) -> Response {
+    let Ok(review) = serde_json::from_slice::<Value>(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            r#"{"kind":"Status","status":"Failure"}"#,
+        );
+    };
+    let token = review
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let audiences = review
+        .pointer("/spec/audiences")
+        .cloned()
+        .unwrap_or(json!([]));
+    let found = {
+        let mut store = shared.lock();
+        *store
+            .requests
+            .entry(("tokenreviews".to_owned(), "create"))
+            .or_default() += 1;
+        store.tokens.get(token).cloned()
+    };
+    let status = match found {
+        Some((user, groups)) => json!({
+            "authenticated": true,
+            "user": {"username": user, "uid": "0000-fake", "groups": groups},
+            "audiences": audiences,
+        }),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    let answer = json!({
+        "kind": "TokenReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "spec": {"token": token, "audiences": audiences},
+        "status": status,
+    });
+    json_response(StatusCode::CREATED, answer.to_string())
 }
 
 /// `a.b=c,d!=e` against an object's JSON.

@@ -459,6 +459,39 @@ impl Drop for Proc {
     }
 }
 
+/// `clovisor-correlator` from `bin`: gRPC on `grpc`, metrics on `metrics`, REST on a free
+/// loopback port, no Redis, no span export, plaintext.
+pub fn correlator_command(bin: &Path, grpc: &str, metrics: &str) -> Result<Command> {
+    let mut cmd = Command::new(bin.join("clovisor-correlator"));
+    cmd.args([
+        "--grpc-listen",
+        grpc,
+        "--metrics-listen",
+        metrics,
+        "--redis",
+        "",
+    ])
+    .args(["--api-listen", &format!("127.0.0.1:{}", free_port()?)])
+    .env("OTEL_TRACES_EXPORTER", "none");
+    Ok(cmd)
+}
+
+/// `clovisor-collector` from `bin`: gRPC on `grpc`, sessions to the correlator at `correlator`
+/// (plaintext), metrics on `metrics`, no Redis.
+pub fn collector_command(bin: &Path, grpc: &str, correlator: &str, metrics: &str) -> Command {
+    let mut cmd = Command::new(bin.join("clovisor-collector"));
+    cmd.args([
+        "--grpc-listen",
+        grpc,
+        "--metrics-listen",
+        metrics,
+        "--redis",
+        "",
+    ])
+    .args(["--correlator", &format!("http://{correlator}")]);
+    cmd
+}
+
 /// Starts a service binary (`cmd`, logging to `log`) and waits until its metrics port
 /// `metrics` (`host:port`) answers `/healthz`; its log is in the error when it does not.
 pub fn start_service(name: &str, mut cmd: Command, metrics: &str, log: PathBuf) -> Result<Proc> {

@@ -51,6 +51,8 @@ struct Probe {
     endpoints: Vec<EndpointUpdate>,
     selection: watch::Sender<PodSelection>,
     registry: Registry,
+    /// The `/readyz` check `kubernetes_watch`.
+    watch_ready: clovisor_runtime::health::Flag,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Capture>>,
     _dir: tempfile::TempDir,
@@ -85,10 +87,12 @@ impl Probe {
         let status = reconciler.subscribe();
         let (selection, selection_rx) = watch::channel(PodSelection::default());
         let (stop, stopped) = oneshot::channel::<()>();
+        let watch_ready = clovisor_runtime::health::Flag::default();
         let targets = KubeTargets {
             node: node.into(),
             selection: selection_rx,
             resync: Duration::from_secs(1),
+            watch_ready: watch_ready.clone(),
         };
         let task = tokio::spawn(follow(targets, client, reconciler, metrics, async {
             let _ = stopped.await;
@@ -99,6 +103,7 @@ impl Probe {
             endpoints: Vec::new(),
             selection,
             registry,
+            watch_ready,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
@@ -463,4 +468,32 @@ async fn a_cut_watch_and_a_410_resync_without_losing_or_duplicating() -> Result<
         );
     }
     Ok(())
+}
+
+/// Waits until `flag` is `up`.
+async fn wait_flag(flag: &clovisor_runtime::health::Flag, up: bool, what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while flag.is_up() != up {
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {WAIT:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_check_is_up_only_while_the_api_server_answers() -> Result<()> {
+    require_root()?;
+    let node = node_name();
+    let kube = FakeKube::start().await?;
+    kube.apply(&service("default", "web", "http"))?;
+    let probe = Probe::start(&kube, &node).await?;
+    wait_flag(&probe.watch_ready, true, "listed and watching").await?;
+    // The API server goes away: the watches fail (and keep retrying); not ready meanwhile.
+    drop(kube);
+    wait_flag(&probe.watch_ready, false, "the failing watch noticed").await?;
+    // A new API server on another address is not something a running client follows; what
+    // matters here is that the check said the truth. The follower keeps running (retrying).
+    probe.stop().await
 }

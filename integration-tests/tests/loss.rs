@@ -1,8 +1,19 @@
-//! Loss accounting under real overload: `clovisor all-in-one` traces a server pod with a
-//! deliberately tiny ring buffer (one page) and record queue while a client pod fires a bounded
-//! burst of parallel HTTP requests at nginx. The kernel must lose events — and every stage must
-//! account for every item: `received = emitted + dropped + buffered`, exactly, once traffic has
-//! settled; and what one stage emits, the next receives.
+//! Loss accounting.
+//!
+//! Under real overload: `clovisor all-in-one` traces a server pod with a deliberately tiny ring
+//! buffer (one page) and record queue while a client pod fires a bounded burst of parallel HTTP
+//! requests at nginx. The kernel must lose events — and every stage must account for every
+//! item: `received = emitted + dropped + buffered`, exactly, once traffic has settled; and what
+//! one stage emits, the next receives.
+//!
+//! Forced, path by path: the real `clovisor-collector` and `clovisor-correlator` processes,
+//! fed by a probe speaking the real capture protocol whose records make each loss inside the
+//! flow table and the join happen once — a response without its request, a second copy of a
+//! waiting message, messages never arriving (gaps skipped), a flow evicted for capacity while
+//! messages wait in it, a probe restarting while its flows hold messages, a view arriving after
+//! its exchange's join window closed. Each is counted with its reason, exactly as often as it
+//! was made to happen, and the `flow_table` and `join` stages balance from counters each path
+//! moves on its own.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -11,8 +22,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::http_client::http_get;
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, our_programs_on, run_in, wait_for, Lab, Nginx, Proc,
+    cargo_build, clovisor_bin, collector_command, correlator_command, free_port, our_programs_on,
+    run_in, start_service, wait_for, Lab, Nginx, Proc,
 };
+use clovisor_proto::capture::v1::capture_client::CaptureClient;
+use clovisor_proto::capture::v1::{
+    collector_message, probe_message, record, Direction, FlowKey, Hello, Message, ObservationPoint,
+    ProbeMessage, ProtocolHint, Record, RecordBatch,
+};
+use clovisor_proto::common::v1::PointKind;
+use clovisor_proto::tls::ClientTransport;
 
 /// Requests in the burst.
 const BURST: usize = 2000;
@@ -20,15 +39,17 @@ const BURST: usize = 2000;
 const PARALLEL: &str = "64";
 
 /// Stages that must report a balance in all-in-one mode without span export.
-const STAGES: [&str; 8] = [
+const STAGES: [&str; 10] = [
     "ring_buffer",
     "probe_decode",
     "probe_queue",
     "probe_endpoints",
     "uplink",
     "collector",
+    "flow_table",
     "forwarder",
     "correlator",
+    "join",
 ];
 
 /// The loss families of one `/metrics` scrape.
@@ -306,6 +327,11 @@ fn every_stage_accounts_for_every_item_under_overload() -> Result<()> {
             loss.emitted("forwarder"),
             loss.received("correlator"),
         ),
+        (
+            "sessions stored = views the join took",
+            loss.emitted("correlator"),
+            loss.received("join"),
+        ),
     ] {
         assert_eq!(upstream, downstream, "{what}:\n{}", loss.table());
     }
@@ -320,6 +346,258 @@ fn every_stage_accounts_for_every_item_under_overload() -> Result<()> {
         status.success(),
         "clovisor must exit cleanly on SIGTERM, got {status}\n{}",
         proc.log_text()
+    );
+    Ok(())
+}
+
+/// The flow key of test flows: client 10.9.0.1:`client_port` to 10.9.0.2:80.
+fn flow_key(client_port: u32) -> FlowKey {
+    FlowKey {
+        client_ip: vec![10, 9, 0, 1],
+        server_ip: vec![10, 9, 0, 2],
+        client_port,
+        server_port: 80,
+        transport: 1,
+    }
+}
+
+/// A pod observation point on interface `interface`.
+fn pod_point(interface: &str) -> ObservationPoint {
+    ObservationPoint {
+        kind: PointKind::Pod as i32,
+        interface: interface.into(),
+        node: "loss-node".into(),
+        ..ObservationPoint::default()
+    }
+}
+
+const REQUEST: &[u8] = b"GET /loss HTTP/1.1\r\nHost: svc\r\n\r\n";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// Message `index` of flow `flow_id` (client port `client_port`, seen at `interface`), its
+/// request's TCP sequence number `seq` (the join's key).
+fn msg(flow_id: u64, client_port: u32, interface: &str, index: u32, dir: Direction) -> Record {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let payload = if dir == Direction::ClientToServer {
+        REQUEST
+    } else {
+        RESPONSE
+    };
+    Record {
+        kind: Some(record::Kind::Message(Message {
+            flow: Some(flow_key(client_port)),
+            point: Some(pod_point(interface)),
+            flow_id,
+            index,
+            direction: dir as i32,
+            to_pod: dir == Direction::ClientToServer,
+            start_unix_nanos: now,
+            end_unix_nanos: now + 1000,
+            tcp_seq: 7000 + client_port,
+            bytes: payload.len() as u64,
+            packets: 1,
+            payload: payload.to_vec().into(),
+            protocol: ProtocolHint::Http as i32,
+            ..Message::default()
+        })),
+    }
+}
+
+/// One probe stream to the collector: a `Hello`, then batches, each awaited until acknowledged.
+struct FakeProbe {
+    tx: tokio::sync::mpsc::Sender<ProbeMessage>,
+    acks: tonic::Streaming<clovisor_proto::capture::v1::CollectorMessage>,
+    seq: u64,
+}
+
+impl FakeProbe {
+    async fn connect(port: u16, probe_id: &str, node: &str) -> Result<Self> {
+        let channel =
+            ClientTransport::new(None, false).lazy_channel(&format!("http://127.0.0.1:{port}"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(ProbeMessage {
+            kind: Some(probe_message::Kind::Hello(Hello {
+                probe_id: probe_id.into(),
+                node: node.into(),
+                snaplen: 256,
+            })),
+        })
+        .await?;
+        let acks = CaptureClient::new(channel)
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Self { tx, acks, seq: 0 })
+    }
+
+    /// Sends `records` as the next batch and waits for its acknowledgement.
+    async fn batch(&mut self, records: Vec<Record>) -> Result<()> {
+        self.seq += 1;
+        self.tx
+            .send(ProbeMessage {
+                kind: Some(probe_message::Kind::Batch(RecordBatch {
+                    seq: self.seq,
+                    records,
+                })),
+            })
+            .await?;
+        let wait = async {
+            loop {
+                match self.acks.message().await? {
+                    Some(m) => match m.kind {
+                        Some(collector_message::Kind::Ack(a)) if a.seq >= self.seq => {
+                            return Ok(());
+                        }
+                        _ => {}
+                    },
+                    None => bail!("the collector closed the stream before acknowledging"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(15), wait)
+            .await
+            .context("no acknowledgement in 15 s")?
+    }
+}
+
+#[test]
+fn every_forced_loss_in_the_flow_table_and_the_join_is_counted_with_its_reason() -> Result<()> {
+    let bin = cargo_build(&["clovisor-collector", "clovisor-correlator"])?;
+    let log = |name: &str| {
+        std::env::temp_dir().join(format!("clovisor-loss-{name}-{}.log", std::process::id()))
+    };
+    let correlator_grpc = format!("127.0.0.1:{}", free_port()?);
+    let correlator_metrics = format!("127.0.0.1:{}", free_port()?);
+    let collector_port = free_port()?;
+    let collector_grpc = format!("127.0.0.1:{collector_port}");
+    let collector_metrics = format!("127.0.0.1:{}", free_port()?);
+
+    let mut cmd = correlator_command(&bin, &correlator_grpc, &correlator_metrics)?;
+    cmd.env("CLOVISOR_JOIN_WINDOW_MS", "300");
+    let _correlator = start_service("correlator", cmd, &correlator_metrics, log("correlator"))?;
+    let mut cmd = collector_command(&bin, &collector_grpc, &correlator_grpc, &collector_metrics);
+    cmd.args(["--max-flows", "4"]);
+    let collector = start_service("collector", cmd, &collector_metrics, log("collector"))?;
+
+    use Direction::{ClientToServer as C2S, ServerToClient as S2C};
+    let runtime = tokio::runtime::Runtime::new()?;
+    let fed: Result<()> = runtime.block_on(async {
+        let mut a = FakeProbe::connect(collector_port, "loss-probe-a", "loss-node").await?;
+        a.batch(vec![
+            // Flow 1: a response before any request.
+            msg(1, 1001, "veth-s", 0, S2C),
+            // Flow 2: messages 0 and 1 never come; 2 comes twice (the second copy replaces
+            // the first, lost as a duplicate); 2 and 3 wait until the gap is skipped.
+            msg(2, 1002, "veth-s", 2, C2S),
+            msg(2, 1002, "veth-s", 2, C2S),
+            msg(2, 1002, "veth-s", 3, S2C),
+            // Flow 10: one exchange at the client's veth.
+            msg(10, 1010, "veth-c", 0, C2S),
+            msg(10, 1010, "veth-c", 1, S2C),
+        ])
+        .await?;
+        // Past the join window (300 ms) of flow 10's view and the reorder timeout (2 s).
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let partial = {
+            let mut r = msg(20, 1020, "veth-s", 1, S2C);
+            if let Some(record::Kind::Message(m)) = r.kind.as_mut() {
+                m.partial = true;
+                m.bytes = 10;
+            }
+            r
+        };
+        a.batch(vec![
+            // Flow 11: the same exchange as flow 10 at the server's veth, after its window.
+            msg(11, 1010, "veth-s", 0, C2S),
+            msg(11, 1010, "veth-s", 1, S2C),
+            // Flow 20: a response flushed early, held for its final counters, and message 3
+            // waiting for 2.
+            msg(20, 1020, "veth-s", 0, C2S),
+            partial,
+            msg(20, 1020, "veth-s", 3, C2S),
+        ])
+        .await?;
+        // The probe restarts (a new id for its node): flow 20's two waiting messages go with
+        // its state. Then five flows into a table of four: the first is evicted for capacity
+        // while its message waits for the missing one before it.
+        let mut b = FakeProbe::connect(collector_port, "loss-probe-b", "loss-node").await?;
+        b.batch(
+            (30..35)
+                .map(|f| msg(f, 1000 + u32::try_from(f).unwrap_or(0), "veth-s", 1, C2S))
+                .collect(),
+        )
+        .await?;
+        drop(a);
+        Ok(())
+    });
+    if let Err(e) = fed {
+        bail!("{e:#}\ncollector log:\n{}", collector.log_text());
+    }
+
+    let col = settled(
+        &format!("http://{collector_metrics}/metrics"),
+        Duration::from_secs(20),
+    )?;
+    let cor = settled(
+        &format!("http://{correlator_metrics}/metrics"),
+        Duration::from_secs(20),
+    )?;
+    eprintln!("collector:\n{}correlator:\n{}", col.table(), cor.table());
+    let dropped = |l: &Loss, stage: &str, reason: &str| {
+        l.dropped
+            .get(&(stage.to_owned(), reason.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
+    for (stage, reason, expected) in [
+        ("flow_table", "response_without_request", 1),
+        ("flow_table", "duplicate", 1),
+        ("flow_table", "probe_restart", 2),
+        // Flow 2's two, and message 0 of each of the five flows of probe b.
+        ("flow_order", "gap", 7),
+    ] {
+        assert_eq!(
+            dropped(&col, stage, reason),
+            expected,
+            "clovisor_dropped_total{{stage={stage:?},reason={reason:?}}}:\n{}",
+            col.table()
+        );
+    }
+    assert_eq!(
+        (col.received("flow_table"), col.emitted("flow_table")),
+        (16, 12),
+        "messages taken into flows (16) and handed on (12: flow 2's two, flows 10 and 11's \
+         four, flow 20's request, probe b's five):\n{}",
+        col.table()
+    );
+    assert_eq!(
+        dropped(&cor, "join", "late"),
+        1,
+        "flow 11's view, after its exchange was exported:\n{}",
+        cor.table()
+    );
+    for (l, stage) in [
+        (&col, "collector"),
+        (&col, "flow_table"),
+        (&col, "forwarder"),
+        (&cor, "correlator"),
+        (&cor, "join"),
+    ] {
+        assert_eq!(
+            l.received(stage),
+            l.emitted(stage) + l.dropped(stage) + l.buffered(stage),
+            "stage {stage}: received = emitted + dropped + buffered:\n{}",
+            l.table()
+        );
+    }
+    assert_eq!(
+        (cor.received("join"), cor.emitted("join")),
+        (4, 3),
+        "four views (flows 2, 10, 11 and the evicted flow 30), three in exchanges made ready:\n{}",
+        cor.table()
     );
     Ok(())
 }

@@ -126,7 +126,7 @@ fn egress_rules_from_redis_trace_outbound_calls_live() -> Result<()> {
     };
     eprintln!("egress rule traced a call {took:?} after the LPUSH");
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    let rejected = r#"clovisor_config_rejected_total{key="clovisor_egress_match"}"#;
+    let rejected = r#"clovisor_config_rejected_total{key="clovisor_egress_match",reason="shape"}"#;
     wait_for("the bad entry counted", Duration::from_secs(5), || {
         Ok(sample(&metrics, rejected)? == 1.0)
     })?;

@@ -224,6 +224,49 @@ def check_selectors(objs: list[dict[str, Any]], report: Report) -> None:
                 report.add(svc, f"port {p.get('name')!r} targets {target!r}, which no selected container has")
 
 
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) selects `labels`."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def check_network_policies(objs: list[dict[str, Any]], report: Report) -> None:
+    """Every namespace with pods (host-network ones aside: no policy selects them) denies all
+    traffic by default, and every such pod has a policy of its own saying what it may receive."""
+    workloads = [
+        o for o in objs
+        if o.get("kind") in WORKLOAD_KINDS and not (pod_spec(o) or {}).get("hostNetwork")
+    ]
+    policies = [o for o in objs if o.get("kind") == "NetworkPolicy"]
+
+    def ns(o: dict[str, Any]) -> str | None:
+        return (o.get("metadata") or {}).get("namespace")
+
+    def types(p: dict[str, Any]) -> set[str]:
+        return set((p.get("spec") or {}).get("policyTypes") or [])
+
+    def selector(p: dict[str, Any]) -> dict[str, Any]:
+        return (p.get("spec") or {}).get("podSelector") or {}
+
+    for w in workloads:
+        mine = [p for p in policies if ns(p) == ns(w)]
+        if not any(not selector(p) and {"Ingress", "Egress"} <= types(p) for p in mine):
+            report.add(w, "its namespace has no default-deny NetworkPolicy (podSelector {}, Ingress and Egress)")
+        if not any(selector(p) and "Ingress" in types(p) and selects(selector(p), template_labels(w)) for p in mine):
+            report.add(w, "no NetworkPolicy of its own says what its pods may receive")
+
+
 def check(objs: list[dict[str, Any]], forbid_privileged: bool, config_doc: str | None) -> list[str]:
     """All violations in the rendered objects `objs`."""
     report = Report()
@@ -241,6 +284,7 @@ def check(objs: list[dict[str, Any]], forbid_privileged: bool, config_doc: str |
             if config_doc is not None:
                 check_env_documented(obj, spec, config_doc, report)
     check_selectors(objs, report)
+    check_network_policies(objs, report)
     return report.violations
 
 

@@ -61,6 +61,22 @@ def good_service() -> dict[str, Any]:
     }
 
 
+def network_policy(name: str, selector: dict[str, Any], types: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": "clovisor"},
+        "spec": {"podSelector": selector, "policyTypes": types},
+    }
+
+
+def good_policies() -> list[dict[str, Any]]:
+    return [
+        network_policy("default-deny", {}, ["Ingress", "Egress"]),
+        network_policy("web", {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}, ["Ingress"]),
+    ]
+
+
 def role(rules: list[dict[str, Any]]) -> dict[str, Any]:
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "r"}, "rules": rules}
 
@@ -81,8 +97,19 @@ class PolicyTest(unittest.TestCase):
         )
 
     def test_good_objects_pass(self) -> None:
-        found = policy.check([good_deployment(), good_service(), role([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}])], True, DOC)
+        found = policy.check([good_deployment(), good_service(), role([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]), *good_policies()], True, DOC)
         self.assertEqual(found, [], f"expected no violation, saw {found}")
+
+    def test_missing_network_policies_are_caught(self) -> None:
+        self.assert_caught([good_deployment()], "no default-deny NetworkPolicy")
+        deny_only = [good_deployment(), good_policies()[0]]
+        self.assert_caught(deny_only, "no NetworkPolicy of its own")
+        other = network_policy("other", {"matchLabels": {"app": "other"}}, ["Ingress"])
+        self.assert_caught([good_deployment(), good_policies()[0], other], "no NetworkPolicy of its own")
+        host = good_deployment()
+        host["spec"]["template"]["spec"]["hostNetwork"] = True
+        found = policy.check([host], True, DOC)
+        self.assertFalse(any("NetworkPolicy" in v for v in found), f"host-network pods need none, saw {found}")
 
     def test_privileged_is_caught_only_where_forbidden(self) -> None:
         d = good_deployment()

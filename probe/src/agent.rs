@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clovisor_config::LiveConfig;
 use clovisor_proto::delivery::DeliveryConfig;
+use clovisor_runtime::health::{Flag, Readiness};
 use clovisor_runtime::StopFlag;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
@@ -42,6 +43,35 @@ pub struct AgentConfig {
     /// Records queued between the ring buffer reader and the uplink; beyond it records are
     /// dropped and counted rather than stalling the reader.
     pub record_queue: usize,
+    /// What `/readyz` checks, kept true by the agent.
+    pub health: ProbeHealth,
+}
+
+/// The probe's readiness: each flag is kept up to date by the part that knows.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeHealth {
+    /// The capture programs are loaded (and the veth/node programs ready to attach).
+    pub bpf: Flag,
+    /// A stream to the collector is open.
+    pub uplink: Flag,
+    /// Pods and services are listed and watched (Kubernetes targets only).
+    pub kube_watch: Flag,
+}
+
+impl ProbeHealth {
+    /// Registers the checks in `readiness`: `bpf`, `uplink`, and `kubernetes_watch` when the
+    /// targets come from Kubernetes.
+    pub fn register(&self, readiness: &Readiness, targets: &TargetSource) {
+        readiness.add_flag("bpf", &self.bpf, "capture programs not loaded");
+        readiness.add_flag("uplink", &self.uplink, "no stream to the collector");
+        if matches!(targets, TargetSource::Kubernetes(_)) {
+            readiness.add_flag(
+                "kubernetes_watch",
+                &self.kube_watch,
+                "pods and services not listed, or the watch is failing",
+            );
+        }
+    }
 }
 
 /// Where the pods to trace come from.
@@ -94,6 +124,7 @@ pub async fn run(
     };
     let mut capture = Capture::load(&config.capture)?;
     let events = capture.take_event_loop()?;
+    config.health.bpf.set(true);
     let (socket, socket_events) = load_socket_point(&config, &metrics);
     let identity = Identity::new(config.node.clone(), config.capture.snaplen);
     tracing::info!(probe_id = %identity.probe_id, node = %identity.node, "probe started");
@@ -117,7 +148,13 @@ pub async fn run(
     event_stats.extend(socket_events.as_ref().map(EventLoop::stats_handle));
     let update_metrics = {
         let metrics = Arc::clone(&metrics);
+        let uplink_up = config.health.uplink.clone();
         move || {
+            uplink_up.set(
+                uplink_stats
+                    .connected
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
             let mut kernel = std::collections::BTreeMap::new();
             for stats in &kernel_stats {
                 match stats.read() {
@@ -176,11 +213,19 @@ pub async fn run(
         })
     };
 
-    shutdown.await;
+    // The follower runs until told to stop; if it ends first (its watch streams ended, or it
+    // failed), the probe stops in order and reports it instead of running blind.
+    let mut follower = follower;
+    let follower_ended = tokio::select! {
+        _ = shutdown => false,
+        _ = &mut follower => true,
+    };
     stop.raise();
-    match follower.await {
-        Ok(capture) => drop(capture),
-        Err(e) => tracing::error!(error = %e, "target follower failed"),
+    if !follower_ended {
+        match follower.await {
+            Ok(capture) => drop(capture),
+            Err(e) => tracing::error!(error = %e, "target follower failed"),
+        }
     }
     for (ring, events) in
         std::iter::once(("veth", events)).chain(socket_events.map(|e| ("socket", e)))
@@ -197,6 +242,11 @@ pub async fn run(
     let _ = metrics_task.await;
     // Final numbers, including what the shutdown itself dropped.
     update_metrics();
+    config.health.bpf.set(false);
+    if follower_ended {
+        tracing::error!("the target follower ended: the probe stops");
+        return Err(crate::Error::TargetsEnded);
+    }
     tracing::info!("probe stopped");
     Ok(())
 }

@@ -149,6 +149,7 @@ impl ProbeArgs {
     pub fn agent_config(&self) -> AgentConfig {
         let node = self.node_name();
         let extra_ports = self.ports.iter().copied().collect::<BTreeSet<u16>>();
+        let health = crate::agent::ProbeHealth::default();
         let targets = match self.target_kind() {
             TargetKind::Netns => TargetSource::Netns(NetnsTargets {
                 names: self.netns.clone(),
@@ -160,6 +161,7 @@ impl ProbeArgs {
                 node: node.clone(),
                 selection: tokio::sync::watch::channel(PodSelection::default()).1,
                 resync: self.kube_retry,
+                watch_ready: health.kube_watch.clone(),
             }),
         };
         AgentConfig {
@@ -178,6 +180,7 @@ impl ProbeArgs {
             socket_hooks: self.socket_hooks,
             delivery: crate::uplink::delivery_config(),
             record_queue: usize::try_from(self.record_queue).unwrap_or(usize::MAX),
+            health,
         }
     }
 }

@@ -137,6 +137,10 @@ pub enum Error {
     },
     #[error("the event loop was already taken")]
     EventLoopTaken,
+    /// The target follower (the Kubernetes watch or the namespace scan) ended while the probe
+    /// was to keep running: the probe stops (non-zero exit) rather than trace a frozen picture.
+    #[error("the target follower ended before shutdown")]
+    TargetsEnded,
     /// No Kubernetes client could be configured (neither in-cluster nor from a kubeconfig).
     #[error("Kubernetes client configuration")]
     KubeConfig {

@@ -58,15 +58,17 @@ async fn main() -> anyhow::Result<()> {
         .context("TLS")?
         .lazy_channel(&args.collector)
         .context("collector URL")?;
-    // The probe's own status (`GET /api/v1/probe`) beside its metrics.
+    let config = args.probe.agent_config();
+    config.health.register(&process.readiness, &config.targets);
+    // The probe's own status (`GET /api/v1/probe`) and readiness beside its metrics.
     let router = clovisor_runtime::metrics_router(Arc::new(process.registry))
-        .merge(clovisor_probe::api::router(Arc::clone(&metrics)));
+        .merge(clovisor_probe::api::router(Arc::clone(&metrics)))
+        .merge(process.readiness.router());
     process
         .servers
         .serve(args.service.metrics_listen, router)
         .await?;
 
-    let config = args.probe.agent_config();
     let result =
         clovisor_probe::agent::run(config, process.live, channel, process.shutdown, metrics)
             .await

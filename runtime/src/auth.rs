@@ -6,6 +6,12 @@
 //! [`TOKEN_RELOAD`] so a rotated Secret applies without a restart. Callers send
 //! `Authorization: Bearer <token>` (Prometheus: `authorization.credentials_file`). A missing or
 //! wrong token is `401` and counted (`clovisor_http_unauthorized_total`).
+//!
+//! In a cluster, tokens can instead (or also) be checked by the API server ([`token_review`]):
+//! a service account's token is accepted when the API server authenticates it and its identity
+//! is on the operator's allow-list.
+
+pub mod token_review;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -29,10 +35,12 @@ pub const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 /// How often the token file is re-read.
 pub const TOKEN_RELOAD: Duration = Duration::from_secs(30);
 
-/// The token the HTTP servers require; cheap to clone.
+/// What the HTTP servers accept as a bearer token: a static token, tokens the Kubernetes API
+/// server vouches for ([`token_review::TokenReviewer`]), or either; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BearerToken {
     current: Arc<RwLock<Vec<u8>>>,
+    review: Option<Arc<token_review::TokenReviewer>>,
     refused: Counter,
 }
 
@@ -67,8 +75,20 @@ impl BearerToken {
     pub fn from_value(token: &str) -> Self {
         Self {
             current: Arc::new(RwLock::new(token.trim().as_bytes().to_vec())),
+            review: None,
             refused: Counter::default(),
         }
+    }
+
+    /// Tokens `reviewer` accepts, and no static one.
+    pub fn review_only(reviewer: token_review::TokenReviewer) -> Self {
+        Self::from_value("").with_review(reviewer)
+    }
+
+    /// Also accepts the tokens `reviewer` accepts.
+    pub fn with_review(mut self, reviewer: token_review::TokenReviewer) -> Self {
+        self.review = Some(Arc::new(reviewer));
+        self
     }
 
     /// Registers `clovisor_http_unauthorized_total`.
@@ -85,16 +105,24 @@ impl BearerToken {
         self.refused.get()
     }
 
-    /// Whether `authorization` carries the token.
+    /// Whether `authorization` carries the static token.
     pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
-        let Some(presented) = authorization.and_then(|v| v.to_str().ok()).and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        }) else {
+        let Some(presented) = presented(authorization) else {
             return false;
         };
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        constant_time_eq(presented.trim().as_bytes(), &current)
+        constant_time_eq(presented.as_bytes(), &current)
+    }
+
+    /// Whether `authorization` carries the static token or one the API server vouches for.
+    pub async fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
+        if self.accepts(authorization) {
+            return true;
+        }
+        match (&self.review, presented(authorization)) {
+            (Some(review), Some(token)) => review.accepts(token).await,
+            _ => false,
+        }
     }
 
     /// `router` with every path but [`OPEN_PATHS`] behind the token.
@@ -103,9 +131,22 @@ impl BearerToken {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+fn presented(authorization: Option<&HeaderValue>) -> Option<&str> {
+    authorization
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
 async fn check(State(token): State<BearerToken>, request: Request, next: Next) -> Response {
     if OPEN_PATHS.contains(&request.uri().path())
-        || token.accepts(request.headers().get(header::AUTHORIZATION))
+        || token
+            .admits(request.headers().get(header::AUTHORIZATION))
+            .await
     {
         return next.run(request).await;
     }

@@ -74,6 +74,17 @@ impl Drops {
         self.emitted.get_or_create(&StageLabels { stage }).inc_by(n);
     }
 
+    /// The gauge of items `stage` holds now, to move up and down as items come and go rather
+    /// than set (it is the series [`Drops::set_buffered`] sets).
+    pub fn buffered_gauge(&self, stage: &'static str) -> Gauge {
+        self.buffered.get_or_create(&StageLabels { stage }).clone()
+    }
+
+    /// Items `stage` holds now.
+    pub fn buffered_count(&self, stage: &'static str) -> i64 {
+        self.buffered.get_or_create(&StageLabels { stage }).get()
+    }
+
     /// Sets the items `stage` holds now (neither passed on nor dropped yet).
     pub fn set_buffered(&self, stage: &'static str, n: u64) {
         self.buffered

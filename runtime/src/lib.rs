@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 pub mod auth;
 pub mod drops;
+pub mod health;
 pub mod process;
 pub mod process_metrics;
 pub mod redact;
@@ -42,6 +43,19 @@ pub enum Error {
         /// Why.
         #[source]
         source: clovisor_config::Error,
+    },
+    /// TokenReview was asked for outside a cluster (no in-cluster API server configuration).
+    #[error("TokenReview (--api-allowed-identities) needs the in-cluster API server: {why}")]
+    TokenReview {
+        /// Why the client could not be configured.
+        why: String,
+    },
+    /// An operator allow-list (`CLOVISOR_ALLOWED_*`) does not parse.
+    #[error("allow-list")]
+    Policy {
+        /// Which entry, and why.
+        #[source]
+        source: clovisor_config::PolicyError,
     },
     /// The API token file could not be read.
     #[error("cannot read the API token file {path}")]

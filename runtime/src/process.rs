@@ -39,13 +39,42 @@ pub struct ServiceArgs {
     /// carry (`Authorization: Bearer ...`); re-read every 30 s. None: the HTTP side is open.
     #[arg(long, env = crate::auth::ENV_API_TOKEN_FILE)]
     pub api_token_file: Option<std::path::PathBuf>,
+    /// Identities whose Kubernetes tokens the HTTP side accepts, checked with a TokenReview by
+    /// the API server (in cluster): user names (`system:serviceaccount:NS:NAME`) or
+    /// `group:NAME`, comma-separated. None: no TokenReview. Works beside --api-token-file.
+    #[arg(long, env = ENV_API_ALLOWED_IDENTITIES, value_delimiter = ',')]
+    pub api_allowed_identities: Vec<String>,
 }
 
+/// Environment variable of `--api-allowed-identities`.
+pub const ENV_API_ALLOWED_IDENTITIES: &str = "CLOVISOR_API_ALLOWED_IDENTITIES";
+
 impl ServiceArgs {
-    /// The token `--api-token-file` names, if any (counted in `registry`). Must be called
-    /// inside a Tokio runtime.
+    /// What the HTTP side accepts: the token `--api-token-file` names and/or, with
+    /// `--api-allowed-identities`, tokens the in-cluster API server vouches for (counted in
+    /// `registry`). Must be called inside a Tokio runtime.
     pub fn api_token(&self, registry: &mut Registry) -> Result<Option<crate::auth::BearerToken>> {
-        api_token(self.api_token_file.as_deref(), registry)
+        let identities: Vec<String> = self
+            .api_allowed_identities
+            .iter()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect();
+        if identities.is_empty() {
+            return api_token(self.api_token_file.as_deref(), registry);
+        }
+        let config =
+            kube::Config::incluster().map_err(|e| Error::TokenReview { why: e.to_string() })?;
+        let client = kube::Client::try_from(config)
+            .map_err(|e| Error::TokenReview { why: e.to_string() })?;
+        let reviewer =
+            crate::auth::token_review::TokenReviewer::new(client, identities, Vec::new());
+        let token = match &self.api_token_file {
+            Some(file) => crate::auth::BearerToken::from_file(file)?.with_review(reviewer),
+            None => crate::auth::BearerToken::review_only(reviewer),
+        };
+        token.register(registry);
+        Ok(Some(token))
     }
 }
 
@@ -80,6 +109,8 @@ pub struct Started {
     /// The live configuration's metrics (already in `registry`), for entries a service
     /// rejects itself.
     pub config_metrics: clovisor_config::ConfigMetrics,
+    /// What `/readyz` checks; components add theirs and serve [`Readiness::router`].
+    pub readiness: crate::health::Readiness,
     /// The HTTP servers, and what stops the configuration source at the end.
     pub servers: Servers,
 }
@@ -110,8 +141,9 @@ pub fn start_without_logging(redis: Option<&str>) -> Result<Started> {
     drops.register(&mut registry);
     crate::process_metrics::ProcessCollector::register(&mut registry);
     let stop_config = StopFlag::default();
+    let policy = clovisor_config::Policy::from_env().map_err(|source| Error::Policy { source })?;
     let (live, config_metrics) =
-        clovisor_config::follow_counted(redis, &mut registry, stop_config.wait())
+        clovisor_config::follow_counted(redis, policy, &mut registry, stop_config.wait())
             .map_err(|source| Error::Config { source })?;
     Ok(Started {
         shutdown,
@@ -119,6 +151,7 @@ pub fn start_without_logging(redis: Option<&str>) -> Result<Started> {
         registry,
         live,
         config_metrics,
+        readiness: crate::health::Readiness::default(),
         servers: Servers {
             stop_config,
             stop_http: StopFlag::default(),

@@ -124,6 +124,8 @@ pub struct DeliveryStats {
     /// Items taken in and neither acknowledged nor dropped yet (batched or still pending), so
     /// `items_received = items_acked + items_dropped_shutdown + items_buffered` at all times.
     pub items_buffered: AtomicU64,
+    /// Whether a stream to the receiver is open now (it answered the last open).
+    pub connected: std::sync::atomic::AtomicBool,
 }
 
 impl DeliveryStats {
@@ -245,6 +247,7 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                     Ok(s) => {
                         backoff = cfg.min_backoff;
                         self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                        self.stats.connected.store(true, Ordering::Relaxed);
                         let resend = buffer.iter().filter(|e| e.seq > acked).count() as u64;
                         self.stats
                             .batches_resent
@@ -253,6 +256,7 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                     }
                     Err(status) => {
                         self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                        self.stats.connected.store(false, Ordering::Relaxed);
                         tracing::debug!(error = %status, ?backoff, "could not open stream; retrying");
                         reconnect_at = Instant::now() + jitter(backoff);
                         backoff = (backoff * 2).min(cfg.max_backoff);
@@ -278,6 +282,7 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                 if broken {
                     stream = None;
                     self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                    self.stats.connected.store(false, Ordering::Relaxed);
                     reconnect_at = Instant::now() + jitter(backoff);
                 }
             }
@@ -326,12 +331,14 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                             tracing::info!(error = %status, "stream broke; reconnecting");
                             stream = None;
                             self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                            self.stats.connected.store(false, Ordering::Relaxed);
                             reconnect_at = Instant::now() + jitter(backoff);
                         }
                         None => {
                             tracing::info!("receiver closed the stream; reconnecting");
                             stream = None;
                             self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                            self.stats.connected.store(false, Ordering::Relaxed);
                             reconnect_at = Instant::now() + jitter(backoff);
                         }
                     }

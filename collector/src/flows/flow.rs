@@ -152,14 +152,37 @@ impl Flow {
         self.held.as_ref().map(|(_, at)| *at)
     }
 
-    /// Buffers a message that arrived ahead of its turn.
-    pub fn buffer(&mut self, m: capture::Message, now: Instant) {
-        self.pending.insert(m.index, (m, now));
+    /// Buffers a message that arrived ahead of its turn; a second copy of a message already
+    /// waiting replaces it, and the first is counted lost as a `duplicate`.
+    pub fn buffer(&mut self, m: capture::Message, now: Instant, metrics: &CollectorMetrics) {
+        if self.pending.insert(m.index, (m, now)).is_some() {
+            metrics.flow_messages_lost("duplicate", 1);
+        } else {
+            metrics.flow_buffered(1);
+        }
     }
 
-    /// The final version of the held message replaces it.
+    /// Messages waiting in the flow: out of order, or held for their final counters.
+    pub fn waiting(&self) -> u64 {
+        (self.pending.len() as u64).saturating_add(u64::from(self.held.is_some()))
+    }
+
+    /// The flow's state is let go without being closed: what waits in it is counted lost for
+    /// `reason`.
+    pub fn discard(&mut self, metrics: &CollectorMetrics, reason: &'static str) {
+        let n = self.waiting();
+        self.pending.clear();
+        self.held = None;
+        metrics.flow_messages_lost(reason, n);
+        metrics.flow_buffered(-i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The final version of the held message replaces it: the held copy is handed on merged
+    /// into it.
     pub fn update_held(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
         if let Some((old, _)) = self.held.take() {
+            ctx.metrics.flow_buffered(-1);
+            ctx.metrics.flow_message_out();
             if let Some(dir) = Direction::from_wire(m.direction) {
                 let grown = m.bytes.saturating_sub(old.bytes);
                 self.bytes[dir.index()] = self.bytes[dir.index()].saturating_add(grown);
@@ -179,7 +202,8 @@ impl Flow {
     pub fn skip_gap(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
         if let Some((&idx, _)) = self.pending.first_key_value() {
             if idx > self.next_index {
-                ctx.metrics.message_dropped("gap");
+                ctx.metrics
+                    .messages_skipped(u64::from(idx.saturating_sub(self.next_index)));
                 self.next_index = idx;
             }
         }
@@ -192,6 +216,7 @@ impl Flow {
                 break;
             }
             let (m, _) = entry.remove();
+            ctx.metrics.flow_buffered(-1);
             self.take(m, now, ctx);
             self.next_index = self.next_index.saturating_add(1);
         }
@@ -210,6 +235,7 @@ impl Flow {
     /// time, or the flow moved on.
     pub fn release_held(&mut self, ctx: &mut Ctx<'_>) {
         if let Some((m, at)) = self.held.take() {
+            ctx.metrics.flow_buffered(-1);
             self.decode(m, at, ctx, false);
         }
     }
@@ -233,9 +259,12 @@ impl Flow {
         }
     }
 
-    /// Offers `m` to the flow's decoder, finding one first if none has claimed the flow.
+    /// Offers `m` to the flow's decoder, finding one first if none has claimed the flow. Every
+    /// message ends here counted: handed on (`flow_message_out`), lost with a reason, or held
+    /// (waiting, until released or replaced).
     fn decode(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>, may_hold: bool) {
         let Some(direction) = Direction::from_wire(m.direction) else {
+            ctx.metrics.flow_messages_lost("no_direction", 1);
             return;
         };
         let message = Message {
@@ -260,17 +289,21 @@ impl Flow {
                 }
                 Detected::HintMismatch(reason) => {
                     ctx.metrics.decode_error(reason);
+                    ctx.metrics.flow_messages_lost("hint_mismatch", 1);
                     return;
                 }
                 // A client's bytes nobody recognises: the flow is of a protocol not decoded.
                 Detected::Unclaimed if direction == Direction::ClientToServer => {
                     ctx.metrics.flows_unsupported.inc();
+                    ctx.metrics.flow_message_out();
                     self.decoding = Decoding::Opaque;
                     return;
                 }
                 // A server's bytes first: a flow picked up mid-way; its next request decides.
                 Detected::Unclaimed => {
                     ctx.metrics.message_dropped("response_without_request");
+                    ctx.metrics
+                        .flow_messages_lost("response_without_request", 1);
                     return;
                 }
             }
@@ -284,12 +317,16 @@ impl Flow {
             ..
         } = self;
         let Decoding::By { name, flow } = decoding else {
+            // Opaque: its bytes are counted, nothing is decoded.
+            ctx.metrics.flow_message_out();
             return;
         };
         if may_hold && message.partial && flow.awaits_final(&message) {
             *held = Some((m, now));
+            ctx.metrics.flow_buffered(1);
             return;
         }
+        ctx.metrics.flow_message_out();
         let mut sink = Sink::new(ctx, key, point, id_prefix, name);
         let step = flow.on_message(&message, &mut sink);
         let step = match step {
@@ -374,7 +411,7 @@ impl Output for Sink<'_, '_> {
     }
 
     fn unpaired(&mut self, reason: &'static str) {
-        self.ctx.metrics.message_dropped(reason);
+        self.ctx.metrics.unpaired(reason);
     }
 
     fn desync(&mut self, reason: &'static str) {

@@ -251,6 +251,7 @@ impl FlowTable {
                 return true;
             }
             metrics.flow_evicted("probe_restart");
+            flow.discard(metrics, "probe_restart");
             publish_bytes(metrics, series, &state.endpoints, flow);
             false
         });
@@ -394,11 +395,16 @@ impl FlowTable {
                     hint: ProtocolHint::try_from(m.protocol).unwrap_or(ProtocolHint::Unspecified),
                 },
                 (Some(identity), None) => identity,
-                (None, None) => return false,
+                (None, None) => {
+                    self.metrics.message_dropped("no_flow_key");
+                    return false;
+                }
             };
             self.create_flow((probe_id, f), identity, now, out);
         }
         let (Some(state), Some(flow)) = (self.probes.get(&p), self.flows.get_mut(&f)) else {
+            self.metrics.flow_message_in();
+            self.metrics.flow_messages_lost("no_probe", 1);
             return true;
         };
         flow.learn_point(&mut m);
@@ -413,6 +419,7 @@ impl FlowTable {
         };
         // A message re-sent with its final counters replaces the one held for them.
         if flow.holds(m.index) {
+            self.metrics.flow_message_in();
             flow.update_held(m, now, &mut ctx);
             return true;
         }
@@ -420,8 +427,9 @@ impl FlowTable {
             self.metrics.message_dropped("duplicate");
             return false;
         }
+        self.metrics.flow_message_in();
         if m.index > flow.next_index() {
-            flow.buffer(m, now);
+            flow.buffer(m, now, &self.metrics);
             if flow.pending_len() > self.config.reorder_window {
                 flow.skip_gap(now, &mut ctx);
             }
@@ -545,6 +553,7 @@ impl FlowTable {
     fn end_flow(&mut self, f: FlowRef, out: &mut Vec<Session>) -> Option<Flow> {
         let mut flow = self.flows.remove(&f)?;
         let Some(state) = self.probes.get(&f.0) else {
+            flow.discard(&self.metrics, "no_probe");
             return Some(flow);
         };
         let mut ctx = Ctx {

@@ -254,7 +254,7 @@ fn gap_is_skipped_after_timeout() {
     let (mut t, m) = table();
     let mut out = Vec::new();
     let t0 = Instant::now();
-    // Index 0 (a request) never arrives.
+    // Indexes 0 and 1 (an exchange) never arrive.
     t.ingest(
         "probe-1",
         msg(1, 2, Direction::ClientToServer, REQ),
@@ -269,7 +269,11 @@ fn gap_is_skipped_after_timeout() {
     );
     assert!(out.is_empty(), "waits for the gap");
     t.flush(t0 + Duration::from_secs(3), &mut out);
-    assert_eq!(m.messages_dropped_for("gap"), 1);
+    assert_eq!(
+        m.messages_dropped_for("gap"),
+        2,
+        "indexes 0 and 1 never came: two messages missing"
+    );
     assert_eq!(
         out.len(),
         1,
@@ -1329,4 +1333,134 @@ fn a_content_length_at_u64_max_through_the_flow_table_is_one_exchange() {
             "Content-Length {cl}: one exchange, nothing smuggled"
         );
     }
+}
+
+/// The `flow_table` stage's (received, emitted, dropped by reason, buffered) as the shared loss
+/// accounting has them.
+fn flow_stage(m: &CollectorMetrics) -> (u64, u64, Vec<(&'static str, u64)>, i64) {
+    use crate::metrics::STAGE_FLOW_TABLE as S;
+    let d = &m.drops;
+    let reasons = [
+        "duplicate",
+        "response_without_request",
+        "hint_mismatch",
+        "probe_restart",
+        "no_probe",
+        "no_direction",
+    ]
+    .into_iter()
+    .map(|r| (r, d.get(S, r)))
+    .filter(|(_, n)| *n > 0)
+    .collect();
+    (
+        d.received_count(S),
+        d.emitted_count(S),
+        reasons,
+        d.buffered_count(S),
+    )
+}
+
+/// received = emitted + dropped + buffered for the `flow_table` stage, from counters each path
+/// moves on its own (not derived from one another).
+fn assert_flow_balance(m: &CollectorMetrics, when: &str) {
+    let (received, emitted, dropped, buffered) = flow_stage(m);
+    let lost: u64 = dropped.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        i128::from(received),
+        i128::from(emitted) + i128::from(lost) + i128::from(buffered),
+        "{when}: received {received} = emitted {emitted} + dropped {dropped:?} + buffered {buffered}"
+    );
+}
+
+#[test]
+fn every_message_taken_into_a_flow_is_handed_on_counted_lost_or_waiting() {
+    let (mut t, m) = bounded_table(2, 120);
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let mut ingest = |t: &mut FlowTable, r: Record, at: Instant| {
+        t.ingest("probe-1", r, at, &mut out);
+    };
+
+    // Flow 1: a response first (a flow picked up mid-way): lost, counted.
+    ingest(&mut t, msg(1, 0, Direction::ServerToClient, RESP), t0);
+    assert_eq!(
+        flow_stage(&m).2,
+        vec![("response_without_request", 1)],
+        "a response before any request"
+    );
+    assert_flow_balance(&m, "after a response without request");
+
+    // Flow 2: index 0 never arrives; 2 waits, a second copy of 2 replaces it (lost as a
+    // duplicate), 3 waits.
+    ingest(&mut t, msg(2, 2, Direction::ClientToServer, REQ), t0);
+    ingest(&mut t, msg(2, 2, Direction::ClientToServer, REQ), t0);
+    ingest(&mut t, msg(2, 3, Direction::ServerToClient, RESP), t0);
+    assert_eq!(flow_stage(&m).3, 2, "two messages wait behind the gap");
+    assert_flow_balance(&m, "with messages waiting");
+
+    // Flow 3 evicts flow 1 (capacity 2): nothing of flow 1 waits. Flow 4 evicts flow 2: its
+    // waiting messages are taken (the gap skipped) as its state is ended.
+    ingest(&mut t, msg(3, 0, Direction::ClientToServer, REQ), t0);
+    ingest(&mut t, msg(4, 0, Direction::ClientToServer, REQ), t0);
+    assert_eq!(m.flows_evicted_for("capacity"), 2, "two evictions");
+    assert_eq!(
+        m.drops.get(crate::metrics::STAGE_FLOW_ORDER, "gap"),
+        2,
+        "the two missing messages of flow 2, counted where the gap was skipped"
+    );
+    assert_eq!(flow_stage(&m).3, 0, "nothing waits after the eviction");
+    assert_flow_balance(&m, "after capacity evictions");
+
+    // Flow 4: a response flushed early is held for its final counters; then its probe
+    // restarts: the held message and one waiting out of order are lost with it.
+    let partial = edit(msg(4, 1, Direction::ServerToClient, RESP), |mm| {
+        mm.partial = true;
+        mm.bytes = 10;
+    });
+    ingest(&mut t, partial, t0);
+    ingest(&mut t, msg(4, 5, Direction::ClientToServer, REQ), t0);
+    assert_eq!(flow_stage(&m).3, 2, "a held message and one out of order");
+    assert_flow_balance(&m, "with a held message");
+    t.forget_probe("probe-1");
+    let (received, emitted, dropped, buffered) = flow_stage(&m);
+    assert_eq!(
+        dropped,
+        vec![
+            ("duplicate", 1),
+            ("response_without_request", 1),
+            ("probe_restart", 2)
+        ],
+        "every loss by its reason"
+    );
+    assert_eq!(buffered, 0, "nothing waits in a forgotten probe's flows");
+    assert_eq!(
+        (received, emitted),
+        (8, 4),
+        "8 messages taken in; handed on: flow 2's two, flow 3's and flow 4's requests"
+    );
+    assert_flow_balance(&m, "after the probe restarted");
+}
+
+#[test]
+fn a_held_message_replaced_by_its_final_version_is_handed_on_once_merged() {
+    let (mut t, m) = table();
+    let partial = edit(msg(1, 1, Direction::ServerToClient, RESP), |mm| {
+        mm.partial = true;
+        mm.bytes = 10;
+    });
+    let out = feed(
+        &mut t,
+        vec![
+            msg(1, 0, Direction::ClientToServer, REQ),
+            partial,
+            msg(1, 1, Direction::ServerToClient, RESP),
+        ],
+    );
+    assert_eq!(out.len(), 1, "one exchange: {out:#?}");
+    let (received, emitted, dropped, buffered) = flow_stage(&m);
+    assert_eq!(
+        (received, emitted, dropped, buffered),
+        (3, 3, vec![], 0),
+        "request, partial and final response all handed on"
+    );
 }

@@ -200,7 +200,7 @@ fn snaplen_and_header_names() {
 
 #[test]
 fn nothing_configured_is_the_default() {
-    let (cfg, rejected) = build(&Snapshot::default());
+    let (cfg, rejected) = build(&Snapshot::default(), &Policy::default());
     assert_eq!(cfg, LiveConfig::default());
     assert!(rejected.is_empty(), "{rejected:?}");
     assert_eq!(cfg.labels, vec![LabelSelector::namespace("default")]);
@@ -220,7 +220,7 @@ fn good_entries_apply_beside_bad_ones() {
         proto_cfg: vec![("redis".into(), "redis-v1".into()), ("".into(), "x".into())],
         ..Snapshot::default()
     };
-    let (cfg, rejected) = build(&snap);
+    let (cfg, rejected) = build(&snap, &Policy::default());
     assert_eq!(
         cfg.labels,
         vec![
@@ -270,10 +270,13 @@ fn good_entries_apply_beside_bad_ones() {
 
 #[test]
 fn only_bad_labels_fall_back_to_the_default_namespace() {
-    let (cfg, rejected) = build(&Snapshot {
-        labels: vec!["Nope".into()],
-        ..Snapshot::default()
-    });
+    let (cfg, rejected) = build(
+        &Snapshot {
+            labels: vec!["Nope".into()],
+            ..Snapshot::default()
+        },
+        &Policy::default(),
+    );
     assert_eq!(cfg.labels, vec![LabelSelector::namespace("default")]);
     assert_eq!(rejected.len(), 1);
 }
@@ -285,22 +288,22 @@ fn otlp_key_wins_over_legacy_jaeger_keys() {
         ..Snapshot::default()
     };
     assert_eq!(
-        build(&snap).0.otlp_endpoint.as_deref(),
+        build(&snap, &Policy::default()).0.otlp_endpoint.as_deref(),
         Some("http://agent:4317")
     );
     snap.jaeger_collector = Some("http://collector:14268/api/traces".into());
     assert_eq!(
-        build(&snap).0.otlp_endpoint.as_deref(),
+        build(&snap, &Policy::default()).0.otlp_endpoint.as_deref(),
         Some("http://collector:4317")
     );
     snap.otlp_endpoint = Some("http://otel:4317".into());
     assert_eq!(
-        build(&snap).0.otlp_endpoint.as_deref(),
+        build(&snap, &Policy::default()).0.otlp_endpoint.as_deref(),
         Some("http://otel:4317")
     );
     // A bad OTLP value is rejected and the legacy address still applies.
     snap.otlp_endpoint = Some("ftp://x".into());
-    let (cfg, rejected) = build(&snap);
+    let (cfg, rejected) = build(&snap, &Policy::default());
     assert_eq!(cfg.otlp_endpoint.as_deref(), Some("http://collector:4317"));
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].key, "clovisor_otlp_endpoint");
@@ -322,11 +325,100 @@ fn analyzer_values_are_capped_and_never_logged_whole() {
     );
     assert!(parse_proto_entry(&"p".repeat(64), "/x.wasm").is_err());
     assert!(parse_proto_entry(&"p".repeat(63), "/x.wasm").is_ok());
-    let (cfg, rejected) = build(&Snapshot {
-        proto_cfg: vec![("line".into(), too_long)],
-        ..Snapshot::default()
-    });
+    let (cfg, rejected) = build(
+        &Snapshot {
+            proto_cfg: vec![("line".into(), too_long)],
+            ..Snapshot::default()
+        },
+        &Policy::default(),
+    );
     assert!(cfg.proto_cfg.is_empty());
     assert_eq!(rejected.len(), 1);
     assert!(rejected[0].entry.starts_with("line=(inline module, "));
+}
+
+#[test]
+fn the_operators_allow_lists_bound_what_redis_can_ask_for() {
+    let policy = Policy::parse(Some("shop, default"), Some("https://jaeger.tracing:4317"))
+        .expect("valid allow-lists");
+    let snap = Snapshot {
+        labels: vec!["shop".into(), "kube-system".into()],
+        otlp_endpoint: Some("http://attacker.example:4317".into()),
+        ..Snapshot::default()
+    };
+    let (cfg, rejected) = build(&snap, &policy);
+    assert_eq!(cfg.labels, vec![LabelSelector::namespace("shop")]);
+    assert_eq!(
+        cfg.otlp_endpoint, None,
+        "an endpoint not allowed is not used"
+    );
+    let labels: Vec<(&str, &str)> = rejected.iter().map(|r| (r.key, r.label)).collect();
+    assert_eq!(
+        labels,
+        vec![
+            (keys::LABELS, "not_allowed"),
+            (keys::OTLP_ENDPOINT, "not_allowed")
+        ],
+        "{rejected:#?}"
+    );
+
+    // An allowed endpoint, in another spelling of the same URL, applies.
+    let snap = Snapshot {
+        otlp_endpoint: Some("https://jaeger.tracing".into()),
+        ..Snapshot::default()
+    };
+    assert_eq!(
+        build(&snap, &policy).0.otlp_endpoint.as_deref(),
+        Some("https://jaeger.tracing:4317")
+    );
+}
+
+#[test]
+fn with_no_allowed_label_the_default_namespace_applies_only_if_allowed() {
+    let snap = Snapshot {
+        labels: vec!["kube-system".into()],
+        ..Snapshot::default()
+    };
+    let only_shop = Policy::parse(Some("shop"), None).expect("valid");
+    assert!(
+        build(&snap, &only_shop).0.labels.is_empty(),
+        "nothing traced rather than a namespace the operator did not allow"
+    );
+    let with_default = Policy::parse(Some("default,shop"), None).expect("valid");
+    assert_eq!(
+        build(&snap, &with_default).0.labels,
+        vec![LabelSelector::namespace("default")]
+    );
+}
+
+#[test]
+fn a_bad_allow_list_entry_is_an_error_naming_its_variable() {
+    let err = Policy::parse(Some("shop,Bad_NS"), None).expect_err("invalid namespace");
+    assert_eq!(err.variable, ENV_ALLOWED_NAMESPACES);
+    let err = Policy::parse(None, Some("ftp://x")).expect_err("invalid endpoint");
+    assert_eq!(err.variable, ENV_ALLOWED_OTLP_ENDPOINTS);
+    assert_eq!(
+        Policy::parse(Some(" "), None).expect("blank"),
+        Policy::default(),
+        "blank: no limit"
+    );
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_rejected_escaped_and_cut() {
+    let mut rejected = Vec::new();
+    assert_eq!(
+        text(keys::LABELS, b"shop".to_vec(), &mut rejected).as_deref(),
+        Some("shop")
+    );
+    let mut bad = b"sh\xffop".to_vec();
+    bad.extend(std::iter::repeat_n(b'a', 1000));
+    assert_eq!(text(keys::LABELS, bad, &mut rejected), None);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].label, "not_utf8");
+    assert!(
+        rejected[0].entry.starts_with("sh\\xffop") && rejected[0].entry.len() < 300,
+        "escaped and cut: {:?}",
+        rejected[0].entry
+    );
 }

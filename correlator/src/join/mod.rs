@@ -142,6 +142,21 @@ struct Entry {
     joined: bool,
     /// Its arrival number in the store's order, while the store lists it.
     stored: Option<u64>,
+    /// Views merged into it before it was ready (late ones are counted apart).
+    views: u64,
+}
+
+/// Views (sessions, one point's each) as the join accounted for them: every view offered and
+/// not a duplicate is in an open exchange, in one made ready, or merged late.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinViews {
+    /// Views in exchanges still open now.
+    pub open: u64,
+    /// Views in exchanges made ready (exported when export is on, counted in the metrics), ever.
+    pub ready: u64,
+    /// Views merged into an exchange already made ready, ever: the REST API shows them, its
+    /// span and metrics do not.
+    pub late: u64,
 }
 
 /// How an entry holds its exchange.
@@ -284,6 +299,7 @@ pub struct Joiner {
     store: StoreOrder,
     /// Candidates a sequence-less view was compared with, ever (the cost of time joins).
     time_candidates: u64,
+    views: JoinViews,
 }
 
 /// Candidates a sequence-less view is compared with at most: beyond, it is ambiguous (kept on
@@ -432,6 +448,7 @@ impl Joiner {
             retained: VecDeque::new(),
             store: StoreOrder::default(),
             time_candidates: 0,
+            views: JoinViews::default(),
         }
     }
 
@@ -585,8 +602,10 @@ impl Joiner {
             ready: false,
             joined: true,
             stored: None,
+            views: 1,
             rec: Held::Live(Arc::new(rec)),
         };
+        self.views.open += 1;
         let Held::Live(rec) = &entry.rec else {
             unreachable!("made live just above")
         };
@@ -684,6 +703,11 @@ impl Joiner {
         found.map_or(Found::None, Found::One)
     }
 
+    /// Where the views offered so far are: open, made ready, merged late.
+    pub fn views(&self) -> JoinViews {
+        self.views
+    }
+
     /// Candidates sequence-less views were compared with so far: grows with the views' own
     /// time neighbourhoods, never with a client's whole history (at most
     /// [`MAX_TIME_CANDIDATES`] per view).
@@ -751,8 +775,11 @@ impl Joiner {
             }
         }
         let outcome = if e.ready {
+            self.views.late += 1;
             Outcome::Late
         } else {
+            e.views += 1;
+            self.views.open += 1;
             Outcome::Joined
         };
         Ok((outcome, e.rec.shared()))
@@ -784,6 +811,10 @@ impl Joiner {
 
     fn make_ready(&mut self, slot: u64, now: Instant) -> Option<Arc<CorrelatedSession>> {
         let e = self.entries.get_mut(&slot)?;
+        if !e.ready {
+            self.views.open = self.views.open.saturating_sub(e.views);
+            self.views.ready += e.views;
+        }
         e.ready = true;
         self.retained.push_back((now + self.config.retention, slot));
         let rec = e.rec.shared();
@@ -932,6 +963,7 @@ impl Joiner {
                 ready: true,
                 joined: false,
                 stored: None,
+                views: 0,
             },
         );
         let evicted = self.store_upsert(slot);

@@ -40,6 +40,9 @@ pub struct KubeTargets {
     /// How often the desired set is recomputed without a change (retrying pods whose veth
     /// was not found or whose attach failed).
     pub resync: Duration,
+    /// Up while pods and services are listed and their watches stream without error (the
+    /// probe's `/readyz` check `kubernetes_watch`).
+    pub watch_ready: clovisor_runtime::health::Flag,
 }
 
 /// Changes arriving together are applied together, at most this often.
@@ -131,16 +134,22 @@ pub async fn follow(
                             Resource::Services => listed.1 = true,
                         }
                     }
+                    targets.watch_ready.set(listed == (true, true));
                     dirty = true;
                 }
                 Some((resource, Err(e))) => {
                     // The watcher retries after a backoff: from its resource version after a
-                    // disconnect, with a fresh list when the server answers 410 Gone.
+                    // disconnect, with a fresh list when the server answers 410 Gone. Not
+                    // ready until an event comes through again.
                     tracing::warn!(resource = resource.as_str(), error = %e, "watch failed; retrying");
                     metrics.kube_watch_error(resource.as_str());
+                    targets.watch_ready.set(false);
                 }
                 None => {
+                    // The watchers retry forever; should their streams end anyway, the probe
+                    // stops (the agent sees the follower end) instead of tracing a frozen set.
                     tracing::error!("the Kubernetes watch streams ended");
+                    targets.watch_ready.set(false);
                     break;
                 }
             },
