@@ -143,6 +143,9 @@ async fn analyzers_load_swap_unload_and_contain_failures_live() -> Result<()> {
             == 3)
     })
     .map_err(|e| fail(e, &format!("sessions: {seen:#?}")))?;
+    // dumpcap writes what it read before it stops; give it the time to read the last packets
+    // (as decode_matches_live.rs does).
+    std::thread::sleep(Duration::from_millis(300));
     capture.stop()?;
     let live: Vec<Value> = line_sessions(&seen)
         .into_iter()
@@ -261,7 +264,7 @@ async fn analyzers_load_swap_unload_and_contain_failures_live() -> Result<()> {
     redis.cli(&["PUBLISH", CHANNEL, "line"])?;
     wait_for_one(
         &clovisor,
-        r#"clovisor_config_rejected_total{key="clovisor_proto_cfg"}"#,
+        r#"clovisor_config_rejected_total{key="clovisor_proto_cfg",reason="invalid_module"}"#,
     )?;
     assert!(
         clovisor.proc.log_text().contains("analyzer rejected"),

@@ -2,7 +2,7 @@
 //! clovisor_proto_plugin_cfg_chan <protocol>` refreshes at once) and keeps [`Analyzers`] in
 //! step with it: each entry `protocol → value` runs the module the value names; an entry that
 //! goes away unloads its analyzer; a module that cannot be read or does not load is rejected
-//! (`clovisor_config_rejected_total{key="clovisor_proto_cfg"}`, a log line) and the version
+//! (`clovisor_config_rejected_total{key="clovisor_proto_cfg",reason="invalid_module"}`, a log line) and the version
 //! already running, if any, stays.
 
 use std::collections::{BTreeMap, HashMap};
