@@ -134,7 +134,7 @@ impl ConnectionMetrics {
     }
 
     /// Counts one connection end of `series`: `reason` (`fin`, `rst`), and the socket's RTT and
-    /// retransmits when known (non-zero).
+    /// retransmits when known (an RTT is non-zero where the point reads the socket's state).
     pub fn ended_at(
         &self,
         series: &FlowSeries,
@@ -148,7 +148,9 @@ impl ConnectionMetrics {
                 .get_or_init(|| self.rtt.get_or_create(&series.observed).clone())
                 .observe(f64::from(srtt_us) / 1e6);
         }
-        if retransmits > 0 {
+        // A point that knows the RTT (a socket) knows the retransmits too, zero included: the
+        // series exists from its first connection, so a rate over it reads 0, not "no data".
+        if retransmits > 0 || srtt_us > 0 {
             series
                 .retransmits
                 .get_or_init(|| self.retransmits.get_or_create(&series.observed).clone())
