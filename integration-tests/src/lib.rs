@@ -353,8 +353,19 @@ pub fn wait_for(
 }
 
 /// A loopback port that was free a moment ago.
+///
+/// Never the same port twice in one test process: the kernel may hand a port just released to
+/// the next `bind(0)`, and two services of one test given the same port would collide.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..64 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no port not handed out before in 64 tries")
 }
 
 /// The workspace's target directory.
