@@ -32,9 +32,14 @@ pub const DEFAULT_HOLD: Duration = Duration::from_millis(30);
 #[derive(Debug)]
 pub struct LocalJoin {
     hold: Duration,
-    /// Sessions of the last batch, waiting for the next one.
-    held: Vec<Session>,
+    /// Sessions of the last batch, waiting for the next one (`None` once merged into a later
+    /// view).
+    held: Vec<Option<Session>>,
+    /// `held` by wire key.
     index: FxHashMap<WireKey, usize>,
+    /// The batch being taken, and its index: kept between batches only for their capacity.
+    taking: Vec<Option<Session>>,
+    taking_index: FxHashMap<WireKey, usize>,
     /// When the held sessions must be sent even without another batch.
     deadline: Option<Instant>,
 }
@@ -53,6 +58,8 @@ impl LocalJoin {
             hold,
             held: Vec::new(),
             index: FxHashMap::default(),
+            taking: Vec::new(),
+            taking_index: FxHashMap::default(),
             deadline: None,
         }
     }
@@ -77,49 +84,48 @@ impl LocalJoin {
         out: &mut Vec<Session>,
     ) -> Merged {
         let mut merged = Merged::default();
-        let old = std::mem::take(&mut self.held);
-        let old_index = std::mem::take(&mut self.index);
-        let mut old: Vec<Option<Session>> = old.into_iter().map(Some).collect();
-        let mut new: Vec<Session> = Vec::with_capacity(sessions.len());
-        let mut new_index: FxHashMap<WireKey, usize> =
-            FxHashMap::with_capacity_and_hasher(sessions.len(), Default::default());
         for s in sessions {
             let Some(key) = key_of(&s) else {
                 out.push(s);
                 continue;
             };
-            if let Some(into) = old_index.get(&key).and_then(|&i| old.get_mut(i)?.as_mut()) {
-                if fits(into, &s) {
+            let held = self.index.get(&key).and_then(|&i| self.held.get_mut(i));
+            let taking = self
+                .taking_index
+                .get(&key)
+                .and_then(|&i| self.taking.get_mut(i));
+            let into = [held, taking]
+                .into_iter()
+                .flatten()
+                .filter_map(Option::as_mut)
+                .find(|into| merge::fits(into, &s));
+            match into {
+                Some(into) => {
                     merge_into(into, s);
                     merged.views += 1;
-                    continue;
+                }
+                None => {
+                    self.taking_index.entry(key).or_insert(self.taking.len());
+                    self.taking.push(Some(s));
                 }
             }
-            if let Some(into) = new_index.get(&key).and_then(|&i| new.get_mut(i)) {
-                if fits(into, &s) {
-                    merge_into(into, s);
-                    merged.views += 1;
-                    continue;
-                }
-            }
-            new_index.entry(key).or_insert(new.len());
-            new.push(s);
         }
-        out.extend(old.into_iter().flatten());
+        out.extend(self.held.drain(..).flatten());
+        self.index.clear();
         if self.hold.is_zero() {
-            out.append(&mut new);
-            self.deadline = None;
+            out.extend(self.taking.drain(..).flatten());
+            self.taking_index.clear();
         } else {
-            self.deadline = (!new.is_empty()).then(|| now + self.hold);
-            self.held = new;
-            self.index = new_index;
+            std::mem::swap(&mut self.held, &mut self.taking);
+            std::mem::swap(&mut self.index, &mut self.taking_index);
         }
+        self.deadline = (!self.held.is_empty()).then(|| now + self.hold);
         merged
     }
 
     /// Puts every held session into `out`.
     pub fn flush(&mut self, out: &mut Vec<Session>) {
-        out.append(&mut self.held);
+        out.extend(self.held.drain(..).flatten());
         self.index.clear();
         self.deadline = None;
     }
@@ -131,13 +137,7 @@ fn key_of(s: &Session) -> Option<WireKey> {
     wire_key(s, client)
 }
 
-/// Whether `add` is another view of `into`'s exchange: every decoded field agrees and its
-/// points are new to it.
-fn fits(into: &Session, add: &Session) -> bool {
-    merge::compatible(into, add) && !add.observations.iter().any(|o| merge::has_point(into, o))
-}
-
-/// Merges `add` into `into` (which [`fits`] allowed), remembering `add`'s ids.
+/// Merges `add` into `into` (which [`merge::fits`] allowed), remembering `add`'s ids.
 fn merge_into(into: &mut Session, mut add: Session) {
     let extra = std::mem::take(&mut add.merged_ids);
     let id = merge::merge(into, add);

@@ -686,12 +686,7 @@ impl Joiner {
                 continue;
             }
             let rec = e.rec.shared();
-            let fits = merge::compatible(&rec.session, session)
-                && !session
-                    .observations
-                    .iter()
-                    .any(|o| merge::has_point(&rec.session, o));
-            if fits {
+            if merge::fits(&rec.session, session) {
                 if found.is_some() {
                     self.time_candidates += compared as u64;
                     return Found::Many;
@@ -727,13 +722,7 @@ impl Joiner {
             return Err(rec);
         };
         let live = e.rec.live();
-        let fits = merge::compatible(&live.session, &rec.session)
-            && !rec
-                .session
-                .observations
-                .iter()
-                .any(|o| merge::has_point(&live.session, o));
-        if !fits {
+        if !merge::fits(&live.session, &rec.session) {
             return Err(rec);
         }
         let CorrelatedSession { mut session, .. } = *rec;

@@ -63,6 +63,13 @@ pub fn has_point(session: &Session, o: &Observation) -> bool {
     })
 }
 
+/// Whether `add` can join `into`: every field both decoded agrees ([`compatible`]) and none of
+/// `add`'s points is already in `into` ([`has_point`]). The guard of every merge, the collector's
+/// local join's and the correlator's alike.
+pub fn fits(into: &Session, add: &Session) -> bool {
+    compatible(into, add) && !add.observations.iter().any(|o| has_point(into, o))
+}
+
 /// Rank of an observation as the source of the session's counters and endpoints: the client's
 /// own veth first (what the caller experienced on the wire), then the server's, node interfaces,
 /// sockets.
