@@ -12,9 +12,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clovisor_proto::session::v1::session_ingest_server::{SessionIngest, SessionIngestServer};
 use clovisor_proto::session::v1::{Session, SessionAck, SessionBatch};
 use futures::{Stream, StreamExt};
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -148,7 +150,7 @@ impl IngestService {
     pub fn accept_at(&self, session: Session, now: Instant) -> Arc<CorrelatedSession> {
         let (record, ready) = {
             let mut joiner = self.store.write();
-            self.offer(&mut joiner, session, now)
+            self.offer(&mut joiner, session, None, now)
         };
         self.finish(ready);
         record
@@ -161,11 +163,12 @@ impl IngestService {
         &self,
         joiner: &mut Joiner,
         session: Session,
+        encoded: Option<Bytes>,
         now: Instant,
     ) -> (Arc<CorrelatedSession>, Vec<Arc<CorrelatedSession>>) {
         self.metrics.received_session();
         // A session id the join or the store holds is a duplicate (the join checks).
-        let offered = joiner.offer(session, now);
+        let offered = joiner.offer_encoded(session, encoded, now);
         if offered.outcome != Outcome::Duplicate {
             self.metrics
                 .stored(offered.store_evicted, joiner.store_len());
@@ -211,8 +214,18 @@ impl IngestService {
         let mut ready = Vec::new();
         {
             let mut joiner = self.store.write();
-            for session in batch.sessions {
-                ready.extend(self.offer(&mut joiner, session, now).1);
+            for encoded in batch.sessions {
+                // Decoded from a shared slice of the batch; `encoded` stays as it arrived, for
+                // the join to keep if the exchange is retained unchanged.
+                match Session::decode(encoded.clone()) {
+                    Ok(session) => {
+                        ready.extend(self.offer(&mut joiner, session, Some(encoded), now).1);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a session of a batch did not decode");
+                        self.metrics.malformed_session();
+                    }
+                }
             }
         }
         self.finish(ready);
@@ -313,14 +326,11 @@ mod tests {
     }
 
     fn batch(sender: &str, seq: u64, ids: &[&str]) -> SessionBatch {
-        SessionBatch {
-            seq,
-            sender: sender.to_owned(),
-            sessions: ids
-                .iter()
-                .map(|id| SessionBuilder::new(id).build())
-                .collect(),
-        }
+        let sessions: Vec<Session> = ids
+            .iter()
+            .map(|id| SessionBuilder::new(id).build())
+            .collect();
+        SessionBatch::of(seq, sender, &sessions)
     }
 
     #[tokio::test]
@@ -414,6 +424,26 @@ mod tests {
             ),
             (4, 2, 2),
             "(received, stored, duplicates) of the correlator stage"
+        );
+    }
+
+    #[test]
+    fn a_malformed_session_is_dropped_alone_and_counted() {
+        let svc = service();
+        let mut b = batch("c", 1, &["a", "b"]);
+        // A length-delimited field whose length runs past the session's end.
+        b.sessions.insert(1, bytes::Bytes::from_static(&[0x0a, 0x7f, b'x']));
+        assert!(svc.accept_batch(b));
+        assert!(svc.store.get("a").is_some() && svc.store.get("b").is_some());
+        let drops = svc.metrics.drops();
+        assert_eq!(
+            (
+                drops.received_count("correlator"),
+                drops.emitted_count("correlator"),
+                drops.get("correlator", "malformed")
+            ),
+            (3, 2, 1),
+            "(received, stored, malformed) of the correlator stage"
         );
     }
 

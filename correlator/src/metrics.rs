@@ -942,6 +942,13 @@ impl Metrics {
         }
     }
 
+    /// Counts a session of a batch that did not decode: received and dropped (the rest of its
+    /// batch is kept).
+    pub fn malformed_session(&self) {
+        self.received_session();
+        self.dropped.count(STAGE_CORRELATOR, "malformed", 1);
+    }
+
     /// Counts a session received again (same id as a stored one) and dropped.
     pub fn duplicate_session(&self) {
         self.dropped.count(STAGE_CORRELATOR, "duplicate", 1);

@@ -99,11 +99,8 @@ impl Live {
             let mut client = SessionIngestClient::connect(url)
                 .await
                 .expect("gRPC ingest reachable");
-            let batch = SessionBatch {
-                seq: 1,
-                sessions: sessions.into_iter().map(SessionBuilder::build).collect(),
-                sender: "contract-test".to_owned(),
-            };
+            let sessions: Vec<_> = sessions.into_iter().map(SessionBuilder::build).collect();
+            let batch = SessionBatch::of(1, "contract-test", &sessions);
             let mut acks = client
                 .push(futures::stream::iter([batch]))
                 .await

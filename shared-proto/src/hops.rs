@@ -15,7 +15,7 @@ use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -37,6 +37,12 @@ mod field {
     pub const BATCH_RECORDS: u32 = 2;
     /// `FlowTable.flows`.
     pub const TABLE_FLOWS: u32 = 1;
+    /// `SessionBatch.seq`.
+    pub const SESSION_BATCH_SEQ: u32 = 1;
+    /// `SessionBatch.sessions`.
+    pub const SESSION_BATCH_SESSIONS: u32 = 2;
+    /// `SessionBatch.sender`.
+    pub const SESSION_BATCH_SENDER: u32 = 3;
 }
 
 /// Records already encoded, each as a `RecordBatch.records` field, ready to be copied into a
@@ -317,12 +323,7 @@ impl BatchContract for SessionHop {
     }
 
     fn batch(&self, seq: u64, sessions: Vec<Self::Item>) -> Bytes {
-        let batch = session::SessionBatch {
-            seq,
-            sessions,
-            sender: self.sender.clone(),
-        };
-        Bytes::from(batch.encode_to_vec())
+        encode_session_batch(seq, &self.sender, &sessions)
     }
 
     fn size(msg: &Bytes) -> usize {
@@ -331,6 +332,60 @@ impl BatchContract for SessionHop {
 
     fn ack(msg: &Self::Inbound) -> Option<u64> {
         Some(msg.seq)
+    }
+}
+
+/// Encodes a `SessionBatch` of `sessions`, each encoded straight into the batch (its
+/// `sessions` field is a session's encoding: see `session.proto`).
+pub fn encode_session_batch(seq: u64, sender: &str, sessions: &[session::Session]) -> Bytes {
+    let lens: Vec<usize> = sessions.iter().map(|s| s.encoded_len()).collect();
+    let body: usize = lens
+        .iter()
+        .map(|&l| key_len(field::SESSION_BATCH_SESSIONS) + encoded_len_varint(l as u64) + l)
+        .sum();
+    let mut buf = BytesMut::with_capacity(
+        body + key_len(field::SESSION_BATCH_SEQ)
+            + encoded_len_varint(seq)
+            + key_len(field::SESSION_BATCH_SENDER)
+            + encoded_len_varint(sender.len() as u64)
+            + sender.len(),
+    );
+    if seq != 0 {
+        encode_key(field::SESSION_BATCH_SEQ, WireType::Varint, &mut buf);
+        encode_varint(seq, &mut buf);
+    }
+    for (s, len) in sessions.iter().zip(lens) {
+        encode_key(
+            field::SESSION_BATCH_SESSIONS,
+            WireType::LengthDelimited,
+            &mut buf,
+        );
+        encode_varint(len as u64, &mut buf);
+        s.encode_raw(&mut buf);
+    }
+    if !sender.is_empty() {
+        encode_key(
+            field::SESSION_BATCH_SENDER,
+            WireType::LengthDelimited,
+            &mut buf,
+        );
+        encode_varint(sender.len() as u64, &mut buf);
+        buf.put_slice(sender.as_bytes());
+    }
+    buf.freeze()
+}
+
+impl session::SessionBatch {
+    /// A batch of `sessions`, each encoded.
+    pub fn of(seq: u64, sender: &str, sessions: &[session::Session]) -> Self {
+        Self {
+            seq,
+            sessions: sessions
+                .iter()
+                .map(|s| Bytes::from(s.encode_to_vec()))
+                .collect(),
+            sender: sender.to_owned(),
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clovisor_proto::session::v1::Session;
 use prost::Message as _;
 use rustc_hash::FxHashMap;
@@ -144,6 +145,10 @@ struct Entry {
     stored: Option<u64>,
     /// Views merged into it before it was ready (late ones are counted apart).
     views: u64,
+    /// The session's encoding as it arrived (copied out of its batch, which is freed with the
+    /// batch), while the exchange is that one session unchanged (no view merged into it here):
+    /// packing keeps it instead of encoding the session again.
+    arrival: Option<Box<[u8]>>,
 }
 
 /// Views (sessions, one point's each) as the join accounted for them: every view offered and
@@ -187,7 +192,8 @@ struct Packed {
 }
 
 impl Packed {
-    fn of(rec: &CorrelatedSession) -> Self {
+    /// `rec` packed; `arrival` is its session's encoding as it arrived, when unchanged since.
+    fn of(rec: &CorrelatedSession, arrival: Option<Box<[u8]>>) -> Self {
         Self {
             id: rec.id.clone(),
             constituents: rec.constituents.clone(),
@@ -197,15 +203,19 @@ impl Packed {
             trace_from_wire: rec.trace_from_wire,
             keyed: rec.session.observations.iter().any(key::has_tcp_seq),
             intervals: rec.session.observations.iter().map(interval).collect(),
-            session: rec.session.encode_to_vec().into_boxed_slice(),
+            session: arrival.unwrap_or_else(|| rec.session.encode_to_vec().into_boxed_slice()),
         }
     }
 
     fn unpack(&self) -> CorrelatedSession {
+        // Encoded here from a decoded session, or decoded once already as it arrived.
+        let mut session = Session::decode(&*self.session).unwrap_or_default();
+        // An encoding as it arrived still lists the ids the collector merged; the exchange
+        // holds them among its constituents.
+        session.merged_ids.clear();
         CorrelatedSession {
             id: self.id.clone(),
-            // Encoded here from a decoded session, so it decodes.
-            session: Session::decode(&*self.session).unwrap_or_default(),
+            session,
             trace_id: self.trace_id,
             span_id: self.span_id,
             parent_span_id: self.parent_span_id,
@@ -236,10 +246,11 @@ impl Held {
         }
     }
 
-    /// Encodes the session: the exchange is kept only for the join's decisions now.
-    fn pack(&mut self) {
+    /// Packs the exchange, which is kept only for the join's decisions now: `arrival` is its
+    /// session's encoding as it arrived, when unchanged since (else it is encoded).
+    fn pack(&mut self, arrival: Option<Box<[u8]>>) {
         if let Self::Live(rec) = self {
-            *self = Self::Packed(Box::new(Packed::of(rec)));
+            *self = Self::Packed(Box::new(Packed::of(rec, arrival)));
         }
     }
 
@@ -526,6 +537,18 @@ impl Joiner {
 
     /// Takes one point's view of one exchange at `now`.
     pub fn offer(&mut self, session: Session, now: Instant) -> Offered {
+        self.offer_encoded(session, None, now)
+    }
+
+    /// [`Joiner::offer`] of a session decoded from `encoded`, which the join keeps (and, once
+    /// the exchange is ready, copies instead of encoding the session again) while no other
+    /// view is merged into it.
+    pub fn offer_encoded(
+        &mut self,
+        session: Session,
+        encoded: Option<Bytes>,
+        now: Instant,
+    ) -> Offered {
         let mut ready = Vec::new();
         let mut evictions = Vec::new();
         self.expire_into(now, &mut ready);
@@ -604,6 +627,7 @@ impl Joiner {
             stored: None,
             views: 1,
             rec: Held::Live(Arc::new(rec)),
+            arrival: encoded.map(|b| Box::from(&b[..])),
         };
         self.views.open += 1;
         let Held::Live(rec) = &entry.rec else {
@@ -730,6 +754,7 @@ impl Joiner {
         let gains_seq = session.observations.iter().any(key::has_tcp_seq);
         let merged = Arc::make_mut(live);
         let id = merge::merge(&mut merged.session, session);
+        e.arrival = None;
         let old_span = e.span;
         let new_span = span_of(&merged.session);
         if let Some(c) = e.client {
@@ -807,9 +832,10 @@ impl Joiner {
         e.ready = true;
         self.retained.push_back((now + self.config.retention, slot));
         let rec = e.rec.shared();
-        if e.stored.is_none() {
-            e.rec.pack();
-        }
+        // Packed whether the store lists it or not: REST reads (rare) unpack a copy, and the
+        // join, holding it for the retention time, keeps a fraction of the decoded size. From
+        // the encoding it arrived in, packing is a copy.
+        e.rec.pack(e.arrival.take());
         Some(rec)
     }
 
@@ -918,7 +944,7 @@ impl Joiner {
             if !e.joined {
                 self.remove(old);
             } else if e.ready {
-                e.rec.pack();
+                e.rec.pack(e.arrival.take());
             }
         }
         true
@@ -953,6 +979,7 @@ impl Joiner {
                 joined: false,
                 stored: None,
                 views: 0,
+                arrival: None,
             },
         );
         let evicted = self.store_upsert(slot);

@@ -621,6 +621,51 @@ fn packed_exchanges_still_join_and_come_back_whole() {
     assert_eq!(r.record.session.observations.len(), 4);
 }
 
+/// An exchange that arrived as one session (the collector merged its views) is packed from the
+/// encoding it arrived in: unpacked, it is the session as it was decoded, with the collector's
+/// merged ids among its constituents only; a late view still joins it, and from then on the
+/// merged exchange (no longer the arrival) is what is packed.
+#[test]
+fn exchanges_packed_from_their_arrival_encoding_come_back_as_decoded() {
+    let mut j = joiner(100);
+    let t0 = Instant::now();
+    let mut merged = client_veth("c").build();
+    let server = server_veth("s").build();
+    merge::merge(&mut merged, server);
+    merged.merged_ids = vec!["s".to_owned()];
+    let encoded = bytes::Bytes::from(merged.encode_to_vec());
+    let opened = j.offer_encoded(merged.clone(), Some(encoded), t0);
+    assert_eq!(opened.outcome, Outcome::Opened);
+    assert_eq!(j.expire(t0 + Duration::from_millis(150)).len(), 1);
+    let packed = j
+        .entries
+        .values()
+        .find_map(|e| match &e.rec {
+            Held::Packed(p) => Some(p),
+            Held::Live(_) => None,
+        })
+        .expect("packed once ready");
+    assert_eq!(
+        Session::decode(&*packed.session).ok(),
+        Some(merged.clone()),
+        "packed from the bytes it arrived in"
+    );
+    let back = j.get("s").expect("found by a merged id");
+    let mut expected = merged.clone();
+    expected.merged_ids.clear();
+    assert_eq!(back.session, expected, "unpacked as decoded, merged ids moved");
+    assert_eq!(back.constituents, ["c", "s"]);
+    assert_eq!(back.span_id, opened.record.span_id);
+
+    let late = j.offer(uplink("n").at(20_000).build(), t0 + Duration::from_millis(200));
+    assert_eq!(late.outcome, Outcome::Late);
+    assert_eq!(late.record.constituents, ["c", "s", "n"]);
+    // Pushed out of the store (capacity 0 here: the join alone) it is packed again, now by
+    // encoding the merged exchange.
+    let again = j.get("n").expect("held");
+    assert_eq!(again.session.observations.len(), 3);
+}
+
 /// A view of a DNS exchange over UDP (no sequence number at any point): query `id` for
 /// `example.org` of type `qtype`.
 fn dns_view(v: View, qtype: u32, id: u32) -> Session {
