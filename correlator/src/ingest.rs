@@ -432,7 +432,8 @@ mod tests {
         let svc = service();
         let mut b = batch("c", 1, &["a", "b"]);
         // A length-delimited field whose length runs past the session's end.
-        b.sessions.insert(1, bytes::Bytes::from_static(&[0x0a, 0x7f, b'x']));
+        b.sessions
+            .insert(1, bytes::Bytes::from_static(&[0x0a, 0x7f, b'x']));
         assert!(svc.accept_batch(b));
         assert!(svc.store.get("a").is_some() && svc.store.get("b").is_some());
         let drops = svc.metrics.drops();

@@ -653,11 +653,17 @@ fn exchanges_packed_from_their_arrival_encoding_come_back_as_decoded() {
     let back = j.get("s").expect("found by a merged id");
     let mut expected = merged.clone();
     expected.merged_ids.clear();
-    assert_eq!(back.session, expected, "unpacked as decoded, merged ids moved");
+    assert_eq!(
+        back.session, expected,
+        "unpacked as decoded, merged ids moved"
+    );
     assert_eq!(back.constituents, ["c", "s"]);
     assert_eq!(back.span_id, opened.record.span_id);
 
-    let late = j.offer(uplink("n").at(20_000).build(), t0 + Duration::from_millis(200));
+    let late = j.offer(
+        uplink("n").at(20_000).build(),
+        t0 + Duration::from_millis(200),
+    );
     assert_eq!(late.outcome, Outcome::Late);
     assert_eq!(late.record.constituents, ["c", "s", "n"]);
     // Pushed out of the store (capacity 0 here: the join alone) it is packed again, now by

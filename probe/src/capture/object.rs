@@ -40,18 +40,24 @@ const TRACED_PORT_BITS: &str = "traced_port_bits";
 /// Loads `object` with its ring buffer and connection map sized from `cfg`, and takes its
 /// counters out (named by `names`) so they can be read while the object is in use.
 ///
-/// `btf` is the kernel's type information for CO-RE relocations, when the object has any; the
-/// loader would otherwise parse `/sys/kernel/btf/vmlinux` itself, tens of MiB at its peak.
+/// With `core`, the object's CO-RE relocations are made against the kernel's type information,
+/// which the loader parses from `/sys/kernel/btf/vmlinux` (about 20 MiB while it is held) and
+/// drops with itself once the object is loaded. Without, the loader parses it all the same
+/// (aya's `EbpfLoader::new` always does) and drops it at once. Either way nothing else holds a
+/// parsed copy meanwhile: two at once were the probe's peak of memory.
 pub(crate) fn load(
     object: &[u8],
     maps: &ObjectMaps,
     names: StatNames,
     cfg: &CaptureConfig,
-    btf: Option<&aya::Btf>,
+    core: bool,
 ) -> Result<(Ebpf, Arc<KernelStats>)> {
     cfg.validate()?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(btf)
+    let mut loader = EbpfLoader::new();
+    if !core {
+        loader.btf(None);
+    }
+    let mut ebpf = loader
         .map_max_entries(maps.events, cfg.ring_buffer_bytes)
         .map_max_entries(maps.connections, cfg.max_connections)
         .map_max_entries(HELD_HEADS, cfg.held_requests)

@@ -60,10 +60,10 @@ impl SocketCapture {
     /// Loads the object, sizes its maps like the tc capture's and attaches the first hook set
     /// that works. Nothing is traced until [`Self::set_monitored_netns`] names namespaces.
     pub fn load(cfg: &CaptureConfig) -> Result<Self> {
-        // The kernel's BTF, parsed once for the CO-RE relocations and the tracepoints' attach
-        // targets, and dropped once the programs are attached.
-        let btf = aya::Btf::from_sys_fs().map_err(|source| Error::Btf { source })?;
-        let (ebpf, stats) = object::load(OBJECT, &MAPS, &SOCKET_STAT_NAMES, cfg, Some(&btf))?;
+        // The loader parses the kernel's BTF for the CO-RE relocations and drops it; the
+        // tracepoints' attach targets are looked up in a second parse, made only after the
+        // first is gone (one parsed copy at a time: each is about 20 MiB).
+        let (ebpf, stats) = object::load(OBJECT, &MAPS, &SOCKET_STAT_NAMES, cfg, true)?;
         let mut capture = Self {
             ebpf,
             hooks: None,
@@ -73,6 +73,7 @@ impl SocketCapture {
             ports: None,
         };
         capture.set_snaplen(cfg.snaplen)?;
+        let btf = aya::Btf::from_sys_fs().map_err(|source| Error::Btf { source })?;
         capture.hooks = Some(hooks::attach(&mut capture.ebpf, &btf)?);
         Ok(capture)
     }

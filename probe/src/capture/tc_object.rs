@@ -56,7 +56,7 @@ impl Capture {
     /// Loads and verifies the programs and sizes the maps; attaches nothing yet.
     pub fn load(cfg: &CaptureConfig) -> Result<Self> {
         // The tc programs read only packets: no CO-RE relocations, no kernel BTF to parse.
-        let (ebpf, stats) = object::load(OBJECT, &MAPS, &TC_STAT_NAMES, cfg, None)?;
+        let (ebpf, stats) = object::load(OBJECT, &MAPS, &TC_STAT_NAMES, cfg, false)?;
         let mut capture = Self {
             ebpf,
             stats,
