@@ -280,12 +280,12 @@ impl SessionBuilder {
         http.target = format!("/{service}/{method}");
         http.version = "2".into();
         http.reason.clear();
-        self.session.grpc = Some(clovisor_proto::session::v1::Grpc {
+        self.session.grpc = Some(Box::new(clovisor_proto::session::v1::Grpc {
             service: service.into(),
             method: method.into(),
             status_code: Some(status),
             message: message.into(),
-        });
+        }));
         self
     }
 
@@ -302,7 +302,7 @@ impl SessionBuilder {
             o.request_tcp_seq = 0;
             o.response_tcp_seq = 0;
         }
-        s.dns = Some(Dns {
+        s.dns = Some(Box::new(Dns {
             id: 0x1234,
             question_name: name.to_owned(),
             question_type: qtype,
@@ -315,7 +315,7 @@ impl SessionBuilder {
             recursion_available: true,
             question_count: 1,
             ..Dns::default()
-        });
+        }));
         self
     }
 
@@ -449,7 +449,7 @@ impl SessionBuilder {
             ..Default::default()
         };
         f(&mut d);
-        self.session.database = Some(d);
+        self.session.database = Some(Box::new(d));
         self
     }
 
@@ -457,13 +457,13 @@ impl SessionBuilder {
     pub fn analyzer(mut self, name: &str, fields: &[(&str, &str)]) -> Self {
         self.session.protocol = Protocol::Analyzer as i32;
         self.session.http = None;
-        self.session.analyzer = Some(clovisor_proto::session::v1::Analyzer {
+        self.session.analyzer = Some(Box::new(clovisor_proto::session::v1::Analyzer {
             name: name.to_owned(),
             fields: fields
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-        });
+        }));
         self
     }
 
@@ -483,7 +483,7 @@ impl SessionBuilder {
             ..Default::default()
         };
         f(&mut k);
-        self.session.kafka = Some(k);
+        self.session.kafka = Some(Box::new(k));
         self
     }
 

@@ -190,12 +190,12 @@ mod tests {
     #[test]
     fn a_listed_grpc_message_is_replaced() {
         let mut s = session();
-        s.grpc = Some(clovisor_proto::session::v1::Grpc {
+        s.grpc = Some(Box::new(clovisor_proto::session::v1::Grpc {
             service: "a.B".into(),
             method: "C".into(),
             status_code: Some(16),
             message: "token abc expired".into(),
-        });
+        }));
         assert_eq!(redact(&mut s, &defaults()), 2, "not listed by default");
         assert_eq!(
             s.grpc.as_ref().map(|g| g.message.as_str()),

@@ -446,7 +446,7 @@ impl From<&CorrelatedSession> for SessionJson {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             }),
-            kafka: s.kafka.as_ref().map(kafka),
+            kafka: s.kafka.as_deref().map(kafka),
             bytes: CountersJson {
                 request: bytes.request,
                 response: bytes.response,

@@ -793,11 +793,11 @@ pub fn encode_span_as(rec: &CorrelatedSession, role: SpanRole, buf: &mut Vec<u8>
     if let Some(parent) = parent {
         wire::bytes(buf, field::PARENT_SPAN_ID, &parent.0);
     }
-    let database = session.database.as_ref();
-    let grpc = session.grpc.as_ref();
-    let dns = session.dns.as_ref();
-    let analyzer = session.analyzer.as_ref();
-    let kafka = session.kafka.as_ref();
+    let database = session.database.as_deref();
+    let grpc = session.grpc.as_deref();
+    let dns = session.dns.as_deref();
+    let analyzer = session.analyzer.as_deref();
+    let kafka = session.kafka.as_deref();
     if let Some(k) = kafka {
         wire::bytes(buf, field::NAME, kafka_span_name(k).as_bytes());
     } else {
