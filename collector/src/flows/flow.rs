@@ -184,11 +184,11 @@ impl Flow {
     /// exchange.
     pub fn abandon(&mut self, metrics: &CollectorMetrics, reason: &'static str) {
         self.discard(metrics, reason);
-        if let Decoding::By { name, flow } = &mut self.decoding {
+        if let Decoding::By { name, ref mut flow } = self.decoding {
             flow.on_close(&mut Abandoned {
                 metrics,
                 reason,
-                protocol: *name,
+                protocol: name,
             });
         }
         self.decoding = Decoding::Opaque;
