@@ -513,6 +513,42 @@ def check_network_policies(objs: list[dict[str, Any]], report: Report) -> None:
             report.add(w, "no NetworkPolicy of its own says what its pods may receive")
 
 
+def check_cross_namespace(objs: list[dict[str, Any]], report: Report) -> None:
+    """References that silently break when an object moves namespace: a pod's service account,
+    a binding's ServiceAccount subject (in a namespace of this rendering), and a NetworkPolicy
+    peer given by pod selector alone — which selects pods of the policy's own namespace only."""
+    def ns(o: dict[str, Any]) -> str | None:
+        return (o.get("metadata") or {}).get("namespace")
+
+    accounts = {(ns(o), (o.get("metadata") or {}).get("name")) for o in objs if o.get("kind") == "ServiceAccount"}
+    namespaces = {(o.get("metadata") or {}).get("name") for o in objs if o.get("kind") == "Namespace"}
+    workloads = [o for o in objs if o.get("kind") in WORKLOAD_KINDS]
+    for w in workloads:
+        sa = (pod_spec(w) or {}).get("serviceAccountName")
+        if sa and sa != "default" and (ns(w), sa) not in accounts:
+            report.add(w, f"runs as ServiceAccount {sa!r}, which namespace {ns(w)!r} does not have in this rendering")
+    for b in objs:
+        if b.get("kind") not in RBAC_BINDING_KINDS:
+            continue
+        for subj in b.get("subjects") or []:
+            subj_ns = subj.get("namespace") or ns(b)
+            if subj.get("kind") == "ServiceAccount" and subj_ns in namespaces and (subj_ns, subj.get("name")) not in accounts:
+                report.add(b, f"binds ServiceAccount {subj_ns}/{subj.get('name')}, which this rendering does not create")
+    for p in objs:
+        if p.get("kind") != "NetworkPolicy":
+            continue
+        spec = p.get("spec") or {}
+        rules = [("ingress", r.get("from") or []) for r in spec.get("ingress") or []]
+        rules += [("egress", r.get("to") or []) for r in spec.get("egress") or []]
+        for direction, peers in rules:
+            for peer in peers:
+                selector = peer.get("podSelector")
+                if selector is None or "namespaceSelector" in peer:
+                    continue
+                if not any(ns(w) == ns(p) and selects(selector, template_labels(w)) for w in workloads):
+                    report.add(p, f"{direction} peer {selector} selects no pod of namespace {ns(p)!r} (a pod elsewhere needs a namespaceSelector)")
+
+
 def check(objs: list[dict[str, Any]], forbid_privileged: bool, config_doc: str | None) -> list[str]:
     """All violations in the rendered objects `objs`."""
     report = Report()
@@ -532,6 +568,7 @@ def check(objs: list[dict[str, Any]], forbid_privileged: bool, config_doc: str |
     check_selectors(objs, report)
     check_network_policies(objs, report)
     check_pod_security(objs, report)
+    check_cross_namespace(objs, report)
     check_token_review(objs, report)
     check_redis_tls(objs, report)
     return report.violations

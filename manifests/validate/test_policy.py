@@ -280,6 +280,34 @@ class PodSecurityTest(unittest.TestCase):
             self.assertTrue(any(fragment in v for v in found), f"expected {fragment!r} in {found}")
 
 
+class CrossNamespaceTest(unittest.TestCase):
+    """What breaks silently when an object moves to another namespace is caught."""
+
+    def found(self, objs: list[dict[str, Any]]) -> list[str]:
+        return policy.check([restricted_ns(), namespace("other", "restricted"), *objs, *good_policies()], True, DOC)
+
+    def test_a_service_account_in_another_namespace_is_caught(self) -> None:
+        d = good_deployment()
+        d["spec"]["template"]["spec"]["serviceAccountName"] = "web"
+        self.assertFalse(any("ServiceAccount" in v for v in self.found([d, service_account("clovisor", "web")])))
+        found = self.found([d, service_account("other", "web")])
+        self.assertTrue(any("runs as ServiceAccount 'web'" in v for v in found), found)
+        found = self.found([service_account("other", "web"), binding("r", "clovisor", "web")])
+        self.assertTrue(any("binds ServiceAccount clovisor/web" in v for v in found), found)
+        outside = self.found([binding("r", "monitoring", "prometheus")])
+        self.assertFalse(any("binds ServiceAccount" in v for v in outside), f"namespaces not rendered are not ours: {outside}")
+
+    def test_a_pod_selector_peer_naming_a_pod_of_another_namespace_is_caught(self) -> None:
+        policy_obj = network_policy("to-web", {"matchLabels": {"app": "web"}}, ["Ingress"])
+        policy_obj["spec"]["ingress"] = [{"from": [{"podSelector": {"matchLabels": {"app": "probe"}}}]}]
+        found = self.found([good_deployment(), policy_obj])
+        self.assertTrue(any("selects no pod of namespace 'clovisor'" in v for v in found), found)
+        policy_obj["spec"]["ingress"] = [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]
+        self.assertFalse(any("selects no pod" in v for v in self.found([good_deployment(), policy_obj])))
+        policy_obj["spec"]["ingress"] = [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "probe"}}}]}]
+        self.assertFalse(any("selects no pod" in v for v in self.found([good_deployment(), policy_obj])), "a namespaceSelector reaches elsewhere")
+
+
 class RbacWritesTest(unittest.TestCase):
     def test_only_the_listed_writes_pass_and_only_as_narrow_as_listed(self) -> None:
         ok = [
