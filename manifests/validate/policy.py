@@ -427,6 +427,21 @@ def check_redis_tls(objs: list[dict[str, Any]], report: Report) -> None:
                 report.add(obj, f"{name}: rediss:// without CLOVISOR_REDIS_CA (the clovisor CA, not the system roots)")
 
 
+def check_otlp_allow_list(obj: dict[str, Any], spec: dict[str, Any], report: Report) -> None:
+    """A container exporting spans bounds where Redis may re-point them
+    (CLOVISOR_ALLOWED_OTLP_ENDPOINTS), and its own endpoint is on that list."""
+    for _, c in containers(spec):
+        endpoint = env_value(c, "OTEL_EXPORTER_OTLP_ENDPOINT")
+        if not endpoint or not str(c.get("image", "")).startswith("clovisor/"):
+            continue
+        allowed = [e.strip() for e in (env_value(c, "CLOVISOR_ALLOWED_OTLP_ENDPOINTS") or "").split(",") if e.strip()]
+        name = f"container {c.get('name')!r}"
+        if not allowed:
+            report.add(obj, f"{name}: exports spans but sets no CLOVISOR_ALLOWED_OTLP_ENDPOINTS (Redis could point them anywhere)")
+        elif endpoint not in allowed:
+            report.add(obj, f"{name}: its own OTLP endpoint {endpoint} is not in CLOVISOR_ALLOWED_OTLP_ENDPOINTS {allowed}")
+
+
 def check_env_documented(obj: dict[str, Any], spec: dict[str, Any], doc: str, report: Report) -> None:
     for _, c in containers(spec):
         if not str(c.get("image", "")).startswith("clovisor/"):
@@ -563,6 +578,7 @@ def check(objs: list[dict[str, Any]], forbid_privileged: bool, config_doc: str |
         spec = pod_spec(obj)
         if spec is not None:
             check_pod(obj, spec, forbid_privileged, report)
+            check_otlp_allow_list(obj, spec, report)
             if config_doc is not None:
                 check_env_documented(obj, spec, config_doc, report)
     check_selectors(objs, report)

@@ -401,6 +401,22 @@ class RedisTlsTest(unittest.TestCase):
                 self.assertTrue(any(fragment in v for v in found), f"expected {fragment!r}, saw {found}")
 
 
+class OtlpAllowListTest(unittest.TestCase):
+    DOC = DOC + "`OTEL_EXPORTER_OTLP_ENDPOINT` `CLOVISOR_ALLOWED_OTLP_ENDPOINTS`"
+
+    def found(self, env: dict[str, str]) -> list[str]:
+        d = good_deployment()
+        container(d)["env"].extend({"name": k, "value": v} for k, v in env.items())
+        return [v for v in policy.check([restricted_ns(), d, *good_policies()], True, self.DOC) if "OTLP" in v]
+
+    def test_the_exporters_own_endpoint_must_be_the_allowed_one(self) -> None:
+        url = "https://jaeger.clovisor.svc:4317"
+        self.assertEqual(self.found({"OTEL_EXPORTER_OTLP_ENDPOINT": url, "CLOVISOR_ALLOWED_OTLP_ENDPOINTS": f"http://x:1, {url}"}), [])
+        self.assertTrue(any("sets no CLOVISOR_ALLOWED_OTLP_ENDPOINTS" in v for v in self.found({"OTEL_EXPORTER_OTLP_ENDPOINT": url})))
+        found = self.found({"OTEL_EXPORTER_OTLP_ENDPOINT": url, "CLOVISOR_ALLOWED_OTLP_ENDPOINTS": "http://jaeger-collector.istio-system.svc:4317"})
+        self.assertTrue(any("is not in CLOVISOR_ALLOWED_OTLP_ENDPOINTS" in v for v in found), found)
+
+
 class SchemaTest(unittest.TestCase):
     """kubernetes-validate must really be strict, or a passing run proves little."""
 
