@@ -6,10 +6,10 @@
 #   scripts/make-certs.sh OUTDIR [--nodes node-1,node-2] [--days 90] [--kubectl]
 #
 # Writes OUTDIR/ca.{crt,key} and OUTDIR/<component>/{tls.crt,tls.key,ca.crt} for probe,
-# collector, correlator and jaeger; with --nodes also OUTDIR/probe-<node>/ whose certificate
+# collector, correlator, jaeger and redis; with --nodes also OUTDIR/probe-<node>/ whose certificate
 # names <node>.probe.clovisor (for the collector's --probe-identity node). Server certificates
 # also name localhost and 127.0.0.1 (tests, one host). With --kubectl, prints the commands that
-# create the Secrets in namespace clovisor. An existing OUTDIR/ca.{crt,key} is reused, so
+# create the Secrets: the probe's in namespace clovisor-probe, the others in clovisor. An existing OUTDIR/ca.{crt,key} is reused, so
 # running it again re-issues the leaves under the same CA (rotation, docs/security.md).
 # Keep ca.key offline: whoever holds it can mint any identity.
 set -euo pipefail
@@ -66,6 +66,7 @@ leaf probe clovisor-probe "DNS:clovisor-probe" clientAuth
 leaf collector clovisor-collector "$(server_sans clovisor-collector)" serverAuth,clientAuth
 leaf correlator clovisor-correlator "$(server_sans clovisor-correlator)" serverAuth,clientAuth
 leaf jaeger jaeger "$(server_sans jaeger)" serverAuth
+leaf redis redis "$(server_sans redis)" serverAuth
 IFS=, read -r -a node_list <<<"$nodes"
 for node in "${node_list[@]}"; do
   [ -n "$node" ] || continue
@@ -73,9 +74,11 @@ for node in "${node_list[@]}"; do
 done
 
 if [ "$kubectl" = 1 ]; then
-  for c in probe collector correlator jaeger; do
+  for c in probe collector correlator jaeger redis; do
     name=clovisor-$c-tls
-    printf 'kubectl -n clovisor create secret generic %s --type=kubernetes.io/tls --from-file=tls.crt=%s --from-file=tls.key=%s --from-file=ca.crt=%s\n' \
-      "$name" "$out/$c/tls.crt" "$out/$c/tls.key" "$out/$c/ca.crt"
+    ns=clovisor
+    [ "$c" = probe ] && ns=clovisor-probe
+    printf 'kubectl -n %s create secret generic %s --type=kubernetes.io/tls --from-file=tls.crt=%s --from-file=tls.key=%s --from-file=ca.crt=%s\n' \
+      "$ns" "$name" "$out/$c/tls.crt" "$out/$c/tls.key" "$out/$c/ca.crt"
   done
 fi

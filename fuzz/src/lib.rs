@@ -1,4 +1,4 @@
-//! Coverage-free mutation fuzzing that runs on stable Rust.
+//! Mutation fuzzing that runs on stable Rust, coverage-guided when built for it.
 //!
 //! cargo-fuzz's libFuzzer needs a nightly compiler for its sanitizers, which these machines
 //! cannot fetch; this harness needs nothing but the workspace. Each [`Target`] feeds bytes to
@@ -7,12 +7,20 @@
 //! messages, the probe's ring buffer records, the Redis configuration parsers. Inputs are made
 //! by stacking random mutations on seeds — bit flips, interesting bytes, integers at their
 //! boundaries (0, 1, `u16`/`u32`/`u64` max, sign bits) written in either byte order, decimal
-//! numbers at and past `u32`/`u64` max, insertions, deletions, splices of two seeds — with no
-//! coverage feedback: what it buys is volume and the boundary values length fields break on.
+//! numbers at and past `u32`/`u64` max, insertions, deletions, splices of two inputs.
+//!
+//! Built with SanitizerCoverage (`scripts/fuzz-coverage.sh`, stable codegen flags; see
+//! [`coverage`]) the fuzzer keeps every input that reaches an edge, or an edge's hit-count
+//! class, no input reached before, and mutates those: a corpus that grows into the decoders'
+//! deeper states. Built plainly it runs coverage-free, a random walk away from the seeds: what
+//! that buys is volume and the boundary values length fields break on.
+//!
 //! Debug builds keep overflow checks on, so an unchecked length overflow is a panic, and a
 //! panic is a finding: the input is kept and the run fails.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+pub mod coverage;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -524,6 +532,10 @@ pub struct Report {
     pub elapsed: Duration,
     /// The first input that panicked, and the panic's message.
     pub crash: Option<(Vec<u8>, String)>,
+    /// With coverage (an instrumented build): edges the run's inputs hit, of how many.
+    pub edges: Option<(usize, usize)>,
+    /// Inputs kept to mutate further: the corpus (coverage-guided), or the random walk's pool.
+    pub kept: usize,
 }
 
 impl Report {
@@ -533,12 +545,42 @@ impl Report {
     }
 }
 
+/// How the next input is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// Mutate the inputs that reached new coverage (when the build is instrumented; else as
+    /// [`Feedback::None`]).
+    Coverage,
+    /// Mutate any earlier input: a random walk away from the seeds. Coverage, when there is
+    /// some, is still measured (to compare).
+    None,
+}
+
+/// Inputs the coverage-guided corpus keeps at most (then new finds replace random ones).
+const MAX_CORPUS: usize = 4096;
+/// Inputs the random walk's pool keeps.
+const MAX_POOL: usize = 512;
+
 /// Runs `target` until `max_inputs` inputs or `max_time` (whichever first), from RNG seed
-/// `seed`; stops at the first panic.
+/// `seed`, coverage-guided when the build is instrumented; stops at the first panic.
 pub fn fuzz(target: Target, seed: u64, max_inputs: u64, max_time: Duration) -> Report {
+    fuzz_with(target, seed, max_inputs, max_time, Feedback::Coverage)
+}
+
+/// [`fuzz`], choosing inputs by `feedback`.
+pub fn fuzz_with(
+    target: Target,
+    seed: u64,
+    max_inputs: u64,
+    max_time: Duration,
+    feedback: Feedback,
+) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let seeds = target.seeds();
-    // Inputs mutated further later: a random walk away from the seeds (bounded).
+    let mut coverage = coverage::Coverage::attach();
+    let guided = feedback == Feedback::Coverage && coverage.is_some();
+    // Inputs mutated further: the corpus (guided: seeds, then inputs that found coverage), or
+    // a random walk away from the seeds (bounded).
     let mut pool: Vec<Vec<u8>> = seeds.clone();
     let started = Instant::now();
     let mut inputs = 0;
@@ -550,10 +592,13 @@ pub fn fuzz(target: Target, seed: u64, max_inputs: u64, max_time: Duration) -> R
     while inputs < max_inputs && started.elapsed() < max_time {
         let input = queue.pop().unwrap_or_else(|| {
             let mut input = pool[rng.random_range(0..pool.len())].clone();
-            mutate(&mut rng, &mut input, &seeds);
+            mutate(&mut rng, &mut input, if guided { &pool } else { &seeds });
             input
         });
         inputs += 1;
+        if let Some(c) = coverage.as_mut() {
+            c.reset();
+        }
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| target.run(&input))) {
             let message = panic
                 .downcast_ref::<String>()
@@ -563,7 +608,15 @@ pub fn fuzz(target: Target, seed: u64, max_inputs: u64, max_time: Duration) -> R
             crash = Some((input, message));
             break;
         }
-        if pool.len() < 512 {
+        let new = coverage.as_mut().is_some_and(coverage::Coverage::collect);
+        if guided {
+            if new && pool.len() < MAX_CORPUS {
+                pool.push(input);
+            } else if new {
+                let i = rng.random_range(seeds.len()..pool.len());
+                pool[i] = input;
+            }
+        } else if pool.len() < MAX_POOL {
             pool.push(input);
         } else if rng.random_range(0..8) == 0 {
             let i = rng.random_range(0..pool.len());
@@ -575,6 +628,8 @@ pub fn fuzz(target: Target, seed: u64, max_inputs: u64, max_time: Duration) -> R
         inputs,
         elapsed: started.elapsed(),
         crash,
+        edges: coverage.map(|c| (c.edges(), c.counters())),
+        kept: pool.len(),
     }
 }
 

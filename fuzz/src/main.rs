@@ -1,13 +1,14 @@
 //! `clovisor-fuzz`: runs the stable-Rust mutation fuzzer ([`clovisor_fuzz`]) on one target or
-//! all, for a time or a number of inputs, and reports inputs per second. A panic's input is
-//! written to `--crashes` and the run exits non-zero.
+//! all, for a time or a number of inputs, and reports inputs per second (and, built with
+//! `scripts/fuzz-coverage.sh`, the edges reached). A panic's input is written to `--crashes`
+//! and the run exits non-zero.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use clovisor_fuzz::{fuzz, Target};
+use clovisor_fuzz::{fuzz_with, Feedback, Target};
 
 #[derive(Debug, Parser)]
 #[command(name = "clovisor-fuzz", about)]
@@ -27,6 +28,10 @@ struct Args {
     /// Where a panicking input is written.
     #[arg(long, default_value = "fuzz-crashes")]
     crashes: PathBuf,
+    /// Ignore coverage when choosing inputs (an instrumented build still measures it): the
+    /// coverage-free random walk, to compare with.
+    #[arg(long)]
+    no_feedback: bool,
 }
 
 #[allow(clippy::print_stdout, reason = "the report is the command's output")]
@@ -39,15 +44,33 @@ fn main() -> anyhow::Result<()> {
     };
     let mut total = 0u64;
     for target in targets {
-        let report = fuzz(
+        let feedback = if args.no_feedback {
+            Feedback::None
+        } else {
+            Feedback::Coverage
+        };
+        let report = fuzz_with(
             target,
             args.seed,
             args.inputs,
             Duration::from_secs(args.seconds),
+            feedback,
         );
         total += report.inputs;
+        let coverage = match report.edges {
+            Some((edges, counters)) => format!(
+                ", {edges} of {counters} edges, {} inputs kept ({})",
+                report.kept,
+                if args.no_feedback {
+                    "no feedback"
+                } else {
+                    "coverage-guided"
+                }
+            ),
+            None => ", no coverage (not built with scripts/fuzz-coverage.sh)".to_owned(),
+        };
         println!(
-            "{target:?}: {} inputs in {:.1} s, {:.0} inputs/s",
+            "{target:?}: {} inputs in {:.1} s, {:.0} inputs/s{coverage}",
             report.inputs,
             report.elapsed.as_secs_f64(),
             report.rate()

@@ -10,8 +10,8 @@
 //! fed by a probe speaking the real capture protocol whose records make each loss inside the
 //! flow table and the join happen once — a response without its request, a second copy of a
 //! waiting message, messages never arriving (gaps skipped), a flow evicted for capacity while
-//! messages wait in it, a probe restarting while its flows hold messages, a view arriving after
-//! its exchange's join window closed. Each is counted with its reason, exactly as often as it
+//! messages wait in it, a probe restarting while its flows hold messages and an open request, a
+//! view arriving after its exchange's join window closed. Each is counted with its reason, exactly as often as it
 //! was made to happen, and the `flow_table` and `join` stages balance from counters each path
 //! moves on its own.
 
@@ -520,8 +520,8 @@ fn every_forced_loss_in_the_flow_table_and_the_join_is_counted_with_its_reason()
             msg(20, 1020, "veth-s", 3, C2S),
         ])
         .await?;
-        // The probe restarts (a new id for its node): flow 20's two waiting messages go with
-        // its state. Then five flows into a table of four: the first is evicted for capacity
+        // The probe restarts (a new id for its node): flow 20's two waiting messages and its
+        // request, open in its decoder, go with its state. Then five flows into a table of four: the first is evicted for capacity
         // while its message waits for the missing one before it.
         let mut b = FakeProbe::connect(collector_port, "loss-probe-b", "loss-node").await?;
         b.batch(
@@ -556,6 +556,8 @@ fn every_forced_loss_in_the_flow_table_and_the_join_is_counted_with_its_reason()
         ("flow_table", "response_without_request", 1),
         ("flow_table", "duplicate", 1),
         ("flow_table", "probe_restart", 2),
+        // Flow 20's request: handed on by the flow table, lost in its decoder.
+        ("decoder", "probe_restart", 1),
         // Flow 2's two, and message 0 of each of the five flows of probe b.
         ("flow_order", "gap", 7),
     ] {

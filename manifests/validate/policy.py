@@ -4,7 +4,9 @@
 Schema validation (kubernetes-validate) says each object is well-formed; this says it is what
 we mean to ship, and catches the API server's own cross-field rules that no JSON schema
 carries (a selector that does not match its template, allowPrivilegeEscalation=false next to
-CAP_SYS_ADMIN, a probe naming a port the container does not have, ...).
+CAP_SYS_ADMIN, a probe naming a port the container does not have, ...), and what Pod Security
+admission will enforce: every pod is checked against the level its namespace enforces
+(`pod-security.kubernetes.io/enforce`), with the rules of the Pod Security Standards.
 
 Usage: policy.py [--forbid-privileged] [--config-doc docs/configuration.md] RENDERED.yaml
 Prints one line per violation and exits 1 if there is any.
@@ -24,8 +26,16 @@ import yaml
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job"}
 RBAC_ROLE_KINDS = {"Role", "ClusterRole"}
 RBAC_BINDING_KINDS = {"RoleBinding", "ClusterRoleBinding"}
-# Read-only is all any clovisor component needs from the API.
+# Read-only is all any clovisor component needs from the API...
 ALLOWED_VERBS = {"get", "list", "watch"}
+# ... but for these writes, each allowed only as narrowly as written here:
+# (apiGroup, resource, verb, needs resourceNames). TokenReview asks the API server whose a
+# token is (the correlator's REST API); serviceaccounts/token lets a user mint a token of one
+# named ServiceAccount (clovisor-cli), never of any.
+ALLOWED_WRITES = {
+    ("authentication.k8s.io", "tokenreviews", "create", False),
+    ("", "serviceaccounts/token", "create", True),
+}
 # Reading these hands out credentials or a shell on any pod.
 FORBIDDEN_RESOURCES = {"secrets", "pods/exec", "pods/attach", "pods/portforward", "nodes/proxy"}
 FORBIDDEN_ROLE_REFS = {"cluster-admin", "admin", "edit"}
@@ -93,7 +103,7 @@ def check_rbac(obj: dict[str, Any], report: Report) -> None:
                 if any("*" in str(v) for v in values):
                     report.add(obj, f"{where}: wildcard in {key}: {values}")
             extra_verbs = sorted(set(rule.get("verbs") or []) - ALLOWED_VERBS - {"*"})
-            if extra_verbs:
+            if extra_verbs and not write_allowed(rule):
                 report.add(obj, f"{where}: verbs beyond get/list/watch: {extra_verbs}")
             bad = sorted(set(rule.get("resources") or []) & FORBIDDEN_RESOURCES)
             if bad:
@@ -104,6 +114,19 @@ def check_rbac(obj: dict[str, Any], report: Report) -> None:
         ref = (obj.get("roleRef") or {}).get("name")
         if ref in FORBIDDEN_ROLE_REFS:
             report.add(obj, f"binds the built-in role {ref!r}")
+
+
+def write_allowed(rule: dict[str, Any]) -> bool:
+    """Whether every (group, resource, verb) beyond read-only in `rule` is an ALLOWED_WRITES
+    entry, with the resourceNames it needs."""
+    named = bool(rule.get("resourceNames"))
+    for group in rule.get("apiGroups") or []:
+        for resource in rule.get("resources") or []:
+            for verb in set(rule.get("verbs") or []) - ALLOWED_VERBS:
+                entry = next((w for w in ALLOWED_WRITES if w[:3] == (group, resource, verb)), None)
+                if entry is None or (entry[3] and not named):
+                    return False
+    return True
 
 
 def capabilities_added(sc: dict[str, Any]) -> set[str]:
@@ -179,6 +202,244 @@ def check_pod(obj: dict[str, Any], spec: dict[str, Any], forbid_privileged: bool
         last = image.rsplit("/", 1)[-1]
         if "@" not in image and (":" not in last or last.endswith(":latest")):
             report.add(obj, f"{name}: image {image!r} has no explicit tag (or is :latest)")
+
+
+# --- Pod Security Standards (https://kubernetes.io/docs/concepts/security/pod-security-standards/)
+PSS_LEVELS = ("privileged", "baseline", "restricted")
+BASELINE_CAPABILITIES = {
+    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+}
+SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
+    "secret",
+}
+
+
+def all_containers(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every container Pod Security looks at: init, regular and ephemeral."""
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        for c in spec.get(key) or []:
+            yield f"{key[:-1]} {c.get('name')!r}", c
+
+
+def baseline_violations(spec: dict[str, Any], annotations: dict[str, str]) -> list[str]:
+    """What in pod spec `spec` the Pod Security `baseline` level forbids."""
+    found = []
+    pod_sc = spec.get("securityContext") or {}
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            found.append(f"{key}: true")
+    if (pod_sc.get("windowsOptions") or {}).get("hostProcess"):
+        found.append("windowsOptions.hostProcess: true")
+    for v in spec.get("volumes") or []:
+        if "hostPath" in v:
+            found.append(f"hostPath volume {v.get('name')!r}")
+    for key, value in annotations.items():
+        if key.startswith("container.apparmor.security.beta.kubernetes.io/") and not (
+            value == "runtime/default" or value.startswith("localhost/")
+        ):
+            found.append(f"AppArmor annotation {key}: {value}")
+    for sysctl in pod_sc.get("sysctls") or []:
+        if sysctl.get("name") not in SAFE_SYSCTLS:
+            found.append(f"sysctl {sysctl.get('name')!r} is not in the safe set")
+    contexts = [("pod", pod_sc)] + [(name, c.get("securityContext") or {}) for name, c in all_containers(spec)]
+    for where, sc in contexts:
+        if ((sc.get("seccompProfile") or {}).get("type")) == "Unconfined":
+            found.append(f"{where}: seccompProfile Unconfined")
+        if ((sc.get("appArmorProfile") or {}).get("type")) == "Unconfined":
+            found.append(f"{where}: appArmorProfile Unconfined")
+        se = sc.get("seLinuxOptions") or {}
+        if se.get("type", "") not in SELINUX_TYPES or se.get("user") or se.get("role"):
+            found.append(f"{where}: seLinuxOptions {se}")
+        if (sc.get("windowsOptions") or {}).get("hostProcess"):
+            found.append(f"{where}: windowsOptions.hostProcess: true")
+    for name, c in all_containers(spec):
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            found.append(f"{name}: privileged: true")
+        extra = sorted(capabilities_added(sc) - BASELINE_CAPABILITIES)
+        if extra:
+            found.append(f"{name}: adds capabilities {extra}")
+        if sc.get("procMount", "Default") != "Default":
+            found.append(f"{name}: procMount {sc.get('procMount')}")
+        for p in c.get("ports") or []:
+            if p.get("hostPort"):
+                found.append(f"{name}: hostPort {p.get('hostPort')}")
+    return found
+
+
+def restricted_violations(spec: dict[str, Any], annotations: dict[str, str]) -> list[str]:
+    """What in pod spec `spec` the Pod Security `restricted` level forbids (baseline's rules
+    included)."""
+    found = baseline_violations(spec, annotations)
+    pod_sc = spec.get("securityContext") or {}
+    for v in spec.get("volumes") or []:
+        kinds = sorted(set(v) - {"name"})
+        if kinds and not set(kinds) <= RESTRICTED_VOLUMES:
+            found.append(f"volume {v.get('name')!r} of type {kinds}")
+    pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type")
+    if pod_sc.get("runAsUser") == 0:
+        found.append("pod: runAsUser 0")
+    for name, c in all_containers(spec):
+        sc = c.get("securityContext") or {}
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation must be false")
+        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        if non_root is not True:
+            found.append(f"{name}: runAsNonRoot must be true (pod or container)")
+        if sc.get("runAsUser") == 0:
+            found.append(f"{name}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or {}).get("type", pod_seccomp)
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost (pod or container)")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in [str(d).upper() for d in caps.get("drop") or []]:
+            found.append(f"{name}: capabilities must drop ALL")
+        extra = sorted(capabilities_added(sc) - {"NET_BIND_SERVICE"})
+        if extra:
+            found.append(f"{name}: adds capabilities {extra} (restricted: NET_BIND_SERVICE only)")
+    return found
+
+
+def check_pod_security(objs: list[dict[str, Any]], report: Report) -> None:
+    """Every pod runs in a namespace of this rendering that enforces a Pod Security level, and
+    meets it; a namespace enforcing less than `restricted` holds only pods that need it."""
+    levels = {
+        (o.get("metadata") or {}).get("name"): ((o.get("metadata") or {}).get("labels") or {}).get(
+            "pod-security.kubernetes.io/enforce"
+        )
+        for o in objs
+        if o.get("kind") == "Namespace"
+    }
+    for obj in objs:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        ns = (obj.get("metadata") or {}).get("namespace")
+        if ns not in levels:
+            report.add(obj, f"its namespace {ns!r} is not in this rendering (its Pod Security level is unknown)")
+            continue
+        level = levels[ns]
+        if level not in PSS_LEVELS:
+            report.add(obj, f"namespace {ns!r} enforces no Pod Security level (label pod-security.kubernetes.io/enforce: {level!r})")
+            continue
+        meta = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or obj.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        restricted = restricted_violations(spec, annotations)
+        if level == "restricted":
+            for v in restricted:
+                report.add(obj, f"Pod Security restricted (namespace {ns}): {v}")
+        elif level == "baseline":
+            for v in baseline_violations(spec, annotations):
+                report.add(obj, f"Pod Security baseline (namespace {ns}): {v}")
+        if level != "restricted" and not restricted:
+            report.add(obj, f"meets Pod Security restricted, yet runs in namespace {ns!r} enforcing only {level}: move it to a restricted namespace")
+
+
+def env_value(c: dict[str, Any], name: str) -> str | None:
+    for e in c.get("env") or []:
+        if e.get("name") == name:
+            return str(e.get("value", ""))
+    return None
+
+
+def check_token_review(objs: list[dict[str, Any]], report: Report) -> None:
+    """A container that accepts Kubernetes tokens (CLOVISOR_API_ALLOWED_IDENTITIES) has its
+    service account's token mounted and that account may create tokenreviews; a service account
+    it admits from a namespace of this rendering exists."""
+    accounts = {
+        ((o.get("metadata") or {}).get("namespace"), (o.get("metadata") or {}).get("name")): o
+        for o in objs if o.get("kind") == "ServiceAccount"
+    }
+    namespaces = {(o.get("metadata") or {}).get("name") for o in objs if o.get("kind") == "Namespace"}
+    reviewers = {
+        (o.get("metadata") or {}).get("name")
+        for o in objs
+        if o.get("kind") == "ClusterRole"
+        and any(
+            "authentication.k8s.io" in (r.get("apiGroups") or [])
+            and "tokenreviews" in (r.get("resources") or [])
+            and "create" in (r.get("verbs") or [])
+            for r in o.get("rules") or []
+        )
+    }
+    bound = set()
+    for b in objs:
+        if b.get("kind") == "ClusterRoleBinding" and (b.get("roleRef") or {}).get("name") in reviewers:
+            for subj in b.get("subjects") or []:
+                if subj.get("kind") == "ServiceAccount":
+                    bound.add((subj.get("namespace"), subj.get("name")))
+    for obj in objs:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        ns = (obj.get("metadata") or {}).get("namespace")
+        sa = spec.get("serviceAccountName", "default")
+        for _, c in containers(spec):
+            value = env_value(c, "CLOVISOR_API_ALLOWED_IDENTITIES")
+            if not value:
+                continue
+            name = f"container {c.get('name')!r}"
+            account = accounts.get((ns, sa)) or {}
+            mounted = spec.get("automountServiceAccountToken", account.get("automountServiceAccountToken", True))
+            if mounted is False:
+                report.add(obj, f"{name}: TokenReview needs its service account token, but automountServiceAccountToken is false")
+            if (ns, sa) not in bound:
+                report.add(obj, f"{name}: TokenReview needs create on tokenreviews, and ServiceAccount {ns}/{sa} is bound to no ClusterRole granting it")
+            for identity in (i.strip() for i in value.split(",")):
+                parts = identity.split(":")
+                if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"] and parts[2] in namespaces:
+                    if (parts[2], parts[3]) not in accounts:
+                        report.add(obj, f"{name}: admits {identity}, a ServiceAccount this rendering does not create")
+
+
+def check_redis_tls(objs: list[dict[str, Any]], report: Report) -> None:
+    """Redis serves TLS only, and every component reaches it over TLS with a CA to verify it."""
+    for obj in objs:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        for _, c in containers(spec):
+            name = f"container {c.get('name')!r}"
+            image = str(c.get("image", "")).rsplit("/", 1)[-1]
+            if image.split(":")[0] == "redis":
+                args = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+                flags = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+                if flags.get("--port") != "0":
+                    report.add(obj, f"{name}: Redis must not listen in plaintext (--port 0)")
+                for flag in ("--tls-port", "--tls-cert-file", "--tls-key-file", "--requirepass"):
+                    if not flags.get(flag):
+                        report.add(obj, f"{name}: Redis without {flag}")
+            url = env_value(c, "CLOVISOR_REDIS")
+            if url is None:
+                continue
+            if not url.startswith("rediss://"):
+                report.add(obj, f"{name}: CLOVISOR_REDIS is not rediss:// (TLS)")
+            elif not env_value(c, "CLOVISOR_REDIS_CA"):
+                report.add(obj, f"{name}: rediss:// without CLOVISOR_REDIS_CA (the clovisor CA, not the system roots)")
+
+
+def check_otlp_allow_list(obj: dict[str, Any], spec: dict[str, Any], report: Report) -> None:
+    """A container exporting spans bounds where Redis may re-point them
+    (CLOVISOR_ALLOWED_OTLP_ENDPOINTS), and its own endpoint is on that list."""
+    for _, c in containers(spec):
+        endpoint = env_value(c, "OTEL_EXPORTER_OTLP_ENDPOINT")
+        if not endpoint or not str(c.get("image", "")).startswith("clovisor/"):
+            continue
+        allowed = [e.strip() for e in (env_value(c, "CLOVISOR_ALLOWED_OTLP_ENDPOINTS") or "").split(",") if e.strip()]
+        name = f"container {c.get('name')!r}"
+        if not allowed:
+            report.add(obj, f"{name}: exports spans but sets no CLOVISOR_ALLOWED_OTLP_ENDPOINTS (Redis could point them anywhere)")
+        elif endpoint not in allowed:
+            report.add(obj, f"{name}: its own OTLP endpoint {endpoint} is not in CLOVISOR_ALLOWED_OTLP_ENDPOINTS {allowed}")
 
 
 def check_env_documented(obj: dict[str, Any], spec: dict[str, Any], doc: str, report: Report) -> None:
@@ -267,6 +528,42 @@ def check_network_policies(objs: list[dict[str, Any]], report: Report) -> None:
             report.add(w, "no NetworkPolicy of its own says what its pods may receive")
 
 
+def check_cross_namespace(objs: list[dict[str, Any]], report: Report) -> None:
+    """References that silently break when an object moves namespace: a pod's service account,
+    a binding's ServiceAccount subject (in a namespace of this rendering), and a NetworkPolicy
+    peer given by pod selector alone — which selects pods of the policy's own namespace only."""
+    def ns(o: dict[str, Any]) -> str | None:
+        return (o.get("metadata") or {}).get("namespace")
+
+    accounts = {(ns(o), (o.get("metadata") or {}).get("name")) for o in objs if o.get("kind") == "ServiceAccount"}
+    namespaces = {(o.get("metadata") or {}).get("name") for o in objs if o.get("kind") == "Namespace"}
+    workloads = [o for o in objs if o.get("kind") in WORKLOAD_KINDS]
+    for w in workloads:
+        sa = (pod_spec(w) or {}).get("serviceAccountName")
+        if sa and sa != "default" and (ns(w), sa) not in accounts:
+            report.add(w, f"runs as ServiceAccount {sa!r}, which namespace {ns(w)!r} does not have in this rendering")
+    for b in objs:
+        if b.get("kind") not in RBAC_BINDING_KINDS:
+            continue
+        for subj in b.get("subjects") or []:
+            subj_ns = subj.get("namespace") or ns(b)
+            if subj.get("kind") == "ServiceAccount" and subj_ns in namespaces and (subj_ns, subj.get("name")) not in accounts:
+                report.add(b, f"binds ServiceAccount {subj_ns}/{subj.get('name')}, which this rendering does not create")
+    for p in objs:
+        if p.get("kind") != "NetworkPolicy":
+            continue
+        spec = p.get("spec") or {}
+        rules = [("ingress", r.get("from") or []) for r in spec.get("ingress") or []]
+        rules += [("egress", r.get("to") or []) for r in spec.get("egress") or []]
+        for direction, peers in rules:
+            for peer in peers:
+                selector = peer.get("podSelector")
+                if selector is None or "namespaceSelector" in peer:
+                    continue
+                if not any(ns(w) == ns(p) and selects(selector, template_labels(w)) for w in workloads):
+                    report.add(p, f"{direction} peer {selector} selects no pod of namespace {ns(p)!r} (a pod elsewhere needs a namespaceSelector)")
+
+
 def check(objs: list[dict[str, Any]], forbid_privileged: bool, config_doc: str | None) -> list[str]:
     """All violations in the rendered objects `objs`."""
     report = Report()
@@ -281,10 +578,15 @@ def check(objs: list[dict[str, Any]], forbid_privileged: bool, config_doc: str |
         spec = pod_spec(obj)
         if spec is not None:
             check_pod(obj, spec, forbid_privileged, report)
+            check_otlp_allow_list(obj, spec, report)
             if config_doc is not None:
                 check_env_documented(obj, spec, config_doc, report)
     check_selectors(objs, report)
     check_network_policies(objs, report)
+    check_pod_security(objs, report)
+    check_cross_namespace(objs, report)
+    check_token_review(objs, report)
+    check_redis_tls(objs, report)
     return report.violations
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import unittest
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -26,7 +27,11 @@ def good_deployment() -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [
                         {
                             "name": "web",
@@ -77,6 +82,32 @@ def good_policies() -> list[dict[str, Any]]:
     ]
 
 
+def namespace(name: str, level: str | None) -> dict[str, Any]:
+    labels = {"pod-security.kubernetes.io/enforce": level} if level else {}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def restricted_ns() -> dict[str, Any]:
+    return namespace("clovisor", "restricted")
+
+
+def service_account(ns: str, name: str, automount: bool | None = None) -> dict[str, Any]:
+    sa: dict[str, Any] = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}}
+    if automount is not None:
+        sa["automountServiceAccountToken"] = automount
+    return sa
+
+
+def binding(role_name: str, ns: str, sa: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": f"{sa}-{role_name}"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+    }
+
+
 def role(rules: list[dict[str, Any]]) -> dict[str, Any]:
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "r"}, "rules": rules}
 
@@ -97,7 +128,7 @@ class PolicyTest(unittest.TestCase):
         )
 
     def test_good_objects_pass(self) -> None:
-        found = policy.check([good_deployment(), good_service(), role([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]), *good_policies()], True, DOC)
+        found = policy.check([restricted_ns(), good_deployment(), good_service(), role([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]), *good_policies()], True, DOC)
         self.assertEqual(found, [], f"expected no violation, saw {found}")
 
     def test_missing_network_policies_are_caught(self) -> None:
@@ -186,6 +217,204 @@ class PolicyTest(unittest.TestCase):
                 d = good_deployment()
                 mutate(container(d), d["spec"]["template"]["spec"])
                 self.assert_caught([d], fragment)
+
+
+class PodSecurityTest(unittest.TestCase):
+    """Every pod is held to the Pod Security level its namespace enforces."""
+
+    def violations(self, objs: list[dict[str, Any]]) -> list[str]:
+        return [v for v in policy.check([*objs, *good_policies()], False, DOC) if "Pod Security" in v or "namespace" in v]
+
+    def assert_caught(self, objs: list[dict[str, Any]], fragment: str) -> None:
+        found = self.violations(objs)
+        self.assertTrue(any(fragment in v for v in found), f"expected a violation mentioning {fragment!r}, saw {found}")
+
+    def test_a_restricted_pod_in_a_restricted_namespace_passes(self) -> None:
+        self.assertEqual(self.violations([restricted_ns(), good_deployment()]), [])
+
+    def test_every_restricted_rule_can_fail(self) -> None:
+        cases = [
+            (lambda c, p: p["securityContext"].pop("seccompProfile"), "seccompProfile must be RuntimeDefault"),
+            (lambda c, p: c["securityContext"].update(seccompProfile={"type": "Unconfined"}), "seccompProfile Unconfined"),
+            (lambda c, p: p["securityContext"].pop("runAsNonRoot"), "runAsNonRoot must be true"),
+            (lambda c, p: c["securityContext"].update(runAsUser=0), "runAsUser 0"),
+            (lambda c, p: c["securityContext"].pop("allowPrivilegeEscalation"), "allowPrivilegeEscalation must be false"),
+            (lambda c, p: c["securityContext"]["capabilities"].update(drop=["NET_RAW"]), "capabilities must drop ALL"),
+            (lambda c, p: c["securityContext"]["capabilities"].update(add=["CHOWN"]), "restricted: NET_BIND_SERVICE only"),
+            (lambda c, p: c["securityContext"]["capabilities"].update(add=["BPF"]), "adds capabilities ['BPF']"),
+            (lambda c, p: c["securityContext"].update(privileged=True), "privileged: true"),
+            (lambda c, p: p.update(hostNetwork=True), "hostNetwork: true"),
+            (lambda c, p: p.update(hostPID=True), "hostPID: true"),
+            (lambda c, p: p.update(volumes=[{"name": "n", "hostPath": {"path": "/run/netns"}}]), "hostPath volume 'n'"),
+            (lambda c, p: p.update(volumes=[{"name": "n", "nfs": {"server": "s", "path": "/"}}]), "of type ['nfs']"),
+            (lambda c, p: c["ports"][0].update(hostPort=9801), "hostPort 9801"),
+            (lambda c, p: c["securityContext"].update(seLinuxOptions={"type": "spc_t"}), "seLinuxOptions"),
+            (lambda c, p: c["securityContext"].update(procMount="Unmasked"), "procMount Unmasked"),
+            (lambda c, p: p["securityContext"].update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]), "sysctl 'kernel.msgmax'"),
+            (lambda c, p: p.update(initContainers=[{"name": "init", "image": "busybox:1"}]), "initContainer 'init': allowPrivilegeEscalation"),
+        ]
+        for mutate, fragment in cases:
+            with self.subTest(fragment=fragment):
+                d = good_deployment()
+                mutate(container(d), d["spec"]["template"]["spec"])
+                self.assert_caught([restricted_ns(), d], fragment)
+
+    def test_the_namespace_must_be_rendered_and_enforce_a_level(self) -> None:
+        self.assert_caught([good_deployment()], "is not in this rendering")
+        self.assert_caught([namespace("clovisor", None), good_deployment()], "enforces no Pod Security level")
+
+    def test_a_pod_that_needs_no_privilege_may_not_sit_in_a_privileged_namespace(self) -> None:
+        self.assert_caught([namespace("clovisor", "privileged"), good_deployment()], "move it to a restricted namespace")
+        host = good_deployment()
+        host["spec"]["template"]["spec"]["hostNetwork"] = True
+        self.assertEqual(self.violations([namespace("clovisor", "privileged"), host]), [], "a host-network pod needs privileged")
+        self.assert_caught([namespace("clovisor", "baseline"), host], "Pod Security baseline (namespace clovisor): hostNetwork")
+
+    def test_the_manifests_probe_would_be_refused_where_the_others_run(self) -> None:
+        """The probe's real spec, moved into the restricted namespace, is refused rule by rule."""
+        root = Path(__file__).resolve().parents[1]
+        probe = next(d for d in policy.load((root / "base/probe.yaml").read_text()) if d.get("kind") == "DaemonSet")
+        probe["metadata"]["namespace"] = "clovisor"
+        found = self.violations([restricted_ns(), probe])
+        for fragment in ("hostNetwork: true", "hostPath volume 'netns'", "adds capabilities", "runAsNonRoot must be true"):
+            self.assertTrue(any(fragment in v for v in found), f"expected {fragment!r} in {found}")
+
+
+class CrossNamespaceTest(unittest.TestCase):
+    """What breaks silently when an object moves to another namespace is caught."""
+
+    def found(self, objs: list[dict[str, Any]]) -> list[str]:
+        return policy.check([restricted_ns(), namespace("other", "restricted"), *objs, *good_policies()], True, DOC)
+
+    def test_a_service_account_in_another_namespace_is_caught(self) -> None:
+        d = good_deployment()
+        d["spec"]["template"]["spec"]["serviceAccountName"] = "web"
+        self.assertFalse(any("ServiceAccount" in v for v in self.found([d, service_account("clovisor", "web")])))
+        found = self.found([d, service_account("other", "web")])
+        self.assertTrue(any("runs as ServiceAccount 'web'" in v for v in found), found)
+        found = self.found([service_account("other", "web"), binding("r", "clovisor", "web")])
+        self.assertTrue(any("binds ServiceAccount clovisor/web" in v for v in found), found)
+        outside = self.found([binding("r", "monitoring", "prometheus")])
+        self.assertFalse(any("binds ServiceAccount" in v for v in outside), f"namespaces not rendered are not ours: {outside}")
+
+    def test_a_pod_selector_peer_naming_a_pod_of_another_namespace_is_caught(self) -> None:
+        policy_obj = network_policy("to-web", {"matchLabels": {"app": "web"}}, ["Ingress"])
+        policy_obj["spec"]["ingress"] = [{"from": [{"podSelector": {"matchLabels": {"app": "probe"}}}]}]
+        found = self.found([good_deployment(), policy_obj])
+        self.assertTrue(any("selects no pod of namespace 'clovisor'" in v for v in found), found)
+        policy_obj["spec"]["ingress"] = [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]
+        self.assertFalse(any("selects no pod" in v for v in self.found([good_deployment(), policy_obj])))
+        policy_obj["spec"]["ingress"] = [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "probe"}}}]}]
+        self.assertFalse(any("selects no pod" in v for v in self.found([good_deployment(), policy_obj])), "a namespaceSelector reaches elsewhere")
+
+
+class RbacWritesTest(unittest.TestCase):
+    def test_only_the_listed_writes_pass_and_only_as_narrow_as_listed(self) -> None:
+        ok = [
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "resourceNames": ["clovisor-cli"], "verbs": ["create"]},
+        ]
+        for rule in ok:
+            with self.subTest(rule=rule):
+                self.assertEqual(policy.check([role([rule])], True, DOC), [])
+        bad = [
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews", "subjectaccessreviews"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]},
+        ]
+        for rule in bad:
+            with self.subTest(rule=rule):
+                found = policy.check([role([rule])], True, DOC)
+                self.assertTrue(any("verbs beyond get/list/watch" in v for v in found), f"{rule}: {found}")
+
+
+def token_review_objects(identities: str, automount: bool = True, bound: bool = True) -> list[dict[str, Any]]:
+    d = good_deployment()
+    d["spec"]["template"]["spec"]["serviceAccountName"] = "web"
+    d["spec"]["template"]["spec"]["automountServiceAccountToken"] = automount
+    container(d)["env"].append({"name": "CLOVISOR_API_ALLOWED_IDENTITIES", "value": identities})
+    reviewer = role([{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}])
+    objs = [restricted_ns(), d, service_account("clovisor", "web", False), service_account("clovisor", "cli"), reviewer]
+    if bound:
+        objs.append(binding("r", "clovisor", "web"))
+    return objs
+
+
+class TokenReviewTest(unittest.TestCase):
+    DOC = DOC + "`CLOVISOR_API_ALLOWED_IDENTITIES`"
+
+    def found(self, objs: list[dict[str, Any]]) -> list[str]:
+        return [v for v in policy.check(objs, True, self.DOC) if "TokenReview" in v or "admits" in v]
+
+    def test_a_reviewer_with_its_token_and_its_role_passes(self) -> None:
+        ids = "system:serviceaccount:clovisor:cli,system:serviceaccount:monitoring:grafana,group:ops"
+        self.assertEqual(self.found(token_review_objects(ids)), [])
+
+    def test_each_missing_piece_is_caught(self) -> None:
+        ids = "system:serviceaccount:clovisor:cli"
+        cases = [
+            (token_review_objects(ids, automount=False), "automountServiceAccountToken is false"),
+            (token_review_objects(ids, bound=False), "bound to no ClusterRole"),
+            (token_review_objects("system:serviceaccount:clovisor:clii"), "admits system:serviceaccount:clovisor:clii"),
+        ]
+        for objs, fragment in cases:
+            with self.subTest(fragment=fragment):
+                found = self.found(objs)
+                self.assertTrue(any(fragment in v for v in found), f"expected {fragment!r}, saw {found}")
+
+
+class RedisTlsTest(unittest.TestCase):
+    DOC = DOC + "`CLOVISOR_REDIS` `CLOVISOR_REDIS_CA`"
+
+    def found(self, d: dict[str, Any]) -> list[str]:
+        return [v for v in policy.check([restricted_ns(), d], True, self.DOC) if "Redis" in v or "rediss" in v]
+
+    def client(self, env: dict[str, str]) -> dict[str, Any]:
+        d = good_deployment()
+        container(d)["env"].extend({"name": k, "value": v} for k, v in env.items())
+        return d
+
+    def server(self, args: list[str]) -> dict[str, Any]:
+        d = good_deployment()
+        container(d)["image"] = "redis:7.2.5-alpine"
+        container(d)["args"] = ["redis-server", *args]
+        return d
+
+    TLS_ARGS = ["--port", "0", "--tls-port", "6379", "--tls-cert-file", "c", "--tls-key-file", "k", "--requirepass", "p"]
+
+    def test_tls_on_both_ends_passes(self) -> None:
+        self.assertEqual(self.found(self.client({"CLOVISOR_REDIS": "rediss://:p@redis:6379", "CLOVISOR_REDIS_CA": "/ca"})), [])
+        self.assertEqual(self.found(self.server(self.TLS_ARGS)), [])
+
+    def test_plaintext_or_unverified_is_caught(self) -> None:
+        cases = [
+            (self.client({"CLOVISOR_REDIS": "redis://:p@redis:6379"}), "is not rediss://"),
+            (self.client({"CLOVISOR_REDIS": "rediss://:p@redis:6379"}), "without CLOVISOR_REDIS_CA"),
+            (self.server(["--tls-port", "6379", "--tls-cert-file", "c", "--tls-key-file", "k", "--requirepass", "p"]), "--port 0"),
+            (self.server(["--port", "0", "--tls-cert-file", "c", "--tls-key-file", "k", "--requirepass", "p"]), "without --tls-port"),
+            (self.server(self.TLS_ARGS[:-2]), "without --requirepass"),
+        ]
+        for d, fragment in cases:
+            with self.subTest(fragment=fragment):
+                found = self.found(d)
+                self.assertTrue(any(fragment in v for v in found), f"expected {fragment!r}, saw {found}")
+
+
+class OtlpAllowListTest(unittest.TestCase):
+    DOC = DOC + "`OTEL_EXPORTER_OTLP_ENDPOINT` `CLOVISOR_ALLOWED_OTLP_ENDPOINTS`"
+
+    def found(self, env: dict[str, str]) -> list[str]:
+        d = good_deployment()
+        container(d)["env"].extend({"name": k, "value": v} for k, v in env.items())
+        return [v for v in policy.check([restricted_ns(), d, *good_policies()], True, self.DOC) if "OTLP" in v]
+
+    def test_the_exporters_own_endpoint_must_be_the_allowed_one(self) -> None:
+        url = "https://jaeger.clovisor.svc:4317"
+        self.assertEqual(self.found({"OTEL_EXPORTER_OTLP_ENDPOINT": url, "CLOVISOR_ALLOWED_OTLP_ENDPOINTS": f"http://x:1, {url}"}), [])
+        self.assertTrue(any("sets no CLOVISOR_ALLOWED_OTLP_ENDPOINTS" in v for v in self.found({"OTEL_EXPORTER_OTLP_ENDPOINT": url})))
+        found = self.found({"OTEL_EXPORTER_OTLP_ENDPOINT": url, "CLOVISOR_ALLOWED_OTLP_ENDPOINTS": "http://jaeger-collector.istio-system.svc:4317"})
+        self.assertTrue(any("is not in CLOVISOR_ALLOWED_OTLP_ENDPOINTS" in v for v in found), found)
 
 
 class SchemaTest(unittest.TestCase):

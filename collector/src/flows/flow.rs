@@ -177,6 +177,23 @@ impl Flow {
         metrics.flow_buffered(-i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// The flow's state is let go without being closed and without emitting anything: what
+    /// waits in it is counted lost for `reason` (as [`Flow::discard`]), and so is every
+    /// exchange its decoder still holds open — a request awaiting its response, handed on by
+    /// the flow table and now never to make a session — in the `decoder` stage, one per
+    /// exchange.
+    pub fn abandon(&mut self, metrics: &CollectorMetrics, reason: &'static str) {
+        self.discard(metrics, reason);
+        if let Decoding::By { name, ref mut flow } = self.decoding {
+            flow.on_close(&mut Abandoned {
+                metrics,
+                reason,
+                protocol: name,
+            });
+        }
+        self.decoding = Decoding::Opaque;
+    }
+
     /// The final version of the held message replaces it: the held copy is handed on merged
     /// into it.
     pub fn update_held(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
@@ -361,6 +378,32 @@ impl Flow {
         ];
         self.published = self.bytes;
         new
+    }
+}
+
+/// The [`Output`] of a flow let go without a session ([`Flow::abandon`]): each exchange the
+/// decoder still reports is counted lost for `reason`; the rest goes into metrics as usual.
+struct Abandoned<'m> {
+    metrics: &'m CollectorMetrics,
+    reason: &'static str,
+    protocol: &'static str,
+}
+
+impl Output for Abandoned<'_> {
+    fn exchange(&mut self, _exchange: Exchange) {
+        self.metrics.unpaired(self.reason);
+    }
+
+    fn decode_error(&mut self, reason: &'static str) {
+        self.metrics.decode_error(reason);
+    }
+
+    fn unpaired(&mut self, reason: &'static str) {
+        self.metrics.unpaired(reason);
+    }
+
+    fn desync(&mut self, reason: &'static str) {
+        self.metrics.desync(self.protocol, reason);
     }
 }
 

@@ -236,7 +236,10 @@ impl FlowTable {
         }
     }
 
-    /// Forgets everything kept for `probe_id` (a restarted probe); open requests are dropped.
+    /// Forgets everything kept for `probe_id` (a restarted probe): what waits in its flows and
+    /// the requests their decoders hold open are dropped, each counted with reason
+    /// `probe_restart` (the waiting messages in stage `flow_table`, the open requests in stage
+    /// `decoder`).
     pub fn forget_probe(&mut self, probe_id: &str) {
         let Some(p) = self.probe_index.remove(probe_id) else {
             return;
@@ -251,7 +254,7 @@ impl FlowTable {
                 return true;
             }
             metrics.flow_evicted("probe_restart");
-            flow.discard(metrics, "probe_restart");
+            flow.abandon(metrics, "probe_restart");
             publish_bytes(metrics, series, &state.endpoints, flow);
             false
         });

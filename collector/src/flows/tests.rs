@@ -655,13 +655,47 @@ fn undecodable_request_counts_error_and_emits_nothing() {
 }
 
 #[test]
-fn forget_probe_drops_its_flows() {
+fn forget_probe_drops_its_flows_and_counts_their_open_requests() {
     let (mut t, m) = table();
-    feed(&mut t, vec![msg(1, 0, Direction::ClientToServer, REQ)]);
-    assert_eq!(t.len(), 1);
+    let out = feed(
+        &mut t,
+        vec![
+            // Flow 1: one exchange done, a second request open.
+            msg(1, 0, Direction::ClientToServer, REQ),
+            msg(1, 1, Direction::ServerToClient, RESP),
+            msg(1, 2, Direction::ClientToServer, REQ),
+            // Flow 2: a request open.
+            msg(2, 0, Direction::ClientToServer, REQ),
+            // Flow 3: nothing open.
+            msg(3, 0, Direction::ClientToServer, REQ),
+            msg(3, 1, Direction::ServerToClient, RESP),
+        ],
+    );
+    assert_eq!(out.len(), 2, "the two complete exchanges");
+    assert_eq!(t.len(), 3);
+    let decoder =
+        |m: &CollectorMetrics| m.drops.get(crate::metrics::STAGE_DECODER, "probe_restart");
+    assert_eq!(decoder(&m), 0);
     t.forget_probe("probe-1");
     assert!(t.is_empty());
-    assert_eq!(m.flows_evicted_for("probe_restart"), 1);
+    assert_eq!(m.flows_evicted_for("probe_restart"), 3);
+    assert_eq!(
+        decoder(&m),
+        2,
+        "flow 1's and flow 2's open requests, lost with the probe's state"
+    );
+    assert_eq!(
+        m.drops
+            .get(crate::metrics::STAGE_FLOW_TABLE, "probe_restart"),
+        0,
+        "nothing waited in the flow table"
+    );
+    let mut after = Vec::new();
+    t.flush(Instant::now() + Duration::from_secs(3600), &mut after);
+    assert!(
+        after.is_empty(),
+        "nothing of them is emitted later: {after:?}"
+    );
 }
 
 /// The same exchange seen at a veth and at the client's socket (flow ids apart, as the probe
@@ -1422,6 +1456,11 @@ fn every_message_taken_into_a_flow_is_handed_on_counted_lost_or_waiting() {
     assert_eq!(flow_stage(&m).3, 2, "a held message and one out of order");
     assert_flow_balance(&m, "with a held message");
     t.forget_probe("probe-1");
+    assert_eq!(
+        m.drops.get(crate::metrics::STAGE_DECODER, "probe_restart"),
+        2,
+        "flow 3's and flow 4's requests, handed on and open in their decoders, lost with them"
+    );
     let (received, emitted, dropped, buffered) = flow_stage(&m);
     assert_eq!(
         dropped,

@@ -216,6 +216,13 @@ async fn new_probe_id_on_same_node_forgets_old_flows() -> anyhow::Result<()> {
     );
     assert_eq!(metrics.probe_restarts.get(), 1);
     assert_eq!(metrics.flows_evicted_for("probe_restart"), 1);
+    assert_eq!(
+        metrics
+            .drops
+            .get(crate::metrics::STAGE_DECODER, "probe_restart"),
+        1,
+        "the old incarnation's open request, counted lost"
+    );
     Ok(())
 }
 
