@@ -29,7 +29,21 @@ pub struct PodMeta {
     pub namespace: String,
     /// Owning workload (Deployment, StatefulSet, …; the pod itself when it has no owner).
     pub workload: String,
+    /// The Kubernetes Services selecting it, sorted by name (empty outside Kubernetes).
+    pub services: Vec<String>,
 }
+
+/// The Service a ClusterIP belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceRef {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+}
+
+/// Service addresses (ClusterIPs) and their Service.
+pub type ServiceAddresses = BTreeMap<IpAddr, ServiceRef>;
 
 /// One pod to trace.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +107,8 @@ pub struct Reconciler {
     node_failures: BTreeSet<String>,
     /// The socket point, when it runs.
     socket: Option<SocketCapture>,
+    /// Service addresses the collector was told of.
+    service_addresses: ServiceAddresses,
 }
 
 impl Reconciler {
@@ -116,6 +132,7 @@ impl Reconciler {
             monitored_ips: BTreeSet::new(),
             node_failures: BTreeSet::new(),
             socket: None,
+            service_addresses: ServiceAddresses::new(),
             capture,
             out,
             metrics,
@@ -378,12 +395,43 @@ impl Reconciler {
         }
     }
 
-    /// Sends the metadata of every traced pod again (a restarted collector forgot it).
+    /// Tells the collector which Service each ClusterIP is: new and changed addresses sent,
+    /// addresses of deleted Services (or moved ones) retracted. Idempotent like [`Self::apply`].
+    pub async fn apply_service_addresses(&mut self, wanted: ServiceAddresses) {
+        let gone: Vec<(IpAddr, ServiceRef)> = self
+            .service_addresses
+            .iter()
+            .filter(|(ip, _)| !wanted.contains_key(ip))
+            .map(|(ip, svc)| (*ip, svc.clone()))
+            .collect();
+        for (ip, svc) in &gone {
+            self.send(service_address_update(*ip, svc, true)).await;
+        }
+        for (ip, svc) in &wanted {
+            if self.service_addresses.get(ip) != Some(svc) {
+                self.send(service_address_update(*ip, svc, false)).await;
+            }
+        }
+        if !gone.is_empty() || wanted != self.service_addresses {
+            tracing::debug!(
+                addresses = wanted.len(),
+                retracted = gone.len(),
+                "service addresses"
+            );
+        }
+        self.service_addresses = wanted;
+    }
+
+    /// Sends the metadata of every traced pod and Service address again (a restarted
+    /// collector forgot it).
     pub async fn refresh_endpoints(&self) {
         for t in self.current.values() {
             for ip in &t.ips {
                 self.send_endpoint(t, *ip, false).await;
             }
+        }
+        for (ip, svc) in &self.service_addresses {
+            self.send(service_address_update(*ip, svc, false)).await;
         }
     }
 
@@ -404,10 +452,7 @@ impl Reconciler {
 
     async fn send_endpoint(&self, t: &Target, ip: IpAddr, removed: bool) {
         let update = EndpointUpdate {
-            ip: match ip {
-                IpAddr::V4(v4) => v4.octets().to_vec(),
-                IpAddr::V6(v6) => v6.octets().to_vec(),
-            },
+            ip: ip_bytes(ip),
             pod: t.meta.pod.clone(),
             namespace: t.meta.namespace.clone(),
             node: self.node.clone(),
@@ -415,7 +460,13 @@ impl Reconciler {
             ifindex: t.veth.ifindex,
             interface: t.veth.name.clone(),
             removed,
+            services: t.meta.services.clone(),
+            service_address: false,
         };
+        self.send(update).await;
+    }
+
+    async fn send(&self, update: EndpointUpdate) {
         // Metadata is rare and small: wait for room rather than lose it.
         let record = Record {
             kind: Some(record::Kind::Endpoint(update)),
@@ -424,6 +475,25 @@ impl Reconciler {
             Ok(()) => self.metrics.endpoint_record_sent(),
             Err(_) => tracing::debug!("record channel closed; endpoint update not sent"),
         }
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// The update saying that `ip` is (or, `removed`, no longer is) the ClusterIP of `svc`.
+fn service_address_update(ip: IpAddr, svc: &ServiceRef, removed: bool) -> EndpointUpdate {
+    EndpointUpdate {
+        ip: ip_bytes(ip),
+        namespace: svc.namespace.clone(),
+        services: vec![svc.name.clone()],
+        service_address: true,
+        removed,
+        ..EndpointUpdate::default()
     }
 }
 
