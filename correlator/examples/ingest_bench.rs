@@ -122,6 +122,7 @@ impl Traffic {
                 namespace: "bench".into(),
                 node: "node-b".into(),
                 workload: "wrk".into(),
+                service: String::new(),
             },
             server: Endpoint {
                 ip: vec![10, 244, 0, 9],
@@ -130,6 +131,7 @@ impl Traffic {
                 namespace: "bench".into(),
                 node: NODE.into(),
                 workload: "nginx".into(),
+                service: String::new(),
             },
         }
     }
