@@ -398,27 +398,25 @@ impl Reconciler {
     /// Tells the collector which Service each ClusterIP is: new and changed addresses sent,
     /// addresses of deleted Services (or moved ones) retracted. Idempotent like [`Self::apply`].
     pub async fn apply_service_addresses(&mut self, wanted: ServiceAddresses) {
-        let gone: Vec<(IpAddr, ServiceRef)> = self
+        if wanted == self.service_addresses {
+            return;
+        }
+        let gone = self
             .service_addresses
             .iter()
             .filter(|(ip, _)| !wanted.contains_key(ip))
-            .map(|(ip, svc)| (*ip, svc.clone()))
-            .collect();
-        for (ip, svc) in &gone {
-            self.send(service_address_update(*ip, svc, true)).await;
-        }
-        for (ip, svc) in &wanted {
-            if self.service_addresses.get(ip) != Some(svc) {
-                self.send(service_address_update(*ip, svc, false)).await;
-            }
-        }
-        if !gone.is_empty() || wanted != self.service_addresses {
-            tracing::debug!(
-                addresses = wanted.len(),
-                retracted = gone.len(),
-                "service addresses"
-            );
-        }
+            .map(|(ip, svc)| service_address_update(*ip, svc, true));
+        let new = wanted
+            .iter()
+            .filter(|(ip, svc)| self.service_addresses.get(ip) != Some(svc))
+            .map(|(ip, svc)| service_address_update(*ip, svc, false));
+        let updates: Vec<EndpointUpdate> = gone.chain(new).collect();
+        tracing::debug!(
+            addresses = wanted.len(),
+            updates = updates.len(),
+            "service addresses changed"
+        );
+        self.send_all(updates).await;
         self.service_addresses = wanted;
     }
 
@@ -430,9 +428,12 @@ impl Reconciler {
                 self.send_endpoint(t, *ip, false).await;
             }
         }
-        for (ip, svc) in &self.service_addresses {
-            self.send(service_address_update(*ip, svc, false)).await;
-        }
+        let addresses = self
+            .service_addresses
+            .iter()
+            .map(|(ip, svc)| service_address_update(*ip, svc, false))
+            .collect();
+        self.send_all(addresses).await;
     }
 
     /// Detaches everything (the socket point's hooks too) and gives the capture back.
@@ -467,16 +468,37 @@ impl Reconciler {
     }
 
     async fn send(&self, update: EndpointUpdate) {
-        // Metadata is rare and small: wait for room rather than lose it.
-        let record = Record {
-            kind: Some(record::Kind::Endpoint(update)),
-        };
-        match self.out.send(ChunkBuilder::chunk_of([&record])).await {
-            Ok(()) => self.metrics.endpoint_record_sent(),
-            Err(_) => tracing::debug!("record channel closed; endpoint update not sent"),
+        self.send_all(vec![update]).await;
+    }
+
+    /// Sends `updates`, [`ENDPOINT_CHUNK`] to a chunk: a cluster's ClusterIPs are thousands of
+    /// records, resent every refresh.
+    async fn send_all(&self, updates: Vec<EndpointUpdate>) {
+        let records: Vec<Record> = updates
+            .into_iter()
+            .map(|u| Record {
+                kind: Some(record::Kind::Endpoint(u)),
+            })
+            .collect();
+        for chunk in records.chunks(ENDPOINT_CHUNK) {
+            // Metadata is rare and small: wait for room rather than lose it.
+            match self.out.send(ChunkBuilder::chunk_of(chunk)).await {
+                Ok(()) => {
+                    for _ in chunk {
+                        self.metrics.endpoint_record_sent();
+                    }
+                }
+                Err(_) => {
+                    tracing::debug!("record channel closed; endpoint updates not sent");
+                    return;
+                }
+            }
         }
     }
 }
+
+/// Endpoint updates sent in one chunk at most (about 60 bytes each).
+const ENDPOINT_CHUNK: usize = 256;
 
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     match ip {
