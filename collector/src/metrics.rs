@@ -351,7 +351,8 @@ pub struct CollectorMetrics {
     pub probe_restarts: Counter,
     /// Endpoint updates ignored because the per-probe table was full.
     pub endpoints_dropped: Counter,
-    /// Endpoint updates refused as no probe makes them (`bad_ip`, `too_long`).
+    /// Endpoint updates refused as no probe makes them (`bad_ip`, `too_long`,
+    /// `bad_service_address`).
     pub endpoints_rejected: Family<ReasonLabel, Counter>,
     /// Probe streams refused by admission (`server::admission::Refused`), by reason.
     pub probes_refused: Family<ReasonLabel, Counter>,

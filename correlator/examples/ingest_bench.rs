@@ -123,6 +123,7 @@ impl Traffic {
                 namespace: "bench".into(),
                 node: "node-b".into(),
                 workload: "wrk".into(),
+                service: String::new(),
             },
             server: Endpoint {
                 ip: vec![10, 244, 0, 9],
@@ -131,6 +132,7 @@ impl Traffic {
                 namespace: "bench".into(),
                 node: NODE.into(),
                 workload: "nginx".into(),
+                service: String::new(),
             },
         }
     }

@@ -268,24 +268,6 @@ mod tests {
         Ok(())
     }
 
-    fn resource_attr(
-        rs: &opentelemetry_proto::tonic::trace::v1::ResourceSpans,
-        key: &str,
-    ) -> String {
-        rs.resource
-            .iter()
-            .flat_map(|r| r.attributes.iter())
-            .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(|v| match &v.value {
-                Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
-                    Some(s.clone())
-                }
-                _ => None,
-            })
-            .unwrap_or_default()
-    }
-
     /// Spans of two workloads arrive at a real OTLP receiver under two services (one
     /// `ResourceSpans` each), and an exchange seen at both ends also as the caller's CLIENT
     /// span, parent of the SERVER span, under the caller's service.
@@ -304,6 +286,14 @@ mod tests {
             SessionBuilder::new("to-api")
                 .pods("frontend-0", "api-0")
                 .server_workload("shop", "api")
+                .build(),
+        );
+        // A pod selected by a Kubernetes Service: named by the Service, not its workload.
+        correlator.ingest().accept(
+            SessionBuilder::new("to-checkout")
+                .pods("frontend-0", "checkout-v2-0")
+                .server_workload("shop", "checkout-v2")
+                .services("frontend", "checkout")
                 .build(),
         );
         // Seen at the server's veth and at the client's socket: two views of one exchange.
@@ -332,8 +322,8 @@ mod tests {
                     .map(|s| format!("{:?}", SpanKind::try_from(s.kind).unwrap_or_default()))
                     .collect();
                 (
-                    resource_attr(rs, "service.name"),
-                    resource_attr(rs, "service.namespace"),
+                    crate::testing::resource_attribute(rs, "service.name"),
+                    crate::testing::resource_attribute(rs, "service.namespace"),
                     names,
                 )
             })
@@ -343,10 +333,24 @@ mod tests {
             by_service,
             [
                 ("api".into(), "shop".into(), vec!["Server".into()]),
+                ("checkout".into(), "shop".into(), vec!["Server".into()]),
                 ("client".into(), "default".into(), vec!["Client".into()]),
                 ("web-0".into(), "default".into(), vec!["Server".into()]),
             ],
-            "one ResourceSpans per service: the workload, else the pod"
+            "one ResourceSpans per service: the Kubernetes Service, else the workload, else the pod"
+        );
+        let checkout = receiver
+            .spans()
+            .into_iter()
+            .find(|s| {
+                crate::testing::string_attribute(s, "k8s.pod.name").as_deref()
+                    == Some("checkout-v2-0")
+            })
+            .expect("the span of checkout-v2-0");
+        assert_eq!(
+            crate::testing::string_attribute(&checkout, "peer.service").as_deref(),
+            Some("frontend"),
+            "peer.service is the caller's Kubernetes Service"
         );
         let spans = receiver.spans();
         let server = spans

@@ -120,7 +120,8 @@ pub struct SessionFilter {
     pub namespace: Option<String>,
     /// The response code.
     pub status: Option<StatusFilter>,
-    /// The serving workload (else pod, else address), as the analytics name it.
+    /// The serving Kubernetes Service (else workload, else pod, else address), as the
+    /// analytics name it.
     pub service: Option<String>,
     /// The request method (case-insensitive).
     pub method: Option<String>,

@@ -214,6 +214,7 @@ impl SessionBuilder {
                     namespace: "default".into(),
                     node: "node-a".into(),
                     workload: "client".into(),
+                    service: String::new(),
                 }),
                 server: Some(Endpoint {
                     ip: vec![10, 0, 0, 2],
@@ -222,6 +223,7 @@ impl SessionBuilder {
                     namespace: "default".into(),
                     node: "node-b".into(),
                     workload: String::new(),
+                    service: String::new(),
                 }),
                 observations: vec![Observation {
                     kind: PointKind::Pod as i32,
@@ -378,6 +380,17 @@ impl SessionBuilder {
         self
     }
 
+    /// Sets the Kubernetes Service of the client and of the server (empty: none).
+    pub fn services(mut self, client: &str, server: &str) -> Self {
+        if let Some(c) = self.session.client.as_mut() {
+            c.service = client.to_owned();
+        }
+        if let Some(s) = self.session.server.as_mut() {
+            s.service = server.to_owned();
+        }
+        self
+    }
+
     /// Adds a W3C trace context with this trace id and caller span id.
     pub fn trace(mut self, trace_id: [u8; 16], parent_span_id: [u8; 8]) -> Self {
         self.session.trace = Some(TraceContext {
@@ -491,6 +504,21 @@ impl SessionBuilder {
     pub fn build(self) -> Session {
         self.session
     }
+}
+
+/// The string attribute `key` of the resource of `rs`, empty when absent.
+pub fn resource_attribute(rs: &ResourceSpans, key: &str) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    rs.resource
+        .iter()
+        .flat_map(|r| r.attributes.iter())
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .and_then(|v| match v {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// The string value of `span`'s attribute `key`, if it has one.

@@ -139,3 +139,28 @@ pub fn service(namespace: &str, app: &str, port_name: &str, target_port: IntOrSt
         status: None,
     }
 }
+
+/// `svc` renamed `name` (its selector and ports kept).
+pub fn renamed(mut svc: Service, name: &str) -> Service {
+    svc.metadata.name = Some(name.into());
+    svc
+}
+
+/// `svc` with the ClusterIPs the API server assigned: `spec.clusterIP` the first,
+/// `spec.clusterIPs` all; `["None"]` makes it headless.
+pub fn with_cluster_ips(mut svc: Service, ips: &[&str]) -> Service {
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.type_ = Some("ClusterIP".into());
+        spec.cluster_ip = ips.first().map(|ip| (*ip).to_owned());
+        spec.cluster_ips = Some(ips.iter().map(|ip| (*ip).to_owned()).collect());
+    }
+    svc
+}
+
+/// `svc` without a selector: it selects no pod (its endpoints are made by hand).
+pub fn without_selector(mut svc: Service) -> Service {
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.selector = None;
+    }
+    svc
+}

@@ -542,17 +542,35 @@ impl AllInOne {
     /// spans to `otlp`, and waits until it is ready and our programs are on every interface of
     /// `attached`.
     pub fn start(args: &[&str], otlp: &str, attached: &[&str], log_name: &str) -> Result<Self> {
-        Self::launch(args, Some(otlp), attached, log_name)
+        Self::launch(args, Some(otlp), &[], attached, log_name)
     }
 
     /// [`Self::start`] with span export off.
     pub fn start_without_export(args: &[&str], attached: &[&str], log_name: &str) -> Result<Self> {
-        Self::launch(args, None, attached, log_name)
+        Self::launch(args, None, &[], attached, log_name)
+    }
+
+    /// [`Self::start`] in Kubernetes mode (`--targets kubernetes --node <node>`), the API
+    /// server found through `kubeconfig`.
+    pub fn start_kube(
+        kubeconfig: &Path,
+        node: &str,
+        otlp: &str,
+        attached: &[&str],
+        log_name: &str,
+    ) -> Result<Self> {
+        let kubeconfig = kubeconfig
+            .to_str()
+            .context("the kubeconfig path is not UTF-8")?;
+        let args = ["--targets", "kubernetes", "--node", node];
+        let env = [("KUBECONFIG", kubeconfig)];
+        Self::launch(&args, Some(otlp), &env, attached, log_name)
     }
 
     fn launch(
         args: &[&str],
         otlp: Option<&str>,
+        env: &[(&str, &str)],
         attached: &[&str],
         log_name: &str,
     ) -> Result<Self> {
@@ -563,6 +581,7 @@ impl AllInOne {
             .args(args)
             .args(["--api-listen", &api, "--metrics-listen", &metrics])
             .env("RUST_LOG", "info");
+        cmd.envs(env.iter().copied());
         match otlp {
             Some(endpoint) => cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             None => cmd.env("OTEL_TRACES_EXPORTER", "none"),

@@ -1,8 +1,9 @@
 //! The probe following Kubernetes (`--targets kubernetes`) against a fake API server that
 //! speaks real list/watch JSON, with namespace "pods" on veths and the real BPF programs:
 //! pods added, made Running, deleted; a service port renamed; the selection changed; watch
-//! streams cut and a 410 Gone forcing a relist — checked in the kernel (programs on the
-//! veths, the traced-ports map) and in the endpoint records sent to the collector.
+//! streams cut and a 410 Gone forcing a relist; Services' ClusterIPs added, changed and deleted
+//! across a relist — checked in the kernel (programs on the veths, the traced-ports map) and in
+//! the endpoint records sent to the collector.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -495,5 +496,117 @@ async fn the_watch_check_is_up_only_while_the_api_server_answers() -> Result<()>
     wait_flag(&probe.watch_ready, false, "the failing watch noticed").await?;
     // A new API server on another address is not something a running client follows; what
     // matters here is that the check said the truth. The follower keeps running (retrying).
+    probe.stop().await
+}
+
+/// The Service addresses the collector was told of so far, folded from the endpoint updates
+/// (an address retracted is gone): address → `namespace/name`.
+fn told_service_addresses(probe: &mut Probe) -> BTreeMap<IpAddr, String> {
+    let mut told = BTreeMap::new();
+    for e in probe.drain_endpoints().iter().filter(|e| e.service_address) {
+        let Some(ip) = e.addr() else { continue };
+        if e.removed {
+            told.remove(&ip);
+        } else {
+            told.insert(ip, format!("{}/{}", e.namespace, e.services.join(",")));
+        }
+    }
+    told
+}
+
+/// Waits until the Service addresses told are `want`; fails with the last ones seen.
+async fn wait_service_addresses(
+    probe: &mut Probe,
+    what: &str,
+    want: &[(&str, &str)],
+) -> Result<()> {
+    let want: BTreeMap<IpAddr, String> = want
+        .iter()
+        .map(|(ip, svc)| Ok((ip.parse::<IpAddr>()?, (*svc).to_owned())))
+        .collect::<Result<_>>()?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let told = told_service_addresses(probe);
+        if told == want {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {WAIT:?} waiting for {what}: told {told:?}, want {want:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_addresses_follow_the_services_watch_through_changes_and_a_410() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new()?;
+    let web_ns = lab.pod("ksa")?;
+    let node = node_name();
+    let kube = FakeKube::start().await?;
+    let web = |ips: &[&str]| fixtures::with_cluster_ips(service("default", "web", "http"), ips);
+    kube.apply(&web(&["10.96.1.1", "fd00:96::1"]))?;
+    kube.apply(&fixtures::renamed(web(&["None"]), "web-headless"))?;
+    kube.apply(&pod(
+        "default",
+        "w",
+        &node,
+        Some(&web_ns),
+        &[("app", "web")],
+    ))?;
+    let mut probe = Probe::start(&kube, &node).await?;
+    probe
+        .wait_status("w attached", |s| s.attached.contains_key("default/w"))
+        .await?;
+    wait_service_addresses(
+        &mut probe,
+        "both families of the ClusterIP, none for the headless Service",
+        &[("10.96.1.1", "default/web"), ("fd00:96::1", "default/web")],
+    )
+    .await?;
+    let services_of_w: Vec<Vec<String>> = probe
+        .drain_endpoints()
+        .iter()
+        .filter(|e| e.pod == "w" && !e.removed)
+        .map(|e| e.services.clone())
+        .collect();
+    assert!(
+        !services_of_w.is_empty()
+            && services_of_w
+                .iter()
+                .all(|s| s == &["web".to_owned(), "web-headless".to_owned()]),
+        "the pod's metadata names both Services selecting it, sorted: {services_of_w:?}"
+    );
+
+    // MODIFIED: a new ClusterIP (a Service recreated by hand keeps its name): the old one
+    // retracted.
+    kube.apply(&web(&["10.96.1.2"]))?;
+    wait_service_addresses(
+        &mut probe,
+        "the new address only",
+        &[("10.96.1.2", "default/web")],
+    )
+    .await?;
+
+    // History expired (410 Gone on resume) while the Service is deleted: the relist drops it.
+    let lists = kube.requests("services", "list");
+    kube.expire_history();
+    assert!(kube.delete::<Service>("default", "web"), "web deleted");
+    wait_service_addresses(&mut probe, "no address after the relist", &[]).await?;
+    assert!(
+        kube.requests("services", "list") > lists,
+        "the 410 forced a relist of the Services"
+    );
+    let services_of_w = probe
+        .drain_endpoints()
+        .iter()
+        .rev()
+        .find(|e| e.pod == "w" && !e.removed)
+        .map(|e| e.services.clone());
+    assert_eq!(
+        services_of_w,
+        Some(vec!["web-headless".to_owned()]),
+        "the pod's metadata sent again without the deleted Service"
+    );
     probe.stop().await
 }

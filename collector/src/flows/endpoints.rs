@@ -25,12 +25,16 @@ pub struct EndpointMeta {
     pub ifindex: u32,
     /// Host-side veth name of the pod, when traced.
     pub interface: String,
+    /// The Kubernetes Service: the first by name of those selecting the pod, or the one
+    /// whose ClusterIP this address is; empty when none.
+    pub service: String,
 }
 
 impl EndpointMeta {
     /// The metadata of an update record.
     pub fn of(u: capture::EndpointUpdate) -> Self {
         Self {
+            service: u.services.into_iter().next().unwrap_or_default(),
             pod: u.pod,
             namespace: u.namespace,
             node: u.node,

@@ -629,14 +629,20 @@ pub const MAX_ENDPOINT_NAME_BYTES: usize = 253;
 
 /// Whether an endpoint update is one a probe could have made: an IPv4 or IPv6 address and names
 /// no longer than Kubernetes and the kernel allow. Names become metric labels and span
-/// attributes, so an oversized one is refused, not kept.
+/// attributes, so an oversized one is refused, not kept. Of the Services only the first is
+/// kept (the one sessions name), so only it is measured; a Service address names exactly one.
 fn endpoint_within_bounds(u: &capture::EndpointUpdate) -> Result<(), &'static str> {
     if u.ip.len() != 4 && u.ip.len() != 16 {
         return Err("bad_ip");
     }
+    if u.service_address && u.services.len() != 1 {
+        return Err("bad_service_address");
+    }
+    let service = u.services.first().map_or("", String::as_str);
     let too_long = [&u.pod, &u.namespace, &u.node, &u.workload]
         .iter()
         .any(|n| n.len() > MAX_ENDPOINT_NAME_BYTES)
+        || service.len() > MAX_ENDPOINT_NAME_BYTES
         || u.interface.len() > 15;
     if too_long {
         return Err("too_long");

@@ -50,6 +50,7 @@ fn endpoint(ip: &[u8], port: u32, meta: Option<&EndpointMeta>) -> Endpoint {
         e.namespace.clone_from(&m.namespace);
         e.node.clone_from(&m.node);
         e.workload.clone_from(&m.workload);
+        e.service.clone_from(&m.service);
     }
     e
 }

@@ -132,6 +132,7 @@ fn pairs_keep_alive_exchanges_and_fills_session() {
                     ifindex: 7,
                     interface: "veth-server".into(),
                     removed: false,
+                    ..EndpointUpdate::default()
                 })),
             },
             msg(1, 0, Direction::ClientToServer, REQ),
@@ -320,6 +321,7 @@ fn connection_ends_between_workloads_carry_where_they_were_seen_and_the_socket_r
             ifindex,
             interface: interface.into(),
             removed: false,
+            ..EndpointUpdate::default()
         })),
     };
     let socket_end = |flow_id: u64, side: Side, srtt_us: u32, client: [u8; 4]| Record {
@@ -776,6 +778,7 @@ fn a_flow_no_decoder_claims_still_counts_its_bytes_between_workloads() {
             ifindex,
             interface: interface.into(),
             removed: false,
+            ..EndpointUpdate::default()
         })),
     };
     let tls = |index: u32, dir: Direction| {
@@ -1296,6 +1299,7 @@ fn oversized_or_malformed_endpoint_updates_are_refused_and_counted() {
             ifindex: 7,
             interface: "veth-server".into(),
             removed: false,
+            ..EndpointUpdate::default()
         })),
     };
     let out = feed(
@@ -1501,5 +1505,84 @@ fn a_held_message_replaced_by_its_final_version_is_handed_on_once_merged() {
         (received, emitted, dropped, buffered),
         (3, 3, vec![], 0),
         "request, partial and final response all handed on"
+    );
+}
+
+#[test]
+fn a_pod_is_named_by_its_first_service_and_a_cluster_ip_by_its_service() {
+    let (mut t, m) = table();
+    const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
+    let out = feed(
+        &mut t,
+        vec![
+            // The client's pod is in two Services: the first by name names it.
+            Record {
+                kind: Some(record::Kind::Endpoint(EndpointUpdate {
+                    ip: CLIENT.to_vec(),
+                    pod: "cart-0".into(),
+                    namespace: "shop".into(),
+                    workload: "cart".into(),
+                    services: vec!["cart".into(), "checkout".into()],
+                    ..EndpointUpdate::default()
+                })),
+            },
+            Record {
+                kind: Some(record::Kind::Endpoint(EndpointUpdate {
+                    ip: CLUSTER_IP.to_vec(),
+                    namespace: "shop".into(),
+                    services: vec!["web".into()],
+                    service_address: true,
+                    ..EndpointUpdate::default()
+                })),
+            },
+            // A Service address naming two Services is no update a probe makes.
+            Record {
+                kind: Some(record::Kind::Endpoint(EndpointUpdate {
+                    ip: SERVER.to_vec(),
+                    namespace: "shop".into(),
+                    services: vec!["a".into(), "b".into()],
+                    service_address: true,
+                    ..EndpointUpdate::default()
+                })),
+            },
+            // Seen at the client's socket, before kube-proxy's DNAT: addressed to the ClusterIP.
+            edit(msg(1, 0, Direction::ClientToServer, REQ), |m| {
+                if let Some(k) = m.flow.as_mut() {
+                    k.server_ip = CLUSTER_IP.to_vec();
+                }
+            }),
+            edit(msg(1, 1, Direction::ServerToClient, RESP), |m| {
+                if let Some(k) = m.flow.as_mut() {
+                    k.server_ip = CLUSTER_IP.to_vec();
+                }
+            }),
+        ],
+    );
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let (client, server) = (
+        out[0].client.clone().unwrap_or_default(),
+        out[0].server.clone().unwrap_or_default(),
+    );
+    assert_eq!(
+        (client.service.as_str(), client.workload.as_str()),
+        ("cart", "cart"),
+        "{client:?}"
+    );
+    assert_eq!(
+        (
+            server.service.as_str(),
+            server.namespace.as_str(),
+            server.pod.as_str()
+        ),
+        ("web", "shop", ""),
+        "the ClusterIP is the Service's: {server:?}"
+    );
+    assert_eq!(
+        m.endpoints_rejected
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: "bad_service_address"
+            })
+            .get(),
+        1
     );
 }

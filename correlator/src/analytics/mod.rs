@@ -1,8 +1,8 @@
 //! Visibility analytics: what the REST API's `/services`, `/stats` and `/values` answer from.
 //!
 //! Every exchange the correlator finishes (where the RED metrics are counted) is counted under a
-//! key — server service (its workload, else pod, else address) and namespace, client workload
-//! and namespace, protocol, method, path (no query), status and user agent — in the time bucket
+//! key — server service (its Kubernetes Service, else workload, else pod, else address) and
+//! namespace, client service (named alike) and namespace, protocol, method, path (no query), status and user agent — in the time bucket
 //! of the moment it finished (30 s buckets, the last 15 min kept). Each (key, bucket) cell holds
 //! requests, errors and a mergeable latency summary ([`latency::Latency`]).
 //!
@@ -67,11 +67,11 @@ impl AnalyticsConfig {
 /// What an exchange is counted under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
-    /// The serving workload (else pod, else address).
+    /// The serving Kubernetes Service (else workload, else pod, else address).
     pub service: String,
     /// The server's namespace.
     pub namespace: String,
-    /// The calling workload (else pod, else address).
+    /// The calling Kubernetes Service (else workload, else pod, else address).
     pub client: String,
     /// The client's namespace.
     pub client_namespace: String,
@@ -189,12 +189,15 @@ pub fn protocol_name(session: &Session) -> String {
     }
 }
 
-/// How an end is named: its workload, else its pod, else its address.
+/// How an end is named: its Kubernetes Service, else its workload, else its pod, else its
+/// address (as its spans' `service.name`).
 pub fn end_name(e: Option<&Endpoint>) -> String {
     let Some(e) = e else {
         return "unknown".to_owned();
     };
-    if !e.workload.is_empty() {
+    if !e.service.is_empty() {
+        e.service.clone()
+    } else if !e.workload.is_empty() {
         e.workload.clone()
     } else if !e.pod.is_empty() {
         e.pod.clone()

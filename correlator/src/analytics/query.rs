@@ -160,7 +160,7 @@ impl From<&Cell> for Figures {
 /// One end of a service-map edge.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Peer {
-    /// Workload (else pod, else address).
+    /// Kubernetes Service (else workload, else pod, else address).
     pub name: String,
     /// Namespace, empty when unknown.
     pub namespace: String,
@@ -173,7 +173,7 @@ pub struct Peer {
 /// A service (or workload) seen serving or calling.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Service {
-    /// Workload (else pod, else address).
+    /// Kubernetes Service (else workload, else pod, else address).
     pub name: String,
     /// Namespace, empty when unknown.
     pub namespace: String,

@@ -116,6 +116,44 @@ fn services_carry_their_edges() {
 }
 
 #[test]
+fn a_kubernetes_service_names_the_end_before_its_workload() {
+    let a = small(100);
+    let call = |id: &str, client_service: &str, server_service: &str| {
+        rec(SessionBuilder::new(id)
+            .pods("frontend-0", "checkout-v2-0")
+            .server_workload("shop", "checkout-v2")
+            .services(client_service, server_service))
+    };
+    a.observe_at(&call("1", "frontend", "checkout"), T0);
+    // No Service selects either end: the workloads name them.
+    a.observe_at(&call("2", "", ""), T0);
+    let services = query::services(&a.window_at(1, T0));
+    let names: Vec<(&str, u64)> = services
+        .iter()
+        .map(|s| (s.name.as_str(), s.figures.requests))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("client", 0),
+            ("frontend", 0),
+            ("checkout", 1),
+            ("checkout-v2", 1)
+        ],
+        "sorted by namespace (default, shop) and name"
+    );
+    let checkout = &services[2];
+    assert_eq!(
+        (
+            checkout.namespace.as_str(),
+            checkout.callers[0].name.as_str()
+        ),
+        ("shop", "frontend"),
+        "the caller named by its Service too"
+    );
+}
+
+#[test]
 fn durations_parse() {
     assert_eq!(query::parse_duration("5m"), Some(Duration::from_secs(300)));
     assert_eq!(

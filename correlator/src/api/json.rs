@@ -42,6 +42,11 @@ pub struct EndpointJson {
     pub namespace: Option<String>,
     /// Node, when known.
     pub node: Option<String>,
+    /// Owning workload (Deployment, StatefulSet, …), when known.
+    pub workload: Option<String>,
+    /// The Kubernetes Service: the one selecting the pod (the first by name when several
+    /// do), or the one whose ClusterIP the address is; absent when none.
+    pub service: Option<String>,
 }
 
 /// What one observation point saw.
@@ -331,6 +336,8 @@ fn endpoint(e: &Endpoint) -> EndpointJson {
         pod: opt(&e.pod),
         namespace: opt(&e.namespace),
         node: opt(&e.node),
+        workload: opt(&e.workload),
+        service: opt(&e.service),
     }
 }
 

@@ -28,7 +28,8 @@ pub struct SessionQuery {
     /// A response code (`404`) or class (`5xx`).
     #[param(pattern = "^[1-5]([0-9][0-9]|[xX][xX])$")]
     status: Option<String>,
-    /// The serving workload (else pod, else address), as `/api/v1/services` names it.
+    /// The serving Kubernetes Service (else workload, else pod, else address), as
+    /// `/api/v1/services` names it.
     service: Option<String>,
     /// The request method, any case.
     method: Option<String>,

@@ -107,17 +107,19 @@ pub fn resource(service_name: &str, node_name: Option<&str>) -> Resource {
 /// `service.namespace`. Empty: the exporter's own resource (`OTEL_SERVICE_NAME`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
-    /// `service.name`: the workload (else the pod, else the address) of the end the span
-    /// represents.
+    /// `service.name`: the Kubernetes Service (else the workload, else the pod, else the
+    /// address) of the end the span represents.
     pub name: String,
     /// `service.namespace`: its Kubernetes namespace; empty when unknown.
     pub namespace: String,
 }
 
-/// The name a service map gives `e`: its workload, else its pod, else its address; `None`
-/// when nothing is known of it.
+/// The name a service map gives `e`: its Kubernetes Service, else its workload, else its pod,
+/// else its address; `None` when nothing is known of it.
 fn service_name(e: &Endpoint) -> Option<String> {
-    if !e.workload.is_empty() {
+    if !e.service.is_empty() {
+        Some(e.service.clone())
+    } else if !e.workload.is_empty() {
         Some(e.workload.clone())
     } else if !e.pod.is_empty() {
         Some(e.pod.clone())
@@ -127,8 +129,8 @@ fn service_name(e: &Endpoint) -> Option<String> {
 }
 
 /// The service `rec`'s exchange span is reported under: the end it represents (the server for
-/// a SERVER span, the client for a CLIENT span), so Jaeger lists one service per workload as
-/// the original Clovisor's one tracer per service did.
+/// a SERVER span, the client for a CLIENT span), so Jaeger lists one service per Kubernetes
+/// Service (else workload) as the original Clovisor's one tracer per service did.
 pub fn service_of(rec: &CorrelatedSession) -> ServiceKey {
     service_of_end(Ends::of(&rec.session).this())
 }
@@ -224,6 +226,7 @@ static NO_ENDPOINT: Endpoint = Endpoint {
     namespace: String::new(),
     node: String::new(),
     workload: String::new(),
+    service: String::new(),
 };
 
 /// No HTTP fields decoded.
@@ -591,7 +594,9 @@ fn clovisor_attributes(
     let other_end = ends.other();
     // The other end's service, as Jaeger's dependency graph links services by it; an address
     // alone names no service.
-    if !other_end.workload.is_empty() {
+    if !other_end.service.is_empty() {
+        attrs.str("peer.service", &other_end.service);
+    } else if !other_end.workload.is_empty() {
         attrs.str("peer.service", &other_end.workload);
     } else if !other_end.pod.is_empty() {
         attrs.str("peer.service", &other_end.pod);

@@ -84,6 +84,7 @@ fn desired(scan: Scan) -> Desired {
                     pod: name.clone(),
                     namespace: String::new(),
                     workload: name.clone(),
+                    services: Vec::new(),
                 },
                 ips: f.veth.pod_ips.clone(),
                 netns_inode: f.inode,

@@ -29,7 +29,21 @@ pub struct PodMeta {
     pub namespace: String,
     /// Owning workload (Deployment, StatefulSet, …; the pod itself when it has no owner).
     pub workload: String,
+    /// The Kubernetes Services selecting it, sorted by name (empty outside Kubernetes).
+    pub services: Vec<String>,
 }
+
+/// The Service a ClusterIP belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceRef {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+}
+
+/// Service addresses (ClusterIPs) and their Service.
+pub type ServiceAddresses = BTreeMap<IpAddr, ServiceRef>;
 
 /// One pod to trace.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +107,8 @@ pub struct Reconciler {
     node_failures: BTreeSet<String>,
     /// The socket point, when it runs.
     socket: Option<SocketCapture>,
+    /// Service addresses the collector was told of.
+    service_addresses: ServiceAddresses,
 }
 
 impl Reconciler {
@@ -116,6 +132,7 @@ impl Reconciler {
             monitored_ips: BTreeSet::new(),
             node_failures: BTreeSet::new(),
             socket: None,
+            service_addresses: ServiceAddresses::new(),
             capture,
             out,
             metrics,
@@ -378,13 +395,45 @@ impl Reconciler {
         }
     }
 
-    /// Sends the metadata of every traced pod again (a restarted collector forgot it).
+    /// Tells the collector which Service each ClusterIP is: new and changed addresses sent,
+    /// addresses of deleted Services (or moved ones) retracted. Idempotent like [`Self::apply`].
+    pub async fn apply_service_addresses(&mut self, wanted: ServiceAddresses) {
+        if wanted == self.service_addresses {
+            return;
+        }
+        let gone = self
+            .service_addresses
+            .iter()
+            .filter(|(ip, _)| !wanted.contains_key(ip))
+            .map(|(ip, svc)| service_address_update(*ip, svc, true));
+        let new = wanted
+            .iter()
+            .filter(|(ip, svc)| self.service_addresses.get(ip) != Some(svc))
+            .map(|(ip, svc)| service_address_update(*ip, svc, false));
+        let updates: Vec<EndpointUpdate> = gone.chain(new).collect();
+        tracing::debug!(
+            addresses = wanted.len(),
+            updates = updates.len(),
+            "service addresses changed"
+        );
+        self.send_all(updates).await;
+        self.service_addresses = wanted;
+    }
+
+    /// Sends the metadata of every traced pod and Service address again (a restarted
+    /// collector forgot it).
     pub async fn refresh_endpoints(&self) {
         for t in self.current.values() {
             for ip in &t.ips {
                 self.send_endpoint(t, *ip, false).await;
             }
         }
+        let addresses = self
+            .service_addresses
+            .iter()
+            .map(|(ip, svc)| service_address_update(*ip, svc, false))
+            .collect();
+        self.send_all(addresses).await;
     }
 
     /// Detaches everything (the socket point's hooks too) and gives the capture back.
@@ -404,10 +453,7 @@ impl Reconciler {
 
     async fn send_endpoint(&self, t: &Target, ip: IpAddr, removed: bool) {
         let update = EndpointUpdate {
-            ip: match ip {
-                IpAddr::V4(v4) => v4.octets().to_vec(),
-                IpAddr::V6(v6) => v6.octets().to_vec(),
-            },
+            ip: ip_bytes(ip),
             pod: t.meta.pod.clone(),
             namespace: t.meta.namespace.clone(),
             node: self.node.clone(),
@@ -415,15 +461,61 @@ impl Reconciler {
             ifindex: t.veth.ifindex,
             interface: t.veth.name.clone(),
             removed,
+            services: t.meta.services.clone(),
+            service_address: false,
         };
-        // Metadata is rare and small: wait for room rather than lose it.
-        let record = Record {
-            kind: Some(record::Kind::Endpoint(update)),
-        };
-        match self.out.send(ChunkBuilder::chunk_of([&record])).await {
-            Ok(()) => self.metrics.endpoint_record_sent(),
-            Err(_) => tracing::debug!("record channel closed; endpoint update not sent"),
+        self.send(update).await;
+    }
+
+    async fn send(&self, update: EndpointUpdate) {
+        self.send_all(vec![update]).await;
+    }
+
+    /// Sends `updates`, [`ENDPOINT_CHUNK`] to a chunk: a cluster's ClusterIPs are thousands of
+    /// records, resent every refresh.
+    async fn send_all(&self, updates: Vec<EndpointUpdate>) {
+        let records: Vec<Record> = updates
+            .into_iter()
+            .map(|u| Record {
+                kind: Some(record::Kind::Endpoint(u)),
+            })
+            .collect();
+        for chunk in records.chunks(ENDPOINT_CHUNK) {
+            // Metadata is rare and small: wait for room rather than lose it.
+            match self.out.send(ChunkBuilder::chunk_of(chunk)).await {
+                Ok(()) => {
+                    for _ in chunk {
+                        self.metrics.endpoint_record_sent();
+                    }
+                }
+                Err(_) => {
+                    tracing::debug!("record channel closed; endpoint updates not sent");
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// Endpoint updates sent in one chunk at most (about 60 bytes each).
+const ENDPOINT_CHUNK: usize = 256;
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// The update saying that `ip` is (or, `removed`, no longer is) the ClusterIP of `svc`.
+fn service_address_update(ip: IpAddr, svc: &ServiceRef, removed: bool) -> EndpointUpdate {
+    EndpointUpdate {
+        ip: ip_bytes(ip),
+        namespace: svc.namespace.clone(),
+        services: vec![svc.name.clone()],
+        service_address: true,
+        removed,
+        ..EndpointUpdate::default()
     }
 }
 

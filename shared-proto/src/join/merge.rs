@@ -113,6 +113,7 @@ fn fill_endpoint(into: &mut Endpoint, from: &Endpoint) {
     fill(&mut into.namespace, &from.namespace);
     fill(&mut into.node, &from.node);
     fill(&mut into.workload, &from.workload);
+    fill(&mut into.service, &from.service);
 }
 
 fn fill_http(into: &mut Http, from: &Http) {

@@ -1,6 +1,13 @@
 //! From the Kubernetes objects of this node to the pods to trace: which pods are selected and
-//! able to be traced, their addresses, workload, and the ports they serve with the protocol
-//! of each. Pure functions of the stores' contents, so a relist gives the same answer.
+//! able to be traced, their addresses, workload, the Services selecting them, and the ports
+//! they serve with the protocol of each; and the cluster's Service addresses (ClusterIPs).
+//! Pure functions of the stores' contents, so a relist gives the same answer.
+//!
+//! Which Service selects a pod is decided from the Service's `spec.selector` against the
+//! pod's labels, as the EndpointSlice controller itself decides it — not from EndpointSlices,
+//! which leave out pods that are not ready (a pod failing its readiness probe would change
+//! name in the traces while it still answers) and lag behind the pod. A pod selected by
+//! several Services is named by the first of them by name; see `docs/kubernetes.md`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::protocol::port_protocol;
 use super::selection::PodSelection;
-use crate::targets::reconcile::PodMeta;
+use crate::targets::reconcile::{PodMeta, ServiceAddresses, ServiceRef};
 
 /// A pod to trace; its veth is still to be found.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,11 +74,16 @@ pub struct Plan {
     pub wanted: Vec<WantedPod>,
     /// Pods not traced, by key.
     pub skipped: BTreeMap<String, Skip>,
+    /// The ClusterIPs of the cluster's Services.
+    pub service_addresses: ServiceAddresses,
 }
 
 /// Decides for every pod in `pods` given the `services` of the cluster.
 pub fn plan(pods: &[Arc<Pod>], services: &[Arc<Service>], selection: &PodSelection) -> Plan {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        service_addresses: service_addresses(services),
+        ..Plan::default()
+    };
     for pod in pods {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -98,19 +110,85 @@ pub fn plan(pods: &[Arc<Pod>], services: &[Arc<Service>], selection: &PodSelecti
             plan.skipped.insert(key, Skip::NoIp);
             continue;
         }
+        let selecting = selecting(&namespace, labels, services);
         plan.wanted.push(WantedPod {
             key,
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             meta: PodMeta {
                 workload: workload(pod, &name),
                 pod: name,
+                services: service_names(&selecting),
                 namespace,
             },
             ips,
-            ports: ports(pod, labels, services),
+            ports: ports(pod, &selecting),
         });
     }
     plan
+}
+
+/// The Services of `namespace` whose selector selects a pod with `labels`. A Service without
+/// a selector (its endpoints made by hand) selects no pod; only its ClusterIP names it.
+fn selecting<'a>(
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    services: &'a [Arc<Service>],
+) -> Vec<&'a Service> {
+    services
+        .iter()
+        .map(|s| &**s)
+        .filter(|svc| svc.metadata.namespace.as_deref().unwrap_or_default() == namespace)
+        .filter(|svc| {
+            svc.spec
+                .as_ref()
+                .and_then(|spec| spec.selector.as_ref())
+                .filter(|sel| !sel.is_empty())
+                .is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        })
+        .collect()
+}
+
+/// The names of `services`, sorted and without repeats: whatever order the watch cache
+/// lists them in, the first is the same.
+fn service_names(services: &[&Service]) -> Vec<String> {
+    let mut names: Vec<String> = services
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Every Service's ClusterIPs (`spec.clusterIPs`, else `spec.clusterIP`; both families of a
+/// dual-stack Service). Headless Services (`None`) and ExternalName ones have none; their
+/// clients connect to pod addresses, named by the pods' own metadata. Should two Services
+/// claim one address (a delete and a create crossing in the cache), the first by namespace
+/// and name keeps it.
+pub fn service_addresses(services: &[Arc<Service>]) -> ServiceAddresses {
+    let mut out = ServiceAddresses::new();
+    for svc in services {
+        let (Some(name), Some(spec)) = (svc.metadata.name.as_ref(), svc.spec.as_ref()) else {
+            continue;
+        };
+        let service = ServiceRef {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: name.clone(),
+        };
+        let listed = spec.cluster_ips.iter().flatten();
+        let ips = listed
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse::<IpAddr>().ok());
+        for ip in ips {
+            match out.get(&ip) {
+                Some(have) if *have <= service => {}
+                _ => {
+                    out.insert(ip, service.clone());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `status.podIPs`, else `status.podIP`; unparseable entries are left out.
@@ -168,11 +246,7 @@ fn workload(pod: &Pod, name: &str) -> String {
 /// The TCP ports the pod serves: its container ports and the target ports of the services
 /// selecting it. A port's protocol comes from the service port targeting it (appProtocol,
 /// then Istio naming), else from the container port's own name; unknown stays unspecified.
-fn ports(
-    pod: &Pod,
-    labels: &BTreeMap<String, String>,
-    services: &[Arc<Service>],
-) -> BTreeMap<u16, ProtocolHint> {
+fn ports(pod: &Pod, selecting: &[&Service]) -> BTreeMap<u16, ProtocolHint> {
     let container_ports: Vec<(u16, Option<&str>)> = pod
         .spec
         .iter()
@@ -189,21 +263,10 @@ fn ports(
         .iter()
         .map(|(port, name)| (*port, port_protocol(*name, None)))
         .collect();
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    for svc in services {
-        if svc.metadata.namespace.as_deref().unwrap_or_default() != namespace {
-            continue;
-        }
+    for svc in selecting {
         let Some(spec) = svc.spec.as_ref() else {
             continue;
         };
-        // A service without a selector has hand-made endpoints: it selects no pod here.
-        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
-            continue;
-        };
-        if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            continue;
-        }
         for sp in spec.ports.iter().flatten() {
             if !traced_transport(sp.protocol.as_deref()) {
                 continue;
@@ -460,6 +523,129 @@ mod tests {
                 ("default/new".to_owned(), Skip::NotRunning),
                 ("default/noip".to_owned(), Skip::NoIp),
             ])
+        );
+    }
+
+    fn named(mut svc: Service, name: &str, cluster_ips: &[&str]) -> Service {
+        svc.metadata.name = Some(name.into());
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.cluster_ip = cluster_ips.first().map(|ip| (*ip).to_owned());
+            spec.cluster_ips = (!cluster_ips.is_empty())
+                .then(|| cluster_ips.iter().map(|ip| (*ip).to_owned()).collect());
+        }
+        svc
+    }
+
+    fn addr(ip: &str) -> IpAddr {
+        ip.parse()
+            .unwrap_or_else(|e| panic!("test address {ip}: {e}"))
+    }
+
+    fn svc_ref(namespace: &str, name: &str) -> ServiceRef {
+        ServiceRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_pod_in_two_services_is_named_by_the_first_by_name_in_any_order() {
+        let p = || {
+            pod(
+                "default",
+                "web-1",
+                &[("app", "web"), ("tier", "front")],
+                &[],
+            )
+        };
+        let http = || vec![("http", 80, IntOrString::Int(8080))];
+        let web = named(service("default", &[("app", "web")], &http()), "web", &[]);
+        let front = named(
+            service("default", &[("tier", "front")], &http()),
+            "frontend",
+            &[],
+        );
+        let elsewhere = named(service("other", &[("app", "web")], &http()), "aaa", &[]);
+        let unselected = named(service("default", &[("app", "db")], &http()), "db", &[]);
+        for order in [
+            vec![
+                web.clone(),
+                front.clone(),
+                elsewhere.clone(),
+                unselected.clone(),
+            ],
+            vec![unselected, elsewhere, front, web],
+        ] {
+            let plan = one(p(), order);
+            assert_eq!(
+                plan.wanted[0].meta.services,
+                ["frontend", "web"],
+                "the selecting Services of the pod's namespace, sorted: {plan:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_deleted_service_no_longer_names_the_pod_nor_its_address() {
+        let p = || pod("default", "web-1", &[("app", "web")], &[]);
+        let web = named(
+            service("default", &[("app", "web")], &[]),
+            "web",
+            &["10.96.0.10"],
+        );
+        let before = one(p(), vec![web]);
+        assert_eq!(before.wanted[0].meta.services, ["web"]);
+        assert_eq!(
+            before.service_addresses,
+            ServiceAddresses::from([(addr("10.96.0.10"), svc_ref("default", "web"))])
+        );
+        let after = one(p(), vec![]);
+        assert!(
+            after.wanted[0].meta.services.is_empty() && after.service_addresses.is_empty(),
+            "nothing left of the Service: {after:?}"
+        );
+        assert_eq!(after.wanted[0].meta.workload, "web-1", "the workload stays");
+    }
+
+    #[test]
+    fn service_addresses_are_every_cluster_ip_and_headless_services_have_none() {
+        let selector = [("app", "x")];
+        let services: Vec<Arc<Service>> = [
+            named(
+                service("default", &selector, &[]),
+                "dual",
+                &["10.96.0.20", "fd00:96::20"],
+            ),
+            named(service("default", &selector, &[]), "headless", &["None"]),
+            named(service("default", &selector, &[]), "external", &[]),
+            // Hand-made endpoints: it selects no pod, but its address still names it.
+            named(service("db", &[], &[]), "legacy", &["10.96.0.30"]),
+            // Two Services on one address (a delete and a create crossing): the first wins.
+            named(service("default", &selector, &[]), "zeta", &["10.96.0.40"]),
+            named(service("default", &selector, &[]), "alpha", &["10.96.0.40"]),
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+        assert_eq!(
+            service_addresses(&services),
+            ServiceAddresses::from([
+                (addr("10.96.0.20"), svc_ref("default", "dual")),
+                (addr("fd00:96::20"), svc_ref("default", "dual")),
+                (addr("10.96.0.30"), svc_ref("db", "legacy")),
+                (addr("10.96.0.40"), svc_ref("default", "alpha")),
+            ])
+        );
+        // The headless Service still names the pods it selects.
+        let plan = plan(
+            &[Arc::new(pod("default", "x-0", &[("app", "x")], &[]))],
+            &services,
+            &PodSelection::default(),
+        );
+        assert_eq!(
+            plan.wanted[0].meta.services,
+            ["alpha", "dual", "external", "headless", "zeta"],
+            "every selecting Service, headless included; not the selector-less one"
         );
     }
 

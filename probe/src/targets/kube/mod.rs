@@ -1,7 +1,8 @@
 //! Follows the pods of this node through the Kubernetes API: a watch (list, then watch from
 //! its resource version, relisting when the server says the version is gone) of the Pods
 //! scheduled here (`spec.nodeName=<node>`) and of the Services (their port names and
-//! `appProtocol` say what a port speaks). Each change recomputes the whole desired set from
+//! `appProtocol` say what a port speaks, their selectors which pods they name, their
+//! ClusterIPs which addresses stand for them). Each change recomputes the whole desired set from
 //! the watch caches and hands it to the [`Reconciler`], so a reconnect or relist can neither
 //! lose nor duplicate an attachment. A selected pod is traced once it is Running with an IP
 //! and its host veth is found ([`crate::discovery::host_veths_of_pods`]).
@@ -204,8 +205,14 @@ impl Follower {
         reconciler: &mut Reconciler,
         retry: Duration,
     ) {
-        let Plan { wanted, skipped } = desired::plan(&pods.state(), &services.state(), selection);
+        let Plan {
+            wanted,
+            skipped,
+            service_addresses,
+        } = desired::plan(&pods.state(), &services.state(), selection);
         self.log_skips(&skipped);
+        // Before any pod is attached: a client's first connection to a ClusterIP is named.
+        reconciler.apply_service_addresses(service_addresses).await;
         let wanted_keys: BTreeSet<String> = wanted.iter().map(|w| w.key.clone()).collect();
         let mut desired = Desired::new();
         let mut lookups = Vec::new();
