@@ -208,6 +208,13 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
+	__type(value, struct clovisor_segment);
+} sock_scratch_segment SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
 	__type(value, __u64);
 } sock_flow_seq SEC(".maps");
 
@@ -266,6 +273,73 @@ static __always_inline __u64 user_buffer(__u64 *len)
 	default:
 		return 0;
 	}
+}
+
+/* The user memory of the current call, for connections captured call by call:
+ * one buffer (read/write/recvfrom/sendto), or an iovec array. */
+struct call_data {
+	__u64 base; /* the buffer, or the iovec array */
+	__u64 len;  /* the buffer's length, or the number of iovecs */
+	__u8 vector;
+};
+
+static __always_inline int call_data(struct call_data *c)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct umsghdr_iov mh = {};
+	__u64 arg;
+	long nr;
+
+	if (!regs)
+		return 0;
+	nr = SYSCALL_NR(regs);
+	switch (nr) {
+	case NR_READ:
+	case NR_WRITE:
+	case NR_RECVFROM:
+	case NR_SENDTO:
+		c->base = SYSCALL_ARG1(regs);
+		c->len = SYSCALL_ARG2(regs);
+		c->vector = 0;
+		return 1;
+	case NR_READV:
+	case NR_WRITEV:
+		c->base = SYSCALL_ARG1(regs);
+		c->len = SYSCALL_ARG2(regs);
+		c->vector = 1;
+		return 1;
+	case NR_SENDMSG:
+	case NR_RECVMSG:
+		arg = SYSCALL_ARG1(regs);
+		if (bpf_probe_read_user(&mh, sizeof(mh), (const void *)(arg + MSGHDR_IOV_OFFSET)))
+			return 0;
+		c->base = mh.msg_iov;
+		c->len = mh.msg_iovlen;
+		c->vector = 1;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* Whether a connection's first message asks for capture call by call, from
+ * its first 8 bytes (fixed comparisons, no parsing): the HTTP/2 client
+ * preface "PRI * HT", a PostgreSQL StartupMessage (protocol 3.0), SSLRequest
+ * or GSSENCRequest, or a MySQL/MariaDB server greeting (sequence 0, protocol
+ * version 10). */
+static __always_inline int wants_each_call(const __u8 *b, __u32 len, __u8 dir)
+{
+	if (len < 8)
+		return 0;
+	if (dir == CLOVISOR_DIR_SERVER_TO_CLIENT)
+		return b[3] == 0 && b[4] == 10 && b[0] != 0;
+	if (b[0] == 'P' && b[1] == 'R' && b[2] == 'I' && b[3] == ' ' && b[4] == '*' &&
+	    b[5] == ' ' && b[6] == 'H' && b[7] == 'T')
+		return 1;
+	if (b[0] != 0 || b[1] != 0)
+		return 0;
+	return (b[4] == 0 && b[5] == 3 && b[6] == 0 && b[7] == 0) ||
+	       (b[4] == 0x04 && b[5] == 0xd2 && b[6] == 0x16 && (b[7] == 0x2f || b[7] == 0x30));
 }
 
 /* Fills key (oriented by role) and side from the socket; returns the protocol
@@ -413,6 +487,114 @@ static __always_inline void emit_exchange(const struct clovisor_sock_conn *s,
 		count(CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
 }
 
+/* `len` bytes of user memory at `base` are bytes `offset`.. of the current
+ * message of a connection captured call by call: one SEGMENT with their first
+ * snaplen bytes and, when there are more, their last snaplen bytes. */
+static __always_inline void emit_piece(const struct clovisor_sock_conn *s, __u64 offset,
+				       __u64 base, __u64 len)
+{
+	__u32 zero = 0, snap = snaplen(), head, tail = 0;
+	__u64 used;
+	struct clovisor_segment *ev = bpf_map_lookup_elem(&sock_scratch_segment, &zero);
+
+	if (!ev || len == 0)
+		return;
+	fill_hdr(&ev->hdr, CLOVISOR_EVENT_SEGMENT, s, 0);
+	ev->index = s->cur.index;
+	ev->offset = offset;
+	ev->tail_offset = 0;
+	ev->pad = 0;
+	head = clovisor_bound_snap(len < snap ? len : snap);
+	if (head > 0 && bpf_probe_read_user(ev->payload, head, (const void *)base)) {
+		count(CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED);
+		head = 0;
+	}
+	if (head > 0 && head == snap && len > head) {
+		/* The last bytes too: where a message's end (trailers, a
+		 * command tag) is when a call is long. The payload is three
+		 * snaplens long, so the masked offset plus the bounded length
+		 * fits. */
+		__u64 rest = len - head;
+		__u64 off = head;
+
+		barrier_var(off);
+		off &= 2 * CLOVISOR_MAX_SNAPLEN - 1;
+		tail = clovisor_bound_snap(rest < snap ? rest : snap);
+		if (bpf_probe_read_user(ev->payload + off, tail, (const void *)(base + len - tail))) {
+			count(CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED);
+			tail = 0;
+		} else {
+			ev->tail_offset = offset + len - tail;
+		}
+	}
+	ev->head_len = head;
+	ev->tail_len = tail;
+	used = (__u64)head + tail;
+	/* Bounded again for the verifier, which lost the parts' bounds. */
+	barrier_var(used);
+	if (used > 2 * CLOVISOR_MAX_SNAPLEN)
+		used = 2 * CLOVISOR_MAX_SNAPLEN;
+	if (bpf_ringbuf_output(&sock_events, ev, offsetof(struct clovisor_segment, payload) + used,
+			       clovisor_wakeup_flags(&sock_events)))
+		count(CLOVISOR_SOCK_STAT_SEGMENTS_LOST);
+	else
+		count(CLOVISOR_SOCK_STAT_SEGMENTS_EMITTED);
+}
+
+/* The walk over a call's iovecs: one SEGMENT per iovec (bpf_loop, so the
+ * verifier checks one step rather than every unrolled path). */
+struct piece_walk {
+	const struct clovisor_sock_conn *s;
+	__u64 iov;    /* the iovec array */
+	__u64 iovcnt;
+	__u64 offset; /* in the message, of the next iovec's first byte */
+	__u64 left;   /* bytes the call moved not walked yet */
+};
+
+static long piece_iov(__u32 i, void *data)
+{
+	struct piece_walk *w = data;
+	struct uiovec iov = {};
+	__u64 n;
+
+	if (i >= w->iovcnt || w->left == 0)
+		return 1;
+	if (bpf_probe_read_user(&iov, sizeof(iov),
+				(const void *)(w->iov + (__u64)i * sizeof(struct uiovec))))
+		return 1;
+	n = iov.iov_len < w->left ? iov.iov_len : w->left;
+	emit_piece(w->s, w->offset, iov.iov_base, n);
+	w->offset += n;
+	w->left -= n;
+	return 0;
+}
+
+/* A call of a connection captured call by call moved `moved` bytes at
+ * `offset` of the current message: its bytes, one SEGMENT per buffer. */
+static __always_inline void emit_segment(const struct clovisor_sock_conn *s, __u64 offset,
+					 __u64 moved)
+{
+	struct call_data c = {};
+	struct piece_walk w = {};
+
+	if (!call_data(&c)) {
+		count(CLOVISOR_SOCK_STAT_NO_USER_BUFFER);
+		return;
+	}
+	if (!c.vector) {
+		emit_piece(s, offset, c.base, c.len < moved ? c.len : moved);
+		return;
+	}
+	w.s = s;
+	w.iov = c.base;
+	w.iovcnt = c.len;
+	w.offset = offset;
+	w.left = moved;
+	bpf_loop(CLOVISOR_MAX_IOVECS, piece_iov, &w, 0);
+	if (w.left > 0 && c.len > CLOVISOR_MAX_IOVECS)
+		count(CLOVISOR_SOCK_STAT_IOVECS_BEYOND);
+}
+
 /* The connection of a traced socket, created on its first traced call; NULL
  * when the socket is not traced (its process's namespace is not monitored). */
 static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __u64 id,
@@ -433,6 +615,10 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 		return 0;
 	__builtin_memset(&fresh, 0, sizeof(fresh));
 	fresh.protocol = socket_key(sk, local_traced, &fresh.key, &side);
+	if (fresh.protocol == CLOVISOR_PROTO_HTTP2 || fresh.protocol == CLOVISOR_PROTO_GRPC) {
+		fresh.capture = CLOVISOR_CAPTURE_EACH_CALL;
+		count(CLOVISOR_SOCK_STAT_EACH_CALL_CONNS);
+	}
 	fill_owner(&fresh.owner, id, netns, side);
 	fresh.flow_id = clovisor_new_flow_id(&sock_flow_seq, CLOVISOR_SOCK_FLOW_ID_BIT, 55);
 	if (bpf_map_update_elem(&sock_connections, &id, &fresh, BPF_NOEXIST) == 0)
@@ -441,6 +627,25 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 	if (!s)
 		count(CLOVISOR_SOCK_STAT_CONN_UPDATE_FAILED);
 	return s;
+}
+
+/* From now on the connection is captured call by call. */
+static __always_inline void each_call_begin(struct clovisor_sock_conn *s)
+{
+	s->capture = CLOVISOR_CAPTURE_EACH_CALL;
+	count(CLOVISOR_SOCK_STAT_EACH_CALL_CONNS);
+}
+
+/* A message of a connection captured call by call starts (s->cur set): it
+ * travels alone, without bytes, then its first call's bytes as a segment. No
+ * request is held: its segments follow it at once. */
+static __always_inline void each_call_start(struct clovisor_sock_conn *s,
+					    const struct clovisor_msg *prev, __u8 has_prev,
+					    __u64 moved)
+{
+	s->held = 0;
+	emit_msg_start(s, &s->cur, prev, has_prev, 0, 0, 0);
+	emit_segment(s, 0, moved);
 }
 
 /* `moved` bytes went through traced socket sk: a send (`send`) or a receive. */
@@ -475,9 +680,13 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 		dir = send ? CLOVISOR_DIR_CLIENT_TO_SERVER : CLOVISOR_DIR_SERVER_TO_CLIENT;
 	now = bpf_ktime_get_boot_ns();
 	if (s->cur.direction == dir) {
+		__u64 offset = s->cur.bytes;
+
 		s->cur.last_ns = now;
 		s->cur.bytes += moved;
 		s->cur.packets += 1;
+		if (s->capture == CLOVISOR_CAPTURE_EACH_CALL)
+			emit_segment(s, offset, moved);
 		return;
 	}
 
@@ -502,6 +711,10 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 	s->cur.direction = dir;
 	s->cur.to_pod = !send;
 
+	if (s->capture == CLOVISOR_CAPTURE_EACH_CALL) {
+		each_call_start(s, &prev, has_prev, moved);
+		return;
+	}
 	buf = user_buffer(&buf_len);
 	if (!buf)
 		count(CLOVISOR_SOCK_STAT_NO_USER_BUFFER);
@@ -509,6 +722,19 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 	if (n > snaplen())
 		n = snaplen();
 
+	if (!has_prev && dir == CLOVISOR_DIR_SERVER_TO_CLIENT && buf) {
+		/* The server speaks first: its first 8 bytes may ask for
+		 * capture call by call (one read of 8 bytes per such
+		 * connection). */
+		__u8 first[8] = {};
+
+		if (n >= 8 && !bpf_probe_read_user(first, 8, (const void *)buf) &&
+		    wants_each_call(first, 8, dir)) {
+			each_call_begin(s);
+			each_call_start(s, &prev, has_prev, moved);
+			return;
+		}
+	}
 	if (dir == CLOVISOR_DIR_CLIENT_TO_SERVER) {
 		/* A request: hold its first bytes for its response. */
 		held = clovisor_held_slot(s->flow_id);
@@ -518,6 +744,14 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 			if (len > 0 && bpf_probe_read_user(held->data, len, (const void *)buf)) {
 				count(CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED);
 				len = 0;
+			}
+			/* A connection's first request: its bytes, already
+			 * copied, may ask for capture call by call. */
+			if (!has_prev && wants_each_call(held->data, len, dir)) {
+				clovisor_release(held);
+				each_call_begin(s);
+				each_call_start(s, &prev, has_prev, moved);
+				return;
 			}
 			clovisor_hold(held, &s->key, &s->owner, &s->cur, s->protocol,
 				      CLOVISOR_POINT_SOCKET, len);

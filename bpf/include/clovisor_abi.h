@@ -49,6 +49,24 @@ enum clovisor_event_kind {
 	/* struct clovisor_exchange: a response starts after a request whose
 	 * first bytes were held: request and response in one record. */
 	CLOVISOR_EVENT_EXCHANGE = 3,
+	/* struct clovisor_segment: bytes of one call of a message on a socket
+	 * connection captured call by call (CLOVISOR_CAPTURE_EACH_CALL). */
+	CLOVISOR_EVENT_SEGMENT = 4,
+};
+
+/* How a socket connection's bytes are captured (struct
+ * clovisor_sock_conn.capture). */
+enum clovisor_capture_mode {
+	/* The first bytes of each message (the first call's), with one
+	 * EXCHANGE record per request and response: HTTP/1 and the rest. */
+	CLOVISOR_CAPTURE_FIRST_BYTES = 0,
+	/* Multiplexed or multi-write protocols (HTTP/2 and gRPC, PostgreSQL,
+	 * MySQL): each message starts with a MSG_START without bytes and each
+	 * call of it, the first included, sends a SEGMENT with the call's first
+	 * and last snaplen bytes. Chosen once per connection, from the port's
+	 * protocol hint or the first 8 bytes of its first message - a fixed
+	 * comparison, not parsing. */
+	CLOVISOR_CAPTURE_EACH_CALL = 1,
 };
 
 /* Which program sent an event. */
@@ -270,7 +288,17 @@ enum clovisor_sock_stat {
 	/* As CLOVISOR_STAT_HEAD_NOT_HELD / CLOVISOR_STAT_HEAD_LOST. */
 	CLOVISOR_SOCK_STAT_HEAD_NOT_HELD = 9,
 	CLOVISOR_SOCK_STAT_HEAD_LOST = 10,
-	CLOVISOR_SOCK_STAT_COUNT = 11,
+	/* Connections captured call by call (CLOVISOR_CAPTURE_EACH_CALL). */
+	CLOVISOR_SOCK_STAT_EACH_CALL_CONNS = 11,
+	/* SEGMENT records written / lost because the ring buffer was full
+	 * (the collector then sees a gap in the message). */
+	CLOVISOR_SOCK_STAT_SEGMENTS_EMITTED = 12,
+	CLOVISOR_SOCK_STAT_SEGMENTS_LOST = 13,
+	/* Calls of a connection captured call by call whose bytes lie past the
+	 * iovecs the program walks (CLOVISOR_MAX_IOVECS): those bytes are not
+	 * captured. */
+	CLOVISOR_SOCK_STAT_IOVECS_BEYOND = 14,
+	CLOVISOR_SOCK_STAT_COUNT = 15,
 };
 
 /* Who moved the bytes through a socket; all zero at tc points. */
@@ -301,7 +329,8 @@ struct clovisor_sock_conn {
 	__u8 protocol; /* enum clovisor_protocol_hint */
 	__u8 held;
 	__u8 has_before;
-	__u8 pad[5];
+	__u8 capture; /* enum clovisor_capture_mode */
+	__u8 pad[4];
 };
 
 /* Value of the `held_heads` LRU map (key: flow id): the first bytes of a
@@ -365,6 +394,29 @@ struct clovisor_exchange {
 	__u32 request_len;
 	__u32 response_len;
 	__u8 payload[2 * CLOVISOR_MAX_SNAPLEN];
+};
+
+/* Iovecs of one call (readv/writev/sendmsg/recvmsg) a SEGMENT's bytes are
+ * gathered from; bytes past them are not captured
+ * (CLOVISOR_SOCK_STAT_IOVECS_BEYOND). */
+#define CLOVISOR_MAX_IOVECS 8
+
+/* SEGMENT: one call of message `index` of a connection captured call by call:
+ * head_len bytes from offset `offset` of the message (the call's first bytes),
+ * then tail_len bytes from `tail_offset` (the call's last bytes, when the call
+ * moved more than the snaplen; tail_len 0 otherwise). payload[] holds the
+ * head then the tail; only the header and those bytes are sent. payload is
+ * three snaplens long so that the verifier can prove each bounded copy at a
+ * bounded offset fits; at most two are used. */
+struct clovisor_segment {
+	struct clovisor_event_hdr hdr; /* kind CLOVISOR_EVENT_SEGMENT */
+	__u64 offset;
+	__u64 tail_offset;
+	__u32 index;
+	__u32 head_len;
+	__u32 tail_len;
+	__u32 pad;
+	__u8 payload[3 * CLOVISOR_MAX_SNAPLEN];
 };
 
 /* FLOW_END: FIN or RST seen at tc, or the socket reached TCP_CLOSE; the

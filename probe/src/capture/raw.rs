@@ -253,6 +253,25 @@ pub struct TcpHealth {
     pub total_retransmits: u32,
 }
 
+/// Bytes of one call of a message on a socket connection captured call by call (HTTP/2 and
+/// gRPC, PostgreSQL, MySQL): the call's first bytes and, when it was longer than the snaplen,
+/// its last bytes, each at its offset in the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Connection instance id.
+    pub flow_id: u64,
+    /// The message's position in its flow.
+    pub index: u32,
+    /// Offset in the message of the first bytes.
+    pub offset: u64,
+    /// The call's first bytes.
+    pub head: Bytes,
+    /// Offset in the message of the last bytes; meaningless when `tail` is empty.
+    pub tail_offset: u64,
+    /// The call's last bytes (empty when `head` holds all of the call).
+    pub tail: Bytes,
+}
+
 /// A ring buffer record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -264,12 +283,17 @@ pub enum Event {
     Exchange(Exchange),
     /// See [`FlowEnd`].
     FlowEnd(FlowEnd),
+    /// See [`Segment`].
+    Segment(Segment),
 }
 
 /// Bytes of a MSG_START before its payload.
 pub(crate) const MSG_START_HEADER: usize = std::mem::offset_of!(abi::clovisor_msg_start, payload);
 /// Bytes of an EXCHANGE before its payload.
 pub(crate) const EXCHANGE_HEADER: usize = std::mem::offset_of!(abi::clovisor_exchange, payload);
+
+/// Bytes of a SEGMENT before its payload.
+pub(crate) const SEGMENT_HEADER: usize = std::mem::offset_of!(abi::clovisor_segment, payload);
 
 /// The traced_ports map value back into a ProtocolHint.
 pub fn protocol_hint(raw: u8) -> ProtocolHint {
@@ -415,6 +439,29 @@ impl TryFrom<&[u8]> for Event {
                     response: MsgCounters::try_from(&response)?,
                     response_payload,
                     head_lost: h.has(abi::CLOVISOR_EV_HEAD_LOST),
+                }))
+            }
+            abi::CLOVISOR_EVENT_SEGMENT => {
+                use abi::clovisor_segment as S;
+                const W: &str = "SEGMENT";
+                let h = Header::try_from(&raw)?;
+                let head_len: u32 = field(bytes, std::mem::offset_of!(S, head_len), W)?;
+                let tail_len: u32 = field(bytes, std::mem::offset_of!(S, tail_len), W)?;
+                let max = abi::CLOVISOR_MAX_SNAPLEN;
+                if head_len > max || tail_len > max {
+                    return Err(bad(format!("{W} of {head_len} + {tail_len} payload bytes")));
+                }
+                let offset: u64 = field(bytes, std::mem::offset_of!(S, offset), W)?;
+                let tail_offset: u64 = field(bytes, std::mem::offset_of!(S, tail_offset), W)?;
+                let index: u32 = field(bytes, std::mem::offset_of!(S, index), W)?;
+                let both = payload(bytes, SEGMENT_HEADER, head_len + tail_len, W)?;
+                Ok(Event::Segment(Segment {
+                    flow_id: h.flow_id,
+                    index,
+                    offset,
+                    head: both.slice(..head_len as usize),
+                    tail_offset,
+                    tail: both.slice(head_len as usize..),
                 }))
             }
             abi::CLOVISOR_EVENT_FLOW_END => {

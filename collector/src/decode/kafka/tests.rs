@@ -484,6 +484,7 @@ fn garbage_and_cuts_anywhere_never_panic() {
             },
             payload: &bytes[..cut],
             partial: false,
+            later: &[],
         };
         let _ = Kafka.detect(&info(&key), &m);
         let mut flow = KafkaFlow::default();

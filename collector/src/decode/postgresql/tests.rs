@@ -242,6 +242,7 @@ fn detection_by_opening_or_by_whole_frontend_messages() {
                 },
                 payload,
                 partial: false,
+                later: &[],
             },
         )
     };
