@@ -487,112 +487,119 @@ static __always_inline void emit_exchange(const struct clovisor_sock_conn *s,
 		count(CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
 }
 
-/* `len` bytes of user memory at `base` are bytes `offset`.. of the current
- * message of a connection captured call by call: one SEGMENT with their first
- * snaplen bytes and, when there are more, their last snaplen bytes. */
-static __always_inline void emit_piece(const struct clovisor_sock_conn *s, __u64 offset,
+/* `len` (> 0) bytes of user memory at `base` are bytes `offset`.. of the
+ * current message of a connection captured call by call: one SEGMENT with
+ * their first snaplen bytes. */
+static __always_inline void emit_chunk(const struct clovisor_sock_conn *s, __u64 offset,
 				       __u64 base, __u64 len)
 {
-	__u32 zero = 0, snap = snaplen(), head, tail = 0;
-	__u64 used;
+	__u32 zero = 0, snap = snaplen(), n;
 	struct clovisor_segment *ev = bpf_map_lookup_elem(&sock_scratch_segment, &zero);
 
-	if (!ev || len == 0)
+	if (!ev)
 		return;
 	fill_hdr(&ev->hdr, CLOVISOR_EVENT_SEGMENT, s, 0);
 	ev->index = s->cur.index;
 	ev->offset = offset;
-	ev->tail_offset = 0;
-	ev->pad = 0;
-	head = clovisor_bound_snap(len < snap ? len : snap);
-	if (head > 0 && bpf_probe_read_user(ev->payload, head, (const void *)base)) {
+	/* Through memory, so that the verifier does not carry the copy's
+	 * length back into the walk's state (each step would differ and the
+	 * bpf_loop walk would never be proven). */
+	ev->len = len < snap ? len : snap;
+	n = clovisor_bound_snap(*(volatile __u32 *)&ev->len);
+	if (n > 0 && bpf_probe_read_user(ev->payload, n, (const void *)base)) {
 		count(CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED);
-		head = 0;
+		n = 0;
 	}
-	if (head > 0 && head == snap && len > head) {
-		/* The last bytes too: where a message's end (trailers, a
-		 * command tag) is when a call is long. The payload is three
-		 * snaplens long, so the masked offset plus the bounded length
-		 * fits. */
-		__u64 rest = len - head;
-		__u64 off = head;
-
-		barrier_var(off);
-		off &= 2 * CLOVISOR_MAX_SNAPLEN - 1;
-		tail = clovisor_bound_snap(rest < snap ? rest : snap);
-		if (bpf_probe_read_user(ev->payload + off, tail, (const void *)(base + len - tail))) {
-			count(CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED);
-			tail = 0;
-		} else {
-			ev->tail_offset = offset + len - tail;
-		}
-	}
-	ev->head_len = head;
-	ev->tail_len = tail;
-	used = (__u64)head + tail;
-	/* Bounded again for the verifier, which lost the parts' bounds. */
-	barrier_var(used);
-	if (used > 2 * CLOVISOR_MAX_SNAPLEN)
-		used = 2 * CLOVISOR_MAX_SNAPLEN;
-	if (bpf_ringbuf_output(&sock_events, ev, offsetof(struct clovisor_segment, payload) + used,
+	ev->len = n;
+	if (bpf_ringbuf_output(&sock_events, ev, offsetof(struct clovisor_segment, payload) + n,
 			       clovisor_wakeup_flags(&sock_events)))
 		count(CLOVISOR_SOCK_STAT_SEGMENTS_LOST);
 	else
 		count(CLOVISOR_SOCK_STAT_SEGMENTS_EMITTED);
 }
 
-/* The walk over a call's iovecs: one SEGMENT per iovec (bpf_loop, so the
- * verifier checks one step rather than every unrolled path). */
-struct piece_walk {
+/* The walk over a call's bytes, a snaplen at a time, buffer after buffer
+ * (bpf_loop: the verifier checks one step, not every unrolled path). */
+struct chunk_walk {
 	const struct clovisor_sock_conn *s;
-	__u64 iov;    /* the iovec array */
+	__u64 iov;	/* the iovec array (vectored calls) */
 	__u64 iovcnt;
-	__u64 offset; /* in the message, of the next iovec's first byte */
-	__u64 left;   /* bytes the call moved not walked yet */
+	__u32 next_iov; /* the next iovec to read */
+	__u32 pad;
+	__u64 budget;	/* bytes still to copy (CLOVISOR_CALL_CHUNKS snaplens) */
+	__u64 cur;	/* where the next chunk is read */
+	__u64 cur_left; /* bytes of the call left in the current buffer */
+	__u64 offset;	/* of `cur` in the message */
+	__u64 left;	/* bytes the call moved not walked yet */
+	__u64 snap;
 };
 
-static long piece_iov(__u32 i, void *data)
+static long chunk_step(__u32 i, void *data)
 {
-	struct piece_walk *w = data;
+	struct chunk_walk *w = data;
 	struct uiovec iov = {};
 	__u64 n;
 
-	if (i >= w->iovcnt || w->left == 0)
+	if (w->left == 0 || w->budget == 0)
 		return 1;
-	if (bpf_probe_read_user(&iov, sizeof(iov),
-				(const void *)(w->iov + (__u64)i * sizeof(struct uiovec))))
-		return 1;
-	n = iov.iov_len < w->left ? iov.iov_len : w->left;
-	emit_piece(w->s, w->offset, iov.iov_base, n);
+	if (w->cur_left == 0) {
+		/* The next buffer of a vectored call. */
+		if (w->next_iov >= w->iovcnt ||
+		    bpf_probe_read_user(&iov, sizeof(iov),
+					(const void *)(w->iov +
+						       (__u64)w->next_iov * sizeof(struct uiovec))))
+			return 1;
+		w->next_iov += 1;
+		w->cur = iov.iov_base;
+		w->cur_left = iov.iov_len < w->left ? iov.iov_len : w->left;
+		return 0;
+	}
+	n = w->cur_left < w->snap ? w->cur_left : w->snap;
+	emit_chunk(w->s, w->offset, w->cur, n);
+	w->budget = w->budget > n ? w->budget - n : 0;
+	w->cur += n;
+	w->cur_left -= n;
 	w->offset += n;
 	w->left -= n;
 	return 0;
 }
 
 /* A call of a connection captured call by call moved `moved` bytes at
- * `offset` of the current message: its bytes, one SEGMENT per buffer. */
+ * `offset` of the current message: its bytes, one SEGMENT per snaplen, at most
+ * CLOVISOR_CALL_CHUNKS of them; past that, the call's last snaplen bytes (where
+ * a message's end - trailers, a command tag - is) when they lie in the buffer
+ * being walked. */
 static __always_inline void emit_segment(const struct clovisor_sock_conn *s, __u64 offset,
 					 __u64 moved)
 {
 	struct call_data c = {};
-	struct piece_walk w = {};
+	struct chunk_walk w = {};
+	__u64 t;
 
 	if (!call_data(&c)) {
 		count(CLOVISOR_SOCK_STAT_NO_USER_BUFFER);
 		return;
 	}
-	if (!c.vector) {
-		emit_piece(s, offset, c.base, c.len < moved ? c.len : moved);
-		return;
-	}
 	w.s = s;
-	w.iov = c.base;
-	w.iovcnt = c.len;
+	w.snap = snaplen();
+	w.budget = w.snap * CLOVISOR_CALL_CHUNKS;
 	w.offset = offset;
 	w.left = moved;
-	bpf_loop(CLOVISOR_MAX_IOVECS, piece_iov, &w, 0);
-	if (w.left > 0 && c.len > CLOVISOR_MAX_IOVECS)
-		count(CLOVISOR_SOCK_STAT_IOVECS_BEYOND);
+	if (c.vector) {
+		w.iov = c.base;
+		w.iovcnt = c.len;
+	} else {
+		w.cur = c.base;
+		w.cur_left = c.len < moved ? c.len : moved;
+	}
+	bpf_loop(CLOVISOR_CALL_CHUNKS + CLOVISOR_MAX_IOVECS, chunk_step, &w, 0);
+	if (w.left == 0)
+		return;
+	count(CLOVISOR_SOCK_STAT_CALL_BYTES_SKIPPED);
+	if (w.cur_left == w.left) {
+		t = w.left < w.snap ? w.left : w.snap;
+		emit_chunk(s, w.offset + w.left - t, w.cur + w.cur_left - t, t);
+	}
 }
 
 /* The connection of a traced socket, created on its first traced call; NULL
@@ -617,6 +624,7 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 	fresh.protocol = socket_key(sk, local_traced, &fresh.key, &side);
 	if (fresh.protocol == CLOVISOR_PROTO_HTTP2 || fresh.protocol == CLOVISOR_PROTO_GRPC) {
 		fresh.capture = CLOVISOR_CAPTURE_EACH_CALL;
+		fresh.decided = 1;
 		count(CLOVISOR_SOCK_STAT_EACH_CALL_CONNS);
 	}
 	fill_owner(&fresh.owner, id, netns, side);
@@ -633,6 +641,7 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 static __always_inline void each_call_begin(struct clovisor_sock_conn *s)
 {
 	s->capture = CLOVISOR_CAPTURE_EACH_CALL;
+	s->decided = 1;
 	count(CLOVISOR_SOCK_STAT_EACH_CALL_CONNS);
 }
 
@@ -722,10 +731,10 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 	if (n > snaplen())
 		n = snaplen();
 
-	if (!has_prev && dir == CLOVISOR_DIR_SERVER_TO_CLIENT && buf) {
-		/* The server speaks first: its first 8 bytes may ask for
-		 * capture call by call (one read of 8 bytes per such
-		 * connection). */
+	if (!s->decided && dir == CLOVISOR_DIR_SERVER_TO_CLIENT && buf) {
+		/* The server speaks first: its first 8 bytes may be a MySQL
+		 * greeting (one read of 8 bytes per such connection); if not,
+		 * the client's first message decides. */
 		__u8 first[8] = {};
 
 		if (n >= 8 && !bpf_probe_read_user(first, 8, (const void *)buf) &&
@@ -747,11 +756,14 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 			}
 			/* A connection's first request: its bytes, already
 			 * copied, may ask for capture call by call. */
-			if (!has_prev && wants_each_call(held->data, len, dir)) {
-				clovisor_release(held);
-				each_call_begin(s);
-				each_call_start(s, &prev, has_prev, moved);
-				return;
+			if (!s->decided) {
+				s->decided = 1;
+				if (wants_each_call(held->data, len, dir)) {
+					clovisor_release(held);
+					each_call_begin(s);
+					each_call_start(s, &prev, has_prev, moved);
+					return;
+				}
 			}
 			clovisor_hold(held, &s->key, &s->owner, &s->cur, s->protocol,
 				      CLOVISOR_POINT_SOCKET, len);
@@ -761,6 +773,8 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 			return;
 		}
 		count(CLOVISOR_SOCK_STAT_HEAD_NOT_HELD);
+		/* No room to hold: no bytes copied to look at either. */
+		s->decided = 1;
 		s->held = 0;
 		emit_msg_start(s, &s->cur, &prev, has_prev, (const void *)buf, n, 0);
 		return;

@@ -62,10 +62,10 @@ enum clovisor_capture_mode {
 	CLOVISOR_CAPTURE_FIRST_BYTES = 0,
 	/* Multiplexed or multi-write protocols (HTTP/2 and gRPC, PostgreSQL,
 	 * MySQL): each message starts with a MSG_START without bytes and each
-	 * call of it, the first included, sends a SEGMENT with the call's first
-	 * and last snaplen bytes. Chosen once per connection, from the port's
-	 * protocol hint or the first 8 bytes of its first message - a fixed
-	 * comparison, not parsing. */
+	 * call of it, the first included, sends SEGMENTs with the call's bytes
+	 * (CLOVISOR_CALL_CHUNKS). Chosen once per connection, from the port's
+	 * protocol hint or the first 8 bytes of its first client message (or of
+	 * a server greeting) - a fixed comparison, not parsing. */
 	CLOVISOR_CAPTURE_EACH_CALL = 1,
 };
 
@@ -294,10 +294,11 @@ enum clovisor_sock_stat {
 	 * (the collector then sees a gap in the message). */
 	CLOVISOR_SOCK_STAT_SEGMENTS_EMITTED = 12,
 	CLOVISOR_SOCK_STAT_SEGMENTS_LOST = 13,
-	/* Calls of a connection captured call by call whose bytes lie past the
-	 * iovecs the program walks (CLOVISOR_MAX_IOVECS): those bytes are not
-	 * captured. */
-	CLOVISOR_SOCK_STAT_IOVECS_BEYOND = 14,
+	/* Calls of a connection captured call by call that moved more than the
+	 * program copies of one call (CLOVISOR_CALL_CHUNKS snaplens, from at
+	 * most CLOVISOR_MAX_IOVECS buffers): the bytes between what was copied
+	 * and the call's last snaplen bytes are not captured. */
+	CLOVISOR_SOCK_STAT_CALL_BYTES_SKIPPED = 14,
 	CLOVISOR_SOCK_STAT_COUNT = 15,
 };
 
@@ -330,7 +331,11 @@ struct clovisor_sock_conn {
 	__u8 held;
 	__u8 has_before;
 	__u8 capture; /* enum clovisor_capture_mode */
-	__u8 pad[4];
+	/* 1 once the capture mode is chosen: at the connection's first client
+	 * message (a server speaking first - an HTTP/2 server's SETTINGS - is
+	 * only checked for a MySQL greeting). */
+	__u8 decided;
+	__u8 pad[3];
 };
 
 /* Value of the `held_heads` LRU map (key: flow id): the first bytes of a
@@ -396,27 +401,24 @@ struct clovisor_exchange {
 	__u8 payload[2 * CLOVISOR_MAX_SNAPLEN];
 };
 
-/* Iovecs of one call (readv/writev/sendmsg/recvmsg) a SEGMENT's bytes are
- * gathered from; bytes past them are not captured
- * (CLOVISOR_SOCK_STAT_IOVECS_BEYOND). */
-#define CLOVISOR_MAX_IOVECS 8
+/* What the socket program copies of one call of a connection captured call by
+ * call: its bytes a snaplen at a time (one SEGMENT each), at most
+ * CLOVISOR_CALL_CHUNKS of them, from at most CLOVISOR_MAX_IOVECS buffers of a
+ * vectored call (readv/writev/sendmsg/recvmsg); then, when the rest lies in
+ * the buffer reached, the call's last snaplen bytes. At the default snaplen
+ * that is the first 16 KiB of a call - a TLS record's worth, what a sidecar or
+ * a TLS tunnel writes at once - and its end. */
+#define CLOVISOR_CALL_CHUNKS 16
+#define CLOVISOR_MAX_IOVECS  8
 
-/* SEGMENT: one call of message `index` of a connection captured call by call:
- * head_len bytes from offset `offset` of the message (the call's first bytes),
- * then tail_len bytes from `tail_offset` (the call's last bytes, when the call
- * moved more than the snaplen; tail_len 0 otherwise). payload[] holds the
- * head then the tail; only the header and those bytes are sent. payload is
- * three snaplens long so that the verifier can prove each bounded copy at a
- * bounded offset fits; at most two are used. */
+/* SEGMENT: `len` bytes at `offset` of message `index` of a connection
+ * captured call by call. Only the header and len payload bytes are sent. */
 struct clovisor_segment {
 	struct clovisor_event_hdr hdr; /* kind CLOVISOR_EVENT_SEGMENT */
 	__u64 offset;
-	__u64 tail_offset;
 	__u32 index;
-	__u32 head_len;
-	__u32 tail_len;
-	__u32 pad;
-	__u8 payload[3 * CLOVISOR_MAX_SNAPLEN];
+	__u32 len;
+	__u8 payload[CLOVISOR_MAX_SNAPLEN];
 };
 
 /* FLOW_END: FIN or RST seen at tc, or the socket reached TCP_CLOSE; the

@@ -302,9 +302,10 @@ impl ProbeMetrics {
                         self.drops.received(STAGE_RING_BUFFER, grown);
                         self.drops.count(STAGE_RING_BUFFER, "segment_full", grown)
                     }
-                    // Bytes of a call past the iovecs the program walks: not captured.
-                    "socket_iovecs_beyond" => {
-                        self.drops.count("socket_capture", "iovecs_beyond", grown)
+                    // Bytes in the middle of a long call (past what is copied of one call,
+                    // before its last bytes): not captured.
+                    "socket_call_bytes_skipped" => {
+                        self.drops.count("socket_capture", "call_bytes_skipped", grown)
                     }
                     "connection_update_failed" => {
                         self.drops.count("connection_map", "update_failed", grown)

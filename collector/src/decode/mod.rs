@@ -12,8 +12,9 @@
 //! Decoders see only the first `snaplen` bytes of each message ([`Message::payload`]), so every
 //! decoder must cope with input cut anywhere, and must never panic on what the network sent. At
 //! the socket point, connections of multiplexed or multi-write protocols (HTTP/2 and gRPC,
-//! PostgreSQL, MySQL) are captured call by call: each write or read's first and last bytes,
-//! stitched here into the message's first bytes and its later captured runs
+//! PostgreSQL, MySQL) are captured call by call: each write or read's bytes (up to a bound per
+//! call, then its last bytes), stitched here into the message's first bytes and its later
+//! captured runs
 //! ([`Message::later`], [`Captured`]), so a decoder can follow its framing past the first call.
 //!
 //! Adding a protocol means a folder here (`mod.rs` with the [`Decoder`], its parsing, its per-flow
@@ -458,7 +459,7 @@ impl Default for Decoders {
             Arc::new(mysql::Mysql),
             Arc::new(dns::Dns),
             // Last: its header check is the loosest of all.
-            Arc::new(kafka::Kafka),
+            Arc::new(kafka::Kafka::default()),
         ])
     }
 }

@@ -84,8 +84,8 @@ pub(crate) const SOCKET_STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT 
         "socket_segments_lost",
     ),
     (
-        abi::CLOVISOR_SOCK_STAT_IOVECS_BEYOND,
-        "socket_iovecs_beyond",
+        abi::CLOVISOR_SOCK_STAT_CALL_BYTES_SKIPPED,
+        "socket_call_bytes_skipped",
     ),
 ];
 

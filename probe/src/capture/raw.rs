@@ -253,23 +253,18 @@ pub struct TcpHealth {
     pub total_retransmits: u32,
 }
 
-/// Bytes of one call of a message on a socket connection captured call by call (HTTP/2 and
-/// gRPC, PostgreSQL, MySQL): the call's first bytes and, when it was longer than the snaplen,
-/// its last bytes, each at its offset in the message.
+/// Bytes of a message on a socket connection captured call by call (HTTP/2 and gRPC,
+/// PostgreSQL, MySQL): up to a snaplen of one call's bytes, at their offset in the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
     /// Connection instance id.
     pub flow_id: u64,
     /// The message's position in its flow.
     pub index: u32,
-    /// Offset in the message of the first bytes.
+    /// Offset in the message of `bytes`.
     pub offset: u64,
-    /// The call's first bytes.
-    pub head: Bytes,
-    /// Offset in the message of the last bytes; meaningless when `tail` is empty.
-    pub tail_offset: u64,
-    /// The call's last bytes (empty when `head` holds all of the call).
-    pub tail: Bytes,
+    /// The bytes.
+    pub bytes: Bytes,
 }
 
 /// A ring buffer record.
@@ -445,23 +440,17 @@ impl TryFrom<&[u8]> for Event {
                 use abi::clovisor_segment as S;
                 const W: &str = "SEGMENT";
                 let h = Header::try_from(&raw)?;
-                let head_len: u32 = field(bytes, std::mem::offset_of!(S, head_len), W)?;
-                let tail_len: u32 = field(bytes, std::mem::offset_of!(S, tail_len), W)?;
-                let max = abi::CLOVISOR_MAX_SNAPLEN;
-                if head_len > max || tail_len > max {
-                    return Err(bad(format!("{W} of {head_len} + {tail_len} payload bytes")));
+                let len: u32 = field(bytes, std::mem::offset_of!(S, len), W)?;
+                if len > abi::CLOVISOR_MAX_SNAPLEN {
+                    return Err(bad(format!("{W} of {len} payload bytes")));
                 }
                 let offset: u64 = field(bytes, std::mem::offset_of!(S, offset), W)?;
-                let tail_offset: u64 = field(bytes, std::mem::offset_of!(S, tail_offset), W)?;
                 let index: u32 = field(bytes, std::mem::offset_of!(S, index), W)?;
-                let both = payload(bytes, SEGMENT_HEADER, head_len + tail_len, W)?;
                 Ok(Event::Segment(Segment {
                     flow_id: h.flow_id,
                     index,
                     offset,
-                    head: both.slice(..head_len as usize),
-                    tail_offset,
-                    tail: both.slice(head_len as usize..),
+                    bytes: payload(bytes, SEGMENT_HEADER, len, W)?,
                 }))
             }
             abi::CLOVISOR_EVENT_FLOW_END => {

@@ -560,9 +560,10 @@ fn mutated_real_traffic_never_panics() {
     }
 }
 
-/// `msg` as the socket point captures a connection call by call, when each call (write or
-/// read) carries whole frames, here one frame a call: each call's first and last `snaplen`
-/// bytes at their offsets, stitched as the flow table does.
+/// `msg` as the socket point captures a connection call by call when each call (write or read)
+/// carries whole frames, here one frame a call, and calls are longer than what is copied of
+/// one: each call's first and last `snaplen` bytes at their offsets (the socket point copies 16
+/// snaplens of a call, then its last; one here, to make gaps), stitched as the flow table does.
 fn captured_call_by_call(msg: &Owned, snaplen: usize) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
     let mut segments = Vec::new();
     let mut pos = 0usize;

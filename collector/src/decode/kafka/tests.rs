@@ -65,6 +65,8 @@ fn info(key: &FlowKey) -> FlowInfo<'_> {
 fn decode_all(name: &str, snaplen: usize) -> (Vec<Exchange>, Recorded) {
     let mut all = Recorded::default();
     let mut exchanges = Vec::new();
+    // One decoder for every connection, as in the collector: topic ids learnt on one serve all.
+    let decoder = Kafka::default();
     for conn in connections(name) {
         let key = FlowKey {
             server_port: 9092,
@@ -72,11 +74,11 @@ fn decode_all(name: &str, snaplen: usize) -> (Vec<Exchange>, Recorded) {
         };
         let (direction, first) = &conn[0];
         assert_eq!(
-            Kafka.detect(&info(&key), &message(0, *direction, first)),
+            decoder.detect(&info(&key), &message(0, *direction, first)),
             Detection::Claim,
             "a kafka-python connection is claimed by its first request"
         );
-        let r = decode_flow(&Kafka, &conn, snaplen);
+        let r = decode_flow(&decoder, &conn, snaplen);
         exchanges.extend(r.exchanges);
         all.errors.extend(r.errors);
         all.desyncs.extend(r.desyncs);
@@ -372,13 +374,13 @@ fn flexible_versions_and_pipelined_requests_pair_by_correlation_id() {
     ];
     let key = FlowKey::default();
     assert_eq!(
-        Kafka.detect(
+        Kafka::default().detect(
             &info(&key),
             &message(0, Direction::ClientToServer, &conn[0].1)
         ),
         Detection::Claim
     );
-    let r = decode_flow(&Kafka, &conn, 65_535);
+    let r = decode_flow(&Kafka::default(), &conn, 65_535);
     let got: Vec<(i32, String, Option<i32>, bool, u32)> = r
         .exchanges
         .iter()
@@ -412,7 +414,7 @@ fn detection_wants_a_request_header_and_the_port_admits_unknown_keys() {
         ..FlowKey::default()
     };
     let no = |payload: &[u8]| {
-        Kafka.detect(&info(&key), &message(0, Direction::ClientToServer, payload)) == Detection::No
+        Kafka::default().detect(&info(&key), &message(0, Direction::ClientToServer, payload)) == Detection::No
     };
     assert!(no(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
     assert!(no(b"*1\r\n$4\r\nPING\r\n"));
@@ -429,14 +431,14 @@ fn detection_wants_a_request_header_and_the_port_admits_unknown_keys() {
     let odd = [0, 0, 0, 13, 0, 90, 0, 0, 0, 0, 0, 1, 0, 2, b'i', b'd', 0];
     assert!(no(&odd));
     assert_eq!(
-        Kafka.detect(
+        Kafka::default().detect(
             &info(&on_9092),
             &message(0, Direction::ClientToServer, &odd)
         ),
         Detection::Claim
     );
     let server_first = cut_message(0, Direction::ServerToClient, &odd, 100);
-    assert_eq!(Kafka.detect(&info(&on_9092), &server_first), Detection::No);
+    assert_eq!(Kafka::default().detect(&info(&on_9092), &server_first), Detection::No);
 }
 
 #[test]
@@ -486,7 +488,7 @@ fn garbage_and_cuts_anywhere_never_panic() {
             partial: false,
             later: &[],
         };
-        let _ = Kafka.detect(&info(&key), &m);
+        let _ = Kafka::default().detect(&info(&key), &m);
         let mut flow = KafkaFlow::default();
         let mut out = Recorded::default();
         // A request, then this message either way, then a mutated response.

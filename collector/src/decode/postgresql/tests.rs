@@ -342,8 +342,10 @@ fn pg_frame(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// A result of 3000 rows in 8192-byte writes, as the server sends it, captured call by call
-/// (each write's first and last 256 bytes, the socket point): its command tag is read from the
-/// last write's end although the frames in between were not captured. From the first 256
+/// with gaps (each write's first and last 256 bytes: the socket point copies 16 snaplens of a
+/// call, then its last; one here, to make gaps, as a message past the probe's 64 KiB has): its
+/// command tag is read from the last write's end although the frames in between were not
+/// captured. From the first 256
 /// bytes of the message alone, it is cut and says so.
 #[test]
 fn a_multi_write_result_captured_call_by_call_keeps_its_command_tag() {

@@ -46,8 +46,8 @@ use crate::clock::BootClock;
 const STALE_FACTOR: u32 = 50;
 
 /// Captured bytes kept of one message captured call by call: a bound on the probe's memory per
-/// pending message (a long server-streaming response is one message). Segments past it are
-/// counted (`segments_over_bound`) and the collector sees the gap.
+/// pending message (a long server-streaming response is one message). Past it, the oldest
+/// segments but the first make room, counted (`segments_over_bound`); the collector sees a gap.
 pub const MAX_SEGMENT_BYTES: usize = 64 * 1024;
 
 /// Reads a connection's current state from the kernel (the LRU map), or a fake in tests.
@@ -99,7 +99,7 @@ pub struct AssemblerStats {
     pub segments: u64,
     /// Segments whose message was not pending (its MSG_START lost, or already emitted).
     pub segments_orphaned: u64,
-    /// Segments dropped because their message held [`MAX_SEGMENT_BYTES`] already.
+    /// Segments dropped to keep a message within [`MAX_SEGMENT_BYTES`].
     pub segments_over_bound: u64,
 }
 
@@ -228,19 +228,29 @@ impl Assembler {
             return;
         };
         p.last_event = now;
-        let parts = [(seg.offset, seg.head), (seg.tail_offset, seg.tail)];
-        for (offset, payload) in parts {
-            if payload.is_empty() {
-                continue;
-            }
-            if p.segment_bytes.saturating_add(payload.len()) > MAX_SEGMENT_BYTES {
-                self.stats.segments_over_bound += 1;
-                continue;
-            }
-            p.segment_bytes += payload.len();
-            p.segments.push(SegmentRecord { offset, payload });
-            self.stats.segments += 1;
+        let payload = seg.bytes;
+        if payload.is_empty() {
+            return;
         }
+        // Over the bound, the oldest segments after the message's first go: its start and its
+        // latest bytes (where the end of a long answer is) are what decoders use most.
+        while p.segment_bytes.saturating_add(payload.len()) > MAX_SEGMENT_BYTES
+            && p.segments.len() > 1
+        {
+            let gone = p.segments.remove(1);
+            p.segment_bytes = p.segment_bytes.saturating_sub(gone.payload.len());
+            self.stats.segments_over_bound += 1;
+        }
+        if p.segment_bytes.saturating_add(payload.len()) > MAX_SEGMENT_BYTES {
+            self.stats.segments_over_bound += 1;
+            return;
+        }
+        p.segment_bytes += payload.len();
+        p.segments.push(SegmentRecord {
+            offset: seg.offset,
+            payload,
+        });
+        self.stats.segments += 1;
     }
 
     /// A UDP datagram: one message record at once, in its flow (announced when new).
