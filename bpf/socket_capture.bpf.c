@@ -490,8 +490,8 @@ static __always_inline void emit_exchange(const struct clovisor_sock_conn *s,
 /* `len` (> 0) bytes of user memory at `base` are bytes `offset`.. of the
  * current message of a connection captured call by call: one SEGMENT with
  * their first snaplen bytes. */
-static __always_inline void emit_chunk(const struct clovisor_sock_conn *s, __u64 offset,
-				       __u64 base, __u64 len)
+static __always_inline void emit_chunk(const struct clovisor_sock_conn *s, __u64 offset, __u64 base,
+				       __u64 len)
 {
 	__u32 zero = 0, snap = snaplen(), n;
 	struct clovisor_segment *ev = bpf_map_lookup_elem(&sock_scratch_segment, &zero);
@@ -522,7 +522,7 @@ static __always_inline void emit_chunk(const struct clovisor_sock_conn *s, __u64
  * (bpf_loop: the verifier checks one step, not every unrolled path). */
 struct chunk_walk {
 	const struct clovisor_sock_conn *s;
-	__u64 iov;	/* the iovec array (vectored calls) */
+	__u64 iov; /* the iovec array (vectored calls) */
 	__u64 iovcnt;
 	__u32 next_iov; /* the next iovec to read */
 	__u32 pad;
@@ -545,9 +545,9 @@ static long chunk_step(__u32 i, void *data)
 	if (w->cur_left == 0) {
 		/* The next buffer of a vectored call. */
 		if (w->next_iov >= w->iovcnt ||
-		    bpf_probe_read_user(&iov, sizeof(iov),
-					(const void *)(w->iov +
-						       (__u64)w->next_iov * sizeof(struct uiovec))))
+		    bpf_probe_read_user(
+			&iov, sizeof(iov),
+			(const void *)(w->iov + (__u64)w->next_iov * sizeof(struct uiovec))))
 			return 1;
 		w->next_iov += 1;
 		w->cur = iov.iov_base;

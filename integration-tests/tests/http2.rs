@@ -590,9 +590,15 @@ async fn grpc_behind_tls_is_decoded_at_the_socket_point() -> Result<()> {
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| {
-                ["kernel_total", "dropped", "desync", "decode_error", "messages"]
-                    .iter()
-                    .any(|k| l.contains(k))
+                [
+                    "kernel_total",
+                    "dropped",
+                    "desync",
+                    "decode_error",
+                    "messages",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
             })
             .collect();
         bail!(

@@ -101,7 +101,12 @@ async fn postgresql_queries_become_sessions_end_to_end() -> Result<()> {
         ("SELECT generate_series(?, ?)", "SELECT", Some(500), None),
         // 5000 rows: the server sends them in several 8 KiB writes; the last one ends with the
         // command tag.
-        ("SELECT generate_series(?, ?) AS n", "SELECT", Some(5000), None),
+        (
+            "SELECT generate_series(?, ?) AS n",
+            "SELECT",
+            Some(5000),
+            None,
+        ),
         ("SELECT * FROM e2e_missing", "SELECT", None, Some("42P01")),
         // pgbench -M prepared: Parse, then Bind/Execute; $1 is a parameter, not a literal.
         (
@@ -141,9 +146,15 @@ async fn postgresql_queries_become_sessions_end_to_end() -> Result<()> {
         assert_eq!(s["server"]["port"], POSTGRES_PORT, "{s:#}");
         assert_eq!(s["incomplete"], false, "{s:#}");
     }
-    for statement in ["SELECT generate_series(?, ?)", "SELECT generate_series(?, ?) AS n"] {
+    for statement in [
+        "SELECT generate_series(?, ?)",
+        "SELECT generate_series(?, ?) AS n",
+    ] {
         let series = find(&seen, statement).context("checked above")?;
-        assert_eq!(series["database"]["response_truncated"], false, "{series:#}");
+        assert_eq!(
+            series["database"]["response_truncated"], false,
+            "{series:#}"
+        );
         let points: Vec<&Value> = series["observations"]
             .as_array()
             .into_iter()

@@ -305,7 +305,8 @@ impl ProbeMetrics {
                     // Bytes in the middle of a long call (past what is copied of one call,
                     // before its last bytes): not captured.
                     "socket_call_bytes_skipped" => {
-                        self.drops.count("socket_capture", "call_bytes_skipped", grown)
+                        self.drops
+                            .count("socket_capture", "call_bytes_skipped", grown)
                     }
                     "connection_update_failed" => {
                         self.drops.count("connection_map", "update_failed", grown)

@@ -234,17 +234,19 @@ impl<'a> Message<'a> {
         self.later
             .iter()
             .find(|s| offset >= s.offset && offset - s.offset < s.bytes.len() as u64)
-            .and_then(|s| usize::try_from(offset - s.offset).ok().and_then(|o| s.bytes.get(o..)))
+            .and_then(|s| {
+                usize::try_from(offset - s.offset)
+                    .ok()
+                    .and_then(|o| s.bytes.get(o..))
+            })
             .unwrap_or(&[])
     }
 
     /// The end of the last captured byte (0 when nothing was).
     pub fn captured_end(&self) -> u64 {
-        self.later
-            .last()
-            .map_or(self.payload.len() as u64, |s| {
-                s.offset.saturating_add(s.bytes.len() as u64)
-            })
+        self.later.last().map_or(self.payload.len() as u64, |s| {
+            s.offset.saturating_add(s.bytes.len() as u64)
+        })
     }
 }
 

@@ -10,8 +10,8 @@ use clovisor_proto::session::v1::Session;
 use super::endpoints::{Endpoints, Ends};
 use super::session::{self, FlowParts};
 use crate::decode::{
-    Captured, Decoders, Detected, Direction, Exchange, FlowDecoder, FlowInfo, Message, MessageStats, Output,
-    Step,
+    Captured, Decoders, Detected, Direction, Exchange, FlowDecoder, FlowInfo, Message,
+    MessageStats, Output, Step,
 };
 use crate::metrics::CollectorMetrics;
 

@@ -316,7 +316,10 @@ fn real_flexible_versions_from_librdkafka_pair_and_read_topics() {
             "every answered Fetch whose topic id is unknown is counted"
         );
     }
-    assert!(unnamed > 0, "the Fetch connection has no Metadata of its own");
+    assert!(
+        unnamed > 0,
+        "the Fetch connection has no Metadata of its own"
+    );
     let creates: Vec<Option<i32>> = find(19).iter().map(|k| k.error_code).collect();
     assert_eq!(creates, [Some(0), Some(36)]);
     let metadata = find(3);
@@ -440,7 +443,8 @@ fn detection_wants_a_request_header_and_the_port_admits_unknown_keys() {
         ..FlowKey::default()
     };
     let no = |payload: &[u8]| {
-        Kafka::default().detect(&info(&key), &message(0, Direction::ClientToServer, payload)) == Detection::No
+        Kafka::default().detect(&info(&key), &message(0, Direction::ClientToServer, payload))
+            == Detection::No
     };
     assert!(no(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
     assert!(no(b"*1\r\n$4\r\nPING\r\n"));
@@ -464,7 +468,10 @@ fn detection_wants_a_request_header_and_the_port_admits_unknown_keys() {
         Detection::Claim
     );
     let server_first = cut_message(0, Direction::ServerToClient, &odd, 100);
-    assert_eq!(Kafka::default().detect(&info(&on_9092), &server_first), Detection::No);
+    assert_eq!(
+        Kafka::default().detect(&info(&on_9092), &server_first),
+        Detection::No
+    );
 }
 
 #[test]

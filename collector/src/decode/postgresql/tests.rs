@@ -349,7 +349,10 @@ fn pg_frame(tag: u8, body: &[u8]) -> Vec<u8> {
 /// bytes of the message alone, it is cut and says so.
 #[test]
 fn a_multi_write_result_captured_call_by_call_keeps_its_command_tag() {
-    let mut response = pg_frame(b'T', b"\x00\x01n\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x17\x00\x04\xff\xff\xff\xff\x00\x00");
+    let mut response = pg_frame(
+        b'T',
+        b"\x00\x01n\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x17\x00\x04\xff\xff\xff\xff\x00\x00",
+    );
     for i in 0..3000u32 {
         let v = i.to_string();
         let mut body = 1u16.to_be_bytes().to_vec();

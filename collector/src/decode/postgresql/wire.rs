@@ -118,7 +118,9 @@ pub fn frame(b: &[u8]) -> Next<'_> {
 pub fn closing_frames(b: &[u8]) -> Option<[Option<Frame<'_>>; 2]> {
     let z = b.len().checked_sub(6)?;
     let ready = match frame(&b[z..]) {
-        Next::Frame(f, 6) if f.tag == b'Z' && f.whole && matches!(f.body, [b'I' | b'T' | b'E']) => f,
+        Next::Frame(f, 6) if f.tag == b'Z' && f.whole && matches!(f.body, [b'I' | b'T' | b'E']) => {
+            f
+        }
         _ => return None,
     };
     // The nearest start whose message ends at `z`: tags with a NUL-terminated body.

@@ -38,8 +38,8 @@ use super::raw::{
     ConnectionKey, ConnectionState, Datagram, Event, FlowEnd, MsgCounters, MsgStart, Segment,
     SocketOwner,
 };
-use clovisor_proto::capture::v1::Segment as SegmentRecord;
 use crate::clock::BootClock;
+use clovisor_proto::capture::v1::Segment as SegmentRecord;
 
 /// How long a flushed message whose flow went quiet is kept before checking that the
 /// flow still exists in the kernel.
@@ -317,8 +317,7 @@ impl Assembler {
         if self.pending.len() >= self.max_pending {
             self.evict_oldest(out);
         }
-        self.pending
-            .insert(start.flow_id, Pending::new(start, now));
+        self.pending.insert(start.flow_id, Pending::new(start, now));
     }
 
     fn on_end(&mut self, end: FlowEnd, out: &mut Vec<Record>) {
@@ -558,7 +557,12 @@ impl Assembler {
         );
         self.stats.messages += 1;
         out.push(records::message(
-            start, payload, segments, fin, partial, &self.clock,
+            start,
+            payload,
+            segments,
+            fin,
+            partial,
+            &self.clock,
         ));
     }
 }
