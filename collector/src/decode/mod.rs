@@ -661,4 +661,82 @@ mod tests {
         assert!(!m(8, 8).is_cut());
         assert!(!m(0, 0).is_cut());
     }
+
+    /// Messages captured call by call with hostile segments (offsets anywhere up to `u64::MAX`,
+    /// overlapping, out of order, random or real-looking bytes) go through every decoder
+    /// without a panic.
+    #[test]
+    fn hostile_segments_never_panic_any_decoder() {
+        let mut rng = testing::Rng(0x5eed_cafe_f00d_1234);
+        let seeds: [&[u8]; 4] = [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+            b"Q\x00\x00\x00\x0dSELECT 1\x00C\x00\x00\x00\x0dSELECT 1\x00Z\x00\x00\x00\x05I",
+            b"\x00\x00\x00\x10\x00\x01\x00\x10\x00\x00\x00\x01\x00\x02ab",
+        ];
+        let decoders = Decoders::default();
+        let key = FlowKey::default();
+        for round in 0..400u32 {
+            let info = FlowInfo {
+                probe_id: "p",
+                flow_id: u64::from(round),
+                key: &key,
+                hint: ProtocolHint::Unspecified,
+            };
+            let seed = seeds[rng.below(seeds.len())];
+            let mut flow: Option<Box<dyn FlowDecoder>> = None;
+            for index in 0..6u32 {
+                let segments: Vec<capture::Segment> = (0..rng.below(6))
+                    .map(|_| {
+                        let offset = match rng.below(4) {
+                            0 => u64::MAX - rng.below(64) as u64,
+                            1 => rng.next_u64(),
+                            _ => rng.below(200) as u64,
+                        };
+                        let bytes: Vec<u8> = if rng.below(2) == 0 {
+                            seed[rng.below(seed.len())..].to_vec()
+                        } else {
+                            (0..rng.below(80)).map(|_| rng.next_u64() as u8).collect()
+                        };
+                        capture::Segment {
+                            offset,
+                            payload: bytes.into(),
+                        }
+                    })
+                    .collect();
+                let first = if index == 0 { seed } else { &[][..] };
+                let captured = Captured::stitch(first, &segments);
+                let later = captured.later();
+                let m = Message {
+                    direction: if index % 2 == 0 {
+                        Direction::ClientToServer
+                    } else {
+                        Direction::ServerToClient
+                    },
+                    stats: MessageStats {
+                        index,
+                        bytes: rng.next_u64() % 100_000,
+                        ..MessageStats::default()
+                    },
+                    payload: captured.first(),
+                    partial: false,
+                    later: &later,
+                };
+                let _ = m.captured_end();
+                let _ = m.captured_at(rng.next_u64());
+                let mut out = testing::Recorded::default();
+                if flow.is_none() {
+                    if let Detected::Claimed(d) = decoders.detect(&info, &m) {
+                        flow = Some(d.new_flow(&info));
+                    }
+                }
+                if let Some(f) = flow.as_mut() {
+                    f.on_message(&m, &mut out);
+                }
+            }
+            if let Some(mut f) = flow {
+                f.on_close(&mut testing::Recorded::default());
+            }
+        }
+    }
 }

@@ -290,11 +290,12 @@ impl Http2Flow {
             };
             // Sequence numbers wrap: the offset is taken modulo 2^32 on purpose.
             at.frame_seq = m.stats.tcp_seq.wrapping_add(pos as u32);
-            let start = pos + HEADER_LEN as u64;
-            let end = start + u64::from(h.length);
+            // Offsets of later runs come from the wire: saturating, never wrapping.
+            let start = pos.saturating_add(HEADER_LEN as u64);
+            let end = start.saturating_add(u64::from(h.length));
             let body = here.get(HEADER_LEN..).unwrap_or_default();
             // The run holding the header reaches the end of the message.
-            let run_to_end = pos + here.len() as u64 == total;
+            let run_to_end = pos.saturating_add(here.len() as u64) == total;
             let length = usize::try_from(h.length).unwrap_or(usize::MAX);
             let payload = &body[..length.min(body.len())];
             if payload.len() == length {

@@ -267,7 +267,7 @@ impl PostgresqlFlow {
     /// Walks the server's messages as far as they were captured, across gaps when a message
     /// was captured call by call (socket point) and the next one starts in a captured run; when
     /// the walk reaches bytes not captured, the end of the message may still be
-    /// ([`PostgresqlFlow::from_tail`]).
+    /// ([`PostgresqlFlow::read_closing_frames`]).
     fn on_server(&mut self, m: &Message<'_>, out: &mut dyn Output) {
         let total = m.stats.bytes.max(m.captured_end());
         let mut at: u64 = 0;
@@ -280,7 +280,7 @@ impl PostgresqlFlow {
             let (f, took) = match wire::frame(here) {
                 Next::Frame(f, took) => (f, took),
                 Next::Short if !run_to_end => {
-                    if !self.from_tail(m, total, out) {
+                    if !self.read_closing_frames(m, total, out) {
                         self.answer_cut(m.stats, out);
                     }
                     return;
@@ -325,7 +325,7 @@ impl PostgresqlFlow {
     /// call: the last call's last bytes): the messages that end it - a `CommandComplete`,
     /// `EmptyQueryResponse` or `ErrorResponse`, then `ReadyForQuery` - found back from the end
     /// by their lengths. Returns whether they were.
-    fn from_tail(&mut self, m: &Message<'_>, total: u64, out: &mut dyn Output) -> bool {
+    fn read_closing_frames(&mut self, m: &Message<'_>, total: u64, out: &mut dyn Output) -> bool {
         let Some(last) = m
             .later
             .last()
