@@ -208,6 +208,13 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
+	__type(value, struct clovisor_segment);
+} sock_scratch_segment SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
 	__type(value, __u64);
 } sock_flow_seq SEC(".maps");
 
@@ -266,6 +273,73 @@ static __always_inline __u64 user_buffer(__u64 *len)
 	default:
 		return 0;
 	}
+}
+
+/* The user memory of the current call, for connections captured call by call:
+ * one buffer (read/write/recvfrom/sendto), or an iovec array. */
+struct call_data {
+	__u64 base; /* the buffer, or the iovec array */
+	__u64 len;  /* the buffer's length, or the number of iovecs */
+	__u8 vector;
+};
+
+static __always_inline int call_data(struct call_data *c)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct umsghdr_iov mh = {};
+	__u64 arg;
+	long nr;
+
+	if (!regs)
+		return 0;
+	nr = SYSCALL_NR(regs);
+	switch (nr) {
+	case NR_READ:
+	case NR_WRITE:
+	case NR_RECVFROM:
+	case NR_SENDTO:
+		c->base = SYSCALL_ARG1(regs);
+		c->len = SYSCALL_ARG2(regs);
+		c->vector = 0;
+		return 1;
+	case NR_READV:
+	case NR_WRITEV:
+		c->base = SYSCALL_ARG1(regs);
+		c->len = SYSCALL_ARG2(regs);
+		c->vector = 1;
+		return 1;
+	case NR_SENDMSG:
+	case NR_RECVMSG:
+		arg = SYSCALL_ARG1(regs);
+		if (bpf_probe_read_user(&mh, sizeof(mh), (const void *)(arg + MSGHDR_IOV_OFFSET)))
+			return 0;
+		c->base = mh.msg_iov;
+		c->len = mh.msg_iovlen;
+		c->vector = 1;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* Whether a connection's first message asks for capture call by call, from
+ * its first 8 bytes (fixed comparisons, no parsing): the HTTP/2 client
+ * preface "PRI * HT", a PostgreSQL StartupMessage (protocol 3.0), SSLRequest
+ * or GSSENCRequest, or a MySQL/MariaDB server greeting (sequence 0, protocol
+ * version 10). */
+static __always_inline int wants_each_call(const __u8 *b, __u32 len, __u8 dir)
+{
+	if (len < 8)
+		return 0;
+	if (dir == CLOVISOR_DIR_SERVER_TO_CLIENT)
+		return b[3] == 0 && b[4] == 10 && b[0] != 0;
+	if (b[0] == 'P' && b[1] == 'R' && b[2] == 'I' && b[3] == ' ' && b[4] == '*' &&
+	    b[5] == ' ' && b[6] == 'H' && b[7] == 'T')
+		return 1;
+	if (b[0] != 0 || b[1] != 0)
+		return 0;
+	return (b[4] == 0 && b[5] == 3 && b[6] == 0 && b[7] == 0) ||
+	       (b[4] == 0x04 && b[5] == 0xd2 && b[6] == 0x16 && (b[7] == 0x2f || b[7] == 0x30));
 }
 
 /* Fills key (oriented by role) and side from the socket; returns the protocol
@@ -413,6 +487,121 @@ static __always_inline void emit_exchange(const struct clovisor_sock_conn *s,
 		count(CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
 }
 
+/* `len` (> 0) bytes of user memory at `base` are bytes `offset`.. of the
+ * current message of a connection captured call by call: one SEGMENT with
+ * their first snaplen bytes. */
+static __always_inline void emit_chunk(const struct clovisor_sock_conn *s, __u64 offset, __u64 base,
+				       __u64 len)
+{
+	__u32 zero = 0, snap = snaplen(), n;
+	struct clovisor_segment *ev = bpf_map_lookup_elem(&sock_scratch_segment, &zero);
+
+	if (!ev)
+		return;
+	fill_hdr(&ev->hdr, CLOVISOR_EVENT_SEGMENT, s, 0);
+	ev->index = s->cur.index;
+	ev->offset = offset;
+	/* Through memory, so that the verifier does not carry the copy's
+	 * length back into the walk's state (each step would differ and the
+	 * bpf_loop walk would never be proven). */
+	ev->len = len < snap ? len : snap;
+	n = clovisor_bound_snap(*(volatile __u32 *)&ev->len);
+	if (n > 0 && bpf_probe_read_user(ev->payload, n, (const void *)base)) {
+		count(CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED);
+		n = 0;
+	}
+	ev->len = n;
+	if (bpf_ringbuf_output(&sock_events, ev, offsetof(struct clovisor_segment, payload) + n,
+			       clovisor_wakeup_flags(&sock_events)))
+		count(CLOVISOR_SOCK_STAT_SEGMENTS_LOST);
+	else
+		count(CLOVISOR_SOCK_STAT_SEGMENTS_EMITTED);
+}
+
+/* The walk over a call's bytes, a snaplen at a time, buffer after buffer
+ * (bpf_loop: the verifier checks one step, not every unrolled path). */
+struct chunk_walk {
+	const struct clovisor_sock_conn *s;
+	__u64 iov; /* the iovec array (vectored calls) */
+	__u64 iovcnt;
+	__u32 next_iov; /* the next iovec to read */
+	__u32 pad;
+	__u64 budget;	/* bytes still to copy (CLOVISOR_CALL_CHUNKS snaplens) */
+	__u64 cur;	/* where the next chunk is read */
+	__u64 cur_left; /* bytes of the call left in the current buffer */
+	__u64 offset;	/* of `cur` in the message */
+	__u64 left;	/* bytes the call moved not walked yet */
+	__u64 snap;
+};
+
+static long chunk_step(__u32 i, void *data)
+{
+	struct chunk_walk *w = data;
+	struct uiovec iov = {};
+	__u64 n;
+
+	if (w->left == 0 || w->budget == 0)
+		return 1;
+	if (w->cur_left == 0) {
+		/* The next buffer of a vectored call. */
+		if (w->next_iov >= w->iovcnt ||
+		    bpf_probe_read_user(
+			&iov, sizeof(iov),
+			(const void *)(w->iov + (__u64)w->next_iov * sizeof(struct uiovec))))
+			return 1;
+		w->next_iov += 1;
+		w->cur = iov.iov_base;
+		w->cur_left = iov.iov_len < w->left ? iov.iov_len : w->left;
+		return 0;
+	}
+	n = w->cur_left < w->snap ? w->cur_left : w->snap;
+	emit_chunk(w->s, w->offset, w->cur, n);
+	w->budget = w->budget > n ? w->budget - n : 0;
+	w->cur += n;
+	w->cur_left -= n;
+	w->offset += n;
+	w->left -= n;
+	return 0;
+}
+
+/* A call of a connection captured call by call moved `moved` bytes at
+ * `offset` of the current message: its bytes, one SEGMENT per snaplen, at most
+ * CLOVISOR_CALL_CHUNKS of them; past that, the call's last snaplen bytes (where
+ * a message's end - trailers, a command tag - is) when they lie in the buffer
+ * being walked. */
+static __always_inline void emit_segment(const struct clovisor_sock_conn *s, __u64 offset,
+					 __u64 moved)
+{
+	struct call_data c = {};
+	struct chunk_walk w = {};
+	__u64 t;
+
+	if (!call_data(&c)) {
+		count(CLOVISOR_SOCK_STAT_NO_USER_BUFFER);
+		return;
+	}
+	w.s = s;
+	w.snap = snaplen();
+	w.budget = w.snap * CLOVISOR_CALL_CHUNKS;
+	w.offset = offset;
+	w.left = moved;
+	if (c.vector) {
+		w.iov = c.base;
+		w.iovcnt = c.len;
+	} else {
+		w.cur = c.base;
+		w.cur_left = c.len < moved ? c.len : moved;
+	}
+	bpf_loop(CLOVISOR_CALL_CHUNKS + CLOVISOR_MAX_IOVECS, chunk_step, &w, 0);
+	if (w.left == 0)
+		return;
+	count(CLOVISOR_SOCK_STAT_CALL_BYTES_SKIPPED);
+	if (w.cur_left == w.left) {
+		t = w.left < w.snap ? w.left : w.snap;
+		emit_chunk(s, w.offset + w.left - t, w.cur + w.cur_left - t, t);
+	}
+}
+
 /* The connection of a traced socket, created on its first traced call; NULL
  * when the socket is not traced (its process's namespace is not monitored). */
 static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __u64 id,
@@ -433,6 +622,11 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 		return 0;
 	__builtin_memset(&fresh, 0, sizeof(fresh));
 	fresh.protocol = socket_key(sk, local_traced, &fresh.key, &side);
+	if (fresh.protocol == CLOVISOR_PROTO_HTTP2 || fresh.protocol == CLOVISOR_PROTO_GRPC) {
+		fresh.capture = CLOVISOR_CAPTURE_EACH_CALL;
+		fresh.decided = 1;
+		count(CLOVISOR_SOCK_STAT_EACH_CALL_CONNS);
+	}
 	fill_owner(&fresh.owner, id, netns, side);
 	fresh.flow_id = clovisor_new_flow_id(&sock_flow_seq, CLOVISOR_SOCK_FLOW_ID_BIT, 55);
 	if (bpf_map_update_elem(&sock_connections, &id, &fresh, BPF_NOEXIST) == 0)
@@ -441,6 +635,26 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 	if (!s)
 		count(CLOVISOR_SOCK_STAT_CONN_UPDATE_FAILED);
 	return s;
+}
+
+/* From now on the connection is captured call by call. */
+static __always_inline void each_call_begin(struct clovisor_sock_conn *s)
+{
+	s->capture = CLOVISOR_CAPTURE_EACH_CALL;
+	s->decided = 1;
+	count(CLOVISOR_SOCK_STAT_EACH_CALL_CONNS);
+}
+
+/* A message of a connection captured call by call starts (s->cur set): it
+ * travels alone, without bytes, then its first call's bytes as a segment. No
+ * request is held: its segments follow it at once. */
+static __always_inline void each_call_start(struct clovisor_sock_conn *s,
+					    const struct clovisor_msg *prev, __u8 has_prev,
+					    __u64 moved)
+{
+	s->held = 0;
+	emit_msg_start(s, &s->cur, prev, has_prev, 0, 0, 0);
+	emit_segment(s, 0, moved);
 }
 
 /* `moved` bytes went through traced socket sk: a send (`send`) or a receive. */
@@ -475,9 +689,13 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 		dir = send ? CLOVISOR_DIR_CLIENT_TO_SERVER : CLOVISOR_DIR_SERVER_TO_CLIENT;
 	now = bpf_ktime_get_boot_ns();
 	if (s->cur.direction == dir) {
+		__u64 offset = s->cur.bytes;
+
 		s->cur.last_ns = now;
 		s->cur.bytes += moved;
 		s->cur.packets += 1;
+		if (s->capture == CLOVISOR_CAPTURE_EACH_CALL)
+			emit_segment(s, offset, moved);
 		return;
 	}
 
@@ -502,6 +720,10 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 	s->cur.direction = dir;
 	s->cur.to_pod = !send;
 
+	if (s->capture == CLOVISOR_CAPTURE_EACH_CALL) {
+		each_call_start(s, &prev, has_prev, moved);
+		return;
+	}
 	buf = user_buffer(&buf_len);
 	if (!buf)
 		count(CLOVISOR_SOCK_STAT_NO_USER_BUFFER);
@@ -509,6 +731,19 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 	if (n > snaplen())
 		n = snaplen();
 
+	if (!s->decided && dir == CLOVISOR_DIR_SERVER_TO_CLIENT && buf) {
+		/* The server speaks first: its first 8 bytes may be a MySQL
+		 * greeting (one read of 8 bytes per such connection); if not,
+		 * the client's first message decides. */
+		__u8 first[8] = {};
+
+		if (n >= 8 && !bpf_probe_read_user(first, 8, (const void *)buf) &&
+		    wants_each_call(first, 8, dir)) {
+			each_call_begin(s);
+			each_call_start(s, &prev, has_prev, moved);
+			return;
+		}
+	}
 	if (dir == CLOVISOR_DIR_CLIENT_TO_SERVER) {
 		/* A request: hold its first bytes for its response. */
 		held = clovisor_held_slot(s->flow_id);
@@ -519,6 +754,17 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 				count(CLOVISOR_SOCK_STAT_SNAP_LOAD_FAILED);
 				len = 0;
 			}
+			/* A connection's first request: its bytes, already
+			 * copied, may ask for capture call by call. */
+			if (!s->decided) {
+				s->decided = 1;
+				if (wants_each_call(held->data, len, dir)) {
+					clovisor_release(held);
+					each_call_begin(s);
+					each_call_start(s, &prev, has_prev, moved);
+					return;
+				}
+			}
 			clovisor_hold(held, &s->key, &s->owner, &s->cur, s->protocol,
 				      CLOVISOR_POINT_SOCKET, len);
 			s->held = 1;
@@ -527,6 +773,8 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 			return;
 		}
 		count(CLOVISOR_SOCK_STAT_HEAD_NOT_HELD);
+		/* No room to hold: no bytes copied to look at either. */
+		s->decided = 1;
 		s->held = 0;
 		emit_msg_start(s, &s->cur, &prev, has_prev, (const void *)buf, n, 0);
 		return;

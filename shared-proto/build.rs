@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Payloads decode as slices of the received buffer (no copy) and are shared, not cloned.
         .bytes(".clovisor.capture.v1.Message.payload")
+        .bytes(".clovisor.capture.v1.Segment.payload")
         // Each session's encoding as it arrived: the correlator keeps it for retained exchanges.
         .bytes(".clovisor.session.v1.SessionBatch.sessions")
         // A session carries one protocol's part at most: the others stay a pointer wide, so a

@@ -49,6 +49,24 @@ enum clovisor_event_kind {
 	/* struct clovisor_exchange: a response starts after a request whose
 	 * first bytes were held: request and response in one record. */
 	CLOVISOR_EVENT_EXCHANGE = 3,
+	/* struct clovisor_segment: bytes of one call of a message on a socket
+	 * connection captured call by call (CLOVISOR_CAPTURE_EACH_CALL). */
+	CLOVISOR_EVENT_SEGMENT = 4,
+};
+
+/* How a socket connection's bytes are captured (struct
+ * clovisor_sock_conn.capture). */
+enum clovisor_capture_mode {
+	/* The first bytes of each message (the first call's), with one
+	 * EXCHANGE record per request and response: HTTP/1 and the rest. */
+	CLOVISOR_CAPTURE_FIRST_BYTES = 0,
+	/* Multiplexed or multi-write protocols (HTTP/2 and gRPC, PostgreSQL,
+	 * MySQL): each message starts with a MSG_START without bytes and each
+	 * call of it, the first included, sends SEGMENTs with the call's bytes
+	 * (CLOVISOR_CALL_CHUNKS). Chosen once per connection, from the port's
+	 * protocol hint or the first 8 bytes of its first client message (or of
+	 * a server greeting) - a fixed comparison, not parsing. */
+	CLOVISOR_CAPTURE_EACH_CALL = 1,
 };
 
 /* Which program sent an event. */
@@ -270,7 +288,18 @@ enum clovisor_sock_stat {
 	/* As CLOVISOR_STAT_HEAD_NOT_HELD / CLOVISOR_STAT_HEAD_LOST. */
 	CLOVISOR_SOCK_STAT_HEAD_NOT_HELD = 9,
 	CLOVISOR_SOCK_STAT_HEAD_LOST = 10,
-	CLOVISOR_SOCK_STAT_COUNT = 11,
+	/* Connections captured call by call (CLOVISOR_CAPTURE_EACH_CALL). */
+	CLOVISOR_SOCK_STAT_EACH_CALL_CONNS = 11,
+	/* SEGMENT records written / lost because the ring buffer was full
+	 * (the collector then sees a gap in the message). */
+	CLOVISOR_SOCK_STAT_SEGMENTS_EMITTED = 12,
+	CLOVISOR_SOCK_STAT_SEGMENTS_LOST = 13,
+	/* Calls of a connection captured call by call that moved more than the
+	 * program copies of one call (CLOVISOR_CALL_CHUNKS snaplens, from at
+	 * most CLOVISOR_MAX_IOVECS buffers): the bytes between what was copied
+	 * and the call's last snaplen bytes are not captured. */
+	CLOVISOR_SOCK_STAT_CALL_BYTES_SKIPPED = 14,
+	CLOVISOR_SOCK_STAT_COUNT = 15,
 };
 
 /* Who moved the bytes through a socket; all zero at tc points. */
@@ -301,7 +330,12 @@ struct clovisor_sock_conn {
 	__u8 protocol; /* enum clovisor_protocol_hint */
 	__u8 held;
 	__u8 has_before;
-	__u8 pad[5];
+	__u8 capture; /* enum clovisor_capture_mode */
+	/* 1 once the capture mode is chosen: at the connection's first client
+	 * message (a server speaking first - an HTTP/2 server's SETTINGS - is
+	 * only checked for a MySQL greeting). */
+	__u8 decided;
+	__u8 pad[3];
 };
 
 /* Value of the `held_heads` LRU map (key: flow id): the first bytes of a
@@ -365,6 +399,26 @@ struct clovisor_exchange {
 	__u32 request_len;
 	__u32 response_len;
 	__u8 payload[2 * CLOVISOR_MAX_SNAPLEN];
+};
+
+/* What the socket program copies of one call of a connection captured call by
+ * call: its bytes a snaplen at a time (one SEGMENT each), at most
+ * CLOVISOR_CALL_CHUNKS of them, from at most CLOVISOR_MAX_IOVECS buffers of a
+ * vectored call (readv/writev/sendmsg/recvmsg); then, when the rest lies in
+ * the buffer reached, the call's last snaplen bytes. At the default snaplen
+ * that is the first 16 KiB of a call - a TLS record's worth, what a sidecar or
+ * a TLS tunnel writes at once - and its end. */
+#define CLOVISOR_CALL_CHUNKS 16
+#define CLOVISOR_MAX_IOVECS  8
+
+/* SEGMENT: `len` bytes at `offset` of message `index` of a connection
+ * captured call by call. Only the header and len payload bytes are sent. */
+struct clovisor_segment {
+	struct clovisor_event_hdr hdr; /* kind CLOVISOR_EVENT_SEGMENT */
+	__u64 offset;
+	__u32 index;
+	__u32 len;
+	__u8 payload[CLOVISOR_MAX_SNAPLEN];
 };
 
 /* FLOW_END: FIN or RST seen at tc, or the socket reached TCP_CLOSE; the

@@ -170,6 +170,7 @@ fn flow_records(n: u64, mode: Mode, node: &str, out: &mut Vec<Record>) {
             payload: request.into(),
             protocol,
             partial: false,
+            segments: Vec::new(),
         })),
     });
     if mode == Mode::Open {
@@ -194,6 +195,7 @@ fn flow_records(n: u64, mode: Mode, node: &str, out: &mut Vec<Record>) {
             payload: response.into(),
             protocol,
             partial: false,
+            segments: Vec::new(),
         })),
     });
     out.push(Record {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clovisor_correlator::testing::OtlpReceiver;
 use clovisor_integration_tests::tls::{self_signed, Stunnel};
-use clovisor_integration_tests::{run_in, wait_for, AllInOne, Lab, Pod, Proc};
+use clovisor_integration_tests::{api, run_in, wait_for, AllInOne, Lab, Pod, Proc};
 use serde_json::Value;
 
 const H2_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -543,6 +543,100 @@ async fn grpc_behind_tls_is_decoded_at_the_socket_point() -> Result<()> {
         seen.iter().all(|s| s["server"]["port"] != 8443),
         "TLS on the veths decodes nothing: {}",
         summary(&seen)
+    );
+
+    // Many streams at once on one connection: their HEADERS share the HPACK tables and ride in
+    // the same writes, after the first write of a message. The socket point captures such a
+    // connection call by call: every call is seen at the server's own socket with its
+    // `x-request-id` (a literal the encoder indexes: lost with the table's step), and no HTTP/2
+    // table falls out of step (only the socket point decodes HTTP/2 here: the veths carry TLS).
+    const CONCURRENT: u32 = 40;
+    let concurrent = CONCURRENT.to_string();
+    run_in(
+        &client.netns,
+        &[grpc_pod, "call-concurrent", &url, &concurrent],
+    )?;
+    let mux = |s: &Value| {
+        s["http"]["request_id"]
+            .as_str()
+            .and_then(|id| id.strip_prefix("mux-"))
+            .and_then(|i| i.parse::<u32>().ok())
+    };
+    let at_grpc_pod = |s: &Value| {
+        s["observations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|o| o["point"] == "socket" && o["comm"] == "grpc_pod")
+    };
+    let all_seen = wait_for(
+        "every multiplexed call at the gRPC server's socket",
+        Duration::from_secs(20),
+        || {
+            seen = clovisor.sessions()?;
+            let mut ids: Vec<u32> = seen
+                .iter()
+                .filter(|s| at_grpc_pod(s) && s["incomplete"] == false)
+                .filter_map(mux)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            Ok(ids.len() == CONCURRENT as usize)
+        },
+    );
+    if let Err(e) = all_seen {
+        let metrics = clovisor.metrics_text().unwrap_or_default();
+        let counters: Vec<&str> = metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                [
+                    "kernel_total",
+                    "dropped",
+                    "desync",
+                    "decode_error",
+                    "messages",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .collect();
+        bail!(
+            "{e:#}\nsessions seen:\n{}\ncounters:\n{}\nlog:\n{}",
+            summary(&seen),
+            counters.join("\n"),
+            clovisor.proc.log_text()
+        );
+    }
+    for i in 0..CONCURRENT {
+        let s = seen
+            .iter()
+            .find(|s| mux(s) == Some(i) && at_grpc_pod(s))
+            .with_context(|| format!("call mux-{i}"))?;
+        assert_eq!(s["protocol"], "grpc", "{s:#}");
+        assert_eq!(s["grpc"]["service"], GRPC_SERVICE, "{s:#}");
+        assert_eq!(s["grpc"]["method"], "Export", "{s:#}");
+        let status = if i % 5 == 4 { 3 } else { 0 };
+        assert_eq!(s["grpc"]["status_code"], status, "{s:#}");
+    }
+    let metrics = clovisor.metrics_text()?;
+    let desyncs: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("clovisor_collector_decoder_desyncs_total{"))
+        .filter(|l| l.contains("protocol=\"http2\""))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(
+        desyncs.is_empty(),
+        "no HTTP/2 table out of step at the socket point: {desyncs:?}"
+    );
+    let each_call = api::sample(
+        &metrics,
+        "clovisor_probe_kernel_total{counter=\"socket_each_call_connections\"}",
+    );
+    assert!(
+        each_call.is_some_and(|n| n >= 2.0),
+        "both ends of the plaintext leg captured call by call: {each_call:?}"
     );
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! with real BPF programs. Simple queries (after psql's SSLRequest, answered `N`) and prepared
 //! statements (the extended protocol) come out of the REST API as sessions with their
 //! operation, sanitized statement, rows and SQLSTATE; literals never appear; a result larger
-//! than the capture is an exchange without rows; spans follow the database conventions.
+//! than the capture and sent in several writes keeps its rows (the socket point captures a
+//! PostgreSQL connection call by call), while the veth's view of it, cut, has none; spans follow
+//! the database conventions.
 
 use std::time::Duration;
 
@@ -62,6 +64,8 @@ async fn postgresql_queries_become_sessions_end_to_end() -> Result<()> {
             &format!("SELECT id FROM e2e_users WHERE email = '{SECRET_EMAIL}'"),
             "-c",
             "SELECT generate_series(1, 500)",
+            "-c",
+            "SELECT generate_series(1, 5000) AS n",
         ],
     )?;
     // A failing statement: psql exits non-zero, the exchange is still a session.
@@ -92,8 +96,17 @@ async fn postgresql_queries_become_sessions_end_to_end() -> Result<()> {
             Some(1),
             None,
         ),
-        // 500 rows do not fit the 1024 bytes captured of the response: no rows, marked.
-        ("SELECT generate_series(?, ?)", "SELECT", None, None),
+        // 500 rows do not fit the 1024 bytes captured of the response's first packet at the
+        // veth; the server's socket keeps the end of its write, the command tag with it.
+        ("SELECT generate_series(?, ?)", "SELECT", Some(500), None),
+        // 5000 rows: the server sends them in several 8 KiB writes; the last one ends with the
+        // command tag.
+        (
+            "SELECT generate_series(?, ?) AS n",
+            "SELECT",
+            Some(5000),
+            None,
+        ),
         ("SELECT * FROM e2e_missing", "SELECT", None, Some("42P01")),
         // pgbench -M prepared: Parse, then Bind/Execute; $1 is a parameter, not a literal.
         (
@@ -133,8 +146,26 @@ async fn postgresql_queries_become_sessions_end_to_end() -> Result<()> {
         assert_eq!(s["server"]["port"], POSTGRES_PORT, "{s:#}");
         assert_eq!(s["incomplete"], false, "{s:#}");
     }
-    let series = find(&seen, "SELECT generate_series(?, ?)").context("checked above")?;
-    assert_eq!(series["database"]["response_truncated"], true, "{series:#}");
+    for statement in [
+        "SELECT generate_series(?, ?)",
+        "SELECT generate_series(?, ?) AS n",
+    ] {
+        let series = find(&seen, statement).context("checked above")?;
+        assert_eq!(
+            series["database"]["response_truncated"], false,
+            "{series:#}"
+        );
+        let points: Vec<&Value> = series["observations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| &o["point"])
+            .collect();
+        assert!(
+            points.iter().any(|p| *p == "socket") && points.iter().any(|p| *p == "pod"),
+            "seen at the server's socket and its veth: {series:#}"
+        );
+    }
     let missing = find(&seen, "SELECT * FROM e2e_missing").context("checked above")?;
     assert_eq!(
         missing["database"]["error_message"],

@@ -288,13 +288,25 @@ impl ProbeMetrics {
                 match name.as_str() {
                     // Every event the programs tried to write is either in the ring buffer
                     // or counted full: received = emitted + dropped.
-                    "events_emitted" | "socket_events_emitted" => {
+                    "events_emitted" | "socket_events_emitted" | "socket_segments_emitted" => {
                         self.drops.received(STAGE_RING_BUFFER, grown);
                         self.drops.emitted(STAGE_RING_BUFFER, grown);
                     }
                     "ringbuf_full_drops" | "socket_ringbuf_full_drops" => {
                         self.drops.received(STAGE_RING_BUFFER, grown);
                         self.drops.count(STAGE_RING_BUFFER, "full", grown)
+                    }
+                    // A call's bytes of a connection captured call by call: the collector
+                    // sees a gap in the message.
+                    "socket_segments_lost" => {
+                        self.drops.received(STAGE_RING_BUFFER, grown);
+                        self.drops.count(STAGE_RING_BUFFER, "segment_full", grown)
+                    }
+                    // Bytes in the middle of a long call (past what is copied of one call,
+                    // before its last bytes): not captured.
+                    "socket_call_bytes_skipped" => {
+                        self.drops
+                            .count("socket_capture", "call_bytes_skipped", grown)
                     }
                     "connection_update_failed" => {
                         self.drops.count("connection_map", "update_failed", grown)
@@ -343,6 +355,16 @@ impl ProbeMetrics {
             "probe_assembler",
             "lost_message",
             delta("lost_messages", events.assembler.lost_messages),
+        );
+        self.drops.count(
+            "probe_assembler",
+            "segment_orphan",
+            delta("segments_orphaned", events.assembler.segments_orphaned),
+        );
+        self.drops.count(
+            "probe_assembler",
+            "segment_over_bound",
+            delta("segments_over_bound", events.assembler.segments_over_bound),
         );
         self.drops.count(
             "probe_assembler",

@@ -10,7 +10,12 @@
 //! and byte metrics, no exchanges.
 //!
 //! Decoders see only the first `snaplen` bytes of each message ([`Message::payload`]), so every
-//! decoder must cope with input cut anywhere, and must never panic on what the network sent.
+//! decoder must cope with input cut anywhere, and must never panic on what the network sent. At
+//! the socket point, connections of multiplexed or multi-write protocols (HTTP/2 and gRPC,
+//! PostgreSQL, MySQL) are captured call by call: each write or read's bytes (up to a bound per
+//! call, then its last bytes), stitched here into the message's first bytes and its later
+//! captured runs
+//! ([`Message::later`], [`Captured`]), so a decoder can follow its framing past the first call.
 //!
 //! Adding a protocol means a folder here (`mod.rs` with the [`Decoder`], its parsing, its per-flow
 //! state, `tests.rs`) and one line in [`Decoders::default`]; the flow table does not change. A
@@ -117,6 +122,84 @@ impl MessageStats {
     }
 }
 
+/// Bytes of a message captured past its first bytes: a run of `bytes` at `offset` from the
+/// message's first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span<'a> {
+    /// Offset of `bytes[0]` in the message.
+    pub offset: u64,
+    /// The captured bytes.
+    pub bytes: &'a [u8],
+}
+
+/// A message's captured bytes as runs: the first (from offset 0, possibly empty) and the later
+/// ones, in order, none touching another. Built from a `capture.v1` message's payload and its
+/// segments (captured call by call, possibly overlapping, in any order).
+#[derive(Debug, Default)]
+pub struct Captured {
+    first: Vec<u8>,
+    later: Vec<(u64, Vec<u8>)>,
+}
+
+impl Captured {
+    /// Stitches `payload` (at offset 0) and `segments` into runs. Overlapping bytes are taken
+    /// from the piece that comes first in offset order.
+    pub fn stitch(payload: &[u8], segments: &[capture::Segment]) -> Self {
+        let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(segments.len() + 1);
+        if !payload.is_empty() {
+            pieces.push((0, payload));
+        }
+        pieces.extend(
+            segments
+                .iter()
+                .filter(|s| !s.payload.is_empty())
+                .map(|s| (s.offset, &s.payload[..])),
+        );
+        pieces.sort_by_key(|p| p.0);
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        for (offset, bytes) in pieces {
+            if let Some((start, run)) = runs.last_mut() {
+                let end = start.saturating_add(run.len() as u64);
+                if offset <= end {
+                    // Touching or overlapping: the part past the run's end extends it.
+                    let skip = usize::try_from(end - offset).unwrap_or(usize::MAX);
+                    if let Some(rest) = bytes.get(skip..) {
+                        run.extend_from_slice(rest);
+                    }
+                    continue;
+                }
+            }
+            runs.push((offset, bytes.to_vec()));
+        }
+        let mut first = Vec::new();
+        let mut later = Vec::new();
+        for (offset, run) in runs {
+            if offset == 0 {
+                first = run;
+            } else {
+                later.push((offset, run));
+            }
+        }
+        Self { first, later }
+    }
+
+    /// The run from offset 0 (empty when the message's start was not captured).
+    pub fn first(&self) -> &[u8] {
+        &self.first
+    }
+
+    /// The later runs, as [`Span`]s.
+    pub fn later(&self) -> Vec<Span<'_>> {
+        self.later
+            .iter()
+            .map(|(offset, bytes)| Span {
+                offset: *offset,
+                bytes,
+            })
+            .collect()
+    }
+}
+
 /// One message of a flow, in order, as a decoder sees it: everything one side sent before the
 /// other side sent anything.
 #[derive(Debug, Clone, Copy)]
@@ -132,6 +215,39 @@ pub struct Message<'a> {
     /// decoder that asked to wait for the final counters ([`FlowDecoder::awaits_final`]) and did
     /// not get them in time sees a partial message.
     pub partial: bool,
+    /// Bytes captured past [`Message::payload`], after a gap (the socket point captures
+    /// multiplexed and multi-write protocols call by call), in order; empty otherwise.
+    pub later: &'a [Span<'a>],
+}
+
+impl<'a> Message<'a> {
+    /// The captured bytes from `offset` on, up to the end of the run that holds `offset`;
+    /// empty when `offset` was not captured.
+    pub fn captured_at(&self, offset: u64) -> &'a [u8] {
+        if let Some(rest) = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.payload.get(o..))
+            .filter(|r| !r.is_empty())
+        {
+            return rest;
+        }
+        self.later
+            .iter()
+            .find(|s| offset >= s.offset && offset - s.offset < s.bytes.len() as u64)
+            .and_then(|s| {
+                usize::try_from(offset - s.offset)
+                    .ok()
+                    .and_then(|o| s.bytes.get(o..))
+            })
+            .unwrap_or(&[])
+    }
+
+    /// The end of the last captured byte (0 when nothing was).
+    pub fn captured_end(&self) -> u64 {
+        self.later.last().map_or(self.payload.len() as u64, |s| {
+            s.offset.saturating_add(s.bytes.len() as u64)
+        })
+    }
 }
 
 impl Message<'_> {
@@ -345,7 +461,7 @@ impl Default for Decoders {
             Arc::new(mysql::Mysql),
             Arc::new(dns::Dns),
             // Last: its header check is the loosest of all.
-            Arc::new(kafka::Kafka),
+            Arc::new(kafka::Kafka::default()),
         ])
     }
 }
@@ -472,6 +588,7 @@ mod tests {
             stats: MessageStats::default(),
             payload,
             partial: false,
+            later: &[],
         };
         decoders.detect(&flow, &m)
     }
@@ -538,9 +655,88 @@ mod tests {
             },
             payload: &[0; 8][..len],
             partial: false,
+            later: &[],
         };
         assert!(m(8, 100).is_cut());
         assert!(!m(8, 8).is_cut());
         assert!(!m(0, 0).is_cut());
+    }
+
+    /// Messages captured call by call with hostile segments (offsets anywhere up to `u64::MAX`,
+    /// overlapping, out of order, random or real-looking bytes) go through every decoder
+    /// without a panic.
+    #[test]
+    fn hostile_segments_never_panic_any_decoder() {
+        let mut rng = testing::Rng(0x5eed_cafe_f00d_1234);
+        let seeds: [&[u8]; 4] = [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+            b"Q\x00\x00\x00\x0dSELECT 1\x00C\x00\x00\x00\x0dSELECT 1\x00Z\x00\x00\x00\x05I",
+            b"\x00\x00\x00\x10\x00\x01\x00\x10\x00\x00\x00\x01\x00\x02ab",
+        ];
+        let decoders = Decoders::default();
+        let key = FlowKey::default();
+        for round in 0..400u32 {
+            let info = FlowInfo {
+                probe_id: "p",
+                flow_id: u64::from(round),
+                key: &key,
+                hint: ProtocolHint::Unspecified,
+            };
+            let seed = seeds[rng.below(seeds.len())];
+            let mut flow: Option<Box<dyn FlowDecoder>> = None;
+            for index in 0..6u32 {
+                let segments: Vec<capture::Segment> = (0..rng.below(6))
+                    .map(|_| {
+                        let offset = match rng.below(4) {
+                            0 => u64::MAX - rng.below(64) as u64,
+                            1 => rng.next_u64(),
+                            _ => rng.below(200) as u64,
+                        };
+                        let bytes: Vec<u8> = if rng.below(2) == 0 {
+                            seed[rng.below(seed.len())..].to_vec()
+                        } else {
+                            (0..rng.below(80)).map(|_| rng.next_u64() as u8).collect()
+                        };
+                        capture::Segment {
+                            offset,
+                            payload: bytes.into(),
+                        }
+                    })
+                    .collect();
+                let first = if index == 0 { seed } else { &[][..] };
+                let captured = Captured::stitch(first, &segments);
+                let later = captured.later();
+                let m = Message {
+                    direction: if index % 2 == 0 {
+                        Direction::ClientToServer
+                    } else {
+                        Direction::ServerToClient
+                    },
+                    stats: MessageStats {
+                        index,
+                        bytes: rng.next_u64() % 100_000,
+                        ..MessageStats::default()
+                    },
+                    payload: captured.first(),
+                    partial: false,
+                    later: &later,
+                };
+                let _ = m.captured_end();
+                let _ = m.captured_at(rng.next_u64());
+                let mut out = testing::Recorded::default();
+                if flow.is_none() {
+                    if let Detected::Claimed(d) = decoders.detect(&info, &m) {
+                        flow = Some(d.new_flow(&info));
+                    }
+                }
+                if let Some(f) = flow.as_mut() {
+                    f.on_message(&m, &mut out);
+                }
+            }
+            if let Some(mut f) = flow {
+                f.on_close(&mut testing::Recorded::default());
+            }
+        }
     }
 }

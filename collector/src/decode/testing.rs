@@ -88,6 +88,7 @@ pub fn cut_message(index: u32, direction: Direction, bytes: &[u8], snaplen: usiz
         },
         payload: &bytes[..bytes.len().min(snaplen)],
         partial: false,
+        later: &[],
     }
 }
 

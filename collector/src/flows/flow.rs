@@ -10,8 +10,8 @@ use clovisor_proto::session::v1::Session;
 use super::endpoints::{Endpoints, Ends};
 use super::session::{self, FlowParts};
 use crate::decode::{
-    Decoders, Detected, Direction, Exchange, FlowDecoder, FlowInfo, Message, MessageStats, Output,
-    Step,
+    Captured, Decoders, Detected, Direction, Exchange, FlowDecoder, FlowInfo, Message,
+    MessageStats, Output, Step,
 };
 use crate::metrics::CollectorMetrics;
 
@@ -284,11 +284,15 @@ impl Flow {
             ctx.metrics.flow_messages_lost("no_direction", 1);
             return;
         };
+        // Captured call by call: the segments stitched into runs (only then a copy).
+        let captured = (!m.segments.is_empty()).then(|| Captured::stitch(&m.payload, &m.segments));
+        let later = captured.as_ref().map(Captured::later).unwrap_or_default();
         let message = Message {
             direction,
             stats: MessageStats::of(&m),
-            payload: &m.payload,
+            payload: captured.as_ref().map_or(&m.payload[..], Captured::first),
             partial: m.partial,
+            later: &later,
         };
         if matches!(self.decoding, Decoding::Undecided) {
             let info = FlowInfo {

@@ -48,6 +48,7 @@ fn msg(flow_id: u64, index: u32, dir: Direction, payload: &[u8]) -> Record {
             payload: payload.to_vec().into(),
             protocol: ProtocolHint::Http as i32,
             partial: false,
+            segments: Vec::new(),
         })),
     }
 }

@@ -797,6 +797,7 @@ impl<'c> Tracker<'c> {
                 payload: d.payload[..take].to_vec().into(),
                 protocol: ProtocolHint::Unspecified as i32,
                 partial: false,
+                segments: Vec::new(),
             })),
         });
         flow.index += 1;
@@ -960,6 +961,7 @@ fn message(config: &ReplayConfig, key: &ConnKey, flow_id: u64, index: u32, p: Pe
             payload: p.payload.into(),
             protocol: config.hint as i32,
             partial: false,
+            segments: Vec::new(),
         })),
     }
 }

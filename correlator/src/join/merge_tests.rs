@@ -83,3 +83,32 @@ fn conflicting_fields_are_incompatible() {
         );
     }
 }
+
+#[test]
+fn a_whole_database_result_completes_one_cut_at_the_capture() {
+    use clovisor_proto::session::v1::Database;
+    let db = |rows: Option<u64>, cut: bool| {
+        Box::new(Database {
+            system: "postgresql".into(),
+            operation: "SELECT".into(),
+            statement: "SELECT generate_series(?, ?)".into(),
+            rows,
+            response_truncated: cut,
+            ..Database::default()
+        })
+    };
+    let mut veth = SessionBuilder::new("veth").build();
+    veth.protocol = Protocol::Postgresql as i32;
+    veth.http = None;
+    veth.database = Some(db(None, true));
+    let mut socket = veth.clone();
+    socket.database = Some(db(Some(5000), false));
+    assert!(compatible(&veth, &socket));
+    let mut cut_first = veth.clone();
+    merge(&mut cut_first, socket.clone());
+    assert_eq!(cut_first.database, Some(db(Some(5000), false)));
+    // The whole one first: the cut one adds nothing.
+    let mut whole_first = socket;
+    merge(&mut whole_first, veth);
+    assert_eq!(whole_first.database, Some(db(Some(5000), false)));
+}

@@ -8,6 +8,9 @@
 //!   with one resource span each, then one empty call; exits 0 when the server answered each
 //!   as expected. `TRACEPARENT`, when given, goes with every call as metadata.
 //! - `grpc_pod call-fresh URL N [TRACEPARENT]`: the same, each call on a connection of its own.
+//! - `grpc_pod call-concurrent URL N`: on one connection, `N` calls at once (multiplexed
+//!   streams), call `i` with `x-request-id: mux-<i>`; every fifth (`i % 5 == 4`) is empty and
+//!   must fail with `INVALID_ARGUMENT`, the others must succeed.
 
 use anyhow::{bail, Context, Result};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -93,6 +96,40 @@ async fn call(url: &str, n: u32, traceparent: Option<&str>, fresh: bool) -> Resu
     }
 }
 
+/// `n` calls in flight together on one connection: their HEADERS share the connection's HPACK
+/// tables and ride in the same writes.
+async fn call_concurrent(url: &str, n: u32) -> Result<()> {
+    let client = connect(url).await?;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let mut client = client.clone();
+        calls.spawn(async move {
+            let spans = if i % 5 == 4 {
+                Vec::new()
+            } else {
+                vec![ResourceSpans::default()]
+            };
+            let mut r = tonic::Request::new(ExportTraceServiceRequest {
+                resource_spans: spans,
+            });
+            r.metadata_mut().insert(
+                "x-request-id",
+                format!("mux-{i}").parse().context("request id")?,
+            );
+            let got = client.export(r).await;
+            match (i % 5 == 4, got) {
+                (false, Ok(_)) => Ok(()),
+                (true, Err(s)) if s.code() == tonic::Code::InvalidArgument => Ok(()),
+                (_, other) => bail!("call {i}: unexpected answer {other:?}"),
+            }
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.context("call task")??;
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -104,6 +141,14 @@ async fn main() -> Result<()> {
             let fresh = mode == "call-fresh";
             call(url, n, args.get(4).map(String::as_str), fresh).await
         }
-        _ => bail!("usage: grpc_pod serve ADDR | grpc_pod call[-fresh] URL N [TRACEPARENT]"),
+        Some("call-concurrent") => {
+            let url = args.get(2).context("call-concurrent URL N")?;
+            let n = args.get(3).context("call-concurrent URL N")?.parse()?;
+            call_concurrent(url, n).await
+        }
+        _ => bail!(
+            "usage: grpc_pod serve ADDR | grpc_pod call[-fresh] URL N [TRACEPARENT] \
+             | grpc_pod call-concurrent URL N"
+        ),
     }
 }

@@ -71,6 +71,22 @@ pub(crate) const SOCKET_STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT 
         "socket_head_not_held",
     ),
     (abi::CLOVISOR_SOCK_STAT_HEAD_LOST, "socket_head_lost"),
+    (
+        abi::CLOVISOR_SOCK_STAT_EACH_CALL_CONNS,
+        "socket_each_call_connections",
+    ),
+    (
+        abi::CLOVISOR_SOCK_STAT_SEGMENTS_EMITTED,
+        "socket_segments_emitted",
+    ),
+    (
+        abi::CLOVISOR_SOCK_STAT_SEGMENTS_LOST,
+        "socket_segments_lost",
+    ),
+    (
+        abi::CLOVISOR_SOCK_STAT_CALL_BYTES_SKIPPED,
+        "socket_call_bytes_skipped",
+    ),
 ];
 
 /// A BPF object's per-CPU counters.

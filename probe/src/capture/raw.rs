@@ -253,6 +253,20 @@ pub struct TcpHealth {
     pub total_retransmits: u32,
 }
 
+/// Bytes of a message on a socket connection captured call by call (HTTP/2 and gRPC,
+/// PostgreSQL, MySQL): up to a snaplen of one call's bytes, at their offset in the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Connection instance id.
+    pub flow_id: u64,
+    /// The message's position in its flow.
+    pub index: u32,
+    /// Offset in the message of `bytes`.
+    pub offset: u64,
+    /// The bytes.
+    pub bytes: Bytes,
+}
+
 /// A ring buffer record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -264,12 +278,17 @@ pub enum Event {
     Exchange(Exchange),
     /// See [`FlowEnd`].
     FlowEnd(FlowEnd),
+    /// See [`Segment`].
+    Segment(Segment),
 }
 
 /// Bytes of a MSG_START before its payload.
 pub(crate) const MSG_START_HEADER: usize = std::mem::offset_of!(abi::clovisor_msg_start, payload);
 /// Bytes of an EXCHANGE before its payload.
 pub(crate) const EXCHANGE_HEADER: usize = std::mem::offset_of!(abi::clovisor_exchange, payload);
+
+/// Bytes of a SEGMENT before its payload.
+pub(crate) const SEGMENT_HEADER: usize = std::mem::offset_of!(abi::clovisor_segment, payload);
 
 /// The traced_ports map value back into a ProtocolHint.
 pub fn protocol_hint(raw: u8) -> ProtocolHint {
@@ -415,6 +434,23 @@ impl TryFrom<&[u8]> for Event {
                     response: MsgCounters::try_from(&response)?,
                     response_payload,
                     head_lost: h.has(abi::CLOVISOR_EV_HEAD_LOST),
+                }))
+            }
+            abi::CLOVISOR_EVENT_SEGMENT => {
+                use abi::clovisor_segment as S;
+                const W: &str = "SEGMENT";
+                let h = Header::try_from(&raw)?;
+                let len: u32 = field(bytes, std::mem::offset_of!(S, len), W)?;
+                if len > abi::CLOVISOR_MAX_SNAPLEN {
+                    return Err(bad(format!("{W} of {len} payload bytes")));
+                }
+                let offset: u64 = field(bytes, std::mem::offset_of!(S, offset), W)?;
+                let index: u32 = field(bytes, std::mem::offset_of!(S, index), W)?;
+                Ok(Event::Segment(Segment {
+                    flow_id: h.flow_id,
+                    index,
+                    offset,
+                    bytes: payload(bytes, SEGMENT_HEADER, len, W)?,
                 }))
             }
             abi::CLOVISOR_EVENT_FLOW_END => {

@@ -187,6 +187,13 @@ pub fn merge(into: &mut Session, add: Session) -> String {
     if into.analyzer.is_none() {
         into.analyzer = add.analyzer;
     }
+    // A result decoded whole (a socket point capturing call by call) wins over one cut at a
+    // point that kept only the first bytes.
+    if let (Some(d), Some(a)) = (into.database.as_mut(), add.database.as_ref()) {
+        if d.response_truncated && !a.response_truncated && !add.incomplete {
+            d.clone_from(a);
+        }
+    }
     if into.database.is_none() {
         into.database = add.database;
     }

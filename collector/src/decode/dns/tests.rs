@@ -82,6 +82,7 @@ fn msg(index: u32, direction: Direction, payload: &[u8]) -> Message<'_> {
         },
         payload,
         partial: false,
+        later: &[],
     }
 }
 

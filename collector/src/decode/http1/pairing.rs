@@ -175,6 +175,8 @@ impl Http1Flow {
             },
             payload: m.payload.get(head_len..).unwrap_or_default(),
             partial: m.partial,
+            // An upgrade is seen at the start of a connection captured by its first bytes.
+            later: &[],
         };
         if rest.stats.bytes > 0 || !rest.payload.is_empty() {
             // Decoded by the HTTP/2 decoder once it has the flow, so that what they report

@@ -215,6 +215,7 @@ impl Http2Flow {
                 stats: b.stats,
                 payload: &b.payload,
                 partial: b.partial,
+                later: &[],
             };
             let mut at = At {
                 side: m.direction.index(),
@@ -226,11 +227,13 @@ impl Http2Flow {
         }
     }
 
-    /// Walks the frames of message `m` as far as they were captured.
+    /// Walks the frames of message `m` as far as they were captured. A frame cut by a gap in
+    /// the capture is passed over by its length: the walk goes on at the next frame when that
+    /// was captured (a message captured call by call at the socket point).
     fn walk(&mut self, m: &Message<'_>, at: &mut At<'_>, out: &mut dyn Output) {
         let buf = m.payload;
         let captured = buf.len() as u64;
-        let total = m.stats.bytes.max(captured);
+        let total = m.stats.bytes.max(m.captured_end());
         let mut pos: u64 = 0;
         match std::mem::take(&mut self.sides[at.side].carry) {
             Carry::Nothing => {}
@@ -266,10 +269,6 @@ impl Http2Flow {
                         self.sides[at.side].carry = Carry::Skip(remaining - total);
                         return;
                     }
-                    if remaining < total {
-                        self.lose(at.side, "frames_beyond_capture", out);
-                    }
-                    return;
                 }
                 pos = remaining;
             }
@@ -283,24 +282,25 @@ impl Http2Flow {
             }
         }
         while pos < total {
-            let Some(h) = usize::try_from(pos)
-                .ok()
-                .and_then(|p| buf.get(p..))
-                .and_then(FrameHeader::parse)
-            else {
-                // The rest of the message was not captured.
+            let here = m.captured_at(pos);
+            let Some(h) = FrameHeader::parse(here) else {
+                // This part of the message was not captured.
                 self.lose(at.side, "frames_beyond_capture", out);
                 return;
             };
             // Sequence numbers wrap: the offset is taken modulo 2^32 on purpose.
             at.frame_seq = m.stats.tcp_seq.wrapping_add(pos as u32);
-            let start = pos + HEADER_LEN as u64;
-            let end = start + u64::from(h.length);
-            // Both within `captured`, which is a `usize`.
-            let payload = &buf[start.min(captured) as usize..end.min(captured) as usize];
-            if end <= captured {
+            // Offsets of later runs come from the wire: saturating, never wrapping.
+            let start = pos.saturating_add(HEADER_LEN as u64);
+            let end = start.saturating_add(u64::from(h.length));
+            let body = here.get(HEADER_LEN..).unwrap_or_default();
+            // The run holding the header reaches the end of the message.
+            let run_to_end = pos.saturating_add(here.len() as u64) == total;
+            let length = usize::try_from(h.length).unwrap_or(usize::MAX);
+            let payload = &body[..length.min(body.len())];
+            if payload.len() == length {
                 self.frame(&h, payload, true, at, out);
-            } else if end > total && captured == total {
+            } else if end > total && run_to_end {
                 // The frame goes on in this side's next message.
                 let remaining = end - total;
                 if h.is_header_block() && u64::from(h.length) <= MAX_BLOCK as u64 {
@@ -316,14 +316,12 @@ impl Http2Flow {
                 }
                 return;
             } else {
-                // The capture cut this frame.
+                // The capture cut this frame: its rest is passed over.
                 self.frame(&h, payload, false, at, out);
                 if end > total {
                     self.sides[at.side].carry = Carry::Skip(end - total);
-                } else if end < total {
-                    self.lose(at.side, "frames_beyond_capture", out);
+                    return;
                 }
-                return;
             }
             pos = end;
         }

@@ -25,6 +25,7 @@ impl Owned {
             stats: self.stats,
             payload: &self.payload,
             partial: false,
+            later: &[],
         }
     }
 }
@@ -557,4 +558,135 @@ fn mutated_real_traffic_never_panics() {
         let out = decode(&copy);
         assert!(out.exchanges.len() <= flow::MAX_STREAMS, "run {run}");
     }
+}
+
+/// `msg` as the socket point captures a connection call by call when each call (write or read)
+/// carries whole frames, here one frame a call, and calls are longer than what is copied of
+/// one: each call's first and last `snaplen` bytes at their offsets (the socket point copies 16
+/// snaplens of a call, then its last; one here, to make gaps), stitched as the flow table does.
+fn captured_call_by_call(msg: &Owned, snaplen: usize) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
+    let mut segments = Vec::new();
+    let mut pos = 0usize;
+    let all = &msg.payload;
+    // The preface is its own call.
+    let mut calls = Vec::new();
+    if all.starts_with(frame::PREFACE) {
+        calls.push((0, frame::PREFACE.len()));
+        pos = frame::PREFACE.len();
+    }
+    while let Some(h) = all.get(pos..).and_then(frame::FrameHeader::parse) {
+        let end = (pos + frame::HEADER_LEN + h.length as usize).min(all.len());
+        calls.push((pos, end));
+        pos = end;
+    }
+    assert_eq!(pos, all.len(), "the capture holds whole frames");
+    for (start, end) in calls {
+        let head = (end - start).min(snaplen);
+        segments.push(clovisor_proto::capture::v1::Segment {
+            offset: start as u64,
+            payload: all[start..start + head].to_vec().into(),
+        });
+        let tail = (end - start - head).min(snaplen);
+        if tail > 0 {
+            segments.push(clovisor_proto::capture::v1::Segment {
+                offset: (end - tail) as u64,
+                payload: all[end - tail..end].to_vec().into(),
+            });
+        }
+    }
+    let c = crate::decode::Captured::stitch(&[], &segments);
+    let later = c
+        .later()
+        .iter()
+        .map(|s| (s.offset, s.bytes.to_vec()))
+        .collect();
+    (c.first().to_vec(), later)
+}
+
+/// The multiplexed connection (three streams in one message, an 8000-byte response) captured
+/// call by call with 256 bytes a call: no table falls out of step, every stream is decoded as
+/// from the whole capture - while the first 256 bytes of each message lose step.
+#[test]
+fn call_by_call_capture_keeps_hpack_in_step_across_gaps() {
+    let whole = messages("h2c_prior.pcapng", 8080, 65535);
+    let truth = decode(&whole);
+    assert!(truth.desyncs.is_empty(), "{:?}", truth.desyncs);
+    let first_bytes = decode(&messages("h2c_prior.pcapng", 8080, 256));
+    assert!(
+        !first_bytes.desyncs.is_empty(),
+        "the first 256 bytes of each message lose frames"
+    );
+    let mut out = Recorded::default();
+    let mut flow = Http2.new_flow(&FlowInfo {
+        probe_id: "p",
+        flow_id: 1,
+        key: &Default::default(),
+        hint: ProtocolHint::Http2,
+    });
+    for m in &whole {
+        let (first, later) = captured_call_by_call(m, 256);
+        assert!(
+            !later.is_empty() || first.len() == m.payload.len(),
+            "the test must have gaps"
+        );
+        let spans: Vec<crate::decode::Span<'_>> = later
+            .iter()
+            .map(|(offset, bytes)| crate::decode::Span {
+                offset: *offset,
+                bytes,
+            })
+            .collect();
+        let msg = Message {
+            direction: m.direction,
+            stats: m.stats,
+            payload: &first,
+            partial: false,
+            later: &spans,
+        };
+        flow.on_message(&msg, &mut out);
+    }
+    flow.on_close(&mut out);
+    assert_eq!(out.desyncs, Vec::<&str>::new());
+    assert_eq!(out.errors, Vec::<&str>::new());
+    assert_eq!(out.exchanges, truth.exchanges);
+}
+
+/// Stitching: touching and overlapping pieces make one run, in any order; a gap starts another.
+#[test]
+fn captured_pieces_stitch_into_runs() {
+    let seg = |offset: u64, bytes: &[u8]| clovisor_proto::capture::v1::Segment {
+        offset,
+        payload: bytes.to_vec().into(),
+    };
+    let c = crate::decode::Captured::stitch(
+        b"",
+        &[
+            seg(10, b"klm"),
+            seg(0, b"abc"),
+            seg(3, b"def"),
+            seg(5, b"fgh"),
+            seg(11, b"lmno"),
+            seg(20, b""),
+        ],
+    );
+    assert_eq!(c.first(), b"abcdefgh");
+    let later: Vec<(u64, &[u8])> = c.later().iter().map(|s| (s.offset, s.bytes)).collect();
+    assert_eq!(later, [(10, &b"klmno"[..])]);
+    let m = Message {
+        direction: Direction::ClientToServer,
+        stats: MessageStats {
+            bytes: 16,
+            ..MessageStats::default()
+        },
+        payload: c.first(),
+        partial: false,
+        later: &c.later(),
+    };
+    assert_eq!(m.captured_at(2), b"cdefgh");
+    assert_eq!(m.captured_at(8), b"");
+    assert_eq!(m.captured_at(12), b"mno");
+    assert_eq!(m.captured_at(15), b"");
+    assert_eq!(m.captured_end(), 15);
+    let none = crate::decode::Captured::stitch(b"xy", &[seg(4, b"z")]);
+    assert_eq!(none.first(), b"xy");
 }

@@ -17,9 +17,11 @@
 //! is detected afresh.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use clovisor_proto::session::v1::{Kafka, Protocol};
 
+use super::topic_ids::TopicIds;
 use super::wire::{self, Reader, RequestHeader, Short};
 use super::MAX_FRAME_BYTES;
 use crate::decode::{
@@ -35,12 +37,16 @@ struct Pending {
     /// Position among the requests of its message.
     position: u32,
     kafka: Kafka,
+    /// The first topic's id, while its name is not known.
+    topic_id: Option<[u8; 16]>,
 }
 
 /// The Kafka state of one flow.
 #[derive(Debug, Default)]
 pub struct KafkaFlow {
     pending: VecDeque<Pending>,
+    /// Topic names by id, shared with the decoder's other flows.
+    topic_ids: Arc<TopicIds>,
 }
 
 /// One size-prefixed frame of a message: its bytes as captured, and whether it was cut.
@@ -97,6 +103,14 @@ impl FlowDecoder for KafkaFlow {
 }
 
 impl KafkaFlow {
+    /// A flow whose topic ids are named from `topic_ids`.
+    pub fn new(topic_ids: Arc<TopicIds>) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            topic_ids,
+        }
+    }
+
     fn on_requests(&mut self, m: &Message<'_>, out: &mut dyn Output) -> Step {
         let Ok((frames, cut)) = frames(m.payload) else {
             out.desync("bad_frame");
@@ -136,15 +150,22 @@ impl KafkaFlow {
                     out.exchange(exchange(oldest, None));
                 }
             }
+            // A topic named by id: its name when a Metadata response gave it already, else
+            // looked up again when the response comes.
+            let by_id = topics.first_id.filter(|_| topics.first.is_none());
+            let named = by_id.and_then(|id| self.topic_ids.name(&id));
+            let topic_id = by_id.filter(|_| named.is_none());
+            let topic = topics.first.map(|t| t.text).or(named).unwrap_or_default();
             self.pending.push_back(Pending {
                 request: m.stats,
                 position,
+                topic_id,
                 kafka: Kafka {
                     api_key: u32::from(header.api_key.unsigned_abs()),
                     api_version: u32::from(header.api_version.unsigned_abs()),
                     correlation_id: header.correlation_id,
                     client_id: header.client_id.map(|c| c.text).unwrap_or_default(),
-                    topic: topics.first.map(|t| t.text).unwrap_or_default(),
+                    topic,
                     topic_count: topics.count,
                     error_code: None,
                     request_truncated: truncated,
@@ -204,6 +225,17 @@ impl KafkaFlow {
             } else {
                 Ok(())
             };
+            if key == 3 && header.is_ok() {
+                // Metadata: what it says of topic ids serves every flow's Fetch and Produce.
+                self.topic_ids
+                    .learn(wire::metadata_topic_ids(version, &mut r.clone()));
+            }
+            if let Some(id) = p.topic_id.take() {
+                match self.topic_ids.name(&id) {
+                    Some(name) => p.kafka.topic = name,
+                    None => out.decode_error("kafka_topic_id_unknown"),
+                }
+            }
             match header.and_then(|()| wire::response_error(key, version, &mut r)) {
                 Ok(code) => p.kafka.error_code = code.map(i32::from),
                 Err(_) if frame.cut => {

@@ -7,11 +7,17 @@
 //!   ApiVersions), from bytes cut anywhere.
 //! - [`flow`]: the per-flow queue that pairs them into [`Exchange`](super::Exchange)s.
 //!
+//! - [`topic_ids`]: topic names by id, learnt from Metadata responses, for Fetch and Produce
+//!   v13+ which name topics by id only.
+//!
 //! What leaves the collector of a request is its API key and version, correlation id, client
 //! id and first topic; of a response its error code. Record keys and values never do.
 
 pub mod flow;
+pub mod topic_ids;
 pub mod wire;
+
+use std::sync::Arc;
 
 pub use flow::KafkaFlow;
 
@@ -31,9 +37,11 @@ pub const KAFKA_PORT: u32 = 9092;
 /// Highest request version believed (Fetch, the most revised API, is at 17).
 const MAX_VERSION: i16 = 30;
 
-/// The Kafka [`Decoder`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Kafka;
+/// The Kafka [`Decoder`]; its flows share what Metadata responses said of topic ids.
+#[derive(Debug, Clone, Default)]
+pub struct Kafka {
+    topic_ids: Arc<topic_ids::TopicIds>,
+}
 
 /// Whether `payload`, a client message of `total` bytes in all, starts with a Kafka request.
 pub fn looks_like_request(payload: &[u8], total: u64, on_kafka_port: bool) -> bool {
@@ -99,7 +107,7 @@ impl Decoder for Kafka {
     }
 
     fn new_flow(&self, _: &FlowInfo<'_>) -> Box<dyn FlowDecoder> {
-        Box::new(KafkaFlow::default())
+        Box::new(KafkaFlow::new(Arc::clone(&self.topic_ids)))
     }
 }
 

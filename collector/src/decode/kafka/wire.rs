@@ -142,6 +142,20 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// UUID (a topic id).
+    pub fn uuid(&mut self) -> Wire<[u8; 16]> {
+        let b = self.take(16)?;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(b);
+        Ok(id)
+    }
+
+    /// Skips an array of INT32 (classic or compact).
+    fn skip_i32_array(&mut self, compact: bool) -> Wire<()> {
+        let n = self.array_len(compact)?.unwrap_or(0);
+        self.skip(n.checked_mul(4).ok_or(Bad)?)
+    }
+
     /// Skips a TAG_BUFFER (flexible versions only).
     pub fn tagged_fields(&mut self) -> Wire<()> {
         let count = self.uvarint()?;
@@ -260,6 +274,8 @@ pub struct Topics {
     pub first: Option<Text>,
     /// How many topics the request names, when the count was read.
     pub count: Option<u32>,
+    /// The first topic's id, when the request names topics by id (Fetch and Produce v13+).
+    pub first_id: Option<[u8; 16]>,
 }
 
 /// The topics of a Produce, Fetch, ListOffsets, Metadata or CreateTopics request body; empty
@@ -311,6 +327,7 @@ pub fn request_topics(api_key: i16, version: i16, body: &mut Reader<'_>) -> Wire
             let mut topics = Topics {
                 first: None,
                 count: u32::try_from(count).ok(),
+                first_id: None,
             };
             if count > 0 {
                 if version >= 10 {
@@ -330,9 +347,14 @@ fn first_topic(body: &mut Reader<'_>, compact: bool, named: bool) -> Wire<Topics
     let mut topics = Topics {
         first: None,
         count: u32::try_from(count).ok(),
+        first_id: None,
     };
-    if count > 0 && named {
-        topics.first = body.string(compact)?;
+    if count > 0 {
+        if named {
+            topics.first = body.string(compact)?;
+        } else {
+            topics.first_id = Some(body.uuid()?);
+        }
     }
     Ok(topics)
 }
@@ -455,6 +477,75 @@ fn fetch_error(version: i16, compact: bool, r: &mut Reader<'_>) -> Wire<i16> {
 /// Metadata response: (throttle_time_ms v3+), brokers[node_id, host, port, (rack v1+)],
 /// (cluster_id v2+), (controller_id v1+), topics[error_code, …]: the first topic's error.
 fn metadata_error(version: i16, compact: bool, r: &mut Reader<'_>) -> Wire<i16> {
+    metadata_topics_start(version, compact, r)?;
+    let topics = r.array_len(compact)?.unwrap_or(0);
+    if topics == 0 {
+        return Ok(0);
+    }
+    r.i16()
+}
+
+/// The (id, name) of the topics a Metadata response v10+ describes (as many as captured, up to
+/// [`MAX_WALK`]; topics without a name or with the null id left out): how Fetch and Produce
+/// v13+ topic ids get their names.
+pub fn metadata_topic_ids(version: i16, r: &mut Reader<'_>) -> Vec<([u8; 16], String)> {
+    let mut out = Vec::new();
+    if version < 10 {
+        return out;
+    }
+    let _ = metadata_topic_ids_into(version, flexible(3, version), r, &mut out);
+    out
+}
+
+fn metadata_topic_ids_into(
+    version: i16,
+    compact: bool,
+    r: &mut Reader<'_>,
+    out: &mut Vec<([u8; 16], String)>,
+) -> Wire<()> {
+    metadata_topics_start(version, compact, r)?;
+    let topics = r.array_len(compact)?.unwrap_or(0);
+    for _ in 0..topics.min(MAX_WALK) {
+        r.i16()?;
+        let name = r.string(compact)?;
+        let id = r.uuid()?;
+        if let Some(name) = name.filter(|n| !n.truncated && !n.text.is_empty()) {
+            if id != [0; 16] {
+                out.push((id, name.text));
+            }
+        }
+        r.skip(1)?; // is_internal (v1+)
+        let partitions = r.array_len(compact)?.unwrap_or(0);
+        if partitions > MAX_WALK {
+            return Err(Short);
+        }
+        for _ in 0..partitions {
+            // error_code, partition_index, leader_id, (leader_epoch v7+)
+            r.skip(2 + 4 + 4)?;
+            if version >= 7 {
+                r.skip(4)?;
+            }
+            r.skip_i32_array(compact)?; // replica_nodes
+            r.skip_i32_array(compact)?; // isr_nodes
+            if version >= 5 {
+                r.skip_i32_array(compact)?; // offline_replicas
+            }
+            if compact {
+                r.tagged_fields()?;
+            }
+        }
+        if version >= 8 {
+            r.skip(4)?; // topic_authorized_operations
+        }
+        if compact {
+            r.tagged_fields()?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a Metadata response up to its topics array.
+fn metadata_topics_start(version: i16, compact: bool, r: &mut Reader<'_>) -> Wire<()> {
     if version >= 3 {
         r.skip(4)?;
     }
@@ -479,9 +570,5 @@ fn metadata_error(version: i16, compact: bool, r: &mut Reader<'_>) -> Wire<i16> 
     if version >= 1 {
         r.skip(4)?;
     }
-    let topics = r.array_len(compact)?.unwrap_or(0);
-    if topics == 0 {
-        return Ok(0);
-    }
-    r.i16()
+    Ok(())
 }

@@ -159,6 +159,7 @@ fn detection_by_greeting_or_by_a_lone_query() {
                 },
                 payload,
                 partial: false,
+                later: &[],
             },
         )
     };

@@ -264,13 +264,25 @@ impl PostgresqlFlow {
         }
     }
 
+    /// Walks the server's messages as far as they were captured, across gaps when a message
+    /// was captured call by call (socket point) and the next one starts in a captured run; when
+    /// the walk reaches bytes not captured, the end of the message may still be
+    /// ([`PostgresqlFlow::read_closing_frames`]).
     fn on_server(&mut self, m: &Message<'_>, out: &mut dyn Output) {
-        let mut at = 0;
-        while at < m.payload.len() {
-            let (f, took) = match wire::frame(&m.payload[at..]) {
+        let total = m.stats.bytes.max(m.captured_end());
+        let mut at: u64 = 0;
+        loop {
+            let here = m.captured_at(at);
+            let run_to_end = at.saturating_add(here.len() as u64) >= total;
+            if here.is_empty() && at >= total {
+                return;
+            }
+            let (f, took) = match wire::frame(here) {
                 Next::Frame(f, took) => (f, took),
-                Next::Short if m.is_cut() => {
-                    self.answer_cut(m.stats, out);
+                Next::Short if !run_to_end => {
+                    if !self.read_closing_frames(m, total, out) {
+                        self.answer_cut(m.stats, out);
+                    }
                     return;
                 }
                 Next::Short | Next::Bad => {
@@ -279,34 +291,55 @@ impl PostgresqlFlow {
                     return;
                 }
             };
-            at = at.saturating_add(took);
-            match f.tag {
-                b'C' if f.whole => {
-                    let tag = wire::command_tag(f.body);
-                    self.ends_front(Kind::Execute, m.stats, out, |p| p.tag = Some(tag));
-                }
-                b'I' | b's' => {
-                    self.ends_front(Kind::Execute, m.stats, out, |_| {});
-                }
-                b'E' => {
-                    let error = wire::error_fields(f.body);
-                    if self.ends_front(Kind::Execute, m.stats, out, |p| p.error = Some(error)) {
-                        self.skip_to_sync(out);
-                    }
-                }
-                b'Z' => self.ready(m.stats, out),
-                _ => {}
-            }
-            if !f.whole {
+            at = at.saturating_add(took as u64);
+            self.server_frame(&f, m.stats, out);
+            if !f.whole && at > total {
                 self.answer_cut(m.stats, out);
                 return;
             }
         }
-        if m.is_cut() {
-            // Cut on a frame boundary: PostgreSQL flushes an ErrorResponse by itself, so an
-            // error's ReadyForQuery often comes in a packet beyond the capture.
-            self.answer_cut(m.stats, out);
+    }
+
+    /// One typed message from the server.
+    fn server_frame(&mut self, f: &wire::Frame<'_>, response: MessageStats, out: &mut dyn Output) {
+        match f.tag {
+            b'C' if f.whole => {
+                let tag = wire::command_tag(f.body);
+                self.ends_front(Kind::Execute, response, out, |p| p.tag = Some(tag));
+            }
+            b'I' | b's' => {
+                self.ends_front(Kind::Execute, response, out, |_| {});
+            }
+            b'E' => {
+                let error = wire::error_fields(f.body);
+                if self.ends_front(Kind::Execute, response, out, |p| p.error = Some(error)) {
+                    self.skip_to_sync(out);
+                }
+            }
+            b'Z' => self.ready(response, out),
+            _ => {}
         }
+    }
+
+    /// A server message whose middle was not captured but whose end was (captured call by
+    /// call: the last call's last bytes): the messages that end it - a `CommandComplete`,
+    /// `EmptyQueryResponse` or `ErrorResponse`, then `ReadyForQuery` - found back from the end
+    /// by their lengths. Returns whether they were.
+    fn read_closing_frames(&mut self, m: &Message<'_>, total: u64, out: &mut dyn Output) -> bool {
+        let Some(last) = m
+            .later
+            .last()
+            .filter(|s| s.offset.saturating_add(s.bytes.len() as u64) == total)
+        else {
+            return false;
+        };
+        let Some(frames) = wire::closing_frames(last.bytes) else {
+            return false;
+        };
+        for f in frames.iter().flatten() {
+            self.server_frame(f, m.stats, out);
+        }
+        true
     }
 
     /// Applies `set` to the oldest waiting request; when it is a `kind` (an Execute), that

@@ -242,6 +242,7 @@ fn detection_by_opening_or_by_whole_frontend_messages() {
                 },
                 payload,
                 partial: false,
+                later: &[],
             },
         )
     };
@@ -330,4 +331,108 @@ fn an_error_whose_ready_for_query_is_beyond_the_capture_still_answers_its_query(
     );
     assert!(!r.exchanges[0].incomplete && db(&r.exchanges[0]).response_truncated);
     assert_eq!(r.errors, ["postgresql_response_cut"]);
+}
+
+/// A pg frame: tag, length, body.
+fn pg_frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![tag];
+    f.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// A result of 3000 rows in 8192-byte writes, as the server sends it, captured call by call
+/// with gaps (each write's first and last 256 bytes: the socket point copies 16 snaplens of a
+/// call, then its last; one here, to make gaps, as a message past the probe's 64 KiB has): its
+/// command tag is read from the last write's end although the frames in between were not
+/// captured. From the first 256
+/// bytes of the message alone, it is cut and says so.
+#[test]
+fn a_multi_write_result_captured_call_by_call_keeps_its_command_tag() {
+    let mut response = pg_frame(
+        b'T',
+        b"\x00\x01n\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x17\x00\x04\xff\xff\xff\xff\x00\x00",
+    );
+    for i in 0..3000u32 {
+        let v = i.to_string();
+        let mut body = 1u16.to_be_bytes().to_vec();
+        body.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        body.extend_from_slice(v.as_bytes());
+        response.extend(pg_frame(b'D', &body));
+    }
+    response.extend(pg_frame(b'C', b"SELECT 3000\0"));
+    response.extend(pg_frame(b'Z', b"I"));
+    let query = pg_frame(b'Q', b"SELECT generate_series(1, 3000) AS n\0");
+    let key = FlowKey::default();
+    let info = FlowInfo {
+        probe_id: "p",
+        flow_id: 1,
+        key: &key,
+        hint: ProtocolHint::Tcp,
+    };
+    let stats = |index, bytes: usize| MessageStats {
+        index,
+        bytes: bytes as u64,
+        ..MessageStats::default()
+    };
+    let run = |snaplen: usize, call_by_call: bool| {
+        let mut segments = Vec::new();
+        for start in (0..response.len()).step_by(8192) {
+            let end = (start + 8192).min(response.len());
+            let head = (end - start).min(snaplen);
+            segments.push(clovisor_proto::capture::v1::Segment {
+                offset: start as u64,
+                payload: response[start..start + head].to_vec().into(),
+            });
+            let tail = (end - start - head).min(snaplen);
+            if call_by_call && tail > 0 {
+                segments.push(clovisor_proto::capture::v1::Segment {
+                    offset: (end - tail) as u64,
+                    payload: response[end - tail..end].to_vec().into(),
+                });
+            }
+            if !call_by_call {
+                break;
+            }
+        }
+        let captured = crate::decode::Captured::stitch(&[], &segments);
+        let later = captured.later();
+        let mut flow = Postgresql.new_flow(&info);
+        let mut out = Recorded::default();
+        let q = Message {
+            direction: Direction::ClientToServer,
+            stats: stats(0, query.len()),
+            payload: &query,
+            partial: false,
+            later: &[],
+        };
+        assert_eq!(flow.on_message(&q, &mut out), Step::Continue);
+        let r = Message {
+            direction: Direction::ServerToClient,
+            stats: stats(1, response.len()),
+            payload: captured.first(),
+            partial: false,
+            later: &later,
+        };
+        assert_eq!(flow.on_message(&r, &mut out), Step::Continue);
+        flow.on_close(&mut out);
+        out
+    };
+    let whole = run(256, true);
+    assert_eq!(whole.desyncs, Vec::<&str>::new());
+    assert_eq!(whole.errors, Vec::<&str>::new());
+    assert_eq!(
+        summary(&whole),
+        [row(
+            "SELECT",
+            "SELECT generate_series(?, ?) AS n",
+            Some(3000),
+            ""
+        )]
+    );
+    assert!(!db(&whole.exchanges[0]).response_truncated);
+    let first = run(256, false);
+    assert_eq!(first.exchanges.len(), 1);
+    assert_eq!(db(&first.exchanges[0]).rows, None, "{:?}", first.exchanges);
+    assert!(db(&first.exchanges[0]).response_truncated);
 }

@@ -110,6 +110,40 @@ pub fn frame(b: &[u8]) -> Next<'_> {
     )
 }
 
+/// The messages that close a server's answer at the very end of `b`, when `b` is the end of a
+/// message whose middle was not captured: `ReadyForQuery` (the last 6 bytes) and, before it,
+/// a whole `CommandComplete`, `EmptyQueryResponse` or `ErrorResponse` whose length ends exactly
+/// where `ReadyForQuery` starts (the nearest such; checked, not assumed). `None` unless `b`
+/// ends with a `ReadyForQuery`.
+pub fn closing_frames(b: &[u8]) -> Option<[Option<Frame<'_>>; 2]> {
+    let z = b.len().checked_sub(6)?;
+    let ready = match frame(&b[z..]) {
+        Next::Frame(f, 6) if f.tag == b'Z' && f.whole && matches!(f.body, [b'I' | b'T' | b'E']) => {
+            f
+        }
+        _ => return None,
+    };
+    // The nearest start whose message ends at `z`: tags with a NUL-terminated body.
+    let before = (0..z.saturating_sub(4)).rev().find_map(|q| {
+        let tag = b[q];
+        if !matches!(tag, b'C' | b'E' | b'I') {
+            return None;
+        }
+        match frame(&b[q..z]) {
+            Next::Frame(f, took) if f.whole && took == z - q => {
+                let nul_ended = f.body.last() == Some(&0);
+                let fits = match tag {
+                    b'I' => f.body.is_empty(),
+                    _ => nul_ended,
+                };
+                fits.then_some(f)
+            }
+            _ => None,
+        }
+    });
+    Some([before, Some(ready)])
+}
+
 /// The NUL-terminated string at the start of `b`, and the rest after it; without a NUL (cut),
 /// all of `b` and nothing.
 pub fn cstr(b: &[u8]) -> (&[u8], &[u8]) {

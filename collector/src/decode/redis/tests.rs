@@ -301,6 +301,7 @@ fn detection_is_by_content_and_the_hint_explains_a_mismatch() {
         stats: MessageStats::default(),
         payload,
         partial: false,
+        later: &[],
     };
     let c2s = Direction::ClientToServer;
     assert_eq!(

@@ -12,6 +12,10 @@
 //! `FlowStart` record before its first message or end; messages and ends carry only the flow
 //! id. The `capture.v1` records themselves are built in [`records`].
 //!
+//! A socket connection captured call by call (HTTP/2 and gRPC, PostgreSQL, MySQL) sends its
+//! messages' bytes as SEGMENT events after their MSG_START: they are kept with the pending
+//! message (at most [`MAX_SEGMENT_BYTES`] a message, the rest counted) and travel in its record.
+//!
 //! UDP datagrams come whole, one event each, with no kernel state: [`udp`] numbers their flows
 //! and positions; a UDP flow ends (`FlowEnd`, idle) after [`udp::UDP_IDLE`] without a datagram.
 
@@ -31,13 +35,20 @@ use clovisor_proto::capture::v1::{
 use clovisor_proto::common::v1::PointKind;
 
 use super::raw::{
-    ConnectionKey, ConnectionState, Datagram, Event, FlowEnd, MsgCounters, MsgStart, SocketOwner,
+    ConnectionKey, ConnectionState, Datagram, Event, FlowEnd, MsgCounters, MsgStart, Segment,
+    SocketOwner,
 };
 use crate::clock::BootClock;
+use clovisor_proto::capture::v1::Segment as SegmentRecord;
 
 /// How long a flushed message whose flow went quiet is kept before checking that the
 /// flow still exists in the kernel.
 const STALE_FACTOR: u32 = 50;
+
+/// Captured bytes kept of one message captured call by call: a bound on the probe's memory per
+/// pending message (a long server-streaming response is one message). Past it, the oldest
+/// segments but the first make room, counted (`segments_over_bound`); the collector sees a gap.
+pub const MAX_SEGMENT_BYTES: usize = 64 * 1024;
 
 /// Reads a connection's current state from the kernel (the LRU map), or a fake in tests.
 pub trait ConnectionSource {
@@ -84,6 +95,12 @@ pub struct AssemblerStats {
     pub datagrams: u64,
     /// UDP flows ended early to make room for a new one (their next datagram starts a new flow).
     pub udp_flows_evicted: u64,
+    /// Segments kept with their message.
+    pub segments: u64,
+    /// Segments whose message was not pending (its MSG_START lost, or already emitted).
+    pub segments_orphaned: u64,
+    /// Segments dropped to keep a message within [`MAX_SEGMENT_BYTES`].
+    pub segments_over_bound: u64,
 }
 
 impl AssemblerStats {
@@ -100,6 +117,9 @@ impl AssemblerStats {
         self.flow_starts += o.flow_starts;
         self.datagrams += o.datagrams;
         self.udp_flows_evicted += o.udp_flows_evicted;
+        self.segments += o.segments;
+        self.segments_orphaned += o.segments_orphaned;
+        self.segments_over_bound += o.segments_over_bound;
     }
 }
 
@@ -109,6 +129,22 @@ struct Pending {
     last_event: Instant,
     /// Counters of the partial record sent, if one was.
     flushed: Option<MsgCounters>,
+    /// The message's bytes, call by call, when its connection is captured so.
+    segments: Vec<SegmentRecord>,
+    /// Bytes in `segments`.
+    segment_bytes: usize,
+}
+
+impl Pending {
+    fn new(start: MsgStart, now: Instant) -> Self {
+        Self {
+            start,
+            last_event: now,
+            flushed: None,
+            segments: Vec::new(),
+            segment_bytes: 0,
+        }
+    }
 }
 
 /// Pairs message starts with their end counters.
@@ -177,7 +213,44 @@ impl Assembler {
             }
             Event::FlowEnd(end) => self.on_end(end, out),
             Event::Datagram(d) => self.on_datagram(d, now, out),
+            Event::Segment(seg) => self.on_segment(seg, now),
         }
+    }
+
+    /// Bytes of a call of a pending message: kept with it, within [`MAX_SEGMENT_BYTES`].
+    fn on_segment(&mut self, seg: Segment, now: Instant) {
+        let Some(p) = self
+            .pending
+            .get_mut(&seg.flow_id)
+            .filter(|p| p.start.msg.index == seg.index)
+        else {
+            self.stats.segments_orphaned += 1;
+            return;
+        };
+        p.last_event = now;
+        let payload = seg.bytes;
+        if payload.is_empty() {
+            return;
+        }
+        // Over the bound, the oldest segments after the message's first go: its start and its
+        // latest bytes (where the end of a long answer is) are what decoders use most.
+        while p.segment_bytes.saturating_add(payload.len()) > MAX_SEGMENT_BYTES
+            && p.segments.len() > 1
+        {
+            let gone = p.segments.remove(1);
+            p.segment_bytes = p.segment_bytes.saturating_sub(gone.payload.len());
+            self.stats.segments_over_bound += 1;
+        }
+        if p.segment_bytes.saturating_add(payload.len()) > MAX_SEGMENT_BYTES {
+            self.stats.segments_over_bound += 1;
+            return;
+        }
+        p.segment_bytes += payload.len();
+        p.segments.push(SegmentRecord {
+            offset: seg.offset,
+            payload,
+        });
+        self.stats.segments += 1;
     }
 
     /// A UDP datagram: one message record at once, in its flow (announced when new).
@@ -210,7 +283,7 @@ impl Assembler {
             payload: Bytes::new(),
             socket: None,
         };
-        self.message(&start, d.payload, &msg, false, out);
+        self.message(&start, d.payload, Vec::new(), &msg, false, out);
     }
 
     /// A UDP flow went quiet (or made room): its end, named by id.
@@ -244,14 +317,7 @@ impl Assembler {
         if self.pending.len() >= self.max_pending {
             self.evict_oldest(out);
         }
-        self.pending.insert(
-            start.flow_id,
-            Pending {
-                start,
-                last_event: now,
-                flushed: None,
-            },
-        );
+        self.pending.insert(start.flow_id, Pending::new(start, now));
     }
 
     fn on_end(&mut self, end: FlowEnd, out: &mut Vec<Record>) {
@@ -289,11 +355,13 @@ impl Assembler {
             Some(_) => {
                 self.stats.finals_after_flush += 1;
                 let payload = std::mem::take(&mut p.start.payload);
-                self.message(&p.start, payload, fin, false, out);
+                let segments = std::mem::take(&mut p.segments);
+                self.message(&p.start, payload, segments, fin, false, out);
             }
             None => {
                 let payload = std::mem::take(&mut p.start.payload);
-                self.message(&p.start, payload, fin, false, out);
+                let segments = std::mem::take(&mut p.segments);
+                self.message(&p.start, payload, segments, fin, false, out);
             }
         }
     }
@@ -303,7 +371,8 @@ impl Assembler {
         if p.flushed.is_none() {
             let payload = std::mem::take(&mut p.start.payload);
             let first = p.start.msg;
-            self.message(&p.start, payload, &first, true, out);
+            let segments = std::mem::take(&mut p.segments);
+            self.message(&p.start, payload, segments, &first, true, out);
         }
     }
 
@@ -368,7 +437,8 @@ impl Assembler {
             });
             match cur {
                 Some(c) => {
-                    self.message(&p.start, p.start.payload.clone(), &c, true, out);
+                    let segments = p.segments.clone();
+                    self.message(&p.start, p.start.payload.clone(), segments, &c, true, out);
                     self.stats.partial_flushes += 1;
                     p.flushed = Some(c);
                     p.last_event = now;
@@ -382,8 +452,13 @@ impl Assembler {
                     } else {
                         std::mem::take(&mut p.start.payload)
                     };
+                    let segments = if state.is_some() {
+                        p.segments.clone()
+                    } else {
+                        std::mem::take(&mut p.segments)
+                    };
                     let first = p.start.msg;
-                    self.message(&p.start, payload, &first, true, out);
+                    self.message(&p.start, payload, segments, &first, true, out);
                     self.stats.partial_flushes += 1;
                     if state.is_some() {
                         p.flushed = Some(p.start.msg);
@@ -412,7 +487,8 @@ impl Assembler {
                 .filter(|c| c.index == p.start.msg.index)
                 .unwrap_or(p.start.msg);
             let payload = std::mem::take(&mut p.start.payload);
-            self.message(&p.start, payload, &cur, true, out);
+            let segments = std::mem::take(&mut p.segments);
+            self.message(&p.start, payload, segments, &cur, true, out);
             self.stats.partial_flushes += 1;
         }
     }
@@ -460,12 +536,13 @@ impl Assembler {
     }
 
     /// Emits the record of message `start` with its final (or current) counters `fin`, after
-    /// its flow's `FlowStart` if that was not sent yet; `payload` is `start`'s, moved out when
-    /// `start` is not needed again.
+    /// its flow's `FlowStart` if that was not sent yet; `payload` and `segments` are `start`'s,
+    /// moved out when `start` is not needed again.
     fn message(
         &mut self,
         start: &MsgStart,
         payload: Bytes,
+        segments: Vec<SegmentRecord>,
         fin: &MsgCounters,
         partial: bool,
         out: &mut Vec<Record>,
@@ -479,7 +556,14 @@ impl Assembler {
             out,
         );
         self.stats.messages += 1;
-        out.push(records::message(start, payload, fin, partial, &self.clock));
+        out.push(records::message(
+            start,
+            payload,
+            segments,
+            fin,
+            partial,
+            &self.clock,
+        ));
     }
 }
 

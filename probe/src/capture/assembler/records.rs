@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use clovisor_proto::capture::v1::{
     record, FlowEnd as FlowEndRecord, FlowKey, FlowStart, Message, ObservationPoint, ProtocolHint,
-    Record, Transport,
+    Record, Segment, Transport,
 };
 use clovisor_proto::common::v1::{PointKind, Side};
 
@@ -86,6 +86,7 @@ pub fn flow_start(
 pub fn message(
     start: &MsgStart,
     payload: Bytes,
+    segments: Vec<Segment>,
     fin: &MsgCounters,
     partial: bool,
     clock: &BootClock,
@@ -107,6 +108,7 @@ pub fn message(
             payload,
             protocol: 0,
             partial,
+            segments,
         })),
     }
 }

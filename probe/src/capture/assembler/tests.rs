@@ -497,3 +497,94 @@ fn an_exchange_record_completes_the_request_at_once_and_holds_the_response() {
         "the response waits for its final counters"
     );
 }
+
+fn segment(flow_id: u64, index: u32, offset: u64, bytes: &[u8]) -> Event {
+    Event::Segment(crate::capture::raw::Segment {
+        flow_id,
+        index,
+        offset,
+        bytes: Bytes::copy_from_slice(bytes),
+    })
+}
+
+/// A connection captured call by call: each call's bytes travel with their message, in call
+/// order; a segment of a message not pending is counted, never attached to another.
+#[test]
+fn segments_travel_with_their_message_and_orphans_are_counted() {
+    let mut a = assembler(16);
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let req = counters(0, Direction::ClientToServer, 30);
+    a.on_event(start(5, req, None, b""), t, &mut out);
+    a.on_event(segment(5, 0, 0, b"PRI * HTTP/2.0"), t, &mut out);
+    a.on_event(segment(5, 0, 14, b"frame-head"), t, &mut out);
+    a.on_event(segment(5, 0, 4000, b"frame-tail"), t, &mut out);
+    // Message 3 was never started here.
+    a.on_event(segment(5, 3, 0, b"stray"), t, &mut out);
+    let mut req_final = req;
+    req_final.bytes = 4010;
+    let resp = counters(1, Direction::ServerToClient, 9);
+    a.on_event(start(5, resp, Some(req_final), b""), t, &mut out);
+    let msgs = messages(&out);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let got: Vec<(u64, &[u8])> = msgs[0]
+        .segments
+        .iter()
+        .map(|s| (s.offset, &s.payload[..]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, &b"PRI * HTTP/2.0"[..]),
+            (14, &b"frame-head"[..]),
+            (4000, &b"frame-tail"[..]),
+        ]
+    );
+    assert_eq!(msgs[0].bytes, 4010);
+    let stats = a.stats();
+    assert_eq!((stats.segments, stats.segments_orphaned), (3, 1));
+}
+
+/// A message past MAX_SEGMENT_BYTES keeps its first segment and its latest ones; what made
+/// room is counted.
+#[test]
+fn segments_of_one_message_are_bounded_keeping_its_start_and_end() {
+    let mut a = assembler(16);
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let resp = counters(0, Direction::ServerToClient, 100);
+    a.on_event(start(9, resp, None, b""), t, &mut out);
+    let chunk = vec![7u8; 1024];
+    let calls = 2 * MAX_SEGMENT_BYTES / chunk.len();
+    for i in 0..calls {
+        a.on_event(segment(9, 0, (i * 8192) as u64, &chunk), t, &mut out);
+    }
+    a.on_event(
+        Event::FlowEnd(FlowEnd {
+            key: v4_key(),
+            flow_id: 9,
+            reason: FlowEndReason::Fin,
+            ts_ns: 1,
+            last: Some(resp),
+            socket: None,
+            tcp: None,
+        }),
+        t,
+        &mut out,
+    );
+    let msgs = messages(&out);
+    let kept: usize = msgs[0].segments.iter().map(|s| s.payload.len()).sum();
+    assert!(kept <= MAX_SEGMENT_BYTES, "{kept}");
+    assert_eq!(msgs[0].segments.first().map(|s| s.offset), Some(0));
+    assert_eq!(
+        msgs[0].segments.last().map(|s| s.offset),
+        Some(((calls - 1) * 8192) as u64),
+        "the latest call is kept"
+    );
+    let stats = a.stats();
+    assert_eq!(
+        stats.segments_over_bound as usize + msgs[0].segments.len(),
+        calls,
+        "every segment kept or counted"
+    );
+}
