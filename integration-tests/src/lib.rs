@@ -591,7 +591,7 @@ impl AllInOne {
         let ready = format!("http://{api}/readyz");
         let up = wait_for(
             "clovisor to be ready and attached",
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || {
                 if !proc.running() {
                     bail!("clovisor exited early:\n{}", proc.log_text());
