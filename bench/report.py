@@ -510,7 +510,7 @@ def decode_protocols(raw, rep):
         r = row.get("records")
         if r is None:
             continue
-        rep.figure("c", f"decode_{name}_per_cpu_s",
+        rep.figure("c", f"decode_{name.replace('/', '_')}_per_cpu_s",
                    f"collector: {name} exchanges decoded per CPU second", r["complete_exchanges_per_cpu_s"],
                    "exchanges/s",
                    note=(f"the flows of {name} alone, {r['rounds']} rounds of {row['complete_exchanges_per_round']} "
