@@ -35,8 +35,8 @@ record() { # file port command...
   sleep 0.5
   kill -INT "$dc"
   wait "$dc" || true
-  # The capture without dumpcap's interface statistics and comments (smaller, no host names).
-  editcap --discard-all-secrets "$work/cap.pcapng" "$file" 2>/dev/null || cp "$work/cap.pcapng" "$file"
+  # Rewritten by editcap, dropping any decryption-secrets block (loopback TLS would bring none).
+  editcap --discard-all-secrets "$work/cap.pcapng" "$file"
 }
 
 # --- Redis -----------------------------------------------------------------------------------
