@@ -20,14 +20,15 @@
 # the CPU and memory of each component; (e) what the probe costs a process in an untraced
 # namespace (a syscall loop and loopback HTTP, with and without the pipeline, interleaved);
 # (f) memory of the collector and the correlator holding many open flows and exchanges (synthetic
-# probe records); (c) collector decode throughput vs tshark.
+# probe records); (c) collector decode throughput vs tshark, and per protocol on real captures of
+# every decoded protocol (about a minute more: one decode phase per protocol).
 #
 # Knobs (environment): BENCH_SECONDS (per wrk run of (a) and (b), default 10), BENCH_PAIRS
 # (rounds of (b) and (e), default 4), BENCH_CONNS (wrk connections of (a), (b) and (e), default 4),
 # BENCH_RAMP (connection counts of (d), default "1 2 4 8 16 32"), BENCH_RAMP_SECONDS (default 5),
 # BENCH_BYSTANDER_SECONDS (per wrk run of (e), default 5), BENCH_DD_COUNT (syscall-loop bytes of
 # (e), two syscalls each, default 6000000), BENCH_FLOWS (open flows and held exchanges of (f),
-# default 100000), BENCH_DECODE_SECONDS (per decode phase, default 5), BENCH_TSHARK_COPIES (1-255,
+# default 100000), BENCH_DECODE_SECONDS (per decode phase and per protocol, default 5), BENCH_TSHARK_COPIES (1-255,
 # default 100), BENCH_OUT (default bench-report), BENCH_BINDIR (use the binaries and examples/ of another build instead of building: to compare two builds under the same conditions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
