@@ -495,7 +495,33 @@ def section_c(raw, rep):
                f"{d['complete_exchanges_per_round']} vs {one['responses']}", "",
                note="the two must see (about) the same exchanges for the ratio to mean anything")
     return {"decode": d, "tshark": t, "tshark_per_cpu_s": ts,
+            "decode_protocols": decode_protocols(raw, rep),
             "correlator_open": correlator_open(raw, rep)}
+
+
+def decode_protocols(raw, rep):
+    """Exchanges decoded per CPU second, protocol by protocol and all together, on real captures
+    of every decoded protocol (collector/examples/decode_bench.rs --phase protocols)."""
+    path = raw / "c" / "decode-protocols.json"
+    if not path.exists():
+        return None
+    d = load(path)
+    for name, row in d["protocols"].items():
+        r = row.get("records")
+        if r is None:
+            continue
+        rep.figure("c", f"decode_{name.replace('/', '_')}_per_cpu_s",
+                   f"collector: {name} exchanges decoded per CPU second", r["complete_exchanges_per_cpu_s"],
+                   "exchanges/s",
+                   note=(f"the flows of {name} alone, {r['rounds']} rounds of {row['complete_exchanges_per_round']} "
+                         f"exchanges ({row['records_per_round']} records) in {r['cpu_s']:.2f} CPU s"))
+    r = d["records"]
+    if r is not None:
+        rep.figure("c", "decode_all_per_cpu_s", "collector: all protocols together, exchanges per CPU second",
+                   r["complete_exchanges_per_cpu_s"], "exchanges/s",
+                   note=(f"{d['complete_exchanges_per_round']} exchanges per round from "
+                         f"{len(d['files'])} captures, {r['rounds']} rounds in {r['cpu_s']:.2f} CPU s"))
+    return d
 
 
 def correlator_open(raw, rep):

@@ -20,14 +20,15 @@
 # the CPU and memory of each component; (e) what the probe costs a process in an untraced
 # namespace (a syscall loop and loopback HTTP, with and without the pipeline, interleaved);
 # (f) memory of the collector and the correlator holding many open flows and exchanges (synthetic
-# probe records); (c) collector decode throughput vs tshark.
+# probe records); (c) collector decode throughput vs tshark, and per protocol on real captures of
+# every decoded protocol (about a minute more: one decode phase per protocol).
 #
 # Knobs (environment): BENCH_SECONDS (per wrk run of (a) and (b), default 10), BENCH_PAIRS
 # (rounds of (b) and (e), default 4), BENCH_CONNS (wrk connections of (a), (b) and (e), default 4),
 # BENCH_RAMP (connection counts of (d), default "1 2 4 8 16 32"), BENCH_RAMP_SECONDS (default 5),
 # BENCH_BYSTANDER_SECONDS (per wrk run of (e), default 5), BENCH_DD_COUNT (syscall-loop bytes of
 # (e), two syscalls each, default 6000000), BENCH_FLOWS (open flows and held exchanges of (f),
-# default 100000), BENCH_DECODE_SECONDS (per decode phase, default 5), BENCH_TSHARK_COPIES (1-255,
+# default 100000), BENCH_DECODE_SECONDS (per decode phase and per protocol, default 5), BENCH_TSHARK_COPIES (1-255,
 # default 100), BENCH_OUT (default bench-report), BENCH_BINDIR (use the binaries and examples/ of another build instead of building: to compare two builds under the same conditions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,15 @@ TSHARK_COPIES=${BENCH_TSHARK_COPIES:-100}
 OUT=${BENCH_OUT:-bench-report}
 TESTDATA=${CLOVISOR_TESTDATA:-$ROOT/../shared/testdata}
 PCAPS=(http_espn http_google http_post http_ip4and6)
+# Section c's other protocols (cli/tests/decode.rs holds the benchmark's counts on these to
+# `clovisor decode`'s): DNS from the shared test data, the rest committed in the repository.
+DNS_PCAPS=(dns_axfr dns_lab dns_query_nonexistent dns_query_response dns_reverse_lookup dns_tcp)
+REPO_PCAPS=(collector/tests/data/http2/h2c_prior.pcapng collector/tests/data/http2/h2c_upgrade.pcapng
+  collector/tests/data/http2/grpc_unary.pcapng collector/tests/data/kafka/kafka_python.pcapng
+  collector/tests/data/kafka/librdkafka.pcapng collector/testdata/db/redis.pcapng
+  collector/testdata/db/postgresql.pcapng collector/testdata/db/mysql.pcapng)
+# `clovisor decode`'s default ports (replay::DECODE_PORTS) and 8082 (h2c_upgrade's proxy).
+DECODE_PORTS=53,80,3000,3306,5000,5432,6379,8000,8080,8082,8888,9092,50051
 
 [ "$(id -u)" -eq 0 ] || { echo "run as root: the benchmark loads BPF programs and creates namespaces" >&2; exit 1; }
 for f in "${PCAPS[@]}"; do
@@ -661,7 +671,16 @@ note_load c
 echo "== c. decode throughput: records through the collector's flow table vs tshark"
 files=()
 for f in "${PCAPS[@]}"; do files+=("$TESTDATA/pcap/$f.pcapng"); done
-"$BINDIR/examples/decode_bench" --seconds "$DECODE_SECONDS" "${files[@]}" >"$RAW/c/decode.json"
+# Like for like with tshark's HTTP dissection: the HTTP captures on the HTTP ports only.
+"$BINDIR/examples/decode_bench" --seconds "$DECODE_SECONDS" --port 80,8080 --phase records --phase pcap \
+  "${files[@]}" >"$RAW/c/decode.json"
+# Every decoder, protocol by protocol: real captures of each (see docs/benchmarks.md section c),
+# replayed as `clovisor decode` replays them (its default ports, and 8082 of h2c_upgrade's proxy).
+proto_files=("${files[@]}")
+for f in "${DNS_PCAPS[@]}"; do proto_files+=("$TESTDATA/pcap/$f.pcapng"); done
+for f in "${REPO_PCAPS[@]}"; do proto_files+=("$ROOT/$f"); done
+"$BINDIR/examples/decode_bench" --seconds "$DECODE_SECONDS" --port "$DECODE_PORTS" --phase records \
+  --phase protocols "${proto_files[@]}" >"$RAW/c/decode-protocols.json"
 classic=()
 for f in "${PCAPS[@]}"; do
   editcap -F pcap "$TESTDATA/pcap/$f.pcapng" "$WORK/$f.pcap"
@@ -681,6 +700,11 @@ jq -n -c --argjson one "$(tshark_run "$WORK/one.pcap")" --argjson many "$(tshark
   --argjson copies "$TSHARK_COPIES" --arg version "$(tshark -v 2>/dev/null | head -n 1)" \
   '{version: $version, copies: $copies, one_copy: $one, many_copies: $many}' >"$RAW/c/tshark.json"
 jq -r '"   collector: \(.records.complete_exchanges_per_cpu_s | floor) exchanges per CPU second"' "$RAW/c/decode.json"
+jq -r '.protocols | to_entries[] | select(.value.records != null)
+  | "   \(.key): \(.value.records.complete_exchanges_per_cpu_s | floor) exchanges per CPU second (\(.value.complete_exchanges_per_round) per round)"' \
+  "$RAW/c/decode-protocols.json"
+jq -r '"   all protocols together: \(.records.complete_exchanges_per_cpu_s | floor) exchanges per CPU second"' \
+  "$RAW/c/decode-protocols.json"
 # The correlator's memory with 100k exchanges open in its join at once (a separate build: the
 # example turns on the correlator's test-util feature).
 echo "== c. correlator: memory with 100k concurrent open exchanges in the join"

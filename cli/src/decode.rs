@@ -7,7 +7,6 @@
 //! sessions, live or offline. Exit codes: 0 done, 1 the capture could not be read or is damaged
 //! (what came before the damage is printed first), 2 usage.
 
-use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,14 +18,7 @@ use clovisor_collector::replay::pcap::{ReplayConfig, ReplayStats};
 use clovisor_collector::replay::{decode_reader, Sessions};
 use clovisor_correlator::api::json::SessionJson;
 use clovisor_correlator::record::CorrelatedSession;
-use clovisor_proto::capture::v1::{ObservationPoint, ProtocolHint};
-use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::session::v1::Session;
-
-/// Server ports when none are given: the usual ports of the protocols the collector decodes.
-pub const DEFAULT_PORTS: [u16; 12] = [
-    53, 80, 3000, 3306, 5000, 5432, 6379, 8000, 8080, 8888, 9092, 50051,
-];
 
 /// The probe's default snaplen (`CLOVISOR_DEFAULT_SNAPLEN`): what is decoded live by default.
 const DEFAULT_SNAPLEN: u32 = 1024;
@@ -86,11 +78,6 @@ fn parse_analyzer(s: &str) -> Result<(String, PathBuf), String> {
 
 impl Args {
     fn config(&self) -> ReplayConfig {
-        let traced_ports: BTreeSet<u16> = if self.ports.is_empty() {
-            DEFAULT_PORTS.into_iter().collect()
-        } else {
-            self.ports.iter().copied().collect()
-        };
         let interface = if self.reads_stdin() {
             "stdin".to_owned()
         } else {
@@ -100,17 +87,9 @@ impl Args {
                 .unwrap_or_default()
         };
         ReplayConfig {
-            traced_ports,
-            snaplen: self.snaplen,
-            point: ObservationPoint {
-                kind: PointKind::Node as i32,
-                interface,
-                ..ObservationPoint::default()
-            },
-            // Content decides, as it does for a port without an Istio name.
-            hint: ProtocolHint::Unspecified,
             udp_idle_nanos: self.udp_idle_secs.saturating_mul(1_000_000_000),
             max_flows: self.max_flows as usize,
+            ..ReplayConfig::decode(&self.ports, self.snaplen, interface)
         }
     }
 

@@ -457,3 +457,123 @@ fn standard_input_decodes_as_the_file_does() -> Result<()> {
     assert_eq!(piped, strip(decode(&file, &[])?));
     Ok(())
 }
+
+/// The captures `scripts/bench.sh` section c hands the decode benchmark
+/// (`collector/examples/decode_bench.rs`) for its per-protocol rows, and the ports it passes.
+fn benchmark_captures() -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for name in [
+        "http_espn",
+        "http_google",
+        "http_post",
+        "http_ip4and6",
+        "dns_axfr",
+        "dns_lab",
+        "dns_query_nonexistent",
+        "dns_query_response",
+        "dns_reverse_lookup",
+        "dns_tcp",
+    ] {
+        files.push(testdata(&format!("{name}.pcapng"))?);
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for name in [
+        "collector/tests/data/http2/h2c_prior.pcapng",
+        "collector/tests/data/http2/h2c_upgrade.pcapng",
+        "collector/tests/data/http2/grpc_unary.pcapng",
+        "collector/tests/data/kafka/kafka_python.pcapng",
+        "collector/tests/data/kafka/librdkafka.pcapng",
+        "collector/testdata/db/redis.pcapng",
+        "collector/testdata/db/postgresql.pcapng",
+        "collector/testdata/db/mysql.pcapng",
+    ] {
+        files.push(repo.join(name));
+    }
+    Ok(files)
+}
+
+/// `h2c_upgrade.pcapng`'s proxy listens on 8082, beyond `clovisor decode`'s default ports.
+const BENCHMARK_EXTRA_PORT: u16 = 8082;
+
+/// The benchmark's row of an exchange `clovisor decode` printed (`replay::by_protocol::row`).
+fn benchmark_row(exchange: &Value) -> Result<String> {
+    let protocol = exchange["protocol"]
+        .as_str()
+        .context("an exchange without a protocol")?;
+    Ok(match protocol {
+        "http/1.0" | "http/1.1" => "http/1".to_owned(),
+        "dns" => format!(
+            "dns/{}",
+            exchange["dns"]["transport"]
+                .as_str()
+                .context("a DNS exchange without its transport")?
+        ),
+        other => other.to_owned(),
+    })
+}
+
+/// The decode benchmark's per-protocol exchange counts (what it times, and divides by the CPU
+/// time) are the exchanges `clovisor decode` prints for the same captures, protocol by protocol,
+/// every protocol the issue lists is among them, and each protocol's flows replayed alone (as
+/// the benchmark times them) yield exactly its exchanges: the figure cannot measure nothing.
+#[test]
+fn decode_benchmark_counts_by_protocol_match_decode() -> Result<()> {
+    use clovisor_collector::replay::pcap::{replay_file, ReplayConfig};
+    use clovisor_collector::replay::{by_protocol, sessions, DECODE_PORTS};
+
+    let mut ports: Vec<u16> = DECODE_PORTS.to_vec();
+    ports.push(BENCHMARK_EXTRA_PORT);
+    let port_arg = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let config = ReplayConfig::decode(&ports, 1024, "bench".to_owned());
+    let mut printed: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut benchmark: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for file in benchmark_captures()? {
+        for exchange in decode(&file, &["--port", &port_arg])? {
+            let row = printed.entry(benchmark_row(&exchange)?).or_default();
+            row.0 += 1;
+            row.1 += u64::from(exchange["incomplete"] == Value::Bool(false));
+        }
+        let records = replay_file(&file, &config)
+            .with_context(|| format!("replaying {}", file.display()))?
+            .records;
+        let all = sessions(records.clone());
+        let counts = by_protocol::count(&all);
+        for (name, c) in &counts {
+            let row = benchmark.entry((*name).to_owned()).or_default();
+            row.0 += c.exchanges;
+            row.1 += c.complete;
+        }
+        for (name, group) in by_protocol::split(records, &all) {
+            let alone = by_protocol::count(&sessions(group));
+            let want: BTreeMap<&str, by_protocol::Count> =
+                counts.get(name).map(|c| (name, *c)).into_iter().collect();
+            ensure!(
+                alone == want,
+                "{}: the flows of {name} alone yield {alone:?}, not {want:?}",
+                file.display()
+            );
+        }
+    }
+    assert_eq!(benchmark, printed);
+    for row in [
+        "http/1",
+        "http/2",
+        "grpc",
+        "dns/udp",
+        "dns/tcp",
+        "redis",
+        "postgresql",
+        "mysql",
+        "kafka",
+    ] {
+        ensure!(
+            printed.get(row).is_some_and(|c| c.1 > 0),
+            "no complete {row} exchange in the benchmark's captures: {printed:?}"
+        );
+    }
+    Ok(())
+}

@@ -4,13 +4,17 @@
 //! runs records through the collector's own flow table and decoders, so a capture decodes
 //! exactly as the same traffic traced live does.
 
+pub mod by_protocol;
 pub mod pcap;
 
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clovisor_proto::capture::v1::Record;
+use std::collections::BTreeSet;
+
+use clovisor_proto::capture::v1::{ObservationPoint, ProtocolHint, Record};
+use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::session::v1::Session;
 
 use crate::error::Result;
@@ -20,6 +24,37 @@ use pcap::{ReplayConfig, ReplayStats};
 
 /// The probe id replayed records are ingested under (the first part of a session id).
 pub const PROBE_ID: &str = "replay";
+
+/// Server ports `clovisor decode` traces when none are given: the usual ports of the protocols
+/// the collector decodes.
+pub const DECODE_PORTS: [u16; 12] = [
+    53, 80, 3000, 3306, 5000, 5432, 6379, 8000, 8080, 8888, 9092, 50051,
+];
+
+impl ReplayConfig {
+    /// How `clovisor decode` replays a capture (and so the decode benchmark): a packet to or from
+    /// one of `ports` ([`DECODE_PORTS`] when empty) is traced, that end being the server; content
+    /// decides the protocol, as live for a port without an Istio name (no hint); each message
+    /// keeps `snaplen` bytes; the points are node points named `interface`.
+    pub fn decode(ports: &[u16], snaplen: u32, interface: String) -> Self {
+        let traced_ports: BTreeSet<u16> = if ports.is_empty() {
+            DECODE_PORTS.into_iter().collect()
+        } else {
+            ports.iter().copied().collect()
+        };
+        Self {
+            traced_ports,
+            snaplen,
+            point: ObservationPoint {
+                kind: PointKind::Node as i32,
+                interface,
+                ..ObservationPoint::default()
+            },
+            hint: ProtocolHint::Unspecified,
+            ..Self::default()
+        }
+    }
+}
 
 /// A collector's flow table with the default limits and decoders, taking one probe's records in
 /// order and handing on each session as soon as it is made.
@@ -68,6 +103,11 @@ impl Sessions {
         for s in self.out.drain(..) {
             emit(s);
         }
+    }
+
+    /// Flows open in the table (a capture whose flows all ended leaves none).
+    pub fn open_flows(&self) -> usize {
+        self.table.len()
     }
 
     /// The collector's counters (decode errors, unsupported flows, desyncs, drops).
