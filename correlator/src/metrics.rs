@@ -17,8 +17,11 @@
 //! - `response_code` (DNS): the 4-bit RCODE's name or `RCODE<n>` (16 values), `none` when no
 //!   answer was seen. The name asked about is never a label.
 //!
-//! Series of `clovisor_http_*` are at most 10 methods x 501 codes x 1000 namespaces x 1000
-//! workloads in theory; in practice a workload answers with a handful of codes and methods.
+//! The label caps alone would allow 10 methods x 501 codes x 1000 namespaces x 1000 workloads
+//! series of `clovisor_http_*`; every family with a namespace, workload or analyzer label is
+//! therefore bounded in series too ([`clovisor_runtime::series`]): beyond the bound, new label
+//! sets count into the family's `overflow` series and in
+//! `clovisor_metric_series_overflow_total{metric}`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
