@@ -355,6 +355,13 @@ pub struct DesyncLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `clovisor_collector_fields_truncated_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FieldLabel {
+    /// The session field (`http.target`, …: `decode::limits::FIELD_LIMITS`).
+    pub field: &'static str,
+}
+
 /// A label set for emitted sessions.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -403,6 +410,8 @@ pub struct CollectorMetrics {
     pub endpoints_rejected: Family<ReasonLabel, Counter>,
     /// Probe streams refused by admission (`server::admission::Refused`), by reason.
     pub probes_refused: Family<ReasonLabel, Counter>,
+    /// Session string fields cut to their limit (`decode::limits`), by field.
+    pub fields_truncated: Family<FieldLabel, Counter>,
     /// Shared loss accounting (stages `collector` and `forwarder`).
     pub drops: Drops,
     handles: Handles,
@@ -468,6 +477,7 @@ impl CollectorMetrics {
             endpoints_dropped: Counter::default(),
             endpoints_rejected: Family::default(),
             probes_refused: Family::default(),
+            fields_truncated: Family::default(),
             drops,
             handles: Handles::default(),
         }
@@ -640,10 +650,22 @@ impl CollectorMetrics {
             self.probes_refused.clone(),
         );
         registry.register(
+            "clovisor_collector_fields_truncated",
+            "Session string fields cut to their length limit before leaving the collector, by field",
+            self.fields_truncated.clone(),
+        );
+        registry.register(
             "clovisor_collector_endpoints_dropped",
             "Endpoint updates ignored because the table was full",
             self.endpoints_dropped.clone(),
         );
+    }
+
+    /// Counts a session field cut to its length limit.
+    pub fn field_truncated(&self, field: &'static str) {
+        self.fields_truncated
+            .get_or_create(&FieldLabel { field })
+            .inc();
     }
 
     /// Counts a decode error.
