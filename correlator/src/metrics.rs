@@ -1294,10 +1294,10 @@ mod tests {
                 );
                 assert!(text.contains(&want), "{kind}: lacks {want}");
             }
-            let first = format!(r#"namespace="n0",workload="w0""#);
+            let first = r#"namespace="n0",workload="w0""#;
             assert!(
                 text.lines()
-                    .any(|l| l.starts_with(requests) && l.contains(&first) && l.ends_with(" 2")),
+                    .any(|l| l.starts_with(requests) && l.contains(first) && l.ends_with(" 2")),
                 "{kind}: the first server's series counts both its exchanges"
             );
             assert!(
