@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clovisor_proto::delivery::DeliveryStats;
 use clovisor_runtime::drops::Drops;
+use clovisor_runtime::series::{BoundedFamily, SeriesHandle, OVERFLOW};
 use clovisor_runtime::workloads::{End, FlowLabels, Workloads};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -57,22 +58,33 @@ pub struct BytesLabels {
 #[derive(Debug)]
 pub struct ConnectionMetrics {
     workloads: Workloads,
-    connections: Family<ConnectionLabels, Counter>,
-    retransmits: Family<ObservedLabels, Counter>,
-    rtt: Family<ObservedLabels, Histogram, fn() -> Histogram>,
-    bytes: Family<BytesLabels, Counter>,
+    connections: BoundedFamily<ConnectionLabels, Counter>,
+    retransmits: BoundedFamily<ObservedLabels, Counter>,
+    rtt: BoundedFamily<ObservedLabels, Histogram, fn() -> Histogram>,
+    bytes: BoundedFamily<BytesLabels, Counter>,
 }
 
 impl Default for ConnectionMetrics {
     fn default() -> Self {
-        Self {
-            workloads: Workloads::default(),
-            connections: Family::default(),
-            retransmits: Family::default(),
-            rtt: Family::new_with_constructor(|| Histogram::new(RTT_BUCKETS)),
-            bytes: Family::default(),
-        }
+        Self::with_drops(&Drops::default())
     }
+}
+
+/// The overflow label set of the flow metrics (`clovisor_runtime::series`).
+fn overflow_observed() -> ObservedLabels {
+    ObservedLabels {
+        flow: FlowLabels {
+            client_namespace: OVERFLOW.to_owned(),
+            client_workload: OVERFLOW.to_owned(),
+            server_namespace: OVERFLOW.to_owned(),
+            server_workload: OVERFLOW.to_owned(),
+        },
+        observed_at: OVERFLOW,
+    }
+}
+
+fn rtt_histogram() -> Histogram {
+    Histogram::new(RTT_BUCKETS)
 }
 
 /// One connection end, as [`ConnectionMetrics::ended`] takes it.
@@ -92,16 +104,52 @@ pub struct ConnectionEnd<'a> {
     pub retransmits: u32,
 }
 
+impl ConnectionMetrics {
+    /// Fresh metrics, counting the label sets their families fold (bounded in series) into
+    /// `drops`' `clovisor_metric_series_overflow_total`.
+    pub fn with_drops(drops: &Drops) -> Self {
+        Self {
+            workloads: Workloads::default(),
+            connections: BoundedFamily::new(
+                Family::default(),
+                ConnectionLabels {
+                    observed: overflow_observed(),
+                    reason: OVERFLOW,
+                },
+                drops.series_overflow("clovisor_flow_connections_total"),
+            ),
+            retransmits: BoundedFamily::new(
+                Family::default(),
+                overflow_observed(),
+                drops.series_overflow("clovisor_flow_connection_retransmits_total"),
+            ),
+            rtt: BoundedFamily::new(
+                Family::new_with_constructor(rtt_histogram),
+                overflow_observed(),
+                drops.series_overflow("clovisor_flow_rtt_seconds"),
+            ),
+            bytes: BoundedFamily::new(
+                Family::default(),
+                BytesLabels {
+                    observed: overflow_observed(),
+                    direction: OVERFLOW,
+                },
+                drops.series_overflow("clovisor_flow_connection_bytes_total"),
+            ),
+        }
+    }
+}
+
 /// The flow metric series of one pair of workloads seen at one point. The workload labels are
 /// capped and hashed once, when it is made ([`ConnectionMetrics::series`]); each series is looked
 /// up in its family the first time it is counted, and kept.
 #[derive(Debug)]
 pub struct FlowSeries {
     observed: ObservedLabels,
-    bytes: [OnceLock<Counter>; 2],
-    ends: [OnceLock<Counter>; 2],
-    retransmits: OnceLock<Counter>,
-    rtt: OnceLock<Histogram>,
+    bytes: [OnceLock<SeriesHandle<Counter>>; 2],
+    ends: [OnceLock<SeriesHandle<Counter>>; 2],
+    retransmits: OnceLock<SeriesHandle<Counter>>,
+    rtt: OnceLock<SeriesHandle<Histogram>>,
 }
 
 /// Directions of `clovisor_flow_connection_bytes_total`, in the order of the byte arrays.
@@ -145,7 +193,8 @@ impl ConnectionMetrics {
         if srtt_us > 0 {
             series
                 .rtt
-                .get_or_init(|| self.rtt.get_or_create(&series.observed).clone())
+                .get_or_init(|| self.rtt.handle(&series.observed))
+                .record()
                 .observe(f64::from(srtt_us) / 1e6);
         }
         // A point that knows the RTT (a socket) knows the retransmits too, zero included: the
@@ -153,21 +202,20 @@ impl ConnectionMetrics {
         if retransmits > 0 || srtt_us > 0 {
             series
                 .retransmits
-                .get_or_init(|| self.retransmits.get_or_create(&series.observed).clone())
+                .get_or_init(|| self.retransmits.handle(&series.observed))
+                .record()
                 .inc_by(u64::from(retransmits));
         }
         let resolve = || {
-            self.connections
-                .get_or_create(&ConnectionLabels {
-                    observed: series.observed.clone(),
-                    reason,
-                })
-                .clone()
+            self.connections.handle(&ConnectionLabels {
+                observed: series.observed.clone(),
+                reason,
+            })
         };
         match reason {
-            "fin" => series.ends[0].get_or_init(resolve).inc(),
-            "rst" => series.ends[1].get_or_init(resolve).inc(),
-            _ => resolve().inc(),
+            "fin" => series.ends[0].get_or_init(resolve).record().inc(),
+            "rst" => series.ends[1].get_or_init(resolve).record().inc(),
+            _ => resolve().record().inc(),
         };
     }
 
@@ -189,13 +237,12 @@ impl ConnectionMetrics {
         for ((slot, direction), n) in series.bytes.iter().zip(DIRECTIONS).zip(bytes) {
             if n > 0 {
                 slot.get_or_init(|| {
-                    self.bytes
-                        .get_or_create(&BytesLabels {
-                            observed: series.observed.clone(),
-                            direction,
-                        })
-                        .clone()
+                    self.bytes.handle(&BytesLabels {
+                        observed: series.observed.clone(),
+                        direction,
+                    })
                 })
+                .record()
                 .inc_by(n);
             }
         }
@@ -207,22 +254,22 @@ impl ConnectionMetrics {
         registry.register(
             "clovisor_flow_connections",
             "Connections between workloads that ended, by where they were seen and how (fin, rst)",
-            self.connections.clone(),
+            self.connections.family(),
         );
         registry.register(
             "clovisor_flow_connection_retransmits",
             "Segments retransmitted by connections between workloads, as their sockets counted them at close",
-            self.retransmits.clone(),
+            self.retransmits.family(),
         );
         registry.register(
             "clovisor_flow_rtt_seconds",
             "Smoothed round-trip time of connections between workloads at close, as the socket's kernel measured it",
-            self.rtt.clone(),
+            self.rtt.family(),
         );
         registry.register(
             "clovisor_flow_connection_bytes",
             "Payload bytes carried by connections between workloads, whatever their protocol, by where they were seen and direction",
-            self.bytes.clone(),
+            self.bytes.family(),
         );
     }
 }
@@ -308,6 +355,13 @@ pub struct DesyncLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `clovisor_collector_fields_truncated_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FieldLabel {
+    /// The session field (`http.target`, …: `decode::limits::FIELD_LIMITS`).
+    pub field: &'static str,
+}
+
 /// A label set for emitted sessions.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -316,7 +370,7 @@ pub struct OutcomeLabel {
 }
 
 /// The collector's metrics, shared by the service, the flow table and the flusher.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CollectorMetrics {
     /// Records received, by kind.
     pub records_received: Family<KindLabel, Counter>,
@@ -356,6 +410,8 @@ pub struct CollectorMetrics {
     pub endpoints_rejected: Family<ReasonLabel, Counter>,
     /// Probe streams refused by admission (`server::admission::Refused`), by reason.
     pub probes_refused: Family<ReasonLabel, Counter>,
+    /// Session string fields cut to their limit (`decode::limits`), by field.
+    pub fields_truncated: Family<FieldLabel, Counter>,
     /// Shared loss accounting (stages `collector` and `forwarder`).
     pub drops: Drops,
     handles: Handles,
@@ -388,17 +444,42 @@ const DOOR_REASONS: [&str; 3] = ["duplicate", "no_direction", "no_flow_key"];
 /// How often the forwarder's counters are copied into the loss accounting.
 pub const FORWARDER_ACCOUNTING_INTERVAL: Duration = Duration::from_millis(500);
 
+impl Default for CollectorMetrics {
+    fn default() -> Self {
+        Self::with_drops(Drops::default())
+    }
+}
+
 impl CollectorMetrics {
     /// Fresh, zeroed metrics.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Fresh metrics counting losses into `drops`, shared with other stages of the process.
+    /// Fresh metrics counting losses (and the label sets the bounded families fold) into
+    /// `drops`, shared with other stages of the process.
     pub fn with_drops(drops: Drops) -> Self {
         Self {
+            records_received: Family::default(),
+            sessions_emitted: Family::default(),
+            decode_errors: Family::default(),
+            flows_evicted: Family::default(),
+            connections_ended: Family::default(),
+            connections: ConnectionMetrics::with_drops(&drops),
+            batches_duplicate: Counter::default(),
+            batches_processed: Counter::default(),
+            views_merged: Counter::default(),
+            messages_dropped: Family::default(),
+            flows_unsupported: Counter::default(),
+            decoder_desyncs: Family::default(),
+            analyzers: AnalyzerMetrics::with_drops(&drops),
+            probe_restarts: Counter::default(),
+            endpoints_dropped: Counter::default(),
+            endpoints_rejected: Family::default(),
+            probes_refused: Family::default(),
+            fields_truncated: Family::default(),
             drops,
-            ..Self::default()
+            handles: Handles::default(),
         }
     }
 
@@ -569,10 +650,22 @@ impl CollectorMetrics {
             self.probes_refused.clone(),
         );
         registry.register(
+            "clovisor_collector_fields_truncated",
+            "Session string fields cut to their length limit before leaving the collector, by field",
+            self.fields_truncated.clone(),
+        );
+        registry.register(
             "clovisor_collector_endpoints_dropped",
             "Endpoint updates ignored because the table was full",
             self.endpoints_dropped.clone(),
         );
+    }
+
+    /// Counts a session field cut to its length limit.
+    pub fn field_truncated(&self, field: &'static str) {
+        self.fields_truncated
+            .get_or_create(&FieldLabel { field })
+            .inc();
     }
 
     /// Counts a decode error.
@@ -724,12 +817,45 @@ pub struct AnalyzerLoadLabels {
     pub outcome: &'static str,
 }
 
-/// The user analyzers' metrics; clone freely (they share their values).
-#[derive(Debug, Clone, Default)]
+/// The user analyzers' metrics; clone freely (they share their values). The `analyzer` label
+/// comes from the Redis configuration: its families are bounded in series
+/// (`clovisor_runtime::series`).
+#[derive(Debug, Clone)]
 pub struct AnalyzerMetrics {
-    errors: Family<AnalyzerErrorLabels, Counter>,
-    loads: Family<AnalyzerLoadLabels, Counter>,
+    errors: Arc<BoundedFamily<AnalyzerErrorLabels, Counter>>,
+    loads: Arc<BoundedFamily<AnalyzerLoadLabels, Counter>>,
     running: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Default for AnalyzerMetrics {
+    fn default() -> Self {
+        Self::with_drops(&Drops::default())
+    }
+}
+
+impl AnalyzerMetrics {
+    /// Fresh metrics, counting folded label sets into `drops`.
+    pub fn with_drops(drops: &Drops) -> Self {
+        Self {
+            errors: Arc::new(BoundedFamily::new(
+                Family::default(),
+                AnalyzerErrorLabels {
+                    analyzer: OVERFLOW.to_owned(),
+                    reason: OVERFLOW,
+                },
+                drops.series_overflow("clovisor_analyzer_errors_total"),
+            )),
+            loads: Arc::new(BoundedFamily::new(
+                Family::default(),
+                AnalyzerLoadLabels {
+                    analyzer: OVERFLOW.to_owned(),
+                    outcome: OVERFLOW,
+                },
+                drops.series_overflow("clovisor_analyzer_loads_total"),
+            )),
+            running: prometheus_client::metrics::gauge::Gauge::default(),
+        }
+    }
 }
 
 impl AnalyzerMetrics {
@@ -739,12 +865,12 @@ impl AnalyzerMetrics {
         registry.register(
             "clovisor_analyzer_errors",
             "Calls into a user analyzer that failed (trap, timeout, memory, malformed), by analyzer",
-            self.errors.clone(),
+            self.errors.family(),
         );
         registry.register(
             "clovisor_analyzer_loads",
             "User analyzer changes: loaded, replaced, unloaded, rejected, switched_off",
-            self.loads.clone(),
+            self.loads.family(),
         );
         registry.register(
             "clovisor_analyzers_running",
@@ -755,32 +881,39 @@ impl AnalyzerMetrics {
 
     /// Counts a failed call of `analyzer`.
     pub fn error(&self, analyzer: &str, reason: &'static str) {
-        self.errors
-            .get_or_create(&AnalyzerErrorLabels {
+        self.errors.with(
+            &AnalyzerErrorLabels {
                 analyzer: analyzer.to_owned(),
                 reason,
-            })
-            .inc();
+            },
+            |c| {
+                c.inc();
+            },
+        );
     }
 
     /// Failed calls of `analyzer` for `reason` so far.
     pub fn error_count(&self, analyzer: &str, reason: &'static str) -> u64 {
         self.errors
-            .get_or_create(&AnalyzerErrorLabels {
+            .family()
+            .get(&AnalyzerErrorLabels {
                 analyzer: analyzer.to_owned(),
                 reason,
             })
-            .get()
+            .map_or(0, |c| c.get())
     }
 
     /// Counts a change of `analyzer`.
     pub fn load(&self, analyzer: &str, outcome: &'static str) {
-        self.loads
-            .get_or_create(&AnalyzerLoadLabels {
+        self.loads.with(
+            &AnalyzerLoadLabels {
                 analyzer: analyzer.to_owned(),
                 outcome,
-            })
-            .inc();
+            },
+            |c| {
+                c.inc();
+            },
+        );
     }
 
     /// Sets how many analyzers run.
@@ -792,6 +925,123 @@ impl AnalyzerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Label sets more than a bounded family holds.
+    const FLOOD: usize = clovisor_runtime::series::MAX_SERIES_PER_FAMILY + 250;
+
+    fn text_of(m: &CollectorMetrics) -> String {
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        m.drops.register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encoding to a String");
+        text
+    }
+
+    fn series_lines(text: &str, family: &str) -> usize {
+        let prefix = format!("{family}{{");
+        text.lines().filter(|l| l.starts_with(&prefix)).count()
+    }
+
+    fn overflow_line(text: &str, metric: &str) -> Option<u64> {
+        let prefix = format!(r#"clovisor_metric_series_overflow_total{{metric="{metric}"}} "#);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn flow_families_stay_at_their_bound_under_a_flood_of_workloads() {
+        use clovisor_runtime::series::MAX_SERIES_PER_FAMILY;
+        let m = CollectorMetrics::new();
+        for i in 0..FLOOD {
+            let (namespace, workload) = (format!("n{}", i % 100), format!("w{}", i / 100));
+            let server = End {
+                pod: "p",
+                namespace: &namespace,
+                workload: &workload,
+            };
+            let series = m.connections.series(None, Some(server), "server_socket");
+            m.connections.ended_at(&series, "fin", 250, 1);
+            m.connections.bytes_at(&series, [10, 20]);
+        }
+        let text = text_of(&m);
+        let folded = (FLOOD - (MAX_SERIES_PER_FAMILY - 1)) as u64;
+        for (family, metric, want_folded) in [
+            (
+                "clovisor_flow_connections_total",
+                "clovisor_flow_connections_total",
+                folded,
+            ),
+            (
+                "clovisor_flow_connection_retransmits_total",
+                "clovisor_flow_connection_retransmits_total",
+                folded,
+            ),
+            (
+                "clovisor_flow_rtt_seconds_count",
+                "clovisor_flow_rtt_seconds",
+                folded,
+            ),
+            // Two directions a connection: the family fills at half the connections.
+            (
+                "clovisor_flow_connection_bytes_total",
+                "clovisor_flow_connection_bytes_total",
+                (2 * FLOOD - (MAX_SERIES_PER_FAMILY - 1)) as u64,
+            ),
+        ] {
+            assert_eq!(
+                series_lines(&text, family),
+                MAX_SERIES_PER_FAMILY,
+                "series of {family}"
+            );
+            assert_eq!(
+                overflow_line(&text, metric),
+                Some(want_folded),
+                "folded observations of {metric}"
+            );
+        }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("clovisor_flow_connections_total{")
+                    && l.contains(r#"server_workload="overflow""#)
+                    && l.ends_with(&format!(" {folded}"))),
+            "the folded connection ends are counted in the overflow series"
+        );
+    }
+
+    #[test]
+    fn analyzer_families_stay_at_their_bound_under_a_flood_of_names() {
+        use clovisor_runtime::series::MAX_SERIES_PER_FAMILY;
+        let m = CollectorMetrics::new();
+        for i in 0..FLOOD {
+            m.analyzers.error(&format!("a{i}"), "trap");
+            m.analyzers.load(&format!("a{i}"), "loaded");
+        }
+        m.analyzers.error("a0", "trap");
+        assert_eq!(
+            m.analyzers.error_count("a0", "trap"),
+            2,
+            "an admitted name keeps its series"
+        );
+        let text = text_of(&m);
+        let folded = (FLOOD - (MAX_SERIES_PER_FAMILY - 1)) as u64;
+        for family in [
+            "clovisor_analyzer_errors_total",
+            "clovisor_analyzer_loads_total",
+        ] {
+            assert_eq!(
+                series_lines(&text, family),
+                MAX_SERIES_PER_FAMILY,
+                "series of {family}"
+            );
+            assert_eq!(
+                overflow_line(&text, family),
+                Some(folded),
+                "folds of {family}"
+            );
+        }
+    }
 
     #[test]
     fn registered_names_are_prefixed() {

@@ -110,7 +110,7 @@ const DOWNSTREAM_POLL: Duration = Duration::from_millis(5);
 
 impl Inner {
     /// Applies the header redaction list to sessions about to leave the collector, worked out
-    /// once for all of them.
+    /// once for all of them, and caps their strings' lengths (`decode::limits`).
     fn redact(&self, sessions: &mut [Session]) {
         if sessions.is_empty() {
             return;
@@ -122,6 +122,8 @@ impl Inner {
         .with_query((*self.query_redaction).clone());
         for s in sessions {
             redaction.apply(s);
+            // After redaction: a cut must not leave half a credential-carrying key unmatched.
+            crate::decode::limits::cap_session(s, |field| self.metrics.field_truncated(field));
         }
     }
 

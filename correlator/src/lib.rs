@@ -268,6 +268,52 @@ mod tests {
         Ok(())
     }
 
+    /// A traced pod's flood of servers through ingest, the join and `/metrics`: every RED and
+    /// flow family stops at its bound, the rest is counted folded into the overflow series.
+    #[tokio::test]
+    async fn a_flood_of_label_sets_is_bounded_in_the_served_metrics() -> anyhow::Result<()> {
+        use axum::body::Body;
+        use axum::http::Request;
+        use clovisor_runtime::series::MAX_SERIES_PER_FAMILY;
+        use tower::ServiceExt;
+        let config = Config {
+            export: None,
+            ..Config::default()
+        };
+        let correlator = Correlator::new(config)?;
+        let flood = MAX_SERIES_PER_FAMILY + 100;
+        for i in 0..flood {
+            correlator.ingest().accept(
+                SessionBuilder::new(&format!("f{i}"))
+                    .server_workload(&format!("n{}", i % 100), &format!("w{}", i / 100))
+                    .build(),
+            );
+        }
+        // Close every join window.
+        correlator
+            .ingest()
+            .tick_at(std::time::Instant::now() + Duration::from_secs(3600));
+        let response = correlator
+            .metrics_router()
+            .oneshot(Request::get("/metrics").body(Body::empty())?)
+            .await?;
+        let body = axum::body::to_bytes(response.into_body(), 64 << 20).await?;
+        let text = String::from_utf8(body.to_vec())?;
+        let folded = flood - (MAX_SERIES_PER_FAMILY - 1);
+        for family in [
+            "clovisor_http_requests_total",
+            "clovisor_flow_exchanges_total",
+        ] {
+            let prefix = format!("{family}{{");
+            let series = text.lines().filter(|l| l.starts_with(&prefix)).count();
+            assert_eq!(series, MAX_SERIES_PER_FAMILY, "series of {family} served");
+            let want =
+                format!(r#"clovisor_metric_series_overflow_total{{metric="{family}"}} {folded}"#);
+            assert!(text.contains(&want), "/metrics lacks {want}");
+        }
+        Ok(())
+    }
+
     /// Spans of two workloads arrive at a real OTLP receiver under two services (one
     /// `ResourceSpans` each), and an exchange seen at both ends also as the caller's CLIENT
     /// span, parent of the SERVER span, under the caller's service.

@@ -17,8 +17,11 @@
 //! - `response_code` (DNS): the 4-bit RCODE's name or `RCODE<n>` (16 values), `none` when no
 //!   answer was seen. The name asked about is never a label.
 //!
-//! Series of `clovisor_http_*` are at most 10 methods x 501 codes x 1000 namespaces x 1000
-//! workloads in theory; in practice a workload answers with a handful of codes and methods.
+//! The label caps alone would allow 10 methods x 501 codes x 1000 namespaces x 1000 workloads
+//! series of `clovisor_http_*`; every family with a namespace, workload or analyzer label is
+//! therefore bounded in series too ([`clovisor_runtime::series`]): beyond the bound, new label
+//! sets count into the family's `overflow` series and in
+//! `clovisor_metric_series_overflow_total{metric}`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +34,7 @@ use std::sync::{Mutex, OnceLock};
 
 use clovisor_proto::session::v1::Endpoint;
 use clovisor_runtime::drops::Drops;
+use clovisor_runtime::series::{BoundedFamily, SeriesHandle, MAX_LABEL_VALUE_BYTES, OVERFLOW};
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::record::CorrelatedSession;
@@ -224,18 +228,18 @@ fn end_of(e: &Endpoint) -> End<'_> {
 /// The correlator's metrics; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
-    http_requests: Family<HttpLabels, Counter>,
-    http_duration: Family<HttpLabels, Histogram>,
-    db_requests: Family<DbLabels, Counter>,
-    db_duration: Family<DbLabels, Histogram>,
-    dns_requests: Family<DnsLabels, Counter>,
-    dns_duration: Family<DnsLabels, Histogram>,
-    analyzer_requests: Family<AnalyzerLabels, Counter>,
-    analyzer_duration: Family<AnalyzerLabels, Histogram>,
+    http_requests: BoundedFamily<HttpLabels, Counter>,
+    http_duration: BoundedFamily<HttpLabels, Histogram, fn() -> Histogram>,
+    db_requests: BoundedFamily<DbLabels, Counter>,
+    db_duration: BoundedFamily<DbLabels, Histogram, fn() -> Histogram>,
+    dns_requests: BoundedFamily<DnsLabels, Counter>,
+    dns_duration: BoundedFamily<DnsLabels, Histogram, fn() -> Histogram>,
+    analyzer_requests: BoundedFamily<AnalyzerLabels, Counter>,
+    analyzer_duration: BoundedFamily<AnalyzerLabels, Histogram, fn() -> Histogram>,
     /// The analyzer names admitted as label values.
     analyzer_names: Mutex<std::collections::BTreeSet<String>>,
-    kafka_requests: Family<KafkaLabels, Counter>,
-    kafka_duration: Family<KafkaLabels, Histogram>,
+    kafka_requests: BoundedFamily<KafkaLabels, Counter>,
+    kafka_duration: BoundedFamily<KafkaLabels, Histogram, fn() -> Histogram>,
     sessions_received: Counter,
     sessions_stored: Counter,
     sessions_evicted: Counter,
@@ -247,9 +251,9 @@ pub struct Metrics {
     join_open: Gauge,
     join_held: Gauge,
     exchange_points: Family<PointsLabels, Counter>,
-    flow_exchanges: Family<FlowLabels, Counter>,
-    flow_bytes: Family<FlowBytesLabels, Counter>,
-    flow_retransmits: Family<FlowLabels, Counter>,
+    flow_exchanges: BoundedFamily<FlowLabels, Counter>,
+    flow_bytes: BoundedFamily<FlowBytesLabels, Counter>,
+    flow_retransmits: BoundedFamily<FlowLabels, Counter>,
     spans_exported: Counter,
     export_failures: Counter,
     export_queue: Gauge,
@@ -334,8 +338,8 @@ struct RedKey {
 
 #[derive(Debug, Clone)]
 struct RedHandles {
-    requests: Counter,
-    duration: Histogram,
+    requests: SeriesHandle<Counter>,
+    duration: SeriesHandle<Histogram>,
 }
 
 /// What decides the flow labels of an exchange: each end's pod, namespace and workload
@@ -348,10 +352,10 @@ struct FlowKey {
 
 #[derive(Debug, Clone)]
 struct FlowHandles {
-    exchanges: Counter,
-    request_bytes: Counter,
-    response_bytes: Counter,
-    retransmits: Counter,
+    exchanges: SeriesHandle<Counter>,
+    request_bytes: SeriesHandle<Counter>,
+    response_bytes: SeriesHandle<Counter>,
+    retransmits: SeriesHandle<Counter>,
 }
 
 fn fx(parts: &[&str], n: u64) -> u64 {
@@ -393,6 +397,81 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+fn durations<S: Clone + std::hash::Hash + Eq>() -> Family<S, Histogram, fn() -> Histogram> {
+    Family::new_with_constructor(duration_histogram)
+}
+
+/// `family` bounded in series, its folded observations counted under `metric`.
+fn bounded<S, M, C>(
+    family: Family<S, M, C>,
+    overflow: S,
+    drops: &Drops,
+    metric: &'static str,
+) -> BoundedFamily<S, M, C>
+where
+    S: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    BoundedFamily::new(family, overflow, drops.series_overflow(metric))
+}
+
+fn overflow_http() -> HttpLabels {
+    HttpLabels {
+        method: OVERFLOW.to_owned(),
+        status_code: OVERFLOW.to_owned(),
+        namespace: OVERFLOW.to_owned(),
+        workload: OVERFLOW.to_owned(),
+        protocol: OVERFLOW,
+    }
+}
+
+fn overflow_db() -> DbLabels {
+    DbLabels {
+        system: OVERFLOW,
+        operation: OVERFLOW,
+        outcome: OVERFLOW,
+        namespace: OVERFLOW.to_owned(),
+        workload: OVERFLOW.to_owned(),
+    }
+}
+
+fn overflow_analyzer() -> AnalyzerLabels {
+    AnalyzerLabels {
+        analyzer: OVERFLOW.to_owned(),
+        outcome: OVERFLOW,
+        namespace: OVERFLOW.to_owned(),
+        workload: OVERFLOW.to_owned(),
+    }
+}
+
+fn overflow_dns() -> DnsLabels {
+    DnsLabels {
+        question_type: OVERFLOW,
+        response_code: OVERFLOW.to_owned(),
+        namespace: OVERFLOW.to_owned(),
+        workload: OVERFLOW.to_owned(),
+    }
+}
+
+fn overflow_kafka() -> KafkaLabels {
+    KafkaLabels {
+        api: OVERFLOW,
+        error: OVERFLOW,
+        namespace: OVERFLOW.to_owned(),
+        workload: OVERFLOW.to_owned(),
+    }
+}
+
+fn overflow_flow() -> FlowLabels {
+    FlowLabels {
+        client_namespace: OVERFLOW.to_owned(),
+        client_workload: OVERFLOW.to_owned(),
+        server_namespace: OVERFLOW.to_owned(),
+        server_workload: OVERFLOW.to_owned(),
+    }
+}
+
 impl Metrics {
     /// Fresh, unregistered metrics.
     pub fn new() -> Self {
@@ -402,17 +481,67 @@ impl Metrics {
     /// Fresh, unregistered metrics counting losses into `drops`, shared with other stages.
     pub fn with_drops(drops: Drops) -> Self {
         Self {
-            http_requests: Family::default(),
-            http_duration: Family::new_with_constructor(duration_histogram),
-            db_requests: Family::default(),
-            db_duration: Family::new_with_constructor(duration_histogram),
-            analyzer_requests: Family::default(),
-            analyzer_duration: Family::new_with_constructor(duration_histogram),
+            http_requests: bounded(
+                Family::default(),
+                overflow_http(),
+                &drops,
+                "clovisor_http_requests_total",
+            ),
+            http_duration: bounded(
+                durations(),
+                overflow_http(),
+                &drops,
+                "clovisor_http_request_duration_seconds",
+            ),
+            db_requests: bounded(
+                Family::default(),
+                overflow_db(),
+                &drops,
+                "clovisor_db_requests_total",
+            ),
+            db_duration: bounded(
+                durations(),
+                overflow_db(),
+                &drops,
+                "clovisor_db_request_duration_seconds",
+            ),
+            analyzer_requests: bounded(
+                Family::default(),
+                overflow_analyzer(),
+                &drops,
+                "clovisor_analyzer_requests_total",
+            ),
+            analyzer_duration: bounded(
+                durations(),
+                overflow_analyzer(),
+                &drops,
+                "clovisor_analyzer_request_duration_seconds",
+            ),
             analyzer_names: Mutex::default(),
-            dns_requests: Family::default(),
-            dns_duration: Family::new_with_constructor(duration_histogram),
-            kafka_requests: Family::default(),
-            kafka_duration: Family::new_with_constructor(duration_histogram),
+            dns_requests: bounded(
+                Family::default(),
+                overflow_dns(),
+                &drops,
+                "clovisor_dns_requests_total",
+            ),
+            dns_duration: bounded(
+                durations(),
+                overflow_dns(),
+                &drops,
+                "clovisor_dns_request_duration_seconds",
+            ),
+            kafka_requests: bounded(
+                Family::default(),
+                overflow_kafka(),
+                &drops,
+                "clovisor_kafka_requests_total",
+            ),
+            kafka_duration: bounded(
+                durations(),
+                overflow_kafka(),
+                &drops,
+                "clovisor_kafka_request_duration_seconds",
+            ),
             sessions_received: Counter::default(),
             sessions_stored: Counter::default(),
             sessions_evicted: Counter::default(),
@@ -424,9 +553,27 @@ impl Metrics {
             join_open: Gauge::default(),
             join_held: Gauge::default(),
             exchange_points: Family::default(),
-            flow_exchanges: Family::default(),
-            flow_bytes: Family::default(),
-            flow_retransmits: Family::default(),
+            flow_exchanges: bounded(
+                Family::default(),
+                overflow_flow(),
+                &drops,
+                "clovisor_flow_exchanges_total",
+            ),
+            flow_bytes: bounded(
+                Family::default(),
+                FlowBytesLabels {
+                    flow: overflow_flow(),
+                    direction: OVERFLOW,
+                },
+                &drops,
+                "clovisor_flow_bytes_total",
+            ),
+            flow_retransmits: bounded(
+                Family::default(),
+                overflow_flow(),
+                &drops,
+                "clovisor_flow_retransmits_total",
+            ),
             spans_exported: Counter::default(),
             export_failures: Counter::default(),
             export_queue: Gauge::default(),
@@ -450,52 +597,52 @@ impl Metrics {
         registry.register(
             "clovisor_http_requests",
             "HTTP exchanges observed, by server",
-            self.http_requests.clone(),
+            self.http_requests.family(),
         );
         registry.register(
             "clovisor_http_request_duration_seconds",
             "HTTP exchange duration from request start to response end",
-            self.http_duration.clone(),
+            self.http_duration.family(),
         );
         registry.register(
             "clovisor_db_requests",
             "Database exchanges observed (Redis, PostgreSQL, MySQL), by server",
-            self.db_requests.clone(),
+            self.db_requests.family(),
         );
         registry.register(
             "clovisor_db_request_duration_seconds",
             "Database exchange duration: first request byte to last response byte",
-            self.db_duration.clone(),
+            self.db_duration.family(),
         );
         registry.register(
             "clovisor_analyzer_requests",
             "User analyzer exchanges observed, by analyzer and server",
-            self.analyzer_requests.clone(),
+            self.analyzer_requests.family(),
         );
         registry.register(
             "clovisor_analyzer_request_duration_seconds",
             "User analyzer exchange duration: first request byte to last response byte",
-            self.analyzer_duration.clone(),
+            self.analyzer_duration.family(),
         );
         registry.register(
             "clovisor_dns_requests",
             "DNS queries observed, by question type, response code and server",
-            self.dns_requests.clone(),
+            self.dns_requests.family(),
         );
         registry.register(
             "clovisor_dns_request_duration_seconds",
             "DNS query duration from the query to the end of its answer",
-            self.dns_duration.clone(),
+            self.dns_duration.family(),
         );
         registry.register(
             "clovisor_kafka_requests",
             "Kafka requests observed, by API, error and server",
-            self.kafka_requests.clone(),
+            self.kafka_requests.family(),
         );
         registry.register(
             "clovisor_kafka_request_duration_seconds",
             "Kafka request duration from the request to the end of its response",
-            self.kafka_duration.clone(),
+            self.kafka_duration.family(),
         );
         registry.register(
             "clovisor_correlator_sessions_received",
@@ -555,17 +702,17 @@ impl Metrics {
         registry.register(
             "clovisor_flow_exchanges",
             "Request/response exchanges between workloads",
-            self.flow_exchanges.clone(),
+            self.flow_exchanges.family(),
         );
         registry.register(
             "clovisor_flow_bytes",
             "Payload bytes of exchanges between workloads, by direction",
-            self.flow_bytes.clone(),
+            self.flow_bytes.family(),
         );
         registry.register(
             "clovisor_flow_retransmits",
             "TCP retransmissions seen in exchanges between workloads (the most any one point saw)",
-            self.flow_retransmits.clone(),
+            self.flow_retransmits.family(),
         );
         registry.register(
             "clovisor_correlator_spans_exported",
@@ -696,9 +843,9 @@ impl Metrics {
             (None, Some(kafka)) => self.kafka_handles(s, kafka),
             (None, None) => self.red_handles(s),
         };
-        red.requests.inc();
+        red.requests.record().inc();
         if let Some(secs) = exchange_seconds(s) {
-            red.duration.observe(secs);
+            red.duration.record().observe(secs);
         }
         self.observe_flow(s);
     }
@@ -712,7 +859,7 @@ impl Metrics {
                 .unwrap_or_else(|p| p.into_inner());
             if names.contains(name) {
                 name.to_owned()
-            } else if names.len() < MAX_ANALYZER_LABELS {
+            } else if names.len() < MAX_ANALYZER_LABELS && name.len() <= MAX_LABEL_VALUE_BYTES {
                 names.insert(name.to_owned());
                 name.to_owned()
             } else {
@@ -726,9 +873,11 @@ impl Metrics {
             namespace,
             workload,
         };
-        self.analyzer_requests.get_or_create(&labels).inc();
+        self.analyzer_requests.with(&labels, |c| {
+            c.inc();
+        });
         if let Some(secs) = exchange_seconds(s) {
-            self.analyzer_duration.get_or_create(&labels).observe(secs);
+            self.analyzer_duration.with(&labels, |h| h.observe(secs));
         }
     }
 
@@ -765,9 +914,11 @@ impl Metrics {
             namespace,
             workload,
         };
-        self.db_requests.get_or_create(&labels).inc();
+        self.db_requests.with(&labels, |c| {
+            c.inc();
+        });
         if let Some(secs) = exchange_seconds(s) {
-            self.db_duration.get_or_create(&labels).observe(secs);
+            self.db_duration.with(&labels, |h| h.observe(secs));
         }
     }
 
@@ -816,8 +967,8 @@ impl Metrics {
             protocol,
         };
         let handles = RedHandles {
-            requests: self.http_requests.get_or_create(&labels).clone(),
-            duration: self.http_duration.get_or_create(&labels).clone(),
+            requests: self.http_requests.handle(&labels),
+            duration: self.http_duration.handle(&labels),
         };
         let key = RedKey {
             method,
@@ -849,8 +1000,8 @@ impl Metrics {
             workload,
         };
         RedHandles {
-            requests: self.dns_requests.get_or_create(&labels).clone(),
-            duration: self.dns_duration.get_or_create(&labels).clone(),
+            requests: self.dns_requests.handle(&labels),
+            duration: self.dns_duration.handle(&labels),
         }
     }
 
@@ -872,8 +1023,8 @@ impl Metrics {
             workload,
         };
         RedHandles {
-            requests: self.kafka_requests.get_or_create(&labels).clone(),
-            duration: self.kafka_duration.get_or_create(&labels).clone(),
+            requests: self.kafka_requests.handle(&labels),
+            duration: self.kafka_duration.handle(&labels),
         }
     }
 
@@ -890,18 +1041,16 @@ impl Metrics {
         }
         let flow = self.workloads.flow(client.map(end_of), server.map(end_of));
         let bytes = |direction| {
-            self.flow_bytes
-                .get_or_create(&FlowBytesLabels {
-                    flow: flow.clone(),
-                    direction,
-                })
-                .clone()
+            self.flow_bytes.handle(&FlowBytesLabels {
+                flow: flow.clone(),
+                direction,
+            })
         };
         let handles = FlowHandles {
-            exchanges: self.flow_exchanges.get_or_create(&flow).clone(),
+            exchanges: self.flow_exchanges.handle(&flow),
             request_bytes: bytes("request"),
             response_bytes: bytes("response"),
-            retransmits: self.flow_retransmits.get_or_create(&flow).clone(),
+            retransmits: self.flow_retransmits.handle(&flow),
         };
         let key = FlowKey {
             client: end_key(client),
@@ -922,13 +1071,13 @@ impl Metrics {
             return;
         }
         let flow = self.flow_handles(s);
-        flow.exchanges.inc();
+        flow.exchanges.record().inc();
         let bytes = s.bytes.unwrap_or_default();
         if bytes.request > 0 {
-            flow.request_bytes.inc_by(bytes.request);
+            flow.request_bytes.record().inc_by(bytes.request);
         }
         if bytes.response > 0 {
-            flow.response_bytes.inc_by(bytes.response);
+            flow.response_bytes.record().inc_by(bytes.response);
         }
         // Every point on the path sees a retransmitted segment: the most any one saw, not the sum.
         let retransmits = s
@@ -938,7 +1087,7 @@ impl Metrics {
             .max()
             .unwrap_or(0);
         if retransmits > 0 {
-            flow.retransmits.inc_by(u64::from(retransmits));
+            flow.retransmits.record().inc_by(u64::from(retransmits));
         }
     }
 
@@ -1067,6 +1216,115 @@ mod tests {
     fn observe(m: &Metrics, b: SessionBuilder) {
         m.received_session();
         m.observe_session(&CorrelatedSession::new(b.build()).0);
+    }
+
+    /// Label sets more than a bounded family holds: each server a new (namespace, workload).
+    const FLOOD: usize = clovisor_runtime::series::MAX_SERIES_PER_FAMILY + 300;
+
+    /// A session of the `i`th server of a flood.
+    fn flooding(i: usize, kind: &str) -> SessionBuilder {
+        let b = SessionBuilder::new(&format!("{kind}{i}"))
+            .server_workload(&format!("n{}", i % 100), &format!("w{}", i / 100));
+        match kind {
+            "dns" => b.dns("a.example", 1, 0, &[]),
+            "kafka" => b.kafka(0, |k| k.error_code = Some(0)),
+            "db" => b.database("redis", |d| d.operation = "GET".into()),
+            "analyzer" => b.analyzer("line", &[]),
+            _ => b.method("GET").status(200),
+        }
+    }
+
+    /// Lines of `family`'s series (`family{...} value`) in the text.
+    fn series_lines(text: &str, family: &str) -> usize {
+        let prefix = format!("{family}{{");
+        text.lines().filter(|l| l.starts_with(&prefix)).count()
+    }
+
+    #[test]
+    fn every_bounded_family_stays_at_its_bound_under_a_flood_and_counts_what_it_folds() {
+        use clovisor_runtime::series::MAX_SERIES_PER_FAMILY;
+        for (kind, requests, duration) in [
+            (
+                "http",
+                "clovisor_http_requests_total",
+                "clovisor_http_request_duration_seconds",
+            ),
+            (
+                "dns",
+                "clovisor_dns_requests_total",
+                "clovisor_dns_request_duration_seconds",
+            ),
+            (
+                "kafka",
+                "clovisor_kafka_requests_total",
+                "clovisor_kafka_request_duration_seconds",
+            ),
+            (
+                "db",
+                "clovisor_db_requests_total",
+                "clovisor_db_request_duration_seconds",
+            ),
+            (
+                "analyzer",
+                "clovisor_analyzer_requests_total",
+                "clovisor_analyzer_request_duration_seconds",
+            ),
+        ] {
+            let m = Metrics::new();
+            let mut reg = Registry::default();
+            m.register(&mut reg);
+            m.dropped.register(&mut reg);
+            for i in 0..FLOOD {
+                observe(&m, flooding(i, kind));
+            }
+            // Seen again, an admitted label set still counts in its own series.
+            observe(&m, flooding(0, kind));
+            let text = encode(&reg);
+            let folded = FLOOD - (MAX_SERIES_PER_FAMILY - 1);
+            for family in [requests, &format!("{duration}_count")] {
+                assert_eq!(
+                    series_lines(&text, family),
+                    MAX_SERIES_PER_FAMILY,
+                    "{kind}: series of {family}"
+                );
+            }
+            for metric in [requests, duration] {
+                let want = format!(
+                    r#"clovisor_metric_series_overflow_total{{metric="{metric}"}} {folded}"#
+                );
+                assert!(text.contains(&want), "{kind}: lacks {want}");
+            }
+            let first = r#"namespace="n0",workload="w0""#;
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(requests) && l.contains(first) && l.ends_with(" 2")),
+                "{kind}: the first server's series counts both its exchanges"
+            );
+            assert!(
+                text.lines().any(|l| l.starts_with(requests)
+                    && l.contains(r#"namespace="overflow",workload="overflow""#)
+                    && l.ends_with(&format!(" {folded}"))),
+                "{kind}: the folded exchanges land in the overflow series"
+            );
+            // The flows between workloads, by the same servers, are bounded alike.
+            for family in [
+                "clovisor_flow_exchanges_total",
+                "clovisor_flow_bytes_total",
+                "clovisor_flow_retransmits_total",
+            ] {
+                assert_eq!(
+                    series_lines(&text, family),
+                    MAX_SERIES_PER_FAMILY,
+                    "{kind}: series of {family}"
+                );
+                assert!(
+                    text.contains(&format!(
+                        r#"clovisor_metric_series_overflow_total{{metric="{family}"}}"#
+                    )),
+                    "{kind}: {family}'s folds are counted"
+                );
+            }
+        }
     }
 
     #[test]

@@ -32,10 +32,18 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+/// Labels of `clovisor_metric_series_overflow_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabel {
+    /// The bounded family's name as exposed (`clovisor_http_requests_total`, …).
+    pub metric: &'static str,
+}
+
 /// Handle on the shared loss accounting.
 #[derive(Debug, Clone, Default)]
 pub struct Drops {
     dropped: Family<DropLabels, Counter>,
+    series_overflow: Family<MetricLabel, Counter>,
     received: Family<StageLabels, Counter>,
     emitted: Family<StageLabels, Counter>,
     buffered: Family<StageLabels, Gauge>,
@@ -92,6 +100,14 @@ impl Drops {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// The counter of observations a bounded metric family (`crate::series`) folded into its
+    /// overflow series because it was full: `clovisor_metric_series_overflow_total{metric}`.
+    pub fn series_overflow(&self, metric: &'static str) -> Counter {
+        self.series_overflow
+            .get_or_create(&MetricLabel { metric })
+            .clone()
+    }
+
     /// Drops counted so far for `stage` and `reason`.
     pub fn get(&self, stage: &'static str, reason: &'static str) -> u64 {
         self.dropped
@@ -109,8 +125,14 @@ impl Drops {
         self.emitted.get_or_create(&StageLabels { stage }).get()
     }
 
-    /// Registers the four families in `registry`; do it once per registry.
+    /// Registers the four families and `clovisor_metric_series_overflow_total` in `registry`;
+    /// do it once per registry.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "clovisor_metric_series_overflow",
+            "Observations folded into a metric family's overflow series because the family held its most series",
+            self.series_overflow.clone(),
+        );
         registry.register(
             "clovisor_dropped",
             "Data dropped, by pipeline stage and reason",

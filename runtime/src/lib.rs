@@ -11,6 +11,7 @@ pub mod health;
 pub mod process;
 pub mod process_metrics;
 pub mod redact;
+pub mod series;
 pub mod workloads;
 
 /// Errors of this crate.

@@ -2,13 +2,17 @@
 //! the correlator (exchanges, bytes, retransmits), so both name a pair of workloads alike.
 //!
 //! Namespaces and workloads are free-form: each is capped at [`MAX_LABEL_VALUES`] distinct values
-//! for the life of the process, beyond which new values read `other`; an empty value reads
-//! `unknown`; an end that is not a monitored pod reads [`OUTSIDE`].
+//! for the life of the process, beyond which new values read `other`; a value longer than
+//! [`MAX_LABEL_VALUE_BYTES`] reads `other` too; an empty value reads `unknown`; an end that is
+//! not a monitored pod reads [`OUTSIDE`]. The families these labels go into are bounded in
+//! series as well ([`crate::series`]).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
+
+pub use crate::series::MAX_LABEL_VALUE_BYTES;
 
 /// Label value of a flow's end that is not a monitored pod.
 pub const OUTSIDE: &str = "outside";
@@ -24,10 +28,13 @@ pub struct LabelCap {
 
 impl LabelCap {
     /// `value` while fewer than [`MAX_LABEL_VALUES`] were seen (or it was seen before), else
-    /// `other`; `unknown` when empty.
+    /// `other`; `other` too when longer than [`MAX_LABEL_VALUE_BYTES`]; `unknown` when empty.
     pub fn admit(&self, value: &str) -> String {
         if value.is_empty() {
             return "unknown".to_owned();
+        }
+        if value.len() > MAX_LABEL_VALUE_BYTES {
+            return "other".to_owned();
         }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.contains(value) {
@@ -124,6 +131,19 @@ mod tests {
             "beyond the cap values fold to other"
         );
         assert_eq!(cap.admit("w5"), "w5", "known values stay");
+        let fresh = LabelCap::default();
+        let long = "x".repeat(MAX_LABEL_VALUE_BYTES + 1);
+        assert_eq!(
+            fresh.admit(&long),
+            "other",
+            "an over-long value is no label"
+        );
+        let longest = "y".repeat(MAX_LABEL_VALUE_BYTES);
+        assert_eq!(
+            fresh.admit(&longest),
+            longest,
+            "the longest allowed is kept"
+        );
         assert_eq!(cap.admit(""), "unknown");
     }
 

@@ -31,6 +31,7 @@ pub mod dns;
 pub mod http1;
 pub mod http2;
 pub mod kafka;
+pub mod limits;
 pub mod mysql;
 pub mod postgresql;
 pub mod redact;

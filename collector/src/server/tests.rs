@@ -418,3 +418,58 @@ async fn flows_announced_after_hello_are_known_to_their_bare_messages() -> anyho
 }
 
 mod admission;
+
+/// A request whose target and user agent are longer than kept leaves the collector with both cut
+/// to their limits, marked and counted — after redaction, so a credential before the cut is
+/// still redacted.
+#[tokio::test]
+async fn over_long_strings_from_the_wire_are_cut_marked_and_counted() -> anyhow::Result<()> {
+    use crate::decode::limits::{MAX_FIELD_BYTES, MAX_LONG_FIELD_BYTES, TRUNCATION_MARK};
+    let (channel, mut out, metrics) = start(ServiceConfig::default()).await?;
+    let target = format!("/x?X-Amz-Signature=secret&pad={}", "a".repeat(20_000));
+    let agent = "b".repeat(3_000);
+    let request =
+        format!("GET {target} HTTP/1.1\r\nHost: shop.internal\r\nUser-Agent: {agent}\r\n\r\n");
+    exchange(
+        &channel,
+        vec![
+            hello("p1", "node-a"),
+            batch(
+                1,
+                vec![message(0, Direction::ClientToServer, request.as_bytes())],
+            ),
+            batch(2, vec![message(1, Direction::ServerToClient, RESP)]),
+        ],
+        2,
+    )
+    .await?;
+    let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("output closed"))?;
+    let http = s.http.unwrap_or_default();
+    assert!(
+        http.target.len() <= MAX_LONG_FIELD_BYTES && http.target.ends_with(TRUNCATION_MARK),
+        "target of {} bytes, ending {:?}",
+        http.target.len(),
+        http.target.get(http.target.len().saturating_sub(8)..)
+    );
+    assert!(
+        http.target
+            .starts_with("/x?X-Amz-Signature=REDACTED&pad=aaa"),
+        "redacted before the cut: {:?}",
+        http.target.get(..40)
+    );
+    assert!(
+        http.user_agent.len() <= MAX_FIELD_BYTES && http.user_agent.ends_with(TRUNCATION_MARK),
+        "user agent of {} bytes",
+        http.user_agent.len()
+    );
+    for field in ["http.target", "http.user_agent"] {
+        let counted = metrics
+            .fields_truncated
+            .get_or_create(&crate::metrics::FieldLabel { field })
+            .get();
+        assert_eq!(counted, 1, "cuts of {field} counted");
+    }
+    Ok(())
+}
