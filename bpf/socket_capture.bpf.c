@@ -233,50 +233,8 @@ static __always_inline __u32 snaplen(void)
 	return v ? *v : CLOVISOR_DEFAULT_SNAPLEN;
 }
 
-/* Where the first bytes of the current call are in user memory, and how many
- * are readable there; 0 when the call has no user buffer of its own. */
-static __always_inline __u64 user_buffer(__u64 *len)
-{
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	struct umsghdr_iov mh = {};
-	struct uiovec iov = {};
-	long nr;
-	__u64 arg;
-
-	if (!regs)
-		return 0;
-	nr = SYSCALL_NR(regs);
-	switch (nr) {
-	case NR_READ:
-	case NR_WRITE:
-	case NR_RECVFROM:
-	case NR_SENDTO:
-		*len = SYSCALL_ARG2(regs);
-		return SYSCALL_ARG1(regs);
-	case NR_READV:
-	case NR_WRITEV:
-		/* First iovec only: the snippet is the start of the message. */
-		if (SYSCALL_ARG2(regs) == 0 ||
-		    bpf_probe_read_user(&iov, sizeof(iov), (const void *)SYSCALL_ARG1(regs)))
-			return 0;
-		*len = iov.iov_len;
-		return iov.iov_base;
-	case NR_SENDMSG:
-	case NR_RECVMSG:
-		arg = SYSCALL_ARG1(regs);
-		if (bpf_probe_read_user(&mh, sizeof(mh), (const void *)(arg + MSGHDR_IOV_OFFSET)) ||
-		    mh.msg_iovlen == 0 ||
-		    bpf_probe_read_user(&iov, sizeof(iov), (const void *)mh.msg_iov))
-			return 0;
-		*len = iov.iov_len;
-		return iov.iov_base;
-	default:
-		return 0;
-	}
-}
-
-/* The user memory of the current call, for connections captured call by call:
- * one buffer (read/write/recvfrom/sendto), or an iovec array. */
+/* The user memory of the current call: one buffer (read/write/recvfrom/sendto),
+ * or an iovec array (readv/writev, sendmsg/recvmsg). */
 struct call_data {
 	__u64 base; /* the buffer, or the iovec array */
 	__u64 len;  /* the buffer's length, or the number of iovecs */
@@ -320,6 +278,26 @@ static __always_inline int call_data(struct call_data *c)
 	default:
 		return 0;
 	}
+}
+
+/* Where the first bytes of the current call are in user memory, and how many
+ * are readable there; 0 when the call has no user buffer of its own. A
+ * vectored call's first iovec: the snippet is the start of the message. */
+static __always_inline __u64 user_buffer(__u64 *len)
+{
+	struct call_data c = {};
+	struct uiovec iov = {};
+
+	if (!call_data(&c))
+		return 0;
+	if (!c.vector) {
+		*len = c.len;
+		return c.base;
+	}
+	if (c.len == 0 || bpf_probe_read_user(&iov, sizeof(iov), (const void *)c.base))
+		return 0;
+	*len = iov.iov_len;
+	return iov.iov_base;
 }
 
 /* Whether a connection's first message asks for capture call by call, from
