@@ -398,6 +398,16 @@ mod tests {
         );
     }
 
+    /// The correlator stage's loss accounting: received, emitted, and dropped for `reason`.
+    fn correlator_stage(svc: &IngestService, reason: &'static str) -> (u64, u64, u64) {
+        let drops = svc.metrics.drops();
+        (
+            drops.received_count("correlator"),
+            drops.emitted_count("correlator"),
+            drops.get("correlator", reason),
+        )
+    }
+
     #[test]
     fn a_session_made_again_by_a_restarted_collector_is_dropped_by_id() {
         let svc = service();
@@ -415,13 +425,8 @@ mod tests {
             Arc::ptr_eq(&first, &again),
             "the stored record is returned for a duplicate"
         );
-        let drops = svc.metrics.drops();
         assert_eq!(
-            (
-                drops.received_count("correlator"),
-                drops.emitted_count("correlator"),
-                drops.get("correlator", "duplicate")
-            ),
+            correlator_stage(&svc, "duplicate"),
             (4, 2, 2),
             "(received, stored, duplicates) of the correlator stage"
         );
@@ -436,13 +441,8 @@ mod tests {
             .insert(1, bytes::Bytes::from_static(&[0x0a, 0x7f, b'x']));
         assert!(svc.accept_batch(b));
         assert!(svc.store.get("a").is_some() && svc.store.get("b").is_some());
-        let drops = svc.metrics.drops();
         assert_eq!(
-            (
-                drops.received_count("correlator"),
-                drops.emitted_count("correlator"),
-                drops.get("correlator", "malformed")
-            ),
+            correlator_stage(&svc, "malformed"),
             (3, 2, 1),
             "(received, stored, malformed) of the correlator stage"
         );
