@@ -470,6 +470,32 @@ impl Drop for Proc {
     }
 }
 
+/// Loopback addresses (`host:port`) for the split pipeline's listeners, each on a free port.
+#[derive(Debug, Clone)]
+pub struct PipelineAddrs {
+    pub correlator_grpc: String,
+    pub correlator_api: String,
+    pub correlator_metrics: String,
+    pub collector_grpc: String,
+    pub collector_metrics: String,
+    pub probe_metrics: String,
+}
+
+impl PipelineAddrs {
+    /// Six free loopback ports.
+    pub fn new() -> Result<Self> {
+        let addr = || -> Result<String> { Ok(format!("127.0.0.1:{}", free_port()?)) };
+        Ok(Self {
+            correlator_grpc: addr()?,
+            correlator_api: addr()?,
+            correlator_metrics: addr()?,
+            collector_grpc: addr()?,
+            collector_metrics: addr()?,
+            probe_metrics: addr()?,
+        })
+    }
+}
+
 /// `clovisor-correlator` from `bin`: gRPC on `grpc`, metrics on `metrics`, REST on a free
 /// loopback port, no Redis, no span export, plaintext.
 pub fn correlator_command(bin: &Path, grpc: &str, metrics: &str) -> Result<Command> {

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::http_client::{http_get, Curl};
 use clovisor_integration_tests::{
-    cargo_build, free_port, our_programs_on, run, start_service, wait_for, Lab, Nginx, Proc,
+    cargo_build, free_port, our_programs_on, run, start_service, wait_for, Lab, Nginx,
+    PipelineAddrs, Proc,
 };
 use serde_json::Value;
 
@@ -97,12 +98,14 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() -> Result<()> {
     let outside = lab.outside_host()?;
     let _outside_nginx = Nginx::start(&outside.host)?;
 
-    let correlator_grpc = format!("127.0.0.1:{}", free_port()?);
-    let api = format!("127.0.0.1:{}", free_port()?);
-    let correlator_metrics = format!("127.0.0.1:{}", free_port()?);
-    let collector_grpc = format!("127.0.0.1:{}", free_port()?);
-    let collector_metrics = format!("127.0.0.1:{}", free_port()?);
-    let probe_metrics = format!("127.0.0.1:{}", free_port()?);
+    let PipelineAddrs {
+        correlator_grpc,
+        correlator_api: api,
+        correlator_metrics,
+        collector_grpc,
+        collector_metrics,
+        probe_metrics,
+    } = PipelineAddrs::new()?;
     let jaeger_down = format!("http://127.0.0.1:{}", free_port()?);
 
     let mut cmd = Command::new(bin.join("clovisor-correlator"));

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clovisor_integration_tests::http_client::http_status;
 use clovisor_integration_tests::{
-    cargo_build, collector_command, correlator_command, free_port, start_service, wait_for, Lab,
-    Proc,
+    cargo_build, collector_command, correlator_command, start_service, wait_for, Lab,
+    PipelineAddrs, Proc,
 };
 
 fn log(name: &str) -> std::path::PathBuf {
@@ -56,11 +56,14 @@ fn readyz_follows_bpf_and_every_uplink_as_peers_come_and_go() -> Result<()> {
     let mut lab = Lab::new()?;
     let server = lab.pod("rdy")?;
 
-    let correlator_grpc = format!("127.0.0.1:{}", free_port()?);
-    let correlator_metrics = format!("127.0.0.1:{}", free_port()?);
-    let collector_grpc = format!("127.0.0.1:{}", free_port()?);
-    let collector_metrics = format!("127.0.0.1:{}", free_port()?);
-    let probe_metrics = format!("127.0.0.1:{}", free_port()?);
+    let PipelineAddrs {
+        correlator_grpc,
+        correlator_api: _,
+        correlator_metrics,
+        collector_grpc,
+        collector_metrics,
+        probe_metrics,
+    } = PipelineAddrs::new()?;
 
     // The probe first: its collector is not there yet.
     let mut cmd = Command::new(bin.join("clovisor-probe"));

@@ -22,7 +22,7 @@ use anyhow::{bail, Result};
 use clovisor_integration_tests::api;
 use clovisor_integration_tests::http_client::Curl;
 use clovisor_integration_tests::{
-    cargo_build, free_port, our_programs_on, start_service, wait_for, Lab, Nginx, Proc,
+    cargo_build, our_programs_on, start_service, wait_for, Lab, Nginx, PipelineAddrs, Proc,
 };
 
 /// How long the client makes requests.
@@ -83,12 +83,14 @@ fn a_collector_killed_mid_traffic_stores_every_request_once_but_split_exchanges(
     let server = lab.pod("rsv")?;
     let _nginx = Nginx::start(&server)?;
 
-    let correlator_grpc = format!("127.0.0.1:{}", free_port()?);
-    let api = format!("127.0.0.1:{}", free_port()?);
-    let correlator_metrics = format!("127.0.0.1:{}", free_port()?);
-    let collector_grpc = format!("127.0.0.1:{}", free_port()?);
-    let collector_metrics = format!("127.0.0.1:{}", free_port()?);
-    let probe_metrics = format!("127.0.0.1:{}", free_port()?);
+    let PipelineAddrs {
+        correlator_grpc,
+        correlator_api: api,
+        correlator_metrics,
+        collector_grpc,
+        collector_metrics,
+        probe_metrics,
+    } = PipelineAddrs::new()?;
 
     let mut cmd = Command::new(bin.join("clovisor-correlator"));
     cmd.args([
