@@ -9,8 +9,9 @@
 //!
 //! - `records`: the collector's own work from what a probe sends. The records are framed untimed
 //!   into encoded `RecordBatch`es of the probe's batch size. Each round then does what the
-//!   collector's gRPC service does with every batch: protobuf-decode it (from `Bytes`, as tonic
-//!   hands it over, so payloads are slices of it) and feed every record to the flow table
+//!   collector's gRPC service does with every batch: read its framing and protobuf-decode its
+//!   records one at a time (`server::inbound::Batch`, from `Bytes`, as tonic hands it over, so
+//!   payloads are slices of it) and feed every record to the flow table
 //!   (reassembly, protocol detection, decoding, request/response pairing, session building,
 //!   metrics). Not included: encoding the sessions for the correlator.
 //! - `pcap`: the same, but each round starts from the capture bytes (pcap parsing and TCP tracking
@@ -42,6 +43,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clovisor_collector::replay::pcap::{replay_bytes, ReplayConfig};
 use clovisor_collector::replay::{by_protocol, Sessions};
+use clovisor_collector::server::inbound::Batch;
 use clovisor_proto::capture::v1::{record, Record, RecordBatch};
 use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_proto::session::v1::Session;
@@ -188,15 +190,21 @@ fn batches(records: &[Record]) -> Vec<Bytes> {
         .collect()
 }
 
+/// The records of an encoded batch, decoded one at a time as the service decodes them.
+fn decoded(bytes: &Bytes) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Record>>> {
+    let batch = Batch::decode(bytes.clone()).context("decoding a batch's framing")?;
+    Ok(batch.records().map(|r| r.context("decoding a record")))
+}
+
 /// One round of the `records` phase: every batch protobuf-decoded and its records fed to the
-/// table, under flow ids moved by `by`.
+/// table as the service feeds them, under flow ids moved by `by`.
 fn records_round(c: &mut Collector, batches: &[Bytes], by: u64) -> anyhow::Result<Yield> {
     for bytes in batches {
-        let batch = RecordBatch::decode(bytes.clone()).context("decoding a batch")?;
-        c.ingest(batch.records.into_iter().map(|mut r| {
-            shift(&mut r, by);
-            r
-        }));
+        let batch = Batch::decode(bytes.clone()).context("decoding a batch's framing")?;
+        let out = &mut c.out;
+        c.table
+            .batch(&batch, |r| shift(r, by), &mut |s| out.push(s))
+            .context("decoding a record")?;
     }
     Ok(c.take())
 }
@@ -283,10 +291,9 @@ fn main() -> anyhow::Result<()> {
     let first = {
         let mut sessions = Vec::new();
         for bytes in &all_batches {
-            let batch = RecordBatch::decode(bytes.clone()).context("decoding a batch")?;
             let out = &mut sessions;
-            for r in batch.records {
-                c.table.record(r, &mut |s| out.push(s));
+            for r in decoded(bytes)? {
+                c.table.record(r?, &mut |s| out.push(s));
             }
         }
         sessions
@@ -339,9 +346,9 @@ fn main() -> anyhow::Result<()> {
         let mut rows = std::collections::BTreeMap::new();
         let mut got = Yield::default();
         for bytes in &group_batches {
-            let batch = RecordBatch::decode(bytes.clone()).context("decoding a batch")?;
             let out = &mut c.out;
-            for mut r in batch.records {
+            for r in decoded(bytes)? {
+                let mut r = r?;
                 shift(&mut r, next_round * span);
                 c.table.record(r, &mut |s| out.push(s));
             }

@@ -277,7 +277,8 @@ impl ConnectionMetrics {
 /// A label set with one bounded label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
-    /// Record kind: `message`, `flow_end`, `endpoint`, `stats`, `flow_start`, `empty`.
+    /// Record kind: `message`, `flow_end`, `endpoint`, `stats`, `flow_start`, `empty`,
+    /// `malformed`.
     pub kind: &'static str,
 }
 
@@ -296,6 +297,8 @@ pub enum RecordKind {
     FlowStart,
     /// A record without a kind.
     Empty,
+    /// A record whose bytes did not decode (dropped at the door, reason `malformed`).
+    Malformed,
 }
 
 impl RecordKind {
@@ -308,6 +311,7 @@ impl RecordKind {
             Self::Stats => "stats",
             Self::FlowStart => "flow_start",
             Self::Empty => "empty",
+            Self::Malformed => "malformed",
         }
     }
 
@@ -321,7 +325,7 @@ impl RecordKind {
 /// label set and takes a lock, more than the count itself.
 #[derive(Debug, Default)]
 struct Handles {
-    records_received: [OnceLock<Counter>; 6],
+    records_received: [OnceLock<Counter>; 7],
     sessions_emitted: [OnceLock<Counter>; 2],
     stage_received: OnceLock<Counter>,
     stage_emitted: OnceLock<Counter>,
@@ -418,7 +422,8 @@ pub struct CollectorMetrics {
 }
 
 /// Loss-accounting stage of the collector's door: records of new batches = records taken into
-/// the flow table + records rejected there (`duplicate`, `no_direction`, `no_flow_key`).
+/// the flow table + records rejected there (`duplicate`, `no_direction`, `no_flow_key`,
+/// `malformed`).
 pub const STAGE_COLLECTOR: &str = "collector";
 /// Loss-accounting stage of the forwarder: sessions in = acknowledged by the correlator +
 /// dropped at shutdown + buffered.
@@ -439,7 +444,7 @@ pub const STAGE_DECODER: &str = "decoder";
 /// Message drop reasons that reject a record as it arrives (so they belong to the
 /// `collector` stage's balance); the others (`gap`, `response_without_request`) concern
 /// messages missing upstream or already taken in.
-const DOOR_REASONS: [&str; 3] = ["duplicate", "no_direction", "no_flow_key"];
+const DOOR_REASONS: [&str; 4] = ["duplicate", "no_direction", "no_flow_key", "malformed"];
 
 /// How often the forwarder's counters are copied into the loss accounting.
 pub const FORWARDER_ACCOUNTING_INTERVAL: Duration = Duration::from_millis(500);

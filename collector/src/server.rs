@@ -21,10 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use clovisor_config::LiveConfig;
-use clovisor_proto::capture::v1::capture_server::{Capture, CaptureServer};
 use clovisor_proto::capture::v1::{
-    collector_message, probe_message, Ack, CollectorMessage, FlowTable as OpenFlows, Hello,
-    ProbeMessage, RecordBatch,
+    collector_message, Ack, CollectorMessage, FlowTable as OpenFlows, Hello,
 };
 use clovisor_proto::delivery::DeliveryStats;
 use clovisor_proto::session::v1::Session;
@@ -35,6 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 use clovisor_proto::tls::PeerIdentity;
 
 use self::admission::{AdmissionConfig, Refused};
+use self::inbound::{Batch, Inbound};
 use crate::decode::redact;
 use crate::flows::{FlowTable, FlowTableConfig};
 use crate::local_join::LocalJoin;
@@ -228,29 +227,37 @@ impl Inner {
 
     /// Processes a batch unless already processed; returns the sessions it completed. A batch
     /// number more than `max_seq_jump` past the last one processed is refused.
-    fn batch(&self, probe_id: &str, batch: RecordBatch) -> Result<Option<Vec<Session>>, Refused> {
+    fn batch(&self, probe_id: &str, batch: &Batch) -> Result<Option<Vec<Session>>, Refused> {
         let mut st = self.lock();
         let last = st.last_seq.get(probe_id).copied();
-        if batch.seq <= last.unwrap_or(0) {
+        let seq = batch.seq();
+        if seq <= last.unwrap_or(0) {
             self.metrics.batches_duplicate.inc();
             return Ok(None);
         }
         // The first batch a collector sees of a probe sets where it stands (the probe may have
         // been up for long before this collector started).
-        if last.is_some_and(|last| batch.seq - last > self.admission.max_seq_jump) {
+        if last.is_some_and(|last| seq - last > self.admission.max_seq_jump) {
             return Err(Refused::SeqJump);
         }
         let now = Instant::now();
         // An exchange takes at least two records (its request and its response), so this is room
         // for every session the batch can make: no growth steps moving sessions around.
-        let mut out = Vec::with_capacity(batch.records.len() / 2 + 1);
-        for record in batch.records {
-            st.table.ingest(probe_id, record, now, &mut out);
+        let mut out = Vec::with_capacity(batch.len() / 2 + 1);
+        // Each record decoded from its bytes into one place as the table takes it (see
+        // `inbound`).
+        let mut records = batch.records();
+        let mut slot = clovisor_proto::capture::v1::Record::default();
+        while let Some(decoded) = records.next_into(&mut slot) {
+            match decoded {
+                Ok(()) => st.table.ingest_in_place(probe_id, &mut slot, now, &mut out),
+                Err(_) => st.table.malformed_record(),
+            }
         }
         match st.last_seq.get_mut(probe_id) {
-            Some(seq) => *seq = batch.seq,
+            Some(last) => *last = seq,
             None => {
-                st.last_seq.insert(probe_id.to_owned(), batch.seq);
+                st.last_seq.insert(probe_id.to_owned(), seq);
             }
         }
         self.metrics.batches_processed.inc();
@@ -355,8 +362,8 @@ impl CaptureService {
     }
 
     /// Wraps the service for a tonic server.
-    pub fn into_server(self) -> CaptureServer<Self> {
-        CaptureServer::new(self).max_decoding_message_size(clovisor_proto::hops::MAX_MESSAGE_BYTES)
+    pub fn into_server(self) -> CaptureServer {
+        CaptureServer { service: self }
     }
 }
 
@@ -369,7 +376,7 @@ fn ack(seq: u64) -> CollectorMessage {
 async fn run_stream(
     inner: Arc<Inner>,
     hello: Hello,
-    mut inbound: Streaming<ProbeMessage>,
+    mut inbound: Streaming<Inbound>,
     tx: mpsc::Sender<Result<CollectorMessage, Status>>,
 ) {
     // Batch number and how many sessions must be acknowledged downstream before it may be.
@@ -416,10 +423,10 @@ async fn run_stream(
                 return;
             }
         };
-        match msg.kind {
-            Some(probe_message::Kind::Batch(batch)) => {
-                let seq = batch.seq;
-                let mut sessions = match stream.inner.batch(probe_id, batch) {
+        match msg {
+            Inbound::Batch(batch) => {
+                let seq = batch.seq();
+                let mut sessions = match stream.inner.batch(probe_id, &batch) {
                     Ok(sessions) => sessions.unwrap_or_default(),
                     Err(why) => {
                         let _ = stream.release().await;
@@ -432,7 +439,7 @@ async fn run_stream(
                     return;
                 }
             }
-            Some(probe_message::Kind::Hello(_)) => {
+            Inbound::Hello(_) => {
                 let _ = stream.release().await;
                 let _ = stream
                     .tx
@@ -444,14 +451,14 @@ async fn run_stream(
             }
             // The probe's open flows, re-announced after every Hello, so that flows this
             // collector does not know yet (it restarted) are known by their identity again.
-            Some(probe_message::Kind::Flows(table)) => {
+            Inbound::Flows(table) => {
                 let mut out = stream.inner.flows(probe_id, table);
                 stream.inner.redact(&mut out);
                 if stream.inner.deliver(out).await.is_err() {
                     return;
                 }
             }
-            None => {}
+            Inbound::Empty => {}
         }
     }
 }
@@ -550,21 +557,17 @@ async fn ack_when_delivered(
     }
 }
 
-#[tonic::async_trait]
-impl Capture for CaptureService {
-    type StreamStream = ReceiverStream<Result<CollectorMessage, Status>>;
-
+impl CaptureService {
+    /// One probe stream: its `Hello` admitted, then its messages taken by a task of their own.
     async fn stream(
         &self,
-        request: Request<Streaming<ProbeMessage>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+        request: Request<Streaming<Inbound>>,
+    ) -> Result<Response<ReceiverStream<Result<CollectorMessage, Status>>>, Status> {
         self.inner.ensure_flusher();
         let peer = PeerIdentity::of(&request).cloned();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
-            Some(ProbeMessage {
-                kind: Some(probe_message::Kind::Hello(h)),
-            }) => h,
+            Some(Inbound::Hello(h)) => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
         if let Err(why) = self.inner.hello(&hello, peer.as_ref()) {
@@ -576,6 +579,66 @@ impl Capture for CaptureService {
     }
 }
 
+/// The `clovisor.capture.v1.Capture` service for a tonic server: the generated server's routing,
+/// with the service's own codec ([`inbound::ProbeCodec`]: batches decoded record by record).
+#[derive(Debug, Clone)]
+pub struct CaptureServer {
+    service: CaptureService,
+}
+
+impl tonic::server::NamedService for CaptureServer {
+    const NAME: &'static str = clovisor_proto::capture::v1::capture_server::SERVICE_NAME;
+}
+
+/// The `Stream` method, as tonic's streaming handler calls it.
+struct StreamMethod(CaptureService);
+
+impl tonic::server::StreamingService<Inbound> for StreamMethod {
+    type Response = CollectorMessage;
+    type ResponseStream = ReceiverStream<Result<CollectorMessage, Status>>;
+    type Future = tonic::codegen::BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<Inbound>>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.stream(request).await })
+    }
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for CaptureServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        if req.uri().path() != STREAM_PATH {
+            return Box::pin(
+                async move { Ok(Status::unimplemented("no such method").into_http()) },
+            );
+        }
+        let method = StreamMethod(self.service.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(inbound::ProbeCodec)
+                .apply_max_message_size_config(Some(clovisor_proto::hops::MAX_MESSAGE_BYTES), None);
+            Ok(grpc.streaming(method, req).await)
+        })
+    }
+}
+
+/// The path of `Capture.Stream`.
+const STREAM_PATH: &str = "/clovisor.capture.v1.Capture/Stream";
+
 pub mod admission;
+pub mod inbound;
 #[cfg(test)]
 mod tests;

@@ -196,7 +196,7 @@ impl Flow {
 
     /// The final version of the held message replaces it: the held copy is handed on merged
     /// into it.
-    pub fn update_held(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
+    pub fn update_held(&mut self, m: &mut capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
         if let Some((old, _)) = self.held.take() {
             ctx.metrics.flow_buffered(-1);
             ctx.metrics.flow_message_out();
@@ -209,7 +209,8 @@ impl Flow {
     }
 
     /// Takes message `m`, which is next in order, then whatever buffered messages follow it.
-    pub fn take_next(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
+    /// `m` is left to the caller, emptied if the flow kept it.
+    pub fn take_next(&mut self, m: &mut capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
         self.take(m, now, ctx);
         self.next_index = self.next_index.saturating_add(1);
         self.drain_pending(now, ctx);
@@ -232,15 +233,15 @@ impl Flow {
             if *entry.key() != self.next_index {
                 break;
             }
-            let (m, _) = entry.remove();
+            let (mut m, _) = entry.remove();
             ctx.metrics.flow_buffered(-1);
-            self.take(m, now, ctx);
+            self.take(&mut m, now, ctx);
             self.next_index = self.next_index.saturating_add(1);
         }
     }
 
     /// One message in order: a held message before it is over, so it goes first.
-    fn take(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
+    fn take(&mut self, m: &mut capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
         self.release_held(ctx);
         if let Some(dir) = Direction::from_wire(m.direction) {
             self.bytes[dir.index()] = self.bytes[dir.index()].saturating_add(m.bytes);
@@ -251,9 +252,9 @@ impl Flow {
     /// Hands the held message to its decoder as it is: its final version did not come in
     /// time, or the flow moved on.
     pub fn release_held(&mut self, ctx: &mut Ctx<'_>) {
-        if let Some((m, at)) = self.held.take() {
+        if let Some((mut m, at)) = self.held.take() {
             ctx.metrics.flow_buffered(-1);
-            self.decode(m, at, ctx, false);
+            self.decode(&mut m, at, ctx, false);
         }
     }
 
@@ -278,8 +279,15 @@ impl Flow {
 
     /// Offers `m` to the flow's decoder, finding one first if none has claimed the flow. Every
     /// message ends here counted: handed on (`flow_message_out`), lost with a reason, or held
-    /// (waiting, until released or replaced).
-    fn decode(&mut self, m: capture::Message, now: Instant, ctx: &mut Ctx<'_>, may_hold: bool) {
+    /// (waiting, until released or replaced). A message held is taken out of `m`; the decoders
+    /// only borrow it, so a message is not moved on its way through (it is a few hundred bytes).
+    fn decode(
+        &mut self,
+        m: &mut capture::Message,
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+        may_hold: bool,
+    ) {
         let Some(direction) = Direction::from_wire(m.direction) else {
             ctx.metrics.flow_messages_lost("no_direction", 1);
             return;
@@ -343,7 +351,7 @@ impl Flow {
             return;
         };
         if may_hold && message.partial && flow.awaits_final(&message) {
-            *held = Some((m, now));
+            *held = Some((std::mem::take(m), now));
             ctx.metrics.flow_buffered(1);
             return;
         }

@@ -19,6 +19,7 @@ use clovisor_proto::session::v1::Session;
 
 use crate::error::Result;
 use crate::flows::{FlowTable, FlowTableConfig};
+use crate::server::inbound::Batch;
 use crate::CollectorMetrics;
 use pcap::{ReplayConfig, ReplayStats};
 
@@ -103,6 +104,30 @@ impl Sessions {
         for s in self.out.drain(..) {
             emit(s);
         }
+    }
+
+    /// Applies the records of an encoded batch as the collector's service does: decoded one at
+    /// a time into one place, at one instant; `adjust` sees each record before the table does.
+    /// Stops at the first record that does not decode.
+    pub fn batch(
+        &mut self,
+        batch: &Batch,
+        mut adjust: impl FnMut(&mut Record),
+        emit: &mut impl FnMut(Session),
+    ) -> std::result::Result<(), prost::DecodeError> {
+        let now = Instant::now();
+        let mut records = batch.records();
+        let mut slot = Record::default();
+        while let Some(decoded) = records.next_into(&mut slot) {
+            decoded?;
+            adjust(&mut slot);
+            self.table
+                .ingest_in_place(PROBE_ID, &mut slot, now, &mut self.out);
+            for s in self.out.drain(..) {
+                emit(s);
+            }
+        }
+        Ok(())
     }
 
     /// Flows open in the table (a capture whose flows all ended leaves none).

@@ -17,6 +17,9 @@
 //! payload. `integration-tests/tests/replay_matches_kernel.rs` runs the same traffic through
 //! both and requires the same records.
 //!
+//! As the probe does, a TCP connection is announced by a `FlowStart` (its key, the point, the
+//! port's hint) before its first message; its messages and its end name it by flow id only.
+//!
 //! UDP on a traced port follows the probe's contract for datagrams: a flow is one client address
 //! and port with one server address and port, announced by a `FlowStart`; each datagram is one
 //! message (named by its flow id only, `bytes` its payload length, one packet, no sequence
@@ -685,9 +688,7 @@ impl<'c> Tracker<'c> {
             // First payload of the flow, or a direction switch: a new message starts here, its
             // snippet from the start of this segment.
             if let Some(done) = conn.current.take() {
-                self.records
-                    .push(message(self.config, key, conn.flow_id, conn.index, done));
-                conn.index += 1;
+                push_message(&mut self.records, self.config, key, conn, done);
             }
             let take = seg.payload.len().min(snaplen);
             conn.current = Some(Pending {
@@ -828,14 +829,15 @@ impl<'c> Tracker<'c> {
             return;
         };
         if let Some(done) = conn.current.take() {
-            self.records
-                .push(message(self.config, key, conn.flow_id, conn.index, done));
-            conn.index += 1;
+            push_message(&mut self.records, self.config, key, &mut conn, done);
         }
+        // A flow that sent messages was announced by a `FlowStart`: its end names it by id, as
+        // the probe's does; one that never did brings its key (nothing announced it).
+        let announced = conn.index > 0;
         self.records.push(Record {
             kind: Some(record::Kind::FlowEnd(FlowEnd {
-                flow: Some(flow_key(key, Transport::Tcp)),
-                point: Some(self.config.point.clone()),
+                flow: (!announced).then(|| flow_key(key, Transport::Tcp)),
+                point: (!announced).then(|| self.config.point.clone()),
                 flow_id: conn.flow_id,
                 reason: reason as i32,
                 unix_nanos: ts,
@@ -942,11 +944,34 @@ fn flow_key(key: &ConnKey, transport: Transport) -> FlowKey {
     }
 }
 
-fn message(config: &ReplayConfig, key: &ConnKey, flow_id: u64, index: u32, p: Pending) -> Record {
+/// Appends the message `p` of TCP connection `conn`, announced by a `FlowStart` when it is the
+/// connection's first (as the probe announces a flow once, and names it by id from then on).
+fn push_message(
+    records: &mut Vec<Record>,
+    config: &ReplayConfig,
+    key: &ConnKey,
+    conn: &mut Conn,
+    p: Pending,
+) {
+    if conn.index == 0 {
+        records.push(Record {
+            kind: Some(record::Kind::FlowStart(FlowStart {
+                flow_id: conn.flow_id,
+                flow: Some(flow_key(key, Transport::Tcp)),
+                point: Some(config.point.clone()),
+                protocol: config.hint as i32,
+            })),
+        });
+    }
+    records.push(message(conn.flow_id, conn.index, p));
+    conn.index += 1;
+}
+
+fn message(flow_id: u64, index: u32, p: Pending) -> Record {
     Record {
         kind: Some(record::Kind::Message(Message {
-            flow: Some(flow_key(key, Transport::Tcp)),
-            point: Some(config.point.clone()),
+            flow: None,
+            point: None,
             flow_id,
             index,
             direction: p.direction as i32,
@@ -959,7 +984,8 @@ fn message(config: &ReplayConfig, key: &ConnKey, flow_id: u64, index: u32, p: Pe
             packets: p.packets,
             retransmits: p.retransmits,
             payload: p.payload.into(),
-            protocol: config.hint as i32,
+            // The flow's hint travels in its `FlowStart`.
+            protocol: ProtocolHint::Unspecified as i32,
             partial: false,
             segments: Vec::new(),
         })),

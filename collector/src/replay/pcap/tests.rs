@@ -118,8 +118,16 @@ fn messages_follow_direction_switches_with_counters_and_snaplen() {
         "a response spanning packets counts all"
     );
     assert_eq!(resp.direction, Direction::ServerToClient as i32);
-    let flow = req.flow.as_ref().expect("flow key");
+    assert!(
+        req.flow.is_none() && resp.flow.is_none(),
+        "messages name their flow by id only"
+    );
+    let Some(record::Kind::FlowStart(start)) = &r.records[0].kind else {
+        panic!("the flow is announced first, got {:?}", r.records[0]);
+    };
+    let flow = start.flow.as_ref().expect("flow key");
     assert_eq!((flow.client_port, flow.server_port), (40000, 80));
+    assert_eq!(start.flow_id, req.flow_id);
     match &r.records.last().and_then(|r| r.kind.as_ref()) {
         Some(record::Kind::FlowEnd(e)) => {
             assert_eq!(e.reason, FlowEndReason::Fin as i32);
