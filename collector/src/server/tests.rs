@@ -4,8 +4,8 @@
 use super::*;
 use clovisor_proto::capture::v1::capture_client::CaptureClient;
 use clovisor_proto::capture::v1::{
-    self as capture, record, Direction, FlowKey, FlowStart, Message, ObservationPoint,
-    ProtocolHint, Record,
+    self as capture, probe_message, record, Direction, FlowKey, FlowStart, Message,
+    ObservationPoint, ProbeMessage, ProtocolHint, Record, RecordBatch,
 };
 use clovisor_proto::inproc;
 use tonic::transport::{Channel, Server};
