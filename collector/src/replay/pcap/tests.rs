@@ -279,6 +279,7 @@ fn beyond_max_flows_the_least_recently_active_flow_ends_first() {
         .records
         .iter()
         .map(|r| match &r.kind {
+            Some(record::Kind::FlowStart(s)) => format!("start {}", s.flow_id),
             Some(record::Kind::Message(m)) => format!("message {}", m.flow_id),
             Some(record::Kind::FlowEnd(e)) => format!("end {} {}", e.flow_id, e.reason),
             other => format!("{other:?}"),
@@ -286,8 +287,12 @@ fn beyond_max_flows_the_least_recently_active_flow_ends_first() {
         .collect();
     let idle = FlowEndReason::Idle as i32;
     assert_eq!(
-        &kinds[..2],
-        ["message 1".to_owned(), format!("end 1 {idle}")],
+        &kinds[..3],
+        [
+            "start 1".to_owned(),
+            "message 1".to_owned(),
+            format!("end 1 {idle}")
+        ],
         "flow 1 ends before flow 3 starts: {kinds:?}"
     );
     assert_eq!(r.stats.flows, 4, "{kinds:?}");
