@@ -5,8 +5,9 @@
 //! hundred bytes) is moved once per growth and once more out of it, and every record of the batch
 //! is alive at once. Here only the batch's framing is read first (its number, where each record
 //! is, and whether the lengths add up: a batch whose framing does not is refused as a whole, as
-//! before); then each record is decoded from its slice of the received buffer (payloads stay
-//! slices of it) straight into the flow table. The wire format is `capture.v1`'s, unchanged: a
+//! before); then each record is decoded from the received buffer (payloads stay slices of it)
+//! into one place the flow table takes it from ([`Records::next_into`]). The wire format is
+//! `capture.v1`'s, unchanged: a
 //! probe cannot tell this decoder from prost's. A record whose own bytes do not decode is
 //! dropped alone and counted (`records_received{kind="malformed"}`, and
 //! `clovisor_dropped_total{stage="collector",reason="malformed"}`), where prost would have failed

@@ -189,6 +189,61 @@ async fn acks_every_batch_and_processes_resent_ones_once() -> anyhow::Result<()>
 }
 
 #[tokio::test]
+async fn a_record_that_does_not_decode_is_dropped_alone_and_counted() -> anyhow::Result<()> {
+    use clovisor_proto::delivery::Connector as _;
+    use futures::StreamExt as _;
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    use prost::Message as _;
+
+    let (channel, mut out, metrics) = start(ServiceConfig::default()).await?;
+    // A batch as a probe frames it, with a record between the request and the response whose
+    // `message` field has the wrong wire type.
+    let mut body = Vec::new();
+    encode_key(1, WireType::Varint, &mut body);
+    encode_varint(1, &mut body);
+    prost::encoding::message::encode(2, &message(0, Direction::ClientToServer, REQ), &mut body);
+    body.extend([0x12, 0x02, 0x08, 0x01]);
+    prost::encoding::message::encode(2, &message(1, Direction::ServerToClient, RESP), &mut body);
+    let mut frame = Vec::new();
+    encode_key(2, WireType::LengthDelimited, &mut frame);
+    encode_varint(body.len() as u64, &mut frame);
+    frame.extend(body);
+
+    let (tx, rx) = mpsc::channel::<bytes::Bytes>(4);
+    tx.send(hello("p1", "node-a").encode_to_vec().into())
+        .await?;
+    tx.send(frame.into()).await?;
+    let mut inbound = clovisor_proto::hops::CaptureConnector(channel)
+        .open(ReceiverStream::new(rx))
+        .await?;
+    let ack = tokio::time::timeout(Duration::from_secs(5), inbound.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("stream ended without an ack"))??;
+    assert!(
+        matches!(ack.kind, Some(collector_message::Kind::Ack(Ack { seq: 1 }))),
+        "the batch is acknowledged: {ack:?}"
+    );
+    let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("output closed"))?;
+    assert_eq!(
+        s.http.as_ref().map(|h| h.status_code),
+        Some(200),
+        "the records around the broken one make their session"
+    );
+    assert_eq!(
+        (
+            metrics.records_received_for("malformed"),
+            metrics.records_received_for("message"),
+            metrics.messages_dropped_for("malformed"),
+        ),
+        (1, 2, 1)
+    );
+    drop(tx);
+    Ok(())
+}
+
+#[tokio::test]
 async fn new_probe_id_on_same_node_forgets_old_flows() -> anyhow::Result<()> {
     let (channel, _out, metrics) = start(ServiceConfig::default()).await?;
     exchange(
