@@ -297,7 +297,7 @@ impl Flow {
         let later = captured.as_ref().map(Captured::later).unwrap_or_default();
         let message = Message {
             direction,
-            stats: MessageStats::of(&m),
+            stats: MessageStats::of(m),
             payload: captured.as_ref().map_or(&m.payload[..], Captured::first),
             partial: m.partial,
             later: &later,
