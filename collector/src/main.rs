@@ -13,11 +13,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use clovisor_collector::forward::Forwarder;
-use clovisor_collector::server::admission::{AdmissionConfig, ProbeIdentity, DEFAULT_NODE_SUFFIX};
+use clovisor_collector::server::admission::{
+    AdmissionConfig, ProbeIdentity, DEFAULT_NODE_SUFFIX, DEFAULT_PROBE_TOKEN_AUDIENCE,
+    DEFAULT_PROBE_TOKEN_IDENTITY,
+};
 use clovisor_collector::server::{CaptureService, ServiceConfig};
 use clovisor_collector::CollectorMetrics;
 use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_proto::tls::{self, TlsArgs, TlsStats};
+use clovisor_runtime::auth::token_review::TokenReviewer;
 use clovisor_runtime::process::{start, ServiceArgs};
 use clovisor_runtime::StopFlag;
 
@@ -39,12 +43,27 @@ struct Args {
     correlator: String,
     #[command(flatten)]
     tls: TlsArgs,
-    /// What a probe's client certificate must prove: `any` (none needed), `certificate` (one
-    /// signed by the CA; probe ids and nodes stay with the certificate that claimed them) or
-    /// `node` (its DNS names include the node, as `NODE` or `NODE.<suffix>`). Default:
-    /// `certificate` when TLS with a CA is configured, `any` otherwise.
+    /// What a probe must prove: `any` (nothing), `certificate` (a client certificate signed by
+    /// the CA; probe ids and nodes stay with the certificate that claimed them), `node` (the
+    /// certificate's DNS names include the node, as `NODE` or `NODE.<suffix>`) or `token` (a
+    /// certificate, and its pod's service account token for --probe-token-audience, which the
+    /// API server must vouch for as one of --probe-token-identities on the node the probe
+    /// claims). Default: `certificate` when TLS with a CA is configured, `any` otherwise.
     #[arg(long, env = "CLOVISOR_PROBE_IDENTITY")]
     probe_identity: Option<ProbeIdentity>,
+    /// Audience the probes' service account tokens must be minted for (`--probe-identity
+    /// token`; the probe's projected token volume names it).
+    #[arg(long, env = "CLOVISOR_PROBE_TOKEN_AUDIENCE", default_value = DEFAULT_PROBE_TOKEN_AUDIENCE)]
+    probe_token_audience: String,
+    /// Identities whose tokens may speak for a probe (`--probe-identity token`): user names
+    /// (`system:serviceaccount:NS:NAME`) or `group:NAME`, comma-separated.
+    #[arg(
+        long,
+        env = "CLOVISOR_PROBE_TOKEN_IDENTITIES",
+        value_delimiter = ',',
+        default_value = DEFAULT_PROBE_TOKEN_IDENTITY
+    )]
+    probe_token_identities: Vec<String>,
     /// DNS suffix of per-node probe certificates (`--probe-identity node`).
     #[arg(long, env = "CLOVISOR_PROBE_NODE_SUFFIX", default_value = DEFAULT_NODE_SUFFIX)]
     probe_node_suffix: String,
@@ -74,6 +93,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before any metric is made: the families take their bounds when made.
+    args.service.limits.apply();
     let mut process = start(&args.service.log, Some(&args.service.redis))?;
     let metrics = Arc::new(CollectorMetrics::with_drops(process.drops.clone()));
     metrics.register(&mut process.registry);
@@ -82,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let token = args
         .service
         .api_token(&mut process.registry)
+        .await
         .context("API token")?;
     process.servers.require_token(token);
     let server_tls = args.tls.server(&tls_stats).context("TLS")?;
@@ -96,6 +118,34 @@ async fn main() -> anyhow::Result<()> {
             ProbeIdentity::Any
         },
     );
+    let token_review = if probe_identity == ProbeIdentity::Token {
+        if !server_tls
+            .as_ref()
+            .is_some_and(|t| t.requires_client_certificates())
+        {
+            anyhow::bail!("--probe-identity token needs TLS with a CA (probes' certificates, and a channel their tokens do not leak from)");
+        }
+        let identities: Vec<String> = args
+            .probe_token_identities
+            .iter()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect();
+        if identities.is_empty() || args.probe_token_audience.trim().is_empty() {
+            anyhow::bail!(
+                "--probe-identity token needs --probe-token-identities and --probe-token-audience"
+            );
+        }
+        let reviewer = TokenReviewer::from_environment(
+            identities,
+            vec![args.probe_token_audience.trim().to_owned()],
+        )
+        .await
+        .context("probes' token review")?;
+        Some(Arc::new(reviewer))
+    } else {
+        None
+    };
     if server_tls.is_none() && !args.grpc_listen.ip().is_loopback() {
         tracing::warn!(addr = %args.grpc_listen, "gRPC served without TLS: probes' records (payload prefixes with their headers) cross the network in clear and any peer can claim to be a probe");
     }
@@ -140,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
     let service_config = ServiceConfig {
         admission: AdmissionConfig {
             identity: probe_identity,
+            token_review,
             node_suffix: args.probe_node_suffix.clone(),
             max_probes: args.max_probes,
             ..AdmissionConfig::default()

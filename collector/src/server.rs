@@ -178,10 +178,15 @@ impl Inner {
 
     /// Admits a probe's `Hello` from `peer` (see [`admission`]) and registers it; a new probe id
     /// for a known node makes its previous probe's state go.
-    fn hello(&self, hello: &Hello, peer: Option<&PeerIdentity>) -> Result<(), Refused> {
+    fn hello(
+        &self,
+        hello: &Hello,
+        peer: Option<&PeerIdentity>,
+        token_node: Option<&str>,
+    ) -> Result<(), Refused> {
         let owner = self
             .admission
-            .check_hello(&hello.probe_id, &hello.node, peer)?;
+            .check_hello(&hello.probe_id, &hello.node, peer, token_node)?;
         let mut st = self.lock();
         match st.owners.get(&hello.probe_id) {
             Some(o) if *o != owner => return Err(Refused::ProbeIdOwned),
@@ -560,6 +565,7 @@ impl Capture for CaptureService {
     ) -> Result<Response<Self::StreamStream>, Status> {
         self.inner.ensure_flusher();
         let peer = PeerIdentity::of(&request).cloned();
+        let token = bearer_token(request.metadata());
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(ProbeMessage {
@@ -567,13 +573,25 @@ impl Capture for CaptureService {
             }) => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
-        if let Err(why) = self.inner.hello(&hello, peer.as_ref()) {
+        let admitted = match self.inner.admission.verify_token(token.as_deref()).await {
+            Ok(token_node) => self
+                .inner
+                .hello(&hello, peer.as_ref(), token_node.as_deref()),
+            Err(why) => Err(why),
+        };
+        if let Err(why) = admitted {
             return Err(self.inner.refuse(why, &hello));
         }
         let (tx, rx) = mpsc::channel(32);
         tokio::spawn(run_stream(Arc::clone(&self.inner), hello, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The token of the stream's `authorization: Bearer …` metadata.
+fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    clovisor_runtime::auth::bearer(value).map(str::to_owned)
 }
 
 pub mod admission;
