@@ -54,6 +54,10 @@ pub struct ServiceConfig {
     /// How long a session waits for the other views its probe sent of the same exchange
     /// ([`crate::local_join`]); zero merges within a batch only.
     pub local_join_hold: Duration,
+    /// What a session's strings and attribute maps are capped to as it leaves.
+    pub field_limits: crate::decode::limits::FieldLimits,
+    /// Largest probe message decoded (bytes).
+    pub max_message_bytes: usize,
 }
 
 impl Default for ServiceConfig {
@@ -64,6 +68,8 @@ impl Default for ServiceConfig {
             admission: AdmissionConfig::default(),
             redact_query_keys: Vec::new(),
             local_join_hold: crate::local_join::DEFAULT_HOLD,
+            field_limits: crate::decode::limits::FieldLimits::default(),
+            max_message_bytes: clovisor_proto::hops::MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -96,6 +102,8 @@ struct Inner {
     local_join_hold: Duration,
     admission: AdmissionConfig,
     query_redaction: Arc<clovisor_runtime::redact::QueryRedaction>,
+    field_limits: crate::decode::limits::FieldLimits,
+    max_message_bytes: usize,
     flusher: OnceLock<AbortOnDrop>,
     /// Sessions handed to `out` so far.
     sent: AtomicU64,
@@ -123,7 +131,9 @@ impl Inner {
         for s in sessions {
             redaction.apply(s);
             // After redaction: a cut must not leave half a credential-carrying key unmatched.
-            crate::decode::limits::cap_session(s, |field| self.metrics.field_truncated(field));
+            crate::decode::limits::cap_session(s, &self.field_limits, |field| {
+                self.metrics.field_truncated(field);
+            });
         }
     }
 
@@ -174,6 +184,22 @@ impl Inner {
         tracing::warn!(reason = why.as_label(), probe = %hello.probe_id.chars().take(64).collect::<String>(),
             node = %hello.node.chars().take(64).collect::<String>(), "probe stream refused");
         why.status()
+    }
+
+    /// Counts a message refused for its size (`--max-message-bytes`; tonic ends the stream with
+    /// `out of range`) as `clovisor_collector_probes_refused_total{reason="message_too_large"}`.
+    /// Whether it was one.
+    fn count_oversized(&self, status: &Status) -> bool {
+        let oversized = status.code() == tonic::Code::OutOfRange;
+        if oversized {
+            self.metrics
+                .probes_refused
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "message_too_large",
+                })
+                .inc();
+        }
+        oversized
     }
 
     /// Admits a probe's `Hello` from `peer` (see [`admission`]) and registers it; a new probe id
@@ -319,6 +345,8 @@ impl CaptureService {
             query_redaction: Arc::new(clovisor_runtime::redact::QueryRedaction::new(
                 &config.redact_query_keys,
             )),
+            field_limits: config.field_limits,
+            max_message_bytes: config.max_message_bytes,
             flusher: OnceLock::new(),
             sent: AtomicU64::new(0),
             downstream: OnceLock::new(),
@@ -361,7 +389,8 @@ impl CaptureService {
 
     /// Wraps the service for a tonic server.
     pub fn into_server(self) -> CaptureServer<Self> {
-        CaptureServer::new(self).max_decoding_message_size(clovisor_proto::hops::MAX_MESSAGE_BYTES)
+        let max = self.inner.max_message_bytes;
+        CaptureServer::new(self).max_decoding_message_size(max)
     }
 }
 
@@ -418,6 +447,10 @@ async fn run_stream(
             Some(Err(status)) => {
                 tracing::debug!(probe = %probe_id, error = %status, "probe stream ended");
                 let _ = stream.release().await;
+                if stream.inner.count_oversized(&status) {
+                    // The probe learns why (it would otherwise re-send the batch unaware).
+                    let _ = stream.tx.send(Err(status)).await;
+                }
                 return;
             }
         };
@@ -567,7 +600,10 @@ impl Capture for CaptureService {
         let peer = PeerIdentity::of(&request).cloned();
         let token = bearer_token(request.metadata());
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let first = inbound.message().await.inspect_err(|status| {
+            self.inner.count_oversized(status);
+        })?;
+        let hello = match first {
             Some(ProbeMessage {
                 kind: Some(probe_message::Kind::Hello(h)),
             }) => h,

@@ -470,9 +470,10 @@ def check_redis_tls(objs: list[dict[str, Any]], report: Report) -> None:
                 flags = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
                 if flags.get("--port") != "0":
                     report.add(obj, f"{name}: Redis must not listen in plaintext (--port 0)")
-                for flag in ("--tls-port", "--tls-cert-file", "--tls-key-file", "--requirepass"):
+                for flag in ("--tls-port", "--tls-cert-file", "--tls-key-file"):
                     if not flags.get(flag):
                         report.add(obj, f"{name}: Redis without {flag}")
+                check_redis_users(obj, name, args, bool(flags.get("--requirepass")), report)
             url = env_value(c, "CLOVISOR_REDIS")
             if url is None:
                 continue
@@ -480,6 +481,45 @@ def check_redis_tls(objs: list[dict[str, Any]], report: Report) -> None:
                 report.add(obj, f"{name}: CLOVISOR_REDIS is not rediss:// (TLS)")
             elif not env_value(c, "CLOVISOR_REDIS_CA"):
                 report.add(obj, f"{name}: rediss:// without CLOVISOR_REDIS_CA (the clovisor CA, not the system roots)")
+
+
+def redis_users(args: list[str]) -> list[list[str]]:
+    """The `--user NAME RULE...` directives of a redis-server command line."""
+    users: list[list[str]] = []
+    current: list[str] | None = None
+    for a in args:
+        if a.startswith("--"):
+            current = [] if a == "--user" else None
+            if current is not None:
+                users.append(current)
+        elif current is not None:
+            current.append(a)
+    return users
+
+
+def check_redis_users(obj: dict[str, Any], name: str, args: list[str], requirepass: bool, report: Report) -> None:
+    """Redis admits no one without a password: either --requirepass, or ACL users with the
+    default user off, every user that is on holding a password (`>...` or `#hash`) and none
+    `nopass`; at most one user may write (no component needs to)."""
+    users = redis_users(args)
+    if not users:
+        if not requirepass:
+            report.add(obj, f"{name}: Redis without --requirepass or ACL users (--user)")
+        return
+    default = next((u for u in users if u[:1] == ["default"]), None)
+    if default is None or "off" not in default or "on" in default:
+        report.add(obj, f"{name}: Redis ACL users, but the default user is not off (--user default off)")
+    writers = []
+    for u in users:
+        user = u[0] if u else "?"
+        if "nopass" in u:
+            report.add(obj, f"{name}: Redis user {user} is nopass")
+        if "on" in u and not any(r.startswith((">", "#")) for r in u[1:]):
+            report.add(obj, f"{name}: Redis user {user} is on without a password")
+        if "on" in u and any(r in ("+@all", "allcommands", "+@write") for r in u[1:]):
+            writers.append(user)
+    if len(writers) > 1:
+        report.add(obj, f"{name}: Redis users {writers} may all write; only the operator's should")
 
 
 def check_otlp_allow_list(obj: dict[str, Any], spec: dict[str, Any], report: Report) -> None:

@@ -432,6 +432,12 @@ class RedisTlsTest(unittest.TestCase):
 
     TLS_ARGS = ["--port", "0", "--tls-port", "6379", "--tls-cert-file", "c", "--tls-key-file", "k", "--requirepass", "p"]
 
+    DEFAULT_OFF = ["--user", "default", "off", "-@all"]
+
+    def test_acl_users_with_passwords_and_the_default_off_pass(self) -> None:
+        users = ["--user", "reader", "on", ">r", "%R~k*", "-@all", "+get", "--user", "admin", "on", ">a", "~k*", "+@all"]
+        self.assertEqual(self.found(self.server(self.TLS_ARGS[:-2] + self.DEFAULT_OFF + users)), [])
+
     def test_tls_on_both_ends_passes(self) -> None:
         self.assertEqual(self.found(self.client({"CLOVISOR_REDIS": "rediss://:p@redis:6379", "CLOVISOR_REDIS_CA": "/ca"})), [])
         self.assertEqual(self.found(self.server(self.TLS_ARGS)), [])
@@ -442,7 +448,11 @@ class RedisTlsTest(unittest.TestCase):
             (self.client({"CLOVISOR_REDIS": "rediss://:p@redis:6379"}), "without CLOVISOR_REDIS_CA"),
             (self.server(["--tls-port", "6379", "--tls-cert-file", "c", "--tls-key-file", "k", "--requirepass", "p"]), "--port 0"),
             (self.server(["--port", "0", "--tls-cert-file", "c", "--tls-key-file", "k", "--requirepass", "p"]), "without --tls-port"),
-            (self.server(self.TLS_ARGS[:-2]), "without --requirepass"),
+            (self.server(self.TLS_ARGS[:-2]), "without --requirepass or ACL users"),
+            (self.server(self.TLS_ARGS[:-2] + ["--user", "r", "on", ">pw", "+get"]), "default user is not off"),
+            (self.server(self.TLS_ARGS[:-2] + self.DEFAULT_OFF + ["--user", "r", "on", "nopass", "+get"]), "is nopass"),
+            (self.server(self.TLS_ARGS[:-2] + self.DEFAULT_OFF + ["--user", "r", "on", "+get"]), "is on without a password"),
+            (self.server(self.TLS_ARGS[:-2] + self.DEFAULT_OFF + ["--user", "a", "on", ">x", "+@all", "--user", "b", "on", ">y", "+@write"]), "may all write"),
         ]
         for d, fragment in cases:
             with self.subTest(fragment=fragment):
