@@ -6,7 +6,9 @@
 //! connector (`CaptureConnector::with_token_file`, what the uplink uses): its pod's token, bound
 //! to node A, gets node A's `Hello` in; claiming node B with it is refused and counted; a token
 //! for another audience, of another service account, or bound to no node is refused; node B's
-//! token gets node B in; with the API server gone a new token is refused (fails closed).
+//! token gets node B in; with the API server gone a new token is refused (fails closed). The
+//! collector's `/metrics` takes only tokens the same API server vouches for
+//! (`--api-allowed-identities`, no static token): Prometheus' gets in, a probe's does not.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clovisor_integration_tests::fake_kube::{FakeKube, API_AUDIENCE};
 use clovisor_integration_tests::tls::make_certs;
+use clovisor_integration_tests::http_client::{http_get_with, http_status};
 use clovisor_integration_tests::{api, cargo_build, free_port, start_service};
 use clovisor_proto::capture::v1::{probe_message, Hello, ProbeMessage};
 use clovisor_proto::delivery::Connector as _;
@@ -66,8 +69,10 @@ async fn open(
     Ok(opened.map(drop).map_err(|s| s.code()))
 }
 
+const PROMETHEUS: &str = "Authorization: Bearer prom-token";
+
 fn refused(metrics: &str, reason: &str) -> Result<f64> {
-    let text = api::metrics_text(metrics)?;
+    let text = http_get_with(&format!("http://{metrics}/metrics"), &[PROMETHEUS])?;
     Ok(api::sample(
         &text,
         &format!("clovisor_collector_probes_refused_total{{reason=\"{reason}\"}}"),
@@ -108,6 +113,11 @@ fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
         Some("node-a"),
     );
     bound("tok-no-node", PROBE_SA, AUDIENCE, None);
+    kube.add_token(
+        "prom-token",
+        "system:serviceaccount:monitoring:prometheus",
+        &["system:serviceaccounts"],
+    );
     let token = |name: &str| -> Result<std::path::PathBuf> {
         let path = dir.path().join(name);
         std::fs::write(&path, format!("{name}\n"))?;
@@ -128,12 +138,26 @@ fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
         .arg(certs.join("collector"))
         .args(["--tls-peer-names", "clovisor-probe"])
         .args(["--probe-identity", "token"])
+        .args([
+            "--api-allowed-identities",
+            "system:serviceaccount:monitoring:prometheus",
+        ])
         .env("KUBECONFIG", &kubeconfig);
     let log = std::env::temp_dir().join(format!(
         "clovisor-probe-node-token-{}.log",
         std::process::id()
     ));
     let collector = start_service("collector", cmd, &metrics, log)?;
+
+    // The read side: only a reviewed, allowed token.
+    let metrics_url = format!("http://{metrics}/metrics");
+    assert_eq!(http_status(&metrics_url, &[])?, 401, "/metrics without a token");
+    assert_eq!(
+        http_status(&metrics_url, &["Authorization: Bearer tok-node-a"])?,
+        401,
+        "a probe's token is not Prometheus'"
+    );
+    assert_eq!(http_status(&metrics_url, &[PROMETHEUS])?, 200);
 
     let node_a = token("tok-node-a")?;
     let cases: [(
