@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clovisor_integration_tests::fake_kube::{FakeKube, API_AUDIENCE};
-use clovisor_integration_tests::tls::make_certs;
 use clovisor_integration_tests::http_client::{http_get_with, http_status};
+use clovisor_integration_tests::tls::make_certs;
 use clovisor_integration_tests::{api, cargo_build, free_port, start_service};
 use clovisor_proto::capture::v1::{probe_message, Hello, ProbeMessage};
 use clovisor_proto::delivery::Connector as _;
@@ -26,6 +26,9 @@ use clovisor_proto::hops::CaptureConnector;
 use clovisor_proto::tls::{ClientTls, ClientTransport, TlsFiles, TlsStats};
 use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
+
+/// What opening a stream gives: admitted, or the refusal's code.
+type Opened = std::result::Result<(), tonic::Code>;
 
 const PROBE_SA: &str = "system:serviceaccount:clovisor-probe:clovisor-probe";
 const AUDIENCE: &str = "clovisor-collector";
@@ -41,9 +44,9 @@ async fn open(
     token: Option<&Path>,
     probe_id: &str,
     node: &str,
-) -> Result<std::result::Result<(), tonic::Code>> {
+) -> Result<Opened> {
     let tls = ClientTls::new(
-        TlsFiles::in_dir(&certs.join("probe")),
+        TlsFiles::in_dir(certs.join("probe")),
         Some("clovisor-collector".into()),
         Duration::from_secs(30),
         TlsStats::default(),
@@ -151,7 +154,11 @@ fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
 
     // The read side: only a reviewed, allowed token.
     let metrics_url = format!("http://{metrics}/metrics");
-    assert_eq!(http_status(&metrics_url, &[])?, 401, "/metrics without a token");
+    assert_eq!(
+        http_status(&metrics_url, &[])?,
+        401,
+        "/metrics without a token"
+    );
     assert_eq!(
         http_status(&metrics_url, &["Authorization: Bearer tok-node-a"])?,
         401,
@@ -160,12 +167,7 @@ fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
     assert_eq!(http_status(&metrics_url, &[PROMETHEUS])?, 200);
 
     let node_a = token("tok-node-a")?;
-    let cases: [(
-        &str,
-        Option<&Path>,
-        &str,
-        std::result::Result<(), tonic::Code>,
-    ); 7] = [
+    let cases: [(&str, Option<&Path>, &str, Opened); 7] = [
         ("probe-a", Some(&node_a), "node-a", Ok(())),
         (
             "probe-a2",

@@ -22,6 +22,9 @@ pub const ACCEPTED_TTL: Duration = Duration::from_secs(60);
 pub const REFUSED_TTL: Duration = Duration::from_secs(5);
 /// Tokens remembered at most; the cache starts afresh beyond.
 const MAX_CACHED: usize = 1024;
+/// Reviews in flight at most: a flood of new tokens waits here instead of flooding the API
+/// server.
+pub const MAX_CONCURRENT_REVIEWS: usize = 16;
 
 /// `status.user.extra` key of the node a pod-bound token's pod runs on (Kubernetes 1.30+).
 pub const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
@@ -78,6 +81,7 @@ pub struct TokenReviewer {
     allowed: BTreeSet<String>,
     audiences: Vec<String>,
     cache: Mutex<HashMap<String, (Instant, Answer)>>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for TokenReviewer {
@@ -104,6 +108,7 @@ impl TokenReviewer {
             allowed: allowed.into_iter().collect(),
             audiences,
             cache: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(MAX_CONCURRENT_REVIEWS),
         }
     }
 
@@ -139,7 +144,10 @@ impl TokenReviewer {
                 return answer.clone();
             }
         }
-        let answer = self.ask(token).await.map(Arc::new);
+        let answer = match self.in_flight.acquire().await {
+            Ok(_permit) => self.ask(token).await.map(Arc::new),
+            Err(_) => Err(NotAccepted::Unreachable),
+        };
         let ttl = match answer {
             Ok(_) => ACCEPTED_TTL,
             Err(NotAccepted::Unreachable) => return answer,
