@@ -286,8 +286,12 @@ resp() { # a command as a RESP array of bulk strings
   printf '*%d\r\n' "$#"
   for a in "$@"; do printf '$%d\r\n%s\r\n' "${#a}" "$a"; done
 }
-{ resp SET visits:home 0; resp INCR visits:home; resp INCR visits:home; resp GET visits:home; } |
-  r --pipe | sed 's/^/    /'
+# From a file, so redis-cli reads all four at once and sends them in one write: read from a pipe
+# as the shell writes it, the first packet could hold only a piece of the first command, and a
+# veth sees only the first packet of a message.
+{ resp SET visits:home 0; resp INCR visits:home; resp INCR visits:home; resp GET visits:home; } \
+  >"$WORK/pipeline.resp"
+r --pipe <"$WORK/pipeline.resp" | sed 's/^/    /'
 
 echo "== PostgreSQL: psql, one connection, four statements (the last fails: no such table)"
 in_client env PGCONNECT_TIMEOUT=5 psql -X -h "$SERVER_IP" -p "$PG_PORT" -U postgres -d postgres \
