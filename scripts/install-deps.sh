@@ -10,14 +10,14 @@ PACKAGES=(
   gcc                                                 # the linker Rust uses, and mimalloc's C sources
   iproute2 bpftool                                    # namespaces, veths, tc; inspecting BPF objects
   nginx-light curl python3 jq                         # demo and test pods: real servers and clients
+  bsdextrautils                                       # column: the demo's tables
   stunnel4 openssl                                    # TLS tunnel between test pods (socket point tests); scripts/make-certs.sh
   tshark                                              # decoder oracle in tests
-  dnsmasq-base bind9-dnsutils                         # DNS server and client of the DNS tests (dnsmasq, dig)
+  dnsmasq-base bind9-dnsutils                         # DNS server and client of the DNS tests and the demo (dnsmasq, dig)
   python3-venv                                        # offline manifest validation tools (scripts/validate-manifests.sh)
-  dnsmasq-base                                        # a real DNS server in test pods (UDP capture)
-  redis-server                                        # live configuration tests, Redis decoding end to end (redis-cli)
-  postgresql postgresql-client                        # PostgreSQL decoding end to end (initdb/pg_ctl, psql, pgbench)
-  nghttp2-server nghttp2-client nghttp2-proxy         # HTTP/2 tests: nghttpd, nghttp, nghttpx (h2c, Upgrade)
+  redis-server                                        # live configuration tests, Redis decoding end to end and in the demo (redis-cli)
+  postgresql postgresql-client                        # PostgreSQL decoding end to end and in the demo (initdb/pg_ctl, psql, pgbench)
+  nghttp2-server nghttp2-client nghttp2-proxy         # HTTP/2 tests and demo: nghttpd, nghttp, nghttpx (h2c, Upgrade)
   mariadb-server mariadb-client                       # MySQL decoding end to end (mariadb-install-db, mariadbd, mariadb)
   python3-kafka python3-pip                           # Kafka client of the Kafka tests (kafka-python); fetching the broker below
   prometheus                                          # the Grafana dashboards' queries run against a real Prometheus; promtool

@@ -232,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
     // No flow ends in `open` mode: the greeting's flow table need not remember them.
     let sender = Sender::new(
         CaptureHop::new(&hello, 1),
-        CaptureConnector(channel),
+        CaptureConnector::new(channel),
         config,
     );
     let stats = sender.stats();

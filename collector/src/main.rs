@@ -11,13 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::RangedU64ValueParser;
 use clap::Parser;
+use clovisor_collector::decode::limits;
 use clovisor_collector::forward::Forwarder;
-use clovisor_collector::server::admission::{AdmissionConfig, ProbeIdentity, DEFAULT_NODE_SUFFIX};
+use clovisor_collector::server::admission::{
+    AdmissionConfig, ProbeIdentity, DEFAULT_NODE_SUFFIX, DEFAULT_PROBE_TOKEN_AUDIENCE,
+    DEFAULT_PROBE_TOKEN_IDENTITY,
+};
 use clovisor_collector::server::{CaptureService, ServiceConfig};
 use clovisor_collector::CollectorMetrics;
 use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_proto::tls::{self, TlsArgs, TlsStats};
+use clovisor_runtime::auth::token_review::TokenReviewer;
 use clovisor_runtime::process::{start, ServiceArgs};
 use clovisor_runtime::StopFlag;
 
@@ -39,12 +45,27 @@ struct Args {
     correlator: String,
     #[command(flatten)]
     tls: TlsArgs,
-    /// What a probe's client certificate must prove: `any` (none needed), `certificate` (one
-    /// signed by the CA; probe ids and nodes stay with the certificate that claimed them) or
-    /// `node` (its DNS names include the node, as `NODE` or `NODE.<suffix>`). Default:
-    /// `certificate` when TLS with a CA is configured, `any` otherwise.
+    /// What a probe must prove: `any` (nothing), `certificate` (a client certificate signed by
+    /// the CA; probe ids and nodes stay with the certificate that claimed them), `node` (the
+    /// certificate's DNS names include the node, as `NODE` or `NODE.<suffix>`) or `token` (a
+    /// certificate, and its pod's service account token for --probe-token-audience, which the
+    /// API server must vouch for as one of --probe-token-identities on the node the probe
+    /// claims). Default: `certificate` when TLS with a CA is configured, `any` otherwise.
     #[arg(long, env = "CLOVISOR_PROBE_IDENTITY")]
     probe_identity: Option<ProbeIdentity>,
+    /// Audience the probes' service account tokens must be minted for (`--probe-identity
+    /// token`; the probe's projected token volume names it).
+    #[arg(long, env = "CLOVISOR_PROBE_TOKEN_AUDIENCE", default_value = DEFAULT_PROBE_TOKEN_AUDIENCE)]
+    probe_token_audience: String,
+    /// Identities whose tokens may speak for a probe (`--probe-identity token`): user names
+    /// (`system:serviceaccount:NS:NAME`) or `group:NAME`, comma-separated.
+    #[arg(
+        long,
+        env = "CLOVISOR_PROBE_TOKEN_IDENTITIES",
+        value_delimiter = ',',
+        default_value = DEFAULT_PROBE_TOKEN_IDENTITY
+    )]
+    probe_token_identities: Vec<String>,
     /// DNS suffix of per-node probe certificates (`--probe-identity node`).
     #[arg(long, env = "CLOVISOR_PROBE_NODE_SUFFIX", default_value = DEFAULT_NODE_SUFFIX)]
     probe_node_suffix: String,
@@ -61,9 +82,43 @@ struct Args {
     /// `clovisor_collector_flows_evicted_total{reason="capacity"}`).
     #[arg(long, env = "CLOVISOR_MAX_FLOWS", default_value_t = 65_536)]
     max_flows: usize,
+    /// Endpoint metadata entries (pod addresses and Service addresses a probe announces) kept
+    /// per probe; beyond, new ones are dropped (`clovisor_collector_endpoints_dropped_total`).
+    #[arg(long, env = "CLOVISOR_MAX_ENDPOINTS_PER_PROBE", default_value_t = 65_536,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
+    max_endpoints_per_probe: usize,
     /// Decoded sessions queued for the correlator; when full, probes' streams are slowed down.
     #[arg(long, env = "CLOVISOR_SESSION_QUEUE", default_value_t = 4096)]
     session_queue: usize,
+    /// Bytes of a request target or database statement a session keeps at most; longer ones
+    /// are cut (`clovisor_collector_fields_truncated_total{field}`).
+    #[arg(long, env = "CLOVISOR_MAX_LONG_FIELD_BYTES", default_value_t = limits::MAX_LONG_FIELD_BYTES,
+        value_parser = RangedU64ValueParser::<usize>::new().range(16..=1 << 20))]
+    max_long_field_bytes: usize,
+    /// Bytes of every other string a session keeps from the wire at most (hosts, user agents,
+    /// header values, keys, messages, names).
+    #[arg(long, env = "CLOVISOR_MAX_FIELD_BYTES", default_value_t = limits::MAX_FIELD_BYTES,
+        value_parser = RangedU64ValueParser::<usize>::new().range(16..=1 << 20))]
+    max_field_bytes: usize,
+    /// Bytes of an attribute's or analyzer field's name at most.
+    #[arg(long, env = "CLOVISOR_MAX_ATTRIBUTE_NAME_BYTES", default_value_t = limits::MAX_ATTRIBUTE_NAME_BYTES,
+        value_parser = RangedU64ValueParser::<usize>::new().range(16..=65_536))]
+    max_attribute_name_bytes: usize,
+    /// Attributes one session carries at most; beyond, those whose names sort last are dropped
+    /// (`clovisor_collector_fields_truncated_total{field="attributes"}`).
+    #[arg(long, env = "CLOVISOR_MAX_ATTRIBUTES", default_value_t = limits::MAX_ATTRIBUTES,
+        value_parser = RangedU64ValueParser::<usize>::new().range(0..=65_536))]
+    max_attributes: usize,
+    /// Fields one analyzer result carries at most (`field="analyzer.fields"` when dropped).
+    #[arg(long, env = "CLOVISOR_MAX_ANALYZER_FIELDS", default_value_t = limits::MAX_ANALYZER_FIELDS,
+        value_parser = RangedU64ValueParser::<usize>::new().range(0..=65_536))]
+    max_analyzer_fields: usize,
+    /// Largest gRPC message decoded from a probe, in bytes (a probe's batches are 1 MiB at
+    /// most); a larger one ends its stream
+    /// (`clovisor_collector_probes_refused_total{reason="message_too_large"}`).
+    #[arg(long, env = "CLOVISOR_MAX_MESSAGE_BYTES", default_value_t = clovisor_proto::hops::MAX_MESSAGE_BYTES,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1 << 16..=64 << 20))]
+    max_message_bytes: usize,
     /// Milliseconds a decoded session waits for the other views its probe sent of the same
     /// exchange (the pod's veth and the socket of one connection), to leave as one session;
     /// 0 merges only the views of one batch.
@@ -74,6 +129,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before any metric is made: the families take their bounds when made.
+    args.service.limits.apply();
     let mut process = start(&args.service.log, Some(&args.service.redis))?;
     let metrics = Arc::new(CollectorMetrics::with_drops(process.drops.clone()));
     metrics.register(&mut process.registry);
@@ -82,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
     let token = args
         .service
         .api_token(&mut process.registry)
+        .await
         .context("API token")?;
     process.servers.require_token(token);
     let server_tls = args.tls.server(&tls_stats).context("TLS")?;
@@ -96,6 +154,34 @@ async fn main() -> anyhow::Result<()> {
             ProbeIdentity::Any
         },
     );
+    let token_review = if probe_identity == ProbeIdentity::Token {
+        if !server_tls
+            .as_ref()
+            .is_some_and(|t| t.requires_client_certificates())
+        {
+            anyhow::bail!("--probe-identity token needs TLS with a CA (probes' certificates, and a channel their tokens do not leak from)");
+        }
+        let identities: Vec<String> = args
+            .probe_token_identities
+            .iter()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect();
+        if identities.is_empty() || args.probe_token_audience.trim().is_empty() {
+            anyhow::bail!(
+                "--probe-identity token needs --probe-token-identities and --probe-token-audience"
+            );
+        }
+        let reviewer = TokenReviewer::from_environment(
+            identities,
+            vec![args.probe_token_audience.trim().to_owned()],
+        )
+        .await
+        .context("probes' token review")?;
+        Some(Arc::new(reviewer))
+    } else {
+        None
+    };
     if server_tls.is_none() && !args.grpc_listen.ip().is_loopback() {
         tracing::warn!(addr = %args.grpc_listen, "gRPC served without TLS: probes' records (payload prefixes with their headers) cross the network in clear and any peer can claim to be a probe");
     }
@@ -140,14 +226,24 @@ async fn main() -> anyhow::Result<()> {
     let service_config = ServiceConfig {
         admission: AdmissionConfig {
             identity: probe_identity,
+            token_review,
             node_suffix: args.probe_node_suffix.clone(),
             max_probes: args.max_probes,
             ..AdmissionConfig::default()
         },
         redact_query_keys: args.redact_query_keys.clone(),
         local_join_hold: std::time::Duration::from_millis(args.local_join_hold_ms),
+        field_limits: limits::FieldLimits {
+            long_field_bytes: args.max_long_field_bytes,
+            field_bytes: args.max_field_bytes,
+            attribute_name_bytes: args.max_attribute_name_bytes,
+            attributes: args.max_attributes,
+            analyzer_fields: args.max_analyzer_fields,
+        },
+        max_message_bytes: args.max_message_bytes,
         flows: clovisor_collector::flows::FlowTableConfig {
             max_flows: args.max_flows,
+            max_endpoints_per_probe: args.max_endpoints_per_probe,
             ..Default::default()
         },
         ..ServiceConfig::default()

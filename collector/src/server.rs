@@ -53,6 +53,10 @@ pub struct ServiceConfig {
     /// How long a session waits for the other views its probe sent of the same exchange
     /// ([`crate::local_join`]); zero merges within a batch only.
     pub local_join_hold: Duration,
+    /// What a session's strings and attribute maps are capped to as it leaves.
+    pub field_limits: crate::decode::limits::FieldLimits,
+    /// Largest probe message decoded (bytes).
+    pub max_message_bytes: usize,
 }
 
 impl Default for ServiceConfig {
@@ -63,6 +67,8 @@ impl Default for ServiceConfig {
             admission: AdmissionConfig::default(),
             redact_query_keys: Vec::new(),
             local_join_hold: crate::local_join::DEFAULT_HOLD,
+            field_limits: crate::decode::limits::FieldLimits::default(),
+            max_message_bytes: clovisor_proto::hops::MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -95,6 +101,8 @@ struct Inner {
     local_join_hold: Duration,
     admission: AdmissionConfig,
     query_redaction: Arc<clovisor_runtime::redact::QueryRedaction>,
+    field_limits: crate::decode::limits::FieldLimits,
+    max_message_bytes: usize,
     flusher: OnceLock<AbortOnDrop>,
     /// Sessions handed to `out` so far.
     sent: AtomicU64,
@@ -122,7 +130,9 @@ impl Inner {
         for s in sessions {
             redaction.apply(s);
             // After redaction: a cut must not leave half a credential-carrying key unmatched.
-            crate::decode::limits::cap_session(s, |field| self.metrics.field_truncated(field));
+            crate::decode::limits::cap_session(s, &self.field_limits, |field| {
+                self.metrics.field_truncated(field);
+            });
         }
     }
 
@@ -175,12 +185,33 @@ impl Inner {
         why.status()
     }
 
+    /// Counts a message refused for its size (`--max-message-bytes`; tonic ends the stream with
+    /// `out of range`) as `clovisor_collector_probes_refused_total{reason="message_too_large"}`.
+    /// Whether it was one.
+    fn count_oversized(&self, status: &Status) -> bool {
+        let oversized = status.code() == tonic::Code::OutOfRange;
+        if oversized {
+            self.metrics
+                .probes_refused
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "message_too_large",
+                })
+                .inc();
+        }
+        oversized
+    }
+
     /// Admits a probe's `Hello` from `peer` (see [`admission`]) and registers it; a new probe id
     /// for a known node makes its previous probe's state go.
-    fn hello(&self, hello: &Hello, peer: Option<&PeerIdentity>) -> Result<(), Refused> {
+    fn hello(
+        &self,
+        hello: &Hello,
+        peer: Option<&PeerIdentity>,
+        token_node: Option<&str>,
+    ) -> Result<(), Refused> {
         let owner = self
             .admission
-            .check_hello(&hello.probe_id, &hello.node, peer)?;
+            .check_hello(&hello.probe_id, &hello.node, peer, token_node)?;
         let mut st = self.lock();
         match st.owners.get(&hello.probe_id) {
             Some(o) if *o != owner => return Err(Refused::ProbeIdOwned),
@@ -321,6 +352,8 @@ impl CaptureService {
             query_redaction: Arc::new(clovisor_runtime::redact::QueryRedaction::new(
                 &config.redact_query_keys,
             )),
+            field_limits: config.field_limits,
+            max_message_bytes: config.max_message_bytes,
             flusher: OnceLock::new(),
             sent: AtomicU64::new(0),
             downstream: OnceLock::new(),
@@ -420,6 +453,10 @@ async fn run_stream(
             Some(Err(status)) => {
                 tracing::debug!(probe = %probe_id, error = %status, "probe stream ended");
                 let _ = stream.release().await;
+                if stream.inner.count_oversized(&status) {
+                    // The probe learns why (it would otherwise re-send the batch unaware).
+                    let _ = stream.tx.send(Err(status)).await;
+                }
                 return;
             }
         };
@@ -565,12 +602,22 @@ impl CaptureService {
     ) -> Result<Response<ReceiverStream<Result<CollectorMessage, Status>>>, Status> {
         self.inner.ensure_flusher();
         let peer = PeerIdentity::of(&request).cloned();
+        let token = bearer_token(request.metadata());
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let first = inbound.message().await.inspect_err(|status| {
+            self.inner.count_oversized(status);
+        })?;
+        let hello = match first {
             Some(Inbound::Hello(h)) => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
-        if let Err(why) = self.inner.hello(&hello, peer.as_ref()) {
+        let admitted = match self.inner.admission.verify_token(token.as_deref()).await {
+            Ok(token_node) => self
+                .inner
+                .hello(&hello, peer.as_ref(), token_node.as_deref()),
+            Err(why) => Err(why),
+        };
+        if let Err(why) = admitted {
             return Err(self.inner.refuse(why, &hello));
         }
         let (tx, rx) = mpsc::channel(32);
@@ -627,9 +674,10 @@ where
             );
         }
         let method = StreamMethod(self.service.clone());
+        let max = self.service.inner.max_message_bytes;
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(inbound::ProbeCodec)
-                .apply_max_message_size_config(Some(clovisor_proto::hops::MAX_MESSAGE_BYTES), None);
+                .apply_max_message_size_config(Some(max), None);
             Ok(grpc.streaming(method, req).await)
         })
     }
@@ -637,6 +685,12 @@ where
 
 /// The path of `Capture.Stream`.
 const STREAM_PATH: &str = "/clovisor.capture.v1.Capture/Stream";
+
+/// The token of the stream's `authorization: Bearer …` metadata.
+fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    clovisor_runtime::auth::bearer(value).map(str::to_owned)
+}
 
 pub mod admission;
 pub mod inbound;

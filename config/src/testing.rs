@@ -54,6 +54,18 @@ impl RedisServer {
         Self::launch(port, tempfile::tempdir()?, Some(password.to_owned()))
     }
 
+    /// Starts a server on a free port with `extra` configuration arguments (ACL `--user`
+    /// directives, …); [`RedisServer::url_as`] names a user.
+    pub fn start_with_args(extra: &[String]) -> Result<Self, ServerError> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::launch_full(port, tempfile::tempdir()?, None, None, extra)
+    }
+
+    /// `redis://USER:PASSWORD@127.0.0.1:<port>` (plaintext servers).
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
     /// Starts a server on `port`, its files in `dir` (persistence off).
     pub fn start_at(port: u16, dir: tempfile::TempDir) -> Result<Self, ServerError> {
         Self::launch(port, dir, None)
@@ -85,6 +97,16 @@ impl RedisServer {
         password: Option<String>,
         tls: Option<&ServerTls>,
     ) -> Result<Self, ServerError> {
+        Self::launch_full(port, dir, password, tls, &[])
+    }
+
+    fn launch_full(
+        port: u16,
+        dir: tempfile::TempDir,
+        password: Option<String>,
+        tls: Option<&ServerTls>,
+        extra: &[String],
+    ) -> Result<Self, ServerError> {
         let mut cmd = Command::new("redis-server");
         match tls {
             None => cmd.args(["--port", &port.to_string()]),
@@ -104,6 +126,7 @@ impl RedisServer {
         if let Some(pw) = &password {
             cmd.args(["--requirepass", pw]);
         }
+        cmd.args(extra);
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
         let server = Self {
             child,

@@ -33,6 +33,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before any metric is made: the families take their bounds when made.
+    args.service.limits.apply();
     let mut process = start(&args.service.log, Some(&args.service.redis))?;
     let config = Config::from_env().context("configuration")?;
     let tls_stats = TlsStats::default();
@@ -40,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let token = args
         .service
         .api_token(&mut process.registry)
+        .await
         .context("API token")?;
     let bearer_auth = token.is_some();
     process.servers.require_token(token);

@@ -34,7 +34,7 @@ use std::sync::{Mutex, OnceLock};
 
 use clovisor_proto::session::v1::Endpoint;
 use clovisor_runtime::drops::Drops;
-use clovisor_runtime::series::{BoundedFamily, SeriesHandle, MAX_LABEL_VALUE_BYTES, OVERFLOW};
+use clovisor_runtime::series::{max_label_value_bytes, BoundedFamily, SeriesHandle, OVERFLOW};
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::record::CorrelatedSession;
@@ -859,7 +859,7 @@ impl Metrics {
                 .unwrap_or_else(|p| p.into_inner());
             if names.contains(name) {
                 name.to_owned()
-            } else if names.len() < MAX_ANALYZER_LABELS && name.len() <= MAX_LABEL_VALUE_BYTES {
+            } else if names.len() < MAX_ANALYZER_LABELS && name.len() <= max_label_value_bytes() {
                 names.insert(name.to_owned());
                 name.to_owned()
             } else {

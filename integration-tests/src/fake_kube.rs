@@ -9,7 +9,11 @@
 //!   with an `ERROR` event carrying a 410 `Status` (`Expired`), which makes clients relist.
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews` answers a `TokenReview` as the API
 //!   server does: `status.authenticated` and `status.user` for the tokens the test registered
-//!   ([`FakeKube::add_token`]), `authenticated: false` with an error for any other.
+//!   ([`FakeKube::add_token`]), `authenticated: false` with an error for any other. A token
+//!   is valid for the audiences it was minted for ([`FakeKube::add_bound_token`]; by default
+//!   the API server's own, [`API_AUDIENCE`]): a review asking for others does not authenticate
+//!   it; `status.audiences` holds the ones in common and `status.user.extra` what the kubelet
+//!   binds a pod's token to (its pod's and node's names).
 //! - The test can cut every open watch stream ([`FakeKube::cut_watches`]), expire the
 //!   history ([`FakeKube::expire_history`]) and count the requests ([`FakeKube::requests`]).
 
@@ -61,9 +65,23 @@ struct Store {
     oldest: u64,
     /// (resource, "list" | "watch" | "create") → count.
     requests: BTreeMap<(String, &'static str), u32>,
-    /// Token → (user name, groups), for TokenReviews.
-    tokens: HashMap<String, (String, Vec<String>)>,
+    /// Token → whose it is, for TokenReviews.
+    tokens: HashMap<String, TokenInfo>,
 }
+
+/// What the fake API server knows of a token.
+#[derive(Debug, Clone)]
+struct TokenInfo {
+    user: String,
+    groups: Vec<String>,
+    /// Audiences the token was minted for.
+    audiences: Vec<String>,
+    /// `status.user.extra`.
+    extra: BTreeMap<String, Vec<String>>,
+}
+
+/// The audience of tokens not minted for another one, as the API server calls itself.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 
 #[derive(Clone)]
 struct Shared {
@@ -215,13 +233,37 @@ impl FakeKube {
     }
 
     /// Makes `token` authenticate as `user` in `groups` in TokenReviews.
+    /// The token is valid for the API server's own audience ([`API_AUDIENCE`]).
     pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        self.add_bound_token(token, user, groups, &[API_AUDIENCE], &[]);
+    }
+
+    /// Makes `token` authenticate as `user` in `groups` for the reviews asking for one of
+    /// `audiences`, with `extra` in its `status.user.extra` — as the kubelet's projected,
+    /// audience-bound token of a pod: `authentication.kubernetes.io/pod-name`, `node-name`, ….
+    pub fn add_bound_token(
+        &self,
+        token: &str,
+        user: &str,
+        groups: &[&str],
+        audiences: &[&str],
+        extra: &[(&str, &str)],
+    ) {
+        let mut extras: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in extra {
+            extras
+                .entry((*k).to_owned())
+                .or_default()
+                .push((*v).to_owned());
+        }
         self.shared.lock().tokens.insert(
             token.to_owned(),
-            (
-                user.to_owned(),
-                groups.iter().map(|g| (*g).to_owned()).collect(),
-            ),
+            TokenInfo {
+                user: user.to_owned(),
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+                extra: extras,
+            },
         );
     }
 
@@ -261,6 +303,14 @@ async fn token_review(AxumState(shared): AxumState<Shared>, body: axum::body::By
         .pointer("/spec/audiences")
         .cloned()
         .unwrap_or(json!([]));
+    // No audiences asked: the API server's own.
+    let wanted: Vec<String> = match audiences.as_array().map(Vec::as_slice) {
+        Some([]) | None => vec![API_AUDIENCE.to_owned()],
+        Some(list) => list
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect(),
+    };
     let found = {
         let mut store = shared.lock();
         *store
@@ -270,11 +320,23 @@ async fn token_review(AxumState(shared): AxumState<Shared>, body: axum::body::By
         store.tokens.get(token).cloned()
     };
     let status = match found {
-        Some((user, groups)) => json!({
-            "authenticated": true,
-            "user": {"username": user, "uid": "0000-fake", "groups": groups},
-            "audiences": audiences,
-        }),
+        Some(info) => {
+            let common: Vec<&String> = wanted
+                .iter()
+                .filter(|a| info.audiences.contains(a))
+                .collect();
+            if common.is_empty() {
+                // What the API server says of a token minted for another audience.
+                json!({"authenticated": false, "error": "[invalid bearer token, token audiences [...] is invalid for the target audiences [...]]"})
+            } else {
+                json!({
+                    "authenticated": true,
+                    "user": {"username": info.user, "uid": "0000-fake", "groups": info.groups,
+                        "extra": info.extra},
+                    "audiences": common,
+                })
+            }
+        }
         None => json!({"authenticated": false, "error": "invalid bearer token"}),
     };
     let answer = json!({

@@ -4,9 +4,27 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 use crate::{run, Pod, Proc};
+
+/// A CA and the components' certificates in `dir` (`ca.crt`, and `probe/`, `collector/`,
+/// `correlator/`, … each with `tls.crt`, `tls.key`, `ca.crt`), by `scripts/make-certs.sh`.
+pub fn make_certs(dir: &Path) -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-certs.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .context("running make-certs.sh")?;
+    if !out.status.success() {
+        bail!(
+            "make-certs.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
 
 /// A self-signed certificate and its key (`cert.pem`, `key.pem` in `dir`), for one day.
 pub fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf)> {

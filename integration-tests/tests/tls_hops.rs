@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::http_client::{http_get_with, http_status};
+use clovisor_integration_tests::tls::make_certs;
 use clovisor_integration_tests::{api, cargo_build, free_port, start_service, wait_for, Proc};
 use clovisor_proto::capture::v1::capture_client::CaptureClient;
 use clovisor_proto::capture::v1::{
@@ -22,23 +23,6 @@ use clovisor_proto::tls::{ClientTls, ClientTransport, TlsFiles, TlsStats};
 
 fn log_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("clovisor-tls-{name}-{}.log", std::process::id()))
-}
-
-/// A CA and the components' certificates in `dir`, by the project's script.
-fn make_certs(dir: &Path) -> Result<()> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-certs.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(dir)
-        .output()
-        .context("running make-certs.sh")?;
-    if !out.status.success() {
-        bail!(
-            "make-certs.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 fn message(index: u32, dir: Direction, payload: &[u8]) -> Record {

@@ -351,10 +351,65 @@ def env_value(c: dict[str, Any], name: str) -> str | None:
     return None
 
 
+# The collector's defaults for --probe-identity token (collector/src/server/admission.rs).
+DEFAULT_PROBE_TOKEN_AUDIENCE = "clovisor-collector"
+DEFAULT_PROBE_TOKEN_IDENTITIES = "system:serviceaccount:clovisor-probe:clovisor-probe"
+
+
+def reviewed_identities(c: dict[str, Any]) -> str | None:
+    """The identities whose Kubernetes tokens container `c` has the API server review: its HTTP
+    side's (CLOVISOR_API_ALLOWED_IDENTITIES) and, with CLOVISOR_PROBE_IDENTITY=token, the
+    probes' (CLOVISOR_PROBE_TOKEN_IDENTITIES); none when it reviews no token."""
+    found = [v for v in [env_value(c, "CLOVISOR_API_ALLOWED_IDENTITIES")] if v]
+    if env_value(c, "CLOVISOR_PROBE_IDENTITY") == "token":
+        found.append(env_value(c, "CLOVISOR_PROBE_TOKEN_IDENTITIES") or DEFAULT_PROBE_TOKEN_IDENTITIES)
+    return ",".join(found) or None
+
+
+def check_probe_tokens(objs: list[dict[str, Any]], report: Report) -> None:
+    """With a collector requiring probes' tokens (CLOVISOR_PROBE_IDENTITY=token), every container
+    presenting one (CLOVISOR_COLLECTOR_TOKEN_FILE) reads it from a projected service account
+    token minted for the collector's audience — never an empty audience or the API server's,
+    which would let the collector replay the token against the API server — and every probe
+    presents one."""
+    audiences = {
+        env_value(c, "CLOVISOR_PROBE_TOKEN_AUDIENCE") or DEFAULT_PROBE_TOKEN_AUDIENCE
+        for obj in objs
+        for _, c in containers(pod_spec(obj) or {})
+        if env_value(c, "CLOVISOR_PROBE_IDENTITY") == "token"
+    }
+    for obj in objs:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+        for _, c in containers(spec):
+            name = f"container {c.get('name')!r}"
+            path = env_value(c, "CLOVISOR_COLLECTOR_TOKEN_FILE")
+            image = str(c.get("image", "")).rsplit("/", 1)[-1].split(":")[0]
+            if not path:
+                if audiences and image == "probe":
+                    report.add(obj, f"{name}: the collector requires probes' tokens (CLOVISOR_PROBE_IDENTITY=token) but this probe sets no CLOVISOR_COLLECTOR_TOKEN_FILE")
+                continue
+            directory, _, file = path.rpartition("/")
+            mount = next((m for m in c.get("volumeMounts") or [] if m.get("mountPath", "").rstrip("/") == directory), None)
+            sources = ((volumes.get((mount or {}).get("name")) or {}).get("projected") or {}).get("sources") or []
+            token = next((s["serviceAccountToken"] for s in sources if (s.get("serviceAccountToken") or {}).get("path") == file), None)
+            if token is None:
+                report.add(obj, f"{name}: CLOVISOR_COLLECTOR_TOKEN_FILE {path} is not a projected serviceAccountToken mounted there")
+                continue
+            audience = token.get("audience") or ""
+            if not audience or audience.startswith("https://kubernetes.default"):
+                report.add(obj, f"{name}: the token for the collector must be bound to the collector's audience, not {audience or 'the API server'}'s")
+            elif audiences and audience not in audiences:
+                report.add(obj, f"{name}: token audience {audience!r} is not the collector's ({sorted(audiences)})")
+
+
 def check_token_review(objs: list[dict[str, Any]], report: Report) -> None:
-    """A container that accepts Kubernetes tokens (CLOVISOR_API_ALLOWED_IDENTITIES) has its
-    service account's token mounted and that account may create tokenreviews; a service account
-    it admits from a namespace of this rendering exists."""
+    """A container that accepts Kubernetes tokens (CLOVISOR_API_ALLOWED_IDENTITIES, or probes'
+    with CLOVISOR_PROBE_IDENTITY=token) has its service account's token mounted and that account
+    may create tokenreviews; a service account it admits from a namespace of this rendering
+    exists."""
     accounts = {
         ((o.get("metadata") or {}).get("namespace"), (o.get("metadata") or {}).get("name")): o
         for o in objs if o.get("kind") == "ServiceAccount"
@@ -384,7 +439,7 @@ def check_token_review(objs: list[dict[str, Any]], report: Report) -> None:
         ns = (obj.get("metadata") or {}).get("namespace")
         sa = spec.get("serviceAccountName", "default")
         for _, c in containers(spec):
-            value = env_value(c, "CLOVISOR_API_ALLOWED_IDENTITIES")
+            value = reviewed_identities(c)
             if not value:
                 continue
             name = f"container {c.get('name')!r}"
@@ -415,9 +470,10 @@ def check_redis_tls(objs: list[dict[str, Any]], report: Report) -> None:
                 flags = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
                 if flags.get("--port") != "0":
                     report.add(obj, f"{name}: Redis must not listen in plaintext (--port 0)")
-                for flag in ("--tls-port", "--tls-cert-file", "--tls-key-file", "--requirepass"):
+                for flag in ("--tls-port", "--tls-cert-file", "--tls-key-file"):
                     if not flags.get(flag):
                         report.add(obj, f"{name}: Redis without {flag}")
+                check_redis_users(obj, name, args, bool(flags.get("--requirepass")), report)
             url = env_value(c, "CLOVISOR_REDIS")
             if url is None:
                 continue
@@ -425,6 +481,45 @@ def check_redis_tls(objs: list[dict[str, Any]], report: Report) -> None:
                 report.add(obj, f"{name}: CLOVISOR_REDIS is not rediss:// (TLS)")
             elif not env_value(c, "CLOVISOR_REDIS_CA"):
                 report.add(obj, f"{name}: rediss:// without CLOVISOR_REDIS_CA (the clovisor CA, not the system roots)")
+
+
+def redis_users(args: list[str]) -> list[list[str]]:
+    """The `--user NAME RULE...` directives of a redis-server command line."""
+    users: list[list[str]] = []
+    current: list[str] | None = None
+    for a in args:
+        if a.startswith("--"):
+            current = [] if a == "--user" else None
+            if current is not None:
+                users.append(current)
+        elif current is not None:
+            current.append(a)
+    return users
+
+
+def check_redis_users(obj: dict[str, Any], name: str, args: list[str], requirepass: bool, report: Report) -> None:
+    """Redis admits no one without a password: either --requirepass, or ACL users with the
+    default user off, every user that is on holding a password (`>...` or `#hash`) and none
+    `nopass`; at most one user may write (no component needs to)."""
+    users = redis_users(args)
+    if not users:
+        if not requirepass:
+            report.add(obj, f"{name}: Redis without --requirepass or ACL users (--user)")
+        return
+    default = next((u for u in users if u[:1] == ["default"]), None)
+    if default is None or "off" not in default or "on" in default:
+        report.add(obj, f"{name}: Redis ACL users, but the default user is not off (--user default off)")
+    writers = []
+    for u in users:
+        user = u[0] if u else "?"
+        if "nopass" in u:
+            report.add(obj, f"{name}: Redis user {user} is nopass")
+        if "on" in u and not any(r.startswith((">", "#")) for r in u[1:]):
+            report.add(obj, f"{name}: Redis user {user} is on without a password")
+        if "on" in u and any(r in ("+@all", "allcommands", "+@write") for r in u[1:]):
+            writers.append(user)
+    if len(writers) > 1:
+        report.add(obj, f"{name}: Redis users {writers} may all write; only the operator's should")
 
 
 def check_otlp_allow_list(obj: dict[str, Any], spec: dict[str, Any], report: Report) -> None:
@@ -586,6 +681,7 @@ def check(objs: list[dict[str, Any]], forbid_privileged: bool, config_doc: str |
     check_pod_security(objs, report)
     check_cross_namespace(objs, report)
     check_token_review(objs, report)
+    check_probe_tokens(objs, report)
     check_redis_tls(objs, report)
     return report.violations
 

@@ -364,6 +364,55 @@ class TokenReviewTest(unittest.TestCase):
                 self.assertTrue(any(fragment in v for v in found), f"expected {fragment!r}, saw {found}")
 
 
+def probe_token_objects(audience: str | None, path: str = "token", with_file: bool = True) -> list[dict[str, Any]]:
+    """A collector requiring probes' tokens, and a probe presenting one from a projected
+    token volume with `audience` (none: no audience) at `path`."""
+    objs = token_review_objects("system:serviceaccount:clovisor:cli")
+    collector = objs[1]
+    container(collector)["env"].append({"name": "CLOVISOR_PROBE_IDENTITY", "value": "token"})
+    objs.append(service_account("clovisor-probe", "clovisor-probe"))
+    probe = good_deployment()
+    spec = probe["spec"]["template"]["spec"]
+    container(probe)["image"] = "clovisor/probe"
+    if with_file:
+        container(probe)["env"].append({"name": "CLOVISOR_COLLECTOR_TOKEN_FILE", "value": "/var/run/secrets/c/token"})
+    container(probe).setdefault("volumeMounts", []).append({"name": "ct", "mountPath": "/var/run/secrets/c", "readOnly": True})
+    source: dict[str, Any] = {"path": path, "expirationSeconds": 3600}
+    if audience is not None:
+        source["audience"] = audience
+    spec.setdefault("volumes", []).append({"name": "ct", "projected": {"sources": [{"serviceAccountToken": source}]}})
+    return objs + [probe]
+
+
+class ProbeTokenTest(unittest.TestCase):
+    DOC = TokenReviewTest.DOC + "`CLOVISOR_PROBE_IDENTITY` `CLOVISOR_COLLECTOR_TOKEN_FILE`"
+
+    def found(self, objs: list[dict[str, Any]]) -> list[str]:
+        return [v for v in policy.check(objs, True, self.DOC) if "token" in v.lower() or "TokenReview" in v]
+
+    def test_a_probe_token_for_the_collectors_audience_passes(self) -> None:
+        self.assertEqual(self.found(probe_token_objects("clovisor-collector")), [])
+
+    def test_each_wrong_token_is_caught(self) -> None:
+        cases = [
+            (probe_token_objects(None), "not the API server's"),
+            (probe_token_objects("https://kubernetes.default.svc.cluster.local"), "bound to the collector's audience"),
+            (probe_token_objects("someone-else"), "is not the collector's"),
+            (probe_token_objects("clovisor-collector", path="other"), "is not a projected serviceAccountToken"),
+            (probe_token_objects("clovisor-collector", with_file=False), "sets no CLOVISOR_COLLECTOR_TOKEN_FILE"),
+        ]
+        for objs, fragment in cases:
+            with self.subTest(fragment=fragment):
+                found = self.found(objs)
+                self.assertTrue(any(fragment in v for v in found), f"expected {fragment!r}, saw {found}")
+
+    def test_the_collectors_review_needs_its_role(self) -> None:
+        objs = probe_token_objects("clovisor-collector")
+        container(objs[1])["env"] = [e for e in container(objs[1])["env"] if e["name"] != "CLOVISOR_API_ALLOWED_IDENTITIES"]
+        objs = [o for o in objs if o.get("kind") != "ClusterRoleBinding"]
+        self.assertTrue(any("bound to no ClusterRole" in v for v in self.found(objs)), self.found(objs))
+
+
 class RedisTlsTest(unittest.TestCase):
     DOC = DOC + "`CLOVISOR_REDIS` `CLOVISOR_REDIS_CA`"
 
@@ -383,6 +432,12 @@ class RedisTlsTest(unittest.TestCase):
 
     TLS_ARGS = ["--port", "0", "--tls-port", "6379", "--tls-cert-file", "c", "--tls-key-file", "k", "--requirepass", "p"]
 
+    DEFAULT_OFF = ["--user", "default", "off", "-@all"]
+
+    def test_acl_users_with_passwords_and_the_default_off_pass(self) -> None:
+        users = ["--user", "reader", "on", ">r", "%R~k*", "-@all", "+get", "--user", "admin", "on", ">a", "~k*", "+@all"]
+        self.assertEqual(self.found(self.server(self.TLS_ARGS[:-2] + self.DEFAULT_OFF + users)), [])
+
     def test_tls_on_both_ends_passes(self) -> None:
         self.assertEqual(self.found(self.client({"CLOVISOR_REDIS": "rediss://:p@redis:6379", "CLOVISOR_REDIS_CA": "/ca"})), [])
         self.assertEqual(self.found(self.server(self.TLS_ARGS)), [])
@@ -393,7 +448,11 @@ class RedisTlsTest(unittest.TestCase):
             (self.client({"CLOVISOR_REDIS": "rediss://:p@redis:6379"}), "without CLOVISOR_REDIS_CA"),
             (self.server(["--tls-port", "6379", "--tls-cert-file", "c", "--tls-key-file", "k", "--requirepass", "p"]), "--port 0"),
             (self.server(["--port", "0", "--tls-cert-file", "c", "--tls-key-file", "k", "--requirepass", "p"]), "without --tls-port"),
-            (self.server(self.TLS_ARGS[:-2]), "without --requirepass"),
+            (self.server(self.TLS_ARGS[:-2]), "without --requirepass or ACL users"),
+            (self.server(self.TLS_ARGS[:-2] + ["--user", "r", "on", ">pw", "+get"]), "default user is not off"),
+            (self.server(self.TLS_ARGS[:-2] + self.DEFAULT_OFF + ["--user", "r", "on", "nopass", "+get"]), "is nopass"),
+            (self.server(self.TLS_ARGS[:-2] + self.DEFAULT_OFF + ["--user", "r", "on", "+get"]), "is on without a password"),
+            (self.server(self.TLS_ARGS[:-2] + self.DEFAULT_OFF + ["--user", "a", "on", ">x", "+@all", "--user", "b", "on", ">y", "+@write"]), "may all write"),
         ]
         for d, fragment in cases:
             with self.subTest(fragment=fragment):

@@ -45,6 +45,9 @@ pub struct AgentConfig {
     pub record_queue: usize,
     /// What `/readyz` checks, kept true by the agent.
     pub health: ProbeHealth,
+    /// The service account token presented to the collector on every stream (the collector's
+    /// `--probe-identity token`); none: no token.
+    pub collector_token_file: Option<std::path::PathBuf>,
 }
 
 /// The probe's readiness: each flag is kept up to date by the part that knows.
@@ -136,7 +139,13 @@ pub async fn run(
     let max_flows = usize::try_from(config.capture.max_connections)
         .unwrap_or(usize::MAX)
         .saturating_mul(2);
-    let uplink = Uplink::new(&identity, collector, config.delivery.clone(), max_flows);
+    let uplink = Uplink::new(
+        &identity,
+        collector,
+        config.delivery.clone(),
+        max_flows,
+        config.collector_token_file.clone(),
+    );
     let uplink_stats = uplink.stats();
     // The uplink ends once every record sender is gone and what it holds is delivered.
     let uplink = tokio::spawn(uplink.run(records_rx, std::future::pending()));

@@ -181,6 +181,7 @@ impl ProbeArgs {
             delivery: crate::uplink::delivery_config(),
             record_queue: usize::try_from(self.record_queue).unwrap_or(usize::MAX),
             health,
+            collector_token_file: None,
         }
     }
 }

@@ -30,6 +30,12 @@ struct Args {
         default_value = "https://clovisor-collector.clovisor.svc:50051"
     )]
     collector: String,
+    /// File holding the token presented to the collector on every stream (`authorization:
+    /// Bearer`): in a cluster, the pod's projected service account token minted for the
+    /// collector's audience, which proves the node this probe runs on (the collector's
+    /// `--probe-identity token`). Re-read at every connect.
+    #[arg(long, env = "CLOVISOR_COLLECTOR_TOKEN_FILE")]
+    collector_token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -41,6 +47,8 @@ struct Args {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before any metric is made: the families take their bounds when made.
+    args.service.limits.apply();
     let mut process = start(&args.service.log, Some(&args.service.redis))?;
     let metrics = Arc::new(ProbeMetrics::new(process.drops.clone()));
     metrics.register(&mut process.registry);
@@ -49,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let token = args
         .service
         .api_token(&mut process.registry)
+        .await
         .context("API token")?;
     process.servers.require_token(token);
     // Checked before anything is attached: a bad URL or certificate fails at start.
@@ -58,7 +67,8 @@ async fn main() -> anyhow::Result<()> {
         .context("TLS")?
         .lazy_channel(&args.collector)
         .context("collector URL")?;
-    let config = args.probe.agent_config();
+    let mut config = args.probe.agent_config();
+    config.collector_token_file = args.collector_token_file.clone();
     config.health.register(&process.readiness, &config.targets);
     // The probe's own status (`GET /api/v1/probe`) and readiness beside its metrics.
     let router = clovisor_runtime::metrics_router(Arc::new(process.registry))

@@ -133,13 +133,17 @@ impl BearerToken {
 
 /// The token of an `Authorization: Bearer <token>` header.
 fn presented(authorization: Option<&HeaderValue>) -> Option<&str> {
-    authorization
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+    authorization.and_then(|v| v.to_str().ok()).and_then(bearer)
+}
+
+/// The token of an `Authorization` value `Bearer <token>` (HTTP header or gRPC metadata);
+/// none for another scheme or an empty token.
+pub fn bearer(value: &str) -> Option<&str> {
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 async fn check(State(token): State<BearerToken>, request: Request, next: Next) -> Response {

@@ -129,6 +129,11 @@ impl Drops {
     /// do it once per registry.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
+            "clovisor_metric_label_values_folded",
+            "Label values from outside the process read `other` because their label had its most distinct values (--max-label-values) or the value was too long (--max-label-value-bytes)",
+            crate::workloads::label_values_folded(),
+        );
+        registry.register(
             "clovisor_metric_series_overflow",
             "Observations folded into a metric family's overflow series because the family held its most series",
             self.series_overflow.clone(),

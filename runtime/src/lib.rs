@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 pub mod auth;
 pub mod drops;
 pub mod health;
+pub mod limits;
 pub mod process;
 pub mod process_metrics;
 pub mod redact;
@@ -45,8 +46,9 @@ pub enum Error {
         #[source]
         source: clovisor_config::Error,
     },
-    /// TokenReview was asked for outside a cluster (no in-cluster API server configuration).
-    #[error("TokenReview (--api-allowed-identities) needs the in-cluster API server: {why}")]
+    /// TokenReview was asked for with no API server to ask (neither a kubeconfig nor the
+    /// in-cluster configuration).
+    #[error("TokenReview needs an API server (in cluster, or KUBECONFIG): {why}")]
     TokenReview {
         /// Why the client could not be configured.
         why: String,

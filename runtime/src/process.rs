@@ -44,6 +44,9 @@ pub struct ServiceArgs {
     /// `group:NAME`, comma-separated. None: no TokenReview. Works beside --api-token-file.
     #[arg(long, env = ENV_API_ALLOWED_IDENTITIES, value_delimiter = ',')]
     pub api_allowed_identities: Vec<String>,
+    /// Bounds on metric series and label values from outside the process.
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
 }
 
 /// Environment variable of `--api-allowed-identities`.
@@ -52,8 +55,12 @@ pub const ENV_API_ALLOWED_IDENTITIES: &str = "CLOVISOR_API_ALLOWED_IDENTITIES";
 impl ServiceArgs {
     /// What the HTTP side accepts: the token `--api-token-file` names and/or, with
     /// `--api-allowed-identities`, tokens the in-cluster API server vouches for (counted in
-    /// `registry`). Must be called inside a Tokio runtime.
-    pub fn api_token(&self, registry: &mut Registry) -> Result<Option<crate::auth::BearerToken>> {
+    /// `registry`). The API server is the in-cluster one, or `KUBECONFIG`'s. Must be called
+    /// inside a Tokio runtime.
+    pub async fn api_token(
+        &self,
+        registry: &mut Registry,
+    ) -> Result<Option<crate::auth::BearerToken>> {
         let identities: Vec<String> = self
             .api_allowed_identities
             .iter()
@@ -63,12 +70,9 @@ impl ServiceArgs {
         if identities.is_empty() {
             return api_token(self.api_token_file.as_deref(), registry);
         }
-        let config =
-            kube::Config::incluster().map_err(|e| Error::TokenReview { why: e.to_string() })?;
-        let client = kube::Client::try_from(config)
-            .map_err(|e| Error::TokenReview { why: e.to_string() })?;
         let reviewer =
-            crate::auth::token_review::TokenReviewer::new(client, identities, Vec::new());
+            crate::auth::token_review::TokenReviewer::from_environment(identities, Vec::new())
+                .await?;
         let token = match &self.api_token_file {
             Some(file) => crate::auth::BearerToken::from_file(file)?.with_review(reviewer),
             None => crate::auth::BearerToken::review_only(reviewer),

@@ -12,19 +12,46 @@
 //! family's read lock and no allocation, as before.
 
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 
-/// Series a bounded family holds at most, its overflow series included.
+/// Series a bounded family holds at most, its overflow series included, unless the process set
+/// another bound ([`set_max_series_per_family`], `--max-series-per-family`).
 pub const MAX_SERIES_PER_FAMILY: usize = 10_000;
+
+static SERIES_LIMIT: AtomicUsize = AtomicUsize::new(MAX_SERIES_PER_FAMILY);
+static LABEL_VALUE_BYTES_LIMIT: AtomicUsize = AtomicUsize::new(MAX_LABEL_VALUE_BYTES);
+
+/// The series bound of families made from now on (at least 2: one series and the overflow).
+pub fn max_series_per_family() -> usize {
+    SERIES_LIMIT.load(Ordering::Relaxed)
+}
+
+/// Sets the series bound of the families made from now on (at least 2); call it at start,
+/// before any metric is made.
+pub fn set_max_series_per_family(limit: usize) {
+    SERIES_LIMIT.store(limit.max(2), Ordering::Relaxed);
+}
+
+/// Bytes a label value from outside the process may have (default [`MAX_LABEL_VALUE_BYTES`]).
+pub fn max_label_value_bytes() -> usize {
+    LABEL_VALUE_BYTES_LIMIT.load(Ordering::Relaxed)
+}
+
+/// Sets [`max_label_value_bytes`] (at least 1); call it at start.
+pub fn set_max_label_value_bytes(limit: usize) {
+    LABEL_VALUE_BYTES_LIMIT.store(limit.max(1), Ordering::Relaxed);
+}
 
 /// Label value of the overflow series' free labels.
 pub const OVERFLOW: &str = "overflow";
 
-/// Bytes a label value from outside the process may have; longer values are not admitted
-/// ([`crate::workloads::LabelCap`] reads them `other`). Kubernetes names are at most 253.
+/// Bytes a label value from outside the process may have by default ([`max_label_value_bytes`]);
+/// longer values are not admitted ([`crate::workloads::LabelCap`] reads them `other`).
+/// Kubernetes names are at most 253.
 pub const MAX_LABEL_VALUE_BYTES: usize = 253;
 
 /// One series of a [`BoundedFamily`], to keep and count into.
@@ -58,7 +85,7 @@ struct Created {
     overflow: bool,
 }
 
-/// A metric family holding at most [`MAX_SERIES_PER_FAMILY`] series.
+/// A metric family holding at most [`max_series_per_family`] series (as it was when made).
 #[derive(Debug)]
 pub struct BoundedFamily<S, M, C = fn() -> M> {
     family: Family<S, M, C>,
@@ -83,7 +110,7 @@ where
             family,
             overflow,
             folded,
-            limit: MAX_SERIES_PER_FAMILY,
+            limit: max_series_per_family(),
             created: Mutex::default(),
         }
     }

@@ -1,49 +1,92 @@
 //! Bounded workload labels, shared by the flow metrics of the collector (connections, RTT) and
 //! the correlator (exchanges, bytes, retransmits), so both name a pair of workloads alike.
 //!
-//! Namespaces and workloads are free-form: each is capped at [`MAX_LABEL_VALUES`] distinct values
-//! for the life of the process, beyond which new values read `other`; a value longer than
-//! [`MAX_LABEL_VALUE_BYTES`] reads `other` too; an empty value reads `unknown`; an end that is
+//! Namespaces and workloads are free-form: each is capped at [`max_label_values`] distinct
+//! values (default [`MAX_LABEL_VALUES`]) for the life of the process, beyond which new values
+//! read `other`; a value longer than [`crate::series::max_label_value_bytes`] (default
+//! [`MAX_LABEL_VALUE_BYTES`]) reads `other` too — each counted in
+//! `clovisor_metric_label_values_folded_total`; an empty value reads `unknown`; an end that is
 //! not a monitored pod reads [`OUTSIDE`]. The families these labels go into are bounded in
 //! series as well ([`crate::series`]).
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 
 pub use crate::series::MAX_LABEL_VALUE_BYTES;
 
 /// Label value of a flow's end that is not a monitored pod.
 pub const OUTSIDE: &str = "outside";
 
-/// Distinct values a free-form label (`namespace`, `workload`) may take.
+/// Distinct values a free-form label (`namespace`, `workload`) may take by default
+/// ([`max_label_values`], `--max-label-values`).
 pub const MAX_LABEL_VALUES: usize = 1000;
 
+static LABEL_VALUES_LIMIT: AtomicUsize = AtomicUsize::new(MAX_LABEL_VALUES);
+
+/// Values read `other` because their label had its most distinct values or the value was too
+/// long: `clovisor_metric_label_values_folded_total` (registered with the loss accounting).
+static FOLDED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Distinct values a free-form label may take in caps made from now on.
+pub fn max_label_values() -> usize {
+    LABEL_VALUES_LIMIT.load(Ordering::Relaxed)
+}
+
+/// Sets [`max_label_values`] (at least 1); call it at start, before any metric is made.
+pub fn set_max_label_values(limit: usize) {
+    LABEL_VALUES_LIMIT.store(limit.max(1), Ordering::Relaxed);
+}
+
+/// The process's count of label values read `other` (see [`LabelCap::admit`]).
+pub fn label_values_folded() -> Counter {
+    FOLDED.clone()
+}
+
 /// Caps the distinct values of one label.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LabelCap {
     seen: Mutex<HashSet<String>>,
+    limit: usize,
+    value_bytes: usize,
+}
+
+impl Default for LabelCap {
+    /// A cap at the process's limits as they are now ([`max_label_values`],
+    /// [`crate::series::max_label_value_bytes`]).
+    fn default() -> Self {
+        Self {
+            seen: Mutex::default(),
+            limit: max_label_values(),
+            value_bytes: crate::series::max_label_value_bytes(),
+        }
+    }
 }
 
 impl LabelCap {
-    /// `value` while fewer than [`MAX_LABEL_VALUES`] were seen (or it was seen before), else
-    /// `other`; `other` too when longer than [`MAX_LABEL_VALUE_BYTES`]; `unknown` when empty.
+    /// `value` while fewer than the cap's most values were seen (or it was seen before), else
+    /// `other`; `other` too when longer than its most bytes; `unknown` when empty. Every
+    /// `other` is counted ([`label_values_folded`]).
     pub fn admit(&self, value: &str) -> String {
         if value.is_empty() {
             return "unknown".to_owned();
         }
-        if value.len() > MAX_LABEL_VALUE_BYTES {
+        if value.len() > self.value_bytes {
+            FOLDED.inc();
             return "other".to_owned();
         }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.contains(value) {
             return value.to_owned();
         }
-        if seen.len() < MAX_LABEL_VALUES {
+        if seen.len() < self.limit {
             seen.insert(value.to_owned());
             return value.to_owned();
         }
+        FOLDED.inc();
         "other".to_owned()
     }
 }

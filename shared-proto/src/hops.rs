@@ -440,25 +440,81 @@ impl<D: prost::Message + Default + Send + 'static> Codec for Encoded<D> {
     }
 }
 
-/// Opens `Capture.Stream` on a channel.
+/// Opens `Capture.Stream` on a channel, presenting the probe's service account token when one
+/// is configured ([`CaptureConnector::with_token_file`]).
 #[derive(Debug, Clone)]
-pub struct CaptureConnector(pub Channel);
+pub struct CaptureConnector {
+    channel: Channel,
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl CaptureConnector {
+    /// Streams over `channel`, with no token.
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            channel,
+            token_file: None,
+        }
+    }
+
+    /// Sends the token in `path` as `authorization: Bearer …` metadata of every stream. The
+    /// file is read at each (re)connect, so the kubelet's rotation of a projected token applies
+    /// on the next stream; one that cannot be read fails the attempt (retried with backoff).
+    pub fn with_token_file(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.token_file = path;
+        self
+    }
+}
 
 impl Connector<CaptureHop> for CaptureConnector {
     fn open(
         &mut self,
         outbound: ReceiverStream<Bytes>,
     ) -> Pin<Box<dyn Future<Output = Result<Inbound<CaptureHop>, tonic::Status>> + Send + '_>> {
-        let channel = self.0.clone();
+        let channel = self.channel.clone();
+        let token_file = self.token_file.clone();
         Box::pin(async move {
-            open_raw::<capture::CollectorMessage>(
+            let mut request = tonic::Request::new(outbound);
+            if let Some(path) = token_file {
+                let value = bearer_metadata(&path).await?;
+                request.metadata_mut().insert("authorization", value);
+            }
+            open_request::<capture::CollectorMessage>(
                 channel,
                 "/clovisor.capture.v1.Capture/Stream",
-                outbound,
+                request,
             )
             .await
         })
     }
+}
+
+/// `Bearer <the token in path>`, marked sensitive (never logged by the HTTP/2 stack).
+async fn bearer_metadata(
+    path: &std::path::Path,
+) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, tonic::Status> {
+    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+        tonic::Status::failed_precondition(format!(
+            "token file {} not readable: {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(tonic::Status::failed_precondition(format!(
+            "token file {} is empty",
+            path.display()
+        )));
+    }
+    let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {token}").parse().map_err(|_| {
+            tonic::Status::failed_precondition(format!(
+                "token file {} holds no valid header value",
+                path.display()
+            ))
+        })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Opens `SessionIngest.Push` on a channel.
@@ -489,13 +545,22 @@ async fn open_raw<D: prost::Message + Default + Send + Sync + 'static>(
     path: &'static str,
     outbound: ReceiverStream<Bytes>,
 ) -> Result<Pin<Box<dyn futures::Stream<Item = Result<D, tonic::Status>> + Send>>, tonic::Status> {
+    open_request(channel, path, tonic::Request::new(outbound)).await
+}
+
+/// [`open_raw`] with a request carrying metadata.
+async fn open_request<D: prost::Message + Default + Send + Sync + 'static>(
+    channel: Channel,
+    path: &'static str,
+    request: tonic::Request<ReceiverStream<Bytes>>,
+) -> Result<Pin<Box<dyn futures::Stream<Item = Result<D, tonic::Status>> + Send>>, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(format!("not ready: {e}")))?;
     let inbound = grpc
         .streaming(
-            tonic::Request::new(outbound),
+            request,
             tonic::codegen::http::uri::PathAndQuery::from_static(path),
             Encoded::<D>::default(),
         )

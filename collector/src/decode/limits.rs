@@ -6,9 +6,14 @@
 //! carry up to the gRPC message limit (4 MiB), and a decoder copies what it reads: one request
 //! target, Redis key or SQL statement of megabytes would be stored by the correlator, exported in
 //! every span and listed by the REST API. Every free-form string field is therefore cut to a
-//! documented limit ([`FIELD_LIMITS`]); a cut value ends with [`TRUNCATION_MARK`] (the result,
-//! mark included, is at most the limit) and is counted in
+//! documented limit ([`FIELD_LIMITS`], sized by [`FieldLimits`]: `--max-field-bytes`,
+//! `--max-long-field-bytes`, `--max-attribute-name-bytes`); a cut value ends with
+//! [`TRUNCATION_MARK`] (the result, mark included, is at most the limit) and is counted in
 //! `clovisor_collector_fields_truncated_total{field}`. Cuts fall on character boundaries.
+//!
+//! The attributes a session carries, and an analyzer's fields, are capped in number too
+//! (`--max-attributes`, `--max-analyzer-fields`): beyond, the entries whose names sort last are
+//! dropped, each counted under `field="attributes"` or `field="analyzer.fields"`.
 
 use std::collections::HashMap;
 
@@ -17,50 +22,118 @@ use clovisor_proto::session::v1::Session;
 /// What a cut value ends with.
 pub const TRUNCATION_MARK: &str = "…";
 
-/// Bytes of a request target or a database statement at most (the common 8 KiB of HTTP
+/// Default bytes of a request target or a database statement at most (the common 8 KiB of HTTP
 /// servers' request-line limits).
 pub const MAX_LONG_FIELD_BYTES: usize = 8192;
-/// Bytes of any other kept string at most: names, header values, keys, messages.
+/// Default bytes of any other kept string at most: names, header values, keys, messages.
 pub const MAX_FIELD_BYTES: usize = 1024;
-/// Bytes of an attribute's (or analyzer field's) name at most.
+/// Default bytes of an attribute's (or analyzer field's) name at most.
 pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 256;
+/// Default attributes one session carries at most.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Default fields one analyzer result carries at most.
+pub const MAX_ANALYZER_FIELDS: usize = 64;
 
-/// `(field label, limit)` of every capped field, as `clovisor_collector_fields_truncated_total`
-/// names them.
-pub const FIELD_LIMITS: [(&str, usize); 33] = [
-    ("http.method", MAX_FIELD_BYTES),
-    ("http.target", MAX_LONG_FIELD_BYTES),
-    ("http.host", MAX_FIELD_BYTES),
-    ("http.user_agent", MAX_FIELD_BYTES),
-    ("http.version", MAX_FIELD_BYTES),
-    ("http.request_id", MAX_FIELD_BYTES),
-    ("http.envoy_decorator", MAX_FIELD_BYTES),
-    ("http.reason", MAX_FIELD_BYTES),
-    ("trace.tracestate", MAX_FIELD_BYTES),
-    ("grpc.service", MAX_FIELD_BYTES),
-    ("grpc.method", MAX_FIELD_BYTES),
-    ("grpc.message", MAX_FIELD_BYTES),
-    ("dns.question_name", MAX_FIELD_BYTES),
-    ("db.system", MAX_FIELD_BYTES),
-    ("db.operation", MAX_FIELD_BYTES),
-    ("db.statement", MAX_LONG_FIELD_BYTES),
-    ("db.key", MAX_FIELD_BYTES),
-    ("db.namespace", MAX_FIELD_BYTES),
-    ("db.user", MAX_FIELD_BYTES),
-    ("db.error_code", MAX_FIELD_BYTES),
-    ("db.error_message", MAX_FIELD_BYTES),
-    ("db.sql_state", MAX_FIELD_BYTES),
-    ("db.reply_type", MAX_FIELD_BYTES),
-    ("kafka.client_id", MAX_FIELD_BYTES),
-    ("kafka.topic", MAX_FIELD_BYTES),
-    ("analyzer.name", MAX_FIELD_BYTES),
-    ("analyzer.field_name", MAX_ATTRIBUTE_NAME_BYTES),
-    ("analyzer.field_value", MAX_FIELD_BYTES),
-    ("attribute.name", MAX_ATTRIBUTE_NAME_BYTES),
-    ("attribute.value", MAX_FIELD_BYTES),
-    ("observation.interface", MAX_FIELD_BYTES),
-    ("observation.comm", MAX_FIELD_BYTES),
-    ("observation.node", MAX_FIELD_BYTES),
+/// Label of the attributes dropped beyond [`FieldLimits::attributes`].
+pub const ATTRIBUTES_DROPPED: &str = "attributes";
+/// Label of the analyzer fields dropped beyond [`FieldLimits::analyzer_fields`].
+pub const ANALYZER_FIELDS_DROPPED: &str = "analyzer.fields";
+
+/// The limits a session's strings and maps are capped to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldLimits {
+    /// Bytes of a request target or database statement.
+    pub long_field_bytes: usize,
+    /// Bytes of every other free-form string.
+    pub field_bytes: usize,
+    /// Bytes of an attribute's or analyzer field's name.
+    pub attribute_name_bytes: usize,
+    /// Attributes of one session.
+    pub attributes: usize,
+    /// Fields of one analyzer result.
+    pub analyzer_fields: usize,
+}
+
+impl Default for FieldLimits {
+    fn default() -> Self {
+        Self {
+            long_field_bytes: MAX_LONG_FIELD_BYTES,
+            field_bytes: MAX_FIELD_BYTES,
+            attribute_name_bytes: MAX_ATTRIBUTE_NAME_BYTES,
+            attributes: MAX_ATTRIBUTES,
+            analyzer_fields: MAX_ANALYZER_FIELDS,
+        }
+    }
+}
+
+/// Which of [`FieldLimits`]' byte limits a field has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldClass {
+    /// [`FieldLimits::long_field_bytes`].
+    Long,
+    /// [`FieldLimits::field_bytes`].
+    Short,
+    /// [`FieldLimits::attribute_name_bytes`].
+    Name,
+}
+
+impl FieldLimits {
+    /// The byte limit of a field of `class`.
+    pub fn bytes(&self, class: FieldClass) -> usize {
+        match class {
+            FieldClass::Long => self.long_field_bytes,
+            FieldClass::Short => self.field_bytes,
+            FieldClass::Name => self.attribute_name_bytes,
+        }
+    }
+
+    /// The byte limit of `field` (a [`FIELD_LIMITS`] label).
+    pub fn of(&self, field: &str) -> usize {
+        FIELD_LIMITS
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map_or(self.field_bytes, |(_, class)| self.bytes(*class))
+    }
+}
+
+use FieldClass::{Long, Name, Short};
+
+/// `(field label, limit class)` of every capped field, as
+/// `clovisor_collector_fields_truncated_total` names them.
+pub const FIELD_LIMITS: [(&str, FieldClass); 33] = [
+    ("http.method", Short),
+    ("http.target", Long),
+    ("http.host", Short),
+    ("http.user_agent", Short),
+    ("http.version", Short),
+    ("http.request_id", Short),
+    ("http.envoy_decorator", Short),
+    ("http.reason", Short),
+    ("trace.tracestate", Short),
+    ("grpc.service", Short),
+    ("grpc.method", Short),
+    ("grpc.message", Short),
+    ("dns.question_name", Short),
+    ("db.system", Short),
+    ("db.operation", Short),
+    ("db.statement", Long),
+    ("db.key", Short),
+    ("db.namespace", Short),
+    ("db.user", Short),
+    ("db.error_code", Short),
+    ("db.error_message", Short),
+    ("db.sql_state", Short),
+    ("db.reply_type", Short),
+    ("kafka.client_id", Short),
+    ("kafka.topic", Short),
+    ("analyzer.name", Short),
+    ("analyzer.field_name", Name),
+    ("analyzer.field_value", Short),
+    ("attribute.name", Name),
+    ("attribute.value", Short),
+    ("observation.interface", Short),
+    ("observation.comm", Short),
+    ("observation.node", Short),
 ];
 
 /// Cuts `value` to at most `limit` bytes, mark included, on a character boundary; `true` when
@@ -78,15 +151,11 @@ pub fn cap(value: &mut String, limit: usize) -> bool {
     true
 }
 
-/// Caps every free-form string of `session`, calling `cut` with the field's label for each value
-/// cut.
-pub fn cap_session(session: &mut Session, mut cut: impl FnMut(&'static str)) {
+/// Caps every free-form string of `session` and the number of its attributes and analyzer
+/// fields to `limits`, calling `cut` with the field's label for each value cut or entry dropped.
+pub fn cap_session(session: &mut Session, limits: &FieldLimits, mut cut: impl FnMut(&'static str)) {
     let mut f = |field: &'static str, value: &mut String| {
-        let limit = FIELD_LIMITS
-            .iter()
-            .find(|(name, _)| *name == field)
-            .map_or(MAX_FIELD_BYTES, |(_, limit)| *limit);
-        if cap(value, limit) {
+        if cap(value, limits.of(field)) {
             cut(field);
         }
     };
@@ -127,19 +196,20 @@ pub fn cap_session(session: &mut Session, mut cut: impl FnMut(&'static str)) {
         f("kafka.client_id", &mut k.client_id);
         f("kafka.topic", &mut k.topic);
     }
+    let mut fields_dropped = 0;
     if let Some(a) = session.analyzer.as_mut() {
         f("analyzer.name", &mut a.name);
-        cap_map(
+        fields_dropped = cap_map(
             &mut a.fields,
-            "analyzer.field_name",
-            "analyzer.field_value",
+            ("analyzer.field_name", "analyzer.field_value"),
+            (limits.attribute_name_bytes, limits.analyzer_fields),
             &mut f,
         );
     }
-    cap_map(
+    let attributes_dropped = cap_map(
         &mut session.attributes,
-        "attribute.name",
-        "attribute.value",
+        ("attribute.name", "attribute.value"),
+        (limits.attribute_name_bytes, limits.attributes),
         &mut f,
     );
     for o in &mut session.observations {
@@ -147,26 +217,44 @@ pub fn cap_session(session: &mut Session, mut cut: impl FnMut(&'static str)) {
         f("observation.comm", &mut o.comm);
         f("observation.node", &mut o.node);
     }
+    for _ in 0..attributes_dropped {
+        cut(ATTRIBUTES_DROPPED);
+    }
+    for _ in 0..fields_dropped {
+        cut(ANALYZER_FIELDS_DROPPED);
+    }
 }
 
-/// Caps the names and values of a string map; names are taken out and put back only when one
-/// is too long, so a map within its limits costs no allocation.
+/// Caps the number of entries of a string map (those whose names sort last go), then the
+/// names and values; names are taken out and put back only when one is too long, so a map
+/// within its limits costs no allocation. Returns how many entries were dropped.
 fn cap_map(
     map: &mut HashMap<String, String>,
-    name_field: &'static str,
-    value_field: &'static str,
+    (name_field, value_field): (&'static str, &'static str),
+    (name_bytes, max_entries): (usize, usize),
     f: &mut impl FnMut(&'static str, &mut String),
-) {
+) -> usize {
+    let mut dropped = 0;
+    if map.len() > max_entries {
+        let mut names: Vec<&String> = map.keys().collect();
+        names.sort_unstable();
+        let gone: Vec<String> = names[max_entries..].iter().map(|n| (*n).clone()).collect();
+        for name in gone {
+            map.remove(&name);
+            dropped += 1;
+        }
+    }
     for value in map.values_mut() {
         f(value_field, value);
     }
-    if map.keys().any(|k| k.len() > MAX_ATTRIBUTE_NAME_BYTES) {
+    if map.keys().any(|k| k.len() > name_bytes) {
         let entries: Vec<(String, String)> = map.drain().collect();
         for (mut name, value) in entries {
             f(name_field, &mut name);
             map.insert(name, value);
         }
     }
+    dropped
 }
 
 #[cfg(test)]
@@ -257,13 +345,14 @@ mod tests {
 
     #[test]
     fn every_field_is_cut_to_its_limit_marked_and_counted() {
-        for (field, limit) in FIELD_LIMITS {
+        for (field, class) in FIELD_LIMITS {
+            let limit = FieldLimits::default().bytes(class);
             // At the limit: kept as is, nothing counted.
             let mut s = full_session();
             let at_limit = "x".repeat(limit);
             set(&mut s, field, at_limit.clone());
             let mut cuts = Vec::new();
-            cap_session(&mut s, |f| cuts.push(f));
+            cap_session(&mut s, &FieldLimits::default(), |f| cuts.push(f));
             assert!(cuts.is_empty(), "{field}: {limit} bytes cut: {cuts:?}");
             assert!(
                 strings(&s).iter().any(|v| v.contains(&at_limit)),
@@ -275,7 +364,7 @@ mod tests {
             let long = format!("{}é{}", "y".repeat(limit - 4), "z".repeat(limit));
             set(&mut s, field, long);
             let mut cuts = Vec::new();
-            cap_session(&mut s, |f| cuts.push(f));
+            cap_session(&mut s, &FieldLimits::default(), |f| cuts.push(f));
             assert_eq!(cuts, vec![field], "{field}: one cut counted");
             let kept = kept_value(&s).unwrap_or_else(|| panic!("{field}: value missing"));
             assert!(
@@ -309,8 +398,71 @@ mod tests {
         set(&mut s, "attribute.name", "http.request.header.x-id".into());
         let before = s.clone();
         let mut cuts = 0;
-        cap_session(&mut s, |_| cuts += 1);
+        cap_session(&mut s, &FieldLimits::default(), |_| cuts += 1);
         assert_eq!((s, cuts), (before, 0));
+    }
+
+    #[test]
+    fn configured_limits_apply_to_every_class() {
+        let limits = FieldLimits {
+            long_field_bytes: 40,
+            field_bytes: 20,
+            attribute_name_bytes: 10,
+            ..FieldLimits::default()
+        };
+        for (field, class) in FIELD_LIMITS {
+            let limit = limits.bytes(class);
+            let mut s = full_session();
+            set(&mut s, field, "y".repeat(limit));
+            let mut cuts = Vec::new();
+            cap_session(&mut s, &limits, |f| cuts.push(f));
+            assert!(cuts.is_empty(), "{field}: {limit} bytes cut");
+            let mut s = full_session();
+            set(&mut s, field, "y".repeat(limit + 1));
+            cap_session(&mut s, &limits, |f| cuts.push(f));
+            assert_eq!(cuts, vec![field], "{field}: one byte past {limit} cut");
+            let kept = kept_value(&s).unwrap_or_else(|| panic!("{field}: value missing"));
+            assert!(kept.len() <= limit, "{field}: {} > {limit}", kept.len());
+        }
+    }
+
+    #[test]
+    fn attributes_and_analyzer_fields_are_capped_in_number_and_counted() {
+        let limits = FieldLimits {
+            attributes: 3,
+            analyzer_fields: 2,
+            ..FieldLimits::default()
+        };
+        let mut s = full_session();
+        for i in 0..10 {
+            s.attributes.insert(format!("a{i}"), "v".into());
+            s.analyzer
+                .as_mut()
+                .map(|a| a.fields.insert(format!("f{i}"), "v".into()));
+        }
+        let mut cuts = Vec::new();
+        cap_session(&mut s, &limits, |f| cuts.push(f));
+        let mut names: Vec<&String> = s.attributes.keys().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["a0", "a1", "a2"],
+            "the first names kept, alike every time"
+        );
+        let fields = s.analyzer.as_ref().map_or(0, |a| a.fields.len());
+        assert_eq!(fields, 2);
+        assert_eq!(cuts.iter().filter(|f| **f == ATTRIBUTES_DROPPED).count(), 7);
+        assert_eq!(
+            cuts.iter()
+                .filter(|f| **f == ANALYZER_FIELDS_DROPPED)
+                .count(),
+            8
+        );
+        // At the cap: nothing dropped.
+        let before = s.clone();
+        cuts.clear();
+        cap_session(&mut s, &limits, |f| cuts.push(f));
+        assert_eq!((s, cuts), (before, Vec::new()));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! flow knows (its endpoints, its observation point, the probe).
 
 use clovisor_proto::capture::v1 as capture;
-use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Session};
+use clovisor_proto::join::key::MESSAGE_POSITION_ATTRIBUTE;
+use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Protocol, Session};
 
 use super::endpoints::{EndpointMeta, Ends};
 use crate::decode::{Exchange, Fields};
@@ -25,6 +26,17 @@ fn session_id(prefix: &str, index: u32, position: u32) -> String {
         id.push_str(itoa::Buffer::new().format(position));
     }
     id
+}
+
+/// Whether the join must tell the exchange from the others of its request message by its
+/// position ([`MESSAGE_POSITION_ATTRIBUTE`]): the second and later commands, queries or requests
+/// pipelined in one message share its TCP sequence number, so without it they all had the first
+/// one's wire key and every point's view stayed a session of its own. Not for HTTP/1.x (its
+/// decoder names the position itself), nor HTTP/2 and gRPC, whose streams carry the sequence
+/// number of their own `HEADERS` frame — and whose position in a message differs between points
+/// that captured different frames of it.
+fn keyed_by_position(protocol: Protocol, position: u32) -> bool {
+    position != 0 && !matches!(protocol, Protocol::Http1 | Protocol::Http2 | Protocol::Grpc)
 }
 
 /// What a session needs to know about its flow.
@@ -87,6 +99,13 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
         Fields::Kafka(k) => (None, None, None, None, None, Some(k)),
         Fields::None => (None, None, None, None, None, None),
     };
+    let mut attributes = ex.attributes;
+    if keyed_by_position(ex.protocol, ex.position) {
+        attributes.insert(
+            MESSAGE_POSITION_ATTRIBUTE.to_owned(),
+            ex.position.to_string(),
+        );
+    }
     Session {
         id,
         protocol: ex.protocol as i32,
@@ -143,7 +162,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
         dns: dns.map(Box::new),
         trace: ex.trace,
         incomplete: ex.incomplete,
-        attributes: ex.attributes,
+        attributes,
         database: database.map(Box::new),
         grpc: grpc.map(Box::new),
         analyzer: analyzer.map(Box::new),
@@ -155,6 +174,26 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_exchanges_sharing_their_message_sequence_number_are_keyed_by_position() {
+        assert!(keyed_by_position(Protocol::Redis, 1));
+        assert!(keyed_by_position(Protocol::Postgresql, 2));
+        assert!(keyed_by_position(Protocol::Kafka, 1));
+        assert!(
+            !keyed_by_position(Protocol::Redis, 0),
+            "the first needs none"
+        );
+        assert!(
+            !keyed_by_position(Protocol::Http1, 1),
+            "HTTP/1 names its own"
+        );
+        assert!(
+            !keyed_by_position(Protocol::Http2, 1),
+            "a stream has its own sequence number"
+        );
+        assert!(!keyed_by_position(Protocol::Grpc, 1));
+    }
 
     #[test]
     fn ids_name_the_probe_the_flow_the_message_and_the_position() {

@@ -1587,3 +1587,54 @@ fn a_pod_is_named_by_its_first_service_and_a_cluster_ip_by_its_service() {
         1
     );
 }
+
+#[test]
+fn commands_pipelined_in_one_message_join_command_by_command_across_points() {
+    use clovisor_proto::join::key::{wire_key, ClientAddr, MESSAGE_POSITION_ATTRIBUTE};
+    // Redis: three commands in one write, their replies in one. The exchanges share the
+    // message's sequence number, so the join tells them apart by their position: at every point
+    // the same three wire keys, one per command.
+    const COMMANDS: &[u8] = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n0\r\n*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    const REPLIES: &[u8] = b"+OK\r\n:1\r\n$1\r\n1\r\n";
+    let (mut t, _) = table();
+    let at = |flow_id: u64, interface: &'static str| {
+        let tcp = |r| {
+            edit(r, |m| {
+                m.protocol = ProtocolHint::Tcp as i32;
+                if let Some(p) = m.point.as_mut() {
+                    p.interface = interface.to_owned();
+                }
+            })
+        };
+        vec![
+            tcp(msg(flow_id, 0, Direction::ClientToServer, COMMANDS)),
+            tcp(msg(flow_id, 1, Direction::ServerToClient, REPLIES)),
+        ]
+    };
+    let keys = |sessions: &[Session]| -> Vec<(Option<String>, Option<u32>, Option<String>)> {
+        sessions
+            .iter()
+            .map(|s| {
+                (
+                    s.database.as_ref().map(|d| d.operation.clone()),
+                    ClientAddr::of(s)
+                        .and_then(|c| wire_key(s, c))
+                        .map(|k| k.position),
+                    s.attributes.get(MESSAGE_POSITION_ATTRIBUTE).cloned(),
+                )
+            })
+            .collect()
+    };
+    let server_side = keys(&feed(&mut t, at(1, "veth-server")));
+    let client_side = keys(&feed(&mut t, at(2, "veth-client")));
+    let op = |o: &str| Some(o.to_owned());
+    assert_eq!(
+        server_side,
+        vec![
+            (op("SET"), Some(0), None),
+            (op("INCR"), Some(1), Some("1".to_owned())),
+            (op("GET"), Some(2), Some("2".to_owned())),
+        ]
+    );
+    assert_eq!(client_side, server_side, "the same keys at both points");
+}

@@ -7,7 +7,11 @@
 //! certificate identifies it ([`PeerIdentity::key`]): a peer with another certificate cannot
 //! reset a node's probe, nor feed batches under another peer's probe id. With
 //! [`ProbeIdentity::Node`] the certificate must moreover name the node, so that one node's
-//! certificate cannot speak for any other node.
+//! certificate cannot speak for any other node. With [`ProbeIdentity::Token`] the probe also
+//! presents its pod's projected service account token, minted by the kubelet for the
+//! collector's audience; the API server reviews it (TokenReview) and names the node the pod
+//! runs on, which the `Hello` must claim — a node can only get tokens for its own pods, so one
+//! node's probe cannot speak for another, with one certificate shared by every probe.
 //!
 //! Independently of identity, admission bounds what one peer can make the collector keep: probe
 //! ids at most [`AdmissionConfig::max_probes`], ids at most [`MAX_ID_BYTES`], and a batch number
@@ -15,7 +19,10 @@
 //! forged `seq = u64::MAX` would otherwise make every later batch of the probe look like a
 //! re-send).
 
+use std::sync::Arc;
+
 use clovisor_proto::tls::PeerIdentity;
+use clovisor_runtime::auth::token_review::{NotAccepted, TokenReviewer};
 use tonic::Status;
 
 /// How a probe's `Hello` must match its connection's certificate.
@@ -32,11 +39,19 @@ pub enum ProbeIdentity {
     /// A client certificate naming the node is required: `Hello.node`, or
     /// `<node>.<node suffix>`, must be one of its DNS names.
     Node,
+    /// A client certificate and the probe pod's service account token (gRPC metadata
+    /// `authorization: Bearer …`), which the API server must authenticate for the collector's
+    /// audience, as an allowed identity, bound to a pod on the node the `Hello` names
+    /// (TokenReview's `authentication.kubernetes.io/node-name`).
+    Token,
 }
 
 /// Limits of admission.
 #[derive(Debug, Clone)]
 pub struct AdmissionConfig {
+    /// With [`ProbeIdentity::Token`]: who reviews the probes' tokens (the API server, for the
+    /// collector's audience, allowing the probes' service account).
+    pub token_review: Option<Arc<TokenReviewer>>,
     /// What a probe's certificate must prove.
     pub identity: ProbeIdentity,
     /// With [`ProbeIdentity::Node`]: a certificate names node `n` by the DNS name `n` or
@@ -52,6 +67,7 @@ impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             identity: ProbeIdentity::Any,
+            token_review: None,
             node_suffix: DEFAULT_NODE_SUFFIX.to_owned(),
             max_probes: 8192,
             // A probe makes at most a few hundred batches a second; a million is hours of
@@ -63,6 +79,13 @@ impl Default for AdmissionConfig {
 
 /// Default DNS suffix of per-node probe certificates (`node-1.probe.clovisor`).
 pub const DEFAULT_NODE_SUFFIX: &str = "probe.clovisor";
+
+/// Default audience of the probes' service account tokens (`--probe-identity token`).
+pub const DEFAULT_PROBE_TOKEN_AUDIENCE: &str = "clovisor-collector";
+
+/// Default identity allowed to speak for a probe: the manifests' probe service account.
+pub const DEFAULT_PROBE_TOKEN_IDENTITY: &str =
+    "system:serviceaccount:clovisor-probe:clovisor-probe";
 
 /// Longest probe id or node name accepted (a DNS name's limit).
 pub const MAX_ID_BYTES: usize = 253;
@@ -84,6 +107,16 @@ pub enum Refused {
     BadId,
     /// A batch number too far past the last one processed.
     SeqJump,
+    /// A service account token is required and the stream carries none.
+    NoToken,
+    /// The API server does not authenticate the token for the collector's audience, or its
+    /// identity is not allowed.
+    TokenRefused,
+    /// The API server could not be asked (fails closed; the probe retries).
+    TokenUnverifiable,
+    /// The token is not bound to a pod on a node (no `authentication.kubernetes.io/node-name`:
+    /// not a kubelet-minted pod token, or a Kubernetes before 1.30).
+    NodeUnverified,
 }
 
 impl Refused {
@@ -97,6 +130,10 @@ impl Refused {
             Self::TooManyProbes => "too_many_probes",
             Self::BadId => "bad_id",
             Self::SeqJump => "seq_jump",
+            Self::NoToken => "no_token",
+            Self::TokenRefused => "token_refused",
+            Self::TokenUnverifiable => "token_unverifiable",
+            Self::NodeUnverified => "node_unverified",
         }
     }
 
@@ -113,18 +150,49 @@ impl Refused {
             Self::TooManyProbes => Status::resource_exhausted("too many probes"),
             Self::BadId => Status::invalid_argument("probe id empty, or probe id or node too long"),
             Self::SeqJump => Status::invalid_argument("batch number jumps too far"),
+            Self::NoToken => Status::unauthenticated("a service account token is required"),
+            Self::TokenRefused => Status::unauthenticated("the service account token is refused"),
+            Self::TokenUnverifiable => {
+                Status::unavailable("the service account token cannot be verified now")
+            }
+            Self::NodeUnverified => {
+                Status::permission_denied("the service account token names no node")
+            }
         }
     }
 }
 
 impl AdmissionConfig {
-    /// Checks what a `Hello` claims against the connection's certificate (the parts that need no
-    /// shared state); the owner key the probe's state is bound to.
+    /// With [`ProbeIdentity::Token`], has the API server review `token` (the bearer token of
+    /// the stream's metadata); the node its pod runs on. Other modes: none, nothing asked.
+    pub async fn verify_token(&self, token: Option<&str>) -> Result<Option<String>, Refused> {
+        if self.identity != ProbeIdentity::Token {
+            return Ok(None);
+        }
+        let token = token.filter(|t| !t.is_empty()).ok_or(Refused::NoToken)?;
+        let Some(reviewer) = &self.token_review else {
+            // Token mode without a reviewer cannot verify anything: fail closed.
+            return Err(Refused::TokenUnverifiable);
+        };
+        let reviewed = reviewer.review(token).await.map_err(|why| match why {
+            NotAccepted::Unauthenticated | NotAccepted::NotAllowed => Refused::TokenRefused,
+            NotAccepted::Unreachable => Refused::TokenUnverifiable,
+        })?;
+        let node = reviewed.node_name().ok_or(Refused::NodeUnverified)?;
+        tracing::debug!(user = %reviewed.username, pod = reviewed.pod_name().unwrap_or("-"), node,
+            "probe token reviewed");
+        Ok(Some(node.to_owned()))
+    }
+
+    /// Checks what a `Hello` claims against the connection's certificate and, with
+    /// [`ProbeIdentity::Token`], the node its token was verified for ([`Self::verify_token`])
+    /// — the parts that need no shared state; the owner key the probe's state is bound to.
     pub fn check_hello(
         &self,
         probe_id: &str,
         node: &str,
         peer: Option<&PeerIdentity>,
+        token_node: Option<&str>,
     ) -> Result<String, Refused> {
         if probe_id.is_empty() || probe_id.len() > MAX_ID_BYTES || node.len() > MAX_ID_BYTES {
             return Err(Refused::BadId);
@@ -145,6 +213,20 @@ impl AdmissionConfig {
                 if !named {
                     return Err(Refused::NodeMismatch);
                 }
+            }
+            ProbeIdentity::Token => {
+                if peer.is_none() {
+                    return Err(Refused::NoCertificate);
+                }
+                let Some(verified) = token_node else {
+                    return Err(Refused::NodeUnverified);
+                };
+                if node.is_empty() || node != verified {
+                    return Err(Refused::NodeMismatch);
+                }
+                // The node's identity, not the pod's: the probe's next pod on the same node
+                // (a restart, an upgrade) takes its node's state over.
+                return Ok(format!("node:{verified}"));
             }
         }
         Ok(peer.map(PeerIdentity::key).unwrap_or_default())

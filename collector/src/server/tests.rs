@@ -213,7 +213,7 @@ async fn a_record_that_does_not_decode_is_dropped_alone_and_counted() -> anyhow:
     tx.send(hello("p1", "node-a").encode_to_vec().into())
         .await?;
     tx.send(frame.into()).await?;
-    let mut inbound = clovisor_proto::hops::CaptureConnector(channel)
+    let mut inbound = clovisor_proto::hops::CaptureConnector::new(channel)
         .open(ReceiverStream::new(rx))
         .await?;
     let ack = tokio::time::timeout(Duration::from_secs(5), inbound.next())
@@ -526,5 +526,45 @@ async fn over_long_strings_from_the_wire_are_cut_marked_and_counted() -> anyhow:
             .get();
         assert_eq!(counted, 1, "cuts of {field} counted");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_over_the_configured_size_ends_the_stream_and_is_counted() -> anyhow::Result<()> {
+    let (channel, _out, metrics) = start(ServiceConfig {
+        max_message_bytes: 64 << 10,
+        ..ServiceConfig::default()
+    })
+    .await?;
+    // Within the limit: acknowledged.
+    let small = batch(
+        1,
+        vec![message(0, Direction::ClientToServer, &[b'a'; 60_000])],
+    );
+    assert_eq!(
+        exchange(&channel, vec![hello("p", "n"), small], 1).await?,
+        vec![1]
+    );
+    // Past it: the stream ends with `out of range`, nothing acknowledged, counted.
+    let big = batch(
+        2,
+        vec![message(1, Direction::ClientToServer, &[b'a'; 70_000])],
+    );
+    let err = exchange(&channel, vec![hello("p", "n"), big], 1)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("too large"),
+        "want a size refusal, got {err:?}"
+    );
+    let counted = metrics
+        .probes_refused
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: "message_too_large",
+        })
+        .get();
+    assert_eq!(counted, 1);
     Ok(())
 }

@@ -17,9 +17,11 @@
 pub mod latency;
 pub mod query;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use rustc_hash::FxHashMap;
+use hashbrown::{Equivalent, HashMap as RawMap};
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -103,6 +105,52 @@ impl Key {
     }
 }
 
+/// A [`Key`] borrowed from the session it describes: an exchange whose key is already live is
+/// counted without copying a string (most exchanges: a key is a service pair, a path and a
+/// status). Hashes exactly as the owned key does (`&str` and `String` hash alike).
+#[derive(Debug, Hash)]
+struct KeyRef<'a> {
+    service: Cow<'a, str>,
+    namespace: &'a str,
+    client: Cow<'a, str>,
+    client_namespace: &'a str,
+    protocol: Cow<'a, str>,
+    method: &'a str,
+    path: &'a str,
+    status: u32,
+    user_agent: &'a str,
+}
+
+impl KeyRef<'_> {
+    fn to_owned_key(&self) -> Key {
+        Key {
+            service: self.service.clone().into_owned(),
+            namespace: self.namespace.to_owned(),
+            client: self.client.clone().into_owned(),
+            client_namespace: self.client_namespace.to_owned(),
+            protocol: self.protocol.clone().into_owned(),
+            method: self.method.to_owned(),
+            path: self.path.to_owned(),
+            status: self.status,
+            user_agent: self.user_agent.to_owned(),
+        }
+    }
+}
+
+impl Equivalent<Arc<Key>> for KeyRef<'_> {
+    fn equivalent(&self, key: &Arc<Key>) -> bool {
+        self.status == key.status
+            && *self.service == key.service
+            && self.namespace == key.namespace
+            && *self.client == key.client
+            && self.client_namespace == key.client_namespace
+            && *self.protocol == key.protocol
+            && self.method == key.method
+            && self.path == key.path
+            && self.user_agent == key.user_agent
+    }
+}
+
 /// Requests, errors and latency of one key in one bucket (or merged over several).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cell {
@@ -144,7 +192,7 @@ struct Bucket {
 #[derive(Debug)]
 struct Inner {
     /// Every live key, with the newest bucket epoch that holds it.
-    keys: FxHashMap<Arc<Key>, u64>,
+    keys: RawMap<Arc<Key>, u64, FxBuildHasher>,
     ring: VecDeque<Bucket>,
     other: Arc<Key>,
     totals: Totals,
@@ -173,36 +221,50 @@ pub fn now_unix_nanos() -> u64 {
 /// The protocol's name as the analytics and the session filters show it (`http1`, …; a user
 /// analyzer's name for its sessions).
 pub fn protocol_name(session: &Session) -> String {
+    protocol_label(session).into_owned()
+}
+
+/// [`protocol_name`], borrowed from the session or static where it can be.
+fn protocol_label(session: &Session) -> Cow<'_, str> {
     if let (Ok(Protocol::Analyzer), Some(a)) =
         (Protocol::try_from(session.protocol), &session.analyzer)
     {
-        return a.name.clone();
+        return Cow::Borrowed(&a.name);
     }
-    match Protocol::try_from(session.protocol) {
-        Ok(p) => {
-            let name = p.as_str_name();
-            name.strip_prefix("PROTOCOL_")
-                .unwrap_or(name)
-                .to_ascii_lowercase()
-        }
-        Err(_) => "unspecified".to_owned(),
-    }
+    // The enum's names without `PROTOCOL_`, in lower case (a test holds them to that).
+    Cow::Borrowed(match Protocol::try_from(session.protocol) {
+        Ok(Protocol::Unspecified) | Err(_) => "unspecified",
+        Ok(Protocol::Http1) => "http1",
+        Ok(Protocol::Http2) => "http2",
+        Ok(Protocol::Grpc) => "grpc",
+        Ok(Protocol::Dns) => "dns",
+        Ok(Protocol::Redis) => "redis",
+        Ok(Protocol::Postgresql) => "postgresql",
+        Ok(Protocol::Mysql) => "mysql",
+        Ok(Protocol::Kafka) => "kafka",
+        Ok(Protocol::Analyzer) => "analyzer",
+    })
 }
 
 /// How an end is named: its Kubernetes Service, else its workload, else its pod, else its
 /// address (as its spans' `service.name`).
 pub fn end_name(e: Option<&Endpoint>) -> String {
+    end_label(e).into_owned()
+}
+
+/// [`end_name`], borrowed from the endpoint unless it is an address.
+fn end_label(e: Option<&Endpoint>) -> Cow<'_, str> {
     let Some(e) = e else {
-        return "unknown".to_owned();
+        return Cow::Borrowed("unknown");
     };
     if !e.service.is_empty() {
-        e.service.clone()
+        Cow::Borrowed(&e.service)
     } else if !e.workload.is_empty() {
-        e.workload.clone()
+        Cow::Borrowed(&e.workload)
     } else if !e.pod.is_empty() {
-        e.pod.clone()
+        Cow::Borrowed(&e.pod)
     } else {
-        endpoint_ip(e).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+        endpoint_ip(e).map_or(Cow::Borrowed("unknown"), |ip| Cow::Owned(ip.to_string()))
     }
 }
 
@@ -217,15 +279,25 @@ pub fn latency_ns(s: &Session) -> Option<u64> {
         .then(|| s.end_unix_nanos - s.start_unix_nanos)
 }
 
-fn cut(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut at = max;
-        while !s.is_char_boundary(at) {
-            at -= 1;
-        }
-        s.truncate(at);
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
     }
-    s
+    let mut at = max;
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    &s[..at]
+}
+
+/// [`cut`] for a name that may be owned.
+fn cut_cow(s: Cow<'_, str>, max: usize) -> Cow<'_, str> {
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(cut(b, max)),
+        Cow::Owned(o) if o.len() > max => Cow::Owned(cut(&o, max).to_owned()),
+        owned => owned,
+    }
 }
 
 impl Analytics {
@@ -239,7 +311,7 @@ impl Analytics {
         Self {
             config,
             inner: Mutex::new(Inner {
-                keys: FxHashMap::default(),
+                keys: RawMap::default(),
                 ring: VecDeque::new(),
                 other: Arc::new(Key::other()),
                 totals: Totals::default(),
@@ -262,35 +334,25 @@ impl Analytics {
     }
 
     /// The key `rec` is counted under (before the bound on keys).
-    fn key_of(&self, rec: &CorrelatedSession) -> Key {
-        let s = &rec.session;
+    fn key_of<'a>(&self, s: &'a Session) -> KeyRef<'a> {
         let max = self.config.max_field_len;
         let http = s.http.as_ref();
         let path = http.map_or("", |h| split_target(&h.target).0);
-        Key {
-            service: cut(end_name(s.server.as_ref()), max),
-            namespace: cut(
-                s.server
-                    .as_ref()
-                    .map_or_else(String::new, |e| e.namespace.clone()),
-                max,
-            ),
-            client: cut(end_name(s.client.as_ref()), max),
-            client_namespace: cut(
-                s.client
-                    .as_ref()
-                    .map_or_else(String::new, |e| e.namespace.clone()),
-                max,
-            ),
-            protocol: protocol_name(s),
-            method: cut(http.map_or_else(String::new, |h| h.method.clone()), max),
-            path: cut(path.to_owned(), max),
+        let namespace = |e: Option<&'a Endpoint>| e.map_or("", |e| cut(&e.namespace, max));
+        KeyRef {
+            service: cut_cow(end_label(s.server.as_ref()), max),
+            namespace: namespace(s.server.as_ref()),
+            client: cut_cow(end_label(s.client.as_ref()), max),
+            client_namespace: namespace(s.client.as_ref()),
+            protocol: protocol_label(s),
+            method: http.map_or("", |h| cut(&h.method, max)),
+            path: cut(path, max),
             status: if s.incomplete {
                 0
             } else {
                 http.map_or(0, |h| h.status_code)
             },
-            user_agent: cut(http.map_or_else(String::new, |h| h.user_agent.clone()), max),
+            user_agent: http.map_or("", |h| cut(&h.user_agent, max)),
         }
     }
 
@@ -314,28 +376,32 @@ impl Analytics {
         if recs.is_empty() {
             return;
         }
-        // The keys are made before the lock is taken: their strings are most of the cost.
-        let keys: Vec<Key> = recs.iter().map(|r| self.key_of(r)).collect();
+        // The keys are made and hashed before the lock is taken; they borrow the sessions'
+        // strings, copied only for a key not live yet.
+        let keys: Vec<KeyRef<'_>> = recs.iter().map(|r| self.key_of(&r.session)).collect();
         let epoch = now / self.bucket_nanos();
         let mut inner = self.lock();
         let inner = &mut *inner;
         let epoch = self.advance(inner, epoch);
         for (rec, key) in recs.iter().zip(keys) {
-            self.observe_locked(inner, &rec.session, key, epoch);
+            self.observe_locked(inner, &rec.session, &key, epoch);
         }
     }
 
-    fn observe_locked(&self, inner: &mut Inner, s: &Session, key: Key, epoch: u64) {
+    fn observe_locked(&self, inner: &mut Inner, s: &Session, key: &KeyRef<'_>, epoch: u64) {
         inner.totals.exchanges = inner.totals.exchanges.saturating_add(1);
-        match inner.totals.per_protocol.get_mut(&key.protocol) {
+        match inner.totals.per_protocol.get_mut(&*key.protocol) {
             Some(n) => *n = n.saturating_add(1),
             None => {
-                inner.totals.per_protocol.insert(key.protocol.clone(), 1);
+                inner
+                    .totals
+                    .per_protocol
+                    .insert(key.protocol.clone().into_owned(), 1);
             }
         }
-        let key = match inner.keys.get_key_value(&key) {
+        let key = match inner.keys.get_key_value(key) {
             Some((k, _)) => Arc::clone(k),
-            None if inner.keys.len() < self.config.max_keys => Arc::new(key),
+            None if inner.keys.len() < self.config.max_keys => Arc::new(key.to_owned_key()),
             None => {
                 inner.totals.folded = inner.totals.folded.saturating_add(1);
                 Arc::clone(&inner.other)

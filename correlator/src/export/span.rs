@@ -677,9 +677,15 @@ const EVENT_NAMES: [&str; 4] = [
 /// One event at the start and end of the request and the response as each point saw them, in
 /// time order (ties in path order).
 fn observation_events(buf: &mut Vec<u8>, session: &Session) {
-    let mut events: Vec<(u64, &Observation, usize)> =
-        Vec::with_capacity(4 * session.observations.len());
-    for o in &session.observations {
+    // What each event of an observation repeats (where it was seen, by which process) is
+    // written once per observation and copied into its events.
+    let mut common = Vec::with_capacity(160 * session.observations.len());
+    let mut common_at = Vec::with_capacity(session.observations.len());
+    let mut events: Vec<(u64, usize, usize)> = Vec::with_capacity(4 * session.observations.len());
+    for (i, o) in session.observations.iter().enumerate() {
+        let from = common.len();
+        observation_attributes(&mut common, o);
+        common_at.push(from..common.len());
         let times = [
             o.request_start_unix_nanos,
             o.request_end_unix_nanos,
@@ -688,24 +694,26 @@ fn observation_events(buf: &mut Vec<u8>, session: &Session) {
         ];
         for (name, at) in times.into_iter().enumerate() {
             if at != 0 {
-                events.push((at, o, name));
+                events.push((at, i, name));
             }
         }
     }
     events.sort_by_key(|(at, _, _)| *at);
-    for (at, o, name) in events {
+    for (at, i, name) in events {
+        let (Some(o), Some(range)) = (session.observations.get(i), common_at.get(i)) else {
+            continue;
+        };
+        let attrs = common.get(range.clone()).unwrap_or_default();
         // An event is a few hundred bytes: two bytes of length.
         wire::message_sized(buf, field::EVENTS, 2, |buf| {
-            event(buf, EVENT_NAMES[name], at, o)
+            event(buf, EVENT_NAMES[name], at, attrs, o)
         });
     }
 }
 
-/// An event of observation `o`: where it was seen, by which process, and on the `*.end` events
-/// what the point counted.
-fn event(buf: &mut Vec<u8>, name: &str, at: u64, o: &Observation) {
-    wire::fixed64(buf, field::EVENT_TIME, at);
-    wire::bytes(buf, field::EVENT_NAME, name.as_bytes());
+/// The attributes every event of observation `o` carries: where it was seen, and by which
+/// process at the socket point.
+fn observation_attributes(buf: &mut Vec<u8>, o: &Observation) {
     let mut attrs = Attributes::new(buf, field::EVENT_ATTRIBUTES);
     attrs.str("clovisor.observation.point", o.kind().short_name());
     if !o.interface.is_empty() {
@@ -724,6 +732,15 @@ fn event(buf: &mut Vec<u8>, name: &str, at: u64, o: &Observation) {
     if !o.comm.is_empty() {
         attrs.str("process.command", &o.comm);
     }
+}
+
+/// An event of observation `o`: `common` (its [`observation_attributes`], encoded), and on the
+/// `*.end` events what the point counted.
+fn event(buf: &mut Vec<u8>, name: &str, at: u64, common: &[u8], o: &Observation) {
+    wire::fixed64(buf, field::EVENT_TIME, at);
+    wire::bytes(buf, field::EVENT_NAME, name.as_bytes());
+    buf.extend_from_slice(common);
+    let mut attrs = Attributes::new(buf, field::EVENT_ATTRIBUTES);
     // What the point counted, on the event closing each direction.
     match name {
         "request.end" => {

@@ -14,6 +14,7 @@
 //! `max_entries` the oldest retained exchange is forgotten, or, when all are open, the oldest
 //! open one is made ready early — both counted.
 
+mod ids;
 pub use clovisor_proto::join::{key, merge};
 #[cfg(test)]
 mod merge_tests;
@@ -30,6 +31,7 @@ use prost::Message as _;
 use rustc_hash::FxHashMap;
 
 use crate::record::{ContextIssue, CorrelatedSession};
+use ids::IdIndex;
 use key::{interval, overlaps, wire_key, ClientAddr, WireKey};
 
 /// How the join holds exchanges.
@@ -255,18 +257,26 @@ impl Held {
     }
 
     /// The exchange's id and those of the sessions merged into it.
-    fn ids(&self) -> Vec<&str> {
-        match self {
-            Self::Live(rec) => ids_of(rec).collect(),
-            Self::Packed(p) => std::iter::once(p.id.as_str())
-                .chain(
-                    p.constituents
-                        .iter()
-                        .map(String::as_str)
-                        .filter(|c| *c != p.id),
-                )
-                .collect(),
-        }
+    fn ids(&self) -> impl Iterator<Item = &str> {
+        let (id, constituents) = match self {
+            Self::Live(rec) => (rec.id.as_str(), rec.constituents.as_slice()),
+            Self::Packed(p) => (p.id.as_str(), p.constituents.as_slice()),
+        };
+        std::iter::once(id).chain(
+            constituents
+                .iter()
+                .map(String::as_str)
+                .filter(move |c| *c != id),
+        )
+    }
+
+    /// Whether `id` is one of [`Held::ids`].
+    fn has_id(&self, id: &str) -> bool {
+        let (own, constituents) = match self {
+            Self::Live(rec) => (rec.id.as_str(), rec.constituents.as_slice()),
+            Self::Packed(p) => (p.id.as_str(), p.constituents.as_slice()),
+        };
+        own == id || constituents.iter().any(|c| c == id)
     }
 }
 
@@ -301,7 +311,7 @@ pub struct Joiner {
     unkeyed: FxHashMap<ClientAddr, ByTime>,
     /// Every id of every exchange held (join or store): the id the REST API finds it by and
     /// the ids of the sessions merged into it.
-    ids: FxHashMap<String, u64>,
+    ids: IdIndex,
     /// Open exchanges by the end of their window; the window is fixed, so arrival order is
     /// deadline order.
     open: VecDeque<(Instant, u64)>,
@@ -454,7 +464,7 @@ impl Joiner {
             wire: FxHashMap::default(),
             clients: FxHashMap::default(),
             unkeyed: FxHashMap::default(),
-            ids: FxHashMap::default(),
+            ids: IdIndex::default(),
             open: VecDeque::new(),
             retained: VecDeque::new(),
             store: StoreOrder::default(),
@@ -502,7 +512,7 @@ impl Joiner {
             ..Slab::default()
         };
         // Two views' ids per exchange.
-        self.ids = FxHashMap::with_capacity_and_hasher(2 * n, Default::default());
+        self.ids = IdIndex::with_capacity(2 * n);
         self.wire = FxHashMap::with_capacity_and_hasher(n, Default::default());
         self.open = VecDeque::with_capacity(n);
         self.retained = VecDeque::with_capacity(n);
@@ -528,11 +538,18 @@ impl Joiner {
         self.held == 0
     }
 
+    /// The slot of the exchange holding session id `id`.
+    fn slot_of(&self, id: &str) -> Option<u64> {
+        self.ids.get(id, |slot| {
+            self.entries.get(&slot).is_some_and(|e| e.rec.has_id(id))
+        })
+    }
+
     /// The exchange a session id was merged into, if it is still held (by the join or the
     /// store).
     pub fn get(&self, id: &str) -> Option<Arc<CorrelatedSession>> {
-        let slot = self.ids.get(id)?;
-        self.entries.get(slot).map(|e| e.rec.shared())
+        let slot = self.slot_of(id)?;
+        self.entries.get(&slot).map(|e| e.rec.shared())
     }
 
     /// Takes one point's view of one exchange at `now`.
@@ -555,7 +572,7 @@ impl Joiner {
 
         let known = std::iter::once(&session.id)
             .chain(&session.merged_ids)
-            .find_map(|id| self.ids.get(id).copied());
+            .find_map(|id| self.slot_of(id));
         if let Some(slot) = known {
             if let Some(e) = self.entries.get(&slot) {
                 return Offered {
@@ -646,8 +663,9 @@ impl Joiner {
                 self.unkeyed.entry(c).or_default().insert(span, slot);
             }
         }
+        // None of its ids is indexed: it would have been a duplicate.
         for id in ids_of(rec) {
-            self.ids.insert(id.to_owned(), slot);
+            self.ids.insert_new(id, slot);
         }
         let record = Arc::clone(rec);
         self.entries.insert(slot, entry);
@@ -778,7 +796,8 @@ impl Joiner {
         }
         for id in std::iter::once(id).chain(merged_ids) {
             if !id.is_empty() {
-                self.ids.insert(id.clone(), slot);
+                // Not indexed yet: the view would have been a duplicate.
+                self.ids.insert_new(&id, slot);
                 merged.constituents.push(id);
             }
         }
@@ -869,9 +888,7 @@ impl Joiner {
             return;
         };
         for id in e.rec.ids() {
-            if self.ids.get(id) == Some(&slot) {
-                self.ids.remove(id);
-            }
+            self.ids.remove(id, slot);
         }
     }
 
@@ -965,8 +982,11 @@ impl Joiner {
     /// how many exchanges left the store to make room.
     pub fn store_insert(&mut self, rec: Arc<CorrelatedSession>) -> usize {
         let slot = self.entries.vacant();
+        let entries = &self.entries;
         for id in ids_of(&rec) {
-            self.ids.insert(id.to_owned(), slot);
+            self.ids.insert(id, slot, |s| {
+                entries.get(&s).is_some_and(|e| e.rec.has_id(id))
+            });
         }
         self.entries.insert(
             slot,
@@ -992,9 +1012,9 @@ impl Joiner {
 
     /// The stored exchange with this id (the newest, if several had it).
     pub fn store_get(&self, id: &str) -> Option<Arc<CorrelatedSession>> {
-        let slot = self.ids.get(id)?;
+        let slot = self.slot_of(id)?;
         self.entries
-            .get(slot)
+            .get(&slot)
             .filter(|e| e.stored.is_some())
             .map(|e| e.rec.shared())
     }

@@ -585,7 +585,7 @@ fn packed_exchanges_still_join_and_come_back_whole() {
         matches!(
             j.entries
                 .values()
-                .find(|e| e.rec.ids().contains(&"c"))
+                .find(|e| e.rec.has_id("c"))
                 .map(|e| &e.rec),
             Some(Held::Packed(_))
         ),

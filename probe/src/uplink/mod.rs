@@ -55,12 +55,14 @@ pub struct Uplink {
 
 impl Uplink {
     /// An uplink for `identity` over `channel`, remembering up to `max_flows` open flows to
-    /// announce again to a collector that restarted.
+    /// announce again to a collector that restarted, presenting the token in `token_file` (the
+    /// pod's projected service account token for the collector's audience) on every stream.
     pub fn new(
         identity: &Identity,
         channel: Channel,
         config: DeliveryConfig,
         max_flows: usize,
+        token_file: Option<std::path::PathBuf>,
     ) -> Self {
         let hello = Hello {
             probe_id: identity.probe_id.clone(),
@@ -69,7 +71,11 @@ impl Uplink {
         };
         let hop = CaptureHop::new(&hello, max_flows);
         Self {
-            sender: Sender::new(hop, CaptureConnector(channel), config),
+            sender: Sender::new(
+                hop,
+                CaptureConnector::new(channel).with_token_file(token_file),
+                config,
+            ),
         }
     }
 

@@ -26,6 +26,10 @@ use crate::session::v1::{DnsTransport, Observation, Session};
 /// Attribute the collector sets on the second and later requests pipelined in one message.
 pub const PIPELINE_POSITION_ATTRIBUTE: &str = "clovisor.http.pipeline_position";
 
+/// The same for the protocols other than HTTP whose exchanges pipelined in one message share
+/// its sequence number (Redis, PostgreSQL, MySQL, Kafka): their position in the message.
+pub const MESSAGE_POSITION_ATTRIBUTE: &str = "clovisor.pipeline_position";
+
 /// The client end of a connection, IPv4 normalised (a v4-mapped IPv6 address is IPv4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientAddr {
@@ -104,7 +108,11 @@ pub fn wire_key(session: &Session, client: ClientAddr) -> Option<WireKey> {
     if seqs.any(|s| s != request_seq) {
         return None;
     }
-    let position = match session.attributes.get(PIPELINE_POSITION_ATTRIBUTE) {
+    let position = match session
+        .attributes
+        .get(PIPELINE_POSITION_ATTRIBUTE)
+        .or_else(|| session.attributes.get(MESSAGE_POSITION_ATTRIBUTE))
+    {
         Some(p) => p.parse().ok()?,
         None => 0,
     };
