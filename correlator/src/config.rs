@@ -43,6 +43,12 @@ pub const ENV_JOIN_RETENTION: &str = "CLOVISOR_JOIN_RETENTION_S";
 pub const ENV_JOIN_MAX_ENTRIES: &str = "CLOVISOR_JOIN_MAX_ENTRIES";
 /// Node the correlator runs on (Downward API), exported as the resource's `k8s.node.name`.
 pub const ENV_NODE_NAME: &str = "CLOVISOR_NODE_NAME";
+/// Largest session batch (gRPC message) a collector may send, in bytes.
+pub const ENV_MAX_MESSAGE_BYTES: &str = "CLOVISOR_MAX_MESSAGE_BYTES";
+/// The smallest `CLOVISOR_MAX_MESSAGE_BYTES` taken: one large session must still fit.
+const MIN_MESSAGE_BYTES: usize = 64 << 10;
+/// The largest `CLOVISOR_MAX_MESSAGE_BYTES` taken.
+const MAX_MESSAGE_BYTES_CEILING: usize = 256 << 20;
 
 /// Default OTLP/gRPC endpoint, as in the OTel spec.
 pub const DEFAULT_OTLP_ENDPOINT: &str = "http://localhost:4317";
@@ -104,6 +110,9 @@ pub struct Config {
     pub export: Option<ExportConfig>,
     /// The multi-point join.
     pub join: JoinConfig,
+    /// Largest session batch accepted from a collector; a larger one ends its stream
+    /// (`out of range`) and is counted.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Config {
@@ -114,6 +123,7 @@ impl Default for Config {
             node_name: None,
             export: Some(ExportConfig::default()),
             join: JoinConfig::default(),
+            max_message_bytes: clovisor_proto::hops::MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -179,8 +189,28 @@ impl Config {
                 "must be at most 10000000",
             )?;
         }
+        let max_message_bytes = match get(ENV_MAX_MESSAGE_BYTES) {
+            Some(v) => {
+                let n = number(ENV_MAX_MESSAGE_BYTES, v)?;
+                if n < MIN_MESSAGE_BYTES {
+                    return Err(Error::EnvValue {
+                        name: ENV_MAX_MESSAGE_BYTES,
+                        value: v.to_owned(),
+                        reason: "must be at least 65536",
+                    });
+                }
+                at_most(
+                    ENV_MAX_MESSAGE_BYTES,
+                    n,
+                    MAX_MESSAGE_BYTES_CEILING,
+                    "must be at most 268435456",
+                )?
+            }
+            None => defaults.max_message_bytes,
+        };
         Ok(Self {
             join,
+            max_message_bytes,
             store_capacity,
             service_name: get(ENV_SERVICE_NAME)
                 .unwrap_or(DEFAULT_SERVICE_NAME)
@@ -331,6 +361,21 @@ mod tests {
             assert!(
                 err.as_ref().is_err_and(|e| e.to_string().contains(name)),
                 "{name}={value} must be refused naming the variable, got {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_message_limit_is_read_and_bounded() {
+        let default = Config::from_env_map(&HashMap::new()).expect("defaults");
+        assert_eq!(default.max_message_bytes, 4 << 20);
+        let cfg = Config::from_env_map(&env(&[(ENV_MAX_MESSAGE_BYTES, "8388608")]))
+            .expect("8 MiB is taken");
+        assert_eq!(cfg.max_message_bytes, 8 << 20);
+        for bad in ["1000", "1073741824", "lots"] {
+            assert!(
+                Config::from_env_map(&env(&[(ENV_MAX_MESSAGE_BYTES, bad)])).is_err(),
+                "{bad} is refused"
             );
         }
     }

@@ -44,6 +44,7 @@ pub struct IngestService {
     export: Option<ExportHandle>,
     senders: Arc<Mutex<HashMap<String, Arc<Mutex<SenderState>>>>>,
     window: Duration,
+    max_message_bytes: usize,
 }
 
 impl IngestService {
@@ -68,7 +69,15 @@ impl IngestService {
             export,
             senders: Arc::new(Mutex::new(HashMap::new())),
             window: join.window,
+            max_message_bytes: clovisor_proto::hops::MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// Accepts session batches of up to `bytes` (`CLOVISOR_MAX_MESSAGE_BYTES`); a larger one
+    /// ends its stream and is counted (`clovisor_correlator_ingest_batches_total{result="too_large"}`).
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
     }
 
     /// How often [`IngestService::tick`] should run: often enough that a span leaves soon after
@@ -130,8 +139,8 @@ impl IngestService {
 
     /// Wraps the service for a tonic server.
     pub fn into_server(self) -> SessionIngestServer<Self> {
-        SessionIngestServer::new(self)
-            .max_decoding_message_size(clovisor_proto::hops::MAX_MESSAGE_BYTES)
+        let max = self.max_message_bytes;
+        SessionIngestServer::new(self).max_decoding_message_size(max)
     }
 
     /// Takes one point's view of one exchange: joins it with what other points saw of the same
@@ -281,7 +290,14 @@ impl SessionIngest for IngestService {
                 let batch = match next {
                     Ok(batch) => batch,
                     Err(status) => {
-                        tracing::debug!(error = %status, "session stream ended with an error");
+                        // tonic refuses a message over the size limit with `out of range`.
+                        if status.code() == tonic::Code::OutOfRange {
+                            service.metrics.batch_too_large();
+                            tracing::warn!(error = %status, limit = service.max_message_bytes,
+                                "session batch over CLOVISOR_MAX_MESSAGE_BYTES: stream ended");
+                        } else {
+                            tracing::debug!(error = %status, "session stream ended with an error");
+                        }
                         break;
                     }
                 };
@@ -366,6 +382,40 @@ mod tests {
             ids,
             ["s1", "s2", "s3", "s4", "t1"],
             "each session stored exactly once"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_batch_over_the_message_limit_ends_its_stream_and_is_counted() -> anyhow::Result<()> {
+        let svc = service().with_max_message_bytes(64 << 10);
+        let metrics = Arc::clone(&svc.metrics);
+        let store = Arc::clone(&svc.store);
+        let mut client = client(svc).await?;
+        let small = batch("c", 1, &["s1"]);
+        let ids: Vec<String> = (0..2000).map(|i| format!("big-{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let big = batch("c", 2, &ids);
+        assert!(big.encoded_len() > 64 << 10, "the batch is over the limit");
+        let mut acks = client
+            .push(tokio_stream::iter(vec![small, big]))
+            .await?
+            .into_inner();
+        let mut seen = Vec::new();
+        while let Some(ack) = tokio::time::timeout(Duration::from_secs(5), acks.next()).await? {
+            match ack {
+                Ok(ack) => seen.push(ack.seq),
+                Err(_) => break,
+            }
+        }
+        assert_eq!(seen, [1], "the batch under the limit only is acknowledged");
+        assert!(store.get("s1").is_some() && store.get("big-0").is_none());
+        let mut reg = prometheus_client::registry::Registry::default();
+        metrics.register(&mut reg);
+        let text = crate::metrics::encode(&reg);
+        assert!(
+            text.contains("clovisor_correlator_ingest_batches_total{result=\"too_large\"} 1"),
+            "the refusal is counted: {text}"
         );
         Ok(())
     }

@@ -93,7 +93,8 @@ impl Correlator {
             Arc::clone(&metrics),
             exporter.as_ref().map(OtlpExporter::handle),
             config.join,
-        );
+        )
+        .with_max_message_bytes(config.max_message_bytes);
         // Closes join windows: exports each exchange once no more observations are expected.
         let ticker = {
             let ingest = ingest.clone();

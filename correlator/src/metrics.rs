@@ -150,7 +150,7 @@ pub fn dns_type_label(qtype: u32) -> &'static str {
 /// Labels of `clovisor_correlator_ingest_batches_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BatchLabels {
-    /// `processed` or `duplicate`.
+    /// `processed`, `duplicate` or `too_large`.
     pub result: &'static str,
 }
 
@@ -1119,6 +1119,16 @@ impl Metrics {
     pub fn batch(&self, duplicate: bool) {
         let result = if duplicate { "duplicate" } else { "processed" };
         self.batches.get_or_create(&BatchLabels { result }).inc();
+    }
+
+    /// Counts a batch refused for its size (over `CLOVISOR_MAX_MESSAGE_BYTES`): its stream ends
+    /// and the collector sends it again on a new one.
+    pub fn batch_too_large(&self) {
+        self.batches
+            .get_or_create(&BatchLabels {
+                result: "too_large",
+            })
+            .inc();
     }
 
     /// Counts a malformed wire trace context field.

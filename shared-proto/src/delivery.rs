@@ -45,6 +45,12 @@ pub trait BatchContract: Send + 'static {
     fn count(_item: &Self::Item) -> u64 {
         1
     }
+    /// About how many bytes an item adds to its batch's encoding: what batches are also
+    /// bounded by ([`DeliveryConfig::max_batch_bytes`]), so that no batch outgrows what the
+    /// receiver decodes. 0 (the default) leaves batches bounded by their item count only.
+    fn item_bytes(_item: &Self::Item) -> usize {
+        0
+    }
     /// Sees every item as it is taken in; it will travel in batch number `seq`. A hop that
     /// keeps state for its greeting keeps it here.
     fn observe(&mut self, _item: &Self::Item, _seq: u64) {}
@@ -71,6 +77,11 @@ pub trait Connector<C: BatchContract>: Send + 'static {
 pub struct DeliveryConfig {
     /// Items per batch at most.
     pub max_batch_items: usize,
+    /// A batch is sealed once its items' bytes ([`BatchContract::item_bytes`]) reach this, well
+    /// below what the receiver decodes (`hops::MAX_MESSAGE_BYTES`): large items (sessions with
+    /// long targets or many attributes) make smaller batches instead of one the receiver
+    /// refuses. An item larger than this travels alone.
+    pub max_batch_bytes: usize,
     /// A partial batch is sent after this long.
     pub flush_interval: Duration,
     /// Unacknowledged batches on the wire at most.
@@ -91,6 +102,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             max_batch_items: 256,
+            max_batch_bytes: 1 << 20,
             flush_interval: Duration::from_millis(50),
             window: 32,
             replay_bytes: 32 << 20,
@@ -184,8 +196,9 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
         let mut buffer: VecDeque<Entry<C::Outbound>> = VecDeque::new();
         let mut buffered_bytes = 0usize;
         let mut pending: Vec<C::Item> = Vec::new();
-        // Records in `pending` (an item may stand for several).
+        // Records in `pending` (an item may stand for several), and their bytes.
         let mut pending_count = 0u64;
+        let mut pending_bytes = 0usize;
         let mut next_seq = 1u64;
         let mut acked = 0u64;
         let mut stream: Option<Stream<C>> = None;
@@ -200,11 +213,13 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
             // Seal a full or due batch.
             let due = !pending.is_empty()
                 && (pending_count >= cfg.max_batch_items as u64
+                    || pending_bytes >= cfg.max_batch_bytes
                     || Instant::now() >= flush_at
                     || closing_since.is_some());
             if due {
                 let items = std::mem::take(&mut pending);
                 let count = std::mem::take(&mut pending_count);
+                pending_bytes = 0;
                 let msg = self.contract.batch(next_seq, items);
                 let bytes = C::size(&msg);
                 buffered_bytes += bytes;
@@ -299,8 +314,11 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                             // (its clock reads and timers) per burst rather than per item.
                             let mut next = Some(item);
                             while let Some(item) = next.take() {
+                                pending_bytes = pending_bytes.saturating_add(C::item_bytes(&item));
                                 self.take(item, next_seq, &mut pending, &mut pending_count);
-                                if pending_count < cfg.max_batch_items as u64 {
+                                if pending_count < cfg.max_batch_items as u64
+                                    && pending_bytes < cfg.max_batch_bytes
+                                {
                                     next = input.try_recv().ok();
                                 }
                             }
@@ -350,6 +368,7 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                     closing_since = Some(Instant::now());
                     // Take what producers already queued: it was accepted, so it is owed.
                     while let Ok(item) = input.try_recv() {
+                        pending_bytes = pending_bytes.saturating_add(C::item_bytes(&item));
                         self.take(item, next_seq, &mut pending, &mut pending_count);
                     }
                 }

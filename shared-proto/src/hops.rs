@@ -296,6 +296,10 @@ impl BatchContract for CaptureHop {
         chunk.records
     }
 
+    fn item_bytes(chunk: &RecordChunk) -> usize {
+        chunk.body.len()
+    }
+
     fn observe(&mut self, chunk: &RecordChunk, seq: u64) {
         self.flows.observe(chunk, seq);
     }
@@ -324,6 +328,11 @@ impl BatchContract for SessionHop {
 
     fn batch(&self, seq: u64, sessions: Vec<Self::Item>) -> Bytes {
         encode_session_batch(seq, &self.sender, &sessions)
+    }
+
+    fn item_bytes(session: &Self::Item) -> usize {
+        // Its field's key and length prefix: at most 1 + 3 bytes for any session that fits.
+        session.encoded_len().saturating_add(4)
     }
 
     fn size(msg: &Bytes) -> usize {

@@ -28,6 +28,11 @@ impl BatchContract for Contract {
     fn ack(msg: &u64) -> Option<u64> {
         Some(*msg)
     }
+    /// An item's value is its size, for the byte bound's test (the other tests' items add up
+    /// to far below their bound).
+    fn item_bytes(item: &u32) -> usize {
+        *item as usize
+    }
 }
 
 /// A receiver with the real protocol's semantics: process seq > last, ack every batch.
@@ -35,6 +40,8 @@ impl BatchContract for Contract {
 struct Receiver {
     last: u64,
     items: Vec<u32>,
+    /// The items of each batch processed, in order.
+    batches: Vec<Vec<u32>>,
     hellos: usize,
     streams: usize,
     /// When set, the next stream breaks after reading this many batches, without acking them.
@@ -81,6 +88,7 @@ impl Connector<Contract> for FakeConnector {
                                 }
                                 if seq > r.last {
                                     r.last = seq;
+                                    r.batches.push(items.clone());
                                     r.items.extend(items);
                                 }
                                 seq
@@ -101,6 +109,7 @@ impl Connector<Contract> for FakeConnector {
 fn config() -> DeliveryConfig {
     DeliveryConfig {
         max_batch_items: 10,
+        max_batch_bytes: 1 << 20,
         flush_interval: Duration::from_millis(5),
         window: 4,
         replay_bytes: 1 << 20,
@@ -231,4 +240,30 @@ async fn a_receiver_that_comes_back_gets_the_buffered_batches() {
     drop(tx);
     run.await.expect("sender task");
     assert_eq!(rx.lock().expect("lock").items, (0..50).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn batches_are_sealed_by_bytes_as_well_as_by_count() {
+    let rx = Arc::new(Mutex::new(Receiver {
+        up: true,
+        ..Default::default()
+    }));
+    let cfg = DeliveryConfig {
+        max_batch_bytes: 100,
+        ..config()
+    };
+    let sender = Sender::new(Contract, FakeConnector(Arc::clone(&rx)), cfg);
+    let (tx, input) = mpsc::channel(100);
+    // Sizes: a batch takes items until they reach 100 bytes; one larger travels alone.
+    for size in [60u32, 60, 60, 10, 10, 200, 300, 1, 1] {
+        tx.send(size).await.expect("input open");
+    }
+    drop(tx);
+    sender.run(input, std::future::pending()).await;
+    let r = rx.lock().expect("lock");
+    assert_eq!(
+        r.batches,
+        vec![vec![60, 60], vec![60, 10, 10, 200], vec![300], vec![1, 1]],
+        "each batch stops at the first item that takes it to 100 bytes"
+    );
 }
