@@ -53,10 +53,18 @@ pub struct Args {
     /// collector -> correlator hops are in-process and need none).
     #[command(flatten)]
     tls: TlsArgs,
+    /// Bounds on the metrics' series and label values, as every service binary has.
+    #[command(flatten)]
+    limits: clovisor_runtime::limits::LimitArgs,
+    /// Caps on the strings and maps of each session, as the collector has.
+    #[command(flatten)]
+    field_limits: clovisor_collector::decode::limits::FieldLimitArgs,
 }
 
 /// Runs until SIGTERM or SIGINT, logging as `log` says.
 pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
+    // Before any metric is made: the families take their bounds when made.
+    args.limits.apply();
     // One registry serves every component's metrics on the one metrics port, and one loss
     // accounting counts every stage's drops.
     let Started {
@@ -95,8 +103,15 @@ pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
 
     // Collector: raw records in, sessions out.
     let (sessions_tx, sessions_rx) = mpsc::channel(4096);
-    let capture_service = CaptureService::new(sessions_tx, Arc::clone(&collector_metrics))
-        .with_live_config(live.clone());
+    let capture_service = CaptureService::with_config(
+        sessions_tx,
+        Arc::clone(&collector_metrics),
+        clovisor_collector::server::ServiceConfig {
+            field_limits: args.field_limits.limits(),
+            ..Default::default()
+        },
+    )
+    .with_live_config(live.clone());
     let analyzers = capture_service.follow_analyzers(live.clone(), Some(config_metrics));
 
     let stop_collector = StopFlag::default();
@@ -174,5 +189,45 @@ async fn await_stage<T: std::fmt::Debug>(name: &str, task: tokio::task::JoinHand
         Ok(Ok(result)) => tracing::debug!(stage = name, ?result, "stage finished"),
         Ok(Err(e)) => tracing::error!(stage = name, error = %e, "stage task failed"),
         Err(_) => tracing::error!(stage = name, "stage did not finish in time"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn takes_the_metric_bounds_and_session_caps_of_the_service_binaries() {
+        let cli = Cli::try_parse_from([
+            "all-in-one",
+            "--netns",
+            "pod-a",
+            "--max-series-per-family",
+            "500",
+            "--max-attributes",
+            "3",
+            "--max-long-field-bytes",
+            "2048",
+        ])
+        .unwrap_or_else(|e| panic!("flags parse: {e}"));
+        assert_eq!(cli.args.limits.max_series_per_family, 500);
+        let caps = cli.args.field_limits.limits();
+        assert_eq!((caps.attributes, caps.long_field_bytes), (3, 2048));
+        assert_eq!(
+            caps.field_bytes,
+            clovisor_collector::decode::limits::MAX_FIELD_BYTES,
+            "unset caps keep the collector's defaults"
+        );
+        assert!(
+            Cli::try_parse_from(["all-in-one", "--max-series-per-family", "1"]).is_err(),
+            "out of range is refused, as by the collector"
+        );
     }
 }

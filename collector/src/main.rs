@@ -90,29 +90,9 @@ struct Args {
     /// Decoded sessions queued for the correlator; when full, probes' streams are slowed down.
     #[arg(long, env = "CLOVISOR_SESSION_QUEUE", default_value_t = 4096)]
     session_queue: usize,
-    /// Bytes of a request target or database statement a session keeps at most; longer ones
-    /// are cut (`clovisor_collector_fields_truncated_total{field}`).
-    #[arg(long, env = "CLOVISOR_MAX_LONG_FIELD_BYTES", default_value_t = limits::MAX_LONG_FIELD_BYTES,
-        value_parser = RangedU64ValueParser::<usize>::new().range(16..=1 << 20))]
-    max_long_field_bytes: usize,
-    /// Bytes of every other string a session keeps from the wire at most (hosts, user agents,
-    /// header values, keys, messages, names).
-    #[arg(long, env = "CLOVISOR_MAX_FIELD_BYTES", default_value_t = limits::MAX_FIELD_BYTES,
-        value_parser = RangedU64ValueParser::<usize>::new().range(16..=1 << 20))]
-    max_field_bytes: usize,
-    /// Bytes of an attribute's or analyzer field's name at most.
-    #[arg(long, env = "CLOVISOR_MAX_ATTRIBUTE_NAME_BYTES", default_value_t = limits::MAX_ATTRIBUTE_NAME_BYTES,
-        value_parser = RangedU64ValueParser::<usize>::new().range(16..=65_536))]
-    max_attribute_name_bytes: usize,
-    /// Attributes one session carries at most; beyond, those whose names sort last are dropped
-    /// (`clovisor_collector_fields_truncated_total{field="attributes"}`).
-    #[arg(long, env = "CLOVISOR_MAX_ATTRIBUTES", default_value_t = limits::MAX_ATTRIBUTES,
-        value_parser = RangedU64ValueParser::<usize>::new().range(0..=65_536))]
-    max_attributes: usize,
-    /// Fields one analyzer result carries at most (`field="analyzer.fields"` when dropped).
-    #[arg(long, env = "CLOVISOR_MAX_ANALYZER_FIELDS", default_value_t = limits::MAX_ANALYZER_FIELDS,
-        value_parser = RangedU64ValueParser::<usize>::new().range(0..=65_536))]
-    max_analyzer_fields: usize,
+    /// Caps on the strings and maps of each session.
+    #[command(flatten)]
+    field_limits: limits::FieldLimitArgs,
     /// Largest gRPC message decoded from a probe, in bytes (a probe's batches are 1 MiB at
     /// most); a larger one ends its stream
     /// (`clovisor_collector_probes_refused_total{reason="message_too_large"}`).
@@ -233,13 +213,7 @@ async fn main() -> anyhow::Result<()> {
         },
         redact_query_keys: args.redact_query_keys.clone(),
         local_join_hold: std::time::Duration::from_millis(args.local_join_hold_ms),
-        field_limits: limits::FieldLimits {
-            long_field_bytes: args.max_long_field_bytes,
-            field_bytes: args.max_field_bytes,
-            attribute_name_bytes: args.max_attribute_name_bytes,
-            attributes: args.max_attributes,
-            analyzer_fields: args.max_analyzer_fields,
-        },
+        field_limits: args.field_limits.limits(),
         max_message_bytes: args.max_message_bytes,
         flows: clovisor_collector::flows::FlowTableConfig {
             max_flows: args.max_flows,

@@ -39,6 +39,48 @@ pub const ATTRIBUTES_DROPPED: &str = "attributes";
 /// Label of the analyzer fields dropped beyond [`FieldLimits::analyzer_fields`].
 pub const ANALYZER_FIELDS_DROPPED: &str = "analyzer.fields";
 
+/// The [`FieldLimits`] as flags (and environment variables): the collector's and
+/// `clovisor all-in-one`'s.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FieldLimitArgs {
+    /// Bytes of a request target or database statement a session keeps at most; longer ones
+    /// are cut (`clovisor_collector_fields_truncated_total{field}`).
+    #[arg(long, env = "CLOVISOR_MAX_LONG_FIELD_BYTES", default_value_t = MAX_LONG_FIELD_BYTES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1 << 20))]
+    pub max_long_field_bytes: usize,
+    /// Bytes of every other string a session keeps from the wire at most (hosts, user agents,
+    /// header values, keys, messages, names).
+    #[arg(long, env = "CLOVISOR_MAX_FIELD_BYTES", default_value_t = MAX_FIELD_BYTES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1 << 20))]
+    pub max_field_bytes: usize,
+    /// Bytes of an attribute's or analyzer field's name at most.
+    #[arg(long, env = "CLOVISOR_MAX_ATTRIBUTE_NAME_BYTES", default_value_t = MAX_ATTRIBUTE_NAME_BYTES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=65_536))]
+    pub max_attribute_name_bytes: usize,
+    /// Attributes one session carries at most; beyond, those whose names sort last are dropped
+    /// (`clovisor_collector_fields_truncated_total{field="attributes"}`).
+    #[arg(long, env = "CLOVISOR_MAX_ATTRIBUTES", default_value_t = MAX_ATTRIBUTES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=65_536))]
+    pub max_attributes: usize,
+    /// Fields one analyzer result carries at most (`field="analyzer.fields"` when dropped).
+    #[arg(long, env = "CLOVISOR_MAX_ANALYZER_FIELDS", default_value_t = MAX_ANALYZER_FIELDS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=65_536))]
+    pub max_analyzer_fields: usize,
+}
+
+impl FieldLimitArgs {
+    /// The limits these flags set.
+    pub fn limits(&self) -> FieldLimits {
+        FieldLimits {
+            long_field_bytes: self.max_long_field_bytes,
+            field_bytes: self.max_field_bytes,
+            attribute_name_bytes: self.max_attribute_name_bytes,
+            attributes: self.max_attributes,
+            analyzer_fields: self.max_analyzer_fields,
+        }
+    }
+}
+
 /// The limits a session's strings and maps are capped to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FieldLimits {
