@@ -553,6 +553,12 @@ pub fn our_programs_on(ifname: &str) -> Result<Vec<String>> {
         .with_context(|| format!("listing programs on {ifname}"))
 }
 
+/// Whether both of our programs (ingress and egress) are on `ifname`. The probe attaches them
+/// one after the other: traffic sent when only the first is on is seen in one direction only.
+pub fn our_programs_complete_on(ifname: &str) -> Result<bool> {
+    Ok(our_programs_on(ifname)?.len() >= clovisor_probe::hooks::pod_veth::PROGRAMS.len())
+}
+
 /// A running `clovisor all-in-one`, killed on drop unless stopped.
 pub struct AllInOne {
     /// The process.
@@ -626,7 +632,7 @@ impl AllInOne {
                     return Ok(false);
                 }
                 for ifname in attached {
-                    if our_programs_on(ifname)?.is_empty() {
+                    if !our_programs_complete_on(ifname)? {
                         return Ok(false);
                     }
                 }

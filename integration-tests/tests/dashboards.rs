@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::http_client::{http_get, Curl};
 use clovisor_integration_tests::{
-    cargo_build, free_port, our_programs_on, run, start_service, wait_for, Lab, Nginx,
+    cargo_build, free_port, our_programs_complete_on, run, start_service, wait_for, Lab, Nginx,
     PipelineAddrs, Proc,
 };
 use serde_json::Value;
@@ -132,8 +132,8 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() -> Result<()> {
         .args(["--metrics-listen", &probe_metrics, "--redis", ""]);
     let probe = start_service("probe", cmd, &probe_metrics, log_path("probe"))?;
     if let Err(e) = wait_for("probe attached", Duration::from_secs(20), || {
-        Ok(!our_programs_on(&server.host_veth)?.is_empty()
-            && !our_programs_on(&outside.uplink)?.is_empty())
+        Ok(our_programs_complete_on(&server.host_veth)?
+            && our_programs_complete_on(&outside.uplink)?)
     }) {
         bail!("{e:#}\nprobe log:\n{}", probe.log_text());
     }
