@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::broadcast;
 
 use crate::analytics::query::parse_duration;
-use crate::analytics::{end_name, protocol_name, Analytics};
+use crate::analytics::{end_name, protocol_label, Analytics};
 use crate::error::{Error, Result};
 use crate::ids::TraceId;
 use crate::join::{JoinConfig, Joiner};
@@ -268,7 +268,7 @@ impl SessionFilter {
             && self
                 .protocol
                 .as_ref()
-                .is_none_or(|p| &protocol_name(s) == p)
+                .is_none_or(|p| protocol_label(s) == p.as_str())
             && self
                 .min_duration_ns
                 .is_none_or(|d| s.end_unix_nanos.saturating_sub(s.start_unix_nanos) >= d)

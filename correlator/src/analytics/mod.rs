@@ -219,13 +219,8 @@ pub fn now_unix_nanos() -> u64 {
 }
 
 /// The protocol's name as the analytics and the session filters show it (`http1`, …; a user
-/// analyzer's name for its sessions).
-pub fn protocol_name(session: &Session) -> String {
-    protocol_label(session).into_owned()
-}
-
-/// [`protocol_name`], borrowed from the session or static where it can be.
-fn protocol_label(session: &Session) -> Cow<'_, str> {
+/// analyzer's name for its sessions), borrowed from the session or static.
+pub fn protocol_label(session: &Session) -> Cow<'_, str> {
     if let (Ok(Protocol::Analyzer), Some(a)) =
         (Protocol::try_from(session.protocol), &session.analyzer)
     {
@@ -376,8 +371,8 @@ impl Analytics {
         if recs.is_empty() {
             return;
         }
-        // The keys are made and hashed before the lock is taken; they borrow the sessions'
-        // strings, copied only for a key not live yet.
+        // The keys are made before the lock is taken; they borrow the sessions' strings,
+        // copied only for a key not live yet.
         let keys: Vec<KeyRef<'_>> = recs.iter().map(|r| self.key_of(&r.session)).collect();
         let epoch = now / self.bucket_nanos();
         let mut inner = self.lock();

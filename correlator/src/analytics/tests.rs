@@ -164,3 +164,27 @@ fn durations_parse() {
         assert_eq!(query::parse_duration(bad), None, "{bad:?} must be refused");
     }
 }
+
+#[test]
+fn protocol_labels_are_the_enum_names_in_lower_case() {
+    for value in 0..=9 {
+        let Ok(p) = Protocol::try_from(value) else {
+            panic!("protocol {value} is defined");
+        };
+        let session = Session {
+            protocol: value,
+            ..Default::default()
+        };
+        let name = p.as_str_name();
+        let want = name
+            .strip_prefix("PROTOCOL_")
+            .unwrap_or(name)
+            .to_ascii_lowercase();
+        assert_eq!(protocol_label(&session), want, "protocol {value}");
+    }
+    let unknown = Session {
+        protocol: 99,
+        ..Default::default()
+    };
+    assert_eq!(protocol_label(&unknown), "unspecified");
+}

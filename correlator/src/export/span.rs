@@ -680,12 +680,16 @@ fn observation_events(buf: &mut Vec<u8>, session: &Session) {
     // What each event of an observation repeats (where it was seen, by which process) is
     // written once per observation and copied into its events.
     let mut common = Vec::with_capacity(160 * session.observations.len());
-    let mut common_at = Vec::with_capacity(session.observations.len());
-    let mut events: Vec<(u64, usize, usize)> = Vec::with_capacity(4 * session.observations.len());
-    for (i, o) in session.observations.iter().enumerate() {
+    let mut ranges = Vec::with_capacity(session.observations.len());
+    for o in &session.observations {
         let from = common.len();
         observation_attributes(&mut common, o);
-        common_at.push(from..common.len());
+        ranges.push(from..common.len());
+    }
+    let mut events: Vec<(u64, &Observation, &[u8], usize)> =
+        Vec::with_capacity(4 * session.observations.len());
+    for (o, range) in session.observations.iter().zip(ranges) {
+        let attrs = common.get(range).unwrap_or_default();
         let times = [
             o.request_start_unix_nanos,
             o.request_end_unix_nanos,
@@ -694,16 +698,12 @@ fn observation_events(buf: &mut Vec<u8>, session: &Session) {
         ];
         for (name, at) in times.into_iter().enumerate() {
             if at != 0 {
-                events.push((at, i, name));
+                events.push((at, o, attrs, name));
             }
         }
     }
-    events.sort_by_key(|(at, _, _)| *at);
-    for (at, i, name) in events {
-        let (Some(o), Some(range)) = (session.observations.get(i), common_at.get(i)) else {
-            continue;
-        };
-        let attrs = common.get(range.clone()).unwrap_or_default();
+    events.sort_by_key(|(at, _, _, _)| *at);
+    for (at, o, attrs, name) in events {
         // An event is a few hundred bytes: two bytes of length.
         wire::message_sized(buf, field::EVENTS, 2, |buf| {
             event(buf, EVENT_NAMES[name], at, attrs, o)

@@ -258,25 +258,22 @@ impl Held {
 
     /// The exchange's id and those of the sessions merged into it.
     fn ids(&self) -> impl Iterator<Item = &str> {
-        let (id, constituents) = match self {
-            Self::Live(rec) => (rec.id.as_str(), rec.constituents.as_slice()),
-            Self::Packed(p) => (p.id.as_str(), p.constituents.as_slice()),
-        };
-        std::iter::once(id).chain(
-            constituents
-                .iter()
-                .map(String::as_str)
-                .filter(move |c| *c != id),
-        )
+        let (id, constituents) = self.id_parts();
+        ids_from(id, constituents)
     }
 
     /// Whether `id` is one of [`Held::ids`].
     fn has_id(&self, id: &str) -> bool {
-        let (own, constituents) = match self {
-            Self::Live(rec) => (rec.id.as_str(), rec.constituents.as_slice()),
-            Self::Packed(p) => (p.id.as_str(), p.constituents.as_slice()),
-        };
+        let (own, constituents) = self.id_parts();
         own == id || constituents.iter().any(|c| c == id)
+    }
+
+    /// The exchange's own id and its constituents' ids.
+    fn id_parts(&self) -> (&str, &[String]) {
+        match self {
+            Self::Live(rec) => (&rec.id, &rec.constituents),
+            Self::Packed(p) => (&p.id, &p.constituents),
+        }
     }
 }
 
@@ -379,11 +376,16 @@ fn span_of(session: &Session) -> (u64, u64) {
 
 /// The session's own id and those of the sessions merged into it.
 pub(crate) fn ids_of(rec: &CorrelatedSession) -> impl Iterator<Item = &str> {
-    std::iter::once(rec.id.as_str()).chain(
-        rec.constituents
+    ids_from(&rec.id, &rec.constituents)
+}
+
+/// `id`, then those of `constituents` that are not `id`.
+fn ids_from<'a>(id: &'a str, constituents: &'a [String]) -> impl Iterator<Item = &'a str> {
+    std::iter::once(id).chain(
+        constituents
             .iter()
             .map(String::as_str)
-            .filter(move |c| *c != rec.id),
+            .filter(move |c| *c != id),
     )
 }
 
