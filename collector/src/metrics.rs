@@ -948,6 +948,22 @@ mod tests {
         text.lines().filter(|l| l.starts_with(&prefix)).count()
     }
 
+    /// `family` holds exactly its bound of series in `text`, and `metric`'s overflow series
+    /// counted `folded` observations.
+    fn assert_bounded(text: &str, family: &str, metric: &str, folded: u64) {
+        use clovisor_runtime::series::MAX_SERIES_PER_FAMILY;
+        assert_eq!(
+            series_lines(text, family),
+            MAX_SERIES_PER_FAMILY,
+            "series of {family}"
+        );
+        assert_eq!(
+            overflow_line(text, metric),
+            Some(folded),
+            "folded observations of {metric}"
+        );
+    }
+
     fn overflow_line(text: &str, metric: &str) -> Option<u64> {
         let prefix = format!(r#"clovisor_metric_series_overflow_total{{metric="{metric}"}} "#);
         text.lines()
@@ -995,16 +1011,7 @@ mod tests {
                 (2 * FLOOD - (MAX_SERIES_PER_FAMILY - 1)) as u64,
             ),
         ] {
-            assert_eq!(
-                series_lines(&text, family),
-                MAX_SERIES_PER_FAMILY,
-                "series of {family}"
-            );
-            assert_eq!(
-                overflow_line(&text, metric),
-                Some(want_folded),
-                "folded observations of {metric}"
-            );
+            assert_bounded(&text, family, metric, want_folded);
         }
         assert!(
             text.lines()
@@ -1035,16 +1042,7 @@ mod tests {
             "clovisor_analyzer_errors_total",
             "clovisor_analyzer_loads_total",
         ] {
-            assert_eq!(
-                series_lines(&text, family),
-                MAX_SERIES_PER_FAMILY,
-                "series of {family}"
-            );
-            assert_eq!(
-                overflow_line(&text, family),
-                Some(folded),
-                "folds of {family}"
-            );
+            assert_bounded(&text, family, family, folded);
         }
     }
 

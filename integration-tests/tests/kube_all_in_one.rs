@@ -14,7 +14,8 @@ use clovisor_integration_tests::fake_kube::FakeKube;
 use clovisor_integration_tests::fixtures::{self, PodBuilder};
 use clovisor_integration_tests::http_client::Curl;
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, our_programs_on, require_root, wait_for, Lab, Nginx, Proc,
+    clovisor_bin, free_port, our_programs_complete_on, our_programs_on, require_root, wait_for,
+    Lab, Nginx, Proc,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -85,7 +86,7 @@ async fn all_in_one_traces_the_pods_the_api_server_describes() -> Result<()> {
         if !proc.running() {
             bail!("clovisor exited early:\n{}", proc.log_text());
         }
-        Ok(our_programs_on(&server.host_veth)?.len() == 2)
+        our_programs_complete_on(&server.host_veth)
     });
     if let Err(e) = attached {
         bail!("{e:#}\nlog:\n{}", proc.log_text());

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clovisor_integration_tests::http_client::http_get;
 use clovisor_integration_tests::{
-    cargo_build, clovisor_bin, collector_command, correlator_command, free_port, our_programs_on,
-    run_in, start_service, wait_for, Lab, Nginx, Proc,
+    cargo_build, clovisor_bin, collector_command, correlator_command, free_port,
+    our_programs_complete_on, run_in, start_service, wait_for, Lab, Nginx, Proc,
 };
 use clovisor_proto::capture::v1::capture_client::CaptureClient;
 use clovisor_proto::capture::v1::{
@@ -213,7 +213,7 @@ fn every_stage_accounts_for_every_item_under_overload() -> Result<()> {
         if !proc.running() {
             bail!("clovisor exited early");
         }
-        Ok(http_get(&ready).is_ok() && !our_programs_on(&server.host_veth)?.is_empty())
+        Ok(http_get(&ready).is_ok() && our_programs_complete_on(&server.host_veth)?)
     }) {
         bail!("{e:#}\nlog:\n{}", proc.log_text());
     }

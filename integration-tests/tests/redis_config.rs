@@ -12,7 +12,8 @@ use clovisor_config::testing::RedisServer;
 use clovisor_integration_tests::api::{metric, sessions};
 use clovisor_integration_tests::http_client::{http_get, Curl};
 use clovisor_integration_tests::{
-    clovisor_bin, free_port, our_programs_on, run, wait_for, Lab, Nginx, Pod, Proc,
+    clovisor_bin, free_port, our_programs_complete_on, our_programs_on, run, wait_for, Lab, Nginx,
+    Pod, Proc,
 };
 use serde_json::Value;
 
@@ -85,7 +86,7 @@ fn egress_rules_from_redis_trace_outbound_calls_live() -> Result<()> {
                 bail!("clovisor exited early");
             }
             Ok(http_get(&format!("http://{api}/readyz")).is_ok()
-                && !our_programs_on(&client.host_veth)?.is_empty()
+                && our_programs_complete_on(&client.host_veth)?
                 && sample(&metrics, "clovisor_config_redis_up")? == 1.0)
         },
     );

@@ -22,7 +22,7 @@ use anyhow::{bail, Result};
 use clovisor_integration_tests::api;
 use clovisor_integration_tests::http_client::Curl;
 use clovisor_integration_tests::{
-    cargo_build, our_programs_on, start_service, wait_for, Lab, Nginx, PipelineAddrs, Proc,
+    cargo_build, our_programs_complete_on, start_service, wait_for, Lab, Nginx, PipelineAddrs, Proc,
 };
 
 /// How long the client makes requests.
@@ -129,7 +129,7 @@ fn a_collector_killed_mid_traffic_stores_every_request_once_but_split_exchanges(
     ]);
     let mut probe = start("probe", cmd, &probe_metrics)?;
     if let Err(e) = wait_for("probe attached", Duration::from_secs(20), || {
-        Ok(!our_programs_on(&server.host_veth)?.is_empty())
+        our_programs_complete_on(&server.host_veth)
     }) {
         bail!("{e:#}\nprobe log:\n{}", probe.log_text());
     }
