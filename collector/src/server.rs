@@ -25,6 +25,7 @@ use clovisor_proto::capture::v1::{
     collector_message, Ack, CollectorMessage, FlowTable as OpenFlows, Hello,
 };
 use clovisor_proto::delivery::DeliveryStats;
+use clovisor_proto::hops::{EncodedSession, SessionEncoder};
 use clovisor_proto::session::v1::Session;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -95,7 +96,7 @@ impl Drop for AbortOnDrop {
 
 struct Inner {
     state: Mutex<State>,
-    out: mpsc::Sender<Session>,
+    out: mpsc::Sender<EncodedSession>,
     metrics: Arc<CollectorMetrics>,
     flush_interval: Duration,
     local_join_hold: Duration,
@@ -136,16 +137,18 @@ impl Inner {
         }
     }
 
-    /// Hands `sessions` to the output, in order, waiting for room: as many slots as fit taken
-    /// at once rather than one wait per session.
+    /// Hands `sessions` to the output, encoded, in order, waiting for room: as many slots as
+    /// fit taken at once rather than one wait per session. Each is encoded here, once: the
+    /// forwarder only frames the bytes, and probe streams encode side by side.
     async fn deliver(&self, sessions: Vec<Session>) -> Result<(), mpsc::error::SendError<()>> {
         let room = self.out.max_capacity().max(1);
+        let mut encoder = SessionEncoder::new();
         let mut sessions = sessions.into_iter();
         while sessions.len() > 0 {
             let n = sessions.len().min(room);
             let permits = self.out.reserve_many(n).await?;
             for (permit, s) in permits.zip(&mut sessions) {
-                permit.send(s);
+                permit.send(encoder.encode(&s));
             }
             self.sent.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -327,13 +330,13 @@ impl std::fmt::Debug for CaptureService {
 
 impl CaptureService {
     /// A service sending decoded sessions to `out`, with default limits.
-    pub fn new(out: mpsc::Sender<Session>, metrics: Arc<CollectorMetrics>) -> Self {
+    pub fn new(out: mpsc::Sender<EncodedSession>, metrics: Arc<CollectorMetrics>) -> Self {
         Self::with_config(out, metrics, ServiceConfig::default())
     }
 
     /// A service with explicit limits.
     pub fn with_config(
-        out: mpsc::Sender<Session>,
+        out: mpsc::Sender<EncodedSession>,
         metrics: Arc<CollectorMetrics>,
         config: ServiceConfig,
     ) -> Self {

@@ -435,7 +435,7 @@ mod tests {
     #[tokio::test]
     async fn collector_delivery_sender_is_acked_and_stored() -> anyhow::Result<()> {
         use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
-        use clovisor_proto::hops::{SessionConnector, SessionHop};
+        use clovisor_proto::hops::{EncodedSession, SessionConnector, SessionHop};
         use clovisor_proto::tls::ClientTransport;
 
         let correlator = Correlator::new(Config {
@@ -463,8 +463,10 @@ mod tests {
         let stats = sender.stats();
         let (tx, rx) = tokio::sync::mpsc::channel(32);
         for i in 0..10 {
-            tx.send(SessionBuilder::new(&format!("d{i}")).build())
-                .await?;
+            tx.send(EncodedSession::of(
+                &SessionBuilder::new(&format!("d{i}")).build(),
+            ))
+            .await?;
         }
         drop(tx);
         tokio::time::timeout(

@@ -309,8 +309,9 @@ impl BatchContract for CaptureHop {
     }
 }
 
-/// Collector -> correlator: `Session`s in `SessionBatch`es tagged with the sender's id, encoded
-/// once when sealed.
+/// Collector -> correlator: `Session`s in `SessionBatch`es tagged with the sender's id. Each
+/// session is encoded once, by the probe stream that made it ([`SessionEncoder`]); a batch is
+/// then its framing and a copy of its sessions' bytes.
 #[derive(Debug, Clone)]
 pub struct SessionHop {
     /// Stable for the life of the sending process.
@@ -318,7 +319,7 @@ pub struct SessionHop {
 }
 
 impl BatchContract for SessionHop {
-    type Item = session::Session;
+    type Item = EncodedSession;
     type Outbound = Bytes;
     type Inbound = session::SessionAck;
 
@@ -327,12 +328,17 @@ impl BatchContract for SessionHop {
     }
 
     fn batch(&self, seq: u64, sessions: Vec<Self::Item>) -> Bytes {
-        encode_session_batch(seq, &self.sender, &sessions)
+        let body = sessions.iter().map(EncodedSession::framed_len).sum();
+        session_batch(seq, &self.sender, body, |buf| {
+            for s in &sessions {
+                put_session_key(s.0.len(), buf);
+                buf.put_slice(&s.0);
+            }
+        })
     }
 
     fn item_bytes(session: &Self::Item) -> usize {
-        // Its field's key and length prefix: at most 1 + 3 bytes for any session that fits.
-        session.encoded_len().saturating_add(4)
+        session.framed_len()
     }
 
     fn size(msg: &Bytes) -> usize {
@@ -344,14 +350,79 @@ impl BatchContract for SessionHop {
     }
 }
 
-/// Encodes a `SessionBatch` of `sessions`, each encoded straight into the batch (its
-/// `sessions` field is a session's encoding: see `session.proto`).
-pub fn encode_session_batch(seq: u64, sender: &str, sessions: &[session::Session]) -> Bytes {
-    let lens: Vec<usize> = sessions.iter().map(|s| s.encoded_len()).collect();
-    let body: usize = lens
-        .iter()
-        .map(|&l| key_len(field::SESSION_BATCH_SESSIONS) + encoded_len_varint(l as u64) + l)
-        .sum();
+/// One `Session`, protobuf-encoded: what the collector hands its forwarder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedSession(Bytes);
+
+impl EncodedSession {
+    /// `session` encoded on its own (tests, and senders of a few sessions).
+    pub fn of(session: &session::Session) -> Self {
+        Self(Bytes::from(session.encode_to_vec()))
+    }
+
+    /// The session's encoding.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The session again.
+    pub fn decode(&self) -> Result<session::Session, prost::DecodeError> {
+        session::Session::decode(self.0.clone())
+    }
+
+    /// Bytes it takes in a `SessionBatch`: its field's key, length and encoding.
+    fn framed_len(&self) -> usize {
+        key_len(field::SESSION_BATCH_SESSIONS)
+            + encoded_len_varint(self.0.len() as u64)
+            + self.0.len()
+    }
+}
+
+/// Encodes sessions one after another into a shared buffer, each taking its bytes as an
+/// [`EncodedSession`]: one allocation for many sessions, and no length walk before encoding
+/// (the buffer grows when a session does not fit what is left).
+#[derive(Debug, Default)]
+pub struct SessionEncoder {
+    buf: BytesMut,
+}
+
+/// Room a [`SessionEncoder`] makes at a time.
+const SESSION_BUFFER_BYTES: usize = 32 << 10;
+
+impl SessionEncoder {
+    /// An encoder with no buffer yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `session`, encoded.
+    pub fn encode(&mut self, session: &session::Session) -> EncodedSession {
+        // Most sessions take a few hundred bytes; a larger one grows the buffer as it is written.
+        if self.buf.capacity() - self.buf.len() < SESSION_BUFFER_BYTES / 8 {
+            self.buf.reserve(SESSION_BUFFER_BYTES);
+        }
+        session.encode_raw(&mut self.buf);
+        EncodedSession(self.buf.split().freeze())
+    }
+}
+
+fn put_session_key(len: usize, buf: &mut BytesMut) {
+    encode_key(
+        field::SESSION_BATCH_SESSIONS,
+        WireType::LengthDelimited,
+        buf,
+    );
+    encode_varint(len as u64, buf);
+}
+
+/// A `SessionBatch`: `seq`, the sessions `put_sessions` writes (`body` bytes with their keys),
+/// then `sender`.
+fn session_batch(
+    seq: u64,
+    sender: &str,
+    body: usize,
+    put_sessions: impl FnOnce(&mut BytesMut),
+) -> Bytes {
     let mut buf = BytesMut::with_capacity(
         body + key_len(field::SESSION_BATCH_SEQ)
             + encoded_len_varint(seq)
@@ -363,15 +434,7 @@ pub fn encode_session_batch(seq: u64, sender: &str, sessions: &[session::Session
         encode_key(field::SESSION_BATCH_SEQ, WireType::Varint, &mut buf);
         encode_varint(seq, &mut buf);
     }
-    for (s, len) in sessions.iter().zip(lens) {
-        encode_key(
-            field::SESSION_BATCH_SESSIONS,
-            WireType::LengthDelimited,
-            &mut buf,
-        );
-        encode_varint(len as u64, &mut buf);
-        s.encode_raw(&mut buf);
-    }
+    put_sessions(&mut buf);
     if !sender.is_empty() {
         encode_key(
             field::SESSION_BATCH_SENDER,
@@ -382,6 +445,22 @@ pub fn encode_session_batch(seq: u64, sender: &str, sessions: &[session::Session
         buf.put_slice(sender.as_bytes());
     }
     buf.freeze()
+}
+
+/// Encodes a `SessionBatch` of `sessions`, each encoded straight into the batch (its
+/// `sessions` field is a session's encoding: see `session.proto`).
+pub fn encode_session_batch(seq: u64, sender: &str, sessions: &[session::Session]) -> Bytes {
+    let lens: Vec<usize> = sessions.iter().map(|s| s.encoded_len()).collect();
+    let body = lens
+        .iter()
+        .map(|&l| key_len(field::SESSION_BATCH_SESSIONS) + encoded_len_varint(l as u64) + l)
+        .sum();
+    session_batch(seq, sender, body, |buf| {
+        for (s, len) in sessions.iter().zip(lens) {
+            put_session_key(len, buf);
+            s.encode_raw(buf);
+        }
+    })
 }
 
 impl session::SessionBatch {
@@ -657,6 +736,52 @@ mod tests {
             chunk(&[start(3), message(3, b"x")]).decode().ok(),
             Some(vec![start(3), message(3, b"x")]),
             "a chunk decodes back to its records"
+        );
+    }
+
+    #[test]
+    fn a_batch_of_encoded_sessions_is_byte_for_byte_prosts() {
+        let sessions: Vec<session::Session> = [10usize, 0, 40_000, 300]
+            .iter()
+            .enumerate()
+            .map(|(i, &target)| session::Session {
+                id: format!("s{i}"),
+                http: Some(session::Http {
+                    method: "GET".into(),
+                    target: "/".repeat(target),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        // One encoder for all: the 40 kB one does not fit the buffer's room and grows it.
+        let mut encoder = SessionEncoder::new();
+        let encoded: Vec<EncodedSession> = sessions.iter().map(|s| encoder.encode(s)).collect();
+        for (e, s) in encoded.iter().zip(&sessions) {
+            assert_eq!(
+                e,
+                &EncodedSession::of(s),
+                "the shared buffer changes no byte"
+            );
+            assert_eq!(e.decode().ok().as_ref(), Some(s));
+        }
+        let hop = SessionHop {
+            sender: "collector-1".into(),
+        };
+        let framed: usize = encoded.iter().map(SessionHop::item_bytes).sum();
+        let bytes = hop.batch(9, encoded);
+        let expected = session::SessionBatch::of(9, "collector-1", &sessions);
+        assert_eq!(
+            bytes,
+            Bytes::from(expected.encode_to_vec()),
+            "framing by hand = prost's"
+        );
+        assert_eq!(bytes, encode_session_batch(9, "collector-1", &sessions));
+        let overhead = expected.encoded_len() - framed;
+        assert_eq!(
+            overhead,
+            1 + 1 + 1 + 1 + "collector-1".len(),
+            "item bytes are exact"
         );
     }
 

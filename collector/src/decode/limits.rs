@@ -196,8 +196,14 @@ pub fn cap(value: &mut String, limit: usize) -> bool {
 /// Caps every free-form string of `session` and the number of its attributes and analyzer
 /// fields to `limits`, calling `cut` with the field's label for each value cut or entry dropped.
 pub fn cap_session(session: &mut Session, limits: &FieldLimits, mut cut: impl FnMut(&'static str)) {
+    // A value no longer than the smallest limit fits whatever its field: most do, and skip
+    // the look-up of their field's limit.
+    let fits_any = limits
+        .long_field_bytes
+        .min(limits.field_bytes)
+        .min(limits.attribute_name_bytes);
     let mut f = |field: &'static str, value: &mut String| {
-        if cap(value, limits.of(field)) {
+        if value.len() > fits_any && cap(value, limits.of(field)) {
             cut(field);
         }
     };

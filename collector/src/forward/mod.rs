@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
-use clovisor_proto::hops::{SessionConnector, SessionHop};
-use clovisor_proto::session::v1::Session;
+use clovisor_proto::hops::{EncodedSession, SessionConnector, SessionHop};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -33,7 +32,7 @@ impl Forwarder {
     /// Runs until `sessions` closes (then drains what is buffered) or `shutdown` resolves.
     pub async fn run(
         self,
-        sessions: mpsc::Receiver<Session>,
+        sessions: mpsc::Receiver<EncodedSession>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) {
         self.sender.run(sessions, shutdown).await;

@@ -26,6 +26,7 @@ async fn start_with(
 ) -> anyhow::Result<(Channel, mpsc::Receiver<Session>, Arc<CollectorMetrics>)> {
     let metrics = Arc::new(CollectorMetrics::new());
     let (out_tx, out_rx) = mpsc::channel(64);
+    let out_rx = decoded(out_rx);
     let mut svc = CaptureService::with_config(out_tx, Arc::clone(&metrics), config);
     if let Some(stats) = downstream {
         svc = svc.ack_after_downstream(stats);
@@ -42,6 +43,21 @@ async fn start_with(
             .await;
     });
     Ok((channel, out_rx, metrics))
+}
+
+/// The service's output as sessions again (it hands the forwarder encoded ones); a session
+/// that does not decode ends the channel.
+fn decoded(mut encoded: mpsc::Receiver<EncodedSession>) -> mpsc::Receiver<Session> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(e) = encoded.recv().await {
+            let Ok(s) = e.decode() else { return };
+            if tx.send(s).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn hello(probe: &str, node: &str) -> ProbeMessage {

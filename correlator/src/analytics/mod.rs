@@ -186,7 +186,28 @@ pub struct Totals {
 struct Bucket {
     /// Start of the bucket in bucket widths since the Unix epoch.
     epoch: u64,
-    cells: FxHashMap<Arc<Key>, Cell>,
+    cells: FxHashMap<Live, Cell>,
+}
+
+/// A live key as a bucket's cells know it: by the address of its one `Arc`, hashed and compared
+/// without reading its strings. Sound because a key has one `Arc` while it is live (in
+/// [`Inner::keys`], or [`Inner::other`]), and a key leaves `keys` only once every bucket that
+/// holds it is gone: a key made again later is a new `Arc` and finds no cell of the old one.
+#[derive(Debug, Clone)]
+struct Live(Arc<Key>);
+
+impl PartialEq for Live {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Live {}
+
+impl std::hash::Hash for Live {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
 }
 
 #[derive(Debug)]
@@ -394,21 +415,27 @@ impl Analytics {
                     .insert(key.protocol.clone().into_owned(), 1);
             }
         }
-        let key = match inner.keys.get_key_value(key) {
-            Some((k, _)) => Arc::clone(k),
-            None if inner.keys.len() < self.config.max_keys => Arc::new(key.to_owned_key()),
+        // One look-up by the key's strings; the bucket finds its cell by the key's address.
+        let room = inner.keys.len() < self.config.max_keys;
+        let key = match inner.keys.get_key_value_mut(key) {
+            Some((k, last)) => {
+                *last = epoch;
+                Arc::clone(k)
+            }
+            None if room => {
+                let k = Arc::new(key.to_owned_key());
+                inner.keys.insert(Arc::clone(&k), epoch);
+                k
+            }
             None => {
                 inner.totals.folded = inner.totals.folded.saturating_add(1);
                 Arc::clone(&inner.other)
             }
         };
-        if !Arc::ptr_eq(&key, &inner.other) {
-            inner.keys.insert(Arc::clone(&key), epoch);
-        }
         let Some(bucket) = inner.ring.back_mut() else {
             return;
         };
-        let cell = bucket.cells.entry(key).or_default();
+        let cell = bucket.cells.entry(Live(key)).or_default();
         cell.requests = cell.requests.saturating_add(1);
         if is_error(s) {
             cell.errors = cell.errors.saturating_add(1);
@@ -467,7 +494,7 @@ impl Analytics {
             .filter(|b| b.epoch >= first && b.epoch <= epoch)
         {
             for (k, c) in &bucket.cells {
-                merged.entry(Arc::clone(k)).or_default().merge(c);
+                merged.entry(Arc::clone(&k.0)).or_default().merge(c);
             }
         }
         merged.into_iter().collect()

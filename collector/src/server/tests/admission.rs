@@ -35,6 +35,7 @@ impl TlsCollector {
         )?;
         let metrics = Arc::new(CollectorMetrics::new());
         let (out_tx, out) = mpsc::channel(64);
+        let out = decoded(out);
         let config = ServiceConfig {
             admission: AdmissionConfig {
                 identity,
