@@ -14,6 +14,12 @@ use crate::join::JoinConfig;
 const MAX_JOIN_WINDOW_MS: usize = 60_000;
 const MAX_JOIN_RETENTION_S: usize = 3600;
 const MAX_JOIN_ENTRIES: usize = 10_000_000;
+/// The largest `CLOVISOR_JOIN_MAX_TIME_CANDIDATES` taken: each candidate is compared under the
+/// join's lock.
+const MAX_JOIN_TIME_CANDIDATES: usize = 4096;
+/// The largest `CLOVISOR_MAX_ANALYZER_LABELS` taken (each name multiplies the analyzer
+/// families' series).
+const MAX_ANALYZER_LABELS_CEILING: usize = 1000;
 
 /// OTLP endpoint for all signals (gRPC), e.g. `http://otel-collector:4317`.
 pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -41,6 +47,10 @@ pub const ENV_JOIN_WINDOW: &str = "CLOVISOR_JOIN_WINDOW_MS";
 pub const ENV_JOIN_RETENTION: &str = "CLOVISOR_JOIN_RETENTION_S";
 /// Exchanges the join holds at most (open and retained).
 pub const ENV_JOIN_MAX_ENTRIES: &str = "CLOVISOR_JOIN_MAX_ENTRIES";
+/// Candidates a view without a TCP sequence number is compared with at most in the join.
+pub const ENV_JOIN_MAX_TIME_CANDIDATES: &str = "CLOVISOR_JOIN_MAX_TIME_CANDIDATES";
+/// Analyzer names that get a label value of their own in the analyzer metrics.
+pub const ENV_MAX_ANALYZER_LABELS: &str = "CLOVISOR_MAX_ANALYZER_LABELS";
 /// Node the correlator runs on (Downward API), exported as the resource's `k8s.node.name`.
 pub const ENV_NODE_NAME: &str = "CLOVISOR_NODE_NAME";
 /// Largest session batch (gRPC message) a collector may send, in bytes.
@@ -113,6 +123,8 @@ pub struct Config {
     /// Largest session batch accepted from a collector; a larger one ends its stream
     /// (`out of range`) and is counted.
     pub max_message_bytes: usize,
+    /// Analyzer names with a label value of their own; later ones are `other`.
+    pub max_analyzer_labels: usize,
 }
 
 impl Default for Config {
@@ -124,6 +136,7 @@ impl Default for Config {
             export: Some(ExportConfig::default()),
             join: JoinConfig::default(),
             max_message_bytes: clovisor_proto::hops::MAX_MESSAGE_BYTES,
+            max_analyzer_labels: crate::metrics::MAX_ANALYZER_LABELS,
         }
     }
 }
@@ -189,6 +202,27 @@ impl Config {
                 "must be at most 10000000",
             )?;
         }
+        if let Some(v) = get(ENV_JOIN_MAX_TIME_CANDIDATES) {
+            let n = positive(ENV_JOIN_MAX_TIME_CANDIDATES, v)?;
+            join.max_time_candidates = at_most(
+                ENV_JOIN_MAX_TIME_CANDIDATES,
+                n,
+                MAX_JOIN_TIME_CANDIDATES,
+                "must be at most 4096",
+            )?;
+        }
+        let max_analyzer_labels = match get(ENV_MAX_ANALYZER_LABELS) {
+            Some(v) => {
+                let n = positive(ENV_MAX_ANALYZER_LABELS, v)?;
+                at_most(
+                    ENV_MAX_ANALYZER_LABELS,
+                    n,
+                    MAX_ANALYZER_LABELS_CEILING,
+                    "must be at most 1000",
+                )?
+            }
+            None => defaults.max_analyzer_labels,
+        };
         let max_message_bytes = match get(ENV_MAX_MESSAGE_BYTES) {
             Some(v) => {
                 let n = number(ENV_MAX_MESSAGE_BYTES, v)?;
@@ -211,6 +245,7 @@ impl Config {
         Ok(Self {
             join,
             max_message_bytes,
+            max_analyzer_labels,
             store_capacity,
             service_name: get(ENV_SERVICE_NAME)
                 .unwrap_or(DEFAULT_SERVICE_NAME)
@@ -340,6 +375,7 @@ mod tests {
             (ENV_JOIN_WINDOW, "250"),
             (ENV_JOIN_RETENTION, "5"),
             (ENV_JOIN_MAX_ENTRIES, "100"),
+            (ENV_JOIN_MAX_TIME_CANDIDATES, "8"),
         ]))
         .expect("valid env");
         assert_eq!(
@@ -348,6 +384,7 @@ mod tests {
                 window: Duration::from_millis(250),
                 retention: Duration::from_secs(5),
                 max_entries: 100,
+                max_time_candidates: 8,
             }
         );
         assert_eq!(Config::default().join, JoinConfig::default());
@@ -356,6 +393,12 @@ mod tests {
             (ENV_JOIN_WINDOW, "soon"),
             (ENV_JOIN_RETENTION, "3601"),
             (ENV_JOIN_MAX_ENTRIES, "0"),
+            (ENV_JOIN_MAX_TIME_CANDIDATES, "0"),
+            (ENV_JOIN_MAX_TIME_CANDIDATES, "4097"),
+            (ENV_JOIN_MAX_TIME_CANDIDATES, "-1"),
+            (ENV_MAX_ANALYZER_LABELS, "0"),
+            (ENV_MAX_ANALYZER_LABELS, "1001"),
+            (ENV_MAX_ANALYZER_LABELS, "many"),
         ] {
             let err = Config::from_env_map(&env(&[(name, value)]));
             assert!(
