@@ -14,12 +14,6 @@ use crate::join::JoinConfig;
 const MAX_JOIN_WINDOW_MS: usize = 60_000;
 const MAX_JOIN_RETENTION_S: usize = 3600;
 const MAX_JOIN_ENTRIES: usize = 10_000_000;
-/// The largest `CLOVISOR_JOIN_MAX_TIME_CANDIDATES` taken: each candidate is compared under the
-/// join's lock.
-const MAX_JOIN_TIME_CANDIDATES: usize = 4096;
-/// The largest `CLOVISOR_MAX_ANALYZER_LABELS` taken (each name multiplies the analyzer
-/// families' series).
-const MAX_ANALYZER_LABELS_CEILING: usize = 1000;
 
 /// OTLP endpoint for all signals (gRPC), e.g. `http://otel-collector:4317`.
 pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -47,9 +41,9 @@ pub const ENV_JOIN_WINDOW: &str = "CLOVISOR_JOIN_WINDOW_MS";
 pub const ENV_JOIN_RETENTION: &str = "CLOVISOR_JOIN_RETENTION_S";
 /// Exchanges the join holds at most (open and retained).
 pub const ENV_JOIN_MAX_ENTRIES: &str = "CLOVISOR_JOIN_MAX_ENTRIES";
-/// Candidates a view without a TCP sequence number is compared with at most in the join.
+/// Environment variable of `--join-max-time-candidates` ([`BoundArgs`]).
 pub const ENV_JOIN_MAX_TIME_CANDIDATES: &str = "CLOVISOR_JOIN_MAX_TIME_CANDIDATES";
-/// Analyzer names that get a label value of their own in the analyzer metrics.
+/// Environment variable of `--max-analyzer-labels` ([`BoundArgs`]).
 pub const ENV_MAX_ANALYZER_LABELS: &str = "CLOVISOR_MAX_ANALYZER_LABELS";
 /// Node the correlator runs on (Downward API), exported as the resource's `k8s.node.name`.
 pub const ENV_NODE_NAME: &str = "CLOVISOR_NODE_NAME";
@@ -104,6 +98,31 @@ impl Default for ExportConfig {
             retry_max_elapsed: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// The correlator's bounds on what its input makes it do or keep, as flags (and environment
+/// variables): the correlator's and `clovisor all-in-one`'s.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BoundArgs {
+    /// Held exchanges a view without a TCP sequence number is compared with at most in the
+    /// join; beyond, the view is `ambiguous` and kept on its own (bounds the work one client's
+    /// flood of views costs under the join's lock).
+    #[arg(long, env = ENV_JOIN_MAX_TIME_CANDIDATES, default_value_t = crate::join::MAX_TIME_CANDIDATES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub join_max_time_candidates: usize,
+    /// Analyzer names that get a value of their own in the analyzer metrics' `analyzer` label;
+    /// later ones read `other`.
+    #[arg(long, env = ENV_MAX_ANALYZER_LABELS, default_value_t = crate::metrics::MAX_ANALYZER_LABELS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub max_analyzer_labels: usize,
+}
+
+impl BoundArgs {
+    /// Sets these bounds in `config`.
+    pub fn apply(&self, config: &mut Config) {
+        config.join.max_time_candidates = self.join_max_time_candidates;
+        config.max_analyzer_labels = self.max_analyzer_labels;
     }
 }
 
@@ -202,27 +221,6 @@ impl Config {
                 "must be at most 10000000",
             )?;
         }
-        if let Some(v) = get(ENV_JOIN_MAX_TIME_CANDIDATES) {
-            let n = positive(ENV_JOIN_MAX_TIME_CANDIDATES, v)?;
-            join.max_time_candidates = at_most(
-                ENV_JOIN_MAX_TIME_CANDIDATES,
-                n,
-                MAX_JOIN_TIME_CANDIDATES,
-                "must be at most 4096",
-            )?;
-        }
-        let max_analyzer_labels = match get(ENV_MAX_ANALYZER_LABELS) {
-            Some(v) => {
-                let n = positive(ENV_MAX_ANALYZER_LABELS, v)?;
-                at_most(
-                    ENV_MAX_ANALYZER_LABELS,
-                    n,
-                    MAX_ANALYZER_LABELS_CEILING,
-                    "must be at most 1000",
-                )?
-            }
-            None => defaults.max_analyzer_labels,
-        };
         let max_message_bytes = match get(ENV_MAX_MESSAGE_BYTES) {
             Some(v) => {
                 let n = number(ENV_MAX_MESSAGE_BYTES, v)?;
@@ -245,7 +243,7 @@ impl Config {
         Ok(Self {
             join,
             max_message_bytes,
-            max_analyzer_labels,
+            max_analyzer_labels: defaults.max_analyzer_labels,
             store_capacity,
             service_name: get(ENV_SERVICE_NAME)
                 .unwrap_or(DEFAULT_SERVICE_NAME)
@@ -375,7 +373,6 @@ mod tests {
             (ENV_JOIN_WINDOW, "250"),
             (ENV_JOIN_RETENTION, "5"),
             (ENV_JOIN_MAX_ENTRIES, "100"),
-            (ENV_JOIN_MAX_TIME_CANDIDATES, "8"),
         ]))
         .expect("valid env");
         assert_eq!(
@@ -384,7 +381,7 @@ mod tests {
                 window: Duration::from_millis(250),
                 retention: Duration::from_secs(5),
                 max_entries: 100,
-                max_time_candidates: 8,
+                ..JoinConfig::default()
             }
         );
         assert_eq!(Config::default().join, JoinConfig::default());
@@ -393,12 +390,6 @@ mod tests {
             (ENV_JOIN_WINDOW, "soon"),
             (ENV_JOIN_RETENTION, "3601"),
             (ENV_JOIN_MAX_ENTRIES, "0"),
-            (ENV_JOIN_MAX_TIME_CANDIDATES, "0"),
-            (ENV_JOIN_MAX_TIME_CANDIDATES, "4097"),
-            (ENV_JOIN_MAX_TIME_CANDIDATES, "-1"),
-            (ENV_MAX_ANALYZER_LABELS, "0"),
-            (ENV_MAX_ANALYZER_LABELS, "1001"),
-            (ENV_MAX_ANALYZER_LABELS, "many"),
         ] {
             let err = Config::from_env_map(&env(&[(name, value)]));
             assert!(
@@ -469,5 +460,51 @@ mod tests {
         ]))
         .expect("valid env");
         assert_eq!(cfg.export.map(|e| e.batch_size), Some(10));
+    }
+
+    #[test]
+    fn the_bound_flags_set_the_join_and_analyzer_caps_within_their_ranges() {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bounds: BoundArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("correlator").chain(args.iter().copied())).map(
+                |cli| {
+                    let mut config = Config::default();
+                    cli.bounds.apply(&mut config);
+                    (config.join.max_time_candidates, config.max_analyzer_labels)
+                },
+            )
+        };
+        assert_eq!(
+            parse(&[]).expect("defaults"),
+            (
+                crate::join::MAX_TIME_CANDIDATES,
+                crate::metrics::MAX_ANALYZER_LABELS
+            )
+        );
+        assert_eq!(
+            parse(&[
+                "--join-max-time-candidates",
+                "8",
+                "--max-analyzer-labels",
+                "100"
+            ])
+            .expect("in range"),
+            (8, 100)
+        );
+        for bad in [
+            ["--join-max-time-candidates", "0"],
+            ["--join-max-time-candidates", "4097"],
+            ["--join-max-time-candidates", "-1"],
+            ["--max-analyzer-labels", "0"],
+            ["--max-analyzer-labels", "1001"],
+            ["--max-analyzer-labels", "many"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?} must be refused");
+        }
     }
 }
