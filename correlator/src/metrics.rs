@@ -1361,14 +1361,7 @@ mod tests {
                 .analyzer("line", &[("command", "FETCH")])
                 .server_workload("shop", "kv"),
         );
-        for i in 0..MAX_ANALYZER_LABELS + 3 {
-            observe(
-                &m,
-                SessionBuilder::new(&format!("n{i}"))
-                    .analyzer(&format!("proto{i}"), &[])
-                    .server_workload("shop", "kv"),
-            );
-        }
+        observe_analyzers(&m, MAX_ANALYZER_LABELS + 3);
         let text = encode(&reg);
         for want in [
             r#"clovisor_analyzer_requests_total{analyzer="line",outcome="ok",namespace="shop",workload="kv"} 1"#,
@@ -1386,27 +1379,36 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_analyzer_name_cap_is_configurable() {
-        let m = Metrics::new().with_max_analyzer_labels(2);
-        let mut reg = Registry::default();
-        m.register(&mut reg);
-        for i in 0..5 {
+    /// One exchange each of analyzers `proto0` to `proto{n-1}`, served by `shop/kv`.
+    fn observe_analyzers(m: &Metrics, n: usize) {
+        for i in 0..n {
             observe(
-                &m,
+                m,
                 SessionBuilder::new(&format!("n{i}"))
                     .analyzer(&format!("proto{i}"), &[])
                     .server_workload("shop", "kv"),
             );
         }
+    }
+
+    #[test]
+    fn the_analyzer_name_cap_is_configurable() {
+        let m = Metrics::new().with_max_analyzer_labels(2);
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        observe_analyzers(&m, 5);
         let text = encode(&reg);
-        for want in [
-            r#"clovisor_analyzer_requests_total{analyzer="proto0",outcome="ok",namespace="shop",workload="kv"} 1"#,
-            r#"clovisor_analyzer_requests_total{analyzer="proto1",outcome="ok",namespace="shop",workload="kv"} 1"#,
-            r#"clovisor_analyzer_requests_total{analyzer="other",outcome="ok",namespace="shop",workload="kv"} 3"#,
-        ] {
-            assert!(text.contains(want), "missing {want} in:\n{text}");
-        }
+        let series = |name: &str, n: u32| {
+            format!(
+                r#"clovisor_analyzer_requests_total{{analyzer="{name}",outcome="ok",namespace="shop",workload="kv"}} {n}"#
+            )
+        };
+        let wants = [series("proto0", 1), series("proto1", 1), series("other", 3)];
+        let missing: Vec<&String> = wants
+            .iter()
+            .filter(|w| !text.contains(w.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "missing {missing:?} in:\n{text}");
         assert!(
             !text.contains("proto2"),
             "a third name past a cap of 2:\n{text}"

@@ -10,7 +10,7 @@
 //! collector's `/metrics` takes only tokens the same API server vouches for
 //! (`--api-allowed-identities`, no static token): Prometheus' gets in, a probe's does not.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -35,6 +35,21 @@ const AUDIENCE: &str = "clovisor-collector";
 const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 
+/// A channel to the collector at `port` as the probe: its certificate from `certs`, the
+/// collector's verified. Call inside a runtime (the TLS files' reloader runs on it).
+fn probe_channel(port: u16, certs: &Path) -> Result<tonic::transport::Channel> {
+    let tls = ClientTls::new(
+        TlsFiles::in_dir(certs.join("probe")),
+        Some("clovisor-collector".into()),
+        Duration::from_secs(30),
+        TlsStats::default(),
+    )?;
+    Ok(
+        ClientTransport::new(Some(tls), false)
+            .lazy_channel(&format!("https://127.0.0.1:{port}"))?,
+    )
+}
+
 /// Opens a probe stream to the collector at `port` with the probe's certificate in `certs`,
 /// presenting the token in `token` (none: no token), saying `Hello` for `node`. `Ok` when the
 /// collector admits it, else the refusal's code.
@@ -45,15 +60,8 @@ async fn open(
     probe_id: &str,
     node: &str,
 ) -> Result<Opened> {
-    let tls = ClientTls::new(
-        TlsFiles::in_dir(certs.join("probe")),
-        Some("clovisor-collector".into()),
-        Duration::from_secs(30),
-        TlsStats::default(),
-    )?;
-    let channel = ClientTransport::new(Some(tls), false)
-        .lazy_channel(&format!("https://127.0.0.1:{port}"))?;
-    let mut connector = CaptureConnector::new(channel).with_token_file(token.map(Path::to_owned));
+    let mut connector = CaptureConnector::new(probe_channel(port, certs)?)
+        .with_token_file(token.map(Path::to_owned));
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let hello = ProbeMessage {
         kind: Some(probe_message::Kind::Hello(Hello {
@@ -83,9 +91,20 @@ fn refused(metrics: &str, reason: &str) -> Result<f64> {
     .unwrap_or(0.0))
 }
 
-#[test]
-fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
-    let bin = cargo_build(&["clovisor-collector"])?;
+/// What both tests start from: the directory of the binaries of `packages` (built), a
+/// temporary directory with certificates by `make-certs.sh` in `certs`, a runtime, and the fake
+/// API server with a kubeconfig naming it.
+type Setup = (
+    PathBuf,
+    tempfile::TempDir,
+    PathBuf,
+    tokio::runtime::Runtime,
+    FakeKube,
+    PathBuf,
+);
+
+fn setup(packages: &[&str]) -> Result<Setup> {
+    let bin = cargo_build(packages)?;
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     make_certs(&certs)?;
@@ -95,6 +114,12 @@ fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
         .build()?;
     let kube = rt.block_on(FakeKube::start())?;
     let kubeconfig = kube.write_kubeconfig(dir.path())?;
+    Ok((bin, dir, certs, rt, kube, kubeconfig))
+}
+
+#[test]
+fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
+    let (bin, dir, certs, rt, kube, kubeconfig) = setup(&["clovisor-collector"])?;
     let bound = |token: &str, user: &str, audience: &str, node: Option<&str>| {
         let mut extra = vec![(POD_NAME, "clovisor-probe-x7k2p")];
         extra.extend(node.map(|n| (NODE_NAME, n)));
@@ -121,7 +146,7 @@ fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
         "system:serviceaccount:monitoring:prometheus",
         &["system:serviceaccounts"],
     );
-    let token = |name: &str| -> Result<std::path::PathBuf> {
+    let token = |name: &str| -> Result<PathBuf> {
         let path = dir.path().join(name);
         std::fs::write(&path, format!("{name}\n"))?;
         Ok(path)
@@ -300,16 +325,8 @@ fn a_probe_stream_ends_with_its_token_and_resumes_on_the_renewed_one_losing_noth
     use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
     use clovisor_proto::hops::{CaptureHop, ChunkBuilder};
 
-    let bin = cargo_build(&["clovisor-collector", "clovisor-correlator"])?;
-    let dir = tempfile::tempdir()?;
-    let certs = dir.path().join("certs");
-    make_certs(&certs)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let kube = rt.block_on(FakeKube::start())?;
-    let kubeconfig = kube.write_kubeconfig(dir.path())?;
+    let (bin, dir, certs, rt, kube, kubeconfig) =
+        setup(&["clovisor-collector", "clovisor-correlator"])?;
     let start = std::time::SystemTime::now();
     let now = start.duration_since(std::time::UNIX_EPOCH)?.as_secs();
     // The kubelet's tokens for the probe's pod: the first expires early; the next two are the
@@ -366,14 +383,7 @@ fn a_probe_stream_ends_with_its_token_and_resumes_on_the_renewed_one_losing_noth
     // every connect).
     // The TLS files' reloader and the channel run on the test's runtime.
     let _in_runtime = rt.enter();
-    let tls = ClientTls::new(
-        TlsFiles::in_dir(certs.join("probe")),
-        Some("clovisor-collector".into()),
-        Duration::from_secs(30),
-        TlsStats::default(),
-    )?;
-    let channel = ClientTransport::new(Some(tls), false)
-        .lazy_channel(&format!("https://127.0.0.1:{grpc}"))?;
+    let channel = probe_channel(grpc, &certs)?;
     let hello = Hello {
         probe_id: "probe-token-bounds".into(),
         node: "node-a".into(),

@@ -779,12 +779,12 @@ fn sequence_less_views_are_compared_with_their_time_neighbours_not_a_client_hist
     assert_eq!(r.record.constituents, ["s100", "veth"]);
 }
 
-#[test]
-fn a_view_overlapping_too_many_exchanges_is_ambiguous_after_a_bounded_scan() {
-    let mut j = joiner(60_000);
+/// Offers `n` exchanges of one client at one instant (a flood of forged views), then a view
+/// overlapping them all and matching none; what became of that view, and how many candidates
+/// it was compared with.
+fn flood_then_a_stranger(j: &mut Joiner, n: u64) -> (Outcome, u64) {
     let now = Instant::now();
-    // Many exchanges of one client at the same instant (a flood of forged views).
-    for i in 0..(MAX_TIME_CANDIDATES as u64 * 4) {
+    for i in 0..n {
         j.offer(
             socket(&format!("f{i}"), Side::Client)
                 .target(&format!("/{i}"))
@@ -794,15 +794,21 @@ fn a_view_overlapping_too_many_exchanges_is_ambiguous_after_a_bounded_scan() {
     }
     let before = j.time_candidates();
     let r = j.offer(socket("probe", Side::Server).target("/unique").build(), now);
+    (r.outcome, j.time_candidates() - before)
+}
+
+#[test]
+fn a_view_overlapping_too_many_exchanges_is_ambiguous_after_a_bounded_scan() {
+    let mut j = joiner(60_000);
+    let (outcome, compared) = flood_then_a_stranger(&mut j, MAX_TIME_CANDIDATES as u64 * 4);
     assert_eq!(
-        r.outcome,
+        outcome,
         Outcome::Ambiguous,
         "too many candidates: kept on its own, counted"
     );
     assert!(
-        j.time_candidates() - before <= MAX_TIME_CANDIDATES as u64,
-        "at most {MAX_TIME_CANDIDATES} comparisons for one view, saw {}",
-        j.time_candidates() - before
+        compared <= MAX_TIME_CANDIDATES as u64,
+        "at most {MAX_TIME_CANDIDATES} comparisons for one view, saw {compared}"
     );
 }
 
@@ -867,18 +873,7 @@ fn the_candidate_cap_is_configurable() {
             max_time_candidates: cap,
             ..JoinConfig::default()
         });
-        let now = Instant::now();
-        for i in 0..20 {
-            j.offer(
-                socket(&format!("f{i}"), Side::Client)
-                    .target(&format!("/{i}"))
-                    .build(),
-                now,
-            );
-        }
-        let before = j.time_candidates();
-        let r = j.offer(socket("probe", Side::Server).target("/unique").build(), now);
-        (r.outcome, j.time_candidates() - before)
+        flood_then_a_stranger(&mut j, 20)
     };
     let (outcome, compared) = run(8);
     assert_eq!(
