@@ -59,6 +59,9 @@ pub struct Args {
     /// Caps on the strings and maps of each session, as the collector has.
     #[command(flatten)]
     field_limits: clovisor_collector::decode::limits::FieldLimitArgs,
+    /// The join's candidate cap and the analyzer label cap, as the correlator has.
+    #[command(flatten)]
+    correlator_bounds: clovisor_correlator::config::BoundArgs,
 }
 
 /// Runs until SIGTERM or SIGINT, logging as `log` says.
@@ -81,6 +84,7 @@ pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
 
     // Correlator: sessions in, spans and metrics out.
     let mut correlator_config = CorrelatorConfig::from_env().context("correlator configuration")?;
+    args.correlator_bounds.apply(&mut correlator_config);
     correlator_config
         .node_name
         .get_or_insert_with(|| node.clone());
@@ -215,9 +219,23 @@ mod tests {
             "3",
             "--max-long-field-bytes",
             "2048",
+            "--join-max-time-candidates",
+            "16",
+            "--max-analyzer-labels",
+            "8",
         ])
         .unwrap_or_else(|e| panic!("flags parse: {e}"));
         assert_eq!(cli.args.limits.max_series_per_family, 500);
+        let mut correlator = CorrelatorConfig::default();
+        cli.args.correlator_bounds.apply(&mut correlator);
+        assert_eq!(
+            (
+                correlator.join.max_time_candidates,
+                correlator.max_analyzer_labels
+            ),
+            (16, 8),
+            "the correlator's bounds"
+        );
         let caps = cli.args.field_limits.limits();
         assert_eq!((caps.attributes, caps.long_field_bytes), (3, 2048));
         assert_eq!(

@@ -66,6 +66,17 @@ struct Args {
         default_value = DEFAULT_PROBE_TOKEN_IDENTITY
     )]
     probe_token_identities: Vec<String>,
+    /// Seconds between reviews of an admitted probe stream's token (`--probe-identity token`):
+    /// a token the API server no longer accepts ends its stream within this (the probe
+    /// reconnects with its current token).
+    #[arg(long, env = "CLOVISOR_PROBE_TOKEN_RECHECK_SECS", default_value_t = 300,
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..=86_400))]
+    probe_token_recheck_secs: u64,
+    /// Seconds a probe stream admitted with a token that carries no `exp` may run
+    /// (`--probe-identity token`); a token's `exp` ends its stream otherwise.
+    #[arg(long, env = "CLOVISOR_PROBE_TOKEN_MAX_STREAM_AGE_SECS", default_value_t = 3600,
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..=604_800))]
+    probe_token_max_stream_age_secs: u64,
     /// DNS suffix of per-node probe certificates (`--probe-identity node`).
     #[arg(long, env = "CLOVISOR_PROBE_NODE_SUFFIX", default_value = DEFAULT_NODE_SUFFIX)]
     probe_node_suffix: String,
@@ -209,6 +220,8 @@ async fn main() -> anyhow::Result<()> {
             token_review,
             node_suffix: args.probe_node_suffix.clone(),
             max_probes: args.max_probes,
+            token_recheck: Duration::from_secs(args.probe_token_recheck_secs),
+            max_token_stream_age: Duration::from_secs(args.probe_token_max_stream_age_secs),
             ..AdmissionConfig::default()
         },
         redact_query_keys: args.redact_query_keys.clone(),

@@ -373,6 +373,13 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// A label set for reviews of admitted probes' tokens.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `accepted`, `refused` or `unreachable`.
+    pub result: &'static str,
+}
+
 /// The collector's metrics, shared by the service, the flow table and the flusher.
 #[derive(Debug)]
 pub struct CollectorMetrics {
@@ -414,6 +421,11 @@ pub struct CollectorMetrics {
     pub endpoints_rejected: Family<ReasonLabel, Counter>,
     /// Probe streams refused by admission (`server::admission::Refused`), by reason.
     pub probes_refused: Family<ReasonLabel, Counter>,
+    /// Admitted probe streams the collector ended because of their token
+    /// (`server::admission::StreamEnd`), by reason.
+    pub probe_streams_ended: Family<ReasonLabel, Counter>,
+    /// Reviews of admitted probe streams' tokens, by result.
+    pub probe_token_rechecks: Family<ResultLabel, Counter>,
     /// Session string fields cut to their limit (`decode::limits`), by field.
     pub fields_truncated: Family<FieldLabel, Counter>,
     /// Shared loss accounting (stages `collector` and `forwarder`).
@@ -482,6 +494,8 @@ impl CollectorMetrics {
             endpoints_dropped: Counter::default(),
             endpoints_rejected: Family::default(),
             probes_refused: Family::default(),
+            probe_streams_ended: Family::default(),
+            probe_token_rechecks: Family::default(),
             fields_truncated: Family::default(),
             drops,
             handles: Handles::default(),
@@ -653,6 +667,16 @@ impl CollectorMetrics {
             "clovisor_collector_probes_refused",
             "Probe streams refused: identity not matching the certificate, another peer's probe id or node, too many probes, an over-long id, a batch number jumping too far",
             self.probes_refused.clone(),
+        );
+        registry.register(
+            "clovisor_collector_probe_streams_ended",
+            "Admitted probe streams ended by the collector because of their service account token: its exp passed, no exp and the maximum age reached, or a later review refused it",
+            self.probe_streams_ended.clone(),
+        );
+        registry.register(
+            "clovisor_collector_probe_token_rechecks",
+            "Reviews of admitted probe streams' tokens by the API server, by result (unreachable: the stream goes on)",
+            self.probe_token_rechecks.clone(),
         );
         registry.register(
             "clovisor_collector_fields_truncated",

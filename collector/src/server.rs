@@ -27,13 +27,13 @@ use clovisor_proto::capture::v1::{
 use clovisor_proto::delivery::DeliveryStats;
 use clovisor_proto::hops::{EncodedSession, SessionEncoder};
 use clovisor_proto::session::v1::Session;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use clovisor_proto::tls::PeerIdentity;
 
-use self::admission::{AdmissionConfig, Refused};
+use self::admission::{AdmissionConfig, AdmittedToken, Recheck, Refused, StreamEnd};
 use self::inbound::{Batch, Inbound};
 use crate::decode::redact;
 use crate::flows::{FlowTable, FlowTableConfig};
@@ -409,11 +409,62 @@ fn ack(seq: u64) -> CollectorMessage {
     }
 }
 
+/// Says when an admitted stream's token no longer holds: at its `exp` (or maximum age), or when
+/// a review every [`AdmissionConfig::token_recheck`] refuses it. A review the API server does
+/// not answer leaves the stream running.
+async fn guard_token(inner: Arc<Inner>, token: AdmittedToken, end: oneshot::Sender<StreamEnd>) {
+    let every = inner.admission.token_recheck;
+    loop {
+        let check_at = Instant::now().checked_add(every);
+        if check_at.is_none_or(|at| at >= token.until) {
+            tokio::time::sleep_until(token.until.into()).await;
+            let _ = end.send(token.ends_as);
+            return;
+        }
+        if let Some(at) = check_at {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let result = inner.admission.recheck(&token).await;
+        inner
+            .metrics
+            .probe_token_rechecks
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: result.as_label(),
+            })
+            .inc();
+        match result {
+            Recheck::Accepted => {}
+            Recheck::Unreachable => {
+                tracing::warn!(node = %token.node, "the API server did not answer a probe token's review; the stream goes on");
+            }
+            Recheck::Refused => {
+                let _ = end.send(StreamEnd::TokenRevoked);
+                return;
+            }
+        }
+    }
+}
+
+/// What ends a stream on the collector's side, once its token no longer holds; never, without
+/// a token (or once the guard is gone).
+async fn token_ended(
+    token_end: &mut Option<(AbortOnDrop, oneshot::Receiver<StreamEnd>)>,
+) -> StreamEnd {
+    if let Some((_, end)) = token_end {
+        match end.await {
+            Ok(why) => return why,
+            Err(_) => *token_end = None,
+        }
+    }
+    std::future::pending().await
+}
+
 async fn run_stream(
     inner: Arc<Inner>,
     hello: Hello,
     mut inbound: Streaming<Inbound>,
     tx: mpsc::Sender<Result<CollectorMessage, Status>>,
+    mut token_end: Option<(AbortOnDrop, oneshot::Receiver<StreamEnd>)>,
 ) {
     // Batch number and how many sessions must be acknowledged downstream before it may be.
     let acks = inner.downstream.get().map(|forwarder| {
@@ -431,14 +482,14 @@ async fn run_stream(
     };
     let probe_id = hello.probe_id.as_str();
     loop {
-        let next = match stream.join.deadline() {
-            Some(due) => {
-                tokio::select! {
-                    msg = inbound.message() => Some(msg),
-                    () = tokio::time::sleep_until(due.into()) => None,
-                }
+        let due = stream.join.deadline();
+        let next = tokio::select! {
+            msg = inbound.message() => Some(msg),
+            () = sleep_until_some(due) => None,
+            why = token_ended(&mut token_end) => {
+                stream.end(why, &hello).await;
+                return;
             }
-            None => Some(inbound.message().await),
         };
         let msg = match next {
             // The held sessions are due: no batch came to pair them with.
@@ -517,7 +568,32 @@ struct Stream {
     deferred: Option<u64>,
 }
 
+/// Sleeps until `due`; for ever without one.
+async fn sleep_until_some(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Stream {
+    /// Ends the stream because its token no longer holds: what is held is delivered and
+    /// acknowledged first, the end counted, and the probe told why (it reconnects with its
+    /// current token and re-sends whatever was not acknowledged).
+    async fn end(&mut self, why: StreamEnd, hello: &Hello) {
+        let _ = self.release().await;
+        self.inner
+            .metrics
+            .probe_streams_ended
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: why.as_label(),
+            })
+            .inc();
+        tracing::info!(reason = why.as_label(), probe = %hello.probe_id, node = %hello.node,
+            "probe stream ended: its token no longer holds");
+        let _ = self.tx.send(Err(why.status())).await;
+    }
+
     /// A batch's sessions through the local join to the output; then acknowledges what may be.
     async fn batch_done(&mut self, seq: u64, sessions: Vec<Session>) -> Result<(), Gone> {
         let mut out = Vec::with_capacity(sessions.len() + 16);
@@ -615,16 +691,34 @@ impl CaptureService {
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
         let admitted = match self.inner.admission.verify_token(token.as_deref()).await {
-            Ok(token_node) => self
+            Ok(token) => self
                 .inner
-                .hello(&hello, peer.as_ref(), token_node.as_deref()),
+                .hello(
+                    &hello,
+                    peer.as_ref(),
+                    token.as_ref().map(|t| t.node.as_str()),
+                )
+                .map(|()| token),
             Err(why) => Err(why),
         };
-        if let Err(why) = admitted {
-            return Err(self.inner.refuse(why, &hello));
-        }
+        let token = match admitted {
+            Ok(token) => token,
+            Err(why) => return Err(self.inner.refuse(why, &hello)),
+        };
         let (tx, rx) = mpsc::channel(32);
-        tokio::spawn(run_stream(Arc::clone(&self.inner), hello, inbound, tx));
+        // The token bounds the stream: a task of its own says when it no longer holds.
+        let token_end = token.map(|token| {
+            let (end_tx, end_rx) = oneshot::channel();
+            let guard = tokio::spawn(guard_token(Arc::clone(&self.inner), token, end_tx));
+            (AbortOnDrop(guard), end_rx)
+        });
+        tokio::spawn(run_stream(
+            Arc::clone(&self.inner),
+            hello,
+            inbound,
+            tx,
+            token_end,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

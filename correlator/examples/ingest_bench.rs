@@ -550,6 +550,7 @@ fn open(n: u64, connections: u64) -> anyhow::Result<serde_json::Value> {
         window: Duration::from_secs(60),
         retention: Duration::from_secs(30),
         max_entries: n_usize,
+        ..JoinConfig::default()
     };
     // Before the service: the tables it sizes for `n` count too.
     let (_, rss0) = rss_kib()?;

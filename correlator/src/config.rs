@@ -41,6 +41,10 @@ pub const ENV_JOIN_WINDOW: &str = "CLOVISOR_JOIN_WINDOW_MS";
 pub const ENV_JOIN_RETENTION: &str = "CLOVISOR_JOIN_RETENTION_S";
 /// Exchanges the join holds at most (open and retained).
 pub const ENV_JOIN_MAX_ENTRIES: &str = "CLOVISOR_JOIN_MAX_ENTRIES";
+/// Environment variable of `--join-max-time-candidates` ([`BoundArgs`]).
+pub const ENV_JOIN_MAX_TIME_CANDIDATES: &str = "CLOVISOR_JOIN_MAX_TIME_CANDIDATES";
+/// Environment variable of `--max-analyzer-labels` ([`BoundArgs`]).
+pub const ENV_MAX_ANALYZER_LABELS: &str = "CLOVISOR_MAX_ANALYZER_LABELS";
 /// Node the correlator runs on (Downward API), exported as the resource's `k8s.node.name`.
 pub const ENV_NODE_NAME: &str = "CLOVISOR_NODE_NAME";
 /// Largest session batch (gRPC message) a collector may send, in bytes.
@@ -97,6 +101,31 @@ impl Default for ExportConfig {
     }
 }
 
+/// The correlator's bounds on what its input makes it do or keep, as flags (and environment
+/// variables): the correlator's and `clovisor all-in-one`'s.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BoundArgs {
+    /// Held exchanges a view without a TCP sequence number is compared with at most in the
+    /// join; beyond, the view is `ambiguous` and kept on its own (bounds the work one client's
+    /// flood of views costs under the join's lock).
+    #[arg(long, env = ENV_JOIN_MAX_TIME_CANDIDATES, default_value_t = crate::join::MAX_TIME_CANDIDATES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub join_max_time_candidates: usize,
+    /// Analyzer names that get a value of their own in the analyzer metrics' `analyzer` label;
+    /// later ones read `other`.
+    #[arg(long, env = ENV_MAX_ANALYZER_LABELS, default_value_t = crate::metrics::MAX_ANALYZER_LABELS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub max_analyzer_labels: usize,
+}
+
+impl BoundArgs {
+    /// Sets these bounds in `config`.
+    pub fn apply(&self, config: &mut Config) {
+        config.join.max_time_candidates = self.join_max_time_candidates;
+        config.max_analyzer_labels = self.max_analyzer_labels;
+    }
+}
+
 /// Everything the correlator library needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -113,6 +142,8 @@ pub struct Config {
     /// Largest session batch accepted from a collector; a larger one ends its stream
     /// (`out of range`) and is counted.
     pub max_message_bytes: usize,
+    /// Analyzer names with a label value of their own; later ones are `other`.
+    pub max_analyzer_labels: usize,
 }
 
 impl Default for Config {
@@ -124,6 +155,7 @@ impl Default for Config {
             export: Some(ExportConfig::default()),
             join: JoinConfig::default(),
             max_message_bytes: clovisor_proto::hops::MAX_MESSAGE_BYTES,
+            max_analyzer_labels: crate::metrics::MAX_ANALYZER_LABELS,
         }
     }
 }
@@ -211,6 +243,7 @@ impl Config {
         Ok(Self {
             join,
             max_message_bytes,
+            max_analyzer_labels: defaults.max_analyzer_labels,
             store_capacity,
             service_name: get(ENV_SERVICE_NAME)
                 .unwrap_or(DEFAULT_SERVICE_NAME)
@@ -348,6 +381,7 @@ mod tests {
                 window: Duration::from_millis(250),
                 retention: Duration::from_secs(5),
                 max_entries: 100,
+                ..JoinConfig::default()
             }
         );
         assert_eq!(Config::default().join, JoinConfig::default());
@@ -426,5 +460,51 @@ mod tests {
         ]))
         .expect("valid env");
         assert_eq!(cfg.export.map(|e| e.batch_size), Some(10));
+    }
+
+    #[test]
+    fn the_bound_flags_set_the_join_and_analyzer_caps_within_their_ranges() {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bounds: BoundArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("correlator").chain(args.iter().copied())).map(
+                |cli| {
+                    let mut config = Config::default();
+                    cli.bounds.apply(&mut config);
+                    (config.join.max_time_candidates, config.max_analyzer_labels)
+                },
+            )
+        };
+        assert_eq!(
+            parse(&[]).expect("defaults"),
+            (
+                crate::join::MAX_TIME_CANDIDATES,
+                crate::metrics::MAX_ANALYZER_LABELS
+            )
+        );
+        assert_eq!(
+            parse(&[
+                "--join-max-time-candidates",
+                "8",
+                "--max-analyzer-labels",
+                "100"
+            ])
+            .expect("in range"),
+            (8, 100)
+        );
+        for bad in [
+            ["--join-max-time-candidates", "0"],
+            ["--join-max-time-candidates", "4097"],
+            ["--join-max-time-candidates", "-1"],
+            ["--max-analyzer-labels", "0"],
+            ["--max-analyzer-labels", "1001"],
+            ["--max-analyzer-labels", "many"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?} must be refused");
+        }
     }
 }

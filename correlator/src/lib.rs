@@ -77,7 +77,9 @@ impl Correlator {
         transport: ClientTransport,
     ) -> Result<Self> {
         let store = Arc::new(Store::new(config.store_capacity));
-        let metrics = Arc::new(Metrics::with_drops(drops));
+        let metrics = Arc::new(
+            Metrics::with_drops(drops).with_max_analyzer_labels(config.max_analyzer_labels),
+        );
         metrics.register(&mut registry);
         let exporter = match &config.export {
             Some(export) => Some(OtlpExporter::start_with(

@@ -28,6 +28,9 @@ struct Args {
     api_listen: SocketAddr,
     #[command(flatten)]
     tls: TlsArgs,
+    /// The join's candidate cap and the analyzer label cap.
+    #[command(flatten)]
+    bounds: clovisor_correlator::config::BoundArgs,
 }
 
 #[tokio::main]
@@ -36,7 +39,8 @@ async fn main() -> anyhow::Result<()> {
     // Before any metric is made: the families take their bounds when made.
     args.service.limits.apply();
     let mut process = start(&args.service.log, Some(&args.service.redis))?;
-    let config = Config::from_env().context("configuration")?;
+    let mut config = Config::from_env().context("configuration")?;
+    args.bounds.apply(&mut config);
     let tls_stats = TlsStats::default();
     tls_stats.register(&mut process.registry);
     let token = args

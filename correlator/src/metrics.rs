@@ -103,7 +103,8 @@ pub struct AnalyzerLabels {
     pub workload: String,
 }
 
-/// Analyzer names that get their own label value; later ones are `other`.
+/// Analyzer names that get their own label value by default (`CLOVISOR_MAX_ANALYZER_LABELS`);
+/// later ones are `other`.
 pub const MAX_ANALYZER_LABELS: usize = 32;
 
 /// Labels of the DNS RED metrics.
@@ -238,6 +239,8 @@ pub struct Metrics {
     analyzer_duration: BoundedFamily<AnalyzerLabels, Histogram, fn() -> Histogram>,
     /// The analyzer names admitted as label values.
     analyzer_names: Mutex<std::collections::BTreeSet<String>>,
+    /// Analyzer names kept in `analyzer_names` at most.
+    max_analyzer_labels: usize,
     kafka_requests: BoundedFamily<KafkaLabels, Counter>,
     kafka_duration: BoundedFamily<KafkaLabels, Histogram, fn() -> Histogram>,
     sessions_received: Counter,
@@ -478,6 +481,13 @@ impl Metrics {
         Self::with_drops(Drops::default())
     }
 
+    /// These metrics, giving at most `n` analyzer names a label value of their own (later ones
+    /// are `other`).
+    pub fn with_max_analyzer_labels(mut self, n: usize) -> Self {
+        self.max_analyzer_labels = n;
+        self
+    }
+
     /// Fresh, unregistered metrics counting losses into `drops`, shared with other stages.
     pub fn with_drops(drops: Drops) -> Self {
         Self {
@@ -518,6 +528,7 @@ impl Metrics {
                 "clovisor_analyzer_request_duration_seconds",
             ),
             analyzer_names: Mutex::default(),
+            max_analyzer_labels: MAX_ANALYZER_LABELS,
             dns_requests: bounded(
                 Family::default(),
                 overflow_dns(),
@@ -859,7 +870,9 @@ impl Metrics {
                 .unwrap_or_else(|p| p.into_inner());
             if names.contains(name) {
                 name.to_owned()
-            } else if names.len() < MAX_ANALYZER_LABELS && name.len() <= max_label_value_bytes() {
+            } else if names.len() < self.max_analyzer_labels
+                && name.len() <= max_label_value_bytes()
+            {
                 names.insert(name.to_owned());
                 name.to_owned()
             } else {
@@ -1348,14 +1361,7 @@ mod tests {
                 .analyzer("line", &[("command", "FETCH")])
                 .server_workload("shop", "kv"),
         );
-        for i in 0..MAX_ANALYZER_LABELS + 3 {
-            observe(
-                &m,
-                SessionBuilder::new(&format!("n{i}"))
-                    .analyzer(&format!("proto{i}"), &[])
-                    .server_workload("shop", "kv"),
-            );
-        }
+        observe_analyzers(&m, MAX_ANALYZER_LABELS + 3);
         let text = encode(&reg);
         for want in [
             r#"clovisor_analyzer_requests_total{analyzer="line",outcome="ok",namespace="shop",workload="kv"} 1"#,
@@ -1370,6 +1376,42 @@ mod tests {
         assert!(
             !text.contains("clovisor_http_requests_total{"),
             "an analyzer exchange is no HTTP request:\n{text}"
+        );
+    }
+
+    /// One exchange each of analyzers `proto0` to `proto{n-1}`, served by `shop/kv`.
+    fn observe_analyzers(m: &Metrics, n: usize) {
+        for i in 0..n {
+            observe(
+                m,
+                SessionBuilder::new(&format!("n{i}"))
+                    .analyzer(&format!("proto{i}"), &[])
+                    .server_workload("shop", "kv"),
+            );
+        }
+    }
+
+    #[test]
+    fn the_analyzer_name_cap_is_configurable() {
+        let m = Metrics::new().with_max_analyzer_labels(2);
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        observe_analyzers(&m, 5);
+        let text = encode(&reg);
+        let series = |name: &str, n: u32| {
+            format!(
+                r#"clovisor_analyzer_requests_total{{analyzer="{name}",outcome="ok",namespace="shop",workload="kv"}} {n}"#
+            )
+        };
+        let wants = [series("proto0", 1), series("proto1", 1), series("other", 3)];
+        let missing: Vec<&String> = wants
+            .iter()
+            .filter(|w| !text.contains(w.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "missing {missing:?} in:\n{text}");
+        assert!(
+            !text.contains("proto2"),
+            "a third name past a cap of 2:\n{text}"
         );
     }
 

@@ -13,7 +13,9 @@
 //!   is valid for the audiences it was minted for ([`FakeKube::add_bound_token`]; by default
 //!   the API server's own, [`API_AUDIENCE`]): a review asking for others does not authenticate
 //!   it; `status.audiences` holds the ones in common and `status.user.extra` what the kubelet
-//!   binds a pod's token to (its pod's and node's names).
+//!   binds a pod's token to (its pod's and node's names). A token can expire
+//!   ([`FakeKube::expire_token_at`]) or be revoked ([`FakeKube::revoke_token`]): from then on
+//!   it does not authenticate.
 //! - The test can cut every open watch stream ([`FakeKube::cut_watches`]), expire the
 //!   history ([`FakeKube::expire_history`]) and count the requests ([`FakeKube::requests`]).
 
@@ -78,6 +80,8 @@ struct TokenInfo {
     audiences: Vec<String>,
     /// `status.user.extra`.
     extra: BTreeMap<String, Vec<String>>,
+    /// When the token stops authenticating (its `exp`), if ever.
+    expires: Option<std::time::SystemTime>,
 }
 
 /// The audience of tokens not minted for another one, as the API server calls itself.
@@ -263,8 +267,23 @@ impl FakeKube {
                 groups: groups.iter().map(|g| (*g).to_owned()).collect(),
                 audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
                 extra: extras,
+                expires: None,
             },
         );
+    }
+
+    /// Makes `token` (added before) stop authenticating at `when`, as the API server refuses
+    /// a token past its `exp`.
+    pub fn expire_token_at(&self, token: &str, when: std::time::SystemTime) {
+        if let Some(info) = self.shared.lock().tokens.get_mut(token) {
+            info.expires = Some(when);
+        }
+    }
+
+    /// Makes `token` stop authenticating from now on: what the API server answers once the
+    /// pod a token is bound to is deleted, or its service account.
+    pub fn revoke_token(&self, token: &str) {
+        self.shared.lock().tokens.remove(token);
     }
 
     /// How many `verb` (`list`, `watch`, `create`) requests `resource` got.
@@ -319,6 +338,8 @@ async fn token_review(AxumState(shared): AxumState<Shared>, body: axum::body::By
             .or_default() += 1;
         store.tokens.get(token).cloned()
     };
+    let now = std::time::SystemTime::now();
+    let found = found.filter(|info| info.expires.is_none_or(|exp| exp > now));
     let status = match found {
         Some(info) => {
             let common: Vec<&String> = wanted

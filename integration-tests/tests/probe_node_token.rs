@@ -10,7 +10,7 @@
 //! collector's `/metrics` takes only tokens the same API server vouches for
 //! (`--api-allowed-identities`, no static token): Prometheus' gets in, a probe's does not.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use clovisor_integration_tests::fake_kube::{FakeKube, API_AUDIENCE};
 use clovisor_integration_tests::http_client::{http_get_with, http_status};
 use clovisor_integration_tests::tls::make_certs;
-use clovisor_integration_tests::{api, cargo_build, free_port, start_service};
+use clovisor_integration_tests::{api, cargo_build, free_port, start_service, wait_for};
 use clovisor_proto::capture::v1::{probe_message, Hello, ProbeMessage};
 use clovisor_proto::delivery::Connector as _;
 use clovisor_proto::hops::CaptureConnector;
@@ -35,6 +35,21 @@ const AUDIENCE: &str = "clovisor-collector";
 const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 
+/// A channel to the collector at `port` as the probe: its certificate from `certs`, the
+/// collector's verified. Call inside a runtime (the TLS files' reloader runs on it).
+fn probe_channel(port: u16, certs: &Path) -> Result<tonic::transport::Channel> {
+    let tls = ClientTls::new(
+        TlsFiles::in_dir(certs.join("probe")),
+        Some("clovisor-collector".into()),
+        Duration::from_secs(30),
+        TlsStats::default(),
+    )?;
+    Ok(
+        ClientTransport::new(Some(tls), false)
+            .lazy_channel(&format!("https://127.0.0.1:{port}"))?,
+    )
+}
+
 /// Opens a probe stream to the collector at `port` with the probe's certificate in `certs`,
 /// presenting the token in `token` (none: no token), saying `Hello` for `node`. `Ok` when the
 /// collector admits it, else the refusal's code.
@@ -45,15 +60,8 @@ async fn open(
     probe_id: &str,
     node: &str,
 ) -> Result<Opened> {
-    let tls = ClientTls::new(
-        TlsFiles::in_dir(certs.join("probe")),
-        Some("clovisor-collector".into()),
-        Duration::from_secs(30),
-        TlsStats::default(),
-    )?;
-    let channel = ClientTransport::new(Some(tls), false)
-        .lazy_channel(&format!("https://127.0.0.1:{port}"))?;
-    let mut connector = CaptureConnector::new(channel).with_token_file(token.map(Path::to_owned));
+    let mut connector = CaptureConnector::new(probe_channel(port, certs)?)
+        .with_token_file(token.map(Path::to_owned));
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let hello = ProbeMessage {
         kind: Some(probe_message::Kind::Hello(Hello {
@@ -83,9 +91,20 @@ fn refused(metrics: &str, reason: &str) -> Result<f64> {
     .unwrap_or(0.0))
 }
 
-#[test]
-fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
-    let bin = cargo_build(&["clovisor-collector"])?;
+/// What both tests start from: the directory of the binaries of `packages` (built), a
+/// temporary directory with certificates by `make-certs.sh` in `certs`, a runtime, and the fake
+/// API server with a kubeconfig naming it.
+type Setup = (
+    PathBuf,
+    tempfile::TempDir,
+    PathBuf,
+    tokio::runtime::Runtime,
+    FakeKube,
+    PathBuf,
+);
+
+fn setup(packages: &[&str]) -> Result<Setup> {
+    let bin = cargo_build(packages)?;
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     make_certs(&certs)?;
@@ -95,6 +114,12 @@ fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
         .build()?;
     let kube = rt.block_on(FakeKube::start())?;
     let kubeconfig = kube.write_kubeconfig(dir.path())?;
+    Ok((bin, dir, certs, rt, kube, kubeconfig))
+}
+
+#[test]
+fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
+    let (bin, dir, certs, rt, kube, kubeconfig) = setup(&["clovisor-collector"])?;
     let bound = |token: &str, user: &str, audience: &str, node: Option<&str>| {
         let mut extra = vec![(POD_NAME, "clovisor-probe-x7k2p")];
         extra.extend(node.map(|n| (NODE_NAME, n)));
@@ -121,7 +146,7 @@ fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
         "system:serviceaccount:monitoring:prometheus",
         &["system:serviceaccounts"],
     );
-    let token = |name: &str| -> Result<std::path::PathBuf> {
+    let token = |name: &str| -> Result<PathBuf> {
         let path = dir.path().join(name);
         std::fs::write(&path, format!("{name}\n"))?;
         Ok(path)
@@ -233,6 +258,248 @@ fn a_probe_speaks_only_for_the_node_its_token_was_minted_on() -> Result<()> {
     assert!(
         reviews >= 5,
         "each distinct token reviewed by the API server, saw {reviews}"
+    );
+    Ok(())
+}
+
+/// A JWT-shaped token with `exp` and a marker `jti` (the fake API server does not verify the
+/// signature; the collector reads `exp` only after the review accepted the token).
+fn jwt(exp: u64, jti: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(r#"{"alg":"RS256","kid":"fake"}"#),
+        b64(&format!(
+            r#"{{"aud":["{AUDIENCE}"],"exp":{exp},"jti":"{jti}","sub":"{PROBE_SA}"}}"#
+        ))
+    )
+}
+
+/// One exchange on flow `i`: its request and its response, as a probe records them.
+fn exchange(i: u32) -> [clovisor_proto::capture::v1::Record; 2] {
+    use clovisor_proto::capture::v1::{
+        record, Direction, FlowKey, Message, ObservationPoint, ProtocolHint, Record,
+    };
+    let message = |index: u32, direction: Direction, payload: String| Record {
+        kind: Some(record::Kind::Message(Message {
+            flow: Some(FlowKey {
+                client_ip: vec![10, 0, 0, 1],
+                server_ip: vec![10, 0, 0, 2],
+                client_port: 10_000 + i,
+                server_port: 80,
+                transport: 1,
+            }),
+            point: Some(ObservationPoint::default()),
+            flow_id: u64::from(i) + 1,
+            index,
+            direction: direction as i32,
+            payload: payload.into_bytes().into(),
+            protocol: ProtocolHint::Http as i32,
+            ..Message::default()
+        })),
+    };
+    [
+        message(
+            0,
+            Direction::ClientToServer,
+            format!("GET /exchange-{i} HTTP/1.1\r\nHost: h\r\n\r\n"),
+        ),
+        message(
+            1,
+            Direction::ServerToClient,
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned(),
+        ),
+    ]
+}
+
+/// Exchanges the probe sends, one every [`EXCHANGE_EVERY`].
+const EXCHANGES: u32 = 100;
+const EXCHANGE_EVERY: Duration = Duration::from_millis(100);
+/// When the first token expires, from the start of the traffic.
+const FIRST_EXPIRES_AFTER: u64 = 4;
+
+#[test]
+fn a_probe_stream_ends_with_its_token_and_resumes_on_the_renewed_one_losing_nothing() -> Result<()>
+{
+    use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
+    use clovisor_proto::hops::{CaptureHop, ChunkBuilder};
+
+    let (bin, dir, certs, rt, kube, kubeconfig) =
+        setup(&["clovisor-collector", "clovisor-correlator"])?;
+    let start = std::time::SystemTime::now();
+    let now = start.duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    // The kubelet's tokens for the probe's pod: the first expires early; the next two are the
+    // renewals written into the token file before the one they replace ends.
+    let first = jwt(now + FIRST_EXPIRES_AFTER, "first");
+    let renewed = jwt(now + 3600, "renewed");
+    let after_revocation = jwt(now + 3600, "after-revocation");
+    for token in [&first, &renewed, &after_revocation] {
+        kube.add_bound_token(
+            token,
+            PROBE_SA,
+            &["system:serviceaccounts"],
+            &[AUDIENCE],
+            &[(POD_NAME, "clovisor-probe-x7k2p"), (NODE_NAME, "node-a")],
+        );
+    }
+    kube.expire_token_at(
+        &first,
+        std::time::UNIX_EPOCH + Duration::from_secs(now + FIRST_EXPIRES_AFTER),
+    );
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &first)?;
+
+    let correlator_grpc = format!("127.0.0.1:{}", free_port()?);
+    let correlator_metrics = format!("127.0.0.1:{}", free_port()?);
+    let api_addr = format!("127.0.0.1:{}", free_port()?);
+    let mut cmd = Command::new(bin.join("clovisor-correlator"));
+    cmd.args(["--grpc-listen", &correlator_grpc, "--api-listen", &api_addr])
+        .args(["--metrics-listen", &correlator_metrics, "--redis", ""])
+        .env("OTEL_TRACES_EXPORTER", "none");
+    let log = |name: &str| {
+        std::env::temp_dir().join(format!(
+            "clovisor-probe-token-bounds-{name}-{}.log",
+            std::process::id()
+        ))
+    };
+    let _correlator = start_service("correlator", cmd, &correlator_metrics, log("correlator"))?;
+
+    let grpc = free_port()?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut cmd = Command::new(bin.join("clovisor-collector"));
+    cmd.args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--metrics-listen", &metrics, "--redis", ""])
+        .args(["--correlator", &format!("http://{correlator_grpc}")])
+        .arg("--tls-dir")
+        .arg(certs.join("collector"))
+        .args(["--tls-peer-names", "clovisor-probe"])
+        .args(["--probe-identity", "token"])
+        .args(["--probe-token-recheck-secs", "1"])
+        .env("KUBECONFIG", &kubeconfig);
+    let collector = start_service("collector", cmd, &metrics, log("collector"))?;
+
+    // The probe: its real sender (replay buffer, reconnects) and connector (token file read at
+    // every connect).
+    // The TLS files' reloader and the channel run on the test's runtime.
+    let _in_runtime = rt.enter();
+    let channel = probe_channel(grpc, &certs)?;
+    let hello = Hello {
+        probe_id: "probe-token-bounds".into(),
+        node: "node-a".into(),
+        snaplen: 256,
+    };
+    let sender = Sender::new(
+        CaptureHop::new(&hello, 1024),
+        CaptureConnector::new(channel).with_token_file(Some(token_file.clone())),
+        DeliveryConfig::default(),
+    );
+    let stats = sender.stats();
+    let (records, input) = tokio::sync::mpsc::channel(256);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let probe = rt.spawn(sender.run(input, async {
+        let _ = stopped.await;
+    }));
+
+    let text = |series: &str| -> Result<f64> {
+        Ok(api::sample(&api::metrics_text(&metrics)?, series).unwrap_or(0.0))
+    };
+    let ended = |reason: &str| {
+        text(&format!(
+            "clovisor_collector_probe_streams_ended_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    let traffic_started = std::time::Instant::now();
+    let mut renewed_written = false;
+    let mut revoked = false;
+    for i in 0..EXCHANGES {
+        let [request, response] = exchange(i);
+        // Request and response in separate chunks, so that a stream's end can fall between them.
+        rt.block_on(records.send(ChunkBuilder::chunk_of([&request])))?;
+        std::thread::sleep(EXCHANGE_EVERY / 2);
+        rt.block_on(records.send(ChunkBuilder::chunk_of([&response])))?;
+        std::thread::sleep(EXCHANGE_EVERY / 2);
+        let elapsed = traffic_started.elapsed();
+        // The kubelet renews the token well before it expires.
+        if !renewed_written && elapsed >= Duration::from_secs(2) {
+            std::fs::write(&token_file, &renewed)?;
+            renewed_written = true;
+        }
+        // The renewed token revoked once the stream runs on it; the file already holds the next.
+        if !revoked && ended("token_expired")? >= 1.0 && elapsed >= Duration::from_secs(6) {
+            std::fs::write(&token_file, &after_revocation)?;
+            kube.revoke_token(&renewed);
+            revoked = true;
+        }
+    }
+    if !revoked {
+        bail!(
+            "the first token's expiry did not end the stream within {:?}\ncollector log:\n{}",
+            traffic_started.elapsed(),
+            collector.log_text()
+        );
+    }
+    wait_for(
+        "the revoked token to end its stream",
+        Duration::from_secs(10),
+        || Ok(ended("token_revoked")? >= 1.0),
+    )
+    .with_context(|| format!("collector log:\n{}", collector.log_text()))?;
+    // The probe is back on the token after the revocation: everything is acknowledged.
+    let records_sent = u64::from(EXCHANGES) * 2;
+    wait_for(
+        "every record acknowledged by the collector",
+        Duration::from_secs(20),
+        || Ok(DeliveryStats::get(&stats.items_acked) == records_sent),
+    )
+    .with_context(|| {
+        format!(
+            "acknowledged {} of {records_sent}\ncollector log:\n{}",
+            DeliveryStats::get(&stats.items_acked),
+            collector.log_text()
+        )
+    })?;
+    let _ = stop.send(());
+    rt.block_on(probe)?;
+
+    // Nothing lost, nothing twice: every exchange is one session at the correlator.
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    wait_for(
+        "every exchange at the correlator",
+        Duration::from_secs(20),
+        || {
+            seen.clear();
+            for s in api::sessions(&api_addr)? {
+                if let Some(path) = s["http"]["path"].as_str() {
+                    *seen.entry(path.to_owned()).or_default() += 1;
+                }
+            }
+            Ok(seen.len() == EXCHANGES as usize)
+        },
+    )
+    .with_context(|| format!("saw {} distinct exchanges", seen.len()))?;
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "exchanges seen more than once: {twice:?}");
+
+    assert_eq!(ended("token_expired")?, 1.0, "the first token's expiry");
+    assert_eq!(
+        ended("token_revoked")?,
+        1.0,
+        "the renewed token's revocation"
+    );
+    assert_eq!(ended("max_age")?, 0.0, "every token carried an exp");
+    assert!(
+        DeliveryStats::get(&stats.connects) >= 3,
+        "the probe connected with each of its three tokens, saw {} connects",
+        DeliveryStats::get(&stats.connects)
+    );
+    assert!(
+        text("clovisor_collector_probe_token_rechecks_total{result=\"accepted\"}")? >= 2.0,
+        "the first tokens were reviewed again while their streams ran"
+    );
+    assert_eq!(
+        text("clovisor_collector_probe_token_rechecks_total{result=\"refused\"}")?,
+        1.0
     );
     Ok(())
 }

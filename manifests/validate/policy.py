@@ -30,10 +30,13 @@ RBAC_BINDING_KINDS = {"RoleBinding", "ClusterRoleBinding"}
 ALLOWED_VERBS = {"get", "list", "watch"}
 # ... but for these writes, each allowed only as narrowly as written here:
 # (apiGroup, resource, verb, needs resourceNames). TokenReview asks the API server whose a
-# token is (the correlator's REST API); serviceaccounts/token lets a user mint a token of one
+# token is (the correlator's REST API, the Jaeger UI's proxy); serviceaccounts/token lets a user mint a token of one
 # named ServiceAccount (clovisor-cli), never of any.
 ALLOWED_WRITES = {
     ("authentication.k8s.io", "tokenreviews", "create", False),
+    # SubjectAccessReview asks whether a reviewed identity may do something (the Jaeger UI's
+    # authenticating proxy).
+    ("authorization.k8s.io", "subjectaccessreviews", "create", False),
     ("", "serviceaccounts/token", "create", True),
 }
 # Reading these hands out credentials or a shell on any pod.
@@ -537,6 +540,138 @@ def check_otlp_allow_list(obj: dict[str, Any], spec: dict[str, Any], report: Rep
             report.add(obj, f"{name}: its own OTLP endpoint {endpoint} is not in CLOVISOR_ALLOWED_OTLP_ENDPOINTS {allowed}")
 
 
+# Jaeger's listeners that authenticate no one, with their default ports: each must listen on
+# loopback only — the UI (query HTTP) is reached through an authenticating proxy beside it, the
+# rest not at all. OTLP/HTTP may instead require client certificates.
+JAEGER_OPEN_LISTENERS = {
+    "--query.http-server.host-port": 16686,
+    "--query.grpc-server.host-port": 16685,
+    "--collector.otlp.http.host-port": 4318,
+    "--collector.grpc-server.host-port": 14250,
+    "--collector.http-server.host-port": 14268,
+}
+JAEGER_MTLS = {
+    "--collector.otlp.http.host-port": "--collector.otlp.http.tls.client-ca",
+}
+JAEGER_UI_FLAG = "--query.http-server.host-port"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+# Flags of kube-rbac-proxy that would let requests through unauthenticated.
+PROXY_BYPASS_FLAGS = ("--insecure-listen-address", "--ignore-paths")
+
+
+def flag_values(c: dict[str, Any]) -> dict[str, str]:
+    """A container's `--flag=value` and `--flag value` arguments (command and args)."""
+    args = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+    found: dict[str, str] = {}
+    for i, a in enumerate(args):
+        if not a.startswith("--"):
+            continue
+        if "=" in a:
+            k, _, v = a.partition("=")
+            found[k] = v
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            found[a] = args[i + 1]
+        else:
+            found[a] = ""
+    return found
+
+
+def jaeger_setting(c: dict[str, Any], flag: str) -> str | None:
+    """A Jaeger setting, from its flag or its environment variable (the flag upper-cased,
+    punctuation as `_`)."""
+    value = flag_values(c).get(flag)
+    if value is not None:
+        return value
+    return env_value(c, re.sub(r"[^A-Z0-9]", "_", flag.lstrip("-").upper()))
+
+
+def host_port(value: str) -> tuple[str, int | None]:
+    host, _, port = value.rpartition(":")
+    return host, int(port) if port.isdigit() else None
+
+
+def check_jaeger_ui(objs: list[dict[str, Any]], report: Report) -> None:
+    """Jaeger's UI is reachable only through an authenticating proxy: Jaeger's unauthenticated
+    listeners (query UI and API, OTLP/HTTP, legacy receivers) are bound to loopback, declared
+    nowhere as container ports, and targeted by no Service; a kube-rbac-proxy in the same pod
+    forwards to the UI, serving TLS only, with token audiences and an authorization config, and
+    without bypasses; every Service port of the pod leads to that proxy or to a receiver that
+    requires client certificates."""
+    services = [o for o in objs if o.get("kind") == "Service"]
+    for obj in objs:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        all_c = [c for _, c in containers(spec)]
+        jaegers = [c for c in all_c if "jaegertracing/" in str(c.get("image", ""))]
+        if not jaegers:
+            continue
+        open_ports: set[int] = set()
+        ui_port: int | None = None
+        mtls_ports: set[int] = set()
+        for c in jaegers:
+            name = f"container {c.get('name')!r}"
+            if jaeger_setting(c, "--collector.otlp.grpc.tls.client-ca"):
+                mtls_ports.add(host_port(jaeger_setting(c, "--collector.otlp.grpc.host-port") or ":4317")[1] or 4317)
+            for flag, default in JAEGER_OPEN_LISTENERS.items():
+                value = jaeger_setting(c, flag)
+                host, port = host_port(value) if value else ("", default)
+                port = port or default
+                if flag == JAEGER_UI_FLAG:
+                    ui_port = port
+                if flag in JAEGER_MTLS and jaeger_setting(c, JAEGER_MTLS[flag]):
+                    mtls_ports.add(port)
+                    continue
+                open_ports.add(port)
+                if host not in LOOPBACK_HOSTS:
+                    report.add(obj, f"{name}: Jaeger's {flag} listens on {value or 'all addresses (default)'}, unauthenticated: bind it to 127.0.0.1")
+        # No container port or Service may lead to an unauthenticated listener.
+        declared: dict[str, int] = {}
+        proxy_ports: set[int] = set()
+        proxies = []
+        for c in all_c:
+            is_proxy = str(c.get("image", "")).rsplit("/", 1)[-1].split(":")[0].split("@")[0] == "kube-rbac-proxy"
+            for p in c.get("ports") or []:
+                number = p.get("containerPort")
+                if p.get("name"):
+                    declared[p["name"]] = number
+                if number in open_ports:
+                    report.add(obj, f"container {c.get('name')!r}: declares port {number}, where Jaeger listens unauthenticated")
+                if is_proxy:
+                    proxy_ports.add(number)
+            if is_proxy:
+                proxies.append(c)
+        good_proxy = False
+        for c in proxies:
+            name = f"container {c.get('name')!r}"
+            flags = flag_values(c)
+            upstream = flags.get("--upstream", "")
+            up_host, up_port = host_port(upstream.removeprefix("http://").removeprefix("https://").rstrip("/"))
+            problems = []
+            if up_host not in LOOPBACK_HOSTS or up_port != ui_port:
+                problems.append(f"--upstream {upstream!r} is not Jaeger's UI on loopback (port {ui_port})")
+            for f in ("--secure-listen-address", "--tls-cert-file", "--tls-private-key-file", "--config-file", "--auth-token-audiences"):
+                if not flags.get(f):
+                    problems.append(f"no {f}")
+            problems += [f"{f} lets requests through unauthenticated" for f in PROXY_BYPASS_FLAGS if f in flags]
+            for problem in problems:
+                report.add(obj, f"{name}: the Jaeger UI's proxy: {problem}")
+            good_proxy = good_proxy or not problems
+        if not good_proxy:
+            report.add(obj, "the Jaeger UI has no authenticating proxy (kube-rbac-proxy to its loopback port) in its pod")
+        labels = template_labels(obj)
+        ns = (obj.get("metadata") or {}).get("namespace")
+        for svc in services:
+            sel = (svc.get("spec") or {}).get("selector") or {}
+            if not sel or (svc.get("metadata") or {}).get("namespace") != ns or not selects({"matchLabels": sel}, labels):
+                continue
+            for p in (svc.get("spec") or {}).get("ports") or []:
+                target = p.get("targetPort", p.get("port"))
+                number = declared.get(target) if isinstance(target, str) else target
+                if number not in proxy_ports and number not in mtls_ports:
+                    report.add(svc, f"port {p.get('name')!r} leads to the Jaeger pod's port {target!r}, which is neither the UI's authenticating proxy nor a receiver requiring client certificates")
+
+
 def check_env_documented(obj: dict[str, Any], spec: dict[str, Any], doc: str, report: Report) -> None:
     for _, c in containers(spec):
         if not str(c.get("image", "")).startswith("clovisor/"):
@@ -683,6 +818,7 @@ def check(objs: list[dict[str, Any]], forbid_privileged: bool, config_doc: str |
     check_token_review(objs, report)
     check_probe_tokens(objs, report)
     check_redis_tls(objs, report)
+    check_jaeger_ui(objs, report)
     return report.violations
 
 

@@ -313,6 +313,7 @@ class RbacWritesTest(unittest.TestCase):
         ok = [
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["serviceaccounts/token"], "resourceNames": ["clovisor-cli"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
         ]
         for rule in ok:
             with self.subTest(rule=rule):
@@ -320,7 +321,7 @@ class RbacWritesTest(unittest.TestCase):
         bad = [
             {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews", "subjectaccessreviews"], "verbs": ["create"]},
-            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["update"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]},
         ]
         for rule in bad:
@@ -474,6 +475,94 @@ class OtlpAllowListTest(unittest.TestCase):
         self.assertTrue(any("sets no CLOVISOR_ALLOWED_OTLP_ENDPOINTS" in v for v in self.found({"OTEL_EXPORTER_OTLP_ENDPOINT": url})))
         found = self.found({"OTEL_EXPORTER_OTLP_ENDPOINT": url, "CLOVISOR_ALLOWED_OTLP_ENDPOINTS": "http://jaeger-collector.istio-system.svc:4317"})
         self.assertTrue(any("is not in CLOVISOR_ALLOWED_OTLP_ENDPOINTS" in v for v in found), found)
+
+
+JAEGER_YAML = Path(__file__).resolve().parent.parent / "base" / "jaeger.yaml"
+
+
+class JaegerUiTest(unittest.TestCase):
+    """The shipped Jaeger (manifests/base/jaeger.yaml) passes; each way of exposing its UI or
+    another unauthenticated listener is caught."""
+
+    def objects(self) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], dict[str, Any]]:
+        objs = policy.load(JAEGER_YAML.read_text())
+        deployment = next(o for o in objs if o["kind"] == "Deployment")
+        cs = deployment["spec"]["template"]["spec"]["containers"]
+        jaeger = next(c for c in cs if "jaegertracing/" in c["image"])
+        proxy = next(c for c in cs if "kube-rbac-proxy" in c["image"])
+        return objs, deployment, jaeger, proxy
+
+    def found(self, objs: list[dict[str, Any]]) -> list[str]:
+        return [v for v in policy.check(objs, True, DOC) if "Jaeger" in v]
+
+    def test_the_shipped_jaeger_passes(self) -> None:
+        self.assertEqual(self.found(self.objects()[0]), [])
+
+    def test_each_exposure_is_caught(self) -> None:
+        def ui_on_all_addresses(objs, d, jaeger, proxy):
+            jaeger["args"] = [a for a in jaeger["args"] if not a.startswith("--query.http-server.host-port")]
+
+        def ui_on_pod_address_by_env(objs, d, jaeger, proxy):
+            ui_on_all_addresses(objs, d, jaeger, proxy)
+            jaeger["env"].append({"name": "QUERY_HTTP_SERVER_HOST_PORT", "value": ":16686"})
+
+        def otlp_http_open(objs, d, jaeger, proxy):
+            jaeger["args"] = [a.replace("127.0.0.1:4318", "0.0.0.0:4318") for a in jaeger["args"]]
+
+        def ui_port_declared(objs, d, jaeger, proxy):
+            jaeger["ports"].append({"name": "ui", "containerPort": 16686})
+
+        def service_to_ui(objs, d, jaeger, proxy):
+            svc = next(o for o in objs if o["kind"] == "Service")
+            svc["spec"]["ports"].append({"name": "http-ui", "port": 16686, "targetPort": 16686})
+
+        def service_to_admin(objs, d, jaeger, proxy):
+            svc = next(o for o in objs if o["kind"] == "Service")
+            svc["spec"]["ports"].append({"name": "http-admin", "port": 14269, "targetPort": "admin"})
+
+        def no_proxy(objs, d, jaeger, proxy):
+            d["spec"]["template"]["spec"]["containers"].remove(proxy)
+
+        def proxy_plaintext(objs, d, jaeger, proxy):
+            proxy["args"].append("--insecure-listen-address=0.0.0.0:8080")
+
+        def proxy_ignores_paths(objs, d, jaeger, proxy):
+            proxy["args"].append("--ignore-paths=/*")
+
+        def proxy_elsewhere(objs, d, jaeger, proxy):
+            proxy["args"] = [a if not a.startswith("--upstream") else "--upstream=http://10.0.0.1:16686/" for a in proxy["args"]]
+
+        def proxy_without_audience(objs, d, jaeger, proxy):
+            proxy["args"] = [a for a in proxy["args"] if not a.startswith("--auth-token-audiences")]
+
+        cases = [
+            (ui_on_all_addresses, "--query.http-server.host-port listens on all addresses"),
+            (ui_on_pod_address_by_env, "--query.http-server.host-port listens on :16686"),
+            (otlp_http_open, "--collector.otlp.http.host-port listens on 0.0.0.0:4318"),
+            (ui_port_declared, "declares port 16686"),
+            (service_to_ui, "port 'http-ui' leads to the Jaeger pod's port 16686"),
+            (service_to_admin, "port 'http-admin' leads to the Jaeger pod's port 'admin'"),
+            (no_proxy, "has no authenticating proxy"),
+            (proxy_plaintext, "--insecure-listen-address lets requests through"),
+            (proxy_ignores_paths, "--ignore-paths lets requests through"),
+            (proxy_elsewhere, "is not Jaeger's UI on loopback"),
+            (proxy_without_audience, "no --auth-token-audiences"),
+        ]
+        for mutate, fragment in cases:
+            with self.subTest(case=mutate.__name__):
+                objs, d, jaeger, proxy = self.objects()
+                mutate(objs, d, jaeger, proxy)
+                found = self.found(objs)
+                self.assertTrue(any(fragment in v for v in found), f"expected {fragment!r}, saw {found}")
+
+    def test_otlp_http_with_client_certificates_may_listen(self) -> None:
+        objs, d, jaeger, proxy = self.objects()
+        jaeger["args"] = [a.replace("127.0.0.1:4318", "0.0.0.0:4318") for a in jaeger["args"]]
+        jaeger["args"].append("--collector.otlp.http.tls.client-ca=/etc/clovisor/tls/ca.crt")
+        jaeger["ports"].append({"name": "otlp-http", "containerPort": 4318})
+        svc = next(o for o in objs if o["kind"] == "Service")
+        svc["spec"]["ports"].append({"name": "http-otlp", "port": 4318, "targetPort": "otlp-http"})
+        self.assertEqual(self.found(objs), [])
 
 
 class SchemaTest(unittest.TestCase):

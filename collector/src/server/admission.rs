@@ -18,8 +18,15 @@
 //! may not jump more than [`AdmissionConfig::max_seq_jump`] past the last processed one (a
 //! forged `seq = u64::MAX` would otherwise make every later batch of the probe look like a
 //! re-send).
+//!
+//! A token admits a stream for as long as it is good, not for ever: the stream ends when the
+//! token's `exp` passes (read from the JWT only after the API server accepted it; a token
+//! without one, at [`AdmissionConfig::max_token_stream_age`]), and the token is reviewed again
+//! every [`AdmissionConfig::token_recheck`], a refusal ending the stream ([`StreamEnd`]). The
+//! probe reconnects with the token its kubelet renewed and re-sends what was not acknowledged.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use clovisor_proto::tls::PeerIdentity;
 use clovisor_runtime::auth::token_review::{NotAccepted, TokenReviewer};
@@ -61,6 +68,12 @@ pub struct AdmissionConfig {
     pub max_probes: usize,
     /// Largest accepted step of a probe's batch number past the last one processed.
     pub max_seq_jump: u64,
+    /// With [`ProbeIdentity::Token`]: how often an admitted stream's token is reviewed again
+    /// (a revoked token ends its stream within this).
+    pub token_recheck: Duration,
+    /// With [`ProbeIdentity::Token`]: how long a stream admitted with a token that carries no
+    /// `exp` may run.
+    pub max_token_stream_age: Duration,
 }
 
 impl Default for AdmissionConfig {
@@ -73,9 +86,20 @@ impl Default for AdmissionConfig {
             // A probe makes at most a few hundred batches a second; a million is hours of
             // batches lost inside a probe, far beyond its replay buffer's gaps.
             max_seq_jump: 1 << 20,
+            token_recheck: DEFAULT_TOKEN_RECHECK,
+            max_token_stream_age: DEFAULT_MAX_TOKEN_STREAM_AGE,
         }
     }
 }
+
+/// Default interval between reviews of an admitted stream's token.
+pub const DEFAULT_TOKEN_RECHECK: Duration = Duration::from_secs(300);
+
+/// Default age of a stream admitted with a token without `exp` (a projected token's lifetime).
+pub const DEFAULT_MAX_TOKEN_STREAM_AGE: Duration = Duration::from_secs(3600);
+
+/// Largest JWT payload read for its `exp` (a service account token's is a few hundred bytes).
+const MAX_JWT_PAYLOAD_BYTES: usize = 16 * 1024;
 
 /// Default DNS suffix of per-node probe certificates (`node-1.probe.clovisor`).
 pub const DEFAULT_NODE_SUFFIX: &str = "probe.clovisor";
@@ -117,6 +141,8 @@ pub enum Refused {
     /// The token is not bound to a pod on a node (no `authentication.kubernetes.io/node-name`:
     /// not a kubelet-minted pod token, or a Kubernetes before 1.30).
     NodeUnverified,
+    /// The token's `exp` has passed (the API server's answer about it may still be cached).
+    TokenExpired,
 }
 
 impl Refused {
@@ -134,6 +160,7 @@ impl Refused {
             Self::TokenRefused => "token_refused",
             Self::TokenUnverifiable => "token_unverifiable",
             Self::NodeUnverified => "node_unverified",
+            Self::TokenExpired => "token_expired",
         }
     }
 
@@ -158,14 +185,125 @@ impl Refused {
             Self::NodeUnverified => {
                 Status::permission_denied("the service account token names no node")
             }
+            Self::TokenExpired => Status::unauthenticated("the service account token expired"),
         }
     }
 }
 
+/// Why an admitted probe stream was ended by the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The token's `exp` passed.
+    TokenExpired,
+    /// The token carries no `exp` and the stream reached
+    /// [`AdmissionConfig::max_token_stream_age`].
+    MaxAge,
+    /// A later review refused the token (revoked, its pod gone, its identity no longer
+    /// allowed) or named another node.
+    TokenRevoked,
+}
+
+impl StreamEnd {
+    /// The metric label.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::TokenExpired => "token_expired",
+            Self::MaxAge => "max_age",
+            Self::TokenRevoked => "token_revoked",
+        }
+    }
+
+    /// The status the probe gets: it reconnects, presenting its token file's current token.
+    pub fn status(self) -> Status {
+        match self {
+            Self::TokenExpired => Status::unauthenticated(
+                "the service account token expired: reconnect with the renewed token",
+            ),
+            Self::MaxAge => Status::unauthenticated(
+                "the stream reached its maximum age: reconnect with the current token",
+            ),
+            Self::TokenRevoked => {
+                Status::unauthenticated("the service account token is no longer accepted")
+            }
+        }
+    }
+}
+
+/// A token the API server accepted for a stream: the node it binds the stream to, and until
+/// when it holds. Its `Debug` never shows the token.
+#[derive(Clone)]
+pub struct AdmittedToken {
+    token: String,
+    /// The node of the pod the token was minted for.
+    pub node: String,
+    /// When the stream must end (the token's `exp`, or the maximum age).
+    pub until: Instant,
+    /// Why it ends then: [`StreamEnd::TokenExpired`] or [`StreamEnd::MaxAge`].
+    pub ends_as: StreamEnd,
+}
+
+impl std::fmt::Debug for AdmittedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdmittedToken")
+            .field("node", &self.node)
+            .field("until", &self.until)
+            .field("ends_as", &self.ends_as)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a later review of an admitted token says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Still accepted, for the same node.
+    Accepted,
+    /// Refused, or bound to another node: the stream ends.
+    Refused,
+    /// The API server could not be asked: the stream goes on (until its token's `exp`).
+    Unreachable,
+}
+
+impl Recheck {
+    /// The metric label.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Refused => "refused",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// The `exp` claim (seconds since the Unix epoch) of a JWT's payload, when `token` is a JWT
+/// and has one. Nothing is verified here: only read for a token the API server accepted.
+pub fn jwt_exp(token: &str) -> Option<u64> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > MAX_JWT_PAYLOAD_BYTES {
+        return None;
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    let exp = claims.get("exp")?;
+    // A NumericDate may carry a fraction; only whole seconds matter here.
+    exp.as_u64().or_else(|| {
+        exp.as_f64()
+            .filter(|e| e.is_finite() && *e >= 0.0 && *e < u64::MAX as f64)
+            .map(|e| e as u64)
+    })
+}
+
 impl AdmissionConfig {
     /// With [`ProbeIdentity::Token`], has the API server review `token` (the bearer token of
-    /// the stream's metadata); the node its pod runs on. Other modes: none, nothing asked.
-    pub async fn verify_token(&self, token: Option<&str>) -> Result<Option<String>, Refused> {
+    /// the stream's metadata); the node its pod runs on and until when the stream may run on
+    /// it. Other modes: none, nothing asked.
+    pub async fn verify_token(
+        &self,
+        token: Option<&str>,
+    ) -> Result<Option<AdmittedToken>, Refused> {
         if self.identity != ProbeIdentity::Token {
             return Ok(None);
         }
@@ -181,7 +319,58 @@ impl AdmissionConfig {
         let node = reviewed.node_name().ok_or(Refused::NodeUnverified)?;
         tracing::debug!(user = %reviewed.username, pod = reviewed.pod_name().unwrap_or("-"), node,
             "probe token reviewed");
-        Ok(Some(node.to_owned()))
+        let (until, ends_as) =
+            self.stream_bound(jwt_exp(token), SystemTime::now(), Instant::now())?;
+        Ok(Some(AdmittedToken {
+            token: token.to_owned(),
+            node: node.to_owned(),
+            until,
+            ends_as,
+        }))
+    }
+
+    /// Until when a stream admitted at `now` (`wall` on the clock `exp` counts on) may run on a
+    /// token whose `exp` is `exp`; refused when that has passed.
+    pub fn stream_bound(
+        &self,
+        exp: Option<u64>,
+        wall: SystemTime,
+        now: Instant,
+    ) -> Result<(Instant, StreamEnd), Refused> {
+        let max_age = || {
+            now.checked_add(self.max_token_stream_age)
+                .map(|until| (until, StreamEnd::MaxAge))
+        };
+        let Some(exp) = exp else {
+            return max_age().ok_or(Refused::TokenExpired);
+        };
+        let since_epoch = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let left = Duration::from_secs(exp)
+            .checked_sub(since_epoch)
+            .filter(|left| !left.is_zero())
+            .ok_or(Refused::TokenExpired)?;
+        // An `exp` beyond what an `Instant` holds is as good as none.
+        match now.checked_add(left) {
+            Some(until) => Ok((until, StreamEnd::TokenExpired)),
+            None => max_age().ok_or(Refused::TokenExpired),
+        }
+    }
+
+    /// Reviews an admitted stream's token again, asking the API server whatever it answered
+    /// before.
+    pub async fn recheck(&self, admitted: &AdmittedToken) -> Recheck {
+        let Some(reviewer) = &self.token_review else {
+            return Recheck::Unreachable;
+        };
+        match reviewer.review_now(&admitted.token).await {
+            Ok(reviewed) if reviewed.node_name() == Some(admitted.node.as_str()) => {
+                Recheck::Accepted
+            }
+            Ok(_) | Err(NotAccepted::Unauthenticated | NotAccepted::NotAllowed) => Recheck::Refused,
+            Err(NotAccepted::Unreachable) => Recheck::Unreachable,
+        }
     }
 
     /// Checks what a `Hello` claims against the connection's certificate and, with

@@ -43,6 +43,9 @@ pub struct JoinConfig {
     pub retention: Duration,
     /// Exchanges held at most (open and retained).
     pub max_entries: usize,
+    /// Candidates a sequence-less view is compared with at most ([`MAX_TIME_CANDIDATES`] by
+    /// default).
+    pub max_time_candidates: usize,
 }
 
 impl Default for JoinConfig {
@@ -51,6 +54,7 @@ impl Default for JoinConfig {
             window: Duration::from_millis(1000),
             retention: Duration::from_secs(30),
             max_entries: 65_536,
+            max_time_candidates: MAX_TIME_CANDIDATES,
         }
     }
 }
@@ -320,8 +324,9 @@ pub struct Joiner {
     views: JoinViews,
 }
 
-/// Candidates a sequence-less view is compared with at most: beyond, it is ambiguous (kept on
-/// its own). Bounds the join's work per view whatever one client sends.
+/// Candidates a sequence-less view is compared with at most, by default
+/// ([`JoinConfig::max_time_candidates`]): beyond, it is ambiguous (kept on its own). Bounds the
+/// join's work per view whatever one client sends.
 pub const MAX_TIME_CANDIDATES: usize = 64;
 
 /// One client's exchanges by the start of their span, and the longest span among them: an
@@ -708,7 +713,7 @@ impl Joiner {
         let mut found = None;
         let mut compared = 0usize;
         for slot in by_time.around(span) {
-            if compared == MAX_TIME_CANDIDATES {
+            if compared >= self.config.max_time_candidates {
                 self.time_candidates += compared as u64;
                 return Found::Many;
             }
@@ -749,7 +754,7 @@ impl Joiner {
 
     /// Candidates sequence-less views were compared with so far: grows with the views' own
     /// time neighbourhoods, never with a client's whole history (at most
-    /// [`MAX_TIME_CANDIDATES`] per view).
+    /// [`JoinConfig::max_time_candidates`] per view).
     pub fn time_candidates(&self) -> u64 {
         self.time_candidates
     }

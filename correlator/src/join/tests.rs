@@ -135,6 +135,7 @@ fn joiner(window_ms: u64) -> Joiner {
         window: Duration::from_millis(window_ms),
         retention: Duration::from_secs(30),
         max_entries: 1000,
+        ..JoinConfig::default()
     })
 }
 
@@ -459,6 +460,7 @@ fn bounded_state_evicts_oldest_and_says_so() {
         window: Duration::from_secs(10),
         retention: Duration::from_secs(30),
         max_entries: 2,
+        ..JoinConfig::default()
     });
     let now = Instant::now();
     j.offer(client_veth("a").seq(1).build(), now);
@@ -571,6 +573,7 @@ fn packed_exchanges_still_join_and_come_back_whole() {
             window: Duration::from_millis(100),
             retention: Duration::from_secs(30),
             max_entries: 1000,
+            ..JoinConfig::default()
         },
         1,
     );
@@ -742,6 +745,7 @@ fn sequence_less_views_are_compared_with_their_time_neighbours_not_a_client_hist
         window: Duration::from_secs(60),
         retention: Duration::from_secs(30),
         max_entries: 2 * VIEWS as usize,
+        ..JoinConfig::default()
     });
     let now = Instant::now();
     for i in 0..VIEWS {
@@ -775,12 +779,12 @@ fn sequence_less_views_are_compared_with_their_time_neighbours_not_a_client_hist
     assert_eq!(r.record.constituents, ["s100", "veth"]);
 }
 
-#[test]
-fn a_view_overlapping_too_many_exchanges_is_ambiguous_after_a_bounded_scan() {
-    let mut j = joiner(60_000);
+/// Offers `n` exchanges of one client at one instant (a flood of forged views), then a view
+/// overlapping them all and matching none; what became of that view, and how many candidates
+/// it was compared with.
+fn flood_then_a_stranger(j: &mut Joiner, n: u64) -> (Outcome, u64) {
     let now = Instant::now();
-    // Many exchanges of one client at the same instant (a flood of forged views).
-    for i in 0..(MAX_TIME_CANDIDATES as u64 * 4) {
+    for i in 0..n {
         j.offer(
             socket(&format!("f{i}"), Side::Client)
                 .target(&format!("/{i}"))
@@ -790,15 +794,21 @@ fn a_view_overlapping_too_many_exchanges_is_ambiguous_after_a_bounded_scan() {
     }
     let before = j.time_candidates();
     let r = j.offer(socket("probe", Side::Server).target("/unique").build(), now);
+    (r.outcome, j.time_candidates() - before)
+}
+
+#[test]
+fn a_view_overlapping_too_many_exchanges_is_ambiguous_after_a_bounded_scan() {
+    let mut j = joiner(60_000);
+    let (outcome, compared) = flood_then_a_stranger(&mut j, MAX_TIME_CANDIDATES as u64 * 4);
     assert_eq!(
-        r.outcome,
+        outcome,
         Outcome::Ambiguous,
         "too many candidates: kept on its own, counted"
     );
     assert!(
-        j.time_candidates() - before <= MAX_TIME_CANDIDATES as u64,
-        "at most {MAX_TIME_CANDIDATES} comparisons for one view, saw {}",
-        j.time_candidates() - before
+        compared <= MAX_TIME_CANDIDATES as u64,
+        "at most {MAX_TIME_CANDIDATES} comparisons for one view, saw {compared}"
     );
 }
 
@@ -852,4 +862,31 @@ fn a_merged_session_joining_later_adds_all_its_ids() {
     assert_eq!(b.outcome, Outcome::Joined);
     assert_eq!(b.record.constituents, ["q/3/0", "p/1/0", "p/9/0"]);
     assert!(j.get("p/9/0").is_some());
+}
+
+#[test]
+fn the_candidate_cap_is_configurable() {
+    // Twenty exchanges of one client at one instant; a view matching none of them.
+    let run = |cap: usize| {
+        let mut j = Joiner::new(JoinConfig {
+            window: Duration::from_secs(60),
+            max_time_candidates: cap,
+            ..JoinConfig::default()
+        });
+        flood_then_a_stranger(&mut j, 20)
+    };
+    let (outcome, compared) = run(8);
+    assert_eq!(
+        outcome,
+        Outcome::Ambiguous,
+        "more candidates than a cap of 8"
+    );
+    assert!(compared <= 8, "at most 8 comparisons, saw {compared}");
+    let (outcome, compared) = run(MAX_TIME_CANDIDATES);
+    assert_eq!(
+        outcome,
+        Outcome::Opened,
+        "the default cap compares all twenty and finds none"
+    );
+    assert_eq!(compared, 20);
 }

@@ -135,13 +135,27 @@ impl TokenReviewer {
     /// allowed. Answers are cached ([`ACCEPTED_TTL`], [`REFUSED_TTL`]; an unreachable API
     /// server is not remembered).
     pub async fn review(&self, token: &str) -> Answer {
+        self.review_with(token, true).await
+    }
+
+    /// What the API server says about `token` now, whatever was cached: for a credential
+    /// already in use (a probe's open stream), so that a revoked token is noticed at once. The
+    /// answer replaces the cached one, so a refusal also refuses the token's next
+    /// [`Self::review`].
+    pub async fn review_now(&self, token: &str) -> Answer {
+        self.review_with(token, false).await
+    }
+
+    async fn review_with(&self, token: &str, cached: bool) -> Answer {
         if token.is_empty() {
             return Err(NotAccepted::Unauthenticated);
         }
         let now = Instant::now();
-        if let Some((until, answer)) = self.lock().get(token) {
-            if *until > now {
-                return answer.clone();
+        if cached {
+            if let Some((until, answer)) = self.lock().get(token) {
+                if *until > now {
+                    return answer.clone();
+                }
             }
         }
         let answer = match self.in_flight.acquire().await {

@@ -371,3 +371,85 @@ async fn forged_probe_ids_and_oversized_names_are_capped_and_counted() -> anyhow
     assert_eq!(bad, 2);
     Ok(())
 }
+
+/// A JWT-shaped token whose payload is `claims` (header and signature are not looked at).
+fn jwt(claims: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims))
+}
+
+#[test]
+fn a_tokens_exp_is_read_from_its_payload_only() {
+    use super::super::admission::jwt_exp;
+    assert_eq!(
+        jwt_exp(&jwt(r#"{"exp":1700000000,"sub":"x"}"#)),
+        Some(1_700_000_000)
+    );
+    assert_eq!(
+        jwt_exp(&jwt(r#"{"exp":1700000000.9}"#)),
+        Some(1_700_000_000)
+    );
+    assert_eq!(jwt_exp(&jwt(r#"{"sub":"no exp"}"#)), None);
+    assert_eq!(jwt_exp(&jwt(r#"{"exp":-5}"#)), None);
+    assert_eq!(jwt_exp(&jwt(r#"{"exp":"soon"}"#)), None);
+    assert_eq!(jwt_exp(&jwt(r#"{"exp":1e300}"#)), None);
+    assert_eq!(jwt_exp("opaque-token"), None);
+    assert_eq!(jwt_exp("a.b"), None, "two parts are no JWT");
+    assert_eq!(
+        jwt_exp(&format!("{}.x", jwt(r#"{"exp":1}"#))),
+        None,
+        "nor four"
+    );
+    assert_eq!(jwt_exp("a.!!!.c"), None, "a payload not base64url");
+    let padded = jwt(r#"{"exp":17}"#).replacen(".sig", "", 1) + "==.sig";
+    assert_eq!(jwt_exp(&padded), Some(17), "padding tolerated");
+    let huge = jwt(&format!(r#"{{"exp":1,"pad":"{}"}}"#, "x".repeat(20_000)));
+    assert_eq!(jwt_exp(&huge), None, "an oversized payload is not read");
+}
+
+#[test]
+fn a_stream_is_bounded_by_its_tokens_exp_or_the_maximum_age() {
+    use super::super::admission::StreamEnd;
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    let config = AdmissionConfig {
+        max_token_stream_age: Duration::from_secs(600),
+        ..AdmissionConfig::default()
+    };
+    let now = Instant::now();
+    let wall = UNIX_EPOCH + Duration::from_secs(1_000_000);
+    assert_eq!(
+        config.stream_bound(Some(1_000_090), wall, now),
+        Ok((now + Duration::from_secs(90), StreamEnd::TokenExpired))
+    );
+    // A fraction of a second into the last second: what is left is less than a second.
+    let later = wall + Duration::from_millis(999_400);
+    assert_eq!(
+        config
+            .stream_bound(Some(1_001_000), later, now)
+            .map(|(until, _)| until - now),
+        Ok(Duration::from_millis(600))
+    );
+    for past in [0, 999_999, 1_000_000] {
+        assert_eq!(
+            config.stream_bound(Some(past), wall, now),
+            Err(Refused::TokenExpired),
+            "exp {past} at 1,000,000"
+        );
+    }
+    assert_eq!(
+        config.stream_bound(None, wall, now),
+        Ok((now + Duration::from_secs(600), StreamEnd::MaxAge))
+    );
+    // An exp no clock reaches: as good as none, no overflow.
+    assert_eq!(
+        config.stream_bound(Some(u64::MAX), SystemTime::now(), now),
+        Ok((now + Duration::from_secs(600), StreamEnd::MaxAge))
+    );
+    // A wall clock before the epoch counts from the epoch.
+    let before = UNIX_EPOCH - Duration::from_secs(5);
+    assert_eq!(
+        config.stream_bound(Some(7), before, now),
+        Ok((now + Duration::from_secs(7), StreamEnd::TokenExpired))
+    );
+}
