@@ -111,8 +111,7 @@ impl IngestService {
         let ready = {
             let mut joiner = self.store.write();
             let ready = pick(&mut joiner, now);
-            self.metrics.join_state(joiner.open_len(), joiner.len());
-            self.metrics.join_views(joiner.views());
+            self.join_gauges(&joiner);
             ready
         };
         self.finish(ready);
@@ -159,15 +158,25 @@ impl IngestService {
     pub fn accept_at(&self, session: Session, now: Instant) -> Arc<CorrelatedSession> {
         let (record, ready) = {
             let mut joiner = self.store.write();
-            self.offer(&mut joiner, session, None, now)
+            let offered = self.offer(&mut joiner, session, None, now);
+            self.join_gauges(&joiner);
+            offered
         };
         self.finish(ready);
         record
     }
 
-    /// Offers `session` to the join (locked by the caller) and counts what happened; returns
-    /// the exchange as stored and the exchanges that became ready meanwhile, to finish once the
-    /// lock is released.
+    /// Copies the join's size and view counts (cumulative) into the metrics: once per batch,
+    /// with the join still locked.
+    fn join_gauges(&self, joiner: &Joiner) {
+        self.metrics.join_state(joiner.open_len(), joiner.len());
+        self.metrics.join_views(joiner.views());
+    }
+
+    /// Offers `session` to the join (locked by the caller) and counts what happened, but for
+    /// [`IngestService::join_gauges`], which the caller copies once it has offered its sessions;
+    /// returns the exchange as stored and the exchanges that became ready meanwhile, to finish
+    /// once the lock is released.
     fn offer(
         &self,
         joiner: &mut Joiner,
@@ -183,8 +192,6 @@ impl IngestService {
                 .stored(offered.store_evicted, joiner.store_len());
             self.metrics.join_received();
         }
-        self.metrics.join_state(joiner.open_len(), joiner.len());
-        self.metrics.join_views(joiner.views());
         for issue in &offered.issues {
             self.metrics.invalid_context(match issue {
                 ContextIssue::InvalidTraceId => "trace_id",
@@ -236,6 +243,7 @@ impl IngestService {
                     }
                 }
             }
+            self.join_gauges(&joiner);
         }
         self.finish(ready);
         state.last_seq = batch.seq;
