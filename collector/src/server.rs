@@ -137,18 +137,27 @@ impl Inner {
         }
     }
 
-    /// Hands `sessions` to the output, encoded, in order, waiting for room: as many slots as
-    /// fit taken at once rather than one wait per session. Each is encoded here, once: the
-    /// forwarder only frames the bytes, and probe streams encode side by side.
+    /// Hands `sessions` to the output (see [`Inner::deliver_encoded`]), each encoded here,
+    /// once: the forwarder only frames the bytes, and probe streams encode side by side.
     async fn deliver(&self, sessions: Vec<Session>) -> Result<(), mpsc::error::SendError<()>> {
-        let room = self.out.max_capacity().max(1);
         let mut encoder = SessionEncoder::new();
+        let encoded = sessions.iter().map(|s| encoder.encode(s)).collect();
+        self.deliver_encoded(encoded).await
+    }
+
+    /// Hands encoded sessions to the output, in order, waiting for room: as many slots as fit
+    /// taken at once rather than one wait per session.
+    async fn deliver_encoded(
+        &self,
+        sessions: Vec<EncodedSession>,
+    ) -> Result<(), mpsc::error::SendError<()>> {
+        let room = self.out.max_capacity().max(1);
         let mut sessions = sessions.into_iter();
         while sessions.len() > 0 {
             let n = sessions.len().min(room);
             let permits = self.out.reserve_many(n).await?;
             for (permit, s) in permits.zip(&mut sessions) {
-                permit.send(encoder.encode(&s));
+                permit.send(s);
             }
             self.sent.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -478,6 +487,7 @@ async fn run_stream(
         tx,
         acks,
         join,
+        encoder: SessionEncoder::new(),
         deferred: None,
     };
     let probe_id = hello.probe_id.as_str();
@@ -564,6 +574,8 @@ struct Stream {
     tx: mpsc::Sender<Result<CollectorMessage, Status>>,
     acks: Option<mpsc::Sender<(u64, u64)>>,
     join: LocalJoin,
+    /// Encodes what leaves the local join (its buffer is reused across batches).
+    encoder: SessionEncoder,
     /// The last batch whose sessions are (some of them) held, not yet acknowledged.
     deferred: Option<u64>,
 }
@@ -597,7 +609,10 @@ impl Stream {
     /// A batch's sessions through the local join to the output; then acknowledges what may be.
     async fn batch_done(&mut self, seq: u64, sessions: Vec<Session>) -> Result<(), Gone> {
         let mut out = Vec::with_capacity(sessions.len() + 16);
-        let merged = self.join.offer(sessions, Instant::now(), &mut out);
+        let encoder = &mut self.encoder;
+        let merged = self.join.offer(sessions, Instant::now(), |s| {
+            out.push(encoder.encode(s));
+        });
         self.inner.metrics.views_merged.inc_by(merged.views);
         self.deliver(out).await?;
         // Acknowledgements are cumulative: the previous batch's sessions have all left now.
@@ -615,7 +630,8 @@ impl Stream {
     /// Sends every held session and acknowledges the batch they came from.
     async fn release(&mut self) -> Result<(), Gone> {
         let mut out = Vec::new();
-        self.join.flush(&mut out);
+        let encoder = &mut self.encoder;
+        self.join.flush(|s| out.push(encoder.encode(s)));
         self.deliver(out).await?;
         match self.deferred.take() {
             Some(seq) => self.ack(seq).await,
@@ -623,8 +639,8 @@ impl Stream {
         }
     }
 
-    async fn deliver(&self, sessions: Vec<Session>) -> Result<(), Gone> {
-        if self.inner.deliver(sessions).await.is_err() {
+    async fn deliver(&self, sessions: Vec<EncodedSession>) -> Result<(), Gone> {
+        if self.inner.deliver_encoded(sessions).await.is_err() {
             let _ = self
                 .tx
                 .send(Err(Status::unavailable("collector is shutting down")))

@@ -29,19 +29,56 @@ use rustc_hash::FxHashMap;
 pub const DEFAULT_HOLD: Duration = Duration::from_millis(30);
 
 /// One probe stream's held sessions.
+///
+/// Sessions are never moved to be held or handed on: a batch's vector is kept as it came
+/// (sessions merged away or already handed on are marked, not removed) and what leaves is lent
+/// to the caller (`emit`), which encodes it. A session is about 800 bytes; moving each into a
+/// holding vector, out of it and into an output vector was half of this join's cost.
 #[derive(Debug)]
 pub struct LocalJoin {
     hold: Duration,
-    /// Sessions of the last batch, waiting for the next one (`None` once merged into a later
-    /// view).
-    held: Vec<Option<Session>>,
+    /// Sessions of the last batch, waiting for the next one.
+    held: Batch,
     /// `held` by wire key.
     index: FxHashMap<WireKey, usize>,
     /// The batch being taken, and its index: kept between batches only for their capacity.
-    taking: Vec<Option<Session>>,
     taking_index: FxHashMap<WireKey, usize>,
     /// When the held sessions must be sent even without another batch.
     deadline: Option<Instant>,
+}
+
+/// A batch's sessions as they came, and which are still waiting (neither merged into another
+/// view nor handed on).
+#[derive(Debug, Default)]
+struct Batch {
+    sessions: Vec<Session>,
+    waiting: Vec<bool>,
+}
+
+impl Batch {
+    fn new(sessions: Vec<Session>) -> Self {
+        let waiting = vec![true; sessions.len()];
+        Self { sessions, waiting }
+    }
+
+    fn is_waiting(&self, i: usize) -> bool {
+        self.waiting.get(i).copied().unwrap_or(false)
+    }
+
+    /// Lends every waiting session to `emit`, then lets go of all.
+    fn hand_on(&mut self, emit: &mut impl FnMut(&Session)) {
+        for (s, waiting) in self.sessions.iter().zip(&self.waiting) {
+            if *waiting {
+                emit(s);
+            }
+        }
+        self.sessions.clear();
+        self.waiting.clear();
+    }
+
+    fn any_waiting(&self) -> bool {
+        self.waiting.iter().any(|w| *w)
+    }
 }
 
 /// What one [`LocalJoin::offer`] did.
@@ -56,9 +93,8 @@ impl LocalJoin {
     pub fn new(hold: Duration) -> Self {
         Self {
             hold,
-            held: Vec::new(),
+            held: Batch::default(),
             index: FxHashMap::default(),
-            taking: Vec::new(),
             taking_index: FxHashMap::default(),
             deadline: None,
         }
@@ -66,7 +102,7 @@ impl LocalJoin {
 
     /// Whether sessions are held.
     pub fn is_holding(&self) -> bool {
-        !self.held.is_empty()
+        self.deadline.is_some()
     }
 
     /// When the held sessions are due, if any are held.
@@ -75,57 +111,70 @@ impl LocalJoin {
     }
 
     /// Takes one batch's sessions at `now`: merges each into a held view of its exchange or an
-    /// earlier one of the same batch where it fits; puts into `out` the sessions held from the
-    /// previous batch, those without a wire key, and — with a zero hold — all the rest.
+    /// earlier one of the same batch where it fits; lends to `emit`, in this order, the sessions
+    /// without a wire key, those held from the previous batch, and — with a zero hold — all the
+    /// rest.
     pub fn offer(
         &mut self,
         sessions: Vec<Session>,
         now: Instant,
-        out: &mut Vec<Session>,
+        mut emit: impl FnMut(&Session),
     ) -> Merged {
         let mut merged = Merged::default();
-        for s in sessions {
-            let Some(key) = key_of(&s) else {
-                out.push(s);
+        let mut taking = Batch::new(sessions);
+        for i in 0..taking.sessions.len() {
+            let (earlier, rest) = taking.sessions.split_at_mut(i);
+            let Some(s) = rest.first_mut() else {
+                break;
+            };
+            let Some(key) = key_of(s) else {
+                emit(s);
+                taking.waiting[i] = false;
                 continue;
             };
-            let held = self.index.get(&key).and_then(|&i| self.held.get_mut(i));
-            let taking = self
+            let held = self
+                .index
+                .get(&key)
+                .copied()
+                .filter(|&h| self.held.is_waiting(h))
+                .and_then(|h| self.held.sessions.get_mut(h));
+            let same_batch = self
                 .taking_index
                 .get(&key)
-                .and_then(|&i| self.taking.get_mut(i));
-            let into = [held, taking]
+                .copied()
+                .filter(|&t| taking.waiting.get(t).copied().unwrap_or(false))
+                .and_then(|t| earlier.get_mut(t));
+            let into = [held, same_batch]
                 .into_iter()
                 .flatten()
-                .filter_map(Option::as_mut)
-                .find(|into| merge::fits(into, &s));
+                .find(|into| merge::fits(into, s));
             match into {
                 Some(into) => {
-                    merge_into(into, s);
+                    merge_into(into, std::mem::take(s));
+                    taking.waiting[i] = false;
                     merged.views += 1;
                 }
                 None => {
-                    self.taking_index.entry(key).or_insert(self.taking.len());
-                    self.taking.push(Some(s));
+                    self.taking_index.entry(key).or_insert(i);
                 }
             }
         }
-        out.extend(self.held.drain(..).flatten());
+        self.held.hand_on(&mut emit);
         self.index.clear();
         if self.hold.is_zero() {
-            out.extend(self.taking.drain(..).flatten());
+            taking.hand_on(&mut emit);
             self.taking_index.clear();
         } else {
-            std::mem::swap(&mut self.held, &mut self.taking);
+            self.held = taking;
             std::mem::swap(&mut self.index, &mut self.taking_index);
         }
-        self.deadline = (!self.held.is_empty()).then(|| now + self.hold);
+        self.deadline = self.held.any_waiting().then(|| now + self.hold);
         merged
     }
 
-    /// Puts every held session into `out`.
-    pub fn flush(&mut self, out: &mut Vec<Session>) {
-        out.extend(self.held.drain(..).flatten());
+    /// Lends every held session to `emit` and lets go of them.
+    pub fn flush(&mut self, mut emit: impl FnMut(&Session)) {
+        self.held.hand_on(&mut emit);
         self.index.clear();
         self.deadline = None;
     }

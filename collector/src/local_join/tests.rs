@@ -59,7 +59,7 @@ fn server_socket(id: &str, seq: u32) -> Session {
 
 fn offer(j: &mut LocalJoin, sessions: Vec<Session>) -> (Vec<Session>, Merged) {
     let mut out = Vec::new();
-    let merged = j.offer(sessions, Instant::now(), &mut out);
+    let merged = j.offer(sessions, Instant::now(), |s| out.push(s.clone()));
     (out, merged)
 }
 
@@ -138,7 +138,7 @@ fn all_four_points_of_a_single_host_become_one_session() {
     let (out, first) = offer(&mut j, vec![client_socket, server_veth("p/1/0", 7)]);
     assert!(out.is_empty());
     let (mut out, second) = offer(&mut j, vec![client_veth, server_socket("p/9/0", 7)]);
-    j.flush(&mut out);
+    j.flush(|s| out.push(s.clone()));
     assert_eq!(first.views + second.views, 3);
     assert_eq!(out.len(), 1, "{out:#?}");
     let s = &out[0];
@@ -194,7 +194,7 @@ fn a_flush_sends_everything_held() {
     let (out, _) = offer(&mut j, vec![server_veth("p/1/0", 7)]);
     assert!(out.is_empty());
     let mut out = Vec::new();
-    j.flush(&mut out);
+    j.flush(|s| out.push(s.clone()));
     assert_eq!(out.len(), 1);
     assert!(!j.is_holding() && j.deadline().is_none());
 }
