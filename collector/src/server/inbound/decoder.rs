@@ -271,30 +271,42 @@ impl Fields {
     }
 }
 
-/// Reads a varint as prost does: at most ten bytes, the tenth 0 or 1.
+/// Reads a varint as prost does: at most ten bytes, the tenth 0 or 1. One and two bytes (keys,
+/// lengths up to 16 KiB, small counters) inline.
 #[inline(always)]
 pub(super) fn varint(buf: &mut &[u8]) -> Result<u64> {
-    if let Some((&b, rest)) = buf.split_first() {
-        if b < 0x80 {
+    let bytes: &[u8] = buf;
+    match bytes {
+        [b0, rest @ ..] if *b0 < 0x80 => {
             *buf = rest;
-            return Ok(u64::from(b));
+            Ok(u64::from(*b0))
         }
+        [b0, b1, rest @ ..] if *b1 < 0x80 => {
+            *buf = rest;
+            Ok(u64::from(b0 & 0x7f) | (u64::from(*b1) << 7))
+        }
+        _ => varint_long(buf),
     }
-    varint_long(buf)
 }
 
 #[inline(never)]
 fn varint_long(buf: &mut &[u8]) -> Result<u64> {
+    let bytes = *buf;
     let mut value = 0u64;
-    for (i, &b) in buf.iter().take(10).enumerate() {
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
         value |= u64::from(b & 0x7f) << (7 * i);
         if b < 0x80 {
             if i == 9 && b > 1 {
                 return Err(DecodeError::Varint);
             }
-            *buf = buf.get(i + 1..).unwrap_or_default();
+            *buf = bytes.get(i + 1..).unwrap_or_default();
             return Ok(value);
         }
+        if i == 9 {
+            break;
+        }
+        i += 1;
     }
     Err(DecodeError::Varint)
 }
