@@ -29,8 +29,8 @@ use clovisor_proto::capture::v1::{
 use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field, WireType};
 use prost::{DecodeError, Message as _};
 
-use self::decoder::Decoded;
 pub use self::decoder::DecodeError as RecordError;
+use self::decoder::Decoded;
 
 mod decoder;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};

@@ -353,9 +353,7 @@ pub(super) fn delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8]> {
 
 #[inline(always)]
 fn fixed64(buf: &mut &[u8]) -> Result<u64> {
-    let (value, rest) = buf
-        .split_first_chunk::<8>()
-        .ok_or(DecodeError::Underflow)?;
+    let (value, rest) = buf.split_first_chunk::<8>().ok_or(DecodeError::Underflow)?;
     *buf = rest;
     Ok(u64::from_le_bytes(*value))
 }

@@ -11,9 +11,9 @@ use clovisor_proto::capture::v1::{
     record, EndpointUpdate, FlowEnd, FlowKey, FlowStart, Message, ObservationPoint, ProbeStats,
     Record, RecordBatch, Segment,
 };
+use proptest::prelude::*;
 use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message as _;
-use proptest::prelude::*;
 
 use super::DecodeError;
 use crate::server::inbound::{Batch, RecordError};
@@ -573,7 +573,10 @@ fn a_scalar_given_twice_keeps_the_last_value_and_order_does_not_matter() {
         Field::Bytes(13, b"payload".to_vec()),
     ]);
     let m = decoded_message(&rec);
-    assert_eq!((m.flow_id, m.index, &m.payload[..]), (9, 2, &b"payload"[..]));
+    assert_eq!(
+        (m.flow_id, m.index, &m.payload[..]),
+        (9, 2, &b"payload"[..])
+    );
     agree_fresh(&rec);
 }
 
@@ -626,14 +629,20 @@ fn unknown_fields_are_skipped_at_every_level() {
 #[test]
 fn legacy_key_and_point_are_read_and_merge_when_repeated() {
     let rec = message_record(&[
-        Field::Nested(1, vec![Field::Bytes(1, vec![10, 0, 0, 1]), Field::Varint(3, 1)]),
+        Field::Nested(
+            1,
+            vec![Field::Bytes(1, vec![10, 0, 0, 1]), Field::Varint(3, 1)],
+        ),
         Field::Nested(2, vec![Field::Bytes(3, b"eth0".to_vec())]),
         Field::Nested(1, vec![Field::Varint(4, 80)]),
         Field::Nested(2, vec![Field::Varint(5, 42)]),
     ]);
     let m = decoded_message(&rec);
     let key = m.flow.expect("the key");
-    assert_eq!((key.client_ip, key.client_port, key.server_port), (vec![10, 0, 0, 1], 1, 80));
+    assert_eq!(
+        (key.client_ip, key.client_port, key.server_port),
+        (vec![10, 0, 0, 1], 1, 80)
+    );
     let point = m.point.expect("the point");
     assert_eq!((point.interface.as_str(), point.pid), ("eth0", 42));
     agree_fresh(&rec);
@@ -647,7 +656,10 @@ fn each_segment_field_appends_a_segment_of_the_received_buffer() {
     let rec = message_record(&[
         Field::Nested(30, vec![Field::Bytes(2, b"first".to_vec())]),
         Field::Varint(3, 1),
-        Field::Nested(30, vec![Field::Varint(1, 500), Field::Bytes(2, b"last".to_vec())]),
+        Field::Nested(
+            30,
+            vec![Field::Varint(1, 500), Field::Bytes(2, b"last".to_vec())],
+        ),
         Field::Nested(30, vec![]),
     ]);
     let batch = framed(&rec);
@@ -660,11 +672,18 @@ fn each_segment_field_appends_a_segment_of_the_received_buffer() {
     let Some(record::Kind::Message(m)) = &slot.kind else {
         panic!("a message record, got {slot:?}");
     };
-    let got: Vec<(u64, &[u8])> = m.segments.iter().map(|s| (s.offset, &s.payload[..])).collect();
+    let got: Vec<(u64, &[u8])> = m
+        .segments
+        .iter()
+        .map(|s| (s.offset, &s.payload[..]))
+        .collect();
     assert_eq!(got, [(0, &b"first"[..]), (500, b"last"), (0, b"")]);
     // No copy: the payloads point into the batch's buffer.
     let range = batch.as_ptr_range();
-    assert!(range.contains(&m.segments[1].payload.as_ptr()), "a slice of the batch");
+    assert!(
+        range.contains(&m.segments[1].payload.as_ptr()),
+        "a slice of the batch"
+    );
     agree_fresh(&rec);
 }
 
@@ -703,8 +722,14 @@ fn a_reused_slot_keeps_nothing_of_the_previous_record() {
     );
     // Other kinds replace it; a record with no kind leaves none.
     for (previous, rec) in [
-        (full.clone(), encode_fields(&[Field::Nested(2, vec![Field::Varint(3, 4)])])),
-        (full.clone(), encode_fields(&[Field::Nested(5, vec![Field::Varint(1, 4)])])),
+        (
+            full.clone(),
+            encode_fields(&[Field::Nested(2, vec![Field::Varint(3, 4)])]),
+        ),
+        (
+            full.clone(),
+            encode_fields(&[Field::Nested(5, vec![Field::Varint(1, 4)])]),
+        ),
         (full.clone(), encode_fields(&[Field::Varint(99, 1)])),
         (
             Record {
@@ -736,7 +761,11 @@ fn the_oneof_merges_a_kind_given_twice_and_replaces_another() {
         Field::Nested(1, vec![Field::Varint(4, 2)]),
     ]);
     let m = decoded_message(&replaced);
-    assert_eq!((m.flow_id, m.index), (0, 2), "the third field starts a new message");
+    assert_eq!(
+        (m.flow_id, m.index),
+        (0, 2),
+        "the third field starts a new message"
+    );
     agree_fresh(&twice);
     agree_fresh(&replaced);
 }
@@ -793,8 +822,18 @@ fn malformed_records_are_refused_as_by_prost() {
         r
     };
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("an eleven-byte varint", msg(&[0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x80, 0x01])),
-        ("a tenth varint byte past u64", msg(&[0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02])),
+        (
+            "an eleven-byte varint",
+            msg(&[
+                0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x80, 0x01,
+            ]),
+        ),
+        (
+            "a tenth varint byte past u64",
+            msg(&[
+                0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+            ]),
+        ),
         ("a varint cut short", msg(&[0x18, 0xff])),
         ("a key past u32", msg(&[0x80, 0x80, 0x80, 0x80, 0x10, 0x00])),
         ("wire type 6", msg(&[0x1e, 0x00])),
@@ -808,11 +847,17 @@ fn malformed_records_are_refused_as_by_prost() {
             r.extend(b"node-");
             r
         }),
-        ("a node that is not UTF-8", msg(&[0x12, 0x04, 0x22, 0x02, 0xc3, 0x28])),
+        (
+            "a node that is not UTF-8",
+            msg(&[0x12, 0x04, 0x22, 0x02, 0xc3, 0x28]),
+        ),
         ("an end group with no group", msg(&[0x7c])),
         ("a group closed by another", msg(&[0x7b, 0x84, 0x01])),
         ("a group never closed", msg(&[0x7b, 0x08, 0x01])),
-        ("a message record length past the record", vec![0x0a, 0x09, 0x18, 0x01]),
+        (
+            "a message record length past the record",
+            vec![0x0a, 0x09, 0x18, 0x01],
+        ),
     ];
     for (what, rec) in cases {
         let ours = decoded(&rec);
@@ -821,7 +866,9 @@ fn malformed_records_are_refused_as_by_prost() {
         agree_fresh(&rec);
     }
     // Valid edges: a ten-byte varint of u64::MAX, and an overlong encoding of a small one.
-    let ok = msg(&[0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    let ok = msg(&[
+        0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    ]);
     assert_eq!(decoded_message(&ok).flow_id, u64::MAX);
     let overlong = msg(&[0x98, 0x00, 0x85, 0x80, 0x00]);
     assert_eq!(decoded_message(&overlong).flow_id, 5);
