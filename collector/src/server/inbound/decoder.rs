@@ -101,159 +101,98 @@ pub(super) enum Decoded {
     Prost,
 }
 
-/// Field keys (number and wire type, as encoded) of the fields read here.
+/// A message type's known fields, for the keys that matched none of its own: a known field
+/// number with another wire type is an error, an unknown one is skipped.
+pub(super) struct Fields {
+    /// (number, `Message.field`, wire type)
+    known: &'static [(u32, &'static str, WireType)],
+}
+
+/// Declares each message type's fields once: a constant per field, its key (number and wire
+/// type, as encoded: what the decoders match), and the message's [`Fields`].
+macro_rules! fields {
+    ($($table:ident $message:literal { $($key:ident = $tag:literal $wire:ident $name:literal,)* })*) => {
+        $(
+            $(pub const $key: u64 = key($tag, WireType::$wire);)*
+            pub const $table: Fields = Fields {
+                known: &[$(($tag, concat!($message, ".", $name), WireType::$wire),)*],
+            };
+        )*
+    };
+}
+
+/// Field keys of the fields read here, and each message's [`Fields`].
 mod key {
+    use super::Fields;
     use prost::encoding::WireType;
 
     const fn key(tag: u32, wire_type: WireType) -> u64 {
         ((tag as u64) << 3) | wire_type as u64
     }
-    const LEN: WireType = WireType::LengthDelimited;
-    const VARINT: WireType = WireType::Varint;
-    const FIXED64: WireType = WireType::SixtyFourBit;
 
-    // Record
-    pub const RECORD_MESSAGE: u64 = key(1, LEN);
-    pub const RECORD_FLOW_END: u64 = key(2, LEN);
-    pub const RECORD_FLOW_START: u64 = key(5, LEN);
-    // Message
-    pub const MSG_FLOW: u64 = key(1, LEN);
-    pub const MSG_POINT: u64 = key(2, LEN);
-    pub const MSG_FLOW_ID: u64 = key(3, VARINT);
-    pub const MSG_INDEX: u64 = key(4, VARINT);
-    pub const MSG_DIRECTION: u64 = key(5, VARINT);
-    pub const MSG_TO_POD: u64 = key(6, VARINT);
-    pub const MSG_START: u64 = key(7, FIXED64);
-    pub const MSG_END: u64 = key(8, FIXED64);
-    pub const MSG_TCP_SEQ: u64 = key(9, VARINT);
-    pub const MSG_BYTES: u64 = key(10, VARINT);
-    pub const MSG_PACKETS: u64 = key(11, VARINT);
-    pub const MSG_RETRANSMITS: u64 = key(12, VARINT);
-    pub const MSG_PAYLOAD: u64 = key(13, LEN);
-    pub const MSG_PROTOCOL: u64 = key(14, VARINT);
-    pub const MSG_PARTIAL: u64 = key(15, VARINT);
-    pub const MSG_SEGMENTS: u64 = key(30, LEN);
-    // Segment
-    pub const SEG_OFFSET: u64 = key(1, VARINT);
-    pub const SEG_PAYLOAD: u64 = key(2, LEN);
-    // FlowKey
-    pub const KEY_CLIENT_IP: u64 = key(1, LEN);
-    pub const KEY_SERVER_IP: u64 = key(2, LEN);
-    pub const KEY_CLIENT_PORT: u64 = key(3, VARINT);
-    pub const KEY_SERVER_PORT: u64 = key(4, VARINT);
-    pub const KEY_TRANSPORT: u64 = key(5, VARINT);
-    // ObservationPoint
-    pub const POINT_KIND: u64 = key(1, VARINT);
-    pub const POINT_IFINDEX: u64 = key(2, VARINT);
-    pub const POINT_INTERFACE: u64 = key(3, LEN);
-    pub const POINT_NODE: u64 = key(4, LEN);
-    pub const POINT_PID: u64 = key(5, VARINT);
-    pub const POINT_COMM: u64 = key(6, LEN);
-    pub const POINT_NETNS: u64 = key(7, VARINT);
-    pub const POINT_SIDE: u64 = key(9, VARINT);
-    // FlowEnd
-    pub const END_FLOW: u64 = key(1, LEN);
-    pub const END_POINT: u64 = key(2, LEN);
-    pub const END_FLOW_ID: u64 = key(3, VARINT);
-    pub const END_REASON: u64 = key(4, VARINT);
-    pub const END_NANOS: u64 = key(5, FIXED64);
-    pub const END_MESSAGES: u64 = key(6, VARINT);
-    pub const END_SRTT: u64 = key(7, VARINT);
-    pub const END_RETRANSMITS: u64 = key(8, VARINT);
-    // FlowStart
-    pub const START_FLOW_ID: u64 = key(1, VARINT);
-    pub const START_FLOW: u64 = key(2, LEN);
-    pub const START_POINT: u64 = key(3, LEN);
-    pub const START_PROTOCOL: u64 = key(4, VARINT);
+    fields! {
+        RECORD "Record" {
+            RECORD_MESSAGE = 1 LengthDelimited "message",
+            RECORD_FLOW_END = 2 LengthDelimited "flow_end",
+            RECORD_FLOW_START = 5 LengthDelimited "flow_start",
+        }
+        MESSAGE "Message" {
+            MSG_FLOW = 1 LengthDelimited "flow",
+            MSG_POINT = 2 LengthDelimited "point",
+            MSG_FLOW_ID = 3 Varint "flow_id",
+            MSG_INDEX = 4 Varint "index",
+            MSG_DIRECTION = 5 Varint "direction",
+            MSG_TO_POD = 6 Varint "to_pod",
+            MSG_START = 7 SixtyFourBit "start_unix_nanos",
+            MSG_END = 8 SixtyFourBit "end_unix_nanos",
+            MSG_TCP_SEQ = 9 Varint "tcp_seq",
+            MSG_BYTES = 10 Varint "bytes",
+            MSG_PACKETS = 11 Varint "packets",
+            MSG_RETRANSMITS = 12 Varint "retransmits",
+            MSG_PAYLOAD = 13 LengthDelimited "payload",
+            MSG_PROTOCOL = 14 Varint "protocol",
+            MSG_PARTIAL = 15 Varint "partial",
+            MSG_SEGMENTS = 30 LengthDelimited "segments",
+        }
+        SEGMENT "Segment" {
+            SEG_OFFSET = 1 Varint "offset",
+            SEG_PAYLOAD = 2 LengthDelimited "payload",
+        }
+        FLOW_KEY "FlowKey" {
+            KEY_CLIENT_IP = 1 LengthDelimited "client_ip",
+            KEY_SERVER_IP = 2 LengthDelimited "server_ip",
+            KEY_CLIENT_PORT = 3 Varint "client_port",
+            KEY_SERVER_PORT = 4 Varint "server_port",
+            KEY_TRANSPORT = 5 Varint "transport",
+        }
+        POINT "ObservationPoint" {
+            POINT_KIND = 1 Varint "kind",
+            POINT_IFINDEX = 2 Varint "ifindex",
+            POINT_INTERFACE = 3 LengthDelimited "interface",
+            POINT_NODE = 4 LengthDelimited "node",
+            POINT_PID = 5 Varint "pid",
+            POINT_COMM = 6 LengthDelimited "comm",
+            POINT_NETNS = 7 Varint "netns_inode",
+            POINT_SIDE = 9 Varint "side",
+        }
+        FLOW_END "FlowEnd" {
+            END_FLOW = 1 LengthDelimited "flow",
+            END_POINT = 2 LengthDelimited "point",
+            END_FLOW_ID = 3 Varint "flow_id",
+            END_REASON = 4 Varint "reason",
+            END_NANOS = 5 SixtyFourBit "unix_nanos",
+            END_MESSAGES = 6 Varint "messages",
+            END_SRTT = 7 Varint "srtt_us",
+            END_RETRANSMITS = 8 Varint "total_retransmits",
+        }
+        FLOW_START "FlowStart" {
+            START_FLOW_ID = 1 Varint "flow_id",
+            START_FLOW = 2 LengthDelimited "flow",
+            START_POINT = 3 LengthDelimited "point",
+            START_PROTOCOL = 4 Varint "protocol",
+        }
+    }
 }
-
-/// A message type's known fields, for the keys that matched none of its own: a known field
-/// number with another wire type is an error, an unknown one is skipped.
-struct Fields {
-    /// (number, name, wire type)
-    known: &'static [(u32, &'static str, WireType)],
-}
-
-const RECORD: Fields = Fields {
-    known: &[
-        (1, "Record.message", WireType::LengthDelimited),
-        (2, "Record.flow_end", WireType::LengthDelimited),
-        (5, "Record.flow_start", WireType::LengthDelimited),
-    ],
-};
-
-const MESSAGE: Fields = Fields {
-    known: &[
-        (1, "Message.flow", WireType::LengthDelimited),
-        (2, "Message.point", WireType::LengthDelimited),
-        (3, "Message.flow_id", WireType::Varint),
-        (4, "Message.index", WireType::Varint),
-        (5, "Message.direction", WireType::Varint),
-        (6, "Message.to_pod", WireType::Varint),
-        (7, "Message.start_unix_nanos", WireType::SixtyFourBit),
-        (8, "Message.end_unix_nanos", WireType::SixtyFourBit),
-        (9, "Message.tcp_seq", WireType::Varint),
-        (10, "Message.bytes", WireType::Varint),
-        (11, "Message.packets", WireType::Varint),
-        (12, "Message.retransmits", WireType::Varint),
-        (13, "Message.payload", WireType::LengthDelimited),
-        (14, "Message.protocol", WireType::Varint),
-        (15, "Message.partial", WireType::Varint),
-        (30, "Message.segments", WireType::LengthDelimited),
-    ],
-};
-
-const SEGMENT: Fields = Fields {
-    known: &[
-        (1, "Segment.offset", WireType::Varint),
-        (2, "Segment.payload", WireType::LengthDelimited),
-    ],
-};
-
-const FLOW_KEY: Fields = Fields {
-    known: &[
-        (1, "FlowKey.client_ip", WireType::LengthDelimited),
-        (2, "FlowKey.server_ip", WireType::LengthDelimited),
-        (3, "FlowKey.client_port", WireType::Varint),
-        (4, "FlowKey.server_port", WireType::Varint),
-        (5, "FlowKey.transport", WireType::Varint),
-    ],
-};
-
-const POINT: Fields = Fields {
-    known: &[
-        (1, "ObservationPoint.kind", WireType::Varint),
-        (2, "ObservationPoint.ifindex", WireType::Varint),
-        (3, "ObservationPoint.interface", WireType::LengthDelimited),
-        (4, "ObservationPoint.node", WireType::LengthDelimited),
-        (5, "ObservationPoint.pid", WireType::Varint),
-        (6, "ObservationPoint.comm", WireType::LengthDelimited),
-        (7, "ObservationPoint.netns_inode", WireType::Varint),
-        (9, "ObservationPoint.side", WireType::Varint),
-    ],
-};
-
-const FLOW_END: Fields = Fields {
-    known: &[
-        (1, "FlowEnd.flow", WireType::LengthDelimited),
-        (2, "FlowEnd.point", WireType::LengthDelimited),
-        (3, "FlowEnd.flow_id", WireType::Varint),
-        (4, "FlowEnd.reason", WireType::Varint),
-        (5, "FlowEnd.unix_nanos", WireType::SixtyFourBit),
-        (6, "FlowEnd.messages", WireType::Varint),
-        (7, "FlowEnd.srtt_us", WireType::Varint),
-        (8, "FlowEnd.total_retransmits", WireType::Varint),
-    ],
-};
-
-const FLOW_START: Fields = Fields {
-    known: &[
-        (1, "FlowStart.flow_id", WireType::Varint),
-        (2, "FlowStart.flow", WireType::LengthDelimited),
-        (3, "FlowStart.point", WireType::LengthDelimited),
-        (4, "FlowStart.protocol", WireType::Varint),
-    ],
-};
 
 impl Fields {
     /// A key none of the message's own matched: an error for a known field number (its wire
@@ -479,7 +418,7 @@ pub(super) fn decode_into(src: &Bytes, bytes: &[u8], slot: &mut Record) -> Resul
             // Endpoint (3) and stats (4), whatever their wire type: prost's.
             _ if matches!(key >> 3, 3 | 4) => return Ok(Decoded::Prost),
             _ => {
-                RECORD.other(key, &mut buf, RECORD_DEPTH)?;
+                key::RECORD.other(key, &mut buf, RECORD_DEPTH)?;
                 continue;
             }
         }
@@ -536,7 +475,7 @@ fn merge_message(m: &mut Message, mut buf: &[u8], src: &Bytes, depth: u32) -> Re
                 delimited(buf)?,
                 depth - 1,
             )?,
-            key => MESSAGE.other(key, buf, depth)?,
+            key => key::MESSAGE.other(key, buf, depth)?,
         }
     }
     Ok(())
@@ -548,7 +487,7 @@ fn merge_segment(s: &mut Segment, mut buf: &[u8], src: &Bytes, depth: u32) -> Re
         match varint(buf)? {
             key::SEG_OFFSET => s.offset = varint(buf)?,
             key::SEG_PAYLOAD => s.payload = src.slice_ref(delimited(buf)?),
-            key => SEGMENT.other(key, buf, depth)?,
+            key => key::SEGMENT.other(key, buf, depth)?,
         }
     }
     Ok(())
@@ -563,7 +502,7 @@ fn merge_flow_key(k: &mut FlowKey, mut buf: &[u8], depth: u32) -> Result<()> {
             key::KEY_CLIENT_PORT => k.client_port = uint32(buf)?,
             key::KEY_SERVER_PORT => k.server_port = uint32(buf)?,
             key::KEY_TRANSPORT => k.transport = enumeration(buf)?,
-            key => FLOW_KEY.other(key, buf, depth)?,
+            key => key::FLOW_KEY.other(key, buf, depth)?,
         }
     }
     Ok(())
@@ -581,7 +520,7 @@ fn merge_point(p: &mut ObservationPoint, mut buf: &[u8], depth: u32) -> Result<(
             key::POINT_COMM => string(&mut p.comm, buf, "ObservationPoint.comm")?,
             key::POINT_NETNS => p.netns_inode = varint(buf)?,
             key::POINT_SIDE => p.side = enumeration(buf)?,
-            key => POINT.other(key, buf, depth)?,
+            key => key::POINT.other(key, buf, depth)?,
         }
     }
     Ok(())
@@ -607,7 +546,7 @@ fn merge_flow_end(e: &mut FlowEnd, mut buf: &[u8], depth: u32) -> Result<()> {
                 delimited(buf)?,
                 depth - 1,
             )?,
-            key => FLOW_END.other(key, buf, depth)?,
+            key => key::FLOW_END.other(key, buf, depth)?,
         }
     }
     Ok(())
@@ -629,7 +568,7 @@ fn merge_flow_start(s: &mut FlowStart, mut buf: &[u8], depth: u32) -> Result<()>
                 delimited(buf)?,
                 depth - 1,
             )?,
-            key => FLOW_START.other(key, buf, depth)?,
+            key => key::FLOW_START.other(key, buf, depth)?,
         }
     }
     Ok(())
