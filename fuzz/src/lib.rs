@@ -26,7 +26,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clovisor_collector::flows::{FlowTable, FlowTableConfig};
+use clovisor_collector::server::inbound::{Batch, Inbound};
 use clovisor_collector::CollectorMetrics;
 use clovisor_proto::capture::v1::{
     self as capture, record, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint,
@@ -302,23 +304,57 @@ fn ingest(
     table.ingest("fuzz", Record { kind: Some(kind) }, now, out);
 }
 
-/// A probe's stream message (`ProbeMessage`, or a bare `RecordBatch`), decoded and ingested.
+/// A probe's stream message (`ProbeMessage`, or a bare `RecordBatch`), decoded as the
+/// collector's service decodes it (`server::inbound`: the batch's framing, then each record by
+/// the collector's own decoder into one slot) and ingested. Each record is checked against
+/// prost's decoding of the same bytes: the batch decodes with prost exactly when every record
+/// decodes with ours, to the same records; a difference is a finding, as a panic is.
 fn capture_records(input: &[u8]) -> usize {
+    let bytes = Bytes::copy_from_slice(input);
+    let (batch, reference) = match Inbound::decode(bytes.clone()) {
+        Ok(Inbound::Batch(b)) => (
+            b,
+            capture::ProbeMessage::decode(input).map(|m| match m.kind {
+                Some(capture::probe_message::Kind::Batch(b)) => b.records,
+                _ => Vec::new(),
+            }),
+        ),
+        _ => match Batch::decode(bytes) {
+            Ok(b) => (b, capture::RecordBatch::decode(input).map(|b| b.records)),
+            Err(_) => return 0,
+        },
+    };
     let metrics = Arc::new(CollectorMetrics::new());
     let mut table = FlowTable::new(FlowTableConfig::default(), metrics);
     let mut out = Vec::new();
     let now = Instant::now();
-    let records = match capture::ProbeMessage::decode(input) {
-        Ok(capture::ProbeMessage {
-            kind: Some(capture::probe_message::Kind::Batch(b)),
-        }) => b.records,
-        _ => match capture::RecordBatch::decode(input) {
-            Ok(b) => b.records,
-            Err(_) => return 0,
-        },
-    };
-    for r in records {
-        table.ingest("fuzz", r, now, &mut out);
+    let mut ours = Vec::with_capacity(batch.len());
+    let mut records = batch.records();
+    let mut slot = Record::default();
+    while let Some(decoded) = records.next_into(&mut slot) {
+        match decoded {
+            Ok(()) => {
+                ours.push(Some(slot.clone()));
+                table.ingest_in_place("fuzz", &mut slot, now, &mut out);
+            }
+            Err(_) => {
+                ours.push(None);
+                table.malformed_record();
+            }
+        }
+    }
+    match reference {
+        Ok(expected) => {
+            let expected: Vec<Option<Record>> = expected.into_iter().map(Some).collect();
+            assert!(
+                ours == expected,
+                "the collector's decoder disagrees with prost: {ours:?}\nprost: {expected:?}"
+            );
+        }
+        Err(e) => assert!(
+            ours.iter().any(Option::is_none),
+            "prost refuses the batch ({e}), the collector's decoder decodes every record"
+        ),
     }
     table.flush(now + Duration::from_secs(300), &mut out);
     out.len()
@@ -367,6 +403,41 @@ fn capture_seed() -> Vec<u8> {
                     capture::Direction::ServerToClient,
                     b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
                 ),
+                // As probes since `FlowStart` send a flow: announced once, then named by id; a
+                // socket point's message in segments; its end.
+                Record {
+                    kind: Some(record::Kind::FlowStart(capture::FlowStart {
+                        flow_id: 8,
+                        flow: Some(key.clone()),
+                        point: Some(ObservationPoint {
+                            kind: clovisor_proto::common::v1::PointKind::Socket as i32,
+                            node: "node-a".into(),
+                            comm: "nginx".into(),
+                            pid: 42,
+                            ..ObservationPoint::default()
+                        }),
+                        protocol: ProtocolHint::Http as i32,
+                    })),
+                },
+                Record {
+                    kind: Some(record::Kind::Message(Message {
+                        flow_id: 8,
+                        direction: capture::Direction::ClientToServer as i32,
+                        bytes: 18,
+                        segments: vec![capture::Segment {
+                            offset: 0,
+                            payload: b"GET / HTTP/1.1\r\n\r\n"[..].into(),
+                        }],
+                        ..Message::default()
+                    })),
+                },
+                Record {
+                    kind: Some(record::Kind::FlowEnd(FlowEnd {
+                        flow_id: 8,
+                        reason: FlowEndReason::Fin as i32,
+                        ..FlowEnd::default()
+                    })),
+                },
             ],
         })),
     }

@@ -6,7 +6,9 @@
 //! buffer: sending or re-sending one copies nothing but its reference count, and the receiver
 //! decodes the same protobuf messages as ever. The probe encodes its records as it makes them
 //! and hands them over in chunks ([`RecordChunk`], one per turn of its event loop): a batch is
-//! then its framing and a copy of its chunks.
+//! then its framing and a copy of its chunks. `Message` records, the bulk of them, are encoded by
+//! hand from their fields ([`MessageFields`], [`ChunkBuilder::push_message`]): the bytes prost
+//! would write for the same record, without building it first.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -35,6 +37,8 @@ mod field {
     pub const BATCH_SEQ: u32 = 1;
     /// `RecordBatch.records`.
     pub const BATCH_RECORDS: u32 = 2;
+    /// `Record.message`.
+    pub const RECORD_MESSAGE: u32 = 1;
     /// `FlowTable.flows`.
     pub const TABLE_FLOWS: u32 = 1;
     /// `SessionBatch.seq`.
@@ -67,6 +71,11 @@ impl RecordChunk {
     /// Whether the chunk holds no record.
     pub fn is_empty(&self) -> bool {
         self.records == 0
+    }
+
+    /// The chunk's records, encoded: a run of `RecordBatch.records` fields.
+    pub fn body(&self) -> &Bytes {
+        &self.body
     }
 
     /// The chunk's records, decoded (tests and tools; the pipeline never decodes them).
@@ -105,6 +114,12 @@ impl ChunkBuilder {
                     .push((start.flow_id, Bytes::from(start.encode_to_vec())));
             }
             Some(capture::record::Kind::FlowEnd(end)) => self.ends.push(end.flow_id),
+            Some(capture::record::Kind::Message(m)) => {
+                if let Some(fields) = MessageFields::of(m) {
+                    self.push_message(&fields);
+                    return;
+                }
+            }
             _ => {}
         }
         let len = prost::encoding::message::encoded_len(field::BATCH_RECORDS, record);
@@ -112,6 +127,25 @@ impl ChunkBuilder {
             self.buf.reserve(len.max(CHUNK_BUFFER_BYTES));
         }
         prost::encoding::message::encode(field::BATCH_RECORDS, record, &mut self.buf);
+        self.records += 1;
+    }
+
+    /// Appends the `Message` record `m`, encoded by hand: the bytes prost writes for
+    /// `Record { kind: Message(m.to_message()) }`, with each length computed once and each
+    /// payload copied once, straight from where it is.
+    pub fn push_message(&mut self, m: &MessageFields<'_>) {
+        let body = m.body_len();
+        let record = 1 + encoded_len_varint(body as u64) + body;
+        let len = 1 + encoded_len_varint(record as u64) + record;
+        if self.buf.capacity() - self.buf.len() < len {
+            self.buf.reserve(len.max(CHUNK_BUFFER_BYTES));
+        }
+        let buf = &mut self.buf;
+        buf.put_u8(key_byte(field::BATCH_RECORDS, WireType::LengthDelimited));
+        encode_varint(record as u64, buf);
+        buf.put_u8(key_byte(field::RECORD_MESSAGE, WireType::LengthDelimited));
+        encode_varint(body as u64, buf);
+        m.encode_body(buf);
         self.records += 1;
     }
 
@@ -142,6 +176,218 @@ impl ChunkBuilder {
             b.push(r);
         }
         b.take()
+    }
+}
+
+/// The fields of a `capture.v1.Message` record as a probe that announces its flows
+/// (`FlowStart`) sets them, borrowed from where they are: [`ChunkBuilder::push_message`] encodes
+/// them without building the `Message` (nor copying its payload into one first). `flow`, `point`
+/// and `protocol` travel in the flow's `FlowStart` and are never set here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageFields<'a> {
+    /// `Message.flow_id`.
+    pub flow_id: u64,
+    /// `Message.index`.
+    pub index: u32,
+    /// `Message.direction` (a `Direction`).
+    pub direction: i32,
+    /// `Message.to_pod`.
+    pub to_pod: bool,
+    /// `Message.start_unix_nanos`.
+    pub start_unix_nanos: u64,
+    /// `Message.end_unix_nanos`.
+    pub end_unix_nanos: u64,
+    /// `Message.tcp_seq`.
+    pub tcp_seq: u32,
+    /// `Message.bytes`.
+    pub bytes: u64,
+    /// `Message.packets`.
+    pub packets: u32,
+    /// `Message.retransmits`.
+    pub retransmits: u32,
+    /// `Message.payload`.
+    pub payload: &'a [u8],
+    /// `Message.partial`.
+    pub partial: bool,
+    /// `Message.segments`.
+    pub segments: &'a [capture::Segment],
+}
+
+/// Field numbers of `capture.v1.Message` (and of its `Segment`s) as [`MessageFields`] writes them.
+mod message_field {
+    pub const FLOW_ID: u32 = 3;
+    pub const INDEX: u32 = 4;
+    pub const DIRECTION: u32 = 5;
+    pub const TO_POD: u32 = 6;
+    pub const START_UNIX_NANOS: u32 = 7;
+    pub const END_UNIX_NANOS: u32 = 8;
+    pub const TCP_SEQ: u32 = 9;
+    pub const BYTES: u32 = 10;
+    pub const PACKETS: u32 = 11;
+    pub const RETRANSMITS: u32 = 12;
+    pub const PAYLOAD: u32 = 13;
+    pub const PARTIAL: u32 = 15;
+    pub const SEGMENTS: u32 = 30;
+    pub const SEGMENT_OFFSET: u32 = 1;
+    pub const SEGMENT_PAYLOAD: u32 = 2;
+}
+
+/// The key of field `tag` (< 16: one byte).
+const fn key_byte(tag: u32, wire_type: WireType) -> u8 {
+    ((tag << 3) | wire_type as u32) as u8
+}
+
+/// Bytes of a varint field holding `v` with a one-byte key, 0 when `v` is proto3's default.
+fn varint_field_len(v: u64) -> usize {
+    if v == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(v)
+    }
+}
+
+/// Bytes of a bytes field of `len` bytes with a one-byte key, 0 when empty.
+fn bytes_field_len(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(len as u64) + len
+    }
+}
+
+/// Writes a varint field with a one-byte key, nothing when `v` is proto3's default.
+fn put_varint_field(tag: u32, v: u64, buf: &mut BytesMut) {
+    if v != 0 {
+        buf.put_u8(key_byte(tag, WireType::Varint));
+        encode_varint(v, buf);
+    }
+}
+
+/// Writes a bytes field with a one-byte key, nothing when empty.
+fn put_bytes_field(tag: u32, bytes: &[u8], buf: &mut BytesMut) {
+    if !bytes.is_empty() {
+        buf.put_u8(key_byte(tag, WireType::LengthDelimited));
+        encode_varint(bytes.len() as u64, buf);
+        buf.put_slice(bytes);
+    }
+}
+
+/// An `int32` (an enum) as protobuf carries it: negative values sign-extended to 64 bits.
+fn int32_varint(v: i32) -> u64 {
+    i64::from(v) as u64
+}
+
+impl<'a> MessageFields<'a> {
+    /// The fields of `m`, or `None` when it sets what a probe that announces its flows never
+    /// does (`flow`, `point`, `protocol`): prost encodes that one.
+    pub fn of(m: &'a capture::Message) -> Option<Self> {
+        if m.flow.is_some() || m.point.is_some() || m.protocol != 0 {
+            return None;
+        }
+        Some(Self {
+            flow_id: m.flow_id,
+            index: m.index,
+            direction: m.direction,
+            to_pod: m.to_pod,
+            start_unix_nanos: m.start_unix_nanos,
+            end_unix_nanos: m.end_unix_nanos,
+            tcp_seq: m.tcp_seq,
+            bytes: m.bytes,
+            packets: m.packets,
+            retransmits: m.retransmits,
+            payload: &m.payload,
+            partial: m.partial,
+            segments: &m.segments,
+        })
+    }
+
+    /// The `Message` these fields stand for (its payload and segments copied).
+    pub fn to_message(&self) -> capture::Message {
+        capture::Message {
+            flow: None,
+            point: None,
+            flow_id: self.flow_id,
+            index: self.index,
+            direction: self.direction,
+            to_pod: self.to_pod,
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: self.end_unix_nanos,
+            tcp_seq: self.tcp_seq,
+            bytes: self.bytes,
+            packets: self.packets,
+            retransmits: self.retransmits,
+            payload: Bytes::copy_from_slice(self.payload),
+            protocol: 0,
+            partial: self.partial,
+            segments: self.segments.to_vec(),
+        }
+    }
+
+    /// The encoded length of a `Segment`.
+    fn segment_len(s: &capture::Segment) -> usize {
+        varint_field_len(s.offset) + bytes_field_len(s.payload.len())
+    }
+
+    /// The encoded length of the `Message`.
+    fn body_len(&self) -> usize {
+        // A fixed64 or bool field: its key and 8 or 1 bytes, when set.
+        let fixed64 = |v: u64| if v == 0 { 0 } else { 9 };
+        let segments: usize = self
+            .segments
+            .iter()
+            .map(|s| {
+                let len = Self::segment_len(s);
+                // Field 30's key takes two bytes.
+                2 + encoded_len_varint(len as u64) + len
+            })
+            .sum();
+        varint_field_len(self.flow_id)
+            + varint_field_len(u64::from(self.index))
+            + varint_field_len(int32_varint(self.direction))
+            + 2 * usize::from(self.to_pod)
+            + fixed64(self.start_unix_nanos)
+            + fixed64(self.end_unix_nanos)
+            + varint_field_len(u64::from(self.tcp_seq))
+            + varint_field_len(self.bytes)
+            + varint_field_len(u64::from(self.packets))
+            + varint_field_len(u64::from(self.retransmits))
+            + bytes_field_len(self.payload.len())
+            + 2 * usize::from(self.partial)
+            + segments
+    }
+
+    /// Writes the `Message`'s fields, in field order (as prost does).
+    fn encode_body(&self, buf: &mut BytesMut) {
+        use message_field as f;
+        put_varint_field(f::FLOW_ID, self.flow_id, buf);
+        put_varint_field(f::INDEX, u64::from(self.index), buf);
+        put_varint_field(f::DIRECTION, int32_varint(self.direction), buf);
+        if self.to_pod {
+            buf.put_slice(&[key_byte(f::TO_POD, WireType::Varint), 1]);
+        }
+        for (tag, v) in [
+            (f::START_UNIX_NANOS, self.start_unix_nanos),
+            (f::END_UNIX_NANOS, self.end_unix_nanos),
+        ] {
+            if v != 0 {
+                buf.put_u8(key_byte(tag, WireType::SixtyFourBit));
+                buf.put_u64_le(v);
+            }
+        }
+        put_varint_field(f::TCP_SEQ, u64::from(self.tcp_seq), buf);
+        put_varint_field(f::BYTES, self.bytes, buf);
+        put_varint_field(f::PACKETS, u64::from(self.packets), buf);
+        put_varint_field(f::RETRANSMITS, u64::from(self.retransmits), buf);
+        put_bytes_field(f::PAYLOAD, self.payload, buf);
+        if self.partial {
+            buf.put_slice(&[key_byte(f::PARTIAL, WireType::Varint), 1]);
+        }
+        for s in self.segments {
+            encode_key(f::SEGMENTS, WireType::LengthDelimited, buf);
+            encode_varint(Self::segment_len(s) as u64, buf);
+            put_varint_field(f::SEGMENT_OFFSET, s.offset, buf);
+            put_bytes_field(f::SEGMENT_PAYLOAD, &s.payload, buf);
+        }
     }
 }
 
@@ -736,6 +982,124 @@ mod tests {
             chunk(&[start(3), message(3, b"x")]).decode().ok(),
             Some(vec![start(3), message(3, b"x")]),
             "a chunk decodes back to its records"
+        );
+    }
+
+    /// A value near the edges of a varint's byte counts, or anything.
+    fn edgy(rng: &mut impl rand::Rng, max: u64) -> u64 {
+        match rng.random_range(0..6) {
+            0 => 0,
+            1 => max,
+            2 => 1,
+            // Just below and at a 7-bit boundary.
+            3 => {
+                let bits = rng.random_range(1..=63u32);
+                ((1u64 << bits) - u64::from(rng.random_bool(0.5))).min(max)
+            }
+            _ => rng.random_range(0..=max),
+        }
+    }
+
+    fn bytes_of(rng: &mut impl rand::Rng) -> Vec<u8> {
+        let len = match rng.random_range(0..4) {
+            0 => 0,
+            1 => rng.random_range(126..=129),
+            2 => rng.random_range(16_380..=16_390),
+            _ => rng.random_range(0..600),
+        };
+        (0..len).map(|_| rng.random()).collect()
+    }
+
+    #[test]
+    fn hand_encoded_messages_are_what_prost_encodes() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = rand::random();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for case in 0..3000 {
+            let payload = bytes_of(&mut rng);
+            let segments: Vec<capture::Segment> = (0..rng.random_range(0..4usize))
+                .map(|_| capture::Segment {
+                    offset: edgy(&mut rng, u64::MAX),
+                    payload: Bytes::from(bytes_of(&mut rng)),
+                })
+                .collect();
+            let u32_of = |rng: &mut rand::rngs::StdRng| edgy(rng, u64::from(u32::MAX)) as u32;
+            let fields = MessageFields {
+                flow_id: edgy(&mut rng, u64::MAX),
+                index: u32_of(&mut rng),
+                // Negative (unknown) enum values too: ten bytes on the wire.
+                direction: [0, 1, 2, -1, i32::MIN, i32::MAX][rng.random_range(0..6)],
+                to_pod: rng.random(),
+                start_unix_nanos: edgy(&mut rng, u64::MAX),
+                end_unix_nanos: edgy(&mut rng, u64::MAX),
+                tcp_seq: u32_of(&mut rng),
+                bytes: edgy(&mut rng, u64::MAX),
+                packets: u32_of(&mut rng),
+                retransmits: u32_of(&mut rng),
+                payload: &payload,
+                partial: rng.random(),
+                segments: &segments,
+            };
+            let record = capture::Record {
+                kind: Some(capture::record::Kind::Message(fields.to_message())),
+            };
+            let mut b = ChunkBuilder::new();
+            // Twice, so that the second starts where the first ended.
+            b.push_message(&fields);
+            b.push_message(&fields);
+            let chunk = b.take();
+            let prost_bytes = capture::RecordBatch {
+                seq: 0,
+                records: vec![record.clone(), record.clone()],
+            }
+            .encode_to_vec();
+            assert_eq!(
+                &chunk.body[..],
+                &prost_bytes[..],
+                "case {case} (seed {seed}): hand-encoded {fields:?} differs from prost's bytes"
+            );
+            assert_eq!(
+                chunk.decode().ok(),
+                Some(vec![record.clone(), record.clone()]),
+                "case {case} (seed {seed}): decodes to the record"
+            );
+            assert_eq!(chunk.len(), 2);
+            let via_push = ChunkBuilder::chunk_of([&record]);
+            assert_eq!(
+                via_push.body,
+                Bytes::from(record_field(&record)),
+                "case {case} (seed {seed}): push of a Message record takes the same path"
+            );
+        }
+    }
+
+    /// `record` as a `RecordBatch.records` field, encoded by prost.
+    fn record_field(record: &capture::Record) -> Vec<u8> {
+        let mut out = Vec::new();
+        prost::encoding::message::encode(field::BATCH_RECORDS, record, &mut out);
+        out
+    }
+
+    #[test]
+    fn messages_with_a_flow_key_or_point_are_encoded_by_prost() {
+        let mut m = capture::Message {
+            flow_id: 9,
+            payload: Bytes::from_static(b"GET /"),
+            protocol: capture::ProtocolHint::Http as i32,
+            ..Default::default()
+        };
+        assert!(MessageFields::of(&m).is_none(), "protocol set");
+        m.protocol = 0;
+        assert!(MessageFields::of(&m).is_some());
+        m.point = Some(capture::ObservationPoint::default());
+        assert!(MessageFields::of(&m).is_none(), "point set");
+        let record = capture::Record {
+            kind: Some(capture::record::Kind::Message(m)),
+        };
+        assert_eq!(
+            ChunkBuilder::chunk_of([&record]).body,
+            Bytes::from(record_field(&record)),
+            "an old-style message still encodes as prost does"
         );
     }
 

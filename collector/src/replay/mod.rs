@@ -114,7 +114,7 @@ impl Sessions {
         batch: &Batch,
         mut adjust: impl FnMut(&mut Record),
         emit: &mut impl FnMut(Session),
-    ) -> std::result::Result<(), prost::DecodeError> {
+    ) -> std::result::Result<(), crate::server::inbound::RecordError> {
         let now = Instant::now();
         let mut records = batch.records();
         let mut slot = Record::default();

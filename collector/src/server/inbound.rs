@@ -6,19 +6,33 @@
 //! is alive at once. Here only the batch's framing is read first (its number, where each record
 //! is, and whether the lengths add up: a batch whose framing does not is refused as a whole, as
 //! before); then each record is decoded from the received buffer (payloads stay slices of it)
-//! into one place the flow table takes it from ([`Records::next_into`]). The wire format is
-//! `capture.v1`'s, unchanged: a
-//! probe cannot tell this decoder from prost's. A record whose own bytes do not decode is
-//! dropped alone and counted (`records_received{kind="malformed"}`, and
+//! into one place the flow table takes it from ([`Records::next_into`]).
+//!
+//! The records themselves are decoded by hand (`decoder`): message records, flow starts and
+//! flow ends — all but a few records of a probe's stream — in one loop per message type over
+//! the bytes, each field read straight into the `Message` the slot already holds, where prost's
+//! generic field loop went through a call per field, its oneof's merge and its `Buf`
+//! abstraction. Endpoint and stats records (a few a minute) are still prost's. The decoder has
+//! prost's semantics on every input, checked by property tests against prost and in the
+//! `capture-records` fuzz target; only its error type ([`RecordError`]) is its own.
+//!
+//! The wire format is `capture.v1`'s, unchanged: a probe cannot tell this decoder from prost's.
+//! A record whose own bytes do not decode is dropped alone and counted
+//! (`records_received{kind="malformed"}`, and
 //! `clovisor_dropped_total{stage="collector",reason="malformed"}`), where prost would have failed
 //! the whole stream.
 
 use bytes::{Buf, Bytes};
 use clovisor_proto::capture::v1::{
-    probe_message, record, CollectorMessage, FlowTable, Hello, ProbeMessage, Record, RecordBatch,
+    probe_message, CollectorMessage, FlowTable, Hello, ProbeMessage, Record, RecordBatch,
 };
 use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field, WireType};
 use prost::{DecodeError, Message as _};
+
+pub use self::decoder::DecodeError as RecordError;
+use self::decoder::Decoded;
+
+mod decoder;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
@@ -132,7 +146,8 @@ impl Batch {
     /// The records, decoded one at a time, in order; each from its slice of the batch's bytes.
     pub fn records(&self) -> Records {
         Records {
-            rest: self.body.clone(),
+            body: self.body.clone(),
+            pos: 0,
         }
     }
 }
@@ -140,11 +155,13 @@ impl Batch {
 /// The records of a [`Batch`], decoded one at a time.
 #[derive(Debug)]
 pub struct Records {
-    rest: Bytes,
+    body: Bytes,
+    /// Where the next field of the batch starts.
+    pos: usize,
 }
 
 impl Iterator for Records {
-    type Item = Result<Record, DecodeError>;
+    type Item = Result<Record, RecordError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let mut record = Record::default();
@@ -153,60 +170,53 @@ impl Iterator for Records {
     }
 }
 
-/// The key of `Record.message` (field 1, length-delimited): what a message record starts with.
-const MESSAGE_KEY: u8 = 0x0a;
-
 impl Records {
     /// Decodes the next record into `slot` (whatever it held is replaced); `None` after the
     /// last. The service decodes every record of a batch into one `slot` and hands it to the
     /// flow table in place ([`crate::flows::FlowTable::ingest_in_place`]): a message record is
-    /// decoded into the message `slot` already holds, cleared, so no record is moved on its way
-    /// from the batch's bytes to its decoder.
-    pub fn next_into(&mut self, slot: &mut Record) -> Option<Result<(), DecodeError>> {
+    /// decoded into the message `slot` already holds, reset, so no record is moved on its way
+    /// from the batch's bytes to its decoder, and its segments' room is reused.
+    pub fn next_into(&mut self, slot: &mut Record) -> Option<Result<(), RecordError>> {
+        let body: &[u8] = &self.body;
+        let mut buf = body.get(self.pos..).unwrap_or_default();
         // The framing was read whole by `Batch::decode`: these steps cannot fail, but a failure
         // still ends the walk rather than spinning.
-        while self.rest.has_remaining() {
-            let step = decode_key(&mut self.rest).and_then(|(tag, wire_type)| {
+        while !buf.is_empty() {
+            let mut prefix = 0;
+            let step = decoder::read_key(&mut buf).and_then(|(tag, wire_type)| {
                 if tag == field::BATCH_RECORDS && wire_type == WireType::LengthDelimited {
-                    Ok(true)
+                    // Where the record's length prefix starts (prost's fallback reads it).
+                    prefix = body.len() - buf.len();
+                    decoder::delimited(&mut buf).map(Some)
                 } else {
-                    skip_field(wire_type, tag, &mut self.rest, Default::default())?;
-                    Ok(false)
+                    decoder::skip(tag, wire_type, &mut buf, decoder::BATCH_DEPTH).map(|()| None)
                 }
             });
             match step {
-                Ok(true) => return Some(self.record_into(slot)),
-                Ok(false) => {}
+                Ok(Some(bytes)) => {
+                    let end = body.len() - buf.len();
+                    self.pos = end;
+                    let decoded = match decoder::decode_into(&self.body, bytes, slot) {
+                        Ok(Decoded::Done) => Ok(()),
+                        // Endpoint and stats records: prost's, from a fresh record.
+                        Ok(Decoded::Prost) => {
+                            slot.kind = None;
+                            slot.merge_length_delimited(self.body.slice(prefix..end))
+                                .map_err(RecordError::from)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    return Some(decoded);
+                }
+                Ok(None) => {}
                 Err(e) => {
-                    self.rest = Bytes::new();
+                    self.pos = body.len();
                     return Some(Err(e));
                 }
             }
         }
+        self.pos = body.len();
         None
-    }
-
-    /// The record whose length prefix is next, decoded in place from the batch's bytes (no
-    /// slice of them made for it) into `slot`; the walk goes on after it whether or not it
-    /// decoded.
-    fn record_into(&mut self, slot: &mut Record) -> Result<(), DecodeError> {
-        let mut peek: &[u8] = &self.rest;
-        let len = decode_varint(&mut peek)
-            .ok()
-            .and_then(|len| usize::try_from(len).ok());
-        let after = len.and_then(|len| peek.len().checked_sub(len)).unwrap_or(0);
-        // Any other first field (or none): the record starts from no kind, as a fresh one.
-        let message_first = len.is_some_and(|len| len > 0) && peek.first() == Some(&MESSAGE_KEY);
-        match &mut slot.kind {
-            Some(record::Kind::Message(m)) if message_first => m.clear(),
-            _ => slot.kind = None,
-        }
-        let decoded = slot.merge_length_delimited(&mut self.rest);
-        let left = self.rest.remaining();
-        if left > after {
-            self.rest.advance(left - after);
-        }
-        decoded
     }
 }
 

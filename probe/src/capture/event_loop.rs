@@ -1,21 +1,24 @@
 //! The event loop: waits on a capture object's ring buffer, turns each kernel event into
 //! records through the [`Assembler`] and hands them to the uplink's queue without ever
-//! waiting for room in it.
+//! waiting for room in it. The assembler's records are encoded as it emits them, into chunks of
+//! at most [`CHUNK_RECORDS`]: a `Message` straight from its pending message (no `Record` built,
+//! its payload copied from there into the chunk), the rest through prost.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
-use clovisor_proto::capture::v1::Record;
+use bytes::Bytes;
+use clovisor_proto::capture::v1::{Record, Segment as SegmentRecord};
 use clovisor_proto::hops::{ChunkBuilder, RecordChunk};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::assembler::{Assembler, AssemblerStats, ConnectionSource};
+use super::assembler::{Assembler, AssemblerStats, ConnectionSource, RecordSink};
 use super::held::{HeldHeads, Take, ORPHAN_AFTER};
-use super::raw::Event;
+use super::raw::{Event, MsgCounters, MsgStart};
 use crate::clock::BootClock;
 use crate::error::{Error, Result};
 use crate::uplink::CHUNK_RECORDS;
@@ -130,8 +133,7 @@ impl EventLoop {
         let mut last_resync = Instant::now();
         let mut last_sweep = Instant::now();
         let mut stats = EventLoopStats::default();
-        let mut records = Vec::new();
-        let mut chunks = ChunkBuilder::new();
+        let mut records = Chunks::default();
         tokio::pin!(shutdown);
         loop {
             let mut polled = false;
@@ -171,7 +173,7 @@ impl EventLoop {
                 while drain(fd.get_mut(), &mut assembler, &mut stats, &mut records) == DRAIN_BATCH {
                 }
             }
-            let open = send_now(&out, &mut records, &mut chunks, &mut stats);
+            let open = send_now(&out, &mut records, &mut stats);
             stats.assembler = assembler.stats();
             if let Ok(mut s) = shared.lock() {
                 *s = stats;
@@ -188,7 +190,7 @@ impl EventLoop {
         }
         assembler.flush_all(&*connections, &mut records);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_SEND_BUDGET;
-        for chunk in encode(&mut records, &mut chunks) {
+        for chunk in records.take() {
             let n = chunk.len();
             match tokio::time::timeout_at(deadline, out.send(chunk)).await {
                 Ok(Ok(())) => stats.records_sent += n,
@@ -219,7 +221,7 @@ fn drain(
     ring: &mut RingBuf<MapData>,
     assembler: &mut Assembler,
     stats: &mut EventLoopStats,
-    records: &mut Vec<Record>,
+    records: &mut Chunks,
 ) -> usize {
     let now = Instant::now();
     let mut n = 0;
@@ -240,33 +242,66 @@ fn drain(
     n
 }
 
-/// Encodes `records` (emptied, its allocation kept) into chunks of at most [`CHUNK_RECORDS`].
-fn encode(records: &mut Vec<Record>, chunks: &mut ChunkBuilder) -> Vec<RecordChunk> {
-    let mut out = Vec::new();
-    for record in records.drain(..) {
-        chunks.push(&record);
-        if chunks.len() >= CHUNK_RECORDS as u64 {
-            out.push(chunks.take());
-        }
-    }
-    if !chunks.is_empty() {
-        out.push(chunks.take());
-    }
-    out
+/// The assembler's records, encoded as they come into chunks of at most [`CHUNK_RECORDS`]:
+/// `Message`s straight from the pending message ([`ChunkBuilder::push_message`]), without a
+/// `Record` in between; the rest through prost.
+#[derive(Debug, Default)]
+struct Chunks {
+    building: ChunkBuilder,
+    full: Vec<RecordChunk>,
 }
 
-/// Encodes `records` and hands them to `out` in chunks without waiting; returns false once `out`
-/// is closed.
+impl Chunks {
+    fn pushed(&mut self) {
+        if self.building.len() >= CHUNK_RECORDS as u64 {
+            self.full.push(self.building.take());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.full.is_empty() && self.building.is_empty()
+    }
+
+    /// The chunks made since the last call, the last one possibly short.
+    fn take(&mut self) -> Vec<RecordChunk> {
+        if !self.building.is_empty() {
+            self.full.push(self.building.take());
+        }
+        std::mem::take(&mut self.full)
+    }
+}
+
+impl RecordSink for Chunks {
+    fn record(&mut self, record: Record) {
+        self.building.record(record);
+        self.pushed();
+    }
+
+    fn message(
+        &mut self,
+        start: &MsgStart,
+        payload: &Bytes,
+        segments: &[SegmentRecord],
+        fin: &MsgCounters,
+        partial: bool,
+        clock: &BootClock,
+    ) {
+        self.building
+            .message(start, payload, segments, fin, partial, clock);
+        self.pushed();
+    }
+}
+
+/// Hands the chunks made so far to `out` without waiting; returns false once `out` is closed.
 fn send_now(
     out: &mpsc::Sender<RecordChunk>,
-    records: &mut Vec<Record>,
-    chunks: &mut ChunkBuilder,
+    records: &mut Chunks,
     stats: &mut EventLoopStats,
 ) -> bool {
     if records.is_empty() {
         return true;
     }
-    for chunk in encode(records, chunks) {
+    for chunk in records.take() {
         let n = chunk.len();
         match out.try_send(chunk) {
             Ok(()) => stats.records_sent += n,
@@ -275,4 +310,235 @@ fn send_now(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::RwLock;
+
+    use clovisor_proto::capture::v1::{Direction, FlowEndReason, ProtocolHint};
+    use clovisor_proto::common::v1::PointKind;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::capture::assembler::{records, AttachedInterface, InterfaceNames};
+    use crate::capture::raw::testing::{owner, v4_key, v6_key};
+    use crate::capture::raw::{ConnectionState, FlowEnd, Segment, SocketSide};
+
+    /// A value at the edges of its type or of a varint's byte counts, or anything up to `max`.
+    fn edgy(rng: &mut StdRng, max: u64) -> u64 {
+        match rng.random_range(0..6) {
+            0 => 0,
+            1 => max,
+            2 => 1,
+            3 => {
+                let bits = rng.random_range(1..=63u32);
+                ((1u64 << bits) - u64::from(rng.random_bool(0.5))).min(max)
+            }
+            _ => rng.random_range(0..=max),
+        }
+    }
+
+    fn edgy32(rng: &mut StdRng) -> u32 {
+        u32::try_from(edgy(rng, u64::from(u32::MAX))).unwrap_or(u32::MAX)
+    }
+
+    fn bytes(rng: &mut StdRng) -> Bytes {
+        let len = match rng.random_range(0..4) {
+            0 => 0,
+            1 => rng.random_range(126..=129),
+            2 => rng.random_range(16_380..=16_390),
+            _ => rng.random_range(0..600),
+        };
+        (0..len).map(|_| rng.random::<u8>()).collect()
+    }
+
+    fn counters(rng: &mut StdRng) -> MsgCounters {
+        MsgCounters {
+            start_ns: edgy(rng, u64::MAX),
+            last_ns: edgy(rng, u64::MAX),
+            bytes: edgy(rng, u64::MAX),
+            packets: edgy32(rng),
+            retransmits: edgy32(rng),
+            tcp_seq: edgy32(rng),
+            index: edgy32(rng),
+            direction: [
+                Direction::ClientToServer,
+                Direction::ServerToClient,
+                Direction::Unspecified,
+            ][rng.random_range(0..3)],
+            to_pod: rng.random(),
+        }
+    }
+
+    fn msg_start(rng: &mut StdRng) -> MsgStart {
+        MsgStart {
+            key: if rng.random() { v4_key() } else { v6_key() },
+            flow_id: edgy(rng, u64::MAX),
+            msg: counters(rng),
+            prev: None,
+            protocol: ProtocolHint::Http,
+            payload: bytes(rng),
+            socket: rng.random::<bool>().then(|| owner(SocketSide::Client)),
+        }
+    }
+
+    /// The records a `Chunks` sink encoded, decoded, in order, with the records per chunk.
+    fn decoded(chunks: &mut Chunks) -> (Vec<Record>, Vec<u64>) {
+        let mut records = Vec::new();
+        let mut sizes = Vec::new();
+        for chunk in chunks.take() {
+            sizes.push(chunk.len());
+            match chunk.decode() {
+                Ok(r) => records.extend(r),
+                Err(e) => panic!("a chunk must decode: {e}"),
+            }
+        }
+        (records, sizes)
+    }
+
+    #[test]
+    fn encoded_messages_decode_to_the_records_the_assembler_would_build() {
+        let seed: u64 = rand::random();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for case in 0..2000 {
+            let start = msg_start(&mut rng);
+            let fin = counters(&mut rng);
+            let segments: Vec<SegmentRecord> = (0..rng.random_range(0..4usize))
+                .map(|_| SegmentRecord {
+                    offset: edgy(&mut rng, u64::MAX),
+                    payload: bytes(&mut rng),
+                })
+                .collect();
+            let partial = rng.random();
+            let offset =
+                [0, -1, i128::from(u64::MAX), 1_700_000_000_000_000_000][rng.random_range(0..4)];
+            let clock = BootClock::with_offset(offset);
+            let expected = records::message(
+                &start,
+                start.payload.clone(),
+                segments.clone(),
+                &fin,
+                partial,
+                &clock,
+            );
+            let mut chunks = Chunks::default();
+            RecordSink::message(
+                &mut chunks,
+                &start,
+                &start.payload,
+                &segments,
+                &fin,
+                partial,
+                &clock,
+            );
+            let (got, _) = decoded(&mut chunks);
+            assert_eq!(
+                got,
+                vec![expected],
+                "case {case} (seed {seed}): {start:?} with {fin:?}, partial {partial}"
+            );
+        }
+    }
+
+    /// No connection is known: idle flushes send what they have.
+    struct NoConnections;
+
+    impl ConnectionSource for NoConnections {
+        fn lookup(&self, _: &MsgStart) -> Option<ConnectionState> {
+            None
+        }
+    }
+
+    fn assembler() -> Assembler {
+        let mut names = BTreeMap::new();
+        names.insert(
+            7,
+            AttachedInterface {
+                name: "veth-test".to_owned(),
+                kind: PointKind::Pod,
+            },
+        );
+        let names: InterfaceNames = Arc::new(RwLock::new(names));
+        Assembler::new(
+            Duration::from_millis(200),
+            64,
+            "node-a".into(),
+            BootClock::with_offset(1_000_000),
+            names,
+        )
+    }
+
+    #[test]
+    fn the_chunks_hold_the_records_in_order_and_at_most_chunk_records_each() {
+        let seed: u64 = rand::random();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (mut to_vec, mut to_chunks) = (assembler(), assembler());
+        let mut records: Vec<Record> = Vec::new();
+        let mut chunks = Chunks::default();
+        let mut next_index: HashMap<u64, u32> = HashMap::new();
+        let now = Instant::now();
+        for _ in 0..2000 {
+            let flow_id = rng.random_range(1..40u64);
+            let index = next_index.entry(flow_id).or_default();
+            let mut start = msg_start(&mut rng);
+            start.flow_id = flow_id;
+            start.msg.index = *index;
+            start.socket = None;
+            let event = match rng.random_range(0..10) {
+                0 => {
+                    next_index.remove(&flow_id);
+                    Event::FlowEnd(FlowEnd {
+                        key: start.key,
+                        flow_id,
+                        reason: FlowEndReason::Fin,
+                        ts_ns: start.msg.start_ns,
+                        last: Some(start.msg),
+                        socket: None,
+                        tcp: None,
+                    })
+                }
+                1 => Event::Segment(Segment {
+                    flow_id,
+                    index: index.saturating_sub(1),
+                    offset: edgy(&mut rng, u64::MAX),
+                    bytes: bytes(&mut rng),
+                }),
+                _ => {
+                    if *index > 0 {
+                        start.prev = Some(MsgCounters {
+                            index: *index - 1,
+                            ..counters(&mut rng)
+                        });
+                    }
+                    *index += 1;
+                    Event::MsgStart(start)
+                }
+            };
+            to_vec.on_event(event.clone(), now, &mut records);
+            to_chunks.on_event(event, now, &mut chunks);
+        }
+        to_vec.flush_all(&NoConnections, &mut records);
+        to_chunks.flush_all(&NoConnections, &mut chunks);
+        let (got, sizes) = decoded(&mut chunks);
+        assert!(
+            records.len() > CHUNK_RECORDS,
+            "the script makes more than one chunk of records: {}",
+            records.len()
+        );
+        assert_eq!(
+            got, records,
+            "seed {seed}: the chunks hold what a Vec collects"
+        );
+        let full = records.len() / CHUNK_RECORDS;
+        assert!(
+            sizes[..full].iter().all(|&n| n == CHUNK_RECORDS as u64)
+                && sizes[full..].iter().all(|&n| n < CHUNK_RECORDS as u64)
+                && sizes.len() <= full + 1,
+            "chunks of {CHUNK_RECORDS} records then the rest: {sizes:?}"
+        );
+        assert!(chunks.is_empty(), "taken");
+    }
 }

@@ -12,10 +12,10 @@
 //! | `socket_object.rs` | the socket object ([`socket_object::SocketCapture`]) |
 //! | `maps.rs` | map errors; replacing a hash map's contents |
 //! | `kernel_stats.rs` | the programs' counters and their names |
-//! | `event_loop.rs` | ring buffer → `raw` events → `assembler` → records → the uplink's queue |
+//! | `event_loop.rs` | ring buffer → `raw` events → `assembler` → records encoded into chunks → the uplink's queue |
 //! | `raw.rs` | kernel bytes ↔ typed values (the one place that reads what the kernel wrote) |
 //! | `held.rs` | requests the kernel holds for their response: sent alone at shutdown or when their connection vanished |
-//! | `assembler/` | events → complete `Message` / `FlowEnd` records (built in `records.rs`) |
+//! | `assembler/` | events → complete `Message` / `FlowEnd` records, into a `RecordSink` (built in `records.rs`, or encoded without being built) |
 //!
 //! [`Record`]: clovisor_proto::capture::v1::Record
 

@@ -10,7 +10,8 @@
 //!
 //! A flow's identity (connection, observation point, protocol) is announced once, in a
 //! `FlowStart` record before its first message or end; messages and ends carry only the flow
-//! id. The `capture.v1` records themselves are built in [`records`].
+//! id. The records go to a [`RecordSink`]: a `Vec<Record>` gets them built ([`records`]); the
+//! event loop's sink, a [`ChunkBuilder`], encodes each `Message` from its fields as it comes.
 //!
 //! A socket connection captured call by call (HTTP/2 and gRPC, PostgreSQL, MySQL) sends its
 //! messages' bytes as SEGMENT events after their MSG_START: they are kept with the pending
@@ -40,6 +41,7 @@ use super::raw::{
 };
 use crate::clock::BootClock;
 use clovisor_proto::capture::v1::Segment as SegmentRecord;
+use clovisor_proto::hops::ChunkBuilder;
 
 /// How long a flushed message whose flow went quiet is kept before checking that the
 /// flow still exists in the kernel.
@@ -49,6 +51,72 @@ const STALE_FACTOR: u32 = 50;
 /// pending message (a long server-streaming response is one message). Past it, the oldest
 /// segments but the first make room, counted (`segments_over_bound`); the collector sees a gap.
 pub const MAX_SEGMENT_BYTES: usize = 64 * 1024;
+
+/// Where the assembler's records go. A `Vec<Record>` collects them as records (tests, tools); the
+/// event loop's sink encodes them into chunks as they come, `Message`s straight from the pending
+/// message (no record built, the payload copied once, into the chunk).
+pub trait RecordSink {
+    /// A record (`FlowStart`, `FlowEnd`).
+    fn record(&mut self, record: Record);
+
+    /// The `Message` record of `start` with the counters `fin`, as [`records::message`] makes it
+    /// of `payload` and `segments` (`start`'s).
+    fn message(
+        &mut self,
+        start: &MsgStart,
+        payload: &Bytes,
+        segments: &[SegmentRecord],
+        fin: &MsgCounters,
+        partial: bool,
+        clock: &BootClock,
+    );
+}
+
+impl RecordSink for Vec<Record> {
+    fn record(&mut self, record: Record) {
+        self.push(record);
+    }
+
+    fn message(
+        &mut self,
+        start: &MsgStart,
+        payload: &Bytes,
+        segments: &[SegmentRecord],
+        fin: &MsgCounters,
+        partial: bool,
+        clock: &BootClock,
+    ) {
+        self.push(records::message(
+            start,
+            payload.clone(),
+            segments.to_vec(),
+            fin,
+            partial,
+            clock,
+        ));
+    }
+}
+
+/// Encodes the records as they come, `Message`s by hand from the pending message's fields.
+impl RecordSink for ChunkBuilder {
+    fn record(&mut self, record: Record) {
+        self.push(&record);
+    }
+
+    fn message(
+        &mut self,
+        start: &MsgStart,
+        payload: &Bytes,
+        segments: &[SegmentRecord],
+        fin: &MsgCounters,
+        partial: bool,
+        clock: &BootClock,
+    ) {
+        self.push_message(&records::message_fields(
+            start, payload, segments, fin, partial, clock,
+        ));
+    }
+}
 
 /// Reads a connection's current state from the kernel (the LRU map), or a fake in tests.
 pub trait ConnectionSource {
@@ -201,7 +269,7 @@ impl Assembler {
     }
 
     /// Handles one kernel event; completed records are appended to `out`.
-    pub fn on_event(&mut self, event: Event, now: Instant, out: &mut Vec<Record>) {
+    pub fn on_event(&mut self, event: Event, now: Instant, out: &mut impl RecordSink) {
         match event {
             Event::MsgStart(start) => self.on_start(start, now, out),
             Event::Exchange(exchange) => {
@@ -254,7 +322,7 @@ impl Assembler {
     }
 
     /// A UDP datagram: one message record at once, in its flow (announced when new).
-    fn on_datagram(&mut self, d: Datagram, now: Instant, out: &mut Vec<Record>) {
+    fn on_datagram(&mut self, d: Datagram, now: Instant, out: &mut impl RecordSink) {
         let (placed, evicted) = self.udp.place(d.key, &d.msg, now);
         if let Some((key, flow)) = evicted {
             self.stats.udp_flows_evicted += 1;
@@ -280,14 +348,14 @@ impl Assembler {
             msg,
             prev: None,
             protocol: d.protocol,
-            payload: Bytes::new(),
+            payload: d.payload,
             socket: None,
         };
-        self.message(&start, d.payload, Vec::new(), &msg, false, out);
+        self.message(&start, &[], &msg, false, out);
     }
 
     /// A UDP flow went quiet (or made room): its end, named by id.
-    fn end_udp(&mut self, key: ConnectionKey, flow: udp::UdpFlow, out: &mut Vec<Record>) {
+    fn end_udp(&mut self, key: ConnectionKey, flow: udp::UdpFlow, out: &mut impl RecordSink) {
         self.announced.remove(&flow.flow_id);
         let end = FlowEnd {
             key,
@@ -298,11 +366,11 @@ impl Assembler {
             socket: None,
             tcp: None,
         };
-        out.push(records::flow_end(&end, &self.clock));
+        out.record(records::flow_end(&end, &self.clock));
         self.stats.flow_ends += 1;
     }
 
-    fn on_start(&mut self, start: MsgStart, now: Instant, out: &mut Vec<Record>) {
+    fn on_start(&mut self, start: MsgStart, now: Instant, out: &mut impl RecordSink) {
         match (self.pending.remove(&start.flow_id), &start.prev) {
             (Some(p), Some(prev)) => self.complete(p, prev, out),
             (Some(p), None) => {
@@ -320,7 +388,7 @@ impl Assembler {
         self.pending.insert(start.flow_id, Pending::new(start, now));
     }
 
-    fn on_end(&mut self, end: FlowEnd, out: &mut Vec<Record>) {
+    fn on_end(&mut self, end: FlowEnd, out: &mut impl RecordSink) {
         match (self.pending.remove(&end.flow_id), &end.last) {
             (Some(p), Some(last)) => self.complete(p, last, out),
             (Some(p), None) => self.emit_first_packet_only(p, out),
@@ -336,12 +404,12 @@ impl Assembler {
             out,
         );
         self.announced.remove(&end.flow_id);
-        out.push(records::flow_end(&end, &self.clock));
+        out.record(records::flow_end(&end, &self.clock));
         self.stats.flow_ends += 1;
     }
 
     /// Emits `p` with its final counters `fin`.
-    fn complete(&mut self, mut p: Pending, fin: &MsgCounters, out: &mut Vec<Record>) {
+    fn complete(&mut self, p: Pending, fin: &MsgCounters, out: &mut impl RecordSink) {
         if fin.index != p.start.msg.index {
             // Events in between were lost; `fin` belongs to a message we never saw start.
             self.stats.lost_messages += u64::from(fin.index.saturating_sub(p.start.msg.index));
@@ -354,29 +422,20 @@ impl Assembler {
             Some(sent) if sent == *fin => {}
             Some(_) => {
                 self.stats.finals_after_flush += 1;
-                let payload = std::mem::take(&mut p.start.payload);
-                let segments = std::mem::take(&mut p.segments);
-                self.message(&p.start, payload, segments, fin, false, out);
+                self.message(&p.start, &p.segments, fin, false, out);
             }
-            None => {
-                let payload = std::mem::take(&mut p.start.payload);
-                let segments = std::mem::take(&mut p.segments);
-                self.message(&p.start, payload, segments, fin, false, out);
-            }
+            None => self.message(&p.start, &p.segments, fin, false, out),
         }
     }
 
     /// Emits a message of which only the first packet's counters are known.
-    fn emit_first_packet_only(&mut self, mut p: Pending, out: &mut Vec<Record>) {
+    fn emit_first_packet_only(&mut self, p: Pending, out: &mut impl RecordSink) {
         if p.flushed.is_none() {
-            let payload = std::mem::take(&mut p.start.payload);
-            let first = p.start.msg;
-            let segments = std::mem::take(&mut p.segments);
-            self.message(&p.start, payload, segments, &first, true, out);
+            self.message(&p.start, &p.segments, &p.start.msg, true, out);
         }
     }
 
-    fn evict_oldest(&mut self, out: &mut Vec<Record>) {
+    fn evict_oldest(&mut self, out: &mut impl RecordSink) {
         let oldest = self
             .pending
             .iter()
@@ -394,7 +453,7 @@ impl Assembler {
         &mut self,
         now: Instant,
         source: &(impl ConnectionSource + ?Sized),
-        out: &mut Vec<Record>,
+        out: &mut impl RecordSink,
     ) {
         for (key, flow) in self.udp.take_idle(now, udp::UDP_IDLE) {
             self.end_udp(key, flow, out);
@@ -437,8 +496,7 @@ impl Assembler {
             });
             match cur {
                 Some(c) => {
-                    let segments = p.segments.clone();
-                    self.message(&p.start, p.start.payload.clone(), segments, &c, true, out);
+                    self.message(&p.start, &p.segments, &c, true, out);
                     self.stats.partial_flushes += 1;
                     p.flushed = Some(c);
                     p.last_event = now;
@@ -447,18 +505,7 @@ impl Assembler {
                 None => {
                     // The kernel no longer has it (or moved on and the event is still in
                     // the ring): send what we know; the next event, if any, is an orphan.
-                    let payload = if state.is_some() {
-                        p.start.payload.clone()
-                    } else {
-                        std::mem::take(&mut p.start.payload)
-                    };
-                    let segments = if state.is_some() {
-                        p.segments.clone()
-                    } else {
-                        std::mem::take(&mut p.segments)
-                    };
-                    let first = p.start.msg;
-                    self.message(&p.start, payload, segments, &first, true, out);
+                    self.message(&p.start, &p.segments, &p.start.msg, true, out);
                     self.stats.partial_flushes += 1;
                     if state.is_some() {
                         p.flushed = Some(p.start.msg);
@@ -473,10 +520,14 @@ impl Assembler {
     /// Emits every pending message that has not been flushed yet, with the kernel's
     /// current counters when it still has them (`partial`), and forgets them all: the
     /// event loop is stopping.
-    pub fn flush_all(&mut self, source: &(impl ConnectionSource + ?Sized), out: &mut Vec<Record>) {
+    pub fn flush_all(
+        &mut self,
+        source: &(impl ConnectionSource + ?Sized),
+        out: &mut impl RecordSink,
+    ) {
         let mut all: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
         all.sort_by_key(|p| p.last_event);
-        for mut p in all {
+        for p in all {
             if p.flushed.is_some() {
                 continue;
             }
@@ -486,9 +537,7 @@ impl Assembler {
                 .and_then(|s| s.cur)
                 .filter(|c| c.index == p.start.msg.index)
                 .unwrap_or(p.start.msg);
-            let payload = std::mem::take(&mut p.start.payload);
-            let segments = std::mem::take(&mut p.segments);
-            self.message(&p.start, payload, segments, &cur, true, out);
+            self.message(&p.start, &p.segments, &cur, true, out);
             self.stats.partial_flushes += 1;
         }
     }
@@ -516,7 +565,7 @@ impl Assembler {
         socket: Option<&SocketOwner>,
         protocol: ProtocolHint,
         transport: Transport,
-        out: &mut Vec<Record>,
+        out: &mut impl RecordSink,
     ) {
         if self.announced.contains(&flow_id) {
             return;
@@ -529,23 +578,21 @@ impl Assembler {
         }
         self.announced.insert(flow_id);
         let point = self.point(key.ifindex, socket);
-        out.push(records::flow_start(
+        out.record(records::flow_start(
             flow_id, key, point, protocol, transport,
         ));
         self.stats.flow_starts += 1;
     }
 
     /// Emits the record of message `start` with its final (or current) counters `fin`, after
-    /// its flow's `FlowStart` if that was not sent yet; `payload` and `segments` are `start`'s,
-    /// moved out when `start` is not needed again.
+    /// its flow's `FlowStart` if that was not sent yet; `segments` are `start`'s.
     fn message(
         &mut self,
         start: &MsgStart,
-        payload: Bytes,
-        segments: Vec<SegmentRecord>,
+        segments: &[SegmentRecord],
         fin: &MsgCounters,
         partial: bool,
-        out: &mut Vec<Record>,
+        out: &mut impl RecordSink,
     ) {
         self.announce(
             start.flow_id,
@@ -556,14 +603,7 @@ impl Assembler {
             out,
         );
         self.stats.messages += 1;
-        out.push(records::message(
-            start,
-            payload,
-            segments,
-            fin,
-            partial,
-            &self.clock,
-        ));
+        out.message(start, &start.payload, segments, fin, partial, &self.clock);
     }
 }
 

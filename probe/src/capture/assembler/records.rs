@@ -9,6 +9,7 @@ use clovisor_proto::capture::v1::{
     Record, Segment, Transport,
 };
 use clovisor_proto::common::v1::{PointKind, Side};
+use clovisor_proto::hops::MessageFields;
 
 use crate::capture::raw::{ConnectionKey, FlowEnd, MsgCounters, MsgStart, SocketOwner};
 use crate::clock::BootClock;
@@ -110,6 +111,34 @@ pub fn message(
             partial,
             segments,
         })),
+    }
+}
+
+/// The fields of [`message`]'s record, borrowed from `start`, `payload` and `segments`: what the
+/// event loop encodes straight into its chunk ([`clovisor_proto::hops::ChunkBuilder::push_message`])
+/// without building the record.
+pub fn message_fields<'a>(
+    start: &MsgStart,
+    payload: &'a [u8],
+    segments: &'a [Segment],
+    fin: &MsgCounters,
+    partial: bool,
+    clock: &BootClock,
+) -> MessageFields<'a> {
+    MessageFields {
+        flow_id: start.flow_id,
+        index: start.msg.index,
+        direction: start.msg.direction as i32,
+        to_pod: start.msg.to_pod,
+        start_unix_nanos: clock.to_unix_ns(start.msg.start_ns),
+        end_unix_nanos: clock.to_unix_ns(fin.last_ns.max(start.msg.start_ns)),
+        tcp_seq: start.msg.tcp_seq,
+        bytes: fin.bytes,
+        packets: fin.packets,
+        retransmits: fin.retransmits,
+        payload,
+        partial,
+        segments,
     }
 }
 
