@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use clovisor_proto::capture::v1::{
-    record, FlowEnd as FlowEndRecord, FlowKey, FlowStart, Message, ObservationPoint, ProtocolHint,
-    Record, Segment, Transport,
+    record, FlowEnd as FlowEndRecord, FlowKey, FlowStart, ObservationPoint, ProtocolHint, Record,
+    Segment, Transport,
 };
 use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_proto::hops::MessageFields;
@@ -92,25 +92,13 @@ pub fn message(
     partial: bool,
     clock: &BootClock,
 ) -> Record {
+    // The fields as the encoder reads them, with the owned payload and segments in place of
+    // the (empty) borrowed ones: one mapping from the pending message to the record.
+    let mut m = message_fields(start, &[], &[], fin, partial, clock).to_message();
+    m.payload = payload;
+    m.segments = segments;
     Record {
-        kind: Some(record::Kind::Message(Message {
-            flow: None,
-            point: None,
-            flow_id: start.flow_id,
-            index: start.msg.index,
-            direction: start.msg.direction as i32,
-            to_pod: start.msg.to_pod,
-            start_unix_nanos: clock.to_unix_ns(start.msg.start_ns),
-            end_unix_nanos: clock.to_unix_ns(fin.last_ns.max(start.msg.start_ns)),
-            tcp_seq: start.msg.tcp_seq,
-            bytes: fin.bytes,
-            packets: fin.packets,
-            retransmits: fin.retransmits,
-            payload,
-            protocol: 0,
-            partial,
-            segments,
-        })),
+        kind: Some(record::Kind::Message(m)),
     }
 }
 
