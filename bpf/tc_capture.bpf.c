@@ -47,6 +47,17 @@ struct {
 	__type(value, __u8);
 } monitored_ips SEC(".maps");
 
+/* Pod veths (ifindex -> 1) whose pod's processes the socket point traces:
+ * the socket point captures their connections' payload, so these veths keep
+ * counters and timings only. Maintained by user space; looked up once per new
+ * connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CLOVISOR_MAX_COVERED_IFACES);
+	__type(key, __u32);
+	__type(value, __u8);
+} covered_ifaces SEC(".maps");
+
 /* Bounded by user space (max_connections); LRU so a flood of connections
  * evicts old ones instead of failing inserts. */
 struct {
@@ -422,10 +433,15 @@ static __always_inline __u32 snaplen(void)
 	return cfg ? *cfg : CLOVISOR_DEFAULT_SNAPLEN;
 }
 
-/* How many of the packet's payload bytes a message's snippet takes. */
-static __always_inline __u32 snap_of(const struct pkt *p)
+/* How many of the packet's payload bytes a message's snippet takes: none for
+ * a connection whose payload the socket point captures. */
+static __always_inline __u32 snap_of(const struct pkt *p, const struct clovisor_conn *conn)
 {
-	__u32 n = p->payload_len, max = snaplen();
+	__u32 n = p->payload_len, max;
+
+	if (conn && conn->counters_only)
+		return 0;
+	max = snaplen();
 
 	return clovisor_bound_snap(n < max ? n : max);
 }
@@ -437,7 +453,7 @@ static __always_inline void fill_hdr(struct clovisor_event_hdr *h, __u32 kind,
 	h->kind = kind;
 	h->point = CLOVISOR_POINT_TC;
 	h->protocol = conn->protocol;
-	h->flags = flags;
+	h->flags = conn->counters_only ? flags | CLOVISOR_EV_COUNTERS_ONLY : flags;
 	h->reason = 0;
 	h->flow_id = conn->flow_id;
 	__builtin_memcpy(&h->key, key, sizeof(*key));
@@ -474,7 +490,7 @@ static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct p
 		__builtin_memset(&ev->prev, 0, sizeof(ev->prev));
 	ev->pad = 0;
 	if (from_skb) {
-		n = snap_of(p);
+		n = snap_of(p, conn);
 		if (n > 0 && bpf_skb_load_bytes(skb, p->payload_off, ev->payload, n)) {
 			clovisor_count(&stats, CLOVISOR_STAT_SNAP_LOAD_FAILED);
 			n = 0;
@@ -506,21 +522,25 @@ static __always_inline void emit_exchange(struct __sk_buff *skb, const struct pk
 
 	if (!ev)
 		return;
-	held = bpf_map_lookup_elem(&held_heads, &conn->flow_id);
-	if (held) {
-		req_len = clovisor_bound_snap(held->len);
-		if (req_len > 0 && bpf_probe_read_kernel(ev->payload, req_len, held->data))
-			req_len = 0;
-		clovisor_release(held);
-	} else {
-		flags |= CLOVISOR_EV_HEAD_LOST;
-		clovisor_count(&stats, CLOVISOR_STAT_HEAD_LOST);
+	/* A counters-only request was held without a slot: it has no bytes. */
+	if (!conn->counters_only) {
+		held = bpf_map_lookup_elem(&held_heads, &conn->flow_id);
+		if (held) {
+			req_len = clovisor_bound_snap(held->len);
+			if (req_len > 0 &&
+			    bpf_probe_read_kernel(ev->payload, req_len, held->data))
+				req_len = 0;
+			clovisor_release(held);
+		} else {
+			flags |= CLOVISOR_EV_HEAD_LOST;
+			clovisor_count(&stats, CLOVISOR_STAT_HEAD_LOST);
+		}
 	}
 	fill_hdr(&ev->hdr, CLOVISOR_EVENT_EXCHANGE, key, conn, flags);
 	__builtin_memcpy(&ev->before, &conn->before, sizeof(conn->before));
 	__builtin_memcpy(&ev->request, request, sizeof(*request));
 	__builtin_memcpy(&ev->response, &conn->cur, sizeof(conn->cur));
-	resp_len = snap_of(p);
+	resp_len = snap_of(p, conn);
 	if (resp_len > 0 &&
 	    bpf_skb_load_bytes(skb, p->payload_off, ev->payload + req_len, resp_len)) {
 		clovisor_count(&stats, CLOVISOR_STAT_SNAP_LOAD_FAILED);
@@ -562,7 +582,7 @@ static __always_inline void emit_datagram(struct __sk_buff *skb, const struct pk
 	ev->msg.to_pod = to_pod;
 	__builtin_memset(&ev->prev, 0, sizeof(ev->prev));
 	ev->pad = 0;
-	n = snap_of(p);
+	n = snap_of(p, 0);
 	if (n > 0 && bpf_skb_load_bytes(skb, p->payload_off, ev->payload, n)) {
 		clovisor_count(&stats, CLOVISOR_STAT_SNAP_LOAD_FAILED);
 		n = 0;
@@ -583,9 +603,17 @@ static __always_inline void on_message_start(struct __sk_buff *skb, const struct
 	__u32 n;
 
 	if (conn->cur.direction == CLOVISOR_DIR_CLIENT_TO_SERVER) {
+		if (conn->counters_only) {
+			/* No bytes to keep: the request waits in the connection
+			 * alone, without a held_heads slot. */
+			conn->held = 1;
+			conn->has_before = has_prev;
+			__builtin_memcpy(&conn->before, prev, sizeof(*prev));
+			return;
+		}
 		held = clovisor_held_slot(conn->flow_id);
 		if (held) {
-			n = snap_of(p);
+			n = snap_of(p, conn);
 			if (n > 0 && bpf_skb_load_bytes(skb, p->payload_off, held->data, n)) {
 				clovisor_count(&stats, CLOVISOR_STAT_SNAP_LOAD_FAILED);
 				n = 0;
@@ -616,15 +644,17 @@ static __always_inline void emit_flow_end(struct __sk_buff *skb, const struct pk
 	struct clovisor_flow_end *ev;
 
 	if (conn->held) {
-		struct clovisor_held *held = bpf_map_lookup_elem(&held_heads, &conn->flow_id);
+		struct clovisor_held *held =
+			conn->counters_only ? 0 : bpf_map_lookup_elem(&held_heads, &conn->flow_id);
 
 		conn->held = 0;
-		if (!held)
+		if (!held && !conn->counters_only)
 			clovisor_count(&stats, CLOVISOR_STAT_HEAD_LOST);
 		emit_msg_start(skb, p, key, conn, &conn->cur, &conn->before, conn->has_before, held,
 			       0);
 	}
-	bpf_map_delete_elem(&held_heads, &conn->flow_id);
+	if (!conn->counters_only)
+		bpf_map_delete_elem(&held_heads, &conn->flow_id);
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		clovisor_count(&stats, CLOVISOR_STAT_RINGBUF_FULL);
@@ -750,6 +780,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 					protocol = *hint;
 			}
 			fresh.protocol = protocol;
+			/* A traced port at a pod veth whose pod the socket point
+			 * covers: the socket captures the payload. */
+			if (!at_node && server_port &&
+			    bpf_map_lookup_elem(&covered_ifaces, &key.ifindex))
+				fresh.counters_only = 1;
 			/* BPF_NOEXIST: if the other direction created it on
 			 * another CPU meanwhile, use that one. */
 			if (bpf_map_update_elem(&connections, &key, &fresh, BPF_NOEXIST) == 0)

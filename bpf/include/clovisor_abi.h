@@ -29,6 +29,9 @@
 #define CLOVISOR_MAX_TRACED_PORTS 1024
 /* Entries of the node-interface point's `monitored_ips` map. */
 #define CLOVISOR_MAX_MONITORED_IPS 16384
+/* Entries of the `covered_ifaces` map: pod veths whose pod the socket point
+ * covers (one per traced pod at most). */
+#define CLOVISOR_MAX_COVERED_IFACES 16384
 /* Entries of the egress-rule maps `egress_ports` and `egress_hosts`. */
 #define CLOVISOR_MAX_EGRESS_PORTS 4096
 #define CLOVISOR_MAX_EGRESS_HOSTS 16384
@@ -91,6 +94,11 @@ enum clovisor_event_flag {
 	 * numbers UDP flows and their datagrams), msg.bytes is the datagram's
 	 * payload length, msg.packets 1, msg.tcp_seq 0; no `prev`. */
 	CLOVISOR_EV_DATAGRAM = 4,
+	/* Any event of a TCP connection seen at a pod veth whose pod the socket
+	 * point covers (`covered_ifaces`): the socket point captures its
+	 * payload, so this view carries counters and timings only (snap lengths
+	 * are 0 by design, not lost). */
+	CLOVISOR_EV_COUNTERS_ONLY = 8,
 };
 
 /* Direction of a message relative to the roles set by traced_ports. */
@@ -245,7 +253,10 @@ struct clovisor_conn {
 	__u8 protocol; /* enum clovisor_protocol_hint */
 	__u8 held;     /* 1: cur is a request whose first bytes are held */
 	__u8 has_before;
-	__u8 pad[3];
+	/* 1: the pod's socket point captures this connection's payload; this
+	 * view sends counters and timings only (CLOVISOR_EV_COUNTERS_ONLY). */
+	__u8 counters_only;
+	__u8 pad[2];
 };
 
 /* ---- Socket observation point (bpf/socket_capture.bpf.c) ---------------- */

@@ -147,6 +147,7 @@ fn flow_records(n: u64, mode: Mode, node: &str, out: &mut Vec<Record>) {
             flow: Some(key.clone()),
             point: Some(point.clone()),
             protocol,
+            counters_only: false,
         })),
     });
     let request = format!(

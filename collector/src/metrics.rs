@@ -403,6 +403,11 @@ pub struct CollectorMetrics {
     /// Sessions merged into another view of their exchange from the same probe before leaving
     /// the collector (`local_join`): sessions emitted = sessions forwarded + views merged.
     pub views_merged: Counter,
+    /// Counters-only views (a covered pod veth's timings, `FlowStart.counters_only`) that found
+    /// no decoded view of their exchange to join in time: let go, their observation missing
+    /// from the exchange (which the socket point's view still carries). Sessions emitted =
+    /// sessions forwarded + views merged + these.
+    pub counter_views_unmatched: Counter,
     /// Messages dropped before pairing, by reason (`duplicate`, `no_direction`, `no_flow_key`,
     /// `response_without_request`, `gap`).
     pub messages_dropped: Family<ReasonLabel, Counter>,
@@ -486,6 +491,7 @@ impl CollectorMetrics {
             batches_duplicate: Counter::default(),
             batches_processed: Counter::default(),
             views_merged: Counter::default(),
+            counter_views_unmatched: Counter::default(),
             messages_dropped: Family::default(),
             flows_unsupported: Counter::default(),
             decoder_desyncs: Family::default(),
@@ -637,6 +643,11 @@ impl CollectorMetrics {
             "clovisor_collector_views_merged",
             "Sessions merged into another view of the same exchange seen by the same probe (the local join): sent as one session",
             self.views_merged.clone(),
+        );
+        registry.register(
+            "clovisor_collector_counter_views_unmatched",
+            "Counters-only views of covered pod veths that found no decoded view of their exchange in time: not forwarded (the exchange keeps the socket point's view, without the veth's observation)",
+            self.counter_views_unmatched.clone(),
         );
         registry.register(
             "clovisor_collector_messages_dropped",

@@ -117,6 +117,17 @@ struct Inner {
 const DOWNSTREAM_POLL: Duration = Duration::from_millis(5);
 
 impl Inner {
+    /// Lets go of the counters-only views among sessions leaving without the local join (the
+    /// table's timed flush): alone they are no exchange; counted.
+    fn let_go_counters_only(&self, sessions: &mut Vec<Session>) {
+        let before = sessions.len();
+        sessions.retain(|s| !clovisor_proto::join::merge::counters_only(s));
+        let gone = before.saturating_sub(sessions.len());
+        self.metrics
+            .counter_views_unmatched
+            .inc_by(u64::try_from(gone).unwrap_or(u64::MAX));
+    }
+
     /// Applies the header redaction list to sessions about to leave the collector, worked out
     /// once for all of them, and caps their strings' lengths (`decode::limits`).
     fn redact(&self, sessions: &mut [Session]) {
@@ -318,6 +329,7 @@ async fn flush_loop(weak: Weak<Inner>, period: Duration) {
         };
         let mut out = Vec::new();
         inner.lock().table.flush(Instant::now(), &mut out);
+        inner.let_go_counters_only(&mut out);
         inner.redact(&mut out);
         if inner.deliver(out).await.is_err() {
             return;
@@ -554,6 +566,7 @@ async fn run_stream(
             // collector does not know yet (it restarted) are known by their identity again.
             Inbound::Flows(table) => {
                 let mut out = stream.inner.flows(probe_id, table);
+                stream.inner.let_go_counters_only(&mut out);
                 stream.inner.redact(&mut out);
                 if stream.inner.deliver(out).await.is_err() {
                     return;
@@ -614,6 +627,10 @@ impl Stream {
             out.push(encoder.encode(s));
         });
         self.inner.metrics.views_merged.inc_by(merged.views);
+        self.inner
+            .metrics
+            .counter_views_unmatched
+            .inc_by(merged.unmatched_counters);
         self.deliver(out).await?;
         // Acknowledgements are cumulative: the previous batch's sessions have all left now.
         if self.join.is_holding() {
@@ -631,7 +648,8 @@ impl Stream {
     async fn release(&mut self) -> Result<(), Gone> {
         let mut out = Vec::new();
         let encoder = &mut self.encoder;
-        self.join.flush(|s| out.push(encoder.encode(s)));
+        let unmatched = self.join.flush(|s| out.push(encoder.encode(s)));
+        self.inner.metrics.counter_views_unmatched.inc_by(unmatched);
         self.deliver(out).await?;
         match self.deferred.take() {
             Some(seq) => self.ack(seq).await,

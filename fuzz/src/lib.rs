@@ -235,6 +235,7 @@ fn flow(input: &[u8], port: u32, hint: ProtocolHint, transport: capture::Transpo
         flow: Some(key),
         point: Some(ObservationPoint::default()),
         protocol: hint as i32,
+        counters_only: false,
     };
     let t0 = Instant::now();
     let mut out = Vec::new();
@@ -417,6 +418,7 @@ fn capture_seed() -> Vec<u8> {
                             ..ObservationPoint::default()
                         }),
                         protocol: ProtocolHint::Http as i32,
+                        counters_only: false,
                     })),
                 },
                 Record {

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use crate::capture::socket_object::SocketCapture;
 use crate::capture::{Capture, CaptureConfig, EventLoop};
 use crate::error::Result;
-use crate::hooks::socket::SocketHookPolicy;
+use crate::hooks::socket::{SocketHookPolicy, VethPayload};
 use crate::metrics::ProbeMetrics;
 use crate::targets::kube::KubeTargets;
 use crate::targets::netns::{self, NetnsTargets};
@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub node_interfaces: crate::hooks::node_iface::NodeInterfaces,
     /// Whether to run the socket observation point.
     pub socket_hooks: SocketHookPolicy,
+    /// What pod veths capture where the socket point covers their pod.
+    pub veth_payload: VethPayload,
     /// Uplink delivery tuning.
     pub delivery: DeliveryConfig,
     /// Records queued between the ring buffer reader and the uplink; beyond it records are
@@ -193,7 +195,7 @@ pub async fn run(
         live,
     )
     .with_node_interfaces(config.node_interfaces.clone())
-    .with_socket_point(socket);
+    .with_socket_point(socket, config.veth_payload);
     let follower = match source {
         Source::Kubernetes(targets, client) => tokio::spawn(crate::targets::kube::follow(
             targets,

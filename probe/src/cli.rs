@@ -8,7 +8,7 @@ use clovisor_runtime::parse_duration;
 use crate::agent::{AgentConfig, TargetSource};
 use crate::capture::{AttachPolicy, CaptureConfig};
 use crate::hooks::node_iface::NodeInterfaces;
-use crate::hooks::socket::SocketHookPolicy;
+use crate::hooks::socket::{SocketHookPolicy, VethPayload};
 use crate::targets::kube::{KubeTargets, PodSelection};
 use crate::targets::netns::NetnsTargets;
 
@@ -89,6 +89,11 @@ pub struct ProbeArgs {
     /// disables it.
     #[arg(long, env = "CLOVISOR_SOCKET_HOOKS", value_enum, default_value_t = SocketHookPolicy::Auto)]
     pub socket_hooks: SocketHookPolicy,
+    /// What a pod veth captures where the socket point covers its pod: `uncovered` (payload
+    /// only where the socket point does not cover the pod; covered veths send timings and
+    /// counters alone) or `always` (payload everywhere: every exchange decoded twice).
+    #[arg(long, env = "CLOVISOR_VETH_PAYLOAD", value_enum, default_value_t = VethPayload::Uncovered)]
+    pub veth_payload: VethPayload,
     /// How programs are attached to interfaces.
     #[arg(long, env = "CLOVISOR_ATTACH", value_enum, default_value_t = AttachPolicy::Auto)]
     pub attach: AttachPolicy,
@@ -178,6 +183,7 @@ impl ProbeArgs {
             extra_ports,
             node_interfaces: self.node_interfaces(),
             socket_hooks: self.socket_hooks,
+            veth_payload: self.veth_payload,
             delivery: crate::uplink::delivery_config(),
             record_queue: usize::try_from(self.record_queue).unwrap_or(usize::MAX),
             health,

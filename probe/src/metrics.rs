@@ -96,6 +96,7 @@ pub struct ProbeMetrics {
     kube_watch_errors: Family<WatchLabels, Counter>,
     node_interfaces: Gauge,
     monitored_ips: Gauge,
+    covered_veths: Gauge,
     socket_hook: Family<HookLabels, Gauge>,
     socket_status: Mutex<SocketPointStatus>,
     drops: Drops,
@@ -121,6 +122,7 @@ impl ProbeMetrics {
             kube_watch_errors: Family::default(),
             node_interfaces: Gauge::default(),
             monitored_ips: Gauge::default(),
+            covered_veths: Gauge::default(),
             socket_hook: Family::default(),
             socket_status: Mutex::new(SocketPointStatus::default()),
             drops,
@@ -207,6 +209,11 @@ impl ProbeMetrics {
             self.monitored_ips.clone(),
         );
         registry.register(
+            "clovisor_probe_covered_veths",
+            "Pod veths whose pod the socket point covers: their new connections carry timings and counters only, no payload (--veth-payload uncovered)",
+            self.covered_veths.clone(),
+        );
+        registry.register(
             "clovisor_probe_socket_hook_info",
             "The hook set feeding the socket observation point (1 for the one in use; \"none\" when it does not run)",
             self.socket_hook.clone(),
@@ -263,6 +270,11 @@ impl ProbeMetrics {
     pub fn set_node_point(&self, interfaces: usize, ips: usize) {
         self.node_interfaces.set(interfaces as i64);
         self.monitored_ips.set(ips as i64);
+    }
+
+    /// Sets the number of pod veths whose pod the socket point covers.
+    pub fn set_covered_veths(&self, n: usize) {
+        self.covered_veths.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Brings the counters up to the cumulative sources' current values.

@@ -927,6 +927,7 @@ mod tests {
                     ..Default::default()
                 }),
                 protocol: capture::ProtocolHint::Http as i32,
+                counters_only: false,
             })),
         }
     }

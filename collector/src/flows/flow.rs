@@ -7,6 +7,7 @@ use std::time::Instant;
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ObservationPoint, ProtocolHint};
 use clovisor_proto::session::v1::Session;
 
+use super::counters;
 use super::endpoints::{Endpoints, Ends};
 use super::session::{self, FlowParts};
 use crate::decode::{
@@ -50,6 +51,8 @@ pub(super) struct Flow {
     /// Whether `point` came with the flow; until it has, a later message may supply it.
     point_known: bool,
     hint: ProtocolHint,
+    /// A counters-only view (`FlowStart.counters_only`): its exchanges carry no fields.
+    counters_only: bool,
     /// Payload bytes taken in, per direction, and how many of them the metrics have.
     bytes: [u64; 2],
     published: [u64; 2],
@@ -62,6 +65,9 @@ pub(super) struct Identity {
     pub key: FlowKey,
     pub point: Option<ObservationPoint>,
     pub hint: ProtocolHint,
+    /// A pod veth's view of a connection its pod's socket point captures: timings and counters
+    /// only, decoded by [`super::counters::CountersOnly`].
+    pub counters_only: bool,
 }
 
 /// What a flow's processing needs from the table: the probe, its endpoints, where sessions go.
@@ -77,26 +83,35 @@ pub(super) struct Ctx<'a> {
 
 impl Flow {
     /// A new flow `flow_id` of `probe_id` at `tick`, known by its key and point from now on.
-    pub fn new(
-        (probe_id, flow_id): (&str, u64),
-        tick: u64,
-        now: Instant,
-        key: FlowKey,
-        point: Option<ObservationPoint>,
-        hint: ProtocolHint,
-    ) -> Self {
+    pub fn new((probe_id, flow_id): (&str, u64), tick: u64, now: Instant, id: Identity) -> Self {
+        let Identity {
+            key,
+            point,
+            hint,
+            counters_only,
+        } = id;
+        // A counters-only view has nothing to detect a protocol from: its decoder is set.
+        let decoding = if counters_only {
+            Decoding::By {
+                name: counters::NAME,
+                flow: Box::new(counters::CountersOnly::default()),
+            }
+        } else {
+            Decoding::Undecided
+        };
         Self {
             tick,
             last_seen: now,
             next_index: 0,
             pending: BTreeMap::new(),
             held: None,
-            decoding: Decoding::Undecided,
+            decoding,
             key,
             id_prefix: session::id_prefix(probe_id, flow_id),
             point_known: point.is_some(),
             point: point.unwrap_or_default(),
             hint,
+            counters_only,
             bytes: [0; 2],
             published: [0; 2],
         }
@@ -116,6 +131,7 @@ impl Flow {
             key: self.key,
             point: self.point_known.then_some(self.point),
             hint: self.hint,
+            counters_only: self.counters_only,
         }
     }
 
@@ -455,6 +471,7 @@ impl Output for Sink<'_, '_> {
             key: self.key,
             point: self.point,
             ends: Ends::of(self.ctx.endpoints, self.key),
+            counters_only: self.protocol == counters::NAME,
         };
         let session = session::build(&parts, exchange);
         self.ctx.metrics.session_emitted(session.incomplete);

@@ -13,6 +13,7 @@
 //! and flows idle for [`FlowTableConfig::idle_timeout`] are dropped, both counted.
 
 mod activity;
+mod counters;
 mod endpoints;
 mod flow;
 mod session;
@@ -422,6 +423,7 @@ impl FlowTable {
                     key,
                     point: m.point.take(),
                     hint: ProtocolHint::try_from(m.protocol).unwrap_or(ProtocolHint::Unspecified),
+                    counters_only: false,
                 },
                 (Some(identity), None) => identity,
                 (None, None) => {
@@ -491,14 +493,7 @@ impl FlowTable {
             self.drop_flow(oldest, out);
         }
         let tick = self.touch(f);
-        let flow = Flow::new(
-            (probe_id, f.1),
-            tick,
-            now,
-            identity.key,
-            identity.point,
-            identity.hint,
-        );
+        let flow = Flow::new((probe_id, f.1), tick, now, identity);
         self.flows.insert(f, flow);
     }
 
@@ -524,6 +519,7 @@ impl FlowTable {
                 key,
                 point: start.point,
                 hint: ProtocolHint::try_from(start.protocol).unwrap_or(ProtocolHint::Unspecified),
+                counters_only: start.counters_only,
             };
             self.create_flow((probe_id, f), identity, now, out);
         }

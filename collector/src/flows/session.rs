@@ -2,6 +2,7 @@
 //! flow knows (its endpoints, its observation point, the probe).
 
 use clovisor_proto::capture::v1 as capture;
+use clovisor_proto::common::v1::Side;
 use clovisor_proto::join::key::MESSAGE_POSITION_ATTRIBUTE;
 use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Protocol, Session};
 
@@ -49,6 +50,10 @@ pub(super) struct FlowParts<'a> {
     pub key: &'a capture::FlowKey,
     pub point: &'a capture::ObservationPoint,
     pub ends: Ends<'a>,
+    /// A counters-only view's (`FlowStart.counters_only`): it only ever joins a decoded view of
+    /// its exchange, which names it and carries both ends' metadata, so it gets no id of its
+    /// own and only its own pod's metadata (which the join's server endpoint rule may need).
+    pub counters_only: bool,
 }
 
 fn endpoint(ip: &[u8], port: u32, meta: Option<&EndpointMeta>) -> Endpoint {
@@ -72,7 +77,18 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     let key = f.key;
     let point = f.point;
     let resp = ex.response.unwrap_or_default();
-    let id = session_id(f.id_prefix, ex.request.index, ex.position);
+    let side = f.ends.side(point);
+    let id = if f.counters_only {
+        String::new()
+    } else {
+        session_id(f.id_prefix, ex.request.index, ex.position)
+    };
+    let (client_meta, server_meta) = match (f.counters_only, side) {
+        (false, _) => (f.ends.client_meta(), f.ends.server_meta()),
+        (true, Side::Server) => (None, f.ends.server_meta()),
+        (true, Side::Client) => (f.ends.client_meta(), None),
+        (true, _) => (None, None),
+    };
     // Counters cannot be split between pipelined exchanges: the first carries the message's.
     let first = ex.position == 0;
     let (req_bytes, req_packets, resp_bytes, resp_packets) = if first {
@@ -109,22 +125,14 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     Session {
         id,
         protocol: ex.protocol as i32,
-        client: Some(endpoint(
-            &key.client_ip,
-            key.client_port,
-            f.ends.client_meta(),
-        )),
-        server: Some(endpoint(
-            &key.server_ip,
-            key.server_port,
-            f.ends.server_meta(),
-        )),
+        client: Some(endpoint(&key.client_ip, key.client_port, client_meta)),
+        server: Some(endpoint(&key.server_ip, key.server_port, server_meta)),
         observations: vec![Observation {
             kind: point.kind() as i32,
             interface: point.interface.clone(),
             node,
             probe_id: f.probe_id.to_owned(),
-            side: f.ends.side(point) as i32,
+            side: side as i32,
             request_start_unix_nanos: ex.request.start,
             request_end_unix_nanos: ex.request.end,
             response_start_unix_nanos: resp.start,

@@ -106,6 +106,7 @@ fn announced(flow_id: u64) -> capture::FlowStart {
         flow: Some(key()),
         point: Some(point()),
         protocol: ProtocolHint::Http as i32,
+        counters_only: false,
     }
 }
 
@@ -1114,6 +1115,7 @@ fn a_flow_start_gives_the_flow_its_identity_once() {
             flow: Some(key()),
             point: Some(point()),
             protocol: hint as i32,
+            counters_only: false,
         })),
     };
     let bare = |flow_id: u64, index: u32, dir: Direction, payload: &[u8]| {

@@ -16,6 +16,11 @@
 //! the hold time, whichever comes first), then sent, merged or not. Sessions without a wire key
 //! (datagrams, sockets whose sequence number could not be read) pass straight through, as do the
 //! incomplete sessions of ended flows: the correlator's time join handles them.
+//!
+//! A counters-only view (a covered pod veth's timings and counters, no payload:
+//! [`merge::counters_only`]) is only ever merged into a decoded view of its exchange, never
+//! forwarded alone: one that finds none before it leaves is let go and counted
+//! ([`Merged::unmatched_counters`]); the exchange still has the socket point's view.
 
 use std::time::{Duration, Instant};
 
@@ -65,15 +70,23 @@ impl Batch {
         self.waiting.get(i).copied().unwrap_or(false)
     }
 
-    /// Lends every waiting session to `emit`, then lets go of all.
-    fn hand_on(&mut self, emit: &mut impl FnMut(&Session)) {
+    /// Lends every waiting session to `emit`, then lets go of all; a counters-only view still
+    /// waiting found nothing to join and is let go unsent: returns how many.
+    fn hand_on(&mut self, emit: &mut impl FnMut(&Session)) -> u64 {
+        let mut unmatched = 0;
         for (s, waiting) in self.sessions.iter().zip(&self.waiting) {
-            if *waiting {
+            if !*waiting {
+                continue;
+            }
+            if merge::counters_only(s) {
+                unmatched += 1;
+            } else {
                 emit(s);
             }
         }
         self.sessions.clear();
         self.waiting.clear();
+        unmatched
     }
 
     fn any_waiting(&self) -> bool {
@@ -86,6 +99,8 @@ impl Batch {
 pub struct Merged {
     /// Views merged into another view of their exchange.
     pub views: u64,
+    /// Counters-only views let go without a decoded view to join ([`merge::counters_only`]).
+    pub unmatched_counters: u64,
 }
 
 impl LocalJoin {
@@ -128,7 +143,11 @@ impl LocalJoin {
                 break;
             };
             let Some(key) = key_of(s) else {
-                emit(s);
+                if merge::counters_only(s) {
+                    merged.unmatched_counters += 1;
+                } else {
+                    emit(s);
+                }
                 taking.waiting[i] = false;
                 continue;
             };
@@ -159,10 +178,10 @@ impl LocalJoin {
                 }
             }
         }
-        self.held.hand_on(&mut emit);
+        merged.unmatched_counters += self.held.hand_on(&mut emit);
         self.index.clear();
         if self.hold.is_zero() {
-            taking.hand_on(&mut emit);
+            merged.unmatched_counters += taking.hand_on(&mut emit);
             self.taking_index.clear();
         } else {
             self.held = taking;
@@ -172,11 +191,13 @@ impl LocalJoin {
         merged
     }
 
-    /// Lends every held session to `emit` and lets go of them.
-    pub fn flush(&mut self, mut emit: impl FnMut(&Session)) {
-        self.held.hand_on(&mut emit);
+    /// Lends every held session to `emit` and lets go of them; returns how many counters-only
+    /// views went unmatched.
+    pub fn flush(&mut self, mut emit: impl FnMut(&Session)) -> u64 {
+        let unmatched = self.held.hand_on(&mut emit);
         self.index.clear();
         self.deadline = None;
+        unmatched
     }
 }
 
@@ -186,8 +207,17 @@ fn key_of(s: &Session) -> Option<WireKey> {
     wire_key(s, client)
 }
 
-/// Merges `add` into `into` (which [`merge::fits`] allowed), remembering `add`'s ids.
+/// Merges `add` into `into` (which [`merge::fits`] allowed), remembering `add`'s ids. A
+/// counters-only view always goes into the decoded one, whichever came first, and leaves no id:
+/// it never travels alone, so nothing will ever name the exchange by it.
 fn merge_into(into: &mut Session, mut add: Session) {
+    if merge::counters_only(into) && !merge::counters_only(&add) {
+        std::mem::swap(into, &mut add);
+    }
+    if merge::counters_only(&add) {
+        merge::merge(into, add);
+        return;
+    }
     let extra = std::mem::take(&mut add.merged_ids);
     let id = merge::merge(into, add);
     into.merged_ids.push(id);

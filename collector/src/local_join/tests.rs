@@ -198,3 +198,129 @@ fn a_flush_sends_everything_held() {
     assert_eq!(out.len(), 1);
     assert!(!j.is_holding() && j.deadline().is_none());
 }
+
+/// A covered veth's counters-only view of the exchange at `seq`: timings and counters, no
+/// protocol, no id, no other pod's metadata (as the flow table builds it).
+fn counters_view(kind_side: (PointKind, Side), interface: &str, seq: u32) -> Session {
+    let mut s = view("", kind_side.0, kind_side.1, interface, seq);
+    s.protocol = Protocol::Unspecified as i32;
+    s.http = None;
+    s.incomplete = false;
+    if let Some(c) = s.client.as_mut() {
+        c.pod.clear();
+    }
+    s.observations[0].request_bytes = 77;
+    s.bytes = Some(clovisor_proto::session::v1::Counters {
+        request: 77,
+        response: 300,
+    });
+    s
+}
+
+#[test]
+fn a_counters_only_view_joins_the_decoded_view_whichever_comes_first_and_leaves_no_id() {
+    for counters_first in [true, false] {
+        let mut j = LocalJoin::new(Duration::from_millis(30));
+        let veth = counters_view((PointKind::Pod, Side::Server), "veth-web", 7);
+        let socket = server_socket("p/2/0", 7);
+        let (first, second) = if counters_first {
+            (veth, socket)
+        } else {
+            (socket, veth)
+        };
+        let (out, _) = offer(&mut j, vec![first]);
+        assert!(out.is_empty(), "a keyed view waits for the next batch");
+        let (out, merged) = offer(&mut j, vec![second]);
+        assert_eq!(merged.views, 1);
+        assert_eq!(merged.unmatched_counters, 0);
+        let mut rest = Vec::new();
+        j.flush(|s| rest.push(s.clone()));
+        let all: Vec<_> = out.into_iter().chain(rest).collect();
+        assert_eq!(
+            all.len(),
+            1,
+            "one session leaves (counters first: {counters_first})"
+        );
+        let s = &all[0];
+        assert_eq!(s.id, "p/2/0", "the decoded view names the exchange");
+        assert!(s.merged_ids.is_empty(), "the counters view leaves no id");
+        assert_eq!(s.protocol, Protocol::Http1 as i32);
+        assert_eq!(s.http.as_ref().map(|h| h.status_code), Some(200));
+        assert_eq!(
+            kinds(s),
+            [
+                (PointKind::Pod, Side::Server),
+                (PointKind::Socket, Side::Server)
+            ]
+        );
+        assert_eq!(
+            s.client.as_ref().map(|c| c.pod.as_str()),
+            Some("client-0"),
+            "the decoded view's metadata stays"
+        );
+    }
+}
+
+#[test]
+fn a_counters_only_view_without_a_decoded_view_is_let_go_and_counted() {
+    let mut j = LocalJoin::new(Duration::from_millis(30));
+    let (out, merged) = offer(
+        &mut j,
+        vec![
+            counters_view((PointKind::Pod, Side::Server), "veth-web", 7),
+            server_socket("p/2/0", 8),
+        ],
+    );
+    assert!(out.is_empty());
+    assert_eq!(merged.unmatched_counters, 0);
+    // Next batch: neither found its other view; the decoded one leaves, the counters one not.
+    let (out, merged) = offer(&mut j, vec![]);
+    assert_eq!(
+        out.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["p/2/0"]
+    );
+    assert_eq!(merged.unmatched_counters, 1);
+    // Without a key (no sequence number) it cannot join anything: let go at once.
+    let mut keyless = counters_view((PointKind::Pod, Side::Server), "veth-web", 9);
+    keyless.client = None;
+    let (out, merged) = offer(&mut j, vec![keyless]);
+    assert!(out.is_empty());
+    assert_eq!(merged.unmatched_counters, 1);
+    assert_eq!(j.flush(|_| panic!("nothing is held")), 0);
+}
+
+#[test]
+fn two_counters_views_and_two_decoded_views_of_one_exchange_leave_as_one_session() {
+    // All-in-one tracing both pods: both veths covered, both sockets decoded.
+    let mut j = LocalJoin::new(Duration::ZERO);
+    let (out, merged) = offer(
+        &mut j,
+        vec![
+            counters_view((PointKind::Pod, Side::Client), "veth-client", 7),
+            counters_view((PointKind::Pod, Side::Server), "veth-web", 7),
+            view("p/3/0", PointKind::Socket, Side::Client, "", 7),
+            server_socket("p/4/0", 7),
+        ],
+    );
+    assert_eq!(merged.views, 3);
+    assert_eq!(merged.unmatched_counters, 0);
+    assert_eq!(out.len(), 1);
+    let s = &out[0];
+    assert_eq!(s.id, "p/3/0");
+    assert_eq!(s.merged_ids, ["p/4/0"]);
+    assert_eq!(s.protocol, Protocol::Http1 as i32);
+    assert_eq!(
+        kinds(s),
+        [
+            (PointKind::Socket, Side::Client),
+            (PointKind::Pod, Side::Client),
+            (PointKind::Pod, Side::Server),
+            (PointKind::Socket, Side::Server)
+        ]
+    );
+    assert_eq!(
+        s.bytes.as_ref().map(|b| b.request),
+        Some(77),
+        "the client veth's counters are the session's"
+    );
+}

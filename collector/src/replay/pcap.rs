@@ -766,6 +766,7 @@ impl<'c> Tracker<'c> {
                     flow: Some(flow_key(&key, Transport::Udp)),
                     point: Some(self.config.point.clone()),
                     protocol: self.config.hint as i32,
+                    counters_only: false,
                 })),
             });
             self.udp.insert(
@@ -960,6 +961,7 @@ fn push_message(
                 flow: Some(flow_key(key, Transport::Tcp)),
                 point: Some(config.point.clone()),
                 protocol: config.hint as i32,
+                counters_only: false,
             })),
         });
     }

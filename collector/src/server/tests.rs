@@ -450,6 +450,7 @@ async fn flows_announced_after_hello_are_known_to_their_bare_messages() -> anyho
             ..ObservationPoint::default()
         }),
         protocol: ProtocolHint::Http as i32,
+        counters_only: false,
     };
     let table = ProbeMessage {
         kind: Some(probe_message::Kind::Flows(capture::FlowTable {

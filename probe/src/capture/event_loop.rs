@@ -382,6 +382,7 @@ mod tests {
             protocol: ProtocolHint::Http,
             payload: bytes(rng),
             socket: rng.random::<bool>().then(|| owner(SocketSide::Client)),
+            counters_only: false,
         }
     }
 

@@ -113,5 +113,6 @@ fn parse(flow_id: u64, raw: &RawHeld) -> Option<MsgStart> {
         protocol: super::raw::protocol_hint(held.protocol),
         payload: bytes::Bytes::copy_from_slice(data),
         socket,
+        counters_only: false,
     })
 }

@@ -155,6 +155,9 @@ pub struct MsgStart {
     pub payload: Bytes,
     /// Seen at a socket: who sent or received the message; `None` at an interface.
     pub socket: Option<SocketOwner>,
+    /// A pod veth's view of a connection the pod's socket point captures: no payload, by
+    /// design (`CLOVISOR_EV_COUNTERS_ONLY`).
+    pub counters_only: bool,
 }
 
 /// A UDP datagram with payload, seen at an interface: a whole message on its own. The kernel
@@ -197,6 +200,8 @@ pub struct Exchange {
     pub response_payload: Bytes,
     /// The request's held bytes were evicted before its response came.
     pub head_lost: bool,
+    /// As [`MsgStart::counters_only`].
+    pub counters_only: bool,
 }
 
 impl Exchange {
@@ -211,6 +216,7 @@ impl Exchange {
             protocol: self.protocol,
             payload: self.request_payload,
             socket: self.socket,
+            counters_only: self.counters_only,
         };
         let response = MsgStart {
             key: self.key,
@@ -220,6 +226,7 @@ impl Exchange {
             protocol: self.protocol,
             payload: self.response_payload,
             socket: self.socket,
+            counters_only: self.counters_only,
         };
         (request, response)
     }
@@ -401,6 +408,7 @@ impl TryFrom<&[u8]> for Event {
                     protocol: h.protocol,
                     payload: payload(bytes, MSG_START_HEADER, snap_len, W)?,
                     socket: h.socket,
+                    counters_only: h.has(abi::CLOVISOR_EV_COUNTERS_ONLY),
                 }))
             }
             abi::CLOVISOR_EVENT_EXCHANGE => {
@@ -436,6 +444,7 @@ impl TryFrom<&[u8]> for Event {
                     response: MsgCounters::try_from(&response)?,
                     response_payload,
                     head_lost: h.has(abi::CLOVISOR_EV_HEAD_LOST),
+                    counters_only: h.has(abi::CLOVISOR_EV_COUNTERS_ONLY),
                 }))
             }
             abi::CLOVISOR_EVENT_SEGMENT => {

@@ -31,6 +31,7 @@ const MAPS: object::ObjectMaps = object::ObjectMaps {
     traced_ports: "traced_ports",
 };
 const MAP_MONITORED_IPS: &str = "monitored_ips";
+const MAP_COVERED_IFACES: &str = "covered_ifaces";
 
 /// The loaded tc capture object: programs, maps and the interfaces they are attached to.
 pub struct Capture {
@@ -142,6 +143,19 @@ impl Capture {
         // Keyed by the 16 address bytes of `struct clovisor_ip`.
         let wanted: BTreeMap<[u8; 16], u8> = ips.iter().map(|ip| (raw::ip16(*ip), 1)).collect();
         replace_map(&mut self.ebpf, MAP_MONITORED_IPS, &wanted)
+    }
+
+    /// Replaces the pod veths (by ifindex) whose pod the socket point covers: new connections
+    /// there carry timings and counters only.
+    pub fn set_covered_interfaces(&mut self, ifindexes: &BTreeSet<u32>) -> Result<()> {
+        let max = abi::CLOVISOR_MAX_COVERED_IFACES as usize;
+        if ifindexes.len() > max {
+            return Err(Error::Config {
+                reason: format!("{} covered pod veths, at most {max}", ifindexes.len()),
+            });
+        }
+        let wanted: BTreeMap<u32, u8> = ifindexes.iter().map(|i| (*i, 1)).collect();
+        replace_map(&mut self.ebpf, MAP_COVERED_IFACES, &wanted)
     }
 
     /// Kernel counters summed over CPUs, by name.

@@ -50,6 +50,19 @@ pub enum SocketHookPolicy {
     Off,
 }
 
+/// What a pod veth captures of connections whose payload the pod's socket point captures too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum VethPayload {
+    /// Payload only where the socket point does not cover the pod; where it does, the veth
+    /// sends timings and counters alone (one record per exchange, no bytes copied), which the
+    /// collector adds to the socket's decoded view as the veth's observation.
+    #[default]
+    Uncovered,
+    /// Payload at every veth, whatever the socket point captures: each exchange is decoded
+    /// twice (a fallback when the socket point misses bytes, e.g. `sendfile`).
+    Always,
+}
+
 /// One hook set tried at start.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HookAttempt {

@@ -18,6 +18,7 @@ use crate::capture::socket_object::SocketCapture;
 use crate::capture::Capture;
 use crate::discovery::HostVeth;
 use crate::hooks::node_iface::{self, NodeInterfaces};
+use crate::hooks::socket::VethPayload;
 use crate::metrics::ProbeMetrics;
 
 /// Who a traced pod is, as the collector is told.
@@ -107,6 +108,10 @@ pub struct Reconciler {
     node_failures: BTreeSet<String>,
     /// The socket point, when it runs.
     socket: Option<SocketCapture>,
+    /// What pod veths capture where the socket point covers their pod.
+    veth_payload: VethPayload,
+    /// Pod veths (ifindex) whose new connections carry counters only, as in the kernel now.
+    covered: BTreeSet<u32>,
     /// Service addresses the collector was told of.
     service_addresses: ServiceAddresses,
 }
@@ -132,6 +137,8 @@ impl Reconciler {
             monitored_ips: BTreeSet::new(),
             node_failures: BTreeSet::new(),
             socket: None,
+            veth_payload: VethPayload::Always,
+            covered: BTreeSet::new(),
             service_addresses: ServiceAddresses::new(),
             capture,
             out,
@@ -151,9 +158,14 @@ impl Reconciler {
     }
 
     /// Also keeps the socket point in step: the traced pods' namespaces, the traced ports and
-    /// the snaplen.
-    pub fn with_socket_point(mut self, socket: Option<SocketCapture>) -> Self {
+    /// the snaplen; `veth_payload` says whether the veths of pods it covers still copy payload.
+    pub fn with_socket_point(
+        mut self,
+        socket: Option<SocketCapture>,
+        veth_payload: VethPayload,
+    ) -> Self {
         self.socket = socket;
+        self.veth_payload = veth_payload;
         self
     }
 
@@ -233,6 +245,7 @@ impl Reconciler {
             }
         }
         self.apply_live();
+        self.apply_covered();
         self.apply_node_point();
         self.metrics.set_attached(self.capture.attached().len());
         let traced_ports = self.capture.traced_ports().unwrap_or_else(|e| {
@@ -329,6 +342,31 @@ impl Reconciler {
             self.capture.node_interfaces().len(),
             self.monitored_ips.len(),
         );
+    }
+
+    /// Keeps the kernel's covered veths in step: the veths of traced pods whose processes the
+    /// socket point traces (their namespace is known), unless `--veth-payload always`. Runs
+    /// after the socket point's namespaces were updated and the veths attached, so a veth is
+    /// covered only once the socket point watches its pod.
+    fn apply_covered(&mut self) {
+        let wanted: BTreeSet<u32> =
+            if self.socket.is_some() && self.veth_payload == VethPayload::Uncovered {
+                self.current
+                    .values()
+                    .filter(|t| t.netns_inode.is_some())
+                    .map(|t| t.veth.ifindex)
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+        if wanted == self.covered {
+            return;
+        }
+        match self.capture.set_covered_interfaces(&wanted) {
+            Ok(()) => self.covered = wanted,
+            Err(e) => tracing::error!(error = %e, "cannot update the covered pod veths"),
+        }
+        self.metrics.set_covered_veths(self.covered.len());
     }
 
     /// Keeps the socket point in step: the processes of the wanted pods' namespaces, on the

@@ -6,7 +6,11 @@ use crate::session::v1::{Endpoint, Http, Observation, Protocol, Session};
 /// Whether `a` and `b` can be the same exchange: every field both decoded agrees. Used as a
 /// guard on key matches too, so a key collision never merges two different requests.
 pub fn compatible(a: &Session, b: &Session) -> bool {
-    if a.protocol != b.protocol && !http2_and_grpc(a.protocol, b.protocol) {
+    if a.protocol != b.protocol
+        && !http2_and_grpc(a.protocol, b.protocol)
+        && !counters_only(a)
+        && !counters_only(b)
+    {
         return false;
     }
     let same = |x: &str, y: &str| x.is_empty() || y.is_empty() || x == y;
@@ -42,6 +46,20 @@ pub fn compatible(a: &Session, b: &Session) -> bool {
         }
     }
     true
+}
+
+/// Whether `s` is a counters-only view (a pod veth's view of a connection its pod's socket
+/// point captures, `FlowStart.counters_only`): timings and counters, no protocol, nothing
+/// decoded. It agrees with any view and adds its observation to the decoded one; on its own it
+/// is not an exchange anyone can use, so it never leaves the collector unmerged.
+pub fn counters_only(s: &Session) -> bool {
+    s.protocol == Protocol::Unspecified as i32
+        && s.http.is_none()
+        && s.grpc.is_none()
+        && s.dns.is_none()
+        && s.database.is_none()
+        && s.kafka.is_none()
+        && s.analyzer.is_none()
 }
 
 /// A gRPC call and an HTTP/2 exchange may be the same: a point whose HPACK table was out of
@@ -140,6 +158,14 @@ fn fill_http(into: &mut Http, from: &Http) {
 /// Adds what `add` saw to `into`; returns `add`'s id. The caller has checked [`compatible`].
 pub fn merge(into: &mut Session, add: Session) -> String {
     let add_better = best_rank(&add) < best_rank(into);
+    // A counters-only view decoded nothing: the decoded view's protocol and completeness are
+    // the exchange's, whichever came first. (A veth that saw the response while the socket did
+    // not still knows no status.)
+    let add_counters_only = counters_only(&add);
+    if counters_only(into) && !add_counters_only {
+        into.protocol = add.protocol;
+        into.incomplete = add.incomplete;
+    }
     let add_at_server = add.observations.iter().any(|o| o.side() == Side::Server);
     let into_at_server = into.observations.iter().any(|o| o.side() == Side::Server);
 
@@ -165,8 +191,8 @@ pub fn merge(into: &mut Session, add: Session) -> String {
         into.bytes = add.bytes;
         into.packets = add.packets;
     }
-    // A response seen anywhere completes the exchange.
-    if into.incomplete && !add.incomplete {
+    // A response seen anywhere completes the exchange (seen where it was decoded).
+    if into.incomplete && !add.incomplete && !add_counters_only {
         into.incomplete = false;
         if let (Some(h), Some(a)) = (into.http.as_mut(), add.http.as_ref()) {
             h.status_code = a.status_code;

@@ -190,6 +190,7 @@ mod key {
             START_FLOW = 2 LengthDelimited "flow",
             START_POINT = 3 LengthDelimited "point",
             START_PROTOCOL = 4 Varint "protocol",
+            START_COUNTERS_ONLY = 5 Varint "counters_only",
         }
     }
 }
@@ -558,6 +559,7 @@ fn merge_flow_start(s: &mut FlowStart, mut buf: &[u8], depth: u32) -> Result<()>
         match varint(buf)? {
             key::START_FLOW_ID => s.flow_id = varint(buf)?,
             key::START_PROTOCOL => s.protocol = enumeration(buf)?,
+            key::START_COUNTERS_ONLY => s.counters_only = boolean(buf)?,
             key::START_FLOW => merge_flow_key(
                 s.flow.get_or_insert_with(FlowKey::default),
                 delimited(buf)?,

@@ -335,6 +335,7 @@ impl Assembler {
             None,
             d.protocol,
             Transport::Udp,
+            false,
             out,
         );
         self.stats.datagrams += 1;
@@ -350,6 +351,7 @@ impl Assembler {
             protocol: d.protocol,
             payload: d.payload,
             socket: None,
+            counters_only: false,
         };
         self.message(&start, &[], &msg, false, out);
     }
@@ -401,6 +403,7 @@ impl Assembler {
             end.socket.as_ref(),
             ProtocolHint::Unspecified,
             Transport::Tcp,
+            false,
             out,
         );
         self.announced.remove(&end.flow_id);
@@ -565,6 +568,7 @@ impl Assembler {
         socket: Option<&SocketOwner>,
         protocol: ProtocolHint,
         transport: Transport,
+        counters_only: bool,
         out: &mut impl RecordSink,
     ) {
         if self.announced.contains(&flow_id) {
@@ -579,7 +583,12 @@ impl Assembler {
         self.announced.insert(flow_id);
         let point = self.point(key.ifindex, socket);
         out.record(records::flow_start(
-            flow_id, key, point, protocol, transport,
+            flow_id,
+            key,
+            point,
+            protocol,
+            transport,
+            counters_only,
         ));
         self.stats.flow_starts += 1;
     }
@@ -600,6 +609,7 @@ impl Assembler {
             start.socket.as_ref(),
             start.protocol,
             Transport::Tcp,
+            start.counters_only,
             out,
         );
         self.stats.messages += 1;

@@ -62,14 +62,15 @@ pub fn interface_point(
     }
 }
 
-/// The `FlowStart` of flow `flow_id`: its connection, where it is observed and what its port
-/// is configured for.
+/// The `FlowStart` of flow `flow_id`: its connection, where it is observed, what its port is
+/// configured for, and whether this view carries counters only.
 pub fn flow_start(
     flow_id: u64,
     key: &ConnectionKey,
     point: ObservationPoint,
     protocol: ProtocolHint,
     transport: Transport,
+    counters_only: bool,
 ) -> Record {
     Record {
         kind: Some(record::Kind::FlowStart(FlowStart {
@@ -77,6 +78,7 @@ pub fn flow_start(
             flow: Some(flow_key(key, transport)),
             point: Some(point),
             protocol: protocol as i32,
+            counters_only,
         })),
     }
 }

@@ -52,6 +52,7 @@ fn start(flow_id: u64, msg: MsgCounters, prev: Option<MsgCounters>, payload: &[u
         protocol: ProtocolHint::Http,
         payload: Bytes::copy_from_slice(payload),
         socket: None,
+        counters_only: false,
     })
 }
 
@@ -472,6 +473,7 @@ fn an_exchange_record_completes_the_request_at_once_and_holds_the_response() {
             response,
             response_payload: Bytes::from_static(b"HTTP/1.1 204 No Content\r\n"),
             head_lost: false,
+            counters_only: false,
         }),
         t,
         &mut out,

@@ -12,6 +12,7 @@ fn start_event(payload: &[u8], prev: Option<MsgCounters>) -> MsgStart {
         protocol: ProtocolHint::Http,
         payload: Bytes::copy_from_slice(payload),
         socket: None,
+        counters_only: false,
     }
 }
 
@@ -214,6 +215,7 @@ fn exchange(socket: Option<SocketOwner>) -> Exchange {
         response: counters(3, Direction::ServerToClient, 200),
         response_payload: Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
         head_lost: false,
+        counters_only: false,
     }
 }
 

@@ -243,13 +243,17 @@ fn flow_start() -> impl Strategy<Value = FlowStart> {
         prop::option::of(flow_key()),
         prop::option::of(point()),
         enum_edge(),
+        any::<bool>(),
     )
-        .prop_map(|(flow_id, flow, point, protocol)| FlowStart {
-            flow_id,
-            flow,
-            point,
-            protocol,
-        })
+        .prop_map(
+            |(flow_id, flow, point, protocol, counters_only)| FlowStart {
+                flow_id,
+                flow,
+                point,
+                protocol,
+                counters_only,
+            },
+        )
 }
 
 fn record() -> impl Strategy<Value = Record> {
