@@ -403,10 +403,9 @@ pub struct CollectorMetrics {
     /// Sessions merged into another view of their exchange from the same probe before leaving
     /// the collector (`local_join`): sessions emitted = sessions forwarded + views merged.
     pub views_merged: Counter,
-    /// Counters-only views (a covered pod veth's timings, `FlowStart.counters_only`) that found
-    /// no decoded view of their exchange to join in time: let go, their observation missing
-    /// from the exchange (which the socket point's view still carries). Sessions emitted =
-    /// sessions forwarded + views merged + these.
+    /// Counters-only views (a covered pod veth's timings, `FlowStart.counters_only`) that left
+    /// without a decoded view of their exchange (not within the local join's hold): forwarded
+    /// alone, for the correlator's join. Part of the sessions forwarded.
     pub counter_views_unmatched: Counter,
     /// Messages dropped before pairing, by reason (`duplicate`, `no_direction`, `no_flow_key`,
     /// `response_without_request`, `gap`).
@@ -646,7 +645,7 @@ impl CollectorMetrics {
         );
         registry.register(
             "clovisor_collector_counter_views_unmatched",
-            "Counters-only views of covered pod veths that found no decoded view of their exchange in time: not forwarded (the exchange keeps the socket point's view, without the veth's observation)",
+            "Counters-only views of covered pod veths forwarded without a decoded view of their exchange (not found within the local join's hold): the correlator's join may still find it",
             self.counter_views_unmatched.clone(),
         );
         registry.register(

@@ -117,15 +117,16 @@ struct Inner {
 const DOWNSTREAM_POLL: Duration = Duration::from_millis(5);
 
 impl Inner {
-    /// Lets go of the counters-only views among sessions leaving without the local join (the
-    /// table's timed flush): alone they are no exchange; counted.
-    fn let_go_counters_only(&self, sessions: &mut Vec<Session>) {
-        let before = sessions.len();
-        sessions.retain(|s| !clovisor_proto::join::merge::counters_only(s));
-        let gone = before.saturating_sub(sessions.len());
+    /// Counts the counters-only views among sessions leaving without the local join (the
+    /// table's timed flush, a re-announced flow table).
+    fn count_counters_only(&self, sessions: &[Session]) {
+        let n = sessions
+            .iter()
+            .filter(|s| clovisor_proto::join::merge::counters_only(s))
+            .count();
         self.metrics
             .counter_views_unmatched
-            .inc_by(u64::try_from(gone).unwrap_or(u64::MAX));
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// Applies the header redaction list to sessions about to leave the collector, worked out
@@ -329,7 +330,7 @@ async fn flush_loop(weak: Weak<Inner>, period: Duration) {
         };
         let mut out = Vec::new();
         inner.lock().table.flush(Instant::now(), &mut out);
-        inner.let_go_counters_only(&mut out);
+        inner.count_counters_only(&out);
         inner.redact(&mut out);
         if inner.deliver(out).await.is_err() {
             return;
@@ -566,7 +567,7 @@ async fn run_stream(
             // collector does not know yet (it restarted) are known by their identity again.
             Inbound::Flows(table) => {
                 let mut out = stream.inner.flows(probe_id, table);
-                stream.inner.let_go_counters_only(&mut out);
+                stream.inner.count_counters_only(&out);
                 stream.inner.redact(&mut out);
                 if stream.inner.deliver(out).await.is_err() {
                     return;

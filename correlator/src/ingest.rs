@@ -117,7 +117,16 @@ impl IngestService {
         self.finish(ready);
     }
 
-    fn finish(&self, ready: Vec<Arc<CorrelatedSession>>) {
+    fn finish(&self, mut ready: Vec<Arc<CorrelatedSession>>) {
+        // An exchange only counters-only views saw (a covered veth's timings whose decoded view
+        // never came) has no protocol, method or status: no span, no RED metrics. The REST API
+        // keeps it, and it is counted.
+        let before = ready.len();
+        ready.retain(|r| !clovisor_proto::join::merge::counters_only(&r.session));
+        if ready.len() != before {
+            self.metrics
+                .counter_views_unjoined(before.saturating_sub(ready.len()));
+        }
         self.store
             .analytics()
             .observe_all_at(&ready, crate::analytics::now_unix_nanos());

@@ -244,6 +244,7 @@ pub struct Metrics {
     kafka_requests: BoundedFamily<KafkaLabels, Counter>,
     kafka_duration: BoundedFamily<KafkaLabels, Histogram, fn() -> Histogram>,
     sessions_received: Counter,
+    counter_views_unjoined: Counter,
     sessions_stored: Counter,
     sessions_evicted: Counter,
     store_sessions: Gauge,
@@ -554,6 +555,7 @@ impl Metrics {
                 "clovisor_kafka_request_duration_seconds",
             ),
             sessions_received: Counter::default(),
+            counter_views_unjoined: Counter::default(),
             sessions_stored: Counter::default(),
             sessions_evicted: Counter::default(),
             store_sessions: Gauge::default(),
@@ -659,6 +661,11 @@ impl Metrics {
             "clovisor_correlator_sessions_received",
             "Sessions received from collectors",
             self.sessions_received.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_counter_views_unjoined",
+            "Exchanges whose join window closed with only counters-only views (a covered pod veth's timings, no payload) and no decoded view: kept for the REST API, not exported as spans nor counted in the RED metrics",
+            self.counter_views_unjoined.clone(),
         );
         registry.register(
             "clovisor_correlator_sessions_stored",
@@ -1109,6 +1116,12 @@ impl Metrics {
     pub fn malformed_session(&self) {
         self.received_session();
         self.dropped.count(STAGE_CORRELATOR, "malformed", 1);
+    }
+
+    /// Counts exchanges finished with nothing decoded: only counters-only views joined them.
+    pub fn counter_views_unjoined(&self, n: usize) {
+        self.counter_views_unjoined
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// Counts a session received again (same id as a stored one) and dropped.

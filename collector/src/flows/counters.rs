@@ -4,6 +4,12 @@
 //! exchange with no protocol fields, which the local join adds to the socket point's decoded
 //! view of the same exchange (same wire key: client address and port, request sequence number)
 //! as the veth's observation.
+//!
+//! A response the probe flushed early (its counters read on idle, `partial`) is taken as it is:
+//! its decoded twin at the socket does not wait for final counters when its head says the
+//! response is whole, and a view that waited here would reach the local join after its twin had
+//! left. The veth's response counters are then those read at the flush (all of a response that
+//! went quiet).
 
 use clovisor_proto::session::v1::Protocol;
 
@@ -51,11 +57,6 @@ impl FlowDecoder for CountersOnly {
             (Direction::ServerToClient, None) => out.unpaired("response_without_request"),
         }
         Step::Continue
-    }
-
-    /// A response flushed early waits for its final counters: they are the observation's.
-    fn awaits_final(&self, message: &Message<'_>) -> bool {
-        message.direction == Direction::ServerToClient
     }
 
     fn on_close(&mut self, out: &mut dyn Output) {
@@ -149,12 +150,12 @@ mod tests {
     }
 
     #[test]
-    fn only_responses_wait_for_their_final_counters() {
+    fn a_response_flushed_early_is_taken_as_it_is() {
+        // Its decoded twin does not wait (its head says the response is whole): held here for
+        // final counters, this view would come after the twin had left the local join.
         let flow = CountersOnly::default();
         let mut m = msg(Direction::ServerToClient, 1, 1, 1);
         m.partial = true;
-        assert!(flow.awaits_final(&m));
-        m.direction = Direction::ClientToServer;
         assert!(!flow.awaits_final(&m));
     }
 }

@@ -50,9 +50,9 @@ pub(super) struct FlowParts<'a> {
     pub key: &'a capture::FlowKey,
     pub point: &'a capture::ObservationPoint,
     pub ends: Ends<'a>,
-    /// A counters-only view's (`FlowStart.counters_only`): it only ever joins a decoded view of
-    /// its exchange, which names it and carries both ends' metadata, so it gets no id of its
-    /// own and only its own pod's metadata (which the join's server endpoint rule may need).
+    /// A counters-only view's (`FlowStart.counters_only`): it is only useful joined with a
+    /// decoded view of its exchange, which carries both ends' metadata, so it gets only its own
+    /// pod's (which the join's server endpoint rule may need).
     pub counters_only: bool,
 }
 
@@ -78,11 +78,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
     let point = f.point;
     let resp = ex.response.unwrap_or_default();
     let side = f.ends.side(point);
-    let id = if f.counters_only {
-        String::new()
-    } else {
-        session_id(f.id_prefix, ex.request.index, ex.position)
-    };
+    let id = session_id(f.id_prefix, ex.request.index, ex.position);
     let (client_meta, server_meta) = match (f.counters_only, side) {
         (false, _) => (f.ends.client_meta(), f.ends.server_meta()),
         (true, Side::Server) => (None, f.ends.server_meta()),

@@ -18,9 +18,10 @@
 //! incomplete sessions of ended flows: the correlator's time join handles them.
 //!
 //! A counters-only view (a covered pod veth's timings and counters, no payload:
-//! [`merge::counters_only`]) is only ever merged into a decoded view of its exchange, never
-//! forwarded alone: one that finds none before it leaves is let go and counted
-//! ([`Merged::unmatched_counters`]); the exchange still has the socket point's view.
+//! [`merge::counters_only`]) is merged into the decoded view of its exchange, and adds no id to
+//! it (the exchange is known by the decoded view's). One that finds none here leaves alone and
+//! is counted ([`Merged::unmatched_counters`]); the correlator's join may still find its view
+//! (one that came later than the hold) and does not export an exchange nothing decoded.
 
 use std::time::{Duration, Instant};
 
@@ -70,17 +71,13 @@ impl Batch {
         self.waiting.get(i).copied().unwrap_or(false)
     }
 
-    /// Lends every waiting session to `emit`, then lets go of all; a counters-only view still
-    /// waiting found nothing to join and is let go unsent: returns how many.
+    /// Lends every waiting session to `emit`, then lets go of all; returns how many of them
+    /// were counters-only views that found no decoded view here.
     fn hand_on(&mut self, emit: &mut impl FnMut(&Session)) -> u64 {
         let mut unmatched = 0;
         for (s, waiting) in self.sessions.iter().zip(&self.waiting) {
-            if !*waiting {
-                continue;
-            }
-            if merge::counters_only(s) {
-                unmatched += 1;
-            } else {
+            if *waiting {
+                unmatched += u64::from(merge::counters_only(s));
                 emit(s);
             }
         }
@@ -99,7 +96,8 @@ impl Batch {
 pub struct Merged {
     /// Views merged into another view of their exchange.
     pub views: u64,
-    /// Counters-only views let go without a decoded view to join ([`merge::counters_only`]).
+    /// Counters-only views ([`merge::counters_only`]) handed on without a decoded view: the
+    /// correlator's join may still find theirs.
     pub unmatched_counters: u64,
 }
 
@@ -143,11 +141,8 @@ impl LocalJoin {
                 break;
             };
             let Some(key) = key_of(s) else {
-                if merge::counters_only(s) {
-                    merged.unmatched_counters += 1;
-                } else {
-                    emit(s);
-                }
+                merged.unmatched_counters += u64::from(merge::counters_only(s));
+                emit(s);
                 taking.waiting[i] = false;
                 continue;
             };
@@ -191,8 +186,8 @@ impl LocalJoin {
         merged
     }
 
-    /// Lends every held session to `emit` and lets go of them; returns how many counters-only
-    /// views went unmatched.
+    /// Lends every held session to `emit` and lets go of them; returns how many were
+    /// counters-only views that found no decoded view here.
     pub fn flush(&mut self, mut emit: impl FnMut(&Session)) -> u64 {
         let unmatched = self.held.hand_on(&mut emit);
         self.index.clear();
@@ -208,8 +203,10 @@ fn key_of(s: &Session) -> Option<WireKey> {
 }
 
 /// Merges `add` into `into` (which [`merge::fits`] allowed), remembering `add`'s ids. A
-/// counters-only view always goes into the decoded one, whichever came first, and leaves no id:
-/// it never travels alone, so nothing will ever name the exchange by it.
+/// counters-only view always goes into the decoded one, whichever came first, and adds no id:
+/// the view is known to nobody else (it was never sent alone), and the correlator indexes every
+/// id it receives. (Re-sent after a probe reconnects, it joins again the same way, or arrives
+/// alone and is recognised as part of the exchange by its wire key.)
 fn merge_into(into: &mut Session, mut add: Session) {
     if merge::counters_only(into) && !merge::counters_only(&add) {
         std::mem::swap(into, &mut add);

@@ -200,9 +200,15 @@ fn a_flush_sends_everything_held() {
 }
 
 /// A covered veth's counters-only view of the exchange at `seq`: timings and counters, no
-/// protocol, no id, no other pod's metadata (as the flow table builds it).
+/// protocol, no other pod's metadata (as the flow table builds it).
 fn counters_view(kind_side: (PointKind, Side), interface: &str, seq: u32) -> Session {
-    let mut s = view("", kind_side.0, kind_side.1, interface, seq);
+    let mut s = view(
+        &format!("c/{interface}/{seq}"),
+        kind_side.0,
+        kind_side.1,
+        interface,
+        seq,
+    );
     s.protocol = Protocol::Unspecified as i32;
     s.http = None;
     s.incomplete = false;
@@ -262,7 +268,7 @@ fn a_counters_only_view_joins_the_decoded_view_whichever_comes_first_and_leaves_
 }
 
 #[test]
-fn a_counters_only_view_without_a_decoded_view_is_let_go_and_counted() {
+fn a_counters_only_view_without_a_decoded_view_leaves_alone_and_is_counted() {
     let mut j = LocalJoin::new(Duration::from_millis(30));
     let (out, merged) = offer(
         &mut j,
@@ -273,20 +279,32 @@ fn a_counters_only_view_without_a_decoded_view_is_let_go_and_counted() {
     );
     assert!(out.is_empty());
     assert_eq!(merged.unmatched_counters, 0);
-    // Next batch: neither found its other view; the decoded one leaves, the counters one not.
+    // Next batch: neither found its other view; both leave, for the correlator's join.
     let (out, merged) = offer(&mut j, vec![]);
     assert_eq!(
         out.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-        ["p/2/0"]
+        ["c/veth-web/7", "p/2/0"]
     );
     assert_eq!(merged.unmatched_counters, 1);
-    // Without a key (no sequence number) it cannot join anything: let go at once.
+    // Without a key (no sequence number) it cannot join anything here: it leaves at once.
     let mut keyless = counters_view((PointKind::Pod, Side::Server), "veth-web", 9);
     keyless.client = None;
     let (out, merged) = offer(&mut j, vec![keyless]);
-    assert!(out.is_empty());
+    assert_eq!(out.len(), 1);
     assert_eq!(merged.unmatched_counters, 1);
-    assert_eq!(j.flush(|_| panic!("nothing is held")), 0);
+    // Held until a flush: counted there.
+    let (_, merged) = offer(
+        &mut j,
+        vec![counters_view(
+            (PointKind::Pod, Side::Server),
+            "veth-web",
+            11,
+        )],
+    );
+    assert_eq!(merged.unmatched_counters, 0);
+    let mut flushed = 0;
+    assert_eq!(j.flush(|_| flushed += 1), 1);
+    assert_eq!(flushed, 1);
 }
 
 #[test]
