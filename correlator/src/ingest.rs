@@ -594,6 +594,80 @@ mod tests {
         );
     }
 
+    /// A covered veth's counters-only view (no protocol, nothing decoded) that reached the
+    /// correlator alone: joined by the decoded view of its exchange, which gives the exchange
+    /// its protocol and fields; left alone, no span and no RED metrics, but counted.
+    #[test]
+    fn a_counters_only_view_joins_its_decoded_view_and_alone_makes_no_metrics() {
+        use clovisor_proto::common::v1::Side;
+        use clovisor_proto::session::v1::Protocol;
+        let counters_only = |id: &str, seq: u32| {
+            SessionBuilder::new(id)
+                .side(Side::Server)
+                .with(move |s| {
+                    s.protocol = Protocol::Unspecified as i32;
+                    s.http = None;
+                    s.trace = None;
+                    s.observations[0].request_tcp_seq = seq;
+                })
+                .build()
+        };
+        let svc = joining_service();
+        let t0 = Instant::now();
+        // Joined: the counters view first, the socket's decoded view after it.
+        let decoded = SessionBuilder::new("p/socket/0")
+            .side(Side::Server)
+            .with(|s| {
+                s.observations[0].kind = clovisor_proto::common::v1::PointKind::Socket as i32;
+                s.observations[0].interface.clear();
+                s.observations[0].request_tcp_seq = 1000;
+            })
+            .build();
+        svc.accept_at(counters_only("p/veth/0", 1000), t0);
+        let merged = svc.accept_at(decoded, t0);
+        assert_eq!(
+            merged.session.observations.len(),
+            2,
+            "one exchange, two views"
+        );
+        assert_eq!(merged.session.protocol, Protocol::Http1 as i32);
+        assert!(merged.session.http.is_some());
+        // Alone: another client port, nothing joins it.
+        svc.accept_at(
+            {
+                let mut s = counters_only("p/veth/1", 2000);
+                if let Some(c) = s.client.as_mut() {
+                    c.port = 41000;
+                }
+                s
+            },
+            t0,
+        );
+        svc.tick_at(t0 + Duration::from_millis(40));
+        let mut reg = prometheus_client::registry::Registry::default();
+        svc.metrics.register(&mut reg);
+        let text = crate::metrics::encode(&reg);
+        let line = |name: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            line("clovisor_correlator_counter_views_unjoined_total"),
+            ["clovisor_correlator_counter_views_unjoined_total 1"]
+        );
+        let requests: f64 = line("clovisor_http_requests_total{")
+            .iter()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(requests, 1.0, "only the decoded exchange counts:\n{text}");
+        assert!(
+            svc.store.get("p/veth/1").is_some(),
+            "the REST API keeps the lone view"
+        );
+    }
+
     /// A view merged after its exchange's window closed misses the span and the metrics: the
     /// join stage counts it lost (`late`); the views still open are buffered; the balance holds
     /// from the join's own counts, not from the ingest's.
