@@ -527,8 +527,7 @@ static __always_inline void emit_exchange(struct __sk_buff *skb, const struct pk
 		held = bpf_map_lookup_elem(&held_heads, &conn->flow_id);
 		if (held) {
 			req_len = clovisor_bound_snap(held->len);
-			if (req_len > 0 &&
-			    bpf_probe_read_kernel(ev->payload, req_len, held->data))
+			if (req_len > 0 && bpf_probe_read_kernel(ev->payload, req_len, held->data))
 				req_len = 0;
 			clovisor_release(held);
 		} else {
@@ -645,7 +644,7 @@ static __always_inline void emit_flow_end(struct __sk_buff *skb, const struct pk
 
 	if (conn->held) {
 		struct clovisor_held *held =
-			conn->counters_only ? 0 : bpf_map_lookup_elem(&held_heads, &conn->flow_id);
+		    conn->counters_only ? 0 : bpf_map_lookup_elem(&held_heads, &conn->flow_id);
 
 		conn->held = 0;
 		if (!held && !conn->counters_only)
