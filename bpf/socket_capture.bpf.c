@@ -438,10 +438,7 @@ static __always_inline void emit_exchange(const struct clovisor_sock_conn *s,
 	if (!ev)
 		return;
 	if (held) {
-		req_len = clovisor_bound_snap(held->len);
-		if (req_len > 0 && bpf_probe_read_kernel(ev->payload, req_len, held->data))
-			req_len = 0;
-		clovisor_release(held);
+		req_len = clovisor_take_held(held, ev->payload);
 	} else {
 		flags |= CLOVISOR_EV_HEAD_LOST;
 		count(CLOVISOR_SOCK_STAT_HEAD_LOST);

@@ -526,10 +526,7 @@ static __always_inline void emit_exchange(struct __sk_buff *skb, const struct pk
 	if (!conn->counters_only) {
 		held = bpf_map_lookup_elem(&held_heads, &conn->flow_id);
 		if (held) {
-			req_len = clovisor_bound_snap(held->len);
-			if (req_len > 0 && bpf_probe_read_kernel(ev->payload, req_len, held->data))
-				req_len = 0;
-			clovisor_release(held);
+			req_len = clovisor_take_held(held, ev->payload);
 		} else {
 			flags |= CLOVISOR_EV_HEAD_LOST;
 			clovisor_count(&stats, CLOVISOR_STAT_HEAD_LOST);

@@ -115,6 +115,18 @@ static __always_inline __u32 clovisor_bound_snap(__u64 n)
 	return n & (CLOVISOR_MAX_SNAPLEN - 1);
 }
 
+/* Copies held request `h`'s first bytes to `to` (an EXCHANGE record's payload)
+ * and frees its slot; returns how many were copied (0 if the read failed). */
+static __always_inline __u32 clovisor_take_held(struct clovisor_held *h, void *to)
+{
+	__u32 n = clovisor_bound_snap(h->len);
+
+	if (n > 0 && bpf_probe_read_kernel(to, n, h->data))
+		n = 0;
+	clovisor_release(h);
+	return n;
+}
+
 /* Waking the reader costs more than the programs themselves (an
  * inter-processor interrupt; on a VM often a VM exit): wake it only once the
  * ring holds an eighth of its size. Otherwise the reader drains the ring on

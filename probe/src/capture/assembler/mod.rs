@@ -42,6 +42,7 @@ use super::raw::{
 use crate::clock::BootClock;
 use clovisor_proto::capture::v1::Segment as SegmentRecord;
 use clovisor_proto::hops::ChunkBuilder;
+use records::FlowTraits;
 
 /// How long a flushed message whose flow went quiet is kept before checking that the
 /// flow still exists in the kernel.
@@ -333,9 +334,11 @@ impl Assembler {
             placed.flow_id,
             &d.key,
             None,
-            d.protocol,
-            Transport::Udp,
-            false,
+            FlowTraits {
+                protocol: d.protocol,
+                transport: Transport::Udp,
+                counters_only: false,
+            },
             out,
         );
         self.stats.datagrams += 1;
@@ -401,9 +404,11 @@ impl Assembler {
             end.flow_id,
             &end.key,
             end.socket.as_ref(),
-            ProtocolHint::Unspecified,
-            Transport::Tcp,
-            false,
+            FlowTraits {
+                protocol: ProtocolHint::Unspecified,
+                transport: Transport::Tcp,
+                counters_only: false,
+            },
             out,
         );
         self.announced.remove(&end.flow_id);
@@ -566,9 +571,7 @@ impl Assembler {
         flow_id: u64,
         key: &super::raw::ConnectionKey,
         socket: Option<&SocketOwner>,
-        protocol: ProtocolHint,
-        transport: Transport,
-        counters_only: bool,
+        traits: FlowTraits,
         out: &mut impl RecordSink,
     ) {
         if self.announced.contains(&flow_id) {
@@ -582,14 +585,7 @@ impl Assembler {
         }
         self.announced.insert(flow_id);
         let point = self.point(key.ifindex, socket);
-        out.record(records::flow_start(
-            flow_id,
-            key,
-            point,
-            protocol,
-            transport,
-            counters_only,
-        ));
+        out.record(records::flow_start(flow_id, key, point, traits));
         self.stats.flow_starts += 1;
     }
 
@@ -607,9 +603,11 @@ impl Assembler {
             start.flow_id,
             &start.key,
             start.socket.as_ref(),
-            start.protocol,
-            Transport::Tcp,
-            start.counters_only,
+            FlowTraits {
+                protocol: start.protocol,
+                transport: Transport::Tcp,
+                counters_only: start.counters_only,
+            },
             out,
         );
         self.stats.messages += 1;

@@ -62,23 +62,31 @@ pub fn interface_point(
     }
 }
 
-/// The `FlowStart` of flow `flow_id`: its connection, where it is observed, what its port is
-/// configured for, and whether this view carries counters only.
+/// What a flow is, beside its connection and point: announced once, in its `FlowStart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowTraits {
+    /// What its port is configured for.
+    pub protocol: ProtocolHint,
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// A covered veth's view: timings and counters only, no payload.
+    pub counters_only: bool,
+}
+
+/// The `FlowStart` of flow `flow_id`: its connection, where it is observed, and its traits.
 pub fn flow_start(
     flow_id: u64,
     key: &ConnectionKey,
     point: ObservationPoint,
-    protocol: ProtocolHint,
-    transport: Transport,
-    counters_only: bool,
+    traits: FlowTraits,
 ) -> Record {
     Record {
         kind: Some(record::Kind::FlowStart(FlowStart {
             flow_id,
-            flow: Some(flow_key(key, transport)),
+            flow: Some(flow_key(key, traits.transport)),
             point: Some(point),
-            protocol: protocol as i32,
-            counters_only,
+            protocol: traits.protocol as i32,
+            counters_only: traits.counters_only,
         })),
     }
 }
