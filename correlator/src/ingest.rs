@@ -119,8 +119,8 @@ impl IngestService {
 
     fn finish(&self, mut ready: Vec<Arc<CorrelatedSession>>) {
         // An exchange only counters-only views saw (a covered veth's timings whose decoded view
-        // never came) has no protocol, method or status: no span, no RED metrics. The REST API
-        // keeps it, and it is counted.
+        // never came) has no protocol, method or status: no span, no RED metrics, not listed by
+        // the REST API (which finds it by id); counted.
         let before = ready.len();
         ready.retain(|r| !clovisor_proto::join::merge::counters_only(&r.session));
         if ready.len() != before {
@@ -664,8 +664,15 @@ mod tests {
         assert_eq!(requests, 1.0, "only the decoded exchange counts:\n{text}");
         assert!(
             svc.store.get("p/veth/1").is_some(),
-            "the REST API keeps the lone view"
+            "the REST API finds the lone view by its id"
         );
+        let listed: Vec<String> = svc
+            .store
+            .query(&Default::default())
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
+        assert_eq!(listed, ["p/veth/0"], "but does not list it");
     }
 
     /// A view merged after its exchange's window closed misses the span and the metrics: the

@@ -231,9 +231,15 @@ impl SessionFilter {
         Ok(filter)
     }
 
-    /// Whether `rec` passes every set field.
+    /// Whether `rec` passes every set field. An exchange only counters-only views saw so far (a
+    /// covered veth's timings, no payload, waiting for the socket's decoded view) is never
+    /// listed: it has no protocol, and on its own — the socket saw an opaque protocol, or missed
+    /// the exchange — it is not one. `GET /api/v1/sessions/{id}` still finds it.
     pub fn matches(&self, rec: &CorrelatedSession) -> bool {
         let s = &rec.session;
+        if clovisor_proto::join::merge::counters_only(s) {
+            return false;
+        }
         let http = s.http.as_ref();
         let either =
             |want: &Option<String>, pick: fn(&clovisor_proto::session::v1::Endpoint) -> &str| {
