@@ -644,7 +644,7 @@ impl CollectorMetrics {
             self.views_merged.clone(),
         );
         registry.register(
-            "clovisor_collector_counter_views_unmatched",
+            "clovisor_collector_payloadless_views_unmatched",
             "Counters-only views of covered pod veths forwarded without a decoded view of their exchange (not found within the local join's hold): the correlator's join may still find it",
             self.counter_views_unmatched.clone(),
         );

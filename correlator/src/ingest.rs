@@ -654,8 +654,8 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            line("clovisor_correlator_counter_views_unjoined_total"),
-            ["clovisor_correlator_counter_views_unjoined_total 1"]
+            line("clovisor_correlator_payloadless_views_unjoined_total"),
+            ["clovisor_correlator_payloadless_views_unjoined_total 1"]
         );
         let requests: f64 = line("clovisor_http_requests_total{")
             .iter()

@@ -663,7 +663,7 @@ impl Metrics {
             self.sessions_received.clone(),
         );
         registry.register(
-            "clovisor_correlator_counter_views_unjoined",
+            "clovisor_correlator_payloadless_views_unjoined",
             "Exchanges whose join window closed with only counters-only views (a covered pod veth's timings, no payload) and no decoded view (an opaque protocol, or an exchange the socket point missed): not exported as spans, not counted in the RED metrics, not listed by the REST API",
             self.counter_views_unjoined.clone(),
         );
