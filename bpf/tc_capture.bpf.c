@@ -776,15 +776,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 					protocol = *hint;
 			}
 			fresh.protocol = protocol;
-			/* A traced HTTP port (HTTP/1.x, HTTP/2, gRPC: what the socket
-			 * point decodes as well as the wire) at a pod veth whose pod
-			 * the socket point covers: the socket captures the payload.
-			 * Other protocols keep it here too: not every one decodes
-			 * from the socket point's per-call bytes as it does from
-			 * the wire (Kafka did not, in the tests). */
-			if (!at_node && server_port &&
-			    (protocol == CLOVISOR_PROTO_HTTP || protocol == CLOVISOR_PROTO_HTTP2 ||
-			     protocol == CLOVISOR_PROTO_GRPC) &&
+			/* A traced HTTP/1.x port at a pod veth whose pod the socket
+			 * point covers: the socket captures the payload. Other
+			 * protocols keep it here: a multiplexed one (HTTP/2, gRPC)
+			 * makes one record per message, which joins one stream only,
+			 * and not every protocol decodes from the socket point's
+			 * per-call bytes as from the wire (Kafka did not, in the
+			 * tests). */
+			if (!at_node && server_port && protocol == CLOVISOR_PROTO_HTTP &&
 			    bpf_map_lookup_elem(&covered_ifaces, &key.ifindex))
 				fresh.counters_only = 1;
 			/* BPF_NOEXIST: if the other direction created it on
