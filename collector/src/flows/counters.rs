@@ -69,23 +69,7 @@ impl FlowDecoder for CountersOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default)]
-    struct Seen {
-        exchanges: Vec<Exchange>,
-        unpaired: Vec<&'static str>,
-    }
-
-    impl Output for Seen {
-        fn exchange(&mut self, exchange: Exchange) {
-            self.exchanges.push(exchange);
-        }
-        fn decode_error(&mut self, _: &'static str) {}
-        fn unpaired(&mut self, reason: &'static str) {
-            self.unpaired.push(reason);
-        }
-        fn desync(&mut self, _: &'static str) {}
-    }
+    use crate::decode::testing::Recorded;
 
     fn msg(direction: Direction, index: u32, tcp_seq: u32, bytes: u64) -> Message<'static> {
         Message {
@@ -108,7 +92,7 @@ mod tests {
     #[test]
     fn each_request_and_its_response_make_one_exchange_without_fields() {
         let mut flow = CountersOnly::default();
-        let mut seen = Seen::default();
+        let mut seen = Recorded::default();
         for m in [
             msg(Direction::ServerToClient, 0, 7, 10),
             msg(Direction::ClientToServer, 1, 100, 80),
