@@ -21,6 +21,12 @@
 //! making and encoding the batches is not. Not included: HTTP/2 and gRPC framing, the tokio tasks
 //! between the stream and the service, and the network send of the spans.
 //!
+//! `--client outside`: the client is no pod of ours (no pod, namespace or workload), as in the
+//! end-to-end benchmark, where wrk runs in an untraced network namespace. With `--views merged`
+//! nothing else can see such an exchange, so the correlator holds each session as it arrived
+//! until its window closes (see `correlator/src/join/head.rs`); with the default client (a pod
+//! on another node) it decodes each on arrival, since that node's probe may send its view.
+//!
 //! `--views merged`: each exchange arrives as one session holding both views, as the collector's
 //! local join sends what one probe saw (the default, `separate`, sends each view on its own, as
 //! two probes' collectors would).
@@ -112,8 +118,8 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn new(connections: u64, rate: f64) -> Self {
-        Self {
+    fn new(connections: u64, rate: f64, client_outside: bool) -> Self {
+        let mut traffic = Self {
             connections: connections.max(1),
             gap: (1e9 / rate).max(1.0) as u64,
             client: Endpoint {
@@ -134,7 +140,13 @@ impl Traffic {
                 workload: "nginx".into(),
                 service: String::new(),
             },
+        };
+        if client_outside {
+            traffic.client.pod.clear();
+            traffic.client.namespace.clear();
+            traffic.client.workload.clear();
         }
+        traffic
     }
 
     /// Simulated offset of exchange `i` from the start.
@@ -446,10 +458,11 @@ fn ingest(
     rate: f64,
     export: bool,
     merged: bool,
+    client_outside: bool,
 ) -> anyhow::Result<serde_json::Value> {
     let config = Config::default();
     let (svc, metrics, store, mut exporter) = service(config.store_capacity, config.join, export);
-    let traffic = Traffic::new(connections, rate);
+    let traffic = Traffic::new(connections, rate, client_outside);
     let mut arrivals = Arrivals::new(&traffic, merged);
     let mut batcher = Batcher::new();
     let tick = svc.tick_interval();
@@ -514,6 +527,7 @@ fn ingest(
         "mode": "ingest",
         "export": if export { "encoded, not sent" } else { "none" },
         "views_per_session": if merged { 2 } else { 1 },
+        "client": if client_outside { "outside" } else { "pod" },
         "connections": connections,
         "rate_per_s": rate,
         "batch_sessions": batcher.size,
@@ -555,7 +569,7 @@ fn open(n: u64, connections: u64) -> anyhow::Result<serde_json::Value> {
     // Before the service: the tables it sizes for `n` count too.
     let (_, rss0) = rss_kib()?;
     let (svc, metrics, store, _) = service(n_usize, join, false);
-    let traffic = Traffic::new(connections, 15_000.0);
+    let traffic = Traffic::new(connections, 15_000.0, false);
     let now = Instant::now();
     let mut batcher = Batcher::new();
     let mut bytes = Vec::new();
@@ -614,9 +628,10 @@ fn main() -> anyhow::Result<()> {
     let mut export = true;
     let mut open_n: Option<u64> = None;
     let mut merged = false;
+    let mut client_outside = false;
     let mut args = std::env::args().skip(1);
     let usage = "usage: ingest_bench [--seconds S] [--rate EXCHANGES_PER_S] [--connections N] \
-                 [--export none|encode] [--views separate|merged] | --open N";
+                 [--export none|encode] [--views separate|merged] [--client pod|outside] | --open N";
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -638,6 +653,13 @@ fn main() -> anyhow::Result<()> {
                     other => bail!("--views {other}: {usage}"),
                 }
             }
+            "--client" => {
+                client_outside = match value()?.as_str() {
+                    "pod" => false,
+                    "outside" => true,
+                    other => bail!("--client {other}: {usage}"),
+                }
+            }
             _ => bail!("{usage}"),
         }
     }
@@ -647,7 +669,7 @@ fn main() -> anyhow::Result<()> {
     let report = match open_n {
         Some(n) if n > 0 => open(n, connections)?,
         Some(_) => bail!("{usage}"),
-        None => ingest(seconds, connections, rate, export, merged)?,
+        None => ingest(seconds, connections, rate, export, merged, client_outside)?,
     };
     println!("{report}");
     Ok(())

@@ -16,12 +16,11 @@ use bytes::Bytes;
 use clovisor_proto::session::v1::session_ingest_server::{SessionIngest, SessionIngestServer};
 use clovisor_proto::session::v1::{Session, SessionAck, SessionBatch};
 use futures::{Stream, StreamExt};
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::export::otlp::ExportHandle;
-use crate::join::{JoinConfig, Joiner, Outcome};
+use crate::join::{JoinConfig, Joiner, Outcome, Placed};
 use crate::metrics::Metrics;
 use crate::record::{ContextIssue, CorrelatedSession};
 use crate::store::Store;
@@ -167,7 +166,7 @@ impl IngestService {
     pub fn accept_at(&self, session: Session, now: Instant) -> Arc<CorrelatedSession> {
         let (record, ready) = {
             let mut joiner = self.store.write();
-            let offered = self.offer(&mut joiner, session, None, now);
+            let offered = self.offer(&mut joiner, session, now);
             self.join_gauges(&joiner);
             offered
         };
@@ -190,31 +189,58 @@ impl IngestService {
         &self,
         joiner: &mut Joiner,
         session: Session,
-        encoded: Option<Bytes>,
         now: Instant,
     ) -> (Arc<CorrelatedSession>, Vec<Arc<CorrelatedSession>>) {
         self.metrics.received_session();
+        let offered = joiner.offer_encoded(session, None, now);
+        let record = Arc::clone(&offered.record);
+        (record, self.count(joiner, Placed::from(offered)))
+    }
+
+    /// [`IngestService::offer`] of a session as it arrived in a batch: by its head
+    /// ([`crate::join::head`]), decoded whole only when the join needs it. Returns the exchanges
+    /// that became ready meanwhile.
+    fn offer_encoded(
+        &self,
+        joiner: &mut Joiner,
+        encoded: Bytes,
+        now: Instant,
+    ) -> Vec<Arc<CorrelatedSession>> {
+        match joiner.offer_head(encoded, now) {
+            Ok(placed) => {
+                self.metrics.received_session();
+                self.count(joiner, placed)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "a session of a batch did not decode");
+                self.metrics.malformed_session();
+                Vec::new()
+            }
+        }
+    }
+
+    /// Counts what one offer did; returns the exchanges that became ready.
+    fn count(&self, joiner: &Joiner, placed: Placed) -> Vec<Arc<CorrelatedSession>> {
         // A session id the join or the store holds is a duplicate (the join checks).
-        let offered = joiner.offer_encoded(session, encoded, now);
-        if offered.outcome != Outcome::Duplicate {
+        if placed.outcome != Outcome::Duplicate {
             self.metrics
-                .stored(offered.store_evicted, joiner.store_len());
+                .stored(placed.store_evicted, joiner.store_len());
             self.metrics.join_received();
         }
-        for issue in &offered.issues {
+        for issue in &placed.issues {
             self.metrics.invalid_context(match issue {
                 ContextIssue::InvalidTraceId => "trace_id",
                 ContextIssue::InvalidParentSpanId => "parent_span_id",
             });
         }
-        self.metrics.join_outcome(offered.outcome);
-        if offered.outcome == Outcome::Duplicate {
+        self.metrics.join_outcome(placed.outcome);
+        if placed.outcome == Outcome::Duplicate {
             self.metrics.duplicate_session();
         }
-        for e in &offered.evictions {
+        for e in &placed.evictions {
             self.metrics.join_eviction(*e);
         }
-        (offered.record, offered.ready)
+        placed.ready
     }
 
     /// Processes `batch` unless its number was already processed for its sender; returns whether
@@ -240,17 +266,7 @@ impl IngestService {
         {
             let mut joiner = self.store.write();
             for encoded in batch.sessions {
-                // Decoded from a shared slice of the batch; `encoded` stays as it arrived, for
-                // the join to keep if the exchange is retained unchanged.
-                match Session::decode(encoded.clone()) {
-                    Ok(session) => {
-                        ready.extend(self.offer(&mut joiner, session, Some(encoded), now).1);
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "a session of a batch did not decode");
-                        self.metrics.malformed_session();
-                    }
-                }
+                ready.extend(self.offer_encoded(&mut joiner, encoded, now));
             }
             self.join_gauges(&joiner);
         }
@@ -337,6 +353,7 @@ mod tests {
     use crate::testing::SessionBuilder;
     use clovisor_proto::inproc;
     use clovisor_proto::session::v1::session_ingest_client::SessionIngestClient;
+    use prost::Message as _;
     use std::time::Duration;
     use tonic::transport::Server;
 
@@ -710,5 +727,133 @@ mod tests {
             "the late view is counted lost to the span and metrics"
         );
         assert_eq!(svc.metrics.join_count(Outcome::Late), 1);
+    }
+
+    /// RED requests counted so far.
+    fn red_requests(svc: &IngestService) -> f64 {
+        let mut reg = prometheus_client::registry::Registry::default();
+        svc.metrics.register(&mut reg);
+        crate::metrics::encode(&reg)
+            .lines()
+            .filter(|l| l.starts_with("clovisor_http_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// What a collector's local join sends of an exchange its probe saw whole: the server's
+    /// veth and socket merged, a client that is no pod of ours (nothing else will see it).
+    fn seen_whole(id: &str) -> Session {
+        SessionBuilder::new(id)
+            .with(|s| {
+                if let Some(c) = s.client.as_mut() {
+                    c.pod.clear();
+                    c.workload.clear();
+                }
+            })
+            .build()
+    }
+
+    /// A view nothing else will join is held as it arrived (its head read, the rest not
+    /// decoded) and decoded whole once, when its window closes: the REST API reads it whole
+    /// meanwhile, and its metrics are those of a view decoded on arrival.
+    #[test]
+    fn a_view_nothing_will_join_is_decoded_whole_when_its_window_closes() {
+        let svc = joining_service();
+        let t0 = Instant::now();
+        let b = SessionBatch::of(1, "c", &[seen_whole("p/1/0")]);
+        assert!(svc.accept_batch_at(b, t0));
+        let open = svc.store.get("p/1/0").map(|r| r.session.clone());
+        assert_eq!(open, Some(seen_whole("p/1/0")), "read whole while open");
+        assert_eq!(red_requests(&svc), 0.0, "nothing counted while open");
+        svc.tick_at(t0 + Duration::from_millis(40));
+        assert_eq!(red_requests(&svc), 1.0);
+        let stored = svc.store.get("p/1/0").map(|r| r.session.clone());
+        assert_eq!(stored, Some(seen_whole("p/1/0")), "and once ready");
+        assert_eq!(svc.metrics.join_count(Outcome::Opened), 1);
+    }
+
+    /// A view that joins an exchange held as it arrived merges as into one decoded on arrival.
+    #[test]
+    fn a_view_joins_an_exchange_held_as_it_arrived() {
+        use clovisor_proto::common::v1::{PointKind, Side};
+        let svc = joining_service();
+        let t0 = Instant::now();
+        assert!(svc.accept_batch_at(SessionBatch::of(1, "c", &[seen_whole("p/1/0")]), t0));
+        // The client's own node saw it too (another probe's collector).
+        let client_view = SessionBuilder::new("q/7/0")
+            .side(Side::Client)
+            .with(|s| {
+                s.observations[0].kind = PointKind::Pod as i32;
+                s.observations[0].interface = "veth-client".into();
+                s.observations[0].node = "node-a".into();
+                s.observations[0].probe_id = "probe-a".into();
+            })
+            .build();
+        assert!(svc.accept_batch_at(SessionBatch::of(1, "d", &[client_view]), t0));
+        assert_eq!(svc.metrics.join_count(Outcome::Joined), 1);
+        let merged = svc.store.get("q/7/0");
+        assert_eq!(
+            merged
+                .as_ref()
+                .map(|r| (r.id.as_str(), r.session.observations.len())),
+            Some(("p/1/0", 2)),
+            "one exchange of both views"
+        );
+        assert_eq!(
+            merged.and_then(|r| r.session.http.as_ref().map(|h| h.method.clone())),
+            Some("GET".to_owned())
+        );
+        svc.tick_at(t0 + Duration::from_millis(40));
+        assert_eq!(red_requests(&svc), 1.0, "counted once");
+    }
+
+    /// A view held as it arrived whose whole decoding fails (only its head was read) is
+    /// dropped when its window closes and counted; nothing else of its batch is lost.
+    #[test]
+    fn a_view_held_as_it_arrived_that_does_not_decode_is_dropped_and_counted() {
+        use crate::metrics::STAGE_JOIN;
+        let svc = joining_service();
+        let t0 = Instant::now();
+        let mut bad = seen_whole("p/1/0");
+        if let Some(h) = bad.http.as_mut() {
+            h.target = "/MARK".into();
+        }
+        let mut bad = bad.encode_to_vec();
+        let at = bad.windows(5).position(|w| w == b"/MARK");
+        let Some(at) = at else {
+            unreachable!("the target is in the encoding")
+        };
+        // Not UTF-8: a string the head does not read.
+        bad[at + 1] = 0xff;
+        let mut good = seen_whole("p/2/0");
+        if let Some(c) = good.client.as_mut() {
+            c.port = 40001;
+        }
+        let good = good.encode_to_vec();
+        let b = SessionBatch {
+            seq: 1,
+            sender: "c".into(),
+            sessions: vec![bad.into(), good.into()],
+        };
+        assert!(svc.accept_batch_at(b, t0));
+        svc.tick_at(t0 + Duration::from_millis(40));
+        assert_eq!(red_requests(&svc), 1.0, "the other view is counted");
+        let drops = svc.metrics.drops();
+        assert_eq!(
+            (
+                drops.received_count(STAGE_JOIN),
+                drops.emitted_count(STAGE_JOIN),
+                drops.get(STAGE_JOIN, "malformed"),
+                drops.buffered_count(STAGE_JOIN),
+            ),
+            (2, 1, 1, 0),
+            "(received, emitted, malformed, buffered) of the join stage"
+        );
+        assert!(
+            svc.store
+                .get("p/1/0")
+                .is_some_and(|r| r.session.http.is_none()),
+            "found by its id, with nothing decoded"
+        );
     }
 }

@@ -269,7 +269,7 @@ pub struct Metrics {
     /// copied (ready views, late views).
     join_received: Counter,
     join_emitted: Counter,
-    join_seen: [std::sync::atomic::AtomicU64; 2],
+    join_seen: [std::sync::atomic::AtomicU64; 3],
     workloads: Workloads,
     /// Series handles of the label sets seen, so an exchange costs no label strings and no
     /// family look-up (see [`LabelCache`]).
@@ -801,6 +801,12 @@ impl Metrics {
         let late = self.join_seen[1].swap(views.late, Ordering::Relaxed);
         self.dropped
             .count(STAGE_JOIN, "late", views.late.saturating_sub(late));
+        let malformed = self.join_seen[2].swap(views.malformed, Ordering::Relaxed);
+        self.dropped.count(
+            STAGE_JOIN,
+            "malformed",
+            views.malformed.saturating_sub(malformed),
+        );
         self.dropped.set_buffered(STAGE_JOIN, views.open);
     }
 

@@ -80,15 +80,28 @@ impl CorrelatedSession {
 /// The valid trace id and (within it) parent span id of `session`'s wire context, and what was
 /// wrong with it.
 fn wire_context(session: &Session) -> (Option<TraceId>, Option<SpanId>, Vec<ContextIssue>) {
+    wire_context_of(
+        session
+            .trace
+            .as_ref()
+            .map(|ctx| (ctx.trace_id.as_slice(), ctx.parent_span_id.as_slice())),
+    )
+}
+
+/// [`wire_context`] of a session whose trace context, if any, has these trace id and parent
+/// span id bytes.
+pub(crate) fn wire_context_of(
+    trace: Option<(&[u8], &[u8])>,
+) -> (Option<TraceId>, Option<SpanId>, Vec<ContextIssue>) {
     let mut issues = Vec::new();
-    let (wire_trace, parent) = match &session.trace {
-        Some(ctx) => {
-            let trace = TraceId::from_bytes(&ctx.trace_id);
-            if trace.is_none() && !ctx.trace_id.is_empty() {
+    let (wire_trace, parent) = match trace {
+        Some((trace_id, parent_span_id)) => {
+            let trace = TraceId::from_bytes(trace_id);
+            if trace.is_none() && !trace_id.is_empty() {
                 issues.push(ContextIssue::InvalidTraceId);
             }
-            let parent = SpanId::from_bytes(&ctx.parent_span_id);
-            if parent.is_none() && !ctx.parent_span_id.is_empty() {
+            let parent = SpanId::from_bytes(parent_span_id);
+            if parent.is_none() && !parent_span_id.is_empty() {
                 issues.push(ContextIssue::InvalidParentSpanId);
             }
             (trace, parent)

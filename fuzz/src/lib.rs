@@ -60,11 +60,15 @@ pub enum Target {
     RingRecords,
     /// Redis configuration entries: every key's parser, the allow-lists, entry bytes to text.
     Config,
+    /// One encoded session as a collector's batch to the correlator carries it: read by its
+    /// head, offered to the join, its window closed, read back by id; where both read it, the
+    /// head must agree with prost.
+    CorrelatorSessions,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 9] = [
+    pub const ALL: [Target; 10] = [
         Target::Http1,
         Target::Http2,
         Target::Dns,
@@ -74,6 +78,7 @@ impl Target {
         Target::CaptureRecords,
         Target::RingRecords,
         Target::Config,
+        Target::CorrelatorSessions,
     ];
 
     /// Runs one input.
@@ -102,6 +107,7 @@ impl Target {
                 usize::from(clovisor_probe::capture::raw::Event::try_from(input).is_ok())
             }
             Target::Config => config(input),
+            Target::CorrelatorSessions => correlator_sessions(input),
         }
     }
 
@@ -199,7 +205,69 @@ impl Target {
             .iter()
             .map(|s| s.as_bytes().to_vec())
             .collect(),
+            Target::CorrelatorSessions => [false, true]
+                .into_iter()
+                .map(|client_is_pod| session_seed(client_is_pod).encode_to_vec())
+                .collect(),
         }
+    }
+}
+
+/// An HTTP exchange as a collector's local join sends it: the server pod's veth and socket
+/// merged; a client that is a pod of ours (another node's probe may send its view) or not.
+fn session_seed(client_is_pod: bool) -> clovisor_proto::session::v1::Session {
+    use clovisor_proto::common::v1::{PointKind, Side};
+    use clovisor_proto::session::v1::{Endpoint, Http, Observation, Protocol, Session};
+    let observation = |kind: PointKind, interface: &str| Observation {
+        kind: kind as i32,
+        interface: interface.into(),
+        node: "node-a".into(),
+        probe_id: "probe-a".into(),
+        side: Side::Server as i32,
+        request_start_unix_nanos: 1_700_000_000_000_000_000,
+        request_end_unix_nanos: 1_700_000_000_000_100_000,
+        response_start_unix_nanos: 1_700_000_000_000_800_000,
+        response_end_unix_nanos: 1_700_000_000_001_000_000,
+        request_tcp_seq: 1000,
+        response_tcp_seq: 2000,
+        request_bytes: 120,
+        response_bytes: 612,
+        netns_inode: 4026532000,
+        ..Observation::default()
+    };
+    Session {
+        id: "probe-a/1f/0".into(),
+        protocol: Protocol::Http1 as i32,
+        client: Some(Endpoint {
+            ip: vec![10, 0, 0, 1],
+            port: 40000,
+            pod: if client_is_pod {
+                "client-0".into()
+            } else {
+                String::new()
+            },
+            ..Endpoint::default()
+        }),
+        server: Some(Endpoint {
+            ip: vec![10, 0, 0, 2],
+            port: 80,
+            pod: "web-0".into(),
+            namespace: "shop".into(),
+            ..Endpoint::default()
+        }),
+        observations: vec![
+            observation(PointKind::Pod, "veth-web0"),
+            observation(PointKind::Socket, ""),
+        ],
+        http: Some(Http {
+            method: "GET".into(),
+            target: "/index.html".into(),
+            status_code: 200,
+            version: "HTTP/1.1".into(),
+            ..Http::default()
+        }),
+        merged_ids: vec!["probe-a/2e/0".into()],
+        ..Session::default()
     }
 }
 
@@ -444,6 +512,55 @@ fn capture_seed() -> Vec<u8> {
         })),
     }
     .encode_to_vec()
+}
+
+/// A session offered to the correlator as a batch carries it (twice: the second is a duplicate
+/// or joins the first), its window closed; returns how many exchanges were made ready.
+fn correlator_sessions(input: &[u8]) -> usize {
+    use clovisor_correlator::ingest::IngestService;
+    use clovisor_correlator::join::head::Head;
+    use clovisor_correlator::join::JoinConfig;
+    use clovisor_proto::session::v1::{Session, SessionBatch};
+    if let (Some(head), Ok(whole)) = (Head::read(input), Session::decode(input)) {
+        let client = clovisor_proto::join::key::ClientAddr::of(&whole);
+        assert_eq!(head.client(), client, "the head's client");
+        assert_eq!(
+            client.and_then(|c| head.wire_key(c)),
+            client.and_then(|c| clovisor_proto::join::key::wire_key(&whole, c)),
+            "the head's wire key"
+        );
+        assert_eq!(head.id(), whole.id, "the head's id");
+    }
+    let store = Arc::new(clovisor_correlator::store::Store::new(16));
+    let metrics = Arc::new(clovisor_correlator::metrics::Metrics::new());
+    let svc = IngestService::with_join(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        None,
+        JoinConfig {
+            window: Duration::from_millis(10),
+            max_entries: 64,
+            ..JoinConfig::default()
+        },
+    );
+    let t0 = Instant::now();
+    let session = Bytes::copy_from_slice(input);
+    svc.accept_batch_at(
+        SessionBatch {
+            seq: 1,
+            sender: "fuzz".into(),
+            sessions: vec![session.clone(), session],
+        },
+        t0,
+    );
+    svc.tick_at(t0 + Duration::from_millis(20));
+    let ready = metrics
+        .drops()
+        .emitted_count(clovisor_correlator::metrics::STAGE_JOIN);
+    if let Ok(whole) = Session::decode(input) {
+        let _ = store.get(&whole.id);
+    }
+    usize::try_from(ready).unwrap_or(usize::MAX)
 }
 
 /// Redis entries: the bytes as text (or rejected), then every parser on the text and on each
@@ -740,6 +857,7 @@ mod tests {
             Target::Mysql,
             Target::CaptureRecords,
             Target::Config,
+            Target::CorrelatorSessions,
         ] {
             let seed = &target.seeds()[0];
             assert!(

@@ -7,6 +7,11 @@
 //! ([`merge::merge`]). Nothing is merged when any decoded field disagrees
 //! ([`merge::compatible`]) or when the same point would appear twice in one exchange.
 //!
+//! A view that opens an exchange and expects no other — what a collector's local join sends of an
+//! exchange its probe saw whole — is read by its head only ([`head`]) and held as it arrived,
+//! encoded, until its window closes; then it is decoded whole, once. Any other view is decoded
+//! on arrival.
+//!
 //! An exchange stays *open* for the join window after its first observation; then it is
 //! *ready*: its span is exported and its RED metrics counted, once. It is remembered for the
 //! retention time afterwards so a late observation is still appended to the stored session
@@ -14,8 +19,10 @@
 //! `max_entries` the oldest retained exchange is forgotten, or, when all are open, the oldest
 //! open one is made ready early — both counted.
 
+pub mod head;
 mod ids;
 pub use clovisor_proto::join::{key, merge};
+use head::Head;
 #[cfg(test)]
 mod merge_tests;
 #[cfg(test)]
@@ -127,6 +134,34 @@ pub struct Offered {
     pub store_evicted: usize,
 }
 
+/// The result of [`Joiner::offer_head`]: as [`Offered`], without the exchange (a view offered
+/// by its head is not decoded to hand it out).
+#[derive(Debug)]
+pub struct Placed {
+    /// What happened.
+    pub outcome: Outcome,
+    /// Problems with the offered session's trace context.
+    pub issues: Vec<ContextIssue>,
+    /// Exchanges that became ready meanwhile: export and count each once.
+    pub ready: Vec<Arc<CorrelatedSession>>,
+    /// Evictions this offer caused.
+    pub evictions: Vec<Eviction>,
+    /// Exchanges that left the full REST store to make room for this one.
+    pub store_evicted: usize,
+}
+
+impl From<Offered> for Placed {
+    fn from(o: Offered) -> Self {
+        Self {
+            outcome: o.outcome,
+            issues: o.issues,
+            ready: o.ready,
+            evictions: o.evictions,
+            store_evicted: o.store_evicted,
+        }
+    }
+}
+
 /// One exchange as the correlator holds it: in the join (open or retained), in the REST
 /// store's order, or both. Held once; the join's indexes and the store's order refer to it by
 /// its slot number.
@@ -168,6 +203,21 @@ pub struct JoinViews {
     /// Views merged into an exchange already made ready, ever: the REST API shows them, its
     /// span and metrics do not.
     pub late: u64,
+    /// Views of exchanges held as they arrived ([`Joiner::offer_head`]) that did not decode
+    /// when their window closed, ever: neither exported nor counted in the metrics.
+    pub malformed: u64,
+}
+
+/// What [`Joiner::open`] files an exchange of one view under.
+struct Opening {
+    held: Held,
+    /// See [`Entry::arrival`].
+    arrival: Option<Box<[u8]>>,
+    client: Option<ClientAddr>,
+    key: Option<WireKey>,
+    span: (u64, u64),
+    /// Whether a point with sequence numbers saw it.
+    keyed: bool,
 }
 
 /// How an entry holds its exchange.
@@ -213,12 +263,52 @@ impl Packed {
         }
     }
 
+    /// An exchange of the one view of head `h`, the session encoded in `arrival`
+    /// ([`Joiner::offer_head`]), held as it arrived; with the problems of its trace context.
+    fn arrived(h: &Head<'_>, arrival: Box<[u8]>) -> (Self, Vec<ContextIssue>) {
+        // As `CorrelatedSession::new` and `Joiner::offer_encoded` make them.
+        let span_id = crate::ids::SpanId::random();
+        let (wire_trace, parent_span_id, issues) = crate::record::wire_context_of(h.trace());
+        let id = if h.id().is_empty() {
+            span_id.to_string()
+        } else {
+            h.id().to_owned()
+        };
+        let constituents = std::iter::once(h.id())
+            .chain(h.merged_ids().iter().copied())
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let packed = Self {
+            id,
+            constituents,
+            trace_id: wire_trace.unwrap_or_else(crate::ids::TraceId::random),
+            span_id,
+            parent_span_id,
+            trace_from_wire: wire_trace.is_some(),
+            keyed: h.keyed(),
+            intervals: Box::from(h.intervals()),
+            session: arrival,
+        };
+        (packed, issues)
+    }
+
     fn unpack(&self) -> CorrelatedSession {
-        // Encoded here from a decoded session, or decoded once already as it arrived.
-        let mut session = Session::decode(&*self.session).unwrap_or_default();
+        // Encoded here from a decoded session, or decoded as it arrived (whole, or its head
+        // only: then a failure makes it empty, see `Held::try_shared`).
+        self.try_unpack()
+            .unwrap_or_else(|_| self.with_session(Session::default()))
+    }
+
+    fn try_unpack(&self) -> Result<CorrelatedSession, prost::DecodeError> {
+        let mut session = Session::decode(&*self.session)?;
         // An encoding as it arrived still lists the ids the collector merged; the exchange
         // holds them among its constituents.
         session.merged_ids.clear();
+        Ok(self.with_session(session))
+    }
+
+    fn with_session(&self, session: Session) -> CorrelatedSession {
         CorrelatedSession {
             id: self.id.clone(),
             session,
@@ -237,6 +327,22 @@ impl Held {
         match self {
             Self::Live(rec) => Arc::clone(rec),
             Self::Packed(p) => Arc::new(p.unpack()),
+        }
+    }
+
+    /// The exchange, decoded when packed; `None` when it was held as it arrived and does not
+    /// decode (only its head was read on arrival). It is then emptied: later readers get its
+    /// ids and no fields.
+    fn try_shared(&mut self) -> Option<Arc<CorrelatedSession>> {
+        match self {
+            Self::Live(rec) => Some(Arc::clone(rec)),
+            Self::Packed(p) => match p.try_unpack() {
+                Ok(rec) => Some(Arc::new(rec)),
+                Err(_) => {
+                    p.session = Box::default();
+                    None
+                }
+            },
         }
     }
 
@@ -322,6 +428,45 @@ pub struct Joiner {
     /// Candidates a sequence-less view was compared with, ever (the cost of time joins).
     time_candidates: u64,
     views: JoinViews,
+    heads: HeadSampling,
+}
+
+/// Which views [`Joiner::offer_head`] reads the head of. Reading a head costs a fraction of a
+/// whole decoding and pays only when the view is held as it arrived; where views seldom are (a
+/// cluster whose traffic crosses nodes, each exchange awaiting the other node's view), it reads
+/// one head in [`HeadSampling::SKIP`] once [`HeadSampling::PATIENCE`] heads in a row were not
+/// held, and all again from the first that is.
+#[derive(Debug, Default)]
+struct HeadSampling {
+    not_held_in_a_row: u32,
+    skipped: u32,
+}
+
+impl HeadSampling {
+    const PATIENCE: u32 = 64;
+    const SKIP: u32 = 16;
+
+    /// Whether to read the next view's head.
+    fn read_next(&mut self) -> bool {
+        if self.not_held_in_a_row < Self::PATIENCE {
+            return true;
+        }
+        self.skipped += 1;
+        if self.skipped < Self::SKIP {
+            return false;
+        }
+        self.skipped = 0;
+        true
+    }
+
+    /// The view whose head was read was held as it arrived (`held`) or not.
+    fn saw(&mut self, held: bool) {
+        self.not_held_in_a_row = if held {
+            0
+        } else {
+            self.not_held_in_a_row.saturating_add(1)
+        };
+    }
 }
 
 /// Candidates a sequence-less view is compared with at most, by default
@@ -371,10 +516,12 @@ fn remove_slot(
 
 /// From the earliest start to the latest end of `session`'s observations.
 fn span_of(session: &Session) -> (u64, u64) {
-    session
-        .observations
-        .iter()
-        .map(interval)
+    span_over(session.observations.iter().map(interval))
+}
+
+/// From the earliest start to the latest end of `intervals`.
+fn span_over(intervals: impl Iterator<Item = (u64, u64)>) -> (u64, u64) {
+    intervals
         .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
         .unwrap_or((0, 0))
 }
@@ -477,6 +624,7 @@ impl Joiner {
             store: StoreOrder::default(),
             time_candidates: 0,
             views: JoinViews::default(),
+            heads: HeadSampling::default(),
         }
     }
 
@@ -631,8 +779,6 @@ impl Joiner {
             }
         }
 
-        self.make_room(now, &mut ready, &mut evictions);
-        let slot = self.entries.vacant();
         let mut rec = *rec;
         if !rec.session.id.is_empty() {
             rec.constituents = vec![rec.session.id.clone()];
@@ -642,45 +788,18 @@ impl Joiner {
         rec.constituents
             .extend(merged_ids.into_iter().filter(|id| !id.is_empty()));
         let span = span_of(&rec.session);
-        let mut entry = Entry {
+        let keyed = rec.session.observations.iter().any(key::has_tcp_seq);
+        let record = Arc::new(rec);
+        let arrival = encoded.map(|b| Box::from(&b[..]));
+        let opening = Opening {
+            held: Held::Live(Arc::clone(&record)),
+            arrival,
             client,
+            key,
             span,
-            key: None,
-            ready: false,
-            joined: true,
-            stored: None,
-            views: 1,
-            rec: Held::Live(Arc::new(rec)),
-            arrival: encoded.map(|b| Box::from(&b[..])),
+            keyed,
         };
-        self.views.open += 1;
-        let Held::Live(rec) = &entry.rec else {
-            unreachable!("made live just above")
-        };
-        if let Some(k) = key {
-            // A conflicting key stays with the exchange that had it first.
-            if let std::collections::hash_map::Entry::Vacant(v) = self.wire.entry(k) {
-                v.insert(slot);
-                entry.key = Some(k);
-            }
-        }
-        if let Some(c) = client {
-            self.clients.entry(c).or_default().insert(span, slot);
-            if !rec.session.observations.iter().any(key::has_tcp_seq) {
-                self.unkeyed.entry(c).or_default().insert(span, slot);
-            }
-        }
-        // None of its ids is indexed: it would have been a duplicate.
-        for id in ids_of(rec) {
-            self.ids.insert_new(id, slot);
-        }
-        let record = Arc::clone(rec);
-        self.entries.insert(slot, entry);
-        self.held += 1;
-        self.open.push_back((now + self.config.window, slot));
-        let store_evicted = self.store_upsert(slot);
-        // A zero window makes it ready at once.
-        self.expire_into(now, &mut ready);
+        let store_evicted = self.open(opening, now, &mut ready, &mut evictions);
         Offered {
             outcome: refused.unwrap_or(Outcome::Opened),
             record,
@@ -689,6 +808,132 @@ impl Joiner {
             evictions,
             store_evicted,
         }
+    }
+
+    /// [`Joiner::offer_encoded`] of the session encoded in `encoded`, read by its head first
+    /// ([`head`]). A view that opens an exchange of its own and expects no other
+    /// ([`Head::awaits_views`]) — what a collector's local join sends of an exchange its probe
+    /// saw whole — is held as it arrived and decoded whole when its window closes; any other (a
+    /// view that may have company, one whose wire key an exchange holds, one whose client has
+    /// exchanges no sequence number placed, a duplicate, one without a wire key) is decoded
+    /// whole now and offered as such. Fails when it must be decoded now and does not decode.
+    pub fn offer_head(
+        &mut self,
+        encoded: Bytes,
+        now: Instant,
+    ) -> Result<Placed, prost::DecodeError> {
+        if self.heads.read_next() {
+            let placed = Head::read(&encoded).and_then(|h| self.open_alone(&h, &encoded, now));
+            self.heads.saw(placed.is_some());
+            if let Some(placed) = placed {
+                return Ok(placed);
+            }
+        }
+        let session = Session::decode(encoded.clone())?;
+        Ok(Placed::from(self.offer_encoded(
+            session,
+            Some(encoded),
+            now,
+        )))
+    }
+
+    /// Opens an exchange held as it arrived for the view of head `h` (encoded in `encoded`),
+    /// unless the view may join or be joined ([`Joiner::offer_head`]).
+    fn open_alone(&mut self, h: &Head<'_>, encoded: &[u8], now: Instant) -> Option<Placed> {
+        if h.awaits_views() {
+            return None;
+        }
+        let client = h.client()?;
+        let key = h.wire_key(client)?;
+        if self.wire.contains_key(&key)
+            || self.unkeyed.contains_key(&client)
+            || std::iter::once(&h.id())
+                .chain(h.merged_ids())
+                .any(|id| self.slot_of(id).is_some())
+        {
+            return None;
+        }
+        let mut ready = Vec::new();
+        let mut evictions = Vec::new();
+        self.expire_into(now, &mut ready);
+        let (packed, issues) = Packed::arrived(h, Box::from(encoded));
+        let span = span_over(packed.intervals.iter().copied());
+        let opening = Opening {
+            keyed: packed.keyed,
+            held: Held::Packed(Box::new(packed)),
+            arrival: None,
+            client: Some(client),
+            key: Some(key),
+            span,
+        };
+        let store_evicted = self.open(opening, now, &mut ready, &mut evictions);
+        Some(Placed {
+            outcome: Outcome::Opened,
+            issues,
+            ready,
+            evictions,
+            store_evicted,
+        })
+    }
+
+    /// Opens an exchange of one view, making room first; returns how many exchanges left the
+    /// store for it.
+    fn open(
+        &mut self,
+        opening: Opening,
+        now: Instant,
+        ready: &mut Vec<Arc<CorrelatedSession>>,
+        evictions: &mut Vec<Eviction>,
+    ) -> usize {
+        self.make_room(now, ready, evictions);
+        let slot = self.entries.vacant();
+        let Opening {
+            held,
+            arrival,
+            client,
+            key,
+            span,
+            keyed,
+        } = opening;
+        let mut entry_key = None;
+        if let Some(k) = key {
+            // A conflicting key stays with the exchange that had it first.
+            if let std::collections::hash_map::Entry::Vacant(v) = self.wire.entry(k) {
+                v.insert(slot);
+                entry_key = Some(k);
+            }
+        }
+        if let Some(c) = client {
+            self.clients.entry(c).or_default().insert(span, slot);
+            if !keyed {
+                self.unkeyed.entry(c).or_default().insert(span, slot);
+            }
+        }
+        // None of its ids is indexed: it would have been a duplicate.
+        for id in held.ids() {
+            self.ids.insert_new(id, slot);
+        }
+        self.entries.insert(
+            slot,
+            Entry {
+                client,
+                span,
+                key: entry_key,
+                ready: false,
+                joined: true,
+                stored: None,
+                views: 1,
+                rec: held,
+                arrival,
+            },
+        );
+        self.views.open += 1;
+        self.held += 1;
+        self.open.push_back((now + self.config.window, slot));
+        let store_evicted = self.store_upsert(slot);
+        // A zero window makes it ready at once.
+        self.expire_into(now, ready);
+        store_evicted
     }
 
     /// Exchanges of `client` overlapping `session` in time and agreeing with it; with
@@ -851,13 +1096,19 @@ impl Joiner {
 
     fn make_ready(&mut self, slot: u64, now: Instant) -> Option<Arc<CorrelatedSession>> {
         let e = self.entries.get_mut(&slot)?;
-        if !e.ready {
-            self.views.open = self.views.open.saturating_sub(e.views);
-            self.views.ready += e.views;
-        }
+        let was_ready = e.ready;
         e.ready = true;
         self.retained.push_back((now + self.config.retention, slot));
-        let rec = e.rec.shared();
+        // An exchange held as it arrived is decoded whole here, once.
+        let rec = e.rec.try_shared();
+        if !was_ready {
+            self.views.open = self.views.open.saturating_sub(e.views);
+            match rec {
+                Some(_) => self.views.ready += e.views,
+                None => self.views.malformed += e.views,
+            }
+        }
+        let rec = rec?;
         // Packed whether the store lists it or not: REST reads (rare) unpack a copy, and the
         // join, holding it for the retention time, keeps a fraction of the decoded size. From
         // the encoding it arrived in, packing is a copy.

@@ -890,3 +890,59 @@ fn the_candidate_cap_is_configurable() {
     );
     assert_eq!(compared, 20);
 }
+
+/// The way the join holds an open exchange, by the slot's entry: held as it arrived (`true`)
+/// or decoded.
+fn held_as_arrived(j: &Joiner) -> Vec<bool> {
+    j.entries
+        .values()
+        .map(|e| matches!(e.rec, Held::Packed(_)))
+        .collect()
+}
+
+/// Offered by its head: a view that expects no company is held as it arrived until its window
+/// closes, then made ready decoded whole, as one decoded on arrival would be; a view that may
+/// have company (its client is a pod no observation saw from the client's side) is decoded on
+/// arrival.
+#[test]
+fn views_offered_by_their_head_are_held_as_they_arrived_only_when_alone() -> anyhow::Result<()> {
+    use prost::Message as _;
+    let mut j = joiner(30);
+    let t0 = Instant::now();
+    let alone = SessionBuilder::new("p/1/0")
+        .with(|s| {
+            if let Some(c) = s.client.as_mut() {
+                c.pod.clear();
+            }
+        })
+        .build();
+    let placed = j.offer_head(alone.encode_to_vec().into(), t0)?;
+    assert_eq!(placed.outcome, Outcome::Opened);
+    assert_eq!(held_as_arrived(&j), [true]);
+    let awaited = SessionBuilder::new("p/2/0")
+        .with(|s| {
+            if let Some(c) = s.client.as_mut() {
+                c.port = 40002;
+            }
+        })
+        .build();
+    j.offer_head(awaited.encode_to_vec().into(), t0)?;
+    assert_eq!(held_as_arrived(&j), [true, false]);
+    let ready = j.expire(t0 + Duration::from_millis(40));
+    let sessions: Vec<&Session> = ready.iter().map(|r| &r.session).collect();
+    assert_eq!(sessions, [&alone, &awaited], "both made ready whole");
+    assert_eq!(
+        ready
+            .iter()
+            .map(|r| r.constituents.clone())
+            .collect::<Vec<_>>(),
+        [vec!["p/1/0".to_owned()], vec!["p/2/0".to_owned()]]
+    );
+    // A duplicate of the one held as it arrived is found by its id.
+    let again = j.offer_head(alone.encode_to_vec().into(), t0)?;
+    assert_eq!(again.outcome, Outcome::Duplicate);
+    assert!(j
+        .offer_head(bytes::Bytes::from_static(&[0x0a, 0x7f, b'x']), t0)
+        .is_err());
+    Ok(())
+}

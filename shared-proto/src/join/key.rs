@@ -46,14 +46,31 @@ impl ClientAddr {
     /// The client of `session`; `None` when the session has no usable client address.
     pub fn of(session: &Session) -> Option<Self> {
         let client = session.client.as_ref()?;
+        Self::from_parts(&client.ip, client.port, || {
+            session
+                .observations
+                .iter()
+                .find(|o| o.netns_inode != 0)
+                .map(|o| (o.node.as_str(), o.netns_inode))
+        })
+    }
+
+    /// [`ClientAddr::of`] a session whose client has address bytes `ip` and port `port`;
+    /// `namespace` (asked for a loopback address only) gives the node and network namespace
+    /// inode of its first observation that names a namespace.
+    pub fn from_parts<'a>(
+        ip: &[u8],
+        port: u32,
+        namespace: impl FnOnce() -> Option<(&'a str, u64)>,
+    ) -> Option<Self> {
         // IPv4-mapped IPv6 reads as IPv4, so both spellings are one client.
-        let ip = client.addr()?;
-        let port = u16::try_from(client.port).ok().filter(|p| *p != 0)?;
+        let ip = crate::addr::ip(ip)?;
+        let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
         let scope = if ip.is_loopback() {
             // Only a socket sees loopback; without its namespace the address means nothing.
-            let o = session.observations.iter().find(|o| o.netns_inode != 0)?;
+            let (node, netns_inode) = namespace()?;
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (o.node.as_str(), o.netns_inode).hash(&mut h);
+            (node, netns_inode).hash(&mut h);
             h.finish().max(1)
         } else {
             0
@@ -76,9 +93,14 @@ pub struct WireKey {
 /// Whether this view reports TCP sequence numbers: tc points always (they read the segments),
 /// sockets when they could read the socket's (0 means they could not).
 pub fn has_tcp_seq(o: &Observation) -> bool {
-    match o.kind() {
+    carries_tcp_seq(o.kind(), o.request_tcp_seq)
+}
+
+/// [`has_tcp_seq`] of an observation from a point of `kind` that reported `request_tcp_seq`.
+pub fn carries_tcp_seq(kind: PointKind, request_tcp_seq: u32) -> bool {
+    match kind {
         PointKind::Pod | PointKind::Node => true,
-        PointKind::Socket => o.request_tcp_seq != 0,
+        PointKind::Socket => request_tcp_seq != 0,
         PointKind::Unspecified => false,
     }
 }
@@ -96,23 +118,40 @@ pub fn is_datagram(session: &Session) -> bool {
 /// for views the collector merged already — the sequence number all its sequence-carrying
 /// observations agree on (none when they disagree).
 pub fn wire_key(session: &Session, client: ClientAddr) -> Option<WireKey> {
-    if is_datagram(session) {
+    let position = session
+        .attributes
+        .get(PIPELINE_POSITION_ATTRIBUTE)
+        .or_else(|| session.attributes.get(MESSAGE_POSITION_ATTRIBUTE));
+    wire_key_of(
+        client,
+        is_datagram(session),
+        session
+            .observations
+            .iter()
+            .filter(|o| has_tcp_seq(o))
+            .map(|o| o.request_tcp_seq),
+        position.map(String::as_str),
+    )
+}
+
+/// [`wire_key`] of a session whose client is `client`: over UDP when `datagram`, with the
+/// request sequence numbers `seqs` of its sequence-carrying observations and the value of its
+/// position attribute (the HTTP pipeline's, else the message's).
+pub fn wire_key_of(
+    client: ClientAddr,
+    datagram: bool,
+    seqs: impl IntoIterator<Item = u32>,
+    position: Option<&str>,
+) -> Option<WireKey> {
+    if datagram {
         return None;
     }
-    let mut seqs = session
-        .observations
-        .iter()
-        .filter(|o| has_tcp_seq(o))
-        .map(|o| o.request_tcp_seq);
+    let mut seqs = seqs.into_iter();
     let request_seq = seqs.next()?;
     if seqs.any(|s| s != request_seq) {
         return None;
     }
-    let position = match session
-        .attributes
-        .get(PIPELINE_POSITION_ATTRIBUTE)
-        .or_else(|| session.attributes.get(MESSAGE_POSITION_ATTRIBUTE))
-    {
+    let position = match position {
         Some(p) => p.parse().ok()?,
         None => 0,
     };
@@ -125,12 +164,19 @@ pub fn wire_key(session: &Session, client: ClientAddr) -> Option<WireKey> {
 
 /// The time an observation covers: first request byte to last byte seen.
 pub fn interval(o: &Observation) -> (u64, u64) {
-    let start = o.request_start_unix_nanos;
-    let end = o
-        .response_end_unix_nanos
-        .max(o.request_end_unix_nanos)
-        .max(start);
-    (start, end)
+    interval_of(
+        o.request_start_unix_nanos,
+        o.request_end_unix_nanos,
+        o.response_end_unix_nanos,
+    )
+}
+
+/// [`interval`] of an observation with these request start, request end and response end times.
+pub fn interval_of(request_start: u64, request_end: u64, response_end: u64) -> (u64, u64) {
+    (
+        request_start,
+        response_end.max(request_end).max(request_start),
+    )
 }
 
 /// Whether two closed intervals share a point.
