@@ -9,6 +9,7 @@
 pub mod analytics;
 pub mod api;
 pub mod config;
+mod equal;
 pub mod error;
 pub mod export;
 pub mod ids;

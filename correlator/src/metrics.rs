@@ -48,6 +48,7 @@ pub const STAGE_JOIN: &str = "join";
 /// Loss-accounting stage of span export: spans offered = exported + dropped + queued.
 pub const STAGE_EXPORT: &str = "export";
 
+use crate::equal::same;
 use clovisor_runtime::workloads::{End, Workloads};
 pub use clovisor_runtime::workloads::{FlowLabels, MAX_LABEL_VALUES, OUTSIDE};
 
@@ -375,7 +376,9 @@ fn fx(parts: &[&str], n: u64) -> u64 {
 fn end_matches(key: &Option<[String; 3]>, end: Option<&Endpoint>) -> bool {
     match (key, end) {
         (None, None) => true,
-        (Some([p, n, w]), Some(e)) => *p == e.pod && *n == e.namespace && *w == e.workload,
+        (Some([p, n, w]), Some(e)) => {
+            same(p, &e.pod) && same(n, &e.namespace) && same(w, &e.workload)
+        }
         _ => false,
     }
 }
@@ -974,11 +977,11 @@ impl Metrics {
         let protocol = protocol_label(s.protocol);
         let hash = fx(&[method, protocol, namespace, workload], u64::from(status));
         let hit = self.red.get(hash, |k| {
-            k.method == method
-                && k.protocol == protocol
+            same(k.method, method)
+                && same(k.protocol, protocol)
                 && k.status == status
-                && k.namespace == namespace
-                && k.workload == workload
+                && same(&k.namespace, namespace)
+                && same(&k.workload, workload)
         });
         if let Some(h) = hit {
             return h;

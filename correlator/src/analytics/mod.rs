@@ -17,6 +17,7 @@
 pub mod latency;
 pub mod query;
 
+use crate::equal::same;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -140,14 +141,14 @@ impl KeyRef<'_> {
 impl Equivalent<Arc<Key>> for KeyRef<'_> {
     fn equivalent(&self, key: &Arc<Key>) -> bool {
         self.status == key.status
-            && *self.service == key.service
-            && self.namespace == key.namespace
-            && *self.client == key.client
-            && self.client_namespace == key.client_namespace
-            && *self.protocol == key.protocol
-            && self.method == key.method
-            && self.path == key.path
-            && self.user_agent == key.user_agent
+            && same(&self.service, &key.service)
+            && same(self.namespace, &key.namespace)
+            && same(&self.client, &key.client)
+            && same(self.client_namespace, &key.client_namespace)
+            && same(&self.protocol, &key.protocol)
+            && same(self.method, &key.method)
+            && same(self.path, &key.path)
+            && same(self.user_agent, &key.user_agent)
     }
 }
 
