@@ -40,20 +40,18 @@ impl CorrelatedSession {
     pub fn new(mut session: Session) -> (Self, Vec<ContextIssue>) {
         // Decoding grew the vector to four; the exchange may be kept for the retention time.
         session.observations.shrink_to_fit();
-        let span_id = SpanId::random();
-        let (wire_trace, parent_span_id, issues) = wire_context(&session);
-        let id = if session.id.is_empty() {
-            span_id.to_string()
-        } else {
-            session.id.clone()
-        };
+        let trace = session
+            .trace
+            .as_ref()
+            .map(|ctx| (ctx.trace_id.as_slice(), ctx.parent_span_id.as_slice()));
+        let (identity, issues) = SpanIdentity::new(&session.id, trace);
         (
             Self {
-                id,
-                trace_id: wire_trace.unwrap_or_else(TraceId::random),
-                span_id,
-                parent_span_id,
-                trace_from_wire: wire_trace.is_some(),
+                id: identity.id,
+                trace_id: identity.trace_id,
+                span_id: identity.span_id,
+                parent_span_id: identity.parent_span_id,
+                trace_from_wire: identity.trace_from_wire,
                 constituents: Vec::new(),
                 session,
             },
@@ -88,9 +86,56 @@ fn wire_context(session: &Session) -> (Option<TraceId>, Option<SpanId>, Vec<Cont
     )
 }
 
+/// What [`CorrelatedSession::new`] gives an exchange of its first session: its id, and its
+/// place in a trace.
+pub(crate) struct SpanIdentity {
+    /// The session's id, or the span id when it has none.
+    pub id: String,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub trace_from_wire: bool,
+}
+
+impl SpanIdentity {
+    /// A fresh span id, in the wire trace `trace` (trace id and parent span id bytes) when the
+    /// session carried a valid one, for the session of id `id`; with what was wrong with the
+    /// wire context.
+    pub(crate) fn new(id: &str, trace: Option<(&[u8], &[u8])>) -> (Self, Vec<ContextIssue>) {
+        let span_id = SpanId::random();
+        let (wire_trace, parent_span_id, issues) = wire_context_of(trace);
+        let id = if id.is_empty() {
+            span_id.to_string()
+        } else {
+            id.to_owned()
+        };
+        let identity = Self {
+            id,
+            trace_id: wire_trace.unwrap_or_else(TraceId::random),
+            span_id,
+            parent_span_id,
+            trace_from_wire: wire_trace.is_some(),
+        };
+        (identity, issues)
+    }
+}
+
+/// The ids an exchange is known by besides its own: the first session's (when it has one) and
+/// those the collector merged into it.
+pub(crate) fn constituents<'a>(
+    id: &'a str,
+    merged: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    std::iter::once(id)
+        .chain(merged)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// [`wire_context`] of a session whose trace context, if any, has these trace id and parent
 /// span id bytes.
-pub(crate) fn wire_context_of(
+fn wire_context_of(
     trace: Option<(&[u8], &[u8])>,
 ) -> (Option<TraceId>, Option<SpanId>, Vec<ContextIssue>) {
     let mut issues = Vec::new();

@@ -63,3 +63,4 @@ pub mod inproc;
 pub mod join;
 pub mod kafka;
 pub mod tls;
+pub mod wire;

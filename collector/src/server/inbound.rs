@@ -26,6 +26,7 @@ use bytes::{Buf, Bytes};
 use clovisor_proto::capture::v1::{
     probe_message, CollectorMessage, FlowTable, Hello, ProbeMessage, Record, RecordBatch,
 };
+use clovisor_proto::wire;
 use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field, WireType};
 use prost::{DecodeError, Message as _};
 
@@ -183,13 +184,13 @@ impl Records {
         // still ends the walk rather than spinning.
         while !buf.is_empty() {
             let mut prefix = 0;
-            let step = decoder::read_key(&mut buf).and_then(|(tag, wire_type)| {
+            let step = wire::read_key(&mut buf).and_then(|(tag, wire_type)| {
                 if tag == field::BATCH_RECORDS && wire_type == WireType::LengthDelimited {
                     // Where the record's length prefix starts (prost's fallback reads it).
                     prefix = body.len() - buf.len();
-                    decoder::delimited(&mut buf).map(Some)
+                    wire::delimited(&mut buf).map(Some)
                 } else {
-                    decoder::skip(tag, wire_type, &mut buf, decoder::BATCH_DEPTH).map(|()| None)
+                    wire::skip(tag, wire_type, &mut buf, decoder::BATCH_DEPTH).map(|()| None)
                 }
             });
             match step {
@@ -211,7 +212,7 @@ impl Records {
                 Ok(None) => {}
                 Err(e) => {
                     self.pos = body.len();
-                    return Some(Err(e));
+                    return Some(Err(e.into()));
                 }
             }
         }

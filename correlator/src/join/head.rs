@@ -13,15 +13,19 @@
 //! held as it arrived decodes that one too, so holding pays only for views nothing joins).
 //!
 //! Only the head is checked on arrival: a view whose whole decoding fails when its window
-//! closes is dropped then, and counted. Anything unusual in the head (a field of an unexpected
-//! wire type, an endpoint given twice, more observations or ids than it has room for) makes
-//! [`Head::read`] give up, and the view is decoded whole at once.
+//! closes is dropped then, and counted. The wire format is read by the rules the collector's
+//! record decoder follows too ([`clovisor_proto::wire`]); anything unusual in the head (bytes
+//! that are not protobuf, a field of an unexpected wire type, an endpoint given twice, more
+//! observations or ids than it has room for) makes [`Head::read`] give up, and the view is
+//! decoded whole at once.
 
 use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_proto::join::key::{
     self, ClientAddr, WireKey, MESSAGE_POSITION_ATTRIBUTE, PIPELINE_POSITION_ATTRIBUTE,
 };
 use clovisor_proto::session::v1::DnsTransport;
+use clovisor_proto::wire;
+use prost::encoding::WireType;
 
 /// Observations a head has room for (a session the local join merged on a single host has four).
 const MAX_OBSERVATIONS: usize = 8;
@@ -62,81 +66,31 @@ mod tag {
     pub const DNS_TRANSPORT: u32 = 8;
 }
 
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const FIXED32: u8 = 5;
+/// prost's recursion budget for a session's fields (`Session.decode`'s, one level per message).
+const DEPTH: u32 = 100;
 
-/// A protobuf reader over one message's bytes; every read fails (`None`) past the end.
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    #[inline]
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for i in 0..10 {
-            let (&b, rest) = self.bytes.split_first()?;
-            self.bytes = rest;
-            value |= u64::from(b & 0x7f) << (7 * i);
-            if b < 0x80 {
-                return Some(value);
+/// Every field of one message, read with prost's wire rules ([`wire`]): a value of the wire type
+/// each field number has, unknown fields skipped (groups included); `None` when the bytes are
+/// not protobuf or `each` gives up.
+fn fields<'a>(
+    mut buf: &'a [u8],
+    depth: u32,
+    mut each: impl FnMut(u32, Value<'a>) -> Option<()>,
+) -> Option<()> {
+    while !buf.is_empty() {
+        let (number, wire_type) = wire::read_key(&mut buf).ok()?;
+        let value = match wire_type {
+            WireType::Varint => Value::Varint(wire::varint(&mut buf).ok()?),
+            WireType::SixtyFourBit => Value::Fixed(wire::fixed64(&mut buf).ok()?),
+            WireType::LengthDelimited => Value::Bytes(wire::delimited(&mut buf).ok()?),
+            _ => {
+                wire::skip(number, wire_type, &mut buf, depth).ok()?;
+                Value::Other
             }
-        }
-        None
+        };
+        each(number, value)?;
     }
-
-    #[inline]
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.bytes.len() {
-            return None;
-        }
-        let (taken, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Some(taken)
-    }
-
-    /// The next field's number and wire type, `None` at the end or on a malformed key.
-    #[inline]
-    fn key(&mut self) -> Option<(u32, u8)> {
-        if self.bytes.is_empty() {
-            return None;
-        }
-        let key = self.varint()?;
-        let number = u32::try_from(key >> 3).ok().filter(|n| *n != 0)?;
-        Some((number, (key & 7) as u8))
-    }
-
-    /// The value of a field of wire type `wire`: a varint, the fixed bytes, or the
-    /// length-delimited bytes (groups are not read: the head gives up).
-    #[inline]
-    fn value(&mut self, wire: u8) -> Option<Value<'a>> {
-        match wire {
-            VARINT => self.varint().map(Value::Varint),
-            FIXED64 => self
-                .take(8)
-                .and_then(|b| b.try_into().ok())
-                .map(|b| Value::Fixed(u64::from_le_bytes(b))),
-            LEN => {
-                let n = usize::try_from(self.varint()?).ok()?;
-                self.take(n).map(Value::Bytes)
-            }
-            FIXED32 => self.take(4).map(|_| Value::Other),
-            _ => None,
-        }
-    }
-
-    /// Every field of the message, then whether it ended cleanly.
-    #[inline]
-    fn fields(mut self, mut each: impl FnMut(u32, Value<'a>) -> Option<()>) -> Option<()> {
-        while !self.bytes.is_empty() {
-            let (number, wire) = self.key()?;
-            let value = self.value(wire)?;
-            each(number, value)?;
-        }
-        Some(())
-    }
+    Some(())
 }
 
 #[derive(Clone, Copy)]
@@ -144,6 +98,7 @@ enum Value<'a> {
     Varint(u64),
     Fixed(u64),
     Bytes(&'a [u8]),
+    /// A fixed 32-bit value or a group, skipped.
     Other,
 }
 
@@ -190,7 +145,7 @@ struct ObservationHead<'a> {
 impl<'a> ObservationHead<'a> {
     fn read(bytes: &'a [u8]) -> Option<Self> {
         let mut o = Self::default();
-        Reader { bytes }.fields(|number, value| {
+        fields(bytes, DEPTH - 1, |number, value| {
             // Integers as prost reads them: the varint cut to the field's width.
             match number {
                 tag::OBSERVATION_KIND => o.kind = value.varint()? as i32,
@@ -220,7 +175,7 @@ struct EndpointHead<'a> {
 impl<'a> EndpointHead<'a> {
     fn read(bytes: &'a [u8]) -> Option<Self> {
         let mut e = Self::default();
-        Reader { bytes }.fields(|number, value| {
+        fields(bytes, DEPTH - 1, |number, value| {
             match number {
                 tag::ENDPOINT_IP => e.ip = value.bytes()?,
                 tag::ENDPOINT_PORT => e.port = value.varint()? as u32,
@@ -264,7 +219,7 @@ impl<'a> Head<'a> {
     /// collector writes it (decode it whole: that tells what is wrong, if anything is).
     pub fn read(bytes: &'a [u8]) -> Option<Self> {
         let mut h = Head::default();
-        Reader { bytes }.fields(|number, value| {
+        fields(bytes, DEPTH, |number, value| {
             match number {
                 tag::ID => h.id = value.str()?,
                 tag::CLIENT if h.client.is_none() => {
@@ -376,7 +331,7 @@ impl<'a> Head<'a> {
 
 fn trace(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let (mut trace_id, mut parent): (&[u8], &[u8]) = (&[], &[]);
-    Reader { bytes }.fields(|number, value| {
+    fields(bytes, DEPTH - 1, |number, value| {
         match number {
             tag::TRACE_ID => trace_id = value.bytes()?,
             tag::TRACE_PARENT_SPAN_ID => parent = value.bytes()?,
@@ -389,7 +344,7 @@ fn trace(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 
 fn map_entry(bytes: &[u8]) -> Option<(&str, &str)> {
     let (mut k, mut v) = ("", "");
-    Reader { bytes }.fields(|number, value| {
+    fields(bytes, DEPTH - 1, |number, value| {
         match number {
             tag::MAP_KEY => k = value.str()?,
             tag::MAP_VALUE => v = value.str()?,
@@ -402,7 +357,7 @@ fn map_entry(bytes: &[u8]) -> Option<(&str, &str)> {
 
 fn datagram(bytes: &[u8]) -> Option<bool> {
     let mut transport = 0;
-    Reader { bytes }.fields(|number, value| {
+    fields(bytes, DEPTH - 1, |number, value| {
         if number == tag::DNS_TRANSPORT {
             transport = value.varint()? as i32;
         }

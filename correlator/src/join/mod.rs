@@ -37,7 +37,7 @@ use clovisor_proto::session::v1::Session;
 use prost::Message as _;
 use rustc_hash::FxHashMap;
 
-use crate::record::{ContextIssue, CorrelatedSession};
+use crate::record::{constituents, ContextIssue, CorrelatedSession, SpanIdentity};
 use ids::IdIndex;
 use key::{interval, overlaps, wire_key, ClientAddr, WireKey};
 
@@ -266,26 +266,14 @@ impl Packed {
     /// An exchange of the one view of head `h`, the session encoded in `arrival`
     /// ([`Joiner::offer_head`]), held as it arrived; with the problems of its trace context.
     fn arrived(h: &Head<'_>, arrival: Box<[u8]>) -> (Self, Vec<ContextIssue>) {
-        // As `CorrelatedSession::new` and `Joiner::offer_encoded` make them.
-        let span_id = crate::ids::SpanId::random();
-        let (wire_trace, parent_span_id, issues) = crate::record::wire_context_of(h.trace());
-        let id = if h.id().is_empty() {
-            span_id.to_string()
-        } else {
-            h.id().to_owned()
-        };
-        let constituents = std::iter::once(h.id())
-            .chain(h.merged_ids().iter().copied())
-            .filter(|id| !id.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let (identity, issues) = SpanIdentity::new(h.id(), h.trace());
         let packed = Self {
-            id,
-            constituents,
-            trace_id: wire_trace.unwrap_or_else(crate::ids::TraceId::random),
-            span_id,
-            parent_span_id,
-            trace_from_wire: wire_trace.is_some(),
+            id: identity.id,
+            constituents: constituents(h.id(), h.merged_ids().iter().copied()),
+            trace_id: identity.trace_id,
+            span_id: identity.span_id,
+            parent_span_id: identity.parent_span_id,
+            trace_from_wire: identity.trace_from_wire,
             keyed: h.keyed(),
             intervals: Box::from(h.intervals()),
             session: arrival,
@@ -780,13 +768,9 @@ impl Joiner {
         }
 
         let mut rec = *rec;
-        if !rec.session.id.is_empty() {
-            rec.constituents = vec![rec.session.id.clone()];
-        }
         // Views the collector merged already are constituents from the start.
         let merged_ids = std::mem::take(&mut rec.session.merged_ids);
-        rec.constituents
-            .extend(merged_ids.into_iter().filter(|id| !id.is_empty()));
+        rec.constituents = constituents(&rec.session.id, merged_ids.iter().map(String::as_str));
         let span = span_of(&rec.session);
         let keyed = rec.session.observations.iter().any(key::has_tcp_seq);
         let record = Arc::new(rec);

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use clovisor_proto::capture::v1::{
     record, FlowEnd, FlowKey, FlowStart, Message, ObservationPoint, Record, Segment,
 };
+use clovisor_proto::wire::{delimited, fixed64, skip, split_key, varint, WireError};
 use prost::encoding::WireType;
 
 #[cfg(test)]
@@ -35,24 +36,9 @@ mod tests;
 /// Why a record (or the batch framing around it) did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// A varint longer than ten bytes, past `u64::MAX`, or cut short.
-    #[error("invalid varint")]
-    Varint,
-    /// A field key past `u32::MAX`.
-    #[error("invalid field key {key}")]
-    Key {
-        /// The key read.
-        key: u64,
-    },
-    /// Wire type 6 or 7.
-    #[error("invalid wire type {value}")]
-    WireTypeValue {
-        /// The wire type read.
-        value: u64,
-    },
-    /// Field number 0.
-    #[error("invalid field number 0")]
-    FieldZero,
+    /// Not protobuf: a bad varint, key, wire type or length, a misplaced end group.
+    #[error(transparent)]
+    Wire(#[from] WireError),
     /// A known field with another wire type than its own.
     #[error("{field}: wire type {found:?}, expected {expected:?}")]
     WireType {
@@ -63,21 +49,12 @@ pub enum DecodeError {
         /// What the key said.
         found: WireType,
     },
-    /// A length or fixed-width value past the end of its message.
-    #[error("a length past the end of its message")]
-    Underflow,
     /// A string field that is not UTF-8.
     #[error("{field}: not UTF-8")]
     NotUtf8 {
         /// `Message.field`.
         field: &'static str,
     },
-    /// An end-group key with no group open, or closing another group.
-    #[error("unexpected end group key")]
-    EndGroup,
-    /// Groups nested deeper than prost's recursion limit.
-    #[error("nested too deep")]
-    TooDeep,
     /// A record of a kind decoded by prost (endpoint, stats) that prost refused.
     #[error(transparent)]
     Prost(#[from] prost::DecodeError),
@@ -206,123 +183,8 @@ impl Fields {
                 expected,
                 found: wire_type,
             }),
-            None => skip(tag, wire_type, buf, depth),
+            None => Ok(skip(tag, wire_type, buf, depth)?),
         }
-    }
-}
-
-/// Reads a varint as prost does: at most ten bytes, the tenth 0 or 1. One and two bytes (keys,
-/// lengths up to 16 KiB, small counters) inline.
-#[inline(always)]
-pub(super) fn varint(buf: &mut &[u8]) -> Result<u64> {
-    let bytes: &[u8] = buf;
-    match bytes {
-        [b0, rest @ ..] if *b0 < 0x80 => {
-            *buf = rest;
-            Ok(u64::from(*b0))
-        }
-        [b0, b1, rest @ ..] if *b1 < 0x80 => {
-            *buf = rest;
-            Ok(u64::from(b0 & 0x7f) | (u64::from(*b1) << 7))
-        }
-        _ => varint_long(buf),
-    }
-}
-
-#[inline(never)]
-fn varint_long(buf: &mut &[u8]) -> Result<u64> {
-    let bytes = *buf;
-    let mut value = 0u64;
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            if i == 9 && b > 1 {
-                return Err(DecodeError::Varint);
-            }
-            *buf = bytes.get(i + 1..).unwrap_or_default();
-            return Ok(value);
-        }
-        if i == 9 {
-            break;
-        }
-        i += 1;
-    }
-    Err(DecodeError::Varint)
-}
-
-/// A key's field number and wire type, checked as prost checks them.
-pub(super) fn split_key(key: u64) -> Result<(u32, WireType)> {
-    let key = u32::try_from(key).map_err(|_| DecodeError::Key { key })?;
-    let wire_type = match key & 7 {
-        0 => WireType::Varint,
-        1 => WireType::SixtyFourBit,
-        2 => WireType::LengthDelimited,
-        3 => WireType::StartGroup,
-        4 => WireType::EndGroup,
-        5 => WireType::ThirtyTwoBit,
-        value => {
-            return Err(DecodeError::WireTypeValue {
-                value: u64::from(value),
-            })
-        }
-    };
-    match key >> 3 {
-        0 => Err(DecodeError::FieldZero),
-        tag => Ok((tag, wire_type)),
-    }
-}
-
-/// The next key, split.
-pub(super) fn read_key(buf: &mut &[u8]) -> Result<(u32, WireType)> {
-    split_key(varint(buf)?)
-}
-
-/// A length-delimited value: its bytes.
-#[inline(always)]
-pub(super) fn delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8]> {
-    let len = varint(buf)?;
-    let len = usize::try_from(len)
-        .ok()
-        .filter(|&len| len <= buf.len())
-        .ok_or(DecodeError::Underflow)?;
-    let (value, rest) = buf.split_at(len);
-    *buf = rest;
-    Ok(value)
-}
-
-#[inline(always)]
-fn fixed64(buf: &mut &[u8]) -> Result<u64> {
-    let (value, rest) = buf.split_first_chunk::<8>().ok_or(DecodeError::Underflow)?;
-    *buf = rest;
-    Ok(u64::from_le_bytes(*value))
-}
-
-/// `n` bytes skipped.
-fn advance(buf: &mut &[u8], n: usize) -> Result<()> {
-    *buf = buf.get(n..).ok_or(DecodeError::Underflow)?;
-    Ok(())
-}
-
-/// Skips the value of field `tag` as prost's `skip_field` does, with `depth` levels of prost's
-/// recursion budget left (each group level spends one; none left is an error).
-pub(super) fn skip(tag: u32, wire_type: WireType, buf: &mut &[u8], depth: u32) -> Result<()> {
-    let Some(inner) = depth.checked_sub(1) else {
-        return Err(DecodeError::TooDeep);
-    };
-    match wire_type {
-        WireType::Varint => varint(buf).map(drop),
-        WireType::SixtyFourBit => advance(buf, 8),
-        WireType::ThirtyTwoBit => advance(buf, 4),
-        WireType::LengthDelimited => delimited(buf).map(drop),
-        WireType::StartGroup => loop {
-            match read_key(buf)? {
-                (end, WireType::EndGroup) if end == tag => return Ok(()),
-                (_, WireType::EndGroup) => return Err(DecodeError::EndGroup),
-                (t, w) => skip(t, w, buf, inner)?,
-            }
-        },
-        WireType::EndGroup => Err(DecodeError::EndGroup),
     }
 }
 
@@ -345,15 +207,15 @@ fn bytes_vec(dst: &mut Vec<u8>, buf: &mut &[u8]) -> Result<()> {
 // prost's conversions of a varint to each scalar type: truncation, and bool for any non-zero.
 #[inline(always)]
 fn uint32(buf: &mut &[u8]) -> Result<u32> {
-    varint(buf).map(|v| v as u32)
+    Ok(varint(buf)? as u32)
 }
 #[inline(always)]
 fn enumeration(buf: &mut &[u8]) -> Result<i32> {
-    varint(buf).map(|v| v as i32)
+    Ok(varint(buf)? as i32)
 }
 #[inline(always)]
 fn boolean(buf: &mut &[u8]) -> Result<bool> {
-    varint(buf).map(|v| v != 0)
+    Ok(varint(buf)? != 0)
 }
 
 /// Decodes the record `bytes` (its length prefix read; a slice of `src`) into `slot`, replacing

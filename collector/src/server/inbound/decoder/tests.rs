@@ -17,6 +17,7 @@ use prost::Message as _;
 
 use super::DecodeError;
 use crate::server::inbound::{Batch, RecordError};
+use clovisor_proto::wire::WireError;
 
 /// `record` framed as the only record of a batch.
 fn framed(record: &[u8]) -> Bytes {
@@ -539,7 +540,7 @@ fn reversed_fields(mut buf: &[u8]) -> Vec<u8> {
     let mut fields = Vec::new();
     while !buf.is_empty() {
         let start = buf;
-        let (tag, wire_type) = super::read_key(&mut buf).expect("prost's key");
+        let (tag, wire_type) = clovisor_proto::wire::read_key(&mut buf).expect("prost's key");
         super::skip(tag, wire_type, &mut buf, 100).expect("prost's field");
         fields.push(&start[..start.len() - buf.len()]);
     }
@@ -903,7 +904,7 @@ fn groups_nest_as_deep_as_prosts_recursion_limit_allows() {
         agree_fresh(&rec);
         if limit.is_none() && decoded(&rec).is_err() {
             limit = Some(n);
-            assert_eq!(decoded(&rec), Err(DecodeError::TooDeep));
+            assert_eq!(decoded(&rec), Err(DecodeError::Wire(WireError::TooDeep)));
         }
     }
     assert!(limit.is_some(), "some depth below 100 is refused");
@@ -933,6 +934,6 @@ fn a_broken_record_between_good_ones_fails_alone() {
     let got: Vec<Result<Record, RecordError>> = b.records().collect();
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].as_ref().ok(), Some(&good));
-    assert_eq!(got[1], Err(DecodeError::Underflow));
+    assert_eq!(got[1], Err(DecodeError::Wire(WireError::Underflow)));
     assert_eq!(got[2].as_ref().ok(), Some(&good));
 }
