@@ -521,6 +521,15 @@ fn correlator_sessions(input: &[u8]) -> usize {
     use clovisor_correlator::join::head::Head;
     use clovisor_correlator::join::JoinConfig;
     use clovisor_proto::session::v1::{Session, SessionBatch};
+    // The correlator's own decoder refuses what prost refuses and agrees with it on the rest.
+    match (
+        clovisor_proto::session::decode(input),
+        Session::decode(input),
+    ) {
+        (Ok(ours), Ok(prost)) => assert_eq!(ours, prost, "the session decoder"),
+        (Err(_), Err(_)) => {}
+        (ours, prost) => panic!("the session decoder: {ours:?}, prost: {prost:?}"),
+    }
     if let (Some(head), Ok(whole)) = (Head::read(input), Session::decode(input)) {
         let client = clovisor_proto::join::key::ClientAddr::of(&whole);
         assert_eq!(head.client(), client, "the head's client");

@@ -53,6 +53,9 @@ pub mod session {
         #![allow(clippy::doc_markdown, clippy::large_enum_variant)]
         tonic::include_proto!("clovisor.session.v1");
     }
+
+    pub mod decode;
+    pub use decode::{decode, DecodeError};
 }
 
 pub mod addr;

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clovisor_proto::session::decode as session_decode;
 use clovisor_proto::session::v1::Session;
 use prost::Message as _;
 use rustc_hash::FxHashMap;
@@ -288,8 +289,8 @@ impl Packed {
             .unwrap_or_else(|_| self.with_session(Session::default()))
     }
 
-    fn try_unpack(&self) -> Result<CorrelatedSession, prost::DecodeError> {
-        let mut session = Session::decode(&*self.session)?;
+    fn try_unpack(&self) -> Result<CorrelatedSession, session_decode::DecodeError> {
+        let mut session = session_decode::decode(&self.session)?;
         // An encoding as it arrived still lists the ids the collector merged; the exchange
         // holds them among its constituents.
         session.merged_ids.clear();
@@ -805,7 +806,7 @@ impl Joiner {
         &mut self,
         encoded: Bytes,
         now: Instant,
-    ) -> Result<Placed, prost::DecodeError> {
+    ) -> Result<Placed, session_decode::DecodeError> {
         if self.heads.read_next() {
             let placed = Head::read(&encoded).and_then(|h| self.open_alone(&h, &encoded, now));
             self.heads.saw(placed.is_some());
@@ -813,7 +814,7 @@ impl Joiner {
                 return Ok(placed);
             }
         }
-        let session = Session::decode(encoded.clone())?;
+        let session = session_decode::decode(&encoded)?;
         Ok(Placed::from(self.offer_encoded(
             session,
             Some(encoded),

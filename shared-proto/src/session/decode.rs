@@ -1,0 +1,283 @@
+//! A [`Session`] decoded by hand, with prost's semantics: what the correlator does with every
+//! exchange it receives.
+//!
+//! prost decodes each field through a generic loop (wire type checks, a `Buf` taken for each
+//! length-delimited value, strings grown from empty), about a microsecond for a typical
+//! 400-byte session, of which the allocations and copies a decoded session needs are not half.
+//! The fields every session has — its id, ends, observations, counters, HTTP fields and trace
+//! context — are read here with [`crate::wire`] instead, each string allocated once at its
+//! size; the rest (attributes, gRPC, DNS, database, Kafka and analyzer fields, and fields this
+//! version does not know) is left to prost's own per-field code ([`Message::merge_field`]), so
+//! nothing can be decoded differently there. Bytes prost refuses are refused here too, and what
+//! both accept decodes to equal sessions (property tests and the `correlator-sessions` fuzz
+//! target hold the two to it).
+
+use prost::encoding::{DecodeContext, WireType};
+use prost::Message;
+
+use super::v1::{Counters, Endpoint, Http, Observation, Session, TraceContext};
+use crate::wire::{self, WireError};
+
+/// Why bytes are not a [`Session`] (prost refuses the same bytes).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not protobuf: see [`WireError`].
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A known field with a value of another wire type.
+    #[error("field {tag}: wire type {actual:?} where {expected:?} is expected")]
+    WireType {
+        /// The field number.
+        tag: u32,
+        /// The field's wire type.
+        expected: WireType,
+        /// The wire type found.
+        actual: WireType,
+    },
+    /// A string field whose bytes are not UTF-8.
+    #[error("field {tag}: a string that is not UTF-8")]
+    Utf8 {
+        /// The field number.
+        tag: u32,
+    },
+    /// A field left to prost that it refused.
+    #[error(transparent)]
+    Prost(#[from] prost::DecodeError),
+}
+
+type Result<T> = std::result::Result<T, DecodeError>;
+
+/// prost's recursion budget at a session's own fields (`Session::decode`'s); a message's fields
+/// have one less.
+const DEPTH: u32 = 100;
+
+/// The session encoded in `buf`, decoded as `Session::decode` decodes it.
+pub fn decode(mut buf: &[u8]) -> Result<Session> {
+    let mut s = Session::default();
+    while !buf.is_empty() {
+        let (tag, wire_type) = wire::read_key(&mut buf)?;
+        let v = Value {
+            tag,
+            wire_type,
+            depth: DEPTH,
+        };
+        match tag {
+            1 => v.string(&mut buf, &mut s.id)?,
+            2 => s.protocol = v.int32(&mut buf)?,
+            3 => v.message(
+                &mut buf,
+                s.client.get_or_insert_with(Endpoint::default),
+                endpoint,
+            )?,
+            4 => v.message(
+                &mut buf,
+                s.server.get_or_insert_with(Endpoint::default),
+                endpoint,
+            )?,
+            5 => {
+                let mut o = Observation::default();
+                v.message(&mut buf, &mut o, observation)?;
+                s.observations.push(o);
+            }
+            6 => s.start_unix_nanos = v.fixed64(&mut buf)?,
+            7 => s.end_unix_nanos = v.fixed64(&mut buf)?,
+            8 => v.message(
+                &mut buf,
+                s.bytes.get_or_insert_with(Counters::default),
+                counters,
+            )?,
+            9 => v.message(
+                &mut buf,
+                s.packets.get_or_insert_with(Counters::default),
+                counters,
+            )?,
+            10 => v.message(&mut buf, s.http.get_or_insert_with(Http::default), http)?,
+            11 => v.message(
+                &mut buf,
+                s.trace.get_or_insert_with(TraceContext::default),
+                trace,
+            )?,
+            12 => s.incomplete = v.bool(&mut buf)?,
+            21 => {
+                let mut id = String::new();
+                v.string(&mut buf, &mut id)?;
+                s.merged_ids.push(id);
+            }
+            // Attributes, gRPC, DNS, database, Kafka, analyzer, and fields unknown here: prost's
+            // own code, with the context `Session::decode` gives a session's fields.
+            _ => s.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?,
+        }
+    }
+    Ok(s)
+}
+
+/// A field's key, and the recursion budget at its message.
+#[derive(Clone, Copy)]
+struct Value {
+    tag: u32,
+    wire_type: WireType,
+    depth: u32,
+}
+
+impl Value {
+    fn expect(self, expected: WireType) -> Result<()> {
+        if self.wire_type == expected {
+            Ok(())
+        } else {
+            Err(DecodeError::WireType {
+                tag: self.tag,
+                expected,
+                actual: self.wire_type,
+            })
+        }
+    }
+
+    fn varint(self, buf: &mut &[u8]) -> Result<u64> {
+        self.expect(WireType::Varint)?;
+        Ok(wire::varint(buf)?)
+    }
+
+    /// prost's `int32` (and enum) rule: the varint's low 32 bits.
+    fn int32(self, buf: &mut &[u8]) -> Result<i32> {
+        Ok(self.varint(buf)? as i32)
+    }
+
+    fn uint32(self, buf: &mut &[u8]) -> Result<u32> {
+        Ok(self.varint(buf)? as u32)
+    }
+
+    fn bool(self, buf: &mut &[u8]) -> Result<bool> {
+        Ok(self.varint(buf)? != 0)
+    }
+
+    fn fixed64(self, buf: &mut &[u8]) -> Result<u64> {
+        self.expect(WireType::SixtyFourBit)?;
+        Ok(wire::fixed64(buf)?)
+    }
+
+    fn delimited<'a>(self, buf: &mut &'a [u8]) -> Result<&'a [u8]> {
+        self.expect(WireType::LengthDelimited)?;
+        Ok(wire::delimited(buf)?)
+    }
+
+    /// Replaces `into` (allocated once, at its size).
+    fn string(self, buf: &mut &[u8], into: &mut String) -> Result<()> {
+        let bytes = self.delimited(buf)?;
+        let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::Utf8 { tag: self.tag })?;
+        *into = s.to_owned();
+        Ok(())
+    }
+
+    fn bytes(self, buf: &mut &[u8], into: &mut Vec<u8>) -> Result<()> {
+        *into = self.delimited(buf)?.to_vec();
+        Ok(())
+    }
+
+    /// Merges a message's fields into `into` (a message field given twice is merged, as prost
+    /// does), with one level less of recursion budget.
+    fn message<M>(
+        self,
+        buf: &mut &[u8],
+        into: &mut M,
+        field: fn(&mut M, Value, &mut &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut inner = self.delimited(buf)?;
+        let depth = self.depth.checked_sub(1).ok_or(WireError::TooDeep)?;
+        while !inner.is_empty() {
+            let (tag, wire_type) = wire::read_key(&mut inner)?;
+            field(
+                into,
+                Value {
+                    tag,
+                    wire_type,
+                    depth,
+                },
+                &mut inner,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A field this message does not know (or no longer uses), skipped as prost skips it.
+    fn skip(self, buf: &mut &[u8]) -> Result<()> {
+        Ok(wire::skip(self.tag, self.wire_type, buf, self.depth)?)
+    }
+}
+
+fn endpoint(e: &mut Endpoint, v: Value, buf: &mut &[u8]) -> Result<()> {
+    match v.tag {
+        1 => v.bytes(buf, &mut e.ip),
+        2 => v.uint32(buf).map(|p| e.port = p),
+        3 => v.string(buf, &mut e.pod),
+        4 => v.string(buf, &mut e.namespace),
+        5 => v.string(buf, &mut e.node),
+        6 => v.string(buf, &mut e.workload),
+        7 => v.string(buf, &mut e.service),
+        _ => v.skip(buf),
+    }
+}
+
+fn observation(o: &mut Observation, v: Value, buf: &mut &[u8]) -> Result<()> {
+    match v.tag {
+        1 => v.int32(buf).map(|k| o.kind = k),
+        2 => v.string(buf, &mut o.interface),
+        3 => v.string(buf, &mut o.node),
+        4 => v.string(buf, &mut o.probe_id),
+        6 => v.fixed64(buf).map(|t| o.request_start_unix_nanos = t),
+        7 => v.fixed64(buf).map(|t| o.request_end_unix_nanos = t),
+        8 => v.fixed64(buf).map(|t| o.response_start_unix_nanos = t),
+        9 => v.fixed64(buf).map(|t| o.response_end_unix_nanos = t),
+        10 => v.uint32(buf).map(|s| o.request_tcp_seq = s),
+        11 => v.uint32(buf).map(|s| o.response_tcp_seq = s),
+        12 => v.uint32(buf).map(|p| o.pid = p),
+        13 => v.string(buf, &mut o.comm),
+        14 => v.varint(buf).map(|i| o.netns_inode = i),
+        15 => v.int32(buf).map(|s| o.side = s),
+        20 => v.varint(buf).map(|n| o.request_bytes = n),
+        21 => v.varint(buf).map(|n| o.response_bytes = n),
+        22 => v.varint(buf).map(|n| o.request_packets = n),
+        23 => v.varint(buf).map(|n| o.response_packets = n),
+        24 => v.uint32(buf).map(|n| o.retransmits = n),
+        _ => v.skip(buf),
+    }
+}
+
+fn counters(c: &mut Counters, v: Value, buf: &mut &[u8]) -> Result<()> {
+    match v.tag {
+        1 => v.varint(buf).map(|n| c.request = n),
+        2 => v.varint(buf).map(|n| c.response = n),
+        _ => v.skip(buf),
+    }
+}
+
+fn http(h: &mut Http, v: Value, buf: &mut &[u8]) -> Result<()> {
+    match v.tag {
+        1 => v.string(buf, &mut h.method),
+        2 => v.string(buf, &mut h.target),
+        3 => v.string(buf, &mut h.host),
+        4 => v.string(buf, &mut h.user_agent),
+        5 => v.uint32(buf).map(|s| h.status_code = s),
+        6 => v.string(buf, &mut h.version),
+        7 => v.string(buf, &mut h.request_id),
+        8 => v.string(buf, &mut h.envoy_decorator),
+        9 => v.string(buf, &mut h.reason),
+        10 => v.varint(buf).map(|n| h.request_content_length = n),
+        11 => v.varint(buf).map(|n| h.response_content_length = n),
+        12 => v.bool(buf).map(|c| h.response_chunked = c),
+        _ => v.skip(buf),
+    }
+}
+
+fn trace(t: &mut TraceContext, v: Value, buf: &mut &[u8]) -> Result<()> {
+    match v.tag {
+        1 => v.int32(buf).map(|f| t.format = f),
+        2 => v.bytes(buf, &mut t.trace_id),
+        3 => v.bytes(buf, &mut t.parent_span_id),
+        4 => v.bool(buf).map(|s| t.sampled = s),
+        5 => v.string(buf, &mut t.tracestate),
+        _ => v.skip(buf),
+    }
+}
+
+#[cfg(test)]
+mod tests;
