@@ -54,7 +54,10 @@ pub mod session {
         tonic::include_proto!("clovisor.session.v1");
     }
 
+    #[cfg(test)]
+    mod arb;
     pub mod decode;
+    pub mod encode;
     pub use decode::{decode, DecodeError};
 }
 

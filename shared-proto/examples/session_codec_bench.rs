@@ -1,11 +1,14 @@
-//! Nanoseconds per decode of a typical session (an HTTP/1 exchange seen at a pod's veth and
-//! socket, as the collector sends it), by prost and by `clovisor_proto::session::decode`, in
-//! alternating rounds. See docs/benchmarks.md.
+//! Nanoseconds per encoding and per decoding of a typical session (an HTTP/1 exchange seen at a
+//! pod's veth and socket, as the collector sends it): prost's, and ours (`session::encode` as
+//! the collector's `SessionEncoder` runs it, `session::decode`), in alternating rounds. See
+//! docs/benchmarks.md.
 //!
-//!   cargo run --release -p clovisor-proto --example session_decode_bench [ROUNDS]
+//!   cargo run --release -p clovisor-proto --example session_codec_bench [ROUNDS]
 
 use std::time::Instant;
 
+use bytes::BytesMut;
+use clovisor_proto::hops::SessionEncoder;
 use clovisor_proto::session::v1::{Counters, Endpoint, Http, Observation, Session};
 use prost::Message;
 
@@ -77,10 +80,10 @@ fn typical() -> Session {
     }
 }
 
-fn per_decode(n: u32, decode: impl Fn() -> Session) -> f64 {
+fn per_call<T>(n: u32, mut f: impl FnMut() -> T) -> f64 {
     let t = Instant::now();
     for _ in 0..n {
-        std::hint::black_box(decode());
+        std::hint::black_box(f());
     }
     t.elapsed().as_nanos() as f64 / f64::from(n)
 }
@@ -95,16 +98,31 @@ fn main() {
     let bytes = session.encode_to_vec();
     let ours = clovisor_proto::session::decode(&bytes).expect("our own encoding decodes");
     assert_eq!(ours, session, "the decoders agree");
+    let mut encoder = SessionEncoder::new();
+    assert_eq!(
+        encoder.encode(&session).bytes()[..],
+        bytes[..],
+        "the encoders agree"
+    );
     println!("a session of {} bytes", bytes.len());
     let n = 1_000_000;
+    let mut buf = BytesMut::new();
     for _ in 0..rounds {
-        let prost = per_decode(n, || Session::decode(bytes.as_slice()).unwrap_or_default());
-        let ours = per_decode(n, || {
+        let prost_encode = per_call(n, || {
+            buf.reserve(bytes.len());
+            session.encode_raw(&mut buf);
+            buf.split().freeze()
+        });
+        let ours_encode = per_call(n, || encoder.encode(&session));
+        let prost_decode = per_call(n, || Session::decode(bytes.as_slice()).unwrap_or_default());
+        let ours_decode = per_call(n, || {
             clovisor_proto::session::decode(&bytes).unwrap_or_default()
         });
         println!(
-            "prost {prost:.0} ns, clovisor_proto::session::decode {ours:.0} ns ({:.2}x)",
-            ours / prost
+            "encode: prost {prost_encode:.0} ns, ours {ours_encode:.0} ns ({:.2}x); \
+             decode: prost {prost_decode:.0} ns, ours {ours_decode:.0} ns ({:.2}x)",
+            ours_encode / prost_encode,
+            ours_decode / prost_decode
         );
     }
 }

@@ -1,0 +1,338 @@
+//! A [`Session`] encoded by hand, byte for byte as prost encodes it: what the collector does
+//! with every exchange it sends.
+//!
+//! prost writes each byte of a varint through `BufMut::put_u8` (a capacity check per byte) and
+//! walks every nested message twice through its generic length and encoding code. Here the
+//! fields every session has — its id, ends, observations, counters, HTTP fields and trace
+//! context — are written as they are measured, each nested message measured by the
+//! same field list that writes it ([`Fields`] over [`Len`] and [`Write`]); the rest (attributes,
+//! gRPC, DNS, database, Kafka and analyzer fields) by prost's own encoding functions. Fields go
+//! in prost's order (by field number) and defaults are left out as prost leaves them out, so
+//! the bytes are prost's (property tests hold the two to it).
+
+use bytes::{BufMut, BytesMut};
+use prost::encoding::{self as pe, encoded_len_varint, key_len, WireType};
+
+use super::v1::{Counters, Endpoint, Http, Observation, Session, TraceContext};
+
+/// Appends `s`'s encoding (its fields, without a length prefix: `Message::encode_raw`'s bytes)
+/// to `buf`.
+pub fn encode_raw(s: &Session, buf: &mut BytesMut) {
+    let mut len = Len::default();
+    head(s, &mut len);
+    tail(s, &mut len);
+    let total = len.0 + rare_len(s);
+    let start = buf.len();
+    buf.resize(start + total, 0);
+    let written = buf.get_mut(start..).map(|out| {
+        let mut w = Write { out, at: 0 };
+        head(s, &mut w);
+        if let Some(mut rest) = w.out.get_mut(w.at..) {
+            let room = rest.len();
+            rare(s, &mut rest);
+            w.at += room - rest.len();
+        }
+        tail(s, &mut w);
+        w.at
+    });
+    if written != Some(total) {
+        // Measured and written by the same field lists, so never; but were they ever to
+        // disagree, the session is still sent right.
+        buf.truncate(start);
+        prost::Message::encode_raw(s, buf);
+    }
+}
+
+/// The fields before the attributes (1 to 12).
+fn head<F: Fields>(s: &Session, f: &mut F) {
+    f.bytes(1, s.id.as_bytes());
+    f.int32(2, s.protocol);
+    if let Some(e) = &s.client {
+        f.message(3, e, endpoint::<Len>, |m, w| endpoint(m, w));
+    }
+    if let Some(e) = &s.server {
+        f.message(4, e, endpoint::<Len>, |m, w| endpoint(m, w));
+    }
+    for o in &s.observations {
+        f.message(5, o, observation::<Len>, |m, w| observation(m, w));
+    }
+    f.fixed64(6, s.start_unix_nanos);
+    f.fixed64(7, s.end_unix_nanos);
+    if let Some(c) = &s.bytes {
+        f.message(8, c, counters::<Len>, |m, w| counters(m, w));
+    }
+    if let Some(c) = &s.packets {
+        f.message(9, c, counters::<Len>, |m, w| counters(m, w));
+    }
+    if let Some(h) = &s.http {
+        f.message(10, h, http::<Len>, |m, w| http(m, w));
+    }
+    if let Some(t) = &s.trace {
+        f.message(11, t, trace::<Len>, |m, w| trace(m, w));
+    }
+    f.bool(12, s.incomplete);
+}
+
+/// The fields after the analyzer's (21).
+fn tail<F: Fields>(s: &Session, f: &mut F) {
+    for id in &s.merged_ids {
+        f.repeated_bytes(21, id.as_bytes());
+    }
+}
+
+/// The attributes, gRPC, DNS, database, Kafka and analyzer fields (13 to 18), by prost.
+fn rare(s: &Session, buf: &mut impl BufMut) {
+    pe::hash_map::encode(
+        pe::string::encode,
+        pe::string::encoded_len,
+        pe::string::encode,
+        pe::string::encoded_len,
+        13,
+        &s.attributes,
+        buf,
+    );
+    if let Some(m) = &s.grpc {
+        pe::message::encode(14, &**m, buf);
+    }
+    if let Some(m) = &s.dns {
+        pe::message::encode(15, &**m, buf);
+    }
+    if let Some(m) = &s.database {
+        pe::message::encode(16, &**m, buf);
+    }
+    if let Some(m) = &s.kafka {
+        pe::message::encode(17, &**m, buf);
+    }
+    if let Some(m) = &s.analyzer {
+        pe::message::encode(18, &**m, buf);
+    }
+}
+
+/// [`rare`]'s length.
+fn rare_len(s: &Session) -> usize {
+    pe::hash_map::encoded_len(
+        pe::string::encoded_len,
+        pe::string::encoded_len,
+        13,
+        &s.attributes,
+    ) + s
+        .grpc
+        .as_ref()
+        .map_or(0, |m| pe::message::encoded_len(14, &**m))
+        + s.dns
+            .as_ref()
+            .map_or(0, |m| pe::message::encoded_len(15, &**m))
+        + s.database
+            .as_ref()
+            .map_or(0, |m| pe::message::encoded_len(16, &**m))
+        + s.kafka
+            .as_ref()
+            .map_or(0, |m| pe::message::encoded_len(17, &**m))
+        + s.analyzer
+            .as_ref()
+            .map_or(0, |m| pe::message::encoded_len(18, &**m))
+}
+
+/// Where a message's fields go: measured ([`Len`]) or written ([`Write`]). A field at its
+/// default value (empty, zero, false) is left out, as proto3 has it.
+trait Fields {
+    /// An element of a repeated string or bytes field: there even when empty.
+    fn repeated_bytes(&mut self, tag: u32, v: &[u8]);
+    /// A varint field, left out when 0.
+    fn varint(&mut self, tag: u32, v: u64);
+    /// A fixed 64-bit field, left out when 0.
+    fn fixed64(&mut self, tag: u32, v: u64);
+    /// A message field: its key, its length (measured by `len`), its fields (by `write`).
+    fn message<M>(&mut self, tag: u32, m: &M, len: fn(&M, &mut Len), write: fn(&M, &mut Write<'_>));
+
+    /// A string or bytes field, left out when empty.
+    fn bytes(&mut self, tag: u32, v: &[u8]) {
+        if !v.is_empty() {
+            self.repeated_bytes(tag, v);
+        }
+    }
+
+    /// An `int32` or enum field: negative values take ten bytes, as prost writes them.
+    fn int32(&mut self, tag: u32, v: i32) {
+        self.varint(tag, i64::from(v) as u64);
+    }
+
+    fn uint32(&mut self, tag: u32, v: u32) {
+        self.varint(tag, u64::from(v));
+    }
+
+    fn bool(&mut self, tag: u32, v: bool) {
+        self.varint(tag, u64::from(v));
+    }
+}
+
+/// Measures the fields given.
+#[derive(Default)]
+struct Len(usize);
+
+impl Fields for Len {
+    fn repeated_bytes(&mut self, tag: u32, v: &[u8]) {
+        self.0 += key_len(tag) + encoded_len_varint(v.len() as u64) + v.len();
+    }
+
+    fn varint(&mut self, tag: u32, v: u64) {
+        if v != 0 {
+            self.0 += key_len(tag) + encoded_len_varint(v);
+        }
+    }
+
+    fn fixed64(&mut self, tag: u32, v: u64) {
+        if v != 0 {
+            self.0 += key_len(tag) + 8;
+        }
+    }
+
+    fn message<M>(&mut self, tag: u32, m: &M, len: fn(&M, &mut Len), _: fn(&M, &mut Write<'_>)) {
+        let mut n = Len::default();
+        len(m, &mut n);
+        self.0 += key_len(tag) + encoded_len_varint(n.0 as u64) + n.0;
+    }
+}
+
+/// Writes the fields given into room measured for them (`out`, from `at`): byte by byte and
+/// without capacity checks or calls into the C library's `memcpy` for the many values of a byte
+/// or two, which cost more than their bytes.
+struct Write<'a> {
+    out: &'a mut [u8],
+    at: usize,
+}
+
+impl Write<'_> {
+    /// One byte; past the room measured it is counted, not written (and the caller, finding
+    /// more written than measured, encodes the session with prost instead).
+    fn put(&mut self, b: u8) {
+        if let Some(slot) = self.out.get_mut(self.at) {
+            *slot = b;
+        }
+        self.at += 1;
+    }
+
+    fn put_varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.put(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.put(v as u8);
+    }
+
+    fn put_slice(&mut self, v: &[u8]) {
+        if v.len() <= 16 {
+            for &b in v {
+                self.put(b);
+            }
+        } else if let Some(dst) = self.out.get_mut(self.at..self.at + v.len()) {
+            dst.copy_from_slice(v);
+            self.at += v.len();
+        } else {
+            self.at += v.len();
+        }
+    }
+
+    fn key(&mut self, tag: u32, wire_type: WireType) {
+        self.put_varint(u64::from(tag << 3 | wire_type as u32));
+    }
+}
+
+impl Fields for Write<'_> {
+    fn repeated_bytes(&mut self, tag: u32, v: &[u8]) {
+        self.key(tag, WireType::LengthDelimited);
+        self.put_varint(v.len() as u64);
+        self.put_slice(v);
+    }
+
+    fn varint(&mut self, tag: u32, v: u64) {
+        if v != 0 {
+            self.key(tag, WireType::Varint);
+            self.put_varint(v);
+        }
+    }
+
+    fn fixed64(&mut self, tag: u32, v: u64) {
+        if v != 0 {
+            self.key(tag, WireType::SixtyFourBit);
+            self.put_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn message<M>(
+        &mut self,
+        tag: u32,
+        m: &M,
+        len: fn(&M, &mut Len),
+        write: fn(&M, &mut Write<'_>),
+    ) {
+        let mut n = Len::default();
+        len(m, &mut n);
+        self.key(tag, WireType::LengthDelimited);
+        self.put_varint(n.0 as u64);
+        write(m, self);
+    }
+}
+
+fn endpoint<F: Fields>(e: &Endpoint, f: &mut F) {
+    f.bytes(1, &e.ip);
+    f.uint32(2, e.port);
+    f.bytes(3, e.pod.as_bytes());
+    f.bytes(4, e.namespace.as_bytes());
+    f.bytes(5, e.node.as_bytes());
+    f.bytes(6, e.workload.as_bytes());
+    f.bytes(7, e.service.as_bytes());
+}
+
+fn observation<F: Fields>(o: &Observation, f: &mut F) {
+    f.int32(1, o.kind);
+    f.bytes(2, o.interface.as_bytes());
+    f.bytes(3, o.node.as_bytes());
+    f.bytes(4, o.probe_id.as_bytes());
+    f.fixed64(6, o.request_start_unix_nanos);
+    f.fixed64(7, o.request_end_unix_nanos);
+    f.fixed64(8, o.response_start_unix_nanos);
+    f.fixed64(9, o.response_end_unix_nanos);
+    f.uint32(10, o.request_tcp_seq);
+    f.uint32(11, o.response_tcp_seq);
+    f.uint32(12, o.pid);
+    f.bytes(13, o.comm.as_bytes());
+    f.varint(14, o.netns_inode);
+    f.int32(15, o.side);
+    f.varint(20, o.request_bytes);
+    f.varint(21, o.response_bytes);
+    f.varint(22, o.request_packets);
+    f.varint(23, o.response_packets);
+    f.uint32(24, o.retransmits);
+}
+
+fn counters<F: Fields>(c: &Counters, f: &mut F) {
+    f.varint(1, c.request);
+    f.varint(2, c.response);
+}
+
+fn http<F: Fields>(h: &Http, f: &mut F) {
+    f.bytes(1, h.method.as_bytes());
+    f.bytes(2, h.target.as_bytes());
+    f.bytes(3, h.host.as_bytes());
+    f.bytes(4, h.user_agent.as_bytes());
+    f.uint32(5, h.status_code);
+    f.bytes(6, h.version.as_bytes());
+    f.bytes(7, h.request_id.as_bytes());
+    f.bytes(8, h.envoy_decorator.as_bytes());
+    f.bytes(9, h.reason.as_bytes());
+    f.varint(10, h.request_content_length);
+    f.varint(11, h.response_content_length);
+    f.bool(12, h.response_chunked);
+}
+
+fn trace<F: Fields>(t: &TraceContext, f: &mut F) {
+    f.int32(1, t.format);
+    f.bytes(2, &t.trace_id);
+    f.bytes(3, &t.parent_span_id);
+    f.bool(4, t.sampled);
+    f.bytes(5, t.tracestate.as_bytes());
+}
+
+#[cfg(test)]
+mod tests;
