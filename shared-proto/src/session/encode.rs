@@ -91,21 +91,11 @@ fn rare(s: &Session, buf: &mut impl BufMut) {
         &s.attributes,
         buf,
     );
-    if let Some(m) = &s.grpc {
-        pe::message::encode(14, &**m, buf);
-    }
-    if let Some(m) = &s.dns {
-        pe::message::encode(15, &**m, buf);
-    }
-    if let Some(m) = &s.database {
-        pe::message::encode(16, &**m, buf);
-    }
-    if let Some(m) = &s.kafka {
-        pe::message::encode(17, &**m, buf);
-    }
-    if let Some(m) = &s.analyzer {
-        pe::message::encode(18, &**m, buf);
-    }
+    boxed(14, s.grpc.as_deref(), buf);
+    boxed(15, s.dns.as_deref(), buf);
+    boxed(16, s.database.as_deref(), buf);
+    boxed(17, s.kafka.as_deref(), buf);
+    boxed(18, s.analyzer.as_deref(), buf);
 }
 
 /// [`rare`]'s length.
@@ -115,22 +105,23 @@ fn rare_len(s: &Session) -> usize {
         pe::string::encoded_len,
         13,
         &s.attributes,
-    ) + s
-        .grpc
-        .as_ref()
-        .map_or(0, |m| pe::message::encoded_len(14, &**m))
-        + s.dns
-            .as_ref()
-            .map_or(0, |m| pe::message::encoded_len(15, &**m))
-        + s.database
-            .as_ref()
-            .map_or(0, |m| pe::message::encoded_len(16, &**m))
-        + s.kafka
-            .as_ref()
-            .map_or(0, |m| pe::message::encoded_len(17, &**m))
-        + s.analyzer
-            .as_ref()
-            .map_or(0, |m| pe::message::encoded_len(18, &**m))
+    ) + boxed_len(14, s.grpc.as_deref())
+        + boxed_len(15, s.dns.as_deref())
+        + boxed_len(16, s.database.as_deref())
+        + boxed_len(17, s.kafka.as_deref())
+        + boxed_len(18, s.analyzer.as_deref())
+}
+
+/// A message field left to prost, when present.
+fn boxed(tag: u32, m: Option<&impl prost::Message>, buf: &mut impl BufMut) {
+    if let Some(m) = m {
+        pe::message::encode(tag, m, buf);
+    }
+}
+
+/// [`boxed`]'s length.
+fn boxed_len(tag: u32, m: Option<&impl prost::Message>) -> usize {
+    m.map_or(0, |m| pe::message::encoded_len(tag, m))
 }
 
 /// Where a message's fields go: measured ([`Len`]) or written ([`Write`]). A field at its
