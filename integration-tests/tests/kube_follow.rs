@@ -174,6 +174,24 @@ fn programs(veth: &str) -> Result<Vec<String>> {
     our_programs_on(veth)
 }
 
+/// Waits until none of our programs is on `veth`. The detach itself is synchronous, but a link
+/// whose descriptor a concurrently spawned process (another test's `ip` or server) still holds
+/// between its fork and its exec stays attached until that copy is closed: a few milliseconds,
+/// longer on a loaded machine.
+async fn wait_detached(veth: &str, what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = programs(veth)?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: still on {veth} after 5 s: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn assert_attached_once(veth: &str) -> Result<()> {
     let progs = programs(veth)?;
     assert_eq!(
@@ -350,11 +368,7 @@ async fn pods_are_followed_through_the_api_and_service_names_set_the_protocol() 
         })
         .await?;
     assert_eq!(s.attached.get("kube-system/sys"), Some(&sys_ns.host_veth));
-    assert!(
-        programs(&web_ns.host_veth)?.is_empty(),
-        "web detached when it stopped matching, found {:?}",
-        programs(&web_ns.host_veth)?
-    );
+    wait_detached(&web_ns.host_veth, "web detached when it stopped matching").await?;
     assert_attached_once(&sys_ns.host_veth)?;
     probe.selection.send_replace(PodSelection::default());
     probe
@@ -363,7 +377,7 @@ async fn pods_are_followed_through_the_api_and_service_names_set_the_protocol() 
         })
         .await?;
     assert_attached_once(&web_ns.host_veth)?;
-    assert!(programs(&sys_ns.host_veth)?.is_empty(), "sys detached");
+    wait_detached(&sys_ns.host_veth, "sys detached").await?;
 
     // Deleted: detached, port out of the map, addresses retracted.
     let seen = probe.drain_endpoints().len();
@@ -376,11 +390,11 @@ async fn pods_are_followed_through_the_api_and_service_names_set_the_protocol() 
         "its port left the map: {:?}",
         s.traced_ports
     );
-    assert!(
-        programs(&web_ns.host_veth)?.is_empty(),
-        "programs removed from {}",
-        web_ns.host_veth
-    );
+    wait_detached(
+        &web_ns.host_veth,
+        "programs removed when the pod is deleted",
+    )
+    .await?;
     let removed = probe.drain_endpoints()[seen..]
         .iter()
         .filter(|e| e.pod == "web-5d9f8-abcde" && e.removed)
@@ -440,11 +454,7 @@ async fn a_cut_watch_and_a_410_resync_without_losing_or_duplicating() -> Result<
         "the 410 forced a relist"
     );
     assert_eq!(s.attached.get("default/c"), Some(&c_ns.host_veth));
-    assert!(
-        programs(&a_ns.host_veth)?.is_empty(),
-        "a (deleted during the outage) detached, found {:?}",
-        programs(&a_ns.host_veth)?
-    );
+    wait_detached(&a_ns.host_veth, "a (deleted during the outage) detached").await?;
     assert_attached_once(&b_ns.host_veth)?;
     assert_attached_once(&c_ns.host_veth)?;
     let metrics = probe.metrics_text()?;
@@ -463,10 +473,7 @@ async fn a_cut_watch_and_a_410_resync_without_losing_or_duplicating() -> Result<
     assert_eq!(b_removed, 0, "b never retracted across the resyncs");
     probe.stop().await?;
     for veth in [&a_ns.host_veth, &b_ns.host_veth, &c_ns.host_veth] {
-        assert!(
-            programs(veth)?.is_empty(),
-            "nothing left on {veth} after stop"
-        );
+        wait_detached(veth, "nothing left after stop").await?;
     }
     Ok(())
 }
