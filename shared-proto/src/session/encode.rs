@@ -18,14 +18,25 @@ use super::v1::{Counters, Endpoint, Http, Observation, Session, TraceContext};
 /// Appends `s`'s encoding (its fields, without a length prefix: `Message::encode_raw`'s bytes)
 /// to `buf`.
 pub fn encode_raw(s: &Session, buf: &mut BytesMut) {
-    let mut len = Len::default();
+    encode_raw_with(s, buf, &mut Vec::new());
+}
+
+/// [`encode_raw`], the lengths of the session's messages measured into `lens` (its room kept
+/// from one session to the next by a caller that encodes many: [`crate::hops::SessionEncoder`]).
+pub fn encode_raw_with(s: &Session, buf: &mut BytesMut, lens: &mut Vec<usize>) {
+    lens.clear();
+    let mut len = Len { total: 0, lens };
     head(s, &mut len);
     tail(s, &mut len);
-    let total = len.0 + rare_len(s);
+    let total = len.total + rare_len(s);
     let start = buf.len();
     buf.resize(start + total, 0);
     let written = buf.get_mut(start..).map(|out| {
-        let mut w = Write { out, at: 0 };
+        let mut w = Write {
+            out,
+            at: 0,
+            lens: lens.iter(),
+        };
         head(s, &mut w);
         if let Some(mut rest) = w.out.get_mut(w.at..) {
             let room = rest.len();
@@ -48,27 +59,27 @@ fn head<F: Fields>(s: &Session, f: &mut F) {
     f.bytes(1, s.id.as_bytes());
     f.int32(2, s.protocol);
     if let Some(e) = &s.client {
-        f.message(3, e, endpoint::<Len>, |m, w| endpoint(m, w));
+        f.message(3, e, |m, l| endpoint(m, l), |m, w| endpoint(m, w));
     }
     if let Some(e) = &s.server {
-        f.message(4, e, endpoint::<Len>, |m, w| endpoint(m, w));
+        f.message(4, e, |m, l| endpoint(m, l), |m, w| endpoint(m, w));
     }
     for o in &s.observations {
-        f.message(5, o, observation::<Len>, |m, w| observation(m, w));
+        f.message(5, o, |m, l| observation(m, l), |m, w| observation(m, w));
     }
     f.fixed64(6, s.start_unix_nanos);
     f.fixed64(7, s.end_unix_nanos);
     if let Some(c) = &s.bytes {
-        f.message(8, c, counters::<Len>, |m, w| counters(m, w));
+        f.message(8, c, |m, l| counters(m, l), |m, w| counters(m, w));
     }
     if let Some(c) = &s.packets {
-        f.message(9, c, counters::<Len>, |m, w| counters(m, w));
+        f.message(9, c, |m, l| counters(m, l), |m, w| counters(m, w));
     }
     if let Some(h) = &s.http {
-        f.message(10, h, http::<Len>, |m, w| http(m, w));
+        f.message(10, h, |m, l| http(m, l), |m, w| http(m, w));
     }
     if let Some(t) = &s.trace {
-        f.message(11, t, trace::<Len>, |m, w| trace(m, w));
+        f.message(11, t, |m, l| trace(m, l), |m, w| trace(m, w));
     }
     f.bool(12, s.incomplete);
 }
@@ -134,7 +145,13 @@ trait Fields {
     /// A fixed 64-bit field, left out when 0.
     fn fixed64(&mut self, tag: u32, v: u64);
     /// A message field: its key, its length (measured by `len`), its fields (by `write`).
-    fn message<M>(&mut self, tag: u32, m: &M, len: fn(&M, &mut Len), write: fn(&M, &mut Write<'_>));
+    fn message<M>(
+        &mut self,
+        tag: u32,
+        m: &M,
+        len: fn(&M, &mut Len<'_>),
+        write: fn(&M, &mut Write<'_>),
+    );
 
     /// A string or bytes field, left out when empty.
     fn bytes(&mut self, tag: u32, v: &[u8]) {
@@ -157,40 +174,56 @@ trait Fields {
     }
 }
 
-/// Measures the fields given.
-#[derive(Default)]
-struct Len(usize);
+/// Measures the fields given (`total`), and each message's length in `lens`, in the order
+/// [`Write`] writes them (a message before the messages in it): measured once, written once.
+struct Len<'a> {
+    total: usize,
+    lens: &'a mut Vec<usize>,
+}
 
-impl Fields for Len {
+impl Fields for Len<'_> {
     fn repeated_bytes(&mut self, tag: u32, v: &[u8]) {
-        self.0 += key_len(tag) + encoded_len_varint(v.len() as u64) + v.len();
+        self.total += key_len(tag) + encoded_len_varint(v.len() as u64) + v.len();
     }
 
     fn varint(&mut self, tag: u32, v: u64) {
         if v != 0 {
-            self.0 += key_len(tag) + encoded_len_varint(v);
+            self.total += key_len(tag) + encoded_len_varint(v);
         }
     }
 
     fn fixed64(&mut self, tag: u32, v: u64) {
         if v != 0 {
-            self.0 += key_len(tag) + 8;
+            self.total += key_len(tag) + 8;
         }
     }
 
-    fn message<M>(&mut self, tag: u32, m: &M, len: fn(&M, &mut Len), _: fn(&M, &mut Write<'_>)) {
-        let mut n = Len::default();
-        len(m, &mut n);
-        self.0 += key_len(tag) + encoded_len_varint(n.0 as u64) + n.0;
+    fn message<M>(
+        &mut self,
+        tag: u32,
+        m: &M,
+        len: fn(&M, &mut Len<'_>),
+        _: fn(&M, &mut Write<'_>),
+    ) {
+        let slot = self.lens.len();
+        self.lens.push(0);
+        let outer = std::mem::take(&mut self.total);
+        len(m, self);
+        let n = std::mem::replace(&mut self.total, outer);
+        if let Some(l) = self.lens.get_mut(slot) {
+            *l = n;
+        }
+        self.total += key_len(tag) + encoded_len_varint(n as u64) + n;
     }
 }
 
 /// Writes the fields given into room measured for them (`out`, from `at`): byte by byte and
 /// without capacity checks or calls into the C library's `memcpy` for the many values of a byte
-/// or two, which cost more than their bytes.
+/// or two, which cost more than their bytes. Each message's length is the next of `lens`.
 struct Write<'a> {
     out: &'a mut [u8],
     at: usize,
+    lens: std::slice::Iter<'a, usize>,
 }
 
 impl Write<'_> {
@@ -254,13 +287,22 @@ impl Fields for Write<'_> {
         &mut self,
         tag: u32,
         m: &M,
-        len: fn(&M, &mut Len),
+        len: fn(&M, &mut Len<'_>),
         write: fn(&M, &mut Write<'_>),
     ) {
-        let mut n = Len::default();
-        len(m, &mut n);
+        // Measured by the same field lists in the same order, so always there; were it not,
+        // measured here (and the messages in it too, the list being used up).
+        let n = self.lens.next().copied().unwrap_or_else(|| {
+            let mut lens = Vec::new();
+            let mut l = Len {
+                total: 0,
+                lens: &mut lens,
+            };
+            len(m, &mut l);
+            l.total
+        });
         self.key(tag, WireType::LengthDelimited);
-        self.put_varint(n.0 as u64);
+        self.put_varint(n as u64);
         write(m, self);
     }
 }

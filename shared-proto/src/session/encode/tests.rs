@@ -37,3 +37,29 @@ proptest! {
         prop_assert_eq!(ours(&s), s.encode_to_vec());
     }
 }
+
+#[test]
+fn without_measured_lengths_the_write_pass_measures_each_message_itself() {
+    let s = full();
+    let expected = s.encode_to_vec();
+    let mut lens = Vec::new();
+    let mut len = Len {
+        total: 0,
+        lens: &mut lens,
+    };
+    head(&s, &mut len);
+    assert!(len.lens.len() > 5, "every message measured: {:?}", len.lens);
+    let mut out = vec![0; expected.len()];
+    let mut w = Write {
+        out: &mut out,
+        at: 0,
+        lens: [].iter(),
+    };
+    head(&s, &mut w);
+    let at = w.at;
+    assert_eq!(
+        out.get(..at),
+        expected.get(..at),
+        "the fields before the attributes"
+    );
+}
