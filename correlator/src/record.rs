@@ -40,11 +40,7 @@ impl CorrelatedSession {
     pub fn new(mut session: Session) -> (Self, Vec<ContextIssue>) {
         // Decoding grew the vector to four; the exchange may be kept for the retention time.
         session.observations.shrink_to_fit();
-        let trace = session
-            .trace
-            .as_ref()
-            .map(|ctx| (ctx.trace_id.as_slice(), ctx.parent_span_id.as_slice()));
-        let (identity, issues) = SpanIdentity::new(&session.id, trace);
+        let (identity, issues) = SpanIdentity::new(&session.id, trace_bytes(&session));
         (
             Self {
                 id: identity.id,
@@ -78,12 +74,15 @@ impl CorrelatedSession {
 /// The valid trace id and (within it) parent span id of `session`'s wire context, and what was
 /// wrong with it.
 fn wire_context(session: &Session) -> (Option<TraceId>, Option<SpanId>, Vec<ContextIssue>) {
-    wire_context_of(
-        session
-            .trace
-            .as_ref()
-            .map(|ctx| (ctx.trace_id.as_slice(), ctx.parent_span_id.as_slice())),
-    )
+    wire_context_of(trace_bytes(session))
+}
+
+/// The trace id and parent span id bytes of `session`'s wire context, when it has one.
+fn trace_bytes(session: &Session) -> Option<(&[u8], &[u8])> {
+    session
+        .trace
+        .as_ref()
+        .map(|ctx| (ctx.trace_id.as_slice(), ctx.parent_span_id.as_slice()))
 }
 
 /// What [`CorrelatedSession::new`] gives an exchange of its first session: its id, and its
@@ -121,16 +120,18 @@ impl SpanIdentity {
 }
 
 /// The ids an exchange is known by besides its own: the first session's (when it has one) and
-/// those the collector merged into it.
-pub(crate) fn constituents<'a>(
-    id: &'a str,
-    merged: impl IntoIterator<Item = &'a str>,
+/// those the collector merged into it (moved, when they are owned already).
+pub(crate) fn constituents<S: AsRef<str> + Into<String>>(
+    id: &str,
+    merged: impl IntoIterator<Item = S>,
 ) -> Vec<String> {
-    std::iter::once(id)
-        .chain(merged)
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
-        .collect()
+    let merged = merged.into_iter();
+    let mut ids = Vec::with_capacity(1 + merged.size_hint().0);
+    if !id.is_empty() {
+        ids.push(id.to_owned());
+    }
+    ids.extend(merged.filter(|m| !m.as_ref().is_empty()).map(Into::into));
+    ids
 }
 
 /// [`wire_context`] of a session whose trace context, if any, has these trace id and parent

@@ -771,7 +771,7 @@ impl Joiner {
         let mut rec = *rec;
         // Views the collector merged already are constituents from the start.
         let merged_ids = std::mem::take(&mut rec.session.merged_ids);
-        rec.constituents = constituents(&rec.session.id, merged_ids.iter().map(String::as_str));
+        rec.constituents = constituents(&rec.session.id, merged_ids);
         let span = span_of(&rec.session);
         let keyed = rec.session.observations.iter().any(key::has_tcp_seq);
         let record = Arc::new(rec);
