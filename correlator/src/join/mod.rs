@@ -21,6 +21,7 @@
 
 pub mod head;
 mod ids;
+mod packed;
 pub use clovisor_proto::join::{key, merge};
 use head::Head;
 #[cfg(test)]
@@ -35,12 +36,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clovisor_proto::session::decode as session_decode;
 use clovisor_proto::session::v1::Session;
-use prost::Message as _;
 use rustc_hash::FxHashMap;
 
-use crate::record::{constituents, ContextIssue, CorrelatedSession, SpanIdentity};
+use crate::record::{constituents, ContextIssue, CorrelatedSession};
 use ids::IdIndex;
 use key::{interval, overlaps, wire_key, ClientAddr, WireKey};
+use packed::Packed;
 
 /// How the join holds exchanges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,85 +230,7 @@ enum Held {
     /// A ready exchange only the join holds any more (for late views and duplicates), its
     /// session protobuf-encoded: a fraction of the decoded size, for the retention time. A
     /// view that joins it unpacks it.
-    Packed(Box<Packed>),
-}
-
-/// A [`CorrelatedSession`] with its session encoded.
-#[derive(Debug)]
-struct Packed {
-    id: String,
-    constituents: Vec<String>,
-    trace_id: crate::ids::TraceId,
-    span_id: crate::ids::SpanId,
-    parent_span_id: Option<crate::ids::SpanId>,
-    trace_from_wire: bool,
-    /// What a sequence-less view's search reads before unpacking: whether a point with
-    /// sequence numbers saw it, and when each point saw it.
-    keyed: bool,
-    intervals: Box<[(u64, u64)]>,
-    session: Box<[u8]>,
-}
-
-impl Packed {
-    /// `rec` packed; `arrival` is its session's encoding as it arrived, when unchanged since.
-    fn of(rec: &CorrelatedSession, arrival: Option<Box<[u8]>>) -> Self {
-        Self {
-            id: rec.id.clone(),
-            constituents: rec.constituents.clone(),
-            trace_id: rec.trace_id,
-            span_id: rec.span_id,
-            parent_span_id: rec.parent_span_id,
-            trace_from_wire: rec.trace_from_wire,
-            keyed: rec.session.observations.iter().any(key::has_tcp_seq),
-            intervals: rec.session.observations.iter().map(interval).collect(),
-            session: arrival.unwrap_or_else(|| rec.session.encode_to_vec().into_boxed_slice()),
-        }
-    }
-
-    /// An exchange of the one view of head `h`, the session encoded in `arrival`
-    /// ([`Joiner::offer_head`]), held as it arrived; with the problems of its trace context.
-    fn arrived(h: &Head<'_>, arrival: Box<[u8]>) -> (Self, Vec<ContextIssue>) {
-        let (identity, issues) = SpanIdentity::new(h.id(), h.trace());
-        let packed = Self {
-            id: identity.id,
-            constituents: constituents(h.id(), h.merged_ids().iter().copied()),
-            trace_id: identity.trace_id,
-            span_id: identity.span_id,
-            parent_span_id: identity.parent_span_id,
-            trace_from_wire: identity.trace_from_wire,
-            keyed: h.keyed(),
-            intervals: Box::from(h.intervals()),
-            session: arrival,
-        };
-        (packed, issues)
-    }
-
-    fn unpack(&self) -> CorrelatedSession {
-        // Encoded here from a decoded session, or decoded as it arrived (whole, or its head
-        // only: then a failure makes it empty, see `Held::try_shared`).
-        self.try_unpack()
-            .unwrap_or_else(|_| self.with_session(Session::default()))
-    }
-
-    fn try_unpack(&self) -> Result<CorrelatedSession, session_decode::DecodeError> {
-        let mut session = session_decode::decode(&self.session)?;
-        // An encoding as it arrived still lists the ids the collector merged; the exchange
-        // holds them among its constituents.
-        session.merged_ids.clear();
-        Ok(self.with_session(session))
-    }
-
-    fn with_session(&self, session: Session) -> CorrelatedSession {
-        CorrelatedSession {
-            id: self.id.clone(),
-            session,
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            parent_span_id: self.parent_span_id,
-            trace_from_wire: self.trace_from_wire,
-            constituents: self.constituents.clone(),
-        }
-    }
+    Packed(Packed),
 }
 
 impl Held {
@@ -328,7 +251,7 @@ impl Held {
             Self::Packed(p) => match p.try_unpack() {
                 Ok(rec) => Some(Arc::new(rec)),
                 Err(_) => {
-                    p.session = Box::default();
+                    p.empty_session();
                     None
                 }
             },
@@ -348,30 +271,50 @@ impl Held {
     }
 
     /// Packs the exchange, which is kept only for the join's decisions now: `arrival` is its
-    /// session's encoding as it arrived, when unchanged since (else it is encoded).
+    /// session's encoding as it arrived, when unchanged since (else it is encoded). Stays
+    /// as it is in the rare case it does not fit a packing ([`Packed::of`]).
     fn pack(&mut self, arrival: Option<Box<[u8]>>) {
         if let Self::Live(rec) = self {
-            *self = Self::Packed(Box::new(Packed::of(rec, arrival)));
+            if let Some(packed) = Packed::of(rec, arrival.as_deref()) {
+                *self = Self::Packed(packed);
+            }
         }
     }
 
-    /// The exchange's id and those of the sessions merged into it.
+    /// The exchange's id and those of the sessions merged into it (each once).
     fn ids(&self) -> impl Iterator<Item = &str> {
-        let (id, constituents) = self.id_parts();
-        ids_from(id, constituents)
+        let (own, rest) = match self {
+            Self::Live(rec) => (rec.id.as_str(), Ids::Live(rec.constituents.iter())),
+            Self::Packed(p) => {
+                let mut ids = p.ids();
+                (ids.next().unwrap_or_default(), Ids::Packed(ids))
+            }
+        };
+        std::iter::once(own).chain(rest.filter(move |c| *c != own))
     }
 
     /// Whether `id` is one of [`Held::ids`].
     fn has_id(&self, id: &str) -> bool {
-        let (own, constituents) = self.id_parts();
-        own == id || constituents.iter().any(|c| c == id)
-    }
-
-    /// The exchange's own id and its constituents' ids.
-    fn id_parts(&self) -> (&str, &[String]) {
         match self {
-            Self::Live(rec) => (&rec.id, &rec.constituents),
-            Self::Packed(p) => (&p.id, &p.constituents),
+            Self::Live(rec) => rec.id == id || rec.constituents.iter().any(|c| c == id),
+            Self::Packed(p) => p.ids().any(|c| c == id),
+        }
+    }
+}
+
+/// The constituents' ids of a [`Held`] exchange.
+enum Ids<'a, P> {
+    Live(std::slice::Iter<'a, String>),
+    Packed(P),
+}
+
+impl<'a, P: Iterator<Item = &'a str>> Iterator for Ids<'a, P> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            Self::Live(i) => i.next().map(String::as_str),
+            Self::Packed(i) => i.next(),
         }
     }
 }
@@ -838,14 +781,14 @@ impl Joiner {
         {
             return None;
         }
+        let (packed, issues) = Packed::arrived(h, encoded)?;
         let mut ready = Vec::new();
         let mut evictions = Vec::new();
         self.expire_into(now, &mut ready);
-        let (packed, issues) = Packed::arrived(h, Box::from(encoded));
-        let span = span_over(packed.intervals.iter().copied());
+        let span = span_over(packed.intervals());
         let opening = Opening {
-            keyed: packed.keyed,
-            held: Held::Packed(Box::new(packed)),
+            keyed: packed.keyed(),
+            held: Held::Packed(packed),
             arrival: None,
             client: Some(client),
             key: Some(key),
@@ -959,7 +902,7 @@ impl Joiner {
                         .iter()
                         .any(|o| overlaps(interval(o), span)),
                 ),
-                Held::Packed(p) => (p.keyed, p.intervals.iter().any(|i| overlaps(*i, span))),
+                Held::Packed(p) => (p.keyed(), p.intervals().any(|i| overlaps(i, span))),
             };
             if (unkeyed_only && keyed) || !overlapping {
                 continue;
@@ -1112,8 +1055,12 @@ impl Joiner {
         e.joined = false;
         self.held -= 1;
         if let Some(k) = e.key.take() {
-            if self.wire.get(&k) == Some(&slot) {
-                self.wire.remove(&k);
+            // One look-up (a cache miss at these table sizes), not one to check and one to
+            // remove.
+            if let std::collections::hash_map::Entry::Occupied(o) = self.wire.entry(k) {
+                if *o.get() == slot {
+                    o.remove();
+                }
             }
         }
         if let Some(c) = e.client {

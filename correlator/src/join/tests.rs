@@ -1,3 +1,4 @@
+use prost::Message as _;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -649,7 +650,7 @@ fn exchanges_packed_from_their_arrival_encoding_come_back_as_decoded() {
         })
         .expect("packed once ready");
     assert_eq!(
-        Session::decode(&*packed.session).ok(),
+        Session::decode(packed.session()).ok(),
         Some(merged.clone()),
         "packed from the bytes it arrived in"
     );
