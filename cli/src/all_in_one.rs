@@ -123,13 +123,13 @@ pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
 
     let (collector_channel, collector_incoming) = inproc::pair();
     let collector_server = tokio::spawn(
-        tonic::transport::Server::builder()
+        clovisor_proto::hops::server_builder()
             .add_service(capture_service.into_server())
             .serve_with_incoming_shutdown(collector_incoming, stop_collector.wait()),
     );
     let (correlator_channel, correlator_incoming) = inproc::pair();
     let correlator_server = tokio::spawn(
-        tonic::transport::Server::builder()
+        clovisor_proto::hops::server_builder()
             .add_service(correlator.ingest_server())
             .serve_with_incoming_shutdown(correlator_incoming, stop_correlator.wait()),
     );

@@ -241,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
         .with_live_config(process.live.clone());
     let _analyzers = capture.follow_analyzers(process.live, Some(process.config_metrics));
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        clovisor_proto::hops::server_builder()
             .add_service(capture.into_server())
             .serve_with_incoming_shutdown(
                 tls::server::incoming(listener, server_tls),

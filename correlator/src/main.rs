@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.grpc_listen))?;
     tracing::info!(addr = %args.grpc_listen, tls = server_tls.is_some(), "gRPC listening");
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        clovisor_proto::hops::server_builder()
             .add_service(correlator.ingest_server())
             .serve_with_incoming_shutdown(
                 tls::server::incoming(grpc_listener, server_tls),
