@@ -405,8 +405,21 @@ async fn traces_real_h2c_and_grpc_between_namespace_pods() -> Result<()> {
     assert!(count(&metrics, "grpc") >= calls.len() as f64, "{metrics}");
     assert!(count(&metrics, "http2") >= 3.0, "{metrics}");
 
-    // Spans: the gRPC calls named and attributed by the RPC conventions.
-    let spans = otlp.wait_for_spans(sessions, Duration::from_secs(15)).await;
+    // Spans: the gRPC calls named and attributed by the RPC conventions. Every session's span,
+    // the warm-up's included (counting only the measured sessions returned as soon as the
+    // warm-up's spans made up the number, before the last call's span had come), and the whole
+    // call's span in particular: its window closes last.
+    let want = everything.max(sessions);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut spans = otlp.wait_for_spans(want, Duration::from_secs(15)).await;
+    while !spans
+        .iter()
+        .any(|s| hex(&s.trace_id) == ok["trace"]["trace_id"])
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        spans = otlp.spans();
+    }
     let grpc_spans: Vec<_> = spans
         .iter()
         .filter(|s| s.name == format!("{GRPC_SERVICE}/Export"))
