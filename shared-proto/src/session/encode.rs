@@ -59,27 +59,27 @@ fn head<F: Fields>(s: &Session, f: &mut F) {
     f.bytes(1, s.id.as_bytes());
     f.int32(2, s.protocol);
     if let Some(e) = &s.client {
-        f.message(3, e, |m, l| endpoint(m, l), |m, w| endpoint(m, w));
+        f.message(3, e);
     }
     if let Some(e) = &s.server {
-        f.message(4, e, |m, l| endpoint(m, l), |m, w| endpoint(m, w));
+        f.message(4, e);
     }
     for o in &s.observations {
-        f.message(5, o, |m, l| observation(m, l), |m, w| observation(m, w));
+        f.message(5, o);
     }
     f.fixed64(6, s.start_unix_nanos);
     f.fixed64(7, s.end_unix_nanos);
     if let Some(c) = &s.bytes {
-        f.message(8, c, |m, l| counters(m, l), |m, w| counters(m, w));
+        f.message(8, c);
     }
     if let Some(c) = &s.packets {
-        f.message(9, c, |m, l| counters(m, l), |m, w| counters(m, w));
+        f.message(9, c);
     }
     if let Some(h) = &s.http {
-        f.message(10, h, |m, l| http(m, l), |m, w| http(m, w));
+        f.message(10, h);
     }
     if let Some(t) = &s.trace {
-        f.message(11, t, |m, l| trace(m, l), |m, w| trace(m, w));
+        f.message(11, t);
     }
     f.bool(12, s.incomplete);
 }
@@ -144,14 +144,8 @@ trait Fields {
     fn varint(&mut self, tag: u32, v: u64);
     /// A fixed 64-bit field, left out when 0.
     fn fixed64(&mut self, tag: u32, v: u64);
-    /// A message field: its key, its length (measured by `len`), its fields (by `write`).
-    fn message<M>(
-        &mut self,
-        tag: u32,
-        m: &M,
-        len: fn(&M, &mut Len<'_>),
-        write: fn(&M, &mut Write<'_>),
-    );
+    /// A message field: its key, its length, its fields (all by [`Nested::fields`]).
+    fn message(&mut self, tag: u32, m: &impl Nested);
 
     /// A string or bytes field, left out when empty.
     fn bytes(&mut self, tag: u32, v: &[u8]) {
@@ -198,17 +192,11 @@ impl Fields for Len<'_> {
         }
     }
 
-    fn message<M>(
-        &mut self,
-        tag: u32,
-        m: &M,
-        len: fn(&M, &mut Len<'_>),
-        _: fn(&M, &mut Write<'_>),
-    ) {
+    fn message(&mut self, tag: u32, m: &impl Nested) {
         let slot = self.lens.len();
         self.lens.push(0);
         let outer = std::mem::take(&mut self.total);
-        len(m, self);
+        m.fields(self);
         let n = std::mem::replace(&mut self.total, outer);
         if let Some(l) = self.lens.get_mut(slot) {
             *l = n;
@@ -283,13 +271,7 @@ impl Fields for Write<'_> {
         }
     }
 
-    fn message<M>(
-        &mut self,
-        tag: u32,
-        m: &M,
-        len: fn(&M, &mut Len<'_>),
-        write: fn(&M, &mut Write<'_>),
-    ) {
+    fn message(&mut self, tag: u32, m: &impl Nested) {
         // Measured by the same field lists in the same order, so always there; were it not,
         // measured here (and the messages in it too, the list being used up).
         let n = self.lens.next().copied().unwrap_or_else(|| {
@@ -298,73 +280,89 @@ impl Fields for Write<'_> {
                 total: 0,
                 lens: &mut lens,
             };
-            len(m, &mut l);
+            m.fields(&mut l);
             l.total
         });
         self.key(tag, WireType::LengthDelimited);
         self.put_varint(n as u64);
-        write(m, self);
+        m.fields(self);
     }
 }
 
-fn endpoint<F: Fields>(e: &Endpoint, f: &mut F) {
-    f.bytes(1, &e.ip);
-    f.uint32(2, e.port);
-    f.bytes(3, e.pod.as_bytes());
-    f.bytes(4, e.namespace.as_bytes());
-    f.bytes(5, e.node.as_bytes());
-    f.bytes(6, e.workload.as_bytes());
-    f.bytes(7, e.service.as_bytes());
+/// A nested message the session holds, given by one field list that both measures ([`Len`]) and
+/// writes ([`Write`]) it.
+trait Nested {
+    fn fields<F: Fields>(&self, f: &mut F);
 }
 
-fn observation<F: Fields>(o: &Observation, f: &mut F) {
-    f.int32(1, o.kind);
-    f.bytes(2, o.interface.as_bytes());
-    f.bytes(3, o.node.as_bytes());
-    f.bytes(4, o.probe_id.as_bytes());
-    f.fixed64(6, o.request_start_unix_nanos);
-    f.fixed64(7, o.request_end_unix_nanos);
-    f.fixed64(8, o.response_start_unix_nanos);
-    f.fixed64(9, o.response_end_unix_nanos);
-    f.uint32(10, o.request_tcp_seq);
-    f.uint32(11, o.response_tcp_seq);
-    f.uint32(12, o.pid);
-    f.bytes(13, o.comm.as_bytes());
-    f.varint(14, o.netns_inode);
-    f.int32(15, o.side);
-    f.varint(20, o.request_bytes);
-    f.varint(21, o.response_bytes);
-    f.varint(22, o.request_packets);
-    f.varint(23, o.response_packets);
-    f.uint32(24, o.retransmits);
+impl Nested for Endpoint {
+    fn fields<F: Fields>(&self, f: &mut F) {
+        f.bytes(1, &self.ip);
+        f.uint32(2, self.port);
+        f.bytes(3, self.pod.as_bytes());
+        f.bytes(4, self.namespace.as_bytes());
+        f.bytes(5, self.node.as_bytes());
+        f.bytes(6, self.workload.as_bytes());
+        f.bytes(7, self.service.as_bytes());
+    }
 }
 
-fn counters<F: Fields>(c: &Counters, f: &mut F) {
-    f.varint(1, c.request);
-    f.varint(2, c.response);
+impl Nested for Observation {
+    fn fields<F: Fields>(&self, f: &mut F) {
+        f.int32(1, self.kind);
+        f.bytes(2, self.interface.as_bytes());
+        f.bytes(3, self.node.as_bytes());
+        f.bytes(4, self.probe_id.as_bytes());
+        f.fixed64(6, self.request_start_unix_nanos);
+        f.fixed64(7, self.request_end_unix_nanos);
+        f.fixed64(8, self.response_start_unix_nanos);
+        f.fixed64(9, self.response_end_unix_nanos);
+        f.uint32(10, self.request_tcp_seq);
+        f.uint32(11, self.response_tcp_seq);
+        f.uint32(12, self.pid);
+        f.bytes(13, self.comm.as_bytes());
+        f.varint(14, self.netns_inode);
+        f.int32(15, self.side);
+        f.varint(20, self.request_bytes);
+        f.varint(21, self.response_bytes);
+        f.varint(22, self.request_packets);
+        f.varint(23, self.response_packets);
+        f.uint32(24, self.retransmits);
+    }
 }
 
-fn http<F: Fields>(h: &Http, f: &mut F) {
-    f.bytes(1, h.method.as_bytes());
-    f.bytes(2, h.target.as_bytes());
-    f.bytes(3, h.host.as_bytes());
-    f.bytes(4, h.user_agent.as_bytes());
-    f.uint32(5, h.status_code);
-    f.bytes(6, h.version.as_bytes());
-    f.bytes(7, h.request_id.as_bytes());
-    f.bytes(8, h.envoy_decorator.as_bytes());
-    f.bytes(9, h.reason.as_bytes());
-    f.varint(10, h.request_content_length);
-    f.varint(11, h.response_content_length);
-    f.bool(12, h.response_chunked);
+impl Nested for Counters {
+    fn fields<F: Fields>(&self, f: &mut F) {
+        f.varint(1, self.request);
+        f.varint(2, self.response);
+    }
 }
 
-fn trace<F: Fields>(t: &TraceContext, f: &mut F) {
-    f.int32(1, t.format);
-    f.bytes(2, &t.trace_id);
-    f.bytes(3, &t.parent_span_id);
-    f.bool(4, t.sampled);
-    f.bytes(5, t.tracestate.as_bytes());
+impl Nested for Http {
+    fn fields<F: Fields>(&self, f: &mut F) {
+        f.bytes(1, self.method.as_bytes());
+        f.bytes(2, self.target.as_bytes());
+        f.bytes(3, self.host.as_bytes());
+        f.bytes(4, self.user_agent.as_bytes());
+        f.uint32(5, self.status_code);
+        f.bytes(6, self.version.as_bytes());
+        f.bytes(7, self.request_id.as_bytes());
+        f.bytes(8, self.envoy_decorator.as_bytes());
+        f.bytes(9, self.reason.as_bytes());
+        f.varint(10, self.request_content_length);
+        f.varint(11, self.response_content_length);
+        f.bool(12, self.response_chunked);
+    }
+}
+
+impl Nested for TraceContext {
+    fn fields<F: Fields>(&self, f: &mut F) {
+        f.int32(1, self.format);
+        f.bytes(2, &self.trace_id);
+        f.bytes(3, &self.parent_span_id);
+        f.bool(4, self.sampled);
+        f.bytes(5, self.tracestate.as_bytes());
+    }
 }
 
 #[cfg(test)]
