@@ -44,13 +44,13 @@ const HEADER: usize = 41;
 pub(super) struct Packed(Box<[u8]>);
 
 /// What a packed exchange is made of, borrowed.
-struct Parts<'a, I> {
+struct Parts<'a, V, I> {
     trace_id: TraceId,
     span_id: SpanId,
     parent_span_id: Option<SpanId>,
     trace_from_wire: bool,
     keyed: bool,
-    intervals: &'a [(u64, u64)],
+    intervals: V,
     ids: I,
     session: Encoded<'a>,
 }
@@ -74,14 +74,13 @@ impl Packed {
     /// `rec` packed; `arrival` is its session's encoding as it arrived, when unchanged since.
     /// `None` only when a count or a length does not fit in 32 bits.
     pub(super) fn of(rec: &CorrelatedSession, arrival: Option<&[u8]>) -> Option<Self> {
-        let intervals: Vec<(u64, u64)> = rec.session.observations.iter().map(interval).collect();
         Self::build(Parts {
             trace_id: rec.trace_id,
             span_id: rec.span_id,
             parent_span_id: rec.parent_span_id,
             trace_from_wire: rec.trace_from_wire,
             keyed: rec.session.observations.iter().any(key::has_tcp_seq),
-            intervals: &intervals,
+            intervals: rec.session.observations.iter().map(interval),
             ids: std::iter::once(rec.id.as_str())
                 .chain(rec.constituents.iter().map(String::as_str)),
             session: arrival.map_or(Encoded::Session(&rec.session), Encoded::Bytes),
@@ -100,14 +99,20 @@ impl Packed {
             parent_span_id: identity.parent_span_id,
             trace_from_wire: identity.trace_from_wire,
             keyed: h.keyed(),
-            intervals: h.intervals(),
+            intervals: h.intervals().iter().copied(),
             ids: std::iter::once(identity.id.as_str()).chain(ids.iter().map(String::as_str)),
             session: Encoded::Bytes(encoded),
         })?;
         Some((packed, issues))
     }
 
-    fn build<'a>(parts: Parts<'a, impl Iterator<Item = &'a str> + Clone>) -> Option<Self> {
+    fn build<'a>(
+        parts: Parts<
+            'a,
+            impl ExactSizeIterator<Item = (u64, u64)>,
+            impl Iterator<Item = &'a str> + Clone,
+        >,
+    ) -> Option<Self> {
         let n = u32::try_from(parts.intervals.len()).ok()?;
         let m = u32::try_from(parts.ids.clone().count()).ok()?;
         let ids_len = parts.ids.clone().map(str::len).sum::<usize>();
