@@ -26,7 +26,6 @@ use clovisor_proto::capture::v1::{
 };
 use clovisor_proto::delivery::DeliveryStats;
 use clovisor_proto::hops::{EncodedSession, SessionEncoder};
-use clovisor_proto::session::v1::Session;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -36,7 +35,7 @@ use clovisor_proto::tls::PeerIdentity;
 use self::admission::{AdmissionConfig, AdmittedToken, Recheck, Refused, StreamEnd};
 use self::inbound::{Batch, Inbound};
 use crate::decode::redact;
-use crate::flows::{FlowTable, FlowTableConfig};
+use crate::flows::{Collected, FlowTable, FlowTableConfig};
 use crate::local_join::LocalJoin;
 use crate::metrics::CollectorMetrics;
 
@@ -119,10 +118,10 @@ const DOWNSTREAM_POLL: Duration = Duration::from_millis(5);
 impl Inner {
     /// Counts the counters-only views among sessions leaving without the local join (the
     /// table's timed flush, a re-announced flow table).
-    fn count_counters_only(&self, sessions: &[Session]) {
+    fn count_counters_only(&self, sessions: &[Collected]) {
         let n = sessions
             .iter()
-            .filter(|s| clovisor_proto::join::merge::counters_only(s))
+            .filter(|s| clovisor_proto::join::merge::counters_only(&s.session))
             .count();
         self.metrics
             .counter_views_unmatched
@@ -131,7 +130,7 @@ impl Inner {
 
     /// Applies the header redaction list to sessions about to leave the collector, worked out
     /// once for all of them, and caps their strings' lengths (`decode::limits`).
-    fn redact(&self, sessions: &mut [Session]) {
+    fn redact(&self, sessions: &mut [Collected]) {
         if sessions.is_empty() {
             return;
         }
@@ -140,7 +139,7 @@ impl Inner {
             None => redact::Redaction::new(&LiveConfig::default().redacted_headers),
         }
         .with_query((*self.query_redaction).clone());
-        for s in sessions {
+        for Collected { session: s, .. } in sessions {
             redaction.apply(s);
             // After redaction: a cut must not leave half a credential-carrying key unmatched.
             crate::decode::limits::cap_session(s, &self.field_limits, |field| {
@@ -151,9 +150,12 @@ impl Inner {
 
     /// Hands `sessions` to the output (see [`Inner::deliver_encoded`]), each encoded here,
     /// once: the forwarder only frames the bytes, and probe streams encode side by side.
-    async fn deliver(&self, sessions: Vec<Session>) -> Result<(), mpsc::error::SendError<()>> {
+    async fn deliver(&self, sessions: Vec<Collected>) -> Result<(), mpsc::error::SendError<()>> {
         let mut encoder = SessionEncoder::new();
-        let encoded = sessions.iter().map(|s| encoder.encode(s)).collect();
+        let encoded = sessions
+            .iter()
+            .map(|s| encoder.encode_named(&s.session, &s.names()))
+            .collect();
         self.deliver_encoded(encoded).await
     }
 
@@ -270,7 +272,7 @@ impl Inner {
     }
 
     /// Applies a probe's table of open flows; returns the sessions of flows ended to make room.
-    fn flows(&self, probe_id: &str, table: OpenFlows) -> Vec<Session> {
+    fn flows(&self, probe_id: &str, table: OpenFlows) -> Vec<Collected> {
         let mut st = self.lock();
         let now = Instant::now();
         let mut out = Vec::new();
@@ -282,7 +284,7 @@ impl Inner {
 
     /// Processes a batch unless already processed; returns the sessions it completed. A batch
     /// number more than `max_seq_jump` past the last one processed is refused.
-    fn batch(&self, probe_id: &str, batch: &Batch) -> Result<Option<Vec<Session>>, Refused> {
+    fn batch(&self, probe_id: &str, batch: &Batch) -> Result<Option<Vec<Collected>>, Refused> {
         let mut st = self.lock();
         let last = st.last_seq.get(probe_id).copied();
         let seq = batch.seq();
@@ -621,11 +623,11 @@ impl Stream {
     }
 
     /// A batch's sessions through the local join to the output; then acknowledges what may be.
-    async fn batch_done(&mut self, seq: u64, sessions: Vec<Session>) -> Result<(), Gone> {
+    async fn batch_done(&mut self, seq: u64, sessions: Vec<Collected>) -> Result<(), Gone> {
         let mut out = Vec::with_capacity(sessions.len() + 16);
         let encoder = &mut self.encoder;
         let merged = self.join.offer(sessions, Instant::now(), |s| {
-            out.push(encoder.encode(s));
+            out.push(encoder.encode_named(&s.session, &s.names()));
         });
         self.inner.metrics.views_merged.inc_by(merged.views);
         self.inner
@@ -649,7 +651,9 @@ impl Stream {
     async fn release(&mut self) -> Result<(), Gone> {
         let mut out = Vec::new();
         let encoder = &mut self.encoder;
-        let unmatched = self.join.flush(|s| out.push(encoder.encode(s)));
+        let unmatched = self
+            .join
+            .flush(|s| out.push(encoder.encode_named(&s.session, &s.names())));
         self.inner.metrics.counter_views_unmatched.inc_by(unmatched);
         self.deliver(out).await?;
         match self.deferred.take() {

@@ -106,6 +106,10 @@ fn ours(path: &Path, port: u16, snaplen: u32) -> anyhow::Result<(Seen, Vec<Sessi
     for r in replay.records {
         table.ingest("replay", r, Instant::now(), &mut sessions);
     }
+    let sessions: Vec<_> = sessions
+        .into_iter()
+        .map(clovisor_collector::flows::Collected::into_session)
+        .collect();
     let mut seen = Seen::default();
     for s in &sessions {
         if let Some(h) = &s.http {

@@ -368,7 +368,7 @@ fn ingest(
     table: &mut FlowTable,
     kind: record::Kind,
     now: Instant,
-    out: &mut Vec<clovisor_proto::session::v1::Session>,
+    out: &mut Vec<clovisor_collector::flows::Collected>,
 ) {
     table.ingest("fuzz", Record { kind: Some(kind) }, now, out);
 }

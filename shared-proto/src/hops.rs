@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 
 use crate::capture::v1 as capture;
 use crate::delivery::{BatchContract, Connector, Inbound};
+use crate::session::encode::SessionNames;
 use crate::session::v1 as session;
 
 /// Field numbers the hand-framed messages use (see the `.proto` files).
@@ -645,12 +646,22 @@ impl SessionEncoder {
 
     /// `session`, encoded.
     pub fn encode(&mut self, session: &session::Session) -> EncodedSession {
+        self.encode_named(session, &SessionNames::default())
+    }
+
+    /// `session` with `names` written into its ends where it leaves them empty, encoded
+    /// ([`crate::session::encode::encode_raw_named`]).
+    pub fn encode_named(
+        &mut self,
+        session: &session::Session,
+        names: &SessionNames<'_>,
+    ) -> EncodedSession {
         // Most sessions take a few hundred bytes; a larger one grows the buffer as it is written.
         if self.buf.capacity() - self.buf.len() < SESSION_BUFFER_BYTES / 8 {
             self.buf.reserve(SESSION_BUFFER_BYTES);
         }
         // By hand: prost's bytes in about two thirds of its time (`session::encode`).
-        crate::session::encode::encode_raw_with(session, &mut self.buf, &mut self.lens);
+        crate::session::encode::encode_raw_named(session, names, &mut self.buf, &mut self.lens);
         EncodedSession(self.buf.split().freeze())
     }
 }

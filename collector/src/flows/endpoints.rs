@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clovisor_proto::capture::v1 as capture;
 use clovisor_proto::common::v1::{PointKind, Side};
+use clovisor_proto::session::encode::EndpointNames;
 use clovisor_runtime::workloads::End;
 use rustc_hash::FxHashMap;
 
@@ -42,6 +43,48 @@ impl EndpointMeta {
             ifindex: u.ifindex,
             interface: u.interface,
         }
+    }
+
+    /// The names a session's end carries ([`super::Collected`]).
+    pub fn names(&self) -> EndpointNames<'_> {
+        EndpointNames {
+            pod: &self.pod,
+            namespace: &self.namespace,
+            node: &self.node,
+            workload: &self.workload,
+            service: &self.service,
+        }
+    }
+
+    /// This metadata with each name it lacks taken from `other` (two addresses of one end: a
+    /// Service's and its pod's, as two points saw them).
+    pub fn filled_from(&self, other: &Self) -> Self {
+        let mut m = self.clone();
+        for (own, given) in [
+            (&mut m.pod, &other.pod),
+            (&mut m.namespace, &other.namespace),
+            (&mut m.node, &other.node),
+            (&mut m.workload, &other.workload),
+            (&mut m.service, &other.service),
+        ] {
+            if own.is_empty() {
+                own.clone_from(given);
+            }
+        }
+        m
+    }
+
+    /// Whether [`Self::filled_from`] `other` would add a name.
+    pub fn lacks_a_name_of(&self, other: &Self) -> bool {
+        [
+            (&self.pod, &other.pod),
+            (&self.namespace, &other.namespace),
+            (&self.node, &other.node),
+            (&self.workload, &other.workload),
+            (&self.service, &other.service),
+        ]
+        .iter()
+        .any(|(own, given)| own.is_empty() && !given.is_empty())
     }
 
     /// This end as the workload labels name it.

@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ObservationPoint, ProtocolHint};
-use clovisor_proto::session::v1::Session;
 
 use super::counters;
 use super::endpoints::{Endpoints, Ends};
-use super::session::{self, FlowParts};
+use super::session::{self, Collected, FlowParts};
 use crate::decode::{
     Captured, Decoders, Detected, Direction, Exchange, FlowDecoder, FlowInfo, Message,
     MessageStats, Output, Step,
@@ -78,7 +77,7 @@ pub(super) struct Ctx<'a> {
     pub endpoints: &'a Endpoints,
     pub decoders: &'a Decoders,
     pub metrics: &'a CollectorMetrics,
-    pub out: &'a mut Vec<Session>,
+    pub out: &'a mut Vec<Collected>,
 }
 
 impl Flow {
@@ -474,7 +473,7 @@ impl Output for Sink<'_, '_> {
             counters_only: self.protocol == counters::NAME,
         };
         let session = session::build(&parts, exchange);
-        self.ctx.metrics.session_emitted(session.incomplete);
+        self.ctx.metrics.session_emitted(session.session.incomplete);
         self.ctx.out.push(session);
     }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use clovisor_proto::capture::v1::{self as capture, record, ProtocolHint};
 use clovisor_proto::common::v1::PointKind;
-use clovisor_proto::session::v1::Session;
+
 use rustc_hash::FxHashMap;
 
 use crate::decode::{Decoders, Direction};
@@ -33,6 +33,7 @@ use endpoints::{Endpoints, Ends, SeriesCache};
 use flow::{Ctx, Flow, Identity};
 
 pub use endpoints::EndpointMeta;
+pub use session::Collected;
 
 /// Limits of a [`FlowTable`].
 #[derive(Debug, Clone)]
@@ -297,7 +298,7 @@ impl FlowTable {
         probe_id: &str,
         mut record: capture::Record,
         now: Instant,
-        out: &mut Vec<Session>,
+        out: &mut Vec<Collected>,
     ) {
         self.ingest_in_place(probe_id, &mut record, now, out);
     }
@@ -310,7 +311,7 @@ impl FlowTable {
         probe_id: &str,
         record: &mut capture::Record,
         now: Instant,
-        out: &mut Vec<Session>,
+        out: &mut Vec<Collected>,
     ) {
         let kind = match &record.kind {
             Some(record::Kind::Message(_)) => RecordKind::Message,
@@ -400,7 +401,7 @@ impl FlowTable {
         probe_id: &str,
         m: &mut capture::Message,
         now: Instant,
-        out: &mut Vec<Session>,
+        out: &mut Vec<Collected>,
     ) -> bool {
         let p = self.probe(probe_id);
         let f = (p, m.flow_id);
@@ -482,7 +483,7 @@ impl FlowTable {
         (probe_id, f): (&str, FlowRef),
         identity: Identity,
         now: Instant,
-        out: &mut Vec<Session>,
+        out: &mut Vec<Collected>,
     ) {
         while self.flows.len() >= self.config.max_flows.max(1) {
             let flows = &self.flows;
@@ -506,7 +507,7 @@ impl FlowTable {
         probe_id: &str,
         start: capture::FlowStart,
         now: Instant,
-        out: &mut Vec<Session>,
+        out: &mut Vec<Collected>,
     ) -> bool {
         let Some(key) = start.flow else {
             return false;
@@ -526,7 +527,7 @@ impl FlowTable {
         true
     }
 
-    fn on_flow_end(&mut self, probe_id: &str, e: &capture::FlowEnd, out: &mut Vec<Session>) {
+    fn on_flow_end(&mut self, probe_id: &str, e: &capture::FlowEnd, out: &mut Vec<Collected>) {
         let reason = match capture::FlowEndReason::try_from(e.reason) {
             Ok(capture::FlowEndReason::Fin) => "fin",
             Ok(capture::FlowEndReason::Rst) => "rst",
@@ -571,7 +572,7 @@ impl FlowTable {
 
     /// Drops a flow's state before its end (idle, or to make room), emitting what it holds as
     /// [`FlowTable::end_flow`] does, and keeps its identity for its next records.
-    fn drop_flow(&mut self, f: FlowRef, out: &mut Vec<Session>) {
+    fn drop_flow(&mut self, f: FlowRef, out: &mut Vec<Collected>) {
         if let Some(flow) = self.end_flow(f, out) {
             let max = self.config.max_flows;
             self.dormant.keep(f, flow.into_identity(), max);
@@ -580,7 +581,7 @@ impl FlowTable {
 
     /// Removes a flow, processing what it buffered and emitting its open request incomplete;
     /// returns what is left of it.
-    fn end_flow(&mut self, f: FlowRef, out: &mut Vec<Session>) -> Option<Flow> {
+    fn end_flow(&mut self, f: FlowRef, out: &mut Vec<Collected>) -> Option<Flow> {
         let mut flow = self.flows.remove(&f)?;
         let Some(state) = self.probes.get(&f.0) else {
             flow.discard(&self.metrics, "no_probe");
@@ -603,7 +604,7 @@ impl FlowTable {
     /// Time-driven work: skips reordering gaps waited on too long, emits exchanges whose early
     /// flushed response was not updated in time, drops idle flows, and counts the bytes flows
     /// took in.
-    pub fn flush(&mut self, now: Instant, out: &mut Vec<Session>) {
+    pub fn flush(&mut self, now: Instant, out: &mut Vec<Collected>) {
         // Idle flows, oldest first: activity order is time order.
         loop {
             let flows = &self.flows;

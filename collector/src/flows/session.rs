@@ -1,9 +1,12 @@
 //! Building a [`Session`] from a decoder's [`Exchange`]: the exchange's own parts, plus what the
 //! flow knows (its endpoints, its observation point, the probe).
 
+use std::sync::Arc;
+
 use clovisor_proto::capture::v1 as capture;
 use clovisor_proto::common::v1::Side;
 use clovisor_proto::join::key::MESSAGE_POSITION_ATTRIBUTE;
+use clovisor_proto::session::encode::SessionNames;
 use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Protocol, Session};
 
 use super::endpoints::{EndpointMeta, Ends};
@@ -56,33 +59,80 @@ pub(super) struct FlowParts<'a> {
     pub counters_only: bool,
 }
 
-fn endpoint(ip: &[u8], port: u32, meta: Option<&EndpointMeta>) -> Endpoint {
-    let mut e = Endpoint {
+/// A session the flow table made, and the pod metadata of its ends by reference: the flow's
+/// (shared with every other session of its addresses and with their metric series), written into
+/// the session's ends when it is encoded ([`Collected::names`]) rather than copied into each —
+/// five strings per end, twice per exchange where a counters-only view comes along.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Collected {
+    /// The session; its ends' names are empty unless a merge gave it some.
+    pub session: Session,
+    /// The client's pod metadata, when known (and, for a counters-only view, its own end).
+    pub client_meta: Option<Arc<EndpointMeta>>,
+    /// The server's.
+    pub server_meta: Option<Arc<EndpointMeta>>,
+}
+
+impl Collected {
+    /// A session with no metadata beside it.
+    pub fn bare(session: Session) -> Self {
+        Self {
+            session,
+            ..Self::default()
+        }
+    }
+
+    /// The names the encoder writes into the session's ends.
+    pub fn names(&self) -> SessionNames<'_> {
+        names(&self.client_meta, &self.server_meta)
+    }
+
+    /// The session with its ends' names written in: what the correlator receives.
+    pub fn into_session(self) -> Session {
+        let Self {
+            session,
+            client_meta,
+            server_meta,
+        } = self;
+        names(&client_meta, &server_meta).applied_to(session)
+    }
+}
+
+fn names<'a>(
+    client: &'a Option<Arc<EndpointMeta>>,
+    server: &'a Option<Arc<EndpointMeta>>,
+) -> SessionNames<'a> {
+    SessionNames {
+        client: client
+            .as_deref()
+            .map(EndpointMeta::names)
+            .unwrap_or_default(),
+        server: server
+            .as_deref()
+            .map(EndpointMeta::names)
+            .unwrap_or_default(),
+    }
+}
+
+fn endpoint(ip: &[u8], port: u32) -> Endpoint {
+    Endpoint {
         ip: ip.to_vec(),
         port,
         ..Endpoint::default()
-    };
-    if let Some(m) = meta {
-        e.pod.clone_from(&m.pod);
-        e.namespace.clone_from(&m.namespace);
-        e.node.clone_from(&m.node);
-        e.workload.clone_from(&m.workload);
-        e.service.clone_from(&m.service);
     }
-    e
 }
 
 /// The session of exchange `ex` on flow `f`.
-pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
+pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
     let key = f.key;
     let point = f.point;
     let resp = ex.response.unwrap_or_default();
     let side = f.ends.side(point);
     let id = session_id(f.id_prefix, ex.request.index, ex.position);
     let (client_meta, server_meta) = match (f.counters_only, side) {
-        (false, _) => (f.ends.client_meta(), f.ends.server_meta()),
-        (true, Side::Server) => (None, f.ends.server_meta()),
-        (true, Side::Client) => (f.ends.client_meta(), None),
+        (false, _) => (f.ends.client, f.ends.server),
+        (true, Side::Server) => (None, f.ends.server),
+        (true, Side::Client) => (f.ends.client, None),
         (true, _) => (None, None),
     };
     // Counters cannot be split between pipelined exchanges: the first carries the message's.
@@ -118,11 +168,11 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
             ex.position.to_string(),
         );
     }
-    Session {
+    let session = Session {
         id,
         protocol: ex.protocol as i32,
-        client: Some(endpoint(&key.client_ip, key.client_port, client_meta)),
-        server: Some(endpoint(&key.server_ip, key.server_port, server_meta)),
+        client: Some(endpoint(&key.client_ip, key.client_port)),
+        server: Some(endpoint(&key.server_ip, key.server_port)),
         observations: vec![Observation {
             kind: point.kind() as i32,
             interface: point.interface.clone(),
@@ -172,6 +222,11 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Session {
         analyzer: analyzer.map(Box::new),
         kafka: kafka.map(Box::new),
         merged_ids: Vec::new(),
+    };
+    Collected {
+        session,
+        client_meta: client_meta.cloned(),
+        server_meta: server_meta.cloned(),
     }
 }
 

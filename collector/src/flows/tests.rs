@@ -4,6 +4,7 @@ use clovisor_proto::capture::v1::{
     EndpointUpdate, FlowEnd, FlowEndReason, FlowKey, Message, ObservationPoint, Record,
 };
 use clovisor_proto::common::v1::Side;
+use clovisor_proto::session::v1::Session;
 use prometheus_client::registry::Registry;
 
 const CLIENT: [u8; 4] = [10, 0, 0, 1];
@@ -115,7 +116,7 @@ fn feed(t: &mut FlowTable, recs: Vec<Record>) -> Vec<Session> {
     for r in recs {
         t.ingest("probe-1", r, Instant::now(), &mut out);
     }
-    out
+    out.into_iter().map(Collected::into_session).collect()
 }
 
 #[test]
@@ -450,7 +451,7 @@ fn capacity_and_idle_eviction_are_bounded_and_counted() {
     assert_eq!(t.len(), 3, "never more than max_flows");
     assert_eq!(m.flows_evicted_for("capacity"), 2);
     assert_eq!(out.len(), 2, "evicted open requests are emitted incomplete");
-    assert!(out.iter().all(|s| s.incomplete));
+    assert!(out.iter().all(|s| s.session.incomplete));
     t.flush(t0 + Duration::from_secs(11), &mut out);
     assert!(t.is_empty(), "idle flows dropped");
     assert_eq!(m.flows_evicted_for("idle"), 3);
@@ -587,7 +588,7 @@ fn partial_response_is_updated_or_emitted_after_grace() {
     );
     assert_eq!(out.len(), 1, "the final version completes the exchange");
     assert_eq!(
-        out[0].bytes.as_ref().map(|b| b.response),
+        out[0].session.bytes.as_ref().map(|b| b.response),
         Some(RESP.len() as u64 + 1000),
         "final counters win"
     );
@@ -607,7 +608,7 @@ fn partial_response_is_updated_or_emitted_after_grace() {
         1,
         "emitted with the partial counters after the grace period"
     );
-    assert_eq!(out[0].bytes.as_ref().map(|b| b.response), Some(10));
+    assert_eq!(out[0].session.bytes.as_ref().map(|b| b.response), Some(10));
 }
 
 #[test]
@@ -1065,7 +1066,10 @@ fn an_early_flushed_continue_then_the_body_make_one_exchange() {
         panic!("one exchange expected: {out:#?}");
     };
     assert_eq!(
-        s.http.as_ref().map(|h| (h.method.as_str(), h.status_code)),
+        s.session
+            .http
+            .as_ref()
+            .map(|h| (h.method.as_str(), h.status_code)),
         Some(("PUT", 201))
     );
     assert_eq!(m.decode_errors_for("not_http"), 0, "the body is no request");
@@ -1200,7 +1204,7 @@ fn a_flow_dropped_idle_keeps_its_identity_for_its_next_bare_message() {
     }
     let servers: Vec<Option<u32>> = out
         .iter()
-        .map(|s| s.server.as_ref().map(|e| e.port))
+        .map(|s| s.session.server.as_ref().map(|e| e.port))
         .collect();
     assert_eq!(
         servers,

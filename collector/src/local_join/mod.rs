@@ -25,10 +25,14 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use clovisor_proto::join::key::{wire_key, ClientAddr, WireKey};
 use clovisor_proto::join::merge;
 use clovisor_proto::session::v1::Session;
 use rustc_hash::FxHashMap;
+
+use crate::flows::{Collected, EndpointMeta};
 
 /// How long a session waits at most for the other views of its exchange, by default: the
 /// probe's ring buffers are drained every 10 ms.
@@ -57,12 +61,12 @@ pub struct LocalJoin {
 /// view nor handed on).
 #[derive(Debug, Default)]
 struct Batch {
-    sessions: Vec<Session>,
+    sessions: Vec<Collected>,
     waiting: Vec<bool>,
 }
 
 impl Batch {
-    fn new(sessions: Vec<Session>) -> Self {
+    fn new(sessions: Vec<Collected>) -> Self {
         let waiting = vec![true; sessions.len()];
         Self { sessions, waiting }
     }
@@ -73,11 +77,11 @@ impl Batch {
 
     /// Lends every waiting session to `emit`, then lets go of all; returns how many of them
     /// were counters-only views that found no decoded view here.
-    fn hand_on(&mut self, emit: &mut impl FnMut(&Session)) -> u64 {
+    fn hand_on(&mut self, emit: &mut impl FnMut(&Collected)) -> u64 {
         let mut unmatched = 0;
         for (s, waiting) in self.sessions.iter().zip(&self.waiting) {
             if *waiting {
-                unmatched += u64::from(merge::counters_only(s));
+                unmatched += u64::from(merge::counters_only(&s.session));
                 emit(s);
             }
         }
@@ -129,9 +133,9 @@ impl LocalJoin {
     /// rest.
     pub fn offer(
         &mut self,
-        sessions: Vec<Session>,
+        sessions: Vec<Collected>,
         now: Instant,
-        mut emit: impl FnMut(&Session),
+        mut emit: impl FnMut(&Collected),
     ) -> Merged {
         let mut merged = Merged::default();
         let mut taking = Batch::new(sessions);
@@ -140,8 +144,8 @@ impl LocalJoin {
             let Some(s) = rest.first_mut() else {
                 break;
             };
-            let Some(key) = key_of(s) else {
-                merged.unmatched_counters += u64::from(merge::counters_only(s));
+            let Some(key) = key_of(&s.session) else {
+                merged.unmatched_counters += u64::from(merge::counters_only(&s.session));
                 emit(s);
                 taking.waiting[i] = false;
                 continue;
@@ -161,7 +165,7 @@ impl LocalJoin {
             let into = [held, same_batch]
                 .into_iter()
                 .flatten()
-                .find(|into| merge::fits(into, s));
+                .find(|into| merge::fits(&into.session, &s.session));
             match into {
                 Some(into) => {
                     merge_into(into, std::mem::take(s));
@@ -188,7 +192,7 @@ impl LocalJoin {
 
     /// Lends every held session to `emit` and lets go of them; returns how many were
     /// counters-only views that found no decoded view here.
-    pub fn flush(&mut self, mut emit: impl FnMut(&Session)) -> u64 {
+    pub fn flush(&mut self, mut emit: impl FnMut(&Collected)) -> u64 {
         let unmatched = self.held.hand_on(&mut emit);
         self.index.clear();
         self.deadline = None;
@@ -207,18 +211,49 @@ fn key_of(s: &Session) -> Option<WireKey> {
 /// the view is known to nobody else (it was never sent alone), and the correlator indexes every
 /// id it receives. (Re-sent after a probe reconnects, it joins again the same way, or arrives
 /// alone and is recognised as part of the exchange by its wire key.)
-fn merge_into(into: &mut Session, mut add: Session) {
-    if merge::counters_only(into) && !merge::counters_only(&add) {
+///
+/// The ends' metadata beside the sessions follows the ends [`merge::merge`] keeps: the server's
+/// from the view that takes it, each name it lacks from the other's.
+fn merge_into(into: &mut Collected, mut add: Collected) {
+    if merge::counters_only(&into.session) && !merge::counters_only(&add.session) {
         std::mem::swap(into, &mut add);
     }
+    let Collected {
+        session: add,
+        client_meta,
+        server_meta,
+    } = add;
+    into.client_meta = filled(into.client_meta.take(), client_meta);
+    into.server_meta = if merge::takes_server_from(&into.session, &add) {
+        filled(server_meta, into.server_meta.take())
+    } else {
+        filled(into.server_meta.take(), server_meta)
+    };
+    let into = &mut into.session;
     if merge::counters_only(&add) {
         merge::merge(into, add);
         return;
     }
+    let mut add = add;
     let extra = std::mem::take(&mut add.merged_ids);
     let id = merge::merge(into, add);
     into.merged_ids.push(id);
     into.merged_ids.extend(extra);
+}
+
+/// One end's metadata after a merge: `kept`'s, with each name it lacks from `other`'s (shared
+/// as it is when it lacks none, the common case: both views name the same address).
+fn filled(
+    kept: Option<Arc<EndpointMeta>>,
+    other: Option<Arc<EndpointMeta>>,
+) -> Option<Arc<EndpointMeta>> {
+    match (kept, other) {
+        (Some(k), Some(o)) if !Arc::ptr_eq(&k, &o) && k.lacks_a_name_of(&o) => {
+            Some(Arc::new(k.filled_from(&o)))
+        }
+        (Some(k), _) => Some(k),
+        (None, o) => o,
+    }
 }
 
 #[cfg(test)]

@@ -57,9 +57,17 @@ fn server_socket(id: &str, seq: u32) -> Session {
     view(id, PointKind::Socket, Side::Server, "", seq)
 }
 
+/// Offers `sessions` (their ends' names in them, none beside them); returns what left, as the
+/// correlator receives it.
 fn offer(j: &mut LocalJoin, sessions: Vec<Session>) -> (Vec<Session>, Merged) {
+    offer_collected(j, sessions.into_iter().map(Collected::bare).collect())
+}
+
+fn offer_collected(j: &mut LocalJoin, sessions: Vec<Collected>) -> (Vec<Session>, Merged) {
     let mut out = Vec::new();
-    let merged = j.offer(sessions, Instant::now(), |s| out.push(s.clone()));
+    let merged = j.offer(sessions, Instant::now(), |s| {
+        out.push(s.clone().into_session())
+    });
     (out, merged)
 }
 
@@ -138,7 +146,7 @@ fn all_four_points_of_a_single_host_become_one_session() {
     let (out, first) = offer(&mut j, vec![client_socket, server_veth("p/1/0", 7)]);
     assert!(out.is_empty());
     let (mut out, second) = offer(&mut j, vec![client_veth, server_socket("p/9/0", 7)]);
-    j.flush(|s| out.push(s.clone()));
+    j.flush(|s| out.push(s.clone().into_session()));
     assert_eq!(first.views + second.views, 3);
     assert_eq!(out.len(), 1, "{out:#?}");
     let s = &out[0];
@@ -194,7 +202,7 @@ fn a_flush_sends_everything_held() {
     let (out, _) = offer(&mut j, vec![server_veth("p/1/0", 7)]);
     assert!(out.is_empty());
     let mut out = Vec::new();
-    j.flush(|s| out.push(s.clone()));
+    j.flush(|s| out.push(s.clone().into_session()));
     assert_eq!(out.len(), 1);
     assert!(!j.is_holding() && j.deadline().is_none());
 }
@@ -240,7 +248,7 @@ fn a_counters_only_view_joins_the_decoded_view_whichever_comes_first_and_leaves_
         assert_eq!(merged.views, 1);
         assert_eq!(merged.unmatched_counters, 0);
         let mut rest = Vec::new();
-        j.flush(|s| rest.push(s.clone()));
+        j.flush(|s| rest.push(s.clone().into_session()));
         let all: Vec<_> = out.into_iter().chain(rest).collect();
         assert_eq!(
             all.len(),
@@ -341,4 +349,84 @@ fn two_counters_views_and_two_decoded_views_of_one_exchange_leave_as_one_session
         Some(77),
         "the client veth's counters are the session's"
     );
+}
+
+fn meta(pod: &str, workload: &str, service: &str) -> Arc<EndpointMeta> {
+    Arc::new(EndpointMeta {
+        pod: pod.into(),
+        namespace: if pod.is_empty() { "" } else { "demo" }.into(),
+        workload: workload.into(),
+        service: service.into(),
+        ..EndpointMeta::default()
+    })
+}
+
+/// A view as the flow table now makes it: its ends' names beside it, not in it.
+fn without_names(mut s: Session) -> Session {
+    for e in [s.client.as_mut(), s.server.as_mut()].into_iter().flatten() {
+        *e = Endpoint {
+            ip: std::mem::take(&mut e.ip),
+            port: e.port,
+            ..Endpoint::default()
+        };
+    }
+    s
+}
+
+#[test]
+fn the_names_beside_merged_views_follow_the_ends_the_merge_keeps() {
+    // The client's socket saw the Service's address (10.96.0.10), known only by its Service;
+    // the server's veth (counters only) saw the pod behind it, whose metadata names no Service.
+    let client = meta("client-0", "client", "");
+    let mut decoded = without_names(view("p/4/0", PointKind::Socket, Side::Client, "", 7));
+    if let Some(s) = decoded.server.as_mut() {
+        s.ip = vec![10, 96, 0, 10];
+    }
+    let decoded = Collected {
+        session: decoded,
+        client_meta: Some(Arc::clone(&client)),
+        server_meta: Some(meta("", "", "web")),
+    };
+    let veth = Collected {
+        session: without_names(counters_view((PointKind::Pod, Side::Server), "veth-web", 7)),
+        client_meta: None,
+        server_meta: Some(meta("web-0", "web", "")),
+    };
+    let mut j = LocalJoin::new(Duration::ZERO);
+    let (out, merged) = offer_collected(&mut j, vec![veth, decoded]);
+    assert_eq!((merged.views, out.len()), (1, 1), "{out:#?}");
+    let s = &out[0];
+    let server = s.server.as_ref().expect("server");
+    assert_eq!(
+        (
+            server.ip.as_slice(),
+            server.pod.as_str(),
+            server.workload.as_str()
+        ),
+        ([10, 0, 0, 2].as_slice(), "web-0", "web"),
+        "the pod the server's veth saw, named by its metadata"
+    );
+    assert_eq!(
+        server.service, "web",
+        "the name it lacked, from the Service's"
+    );
+    assert_eq!(server.namespace, "demo");
+    let c = s.client.as_ref().expect("client");
+    assert_eq!(
+        (c.pod.as_str(), c.workload.as_str()),
+        ("client-0", "client")
+    );
+}
+
+#[test]
+fn metadata_of_one_address_stays_shared_through_a_merge() {
+    let m = meta("web-0", "web", "web");
+    let kept = filled(Some(Arc::clone(&m)), Some(Arc::clone(&m))).expect("kept");
+    assert!(Arc::ptr_eq(&kept, &m), "no copy when nothing is missing");
+    let other = meta("web-0", "web", "web");
+    let kept = filled(Some(Arc::clone(&m)), Some(other)).expect("kept");
+    assert!(Arc::ptr_eq(&kept, &m), "an equal one adds nothing either");
+    assert!(filled(None, None).is_none());
+    let only = filled(None, Some(Arc::clone(&m))).expect("the other's");
+    assert!(Arc::ptr_eq(&only, &m));
 }

@@ -18,7 +18,7 @@ use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::session::v1::Session;
 
 use crate::error::Result;
-use crate::flows::{FlowTable, FlowTableConfig};
+use crate::flows::{Collected, FlowTable, FlowTableConfig};
 use crate::server::inbound::Batch;
 use crate::CollectorMetrics;
 use pcap::{ReplayConfig, ReplayStats};
@@ -63,7 +63,7 @@ impl ReplayConfig {
 pub struct Sessions {
     table: FlowTable,
     metrics: Arc<CollectorMetrics>,
-    out: Vec<Session>,
+    out: Vec<Collected>,
 }
 
 impl Default for Sessions {
@@ -102,7 +102,7 @@ impl Sessions {
         self.table
             .ingest(PROBE_ID, record, Instant::now(), &mut self.out);
         for s in self.out.drain(..) {
-            emit(s);
+            emit(s.into_session());
         }
     }
 
@@ -124,7 +124,7 @@ impl Sessions {
             self.table
                 .ingest_in_place(PROBE_ID, &mut slot, now, &mut self.out);
             for s in self.out.drain(..) {
-                emit(s);
+                emit(s.into_session());
             }
         }
         Ok(())

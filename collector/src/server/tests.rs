@@ -8,6 +8,7 @@ use clovisor_proto::capture::v1::{
     ObservationPoint, ProbeMessage, ProtocolHint, Record, RecordBatch,
 };
 use clovisor_proto::inproc;
+use clovisor_proto::session::v1::Session;
 use tonic::transport::{Channel, Server};
 
 /// Starts the service; every connect opens a fresh in-memory connection to it.
@@ -583,5 +584,84 @@ async fn a_message_over_the_configured_size_ends_the_stream_and_is_counted() -> 
         })
         .get();
     assert_eq!(counted, 1);
+    Ok(())
+}
+
+fn endpoint(ip: [u8; 4], pod: &str, service: &str) -> Record {
+    Record {
+        kind: Some(record::Kind::Endpoint(capture::EndpointUpdate {
+            ip: ip.to_vec(),
+            pod: pod.into(),
+            namespace: "shop".into(),
+            node: "node-a".into(),
+            workload: pod.trim_end_matches("-0").into(),
+            services: vec![service.into()],
+            ..capture::EndpointUpdate::default()
+        })),
+    }
+}
+
+/// The ends' metadata travels beside each session inside the collector and is written into it
+/// when it is encoded: on the local join's way out and on the timed flush's.
+#[tokio::test]
+async fn sessions_leave_with_their_ends_named_by_the_probes_metadata() -> anyhow::Result<()> {
+    let config = ServiceConfig {
+        flows: FlowTableConfig {
+            idle_timeout: Duration::from_millis(50),
+            ..FlowTableConfig::default()
+        },
+        flush_interval: Duration::from_millis(20),
+        ..ServiceConfig::default()
+    };
+    let (channel, mut out, _metrics) = start(config).await?;
+    exchange(
+        &channel,
+        vec![
+            hello("p", "node-a"),
+            batch(
+                1,
+                vec![
+                    endpoint([10, 0, 0, 1], "client-0", ""),
+                    endpoint([10, 0, 0, 2], "web-0", "web"),
+                    message(0, Direction::ClientToServer, REQ),
+                    message(1, Direction::ServerToClient, RESP),
+                ],
+            ),
+            // Left open: the timed flush hands it on.
+            batch(2, vec![message(2, Direction::ClientToServer, REQ)]),
+        ],
+        2,
+    )
+    .await?;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("output closed"))?;
+        got.push(s);
+    }
+    got.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        got.iter().map(|s| s.incomplete).collect::<Vec<_>>(),
+        [false, true],
+        "the exchange, then the open request flushed: {got:#?}"
+    );
+    for s in &got {
+        let (c, srv) = (
+            s.client.clone().unwrap_or_default(),
+            s.server.clone().unwrap_or_default(),
+        );
+        assert_eq!(
+            (c.pod.as_str(), c.workload.as_str(), c.namespace.as_str()),
+            ("client-0", "client", "shop"),
+            "{s:#?}"
+        );
+        assert_eq!(
+            (srv.pod.as_str(), srv.service.as_str(), srv.node.as_str()),
+            ("web-0", "web", "node-a"),
+            "{s:#?}"
+        );
+        assert_eq!((srv.ip, srv.port), (vec![10, 0, 0, 2], 80));
+    }
     Ok(())
 }

@@ -155,6 +155,14 @@ fn fill_http(into: &mut Http, from: &Http) {
     into.response_chunked |= from.response_chunked;
 }
 
+/// Whether [`merge`] takes the server end from `add` (filled from `into`'s) rather than keeping
+/// `into`'s (filled from `add`'s): the server as the server's own veth or socket saw it is the
+/// real pod (after any service DNAT); elsewhere it may be a service address.
+pub fn takes_server_from(into: &Session, add: &Session) -> bool {
+    let at_server = |s: &Session| s.observations.iter().any(|o| o.side() == Side::Server);
+    at_server(add) && !at_server(into)
+}
+
 /// Adds what `add` saw to `into`; returns `add`'s id. The caller has checked [`compatible`].
 pub fn merge(into: &mut Session, add: Session) -> String {
     let add_better = best_rank(&add) < best_rank(into);
@@ -166,13 +174,9 @@ pub fn merge(into: &mut Session, add: Session) -> String {
         into.protocol = add.protocol;
         into.incomplete = add.incomplete;
     }
-    let add_at_server = add.observations.iter().any(|o| o.side() == Side::Server);
-    let into_at_server = into.observations.iter().any(|o| o.side() == Side::Server);
-
-    // The server as the server's own veth saw it is the real pod (after any service DNAT);
-    // elsewhere it may be a service address.
+    let server_from_add = takes_server_from(into, &add);
     match (into.server.as_mut(), add.server) {
-        (Some(s), Some(a)) if add_at_server && !into_at_server => {
+        (Some(s), Some(a)) if server_from_add => {
             let mut a = a;
             fill_endpoint(&mut a, s);
             *s = a;

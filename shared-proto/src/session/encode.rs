@@ -15,6 +15,57 @@ use prost::encoding::{self as pe, encoded_len_varint, key_len, WireType};
 
 use super::v1::{Counters, Endpoint, Http, Observation, Session, TraceContext};
 
+/// The names of one end of a session given beside it rather than in it: the collector keeps
+/// each address's pod metadata once, shared by every session of that address, and has it
+/// written here instead of copying five strings into every session. Each is written where the
+/// session's own endpoint leaves that name empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointNames<'a> {
+    pub pod: &'a str,
+    pub namespace: &'a str,
+    pub node: &'a str,
+    pub workload: &'a str,
+    pub service: &'a str,
+}
+
+/// The names of both ends of a session, given beside it ([`EndpointNames`]); empty names by
+/// default. An end's names are written only when the session has that end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionNames<'a> {
+    pub client: EndpointNames<'a>,
+    pub server: EndpointNames<'a>,
+}
+
+impl SessionNames<'_> {
+    /// `s` with these names written into its ends, as [`encode_raw_named`] encodes it.
+    pub fn applied_to(&self, mut s: Session) -> Session {
+        if let Some(e) = s.client.as_mut() {
+            self.client.fill(e);
+        }
+        if let Some(e) = s.server.as_mut() {
+            self.server.fill(e);
+        }
+        s
+    }
+}
+
+impl EndpointNames<'_> {
+    /// Writes each name into `e` where `e`'s is empty.
+    fn fill(&self, e: &mut Endpoint) {
+        for (own, given) in [
+            (&mut e.pod, self.pod),
+            (&mut e.namespace, self.namespace),
+            (&mut e.node, self.node),
+            (&mut e.workload, self.workload),
+            (&mut e.service, self.service),
+        ] {
+            if own.is_empty() {
+                given.clone_into(own);
+            }
+        }
+    }
+}
+
 /// Appends `s`'s encoding (its fields, without a length prefix: `Message::encode_raw`'s bytes)
 /// to `buf`.
 pub fn encode_raw(s: &Session, buf: &mut BytesMut) {
@@ -24,9 +75,20 @@ pub fn encode_raw(s: &Session, buf: &mut BytesMut) {
 /// [`encode_raw`], the lengths of the session's messages measured into `lens` (its room kept
 /// from one session to the next by a caller that encodes many: [`crate::hops::SessionEncoder`]).
 pub fn encode_raw_with(s: &Session, buf: &mut BytesMut, lens: &mut Vec<usize>) {
+    encode_raw_named(s, &SessionNames::default(), buf, lens);
+}
+
+/// [`encode_raw_with`], with `names` written into the session's ends where it leaves them
+/// empty: the bytes of `names.applied_to(s)`.
+pub fn encode_raw_named(
+    s: &Session,
+    names: &SessionNames<'_>,
+    buf: &mut BytesMut,
+    lens: &mut Vec<usize>,
+) {
     lens.clear();
     let mut len = Len { total: 0, lens };
-    head(s, &mut len);
+    head(s, names, &mut len);
     tail(s, &mut len);
     let total = len.total + rare_len(s);
     let start = buf.len();
@@ -37,7 +99,7 @@ pub fn encode_raw_with(s: &Session, buf: &mut BytesMut, lens: &mut Vec<usize>) {
             at: 0,
             lens: lens.iter(),
         };
-        head(s, &mut w);
+        head(s, names, &mut w);
         if let Some(mut rest) = w.out.get_mut(w.at..) {
             let room = rest.len();
             rare(s, &mut rest);
@@ -50,19 +112,19 @@ pub fn encode_raw_with(s: &Session, buf: &mut BytesMut, lens: &mut Vec<usize>) {
         // Measured and written by the same field lists, so never; but were they ever to
         // disagree, the session is still sent right.
         buf.truncate(start);
-        prost::Message::encode_raw(s, buf);
+        prost::Message::encode_raw(&names.applied_to(s.clone()), buf);
     }
 }
 
 /// The fields before the attributes (1 to 12).
-fn head<F: Fields>(s: &Session, f: &mut F) {
+fn head<F: Fields>(s: &Session, names: &SessionNames<'_>, f: &mut F) {
     f.bytes(1, s.id.as_bytes());
     f.int32(2, s.protocol);
     if let Some(e) = &s.client {
-        f.message(3, e);
+        f.message(3, &Named(e, &names.client));
     }
     if let Some(e) = &s.server {
-        f.message(4, e);
+        f.message(4, &Named(e, &names.server));
     }
     for o in &s.observations {
         f.message(5, o);
@@ -295,16 +357,25 @@ trait Nested {
     fn fields<F: Fields>(&self, f: &mut F);
 }
 
-impl Nested for Endpoint {
+/// An endpoint with the names given beside it where its own are empty.
+struct Named<'a>(&'a Endpoint, &'a EndpointNames<'a>);
+
+impl Nested for Named<'_> {
     fn fields<F: Fields>(&self, f: &mut F) {
-        f.bytes(1, &self.ip);
-        f.uint32(2, self.port);
-        f.bytes(3, self.pod.as_bytes());
-        f.bytes(4, self.namespace.as_bytes());
-        f.bytes(5, self.node.as_bytes());
-        f.bytes(6, self.workload.as_bytes());
-        f.bytes(7, self.service.as_bytes());
+        let (e, names) = (self.0, self.1);
+        f.bytes(1, &e.ip);
+        f.uint32(2, e.port);
+        f.bytes(3, name(&e.pod, names.pod));
+        f.bytes(4, name(&e.namespace, names.namespace));
+        f.bytes(5, name(&e.node, names.node));
+        f.bytes(6, name(&e.workload, names.workload));
+        f.bytes(7, name(&e.service, names.service));
     }
+}
+
+/// An endpoint's own name, or the one given beside it when its own is empty.
+fn name<'s>(own: &'s str, given: &'s str) -> &'s [u8] {
+    if own.is_empty() { given } else { own }.as_bytes()
 }
 
 impl Nested for Observation {
