@@ -22,7 +22,7 @@ use clovisor_integration_tests::tls::make_certs;
 use clovisor_integration_tests::{api, cargo_build, free_port, start_service, wait_for};
 use clovisor_proto::capture::v1::{probe_message, Hello, ProbeMessage};
 use clovisor_proto::delivery::Connector as _;
-use clovisor_proto::hops::CaptureConnector;
+use clovisor_proto::hops::{CaptureConnector, HopMessage};
 use clovisor_proto::tls::{ClientTls, ClientTransport, TlsFiles, TlsStats};
 use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -62,7 +62,7 @@ async fn open(
 ) -> Result<Opened> {
     let mut connector = CaptureConnector::new(probe_channel(port, certs)?)
         .with_token_file(token.map(Path::to_owned));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<HopMessage>(4);
     let hello = ProbeMessage {
         kind: Some(probe_message::Kind::Hello(Hello {
             probe_id: probe_id.into(),
@@ -70,7 +70,8 @@ async fn open(
             snaplen: 256,
         })),
     };
-    tx.send(Bytes::from(hello.encode_to_vec())).await?;
+    tx.send(HopMessage::from(Bytes::from(hello.encode_to_vec())))
+        .await?;
     let opened = tokio::time::timeout(
         Duration::from_secs(10),
         connector.open(ReceiverStream::new(rx)),

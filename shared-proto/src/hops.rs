@@ -503,32 +503,38 @@ impl CaptureHop {
 
 impl BatchContract for CaptureHop {
     type Item = RecordChunk;
-    type Outbound = Bytes;
+    type Outbound = HopMessage;
     type Inbound = capture::CollectorMessage;
 
-    fn hello(&self) -> Vec<Bytes> {
-        let mut out = vec![self.hello.clone()];
-        out.extend(self.flows.messages(FLOW_TABLE_MESSAGE_BYTES));
+    fn hello(&self) -> Vec<HopMessage> {
+        let mut out = vec![HopMessage::from(self.hello.clone())];
+        out.extend(
+            self.flows
+                .messages(FLOW_TABLE_MESSAGE_BYTES)
+                .into_iter()
+                .map(HopMessage::from),
+        );
         out
     }
 
-    fn batch(&self, seq: u64, chunks: Vec<RecordChunk>) -> Bytes {
+    fn batch(&self, seq: u64, chunks: Vec<RecordChunk>) -> HopMessage {
         // The `RecordBatch` as field 2 of a `ProbeMessage`; its records are already encoded as
-        // `records` fields.
+        // `records` fields, in the chunks: the batch is its head followed by them, not a copy
+        // of them (the transport copies each once, into its own buffer).
         let records: usize = chunks.iter().map(|c| c.body.len()).sum();
         let body_len = 1 + encoded_len_varint(seq) + records;
-        let mut out = BytesMut::with_capacity(body_len + 16);
-        encode_key(field::PROBE_BATCH, WireType::LengthDelimited, &mut out);
-        encode_varint(body_len as u64, &mut out);
-        encode_key(field::BATCH_SEQ, WireType::Varint, &mut out);
-        encode_varint(seq, &mut out);
-        for chunk in &chunks {
-            out.put_slice(&chunk.body);
-        }
-        out.freeze()
+        let mut head = BytesMut::with_capacity(24);
+        encode_key(field::PROBE_BATCH, WireType::LengthDelimited, &mut head);
+        encode_varint(body_len as u64, &mut head);
+        encode_key(field::BATCH_SEQ, WireType::Varint, &mut head);
+        encode_varint(seq, &mut head);
+        let mut parts = Vec::with_capacity(chunks.len() + 1);
+        parts.push(head.freeze());
+        parts.extend(chunks.into_iter().map(|c| c.body));
+        HopMessage(parts)
     }
 
-    fn size(msg: &Bytes) -> usize {
+    fn size(msg: &HopMessage) -> usize {
         msg.len()
     }
 
@@ -567,33 +573,74 @@ pub struct SessionHop {
 
 impl BatchContract for SessionHop {
     type Item = EncodedSession;
-    type Outbound = Bytes;
+    type Outbound = HopMessage;
     type Inbound = session::SessionAck;
 
-    fn hello(&self) -> Vec<Bytes> {
+    fn hello(&self) -> Vec<HopMessage> {
         Vec::new()
     }
 
-    fn batch(&self, seq: u64, sessions: Vec<Self::Item>) -> Bytes {
+    fn batch(&self, seq: u64, sessions: Vec<Self::Item>) -> HopMessage {
         let body = sessions.iter().map(EncodedSession::framed_len).sum();
-        session_batch(seq, &self.sender, body, |buf| {
+        HopMessage::from(session_batch(seq, &self.sender, body, |buf| {
             for s in &sessions {
                 put_session_key(s.0.len(), buf);
                 buf.put_slice(&s.0);
             }
-        })
+        }))
     }
 
     fn item_bytes(session: &Self::Item) -> usize {
         session.framed_len()
     }
 
-    fn size(msg: &Bytes) -> usize {
+    fn size(msg: &HopMessage) -> usize {
         msg.len()
     }
 
     fn ack(msg: &Self::Inbound) -> Option<u64> {
         Some(msg.seq)
+    }
+}
+
+/// A message sent on a hop, already encoded, in parts the transport writes one after another:
+/// a probe's batch is its head followed by its chunks of records as they were encoded, so its
+/// bytes are copied once on the way out (into the transport's buffer) rather than first joined
+/// into one buffer of their own. Parts are shared (`Bytes`), so a batch kept for re-sending
+/// costs no copy either.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HopMessage(Vec<Bytes>);
+
+impl HopMessage {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Bytes::is_empty)
+    }
+
+    /// Its bytes in one buffer (tests, and readers of a whole message).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.0.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            parts => {
+                let mut out = BytesMut::with_capacity(self.len());
+                for p in parts {
+                    out.put_slice(p);
+                }
+                out.freeze()
+            }
+        }
+    }
+}
+
+impl From<Bytes> for HopMessage {
+    fn from(b: Bytes) -> Self {
+        Self(vec![b])
     }
 }
 
@@ -750,11 +797,14 @@ impl<D> Default for Encoded<D> {
 struct PassThrough;
 
 impl Encoder for PassThrough {
-    type Item = Bytes;
+    type Item = HopMessage;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
+    fn encode(&mut self, item: HopMessage, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.reserve(item.len());
+        for part in &item.0 {
+            dst.put_slice(part);
+        }
         Ok(())
     }
 }
@@ -774,7 +824,7 @@ impl<D: prost::Message + Default> Decoder for ProstReply<D> {
 }
 
 impl<D: prost::Message + Default + Send + 'static> Codec for Encoded<D> {
-    type Encode = Bytes;
+    type Encode = HopMessage;
     type Decode = D;
     type Encoder = PassThrough;
     type Decoder = ProstReply<D>;
@@ -817,7 +867,7 @@ impl CaptureConnector {
 impl Connector<CaptureHop> for CaptureConnector {
     fn open(
         &mut self,
-        outbound: ReceiverStream<Bytes>,
+        outbound: ReceiverStream<HopMessage>,
     ) -> Pin<Box<dyn Future<Output = Result<Inbound<CaptureHop>, tonic::Status>> + Send + '_>> {
         let channel = self.channel.clone();
         let token_file = self.token_file.clone();
@@ -872,7 +922,7 @@ pub struct SessionConnector(pub Channel);
 impl Connector<SessionHop> for SessionConnector {
     fn open(
         &mut self,
-        outbound: ReceiverStream<Bytes>,
+        outbound: ReceiverStream<HopMessage>,
     ) -> Pin<Box<dyn Future<Output = Result<Inbound<SessionHop>, tonic::Status>> + Send + '_>> {
         let channel = self.0.clone();
         Box::pin(async move {
@@ -891,7 +941,7 @@ impl Connector<SessionHop> for SessionConnector {
 async fn open_raw<D: prost::Message + Default + Send + Sync + 'static>(
     channel: Channel,
     path: &'static str,
-    outbound: ReceiverStream<Bytes>,
+    outbound: ReceiverStream<HopMessage>,
 ) -> Result<Pin<Box<dyn futures::Stream<Item = Result<D, tonic::Status>> + Send>>, tonic::Status> {
     open_request(channel, path, tonic::Request::new(outbound)).await
 }
@@ -900,7 +950,7 @@ async fn open_raw<D: prost::Message + Default + Send + Sync + 'static>(
 async fn open_request<D: prost::Message + Default + Send + Sync + 'static>(
     channel: Channel,
     path: &'static str,
-    request: tonic::Request<ReceiverStream<Bytes>>,
+    request: tonic::Request<ReceiverStream<HopMessage>>,
 ) -> Result<Pin<Box<dyn futures::Stream<Item = Result<D, tonic::Status>> + Send>>, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
@@ -989,7 +1039,14 @@ mod tests {
         let hop = CaptureHop::new(&capture::Hello::default(), 16);
         let first = vec![start(1), message(1, b"GET / HTTP/1.1")];
         let second = vec![message(1, b"HTTP/1.1 200 OK"), end(1)];
-        let bytes = hop.batch(7, vec![chunk(&first), chunk(&second)]);
+        let msg = hop.batch(7, vec![chunk(&first), chunk(&second)]);
+        assert_eq!(
+            msg.0.len(),
+            3,
+            "the head, then each chunk as it was encoded"
+        );
+        let bytes = msg.to_bytes();
+        assert_eq!(msg.len(), bytes.len());
         let expected = capture::ProbeMessage {
             kind: Some(capture::probe_message::Kind::Batch(capture::RecordBatch {
                 seq: 7,
@@ -1158,7 +1215,7 @@ mod tests {
             sender: "collector-1".into(),
         };
         let framed: usize = encoded.iter().map(SessionHop::item_bytes).sum();
-        let bytes = hop.batch(9, encoded);
+        let bytes = hop.batch(9, encoded).to_bytes();
         let expected = session::SessionBatch::of(9, "collector-1", &sessions);
         assert_eq!(
             bytes,
@@ -1186,13 +1243,13 @@ mod tests {
         let ids = |hop: &CaptureHop| -> Vec<u64> {
             let msgs = hop.hello();
             assert_eq!(
-                decode(&msgs[0]).kind,
+                decode(&msgs[0].to_bytes()).kind,
                 Some(capture::probe_message::Kind::Hello(hello.clone())),
                 "Hello first"
             );
             let mut ids: Vec<u64> = msgs[1..]
                 .iter()
-                .flat_map(|m| match decode(m).kind {
+                .flat_map(|m| match decode(&m.to_bytes()).kind {
                     Some(capture::probe_message::Kind::Flows(t)) => t.flows,
                     other => panic!("a FlowTable after the Hello, got {other:?}"),
                 })

@@ -226,10 +226,10 @@ async fn a_record_that_does_not_decode_is_dropped_alone_and_counted() -> anyhow:
     encode_varint(body.len() as u64, &mut frame);
     frame.extend(body);
 
-    let (tx, rx) = mpsc::channel::<bytes::Bytes>(4);
-    tx.send(hello("p1", "node-a").encode_to_vec().into())
+    let (tx, rx) = mpsc::channel::<clovisor_proto::hops::HopMessage>(4);
+    tx.send(bytes::Bytes::from(hello("p1", "node-a").encode_to_vec()).into())
         .await?;
-    tx.send(frame.into()).await?;
+    tx.send(bytes::Bytes::from(frame).into()).await?;
     let mut inbound = clovisor_proto::hops::CaptureConnector::new(channel)
         .open(ReceiverStream::new(rx))
         .await?;
