@@ -376,21 +376,29 @@ impl Assembler {
     }
 
     fn on_start(&mut self, start: MsgStart, now: Instant, out: &mut impl RecordSink) {
-        match (self.pending.remove(&start.flow_id), &start.prev) {
-            (Some(p), Some(prev)) => self.complete(p, prev, out),
-            (Some(p), None) => {
-                // A new first message for a known flow id: the kernel lost the connection
-                // (LRU eviction) and restarted it; the old message is as good as it gets.
-                self.stats.lost_messages += 1;
-                self.emit_first_packet_only(p, out);
+        let (flow_id, prev) = (start.flow_id, start.prev);
+        // The flow's pending message gives way to the new one in its place: one look-up, not a
+        // removal and an insertion (twice per exchange and point).
+        if let Some(slot) = self.pending.get_mut(&flow_id) {
+            let p = std::mem::replace(slot, Pending::new(start, now));
+            match prev {
+                Some(prev) => self.complete(p, &prev, out),
+                None => {
+                    // A new first message for a known flow id: the kernel lost the connection
+                    // (LRU eviction) and restarted it; the old message is as good as it gets.
+                    self.stats.lost_messages += 1;
+                    self.emit_first_packet_only(p, out);
+                }
             }
-            (None, Some(_)) => self.stats.orphans += 1,
-            (None, None) => {}
+            return;
+        }
+        if prev.is_some() {
+            self.stats.orphans += 1;
         }
         if self.pending.len() >= self.max_pending {
             self.evict_oldest(out);
         }
-        self.pending.insert(start.flow_id, Pending::new(start, now));
+        self.pending.insert(flow_id, Pending::new(start, now));
     }
 
     fn on_end(&mut self, end: FlowEnd, out: &mut impl RecordSink) {
