@@ -298,17 +298,21 @@ async fn new_probe_id_on_same_node_forgets_old_flows() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn periodic_flush_emits_idle_flows() -> anyhow::Result<()> {
-    let config = ServiceConfig {
+/// A service whose flows go idle after 50 ms, flushed every 20 ms.
+fn flushing_soon() -> ServiceConfig {
+    ServiceConfig {
         flows: FlowTableConfig {
             idle_timeout: Duration::from_millis(50),
             ..FlowTableConfig::default()
         },
         flush_interval: Duration::from_millis(20),
         ..ServiceConfig::default()
-    };
-    let (channel, mut out, metrics) = start(config).await?;
+    }
+}
+
+#[tokio::test]
+async fn periodic_flush_emits_idle_flows() -> anyhow::Result<()> {
+    let (channel, mut out, metrics) = start(flushing_soon()).await?;
     exchange(
         &channel,
         vec![
@@ -605,15 +609,7 @@ fn endpoint(ip: [u8; 4], pod: &str, service: &str) -> Record {
 /// when it is encoded: on the local join's way out and on the timed flush's.
 #[tokio::test]
 async fn sessions_leave_with_their_ends_named_by_the_probes_metadata() -> anyhow::Result<()> {
-    let config = ServiceConfig {
-        flows: FlowTableConfig {
-            idle_timeout: Duration::from_millis(50),
-            ..FlowTableConfig::default()
-        },
-        flush_interval: Duration::from_millis(20),
-        ..ServiceConfig::default()
-    };
-    let (channel, mut out, _metrics) = start(config).await?;
+    let (channel, mut out, _metrics) = start(flushing_soon()).await?;
     exchange(
         &channel,
         vec![
