@@ -56,35 +56,17 @@ impl EndpointMeta {
         }
     }
 
-    /// This metadata with each name it lacks taken from `other` (two addresses of one end: a
-    /// Service's and its pod's, as two points saw them).
-    pub fn filled_from(&self, other: &Self) -> Self {
-        let mut m = self.clone();
-        for (own, given) in [
-            (&mut m.pod, &other.pod),
-            (&mut m.namespace, &other.namespace),
-            (&mut m.node, &other.node),
-            (&mut m.workload, &other.workload),
-            (&mut m.service, &other.service),
-        ] {
-            if own.is_empty() {
-                own.clone_from(given);
-            }
+    /// This metadata with `names` instead of its own (its veth kept).
+    pub fn with_names(&self, names: EndpointNames<'_>) -> Self {
+        Self {
+            pod: names.pod.to_owned(),
+            namespace: names.namespace.to_owned(),
+            node: names.node.to_owned(),
+            workload: names.workload.to_owned(),
+            service: names.service.to_owned(),
+            ifindex: self.ifindex,
+            interface: self.interface.clone(),
         }
-        m
-    }
-
-    /// Whether [`Self::filled_from`] `other` would add a name.
-    pub fn lacks_a_name_of(&self, other: &Self) -> bool {
-        [
-            (&self.pod, &other.pod),
-            (&self.namespace, &other.namespace),
-            (&self.node, &other.node),
-            (&self.workload, &other.workload),
-            (&self.service, &other.service),
-        ]
-        .iter()
-        .any(|(own, given)| own.is_empty() && !given.is_empty())
     }
 
     /// This end as the workload labels name it.

@@ -219,7 +219,7 @@ fn merge_into(into: &mut Collected, mut add: Collected) {
         std::mem::swap(into, &mut add);
     }
     let Collected {
-        session: add,
+        session: mut add,
         client_meta,
         server_meta,
     } = add;
@@ -234,7 +234,6 @@ fn merge_into(into: &mut Collected, mut add: Collected) {
         merge::merge(into, add);
         return;
     }
-    let mut add = add;
     let extra = std::mem::take(&mut add.merged_ids);
     let id = merge::merge(into, add);
     into.merged_ids.push(id);
@@ -248,8 +247,10 @@ fn filled(
     other: Option<Arc<EndpointMeta>>,
 ) -> Option<Arc<EndpointMeta>> {
     match (kept, other) {
-        (Some(k), Some(o)) if !Arc::ptr_eq(&k, &o) && k.lacks_a_name_of(&o) => {
-            Some(Arc::new(k.filled_from(&o)))
+        (Some(k), Some(o)) if !Arc::ptr_eq(&k, &o) => {
+            let names = k.names().or(o.names());
+            let grown = (names != k.names()).then(|| k.with_names(names));
+            Some(grown.map_or(k, Arc::new))
         }
         (Some(k), _) => Some(k),
         (None, o) => o,

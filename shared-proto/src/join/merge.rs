@@ -1,6 +1,7 @@
 //! Merging what several points saw of one exchange into one session.
 
 use crate::common::v1::{PointKind, Side};
+use crate::session::encode::EndpointNames;
 use crate::session::v1::{Endpoint, Http, Observation, Protocol, Session};
 
 /// Whether `a` and `b` can be the same exchange: every field both decoded agrees. Used as a
@@ -127,11 +128,7 @@ fn fill(into: &mut String, from: &str) {
 }
 
 fn fill_endpoint(into: &mut Endpoint, from: &Endpoint) {
-    fill(&mut into.pod, &from.pod);
-    fill(&mut into.namespace, &from.namespace);
-    fill(&mut into.node, &from.node);
-    fill(&mut into.workload, &from.workload);
-    fill(&mut into.service, &from.service);
+    EndpointNames::of(from).fill(into);
 }
 
 fn fill_http(into: &mut Http, from: &Http) {

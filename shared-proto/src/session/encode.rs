@@ -49,9 +49,32 @@ impl SessionNames<'_> {
     }
 }
 
-impl EndpointNames<'_> {
-    /// Writes each name into `e` where `e`'s is empty.
-    fn fill(&self, e: &mut Endpoint) {
+impl<'a> EndpointNames<'a> {
+    /// The names `e` carries itself.
+    pub fn of(e: &'a Endpoint) -> Self {
+        Self {
+            pod: &e.pod,
+            namespace: &e.namespace,
+            node: &e.node,
+            workload: &e.workload,
+            service: &e.service,
+        }
+    }
+
+    /// Each of these names, or `other`'s where this one is empty.
+    pub fn or(self, other: Self) -> Self {
+        let first = |own: &'a str, given: &'a str| if own.is_empty() { given } else { own };
+        Self {
+            pod: first(self.pod, other.pod),
+            namespace: first(self.namespace, other.namespace),
+            node: first(self.node, other.node),
+            workload: first(self.workload, other.workload),
+            service: first(self.service, other.service),
+        }
+    }
+
+    /// Writes each of these names into `e` where `e`'s is empty.
+    pub fn fill(&self, e: &mut Endpoint) {
         for (own, given) in [
             (&mut e.pod, self.pod),
             (&mut e.namespace, self.namespace),
@@ -59,7 +82,7 @@ impl EndpointNames<'_> {
             (&mut e.workload, self.workload),
             (&mut e.service, self.service),
         ] {
-            if own.is_empty() {
+            if own.is_empty() && !given.is_empty() {
                 given.clone_into(own);
             }
         }
@@ -362,20 +385,16 @@ struct Named<'a>(&'a Endpoint, &'a EndpointNames<'a>);
 
 impl Nested for Named<'_> {
     fn fields<F: Fields>(&self, f: &mut F) {
-        let (e, names) = (self.0, self.1);
+        let e = self.0;
+        let n = EndpointNames::of(e).or(*self.1);
         f.bytes(1, &e.ip);
         f.uint32(2, e.port);
-        f.bytes(3, name(&e.pod, names.pod));
-        f.bytes(4, name(&e.namespace, names.namespace));
-        f.bytes(5, name(&e.node, names.node));
-        f.bytes(6, name(&e.workload, names.workload));
-        f.bytes(7, name(&e.service, names.service));
+        f.bytes(3, n.pod.as_bytes());
+        f.bytes(4, n.namespace.as_bytes());
+        f.bytes(5, n.node.as_bytes());
+        f.bytes(6, n.workload.as_bytes());
+        f.bytes(7, n.service.as_bytes());
     }
-}
-
-/// An endpoint's own name, or the one given beside it when its own is empty.
-fn name<'s>(own: &'s str, given: &'s str) -> &'s [u8] {
-    if own.is_empty() { given } else { own }.as_bytes()
 }
 
 impl Nested for Observation {
