@@ -21,6 +21,18 @@ impl TraceId {
         }
     }
 
+    /// A fresh random trace id and span id (neither all-zero), from one draw of the generator:
+    /// what an exchange seen without a wire trace gets.
+    pub fn random_with_span() -> (Self, SpanId) {
+        loop {
+            let bytes: [u8; 24] = rand::random();
+            let (trace, span) = bytes.split_at(16);
+            if let (Some(trace), Some(span)) = (Self::from_bytes(trace), SpanId::from_bytes(span)) {
+                return (trace, span);
+            }
+        }
+    }
+
     /// The id in `bytes` when it is exactly 16 bytes and not all-zero.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let arr: [u8; 16] = bytes.try_into().ok()?;
@@ -133,5 +145,9 @@ mod tests {
         assert_ne!(a, b, "two random span ids collided: {a}");
         assert_ne!(a.0, [0; 8]);
         assert_ne!(TraceId::random().0, [0; 16]);
+        let (t, s) = TraceId::random_with_span();
+        let (t2, s2) = TraceId::random_with_span();
+        assert!(t != t2 && s != s2, "two random pairs collided");
+        assert!(t.0 != [0; 16] && s.0 != [0; 8]);
     }
 }

@@ -40,10 +40,10 @@ impl CorrelatedSession {
     pub fn new(mut session: Session) -> (Self, Vec<ContextIssue>) {
         // Decoding grew the vector to four; the exchange may be kept for the retention time.
         session.observations.shrink_to_fit();
-        let (identity, issues) = SpanIdentity::new(&session.id, trace_bytes(&session));
+        let (identity, issues) = SpanIdentity::new(trace_bytes(&session));
         (
             Self {
-                id: identity.id,
+                id: exchange_id(&session.id, identity.span_id).into_owned(),
                 trace_id: identity.trace_id,
                 span_id: identity.span_id,
                 parent_span_id: identity.parent_span_id,
@@ -85,11 +85,9 @@ fn trace_bytes(session: &Session) -> Option<(&[u8], &[u8])> {
         .map(|ctx| (ctx.trace_id.as_slice(), ctx.parent_span_id.as_slice()))
 }
 
-/// What [`CorrelatedSession::new`] gives an exchange of its first session: its id, and its
-/// place in a trace.
+/// What [`CorrelatedSession::new`] gives an exchange of its first session: its place in a
+/// trace. (Its id is [`exchange_id`].)
 pub(crate) struct SpanIdentity {
-    /// The session's id, or the span id when it has none.
-    pub id: String,
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
@@ -98,24 +96,30 @@ pub(crate) struct SpanIdentity {
 
 impl SpanIdentity {
     /// A fresh span id, in the wire trace `trace` (trace id and parent span id bytes) when the
-    /// session carried a valid one, for the session of id `id`; with what was wrong with the
-    /// wire context.
-    pub(crate) fn new(id: &str, trace: Option<(&[u8], &[u8])>) -> (Self, Vec<ContextIssue>) {
-        let span_id = SpanId::random();
+    /// session carried a valid one; with what was wrong with the wire context.
+    pub(crate) fn new(trace: Option<(&[u8], &[u8])>) -> (Self, Vec<ContextIssue>) {
         let (wire_trace, parent_span_id, issues) = wire_context_of(trace);
-        let id = if id.is_empty() {
-            span_id.to_string()
-        } else {
-            id.to_owned()
+        let (trace_id, span_id) = match wire_trace {
+            Some(trace) => (trace, SpanId::random()),
+            None => TraceId::random_with_span(),
         };
         let identity = Self {
-            id,
-            trace_id: wire_trace.unwrap_or_else(TraceId::random),
+            trace_id,
             span_id,
             parent_span_id,
             trace_from_wire: wire_trace.is_some(),
         };
         (identity, issues)
+    }
+}
+
+/// The id an exchange is found by: its first session's, or its span id when that session had
+/// none (borrowed when it is the session's).
+pub(crate) fn exchange_id(session_id: &str, span_id: SpanId) -> std::borrow::Cow<'_, str> {
+    if session_id.is_empty() {
+        std::borrow::Cow::Owned(span_id.to_string())
+    } else {
+        std::borrow::Cow::Borrowed(session_id)
     }
 }
 
@@ -132,6 +136,18 @@ pub(crate) fn constituents<S: AsRef<str> + Into<String>>(
     }
     ids.extend(merged.filter(|m| !m.as_ref().is_empty()).map(Into::into));
     ids
+}
+
+/// [`constituents`], borrowed: what an exchange held as it arrived lists without allocating.
+pub(crate) fn constituent_ids<'a, I>(
+    id: &'a str,
+    merged: I,
+) -> impl Iterator<Item = &'a str> + Clone
+where
+    I: IntoIterator<Item = &'a str>,
+    I::IntoIter: Clone,
+{
+    std::iter::once(id).chain(merged).filter(|c| !c.is_empty())
 }
 
 /// [`wire_context`] of a session whose trace context, if any, has these trace id and parent

@@ -29,7 +29,7 @@ use prost::Message as _;
 use super::head::Head;
 use super::key::{self, interval};
 use crate::ids::{SpanId, TraceId};
-use crate::record::{constituents, ContextIssue, CorrelatedSession, SpanIdentity};
+use crate::record::{constituent_ids, exchange_id, ContextIssue, CorrelatedSession, SpanIdentity};
 
 const TRACE_FROM_WIRE: u8 = 1;
 const KEYED: u8 = 2;
@@ -91,8 +91,11 @@ impl Packed {
     /// [`super::Joiner::offer_head`] holds as it arrived); with the problems of its trace
     /// context. `None` only when a count or a length does not fit in 32 bits.
     pub(super) fn arrived(h: &Head<'_>, encoded: &[u8]) -> Option<(Self, Vec<ContextIssue>)> {
-        let (identity, issues) = SpanIdentity::new(h.id(), h.trace());
-        let ids = constituents(h.id(), h.merged_ids().iter().copied());
+        // Nothing allocated on the way (the ids are borrowed from the head): one view of nearly
+        // every exchange comes this way.
+        let (identity, issues) = SpanIdentity::new(h.trace());
+        let id = exchange_id(h.id(), identity.span_id);
+        let constituents = constituent_ids(h.id(), h.merged_ids().iter().copied());
         let packed = Self::build(Parts {
             trace_id: identity.trace_id,
             span_id: identity.span_id,
@@ -100,7 +103,7 @@ impl Packed {
             trace_from_wire: identity.trace_from_wire,
             keyed: h.keyed(),
             intervals: h.intervals().iter().copied(),
-            ids: std::iter::once(identity.id.as_str()).chain(ids.iter().map(String::as_str)),
+            ids: std::iter::once(&*id).chain(constituents),
             session: Encoded::Bytes(encoded),
         })?;
         Some((packed, issues))
@@ -239,10 +242,9 @@ impl Packed {
     }
 
     pub(super) fn try_unpack(&self) -> Result<CorrelatedSession, session_decode::DecodeError> {
-        let mut session = session_decode::decode(self.session())?;
         // An encoding as it arrived still lists the ids the collector merged; the exchange
-        // holds them among its constituents.
-        session.merged_ids.clear();
+        // holds them among its constituents (and not in its session).
+        let session = session_decode::decode_without_merged_ids(self.session())?;
         Ok(self.with_session(session))
     }
 

@@ -947,3 +947,39 @@ fn views_offered_by_their_head_are_held_as_they_arrived_only_when_alone() -> any
         .is_err());
     Ok(())
 }
+
+/// A view held as it arrived is known by the ids a decoded one would be: its own, those the
+/// collector merged into it (empty ones left out), or its span id when it came without an id;
+/// its session, made ready, lists no merged ids (the exchange's constituents hold them).
+#[test]
+fn a_view_held_as_it_arrived_is_known_by_its_own_and_its_merged_ids() -> anyhow::Result<()> {
+    use prost::Message as _;
+    let mut j = joiner(30);
+    let t0 = Instant::now();
+    let alone = |id: &str, merged: &str, port: u32| {
+        SessionBuilder::new(id)
+            .with(|s| {
+                if let Some(c) = s.client.as_mut() {
+                    c.pod.clear();
+                    c.port = port;
+                }
+                s.merged_ids = vec![merged.into(), String::new()];
+            })
+            .build()
+    };
+    j.offer_head(alone("p/1/0", "p/1/1", 40001).encode_to_vec().into(), t0)?;
+    j.offer_head(alone("", "p/2/1", 40002).encode_to_vec().into(), t0)?;
+    assert_eq!(held_as_arrived(&j), [true, true]);
+    let ready = j.expire(t0 + Duration::from_millis(40));
+    let [named, unnamed] = ready.as_slice() else {
+        anyhow::bail!("two ready, not {}", ready.len());
+    };
+    assert_eq!(named.id, "p/1/0");
+    assert_eq!(named.constituents, ["p/1/0", "p/1/1"]);
+    assert!(named.session.merged_ids.is_empty());
+    assert_eq!(unnamed.id, unnamed.span_id.to_string());
+    assert_eq!(unnamed.constituents, ["p/2/1"]);
+    assert!(j.get(&unnamed.id).is_some(), "found by its span id");
+    assert!(j.get("p/1/1").is_some() && j.get("p/2/1").is_some());
+    Ok(())
+}

@@ -52,7 +52,18 @@ type Result<T> = std::result::Result<T, DecodeError>;
 const DEPTH: u32 = 100;
 
 /// The session encoded in `buf`, decoded as `Session::decode` decodes it.
-pub fn decode(mut buf: &[u8]) -> Result<Session> {
+pub fn decode(buf: &[u8]) -> Result<Session> {
+    decode_keeping(buf, true)
+}
+
+/// [`decode`] without the ids of the views merged into the session (`merged_ids` left empty,
+/// though checked as [`decode`] checks them): for a reader that holds those ids already, and
+/// would allocate each only to drop it.
+pub fn decode_without_merged_ids(buf: &[u8]) -> Result<Session> {
+    decode_keeping(buf, false)
+}
+
+fn decode_keeping(mut buf: &[u8], merged_ids: bool) -> Result<Session> {
     let mut s = Session::default();
     while !buf.is_empty() {
         let (tag, wire_type) = wire::read_key(&mut buf)?;
@@ -98,10 +109,13 @@ pub fn decode(mut buf: &[u8]) -> Result<Session> {
                 trace,
             )?,
             12 => s.incomplete = v.bool(&mut buf)?,
-            21 => {
+            21 if merged_ids => {
                 let mut id = String::new();
                 v.string(&mut buf, &mut id)?;
                 s.merged_ids.push(id);
+            }
+            21 => {
+                v.str(&mut buf)?;
             }
             // Attributes, gRPC, DNS, database, Kafka, analyzer, and fields unknown here: prost's
             // own code, with the context `Session::decode` gives a session's fields.
@@ -162,10 +176,14 @@ impl Value {
 
     /// Replaces `into` (allocated once, at its size).
     fn string(self, buf: &mut &[u8], into: &mut String) -> Result<()> {
-        let bytes = self.delimited(buf)?;
-        let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::Utf8 { tag: self.tag })?;
-        *into = s.to_owned();
+        *into = self.str(buf)?.to_owned();
         Ok(())
+    }
+
+    /// A string field, checked and borrowed.
+    fn str<'b>(self, buf: &mut &'b [u8]) -> Result<&'b str> {
+        let bytes = self.delimited(buf)?;
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::Utf8 { tag: self.tag })
     }
 
     fn bytes(self, buf: &mut &[u8], into: &mut Vec<u8>) -> Result<()> {

@@ -2,14 +2,21 @@ use super::*;
 use crate::session::arb::{arb_session, full};
 use proptest::prelude::*;
 
-/// Both decoders on the same bytes: equal sessions, or both refusing.
+/// Both decoders on the same bytes: equal sessions, or both refusing; and the decoding without
+/// merged ids the same but for them.
 fn agree(bytes: &[u8]) -> std::result::Result<(), TestCaseError> {
     let ours = decode(bytes);
     let theirs = Session::decode(bytes);
-    match (ours, theirs) {
-        (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
-        (Err(_), Err(_)) => {}
-        (a, b) => prop_assert!(false, "ours {:?}, prost's {:?}", a, b),
+    let without = decode_without_merged_ids(bytes);
+    match (ours, theirs, without) {
+        (Ok(a), Ok(b), Ok(mut c)) => {
+            prop_assert!(c.merged_ids.is_empty());
+            c.merged_ids.clone_from(&a.merged_ids);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(a, c);
+        }
+        (Err(_), Err(_), Err(_)) => {}
+        (a, b, c) => prop_assert!(false, "ours {:?}, prost's {:?}, without ids {:?}", a, b, c),
     }
     Ok(())
 }
