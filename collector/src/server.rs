@@ -298,9 +298,9 @@ impl Inner {
             return Err(Refused::SeqJump);
         }
         let now = Instant::now();
-        // An exchange takes at least two records (its request and its response), so this is room
-        // for every session the batch can make: no growth steps moving sessions around.
-        let mut out = Vec::with_capacity(batch.len() / 2 + 1);
+        // About a session per record (a point that pairs request and response sends one record
+        // per exchange): room for all of the batch's, most of the time without a growth step.
+        let mut out = Vec::with_capacity(batch.len() + 1);
         // Each record decoded from its bytes into one place as the table takes it (see
         // `inbound`).
         let mut records = batch.records();
