@@ -350,7 +350,7 @@ D_POINTS = 2
 def section_d(raw, machine, rep):
     clk = machine["clk_tck"]
     steps = []
-    ring_events = traced_all = 0
+    ring_events = traced_all = conn_events = 0
     for c in machine["knobs"]["ramp"]:
         f = raw / "d" / f"step-{c}"
         w = load(f"{f}.wrk.json")
@@ -365,6 +365,10 @@ def section_d(raw, machine, rep):
         traced = complete + incomplete
         events = delta(before, after, "clovisor_probe_ring_events_total")
         ring_events += events
+        # One FLOW_END per connection and point (the kernel counts each connection it ends):
+        # per connection, not per exchange.
+        conn_events += delta(before, after, "clovisor_probe_kernel_total",
+                             lambda l: l.get("counter") in ("connections_ended", "socket_connections_ended"))
         traced_all += traced
         if traced > n and lost == 0:
             status = f"all traced, {traced - n:.0f} sessions more than requests served"
@@ -452,10 +456,13 @@ def section_d(raw, machine, rep):
     rep.figure("d", "events_per_exchange", "kernel → user events per HTTP exchange (all points)",
                per_ex, "", note=f"{fmt(ring_events)} ring buffer events for {fmt(traced_all)} traced exchanges, "
                "all steps")
+    per_ex_point = (ring_events - conn_events) / traced_all / points if traced_all else None
     rep.figure("d", "events_per_exchange_point", "kernel → user events per HTTP exchange and point",
-               per_ex / points if per_ex is not None else None, "", 1.0, "<=",
-               f"the total over the {points} points that see each exchange here (the server pod's veth and "
-               f"nginx's socket); exchanges by observations joined: "
+               per_ex_point, "", 1.0, "<=",
+               f"the events over the {points} points that see each exchange here (the server pod's veth and "
+               f"nginx's socket), less the {fmt(conn_events)} that ended connections (one per connection "
+               f"and point, counted by the BPF programs, over a whole keep-alive connection's exchanges); "
+               f"exchanges by observations joined: "
                + (", ".join(f"{k}: {100.0 * v / merged:.1f} %" for k, v in sorted(observed.items()))
                   if merged else "not counted"))
     return {"steps": steps, "rss_kb": rss, "rss_idle_kb": idle, "probe_maps": maps}
