@@ -11,7 +11,8 @@
  *   tp_btf/sock_recv_length      a receive returned (sock_recvmsg)
  *   tp_btf/inet_sock_set_state   TCP_CLOSE ends the socket's connection
  * A call on a socket none of whose ports is traced leaves after one bitmap
- * read; a process of an untraced namespace after one hash lookup more.
+ * read; a process of an untraced namespace after a look-up in the socket's
+ * own storage (sock_untraced), once its first call has found it untraced.
  *
  * One record per exchange: a request's first bytes are held (held_heads) until
  * its response starts, then request and response travel together as one
@@ -169,6 +170,20 @@ struct {
 	__type(value, struct clovisor_sock_conn);
 } sock_connections SEC(".maps");
 
+/* Sockets found to belong to a process of an untraced namespace, with the
+ * monitored-namespace generation they were checked under: socket-local
+ * storage (freed with the socket, never full), so a later call on the socket
+ * leaves after one look-up in the socket itself instead of a miss in
+ * sock_connections and the namespace look-up. A client of a traced port in
+ * an untraced pod (any caller of a traced service) calls this way all the
+ * time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} sock_untraced SEC(".maps");
+
 /* Size set by user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -231,6 +246,15 @@ static __always_inline __u32 snaplen(void)
 	__u32 *v = bpf_map_lookup_elem(&sock_config, &zero);
 
 	return v ? *v : CLOVISOR_DEFAULT_SNAPLEN;
+}
+
+/* The generation of the monitored-namespace set (CLOVISOR_CONFIG_NETNS_GENERATION). */
+static __always_inline __u32 netns_generation(void)
+{
+	__u32 idx = CLOVISOR_CONFIG_NETNS_GENERATION;
+	__u32 *v = bpf_map_lookup_elem(&sock_config, &idx);
+
+	return v ? *v : 0;
 }
 
 /* The user memory of the current call: one buffer (read/write/recvfrom/sendto),
@@ -585,16 +609,26 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 	struct clovisor_sock_conn *s = bpf_map_lookup_elem(&sock_connections, &id);
 	struct clovisor_sock_conn fresh;
 	struct task_struct *task;
-	__u32 netns;
+	__u32 *untraced;
+	__u32 netns, generation;
 	__u8 side = 0;
 
 	if (s)
 		return s;
+	/* Read before the set is: user space bumps it after changing the set,
+	 * so a change that the look-up below missed leaves this socket's mark
+	 * older than the set, to be checked again on its next call. */
+	generation = netns_generation();
 	/* Direct loads through the BTF-typed task: no helper calls. */
 	task = bpf_get_current_task_btf();
 	netns = task->nsproxy->net_ns->ns.inum;
-	if (!bpf_map_lookup_elem(&monitored_netns, &netns))
+	if (!bpf_map_lookup_elem(&monitored_netns, &netns)) {
+		untraced = bpf_sk_storage_get(&sock_untraced, sk, 0,
+					      BPF_SK_STORAGE_GET_F_CREATE);
+		if (untraced)
+			*untraced = generation;
 		return 0;
+	}
 	__builtin_memset(&fresh, 0, sizeof(fresh));
 	fresh.protocol = socket_key(sk, local_traced, &fresh.key, &side);
 	if (fresh.protocol == CLOVISOR_PROTO_HTTP2 || fresh.protocol == CLOVISOR_PROTO_GRPC) {
@@ -651,6 +685,13 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 	if (!local && !clovisor_port_traced(bpf_ntohs(sk->__sk_common.skc_dport)))
 		return;
 	count(CLOVISOR_SOCK_STAT_TCP_CALLS);
+	{
+		/* A socket already found untraced under the current set. */
+		__u32 *untraced = bpf_sk_storage_get(&sock_untraced, sk, 0, 0);
+
+		if (untraced && *untraced == netns_generation())
+			return;
+	}
 	s = connection(sk, id, local);
 	if (!s)
 		return;

@@ -175,7 +175,11 @@ enum clovisor_config_index {
 	/* Entries in `egress_ports`; 0 lets untraced packets skip the egress
 	 * lookup (one array read instead of a hash lookup). */
 	CLOVISOR_CONFIG_EGRESS_PORTS = 1,
-	CLOVISOR_CONFIG_COUNT = 2,
+	/* The socket point's monitored-namespace generation: user space adds 1
+	 * each time it changes `monitored_netns` (after the change), so a socket
+	 * found untraced under an older set is checked again. */
+	CLOVISOR_CONFIG_NETNS_GENERATION = 2,
+	CLOVISOR_CONFIG_COUNT = 3,
 };
 
 /* Egress rules (Redis `clovisor_egress_match`): a traced pod's outbound calls

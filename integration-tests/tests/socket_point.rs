@@ -3,8 +3,9 @@
 //! sockets with their pid and command, joined with the veths' views into one session; behind a
 //! TLS tunnel (stunnel in each pod, the apps speaking plaintext to it over loopback) the sockets
 //! still give method, path, status and trace id while the veths carry only TLS; processes of
-//! untraced namespaces cost one map lookup and are not even counted; the hook choice is visible
-//! in the log, the metric and the API; and the programs are gone once clovisor stops.
+//! untraced namespaces are not traced (a socket found untraced is marked so in its own storage,
+//! and traced on its next call once its namespace is); the hook choice is visible in the log, the
+//! metric and the API; and the programs are gone once clovisor stops.
 
 use std::process::Command;
 use std::time::Duration;
@@ -399,6 +400,123 @@ async fn socket_point_sees_plaintext_behind_a_tls_tunnel() -> Result<()> {
     assert!(
         exit.success(),
         "clovisor must exit cleanly on SIGTERM: {exit:?}"
+    );
+    Ok(())
+}
+
+/// One keep-alive connection from a pod, a request at a time: its client process, fed a line
+/// per request, answers each with the status and the connection's local port.
+struct KeepAliveClient {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl KeepAliveClient {
+    const SCRIPT: &str = "import http.client, sys\n\
+        c = http.client.HTTPConnection(sys.argv[1], 80, timeout=5)\n\
+        for line in sys.stdin:\n\
+        \x20   c.request('GET', '/?i=' + line.strip())\n\
+        \x20   r = c.getresponse(); r.read()\n\
+        \x20   print(r.status, c.sock.getsockname()[1], flush=True)\n";
+
+    fn start(pod: &Pod, server: &str) -> Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pod.netns,
+                "python3",
+                "-c",
+                Self::SCRIPT,
+                server,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let Some(out) = child.stdout.take() else {
+            bail!("no stdout of the client");
+        };
+        Ok(Self {
+            child,
+            lines: std::io::BufReader::new(out).lines(),
+        })
+    }
+
+    /// One request; its status and the connection's local port.
+    fn get(&mut self, i: u32) -> Result<(u16, u16)> {
+        use std::io::Write as _;
+        let Some(stdin) = self.child.stdin.as_mut() else {
+            bail!("no stdin of the client");
+        };
+        writeln!(stdin, "{i}")?;
+        stdin.flush()?;
+        let Some(line) = self.lines.next() else {
+            bail!("the client ended");
+        };
+        let line = line?;
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some(status), Some(port)) => Ok((status.parse()?, port.parse()?)),
+            _ => bail!("unexpected client output {line:?}"),
+        }
+    }
+}
+
+impl Drop for KeepAliveClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A socket the socket point found untraced is marked so in its own storage and left at once
+/// on its later calls; once its namespace is monitored, its next call is traced — on the same
+/// keep-alive connection, without waiting for a new one (the monitored set's generation makes
+/// the mark stale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_found_untraced_is_traced_once_its_namespace_is() -> Result<()> {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::os::unix::fs::MetadataExt as _;
+
+    use clovisor_probe::capture::socket_object::SocketCapture;
+    use clovisor_probe::capture::CaptureConfig;
+    use clovisor_proto::capture::v1::ProtocolHint;
+
+    let mut lab = Lab::new()?;
+    let client = lab.pod("sgcli")?;
+    let server = lab.pod("sgsrv")?;
+    let _nginx = Nginx::start(&server)?;
+    let client_inode =
+        u32::try_from(std::fs::metadata(format!("/run/netns/{}", client.netns))?.ino())?;
+
+    let mut socket = SocketCapture::load(&CaptureConfig::default())?;
+    socket.set_traced_ports(&BTreeMap::from([(80, ProtocolHint::Http)]))?;
+    socket.set_monitored_netns(&BTreeSet::new())?;
+    let stats = socket.kernel_stats_handle();
+    let traced = || -> Result<u64> {
+        Ok(stats
+            .read()?
+            .get("socket_calls_traced")
+            .copied()
+            .unwrap_or_default())
+    };
+
+    let mut curl = KeepAliveClient::start(&client, &server.ipv4.to_string())?;
+    // The first calls find the socket untraced (and mark it); the later ones leave at the mark.
+    let (status, port) = curl.get(0)?;
+    assert_eq!(status, 200);
+    for i in 1..4 {
+        assert_eq!(curl.get(i)?, (200, port), "one keep-alive connection");
+    }
+    assert_eq!(traced()?, 0, "an untraced namespace's calls are not traced");
+
+    socket.set_monitored_netns(&BTreeSet::from([client_inode]))?;
+    assert_eq!(curl.get(4)?, (200, port), "still the same connection");
+    let after = traced()?;
+    assert!(
+        after >= 2,
+        "the connection's send and receive must be traced once its namespace is: {after}"
     );
     Ok(())
 }

@@ -45,6 +45,8 @@ pub struct SocketCapture {
     cfg: CaptureConfig,
     /// What the maps hold, so unchanged updates cost nothing.
     netns: Option<BTreeSet<u32>>,
+    /// Changes of `netns` so far: the programs' monitored-namespace generation.
+    netns_generation: u32,
     ports: Option<BTreeMap<u16, ProtocolHint>>,
 }
 
@@ -70,6 +72,7 @@ impl SocketCapture {
             stats,
             cfg: cfg.clone(),
             netns: None,
+            netns_generation: 0,
             ports: None,
         };
         capture.set_snaplen(cfg.snaplen)?;
@@ -114,7 +117,15 @@ impl SocketCapture {
         let wanted: BTreeMap<u32, u8> = inodes.iter().map(|i| (*i, 1)).collect();
         replace_map(&mut self.ebpf, MAP_NETNS, &wanted)?;
         self.netns = Some(inodes.clone());
-        Ok(())
+        // After the set: the sockets the programs found untraced under the old one
+        // (`sock_untraced`) are checked again on their next call.
+        self.netns_generation = self.netns_generation.wrapping_add(1);
+        object::set_config_value(
+            &mut self.ebpf,
+            &MAPS,
+            abi::CLOVISOR_CONFIG_NETNS_GENERATION,
+            self.netns_generation,
+        )
     }
 
     /// Replaces the traced ports (the same set the tc programs trace).
