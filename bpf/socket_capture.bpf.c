@@ -623,8 +623,7 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 	task = bpf_get_current_task_btf();
 	netns = task->nsproxy->net_ns->ns.inum;
 	if (!bpf_map_lookup_elem(&monitored_netns, &netns)) {
-		untraced = bpf_sk_storage_get(&sock_untraced, sk, 0,
-					      BPF_SK_STORAGE_GET_F_CREATE);
+		untraced = bpf_sk_storage_get(&sock_untraced, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (untraced)
 			*untraced = generation;
 		return 0;
