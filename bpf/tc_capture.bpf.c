@@ -507,6 +507,31 @@ static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct p
 				   clovisor_wakeup_flags(&events)));
 }
 
+/* emit_exchange of a counters-only connection: no bytes on either side, so a
+ * record of fixed size, reserved in the ring and filled in place (no scratch
+ * record copied into it). */
+static __always_inline void emit_counters_exchange(const struct clovisor_conn_key *key,
+						   const struct clovisor_conn *conn,
+						   const struct clovisor_msg *request)
+{
+	struct clovisor_exchange *ev;
+
+	ev = bpf_ringbuf_reserve(&events, offsetof(struct clovisor_exchange, payload), 0);
+	if (!ev) {
+		clovisor_count(&stats, CLOVISOR_STAT_RINGBUF_FULL);
+		return;
+	}
+	fill_hdr(&ev->hdr, CLOVISOR_EVENT_EXCHANGE, key, conn,
+		 conn->has_before ? CLOVISOR_EV_HAS_PREV : 0);
+	__builtin_memcpy(&ev->before, &conn->before, sizeof(conn->before));
+	__builtin_memcpy(&ev->request, request, sizeof(*request));
+	__builtin_memcpy(&ev->response, &conn->cur, sizeof(conn->cur));
+	ev->request_len = 0;
+	ev->response_len = 0;
+	bpf_ringbuf_submit(ev, clovisor_wakeup_flags(&events));
+	clovisor_count(&stats, CLOVISOR_STAT_EVENTS_EMITTED);
+}
+
 /* A response starts (this packet) after the held request whose final counters
  * are `request`: one record for both. */
 static __always_inline void emit_exchange(struct __sk_buff *skb, const struct pkt *p,
@@ -515,22 +540,25 @@ static __always_inline void emit_exchange(struct __sk_buff *skb, const struct pk
 					  const struct clovisor_msg *request)
 {
 	__u32 zero = 0;
-	struct clovisor_exchange *ev = bpf_map_lookup_elem(&scratch_exchange, &zero);
+	struct clovisor_exchange *ev;
 	struct clovisor_held *held;
 	__u32 req_len = 0, resp_len;
 	__u8 flags = conn->has_before ? CLOVISOR_EV_HAS_PREV : 0;
 
+	/* A counters-only request was held without a slot: it has no bytes. */
+	if (conn->counters_only) {
+		emit_counters_exchange(key, conn, request);
+		return;
+	}
+	ev = bpf_map_lookup_elem(&scratch_exchange, &zero);
 	if (!ev)
 		return;
-	/* A counters-only request was held without a slot: it has no bytes. */
-	if (!conn->counters_only) {
-		held = bpf_map_lookup_elem(&held_heads, &conn->flow_id);
-		if (held) {
-			req_len = clovisor_take_held(held, ev->payload);
-		} else {
-			flags |= CLOVISOR_EV_HEAD_LOST;
-			clovisor_count(&stats, CLOVISOR_STAT_HEAD_LOST);
-		}
+	held = bpf_map_lookup_elem(&held_heads, &conn->flow_id);
+	if (held) {
+		req_len = clovisor_take_held(held, ev->payload);
+	} else {
+		flags |= CLOVISOR_EV_HEAD_LOST;
+		clovisor_count(&stats, CLOVISOR_STAT_HEAD_LOST);
 	}
 	fill_hdr(&ev->hdr, CLOVISOR_EVENT_EXCHANGE, key, conn, flags);
 	__builtin_memcpy(&ev->before, &conn->before, sizeof(conn->before));
