@@ -30,6 +30,14 @@
 # (e), two syscalls each, default 6000000), BENCH_FLOWS (open flows and held exchanges of (f),
 # default 100000), BENCH_DECODE_SECONDS (per decode phase and per protocol, default 5), BENCH_TSHARK_COPIES (1-255,
 # default 100), BENCH_OUT (default bench-report), BENCH_BINDIR (use the binaries and examples/ of another build instead of building: to compare two builds under the same conditions).
+#
+# A/B mode, for one change at a time (docs/benchmarks.md, "A/B of two builds"): with BENCH_AB_A and
+# BENCH_AB_B set to two directories holding clovisor-probe, -collector and -correlator, only the
+# split pipeline runs, BENCH_PAIRS alternated pairs of BENCH_SECONDS of wrk per arm, arm B taking
+# from BENCH_AB_B only the component named in BENCH_AB_SWAP (probe, collector, correlator; default
+# all), its components run with the extra environment BENCH_AB_ENV_B (NAME=VALUE words) if given;
+# it prints each component's CPU per exchange, nginx's, and the kernel's BPF time per exchange of
+# the tc and socket programs, per pair and arm, and writes them to $BENCH_OUT/ab.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -78,7 +86,20 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 export RUST_BACKTRACE=0 # errors of the components, not stack traces, in the logs
-if [ -n "${BENCH_BINDIR:-}" ]; then
+AB_SWAP=${BENCH_AB_SWAP:-all}
+if [ -n "${BENCH_AB_A:-}${BENCH_AB_B:-}" ]; then
+  [ -n "${BENCH_AB_A:-}" ] && [ -n "${BENCH_AB_B:-}" ] || {
+    echo "A/B mode needs both BENCH_AB_A and BENCH_AB_B" >&2
+    exit 1
+  }
+  case "$AB_SWAP" in probe | collector | correlator | all) ;; *)
+    echo "BENCH_AB_SWAP: probe, collector, correlator or all, not $AB_SWAP" >&2
+    exit 1
+    ;;
+  esac
+  BINDIR=$BENCH_AB_A
+  echo "== A/B: $BENCH_AB_A against $BENCH_AB_B (arm B swaps: $AB_SWAP)"
+elif [ -n "${BENCH_BINDIR:-}" ]; then
   # Another build's binaries (e.g. the commit before a change, to compare two builds under the
   # same conditions): the four binaries and, in examples/, the benchmark's examples.
   BINDIR=$BENCH_BINDIR
@@ -105,7 +126,7 @@ HVETH_CLIENT=vb$ID-c
 WORK=$(mktemp -d /tmp/clovisor-bench.XXXXXX)
 RAW=$WORK/raw
 LOGS=$WORK/logs
-mkdir -p "$RAW"/{a,b,c,d,e,f} "$LOGS"
+mkdir -p "$RAW"/{a,b,c,d,e,f,ab} "$LOGS"
 COMPONENTS=(probe collector correlator)
 # The processes whose metrics scrape() reads: the three components, or all-in-one alone.
 SCRAPED=("${COMPONENTS[@]}")
@@ -447,6 +468,112 @@ start_aio() {
   await_traced "${METRICS_URL[aio]}"
 }
 
+# Ids of the BPF objects the probe holds open ("prog" or "map"), from its fdinfo, as a JSON array.
+probe_bpf_ids() { # prog|map
+  local fd
+  for fd in /proc/"${PID[probe]}"/fd/*; do
+    [ "$(readlink "$fd" 2>/dev/null)" = "anon_inode:bpf-$1" ] || continue
+    awk -v k="$1_id:" '$1 == k { print $2 }' "/proc/${PID[probe]}/fdinfo/${fd##*/}"
+  done | sort -un | jq -s -c .
+}
+
+# --- A/B of two builds (BENCH_AB_A, BENCH_AB_B), then nothing else ------------------------------
+
+# The programs' run time and runs so far, summed by kind (tc, socket), as JSON.
+bpf_runs() {
+  bpftool -j prog show | jq -c --argjson ids "$(probe_bpf_ids prog)" '[.[] | select(.id as $i | $ids | index($i))
+    | {socket: (.type == "tracing"), n: (.run_cnt // 0), t: (.run_time_ns // 0)}]
+    | group_by(.socket) | map({(if .[0].socket then "socket" else "tc" end): {n: (map(.n) | add), t: (map(.t) | add)}}) | add // {}'
+}
+
+ab_main() {
+  local d arm p c src order line before after r0 r1 b0 b1 env_b=()
+  for arm in A B; do
+    d=$WORK/bin-$arm
+    mkdir -p "$d"
+    for c in "${COMPONENTS[@]}"; do
+      src=$BENCH_AB_A
+      if [ "$arm" = B ] && { [ "$AB_SWAP" = all ] || [ "$AB_SWAP" = "$c" ]; }; then src=$BENCH_AB_B; fi
+      [ -x "$src/clovisor-$c" ] || { echo "no clovisor-$c in $src" >&2; exit 1; }
+      ln -sf "$src/clovisor-$c" "$d/clovisor-$c"
+    done
+  done
+  read -ra env_b <<<"${BENCH_AB_ENV_B:-}"
+  STATS_OLD=$(sysctl -n kernel.bpf_stats_enabled)
+  sysctl -qw kernel.bpf_stats_enabled=1
+  echo "== A/B: $PAIRS pairs of ${SECONDS_PER_RUN}s (wrk -c$CONNS), order alternating"
+  run_wrk "$CONNS" 2 "$WORK/warmup.json"
+  for p in $(seq 1 "$PAIRS"); do
+    if [ $((p % 2)) -eq 1 ]; then order="A B"; else order="B A"; fi
+    for arm in $order; do
+      BINDIR=$WORK/bin-$arm
+      if [ "$arm" = B ] && [ ${#env_b[@]} -gt 0 ]; then export "${env_b[@]}"; fi
+      start_pipeline
+      if [ "$arm" = B ] && [ ${#env_b[@]} -gt 0 ]; then for e in "${env_b[@]}"; do unset "${e%%=*}"; done; fi
+      before=$(cpu_snapshot)
+      r0=$(nginx_requests)
+      b0=$(bpf_runs)
+      run_wrk "$CONNS" "$SECONDS_PER_RUN" "$RAW/ab/pair-$p-$arm.wrk.json"
+      after=$(cpu_snapshot)
+      r1=$(nginx_requests)
+      b1=$(bpf_runs)
+      jq -n --arg arm "$arm" --argjson pair "$p" --argjson before "$before" --argjson after "$after" \
+        --argjson served "$((r1 - r0))" --argjson b0 "$b0" --argjson b1 "$b1" \
+        '{arm: $arm, pair: $pair, served: $served, cpu: {before: $before, after: $after}, bpf: {before: $b0, after: $b1}}' \
+        >"$RAW/ab/pair-$p-$arm.json"
+      stop_pipeline
+    done
+  done
+  sysctl -qw kernel.bpf_stats_enabled="$STATS_OLD"
+  STATS_OLD=""
+  mkdir -p "$OUT"
+  python3 - "$RAW/ab" "$(getconf CLK_TCK)" "$BENCH_AB_A" "$BENCH_AB_B" "$AB_SWAP" "${BENCH_AB_ENV_B:-}" >"$OUT/ab.md" <<'PY'
+import json, pathlib, statistics, sys
+raw, clk, a_dir, b_dir, swap, env_b = pathlib.Path(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:7]
+cols = ["probe", "collector", "correlator", "nginx", "tc eBPF", "socket eBPF"]
+rows = {}
+for f in sorted(raw.glob("pair-*-?.json")):
+    r = json.loads(f.read_text())
+    n, cpu, bpf = r["served"], r["cpu"], r["bpf"]
+    us = {c: (cpu["after"][c] - cpu["before"][c]) / clk / n * 1e6 for c in cols[:4]}
+    for kind, col in (("tc", "tc eBPF"), ("socket", "socket eBPF")):
+        t = bpf["after"].get(kind, {}).get("t", 0) - bpf["before"].get(kind, {}).get("t", 0)
+        us[col] = t / n / 1e3
+    rows[(r["pair"], r["arm"])] = (n, us)
+pairs = sorted({p for p, _ in rows})
+print(f"# A/B: {a_dir} (A) against {b_dir} (B)\n")
+print(f"Arm B swaps: {swap}" + (f"; its components run with {env_b}" if env_b else "") +
+      ". µs of CPU per exchange served (utime + stime / nginx's requests), and of the kernel's BPF "
+      "run time; alternated pairs, each run its own pipeline.\n")
+print("| pair | arm | requests | " + " | ".join(cols) + " |")
+print("| --- | --- | --- | " + " | ".join("---" for _ in cols) + " |")
+for p in pairs:
+    for arm in "AB":
+        if (p, arm) in rows:
+            n, us = rows[(p, arm)]
+            print(f"| {p} | {arm} | {n:,} | " + " | ".join(f"{us[c]:.2f}" for c in cols) + " |")
+print("\n| figure | " + " | ".join(cols) + " |")
+print("| --- | " + " | ".join("---" for _ in cols) + " |")
+med = {arm: {c: statistics.median(rows[(p, arm)][1][c] for p in pairs if (p, arm) in rows) for c in cols}
+       for arm in "AB"}
+for arm in "AB":
+    print(f"| median, arm {arm} | " + " | ".join(f"{med[arm][c]:.2f}" for c in cols) + " |")
+ratio = lambda a, b: f"{b / a:.3f}" if a else "–"
+print("| B / A (medians) | " + " | ".join(ratio(med["A"][c], med["B"][c]) for c in cols) + " |")
+both = [p for p in pairs if (p, "A") in rows and (p, "B") in rows]
+print("| B / A per pair | " + " | ".join(
+    " ".join(ratio(rows[(p, "A")][1][c], rows[(p, "B")][1][c]) for p in both) for c in cols) + " |")
+print("\nThis machine's noise moves every column between runs; a component arm B did not change is "
+      "the control: compare the changed one's B / A with theirs, pair by pair.")
+PY
+  cat "$OUT/ab.md"
+}
+
+if [ -n "${BENCH_AB_B:-}" ]; then
+  ab_main
+  exit 0
+fi
+
 # --- b. request overhead: untraced vs traced, interleaved ----------------------------------------
 
 note_load b
@@ -489,15 +616,6 @@ done
 SCRAPED=("${COMPONENTS[@]}")
 
 # --- a. eBPF cost: our programs vs an empty one on the same veth, the same packets ---------------
-
-# Ids of the BPF objects the probe holds open ("prog" or "map"), from its fdinfo, as a JSON array.
-probe_bpf_ids() { # prog|map
-  local fd
-  for fd in /proc/"${PID[probe]}"/fd/*; do
-    [ "$(readlink "$fd" 2>/dev/null)" = "anon_inode:bpf-$1" ] || continue
-    awk -v k="$1_id:" '$1 == k { print $2 }' "/proc/${PID[probe]}/fdinfo/${fd##*/}"
-  done | sort -un | jq -s -c .
-}
 
 # Ids of the probe's programs of the given bpftool types, as a JSON array.
 probe_prog_ids() { # jq-array-of-types
