@@ -16,7 +16,6 @@ use clovisor_correlator::{Config as CorrelatorConfig, Correlator};
 use clovisor_probe::agent;
 use clovisor_probe::cli::ProbeArgs;
 use clovisor_probe::metrics::ProbeMetrics;
-use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_proto::inproc;
 use clovisor_proto::tls::{TlsArgs, TlsStats};
 use clovisor_runtime::process::{start, Started};
@@ -136,7 +135,7 @@ pub async fn run(args: Args, log: &LogArgs) -> anyhow::Result<()> {
     let forwarder = clovisor_collector::forward::Forwarder::new(
         format!("all-in-one-collector-{}", std::process::id()),
         correlator_channel,
-        DeliveryConfig::default(),
+        clovisor_proto::hops::session_delivery_config(),
     );
     let forwarder_accounting = collector_metrics.track_forwarder(forwarder.stats());
     let forwarder = tokio::spawn(forwarder.run(sessions_rx, std::future::pending()));

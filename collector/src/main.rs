@@ -21,7 +21,6 @@ use clovisor_collector::server::admission::{
 };
 use clovisor_collector::server::{CaptureService, ServiceConfig};
 use clovisor_collector::CollectorMetrics;
-use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_proto::tls::{self, TlsArgs, TlsStats};
 use clovisor_runtime::auth::token_review::TokenReviewer;
 use clovisor_runtime::process::{start, ServiceArgs};
@@ -184,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
     let forwarder = Forwarder::new(
         format!("collector-{:016x}", rand::random::<u64>()),
         channel,
-        DeliveryConfig::default(),
+        clovisor_proto::hops::session_delivery_config(),
     );
     let forwarder_stats = forwarder.stats();
     {

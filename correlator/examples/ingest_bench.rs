@@ -56,7 +56,6 @@ use clovisor_correlator::metrics::Metrics;
 use clovisor_correlator::store::Store;
 use clovisor_correlator::Config;
 use clovisor_proto::common::v1::{PointKind, Side};
-use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_proto::hops::encode_session_batch;
 use clovisor_proto::session::v1::{
     Counters, Endpoint, Http, Observation, Protocol, Session, SessionBatch, TraceContext,
@@ -287,7 +286,9 @@ struct Batcher {
 
 impl Batcher {
     fn new() -> Self {
-        let size = DeliveryConfig::default().max_batch_items.max(1);
+        let size = clovisor_proto::hops::session_delivery_config()
+            .max_batch_items
+            .max(1);
         Self {
             size,
             seq: 0,
