@@ -507,6 +507,19 @@ static __always_inline void emit_msg_start(struct __sk_buff *skb, const struct p
 				   clovisor_wakeup_flags(&events)));
 }
 
+/* An exchange record's header and messages: the previous message, the held
+ * request (final counters `request`) and the response now starting. */
+static __always_inline void fill_exchange(struct clovisor_exchange *ev,
+					  const struct clovisor_conn_key *key,
+					  const struct clovisor_conn *conn,
+					  const struct clovisor_msg *request, __u8 flags)
+{
+	fill_hdr(&ev->hdr, CLOVISOR_EVENT_EXCHANGE, key, conn, flags);
+	__builtin_memcpy(&ev->before, &conn->before, sizeof(conn->before));
+	__builtin_memcpy(&ev->request, request, sizeof(*request));
+	__builtin_memcpy(&ev->response, &conn->cur, sizeof(conn->cur));
+}
+
 /* emit_exchange of a counters-only connection: no bytes on either side, so a
  * record of fixed size, reserved in the ring and filled in place (no scratch
  * record copied into it). */
@@ -521,11 +534,7 @@ static __always_inline void emit_counters_exchange(const struct clovisor_conn_ke
 		clovisor_count(&stats, CLOVISOR_STAT_RINGBUF_FULL);
 		return;
 	}
-	fill_hdr(&ev->hdr, CLOVISOR_EVENT_EXCHANGE, key, conn,
-		 conn->has_before ? CLOVISOR_EV_HAS_PREV : 0);
-	__builtin_memcpy(&ev->before, &conn->before, sizeof(conn->before));
-	__builtin_memcpy(&ev->request, request, sizeof(*request));
-	__builtin_memcpy(&ev->response, &conn->cur, sizeof(conn->cur));
+	fill_exchange(ev, key, conn, request, conn->has_before ? CLOVISOR_EV_HAS_PREV : 0);
 	ev->request_len = 0;
 	ev->response_len = 0;
 	bpf_ringbuf_submit(ev, clovisor_wakeup_flags(&events));
@@ -560,10 +569,7 @@ static __always_inline void emit_exchange(struct __sk_buff *skb, const struct pk
 		flags |= CLOVISOR_EV_HEAD_LOST;
 		clovisor_count(&stats, CLOVISOR_STAT_HEAD_LOST);
 	}
-	fill_hdr(&ev->hdr, CLOVISOR_EVENT_EXCHANGE, key, conn, flags);
-	__builtin_memcpy(&ev->before, &conn->before, sizeof(conn->before));
-	__builtin_memcpy(&ev->request, request, sizeof(*request));
-	__builtin_memcpy(&ev->response, &conn->cur, sizeof(conn->cur));
+	fill_exchange(ev, key, conn, request, flags);
 	resp_len = snap_of(p, conn);
 	if (resp_len > 0 &&
 	    bpf_skb_load_bytes(skb, p->payload_off, ev->payload + req_len, resp_len)) {

@@ -152,10 +152,7 @@ impl Inner {
     /// once: the forwarder only frames the bytes, and probe streams encode side by side.
     async fn deliver(&self, sessions: Vec<Collected>) -> Result<(), mpsc::error::SendError<()>> {
         let mut encoder = SessionEncoder::new();
-        let encoded = sessions
-            .iter()
-            .map(|s| encoder.encode_named(&s.session, &s.names()))
-            .collect();
+        let encoded = sessions.iter().map(|s| s.encode(&mut encoder)).collect();
         self.deliver_encoded(encoded).await
     }
 
@@ -627,7 +624,7 @@ impl Stream {
         let mut out = Vec::with_capacity(sessions.len() + 16);
         let encoder = &mut self.encoder;
         let merged = self.join.offer(sessions, Instant::now(), |s| {
-            out.push(encoder.encode_named(&s.session, &s.names()));
+            out.push(s.encode(encoder));
         });
         self.inner.metrics.views_merged.inc_by(merged.views);
         self.inner
@@ -651,9 +648,7 @@ impl Stream {
     async fn release(&mut self) -> Result<(), Gone> {
         let mut out = Vec::new();
         let encoder = &mut self.encoder;
-        let unmatched = self
-            .join
-            .flush(|s| out.push(encoder.encode_named(&s.session, &s.names())));
+        let unmatched = self.join.flush(|s| out.push(s.encode(encoder)));
         self.inner.metrics.counter_views_unmatched.inc_by(unmatched);
         self.deliver(out).await?;
         match self.deferred.take() {

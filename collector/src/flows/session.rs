@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clovisor_proto::capture::v1 as capture;
 use clovisor_proto::common::v1::Side;
+use clovisor_proto::hops::{EncodedSession, SessionEncoder};
 use clovisor_proto::join::key::MESSAGE_POSITION_ATTRIBUTE;
 use clovisor_proto::session::encode::SessionNames;
 use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Protocol, Session};
@@ -85,6 +86,11 @@ impl Collected {
     /// The names the encoder writes into the session's ends.
     pub fn names(&self) -> SessionNames<'_> {
         names(&self.client_meta, &self.server_meta)
+    }
+
+    /// The session encoded with its ends' names written in, as it leaves the collector.
+    pub fn encode(&self, encoder: &mut SessionEncoder) -> EncodedSession {
+        encoder.encode_named(&self.session, &self.names())
     }
 
     /// The session with its ends' names written in: what the correlator receives.

@@ -23,9 +23,8 @@
 //! is counted ([`Merged::unmatched_counters`]); the correlator's join may still find its view
 //! (one that came later than the hold) and does not export an exchange nothing decoded.
 
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clovisor_proto::join::key::{wire_key, ClientAddr, WireKey};
 use clovisor_proto::join::merge;

@@ -109,13 +109,11 @@ fn decode_keeping(mut buf: &[u8], merged_ids: bool) -> Result<Session> {
                 trace,
             )?,
             12 => s.incomplete = v.bool(&mut buf)?,
-            21 if merged_ids => {
-                let mut id = String::new();
-                v.string(&mut buf, &mut id)?;
-                s.merged_ids.push(id);
-            }
             21 => {
-                v.str(&mut buf)?;
+                let id = v.str(&mut buf)?;
+                if merged_ids {
+                    s.merged_ids.push(id.to_owned());
+                }
             }
             // Attributes, gRPC, DNS, database, Kafka, analyzer, and fields unknown here: prost's
             // own code, with the context `Session::decode` gives a session's fields.
