@@ -20,8 +20,8 @@
 //! open one is made ready early — both counted.
 
 pub mod head;
-mod ids;
 mod packed;
+mod slots;
 pub use clovisor_proto::join::{key, merge};
 use head::Head;
 #[cfg(test)]
@@ -39,9 +39,9 @@ use clovisor_proto::session::v1::Session;
 use rustc_hash::FxHashMap;
 
 use crate::record::{constituents, ContextIssue, CorrelatedSession};
-use ids::IdIndex;
 use key::{interval, overlaps, wire_key, ClientAddr, WireKey};
 use packed::Packed;
+use slots::{hash, IdHashes, SlotIndex};
 
 /// How the join holds exchanges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +192,8 @@ struct Entry {
     /// batch), while the exchange is that one session unchanged (no view merged into it here):
     /// packing keeps it instead of encoding the session again.
     arrival: Option<Box<[u8]>>,
+    /// The hashes its ids are indexed under (see [`slots`]).
+    id_hashes: IdHashes,
 }
 
 /// Views (sessions, one point's each) as the join accounted for them: every view offered and
@@ -341,7 +343,8 @@ pub struct Joiner {
     entries: Slab,
     /// Exchanges the join holds (open or retained); the rest are only in the store.
     held: usize,
-    wire: FxHashMap<WireKey, u64>,
+    /// Held exchanges by wire key: each entry's `key`.
+    wire: SlotIndex,
     /// Every exchange the join holds, by client address and time (for sequence-less views).
     clients: FxHashMap<ClientAddr, ByTime>,
     /// Held exchanges no sequence-carrying point has seen yet, by client address: the only
@@ -350,7 +353,7 @@ pub struct Joiner {
     unkeyed: FxHashMap<ClientAddr, ByTime>,
     /// Every id of every exchange held (join or store): the id the REST API finds it by and
     /// the ids of the sessions merged into it.
-    ids: IdIndex,
+    ids: SlotIndex,
     /// Open exchanges by the end of their window; the window is fixed, so arrival order is
     /// deadline order.
     open: VecDeque<(Instant, u64)>,
@@ -547,10 +550,10 @@ impl Joiner {
             },
             entries: Slab::default(),
             held: 0,
-            wire: FxHashMap::default(),
+            wire: SlotIndex::default(),
             clients: FxHashMap::default(),
             unkeyed: FxHashMap::default(),
-            ids: IdIndex::default(),
+            ids: SlotIndex::default(),
             open: VecDeque::new(),
             retained: VecDeque::new(),
             store: StoreOrder::default(),
@@ -599,8 +602,8 @@ impl Joiner {
             ..Slab::default()
         };
         // Two views' ids per exchange.
-        self.ids = IdIndex::with_capacity(2 * n);
-        self.wire = FxHashMap::with_capacity_and_hasher(n, Default::default());
+        self.ids = SlotIndex::with_capacity(2 * n);
+        self.wire = SlotIndex::with_capacity(n);
         self.open = VecDeque::with_capacity(n);
         self.retained = VecDeque::with_capacity(n);
     }
@@ -627,8 +630,15 @@ impl Joiner {
 
     /// The slot of the exchange holding session id `id`.
     fn slot_of(&self, id: &str) -> Option<u64> {
-        self.ids.get(id, |slot| {
+        self.ids.get(hash(id), |slot| {
             self.entries.get(&slot).is_some_and(|e| e.rec.has_id(id))
+        })
+    }
+
+    /// The slot of the exchange holding wire key `k`.
+    fn wire_slot(&self, k: &WireKey) -> Option<u64> {
+        self.wire.get(hash(k), |slot| {
+            self.entries.get(&slot).is_some_and(|e| e.key == Some(*k))
         })
     }
 
@@ -677,8 +687,8 @@ impl Joiner {
         let client = ClientAddr::of(&rec.session);
         let key = client.and_then(|c| wire_key(&rec.session, c));
         let found = match (key, client) {
-            (Some(k), _) => match self.wire.get(&k) {
-                Some(slot) => Found::One(*slot),
+            (Some(k), _) => match self.wire_slot(&k) {
+                Some(slot) => Found::One(slot),
                 // A sequence-less exchange (socket only so far) may be this one.
                 None => self.find_by_time(client, &rec.session, true),
             },
@@ -773,7 +783,7 @@ impl Joiner {
         }
         let client = h.client()?;
         let key = h.wire_key(client)?;
-        if self.wire.contains_key(&key)
+        if self.wire_slot(&key).is_some()
             || self.unkeyed.contains_key(&client)
             || std::iter::once(&h.id())
                 .chain(h.merged_ids())
@@ -826,8 +836,8 @@ impl Joiner {
         let mut entry_key = None;
         if let Some(k) = key {
             // A conflicting key stays with the exchange that had it first.
-            if let std::collections::hash_map::Entry::Vacant(v) = self.wire.entry(k) {
-                v.insert(slot);
+            if self.wire_slot(&k).is_none() {
+                self.wire.insert_new(hash(&k), slot);
                 entry_key = Some(k);
             }
         }
@@ -838,8 +848,11 @@ impl Joiner {
             }
         }
         // None of its ids is indexed: it would have been a duplicate.
+        let mut id_hashes = IdHashes::default();
         for id in held.ids() {
-            self.ids.insert_new(id, slot);
+            let h = hash(id);
+            self.ids.insert_new(h, slot);
+            id_hashes.push(h);
         }
         self.entries.insert(
             slot,
@@ -853,6 +866,7 @@ impl Joiner {
                 views: 1,
                 rec: held,
                 arrival,
+                id_hashes,
             },
         );
         self.views.open += 1;
@@ -977,16 +991,13 @@ impl Joiner {
         for id in std::iter::once(id).chain(merged_ids) {
             if !id.is_empty() {
                 // Not indexed yet: the view would have been a duplicate.
-                self.ids.insert_new(&id, slot);
+                let h = hash(id.as_str());
+                self.ids.insert_new(h, slot);
+                e.id_hashes.push(h);
                 merged.constituents.push(id);
             }
         }
-        if let (Some(k), None) = (key, e.key) {
-            if let std::collections::hash_map::Entry::Vacant(v) = self.wire.entry(k) {
-                v.insert(slot);
-                e.key = Some(k);
-            }
-        }
+        let gains_key = key.filter(|_| e.key.is_none());
         let outcome = if e.ready {
             self.views.late += 1;
             Outcome::Late
@@ -995,7 +1006,16 @@ impl Joiner {
             self.views.open += 1;
             Outcome::Joined
         };
-        Ok((outcome, e.rec.shared()))
+        let record = e.rec.shared();
+        if let Some(k) = gains_key {
+            if self.wire_slot(&k).is_none() {
+                self.wire.insert_new(hash(&k), slot);
+                if let Some(e) = self.entries.get_mut(&slot) {
+                    e.key = Some(k);
+                }
+            }
+        }
+        Ok((outcome, record))
     }
 
     fn make_room(
@@ -1055,13 +1075,7 @@ impl Joiner {
         e.joined = false;
         self.held -= 1;
         if let Some(k) = e.key.take() {
-            // One look-up (a cache miss at these table sizes), not one to check and one to
-            // remove.
-            if let std::collections::hash_map::Entry::Occupied(o) = self.wire.entry(k) {
-                if *o.get() == slot {
-                    o.remove();
-                }
-            }
+            self.wire.remove(hash(&k), slot);
         }
         if let Some(c) = e.client {
             remove_slot(&mut self.clients, c, e.span.0, slot);
@@ -1077,8 +1091,17 @@ impl Joiner {
         let Some(e) = self.entries.remove(&slot) else {
             return;
         };
-        for id in e.rec.ids() {
-            self.ids.remove(id, slot);
+        match e.id_hashes.all() {
+            Some(hashes) => {
+                for h in hashes {
+                    self.ids.remove(*h, slot);
+                }
+            }
+            None => {
+                for id in e.rec.ids() {
+                    self.ids.remove(hash(id), slot);
+                }
+            }
         }
     }
 
@@ -1173,10 +1196,13 @@ impl Joiner {
     pub fn store_insert(&mut self, rec: Arc<CorrelatedSession>) -> usize {
         let slot = self.entries.vacant();
         let entries = &self.entries;
+        let mut id_hashes = IdHashes::default();
         for id in ids_of(&rec) {
-            self.ids.insert(id, slot, |s| {
+            let h = hash(id);
+            self.ids.insert(h, slot, |s| {
                 entries.get(&s).is_some_and(|e| e.rec.has_id(id))
             });
+            id_hashes.push(h);
         }
         self.entries.insert(
             slot,
@@ -1190,6 +1216,7 @@ impl Joiner {
                 stored: None,
                 views: 0,
                 arrival: None,
+                id_hashes,
             },
         );
         let evicted = self.store_upsert(slot);

@@ -983,3 +983,74 @@ fn a_view_held_as_it_arrived_is_known_by_its_own_and_its_merged_ids() -> anyhow:
     assert!(j.get("p/1/1").is_some() && j.get("p/2/1").is_some());
     Ok(())
 }
+
+/// Whatever way exchanges came and went — one view, views merged here, sessions the collector
+/// merged, three ids and more, held as they arrived, stored for the REST API only, forgotten at
+/// the end of their retention or pushed out when the join is full — once none is held, neither
+/// index keeps anything of them: an exchange's entry keeps the hashes it is indexed under, and
+/// taking it out must clear each.
+#[test]
+fn exchanges_gone_leave_nothing_in_the_indexes() -> anyhow::Result<()> {
+    use prost::Message as _;
+    let mut j = Joiner::with_store(
+        JoinConfig {
+            window: Duration::from_millis(10),
+            retention: Duration::from_millis(100),
+            max_entries: 8,
+            ..JoinConfig::default()
+        },
+        4,
+    );
+    let t0 = Instant::now();
+    for round in 0..4u32 {
+        let at = t0 + Duration::from_millis(u64::from(round) * 50);
+        let port = 41000 + round * 10;
+        let id = |n: u32| format!("r{round}/{n}");
+        // One view; then a second one joining it.
+        j.offer(client_veth(&id(1)).port(port).build(), at);
+        j.offer(server_veth(&id(2)).port(port).build(), at);
+        // A session the collector merged, joined by a third view: three ids.
+        let mut merged = server_veth(&id(3)).port(port + 1).at(50_000).build();
+        merge::merge(
+            &mut merged,
+            socket(&id(4), Side::Server)
+                .keyed(1000)
+                .port(port + 1)
+                .at(60_000)
+                .build(),
+        );
+        merged.merged_ids = vec![id(4)];
+        j.offer(merged, at);
+        j.offer(client_veth(&id(5)).port(port + 1).build(), at);
+        // Held as it arrived.
+        let alone = SessionBuilder::new(&id(6))
+            .with(|s| {
+                if let Some(c) = s.client.as_mut() {
+                    c.pod.clear();
+                    c.port = port + 2;
+                }
+            })
+            .build();
+        j.offer_head(alone.encode_to_vec().into(), at)?;
+        // For the REST API only.
+        let (stored, _) = CorrelatedSession::new(client_veth(&id(7)).port(port + 3).build());
+        j.store_insert(Arc::new(stored));
+        // Many more than the join holds: the oldest are pushed out.
+        for n in 0..12 {
+            j.offer(
+                client_veth(&id(100 + n))
+                    .port(port + 4)
+                    .seq(5000 + n)
+                    .build(),
+                at,
+            );
+        }
+    }
+    assert!(j.ids.len() > 0 && j.wire.len() > 0);
+    j.drain(t0 + Duration::from_secs(1));
+    j.expire(t0 + Duration::from_secs(2));
+    j.store_clear();
+    assert!(j.is_empty() && j.entries.is_empty());
+    assert_eq!((j.ids.len(), j.wire.len()), (0, 0));
+    Ok(())
+}
