@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".clovisor.capture.v1.Segment.payload")
         // Each session's encoding as it arrived: the correlator keeps it for retained exchanges.
         .bytes(".clovisor.session.v1.SessionBatch.sessions")
+        // An end's address is the flow's, shared by every session of the flow (a reference
+        // count) instead of copied into each: two allocations fewer per view in the collector.
+        .bytes(".clovisor.session.v1.Endpoint.ip")
         // A session carries one protocol's part at most: the others stay a pointer wide, so a
         // session (moved through every stage) is about half the size it would be.
         .boxed(".clovisor.session.v1.Session.grpc")

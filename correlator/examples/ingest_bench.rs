@@ -122,7 +122,7 @@ impl Traffic {
             connections: connections.max(1),
             gap: (1e9 / rate).max(1.0) as u64,
             client: Endpoint {
-                ip: vec![10, 244, 1, 5],
+                ip: vec![10, 244, 1, 5].into(),
                 port: 0,
                 pod: "wrk-7d9f8b6c5-x2x4k".into(),
                 namespace: "bench".into(),
@@ -131,7 +131,7 @@ impl Traffic {
                 service: String::new(),
             },
             server: Endpoint {
-                ip: vec![10, 244, 0, 9],
+                ip: vec![10, 244, 0, 9].into(),
                 port: 80,
                 pod: "nginx-5f7b9c8d4-q8zlm".into(),
                 namespace: "bench".into(),

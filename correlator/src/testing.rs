@@ -208,7 +208,7 @@ impl SessionBuilder {
                 id: id.to_owned(),
                 protocol: Protocol::Http1 as i32,
                 client: Some(Endpoint {
-                    ip: vec![10, 0, 0, 1],
+                    ip: vec![10, 0, 0, 1].into(),
                     port: 40000,
                     pod: "client-0".into(),
                     namespace: "default".into(),
@@ -217,7 +217,7 @@ impl SessionBuilder {
                     service: String::new(),
                 }),
                 server: Some(Endpoint {
-                    ip: vec![10, 0, 0, 2],
+                    ip: vec![10, 0, 0, 2].into(),
                     port: 8080,
                     pod: "web-0".into(),
                     namespace: "default".into(),
@@ -416,13 +416,13 @@ impl SessionBuilder {
         if let Some(c) = self.session.client.as_mut() {
             c.ip = "fd00::1"
                 .parse::<std::net::Ipv6Addr>()
-                .map(|a| a.octets().to_vec())
+                .map(|a| a.octets().to_vec().into())
                 .unwrap_or_default();
         }
         if let Some(s) = self.session.server.as_mut() {
             s.ip = "fd00::2"
                 .parse::<std::net::Ipv6Addr>()
-                .map(|a| a.octets().to_vec())
+                .map(|a| a.octets().to_vec().into())
                 .unwrap_or_default();
         }
         self

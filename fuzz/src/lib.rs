@@ -239,7 +239,7 @@ fn session_seed(client_is_pod: bool) -> clovisor_proto::session::v1::Session {
         id: "probe-a/1f/0".into(),
         protocol: Protocol::Http1 as i32,
         client: Some(Endpoint {
-            ip: vec![10, 0, 0, 1],
+            ip: vec![10, 0, 0, 1].into(),
             port: 40000,
             pod: if client_is_pod {
                 "client-0".into()
@@ -249,7 +249,7 @@ fn session_seed(client_is_pod: bool) -> clovisor_proto::session::v1::Session {
             ..Endpoint::default()
         }),
         server: Some(Endpoint {
-            ip: vec![10, 0, 0, 2],
+            ip: vec![10, 0, 0, 2].into(),
             port: 80,
             pod: "web-0".into(),
             namespace: "shop".into(),

@@ -41,12 +41,12 @@ fn typical() -> Session {
         id: "0123456789abcdef/1f/42".into(),
         protocol: 1,
         client: Some(Endpoint {
-            ip: vec![10, 251, 0, 2],
+            ip: vec![10, 251, 0, 2].into(),
             port: 40000,
             ..Endpoint::default()
         }),
         server: Some(Endpoint {
-            ip: vec![10, 251, 0, 3],
+            ip: vec![10, 251, 0, 3].into(),
             port: 80,
             pod: "web-7d4b9c-x2x9q".into(),
             namespace: "shop".into(),

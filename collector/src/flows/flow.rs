@@ -8,7 +8,7 @@ use clovisor_proto::capture::v1::{self as capture, FlowKey, ObservationPoint, Pr
 
 use super::counters;
 use super::endpoints::{Endpoints, Ends};
-use super::session::{self, Collected, FlowParts};
+use super::session::{self, Collected, FlowNames, FlowParts};
 use crate::decode::{
     Captured, Decoders, Detected, Direction, Exchange, FlowDecoder, FlowInfo, Message,
     MessageStats, Output, Step,
@@ -45,8 +45,8 @@ pub(super) struct Flow {
     decoding: Decoding,
     key: FlowKey,
     point: ObservationPoint,
-    /// What its sessions' ids start with.
-    id_prefix: String,
+    /// What its sessions are named by.
+    names: FlowNames,
     /// Whether `point` came with the flow; until it has, a later message may supply it.
     point_known: bool,
     hint: ProtocolHint,
@@ -105,8 +105,8 @@ impl Flow {
             pending: BTreeMap::new(),
             held: None,
             decoding,
+            names: FlowNames::new(probe_id, flow_id, &key),
             key,
-            id_prefix: session::id_prefix(probe_id, flow_id),
             point_known: point.is_some(),
             point: point.unwrap_or_default(),
             hint,
@@ -284,11 +284,11 @@ impl Flow {
             decoding,
             key,
             point,
-            id_prefix,
+            names,
             ..
         } = self;
         if let Decoding::By { name, flow } = decoding {
-            flow.on_close(&mut Sink::new(ctx, key, point, id_prefix, name));
+            flow.on_close(&mut Sink::new(ctx, key, point, names, name));
         }
     }
 
@@ -356,7 +356,7 @@ impl Flow {
             decoding,
             key,
             point,
-            id_prefix,
+            names,
             held,
             ..
         } = self;
@@ -371,7 +371,7 @@ impl Flow {
             return;
         }
         ctx.metrics.flow_message_out();
-        let mut sink = Sink::new(ctx, key, point, id_prefix, name);
+        let mut sink = Sink::new(ctx, key, point, names, name);
         let step = flow.on_message(&message, &mut sink);
         let step = match step {
             Step::Handover => match flow.successor() {
@@ -439,7 +439,7 @@ struct Sink<'c, 'a> {
     ctx: &'c mut Ctx<'a>,
     key: &'c FlowKey,
     point: &'c ObservationPoint,
-    id_prefix: &'c str,
+    names: &'c FlowNames,
     protocol: &'static str,
 }
 
@@ -448,14 +448,14 @@ impl<'c, 'a> Sink<'c, 'a> {
         ctx: &'c mut Ctx<'a>,
         key: &'c FlowKey,
         point: &'c ObservationPoint,
-        id_prefix: &'c str,
+        names: &'c FlowNames,
         protocol: &'static str,
     ) -> Self {
         Self {
             ctx,
             key,
             point,
-            id_prefix,
+            names,
             protocol,
         }
     }
@@ -466,7 +466,7 @@ impl Output for Sink<'_, '_> {
         let parts = FlowParts {
             probe_id: self.ctx.probe_id,
             probe_node: self.ctx.node,
-            id_prefix: self.id_prefix,
+            names: self.names,
             key: self.key,
             point: self.point,
             ends: Ends::of(self.ctx.endpoints, self.key),

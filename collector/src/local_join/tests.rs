@@ -6,7 +6,7 @@ use clovisor_proto::session::v1::{Endpoint, Http, Observation, Protocol};
 /// number `seq`, as the flow table makes it.
 fn view(id: &str, kind: PointKind, side: Side, interface: &str, seq: u32) -> Session {
     let endpoint = |ip: [u8; 4], port: u32, pod: &str| Endpoint {
-        ip: ip.to_vec(),
+        ip: ip.to_vec().into(),
         port,
         pod: pod.into(),
         namespace: "demo".into(),
@@ -380,7 +380,7 @@ fn the_names_beside_merged_views_follow_the_ends_the_merge_keeps() {
     let client = meta("client-0", "client", "");
     let mut decoded = without_names(view("p/4/0", PointKind::Socket, Side::Client, "", 7));
     if let Some(s) = decoded.server.as_mut() {
-        s.ip = vec![10, 96, 0, 10];
+        s.ip = vec![10, 96, 0, 10].into();
     }
     let decoded = Collected {
         session: decoded,
@@ -399,7 +399,7 @@ fn the_names_beside_merged_views_follow_the_ends_the_merge_keeps() {
     let server = s.server.as_ref().expect("server");
     assert_eq!(
         (
-            server.ip.as_slice(),
+            &server.ip[..],
             server.pod.as_str(),
             server.workload.as_str()
         ),

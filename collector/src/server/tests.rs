@@ -657,7 +657,7 @@ async fn sessions_leave_with_their_ends_named_by_the_probes_metadata() -> anyhow
             ("web-0", "web", "node-a"),
             "{s:#?}"
         );
-        assert_eq!((srv.ip, srv.port), (vec![10, 0, 0, 2], 80));
+        assert_eq!((srv.ip.to_vec(), srv.port), (vec![10, 0, 0, 2], 80));
     }
     Ok(())
 }

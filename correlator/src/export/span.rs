@@ -220,7 +220,7 @@ struct Ends<'a> {
 
 /// An endpoint with nothing known.
 static NO_ENDPOINT: Endpoint = Endpoint {
-    ip: Vec::new(),
+    ip: bytes::Bytes::new(),
     port: 0,
     pod: String::new(),
     namespace: String::new(),

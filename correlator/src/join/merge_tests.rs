@@ -13,7 +13,7 @@ fn server_veth_endpoint_wins_and_counters_come_from_the_client_veth() {
         .with(|s| {
             if let Some(srv) = s.server.as_mut() {
                 // A service address, as seen before DNAT.
-                srv.ip = vec![10, 96, 0, 10];
+                srv.ip = vec![10, 96, 0, 10].into();
                 srv.port = 80;
                 srv.pod.clear();
             }
@@ -24,7 +24,7 @@ fn server_veth_endpoint_wins_and_counters_come_from_the_client_veth() {
     merge(&mut client_side, server_side);
     let srv = client_side.server.clone().unwrap_or_default();
     assert_eq!(
-        (srv.ip, srv.port, srv.pod.as_str()),
+        (srv.ip.to_vec(), srv.port, srv.pod.as_str()),
         (vec![10, 0, 0, 2], 8080, "web-0"),
         "the server endpoint must be the pod the server veth saw"
     );

@@ -90,7 +90,7 @@ impl View {
                 if let Some(c) = s.client.as_mut() {
                     c.port = v.port;
                     if let Some(ip) = v.client_ip {
-                        c.ip = ip.to_vec();
+                        c.ip = ip.to_vec().into();
                     }
                 }
                 s.start_unix_nanos = start;
@@ -240,7 +240,7 @@ fn ipv4_mapped_and_plain_ipv4_are_one_client_and_ipv6_joins() {
     if let Some(c) = mapped.client.as_mut() {
         let mut ip = vec![0u8; 10];
         ip.extend([0xff, 0xff, 10, 0, 0, 1]);
-        c.ip = ip;
+        c.ip = ip.into();
     }
     j.offer(mapped, now);
     assert_eq!(

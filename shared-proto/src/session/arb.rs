@@ -37,7 +37,7 @@ pub(crate) fn full() -> Session {
         id: "0123456789abcdef/1f/42".into(),
         protocol: Protocol::Http1 as i32,
         client: Some(Endpoint {
-            ip: vec![10, 0, 0, 2],
+            ip: vec![10, 0, 0, 2].into(),
             port: 40000,
             pod: "client-0".into(),
             namespace: "shop".into(),
@@ -46,7 +46,7 @@ pub(crate) fn full() -> Session {
             service: "client-svc".into(),
         }),
         server: Some(Endpoint {
-            ip: vec![0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            ip: vec![0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1].into(),
             port: 80,
             ..Endpoint::default()
         }),
@@ -132,7 +132,7 @@ fn arb_endpoint() -> impl Strategy<Value = Option<Endpoint>> {
         )
             .prop_map(
                 |(ip, port, [pod, namespace, node, workload, service])| Endpoint {
-                    ip,
+                    ip: ip.into(),
                     port,
                     pod,
                     namespace,

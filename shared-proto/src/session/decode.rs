@@ -184,8 +184,8 @@ impl Value {
         std::str::from_utf8(bytes).map_err(|_| DecodeError::Utf8 { tag: self.tag })
     }
 
-    fn bytes(self, buf: &mut &[u8], into: &mut Vec<u8>) -> Result<()> {
-        *into = self.delimited(buf)?.to_vec();
+    fn bytes<B: OwnedBytes>(self, buf: &mut &[u8], into: &mut B) -> Result<()> {
+        *into = B::copied(self.delimited(buf)?);
         Ok(())
     }
 
@@ -292,6 +292,25 @@ fn trace(t: &mut TraceContext, v: Value, buf: &mut &[u8]) -> Result<()> {
         4 => v.bool(buf).map(|s| t.sampled = s),
         5 => v.string(buf, &mut t.tracestate),
         _ => v.skip(buf),
+    }
+}
+
+/// A bytes field's type in the generated messages: a vector, or shared bytes where the build
+/// asks for them (`Endpoint.ip`).
+trait OwnedBytes {
+    /// A copy of `b` (the session's bytes are the caller's, not kept).
+    fn copied(b: &[u8]) -> Self;
+}
+
+impl OwnedBytes for Vec<u8> {
+    fn copied(b: &[u8]) -> Self {
+        b.to_vec()
+    }
+}
+
+impl OwnedBytes for bytes::Bytes {
+    fn copied(b: &[u8]) -> Self {
+        bytes::Bytes::copy_from_slice(b)
     }
 }
 

@@ -74,14 +74,14 @@ fn full(client_ip: [u8; 4]) -> Session {
         id: "probe-a/1f/3".into(),
         protocol: Protocol::Redis as i32,
         client: Some(Endpoint {
-            ip: client_ip.to_vec(),
+            ip: client_ip.to_vec().into(),
             port: 41000,
             pod: "client-0".into(),
             namespace: "shop".into(),
             ..Endpoint::default()
         }),
         server: Some(Endpoint {
-            ip: vec![10, 0, 0, 9],
+            ip: vec![10, 0, 0, 9].into(),
             port: 6379,
             pod: "redis-0".into(),
             ..Endpoint::default()
@@ -235,7 +235,7 @@ fn arb_endpoint() -> impl Strategy<Value = Option<Endpoint>> {
             prop_oneof![Just(String::new()), Just("pod-a".to_owned())],
         )
             .prop_map(|(ip, port, pod)| Endpoint {
-                ip,
+                ip: ip.into(),
                 port,
                 pod,
                 namespace: "ns".into(),

@@ -34,7 +34,7 @@ fn a_message_field_given_twice_is_merged_and_a_scalar_given_twice_is_the_last() 
     let first = Session {
         id: "a".into(),
         client: Some(Endpoint {
-            ip: vec![1, 2, 3, 4],
+            ip: vec![1, 2, 3, 4].into(),
             pod: "p".into(),
             ..Endpoint::default()
         }),
@@ -55,7 +55,7 @@ fn a_message_field_given_twice_is_merged_and_a_scalar_given_twice_is_the_last() 
     assert_eq!(s.id, "b");
     let client = s.client.expect("client");
     assert_eq!(
-        (client.ip, client.port, client.pod.as_str()),
+        (client.ip.to_vec(), client.port, client.pod.as_str()),
         (vec![1, 2, 3, 4], 9, "p")
     );
 }

@@ -44,7 +44,7 @@ fn names_given_beside_a_session_are_written_where_its_ends_leave_them_empty() {
     client.pod.clear();
     client.service.clear();
     s.server = Some(Endpoint {
-        ip: vec![10, 0, 0, 2],
+        ip: vec![10, 0, 0, 2].into(),
         port: 80,
         ..Endpoint::default()
     });
