@@ -188,3 +188,71 @@ fn protocol_labels_are_the_enum_names_in_lower_case() {
     };
     assert_eq!(protocol_label(&unknown), "unspecified");
 }
+
+/// A client without pod names is labelled by its address, written out in place: repeated
+/// exchanges count under one key, and a long address is cut like any other label.
+#[test]
+fn clients_known_by_their_address_count_under_one_key() {
+    let a = small(10);
+    let from = |id: &str, ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().expect("literal");
+        let octets = match ip {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        rec(SessionBuilder::new(id).with(move |s| {
+            if let Some(c) = s.client.as_mut() {
+                c.ip = octets.clone().into();
+                c.pod.clear();
+                c.workload.clear();
+                c.service.clear();
+            }
+        }))
+    };
+    // Found without a copy: the borrowed key hashes as the owned one it stands for.
+    for r in [from("h4", "10.1.2.3"), from("h6", "fd00:1:2:3:4:5:6:7")] {
+        use std::hash::BuildHasher as _;
+        let key = a.key_of(&r.session);
+        assert_eq!(
+            FxBuildHasher.hash_one(&key),
+            FxBuildHasher.hash_one(&key.to_owned_key())
+        );
+    }
+    for i in 0..3 {
+        a.observe_at(&from(&format!("v4-{i}"), "10.1.2.3"), T0);
+        a.observe_at(&from(&format!("v6-{i}"), "fd00:1:2:3:4:5:6:7"), T0);
+    }
+    assert_eq!(a.live_keys(), 2, "one key per address");
+    let cells = a.window_at(1, T0);
+    let (groups, _) = query::stats(&cells, &[Field::Client], Order::Requests, 10);
+    let clients: Vec<(String, u64)> = groups
+        .iter()
+        .map(|g| (g.key["client"].clone(), g.figures.requests))
+        .collect();
+    assert_eq!(
+        clients,
+        [
+            ("default/10.1.2.3".to_owned(), 3),
+            ("default/fd00:1:2:3:4:5:6".to_owned(), 3)
+        ],
+        "16 bytes kept of the IPv6 address's 18"
+    );
+}
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    for ip in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.0.1",
+        "192.168.100.27",
+        "::",
+        "::ffff:1.2.3.4",
+        "fd00::1",
+        "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
+    ] {
+        let ip: std::net::IpAddr = ip.parse().expect("literal");
+        assert_eq!(AddrText::of(ip).as_str(), ip.to_string());
+    }
+}
