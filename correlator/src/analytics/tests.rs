@@ -215,7 +215,7 @@ fn clients_known_by_their_address_count_under_one_key() {
         let key = a.key_of(&r.session);
         assert_eq!(
             FxBuildHasher.hash_one(&key),
-            FxBuildHasher.hash_one(&key.to_owned_key())
+            FxBuildHasher.hash_one(key.to_owned_key())
         );
     }
     for i in 0..3 {
