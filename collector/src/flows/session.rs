@@ -196,36 +196,42 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
             ex.position.to_string(),
         );
     }
+    // Room for a second point's view in a decoded view's vector: the local join merges the
+    // counters-only veth's view of the same exchange into it, which otherwise grows the vector
+    // (an allocation, a copy and a free per exchange). A counters-only view's own vector is
+    // emptied into the decoded one's.
+    let mut observations = Vec::with_capacity(if f.counters_only { 1 } else { 2 });
+    observations.push(Observation {
+        kind: point.kind() as i32,
+        interface: point.interface.clone(),
+        node,
+        probe_id: f.probe_id.to_owned(),
+        side: side as i32,
+        request_start_unix_nanos: ex.request.start,
+        request_end_unix_nanos: ex.request.end,
+        response_start_unix_nanos: resp.start,
+        response_end_unix_nanos: resp.end,
+        request_tcp_seq: ex.request.tcp_seq,
+        response_tcp_seq: resp.tcp_seq,
+        request_bytes: req_bytes,
+        response_bytes: resp_bytes,
+        request_packets: u64::from(req_packets),
+        response_packets: u64::from(resp_packets),
+        retransmits: if first {
+            ex.request.retransmits.saturating_add(resp.retransmits)
+        } else {
+            0
+        },
+        pid: point.pid,
+        comm: point.comm.clone(),
+        netns_inode: point.netns_inode,
+    });
     let session = Session {
         id,
         protocol: ex.protocol as i32,
         client: Some(endpoint(&f.names.client_ip, key.client_port)),
         server: Some(endpoint(&f.names.server_ip, key.server_port)),
-        observations: vec![Observation {
-            kind: point.kind() as i32,
-            interface: point.interface.clone(),
-            node,
-            probe_id: f.probe_id.to_owned(),
-            side: side as i32,
-            request_start_unix_nanos: ex.request.start,
-            request_end_unix_nanos: ex.request.end,
-            response_start_unix_nanos: resp.start,
-            response_end_unix_nanos: resp.end,
-            request_tcp_seq: ex.request.tcp_seq,
-            response_tcp_seq: resp.tcp_seq,
-            request_bytes: req_bytes,
-            response_bytes: resp_bytes,
-            request_packets: u64::from(req_packets),
-            response_packets: u64::from(resp_packets),
-            retransmits: if first {
-                ex.request.retransmits.saturating_add(resp.retransmits)
-            } else {
-                0
-            },
-            pid: point.pid,
-            comm: point.comm.clone(),
-            netns_inode: point.netns_inode,
-        }],
+        observations,
         start_unix_nanos: ex.request.start,
         end_unix_nanos: if ex.response.is_some() {
             resp.end
