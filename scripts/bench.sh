@@ -477,12 +477,24 @@ probe_bpf_ids() { # prog|map
   done | sort -un | jq -s -c .
 }
 
+# Ids of the probe's programs of the given bpftool types, as a JSON array.
+probe_prog_ids() { # jq-array-of-types
+  bpftool -j prog show | jq -c --argjson ids "$(probe_bpf_ids prog)" --argjson types "$1" \
+    '[.[] | select((.id as $i | $ids | index($i)) and (.type as $t | $types | index($t))) | .id]'
+}
+
+# run_time_ns and run_cnt of the given program ids.
+prog_stats() { # json-ids
+  bpftool -j prog show | jq -c --argjson ids "$1" \
+    '[.[] | select(.id as $i | $ids | index($i)) | {id, name, type, run_time_ns: (.run_time_ns // 0), run_cnt: (.run_cnt // 0)}]'
+}
+
 # --- A/B of two builds (BENCH_AB_A, BENCH_AB_B), then nothing else ------------------------------
 
-# The programs' run time and runs so far, summed by kind (tc, socket), as JSON.
+# The probe's programs' run time and runs so far, summed by kind (tc: its sched_cls programs;
+# socket: the rest, its socket hooks), as JSON.
 bpf_runs() {
-  bpftool -j prog show | jq -c --argjson ids "$(probe_bpf_ids prog)" '[.[] | select(.id as $i | $ids | index($i))
-    | {socket: (.type == "tracing"), n: (.run_cnt // 0), t: (.run_time_ns // 0)}]
+  prog_stats "$(probe_bpf_ids prog)" | jq -c '[.[] | {socket: (.type != "sched_cls"), n: .run_cnt, t: .run_time_ns}]
     | group_by(.socket) | map({(if .[0].socket then "socket" else "tc" end): {n: (map(.n) | add), t: (map(.t) | add)}}) | add // {}'
 }
 
@@ -616,18 +628,6 @@ done
 SCRAPED=("${COMPONENTS[@]}")
 
 # --- a. eBPF cost: our programs vs an empty one on the same veth, the same packets ---------------
-
-# Ids of the probe's programs of the given bpftool types, as a JSON array.
-probe_prog_ids() { # jq-array-of-types
-  bpftool -j prog show | jq -c --argjson ids "$(probe_bpf_ids prog)" --argjson types "$1" \
-    '[.[] | select((.id as $i | $ids | index($i)) and (.type as $t | $types | index($t))) | .id]'
-}
-
-# run_time_ns and run_cnt of the given program ids.
-prog_stats() { # json-ids
-  bpftool -j prog show | jq -c --argjson ids "$1" \
-    '[.[] | select(.id as $i | $ids | index($i)) | {id, name, type, run_time_ns: (.run_time_ns // 0), run_cnt: (.run_cnt // 0)}]'
-}
 
 note_load a
 echo "== a. eBPF cost: kernel.bpf_stats_enabled, our tc programs and an empty tc program on $HVETH_SERVER"

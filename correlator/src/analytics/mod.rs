@@ -336,15 +336,13 @@ impl AddrText {
         // octet by octet: through `Display` it cost several times as much.
         let _ = match ip {
             std::net::IpAddr::V4(v4) => {
-                let [a, b, c, d] = v4.octets();
                 let mut digits = itoa::Buffer::new();
-                rest.write_all(digits.format(a).as_bytes())
-                    .and_then(|()| rest.write_all(b"."))
-                    .and_then(|()| rest.write_all(digits.format(b).as_bytes()))
-                    .and_then(|()| rest.write_all(b"."))
-                    .and_then(|()| rest.write_all(digits.format(c).as_bytes()))
-                    .and_then(|()| rest.write_all(b"."))
-                    .and_then(|()| rest.write_all(digits.format(d).as_bytes()))
+                v4.octets().iter().enumerate().try_for_each(|(i, octet)| {
+                    if i > 0 {
+                        rest.write_all(b".")?;
+                    }
+                    rest.write_all(digits.format(*octet).as_bytes())
+                })
             }
             std::net::IpAddr::V6(_) => write!(rest, "{ip}"),
         };
