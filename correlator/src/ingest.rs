@@ -44,6 +44,11 @@ pub struct IngestService {
     senders: Arc<Mutex<HashMap<String, Arc<Mutex<SenderState>>>>>,
     window: Duration,
     max_message_bytes: usize,
+    /// Exchanges finished with since the join was last locked, which it decodes the next ready
+    /// ones into ([`Joiner::restock`]): most exchanges are decoded once, when their window
+    /// closes, and dropped once counted, and their blocks — some twenty strings and vectors
+    /// each — are written over instead of freed and allocated again.
+    finished: Arc<Mutex<Vec<Arc<CorrelatedSession>>>>,
 }
 
 impl IngestService {
@@ -69,6 +74,7 @@ impl IngestService {
             senders: Arc::new(Mutex::new(HashMap::new())),
             window: join.window,
             max_message_bytes: clovisor_proto::hops::MAX_MESSAGE_BYTES,
+            finished: Arc::default(),
         }
     }
 
@@ -108,12 +114,21 @@ impl IngestService {
         pick: impl FnOnce(&mut Joiner, Instant) -> Vec<Arc<CorrelatedSession>>,
     ) {
         let ready = {
-            let mut joiner = self.store.write();
+            let mut joiner = self.join();
             let ready = pick(&mut joiner, now);
             self.join_gauges(&joiner);
             ready
         };
         self.finish(ready);
+    }
+
+    /// The join, locked for writing, given the exchanges finished with since it was last
+    /// locked.
+    fn join(&self) -> std::sync::RwLockWriteGuard<'_, Joiner> {
+        let mut joiner = self.store.write();
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        joiner.restock(&mut finished);
+        joiner
     }
 
     fn finish(&self, mut ready: Vec<Arc<CorrelatedSession>>) {
@@ -130,11 +145,17 @@ impl IngestService {
             .analytics()
             .observe_all_at(&ready, crate::analytics::now_unix_nanos());
         self.store.publish(&ready);
-        for rec in ready {
-            self.metrics.observe_session(&rec);
+        for rec in &ready {
+            self.metrics.observe_session(rec);
             if let Some(export) = &self.export {
-                export.enqueue_session(&rec);
+                export.enqueue_session(rec);
             }
+        }
+        // For the join to decode the next ones into (those the REST API's feed or the exporter
+        // still hold are skipped there).
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        if finished.len() < Joiner::SPARES_MAX {
+            finished.append(&mut ready);
         }
     }
 
@@ -165,7 +186,7 @@ impl IngestService {
     /// [`IngestService::accept`] as if it were `now`.
     pub fn accept_at(&self, session: Session, now: Instant) -> Arc<CorrelatedSession> {
         let (record, ready) = {
-            let mut joiner = self.store.write();
+            let mut joiner = self.join();
             let offered = self.offer(&mut joiner, session, now);
             self.join_gauges(&joiner);
             offered
@@ -264,7 +285,7 @@ impl IngestService {
         // One lock for the whole batch; spans and metrics of what became ready after it.
         let mut ready = Vec::new();
         {
-            let mut joiner = self.store.write();
+            let mut joiner = self.join();
             for encoded in batch.sessions {
                 ready.extend(self.offer_encoded(&mut joiner, encoded, now));
             }
@@ -743,14 +764,26 @@ mod tests {
     /// What a collector's local join sends of an exchange its probe saw whole: the server's
     /// veth and socket merged, a client that is no pod of ours (nothing else will see it).
     fn seen_whole(id: &str) -> Session {
-        SessionBuilder::new(id)
-            .with(|s| {
-                if let Some(c) = s.client.as_mut() {
-                    c.pod.clear();
-                    c.workload.clear();
-                }
-            })
-            .build()
+        SessionBuilder::new(id).with(whole).build()
+    }
+
+    /// Makes `s` a view nothing else will join (its client outside the cluster).
+    fn whole(s: &mut Session) {
+        if let Some(c) = s.client.as_mut() {
+            c.pod.clear();
+            c.workload.clear();
+        }
+    }
+
+    /// `s` from its own client address and connection: another exchange than the others.
+    fn apart(s: &mut Session, n: u8) {
+        if let Some(c) = s.client.as_mut() {
+            c.ip = vec![10, 1, 0, n].into();
+            c.port = 41000 + u32::from(n);
+        }
+        for o in &mut s.observations {
+            o.request_tcp_seq = 1000 * u32::from(n);
+        }
     }
 
     /// A view nothing else will join is held as it arrived (its head read, the rest not
@@ -770,6 +803,77 @@ mod tests {
         let stored = svc.store.get("p/1/0").map(|r| r.session.clone());
         assert_eq!(stored, Some(seen_whole("p/1/0")), "and once ready");
         assert_eq!(svc.metrics.join_count(Outcome::Opened), 1);
+    }
+
+    /// Exchanges finished with are decoded into again as the next windows close: what they
+    /// count, export and publish is the new exchange, with nothing of the one before.
+    #[test]
+    fn exchanges_decoded_into_finished_ones_carry_nothing_of_them() {
+        let svc = joining_service();
+        let t0 = Instant::now();
+        // Rich exchanges first: more observations, HTTP fields, a trace context.
+        let rich: Vec<Session> = (0..4u8)
+            .map(|i| {
+                SessionBuilder::new(&format!("p/1/{i}"))
+                    .with(|s| {
+                        s.observations[0].comm = "nginx".into();
+                        s.merged_ids = vec![format!("p/9/{i}"), format!("p/8/{i}")];
+                        let o = s.observations[0].clone();
+                        s.observations.push(o.clone());
+                        s.observations.push(o);
+                        s.attributes.insert("k".into(), "v".into());
+                        whole(s);
+                        apart(s, i);
+                    })
+                    .build()
+            })
+            .collect();
+        assert!(svc.accept_batch_at(SessionBatch::of(1, "c", &rich), t0));
+        svc.tick_at(t0 + Duration::from_millis(40));
+        assert_eq!(svc.finished.lock().map(|f| f.len()).unwrap_or(0), 4);
+        // Then plain ones, followed (held by the feed, so published as decoded).
+        let mut feed = svc.store.subscribe();
+        let plain: Vec<Session> = (0..4u8)
+            .map(|i| {
+                SessionBuilder::new(&format!("q/2/{i}"))
+                    .with(|s| {
+                        s.http = None;
+                        s.trace = None;
+                        if let Some(o) = s.observations.first_mut() {
+                            o.comm.clear();
+                            o.interface = "eth1".into();
+                        }
+                        whole(s);
+                        apart(s, 10 + i);
+                    })
+                    .build()
+            })
+            .collect();
+        let t1 = t0 + Duration::from_millis(50);
+        assert!(svc.accept_batch_at(SessionBatch::of(2, "c", &plain), t1));
+        assert_eq!(
+            svc.store.read().spare_count(),
+            4,
+            "the finished ones were handed to the join"
+        );
+        svc.tick_at(t1 + Duration::from_millis(40));
+        assert_eq!(svc.store.read().spare_count(), 0, "and decoded into");
+        let mut held = Vec::new();
+        for want in &plain {
+            let got = feed.try_recv().expect("published");
+            assert_eq!(&got.session, want);
+            assert_eq!(got.id, want.id);
+            assert!(got.constituents.iter().all(|c| c.starts_with("q/")));
+            held.push(got);
+        }
+        assert_eq!(svc.finished.lock().map(|f| f.len()).unwrap_or(0), 4);
+        drop(svc.join());
+        assert_eq!(
+            svc.store.read().spare_count(),
+            0,
+            "held elsewhere: not reused"
+        );
+        assert_eq!(held.len(), 4);
     }
 
     /// A view that joins an exchange held as it arrived merges as into one decoded on arrival.

@@ -247,16 +247,31 @@ impl Held {
     /// The exchange, decoded when packed; `None` when it was held as it arrived and does not
     /// decode (only its head was read on arrival). It is then emptied: later readers get its
     /// ids and no fields.
-    fn try_shared(&mut self) -> Option<Arc<CorrelatedSession>> {
+    ///
+    /// A packed exchange is decoded into one of `spares` (exchanges finished with, each held
+    /// nowhere else) when there is one: its blocks written over instead of allocated again.
+    fn try_shared(
+        &mut self,
+        spares: &mut Vec<Arc<CorrelatedSession>>,
+    ) -> Option<Arc<CorrelatedSession>> {
         match self {
             Self::Live(rec) => Some(Arc::clone(rec)),
-            Self::Packed(p) => match p.try_unpack() {
-                Ok(rec) => Some(Arc::new(rec)),
-                Err(_) => {
-                    p.empty_session();
-                    None
+            Self::Packed(p) => {
+                let unpacked = match spares.pop() {
+                    Some(mut spare) => match Arc::get_mut(&mut spare) {
+                        Some(rec) => p.try_unpack_into(rec).map(|()| spare),
+                        None => p.try_unpack().map(Arc::new),
+                    },
+                    None => p.try_unpack().map(Arc::new),
+                };
+                match unpacked {
+                    Ok(rec) => Some(rec),
+                    Err(_) => {
+                        p.empty_session();
+                        None
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -364,6 +379,8 @@ pub struct Joiner {
     time_candidates: u64,
     views: JoinViews,
     heads: HeadSampling,
+    /// Exchanges finished with, to decode ready ones into ([`Joiner::restock`]).
+    spares: Vec<Arc<CorrelatedSession>>,
 }
 
 /// Which views [`Joiner::offer_head`] reads the head of. Reading a head costs a fraction of a
@@ -560,6 +577,7 @@ impl Joiner {
             time_candidates: 0,
             views: JoinViews::default(),
             heads: HeadSampling::default(),
+            spares: Vec::new(),
         }
     }
 
@@ -616,6 +634,28 @@ impl Joiner {
     /// Exchanges still waiting for their window to close.
     pub fn open_len(&self) -> usize {
         self.open.len()
+    }
+
+    /// Exchanges finished with, at most, kept to decode ready ones into: about as many as a
+    /// batch makes ready, a few hundred KiB.
+    pub const SPARES_MAX: usize = 1024;
+
+    /// Exchanges kept to decode ready ones into.
+    pub fn spare_count(&self) -> usize {
+        self.spares.len()
+    }
+
+    /// Takes exchanges the caller has finished with (each held nowhere else: the others are
+    /// skipped) to decode exchanges into as their windows close, up to [`Joiner::SPARES_MAX`];
+    /// the surplus is dropped. `finished` is left empty.
+    pub fn restock(&mut self, finished: &mut Vec<Arc<CorrelatedSession>>) {
+        let room = Self::SPARES_MAX.saturating_sub(self.spares.len());
+        self.spares.extend(
+            finished
+                .drain(..)
+                .filter_map(|mut rec| Arc::get_mut(&mut rec).is_some().then_some(rec))
+                .take(room),
+        );
     }
 
     /// Exchanges held, open or retained.
@@ -1048,7 +1088,7 @@ impl Joiner {
         e.ready = true;
         self.retained.push_back((now + self.config.retention, slot));
         // An exchange held as it arrived is decoded whole here, once.
-        let rec = e.rec.try_shared();
+        let rec = e.rec.try_shared(&mut self.spares);
         if !was_ready {
             self.views.open = self.views.open.saturating_sub(e.views);
             match rec {

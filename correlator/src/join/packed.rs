@@ -242,30 +242,87 @@ impl Packed {
     }
 
     pub(super) fn try_unpack(&self) -> Result<CorrelatedSession, session_decode::DecodeError> {
+        let mut rec = blank();
+        self.try_unpack_into(&mut rec)?;
+        Ok(rec)
+    }
+
+    /// [`Packed::try_unpack`] into `rec`, an exchange finished with: everything in it replaced,
+    /// its strings and vectors written over rather than allocated again (see
+    /// [`session_decode::decode_into`]). On an error `rec` holds a mix: unpack into it again or
+    /// drop it.
+    pub(super) fn try_unpack_into(
+        &self,
+        rec: &mut CorrelatedSession,
+    ) -> Result<(), session_decode::DecodeError> {
         // An encoding as it arrived still lists the ids the collector merged; the exchange
         // holds them among its constituents (and not in its session).
-        let session = session_decode::decode_without_merged_ids(self.session())?;
-        Ok(self.with_session(session))
+        session_decode::decode_into(self.session(), &mut rec.session, false)?;
+        self.identity_into(rec);
+        Ok(())
     }
 
     fn with_session(&self, session: Session) -> CorrelatedSession {
-        let mut ids = self.ids();
-        let id = ids.next().unwrap_or_default().to_owned();
-        let trace_id = self.0.get(..16).and_then(TraceId::from_bytes);
-        let span_id = self.0.get(16..24).and_then(SpanId::from_bytes);
-        CorrelatedSession {
+        let mut rec = CorrelatedSession { session, ..blank() };
+        self.identity_into(&mut rec);
+        rec
+    }
+
+    /// Writes everything but the session into `rec`.
+    fn identity_into(&self, rec: &mut CorrelatedSession) {
+        let CorrelatedSession {
             id,
-            session,
-            // Both were valid (non-zero) ids when packed.
-            trace_id: trace_id.unwrap_or_else(TraceId::random),
-            span_id: span_id.unwrap_or_else(SpanId::random),
-            parent_span_id: self.0.get(24..32).and_then(SpanId::from_bytes),
-            trace_from_wire: self
-                .0
-                .get(FLAGS_AT)
-                .is_some_and(|f| f & TRACE_FROM_WIRE != 0),
-            constituents: ids.map(str::to_owned).collect(),
+            session: _,
+            trace_id,
+            span_id,
+            parent_span_id,
+            trace_from_wire,
+            constituents,
+        } = rec;
+        let mut ids = self.ids();
+        id.clear();
+        id.push_str(ids.next().unwrap_or_default());
+        // Both were valid (non-zero) ids when packed.
+        *trace_id = self
+            .0
+            .get(..16)
+            .and_then(TraceId::from_bytes)
+            .unwrap_or_else(TraceId::random);
+        *span_id = self
+            .0
+            .get(16..24)
+            .and_then(SpanId::from_bytes)
+            .unwrap_or_else(SpanId::random);
+        *parent_span_id = self.0.get(24..32).and_then(SpanId::from_bytes);
+        *trace_from_wire = self
+            .0
+            .get(FLAGS_AT)
+            .is_some_and(|f| f & TRACE_FROM_WIRE != 0);
+        let mut n = 0;
+        for c in ids {
+            match constituents.get_mut(n) {
+                Some(kept) => {
+                    kept.clear();
+                    kept.push_str(c);
+                }
+                None => constituents.push(c.to_owned()),
+            }
+            n += 1;
         }
+        constituents.truncate(n);
+    }
+}
+
+/// An exchange with nothing in it, to unpack into (its ids are written over).
+fn blank() -> CorrelatedSession {
+    CorrelatedSession {
+        id: String::new(),
+        session: Session::default(),
+        trace_id: TraceId([0; 16]),
+        span_id: SpanId([0; 8]),
+        parent_span_id: None,
+        trace_from_wire: false,
+        constituents: Vec::new(),
     }
 }
 
@@ -346,5 +403,31 @@ mod tests {
         assert_eq!(packed.unpack(), rec);
         assert!(!packed.keyed());
         assert_eq!(packed.intervals().count(), 0);
+    }
+
+    /// Unpacked into an exchange finished with (more constituents, a parent, flags, another
+    /// session): the packed one, with nothing of the other left.
+    #[test]
+    fn unpacked_into_another_exchange_is_as_if_unpacked_afresh() {
+        let mut plain = exchange();
+        plain.parent_span_id = None;
+        plain.trace_from_wire = false;
+        plain.constituents.truncate(1);
+        plain.session.observations.truncate(1);
+        let packed = Packed::of(&plain, None).expect("fits");
+        let mut used = exchange();
+        used.session.http = Some(clovisor_proto::session::v1::Http {
+            method: "POST".into(),
+            ..Default::default()
+        });
+        packed.try_unpack_into(&mut used).expect("decodes");
+        assert_eq!(used, plain);
+        // And the other way: more of everything than the exchange it is unpacked into.
+        let rich = exchange();
+        Packed::of(&rich, None)
+            .expect("fits")
+            .try_unpack_into(&mut used)
+            .expect("decodes");
+        assert_eq!(used, rich);
     }
 }

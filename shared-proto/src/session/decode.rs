@@ -63,8 +63,23 @@ pub fn decode_without_merged_ids(buf: &[u8]) -> Result<Session> {
     decode_keeping(buf, false)
 }
 
-fn decode_keeping(mut buf: &[u8], merged_ids: bool) -> Result<Session> {
+fn decode_keeping(buf: &[u8], merged_ids: bool) -> Result<Session> {
     let mut s = Session::default();
+    decode_into(buf, &mut s, merged_ids)?;
+    Ok(s)
+}
+
+/// [`decode`] (or, without `merged_ids`, [`decode_without_merged_ids`]) into `into`, a session
+/// decoded before or a default one: every field is replaced as those give it — what the bytes
+/// do not set is left at its default, nothing of the previous session remains — while the
+/// blocks its strings, observations and messages hold are written over instead of freed and
+/// allocated again. For a reader that decodes session after session and is done with each
+/// before the next (the correlator, as each exchange's window closes). On an error `into` holds
+/// a mix of the two sessions: decode into it again or drop it.
+pub fn decode_into(mut buf: &[u8], into: &mut Session, merged_ids: bool) -> Result<()> {
+    let s = into;
+    let mut seen = Seen::default();
+    clear_unreused(s);
     while !buf.is_empty() {
         let (tag, wire_type) = wire::read_key(&mut buf)?;
         let v = Value {
@@ -77,42 +92,50 @@ fn decode_keeping(mut buf: &[u8], merged_ids: bool) -> Result<Session> {
             2 => s.protocol = v.int32(&mut buf)?,
             3 => v.message(
                 &mut buf,
-                s.client.get_or_insert_with(Endpoint::default),
+                reused(&mut s.client, &mut seen.client, clear_endpoint),
                 endpoint,
             )?,
             4 => v.message(
                 &mut buf,
-                s.server.get_or_insert_with(Endpoint::default),
+                reused(&mut s.server, &mut seen.server, clear_endpoint),
                 endpoint,
             )?,
-            5 => {
-                let mut o = Observation::default();
-                v.message(&mut buf, &mut o, observation)?;
-                s.observations.push(o);
-            }
+            5 => v.message(
+                &mut buf,
+                next(
+                    &mut s.observations,
+                    &mut seen.observations,
+                    clear_observation,
+                ),
+                observation,
+            )?,
             6 => s.start_unix_nanos = v.fixed64(&mut buf)?,
             7 => s.end_unix_nanos = v.fixed64(&mut buf)?,
             8 => v.message(
                 &mut buf,
-                s.bytes.get_or_insert_with(Counters::default),
+                reused(&mut s.bytes, &mut seen.bytes, clear_counters),
                 counters,
             )?,
             9 => v.message(
                 &mut buf,
-                s.packets.get_or_insert_with(Counters::default),
+                reused(&mut s.packets, &mut seen.packets, clear_counters),
                 counters,
             )?,
-            10 => v.message(&mut buf, s.http.get_or_insert_with(Http::default), http)?,
+            10 => v.message(
+                &mut buf,
+                reused(&mut s.http, &mut seen.http, clear_http),
+                http,
+            )?,
             11 => v.message(
                 &mut buf,
-                s.trace.get_or_insert_with(TraceContext::default),
+                reused(&mut s.trace, &mut seen.trace, clear_trace),
                 trace,
             )?,
             12 => s.incomplete = v.bool(&mut buf)?,
             21 => {
                 let id = v.str(&mut buf)?;
                 if merged_ids {
-                    s.merged_ids.push(id.to_owned());
+                    next(&mut s.merged_ids, &mut seen.merged_ids, String::clear).push_str(id);
                 }
             }
             // Attributes, gRPC, DNS, database, Kafka, analyzer, and fields unknown here: prost's
@@ -120,7 +143,224 @@ fn decode_keeping(mut buf: &[u8], merged_ids: bool) -> Result<Session> {
             _ => s.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?,
         }
     }
-    Ok(s)
+    seen.finish(s);
+    Ok(())
+}
+
+/// Which of a reused session's parts the bytes gave: the others go back to their defaults once
+/// the bytes are read.
+#[derive(Default)]
+struct Seen {
+    client: bool,
+    server: bool,
+    bytes: bool,
+    packets: bool,
+    http: bool,
+    trace: bool,
+    /// How many observations (and merged ids) the bytes gave so far.
+    observations: usize,
+    merged_ids: usize,
+}
+
+impl Seen {
+    fn finish(self, s: &mut Session) {
+        fn unless<M>(seen: bool, m: &mut Option<M>) {
+            if !seen {
+                *m = None;
+            }
+        }
+        unless(self.client, &mut s.client);
+        unless(self.server, &mut s.server);
+        unless(self.bytes, &mut s.bytes);
+        unless(self.packets, &mut s.packets);
+        unless(self.http, &mut s.http);
+        unless(self.trace, &mut s.trace);
+        s.observations.truncate(self.observations);
+        s.merged_ids.truncate(self.merged_ids);
+    }
+}
+
+/// Sets every field of `s` that [`decode_into`] does not reuse to its default, and leaves
+/// those it reuses (each emptied when the bytes first give it, or dropped when they never do).
+/// Named one by one, so that a field added to the message fails to compile here rather than
+/// carrying one session's value into the next.
+fn clear_unreused(s: &mut Session) {
+    let Session {
+        id,
+        protocol,
+        client: _,
+        server: _,
+        observations: _,
+        start_unix_nanos,
+        end_unix_nanos,
+        bytes: _,
+        packets: _,
+        http: _,
+        trace: _,
+        incomplete,
+        attributes,
+        grpc,
+        dns,
+        database,
+        kafka,
+        analyzer,
+        merged_ids: _,
+    } = s;
+    id.clear();
+    *protocol = 0;
+    *start_unix_nanos = 0;
+    *end_unix_nanos = 0;
+    *incomplete = false;
+    attributes.clear();
+    *grpc = None;
+    *dns = None;
+    *database = None;
+    *kafka = None;
+    *analyzer = None;
+}
+/// The message of field `m` to merge the bytes' value into: the one `m` holds, emptied the first
+/// time the bytes give the field (a message given twice is merged, as prost does), else a new
+/// one.
+fn reused<'m, M: Default>(m: &'m mut Option<M>, seen: &mut bool, clear: fn(&mut M)) -> &'m mut M {
+    if !*seen {
+        *seen = true;
+        if let Some(m) = m.as_mut() {
+            clear(m);
+        }
+    }
+    m.get_or_insert_with(M::default)
+}
+
+/// The next element of a repeated field: the one at that place, emptied, else a new one.
+/// (`count` never passes the vector's length: it grows by one, and so does the vector when it
+/// reaches it.)
+fn next<'v, T: Default>(v: &'v mut Vec<T>, count: &mut usize, clear: fn(&mut T)) -> &'v mut T {
+    let at = *count;
+    *count += 1;
+    if at < v.len() {
+        clear(&mut v[at]);
+    } else {
+        v.push(T::default());
+    }
+    let last = v.len() - 1;
+    &mut v[at.min(last)]
+}
+
+fn clear_endpoint(e: &mut Endpoint) {
+    let Endpoint {
+        ip,
+        port,
+        pod,
+        namespace,
+        node,
+        workload,
+        service,
+    } = e;
+    ip.clear();
+    *port = 0;
+    for s in [pod, namespace, node, workload, service] {
+        s.clear();
+    }
+}
+
+fn clear_observation(o: &mut Observation) {
+    let Observation {
+        kind,
+        interface,
+        node,
+        probe_id,
+        side,
+        request_start_unix_nanos,
+        request_end_unix_nanos,
+        response_start_unix_nanos,
+        response_end_unix_nanos,
+        request_tcp_seq,
+        response_tcp_seq,
+        request_bytes,
+        response_bytes,
+        request_packets,
+        response_packets,
+        retransmits,
+        pid,
+        comm,
+        netns_inode,
+    } = o;
+    for s in [interface, node, probe_id, comm] {
+        s.clear();
+    }
+    for n in [kind, side] {
+        *n = 0;
+    }
+    for n in [
+        request_start_unix_nanos,
+        request_end_unix_nanos,
+        response_start_unix_nanos,
+        response_end_unix_nanos,
+        request_bytes,
+        response_bytes,
+        request_packets,
+        response_packets,
+        netns_inode,
+    ] {
+        *n = 0;
+    }
+    for n in [request_tcp_seq, response_tcp_seq, retransmits, pid] {
+        *n = 0;
+    }
+}
+
+fn clear_counters(c: &mut Counters) {
+    let Counters { request, response } = c;
+    *request = 0;
+    *response = 0;
+}
+
+fn clear_http(h: &mut Http) {
+    let Http {
+        method,
+        target,
+        host,
+        user_agent,
+        status_code,
+        version,
+        request_id,
+        envoy_decorator,
+        reason,
+        request_content_length,
+        response_content_length,
+        response_chunked,
+    } = h;
+    for s in [
+        method,
+        target,
+        host,
+        user_agent,
+        version,
+        request_id,
+        envoy_decorator,
+        reason,
+    ] {
+        s.clear();
+    }
+    *status_code = 0;
+    *request_content_length = 0;
+    *response_content_length = 0;
+    *response_chunked = false;
+}
+
+fn clear_trace(t: &mut TraceContext) {
+    let TraceContext {
+        format,
+        trace_id,
+        parent_span_id,
+        sampled,
+        tracestate,
+    } = t;
+    *format = 0;
+    trace_id.clear();
+    parent_span_id.clear();
+    *sampled = false;
+    tracestate.clear();
 }
 
 /// A field's key, and the recursion budget at its message.
@@ -172,9 +412,11 @@ impl Value {
         Ok(wire::delimited(buf)?)
     }
 
-    /// Replaces `into` (allocated once, at its size).
+    /// Replaces `into`, written over where it has room (else allocated once, at its size).
     fn string(self, buf: &mut &[u8], into: &mut String) -> Result<()> {
-        *into = self.str(buf)?.to_owned();
+        let s = self.str(buf)?;
+        into.clear();
+        into.push_str(s);
         Ok(())
     }
 
@@ -185,7 +427,7 @@ impl Value {
     }
 
     fn bytes<B: OwnedBytes>(self, buf: &mut &[u8], into: &mut B) -> Result<()> {
-        *into = B::copied(self.delimited(buf)?);
+        into.replace_with(self.delimited(buf)?);
         Ok(())
     }
 
@@ -298,19 +540,22 @@ fn trace(t: &mut TraceContext, v: Value, buf: &mut &[u8]) -> Result<()> {
 /// A bytes field's type in the generated messages: a vector, or shared bytes where the build
 /// asks for them (`Endpoint.ip`).
 trait OwnedBytes {
-    /// A copy of `b` (the session's bytes are the caller's, not kept).
-    fn copied(b: &[u8]) -> Self;
+    /// Replaces the bytes with a copy of `b` (the session's bytes are the caller's, not kept).
+    fn replace_with(&mut self, b: &[u8]);
 }
 
 impl OwnedBytes for Vec<u8> {
-    fn copied(b: &[u8]) -> Self {
-        b.to_vec()
+    /// Written over where it has room.
+    fn replace_with(&mut self, b: &[u8]) {
+        self.clear();
+        self.extend_from_slice(b);
     }
 }
 
 impl OwnedBytes for bytes::Bytes {
-    fn copied(b: &[u8]) -> Self {
-        bytes::Bytes::copy_from_slice(b)
+    /// Shared bytes are not written over: another holder may read them.
+    fn replace_with(&mut self, b: &[u8]) {
+        *self = bytes::Bytes::copy_from_slice(b);
     }
 }
 

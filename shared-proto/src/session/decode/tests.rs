@@ -88,7 +88,49 @@ fn unknown_and_reserved_fields_are_skipped_and_bad_bytes_refused() {
     }
 }
 
+#[test]
+fn a_session_decoded_over_a_full_one_keeps_nothing_of_it() {
+    let mut s = full();
+    decode_into(&[], &mut s, true).expect("empty");
+    assert_eq!(s, Session::default());
+    // And back: everything the full session has is given again, over an empty one's blocks.
+    let bytes = full().encode_to_vec();
+    decode_into(&bytes, &mut s, true).expect("decodes");
+    assert_eq!(s, full());
+    // Fewer observations and merged ids than before: the surplus goes.
+    let mut fewer = full();
+    fewer.observations.truncate(1);
+    fewer.merged_ids.clear();
+    fewer.http = None;
+    decode_into(&fewer.encode_to_vec(), &mut s, true).expect("decodes");
+    assert_eq!(s, fewer);
+}
+
 proptest! {
+    /// A session decoded into one that held another (and into one a refused decoding left
+    /// half-written) is the session a fresh decoding gives: nothing of the earlier one remains.
+    #[test]
+    fn a_session_decoded_into_another_is_as_if_decoded_afresh(
+        a in arb_session(),
+        b in arb_session(),
+        damaged in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let bytes = b.encode_to_vec();
+        let fail = |e: DecodeError| TestCaseError::fail(e.to_string());
+        let mut s = a.clone();
+        decode_into(&bytes, &mut s, true).map_err(fail)?;
+        prop_assert_eq!(&s, &b);
+        let mut s = a.clone();
+        decode_into(&bytes, &mut s, false).map_err(fail)?;
+        prop_assert_eq!(&s, &decode_without_merged_ids(&bytes).map_err(fail)?);
+        let mut s = a;
+        let mut garbled = bytes.clone();
+        garbled.extend_from_slice(&damaged);
+        let _ = decode_into(&garbled, &mut s, true);
+        decode_into(&bytes, &mut s, true).map_err(fail)?;
+        prop_assert_eq!(s, b);
+    }
+
     #[test]
     fn any_session_decodes_as_prost_decodes_it(s in arb_session()) {
         let bytes = s.encode_to_vec();
