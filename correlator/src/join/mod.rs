@@ -637,23 +637,37 @@ impl Joiner {
     }
 
     /// Exchanges finished with, at most, kept to decode ready ones into: about as many as a
-    /// batch makes ready, a few hundred KiB.
+    /// batch makes ready (about 2 MiB: see [`Joiner::SPARE_BYTES_MAX`]).
     pub const SPARES_MAX: usize = 1024;
+
+    /// The most a spare may hold in the blocks decoded into (strings and vectors, by capacity;
+    /// a typical HTTP exchange seen at two points holds about 1 KiB): one that grew larger for a
+    /// big exchange (a long URL, say) is dropped rather than kept. With
+    /// [`Joiner::SPARES_MAX`] (each spare about 1 KiB itself), the spares hold at most about
+    /// 5 MiB in all, typically 2.
+    pub const SPARE_BYTES_MAX: usize = 4096;
 
     /// Exchanges kept to decode ready ones into.
     pub fn spare_count(&self) -> usize {
         self.spares.len()
     }
 
-    /// Takes exchanges the caller has finished with (each held nowhere else: the others are
-    /// skipped) to decode exchanges into as their windows close, up to [`Joiner::SPARES_MAX`];
-    /// the surplus is dropped. `finished` is left empty.
+    /// Takes exchanges the caller has finished with to decode exchanges into as their windows
+    /// close, up to [`Joiner::SPARES_MAX`]: those held elsewhere too, or holding more than
+    /// [`Joiner::SPARE_BYTES_MAX`], and the surplus are dropped. `finished` is left empty.
     pub fn restock(&mut self, finished: &mut Vec<Arc<CorrelatedSession>>) {
         let room = Self::SPARES_MAX.saturating_sub(self.spares.len());
         self.spares.extend(
             finished
                 .drain(..)
-                .filter_map(|mut rec| Arc::get_mut(&mut rec).is_some().then_some(rec))
+                .filter_map(|mut rec| {
+                    let reusable = Arc::get_mut(&mut rec).is_some_and(|r| {
+                        let ids = r.id.capacity()
+                            + r.constituents.iter().map(String::capacity).sum::<usize>();
+                        ids + session_decode::reused_capacity(&r.session) <= Self::SPARE_BYTES_MAX
+                    });
+                    reusable.then_some(rec)
+                })
                 .take(room),
         );
     }

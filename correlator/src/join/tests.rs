@@ -1054,3 +1054,25 @@ fn exchanges_gone_leave_nothing_in_the_indexes() -> anyhow::Result<()> {
     assert_eq!((j.ids.len(), j.wire.len()), (0, 0));
     Ok(())
 }
+
+/// Kept to decode into: exchanges held nowhere else, of a modest size, up to the most kept.
+#[test]
+fn only_modest_exchanges_held_nowhere_else_are_kept_to_decode_into() {
+    let mut j = Joiner::new(JoinConfig::default());
+    let record = |s: Session| Arc::new(CorrelatedSession::new(s).0);
+    let small = record(SessionBuilder::new("p/1/0").build());
+    let shared = record(SessionBuilder::new("p/2/0").build());
+    let elsewhere = Arc::clone(&shared);
+    let long_url = "/a".repeat(Joiner::SPARE_BYTES_MAX);
+    let big = record(SessionBuilder::new("p/3/0").target(&long_url).build());
+    let mut finished = vec![small, shared, big];
+    j.restock(&mut finished);
+    assert!(finished.is_empty());
+    assert_eq!(j.spare_count(), 1, "the small one alone");
+    let mut many: Vec<_> = (0..Joiner::SPARES_MAX + 5)
+        .map(|i| record(SessionBuilder::new(&format!("q/{i}/0")).build()))
+        .collect();
+    j.restock(&mut many);
+    assert_eq!(j.spare_count(), Joiner::SPARES_MAX);
+    assert_eq!(Arc::strong_count(&elsewhere), 1, "dropped here, held there");
+}

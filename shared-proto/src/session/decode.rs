@@ -147,6 +147,47 @@ pub fn decode_into(mut buf: &[u8], into: &mut Session, merged_ids: bool) -> Resu
     Ok(())
 }
 
+/// The bytes held by the blocks [`decode_into`] writes over in `s` (its strings, byte vectors
+/// and observation vector, by capacity): what keeping `s` to decode into holds beyond its own
+/// size — a reader keeping sessions for it can leave out those grown large by one big session.
+pub fn reused_capacity(s: &Session) -> usize {
+    fn endpoint(e: &Endpoint) -> usize {
+        e.pod.capacity()
+            + e.namespace.capacity()
+            + e.node.capacity()
+            + e.workload.capacity()
+            + e.service.capacity()
+    }
+    let observations: usize = s
+        .observations
+        .iter()
+        .map(|o| {
+            o.interface.capacity() + o.node.capacity() + o.probe_id.capacity() + o.comm.capacity()
+        })
+        .sum();
+    let http = s.http.as_ref().map_or(0, |h| {
+        h.method.capacity()
+            + h.target.capacity()
+            + h.host.capacity()
+            + h.user_agent.capacity()
+            + h.version.capacity()
+            + h.request_id.capacity()
+            + h.envoy_decorator.capacity()
+            + h.reason.capacity()
+    });
+    let trace = s.trace.as_ref().map_or(0, |t| {
+        t.trace_id.capacity() + t.parent_span_id.capacity() + t.tracestate.capacity()
+    });
+    s.id.capacity()
+        + s.client.as_ref().map_or(0, endpoint)
+        + s.server.as_ref().map_or(0, endpoint)
+        + s.observations.capacity() * std::mem::size_of::<Observation>()
+        + observations
+        + http
+        + trace
+        + s.merged_ids.iter().map(String::capacity).sum::<usize>()
+}
+
 /// Which of a reused session's parts the bytes gave: the others go back to their defaults once
 /// the bytes are read.
 #[derive(Default)]
