@@ -132,22 +132,36 @@ impl IngestService {
     }
 
     fn finish(&self, mut ready: Vec<Arc<CorrelatedSession>>) {
-        // An exchange only counters-only views saw (a covered veth's timings whose decoded view
-        // never came) has no protocol, method or status: no span, no RED metrics, not listed by
-        // the REST API (which finds it by id); counted.
-        let before = ready.len();
-        ready.retain(|r| !clovisor_proto::join::merge::counters_only(&r.session));
-        if ready.len() != before {
-            self.metrics
-                .counter_views_unjoined(before.saturating_sub(ready.len()));
+        if ready.is_empty() {
+            return;
         }
-        self.store
-            .analytics()
-            .observe_all_at(&ready, crate::analytics::now_unix_nanos());
+        // One pass over the exchanges, each counted while it is in the cache (a pass per
+        // reader read each again from memory). An exchange only counters-only views saw (a
+        // covered veth's timings whose decoded view never came) has no protocol, method or
+        // status: no span, no RED metrics, not listed by the REST API (which finds it by id);
+        // counted.
+        let mut unjoined = 0;
+        {
+            let mut analytics = self
+                .store
+                .analytics()
+                .observer_at(crate::analytics::now_unix_nanos());
+            ready.retain(|r| {
+                if clovisor_proto::join::merge::counters_only(&r.session) {
+                    unjoined += 1;
+                    return false;
+                }
+                analytics.observe(r);
+                self.metrics.observe_session(r);
+                true
+            });
+        }
+        if unjoined > 0 {
+            self.metrics.counter_views_unjoined(unjoined);
+        }
         self.store.publish(&ready);
-        for rec in &ready {
-            self.metrics.observe_session(rec);
-            if let Some(export) = &self.export {
+        if let Some(export) = &self.export {
+            for rec in &ready {
                 export.enqueue_session(rec);
             }
         }

@@ -365,6 +365,22 @@ impl AddrText {
     }
 }
 
+/// Counts exchanges into the analytics, holding its lock ([`Analytics::observer_at`]).
+pub struct Observer<'a> {
+    analytics: &'a Analytics,
+    inner: MutexGuard<'a, Inner>,
+    epoch: u64,
+}
+
+impl Observer<'_> {
+    /// Counts the finished exchange `rec`.
+    pub fn observe(&mut self, rec: &CorrelatedSession) {
+        let key = self.analytics.key_of(&rec.session);
+        self.analytics
+            .observe_locked(&mut self.inner, &rec.session, &key, self.epoch);
+    }
+}
+
 /// Whether the exchange counts as an error: no response, or a 5xx status.
 pub fn is_error(s: &Session) -> bool {
     s.incomplete || s.http.as_ref().is_some_and(|h| h.status_code >= 500)
@@ -454,8 +470,7 @@ impl Analytics {
         self.observe_all_at(std::slice::from_ref(&rec), now);
     }
 
-    /// Counts finished exchanges at `now` (Unix nanoseconds), under one lock: the correlator
-    /// hands over what one batch made ready at once.
+    /// Counts finished exchanges at `now` (Unix nanoseconds), under one lock.
     pub fn observe_all_at<R: std::ops::Deref<Target = CorrelatedSession>>(
         &self,
         recs: &[R],
@@ -464,15 +479,23 @@ impl Analytics {
         if recs.is_empty() {
             return;
         }
-        // The keys are made before the lock is taken; they borrow the sessions' strings,
-        // copied only for a key not live yet.
-        let keys: Vec<KeyRef<'_>> = recs.iter().map(|r| self.key_of(&r.session)).collect();
-        let epoch = now / self.bucket_nanos();
+        let mut observer = self.observer_at(now);
+        for rec in recs {
+            observer.observe(rec);
+        }
+    }
+
+    /// Counts finished exchanges at `now` (Unix nanoseconds) one by one, under one lock held
+    /// until the observer is dropped: the correlator counts what a batch made ready in the
+    /// same pass as its metrics, each exchange while it is in the cache — in a pass of its own
+    /// over a batch's exchanges, reading each again was a cache miss.
+    pub fn observer_at(&self, now: u64) -> Observer<'_> {
         let mut inner = self.lock();
-        let inner = &mut *inner;
-        let epoch = self.advance(inner, epoch);
-        for (rec, key) in recs.iter().zip(keys) {
-            self.observe_locked(inner, &rec.session, &key, epoch);
+        let epoch = self.advance(&mut inner, now / self.bucket_nanos());
+        Observer {
+            analytics: self,
+            inner,
+            epoch,
         }
     }
 
