@@ -6,9 +6,10 @@
 //! 400-byte session, of which the allocations and copies a decoded session needs are not half.
 //! The fields every session has — its id, ends, observations, counters, HTTP fields and trace
 //! context — are read here with [`crate::wire`] instead, each string allocated once at its
-//! size; the rest (attributes, gRPC, DNS, database, Kafka and analyzer fields, and fields this
-//! version does not know) is left to prost's own per-field code ([`Message::merge_field`]), so
-//! nothing can be decoded differently there. Bytes prost refuses are refused here too, and what
+//! size, or written over one of a session decoded before ([`decode_into`]); the rest
+//! (attributes, gRPC, DNS, database, Kafka and analyzer fields, and fields this version does not
+//! know) is left to prost's own per-field code ([`Message::merge_field`]), so nothing can be
+//! decoded differently there. Bytes prost refuses are refused here too, and what
 //! both accept decodes to equal sessions (property tests and the `correlator-sessions` fuzz
 //! target hold the two to it).
 
