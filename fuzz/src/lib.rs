@@ -514,6 +514,28 @@ fn capture_seed() -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A session with every part [`clovisor_proto::session::decode::decode_into`] reuses filled:
+/// [`session_seed`]'s, with a process, a third observation, a trace context, an attribute.
+fn fuzz_full_session() -> clovisor_proto::session::v1::Session {
+    use clovisor_proto::session::v1::TraceContext;
+    let mut s = session_seed(true);
+    if let Some(o) = s.observations.first_mut() {
+        o.comm = "nginx".into();
+        o.pid = 42;
+    }
+    s.observations.extend(s.observations.first().cloned());
+    s.trace = Some(TraceContext {
+        format: 1,
+        trace_id: vec![1; 16],
+        parent_span_id: vec![2; 8],
+        sampled: true,
+        tracestate: "a=b".into(),
+    });
+    s.attributes.insert("k".into(), "v".into());
+    s.incomplete = true;
+    s
+}
+
 /// A session offered to the correlator as a batch carries it (twice: the second is a duplicate
 /// or joins the first), its window closed; returns how many exchanges were made ready.
 fn correlator_sessions(input: &[u8]) -> usize {
@@ -529,6 +551,17 @@ fn correlator_sessions(input: &[u8]) -> usize {
         (Ok(ours), Ok(prost)) => assert_eq!(ours, prost, "the session decoder"),
         (Err(_), Err(_)) => {}
         (ours, prost) => panic!("the session decoder: {ours:?}, prost: {prost:?}"),
+    }
+    // Decoded into a session that held another (as the correlator decodes ready exchanges into
+    // finished ones): the same result, nothing of the other left.
+    let mut used = fuzz_full_session();
+    match (
+        clovisor_proto::session::decode::decode_into(input, &mut used, true),
+        Session::decode(input),
+    ) {
+        (Ok(()), Ok(prost)) => assert_eq!(used, prost, "decoding into a used session"),
+        (Err(_), Err(_)) => {}
+        (ours, prost) => panic!("decoding into a used session: {ours:?}, prost: {prost:?}"),
     }
     if let (Some(head), Ok(whole)) = (Head::read(input), Session::decode(input)) {
         let client = clovisor_proto::join::key::ClientAddr::of(&whole);
