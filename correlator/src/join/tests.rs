@@ -140,6 +140,25 @@ fn joiner(window_ms: u64) -> Joiner {
     })
 }
 
+/// A join of `window` and `retention` holding at most `max_entries`, with a REST store of
+/// `store` exchanges.
+fn stored_joiner(
+    window: Duration,
+    retention: Duration,
+    max_entries: usize,
+    store: usize,
+) -> Joiner {
+    Joiner::with_store(
+        JoinConfig {
+            window,
+            retention,
+            max_entries,
+            ..JoinConfig::default()
+        },
+        store,
+    )
+}
+
 fn points(rec: &CorrelatedSession) -> Vec<(&str, &str)> {
     rec.session
         .observations
@@ -569,15 +588,7 @@ fn never_merges_views_with_different_keys() {
 /// exchange back to the store.
 #[test]
 fn packed_exchanges_still_join_and_come_back_whole() {
-    let mut j = Joiner::with_store(
-        JoinConfig {
-            window: Duration::from_millis(100),
-            retention: Duration::from_secs(30),
-            max_entries: 1000,
-            ..JoinConfig::default()
-        },
-        1,
-    );
+    let mut j = stored_joiner(Duration::from_millis(100), Duration::from_secs(30), 1000, 1);
     let t0 = Instant::now();
     let first = j.offer(client_veth("c").build(), t0).record;
     j.offer(server_veth("s").build(), t0);
@@ -992,15 +1003,7 @@ fn a_view_held_as_it_arrived_is_known_by_its_own_and_its_merged_ids() -> anyhow:
 #[test]
 fn exchanges_gone_leave_nothing_in_the_indexes() -> anyhow::Result<()> {
     use prost::Message as _;
-    let mut j = Joiner::with_store(
-        JoinConfig {
-            window: Duration::from_millis(10),
-            retention: Duration::from_millis(100),
-            max_entries: 8,
-            ..JoinConfig::default()
-        },
-        4,
-    );
+    let mut j = stored_joiner(Duration::from_millis(10), Duration::from_millis(100), 8, 4);
     let t0 = Instant::now();
     for round in 0..4u32 {
         let at = t0 + Duration::from_millis(u64::from(round) * 50);
