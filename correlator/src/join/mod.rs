@@ -336,12 +336,6 @@ impl<'a, P: Iterator<Item = &'a str>> Iterator for Ids<'a, P> {
     }
 }
 
-/// Whether the exchange in a slot of `entries` holds wire key `k` (what the wire-key index asks
-/// of a slot filed under `k`'s hash).
-fn holds_key(entries: &Slab, k: WireKey) -> impl Fn(u64) -> bool + '_ {
-    move |slot| entries.get(&slot).is_some_and(|e| e.key == Some(k))
-}
-
 /// Exchanges the tables are sized for up front, at most.
 const RESERVED_MAX: usize = 1 << 16;
 
@@ -697,7 +691,9 @@ impl Joiner {
 
     /// The slot of the exchange holding wire key `k`.
     fn wire_slot(&self, k: &WireKey) -> Option<u64> {
-        self.wire.get(hash(k), holds_key(&self.entries, *k))
+        self.wire.get(hash(k), |slot| {
+            self.entries.get(&slot).is_some_and(|e| e.key == Some(*k))
+        })
     }
 
     /// The exchange a session id was merged into, if it is still held (by the join or the
@@ -894,10 +890,8 @@ impl Joiner {
         let mut entry_key = None;
         if let Some(k) = key {
             // A conflicting key stays with the exchange that had it first.
-            if self
-                .wire
-                .insert_if_absent(hash(&k), slot, holds_key(&self.entries, k))
-            {
+            if self.wire_slot(&k).is_none() {
+                self.wire.insert_new(hash(&k), slot);
                 entry_key = Some(k);
             }
         }
@@ -1068,10 +1062,8 @@ impl Joiner {
         };
         let record = e.rec.shared();
         if let Some(k) = gains_key {
-            if self
-                .wire
-                .insert_if_absent(hash(&k), slot, holds_key(&self.entries, k))
-            {
+            if self.wire_slot(&k).is_none() {
+                self.wire.insert_new(hash(&k), slot);
                 if let Some(e) = self.entries.get_mut(&slot) {
                     e.key = Some(k);
                 }

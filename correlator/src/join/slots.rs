@@ -46,27 +46,6 @@ impl SlotIndex {
         self.table.insert_unique(h, (h, slot), |&(eh, _)| eh);
     }
 
-    /// Indexes `slot` under `h` unless a slot whose exchange `holds` the same value is indexed
-    /// already (which keeps it); returns whether `slot` was indexed. One probe of the table, not
-    /// one to look and one to insert.
-    pub(super) fn insert_if_absent(
-        &mut self,
-        h: u64,
-        slot: u64,
-        holds: impl Fn(u64) -> bool,
-    ) -> bool {
-        match self
-            .table
-            .entry(h, |&(eh, s)| eh == h && holds(s), |&(eh, _)| eh)
-        {
-            hashbrown::hash_table::Entry::Occupied(_) => false,
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert((h, slot));
-                true
-            }
-        }
-    }
-
     /// Indexes `slot` under `h`, in place of the slot whose exchange `holds` the same value
     /// if any.
     pub(super) fn insert(&mut self, h: u64, slot: u64, holds: impl Fn(u64) -> bool) {
@@ -146,19 +125,6 @@ mod tests {
         index.remove(hash("b"), 0);
         assert_eq!(index.get(hash("a"), holds("a")), Some(2));
         assert_eq!(index.get(hash("b"), holds("b")), None);
-        assert_eq!(index.len(), 2);
-    }
-
-    #[test]
-    fn a_value_indexed_already_keeps_its_slot() {
-        let mut index = SlotIndex::default();
-        assert!(index.insert_if_absent(hash("k"), 1, |_| false));
-        // Slot 1 holds "k": slot 2 is not indexed under it.
-        assert!(!index.insert_if_absent(hash("k"), 2, |slot| slot == 1));
-        assert_eq!(index.get(hash("k"), |slot| slot == 1), Some(1));
-        assert_eq!(index.len(), 1);
-        // A slot filed under the same hash that holds another value does not count.
-        assert!(index.insert_if_absent(hash("k"), 3, |_| false));
         assert_eq!(index.len(), 2);
     }
 
