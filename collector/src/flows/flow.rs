@@ -2,13 +2,14 @@
 //! decoder that claimed it, and its byte counts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clovisor_proto::capture::v1::{self as capture, FlowKey, ObservationPoint, ProtocolHint};
 
 use super::counters;
 use super::endpoints::{Endpoints, Ends};
-use super::session::{self, Collected, FlowNames, FlowParts};
+use super::session::{self, Collected, FlowNames, FlowParts, ProbeNames};
 use crate::decode::{
     Captured, Decoders, Detected, Direction, Exchange, FlowDecoder, FlowInfo, Message,
     MessageStats, Output, Step,
@@ -71,8 +72,7 @@ pub(super) struct Identity {
 
 /// What a flow's processing needs from the table: the probe, its endpoints, where sessions go.
 pub(super) struct Ctx<'a> {
-    pub probe_id: &'a str,
-    pub node: &'a str,
+    pub probe: &'a Arc<ProbeNames>,
     pub flow_id: u64,
     pub endpoints: &'a Endpoints,
     pub decoders: &'a Decoders,
@@ -319,7 +319,7 @@ impl Flow {
         };
         if matches!(self.decoding, Decoding::Undecided) {
             let info = FlowInfo {
-                probe_id: ctx.probe_id,
+                probe_id: &ctx.probe.id,
                 flow_id: ctx.flow_id,
                 key: &self.key,
                 hint: self.hint,
@@ -464,8 +464,7 @@ impl<'c, 'a> Sink<'c, 'a> {
 impl Output for Sink<'_, '_> {
     fn exchange(&mut self, exchange: Exchange) {
         let parts = FlowParts {
-            probe_id: self.ctx.probe_id,
-            probe_node: self.ctx.node,
+            probe: self.ctx.probe,
             names: self.names,
             key: self.key,
             point: self.point,

@@ -33,7 +33,7 @@ use endpoints::{Endpoints, Ends, SeriesCache};
 use flow::{Ctx, Flow, Identity};
 
 pub use endpoints::EndpointMeta;
-pub use session::Collected;
+pub use session::{Collected, Origin, ProbeNames};
 
 /// Limits of a [`FlowTable`].
 #[derive(Debug, Clone)]
@@ -76,7 +76,8 @@ type FlowRef = (ProbeIndex, u64);
 #[derive(Debug)]
 struct ProbeState {
     id: Arc<str>,
-    node: String,
+    /// Its id and node as its sessions name them (shared with each).
+    names: Arc<ProbeNames>,
     endpoints: Endpoints,
 }
 
@@ -235,8 +236,12 @@ impl FlowTable {
     pub fn register_probe(&mut self, probe_id: &str, node: &str) {
         let p = self.probe(probe_id);
         if let Some(state) = self.probes.get_mut(&p) {
-            if state.node.is_empty() {
-                state.node = node.to_owned();
+            if state.names.node.is_empty() && !node.is_empty() {
+                // Sessions made until now keep naming the probe as they did.
+                state.names = Arc::new(ProbeNames {
+                    id: state.id.to_string(),
+                    node: node.to_owned(),
+                });
             }
         }
     }
@@ -284,8 +289,11 @@ impl FlowTable {
         self.probes.insert(
             p,
             ProbeState {
+                names: Arc::new(ProbeNames {
+                    id: id.to_string(),
+                    node: String::new(),
+                }),
                 id,
-                node: String::new(),
                 endpoints: Endpoints::default(),
             },
         );
@@ -446,8 +454,7 @@ impl FlowTable {
         }
         flow.learn_point(m);
         let mut ctx = Ctx {
-            probe_id: &state.id,
-            node: &state.node,
+            probe: &state.names,
             flow_id: f.1,
             endpoints: &state.endpoints,
             decoders: &self.decoders,
@@ -588,8 +595,7 @@ impl FlowTable {
             return Some(flow);
         };
         let mut ctx = Ctx {
-            probe_id: &state.id,
-            node: &state.node,
+            probe: &state.names,
             flow_id: f.1,
             endpoints: &state.endpoints,
             decoders: &self.decoders,
@@ -626,8 +632,7 @@ impl FlowTable {
                 continue;
             };
             let mut ctx = Ctx {
-                probe_id: &state.id,
-                node: &state.node,
+                probe: &state.names,
                 flow_id,
                 endpoints: &state.endpoints,
                 decoders: &self.decoders,

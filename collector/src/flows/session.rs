@@ -8,7 +8,7 @@ use clovisor_proto::capture::v1 as capture;
 use clovisor_proto::common::v1::Side;
 use clovisor_proto::hops::{EncodedSession, SessionEncoder};
 use clovisor_proto::join::key::MESSAGE_POSITION_ATTRIBUTE;
-use clovisor_proto::session::encode::SessionNames;
+use clovisor_proto::session::encode::{IdParts, ObservationNames, SessionNames};
 use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Protocol, Session};
 
 use super::endpoints::{EndpointMeta, Ends};
@@ -20,12 +20,13 @@ pub(super) fn id_prefix(probe_id: &str, flow_id: u64) -> String {
 }
 
 /// What every session of one flow is named by: its ids' prefix ([`id_prefix`]) and its ends'
-/// addresses, made once per flow. The addresses are shared with each session (a reference
-/// count) rather than copied into it: two allocations fewer per view, each a block the allocator
-/// hands out cold under load.
+/// addresses, made once per flow. Both are shared with each session (a reference count) rather
+/// than copied into it — the prefix written into the session's id only when it is encoded
+/// ([`Origin`]): three allocations fewer per view, each a block the allocator hands out cold
+/// under load.
 #[derive(Debug)]
 pub(super) struct FlowNames {
-    pub id_prefix: String,
+    pub id_prefix: Arc<str>,
     pub client_ip: Bytes,
     pub server_ip: Bytes,
 }
@@ -34,26 +35,52 @@ impl FlowNames {
     /// The names of flow `flow_id` of probe `probe_id`, whose key is `key`.
     pub fn new(probe_id: &str, flow_id: u64, key: &capture::FlowKey) -> Self {
         Self {
-            id_prefix: id_prefix(probe_id, flow_id),
+            id_prefix: id_prefix(probe_id, flow_id).into(),
             client_ip: Bytes::copy_from_slice(&key.client_ip),
             server_ip: Bytes::copy_from_slice(&key.server_ip),
         }
     }
 }
 
-/// A session's id: the flow's prefix, the request message's index, and the exchange's position
-/// among those of that message when not the first (`probe/1f/4`, `probe/1f/4.1`).
-fn session_id(prefix: &str, index: u32, position: u32) -> String {
-    let mut digits = itoa::Buffer::new();
-    let index = digits.format(index);
-    let mut id = String::with_capacity(prefix.len() + index.len() + 11);
-    id.push_str(prefix);
-    id.push_str(index);
-    if position != 0 {
-        id.push('.');
-        id.push_str(itoa::Buffer::new().format(position));
+/// A probe as its sessions name it: its id and its node (from its `Hello`), kept once and
+/// shared by every session it makes ([`Origin`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeNames {
+    pub id: String,
+    pub node: String,
+}
+
+/// Where a session came from, written into it when it is encoded rather than copied into each
+/// ([`SessionNames`]): its id (`<probe>/<flow>/<message index>[.<position>]`, while the session
+/// leaves its own empty) and its probe's id and node (into each observation leaving them empty:
+/// the collector leaves them empty for the probe's own, and the node too where the point is on
+/// the probe's node).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    /// The flow's id prefix ([`id_prefix`]).
+    pub id_prefix: Arc<str>,
+    /// The request message's index in its flow.
+    pub index: u32,
+    /// The exchange's position among those pipelined in its request message.
+    pub position: u32,
+    pub probe: Arc<ProbeNames>,
+}
+
+impl Origin {
+    fn id(&self) -> IdParts<'_> {
+        IdParts {
+            prefix: &self.id_prefix,
+            index: self.index,
+            position: self.position,
+        }
     }
-    id
+
+    fn observations(&self) -> ObservationNames<'_> {
+        ObservationNames {
+            probe_id: &self.probe.id,
+            node: &self.probe.node,
+        }
+    }
 }
 
 /// Whether the join must tell the exchange from the others of its request message by its
@@ -69,9 +96,8 @@ fn keyed_by_position(protocol: Protocol, position: u32) -> bool {
 
 /// What a session needs to know about its flow.
 pub(super) struct FlowParts<'a> {
-    pub probe_id: &'a str,
-    /// The probe's node, for points that do not name theirs.
-    pub probe_node: &'a str,
+    /// The probe: its id, and its node for points that do not name theirs.
+    pub probe: &'a Arc<ProbeNames>,
     pub names: &'a FlowNames,
     pub key: &'a capture::FlowKey,
     pub point: &'a capture::ObservationPoint,
@@ -82,18 +108,22 @@ pub(super) struct FlowParts<'a> {
     pub counters_only: bool,
 }
 
-/// A session the flow table made, and the pod metadata of its ends by reference: the flow's
-/// (shared with every other session of its addresses and with their metric series), written into
-/// the session's ends when it is encoded ([`Collected::names`]) rather than copied into each —
-/// five strings per end, twice per exchange where a counters-only view comes along.
+/// A session the flow table made, and what names it by reference: the pod metadata of its ends
+/// (shared with every other session of their addresses and with their metric series), its id's
+/// parts and its probe ([`Origin`]), written into the session when it is encoded
+/// ([`Collected::names`]) rather than copied into each — five strings per end, and the id, the
+/// probe id and the node per view, twice per exchange where a counters-only view comes along.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Collected {
-    /// The session; its ends' names are empty unless a merge gave it some.
+    /// The session; its ends' names are empty unless a merge gave it some, its id empty and
+    /// its observations' probe ids and nodes empty where `origin` gives them.
     pub session: Session,
     /// The client's pod metadata, when known (and, for a counters-only view, its own end).
     pub client_meta: Option<Arc<EndpointMeta>>,
     /// The server's.
     pub server_meta: Option<Arc<EndpointMeta>>,
+    /// Its id and probe, when the session leaves them to be written in.
+    pub origin: Option<Origin>,
 }
 
 impl Collected {
@@ -105,9 +135,36 @@ impl Collected {
         }
     }
 
-    /// The names the encoder writes into the session's ends.
+    /// The names the encoder writes into the session.
     pub fn names(&self) -> SessionNames<'_> {
-        names(&self.client_meta, &self.server_meta)
+        names(&self.client_meta, &self.server_meta, &self.origin)
+    }
+
+    /// Writes into the session what its origin gives: its id (when `id`) and its probe's names
+    /// (when `observations`) — before it is merged into a session that will not know them.
+    pub fn write_origin(&mut self, id: bool, observations: bool) {
+        let Some(origin) = &self.origin else {
+            return;
+        };
+        if id && self.session.id.is_empty() {
+            self.session.id = origin.id().to_text();
+        }
+        if observations {
+            let names = origin.observations();
+            for o in &mut self.session.observations {
+                names.fill(o);
+            }
+        }
+    }
+
+    /// Whether `self` and `other` came from the same probe (their observations leave the same
+    /// names to be written in), as far as is known.
+    pub fn same_probe(&self, other: &Self) -> bool {
+        match (&self.origin, &other.origin) {
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.probe, &b.probe) || a.probe == b.probe,
+            (None, None) => true,
+            _ => false,
+        }
     }
 
     /// The session encoded with its ends' names written in, as it leaves the collector.
@@ -115,22 +172,29 @@ impl Collected {
         encoder.encode_named(&self.session, &self.names())
     }
 
-    /// The session with its ends' names written in: what the correlator receives.
+    /// The session with its names written in: what the correlator receives.
     pub fn into_session(self) -> Session {
         let Self {
             session,
             client_meta,
             server_meta,
+            origin,
         } = self;
-        names(&client_meta, &server_meta).applied_to(session)
+        names(&client_meta, &server_meta, &origin).applied_to(session)
     }
 }
 
 fn names<'a>(
     client: &'a Option<Arc<EndpointMeta>>,
     server: &'a Option<Arc<EndpointMeta>>,
+    origin: &'a Option<Origin>,
 ) -> SessionNames<'a> {
     SessionNames {
+        id: origin.as_ref().map(Origin::id),
+        observations: origin
+            .as_ref()
+            .map(Origin::observations)
+            .unwrap_or_default(),
         client: client
             .as_deref()
             .map(EndpointMeta::names)
@@ -156,7 +220,6 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
     let point = f.point;
     let resp = ex.response.unwrap_or_default();
     let side = f.ends.side(point);
-    let id = session_id(&f.names.id_prefix, ex.request.index, ex.position);
     let (client_meta, server_meta) = match (f.counters_only, side) {
         (false, _) => (f.ends.client, f.ends.server),
         (true, Side::Server) => (None, f.ends.server),
@@ -175,8 +238,9 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
     } else {
         (0, 0, 0, 0)
     };
-    let node = if point.node.is_empty() {
-        f.probe_node.to_owned()
+    // The probe's own node and id are written in when the session is encoded (`Origin`).
+    let node = if point.node.is_empty() || point.node == f.probe.node {
+        String::new()
     } else {
         point.node.clone()
     };
@@ -205,7 +269,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
         kind: point.kind() as i32,
         interface: point.interface.clone(),
         node,
-        probe_id: f.probe_id.to_owned(),
+        probe_id: String::new(),
         side: side as i32,
         request_start_unix_nanos: ex.request.start,
         request_end_unix_nanos: ex.request.end,
@@ -227,7 +291,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
         netns_inode: point.netns_inode,
     });
     let session = Session {
-        id,
+        id: String::new(),
         protocol: ex.protocol as i32,
         client: Some(endpoint(&f.names.client_ip, key.client_port)),
         server: Some(endpoint(&f.names.server_ip, key.server_port)),
@@ -261,6 +325,12 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
         session,
         client_meta: client_meta.cloned(),
         server_meta: server_meta.cloned(),
+        origin: Some(Origin {
+            id_prefix: Arc::clone(&f.names.id_prefix),
+            index: ex.request.index,
+            position: ex.position,
+            probe: Arc::clone(f.probe),
+        }),
     }
 }
 
@@ -290,11 +360,19 @@ mod tests {
 
     #[test]
     fn ids_name_the_probe_the_flow_the_message_and_the_position() {
-        let prefix = id_prefix("probe-1", 0x1f);
-        assert_eq!(session_id(&prefix, 4, 0), "probe-1/1f/4");
-        assert_eq!(session_id(&prefix, 4, 1), "probe-1/1f/4.1");
+        let id = |prefix: String, index, position| {
+            let origin = Origin {
+                id_prefix: prefix.into(),
+                index,
+                position,
+                probe: Arc::default(),
+            };
+            origin.id().to_text()
+        };
+        assert_eq!(id(id_prefix("probe-1", 0x1f), 4, 0), "probe-1/1f/4");
+        assert_eq!(id(id_prefix("probe-1", 0x1f), 4, 1), "probe-1/1f/4.1");
         assert_eq!(
-            session_id(&id_prefix("p", u64::MAX), u32::MAX, u32::MAX),
+            id(id_prefix("p", u64::MAX), u32::MAX, u32::MAX),
             format!("p/{:x}/{}.{}", u64::MAX, u32::MAX, u32::MAX)
         );
     }

@@ -1644,3 +1644,67 @@ fn commands_pipelined_in_one_message_join_command_by_command_across_points() {
     );
     assert_eq!(client_side, server_side, "the same keys at both points");
 }
+
+#[test]
+fn observations_name_the_probe_and_its_node_unless_the_point_names_another() {
+    let (mut t, _) = table();
+    t.register_probe("probe-1", "node-b");
+    let mut out = Vec::new();
+    for (flow_id, node) in [(1, ""), (2, "node-b"), (3, "node-c")] {
+        let on_node = |r: Record| {
+            edit(r, |m| {
+                if let Some(p) = m.point.as_mut() {
+                    p.node = node.into();
+                }
+            })
+        };
+        let mut start = announced(flow_id);
+        if let Some(p) = start.point.as_mut() {
+            p.node = node.into();
+        }
+        let recs = [
+            Record {
+                kind: Some(record::Kind::FlowStart(start)),
+            },
+            on_node(msg(flow_id, 0, Direction::ClientToServer, REQ)),
+            on_node(msg(flow_id, 1, Direction::ServerToClient, RESP)),
+        ];
+        for r in recs {
+            t.ingest("probe-1", r, Instant::now(), &mut out);
+        }
+    }
+    assert_eq!(out.len(), 3, "{out:#?}");
+    // Left to be written in: the id, the probe's id, and its node where the point is on it.
+    let left: Vec<_> = out
+        .iter()
+        .map(|c| {
+            let o = &c.session.observations[0];
+            (c.session.id.as_str(), o.probe_id.as_str(), o.node.as_str())
+        })
+        .collect();
+    assert_eq!(left, [("", "", ""), ("", "", ""), ("", "", "node-c")]);
+    let mut encoder = clovisor_proto::hops::SessionEncoder::new();
+    let sessions: Vec<Session> = out
+        .iter()
+        .map(|c| {
+            let sent = c.encode(&mut encoder).decode().expect("decodes");
+            assert_eq!(sent, c.clone().into_session(), "encoded as it is named");
+            sent
+        })
+        .collect();
+    let named: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            let o = &s.observations[0];
+            (s.id.as_str(), o.probe_id.as_str(), o.node.as_str())
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("probe-1/1/0", "probe-1", "node-b"),
+            ("probe-1/2/0", "probe-1", "node-b"),
+            ("probe-1/3/0", "probe-1", "node-c"),
+        ]
+    );
+}

@@ -217,10 +217,16 @@ fn merge_into(into: &mut Collected, mut add: Collected) {
     if merge::counters_only(&into.session) && !merge::counters_only(&add.session) {
         std::mem::swap(into, &mut add);
     }
+    // `into`'s origin is kept, `add`'s let go: what it would have written into `add` is written
+    // now — its id, which `into` remembers, and its probe's names unless they are `into`'s.
+    let add_counters_only = merge::counters_only(&add.session);
+    let same_probe = into.same_probe(&add);
+    add.write_origin(!add_counters_only, !same_probe);
     let Collected {
         session: mut add,
         client_meta,
         server_meta,
+        origin: _,
     } = add;
     into.client_meta = filled(into.client_meta.take(), client_meta);
     into.server_meta = if merge::takes_server_from(&into.session, &add) {
@@ -229,7 +235,7 @@ fn merge_into(into: &mut Collected, mut add: Collected) {
         filled(into.server_meta.take(), server_meta)
     };
     let into = &mut into.session;
-    if merge::counters_only(&add) {
+    if add_counters_only {
         merge::merge(into, add);
         return;
     }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::flows::{Origin, ProbeNames};
 use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_proto::session::v1::{Endpoint, Http, Observation, Protocol};
 
@@ -386,11 +387,13 @@ fn the_names_beside_merged_views_follow_the_ends_the_merge_keeps() {
         session: decoded,
         client_meta: Some(Arc::clone(&client)),
         server_meta: Some(meta("", "", "web")),
+        origin: None,
     };
     let veth = Collected {
         session: without_names(counters_view((PointKind::Pod, Side::Server), "veth-web", 7)),
         client_meta: None,
         server_meta: Some(meta("web-0", "web", "")),
+        origin: None,
     };
     let mut j = LocalJoin::new(Duration::ZERO);
     let (out, merged) = offer_collected(&mut j, vec![veth, decoded]);
@@ -429,4 +432,89 @@ fn metadata_of_one_address_stays_shared_through_a_merge() {
     assert!(filled(None, None).is_none());
     let only = filled(None, Some(Arc::clone(&m))).expect("the other's");
     assert!(Arc::ptr_eq(&only, &m));
+}
+
+/// `s` as the flow table makes it: its id and its observations' probe id and node left to its
+/// origin (`p/<flow>/` and the message index parsed from its id, and `probe`).
+fn originated(s: Session, probe: &Arc<ProbeNames>) -> Collected {
+    let (prefix, index) = s.id.rsplit_once('/').expect("p/<flow>/<index>");
+    let origin = Origin {
+        id_prefix: format!("{prefix}/").into(),
+        index: index.parse().expect("index"),
+        position: 0,
+        probe: Arc::clone(probe),
+    };
+    let mut session = s;
+    session.id.clear();
+    for o in &mut session.observations {
+        if o.probe_id == probe.id {
+            o.probe_id.clear();
+        }
+        if o.node == probe.node {
+            o.node.clear();
+        }
+    }
+    Collected {
+        session,
+        origin: Some(origin),
+        ..Collected::default()
+    }
+}
+
+#[test]
+fn views_whose_names_are_left_to_their_origin_leave_named_after_a_merge() {
+    let probe = Arc::new(ProbeNames {
+        id: "probe-1".into(),
+        node: "node-a".into(),
+    });
+    // Two decoded views (the merged one's id is remembered) and a counters-only one (adds none).
+    let veth = |id, seq| originated(server_veth(id, seq), &probe);
+    let socket = originated(server_socket("p/9/0", 7), &probe);
+    let counters = originated(
+        counters_view((PointKind::Pod, Side::Client), "veth-c", 7),
+        &probe,
+    );
+    let mut j = LocalJoin::new(Duration::ZERO);
+    let (out, merged) = offer_collected(
+        &mut j,
+        vec![veth("p/1/0", 7), veth("p/1/1", 8), socket, counters],
+    );
+    assert_eq!(merged.views, 2, "{out:#?}");
+    let both = out
+        .iter()
+        .find(|s| s.id == "p/1/0")
+        .unwrap_or_else(|| panic!("first view's id written in: {out:#?}"));
+    assert_eq!(both.merged_ids, ["p/9/0"], "the socket view's, written in");
+    assert_eq!(both.observations.len(), 3);
+    assert!(
+        both.observations
+            .iter()
+            .all(|o| (o.probe_id.as_str(), o.node.as_str()) == ("probe-1", "node-a")),
+        "{both:#?}"
+    );
+    assert!(out.iter().any(|s| s.id == "p/1/1"), "{out:#?}");
+
+    // A view another probe made keeps its names when merged into one that leaves its own to
+    // its origin (not a local join's case — one stream, one probe — but never misnamed).
+    let other = Arc::new(ProbeNames {
+        id: "probe-2".into(),
+        node: "node-b".into(),
+    });
+    let mut socket = originated(server_socket("p/9/0", 7), &other);
+    socket.session.observations[0].probe_id.clear();
+    socket.session.observations[0].node.clear();
+    let (out, merged) = offer_collected(&mut j, vec![veth("p/1/0", 7), socket]);
+    assert_eq!((merged.views, out.len()), (1, 1), "{out:#?}");
+    let names: Vec<_> = out[0]
+        .observations
+        .iter()
+        .map(|o| (o.kind(), o.probe_id.as_str(), o.node.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (PointKind::Pod, "probe-1", "node-a"),
+            (PointKind::Socket, "probe-2", "node-b")
+        ]
+    );
 }

@@ -28,16 +28,24 @@ pub struct EndpointNames<'a> {
     pub service: &'a str,
 }
 
-/// The names of both ends of a session, given beside it ([`EndpointNames`]); empty names by
-/// default. An end's names are written only when the session has that end.
+/// What a session is named by, given beside it rather than in it: the pod metadata of both ends
+/// ([`EndpointNames`]), its id ([`IdParts`]) and the probe that observed it
+/// ([`ObservationNames`]). The collector keeps each once — per address, per flow, per probe —
+/// and has them written here instead of copying them into every session: each a block the
+/// allocator hands out, and the encoder reads, cold under load. Empty names by default; an
+/// end's names are written only when the session has that end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionNames<'a> {
     pub client: EndpointNames<'a>,
     pub server: EndpointNames<'a>,
+    /// The session's id, written when the session leaves its own empty.
+    pub id: Option<IdParts<'a>>,
+    /// Written into each observation that leaves its probe id or node empty.
+    pub observations: ObservationNames<'a>,
 }
 
 impl SessionNames<'_> {
-    /// `s` with these names written into its ends, as [`encode_raw_named`] encodes it.
+    /// `s` with these names written into it, as [`encode_raw_named`] encodes it.
     pub fn applied_to(&self, mut s: Session) -> Session {
         if let Some(e) = s.client.as_mut() {
             self.client.fill(e);
@@ -45,7 +53,77 @@ impl SessionNames<'_> {
         if let Some(e) = s.server.as_mut() {
             self.server.fill(e);
         }
+        if let Some(id) = self.id.filter(|_| s.id.is_empty()) {
+            s.id = id.to_text();
+        }
+        for o in &mut s.observations {
+            self.observations.fill(o);
+        }
         s
+    }
+}
+
+/// A session's id given in parts: `<prefix><index>`, then `.<position>` when the position is
+/// not 0 — how the collector names the exchanges of a flow (`probe-1/1f/4`, `probe-1/1f/4.1`:
+/// the probe, the flow, the request message's index and the exchange's position among those
+/// pipelined in that message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdParts<'a> {
+    pub prefix: &'a str,
+    pub index: u32,
+    pub position: u32,
+}
+
+impl IdParts<'_> {
+    /// The id as one string.
+    pub fn to_text(&self) -> String {
+        self.with_parts(|parts| {
+            let mut id = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+            for p in parts {
+                id.push_str(p);
+            }
+            id
+        })
+    }
+
+    /// Calls `f` with the id's parts, in order.
+    fn with_parts<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        let mut index = itoa::Buffer::new();
+        let index = index.format(self.index);
+        if self.position == 0 {
+            f(&[self.prefix, index])
+        } else {
+            let mut position = itoa::Buffer::new();
+            f(&[self.prefix, index, ".", position.format(self.position)])
+        }
+    }
+}
+
+/// The probe that observed a session, given beside it: written into each observation that leaves
+/// its own probe id or node empty (the collector leaves them empty for its probe's own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObservationNames<'a> {
+    pub probe_id: &'a str,
+    pub node: &'a str,
+}
+
+impl ObservationNames<'_> {
+    /// Writes each of these names into `o` where `o`'s is empty.
+    pub fn fill(&self, o: &mut Observation) {
+        for (own, given) in [(&mut o.probe_id, self.probe_id), (&mut o.node, self.node)] {
+            if own.is_empty() && !given.is_empty() {
+                given.clone_into(own);
+            }
+        }
+    }
+}
+
+/// `own`, or `given` where `own` is empty.
+fn first<'a>(own: &'a str, given: &'a str) -> &'a str {
+    if own.is_empty() {
+        given
+    } else {
+        own
     }
 }
 
@@ -63,7 +141,6 @@ impl<'a> EndpointNames<'a> {
 
     /// Each of these names, or `other`'s where this one is empty.
     pub fn or(self, other: Self) -> Self {
-        let first = |own: &'a str, given: &'a str| if own.is_empty() { given } else { own };
         Self {
             pod: first(self.pod, other.pod),
             namespace: first(self.namespace, other.namespace),
@@ -101,8 +178,8 @@ pub fn encode_raw_with(s: &Session, buf: &mut BytesMut, lens: &mut Vec<usize>) {
     encode_raw_named(s, &SessionNames::default(), buf, lens);
 }
 
-/// [`encode_raw_with`], with `names` written into the session's ends where it leaves them
-/// empty: the bytes of `names.applied_to(s)`.
+/// [`encode_raw_with`], with `names` written into the session where it leaves them empty
+/// ([`SessionNames`]): the bytes of `names.applied_to(s)`.
 pub fn encode_raw_named(
     s: &Session,
     names: &SessionNames<'_>,
@@ -141,7 +218,10 @@ pub fn encode_raw_named(
 
 /// The fields before the attributes (1 to 12).
 fn head<F: Fields>(s: &Session, names: &SessionNames<'_>, f: &mut F) {
-    f.bytes(1, s.id.as_bytes());
+    match names.id.filter(|_| s.id.is_empty()) {
+        Some(id) => id.with_parts(|parts| f.parts(1, parts)),
+        None => f.bytes(1, s.id.as_bytes()),
+    }
     f.int32(2, s.protocol);
     if let Some(e) = &s.client {
         f.message(3, &Named(e, &names.client));
@@ -150,7 +230,7 @@ fn head<F: Fields>(s: &Session, names: &SessionNames<'_>, f: &mut F) {
         f.message(4, &Named(e, &names.server));
     }
     for o in &s.observations {
-        f.message(5, o);
+        f.message(5, &Observed(o, &names.observations));
     }
     f.fixed64(6, s.start_unix_nanos);
     f.fixed64(7, s.end_unix_nanos);
@@ -223,6 +303,8 @@ fn boxed_len(tag: u32, m: Option<&impl prost::Message>) -> usize {
 /// Where a message's fields go: measured ([`Len`]) or written ([`Write`]). A field at its
 /// default value (empty, zero, false) is left out, as proto3 has it.
 trait Fields {
+    /// A string field given in parts, written as their concatenation: there even when empty.
+    fn parts(&mut self, tag: u32, parts: &[&str]);
     /// An element of a repeated string or bytes field: there even when empty.
     fn repeated_bytes(&mut self, tag: u32, v: &[u8]);
     /// A varint field, left out when 0.
@@ -261,6 +343,11 @@ struct Len<'a> {
 }
 
 impl Fields for Len<'_> {
+    fn parts(&mut self, tag: u32, parts: &[&str]) {
+        let n = parts.iter().map(|p| p.len()).sum::<usize>();
+        self.total += key_len(tag) + encoded_len_varint(n as u64) + n;
+    }
+
     fn repeated_bytes(&mut self, tag: u32, v: &[u8]) {
         self.total += key_len(tag) + encoded_len_varint(v.len() as u64) + v.len();
     }
@@ -336,6 +423,14 @@ impl Write<'_> {
 }
 
 impl Fields for Write<'_> {
+    fn parts(&mut self, tag: u32, parts: &[&str]) {
+        self.key(tag, WireType::LengthDelimited);
+        self.put_varint(parts.iter().map(|p| p.len()).sum::<usize>() as u64);
+        for p in parts {
+            self.put_slice(p.as_bytes());
+        }
+    }
+
     fn repeated_bytes(&mut self, tag: u32, v: &[u8]) {
         self.key(tag, WireType::LengthDelimited);
         self.put_varint(v.len() as u64);
@@ -397,27 +492,31 @@ impl Nested for Named<'_> {
     }
 }
 
-impl Nested for Observation {
+/// An observation with the probe's names given beside it where its own are empty.
+struct Observed<'a>(&'a Observation, &'a ObservationNames<'a>);
+
+impl Nested for Observed<'_> {
     fn fields<F: Fields>(&self, f: &mut F) {
-        f.int32(1, self.kind);
-        f.bytes(2, self.interface.as_bytes());
-        f.bytes(3, self.node.as_bytes());
-        f.bytes(4, self.probe_id.as_bytes());
-        f.fixed64(6, self.request_start_unix_nanos);
-        f.fixed64(7, self.request_end_unix_nanos);
-        f.fixed64(8, self.response_start_unix_nanos);
-        f.fixed64(9, self.response_end_unix_nanos);
-        f.uint32(10, self.request_tcp_seq);
-        f.uint32(11, self.response_tcp_seq);
-        f.uint32(12, self.pid);
-        f.bytes(13, self.comm.as_bytes());
-        f.varint(14, self.netns_inode);
-        f.int32(15, self.side);
-        f.varint(20, self.request_bytes);
-        f.varint(21, self.response_bytes);
-        f.varint(22, self.request_packets);
-        f.varint(23, self.response_packets);
-        f.uint32(24, self.retransmits);
+        let (o, n) = (self.0, self.1);
+        f.int32(1, o.kind);
+        f.bytes(2, o.interface.as_bytes());
+        f.bytes(3, first(&o.node, n.node).as_bytes());
+        f.bytes(4, first(&o.probe_id, n.probe_id).as_bytes());
+        f.fixed64(6, o.request_start_unix_nanos);
+        f.fixed64(7, o.request_end_unix_nanos);
+        f.fixed64(8, o.response_start_unix_nanos);
+        f.fixed64(9, o.response_end_unix_nanos);
+        f.uint32(10, o.request_tcp_seq);
+        f.uint32(11, o.response_tcp_seq);
+        f.uint32(12, o.pid);
+        f.bytes(13, o.comm.as_bytes());
+        f.varint(14, o.netns_inode);
+        f.int32(15, o.side);
+        f.varint(20, o.request_bytes);
+        f.varint(21, o.response_bytes);
+        f.varint(22, o.request_packets);
+        f.varint(23, o.response_packets);
+        f.uint32(24, o.retransmits);
     }
 }
 

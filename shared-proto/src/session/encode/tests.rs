@@ -62,6 +62,7 @@ fn names_given_beside_a_session_are_written_where_its_ends_leave_them_empty() {
             workload: "server",
             service: "server-svc",
         },
+        ..SessionNames::default()
     };
     let filled = names.applied_to(s.clone());
     let c = filled.client.as_ref().expect("client");
@@ -99,6 +100,73 @@ fn names_of(n: &[String; 5]) -> EndpointNames<'_> {
     }
 }
 
+#[test]
+fn an_id_and_probe_names_given_beside_a_session_are_written_where_it_leaves_them_empty() {
+    let mut s = full();
+    s.id.clear();
+    s.observations.truncate(1);
+    let mut own = s.observations[0].clone();
+    own.probe_id = "other-probe".into();
+    own.node = "other-node".into();
+    s.observations[0].probe_id.clear();
+    s.observations[0].node.clear();
+    s.observations.push(own);
+    let names = SessionNames {
+        id: Some(IdParts {
+            prefix: "probe-1/1f/",
+            index: 4,
+            position: 2,
+        }),
+        observations: ObservationNames {
+            probe_id: "probe-1",
+            node: "node-1",
+        },
+        ..SessionNames::default()
+    };
+    let filled = names.applied_to(s.clone());
+    assert_eq!(filled.id, "probe-1/1f/4.2");
+    assert_eq!(
+        (
+            filled.observations[0].probe_id.as_str(),
+            filled.observations[0].node.as_str()
+        ),
+        ("probe-1", "node-1")
+    );
+    assert_eq!(
+        (
+            filled.observations[1].probe_id.as_str(),
+            filled.observations[1].node.as_str()
+        ),
+        ("other-probe", "other-node"),
+        "an observation's own names stay"
+    );
+    assert_eq!(named(&s, &names), filled.encode_to_vec());
+    // A session's own id stays; the first exchange of a message has no position.
+    s.id = "own".into();
+    assert_eq!(names.applied_to(s.clone()).id, "own");
+    assert_eq!(named(&s, &names), names.applied_to(s).encode_to_vec());
+    let first = IdParts {
+        prefix: "p/0/",
+        index: 0,
+        position: 0,
+    };
+    assert_eq!(first.to_text(), "p/0/0");
+    let last = IdParts {
+        prefix: "",
+        index: u32::MAX,
+        position: u32::MAX,
+    };
+    assert_eq!(last.to_text(), format!("{}.{}", u32::MAX, u32::MAX));
+}
+
+fn arb_id() -> impl Strategy<Value = Option<(String, u32, u32)>> {
+    proptest::option::of((
+        "[a-z0-9/]{0,6}",
+        any::<u32>(),
+        prop_oneof![Just(0), any::<u32>()],
+    ))
+}
+
 proptest! {
     #[test]
     fn any_session_is_encoded_as_prost_encodes_it(s in arb_session()) {
@@ -110,8 +178,19 @@ proptest! {
         s in arb_session(),
         client in arb_names(),
         server in arb_names(),
+        id in arb_id(),
+        probe in ["[a-z]{0,3}", "[a-z]{0,3}"],
     ) {
-        let names = SessionNames { client: names_of(&client), server: names_of(&server) };
+        let names = SessionNames {
+            client: names_of(&client),
+            server: names_of(&server),
+            id: id.as_ref().map(|(prefix, index, position)| IdParts {
+                prefix,
+                index: *index,
+                position: *position,
+            }),
+            observations: ObservationNames { probe_id: &probe[0], node: &probe[1] },
+        };
         prop_assert_eq!(named(&s, &names), names.applied_to(s.clone()).encode_to_vec());
     }
 }
