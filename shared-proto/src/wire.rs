@@ -1,6 +1,7 @@
 //! Protobuf's wire format read by hand, with prost's semantics: for the decoders that read
 //! fields in place instead of through prost's generic field loop (the collector's record
-//! decoder, the correlator's session heads).
+//! decoder, the correlator's session heads); and written by hand into room measured first
+//! ([`Out`]: the session encoder, the probe's message records).
 
 use prost::encoding::WireType;
 
@@ -37,6 +38,73 @@ pub enum WireError {
 }
 
 type Result<T> = std::result::Result<T, WireError>;
+
+/// Bytes written into room measured for them (`room`, from `at`): byte by byte, without the
+/// capacity check `BufMut` makes per byte (prost's varints go through `put_u8`) nor a call into
+/// the C library's `memcpy` for the many values of a byte or two. Past the room, bytes are
+/// counted, not written: a caller finding more written than it measured encodes another way.
+#[derive(Debug)]
+pub(crate) struct Out<'a> {
+    room: &'a mut [u8],
+    at: usize,
+}
+
+impl<'a> Out<'a> {
+    pub fn new(room: &'a mut [u8]) -> Self {
+        Self { room, at: 0 }
+    }
+
+    /// Bytes written (or counted past the room) so far.
+    pub fn written(&self) -> usize {
+        self.at
+    }
+
+    /// The room not written yet (empty past its end).
+    pub fn rest(&mut self) -> &mut [u8] {
+        self.room.get_mut(self.at..).unwrap_or_default()
+    }
+
+    /// Counts `n` bytes written through [`Out::rest`].
+    pub fn advance(&mut self, n: usize) {
+        self.at += n;
+    }
+
+    #[inline]
+    pub fn put(&mut self, b: u8) {
+        if let Some(slot) = self.room.get_mut(self.at) {
+            *slot = b;
+        }
+        self.at += 1;
+    }
+
+    #[inline]
+    pub fn put_varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.put(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.put(v as u8);
+    }
+
+    #[inline]
+    pub fn put_slice(&mut self, v: &[u8]) {
+        if v.len() <= 16 {
+            for &b in v {
+                self.put(b);
+            }
+        } else if let Some(dst) = self.room.get_mut(self.at..self.at + v.len()) {
+            dst.copy_from_slice(v);
+            self.at += v.len();
+        } else {
+            self.at += v.len();
+        }
+    }
+
+    #[inline]
+    pub fn key(&mut self, tag: u32, wire_type: WireType) {
+        self.put_varint(u64::from(tag << 3 | wire_type as u32));
+    }
+}
 
 /// Reads a varint as prost does: at most ten bytes, the tenth 0 or 1. One and two bytes (keys,
 /// lengths up to 16 KiB, small counters) inline.

@@ -14,6 +14,7 @@ use bytes::{BufMut, BytesMut};
 use prost::encoding::{self as pe, encoded_len_varint, key_len, WireType};
 
 use super::v1::{Counters, Endpoint, Http, Observation, Session, TraceContext};
+use crate::wire::Out;
 
 /// The names of one end of a session given beside it rather than in it: the collector keeps
 /// each address's pod metadata once, shared by every session of that address, and has it
@@ -195,18 +196,17 @@ pub fn encode_raw_named(
     buf.resize(start + total, 0);
     let written = buf.get_mut(start..).map(|out| {
         let mut w = Write {
-            out,
-            at: 0,
+            out: Out::new(out),
             lens: lens.iter(),
         };
         head(s, names, &mut w);
-        if let Some(mut rest) = w.out.get_mut(w.at..) {
-            let room = rest.len();
-            rare(s, &mut rest);
-            w.at += room - rest.len();
-        }
+        let mut rest = w.out.rest();
+        let room = rest.len();
+        rare(s, &mut rest);
+        let rare_written = room - rest.len();
+        w.out.advance(rare_written);
         tail(s, &mut w);
-        w.at
+        w.out.written()
     });
     if written != Some(total) {
         // Measured and written by the same field lists, so never; but were they ever to
@@ -377,77 +377,40 @@ impl Fields for Len<'_> {
     }
 }
 
-/// Writes the fields given into room measured for them (`out`, from `at`): byte by byte and
-/// without capacity checks or calls into the C library's `memcpy` for the many values of a byte
-/// or two, which cost more than their bytes. Each message's length is the next of `lens`.
+/// Writes the fields given into room measured for them ([`Out`]). Each message's length is the
+/// next of `lens`.
 struct Write<'a> {
-    out: &'a mut [u8],
-    at: usize,
+    out: Out<'a>,
     lens: std::slice::Iter<'a, usize>,
-}
-
-impl Write<'_> {
-    /// One byte; past the room measured it is counted, not written (and the caller, finding
-    /// more written than measured, encodes the session with prost instead).
-    fn put(&mut self, b: u8) {
-        if let Some(slot) = self.out.get_mut(self.at) {
-            *slot = b;
-        }
-        self.at += 1;
-    }
-
-    fn put_varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.put(v as u8 | 0x80);
-            v >>= 7;
-        }
-        self.put(v as u8);
-    }
-
-    fn put_slice(&mut self, v: &[u8]) {
-        if v.len() <= 16 {
-            for &b in v {
-                self.put(b);
-            }
-        } else if let Some(dst) = self.out.get_mut(self.at..self.at + v.len()) {
-            dst.copy_from_slice(v);
-            self.at += v.len();
-        } else {
-            self.at += v.len();
-        }
-    }
-
-    fn key(&mut self, tag: u32, wire_type: WireType) {
-        self.put_varint(u64::from(tag << 3 | wire_type as u32));
-    }
 }
 
 impl Fields for Write<'_> {
     fn parts(&mut self, tag: u32, parts: &[&str]) {
-        self.key(tag, WireType::LengthDelimited);
-        self.put_varint(parts.iter().map(|p| p.len()).sum::<usize>() as u64);
+        self.out.key(tag, WireType::LengthDelimited);
+        self.out
+            .put_varint(parts.iter().map(|p| p.len()).sum::<usize>() as u64);
         for p in parts {
-            self.put_slice(p.as_bytes());
+            self.out.put_slice(p.as_bytes());
         }
     }
 
     fn repeated_bytes(&mut self, tag: u32, v: &[u8]) {
-        self.key(tag, WireType::LengthDelimited);
-        self.put_varint(v.len() as u64);
-        self.put_slice(v);
+        self.out.key(tag, WireType::LengthDelimited);
+        self.out.put_varint(v.len() as u64);
+        self.out.put_slice(v);
     }
 
     fn varint(&mut self, tag: u32, v: u64) {
         if v != 0 {
-            self.key(tag, WireType::Varint);
-            self.put_varint(v);
+            self.out.key(tag, WireType::Varint);
+            self.out.put_varint(v);
         }
     }
 
     fn fixed64(&mut self, tag: u32, v: u64) {
         if v != 0 {
-            self.key(tag, WireType::SixtyFourBit);
-            self.put_slice(&v.to_le_bytes());
+            self.out.key(tag, WireType::SixtyFourBit);
+            self.out.put_slice(&v.to_le_bytes());
         }
     }
 
@@ -463,8 +426,8 @@ impl Fields for Write<'_> {
             m.fields(&mut l);
             l.total
         });
-        self.key(tag, WireType::LengthDelimited);
-        self.put_varint(n as u64);
+        self.out.key(tag, WireType::LengthDelimited);
+        self.out.put_varint(n as u64);
         m.fields(self);
     }
 }

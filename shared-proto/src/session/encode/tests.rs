@@ -208,12 +208,11 @@ fn without_measured_lengths_the_write_pass_measures_each_message_itself() {
     assert!(len.lens.len() > 5, "every message measured: {:?}", len.lens);
     let mut out = vec![0; expected.len()];
     let mut w = Write {
-        out: &mut out,
-        at: 0,
+        out: Out::new(&mut out),
         lens: [].iter(),
     };
     head(&s, &SessionNames::default(), &mut w);
-    let at = w.at;
+    let at = w.out.written();
     assert_eq!(
         out.get(..at),
         expected.get(..at),
