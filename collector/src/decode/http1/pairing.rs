@@ -10,7 +10,9 @@ use std::collections::HashMap;
 
 use clovisor_proto::session::v1::{Http, Protocol};
 
-use super::parse::{decode_requests, decode_response, decode_responses, RequestHead, ResponseHead};
+use super::parse::{
+    decode_requests, decode_response, decode_responses, RequestHead, ResponseHead, ResponseHeads,
+};
 use crate::decode::http2::{Http2, Http2Flow};
 use crate::decode::{
     Decoder, Direction, Exchange, Fields, FlowDecoder, Message, MessageStats, Output, Step,
@@ -113,7 +115,7 @@ impl Http1Flow {
             Ok(r) => r,
             Err(e) => {
                 out.decode_error(e.as_label());
-                Vec::new()
+                ResponseHeads::new()
             }
         };
         if let ([request], Some(first)) = (open.requests.as_slice(), responses.first()) {

@@ -557,14 +557,15 @@ pub fn decode_requests(buf: &[u8]) -> Result<Vec<RequestHead>, ParseError> {
     Ok(out)
 }
 
+/// The response heads of one message: one, without a vector of its own, unless pipelined (an
+/// allocation per exchange fewer; the heads are read and let go at once).
+pub type ResponseHeads = smallvec::SmallVec<[ResponseHead; 1]>;
+
 /// Decodes every response head in `buf`, pairing lengths with `requests` (a response to `HEAD`
 /// has no body whatever its `Content-Length`). Interim (1xx) responses are returned too.
-pub fn decode_responses(
-    buf: &[u8],
-    requests: &[RequestHead],
-) -> Result<Vec<ResponseHead>, ParseError> {
+pub fn decode_responses(buf: &[u8], requests: &[RequestHead]) -> Result<ResponseHeads, ParseError> {
     let mut head = decode_response(buf)?;
-    let mut out = Vec::new();
+    let mut out = ResponseHeads::new();
     let mut pos = 0usize;
     let mut finals = 0usize;
     loop {
