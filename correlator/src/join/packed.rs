@@ -300,14 +300,7 @@ impl Packed {
             .is_some_and(|f| f & TRACE_FROM_WIRE != 0);
         let mut n = 0;
         for c in ids {
-            match constituents.get_mut(n) {
-                Some(kept) => {
-                    kept.clear();
-                    kept.push_str(c);
-                }
-                None => constituents.push(c.to_owned()),
-            }
-            n += 1;
+            session_decode::next(constituents, &mut n, String::clear).push_str(c);
         }
         constituents.truncate(n);
     }

@@ -273,10 +273,12 @@ fn reused<'m, M: Default>(m: &'m mut Option<M>, seen: &mut bool, clear: fn(&mut 
     m.get_or_insert_with(M::default)
 }
 
-/// The next element of a repeated field: the one at that place, emptied, else a new one.
-/// (`count` never passes the vector's length: it grows by one, and so does the vector when it
-/// reaches it.)
-fn next<'v, T: Default>(v: &'v mut Vec<T>, count: &mut usize, clear: fn(&mut T)) -> &'v mut T {
+/// The next element of a repeated field decoded into a vector used before: the one at that
+/// place, emptied, else a new one; `count` counts those given so far (truncate the vector to it
+/// once done). (`count` never passes the vector's length: it grows by one, and so does the
+/// vector when it reaches it.) For [`decode_into`] and readers reusing their own lists the same
+/// way (the correlator's constituent ids).
+pub fn next<'v, T: Default>(v: &'v mut Vec<T>, count: &mut usize, clear: fn(&mut T)) -> &'v mut T {
     let at = *count;
     *count += 1;
     if at < v.len() {
