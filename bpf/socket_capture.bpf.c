@@ -25,6 +25,16 @@
  * Calls without a user buffer (sendfile, splice, io_uring) are counted but
  * send no bytes.
  *
+ * A client and a server on this node, both traced (CLOVISOR_CONFIG_PEER_COVERED):
+ * the client's socket carries the bytes of their exchanges, the server's sends
+ * timings and counters alone (CLOVISOR_EV_COUNTERS_ONLY), as a pod veth does
+ * where the socket point covers its pod. A client connection on a traced
+ * HTTP/1.x port files its key in sock_local_clients once its first request
+ * shows it plain (not captured call by call); the server's connection, made
+ * at its first call (the receive of that request, which comes after), finds
+ * it there. A client seen through a NAT (a Service's virtual address) has
+ * another key and is not found: both views then carry the bytes.
+ *
  * Timing: a call is timed when it returns; for a send the bytes have then been
  * handed to TCP (and, on a local path, usually transmitted already).
  *
@@ -184,6 +194,17 @@ struct {
 	__type(value, __u32);
 } sock_untraced SEC(".maps");
 
+/* Connection keys of the plain HTTP/1.x client connections this point
+ * traces, for the servers on this node to find their clients by
+ * (CLOVISOR_CONFIG_PEER_COVERED); deleted when the client's socket closes. A
+ * key the LRU let go only costs its server's view its bytes being copied. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct clovisor_conn_key);
+	__type(value, __u8);
+} sock_local_clients SEC(".maps");
+
 /* Size set by user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -249,6 +270,15 @@ static __always_inline __u32 snaplen(void)
 }
 
 /* The generation of the monitored-namespace set (CLOVISOR_CONFIG_NETNS_GENERATION). */
+/* CLOVISOR_CONFIG_PEER_COVERED. */
+static __always_inline int peer_covered(void)
+{
+	__u32 idx = CLOVISOR_CONFIG_PEER_COVERED;
+	__u32 *v = bpf_map_lookup_elem(&sock_config, &idx);
+
+	return v && *v;
+}
+
 static __always_inline __u32 netns_generation(void)
 {
 	__u32 idx = CLOVISOR_CONFIG_NETNS_GENERATION;
@@ -404,7 +434,7 @@ static __always_inline void fill_hdr(struct clovisor_event_hdr *h, __u32 kind,
 	h->kind = kind;
 	h->point = CLOVISOR_POINT_SOCKET;
 	h->protocol = s->protocol;
-	h->flags = flags;
+	h->flags = s->counters_only ? flags | CLOVISOR_EV_COUNTERS_ONLY : flags;
 	h->reason = 0;
 	h->flow_id = s->flow_id;
 	__builtin_memcpy(&h->key, &s->key, sizeof(s->key));
@@ -463,7 +493,7 @@ static __always_inline void emit_exchange(const struct clovisor_sock_conn *s,
 		return;
 	if (held) {
 		req_len = clovisor_take_held(held, ev->payload);
-	} else {
+	} else if (!s->counters_only) {
 		flags |= CLOVISOR_EV_HEAD_LOST;
 		count(CLOVISOR_SOCK_STAT_HEAD_LOST);
 	}
@@ -635,6 +665,15 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 		fresh.decided = 1;
 		count(CLOVISOR_SOCK_STAT_EACH_CALL_CONNS);
 	}
+	/* A server whose client this point traces: that view carries the
+	 * bytes. (The client filed its key at its first request, which this
+	 * first call of the server's receives.) */
+	if (side == CLOVISOR_SIDE_SERVER && fresh.protocol == CLOVISOR_PROTO_HTTP &&
+	    peer_covered() && bpf_map_lookup_elem(&sock_local_clients, &fresh.key)) {
+		fresh.counters_only = 1;
+		fresh.decided = 1;
+		count(CLOVISOR_SOCK_STAT_PEER_COVERED_CONNS);
+	}
 	fill_owner(&fresh.owner, id, netns, side);
 	fresh.flow_id = clovisor_new_flow_id(&sock_flow_seq, CLOVISOR_SOCK_FLOW_ID_BIT, 55);
 	if (bpf_map_update_elem(&sock_connections, &id, &fresh, BPF_NOEXIST) == 0)
@@ -643,6 +682,17 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 	if (!s)
 		count(CLOVISOR_SOCK_STAT_CONN_UPDATE_FAILED);
 	return s;
+}
+
+/* A client connection found plain at its first request: files its key for a
+ * server on this node to find (CLOVISOR_CONFIG_PEER_COVERED). */
+static __always_inline void file_local_client(const struct clovisor_sock_conn *s)
+{
+	__u8 one = 1;
+
+	if (s->owner.side == CLOVISOR_SIDE_CLIENT && s->protocol == CLOVISOR_PROTO_HTTP &&
+	    peer_covered())
+		bpf_map_update_elem(&sock_local_clients, &s->key, &one, BPF_ANY);
 }
 
 /* From now on the connection is captured call by call. */
@@ -739,6 +789,21 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 		each_call_start(s, &prev, has_prev, moved);
 		return;
 	}
+	if (s->counters_only) {
+		/* Its client's socket carries the bytes: a request is held in
+		 * the connection itself (no held_heads slot, nothing read). */
+		if (dir == CLOVISOR_DIR_CLIENT_TO_SERVER) {
+			s->held = 1;
+			s->has_before = has_prev;
+			__builtin_memcpy(&s->before, &prev, sizeof(prev));
+		} else if (s->held) {
+			s->held = 0;
+			emit_exchange(s, &prev, 0, 0, 0);
+		} else {
+			emit_msg_start(s, &s->cur, &prev, has_prev, 0, 0, 0);
+		}
+		return;
+	}
 	buf = user_buffer(&buf_len);
 	if (!buf)
 		count(CLOVISOR_SOCK_STAT_NO_USER_BUFFER);
@@ -779,6 +844,7 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 					each_call_start(s, &prev, has_prev, moved);
 					return;
 				}
+				file_local_client(s);
 			}
 			clovisor_hold(held, &s->key, &s->owner, &s->cur, s->protocol,
 				      CLOVISOR_POINT_SOCKET, len);
@@ -789,6 +855,8 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 		}
 		count(CLOVISOR_SOCK_STAT_HEAD_NOT_HELD);
 		/* No room to hold: no bytes copied to look at either. */
+		if (!s->decided)
+			file_local_client(s);
 		s->decided = 1;
 		s->held = 0;
 		emit_msg_start(s, &s->cur, &prev, has_prev, (const void *)buf, n, 0);
@@ -852,12 +920,14 @@ int clovisor_sock_state(__u64 *ctx)
 		struct clovisor_held *held = bpf_map_lookup_elem(&held_heads, &s->flow_id);
 
 		s->held = 0;
-		if (!held)
+		if (!held && !s->counters_only)
 			count(CLOVISOR_SOCK_STAT_HEAD_LOST);
 		emit_msg_start(s, &s->cur, &s->before, s->has_before, held ? held->data : 0,
 			       held ? held->len : 0, 1);
 	}
 	bpf_map_delete_elem(&held_heads, &s->flow_id);
+	if (s->owner.side == CLOVISOR_SIDE_CLIENT)
+		bpf_map_delete_elem(&sock_local_clients, &s->key);
 	ev = bpf_ringbuf_reserve(&sock_events, sizeof(*ev), 0);
 	if (ev) {
 		fill_hdr(&ev->hdr, CLOVISOR_EVENT_FLOW_END, s,

@@ -36,6 +36,8 @@
 # split pipeline runs, BENCH_PAIRS alternated pairs of BENCH_SECONDS of wrk per arm, arm B taking
 # from BENCH_AB_B only the component named in BENCH_AB_SWAP (probe, collector, correlator; default
 # all), its components run with the extra environment BENCH_AB_ENV_B (NAME=VALUE words) if given;
+# BENCH_AB_SWAP=aio runs `clovisor all-in-one` tracing both pods instead (each directory holding a
+# `clovisor`), arm B's from BENCH_AB_B with BENCH_AB_ENV_B;
 # it prints each component's CPU per exchange, nginx's, and the kernel's BPF time per exchange of
 # the tc and socket programs, per pair and arm, and writes them to $BENCH_OUT/ab.md.
 set -euo pipefail
@@ -92,8 +94,8 @@ if [ -n "${BENCH_AB_A:-}${BENCH_AB_B:-}" ]; then
     echo "A/B mode needs both BENCH_AB_A and BENCH_AB_B" >&2
     exit 1
   }
-  case "$AB_SWAP" in probe | collector | correlator | all) ;; *)
-    echo "BENCH_AB_SWAP: probe, collector, correlator or all, not $AB_SWAP" >&2
+  case "$AB_SWAP" in probe | collector | correlator | all | aio) ;; *)
+    echo "BENCH_AB_SWAP: probe, collector, correlator, all or aio, not $AB_SWAP" >&2
     exit 1
     ;;
   esac
@@ -469,11 +471,12 @@ start_aio() {
 }
 
 # Ids of the BPF objects the probe holds open ("prog" or "map"), from its fdinfo, as a JSON array.
+# (BPF_OWNER: the process that holds them, probe by default, aio for all-in-one.)
 probe_bpf_ids() { # prog|map
-  local fd
-  for fd in /proc/"${PID[probe]}"/fd/*; do
+  local fd owner=${PID[${BPF_OWNER:-probe}]}
+  for fd in /proc/"$owner"/fd/*; do
     [ "$(readlink "$fd" 2>/dev/null)" = "anon_inode:bpf-$1" ] || continue
-    awk -v k="$1_id:" '$1 == k { print $2 }' "/proc/${PID[probe]}/fdinfo/${fd##*/}"
+    awk -v k="$1_id:" '$1 == k { print $2 }' "/proc/$owner/fdinfo/${fd##*/}"
   done | sort -un | jq -s -c .
 }
 
@@ -499,10 +502,17 @@ bpf_runs() {
 }
 
 ab_main() {
-  local d arm p c src order line before after r0 r1 b0 b1 env_b=()
+  local d arm p c src order line before after r0 r1 b0 b1 env_b=() measured=("${COMPONENTS[@]}")
   for arm in A B; do
     d=$WORK/bin-$arm
     mkdir -p "$d"
+    if [ "$AB_SWAP" = aio ]; then
+      src=$BENCH_AB_A
+      [ "$arm" = B ] && src=$BENCH_AB_B
+      [ -x "$src/clovisor" ] || { echo "no clovisor in $src" >&2; exit 1; }
+      ln -sf "$src/clovisor" "$d/clovisor"
+      continue
+    fi
     for c in "${COMPONENTS[@]}"; do
       src=$BENCH_AB_A
       if [ "$arm" = B ] && { [ "$AB_SWAP" = all ] || [ "$AB_SWAP" = "$c" ]; }; then src=$BENCH_AB_B; fi
@@ -510,6 +520,10 @@ ab_main() {
       ln -sf "$src/clovisor-$c" "$d/clovisor-$c"
     done
   done
+  if [ "$AB_SWAP" = aio ]; then
+    measured=(aio)
+    BPF_OWNER=aio
+  fi
   read -ra env_b <<<"${BENCH_AB_ENV_B:-}"
   STATS_OLD=$(sysctl -n kernel.bpf_stats_enabled)
   sysctl -qw kernel.bpf_stats_enabled=1
@@ -520,13 +534,13 @@ ab_main() {
     for arm in $order; do
       BINDIR=$WORK/bin-$arm
       if [ "$arm" = B ] && [ ${#env_b[@]} -gt 0 ]; then export "${env_b[@]}"; fi
-      start_pipeline
+      if [ "$AB_SWAP" = aio ]; then start_aio; else start_pipeline; fi
       if [ "$arm" = B ] && [ ${#env_b[@]} -gt 0 ]; then for e in "${env_b[@]}"; do unset "${e%%=*}"; done; fi
-      before=$(cpu_snapshot)
+      before=$(cpu_snapshot "${measured[@]}")
       r0=$(nginx_requests)
       b0=$(bpf_runs)
       run_wrk "$CONNS" "$SECONDS_PER_RUN" "$RAW/ab/pair-$p-$arm.wrk.json"
-      after=$(cpu_snapshot)
+      after=$(cpu_snapshot "${measured[@]}")
       r1=$(nginx_requests)
       b1=$(bpf_runs)
       jq -n --arg arm "$arm" --argjson pair "$p" --argjson before "$before" --argjson after "$after" \
@@ -542,12 +556,13 @@ ab_main() {
   python3 - "$RAW/ab" "$(getconf CLK_TCK)" "$BENCH_AB_A" "$BENCH_AB_B" "$AB_SWAP" "${BENCH_AB_ENV_B:-}" >"$OUT/ab.md" <<'PY'
 import json, pathlib, statistics, sys
 raw, clk, a_dir, b_dir, swap, env_b = pathlib.Path(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:7]
-cols = ["probe", "collector", "correlator", "nginx", "tc eBPF", "socket eBPF"]
+procs = ["aio"] if swap == "aio" else ["probe", "collector", "correlator"]
+cols = procs + ["nginx", "tc eBPF", "socket eBPF"]
 rows = {}
 for f in sorted(raw.glob("pair-*-?.json")):
     r = json.loads(f.read_text())
     n, cpu, bpf = r["served"], r["cpu"], r["bpf"]
-    us = {c: (cpu["after"][c] - cpu["before"][c]) / clk / n * 1e6 for c in cols[:4]}
+    us = {c: (cpu["after"][c] - cpu["before"][c]) / clk / n * 1e6 for c in procs + ["nginx"]}
     for kind, col in (("tc", "tc eBPF"), ("socket", "socket eBPF")):
         t = bpf["after"].get(kind, {}).get("t", 0) - bpf["before"].get(kind, {}).get("t", 0)
         us[col] = t / n / 1e3

@@ -95,9 +95,10 @@ enum clovisor_event_flag {
 	 * payload length, msg.packets 1, msg.tcp_seq 0; no `prev`. */
 	CLOVISOR_EV_DATAGRAM = 4,
 	/* Any event of a TCP connection seen at a pod veth whose pod the socket
-	 * point covers (`covered_ifaces`): the socket point captures its
-	 * payload, so this view carries counters and timings only (snap lengths
-	 * are 0 by design, not lost). */
+	 * point covers (`covered_ifaces`), or at a server socket whose client
+	 * socket the point traces too (`sock_local_clients`): another view
+	 * captures its payload, so this view carries counters and timings only
+	 * (snap lengths are 0 by design, not lost). */
 	CLOVISOR_EV_COUNTERS_ONLY = 8,
 };
 
@@ -179,7 +180,11 @@ enum clovisor_config_index {
 	 * each time it changes `monitored_netns` (after the change), so a socket
 	 * found untraced under an older set is checked again. */
 	CLOVISOR_CONFIG_NETNS_GENERATION = 2,
-	CLOVISOR_CONFIG_COUNT = 3,
+	/* The socket point: 1 when a server socket whose client is a socket
+	 * this point traces too (a client and a server pod on one node) sends
+	 * timings and counters alone, the client's view carrying the bytes. */
+	CLOVISOR_CONFIG_PEER_COVERED = 3,
+	CLOVISOR_CONFIG_COUNT = 4,
 };
 
 /* Egress rules (Redis `clovisor_egress_match`): a traced pod's outbound calls
@@ -314,7 +319,10 @@ enum clovisor_sock_stat {
 	 * most CLOVISOR_MAX_IOVECS buffers): the bytes between what was copied
 	 * and the call's last snaplen bytes are not captured. */
 	CLOVISOR_SOCK_STAT_CALL_BYTES_SKIPPED = 14,
-	CLOVISOR_SOCK_STAT_COUNT = 15,
+	/* Server connections whose client this point traces too, sending
+	 * timings and counters alone (CLOVISOR_CONFIG_PEER_COVERED). */
+	CLOVISOR_SOCK_STAT_PEER_COVERED_CONNS = 15,
+	CLOVISOR_SOCK_STAT_COUNT = 16,
 };
 
 /* Who moved the bytes through a socket; all zero at tc points. */
@@ -350,7 +358,11 @@ struct clovisor_sock_conn {
 	 * message (a server speaking first - an HTTP/2 server's SETTINGS - is
 	 * only checked for a MySQL greeting). */
 	__u8 decided;
-	__u8 pad[3];
+	/* 1: its client is a socket this point traces too, which carries the
+	 * bytes (CLOVISOR_CONFIG_PEER_COVERED): this view sends timings and
+	 * counters alone (CLOVISOR_EV_COUNTERS_ONLY). */
+	__u8 counters_only;
+	__u8 pad[2];
 };
 
 /* Value of the `held_heads` LRU map (key: flow id): the first bytes of a

@@ -194,6 +194,16 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
         );
     }
 
+    // Client and server both traced here, no NAT between them: the server's socket sent
+    // timings and counters alone (the client's carried the bytes), and the session above still
+    // has its observation among the four, with the decoded fields.
+    let covered = r#"clovisor_probe_kernel_total{counter="socket_peer_covered_connections"}"#;
+    wait_for(
+        "the server's socket connection counted as covered by its client's",
+        Duration::from_secs(5),
+        || Ok(metric(&clovisor.metrics, covered)?.is_some_and(|n| n >= 1.0)),
+    )?;
+
     // Keep-alive over IPv6: two requests on one connection are two exchanges at each socket,
     // told apart by the direction switches alone, each joined with the veths' views.
     let v6 = |p: &str| format!("http://[{}]{p}", server.ipv6);

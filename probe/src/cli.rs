@@ -6,7 +6,7 @@ use std::time::Duration;
 use clovisor_runtime::parse_duration;
 
 use crate::agent::{AgentConfig, TargetSource};
-use crate::capture::{AttachPolicy, CaptureConfig};
+use crate::capture::{AttachPolicy, CaptureConfig, SocketPayload};
 use crate::hooks::node_iface::NodeInterfaces;
 use crate::hooks::socket::{SocketHookPolicy, VethPayload};
 use crate::targets::kube::{KubeTargets, PodSelection};
@@ -94,6 +94,12 @@ pub struct ProbeArgs {
     /// counters alone) or `always` (payload everywhere: every exchange decoded twice).
     #[arg(long, env = "CLOVISOR_VETH_PAYLOAD", value_enum, default_value_t = VethPayload::Uncovered)]
     pub veth_payload: VethPayload,
+    /// What a server's socket captures where its client is a socket traced on this node too (a
+    /// client and a server pod on one node, no NAT between them): `uncovered` (plain HTTP/1.x:
+    /// timings and counters alone, the client's socket carrying the bytes) or `always` (payload
+    /// at both ends: each such exchange decoded twice).
+    #[arg(long, env = "CLOVISOR_SOCKET_PAYLOAD", value_enum, default_value_t = SocketPayload::Uncovered)]
+    pub socket_payload: SocketPayload,
     /// How programs are attached to interfaces.
     #[arg(long, env = "CLOVISOR_ATTACH", value_enum, default_value_t = AttachPolicy::Auto)]
     pub attach: AttachPolicy,
@@ -176,6 +182,7 @@ impl ProbeArgs {
                 held_requests: self.held_requests,
                 node: node.clone(),
                 attach: self.attach,
+                socket_payload: self.socket_payload,
                 ..CaptureConfig::default()
             },
             targets,

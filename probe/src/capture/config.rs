@@ -24,6 +24,22 @@ pub struct CaptureConfig {
     pub node: String,
     /// TCX with legacy fallback (default), or legacy tc filters only.
     pub attach: AttachPolicy,
+    /// What the socket point's server sockets capture where their client is a socket it
+    /// traces too.
+    pub socket_payload: SocketPayload,
+}
+
+/// What a server socket captures of a connection whose client socket the socket point traces
+/// too (a client and a server pod on one node, reached without a NAT between them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SocketPayload {
+    /// Payload only where the client is not traced here; where it is (a plain HTTP/1.x
+    /// connection), the server's socket sends timings and counters alone, which the collector
+    /// adds to the client socket's decoded view as the server's observation.
+    #[default]
+    Uncovered,
+    /// Payload at both ends: each such exchange is decoded twice.
+    Always,
 }
 
 impl Default for CaptureConfig {
@@ -41,6 +57,7 @@ impl Default for CaptureConfig {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_default(),
             attach: AttachPolicy::Auto,
+            socket_payload: SocketPayload::Uncovered,
         }
     }
 }

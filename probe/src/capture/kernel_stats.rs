@@ -87,6 +87,10 @@ pub(crate) const SOCKET_STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT 
         abi::CLOVISOR_SOCK_STAT_CALL_BYTES_SKIPPED,
         "socket_call_bytes_skipped",
     ),
+    (
+        abi::CLOVISOR_SOCK_STAT_PEER_COVERED_CONNS,
+        "socket_peer_covered_connections",
+    ),
 ];
 
 /// A BPF object's per-CPU counters.

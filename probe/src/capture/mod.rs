@@ -4,7 +4,7 @@
 //! | file | what |
 //! | --- | --- |
 //! | `abi.rs` | the bindgen view of `bpf/include/clovisor_abi.h` |
-//! | `config.rs` | [`CaptureConfig`]: sizes, snaplen, node name, attach policy |
+//! | `config.rs` | [`CaptureConfig`]: sizes, snaplen, node name, attach policy, what covered server sockets copy |
 //! | `object.rs` | what both objects share: loading and sizing, snaplen and traced-ports writes |
 //! | `tc_object.rs` | the tc object ([`Capture`]): its programs, maps and counters |
 //! | `attach.rs` | which interfaces the tc programs are attached to; detaching; crash cleanup |
@@ -34,7 +34,7 @@ pub mod socket_object;
 mod tc_object;
 
 pub use self::attach::cleanup_leftovers;
-pub use self::config::CaptureConfig;
+pub use self::config::{CaptureConfig, SocketPayload};
 pub use self::event_loop::{EventLoop, EventLoopStats, RING_POLL, SHUTDOWN_SEND_BUDGET};
 pub use self::kernel_stats::KernelStats;
 pub use self::tc_object::Capture;

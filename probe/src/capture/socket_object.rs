@@ -18,7 +18,7 @@ use super::assembler::ConnectionSource;
 use super::kernel_stats::{KernelStats, SOCKET_STAT_NAMES};
 use super::maps::replace_map;
 use super::raw::{ConnectionState, MsgStart, RawSockConnection};
-use super::{abi, object, CaptureConfig, EventLoop};
+use super::{abi, object, CaptureConfig, EventLoop, SocketPayload};
 use crate::error::{Error, Result};
 use crate::hooks::socket::{self as hooks, HookAttempt, SocketHookKind, SocketHooks};
 
@@ -76,6 +76,12 @@ impl SocketCapture {
             ports: None,
         };
         capture.set_snaplen(cfg.snaplen)?;
+        object::set_config_value(
+            &mut capture.ebpf,
+            &MAPS,
+            abi::CLOVISOR_CONFIG_PEER_COVERED,
+            u32::from(cfg.socket_payload == SocketPayload::Uncovered),
+        )?;
         let btf = aya::Btf::from_sys_fs().map_err(|source| Error::Btf { source })?;
         capture.hooks = Some(hooks::attach(&mut capture.ebpf, &btf)?);
         Ok(capture)
