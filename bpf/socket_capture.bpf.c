@@ -269,8 +269,8 @@ static __always_inline __u32 snaplen(void)
 	return v ? *v : CLOVISOR_DEFAULT_SNAPLEN;
 }
 
-/* The generation of the monitored-namespace set (CLOVISOR_CONFIG_NETNS_GENERATION). */
-/* CLOVISOR_CONFIG_PEER_COVERED. */
+/* Whether a server socket covered by its client's sends counters alone
+ * (CLOVISOR_CONFIG_PEER_COVERED). */
 static __always_inline int peer_covered(void)
 {
 	__u32 idx = CLOVISOR_CONFIG_PEER_COVERED;
@@ -279,6 +279,7 @@ static __always_inline int peer_covered(void)
 	return v && *v;
 }
 
+/* The generation of the monitored-namespace set (CLOVISOR_CONFIG_NETNS_GENERATION). */
 static __always_inline __u32 netns_generation(void)
 {
 	__u32 idx = CLOVISOR_CONFIG_NETNS_GENERATION;
