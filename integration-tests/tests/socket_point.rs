@@ -322,6 +322,59 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
     Ok(())
 }
 
+/// With `--socket-payload always` both sockets copy the bytes — the path a client seen through a
+/// NAT takes, whose server cannot find it: the exchange is still one session at all four
+/// points, decoded, and no server connection is counted covered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sockets_carry_the_bytes_with_socket_payload_always() -> Result<()> {
+    let mut lab = Lab::new()?;
+    let client = lab.pod("sacli")?;
+    let server = lab.pod("sasrv")?;
+    let _nginx = Nginx::start(&server)?;
+    let clovisor = start_clovisor(
+        &[&client, &server],
+        &["--socket-payload", "always"],
+        "clovisor-socket-always",
+    )?;
+    let path = "/socket/always";
+    curl_traced(&client, &format!("http://{}{path}?n=1", server.ipv4))?;
+    let mut all = Vec::new();
+    let found = wait_for(
+        "one session seen at both sockets and both veths",
+        Duration::from_secs(15),
+        || {
+            all = clovisor.sessions()?;
+            Ok(of_path(&all, path)
+                .iter()
+                .any(|s| points(s) == four_points(&client, &server)))
+        },
+    );
+    if let Err(e) = found {
+        bail!(
+            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
+            clovisor.proc.log_text()
+        );
+    }
+    let sessions = of_path(&all, path);
+    assert_eq!(sessions.len(), 1, "one session per exchange: {sessions:#?}");
+    check_session_fields(sessions[0], path, 404);
+    // The kernel counters are in /metrics once the traced calls are; a counter never raised
+    // has no series.
+    let traced = r#"clovisor_probe_kernel_total{counter="socket_calls_traced"}"#;
+    wait_for(
+        "socket counters in /metrics",
+        Duration::from_secs(5),
+        || Ok(metric(&clovisor.metrics, traced)?.is_some_and(|n| n > 0.0)),
+    )?;
+    let covered = r#"clovisor_probe_kernel_total{counter="socket_peer_covered_connections"}"#;
+    assert_eq!(
+        metric(&clovisor.metrics, covered)?,
+        None,
+        "no server connection sends counters alone with --socket-payload always"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_point_sees_plaintext_behind_a_tls_tunnel() -> Result<()> {
     let mut lab = Lab::new()?;
