@@ -90,6 +90,37 @@ fn check_session_fields(s: &Value, path: &str, status: u64) {
     assert_eq!(s["trace"]["trace_id"], TRACE, "trace id of {path}: {s:#}");
 }
 
+/// The one session of `path` once it was seen at all four points of a call from `client` to
+/// `server` (every session listed then, for a failure's message), with its HTTP fields checked.
+fn one_session_at_four_points(
+    clovisor: &AllInOne,
+    client: &Pod,
+    server: &Pod,
+    path: &str,
+) -> Result<Value> {
+    let mut all = Vec::new();
+    let found = wait_for(
+        "one session seen at both sockets and both veths",
+        Duration::from_secs(15),
+        || {
+            all = clovisor.sessions()?;
+            Ok(of_path(&all, path)
+                .iter()
+                .any(|s| points(s) == four_points(client, server)))
+        },
+    );
+    if let Err(e) = found {
+        bail!(
+            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
+            clovisor.proc.log_text()
+        );
+    }
+    let sessions = of_path(&all, path);
+    assert_eq!(sessions.len(), 1, "one session per exchange: {sessions:#?}");
+    check_session_fields(sessions[0], path, 404);
+    Ok(sessions[0].clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_pods() -> Result<()>
 {
@@ -144,28 +175,7 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
 
     let url = format!("http://{}/socket/plain?n=1", server.ipv4);
     curl_traced(&client, &url)?;
-    let path = "/socket/plain";
-    let mut all = Vec::new();
-    let found = wait_for(
-        "one session seen at both sockets and both veths",
-        Duration::from_secs(15),
-        || {
-            all = clovisor.sessions()?;
-            Ok(of_path(&all, path)
-                .iter()
-                .any(|s| points(s) == four_points(&client, &server)))
-        },
-    );
-    if let Err(e) = found {
-        bail!(
-            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
-            clovisor.proc.log_text()
-        );
-    }
-    let plain = of_path(&all, path);
-    assert_eq!(plain.len(), 1, "one session per exchange: {plain:#?}");
-    let s = plain[0];
-    check_session_fields(s, path, 404);
+    let s = &one_session_at_four_points(&clovisor, &client, &server, "/socket/plain")?;
     // The socket's 4-tuple is the wire's: client address and port join with the veths.
     assert_eq!(
         s["client"]["ip"],
@@ -209,6 +219,7 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
     let v6 = |p: &str| format!("http://[{}]{p}", server.ipv6);
     curl_keep_alive(&client, &[v6("/socket/v6-first"), v6("/socket/v6-second")])?;
     let v6_paths = ["/socket/v6-first", "/socket/v6-second"];
+    let mut all = Vec::new();
     let found = wait_for(
         "IPv6 keep-alive sessions at all four points",
         Duration::from_secs(15),
@@ -338,26 +349,7 @@ async fn both_sockets_carry_the_bytes_with_socket_payload_always() -> Result<()>
     )?;
     let path = "/socket/always";
     curl_traced(&client, &format!("http://{}{path}?n=1", server.ipv4))?;
-    let mut all = Vec::new();
-    let found = wait_for(
-        "one session seen at both sockets and both veths",
-        Duration::from_secs(15),
-        || {
-            all = clovisor.sessions()?;
-            Ok(of_path(&all, path)
-                .iter()
-                .any(|s| points(s) == four_points(&client, &server)))
-        },
-    );
-    if let Err(e) = found {
-        bail!(
-            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
-            clovisor.proc.log_text()
-        );
-    }
-    let sessions = of_path(&all, path);
-    assert_eq!(sessions.len(), 1, "one session per exchange: {sessions:#?}");
-    check_session_fields(sessions[0], path, 404);
+    one_session_at_four_points(&clovisor, &client, &server, path)?;
     // The kernel counters are in /metrics once the traced calls are; a counter never raised
     // has no series.
     let traced = r#"clovisor_probe_kernel_total{counter="socket_calls_traced"}"#;
