@@ -111,7 +111,8 @@ struct Args {
     max_message_bytes: usize,
     /// Milliseconds a decoded session waits for the other views its probe sent of the same
     /// exchange (the pod's veth and the socket of one connection), to leave as one session;
-    /// 0 merges only the views of one batch.
+    /// 0 merges only the views of one batch. Longer than the probe's 20 ms batch flush, so that
+    /// a quiet probe's next batch still comes within it.
     #[arg(long, env = "CLOVISOR_LOCAL_JOIN_HOLD_MS", default_value_t = 30)]
     local_join_hold_ms: u64,
 }
