@@ -9,7 +9,9 @@
  * socket I/O only - never on the node's other syscalls:
  *   tp_btf/sock_send_length      a send returned (sock_sendmsg)
  *   tp_btf/sock_recv_length      a receive returned (sock_recvmsg)
- *   tp_btf/inet_sock_set_state   TCP_CLOSE ends the socket's connection
+ *   tp_btf/inet_sock_set_state   TCP_CLOSE ends the socket's connection; a
+ *                                client's connect completing files its key
+ *                                (below)
  * A call on a socket none of whose ports is traced leaves after one bitmap
  * read; a process of an untraced namespace after a look-up in the socket's
  * own storage (sock_untraced), once its first call has found it untraced.
@@ -28,12 +30,16 @@
  * A client and a server on this node, both traced (CLOVISOR_CONFIG_PEER_COVERED):
  * the client's socket carries the bytes of their exchanges, the server's sends
  * timings and counters alone (CLOVISOR_EV_COUNTERS_ONLY), as a pod veth does
- * where the socket point covers its pod. A client connection on a traced
- * HTTP/1.x port files its key in sock_local_clients once its first request
- * shows it plain (not captured call by call); the server's connection, made
- * at its first call (the receive of that request, which comes after), finds
- * it there. A client seen through a NAT (a Service's virtual address) has
- * another key and is not found: both views then carry the bytes.
+ * where the socket point covers its pod. A client socket of a monitored
+ * namespace files its connection key in sock_local_clients when its connect
+ * to a traced HTTP/1.x port completes (SYN_SENT -> ESTABLISHED, before it
+ * acknowledges the server's SYN and so before the server can accept, let
+ * alone receive); the server finds it there at its first request, whose
+ * first bytes it copies anyway, and goes counters-only unless they ask for
+ * capture call by call (an HTTP/2 preface) - then both copy, as the client
+ * decides for itself from its own first bytes. A client seen through a NAT
+ * (a Service's virtual address) has another key and is not found: both
+ * views then carry the bytes.
  *
  * Timing: a call is timed when it returns; for a send the bytes have then been
  * handed to TCP (and, on a local path, usually transmitted already).
@@ -112,6 +118,12 @@ struct in6_addr {
 	} in6_u;
 } __attribute__((preserve_access_index));
 
+/* possible_net_t (a typedef of an unnamed struct): CO-RE matches by field
+ * names, so the wrapper's name does not matter. */
+struct possible_net {
+	struct net *net;
+};
+
 struct sock_common {
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
@@ -120,6 +132,7 @@ struct sock_common {
 	unsigned short skc_family;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
+	struct possible_net skc_net;
 } __attribute__((preserve_access_index));
 
 struct sock {
@@ -149,16 +162,18 @@ struct umsghdr_iov {
 	__u64 msg_iovlen;
 };
 
-#define AF_INET_       2
-#define AF_INET6_      10
-#define IPPROTO_TCP_   6
-#define MSG_PEEK_      2
-#define TCP_CLOSE_     7
-#define TCP_FIN_WAIT1_ 4
-#define TCP_FIN_WAIT2_ 5
-#define TCP_TIME_WAIT_ 6
-#define TCP_LAST_ACK_  9
-#define TCP_CLOSING_   11
+#define AF_INET_	 2
+#define AF_INET6_	 10
+#define IPPROTO_TCP_	 6
+#define MSG_PEEK_	 2
+#define TCP_ESTABLISHED_ 1
+#define TCP_SYN_SENT_	 2
+#define TCP_CLOSE_	 7
+#define TCP_FIN_WAIT1_	 4
+#define TCP_FIN_WAIT2_	 5
+#define TCP_TIME_WAIT_	 6
+#define TCP_LAST_ACK_	 9
+#define TCP_CLOSING_	 11
 
 /* ---- Maps ----------------------------------------------------------------- */
 
@@ -194,10 +209,11 @@ struct {
 	__type(value, __u32);
 } sock_untraced SEC(".maps");
 
-/* Connection keys of the plain HTTP/1.x client connections this point
- * traces, for the servers on this node to find their clients by
- * (CLOVISOR_CONFIG_PEER_COVERED); deleted when the client's socket closes. A
- * key the LRU let go only costs its server's view its bytes being copied. */
+/* Connection keys of the HTTP/1.x client connections of monitored
+ * namespaces, filed when their connect completes, for the servers on this
+ * node to find their clients by (CLOVISOR_CONFIG_PEER_COVERED); deleted when
+ * the client's socket closes. A key the LRU let go only costs its server's
+ * view its bytes being copied. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -666,15 +682,6 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 		fresh.decided = 1;
 		count(CLOVISOR_SOCK_STAT_EACH_CALL_CONNS);
 	}
-	/* A server whose client this point traces: that view carries the
-	 * bytes. (The client filed its key at its first request, which this
-	 * first call of the server's receives.) */
-	if (side == CLOVISOR_SIDE_SERVER && fresh.protocol == CLOVISOR_PROTO_HTTP &&
-	    peer_covered() && bpf_map_lookup_elem(&sock_local_clients, &fresh.key)) {
-		fresh.counters_only = 1;
-		fresh.decided = 1;
-		count(CLOVISOR_SOCK_STAT_PEER_COVERED_CONNS);
-	}
 	fill_owner(&fresh.owner, id, netns, side);
 	fresh.flow_id = clovisor_new_flow_id(&sock_flow_seq, CLOVISOR_SOCK_FLOW_ID_BIT, 55);
 	if (bpf_map_update_elem(&sock_connections, &id, &fresh, BPF_NOEXIST) == 0)
@@ -685,15 +692,31 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 	return s;
 }
 
-/* A client connection found plain at its first request: files its key for a
- * server on this node to find (CLOVISOR_CONFIG_PEER_COVERED). */
-static __always_inline void file_local_client(const struct clovisor_sock_conn *s)
+/* A plain HTTP/1.x server connection at its first request: whether its
+ * client's socket, traced on this node, carries the bytes (the client filed
+ * its key when its connect completed). */
+static __always_inline int client_covers(const struct clovisor_sock_conn *s)
 {
-	__u8 one = 1;
+	return s->owner.side == CLOVISOR_SIDE_SERVER && s->protocol == CLOVISOR_PROTO_HTTP &&
+	       peer_covered() && bpf_map_lookup_elem(&sock_local_clients, &s->key);
+}
 
-	if (s->owner.side == CLOVISOR_SIDE_CLIENT && s->protocol == CLOVISOR_PROTO_HTTP &&
-	    peer_covered())
-		bpf_map_update_elem(&sock_local_clients, &s->key, &one, BPF_ANY);
+/* A server connection whose client carries the bytes: from its first request
+ * on, timings and counters alone. */
+static __always_inline void go_counters_only(struct clovisor_sock_conn *s)
+{
+	s->counters_only = 1;
+	count(CLOVISOR_SOCK_STAT_PEER_COVERED_CONNS);
+}
+
+/* A counters-only connection's request waits for its response in the
+ * connection itself. */
+static __always_inline void hold_in_connection(struct clovisor_sock_conn *s,
+					       const struct clovisor_msg *prev, __u8 has_prev)
+{
+	s->held = 1;
+	s->has_before = has_prev;
+	__builtin_memcpy(&s->before, prev, sizeof(*prev));
 }
 
 /* From now on the connection is captured call by call. */
@@ -794,9 +817,7 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 		/* Its client's socket carries the bytes: a request is held in
 		 * the connection itself (no held_heads slot, nothing read). */
 		if (dir == CLOVISOR_DIR_CLIENT_TO_SERVER) {
-			s->held = 1;
-			s->has_before = has_prev;
-			__builtin_memcpy(&s->before, &prev, sizeof(prev));
+			hold_in_connection(s, &prev, has_prev);
 		} else if (s->held) {
 			s->held = 0;
 			emit_exchange(s, &prev, 0, 0, 0);
@@ -845,7 +866,12 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 					each_call_start(s, &prev, has_prev, moved);
 					return;
 				}
-				file_local_client(s);
+				if (client_covers(s)) {
+					clovisor_release(held);
+					go_counters_only(s);
+					hold_in_connection(s, &prev, has_prev);
+					return;
+				}
 			}
 			clovisor_hold(held, &s->key, &s->owner, &s->cur, s->protocol,
 				      CLOVISOR_POINT_SOCKET, len);
@@ -856,8 +882,6 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 		}
 		count(CLOVISOR_SOCK_STAT_HEAD_NOT_HELD);
 		/* No room to hold: no bytes copied to look at either. */
-		if (!s->decided)
-			file_local_client(s);
 		s->decided = 1;
 		s->held = 0;
 		emit_msg_start(s, &s->cur, &prev, has_prev, (const void *)buf, n, 0);
@@ -900,6 +924,46 @@ int clovisor_sock_recv(__u64 *ctx)
 	return 0;
 }
 
+/* A client socket's key for its server's connection to find, when sk is a
+ * client of a traced HTTP/1.x port and may be filed; 0 otherwise. */
+static __always_inline int client_key(struct sock *sk, struct clovisor_conn_key *key)
+{
+	__u8 side;
+
+	if (!sk || !peer_covered() || sk->sk_protocol != IPPROTO_TCP_ ||
+	    clovisor_port_traced(sk->__sk_common.skc_num) ||
+	    !clovisor_port_traced(bpf_ntohs(sk->__sk_common.skc_dport)))
+		return 0;
+	if (sk->__sk_common.skc_family != AF_INET_ && sk->__sk_common.skc_family != AF_INET6_)
+		return 0;
+	return socket_key(sk, 0, key, &side) == CLOVISOR_PROTO_HTTP;
+}
+
+/* A client's connect completed (in the softirq that took the server's
+ * SYN-ACK, before its ACK goes out): a client of a monitored namespace files
+ * its key. The socket's namespace, not the current task's: this runs on
+ * whichever task the softirq interrupted. */
+static __always_inline void file_client(struct sock *sk)
+{
+	struct clovisor_conn_key key;
+	__u32 netns;
+	__u8 one = 1;
+
+	if (!client_key(sk, &key))
+		return;
+	netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (bpf_map_lookup_elem(&monitored_netns, &netns))
+		bpf_map_update_elem(&sock_local_clients, &key, &one, BPF_ANY);
+}
+
+static __always_inline void forget_client(struct sock *sk)
+{
+	struct clovisor_conn_key key;
+
+	if (client_key(sk, &key))
+		bpf_map_delete_elem(&sock_local_clients, &key);
+}
+
 /* ctx: const struct sock *sk, int oldstate, int newstate */
 SEC("tp_btf/inet_sock_set_state")
 int clovisor_sock_state(__u64 *ctx)
@@ -910,11 +974,18 @@ int clovisor_sock_state(__u64 *ctx)
 	struct clovisor_sock_conn *s;
 	struct clovisor_flow_end *ev;
 
+	if (newstate == TCP_ESTABLISHED_ && oldstate == TCP_SYN_SENT_) {
+		file_client((struct sock *)sk);
+		return 0;
+	}
 	if (newstate != TCP_CLOSE_)
 		return 0;
 	s = bpf_map_lookup_elem(&sock_connections, &sk);
-	if (!s)
+	if (!s) {
+		/* A client that connected and never called: its key goes. */
+		forget_client((struct sock *)sk);
 		return 0;
+	}
 	if (s->held) {
 		/* A request still waiting for its response: send it alone
 		 * first, with the message before it. */

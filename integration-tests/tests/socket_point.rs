@@ -205,22 +205,25 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
     }
 
     // Client and server both traced here, no NAT between them: a server connection whose client
-    // had filed its key when the server first received sends timings and counters alone (the
-    // client's socket carries the bytes). The client files it when its first send returns, and
-    // over the veths the bytes may reach nginx, on the other CPU, before that: a connection that
-    // loses this race carries the bytes at both ends, as before. Of eight connections, at least
-    // one is covered, and every one of them is one decoded session at the four points.
+    // filed its key sends timings and counters alone (the client's socket carries the bytes). The
+    // client files it when its connect completes, before it acknowledges the server's SYN, so
+    // before nginx can accept: every connection is covered, none loses a race to its first bytes
+    // (the first version filed at the client's first send and lost that race under load). Eight
+    // fresh connections: each counted covered, each one decoded session at the four points.
     let covered = r#"clovisor_probe_kernel_total{counter="socket_peer_covered_connections"}"#;
+    // The probe refreshes its kernel counters every second: wait for each figure.
+    let covered_reaches = |n: f64, what: &str| {
+        wait_for(what, Duration::from_secs(5), || {
+            Ok(metric(&clovisor.metrics, covered)? == Some(n))
+        })
+    };
+    covered_reaches(1.0, "the first connection (/socket/plain) counted covered")?;
     for i in 0..8 {
         let path = format!("/socket/covered-{i}");
         curl_traced(&client, &format!("http://{}{path}?n=1", server.ipv4))?;
         one_session_at_four_points(&clovisor, &client, &server, &path)?;
     }
-    wait_for(
-        "a server socket connection counted as covered by its client's",
-        Duration::from_secs(5),
-        || Ok(metric(&clovisor.metrics, covered)?.is_some_and(|n| n >= 1.0)),
-    )?;
+    covered_reaches(9.0, "each of eight fresh connections counted covered")?;
 
     // Keep-alive over IPv6: two requests on one connection are two exchanges at each socket,
     // told apart by the direction switches alone, each joined with the veths' views.
