@@ -167,7 +167,7 @@ impl LocalJoin {
                 .find(|into| merge::fits(&into.session, &s.session));
             match into {
                 Some(into) => {
-                    merge_into(into, std::mem::take(s));
+                    merge_into(into, s);
                     taking.waiting[i] = false;
                     merged.views += 1;
                 }
@@ -205,40 +205,40 @@ fn key_of(s: &Session) -> Option<WireKey> {
     wire_key(s, client)
 }
 
-/// Merges `add` into `into` (which [`merge::fits`] allowed), remembering `add`'s ids. A
-/// counters-only view always goes into the decoded one, whichever came first, and adds no id:
-/// the view is known to nobody else (it was never sent alone), and the correlator indexes every
-/// id it receives. (Re-sent after a probe reconnects, it joins again the same way, or arrives
-/// alone and is recognised as part of the exchange by its wire key.)
+/// Merges `add` into `into` (which [`merge::fits`] allowed), remembering `add`'s ids; `add` is
+/// left merged away, in its batch until the batch goes. A counters-only view always goes into
+/// the decoded one, whichever came first, and adds no id: the view is known to nobody else (it
+/// was never sent alone), and the correlator indexes every id it receives. (Re-sent after a
+/// probe reconnects, it joins again the same way, or arrives alone and is recognised as part of
+/// the exchange by its wire key.) It gives up only what it adds ([`merge::merge_counters`]):
+/// three of the four views of a single host's exchange are counters-only, and moving each
+/// session of nearly a kilobyte out of its batch cost more than what it adds.
 ///
 /// The ends' metadata beside the sessions follows the ends [`merge::merge`] keeps: the server's
 /// from the view that takes it, each name it lacks from the other's.
-fn merge_into(into: &mut Collected, mut add: Collected) {
+fn merge_into(into: &mut Collected, add: &mut Collected) {
     if merge::counters_only(&into.session) && !merge::counters_only(&add.session) {
-        std::mem::swap(into, &mut add);
+        std::mem::swap(into, add);
     }
     // `into`'s origin is kept, `add`'s let go: what it would have written into `add` is written
     // now — its id, which `into` remembers, and its probe's names unless they are `into`'s.
     let add_counters_only = merge::counters_only(&add.session);
-    let same_probe = into.same_probe(&add);
+    let same_probe = into.same_probe(add);
     add.write_origin(!add_counters_only, !same_probe);
-    let Collected {
-        session: mut add,
-        client_meta,
-        server_meta,
-        origin: _,
-    } = add;
-    into.client_meta = filled(into.client_meta.take(), client_meta);
-    into.server_meta = if merge::takes_server_from(&into.session, &add) {
-        filled(server_meta, into.server_meta.take())
+    into.client_meta = filled(into.client_meta.take(), add.client_meta.take());
+    into.server_meta = if merge::takes_server_from(&into.session, &add.session) {
+        filled(add.server_meta.take(), into.server_meta.take())
     } else {
-        filled(into.server_meta.take(), server_meta)
+        filled(into.server_meta.take(), add.server_meta.take())
     };
-    let into = &mut into.session;
     if add_counters_only {
-        merge::merge(into, add);
+        merge::merge_counters(&mut into.session, &mut add.session);
+        // Let go of what is left of it while it is in the cache.
+        drop(std::mem::take(&mut add.session));
         return;
     }
+    let mut add = std::mem::take(&mut add.session);
+    let into = &mut into.session;
     let extra = std::mem::take(&mut add.merged_ids);
     let id = merge::merge(into, add);
     into.merged_ids.push(id);

@@ -161,39 +161,27 @@ pub fn takes_server_from(into: &Session, add: &Session) -> bool {
 }
 
 /// Adds what `add` saw to `into`; returns `add`'s id. The caller has checked [`compatible`].
-pub fn merge(into: &mut Session, add: Session) -> String {
-    let add_better = best_rank(&add) < best_rank(into);
+pub fn merge(into: &mut Session, mut add: Session) -> String {
+    if !counters_only(&add) {
+        merge_fields(into, &mut add);
+    }
+    exact_room(&mut into.observations, add.observations.len());
+    merge_counters(into, &mut add);
+    add.id
+}
+
+/// What a decoded view `add` adds to `into` beyond its point's counters and times
+/// ([`merge_counters`]): protocol, completeness and decoded fields.
+fn merge_fields(into: &mut Session, add: &mut Session) {
     // A counters-only view decoded nothing: the decoded view's protocol and completeness are
     // the exchange's, whichever came first. (A veth that saw the response while the socket did
     // not still knows no status.)
-    let add_counters_only = counters_only(&add);
-    if counters_only(into) && !add_counters_only {
+    if counters_only(into) {
         into.protocol = add.protocol;
         into.incomplete = add.incomplete;
     }
-    let server_from_add = takes_server_from(into, &add);
-    match (into.server.as_mut(), add.server) {
-        (Some(s), Some(a)) if server_from_add => {
-            let mut a = a;
-            fill_endpoint(&mut a, s);
-            *s = a;
-        }
-        (Some(s), Some(a)) => fill_endpoint(s, &a),
-        (None, a) => into.server = a,
-        (Some(_), None) => {}
-    }
-    match (into.client.as_mut(), add.client) {
-        (Some(c), Some(a)) => fill_endpoint(c, &a),
-        (None, a) => into.client = a,
-        (Some(_), None) => {}
-    }
-
-    if add_better {
-        into.bytes = add.bytes;
-        into.packets = add.packets;
-    }
     // A response seen anywhere completes the exchange (seen where it was decoded).
-    if into.incomplete && !add.incomplete && !add_counters_only {
+    if into.incomplete && !add.incomplete {
         into.incomplete = false;
         if let (Some(h), Some(a)) = (into.http.as_mut(), add.http.as_ref()) {
             h.status_code = a.status_code;
@@ -212,7 +200,7 @@ pub fn merge(into: &mut Session, add: Session) -> String {
         }
     }
     if into.analyzer.is_none() {
-        into.analyzer = add.analyzer;
+        into.analyzer = add.analyzer.take();
     }
     // A result decoded whole (a socket point capturing call by call) wins over one cut at a
     // point that kept only the first bytes.
@@ -222,25 +210,73 @@ pub fn merge(into: &mut Session, add: Session) -> String {
         }
     }
     if into.database.is_none() {
-        into.database = add.database;
+        into.database = add.database.take();
     }
     if into.dns.is_none() {
-        into.dns = add.dns;
+        into.dns = add.dns.take();
     }
-    match (into.http.as_mut(), add.http) {
+    match (into.http.as_mut(), add.http.take()) {
         (Some(h), Some(a)) => fill_http(h, &a),
         (None, a) => into.http = a,
         (Some(_), None) => {}
     }
-    if into.trace.is_none() {
-        into.trace = add.trace;
-    }
     if into.grpc.is_none() && add.grpc.is_some() {
         // The point that told the call apart decides: it is a gRPC call.
-        into.grpc = add.grpc;
+        into.grpc = add.grpc.take();
         into.protocol = Protocol::Grpc as i32;
     }
-    for (k, v) in add.attributes {
+}
+
+/// Exactly the room for `more` observations after those there: the correlator keeps an exchange
+/// for the retention time, and the spare capacity of a grown vector would hold empty
+/// observations all that while.
+fn exact_room(observations: &mut Vec<Observation>, more: usize) {
+    let needed = observations.len() + more;
+    if observations.capacity() != needed {
+        let mut all = Vec::with_capacity(needed);
+        all.append(observations);
+        *observations = all;
+    }
+}
+
+/// Path order: by place on the path, then (between node interfaces, or points whose end is
+/// unknown) by when the request was seen.
+fn sort_observations(observations: &mut [Observation]) {
+    observations.sort_by_key(|o| (path_position(o), o.request_start_unix_nanos, rank(o)));
+}
+
+/// What any view `add` adds to `into` as a point of the exchange — its observations, its server
+/// end when it is the server's, its counters when its point ranks better, its times, its trace
+/// and attributes where `into` lacks them — and all a counters-only view ([`counters_only`])
+/// adds. Takes from `add` and leaves it where it is: the collector's local join merges three
+/// counters-only views into each decoded one on a single host, and moving a session of nearly a
+/// kilobyte in and out was a good part of that. A counters-only view adds no id. The
+/// observations vector grows as a vector does: [`merge`] sizes it first, where the session is
+/// kept.
+pub fn merge_counters(into: &mut Session, add: &mut Session) {
+    if best_rank(add) < best_rank(into) {
+        into.bytes = add.bytes;
+        into.packets = add.packets;
+    }
+    let server_from_add = takes_server_from(into, add);
+    match (into.server.as_mut(), add.server.take()) {
+        (Some(s), Some(mut a)) if server_from_add => {
+            fill_endpoint(&mut a, s);
+            *s = a;
+        }
+        (Some(s), Some(a)) => fill_endpoint(s, &a),
+        (None, a) => into.server = a,
+        (Some(_), None) => {}
+    }
+    match (into.client.as_mut(), add.client.as_ref()) {
+        (Some(c), Some(a)) => fill_endpoint(c, a),
+        (None, Some(_)) => into.client = add.client.take(),
+        _ => {}
+    }
+    if into.trace.is_none() {
+        into.trace = add.trace.take();
+    }
+    for (k, v) in std::mem::take(&mut add.attributes) {
         into.attributes.entry(k).or_insert(v);
     }
     if add.start_unix_nanos != 0
@@ -249,18 +285,6 @@ pub fn merge(into: &mut Session, add: Session) -> String {
         into.start_unix_nanos = add.start_unix_nanos;
     }
     into.end_unix_nanos = into.end_unix_nanos.max(add.end_unix_nanos);
-    // Exactly the room needed: the exchange is kept for the retention time, and the spare
-    // capacity of a grown vector would hold empty observations all that while.
-    let needed = into.observations.len() + add.observations.len();
-    if into.observations.capacity() != needed {
-        let mut all = Vec::with_capacity(needed);
-        all.append(&mut into.observations);
-        into.observations = all;
-    }
-    into.observations.extend(add.observations);
-    // Path order: by place on the path, then (between node interfaces, or points whose end
-    // is unknown) by when the request was seen.
-    into.observations
-        .sort_by_key(|o| (path_position(o), o.request_start_unix_nanos, rank(o)));
-    add.id
+    into.observations.append(&mut add.observations);
+    sort_observations(&mut into.observations);
 }
