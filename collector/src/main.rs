@@ -183,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
         .context("correlator URL")?;
     let forwarder = Forwarder::new(
         format!("collector-{:016x}", rand::random::<u64>()),
-        channel,
+        clovisor_proto::hops::SessionConnector::new(channel),
         clovisor_proto::hops::session_delivery_config(),
     );
     let forwarder_stats = forwarder.stats();

@@ -16,6 +16,8 @@
 //! certificate before anything is kept for it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -24,8 +26,11 @@ use clovisor_config::LiveConfig;
 use clovisor_proto::capture::v1::{
     collector_message, Ack, CollectorMessage, FlowTable as OpenFlows, Hello,
 };
-use clovisor_proto::delivery::DeliveryStats;
-use clovisor_proto::hops::{EncodedSession, SessionEncoder};
+use clovisor_proto::delivery::{DeliveryStats, Inbound as DeliveryInbound};
+use clovisor_proto::hops::{
+    CaptureHop, DirectReceiver, EncodedSession, HopMessage, SessionEncoder,
+};
+use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -483,7 +488,7 @@ async fn token_ended(
 async fn run_stream(
     inner: Arc<Inner>,
     hello: Hello,
-    mut inbound: Streaming<Inbound>,
+    mut inbound: impl futures::Stream<Item = Result<Inbound, Status>> + Unpin,
     tx: mpsc::Sender<Result<CollectorMessage, Status>>,
     mut token_end: Option<(AbortOnDrop, oneshot::Receiver<StreamEnd>)>,
 ) {
@@ -506,7 +511,7 @@ async fn run_stream(
     loop {
         let due = stream.join.deadline();
         let next = tokio::select! {
-            msg = inbound.message() => Some(msg),
+            msg = inbound.next() => Some(msg.transpose()),
             () = sleep_until_some(due) => None,
             why = token_ended(&mut token_end) => {
                 stream.end(why, &hello).await;
@@ -713,11 +718,24 @@ impl CaptureService {
         &self,
         request: Request<Streaming<Inbound>>,
     ) -> Result<Response<ReceiverStream<Result<CollectorMessage, Status>>>, Status> {
-        self.inner.ensure_flusher();
         let peer = PeerIdentity::of(&request).cloned();
         let token = bearer_token(request.metadata());
-        let mut inbound = request.into_inner();
-        let first = inbound.message().await.inspect_err(|status| {
+        self.accept(peer, token, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    /// One probe stream, however it came (gRPC, or a probe in this process: [`DirectReceiver`]):
+    /// its `Hello` admitted, with the peer's identity and token when it has them, then its
+    /// messages taken by a task of their own; returns the answers for the probe.
+    async fn accept(
+        &self,
+        peer: Option<PeerIdentity>,
+        token: Option<String>,
+        mut inbound: impl futures::Stream<Item = Result<Inbound, Status>> + Unpin + Send + 'static,
+    ) -> Result<ReceiverStream<Result<CollectorMessage, Status>>, Status> {
+        self.inner.ensure_flusher();
+        let first = inbound.next().await.transpose().inspect_err(|status| {
             self.inner.count_oversized(status);
         })?;
         let hello = match first {
@@ -753,7 +771,27 @@ impl CaptureService {
             tx,
             token_end,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+/// A probe in this process (`clovisor all-in-one`) streams to the service directly: its
+/// messages decoded from the bytes it encoded them into, as the gRPC codec decodes a frame
+/// ([`inbound::ProbeCodec`]), and admitted as a stream without a peer identity or token.
+impl DirectReceiver<CaptureHop> for CaptureService {
+    fn open(
+        &self,
+        outbound: ReceiverStream<HopMessage>,
+    ) -> Pin<Box<dyn Future<Output = Result<DeliveryInbound<CaptureHop>, Status>> + Send + 'static>>
+    {
+        let service = self.clone();
+        Box::pin(async move {
+            let inbound = outbound.map(|m| {
+                Inbound::decode(m.to_bytes()).map_err(|e| Status::internal(e.to_string()))
+            });
+            let answers = service.accept(None, None, inbound).await?;
+            Ok(answers.boxed())
+        })
     }
 }
 

@@ -13,9 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clovisor_proto::delivery::Inbound as DeliveryInbound;
+use clovisor_proto::hops::{DirectReceiver, HopMessage, SessionHop};
 use clovisor_proto::session::v1::session_ingest_server::{SessionIngest, SessionIngestServer};
 use clovisor_proto::session::v1::{Session, SessionAck, SessionBatch};
 use futures::{Stream, StreamExt};
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -348,7 +351,37 @@ impl SessionIngest for IngestService {
         &self,
         request: tonic::Request<tonic::Streaming<SessionBatch>>,
     ) -> Result<tonic::Response<Self::PushStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
+        Ok(tonic::Response::new(self.serve(request.into_inner())))
+    }
+}
+
+/// A collector in this process (`clovisor all-in-one`) streams to the service directly: its
+/// batches decoded from the bytes it encoded them into, as the gRPC codec decodes a frame.
+impl DirectReceiver<SessionHop> for IngestService {
+    fn open(
+        &self,
+        outbound: ReceiverStream<HopMessage>,
+    ) -> Pin<
+        Box<
+            dyn std::future::Future<Output = Result<DeliveryInbound<SessionHop>, tonic::Status>>
+                + Send,
+        >,
+    > {
+        let inbound = outbound.map(|m| {
+            SessionBatch::decode(m.to_bytes()).map_err(|e| tonic::Status::internal(e.to_string()))
+        });
+        let acks = self.serve(inbound);
+        Box::pin(async move { Ok(acks) })
+    }
+}
+
+impl IngestService {
+    /// One collector's stream of batches, however it came: each accepted in turn and
+    /// acknowledged, on a task of its own.
+    fn serve(
+        &self,
+        mut inbound: impl Stream<Item = Result<SessionBatch, tonic::Status>> + Send + Unpin + 'static,
+    ) -> AckStream {
         // Acks are tiny; the bound only matters if the collector stops reading them, and then
         // waiting here is the right back-pressure.
         let (tx, rx) = mpsc::channel(64);
@@ -377,7 +410,7 @@ impl SessionIngest for IngestService {
                 }
             }
         });
-        Ok(tonic::Response::new(ReceiverStream::new(rx).boxed()))
+        ReceiverStream::new(rx).boxed()
     }
 }
 
@@ -388,7 +421,6 @@ mod tests {
     use crate::testing::SessionBuilder;
     use clovisor_proto::inproc;
     use clovisor_proto::session::v1::session_ingest_client::SessionIngestClient;
-    use prost::Message as _;
     use std::time::Duration;
     use tonic::transport::Server;
 
@@ -452,6 +484,40 @@ mod tests {
             ["s1", "s2", "s3", "s4", "t1"],
             "each session stored exactly once"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_collector_in_this_process_pushes_directly_with_the_same_numbering(
+    ) -> anyhow::Result<()> {
+        use clovisor_proto::delivery::Connector as _;
+        use clovisor_proto::hops::SessionConnector;
+        use prost::Message as _;
+        let svc = service();
+        let store = Arc::clone(&svc.store);
+        let mut connector = SessionConnector::direct(Arc::new(svc));
+        let (tx, rx) = mpsc::channel::<HopMessage>(8);
+        for b in [
+            batch("collector-a", 1, &["s1", "s2"]),
+            batch("collector-a", 2, &["s3"]),
+            batch("collector-a", 1, &["s1", "s2"]), // re-sent after a reconnect
+        ] {
+            tx.send(Bytes::from(b.encode_to_vec()).into()).await?;
+        }
+        drop(tx);
+        let mut acks = connector.open(ReceiverStream::new(rx)).await?;
+        let mut seen = Vec::new();
+        while let Some(ack) = tokio::time::timeout(Duration::from_secs(5), acks.next()).await? {
+            seen.push(ack?.seq);
+        }
+        assert_eq!(seen, [1, 2, 1], "every batch acknowledged, in order");
+        let mut ids: Vec<String> = store
+            .query(&Default::default())
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["s1", "s2", "s3"], "each session stored exactly once");
         Ok(())
     }
 

@@ -456,7 +456,9 @@ mod tests {
             SessionHop {
                 sender: "collector-test".into(),
             },
-            SessionConnector(ClientTransport::loopback().lazy_channel(&format!("http://{addr}"))?),
+            SessionConnector::new(
+                ClientTransport::loopback().lazy_channel(&format!("http://{addr}"))?,
+            ),
             DeliveryConfig {
                 max_batch_items: 4,
                 flush_interval: Duration::from_millis(10),

@@ -314,6 +314,15 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         "clean exit on SIGTERM, saw {status:?}\n{}",
         clovisor.proc.log_text()
     );
+    // The pipeline ran dry stage by stage, each stage ending as its input closed (the services
+    // hand their messages to each other directly: nothing but their own streams ends them).
+    let log = clovisor.proc.log_text();
+    assert!(
+        log.contains("all-in-one stopped")
+            && !log.contains("did not finish in time")
+            && !log.contains("stage task failed"),
+        "every stage drained in order on SIGTERM:\n{log}"
+    );
     let left = our_programs_on(&server.host_veth)?;
     assert!(
         left.is_empty(),

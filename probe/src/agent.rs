@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use clovisor_config::LiveConfig;
 use clovisor_proto::delivery::DeliveryConfig;
+use clovisor_proto::hops::CaptureConnector;
 use clovisor_runtime::health::{Flag, Readiness};
 use clovisor_runtime::StopFlag;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 
 use crate::capture::socket_object::SocketCapture;
 use crate::capture::{Capture, CaptureConfig, EventLoop};
@@ -97,13 +97,14 @@ enum Source {
 /// How often the metrics catch up with the kernel's and the pipeline's counters.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs the probe against the collector behind `collector` until `shutdown` resolves, keeping
+/// Runs the probe against the collector `collector` reaches (a gRPC channel, or a collector in
+/// this process: [`CaptureConnector::direct`]) until `shutdown` resolves, keeping
 /// `metrics` up to date and following the live configuration `live` (snaplen, egress rules
 /// and, in Kubernetes, the `clovisor_labels` pod selection).
 pub async fn run(
     config: AgentConfig,
     live: watch::Receiver<LiveConfig>,
-    collector: Channel,
+    collector: CaptureConnector,
     shutdown: impl Future<Output = ()>,
     metrics: Arc<ProbeMetrics>,
 ) -> Result<()> {

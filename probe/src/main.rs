@@ -79,10 +79,15 @@ async fn main() -> anyhow::Result<()> {
         .serve(args.service.metrics_listen, router)
         .await?;
 
-    let result =
-        clovisor_probe::agent::run(config, process.live, channel, process.shutdown, metrics)
-            .await
-            .context("probe");
+    let result = clovisor_probe::agent::run(
+        config,
+        process.live,
+        clovisor_proto::hops::CaptureConnector::new(channel),
+        process.shutdown,
+        metrics,
+    )
+    .await
+    .context("probe");
     process.servers.stop().await.context("HTTP servers")?;
     result
 }

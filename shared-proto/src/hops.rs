@@ -855,11 +855,52 @@ impl<D: prost::Message + Default + Send + 'static> Codec for Encoded<D> {
     }
 }
 
+/// The receiving end of a hop in this process (`clovisor all-in-one`): it takes the sender's
+/// messages as they were encoded and answers with its own, with nothing between them — no
+/// HTTP/2 framing, no copy into a transport's buffers and out again, no tasks of a connection.
+/// The messages and the delivery protocol (numbered batches, acknowledgements, replay) are the
+/// hop's own, as over gRPC; only the transport is left out.
+pub trait DirectReceiver<C: BatchContract<Outbound = HopMessage>>: Send + Sync + 'static {
+    /// Opens one stream: `outbound` yields the sender's messages; the returned stream, the
+    /// receiver's answers.
+    fn open(
+        &self,
+        outbound: ReceiverStream<HopMessage>,
+    ) -> Pin<Box<dyn Future<Output = Result<Inbound<C>, tonic::Status>> + Send + 'static>>;
+}
+
+/// How a connector reaches its receiver.
+enum Via<C: BatchContract<Outbound = HopMessage>> {
+    /// gRPC over a channel (TCP, TLS, or the in-process pipes of [`crate::inproc`]).
+    Grpc(Channel),
+    /// A receiver in this process, called directly.
+    Direct(std::sync::Arc<dyn DirectReceiver<C>>),
+}
+
+impl<C: BatchContract<Outbound = HopMessage>> Clone for Via<C> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Grpc(channel) => Self::Grpc(channel.clone()),
+            Self::Direct(receiver) => Self::Direct(std::sync::Arc::clone(receiver)),
+        }
+    }
+}
+
+impl<C: BatchContract<Outbound = HopMessage>> std::fmt::Debug for Via<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Grpc(channel) => f.debug_tuple("Grpc").field(channel).finish(),
+            Self::Direct(_) => f.write_str("Direct"),
+        }
+    }
+}
+
 /// Opens `Capture.Stream` on a channel, presenting the probe's service account token when one
-/// is configured ([`CaptureConnector::with_token_file`]).
+/// is configured ([`CaptureConnector::with_token_file`]) — or, in one process, streams to the
+/// collector directly ([`CaptureConnector::direct`]).
 #[derive(Debug, Clone)]
 pub struct CaptureConnector {
-    channel: Channel,
+    via: Via<CaptureHop>,
     token_file: Option<std::path::PathBuf>,
 }
 
@@ -867,7 +908,16 @@ impl CaptureConnector {
     /// Streams over `channel`, with no token.
     pub fn new(channel: Channel) -> Self {
         Self {
-            channel,
+            via: Via::Grpc(channel),
+            token_file: None,
+        }
+    }
+
+    /// Streams to `receiver`, a collector in this process (no token: nothing crosses a
+    /// process boundary).
+    pub fn direct(receiver: std::sync::Arc<dyn DirectReceiver<CaptureHop>>) -> Self {
+        Self {
+            via: Via::Direct(receiver),
             token_file: None,
         }
     }
@@ -886,7 +936,10 @@ impl Connector<CaptureHop> for CaptureConnector {
         &mut self,
         outbound: ReceiverStream<HopMessage>,
     ) -> Pin<Box<dyn Future<Output = Result<Inbound<CaptureHop>, tonic::Status>> + Send + '_>> {
-        let channel = self.channel.clone();
+        let channel = match &self.via {
+            Via::Grpc(channel) => channel.clone(),
+            Via::Direct(receiver) => return receiver.open(outbound),
+        };
         let token_file = self.token_file.clone();
         Box::pin(async move {
             let mut request = tonic::Request::new(outbound);
@@ -932,16 +985,32 @@ async fn bearer_metadata(
     Ok(value)
 }
 
-/// Opens `SessionIngest.Push` on a channel.
+/// Opens `SessionIngest.Push` on a channel — or, in one process, streams to the correlator
+/// directly ([`SessionConnector::direct`]).
 #[derive(Debug, Clone)]
-pub struct SessionConnector(pub Channel);
+pub struct SessionConnector(Via<SessionHop>);
+
+impl SessionConnector {
+    /// Streams over `channel`.
+    pub fn new(channel: Channel) -> Self {
+        Self(Via::Grpc(channel))
+    }
+
+    /// Streams to `receiver`, a correlator in this process.
+    pub fn direct(receiver: std::sync::Arc<dyn DirectReceiver<SessionHop>>) -> Self {
+        Self(Via::Direct(receiver))
+    }
+}
 
 impl Connector<SessionHop> for SessionConnector {
     fn open(
         &mut self,
         outbound: ReceiverStream<HopMessage>,
     ) -> Pin<Box<dyn Future<Output = Result<Inbound<SessionHop>, tonic::Status>> + Send + '_>> {
-        let channel = self.0.clone();
+        let channel = match &self.0 {
+            Via::Grpc(channel) => channel.clone(),
+            Via::Direct(receiver) => return receiver.open(outbound),
+        };
         Box::pin(async move {
             open_raw::<session::SessionAck>(
                 channel,

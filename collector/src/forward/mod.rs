@@ -6,21 +6,25 @@ use std::sync::Arc;
 use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
 use clovisor_proto::hops::{EncodedSession, SessionConnector, SessionHop};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
-/// Delivers sessions from a channel to the correlator behind a tonic channel.
+/// Delivers sessions from a channel to the correlator a [`SessionConnector`] reaches (a gRPC
+/// channel, or a correlator in this process).
 pub struct Forwarder {
     sender: Sender<SessionHop, SessionConnector>,
 }
 
 impl Forwarder {
     /// A forwarder identifying itself as `sender_id` (unique per collector process).
-    pub fn new(sender_id: impl Into<String>, channel: Channel, config: DeliveryConfig) -> Self {
+    pub fn new(
+        sender_id: impl Into<String>,
+        correlator: SessionConnector,
+        config: DeliveryConfig,
+    ) -> Self {
         let hop = SessionHop {
             sender: sender_id.into(),
         };
         Self {
-            sender: Sender::new(hop, SessionConnector(channel), config),
+            sender: Sender::new(hop, correlator, config),
         }
     }
 

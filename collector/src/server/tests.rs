@@ -661,3 +661,95 @@ async fn sessions_leave_with_their_ends_named_by_the_probes_metadata() -> anyhow
     }
     Ok(())
 }
+
+/// Sends `msgs` through `connector` as a probe's sender does (each message as it was encoded)
+/// and collects `acks` acknowledgements.
+async fn through(
+    mut connector: clovisor_proto::hops::CaptureConnector,
+    msgs: Vec<ProbeMessage>,
+    acks: usize,
+) -> anyhow::Result<Vec<u64>> {
+    use clovisor_proto::delivery::Connector as _;
+    use prost::Message as _;
+    let (tx, rx) = mpsc::channel::<clovisor_proto::hops::HopMessage>(16);
+    for m in msgs {
+        tx.send(bytes::Bytes::from(m.encode_to_vec()).into())
+            .await?;
+    }
+    let mut inbound = connector.open(ReceiverStream::new(rx)).await?;
+    let mut got = Vec::new();
+    while got.len() < acks {
+        let msg = tokio::time::timeout(Duration::from_secs(5), inbound.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no ack within 5s; got {got:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("stream ended after acks {got:?}"))??;
+        if let Some(collector_message::Kind::Ack(a)) = msg.kind {
+            got.push(a.seq);
+        }
+    }
+    drop(tx);
+    Ok(got)
+}
+
+#[tokio::test]
+async fn a_probe_in_this_process_streams_directly_as_over_grpc() -> anyhow::Result<()> {
+    // Two exchanges in two batches, then a Hello where only the first message may be one.
+    let msgs = || {
+        vec![
+            hello("p1", "node-a"),
+            batch(
+                1,
+                vec![
+                    message(0, Direction::ClientToServer, REQ),
+                    message(1, Direction::ServerToClient, RESP),
+                ],
+            ),
+            batch(
+                2,
+                vec![
+                    message(2, Direction::ClientToServer, REQ),
+                    message(3, Direction::ServerToClient, RESP),
+                ],
+            ),
+        ]
+    };
+    let (channel, mut grpc_out, grpc_metrics) = start(ServiceConfig::default()).await?;
+    let grpc_acks = through(
+        clovisor_proto::hops::CaptureConnector::new(channel),
+        msgs(),
+        2,
+    )
+    .await?;
+
+    let metrics = Arc::new(CollectorMetrics::new());
+    let (out_tx, out_rx) = mpsc::channel(64);
+    let mut direct_out = decoded(out_rx);
+    let svc = CaptureService::with_config(out_tx, Arc::clone(&metrics), ServiceConfig::default());
+    let direct = clovisor_proto::hops::CaptureConnector::direct(Arc::new(svc.clone()));
+    let direct_acks = through(direct.clone(), msgs(), 2).await?;
+    assert_eq!(direct_acks, vec![1, 2]);
+    assert_eq!(
+        direct_acks, grpc_acks,
+        "the same acknowledgements either way"
+    );
+    for _ in 0..2 {
+        let want = tokio::time::timeout(Duration::from_secs(5), grpc_out.recv()).await?;
+        let got = tokio::time::timeout(Duration::from_secs(5), direct_out.recv()).await?;
+        assert!(got.is_some(), "a session for each exchange");
+        assert_eq!(got, want, "the same sessions either way");
+    }
+    assert_eq!(
+        metrics.records_received_for("message"),
+        grpc_metrics.records_received_for("message")
+    );
+
+    // The same admission: a stream whose first message is not a Hello is refused.
+    let refused = through(direct, vec![batch(1, Vec::new())], 1).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("Hello")),
+        "{refused:?}"
+    );
+    Ok(())
+}

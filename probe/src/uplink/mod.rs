@@ -8,7 +8,6 @@ use clovisor_proto::capture::v1::Hello;
 use clovisor_proto::delivery::{DeliveryConfig, DeliveryStats, Sender};
 use clovisor_proto::hops::{CaptureConnector, CaptureHop, RecordChunk};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 /// Who this probe is, told to the collector at the start of every stream.
 #[derive(Debug, Clone)]
@@ -61,18 +60,19 @@ pub fn delivery_config() -> DeliveryConfig {
 /// in records.
 pub const CHUNK_RECORDS: usize = 256;
 
-/// The uplink: takes records from a channel and delivers them to the collector behind `channel`.
+/// The uplink: takes records from a channel and delivers them to the collector `collector`
+/// reaches.
 pub struct Uplink {
     sender: Sender<CaptureHop, CaptureConnector>,
 }
 
 impl Uplink {
-    /// An uplink for `identity` over `channel`, remembering up to `max_flows` open flows to
+    /// An uplink for `identity` through `collector`, remembering up to `max_flows` open flows to
     /// announce again to a collector that restarted, presenting the token in `token_file` (the
     /// pod's projected service account token for the collector's audience) on every stream.
     pub fn new(
         identity: &Identity,
-        channel: Channel,
+        collector: CaptureConnector,
         config: DeliveryConfig,
         max_flows: usize,
         token_file: Option<std::path::PathBuf>,
@@ -84,11 +84,7 @@ impl Uplink {
         };
         let hop = CaptureHop::new(&hello, max_flows);
         Self {
-            sender: Sender::new(
-                hop,
-                CaptureConnector::new(channel).with_token_file(token_file),
-                config,
-            ),
+            sender: Sender::new(hop, collector.with_token_file(token_file), config),
         }
     }
 
