@@ -128,31 +128,21 @@ fn exchange_views(i: u32, probe: &Arc<ProbeNames>) -> [Collected; 4] {
     let seq = i.wrapping_mul(997).wrapping_add(1);
     let port = 30_000 + i % EXCHANGES_PER_BATCH;
     [
-        view(
-            true,
-            observation(PointKind::Socket, Side::Client, "", "wrk", seq),
-            port,
-            probe,
-        ),
-        view(
-            false,
-            observation(PointKind::Pod, Side::Client, "veth-client", "", seq),
-            port,
-            probe,
-        ),
-        view(
-            false,
-            observation(PointKind::Pod, Side::Server, "veth-server", "", seq),
-            port,
-            probe,
-        ),
-        view(
-            false,
-            observation(PointKind::Socket, Side::Server, "", "nginx", seq),
-            port,
-            probe,
-        ),
+        (PointKind::Socket, Side::Client, "", "wrk"),
+        (PointKind::Pod, Side::Client, "veth-client", ""),
+        (PointKind::Pod, Side::Server, "veth-server", ""),
+        (PointKind::Socket, Side::Server, "", "nginx"),
     ]
+    .map(|(kind, side, interface, comm)| {
+        // The client's socket decodes; the other three points send counters only.
+        let decoded = kind == PointKind::Socket && side == Side::Client;
+        view(
+            decoded,
+            observation(kind, side, interface, comm, seq),
+            port,
+            probe,
+        )
+    })
 }
 
 /// Batch `n`'s views: this batch's exchanges (decoded views of every fourth one held back for the

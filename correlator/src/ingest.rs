@@ -442,6 +442,17 @@ mod tests {
         Ok(SessionIngestClient::new(channel))
     }
 
+    /// The ids of the sessions `store` lists, sorted.
+    fn stored_ids(store: &Store) -> Vec<String> {
+        let mut ids: Vec<String> = store
+            .query(&Default::default())
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     fn batch(sender: &str, seq: u64, ids: &[&str]) -> SessionBatch {
         let sessions: Vec<Session> = ids
             .iter()
@@ -473,12 +484,7 @@ mod tests {
             [1, 2, 1, 1, 2, 3],
             "every batch must be acknowledged, in order"
         );
-        let mut ids: Vec<String> = store
-            .query(&Default::default())
-            .iter()
-            .map(|s| s.id.clone())
-            .collect();
-        ids.sort();
+        let ids = stored_ids(&store);
         assert_eq!(
             ids,
             ["s1", "s2", "s3", "s4", "t1"],
@@ -511,12 +517,7 @@ mod tests {
             seen.push(ack?.seq);
         }
         assert_eq!(seen, [1, 2, 1], "every batch acknowledged, in order");
-        let mut ids: Vec<String> = store
-            .query(&Default::default())
-            .iter()
-            .map(|s| s.id.clone())
-            .collect();
-        ids.sort();
+        let ids = stored_ids(&store);
         assert_eq!(ids, ["s1", "s2", "s3"], "each session stored exactly once");
         Ok(())
     }
