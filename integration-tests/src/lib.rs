@@ -650,6 +650,25 @@ impl AllInOne {
         api::sessions(&self.api)
     }
 
+    /// The REST API's sessions once `done` holds of them, waiting up to `timeout`; past it, an
+    /// error naming `what`, with the sessions last seen and the process's log.
+    pub fn wait_for_sessions(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[serde_json::Value]) -> bool,
+    ) -> Result<Vec<serde_json::Value>> {
+        let mut all = Vec::new();
+        let found = wait_for(what, timeout, || {
+            all = self.sessions()?;
+            Ok(done(&all))
+        });
+        match found {
+            Ok(()) => Ok(all),
+            Err(e) => bail!("{e:#}\nsessions: {all:#?}\nlog:\n{}", self.proc.log_text()),
+        }
+    }
+
     /// The metrics text now.
     pub fn metrics_text(&self) -> Result<String> {
         api::metrics_text(&self.metrics)

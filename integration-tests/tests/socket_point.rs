@@ -98,23 +98,15 @@ fn one_session_at_four_points(
     server: &Pod,
     path: &str,
 ) -> Result<Value> {
-    let mut all = Vec::new();
-    let found = wait_for(
+    let all = clovisor.wait_for_sessions(
         "one session seen at both sockets and both veths",
         Duration::from_secs(15),
-        || {
-            all = clovisor.sessions()?;
-            Ok(of_path(&all, path)
+        |all| {
+            of_path(all, path)
                 .iter()
-                .any(|s| points(s) == four_points(client, server)))
+                .any(|s| points(s) == four_points(client, server))
         },
-    );
-    if let Err(e) = found {
-        bail!(
-            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
-            clovisor.proc.log_text()
-        );
-    }
+    )?;
     let sessions = of_path(&all, path);
     assert_eq!(sessions.len(), 1, "one session per exchange: {sessions:#?}");
     check_session_fields(sessions[0], path, 404);
@@ -230,25 +222,17 @@ async fn socket_point_sees_both_ends_with_their_processes_and_ignores_untraced_p
     let v6 = |p: &str| format!("http://[{}]{p}", server.ipv6);
     curl_keep_alive(&client, &[v6("/socket/v6-first"), v6("/socket/v6-second")])?;
     let v6_paths = ["/socket/v6-first", "/socket/v6-second"];
-    let mut all = Vec::new();
-    let found = wait_for(
+    let all = clovisor.wait_for_sessions(
         "IPv6 keep-alive sessions at all four points",
         Duration::from_secs(15),
-        || {
-            all = clovisor.sessions()?;
-            Ok(v6_paths.iter().all(|p| {
-                of_path(&all, p)
+        |all| {
+            v6_paths.iter().all(|p| {
+                of_path(all, p)
                     .iter()
                     .any(|s| points(s) == four_points(&client, &server))
-            }))
+            })
         },
-    );
-    if let Err(e) = found {
-        bail!(
-            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
-            clovisor.proc.log_text()
-        );
-    }
+    )?;
     let [first, second] = v6_paths.map(|p| {
         let found = of_path(&all, p);
         assert_eq!(found.len(), 1, "one session for {p}: {found:#?}");
@@ -425,22 +409,14 @@ async fn socket_point_sees_plaintext_behind_a_tls_tunnel() -> Result<()> {
             Point::new("socket", "nginx", "server"),
         ],
     ];
-    let mut all = Vec::new();
-    let found = wait_for(
+    let all = clovisor.wait_for_sessions(
         "both plaintext legs behind TLS",
         Duration::from_secs(15),
-        || {
-            all = clovisor.sessions()?;
-            let seen: Vec<_> = of_path(&all, path).into_iter().map(points).collect();
-            Ok(legs.iter().all(|l| seen.contains(l)))
+        |all| {
+            let seen: Vec<_> = of_path(all, path).into_iter().map(points).collect();
+            legs.iter().all(|l| seen.contains(l))
         },
-    );
-    if let Err(e) = found {
-        bail!(
-            "{e:#}\nsessions: {all:#?}\nlog:\n{}",
-            clovisor.proc.log_text()
-        );
-    }
+    )?;
     let tls = of_path(&all, path);
     assert_eq!(tls.len(), 2, "one session per leg: {tls:#?}");
     for s in &tls {

@@ -33,20 +33,19 @@ impl Identity {
 
 /// How the probe delivers: the shared protocol's defaults, with batches of up to 4096 records (an
 /// exchange makes two or three records at each point: fewer, larger batches mean fewer HTTP/2
-/// frames, acknowledgements and wake-ups per exchange) and the shared 1 MiB, which leaves the
+/// frames, acknowledgements and wake-ups per exchange) or the shared 1 MiB, which leaves the
 /// receivers' 4 MiB room for the chunk that crosses it (a chunk's messages captured call by call
-/// carry up to 64 KiB each), sealed after 20 ms when not full,
-/// and a replay buffer of 16 MiB (about 100k records — seconds of a busy node — kept for a
-/// collector that restarts; the probe's whole resident memory budget is 50 MiB).
+/// carry up to 64 KiB each), sealed after 20 ms when not full, and a replay buffer of 16 MiB
+/// (about 100k records — seconds of a busy node — kept for a collector that restarts; the
+/// probe's whole resident memory budget is 50 MiB).
 ///
 /// The views of one exchange reach the probe through two ring buffers (the tc programs' and the
 /// socket point's), each drained every 10 ms ([`crate::capture::RING_POLL`]): a batch that spans
 /// more than 10 ms of records (1 MiB is about 17 ms of all-in-one's under load) puts them in one
-/// batch or the next, where the collector's local join
-/// (which holds a batch until the next one, 30 ms at most) merges them. Batches of 1024 records,
-/// 5 ms of an all-in-one node under load, left 13 % of its exchanges with a view two batches away,
-/// joined by the correlator instead, at a higher cost; a 50 ms flush outlasted the local join's
-/// hold at lower rates.
+/// batch or the next, where the collector's local join (which holds a batch until the next one,
+/// 30 ms at most) merges them. Batches of 1024 records, 5 ms of an all-in-one node under load,
+/// left 13 % of its exchanges with a view two batches away, joined by the correlator instead, at
+/// a higher cost; a 50 ms flush outlasted the local join's hold at lower rates.
 pub fn delivery_config() -> DeliveryConfig {
     DeliveryConfig {
         max_batch_items: 4096,
