@@ -214,6 +214,9 @@ fn endpoint(ip: &Bytes, port: u32) -> Endpoint {
     }
 }
 
+/// The points of one host that can see an exchange: both pods' veths and sockets.
+const POINTS_PER_HOST: usize = 4;
+
 /// The session of exchange `ex` on flow `f`.
 pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
     let key = f.key;
@@ -260,11 +263,11 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
             ex.position.to_string(),
         );
     }
-    // Room for a second point's view in a decoded view's vector: the local join merges the
-    // counters-only veth's view of the same exchange into it, which otherwise grows the vector
-    // (an allocation, a copy and a free per exchange). A counters-only view's own vector is
-    // emptied into the decoded one's.
-    let mut observations = Vec::with_capacity(if f.counters_only { 1 } else { 2 });
+    // Room in a decoded view's vector for the views of its exchange a single host's points make
+    // (both veths, both sockets): the local join merges the others into it, which otherwise
+    // grows the vector once or twice per exchange (an allocation, a copy and a free each time).
+    // A counters-only view's own vector is emptied into the decoded one's.
+    let mut observations = Vec::with_capacity(if f.counters_only { 1 } else { POINTS_PER_HOST });
     observations.push(Observation {
         kind: point.kind() as i32,
         interface: point.interface.clone(),
