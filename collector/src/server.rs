@@ -139,18 +139,30 @@ impl Inner {
         if sessions.is_empty() {
             return;
         }
-        let redaction = match self.live.get() {
+        let redaction = self.redaction();
+        for s in sessions {
+            self.finish(&redaction, s);
+        }
+    }
+
+    /// The redaction of the live configuration now, worked out once per batch.
+    fn redaction(&self) -> redact::Redaction {
+        match self.live.get() {
             Some(live) => redact::Redaction::new(&live.borrow().redacted_headers),
             None => redact::Redaction::new(&LiveConfig::default().redacted_headers),
         }
-        .with_query((*self.query_redaction).clone());
-        for Collected { session: s, .. } in sessions {
-            redaction.apply(s);
-            // After redaction: a cut must not leave half a credential-carrying key unmatched.
-            crate::decode::limits::cap_session(s, &self.field_limits, |field| {
-                self.metrics.field_truncated(field);
-            });
-        }
+        .with_query((*self.query_redaction).clone())
+    }
+
+    /// Redacts and caps a session about to leave: the last step before it is encoded, so that a
+    /// single host's exchange is done once, merged, rather than once per point's view (and a
+    /// merge cannot take its attributes past their limit).
+    fn finish(&self, redaction: &redact::Redaction, Collected { session: s, .. }: &mut Collected) {
+        redaction.apply(s);
+        // After redaction: a cut must not leave half a credential-carrying key unmatched.
+        crate::decode::limits::cap_session(s, &self.field_limits, |field| {
+            self.metrics.field_truncated(field);
+        });
     }
 
     /// Hands `sessions` to the output (see [`Inner::deliver_encoded`]), each encoded here,
@@ -544,7 +556,7 @@ async fn run_stream(
         match msg {
             Inbound::Batch(batch) => {
                 let seq = batch.seq();
-                let mut sessions = match stream.inner.batch(probe_id, &batch) {
+                let sessions = match stream.inner.batch(probe_id, &batch) {
                     Ok(sessions) => sessions.unwrap_or_default(),
                     Err(why) => {
                         let _ = stream.release().await;
@@ -552,7 +564,6 @@ async fn run_stream(
                         return;
                     }
                 };
-                stream.inner.redact(&mut sessions);
                 if stream.batch_done(seq, sessions).await.is_err() {
                     return;
                 }
@@ -628,7 +639,9 @@ impl Stream {
     async fn batch_done(&mut self, seq: u64, sessions: Vec<Collected>) -> Result<(), Gone> {
         let mut out = Vec::with_capacity(sessions.len() + 16);
         let encoder = &mut self.encoder;
+        let (inner, redaction) = (&self.inner, self.inner.redaction());
         let merged = self.join.offer(sessions, Instant::now(), |s| {
+            inner.finish(&redaction, s);
             out.push(s.encode(encoder));
         });
         self.inner.metrics.views_merged.inc_by(merged.views);
@@ -653,7 +666,11 @@ impl Stream {
     async fn release(&mut self) -> Result<(), Gone> {
         let mut out = Vec::new();
         let encoder = &mut self.encoder;
-        let unmatched = self.join.flush(|s| out.push(s.encode(encoder)));
+        let (inner, redaction) = (&self.inner, self.inner.redaction());
+        let unmatched = self.join.flush(|s| {
+            inner.finish(&redaction, s);
+            out.push(s.encode(encoder));
+        });
         self.inner.metrics.counter_views_unmatched.inc_by(unmatched);
         self.deliver(out).await?;
         match self.deferred.take() {

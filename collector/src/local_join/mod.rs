@@ -41,7 +41,7 @@ pub const DEFAULT_HOLD: Duration = Duration::from_millis(30);
 ///
 /// Sessions are never moved to be held or handed on: a batch's vector is kept as it came
 /// (sessions merged away or already handed on are marked, not removed) and what leaves is lent
-/// to the caller (`emit`), which encodes it. A session is about 800 bytes; moving each into a
+/// to the caller (`emit`), which redacts, caps and encodes it. A session is about 800 bytes; moving each into a
 /// holding vector, out of it and into an output vector was half of this join's cost.
 #[derive(Debug)]
 pub struct LocalJoin {
@@ -76,9 +76,9 @@ impl Batch {
 
     /// Lends every waiting session to `emit`, then lets go of all; returns how many of them
     /// were counters-only views that found no decoded view here.
-    fn hand_on(&mut self, emit: &mut impl FnMut(&Collected)) -> u64 {
+    fn hand_on(&mut self, emit: &mut impl FnMut(&mut Collected)) -> u64 {
         let mut unmatched = 0;
-        for (s, waiting) in self.sessions.iter().zip(&self.waiting) {
+        for (s, waiting) in self.sessions.iter_mut().zip(&self.waiting) {
             if *waiting {
                 unmatched += u64::from(merge::counters_only(&s.session));
                 emit(s);
@@ -134,7 +134,7 @@ impl LocalJoin {
         &mut self,
         sessions: Vec<Collected>,
         now: Instant,
-        mut emit: impl FnMut(&Collected),
+        mut emit: impl FnMut(&mut Collected),
     ) -> Merged {
         let mut merged = Merged::default();
         let mut taking = Batch::new(sessions);
@@ -191,7 +191,7 @@ impl LocalJoin {
 
     /// Lends every held session to `emit` and lets go of them; returns how many were
     /// counters-only views that found no decoded view here.
-    pub fn flush(&mut self, mut emit: impl FnMut(&Collected)) -> u64 {
+    pub fn flush(&mut self, mut emit: impl FnMut(&mut Collected)) -> u64 {
         let unmatched = self.held.hand_on(&mut emit);
         self.index.clear();
         self.deadline = None;

@@ -567,6 +567,83 @@ async fn over_long_strings_from_the_wire_are_cut_marked_and_counted() -> anyhow:
     Ok(())
 }
 
+/// Two points' views of one exchange (a pod's veth and its socket, one probe) leave as one
+/// session, redacted and cut once: the local join merges them first, then the session is
+/// finished as it leaves — one cut counted, not one per view.
+#[tokio::test]
+async fn views_merged_here_are_redacted_and_cut_once_as_one_session() -> anyhow::Result<()> {
+    use crate::decode::limits::{MAX_LONG_FIELD_BYTES, TRUNCATION_MARK};
+    use clovisor_proto::common::v1::{PointKind, Side};
+    let (channel, mut out, metrics) = start(ServiceConfig::default()).await?;
+    let target = format!("/x?X-Amz-Signature=secret&pad={}", "a".repeat(20_000));
+    let request = format!("GET {target} HTTP/1.1\r\nHost: shop.internal\r\n\r\n");
+    // The same exchange at two points: the same wire key (client address and port, the
+    // request's sequence number), each point's flow of its own.
+    let at = |flow_id, point: &ObservationPoint, index, dir, payload: &[u8], seq| {
+        let mut r = message(index, dir, payload);
+        if let Some(record::Kind::Message(m)) = r.kind.as_mut() {
+            m.flow_id = flow_id;
+            m.point = Some(point.clone());
+            m.tcp_seq = seq;
+        }
+        r
+    };
+    let veth = ObservationPoint {
+        kind: PointKind::Pod as i32,
+        interface: "veth-web".into(),
+        ..ObservationPoint::default()
+    };
+    let socket = ObservationPoint {
+        kind: PointKind::Socket as i32,
+        side: Side::Server as i32,
+        pid: 7,
+        comm: "nginx".into(),
+        ..ObservationPoint::default()
+    };
+    let mut records = Vec::new();
+    for (flow_id, point) in [(9, &veth), (10, &socket)] {
+        records.push(at(
+            flow_id,
+            point,
+            0,
+            Direction::ClientToServer,
+            request.as_bytes(),
+            1000,
+        ));
+        records.push(at(flow_id, point, 1, Direction::ServerToClient, RESP, 5000));
+    }
+    exchange(&channel, vec![hello("p1", "node-a"), batch(1, records)], 1).await?;
+    let s = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("output closed"))?;
+    assert_eq!(s.observations.len(), 2, "one session of both views: {s:?}");
+    let http = s.http.unwrap_or_default();
+    assert!(
+        http.target.len() <= MAX_LONG_FIELD_BYTES
+            && http.target.ends_with(TRUNCATION_MARK)
+            && http
+                .target
+                .starts_with("/x?X-Amz-Signature=REDACTED&pad=aaa"),
+        "redacted, then cut: {:?}",
+        http.target.get(..40)
+    );
+    let counted = metrics
+        .fields_truncated
+        .get_or_create(&crate::metrics::FieldLabel {
+            field: "http.target",
+        })
+        .get();
+    assert_eq!(counted, 1, "one session left, one cut counted");
+    assert_eq!(metrics.views_merged.get(), 1);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), out.recv())
+            .await
+            .is_err(),
+        "nothing else leaves"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_message_over_the_configured_size_ends_the_stream_and_is_counted() -> anyhow::Result<()> {
     let (channel, _out, metrics) = start(ServiceConfig {
