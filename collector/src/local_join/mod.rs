@@ -41,8 +41,9 @@ pub const DEFAULT_HOLD: Duration = Duration::from_millis(30);
 ///
 /// Sessions are never moved to be held or handed on: a batch's vector is kept as it came
 /// (sessions merged away or already handed on are marked, not removed) and what leaves is lent
-/// to the caller (`emit`), which redacts, caps and encodes it. A session is about 800 bytes; moving each into a
-/// holding vector, out of it and into an output vector was half of this join's cost.
+/// to the caller (`emit`), which redacts, caps and encodes it. A session is about 800 bytes;
+/// moving each into a holding vector, out of it and into an output vector was half of this
+/// join's cost.
 #[derive(Debug)]
 pub struct LocalJoin {
     hold: Duration,

@@ -246,16 +246,22 @@ fn sort_observations(observations: &mut [Observation]) {
     observations.sort_by_key(path_order);
 }
 
+/// Observations a view adds that [`add_observations`] puts in place one by one, at most: a
+/// single host's points are four.
+const FEW_OBSERVATIONS: usize = 4;
+
 fn path_order(o: &Observation) -> (u8, u64, u8) {
     (path_position(o), o.request_start_unix_nanos, rank(o))
 }
 
 /// Moves `add`'s observations into `into`'s in path order ([`sort_observations`]): each put
-/// after those it does not precede, where `into`'s are in that order already (every view a
-/// merge made is) — a view adds one or two to a handful, and sorting the whole vector again
-/// for each was most of a counters-only merge's time; else appended and all sorted.
+/// after those it does not precede, where `add` brings a few ([`FEW_OBSERVATIONS`]) and
+/// `into`'s are in that order already (every view a merge made is) — a view adds one or two to
+/// a handful, and sorting the whole vector again for each was most of a counters-only merge's
+/// time; else appended and all sorted (no insertion costs more than a sort, whatever a session
+/// from the wire holds).
 fn add_observations(into: &mut Vec<Observation>, add: &mut Vec<Observation>) {
-    if !into.is_sorted_by_key(path_order) {
+    if add.len() > FEW_OBSERVATIONS || !into.is_sorted_by_key(path_order) {
         into.append(add);
         sort_observations(into);
         return;
@@ -330,7 +336,7 @@ mod tests {
     }
 
     fn observations() -> impl Strategy<Value = Vec<Observation>> {
-        proptest::collection::vec(any::<(u8, u8, u8, u8)>().prop_map(observation), 0..6)
+        proptest::collection::vec(any::<(u8, u8, u8, u8)>().prop_map(observation), 0..8)
     }
 
     proptest! {
