@@ -432,7 +432,18 @@ for p in http/2 grpc dns redis postgresql; do
 done
 
 echo "== the Grafana dashboards' queries (manifests/overlays/grafana), run by Prometheus at $PROM"
-sleep 2
+# Their rates need counters that grew between two scrapes: the calls above came in one burst,
+# each route's series first scraped at its final count. A few more calls over three seconds.
+for _ in $(seq 1 6); do
+  for path in / /missing /boom; do
+    ip netns exec "$CLIENT" curl -s -o /dev/null "http://$SERVER_IP$path" || true
+  done
+  ip netns exec "$CLIENT" curl -s -o /dev/null -d '{"sku":42}' -H 'content-type: application/json' \
+    "http://$SERVER_IP/api/orders" || true
+  sleep 0.5
+done
+# The join window (1 s) closes before they are counted; then a scrape.
+sleep 3
 jq -r '.panels[] | .title as $t | .targets[] | [$t, .expr] | @tsv' \
   manifests/overlays/grafana/dashboards/clovisor-red.json manifests/overlays/grafana/dashboards/clovisor-tcp.json |
   head -n 6 | while IFS=$'\t' read -r title expr; do
