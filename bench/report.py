@@ -200,6 +200,15 @@ def section_b(raw, machine, rep):
     rep.figure("b", "throughput_ratio_socket_point", "throughput with the socket point / veth only",
                t / v if v else None, "×",
                note="what the socket point's hooks cost on top of the veth capture" if v else "not run")
+    # How steady the machine was: the untraced arm is the same load every round, so its spread is
+    # the noise the ratios above sit in.
+    base = [r["untraced"]["per_s"] for r in rows]
+    steady = min(base) / max(base) if base and max(base) > 0 else None
+    rep.figure("b", "untraced_steadiness", "untraced throughput: slowest round / fastest", steady, "×",
+               note=", ".join(fmt(b) for b in base) + " requests/s by round, the same load each time"
+               + ("; under 0.80× the machine's own noise is as large as what the throughput "
+                  "ratios above measure: compare them with care" if steady is not None and steady < 0.8
+                  else ""))
     for q in ("p50", "p99"):
         rep.figure("b", f"{q}_us", f"{q} latency: traced − untraced (median of runs)",
                    med("traced", q) - med("untraced", q), "µs", note=
