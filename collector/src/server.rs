@@ -16,8 +16,6 @@
 //! certificate before anything is kept for it.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -26,7 +24,7 @@ use clovisor_config::LiveConfig;
 use clovisor_proto::capture::v1::{
     collector_message, Ack, CollectorMessage, FlowTable as OpenFlows, Hello,
 };
-use clovisor_proto::delivery::{DeliveryStats, Inbound as DeliveryInbound};
+use clovisor_proto::delivery::{DeliveryStats, Opening};
 use clovisor_proto::hops::{
     CaptureHop, DirectReceiver, EncodedSession, HopMessage, SessionEncoder,
 };
@@ -796,11 +794,7 @@ impl CaptureService {
 /// messages decoded from the bytes it encoded them into, as the gRPC codec decodes a frame
 /// ([`inbound::ProbeCodec`]), and admitted as a stream without a peer identity or token.
 impl DirectReceiver<CaptureHop> for CaptureService {
-    fn open(
-        &self,
-        outbound: ReceiverStream<HopMessage>,
-    ) -> Pin<Box<dyn Future<Output = Result<DeliveryInbound<CaptureHop>, Status>> + Send + 'static>>
-    {
+    fn open(&self, outbound: ReceiverStream<HopMessage>) -> Opening<'static, CaptureHop> {
         let service = self.clone();
         Box::pin(async move {
             let inbound = outbound.map(|m| {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clovisor_proto::delivery::Inbound as DeliveryInbound;
+use clovisor_proto::delivery::Opening;
 use clovisor_proto::hops::{DirectReceiver, HopMessage, SessionHop};
 use clovisor_proto::session::v1::session_ingest_server::{SessionIngest, SessionIngestServer};
 use clovisor_proto::session::v1::{Session, SessionAck, SessionBatch};
@@ -358,15 +358,7 @@ impl SessionIngest for IngestService {
 /// A collector in this process (`clovisor all-in-one`) streams to the service directly: its
 /// batches decoded from the bytes it encoded them into, as the gRPC codec decodes a frame.
 impl DirectReceiver<SessionHop> for IngestService {
-    fn open(
-        &self,
-        outbound: ReceiverStream<HopMessage>,
-    ) -> Pin<
-        Box<
-            dyn std::future::Future<Output = Result<DeliveryInbound<SessionHop>, tonic::Status>>
-                + Send,
-        >,
-    > {
+    fn open(&self, outbound: ReceiverStream<HopMessage>) -> Opening<'static, SessionHop> {
         let inbound = outbound.map(|m| {
             SessionBatch::decode(m.to_bytes()).map_err(|e| tonic::Status::internal(e.to_string()))
         });

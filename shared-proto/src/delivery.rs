@@ -63,13 +63,14 @@ pub type Inbound<C> = Pin<
     Box<dyn futures::Stream<Item = Result<<C as BatchContract>::Inbound, tonic::Status>> + Send>,
 >;
 
+/// A stream being opened ([`Connector::open`]), living as long as `'a`.
+pub type Opening<'a, C> =
+    Pin<Box<dyn Future<Output = Result<Inbound<C>, tonic::Status>> + Send + 'a>>;
+
 /// Opens one stream to the receiver, sending everything `outbound` yields.
 pub trait Connector<C: BatchContract>: Send + 'static {
     /// Opens the stream; the returned stream yields the receiver's messages.
-    fn open(
-        &mut self,
-        outbound: ReceiverStream<C::Outbound>,
-    ) -> Pin<Box<dyn Future<Output = Result<Inbound<C>, tonic::Status>> + Send + '_>>;
+    fn open(&mut self, outbound: ReceiverStream<C::Outbound>) -> Opening<'_, C>;
 }
 
 /// Tuning of a [`Sender`].

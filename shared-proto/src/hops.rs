@@ -11,7 +11,6 @@
 //! would write for the same record, without building it first.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 
@@ -24,7 +23,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 use crate::capture::v1 as capture;
-use crate::delivery::{BatchContract, Connector, DeliveryConfig, Inbound};
+use crate::delivery::{BatchContract, Connector, DeliveryConfig, Opening};
 use crate::session::encode::SessionNames;
 use crate::session::v1 as session;
 use crate::wire::Out;
@@ -863,10 +862,7 @@ impl<D: prost::Message + Default + Send + 'static> Codec for Encoded<D> {
 pub trait DirectReceiver<C: BatchContract<Outbound = HopMessage>>: Send + Sync + 'static {
     /// Opens one stream: `outbound` yields the sender's messages; the returned stream, the
     /// receiver's answers.
-    fn open(
-        &self,
-        outbound: ReceiverStream<HopMessage>,
-    ) -> Pin<Box<dyn Future<Output = Result<Inbound<C>, tonic::Status>> + Send + 'static>>;
+    fn open(&self, outbound: ReceiverStream<HopMessage>) -> Opening<'static, C>;
 }
 
 /// How a connector reaches its receiver.
@@ -932,10 +928,7 @@ impl CaptureConnector {
 }
 
 impl Connector<CaptureHop> for CaptureConnector {
-    fn open(
-        &mut self,
-        outbound: ReceiverStream<HopMessage>,
-    ) -> Pin<Box<dyn Future<Output = Result<Inbound<CaptureHop>, tonic::Status>> + Send + '_>> {
+    fn open(&mut self, outbound: ReceiverStream<HopMessage>) -> Opening<'_, CaptureHop> {
         let channel = match &self.via {
             Via::Grpc(channel) => channel.clone(),
             Via::Direct(receiver) => return receiver.open(outbound),
@@ -1003,10 +996,7 @@ impl SessionConnector {
 }
 
 impl Connector<SessionHop> for SessionConnector {
-    fn open(
-        &mut self,
-        outbound: ReceiverStream<HopMessage>,
-    ) -> Pin<Box<dyn Future<Output = Result<Inbound<SessionHop>, tonic::Status>> + Send + '_>> {
+    fn open(&mut self, outbound: ReceiverStream<HopMessage>) -> Opening<'_, SessionHop> {
         let channel = match &self.0 {
             Via::Grpc(channel) => channel.clone(),
             Via::Direct(receiver) => return receiver.open(outbound),

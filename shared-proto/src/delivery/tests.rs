@@ -54,10 +54,7 @@ struct Receiver {
 struct FakeConnector(Arc<Mutex<Receiver>>);
 
 impl Connector<Contract> for FakeConnector {
-    fn open(
-        &mut self,
-        mut outbound: ReceiverStream<Out>,
-    ) -> Pin<Box<dyn Future<Output = Result<Inbound<Contract>, tonic::Status>> + Send + '_>> {
+    fn open(&mut self, mut outbound: ReceiverStream<Out>) -> Opening<'_, Contract> {
         let shared = Arc::clone(&self.0);
         Box::pin(async move {
             let break_after = {
