@@ -47,7 +47,7 @@ use clovisor_collector::server::inbound::Batch;
 use clovisor_proto::capture::v1::{record, Record, RecordBatch};
 use clovisor_proto::delivery::DeliveryConfig;
 use clovisor_proto::session::v1::Session;
-use nix::time::{clock_gettime, ClockId};
+use clovisor_runtime::process_metrics::thread_cpu_time as thread_cpu;
 use prost::Message as _;
 
 /// The collector binary's allocator: per-exchange allocation is much of what is measured.
@@ -56,12 +56,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The probe's default snaplen (`clovisor-probe --snaplen`).
 const PROBE_SNAPLEN: u32 = 1024;
-
-/// CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`: exact, not sampled at ticks).
-fn thread_cpu() -> anyhow::Result<Duration> {
-    let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).context("thread CPU clock")?;
-    Ok(Duration::from(t))
-}
 
 /// Moves a record's flow into another id space.
 fn shift(r: &mut Record, by: u64) {

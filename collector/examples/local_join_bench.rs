@@ -26,18 +26,13 @@ use clovisor_collector::flows::{Collected, Origin, ProbeNames};
 use clovisor_collector::local_join::LocalJoin;
 use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_proto::session::v1::{Counters, Endpoint, Http, Observation, Protocol, Session};
-use nix::time::{clock_gettime, ClockId};
+use clovisor_runtime::process_metrics::thread_cpu_time as thread_cpu;
 
 /// The collector binary's allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EXCHANGES_PER_BATCH: u32 = 1024;
-
-fn thread_cpu() -> anyhow::Result<Duration> {
-    let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).context("thread CPU clock")?;
-    Ok(Duration::from(t))
-}
 
 fn endpoint(last: u8, port: u32) -> Endpoint {
     Endpoint {

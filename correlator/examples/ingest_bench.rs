@@ -61,15 +61,9 @@ use clovisor_proto::session::v1::{
     Counters, Endpoint, Http, Observation, Protocol, Session, SessionBatch, TraceContext,
     TraceFormat,
 };
-use nix::time::{clock_gettime, ClockId};
+use clovisor_runtime::process_metrics::thread_cpu_time as thread_cpu;
 use prost::Message as _;
 use tokio::sync::mpsc;
-
-/// CPU time this thread has used (exact, not sampled at ticks).
-fn thread_cpu() -> anyhow::Result<Duration> {
-    let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).context("thread CPU clock")?;
-    Ok(Duration::from(t))
-}
 
 /// `VmHWM` and `VmRSS` of this process, in KiB.
 fn rss_kib() -> anyhow::Result<(u64, u64)> {

@@ -1,12 +1,21 @@
 //! The process's own CPU and memory, read from `/proc/self` at each scrape:
 //! `process_cpu_seconds_total` (user + system time) and `process_resident_memory_bytes`, under
-//! the names every Prometheus client library uses, so dashboards chart each component alike.
+//! the names every Prometheus client library uses, so dashboards chart each component alike;
+//! and the calling thread's CPU time, which the benchmarks time their work by.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`: exact, not sampled at
+/// ticks).
+pub fn thread_cpu_time() -> std::io::Result<std::time::Duration> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_err(std::io::Error::from)?;
+    Ok(std::time::Duration::from(t))
+}
 
 /// Clock ticks per second of `/proc/<pid>/stat`'s times: `USER_HZ`, 100 on every Linux ABI.
 const USER_HZ: f64 = 100.0;
