@@ -709,10 +709,11 @@ static __always_inline void go_counters_only(struct clovisor_sock_conn *s)
 	count(CLOVISOR_SOCK_STAT_PEER_COVERED_CONNS);
 }
 
-/* A counters-only connection's request waits for its response in the
- * connection itself. */
-static __always_inline void hold_in_connection(struct clovisor_sock_conn *s,
-					       const struct clovisor_msg *prev, __u8 has_prev)
+/* A request waits for its response: the connection remembers the message
+ * before it (a copying connection's first bytes wait in held_heads; a
+ * counters-only connection's request in the connection alone). */
+static __always_inline void await_response(struct clovisor_sock_conn *s,
+					   const struct clovisor_msg *prev, __u8 has_prev)
 {
 	s->held = 1;
 	s->has_before = has_prev;
@@ -817,7 +818,7 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 		/* Its client's socket carries the bytes: a request is held in
 		 * the connection itself (no held_heads slot, nothing read). */
 		if (dir == CLOVISOR_DIR_CLIENT_TO_SERVER) {
-			hold_in_connection(s, &prev, has_prev);
+			await_response(s, &prev, has_prev);
 		} else if (s->held) {
 			s->held = 0;
 			emit_exchange(s, &prev, 0, 0, 0);
@@ -869,15 +870,13 @@ static __always_inline void on_io(struct sock *sk, __u64 moved, __u8 send)
 				if (client_covers(s)) {
 					clovisor_release(held);
 					go_counters_only(s);
-					hold_in_connection(s, &prev, has_prev);
+					await_response(s, &prev, has_prev);
 					return;
 				}
 			}
 			clovisor_hold(held, &s->key, &s->owner, &s->cur, s->protocol,
 				      CLOVISOR_POINT_SOCKET, len);
-			s->held = 1;
-			s->has_before = has_prev;
-			__builtin_memcpy(&s->before, &prev, sizeof(prev));
+			await_response(s, &prev, has_prev);
 			return;
 		}
 		count(CLOVISOR_SOCK_STAT_HEAD_NOT_HELD);

@@ -207,14 +207,14 @@ fn key_of(s: &Session) -> Option<WireKey> {
 }
 
 /// Merges `add` into `into` (which [`merge::fits`] allowed), remembering `add`'s ids; `add`'s
-/// place in its batch is left holding an empty session until the batch goes. A counters-only view always goes into
-/// the decoded one, whichever came first, and adds no id: the view is known to nobody else (it
-/// was never sent alone), and the correlator indexes every id it receives. (Re-sent after a
-/// probe reconnects, it joins again the same way, or arrives alone and is recognised as part of
-/// the exchange by its wire key.) It gives up only what it adds ([`merge::merge_counters`]) and
-/// the rest is let go at once: three of the four views of a single host's exchange are
-/// counters-only, and moving each session of nearly a kilobyte out of its batch and into the
-/// merge cost more than what it adds.
+/// place in its batch is left holding an empty session until the batch goes. A counters-only
+/// view always goes into the decoded one, whichever came first, and adds no id: the view is
+/// known to nobody else (it was never sent alone), and the correlator indexes every id it
+/// receives. (Re-sent after a probe reconnects, it joins again the same way, or arrives alone
+/// and is recognised as part of the exchange by its wire key.) It gives up only what it adds
+/// ([`merge::merge_counters`]) and the rest is let go at once: three of the four views of a
+/// single host's exchange are counters-only, and moving each session of nearly a kilobyte out of
+/// its batch and into the merge cost more than what it adds.
 ///
 /// The ends' metadata beside the sessions follows the ends [`merge::merge`] keeps: the server's
 /// from the view that takes it, each name it lacks from the other's.
