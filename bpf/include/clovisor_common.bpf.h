@@ -127,16 +127,40 @@ static __always_inline __u32 clovisor_take_held(struct clovisor_held *h, void *t
 	return n;
 }
 
+/* The reader's position in the object's ring (plus one; 0: never) when a
+ * program last woke it (clovisor_wakeup_flags). Each object has its own, as it
+ * has its own ring. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} ring_woken SEC(".maps");
+
 /* Waking the reader costs more than the programs themselves (an
  * inter-processor interrupt; on a VM often a VM exit): wake it only once the
- * ring holds an eighth of its size. Otherwise the reader drains the ring on
- * its own short timer (RING_POLL in probe/src/capture/event_loop.rs). */
+ * ring holds an eighth of its size, and then once until it reads again - not
+ * at every record written while it is on its way. Otherwise the reader drains
+ * the ring on its own short timer (RING_POLL in
+ * probe/src/capture/event_loop.rs), which also reads what a wakeup lost to
+ * two programs racing here would have. */
 static __always_inline __u64 clovisor_wakeup_flags(void *ring)
 {
 	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
 	__u64 size = bpf_ringbuf_query(ring, BPF_RB_RING_SIZE);
+	__u32 zero = 0;
+	__u64 *woken, reader;
 
-	return avail >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (avail < size / 8)
+		return BPF_RB_NO_WAKEUP;
+	woken = bpf_map_lookup_elem(&ring_woken, &zero);
+	if (!woken)
+		return BPF_RB_FORCE_WAKEUP;
+	reader = bpf_ringbuf_query(ring, BPF_RB_CONS_POS) + 1;
+	if (*woken == reader)
+		return BPF_RB_NO_WAKEUP;
+	*woken = reader;
+	return BPF_RB_FORCE_WAKEUP;
 }
 
 /* Adds one to counter idx of a program's per-CPU stats array map. */

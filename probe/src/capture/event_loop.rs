@@ -126,8 +126,9 @@ impl EventLoop {
             .map_err(|source| Error::RingWait { source })?;
         let mut tick = tokio::time::interval((idle_flush / 2).max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The kernel wakes this loop only when the ring is an eighth full (a wakeup costs
-        // more than the programs themselves); below that, it is drained on this timer.
+        // The kernel wakes this loop only when the ring is an eighth full, once until it has
+        // read again (a wakeup costs more than the programs themselves); below that, and for a
+        // wakeup lost to two programs racing, it is drained on this timer.
         let mut poll = tokio::time::interval(RING_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_resync = Instant::now();
