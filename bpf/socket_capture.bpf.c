@@ -65,9 +65,9 @@ struct pt_regs {
 	unsigned long dx;
 	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
-#define SYSCALL_NR(r)	BPF_CORE_READ(r, orig_ax)
-#define SYSCALL_ARG1(r) BPF_CORE_READ(r, si)
-#define SYSCALL_ARG2(r) BPF_CORE_READ(r, dx)
+#define SYSCALL_NR(r)	((r)->orig_ax)
+#define SYSCALL_ARG1(r) ((r)->si)
+#define SYSCALL_ARG2(r) ((r)->dx)
 #define NR_READ		0
 #define NR_WRITE	1
 #define NR_READV	19
@@ -81,9 +81,9 @@ struct pt_regs {
 	unsigned long regs[31];
 	int syscallno;
 } __attribute__((preserve_access_index));
-#define SYSCALL_NR(r)	BPF_CORE_READ(r, syscallno)
-#define SYSCALL_ARG1(r) BPF_CORE_READ(r, regs[1])
-#define SYSCALL_ARG2(r) BPF_CORE_READ(r, regs[2])
+#define SYSCALL_NR(r)	((r)->syscallno)
+#define SYSCALL_ARG1(r) ((r)->regs[1])
+#define SYSCALL_ARG2(r) ((r)->regs[2])
 #define NR_READ		63
 #define NR_WRITE	64
 #define NR_READV	65
@@ -312,35 +312,42 @@ struct call_data {
 	__u8 vector;
 };
 
+/* The registers are a BTF-typed pointer (bpf_task_pt_regs): read by direct,
+ * CO-RE-relocated loads, not a helper call each - all three at once, on one
+ * path, so that the compiler cannot merge a load from the registers with one
+ * from the stack (the verifier refuses an instruction used with both). */
 static __always_inline int call_data(struct call_data *c)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	struct umsghdr_iov mh = {};
-	__u64 arg;
+	__u64 arg1, arg2;
 	long nr;
 
 	if (!regs)
 		return 0;
 	nr = SYSCALL_NR(regs);
+	arg1 = SYSCALL_ARG1(regs);
+	arg2 = SYSCALL_ARG2(regs);
+	barrier_var(arg1);
+	barrier_var(arg2);
 	switch (nr) {
 	case NR_READ:
 	case NR_WRITE:
 	case NR_RECVFROM:
 	case NR_SENDTO:
-		c->base = SYSCALL_ARG1(regs);
-		c->len = SYSCALL_ARG2(regs);
+		c->base = arg1;
+		c->len = arg2;
 		c->vector = 0;
 		return 1;
 	case NR_READV:
 	case NR_WRITEV:
-		c->base = SYSCALL_ARG1(regs);
-		c->len = SYSCALL_ARG2(regs);
+		c->base = arg1;
+		c->len = arg2;
 		c->vector = 1;
 		return 1;
 	case NR_SENDMSG:
 	case NR_RECVMSG:
-		arg = SYSCALL_ARG1(regs);
-		if (bpf_probe_read_user(&mh, sizeof(mh), (const void *)(arg + MSGHDR_IOV_OFFSET)))
+		if (bpf_probe_read_user(&mh, sizeof(mh), (const void *)(arg1 + MSGHDR_IOV_OFFSET)))
 			return 0;
 		c->base = mh.msg_iov;
 		c->len = mh.msg_iovlen;
