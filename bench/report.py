@@ -271,6 +271,26 @@ def section_b(raw, machine, rep):
         acct = (f"NOT accounted: {fmt(ao['served'] - ao['sessions'] - lost)} requests neither traced nor "
                 "counted as dropped" + ("; counted: " + ", ".join(f"{k} {fmt(v)}" for k, v in ao["losses"].items())
                                         if ao["losses"] else ""))
+    # Wake-ups of the rings' readers: IRQ-work interrupts (machine-wide) per request of each arm.
+    def irq_work_per_request(arm):
+        n = interrupts = 0
+        for p in range(1, pairs + 1):
+            path = raw / "b" / f"pair-{p}-{arm}.irqwork.json"
+            wrk = raw / "b" / f"pair-{p}-{arm}.wrk.json"
+            if path.exists() and wrk.exists():
+                iw = load(path)
+                interrupts += iw["after"] - iw["before"]
+                n += load(wrk)["requests"]
+        return interrupts / n if n else None
+
+    iwi = {m: irq_work_per_request(m) if runs[m] else None for m in modes}
+    rep.figure("b", "irq_work_per_request", "all-in-one: IRQ-work interrupts per request (machine-wide)",
+               iwi["aio"], "", note=(
+                   "untraced " + " / veth only ".join(fmt(iwi[m], "") for m in ("untraced", "veth"))
+                   + f" / fully traced {fmt(iwi['traced'], '')} (/proc/interrupts IWI over each arm's wrk runs, "
+                   "per request wrk completed): a BPF program waking a ring's reader is one (an "
+                   "inter-processor interrupt, on a VM a VM exit); the programs wake it once a ring is an "
+                   "eighth full, and then once until it has read") if iwi["aio"] is not None else "not run")
     rep.figure("b", "all_in_one_traced_fraction", "all-in-one: requests traced during its runs",
                100.0 * ao["sessions"] / ao["served"] if ao["served"] else None, "%", 100.0, ">=",
                f"{fmt(ao['sessions'])} exchanges counted (clovisor_http_requests_total) / "

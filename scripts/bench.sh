@@ -337,6 +337,11 @@ run_wrk() { # connections seconds out.json [netns url]
 # Requests nginx has served so far, this status request included.
 nginx_requests() { ip netns exec "$SERVER" curl -fsS --max-time 2 http://127.0.0.1:8081/ | awk 'NR == 3 { print $3 }'; }
 
+# IRQ-work interrupts so far, all CPUs (/proc/interrupts, IWI): how a BPF program wakes a ring
+# buffer's reader (an inter-processor interrupt; on a VM usually a VM exit), among the kernel's other
+# deferred work.
+irq_work_count() { awk '$1 == "IWI:" { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; print n }' /proc/interrupts; }
+
 wrk_line() { jq -r '"\(.requests) requests, \(.requests / .duration_us * 1e6 | floor)/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs"' "$1"; }
 
 # The /metrics of every process in SCRAPED, concatenated.
@@ -626,7 +631,10 @@ for p in $(seq 1 "$PAIRS"); do
       n0=$(nginx_requests)
       cpu0=$(cpu_snapshot "${procs[@]}")
     fi
+    iw0=$(irq_work_count)
     run_wrk "$CONNS" "$SECONDS_PER_RUN" "$f.wrk.json"
+    iw1=$(irq_work_count)
+    echo "{\"before\": ${iw0:-0}, \"after\": ${iw1:-0}}" >"$f.irqwork.json"
     if [ "$mode" != untraced ]; then
       n1=$(nginx_requests)
       settle
