@@ -277,8 +277,8 @@ def section_b(raw, machine, rep):
         for p in range(1, pairs + 1):
             path = raw / "b" / f"pair-{p}-{arm}.irqwork.json"
             wrk = raw / "b" / f"pair-{p}-{arm}.wrk.json"
-            if path.exists() and wrk.exists():
-                iw = load(path)
+            iw = load(path) if path.exists() else {}
+            if iw.get("before") is not None and iw.get("after") is not None and wrk.exists():
                 interrupts += iw["after"] - iw["before"]
                 n += load(wrk)["requests"]
         return interrupts / n if n else None
@@ -287,10 +287,11 @@ def section_b(raw, machine, rep):
     rep.figure("b", "irq_work_per_request", "all-in-one: IRQ-work interrupts per request (machine-wide)",
                iwi["aio"], "", note=(
                    "untraced " + " / veth only ".join(fmt(iwi[m], "") for m in ("untraced", "veth"))
-                   + f" / fully traced {fmt(iwi['traced'], '')} (/proc/interrupts IWI over each arm's wrk runs, "
+                   + f" / fully traced {fmt(iwi['traced'], '')} (/proc/interrupts' IRQ-work line over each arm's wrk runs, "
                    "per request wrk completed): a BPF program waking a ring's reader is one (an "
                    "inter-processor interrupt, on a VM a VM exit); the programs wake it once a ring is an "
-                   "eighth full, and then once until it has read") if iwi["aio"] is not None else "not run")
+                   "eighth full, and then once until it has read") if iwi["aio"] is not None
+               else "not measured: the arm did not run, or /proc/interrupts lists no IRQ-work line")
     rep.figure("b", "all_in_one_traced_fraction", "all-in-one: requests traced during its runs",
                100.0 * ao["sessions"] / ao["served"] if ao["served"] else None, "%", 100.0, ">=",
                f"{fmt(ao['sessions'])} exchanges counted (clovisor_http_requests_total) / "

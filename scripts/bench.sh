@@ -337,10 +337,13 @@ run_wrk() { # connections seconds out.json [netns url]
 # Requests nginx has served so far, this status request included.
 nginx_requests() { ip netns exec "$SERVER" curl -fsS --max-time 2 http://127.0.0.1:8081/ | awk 'NR == 3 { print $3 }'; }
 
-# IRQ-work interrupts so far, all CPUs (/proc/interrupts, IWI): how a BPF program wakes a ring
-# buffer's reader (an inter-processor interrupt; on a VM usually a VM exit), among the kernel's other
-# deferred work.
-irq_work_count() { awk '$1 == "IWI:" { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; print n }' /proc/interrupts; }
+# IRQ-work interrupts so far, all CPUs (/proc/interrupts: IWI on x86, an IPI line on arm64), or
+# null where the kernel lists none: how a BPF program wakes a ring buffer's reader (an
+# inter-processor interrupt; on a VM usually a VM exit), among the kernel's other deferred work.
+irq_work_count() {
+  awk '/IRQ work interrupts/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; print n; found = 1 }
+    END { if (!found) print "null" }' /proc/interrupts
+}
 
 wrk_line() { jq -r '"\(.requests) requests, \(.requests / .duration_us * 1e6 | floor)/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs"' "$1"; }
 
@@ -634,7 +637,7 @@ for p in $(seq 1 "$PAIRS"); do
     iw0=$(irq_work_count)
     run_wrk "$CONNS" "$SECONDS_PER_RUN" "$f.wrk.json"
     iw1=$(irq_work_count)
-    echo "{\"before\": ${iw0:-0}, \"after\": ${iw1:-0}}" >"$f.irqwork.json"
+    echo "{\"before\": ${iw0:-null}, \"after\": ${iw1:-null}}" >"$f.irqwork.json"
     if [ "$mode" != untraced ]; then
       n1=$(nginx_requests)
       settle
