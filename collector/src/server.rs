@@ -38,7 +38,7 @@ use clovisor_proto::tls::PeerIdentity;
 use self::admission::{AdmissionConfig, AdmittedToken, Recheck, Refused, StreamEnd};
 use self::inbound::{Batch, Inbound};
 use crate::decode::redact;
-use crate::flows::{Collected, FlowTable, FlowTableConfig};
+use crate::flows::{Collected, CounterView, FlowTable, FlowTableConfig};
 use crate::local_join::LocalJoin;
 use crate::metrics::CollectorMetrics;
 
@@ -291,12 +291,13 @@ impl Inner {
         for start in table.flows {
             st.table.start_flow(probe_id, start, now, &mut out);
         }
+        st.table.take_counter_views_as_sessions(&mut out);
         out
     }
 
     /// Processes a batch unless already processed; returns the sessions it completed. A batch
     /// number more than `max_seq_jump` past the last one processed is refused.
-    fn batch(&self, probe_id: &str, batch: &Batch) -> Result<Option<Vec<Collected>>, Refused> {
+    fn batch(&self, probe_id: &str, batch: &Batch) -> Result<Option<Made>, Refused> {
         let mut st = self.lock();
         let last = st.last_seq.get(probe_id).copied();
         let seq = batch.seq();
@@ -329,9 +330,22 @@ impl Inner {
                 st.last_seq.insert(probe_id.to_owned(), seq);
             }
         }
+        let mut views = Vec::new();
+        st.table.take_counter_views(&mut views);
         self.metrics.batches_processed.inc();
-        Ok(Some(out))
+        Ok(Some(Made {
+            sessions: out,
+            views,
+        }))
     }
+}
+
+/// What one batch made: sessions, and the counters-only views the flow table kept apart for
+/// the local join.
+#[derive(Debug, Default)]
+struct Made {
+    sessions: Vec<Collected>,
+    views: Vec<CounterView>,
 }
 
 async fn flush_loop(weak: Weak<Inner>, period: Duration) {
@@ -343,7 +357,11 @@ async fn flush_loop(weak: Weak<Inner>, period: Duration) {
             return;
         };
         let mut out = Vec::new();
-        inner.lock().table.flush(Instant::now(), &mut out);
+        {
+            let mut st = inner.lock();
+            st.table.flush(Instant::now(), &mut out);
+            st.table.take_counter_views_as_sessions(&mut out);
+        }
         inner.count_counters_only(&out);
         inner.redact(&mut out);
         if inner.deliver(out).await.is_err() {
@@ -378,7 +396,12 @@ impl CaptureService {
     ) -> Self {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
-                table: FlowTable::new(config.flows, Arc::clone(&metrics)),
+                table: {
+                    // Counters-only views go to the local join as they are (`Made::views`).
+                    let mut table = FlowTable::new(config.flows, Arc::clone(&metrics));
+                    table.keep_counter_views_apart();
+                    table
+                },
                 last_seq: HashMap::new(),
                 node_probe: HashMap::new(),
                 owners: HashMap::new(),
@@ -554,15 +577,15 @@ async fn run_stream(
         match msg {
             Inbound::Batch(batch) => {
                 let seq = batch.seq();
-                let sessions = match stream.inner.batch(probe_id, &batch) {
-                    Ok(sessions) => sessions.unwrap_or_default(),
+                let made = match stream.inner.batch(probe_id, &batch) {
+                    Ok(made) => made.unwrap_or_default(),
                     Err(why) => {
                         let _ = stream.release().await;
                         let _ = stream.tx.send(Err(stream.inner.refuse(why, &hello))).await;
                         return;
                     }
                 };
-                if stream.batch_done(seq, sessions).await.is_err() {
+                if stream.batch_done(seq, made).await.is_err() {
                     return;
                 }
             }
@@ -634,14 +657,17 @@ impl Stream {
     }
 
     /// A batch's sessions through the local join to the output; then acknowledges what may be.
-    async fn batch_done(&mut self, seq: u64, sessions: Vec<Collected>) -> Result<(), Gone> {
+    async fn batch_done(&mut self, seq: u64, made: Made) -> Result<(), Gone> {
+        let Made { sessions, views } = made;
         let mut out = Vec::with_capacity(sessions.len() + 16);
         let encoder = &mut self.encoder;
         let (inner, redaction) = (&self.inner, self.inner.redaction());
-        let merged = self.join.offer(sessions, Instant::now(), |s| {
-            inner.finish(&redaction, s);
-            out.push(s.encode(encoder));
-        });
+        let merged = self
+            .join
+            .offer_with_views(sessions, views, Instant::now(), |s| {
+                inner.finish(&redaction, s);
+                out.push(s.encode(encoder));
+            });
         self.inner.metrics.views_merged.inc_by(merged.views);
         self.inner
             .metrics

@@ -55,7 +55,7 @@ pub mod session {
     }
 
     #[cfg(test)]
-    mod arb;
+    pub(crate) mod arb;
     pub mod decode;
     pub mod encode;
     pub use decode::{decode, DecodeError};

@@ -9,7 +9,7 @@ use clovisor_proto::capture::v1::{self as capture, FlowKey, ObservationPoint, Pr
 
 use super::counters;
 use super::endpoints::{Endpoints, Ends};
-use super::session::{self, Collected, FlowNames, FlowParts, ProbeNames};
+use super::session::{self, Collected, CounterView, FlowNames, FlowParts, ProbeNames};
 use crate::decode::{
     Captured, Decoders, Detected, Direction, Exchange, FlowDecoder, FlowInfo, Message,
     MessageStats, Output, Step,
@@ -78,6 +78,9 @@ pub(super) struct Ctx<'a> {
     pub decoders: &'a Decoders,
     pub metrics: &'a CollectorMetrics,
     pub out: &'a mut Vec<Collected>,
+    /// Where counters-only views go when kept apart from sessions
+    /// ([`super::FlowTable::keep_counter_views_apart`]).
+    pub counter_views: Option<&'a mut Vec<CounterView>>,
 }
 
 impl Flow {
@@ -471,9 +474,13 @@ impl Output for Sink<'_, '_> {
             ends: Ends::of(self.ctx.endpoints, self.key),
             counters_only: self.protocol == counters::NAME,
         };
-        let session = session::build(&parts, exchange);
-        self.ctx.metrics.session_emitted(session.session.incomplete);
-        self.ctx.out.push(session);
+        self.ctx.metrics.session_emitted(exchange.incomplete);
+        match &mut self.ctx.counter_views {
+            Some(views) if parts.counters_only => {
+                views.push(session::counter_view(&parts, exchange))
+            }
+            _ => self.ctx.out.push(session::build(&parts, exchange)),
+        }
     }
 
     fn decode_error(&mut self, reason: &'static str) {

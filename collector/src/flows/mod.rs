@@ -33,7 +33,7 @@ use endpoints::{Endpoints, Ends, SeriesCache};
 use flow::{Ctx, Flow, Identity};
 
 pub use endpoints::EndpointMeta;
-pub use session::{Collected, Origin, ProbeNames};
+pub use session::{Collected, CounterView, Origin, ProbeNames};
 
 /// Limits of a [`FlowTable`].
 #[derive(Debug, Clone)]
@@ -104,6 +104,9 @@ pub struct FlowTable {
     /// Identities of flows whose state was dropped (idle, or to make room) while their probe may
     /// still have them open: a probe announces a flow once, so its next message names only its id.
     dormant: Dormant,
+    /// Counters-only views made since the caller last took them, when it asked for them apart
+    /// ([`FlowTable::keep_counter_views_apart`]); `None`: each is made a session.
+    counter_views: Option<Vec<CounterView>>,
 }
 
 /// Identities of flows dropped from the table but not ended, at most as many as the table holds
@@ -214,6 +217,33 @@ impl FlowTable {
             activity: Activity::default(),
             series: SeriesCache::default(),
             dormant: Dormant::default(),
+            counter_views: None,
+        }
+    }
+
+    /// From now on, makes each counters-only view ([`CounterView`]: a covered pod veth's
+    /// timings and counters of an exchange) a view apart, for the caller to take
+    /// ([`FlowTable::take_counter_views`]) with the sessions of the same calls, rather than a
+    /// session: for a caller that hands them to the local join, which adds most of them to the
+    /// decoded view of their exchange without ever making them sessions.
+    pub fn keep_counter_views_apart(&mut self) {
+        self.counter_views.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the counters-only views made since the last call into `into` (none unless kept
+    /// apart). A caller that keeps them apart takes them after every call that may make
+    /// sessions, with those sessions.
+    pub fn take_counter_views(&mut self, into: &mut Vec<CounterView>) {
+        if let Some(views) = &mut self.counter_views {
+            into.append(views);
+        }
+    }
+
+    /// [`FlowTable::take_counter_views`] made sessions, into `into`: for a caller whose sessions
+    /// do not go through the local join.
+    pub fn take_counter_views_as_sessions(&mut self, into: &mut Vec<Collected>) {
+        if let Some(views) = &mut self.counter_views {
+            into.extend(views.drain(..).map(CounterView::into_collected));
         }
     }
 
@@ -460,6 +490,7 @@ impl FlowTable {
             decoders: &self.decoders,
             metrics: &self.metrics,
             out,
+            counter_views: self.counter_views.as_mut(),
         };
         // A message re-sent with its final counters replaces the one held for them.
         if flow.holds(m.index) {
@@ -601,6 +632,7 @@ impl FlowTable {
             decoders: &self.decoders,
             metrics: &self.metrics,
             out,
+            counter_views: self.counter_views.as_mut(),
         };
         flow.close(Instant::now(), &mut ctx);
         publish_bytes(&self.metrics, &mut self.series, &state.endpoints, &mut flow);
@@ -638,6 +670,7 @@ impl FlowTable {
                 decoders: &self.decoders,
                 metrics: &self.metrics,
                 out: &mut *out,
+                counter_views: self.counter_views.as_mut(),
             };
             while flow
                 .oldest_pending()

@@ -7,7 +7,10 @@ use bytes::Bytes;
 use clovisor_proto::capture::v1 as capture;
 use clovisor_proto::common::v1::Side;
 use clovisor_proto::hops::{EncodedSession, SessionEncoder};
-use clovisor_proto::join::key::MESSAGE_POSITION_ATTRIBUTE;
+use clovisor_proto::join::key::{
+    has_tcp_seq, wire_key_of, ClientAddr, WireKey, MESSAGE_POSITION_ATTRIBUTE,
+};
+use clovisor_proto::join::merge::PointView;
 use clovisor_proto::session::encode::{IdParts, ObservationNames, SessionNames};
 use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Protocol, Session};
 
@@ -73,6 +76,11 @@ impl Origin {
             index: self.index,
             position: self.position,
         }
+    }
+
+    /// Whether both name the same probe.
+    pub fn same_probe(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.probe, &other.probe) || self.probe == other.probe
     }
 
     fn observations(&self) -> ObservationNames<'_> {
@@ -161,7 +169,7 @@ impl Collected {
     /// names to be written in), as far as is known.
     pub fn same_probe(&self, other: &Self) -> bool {
         match (&self.origin, &other.origin) {
-            (Some(a), Some(b)) => Arc::ptr_eq(&a.probe, &b.probe) || a.probe == b.probe,
+            (Some(a), Some(b)) => a.same_probe(b),
             (None, None) => true,
             _ => false,
         }
@@ -217,18 +225,18 @@ fn endpoint(ip: &Bytes, port: u32) -> Endpoint {
 /// The points of one host that can see an exchange: both pods' veths and sockets.
 const POINTS_PER_HOST: usize = 4;
 
-/// The session of exchange `ex` on flow `f`.
-pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
-    let key = f.key;
+/// One point's part of exchange `ex` on flow `f`: its observation, counters and times.
+struct Point {
+    observation: Observation,
+    bytes: Counters,
+    packets: Counters,
+    start_unix_nanos: u64,
+    end_unix_nanos: u64,
+}
+
+fn point(f: &FlowParts<'_>, ex: &Exchange) -> Point {
     let point = f.point;
     let resp = ex.response.unwrap_or_default();
-    let side = f.ends.side(point);
-    let (client_meta, server_meta) = match (f.counters_only, side) {
-        (false, _) => (f.ends.client, f.ends.server),
-        (true, Side::Server) => (None, f.ends.server),
-        (true, Side::Client) => (f.ends.client, None),
-        (true, _) => (None, None),
-    };
     // Counters cannot be split between pipelined exchanges: the first carries the message's.
     let first = ex.position == 0;
     let (req_bytes, req_packets, resp_bytes, resp_packets) = if first {
@@ -247,33 +255,12 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
     } else {
         point.node.clone()
     };
-    let (http, grpc, dns, database, analyzer, kafka) = match ex.fields {
-        Fields::Http(h) => (Some(h), None, None, None, None, None),
-        Fields::Grpc { http, grpc } => (Some(http), Some(grpc), None, None, None, None),
-        Fields::Dns(d) => (None, None, Some(d), None, None, None),
-        Fields::Database(d) => (None, None, None, Some(d), None, None),
-        Fields::Analyzer(a) => (None, None, None, None, Some(a), None),
-        Fields::Kafka(k) => (None, None, None, None, None, Some(k)),
-        Fields::None => (None, None, None, None, None, None),
-    };
-    let mut attributes = ex.attributes;
-    if keyed_by_position(ex.protocol, ex.position) {
-        attributes.insert(
-            MESSAGE_POSITION_ATTRIBUTE.to_owned(),
-            ex.position.to_string(),
-        );
-    }
-    // Room in a decoded view's vector for the views of its exchange a single host's points make
-    // (both veths, both sockets): the local join merges the others into it, which otherwise
-    // grows the vector once or twice per exchange (an allocation, a copy and a free each time).
-    // A counters-only view's own vector is emptied into the decoded one's.
-    let mut observations = Vec::with_capacity(if f.counters_only { 1 } else { POINTS_PER_HOST });
-    observations.push(Observation {
+    let observation = Observation {
         kind: point.kind() as i32,
         interface: point.interface.clone(),
         node,
         probe_id: String::new(),
-        side: side as i32,
+        side: f.ends.side(point) as i32,
         request_start_unix_nanos: ex.request.start,
         request_end_unix_nanos: ex.request.end,
         response_start_unix_nanos: resp.start,
@@ -292,27 +279,153 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
         pid: point.pid,
         comm: point.comm.clone(),
         netns_inode: point.netns_inode,
-    });
-    let session = Session {
-        id: String::new(),
-        protocol: ex.protocol as i32,
-        client: Some(endpoint(&f.names.client_ip, key.client_port)),
-        server: Some(endpoint(&f.names.server_ip, key.server_port)),
-        observations,
+    };
+    Point {
+        observation,
+        bytes: Counters {
+            request: req_bytes,
+            response: resp_bytes,
+        },
+        packets: Counters {
+            request: u64::from(req_packets),
+            response: u64::from(resp_packets),
+        },
         start_unix_nanos: ex.request.start,
         end_unix_nanos: if ex.response.is_some() {
             resp.end
         } else {
             ex.request.end
         },
-        bytes: Some(Counters {
-            request: req_bytes,
-            response: resp_bytes,
-        }),
-        packets: Some(Counters {
-            request: u64::from(req_packets),
-            response: u64::from(resp_packets),
-        }),
+    }
+}
+
+fn origin(f: &FlowParts<'_>, ex: &Exchange) -> Origin {
+    Origin {
+        id_prefix: Arc::clone(&f.names.id_prefix),
+        index: ex.request.index,
+        position: ex.position,
+        probe: Arc::clone(f.probe),
+    }
+}
+
+/// A counters-only view ([`FlowParts::counters_only`]) as the flow table hands it to the local
+/// join when asked to keep such views apart ([`super::FlowTable::keep_counter_views_apart`]):
+/// its point's part of the exchange ([`PointView`]) and its wire key, not a session. The local
+/// join adds it to the decoded view of its exchange
+/// ([`clovisor_proto::join::merge::merge_point`]); only one that
+/// finds none becomes a session ([`CounterView::into_collected`]). Three of a single host's four
+/// views of an exchange are counters-only, and building, moving and dropping a session of nearly
+/// a kilobyte for each was a tenth of all-in-one's time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CounterView {
+    pub view: PointView,
+    /// The wire key of its session: its client's address and port and its
+    /// request's sequence number, when it has one
+    /// ([`clovisor_proto::join::key::wire_key`]).
+    pub key: Option<WireKey>,
+    /// Its own end's pod metadata, as its session would carry it ([`Collected::client_meta`]).
+    pub client_meta: Option<Arc<EndpointMeta>>,
+    pub server_meta: Option<Arc<EndpointMeta>>,
+    pub origin: Origin,
+}
+
+impl CounterView {
+    /// Writes its probe's id and node into its observation ([`Collected::write_origin`]):
+    /// before it is merged into a view of another probe, which will not know them.
+    pub fn write_probe_names(&mut self) {
+        self.origin.observations().fill(&mut self.view.observation);
+    }
+
+    /// The view as a session, exactly as the flow table makes it when views are not kept apart.
+    pub fn into_collected(self) -> Collected {
+        Collected {
+            session: self.view.into_session(),
+            client_meta: self.client_meta,
+            server_meta: self.server_meta,
+            origin: Some(self.origin),
+        }
+    }
+}
+
+/// The counters-only view of exchange `ex` on flow `f`.
+pub(super) fn counter_view(f: &FlowParts<'_>, ex: Exchange) -> CounterView {
+    let key = f.key;
+    let point = point(f, &ex);
+    let (client_meta, server_meta) = match f.ends.side(f.point) {
+        Side::Server => (None, f.ends.server),
+        Side::Client => (f.ends.client, None),
+        _ => (None, None),
+    };
+    let o = &point.observation;
+    let client = ClientAddr::from_parts(&f.names.client_ip, key.client_port, || {
+        (o.netns_inode != 0).then_some((o.node.as_str(), o.netns_inode))
+    });
+    let wire = client.and_then(|client| {
+        wire_key_of(
+            client,
+            false,
+            has_tcp_seq(o).then_some(o.request_tcp_seq),
+            None,
+        )
+    });
+    let origin = origin(f, &ex);
+    CounterView {
+        view: PointView {
+            observation: point.observation,
+            client: Some(endpoint(&f.names.client_ip, key.client_port)),
+            server: Some(endpoint(&f.names.server_ip, key.server_port)),
+            bytes: Some(point.bytes),
+            packets: Some(point.packets),
+            start_unix_nanos: point.start_unix_nanos,
+            end_unix_nanos: point.end_unix_nanos,
+            incomplete: ex.incomplete,
+        },
+        key: wire,
+        client_meta: client_meta.cloned(),
+        server_meta: server_meta.cloned(),
+        origin,
+    }
+}
+
+/// The session of exchange `ex` on flow `f`.
+pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
+    if f.counters_only {
+        return counter_view(f, ex).into_collected();
+    }
+    let key = f.key;
+    let point = point(f, &ex);
+    let origin = origin(f, &ex);
+    let (http, grpc, dns, database, analyzer, kafka) = match ex.fields {
+        Fields::Http(h) => (Some(h), None, None, None, None, None),
+        Fields::Grpc { http, grpc } => (Some(http), Some(grpc), None, None, None, None),
+        Fields::Dns(d) => (None, None, Some(d), None, None, None),
+        Fields::Database(d) => (None, None, None, Some(d), None, None),
+        Fields::Analyzer(a) => (None, None, None, None, Some(a), None),
+        Fields::Kafka(k) => (None, None, None, None, None, Some(k)),
+        Fields::None => (None, None, None, None, None, None),
+    };
+    // Room in a decoded view's vector for the views of its exchange a single host's points make
+    // (both veths, both sockets): the local join merges the others into it, which otherwise
+    // grows the vector once or twice per exchange (an allocation, a copy and a free each time).
+    let mut observations = Vec::with_capacity(POINTS_PER_HOST);
+    let mut attributes = ex.attributes;
+    if keyed_by_position(ex.protocol, ex.position) {
+        attributes.insert(
+            MESSAGE_POSITION_ATTRIBUTE.to_owned(),
+            ex.position.to_string(),
+        );
+    }
+    observations.push(point.observation);
+    let session = Session {
+        id: String::new(),
+        protocol: ex.protocol as i32,
+        client: Some(endpoint(&f.names.client_ip, key.client_port)),
+        server: Some(endpoint(&f.names.server_ip, key.server_port)),
+        observations,
+        start_unix_nanos: point.start_unix_nanos,
+        end_unix_nanos: point.end_unix_nanos,
+        bytes: Some(point.bytes),
+        packets: Some(point.packets),
         http,
         dns: dns.map(Box::new),
         trace: ex.trace,
@@ -326,14 +439,9 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
     };
     Collected {
         session,
-        client_meta: client_meta.cloned(),
-        server_meta: server_meta.cloned(),
-        origin: Some(Origin {
-            id_prefix: Arc::clone(&f.names.id_prefix),
-            index: ex.request.index,
-            position: ex.position,
-            probe: Arc::clone(f.probe),
-        }),
+        client_meta: f.ends.client.cloned(),
+        server_meta: f.ends.server.cloned(),
+        origin: Some(origin),
     }
 }
 

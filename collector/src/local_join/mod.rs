@@ -21,7 +21,13 @@
 //! [`merge::counters_only`]) is merged into the decoded view of its exchange, and adds no id to
 //! it (the exchange is known by the decoded view's). One that finds none here leaves alone and
 //! is counted ([`Merged::unmatched_counters`]); the correlator's join may still find its view
-//! (one that came later than the hold) and does not export an exchange nothing decoded.
+//! (one that came later than the hold) and does not export an exchange nothing decoded. The
+//! collector's service has the flow table keep these views apart ([`CounterView`]: an
+//! observation, counters, times and the wire key, not a session) and offers them beside the
+//! batch's sessions ([`LocalJoin::offer_with_views`]): most are added to their decoded view
+//! without ever being made a session, which with three such views to each decoded one on a
+//! single host was a tenth of all-in-one's time; one that finds no view to join is made its
+//! session then and taken as any other, so what leaves is the same either way.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +37,7 @@ use clovisor_proto::join::merge;
 use clovisor_proto::session::v1::Session;
 use rustc_hash::FxHashMap;
 
-use crate::flows::{Collected, EndpointMeta};
+use crate::flows::{Collected, CounterView, EndpointMeta};
 
 /// How long a session waits at most for the other views of its exchange, by default: the
 /// probe's ring buffers are drained every 10 ms.
@@ -90,6 +96,13 @@ impl Batch {
         unmatched
     }
 
+    /// Adds a session, waiting; returns its place.
+    fn push(&mut self, session: Collected) -> usize {
+        self.sessions.push(session);
+        self.waiting.push(true);
+        self.sessions.len() - 1
+    }
+
     fn any_waiting(&self) -> bool {
         self.waiting.iter().any(|w| *w)
     }
@@ -135,45 +148,44 @@ impl LocalJoin {
         &mut self,
         sessions: Vec<Collected>,
         now: Instant,
+        emit: impl FnMut(&mut Collected),
+    ) -> Merged {
+        self.offer_with_views(sessions, Vec::new(), now, emit)
+    }
+
+    /// [`LocalJoin::offer`] of a batch whose counters-only views the flow table kept apart
+    /// ([`CounterView`]): each is added to a held view or one of the batch's sessions where it
+    /// fits, as its session would be, without being made one; one that fits none is made its
+    /// session and taken as one.
+    pub fn offer_with_views(
+        &mut self,
+        sessions: Vec<Collected>,
+        views: Vec<CounterView>,
+        now: Instant,
         mut emit: impl FnMut(&mut Collected),
     ) -> Merged {
         let mut merged = Merged::default();
         let mut taking = Batch::new(sessions);
         for i in 0..taking.sessions.len() {
-            let (earlier, rest) = taking.sessions.split_at_mut(i);
-            let Some(s) = rest.first_mut() else {
-                break;
-            };
-            let Some(key) = key_of(&s.session) else {
-                merged.unmatched_counters += u64::from(merge::counters_only(&s.session));
-                emit(s);
-                taking.waiting[i] = false;
-                continue;
-            };
-            let held = self
-                .index
-                .get(&key)
-                .copied()
-                .filter(|&h| self.held.is_waiting(h))
-                .and_then(|h| self.held.sessions.get_mut(h));
-            let same_batch = self
-                .taking_index
-                .get(&key)
-                .copied()
-                .filter(|&t| taking.waiting.get(t).copied().unwrap_or(false))
-                .and_then(|t| earlier.get_mut(t));
-            let into = [held, same_batch]
-                .into_iter()
-                .flatten()
-                .find(|into| merge::fits(&into.session, &s.session));
+            self.take(&mut taking, i, &mut merged, &mut emit);
+        }
+        for view in views {
+            let into = view.key.and_then(|key| {
+                find(
+                    (&self.index, &mut self.held),
+                    (&self.taking_index, &mut taking.sessions, &taking.waiting),
+                    key,
+                    |into| merge::fits_point(&into.session, &view.view.observation),
+                )
+            });
             match into {
                 Some(into) => {
-                    merge_into(into, s);
-                    taking.waiting[i] = false;
+                    merge_view(into, view);
                     merged.views += 1;
                 }
                 None => {
-                    self.taking_index.entry(key).or_insert(i);
+                    let i = taking.push(view.into_collected());
+                    self.take(&mut taking, i, &mut merged, &mut emit);
                 }
             }
         }
@@ -190,6 +202,44 @@ impl LocalJoin {
         merged
     }
 
+    /// Takes the batch's session `i`: merges it into a held view of its exchange or an earlier
+    /// one of the batch where it fits, else indexes it (or, without a wire key, lends it to
+    /// `emit` at once).
+    fn take(
+        &mut self,
+        taking: &mut Batch,
+        i: usize,
+        merged: &mut Merged,
+        emit: &mut impl FnMut(&mut Collected),
+    ) {
+        let (earlier, rest) = taking.sessions.split_at_mut(i);
+        let Some(s) = rest.first_mut() else {
+            return;
+        };
+        let Some(key) = key_of(&s.session) else {
+            merged.unmatched_counters += u64::from(merge::counters_only(&s.session));
+            emit(s);
+            taking.waiting[i] = false;
+            return;
+        };
+        let into = find(
+            (&self.index, &mut self.held),
+            (&self.taking_index, earlier, &taking.waiting),
+            key,
+            |into| merge::fits(&into.session, &s.session),
+        );
+        match into {
+            Some(into) => {
+                merge_into(into, s);
+                taking.waiting[i] = false;
+                merged.views += 1;
+            }
+            None => {
+                self.taking_index.entry(key).or_insert(i);
+            }
+        }
+    }
+
     /// Lends every held session to `emit` and lets go of them; returns how many were
     /// counters-only views that found no decoded view here.
     pub fn flush(&mut self, mut emit: impl FnMut(&mut Collected)) -> u64 {
@@ -198,6 +248,31 @@ impl LocalJoin {
         self.deadline = None;
         unmatched
     }
+}
+
+/// The view of exchange `key` a view may merge into: the held one (by the held batch's index),
+/// else the taking batch's among `sessions` (by its index; a prefix of the batch where only
+/// earlier sessions may be merged into), if still waiting and `fits` it.
+fn find<'a>(
+    (index, held): (&FxHashMap<WireKey, usize>, &'a mut Batch),
+    (taking_index, sessions, waiting): (&FxHashMap<WireKey, usize>, &'a mut [Collected], &[bool]),
+    key: WireKey,
+    fits: impl Fn(&Collected) -> bool,
+) -> Option<&'a mut Collected> {
+    let held = index
+        .get(&key)
+        .copied()
+        .filter(|&h| held.is_waiting(h))
+        .and_then(|h| held.sessions.get_mut(h));
+    let same_batch = taking_index
+        .get(&key)
+        .copied()
+        .filter(|&t| waiting.get(t).copied().unwrap_or(false))
+        .and_then(|t| sessions.get_mut(t));
+    [held, same_batch]
+        .into_iter()
+        .flatten()
+        .find(|into| fits(into))
 }
 
 /// The wire key of a session, if it has one.
@@ -245,6 +320,26 @@ fn merge_into(into: &mut Collected, add: &mut Collected) {
     let id = merge::merge(into, add);
     into.merged_ids.push(id);
     into.merged_ids.extend(extra);
+}
+
+/// Adds counters-only view `view` to `into` (which [`merge::fits_point`] allowed), as
+/// [`merge_into`] adds its session: it adds no id, its probe's names are written into its
+/// observation unless they are `into`'s, and the ends' metadata follows the ends kept.
+fn merge_view(into: &mut Collected, mut view: CounterView) {
+    if !into
+        .origin
+        .as_ref()
+        .is_some_and(|o| o.same_probe(&view.origin))
+    {
+        view.write_probe_names();
+    }
+    into.client_meta = filled(into.client_meta.take(), view.client_meta);
+    into.server_meta = if view.view.takes_server_from(&into.session) {
+        filled(view.server_meta, into.server_meta.take())
+    } else {
+        filled(into.server_meta.take(), view.server_meta)
+    };
+    merge::merge_point(&mut into.session, view.view);
 }
 
 /// One end's metadata after a merge: `kept`'s, with each name it lacks from `other`'s (shared

@@ -1,6 +1,7 @@
 use super::*;
-use crate::flows::{Origin, ProbeNames};
+use crate::flows::{CounterView, Origin, ProbeNames};
 use clovisor_proto::common::v1::{PointKind, Side};
+use clovisor_proto::join::merge::PointView;
 use clovisor_proto::session::v1::{Endpoint, Http, Observation, Protocol};
 
 /// One point's view of `GET /a` from 10.0.0.1:40000 to 10.0.0.2:80, request at sequence
@@ -517,4 +518,159 @@ fn views_whose_names_are_left_to_their_origin_leave_named_after_a_merge() {
             (PointKind::Socket, "probe-2", "node-b")
         ]
     );
+}
+
+/// A counters-only view as the flow table keeps it apart ([`CounterView`]), from the session
+/// it would otherwise have made (one observation, an origin).
+fn apart(c: Collected) -> CounterView {
+    let Collected {
+        session,
+        client_meta,
+        server_meta,
+        origin,
+    } = c;
+    assert!(merge::counters_only(&session) && session.observations.len() == 1);
+    let view = CounterView {
+        view: PointView {
+            observation: session.observations[0].clone(),
+            client: session.client.clone(),
+            server: session.server.clone(),
+            bytes: session.bytes,
+            packets: session.packets,
+            start_unix_nanos: session.start_unix_nanos,
+            end_unix_nanos: session.end_unix_nanos,
+            incomplete: session.incomplete,
+        },
+        key: key_of(&session),
+        client_meta,
+        server_meta,
+        origin: origin.expect("an origin"),
+    };
+    assert_eq!(
+        view.clone().into_collected().session,
+        session,
+        "the view makes its session"
+    );
+    view
+}
+
+#[test]
+fn counters_only_views_kept_apart_leave_exactly_as_their_sessions_would() {
+    let probe = Arc::new(ProbeNames {
+        id: "probe-1".into(),
+        node: "node-a".into(),
+    });
+    let counters = |kind_side, interface: &str, seq| {
+        let mut c = originated(
+            without_names(counters_view(kind_side, interface, seq)),
+            &probe,
+        );
+        c.server_meta = Some(meta("web-0", "web", ""));
+        c
+    };
+    let decoded = |id: &str, side, seq| {
+        let mut d = originated(
+            without_names(view(id, PointKind::Socket, side, "", seq)),
+            &probe,
+        );
+        d.client_meta = Some(meta("client-0", "client", ""));
+        // Not the pod the server's veth names: which end's names a merge keeps shows.
+        d.server_meta = Some(meta("proxy-0", "", "web"));
+        d
+    };
+    let client_veth = (PointKind::Pod, Side::Client);
+    let server_veth = (PointKind::Pod, Side::Server);
+    let keyless = || {
+        let mut c = counters(server_veth, "veth-web", 11);
+        if let Some(client) = c.session.client.as_mut() {
+            client.port = 0;
+        }
+        c
+    };
+    let hold = Duration::from_millis(30);
+    // Batches of (decoded views, counters-only views) through a join with this hold.
+    type Batches = Vec<(Vec<Collected>, Vec<Collected>)>;
+    let cases: Vec<(Duration, Batches)> = vec![
+        // All-in-one: both sockets decoded, both veths covered, one batch.
+        (
+            Duration::ZERO,
+            vec![(
+                vec![
+                    decoded("p/3/0", Side::Client, 7),
+                    decoded("p/4/0", Side::Server, 7),
+                ],
+                vec![
+                    counters(client_veth, "veth-c", 7),
+                    counters(server_veth, "veth-web", 7),
+                ],
+            )],
+        ),
+        // A view a batch before its decoded twin, and one a batch after.
+        (
+            hold,
+            vec![
+                (vec![], vec![counters(server_veth, "veth-web", 7)]),
+                (
+                    vec![decoded("p/4/0", Side::Server, 7)],
+                    vec![counters(client_veth, "veth-c", 8)],
+                ),
+                (
+                    vec![decoded("p/3/0", Side::Client, 8)],
+                    vec![counters(client_veth, "veth-c", 7)],
+                ),
+                (vec![], vec![]),
+            ],
+        ),
+        // No twin; the same point twice; a view without a wire key.
+        (
+            Duration::ZERO,
+            vec![(
+                vec![decoded("p/4/0", Side::Server, 8)],
+                vec![
+                    counters(server_veth, "veth-web", 7),
+                    counters(server_veth, "veth-web", 8),
+                    counters(server_veth, "veth-web", 8),
+                    keyless(),
+                ],
+            )],
+        ),
+        // Only counters-only views of an exchange: merged with each other, left unmatched.
+        (
+            hold,
+            vec![
+                (
+                    vec![],
+                    vec![
+                        counters(client_veth, "veth-c", 9),
+                        counters(server_veth, "veth-web", 9),
+                    ],
+                ),
+                (vec![], vec![counters(client_veth, "veth-c", 9)]),
+            ],
+        ),
+    ];
+    for (n, (hold, batches)) in cases.into_iter().enumerate() {
+        let (mut as_sessions, mut kept_apart) = (LocalJoin::new(hold), LocalJoin::new(hold));
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        let (mut want_merged, mut got_merged) = (Merged::default(), Merged::default());
+        for (sessions, views) in batches {
+            let now = Instant::now();
+            let mut all = sessions.clone();
+            all.extend(views.iter().cloned());
+            let m = as_sessions.offer(all, now, |s| want.push(s.clone().into_session()));
+            want_merged.views += m.views;
+            want_merged.unmatched_counters += m.unmatched_counters;
+            let views = views.into_iter().map(apart).collect();
+            let m = kept_apart
+                .offer_with_views(sessions, views, now, |s| got.push(s.clone().into_session()));
+            got_merged.views += m.views;
+            got_merged.unmatched_counters += m.unmatched_counters;
+        }
+        want_merged.unmatched_counters +=
+            as_sessions.flush(|s| want.push(s.clone().into_session()));
+        got_merged.unmatched_counters += kept_apart.flush(|s| got.push(s.clone().into_session()));
+        assert_eq!(got, want, "case {n}");
+        assert_eq!(got_merged, want_merged, "case {n}");
+        assert!(want_merged.views > 0 || n == 2, "case {n} merges something");
+    }
 }

@@ -2,7 +2,7 @@
 
 use crate::common::v1::{PointKind, Side};
 use crate::session::encode::EndpointNames;
-use crate::session::v1::{Endpoint, Http, Observation, Protocol, Session};
+use crate::session::v1::{Counters, Endpoint, Http, Observation, Protocol, Session};
 
 /// Whether `a` and `b` can be the same exchange: every field both decoded agrees. Used as a
 /// guard on key matches too, so a key collision never merges two different requests.
@@ -90,6 +90,13 @@ pub fn fits(into: &Session, add: &Session) -> bool {
     compatible(into, add) && !add.observations.iter().any(|o| has_point(into, o))
 }
 
+/// [`fits`] of a view that decoded nothing and whose one observation is `o` (a
+/// [`PointView`]'s session): such a view agrees with any ([`compatible`]), so only its point
+/// can keep it out.
+pub fn fits_point(into: &Session, o: &Observation) -> bool {
+    !has_point(into, o)
+}
+
 /// Rank of an observation as the source of the session's counters and endpoints: the client's
 /// own veth first (what the caller experienced on the wire), then the server's, node interfaces,
 /// sockets.
@@ -157,8 +164,11 @@ fn fill_http(into: &mut Http, from: &Http) {
 /// `into`'s (filled from `add`'s): the server as the server's own veth or socket saw it is the
 /// real pod (after any service DNAT); elsewhere it may be a service address.
 pub fn takes_server_from(into: &Session, add: &Session) -> bool {
-    let at_server = |s: &Session| s.observations.iter().any(|o| o.side() == Side::Server);
-    at_server(add) && !at_server(into)
+    at_server(&add.observations) && !at_server(&into.observations)
+}
+
+fn at_server(observations: &[Observation]) -> bool {
+    observations.iter().any(|o| o.side() == Side::Server)
 }
 
 /// Adds what `add` saw to `into`; returns `add`'s id. The caller has checked [`compatible`].
@@ -260,14 +270,14 @@ fn path_order(o: &Observation) -> (u8, u64, u8) {
 /// a handful, and sorting the whole vector again for each was most of a counters-only merge's
 /// time; else appended and all sorted (no insertion costs more than a sort, whatever a session
 /// from the wire holds).
-fn add_observations(into: &mut Vec<Observation>, add: &mut Vec<Observation>) {
+fn add_observations(into: &mut Vec<Observation>, add: impl ExactSizeIterator<Item = Observation>) {
     if add.len() > FEW_OBSERVATIONS || !into.is_sorted_by_key(path_order) {
-        into.append(add);
+        into.extend(add);
         sort_observations(into);
         return;
     }
     into.reserve(add.len());
-    for o in add.drain(..) {
+    for o in add {
         let key = path_order(&o);
         let at = into.partition_point(|p| path_order(p) <= key);
         into.insert(at, o);
@@ -283,43 +293,139 @@ fn add_observations(into: &mut Vec<Observation>, add: &mut Vec<Observation>) {
 /// observations vector grows as a vector does: [`merge`] sizes it first, where the session is
 /// kept.
 pub fn merge_counters(into: &mut Session, add: &mut Session) {
-    if best_rank(add) < best_rank(into) {
-        into.bytes = add.bytes;
-        into.packets = add.packets;
+    Counted {
+        ranks_better: best_rank(add) < best_rank(into),
+        server_from_add: takes_server_from(into, add),
+        bytes: add.bytes,
+        packets: add.packets,
+        client: add.client.take(),
+        server: add.server.take(),
+        start_unix_nanos: add.start_unix_nanos,
+        end_unix_nanos: add.end_unix_nanos,
     }
-    let server_from_add = takes_server_from(into, add);
-    match (into.server.as_mut(), add.server.take()) {
-        (Some(s), Some(mut a)) if server_from_add => {
-            fill_endpoint(&mut a, s);
-            *s = a;
-        }
-        (Some(s), Some(a)) => fill_endpoint(s, &a),
-        (None, a) => into.server = a,
-        (Some(_), None) => {}
-    }
-    match (into.client.as_mut(), add.client.as_ref()) {
-        (Some(c), Some(a)) => fill_endpoint(c, a),
-        (None, Some(_)) => into.client = add.client.take(),
-        _ => {}
-    }
+    .add_to(into);
     if into.trace.is_none() {
         into.trace = add.trace.take();
     }
     for (k, v) in std::mem::take(&mut add.attributes) {
         into.attributes.entry(k).or_insert(v);
     }
-    if add.start_unix_nanos != 0
-        && (into.start_unix_nanos == 0 || add.start_unix_nanos < into.start_unix_nanos)
-    {
-        into.start_unix_nanos = add.start_unix_nanos;
+    add_observations(&mut into.observations, add.observations.drain(..));
+}
+
+/// One point's view of an exchange that decoded nothing — a counters-only view
+/// ([`counters_only`]) before it is made a session: its observation, its ends (addresses and
+/// ports), counters and times. What the collector's flow table makes of a covered pod veth's
+/// exchange, so that the local join can add it to the decoded view of its exchange without
+/// building, moving and dropping a session of nearly a kilobyte for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointView {
+    /// The point's observation.
+    pub observation: Observation,
+    /// The client end as the point saw it.
+    pub client: Option<Endpoint>,
+    /// The server end as the point saw it.
+    pub server: Option<Endpoint>,
+    /// Bytes of the request and the response.
+    pub bytes: Option<Counters>,
+    /// Packets of the request and the response.
+    pub packets: Option<Counters>,
+    /// The session's start.
+    pub start_unix_nanos: u64,
+    /// The session's end.
+    pub end_unix_nanos: u64,
+    /// Whether the point saw no response.
+    pub incomplete: bool,
+}
+
+impl PointView {
+    /// The counters-only session of this one view: what [`merge_point`] adds is what
+    /// [`merge_counters`] adds of it.
+    pub fn into_session(self) -> Session {
+        Session {
+            protocol: Protocol::Unspecified as i32,
+            client: self.client,
+            server: self.server,
+            observations: vec![self.observation],
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: self.end_unix_nanos,
+            bytes: self.bytes,
+            packets: self.packets,
+            incomplete: self.incomplete,
+            ..Session::default()
+        }
     }
-    into.end_unix_nanos = into.end_unix_nanos.max(add.end_unix_nanos);
-    add_observations(&mut into.observations, &mut add.observations);
+
+    /// Whether a merge into `into` takes the server end from this view
+    /// ([`takes_server_from`] of its session).
+    pub fn takes_server_from(&self, into: &Session) -> bool {
+        self.observation.side() == Side::Server && !at_server(&into.observations)
+    }
+}
+
+/// [`merge_counters`] of `add`'s session ([`PointView::into_session`]), without making it.
+pub fn merge_point(into: &mut Session, add: PointView) {
+    Counted {
+        ranks_better: rank(&add.observation) < best_rank(into),
+        server_from_add: add.takes_server_from(into),
+        bytes: add.bytes,
+        packets: add.packets,
+        client: add.client,
+        server: add.server,
+        start_unix_nanos: add.start_unix_nanos,
+        end_unix_nanos: add.end_unix_nanos,
+    }
+    .add_to(into);
+    add_observations(&mut into.observations, std::iter::once(add.observation));
+}
+
+/// What [`merge_counters`] takes from a view besides its observations, trace and attributes.
+struct Counted {
+    /// Whether the view's best point ranks better than the session's ([`rank`]): its counters
+    /// are taken.
+    ranks_better: bool,
+    /// [`takes_server_from`].
+    server_from_add: bool,
+    bytes: Option<Counters>,
+    packets: Option<Counters>,
+    client: Option<Endpoint>,
+    server: Option<Endpoint>,
+    start_unix_nanos: u64,
+    end_unix_nanos: u64,
+}
+
+impl Counted {
+    fn add_to(self, into: &mut Session) {
+        if self.ranks_better {
+            into.bytes = self.bytes;
+            into.packets = self.packets;
+        }
+        match (into.server.as_mut(), self.server) {
+            (Some(s), Some(mut a)) if self.server_from_add => {
+                fill_endpoint(&mut a, s);
+                *s = a;
+            }
+            (Some(s), Some(a)) => fill_endpoint(s, &a),
+            (None, a) => into.server = a,
+            (Some(_), None) => {}
+        }
+        match (into.client.as_mut(), self.client) {
+            (Some(c), Some(a)) => fill_endpoint(c, &a),
+            (None, a @ Some(_)) => into.client = a,
+            _ => {}
+        }
+        let start = self.start_unix_nanos;
+        if start != 0 && (into.start_unix_nanos == 0 || start < into.start_unix_nanos) {
+            into.start_unix_nanos = start;
+        }
+        into.end_unix_nanos = into.end_unix_nanos.max(self.end_unix_nanos);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::arb::{arb_endpoint, arb_observation, arb_session};
     use proptest::prelude::*;
 
     fn observation((kind, side, start, tag): (u8, u8, u8, u8)) -> Observation {
@@ -354,9 +460,45 @@ mod tests {
             let mut expected = into.clone();
             expected.extend(add.iter().cloned());
             sort_observations(&mut expected);
-            add_observations(&mut into, &mut add);
+            add_observations(&mut into, add.drain(..));
             prop_assert!(add.is_empty());
             prop_assert_eq!(into, expected);
+        }
+
+        /// A point's view merged as it is adds exactly what its session merged would.
+        #[test]
+        fn a_point_view_merges_as_its_session_does(
+            into in arb_session(),
+            observation in arb_observation(),
+            (client, server) in (arb_endpoint(), arb_endpoint()),
+            counters in proptest::option::of(any::<(u64, u64, u64, u64)>()),
+            (start_unix_nanos, end_unix_nanos, incomplete) in any::<(u64, u64, bool)>(),
+        ) {
+            let (bytes, packets) = match counters {
+                Some((a, b, c, d)) => (
+                    Some(Counters { request: a, response: b }),
+                    Some(Counters { request: c, response: d }),
+                ),
+                None => (None, None),
+            };
+            let view = PointView {
+                observation,
+                client,
+                server,
+                bytes,
+                packets,
+                start_unix_nanos,
+                end_unix_nanos,
+                incomplete,
+            };
+            let mut by_session = into.clone();
+            let mut session = view.clone().into_session();
+            prop_assert!(counters_only(&session));
+            prop_assert_eq!(fits_point(&into, &view.observation), fits(&into, &session));
+            merge_counters(&mut by_session, &mut session);
+            let mut by_view = into;
+            merge_point(&mut by_view, view);
+            prop_assert_eq!(by_view, by_session);
         }
     }
 }

@@ -117,7 +117,7 @@ fn arb_string() -> impl Strategy<Value = String> {
     prop_oneof![Just(String::new()), ".{0,12}"]
 }
 
-fn arb_endpoint() -> impl Strategy<Value = Option<Endpoint>> {
+pub(crate) fn arb_endpoint() -> impl Strategy<Value = Option<Endpoint>> {
     proptest::option::of(
         (
             proptest::collection::vec(any::<u8>(), 0..17),
@@ -144,7 +144,7 @@ fn arb_endpoint() -> impl Strategy<Value = Option<Endpoint>> {
     )
 }
 
-fn arb_observation() -> impl Strategy<Value = Observation> {
+pub(crate) fn arb_observation() -> impl Strategy<Value = Observation> {
     (
         (
             any::<i32>(),
