@@ -235,7 +235,12 @@ impl FlowTable {
     /// sessions, with those sessions.
     pub fn take_counter_views(&mut self, into: &mut Vec<CounterView>) {
         if let Some(views) = &mut self.counter_views {
-            into.append(views);
+            if into.is_empty() {
+                // Handed over, not copied: the next calls' views go into `into`'s block.
+                std::mem::swap(into, views);
+            } else {
+                into.append(views);
+            }
         }
     }
 

@@ -372,10 +372,10 @@ pub(super) fn counter_view(f: &FlowParts<'_>, ex: Exchange) -> CounterView {
     CounterView {
         view: PointView {
             observation: point.observation,
-            client: Some(endpoint(&f.names.client_ip, key.client_port)),
-            server: Some(endpoint(&f.names.server_ip, key.server_port)),
-            bytes: Some(point.bytes),
-            packets: Some(point.packets),
+            client: (f.names.client_ip.clone(), key.client_port),
+            server: (f.names.server_ip.clone(), key.server_port),
+            bytes: point.bytes,
+            packets: point.packets,
             start_unix_nanos: point.start_unix_nanos,
             end_unix_nanos: point.end_unix_nanos,
             incomplete: ex.incomplete,

@@ -1,5 +1,7 @@
 //! Merging what several points saw of one exchange into one session.
 
+use bytes::Bytes;
+
 use crate::common::v1::{PointKind, Side};
 use crate::session::encode::EndpointNames;
 use crate::session::v1::{Counters, Endpoint, Http, Observation, Protocol, Session};
@@ -322,14 +324,14 @@ pub fn merge_counters(into: &mut Session, add: &mut Session) {
 pub struct PointView {
     /// The point's observation.
     pub observation: Observation,
-    /// The client end as the point saw it.
-    pub client: Option<Endpoint>,
+    /// The client end as the point saw it: address and port (its names are beside the view).
+    pub client: (Bytes, u32),
     /// The server end as the point saw it.
-    pub server: Option<Endpoint>,
+    pub server: (Bytes, u32),
     /// Bytes of the request and the response.
-    pub bytes: Option<Counters>,
+    pub bytes: Counters,
     /// Packets of the request and the response.
-    pub packets: Option<Counters>,
+    pub packets: Counters,
     /// The session's start.
     pub start_unix_nanos: u64,
     /// The session's end.
@@ -344,13 +346,13 @@ impl PointView {
     pub fn into_session(self) -> Session {
         Session {
             protocol: Protocol::Unspecified as i32,
-            client: self.client,
-            server: self.server,
+            client: Some(unnamed(self.client)),
+            server: Some(unnamed(self.server)),
             observations: vec![self.observation],
             start_unix_nanos: self.start_unix_nanos,
             end_unix_nanos: self.end_unix_nanos,
-            bytes: self.bytes,
-            packets: self.packets,
+            bytes: Some(self.bytes),
+            packets: Some(self.packets),
             incomplete: self.incomplete,
             ..Session::default()
         }
@@ -363,15 +365,24 @@ impl PointView {
     }
 }
 
+/// An end known by its address and port alone.
+fn unnamed((ip, port): (Bytes, u32)) -> Endpoint {
+    Endpoint {
+        ip,
+        port,
+        ..Endpoint::default()
+    }
+}
+
 /// [`merge_counters`] of `add`'s session ([`PointView::into_session`]), without making it.
 pub fn merge_point(into: &mut Session, add: PointView) {
     Counted {
         ranks_better: rank(&add.observation) < best_rank(into),
         server_from_add: add.takes_server_from(into),
-        bytes: add.bytes,
-        packets: add.packets,
-        client: add.client,
-        server: add.server,
+        bytes: Some(add.bytes),
+        packets: Some(add.packets),
+        client: Some(unnamed(add.client)),
+        server: Some(unnamed(add.server)),
         start_unix_nanos: add.start_unix_nanos,
         end_unix_nanos: add.end_unix_nanos,
     }
@@ -425,7 +436,7 @@ impl Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::arb::{arb_endpoint, arb_observation, arb_session};
+    use crate::session::arb::{arb_observation, arb_session};
     use proptest::prelude::*;
 
     fn observation((kind, side, start, tag): (u8, u8, u8, u8)) -> Observation {
@@ -439,6 +450,11 @@ mod tests {
             pid: u32::from(tag),
             ..Observation::default()
         }
+    }
+
+    fn arb_end() -> impl Strategy<Value = (Bytes, u32)> {
+        (proptest::collection::vec(any::<u8>(), 0..17), any::<u32>())
+            .prop_map(|(ip, port)| (ip.into(), port))
     }
 
     fn observations() -> impl Strategy<Value = Vec<Observation>> {
@@ -470,17 +486,14 @@ mod tests {
         fn a_point_view_merges_as_its_session_does(
             into in arb_session(),
             observation in arb_observation(),
-            (client, server) in (arb_endpoint(), arb_endpoint()),
-            counters in proptest::option::of(any::<(u64, u64, u64, u64)>()),
+            (client, server) in (arb_end(), arb_end()),
+            (a, b, c, d) in any::<(u64, u64, u64, u64)>(),
             (start_unix_nanos, end_unix_nanos, incomplete) in any::<(u64, u64, bool)>(),
         ) {
-            let (bytes, packets) = match counters {
-                Some((a, b, c, d)) => (
-                    Some(Counters { request: a, response: b }),
-                    Some(Counters { request: c, response: d }),
-                ),
-                None => (None, None),
-            };
+            let (bytes, packets) = (
+                Counters { request: a, response: b },
+                Counters { request: c, response: d },
+            );
             let view = PointView {
                 observation,
                 client,

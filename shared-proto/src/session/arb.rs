@@ -117,7 +117,7 @@ fn arb_string() -> impl Strategy<Value = String> {
     prop_oneof![Just(String::new()), ".{0,12}"]
 }
 
-pub(crate) fn arb_endpoint() -> impl Strategy<Value = Option<Endpoint>> {
+fn arb_endpoint() -> impl Strategy<Value = Option<Endpoint>> {
     proptest::option::of(
         (
             proptest::collection::vec(any::<u8>(), 0..17),
