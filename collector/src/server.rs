@@ -297,7 +297,12 @@ impl Inner {
 
     /// Processes a batch unless already processed; returns the sessions it completed. A batch
     /// number more than `max_seq_jump` past the last one processed is refused.
-    fn batch(&self, probe_id: &str, batch: &Batch) -> Result<Option<Made>, Refused> {
+    fn batch(
+        &self,
+        probe_id: &str,
+        batch: &Batch,
+        spare_views: Vec<CounterView>,
+    ) -> Result<Option<Made>, Refused> {
         let mut st = self.lock();
         let last = st.last_seq.get(probe_id).copied();
         let seq = batch.seq();
@@ -330,7 +335,10 @@ impl Inner {
                 st.last_seq.insert(probe_id.to_owned(), seq);
             }
         }
-        let mut views = Vec::new();
+        // Swapped with the table's (`take_counter_views`): the table makes the next batch's
+        // views in the room this stream's last batch left.
+        let mut views = spare_views;
+        views.clear();
         st.table.take_counter_views(&mut views);
         self.metrics.batches_processed.inc();
         Ok(Some(Made {
@@ -539,6 +547,7 @@ async fn run_stream(
         join,
         encoder: SessionEncoder::new(),
         deferred: None,
+        spare_views: Vec::new(),
     };
     let probe_id = hello.probe_id.as_str();
     loop {
@@ -577,7 +586,8 @@ async fn run_stream(
         match msg {
             Inbound::Batch(batch) => {
                 let seq = batch.seq();
-                let made = match stream.inner.batch(probe_id, &batch) {
+                let spare = std::mem::take(&mut stream.spare_views);
+                let made = match stream.inner.batch(probe_id, &batch, spare) {
                     Ok(made) => made.unwrap_or_default(),
                     Err(why) => {
                         let _ = stream.release().await;
@@ -628,6 +638,8 @@ struct Stream {
     encoder: SessionEncoder,
     /// The last batch whose sessions are (some of them) held, not yet acknowledged.
     deferred: Option<u64>,
+    /// The last batch's counters-only views' vector, emptied: its room is reused.
+    spare_views: Vec<CounterView>,
 }
 
 /// Sleeps until `due`; for ever without one.
@@ -658,16 +670,20 @@ impl Stream {
 
     /// A batch's sessions through the local join to the output; then acknowledges what may be.
     async fn batch_done(&mut self, seq: u64, made: Made) -> Result<(), Gone> {
-        let Made { sessions, views } = made;
+        let Made {
+            sessions,
+            mut views,
+        } = made;
         let mut out = Vec::with_capacity(sessions.len() + 16);
         let encoder = &mut self.encoder;
         let (inner, redaction) = (&self.inner, self.inner.redaction());
         let merged = self
             .join
-            .offer_with_views(sessions, views, Instant::now(), |s| {
+            .offer_with_views(sessions, views.drain(..), Instant::now(), |s| {
                 inner.finish(&redaction, s);
                 out.push(s.encode(encoder));
             });
+        self.spare_views = views;
         self.inner.metrics.views_merged.inc_by(merged.views);
         self.inner
             .metrics

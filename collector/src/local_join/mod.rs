@@ -160,7 +160,7 @@ impl LocalJoin {
     pub fn offer_with_views(
         &mut self,
         sessions: Vec<Collected>,
-        views: Vec<CounterView>,
+        views: impl IntoIterator<Item = CounterView>,
         now: Instant,
         mut emit: impl FnMut(&mut Collected),
     ) -> Merged {

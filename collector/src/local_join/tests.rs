@@ -667,7 +667,7 @@ fn counters_only_views_kept_apart_leave_exactly_as_their_sessions_would() {
             let m = as_sessions.offer(all, now, |s| want.push(s.clone().into_session()));
             want_merged.views += m.views;
             want_merged.unmatched_counters += m.unmatched_counters;
-            let views = views.into_iter().map(apart).collect();
+            let views = views.into_iter().map(apart);
             let m = kept_apart
                 .offer_with_views(sessions, views, now, |s| got.push(s.clone().into_session()));
             got_merged.views += m.views;
