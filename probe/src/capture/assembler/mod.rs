@@ -214,6 +214,22 @@ impl Pending {
             segment_bytes: 0,
         }
     }
+
+    fn done(&self) -> Done<'_> {
+        Done {
+            start: &self.start,
+            flushed: self.flushed,
+            segments: &self.segments,
+        }
+    }
+}
+
+/// What emitting a pending message needs of it, borrowed: a message replaced in its place by
+/// its flow's next one is emitted from its parts, not moved out whole.
+struct Done<'a> {
+    start: &'a MsgStart,
+    flushed: Option<MsgCounters>,
+    segments: &'a [SegmentRecord],
 }
 
 /// Pairs message starts with their end counters.
@@ -378,16 +394,27 @@ impl Assembler {
     fn on_start(&mut self, start: MsgStart, now: Instant, out: &mut impl RecordSink) {
         let (flow_id, prev) = (start.flow_id, start.prev);
         // The flow's pending message gives way to the new one in its place: one look-up, not a
-        // removal and an insertion (twice per exchange and point).
+        // removal and an insertion (twice per exchange and point), and only the message start
+        // moved in and out (the pending message whole, moved out, replaced and handed on, was
+        // a tenth of the probe's time in copies).
         if let Some(slot) = self.pending.get_mut(&flow_id) {
-            let p = std::mem::replace(slot, Pending::new(start, now));
+            let old = std::mem::replace(&mut slot.start, start);
+            let flushed = slot.flushed.take();
+            let segments = std::mem::take(&mut slot.segments);
+            slot.segment_bytes = 0;
+            slot.last_event = now;
+            let done = Done {
+                start: &old,
+                flushed,
+                segments: &segments,
+            };
             match prev {
-                Some(prev) => self.complete(p, &prev, out),
+                Some(prev) => self.complete(done, &prev, out),
                 None => {
                     // A new first message for a known flow id: the kernel lost the connection
                     // (LRU eviction) and restarted it; the old message is as good as it gets.
                     self.stats.lost_messages += 1;
-                    self.emit_first_packet_only(p, out);
+                    self.emit_first_packet_only(done, out);
                 }
             }
             return;
@@ -403,8 +430,8 @@ impl Assembler {
 
     fn on_end(&mut self, end: FlowEnd, out: &mut impl RecordSink) {
         match (self.pending.remove(&end.flow_id), &end.last) {
-            (Some(p), Some(last)) => self.complete(p, last, out),
-            (Some(p), None) => self.emit_first_packet_only(p, out),
+            (Some(p), Some(last)) => self.complete(p.done(), last, out),
+            (Some(p), None) => self.emit_first_packet_only(p.done(), out),
             (None, Some(_)) => self.stats.orphans += 1,
             (None, None) => {}
         }
@@ -425,7 +452,7 @@ impl Assembler {
     }
 
     /// Emits `p` with its final counters `fin`.
-    fn complete(&mut self, p: Pending, fin: &MsgCounters, out: &mut impl RecordSink) {
+    fn complete(&mut self, p: Done<'_>, fin: &MsgCounters, out: &mut impl RecordSink) {
         if fin.index != p.start.msg.index {
             // Events in between were lost; `fin` belongs to a message we never saw start.
             self.stats.lost_messages += u64::from(fin.index.saturating_sub(p.start.msg.index));
@@ -438,16 +465,16 @@ impl Assembler {
             Some(sent) if sent == *fin => {}
             Some(_) => {
                 self.stats.finals_after_flush += 1;
-                self.message(&p.start, &p.segments, fin, false, out);
+                self.message(p.start, p.segments, fin, false, out);
             }
-            None => self.message(&p.start, &p.segments, fin, false, out),
+            None => self.message(p.start, p.segments, fin, false, out),
         }
     }
 
     /// Emits a message of which only the first packet's counters are known.
-    fn emit_first_packet_only(&mut self, p: Pending, out: &mut impl RecordSink) {
+    fn emit_first_packet_only(&mut self, p: Done<'_>, out: &mut impl RecordSink) {
         if p.flushed.is_none() {
-            self.message(&p.start, &p.segments, &p.start.msg, true, out);
+            self.message(p.start, p.segments, &p.start.msg, true, out);
         }
     }
 
@@ -459,7 +486,7 @@ impl Assembler {
             .map(|(id, _)| *id);
         if let Some(p) = oldest.and_then(|id| self.pending.remove(&id)) {
             self.stats.pending_evicted += 1;
-            self.emit_first_packet_only(p, out);
+            self.emit_first_packet_only(p.done(), out);
         }
     }
 
