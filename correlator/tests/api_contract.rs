@@ -26,11 +26,21 @@ fn schemathesis() -> PathBuf {
     )
 }
 
+/// A loopback port that was free a moment ago, never the same twice in this process: the kernel
+/// may hand a port just released to the next `bind(0)`, and a correlator given one port for two
+/// of its listeners fails to start.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A correlator process, killed on drop.
