@@ -6,18 +6,38 @@
 //! and asks the caller whether a slot's exchange holds what is looked for. Taking an exchange
 //! out needs only its hashes and its slot, which its entry keeps ([`IdHashes`]): forgetting the
 //! oldest retained exchange, once for every exchange opened when the join is full, then reads
-//! neither its ids nor its key, only the index buckets (cache misses at these table sizes
-//! either way).
+//! neither its ids nor its key, only the index buckets.
+//!
+//! At the join's sizes (tens of thousands of exchanges, megabytes of index) nearly every
+//! look-up, insertion and removal is a cache miss, a few per exchange. The index is therefore
+//! one flat array of buckets probed linearly ([`SlotIndex`]): the hash compared is in the bucket,
+//! so a probe reads one cache line (four buckets), where a table with its control bytes apart
+//! from its buckets (hashbrown's) reads two.
 
 use std::hash::{BuildHasher, Hash};
 
-use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
-/// Hash → slot, without copies of what is hashed; see the module documentation.
-#[derive(Debug, Default)]
+/// A bucket no slot is indexed in: `slot` is never `u64::MAX` (slots index a vector).
+const EMPTY: (u64, u64) = (0, u64::MAX);
+
+/// Hash → slot, without copies of what is hashed; see the module documentation. Open
+/// addressing with linear probing, at most half full, removal by shifting the following
+/// buckets back (no tombstones: a table that is written to forever never degrades).
+#[derive(Debug)]
 pub(super) struct SlotIndex {
-    table: HashTable<(u64, u64)>,
+    buckets: Box<[(u64, u64)]>,
+    /// `buckets.len() - 1`; the length is a power of two.
+    mask: usize,
+    /// log2 of `buckets.len()`.
+    bits: u32,
+    len: usize,
+}
+
+impl Default for SlotIndex {
+    fn default() -> Self {
+        Self::with_buckets(Self::MIN_BUCKETS)
+    }
 }
 
 /// The hash an index files `value` under (a session id as `&str`, a wire key).
@@ -26,31 +46,77 @@ pub(super) fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
 }
 
 impl SlotIndex {
+    const MIN_BUCKETS: usize = 16;
+
     /// An empty index with room for `n` entries.
     pub(super) fn with_capacity(n: usize) -> Self {
+        let buckets = n
+            .saturating_mul(2)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << (usize::BITS - 1));
+        Self::with_buckets(buckets.max(Self::MIN_BUCKETS))
+    }
+
+    fn with_buckets(n: usize) -> Self {
         Self {
-            table: HashTable::with_capacity(n),
+            buckets: vec![EMPTY; n].into_boxed_slice(),
+            mask: n - 1,
+            bits: n.trailing_zeros(),
+            len: 0,
         }
+    }
+
+    /// The bucket where `h`'s probe starts: the top bits of the hash times the golden ratio
+    /// (every bit of `h` moves them).
+    fn home(&self, h: u64) -> usize {
+        (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
     }
 
     /// The slot indexed under hash `h` whose exchange `holds(slot)` what is looked for.
     pub(super) fn get(&self, h: u64, holds: impl Fn(u64) -> bool) -> Option<u64> {
-        self.table
-            .find(h, |&(eh, slot)| eh == h && holds(slot))
+        self.find(h, holds)
+            .and_then(|i| self.buckets.get(i))
             .map(|&(_, slot)| slot)
+    }
+
+    /// The bucket holding `h` with a slot `matches` accepts.
+    fn find(&self, h: u64, matches: impl Fn(u64) -> bool) -> Option<usize> {
+        let mut i = self.home(h);
+        loop {
+            let &(eh, slot) = self.buckets.get(i)?;
+            if slot == EMPTY.1 {
+                return None;
+            }
+            if eh == h && matches(slot) {
+                return Some(i);
+            }
+            i = (i + 1) & self.mask;
+        }
     }
 
     /// Indexes `slot` under `h`, where no slot is indexed for the same value yet (the caller
     /// checked).
     pub(super) fn insert_new(&mut self, h: u64, slot: u64) {
-        self.table.insert_unique(h, (h, slot), |&(eh, _)| eh);
+        debug_assert_ne!(slot, EMPTY.1, "slot u64::MAX is the empty bucket");
+        if (self.len + 1) * 2 > self.buckets.len() {
+            self.grow();
+        }
+        let mut i = self.home(h);
+        while let Some(b) = self.buckets.get_mut(i) {
+            if b.1 == EMPTY.1 {
+                *b = (h, slot);
+                self.len += 1;
+                return;
+            }
+            i = (i + 1) & self.mask;
+        }
     }
 
     /// Indexes `slot` under `h`, in place of the slot whose exchange `holds` the same value
     /// if any.
     pub(super) fn insert(&mut self, h: u64, slot: u64, holds: impl Fn(u64) -> bool) {
-        match self.table.find_mut(h, |&(eh, s)| eh == h && holds(s)) {
-            Some(entry) => entry.1 = slot,
+        match self.find(h, holds).and_then(|i| self.buckets.get_mut(i)) {
+            Some(b) => b.1 = slot,
             None => self.insert_new(h, slot),
         }
     }
@@ -58,15 +124,50 @@ impl SlotIndex {
     /// Takes `slot` out from under `h` if it is indexed there (a value indexed at a newer slot
     /// since stays).
     pub(super) fn remove(&mut self, h: u64, slot: u64) {
-        if let Ok(entry) = self.table.find_entry(h, |&(eh, s)| eh == h && s == slot) {
-            entry.remove();
+        let Some(mut hole) = self.find(h, |s| s == slot) else {
+            return;
+        };
+        self.len -= 1;
+        // Each following bucket up to the next empty one moves into the hole unless its own
+        // probe starts after the hole (then it is found where it is without crossing it).
+        let mut j = hole;
+        loop {
+            j = (j + 1) & self.mask;
+            let Some(&b) = self.buckets.get(j) else {
+                return;
+            };
+            if b.1 == EMPTY.1 {
+                break;
+            }
+            // How far `b` is from its home, and the hole from the same home, going forward.
+            let home = self.home(b.0);
+            let from_home = j.wrapping_sub(home) & self.mask;
+            let hole_from_home = hole.wrapping_sub(home) & self.mask;
+            if hole_from_home <= from_home {
+                if let Some(h) = self.buckets.get_mut(hole) {
+                    *h = b;
+                }
+                hole = j;
+            }
+        }
+        if let Some(h) = self.buckets.get_mut(hole) {
+            *h = EMPTY;
+        }
+    }
+
+    /// Twice the buckets, every entry filed again.
+    fn grow(&mut self) {
+        let bigger = Self::with_buckets(self.buckets.len().saturating_mul(2));
+        let old = std::mem::replace(self, bigger);
+        for &(h, slot) in old.buckets.iter().filter(|b| b.1 != EMPTY.1) {
+            self.insert_new(h, slot);
         }
     }
 
     /// Entries indexed.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.table.len()
+        self.len
     }
 }
 
@@ -99,7 +200,100 @@ impl IdHashes {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// What is done to an index and to its model: values 0..16, filed under one of four hashes
+    /// (so that probes collide, run into each other and wrap around the table's end).
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Index value `v` at a new slot, when it is not indexed yet.
+        InsertNew(u8),
+        /// Index value `v` at a new slot, in place of its slot if it has one.
+        Replace(u8),
+        /// Take value `v`'s slot out.
+        Remove(u8),
+        /// Take out a slot never indexed.
+        RemoveUnknown(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u8..16).prop_map(Op::InsertNew),
+            1 => (0u8..16).prop_map(Op::Replace),
+            2 => (0u8..16).prop_map(Op::Remove),
+            1 => (0u8..16).prop_map(Op::RemoveUnknown),
+        ]
+    }
+
+    proptest! {
+        /// Every value is found at the slot its model has, or not found when it has none, after
+        /// every step; the count agrees. Growth from the smallest table is part of every run.
+        #[test]
+        fn the_index_finds_what_a_map_would(
+            ops in prop::collection::vec(op(), 1..400),
+            hashes in prop::array::uniform4(any::<u64>()),
+        ) {
+            let h = |v: u8| hashes[usize::from(v) % 4];
+            let mut index = SlotIndex::default();
+            // The model: value → slot, and each slot's value (what `holds` asks).
+            let mut model: HashMap<u8, u64> = HashMap::new();
+            let mut value_of: HashMap<u64, u8> = HashMap::new();
+            let mut next_slot = 0u64;
+            for op in ops {
+                match op {
+                    Op::InsertNew(v) if !model.contains_key(&v) => {
+                        index.insert_new(h(v), next_slot);
+                        model.insert(v, next_slot);
+                        value_of.insert(next_slot, v);
+                        next_slot += 1;
+                    }
+                    Op::InsertNew(_) => {}
+                    Op::Replace(v) => {
+                        let holds = |s: u64| value_of.get(&s) == Some(&v);
+                        index.insert(h(v), next_slot, holds);
+                        model.insert(v, next_slot);
+                        value_of.insert(next_slot, v);
+                        next_slot += 1;
+                    }
+                    Op::Remove(v) => {
+                        if let Some(slot) = model.remove(&v) {
+                            index.remove(h(v), slot);
+                        }
+                    }
+                    Op::RemoveUnknown(v) => index.remove(h(v), u64::MAX - 1),
+                }
+                for v in 0..16u8 {
+                    let holds = |s: u64| value_of.get(&s) == Some(&v);
+                    prop_assert_eq!(index.get(h(v), holds), model.get(&v).copied(), "value {}", v);
+                }
+                prop_assert_eq!(index.len(), model.len());
+            }
+        }
+    }
+
+    #[test]
+    fn removals_across_the_end_of_the_table_keep_the_rest_found() {
+        // 16 buckets; hashes whose probes start in the last bucket, so that they wrap.
+        let mut index = SlotIndex::default();
+        let last = (0u64..)
+            .find(|&h| index.home(h) == index.mask)
+            .unwrap_or_default();
+        for slot in 0..5 {
+            index.insert_new(last, slot);
+        }
+        index.remove(last, 0);
+        index.remove(last, 3);
+        for slot in [1, 2, 4] {
+            assert_eq!(index.get(last, |s| s == slot), Some(slot));
+        }
+        assert_eq!(index.get(last, |s| s == 0), None);
+        assert_eq!(index.get(last, |s| s == 3), None);
+        assert_eq!(index.len(), 3);
+    }
 
     #[test]
     fn ids_found_replaced_and_removed_by_slot() {
