@@ -32,6 +32,11 @@ use crate::store::Store;
 /// only matters across very many collector restarts. The least recently seen is forgotten.
 const MAX_SENDERS: usize = 4096;
 
+/// Exchanges made ready that a batch's offers gather before they are counted and exported
+/// ([`IngestService::accept_batch_at`]): about a hundred kilobytes of decoded sessions, which
+/// the cache still holds when they are read again.
+const READY_CHUNK: usize = 64;
+
 #[derive(Debug)]
 struct SenderState {
     last_seq: u64,
@@ -299,16 +304,25 @@ impl IngestService {
             self.metrics.batch(true);
             return false;
         }
-        // One lock for the whole batch; spans and metrics of what became ready after it.
-        let mut ready = Vec::new();
-        {
-            let mut joiner = self.join();
-            for encoded in batch.sessions {
-                ready.extend(self.offer_encoded(&mut joiner, encoded, now));
+        // Spans and metrics of what became ready, after the offers that made it ready: every
+        // [`READY_CHUNK`] exchanges or so, while their decoded sessions are still in the cache
+        // (the join made at most `Joiner::READY_PER_OFFER` ready per offer), and the join's lock
+        // released meanwhile.
+        let mut sessions = batch.sessions.into_iter().peekable();
+        while sessions.peek().is_some() {
+            let mut ready = Vec::new();
+            {
+                let mut joiner = self.join();
+                for encoded in sessions.by_ref() {
+                    ready.extend(self.offer_encoded(&mut joiner, encoded, now));
+                    if ready.len() >= READY_CHUNK {
+                        break;
+                    }
+                }
+                self.join_gauges(&joiner);
             }
-            self.join_gauges(&joiner);
+            self.finish(ready);
         }
-        self.finish(ready);
         state.last_seq = batch.seq;
         self.metrics.batch(false);
         true

@@ -13,7 +13,8 @@
 //! on arrival.
 //!
 //! An exchange stays *open* for the join window after its first observation; then it is
-//! *ready*: its span is exported and its RED metrics counted, once. It is remembered for the
+//! *ready*: its span is exported and its RED metrics counted, once (made ready by the next offer,
+//! at most [`Joiner::READY_PER_OFFER`] an offer, or by the next [`Joiner::expire`]). It is remembered for the
 //! retention time afterwards so a late observation is still appended to the stored session
 //! (the REST API shows it; the span, already sent, does not). State is bounded: beyond
 //! `max_entries` the oldest retained exchange is forgotten, or, when all are open, the oldest
@@ -640,6 +641,15 @@ impl Joiner {
     /// batch makes ready (about 2 MiB: see [`Joiner::SPARE_BYTES_MAX`]).
     pub const SPARES_MAX: usize = 1024;
 
+    /// Exchanges an offer makes ready at most, of those whose window has closed: each is
+    /// decoded whole then, and counted and exported by the caller after the offer
+    /// ([`crate::ingest`] does so every few offers). Uncapped, the first offer of a batch made
+    /// ready every exchange due since the last batch — hundreds, a megabyte decoded — and those
+    /// decoded first had left the cache again when they were counted. An offer adds at most one
+    /// open exchange, so the due ones never pile up; a due exchange waits at most until the next
+    /// offer or tick, and a view arriving meanwhile still joins it.
+    pub const READY_PER_OFFER: usize = 32;
+
     /// The most a spare may hold in the blocks decoded into (strings and vectors, by capacity;
     /// a typical HTTP exchange seen at two points holds about 1 KiB): one that grew larger for a
     /// big exchange (a long URL, say) is dropped rather than kept. With
@@ -927,8 +937,10 @@ impl Joiner {
         self.held += 1;
         self.open.push_back((now + self.config.window, slot));
         let store_evicted = self.store_upsert(slot);
-        // A zero window makes it ready at once.
-        self.expire_into(now, ready);
+        // A zero window makes it ready at once (the offer expired the others due already).
+        if self.config.window.is_zero() {
+            self.expire_into(now, ready);
+        }
         store_evicted
     }
 
@@ -1159,9 +1171,23 @@ impl Joiner {
         }
     }
 
+    /// Makes ready the exchanges whose window has closed by `now`, at most
+    /// [`Joiner::READY_PER_OFFER`] of them (the oldest) when an offer does it — the rest on the
+    /// next offers or the next [`Joiner::expire`] — and forgets those retained long enough.
     fn expire_into(&mut self, now: Instant, ready: &mut Vec<Arc<CorrelatedSession>>) {
-        while self.open.front().is_some_and(|(at, _)| *at <= now) {
+        self.expire_at_most(now, Self::READY_PER_OFFER, ready);
+    }
+
+    fn expire_at_most(
+        &mut self,
+        now: Instant,
+        most: usize,
+        ready: &mut Vec<Arc<CorrelatedSession>>,
+    ) {
+        let mut made = 0;
+        while made < most && self.open.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, slot)) = self.open.pop_front() {
+                made += 1;
                 if let Some(rec) = self.make_ready(slot, now) {
                     ready.push(rec);
                 }
@@ -1177,7 +1203,7 @@ impl Joiner {
     /// Exchanges whose window has closed by `now`: export and count each once.
     pub fn expire(&mut self, now: Instant) -> Vec<Arc<CorrelatedSession>> {
         let mut ready = Vec::new();
-        self.expire_into(now, &mut ready);
+        self.expire_at_most(now, usize::MAX, &mut ready);
         ready
     }
 

@@ -475,6 +475,36 @@ fn late_views_are_appended_without_a_second_span() {
 }
 
 #[test]
+fn an_offer_makes_at_most_a_chunk_of_due_exchanges_ready_oldest_first_and_none_is_lost() {
+    let mut j = joiner(100);
+    let t0 = Instant::now();
+    let n = Joiner::READY_PER_OFFER * 3 + 5;
+    for i in 0..n {
+        let port = 40_000 + u32::try_from(i).unwrap_or_default();
+        j.offer(client_veth(&format!("e{i}")).port(port).build(), t0);
+    }
+    let due = t0 + Duration::from_millis(150);
+    let first = j.offer(client_veth("new-1").port(1).build(), due);
+    let second = j.offer(client_veth("new-2").port(2).build(), due);
+    assert_eq!(first.ready.len(), Joiner::READY_PER_OFFER);
+    assert_eq!(second.ready.len(), Joiner::READY_PER_OFFER);
+    let rest = j.expire(due);
+    assert_eq!(
+        rest.len(),
+        n - 2 * Joiner::READY_PER_OFFER,
+        "a tick takes all due"
+    );
+    let ids: Vec<String> = [first.ready, second.ready, rest]
+        .concat()
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    let expected: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+    assert_eq!(ids, expected, "in deadline order, each once");
+    assert_eq!(j.open_len(), 2, "only the two newcomers are open");
+}
+
+#[test]
 fn bounded_state_evicts_oldest_and_says_so() {
     let mut j = Joiner::new(JoinConfig {
         window: Duration::from_secs(10),
