@@ -13,7 +13,10 @@
 //!
 //! The points' records reach the collector through different ring buffers, so the views of one
 //! exchange may be a batch apart: a keyed session is held until the probe's next batch (or for
-//! the hold time, whichever comes first), then sent, merged or not. Sessions without a wire key
+//! the hold time, whichever comes first), then sent, merged or not — unless it is complete
+//! before: every side of it this probe traces seen at both the pod's veth and its socket (a
+//! side is traced when it was seen, or when its pod's metadata names a veth of this probe). A
+//! complete exchange leaves as its last view joins it, while its session is still in the cache. Sessions without a wire key
 //! (datagrams, sockets whose sequence number could not be read) pass straight through, as do the
 //! incomplete sessions of ended flows: the correlator's time join handles them.
 //!
@@ -32,6 +35,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_proto::join::key::{wire_key, ClientAddr, WireKey};
 use clovisor_proto::join::merge;
 use clovisor_proto::session::v1::Session;
@@ -141,9 +145,9 @@ impl LocalJoin {
     }
 
     /// Takes one batch's sessions at `now`: merges each into a held view of its exchange or an
-    /// earlier one of the same batch where it fits; lends to `emit`, in this order, the sessions
-    /// without a wire key, those held from the previous batch, and — with a zero hold — all the
-    /// rest.
+    /// earlier one of the same batch where it fits; lends to `emit` the sessions without a wire
+    /// key and each exchange as it becomes complete ([`complete`]) as they come, then those
+    /// held from the previous batch, and — with a zero hold — all the rest.
     pub fn offer(
         &mut self,
         sessions: Vec<Collected>,
@@ -170,20 +174,25 @@ impl LocalJoin {
             self.take(&mut taking, i, &mut merged, &mut emit);
         }
         for view in views {
-            let into = view.key.and_then(|key| {
+            let at = view.key.and_then(|key| {
                 find(
-                    (&self.index, &mut self.held),
-                    (&self.taking_index, &mut taking.sessions, &taking.waiting),
+                    (&self.index, &self.held),
+                    (&self.taking_index, &taking.sessions, &taking.waiting),
                     key,
                     |into| merge::fits_point(&into.session, &view.view.observation),
                 )
             });
-            match into {
-                Some(into) => {
+            let into = at.and_then(|at| at.get(&mut self.held, &mut taking.sessions));
+            match (at, into) {
+                (Some(at), Some(into)) => {
                     merge_view(into, view);
                     merged.views += 1;
+                    if complete(into) {
+                        emit(into);
+                        at.hand_on(&mut self.held, &mut taking.waiting);
+                    }
                 }
-                None => {
+                _ => {
                     let i = taking.push(view.into_collected());
                     self.take(&mut taking, i, &mut merged, &mut emit);
                 }
@@ -222,19 +231,24 @@ impl LocalJoin {
             taking.waiting[i] = false;
             return;
         };
-        let into = find(
-            (&self.index, &mut self.held),
+        let at = find(
+            (&self.index, &self.held),
             (&self.taking_index, earlier, &taking.waiting),
             key,
             |into| merge::fits(&into.session, &s.session),
         );
-        match into {
-            Some(into) => {
+        let into = at.and_then(|at| at.get(&mut self.held, earlier));
+        match (at, into) {
+            (Some(at), Some(into)) => {
                 merge_into(into, s);
                 taking.waiting[i] = false;
                 merged.views += 1;
+                if complete(into) {
+                    emit(into);
+                    at.hand_on(&mut self.held, &mut taking.waiting);
+                }
             }
-            None => {
+            _ => {
                 self.taking_index.entry(key).or_insert(i);
             }
         }
@@ -250,29 +264,98 @@ impl LocalJoin {
     }
 }
 
-/// The view of exchange `key` a view may merge into: the held one (by the held batch's index),
-/// else the taking batch's among `sessions` (by its index; a prefix of the batch where only
-/// earlier sessions may be merged into), if still waiting and `fits` it.
-fn find<'a>(
-    (index, held): (&FxHashMap<WireKey, usize>, &'a mut Batch),
-    (taking_index, sessions, waiting): (&FxHashMap<WireKey, usize>, &'a mut [Collected], &[bool]),
+/// Where a held or taken view is: its place in the held batch or in the batch being taken.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    Held(usize),
+    Taking(usize),
+}
+
+impl At {
+    fn get<'a>(
+        self,
+        held: &'a mut Batch,
+        taking: &'a mut [Collected],
+    ) -> Option<&'a mut Collected> {
+        match self {
+            Self::Held(h) => held.sessions.get_mut(h),
+            Self::Taking(t) => taking.get_mut(t),
+        }
+    }
+
+    /// Marks the view handed on (lent to `emit` already): it waits no longer.
+    fn hand_on(self, held: &mut Batch, taking_waiting: &mut [bool]) {
+        let waiting = match self {
+            Self::Held(h) => held.waiting.get_mut(h),
+            Self::Taking(t) => taking_waiting.get_mut(t),
+        };
+        if let Some(w) = waiting {
+            *w = false;
+        }
+    }
+}
+
+/// Where the view of exchange `key` a view may merge into is: the held one (by the held batch's
+/// index), else the taking batch's among `sessions` (by its index; a prefix of the batch where
+/// only earlier sessions may be merged into), if still waiting and `fits` it.
+fn find(
+    (index, held): (&FxHashMap<WireKey, usize>, &Batch),
+    (taking_index, sessions, waiting): (&FxHashMap<WireKey, usize>, &[Collected], &[bool]),
     key: WireKey,
     fits: impl Fn(&Collected) -> bool,
-) -> Option<&'a mut Collected> {
+) -> Option<At> {
     let held = index
         .get(&key)
         .copied()
         .filter(|&h| held.is_waiting(h))
-        .and_then(|h| held.sessions.get_mut(h));
-    let same_batch = taking_index
-        .get(&key)
-        .copied()
-        .filter(|&t| waiting.get(t).copied().unwrap_or(false))
-        .and_then(|t| sessions.get_mut(t));
-    [held, same_batch]
-        .into_iter()
-        .flatten()
-        .find(|into| fits(into))
+        .filter(|&h| held.sessions.get(h).is_some_and(&fits))
+        .map(At::Held);
+    held.or_else(|| {
+        taking_index
+            .get(&key)
+            .copied()
+            .filter(|&t| waiting.get(t).copied().unwrap_or(false))
+            .filter(|&t| sessions.get(t).is_some_and(&fits))
+            .map(At::Taking)
+    })
+}
+
+/// Whether a decoded view holds every view of its exchange this probe can send, so that it may
+/// leave at once instead of waiting for the next batch (cold by then: capping, redacting,
+/// encoding and dropping held sessions was a tenth of the collector's time). Every side it
+/// saw, and every side whose pod this probe traces (its metadata names the pod's veth), must
+/// show both the pod's veth and its socket — what a probe sees of a traced pod when the socket
+/// point covers it. Where a side never has both (socket hooks off, a process the socket point
+/// does not see), the view waits as before. A view that does leave early and is then followed
+/// by one more of its exchange (a node interface's, say) loses nothing: that one leaves alone
+/// and the correlator joins it.
+fn complete(c: &Collected) -> bool {
+    if merge::counters_only(&c.session) {
+        return false;
+    }
+    let traced = |m: &Option<Arc<EndpointMeta>>| {
+        m.as_ref()
+            .is_some_and(|m| m.ifindex != 0 || !m.interface.is_empty())
+    };
+    [
+        (Side::Client, traced(&c.client_meta)),
+        (Side::Server, traced(&c.server_meta)),
+    ]
+    .into_iter()
+    .all(|(side, traced)| {
+        let seen = |kind: PointKind| {
+            c.session
+                .observations
+                .iter()
+                .any(|o| o.side == side as i32 && o.kind == kind as i32)
+        };
+        let (veth, socket) = (seen(PointKind::Pod), seen(PointKind::Socket));
+        if traced || veth || socket {
+            veth && socket
+        } else {
+            true
+        }
+    })
 }
 
 /// The wire key of a session, if it has one.

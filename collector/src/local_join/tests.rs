@@ -469,8 +469,19 @@ fn views_whose_names_are_left_to_their_origin_leave_named_after_a_merge() {
         node: "node-a".into(),
     });
     // Two decoded views (the merged one's id is remembered) and a counters-only one (adds none).
-    let veth = |id, seq| originated(server_veth(id, seq), &probe);
-    let socket = originated(server_socket("p/9/0", 7), &probe);
+    // The client's veth is one of the probe's (the flow table names it beside every view), so
+    // the server's two views wait for the client's.
+    let client_traced = Arc::new(EndpointMeta {
+        interface: "veth-c".into(),
+        ifindex: 5,
+        ..EndpointMeta::default()
+    });
+    let with_client = |mut c: Collected| {
+        c.client_meta = Some(Arc::clone(&client_traced));
+        c
+    };
+    let veth = |id, seq| with_client(originated(server_veth(id, seq), &probe));
+    let socket = with_client(originated(server_socket("p/9/0", 7), &probe));
     let counters = originated(
         counters_view((PointKind::Pod, Side::Client), "veth-c", 7),
         &probe,
@@ -680,4 +691,80 @@ fn counters_only_views_kept_apart_leave_exactly_as_their_sessions_would() {
         assert_eq!(got_merged, want_merged, "case {n}");
         assert!(want_merged.views > 0 || n == 2, "case {n} merges something");
     }
+}
+
+/// `c` with the client's pod named as one whose veth this probe traces.
+fn client_traced(mut c: Collected) -> Collected {
+    c.client_meta = Some(Arc::new(EndpointMeta {
+        interface: "veth-client".into(),
+        ifindex: 5,
+        ..EndpointMeta::default()
+    }));
+    c
+}
+
+#[test]
+fn an_exchange_whose_every_traced_side_is_seen_at_veth_and_socket_leaves_at_once() {
+    let mut j = LocalJoin::new(Duration::from_millis(30));
+    // The server's veth and socket in one batch, the client not traced here: complete.
+    let (out, merged) = offer(
+        &mut j,
+        vec![server_veth("p/1/0", 7), server_socket("p/9/0", 7)],
+    );
+    assert_eq!(merged.views, 1);
+    assert_eq!(out.len(), 1, "left with its batch, not held: {out:#?}");
+    assert_eq!(out[0].observations.len(), 2);
+    assert!(!j.is_holding(), "nothing waits");
+
+    // A batch apart: the held veth view leaves as its socket view joins it.
+    let (out, _) = offer(&mut j, vec![server_veth("p/1/1", 8)]);
+    assert!(out.is_empty());
+    let (out, _) = offer(&mut j, vec![server_socket("p/9/1", 8)]);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].merged_ids, ["p/9/1"]);
+    assert!(!j.is_holding());
+
+    // Only a veth (socket hooks off): waits for the next batch as before.
+    let (out, _) = offer(&mut j, vec![server_veth("p/1/2", 9)]);
+    assert!(out.is_empty() && j.is_holding());
+    let (out, _) = offer(&mut j, Vec::new());
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn a_traced_client_keeps_the_exchange_waiting_until_its_veth_and_socket_join() {
+    let mut j = LocalJoin::new(Duration::from_millis(30));
+    let client = |s: Session| client_traced(Collected::bare(s));
+    let (out, _) = offer_collected(
+        &mut j,
+        vec![
+            client(server_veth("p/1/0", 7)),
+            client(server_socket("p/9/0", 7)),
+        ],
+    );
+    assert!(
+        out.is_empty(),
+        "the client's views are still to come: {out:#?}"
+    );
+    let client_veth = view("p/3/0", PointKind::Pod, Side::Client, "veth-client", 7);
+    let client_socket = view("p/4/0", PointKind::Socket, Side::Client, "", 7);
+    let (out, merged) = offer_collected(&mut j, vec![client(client_socket), client(client_veth)]);
+    assert_eq!(merged.views, 2);
+    assert_eq!(out.len(), 1, "all four seen: {out:#?}");
+    assert_eq!(out[0].observations.len(), 4);
+    assert!(!j.is_holding());
+
+    // One of the client's views missing: it waits its batch and leaves with the next.
+    let (out, _) = offer_collected(
+        &mut j,
+        vec![
+            client(server_veth("p/1/1", 8)),
+            client(server_socket("p/9/1", 8)),
+            client(view("p/4/1", PointKind::Socket, Side::Client, "", 8)),
+        ],
+    );
+    assert!(out.is_empty(), "{out:#?}");
+    let (out, _) = offer_collected(&mut j, Vec::new());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].observations.len(), 3);
 }
