@@ -471,17 +471,8 @@ fn views_whose_names_are_left_to_their_origin_leave_named_after_a_merge() {
     // Two decoded views (the merged one's id is remembered) and a counters-only one (adds none).
     // The client's veth is one of the probe's (the flow table names it beside every view), so
     // the server's two views wait for the client's.
-    let client_traced = Arc::new(EndpointMeta {
-        interface: "veth-c".into(),
-        ifindex: 5,
-        ..EndpointMeta::default()
-    });
-    let with_client = |mut c: Collected| {
-        c.client_meta = Some(Arc::clone(&client_traced));
-        c
-    };
-    let veth = |id, seq| with_client(originated(server_veth(id, seq), &probe));
-    let socket = with_client(originated(server_socket("p/9/0", 7), &probe));
+    let veth = |id, seq| client_traced(originated(server_veth(id, seq), &probe));
+    let socket = client_traced(originated(server_socket("p/9/0", 7), &probe));
     let counters = originated(
         counters_view((PointKind::Pod, Side::Client), "veth-c", 7),
         &probe,
