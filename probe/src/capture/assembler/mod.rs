@@ -215,6 +215,31 @@ impl Pending {
         }
     }
 
+    /// Starts `start` in this message's place at `now`, as [`Pending::new`] would make it, and
+    /// returns what the message it replaces needs to be emitted ([`Pending::done`]'s parts,
+    /// owned): only the message start is moved, not the whole entry.
+    fn restart(
+        &mut self,
+        start: MsgStart,
+        now: Instant,
+    ) -> (MsgStart, Option<MsgCounters>, Vec<SegmentRecord>) {
+        // Named one by one, so that a field added to `Pending` fails to compile here.
+        let Self {
+            start: old,
+            last_event,
+            flushed,
+            segments,
+            segment_bytes,
+        } = self;
+        *last_event = now;
+        *segment_bytes = 0;
+        (
+            std::mem::replace(old, start),
+            flushed.take(),
+            std::mem::take(segments),
+        )
+    }
+
     fn done(&self) -> Done<'_> {
         Done {
             start: &self.start,
@@ -398,11 +423,7 @@ impl Assembler {
         // moved in and out (the pending message whole, moved out, replaced and handed on, was
         // a tenth of the probe's time in copies).
         if let Some(slot) = self.pending.get_mut(&flow_id) {
-            let old = std::mem::replace(&mut slot.start, start);
-            let flushed = slot.flushed.take();
-            let segments = std::mem::take(&mut slot.segments);
-            slot.segment_bytes = 0;
-            slot.last_event = now;
+            let (old, flushed, segments) = slot.restart(start, now);
             let done = Done {
                 start: &old,
                 flushed,
