@@ -16,9 +16,10 @@
 //! the hold time, whichever comes first), then sent, merged or not — unless it is complete
 //! before: every side of it this probe traces seen at both the pod's veth and its socket (a
 //! side is traced when it was seen, or when its pod's metadata names a veth of this probe). A
-//! complete exchange leaves as its last view joins it, while its session is still in the cache. Sessions without a wire key
-//! (datagrams, sockets whose sequence number could not be read) pass straight through, as do the
-//! incomplete sessions of ended flows: the correlator's time join handles them.
+//! complete exchange leaves as its last view joins it, while its session is still in the cache.
+//! Sessions without a wire key (datagrams, sockets whose sequence number could not be read) pass
+//! straight through, as do the incomplete sessions of ended flows: the correlator's time join
+//! handles them.
 //!
 //! A counters-only view (a covered pod veth's timings and counters, no payload:
 //! [`merge::counters_only`]) is merged into the decoded view of its exchange, and adds no id to
@@ -182,15 +183,13 @@ impl LocalJoin {
                     |into| merge::fits_point(&into.session, &view.view.observation),
                 )
             });
-            let into = at.and_then(|at| at.get(&mut self.held, &mut taking.sessions));
+            let into = at.and_then(|at| at.get(&mut self.held.sessions, &mut taking.sessions));
             match (at, into) {
                 (Some(at), Some(into)) => {
                     merge_view(into, view);
                     merged.views += 1;
-                    if complete(into) {
-                        emit(into);
-                        at.hand_on(&mut self.held, &mut taking.waiting);
-                    }
+                    let waiting = (&mut self.held.waiting[..], &mut taking.waiting[..]);
+                    at.leave_if_complete(into, waiting, &mut emit);
                 }
                 _ => {
                     let i = taking.push(view.into_collected());
@@ -237,16 +236,14 @@ impl LocalJoin {
             key,
             |into| merge::fits(&into.session, &s.session),
         );
-        let into = at.and_then(|at| at.get(&mut self.held, earlier));
+        let into = at.and_then(|at| at.get(&mut self.held.sessions, earlier));
         match (at, into) {
             (Some(at), Some(into)) => {
                 merge_into(into, s);
                 taking.waiting[i] = false;
                 merged.views += 1;
-                if complete(into) {
-                    emit(into);
-                    at.hand_on(&mut self.held, &mut taking.waiting);
-                }
+                let waiting = (&mut self.held.waiting[..], &mut taking.waiting[..]);
+                at.leave_if_complete(into, waiting, emit);
             }
             _ => {
                 self.taking_index.entry(key).or_insert(i);
@@ -274,19 +271,29 @@ enum At {
 impl At {
     fn get<'a>(
         self,
-        held: &'a mut Batch,
+        held: &'a mut [Collected],
         taking: &'a mut [Collected],
     ) -> Option<&'a mut Collected> {
         match self {
-            Self::Held(h) => held.sessions.get_mut(h),
+            Self::Held(h) => held.get_mut(h),
             Self::Taking(t) => taking.get_mut(t),
         }
     }
 
-    /// Marks the view handed on (lent to `emit` already): it waits no longer.
-    fn hand_on(self, held: &mut Batch, taking_waiting: &mut [bool]) {
+    /// Lends `into` (the view at this place, just merged into) to `emit` if it is [`complete`],
+    /// and marks it no longer waiting.
+    fn leave_if_complete(
+        self,
+        into: &mut Collected,
+        (held_waiting, taking_waiting): (&mut [bool], &mut [bool]),
+        emit: &mut impl FnMut(&mut Collected),
+    ) {
+        if !complete(into) {
+            return;
+        }
+        emit(into);
         let waiting = match self {
-            Self::Held(h) => held.waiting.get_mut(h),
+            Self::Held(h) => held_waiting.get_mut(h),
             Self::Taking(t) => taking_waiting.get_mut(t),
         };
         if let Some(w) = waiting {

@@ -13,10 +13,10 @@
 //! on arrival.
 //!
 //! An exchange stays *open* for the join window after its first observation; then it is
-//! *ready*: its span is exported and its RED metrics counted, once (made ready by the next offer,
-//! at most [`Joiner::READY_PER_OFFER`] an offer, or by the next [`Joiner::expire`]). It is remembered for the
-//! retention time afterwards so a late observation is still appended to the stored session
-//! (the REST API shows it; the span, already sent, does not). State is bounded: beyond
+//! *ready*: its span is exported and its RED metrics counted, once (made ready by the next
+//! offer, at most [`Joiner::READY_PER_OFFER`] an offer, or by the next [`Joiner::expire`]). It
+//! is remembered for the retention time afterwards so a late observation is still appended to
+//! the stored session (the REST API shows it; the span, already sent, does not). State is bounded: beyond
 //! `max_entries` the oldest retained exchange is forgotten, or, when all are open, the oldest
 //! open one is made ready early — both counted.
 
