@@ -5,6 +5,24 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A loopback port that was free a moment ago, never the same twice in one process: the kernel
+/// may hand a port just released to the next `bind(0)`, and two servers of one test given the
+/// same port collide. For every crate's tests (`test-util`).
+pub fn free_port() -> std::io::Result<u16> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..64 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no loopback port not handed out before in 64 tries",
+    ))
+}
+
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -44,20 +62,20 @@ pub struct ServerTls {
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> Result<Self, ServerError> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         Self::start_at(port, tempfile::tempdir()?)
     }
 
     /// Starts a server on a free port that requires `password` (`requirepass`).
     pub fn start_with_password(password: &str) -> Result<Self, ServerError> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         Self::launch(port, tempfile::tempdir()?, Some(password.to_owned()))
     }
 
     /// Starts a server on a free port with `extra` configuration arguments (ACL `--user`
     /// directives, …); [`RedisServer::url_as`] names a user.
     pub fn start_with_args(extra: &[String]) -> Result<Self, ServerError> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         Self::launch_full(port, tempfile::tempdir()?, None, None, extra)
     }
 
@@ -74,7 +92,7 @@ impl RedisServer {
     /// Starts a server on a free port that speaks only TLS with `tls` (clients need no
     /// certificate) and requires `password`.
     pub fn start_tls(password: &str, tls: &ServerTls) -> Result<Self, ServerError> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         Self::launch_with(
             port,
             tempfile::tempdir()?,

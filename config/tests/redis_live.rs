@@ -1,7 +1,7 @@
 //! The Redis source against a real `redis-server` (Debian package), started by each test on a
 //! free port in a temporary directory and killed at the end.
 
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -236,7 +236,7 @@ async fn redis_lost_keeps_the_last_good_config_and_a_restart_reconnects() -> any
 
 #[tokio::test]
 async fn unreachable_at_start_traces_nothing_then_connects() -> anyhow::Result<()> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = clovisor_config::testing::free_port()?;
     let metrics = ConfigMetrics::default();
     let (mut rx, task) = RedisSource::new(&format!("redis://127.0.0.1:{port}"), metrics.clone())?
         .spawn(std::future::pending());

@@ -9,7 +9,6 @@
 //! The live feed (`/api/v1/sessions/stream`) never ends a 200 answer, which a request-response
 //! fuzzer cannot read: it is left out of the fuzzing and its refusals are checked here.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,21 +25,8 @@ fn schemathesis() -> PathBuf {
     )
 }
 
-/// A loopback port that was free a moment ago, never the same twice in this process: the kernel
-/// may hand a port just released to the next `bind(0)`, and a correlator given one port for two
-/// of its listeners fails to start.
 fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
-        }
-    }
+    clovisor_config::testing::free_port().expect("a free loopback port")
 }
 
 /// A correlator process, killed on drop.

@@ -23,7 +23,7 @@ pub mod kafka;
 pub mod line_proto;
 pub mod tls;
 
-use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -352,20 +352,10 @@ pub fn wait_for(
     }
 }
 
-/// A loopback port that was free a moment ago.
-///
-/// Never the same port twice in one test process: the kernel may hand a port just released to
-/// the next `bind(0)`, and two services of one test given the same port would collide.
+/// A loopback port that was free a moment ago, never the same twice in one test process
+/// ([`clovisor_config::testing::free_port`]).
 pub fn free_port() -> Result<u16> {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    for _ in 0..64 {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no port not handed out before in 64 tries")
+    Ok(clovisor_config::testing::free_port()?)
 }
 
 /// The workspace's target directory.
