@@ -31,8 +31,10 @@
 //! ```
 //!
 //! Each phase (each protocol's) runs whole rounds until `--seconds` (default 5) of wall time have
-//! passed; `--phase records`, `pcap` or `protocols` (repeatable) runs only those (for profiling,
-//! and `scripts/bench.sh`).
+//! passed, or exactly `--rounds N` rounds when given (for counting instructions under
+//! `valgrind --tool=callgrind`, which are the same from run to run while seconds are not);
+//! `--phase records`, `pcap` or `protocols` (repeatable) runs only those (for profiling, and
+//! `scripts/bench.sh`).
 //!
 //! The allocator is the collector binary's (mimalloc), so the figures are the binary's.
 
@@ -112,9 +114,26 @@ impl Phase {
     }
 }
 
-/// Runs `round` (numbered from 1) until `budget` has passed; each must yield `expected`.
+/// How long a phase runs: whole rounds until a wall-time budget has passed, or a fixed count.
+#[derive(Clone, Copy)]
+enum Budget {
+    Wall(Duration),
+    Rounds(u64),
+}
+
+impl Budget {
+    /// Whether another round is due after `rounds` rounds that took `elapsed`.
+    fn more(self, rounds: u64, elapsed: Duration) -> bool {
+        match self {
+            Budget::Wall(d) => rounds == 0 || elapsed < d,
+            Budget::Rounds(n) => rounds < n,
+        }
+    }
+}
+
+/// Runs `round` (numbered from 1) until `budget` is spent; each must yield `expected`.
 fn timed(
-    budget: Duration,
+    budget: Budget,
     expected: Yield,
     mut round: impl FnMut(u64) -> anyhow::Result<Yield>,
 ) -> anyhow::Result<Phase> {
@@ -122,7 +141,7 @@ fn timed(
     let start = Instant::now();
     let mut rounds = 0u64;
     let mut total = Yield::default();
-    while rounds == 0 || start.elapsed() < budget {
+    while budget.more(rounds, start.elapsed()) {
         rounds += 1;
         let got = round(rounds)?;
         if got != expected {
@@ -216,6 +235,7 @@ fn protocol_json(count: by_protocol::Count, phase: Option<&Phase>) -> serde_json
 #[allow(clippy::print_stdout)]
 fn main() -> anyhow::Result<()> {
     let mut seconds = 5.0f64;
+    let mut fixed_rounds: Option<u64> = None;
     // The phases asked for by `--phase` (repeatable); all three when none is.
     let mut asked: Option<(bool, bool, bool)> = None;
     let mut ports: Vec<u16> = Vec::new();
@@ -226,6 +246,14 @@ fn main() -> anyhow::Result<()> {
             "--seconds" => {
                 let v = args.next().context("--seconds needs a value")?;
                 seconds = v.parse().with_context(|| format!("--seconds {v}"))?;
+            }
+            "--rounds" => {
+                let v = args.next().context("--rounds needs a value")?;
+                let n: u64 = v.parse().with_context(|| format!("--rounds {v}"))?;
+                if n == 0 {
+                    bail!("--rounds must be at least 1");
+                }
+                fixed_rounds = Some(n);
             }
             "--port" | "-p" => {
                 let v = args.next().context("--port needs a value")?;
@@ -247,12 +275,15 @@ fn main() -> anyhow::Result<()> {
     }
     if files.is_empty() || !(seconds > 0.0 && seconds.is_finite()) {
         bail!(
-            "usage: decode_bench [--seconds S] [--port P[,P...]] [--phase records|pcap|protocols] \
+            "usage: decode_bench [--seconds S | --rounds N] [--port P[,P...]] [--phase records|pcap|protocols] \
              CAPTURE.pcap[ng]..."
         );
     }
     let phases = asked.unwrap_or((true, true, true));
-    let budget = Duration::from_secs_f64(seconds);
+    let budget = match fixed_rounds {
+        Some(n) => Budget::Rounds(n),
+        None => Budget::Wall(Duration::from_secs_f64(seconds)),
+    };
     // As `clovisor decode` replays (its default ports unless --port, content detection).
     let config = ReplayConfig::decode(&ports, PROBE_SNAPLEN, "bench".to_owned());
 
