@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use clovisor_proto::session::v1::{Http, Protocol};
 
 use super::parse::{
-    decode_requests, decode_response, decode_responses, RequestHead, ResponseHead, ResponseHeads,
+    decode_requests, decode_response, decode_responses, RequestHead, RequestHeads, ResponseHead,
+    ResponseHeads,
 };
 use crate::decode::http2::{Http2, Http2Flow};
 use crate::decode::{
@@ -24,7 +25,7 @@ struct Open {
     request: MessageStats,
     /// Its request heads (several when pipelined); empty when none decoded, in which case the
     /// response is consumed without an exchange (the error is already counted).
-    requests: Vec<RequestHead>,
+    requests: RequestHeads,
     /// An interim `100 Continue` was seen: the next client message is the request body.
     awaiting_body: bool,
     /// Response bytes seen so far in interim responses.
@@ -86,7 +87,7 @@ impl Http1Flow {
             Ok(r) => r,
             Err(e) => {
                 out.decode_error(e.as_label());
-                Vec::new()
+                RequestHeads::new()
             }
         };
         for r in &requests {

@@ -186,8 +186,11 @@ fn version(v: Option<u8>) -> &'static str {
 }
 
 /// A header value as trimmed text: borrowed from the capture when it is valid UTF-8 (nearly
-/// always), else with the invalid bytes replaced.
+/// always), else with the invalid bytes replaced. The ASCII whitespace at either end is cut
+/// from the bytes first, so only what is kept is checked (the same text: `str::trim` would cut
+/// it too, and cutting ASCII bytes from the ends keeps valid UTF-8 valid).
 fn trimmed(value: &[u8]) -> Cow<'_, str> {
+    let value = value.trim_ascii();
     match std::str::from_utf8(value) {
         Ok(s) => Cow::Borrowed(s.trim()),
         Err(_) => Cow::Owned(String::from_utf8_lossy(value).trim().to_owned()),
@@ -200,20 +203,38 @@ fn text(value: &[u8]) -> String {
 
 fn is_chunked(value: &[u8]) -> bool {
     // The last transfer coding decides how the body is framed.
-    value
-        .rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|last| trimmed(last).eq_ignore_ascii_case("chunked"))
+    let Some(last) = value.rsplit(|&b| b == b',').next() else {
+        return false;
+    };
+    // `chunked` between ASCII spaces; otherwise as text (which trims Unicode spaces too, the
+    // vertical tab among them).
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+        || trimmed(last).eq_ignore_ascii_case("chunked")
 }
 
 fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+        return Some(decimal(digits));
+    }
+    // Otherwise as text, which trims Unicode spaces too (the vertical tab among them).
     let t = trimmed(value);
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    // Digits beyond u64: a body longer than anything captured, never "no body" (which would
-    // let the bytes after the head pass for a second, smuggled message).
-    Some(t.parse().unwrap_or(u64::MAX))
+    Some(decimal(t.as_bytes()))
+}
+
+/// The value of ASCII digits. Digits beyond u64: a body longer than anything captured, never
+/// "no body" (which would let the bytes after the head pass for a second, smuggled message).
+fn decimal(digits: &[u8]) -> u64 {
+    digits
+        .iter()
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?
+                .checked_add(u64::from(d.wrapping_sub(b'0')))
+        })
+        .unwrap_or(u64::MAX)
 }
 
 /// The request headers the decoder reads. Every other header is never read, credentials
@@ -519,13 +540,17 @@ fn chunked_len(body: &[u8]) -> Option<usize> {
     }
 }
 
+/// The request heads of one message: one, without a vector of its own, unless pipelined (as
+/// [`ResponseHeads`]: a request message is nearly always one request).
+pub type RequestHeads = smallvec::SmallVec<[RequestHead; 1]>;
+
 /// Decodes every request head in `buf` (pipelining), as far as body lengths allow.
 ///
 /// The first head must decode; later ones stop the walk quietly when the capture ends, since a
 /// cut is expected there.
-pub fn decode_requests(buf: &[u8]) -> Result<Vec<RequestHead>, ParseError> {
+pub fn decode_requests(buf: &[u8]) -> Result<RequestHeads, ParseError> {
     let first = decode_request(buf)?;
-    let mut out = Vec::new();
+    let mut out = RequestHeads::new();
     let mut pos = 0usize;
     let mut head = first;
     loop {
@@ -608,4 +633,56 @@ pub fn decode_responses(buf: &[u8], requests: &[RequestHead]) -> Result<Response
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod value_tests {
+    //! Header values read from their bytes give what reading them as trimmed text gave.
+
+    use proptest::prelude::*;
+
+    /// The reading before bytes were trimmed first: the whole value as text, trimmed.
+    fn text_trimmed(value: &[u8]) -> String {
+        String::from_utf8_lossy(value).trim().to_owned()
+    }
+
+    const PIECES: &[&[u8]] = &[
+        b" ",
+        b"\t",
+        b"\x0b",
+        b"\x0c",
+        b"\r",
+        b"\n",
+        b"\xc2\xa0",
+        b"\xe3\x80\x80",
+        b"\xff",
+        b"0",
+        b"7",
+        b"18446744073709551616",
+        b"chunked",
+        b"CHUNKED",
+        b",",
+        b"gzip",
+        b"x",
+    ];
+
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop::sample::select(PIECES), 0..8).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn values_read_from_bytes_are_read_as_from_trimmed_text(v in value()) {
+            let t = text_trimmed(&v);
+            prop_assert_eq!(super::text(&v), t.clone());
+            let length = (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse().unwrap_or(u64::MAX));
+            prop_assert_eq!(super::content_length(&v), length);
+            let chunked = v
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| text_trimmed(last).eq_ignore_ascii_case("chunked"));
+            prop_assert_eq!(super::is_chunked(&v), chunked);
+        }
+    }
 }
