@@ -17,9 +17,21 @@ use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Protocol, Ses
 use super::endpoints::{EndpointMeta, Ends};
 use crate::decode::{Exchange, Fields};
 
-/// The part of its sessions' ids a flow fixes: `<probe id>/<flow id in hex>/`.
+/// The part of its sessions' ids a flow fixes: `<probe id>/<flow id in hex>/`, as
+/// `format!("{probe_id}/{flow_id:x}/")` writes it, without the formatting machinery (once per
+/// flow, which for short connections is once every exchange or two).
 pub(super) fn id_prefix(probe_id: &str, flow_id: u64) -> String {
-    format!("{probe_id}/{flow_id:x}/")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Hex digits of flow_id, without leading zeros (one for 0).
+    let digits = (u64::BITS - flow_id.leading_zeros()).div_ceil(4).max(1);
+    let mut s = String::with_capacity(probe_id.len() + digits as usize + 2);
+    s.push_str(probe_id);
+    s.push('/');
+    for i in (0..digits).rev() {
+        s.push(char::from(HEX[((flow_id >> (4 * i)) & 0xf) as usize]));
+    }
+    s.push('/');
+    s
 }
 
 /// What every session of one flow is named by: its ids' prefix ([`id_prefix`]) and its ends'
@@ -480,6 +492,10 @@ mod tests {
             };
             origin.id().to_text()
         };
+        for flow in [0, 1, 0xf, 0x10, 0x1f, 0xabc, 1 << 63, u64::MAX - 1, u64::MAX] {
+            assert_eq!(id_prefix("probe-1", flow), format!("probe-1/{flow:x}/"));
+        }
+        assert_eq!(id_prefix("", 0), "/0/");
         assert_eq!(id(id_prefix("probe-1", 0x1f), 4, 0), "probe-1/1f/4");
         assert_eq!(id(id_prefix("probe-1", 0x1f), 4, 1), "probe-1/1f/4.1");
         assert_eq!(
