@@ -492,7 +492,17 @@ mod tests {
             };
             origin.id().to_text()
         };
-        for flow in [0, 1, 0xf, 0x10, 0x1f, 0xabc, 1 << 63, u64::MAX - 1, u64::MAX] {
+        for flow in [
+            0,
+            1,
+            0xf,
+            0x10,
+            0x1f,
+            0xabc,
+            1 << 63,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             assert_eq!(id_prefix("probe-1", flow), format!("probe-1/{flow:x}/"));
         }
         assert_eq!(id_prefix("", 0), "/0/");
