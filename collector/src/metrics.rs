@@ -332,7 +332,18 @@ struct Handles {
     flow_received: OnceLock<Counter>,
     flow_emitted: OnceLock<Counter>,
     flow_buffered: OnceLock<Gauge>,
+    /// `connections_ended{point, reason}` for each point and reason the flow table names
+    /// ([`CONNECTION_END_POINTS`] × [`CONNECTION_END_REASONS`]): looked up once, not at every
+    /// connection's end (on short connections that is every exchange or two).
+    connections_ended:
+        [OnceLock<Counter>; CONNECTION_END_POINTS.len() * CONNECTION_END_REASONS.len()],
 }
+
+/// The points a connection end is counted at (`PointKind::short_name`), whose counters are
+/// cached.
+const CONNECTION_END_POINTS: [&str; 4] = ["pod", "node", "socket", "unspecified"];
+/// The reasons a connection end is counted for, whose counters are cached.
+const CONNECTION_END_REASONS: [&str; 4] = ["fin", "rst", "idle", "unspecified"];
 
 /// A label set naming a bounded reason.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -753,9 +764,22 @@ impl CollectorMetrics {
 
     /// Counts a connection end seen at `point` for `reason`.
     pub fn connection_ended(&self, point: &'static str, reason: &'static str) {
-        self.connections_ended
-            .get_or_create(&ConnectionEndLabels { point, reason })
-            .inc();
+        let labels = || ConnectionEndLabels { point, reason };
+        let cached = CONNECTION_END_POINTS
+            .iter()
+            .position(|p| *p == point)
+            .zip(CONNECTION_END_REASONS.iter().position(|r| *r == reason))
+            .and_then(|(p, r)| {
+                self.handles
+                    .connections_ended
+                    .get(p * CONNECTION_END_REASONS.len() + r)
+            });
+        match cached {
+            Some(handle) => handle
+                .get_or_init(|| self.connections_ended.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.connections_ended.get_or_create(&labels()).inc(),
+        };
     }
 
     /// Current value of `connections_ended{point, reason}`.
@@ -1078,6 +1102,26 @@ mod tests {
         ] {
             assert_bounded(&text, family, family, folded);
         }
+    }
+
+    #[test]
+    fn connection_ends_count_into_their_series_cached_or_not() {
+        let m = CollectorMetrics::new();
+        for _ in 0..3 {
+            m.connection_ended("pod", "fin");
+        }
+        m.connection_ended("socket", "rst");
+        // A label pair outside the cached ones still counts, in its own series.
+        m.connection_ended("pod", "other");
+        assert_eq!(m.connections_ended_for("pod", "fin"), 3);
+        assert_eq!(m.connections_ended_for("socket", "rst"), 1);
+        assert_eq!(m.connections_ended_for("pod", "other"), 1);
+        assert_eq!(m.connections_ended_for("node", "fin"), 0);
+        let text = text_of(&m);
+        assert!(
+            text.contains(r#"point="pod",reason="fin"} 3"#),
+            "the cached handle is the exported series: {text}"
+        );
     }
 
     #[test]
