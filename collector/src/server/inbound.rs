@@ -108,8 +108,19 @@ impl Batch {
                 }
                 field::BATCH_RECORDS => {
                     check_wire_type(WireType::LengthDelimited, wire_type)?;
-                    // Checks the length against what is left, as prost's decoding would.
-                    skip_field(wire_type, tag, &mut buf, Default::default())?;
+                    // A length that fits in what is left is stepped over here; any other goes
+                    // through prost's skip_field, which refuses it as prost's decoding would.
+                    let chunk = buf.chunk();
+                    let mut rest = chunk;
+                    let step = wire::varint(&mut rest)
+                        .ok()
+                        .and_then(|len| usize::try_from(len).ok())
+                        .filter(|&len| len <= rest.len())
+                        .map(|len| chunk.len() - rest.len() + len);
+                    match step {
+                        Some(step) => buf.advance(step),
+                        None => skip_field(wire_type, tag, &mut buf, Default::default())?,
+                    }
                     records += 1;
                 }
                 _ => skip_field(wire_type, tag, &mut buf, Default::default())?,
@@ -399,5 +410,68 @@ mod tests {
         assert_eq!(b.len(), 3);
         let got: Vec<bool> = b.records().map(|r| r.is_ok()).collect();
         assert_eq!(got, [true, false, true], "only the broken record fails");
+    }
+
+    /// The framing walk as it was, every field stepped over by prost's `skip_field`: the batch
+    /// number and the records counted, or prost's refusal.
+    fn framing_by_prost(body: Bytes) -> Result<(u64, usize), DecodeError> {
+        let mut buf = body;
+        let (mut seq, mut records) = (0, 0);
+        while buf.has_remaining() {
+            let (tag, wire_type) = decode_key(&mut buf)?;
+            match tag {
+                field::BATCH_SEQ => {
+                    check_wire_type(WireType::Varint, wire_type)?;
+                    seq = decode_varint(&mut buf)?;
+                }
+                field::BATCH_RECORDS => {
+                    check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    skip_field(wire_type, tag, &mut buf, Default::default())?;
+                    records += 1;
+                }
+                _ => skip_field(wire_type, tag, &mut buf, Default::default())?,
+            }
+        }
+        Ok((seq, records))
+    }
+
+    /// Pieces of a batch's framing, sound and not: record keys with short, long, overlong and
+    /// past-the-end lengths, a batch number, another field, stray bytes.
+    const PIECES: &[&[u8]] = &[
+        &[0x12, 0x00],
+        &[0x12, 0x03, 1, 2, 3],
+        &[0x12, 0x05, 1, 2],
+        &[0x12, 0x03, 1, 2],
+        &[0x12, 0x80, 0x01],
+        &[
+            0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ],
+        &[
+            0x12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+        ],
+        &[0x12],
+        &[0x08, 0x2a],
+        &[0x08, 0x96, 0x01],
+        &[0x0a, 0x01, 0x00],
+        &[0x1a, 0x02, 7, 7],
+        &[0x20, 0x01],
+        &[0x00],
+        &[0x80],
+        &[0x05],
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn the_framing_is_read_and_refused_as_prost_steps_over_it(
+            pieces in proptest::collection::vec(proptest::sample::select(PIECES), 0..12),
+        ) {
+            let body = Bytes::from(pieces.concat());
+            let ours = Batch::decode(body.clone()).map(|b| (b.seq(), b.len()));
+            let prost = framing_by_prost(body);
+            proptest::prop_assert_eq!(ours.is_ok(), prost.is_ok(), "{:?} vs {:?}", ours, prost);
+            if let (Ok(o), Ok(p)) = (ours, prost) {
+                proptest::prop_assert_eq!(o, p);
+            }
+        }
     }
 }
