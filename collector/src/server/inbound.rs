@@ -112,14 +112,12 @@ impl Batch {
                     // through prost's skip_field, which refuses it as prost's decoding would.
                     let chunk = buf.chunk();
                     let mut rest = chunk;
-                    let step = wire::varint(&mut rest)
-                        .ok()
-                        .and_then(|len| usize::try_from(len).ok())
-                        .filter(|&len| len <= rest.len())
-                        .map(|len| chunk.len() - rest.len() + len);
-                    match step {
-                        Some(step) => buf.advance(step),
-                        None => skip_field(wire_type, tag, &mut buf, Default::default())?,
+                    match wire::delimited(&mut rest) {
+                        Ok(_) => {
+                            let step = chunk.len() - rest.len();
+                            buf.advance(step);
+                        }
+                        Err(_) => skip_field(wire_type, tag, &mut buf, Default::default())?,
                     }
                     records += 1;
                 }
