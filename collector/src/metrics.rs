@@ -4,6 +4,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use clovisor_proto::capture::v1::FlowEndReason;
+use clovisor_proto::common::v1::PointKind;
 use clovisor_proto::delivery::DeliveryStats;
 use clovisor_runtime::drops::Drops;
 use clovisor_runtime::series::{BoundedFamily, SeriesHandle, OVERFLOW};
@@ -332,18 +334,11 @@ struct Handles {
     flow_received: OnceLock<Counter>,
     flow_emitted: OnceLock<Counter>,
     flow_buffered: OnceLock<Gauge>,
-    /// `connections_ended{point, reason}` for each point and reason the flow table names
-    /// ([`CONNECTION_END_POINTS`] × [`CONNECTION_END_REASONS`]): looked up once, not at every
-    /// connection's end (on short connections that is every exchange or two).
-    connections_ended:
-        [OnceLock<Counter>; CONNECTION_END_POINTS.len() * CONNECTION_END_REASONS.len()],
+    /// `connections_ended{point, reason}` by point kind and end reason (their protobuf numbers,
+    /// four of each): looked up once, not at every connection's end (on short connections
+    /// that is every exchange or two).
+    connections_ended: [OnceLock<Counter>; 16],
 }
-
-/// The points a connection end is counted at (`PointKind::short_name`), whose counters are
-/// cached.
-const CONNECTION_END_POINTS: [&str; 4] = ["pod", "node", "socket", "unspecified"];
-/// The reasons a connection end is counted for, whose counters are cached.
-const CONNECTION_END_REASONS: [&str; 4] = ["fin", "rst", "idle", "unspecified"];
 
 /// A label set naming a bounded reason.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -446,6 +441,17 @@ pub struct CollectorMetrics {
     /// Shared loss accounting (stages `collector` and `forwarder`).
     pub drops: Drops,
     handles: Handles,
+}
+
+/// A connection end's reason as the metrics and the flow table name it: `fin`, `rst`, `idle`
+/// or `unspecified`.
+pub fn end_reason_label(reason: FlowEndReason) -> &'static str {
+    match reason {
+        FlowEndReason::Fin => "fin",
+        FlowEndReason::Rst => "rst",
+        FlowEndReason::Idle => "idle",
+        FlowEndReason::Unspecified => "unspecified",
+    }
 }
 
 /// Loss-accounting stage of the collector's door: records of new batches = records taken into
@@ -763,18 +769,16 @@ impl CollectorMetrics {
     }
 
     /// Counts a connection end seen at `point` for `reason`.
-    pub fn connection_ended(&self, point: &'static str, reason: &'static str) {
-        let labels = || ConnectionEndLabels { point, reason };
-        let cached = CONNECTION_END_POINTS
-            .iter()
-            .position(|p| *p == point)
-            .zip(CONNECTION_END_REASONS.iter().position(|r| *r == reason))
-            .and_then(|(p, r)| {
-                self.handles
-                    .connections_ended
-                    .get(p * CONNECTION_END_REASONS.len() + r)
-            });
-        match cached {
+    pub fn connection_ended(&self, point: PointKind, reason: FlowEndReason) {
+        let labels = || ConnectionEndLabels {
+            point: point.short_name(),
+            reason: end_reason_label(reason),
+        };
+        match self
+            .handles
+            .connections_ended
+            .get(point as usize * 4 + reason as usize)
+        {
             Some(handle) => handle
                 .get_or_init(|| self.connections_ended.get_or_create(&labels()).clone())
                 .inc(),
@@ -1108,18 +1112,44 @@ mod tests {
     fn connection_ends_count_into_their_series_cached_or_not() {
         let m = CollectorMetrics::new();
         for _ in 0..3 {
-            m.connection_ended("pod", "fin");
+            m.connection_ended(PointKind::Pod, FlowEndReason::Fin);
         }
-        m.connection_ended("socket", "rst");
-        // A label pair outside the cached ones still counts, in its own series.
-        m.connection_ended("pod", "other");
+        m.connection_ended(PointKind::Socket, FlowEndReason::Rst);
         assert_eq!(m.connections_ended_for("pod", "fin"), 3);
         assert_eq!(m.connections_ended_for("socket", "rst"), 1);
-        assert_eq!(m.connections_ended_for("pod", "other"), 1);
         assert_eq!(m.connections_ended_for("node", "fin"), 0);
+        // Every point and reason has a series of its own (no two share a cached handle).
+        let points = [
+            PointKind::Unspecified,
+            PointKind::Pod,
+            PointKind::Node,
+            PointKind::Socket,
+        ];
+        let reasons = [
+            FlowEndReason::Unspecified,
+            FlowEndReason::Fin,
+            FlowEndReason::Rst,
+            FlowEndReason::Idle,
+        ];
+        let m = CollectorMetrics::new();
+        for (i, p) in points.iter().enumerate() {
+            for (j, r) in reasons.iter().enumerate() {
+                for _ in 0..=(i * 4 + j) {
+                    m.connection_ended(*p, *r);
+                }
+            }
+        }
+        for (i, p) in points.iter().enumerate() {
+            for (j, r) in reasons.iter().enumerate() {
+                assert_eq!(
+                    m.connections_ended_for(p.short_name(), end_reason_label(*r)),
+                    (i * 4 + j + 1) as u64
+                );
+            }
+        }
         let text = text_of(&m);
         assert!(
-            text.contains(r#"point="pod",reason="fin"} 3"#),
+            text.contains(r#"point="pod",reason="fin"} 6"#),
             "the cached handle is the exported series: {text}"
         );
     }

@@ -571,12 +571,9 @@ impl FlowTable {
     }
 
     fn on_flow_end(&mut self, probe_id: &str, e: &capture::FlowEnd, out: &mut Vec<Collected>) {
-        let reason = match capture::FlowEndReason::try_from(e.reason) {
-            Ok(capture::FlowEndReason::Fin) => "fin",
-            Ok(capture::FlowEndReason::Rst) => "rst",
-            Ok(capture::FlowEndReason::Idle) => "idle",
-            _ => "unspecified",
-        };
+        let end = capture::FlowEndReason::try_from(e.reason)
+            .unwrap_or(capture::FlowEndReason::Unspecified);
+        let reason = crate::metrics::end_reason_label(end);
         let p = self.probe_index.get(probe_id).copied();
         let f = p.map(|p| (p, e.flow_id));
         // The end names its flow by id: its key and point are the flow's (announced by its
@@ -595,7 +592,7 @@ impl FlowTable {
             .or(live.map(Flow::point))
             .or(dormant.as_ref().and_then(|d| d.point.as_ref()));
         let kind = point.map_or(PointKind::Unspecified, capture::ObservationPoint::kind);
-        self.metrics.connection_ended(kind.short_name(), reason);
+        self.metrics.connection_ended(kind, end);
         let Some(f) = f else {
             return;
         };
