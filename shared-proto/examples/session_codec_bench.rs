@@ -100,8 +100,8 @@ fn main() {
     assert_eq!(ours, session, "the decoders agree");
     let mut encoder = SessionEncoder::new();
     assert_eq!(
-        encoder.encode(&session).bytes()[..],
-        bytes[..],
+        encoder.encode(&session).session_bytes(),
+        &bytes[..],
         "the encoders agree"
     );
     println!("a session of {} bytes", bytes.len());

@@ -579,8 +579,8 @@ impl BatchContract for CaptureHop {
 }
 
 /// Collector -> correlator: `Session`s in `SessionBatch`es tagged with the sender's id. Each
-/// session is encoded once, by the probe stream that made it ([`SessionEncoder`]); a batch is
-/// then its framing and a copy of its sessions' bytes.
+/// session is encoded once, by the probe stream that made it ([`SessionEncoder`]), framed as the
+/// batch's field; a batch is then its head, those bytes as they are, and its sender.
 #[derive(Debug, Clone)]
 pub struct SessionHop {
     /// Stable for the life of the sending process.
@@ -597,13 +597,19 @@ impl BatchContract for SessionHop {
     }
 
     fn batch(&self, seq: u64, sessions: Vec<Self::Item>) -> HopMessage {
-        let body = sessions.iter().map(EncodedSession::framed_len).sum();
-        HopMessage::from(session_batch(seq, &self.sender, body, |buf| {
-            for s in &sessions {
-                put_session_key(s.0.len(), buf);
-                buf.put_slice(&s.0);
-            }
-        }))
+        // The `SessionBatch`'s sequence number, its sessions as they were encoded (each already
+        // framed as a `sessions` field), then its sender: the transport copies each part once,
+        // into its own buffer.
+        let mut parts = Vec::with_capacity(sessions.len() + 2);
+        let mut head = BytesMut::with_capacity(key_len(field::SESSION_BATCH_SEQ) + 10);
+        if seq != 0 {
+            encode_key(field::SESSION_BATCH_SEQ, WireType::Varint, &mut head);
+            encode_varint(seq, &mut head);
+        }
+        parts.push(head.freeze());
+        parts.extend(sessions.into_iter().map(|s| s.framed));
+        parts.push(session_batch(0, &self.sender, 0, |_| {}));
+        HopMessage(parts)
     }
 
     fn item_bytes(session: &Self::Item) -> usize {
@@ -660,37 +666,50 @@ impl From<Bytes> for HopMessage {
     }
 }
 
-/// One `Session`, protobuf-encoded: what the collector hands its forwarder.
+/// One `Session`, protobuf-encoded: what the collector hands its forwarder. Held as it will
+/// sit in a `SessionBatch` — the `sessions` field's key and length, then the session — so a
+/// batch is its sessions' bytes as they were encoded, not a copy of them ([`SessionHop`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedSession(Bytes);
+pub struct EncodedSession {
+    framed: Bytes,
+    /// Where the session's own bytes start in `framed`.
+    at: usize,
+}
 
 impl EncodedSession {
     /// `session` encoded on its own (tests, and senders of a few sessions).
     pub fn of(session: &session::Session) -> Self {
-        Self(Bytes::from(session.encode_to_vec()))
+        let len = session.encoded_len();
+        let mut framed = BytesMut::with_capacity(key_len(field::SESSION_BATCH_SESSIONS) + 10 + len);
+        put_session_key(len, &mut framed);
+        let at = framed.len();
+        session.encode_raw(&mut framed);
+        Self {
+            framed: framed.freeze(),
+            at,
+        }
     }
 
     /// The session's encoding.
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
+    pub fn session_bytes(&self) -> &[u8] {
+        self.framed.get(self.at..).unwrap_or_default()
     }
 
     /// The session again.
     pub fn decode(&self) -> Result<session::Session, prost::DecodeError> {
-        session::Session::decode(self.0.clone())
+        session::Session::decode(self.session_bytes())
     }
 
     /// Bytes it takes in a `SessionBatch`: its field's key, length and encoding.
     fn framed_len(&self) -> usize {
-        key_len(field::SESSION_BATCH_SESSIONS)
-            + encoded_len_varint(self.0.len() as u64)
-            + self.0.len()
+        self.framed.len()
     }
 }
 
 /// Encodes sessions one after another into a shared buffer, each taking its bytes as an
-/// [`EncodedSession`]: one allocation for many sessions, and no length walk before encoding
-/// (the buffer grows when a session does not fit what is left).
+/// [`EncodedSession`] (framed as a `SessionBatch`'s `sessions` field): one allocation for many
+/// sessions, and no length walk before encoding (the buffer grows when a session does not fit
+/// what is left).
 #[derive(Debug, Default)]
 pub struct SessionEncoder {
     buf: BytesMut,
@@ -713,7 +732,7 @@ impl SessionEncoder {
     }
 
     /// `session` with `names` written into its ends where it leaves them empty, encoded
-    /// ([`crate::session::encode::encode_raw_named`]).
+    /// ([`crate::session::encode::encode_framed`]).
     pub fn encode_named(
         &mut self,
         session: &session::Session,
@@ -724,8 +743,18 @@ impl SessionEncoder {
             self.buf.reserve(SESSION_BUFFER_BYTES);
         }
         // By hand: prost's bytes in about two thirds of its time (`session::encode`).
-        crate::session::encode::encode_raw_named(session, names, &mut self.buf, &mut self.lens);
-        EncodedSession(self.buf.split().freeze())
+        let len = crate::session::encode::encode_framed(
+            session,
+            names,
+            &mut self.buf,
+            &mut self.lens,
+            put_session_key,
+        );
+        let framed = self.buf.split().freeze();
+        EncodedSession {
+            at: framed.len().saturating_sub(len),
+            framed,
+        }
     }
 }
 
@@ -1305,7 +1334,19 @@ mod tests {
             sender: "collector-1".into(),
         };
         let framed: usize = encoded.iter().map(SessionHop::item_bytes).sum();
-        let bytes = hop.batch(9, encoded).to_bytes();
+        let own: Vec<*const u8> = encoded.iter().map(|e| e.framed.as_ptr()).collect();
+        let msg = hop.batch(9, encoded);
+        assert_eq!(
+            msg.0
+                .iter()
+                .skip(1)
+                .take(own.len())
+                .map(|p| p.as_ptr())
+                .collect::<Vec<_>>(),
+            own,
+            "the batch is the sessions' bytes as encoded, not a copy"
+        );
+        let bytes = msg.to_bytes();
         let expected = session::SessionBatch::of(9, "collector-1", &sessions);
         assert_eq!(
             bytes,

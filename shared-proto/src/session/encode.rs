@@ -187,11 +187,27 @@ pub fn encode_raw_named(
     buf: &mut BytesMut,
     lens: &mut Vec<usize>,
 ) {
+    encode_framed(s, names, buf, lens, |_, _| {});
+}
+
+/// [`encode_raw_named`], after `frame(len, buf)` has written what precedes the session's
+/// `len` bytes — the key and length of the field that holds it, where the session is written
+/// straight into its place in a larger message (a `SessionBatch`'s `sessions`,
+/// [`crate::hops::SessionEncoder`]). Returns `len`.
+pub fn encode_framed(
+    s: &Session,
+    names: &SessionNames<'_>,
+    buf: &mut BytesMut,
+    lens: &mut Vec<usize>,
+    frame: impl Fn(usize, &mut BytesMut),
+) -> usize {
     lens.clear();
     let mut len = Len { total: 0, lens };
     head(s, names, &mut len);
     tail(s, &mut len);
     let total = len.total + rare_len(s);
+    let framed = buf.len();
+    frame(total, buf);
     let start = buf.len();
     buf.resize(start + total, 0);
     let written = buf.get_mut(start..).map(|out| {
@@ -208,12 +224,17 @@ pub fn encode_raw_named(
         tail(s, &mut w);
         w.out.written()
     });
-    if written != Some(total) {
-        // Measured and written by the same field lists, so never; but were they ever to
-        // disagree, the session is still sent right.
-        buf.truncate(start);
-        prost::Message::encode_raw(&names.applied_to(s.clone()), buf);
+    if written == Some(total) {
+        return total;
     }
+    // Measured and written by the same field lists, so never; but were they ever to
+    // disagree, the session is still sent right.
+    buf.truncate(framed);
+    let named = names.applied_to(s.clone());
+    let total = prost::Message::encoded_len(&named);
+    frame(total, buf);
+    prost::Message::encode_raw(&named, buf);
+    total
 }
 
 /// The fields before the attributes (1 to 12).
