@@ -317,9 +317,24 @@ impl RecordKind {
         }
     }
 
-    fn slot(self) -> usize {
+    /// Its place among the kinds, `0..RecordKind::COUNT`.
+    pub fn slot(self) -> usize {
         self as usize
     }
+
+    /// How many kinds there are.
+    pub const COUNT: usize = 7;
+
+    /// Every kind, in slot order.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Message,
+        Self::FlowEnd,
+        Self::Endpoint,
+        Self::Stats,
+        Self::FlowStart,
+        Self::Empty,
+        Self::Malformed,
+    ];
 }
 
 /// Handles on the series counted for every record or session, each looked up once (on first use,
@@ -327,7 +342,7 @@ impl RecordKind {
 /// label set and takes a lock, more than the count itself.
 #[derive(Debug, Default)]
 struct Handles {
-    records_received: [OnceLock<Counter>; 7],
+    records_received: [OnceLock<Counter>; RecordKind::COUNT],
     sessions_emitted: [OnceLock<Counter>; 2],
     stage_received: OnceLock<Counter>,
     stage_emitted: OnceLock<Counter>,
@@ -524,8 +539,8 @@ impl CollectorMetrics {
         }
     }
 
-    /// Counts a record of a new batch arriving, by kind.
-    pub fn record_received(&self, kind: RecordKind) {
+    /// Counts `n` records of new batches arriving, of one kind.
+    pub fn count_records_received(&self, kind: RecordKind, n: u64) {
         self.handles.records_received[kind.slot()]
             .get_or_init(|| {
                 self.records_received
@@ -534,36 +549,36 @@ impl CollectorMetrics {
                     })
                     .clone()
             })
-            .inc();
+            .inc_by(n);
         self.handles
             .stage_received
             .get_or_init(|| self.drops.received_counter(STAGE_COLLECTOR))
-            .inc();
+            .inc_by(n);
     }
 
-    /// Counts a record taken into the flow table (not rejected at the door).
-    pub fn record_accepted(&self) {
+    /// Counts `n` records taken into the flow table (not rejected at the door).
+    pub fn count_records_accepted(&self, n: u64) {
         self.handles
             .stage_emitted
             .get_or_init(|| self.drops.emitted_counter(STAGE_COLLECTOR))
-            .inc();
+            .inc_by(n);
     }
 
-    /// Counts a message record taken into a flow (the `flow_table` stage's input).
-    pub fn flow_message_in(&self) {
+    /// Counts `n` message records taken into a flow (the `flow_table` stage's input).
+    pub fn count_flow_messages_in(&self, n: u64) {
         self.handles
             .flow_received
             .get_or_init(|| self.drops.received_counter(STAGE_FLOW_TABLE))
-            .inc();
+            .inc_by(n);
     }
 
-    /// Counts a message the flow table handed on: to its flow's decoder, merged into its final
-    /// version, or counted as bytes of a flow no decoder claims.
-    pub fn flow_message_out(&self) {
+    /// Counts `n` messages the flow table handed on: to their flow's decoder, merged into their
+    /// final version, or counted as bytes of a flow no decoder claims.
+    pub fn count_flow_messages_out(&self, n: u64) {
         self.handles
             .flow_emitted
             .get_or_init(|| self.drops.emitted_counter(STAGE_FLOW_TABLE))
-            .inc();
+            .inc_by(n);
     }
 
     /// Counts `n` messages taken into a flow and lost there, for `reason`.
@@ -731,8 +746,8 @@ impl CollectorMetrics {
             .inc();
     }
 
-    /// Counts an emitted session.
-    pub fn session_emitted(&self, incomplete: bool) {
+    /// Counts `n` emitted sessions, complete or not.
+    pub fn count_sessions_emitted(&self, incomplete: bool, n: u64) {
         let outcome = if incomplete { "incomplete" } else { "complete" };
         self.handles.sessions_emitted[usize::from(incomplete)]
             .get_or_init(|| {
@@ -740,7 +755,7 @@ impl CollectorMetrics {
                     .get_or_create(&OutcomeLabel { outcome })
                     .clone()
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Counts a decoder losing step with its flow.
@@ -990,6 +1005,19 @@ impl AnalyzerMetrics {
 }
 
 #[cfg(test)]
+impl CollectorMetrics {
+    /// Every series, with the drop accounting's, in the text exposition format.
+    pub(crate) fn exposition(&self) -> String {
+        let mut reg = Registry::default();
+        self.register(&mut reg);
+        self.drops.register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encoding to a String");
+        text
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -997,12 +1025,7 @@ mod tests {
     const FLOOD: usize = clovisor_runtime::series::MAX_SERIES_PER_FAMILY + 250;
 
     fn text_of(m: &CollectorMetrics) -> String {
-        let mut reg = Registry::default();
-        m.register(&mut reg);
-        m.drops.register(&mut reg);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encoding to a String");
-        text
+        m.exposition()
     }
 
     fn series_lines(text: &str, family: &str) -> usize {
@@ -1177,9 +1200,9 @@ mod tests {
     fn door_drops_balance_the_collector_stage() {
         let m = CollectorMetrics::new();
         for _ in 0..3 {
-            m.record_received(RecordKind::Message);
+            m.count_records_received(RecordKind::Message, 1);
         }
-        m.record_accepted();
+        m.count_records_accepted(1);
         m.message_dropped("duplicate");
         m.message_dropped("no_flow_key");
         // Not a rejection at the door: stays out of the stage's balance.

@@ -292,6 +292,7 @@ impl Inner {
             st.table.start_flow(probe_id, start, now, &mut out);
         }
         st.table.take_counter_views_as_sessions(&mut out);
+        st.table.publish_counts();
         out
     }
 
@@ -329,6 +330,8 @@ impl Inner {
                 Err(_) => st.table.malformed_record(),
             }
         }
+        // The batch's counts, made in plain integers, into the shared counters at once.
+        st.table.publish_counts();
         match st.last_seq.get_mut(probe_id) {
             Some(last) => *last = seq,
             None => {

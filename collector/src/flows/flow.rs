@@ -77,6 +77,8 @@ pub(super) struct Ctx<'a> {
     pub endpoints: &'a Endpoints,
     pub decoders: &'a Decoders,
     pub metrics: &'a CollectorMetrics,
+    /// Where the counts made for every message and exchange go ([`super::tally`]).
+    pub tally: &'a super::tally::Tally,
     pub out: &'a mut Vec<Collected>,
     /// Where counters-only views go when kept apart from sessions
     /// ([`super::FlowTable::keep_counter_views_apart`]).
@@ -217,7 +219,7 @@ impl Flow {
     pub fn update_held(&mut self, m: &mut capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
         if let Some((old, _)) = self.held.take() {
             ctx.metrics.flow_buffered(-1);
-            ctx.metrics.flow_message_out();
+            ctx.tally.flow_message_out();
             if let Some(dir) = Direction::from_wire(m.direction) {
                 let grown = m.bytes.saturating_sub(old.bytes);
                 self.bytes[dir.index()] = self.bytes[dir.index()].saturating_add(grown);
@@ -342,7 +344,7 @@ impl Flow {
                 // A client's bytes nobody recognises: the flow is of a protocol not decoded.
                 Detected::Unclaimed if direction == Direction::ClientToServer => {
                     ctx.metrics.flows_unsupported.inc();
-                    ctx.metrics.flow_message_out();
+                    ctx.tally.flow_message_out();
                     self.decoding = Decoding::Opaque;
                     return;
                 }
@@ -365,7 +367,7 @@ impl Flow {
         } = self;
         let Decoding::By { name, flow } = decoding else {
             // Opaque: its bytes are counted, nothing is decoded.
-            ctx.metrics.flow_message_out();
+            ctx.tally.flow_message_out();
             return;
         };
         if may_hold && message.partial && flow.awaits_final(&message) {
@@ -373,7 +375,7 @@ impl Flow {
             ctx.metrics.flow_buffered(1);
             return;
         }
-        ctx.metrics.flow_message_out();
+        ctx.tally.flow_message_out();
         let mut sink = Sink::new(ctx, key, point, names, name);
         let step = flow.on_message(&message, &mut sink);
         let step = match step {
@@ -474,7 +476,7 @@ impl Output for Sink<'_, '_> {
             ends: Ends::of(self.ctx.endpoints, self.key),
             counters_only: self.protocol == counters::NAME,
         };
-        self.ctx.metrics.session_emitted(exchange.incomplete);
+        self.ctx.tally.session_emitted(exchange.incomplete);
         match &mut self.ctx.counter_views {
             Some(views) if parts.counters_only => {
                 views.push(session::counter_view(&parts, exchange))

@@ -17,6 +17,7 @@ mod counters;
 mod endpoints;
 mod flow;
 mod session;
+mod tally;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use crate::metrics::{CollectorMetrics, RecordKind};
 use activity::Activity;
 use endpoints::{Endpoints, Ends, SeriesCache};
 use flow::{Ctx, Flow, Identity};
+use tally::Tally;
 
 pub use endpoints::EndpointMeta;
 pub use session::{Collected, CounterView, Origin, ProbeNames};
@@ -107,6 +109,8 @@ pub struct FlowTable {
     /// Counters-only views made since the caller last took them, when it asked for them apart
     /// ([`FlowTable::keep_counter_views_apart`]); `None`: each is made a session.
     counter_views: Option<Vec<CounterView>>,
+    /// The counts of records and exchanges not yet published ([`FlowTable::publish_counts`]).
+    tally: Tally,
 }
 
 /// Identities of flows dropped from the table but not ended, at most as many as the table holds
@@ -187,6 +191,13 @@ fn publish_bytes(
     metrics.connections.bytes_at(s, bytes);
 }
 
+impl Drop for FlowTable {
+    /// What it counted and has not published yet is not lost with it.
+    fn drop(&mut self) {
+        self.publish_counts();
+    }
+}
+
 impl FlowTable {
     /// An empty table decoding every built-in protocol, and the user analyzers loaded into
     /// [`Decoders::analyzers`] (none at first).
@@ -218,6 +229,7 @@ impl FlowTable {
             series: SeriesCache::default(),
             dormant: Dormant::default(),
             counter_views: None,
+            tally: Tally::default(),
         }
     }
 
@@ -344,11 +356,22 @@ impl FlowTable {
         out: &mut Vec<Collected>,
     ) {
         self.ingest_in_place(probe_id, &mut record, now, out);
+        self.publish_counts();
+    }
+
+    /// Adds the counts made for every record and exchange since the last time to the shared
+    /// counters ([`tally`]): [`FlowTable::ingest_in_place`] only notes them, so that a batch's
+    /// records make a few atomic additions rather than several each; its caller publishes once
+    /// it has taken the batch. [`FlowTable::ingest`] and [`FlowTable::flush`] publish
+    /// themselves, and so does the table when dropped.
+    pub fn publish_counts(&self) {
+        self.tally.publish(&self.metrics);
     }
 
     /// [`FlowTable::ingest`] of a record the caller keeps: what the table keeps of it is taken
     /// out of it, the rest left. A message (a few hundred bytes) is then never moved on its way
     /// to its decoder, and the caller can decode the next record into the same place.
+    /// The counts it makes wait for [`FlowTable::publish_counts`].
     pub fn ingest_in_place(
         &mut self,
         probe_id: &str,
@@ -364,7 +387,7 @@ impl FlowTable {
             Some(record::Kind::FlowStart(_)) => RecordKind::FlowStart,
             None => RecordKind::Empty,
         };
-        self.metrics.record_received(kind);
+        self.tally.record_received(kind);
         let accepted = match &mut record.kind {
             Some(record::Kind::Message(m)) => self.on_message(probe_id, m, now, out),
             Some(record::Kind::FlowEnd(e)) => {
@@ -386,14 +409,15 @@ impl FlowTable {
             Some(record::Kind::Stats(_)) | None => true,
         };
         if accepted {
-            self.metrics.record_accepted();
+            self.tally.record_accepted();
         }
     }
 
     /// Counts a record of a batch whose own bytes did not decode: received, and rejected at the
     /// door (reason `malformed`).
     pub fn malformed_record(&self) {
-        self.metrics.record_received(RecordKind::Malformed);
+        self.metrics
+            .count_records_received(RecordKind::Malformed, 1);
         self.metrics.message_dropped("malformed");
     }
 
@@ -479,7 +503,7 @@ impl FlowTable {
             None
         };
         let (Some(state), Some(flow)) = (self.probes.get(&p), self.flows.get_mut(&f)) else {
-            self.metrics.flow_message_in();
+            self.tally.flow_message_in();
             self.metrics.flow_messages_lost("no_probe", 1);
             return true;
         };
@@ -494,12 +518,13 @@ impl FlowTable {
             endpoints: &state.endpoints,
             decoders: &self.decoders,
             metrics: &self.metrics,
+            tally: &self.tally,
             out,
             counter_views: self.counter_views.as_mut(),
         };
         // A message re-sent with its final counters replaces the one held for them.
         if flow.holds(m.index) {
-            self.metrics.flow_message_in();
+            self.tally.flow_message_in();
             flow.update_held(m, now, &mut ctx);
             return true;
         }
@@ -507,7 +532,7 @@ impl FlowTable {
             self.metrics.message_dropped("duplicate");
             return false;
         }
-        self.metrics.flow_message_in();
+        self.tally.flow_message_in();
         if m.index > flow.next_index() {
             flow.buffer(std::mem::take(m), now, &self.metrics);
             if flow.pending_len() > self.config.reorder_window {
@@ -633,6 +658,7 @@ impl FlowTable {
             endpoints: &state.endpoints,
             decoders: &self.decoders,
             metrics: &self.metrics,
+            tally: &self.tally,
             out,
             counter_views: self.counter_views.as_mut(),
         };
@@ -671,6 +697,7 @@ impl FlowTable {
                 endpoints: &state.endpoints,
                 decoders: &self.decoders,
                 metrics: &self.metrics,
+                tally: &self.tally,
                 out: &mut *out,
                 counter_views: self.counter_views.as_mut(),
             };
@@ -688,6 +715,7 @@ impl FlowTable {
             }
             publish_bytes(&self.metrics, &mut self.series, &state.endpoints, flow);
         }
+        self.publish_counts();
     }
 }
 

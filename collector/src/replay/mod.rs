@@ -118,8 +118,12 @@ impl Sessions {
         let now = Instant::now();
         let mut records = batch.records();
         let mut slot = Record::default();
+        let mut taken = Ok(());
         while let Some(decoded) = records.next_into(&mut slot) {
-            decoded?;
+            if let Err(e) = decoded {
+                taken = Err(e);
+                break;
+            }
             adjust(&mut slot);
             self.table
                 .ingest_in_place(PROBE_ID, &mut slot, now, &mut self.out);
@@ -127,7 +131,8 @@ impl Sessions {
                 emit(s.into_session());
             }
         }
-        Ok(())
+        self.table.publish_counts();
+        taken
     }
 
     /// Flows open in the table (a capture whose flows all ended leaves none).
