@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::export::otlp::ExportHandle;
 use crate::join::{JoinConfig, Joiner, Outcome, Placed};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Offers};
 use crate::record::{ContextIssue, CorrelatedSession};
 use crate::store::Store;
 
@@ -209,7 +209,9 @@ impl IngestService {
     pub fn accept_at(&self, session: Session, now: Instant) -> Arc<CorrelatedSession> {
         let (record, ready) = {
             let mut joiner = self.join();
-            let offered = self.offer(&mut joiner, session, now);
+            let mut offers = Offers::default();
+            let offered = self.offer(&mut joiner, session, now, &mut offers);
+            self.metrics.offered(&mut offers);
             self.join_gauges(&joiner);
             offered
         };
@@ -233,11 +235,12 @@ impl IngestService {
         joiner: &mut Joiner,
         session: Session,
         now: Instant,
+        offers: &mut Offers,
     ) -> (Arc<CorrelatedSession>, Vec<Arc<CorrelatedSession>>) {
-        self.metrics.received_session();
+        offers.received();
         let offered = joiner.offer_encoded(session, None, now);
         let record = Arc::clone(&offered.record);
-        (record, self.count(joiner, Placed::from(offered)))
+        (record, self.count(joiner, Placed::from(offered), offers))
     }
 
     /// [`IngestService::offer`] of a session as it arrived in a batch: by its head
@@ -248,11 +251,12 @@ impl IngestService {
         joiner: &mut Joiner,
         encoded: Bytes,
         now: Instant,
+        offers: &mut Offers,
     ) -> Vec<Arc<CorrelatedSession>> {
         match joiner.offer_head(encoded, now) {
             Ok(placed) => {
-                self.metrics.received_session();
-                self.count(joiner, placed)
+                offers.received();
+                self.count(joiner, placed, offers)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "a session of a batch did not decode");
@@ -262,13 +266,17 @@ impl IngestService {
         }
     }
 
-    /// Counts what one offer did; returns the exchanges that became ready.
-    fn count(&self, joiner: &Joiner, placed: Placed) -> Vec<Arc<CorrelatedSession>> {
+    /// Counts what one offer did (into `offers`, but for what is rare); returns the exchanges
+    /// that became ready.
+    fn count(
+        &self,
+        joiner: &Joiner,
+        placed: Placed,
+        offers: &mut Offers,
+    ) -> Vec<Arc<CorrelatedSession>> {
         // A session id the join or the store holds is a duplicate (the join checks).
         if placed.outcome != Outcome::Duplicate {
-            self.metrics
-                .stored(placed.store_evicted, joiner.store_len());
-            self.metrics.join_received();
+            offers.stored(placed.store_evicted, joiner.store_len());
         }
         for issue in &placed.issues {
             self.metrics.invalid_context(match issue {
@@ -276,12 +284,12 @@ impl IngestService {
                 ContextIssue::InvalidParentSpanId => "parent_span_id",
             });
         }
-        self.metrics.join_outcome(placed.outcome);
+        offers.outcome(placed.outcome);
         if placed.outcome == Outcome::Duplicate {
             self.metrics.duplicate_session();
         }
         for e in &placed.evictions {
-            self.metrics.join_eviction(*e);
+            offers.eviction(*e);
         }
         placed.ready
     }
@@ -313,12 +321,14 @@ impl IngestService {
             let mut ready = Vec::new();
             {
                 let mut joiner = self.join();
+                let mut offers = Offers::default();
                 for encoded in sessions.by_ref() {
-                    ready.extend(self.offer_encoded(&mut joiner, encoded, now));
+                    ready.extend(self.offer_encoded(&mut joiner, encoded, now, &mut offers));
                     if ready.len() >= READY_CHUNK {
                         break;
                     }
                 }
+                self.metrics.offered(&mut offers);
                 self.join_gauges(&joiner);
             }
             self.finish(ready);

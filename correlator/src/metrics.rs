@@ -280,10 +280,49 @@ pub struct Metrics {
     points: [OnceLock<Counter>; 6],
 }
 
+/// What offers to the join did, counted in plain integers while the join is locked and added to
+/// the shared counters once for all of them ([`Metrics::offered`]): each count a shared counter
+/// took one at a time was an atomic read-modify-write (and an eviction's a label look-up), about
+/// ten per session, where a batch's sessions now make a dozen together.
+#[derive(Debug, Default)]
+pub struct Offers {
+    received: u64,
+    stored: u64,
+    evicted: u64,
+    store_len: Option<usize>,
+    outcomes: [u64; OUTCOMES],
+    evictions: [u64; 2],
+}
+
+impl Offers {
+    /// A session arrived (decoded, or read by its head).
+    pub fn received(&mut self) {
+        self.received += 1;
+    }
+
+    /// A session was stored — on its own or merged into its exchange — making `evicted`
+    /// exchanges leave the store, which holds `len` now.
+    pub fn stored(&mut self, evicted: usize, len: usize) {
+        self.stored += 1;
+        self.evicted = self.evicted.saturating_add(evicted as u64);
+        self.store_len = Some(len);
+    }
+
+    /// What the join did with a session.
+    pub fn outcome(&mut self, outcome: crate::join::Outcome) {
+        self.outcomes[outcome.index()] += 1;
+    }
+
+    /// An exchange left the join before its time.
+    pub fn eviction(&mut self, eviction: crate::join::Eviction) {
+        self.evictions[eviction.index()] += 1;
+    }
+}
+
 /// Label sets whose handles are cached at most; beyond, the cache starts over (the series stay).
 const MAX_CACHED_LABEL_SETS: usize = 4096;
 /// Join outcomes (`crate::join::Outcome`).
-const OUTCOMES: usize = 6;
+const OUTCOMES: usize = crate::join::Outcome::ALL.len();
 
 /// Handles of series, found by the raw values that decide their labels: the FxHash of the raw
 /// values finds the entry and the values themselves confirm it, so a hit allocates nothing. A
@@ -303,12 +342,22 @@ impl<K, H> Default for LabelCache<K, H> {
     }
 }
 
-impl<K: PartialEq, H: Clone> LabelCache<K, H> {
-    fn get(&self, hash: u64, matches: impl FnOnce(&K) -> bool) -> Option<H> {
+impl<K: PartialEq, H> LabelCache<K, H> {
+    /// `count` applied to the cached handles of the label set `matches` confirms, under the
+    /// cache's lock; `count` back when there are none. The handles are used where they are,
+    /// not cloned out and dropped again: each handle is a reference count, and an exchange
+    /// counted into half a dozen series made as many atomic increments and decrements of them.
+    fn with<R, F: FnOnce(&H) -> R>(
+        &self,
+        hash: u64,
+        matches: impl FnOnce(&K) -> bool,
+        count: F,
+    ) -> Result<R, F> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&hash)
-            .filter(|(k, _)| matches(k))
-            .map(|(_, h)| h.clone())
+        match map.get(&hash).filter(|(k, _)| matches(k)) {
+            Some((_, h)) => Ok(count(h)),
+            None => Err(count),
+        }
     }
 
     fn put(&self, hash: u64, key: K, handles: H) {
@@ -758,40 +807,50 @@ impl Metrics {
         self.correlator_received.inc();
     }
 
-    /// Counts what the join did with one session.
-    pub fn join_outcome(&self, outcome: crate::join::Outcome) {
-        use crate::join::Outcome::*;
-        let i = match outcome {
-            Opened => 0,
-            Joined => 1,
-            Late => 2,
-            Conflict => 3,
-            Ambiguous => 4,
-            Duplicate => 5,
-        };
-        self.outcomes[i]
-            .get_or_init(|| {
-                self.join_observations
-                    .get_or_create(&JoinLabels {
-                        outcome: outcome.label(),
+    /// Adds what `offers` counted to the shared counters, and empties it: once for all the
+    /// sessions a batch offers while the join is locked (see [`Offers`]).
+    pub fn offered(&self, offers: &mut Offers) {
+        let o = std::mem::take(offers);
+        if o.received > 0 {
+            self.sessions_received.inc_by(o.received);
+            self.correlator_received.inc_by(o.received);
+        }
+        if o.stored > 0 {
+            self.sessions_stored.inc_by(o.stored);
+            // Every session received is stored (evictions make room; they are not losses of
+            // the pipeline, which has delivered the session by then).
+            self.correlator_emitted.inc_by(o.stored);
+            self.join_received.inc_by(o.stored);
+        }
+        if o.evicted > 0 {
+            self.sessions_evicted.inc_by(o.evicted);
+        }
+        if let Some(len) = o.store_len {
+            self.store_sessions
+                .set(i64::try_from(len).unwrap_or(i64::MAX));
+        }
+        for (outcome, n) in crate::join::Outcome::ALL.into_iter().zip(o.outcomes) {
+            if n > 0 {
+                self.outcomes[outcome.index()]
+                    .get_or_init(|| {
+                        self.join_observations
+                            .get_or_create(&JoinLabels {
+                                outcome: outcome.label(),
+                            })
+                            .clone()
                     })
-                    .clone()
-            })
-            .inc();
-    }
-
-    /// Counts an early eviction from the join state.
-    pub fn join_eviction(&self, eviction: crate::join::Eviction) {
-        self.join_evictions
-            .get_or_create(&EvictionLabels {
-                reason: eviction.label(),
-            })
-            .inc();
-    }
-
-    /// Counts a view offered to the join (not a duplicate).
-    pub fn join_received(&self) {
-        self.join_received.inc();
+                    .inc_by(n);
+            }
+        }
+        for (eviction, n) in crate::join::Eviction::ALL.into_iter().zip(o.evictions) {
+            if n > 0 {
+                self.join_evictions
+                    .get_or_create(&EvictionLabels {
+                        reason: eviction.label(),
+                    })
+                    .inc_by(n);
+            }
+        }
     }
 
     /// Copies the join's own view counts into the `join` stage's accounting: views made ready
@@ -865,14 +924,16 @@ impl Metrics {
             self.observe_flow(s);
             return;
         }
-        let red = match (&s.dns, &s.kafka) {
-            (Some(dns), _) => self.dns_handles(s, dns),
-            (None, Some(kafka)) => self.kafka_handles(s, kafka),
-            (None, None) => self.red_handles(s),
+        let count = |red: &RedHandles| {
+            red.requests.record().inc();
+            if let Some(secs) = exchange_seconds(s) {
+                red.duration.record().observe(secs);
+            }
         };
-        red.requests.record().inc();
-        if let Some(secs) = exchange_seconds(s) {
-            red.duration.record().observe(secs);
+        match (&s.dns, &s.kafka) {
+            (Some(dns), _) => count(&self.dns_handles(s, dns)),
+            (None, Some(kafka)) => count(&self.kafka_handles(s, kafka)),
+            (None, None) => self.with_red_handles(s, count),
         }
         self.observe_flow(s);
     }
@@ -951,8 +1012,12 @@ impl Metrics {
         }
     }
 
-    /// The RED series of `s`'s labels.
-    fn red_handles(&self, s: &clovisor_proto::session::v1::Session) -> RedHandles {
+    /// `count` applied to the RED series of `s`'s labels.
+    fn with_red_handles(
+        &self,
+        s: &clovisor_proto::session::v1::Session,
+        count: impl FnOnce(&RedHandles),
+    ) {
         let http = s.http.as_ref();
         let server = s.server.as_ref();
         let method = method_label(http.map_or("", |h| h.method.as_str()));
@@ -976,16 +1041,20 @@ impl Metrics {
         });
         let protocol = protocol_label(s.protocol);
         let hash = fx(&[method, protocol, namespace, workload], u64::from(status));
-        let hit = self.red.get(hash, |k| {
-            same(k.method, method)
-                && same(k.protocol, protocol)
-                && k.status == status
-                && same(&k.namespace, namespace)
-                && same(&k.workload, workload)
-        });
-        if let Some(h) = hit {
-            return h;
-        }
+        let hit = self.red.with(
+            hash,
+            |k| {
+                same(k.method, method)
+                    && same(k.protocol, protocol)
+                    && k.status == status
+                    && same(&k.namespace, namespace)
+                    && same(&k.workload, workload)
+            },
+            count,
+        );
+        let Err(count) = hit else {
+            return;
+        };
         let labels = HttpLabels {
             method: method.to_owned(),
             status_code: status_label(status),
@@ -1006,8 +1075,8 @@ impl Metrics {
             namespace: namespace.to_owned(),
             workload: workload.to_owned(),
         };
-        self.red.put(hash, key, handles.clone());
-        handles
+        count(&handles);
+        self.red.put(hash, key, handles);
     }
 
     /// The DNS RED series of `s`'s labels. Not cached like HTTP's: a label set is built per
@@ -1057,17 +1126,24 @@ impl Metrics {
         }
     }
 
-    /// The flow series of `s`'s two ends.
-    fn flow_handles(&self, s: &clovisor_proto::session::v1::Session) -> FlowHandles {
+    /// `count` applied to the flow series of `s`'s two ends.
+    fn with_flow_handles(
+        &self,
+        s: &clovisor_proto::session::v1::Session,
+        count: impl FnOnce(&FlowHandles),
+    ) {
         let (client, server) = (s.client.as_ref(), s.server.as_ref());
         let [a, b, c, d] = end_parts(client);
         let [e, f, g, h] = end_parts(server);
         let hash = fx(&[a, b, c, d, e, f, g, h], 0);
-        if let Some(found) = self.flows.get(hash, |k| {
-            end_matches(&k.client, client) && end_matches(&k.server, server)
-        }) {
-            return found;
-        }
+        let hit = self.flows.with(
+            hash,
+            |k| end_matches(&k.client, client) && end_matches(&k.server, server),
+            count,
+        );
+        let Err(count) = hit else {
+            return;
+        };
         let flow = self.workloads.flow(client.map(end_of), server.map(end_of));
         let bytes = |direction| {
             self.flow_bytes.handle(&FlowBytesLabels {
@@ -1085,8 +1161,8 @@ impl Metrics {
             client: end_key(client),
             server: end_key(server),
         };
-        self.flows.put(hash, key, handles.clone());
-        handles
+        count(&handles);
+        self.flows.put(hash, key, handles);
     }
 
     /// The workload-to-workload metrics of one exchange.
@@ -1099,15 +1175,7 @@ impl Metrics {
         {
             return;
         }
-        let flow = self.flow_handles(s);
-        flow.exchanges.record().inc();
         let bytes = s.bytes.unwrap_or_default();
-        if bytes.request > 0 {
-            flow.request_bytes.record().inc_by(bytes.request);
-        }
-        if bytes.response > 0 {
-            flow.response_bytes.record().inc_by(bytes.response);
-        }
         // Every point on the path sees a retransmitted segment: the most any one saw, not the sum.
         let retransmits = s
             .observations
@@ -1115,9 +1183,18 @@ impl Metrics {
             .map(|o| o.retransmits)
             .max()
             .unwrap_or(0);
-        if retransmits > 0 {
-            flow.retransmits.record().inc_by(u64::from(retransmits));
-        }
+        self.with_flow_handles(s, |flow| {
+            flow.exchanges.record().inc();
+            if bytes.request > 0 {
+                flow.request_bytes.record().inc_by(bytes.request);
+            }
+            if bytes.response > 0 {
+                flow.response_bytes.record().inc_by(bytes.response);
+            }
+            if retransmits > 0 {
+                flow.retransmits.record().inc_by(u64::from(retransmits));
+            }
+        });
     }
 
     /// Counts a session of a batch that did not decode: received and dropped (the rest of its
@@ -1136,18 +1213,6 @@ impl Metrics {
     /// Counts a session received again (same id as a stored one) and dropped.
     pub fn duplicate_session(&self) {
         self.dropped.count(STAGE_CORRELATOR, "duplicate", 1);
-    }
-
-    /// Counts a session stored — on its own or merged into the exchange it belongs to — and the
-    /// evictions it caused; `len` is the store's size now.
-    pub fn stored(&self, evicted: usize, len: usize) {
-        self.sessions_stored.inc();
-        // Every session received is stored (evictions make room; they are not losses of
-        // the pipeline, which has delivered the session by then).
-        self.correlator_emitted.inc();
-        self.sessions_evicted.inc_by(evicted as u64);
-        self.store_sessions
-            .set(i64::try_from(len).unwrap_or(i64::MAX));
     }
 
     /// Counts a received batch, `duplicate` when it had been processed before.
@@ -1276,6 +1341,54 @@ mod tests {
             "db" => b.database("redis", |d| d.operation = "GET".into()),
             "analyzer" => b.analyzer("line", &[]),
             _ => b.method("GET").status(200),
+        }
+    }
+
+    #[test]
+    fn offers_counted_apart_reach_every_series_once() {
+        use crate::join::{Eviction, Outcome};
+        let m = Metrics::new();
+        let mut offers = Offers::default();
+        for _ in 0..5 {
+            offers.received();
+        }
+        offers.stored(0, 1);
+        offers.stored(2, 3);
+        offers.stored(1, 2);
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                offers.outcome(outcome);
+            }
+        }
+        offers.eviction(Eviction::RetainedEarly);
+        offers.eviction(Eviction::RetainedEarly);
+        offers.eviction(Eviction::OpenEarly);
+        m.offered(&mut offers);
+        m.offered(&mut offers);
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        m.dropped.register(&mut reg);
+        let text = encode(&reg);
+        let mut want = vec![
+            "clovisor_correlator_sessions_received_total 5".to_owned(),
+            "clovisor_correlator_sessions_stored_total 3".to_owned(),
+            "clovisor_correlator_sessions_evicted_total 3".to_owned(),
+            "clovisor_correlator_store_sessions 2".to_owned(),
+            r#"clovisor_received_total{stage="correlator"} 5"#.to_owned(),
+            r#"clovisor_emitted_total{stage="correlator"} 3"#.to_owned(),
+            r#"clovisor_received_total{stage="join"} 3"#.to_owned(),
+            r#"clovisor_correlator_join_evictions_total{reason="retained_early"} 2"#.to_owned(),
+            r#"clovisor_correlator_join_evictions_total{reason="open_early"} 1"#.to_owned(),
+        ];
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            want.push(format!(
+                "clovisor_correlator_join_observations_total{{outcome=\"{}\"}} {}",
+                outcome.label(),
+                i + 1
+            ));
+        }
+        for line in want {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
     }
 

@@ -88,6 +88,28 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in [`Outcome::index`] order.
+    pub const ALL: [Self; 6] = [
+        Self::Opened,
+        Self::Joined,
+        Self::Late,
+        Self::Conflict,
+        Self::Ambiguous,
+        Self::Duplicate,
+    ];
+
+    /// Its place in [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Self::Opened => 0,
+            Self::Joined => 1,
+            Self::Late => 2,
+            Self::Conflict => 3,
+            Self::Ambiguous => 4,
+            Self::Duplicate => 5,
+        }
+    }
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -111,6 +133,17 @@ pub enum Eviction {
 }
 
 impl Eviction {
+    /// Every reason, in [`Eviction::index`] order.
+    pub const ALL: [Self; 2] = [Self::OpenEarly, Self::RetainedEarly];
+
+    /// Its place in [`Eviction::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Self::OpenEarly => 0,
+            Self::RetainedEarly => 1,
+        }
+    }
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
