@@ -13,6 +13,7 @@
 //! and flows idle for [`FlowTableConfig::idle_timeout`] are dropped, both counted.
 
 mod activity;
+mod addresses;
 mod counters;
 mod endpoints;
 mod flow;
