@@ -291,7 +291,7 @@ pub struct Offers {
     evicted: u64,
     store_len: Option<usize>,
     outcomes: [u64; OUTCOMES],
-    evictions: [u64; 2],
+    evictions: [u64; crate::join::Eviction::ALL.len()],
 }
 
 impl Offers {

@@ -602,13 +602,13 @@ impl BatchContract for SessionHop {
         // into its own buffer.
         let mut parts = Vec::with_capacity(sessions.len() + 2);
         let mut head = BytesMut::with_capacity(key_len(field::SESSION_BATCH_SEQ) + 10);
-        if seq != 0 {
-            encode_key(field::SESSION_BATCH_SEQ, WireType::Varint, &mut head);
-            encode_varint(seq, &mut head);
-        }
+        put_batch_seq(seq, &mut head);
         parts.push(head.freeze());
         parts.extend(sessions.into_iter().map(|s| s.framed));
-        parts.push(session_batch(0, &self.sender, 0, |_| {}));
+        let mut tail =
+            BytesMut::with_capacity(key_len(field::SESSION_BATCH_SENDER) + 10 + self.sender.len());
+        put_batch_sender(&self.sender, &mut tail);
+        parts.push(tail.freeze());
         HopMessage(parts)
     }
 
@@ -782,21 +782,27 @@ fn session_batch(
             + encoded_len_varint(sender.len() as u64)
             + sender.len(),
     );
-    if seq != 0 {
-        encode_key(field::SESSION_BATCH_SEQ, WireType::Varint, &mut buf);
-        encode_varint(seq, &mut buf);
-    }
+    put_batch_seq(seq, &mut buf);
     put_sessions(&mut buf);
+    put_batch_sender(sender, &mut buf);
+    buf.freeze()
+}
+
+/// A `SessionBatch`'s sequence number field (none for 0, prost's default).
+fn put_batch_seq(seq: u64, buf: &mut BytesMut) {
+    if seq != 0 {
+        encode_key(field::SESSION_BATCH_SEQ, WireType::Varint, buf);
+        encode_varint(seq, buf);
+    }
+}
+
+/// A `SessionBatch`'s sender field (none when empty, prost's default).
+fn put_batch_sender(sender: &str, buf: &mut BytesMut) {
     if !sender.is_empty() {
-        encode_key(
-            field::SESSION_BATCH_SENDER,
-            WireType::LengthDelimited,
-            &mut buf,
-        );
-        encode_varint(sender.len() as u64, &mut buf);
+        encode_key(field::SESSION_BATCH_SENDER, WireType::LengthDelimited, buf);
+        encode_varint(sender.len() as u64, buf);
         buf.put_slice(sender.as_bytes());
     }
-    buf.freeze()
 }
 
 /// Encodes a `SessionBatch` of `sessions`, each encoded straight into the batch (its

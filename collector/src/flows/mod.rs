@@ -417,8 +417,7 @@ impl FlowTable {
     /// Counts a record of a batch whose own bytes did not decode: received, and rejected at the
     /// door (reason `malformed`).
     pub fn malformed_record(&self) {
-        self.metrics
-            .count_records_received(RecordKind::Malformed, 1);
+        self.tally.record_received(RecordKind::Malformed);
         self.metrics.message_dropped("malformed");
     }
 

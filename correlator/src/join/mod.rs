@@ -98,16 +98,9 @@ impl Outcome {
         Self::Duplicate,
     ];
 
-    /// Its place in [`Outcome::ALL`].
+    /// Its place in [`Outcome::ALL`] (its declaration order).
     pub fn index(self) -> usize {
-        match self {
-            Self::Opened => 0,
-            Self::Joined => 1,
-            Self::Late => 2,
-            Self::Conflict => 3,
-            Self::Ambiguous => 4,
-            Self::Duplicate => 5,
-        }
+        self as usize
     }
 
     /// The metric label.
@@ -136,12 +129,9 @@ impl Eviction {
     /// Every reason, in [`Eviction::index`] order.
     pub const ALL: [Self; 2] = [Self::OpenEarly, Self::RetainedEarly];
 
-    /// Its place in [`Eviction::ALL`].
+    /// Its place in [`Eviction::ALL`] (its declaration order).
     pub fn index(self) -> usize {
-        match self {
-            Self::OpenEarly => 0,
-            Self::RetainedEarly => 1,
-        }
+        self as usize
     }
 
     /// The metric label.
