@@ -405,6 +405,16 @@ pub trait FlowDecoder: Send + fmt::Debug {
         false
     }
 
+    /// Whether the decoder follows each direction as a byte stream across that direction's
+    /// messages (a frame begun in one goes on in the next), so that what an early-flushed
+    /// message grew by after it was taken can come as a message of its own: its final version's
+    /// growth is then handed on (at a socket point capturing call by call, the bytes of the
+    /// calls made after the flush). `false` (the default): a final version after the partial
+    /// one was taken is dropped (`duplicate`).
+    fn continues_messages(&self) -> bool {
+        false
+    }
+
     /// The flow ended or was evicted: report what is still open, as incomplete.
     fn on_close(&mut self, out: &mut dyn Output);
 

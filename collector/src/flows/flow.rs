@@ -56,6 +56,83 @@ pub(super) struct Flow {
     /// Payload bytes taken in, per direction, and how many of them the metrics have.
     bytes: [u64; 2],
     published: [u64; 2],
+    /// The last message taken, when it was flushed early and its decoder continues messages
+    /// ([`FlowDecoder::continues_messages`]): its final version's growth is handed on.
+    continued: Option<Continued>,
+}
+
+/// An early-flushed message its decoder took as it was: what the decoder saw of it.
+#[derive(Debug, Clone, Copy)]
+struct Continued {
+    index: u32,
+    direction: i32,
+    /// Where the decoder's walk of the message ended (its bytes, or its last captured byte's
+    /// end when that lies further): the growth starts there.
+    walked: u64,
+    /// The counters of the version taken.
+    bytes: u64,
+    packets: u32,
+    retransmits: u32,
+    end_unix_nanos: u64,
+}
+
+impl Continued {
+    fn of(m: &capture::Message) -> Self {
+        let captured_end = m
+            .segments
+            .iter()
+            .map(|s| s.offset.saturating_add(s.payload.len() as u64))
+            .fold(m.payload.len() as u64, u64::max);
+        Self {
+            index: m.index,
+            direction: m.direction,
+            walked: m.bytes.max(captured_end),
+            bytes: m.bytes,
+            packets: m.packets,
+            retransmits: m.retransmits,
+            end_unix_nanos: m.end_unix_nanos,
+        }
+    }
+
+    /// The part of `m` (a later version of the message taken) past what was walked, as a
+    /// message of its own: its bytes and counters the growth, its captured bytes those past
+    /// the walk's end at their offsets from there. `None` when it did not grow.
+    fn growth(&self, m: &capture::Message) -> Option<capture::Message> {
+        let bytes = m.bytes.checked_sub(self.walked).filter(|&n| n > 0)?;
+        let base = self.walked;
+        let pieces = std::iter::once((0u64, &m.payload))
+            .chain(m.segments.iter().map(|s| (s.offset, &s.payload)));
+        let segments = pieces
+            .filter_map(|(offset, payload)| {
+                let end = offset.saturating_add(payload.len() as u64);
+                if end <= base || payload.is_empty() {
+                    return None;
+                }
+                let from = base.max(offset);
+                let skip = usize::try_from(from - offset).ok()?;
+                Some(capture::Segment {
+                    offset: from - base,
+                    payload: payload.slice(skip..),
+                })
+            })
+            .collect();
+        Some(capture::Message {
+            index: m.index,
+            direction: m.direction,
+            to_pod: m.to_pod,
+            // The growth came after the version taken.
+            start_unix_nanos: self.end_unix_nanos,
+            end_unix_nanos: m.end_unix_nanos,
+            // Sequence numbers wrap: the offset is taken modulo 2^32 on purpose.
+            tcp_seq: m.tcp_seq.wrapping_add(base as u32),
+            bytes,
+            packets: m.packets.saturating_sub(self.packets),
+            retransmits: m.retransmits.saturating_sub(self.retransmits),
+            partial: m.partial,
+            segments,
+            ..capture::Message::default()
+        })
+    }
 }
 
 /// A flow's identity as its probe announced it: its key, where it is observed, what its port is
@@ -118,6 +195,7 @@ impl Flow {
             counters_only,
             bytes: [0; 2],
             published: [0; 2],
+            continued: None,
         }
     }
 
@@ -266,7 +344,48 @@ impl Flow {
         if let Some(dir) = Direction::from_wire(m.direction) {
             self.bytes[dir.index()] = self.bytes[dir.index()].saturating_add(m.bytes);
         }
+        let taken = m.partial.then(|| Continued::of(m));
         self.decode(m, now, ctx, true);
+        self.continued = taken.filter(|_| self.continues_messages());
+    }
+
+    /// Whether `index` is the early-flushed message last taken, whose growth its decoder takes
+    /// as a message of its own.
+    pub fn continues(&self, index: u32) -> bool {
+        self.continued.is_some_and(|c| c.index == index)
+    }
+
+    /// A later version of the early-flushed message last taken (its final counters, and at a
+    /// socket point capturing call by call the bytes of the calls made since): what it grew by
+    /// is handed to the decoder as the message's continuation, which its walk of the direction
+    /// goes on with. A version that did not grow is merged into the one taken.
+    pub fn take_growth(&mut self, m: &capture::Message, now: Instant, ctx: &mut Ctx<'_>) {
+        let Some(taken) = self.continued.take() else {
+            return;
+        };
+        if m.direction != taken.direction {
+            // Not a version of the message taken: its index names another.
+            ctx.metrics.flow_messages_lost("duplicate", 1);
+            return;
+        }
+        if let Some(dir) = Direction::from_wire(m.direction) {
+            let grown = m.bytes.saturating_sub(taken.bytes);
+            self.bytes[dir.index()] = self.bytes[dir.index()].saturating_add(grown);
+        }
+        let Some(mut rest) = taken.growth(m) else {
+            ctx.tally.flow_message_out();
+            return;
+        };
+        self.decode(&mut rest, now, ctx, false);
+        if m.partial {
+            // Flushed early again: a later version may still grow.
+            self.continued = Some(Continued::of(m)).filter(|_| self.continues_messages());
+        }
+    }
+
+    /// Whether the flow's decoder takes a message's growth as a message of its own.
+    fn continues_messages(&self) -> bool {
+        matches!(&self.decoding, Decoding::By { flow, .. } if flow.continues_messages())
     }
 
     /// Hands the held message to its decoder as it is: its final version did not come in

@@ -528,6 +528,12 @@ impl FlowTable {
             flow.update_held(m, now, &mut ctx);
             return true;
         }
+        // A message taken early-flushed, grown since: its decoder goes on with the growth.
+        if flow.continues(m.index) {
+            self.tally.flow_message_in();
+            flow.take_growth(m, now, &mut ctx);
+            return true;
+        }
         if m.index < flow.next_index() {
             self.metrics.message_dropped("duplicate");
             return false;

@@ -1708,3 +1708,126 @@ fn observations_name_the_probe_and_its_node_unless_the_point_names_another() {
         ]
     );
 }
+
+/// An HTTP/2 frame: its 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("a small frame");
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+#[test]
+fn a_message_flushed_early_then_grown_goes_on_in_its_decoder() {
+    // The socket point captures HTTP/2 call by call. The client's SETTINGS ACK is flushed early
+    // (the client went quiet for the probe's idle flush), then the same message grows by the
+    // request's HEADERS before the server answers: its final version carries them as a segment.
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const END_STREAM_HEADERS: u8 = 0x1 | 0x4;
+    let settings = h2_frame(4, 0, 0, &[]);
+    let ack = h2_frame(4, 1, 0, &[]);
+    // :method POST, :scheme http, :path /, :authority "svc" (literal, not indexed).
+    let request = h2_frame(
+        1,
+        END_STREAM_HEADERS,
+        1,
+        &[0x83, 0x86, 0x84, 0x01, 3, b's', b'v', b'c'],
+    );
+    // :status 200, ending the stream.
+    let response = h2_frame(1, END_STREAM_HEADERS, 1, &[0x88]);
+    let whole = |r: Record| {
+        edit(r, |mm| {
+            mm.bytes = mm.payload.len() as u64;
+            mm.protocol = ProtocolHint::Tcp as i32;
+        })
+    };
+    let opening = whole(msg(
+        7,
+        0,
+        Direction::ClientToServer,
+        &[PREFACE, &settings].concat(),
+    ));
+    let server_settings = whole(msg(
+        7,
+        1,
+        Direction::ServerToClient,
+        &[settings.clone(), ack.clone()].concat(),
+    ));
+    let flushed = edit(whole(msg(7, 2, Direction::ClientToServer, &ack)), |mm| {
+        mm.partial = true;
+    });
+    let grown = edit(whole(msg(7, 2, Direction::ClientToServer, &[])), |mm| {
+        mm.bytes = (ack.len() + request.len()) as u64;
+        mm.packets = 5;
+        mm.segments = vec![
+            capture::Segment {
+                offset: 0,
+                payload: ack.clone().into(),
+            },
+            capture::Segment {
+                offset: ack.len() as u64,
+                payload: request.clone().into(),
+            },
+        ];
+    });
+    let answer = whole(msg(7, 3, Direction::ServerToClient, &response));
+    let (mut t, m) = table();
+    let out = feed(
+        &mut t,
+        vec![opening, server_settings, flushed, grown, answer, end(7)],
+    );
+    assert_eq!(out.len(), 1, "one exchange: {out:#?}");
+    let s = &out[0];
+    assert!(!s.incomplete, "{s:#?}");
+    let http = s.http.as_ref().expect("http fields");
+    assert_eq!((http.method.as_str(), http.target.as_str()), ("POST", "/"));
+    assert_eq!(http.status_code, 200);
+    assert_eq!(m.messages_dropped_for("duplicate"), 0);
+    assert_eq!(m.messages_dropped_for("response_without_request"), 0);
+    assert_eq!(m.desyncs_for("http2", "frames_beyond_capture"), 0);
+    assert_flow_balance(&m, "after the grown message");
+
+    // A later version that did not grow is merged into the one taken: nothing is decoded twice.
+    let (mut t, m) = table();
+    let flushed_request = edit(
+        whole(msg(
+            8,
+            2,
+            Direction::ClientToServer,
+            &[ack.clone(), request.clone()].concat(),
+        )),
+        |mm| mm.partial = true,
+    );
+    let same = whole(msg(
+        8,
+        2,
+        Direction::ClientToServer,
+        &[ack.clone(), request].concat(),
+    ));
+    let out = feed(
+        &mut t,
+        vec![
+            whole(msg(
+                8,
+                0,
+                Direction::ClientToServer,
+                &[PREFACE, &settings].concat(),
+            )),
+            whole(msg(
+                8,
+                1,
+                Direction::ServerToClient,
+                &[settings, ack].concat(),
+            )),
+            flushed_request,
+            same,
+            whole(msg(8, 3, Direction::ServerToClient, &response)),
+            end(8),
+        ],
+    );
+    assert_eq!(out.len(), 1, "one exchange: {out:#?}");
+    assert_eq!(m.messages_dropped_for("duplicate"), 0);
+    assert_flow_balance(&m, "after a version that did not grow");
+}

@@ -162,6 +162,11 @@ impl FlowDecoder for Http2Flow {
         Step::Continue
     }
 
+    /// Each direction is walked frame by frame across its messages.
+    fn continues_messages(&self) -> bool {
+        true
+    }
+
     fn on_close(&mut self, out: &mut dyn Output) {
         self.drain_backlog(out);
         let open: BTreeMap<u32, Stream> = self.streams.drain().collect();
