@@ -56,11 +56,19 @@ struct Probe {
     watch_ready: clovisor_runtime::health::Flag,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Capture>>,
+    /// The probe's loss accounting.
+    drops: clovisor_runtime::drops::Drops,
     _dir: tempfile::TempDir,
 }
 
 impl Probe {
     async fn start(kube: &FakeKube, node: &str) -> Result<Self> {
+        Self::start_with_queue(kube, node, 1024).await
+    }
+
+    /// The follower with a queue of `queue` chunks to the uplink (read only by
+    /// [`Probe::drain_endpoints`]).
+    async fn start_with_queue(kube: &FakeKube, node: &str, queue: usize) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         // Through a kubeconfig file, as `KUBECONFIG` gives it to the probe.
         let path = kube.write_kubeconfig(dir.path())?;
@@ -71,9 +79,9 @@ impl Probe {
             node: node.into(),
             ..CaptureConfig::default()
         })?;
-        let (tx, records) = mpsc::channel(1024);
+        let (tx, records) = mpsc::channel(queue);
         let drops = clovisor_runtime::drops::Drops::default();
-        let metrics = Arc::new(ProbeMetrics::new(drops));
+        let metrics = Arc::new(ProbeMetrics::new(drops.clone()));
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let reconciler = Reconciler::new(
@@ -107,6 +115,7 @@ impl Probe {
             watch_ready,
             stop: Some(stop),
             task: Some(task),
+            drops,
             _dir: dir,
         })
     }
@@ -616,4 +625,71 @@ async fn service_addresses_follow_the_services_watch_through_changes_and_a_410()
         "the pod's metadata sent again without the deleted Service"
     );
     probe.stop().await
+}
+
+/// A collector that takes none of the probe's records (unreachable, or slower than the node)
+/// leaves the queue to the uplink full: the follower goes on attaching new pods and stops when
+/// told, and the pod metadata that found no room is dropped and counted — it used to wait for
+/// room for ever, so that no pod was followed any more and the probe could not stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_to_the_uplink_does_not_stop_the_follower() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new()?;
+    let first_ns = lab.pod("kqa")?;
+    let second_ns = lab.pod("kqb")?;
+    let node = node_name();
+    let kube = FakeKube::start().await?;
+    kube.apply(&service("default", "web", "http"))?;
+    // Room for one chunk, and nobody reads it: the first pod's first address fills it.
+    let mut probe = Probe::start_with_queue(&kube, &node, 1).await?;
+    kube.apply(&pod(
+        "default",
+        "first",
+        &node,
+        Some(&first_ns),
+        &[("app", "web")],
+    ))?;
+    probe
+        .wait_status("the first pod attached", |s| {
+            s.attached.contains_key("default/first")
+        })
+        .await?;
+    kube.apply(&pod(
+        "default",
+        "second",
+        &node,
+        Some(&second_ns),
+        &[("app", "web")],
+    ))?;
+    let s = probe
+        .wait_status("the second pod attached", |s| {
+            s.attached.contains_key("default/second")
+        })
+        .await?;
+    let first = s
+        .attached
+        .get("default/first")
+        .context("first veth")?
+        .clone();
+    let second = s
+        .attached
+        .get("default/second")
+        .context("second veth")?
+        .clone();
+    assert_attached_once(&second)?;
+    // Each pod has two addresses, an update each: one fitted, the rest were dropped, counted.
+    let dropped = probe.drops.get("probe_endpoints", "full");
+    assert!(
+        dropped >= 3,
+        "endpoint updates dropped and counted: {dropped}"
+    );
+    assert_eq!(
+        probe.drain_endpoints().len(),
+        1,
+        "only the update that found room reached the queue"
+    );
+    probe.stop().await?;
+    wait_detached(&first, "the first pod after stop").await?;
+    wait_detached(&second, "the second pod after stop").await?;
+    Ok(())
 }

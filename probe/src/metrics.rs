@@ -255,10 +255,17 @@ impl ProbeMetrics {
             .clone()
     }
 
-    /// Counts an endpoint update handed to the uplink (they wait for room, never dropped).
-    pub fn endpoint_record_sent(&self) {
-        self.drops.received(STAGE_ENDPOINTS, 1);
-        self.drops.emitted(STAGE_ENDPOINTS, 1);
+    /// Counts `n` endpoint updates handed to the uplink.
+    pub fn endpoint_records_sent(&self, n: u64) {
+        self.drops.received(STAGE_ENDPOINTS, n);
+        self.drops.emitted(STAGE_ENDPOINTS, n);
+    }
+
+    /// Counts `n` endpoint updates dropped because the queue to the uplink stayed full
+    /// ([`crate::targets::reconcile::ENDPOINT_SEND_WAIT`]).
+    pub fn endpoint_records_dropped(&self, n: u64) {
+        self.drops.received(STAGE_ENDPOINTS, n);
+        self.drops.count(STAGE_ENDPOINTS, "full", n);
     }
 
     /// Sets the number of attached interfaces.

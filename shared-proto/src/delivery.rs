@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// How one hop frames items into batches and reads acknowledgements.
@@ -114,6 +114,10 @@ impl Default for DeliveryConfig {
         }
     }
 }
+
+/// How often a sender whose replay buffer is full (so that it does not read its input) looks
+/// whether its producers have all gone, at most.
+const CLOSED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Counters of one sender, cumulative. Items are counted once each, however often re-sent.
 #[derive(Debug, Default)]
@@ -304,6 +308,21 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
             }
 
             let room = buffered_bytes < cfg.replay_bytes;
+            // With the replay buffer full the input is not read, so its producers all going away
+            // would go unseen (and, with no receiver to make room, the sender would wait for
+            // ever): look for it here, woken at least every `CLOSED_POLL`.
+            if !room && input_open && closing_since.is_none() && input.is_closed() {
+                input_open = false;
+                closing_since = Some(Instant::now());
+                self.take_queued(
+                    &mut input,
+                    next_seq,
+                    &mut pending,
+                    &mut pending_count,
+                    &mut pending_bytes,
+                );
+                continue;
+            }
             let wait_flush = !pending.is_empty();
             let wake_reconnect = stream.is_none();
             let drain_deadline = closing_since.map(|s| s + cfg.drain_timeout);
@@ -365,15 +384,28 @@ impl<C: BatchContract, K: Connector<C>> Sender<C, K> {
                 _ = sleep_until(flush_at), if wait_flush => {}
                 _ = sleep_until(reconnect_at), if wake_reconnect => {}
                 _ = sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {}
+                _ = sleep(CLOSED_POLL), if input_open && !room && closing_since.is_none() => {}
                 _ = &mut shutdown, if closing_since.is_none() => {
                     closing_since = Some(Instant::now());
-                    // Take what producers already queued: it was accepted, so it is owed.
-                    while let Ok(item) = input.try_recv() {
-                        pending_bytes = pending_bytes.saturating_add(C::item_bytes(&item));
-                        self.take(item, next_seq, &mut pending, &mut pending_count);
-                    }
+                    self.take_queued(&mut input, next_seq, &mut pending, &mut pending_count, &mut pending_bytes);
                 }
             }
+        }
+    }
+
+    /// Takes what producers already queued, room or not: it was accepted, so it is owed (the
+    /// drain that follows delivers it or counts it dropped).
+    fn take_queued(
+        &mut self,
+        input: &mut mpsc::Receiver<C::Item>,
+        seq: u64,
+        pending: &mut Vec<C::Item>,
+        pending_count: &mut u64,
+        pending_bytes: &mut usize,
+    ) {
+        while let Ok(item) = input.try_recv() {
+            *pending_bytes = pending_bytes.saturating_add(C::item_bytes(&item));
+            self.take(item, seq, pending, pending_count);
         }
     }
 

@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clovisor_config::LiveConfig;
 use clovisor_proto::capture::v1::{record, EndpointUpdate, ProtocolHint, Record};
@@ -114,6 +116,9 @@ pub struct Reconciler {
     covered: BTreeSet<u32>,
     /// Service addresses the collector was told of.
     service_addresses: ServiceAddresses,
+    /// The queue to the uplink stayed full the last time endpoint updates waited for room: the
+    /// next are dropped (counted) without waiting, until one finds room.
+    endpoints_blocked: AtomicBool,
 }
 
 impl Reconciler {
@@ -140,6 +145,7 @@ impl Reconciler {
             veth_payload: VethPayload::Always,
             covered: BTreeSet::new(),
             service_addresses: ServiceAddresses::new(),
+            endpoints_blocked: AtomicBool::new(false),
             capture,
             out,
             metrics,
@@ -519,21 +525,69 @@ impl Reconciler {
             })
             .collect();
         for chunk in records.chunks(ENDPOINT_CHUNK) {
-            // Metadata is rare and small: wait for room rather than lose it.
-            match self.out.send(ChunkBuilder::chunk_of(chunk)).await {
-                Ok(()) => {
-                    for _ in chunk {
-                        self.metrics.endpoint_record_sent();
-                    }
-                }
-                Err(_) => {
+            let n = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+            match self.hand_on(ChunkBuilder::chunk_of(chunk)).await {
+                Handed::Sent => self.metrics.endpoint_records_sent(n),
+                Handed::Full => self.metrics.endpoint_records_dropped(n),
+                Handed::Closed => {
                     tracing::debug!("record channel closed; endpoint updates not sent");
                     return;
                 }
             }
         }
     }
+
+    /// Hands one chunk of endpoint updates to the uplink's queue. Metadata is rare and small,
+    /// so it waits for room — but at most [`ENDPOINT_SEND_WAIT`], and not at all while the
+    /// queue has stayed full since the last wait ran out: a collector that does not take the
+    /// probe's records (unreachable, or slower than the node) must not stop the follower from
+    /// attaching new pods, detaching gone ones, or letting the probe stop. What is dropped is
+    /// counted; the current pods' metadata is sent again every [`ENDPOINT_REFRESH`].
+    ///
+    /// [`ENDPOINT_REFRESH`]: super::netns::ENDPOINT_REFRESH
+    async fn hand_on(&self, chunk: RecordChunk) -> Handed {
+        let chunk = match self.out.try_send(chunk) {
+            Ok(()) => return self.handed(),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Handed::Closed,
+            Err(mpsc::error::TrySendError::Full(_)) if self.endpoints_blocked.load(Relaxed) => {
+                return Handed::Full
+            }
+            Err(mpsc::error::TrySendError::Full(chunk)) => chunk,
+        };
+        match tokio::time::timeout(ENDPOINT_SEND_WAIT, self.out.send(chunk)).await {
+            Ok(Ok(())) => self.handed(),
+            Ok(Err(_)) => Handed::Closed,
+            Err(_) => {
+                self.endpoints_blocked.store(true, Relaxed);
+                tracing::warn!(
+                    wait = ?ENDPOINT_SEND_WAIT,
+                    "the queue to the uplink stayed full: pod metadata is dropped (counted) until \
+                     it has room again, and sent again with the next refresh"
+                );
+                Handed::Full
+            }
+        }
+    }
+
+    fn handed(&self) -> Handed {
+        if self.endpoints_blocked.swap(false, Relaxed) {
+            tracing::info!("the queue to the uplink has room again: pod metadata is sent");
+        }
+        Handed::Sent
+    }
 }
+
+/// What became of a chunk of endpoint updates ([`Reconciler::hand_on`]).
+enum Handed {
+    Sent,
+    /// Dropped: the queue stayed full.
+    Full,
+    /// The uplink is gone.
+    Closed,
+}
+
+/// How long a chunk of endpoint updates waits for room in the queue to the uplink at most.
+pub const ENDPOINT_SEND_WAIT: Duration = Duration::from_secs(1);
 
 /// Endpoint updates sent in one chunk at most (about 60 bytes each).
 const ENDPOINT_CHUNK: usize = 256;

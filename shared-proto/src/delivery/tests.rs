@@ -223,6 +223,42 @@ async fn an_absent_receiver_fills_the_replay_bound_then_pushes_back() {
     );
 }
 
+/// The same absent receiver, but the producers go away instead of a shutdown: the sender,
+/// which does not read its input while its replay buffer is full, still sees it close, drains
+/// for the drain timeout and ends, counting what it could not deliver (it used to wait for
+/// ever, and with it a probe told to stop while its collector was down).
+#[tokio::test]
+async fn an_absent_receiver_and_a_full_replay_buffer_still_end_when_the_input_closes() {
+    let rx = Arc::new(Mutex::new(Receiver::default())); // down
+    let mut cfg = config();
+    cfg.replay_bytes = 8 + 4 * 10; // exactly one full batch
+    cfg.drain_timeout = Duration::from_millis(50);
+    let sender = Sender::new(Contract, FakeConnector(Arc::clone(&rx)), cfg);
+    let stats = sender.stats();
+    let (tx, input) = mpsc::channel(5);
+    let run = tokio::spawn(sender.run(input, std::future::pending()));
+    let mut accepted = 0;
+    for i in 0..100u32 {
+        if tx.try_send(i).is_ok() {
+            accepted += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(accepted < 100, "the replay buffer filled and pushed back");
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the sender ends once its input is closed")
+        .expect("sender task");
+    assert_eq!(DeliveryStats::get(&stats.items_received), accepted);
+    assert_eq!(
+        DeliveryStats::get(&stats.items_dropped_shutdown),
+        accepted,
+        "every accepted item, queued ones included, is counted as dropped"
+    );
+    assert_eq!(DeliveryStats::get(&stats.items_buffered), 0);
+}
+
 #[tokio::test]
 async fn a_receiver_that_comes_back_gets_the_buffered_batches() {
     let rx = Arc::new(Mutex::new(Receiver::default())); // down at first
