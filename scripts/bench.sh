@@ -39,7 +39,8 @@
 # BENCH_AB_SWAP=aio runs `clovisor all-in-one` tracing both pods instead (each directory holding a
 # `clovisor`), arm B's from BENCH_AB_B with BENCH_AB_ENV_B;
 # it prints each component's CPU per exchange, nginx's, and the kernel's BPF time per exchange of
-# the tc and socket programs, per pair and arm, and writes them to $BENCH_OUT/ab.md.
+# the tc and socket programs, per pair and arm, with the share of requests each run traced and what
+# it dropped (counted once the pipeline settled), and writes them to $BENCH_OUT/ab.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -544,6 +545,7 @@ ab_main() {
       if [ "$arm" = B ] && [ ${#env_b[@]} -gt 0 ]; then export "${env_b[@]}"; fi
       if [ "$AB_SWAP" = aio ]; then start_aio; else start_pipeline; fi
       if [ "$arm" = B ] && [ ${#env_b[@]} -gt 0 ]; then for e in "${env_b[@]}"; do unset "${e%%=*}"; done; fi
+      scrape "$RAW/ab/pair-$p-$arm.before.prom"
       before=$(cpu_snapshot "${measured[@]}")
       r0=$(nginx_requests)
       b0=$(bpf_runs)
@@ -551,6 +553,9 @@ ab_main() {
       after=$(cpu_snapshot "${measured[@]}")
       r1=$(nginx_requests)
       b1=$(bpf_runs)
+      # What it traced and dropped: an arm that sheds load must not read as a cheaper one.
+      settle
+      scrape "$RAW/ab/pair-$p-$arm.after.prom"
       jq -n --arg arm "$arm" --argjson pair "$p" --argjson before "$before" --argjson after "$after" \
         --argjson served "$((r1 - r0))" --argjson b0 "$b0" --argjson b1 "$b1" \
         '{arm: $arm, pair: $pair, served: $served, cpu: {before: $before, after: $after}, bpf: {before: $b0, after: $b1}}' \
@@ -567,9 +572,25 @@ raw, clk, a_dir, b_dir, swap, env_b = pathlib.Path(sys.argv[1]), int(sys.argv[2]
 procs = ["aio"] if swap == "aio" else ["probe", "collector", "correlator"]
 cols = procs + ["nginx", "tc eBPF", "socket eBPF"]
 rows = {}
+traced = {}
+
+def family_sum(path, name):
+    """Sum of a metric family's samples in a scrape (0 when absent)."""
+    total = 0.0
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
 for f in sorted(raw.glob("pair-*-?.json")):
     r = json.loads(f.read_text())
     n, cpu, bpf = r["served"], r["cpu"], r["bpf"]
+    stem = f.name[: -len(".json")]
+    before, after = raw / f"{stem}.before.prom", raw / f"{stem}.after.prom"
+    traced[(r["pair"], r["arm"])] = tuple(
+        family_sum(after, m) - family_sum(before, m)
+        for m in ("clovisor_http_requests_total", "clovisor_dropped_total"))
     us = {c: (cpu["after"][c] - cpu["before"][c]) / clk / n * 1e6 for c in procs + ["nginx"]}
     for kind, col in (("tc", "tc eBPF"), ("socket", "socket eBPF")):
         t = bpf["after"].get(kind, {}).get("t", 0) - bpf["before"].get(kind, {}).get("t", 0)
@@ -580,13 +601,15 @@ print(f"# A/B: {a_dir} (A) against {b_dir} (B)\n")
 print(f"Arm B swaps: {swap}" + (f"; its components run with {env_b}" if env_b else "") +
       ". µs of CPU per exchange served (utime + stime / nginx's requests), and of the kernel's BPF "
       "run time; alternated pairs, each run its own pipeline.\n")
-print("| pair | arm | requests | " + " | ".join(cols) + " |")
-print("| --- | --- | --- | " + " | ".join("---" for _ in cols) + " |")
+print("| pair | arm | requests | traced | dropped | " + " | ".join(cols) + " |")
+print("| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in cols) + " |")
 for p in pairs:
     for arm in "AB":
         if (p, arm) in rows:
             n, us = rows[(p, arm)]
-            print(f"| {p} | {arm} | {n:,} | " + " | ".join(f"{us[c]:.2f}" for c in cols) + " |")
+            t, d = traced[(p, arm)]
+            share = f"{100 * t / n:.1f} %" if n else "–"
+            print(f"| {p} | {arm} | {n:,} | {share} | {d:,.0f} | " + " | ".join(f"{us[c]:.2f}" for c in cols) + " |")
 print("\n| figure | " + " | ".join(cols) + " |")
 print("| --- | " + " | ".join("---" for _ in cols) + " |")
 med = {arm: {c: statistics.median(rows[(p, arm)][1][c] for p in pairs if (p, arm) in rows) for c in cols}
@@ -598,6 +621,13 @@ print("| B / A (medians) | " + " | ".join(ratio(med["A"][c], med["B"][c]) for c 
 both = [p for p in pairs if (p, "A") in rows and (p, "B") in rows]
 print("| B / A per pair | " + " | ".join(
     " ".join(ratio(rows[(p, "A")][1][c], rows[(p, "B")][1][c]) for p in both) for c in cols) + " |")
+for arm in "AB":
+    served = sum(rows[(p, arm)][0] for p in pairs if (p, arm) in rows)
+    t = sum(traced[(p, arm)][0] for p in pairs if (p, arm) in traced)
+    d = sum(traced[(p, arm)][1] for p in pairs if (p, arm) in traced)
+    print(f"| arm {arm}: traced / served, dropped (all runs) | "
+          + (f"{100 * t / served:.1f} %" if served else "–") + f", {d:,.0f} dropped |"
+          + " |" * (len(cols) - 1))
 print("\nThis machine's noise moves every column between runs; a component arm B did not change is "
       "the control: compare the changed one's B / A with theirs, pair by pair.")
 PY
