@@ -179,14 +179,20 @@ async fn a_broken_stream_is_replayed_without_loss_or_duplicates() {
     );
 }
 
-#[tokio::test]
-async fn an_absent_receiver_fills_the_replay_bound_then_pushes_back() {
+/// A sender whose receiver is down, with room to replay exactly one full batch and a short drain.
+fn sender_without_receiver() -> (Sender<Contract, FakeConnector>, Arc<DeliveryStats>) {
     let rx = Arc::new(Mutex::new(Receiver::default())); // down
     let mut cfg = config();
     cfg.replay_bytes = 8 + 4 * 10; // exactly one full batch
     cfg.drain_timeout = Duration::from_millis(50);
-    let sender = Sender::new(Contract, FakeConnector(Arc::clone(&rx)), cfg);
+    let sender = Sender::new(Contract, FakeConnector(rx), cfg);
     let stats = sender.stats();
+    (sender, stats)
+}
+
+#[tokio::test]
+async fn an_absent_receiver_fills_the_replay_bound_then_pushes_back() {
+    let (sender, stats) = sender_without_receiver();
     let (tx, input) = mpsc::channel(5);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(sender.run(input, async move {
@@ -229,12 +235,7 @@ async fn an_absent_receiver_fills_the_replay_bound_then_pushes_back() {
 /// ever, and with it a probe told to stop while its collector was down).
 #[tokio::test]
 async fn an_absent_receiver_and_a_full_replay_buffer_still_end_when_the_input_closes() {
-    let rx = Arc::new(Mutex::new(Receiver::default())); // down
-    let mut cfg = config();
-    cfg.replay_bytes = 8 + 4 * 10; // exactly one full batch
-    cfg.drain_timeout = Duration::from_millis(50);
-    let sender = Sender::new(Contract, FakeConnector(Arc::clone(&rx)), cfg);
-    let stats = sender.stats();
+    let (sender, stats) = sender_without_receiver();
     let (tx, input) = mpsc::channel(5);
     let run = tokio::spawn(sender.run(input, std::future::pending()));
     let mut accepted = 0;
