@@ -571,26 +571,17 @@ import json, pathlib, statistics, sys
 raw, clk, a_dir, b_dir, swap, env_b = pathlib.Path(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:7]
 procs = ["aio"] if swap == "aio" else ["probe", "collector", "correlator"]
 cols = procs + ["nginx", "tc eBPF", "socket eBPF"]
+sys.path.insert(0, "bench")
+from report import delta, parse_prom  # the report's own reading of a scrape
 rows = {}
 traced = {}
-
-def family_sum(path, name):
-    """Sum of a metric family's samples in a scrape (0 when absent)."""
-    total = 0.0
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
-
 for f in sorted(raw.glob("pair-*-?.json")):
     r = json.loads(f.read_text())
     n, cpu, bpf = r["served"], r["cpu"], r["bpf"]
     stem = f.name[: -len(".json")]
-    before, after = raw / f"{stem}.before.prom", raw / f"{stem}.after.prom"
+    before, after = parse_prom(raw / f"{stem}.before.prom"), parse_prom(raw / f"{stem}.after.prom")
     traced[(r["pair"], r["arm"])] = tuple(
-        family_sum(after, m) - family_sum(before, m)
-        for m in ("clovisor_http_requests_total", "clovisor_dropped_total"))
+        delta(before, after, m) for m in ("clovisor_http_requests_total", "clovisor_dropped_total"))
     us = {c: (cpu["after"][c] - cpu["before"][c]) / clk / n * 1e6 for c in procs + ["nginx"]}
     for kind, col in (("tc", "tc eBPF"), ("socket", "socket eBPF")):
         t = bpf["after"].get(kind, {}).get("t", 0) - bpf["before"].get(kind, {}).get("t", 0)

@@ -117,7 +117,7 @@ impl Default for DeliveryConfig {
 
 /// How often a sender whose replay buffer is full (so that it does not read its input) looks
 /// whether its producers have all gone, at most.
-const CLOSED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+const CLOSED_POLL: Duration = Duration::from_millis(100);
 
 /// Counters of one sender, cumulative. Items are counted once each, however often re-sent.
 #[derive(Debug, Default)]
