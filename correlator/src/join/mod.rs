@@ -260,6 +260,14 @@ enum Held {
 }
 
 impl Held {
+    /// A word of what it points to, read (see [`Joiner::forget_group`]).
+    fn touch(&self) -> u64 {
+        match self {
+            Self::Live(rec) => rec.span_id.0[0].into(),
+            Self::Packed(p) => p.first_byte().into(),
+        }
+    }
+
     /// The exchange (a decoded copy when packed).
     fn shared(&self) -> Arc<CorrelatedSession> {
         match self {
@@ -405,6 +413,8 @@ pub struct Joiner {
     heads: HeadSampling,
     /// Exchanges finished with, to decode ready ones into ([`Joiner::restock`]).
     spares: Vec<Arc<CorrelatedSession>>,
+    /// The slots [`Joiner::forget_group`] takes, kept for its capacity.
+    group: Vec<u64>,
 }
 
 /// Which views [`Joiner::offer_head`] reads the head of. Reading a head costs a fraction of a
@@ -602,6 +612,7 @@ impl Joiner {
             views: JoinViews::default(),
             heads: HeadSampling::default(),
             spares: Vec::new(),
+            group: Vec::new(),
         }
     }
 
@@ -1114,9 +1125,11 @@ impl Joiner {
         evictions: &mut Vec<Eviction>,
     ) {
         while self.held >= self.config.max_entries {
-            if let Some((_, slot)) = self.retained.pop_front() {
-                self.forget(slot);
-                evictions.push(Eviction::RetainedEarly);
+            if !self.retained.is_empty() {
+                let over = self.held + 1 - self.config.max_entries;
+                let n = over.max(self.forget_group_len()).min(self.retained.len());
+                let forgotten = self.forget_oldest_retained(n);
+                evictions.extend(std::iter::repeat_n(Eviction::RetainedEarly, forgotten));
             } else if let Some((_, slot)) = self.open.pop_front() {
                 // Exported now and not retained: it frees its place at once.
                 if let Some(rec) = self.make_ready(slot, now) {
@@ -1216,10 +1229,75 @@ impl Joiner {
                 }
             }
         }
-        while self.retained.front().is_some_and(|(at, _)| *at <= now) {
-            if let Some((_, slot)) = self.retained.pop_front() {
-                self.forget(slot);
+        loop {
+            let due = self
+                .retained
+                .iter()
+                .take(Self::FORGET_GROUP)
+                .take_while(|(at, _)| *at <= now)
+                .count();
+            if due == 0 {
+                break;
             }
+            self.forget_oldest_retained(due);
+        }
+    }
+
+    /// Retained exchanges forgotten together at most ([`Joiner::forget_group`]).
+    const FORGET_GROUP: usize = 32;
+
+    /// How many retained exchanges a full join forgets at once: a 2048th of its size, at
+    /// least one and at most [`Joiner::FORGET_GROUP`] (32 at the default 65,536). Forgetting
+    /// them together is cheaper ([`Joiner::forget_group`]) and frees room for as many
+    /// newcomers; retained exchanges are forgotten at most that many exchanges early.
+    fn forget_group_len(&self) -> usize {
+        (self.config.max_entries / 2048).clamp(1, Self::FORGET_GROUP)
+    }
+
+    /// Forgets the `n` oldest retained exchanges; returns how many were taken off the queue.
+    fn forget_oldest_retained(&mut self, n: usize) -> usize {
+        let mut group = std::mem::take(&mut self.group);
+        group.clear();
+        group.extend(
+            self.retained
+                .drain(..n.min(self.retained.len()))
+                .map(|(_, s)| s),
+        );
+        self.forget_group(&group);
+        let taken = group.len();
+        self.group = group;
+        taken
+    }
+
+    /// [`Joiner::forget`] of each of `slots`, after reading what forgetting each will read.
+    ///
+    /// The oldest retained exchanges were last touched seconds ago: forgetting one reads its
+    /// entry, the index buckets of its wire key and of each of its ids, and its packed block
+    /// (freeing it writes into it), nearly all of them cache misses, and each waits for the
+    /// one before (the bucket for the entry, the next step for the branch). Read here first —
+    /// every entry, then every bucket and block, loads that depend on nothing else — the misses
+    /// of a group overlap; the forgetting that follows finds them cached.
+    fn forget_group(&mut self, slots: &[u64]) {
+        let mut seen = 0u64;
+        for slot in slots {
+            if let Some(e) = self.entries.get(slot) {
+                seen ^= e.span.0;
+            }
+        }
+        for slot in slots {
+            if let Some(e) = self.entries.get(slot) {
+                if let Some(k) = &e.key {
+                    seen ^= self.wire.first_bucket(hash(k));
+                }
+                for h in e.id_hashes.all().unwrap_or_default() {
+                    seen ^= self.ids.first_bucket(*h);
+                }
+                seen ^= e.rec.touch();
+            }
+        }
+        std::hint::black_box(seen);
+        for slot in slots {
+            self.forget(*slot);
         }
     }
 

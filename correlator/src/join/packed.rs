@@ -71,6 +71,12 @@ impl Encoded<'_> {
 }
 
 impl Packed {
+    /// Its first byte, read (see [`super::Joiner`]'s `forget_group`): freeing the block writes
+    /// into it.
+    pub(super) fn first_byte(&self) -> u8 {
+        self.0.first().copied().unwrap_or_default()
+    }
+
     /// `rec` packed; `arrival` is its session's encoding as it arrived, when unchanged since.
     /// `None` only when a count or a length does not fit in 32 bits.
     pub(super) fn of(rec: &CorrelatedSession, arrival: Option<&[u8]>) -> Option<Self> {

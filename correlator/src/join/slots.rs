@@ -72,6 +72,13 @@ impl SlotIndex {
         (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
     }
 
+    /// The first bucket of `h`'s probe, read and returned as it is (its slot, or the empty
+    /// slot). A caller about to take several slots out reads each one's first bucket before it
+    /// takes any out, so that the cache misses overlap instead of following one another.
+    pub(super) fn first_bucket(&self, h: u64) -> u64 {
+        self.buckets.get(self.home(h)).map_or(EMPTY.1, |b| b.1)
+    }
+
     /// The slot indexed under hash `h` whose exchange `holds(slot)` what is looked for.
     pub(super) fn get(&self, h: u64, holds: impl Fn(u64) -> bool) -> Option<u64> {
         self.find(h, holds)

@@ -538,6 +538,59 @@ fn bounded_state_evicts_oldest_and_says_so() {
 }
 
 #[test]
+fn a_large_full_join_forgets_its_oldest_retained_exchanges_a_group_at_a_time() {
+    // 8192 entries: a group of 4 (a 2048th), so the order and the counts can be told apart.
+    let max = 8192;
+    let mut j = Joiner::new(JoinConfig {
+        window: Duration::from_secs(1),
+        retention: Duration::from_secs(30),
+        max_entries: max,
+        ..JoinConfig::default()
+    });
+    let now = Instant::now();
+    for i in 0..max {
+        j.offer(client_veth(&format!("e{i}")).seq(i as u32 + 1).build(), now);
+    }
+    let later = now + Duration::from_secs(2);
+    assert_eq!(j.expire(later).len(), max, "all are ready, and retained");
+    assert_eq!(j.len(), max);
+
+    let r = j.offer(client_veth("new0").seq(1 << 20).build(), later);
+    assert_eq!(r.outcome, Outcome::Opened);
+    assert_eq!(
+        r.evictions,
+        [Eviction::RetainedEarly; 4],
+        "one group, each counted"
+    );
+    assert_eq!(j.len(), max - 3, "the group made room for three more");
+    for k in 1..=3 {
+        let r = j.offer(
+            client_veth(&format!("new{k}")).seq((1 << 20) + k).build(),
+            later,
+        );
+        assert!(
+            r.evictions.is_empty(),
+            "room was left: nothing more is forgotten"
+        );
+    }
+    assert_eq!(j.len(), max);
+    // The four oldest are forgotten, the fifth is still held: its id is a duplicate, theirs
+    // open new exchanges.
+    let fifth = j.offer(client_veth("e4").seq(5).build(), later);
+    assert_eq!(fifth.outcome, Outcome::Duplicate, "e4 is still retained");
+    for i in 0..4 {
+        let again = j.offer(client_veth(&format!("e{i}")).seq(i + 1).build(), later);
+        assert_eq!(again.outcome, Outcome::Opened, "e{i} was forgotten");
+    }
+
+    // Retention ending forgets every due exchange, in groups as well.
+    let gone = later + Duration::from_secs(60);
+    j.expire(gone);
+    j.expire(gone + Duration::from_secs(60));
+    assert_eq!(j.len(), 0, "nothing is left held once retention ended");
+}
+
+#[test]
 fn duplicates_and_zero_window() {
     let mut j = joiner(0);
     let now = Instant::now();
