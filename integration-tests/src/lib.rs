@@ -451,11 +451,17 @@ impl Proc {
     }
 }
 
+/// Kills the process; its log goes too unless a test is failing by panic (then it is left for
+/// whoever looks into it: the failures that return an error carry the log's text already).
+/// Without this, every run of the suite left some fifty logs behind in the temporary directory.
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
