@@ -303,6 +303,7 @@ impl Inner {
         probe_id: &str,
         batch: &Batch,
         spare_views: Vec<CounterView>,
+        room: Vec<Collected>,
     ) -> Result<Option<Made>, Refused> {
         let mut st = self.lock();
         let last = st.last_seq.get(probe_id).copied();
@@ -318,8 +319,11 @@ impl Inner {
         }
         let now = Instant::now();
         // About a session per record (a point that pairs request and response sends one record
-        // per exchange): room for all of the batch's, most of the time without a growth step.
-        let mut out = Vec::with_capacity(batch.len() + 1);
+        // per exchange): room for all of the batch's, most of the time without a growth step, in
+        // the room the local join let go of (`LocalJoin::take_spare`).
+        let mut out = room;
+        out.clear();
+        out.reserve(batch.len() + 1);
         // Each record decoded from its bytes into one place as the table takes it (see
         // `inbound`).
         let mut records = batch.records();
@@ -590,7 +594,8 @@ async fn run_stream(
             Inbound::Batch(batch) => {
                 let seq = batch.seq();
                 let spare = std::mem::take(&mut stream.spare_views);
-                let made = match stream.inner.batch(probe_id, &batch, spare) {
+                let room = stream.join.take_spare();
+                let made = match stream.inner.batch(probe_id, &batch, spare, room) {
                     Ok(made) => made.unwrap_or_default(),
                     Err(why) => {
                         let _ = stream.release().await;

@@ -66,6 +66,9 @@ pub struct LocalJoin {
     taking_index: FxHashMap<WireKey, usize>,
     /// When the held sessions must be sent even without another batch.
     deadline: Option<Instant>,
+    /// The vector of the last batch let go of, emptied, for the next batch's sessions
+    /// ([`LocalJoin::take_spare`]).
+    spare: Vec<Collected>,
 }
 
 /// A batch's sessions as they came, and which are still waiting (neither merged into another
@@ -132,6 +135,26 @@ impl LocalJoin {
             index: FxHashMap::default(),
             taking_index: FxHashMap::default(),
             deadline: None,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Sessions a spare vector is kept for at most (about 7 MiB of room): a batch's vector is
+    /// sized for its records, and one outsized batch should not pin its room for good.
+    pub const SPARE_MAX: usize = 8192;
+
+    /// An empty vector to make the next batch's sessions in: the last one let go of, whose room
+    /// was written a batch ago. A fresh one each batch (room for a session per record, hundreds
+    /// of kilobytes) came as new pages from the allocator, a page fault for each page written.
+    pub fn take_spare(&mut self) -> Vec<Collected> {
+        std::mem::take(&mut self.spare)
+    }
+
+    /// Keeps `sessions`' room for [`LocalJoin::take_spare`] (they have all been handed on).
+    fn keep_spare(&mut self, mut sessions: Vec<Collected>) {
+        sessions.clear();
+        if sessions.capacity() <= Self::SPARE_MAX && sessions.capacity() >= self.spare.capacity() {
+            self.spare = sessions;
         }
     }
 
@@ -202,8 +225,10 @@ impl LocalJoin {
         if self.hold.is_zero() {
             merged.unmatched_counters += taking.hand_on(&mut emit);
             self.taking_index.clear();
+            self.keep_spare(taking.sessions);
         } else {
-            self.held = taking;
+            let done = std::mem::replace(&mut self.held, taking);
+            self.keep_spare(done.sessions);
             std::mem::swap(&mut self.index, &mut self.taking_index);
         }
         self.deadline = self.held.any_waiting().then(|| now + self.hold);

@@ -759,3 +759,40 @@ fn a_traced_client_keeps_the_exchange_waiting_until_its_veth_and_socket_join() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].observations.len(), 3);
 }
+
+#[test]
+fn the_room_of_a_batch_let_go_of_is_lent_to_the_next_and_an_outsized_one_is_not_kept() {
+    let batch = |n: usize, first_seq: u32| -> Vec<Collected> {
+        let mut v = Vec::with_capacity(n);
+        v.extend((0..n).map(|i| {
+            let seq = first_seq + u32::try_from(i).unwrap_or_default();
+            Collected::bare(server_socket(&format!("s{seq}"), seq))
+        }));
+        v
+    };
+    let mut j = LocalJoin::new(DEFAULT_HOLD);
+    assert_eq!(j.take_spare().capacity(), 0, "nothing let go of yet");
+    offer_collected(&mut j, batch(100, 1));
+    assert_eq!(
+        j.take_spare().capacity(),
+        0,
+        "the first batch is held, not let go of"
+    );
+    let (left, _) = offer_collected(&mut j, batch(50, 1_000));
+    assert_eq!(left.len(), 100, "the first batch's sessions left");
+    let room = j.take_spare();
+    assert!(room.is_empty());
+    assert_eq!(room.capacity(), 100, "the first batch's vector, emptied");
+    assert_eq!(j.take_spare().capacity(), 0, "lent once");
+
+    // With no hold, the batch itself is let go of at once.
+    let mut j = LocalJoin::new(Duration::ZERO);
+    let (left, _) = offer_collected(&mut j, batch(30, 1));
+    assert_eq!(left.len(), 30);
+    assert_eq!(j.take_spare().capacity(), 30);
+
+    // An outsized batch's room is not kept.
+    let (left, _) = offer_collected(&mut j, batch(LocalJoin::SPARE_MAX + 1, 1));
+    assert_eq!(left.len(), LocalJoin::SPARE_MAX + 1);
+    assert_eq!(j.take_spare().capacity(), 0);
+}
