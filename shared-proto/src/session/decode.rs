@@ -91,47 +91,59 @@ pub fn decode_into(mut buf: &[u8], into: &mut Session, merged_ids: bool) -> Resu
         match tag {
             1 => v.string(&mut buf, &mut s.id)?,
             2 => s.protocol = v.int32(&mut buf)?,
-            3 => v.message(
-                &mut buf,
-                reused(&mut s.client, &mut seen.client, clear_endpoint),
-                endpoint,
-            )?,
-            4 => v.message(
-                &mut buf,
-                reused(&mut s.server, &mut seen.server, clear_endpoint),
-                endpoint,
-            )?,
-            5 => v.message(
-                &mut buf,
-                next(
+            3 => {
+                seen.client_given |= v.message(
+                    &mut buf,
+                    reused(&mut s.client, &mut seen.client, clear_endpoint),
+                    endpoint,
+                )?;
+            }
+            4 => {
+                seen.server_given |= v.message(
+                    &mut buf,
+                    reused(&mut s.server, &mut seen.server, clear_endpoint),
+                    endpoint,
+                )?;
+            }
+            5 => {
+                let o = next(
                     &mut s.observations,
                     &mut seen.observations,
                     clear_observation,
-                ),
-                observation,
-            )?,
+                );
+                let given = v.message(&mut buf, o, observation)?;
+                clear_observation_ungiven(o, given);
+            }
             6 => s.start_unix_nanos = v.fixed64(&mut buf)?,
             7 => s.end_unix_nanos = v.fixed64(&mut buf)?,
-            8 => v.message(
-                &mut buf,
-                reused(&mut s.bytes, &mut seen.bytes, clear_counters),
-                counters,
-            )?,
-            9 => v.message(
-                &mut buf,
-                reused(&mut s.packets, &mut seen.packets, clear_counters),
-                counters,
-            )?,
-            10 => v.message(
-                &mut buf,
-                reused(&mut s.http, &mut seen.http, clear_http),
-                http,
-            )?,
-            11 => v.message(
-                &mut buf,
-                reused(&mut s.trace, &mut seen.trace, clear_trace),
-                trace,
-            )?,
+            8 => {
+                v.message(
+                    &mut buf,
+                    reused(&mut s.bytes, &mut seen.bytes, clear_counters),
+                    counters,
+                )?;
+            }
+            9 => {
+                v.message(
+                    &mut buf,
+                    reused(&mut s.packets, &mut seen.packets, clear_counters),
+                    counters,
+                )?;
+            }
+            10 => {
+                seen.http_given |= v.message(
+                    &mut buf,
+                    reused(&mut s.http, &mut seen.http, clear_http),
+                    http,
+                )?;
+            }
+            11 => {
+                seen.trace_given |= v.message(
+                    &mut buf,
+                    reused(&mut s.trace, &mut seen.trace, clear_trace),
+                    trace,
+                )?;
+            }
             12 => s.incomplete = v.bool(&mut buf)?,
             21 => {
                 let id = v.str(&mut buf)?;
@@ -199,6 +211,12 @@ struct Seen {
     packets: bool,
     http: bool,
     trace: bool,
+    /// The fields each message's bytes gave, by number ([`Given`]), over every time they gave
+    /// the message (a message given twice is merged).
+    client_given: Given,
+    server_given: Given,
+    http_given: Given,
+    trace_given: Given,
     /// How many observations (and merged ids) the bytes gave so far.
     observations: usize,
     merged_ids: usize,
@@ -217,6 +235,18 @@ impl Seen {
         unless(self.packets, &mut s.packets);
         unless(self.http, &mut s.http);
         unless(self.trace, &mut s.trace);
+        if let Some(e) = s.client.as_mut() {
+            clear_endpoint_ungiven(e, self.client_given);
+        }
+        if let Some(e) = s.server.as_mut() {
+            clear_endpoint_ungiven(e, self.server_given);
+        }
+        if let Some(h) = s.http.as_mut() {
+            clear_http_ungiven(h, self.http_given);
+        }
+        if let Some(t) = s.trace.as_mut() {
+            clear_trace_ungiven(t, self.trace_given);
+        }
         s.observations.truncate(self.observations);
         s.merged_ids.truncate(self.merged_ids);
     }
@@ -300,10 +330,28 @@ fn clear_endpoint(e: &mut Endpoint) {
         workload,
         service,
     } = e;
-    ip.clear();
+    // Its address and names are kept until the bytes are read: each is written over only where
+    // the bytes give another ([`Value::string`]), and cleared where they give none
+    // ([`clear_endpoint_ungiven`]).
+    let _ = (ip, pod, namespace, node, workload, service);
     *port = 0;
-    for s in [pod, namespace, node, workload, service] {
-        s.clear();
+}
+
+/// Clears the address and names of `e` the bytes did not give (see [`Given`]).
+fn clear_endpoint_ungiven(e: &mut Endpoint, given: Given) {
+    if !given.has(1) {
+        e.ip.clear();
+    }
+    for (tag, s) in [
+        (3, &mut e.pod),
+        (4, &mut e.namespace),
+        (5, &mut e.node),
+        (6, &mut e.workload),
+        (7, &mut e.service),
+    ] {
+        if !given.has(tag) {
+            s.clear();
+        }
     }
 }
 
@@ -329,9 +377,8 @@ fn clear_observation(o: &mut Observation) {
         comm,
         netns_inode,
     } = o;
-    for s in [interface, node, probe_id, comm] {
-        s.clear();
-    }
+    // Its strings are kept until the bytes are read, as an endpoint's ([`clear_endpoint`]).
+    let _ = (interface, node, probe_id, comm);
     for n in [kind, side] {
         *n = 0;
     }
@@ -350,6 +397,20 @@ fn clear_observation(o: &mut Observation) {
     }
     for n in [request_tcp_seq, response_tcp_seq, retransmits, pid] {
         *n = 0;
+    }
+}
+
+/// Clears the strings of `o` the bytes did not give (see [`Given`]).
+fn clear_observation_ungiven(o: &mut Observation, given: Given) {
+    for (tag, s) in [
+        (2, &mut o.interface),
+        (3, &mut o.node),
+        (4, &mut o.probe_id),
+        (13, &mut o.comm),
+    ] {
+        if !given.has(tag) {
+            s.clear();
+        }
     }
 }
 
@@ -374,7 +435,8 @@ fn clear_http(h: &mut Http) {
         response_content_length,
         response_chunked,
     } = h;
-    for s in [
+    // Its strings are kept until the bytes are read, as an endpoint's ([`clear_endpoint`]).
+    let _ = (
         method,
         target,
         host,
@@ -383,13 +445,29 @@ fn clear_http(h: &mut Http) {
         request_id,
         envoy_decorator,
         reason,
-    ] {
-        s.clear();
-    }
+    );
     *status_code = 0;
     *request_content_length = 0;
     *response_content_length = 0;
     *response_chunked = false;
+}
+
+/// Clears the strings of `h` the bytes did not give (see [`Given`]).
+fn clear_http_ungiven(h: &mut Http, given: Given) {
+    for (tag, s) in [
+        (1, &mut h.method),
+        (2, &mut h.target),
+        (3, &mut h.host),
+        (4, &mut h.user_agent),
+        (6, &mut h.version),
+        (7, &mut h.request_id),
+        (8, &mut h.envoy_decorator),
+        (9, &mut h.reason),
+    ] {
+        if !given.has(tag) {
+            s.clear();
+        }
+    }
 }
 
 fn clear_trace(t: &mut TraceContext) {
@@ -404,7 +482,40 @@ fn clear_trace(t: &mut TraceContext) {
     trace_id.clear();
     parent_span_id.clear();
     *sampled = false;
-    tracestate.clear();
+    // Kept until the bytes are read, as an endpoint's strings ([`clear_endpoint`]).
+    let _ = tracestate;
+}
+
+/// Clears the trace state of `t` unless the bytes gave it (see [`Given`]).
+fn clear_trace_ungiven(t: &mut TraceContext, given: Given) {
+    if !given.has(5) {
+        t.tracestate.clear();
+    }
+}
+
+/// The field numbers below 64 a message's bytes gave, one bit each: which of the strings a
+/// reused message kept (written over only where the bytes give another value, compared first:
+/// the same pod, service or method as the session decoded there before is neither checked as
+/// UTF-8 again nor copied) must be cleared once its bytes are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Given(u64);
+
+impl Given {
+    fn add(&mut self, tag: u32) {
+        if let Some(bit) = 1u64.checked_shl(tag) {
+            self.0 |= bit;
+        }
+    }
+
+    fn has(self, tag: u32) -> bool {
+        1u64.checked_shl(tag).is_some_and(|bit| self.0 & bit != 0)
+    }
+}
+
+impl std::ops::BitOrAssign for Given {
+    fn bitor_assign(&mut self, other: Self) {
+        self.0 |= other.0;
+    }
 }
 
 /// A field's key, and the recursion budget at its message.
@@ -456,9 +567,15 @@ impl Value {
         Ok(wire::delimited(buf)?)
     }
 
-    /// Replaces `into`, written over where it has room (else allocated once, at its size).
+    /// Replaces `into`, written over where it has room (else allocated once, at its size) —
+    /// unless it holds these bytes already (a string kept from the session decoded there
+    /// before: see [`Given`]), which are then valid UTF-8 and need neither check nor copy.
     fn string(self, buf: &mut &[u8], into: &mut String) -> Result<()> {
-        let s = self.str(buf)?;
+        let bytes = self.delimited(buf)?;
+        if into.as_bytes() == bytes {
+            return Ok(());
+        }
+        let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::Utf8 { tag: self.tag })?;
         into.clear();
         into.push_str(s);
         Ok(())
@@ -482,11 +599,13 @@ impl Value {
         buf: &mut &[u8],
         into: &mut M,
         field: fn(&mut M, Value, &mut &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<Given> {
         let mut inner = self.delimited(buf)?;
         let depth = self.depth.checked_sub(1).ok_or(WireError::TooDeep)?;
+        let mut given = Given::default();
         while !inner.is_empty() {
             let (tag, wire_type) = wire::read_key(&mut inner)?;
+            given.add(tag);
             field(
                 into,
                 Value {
@@ -497,7 +616,7 @@ impl Value {
                 &mut inner,
             )?;
         }
-        Ok(())
+        Ok(given)
     }
 
     /// A field this message does not know (or no longer uses), skipped as prost skips it.
@@ -597,9 +716,12 @@ impl OwnedBytes for Vec<u8> {
 }
 
 impl OwnedBytes for bytes::Bytes {
-    /// Shared bytes are not written over: another holder may read them.
+    /// Shared bytes are not written over: another holder may read them. The same bytes (an
+    /// address kept from the session decoded here before) are kept as they are.
     fn replace_with(&mut self, b: &[u8]) {
-        *self = bytes::Bytes::copy_from_slice(b);
+        if self.as_ref() != b {
+            *self = bytes::Bytes::copy_from_slice(b);
+        }
     }
 }
 

@@ -131,6 +131,23 @@ proptest! {
         prop_assert_eq!(s, b);
     }
 
+    /// The same over a session that shares some of the new one's strings and addresses (the
+    /// common case: the same pods, services and methods as the session decoded there before),
+    /// each kept, changed, emptied or left out: those kept are not written again, and nothing
+    /// of the earlier session remains where the new one differs.
+    #[test]
+    fn a_session_decoded_into_one_sharing_some_of_its_strings_is_as_if_decoded_afresh(
+        a in arb_session(),
+        b in arb_session(),
+        picks in any::<u64>(),
+    ) {
+        let b = sharing(&a, b, picks);
+        let bytes = b.encode_to_vec();
+        let mut s = a;
+        decode_into(&bytes, &mut s, true).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(s, b);
+    }
+
     #[test]
     fn any_session_decodes_as_prost_decodes_it(s in arb_session()) {
         let bytes = s.encode_to_vec();
@@ -161,4 +178,63 @@ proptest! {
     ) {
         agree(&bytes)?;
     }
+}
+
+/// `b` with some of its strings and addresses taken from `a`: for each, a bit of `picks` says
+/// whether `b` keeps its own or has `a`'s (where both have the message that holds it).
+fn sharing(a: &Session, mut b: Session, picks: u64) -> Session {
+    let mut bit = 0u32;
+    let mut pick = || {
+        let p = picks.rotate_right(bit) & 1 == 1;
+        bit = (bit + 1) % 64;
+        p
+    };
+    let mut take = |from: &String, into: &mut String| {
+        if pick() {
+            into.clone_from(from);
+        }
+    };
+    let mut ips = Vec::new();
+    for (from, into) in [(&a.client, &mut b.client), (&a.server, &mut b.server)] {
+        if let (Some(f), Some(i)) = (from, into.as_mut()) {
+            ips.push(f.ip.clone());
+            take(&f.pod, &mut i.pod);
+            take(&f.namespace, &mut i.namespace);
+            take(&f.node, &mut i.node);
+            take(&f.workload, &mut i.workload);
+            take(&f.service, &mut i.service);
+        }
+    }
+    for (f, i) in a.observations.iter().zip(b.observations.iter_mut()) {
+        take(&f.interface, &mut i.interface);
+        take(&f.node, &mut i.node);
+        take(&f.probe_id, &mut i.probe_id);
+        take(&f.comm, &mut i.comm);
+    }
+    if let (Some(f), Some(i)) = (&a.http, b.http.as_mut()) {
+        take(&f.method, &mut i.method);
+        take(&f.target, &mut i.target);
+        take(&f.host, &mut i.host);
+        take(&f.user_agent, &mut i.user_agent);
+        take(&f.version, &mut i.version);
+        take(&f.request_id, &mut i.request_id);
+        take(&f.envoy_decorator, &mut i.envoy_decorator);
+        take(&f.reason, &mut i.reason);
+    }
+    if let (Some(f), Some(i)) = (&a.trace, b.trace.as_mut()) {
+        take(&f.tracestate, &mut i.tracestate);
+    }
+    // The addresses: each end's from `a` when the picks' top bits say so.
+    for (n, (ip, end)) in ips
+        .into_iter()
+        .zip([&mut b.client, &mut b.server])
+        .enumerate()
+    {
+        if let Some(e) = end.as_mut() {
+            if picks >> (62 + n) & 1 == 1 {
+                e.ip = ip;
+            }
+        }
+    }
+    b
 }
