@@ -27,7 +27,12 @@ pub fn observed_at_server(session: &Session) -> bool {
 /// userinfo) and fragment of an absolute-form target.
 pub fn split_target(target: &str) -> (&str, Option<&str>) {
     let mut rest = target;
-    if let Some(pos) = rest.find("://") {
+    // An origin-form target (`/path?query`, nearly all) has no scheme: whatever `://` it holds
+    // follows its leading `/`, which no scheme contains. Not searched for then: the substring
+    // search was nearly half of what splitting a short target cost (513 -> 286 instructions a
+    // call, counted in `ingest_bench`), once per exchange counted.
+    let absolute = !target.starts_with('/');
+    if let Some(pos) = absolute.then(|| rest.find("://")).flatten() {
         if rest[..pos].bytes().all(|b| b.is_ascii_alphabetic()) {
             let after = &rest[pos + 3..];
             rest = after.find('/').map_or("/", |p| &after[p..]);
@@ -258,6 +263,12 @@ mod tests {
         assert_eq!(split_target("*"), ("*", None));
         assert_eq!(split_target("http://h:80"), ("/", None));
         assert_eq!(split_target("http://h?x=1"), ("/", Some("x=1")));
+        // `://` in an origin-form target is part of its path or query.
+        assert_eq!(
+            split_target("/a?x=http://b/c"),
+            ("/a", Some("x=http://b/c"))
+        );
+        assert_eq!(split_target("/s://h/p#f"), ("/s://h/p", None));
         assert_eq!(split_host("web:8080"), ("web", Some(8080)));
         assert_eq!(split_host("web"), ("web", None));
         assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
