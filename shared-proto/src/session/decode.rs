@@ -91,20 +91,20 @@ pub fn decode_into(mut buf: &[u8], into: &mut Session, merged_ids: bool) -> Resu
         match tag {
             1 => v.string(&mut buf, &mut s.id)?,
             2 => s.protocol = v.int32(&mut buf)?,
-            3 => {
-                seen.client_given |= v.message(
-                    &mut buf,
-                    reused(&mut s.client, &mut seen.client, clear_endpoint),
-                    endpoint,
-                )?;
-            }
-            4 => {
-                seen.server_given |= v.message(
-                    &mut buf,
-                    reused(&mut s.server, &mut seen.server, clear_endpoint),
-                    endpoint,
-                )?;
-            }
+            3 => v.part(
+                &mut buf,
+                &mut s.client,
+                &mut seen.client,
+                clear_endpoint,
+                endpoint,
+            )?,
+            4 => v.part(
+                &mut buf,
+                &mut s.server,
+                &mut seen.server,
+                clear_endpoint,
+                endpoint,
+            )?,
             5 => {
                 let o = next(
                     &mut s.observations,
@@ -116,34 +116,22 @@ pub fn decode_into(mut buf: &[u8], into: &mut Session, merged_ids: bool) -> Resu
             }
             6 => s.start_unix_nanos = v.fixed64(&mut buf)?,
             7 => s.end_unix_nanos = v.fixed64(&mut buf)?,
-            8 => {
-                v.message(
-                    &mut buf,
-                    reused(&mut s.bytes, &mut seen.bytes, clear_counters),
-                    counters,
-                )?;
-            }
-            9 => {
-                v.message(
-                    &mut buf,
-                    reused(&mut s.packets, &mut seen.packets, clear_counters),
-                    counters,
-                )?;
-            }
-            10 => {
-                seen.http_given |= v.message(
-                    &mut buf,
-                    reused(&mut s.http, &mut seen.http, clear_http),
-                    http,
-                )?;
-            }
-            11 => {
-                seen.trace_given |= v.message(
-                    &mut buf,
-                    reused(&mut s.trace, &mut seen.trace, clear_trace),
-                    trace,
-                )?;
-            }
+            8 => v.part(
+                &mut buf,
+                &mut s.bytes,
+                &mut seen.bytes,
+                clear_counters,
+                counters,
+            )?,
+            9 => v.part(
+                &mut buf,
+                &mut s.packets,
+                &mut seen.packets,
+                clear_counters,
+                counters,
+            )?,
+            10 => v.part(&mut buf, &mut s.http, &mut seen.http, clear_http, http)?,
+            11 => v.part(&mut buf, &mut s.trace, &mut seen.trace, clear_trace, trace)?,
             12 => s.incomplete = v.bool(&mut buf)?,
             21 => {
                 let id = v.str(&mut buf)?;
@@ -205,18 +193,12 @@ pub fn reused_capacity(s: &Session) -> usize {
 /// the bytes are read.
 #[derive(Default)]
 struct Seen {
-    client: bool,
-    server: bool,
-    bytes: bool,
-    packets: bool,
-    http: bool,
-    trace: bool,
-    /// The fields each message's bytes gave, by number ([`Given`]), over every time they gave
-    /// the message (a message given twice is merged).
-    client_given: Given,
-    server_given: Given,
-    http_given: Given,
-    trace_given: Given,
+    client: Part,
+    server: Part,
+    bytes: Part,
+    packets: Part,
+    http: Part,
+    trace: Part,
     /// How many observations (and merged ids) the bytes gave so far.
     observations: usize,
     merged_ids: usize,
@@ -224,32 +206,30 @@ struct Seen {
 
 impl Seen {
     fn finish(self, s: &mut Session) {
-        fn unless<M>(seen: bool, m: &mut Option<M>) {
-            if !seen {
-                *m = None;
+        // A part the bytes never gave goes; one they gave has its strings they left out cleared.
+        fn finish_part<M>(part: Part, m: &mut Option<M>, clear_ungiven: fn(&mut M, Given)) {
+            match m.as_mut() {
+                Some(m) if part.seen => clear_ungiven(m, part.given),
+                _ => *m = None,
             }
         }
-        unless(self.client, &mut s.client);
-        unless(self.server, &mut s.server);
-        unless(self.bytes, &mut s.bytes);
-        unless(self.packets, &mut s.packets);
-        unless(self.http, &mut s.http);
-        unless(self.trace, &mut s.trace);
-        if let Some(e) = s.client.as_mut() {
-            clear_endpoint_ungiven(e, self.client_given);
-        }
-        if let Some(e) = s.server.as_mut() {
-            clear_endpoint_ungiven(e, self.server_given);
-        }
-        if let Some(h) = s.http.as_mut() {
-            clear_http_ungiven(h, self.http_given);
-        }
-        if let Some(t) = s.trace.as_mut() {
-            clear_trace_ungiven(t, self.trace_given);
-        }
+        finish_part(self.client, &mut s.client, clear_endpoint_ungiven);
+        finish_part(self.server, &mut s.server, clear_endpoint_ungiven);
+        finish_part(self.bytes, &mut s.bytes, |_, _| {});
+        finish_part(self.packets, &mut s.packets, |_, _| {});
+        finish_part(self.http, &mut s.http, clear_http_ungiven);
+        finish_part(self.trace, &mut s.trace, clear_trace_ungiven);
         s.observations.truncate(self.observations);
         s.merged_ids.truncate(self.merged_ids);
     }
+}
+
+/// One message field of a reused session: whether the bytes gave it, and which of its fields they
+/// gave ([`Given`]), over every time they gave it (a message given twice is merged).
+#[derive(Debug, Default, Clone, Copy)]
+struct Part {
+    seen: bool,
+    given: Given,
 }
 
 /// Sets every field of `s` that [`decode_into`] does not reuse to its default, and leaves
@@ -342,13 +322,21 @@ fn clear_endpoint_ungiven(e: &mut Endpoint, given: Given) {
     if !given.has(1) {
         e.ip.clear();
     }
-    for (tag, s) in [
-        (3, &mut e.pod),
-        (4, &mut e.namespace),
-        (5, &mut e.node),
-        (6, &mut e.workload),
-        (7, &mut e.service),
-    ] {
+    clear_ungiven(
+        [
+            (3, &mut e.pod),
+            (4, &mut e.namespace),
+            (5, &mut e.node),
+            (6, &mut e.workload),
+            (7, &mut e.service),
+        ],
+        given,
+    );
+}
+
+/// Clears each of `strings` (field number, string) the bytes did not give.
+fn clear_ungiven<const N: usize>(strings: [(u32, &mut String); N], given: Given) {
+    for (tag, s) in strings {
         if !given.has(tag) {
             s.clear();
         }
@@ -402,16 +390,15 @@ fn clear_observation(o: &mut Observation) {
 
 /// Clears the strings of `o` the bytes did not give (see [`Given`]).
 fn clear_observation_ungiven(o: &mut Observation, given: Given) {
-    for (tag, s) in [
-        (2, &mut o.interface),
-        (3, &mut o.node),
-        (4, &mut o.probe_id),
-        (13, &mut o.comm),
-    ] {
-        if !given.has(tag) {
-            s.clear();
-        }
-    }
+    clear_ungiven(
+        [
+            (2, &mut o.interface),
+            (3, &mut o.node),
+            (4, &mut o.probe_id),
+            (13, &mut o.comm),
+        ],
+        given,
+    );
 }
 
 fn clear_counters(c: &mut Counters) {
@@ -454,20 +441,19 @@ fn clear_http(h: &mut Http) {
 
 /// Clears the strings of `h` the bytes did not give (see [`Given`]).
 fn clear_http_ungiven(h: &mut Http, given: Given) {
-    for (tag, s) in [
-        (1, &mut h.method),
-        (2, &mut h.target),
-        (3, &mut h.host),
-        (4, &mut h.user_agent),
-        (6, &mut h.version),
-        (7, &mut h.request_id),
-        (8, &mut h.envoy_decorator),
-        (9, &mut h.reason),
-    ] {
-        if !given.has(tag) {
-            s.clear();
-        }
-    }
+    clear_ungiven(
+        [
+            (1, &mut h.method),
+            (2, &mut h.target),
+            (3, &mut h.host),
+            (4, &mut h.user_agent),
+            (6, &mut h.version),
+            (7, &mut h.request_id),
+            (8, &mut h.envoy_decorator),
+            (9, &mut h.reason),
+        ],
+        given,
+    );
 }
 
 fn clear_trace(t: &mut TraceContext) {
@@ -488,9 +474,7 @@ fn clear_trace(t: &mut TraceContext) {
 
 /// Clears the trace state of `t` unless the bytes gave it (see [`Given`]).
 fn clear_trace_ungiven(t: &mut TraceContext, given: Given) {
-    if !given.has(5) {
-        t.tracestate.clear();
-    }
+    clear_ungiven([(5, &mut t.tracestate)], given);
 }
 
 /// The field numbers below 64 a message's bytes gave, one bit each: which of the strings a
@@ -617,6 +601,22 @@ impl Value {
             )?;
         }
         Ok(given)
+    }
+
+    /// A message field of the session decoded into `m`, the one it holds reused
+    /// ([`reused`], emptied by `clear` the first time the bytes give it), noting in `part`
+    /// that the bytes gave it and which of its fields.
+    fn part<M: Default>(
+        self,
+        buf: &mut &[u8],
+        m: &mut Option<M>,
+        part: &mut Part,
+        clear: fn(&mut M),
+        field: fn(&mut M, Value, &mut &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let into = reused(m, &mut part.seen, clear);
+        part.given |= self.message(buf, into, field)?;
+        Ok(())
     }
 
     /// A field this message does not know (or no longer uses), skipped as prost skips it.
