@@ -197,8 +197,10 @@ pub struct Head<'a> {
     merged_ids: [&'a str; MAX_MERGED_IDS],
     merged_len: usize,
     client: Option<EndpointHead<'a>>,
-    /// Whether the server is a pod, when the session has a server.
-    server_is_pod: Option<bool>,
+    /// The server endpoint's bytes, when the session has a server: read only when
+    /// [`Head::awaits_views`] needs to know whether it is a pod (rarely: most views were seen
+    /// at their server's side), and checked, like the rest, when the view is decoded whole.
+    server: Option<&'a [u8]>,
     intervals: [(u64, u64); MAX_OBSERVATIONS],
     observations: usize,
     seqs: [u32; MAX_OBSERVATIONS],
@@ -225,9 +227,7 @@ impl<'a> Head<'a> {
                 tag::CLIENT if h.client.is_none() => {
                     h.client = Some(EndpointHead::read(value.bytes()?)?);
                 }
-                tag::SERVER if h.server_is_pod.is_none() => {
-                    h.server_is_pod = Some(EndpointHead::read(value.bytes()?)?.is_pod);
-                }
+                tag::SERVER if h.server.is_none() => h.server = Some(value.bytes()?),
                 tag::OBSERVATIONS => h.observe(ObservationHead::read(value.bytes()?)?)?,
                 tag::TRACE if h.trace.is_none() => h.trace = Some(trace(value.bytes()?)?),
                 tag::ATTRIBUTES => {
@@ -324,8 +324,12 @@ impl<'a> Head<'a> {
     /// either way.
     pub fn awaits_views(&self) -> bool {
         let client_is_pod = self.client.is_some_and(|c| c.is_pod);
-        (client_is_pod && !self.seen_at_client)
-            || (self.server_is_pod == Some(true) && !self.seen_at_server)
+        let server_is_pod = || {
+            self.server
+                .and_then(EndpointHead::read)
+                .is_some_and(|s| s.is_pod)
+        };
+        (client_is_pod && !self.seen_at_client) || (!self.seen_at_server && server_is_pod())
     }
 }
 

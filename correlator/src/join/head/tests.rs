@@ -192,6 +192,35 @@ fn a_view_awaits_others_while_a_pod_at_one_end_was_not_seen_from_its_side() {
 }
 
 #[test]
+fn a_server_endpoint_is_read_only_when_the_hint_needs_it() {
+    // Seen at both sides: whether the server is a pod is never asked, so its endpoint is not
+    // read on arrival, and one that is not protobuf is found when the view is decoded whole.
+    let mut s = full([10, 0, 0, 2]);
+    s.server = None;
+    s.observations[1].side = Side::Client as i32;
+    let mut bytes = s.encode_to_vec();
+    // Field 4 (`server`), length-delimited, one byte that starts no field (field number 0).
+    bytes.extend_from_slice(&[4 << 3 | 2, 1, 0]);
+    let h = Head::read(&bytes).expect("the head does not read the server endpoint");
+    assert!(!h.awaits_views());
+    assert!(Session::decode(bytes.as_slice()).is_err());
+    // Seen only at the client's side, a malformed server endpoint is taken for no pod (the
+    // hint is only a guess at what is cheaper), a well-formed pod for one.
+    s.observations[0].side = Side::Client as i32;
+    let mut malformed = s.encode_to_vec();
+    malformed.extend_from_slice(&[4 << 3 | 2, 1, 0]);
+    assert_eq!(
+        Head::read(&malformed).map(|h| h.awaits_views()),
+        Some(false)
+    );
+    s.server = full([10, 0, 0, 2]).server;
+    assert_eq!(
+        Head::read(&s.encode_to_vec()).map(|h| h.awaits_views()),
+        Some(true)
+    );
+}
+
+#[test]
 fn what_the_head_has_no_room_for_is_left_to_the_whole_decoding() {
     let mut s = full([10, 0, 0, 2]);
     s.observations = (0..=MAX_OBSERVATIONS as u64)
