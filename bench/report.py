@@ -333,6 +333,27 @@ def section_a(raw, rep):
                per_ex / 1000 if per_ex is not None else None, "µs", 0.5, "<=",
                f"empty program {fmt(empty_ns / exchanges / 1000 if exchanges > 0 else None, 'µs')}, "
                f"{fmt(ours_cnt / exchanges if exchanges > 0 else None)} packets per exchange")
+    tr = load(raw / "a" / "test_run.json") if (raw / "a" / "test_run.json").exists() else None
+    if tr:
+        cov, cop, emp = tr["covered"], tr["copying"], tr.get("empty")
+        floor = emp["ns_per_packet"] if emp else None
+        rep.figure("a", "tc_test_run_ns_per_packet",
+                   "tc programs alone (BPF_PROG_TEST_RUN, one CPU): ns per packet, socket-covered veth",
+                   cov["ns_per_packet"], "ns",
+                   note=f"request {fmt(cov['request_ns'], 'ns')}, response {fmt(cov['response_ns'], 'ns')}; "
+                        f"empty program {fmt(floor, 'ns')} on the same packets; medians of {tr['rounds']} rounds "
+                        f"of {fmt(tr['exchanges_per_round'])} exchanges over {tr['connections']} connections; "
+                        f"the live figure above less this is what sharing state and caches with the load adds")
+        rep.figure("a", "tc_test_run_copying_ns_per_packet",
+                   "tc programs alone (BPF_PROG_TEST_RUN, one CPU): ns per packet, uncovered veth",
+                   cop["ns_per_packet"], "ns",
+                   note=f"request {fmt(cop['request_ns'], 'ns')}, response {fmt(cop['response_ns'], 'ns')}: "
+                        "each exchange's record carries both messages' first bytes (a pod the socket point "
+                        "does not trace)")
+    else:
+        rep.figure("a", "tc_test_run_ns_per_packet",
+                   "tc programs alone (BPF_PROG_TEST_RUN, one CPU): ns per packet, socket-covered veth",
+                   None, "ns", note="not measured")
     if progs["socket"]:
         s_ns, s_cnt = cost(progs["socket"])
         e_ns, e_cnt = cost(progs.get("empty_socket", []))

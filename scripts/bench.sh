@@ -115,7 +115,7 @@ cargo build --release --locked -p clovisor-probe -p clovisor-collector -p clovis
 # all-in-one on its own, so its dependencies' features never change the three binaries above.
 cargo build --release --locked -p clovisor --bins
 cargo build --release --locked -p clovisor-collector -p clovisor-probe \
-  --example decode_bench --example attach_tp_btf --example flood
+  --example decode_bench --example attach_tp_btf --example flood --example tc_test_run
 BINDIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
 fi
 
@@ -680,6 +680,10 @@ note_load a
 echo "== a. eBPF cost: kernel.bpf_stats_enabled, our tc programs and an empty tc program on $HVETH_SERVER"
 clang -O2 -g -target bpf -Wall -Werror -I"/usr/include/$(gcc -print-multiarch)" \
   -c bpf/testing/empty.bpf.c -o "$WORK/empty.bpf.o"
+# The tc programs alone first, on a quiet machine: the probe's object loaded but attached nowhere,
+# packets handed to it by BPF_PROG_TEST_RUN on one CPU (probe/examples/tc_test_run.rs).
+"$BINDIR/examples/tc_test_run" --rounds 6 --exchanges 50000 --empty "$WORK/empty.bpf.o" >"$RAW/a/test_run.json"
+echo "   tc programs alone: $(jq -r '"\(.covered.ns_per_packet | floor) ns per packet (socket-covered veth), \(.copying.ns_per_packet | floor) ns (uncovered), empty program \(.empty.ns_per_packet | floor) ns"' "$RAW/a/test_run.json")"
 start_pipeline
 OUR_TC=$(probe_prog_ids '["sched_cls"]')
 [ "$(jq length <<<"$OUR_TC")" -ge 2 ] || { echo "the probe's tc programs not found (pid ${PID[probe]}): $OUR_TC" >&2; exit 1; }

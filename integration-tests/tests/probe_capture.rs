@@ -793,3 +793,56 @@ fn overtaken_segments_are_counted_in_their_message() -> Result<()> {
     );
     Ok(())
 }
+
+/// The programs' paths without a network: the probe's tc object loaded but attached nowhere, the
+/// packets of keep-alive exchanges handed to it by the kernel's test run
+/// (`Capture::test_run`, which `probe/examples/tc_test_run.rs` times). On a veth the socket point
+/// covers, and on one it does not, each exchange is exactly one record in the ring, each
+/// connection made once, and nothing counted as lost; a frame that is no TCP segment of a traced
+/// port passes without a record.
+#[test]
+fn test_runs_make_one_record_per_exchange_on_covered_and_copying_veths() -> Result<()> {
+    use clovisor_probe::capture::synthetic::KeepAlive;
+    use clovisor_probe::hooks::pod_veth::{FROM_POD, TO_POD};
+    require_root()?;
+    let lo: u32 = std::fs::read_to_string("/sys/class/net/lo/ifindex")?
+        .trim()
+        .parse()?;
+    for covered in [true, false] {
+        let mut capture = Capture::load(&small_config())?;
+        capture.set_traced_ports(&BTreeMap::from([(80, ProtocolHint::Http)]))?;
+        if covered {
+            capture.set_covered_interfaces(&std::collections::BTreeSet::from([lo]))?;
+        }
+        let mut traffic = KeepAlive::new(8, 80, 100, 300);
+        let mut records = 0;
+        for i in 0..200 {
+            let (request, response) = traffic.exchange(i);
+            capture.test_run(TO_POD, &request)?;
+            capture.test_run(FROM_POD, &response)?;
+            if i % 50 == 49 {
+                records += capture.drain_ring()?;
+            }
+        }
+        // Another port, untraced: no record, no connection.
+        let (other, _) = KeepAlive::new(1, 8080, 10, 10).exchange(0);
+        capture.test_run(TO_POD, &other)?;
+        records += capture.drain_ring()?;
+        let stats = capture.kernel_stats()?;
+        let stat = |name: &str| stats.get(name).copied().unwrap_or_default();
+        assert_eq!(records, 200, "covered {covered}: one record per exchange");
+        assert_eq!(stat("events_emitted"), 200, "covered {covered}: {stats:?}");
+        assert_eq!(stat("connections_created"), 8, "covered {covered}");
+        assert_eq!(stat("packets_seen"), 401, "covered {covered}");
+        assert_eq!(stat("packets_traced"), 400, "covered {covered}");
+        for lost in [
+            "ringbuf_full_drops",
+            "head_not_held",
+            "head_lost",
+            "parse_failed",
+        ] {
+            assert_eq!(stat(lost), 0, "covered {covered}: {lost}");
+        }
+    }
+    Ok(())
+}

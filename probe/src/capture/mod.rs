@@ -31,6 +31,7 @@ mod maps;
 mod object;
 pub mod raw;
 pub mod socket_object;
+pub mod synthetic;
 mod tc_object;
 
 pub use self::attach::cleanup_leftovers;

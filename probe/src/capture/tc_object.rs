@@ -168,6 +168,55 @@ impl Capture {
         Arc::clone(&self.stats)
     }
 
+    /// Runs the loaded program `program` (a [`pod_veth::PROGRAMS`] or [`node_iface::PROGRAMS`]
+    /// name) once on `frame`, an Ethernet frame, through the kernel's `BPF_PROG_TEST_RUN`: as if
+    /// it passed the loopback device of the caller's network namespace, on this CPU. Returns the
+    /// kernel's timing of the run. For the microbenchmark of the programs alone
+    /// (`probe/examples/tc_test_run.rs`); what the run writes to the ring stays there until
+    /// [`Capture::drain_ring`].
+    pub fn test_run(&self, program: &'static str, frame: &[u8]) -> Result<std::time::Duration> {
+        use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .ok_or(Error::Program {
+                program,
+                what: "missing from the object",
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| Error::Program {
+                program,
+                what: "is not a tc classifier",
+                source,
+            })?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
+        };
+        let run = prog.test_run(opts).map_err(|source| Error::Program {
+            program,
+            what: "test run",
+            source,
+        })?;
+        Ok(run.duration)
+    }
+
+    /// Reads and discards every record in the ring (the microbenchmark's, in place of the
+    /// [`EventLoop`]); returns how many there were. Fails once the ring is taken.
+    pub fn drain_ring(&mut self) -> Result<u64> {
+        let map = self
+            .ebpf
+            .map_mut(MAPS.events)
+            .ok_or(Error::MissingMap { map: MAPS.events })?;
+        let mut ring = aya::maps::RingBuf::try_from(map).map_err(map_err(MAPS.events, "open"))?;
+        let mut n = 0;
+        while ring.next().is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Takes the ring buffer and the connection map into an [`EventLoop`]; once only.
     pub fn take_event_loop(&mut self) -> Result<EventLoop> {
         object::take_event_loop(
