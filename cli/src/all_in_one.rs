@@ -26,6 +26,34 @@ use tokio::sync::mpsc;
 /// How long each stage may take to finish at shutdown before the next one stops anyway.
 const STAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The fewest runtime workers all-in-one runs with, whatever the core count.
+///
+/// It does three services' work in one process: the probe's ring readers, the collector and the
+/// correlator, each with work arriving on its own. With one worker per core on a 2-core node the
+/// rings wait whenever both workers are in a collector's or correlator's batch, and where the
+/// load saturates the cores (the benchmark's wrk against nginx) the one process gets the share of
+/// two threads against the split pipeline's five: its rings filled and it dropped exchanges
+/// (counted) where the split pipeline traced every one. With three the drops all but went, at
+/// no more CPU per exchange (docs/benchmarks.md, nineteenth round).
+pub const MIN_RUNTIME_WORKERS: usize = 3;
+
+/// How many runtime workers all-in-one runs: `TOKIO_WORKER_THREADS` when set (as the runtime
+/// itself reads it), else one per core and at least [`MIN_RUNTIME_WORKERS`].
+pub fn runtime_workers() -> anyhow::Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    workers_for(std::env::var("TOKIO_WORKER_THREADS").ok().as_deref(), cores)
+}
+
+fn workers_for(env: Option<&str>, cores: usize) -> anyhow::Result<usize> {
+    match env {
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => anyhow::bail!("TOKIO_WORKER_THREADS must be a number above 0, not {v:?}"),
+        },
+        None => Ok(cores.max(MIN_RUNTIME_WORKERS)),
+    }
+}
+
 /// Flags of `clovisor all-in-one`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -187,6 +215,26 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: Args,
+    }
+
+    #[test]
+    fn runs_at_least_three_workers_unless_told_otherwise() {
+        let w = |env, cores| workers_for(env, cores).ok();
+        assert_eq!(w(None, 1), Some(3));
+        assert_eq!(w(None, 2), Some(3), "a 2-core node: one per stage");
+        assert_eq!(w(None, 8), Some(8), "one per core above that");
+        assert_eq!(
+            w(Some("1"), 8),
+            Some(1),
+            "the environment wins, as for the services"
+        );
+        assert_eq!(w(Some(" 2 "), 1), Some(2));
+        assert_eq!(
+            w(Some("0"), 2),
+            None,
+            "refused, not a runtime without workers"
+        );
+        assert_eq!(w(Some("many"), 2), None);
     }
 
     #[test]

@@ -57,10 +57,14 @@ fn main() -> ExitCode {
             clovisor_runtime::init_logging(&cli.log);
             inspect::run(&args)
         }
-        Command::AllInOne(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
+        Command::AllInOne(args) => all_in_one::runtime_workers()
+            .and_then(|workers| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+            })
             .and_then(|runtime| runtime.block_on(all_in_one::run(*args, &cli.log))),
     };
     match done {
