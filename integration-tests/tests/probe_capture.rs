@@ -797,11 +797,12 @@ fn overtaken_segments_are_counted_in_their_message() -> Result<()> {
 /// The programs' paths without a network: the probe's tc object loaded but attached nowhere, the
 /// packets of keep-alive exchanges handed to it by the kernel's test run
 /// (`Capture::test_run`, which `probe/examples/tc_test_run.rs` times). On a veth the socket point
-/// covers, and on one it does not, each exchange is exactly one record in the ring, each
-/// connection made once, and nothing counted as lost; a frame that is no TCP segment of a traced
-/// port passes without a record.
+/// covers, each exchange is one record of counters and timings only; on one it does not, one record
+/// with both messages' first bytes. Either way each connection is made once, the counters match the
+/// packets, and nothing is counted as lost; a frame of an untraced port passes without a record.
 #[test]
 fn test_runs_make_one_record_per_exchange_on_covered_and_copying_veths() -> Result<()> {
+    use clovisor_probe::capture::raw::Event;
     use clovisor_probe::capture::synthetic::KeepAlive;
     use clovisor_probe::hooks::pod_veth::{FROM_POD, TO_POD};
     require_root()?;
@@ -815,22 +816,43 @@ fn test_runs_make_one_record_per_exchange_on_covered_and_copying_veths() -> Resu
             capture.set_covered_interfaces(&std::collections::BTreeSet::from([lo]))?;
         }
         let mut traffic = KeepAlive::new(8, 80, 100, 300);
-        let mut records = 0;
+        let mut events = Vec::new();
         for i in 0..200 {
             let (request, response) = traffic.exchange(i);
             capture.test_run(TO_POD, &request)?;
             capture.test_run(FROM_POD, &response)?;
             if i % 50 == 49 {
-                records += capture.drain_ring()?;
+                events.extend(capture.drain_ring()?);
             }
         }
         // Another port, untraced: no record, no connection.
         let (other, _) = KeepAlive::new(1, 8080, 10, 10).exchange(0);
         capture.test_run(TO_POD, &other)?;
-        records += capture.drain_ring()?;
+        events.extend(capture.drain_ring()?);
+        assert_eq!(
+            events.len(),
+            200,
+            "covered {covered}: one record per exchange"
+        );
+        let mut flows = std::collections::BTreeSet::new();
+        for e in &events {
+            let Event::Exchange(x) = e else {
+                bail!("covered {covered}: not an exchange record: {e:?}");
+            };
+            flows.insert(x.flow_id);
+            assert_eq!(x.counters_only, covered);
+            assert_eq!((x.request.bytes, x.response.bytes), (100, 300));
+            assert_eq!((x.request.packets, x.response.packets), (1, 1));
+            assert!(x.response.start_ns >= x.request.start_ns);
+            assert!(!x.head_lost);
+            let (want_request, want_response) = if covered { (0, 0) } else { (100, 300) };
+            assert_eq!(x.request_payload.len(), want_request, "covered {covered}");
+            assert_eq!(x.response_payload.len(), want_response, "covered {covered}");
+            assert!(x.request_payload.iter().all(|b| *b == b'a'));
+        }
+        assert_eq!(flows.len(), 8, "covered {covered}: one flow per connection");
         let stats = capture.kernel_stats()?;
         let stat = |name: &str| stats.get(name).copied().unwrap_or_default();
-        assert_eq!(records, 200, "covered {covered}: one record per exchange");
         assert_eq!(stat("events_emitted"), 200, "covered {covered}: {stats:?}");
         assert_eq!(stat("connections_created"), 8, "covered {covered}");
         assert_eq!(stat("packets_seen"), 401, "covered {covered}");

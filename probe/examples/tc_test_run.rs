@@ -144,7 +144,7 @@ impl Arm {
     /// Records in the ring since the last drain (none for the empty program).
     fn drain(&mut self) -> Result<u64> {
         match self {
-            Self::Probe(c) => Ok(c.drain_ring()?),
+            Self::Probe(c) => Ok(c.drain_ring()?.len() as u64),
             Self::Empty(_) => Ok(0),
         }
     }

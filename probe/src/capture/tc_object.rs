@@ -202,19 +202,20 @@ impl Capture {
         Ok(run.duration)
     }
 
-    /// Reads and discards every record in the ring (the microbenchmark's, in place of the
-    /// [`EventLoop`]); returns how many there were. Fails once the ring is taken.
-    pub fn drain_ring(&mut self) -> Result<u64> {
+    /// Takes every record in the ring, parsed (the microbenchmark's and its test's reader, in
+    /// place of the [`EventLoop`]). Fails once the ring is taken, or on a record that does not
+    /// parse.
+    pub fn drain_ring(&mut self) -> Result<Vec<raw::Event>> {
         let map = self
             .ebpf
             .map_mut(MAPS.events)
             .ok_or(Error::MissingMap { map: MAPS.events })?;
         let mut ring = aya::maps::RingBuf::try_from(map).map_err(map_err(MAPS.events, "open"))?;
-        let mut n = 0;
-        while ring.next().is_some() {
-            n += 1;
+        let mut events = Vec::new();
+        while let Some(record) = ring.next() {
+            events.push(raw::Event::try_from(&*record)?);
         }
-        Ok(n)
+        Ok(events)
     }
 
     /// Takes the ring buffer and the connection map into an [`EventLoop`]; once only.
