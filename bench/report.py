@@ -343,7 +343,8 @@ def section_a(raw, rep):
                    note=f"request {fmt(cov['request_ns'], 'ns')}, response {fmt(cov['response_ns'], 'ns')}; "
                         f"empty program {fmt(floor, 'ns')} on the same packets; medians of {tr['rounds']} rounds "
                         f"of {fmt(tr['exchanges_per_round'])} exchanges over {tr['connections']} connections; "
-                        f"the live figure above less this is what sharing state and caches with the load adds")
+                        "without what the live figure adds (state shared across CPUs, caches the load cleared); "
+                        "it moves with the machine between runs as the live figure does")
         rep.figure("a", "tc_test_run_copying_ns_per_packet",
                    "tc programs alone (BPF_PROG_TEST_RUN, one CPU): ns per packet, uncovered veth",
                    cop["ns_per_packet"], "ns",

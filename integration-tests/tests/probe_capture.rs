@@ -806,9 +806,7 @@ fn test_runs_make_one_record_per_exchange_on_covered_and_copying_veths() -> Resu
     use clovisor_probe::capture::synthetic::KeepAlive;
     use clovisor_probe::hooks::pod_veth::{FROM_POD, TO_POD};
     require_root()?;
-    let lo: u32 = std::fs::read_to_string("/sys/class/net/lo/ifindex")?
-        .trim()
-        .parse()?;
+    let lo = clovisor_probe::hooks::tc_attach::ifindex("lo")?;
     for covered in [true, false] {
         let mut capture = Capture::load(&small_config())?;
         capture.set_traced_ports(&BTreeMap::from([(80, ProtocolHint::Http)]))?;

@@ -19,8 +19,9 @@
 //!
 //! What this leaves out is what the live figure (kernel BPF run statistics under wrk) adds:
 //! state shared with the other CPU (the connection entry, written by a request on one CPU and its
-//! response on the other), caches that nginx and the kernel's network stack cleared meanwhile. The
-//! difference between the two is that.
+//! response on the other), caches that nginx and the kernel's network stack cleared meanwhile. Its
+//! runs move with the machine's state as the live figure does: compare a changed program with the
+//! unchanged one in alternating rounds of one run, not figures of two runs.
 //!
 //! The arms alternate round by round; the first round of each is not counted (it creates the
 //! connections). Every exchange must leave exactly one record in the ring (drained untimed every
@@ -38,6 +39,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::Ebpf;
 use clovisor_probe::capture::synthetic::KeepAlive;
 use clovisor_probe::hooks::pod_veth::{FROM_POD, TO_POD};
+use clovisor_probe::hooks::tc_attach;
 use clovisor_probe::{Capture, CaptureConfig};
 use clovisor_proto::capture::v1::ProtocolHint;
 
@@ -103,12 +105,7 @@ impl Arm {
             Capture::load(&CaptureConfig::default()).context("loading the tc object")?;
         capture.set_traced_ports(&BTreeMap::from([(SERVER_PORT, ProtocolHint::Http)]))?;
         if covered {
-            let lo: u32 = std::fs::read_to_string("/sys/class/net/lo/ifindex")
-                .context("the loopback device's ifindex")?
-                .trim()
-                .parse()
-                .context("the loopback device's ifindex")?;
-            capture.set_covered_interfaces(&BTreeSet::from([lo]))?;
+            capture.set_covered_interfaces(&BTreeSet::from([tc_attach::ifindex("lo")?]))?;
         }
         Ok(Self::Probe(Box::new(capture)))
     }
