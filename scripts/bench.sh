@@ -41,6 +41,16 @@
 # it prints each component's CPU per exchange, nginx's, and the kernel's BPF time per exchange of
 # the tc and socket programs, per pair and arm, with the share of requests each run traced and what
 # it dropped (counted once the pipeline settled), and writes them to $BENCH_OUT/ab.md.
+#
+# Profile mode, to see where the time goes before changing it (docs/benchmarks.md, "Profiles under
+# the benchmark's load"): with BENCH_PROFILE set to a comma-separated list of probe, collector,
+# correlator and machine (or to 1 for all four), only the split pipeline runs, every point traced,
+# under wrk -c$BENCH_CONNS; for each target one run of BENCH_SECONDS with `perf record` (999 Hz,
+# DWARF call graphs) of that process, or of every CPU for machine, over its middle; writes each
+# recording and its summary (the top functions by own and by inclusive time; for machine, the
+# share of each command and of the eBPF programs) to $BENCH_OUT/profile/ and prints the summaries.
+# Uses the binaries of BENCH_BINDIR when given, else builds them; installs linux-perf if perf is
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -74,7 +84,9 @@ for f in "${PCAPS[@]}"; do
 done
 bash scripts/install-deps.sh
 # What the benchmark needs beyond the build/test dependencies (install-deps.sh has the rest).
-for p in wrk time; do
+PKGS=(wrk time)
+[ -n "${BENCH_PROFILE:-}" ] && ! command -v perf >/dev/null 2>&1 && PKGS+=(linux-perf)
+for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     echo "installing $p"
     export DEBIAN_FRONTEND=noninteractive
@@ -624,6 +636,79 @@ print("\nThis machine's noise moves every column between runs; a component arm B
 PY
   cat "$OUT/ab.md"
 }
+
+# --- profiles under the benchmark's load (BENCH_PROFILE), then nothing else ------------------------
+
+# The top of a recording: functions by own time, then by inclusive time (of process $2 only, when
+# given), or for the whole machine the share of each command and of the eBPF programs.
+profile_summary() { # perf.data target [pid]
+  local data=$1 target=$2 pid=${3:-} filter=() own=$WORK/profile-own.txt all=$WORK/profile-all.txt
+  # perf's empty IPC columns (no PMU in most VMs) and its padding, cut.
+  local trim='s/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//'
+  [ -n "$pid" ] && filter=(--pid "$pid")
+  perf report -i "$data" "${filter[@]}" --no-children --sort symbol --stdio -g none >"$own" 2>/dev/null
+  perf report -i "$data" "${filter[@]}" --children --sort symbol --stdio -g none >"$all" 2>/dev/null
+  echo "# $target: $(sed -n 's/^# Samples: //p' "$own" | head -1) samples"
+  if [ "$target" = machine ]; then
+    echo "## by command"
+    perf report -i "$data" --no-children --sort comm --stdio -g none 2>/dev/null | grep '%' | sed -E "$trim" | head -12 || true
+    echo "## eBPF programs, helpers and tracepoint dispatch (inclusive)"
+    grep -E '\] (bpf_prog_|bpf_trace_run|tcx_|bpf_ringbuf|copy_from_user_nofault)' "$all" | sed -E "$trim" | head -12 || true
+  fi
+  echo "## own time"
+  grep '%' "$own" | sed -E "$trim" | head -40 || true
+  echo "## inclusive time"
+  grep '%' "$all" | sed -E "$trim" | head -50 || true
+}
+
+profile_main() {
+  local targets=$BENCH_PROFILE t pid perf_pid dir=$OUT/profile rec
+  [ "$targets" = 1 ] && targets=probe,collector,correlator,machine
+  for t in ${targets//,/ }; do
+    case "$t" in probe | collector | correlator | machine) ;; *)
+      echo "BENCH_PROFILE: probe, collector, correlator, machine or 1, not $t" >&2
+      exit 1
+      ;;
+    esac
+  done
+  mkdir -p "$dir"
+  rec=$((SECONDS_PER_RUN > 4 ? SECONDS_PER_RUN - 3 : 1))
+  echo "== profiles: ${targets//,/, } (wrk -c$CONNS, ${SECONDS_PER_RUN}s a run, recording ${rec}s of each)"
+  STATS_OLD=$(sysctl -n kernel.bpf_stats_enabled)
+  sysctl -qw kernel.bpf_stats_enabled=0 # as users run it: no run statistics kept
+  start_pipeline
+  run_wrk "$CONNS" 2 "$WORK/warmup.json"
+  for t in ${targets//,/ }; do
+    pid=""
+    [ "$t" = machine ] || pid=${PID[$t]}
+    # The recording over the run's middle, in the background of the run (bounded: it ends by
+    # itself after $rec seconds).
+    (
+      sleep 2
+      if [ -z "$pid" ]; then
+        exec perf record -a -F 999 -g -o "$dir/$t.data" -- sleep "$rec"
+      else
+        exec perf record -F 999 --call-graph dwarf,16384 -p "$pid" -o "$dir/$t.data" -- sleep "$rec"
+      fi
+    ) >"$LOGS/perf-$t.log" 2>&1 &
+    perf_pid=$!
+    run_wrk "$CONNS" "$SECONDS_PER_RUN" "$RAW/ab/profile-$t.wrk.json"
+    wait "$perf_pid" || { cat "$LOGS/perf-$t.log" >&2; exit 1; }
+    profile_summary "$dir/$t.data" "$t" "$pid" >"$dir/$t.txt"
+    echo "   $t: $dir/$t.txt ($(jq -r '.requests' "$RAW/ab/profile-$t.wrk.json") requests in the run)"
+  done
+  stop_pipeline
+  sysctl -qw kernel.bpf_stats_enabled="$STATS_OLD"
+  STATS_OLD=""
+  for t in ${targets//,/ }; do
+    sed -n '1,/^## inclusive time/p' "$dir/$t.txt" | head -30 || true
+  done
+}
+
+if [ -n "${BENCH_PROFILE:-}" ]; then
+  profile_main
+  exit 0
+fi
 
 if [ -n "${BENCH_AB_B:-}" ]; then
   ab_main
