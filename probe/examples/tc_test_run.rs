@@ -35,9 +35,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::SchedClassifier;
 use aya::Ebpf;
 use clovisor_probe::capture::synthetic::KeepAlive;
+use clovisor_probe::capture::test_run_classifier;
 use clovisor_probe::hooks::pod_veth::{FROM_POD, TO_POD};
 use clovisor_probe::hooks::tc_attach;
 use clovisor_probe::{Capture, CaptureConfig};
@@ -129,11 +130,7 @@ impl Arm {
                     .program("bench_empty")
                     .context("bench_empty")?
                     .try_into()?;
-                let opts = TestRunOptions {
-                    data_in: Some(frame),
-                    ..TestRunOptions::new()
-                };
-                Ok(prog.test_run(opts)?.duration)
+                Ok(test_run_classifier(prog, frame)?)
             }
         }
     }

@@ -38,5 +38,5 @@ pub use self::attach::cleanup_leftovers;
 pub use self::config::{CaptureConfig, SocketPayload};
 pub use self::event_loop::{EventLoop, EventLoopStats, RING_POLL, SHUTDOWN_SEND_BUDGET};
 pub use self::kernel_stats::KernelStats;
-pub use self::tc_object::Capture;
+pub use self::tc_object::{test_run_classifier, Capture};
 pub use crate::hooks::tc_attach::{AttachMode, AttachPolicy};

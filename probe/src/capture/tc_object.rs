@@ -53,6 +53,21 @@ impl std::fmt::Debug for Capture {
     }
 }
 
+/// One run of loaded classifier `prog` on `frame` (an Ethernet frame) through the kernel's
+/// `BPF_PROG_TEST_RUN`, on this CPU; the kernel's timing of it. [`Capture::test_run`]'s, and the
+/// microbenchmark's for a program that is not the probe's (its empty floor).
+pub fn test_run_classifier(
+    prog: &aya::programs::SchedClassifier,
+    frame: &[u8],
+) -> std::result::Result<std::time::Duration, aya::programs::ProgramError> {
+    use aya::programs::{TestRun, TestRunOptions};
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..TestRunOptions::new()
+    };
+    Ok(prog.test_run(opts)?.duration)
+}
+
 impl Capture {
     /// Loads and verifies the programs and sizes the maps; attaches nothing yet.
     pub fn load(cfg: &CaptureConfig) -> Result<Self> {
@@ -175,8 +190,7 @@ impl Capture {
     /// (`probe/examples/tc_test_run.rs`); what the run writes to the ring stays there until
     /// [`Capture::drain_ring`].
     pub fn test_run(&self, program: &'static str, frame: &[u8]) -> Result<std::time::Duration> {
-        use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-        let prog: &SchedClassifier = self
+        let prog: &aya::programs::SchedClassifier = self
             .ebpf
             .program(program)
             .ok_or(Error::Program {
@@ -190,16 +204,11 @@ impl Capture {
                 what: "is not a tc classifier",
                 source,
             })?;
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..TestRunOptions::new()
-        };
-        let run = prog.test_run(opts).map_err(|source| Error::Program {
+        test_run_classifier(prog, frame).map_err(|source| Error::Program {
             program,
             what: "test run",
             source,
-        })?;
-        Ok(run.duration)
+        })
     }
 
     /// Takes every record in the ring, parsed (the microbenchmark's and its test's reader, in
