@@ -148,6 +148,7 @@ fn flow_records(n: u64, mode: Mode, node: &str, out: &mut Vec<Record>) {
             point: Some(point.clone()),
             protocol,
             counters_only: false,
+            wire_point: None,
         })),
     });
     let request = format!(
@@ -171,6 +172,7 @@ fn flow_records(n: u64, mode: Mode, node: &str, out: &mut Vec<Record>) {
             payload: request.into(),
             protocol,
             partial: false,
+            wire: None,
             segments: Vec::new(),
         })),
     });
@@ -196,6 +198,7 @@ fn flow_records(n: u64, mode: Mode, node: &str, out: &mut Vec<Record>) {
             payload: response.into(),
             protocol,
             partial: false,
+            wire: None,
             segments: Vec::new(),
         })),
     });

@@ -304,6 +304,7 @@ fn flow(input: &[u8], port: u32, hint: ProtocolHint, transport: capture::Transpo
         point: Some(ObservationPoint::default()),
         protocol: hint as i32,
         counters_only: false,
+        wire_point: None,
     };
     let t0 = Instant::now();
     let mut out = Vec::new();
@@ -487,6 +488,7 @@ fn capture_seed() -> Vec<u8> {
                         }),
                         protocol: ProtocolHint::Http as i32,
                         counters_only: false,
+                        wire_point: None,
                     })),
                 },
                 Record {

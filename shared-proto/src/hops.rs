@@ -226,6 +226,8 @@ pub struct MessageFields<'a> {
     pub payload: &'a [u8],
     /// `Message.partial`.
     pub partial: bool,
+    /// `Message.wire`.
+    pub wire: Option<capture::WireCounters>,
     /// `Message.segments`.
     pub segments: &'a [capture::Segment],
 }
@@ -244,9 +246,16 @@ mod message_field {
     pub const RETRANSMITS: u32 = 12;
     pub const PAYLOAD: u32 = 13;
     pub const PARTIAL: u32 = 15;
+    pub const WIRE: u32 = 16;
     pub const SEGMENTS: u32 = 30;
     pub const SEGMENT_OFFSET: u32 = 1;
     pub const SEGMENT_PAYLOAD: u32 = 2;
+    pub const WIRE_START_UNIX_NANOS: u32 = 1;
+    pub const WIRE_END_UNIX_NANOS: u32 = 2;
+    pub const WIRE_TCP_SEQ: u32 = 3;
+    pub const WIRE_BYTES: u32 = 4;
+    pub const WIRE_PACKETS: u32 = 5;
+    pub const WIRE_RETRANSMITS: u32 = 6;
 }
 
 /// The key of field `tag` (< 16: one byte).
@@ -277,6 +286,23 @@ fn put_varint_field(tag: u32, v: u64, out: &mut Out<'_>) {
     if v != 0 {
         out.put(key_byte(tag, WireType::Varint));
         out.put_varint(v);
+    }
+}
+
+/// Bytes of a fixed64 field with a one-byte key, 0 when `v` is proto3's default.
+fn fixed64_field_len(v: u64) -> usize {
+    if v == 0 {
+        0
+    } else {
+        9
+    }
+}
+
+/// Writes a fixed64 field with a one-byte key, nothing when `v` is proto3's default.
+fn put_fixed64_field(tag: u32, v: u64, out: &mut Out<'_>) {
+    if v != 0 {
+        out.put(key_byte(tag, WireType::SixtyFourBit));
+        out.put_slice(&v.to_le_bytes());
     }
 }
 
@@ -314,6 +340,7 @@ impl<'a> MessageFields<'a> {
             retransmits: m.retransmits,
             payload: &m.payload,
             partial: m.partial,
+            wire: m.wire,
             segments: &m.segments,
         })
     }
@@ -336,6 +363,7 @@ impl<'a> MessageFields<'a> {
             payload: Bytes::copy_from_slice(self.payload),
             protocol: 0,
             partial: self.partial,
+            wire: self.wire,
             segments: self.segments.to_vec(),
         }
     }
@@ -345,10 +373,24 @@ impl<'a> MessageFields<'a> {
         varint_field_len(s.offset) + bytes_field_len(s.payload.len())
     }
 
+    /// The encoded length of a `WireCounters`.
+    fn wire_len(w: &capture::WireCounters) -> usize {
+        fixed64_field_len(w.start_unix_nanos)
+            + fixed64_field_len(w.end_unix_nanos)
+            + varint_field_len(u64::from(w.tcp_seq))
+            + varint_field_len(w.bytes)
+            + varint_field_len(u64::from(w.packets))
+            + varint_field_len(u64::from(w.retransmits))
+    }
+
     /// The encoded length of the `Message`.
     fn body_len(&self) -> usize {
-        // A fixed64 or bool field: its key and 8 or 1 bytes, when set.
-        let fixed64 = |v: u64| if v == 0 { 0 } else { 9 };
+        let fixed64 = fixed64_field_len;
+        let wire = self.wire.as_ref().map_or(0, |w| {
+            let len = Self::wire_len(w);
+            // Field 16's key takes two bytes.
+            2 + encoded_len_varint(len as u64) + len
+        });
         let segments: usize = self
             .segments
             .iter()
@@ -370,6 +412,7 @@ impl<'a> MessageFields<'a> {
             + varint_field_len(u64::from(self.retransmits))
             + bytes_field_len(self.payload.len())
             + 2 * usize::from(self.partial)
+            + wire
             + segments
     }
 
@@ -382,15 +425,8 @@ impl<'a> MessageFields<'a> {
         if self.to_pod {
             out.put_slice(&[key_byte(f::TO_POD, WireType::Varint), 1]);
         }
-        for (tag, v) in [
-            (f::START_UNIX_NANOS, self.start_unix_nanos),
-            (f::END_UNIX_NANOS, self.end_unix_nanos),
-        ] {
-            if v != 0 {
-                out.put(key_byte(tag, WireType::SixtyFourBit));
-                out.put_slice(&v.to_le_bytes());
-            }
-        }
+        put_fixed64_field(f::START_UNIX_NANOS, self.start_unix_nanos, out);
+        put_fixed64_field(f::END_UNIX_NANOS, self.end_unix_nanos, out);
         put_varint_field(f::TCP_SEQ, u64::from(self.tcp_seq), out);
         put_varint_field(f::BYTES, self.bytes, out);
         put_varint_field(f::PACKETS, u64::from(self.packets), out);
@@ -398,6 +434,16 @@ impl<'a> MessageFields<'a> {
         put_bytes_field(f::PAYLOAD, self.payload, out);
         if self.partial {
             out.put_slice(&[key_byte(f::PARTIAL, WireType::Varint), 1]);
+        }
+        if let Some(w) = &self.wire {
+            out.key(f::WIRE, WireType::LengthDelimited);
+            out.put_varint(Self::wire_len(w) as u64);
+            put_fixed64_field(f::WIRE_START_UNIX_NANOS, w.start_unix_nanos, out);
+            put_fixed64_field(f::WIRE_END_UNIX_NANOS, w.end_unix_nanos, out);
+            put_varint_field(f::WIRE_TCP_SEQ, u64::from(w.tcp_seq), out);
+            put_varint_field(f::WIRE_BYTES, w.bytes, out);
+            put_varint_field(f::WIRE_PACKETS, u64::from(w.packets), out);
+            put_varint_field(f::WIRE_RETRANSMITS, u64::from(w.retransmits), out);
         }
         for s in self.segments {
             out.key(f::SEGMENTS, WireType::LengthDelimited);
@@ -1127,6 +1173,7 @@ mod tests {
                 }),
                 protocol: capture::ProtocolHint::Http as i32,
                 counters_only: false,
+                wire_point: None,
             })),
         }
     }
@@ -1245,6 +1292,14 @@ mod tests {
                 retransmits: u32_of(&mut rng),
                 payload: &payload,
                 partial: rng.random(),
+                wire: rng.random_bool(0.5).then(|| capture::WireCounters {
+                    start_unix_nanos: edgy(&mut rng, u64::MAX),
+                    end_unix_nanos: edgy(&mut rng, u64::MAX),
+                    tcp_seq: u32_of(&mut rng),
+                    bytes: edgy(&mut rng, u64::MAX),
+                    packets: u32_of(&mut rng),
+                    retransmits: u32_of(&mut rng),
+                }),
                 segments: &segments,
             };
             let record = capture::Record {

@@ -97,6 +97,9 @@ pub struct MessageStats {
     pub packets: u32,
     /// Retransmitted packets.
     pub retransmits: u32,
+    /// What the flow's second point (its pod's veth, `FlowStart.wire_point`) counted of the
+    /// message, when the message carried it (`Message.wire`).
+    pub wire: Option<WireStats>,
 }
 
 impl MessageStats {
@@ -110,12 +113,54 @@ impl MessageStats {
             bytes: m.bytes,
             packets: m.packets,
             retransmits: m.retransmits,
+            wire: m.wire.as_ref().map(WireStats::of),
         }
     }
 
     /// Extends `self` by a later message of the same side (a request body after
-    /// `100 Continue`): the end moves, the counters add up.
+    /// `100 Continue`): the end moves, the counters add up — the wire's too, when both carry
+    /// them (a part the veth did not count leaves its counters as they were).
     pub fn extend(&mut self, later: &MessageStats) {
+        self.end = self.end.max(later.end);
+        self.bytes = self.bytes.saturating_add(later.bytes);
+        self.packets = self.packets.saturating_add(later.packets);
+        self.retransmits = self.retransmits.saturating_add(later.retransmits);
+        if let (Some(w), Some(l)) = (&mut self.wire, &later.wire) {
+            w.extend(l);
+        }
+    }
+}
+
+/// A message as its flow's second point (its pod's veth) counted it on the wire
+/// (`capture.v1.WireCounters`): what its own counters-only view would have carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireStats {
+    /// First and last packet, Unix nanoseconds.
+    pub start: u64,
+    pub end: u64,
+    /// TCP sequence number of the first byte.
+    pub tcp_seq: u32,
+    /// Payload bytes, packets (GSO segments one by one) and retransmitted packets.
+    pub bytes: u64,
+    pub packets: u32,
+    pub retransmits: u32,
+}
+
+impl WireStats {
+    /// The stats of a message's `wire`.
+    pub fn of(w: &capture::WireCounters) -> Self {
+        Self {
+            start: w.start_unix_nanos,
+            end: w.end_unix_nanos,
+            tcp_seq: w.tcp_seq,
+            bytes: w.bytes,
+            packets: w.packets,
+            retransmits: w.retransmits,
+        }
+    }
+
+    /// As [`MessageStats::extend`].
+    fn extend(&mut self, later: &WireStats) {
         self.end = self.end.max(later.end);
         self.bytes = self.bytes.saturating_add(later.bytes);
         self.packets = self.packets.saturating_add(later.packets);

@@ -85,6 +85,7 @@ pub fn cut_message(index: u32, direction: Direction, bytes: &[u8], snaplen: usiz
             bytes: bytes.len() as u64,
             packets: 1,
             retransmits: 0,
+            wire: None,
         },
         payload: &bytes[..bytes.len().min(snaplen)],
         partial: false,

@@ -82,6 +82,7 @@ mod tests {
                 bytes,
                 packets: 1,
                 retransmits: 0,
+                wire: None,
             },
             payload: &[],
             partial: false,

@@ -46,6 +46,9 @@ pub(super) struct Flow {
     decoding: Decoding,
     key: FlowKey,
     point: ObservationPoint,
+    /// The point whose counters its messages carry besides their own (`FlowStart.wire_point`:
+    /// the pod's veth of a socket point's flow), which its sessions observe too.
+    wire_point: Option<Box<ObservationPoint>>,
     /// What its sessions are named by.
     names: FlowNames,
     /// Whether `point` came with the flow; until it has, a later message may supply it.
@@ -56,6 +59,9 @@ pub(super) struct Flow {
     /// Payload bytes taken in, per direction, and how many of them the metrics have.
     bytes: [u64; 2],
     published: [u64; 2],
+    /// The same of the bytes `wire_point` counted (`Message.wire`).
+    wire_bytes: [u64; 2],
+    wire_published: [u64; 2],
     /// The last message taken, when it was flushed early and its decoder continues messages
     /// ([`FlowDecoder::continues_messages`]): its final version's growth is handed on.
     continued: Option<Continued>,
@@ -71,6 +77,7 @@ struct Continued {
     walked: u64,
     /// The counters of the version taken.
     bytes: u64,
+    wire_bytes: u64,
     packets: u32,
     retransmits: u32,
     end_unix_nanos: u64,
@@ -88,6 +95,7 @@ impl Continued {
             direction: m.direction,
             walked: m.bytes.max(captured_end),
             bytes: m.bytes,
+            wire_bytes: wire_bytes(m),
             packets: m.packets,
             retransmits: m.retransmits,
             end_unix_nanos: m.end_unix_nanos,
@@ -145,6 +153,8 @@ pub(super) struct Identity {
     /// A pod veth's view of a connection its pod's socket point captures: timings and counters
     /// only, decoded by [`super::counters::CountersOnly`].
     pub counters_only: bool,
+    /// `FlowStart.wire_point`: the veth whose counters the messages carry (`Message.wire`).
+    pub wire_point: Option<Box<ObservationPoint>>,
 }
 
 /// What a flow's processing needs from the table: the probe, its endpoints, where sessions go.
@@ -170,6 +180,7 @@ impl Flow {
             point,
             hint,
             counters_only,
+            wire_point,
         } = id;
         // A counters-only view has nothing to detect a protocol from: its decoder is set.
         let decoding = if counters_only {
@@ -191,10 +202,13 @@ impl Flow {
             key,
             point_known: point.is_some(),
             point: point.unwrap_or_default(),
+            wire_point,
             hint,
             counters_only,
             bytes: [0; 2],
             published: [0; 2],
+            wire_bytes: [0; 2],
+            wire_published: [0; 2],
             continued: None,
         }
     }
@@ -214,6 +228,7 @@ impl Flow {
             point: self.point_known.then_some(self.point),
             hint: self.hint,
             counters_only: self.counters_only,
+            wire_point: self.wire_point,
         }
     }
 
@@ -301,6 +316,8 @@ impl Flow {
             if let Some(dir) = Direction::from_wire(m.direction) {
                 let grown = m.bytes.saturating_sub(old.bytes);
                 self.bytes[dir.index()] = self.bytes[dir.index()].saturating_add(grown);
+                let grown = wire_bytes(m).saturating_sub(wire_bytes(&old));
+                self.wire_bytes[dir.index()] = self.wire_bytes[dir.index()].saturating_add(grown);
             }
         }
         self.decode(m, now, ctx, true);
@@ -343,6 +360,8 @@ impl Flow {
         self.release_held(ctx);
         if let Some(dir) = Direction::from_wire(m.direction) {
             self.bytes[dir.index()] = self.bytes[dir.index()].saturating_add(m.bytes);
+            self.wire_bytes[dir.index()] =
+                self.wire_bytes[dir.index()].saturating_add(wire_bytes(m));
         }
         let taken = m.partial.then(|| Continued::of(m));
         self.decode(m, now, ctx, true);
@@ -371,6 +390,8 @@ impl Flow {
         if let Some(dir) = Direction::from_wire(m.direction) {
             let grown = m.bytes.saturating_sub(taken.bytes);
             self.bytes[dir.index()] = self.bytes[dir.index()].saturating_add(grown);
+            let grown = wire_bytes(m).saturating_sub(taken.wire_bytes);
+            self.wire_bytes[dir.index()] = self.wire_bytes[dir.index()].saturating_add(grown);
         }
         let Some(mut rest) = taken.growth(m) else {
             ctx.tally.flow_message_out();
@@ -408,11 +429,13 @@ impl Flow {
             decoding,
             key,
             point,
+            wire_point,
             names,
             ..
         } = self;
         if let Decoding::By { name, flow } = decoding {
-            flow.on_close(&mut Sink::new(ctx, key, point, names, name));
+            let points = (&*point, wire_point.as_deref());
+            flow.on_close(&mut Sink::new(ctx, key, points, names, name));
         }
     }
 
@@ -480,6 +503,7 @@ impl Flow {
             decoding,
             key,
             point,
+            wire_point,
             names,
             held,
             ..
@@ -495,7 +519,7 @@ impl Flow {
             return;
         }
         ctx.tally.flow_message_out();
-        let mut sink = Sink::new(ctx, key, point, names, name);
+        let mut sink = Sink::new(ctx, key, (point, wire_point.as_deref()), names, name);
         let step = flow.on_message(&message, &mut sink);
         let step = match step {
             Step::Handover => match flow.successor() {
@@ -530,6 +554,22 @@ impl Flow {
         self.published = self.bytes;
         new
     }
+
+    /// The point whose counters its messages carry (`FlowStart.wire_point`), with the bytes it
+    /// counted since the last call, per direction.
+    pub fn unpublished_wire_bytes(&mut self) -> Option<(&ObservationPoint, [u64; 2])> {
+        let new = [
+            self.wire_bytes[0].saturating_sub(self.wire_published[0]),
+            self.wire_bytes[1].saturating_sub(self.wire_published[1]),
+        ];
+        self.wire_published = self.wire_bytes;
+        self.wire_point.as_deref().map(|p| (p, new))
+    }
+}
+
+/// The bytes a message's wire point counted of it (`Message.wire`), 0 without.
+fn wire_bytes(m: &capture::Message) -> u64 {
+    m.wire.as_ref().map_or(0, |w| w.bytes)
 }
 
 /// The [`Output`] of a flow let go without a session ([`Flow::abandon`]): each exchange the
@@ -563,15 +603,17 @@ struct Sink<'c, 'a> {
     ctx: &'c mut Ctx<'a>,
     key: &'c FlowKey,
     point: &'c ObservationPoint,
+    wire_point: Option<&'c ObservationPoint>,
     names: &'c FlowNames,
     protocol: &'static str,
 }
 
 impl<'c, 'a> Sink<'c, 'a> {
+    /// `points`: the flow's point, and the one its messages' `wire` counters are of.
     fn new(
         ctx: &'c mut Ctx<'a>,
         key: &'c FlowKey,
-        point: &'c ObservationPoint,
+        (point, wire_point): (&'c ObservationPoint, Option<&'c ObservationPoint>),
         names: &'c FlowNames,
         protocol: &'static str,
     ) -> Self {
@@ -579,6 +621,7 @@ impl<'c, 'a> Sink<'c, 'a> {
             ctx,
             key,
             point,
+            wire_point,
             names,
             protocol,
         }
@@ -592,6 +635,7 @@ impl Output for Sink<'_, '_> {
             names: self.names,
             key: self.key,
             point: self.point,
+            wire_point: self.wire_point,
             ends: Ends::of(self.ctx.endpoints, self.key),
             counters_only: self.protocol == counters::NAME,
         };

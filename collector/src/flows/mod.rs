@@ -184,12 +184,19 @@ fn publish_bytes(
     flow: &mut Flow,
 ) {
     let bytes = flow.unpublished_bytes();
-    if bytes == [0, 0] || is_loopback(flow.key()) {
-        return;
-    }
+    let loopback = is_loopback(flow.key());
     let ends = Ends::of(endpoints, flow.key());
-    let s = series.get(&metrics.connections, ends, ends.observed_at(flow.point()));
-    metrics.connections.bytes_at(s, bytes);
+    if bytes != [0, 0] && !loopback {
+        let s = series.get(&metrics.connections, ends, ends.observed_at(flow.point()));
+        metrics.connections.bytes_at(s, bytes);
+    }
+    // The bytes its pod's veth counted, carried in its messages: the veth's own flow has none.
+    if let Some((point, bytes)) = flow.unpublished_wire_bytes() {
+        if bytes != [0, 0] && !loopback {
+            let s = series.get(&metrics.connections, ends, ends.observed_at(point));
+            metrics.connections.bytes_at(s, bytes);
+        }
+    }
 }
 
 impl Drop for FlowTable {
@@ -492,6 +499,7 @@ impl FlowTable {
                     point: m.point.take(),
                     hint: ProtocolHint::try_from(m.protocol).unwrap_or(ProtocolHint::Unspecified),
                     counters_only: false,
+                    wire_point: None,
                 },
                 (Some(identity), None) => identity,
                 (None, None) => {
@@ -595,6 +603,7 @@ impl FlowTable {
                 point: start.point,
                 hint: ProtocolHint::try_from(start.protocol).unwrap_or(ProtocolHint::Unspecified),
                 counters_only: start.counters_only,
+                wire_point: start.wire_point.map(Box::new),
             };
             self.create_flow((probe_id, f), identity, now, out);
         }

@@ -10,12 +10,12 @@ use clovisor_proto::hops::{EncodedSession, SessionEncoder};
 use clovisor_proto::join::key::{
     has_tcp_seq, wire_key_of, ClientAddr, WireKey, MESSAGE_POSITION_ATTRIBUTE,
 };
-use clovisor_proto::join::merge::PointView;
+use clovisor_proto::join::merge::{merge_point, PointView};
 use clovisor_proto::session::encode::{IdParts, ObservationNames, SessionNames};
 use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Protocol, Session};
 
 use super::endpoints::{EndpointMeta, Ends};
-use crate::decode::{Exchange, Fields};
+use crate::decode::{Exchange, Fields, MessageStats, WireStats};
 
 /// The part of its sessions' ids a flow fixes: `<probe id>/<flow id in hex>/`, as
 /// `format!("{probe_id}/{flow_id:x}/")` writes it, without the formatting machinery (once per
@@ -121,6 +121,9 @@ pub(super) struct FlowParts<'a> {
     pub names: &'a FlowNames,
     pub key: &'a capture::FlowKey,
     pub point: &'a capture::ObservationPoint,
+    /// The point whose counters the flow's messages carry besides their own
+    /// (`FlowStart.wire_point`: the pod's veth of a socket point's flow).
+    pub wire_point: Option<&'a capture::ObservationPoint>,
     pub ends: Ends<'a>,
     /// A counters-only view's (`FlowStart.counters_only`): it is only useful joined with a
     /// decoded view of its exchange, which carries both ends' metadata, so it gets only its own
@@ -247,17 +250,23 @@ struct Point {
 }
 
 fn point(f: &FlowParts<'_>, ex: &Exchange) -> Point {
-    let point = f.point;
-    let resp = ex.response.unwrap_or_default();
+    point_at(f, f.point, &ex.request, ex.response.as_ref(), ex.position)
+}
+
+/// `point`'s part of an exchange whose request and response it counted as `request` and
+/// `response`; `position` as [`Exchange::position`].
+fn point_at(
+    f: &FlowParts<'_>,
+    point: &capture::ObservationPoint,
+    request: &MessageStats,
+    response: Option<&MessageStats>,
+    position: u32,
+) -> Point {
+    let resp = response.copied().unwrap_or_default();
     // Counters cannot be split between pipelined exchanges: the first carries the message's.
-    let first = ex.position == 0;
+    let first = position == 0;
     let (req_bytes, req_packets, resp_bytes, resp_packets) = if first {
-        (
-            ex.request.bytes,
-            ex.request.packets,
-            resp.bytes,
-            resp.packets,
-        )
+        (request.bytes, request.packets, resp.bytes, resp.packets)
     } else {
         (0, 0, 0, 0)
     };
@@ -273,18 +282,18 @@ fn point(f: &FlowParts<'_>, ex: &Exchange) -> Point {
         node,
         probe_id: String::new(),
         side: f.ends.side(point) as i32,
-        request_start_unix_nanos: ex.request.start,
-        request_end_unix_nanos: ex.request.end,
+        request_start_unix_nanos: request.start,
+        request_end_unix_nanos: request.end,
         response_start_unix_nanos: resp.start,
         response_end_unix_nanos: resp.end,
-        request_tcp_seq: ex.request.tcp_seq,
+        request_tcp_seq: request.tcp_seq,
         response_tcp_seq: resp.tcp_seq,
         request_bytes: req_bytes,
         response_bytes: resp_bytes,
         request_packets: u64::from(req_packets),
         response_packets: u64::from(resp_packets),
         retransmits: if first {
-            ex.request.retransmits.saturating_add(resp.retransmits)
+            request.retransmits.saturating_add(resp.retransmits)
         } else {
             0
         },
@@ -302,13 +311,46 @@ fn point(f: &FlowParts<'_>, ex: &Exchange) -> Point {
             request: u64::from(req_packets),
             response: u64::from(resp_packets),
         },
-        start_unix_nanos: ex.request.start,
-        end_unix_nanos: if ex.response.is_some() {
+        start_unix_nanos: request.start,
+        end_unix_nanos: if response.is_some() {
             resp.end
         } else {
-            ex.request.end
+            request.end
         },
     }
+}
+
+/// The wire point's part of exchange `ex` ([`FlowParts::wire_point`], its counters in the
+/// messages' [`MessageStats::wire`]), as the point's own counters-only view would have been
+/// (its session made by [`PointView::into_session`]): `None` when the flow has no such point
+/// or the point did not see the request.
+fn wire_view(f: &FlowParts<'_>, ex: &Exchange) -> Option<PointView> {
+    let wire_point = f.wire_point?;
+    let as_stats = |w: WireStats, index: u32| MessageStats {
+        index,
+        start: w.start,
+        end: w.end,
+        tcp_seq: w.tcp_seq,
+        bytes: w.bytes,
+        packets: w.packets,
+        retransmits: w.retransmits,
+        wire: None,
+    };
+    let request = as_stats(ex.request.wire?, ex.request.index);
+    let response = ex
+        .response
+        .and_then(|r| r.wire.map(|w| as_stats(w, r.index)));
+    let p = point_at(f, wire_point, &request, response.as_ref(), ex.position);
+    Some(PointView {
+        observation: p.observation,
+        client: (f.names.client_ip.clone(), f.key.client_port),
+        server: (f.names.server_ip.clone(), f.key.server_port),
+        bytes: p.bytes,
+        packets: p.packets,
+        start_unix_nanos: p.start_unix_nanos,
+        end_unix_nanos: p.end_unix_nanos,
+        incomplete: ex.incomplete || response.is_none(),
+    })
 }
 
 fn origin(f: &FlowParts<'_>, ex: &Exchange) -> Origin {
@@ -406,6 +448,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
     }
     let key = f.key;
     let point = point(f, &ex);
+    let wire = wire_view(f, &ex);
     let origin = origin(f, &ex);
     let (http, grpc, dns, database, analyzer, kafka) = match ex.fields {
         Fields::Http(h) => (Some(h), None, None, None, None, None),
@@ -428,7 +471,7 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
         );
     }
     observations.push(point.observation);
-    let session = Session {
+    let mut session = Session {
         id: String::new(),
         protocol: ex.protocol as i32,
         client: Some(endpoint(&f.names.client_ip, key.client_port)),
@@ -449,6 +492,10 @@ pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
         kafka: kafka.map(Box::new),
         merged_ids: Vec::new(),
     };
+    if let Some(view) = wire {
+        // As the local join would have merged the point's own view into this one.
+        merge_point(&mut session, view);
+    }
     Collected {
         session,
         client_meta: f.ends.client.cloned(),

@@ -49,6 +49,7 @@ fn msg(flow_id: u64, index: u32, dir: Direction, payload: &[u8]) -> Record {
             payload: payload.to_vec().into(),
             protocol: ProtocolHint::Http as i32,
             partial: false,
+            wire: None,
             segments: Vec::new(),
         })),
     }
@@ -108,6 +109,7 @@ fn announced(flow_id: u64) -> capture::FlowStart {
         point: Some(point()),
         protocol: ProtocolHint::Http as i32,
         counters_only: false,
+        wire_point: None,
     }
 }
 
@@ -1120,6 +1122,7 @@ fn a_flow_start_gives_the_flow_its_identity_once() {
             point: Some(point()),
             protocol: hint as i32,
             counters_only: false,
+            wire_point: None,
         })),
     };
     let bare = |flow_id: u64, index: u32, dir: Direction, payload: &[u8]| {
@@ -1830,4 +1833,185 @@ fn a_message_flushed_early_then_grown_goes_on_in_its_decoder() {
     assert_eq!(out.len(), 1, "one exchange: {out:#?}");
     assert_eq!(m.messages_dropped_for("duplicate"), 0);
     assert_flow_balance(&m, "after a version that did not grow");
+}
+
+/// A server socket's flow and its pod veth's, as `(socket records, veth records)`: the same
+/// keep-alive exchanges, the veth's messages with their own timings, packets and retransmits.
+/// With `carried`, the veth sends no flow of its own: its counters ride in the socket's messages
+/// (`Message.wire`) and the socket's `FlowStart` names it (`wire_point`).
+fn socket_with_its_veth(carried: bool) -> Vec<Record> {
+    let socket_point = ObservationPoint {
+        kind: PointKind::Socket as i32,
+        node: "node-a".into(),
+        pid: 4242,
+        comm: "nginx".into(),
+        netns_inode: 4026532001,
+        side: Side::Server as i32,
+        ..ObservationPoint::default()
+    };
+    let socket_flow = 1 | 1 << 63;
+    let start = |flow_id, point, counters_only, wire_point| Record {
+        kind: Some(record::Kind::FlowStart(capture::FlowStart {
+            flow_id,
+            flow: Some(key()),
+            point: Some(point),
+            protocol: ProtocolHint::Http as i32,
+            counters_only,
+            wire_point,
+        })),
+    };
+    let exchanges = [(REQ, RESP), (REQ, RESP), (REQ, RESP)];
+    let mut socket = Vec::new();
+    let mut veth = Vec::new();
+    for (i, (req, resp)) in exchanges.iter().enumerate() {
+        let i = 2 * i as u32;
+        for (index, dir, payload) in [
+            (i, Direction::ClientToServer, *req),
+            (i + 1, Direction::ServerToClient, *resp),
+        ] {
+            let bare = |r: Record| {
+                edit(r, |m| {
+                    m.flow = None;
+                    m.point = None;
+                    m.protocol = 0;
+                })
+            };
+            let s = bare(msg(socket_flow, index, dir, payload));
+            // The veth saw each message a little earlier (requests) or later (responses), in
+            // more packets, one retransmitted.
+            let w = edit(bare(msg(1, index, dir, b"")), |m| {
+                m.start_unix_nanos -= 40;
+                m.end_unix_nanos += 70;
+                m.packets = 4 + index;
+                m.retransmits = index % 2;
+                m.bytes = payload.len() as u64 + 1000;
+            });
+            if carried {
+                let Some(record::Kind::Message(wm)) = &w.kind else {
+                    unreachable!("a message");
+                };
+                let wire = capture::WireCounters {
+                    start_unix_nanos: wm.start_unix_nanos,
+                    end_unix_nanos: wm.end_unix_nanos,
+                    tcp_seq: wm.tcp_seq,
+                    bytes: wm.bytes,
+                    packets: wm.packets,
+                    retransmits: wm.retransmits,
+                };
+                socket.push(edit(s, |m| m.wire = Some(wire)));
+            } else {
+                socket.push(s);
+                veth.push(w);
+            }
+        }
+    }
+    let mut records = vec![
+        endpoint_record(SERVER, "web", 7, "veth-server"),
+        endpoint_record(CLIENT, "cart", 6, "veth-client"),
+        start(socket_flow, socket_point, false, carried.then(point)),
+    ];
+    if !carried {
+        records.push(start(1, point(), true, None));
+    }
+    // Interleaved, as two rings drained in turn would hand them over.
+    let mut veth = veth.into_iter();
+    for s in socket {
+        records.push(s);
+        records.extend(veth.next());
+    }
+    records.extend(veth);
+    records
+}
+
+fn endpoint_record(ip: [u8; 4], pod: &str, ifindex: u32, interface: &str) -> Record {
+    Record {
+        kind: Some(record::Kind::Endpoint(EndpointUpdate {
+            ip: ip.to_vec(),
+            pod: pod.into(),
+            namespace: "shop".into(),
+            node: "node-a".into(),
+            workload: pod.into(),
+            ifindex,
+            interface: interface.into(),
+            removed: false,
+            ..EndpointUpdate::default()
+        })),
+    }
+}
+
+#[test]
+fn a_veths_counters_carried_by_its_sockets_messages_make_the_session_the_local_join_made() {
+    // Today's way: the veth's counters-only views, kept apart and joined by the local join.
+    let (mut apart, apart_metrics) = table();
+    apart.keep_counter_views_apart();
+    let mut sessions = Vec::new();
+    for r in socket_with_its_veth(false) {
+        apart.ingest("probe-1", r, Instant::now(), &mut sessions);
+    }
+    let mut views = Vec::new();
+    apart.take_counter_views(&mut views);
+    assert_eq!(
+        (sessions.len(), views.len()),
+        (3, 3),
+        "a view per exchange at each point"
+    );
+    let mut join = crate::local_join::LocalJoin::new(Duration::ZERO);
+    let mut joined = Vec::new();
+    join.offer_with_views(sessions, views, Instant::now(), |s| {
+        joined.push(std::mem::take(s))
+    });
+    let joined: Vec<Session> = joined.into_iter().map(Collected::into_session).collect();
+
+    // Carried: no veth flow, the socket's messages bring its counters.
+    let (mut carried, carried_metrics) = table();
+    let out = feed(&mut carried, socket_with_its_veth(true));
+
+    assert_eq!(out.len(), 3, "one session per exchange: {out:#?}");
+    for s in &out {
+        let kinds: Vec<PointKind> = s.observations.iter().map(|o| o.kind()).collect();
+        assert_eq!(
+            kinds,
+            vec![PointKind::Pod, PointKind::Socket],
+            "the veth's observation and the socket's, in the join's order: {s:#?}"
+        );
+        let veth = &s.observations[0];
+        assert_eq!(
+            (
+                veth.side(),
+                veth.interface.as_str(),
+                veth.pid,
+                veth.comm.as_str()
+            ),
+            (Side::Server, "veth-server", 0, ""),
+            "the veth is the server pod's, without a process: {veth:?}"
+        );
+        assert!(
+            veth.request_packets > 0 && veth.response_packets > 0,
+            "the veth's own packets: {veth:?}"
+        );
+    }
+    assert_eq!(
+        out, joined,
+        "the same sessions as the local join made of the socket's and the veth's views"
+    );
+    // The veth's bytes count where the veth is, in both ways.
+    let veth_bytes = |m: &CollectorMetrics| -> Vec<String> {
+        let mut lines: Vec<String> = metrics_text(m)
+            .lines()
+            .filter(|l| {
+                l.starts_with("clovisor_flow_connection_bytes_total")
+                    && l.contains("observed_at=\"server_veth\"")
+            })
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let mut flushed = Vec::new();
+    apart.flush(Instant::now(), &mut flushed);
+    carried.flush(Instant::now(), &mut flushed);
+    assert!(flushed.is_empty(), "nothing left open: {flushed:?}");
+    let counted = veth_bytes(&carried_metrics);
+    assert_eq!(counted.len(), 2, "both directions at the veth: {counted:?}");
+    assert_eq!(counted, veth_bytes(&apart_metrics));
 }

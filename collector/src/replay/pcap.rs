@@ -767,6 +767,7 @@ impl<'c> Tracker<'c> {
                     point: Some(self.config.point.clone()),
                     protocol: self.config.hint as i32,
                     counters_only: false,
+                    wire_point: None,
                 })),
             });
             self.udp.insert(
@@ -799,6 +800,7 @@ impl<'c> Tracker<'c> {
                 payload: d.payload[..take].to_vec().into(),
                 protocol: ProtocolHint::Unspecified as i32,
                 partial: false,
+                wire: None,
                 segments: Vec::new(),
             })),
         });
@@ -962,6 +964,7 @@ fn push_message(
                 point: Some(config.point.clone()),
                 protocol: config.hint as i32,
                 counters_only: false,
+                wire_point: None,
             })),
         });
     }
@@ -989,6 +992,7 @@ fn message(flow_id: u64, index: u32, p: Pending) -> Record {
             // The flow's hint travels in its `FlowStart`.
             protocol: ProtocolHint::Unspecified as i32,
             partial: false,
+            wire: None,
             segments: Vec::new(),
         })),
     }

@@ -472,6 +472,7 @@ async fn flows_announced_after_hello_are_known_to_their_bare_messages() -> anyho
         }),
         protocol: ProtocolHint::Http as i32,
         counters_only: false,
+        wire_point: None,
     };
     let table = ProbeMessage {
         kind: Some(probe_message::Kind::Flows(capture::FlowTable {

@@ -79,6 +79,7 @@ fn msg(index: u32, direction: Direction, payload: &[u8]) -> Message<'_> {
             bytes: payload.len() as u64,
             packets: 1,
             retransmits: 0,
+            wire: None,
         },
         payload,
         partial: false,

@@ -25,7 +25,7 @@
 
 use bytes::Bytes;
 use clovisor_proto::capture::v1::{
-    record, FlowEnd, FlowKey, FlowStart, Message, ObservationPoint, Record, Segment,
+    record, FlowEnd, FlowKey, FlowStart, Message, ObservationPoint, Record, Segment, WireCounters,
 };
 use clovisor_proto::wire::{delimited, fixed64, skip, split_key, varint, WireError};
 use prost::encoding::WireType;
@@ -129,7 +129,16 @@ mod key {
             MSG_PAYLOAD = 13 LengthDelimited "payload",
             MSG_PROTOCOL = 14 Varint "protocol",
             MSG_PARTIAL = 15 Varint "partial",
+            MSG_WIRE = 16 LengthDelimited "wire",
             MSG_SEGMENTS = 30 LengthDelimited "segments",
+        }
+        WIRE "WireCounters" {
+            WIRE_START = 1 SixtyFourBit "start_unix_nanos",
+            WIRE_END = 2 SixtyFourBit "end_unix_nanos",
+            WIRE_TCP_SEQ = 3 Varint "tcp_seq",
+            WIRE_BYTES = 4 Varint "bytes",
+            WIRE_PACKETS = 5 Varint "packets",
+            WIRE_RETRANSMITS = 6 Varint "retransmits",
         }
         SEGMENT "Segment" {
             SEG_OFFSET = 1 Varint "offset",
@@ -168,6 +177,7 @@ mod key {
             START_POINT = 3 LengthDelimited "point",
             START_PROTOCOL = 4 Varint "protocol",
             START_COUNTERS_ONLY = 5 Varint "counters_only",
+            START_WIRE_POINT = 6 LengthDelimited "wire_point",
         }
     }
 }
@@ -322,6 +332,11 @@ fn merge_message(m: &mut Message, mut buf: &[u8], src: &Bytes, depth: u32) -> Re
             key::MSG_PAYLOAD => m.payload = src.slice_ref(delimited(buf)?),
             key::MSG_PROTOCOL => m.protocol = enumeration(buf)?,
             key::MSG_PARTIAL => m.partial = boolean(buf)?,
+            key::MSG_WIRE => merge_wire(
+                m.wire.get_or_insert_with(WireCounters::default),
+                delimited(buf)?,
+                depth - 1,
+            )?,
             key::MSG_SEGMENTS => {
                 let value = delimited(buf)?;
                 let mut segment = Segment::default();
@@ -339,6 +354,22 @@ fn merge_message(m: &mut Message, mut buf: &[u8], src: &Bytes, depth: u32) -> Re
                 depth - 1,
             )?,
             key => key::MESSAGE.other(key, buf, depth)?,
+        }
+    }
+    Ok(())
+}
+
+fn merge_wire(w: &mut WireCounters, mut buf: &[u8], depth: u32) -> Result<()> {
+    let buf = &mut buf;
+    while !buf.is_empty() {
+        match varint(buf)? {
+            key::WIRE_START => w.start_unix_nanos = fixed64(buf)?,
+            key::WIRE_END => w.end_unix_nanos = fixed64(buf)?,
+            key::WIRE_TCP_SEQ => w.tcp_seq = uint32(buf)?,
+            key::WIRE_BYTES => w.bytes = varint(buf)?,
+            key::WIRE_PACKETS => w.packets = uint32(buf)?,
+            key::WIRE_RETRANSMITS => w.retransmits = uint32(buf)?,
+            key => key::WIRE.other(key, buf, depth)?,
         }
     }
     Ok(())
@@ -429,6 +460,11 @@ fn merge_flow_start(s: &mut FlowStart, mut buf: &[u8], depth: u32) -> Result<()>
             )?,
             key::START_POINT => merge_point(
                 s.point.get_or_insert_with(ObservationPoint::default),
+                delimited(buf)?,
+                depth - 1,
+            )?,
+            key::START_WIRE_POINT => merge_point(
+                s.wire_point.get_or_insert_with(ObservationPoint::default),
                 delimited(buf)?,
                 depth - 1,
             )?,

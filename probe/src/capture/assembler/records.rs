@@ -87,6 +87,7 @@ pub fn flow_start(
             point: Some(point),
             protocol: traits.protocol as i32,
             counters_only: traits.counters_only,
+            wire_point: None,
         })),
     }
 }
@@ -136,6 +137,7 @@ pub fn message_fields<'a>(
         retransmits: fin.retransmits,
         payload,
         partial,
+        wire: None,
         segments,
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use clovisor_proto::capture::v1::{
     record, EndpointUpdate, FlowEnd, FlowKey, FlowStart, Message, ObservationPoint, ProbeStats,
-    Record, RecordBatch, Segment,
+    Record, RecordBatch, Segment, WireCounters,
 };
 use proptest::prelude::*;
 use prost::encoding::{encode_key, encode_varint, WireType};
@@ -160,6 +160,29 @@ fn point() -> impl Strategy<Value = ObservationPoint> {
         )
 }
 
+fn wire_counters() -> impl Strategy<Value = WireCounters> {
+    (
+        u64_edge(),
+        u64_edge(),
+        u32_edge(),
+        u64_edge(),
+        u32_edge(),
+        u32_edge(),
+    )
+        .prop_map(
+            |(start_unix_nanos, end_unix_nanos, tcp_seq, bytes, packets, retransmits)| {
+                WireCounters {
+                    start_unix_nanos,
+                    end_unix_nanos,
+                    tcp_seq,
+                    bytes,
+                    packets,
+                    retransmits,
+                }
+            },
+        )
+}
+
 fn message() -> impl Strategy<Value = Message> {
     (
         (
@@ -185,11 +208,13 @@ fn message() -> impl Strategy<Value = Message> {
                 0..4,
             ),
         ),
+        prop::option::weighted(0.3, wire_counters()),
     )
         .prop_map(
             |(
                 (flow, point, flow_id, index, direction, to_pod, start, end),
                 (tcp_seq, bytes, packets, retransmits, payload, protocol, partial, segments),
+                wire,
             )| Message {
                 flow,
                 point,
@@ -206,6 +231,7 @@ fn message() -> impl Strategy<Value = Message> {
                 payload,
                 protocol,
                 partial,
+                wire,
                 segments,
             },
         )
@@ -245,14 +271,16 @@ fn flow_start() -> impl Strategy<Value = FlowStart> {
         prop::option::of(point()),
         enum_edge(),
         any::<bool>(),
+        prop::option::weighted(0.3, point()),
     )
         .prop_map(
-            |(flow_id, flow, point, protocol, counters_only)| FlowStart {
+            |(flow_id, flow, point, protocol, counters_only, wire_point)| FlowStart {
                 flow_id,
                 flow,
                 point,
                 protocol,
                 counters_only,
+                wire_point,
             },
         )
 }
@@ -885,12 +913,12 @@ fn groups_nest_as_deep_as_prosts_recursion_limit_allows() {
     // Unknown groups nested `n` deep inside a message: prost refuses past its limit.
     let nested = |n: usize| {
         let mut fields = Vec::new();
-        // Field 16 (unknown in `Message`): start-group and end-group keys.
+        // Field 17 (unknown in `Message`): start-group and end-group keys.
         for _ in 0..n {
-            fields.extend([0x83, 0x01]);
+            fields.extend([0x8b, 0x01]);
         }
         for _ in 0..n {
-            fields.extend([0x84, 0x01]);
+            fields.extend([0x8c, 0x01]);
         }
         let mut r = Vec::new();
         encode_key(1, WireType::LengthDelimited, &mut r);
