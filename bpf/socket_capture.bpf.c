@@ -185,6 +185,26 @@ struct {
 	__type(value, __u8);
 } monitored_netns SEC(".maps");
 
+/* Network namespace inode -> the host-side ifindex of its pod's veth, for the
+ * pods whose veth the tc programs carry (CLOVISOR_CONFIG_CARRY_WIRE there):
+ * this point reads the veth's counters from `tc_connections`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CLOVISOR_MAX_MONITORED_NETNS);
+	__type(key, __u32);
+	__type(value, __u32);
+} netns_veth SEC(".maps");
+
+/* The tc object's `connections` map itself, shared at load (user space pins
+ * it for the moment both objects load, then unpins it): the veths' view of
+ * each connection, read here to carry a covered veth's counters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct clovisor_conn_key);
+	__type(value, struct clovisor_conn);
+} tc_connections SEC(".maps");
+
 /* Keyed by struct sock address; bounded by user space (max_connections). An
  * LRU hash rather than socket-local storage so the probe can read a quiet
  * connection's counters (idle flush) by key. */
@@ -452,6 +472,61 @@ static __always_inline void fill_owner(struct clovisor_owner *o, __u64 sk, __u32
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
+/* The pod veth's view of the socket's connection, when the tc programs carry
+ * it: the messages its connection keeps (the one before the latest request,
+ * that request once its response started, the current one), copied into `w`.
+ * Returns the flag that says `w` is set. */
+static __always_inline __u8 fill_wire(struct clovisor_wire *w, const struct clovisor_sock_conn *s)
+{
+	struct clovisor_conn_key key;
+	struct clovisor_conn *c;
+	__u8 n = 0;
+
+	if (!s->veth_ifindex)
+		return 0;
+	__builtin_memcpy(&key, &s->key, sizeof(key));
+	key.ifindex = s->veth_ifindex;
+	w->ifindex = s->veth_ifindex;
+	w->pad[0] = 0;
+	w->pad[1] = 0;
+	w->pad[2] = 0;
+	c = bpf_map_lookup_elem(&tc_connections, &key);
+	if (c && c->carried) {
+		if (c->has_before)
+			__builtin_memcpy(&w->msgs[n++], &c->before, sizeof(c->before));
+		if (c->has_last_request)
+			__builtin_memcpy(&w->msgs[n++], &c->last_request, sizeof(c->last_request));
+		if (c->cur.direction != CLOVISOR_DIR_NONE && n < CLOVISOR_WIRE_MSGS)
+			__builtin_memcpy(&w->msgs[n++], &c->cur, sizeof(c->cur));
+		count(CLOVISOR_SOCK_STAT_WIRE_CARRIED);
+	} else {
+		count(CLOVISOR_SOCK_STAT_WIRE_MISSED);
+	}
+	w->count = n;
+	return CLOVISOR_EV_HAS_WIRE;
+}
+
+/* The socket's connection ends: the veth's entry, kept for this end, goes -
+ * now if the veth saw its end, else at the veth's end (the veth's FLOW_END
+ * is its own). */
+static __always_inline void release_wire(const struct clovisor_sock_conn *s)
+{
+	struct clovisor_conn_key key;
+	struct clovisor_conn *c;
+
+	if (!s->veth_ifindex)
+		return;
+	__builtin_memcpy(&key, &s->key, sizeof(key));
+	key.ifindex = s->veth_ifindex;
+	c = bpf_map_lookup_elem(&tc_connections, &key);
+	if (!c || !c->carried)
+		return;
+	if (c->ended)
+		bpf_map_delete_elem(&tc_connections, &key);
+	else
+		c->sock_done = 1;
+}
+
 static __always_inline void fill_hdr(struct clovisor_event_hdr *h, __u32 kind,
 				     const struct clovisor_sock_conn *s, __u8 flags)
 {
@@ -480,6 +555,7 @@ static __always_inline void emit_msg_start(const struct clovisor_sock_conn *s,
 	if (!ev)
 		return;
 	fill_hdr(&ev->hdr, CLOVISOR_EVENT_MSG_START, s, has_prev ? CLOVISOR_EV_HAS_PREV : 0);
+	ev->hdr.flags |= fill_wire(&ev->wire, s);
 	__builtin_memcpy(&ev->msg, msg, sizeof(*msg));
 	if (has_prev)
 		__builtin_memcpy(&ev->prev, prev, sizeof(*prev));
@@ -522,6 +598,7 @@ static __always_inline void emit_exchange(const struct clovisor_sock_conn *s,
 		count(CLOVISOR_SOCK_STAT_HEAD_LOST);
 	}
 	fill_hdr(&ev->hdr, CLOVISOR_EVENT_EXCHANGE, s, flags);
+	ev->hdr.flags |= fill_wire(&ev->wire, s);
 	__builtin_memcpy(&ev->before, &s->before, sizeof(s->before));
 	__builtin_memcpy(&ev->request, request, sizeof(*request));
 	__builtin_memcpy(&ev->response, &s->cur, sizeof(s->cur));
@@ -690,6 +767,11 @@ static __always_inline struct clovisor_sock_conn *connection(struct sock *sk, __
 		count(CLOVISOR_SOCK_STAT_EACH_CALL_CONNS);
 	}
 	fill_owner(&fresh.owner, id, netns, side);
+	{
+		__u32 *veth = bpf_map_lookup_elem(&netns_veth, &netns);
+
+		fresh.veth_ifindex = veth ? *veth : 0;
+	}
 	fresh.flow_id = clovisor_new_flow_id(&sock_flow_seq, CLOVISOR_SOCK_FLOW_ID_BIT, 55);
 	if (bpf_map_update_elem(&sock_connections, &id, &fresh, BPF_NOEXIST) == 0)
 		count(CLOVISOR_SOCK_STAT_CONNS_CREATED);
@@ -1020,11 +1102,13 @@ int clovisor_sock_state(__u64 *ctx)
 		__builtin_memcpy(&ev->last, &s->cur, sizeof(s->cur));
 		ev->srtt_us = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
 		ev->total_retrans = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
+		ev->hdr.flags |= fill_wire(&ev->wire, s);
 		bpf_ringbuf_submit(ev, clovisor_wakeup_flags(&sock_events));
 		count(CLOVISOR_SOCK_STAT_EVENTS_EMITTED);
 	} else {
 		count(CLOVISOR_SOCK_STAT_RINGBUF_FULL);
 	}
+	release_wire(s);
 	bpf_map_delete_elem(&sock_connections, &sk);
 	count(CLOVISOR_SOCK_STAT_CONNS_ENDED);
 	return 0;

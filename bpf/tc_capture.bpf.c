@@ -425,6 +425,15 @@ static __always_inline __u32 advance_seq(__u32 *next, __u32 end, __u32 *prev)
 	return 0;
 }
 
+/* CLOVISOR_CONFIG_CARRY_WIRE: the socket point reads covered veths' counters. */
+static __always_inline int carry_wire(void)
+{
+	__u32 idx = CLOVISOR_CONFIG_CARRY_WIRE;
+	__u32 *cfg = bpf_map_lookup_elem(&config, &idx);
+
+	return cfg && *cfg;
+}
+
 static __always_inline __u32 snaplen(void)
 {
 	__u32 zero = 0;
@@ -632,6 +641,21 @@ static __always_inline void on_message_start(struct __sk_buff *skb, const struct
 	struct clovisor_held *held;
 	__u32 n;
 
+	if (conn->carried) {
+		/* The socket point reads the counters where they are kept: the
+		 * message before a request, the request once its response
+		 * started, the current message. */
+		if (conn->cur.direction == CLOVISOR_DIR_CLIENT_TO_SERVER) {
+			conn->held = 1;
+			conn->has_before = has_prev;
+			__builtin_memcpy(&conn->before, prev, sizeof(*prev));
+		} else if (conn->held) {
+			conn->held = 0;
+			__builtin_memcpy(&conn->last_request, prev, sizeof(*prev));
+			conn->has_last_request = 1;
+		}
+		return;
+	}
 	if (conn->cur.direction == CLOVISOR_DIR_CLIENT_TO_SERVER) {
 		if (conn->counters_only) {
 			/* No bytes to keep: the request waits in the connection
@@ -673,7 +697,14 @@ static __always_inline void emit_flow_end(struct __sk_buff *skb, const struct pk
 {
 	struct clovisor_flow_end *ev;
 
-	if (conn->held) {
+	if (conn->carried) {
+		/* Its messages' counters stay in the connection for the
+		 * socket point's end to read (which deletes the entry): this
+		 * end says only that it ended, once, without `last`. */
+		if (conn->ended)
+			return;
+		conn->ended = 1;
+	} else if (conn->held) {
 		struct clovisor_held *held =
 		    conn->counters_only ? 0 : bpf_map_lookup_elem(&held_heads, &conn->flow_id);
 
@@ -691,7 +722,8 @@ static __always_inline void emit_flow_end(struct __sk_buff *skb, const struct pk
 		return;
 	}
 	fill_hdr(&ev->hdr, CLOVISOR_EVENT_FLOW_END, key, conn,
-		 conn->cur.direction != CLOVISOR_DIR_NONE ? CLOVISOR_EV_HAS_PREV : 0);
+		 conn->cur.direction != CLOVISOR_DIR_NONE && !conn->carried ? CLOVISOR_EV_HAS_PREV
+									    : 0);
 	ev->hdr.reason = reason;
 	ev->ts_ns = now;
 	__builtin_memcpy(&ev->last, &conn->cur, sizeof(conn->cur));
@@ -818,8 +850,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 			 * per-call bytes as from the wire (Kafka did not, in the
 			 * tests). */
 			if (!at_node && server_port && protocol == CLOVISOR_PROTO_HTTP &&
-			    bpf_map_lookup_elem(&covered_ifaces, &key.ifindex))
+			    bpf_map_lookup_elem(&covered_ifaces, &key.ifindex)) {
 				fresh.counters_only = 1;
+				/* Its counters travel in the socket point's
+				 * records: none of its own but its end. */
+				fresh.carried = carry_wire();
+			}
 			/* BPF_NOEXIST: if the other direction created it on
 			 * another CPU meanwhile, use that one. */
 			if (bpf_map_update_elem(&connections, &key, &fresh, BPF_NOEXIST) == 0)
@@ -891,10 +927,23 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 
 out:
 	if (conn && (p.flags & (TCPF_FIN_ | TCPF_RST_))) {
-		emit_flow_end(skb, &p, &key, conn,
-			      (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN, now);
-		bpf_map_delete_elem(&connections, &key);
-		clovisor_count(&stats, CLOVISOR_STAT_CONNS_ENDED);
+		if (conn->carried) {
+			/* Kept for the socket point's end to read, unless that
+			 * came first (or the LRU takes it). */
+			if (!conn->ended)
+				clovisor_count(&stats, CLOVISOR_STAT_CONNS_ENDED);
+			emit_flow_end(skb, &p, &key, conn,
+				      (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN,
+				      now);
+			if (conn->sock_done)
+				bpf_map_delete_elem(&connections, &key);
+		} else {
+			emit_flow_end(skb, &p, &key, conn,
+				      (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN,
+				      now);
+			bpf_map_delete_elem(&connections, &key);
+			clovisor_count(&stats, CLOVISOR_STAT_CONNS_ENDED);
+		}
 	}
 	return TC_ACT_UNSPEC;
 }

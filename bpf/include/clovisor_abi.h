@@ -100,6 +100,10 @@ enum clovisor_event_flag {
 	 * captures its payload, so this view carries counters and timings only
 	 * (snap lengths are 0 by design, not lost). */
 	CLOVISOR_EV_COUNTERS_ONLY = 8,
+	/* Socket point, MSG_START / EXCHANGE / FLOW_END: `wire` holds what the
+	 * pod's veth counted of the connection's latest messages (the veth's
+	 * connection is carried: CLOVISOR_CONFIG_CARRY_WIRE). */
+	CLOVISOR_EV_HAS_WIRE = 16,
 };
 
 /* Direction of a message relative to the roles set by traced_ports. */
@@ -184,7 +188,13 @@ enum clovisor_config_index {
 	 * this point traces too (a client and a server pod on one node) sends
 	 * timings and counters alone, the client's view carrying the bytes. */
 	CLOVISOR_CONFIG_PEER_COVERED = 3,
-	CLOVISOR_CONFIG_COUNT = 4,
+	/* tc programs: 1 when the socket point shares this object's `connections`
+	 * map (as its `tc_connections`) and reads a covered veth's counters from
+	 * it into its own records: a new connection at a covered veth is then
+	 * *carried* (struct clovisor_conn.carried) and sends no per-message
+	 * records of its own, its FLOW_END only. */
+	CLOVISOR_CONFIG_CARRY_WIRE = 4,
+	CLOVISOR_CONFIG_COUNT = 5,
 };
 
 /* Egress rules (Redis `clovisor_egress_match`): a traced pod's outbound calls
@@ -265,7 +275,23 @@ struct clovisor_conn {
 	/* 1: the pod's socket point captures this connection's payload; this
 	 * view sends counters and timings only (CLOVISOR_EV_COUNTERS_ONLY). */
 	__u8 counters_only;
-	__u8 pad[2];
+	/* 1: counters_only, and the socket point carries them in its records
+	 * (CLOVISOR_CONFIG_CARRY_WIRE when the connection was created): this
+	 * view sends no MSG_START or EXCHANGE, only its FLOW_END (without
+	 * `last`). */
+	__u8 carried;
+	/* 1: last_request is valid. */
+	__u8 has_last_request;
+	/* A carried connection whose FIN or RST was seen: its FLOW_END went
+	 * out; the entry stays for the socket point's end to read. */
+	__u8 ended;
+	/* A carried connection whose socket point's end read it before the
+	 * veth saw the connection end: the veth's end deletes the entry. */
+	__u8 sock_done;
+	__u8 pad[6];
+	/* A carried connection: the latest request, final once its response
+	 * started (then `cur` is the response), for the socket point to read. */
+	struct clovisor_msg last_request;
 };
 
 /* ---- Socket observation point (bpf/socket_capture.bpf.c) ---------------- */
@@ -322,7 +348,14 @@ enum clovisor_sock_stat {
 	/* Server connections whose client this point traces too, sending
 	 * timings and counters alone (CLOVISOR_CONFIG_PEER_COVERED). */
 	CLOVISOR_SOCK_STAT_PEER_COVERED_CONNS = 15,
-	CLOVISOR_SOCK_STAT_COUNT = 16,
+	/* Records of a socket whose pod's veth is carried (CLOVISOR_EV_HAS_WIRE)
+	 * that found the veth's connection and copied its counters / that did
+	 * not (the veth had not seen it, or had lost it from its LRU map): the
+	 * collector then has no veth observation of the exchanges the record
+	 * completes. */
+	CLOVISOR_SOCK_STAT_WIRE_CARRIED = 16,
+	CLOVISOR_SOCK_STAT_WIRE_MISSED = 17,
+	CLOVISOR_SOCK_STAT_COUNT = 18,
 };
 
 /* Who moved the bytes through a socket; all zero at tc points. */
@@ -363,6 +396,11 @@ struct clovisor_sock_conn {
 	 * counters alone (CLOVISOR_EV_COUNTERS_ONLY). */
 	__u8 counters_only;
 	__u8 pad[2];
+	/* The host-side veth of the socket's pod when the tc programs carry its
+	 * connections (`netns_veth`, read when the connection is first traced);
+	 * 0 otherwise. */
+	__u32 veth_ifindex;
+	__u8 pad2[4];
 };
 
 /* Value of the `held_heads` LRU map (key: flow id): the first bytes of a
@@ -385,6 +423,23 @@ struct clovisor_held {
 
 /* ---- Ring buffer records -------------------------------------------------- */
 
+/* Messages of a carried veth connection a socket record carries at most: the
+ * message before the latest request, that request and the current one. */
+#define CLOVISOR_WIRE_MSGS 3
+
+/* What the socket's pod veth counted of the connection's latest messages, as
+ * the veth's tc program keeps them (struct clovisor_conn of `tc_connections`
+ * at key.ifindex = ifindex), read when the socket record is written; user
+ * space matches each to the socket's message by direction and sequence
+ * number. Valid with CLOVISOR_EV_HAS_WIRE; `count` may be 0 (the veth had not
+ * seen the connection, or did not carry it). */
+struct clovisor_wire {
+	__u32 ifindex;
+	__u8 count;
+	__u8 pad[3];
+	struct clovisor_msg msgs[CLOVISOR_WIRE_MSGS];
+};
+
 /* Start of every record. */
 struct clovisor_event_hdr {
 	__u32 kind;    /* enum clovisor_event_kind */
@@ -406,6 +461,8 @@ struct clovisor_msg_start {
 	struct clovisor_msg msg;
 	/* The previous message, final; valid with CLOVISOR_EV_HAS_PREV. */
 	struct clovisor_msg prev;
+	/* Valid with CLOVISOR_EV_HAS_WIRE. */
+	struct clovisor_wire wire;
 	/* Valid bytes in payload[]. */
 	__u32 snap_len;
 	__u32 pad;
@@ -423,6 +480,8 @@ struct clovisor_exchange {
 	struct clovisor_msg before;
 	struct clovisor_msg request;
 	struct clovisor_msg response;
+	/* Valid with CLOVISOR_EV_HAS_WIRE. */
+	struct clovisor_wire wire;
 	__u32 request_len;
 	__u32 response_len;
 	__u8 payload[2 * CLOVISOR_MAX_SNAPLEN];
@@ -461,6 +520,8 @@ struct clovisor_flow_end {
 	 * segments retransmitted over its life. 0 at tc. */
 	__u32 srtt_us;
 	__u32 total_retrans;
+	/* Valid with CLOVISOR_EV_HAS_WIRE. */
+	struct clovisor_wire wire;
 };
 
 #endif /* CLOVISOR_ABI_H */

@@ -424,6 +424,10 @@ pub struct CollectorMetrics {
     /// Sessions merged into another view of their exchange from the same probe before leaving
     /// the collector (`local_join`): sessions emitted = sessions forwarded + views merged.
     pub views_merged: Counter,
+    /// Pod veth views that came inside their socket's messages (`FlowStart.wire_point`,
+    /// `Message.wire`) and were added to its sessions: views without a session of their own,
+    /// not counted in the sessions emitted.
+    pub veth_views_carried: Counter,
     /// Counters-only views (a covered pod veth's timings, `FlowStart.counters_only`) that left
     /// without a decoded view of their exchange (not within the local join's hold): forwarded
     /// alone, for the correlator's join. Part of the sessions forwarded.
@@ -522,6 +526,7 @@ impl CollectorMetrics {
             batches_duplicate: Counter::default(),
             batches_processed: Counter::default(),
             views_merged: Counter::default(),
+            veth_views_carried: Counter::default(),
             counter_views_unmatched: Counter::default(),
             messages_dropped: Family::default(),
             flows_unsupported: Counter::default(),
@@ -674,6 +679,11 @@ impl CollectorMetrics {
             "clovisor_collector_views_merged",
             "Sessions merged into another view of the same exchange seen by the same probe (the local join): sent as one session",
             self.views_merged.clone(),
+        );
+        registry.register(
+            "clovisor_collector_veth_views_carried",
+            "Pod veth views carried in their socket's messages and added to the socket's sessions (the probe's covered veths, carried): no session of their own",
+            self.veth_views_carried.clone(),
         );
         registry.register(
             "clovisor_collector_payloadless_views_unmatched",

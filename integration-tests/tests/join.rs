@@ -270,18 +270,19 @@ async fn a_call_between_two_traced_pods_is_one_session_seen_at_four_points() -> 
         );
     }
     let metrics = clovisor.metrics_text()?;
-    // Three views joined to the first of each of five exchanges: by the collector's local join
-    // (one probe saw all four points) or, when a view came later than the one it waited for,
-    // by the correlator's.
+    // Three views joined to the first of each of five exchanges: carried in their socket's
+    // messages (a covered veth's), by the collector's local join (one probe saw all four
+    // points) or, when a view came later than the one it waited for, by the correlator's.
     let joined = sample(
         &metrics,
         r#"clovisor_correlator_join_observations_total{outcome="joined"}"#,
     )
     .unwrap_or(0.0);
     let merged = sample(&metrics, "clovisor_collector_views_merged_total").unwrap_or(0.0);
+    let carried = sample(&metrics, "clovisor_collector_veth_views_carried_total").unwrap_or(0.0);
     assert!(
-        joined + merged == 15.0 && merged > 0.0,
-        "15 views joined, {merged} of them in the collector, {joined} in the correlator:\n{metrics}"
+        joined + merged + carried == 15.0 && merged > 0.0 && carried == 10.0,
+        "15 views joined, {carried} carried in their socket's messages, {merged} joined in the collector, {joined} in the correlator:\n{metrics}"
     );
     assert!(
         metrics.contains(r#"clovisor_correlator_exchange_points_total{points="4"} 5"#),

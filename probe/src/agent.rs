@@ -13,6 +13,8 @@ use clovisor_runtime::health::{Flag, Readiness};
 use clovisor_runtime::StopFlag;
 use tokio::sync::{mpsc, watch};
 
+use crate::capture::assembler::InterfaceNames;
+use crate::capture::shared::SharedPin;
 use crate::capture::socket_object::SocketCapture;
 use crate::capture::{Capture, CaptureConfig, EventLoop};
 use crate::error::Result;
@@ -128,10 +130,35 @@ pub async fn run(
                 .map_err(|source| crate::Error::KubeConfig { source })?,
         ),
     };
-    let mut capture = Capture::load(&config.capture)?;
+    // The tc object's connection map, shared with the socket point through a pin that lives
+    // only while both load: without it each object runs alone (the veths send their own records).
+    let pin = (config.socket_hooks != SocketHookPolicy::Off)
+        .then(SharedPin::new)
+        .and_then(|p| {
+            p.map_err(|e| tracing::warn!(error = %e, "cannot share the connection map; covered veths send their own records"))
+                .ok()
+        });
+    let mut capture = match Capture::load_sharing(&config.capture, pin.as_ref()) {
+        Ok(c) => c,
+        Err(e) if pin.is_some() => {
+            tracing::warn!(error = %e, "loading the tc object with its connection map shared failed; loading it alone");
+            Capture::load(&config.capture)?
+        }
+        Err(e) => return Err(e),
+    };
     let events = capture.take_event_loop()?;
     config.health.bpf.set(true);
-    let (socket, socket_events) = load_socket_point(&config, &metrics);
+    let (socket, socket_events) =
+        load_socket_point(&config, &metrics, pin.as_ref(), capture.interface_names());
+    drop(pin);
+    // Covered veths are carried by the socket point when it reads their connections.
+    if socket
+        .as_ref()
+        .is_some_and(SocketCapture::shares_tc_connections)
+    {
+        capture.set_carry_wire(true)?;
+        tracing::info!("covered pod veths' counters travel in the socket point's records");
+    }
     let identity = Identity::new(config.node.clone(), config.capture.snaplen);
     tracing::info!(probe_id = %identity.probe_id, node = %identity.node, "probe started");
 
@@ -268,16 +295,26 @@ pub async fn run(
 fn load_socket_point(
     config: &AgentConfig,
     metrics: &ProbeMetrics,
+    pin: Option<&SharedPin>,
+    interfaces: InterfaceNames,
 ) -> (Option<SocketCapture>, Option<EventLoop>) {
     if config.socket_hooks == SocketHookPolicy::Off {
         tracing::info!("socket observation point off (--socket-hooks off)");
         metrics.set_socket_hooks(None, Vec::new(), None);
         return (None, None);
     }
-    let loaded = SocketCapture::load(&config.capture).and_then(|mut s| {
-        let events = s.take_event_loop()?;
-        Ok((s, events))
-    });
+    let loaded = SocketCapture::load_sharing(&config.capture, pin)
+        .or_else(|e| match pin {
+            Some(_) => {
+                tracing::warn!(error = %e, "loading the socket point with the tc connection map shared failed; loading it alone");
+                SocketCapture::load(&config.capture)
+            }
+            None => Err(e),
+        })
+        .and_then(|mut s| {
+            let events = s.take_event_loop(Some(interfaces))?;
+            Ok((s, events))
+        });
     match loaded {
         Ok((socket, events)) => {
             let hook = socket.hook();

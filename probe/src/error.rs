@@ -30,6 +30,16 @@ pub enum Error {
         source: aya::programs::ProgramError,
     },
     /// The object has no map of that name (object and loader out of step).
+    #[error("sharing the connection map between the capture objects: {what} {}", path.display())]
+    SharedMap {
+        /// The pin path or mount point.
+        path: std::path::PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
     #[error("BPF map {map} is missing from the object or already taken")]
     MissingMap {
         /// Map name.

@@ -640,6 +640,9 @@ impl Output for Sink<'_, '_> {
             counters_only: self.protocol == counters::NAME,
         };
         self.ctx.tally.session_emitted(exchange.incomplete);
+        if self.wire_point.is_some() && exchange.request.wire.is_some() {
+            self.ctx.metrics.veth_views_carried.inc();
+        }
         match &mut self.ctx.counter_views {
             Some(views) if parts.counters_only => {
                 views.push(session::counter_view(&parts, exchange))

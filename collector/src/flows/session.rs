@@ -381,19 +381,30 @@ pub struct CounterView {
     pub client_meta: Option<Arc<EndpointMeta>>,
     pub server_meta: Option<Arc<EndpointMeta>>,
     pub origin: Origin,
+    /// Its flow's wire point's part of the exchange ([`FlowParts::wire_point`]: a counters-only
+    /// server socket's pod veth, carried), merged wherever `view` is.
+    pub wire: Option<Box<PointView>>,
 }
 
 impl CounterView {
-    /// Writes its probe's id and node into its observation ([`Collected::write_origin`]):
+    /// Writes its probe's id and node into its observations ([`Collected::write_origin`]):
     /// before it is merged into a view of another probe, which will not know them.
     pub fn write_probe_names(&mut self) {
-        self.origin.observations().fill(&mut self.view.observation);
+        let names = self.origin.observations();
+        names.fill(&mut self.view.observation);
+        if let Some(w) = &mut self.wire {
+            names.fill(&mut w.observation);
+        }
     }
 
     /// The view as a session, exactly as the flow table makes it when views are not kept apart.
     pub fn into_collected(self) -> Collected {
+        let mut session = self.view.into_session();
+        if let Some(w) = self.wire {
+            merge_point(&mut session, *w);
+        }
         Collected {
-            session: self.view.into_session(),
+            session,
             client_meta: self.client_meta,
             server_meta: self.server_meta,
             origin: Some(self.origin),
@@ -423,7 +434,9 @@ pub(super) fn counter_view(f: &FlowParts<'_>, ex: Exchange) -> CounterView {
         )
     });
     let origin = origin(f, &ex);
+    let wire_view = wire_view(f, &ex).map(Box::new);
     CounterView {
+        wire: wire_view,
         view: PointView {
             observation: point.observation,
             client: (f.names.client_ip.clone(), key.client_port),

@@ -1835,21 +1835,22 @@ fn a_message_flushed_early_then_grown_goes_on_in_its_decoder() {
     assert_flow_balance(&m, "after a version that did not grow");
 }
 
-/// A server socket's flow and its pod veth's, as `(socket records, veth records)`: the same
-/// keep-alive exchanges, the veth's messages with their own timings, packets and retransmits.
-/// With `carried`, the veth sends no flow of its own: its counters ride in the socket's messages
-/// (`Message.wire`) and the socket's `FlowStart` names it (`wire_point`).
-fn socket_with_its_veth(carried: bool) -> Vec<Record> {
-    let socket_point = ObservationPoint {
+/// A server socket's flow and its pod veth's: the same keep-alive exchanges, the veth's messages
+/// with their own timings, packets and retransmits. With `carried`, the veth sends no flow of
+/// its own: its counters ride in the socket's messages (`Message.wire`) and the socket's
+/// `FlowStart` names it (`wire_point`). With `client_socket`, the client's socket (a pod on the
+/// same node, all-in-one) carries the bytes and the server's socket sends counters only.
+fn socket_with_its_veth(carried: bool, client_socket: bool) -> Vec<Record> {
+    let socket_point = |side: Side, comm: &str| ObservationPoint {
         kind: PointKind::Socket as i32,
         node: "node-a".into(),
         pid: 4242,
-        comm: "nginx".into(),
+        comm: comm.into(),
         netns_inode: 4026532001,
-        side: Side::Server as i32,
+        side: side as i32,
         ..ObservationPoint::default()
     };
-    let socket_flow = 1 | 1 << 63;
+    let (server_flow, client_flow) = (1 | 1 << 63, 2 | 1 << 63);
     let start = |flow_id, point, counters_only, wire_point| Record {
         kind: Some(record::Kind::FlowStart(capture::FlowStart {
             flow_id,
@@ -1860,23 +1861,27 @@ fn socket_with_its_veth(carried: bool) -> Vec<Record> {
             wire_point,
         })),
     };
-    let exchanges = [(REQ, RESP), (REQ, RESP), (REQ, RESP)];
-    let mut socket = Vec::new();
+    let bare = |r: Record| {
+        edit(r, |m| {
+            m.flow = None;
+            m.point = None;
+            m.protocol = 0;
+        })
+    };
+    let mut server = Vec::new();
     let mut veth = Vec::new();
-    for (i, (req, resp)) in exchanges.iter().enumerate() {
-        let i = 2 * i as u32;
+    let mut client = Vec::new();
+    for i in 0..3u32 {
         for (index, dir, payload) in [
-            (i, Direction::ClientToServer, *req),
-            (i + 1, Direction::ServerToClient, *resp),
+            (2 * i, Direction::ClientToServer, REQ),
+            (2 * i + 1, Direction::ServerToClient, RESP),
         ] {
-            let bare = |r: Record| {
-                edit(r, |m| {
-                    m.flow = None;
-                    m.point = None;
-                    m.protocol = 0;
-                })
-            };
-            let s = bare(msg(socket_flow, index, dir, payload));
+            let mut s = bare(msg(server_flow, index, dir, payload));
+            if client_socket {
+                // The client's socket carries the bytes; the server's sends counters only.
+                client.push(edit(s.clone(), |m| m.flow_id = client_flow));
+                s = edit(s, |m| m.payload = bytes::Bytes::new());
+            }
             // The veth saw each message a little earlier (requests) or later (responses), in
             // more packets, one retransmitted.
             let w = edit(bare(msg(1, index, dir, b"")), |m| {
@@ -1898,9 +1903,9 @@ fn socket_with_its_veth(carried: bool) -> Vec<Record> {
                     packets: wm.packets,
                     retransmits: wm.retransmits,
                 };
-                socket.push(edit(s, |m| m.wire = Some(wire)));
+                server.push(edit(s, |m| m.wire = Some(wire)));
             } else {
-                socket.push(s);
+                server.push(s);
                 veth.push(w);
             }
         }
@@ -1908,18 +1913,32 @@ fn socket_with_its_veth(carried: bool) -> Vec<Record> {
     let mut records = vec![
         endpoint_record(SERVER, "web", 7, "veth-server"),
         endpoint_record(CLIENT, "cart", 6, "veth-client"),
-        start(socket_flow, socket_point, false, carried.then(point)),
+        start(
+            server_flow,
+            socket_point(Side::Server, "nginx"),
+            client_socket,
+            carried.then(point),
+        ),
     ];
+    if client_socket {
+        records.push(start(
+            client_flow,
+            socket_point(Side::Client, "curl"),
+            false,
+            None,
+        ));
+    }
     if !carried {
         records.push(start(1, point(), true, None));
     }
-    // Interleaved, as two rings drained in turn would hand them over.
+    // Interleaved, as rings drained in turn would hand them over.
     let mut veth = veth.into_iter();
-    for s in socket {
+    let mut client = client.into_iter();
+    for s in server {
+        records.extend(client.next());
         records.push(s);
         records.extend(veth.next());
     }
-    records.extend(veth);
     records
 }
 
@@ -1939,79 +1958,90 @@ fn endpoint_record(ip: [u8; 4], pod: &str, ifindex: u32, interface: &str) -> Rec
     }
 }
 
+/// `records` through a flow table that keeps counters-only views apart and the local join, as
+/// the collector's service takes them: the sessions that leave, and the table's metrics.
+fn joined(records: Vec<Record>) -> (Vec<Session>, Arc<CollectorMetrics>) {
+    let (mut table, metrics) = table();
+    table.keep_counter_views_apart();
+    let mut sessions = Vec::new();
+    for r in records {
+        table.ingest("probe-1", r, Instant::now(), &mut sessions);
+    }
+    table.flush(Instant::now(), &mut sessions);
+    let mut views = Vec::new();
+    table.take_counter_views(&mut views);
+    let mut join = crate::local_join::LocalJoin::new(Duration::ZERO);
+    let mut out = Vec::new();
+    join.offer_with_views(sessions, views, Instant::now(), |s| {
+        out.push(std::mem::take(s))
+    });
+    join.flush(|s| out.push(std::mem::take(s)));
+    (
+        out.into_iter().map(Collected::into_session).collect(),
+        metrics,
+    )
+}
+
+/// The `clovisor_flow_connection_bytes_total` lines counted at the server's veth.
+fn server_veth_bytes(m: &CollectorMetrics) -> Vec<String> {
+    let mut lines: Vec<String> = metrics_text(m)
+        .lines()
+        .filter(|l| {
+            l.starts_with("clovisor_flow_connection_bytes_total")
+                && l.contains("observed_at=\"server_veth\"")
+        })
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
 #[test]
 fn a_veths_counters_carried_by_its_sockets_messages_make_the_session_the_local_join_made() {
-    // Today's way: the veth's counters-only views, kept apart and joined by the local join.
-    let (mut apart, apart_metrics) = table();
-    apart.keep_counter_views_apart();
-    let mut sessions = Vec::new();
-    for r in socket_with_its_veth(false) {
-        apart.ingest("probe-1", r, Instant::now(), &mut sessions);
-    }
-    let mut views = Vec::new();
-    apart.take_counter_views(&mut views);
-    assert_eq!(
-        (sessions.len(), views.len()),
-        (3, 3),
-        "a view per exchange at each point"
-    );
-    let mut join = crate::local_join::LocalJoin::new(Duration::ZERO);
-    let mut joined = Vec::new();
-    join.offer_with_views(sessions, views, Instant::now(), |s| {
-        joined.push(std::mem::take(s))
-    });
-    let joined: Vec<Session> = joined.into_iter().map(Collected::into_session).collect();
-
-    // Carried: no veth flow, the socket's messages bring its counters.
-    let (mut carried, carried_metrics) = table();
-    let out = feed(&mut carried, socket_with_its_veth(true));
-
-    assert_eq!(out.len(), 3, "one session per exchange: {out:#?}");
-    for s in &out {
-        let kinds: Vec<PointKind> = s.observations.iter().map(|o| o.kind()).collect();
+    for client_socket in [false, true] {
+        let case = format!("client socket traced too: {client_socket}");
+        let (apart, apart_metrics) = joined(socket_with_its_veth(false, client_socket));
+        let (carried, carried_metrics) = joined(socket_with_its_veth(true, client_socket));
         assert_eq!(
-            kinds,
-            vec![PointKind::Pod, PointKind::Socket],
-            "the veth's observation and the socket's, in the join's order: {s:#?}"
+            carried.len(),
+            3,
+            "{case}: one session per exchange: {carried:#?}"
         );
-        let veth = &s.observations[0];
+        for s in &carried {
+            let veth = s
+                .observations
+                .iter()
+                .find(|o| o.kind() == PointKind::Pod)
+                .unwrap_or_else(|| panic!("{case}: no veth observation in {s:#?}"));
+            assert_eq!(
+                (
+                    veth.side(),
+                    veth.interface.as_str(),
+                    veth.pid,
+                    veth.comm.as_str()
+                ),
+                (Side::Server, "veth-server", 0, ""),
+                "{case}: the server pod's veth, without a process: {veth:?}"
+            );
+            assert!(
+                veth.request_packets > 0 && veth.response_packets > 0,
+                "{case}: the veth's own packets: {veth:?}"
+            );
+            let sockets = s
+                .observations
+                .iter()
+                .filter(|o| o.kind() == PointKind::Socket)
+                .count();
+            assert_eq!(sockets, 1 + usize::from(client_socket), "{case}: {s:#?}");
+            assert_eq!(s.http.as_ref().map(|h| h.status_code), Some(200), "{case}");
+        }
         assert_eq!(
-            (
-                veth.side(),
-                veth.interface.as_str(),
-                veth.pid,
-                veth.comm.as_str()
-            ),
-            (Side::Server, "veth-server", 0, ""),
-            "the veth is the server pod's, without a process: {veth:?}"
+            carried, apart,
+            "{case}: the same sessions as the local join made of the veth's own views"
         );
-        assert!(
-            veth.request_packets > 0 && veth.response_packets > 0,
-            "the veth's own packets: {veth:?}"
-        );
+        // The veth's bytes count where the veth is, in both ways.
+        let counted = server_veth_bytes(&carried_metrics);
+        assert_eq!(counted.len(), 2, "{case}: both directions: {counted:?}");
+        assert_eq!(counted, server_veth_bytes(&apart_metrics), "{case}");
     }
-    assert_eq!(
-        out, joined,
-        "the same sessions as the local join made of the socket's and the veth's views"
-    );
-    // The veth's bytes count where the veth is, in both ways.
-    let veth_bytes = |m: &CollectorMetrics| -> Vec<String> {
-        let mut lines: Vec<String> = metrics_text(m)
-            .lines()
-            .filter(|l| {
-                l.starts_with("clovisor_flow_connection_bytes_total")
-                    && l.contains("observed_at=\"server_veth\"")
-            })
-            .map(str::to_owned)
-            .collect();
-        lines.sort();
-        lines
-    };
-    let mut flushed = Vec::new();
-    apart.flush(Instant::now(), &mut flushed);
-    carried.flush(Instant::now(), &mut flushed);
-    assert!(flushed.is_empty(), "nothing left open: {flushed:?}");
-    let counted = veth_bytes(&carried_metrics);
-    assert_eq!(counted.len(), 2, "both directions at the veth: {counted:?}");
-    assert_eq!(counted, veth_bytes(&apart_metrics));
 }

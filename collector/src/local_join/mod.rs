@@ -455,6 +455,9 @@ fn merge_view(into: &mut Collected, mut view: CounterView) {
         filled(into.server_meta.take(), view.server_meta)
     };
     merge::merge_point(&mut into.session, view.view);
+    if let Some(wire) = view.wire {
+        merge::merge_point(&mut into.session, *wire);
+    }
 }
 
 /// One end's metadata after a merge: `kept`'s, with each name it lacks from `other`'s (shared

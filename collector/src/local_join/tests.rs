@@ -552,6 +552,7 @@ fn apart(c: Collected) -> CounterView {
         client_meta,
         server_meta,
         origin: origin.expect("an origin"),
+        wire: None,
     };
     assert_eq!(
         view.clone().into_collected().session,

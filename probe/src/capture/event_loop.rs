@@ -283,12 +283,12 @@ impl RecordSink for Chunks {
         start: &MsgStart,
         payload: &Bytes,
         segments: &[SegmentRecord],
-        fin: &MsgCounters,
+        counters: (&MsgCounters, Option<&MsgCounters>),
         partial: bool,
         clock: &BootClock,
     ) {
         self.building
-            .message(start, payload, segments, fin, partial, clock);
+            .message(start, payload, segments, counters, partial, clock);
         self.pushed();
     }
 }
@@ -384,6 +384,7 @@ mod tests {
             payload: bytes(rng),
             socket: rng.random::<bool>().then(|| owner(SocketSide::Client)),
             counters_only: false,
+            wire: None,
         }
     }
 
@@ -408,6 +409,7 @@ mod tests {
         for case in 0..2000 {
             let start = msg_start(&mut rng);
             let fin = counters(&mut rng);
+            let wire = rng.random_bool(0.5).then(|| counters(&mut rng));
             let segments: Vec<SegmentRecord> = (0..rng.random_range(0..4usize))
                 .map(|_| SegmentRecord {
                     offset: edgy(&mut rng, u64::MAX),
@@ -422,7 +424,7 @@ mod tests {
                 &start,
                 start.payload.clone(),
                 segments.clone(),
-                &fin,
+                (&fin, wire.as_ref()),
                 partial,
                 &clock,
             );
@@ -432,7 +434,7 @@ mod tests {
                 &start,
                 &start.payload,
                 &segments,
-                &fin,
+                (&fin, wire.as_ref()),
                 partial,
                 &clock,
             );
@@ -500,6 +502,7 @@ mod tests {
                         last: Some(start.msg),
                         socket: None,
                         tcp: None,
+                        wire: None,
                     })
                 }
                 1 => Event::Segment(Segment {

@@ -114,5 +114,6 @@ fn parse(flow_id: u64, raw: &RawHeld) -> Option<MsgStart> {
         payload: bytes::Bytes::copy_from_slice(data),
         socket,
         counters_only: false,
+        wire: None,
     })
 }

@@ -91,6 +91,8 @@ pub(crate) const SOCKET_STAT_NAMES: [(u32, &str); abi::CLOVISOR_SOCK_STAT_COUNT 
         abi::CLOVISOR_SOCK_STAT_PEER_COVERED_CONNS,
         "socket_peer_covered_connections",
     ),
+    (abi::CLOVISOR_SOCK_STAT_WIRE_CARRIED, "socket_wire_carried"),
+    (abi::CLOVISOR_SOCK_STAT_WIRE_MISSED, "socket_wire_missed"),
 ];
 
 /// A BPF object's per-CPU counters.

@@ -10,6 +10,7 @@
 //! | `attach.rs` | which interfaces the tc programs are attached to; detaching; crash cleanup |
 //! | `egress_maps.rs` | the tc object's egress-rule maps |
 //! | `socket_object.rs` | the socket object ([`socket_object::SocketCapture`]) |
+//! | `shared.rs` | the pin through which both objects load the tc object's connection map ([`shared::SharedPin`]) |
 //! | `maps.rs` | map errors; replacing a hash map's contents |
 //! | `kernel_stats.rs` | the programs' counters and their names |
 //! | `event_loop.rs` | ring buffer → `raw` events → `assembler` → records encoded into chunks → the uplink's queue |
@@ -30,6 +31,7 @@ mod kernel_stats;
 mod maps;
 mod object;
 pub mod raw;
+pub mod shared;
 pub mod socket_object;
 pub mod synthetic;
 mod tc_object;

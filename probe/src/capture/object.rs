@@ -45,17 +45,27 @@ const TRACED_PORT_BITS: &str = "traced_port_bits";
 /// drops with itself once the object is loaded. Without, the loader parses it all the same
 /// (aya's `EbpfLoader::new` always does) and drops it at once. Either way nothing else holds a
 /// parsed copy meanwhile: two at once were the probe's peak of memory.
+///
+/// With `shared` (a map name and a pin path, [`super::shared::SharedPin`]), that map is the one
+/// pinned there, created and pinned if none is: how the tc object's connection map reaches the
+/// socket point.
 pub(crate) fn load(
     object: &[u8],
     maps: &ObjectMaps,
     names: StatNames,
     cfg: &CaptureConfig,
     core: bool,
+    shared: Option<(&'static str, &std::path::Path)>,
 ) -> Result<(Ebpf, Arc<KernelStats>)> {
     cfg.validate()?;
     let mut loader = EbpfLoader::new();
     if !core {
         loader.btf(None);
+    }
+    if let Some((name, path)) = shared {
+        loader
+            .map_pin_path(name, path)
+            .map_max_entries(name, cfg.max_connections);
     }
     let mut ebpf = loader
         .map_max_entries(maps.events, cfg.ring_buffer_bytes)

@@ -138,6 +138,42 @@ impl TryFrom<&abi::clovisor_msg> for MsgCounters {
     }
 }
 
+/// What a socket's pod veth counted of the connection's latest messages, as the veth's tc
+/// program kept them when the socket's record was written (`struct clovisor_wire`): the veth's
+/// connection is *carried* — it sends no messages of its own — and these are its counters of
+/// the socket's messages, each found by direction and sequence number ([`Wire::find`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    /// The veth (host side).
+    pub ifindex: u32,
+    /// Up to three messages: the one before the latest request, that request, the current one.
+    pub msgs: [Option<MsgCounters>; abi::CLOVISOR_WIRE_MSGS as usize],
+}
+
+impl Wire {
+    /// The veth's counters of the message that went `direction` from sequence number `tcp_seq`.
+    pub fn find(&self, msg: &MsgCounters) -> Option<MsgCounters> {
+        self.msgs
+            .iter()
+            .flatten()
+            .find(|m| m.direction == msg.direction && m.tcp_seq == msg.tcp_seq)
+            .copied()
+    }
+
+    fn parse(raw: &abi::clovisor_wire) -> Self {
+        let mut msgs = [None; abi::CLOVISOR_WIRE_MSGS as usize];
+        let count = usize::from(raw.count).min(msgs.len());
+        for (slot, m) in msgs.iter_mut().zip(&raw.msgs[..count]) {
+            // An entry without a direction is not a message: left out, not the record.
+            *slot = MsgCounters::try_from(m).ok();
+        }
+        Self {
+            ifindex: raw.ifindex,
+            msgs,
+        }
+    }
+}
+
 /// The first packet of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsgStart {
@@ -158,6 +194,8 @@ pub struct MsgStart {
     /// A pod veth's view of a connection the pod's socket point captures: no payload, by
     /// design (`CLOVISOR_EV_COUNTERS_ONLY`).
     pub counters_only: bool,
+    /// At a socket whose pod veth is carried: the veth's counters as the record found them.
+    pub wire: Option<Wire>,
 }
 
 /// A UDP datagram with payload, seen at an interface: a whole message on its own. The kernel
@@ -202,6 +240,8 @@ pub struct Exchange {
     pub head_lost: bool,
     /// As [`MsgStart::counters_only`].
     pub counters_only: bool,
+    /// As [`MsgStart::wire`].
+    pub wire: Option<Wire>,
 }
 
 impl Exchange {
@@ -217,6 +257,7 @@ impl Exchange {
             payload: self.request_payload,
             socket: self.socket,
             counters_only: self.counters_only,
+            wire: self.wire,
         };
         let response = MsgStart {
             key: self.key,
@@ -227,6 +268,7 @@ impl Exchange {
             payload: self.response_payload,
             socket: self.socket,
             counters_only: self.counters_only,
+            wire: self.wire,
         };
         (request, response)
     }
@@ -249,6 +291,8 @@ pub struct FlowEnd {
     pub socket: Option<SocketOwner>,
     /// Seen at a socket: the kernel's smoothed RTT (µs) and retransmitted segments at close.
     pub tcp: Option<TcpHealth>,
+    /// As [`MsgStart::wire`].
+    pub wire: Option<Wire>,
 }
 
 /// What the kernel knew about a connection's health when it closed (socket point).
@@ -339,6 +383,12 @@ impl Header {
         u32::from(self.flags) & flag != 0
     }
 
+    /// `raw` when the header's HAS_WIRE flag says it is valid.
+    fn wire(&self, raw: &abi::clovisor_wire) -> Option<Wire> {
+        self.has(abi::CLOVISOR_EV_HAS_WIRE)
+            .then(|| Wire::parse(raw))
+    }
+
     /// `raw` when the header's HAS_PREV flag says it is valid.
     fn optional(&self, raw: &abi::clovisor_msg) -> Result<Option<MsgCounters>> {
         if self.has(abi::CLOVISOR_EV_HAS_PREV) {
@@ -400,6 +450,7 @@ impl TryFrom<&[u8]> for Event {
                     }));
                 }
                 let prev: abi::clovisor_msg = field(bytes, std::mem::offset_of!(M, prev), W)?;
+                let wire: abi::clovisor_wire = field(bytes, std::mem::offset_of!(M, wire), W)?;
                 Ok(Event::MsgStart(MsgStart {
                     key: h.key,
                     flow_id: h.flow_id,
@@ -409,6 +460,7 @@ impl TryFrom<&[u8]> for Event {
                     payload: payload(bytes, MSG_START_HEADER, snap_len, W)?,
                     socket: h.socket,
                     counters_only: h.has(abi::CLOVISOR_EV_COUNTERS_ONLY),
+                    wire: h.wire(&wire),
                 }))
             }
             abi::CLOVISOR_EVENT_EXCHANGE => {
@@ -427,6 +479,7 @@ impl TryFrom<&[u8]> for Event {
                 let request: abi::clovisor_msg = field(bytes, std::mem::offset_of!(X, request), W)?;
                 let response: abi::clovisor_msg =
                     field(bytes, std::mem::offset_of!(X, response), W)?;
+                let wire: abi::clovisor_wire = field(bytes, std::mem::offset_of!(X, wire), W)?;
                 // Each payload copied alone: two buffers owned outright cost less than one
                 // shared by two slices (a reference count, taken and dropped three times, and
                 // its own allocation), and the request's goes as soon as its record is made.
@@ -445,6 +498,7 @@ impl TryFrom<&[u8]> for Event {
                     response_payload,
                     head_lost: h.has(abi::CLOVISOR_EV_HEAD_LOST),
                     counters_only: h.has(abi::CLOVISOR_EV_COUNTERS_ONLY),
+                    wire: h.wire(&wire),
                 }))
             }
             abi::CLOVISOR_EVENT_SEGMENT => {
@@ -488,6 +542,7 @@ impl TryFrom<&[u8]> for Event {
                         srtt_us: ev.srtt_us,
                         total_retransmits: ev.total_retrans,
                     }),
+                    wire: h.wire(&ev.wire),
                     socket: h.socket,
                 }))
             }

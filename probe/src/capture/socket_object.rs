@@ -14,10 +14,11 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::Ebpf;
 use clovisor_proto::capture::v1::ProtocolHint;
 
-use super::assembler::ConnectionSource;
+use super::assembler::{ConnectionSource, InterfaceNames};
 use super::kernel_stats::{KernelStats, SOCKET_STAT_NAMES};
 use super::maps::replace_map;
 use super::raw::{ConnectionState, MsgStart, RawSockConnection};
+use super::shared::SharedPin;
 use super::{abi, object, CaptureConfig, EventLoop, SocketPayload};
 use crate::error::{Error, Result};
 use crate::hooks::socket::{self as hooks, HookAttempt, SocketHookKind, SocketHooks};
@@ -34,6 +35,9 @@ const MAPS: object::ObjectMaps = object::ObjectMaps {
     traced_ports: "traced_ports",
 };
 const MAP_NETNS: &str = "monitored_netns";
+const MAP_NETNS_VETH: &str = "netns_veth";
+/// The tc object's connection map, as this object names it.
+const MAP_TC_CONNECTIONS: &str = "tc_connections";
 /// `max_entries` of `monitored_netns` in the object.
 const MAX_NETNS: usize = abi::CLOVISOR_MAX_MONITORED_NETNS as usize;
 
@@ -48,6 +52,10 @@ pub struct SocketCapture {
     /// Changes of `netns` so far: the programs' monitored-namespace generation.
     netns_generation: u32,
     ports: Option<BTreeMap<u16, ProtocolHint>>,
+    /// What `netns_veth` holds.
+    carried: BTreeMap<u32, u32>,
+    /// Loaded with the tc object's connection map ([`Self::load_sharing`]).
+    shares_tc_connections: bool,
 }
 
 impl std::fmt::Debug for SocketCapture {
@@ -62,10 +70,18 @@ impl SocketCapture {
     /// Loads the object, sizes its maps like the tc capture's and attaches the first hook set
     /// that works. Nothing is traced until [`Self::set_monitored_netns`] names namespaces.
     pub fn load(cfg: &CaptureConfig) -> Result<Self> {
+        Self::load_sharing(cfg, None)
+    }
+
+    /// [`Self::load`], with the tc object's connection map pinned at `pin`
+    /// ([`super::Capture::load_sharing`]): the veths of the pods named by
+    /// [`Self::set_carried_veths`] can then be carried.
+    pub fn load_sharing(cfg: &CaptureConfig, pin: Option<&SharedPin>) -> Result<Self> {
         // The loader parses the kernel's BTF for the CO-RE relocations and drops it; the
         // tracepoints' attach targets are looked up in a second parse, made only after the
         // first is gone (one parsed copy at a time: each is about 20 MiB).
-        let (ebpf, stats) = object::load(OBJECT, &MAPS, &SOCKET_STAT_NAMES, cfg, true)?;
+        let shared = pin.map(|p| (MAP_TC_CONNECTIONS, p.path()));
+        let (ebpf, stats) = object::load(OBJECT, &MAPS, &SOCKET_STAT_NAMES, cfg, true, shared)?;
         let mut capture = Self {
             ebpf,
             hooks: None,
@@ -74,6 +90,8 @@ impl SocketCapture {
             netns: None,
             netns_generation: 0,
             ports: None,
+            carried: BTreeMap::new(),
+            shares_tc_connections: pin.is_some(),
         };
         capture.set_snaplen(cfg.snaplen)?;
         object::set_config_value(
@@ -134,6 +152,30 @@ impl SocketCapture {
         )
     }
 
+    /// Whether it loaded the tc object's connection map, so that veths can be carried.
+    pub fn shares_tc_connections(&self) -> bool {
+        self.shares_tc_connections
+    }
+
+    /// Replaces the pods whose veth is carried: network namespace inode -> the veth's ifindex
+    /// (host side). A connection first traced in such a namespace carries the veth's counters of
+    /// its messages in its records (`CLOVISOR_EV_HAS_WIRE`). Written before the tc object's
+    /// covered veths, so that every connection a covered veth carries finds its socket's
+    /// namespace here.
+    pub fn set_carried_veths(&mut self, veths: &BTreeMap<u32, u32>) -> Result<()> {
+        if veths.len() > MAX_NETNS {
+            return Err(Error::Config {
+                reason: format!("{} carried veths, at most {MAX_NETNS}", veths.len()),
+            });
+        }
+        if !self.shares_tc_connections || *veths == self.carried {
+            return Ok(());
+        }
+        replace_map(&mut self.ebpf, MAP_NETNS_VETH, veths)?;
+        self.carried = veths.clone();
+        Ok(())
+    }
+
     /// Replaces the traced ports (the same set the tc programs trace).
     pub fn set_traced_ports(&mut self, ports: &BTreeMap<u16, ProtocolHint>) -> Result<()> {
         if self.ports.as_ref() == Some(ports) {
@@ -149,15 +191,16 @@ impl SocketCapture {
         Arc::clone(&self.stats)
     }
 
-    /// Takes the ring buffer and the connection map into an [`EventLoop`]; once only.
-    pub fn take_event_loop(&mut self) -> Result<EventLoop> {
-        // Sockets have no interface to name.
-        let no_interfaces = Arc::new(RwLock::new(BTreeMap::new()));
+    /// Takes the ring buffer and the connection map into an [`EventLoop`]; once only. Sockets
+    /// have no interface to name; the veths they carry are named from `interfaces` (the tc
+    /// object's, [`super::Capture::interface_names`]).
+    pub fn take_event_loop(&mut self, interfaces: Option<InterfaceNames>) -> Result<EventLoop> {
+        let interfaces = interfaces.unwrap_or_else(|| Arc::new(RwLock::new(BTreeMap::new())));
         object::take_event_loop(
             &mut self.ebpf,
             &MAPS,
             &self.cfg,
-            no_interfaces,
+            interfaces,
             KernelSockConnections,
         )
     }

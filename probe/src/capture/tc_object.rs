@@ -14,6 +14,7 @@ use super::assembler::{ConnectionSource, InterfaceNames};
 use super::kernel_stats::{KernelStats, TC_STAT_NAMES};
 use super::maps::{map_err, replace_map};
 use super::raw::{ConnectionState, MsgStart, RawConnection, RawConnectionKey};
+use super::shared::SharedPin;
 use super::{abi, object, raw, CaptureConfig, EventLoop};
 use crate::error::{Error, Result};
 use crate::hooks::node_iface;
@@ -71,8 +72,15 @@ pub fn test_run_classifier(
 impl Capture {
     /// Loads and verifies the programs and sizes the maps; attaches nothing yet.
     pub fn load(cfg: &CaptureConfig) -> Result<Self> {
+        Self::load_sharing(cfg, None)
+    }
+
+    /// [`Capture::load`], its connection map pinned at `pin` (or the one pinned there) for the
+    /// socket point to load too ([`super::socket_object::SocketCapture::load_sharing`]).
+    pub fn load_sharing(cfg: &CaptureConfig, pin: Option<&SharedPin>) -> Result<Self> {
         // The tc programs read only packets: no CO-RE relocations, no kernel BTF to parse.
-        let (ebpf, stats) = object::load(OBJECT, &MAPS, &TC_STAT_NAMES, cfg, false)?;
+        let shared = pin.map(|p| (MAPS.connections, p.path()));
+        let (ebpf, stats) = object::load(OBJECT, &MAPS, &TC_STAT_NAMES, cfg, false, shared)?;
         let mut capture = Self {
             ebpf,
             stats,
@@ -118,6 +126,20 @@ impl Capture {
         value: u32,
     ) -> Result<()> {
         object::set_config_value(&mut self.ebpf, &MAPS, index, value)
+    }
+
+    /// Whether a new connection at a covered veth is *carried*: its counters read by the socket
+    /// point, which loaded this object's connection map ([`Capture::load_sharing`]) and reads
+    /// it for the pods [`super::socket_object::SocketCapture::set_carried_veths`] names; the
+    /// veth then sends no per-message records of its own (`CLOVISOR_CONFIG_CARRY_WIRE`).
+    pub fn set_carry_wire(&mut self, on: bool) -> Result<()> {
+        self.set_config_value(abi::CLOVISOR_CONFIG_CARRY_WIRE, u32::from(on))
+    }
+
+    /// The attached interfaces' names, shared with whoever names them (the socket point's
+    /// assembler names the veths it carries).
+    pub fn interface_names(&self) -> InterfaceNames {
+        Arc::clone(&self.interfaces)
     }
 
     /// The configuration it was loaded with.

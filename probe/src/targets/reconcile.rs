@@ -368,6 +368,19 @@ impl Reconciler {
         if wanted == self.covered {
             return;
         }
+        // The socket point learns which veth each covered pod has before the veth is covered:
+        // a connection the veth carries then always finds its socket's namespace there.
+        if let Some(socket) = self.socket.as_mut() {
+            let carried: BTreeMap<u32, u32> = self
+                .current
+                .values()
+                .filter(|t| wanted.contains(&t.veth.ifindex))
+                .filter_map(|t| Some((t.netns_inode?, t.veth.ifindex)))
+                .collect();
+            if let Err(e) = socket.set_carried_veths(&carried) {
+                tracing::error!(error = %e, "cannot update the socket point's carried veths");
+            }
+        }
         match self.capture.set_covered_interfaces(&wanted) {
             Ok(()) => self.covered = wanted,
             Err(e) => tracing::error!(error = %e, "cannot update the covered pod veths"),

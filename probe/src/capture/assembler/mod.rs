@@ -37,7 +37,7 @@ use clovisor_proto::common::v1::PointKind;
 
 use super::raw::{
     ConnectionKey, ConnectionState, Datagram, Event, FlowEnd, MsgCounters, MsgStart, Segment,
-    SocketOwner,
+    SocketOwner, Wire,
 };
 use crate::clock::BootClock;
 use clovisor_proto::capture::v1::Segment as SegmentRecord;
@@ -60,14 +60,14 @@ pub trait RecordSink {
     /// A record (`FlowStart`, `FlowEnd`).
     fn record(&mut self, record: Record);
 
-    /// The `Message` record of `start` with the counters `fin`, as [`records::message`] makes it
-    /// of `payload` and `segments` (`start`'s).
+    /// The `Message` record of `start` with the counters `(fin, wire)` (its own final ones and its
+    /// pod veth's), as [`records::message`] makes it of `payload` and `segments` (`start`'s).
     fn message(
         &mut self,
         start: &MsgStart,
         payload: &Bytes,
         segments: &[SegmentRecord],
-        fin: &MsgCounters,
+        counters: (&MsgCounters, Option<&MsgCounters>),
         partial: bool,
         clock: &BootClock,
     );
@@ -83,7 +83,7 @@ impl RecordSink for Vec<Record> {
         start: &MsgStart,
         payload: &Bytes,
         segments: &[SegmentRecord],
-        fin: &MsgCounters,
+        counters: (&MsgCounters, Option<&MsgCounters>),
         partial: bool,
         clock: &BootClock,
     ) {
@@ -91,7 +91,7 @@ impl RecordSink for Vec<Record> {
             start,
             payload.clone(),
             segments.to_vec(),
-            fin,
+            counters,
             partial,
             clock,
         ));
@@ -109,12 +109,12 @@ impl RecordSink for ChunkBuilder {
         start: &MsgStart,
         payload: &Bytes,
         segments: &[SegmentRecord],
-        fin: &MsgCounters,
+        counters: (&MsgCounters, Option<&MsgCounters>),
         partial: bool,
         clock: &BootClock,
     ) {
         self.push_message(&records::message_fields(
-            start, payload, segments, fin, partial, clock,
+            start, payload, segments, counters, partial, clock,
         ));
     }
 }
@@ -202,27 +202,39 @@ struct Pending {
     segments: Vec<SegmentRecord>,
     /// Bytes in `segments`.
     segment_bytes: usize,
+    /// What the socket's pod veth counted of the message, as the latest record that had it
+    /// said (`MsgStart::wire`).
+    wire: Option<MsgCounters>,
 }
 
 impl Pending {
     fn new(start: MsgStart, now: Instant) -> Self {
+        let wire = start.wire.and_then(|w| w.find(&start.msg));
         Self {
             start,
             last_event: now,
             flushed: None,
             segments: Vec::new(),
             segment_bytes: 0,
+            wire,
+        }
+    }
+
+    /// Takes the veth's counters of this message from `wire` (a later record's), if it has
+    /// them: they only grow until the message is over.
+    fn see_wire(&mut self, wire: Option<&Wire>) {
+        if let Some(w) = wire.and_then(|w| w.find(&self.start.msg)) {
+            self.wire = Some(w);
         }
     }
 
     /// Starts `start` in this message's place at `now`, as [`Pending::new`] would make it, and
     /// returns what the message it replaces needs to be emitted ([`Pending::done`]'s parts,
     /// owned): only the message start is moved, not the whole entry.
-    fn restart(
-        &mut self,
-        start: MsgStart,
-        now: Instant,
-    ) -> (MsgStart, Option<MsgCounters>, Vec<SegmentRecord>) {
+    fn restart(&mut self, start: MsgStart, now: Instant) -> Replaced {
+        // The record that starts the next message has the veth's latest counters of this one.
+        self.see_wire(start.wire.as_ref());
+        let new_wire = start.wire.and_then(|w| w.find(&start.msg));
         // Named one by one, so that a field added to `Pending` fails to compile here.
         let Self {
             start: old,
@@ -230,14 +242,16 @@ impl Pending {
             flushed,
             segments,
             segment_bytes,
+            wire,
         } = self;
         *last_event = now;
         *segment_bytes = 0;
-        (
-            std::mem::replace(old, start),
-            flushed.take(),
-            std::mem::take(segments),
-        )
+        Replaced {
+            start: std::mem::replace(old, start),
+            flushed: flushed.take(),
+            segments: std::mem::take(segments),
+            wire: std::mem::replace(wire, new_wire),
+        }
     }
 
     fn done(&self) -> Done<'_> {
@@ -245,8 +259,17 @@ impl Pending {
             start: &self.start,
             flushed: self.flushed,
             segments: &self.segments,
+            wire: self.wire,
         }
     }
+}
+
+/// A pending message [`Pending::restart`] replaced: what emitting it needs, owned.
+struct Replaced {
+    start: MsgStart,
+    flushed: Option<MsgCounters>,
+    segments: Vec<SegmentRecord>,
+    wire: Option<MsgCounters>,
 }
 
 /// What emitting a pending message needs of it, borrowed: a message replaced in its place by
@@ -255,6 +278,8 @@ struct Done<'a> {
     start: &'a MsgStart,
     flushed: Option<MsgCounters>,
     segments: &'a [SegmentRecord],
+    /// The pod veth's counters of the message, when its socket carries them.
+    wire: Option<MsgCounters>,
 }
 
 /// Pairs message starts with their end counters.
@@ -379,6 +404,7 @@ impl Assembler {
                 protocol: d.protocol,
                 transport: Transport::Udp,
                 counters_only: false,
+                wire_ifindex: None,
             },
             out,
         );
@@ -396,8 +422,9 @@ impl Assembler {
             payload: d.payload,
             socket: None,
             counters_only: false,
+            wire: None,
         };
-        self.message(&start, &[], &msg, false, out);
+        self.message(&start, &[], &msg, None, false, out);
     }
 
     /// A UDP flow went quiet (or made room): its end, named by id.
@@ -411,6 +438,7 @@ impl Assembler {
             last: Some(flow.last),
             socket: None,
             tcp: None,
+            wire: None,
         };
         out.record(records::flow_end(&end, &self.clock));
         self.stats.flow_ends += 1;
@@ -423,11 +451,12 @@ impl Assembler {
         // moved in and out (the pending message whole, moved out, replaced and handed on, was
         // a tenth of the probe's time in copies).
         if let Some(slot) = self.pending.get_mut(&flow_id) {
-            let (old, flushed, segments) = slot.restart(start, now);
+            let old = slot.restart(start, now);
             let done = Done {
-                start: &old,
-                flushed,
-                segments: &segments,
+                start: &old.start,
+                flushed: old.flushed,
+                segments: &old.segments,
+                wire: old.wire,
             };
             match prev {
                 Some(prev) => self.complete(done, &prev, out),
@@ -450,7 +479,11 @@ impl Assembler {
     }
 
     fn on_end(&mut self, end: FlowEnd, out: &mut impl RecordSink) {
-        match (self.pending.remove(&end.flow_id), &end.last) {
+        let pending = self.pending.remove(&end.flow_id).map(|mut p| {
+            p.see_wire(end.wire.as_ref());
+            p
+        });
+        match (pending, &end.last) {
             (Some(p), Some(last)) => self.complete(p.done(), last, out),
             (Some(p), None) => self.emit_first_packet_only(p.done(), out),
             (None, Some(_)) => self.stats.orphans += 1,
@@ -464,6 +497,7 @@ impl Assembler {
                 protocol: ProtocolHint::Unspecified,
                 transport: Transport::Tcp,
                 counters_only: false,
+                wire_ifindex: end.wire.map(|w| w.ifindex),
             },
             out,
         );
@@ -486,16 +520,23 @@ impl Assembler {
             Some(sent) if sent == *fin => {}
             Some(_) => {
                 self.stats.finals_after_flush += 1;
-                self.message(p.start, p.segments, fin, false, out);
+                self.message(p.start, p.segments, fin, p.wire.as_ref(), false, out);
             }
-            None => self.message(p.start, p.segments, fin, false, out),
+            None => self.message(p.start, p.segments, fin, p.wire.as_ref(), false, out),
         }
     }
 
     /// Emits a message of which only the first packet's counters are known.
     fn emit_first_packet_only(&mut self, p: Done<'_>, out: &mut impl RecordSink) {
         if p.flushed.is_none() {
-            self.message(p.start, p.segments, &p.start.msg, true, out);
+            self.message(
+                p.start,
+                p.segments,
+                &p.start.msg,
+                p.wire.as_ref(),
+                true,
+                out,
+            );
         }
     }
 
@@ -560,7 +601,7 @@ impl Assembler {
             });
             match cur {
                 Some(c) => {
-                    self.message(&p.start, &p.segments, &c, true, out);
+                    self.message(&p.start, &p.segments, &c, p.wire.as_ref(), true, out);
                     self.stats.partial_flushes += 1;
                     p.flushed = Some(c);
                     p.last_event = now;
@@ -569,7 +610,14 @@ impl Assembler {
                 None => {
                     // The kernel no longer has it (or moved on and the event is still in
                     // the ring): send what we know; the next event, if any, is an orphan.
-                    self.message(&p.start, &p.segments, &p.start.msg, true, out);
+                    self.message(
+                        &p.start,
+                        &p.segments,
+                        &p.start.msg,
+                        p.wire.as_ref(),
+                        true,
+                        out,
+                    );
                     self.stats.partial_flushes += 1;
                     if state.is_some() {
                         p.flushed = Some(p.start.msg);
@@ -601,7 +649,7 @@ impl Assembler {
                 .and_then(|s| s.cur)
                 .filter(|c| c.index == p.start.msg.index)
                 .unwrap_or(p.start.msg);
-            self.message(&p.start, &p.segments, &cur, true, out);
+            self.message(&p.start, &p.segments, &cur, p.wire.as_ref(), true, out);
             self.stats.partial_flushes += 1;
         }
     }
@@ -641,17 +689,21 @@ impl Assembler {
         }
         self.announced.insert(flow_id);
         let point = self.point(key.ifindex, socket);
-        out.record(records::flow_start(flow_id, key, point, traits));
+        // The veth whose counters the socket's messages carry, named as its own flows are.
+        let wire_point = traits.wire_ifindex.map(|i| self.point(i, None));
+        out.record(records::flow_start(flow_id, key, point, wire_point, traits));
         self.stats.flow_starts += 1;
     }
 
-    /// Emits the record of message `start` with its final (or current) counters `fin`, after
-    /// its flow's `FlowStart` if that was not sent yet; `segments` are `start`'s.
+    /// Emits the record of message `start` with its final (or current) counters `fin` (and its
+    /// pod veth's, `wire`), after its flow's `FlowStart` if that was not sent yet; `segments`
+    /// are `start`'s.
     fn message(
         &mut self,
         start: &MsgStart,
         segments: &[SegmentRecord],
         fin: &MsgCounters,
+        wire: Option<&MsgCounters>,
         partial: bool,
         out: &mut impl RecordSink,
     ) {
@@ -663,11 +715,20 @@ impl Assembler {
                 protocol: start.protocol,
                 transport: Transport::Tcp,
                 counters_only: start.counters_only,
+                wire_ifindex: start.wire.map(|w| w.ifindex),
             },
             out,
         );
         self.stats.messages += 1;
-        out.message(start, &start.payload, segments, fin, partial, &self.clock);
+        let wire = wire.filter(|_| start.wire.is_some());
+        out.message(
+            start,
+            &start.payload,
+            segments,
+            (fin, wire),
+            partial,
+            &self.clock,
+        );
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use clovisor_proto::capture::v1::{
     record, FlowEnd as FlowEndRecord, FlowKey, FlowStart, ObservationPoint, ProtocolHint, Record,
-    Segment, Transport,
+    Segment, Transport, WireCounters,
 };
 use clovisor_proto::common::v1::{PointKind, Side};
 use clovisor_proto::hops::MessageFields;
@@ -71,13 +71,17 @@ pub struct FlowTraits {
     pub transport: Transport,
     /// A covered veth's view: timings and counters only, no payload.
     pub counters_only: bool,
+    /// A socket's flow whose pod veth is carried: the veth's ifindex (`FlowStart.wire_point`).
+    pub wire_ifindex: Option<u32>,
 }
 
-/// The `FlowStart` of flow `flow_id`: its connection, where it is observed, and its traits.
+/// The `FlowStart` of flow `flow_id`: its connection, where it is observed (and where the
+/// counters its messages carry besides their own were, `wire_point`), and its traits.
 pub fn flow_start(
     flow_id: u64,
     key: &ConnectionKey,
     point: ObservationPoint,
+    wire_point: Option<ObservationPoint>,
     traits: FlowTraits,
 ) -> Record {
     Record {
@@ -87,25 +91,25 @@ pub fn flow_start(
             point: Some(point),
             protocol: traits.protocol as i32,
             counters_only: traits.counters_only,
-            wire_point: None,
+            wire_point,
         })),
     }
 }
 
-/// The record of message `start` with its final (or current) counters `fin`; `payload` is
-/// `start`'s. It names its flow by id only: the flow's key, point and protocol hint went out
-/// once, in the flow's `FlowStart`.
+/// The record of message `start` with its final (or current) counters `fin` and its pod veth's
+/// (`wire`, when its socket carries them); `payload` is `start`'s. It names its flow by id only:
+/// the flow's key, point and protocol hint went out once, in the flow's `FlowStart`.
 pub fn message(
     start: &MsgStart,
     payload: Bytes,
     segments: Vec<Segment>,
-    fin: &MsgCounters,
+    counters: (&MsgCounters, Option<&MsgCounters>),
     partial: bool,
     clock: &BootClock,
 ) -> Record {
     // The fields as the encoder reads them, with the owned payload and segments in place of
     // the (empty) borrowed ones: one mapping from the pending message to the record.
-    let mut m = message_fields(start, &[], &[], fin, partial, clock).to_message();
+    let mut m = message_fields(start, &[], &[], counters, partial, clock).to_message();
     m.payload = payload;
     m.segments = segments;
     Record {
@@ -120,7 +124,7 @@ pub fn message_fields<'a>(
     start: &MsgStart,
     payload: &'a [u8],
     segments: &'a [Segment],
-    fin: &MsgCounters,
+    (fin, wire): (&MsgCounters, Option<&MsgCounters>),
     partial: bool,
     clock: &BootClock,
 ) -> MessageFields<'a> {
@@ -137,7 +141,14 @@ pub fn message_fields<'a>(
         retransmits: fin.retransmits,
         payload,
         partial,
-        wire: None,
+        wire: wire.map(|w| WireCounters {
+            start_unix_nanos: clock.to_unix_ns(w.start_ns),
+            end_unix_nanos: clock.to_unix_ns(w.last_ns.max(w.start_ns)),
+            tcp_seq: w.tcp_seq,
+            bytes: w.bytes,
+            packets: w.packets,
+            retransmits: w.retransmits,
+        }),
         segments,
     }
 }

@@ -53,6 +53,7 @@ fn start(flow_id: u64, msg: MsgCounters, prev: Option<MsgCounters>, payload: &[u
         payload: Bytes::copy_from_slice(payload),
         socket: None,
         counters_only: false,
+        wire: None,
     })
 }
 
@@ -109,6 +110,7 @@ fn request_response_fin_yields_two_messages_then_flow_end() {
             last: Some(resp_final),
             socket: None,
             tcp: None,
+            wire: None,
         }),
         t,
         &mut out,
@@ -408,6 +410,7 @@ fn socket_events_become_socket_points_with_their_process() {
             last: Some(resp),
             socket: Some(owner(SocketSide::Server)),
             tcp: None,
+            wire: None,
         }),
         t,
         &mut out,
@@ -474,6 +477,7 @@ fn an_exchange_record_completes_the_request_at_once_and_holds_the_response() {
             response_payload: Bytes::from_static(b"HTTP/1.1 204 No Content\r\n"),
             head_lost: false,
             counters_only: false,
+            wire: None,
         }),
         t,
         &mut out,
@@ -570,6 +574,7 @@ fn segments_of_one_message_are_bounded_keeping_its_start_and_end() {
             last: Some(resp),
             socket: None,
             tcp: None,
+            wire: None,
         }),
         t,
         &mut out,
@@ -588,5 +593,156 @@ fn segments_of_one_message_are_bounded_keeping_its_start_and_end() {
         stats.segments_over_bound as usize + msgs[0].segments.len(),
         calls,
         "every segment kept or counted"
+    );
+}
+
+/// A server socket whose pod veth is carried: each record brings the veth's counters of the
+/// connection's latest messages; each message leaves with the veth's counters of the same
+/// message (found by direction and sequence number), the latest the records brought, and the
+/// flow is announced with the veth as its wire point.
+#[test]
+fn a_carried_veths_counters_leave_with_the_socket_message_they_belong_to() {
+    use crate::capture::raw::testing::owner;
+    use crate::capture::raw::{SocketSide, Wire};
+    let mut a = assembler(16);
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let msg = |index: u32, dir: Direction, seq: u32, bytes: u64| MsgCounters {
+        tcp_seq: seq,
+        ..counters(index, dir, bytes)
+    };
+    // The socket's view: requests at sequence 1000 + 10 i, responses at 5000 + 10 i.
+    let req = |i: u32| msg(2 * i, Direction::ClientToServer, 1000 + 10 * i, 78);
+    let resp = |i: u32| msg(2 * i + 1, Direction::ServerToClient, 5000 + 10 * i, 300);
+    // The veth's: the same messages, its own numbering, timings and packets.
+    let veth = |m: MsgCounters, packets: u32| MsgCounters {
+        index: m.index + 7,
+        start_ns: m.start_ns - 3,
+        last_ns: m.last_ns + 9,
+        packets,
+        ..m
+    };
+    let wire = |msgs: [Option<MsgCounters>; 3]| Some(Wire { ifindex: 7, msgs });
+    let exchange = |i: u32, before: Option<MsgCounters>, w| {
+        Event::Exchange(crate::capture::raw::Exchange {
+            key: v4_key(),
+            flow_id: 9,
+            protocol: ProtocolHint::Http,
+            socket: Some(owner(SocketSide::Server)),
+            before,
+            request: req(i),
+            request_payload: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
+            response: resp(i),
+            response_payload: Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
+            head_lost: false,
+            counters_only: false,
+            wire: w,
+        })
+    };
+    // Exchange 0: the veth has the request (final) and the response's first packet.
+    a.on_event(
+        exchange(
+            0,
+            None,
+            wire([Some(veth(req(0), 2)), Some(veth(resp(0), 1)), None]),
+        ),
+        t,
+        &mut out,
+    );
+    // Exchange 1: the veth's response 0, final (more packets), before request 1; the current
+    // message is request 1 (its response not started at the veth yet).
+    a.on_event(
+        exchange(
+            1,
+            Some(resp(0)),
+            wire([Some(veth(resp(0), 5)), Some(veth(req(1), 3)), None]),
+        ),
+        t,
+        &mut out,
+    );
+    // The end: the veth's response 1, final; a record without it changes nothing.
+    a.on_event(
+        Event::FlowEnd(FlowEnd {
+            key: v4_key(),
+            flow_id: 9,
+            reason: FlowEndReason::Fin,
+            ts_ns: 9_999,
+            last: Some(resp(1)),
+            socket: Some(owner(SocketSide::Server)),
+            tcp: None,
+            wire: wire([Some(veth(req(1), 3)), Some(veth(resp(1), 4)), None]),
+        }),
+        t,
+        &mut out,
+    );
+    let clock = BootClock::with_offset(1_000_000);
+    let msgs = messages(&out);
+    let got: Vec<_> = msgs
+        .iter()
+        .map(|m| (m.index, m.wire.map(|w| (w.tcp_seq, w.packets))))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, Some((1000, 2))),
+            (1, Some((5000, 5))),
+            (2, Some((1010, 3))),
+            (3, Some((5010, 4))),
+        ],
+        "each message with the veth's latest counters of it: {msgs:?}"
+    );
+    let w = msgs[1].wire.unwrap_or_default();
+    assert_eq!(
+        (w.start_unix_nanos, w.end_unix_nanos, w.bytes),
+        (
+            clock.to_unix_ns(resp(0).start_ns - 3),
+            clock.to_unix_ns(resp(0).last_ns + 9),
+            300
+        ),
+        "the veth's own timings, on the Unix clock"
+    );
+    let wire_point = out.iter().find_map(|r| match &r.kind {
+        Some(record::Kind::FlowStart(fs)) if fs.flow_id == 9 => Some(fs.wire_point.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        wire_point
+            .flatten()
+            .map(|p| (p.kind(), p.ifindex, p.interface)),
+        Some((PointKind::Pod, 7, "veth-test".to_owned())),
+        "the flow names the veth its messages' wire counters are of"
+    );
+}
+
+/// Messages of a socket whose veth is not carried, and of the veth itself, carry no wire.
+#[test]
+fn without_a_carried_veth_no_message_has_wire_counters() {
+    let mut a = assembler(16);
+    let t = Instant::now();
+    let mut out = Vec::new();
+    a.on_event(
+        start(1, counters(0, Direction::ClientToServer, 78), None, b"GET"),
+        t,
+        &mut out,
+    );
+    let mut req = counters(0, Direction::ClientToServer, 78);
+    req.last_ns += 1;
+    a.on_event(
+        start(
+            1,
+            counters(1, Direction::ServerToClient, 9),
+            Some(req),
+            b"HTTP",
+        ),
+        t,
+        &mut out,
+    );
+    let msgs = messages(&out);
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs.iter().all(|m| m.wire.is_none()), "{msgs:?}");
+    assert!(
+        out.iter().all(|r| !matches!(&r.kind,
+            Some(record::Kind::FlowStart(fs)) if fs.wire_point.is_some())),
+        "no wire point announced: {out:?}"
     );
 }

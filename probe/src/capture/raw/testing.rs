@@ -54,6 +54,22 @@ pub fn raw_hdr(
     h
 }
 
+/// A socket record's `wire` as the kernel writes it, and its header flag.
+pub fn raw_wire(w: Option<&Wire>) -> (abi::clovisor_wire, u32) {
+    let mut r = abi::clovisor_wire::new_zeroed();
+    let Some(w) = w else {
+        return (r, 0);
+    };
+    r.ifindex = w.ifindex;
+    let mut n = 0;
+    for m in w.msgs.iter().flatten() {
+        r.msgs[n] = raw_msg(m);
+        n += 1;
+    }
+    r.count = n as u8;
+    (r, abi::CLOVISOR_EV_HAS_WIRE)
+}
+
 /// MSG_START bytes as the kernel sends them (header + captured payload only).
 pub fn msg_start_bytes(ev: &MsgStart) -> Vec<u8> {
     let mut r = abi::clovisor_msg_start::new_zeroed();
@@ -71,6 +87,9 @@ pub fn msg_start_bytes(ev: &MsgStart) -> Vec<u8> {
         ev.socket.as_ref(),
     );
     r.snap_len = u32::try_from(ev.payload.len()).unwrap_or(u32::MAX);
+    let (wire, flag) = raw_wire(ev.wire.as_ref());
+    r.wire = wire;
+    r.hdr.flags |= flag as u8;
     r.msg = raw_msg(&ev.msg);
     if let Some(p) = &ev.prev {
         r.prev = raw_msg(p);
@@ -102,6 +121,9 @@ pub fn exchange_bytes(ev: &Exchange) -> Vec<u8> {
     }
     r.request = raw_msg(&ev.request);
     r.response = raw_msg(&ev.response);
+    let (wire, flag) = raw_wire(ev.wire.as_ref());
+    r.wire = wire;
+    r.hdr.flags |= flag as u8;
     let (req, resp) = (ev.request_payload.len(), ev.response_payload.len());
     r.request_len = u32::try_from(req).unwrap_or(u32::MAX);
     r.response_len = u32::try_from(resp).unwrap_or(u32::MAX);
@@ -136,6 +158,9 @@ pub fn flow_end_bytes(ev: &FlowEnd) -> Vec<u8> {
     let tcp = ev.tcp.unwrap_or_default();
     r.srtt_us = tcp.srtt_us;
     r.total_retrans = tcp.total_retransmits;
+    let (wire, flag) = raw_wire(ev.wire.as_ref());
+    r.wire = wire;
+    r.hdr.flags |= flag as u8;
     r.as_bytes().to_vec()
 }
 

@@ -13,6 +13,7 @@ fn start_event(payload: &[u8], prev: Option<MsgCounters>) -> MsgStart {
         payload: Bytes::copy_from_slice(payload),
         socket: None,
         counters_only: false,
+        wire: None,
     }
 }
 
@@ -86,6 +87,7 @@ fn short_and_garbage_buffers_are_errors_not_panics() {
         last: None,
         socket: None,
         tcp: None,
+        wire: None,
     });
     assert!(
         Event::try_from(&fe[..fe.len() - 1]).is_err(),
@@ -142,6 +144,7 @@ fn flow_end_round_trips() {
         last: Some(counters(3, Direction::ServerToClient, 1_000_000)),
         socket: None,
         tcp: None,
+        wire: None,
     };
     let parsed = Event::try_from(&flow_end_bytes(&ev)[..]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(parsed, Event::FlowEnd(ev), "FLOW_END must parse back");
@@ -216,6 +219,7 @@ fn exchange(socket: Option<SocketOwner>) -> Exchange {
         response_payload: Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
         head_lost: false,
         counters_only: false,
+        wire: None,
     }
 }
 
@@ -281,6 +285,7 @@ fn socket_flow_end_round_trips_with_its_owner() {
             srtt_us: 1234,
             total_retransmits: 2,
         }),
+        wire: None,
     };
     let parsed = Event::try_from(&flow_end_bytes(&ev)[..])
         .unwrap_or_else(|e| panic!("valid socket FLOW_END rejected: {e}"));
@@ -384,4 +389,85 @@ fn protocol_hint_numbering_matches_the_proto() {
         FlowEndReason::Rst as u32,
         "RST numbering"
     );
+}
+
+/// A socket record of a pod whose veth is carried brings the veth's counters: parsed back
+/// whole in every kind of record that has them; a wire entry that is no message (no
+/// direction) is left out, not the record; without the flag there is no wire.
+#[test]
+fn socket_records_carry_their_veths_counters() {
+    let seq = |tcp_seq: u32, m: MsgCounters| MsgCounters { tcp_seq, ..m };
+    let wire = Wire {
+        ifindex: 7,
+        msgs: [
+            Some(seq(500, counters(1, Direction::ServerToClient, 300))),
+            Some(seq(100, counters(2, Direction::ClientToServer, 40))),
+            None,
+        ],
+    };
+    let ex = Exchange {
+        wire: Some(wire),
+        ..exchange(Some(owner(SocketSide::Server)))
+    };
+    let parsed = Event::try_from(&exchange_bytes(&ex)[..])
+        .unwrap_or_else(|e| panic!("EXCHANGE with wire rejected: {e}"));
+    assert_eq!(parsed, Event::Exchange(ex.clone()));
+    let (req, resp) = ex.into_starts();
+    assert_eq!(
+        (req.wire, resp.wire),
+        (Some(wire), Some(wire)),
+        "both starts have it"
+    );
+    assert_eq!(
+        wire.find(&seq(100, counters(5, Direction::ClientToServer, 999))),
+        wire.msgs[1],
+        "found by direction and sequence number, whatever the socket counted"
+    );
+    assert_eq!(
+        wire.find(&seq(100, counters(2, Direction::ServerToClient, 40))),
+        None,
+        "another direction is another message"
+    );
+
+    let start = MsgStart {
+        wire: Some(wire),
+        ..socket_start(b"GET / HTTP/1.1\r\n", SocketSide::Server)
+    };
+    let bytes = msg_start_bytes(&start);
+    let parsed = Event::try_from(&bytes[..]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed, Event::MsgStart(start.clone()));
+    // The third entry counted but without a direction: dropped alone.
+    let count_off = std::mem::offset_of!(abi::clovisor_msg_start, wire)
+        + std::mem::offset_of!(abi::clovisor_wire, count);
+    let mut bad = bytes.clone();
+    bad[count_off] = 3;
+    assert_eq!(
+        Event::try_from(&bad[..]).ok(),
+        Some(Event::MsgStart(start.clone())),
+        "an entry that is no message is left out"
+    );
+    let flags_off = std::mem::offset_of!(abi::clovisor_event_hdr, flags);
+    let mut unflagged = bytes;
+    unflagged[flags_off] &= !(abi::CLOVISOR_EV_HAS_WIRE as u8);
+    assert_eq!(
+        Event::try_from(&unflagged[..]).ok(),
+        Some(Event::MsgStart(MsgStart {
+            wire: None,
+            ..start
+        })),
+        "without the flag, no wire"
+    );
+
+    let end = FlowEnd {
+        key: v4_key(),
+        flow_id: abi::CLOVISOR_SOCK_FLOW_ID_BIT as u64 | 3,
+        reason: FlowEndReason::Fin,
+        ts_ns: 77,
+        last: Some(counters(3, Direction::ServerToClient, 500)),
+        socket: Some(owner(SocketSide::Server)),
+        tcp: Some(TcpHealth::default()),
+        wire: Some(wire),
+    };
+    let parsed = Event::try_from(&flow_end_bytes(&end)[..]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed, Event::FlowEnd(end));
 }
