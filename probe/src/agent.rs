@@ -135,7 +135,8 @@ pub async fn run(
     let pin = (config.socket_hooks != SocketHookPolicy::Off)
         .then(SharedPin::new)
         .and_then(|p| {
-            p.map_err(|e| tracing::warn!(error = %e, "cannot share the connection map; covered veths send their own records"))
+            // Expected without a BPF filesystem (docs/kubernetes.md): everything is traced.
+            p.map_err(|e| tracing::info!(error = %e, "no BPF filesystem to share the connection map through; covered veths send their own records"))
                 .ok()
         });
     let mut capture = match Capture::load_sharing(&config.capture, pin.as_ref()) {

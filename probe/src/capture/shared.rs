@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 
 /// Where BPF filesystems are usually mounted.
 const BPF_FS: &str = "/sys/fs/bpf";
-/// Prefix of a probe's pin directory under a BPF filesystem, followed by its pid.
+/// Prefix of a probe's pin directory under a BPF filesystem, followed by its pid and a number
+/// of its own (two in one process never meet).
 const PIN_DIR_PREFIX: &str = "clovisor-share-";
 /// Where a private BPF filesystem is mounted when `/sys/fs/bpf` is none.
 const PRIVATE_MOUNT_PREFIX: &str = "/run/clovisor-bpffs-";
@@ -59,13 +60,15 @@ impl SharedPin {
             })?;
             (at.clone(), Some(at))
         };
-        let dir = base.join(format!("{PIN_DIR_PREFIX}{pid}"));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = base.join(format!("{PIN_DIR_PREFIX}{pid}-{n}"));
         let pin = Self {
             path: dir.join(PIN_NAME),
             dir,
             mounted,
         };
-        // A pin of an earlier run of this same pid (a restarted container) would be taken for
+        // A pin of an earlier process with this pid (a restarted container) would be taken for
         // the map: start clean.
         let _ = std::fs::remove_file(&pin.path);
         std::fs::create_dir_all(&pin.dir).map_err(|e| shared_err(&pin.dir, "mkdir", e))?;
@@ -105,6 +108,7 @@ fn remove_stale(base: &Path) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix(PIN_DIR_PREFIX))
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
@@ -147,12 +151,28 @@ mod tests {
         assert!(pin
             .path()
             .to_string_lossy()
-            .contains(&format!("{PIN_DIR_PREFIX}{}", std::process::id())));
+            .contains(&format!("{PIN_DIR_PREFIX}{}-", std::process::id())));
         assert!(
             dir.as_ref().is_some_and(|d| d.is_dir()),
             "its directory exists"
         );
         drop(pin);
         assert!(!dir.is_some_and(|d| d.exists()), "and goes with it");
+    }
+
+    #[test]
+    fn the_pin_of_a_probe_that_is_gone_is_removed_at_the_next_start() {
+        // Needs a BPF filesystem at /sys/fs/bpf; elsewhere nothing to check.
+        if !is_bpf_fs(Path::new(BPF_FS)) {
+            return;
+        }
+        // No process has this id (above the kernel's pid_max).
+        let stale = Path::new(BPF_FS).join(format!("{PIN_DIR_PREFIX}4000000000-0"));
+        if std::fs::create_dir(&stale).is_err() {
+            return;
+        }
+        let pin = SharedPin::new();
+        assert!(!stale.exists(), "the stale pin directory is removed");
+        drop(pin);
     }
 }
