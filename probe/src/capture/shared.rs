@@ -40,12 +40,14 @@ impl SharedPin {
     /// A fresh pin path for this process, in `/sys/fs/bpf` when that is a BPF filesystem, else in
     /// a private one mounted for it. Pins of probes that are gone are removed first.
     pub fn new() -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let pid = std::process::id();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (base, mounted) = if is_bpf_fs(Path::new(BPF_FS)) {
             remove_stale(Path::new(BPF_FS));
             (PathBuf::from(BPF_FS), None)
         } else {
-            let at = PathBuf::from(format!("{PRIVATE_MOUNT_PREFIX}{pid}"));
+            let at = PathBuf::from(format!("{PRIVATE_MOUNT_PREFIX}{pid}-{n}"));
             std::fs::create_dir_all(&at).map_err(|e| shared_err(&at, "mkdir", e))?;
             mount(
                 Some("bpf"),
@@ -60,8 +62,6 @@ impl SharedPin {
             })?;
             (at.clone(), Some(at))
         };
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = base.join(format!("{PIN_DIR_PREFIX}{pid}-{n}"));
         let pin = Self {
             path: dir.join(PIN_NAME),
