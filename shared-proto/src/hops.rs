@@ -250,12 +250,59 @@ mod message_field {
     pub const SEGMENTS: u32 = 30;
     pub const SEGMENT_OFFSET: u32 = 1;
     pub const SEGMENT_PAYLOAD: u32 = 2;
-    pub const WIRE_START_UNIX_NANOS: u32 = 1;
-    pub const WIRE_END_UNIX_NANOS: u32 = 2;
-    pub const WIRE_TCP_SEQ: u32 = 3;
-    pub const WIRE_BYTES: u32 = 4;
-    pub const WIRE_PACKETS: u32 = 5;
-    pub const WIRE_RETRANSMITS: u32 = 6;
+    /// The counters' fields of a `Message` and of its `WireCounters`, in field order: start,
+    /// end, TCP sequence number, bytes, packets, retransmits.
+    pub const COUNTERS: [u32; 6] = [
+        START_UNIX_NANOS,
+        END_UNIX_NANOS,
+        TCP_SEQ,
+        BYTES,
+        PACKETS,
+        RETRANSMITS,
+    ];
+    pub const WIRE_COUNTERS: [u32; 6] = [1, 2, 3, 4, 5, 6];
+}
+
+/// A message's counters as `Message` and `WireCounters` both carry them, the timings fixed64.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    start_unix_nanos: u64,
+    end_unix_nanos: u64,
+    tcp_seq: u32,
+    bytes: u64,
+    packets: u32,
+    retransmits: u32,
+}
+
+fn wire_counters(w: &capture::WireCounters) -> Counters {
+    Counters {
+        start_unix_nanos: w.start_unix_nanos,
+        end_unix_nanos: w.end_unix_nanos,
+        tcp_seq: w.tcp_seq,
+        bytes: w.bytes,
+        packets: w.packets,
+        retransmits: w.retransmits,
+    }
+}
+
+/// The encoded length of `c`'s fields.
+fn counters_len(c: Counters) -> usize {
+    fixed64_field_len(c.start_unix_nanos)
+        + fixed64_field_len(c.end_unix_nanos)
+        + varint_field_len(u64::from(c.tcp_seq))
+        + varint_field_len(c.bytes)
+        + varint_field_len(u64::from(c.packets))
+        + varint_field_len(u64::from(c.retransmits))
+}
+
+/// Writes `c`'s fields under the field numbers `tags` (in [`message_field::COUNTERS`]'s order).
+fn put_counters(tags: &[u32; 6], c: Counters, out: &mut Out<'_>) {
+    put_fixed64_field(tags[0], c.start_unix_nanos, out);
+    put_fixed64_field(tags[1], c.end_unix_nanos, out);
+    put_varint_field(tags[2], u64::from(c.tcp_seq), out);
+    put_varint_field(tags[3], c.bytes, out);
+    put_varint_field(tags[4], u64::from(c.packets), out);
+    put_varint_field(tags[5], u64::from(c.retransmits), out);
 }
 
 /// The key of field `tag` (< 16: one byte).
@@ -375,17 +422,23 @@ impl<'a> MessageFields<'a> {
 
     /// The encoded length of a `WireCounters`.
     fn wire_len(w: &capture::WireCounters) -> usize {
-        fixed64_field_len(w.start_unix_nanos)
-            + fixed64_field_len(w.end_unix_nanos)
-            + varint_field_len(u64::from(w.tcp_seq))
-            + varint_field_len(w.bytes)
-            + varint_field_len(u64::from(w.packets))
-            + varint_field_len(u64::from(w.retransmits))
+        counters_len(wire_counters(w))
+    }
+
+    /// The message's own counters, in field order.
+    fn counters(&self) -> Counters {
+        Counters {
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: self.end_unix_nanos,
+            tcp_seq: self.tcp_seq,
+            bytes: self.bytes,
+            packets: self.packets,
+            retransmits: self.retransmits,
+        }
     }
 
     /// The encoded length of the `Message`.
     fn body_len(&self) -> usize {
-        let fixed64 = fixed64_field_len;
         let wire = self.wire.as_ref().map_or(0, |w| {
             let len = Self::wire_len(w);
             // Field 16's key takes two bytes.
@@ -404,12 +457,7 @@ impl<'a> MessageFields<'a> {
             + varint_field_len(u64::from(self.index))
             + varint_field_len(int32_varint(self.direction))
             + 2 * usize::from(self.to_pod)
-            + fixed64(self.start_unix_nanos)
-            + fixed64(self.end_unix_nanos)
-            + varint_field_len(u64::from(self.tcp_seq))
-            + varint_field_len(self.bytes)
-            + varint_field_len(u64::from(self.packets))
-            + varint_field_len(u64::from(self.retransmits))
+            + counters_len(self.counters())
             + bytes_field_len(self.payload.len())
             + 2 * usize::from(self.partial)
             + wire
@@ -425,12 +473,7 @@ impl<'a> MessageFields<'a> {
         if self.to_pod {
             out.put_slice(&[key_byte(f::TO_POD, WireType::Varint), 1]);
         }
-        put_fixed64_field(f::START_UNIX_NANOS, self.start_unix_nanos, out);
-        put_fixed64_field(f::END_UNIX_NANOS, self.end_unix_nanos, out);
-        put_varint_field(f::TCP_SEQ, u64::from(self.tcp_seq), out);
-        put_varint_field(f::BYTES, self.bytes, out);
-        put_varint_field(f::PACKETS, u64::from(self.packets), out);
-        put_varint_field(f::RETRANSMITS, u64::from(self.retransmits), out);
+        put_counters(&f::COUNTERS, self.counters(), out);
         put_bytes_field(f::PAYLOAD, self.payload, out);
         if self.partial {
             out.put_slice(&[key_byte(f::PARTIAL, WireType::Varint), 1]);
@@ -438,12 +481,7 @@ impl<'a> MessageFields<'a> {
         if let Some(w) = &self.wire {
             out.key(f::WIRE, WireType::LengthDelimited);
             out.put_varint(Self::wire_len(w) as u64);
-            put_fixed64_field(f::WIRE_START_UNIX_NANOS, w.start_unix_nanos, out);
-            put_fixed64_field(f::WIRE_END_UNIX_NANOS, w.end_unix_nanos, out);
-            put_varint_field(f::WIRE_TCP_SEQ, u64::from(w.tcp_seq), out);
-            put_varint_field(f::WIRE_BYTES, w.bytes, out);
-            put_varint_field(f::WIRE_PACKETS, u64::from(w.packets), out);
-            put_varint_field(f::WIRE_RETRANSMITS, u64::from(w.retransmits), out);
+            put_counters(&f::WIRE_COUNTERS, wire_counters(w), out);
         }
         for s in self.segments {
             out.key(f::SEGMENTS, WireType::LengthDelimited);

@@ -121,14 +121,33 @@ impl MessageStats {
     /// `100 Continue`): the end moves, the counters add up — the wire's too, when both carry
     /// them (a part the veth did not count leaves its counters as they were).
     pub fn extend(&mut self, later: &MessageStats) {
-        self.end = self.end.max(later.end);
-        self.bytes = self.bytes.saturating_add(later.bytes);
-        self.packets = self.packets.saturating_add(later.packets);
-        self.retransmits = self.retransmits.saturating_add(later.retransmits);
+        grow(
+            (
+                &mut self.end,
+                &mut self.bytes,
+                &mut self.packets,
+                &mut self.retransmits,
+            ),
+            (later.end, later.bytes, later.packets, later.retransmits),
+        );
         if let (Some(w), Some(l)) = (&mut self.wire, &later.wire) {
-            w.extend(l);
+            grow(
+                (&mut w.end, &mut w.bytes, &mut w.packets, &mut w.retransmits),
+                (l.end, l.bytes, l.packets, l.retransmits),
+            );
         }
     }
+}
+
+/// A message's end, bytes, packets and retransmissions grown by a later part's.
+fn grow(
+    (end, bytes, packets, retransmits): (&mut u64, &mut u64, &mut u32, &mut u32),
+    later: (u64, u64, u32, u32),
+) {
+    *end = (*end).max(later.0);
+    *bytes = bytes.saturating_add(later.1);
+    *packets = packets.saturating_add(later.2);
+    *retransmits = retransmits.saturating_add(later.3);
 }
 
 /// A message as its flow's second point (its pod's veth) counted it on the wire
@@ -157,14 +176,6 @@ impl WireStats {
             packets: w.packets,
             retransmits: w.retransmits,
         }
-    }
-
-    /// As [`MessageStats::extend`].
-    fn extend(&mut self, later: &WireStats) {
-        self.end = self.end.max(later.end);
-        self.bytes = self.bytes.saturating_add(later.bytes);
-        self.packets = self.packets.saturating_add(later.packets);
-        self.retransmits = self.retransmits.saturating_add(later.retransmits);
     }
 }
 

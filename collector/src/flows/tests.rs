@@ -773,19 +773,7 @@ fn metrics_text(m: &CollectorMetrics) -> String {
 #[test]
 fn a_flow_no_decoder_claims_still_counts_its_bytes_between_workloads() {
     let (mut t, m) = table();
-    let endpoint = |ip: [u8; 4], pod: &str, ifindex: u32, interface: &str| Record {
-        kind: Some(record::Kind::Endpoint(EndpointUpdate {
-            ip: ip.to_vec(),
-            pod: pod.into(),
-            namespace: "shop".into(),
-            node: "node-a".into(),
-            workload: pod.into(),
-            ifindex,
-            interface: interface.into(),
-            removed: false,
-            ..EndpointUpdate::default()
-        })),
-    };
+    let endpoint = endpoint_record;
     let tls = |index: u32, dir: Direction| {
         let r = msg(
             3,
@@ -1942,6 +1930,8 @@ fn socket_with_its_veth(carried: bool, client_socket: bool) -> Vec<Record> {
     records
 }
 
+/// Pod `pod` (namespace `shop`, node `node-a`, its own workload) at `ip`, its host veth
+/// `interface` (`ifindex`).
 fn endpoint_record(ip: [u8; 4], pod: &str, ifindex: u32, interface: &str) -> Record {
     Record {
         kind: Some(record::Kind::Endpoint(EndpointUpdate {
