@@ -139,11 +139,13 @@ pub async fn run(
             p.map_err(|e| tracing::info!(error = %e, "no BPF filesystem to share the connection map through; covered veths send their own records"))
                 .ok()
         });
-    let mut capture = match Capture::load_sharing(&config.capture, pin.as_ref()) {
-        Ok(c) => c,
+    let (mut capture, pin) = match Capture::load_sharing(&config.capture, pin.as_ref()) {
+        Ok(c) => (c, pin),
         Err(e) if pin.is_some() => {
             tracing::warn!(error = %e, "loading the tc object with its connection map shared failed; loading it alone");
-            Capture::load(&config.capture)?
+            // Not offered to the socket point either: it would share a map of its own.
+            drop(pin);
+            (Capture::load(&config.capture)?, None)
         }
         Err(e) => return Err(e),
     };
