@@ -472,6 +472,19 @@ static __always_inline void fill_owner(struct clovisor_owner *o, __u64 sk, __u32
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
+/* The pod veth's entry of the socket's connection, when the tc programs carry
+ * it (same key, the veth's ifindex); `key` is left set for a deletion. */
+static __always_inline struct clovisor_conn *veth_entry(const struct clovisor_sock_conn *s,
+							struct clovisor_conn_key *key)
+{
+	struct clovisor_conn *c;
+
+	__builtin_memcpy(key, &s->key, sizeof(*key));
+	key->ifindex = s->veth_ifindex;
+	c = bpf_map_lookup_elem(&tc_connections, key);
+	return c && c->carried ? c : 0;
+}
+
 /* The pod veth's view of the socket's connection, when the tc programs carry
  * it: the messages its connection keeps (the one before the latest request,
  * that request once its response started, the current one), copied into `w`.
@@ -484,14 +497,12 @@ static __always_inline __u8 fill_wire(struct clovisor_wire *w, const struct clov
 
 	if (!s->veth_ifindex)
 		return 0;
-	__builtin_memcpy(&key, &s->key, sizeof(key));
-	key.ifindex = s->veth_ifindex;
 	w->ifindex = s->veth_ifindex;
 	w->pad[0] = 0;
 	w->pad[1] = 0;
 	w->pad[2] = 0;
-	c = bpf_map_lookup_elem(&tc_connections, &key);
-	if (c && c->carried) {
+	c = veth_entry(s, &key);
+	if (c) {
 		if (c->has_before)
 			__builtin_memcpy(&w->msgs[n++], &c->before, sizeof(c->before));
 		if (c->has_last_request)
@@ -516,10 +527,8 @@ static __always_inline void release_wire(const struct clovisor_sock_conn *s)
 
 	if (!s->veth_ifindex)
 		return;
-	__builtin_memcpy(&key, &s->key, sizeof(key));
-	key.ifindex = s->veth_ifindex;
-	c = bpf_map_lookup_elem(&tc_connections, &key);
-	if (!c || !c->carried)
+	c = veth_entry(s, &key);
+	if (!c)
 		return;
 	if (c->ended)
 		bpf_map_delete_elem(&tc_connections, &key);

@@ -641,21 +641,6 @@ static __always_inline void on_message_start(struct __sk_buff *skb, const struct
 	struct clovisor_held *held;
 	__u32 n;
 
-	if (conn->carried) {
-		/* The socket point reads the counters where they are kept: the
-		 * message before a request, the request once its response
-		 * started, the current message. */
-		if (conn->cur.direction == CLOVISOR_DIR_CLIENT_TO_SERVER) {
-			conn->held = 1;
-			conn->has_before = has_prev;
-			__builtin_memcpy(&conn->before, prev, sizeof(*prev));
-		} else if (conn->held) {
-			conn->held = 0;
-			__builtin_memcpy(&conn->last_request, prev, sizeof(*prev));
-			conn->has_last_request = 1;
-		}
-		return;
-	}
 	if (conn->cur.direction == CLOVISOR_DIR_CLIENT_TO_SERVER) {
 		if (conn->counters_only) {
 			/* No bytes to keep: the request waits in the connection
@@ -683,10 +668,19 @@ static __always_inline void on_message_start(struct __sk_buff *skb, const struct
 		conn->held = 0;
 	} else if (conn->held) {
 		conn->held = 0;
+		if (conn->carried) {
+			/* The socket point reads the request, final, here
+			 * (with the message before it and the current one). */
+			__builtin_memcpy(&conn->last_request, prev, sizeof(*prev));
+			conn->has_last_request = 1;
+			return;
+		}
 		emit_exchange(skb, p, key, conn, prev);
 		return;
 	}
-	emit_msg_start(skb, p, key, conn, &conn->cur, prev, has_prev, 0, 1);
+	/* A carried connection sends no message of its own. */
+	if (!conn->carried)
+		emit_msg_start(skb, p, key, conn, &conn->cur, prev, has_prev, 0, 1);
 }
 
 /* The connection ends: a request still held goes first, alone, then the end
@@ -927,23 +921,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 to_pod, __u8 at_no
 
 out:
 	if (conn && (p.flags & (TCPF_FIN_ | TCPF_RST_))) {
-		if (conn->carried) {
-			/* Kept for the socket point's end to read, unless that
-			 * came first (or the LRU takes it). */
-			if (!conn->ended)
-				clovisor_count(&stats, CLOVISOR_STAT_CONNS_ENDED);
-			emit_flow_end(skb, &p, &key, conn,
-				      (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN,
-				      now);
-			if (conn->sock_done)
-				bpf_map_delete_elem(&connections, &key);
-		} else {
-			emit_flow_end(skb, &p, &key, conn,
-				      (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN,
-				      now);
-			bpf_map_delete_elem(&connections, &key);
+		/* A carried connection's second FIN or RST ends nothing more. */
+		if (!conn->ended)
 			clovisor_count(&stats, CLOVISOR_STAT_CONNS_ENDED);
-		}
+		emit_flow_end(skb, &p, &key, conn,
+			      (p.flags & TCPF_RST_) ? CLOVISOR_END_RST : CLOVISOR_END_FIN, now);
+		/* A carried connection's entry stays for the socket point's end
+		 * to read, unless that came first (or the LRU takes it). */
+		if (!conn->carried || conn->sock_done)
+			bpf_map_delete_elem(&connections, &key);
 	}
 	return TC_ACT_UNSPEC;
 }

@@ -249,6 +249,22 @@ struct Point {
     end_unix_nanos: u64,
 }
 
+impl Point {
+    /// The point's part as a view of its own ([`PointView`]), between flow `f`'s ends.
+    fn into_view(self, f: &FlowParts<'_>, incomplete: bool) -> PointView {
+        PointView {
+            observation: self.observation,
+            client: (f.names.client_ip.clone(), f.key.client_port),
+            server: (f.names.server_ip.clone(), f.key.server_port),
+            bytes: self.bytes,
+            packets: self.packets,
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: self.end_unix_nanos,
+            incomplete,
+        }
+    }
+}
+
 fn point(f: &FlowParts<'_>, ex: &Exchange) -> Point {
     point_at(f, f.point, &ex.request, ex.response.as_ref(), ex.position)
 }
@@ -341,16 +357,7 @@ fn wire_view(f: &FlowParts<'_>, ex: &Exchange) -> Option<PointView> {
         .response
         .and_then(|r| r.wire.map(|w| as_stats(w, r.index)));
     let p = point_at(f, wire_point, &request, response.as_ref(), ex.position);
-    Some(PointView {
-        observation: p.observation,
-        client: (f.names.client_ip.clone(), f.key.client_port),
-        server: (f.names.server_ip.clone(), f.key.server_port),
-        bytes: p.bytes,
-        packets: p.packets,
-        start_unix_nanos: p.start_unix_nanos,
-        end_unix_nanos: p.end_unix_nanos,
-        incomplete: ex.incomplete || response.is_none(),
-    })
+    Some(p.into_view(f, ex.incomplete))
 }
 
 fn origin(f: &FlowParts<'_>, ex: &Exchange) -> Origin {
@@ -425,7 +432,7 @@ pub(super) fn counter_view(f: &FlowParts<'_>, ex: Exchange) -> CounterView {
     let client = ClientAddr::from_parts(&f.names.client_ip, key.client_port, || {
         (o.netns_inode != 0).then_some((o.node.as_str(), o.netns_inode))
     });
-    let wire = client.and_then(|client| {
+    let wire_key = client.and_then(|client| {
         wire_key_of(
             client,
             false,
@@ -434,20 +441,10 @@ pub(super) fn counter_view(f: &FlowParts<'_>, ex: Exchange) -> CounterView {
         )
     });
     let origin = origin(f, &ex);
-    let wire_view = wire_view(f, &ex).map(Box::new);
     CounterView {
-        wire: wire_view,
-        view: PointView {
-            observation: point.observation,
-            client: (f.names.client_ip.clone(), key.client_port),
-            server: (f.names.server_ip.clone(), key.server_port),
-            bytes: point.bytes,
-            packets: point.packets,
-            start_unix_nanos: point.start_unix_nanos,
-            end_unix_nanos: point.end_unix_nanos,
-            incomplete: ex.incomplete,
-        },
-        key: wire,
+        wire: wire_view(f, &ex).map(Box::new),
+        view: point.into_view(f, ex.incomplete),
+        key: wire_key,
         client_meta: client_meta.cloned(),
         server_meta: server_meta.cloned(),
         origin,

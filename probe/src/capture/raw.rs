@@ -151,7 +151,8 @@ pub struct Wire {
 }
 
 impl Wire {
-    /// The veth's counters of the message that went `direction` from sequence number `tcp_seq`.
+    /// The veth's counters of the socket's message `msg`: the same direction, from the same
+    /// sequence number.
     pub fn find(&self, msg: &MsgCounters) -> Option<MsgCounters> {
         self.msgs
             .iter()

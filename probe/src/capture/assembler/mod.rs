@@ -209,7 +209,7 @@ struct Pending {
 
 impl Pending {
     fn new(start: MsgStart, now: Instant) -> Self {
-        let wire = start.wire.and_then(|w| w.find(&start.msg));
+        let wire = own_wire(&start);
         Self {
             start,
             last_event: now,
@@ -234,7 +234,7 @@ impl Pending {
     fn restart(&mut self, start: MsgStart, now: Instant) -> Replaced {
         // The record that starts the next message has the veth's latest counters of this one.
         self.see_wire(start.wire.as_ref());
-        let new_wire = start.wire.and_then(|w| w.find(&start.msg));
+        let new_wire = own_wire(&start);
         // Named one by one, so that a field added to `Pending` fails to compile here.
         let Self {
             start: old,
@@ -262,6 +262,11 @@ impl Pending {
             wire: self.wire,
         }
     }
+}
+
+/// The veth's counters of message `start` as its own record found them.
+fn own_wire(start: &MsgStart) -> Option<MsgCounters> {
+    start.wire.and_then(|w| w.find(&start.msg))
 }
 
 /// A pending message [`Pending::restart`] replaced: what emitting it needs, owned.
@@ -720,7 +725,6 @@ impl Assembler {
             out,
         );
         self.stats.messages += 1;
-        let wire = wire.filter(|_| start.wire.is_some());
         out.message(
             start,
             &start.payload,
