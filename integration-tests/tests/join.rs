@@ -282,7 +282,7 @@ async fn a_call_between_two_traced_pods_is_one_session_seen_at_four_points() -> 
     let carried = sample(&metrics, "clovisor_collector_veth_views_carried_total").unwrap_or(0.0);
     assert!(
         joined + merged + carried == 15.0 && merged > 0.0 && carried == 10.0,
-        "15 views joined, {carried} carried in their socket's messages, {merged} joined in the collector, {joined} in the correlator:\n{metrics}"
+        "15 views joined, {carried} carried in their socket's messages (10 unless the probe found no BPF filesystem to share its connection map through: see its log), {merged} joined in the collector, {joined} in the correlator:\n{metrics}"
     );
     assert!(
         metrics.contains(r#"clovisor_correlator_exchange_points_total{points="4"} 5"#),
