@@ -392,8 +392,9 @@ pub struct Joiner {
     held: usize,
     /// Held exchanges by wire key: each entry's `key`.
     wire: SlotIndex,
-    /// Every exchange the join holds, by client address and time (for sequence-less views).
-    clients: FxHashMap<ClientAddr, ByTime>,
+    /// Every exchange the join holds, by client address and time: kept only while
+    /// sequence-less views come ([`ByClient`]).
+    clients: ByClient,
     /// Held exchanges no sequence-carrying point has seen yet, by client address: the only
     /// ones a keyed view with an unknown key can join. Kept apart so that such a view — the
     /// first view of nearly every exchange — does not scan a busy keep-alive client's history.
@@ -482,6 +483,63 @@ impl ByTime {
         self.by_start
             .range((from, 0)..=(span.1, u64::MAX))
             .map(|&(_, slot)| slot)
+    }
+}
+
+/// Every exchange the join holds by client address and time, for views without a sequence
+/// number (a socket point that could not read one) to find the exchange they belong to — kept
+/// only while such views come. Filing every exchange in a client's ordered set and taking it
+/// out again when it is forgotten cost the correlator about 7 % of its time under load
+/// (docs/benchmarks.md), for a view most clusters never send. The first sequence-less view
+/// builds the index from the exchanges held (a pass over at most `max_entries`, then the same
+/// index as if it had always been kept); it is kept up to date from then on, and let go of
+/// once no such view came for [`ByClient::IDLE`].
+#[derive(Debug, Default)]
+struct ByClient {
+    /// `Some` while kept.
+    index: Option<FxHashMap<ClientAddr, ByTime>>,
+    /// When a sequence-less view last wanted it.
+    wanted: Option<Instant>,
+}
+
+impl ByClient {
+    /// How long the index is kept after the last view that wanted it.
+    const IDLE: Duration = Duration::from_secs(600);
+
+    /// The index, to keep up to date, while it is kept.
+    fn kept_mut(&mut self) -> Option<&mut FxHashMap<ClientAddr, ByTime>> {
+        self.index.as_mut()
+    }
+
+    /// The index, built from the exchanges the join holds if it was not kept.
+    fn build(&mut self, entries: &Slab, now: Instant) -> &FxHashMap<ClientAddr, ByTime> {
+        self.wanted = Some(now);
+        self.index.get_or_insert_with(|| {
+            let mut index: FxHashMap<ClientAddr, ByTime> = FxHashMap::default();
+            for (slot, e) in entries.iter() {
+                if let (true, Some(c)) = (e.joined, e.client) {
+                    index.entry(c).or_default().insert(e.span, slot);
+                }
+            }
+            index
+        })
+    }
+
+    /// Lets the index go when no view wanted it for [`ByClient::IDLE`].
+    fn let_go_if_idle(&mut self, now: Instant) {
+        if self.index.is_some()
+            && self
+                .wanted
+                .is_some_and(|at| now.saturating_duration_since(at) >= Self::IDLE)
+        {
+            self.index = None;
+        }
+    }
+
+    /// Whether the index is kept (tests).
+    #[cfg(test)]
+    fn is_kept(&self) -> bool {
+        self.index.is_some()
     }
 }
 
@@ -583,6 +641,13 @@ impl Slab {
     fn values(&self) -> impl Iterator<Item = &Entry> {
         self.slots.iter().flatten()
     }
+
+    /// Every entry with its slot.
+    fn iter(&self) -> impl Iterator<Item = (u64, &Entry)> {
+        (0u64..)
+            .zip(&self.slots)
+            .filter_map(|(slot, e)| e.as_ref().map(|e| (slot, e)))
+    }
 }
 
 enum Found {
@@ -602,7 +667,7 @@ impl Joiner {
             entries: Slab::default(),
             held: 0,
             wire: SlotIndex::default(),
-            clients: FxHashMap::default(),
+            clients: ByClient::default(),
             unkeyed: FxHashMap::default(),
             ids: SlotIndex::default(),
             open: VecDeque::new(),
@@ -788,9 +853,9 @@ impl Joiner {
             (Some(k), _) => match self.wire_slot(&k) {
                 Some(slot) => Found::One(slot),
                 // A sequence-less exchange (socket only so far) may be this one.
-                None => self.find_by_time(client, &rec.session, true),
+                None => self.find_by_time(client, &rec.session, true, now),
             },
-            (None, Some(_)) => self.find_by_time(client, &rec.session, false),
+            (None, Some(_)) => self.find_by_time(client, &rec.session, false, now),
             (None, None) => Found::None,
         };
         let (candidate, mut refused) = match found {
@@ -940,7 +1005,9 @@ impl Joiner {
             }
         }
         if let Some(c) = client {
-            self.clients.entry(c).or_default().insert(span, slot);
+            if let Some(clients) = self.clients.kept_mut() {
+                clients.entry(c).or_default().insert(span, slot);
+            }
             if !keyed {
                 self.unkeyed.entry(c).or_default().insert(span, slot);
             }
@@ -985,11 +1052,12 @@ impl Joiner {
         client: Option<ClientAddr>,
         session: &Session,
         unkeyed_only: bool,
+        now: Instant,
     ) -> Found {
         let index = if unkeyed_only {
             &self.unkeyed
         } else {
-            &self.clients
+            self.clients.build(&self.entries, now)
         };
         let Some(by_time) = client.and_then(|c| index.get(&c)) else {
             return Found::None;
@@ -1075,7 +1143,8 @@ impl Joiner {
             }
             if new_span != old_span {
                 e.span = new_span;
-                for index in [&mut self.clients, &mut self.unkeyed] {
+                let clients = self.clients.kept_mut();
+                for index in clients.into_iter().chain([&mut self.unkeyed]) {
                     if let Some(v) = index.get_mut(&c) {
                         if v.by_start.remove(&(old_span.0, slot)) {
                             v.insert(new_span, slot);
@@ -1180,7 +1249,9 @@ impl Joiner {
             self.wire.remove(hash(&k), slot);
         }
         if let Some(c) = e.client {
-            remove_slot(&mut self.clients, c, e.span.0, slot);
+            if let Some(clients) = self.clients.kept_mut() {
+                remove_slot(clients, c, e.span.0, slot);
+            }
             remove_slot(&mut self.unkeyed, c, e.span.0, slot);
         }
         if e.stored.is_none() {
@@ -1220,6 +1291,7 @@ impl Joiner {
         most: usize,
         ready: &mut Vec<Arc<CorrelatedSession>>,
     ) {
+        self.clients.let_go_if_idle(now);
         let mut made = 0;
         while made < most && self.open.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, slot)) = self.open.pop_front() {

@@ -1162,3 +1162,49 @@ fn only_modest_exchanges_held_nowhere_else_are_kept_to_decode_into() {
     assert_eq!(j.spare_count(), Joiner::SPARES_MAX);
     assert_eq!(Arc::strong_count(&elsewhere), 1, "dropped here, held there");
 }
+
+/// The client time index is kept only while sequence-less views come: keyed exchanges opened
+/// before the first such view are found by it all the same (the index is built from what the
+/// join holds), exchanges forgotten meanwhile are not, and once no such view came for a while
+/// the index is let go and built again for the next.
+#[test]
+fn the_client_time_index_is_built_when_a_sequence_less_view_first_needs_it() {
+    let mut j = joiner(100);
+    let t0 = Instant::now();
+    // Keyed views only: no index.
+    for (i, port) in [40000, 40001, 40002].into_iter().enumerate() {
+        let r = j.offer(server_veth(&format!("v{i}")).port(port).build(), t0);
+        assert_eq!(r.outcome, Outcome::Opened);
+    }
+    assert!(
+        !j.clients.is_kept(),
+        "keyed views alone keep no client time index"
+    );
+    // A socket view without a sequence number finds the keyed exchange of its client and time.
+    let r = j.offer(socket("s1", Side::Server).port(40001).build(), t0);
+    assert_eq!(r.outcome, Outcome::Joined);
+    assert_eq!(r.record.constituents, ["v1", "s1"]);
+    assert!(j.clients.is_kept());
+    // Kept up to date while kept: an exchange opened now is found too.
+    j.offer(server_veth("v3").port(40003).build(), t0);
+    let r = j.offer(socket("s3", Side::Server).port(40003).build(), t0);
+    assert_eq!(r.outcome, Outcome::Joined);
+    assert_eq!(r.record.constituents, ["v3", "s3"]);
+    // Their windows close; no sequence-less view for the idle time: let go of at the next
+    // offer, which also forgets them (past their retention).
+    assert_eq!(j.expire(t0 + Duration::from_millis(200)).len(), 4);
+    let later = t0 + ByClient::IDLE;
+    j.offer(server_veth("v4").port(40004).build(), later);
+    assert!(!j.clients.is_kept(), "let go of once idle");
+    // Built again for the next: the exchange opened while it was not kept is in it; those
+    // forgotten are not.
+    let r = j.offer(socket("s4", Side::Server).port(40004).build(), later);
+    assert_eq!(r.outcome, Outcome::Joined);
+    assert_eq!(r.record.constituents, ["v4", "s4"]);
+    let r = j.offer(socket("s0", Side::Server).port(40000).build(), later);
+    assert_eq!(
+        r.outcome,
+        Outcome::Opened,
+        "the first exchange was forgotten after its retention: nothing to join"
+    );
+}
