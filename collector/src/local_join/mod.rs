@@ -16,7 +16,8 @@
 //! the hold time, whichever comes first), then sent, merged or not — unless it is complete
 //! before: every side of it this probe traces seen at both the pod's veth and its socket (a
 //! side is traced when it was seen, or when its pod's metadata names a veth of this probe). A
-//! complete exchange leaves as its last view joins it, while its session is still in the cache.
+//! complete exchange leaves as its last view joins it (or as it comes, when one view holds it all: a
+//! socket's view carrying its pod veth's counters), while its session is still in the cache.
 //! Sessions without a wire key (datagrams, sockets whose sequence number could not be read) pass
 //! straight through, as do the incomplete sessions of ended flows: the correlator's time join
 //! handles them.
@@ -236,8 +237,8 @@ impl LocalJoin {
     }
 
     /// Takes the batch's session `i`: merges it into a held view of its exchange or an earlier
-    /// one of the batch where it fits, else indexes it (or, without a wire key, lends it to
-    /// `emit` at once).
+    /// one of the batch where it fits, else indexes it — unless it is [`complete`] already or
+    /// has no wire key: then it is lent to `emit` at once.
     fn take(
         &mut self,
         taking: &mut Batch,
@@ -269,6 +270,12 @@ impl LocalJoin {
                 merged.views += 1;
                 let waiting = (&mut self.held.waiting[..], &mut taking.waiting[..]);
                 at.leave_if_complete(into, waiting, emit);
+            }
+            // Complete as it came (a socket's view carrying its pod veth's counters): it leaves
+            // now, while it is in the cache, rather than a batch later.
+            _ if complete_as_it_comes(s) => {
+                emit(s);
+                taking.waiting[i] = false;
             }
             _ => {
                 self.taking_index.entry(key).or_insert(i);
@@ -388,6 +395,19 @@ fn complete(c: &Collected) -> bool {
             true
         }
     })
+}
+
+/// Whether a view that merged nothing here is [`complete`] as it came — a socket's view carrying
+/// its pod veth's counters — and places each of its points at a side. A point at no side (a
+/// veth whose pod's metadata is not known yet, a node interface) is none of the views
+/// [`complete`] counts, so a view of such points alone would look complete: it waits its batch
+/// for the views it may merge with, as before.
+fn complete_as_it_comes(c: &Collected) -> bool {
+    c.session
+        .observations
+        .iter()
+        .all(|o| o.side != Side::Unspecified as i32)
+        && complete(c)
 }
 
 /// The wire key of a session, if it has one.

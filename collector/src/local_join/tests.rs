@@ -723,6 +723,56 @@ fn an_exchange_whose_every_traced_side_is_seen_at_veth_and_socket_leaves_at_once
     assert_eq!(out.len(), 1);
 }
 
+/// A socket's view that carries its pod veth's counters (the veth's observation merged in when
+/// the view was made) is complete as it comes: it leaves in its own batch, indexed nowhere, and
+/// a later view of its exchange leaves alone; with a traced client it still waits.
+#[test]
+fn a_view_complete_as_it_comes_leaves_at_once() {
+    let mut j = LocalJoin::new(Duration::from_millis(30));
+    let carried = |id: &str, seq: u32| {
+        let mut s = server_socket(id, seq);
+        s.observations
+            .extend(server_veth("unused", seq).observations);
+        s
+    };
+    let (out, merged) = offer(&mut j, vec![carried("p/9/0", 7)]);
+    assert_eq!(merged.views, 0);
+    assert_eq!(out.len(), 1, "left with its batch: {out:#?}");
+    assert_eq!(
+        kinds(&out[0]),
+        [
+            (PointKind::Socket, Side::Server),
+            (PointKind::Pod, Side::Server)
+        ]
+    );
+    assert!(!j.is_holding(), "nothing waits");
+    // Nothing of it was kept to merge into: another view of its exchange leaves alone.
+    let (out, _) = offer(&mut j, vec![server_veth("p/1/0", 7)]);
+    assert!(out.is_empty() && j.is_holding());
+    let (out, _) = offer(&mut j, Vec::new());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].id, "p/1/0");
+
+    // The client's pod traced here: its views are still to come.
+    let (out, _) = offer_collected(
+        &mut j,
+        vec![client_traced(Collected::bare(carried("p/9/1", 8)))],
+    );
+    assert!(out.is_empty(), "{out:#?}");
+    assert!(j.is_holding());
+    let (out, _) = offer(&mut j, Vec::new());
+    assert_eq!(out.len(), 1);
+
+    // A point at no side (a veth whose pod is not known yet) is no part of a complete view:
+    // the view waits its batch for the views it may merge with.
+    let mut unplaced = carried("p/9/2", 9);
+    if let Some(o) = unplaced.observations.get_mut(1) {
+        o.side = Side::Unspecified as i32;
+    }
+    let (out, _) = offer(&mut j, vec![unplaced]);
+    assert!(out.is_empty() && j.is_holding(), "{out:#?}");
+}
+
 #[test]
 fn a_traced_client_keeps_the_exchange_waiting_until_its_veth_and_socket_join() {
     let mut j = LocalJoin::new(Duration::from_millis(30));
