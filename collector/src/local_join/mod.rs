@@ -16,8 +16,9 @@
 //! the hold time, whichever comes first), then sent, merged or not — unless it is complete
 //! before: every side of it this probe traces seen at both the pod's veth and its socket (a
 //! side is traced when it was seen, or when its pod's metadata names a veth of this probe). A
-//! complete exchange leaves as its last view joins it (or as it comes, when one view holds it all: a
-//! socket's view carrying its pod veth's counters), while its session is still in the cache.
+//! complete exchange leaves as its last view joins it (or as it comes, when one view holds it
+//! all: a socket's view carrying its pod veth's counters), while its session is still in the
+//! cache.
 //! Sessions without a wire key (datagrams, sockets whose sequence number could not be read) pass
 //! straight through, as do the incomplete sessions of ended flows: the correlator's time join
 //! handles them.
