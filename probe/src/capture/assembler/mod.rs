@@ -429,7 +429,13 @@ impl Assembler {
             counters_only: false,
             wire: None,
         };
-        self.message(&start, &[], &msg, None, false, out);
+        let done = Done {
+            start: &start,
+            flushed: None,
+            segments: &[],
+            wire: None,
+        };
+        self.message(&done, &msg, false, out);
     }
 
     /// A UDP flow went quiet (or made room): its end, named by id.
@@ -525,23 +531,16 @@ impl Assembler {
             Some(sent) if sent == *fin => {}
             Some(_) => {
                 self.stats.finals_after_flush += 1;
-                self.message(p.start, p.segments, fin, p.wire.as_ref(), false, out);
+                self.message(&p, fin, false, out);
             }
-            None => self.message(p.start, p.segments, fin, p.wire.as_ref(), false, out),
+            None => self.message(&p, fin, false, out),
         }
     }
 
     /// Emits a message of which only the first packet's counters are known.
     fn emit_first_packet_only(&mut self, p: Done<'_>, out: &mut impl RecordSink) {
         if p.flushed.is_none() {
-            self.message(
-                p.start,
-                p.segments,
-                &p.start.msg,
-                p.wire.as_ref(),
-                true,
-                out,
-            );
+            self.message(&p, &p.start.msg, true, out);
         }
     }
 
@@ -606,7 +605,7 @@ impl Assembler {
             });
             match cur {
                 Some(c) => {
-                    self.message(&p.start, &p.segments, &c, p.wire.as_ref(), true, out);
+                    self.message(&p.done(), &c, true, out);
                     self.stats.partial_flushes += 1;
                     p.flushed = Some(c);
                     p.last_event = now;
@@ -615,14 +614,7 @@ impl Assembler {
                 None => {
                     // The kernel no longer has it (or moved on and the event is still in
                     // the ring): send what we know; the next event, if any, is an orphan.
-                    self.message(
-                        &p.start,
-                        &p.segments,
-                        &p.start.msg,
-                        p.wire.as_ref(),
-                        true,
-                        out,
-                    );
+                    self.message(&p.done(), &p.start.msg, true, out);
                     self.stats.partial_flushes += 1;
                     if state.is_some() {
                         p.flushed = Some(p.start.msg);
@@ -654,7 +646,7 @@ impl Assembler {
                 .and_then(|s| s.cur)
                 .filter(|c| c.index == p.start.msg.index)
                 .unwrap_or(p.start.msg);
-            self.message(&p.start, &p.segments, &cur, p.wire.as_ref(), true, out);
+            self.message(&p.done(), &cur, true, out);
             self.stats.partial_flushes += 1;
         }
     }
@@ -700,18 +692,16 @@ impl Assembler {
         self.stats.flow_starts += 1;
     }
 
-    /// Emits the record of message `start` with its final (or current) counters `fin` (and its
-    /// pod veth's, `wire`), after its flow's `FlowStart` if that was not sent yet; `segments`
-    /// are `start`'s.
+    /// Emits the record of message `p` with its final (or current) counters `fin` (and its pod
+    /// veth's, `p.wire`), after its flow's `FlowStart` if that was not sent yet.
     fn message(
         &mut self,
-        start: &MsgStart,
-        segments: &[SegmentRecord],
+        p: &Done<'_>,
         fin: &MsgCounters,
-        wire: Option<&MsgCounters>,
         partial: bool,
         out: &mut impl RecordSink,
     ) {
+        let start = p.start;
         self.announce(
             start.flow_id,
             &start.key,
@@ -728,8 +718,8 @@ impl Assembler {
         out.message(
             start,
             &start.payload,
-            segments,
-            (fin, wire),
+            p.segments,
+            (fin, p.wire.as_ref()),
             partial,
             &self.clock,
         );
