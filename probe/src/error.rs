@@ -29,7 +29,8 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
-    /// The object has no map of that name (object and loader out of step).
+    /// The pin or the private BPF filesystem through which the capture objects share the tc
+    /// object's connection map could not be made.
     #[error("sharing the connection map between the capture objects: {what} {}", path.display())]
     SharedMap {
         /// The pin path or mount point.
@@ -40,6 +41,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The object has no map of that name (object and loader out of step).
     #[error("BPF map {map} is missing from the object or already taken")]
     MissingMap {
         /// Map name.
