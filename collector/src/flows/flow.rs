@@ -647,7 +647,7 @@ impl Output for Sink<'_, '_> {
             Some(views) if parts.counters_only => {
                 views.push(session::counter_view(&parts, exchange))
             }
-            _ => self.ctx.out.push(session::build(&parts, exchange)),
+            _ => session::build_into(&parts, exchange, self.ctx.out),
         }
     }
 

@@ -10,7 +10,7 @@ use clovisor_proto::hops::{EncodedSession, SessionEncoder};
 use clovisor_proto::join::key::{
     has_tcp_seq, wire_key_of, ClientAddr, WireKey, MESSAGE_POSITION_ATTRIBUTE,
 };
-use clovisor_proto::join::merge::{merge_point, PointView};
+use clovisor_proto::join::merge::{merge_point, merge_point_between_same_ends, PointView};
 use clovisor_proto::session::encode::{IdParts, ObservationNames, SessionNames};
 use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Protocol, Session};
 
@@ -451,66 +451,76 @@ pub(super) fn counter_view(f: &FlowParts<'_>, ex: Exchange) -> CounterView {
     }
 }
 
-/// The session of exchange `ex` on flow `f`.
-pub(super) fn build(f: &FlowParts<'_>, ex: Exchange) -> Collected {
+/// The session of exchange `ex` on flow `f`, added to `out`.
+///
+/// Written field by field in its place at the end of `out`: made whole and then pushed, the
+/// session (some 900 bytes with what names it) was copied two or three times on its way there,
+/// and the exchange's parts once more into it.
+pub(super) fn build_into(f: &FlowParts<'_>, ex: Exchange, out: &mut Vec<Collected>) {
     if f.counters_only {
-        return counter_view(f, ex).into_collected();
+        out.push(counter_view(f, ex).into_collected());
+        return;
     }
+    out.push(Collected::default());
+    let Some(c) = out.last_mut() else {
+        return;
+    };
+    fill(c, f, ex);
+}
+
+/// Writes the session of exchange `ex` on flow `f` (not counters-only) into `c`, which is
+/// empty ([`Collected::default`]).
+fn fill(c: &mut Collected, f: &FlowParts<'_>, ex: Exchange) {
     let key = f.key;
     let point = point(f, &ex);
     let wire = wire_view(f, &ex);
-    let origin = origin(f, &ex);
-    let (http, grpc, dns, database, analyzer, kafka) = match ex.fields {
-        Fields::Http(h) => (Some(h), None, None, None, None, None),
-        Fields::Grpc { http, grpc } => (Some(http), Some(grpc), None, None, None, None),
-        Fields::Dns(d) => (None, None, Some(d), None, None, None),
-        Fields::Database(d) => (None, None, None, Some(d), None, None),
-        Fields::Analyzer(a) => (None, None, None, None, Some(a), None),
-        Fields::Kafka(k) => (None, None, None, None, None, Some(k)),
-        Fields::None => (None, None, None, None, None, None),
-    };
+    c.origin = Some(origin(f, &ex));
+    c.client_meta = f.ends.client.cloned();
+    c.server_meta = f.ends.server.cloned();
+    let Exchange {
+        protocol,
+        position,
+        incomplete,
+        fields,
+        trace,
+        mut attributes,
+        ..
+    } = ex;
+    if keyed_by_position(protocol, position) {
+        attributes.insert(MESSAGE_POSITION_ATTRIBUTE.to_owned(), position.to_string());
+    }
+    let s = &mut c.session;
+    match fields {
+        Fields::Http(h) => s.http = Some(h),
+        Fields::Grpc { http, grpc } => {
+            s.http = Some(http);
+            s.grpc = Some(Box::new(grpc));
+        }
+        Fields::Dns(d) => s.dns = Some(Box::new(d)),
+        Fields::Database(d) => s.database = Some(Box::new(d)),
+        Fields::Analyzer(a) => s.analyzer = Some(Box::new(a)),
+        Fields::Kafka(k) => s.kafka = Some(Box::new(k)),
+        Fields::None => {}
+    }
+    s.protocol = protocol as i32;
+    s.client = Some(endpoint(&f.names.client_ip, key.client_port));
+    s.server = Some(endpoint(&f.names.server_ip, key.server_port));
     // Room in a decoded view's vector for the views of its exchange a single host's points make
     // (both veths, both sockets): the local join merges the others into it, which otherwise
     // grows the vector once or twice per exchange (an allocation, a copy and a free each time).
-    let mut observations = Vec::with_capacity(POINTS_PER_HOST);
-    let mut attributes = ex.attributes;
-    if keyed_by_position(ex.protocol, ex.position) {
-        attributes.insert(
-            MESSAGE_POSITION_ATTRIBUTE.to_owned(),
-            ex.position.to_string(),
-        );
-    }
-    observations.push(point.observation);
-    let mut session = Session {
-        id: String::new(),
-        protocol: ex.protocol as i32,
-        client: Some(endpoint(&f.names.client_ip, key.client_port)),
-        server: Some(endpoint(&f.names.server_ip, key.server_port)),
-        observations,
-        start_unix_nanos: point.start_unix_nanos,
-        end_unix_nanos: point.end_unix_nanos,
-        bytes: Some(point.bytes),
-        packets: Some(point.packets),
-        http,
-        dns: dns.map(Box::new),
-        trace: ex.trace,
-        incomplete: ex.incomplete,
-        attributes,
-        database: database.map(Box::new),
-        grpc: grpc.map(Box::new),
-        analyzer: analyzer.map(Box::new),
-        kafka: kafka.map(Box::new),
-        merged_ids: Vec::new(),
-    };
+    s.observations.reserve_exact(POINTS_PER_HOST);
+    s.observations.push(point.observation);
+    s.start_unix_nanos = point.start_unix_nanos;
+    s.end_unix_nanos = point.end_unix_nanos;
+    s.bytes = Some(point.bytes);
+    s.packets = Some(point.packets);
+    s.trace = trace;
+    s.incomplete = incomplete;
+    s.attributes = attributes;
     if let Some(view) = wire {
-        // As the local join would have merged the point's own view into this one.
-        merge_point(&mut session, view);
-    }
-    Collected {
-        session,
-        client_meta: f.ends.client.cloned(),
-        server_meta: f.ends.server.cloned(),
-        origin: Some(origin),
+        // As the local join would have merged the point's own view into this one; the point
+        // is of this flow, so its ends are the session's.
+        merge_point_between_same_ends(s, view);
     }
 }
 

@@ -375,14 +375,29 @@ fn unnamed((ip, port): (Bytes, u32)) -> Endpoint {
 }
 
 /// [`merge_counters`] of `add`'s session ([`PointView::into_session`]), without making it.
-pub fn merge_point(into: &mut Session, add: PointView) {
+pub fn merge_point(into: &mut Session, mut add: PointView) {
+    let client = unnamed(std::mem::take(&mut add.client));
+    let server = unnamed(std::mem::take(&mut add.server));
+    add_point(into, add, Some((client, server)));
+}
+
+/// [`merge_point`] of a view between the very ends `into` has (the same addresses and ports:
+/// another point of the same flow, e.g. a socket's pod veth carried in its records), whose ends
+/// add nothing: without the two unnamed endpoints [`merge_point`] makes only to find that.
+pub fn merge_point_between_same_ends(into: &mut Session, add: PointView) {
+    add_point(into, add, None);
+}
+
+/// [`merge_point`], `add`'s ends as endpoints given in `ends` (none: nothing to add of them).
+fn add_point(into: &mut Session, add: PointView, ends: Option<(Endpoint, Endpoint)>) {
+    let (client, server) = ends.unzip();
     Counted {
         ranks_better: rank(&add.observation) < best_rank(into),
         server_from_add: add.takes_server_from(into),
         bytes: Some(add.bytes),
         packets: Some(add.packets),
-        client: Some(unnamed(add.client)),
-        server: Some(unnamed(add.server)),
+        client,
+        server,
         start_unix_nanos: add.start_unix_nanos,
         end_unix_nanos: add.end_unix_nanos,
     }
@@ -512,6 +527,38 @@ mod tests {
             let mut by_view = into;
             merge_point(&mut by_view, view);
             prop_assert_eq!(by_view, by_session);
+        }
+
+        /// A point's view between the very ends of the session it merges into (named there or
+        /// not) adds what [`merge_point`] adds, without its ends being made.
+        #[test]
+        fn a_view_between_the_same_ends_merges_as_any_view_does(
+            mut into in arb_session(),
+            observation in arb_observation(),
+            (client, server) in (arb_end(), arb_end()),
+            (a, b) in any::<(u64, u64)>(),
+            (start_unix_nanos, end_unix_nanos) in any::<(u64, u64)>(),
+        ) {
+            let end = |e: &mut Option<Endpoint>, (ip, port): (Bytes, u32)| {
+                let e = e.get_or_insert_with(Endpoint::default);
+                (e.ip, e.port) = (ip, port);
+                (e.ip.clone(), e.port)
+            };
+            let (client, server) = (end(&mut into.client, client), end(&mut into.server, server));
+            let view = PointView {
+                observation,
+                client,
+                server,
+                bytes: Counters { request: a, response: b },
+                packets: Counters { request: b, response: a },
+                start_unix_nanos,
+                end_unix_nanos,
+                incomplete: false,
+            };
+            let mut any = into.clone();
+            merge_point(&mut any, view.clone());
+            merge_point_between_same_ends(&mut into, view);
+            prop_assert_eq!(into, any);
         }
     }
 }
