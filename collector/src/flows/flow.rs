@@ -629,7 +629,7 @@ impl<'c, 'a> Sink<'c, 'a> {
 }
 
 impl Output for Sink<'_, '_> {
-    fn exchange(&mut self, exchange: Exchange) {
+    fn exchange(&mut self, mut exchange: Exchange) {
         let parts = FlowParts {
             probe: self.ctx.probe,
             names: self.names,
@@ -645,9 +645,9 @@ impl Output for Sink<'_, '_> {
         }
         match &mut self.ctx.counter_views {
             Some(views) if parts.counters_only => {
-                views.push(session::counter_view(&parts, exchange))
+                views.push(session::counter_view(&parts, &exchange))
             }
-            _ => session::build_into(&parts, exchange, self.ctx.out),
+            _ => session::build_into(&parts, &mut exchange, self.ctx.out),
         }
     }
 
