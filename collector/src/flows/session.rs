@@ -10,7 +10,7 @@ use clovisor_proto::hops::{EncodedSession, SessionEncoder};
 use clovisor_proto::join::key::{
     has_tcp_seq, wire_key_of, ClientAddr, WireKey, MESSAGE_POSITION_ATTRIBUTE,
 };
-use clovisor_proto::join::merge::{merge_point, merge_point_between_same_ends, PointView};
+use clovisor_proto::join::merge::{merge_point, PointView};
 use clovisor_proto::session::encode::{IdParts, ObservationNames, SessionNames};
 use clovisor_proto::session::v1::{Counters, Endpoint, Observation, Protocol, Session};
 
@@ -517,9 +517,9 @@ fn fill(c: &mut Collected, f: &FlowParts<'_>, ex: &mut Exchange) {
     s.incomplete = incomplete;
     s.attributes = attributes;
     if let Some(view) = wire {
-        // As the local join would have merged the point's own view into this one; the point
-        // is of this flow, so its ends are the session's.
-        merge_point_between_same_ends(s, view);
+        // As the local join would have merged the point's own view into this one (of this
+        // flow: its ends are the session's, which `merge_point` leaves as they are).
+        merge_point(s, view);
     }
 }
 
