@@ -631,6 +631,24 @@ for arm in "AB":
     print(f"| arm {arm}: traced / served, dropped (all runs) | "
           + (f"{100 * t / served:.1f} %" if served else "–") + f", {d:,.0f} dropped |"
           + " |" * (len(cols) - 1))
+# What the load saw: requests wrk completed and its latency percentiles, per arm (medians of the
+# runs' percentiles), so that a change in how the tracer shares the cores shows where users feel it.
+wrk = {}
+for f in sorted(raw.glob("pair-*-?.wrk.json")):
+    stem = f.name[: -len(".wrk.json")]
+    _, p, arm = stem.split("-")
+    wrk[(int(p), arm)] = json.loads(f.read_text())
+if wrk:
+    print("\n| the load (wrk) | arm A | arm B | B / A |")
+    print("| --- | --- | --- | --- |")
+    total = {arm: sum(w["requests"] for (p, a), w in wrk.items() if a == arm) for arm in "AB"}
+    print(f"| requests completed (all pairs) | {total['A']:,} | {total['B']:,} | {ratio(total['A'], total['B'])} |")
+    print("| requests completed B / A, pair by pair | | | " + " ".join(
+        ratio(wrk[(p, "A")]["requests"], wrk[(p, "B")]["requests"])
+        for p in pairs if (p, "A") in wrk and (p, "B") in wrk) + " |")
+    for q in ("p50", "p99"):
+        m = {arm: statistics.median(w["latency_us"][q] for (p, a), w in wrk.items() if a == arm) for arm in "AB"}
+        print(f"| latency {q}, µs (median of the runs) | {m['A']:,.0f} | {m['B']:,.0f} | {ratio(m['A'], m['B'])} |")
 print("\nThis machine's noise moves every column between runs; a component arm B did not change is "
       "the control: compare the changed one's B / A with theirs, pair by pair.")
 PY
