@@ -587,10 +587,12 @@ sys.path.insert(0, "bench")
 from report import delta, parse_prom  # the report's own reading of a scrape
 rows = {}
 traced = {}
+wrk = {}
 for f in sorted(raw.glob("pair-*-?.json")):
     r = json.loads(f.read_text())
     n, cpu, bpf = r["served"], r["cpu"], r["bpf"]
     stem = f.name[: -len(".json")]
+    wrk[(r["pair"], r["arm"])] = json.loads((raw / f"{stem}.wrk.json").read_text())
     before, after = parse_prom(raw / f"{stem}.before.prom"), parse_prom(raw / f"{stem}.after.prom")
     traced[(r["pair"], r["arm"])] = tuple(
         delta(before, after, m) for m in ("clovisor_http_requests_total", "clovisor_dropped_total"))
@@ -633,12 +635,7 @@ for arm in "AB":
           + " |" * (len(cols) - 1))
 # What the load saw: requests wrk completed and its latency percentiles, per arm (medians of the
 # runs' percentiles), so that a change in how the tracer shares the cores shows where users feel it.
-wrk = {}
-for f in sorted(raw.glob("pair-*-?.wrk.json")):
-    stem = f.name[: -len(".wrk.json")]
-    _, p, arm = stem.split("-")
-    wrk[(int(p), arm)] = json.loads(f.read_text())
-if wrk:
+if {a for _, a in wrk} == {"A", "B"}:
     print("\n| the load (wrk) | arm A | arm B | B / A |")
     print("| --- | --- | --- | --- |")
     total = {arm: sum(w["requests"] for (p, a), w in wrk.items() if a == arm) for arm in "AB"}
