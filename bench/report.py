@@ -137,11 +137,15 @@ def cpu_per_request(raw_cpu, served_n, clk):
 def section_b(raw, machine, rep):
     pairs = machine["knobs"]["pairs"]
     clk = machine["clk_tck"]
-    modes = ("untraced", "veth", "traced", "aio")
+    modes = ("untraced", "veth", "traced", "standin", "aio")
+    # Arms without a tracer: only the load's figures (and the stand-in's own).
+    bare = ("untraced", "standin")
     runs = {m: [] for m in modes}
     rows = []
+    standins = []
     # Per traced arm: sessions the correlator counted, requests nginx served, CPU ticks.
-    acc = {m: {"sessions": 0.0, "served": 0, "ticks": {}, "points": {}, "losses": {}} for m in modes[1:]}
+    acc = {m: {"sessions": 0.0, "served": 0, "ticks": {}, "points": {}, "losses": {}}
+           for m in modes if m not in bare}
     aio_rss = []
     for p in range(1, pairs + 1):
         row = {"pair": p}
@@ -154,7 +158,11 @@ def section_b(raw, machine, rep):
             row[mode] = {"requests": w["requests"], "per_s": rate([w]),
                          "p50_us": w["latency_us"]["p50"], "p99_us": w["latency_us"]["p99"],
                          "errors": sum(w["errors"].values())}
-            if mode == "untraced":
+            if mode == "standin":
+                si = raw / "b" / f"pair-{p}-standin.standin.json"
+                if si.exists():
+                    standins.append(load(si))
+            if mode in bare:
                 continue
             before = parse_prom(raw / "b" / f"pair-{p}-{mode}.before.prom")
             after = parse_prom(raw / "b" / f"pair-{p}-{mode}.after.prom")
@@ -180,6 +188,8 @@ def section_b(raw, machine, rep):
         row["ratio"] = row["traced"]["per_s"] / row["untraced"]["per_s"]
         if "aio" in row:
             row["ratio_aio"] = row["aio"]["per_s"] / row["untraced"]["per_s"]
+        if "standin" in row:
+            row["ratio_standin"] = row["standin"]["per_s"] / row["untraced"]["per_s"]
         rows.append(row)
     u, t = rate(runs["untraced"]), rate(runs["traced"])
     ratio = t / u
@@ -200,6 +210,25 @@ def section_b(raw, machine, rep):
     rep.figure("b", "throughput_ratio_socket_point", "throughput with the socket point / veth only",
                t / v if v else None, "×",
                note="what the socket point's hooks cost on top of the veth capture" if v else "not run")
+    # The stand-in: the fully traced arm's CPU share taken by a busy loop, no tracer running.
+    si = rate(runs["standin"]) if runs["standin"] else None
+    si_spread = [r["ratio_standin"] for r in rows if "ratio_standin" in r]
+    if si and standins:
+        shares = [x["share"] for x in standins]
+        took = sum(x["cpu_s"] for x in standins) / (len(standins) * machine["knobs"]["wrk_seconds"])
+        si_note = (f"{fmt(si)} vs {fmt(u)} requests/s, per round {min(si_spread):.2f}–{max(si_spread):.2f}; "
+                   f"no tracer: a busy loop (bench/standin.py) taking the share of a CPU the probe, collector "
+                   f"and correlator took in the round's fully traced run ({min(shares):.2f}–{max(shares):.2f}; "
+                   f"it took {took:.2f} on average), in bursts of {standins[0]['burst_ms']:g} ms — what that "
+                   "much CPU costs the load on this machine, whoever takes it")
+    else:
+        si_note = "not run"
+    rep.figure("b", "throughput_ratio_standin", "throughput beside a stand-in of the tracer's CPU / untraced",
+               si / u if si else None, "×", note=si_note)
+    rep.figure("b", "throughput_ratio_traced_vs_standin", "throughput traced / beside the stand-in",
+               t / si if si else None, "×",
+               note="what the tracer costs the load beyond its CPU time (its programs in the load's own "
+                    "context, its wake-ups, its caches)" if si else "not run")
     # How steady the machine was: the untraced arm is the same load every round, so its spread is
     # the noise the ratios above sit in.
     base = [r["untraced"]["per_s"] for r in rows]
@@ -297,7 +326,7 @@ def section_b(raw, machine, rep):
                f"{fmt(ao['sessions'])} exchanges counted (clovisor_http_requests_total) / "
                f"{fmt(ao['served'])} requests served — {acct}; {points_note('aio')}" if ao["served"] else "not run")
     return {"pairs": rows, "untraced_per_s": u, "traced_per_s": t, "ratio": ratio,
-            "veth_per_s": v, "all_in_one_per_s": a,
+            "veth_per_s": v, "all_in_one_per_s": a, "standin_per_s": si, "standins": standins,
             "cpu_ticks": {m: acc[m]["ticks"] for m in acc}, "exchange_points": {m: acc[m]["points"] for m in acc},
             "losses": {m: acc[m]["losses"] for m in acc},
             "added_mean_us": added, "wrk_mean_latency_us": {m: [w["latency_us"]["mean"] for w in runs[m]] for m in runs if runs[m]},
@@ -776,19 +805,21 @@ def markdown(machine, rep, details):
             lines.append(f"| {f['name']} | {value} | {f['target'] or ''} | {met_text(f)} | {f['note']} |")
         lines.append("")
         if sec == "b":
-            lines += ["| round | untraced req/s | veth only req/s | traced req/s | all-in-one req/s | ratio (traced / aio) | "
-                      "p50 µs (u / v / t / aio) | p99 µs (u / v / t / aio) | wrk errors (u / v / t / aio) |",
-                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            lines += ["| round | untraced req/s | veth only req/s | traced req/s | stand-in req/s | all-in-one req/s | "
+                      "ratio (traced / stand-in / aio) | p50 µs (u / v / t / s / aio) | p99 µs (u / v / t / s / aio) | "
+                      "wrk errors (u / v / t / s / aio) |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
             none = {"per_s": None, "p50_us": "—", "p99_us": "—", "errors": "—"}
             for r in details["b"]["pairs"]:
                 u, t = r["untraced"], r["traced"]
-                v, a = r.get("veth", none), r.get("aio", none)
+                v, a, sd = r.get("veth", none), r.get("aio", none), r.get("standin", none)
                 ra = f"{r['ratio_aio']:.2f}" if "ratio_aio" in r else "—"
+                rs = f"{r['ratio_standin']:.2f}" if "ratio_standin" in r else "—"
                 lines.append(f"| {r['pair']} | {fmt(u['per_s'])} | {fmt(v['per_s'])} | {fmt(t['per_s'])} | "
-                             f"{fmt(a['per_s'])} | {r['ratio']:.2f} / {ra} | "
-                             f"{u['p50_us']} / {v['p50_us']} / {t['p50_us']} / {a['p50_us']} | "
-                             f"{u['p99_us']} / {v['p99_us']} / {t['p99_us']} / {a['p99_us']} | "
-                             f"{u['errors']} / {v['errors']} / {t['errors']} / {a['errors']} |")
+                             f"{fmt(sd['per_s'])} | {fmt(a['per_s'])} | {r['ratio']:.2f} / {rs} / {ra} | "
+                             f"{u['p50_us']} / {v['p50_us']} / {t['p50_us']} / {sd['p50_us']} / {a['p50_us']} | "
+                             f"{u['p99_us']} / {v['p99_us']} / {t['p99_us']} / {sd['p99_us']} / {a['p99_us']} | "
+                             f"{u['errors']} / {v['errors']} / {t['errors']} / {sd['errors']} / {a['errors']} |")
             lines.append("")
         if sec == "e" and "e" in details:
             lines += ["| round | syscalls per CPU s: without / with | ratio | loopback req/s: without / with | ratio | "

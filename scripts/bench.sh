@@ -6,7 +6,7 @@
 #
 #   sudo bash scripts/bench.sh
 #
-# Needs root (BPF, namespaces, sysctl). Bounded: every load has a fixed duration, about 8 minutes
+# Needs root (BPF, namespaces, sysctl). Bounded: every load has a fixed duration, about 10 minutes
 # after a warm build on a 2-core machine. Creates two namespace pods on a bridge (server: nginx,
 # client: wrk) and a third, untraced namespace (the bystander: its own nginx and wrk on loopback),
 # runs clovisor-probe, clovisor-collector and clovisor-correlator as separate processes, and
@@ -14,7 +14,8 @@
 # the sysctl it changes on exit, on failure and on Ctrl-C.
 #
 # Sections (the report's letters): (b) request overhead, untraced vs traced wrk runs interleaved
-# (separate binaries at the veth only and at every point, and all-in-one tracing both pods);
+# (separate binaries at the veth only and at every point, all-in-one tracing both pods, and a
+# stand-in with no tracer: a busy loop taking the fully traced arm's CPU share, bench/standin.py);
 # (a) eBPF cost from the kernel's BPF run statistics, our programs vs an empty program on the same
 # veth under the same load; (d) end to end, a connection ramp with every request accounted for and
 # the CPU and memory of each component; (e) what the probe costs a process in an untraced
@@ -24,7 +25,8 @@
 # every decoded protocol (about a minute more: one decode phase per protocol).
 #
 # Knobs (environment): BENCH_SECONDS (per wrk run of (a) and (b), default 10), BENCH_PAIRS
-# (rounds of (b) and (e), default 4), BENCH_CONNS (wrk connections of (a), (b) and (e), default 4),
+# (rounds of (b) and (e), default 4), BENCH_STANDIN_BURST_MS (the stand-in's busy bursts in (b),
+# default 2), BENCH_CONNS (wrk connections of (a), (b) and (e), default 4),
 # BENCH_RAMP (connection counts of (d), default "1 2 4 8 16 32"), BENCH_RAMP_SECONDS (default 5),
 # BENCH_BYSTANDER_SECONDS (per wrk run of (e), default 5), BENCH_DD_COUNT (syscall-loop bytes of
 # (e), two syscalls each, default 6000000), BENCH_FLOWS (open flows and held exchanges of (f),
@@ -152,6 +154,7 @@ EMPTY_QDISC_ADDED=""
 NGINX_PID=""
 BYSTANDER_NGINX_PID=""
 WRK_PID=""
+STANDIN=() # the stand-in processes of section b, while they run
 
 # Eight free loopback ports: correlator gRPC, API, metrics; collector gRPC, metrics; probe
 # metrics; all-in-one API, metrics.
@@ -216,6 +219,7 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   [ -n "$WRK_PID" ] && stop_pid "$WRK_PID"
+  [ "${#STANDIN[@]}" -gt 0 ] && kill "${STANDIN[@]}" 2>/dev/null
   stop_pipeline
   [ -n "$STATS_OLD" ] && sysctl -qw kernel.bpf_stats_enabled="$STATS_OLD"
   detach_empty
@@ -733,16 +737,62 @@ fi
 # --- b. request overhead: untraced vs traced, interleaved ----------------------------------------
 
 note_load b
-# Four arms per round: untraced; traced at the veth only (--socket-hooks off); traced at the veth
-# and the socket point (the default); all-in-one tracing both pods (every point of client and
-# server). The second arm tells the socket point's share of the cost.
-echo "== b. request overhead: $PAIRS rounds of untraced, veth-only, fully traced and all-in-one wrk runs (-c$CONNS, ${SECONDS_PER_RUN}s), order alternating"
+# Five arms per round: untraced; traced at the veth only (--socket-hooks off); traced at the veth
+# and the socket point (the default); a stand-in taking the CPU the fully traced arm's processes
+# took, with no tracer (bench/standin.py); all-in-one tracing both pods (every point of client and
+# server). The second arm tells the socket point's share of the cost; the stand-in what that much
+# CPU costs the load on this machine whoever takes it, in bursts of BENCH_STANDIN_BURST_MS.
+STANDIN_BURST_MS=${BENCH_STANDIN_BURST_MS:-2}
+# The CPU share (of one CPU) the three components took over a traced run, from its cpu.json.
+tracer_share() { # cpu.json
+  jq --argjson clk "$(getconf CLK_TCK)" --argjson s "$SECONDS_PER_RUN" \
+    '[.after.probe - .before.probe, .after.collector - .before.collector,
+      .after.correlator - .before.correlator] | add / $clk / $s' "$1"
+}
+# Stand-ins for a share: as many processes as CPUs the share needs, each with its part of it.
+start_standin() { # share seconds
+  local n i
+  n=$(awk -v s="$1" 'BEGIN { n = int(s); if (n < s) n++; print (n < 1 ? 1 : n) }')
+  STANDIN=()
+  for i in $(seq 1 "$n"); do
+    python3 "$ROOT/bench/standin.py" "$(awk -v s="$1" -v n="$n" 'BEGIN { print s / n }')" \
+      "$STANDIN_BURST_MS" "$2" &
+    STANDIN+=("$!")
+  done
+}
+standin_ticks() { # (one that is gone counts nothing)
+  local t=0 p
+  for p in "${STANDIN[@]}"; do t=$((t + $(cpu_ticks "$p" 2>/dev/null || echo 0))); done
+  echo "$t"
+}
+echo "== b. request overhead: $PAIRS rounds of untraced, veth-only, fully traced, stand-in and all-in-one wrk runs (-c$CONNS, ${SECONDS_PER_RUN}s), order alternating"
 run_wrk "$CONNS" 2 "$WORK/warmup.json"
 for p in $(seq 1 "$PAIRS"); do
-  # Alternate the order of a round, so a drift in the machine's load cancels out.
-  if [ $((p % 2)) -eq 1 ]; then order="untraced veth traced aio"; else order="aio traced veth untraced"; fi
+  # Alternate the order of a round, so a drift in the machine's load cancels out (the stand-in
+  # follows the traced arm, whose CPU it takes).
+  if [ $((p % 2)) -eq 1 ]; then order="untraced veth traced standin aio"; else order="aio traced standin veth untraced"; fi
   for mode in $order; do
     f=$RAW/b/pair-$p-$mode
+    if [ "$mode" = standin ]; then
+      share=$(tracer_share "$RAW/b/pair-$p-traced.cpu.json")
+      # Running a little longer than the load, so that they are still there to be read and
+      # stopped after it; each would end by itself soon after.
+      STANDIN=()
+      awk -v s="$share" 'BEGIN { exit !(s > 0) }' && start_standin "$share" $((SECONDS_PER_RUN + 3))
+      run_wrk "$CONNS" "$SECONDS_PER_RUN" "$f.wrk.json"
+      ticks=$(standin_ticks)
+      nstandin=${#STANDIN[@]}
+      if [ "$nstandin" -gt 0 ]; then
+        kill "${STANDIN[@]}" 2>/dev/null || true
+        wait "${STANDIN[@]}" 2>/dev/null || true
+      fi
+      STANDIN=()
+      jq -n -c --argjson share "$share" --argjson ticks "$ticks" --argjson clk "$(getconf CLK_TCK)" \
+        --argjson burst "$STANDIN_BURST_MS" --argjson n "$nstandin" \
+        '{share: $share, burst_ms: $burst, processes: $n, cpu_s: ($ticks / $clk)}' >"$f.standin.json"
+      printf '   pair %d %-8s %s (share %.2f of a CPU)\n' "$p" "$mode" "$(wrk_line "$f.wrk.json")" "$share"
+      continue
+    fi
     if [ "$mode" != untraced ]; then
       case $mode in
         veth) start_pipeline --socket-hooks off ;;
