@@ -749,11 +749,11 @@ tracer_share() { # cpu.json
     '[.after.probe - .before.probe, .after.collector - .before.collector,
       .after.correlator - .before.correlator] | add / $clk / $s' "$1"
 }
-# Stand-ins for a share: as many processes as CPUs the share needs, each with its part of it.
+# Stand-ins for a share, added to STANDIN: as many processes as CPUs the share needs, each with
+# its part of it.
 start_standin() { # share seconds
   local n i
   n=$(awk -v s="$1" 'BEGIN { n = int(s); if (n < s) n++; print (n < 1 ? 1 : n) }')
-  STANDIN=()
   for i in $(seq 1 "$n"); do
     python3 "$ROOT/bench/standin.py" "$(awk -v s="$1" -v n="$n" 'BEGIN { print s / n }')" \
       "$STANDIN_BURST_MS" "$2" &
