@@ -489,7 +489,7 @@ fn network_type(attrs: &mut Attributes<'_>, ends: &Ends<'_>) {
 /// `{prefix}.address` and `{prefix}.port` of an endpoint, under the two keys given.
 fn endpoint_attrs(attrs: &mut Attributes<'_>, keys: (&str, &str), e: &Endpoint) {
     if let Some(ip) = endpoint_ip(e) {
-        attrs.display(keys.0, ip);
+        attrs.ip(keys.0, ip);
     }
     if e.port != 0 {
         attrs.int(keys.1, i64::from(e.port));
@@ -511,7 +511,7 @@ fn network_attributes(
     if !host.is_empty() {
         attrs.str("server.address", host);
     } else if let Some(ip) = endpoint_ip(ends.server) {
-        attrs.display("server.address", ip);
+        attrs.ip("server.address", ip);
     }
     match host_port {
         Some(p) => attrs.int("server.port", i64::from(p)),

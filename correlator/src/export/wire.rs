@@ -7,6 +7,7 @@
 //! ([`super::span::build_span`]) is what tests and other readers get.
 
 use std::fmt::{self, Write as _};
+use std::net::IpAddr;
 
 /// Protobuf wire types.
 const VARINT: u32 = 0;
@@ -169,6 +170,38 @@ impl<'a> Attributes<'a> {
         });
     }
 
+    /// An address attribute, written as `Display` writes it. IPv4, every span's case, without
+    /// the formatting machinery (a tenth of the span's encoding went to it).
+    pub fn ip(&mut self, key: &str, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut text = [0u8; 15];
+                let mut n = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text[n] = b'.';
+                        n += 1;
+                    }
+                    if octet >= 100 {
+                        text[n] = b'0' + octet / 100;
+                        n += 1;
+                    }
+                    if octet >= 10 {
+                        text[n] = b'0' + octet / 10 % 10;
+                        n += 1;
+                    }
+                    text[n] = b'0' + octet % 10;
+                    n += 1;
+                }
+                // Digits and dots: ASCII. At most 15 bytes, so `n` is in range.
+                let text = text.get(..n).unwrap_or_default();
+                self.head(key, len_field_size(text.len()));
+                bytes(self.buf, ANY_STRING, text);
+            }
+            IpAddr::V6(v6) => self.display(key, v6),
+        }
+    }
+
     /// An integer attribute.
     pub fn int(&mut self, key: &str, value: i64) {
         self.head(key, 1 + varint_len(value as u64));
@@ -263,6 +296,30 @@ mod tests {
             kv("long display", Value::StringValue(long)),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        let mut addrs: Vec<IpAddr> = [0u8, 1, 9, 10, 42, 99, 100, 101, 199, 200, 255]
+            .iter()
+            .flat_map(|&a| {
+                [
+                    IpAddr::from([a, 0, 10, 255]),
+                    IpAddr::from([10, a, 100, 7]),
+                    IpAddr::from([192, 168, a, a]),
+                ]
+            })
+            .collect();
+        addrs.push("2001:db8::1".parse().unwrap_or(IpAddr::from([0u8; 16])));
+        addrs.push("::ffff:10.0.0.1".parse().unwrap_or(IpAddr::from([0u8; 16])));
+        for ip in addrs {
+            let got = decoded(|a| a.ip("k", ip));
+            assert_eq!(
+                got,
+                vec![kv("k", Value::StringValue(ip.to_string()))],
+                "{ip}"
+            );
+        }
     }
 
     #[test]
