@@ -584,7 +584,8 @@ def section_c(raw, rep):
                note="the two must see (about) the same exchanges for the ratio to mean anything")
     return {"decode": d, "tshark": t, "tshark_per_cpu_s": ts,
             "decode_protocols": decode_protocols(raw, rep),
-            "correlator_open": correlator_open(raw, rep)}
+            "correlator_open": correlator_open(raw, rep),
+            "correlator_export": correlator_export(raw, rep)}
 
 
 def decode_protocols(raw, rep):
@@ -610,6 +611,39 @@ def decode_protocols(raw, rep):
                    note=(f"{d['complete_exchanges_per_round']} exchanges per round from "
                          f"{len(d['files'])} captures, {r['rounds']} rounds in {r['cpu_s']:.2f} CPU s"))
     return d
+
+
+def correlator_export(raw, rep):
+    """What span export costs the correlator, which section d's pipeline leaves out (it exports
+    nothing): correlator/examples/ingest_bench.rs alone, spans encoded and batched as the exporter
+    does (not sent) against export off, alternated rounds (run by scripts/bench.sh after section c)."""
+    runs = {"none": [], "encode": []}
+    for path in sorted((raw / "c").glob("correlator-export-*.json")):
+        o = load(path)
+        runs["none" if o["export"] == "none" else "encode"].append(o)
+    if not runs["none"] or not runs["encode"]:
+        return None
+
+    def us(rs):
+        n = sum(r["exchanges"] for r in rs)
+        return 1e6 * sum(r["cpu_s"] for r in rs) / n if n else None
+
+    off, on = us(runs["none"]), us(runs["encode"])
+    pairs = [1e6 * (e["cpu_s"] / e["exchanges"] - o["cpu_s"] / o["exchanges"])
+             for o, e in zip(runs["none"], runs["encode"]) if o["exchanges"] and e["exchanges"]]
+    span_bytes = [e["export_bytes"] / e["exchanges"] for e in runs["encode"]
+                  if e.get("export_bytes") and e["exchanges"]]
+    # Listed with section d's per-component figures: the correlator's CPU there has export off.
+    rep.figure("d", "correlator_alone_us_export_off",
+               "correlator alone: CPU per exchange, span export off (as in the pipeline's runs)", off, "µs",
+               note=(f"correlator/examples/ingest_bench.rs --views merged --client outside --rate 25000, "
+                     f"{len(runs['none'])} runs; one thread, no gRPC"))
+    rep.figure("d", "correlator_alone_us_spans",
+               "correlator alone: CPU per exchange, spans encoded and batched for export", on, "µs",
+               note=(f"the same, alternated with it, the exporter's OTLP requests made but not sent"
+                     + (f"; {sum(span_bytes) / len(span_bytes):,.0f} bytes of OTLP per exchange" if span_bytes else "")
+                     + (f"; export's part per pair {min(pairs):.2f}–{max(pairs):.2f} µs" if pairs else "")))
+    return {"off_us": off, "spans_us": on, "pairs_us": pairs}
 
 
 def correlator_open(raw, rep):

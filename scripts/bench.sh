@@ -1035,6 +1035,21 @@ echo "== c. correlator: memory with 100k concurrent open exchanges in the join"
 [ -n "${BENCH_BINDIR:-}" ] || cargo build --release --locked -p clovisor-correlator --example ingest_bench
 "$BINDIR/examples/ingest_bench" --open 100000 >"$RAW/c/correlator-open.json"
 jq -r '"   correlator: \(.two_views.mib | floor) MiB for \(.exchanges) open exchanges"' "$RAW/c/correlator-open.json"
+# What span export costs the correlator, which the pipeline's runs leave out (their correlator
+# exports nothing: OTEL_TRACES_EXPORTER=none): the correlator alone on section d's kind of traffic
+# (one probe saw each exchange whole), its spans encoded and batched as the exporter does (not
+# sent) against no export, alternated.
+echo "== c. correlator: span export's cost (spans encoded vs export off, alternated)"
+for r in 1 2 3; do
+  for e in none encode; do
+    "$BINDIR/examples/ingest_bench" --seconds "$DECODE_SECONDS" --views merged --client outside \
+      --rate 25000 --export "$e" >"$RAW/c/correlator-export-$e-$r.json"
+  done
+done
+jq -s -r '(map(select(.export == "none")) | (map(.cpu_s) | add) / (map(.exchanges) | add) * 1e6) as $n
+  | (map(select(.export != "none")) | (map(.cpu_s) | add) / (map(.exchanges) | add) * 1e6) as $e
+  | "   correlator alone: \($n * 100 | floor / 100) µs per exchange without export, \($e * 100 | floor / 100) with spans encoded"' \
+  "$RAW"/c/correlator-export-*.json
 
 note_load end
 # --- report --------------------------------------------------------------------------------------
