@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::export::sampler::{Sampler, ENV_TRACES_SAMPLER, ENV_TRACES_SAMPLER_ARG};
 use crate::join::JoinConfig;
 
 /// Ceilings of the join settings, so a typo cannot hold spans for hours or unbounded memory.
@@ -83,6 +84,8 @@ pub struct ExportConfig {
     pub retry_max_elapsed: Duration,
     /// How long [`crate::Correlator::shutdown`] waits for queued spans to be delivered.
     pub shutdown_timeout: Duration,
+    /// Which exchanges' spans are exported (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+    pub sampler: Sampler,
 }
 
 impl Default for ExportConfig {
@@ -97,6 +100,7 @@ impl Default for ExportConfig {
             max_backoff: Duration::from_secs(5),
             retry_max_elapsed: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
+            sampler: Sampler::default(),
         }
     }
 }
@@ -289,6 +293,9 @@ fn export_from<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ExportConfi
         cfg.retry_max_elapsed =
             Duration::from_millis(number(ENV_EXPORT_RETRY_MAX_ELAPSED, v)? as u64);
     }
+    if let Some(name) = get(ENV_TRACES_SAMPLER) {
+        cfg.sampler = Sampler::from_setting(name, get(ENV_TRACES_SAMPLER_ARG))?;
+    }
     // The spec says a batch larger than the queue is clamped to it.
     cfg.batch_size = cfg.batch_size.min(cfg.queue_capacity);
     Ok(cfg)
@@ -448,6 +455,42 @@ mod tests {
             assert!(
                 text.contains(value) && (text.contains(name) || text.contains("endpoint")),
                 "error for {name}={value} should name both, got: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_sampler_is_read_as_the_sdk_reads_it() {
+        let sampler = |pairs: &[(&str, &str)]| {
+            Config::from_env_map(&env(pairs)).map(|c| c.export.map(|e| e.sampler))
+        };
+        assert_eq!(sampler(&[]).ok().flatten(), Some(Sampler::default()));
+        assert_eq!(
+            sampler(&[(ENV_TRACES_SAMPLER, "always_on")]).ok().flatten(),
+            Some(Sampler::ALWAYS_ON)
+        );
+        assert_eq!(
+            sampler(&[
+                (ENV_TRACES_SAMPLER, "parentbased_traceidratio"),
+                (ENV_TRACES_SAMPLER_ARG, "0.1"),
+            ])
+            .ok()
+            .flatten(),
+            Sampler::from_setting("parentbased_traceidratio", Some("0.1")).ok()
+        );
+        for (name, value) in [
+            (ENV_TRACES_SAMPLER, "jaeger_remote"),
+            (ENV_TRACES_SAMPLER_ARG, "2"),
+        ] {
+            let mut pairs = vec![(name, value)];
+            if name == ENV_TRACES_SAMPLER_ARG {
+                pairs.push((ENV_TRACES_SAMPLER, "traceidratio"));
+            }
+            let err = Config::from_env_map(&env(&pairs)).expect_err("refused");
+            let text = err.to_string();
+            assert!(
+                text.contains(name) && text.contains(value),
+                "names {name} and {value}: {text}"
             );
         }
     }

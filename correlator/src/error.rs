@@ -16,6 +16,9 @@ pub enum Error {
         #[source]
         source: ParseIntError,
     },
+    /// `OTEL_TRACES_SAMPLER` or its argument named no sampler the exporter has.
+    #[error(transparent)]
+    Sampler(#[from] crate::export::sampler::SamplerError),
     /// An environment variable held a value outside what the correlator accepts.
     #[error("environment variable {name}={value:?} is invalid: {reason}")]
     EnvValue {

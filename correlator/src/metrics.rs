@@ -260,6 +260,7 @@ pub struct Metrics {
     flow_bytes: BoundedFamily<FlowBytesLabels, Counter>,
     flow_retransmits: BoundedFamily<FlowLabels, Counter>,
     spans_exported: Counter,
+    spans_unsampled: Counter,
     export_failures: Counter,
     export_queue: Gauge,
     dropped: Drops,
@@ -640,6 +641,7 @@ impl Metrics {
                 "clovisor_flow_retransmits_total",
             ),
             spans_exported: Counter::default(),
+            spans_unsampled: Counter::default(),
             export_failures: Counter::default(),
             export_queue: Gauge::default(),
             correlator_received: drops.received_counter(STAGE_CORRELATOR),
@@ -788,6 +790,12 @@ impl Metrics {
             "clovisor_correlator_spans_exported",
             "Spans accepted by the OTLP endpoint",
             self.spans_exported.clone(),
+        );
+        registry.register(
+            "clovisor_correlator_spans_unsampled",
+            "Spans not exported because the sampler (OTEL_TRACES_SAMPLER) left their trace out: by \
+             default, exchanges whose trace context on the wire said not sampled",
+            self.spans_unsampled.clone(),
         );
         registry.register(
             "clovisor_correlator_export_failures",
@@ -1242,6 +1250,16 @@ impl Metrics {
     pub fn spans_exported(&self, n: u64) {
         self.spans_exported.inc_by(n);
         self.dropped.emitted(STAGE_EXPORT, n);
+    }
+
+    /// Counts spans the sampler left out (never handed to the exporter).
+    pub fn spans_unsampled(&self, n: u64) {
+        self.spans_unsampled.inc_by(n);
+    }
+
+    /// Spans the sampler left out so far.
+    pub fn unsampled_count(&self) -> u64 {
+        self.spans_unsampled.get()
     }
 
     /// Counts a failed export attempt.

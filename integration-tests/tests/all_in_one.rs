@@ -21,6 +21,8 @@ const W3C_PARENT: &str = "00f067aa0ba902b7";
 const B3_TRACE: &str = "463ac35c9f6413ad48485a3953bb6124";
 const B3_PARENT: &str = "a2fb4a1d1a96d312";
 const REQUEST_ID: &str = "9f1c2a7e-e2e-request";
+/// A trace the caller did not sample (W3C flags 00): traced, counted, listed, not exported.
+const UNSAMPLED_TRACE: &str = "5ce0e9a56015fec5aadfa328ae398115";
 
 fn start_clovisor(server: &Pod, otlp: &str, log_name: &str) -> Result<AllInOne> {
     AllInOne::start(
@@ -82,6 +84,12 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         ])
         .run(&client, &[format!("{base}/missing?case=b3")])?;
     Curl::new()
+        .args(&[
+            "-H",
+            &format!("traceparent: 00-{UNSAMPLED_TRACE}-{W3C_PARENT}-00"),
+        ])
+        .run(&client, &[format!("{base}/?case=unsampled")])?;
+    Curl::new()
         .args(&["-H", &format!("x-request-id: {REQUEST_ID}")])
         .run(&client, &[format!("{base}/boom")])?;
     curl(&client, &format!("{base}/big.bin"))?;
@@ -117,7 +125,7 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
     ]);
     let idle_log = std::env::temp_dir().join(format!("idle-client-{}.log", std::process::id()));
     let mut idle = Proc::spawn(idle, idle_log)?;
-    const REQUESTS: usize = 10;
+    const REQUESTS: usize = 11;
 
     // Each exchange is seen at the server pod's veth and at nginx's socket; the REST API shows
     // it from its first view on and adds the second when it arrives.
@@ -130,7 +138,7 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
     };
     let mut seen = Vec::new();
     let all_seen = wait_for(
-        "all 10 sessions in the REST API, each seen at the veth and the socket",
+        "all 11 sessions in the REST API, each seen at the veth and the socket",
         Duration::from_secs(15),
         || {
             seen = clovisor.sessions()?;
@@ -165,6 +173,7 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         ("GET", "/index.html?ka=2", 200),
         ("GET", "/missing?ka=3", 404),
         ("GET", "/?case=idle", 200),
+        ("GET", "/?case=unsampled", 200),
     ];
     for (method, path, status) in expect {
         let s = find(&seen, method, path)
@@ -294,6 +303,14 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         metrics.contains("clovisor_http_request_duration_seconds_bucket"),
         "duration histogram exported:\n{metrics}"
     );
+    // The caller did not sample one trace: its span is left out (the OpenTelemetry default
+    // sampler, parentbased_always_on), and counted.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "clovisor_correlator_spans_unsampled_total 1"),
+        "one span left out by the sampler:\n{metrics}"
+    );
     // The kernel's own counters are visible too (refreshed every second).
     wait_for(
         "kernel counters in /metrics",
@@ -330,10 +347,19 @@ async fn traces_real_http_between_namespace_pods_end_to_end() -> Result<()> {
         server.host_veth
     );
 
-    // Spans: one per request; those with wire context sit in the caller's trace under its span.
+    // Spans: one per request the sampler kept (all but the unsampled trace's); those with wire
+    // context sit in the caller's trace under its span.
     let spans = otlp.spans();
-    assert_eq!(spans.len(), REQUESTS, "one span per request: {spans:#?}");
+    assert_eq!(
+        spans.len(),
+        REQUESTS - 1,
+        "one span per sampled request: {spans:#?}"
+    );
     let by_trace: BTreeMap<String, _> = spans.iter().map(|s| (hex(&s.trace_id), s)).collect();
+    assert!(
+        !by_trace.contains_key(UNSAMPLED_TRACE),
+        "the unsampled trace exported: {spans:#?}"
+    );
     for (trace, parent, rest) in [(W3C_TRACE, W3C_PARENT, post), (B3_TRACE, B3_PARENT, b3)] {
         let span = by_trace
             .get(trace)

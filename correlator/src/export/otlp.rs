@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 
 use crate::config::ExportConfig;
 use crate::error::{Error, Result};
+use crate::export::sampler::Sampler;
 use crate::export::span::ServiceKey;
 use crate::export::{span, wire};
 use crate::metrics::{DropReason, Metrics};
@@ -61,6 +62,8 @@ pub struct QueuedSpan {
 pub struct ExportHandle {
     tx: mpsc::Sender<QueuedSpan>,
     metrics: Arc<Metrics>,
+    /// Which exchanges' spans are queued at all.
+    sampler: Sampler,
 }
 
 impl ExportHandle {
@@ -69,10 +72,16 @@ impl ExportHandle {
         self.enqueue_encoded(span.encode_to_vec())
     }
 
-    /// Queues the span of `rec`, like [`ExportHandle::enqueue`].
-    /// Also queues the calling side's CLIENT span when the exchange was seen at both ends
-    /// ([`span::client_span_id`]); `false` when a span was dropped.
+    /// Queues the span of `rec`, like [`ExportHandle::enqueue`], when the sampler keeps its
+    /// trace (else counts it unsampled, encoding nothing). Also queues the calling side's CLIENT
+    /// span when the exchange was seen at both ends ([`span::client_span_id`]); `false` when a
+    /// span was dropped.
     pub fn enqueue_session(&self, rec: &CorrelatedSession) -> bool {
+        if !self.sampler.samples(rec) {
+            let caller = u64::from(span::client_span_id(rec).is_some());
+            self.metrics.spans_unsampled(1 + caller);
+            return true;
+        }
         let caller = match span::caller_span(rec) {
             Some((service, bytes)) => self.enqueue_queued(QueuedSpan { service, bytes }),
             None => true,
@@ -120,7 +129,21 @@ impl ExportHandle {
     #[cfg(any(test, feature = "test-util"))]
     pub fn detached(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<QueuedSpan>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (Self { tx, metrics }, rx)
+        let sampler = Sampler::default();
+        (
+            Self {
+                tx,
+                metrics,
+                sampler,
+            },
+            rx,
+        )
+    }
+
+    /// The same handle deciding with `sampler`.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn with_sampler(self, sampler: Sampler) -> Self {
+        Self { sampler, ..self }
     }
 }
 
@@ -205,7 +228,11 @@ impl OtlpExporter {
         };
         let task = tokio::spawn(worker.run());
         Ok(Self {
-            handle: ExportHandle { tx, metrics },
+            handle: ExportHandle {
+                tx,
+                metrics,
+                sampler: config.sampler,
+            },
             control,
             task,
             in_worker,

@@ -16,6 +16,7 @@ fn config(endpoint: String) -> ExportConfig {
         max_backoff: Duration::from_millis(50),
         retry_max_elapsed: Duration::from_millis(300),
         shutdown_timeout: Duration::from_secs(5),
+        sampler: Sampler::default(),
     }
 }
 
@@ -112,6 +113,67 @@ async fn shutdown_delivers_everything_queued() -> anyhow::Result<()> {
         1,
         "late span counted as dropped"
     );
+    Ok(())
+}
+
+/// An exchange whose trace context came on the wire, sampled or not by the mesh.
+fn traced_exchange(id: &str, trace: u8, sampled: bool) -> CorrelatedSession {
+    let b = SessionBuilder::new(id)
+        .trace([trace; 16], [9; 8])
+        .with(|s| {
+            if let Some(t) = s.trace.as_mut() {
+                t.sampled = sampled;
+            }
+        });
+    CorrelatedSession::new(b.build()).0
+}
+
+#[tokio::test]
+async fn the_default_sampler_exports_what_the_mesh_sampled_and_counts_the_rest(
+) -> anyhow::Result<()> {
+    let receiver = OtlpReceiver::start().await?;
+    let cfg = config(receiver.endpoint());
+    let (exporter, metrics) = start(&cfg)?;
+    let handle = exporter.handle();
+    assert!(handle.enqueue_session(&traced_exchange("kept", 1, true)));
+    assert!(handle.enqueue_session(&traced_exchange("unsampled", 2, false)));
+    assert!(handle.enqueue_session(&CorrelatedSession::new(SessionBuilder::new("own").build()).0));
+    exporter.flush().await?;
+    let got = receiver.spans();
+    assert_eq!(
+        got.len(),
+        2,
+        "the sampled trace's span and the new trace's: {got:?}"
+    );
+    assert!(got.iter().any(|s| s.trace_id == vec![1; 16]));
+    assert!(got.iter().all(|s| s.trace_id != vec![2; 16]));
+    assert_eq!(metrics.unsampled_count(), 1);
+    assert_eq!(metrics.exported_count(), 2);
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    assert!(
+        crate::metrics::encode(&registry).contains("clovisor_correlator_spans_unsampled_total 1"),
+        "the counter is exposed"
+    );
+    exporter.shutdown().await?;
+
+    // `always_on` exports every exchange, the mesh's decision carried in the span's flags.
+    let mut cfg = config(receiver.endpoint());
+    cfg.sampler = Sampler::ALWAYS_ON;
+    let (exporter, metrics) = start(&cfg)?;
+    assert!(exporter
+        .handle()
+        .enqueue_session(&traced_exchange("unsampled", 3, false)));
+    exporter.flush().await?;
+    let got = receiver.spans();
+    let span = got.iter().find(|s| s.trace_id == vec![3; 16]);
+    assert_eq!(
+        span.map(|s| s.flags & 1),
+        Some(0),
+        "sent, flagged not sampled"
+    );
+    assert_eq!(metrics.unsampled_count(), 0);
+    exporter.shutdown().await?;
     Ok(())
 }
 
