@@ -512,6 +512,8 @@ def section_d(raw, machine, rep):
                tracing / nginx_us if nginx_us else None, "×", 0.15, "<=",
                f"{fmt(tracing, 'µs')} vs {fmt(nginx_us, 'µs')} per request, {at}; every step in the table below"
                if nginx_us else "not measured")
+    # What span export adds to the correlator's figure above (which has export off), measured apart.
+    export = correlator_export(raw, rep)
     rss = load(raw / "d" / "rss.json")
     idle = load(raw / "d" / "rss-idle.json")
     rss_targets = {"probe": 50.0, "correlator": 128.0}
@@ -546,7 +548,8 @@ def section_d(raw, machine, rep):
                f"exchanges by observations joined: "
                + (", ".join(f"{k}: {100.0 * v / merged:.1f} %" for k, v in sorted(observed.items()))
                   if merged else "not counted"))
-    return {"steps": steps, "rss_kb": rss, "rss_idle_kb": idle, "probe_maps": maps}
+    return {"steps": steps, "rss_kb": rss, "rss_idle_kb": idle, "probe_maps": maps,
+            "correlator_export": export}
 
 
 # --- c. decode throughput ----------------------------------------------------------------------------------
@@ -584,8 +587,7 @@ def section_c(raw, rep):
                note="the two must see (about) the same exchanges for the ratio to mean anything")
     return {"decode": d, "tshark": t, "tshark_per_cpu_s": ts,
             "decode_protocols": decode_protocols(raw, rep),
-            "correlator_open": correlator_open(raw, rep),
-            "correlator_export": correlator_export(raw, rep)}
+            "correlator_open": correlator_open(raw, rep)}
 
 
 def decode_protocols(raw, rep):
@@ -616,7 +618,8 @@ def decode_protocols(raw, rep):
 def correlator_export(raw, rep):
     """What span export costs the correlator, which section d's pipeline leaves out (it exports
     nothing): correlator/examples/ingest_bench.rs alone, spans encoded and batched as the exporter
-    does (not sent) against export off, alternated rounds (run by scripts/bench.sh after section c)."""
+    does (not sent) against export off, alternated rounds (run by scripts/bench.sh after section c;
+    listed in d)."""
     runs = {"none": [], "encode": []}
     for path in sorted((raw / "c").glob("correlator-export-*.json")):
         o = load(path)
