@@ -31,6 +31,10 @@
 //! local join sends what one probe saw (the default, `separate`, sends each view on its own, as
 //! two probes' collectors would).
 //!
+//! `--mesh-sampled PERCENT`: every exchange carries a W3C trace context, as behind a mesh that
+//! injects one into every request, and PERCENT % of them say sampled (Istio's default is 1) —
+//! the correlator's default sampler exports those only (`export/sampler.rs`).
+//!
 //! `--open N`: N distinct exchanges opened in the join and the store at once (both sized for N,
 //! a window that does not close), first with one view each, then with both; reports the
 //! process's resident memory before and after each (`VmRSS`), in MiB.
@@ -104,6 +108,9 @@ const SEQ_STRIDE: u64 = 256;
 /// The traffic: exchange `i` is a pure function of `i`, so any exchange can be made again.
 struct Traffic {
     connections: u64,
+    /// Every exchange carries a trace context, this share (0–10,000 in ten-thousandths) of
+    /// them sampled; `None`: a quarter carry one, all sampled.
+    mesh_sampled: Option<u64>,
     /// Nanoseconds between exchanges.
     gap: u64,
     client: Endpoint,
@@ -114,6 +121,7 @@ impl Traffic {
     fn new(connections: u64, rate: f64, client_outside: bool) -> Self {
         let mut traffic = Self {
             connections: connections.max(1),
+            mesh_sampled: None,
             gap: (1e9 / rate).max(1.0) as u64,
             client: Endpoint {
                 ip: vec![10, 244, 1, 5].into(),
@@ -163,12 +171,15 @@ impl Traffic {
         // requests of one connection never share one.
         let request_seq = (mix(conn + 1) as u32).wrapping_add((nth * SEQ_STRIDE) as u32);
         let response_seq = (mix(conn + 7) as u32).wrapping_add((nth * SEQ_STRIDE * 4) as u32);
-        let traced = r.is_multiple_of(4);
+        let traced = self.mesh_sampled.is_some() || r.is_multiple_of(4);
+        let sampled = self
+            .mesh_sampled
+            .is_none_or(|share| mix(r + 5) % 10_000 < share);
         let trace = traced.then(|| TraceContext {
             format: TraceFormat::W3c as i32,
             trace_id: [mix(r).to_be_bytes(), mix(r + 1).to_be_bytes()].concat(),
             parent_span_id: mix(r + 2).to_be_bytes().to_vec(),
-            sampled: true,
+            sampled,
             tracestate: String::new(),
         });
         let request_id = if traced {
@@ -454,10 +465,12 @@ fn ingest(
     export: bool,
     merged: bool,
     client_outside: bool,
+    mesh_sampled: Option<u64>,
 ) -> anyhow::Result<serde_json::Value> {
     let config = Config::default();
     let (svc, metrics, store, mut exporter) = service(config.store_capacity, config.join, export);
-    let traffic = Traffic::new(connections, rate, client_outside);
+    let mut traffic = Traffic::new(connections, rate, client_outside);
+    traffic.mesh_sampled = mesh_sampled;
     let mut arrivals = Arrivals::new(&traffic, merged);
     let mut batcher = Batcher::new();
     let tick = svc.tick_interval();
@@ -521,6 +534,8 @@ fn ingest(
     Ok(serde_json::json!({
         "mode": "ingest",
         "export": if export { "encoded, not sent" } else { "none" },
+        "mesh_sampled_percent": mesh_sampled.map(|s| s as f64 / 100.0),
+        "spans_unsampled": metrics.unsampled_count(),
         "views_per_session": if merged { 2 } else { 1 },
         "client": if client_outside { "outside" } else { "pod" },
         "connections": connections,
@@ -624,9 +639,11 @@ fn main() -> anyhow::Result<()> {
     let mut open_n: Option<u64> = None;
     let mut merged = false;
     let mut client_outside = false;
+    let mut mesh_sampled = None;
     let mut args = std::env::args().skip(1);
     let usage = "usage: ingest_bench [--seconds S] [--rate EXCHANGES_PER_S] [--connections N] \
-                 [--export none|encode] [--views separate|merged] [--client pod|outside] | --open N";
+                 [--export none|encode] [--views separate|merged] [--client pod|outside] \
+                 [--mesh-sampled PERCENT] | --open N";
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -655,6 +672,13 @@ fn main() -> anyhow::Result<()> {
                     other => bail!("--client {other}: {usage}"),
                 }
             }
+            "--mesh-sampled" => {
+                let percent: f64 = value()?.parse().context("--mesh-sampled")?;
+                if !(0.0..=100.0).contains(&percent) {
+                    bail!("--mesh-sampled {percent}: {usage}");
+                }
+                mesh_sampled = Some((percent * 100.0).round() as u64);
+            }
             _ => bail!("{usage}"),
         }
     }
@@ -664,7 +688,15 @@ fn main() -> anyhow::Result<()> {
     let report = match open_n {
         Some(n) if n > 0 => open(n, connections)?,
         Some(_) => bail!("{usage}"),
-        None => ingest(seconds, connections, rate, export, merged, client_outside)?,
+        None => ingest(
+            seconds,
+            connections,
+            rate,
+            export,
+            merged,
+            client_outside,
+            mesh_sampled,
+        )?,
     };
     println!("{report}");
     Ok(())
