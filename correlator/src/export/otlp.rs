@@ -139,12 +139,6 @@ impl ExportHandle {
             rx,
         )
     }
-
-    /// The same handle deciding with `sampler`.
-    #[cfg(any(test, feature = "test-util"))]
-    pub fn with_sampler(self, sampler: Sampler) -> Self {
-        Self { sampler, ..self }
-    }
 }
 
 /// The exporter: owns the worker task. Create inside a Tokio runtime.
