@@ -1,6 +1,6 @@
 //! A session as the correlator keeps it: the collector's record plus the span identity we gave it.
 
-use clovisor_proto::session::v1::Session;
+use clovisor_proto::session::v1::{Session, TraceContext};
 
 use crate::ids::{SpanId, TraceId};
 
@@ -53,6 +53,13 @@ impl CorrelatedSession {
             },
             issues,
         )
+    }
+
+    /// The trace context seen on the wire, when the span sits in its trace (a context whose ids
+    /// were invalid is not one): what the span's flags, its trace state, the sampler and the
+    /// REST API read.
+    pub fn wire_trace(&self) -> Option<&TraceContext> {
+        self.session.trace.as_ref().filter(|_| self.trace_from_wire)
     }
 
     /// Places the span in the session's wire trace when it was not yet in one — after a merge

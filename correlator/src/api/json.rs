@@ -415,10 +415,8 @@ impl From<&CorrelatedSession> for SessionJson {
                 envoy_decorator: opt(&h.envoy_decorator),
             }
         });
-        let format = s
-            .trace
-            .as_ref()
-            .filter(|_| rec.trace_from_wire)
+        let format = rec
+            .wire_trace()
             .and_then(|t| match TraceFormat::try_from(t.format) {
                 Ok(TraceFormat::W3c) => Some("w3c"),
                 Ok(TraceFormat::B3Multi) => Some("b3"),

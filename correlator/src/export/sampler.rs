@@ -90,7 +90,7 @@ impl Sampler {
     /// Whether `rec`'s spans are exported.
     pub fn samples(&self, rec: &CorrelatedSession) -> bool {
         if self.parent_based {
-            if let Some(parent) = rec.session.trace.as_ref().filter(|_| rec.trace_from_wire) {
+            if let Some(parent) = rec.wire_trace() {
                 return parent.sampled;
             }
         }

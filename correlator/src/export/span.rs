@@ -761,7 +761,7 @@ fn event(buf: &mut Vec<u8>, name: &str, at: u64, common: &[u8], o: &Observation)
 /// W3C trace flags: the parent is remote when it came from the wire; sampled unless the wire
 /// said otherwise.
 fn span_flags(rec: &CorrelatedSession, remote_parent: bool) -> u32 {
-    let trace = rec.session.trace.as_ref().filter(|_| rec.trace_from_wire);
+    let trace = rec.wire_trace();
     let mut flags = SpanFlags::ContextHasIsRemoteMask as u32;
     if remote_parent {
         flags |= SpanFlags::ContextIsRemoteMask as u32;
@@ -802,7 +802,7 @@ pub fn encode_span_as(rec: &CorrelatedSession, role: SpanRole, buf: &mut Vec<u8>
     let http = session.http.as_ref().unwrap_or(&NO_HTTP);
     let start = session.start_unix_nanos;
     let end = session.end_unix_nanos.max(start);
-    let trace = session.trace.as_ref().filter(|_| rec.trace_from_wire);
+    let trace = rec.wire_trace();
 
     wire::bytes(buf, field::TRACE_ID, &rec.trace_id.0);
     wire::bytes(buf, field::SPAN_ID, &span_id.0);
